@@ -1,0 +1,367 @@
+"""Local infrastructure without Docker: a KRaft Kafka 3.9.1 broker and a Redis server on loopback.
+
+``up`` is idempotent (a running, answering service is left alone) and returns only once
+each service really answers (an admin request to Kafka, a PING to Redis); ``down`` stops
+exactly the processes ``up`` started, by the pids it recorded, and nothing else.
+
+Kafka comes from Maven Central jars (``infra/pom.xml``, fetched by the Maven dependency
+plugin into the git-ignored cache folder); Redis from Debian's ``redis-server``.
+
+Redis persistence: append-only file with ``appendfsync everysec`` and no RDB snapshots.
+Redis writes each command to the AOF before replying, so a killed or restarted Redis
+loses nothing it acknowledged; only a crash of the whole machine can lose up to a second,
+which the workers' watermarks detect and replay from the Kafka log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from recstream.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
+KAFKA_HEAP = "-Xmx512m"
+START_TIMEOUT_S = 90.0
+
+
+class InfraError(RuntimeError):
+    """A service could not be installed or started; the message carries the log tail."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One locally managed process: where its pid, log and data live."""
+
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def pid(self) -> int | None:
+        """The recorded pid if that very process is still alive (a reused pid has another start time)."""
+        try:
+            pid, started = (int(x) for x in self.pid_file.read_text().split())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _start_time(pid) == started else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state is [0], start time is [19])."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return []
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields and fields[0] != "Z" else None
+
+
+def _is_zombie(pid: int) -> bool:
+    """Gone, or exited and waiting to be reaped."""
+    return _start_time(pid) is None
+
+
+def kafka_service(settings: Settings) -> Service:
+    return Service("kafka", settings.run_dir.resolve() / "kafka")
+
+
+def redis_service(settings: Settings) -> Service:
+    return Service("redis", settings.run_dir.resolve() / "redis")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _spawn(service: Service, argv: list[str]) -> int:
+    service.home.mkdir(parents=True, exist_ok=True)
+    with service.log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    service.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}")
+    return proc.pid
+
+
+def _wait(service: Service, ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.pid() is None:
+            raise InfraError(f"{service.name} exited while starting; log tail:\n{service.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.3)
+    raise InfraError(
+        f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}"
+    )
+
+
+# --- Kafka -------------------------------------------------------------------------------
+
+
+def kafka_libs(settings: Settings) -> Path:
+    """The broker's jars, fetched from Maven Central once into the cache folder."""
+    libs = settings.cache_dir.resolve() / "kafka-3.9.1" / "libs"
+    if not any(libs.glob("kafka_2.13-3.9.1.jar")):
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise InfraError(
+                "Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)"
+            )
+        argv = [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise InfraError(f"fetching Kafka jars failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return libs
+
+
+def _kafka_config(settings: Settings, service: Service) -> Path:
+    port = settings.kafka_port
+    config = service.home / "server.properties"
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{port + 1}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={service.data_dir}",
+                "num.network.threads=2",
+                "num.io.threads=2",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.retention.hours=-1",
+                "",
+            ]
+        )
+    )
+    (service.home / "log4j.properties").write_text(
+        "log4j.rootLogger=WARN, stdout\n"
+        "log4j.logger.kafka.server.KafkaServer=INFO\n"
+        "log4j.logger.kafka.server.KafkaRaftServer=INFO\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+    )
+    return config
+
+
+def _java(settings: Settings, service: Service, main: str, *args: str) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise InfraError(
+            "Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)"
+        )
+    return [java, KAFKA_HEAP, "-XX:+UseG1GC", f"-Dkafka.logs.dir={service.home}",
+            f"-Dlog4j.configuration=file:{service.home / 'log4j.properties'}",
+            "-cp", f"{kafka_libs(settings)}/*", main, *args]  # fmt: skip
+
+
+async def _admin_ping(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.describe_cluster()
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
+def kafka_answers(settings: Settings) -> bool:
+    return port_open(settings.kafka_port) and asyncio.run(_admin_ping(settings.kafka_bootstrap))
+
+
+def kafka_up(settings: Settings) -> str:
+    service = kafka_service(settings)
+    if service.pid() is not None and kafka_answers(settings):
+        return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
+    if port_open(settings.kafka_port):
+        raise InfraError(f"port {settings.kafka_port} is taken by a process this project did not start")
+    service.home.mkdir(parents=True, exist_ok=True)
+    config = _kafka_config(settings, service)
+    if not (service.data_dir / "meta.properties").exists():
+        fmt = _java(settings, service, "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22],
+                    "-c", str(config), "--ignore-formatted")  # fmt: skip
+        result = subprocess.run(fmt, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise InfraError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
+    pid = _spawn(service, _java(settings, service, "kafka.Kafka", str(config)))
+    _wait(service, lambda: kafka_answers(settings), "answer an admin request")
+    return f"kafka started (pid {pid}) on {settings.kafka_bootstrap}"
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the contract's topics if missing: events (retained), items/users (compacted), DLQ."""
+    retention = {"retention.ms": str(settings.retention_ms)}
+    compacted = {"cleanup.policy": "compact"}
+    wanted = [
+        NewTopic(
+            settings.events_topic,
+            settings.events_partitions,
+            settings.replication_factor,
+            topic_configs=retention,
+        ),
+        NewTopic(
+            settings.items_topic,
+            settings.items_partitions,
+            settings.replication_factor,
+            topic_configs=compacted,
+        ),
+        NewTopic(
+            settings.users_topic,
+            settings.users_partitions,
+            settings.replication_factor,
+            topic_configs=compacted,
+        ),
+        NewTopic(
+            settings.dlq_topic, settings.dlq_partitions, settings.replication_factor, topic_configs=retention
+        ),
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in wanted if topic.name not in existing]
+        if missing:
+            with suppress(TopicAlreadyExistsError):  # another process created it meanwhile
+                await admin.create_topics(missing)
+        return [topic.name for topic in missing]
+    finally:
+        await admin.close()
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+def redis_binary() -> str:
+    """``redis-server`` from Debian, installed on first use when running as root."""
+    found = shutil.which("redis-server") or (
+        os.path.exists("/usr/bin/redis-server") and "/usr/bin/redis-server"
+    )
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise InfraError("redis-server is missing; install it: sudo apt-get install -y redis-server")
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        if result.returncode != 0:
+            raise InfraError(f"{' '.join(argv)} failed:\n{result.stderr[-2000:]}")
+    return "/usr/bin/redis-server"
+
+
+def redis_answers(settings: Settings) -> bool:
+    if not port_open(settings.redis_port):
+        return False
+    with socket.create_connection(("127.0.0.1", settings.redis_port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        reply = sock.recv(64)
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+def redis_up(settings: Settings) -> str:
+    service = redis_service(settings)
+    if service.pid() is not None and redis_answers(settings):
+        return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
+    if port_open(settings.redis_port):
+        raise InfraError(f"port {settings.redis_port} is taken by a process this project did not start")
+    service.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_binary(), "--port", str(settings.redis_port), "--bind", "127.0.0.1",
+            "--dir", str(service.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "--pidfile", str(service.home / "redis.pid")]  # fmt: skip
+    pid = _spawn(service, argv)
+    _wait(service, lambda: redis_answers(settings), "answer PING")
+    return f"redis started (pid {pid}) on port {settings.redis_port}"
+
+
+# --- both ----------------------------------------------------------------------------------
+
+
+def stop(service: Service, timeout_s: float = 30.0) -> str:
+    """SIGTERM the recorded pid, SIGKILL after ``timeout_s``; never touches any other process."""
+    pid = service.pid()
+    service.pid_file.unlink(missing_ok=True)
+    if pid is None:
+        return f"{service.name} not running"
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not _is_zombie(pid):
+        time.sleep(0.1)
+    if not _is_zombie(pid):
+        os.kill(pid, signal.SIGKILL)
+    with suppress(ChildProcessError):  # reap it when this very process started it
+        os.waitpid(pid, 0)
+    return f"{service.name} stopped (pid {pid})"
+
+
+def up(settings: Settings) -> list[str]:
+    """Start Redis and Kafka (each only if not already running) and create the topics."""
+    report = [redis_up(settings), kafka_up(settings)]
+    created = asyncio.run(ensure_topics(settings))
+    report.append(f"topics created: {', '.join(created)}" if created else "topics present")
+    return report
+
+
+def down(settings: Settings) -> list[str]:
+    return [stop(kafka_service(settings)), stop(redis_service(settings))]
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[list[str]]:
+    """Bring the services up for the block and stop what this call started (for tests and the demo)."""
+    already = {s.name for s in (kafka_service(settings), redis_service(settings)) if s.pid() is not None}
+    report = up(settings)
+    try:
+        yield report
+    finally:
+        for service in (kafka_service(settings), redis_service(settings)):
+            if service.name not in already:
+                stop(service)

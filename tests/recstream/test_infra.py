@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recstream import infra
+from recstream.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_path: Path):
+    settings = services.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{free_port(span=2)}",
+            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+            "run_dir": tmp_path,
+        }
+    )
+    infra.up(settings)
+    pids = [infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()]
+    try:
+        second = infra.up(settings)
+        assert all(pids) and "already running" in second[0] and "already running" in second[1]
+        assert second[2] == "topics present"
+        assert [infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()] == pids
+    finally:
+        infra.down(settings)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not infra.port_open(settings.kafka_port) and not infra.port_open(settings.redis_port)
+    assert infra.down(settings) == ["kafka not running", "redis not running"]
+
+
+def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings, tmp_path: Path):
+    taken = services.model_copy(update={"run_dir": tmp_path})  # same ports, another run folder
+    with pytest.raises(infra.InfraError, match="taken by a process this project did not start"):
+        infra.redis_up(taken)
+    assert infra.redis_answers(services)
