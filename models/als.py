@@ -1,0 +1,157 @@
+"""Batch iALS training over `implicit` (CPU), with the confidence formula made explicit.
+
+How implicit 0.7.3 reads its input (implicit/cpu/als.py and cpu/_als.pyx): every stored
+value of the user×item matrix *is* the confidence `c_ui` (times its own `alpha`), with the
+preference `p_ui = 1` for a positive value; missing entries get `c = 1, p = 0`. The user
+step it solves is `(YᵀY + λI + Σ_i (c_ui − 1) y_i y_iᵀ) x_u = Σ_i c_ui y_i`, λ unscaled.
+So passing raw weights `r` with `alpha=α` would give `c = α·r`, not Hu–Koren–Volinsky's
+`c = 1 + α·r` (and `c < 1` for a light event, weighting a seen item *below* an unseen one).
+We therefore build the confidence matrix ourselves and always hand implicit `alpha=1.0`.
+
+Performance traps caught here: OpenBLAS' own thread pool fights implicit's OpenMP threads
+(implicit warns, training gets several times slower), so the fit runs under
+`threadpool_limits(1, "blas")`; implicit wants csr float32 and silently copies otherwise,
+so the matrix is made csr float32 once; `num_threads=0` means "all cores of the host"
+inside implicit, which in a container can exceed the cores we may use, so 0 here means
+the cores this process is allowed to run on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares, calculate_loss
+from pydantic import BaseModel, ConfigDict, Field
+from threadpoolctl import threadpool_limits
+
+
+class ALSConfig(BaseModel):
+    """Hyper-parameters of the batch model; the same object configures the online steps."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    factors: int = Field(64, ge=1, le=1024)
+    regularization: float = Field(0.1, gt=0.0)  # > 0 keeps every user step's system positive definite
+    alpha: float = Field(2.0, ge=0.0)
+    iterations: int = Field(15, ge=1, le=500)
+    view_weight: float = Field(1.0, ge=0.0)
+    click_weight: float = Field(4.0, gt=0.0)
+    log_scale: bool = False
+    log_epsilon: float = Field(1.0, gt=0.0)
+    random_state: int = Field(0, ge=0)
+    num_threads: int = Field(0, ge=0)  # 0: the cores this process may use
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    users: int
+    items: int
+    nnz: int
+    seconds: float
+    loss: float  # implicit's normalised weighted squared error plus regularisation, after the last sweep
+
+
+@dataclass(frozen=True)
+class ALSFit:
+    item_factors: np.ndarray  # (items, factors) float32
+    user_factors: np.ndarray  # (users, factors) float32; CG approximations (implicit's 3 CG steps)
+    report: TrainReport
+
+
+def event_weights(is_click: np.ndarray, cfg: ALSConfig) -> np.ndarray:
+    """Weight each event adds to r_ui: `click_weight` for a click, `view_weight` for a view.
+
+    >>> event_weights(np.array([False, True]), ALSConfig())
+    array([1., 4.])
+    """
+    return np.where(np.asarray(is_click, dtype=bool), cfg.click_weight, cfg.view_weight)
+
+
+def confidence(r: np.ndarray, cfg: ALSConfig) -> np.ndarray:
+    """Confidence from summed weights: `1 + α·r`, or `1 + α·log(1 + r/ε)` when log-scaled.
+
+    The log form stops a user who replays one item a hundred times from dominating
+    their own vector. Used at training time and by the online steps alike.
+
+    >>> confidence(np.array([0.0, 1.0, 5.0]), ALSConfig(alpha=2.0))
+    array([ 1.,  3., 11.])
+    >>> confidence(np.array([np.e - 1]), ALSConfig(alpha=2.0, log_scale=True, log_epsilon=1.0))
+    array([3.])
+    """
+    r = np.asarray(r, dtype=np.float64)
+    scaled = np.log1p(r / cfg.log_epsilon) if cfg.log_scale else r
+    return 1.0 + cfg.alpha * scaled
+
+
+def interaction_matrix(
+    user_idx: np.ndarray, item_idx: np.ndarray, weights: np.ndarray, n_users: int, n_items: int
+) -> sp.csr_matrix:
+    """r as csr float32: `r_ui = Σ weights` over u's events on i; zero sums are dropped.
+
+    A stored zero would count as a positive with confidence 1 in implicit, so it is removed.
+
+    >>> users, items = np.array([0, 0, 1]), np.array([2, 2, 0])
+    >>> interaction_matrix(users, items, np.array([1.0, 4.0, 0.0]), n_users=2, n_items=3).toarray()
+    array([[0., 0., 5.],
+           [0., 0., 0.]], dtype=float32)
+    """
+    user_idx, item_idx = np.asarray(user_idx), np.asarray(item_idx)
+    weights = np.asarray(weights, dtype=np.float64)
+    if not user_idx.shape == item_idx.shape == weights.shape:
+        raise ValueError("user_idx, item_idx and weights must have the same length")
+    if user_idx.size and (user_idx.min() < 0 or user_idx.max() >= n_users):
+        raise ValueError(f"user_idx outside [0, {n_users})")
+    if item_idx.size and (item_idx.min() < 0 or item_idx.max() >= n_items):
+        raise ValueError(f"item_idx outside [0, {n_items})")
+    if np.any(weights < 0):
+        raise ValueError("event weights must be non-negative")
+    r = sp.coo_matrix((weights, (user_idx, item_idx)), shape=(n_users, n_items)).tocsr()  # sums duplicates
+    r.eliminate_zeros()
+    r.sort_indices()
+    return r.astype(np.float32)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def train_als(r: sp.spmatrix, cfg: ALSConfig, show_progress: bool = False) -> ALSFit:
+    """Fit iALS on r (users × items summed event weights) with `c = confidence(r)`.
+
+    implicit's fit uses 3 conjugate-gradient steps per sweep (fast, approximate user and
+    item factors); the online user step (`models.user_step`) solves exactly.
+    """
+    c = sp.csr_matrix(r, dtype=np.float32, copy=True)
+    c.eliminate_zeros()
+    c.data = confidence(c.data, cfg).astype(np.float32)
+    threads = cfg.num_threads or available_cores()
+    started = time.perf_counter()
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = AlternatingLeastSquares(
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            alpha=1.0,  # c is already in the matrix; see the module docstring
+            dtype=np.float32,
+            iterations=cfg.iterations,
+            num_threads=threads,
+            random_state=cfg.random_state,
+        )
+        model.fit(c, show_progress=show_progress)
+        loss = calculate_loss(c, model.user_factors, model.item_factors, cfg.regularization, threads)
+    report = TrainReport(
+        users=c.shape[0],
+        items=c.shape[1],
+        nnz=c.nnz,
+        seconds=time.perf_counter() - started,
+        loss=float(loss),
+    )
+    return ALSFit(
+        item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32),
+        user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        report=report,
+    )

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import warnings
+
+import implicit.utils
+import numpy as np
+import pydantic
+import pytest
+from threadpoolctl import threadpool_limits
+
+from models.als import ALSConfig, confidence, event_weights, interaction_matrix, train_als
+from models.user_step import ALSStep
+
+
+def _events(seed: int = 0, n_users: int = 60, n_items: int = 40, n_events: int = 900):
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, n_users, n_events)
+    items = (users + rng.integers(0, 8, n_events)) % n_items  # a banded taste structure
+    clicks = rng.random(n_events) < 0.3
+    return users, items, clicks, n_users, n_items
+
+
+def test_interaction_matrix_sums_weights_and_drops_zeros():
+    cfg = ALSConfig(view_weight=0.0, click_weight=2.0)
+    users, items = np.array([0, 0, 1, 1]), np.array([3, 3, 1, 2])
+    r = interaction_matrix(users, items, event_weights(np.array([True, True, False, True]), cfg), 2, 4)
+    assert r.format == "csr" and r.dtype == np.float32
+    # (1, 1) had only a zero-weight view: no entry, or implicit would count it as a positive
+    assert r.nnz == 2
+    assert r[0, 3] == 4.0 and r[1, 2] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("users", "items", "weights"),
+    [([0], [5], [1.0]), ([2], [0], [1.0]), ([0], [0], [-1.0]), ([0, 1], [0], [1.0])],
+)
+def test_interaction_matrix_rejects_bad_input(users, items, weights):
+    with pytest.raises(ValueError):
+        interaction_matrix(np.array(users), np.array(items), np.array(weights), 2, 5)
+
+
+def test_confidence_log_scale_compresses_heavy_users():
+    r = np.array([1.0, 100.0])
+    linear = confidence(r, ALSConfig(alpha=1.0))
+    logged = confidence(r, ALSConfig(alpha=1.0, log_scale=True, log_epsilon=1.0))
+    np.testing.assert_allclose(linear, [2.0, 101.0])
+    np.testing.assert_allclose(logged, 1.0 + np.log1p(r))
+
+
+@pytest.mark.parametrize("bad", [{"regularization": 0.0}, {"factors": 0}, {"alpha": -1.0}, {"unknown": 1}])
+def test_config_rejects_invalid_values(bad):
+    with pytest.raises(pydantic.ValidationError):
+        ALSConfig(**bad)
+
+
+def test_trained_user_factors_are_the_exact_step_under_our_confidence():
+    """After convergence each user vector is the exact user step with c = 1 + α·r.
+
+    This fails if implicit were handed raw weights (it would use c = α·r) or applied α twice.
+    """
+    users, items, clicks, n_users, n_items = _events()
+    cfg = ALSConfig(factors=8, regularization=0.5, alpha=3.0, iterations=200, random_state=1, num_threads=1)
+    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    fit = train_als(r, cfg)
+    step = ALSStep(fit.item_factors, cfg.regularization)
+    for u in range(n_users):
+        row = r.getrow(u)
+        np.testing.assert_allclose(
+            step.solve(row.indices, confidence(row.data, cfg)), fit.user_factors[u], atol=1e-3
+        )
+
+
+def test_train_report_and_dtypes():
+    users, items, clicks, n_users, n_items = _events(seed=2)
+    cfg = ALSConfig(factors=4, iterations=2, num_threads=1)
+    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    fit = train_als(r, cfg)
+    assert fit.item_factors.shape == (n_items, 4) and fit.item_factors.dtype == np.float32
+    assert fit.user_factors.shape == (n_users, 4) and fit.user_factors.dtype == np.float32
+    assert (fit.report.users, fit.report.items, fit.report.nnz) == (n_users, n_items, r.nnz)
+    assert fit.report.seconds > 0 and np.isfinite(fit.report.loss) and fit.report.loss > 0
+
+
+def test_training_silences_the_openblas_threads_trap(monkeypatch):
+    monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)
+    users, items, clicks, n_users, n_items = _events(seed=3)
+    cfg = ALSConfig(factors=4, iterations=1, num_threads=1)
+    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    with threadpool_limits(limits=2, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_als(r, cfg)

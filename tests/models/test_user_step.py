@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+from models.user_step import ALSStep
+
+K = 16
+LAMBDA = 0.1
+
+
+def _problem(seed: int = 0, n_rows: int = 300, n_histories: int = 40, max_len: int = 30):
+    rng = np.random.default_rng(seed)
+    factors = (rng.standard_normal((n_rows, K)) * 0.3).astype(np.float32)
+    lengths = rng.integers(1, max_len + 1, n_histories)
+    lengths[::7] = 0  # some empty histories
+    rows = np.concatenate([rng.choice(n_rows, n, replace=False) for n in lengths])
+    indptr = np.r_[0, np.cumsum(lengths)]
+    conf = 1.0 + 20.0 * rng.random(len(rows))
+    return factors, indptr, rows, conf
+
+
+def _dense_solve(fixed: np.ndarray, rows: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """x = (FᵀCF + λI)⁻¹ FᵀC p with C, p dense over all rows: the textbook form, no shortcuts."""
+    f = fixed.astype(np.float64)
+    c_full = np.ones(len(f))
+    p = np.zeros(len(f))
+    c_full[rows] = conf
+    p[rows] = 1.0
+    a = f.T @ (c_full[:, None] * f) + LAMBDA * np.eye(f.shape[1])
+    return np.linalg.solve(a, f.T @ (c_full * p))
+
+
+def test_user_step_matches_implicit_recalculate_user():
+    factors, indptr, rows, conf = _problem()
+    model = AlternatingLeastSquares(factors=K, regularization=LAMBDA, alpha=1.0, num_threads=1)
+    model.item_factors = factors
+    model.user_factors = np.zeros((len(indptr) - 1, K), dtype=np.float32)
+    step = ALSStep(factors, LAMBDA)
+    for u in range(len(indptr) - 1):
+        r, c = rows[indptr[u] : indptr[u + 1]], conf[indptr[u] : indptr[u + 1]]
+        user_items = sp.csr_matrix((c.astype(np.float32), r, [0, len(r)]), shape=(1, len(factors)))
+        with threadpool_limits(1, "blas"):
+            expected = model.recalculate_user(0, user_items)
+        np.testing.assert_allclose(step.solve(r, c), expected, atol=1e-4)
+
+
+def test_item_fold_in_equals_dense_solve():
+    # roles swapped: the fixed side is user factors, the history is the users who clicked the item
+    user_factors, indptr, rows, conf = _problem(seed=1)
+    fold_in = ALSStep(user_factors, LAMBDA)
+    r, c = rows[indptr[3] : indptr[4]], conf[indptr[3] : indptr[4]]
+    assert len(r) > 0
+    np.testing.assert_allclose(fold_in.solve(r, c), _dense_solve(user_factors, r, c), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_len", [30, 3 * K])  # shorter than k (dual solve) and longer (primal)
+def test_batched_path_equals_single_path(max_len):
+    factors, indptr, rows, conf = _problem(seed=2, max_len=max_len)
+    step = ALSStep(factors, LAMBDA)
+    batched = step.solve_batch(indptr, rows, conf)
+    spans = [slice(indptr[u], indptr[u + 1]) for u in range(len(batched))]
+    single = np.stack([step.solve(rows[s], conf[s]) for s in spans])
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_history_gives_zero_vector():
+    step = ALSStep(np.ones((4, K), dtype=np.float32), LAMBDA)
+    assert not step.solve(np.array([], dtype=int), np.array([])).any()
+    assert not step.solve_batch(np.array([0, 0]), np.array([], dtype=int), np.array([])).any()
+
+
+def test_appended_rows_join_histories_but_not_the_gram_matrix():
+    factors, _, _, _ = _problem(seed=3)
+    step = ALSStep(factors, LAMBDA)
+    gram = step.gram.copy()
+    new_vectors = np.random.default_rng(4).standard_normal((1000, K)).astype(np.float32)  # forces growth
+    new_rows = step.append(new_vectors)
+    assert new_rows[0] == len(factors) and len(step) == len(factors) + 1000
+    np.testing.assert_array_equal(step.gram, gram)
+    hist, conf = np.array([new_rows[5], 7]), np.array([4.0, 2.0])
+    v = step.factors[hist].astype(np.float64)
+    expected = np.linalg.solve(gram + v.T @ ((conf - 1)[:, None] * v), v.T @ conf)
+    np.testing.assert_allclose(step.solve(hist, conf), expected, rtol=1e-5, atol=1e-6)
+    batched = step.solve_batch(np.array([0, 2]), hist, conf)[0]
+    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_update_overwrites_a_row():
+    step = ALSStep(np.zeros((3, K), dtype=np.float32), LAMBDA)
+    step.update(np.array([1]), np.ones((1, K)))
+    assert step.factors[1].sum() == K and not step.factors[[0, 2]].any()
+    with pytest.raises(IndexError):
+        step.update(np.array([3]), np.ones((1, K)))
+
+
+def test_confidence_below_one_is_rejected():
+    step = ALSStep(np.ones((3, K), dtype=np.float32), LAMBDA)
+    with pytest.raises(ValueError, match=">= 1"):
+        step.solve(np.array([0]), np.array([0.5]))
