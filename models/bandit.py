@@ -1,0 +1,172 @@
+"""Exploration for new items: a Beta–Bernoulli bandit over the new-item pool.
+
+New items have no history, so the popular and personal lists cannot rank them. The reader
+fills its explore slots from the pool with Thompson sampling (or ε-greedy, for comparison);
+an item leaves the pool once it has enough views to be ranked by its smoothed CTR, or is old.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+ExplorePolicy = Literal["thompson", "epsilon_greedy"]
+
+
+@dataclass(frozen=True, slots=True)
+class BetaPrior:
+    """Beta(α0, β0) prior on an item's CTR, worth `α0 + β0` views.
+
+    >>> BetaPrior.from_ctr(0.04, pseudo_count=50)
+    BetaPrior(alpha=2.0, beta=48.0)
+    """
+
+    alpha: float
+    beta: float
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 0 and self.beta > 0 and math.isfinite(self.alpha + self.beta)):
+            raise ValueError(f"alpha and beta must be finite and > 0, got {self.alpha}, {self.beta}")
+
+    @classmethod
+    def from_ctr(cls, ctr: float, pseudo_count: float, eps: float = 1e-6) -> BetaPrior:
+        """α0 = p·n, β0 = (1 − p)·n: mean `p` (the global CTR), worth `n` views.
+
+        `p` is clamped into [ε, 1 − ε] so a global CTR of exactly 0 or 1 (no clicks yet, a
+        tiny sample) still gives a proper prior instead of stopping the worker.
+        """
+        if not 0.0 <= ctr <= 1.0:
+            raise ValueError(f"ctr must be in [0, 1], got {ctr}")
+        if not (pseudo_count > 0 and math.isfinite(pseudo_count)):
+            raise ValueError(f"pseudo_count must be finite and > 0, got {pseudo_count}")
+        p = min(max(ctr, eps), 1.0 - eps)
+        return cls(p * pseudo_count, (1.0 - p) * pseudo_count)
+
+    def posterior(self, clicks: npt.ArrayLike, views: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Beta(α0 + clicks, β0 + views − clicks), vectorized over a pool.
+
+        A click whose view was lost (dead-lettered, say) must not push β below β0, so
+        `views − clicks` is floored at 0.
+
+        >>> alpha, beta = BetaPrior(2.0, 48.0).posterior([0, 3], [0, 10])
+        >>> alpha.tolist(), beta.tolist()
+        ([2.0, 5.0], [48.0, 55.0])
+        """
+        clicks = np.asarray(clicks, dtype=np.float64)
+        misses = np.maximum(np.asarray(views, dtype=np.float64) - clicks, 0.0)
+        return self.alpha + clicks, self.beta + misses
+
+
+def graduated(
+    views: npt.ArrayLike,
+    created_ts: npt.ArrayLike,
+    now_ts: int,
+    max_views: int,
+    max_age_s: float,
+) -> np.ndarray:
+    """True where an item leaves the new-item pool: views ≥ N or age ≥ T (timestamps in epoch-ms).
+
+    >>> graduated([99, 100, 0], [0, 0, -3_600_000], now_ts=0, max_views=100, max_age_s=3600).tolist()
+    [False, True, True]
+    """
+    age_ms = now_ts - np.asarray(created_ts, dtype=np.int64)
+    return (np.asarray(views) >= max_views) | (age_ms >= max_age_s * 1000)
+
+
+def thompson_top_k(
+    alpha: npt.ArrayLike,
+    beta: npt.ArrayLike,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    exclude: npt.ArrayLike | None = None,
+) -> np.ndarray:
+    """Pool indices of the k largest draws θ_i ~ Beta(α_i, β_i), largest first, never an excluded one.
+
+    One draw per item, excluded ones included, so an item's draw does not depend on what else
+    is excluded; the same generator state gives the same choice. `exclude` is a boolean mask
+    over the pool or an array of indices (e.g. items the user has already seen).
+
+    >>> thompson_top_k([1.0, 90.0, 1.0], [99.0, 10.0, 99.0], 2, np.random.default_rng(0)).tolist()[0]
+    1
+    """
+    return _top_k(rng.beta(np.asarray(alpha, np.float64), np.asarray(beta, np.float64)), k, exclude)
+
+
+def epsilon_greedy_top_k(
+    alpha: npt.ArrayLike,
+    beta: npt.ArrayLike,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    exclude: npt.ArrayLike | None = None,
+    epsilon: float = 0.1,
+) -> np.ndarray:
+    """k distinct pool indices: each slot, with probability ε a uniformly random remaining item,
+    otherwise the remaining item with the best posterior mean α/(α + β).
+
+    The posterior mean is the smoothed CTR (c + p·n)/(v + n) with the prior's p and n. A random
+    slot takes the next untaken item of one random permutation of the eligible items, which is
+    uniform over the items still remaining. ε = 0 is pure greedy and draws nothing from `rng`.
+
+    >>> rng = np.random.default_rng(0)
+    >>> epsilon_greedy_top_k([1.0, 9.0, 5.0], [9.0, 1.0, 5.0], 3, rng, epsilon=0.0).tolist()
+    [1, 2, 0]
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+    alpha, beta = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
+    greedy = _top_k(alpha / (alpha + beta), alpha.size, exclude)
+    slots = min(k, greedy.size)
+    random_slots = rng.random(slots) < epsilon if epsilon > 0 else np.zeros(slots, dtype=bool)
+    shuffled = rng.permutation(greedy) if random_slots.any() else greedy
+    sources = {False: iter(greedy.tolist()), True: iter(shuffled.tolist())}
+    chosen: list[int] = []
+    for is_random in random_slots.tolist():
+        chosen.append(next(i for i in sources[is_random] if i not in chosen))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def choose_explore(
+    policy: ExplorePolicy,
+    alpha: npt.ArrayLike,
+    beta: npt.ArrayLike,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    exclude: npt.ArrayLike | None = None,
+    epsilon: float = 0.1,
+) -> np.ndarray:
+    """The reader's explore slots under the configured policy; `epsilon` is used by ε-greedy only.
+
+    >>> rng = np.random.default_rng(0)
+    >>> choose_explore("epsilon_greedy", [1.0, 9.0], [9.0, 1.0], 1, rng, epsilon=0.0).tolist()
+    [1]
+    """
+    if policy == "thompson":
+        return thompson_top_k(alpha, beta, k, rng, exclude=exclude)
+    if policy == "epsilon_greedy":
+        return epsilon_greedy_top_k(alpha, beta, k, rng, exclude=exclude, epsilon=epsilon)
+    raise ValueError(f"unknown explore policy {policy!r}; expected 'thompson' or 'epsilon_greedy'")
+
+
+def _top_k(scores: np.ndarray, k: int, exclude: npt.ArrayLike | None) -> np.ndarray:
+    """Indices of the k largest scores, largest first, ties to the lower index, never an excluded one.
+
+    O(n) selection with `np.partition`, then a sort of the k chosen; at the cut, tied scores are
+    taken lowest index first, so the result is a pure function of the scores.
+    """
+    scores = np.array(scores, dtype=np.float64)
+    if exclude is not None:
+        scores[np.asarray(exclude)] = -np.inf
+    k = min(k, int(np.count_nonzero(scores > -np.inf)))
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    kth = -np.partition(-scores, k - 1)[k - 1]
+    above = np.flatnonzero(scores > kth)
+    chosen = np.concatenate([above, np.flatnonzero(scores == kth)[: k - above.size]])
+    return chosen[np.lexsort((chosen, -scores[chosen]))].astype(np.int64)

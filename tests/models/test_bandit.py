@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from models.bandit import (
+    BetaPrior,
+    choose_explore,
+    epsilon_greedy_top_k,
+    graduated,
+    thompson_top_k,
+)
+
+
+def test_prior_has_the_global_ctr_as_mean_and_the_pseudo_count_as_weight():
+    prior = BetaPrior.from_ctr(0.04, pseudo_count=25)
+    assert prior.alpha / (prior.alpha + prior.beta) == pytest.approx(0.04)
+    assert prior.alpha + prior.beta == pytest.approx(25)
+
+
+def test_prior_clamps_a_degenerate_ctr_and_rejects_invalid_input():
+    assert BetaPrior.from_ctr(0.0, 10).alpha == pytest.approx(1e-5)
+    assert BetaPrior.from_ctr(1.0, 10).beta == pytest.approx(1e-5)
+    for ctr, n in [(-0.1, 10), (1.1, 10), (float("nan"), 10), (0.1, 0), (0.1, float("inf"))]:
+        with pytest.raises(ValueError):
+            BetaPrior.from_ctr(ctr, n)
+    with pytest.raises(ValueError):
+        BetaPrior(0.0, 1.0)
+
+
+def test_posterior_adds_clicks_and_misses_and_ignores_orphan_clicks():
+    alpha, beta = BetaPrior(2.0, 48.0).posterior(np.array([0, 3, 5]), np.array([0, 10, 4]))
+    assert alpha.tolist() == [2.0, 5.0, 7.0]
+    assert beta.tolist() == [48.0, 55.0, 48.0]
+
+
+def test_graduation_boundaries_are_exact():
+    now = 1_700_000_000_000
+    views = np.array([99, 100, 0, 0])
+    created = np.array([now, now, now - 3_600_000 + 1, now - 3_600_000])
+    assert graduated(views, created, now, max_views=100, max_age_s=3600).tolist() == [
+        False,
+        True,
+        False,
+        True,
+    ]
+
+
+def _pool() -> tuple[np.ndarray, np.ndarray]:
+    # a clearly good item, a clearly bad one, and one with no data yet (prior mean 0.04)
+    return BetaPrior.from_ctr(0.04, 20).posterior([12, 1, 0], [100, 100, 0])
+
+
+def test_thompson_prefers_the_better_item_but_still_tries_the_new_one():
+    alpha, beta = _pool()
+    rng = np.random.default_rng(42)
+    picks = Counter(int(thompson_top_k(alpha, beta, 1, rng)[0]) for _ in range(4_000))
+    assert picks[0] > 0.8 * 4_000
+    assert picks[2] > 100  # no data: explored, sometimes
+    assert picks[1] < picks[2] / 5  # a lot of evidence against: hardly ever
+
+
+def test_thompson_is_reproducible_per_seed_and_varies_across_seeds():
+    alpha, beta = np.full(50, 2.0), np.full(50, 48.0)
+    runs = [thompson_top_k(alpha, beta, 5, np.random.default_rng(seed)).tolist() for seed in (1, 1, 2)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_thompson_never_returns_excluded_or_repeated_items():
+    alpha, beta = np.full(10, 1.0), np.full(10, 1.0)
+    mask = np.zeros(10, dtype=bool)
+    mask[[0, 3, 7]] = True
+    for seed in range(50):
+        chosen = thompson_top_k(alpha, beta, 10, np.random.default_rng(seed), exclude=mask)
+        assert sorted(chosen.tolist()) == [1, 2, 4, 5, 6, 8, 9]
+    by_index = thompson_top_k(alpha, beta, 3, np.random.default_rng(0), exclude=[0, 1, 2])
+    assert not set(by_index.tolist()) & {0, 1, 2} and len(by_index) == 3
+
+
+def test_epsilon_zero_is_greedy_by_posterior_mean_with_ties_to_the_lower_index():
+    alpha, beta = _pool()
+    alpha, beta = np.append(alpha, alpha[2]), np.append(beta, beta[2])  # a second no-data item
+    for seed in range(5):
+        chosen = epsilon_greedy_top_k(alpha, beta, 4, np.random.default_rng(seed), epsilon=0.0)
+        assert chosen.tolist() == [0, 2, 3, 1]
+    tied_at_the_cut = epsilon_greedy_top_k([1.0, 1.0, 1.0, 5.0], [9.0, 9.0, 9.0, 5.0], 3, None, epsilon=0.0)  # type: ignore[arg-type]
+    assert tied_at_the_cut.tolist() == [3, 0, 1]
+
+
+def test_epsilon_one_picks_uniformly_without_repeats():
+    alpha, beta = _pool()
+    rng = np.random.default_rng(3)
+    firsts = Counter()
+    for _ in range(3_000):
+        chosen = epsilon_greedy_top_k(alpha, beta, 3, rng, epsilon=1.0).tolist()
+        assert sorted(chosen) == [0, 1, 2]
+        firsts[chosen[0]] += 1
+    assert all(900 < firsts[i] < 1_100 for i in range(3))
+
+
+def test_epsilon_greedy_explores_about_epsilon_of_the_time():
+    alpha, beta = np.array([50.0, 1.0, 1.0, 1.0]), np.array([50.0, 99.0, 99.0, 99.0])
+    rng = np.random.default_rng(4)
+    not_best = sum(epsilon_greedy_top_k(alpha, beta, 1, rng, epsilon=0.2)[0] != 0 for _ in range(5_000))
+    assert not_best / 5_000 == pytest.approx(0.2 * 3 / 4, abs=0.02)
+
+
+def test_choose_explore_switches_policy_by_name():
+    alpha, beta = _pool()
+    ts = choose_explore("thompson", alpha, beta, 2, np.random.default_rng(5))
+    assert ts.tolist() == thompson_top_k(alpha, beta, 2, np.random.default_rng(5)).tolist()
+    eg = choose_explore("epsilon_greedy", alpha, beta, 2, np.random.default_rng(5), epsilon=0.0)
+    assert eg.tolist() == [0, 2]
+    with pytest.raises(ValueError, match="policy"):
+        choose_explore("ucb", alpha, beta, 2, np.random.default_rng(5))  # type: ignore[arg-type]
+
+
+def test_k_larger_than_the_pool_returns_every_eligible_item_once():
+    alpha, beta = _pool()
+    for policy in ("thompson", "epsilon_greedy"):
+        chosen = choose_explore(policy, alpha, beta, 10, np.random.default_rng(6), exclude=[1], epsilon=0.5)
+        assert sorted(chosen.tolist()) == [0, 2]
+        assert choose_explore(policy, alpha, beta, 3, np.random.default_rng(6), exclude=[0, 1, 2]).size == 0
