@@ -127,5 +127,21 @@ def produce(
     )
 
 
+@app.command()
+def worker(
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
+    loglevel: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
+) -> None:
+    """Run a stream worker: consume events, items and users; keep Redis state fresh."""
+    import faust
+    from prometheus_client import start_http_server
+
+    from streams.app import create_app
+
+    settings = _settings()
+    start_http_server(settings.worker_metrics_port if metrics_port is None else metrics_port, addr="127.0.0.1")
+    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
+
+
 if __name__ == "__main__":
     app()

@@ -89,6 +89,15 @@ class Rejected:
     reason: str
     payload: bytes
 
+    @property
+    def code(self) -> str:
+        """A bounded label for metrics: the reason up to its first ``:`` or ``.`` (a field or a check).
+
+        >>> Rejected("context.anything: Input should be a valid string", b"").code
+        'context'
+        """
+        return self.reason.split(":", 1)[0].split(".", 1)[0][:32]
+
 
 def _reason(exc: ValidationError) -> str:
     """The first error as ``field: message`` (input values left out: they may be huge or hostile)."""
@@ -124,16 +133,16 @@ def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[
     (1, 'event: Input should be an object')
     """
     if raw is None:
-        return [], [Rejected("empty message value (tombstone) on an events topic", b"")]
+        return [], [Rejected("tombstone: an empty message value carries no event", b"")]
     if len(raw) > MAX_MESSAGE_BYTES:
-        return [], [Rejected(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", raw)]
+        return [], [Rejected(f"size: message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", raw)]
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return [], [Rejected(f"invalid JSON: {exc}", raw)]
+        return [], [Rejected(f"json: invalid JSON, {exc}", raw)]
     items = doc if isinstance(doc, list) else [doc]
     if len(items) > MAX_EVENTS_PER_MESSAGE:
-        return [], [Rejected(f"micro-batch of {len(items)} events exceeds {MAX_EVENTS_PER_MESSAGE}", raw)]
+        return [], [Rejected(f"size: micro-batch of {len(items)} events exceeds {MAX_EVENTS_PER_MESSAGE}", raw)]
     valid, rejected = [], []
     for obj in items:
         if not isinstance(obj, dict):

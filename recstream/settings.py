@@ -45,6 +45,26 @@ class Settings(BaseSettings):
     run_dir: Path = Field(Path(".run"), description="pid files, logs and data of locally started services")
     cache_dir: Path = Field(Path(".cache"), description="downloaded Kafka jars")
 
+    redis_prefix: str = Field("rs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="prefix of every Redis key")
+
+    # stream workers
+    worker_group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
+    batch_max: int = Field(5_000, gt=0, le=100_000, description="Kafka messages per processed batch, at most")
+    batch_wait_s: float = Field(0.05, gt=0, le=10, description="how long a batch waits to fill")
+    worker_metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
+    seen_cap: int = Field(500, gt=0, le=100_000, description="items kept in a user's seen set")
+    # smoothed CTR: (clicks + m·p) / (views + m) with p the quantized global CTR
+    ctr_prior_mass: float = Field(20.0, gt=0, description="m: how many views the prior is worth")
+    ctr_default: float = Field(0.05, gt=0, lt=1, description="global CTR assumed before any data")
+    ctr_default_mass: float = Field(100.0, gt=0, description="views the default global CTR is worth")
+    ctr_prior_step: float = Field(0.005, gt=0, le=0.5, description="relative grid step of the quantized prior")
+    trend_half_life_s: int = Field(6 * 3600, gt=0, description="half-life of the trending counts")
+    trend_epoch_half_lives: int = Field(8, gt=0, le=16, description="trend key rotation, in half-lives")
+    # new-item pool (Thompson sampling)
+    pool_graduate_views: int = Field(200, gt=0, description="an item leaves the pool after this many views")
+    pool_graduate_age_s: int = Field(48 * 3600, gt=0, description="... or when it is this old (event time)")
+    bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
+
     producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
     producer_linger_ms: int = Field(5, ge=0, le=10_000)
 
@@ -64,6 +84,10 @@ class Settings(BaseSettings):
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
         return value
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
+        return {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
 
     @property
     def kafka_port(self) -> int:

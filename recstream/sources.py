@@ -39,7 +39,7 @@ def read_jsonl(path: Path, now_ms: int | None = None) -> Iterator[Record]:
             try:
                 obj = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                yield Record("event", Rejected(f"invalid JSON: {exc}", line), number)
+                yield Record("event", Rejected(f"json: invalid JSON, {exc}", line), number)
                 continue
             kind = obj.pop("kind", "event") if isinstance(obj, dict) else "event"
             if kind not in ("event", "item", "user"):

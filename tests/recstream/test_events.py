@@ -49,10 +49,10 @@ def test_missing_field_is_named():
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"{not json", "invalid JSON"),
-        (None, "tombstone"),
+        (b"{not json", "json: invalid JSON"),
+        (None, "tombstone: "),
         (b"[1, 2]", "event: Input should be an object"),
-        (b"x" * 1_000_001, "exceeds"),
+        (b"x" * 1_000_001, "size: message of 1000001 bytes exceeds"),
     ],
 )
 def test_malformed_message_is_rejected_with_its_bytes(raw, reason):

@@ -1,0 +1,84 @@
+"""The faust app: three thin agents (events, items, users), each batching and delegating.
+
+Agent concurrency stays 1: one user's events stay ordered, and faust's offset tracking has
+an open off-by-one for concurrency > 1. The watermark needs each message's partition and
+offset, so agents batch over ``take_events`` (events), not bare values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import faust
+from faust.types import TP, EventT
+from redis.asyncio import Redis
+
+from recstream.events import Kind
+from recstream.settings import Settings
+from streams import metrics
+from streams.processor import BatchProcessor, DeadLetter, Message
+from streams.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the worker app; every worker started from it joins one consumer group."""
+    app = faust.App(
+        settings.worker_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
+        broker_commit_every=settings.batch_max,
+        broker_commit_interval=1.0,
+    )
+    redis = Redis.from_url(settings.redis_url, socket_timeout=30)
+    store = StateStore(redis, settings)
+    dlq = app.topic(settings.dlq_topic, value_serializer="raw", key_serializer="raw")
+
+    async def send_dead_letters(letters: list[DeadLetter]) -> None:
+        futures = []
+        for letter in letters:
+            source = letter.source
+            headers = {
+                "reason": letter.rejected.reason.encode(),
+                "source": f"{source.topic}:{source.partition}:{source.offset}".encode(),
+            }
+            futures.append(await dlq.send(value=letter.rejected.payload, headers=headers))
+        await asyncio.gather(*futures)
+
+    processors = {kind: BatchProcessor(kind, store, settings, send_dead_letters) for kind in ("event", "item", "user")}
+
+    def messages(batch: Sequence[EventT]) -> list[Message]:
+        out = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in batch]
+        for tp in {(m.topic, m.partition): m for m in out}.values():
+            highwater = app.consumer.highwater(TP(tp.topic, tp.partition))
+            if highwater is not None:
+                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - tp.offset - 1))
+        return out
+
+    def agent_for(topic_name: str, kind: Kind) -> None:
+        async def consume(stream: faust.StreamT) -> None:
+            async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+                await processors[kind].process(messages(batch))
+
+        topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
+        app.agent(topic, name=f"recstream.{kind}s", concurrency=1)(consume)
+
+    agent_for(settings.events_topic, "event")
+    agent_for(settings.items_topic, "item")
+    agent_for(settings.users_topic, "user")
+
+    @app.on_partitions_assigned.connect
+    async def forget_watermarks(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
+        for processor in processors.values():
+            processor.forget_watermarks()
+
+    return app

@@ -1,0 +1,34 @@
+"""The worker's Prometheus metrics (served on ``RECSTREAM_WORKER_METRICS_PORT``).
+
+Names are what the dashboards and alert rules in monitoring/ query; rename nothing here
+without changing them in the same commit (a test runs every panel's query).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("recstream_worker_events_total", "Valid events applied to Redis", ["topic", "type"])
+MESSAGES_SKIPPED = Counter(
+    "recstream_worker_messages_skipped_total", "Messages at or below the watermark (already applied)", ["topic"]
+)
+DEAD_LETTERS = Counter("recstream_worker_dead_letters_total", "Inputs sent to the dead-letter topic", ["topic", "reason"])
+BATCH_SIZE = Histogram(
+    "recstream_worker_batch_events", "Events per applied batch", ["topic"],
+    buckets=(1, 10, 50, 100, 500, 1_000, 2_000, 5_000, 10_000, 50_000),
+)  # fmt: skip
+BATCH_SECONDS = Histogram(
+    "recstream_worker_batch_seconds", "Time to process and apply one batch", ["topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)  # fmt: skip
+FRESHNESS = Histogram(
+    "recstream_worker_freshness_seconds", "Event timestamp to state applied in Redis",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30),
+)  # fmt: skip
+LAG = Gauge("recstream_worker_consumer_lag", "Messages behind the partition's high watermark", ["topic", "partition"])
+STALE_RETRIES = Counter(
+    "recstream_worker_stale_watermark_total", "Batches retried because another writer moved a watermark"
+)
+PRIOR = Gauge("recstream_worker_ctr_prior", "The quantized global CTR the rankings use")
+RESCORES = Counter("recstream_worker_full_rescores_total", "Full ranking rescorings (the quantized prior moved)")
+GRADUATIONS = Counter("recstream_worker_pool_graduations_total", "Items that left the new-item pool")

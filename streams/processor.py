@@ -1,0 +1,137 @@
+"""One batch of Kafka messages → validated records → one atomic Redis effect (+ dead letters).
+
+The same loop serves the three topics; what differs is how valid records become an
+:class:`~streams.state.Effect` (``build``). Messages at or below the partition's watermark
+are dropped first (already applied, see streams/state.py); a bad record goes to the
+dead-letter topic with its reason and never stops the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from recstream.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
+from recstream.settings import Settings
+from streams import metrics
+from streams.aggregate import aggregate
+from streams.state import Applied, Effect, StaleWatermark, StateStore
+
+MAX_STALE_RETRIES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What the processor needs of a Kafka message (faust's ``EventT`` is adapted to this)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    source: Message
+    rejected: Rejected
+
+
+Records = list[Event] | list[ItemEvent] | list[UserEvent]
+Build = Callable[[Records, Effect], Awaitable[None]]
+SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+
+
+class BatchProcessor:
+    """Applies batches of one topic's messages with effectively-once semantics."""
+
+    def __init__(
+        self, kind: Kind, store: StateStore, settings: Settings, send_dead_letters: SendDeadLetters
+    ) -> None:
+        self.kind = kind
+        self.store = store
+        self.settings = settings
+        self.send_dead_letters = send_dead_letters
+        self._watermarks: dict[str, int] | None = None
+        self.build: Build = {"event": self._build_events, "item": self._build_items, "user": self._build_users}[kind]
+
+    def forget_watermarks(self) -> None:
+        """Re-read the watermarks before the next batch (after a rebalance another worker may have moved them)."""
+        self._watermarks = None
+
+    async def reload_watermarks(self) -> None:
+        self._watermarks = await self.store.watermarks()
+
+    async def process(self, messages: Sequence[Message]) -> Applied | None:
+        started = time.perf_counter()
+        if self._watermarks is None:
+            await self.reload_watermarks()
+        for _ in range(MAX_STALE_RETRIES):
+            assert self._watermarks is not None
+            fresh = [m for m in messages if m.offset > self._watermarks.get(f"{m.topic}:{m.partition}", -1)]
+            if len(fresh) < len(messages):
+                metrics.MESSAGES_SKIPPED.labels(messages[0].topic).inc(len(messages) - len(fresh))
+            if not fresh:
+                return None
+            now_ms = int(time.time() * 1000)
+            records: list = []
+            dead: list[DeadLetter] = []
+            effect = Effect()
+            for message in fresh:
+                valid, rejected = decode(message.value, self.kind, now_ms)
+                records.extend(valid)
+                dead.extend(DeadLetter(message, r) for r in rejected)
+                tp = f"{message.topic}:{message.partition}"
+                effect.watermarks[tp] = (self._watermarks.get(tp, -1), message.offset)
+            await self.build(records, effect)
+            if dead:
+                await self.send_dead_letters(dead)  # before the watermark moves: at least once
+            try:
+                applied = await self.store.apply(effect)
+            except StaleWatermark:
+                metrics.STALE_RETRIES.inc()
+                await self.reload_watermarks()
+                continue
+            self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
+            self._observe(fresh[0].topic, records, dead, applied, started)
+            return applied
+        raise RuntimeError(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+
+    def _observe(self, topic: str, records: list, dead: list[DeadLetter], applied: Applied, started: float) -> None:
+        now = time.time()
+        for letter in dead:
+            metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
+        if self.kind == "event":
+            views = sum(1 for e in records if e.type == "view")
+            metrics.EVENTS.labels(topic, "view").inc(views)
+            metrics.EVENTS.labels(topic, "click").inc(len(records) - views)
+            for event in records:
+                metrics.FRESHNESS.observe(max(0.0, now - event.ts / 1000))
+        else:
+            metrics.EVENTS.labels(topic, self.kind).inc(len(records))
+        metrics.BATCH_SIZE.labels(topic).observe(len(records))
+        metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - started)
+        metrics.PRIOR.set(applied.prior)
+        metrics.RESCORES.inc(applied.full_rescore)
+        metrics.GRADUATIONS.inc(len(applied.graduated))
+
+    async def _build_events(self, events: list[Event], effect: Effect) -> None:
+        users = list(dict.fromkeys(e.user_id for e in events))
+        segments = await self.store.segments(users)
+        s = self.settings
+        effect.counters = aggregate(events, segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
+
+    async def _build_items(self, items: list[ItemEvent], effect: Effect) -> None:
+        for item in items:
+            available = item.available and item.op != "remove"
+            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts or item.ts, available))
+
+    async def _build_users(self, users: list[UserEvent], effect: Effect) -> None:
+        for user in users:
+            if user.attributes:
+                effect.user_segments[user.user_id] = segment_of(user.attributes)
+            if user.preferred_categories or user.not_interested:
+                prefs = {"categories": user.preferred_categories, "not_interested": user.not_interested}
+                effect.user_blobs.append((user.user_id, "prefs", orjson.dumps(prefs)))

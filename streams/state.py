@@ -1,0 +1,121 @@
+"""Derived state in Redis, written once per batch together with its offset watermarks.
+
+The effectively-once argument
+-----------------------------
+* Every Kafka message has a (topic, partition, offset). For each partition Redis keeps a
+  watermark: the highest offset whose effect is in Redis (key ``wm``).
+* A batch's whole effect and the new watermarks are applied by one Lua script
+  (``apply_batch.lua``), which Redis runs atomically: after any crash, Redis holds either
+  all of a batch or none of it, and the watermark says which.
+* The worker drops every message at or below the watermark before computing anything. After
+  a crash faust restarts from the last committed offset, which is never past the watermark
+  (offsets are committed only after the batch was applied), so re-read messages are dropped
+  and the first unapplied one is applied once.
+* The script refuses a batch if a watermark is no longer the value the worker read (another
+  worker took the partition in a rebalance and moved on, or a zombie wrote late). The worker
+  then re-reads the watermarks, drops what is now covered and retries: no batch is applied
+  twice even with two writers.
+* Every stored value is a function of integer sums, maxima and per-user sequences, so the
+  final state does not depend on where batches were cut (see streams/aggregate.py and
+  models/ctr.py for the rankings).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from redis.asyncio import Redis
+
+from recstream.keys import Keys
+from recstream.settings import Settings
+from streams.aggregate import CounterDeltas
+
+SCRIPT = (Path(__file__).parent / "apply_batch.lua").read_text()
+
+
+class StaleWatermark(Exception):
+    """Another writer moved a watermark since it was read; re-read and retry."""
+
+
+@dataclass
+class Effect:
+    """Everything one batch writes, besides the counters: item metadata, users, watermarks."""
+
+    watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)  # tp -> (expected, new)
+    counters: CounterDeltas = field(default_factory=CounterDeltas)
+    meta: list[tuple[str, str, int, bool]] = field(default_factory=list)  # item, categories, created, avail
+    user_segments: dict[str, str] = field(default_factory=dict)
+    user_blobs: list[tuple[str, str, bytes]] = field(default_factory=list)  # user, field, value
+
+
+@dataclass(frozen=True)
+class Applied:
+    prior: float
+    full_rescore: bool
+    graduated: list[str]
+
+
+class StateStore:
+    """Reads what a batch needs and applies its effect in one atomic round trip each."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.keys = Keys(settings.redis_prefix)
+        self.settings = settings
+        self._script = redis.register_script(SCRIPT)
+        self._cfg = {
+            "m": settings.ctr_prior_mass,
+            "default_ctr": settings.ctr_default,
+            "default_mass": settings.ctr_default_mass,
+            "log_step": math.log1p(settings.ctr_prior_step),
+            "trend_ttl_s": 3 * settings.trend_half_life_s * settings.trend_epoch_half_lives,
+            "graduate_views": settings.pool_graduate_views,
+            "graduate_age_ms": settings.pool_graduate_age_s * 1000,
+            "seen_cap": settings.seen_cap,
+        }
+
+    async def watermarks(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys("wm"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def segments(self, users: Sequence[str]) -> dict[str, str]:
+        if not users:
+            return {}
+        values = await self.redis.hmget(self.keys("user:seg"), list(users))
+        return {u: v.decode() for u, v in zip(users, values, strict=True) if v is not None}
+
+    async def apply(self, effect: Effect) -> Applied:
+        """Run the batch script; raises :class:`StaleWatermark` if a watermark moved meanwhile."""
+        c = effect.counters
+        blobs: list[bytes] = []
+        users = []
+        for user, what, value in effect.user_blobs:
+            blobs.append(value)
+            users.append([user, what, len(blobs) + 1])  # ARGV index (ARGV[1] is the payload)
+        payload = {
+            "prefix": self.keys.prefix,
+            "cfg": self._cfg,
+            "wm": [[tp, _wm(old), str(new)] for tp, (old, new) in effect.watermarks.items()],
+            "meta": [[i, cats, str(created), "1" if avail else "0"] for i, cats, created, avail in effect.meta],
+            "items": [[i, str(v), str(k), str(first)] for i, (v, k, first) in c.items.items()],
+            "segs": [[s, i, str(v), str(k)] for (s, i), (v, k) in c.segments.items()],
+            "totals": [[name, str(n)] for name, n in c.totals.items()],
+            "trend": [[suffix, item, str(n)] for (suffix, item), n in c.trend.items()],
+            "seen": [[u, i, str(ts)] for (u, i), ts in c.seen.items()],
+            "clock": str(c.clock),
+            "user_segments": [[u, s] for u, s in effect.user_segments.items()],
+            "users": users,
+        }
+        result = await self._script(args=[orjson.dumps(payload), *blobs])
+        if result[0] == b"stale":
+            raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
+        return Applied(float(result[1]), bool(result[2]), [g.decode() for g in result[3]])
+
+
+def _wm(offset: int) -> str:
+    return "" if offset < 0 else str(offset)
+
