@@ -1,0 +1,190 @@
+"""Versioned model directories: what a batch train hands to the workers for a hot swap.
+
+    <root>/<version>/manifest.json        format, version, creation time, sha256 of every file
+                    item_factors.npy      (items, k) float32, row i ↔ item_ids[i]
+                    item_ids.json
+                    content_map.npz       ridge map and its category / feature vocabularies
+                    index/index.bin       HNSW snapshot (hnswlib)
+                    index/index.json      its id map, deleted ids, ef
+                    config.json           ALSConfig
+                    metrics.json          training report and evaluation figures
+
+Version ids are `YYYYMMDDTHHMMSSZ-<6 hex>` (UTC creation time, random suffix), so they sort
+by time as strings. A version is written into a hidden temp directory beside it, fsynced,
+then renamed into place: rename is atomic on POSIX, so a reader sees a whole version or
+none. The manifest's checksums turn a damaged file into an error naming it instead of a
+crash inside numpy or hnswlib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from models.als import ALSConfig
+from models.ann import ItemIndex
+from models.content_map import ContentMap
+
+FORMAT = 1
+VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+MANIFEST = "manifest.json"
+T = TypeVar("T")
+
+
+class ArtifactError(Exception):
+    """A model version is missing, incomplete or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    item_ids: list[str]
+    item_factors: np.ndarray
+    content_map: ContentMap
+    index: ItemIndex
+    config: ALSConfig
+    metrics: dict[str, Any]
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def version_id(created_at: datetime) -> str:
+    """`YYYYMMDDTHHMMSSZ-<6 hex>` from a timezone-aware time.
+
+    >>> version_id(datetime(2026, 11, 23, 14, 25, 1, tzinfo=UTC))[:17]
+    '20261123T142501Z-'
+    """
+    return f"{created_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def write_model(root: str | Path, model: ModelArtifacts) -> str:
+    """Write a new version under root atomically; returns its id."""
+    _check_consistent(model, where=Path(root))
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = version_id(model.created_at)
+    tmp = root / f".tmp-{version}"
+    try:
+        tmp.mkdir()
+        np.save(tmp / "item_factors.npy", np.ascontiguousarray(model.item_factors, dtype=np.float32))
+        (tmp / "item_ids.json").write_text(json.dumps(model.item_ids))
+        model.content_map.save(tmp / "content_map.npz")
+        model.index.save(tmp / "index")
+        (tmp / "config.json").write_text(model.config.model_dump_json(indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(model.metrics, indent=2, sort_keys=True))
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT,
+            "version": version,
+            "created_at": model.created_at.astimezone(UTC).isoformat(),
+            "files": {name: _sha256(tmp / name) for name in files},
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _fsync_tree(tmp)
+        tmp.rename(root / version)
+        _fsync(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return version
+
+
+def list_versions(root: str | Path) -> list[str]:
+    """Complete versions under root, oldest first (temp directories are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name))
+
+
+def latest_version(root: str | Path) -> str | None:
+    """The newest version, or None when none has been written yet."""
+    versions = list_versions(root)
+    return versions[-1] if versions else None
+
+
+def read_model(root: str | Path, version: str | None = None) -> ModelArtifacts:
+    """Load a version (default: the latest), verifying every file against the manifest."""
+    root = Path(root)
+    version = version or latest_version(root)
+    if version is None:
+        raise ArtifactError(f"{root}: no model version")
+    directory = root / version
+    if not VERSION_PATTERN.match(version) or not directory.is_dir():
+        raise ArtifactError(f"{directory}: no such model version")
+    manifest = _parse(directory / MANIFEST, lambda p: json.loads(p.read_text()))
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{directory / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT}")
+    for name, digest in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing")
+        if _sha256(path) != digest:
+            raise ArtifactError(f"{path}: checksum mismatch (corrupt or modified)")
+    model = ModelArtifacts(
+        item_ids=_parse(directory / "item_ids.json", lambda p: json.loads(p.read_text())),
+        item_factors=_parse(directory / "item_factors.npy", lambda p: np.load(p, allow_pickle=False)),
+        content_map=_parse(directory / "content_map.npz", ContentMap.load),
+        index=_parse(directory / "index" / "index.bin", lambda p: ItemIndex.load(p.parent)),
+        config=_parse(directory / "config.json", lambda p: ALSConfig.model_validate_json(p.read_text())),
+        metrics=_parse(directory / "metrics.json", lambda p: json.loads(p.read_text())),
+        created_at=datetime.fromisoformat(manifest["created_at"]),
+    )
+    _check_consistent(model, where=directory)
+    return model
+
+
+def _check_consistent(model: ModelArtifacts, where: Path) -> None:
+    n, k = len(model.item_ids), model.config.factors
+    checks = [
+        (
+            "item_factors.npy",
+            model.item_factors.shape == (n, k),
+            f"shape {model.item_factors.shape}, expected {(n, k)}",
+        ),
+        ("item_ids.json", len(set(model.item_ids)) == n, "duplicate item ids"),
+        ("content_map.npz", model.content_map.dim == k, f"dim {model.content_map.dim}, expected {k}"),
+        ("index/index.bin", model.index.dim == k, f"dim {model.index.dim}, expected {k}"),
+    ]
+    for name, ok, problem in checks:
+        if not ok:
+            raise ArtifactError(f"{where / name}: {problem}")
+
+
+def _parse(path: Path, load: Callable[[Path], T]) -> T:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing")
+    try:
+        return load(path)
+    except Exception as exc:  # any parse failure becomes an error naming the file
+        raise ArtifactError(f"{path}: {exc}") from exc
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in sorted(directory.rglob("*"), reverse=True):  # files before their directories
+        _fsync(path)
+    _fsync(directory)
