@@ -126,11 +126,12 @@ def trend_epochs(
     Re-basing by rotation instead of rewriting: epochs start at multiples of L = R·h. An event
     is added to the keys of epochs E(t) and E(t) − L, so the key of epoch e holds exactly the
     events with t in [e, e + 2L). At time t read the key of epoch E(t) − L (the second element
-    of `trend_epochs(t)`): it holds every event of the last L ms (the weight it lacks is ≤ 2^−R
-    of the total), it never grew more than 2R half-lives, and which key an event lands in is a
-    function of its own timestamp, so a replay after a crash rebuilds identical keys. Keys older
-    than 2L can expire. With the fixed-point increments of `trend_increment`, a key stays exact in
-    a double (Redis ZINCRBY) while the decayed count D < 2^(53 − F − 2R), i.e. 2^21 by default.
+    of `trend_epochs(t)`): it holds every event of the last L ms (the events it lacks are older,
+    decayed to under 2^−R of their weight), it never grew more than 2R half-lives, and which key
+    an event lands in is a function of its own timestamp, so a replay after a crash rebuilds
+    identical keys. Keys older than 2L can expire. With the fixed-point increments of
+    `trend_increment`, a key stays exact in a double (Redis ZINCRBY) while the decayed count
+    D < 2^(53 − F − 2R), i.e. 2^21 by default.
 
     >>> trend_epochs(np.array([0, 7_999, 8_000, 17_000]), half_life_ms=1_000)
     (array([    0,     0,  8000, 16000]), array([-8000, -8000,     0,  8000]))
