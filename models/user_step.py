@@ -107,8 +107,8 @@ class ALSStep:
     def solve_batch(self, indptr: np.ndarray, rows: np.ndarray, confidences: np.ndarray) -> np.ndarray:
         """x for many histories in CSR layout: history u is rows[indptr[u]:indptr[u+1]].
 
-        Histories are sorted by length and stacked `BATCH_CHUNK` at a time into zero-padded
-        (B, L, k) arrays; a padded slot has c = 0 and a zero vector, so it adds nothing.
+        Histories are sorted by length and stacked `BATCH_CHUNK` at a time into padded
+        (B, L, k) arrays; a padded slot has c = 0, so it adds nothing.
         An empty history gets the zero vector, as in `solve`.
         """
         indptr = np.asarray(indptr, dtype=np.intp)
@@ -127,9 +127,9 @@ class ALSStep:
             users = order[start : start + BATCH_CHUNK]
             slots = indptr[users, None] + np.arange(lengths[users].max())
             valid = slots < indptr[users + 1, None]
-            slots = np.where(valid, slots, indptr[users, None])  # padding reads a real row, masked below
-            padded_c = np.where(valid, c[slots], 0.0)
-            padded_v = factors[rows[slots]].astype(np.float64) * valid[..., None]
+            slots = np.where(valid, slots, indptr[users, None])  # padding repeats a real row ...
+            padded_c = np.where(valid, c[slots], 0.0)  # ... with c = 0, which removes it from both sums
+            padded_v = np.take(factors, rows[slots], axis=0).astype(np.float64)
             out[users] = self._solve_stacked(padded_v, padded_c)
         return out
 
@@ -140,15 +140,17 @@ class ALSStep:
         M = Z Vᵀ, (G + VᵀWV) G⁻¹Vᵀ = Vᵀ (I + W M), so x = A⁻¹Vᵀc = Zᵀ (I + W M)⁻¹ c
         (I + WM is invertible: WM's eigenvalues are those of W½MW½ ⪰ 0). Z is one large
         GEMM instead of B small Gram products and the solve is L×L instead of k×k:
-        ~1.4× the single path at k = 64, L = 20–50 (bench/user_steps.py). Longer
+        ~1.3× the single path at k = 64, L = 20–50 (bench/user_steps.py). Longer
         histories use the primal k×k system.
         """
-        if v.shape[1] > self.dim:
+        batch, width, k = v.shape
+        if width > k:
             a, b = self._normal_equations(v, c)
             return np.linalg.solve(a, b[..., None])[..., 0]
-        z = v @ self._gram_inv
-        s = np.maximum(c - 1.0, 0.0)[..., None] * (z @ np.swapaxes(v, -1, -2))
-        s += np.eye(v.shape[1])
+        z = (v.reshape(-1, k) @ self._gram_inv).reshape(batch, width, k)
+        s = z @ np.swapaxes(v, -1, -2)
+        s *= np.maximum(c - 1.0, 0.0)[..., None]
+        s += np.eye(width)
         return (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, c[..., None]))[..., 0]
 
     def _normal_equations(self, vectors: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,123 @@
+"""User steps per second at k=64: our single and batched paths against implicit, same data, same run.
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/user_steps.py
+
+Y is a fixed random 1,682×64 float32 matrix (MovieLens 100K's catalogue size); 4,000 users
+with histories of 20–50 distinct items and confidences in [1, 21). Every path runs on one
+core (BLAS pinned to 1 thread, implicit with num_threads=1); each figure is the best of
+5 repeats. Writes `user_steps_per_s` (our batched path, baseline = implicit's batched
+`recalculate_user`) and `user_steps_per_s_implicit` into bench/results.json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from rich.console import Console
+from rich.table import Table
+from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.user_step import ALSStep
+
+N_ITEMS, K, N_USERS, REGULARIZATION, REPEATS = 1682, 64, 4000, 0.1, 5
+COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/user_steps.py"
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def best_rate(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
+    """(best steps/s over REPEATS runs, the output of the last run)."""
+    best = 0.0
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        out = run()
+        best = max(best, N_USERS / (time.perf_counter() - started))
+    return best, out
+
+
+def record(figures: dict[str, dict[str, object]]) -> None:
+    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(figures)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(RESULTS)
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    item_factors = (rng.standard_normal((N_ITEMS, K)) * 0.1).astype(np.float32)
+    lengths = rng.integers(20, 51, N_USERS)
+    rows = np.concatenate([rng.choice(N_ITEMS, n, replace=False) for n in lengths])
+    indptr = np.r_[0, np.cumsum(lengths)]
+    conf = 1.0 + 20.0 * rng.random(len(rows))
+    spans = [slice(indptr[u], indptr[u + 1]) for u in range(N_USERS)]
+
+    step = ALSStep(item_factors, REGULARIZATION)
+    user_items = sp.csr_matrix((conf.astype(np.float32), rows, indptr), shape=(N_USERS, N_ITEMS))
+    user_rows = [user_items[u] for u in range(N_USERS)]
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=K, regularization=REGULARIZATION, alpha=1.0, num_threads=1)
+    model.item_factors = item_factors
+    model.user_factors = np.zeros((N_USERS, K), dtype=np.float32)
+    all_users = np.arange(N_USERS)
+
+    paths = {
+        "ours, single (ALSStep.solve per user)": lambda: np.stack(
+            [step.solve(rows[s], conf[s]) for s in spans]
+        ),
+        "ours, batched (ALSStep.solve_batch)": lambda: step.solve_batch(indptr, rows, conf),
+        "implicit recalculate_user, per user": lambda: np.stack(
+            [model.recalculate_user(u, user_rows[u]) for u in range(N_USERS)]
+        ),
+        "implicit recalculate_user, batched": lambda: model.recalculate_user(all_users, user_items),
+    }
+    rates, outputs = {}, {}
+    with threadpool_limits(1, "blas"):
+        for name, run in paths.items():
+            rates[name], outputs[name] = best_rate(run)
+
+    reference = outputs["ours, single (ALSStep.solve per user)"]
+    table = Table(title=f"User steps/s, k={K}, {N_ITEMS} items, {N_USERS} users × 20–50 items, 1 core")
+    for column in ("path", "steps/s", "max |Δ| vs ours single"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for name, rate in rates.items():
+        table.add_row(name, f"{rate:,.0f}", f"{np.abs(outputs[name] - reference).max():.1e}")
+    Console().print(table)
+
+    ours, theirs = rates["ours, batched (ALSStep.solve_batch)"], rates["implicit recalculate_user, batched"]
+    today = date.today().isoformat()
+    record(
+        {
+            "user_steps_per_s": {
+                "value": round(ours),
+                "unit": "steps/s",
+                "command": COMMAND,
+                "date": today,
+                "baseline": round(theirs),
+            },
+            "user_steps_per_s_implicit": {
+                "value": round(theirs),
+                "unit": "steps/s",
+                "command": COMMAND,
+                "date": today,
+            },
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
