@@ -61,6 +61,12 @@ class ALSFit:
     user_factors: np.ndarray  # (users, factors) float32; CG approximations (implicit's 3 CG steps)
     report: TrainReport
 
+    @property
+    def user_gram(self) -> np.ndarray:
+        """XᵀX in float64: the fixed-side Gram of the item fold-in, kept in the model artifacts."""
+        x = self.user_factors.astype(np.float64)
+        return x.T @ x
+
 
 def event_weights(is_click: np.ndarray, cfg: ALSConfig) -> np.ndarray:
     """Weight each event adds to r_ui: `click_weight` for a click, `view_weight` for a view.

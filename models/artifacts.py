@@ -3,6 +3,7 @@
     <root>/<version>/manifest.json        format, version, creation time, sha256 of every file
                     item_factors.npy      (items, k) float32, row i ↔ item_ids[i]
                     item_ids.json
+                    user_gram.npy         (k, k) float64 XᵀX of the batch user factors, for item fold-in
                     content_map.npz       ridge map and its category / feature vocabularies
                     index/index.bin       HNSW snapshot (hnswlib)
                     index/index.json      its id map, deleted ids, ef
@@ -50,6 +51,7 @@ class ArtifactError(Exception):
 class ModelArtifacts:
     item_ids: list[str]
     item_factors: np.ndarray
+    user_gram: np.ndarray  # XᵀX: the item fold-in's fixed-side Gram (`ALSStep(..., gram=user_gram)`)
     content_map: ContentMap
     index: ItemIndex
     config: ALSConfig
@@ -77,6 +79,7 @@ def write_model(root: str | Path, model: ModelArtifacts) -> str:
         tmp.mkdir()
         np.save(tmp / "item_factors.npy", np.ascontiguousarray(model.item_factors, dtype=np.float32))
         (tmp / "item_ids.json").write_text(json.dumps(model.item_ids))
+        np.save(tmp / "user_gram.npy", np.asarray(model.user_gram, dtype=np.float64))
         model.content_map.save(tmp / "content_map.npz")
         model.index.save(tmp / "index")
         (tmp / "config.json").write_text(model.config.model_dump_json(indent=2))
@@ -132,6 +135,7 @@ def read_model(root: str | Path, version: str | None = None) -> ModelArtifacts:
     model = ModelArtifacts(
         item_ids=_parse(directory / "item_ids.json", lambda p: json.loads(p.read_text())),
         item_factors=_parse(directory / "item_factors.npy", lambda p: np.load(p, allow_pickle=False)),
+        user_gram=_parse(directory / "user_gram.npy", lambda p: np.load(p, allow_pickle=False)),
         content_map=_parse(directory / "content_map.npz", ContentMap.load),
         index=_parse(directory / "index" / "index.bin", lambda p: ItemIndex.load(p.parent)),
         config=_parse(directory / "config.json", lambda p: ALSConfig.model_validate_json(p.read_text())),
@@ -151,6 +155,11 @@ def _check_consistent(model: ModelArtifacts, where: Path) -> None:
             f"shape {model.item_factors.shape}, expected {(n, k)}",
         ),
         ("item_ids.json", len(set(model.item_ids)) == n, "duplicate item ids"),
+        (
+            "user_gram.npy",
+            model.user_gram.shape == (k, k),
+            f"shape {model.user_gram.shape}, expected {(k, k)}",
+        ),
         ("content_map.npz", model.content_map.dim == k, f"dim {model.content_map.dim}, expected {k}"),
         ("index/index.bin", model.index.dim == k, f"dim {model.index.dim}, expected {k}"),
     ]

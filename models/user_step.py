@@ -40,17 +40,25 @@ class ALSStep:
     array([0., 0., 0.], dtype=float32)
     """
 
-    def __init__(self, factors: np.ndarray, regularization: float) -> None:
+    def __init__(self, factors: np.ndarray, regularization: float, gram: np.ndarray | None = None) -> None:
+        """`gram` is FᵀF (without λ) for when F is not at hand, as for the item fold-in, whose
+        fixed side is users (their vectors live elsewhere; the model version keeps XᵀX):
+        then pass `factors` with zero rows and call `solve_vectors`.
+        """
         if factors.ndim != 2:
             raise ValueError("factors must be a 2-D (rows, k) array")
         if regularization <= 0:
             raise ValueError("regularization must be > 0 (keeps the system positive definite)")
-        fixed = np.ascontiguousarray(factors, dtype=np.float32)
-        self._buffer = fixed.copy()
-        self._size = fixed.shape[0]
-        f64 = fixed.astype(np.float64)
-        self.gram = f64.T @ f64 + regularization * np.eye(fixed.shape[1])  # FᵀF + λI of this version
-        self._gram_inv = cho_solve(cho_factor(self.gram), np.eye(fixed.shape[1]))
+        k = factors.shape[1]
+        self._buffer = np.array(factors, dtype=np.float32, order="C")
+        self._size = factors.shape[0]
+        if gram is None:
+            f64 = self._buffer.astype(np.float64)
+            gram = f64.T @ f64
+        elif gram.shape != (k, k):
+            raise ValueError(f"gram must be ({k}, {k}), got {gram.shape}")
+        self.gram = gram + regularization * np.eye(k)  # FᵀF + λI of this model version
+        self._gram_inv = cho_solve(cho_factor(self.gram), np.eye(k))
         self.regularization = regularization
 
     @property

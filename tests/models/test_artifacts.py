@@ -31,6 +31,7 @@ def _model(created_at: datetime | None = None, n_items: int = 30) -> ModelArtifa
     return ModelArtifacts(
         item_ids=ids,
         item_factors=factors,
+        user_gram=np.eye(K) * 3.0,
         content_map=fit_content_map(categories, factors, [{"year": 1990.0 + i} for i in range(n_items)]),
         index=index,
         config=ALSConfig(factors=K, alpha=7.0),
@@ -46,6 +47,7 @@ def test_round_trip(tmp_path):
     assert loaded.item_ids == model.item_ids and loaded.config == model.config
     assert loaded.metrics == model.metrics and loaded.created_at == model.created_at
     np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
+    np.testing.assert_array_equal(loaded.user_gram, model.user_gram)
     np.testing.assert_array_equal(loaded.content_map.vector(["comedy"]), model.content_map.vector(["comedy"]))
     assert loaded.index.query_batch(model.item_factors, k=5) == model.index.query_batch(
         model.item_factors, k=5
@@ -79,7 +81,9 @@ def test_half_written_temp_dir_is_invisible(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
-@pytest.mark.parametrize("name", ["metrics.json", "content_map.npz", "index/index.bin", "item_factors.npy"])
+@pytest.mark.parametrize(
+    "name", ["metrics.json", "content_map.npz", "index/index.bin", "item_factors.npy", "user_gram.npy"]
+)
 def test_bad_or_missing_file_is_named(tmp_path, name, damage):
     version = write_model(tmp_path, _model())
     path = tmp_path / version / name

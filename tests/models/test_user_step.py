@@ -51,10 +51,14 @@ def test_user_step_matches_implicit_recalculate_user():
 def test_item_fold_in_equals_dense_solve():
     # roles swapped: the fixed side is user factors, the history is the users who clicked the item
     user_factors, indptr, rows, conf = _problem(seed=1)
-    fold_in = ALSStep(user_factors, LAMBDA)
     r, c = rows[indptr[3] : indptr[4]], conf[indptr[3] : indptr[4]]
     assert len(r) > 0
-    np.testing.assert_allclose(fold_in.solve(r, c), _dense_solve(user_factors, r, c), rtol=1e-5, atol=1e-6)
+    expected = _dense_solve(user_factors, r, c)
+    np.testing.assert_allclose(ALSStep(user_factors, LAMBDA).solve(r, c), expected, rtol=1e-5, atol=1e-6)
+    # as a worker does it: the model version's XᵀX, and the clicking users' vectors fetched from elsewhere
+    x = user_factors.astype(np.float64)
+    from_gram = ALSStep(np.empty((0, K), dtype=np.float32), LAMBDA, gram=x.T @ x)
+    np.testing.assert_allclose(from_gram.solve_vectors(user_factors[r], c), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("max_len", [30, 3 * K])  # shorter than k (dual solve) and longer (primal)
