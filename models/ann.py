@@ -11,7 +11,7 @@ ef_construction=200 (bench/ann_space.py, one thread):
     Gaussian 64-d, 5k            100  0.967   0.667    ~60
     (ef 50: ip 0.87–0.99; ef 200: ip 0.993–1.0 at ~2× the time)
 
-so ip with ef=100 is the default; cosine is kept only for content-similarity uses.
+so "ip" with ef=100 is the default ("cosine" stays selectable, e.g. for normalized vectors).
 
 One owner: hnswlib is not safe for a query concurrent with an insert, a resize or a
 delete, so an `ItemIndex` belongs to one thread (the worker's event loop) and is never
