@@ -59,9 +59,7 @@ def infra_status() -> None:
         console.print(f"{service.name}: {state}" + (f" (pid {pid})" if pid else ""))
 
 
-def _records(
-    file: Path | None, movielens: Path | None, synthetic: int | None, seed: int
-) -> Iterator[sources.Record]:
+def _records(file: Path | None, movielens: Path | None, synthetic: int | None, seed: int) -> Iterator[sources.Record]:
     chosen = [x for x in (file, movielens, synthetic) if x is not None]
     if len(chosen) != 1:
         console.print("[red]give exactly one of --file, --movielens, --synthetic[/red]")
@@ -103,9 +101,7 @@ async def _produce(
 @app.command()
 def produce(
     file: Annotated[Path | None, typer.Option(help="JSONL file, one event/item/user object a line")] = None,
-    movielens: Annotated[
-        Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)")
-    ] = None,
+    movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)")] = None,
     synthetic: Annotated[int | None, typer.Option(help="this many events from the synthetic world")] = None,
     seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
 ) -> None:

@@ -127,9 +127,7 @@ def _wait(service: Service, ready: Callable[[], bool], what: str) -> None:
         if ready():
             return
         time.sleep(0.3)
-    raise InfraError(
-        f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}"
-    )
+    raise InfraError(f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}")
 
 
 # --- Kafka -------------------------------------------------------------------------------
@@ -141,9 +139,7 @@ def kafka_libs(settings: Settings) -> Path:
     if not any(libs.glob("kafka_2.13-3.9.1.jar")):
         mvn = shutil.which("mvn")
         if mvn is None:
-            raise InfraError(
-                "Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)"
-            )
+            raise InfraError("Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)")
         argv = [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
                 f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -194,9 +190,7 @@ def _kafka_config(settings: Settings, service: Service) -> Path:
 def _java(settings: Settings, service: Service, main: str, *args: str) -> list[str]:
     java = shutil.which("java")
     if java is None:
-        raise InfraError(
-            "Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)"
-        )
+        raise InfraError("Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)")
     return [java, KAFKA_HEAP, "-XX:+UseG1GC", f"-Dkafka.logs.dir={service.home}",
             f"-Dlog4j.configuration=file:{service.home / 'log4j.properties'}",
             "-cp", f"{kafka_libs(settings)}/*", main, *args]  # fmt: skip
@@ -260,9 +254,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             settings.replication_factor,
             topic_configs=compacted,
         ),
-        NewTopic(
-            settings.dlq_topic, settings.dlq_partitions, settings.replication_factor, topic_configs=retention
-        ),
+        NewTopic(settings.dlq_topic, settings.dlq_partitions, settings.replication_factor, topic_configs=retention),
     ]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
     await admin.start()
@@ -282,9 +274,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
 
 def redis_binary() -> str:
     """``redis-server`` from Debian, installed on first use when running as root."""
-    found = shutil.which("redis-server") or (
-        os.path.exists("/usr/bin/redis-server") and "/usr/bin/redis-server"
-    )
+    found = shutil.which("redis-server") or (os.path.exists("/usr/bin/redis-server") and "/usr/bin/redis-server")
     if found:
         return found
     if os.geteuid() != 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from recstream.events import Event, ItemEvent, Kind, Rejected, UserEvent, validate
+from recstream.world import World, WorldConfig
 
 CLICK_RATING = 4  # MovieLens: a rating >= 4 is a click as well as a view
 
@@ -92,16 +93,27 @@ def movielens(folder: Path) -> Iterator[Record]:
             yield Record("user", UserEvent(user_id=f"u{uid}", ts=ts, attributes=user_attributes.get(uid, {})))
         if iid not in seen_items:
             seen_items.add(iid)
-            item = ItemEvent(
-                op="new", item_id=f"i{iid}", ts=ts, created_ts=ts, categories=item_genres.get(iid, [])
-            )
+            item = ItemEvent(op="new", item_id=f"i{iid}", ts=ts, created_ts=ts, categories=item_genres.get(iid, []))
             yield Record("item", item)
         event_id = f"ml-{uid}-{iid}"
-        yield Record(
-            "event", Event(type="view", user_id=f"u{uid}", item_id=f"i{iid}", ts=ts, event_id=f"{event_id}-v")
-        )
+        yield Record("event", Event(type="view", user_id=f"u{uid}", item_id=f"i{iid}", ts=ts, event_id=f"{event_id}-v"))
         if rating >= CLICK_RATING:
             yield Record(
                 "event",
                 Event(type="click", user_id=f"u{uid}", item_id=f"i{iid}", ts=ts, event_id=f"{event_id}-c"),
             )
+
+
+def synthetic(n_records: int, seed: int = 7, start_ms: int | None = None) -> Iterator[Record]:
+    """``n_records`` messages of the synthetic world (users and items announced before their first event).
+
+    With ``start_ms`` the world's clock starts there (e.g. now, for a live demo); the default is
+    the world's fixed epoch, so a seed always gives the same stream.
+    """
+    config = WorldConfig(seed=seed) if start_ms is None else WorldConfig(seed=seed, start_ms=start_ms)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for number, obj in enumerate(World(config).events(), start=1):
+        if number > n_records:
+            return
+        kind = obj.pop("kind", "event")
+        yield Record(kind, validate(obj, kind, now_ms), number)

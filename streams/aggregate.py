@@ -40,7 +40,7 @@ def aggregate(
     epochs of :func:`models.ctr.trend_epochs`; the seen set keeps the latest ts per (user, item).
 
     >>> from recstream.events import Event
-    >>> e = [Event(type="view", user_id="u", item_id="i", ts=10**12), Event(type="click", user_id="u", item_id="i", ts=10**12 + 5)]
+    >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12 + k) for k, t in enumerate(["view", "click"])]
     >>> d = aggregate(e, {"u": "age18-24.F"}, half_life_ms=3_600_000, epoch_half_lives=8)
     >>> d.items["i"], dict(d.segments), dict(d.totals)["clicks:age18-24.F"]
     ([1, 1, 1000000000000], {('age18-24.F', 'i'): [1, 1]}, 1)

@@ -29,18 +29,20 @@ local function ctr(c, v, prior, m) return (c + m * prior) / (v + m) end
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
-for _, it in ipairs(p.meta) do  -- {item, categories, created_ts, available(0/1)}
+for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1'}
   local key = P .. 'item:' .. it[1]
-  redis.call('HSET', key, 'categories', it[2], 'created_ts', it[3], 'available', it[4])
-  if it[4] == '0' then
+  redis.call('HSET', key, 'categories', it[2], 'available', it[5])
+  if it[3] ~= '' then redis.call('HSET', key, 'created_ts', it[3]) else redis.call('HSETNX', key, 'created_ts', it[4]) end
+  if it[5] == '0' then
     redis.call('SADD', P .. 'unavailable', it[1])
     redis.call('ZREM', P .. 'rank', it[1])
     for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do redis.call('ZREM', P .. 'rank:' .. s, it[1]) end
     redis.call('ZREM', P .. 'pool', it[1])
   else
     if redis.call('SREM', P .. 'unavailable', it[1]) == 1 then became_available[#became_available + 1] = it[1] end
+    -- (re-)enters the pool unless graduated; the age rule below removes it if it is too old
     if redis.call('SISMEMBER', P .. 'graduated', it[1]) == 0 then
-      redis.call('ZADD', P .. 'pool', 'NX', it[3], it[1])
+      redis.call('ZADD', P .. 'pool', 'NX', redis.call('HGET', key, 'created_ts'), it[1])
     end
   end
 end

@@ -10,9 +10,13 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("recstream_worker_events_total", "Valid events applied to Redis", ["topic", "type"])
 MESSAGES_SKIPPED = Counter(
-    "recstream_worker_messages_skipped_total", "Messages at or below the watermark (already applied)", ["topic"]
+    "recstream_worker_messages_skipped_total",
+    "Messages at or below the watermark (already applied)",
+    ["topic"],
 )
-DEAD_LETTERS = Counter("recstream_worker_dead_letters_total", "Inputs sent to the dead-letter topic", ["topic", "reason"])
+DEAD_LETTERS = Counter(
+    "recstream_worker_dead_letters_total", "Inputs sent to the dead-letter topic", ["topic", "reason"]
+)
 BATCH_SIZE = Histogram(
     "recstream_worker_batch_events", "Events per applied batch", ["topic"],
     buckets=(1, 10, 50, 100, 500, 1_000, 2_000, 5_000, 10_000, 50_000),

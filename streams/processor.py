@@ -47,15 +47,17 @@ SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 class BatchProcessor:
     """Applies batches of one topic's messages with effectively-once semantics."""
 
-    def __init__(
-        self, kind: Kind, store: StateStore, settings: Settings, send_dead_letters: SendDeadLetters
-    ) -> None:
+    def __init__(self, kind: Kind, store: StateStore, settings: Settings, send_dead_letters: SendDeadLetters) -> None:
         self.kind = kind
         self.store = store
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
-        self.build: Build = {"event": self._build_events, "item": self._build_items, "user": self._build_users}[kind]
+        self.build: Build = {
+            "event": self._build_events,
+            "item": self._build_items,
+            "user": self._build_users,
+        }[kind]
 
     def forget_watermarks(self) -> None:
         """Re-read the watermarks before the next batch (after a rebalance another worker may have moved them)."""
@@ -126,7 +128,7 @@ class BatchProcessor:
     async def _build_items(self, items: list[ItemEvent], effect: Effect) -> None:
         for item in items:
             available = item.available and item.op != "remove"
-            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts or item.ts, available))
+            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available))
 
     async def _build_users(self, users: list[UserEvent], effect: Effect) -> None:
         for user in users:

@@ -47,7 +47,7 @@ class Effect:
 
     watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)  # tp -> (expected, new)
     counters: CounterDeltas = field(default_factory=CounterDeltas)
-    meta: list[tuple[str, str, int, bool]] = field(default_factory=list)  # item, categories, created, avail
+    meta: list[tuple[str, str, int | None, int, bool]] = field(default_factory=list)  # item, cats, created, ts, avail
     user_segments: dict[str, str] = field(default_factory=dict)
     user_blobs: list[tuple[str, str, bytes]] = field(default_factory=list)  # user, field, value
 
@@ -100,7 +100,10 @@ class StateStore:
             "prefix": self.keys.prefix,
             "cfg": self._cfg,
             "wm": [[tp, _wm(old), str(new)] for tp, (old, new) in effect.watermarks.items()],
-            "meta": [[i, cats, str(created), "1" if avail else "0"] for i, cats, created, avail in effect.meta],
+            "meta": [
+                [i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0"]
+                for i, cats, created, ts, avail in effect.meta
+            ],
             "items": [[i, str(v), str(k), str(first)] for i, (v, k, first) in c.items.items()],
             "segs": [[s, i, str(v), str(k)] for (s, i), (v, k) in c.segments.items()],
             "totals": [[name, str(n)] for name, n in c.totals.items()],
@@ -118,4 +121,3 @@ class StateStore:
 
 def _wm(offset: int) -> str:
     return "" if offset < 0 else str(offset)
-

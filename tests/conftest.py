@@ -9,9 +9,14 @@ ends. Tests isolate themselves with their own topics and Redis database
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +70,7 @@ def isolated_settings(services: Settings) -> Iterator[Settings]:
             "items_topic": f"items-{suffix}",
             "users_topic": f"users-{suffix}",
             "dlq_topic": f"events-dlq-{suffix}",
+            "worker_group": f"worker-{suffix}",
             "redis_url": services.redis_url.rsplit("/", 1)[0] + "/1",
         }
     )
@@ -74,3 +80,68 @@ def isolated_settings(services: Settings) -> Iterator[Settings]:
     yield settings
     client.flushdb()
     client.close()
+
+
+class WorkerProcess:
+    """A real ``recstream worker`` child process, so a test can SIGKILL it at any instant."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        self.metrics_port = free_port()
+        env = {**os.environ, **settings.to_env(), "RECSTREAM_WORKER_METRICS_PORT": str(self.metrics_port)}
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "recstream.cli", "worker", "--loglevel", "warning"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+            )  # fmt: skip
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
+    """Start workers; every one this test started is stopped (by its own pid) at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings) -> WorkerProcess:
+        started.append(WorkerProcess(settings, tmp_path / "worker.log"))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
+    """Every key under ``prefix`` with its value, prefix removed, for comparing two runs."""
+    state: dict[str, object] = {}
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        name = key.decode()[len(prefix) + 1 :]
+        kind = client.type(key).decode()
+        if kind == "hash":
+            state[name] = client.hgetall(key)
+        elif kind == "zset":
+            state[name] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            state[name] = client.smembers(key)
+        else:
+            state[name] = client.get(key)
+    return state

@@ -77,9 +77,7 @@ def test_item_and_user_events_validate():
     assert isinstance(item, ItemEvent) and item.features == {"len": 3.0} and item.available
     assert (
         "features"
-        in validate(
-            {"op": "new", "item_id": "i9", "ts": NOW, "features": {"x": float("nan")}}, "item", NOW
-        ).reason
+        in validate({"op": "new", "item_id": "i9", "ts": NOW, "features": {"x": float("nan")}}, "item", NOW).reason
     )
     user = validate({"user_id": "u9", "ts": NOW, "attributes": {"age": 30, "gender": "M"}}, "user", NOW)
     assert isinstance(user, UserEvent) and segment_of(user.attributes) == "age25-34.M"

@@ -14,9 +14,7 @@ T0 = 1_700_000_000_000
 
 
 async def consume_all(settings: Settings, topic: str, kind: Kind, expected: int) -> list:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest"
-    )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     messages = []
     try:
@@ -62,7 +60,7 @@ async def test_round_trip_through_the_broker_keeps_per_user_order(isolated_setti
     item_messages = await consume_all(settings, settings.items_topic, "item", len(items))
     assert [decode(m.value, "item", T0 * 2)[0][0] for m in item_messages] == items
     user_messages = await consume_all(settings, settings.users_topic, "user", len(users))
-    assert sorted(
-        (decode(m.value, "user", T0 * 2)[0][0] for m in user_messages), key=lambda u: u.user_id
-    ) == sorted(users, key=lambda u: u.user_id)
+    assert sorted((decode(m.value, "user", T0 * 2)[0][0] for m in user_messages), key=lambda u: u.user_id) == sorted(
+        users, key=lambda u: u.user_id
+    )
     assert all(m.key.decode() == decode(m.value, "user", T0 * 2)[0][0].user_id for m in user_messages)

@@ -1,0 +1,209 @@
+"""The stream worker against the real broker and Redis: exact counters, kills, DLQ, pool rules."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from models.ctr import quantized_global_ctr
+from recstream.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.producer import EventProducer
+from recstream.settings import Settings
+from tests.conftest import dump_state, wait_until
+
+pytestmark = pytest.mark.integration
+T0 = 1_700_000_000_000
+CATEGORIES = ["news", "sport", "music", "film"]
+
+
+def world(n_users: int, n_items: int, n_events: int, seed: int = 1):
+    rng = random.Random(seed)
+    users = [
+        UserEvent(user_id=f"u{k}", ts=T0, attributes={"age": rng.randint(15, 70), "gender": rng.choice("MF")})
+        for k in range(n_users)
+    ]
+    items = [
+        ItemEvent(op="new", item_id=f"i{k}", ts=T0, created_ts=T0 + k, categories=rng.sample(CATEGORIES, 2))
+        for k in range(n_items)
+    ]
+    events = []
+    for k in range(n_events):
+        user, item = f"u{rng.randrange(n_users)}", f"i{int(rng.paretovariate(1.2)) % n_items}"
+        events.append(Event(type="view", user_id=user, item_id=item, ts=T0 + 10 * k, event_id=f"v{k}"))
+        if rng.random() < 0.1 + 0.3 * (int(item[1:]) % 3 == 0):
+            events.append(Event(type="click", user_id=user, item_id=item, ts=T0 + 10 * k + 1, event_id=f"c{k}"))
+    return users, items, events
+
+
+async def publish(settings: Settings, users=(), items=(), events=(), batch_events: int = 100) -> None:
+    async with EventProducer(settings, batch_events=batch_events) as producer:
+        for user in users:
+            await producer.send_user(user)
+        for item in items:
+            await producer.send_item(item)
+        await producer.send_events(events)
+
+
+def applied_events(client: redis.Redis, prefix: str) -> int:
+    totals = client.hgetall(f"{prefix}:totals")
+    return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
+
+
+def for_prefix(settings: Settings, prefix: str, **more) -> Settings:
+    return settings.model_copy(
+        update={"redis_prefix": prefix, "worker_group": f"{settings.worker_group}-{prefix}", **more}
+    )
+
+
+async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolated_settings, worker_factory):
+    settings = isolated_settings
+    users, items, events = world(n_users=60, n_items=40, n_events=4_000)
+    client = redis.Redis.from_url(settings.redis_url)
+    worker_factory(settings)
+    await publish(settings, users=users, items=items)
+    wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
+    await publish(settings, events=events)
+    wait_until(lambda: applied_events(client, "rs") == len(events), what="all events applied")
+
+    segment = {u.user_id: segment_of(u.attributes) for u in users}
+    views = Counter(e.item_id for e in events if e.type == "view")
+    clicks = Counter(e.item_id for e in events if e.type == "click")
+    seg_views = Counter((segment[e.user_id], e.item_id) for e in events if e.type == "view")
+    seg_clicks = Counter((segment[e.user_id], e.item_id) for e in events if e.type == "click")
+    assert {k.decode(): int(v) for k, v in client.hgetall("rs:views").items()} == dict(views)
+    assert {k.decode(): int(v) for k, v in client.hgetall("rs:clicks").items()} == dict(clicks)
+
+    m = settings.ctr_prior_mass
+    q = quantized_global_ctr(
+        sum(clicks.values()), sum(views.values()), rel_step=settings.ctr_prior_step,
+        default_ctr=settings.ctr_default, default_mass=settings.ctr_default_mass,
+    )  # fmt: skip
+    expected = {i: (clicks[i] + m * q) / (views[i] + m) for i in views}
+    assert {k.decode(): v for k, v in client.zrange("rs:rank", 0, -1, withscores=True)} == expected
+    for seg in set(segment.values()):
+        stored = {k.decode(): v for k, v in client.zrange(f"rs:rank:{seg}", 0, -1, withscores=True)}
+        want = {i: (seg_clicks[s, i] + m * expected[i]) / (seg_views[s, i] + m) for (s, i) in seg_views if s == seg}
+        assert stored == want
+
+
+async def test_killed_worker_leaves_every_counter_ranking_and_pool_exact(isolated_settings, worker_factory):
+    """SIGKILL a worker several times during a 100k+-event replay; its state equals a clean run's."""
+    users, items, events = world(n_users=500, n_items=300, n_events=100_000, seed=2)
+    base = isolated_settings.model_copy(update={"batch_max": 40, "pool_graduate_views": 300})
+    clean, killed = for_prefix(base, "clean"), for_prefix(base, "killed")
+    client = redis.Redis.from_url(base.redis_url)
+    await publish(base, users=users, items=items)
+    worker = worker_factory(killed)
+    worker_factory(clean)
+    for prefix in ("clean", "killed"):  # segments first, so both runs count events in the same segments
+        wait_until(lambda p=prefix: client.hlen(f"{p}:user:seg") == len(users), what=f"{prefix} segments")
+    await publish(base, events=events, batch_events=20)
+    total = len(events)
+
+    rng = random.Random(3)
+    kills = 0
+    while applied_events(client, "killed") < total and kills < 4:
+        before = applied_events(client, "killed")
+        time.sleep(rng.uniform(1.5, 5.0))
+        if 0 < applied_events(client, "killed") < total or before == 0:
+            worker.kill()
+            kills += 1
+            worker = worker_factory(killed)
+    wait_until(lambda: applied_events(client, "killed") == total, timeout_s=180, what="killed run to finish")
+    wait_until(lambda: applied_events(client, "clean") == total, timeout_s=180, what="clean run to finish")
+    time.sleep(1.0)  # items/users agents are idle long since; let the last commits settle
+    assert kills >= 3
+    killed_state, clean_state = dump_state(client, "killed"), dump_state(client, "clean")
+    assert killed_state.keys() == clean_state.keys()
+    differing = [key for key in clean_state if killed_state[key] != clean_state[key]]
+    assert differing == []
+
+
+async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolated_settings, worker_factory):
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis_url)
+    worker_factory(settings)
+    good = b'{"type":"view","user_id":"u1","item_id":"i1","ts":%d}' % T0
+    bad_json = b"{oops"
+    unsafe_id = b'{"type":"view","user_id":"u 1","item_id":"i1","ts":%d}' % T0
+    click = b'{"type":"click","user_id":"u2","item_id":"i1","ts":%d}' % T0
+    mixed = b"[%s, %s, %s]" % (good, unsafe_id, click)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for value in (bad_json, mixed, b"[]", b'"text"'):
+            await producer.send_and_wait(settings.events_topic, value, key=b"u1")
+        wait_until(lambda: applied_events(client, "rs") == 2, what="valid events of the mixed batch")
+        await producer.send_and_wait(settings.events_topic, good, key=b"u1")
+        wait_until(lambda: applied_events(client, "rs") == 3, what="the worker to keep consuming")
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest")  # fmt: skip
+    await consumer.start()
+    try:
+        letters = []
+        deadline = time.monotonic() + 30
+        while len(letters) < 3 and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            letters += [m for part in batch.values() for m in part]
+    finally:
+        await consumer.stop()
+    reasons = sorted(dict(m.headers)["reason"].decode().split(",")[0] for m in letters)
+    assert len(letters) == 3
+    assert reasons[0].startswith("event: Input should be an object")
+    assert reasons[1].startswith("json: invalid JSON")
+    assert reasons[2].startswith("user_id: String should match pattern")
+    assert {m.value for m in letters} >= {bad_json, b'"text"'}
+
+
+async def test_pool_graduation_and_unavailability(isolated_settings, worker_factory):
+    settings = isolated_settings.model_copy(update={"pool_graduate_views": 5, "pool_graduate_age_s": 3600})
+    client = redis.Redis.from_url(settings.redis_url)
+    worker_factory(settings)
+    items = [ItemEvent(op="new", item_id=i, ts=T0, created_ts=T0, categories=["news"]) for i in ("hot", "old", "gone")]
+    await publish(settings, users=[UserEvent(user_id="u1", ts=T0, attributes={"age": 30, "gender": "F"})], items=items)
+    wait_until(lambda: client.zcard("rs:pool") == 3, what="three items in the pool")
+    views = [Event(type="view", user_id="u1", item_id=i, ts=T0 + 1) for i in ["hot"] * 5 + ["old", "gone"]]
+    await publish(settings, events=views)
+    wait_until(lambda: client.sismember("rs:graduated", "hot"), what="graduation after 5 views")
+    assert {m.decode() for m in client.zrange("rs:pool", 0, -1)} == {"old", "gone"}
+
+    await publish(settings, items=[ItemEvent(op="update", item_id="gone", ts=T0 + 2, available=False)])
+    wait_until(lambda: client.sismember("rs:unavailable", "gone"), what="unavailability")
+    assert client.zscore("rs:rank", "gone") is None and client.zscore("rs:rank:age25-34.F", "gone") is None
+    assert client.zscore("rs:pool", "gone") is None and client.zscore("rs:rank", "hot") is not None
+
+    later = T0 + 3600 * 1000 + 5
+    await publish(settings, events=[Event(type="click", user_id="u1", item_id="hot", ts=later)])
+    wait_until(lambda: client.sismember("rs:graduated", "old"), what="graduation by age (event time)")
+    await publish(settings, items=[ItemEvent(op="update", item_id="gone", ts=later, available=True)])
+    wait_until(lambda: client.zscore("rs:rank", "gone") is not None, what="back in the ranking when available")
+    assert client.zscore("rs:pool", "gone") is None, "a returning item does not re-enter the pool after its age"
+
+
+async def test_two_workers_share_partitions_and_match_one(isolated_settings, worker_factory):
+    users, items, events = world(n_users=200, n_items=100, n_events=20_000, seed=4)
+    one, two = for_prefix(isolated_settings, "one"), for_prefix(isolated_settings, "two")
+    client = redis.Redis.from_url(isolated_settings.redis_url)
+    await publish(isolated_settings, users=users, items=items)
+    worker_factory(one)
+    wait_until(lambda: client.hlen("one:user:seg") == len(users), what="segments (one)")
+    worker_factory(two)
+    worker_factory(two)
+    wait_until(lambda: client.hlen("two:user:seg") == len(users), what="segments (two)")
+    await publish(isolated_settings, events=events, batch_events=25)
+    for prefix in ("one", "two"):
+        wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} done")
+    partitions = {k.decode() for k in client.hgetall("two:wm")}
+    assert len([p for p in partitions if p.startswith("events")]) == isolated_settings.events_partitions
+    one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
+    assert [k for k in one_state if one_state[k] != two_state.get(k)] == []
+    assert np.isfinite(float(client.get("two:prior")))
