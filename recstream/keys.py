@@ -26,6 +26,7 @@ key                        type    holds
 ``user:<u>:cand``          string  JSON ``[[item, score, because_item], …]`` personal candidates
 ``user:<u>:seen``          zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``         string  JSON ``{"categories": [...], "not_interested": [...]}``
+``item:<i>:similar``       string  JSON ``[[item, score], …]`` nearest neighbours, best first
 ``model:current``          string  the model version the workers serve
 =========================  ======  ==========================================================
 """

@@ -8,9 +8,10 @@ variable's name, e.g. ``RECSTREAM_EVENTS_PARTITIONS: Input should be greater tha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RECSTREAM_"
@@ -65,6 +66,25 @@ class Settings(BaseSettings):
     pool_graduate_age_s: int = Field(48 * 3600, gt=0, description="... or when it is this old (event time)")
     bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
 
+    # the reader (serving/)
+    reader_host: str = Field("127.0.0.1", description="interface the reader binds to")
+    reader_port: int = Field(8080, gt=0, lt=65536)
+    reader_redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
+    feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
+    share_personal: float = Field(0.6, ge=0, le=1, description="slot share of personal candidates (warm users)")
+    share_popular: float = Field(0.2, ge=0, le=1, description="slot share of popular-in-segment items")
+    share_explore: float = Field(0.1, ge=0, le=1, description="slot share of explored new items")
+    share_fresh: float = Field(0.1, ge=0, le=1, description="slot share of fresh items in favourite categories")
+    explore_max_share: float = Field(0.25, ge=0, le=1, description="cap on explore slots, whatever the config")
+    explore_policy: Literal["thompson", "epsilon_greedy", "none"] = "thompson"
+    explore_epsilon: float = Field(0.1, ge=0, le=1)
+    cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
+    session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
+    pool_cache_s: float = Field(0.5, ge=0, le=60, description="in-process cache of the bandit pool")
+    popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
+    api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
+    protect_reads: bool = Field(False, description="read routes also need the API key")
+
     producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
     producer_linger_ms: int = Field(5, ge=0, le=10_000)
 
@@ -87,7 +107,12 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
-        return {f"{ENV_PREFIX}{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        return {
+            f"{ENV_PREFIX}{name.upper()}": value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            for name, value in values.items()
+            if value is not None
+        }
 
     @property
     def kafka_port(self) -> int:

@@ -58,27 +58,17 @@ class WorldConfig(BaseModel):
     n_categories: int = Field(12, ge=1, le=100, description="named c00, c01, …")
     dim: int = Field(16, ge=1, description="latent dimension of tastes and items")
     new_items_per_hour: float = Field(60.0, ge=0)
-    appeal_half_life_h: float | None = Field(
-        24.0, ge=0, description="appeal halves every h hours; None/0: off"
-    )
+    appeal_half_life_h: float | None = Field(24.0, ge=0, description="appeal halves every h hours; None/0: off")
     base_ctr: float = Field(0.04, gt=0, lt=1, description="mean click probability of a random impression")
     start_ms: int = Field(1_700_000_000_000, ge=0)
-    initial_age_span_h: float = Field(
-        24.0, ge=0, description="the start catalogue was created over this span"
-    )
+    initial_age_span_h: float = Field(24.0, ge=0, description="the start catalogue was created over this span")
     attribute_weight: float = Field(0.5, ge=0, le=1, description="share of taste variance set by attributes")
-    category_weight: float = Field(
-        0.6, ge=0, le=1, description="share of item vector variance set by categories"
-    )
+    category_weight: float = Field(0.6, ge=0, le=1, description="share of item vector variance set by categories")
     affinity_sd: float = Field(1.0, ge=0, description="standard deviation of taste·item")
     quality_sd: float = Field(1.0, ge=0)
     activity_sd: float = Field(1.0, ge=0, description="log-normal spread of how often users browse")
-    browse_popular: float = Field(
-        0.5, ge=0, le=1, description="share of browsing candidates drawn by popularity"
-    )
-    browse_recent: float = Field(
-        0.3, ge=0, le=1, description="share drawn among the recent_pool newest items"
-    )
+    browse_popular: float = Field(0.5, ge=0, le=1, description="share of browsing candidates drawn by popularity")
+    browse_recent: float = Field(0.3, ge=0, le=1, description="share drawn among the recent_pool newest items")
     recent_pool: int = Field(200, ge=1)
     browse_candidates: int = Field(4, ge=1, description="candidates a user chooses among, by taste")
     browse_temperature: float = Field(1.0, gt=0, description="softmax temperature of that taste choice")
@@ -104,9 +94,7 @@ class World:
 
     def __init__(self, config: WorldConfig) -> None:
         self.config = config
-        users_seed, items_seed, calibration_seed, self._events_seed = np.random.SeedSequence(
-            config.seed
-        ).spawn(4)
+        users_seed, items_seed, calibration_seed, self._events_seed = np.random.SeedSequence(config.seed).spawn(4)
         self._make_users(np.random.default_rng(users_seed))
         self._item_rng = np.random.default_rng(items_seed)
         self.category_names = [f"c{j:02d}" for j in range(config.n_categories)]
@@ -163,9 +151,7 @@ class World:
         in_item = np.arange(n_cat) < counts[:, None]
         np.put_along_axis(member, ranked, in_item / np.sqrt(counts)[:, None], axis=1)
         w = cfg.category_weight
-        vectors = math.sqrt(w) * member @ self.category_vectors + math.sqrt(1 - w) * rng.standard_normal(
-            (n, cfg.dim)
-        )
+        vectors = math.sqrt(w) * member @ self.category_vectors + math.sqrt(1 - w) * rng.standard_normal((n, cfg.dim))
         quality = cfg.quality_sd * rng.standard_normal(n)
         first = len(self.item_ids)
         self.item_vectors = np.concatenate([self.item_vectors, vectors])
@@ -206,9 +192,7 @@ class World:
         low, high = -50.0, 50.0
         while high - low > 1e-9:
             mid = 0.5 * (low + high)
-            low, high = (
-                (mid, high) if np.mean(_sigmoid(score + mid) * fade) < self.config.base_ctr else (low, mid)
-            )
+            low, high = (mid, high) if np.mean(_sigmoid(score + mid) * fade) < self.config.base_ctr else (low, mid)
         return 0.5 * (low + high)
 
     def _score(self, user_idx: npt.ArrayLike, item_idx: npt.ArrayLike) -> np.ndarray:
@@ -228,9 +212,7 @@ class World:
         fade = np.exp2(-np.maximum(age, 0.0) / (half_life * HOUR_MS)) if half_life else np.ones_like(age)
         return np.where(age >= 0, fade, 0.0)
 
-    def click_probability(
-        self, user_idx: npt.ArrayLike, item_idx: npt.ArrayLike, now_ms: npt.ArrayLike
-    ) -> np.ndarray:
+    def click_probability(self, user_idx: npt.ArrayLike, item_idx: npt.ArrayLike, now_ms: npt.ArrayLike) -> np.ndarray:
         """σ(taste·item + quality + bias)·2^(−age/h), broadcast over users, items and times."""
         items = np.asarray(item_idx)
         age = np.asarray(now_ms, dtype=np.int64) - self.created_ms[items]
@@ -242,9 +224,7 @@ class World:
         self._ensure_items(int(now.max()))
         return np.searchsorted(self.created_ms, now, side="right")
 
-    def oracle_top_k(
-        self, user_idx: int, now_ms: int, k: int, candidates: npt.ArrayLike | None = None
-    ) -> np.ndarray:
+    def oracle_top_k(self, user_idx: int, now_ms: int, k: int, candidates: npt.ArrayLike | None = None) -> np.ndarray:
         """The k available items (among `candidates` if given) with the highest true click
         probability for the user at `now_ms`, best first, ties to the earlier candidate."""
         available = int(self.available_items(now_ms))
@@ -319,9 +299,7 @@ class World:
             arrivals = self.created_ms[next_item:arrived].tolist()
             first_arrival = next_item
             user_ids, item_ids = self.user_ids, self.item_ids
-            for t, u, i, click in zip(
-                ts.tolist(), users.tolist(), items.tolist(), clicks.tolist(), strict=True
-            ):
+            for t, u, i, click in zip(ts.tolist(), users.tolist(), items.tolist(), clicks.tolist(), strict=True):
                 while next_item < arrived and arrivals[next_item - first_arrival] <= t:
                     yield self.item_message(next_item, max(arrivals[next_item - first_arrival], start))
                     next_item += 1
@@ -355,9 +333,7 @@ class World:
         """The first `n_events` dicts (item, user, view and click alike) of `events`."""
         return list(itertools.islice(self.events(start_ms, rate_per_s, rng), n_events))
 
-    def _browse(
-        self, users: np.ndarray, ts: np.ndarray, views: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
+    def _browse(self, users: np.ndarray, ts: np.ndarray, views: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The item each of `users` views at `ts` under the browsing model of `events`."""
         cfg = self.config
         available = self.available_items(ts)
