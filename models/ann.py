@@ -66,9 +66,7 @@ class ItemIndex:
         index.init_index(max_elements=max(capacity, 1), M=M, ef_construction=ef_construction)
         self._attach(index, ef, num_threads, ids=[], deleted=set())
 
-    def _attach(
-        self, index: hnswlib.Index, ef: int, num_threads: int, ids: list[str], deleted: set[int]
-    ) -> None:
+    def _attach(self, index: hnswlib.Index, ef: int, num_threads: int, ids: list[str], deleted: set[int]) -> None:
         index.set_ef(ef)
         index.set_num_threads(num_threads)  # 1: builds are reproducible, the event loop keeps its core
         self._index = index
@@ -139,25 +137,29 @@ class ItemIndex:
         return self.query_batch(np.asarray(vector)[None, :], k, exclude)[0]
 
     def query_batch(
-        self, vectors: np.ndarray, k: int, exclude: Collection[str] = ()
+        self,
+        vectors: np.ndarray,
+        k: int,
+        exclude: Collection[str] = (),
+        exclude_per_row: Sequence[Collection[str]] | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """`query` for each row of `vectors`, with one exclusion set for all rows.
+        """`query` for each row of `vectors`, excluding `exclude` and, per row, `exclude_per_row[i]`.
 
-        Over-fetches by the number of excluded ids present, so exactly min(k, live − excluded)
-        results survive the filter.
+        Over-fetches by the largest number of excluded ids present, so exactly
+        min(k, live − excluded) results survive each row's filter.
         """
-        excluded = {self._labels[i] for i in exclude if i in self}
-        fetch = min(k + len(excluded), len(self))
+        rows = exclude_per_row if exclude_per_row is not None else [()] * len(vectors)
+        if len(rows) != len(vectors):
+            raise ValueError("exclude_per_row needs one collection per vector")
+        shared = {self._labels[i] for i in exclude if i in self}
+        excluded = [shared | {self._labels[i] for i in row if i in self} for row in rows]
+        fetch = min(k + max((len(e) for e in excluded), default=0), len(self))
         if fetch <= 0:
             return [[] for _ in range(len(vectors))]
         labels, distances = self._index.knn_query(np.asarray(vectors, dtype=np.float32), k=fetch)
         results = []
-        for row_labels, row_distances in zip(labels.tolist(), distances.tolist(), strict=True):
-            kept = [
-                (self._ids[lb], 1.0 - d)
-                for lb, d in zip(row_labels, row_distances, strict=True)
-                if lb not in excluded
-            ]
+        for row_labels, row_distances, skip in zip(labels.tolist(), distances.tolist(), excluded, strict=True):
+            kept = [(self._ids[lb], 1.0 - d) for lb, d in zip(row_labels, row_distances, strict=True) if lb not in skip]
             results.append(kept[:k])
         return results
 

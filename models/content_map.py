@@ -65,9 +65,7 @@ class ContentMap:
         out = self.default if x is None else self.intercept + x @ self.weights
         return out.astype(np.float32)
 
-    def _design_row(
-        self, categories: Iterable[str], features: Mapping[str, float] | None
-    ) -> np.ndarray | None:
+    def _design_row(self, categories: Iterable[str], features: Mapping[str, float] | None) -> np.ndarray | None:
         n_cat = len(self.categories)
         x = np.zeros(n_cat + len(self.feature_names))
         x[:n_cat] = np.isin(self.categories, list(categories))

@@ -113,9 +113,7 @@ def quantized_global_ctr(
     return quantize_ctr(p, rel_step)
 
 
-def trend_epochs(
-    ts_ms: ArrayLike, half_life_ms: int, epoch_half_lives: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
+def trend_epochs(ts_ms: ArrayLike, half_life_ms: int, epoch_half_lives: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """The two trend epochs (start times, ms) an event at `ts_ms` is added to: (current, previous).
 
     Decayed counts use the commutative-increment trick: store S = Σ w_j·2^((t_j − t0)/h) against
@@ -143,9 +141,7 @@ def trend_epochs(
     return current, current - length
 
 
-def trend_increment(
-    ts_ms: ArrayLike, epoch_ms: ArrayLike, half_life_ms: int, weight: ArrayLike = 1.0
-) -> np.ndarray:
+def trend_increment(ts_ms: ArrayLike, epoch_ms: ArrayLike, half_life_ms: int, weight: ArrayLike = 1.0) -> np.ndarray:
     """Fixed-point increment of an event to a trend key: round(w·2^(F + (t − t0)/h)), an int64.
 
     Integers added to a Redis score stay exact below 2^53, so the sum is the same whatever the

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from recstream.events import Kind
 from recstream.settings import Settings
 from streams import metrics
+from streams.live_model import LiveModel, follow_items
 from streams.processor import BatchProcessor, DeadLetter, Message
 from streams.state import StateStore
 
@@ -54,7 +55,14 @@ def create_app(settings: Settings) -> faust.App:
             futures.append(await dlq.send(value=letter.rejected.payload, headers=headers))
         await asyncio.gather(*futures)
 
-    processors = {kind: BatchProcessor(kind, store, settings, send_dead_letters) for kind in ("event", "item", "user")}
+    model = LiveModel(settings)
+    processors = {
+        kind: BatchProcessor(kind, store, settings, send_dead_letters, model) for kind in ("event", "item", "user")
+    }
+
+    @app.task
+    async def item_feed() -> None:
+        await follow_items(settings, model)
 
     def messages(batch: Sequence[EventT]) -> list[Message]:
         out = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in batch]

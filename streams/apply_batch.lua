@@ -8,7 +8,7 @@
 -- effectively-once (see streams/state.py for the whole argument).
 --
 -- ARGV[1] is a JSON payload built by streams/state.py; ARGV[2..] are binary values that
--- payload.users refers to by index. Numbers that must stay exact (counts, offsets, trend
+-- payload.blobs refers to by index. Numbers that must stay exact (counts, offsets, trend
 -- increments) arrive as strings; scores leave as '%.17g' strings so no digit is lost.
 -- Key names follow recstream/keys.py.
 
@@ -122,7 +122,7 @@ for _, item in ipairs(graduated) do
   redis.call('SADD', P .. 'graduated', item)
 end
 
--- 7. per-user state: seen sets (capped, most recent first), segments, preferences, vectors
+-- 7. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
 local capped = {}
 for _, s in ipairs(p.seen) do  -- {user, item, ts}
   redis.call('ZADD', P .. 'user:' .. s[1] .. ':seen', 'GT', s[3], s[2])
@@ -132,8 +132,8 @@ for user, _ in pairs(capped) do
   redis.call('ZREMRANGEBYRANK', P .. 'user:' .. user .. ':seen', 0, -(cfg.seen_cap + 1))
 end
 for _, u in ipairs(p.user_segments) do redis.call('HSET', P .. 'user:seg', u[1], u[2]) end
-for _, u in ipairs(p.users) do  -- {user, field, argv index}: hist / vec / cand / prefs
-  redis.call('SET', P .. 'user:' .. u[1] .. ':' .. u[2], ARGV[u[3]])
+for _, b in ipairs(p.blobs) do  -- {key suffix, argv index}: user hist/vec/cand/prefs, item similar
+  redis.call('SET', P .. b[1], ARGV[b[2]])
 end
 
 -- 8. the watermarks move with the effect they cover

@@ -36,3 +36,17 @@ STALE_RETRIES = Counter(
 PRIOR = Gauge("recstream_worker_ctr_prior", "The quantized global CTR the rankings use")
 RESCORES = Counter("recstream_worker_full_rescores_total", "Full ranking rescorings (the quantized prior moved)")
 GRADUATIONS = Counter("recstream_worker_pool_graduations_total", "Items that left the new-item pool")
+
+USER_STEPS = Counter("recstream_worker_user_steps_total", "User vectors recomputed (exact iALS user step)")
+USER_STEP_SECONDS = Histogram(
+    "recstream_worker_user_step_seconds", "User steps + candidate queries of one batch",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
+CANDIDATE_REFRESH = Histogram(
+    "recstream_worker_candidate_refresh_seconds", "A user's latest event to their candidate list in Redis",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30),
+)  # fmt: skip
+INDEX_SIZE = Gauge("recstream_worker_index_items", "Live items in this worker's HNSW index")
+ITEM_INSERTS = Counter("recstream_worker_index_inserts_total", "New items appended to the HNSW index")
+MODEL_INFO = Gauge("recstream_worker_model_info", "The model version this worker serves (value 1)", ["version"])
+MODEL_LOAD_FAILURES = Counter("recstream_worker_model_load_failures_total", "Model versions that failed to load")

@@ -18,6 +18,8 @@ from recstream.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode
 from recstream.settings import Settings
 from streams import metrics
 from streams.aggregate import aggregate
+from streams.live_model import LiveModel
+from streams.personalize import Personalizer
 from streams.state import Applied, Effect, StaleWatermark, StateStore
 
 MAX_STALE_RETRIES = 20
@@ -47,8 +49,16 @@ SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 class BatchProcessor:
     """Applies batches of one topic's messages with effectively-once semantics."""
 
-    def __init__(self, kind: Kind, store: StateStore, settings: Settings, send_dead_letters: SendDeadLetters) -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        store: StateStore,
+        settings: Settings,
+        send_dead_letters: SendDeadLetters,
+        model: LiveModel | None = None,
+    ) -> None:
         self.kind = kind
+        self.model = model
         self.store = store
         self.settings = settings
         self.send_dead_letters = send_dead_letters
@@ -109,8 +119,13 @@ class BatchProcessor:
             views = sum(1 for e in records if e.type == "view")
             metrics.EVENTS.labels(topic, "view").inc(views)
             metrics.EVENTS.labels(topic, "click").inc(len(records) - views)
+            latest: dict[str, int] = {}
             for event in records:
                 metrics.FRESHNESS.observe(max(0.0, now - event.ts / 1000))
+                latest[event.user_id] = max(event.ts, latest.get(event.user_id, 0))
+            if self.model is not None and self.model.current is not None:
+                for ts in latest.values():
+                    metrics.CANDIDATE_REFRESH.observe(max(0.0, now - ts / 1000))
         else:
             metrics.EVENTS.labels(topic, self.kind).inc(len(records))
         metrics.BATCH_SIZE.labels(topic).observe(len(records))
@@ -121,19 +136,44 @@ class BatchProcessor:
 
     async def _build_events(self, events: list[Event], effect: Effect) -> None:
         users = list(dict.fromkeys(e.user_id for e in events))
-        segments = await self.store.segments(users)
+        context = await self.store.read_users(users)
         s = self.settings
-        effect.counters = aggregate(events, segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
+        effect.counters = aggregate(events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
+        personalizer = await self._personalizer(context.model_version)
+        if personalizer is not None:
+            started = time.perf_counter()
+            effect.blobs += personalizer.update_users(events, context.histories)
+            metrics.USER_STEPS.inc(len(users))
+            metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
 
     async def _build_items(self, items: list[ItemEvent], effect: Effect) -> None:
+        personalizer = await self._personalizer((await self.store.read_users([])).model_version)
         for item in items:
             available = item.available and item.op != "remove"
             effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available))
+            if personalizer is not None:
+                self.model.apply_item(item)  # type: ignore[union-attr]  # idempotent; the item feed may be behind
+                similar = personalizer.similar(item.item_id)
+                if similar is not None:
+                    effect.blobs.append((f"item:{item.item_id}:similar", similar))
 
     async def _build_users(self, users: list[UserEvent], effect: Effect) -> None:
+        context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
+        picks: dict[str, list[str]] = {}
         for user in users:
             if user.attributes:
                 effect.user_segments[user.user_id] = segment_of(user.attributes)
             if user.preferred_categories or user.not_interested:
                 prefs = {"categories": user.preferred_categories, "not_interested": user.not_interested}
-                effect.user_blobs.append((user.user_id, "prefs", orjson.dumps(prefs)))
+                effect.blobs.append((f"user:{user.user_id}:prefs", orjson.dumps(prefs)))
+            if user.preferred_categories and user.user_id not in context.histories:
+                picks[user.user_id] = user.preferred_categories
+        personalizer = await self._personalizer(context.model_version)
+        if personalizer is not None and picks:
+            effect.blobs += personalizer.onboard(picks)
+
+    async def _personalizer(self, version: str | None) -> Personalizer | None:
+        if self.model is None:
+            return None
+        await self.model.ensure(version)
+        return self.model.current

@@ -49,7 +49,14 @@ class Effect:
     counters: CounterDeltas = field(default_factory=CounterDeltas)
     meta: list[tuple[str, str, int | None, int, bool]] = field(default_factory=list)  # item, cats, created, ts, avail
     user_segments: dict[str, str] = field(default_factory=dict)
-    user_blobs: list[tuple[str, str, bytes]] = field(default_factory=list)  # user, field, value
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
+
+
+@dataclass(frozen=True)
+class UserContext:
+    segments: dict[str, str]
+    histories: dict[str, list]
+    model_version: str | None
 
 
 @dataclass(frozen=True)
@@ -82,20 +89,25 @@ class StateStore:
         raw = await self.redis.hgetall(self.keys("wm"))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    async def segments(self, users: Sequence[str]) -> dict[str, str]:
-        if not users:
-            return {}
-        values = await self.redis.hmget(self.keys("user:seg"), list(users))
-        return {u: v.decode() for u, v in zip(users, values, strict=True) if v is not None}
+    async def read_users(self, users: Sequence[str]) -> UserContext:
+        """Segments and histories of a batch's users and the current model version: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.keys("model:current"))
+        if users:
+            pipe.hmget(self.keys("user:seg"), list(users))
+            pipe.mget([self.keys.user(u, "hist") for u in users])
+        version, *rest = await pipe.execute()
+        segments, histories = rest or ([], [])
+        return UserContext(
+            segments={u: s.decode() for u, s in zip(users, segments, strict=True) if s is not None},
+            histories={u: orjson.loads(h) for u, h in zip(users, histories, strict=True) if h is not None},
+            model_version=version.decode() if version else None,
+        )
 
     async def apply(self, effect: Effect) -> Applied:
         """Run the batch script; raises :class:`StaleWatermark` if a watermark moved meanwhile."""
         c = effect.counters
-        blobs: list[bytes] = []
-        users = []
-        for user, what, value in effect.user_blobs:
-            blobs.append(value)
-            users.append([user, what, len(blobs) + 1])  # ARGV index (ARGV[1] is the payload)
+        blobs = [[suffix, k + 2] for k, (suffix, _) in enumerate(effect.blobs)]  # ARGV[1] is the payload
         payload = {
             "prefix": self.keys.prefix,
             "cfg": self._cfg,
@@ -111,9 +123,9 @@ class StateStore:
             "seen": [[u, i, str(ts)] for (u, i), ts in c.seen.items()],
             "clock": str(c.clock),
             "user_segments": [[u, s] for u, s in effect.user_segments.items()],
-            "users": users,
+            "blobs": blobs,
         }
-        result = await self._script(args=[orjson.dumps(payload), *blobs])
+        result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])
         if result[0] == b"stale":
             raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
         return Applied(float(result[1]), bool(result[2]), [g.decode() for g in result[3]])

@@ -65,9 +65,7 @@ def test_trained_user_factors_are_the_exact_step_under_our_confidence():
     step = ALSStep(fit.item_factors, cfg.regularization)
     for u in range(n_users):
         row = r.getrow(u)
-        np.testing.assert_allclose(
-            step.solve(row.indices, confidence(row.data, cfg)), fit.user_factors[u], atol=1e-3
-        )
+        np.testing.assert_allclose(step.solve(row.indices, confidence(row.data, cfg)), fit.user_factors[u], atol=1e-3)
 
 
 def test_train_report_and_dtypes():
@@ -79,9 +77,7 @@ def test_train_report_and_dtypes():
     assert fit.user_factors.shape == (n_users, 4) and fit.user_factors.dtype == np.float32
     assert (fit.report.users, fit.report.items, fit.report.nnz) == (n_users, n_items, r.nnz)
     assert fit.report.seconds > 0 and np.isfinite(fit.report.loss) and fit.report.loss > 0
-    np.testing.assert_allclose(
-        fit.user_gram, fit.user_factors.T.astype(np.float64) @ fit.user_factors, rtol=1e-5
-    )
+    np.testing.assert_allclose(fit.user_gram, fit.user_factors.T.astype(np.float64) @ fit.user_factors, rtol=1e-5)
 
 
 def test_training_silences_the_openblas_threads_trap(monkeypatch):

@@ -100,9 +100,7 @@ def test_save_load_round_trip(tmp_path, catalogue):
     loaded = ItemIndex.load(tmp_path)
     assert loaded.ef == 80 and loaded.capacity == index.capacity and len(loaded) == len(index)
     queries = items[:50]
-    assert loaded.query_batch(queries, k=10, exclude={ids[2]}) == index.query_batch(
-        queries, k=10, exclude={ids[2]}
-    )
+    assert loaded.query_batch(queries, k=10, exclude={ids[2]}) == index.query_batch(queries, k=10, exclude={ids[2]})
     assert ids[1] not in loaded
     loaded.add(["later"], items[700:701])  # a loaded index keeps growing
     assert loaded.query(items[700], k=1)[0][0] == "later"
@@ -116,3 +114,10 @@ def test_load_rejects_mismatched_id_file(tmp_path):
     (tmp_path / "index.json").write_text(meta)
     with pytest.raises(ValueError, match=r"index\.json"):
         ItemIndex.load(tmp_path)
+
+
+def test_per_row_exclusion_applies_to_its_row_only():
+    index = ItemIndex(dim=2)
+    index.add(["a", "b", "c"], np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]))
+    first, second = index.query_batch(np.array([[1.0, 0.0], [1.0, 0.0]]), k=2, exclude_per_row=[{"a"}, {"b"}])
+    assert [i for i, _ in first] == ["b", "c"] and [i for i, _ in second] == ["a", "c"]

@@ -49,9 +49,7 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
     np.testing.assert_array_equal(loaded.user_gram, model.user_gram)
     np.testing.assert_array_equal(loaded.content_map.vector(["comedy"]), model.content_map.vector(["comedy"]))
-    assert loaded.index.query_batch(model.item_factors, k=5) == model.index.query_batch(
-        model.item_factors, k=5
-    )
+    assert loaded.index.query_batch(model.item_factors, k=5) == model.index.query_batch(model.item_factors, k=5)
     assert model.item_ids[0] not in loaded.index
 
 

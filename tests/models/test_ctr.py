@@ -23,9 +23,7 @@ def test_smoothed_ctr_scalar_and_array_agree_bit_for_bit():
     views = rng.integers(0, 10_000, 500)
     clicks = rng.binomial(views, 0.05)
     vectorized = smoothed_ctr(clicks, views, 0.0431, 37.5)
-    one_by_one = [
-        float(smoothed_ctr(int(c), int(v), 0.0431, 37.5)) for c, v in zip(clicks, views, strict=True)
-    ]
+    one_by_one = [float(smoothed_ctr(int(c), int(v), 0.0431, 37.5)) for c, v in zip(clicks, views, strict=True)]
     assert vectorized.tolist() == one_by_one
     assert smoothed_ctr(0, 0, 0.0431, 37.5) == 0.0431
 
@@ -99,13 +97,9 @@ def test_rescore_rule_makes_scores_depend_only_on_final_counters():
         for end in batch_ends:
             np.add.at(v, items[start:end], 1)
             np.add.at(c, items[start:end], clicks[start:end])
-            q = quantized_global_ctr(
-                int(c.sum()), int(v.sum()), rel_step=rel, default_ctr=p0, default_mass=m0
-            )
+            q = quantized_global_ctr(int(c.sum()), int(v.sum()), rel_step=rel, default_ctr=p0, default_mass=m0)
             touched = np.arange(n_items) if q != prior else np.unique(items[start:end])
-            scores.update(
-                zip(touched.tolist(), smoothed_ctr(c[touched], v[touched], q, m).tolist(), strict=True)
-            )
+            scores.update(zip(touched.tolist(), smoothed_ctr(c[touched], v[touched], q, m).tolist(), strict=True))
             prior, start = q, end
         return scores
 

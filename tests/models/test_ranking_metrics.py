@@ -26,9 +26,7 @@ def test_short_lists_and_coverage():
     assert coverage(FEEDS, catalogue_size=20) == 10 / 20
 
 
-@pytest.mark.parametrize(
-    ("ranked", "relevant", "k"), [([["a"]], ["a", "b"], 1), ([], [], 1), ([["a"]], ["a"], 0)]
-)
+@pytest.mark.parametrize(("ranked", "relevant", "k"), [([["a"]], ["a", "b"], 1), ([], [], 1), ([["a"]], ["a"], 0)])
 def test_invalid_input_is_rejected(ranked, relevant, k):
     with pytest.raises(ValueError):
         hit_rate_at_k(ranked, relevant, k)

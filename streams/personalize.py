@@ -1,0 +1,138 @@
+"""The worker's live model: user steps with fixed item factors, the item index, candidate lists.
+
+One owner: every method runs on the worker's event loop without awaiting, so an hnswlib
+query never overlaps an insert (hnswlib is not safe for that). A new model version is
+loaded in a thread into a *new* :class:`Personalizer` and swapped in between batches, so
+no batch ever sees half a model.
+
+Per touched user and batch: history ← merge(history, events) (models/history.py);
+x_u ← the exact user step over the history's known items (models/user_step.py);
+candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries the history
+item most like it (argmax y_c·y_h) for the reader's "because you watched X".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from models.als import confidence
+from models.artifacts import ModelArtifacts
+from models.content_map import onboarding_vector
+from models.history import Entry, merge_history
+from models.user_step import ALSStep
+from recstream.events import Event, ItemEvent
+
+Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
+SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route
+
+
+def encode_similar(neighbours: list[tuple[str, float]]) -> bytes:
+    """The ``item:<i>:similar`` value: ``[[item, score], …]``, best first."""
+    return orjson.dumps([[j, round(score, 5)] for j, score in neighbours])
+
+
+class Personalizer:
+    """User vectors and candidates for one model version, plus the items appended since."""
+
+    def __init__(self, version: str, artifacts: ModelArtifacts, history_cap: int, candidates: int) -> None:
+        self.version = version
+        self.cfg = artifacts.config
+        self.content_map = artifacts.content_map
+        self.index = artifacts.index
+        self.step = ALSStep(artifacts.item_factors, self.cfg.regularization)
+        self.rows = {item: row for row, item in enumerate(artifacts.item_ids)}
+        self.trained = len(artifacts.item_ids)  # rows past this are appended content vectors
+        self.history_cap = history_cap
+        self.candidates = candidates
+        self._ids = np.array(artifacts.item_ids, dtype=object)
+
+    # --- items ---------------------------------------------------------------------------
+
+    def apply_item(self, item: ItemEvent) -> None:
+        """Idempotent. New item → content vector appended to the index at once (a later update
+        recomputes it); unavailable → deleted from the index; available again → restored."""
+        available = item.available and item.op != "remove"
+        row = self.rows.get(item.item_id)
+        if row is None and not available:
+            return
+        if row is None or row >= self.trained:
+            vector = self.content_map.vector(item.categories, item.features).astype(np.float32)
+            if row is None:
+                self.rows[item.item_id] = row = int(self.step.append(vector)[0])
+                self._ids = np.append(self._ids, item.item_id)
+            else:
+                self.step.update(np.array([row]), vector[None, :])
+            if available:
+                self.index.add([item.item_id], vector[None, :])
+        if not available and item.item_id in self.index:
+            self.index.mark_deleted(item.item_id)
+        elif available and item.item_id not in self.index:
+            self.index.restore(item.item_id)
+
+    def similar(self, item_id: str) -> bytes | None:
+        row = self.rows.get(item_id)
+        if row is None:
+            return None
+        return encode_similar(self.index.query(self.step.factors[row], SIMILAR_K, exclude={item_id}))
+
+    # --- users ---------------------------------------------------------------------------
+
+    def update_users(self, events: Sequence[Event], histories: Mapping[str, list[Entry]]) -> list[Blob]:
+        """New history, vector and candidates of every user in ``events`` (in stream order)."""
+        per_user: dict[str, list[tuple[str, float, int]]] = {}
+        weights = {"view": self.cfg.view_weight, "click": self.cfg.click_weight}
+        for event in events:
+            per_user.setdefault(event.user_id, []).append((event.item_id, weights[event.type], event.ts))
+        users = list(per_user)
+        merged = [merge_history(histories.get(u, []), per_user[u], self.history_cap) for u in users]
+        blobs: list[Blob] = [(f"user:{u}:hist", orjson.dumps(h)) for u, h in zip(users, merged, strict=True)]
+        return blobs + self._vectors_and_candidates(users, merged)
+
+    def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
+        """Initial vector and candidates from picked categories, for users without history."""
+        one_click = float(confidence(np.array([self.cfg.view_weight + self.cfg.click_weight]), self.cfg)[0])
+        users = list(picks)
+        vectors = np.array([onboarding_vector(self.step, self.content_map, picks[u], one_click) for u in users])
+        return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users])
+
+    def _vectors_and_candidates(self, users: list[str], histories: list[list[Entry]]) -> list[Blob]:
+        indptr, rows, weights = [0], [], []
+        known: list[list[int]] = []
+        for history in histories:
+            user_rows = [self.rows[e[0]] for e in history if e[0] in self.rows]
+            rows += user_rows
+            weights += [e[1] for e in history if e[0] in self.rows]
+            indptr.append(len(rows))
+            known.append(user_rows)
+        c = confidence(np.asarray(weights, dtype=np.float64), self.cfg)
+        vectors = self.step.solve_batch(np.asarray(indptr), np.asarray(rows, dtype=np.intp), c)
+        return self._store(users, vectors, known)
+
+    def _store(self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]]) -> list[Blob]:
+        active = [k for k in range(len(users)) if np.any(vectors[k])]
+        if not active:
+            return []
+        excluded = [self._ids[history_rows[k]].tolist() for k in active]
+        found = self.index.query_batch(vectors[active], self.candidates, exclude_per_row=excluded)
+        factors = self.step.factors
+        blobs: list[Blob] = []
+        for k, candidates in zip(active, found, strict=True):
+            user = users[k]
+            blobs.append((f"user:{user}:vec", vectors[k].astype("<f4").tobytes()))
+            blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, history_rows[k], factors))))
+        return blobs
+
+    def _explain(self, candidates: list[tuple[str, float]], history_rows: Iterable[int], factors: np.ndarray) -> list:
+        """[[item, score, because]]: because = the history item whose factor is most like the candidate's."""
+        hist = list(history_rows)
+        if not candidates:
+            return []
+        if not hist:
+            return [[item, round(score, 5), None] for item, score in candidates]
+        cand_rows = [self.rows[item] for item, _ in candidates]
+        because = np.argmax(factors[cand_rows] @ factors[hist].T, axis=1)
+        ids = self._ids[hist]
+        return [[item, round(score, 5), ids[b]] for (item, score), b in zip(candidates, because.tolist(), strict=True)]

@@ -1,0 +1,189 @@
+"""``recstream train``: the event log → iALS → a versioned model the workers hot-swap to.
+
+The log is the source of truth: training re-reads the ``events`` and ``items`` topics from
+the earliest offset up to where they end when training starts (or reads a file source),
+fits :mod:`models.als`, the content map and the HNSW index, writes a version atomically
+(:mod:`models.artifacts`), precomputes item-to-item neighbours for the reader, and only
+then points ``model:current`` at it, so no worker or reader ever sees half a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from models.als import ALSConfig, event_weights, interaction_matrix, train_als
+from models.ann import ItemIndex
+from models.artifacts import ModelArtifacts, write_model
+from models.content_map import fit_content_map
+from models.ranking_metrics import hit_rate_at_k
+from recstream.events import Event, ItemEvent, Kind, decode
+from recstream.keys import Keys
+from recstream.settings import Settings
+from recstream.sources import Record
+from streams.personalize import SIMILAR_K, encode_similar
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TrainingLog:
+    """Interactions as parallel arrays plus the latest content of every item."""
+
+    user_ids: dict[str, int] = field(default_factory=dict)
+    item_ids: dict[str, int] = field(default_factory=dict)
+    users: list[int] = field(default_factory=list)
+    items: list[int] = field(default_factory=list)
+    clicks: list[bool] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    content: dict[str, ItemEvent] = field(default_factory=dict)
+
+    def add(self, record: Record) -> None:
+        value = record.value
+        if isinstance(value, Event):
+            self.users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))
+            self.items.append(self.item_ids.setdefault(value.item_id, len(self.item_ids)))
+            self.clicks.append(value.type == "click")
+            self.ts.append(value.ts)
+        elif isinstance(value, ItemEvent):
+            self.content[value.item_id] = value
+
+
+def collect(records: Iterable[Record], progress: Progress | None = None) -> TrainingLog:
+    log = TrainingLog()
+    for n, record in enumerate(records, start=1):
+        log.add(record)
+        if progress is not None and n % 10_000 == 0:
+            progress(10_000)
+    return log
+
+
+async def read_log(settings: Settings) -> list[Record]:
+    """Every valid record on ``items`` and ``events``, from the earliest offset to the end as of now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[Record] = []
+    try:
+        for topic, kind in ((settings.items_topic, "item"), (settings.events_topic, "event")):
+            records.extend([r async for r in _read_topic(consumer, topic, kind)])
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _read_topic(consumer: AIOKafkaConsumer, topic: str, kind: Kind) -> AsyncIterator[Record]:
+    # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    end = await consumer.end_offsets(partitions)
+    remaining = {tp for tp in partitions if end[tp] > 0}
+    now_ms = 2**53  # replay: no future-timestamp check against the wall clock
+    while remaining:
+        batch = await consumer.getmany(*remaining, timeout_ms=1000)
+        for tp, messages in batch.items():
+            for message in messages:
+                if message.offset < end[tp]:
+                    valid, _ = decode(message.value, kind, now_ms)
+                    for value in valid:
+                        yield Record(kind, value)
+            if messages and messages[-1].offset >= end[tp] - 1:
+                remaining.discard(tp)
+
+
+def _split(log: TrainingLog, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train mask and the held-out tail: the last ``holdout`` share of events by time."""
+    order = np.argsort(np.asarray(log.ts, dtype=np.int64), kind="stable")
+    train = np.ones(len(order), dtype=bool)
+    train[order[int(len(order) * (1 - holdout)) :]] = False
+    return train, ~train
+
+
+def offline_hit_rate(log: TrainingLog, holdout: float, cfg: ALSConfig, k: int = 10) -> float | None:
+    """HR@k of a model trained on the head, over the tail's clicks by users known in the head."""
+    if holdout <= 0:
+        return None
+    train, tail = _split(log, holdout)
+    users, items, clicks = (np.asarray(a) for a in (log.users, log.items, log.clicks))
+    fit = _fit(users[train], items[train], clicks[train], len(log.user_ids), len(log.item_ids), cfg)
+    seen: dict[int, set[int]] = {}
+    for u, i in zip(users[train].tolist(), items[train].tolist(), strict=True):
+        seen.setdefault(u, set()).add(i)
+    ranked, relevant = [], []
+    for u, i in zip(users[tail & clicks].tolist(), items[tail & clicks].tolist(), strict=True):
+        if u in seen:
+            scores = fit.item_factors @ fit.user_factors[u]
+            scores[list(seen[u])] = -np.inf
+            ranked.append(np.argsort(-scores)[:k].tolist())
+            relevant.append(i)
+    return hit_rate_at_k(ranked, relevant, k) if ranked else None
+
+
+def _fit(users: np.ndarray, items: np.ndarray, clicks: np.ndarray, n_users: int, n_items: int, cfg: ALSConfig):
+    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    return train_als(r, cfg)
+
+
+def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1) -> tuple[ModelArtifacts, dict]:
+    """Fit on the whole log (after measuring HR@10 on a held-out tail) and build every artifact."""
+    if not log.users:
+        raise ValueError("the log holds no events to train on")
+    hr = offline_hit_rate(log, holdout, cfg)
+    users, items, clicks = (np.asarray(a) for a in (log.users, log.items, log.clicks))
+    fit = _fit(users, items, clicks, len(log.user_ids), len(log.item_ids), cfg)
+    item_ids = list(log.item_ids)
+    content = [log.content.get(i) for i in item_ids]
+    content_map = fit_content_map(
+        [c.categories if c else [] for c in content], fit.item_factors, [c.features if c else {} for c in content]
+    )
+    index = ItemIndex(dim=cfg.factors, capacity=len(item_ids))
+    index.add(item_ids, fit.item_factors)
+    for item_id, event in zip(item_ids, content, strict=True):
+        if event is not None and (not event.available or event.op == "remove"):
+            index.mark_deleted(item_id)
+    report = fit.report
+    metrics = {"users": report.users, "items": report.items, "nnz": report.nnz, "seconds": report.seconds,
+               "loss": report.loss, "events": len(log.users), "offline_hr10": hr, "holdout": holdout}  # fmt: skip
+    artifacts = ModelArtifacts(
+        item_ids=item_ids,
+        item_factors=fit.item_factors,
+        user_gram=fit.user_gram,
+        content_map=content_map,
+        index=index,
+        config=cfg,
+        metrics=metrics,
+    )
+    return artifacts, metrics
+
+
+def similar_items(index: ItemIndex, item_ids: list[str], factors: np.ndarray) -> dict[str, bytes]:
+    """Each item's nearest neighbours by the model's score, as the reader's JSON value."""
+    out: dict[str, bytes] = {}
+    for start in range(0, len(item_ids), 1024):
+        chunk = item_ids[start : start + 1024]
+        rows = factors[start : start + len(chunk)]
+        found = index.query_batch(rows, SIMILAR_K, exclude_per_row=[{i} for i in chunk])
+        out.update({item_id: encode_similar(neighbours) for item_id, neighbours in zip(chunk, found, strict=True)})
+    return out
+
+
+async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
+    """Write the version, its item neighbours, then switch ``model:current`` to it (last)."""
+    version = write_model(settings.model_dir, artifacts)
+    keys = Keys(settings.redis_prefix)
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        similar = similar_items(artifacts.index, artifacts.item_ids, artifacts.item_factors)
+        pipe = redis.pipeline(transaction=False)
+        for item_id, value in similar.items():
+            pipe.set(keys(f"item:{item_id}:similar"), value)
+        await pipe.execute()
+        await redis.set(keys("model:current"), version)
+    finally:
+        await redis.aclose()
+    return version
