@@ -182,5 +182,28 @@ def train(
     Console().print(table)
 
 
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader_host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: settings.reader_port)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.reader_host,
+        port=settings.reader_port if port is None else port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level,
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,262 @@
+"""The reader's HTTP app: ``create_app(settings)`` builds it, ``recstream serve`` runs it on uvicorn.
+
+Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+
+* ``GET /v1/feed/{user_id}?limit=&cursor=&seed=`` — the blended feed (serving/feed.py), infinite
+  scroll through ``next_cursor``; ``seed`` reproduces the explore draws of a page;
+* ``GET /v1/items/{item_id}/similar?limit=`` — the workers' precomputed neighbours;
+* ``GET|PUT /v1/users/{user_id}/preferences`` — onboarding categories and "not interested";
+* ``POST /v1/events`` — impressions (views) and clicks, validated like the workers do and
+  published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
+  in ``context`` so clicks are attributable to the source that showed the item;
+* ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``.
+
+Responses are encoded with orjson straight from dicts (the models in serving/schemas.py document
+them), and the request metrics are a pure ASGI middleware: the feed path carries no per-request
+pydantic work beyond its three query parameters. Write routes live on their own router and need
+``X-API-Key`` (or ``Authorization: Bearer``) when ``settings.api_key`` is set; read routes too when
+``settings.protect_reads``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from recstream.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
+from recstream.settings import Settings
+from serving.feed_state import CURSOR_PATTERN, Cursor
+from serving.metrics import RequestMetrics
+from serving.reader import EventsRejected, KafkaUnavailable, NotFound, Reader, RedisUnavailable, SessionExpired
+from serving.schemas import (
+    EventsAccepted,
+    FeedPage,
+    Preferences,
+    PreferencesSaved,
+    Ready,
+    SimilarItems,
+    Stats,
+)
+
+DEFAULT_LIMIT = 20
+UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="user id")]
+ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="item id")]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem} for code in codes}
+
+
+def json_response(body: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app for these settings; the Redis client, snapshot loader and Kafka producer live in its lifespan."""
+    reader = Reader(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await reader.start()
+        try:
+            yield
+        finally:
+            await reader.close()
+
+    app = FastAPI(
+        title="recstream reader",
+        version="1",
+        summary="Blended, explainable, infinite feeds from Redis; impressions and clicks to Kafka.",
+        lifespan=lifespan,
+    )
+    app.state.reader = reader
+    app.add_middleware(RequestMetrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """422 naming each bad field and why, without echoing the (possibly huge or hostile) input."""
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return json_response({"detail": errors}, 422)
+
+    auth = _api_key_check(settings)
+    # the limit's bound comes from the settings, so it sits in a default value, not an annotation
+    # (annotations are strings here, resolved in module scope where `settings` does not exist)
+    default_limit = min(DEFAULT_LIMIT, settings.feed_max_limit)
+    reads = APIRouter(dependencies=[Depends(auth)] if auth and settings.protect_reads else [])
+    writes = APIRouter(dependencies=[Depends(auth)] if auth else [])
+
+    @reads.get("/v1/feed/{user_id}", response_model=FeedPage, responses=_problems(410), tags=["feed"])
+    async def feed(
+        user_id: UserId,
+        limit: int = Query(default_limit, ge=1, le=settings.feed_max_limit),
+        cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
+        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the explore draws")] = None,
+    ) -> Response:
+        """A page of the user's blended feed; a cursor continues the session without repeating an item."""
+        try:
+            body = await reader.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed)
+        except SessionExpired as exc:
+            raise HTTPException(410, str(exc)) from None
+        return json_response(body)
+
+    @reads.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=_problems(404), tags=["items"])
+    async def similar(
+        item_id: ItemId,
+        limit: int = Query(default_limit, ge=1, le=settings.feed_max_limit),
+    ) -> Response:
+        """Item-to-item neighbours, best first (precomputed by the workers; the reader holds no index)."""
+        try:
+            return json_response(await reader.similar(item_id, limit))
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    @reads.get("/v1/users/{user_id}/preferences", response_model=Preferences, responses=_problems(503), tags=["users"])
+    async def get_preferences(user_id: UserId) -> Response:
+        try:
+            return json_response(await reader.preferences(user_id))
+        except RedisUnavailable:
+            raise HTTPException(503, "Redis is unreachable; try again shortly") from None
+
+    @reads.get("/v1/stats", response_model=Stats, tags=["ops"])
+    async def stats() -> Response:
+        """Live figures over the last few seconds (for the feed explorer page)."""
+        return json_response(reader.live())
+
+    @writes.put(
+        "/v1/users/{user_id}/preferences", response_model=PreferencesSaved, responses=_problems(503), tags=["users"]
+    )
+    async def put_preferences(user_id: UserId, preferences: Preferences) -> Response:
+        """Replace onboarding categories and the "not interested" list (item ids or categories).
+
+        Published as a user event (the workers build the initial vector from it) and written to Redis
+        directly, so the very next feed honours it.
+        """
+        try:
+            applied = await reader.save_preferences(user_id, preferences.categories, preferences.not_interested)
+        except KafkaUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        return json_response({"user_id": user_id, **preferences.model_dump(), "applied": applied})
+
+    @writes.post(
+        "/v1/events",
+        response_model=EventsAccepted,
+        status_code=202,
+        responses=_problems(413, 422, 503),
+        tags=["events"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                {"$ref": "#/components/schemas/Event"},
+                                {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Event"},
+                                    "minItems": 1,
+                                    "maxItems": MAX_EVENTS_PER_MESSAGE,
+                                },
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def post_events(request: Request) -> Response:
+        """Report impressions (``view``) and clicks: one event object or an array of them.
+
+        Validated exactly as the workers validate (recstream.events), all or nothing, then published
+        to Kafka; 202 once the broker acknowledged them. Include ``context.source`` (the item's
+        ``source`` in the feed) or ``context.feed`` (the feed's ``session``; the reader looks the
+        source up) so clicks are attributable per source.
+        """
+        body = await _read_capped(request, MAX_MESSAGE_BYTES)
+        try:
+            return json_response(await reader.accept_events(body), 202)
+        except EventsRejected as exc:
+            raise HTTPException(422, str(exc)) from None
+        except KafkaUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is up (it answers even when Redis is not)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
+    async def readyz() -> Response:
+        """Ready when Redis answers and a model version is present."""
+        body = await reader.ready()
+        return json_response(body, 200 if body["redis"] and body["model_version"] else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(reads)
+    app.include_router(writes)
+    _publish_event_schema(app)
+    return app
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The body, refused with 413 past ``cap`` bytes before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise HTTPException(413, f"body of {declared} bytes exceeds {cap}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"body exceeds {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]] | None:
+    """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time."""
+    if settings.api_key is None:
+        return None
+    expected = settings.api_key.get_secret_value().encode()
+    header = APIKeyHeader(name="X-API-Key", auto_error=False)
+    bearer = HTTPBearer(auto_error=False)
+
+    async def check(
+        key: Annotated[str | None, Security(header)] = None,
+        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+    ) -> None:
+        given = key or (token.credentials if token else None)
+        if given is None or not hmac.compare_digest(given.encode(), expected):
+            raise HTTPException(401, "missing or wrong API key (X-API-Key or Authorization: Bearer)")
+
+    return check
+
+
+def _publish_event_schema(app: FastAPI) -> None:
+    """Put the event contract's JSON schema into the OpenAPI components the events route refers to."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = original()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Event"] = Event.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

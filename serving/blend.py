@@ -1,0 +1,116 @@
+"""Blending: slot counts from shares, then a deterministic interleave of ranked per-source lists.
+
+Pure (no Redis, no I/O), so every rule of the feed page is unit-testable: a page never holds an
+item twice, never an excluded one (seen, served earlier in the session, unavailable, not
+interested), and filtering happens while slots are filled, so a source whose head is filtered
+moves on to its next item instead of leaving the page short.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Source = Literal["personal", "popular", "fresh", "explore"]
+SOURCES: tuple[Source, ...] = ("personal", "popular", "fresh", "explore")
+"""Every source, in the order that breaks ties between equally-owed sources."""
+OVERFLOW: tuple[Source, ...] = ("popular", "personal", "fresh")
+"""Who takes the slots of a source that ran dry, first with items left wins. Never explore: its cap holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    item: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    item: str
+    source: Source
+    reason: str
+
+
+def slot_counts(shares: Mapping[Source, float], n: int, explore_cap: float) -> dict[Source, int]:
+    """Integer slots per source for a page of `n`: explore first, capped, then the rest by largest remainder.
+
+    explore = min(⌊n·w_e + ½⌋, ⌊n·cap⌋) with w the shares normalized to sum 1; the other n − explore
+    slots split in proportion to their shares, leftover slots to the largest fractional parts
+    (ties in SOURCES order). The cap bounds how much CTR exploration can cost whatever the config.
+
+    >>> slot_counts({"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}, 20, explore_cap=0.25)
+    {'personal': 12, 'popular': 4, 'fresh': 2, 'explore': 2}
+    >>> slot_counts({"personal": 0.0, "popular": 0.5, "fresh": 0.0, "explore": 0.5}, 10, explore_cap=0.25)
+    {'personal': 0, 'popular': 8, 'fresh': 0, 'explore': 2}
+    """
+    total = sum(shares.get(s, 0.0) for s in SOURCES)
+    if n <= 0 or total <= 0:
+        return {s: (n if s == "popular" else 0) for s in SOURCES} if n > 0 else dict.fromkeys(SOURCES, 0)
+    explore = min(math.floor(n * shares.get("explore", 0.0) / total + 0.5), math.floor(n * explore_cap))
+    rest = [s for s in SOURCES if s != "explore"]
+    rest_total = sum(shares.get(s, 0.0) for s in rest)
+    if rest_total <= 0:  # only explore was configured: the capped remainder goes to popular
+        return {**dict.fromkeys(rest, 0), "popular": n - explore, "explore": explore}
+    quotas = {s: (n - explore) * shares.get(s, 0.0) / rest_total for s in rest}
+    counts = {s: math.floor(q) for s, q in quotas.items()}
+    by_remainder = sorted(rest, key=lambda s: (-(quotas[s] - counts[s]), SOURCES.index(s)))
+    for s in by_remainder[: n - explore - sum(counts.values())]:
+        counts[s] += 1
+    return {**counts, "explore": explore}
+
+
+def interleave(
+    ranked: Mapping[Source, Iterable[Candidate]],
+    counts: Mapping[Source, int],
+    exclude: Container[str] = frozenset(),
+) -> list[Served]:
+    """Fill sum(counts) positions from ranked per-source lists, deterministically by position.
+
+    Position p (1-based) goes to the open source furthest behind its quota, argmax_s
+    quota_s·p/n − taken_s (compared ×n in integers, so ties are exact; ties go in SOURCES order):
+    a page of 12/4/2/2 spreads popular, fresh and explore evenly instead of bunching them at the end.
+    Each source serves its best item that is neither excluded nor already on the page. A source
+    that runs dry hands its remaining slots to the first OVERFLOW source with items left; the page
+    is short only when no such source exists. Lists are consumed lazily: a long list costs only
+    what is taken from it.
+
+    >>> ranked = {"personal": [Candidate("a", "p"), Candidate("b", "p")], "popular": [Candidate("a", "q"),
+    ...           Candidate("c", "q"), Candidate("d", "q")]}
+    >>> [(s.item, s.source) for s in interleave(ranked, {"personal": 2, "popular": 1, "explore": 1}, {"b"})]
+    [('a', 'personal'), ('c', 'popular'), ('d', 'popular')]
+    """
+    n = sum(counts.values())
+    quota = {s: counts.get(s, 0) for s in SOURCES}
+    taken = dict.fromkeys(SOURCES, 0)
+    lists: dict[Source, Iterator[Candidate]] = {s: iter(ranked.get(s, ())) for s in SOURCES}
+    heads: dict[Source, Candidate | None] = dict.fromkeys(SOURCES)
+    used: set[str] = set()
+
+    def head(s: Source) -> Candidate | None:
+        current = heads[s]
+        if current is None or current.item in used:
+            current = heads[s] = next((c for c in lists[s] if c.item not in used and c.item not in exclude), None)
+        return current
+
+    page: list[Served] = []
+    while len(page) < n:
+        open_sources = [s for s in SOURCES if taken[s] < quota[s]]
+        if not open_sources:
+            break
+        p = len(page) + 1
+        source = max(open_sources, key=lambda s: (quota[s] * p - taken[s] * n, -SOURCES.index(s)))  # exact ints
+        candidate = head(source)
+        if candidate is None:  # dry: its remaining slots move to an overflow source with items left
+            spare = quota[source] - taken[source]
+            quota[source] = taken[source]
+            heir = next((s for s in OVERFLOW if s != source and head(s) is not None), None)
+            if heir is not None:
+                quota[heir] += spare
+            continue
+        page.append(Served(candidate.item, source, candidate.reason))
+        used.add(candidate.item)
+        taken[source] += 1
+        heads[source] = None
+    return page

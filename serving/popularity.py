@@ -1,0 +1,46 @@
+"""Popular-in-segment orderings for warm and cold users, from the workers' smoothed-CTR rankings.
+
+The workers keep ``rank:<s>`` only for items with views in segment ``s``; for any other item
+the segment CTR (models.ctr.segment_ctr with no segment counts) *is* its global smoothed CTR.
+So P(i|s) = rank:<s>[i] where present, else rank[i] — exact, not an approximation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+def segment_scores(segment: Mapping[str, float], overall: Mapping[str, float]) -> dict[str, float]:
+    """P(i|s) over the union of both lists: the segment's score where it has one, else the global one.
+
+    >>> segment_scores({"a": 0.3}, {"a": 0.1, "b": 0.2})
+    {'a': 0.3, 'b': 0.2}
+    """
+    return {**overall, **segment}
+
+
+def warm_order(segment: Mapping[str, float], overall: Mapping[str, float]) -> tuple[str, ...]:
+    """Items by P(i|s), best first (ties by id, so the order is a pure function of the scores).
+
+    >>> warm_order({"a": 0.3}, {"a": 0.1, "b": 0.2, "c": 0.2})
+    ('a', 'b', 'c')
+    """
+    scores = segment_scores(segment, overall)
+    return tuple(sorted(scores, key=lambda i: (-scores[i], i)))
+
+
+def cold_order(segment: Mapping[str, float], overall: Mapping[str, float], weight: float) -> tuple[str, ...]:
+    """Items by λ·P(i|s) + (1−λ)·P(i|global), best first: a cold user's segment is a weak signal,
+    so its ranking is shrunk toward the global one (λ = settings.cold_segment_weight).
+
+    ``overall`` should hold the global score of every item of ``segment`` (the loader completes
+    it); an item without one (it left the global ranking meanwhile) uses its segment score for both.
+
+    >>> cold_order({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.3)
+    ('b', 'a')
+    >>> cold_order({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.9)
+    ('a', 'b')
+    """
+    seg = segment_scores(segment, overall)
+    scores = {i: weight * seg[i] + (1.0 - weight) * overall.get(i, seg[i]) for i in seg}
+    return tuple(sorted(scores, key=lambda i: (-scores[i], i)))

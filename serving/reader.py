@@ -1,0 +1,371 @@
+"""What each route does with Redis, Kafka and the snapshot, with the degraded-mode rules in one place.
+
+Degraded mode: every Redis round trip of a request runs under ``reader_redis_timeout_s``. A
+timeout or error answers the request from the in-process popular list with ``degraded: true``
+(never a 5xx) and makes the next requests skip Redis for COOLDOWN_S, so a dead Redis costs no
+connection attempt per request; the first request after the cooldown tries again, so the reader
+recovers by itself when Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from recstream.events import Event, Rejected, UserEvent, decode
+from recstream.keys import Keys
+from recstream.settings import Settings
+from serving import metrics
+from serving.blend import SOURCES, Served
+from serving.feed import build_page, degraded_page
+from serving.feed_state import Cursor, parse_preferences, read_user, record_served, session_key
+from serving.live_stats import LiveStats
+from serving.publish import Publisher
+from serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+COOLDOWN_S = 0.25
+PUBLISH_TIMEOUT_S = 10.0
+FEED_ROUTE = "/v1/feed/{user_id}"
+
+
+class RedisUnavailable(Exception):
+    """A round trip failed or was skipped; ``cause`` is a metric label: timeout, error or skipped."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class NotFound(LookupError):
+    pass
+
+
+class SessionExpired(LookupError):
+    pass
+
+
+class KafkaUnavailable(Exception):
+    pass
+
+
+class EventsRejected(ValueError):
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+class RedisGuard:
+    """Runs one round trip under the timeout; after a failure, skips Redis for COOLDOWN_S."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._skip_until = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    async def __call__(self, round_trip: Callable[[], Awaitable[T]]) -> T:
+        if not self.ok:
+            raise RedisUnavailable("skipped")
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await round_trip()
+        except TimeoutError as exc:  # asyncio's and redis-py's socket timeouts alike
+            self._skip_until = time.monotonic() + COOLDOWN_S
+            raise RedisUnavailable("timeout") from exc
+        except (RedisError, OSError) as exc:
+            self._skip_until = time.monotonic() + COOLDOWN_S
+            raise RedisUnavailable("error") from exc
+
+
+class Reader:
+    """The reader's state: one Redis client, the snapshot and its loader, the Kafka publisher, live stats."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=BACKGROUND_TIMEOUT_S,  # requests are bounded tighter by the guard
+            socket_connect_timeout=BACKGROUND_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),  # a failed round trip goes degraded at once, never retried
+        )
+        self.snapshot = Snapshot()
+        self.loader = SnapshotLoader(self.redis, settings, self.snapshot)
+        self.publisher = Publisher(settings)
+        self.guard = RedisGuard(settings.reader_redis_timeout_s)
+        self.stats = LiveStats()
+        self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
+        self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
+        self._loader_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Load the snapshot once (so the first feeds are full), then keep reloading in the background."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
+                await self.loader.refresh()
+        self._loader_task = asyncio.create_task(self.loader.run(), name="snapshot-loader")
+
+    async def close(self) -> None:
+        if self._loader_task is not None:
+            self._loader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader_task
+        await self.publisher.close()
+        await self.redis.aclose()
+
+    # --- feed ------------------------------------------------------------------------------
+
+    async def feed(self, user_id: str, limit: int, cursor: Cursor | None, seed: int | None) -> dict:
+        """Round trip 1 reads the user, the page is blended in process, round trip 2 records it in the session."""
+        started = time.perf_counter()
+        position = (cursor or Cursor.start()).following()
+        seed = position.seed(user_id) if seed is None else seed
+        try:
+            user = await self.guard(lambda: read_user(self.redis, self.keys, user_id, cursor and cursor.session))
+        except RedisUnavailable as exc:
+            items = degraded_page(self.snapshot, limit)
+            return self._feed_answer(user_id, items, cursor, seed, "degraded", exc.cause, 1, started)
+        if cursor is not None and not user.session_found:
+            self._trips.observe(1)
+            raise SessionExpired(f"cursor {cursor.text} names no live session: it expired or was never issued")
+        page = build_page(user, self.snapshot, self.settings, limit, seed, time.monotonic())
+        if not page.items:
+            return self._feed_answer(user_id, [], None, seed, "warm" if page.warm else "cold", None, 1, started)
+        try:
+            await self.guard(
+                lambda: record_served(
+                    self.redis, self.keys, user_id, position.session, page.items, self.settings.session_ttl_s
+                )
+            )
+        except RedisUnavailable as exc:  # the page is good, but its session could not remember it
+            return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started)
+        return self._feed_answer(user_id, page.items, position, seed, "warm" if page.warm else "cold", None, 2, started)
+
+    def _feed_answer(
+        self,
+        user_id: str,
+        items: list[Served],
+        cursor: Cursor | None,
+        seed: int,
+        kind: str,
+        degraded_cause: str | None,
+        trips: int,
+        started: float,
+    ) -> dict:
+        """The response body, plus every metric and live figure of a served feed."""
+        now = time.monotonic()
+        counts: dict[str, int] = defaultdict(int)
+        for served in items:
+            counts[served.source] += 1
+        for source, n in counts.items():
+            self._served[source].inc(n)
+            self.stats.add(f"served:{source}", n)
+        metrics.FEEDS.labels(kind).inc()
+        self._trips.observe(trips)
+        self.stats.add("feeds")
+        if degraded_cause is not None:
+            metrics.DEGRADED.labels(FEED_ROUTE, degraded_cause).inc()
+            self.stats.add("degraded")
+        self.stats.latency(time.perf_counter() - started)
+        categories = self.snapshot.categories
+        return {
+            "user_id": user_id,
+            "items": [
+                {
+                    "item_id": s.item,
+                    "source": s.source,
+                    "reason": s.reason,
+                    "categories": list(categories.get(s.item, now) or ()),
+                }
+                for s in items
+            ],
+            "next_cursor": cursor.text if cursor is not None else None,
+            "session": cursor.session if cursor is not None else None,
+            "model_version": self.snapshot.model_version,
+            "warm": kind == "warm",
+            "degraded": degraded_cause is not None,
+            "seed": seed,
+        }
+
+    # --- other reads -----------------------------------------------------------------------
+
+    async def similar(self, item_id: str, limit: int) -> dict:
+        """The workers' precomputed neighbours, minus unavailable items; 404 for an item nobody knows."""
+
+        async def read() -> list:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.exists(self.keys.item(item_id))
+            pipe.get(self.keys(f"item:{item_id}:similar"))
+            return await pipe.execute()
+
+        try:
+            known, raw = await self.guard(read)
+        except RedisUnavailable as exc:
+            metrics.DEGRADED.labels("/v1/items/{item_id}/similar", exc.cause).inc()
+            return {"item_id": item_id, "items": [], "degraded": True}
+        if not known and raw is None:
+            raise NotFound(f"item {item_id!r} is not known")
+        try:
+            rows = orjson.loads(raw) if raw else []
+        except orjson.JSONDecodeError:
+            rows = []
+        unavailable = self.snapshot.unavailable
+        items = [
+            {"item_id": r[0], "score": float(r[1])}
+            for r in rows
+            if isinstance(r, list)
+            and len(r) >= 2
+            and isinstance(r[0], str)
+            and isinstance(r[1], int | float)
+            and r[0] != item_id
+            and r[0] not in unavailable
+        ][:limit]
+        return {"item_id": item_id, "items": items, "degraded": False}
+
+    async def preferences(self, user_id: str) -> dict:
+        raw = await self.guard(lambda: self.redis.get(self.keys.user(user_id, "prefs")))
+        categories, not_interested = parse_preferences(raw)
+        return {"categories": categories, "not_interested": not_interested}
+
+    async def ready(self) -> dict:
+        async def read() -> list:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.ping()
+            pipe.get(self.keys("model:current"))
+            return await pipe.execute()
+
+        try:
+            _, version = await self.guard(read)
+        except RedisUnavailable:
+            return {
+                "redis": False,
+                "model_version": self.snapshot.model_version,
+                "snapshot_loaded": self.snapshot.loaded,
+            }
+        return {"redis": True, "model_version": version, "snapshot_loaded": self.snapshot.loaded}
+
+    def live(self) -> dict:
+        feeds = self.stats.rate("feeds")
+        totals = self.stats.totals
+        ctr = {}
+        for source in SOURCES:
+            views, clicks = totals[f"view:{source}"], totals[f"click:{source}"]
+            ctr[source] = clicks / views if views else None
+        return {
+            "feeds_per_s": feeds,
+            "events_per_s": self.stats.rate("events"),
+            "clicks_per_s": self.stats.rate("clicks"),
+            "degraded_share": self.stats.rate("degraded") / feeds if feeds else 0.0,
+            "feed_p50_ms": self.stats.latency_ms(0.5),
+            "feed_p99_ms": self.stats.latency_ms(0.99),
+            "served_by_source": {s: totals[f"served:{s}"] for s in SOURCES},
+            "ctr_by_source": ctr,
+            "pool_items": len(self.snapshot.pool.items),
+            "model_version": self.snapshot.model_version,
+            "redis": self.guard.ok and self.loader.healthy,
+        }
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def save_preferences(self, user_id: str, categories: list[str], not_interested: list[str]) -> bool:
+        """Publish the user event (the log is the source of truth), then write ``prefs`` so the next feed honours it.
+
+        Returns whether the direct write happened; if not, the workers write the same value from the event.
+        """
+        event = UserEvent(
+            user_id=user_id, ts=int(time.time() * 1000), preferred_categories=categories, not_interested=not_interested
+        )
+        await self._publish(self.publisher.user(event))
+        value = orjson.dumps({"categories": categories, "not_interested": not_interested})
+        try:
+            await self.guard(lambda: self.redis.set(self.keys.user(user_id, "prefs"), value))
+        except RedisUnavailable:
+            return False
+        return True
+
+    async def accept_events(self, body: bytes) -> dict:
+        """Validate like the workers do (recstream.events.decode), attribute sources, publish, confirm."""
+        events, rejected = decode(body, "event", int(time.time() * 1000))
+        if rejected:
+            raise EventsRejected([r.reason for r in rejected[:10]] + _more(rejected))
+        if not events:
+            raise EventsRejected(["event: no events in the body"])
+        events, attributed = await self._attribute(events)
+        await self._publish(self.publisher.events(events))
+        for event in events:
+            source = (event.context or {}).get("source")
+            label = source if source in SOURCES else "none" if source is None else "other"
+            metrics.EVENTS.labels(event.type, label).inc()
+            self.stats.add(f"{event.type}:{label}")
+        self.stats.add("events", len(events))
+        self.stats.add("clicks", sum(e.type == "click" for e in events))
+        return {"accepted": len(events), "attributed": attributed}
+
+    async def _attribute(self, events: list[Event]) -> tuple[list[Event], int]:
+        """Fill ``context.source`` from the scroll session named by ``context.feed``, in one round trip.
+
+        Best effort: without Redis the events go out as they came.
+        """
+        wanting = [
+            k
+            for k, e in enumerate(events)
+            if e.context
+            and "source" not in e.context
+            and isinstance(e.context.get("feed"), str)
+            and len(e.context) < 16
+            and _is_session(e.context["feed"])
+        ]
+        if not wanting:
+            return events, 0
+
+        async def read() -> list:
+            pipe = self.redis.pipeline(transaction=False)
+            for k in wanting:
+                event = events[k]
+                pipe.hget(session_key(self.keys, event.user_id, str(event.context["feed"])), event.item_id)  # type: ignore[index]
+            return await pipe.execute()
+
+        try:
+            sources = await self.guard(read)
+        except RedisUnavailable:
+            return events, 0
+        events = list(events)
+        attributed = 0
+        for k, source in zip(wanting, sources, strict=True):
+            if source is not None:
+                events[k] = events[k].model_copy(update={"context": {**events[k].context, "source": source}})  # type: ignore[dict-item]
+                attributed += 1
+        return events, attributed
+
+    async def _publish(self, sending: Awaitable[None]) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await sending
+        except Exception as exc:  # any Kafka client failure: the write is refused, the reader stays up
+            log.warning("publishing to Kafka failed: %r", exc)
+            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {type(exc).__name__}") from exc
+
+
+def _is_session(value: str) -> bool:
+    return len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+
+
+def _more(rejected: list[Rejected]) -> list[str]:
+    return [f"... and {len(rejected) - 10} more"] if len(rejected) > 10 else []

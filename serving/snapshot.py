@@ -1,0 +1,227 @@
+"""The reader's in-process copy of the state every feed shares: popular lists, the bandit pool, metadata.
+
+Why a copy: parsing a 500-item pool or a 1,000-item ranking on every request costs more than the
+rest of the feed (ARCHITECTURE.md, performance notes), and these structures are the same for
+every user. A background task reloads them every ``pool_cache_s`` (popular lists every
+``popular_refresh_s``), so a feed request only reads its own user's keys — one round trip — and
+a change written by the workers reaches feeds within that period. The global popular list is
+also the degraded-mode answer when Redis is unreachable: the last one loaded stays in place.
+
+Item categories (for fresh lists, onboarding boosts and "not interested" categories) are cached
+per item; a request that meets an unknown item asks for it, and the next reload fetches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from models.bandit import BetaPrior
+from recstream.keys import Keys
+from recstream.settings import Settings
+from serving import metrics
+from serving.popularity import cold_order, warm_order
+
+log = logging.getLogger(__name__)
+
+POPULAR_DEPTH = 1000
+"""Items kept per popular list: a page (≤ feed_max_limit) after filtering a full seen set (seen_cap,
+500 by default) and a long scroll session; past it the popular source runs dry and others fill."""
+CATEGORY_MAX_AGE_S = 60.0
+"""A cached item's categories are re-read once this old, so an item update reaches the filters."""
+CATEGORY_BATCH = 2_000
+CATEGORY_CACHE_MAX = 500_000
+BACKGROUND_TIMEOUT_S = 2.0
+MIN_REFRESH_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Popular:
+    """A segment's popular items for warm users (by P(i|s)) and cold users (shrunk toward global)."""
+
+    warm: tuple[str, ...]
+    cold: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The new-item pool as arrays for vectorized Thompson sampling, plus per-category fresh lists."""
+
+    items: tuple[str, ...] = ()
+    index: Mapping[str, int] = field(default_factory=dict)
+    alpha: np.ndarray = field(default_factory=lambda: np.empty(0))
+    beta: np.ndarray = field(default_factory=lambda: np.empty(0))
+    fresh: Mapping[str, tuple[tuple[int, str], ...]] = field(default_factory=dict)
+    """category → (−created_ts, item) of its pool items, newest first (ready for a k-way merge)."""
+    by_category: Mapping[str, np.ndarray] = field(default_factory=dict)
+    """category → pool indices, to mask a "not interested" category in one step."""
+
+
+class Categories:
+    """item → categories, filled by the loader; lookups from requests name the items to load next."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[str, ...], float]] = {}
+        self.known: set[str] = set()
+        self.wanted: set[str] = set()
+
+    def get(self, item: str, now: float) -> tuple[str, ...] | None:
+        """The item's categories (possibly up to CATEGORY_MAX_AGE_S old), None while unknown."""
+        entry = self._entries.get(item)
+        if entry is None or now - entry[1] > CATEGORY_MAX_AGE_S:
+            if len(self.wanted) < CATEGORY_BATCH:
+                self.wanted.add(item)
+            return None if entry is None else entry[0]
+        return entry[0]
+
+    def stale(self, items: Iterable[str], now: float) -> list[str]:
+        return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]
+
+    def put(self, item: str, categories: tuple[str, ...], now: float) -> None:
+        self._entries.pop(item, None)  # re-insert at the end: the dict's order is the eviction order
+        self._entries[item] = (categories, now)
+        self.known.update(categories)
+        self.wanted.discard(item)
+        if len(self._entries) > CATEGORY_CACHE_MAX:
+            del self._entries[next(iter(self._entries))]
+
+
+@dataclass
+class Snapshot:
+    """What every feed shares; attributes are replaced whole by the loader, never mutated in place."""
+
+    overall: tuple[str, ...] = ()
+    segments: dict[str, Popular] = field(default_factory=dict)
+    pool: Pool = field(default_factory=Pool)
+    unavailable: frozenset[str] = frozenset()
+    model_version: str | None = None
+    categories: Categories = field(default_factory=Categories)
+    loaded: bool = False
+
+
+class SnapshotLoader:
+    """Reloads a :class:`Snapshot` from Redis in the background; a failed reload keeps the last copy."""
+
+    def __init__(self, redis: Redis, settings: Settings, snapshot: Snapshot) -> None:
+        self.redis = redis
+        self.keys = Keys(settings.redis_prefix)
+        self.settings = settings
+        self.snapshot = snapshot
+        self._popular_at = -np.inf
+        self.healthy = False
+
+    async def run(self) -> None:
+        """Reload forever; Redis errors are counted and retried at the next tick, never raised."""
+        interval = max(self.settings.pool_cache_s, MIN_REFRESH_S)
+        while True:
+            try:
+                async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
+                    await self.refresh()
+                self.healthy = True
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self.healthy:
+                    log.warning("snapshot reload failed, serving the last copy: %r", exc)
+                self.healthy = False
+                metrics.SNAPSHOT_FAILURES.inc()
+            await asyncio.sleep(interval)
+
+    async def refresh(self, *, force_popular: bool = False) -> None:
+        """One reload: pool, prior, unavailable set, model version; popular lists when due."""
+        k, snap, now = self.keys, self.snapshot, time.monotonic()
+        popular_due = force_popular or now - self._popular_at >= self.settings.popular_refresh_s
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(k("pool"), 0, -1, withscores=True)
+        pipe.get(k("prior"))
+        pipe.smembers(k("unavailable"))
+        pipe.get(k("model:current"))
+        pipe.smembers(k("segments"))
+        if popular_due:
+            pipe.zrevrange(k.rank(), 0, POPULAR_DEPTH - 1, withscores=True)
+        pool_raw, prior, unavailable, model_version, segments, *overall_raw = await pipe.execute()
+        pool_items = [item for item, _ in pool_raw]
+        overall = dict(overall_raw[0]) if popular_due else None
+
+        pipe = self.redis.pipeline(transaction=False)
+        if pool_items:
+            pipe.hmget(k("views"), pool_items)
+            pipe.hmget(k("clicks"), pool_items)
+        wanted = snap.categories.stale(pool_items, now) + snap.categories.stale(overall or (), now)
+        wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
+        for item in wanted:
+            pipe.hget(k.item(item), "categories")
+        replies = await pipe.execute() if len(pipe) else []
+        counts, metas = (replies[:2], replies[2:]) if pool_items else ([[], []], replies)
+        for item, cats in zip(wanted, metas, strict=True):
+            snap.categories.put(item, tuple(c for c in (cats or "").split(",") if c), now)
+
+        snap.unavailable = frozenset(unavailable)
+        snap.model_version = model_version
+        snap.pool = self._pool(pool_raw, counts[0], counts[1], prior, now)
+        metrics.POOL_ITEMS.set(len(snap.pool.items))
+        if overall is not None:
+            snap.overall = tuple(overall)
+            snap.segments = await self._segments(sorted(segments), overall)
+            self._popular_at = now
+        snap.loaded = True
+
+    def _pool(self, pool_raw: list, views: list, clicks: list, prior: str | None, now: float) -> Pool:
+        """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior."""
+        unavailable = self.snapshot.unavailable
+        rows = [
+            (item, int(ts), int(v or 0), int(c or 0))
+            for (item, ts), v, c in zip(pool_raw, views, clicks, strict=True)
+            if item not in unavailable
+        ]
+        ctr = float(prior) if prior else self.settings.ctr_default
+        alpha, beta = BetaPrior.from_ctr(ctr, self.settings.bandit_prior_mass).posterior(
+            np.array([r[3] for r in rows], dtype=np.float64), np.array([r[2] for r in rows], dtype=np.float64)
+        )
+        members: dict[str, list[tuple[int, str]]] = {}
+        for item, created, _, _ in rows:
+            for category in self.snapshot.categories.get(item, now) or ():
+                members.setdefault(category, []).append((-created, item))
+        index = {row[0]: k for k, row in enumerate(rows)}
+        return Pool(
+            items=tuple(row[0] for row in rows),
+            index=index,
+            alpha=alpha,
+            beta=beta,
+            fresh={c: tuple(sorted(m)) for c, m in members.items()},
+            by_category={c: np.array([index[i] for _, i in m], dtype=np.int64) for c, m in members.items()},
+        )
+
+    async def _segments(self, segments: list[str], overall: dict[str, float]) -> dict[str, Popular]:
+        """Per segment: its top list, completed with exact scores from the other ranking (popularity.py).
+
+        Two small round trips per segment, yielding to the event loop in between, so a reload never
+        stalls the feeds being served for more than one segment's worth of parsing.
+        """
+        result: dict[str, Popular] = {}
+        for segment in segments:
+            top = dict(await self.redis.zrevrange(self.keys.rank(segment), 0, POPULAR_DEPTH - 1, withscores=True))
+            only_segment = [i for i in top if i not in overall]
+            only_overall = [i for i in overall if i not in top]
+            pipe = self.redis.pipeline(transaction=False)
+            if only_segment:
+                pipe.zmscore(self.keys.rank(), only_segment)
+            if only_overall:
+                pipe.zmscore(self.keys.rank(segment), only_overall)
+            replies = iter(await pipe.execute() if len(pipe) else [])
+            full_overall = dict(overall)
+            if only_segment:
+                full_overall.update((i, s) for i, s in zip(only_segment, next(replies), strict=True) if s is not None)
+            if only_overall:
+                top.update((i, s) for i, s in zip(only_overall, next(replies), strict=True) if s is not None)
+            result[segment] = Popular(
+                warm=warm_order(top, full_overall)[:POPULAR_DEPTH],
+                cold=cold_order(top, full_overall, self.settings.cold_segment_weight)[:POPULAR_DEPTH],
+            )
+            await asyncio.sleep(0)
+        return result
