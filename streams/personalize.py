@@ -52,8 +52,14 @@ class Personalizer:
     # --- items ---------------------------------------------------------------------------
 
     def apply_item(self, item: ItemEvent) -> None:
-        """Idempotent. New item → content vector appended to the index at once (a later update
-        recomputes it); unavailable → deleted from the index; available again → restored."""
+        """Idempotent. New item → content vector appended to the index at once (a content update
+        recomputes it); unavailable → deleted from the index; available again → restored.
+
+        Re-adding an unchanged vector is skipped on purpose: hnswlib re-links a replaced
+        point, so the graph (and how exact ties among candidates break) would depend on how
+        often an item was applied (the items agent and the item feed both apply it), and a
+        restarted worker would not reproduce a clean run's candidate lists.
+        """
         available = item.available and item.op != "remove"
         row = self.rows.get(item.item_id)
         if row is None and not available:
@@ -63,9 +69,9 @@ class Personalizer:
             if row is None:
                 self.rows[item.item_id] = row = int(self.step.append(vector)[0])
                 self._ids = np.append(self._ids, item.item_id)
-            else:
+                self.index.add([item.item_id], vector[None, :])
+            elif not np.array_equal(self.step.factors[row], vector):
                 self.step.update(np.array([row]), vector[None, :])
-            if available:
                 self.index.add([item.item_id], vector[None, :])
         if not available and item.item_id in self.index:
             self.index.mark_deleted(item.item_id)
@@ -99,16 +105,18 @@ class Personalizer:
         return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users])
 
     def _vectors_and_candidates(self, users: list[str], histories: list[list[Entry]]) -> list[Blob]:
-        indptr, rows, weights = [0], [], []
+        """One exact step per user. Not `solve_batch`: its rounding depends on the other histories
+        stacked with it, so a restarted worker (other batches) would drift at 1e-7 and flip
+        tied candidates; and on real histories (mixed lengths) the single path measured faster."""
+        vectors = np.zeros((len(users), self.step.dim), dtype=np.float32)
         known: list[list[int]] = []
-        for history in histories:
-            user_rows = [self.rows[e[0]] for e in history if e[0] in self.rows]
-            rows += user_rows
-            weights += [e[1] for e in history if e[0] in self.rows]
-            indptr.append(len(rows))
-            known.append(user_rows)
-        c = confidence(np.asarray(weights, dtype=np.float64), self.cfg)
-        vectors = self.step.solve_batch(np.asarray(indptr), np.asarray(rows, dtype=np.intp), c)
+        for k, history in enumerate(histories):
+            entries = [e for e in history if e[0] in self.rows]
+            rows = [self.rows[e[0]] for e in entries]
+            vectors[k] = self.step.solve(
+                np.asarray(rows, dtype=np.intp), confidence(np.array([e[1] for e in entries]), self.cfg)
+            )
+            known.append(rows)
         return self._store(users, vectors, known)
 
     def _store(self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]]) -> list[Blob]:

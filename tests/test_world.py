@@ -59,16 +59,12 @@ def test_appeal_halves_every_half_life_and_is_zero_before_creation():
     assert day_old == pytest.approx(fresh / 2, rel=1e-12)
     assert world.click_probability(3, 5, created - 1) == 0.0
     timeless = World(WorldConfig(seed=6, n_users=20, n_items=20, appeal_half_life_h=None))
-    assert timeless.click_probability(3, 5, created + 24 * HOUR_MS) == timeless.click_probability(
-        3, 5, created
-    )
+    assert timeless.click_probability(3, 5, created + 24 * HOUR_MS) == timeless.click_probability(3, 5, created)
 
 
 def test_oracle_on_a_hand_checkable_world():
     start = 1_700_000_000_000
-    world = World(
-        WorldConfig(n_users=1, n_items=4, dim=1, new_items_per_hour=0, appeal_half_life_h=1, start_ms=start)
-    )
+    world = World(WorldConfig(n_users=1, n_items=4, dim=1, new_items_per_hour=0, appeal_half_life_h=1, start_ms=start))
     world.taste = np.array([[1.0]])
     world.item_vectors = np.array([[2.0], [0.0], [-2.0], [0.0]])
     world.quality = np.array([0.0, 1.5, 0.0, 0.0])
@@ -121,9 +117,7 @@ def test_the_browsing_stream_is_skewed_and_follows_taste(stream: list[dict]):
     u = np.array([user_index[m["user_id"]] for m in views])
     i = np.array([item_index[m["item_id"]] for m in views])
     viewed_affinity = np.einsum("nd,nd->n", world.taste[u], world.item_vectors[i]).mean()
-    random_affinity = np.einsum(
-        "nd,nd->n", world.taste[u], world.item_vectors[np.random.permutation(i)]
-    ).mean()
+    random_affinity = np.einsum("nd,nd->n", world.taste[u], world.item_vectors[np.random.permutation(i)]).mean()
     assert viewed_affinity > random_affinity + 0.3
     clicks = sum(m.get("type") == "click" for m in stream)
     assert SMALL.base_ctr < clicks / len(views) < 5 * SMALL.base_ctr

@@ -1,0 +1,66 @@
+"""Streams the stream-worker tests share: a small world, publishing through Kafka, a trained model."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import redis
+
+from models.als import ALSConfig
+from recstream.events import Event, ItemEvent, UserEvent
+from recstream.producer import EventProducer
+from recstream.settings import Settings
+from recstream.sources import Record
+from streams import training
+
+T0 = 1_700_000_000_000
+CATEGORIES = ["news", "sport", "music", "film"]
+
+
+def world(n_users: int, n_items: int, n_events: int, seed: int = 1):
+    rng = random.Random(seed)
+    users = [
+        UserEvent(user_id=f"u{k}", ts=T0, attributes={"age": rng.randint(15, 70), "gender": rng.choice("MF")})
+        for k in range(n_users)
+    ]
+    items = [
+        ItemEvent(op="new", item_id=f"i{k}", ts=T0, created_ts=T0 + k, categories=rng.sample(CATEGORIES, 2))
+        for k in range(n_items)
+    ]
+    events = []
+    for k in range(n_events):
+        user, item = f"u{rng.randrange(n_users)}", f"i{int(rng.paretovariate(1.2)) % n_items}"
+        events.append(Event(type="view", user_id=user, item_id=item, ts=T0 + 10 * k, event_id=f"v{k}"))
+        if rng.random() < 0.1 + 0.3 * (int(item[1:]) % 3 == 0):
+            events.append(Event(type="click", user_id=user, item_id=item, ts=T0 + 10 * k + 1, event_id=f"c{k}"))
+    return users, items, events
+
+
+async def publish(settings: Settings, users=(), items=(), events=(), batch_events: int = 100) -> None:
+    async with EventProducer(settings, batch_events=batch_events) as producer:
+        for user in users:
+            await producer.send_user(user)
+        for item in items:
+            await producer.send_item(item)
+        await producer.send_events(events)
+
+
+def applied_events(client: redis.Redis, prefix: str) -> int:
+    totals = client.hgetall(f"{prefix}:totals")
+    return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
+
+
+def for_prefix(settings: Settings, prefix: str, **more) -> Settings:
+    return settings.model_copy(
+        update={"redis_prefix": prefix, "worker_group": f"{settings.worker_group}-{prefix}", **more}
+    )
+
+
+async def trained(
+    settings: Settings, tmp_path: Path, events: list[Event], items: list[ItemEvent], candidates_m: int = 20
+) -> tuple[Settings, str]:
+    settings = settings.model_copy(update={"model_dir": tmp_path / "models", "candidates_m": candidates_m})
+    log = training.collect([Record("item", i) for i in items] + [Record("event", e) for e in events])
+    artifacts, _ = training.train(log, ALSConfig(factors=16, iterations=15, random_state=1), holdout=0)
+    return settings, await training.publish(settings, artifacts)

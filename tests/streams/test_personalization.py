@@ -1,0 +1,124 @@
+"""Personal candidates end to end: real broker, real Redis, a real worker serving a trained model."""
+
+from __future__ import annotations
+
+import random
+import urllib.request
+
+import numpy as np
+import orjson
+import pytest
+import redis
+
+from recstream.events import Event, ItemEvent, UserEvent
+from tests.conftest import wait_until
+from tests.streams.scenario import T0, publish, trained
+
+pytestmark = pytest.mark.integration
+CATEGORIES = ["news", "sport", "music", "film"]
+PER_CATEGORY = 50
+
+
+def category_of(item: str) -> str:
+    return CATEGORIES[int(item[1:]) // PER_CATEGORY]
+
+
+def catalogue() -> list[ItemEvent]:
+    return [
+        ItemEvent(op="new", item_id=f"i{k}", ts=T0, created_ts=T0, categories=[CATEGORIES[k // PER_CATEGORY]])
+        for k in range(len(CATEGORIES) * PER_CATEGORY)
+    ]
+
+
+def taste_log(n_users: int = 300, seed: int = 0) -> list[Event]:
+    """Each user clicks mostly items of one favourite category."""
+    rng = random.Random(seed)
+    events = []
+    for u in range(n_users):
+        favourite = u % len(CATEGORIES)
+        for k in range(15):
+            cat = favourite if rng.random() < 0.9 else rng.randrange(len(CATEGORIES))
+            item = f"i{cat * PER_CATEGORY + int(rng.paretovariate(1.0)) % PER_CATEGORY}"
+            events.append(Event(type="click", user_id=f"t{u}", item_id=item, ts=T0 + 1000 * k + u))
+    return events
+
+
+def candidates(client: redis.Redis, user: str) -> list[str]:
+    raw = client.get(f"rs:user:{user}:cand")
+    return [c[0] for c in orjson.loads(raw)] if raw else []
+
+
+def share(items: list[str], category: str) -> float:
+    return sum(category_of(i) == category for i in items) / max(len(items), 1)
+
+
+async def test_clicks_move_a_users_candidates_toward_that_category(isolated_settings, worker_factory, tmp_path):
+    items = catalogue()
+    settings, _ = await trained(isolated_settings, tmp_path, taste_log(), items)
+    client = redis.Redis.from_url(settings.redis_url)
+    worker_factory(settings)
+    await publish(settings, items=items)
+    news = [Event(type="click", user_id="newbie", item_id=f"i{k}", ts=T0 + k) for k in (1, 2, 3)]
+    await publish(settings, events=news)
+    wait_until(lambda: candidates(client, "newbie"), what="a first candidate list")
+    before = candidates(client, "newbie")
+    assert share(before, "news") > 0.5 and len(before) == 20
+    assert not {"i1", "i2", "i3"} & set(before), "clicked items are not candidates"
+
+    sport = [Event(type="click", user_id="newbie", item_id=f"i{PER_CATEGORY + k}", ts=T0 + 10 + k) for k in range(8)]
+    await publish(settings, events=sport)
+    wait_until(lambda: candidates(client, "newbie") != before, what="the candidate list to change")
+    after = candidates(client, "newbie")
+    assert share(after, "sport") > share(before, "sport") + 0.3
+    because = {c[2] for c in orjson.loads(client.get("rs:user:newbie:cand"))}
+    assert because <= {e.item_id for e in news + sport}
+    assert np.frombuffer(client.get("rs:user:newbie:vec"), dtype="<f4").shape == (16,)
+
+
+async def test_a_new_item_reaches_its_category_fans_before_any_click(isolated_settings, worker_factory, tmp_path):
+    items = catalogue()
+    settings, _ = await trained(isolated_settings, tmp_path, taste_log(), items)
+    client = redis.Redis.from_url(settings.redis_url)
+    worker_factory(settings)
+    await publish(settings, items=items)
+    fresh = ItemEvent(op="new", item_id="fresh-sport", ts=T0 + 1, created_ts=T0 + 1, categories=["sport"])
+    await publish(settings, items=[fresh])
+    wait_until(lambda: client.exists("rs:item:fresh-sport:similar"), what="the new item's neighbours")
+    fans = [f"fan{k}" for k in range(10)]
+    others = [f"other{k}" for k in range(10)]
+    clicks = [
+        Event(type="click", user_id=user, item_id=f"i{offset + k}", ts=T0 + 100 + k)
+        for users, offset in ((fans, PER_CATEGORY), (others, 0))
+        for user in users
+        for k in range(6)
+    ]
+    await publish(settings, events=clicks)
+    wait_until(lambda: all(candidates(client, u) for u in fans + others), what="candidates for everyone")
+    reached_fans = sum("fresh-sport" in candidates(client, u) for u in fans)
+    reached_others = sum("fresh-sport" in candidates(client, u) for u in others)
+    assert reached_fans >= 5 and reached_others <= 1
+    neighbours = [j for j, _ in orjson.loads(client.get("rs:item:fresh-sport:similar"))]
+    assert share(neighbours[:10], "sport") >= 0.7
+
+
+async def test_a_new_model_version_is_hot_swapped_without_a_restart(isolated_settings, worker_factory, tmp_path):
+    items = catalogue()
+    settings, first = await trained(isolated_settings, tmp_path, taste_log(seed=0), items)
+    client = redis.Redis.from_url(settings.redis_url)
+    worker = worker_factory(settings)
+    await publish(settings, items=items, users=[UserEvent(user_id="newbie", ts=T0, preferred_categories=["music"])])
+    wait_until(lambda: candidates(client, "newbie"), what="onboarding candidates from picked categories")
+    assert share(candidates(client, "newbie"), "music") > 0.5
+
+    def served() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics") as response:
+            text = response.read().decode()
+        return next(line.split('"')[1] for line in text.splitlines() if line.startswith("recstream_worker_model_info{"))
+
+    await publish(settings, events=[Event(type="click", user_id="u1", item_id="i1", ts=T0)])
+    wait_until(lambda: served() == first, what="the first model served")
+    _, second = await trained(settings, tmp_path, taste_log(seed=1), items)
+    assert second != first and client.get("rs:model:current").decode() == second
+    await publish(settings, events=[Event(type="click", user_id="u1", item_id="i2", ts=T0 + 1)])
+    wait_until(lambda: served() == second, what="the new model served without a restart")
+    assert worker.proc.poll() is None
