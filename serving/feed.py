@@ -106,7 +106,7 @@ def favourite_categories(
     At least FAVOURITE_CATEGORIES when history allows, every picked one always, blocked ones never.
     """
     weights: dict[str, float] = {}
-    taste = user.history[:TASTE_ITEMS] or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
+    taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
     for item, weight in taste:
         for category in categories.get(item, now) or ():
             weights[category] = weights.get(category, 0.0) + weight
@@ -118,7 +118,7 @@ def favourite_categories(
 def personal(user: UserState) -> Iterator[Candidate]:
     """Without a history item to name, a candidate comes from the onboarding picks (or nothing to say)."""
     fallback = "picked from the categories you chose" if user.preferred and not user.warm else "picked for you"
-    for item, because in user.candidates:
+    for item, because in user.candidates():
         yield Candidate(item, f"because you watched {because}" if because else fallback)
 
 

@@ -3,26 +3,27 @@
 That is the whole Redis budget of a feed request (two round trips); everything shared by all
 users comes from the in-process snapshot (serving/snapshot.py).
 
-Infinite scroll: a cursor ``<session>.<page>`` names a session hash ``user:<u>:feed:<session>``
-(item → source of every item served in it, expiring ``session_ttl_s`` after its last page). The
-next page excludes every item in it, so a session never repeats an item; the user id is part of
-the key, so a cursor is worthless for another user. The hash also lets the events route name the
-source of a clicked item for an event that came without one.
+Infinite scroll: a cursor ``<session>.<page>`` names a session list ``user:<u>:feed:<session>``
+(one JSON ``[[item, source], …]`` per page served, expiring ``session_ttl_s`` after its last page).
+The next page excludes every item in it, so a session never repeats an item; the user id is part
+of the key, so a cursor is worthless for another user. The list also lets the events route name
+the source of a clicked item for an event that came without one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
-from redis.asyncio import Redis
 
 from recstream.keys import Keys
 from serving.blend import Served
+from serving.redis_wire import RedisWire, Script
 
 CURSOR_PATTERN = r"^[0-9a-f]{16}\.[1-9][0-9]{0,5}$"
 _CURSOR = re.compile(CURSOR_PATTERN)
@@ -68,14 +69,17 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class UserState:
-    """The user's keys as one feed needs them; malformed worker values read as empty, never as errors."""
+    """The user's keys as one feed needs them; malformed worker values read as empty, never as errors.
+
+    Candidate and history rows stay raw JSON lists, validated row by row as they are consumed
+    (``candidates()``, ``history()``): a page looks at a few dozen of the hundreds stored.
+    """
 
     segment: str | None = None
-    candidates: list[tuple[str, str | None]] = field(default_factory=list)
-    """(item, because_item), best score first."""
-    history: list[tuple[str, float]] = field(default_factory=list)
-    """(item, weight), most recent first."""
+    candidate_rows: list = field(default_factory=list)
+    history_rows: list = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+    """Items shown or clicked, most recent first."""
     preferred: tuple[str, ...] = ()
     not_interested: frozenset[str] = frozenset()
     served: frozenset[str] = frozenset()
@@ -85,46 +89,81 @@ class UserState:
     def warm(self) -> bool:
         """Any history (weighted history, or items shown or clicked) makes a user warm; candidates alone
         do not: the workers also build them from onboarding picks, before any history."""
-        return bool(self.history or self.seen)
+        return bool(self.history_rows or self.seen)
+
+    def candidates(self) -> Iterator[tuple[str, str | None]]:
+        """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first)."""
+        for row in self.candidate_rows:
+            if isinstance(row, list) and row and isinstance(row[0], str):
+                because = row[2] if len(row) > 2 and isinstance(row[2], str) else None
+                yield row[0], because
+
+    def history(self, limit: int) -> list[tuple[str, float]]:
+        """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""
+        rows = (r for r in self.history_rows if isinstance(r, list) and len(r) >= 2 and isinstance(r[0], str))
+        return [(r[0], float(r[1])) for r in itertools.islice(rows, limit) if isinstance(r[1], int | float)]
 
 
-async def read_user(redis: Redis, keys: Keys, user_id: str, session: str | None) -> UserState:
-    """Round trip 1: segment, candidates, history, seen set, preferences and the session's served items."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.hget(keys("user:seg"), user_id)
-    pipe.get(keys.user(user_id, "cand"))
-    pipe.get(keys.user(user_id, "hist"))
-    pipe.zrevrange(keys.user(user_id, "seen"), 0, -1)
-    pipe.get(keys.user(user_id, "prefs"))
-    if session is not None:
-        pipe.hkeys(session_key(keys, user_id, session))
-    segment, cand, hist, seen, prefs, *served = await pipe.execute()
-    preferred, not_interested = parse_preferences(prefs)
-    return UserState(
-        segment=segment,
-        candidates=_candidates(cand),
-        history=_history(hist),
-        seen=seen,
-        preferred=tuple(preferred),
-        not_interested=frozenset(not_interested),
-        served=frozenset(served[0]) if served else frozenset(),
-        session_found=bool(served and served[0]),
-    )
+class FeedStore:
+    """The feed's two round trips, each one Lua script call: one command to pack, one reply to parse.
 
+    For Redis Cluster, the user's keys would need a ``{user}`` hash tag and ``user:seg`` a per-user
+    key, so that one script's keys live on one node (ARCHITECTURE.md, scale-out path).
+    """
 
-async def record_served(
-    redis: Redis, keys: Keys, user_id: str, session: str, page: Iterable[Served], ttl_s: int
-) -> None:
-    """Round trip 2: add the page to the session hash and push its expiry out by ``ttl_s``."""
-    key = session_key(keys, user_id, session)
-    pipe = redis.pipeline(transaction=False)
-    pipe.hset(key, mapping={s.item: s.source for s in page})
-    pipe.expire(key, ttl_s)
-    await pipe.execute()
+    READ = Script("""
+    -- KEYS: user:seg, user:<u>:cand, :hist, :seen, :prefs [, the session list]; ARGV[1]: the user id
+    local session = false
+    if KEYS[6] then session = redis.call('LRANGE', KEYS[6], 0, -1) end
+    return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]),
+            redis.call('ZREVRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]), session}
+    """)
+    RECORD = Script("""
+    -- KEYS[1]: the session list; ARGV: the page as JSON, the TTL in seconds
+    redis.call('RPUSH', KEYS[1], ARGV[1])
+    return redis.call('EXPIRE', KEYS[1], ARGV[2])
+    """)
 
+    def __init__(self, wire: RedisWire, keys: Keys) -> None:
+        self.wire = wire
+        self.keys = keys
 
-def session_key(keys: Keys, user_id: str, session: str) -> str:
-    return keys.user(user_id, f"feed:{session}")
+    async def read(self, user_id: str, session: str | None) -> UserState:
+        """Round trip 1: segment, candidates, history, seen set, preferences and the session's served items."""
+        k = self.keys
+        user_keys = [k("user:seg"), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
+        if session is not None:
+            user_keys.append(self.session_key(user_id, session))
+        segment, cand, hist, seen, prefs, pages = await self.wire.run(self.READ, user_keys, [user_id])
+        preferred, not_interested = parse_preferences(prefs)
+        served = {row[0] for page in pages or () for row in _json_list(page) if isinstance(row, list) and row}
+        return UserState(
+            segment=segment,
+            candidate_rows=_json_list(cand),
+            history_rows=_json_list(hist),
+            seen=seen,
+            preferred=tuple(preferred),
+            not_interested=frozenset(not_interested),
+            served=frozenset(served),
+            session_found=bool(pages),
+        )
+
+    async def record(self, user_id: str, session: str, page: Iterable[Served], ttl_s: int) -> None:
+        """Round trip 2: append the page (``[[item, source], …]``) to the session and push its expiry out."""
+        value = orjson.dumps([[s.item, s.source] for s in page])
+        await self.wire.run(self.RECORD, [self.session_key(user_id, session)], [value, ttl_s])
+
+    async def sources(self, wanted: list[tuple[str, str, str]]) -> list[str | None]:
+        """The source each (user, session, item) was served from, None where unknown; one round trip."""
+        replies = await self.wire.execute(*(("LRANGE", self.session_key(u, s), 0, -1) for u, s, _ in wanted))
+        found = []
+        for (_, _, item), pages in zip(wanted, replies, strict=True):
+            rows = (row for page in pages for row in _json_list(page) if isinstance(row, list) and len(row) == 2)
+            found.append(next((str(row[1]) for row in rows if row[0] == item), None))
+        return found
+
+    def session_key(self, user_id: str, session: str) -> str:
+        return self.keys.user(user_id, f"feed:{session}")
 
 
 def parse_preferences(raw: str | bytes | None) -> tuple[list[str], list[str]]:
@@ -141,22 +180,6 @@ def parse_preferences(raw: str | bytes | None) -> tuple[list[str], list[str]]:
     return _strings(doc.get("categories")), _strings(doc.get("not_interested"))
 
 
-def _candidates(raw: str | None) -> list[tuple[str, str | None]]:
-    """``[[item, score, because_item], …]`` sorted by score, best first (stable for equal scores)."""
-    rows = [r for r in _json_list(raw) if isinstance(r, list) and len(r) >= 2 and isinstance(r[0], str)]
-    rows = [r for r in rows if isinstance(r[1], int | float)]
-    rows.sort(key=lambda r: -r[1])
-    return [(r[0], r[2] if len(r) > 2 and isinstance(r[2], str) else None) for r in rows]
-
-
-def _history(raw: str | None) -> list[tuple[str, float]]:
-    return [
-        (r[0], float(r[1]))
-        for r in _json_list(raw)
-        if isinstance(r, list) and len(r) >= 2 and isinstance(r[0], str) and isinstance(r[1], int | float)
-    ]
-
-
 def _json(raw: str | bytes | None) -> object:
     if not raw:
         return None
@@ -166,7 +189,7 @@ def _json(raw: str | bytes | None) -> object:
         return None
 
 
-def _json_list(raw: str | None) -> list:
+def _json_list(raw: str | bytes | None) -> list:
     doc = _json(raw)
     return doc if isinstance(doc, list) else []
 

@@ -2,9 +2,9 @@
 
 Degraded mode: every Redis round trip of a request runs under ``reader_redis_timeout_s``. A
 timeout or error answers the request from the in-process popular list with ``degraded: true``
-(never a 5xx) and makes the next requests skip Redis for COOLDOWN_S, so a dead Redis costs no
-connection attempt per request; the first request after the cooldown tries again, so the reader
-recovers by itself when Redis is back.
+(never a 5xx). After TRIP_AFTER failures in a row the next requests skip Redis for COOLDOWN_S, so
+a dead Redis costs no connection attempt per request while one slow reply degrades only its own
+request; the first request after the cooldown tries again, so the reader recovers by itself.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from recstream.events import Event, Rejected, UserEvent, decode
 from recstream.keys import Keys
@@ -29,15 +27,17 @@ from recstream.settings import Settings
 from serving import metrics
 from serving.blend import SOURCES, Served
 from serving.feed import build_page, degraded_page
-from serving.feed_state import Cursor, parse_preferences, read_user, record_served, session_key
+from serving.feed_state import Cursor, FeedStore, parse_preferences
 from serving.live_stats import LiveStats
 from serving.publish import Publisher
+from serving.redis_wire import RedisWire
 from serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COOLDOWN_S = 0.25
+TRIP_AFTER = 3
 PUBLISH_TIMEOUT_S = 10.0
 FEED_ROUTE = "/v1/feed/{user_id}"
 
@@ -69,10 +69,10 @@ class EventsRejected(ValueError):
 
 
 class RedisGuard:
-    """Runs one round trip under the timeout; after a failure, skips Redis for COOLDOWN_S."""
+    """Turns a failed round trip into RedisUnavailable; after TRIP_AFTER in a row, skips Redis for COOLDOWN_S."""
 
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
+    def __init__(self) -> None:
+        self._failures = 0
         self._skip_until = 0.0
 
     @property
@@ -83,14 +83,20 @@ class RedisGuard:
         if not self.ok:
             raise RedisUnavailable("skipped")
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await round_trip()
-        except TimeoutError as exc:  # asyncio's and redis-py's socket timeouts alike
-            self._skip_until = time.monotonic() + COOLDOWN_S
+            result = await round_trip()
+        except RedisTimeout as exc:  # the wire's own timeout (see serving/redis_wire.py)
+            self._failed()
             raise RedisUnavailable("timeout") from exc
         except (RedisError, OSError) as exc:
-            self._skip_until = time.monotonic() + COOLDOWN_S
+            self._failed()
             raise RedisUnavailable("error") from exc
+        self._failures = 0
+        return result
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._failures >= TRIP_AFTER:
+            self._skip_until = time.monotonic() + COOLDOWN_S
 
 
 class Reader:
@@ -99,17 +105,13 @@ class Reader:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self.redis = Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_timeout=BACKGROUND_TIMEOUT_S,  # requests are bounded tighter by the guard
-            socket_connect_timeout=BACKGROUND_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),  # a failed round trip goes degraded at once, never retried
-        )
+        self.wire = RedisWire(settings.redis_url, settings.reader_redis_timeout_s)
+        self.store = FeedStore(self.wire, self.keys)
         self.snapshot = Snapshot()
-        self.loader = SnapshotLoader(self.redis, settings, self.snapshot)
+        # its own connection: a reload's large replies never queue ahead of a feed's
+        self.loader = SnapshotLoader(RedisWire(settings.redis_url, BACKGROUND_TIMEOUT_S), settings, self.snapshot)
         self.publisher = Publisher(settings)
-        self.guard = RedisGuard(settings.reader_redis_timeout_s)
+        self.guard = RedisGuard()
         self.stats = LiveStats()
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
@@ -128,7 +130,8 @@ class Reader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loader_task
         await self.publisher.close()
-        await self.redis.aclose()
+        await self.wire.close()
+        await self.loader.wire.close()
 
     # --- feed ------------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class Reader:
         position = (cursor or Cursor.start()).following()
         seed = position.seed(user_id) if seed is None else seed
         try:
-            user = await self.guard(lambda: read_user(self.redis, self.keys, user_id, cursor and cursor.session))
+            user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
         except RedisUnavailable as exc:
             items = degraded_page(self.snapshot, limit)
             return self._feed_answer(user_id, items, cursor, seed, "degraded", exc.cause, 1, started)
@@ -150,9 +153,7 @@ class Reader:
             return self._feed_answer(user_id, [], None, seed, "warm" if page.warm else "cold", None, 1, started)
         try:
             await self.guard(
-                lambda: record_served(
-                    self.redis, self.keys, user_id, position.session, page.items, self.settings.session_ttl_s
-                )
+                lambda: self.store.record(user_id, position.session, page.items, self.settings.session_ttl_s)
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
             return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started)
@@ -209,14 +210,12 @@ class Reader:
     async def similar(self, item_id: str, limit: int) -> dict:
         """The workers' precomputed neighbours, minus unavailable items; 404 for an item nobody knows."""
 
-        async def read() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.exists(self.keys.item(item_id))
-            pipe.get(self.keys(f"item:{item_id}:similar"))
-            return await pipe.execute()
-
         try:
-            known, raw = await self.guard(read)
+            known, raw = await self.guard(
+                lambda: self.wire.execute(
+                    ("EXISTS", self.keys.item(item_id)), ("GET", self.keys(f"item:{item_id}:similar"))
+                )
+            )
         except RedisUnavailable as exc:
             metrics.DEGRADED.labels("/v1/items/{item_id}/similar", exc.cause).inc()
             return {"item_id": item_id, "items": [], "degraded": True}
@@ -240,19 +239,13 @@ class Reader:
         return {"item_id": item_id, "items": items, "degraded": False}
 
     async def preferences(self, user_id: str) -> dict:
-        raw = await self.guard(lambda: self.redis.get(self.keys.user(user_id, "prefs")))
+        raw = await self.guard(lambda: self.wire.call("GET", self.keys.user(user_id, "prefs")))
         categories, not_interested = parse_preferences(raw)
         return {"categories": categories, "not_interested": not_interested}
 
     async def ready(self) -> dict:
-        async def read() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.ping()
-            pipe.get(self.keys("model:current"))
-            return await pipe.execute()
-
         try:
-            _, version = await self.guard(read)
+            _, version = await self.guard(lambda: self.wire.execute(("PING",), ("GET", self.keys("model:current"))))
         except RedisUnavailable:
             return {
                 "redis": False,
@@ -295,7 +288,7 @@ class Reader:
         await self._publish(self.publisher.user(event))
         value = orjson.dumps({"categories": categories, "not_interested": not_interested})
         try:
-            await self.guard(lambda: self.redis.set(self.keys.user(user_id, "prefs"), value))
+            await self.guard(lambda: self.wire.call("SET", self.keys.user(user_id, "prefs"), value))
         except RedisUnavailable:
             return False
         return True
@@ -323,27 +316,15 @@ class Reader:
 
         Best effort: without Redis the events go out as they came.
         """
-        wanting = [
-            k
+        wanting = {
+            k: (e.user_id, e.context["feed"], e.item_id)
             for k, e in enumerate(events)
-            if e.context
-            and "source" not in e.context
-            and isinstance(e.context.get("feed"), str)
-            and len(e.context) < 16
-            and _is_session(e.context["feed"])
-        ]
+            if e.context and "source" not in e.context and len(e.context) < 16 and _is_session(e.context.get("feed"))
+        }
         if not wanting:
             return events, 0
-
-        async def read() -> list:
-            pipe = self.redis.pipeline(transaction=False)
-            for k in wanting:
-                event = events[k]
-                pipe.hget(session_key(self.keys, event.user_id, str(event.context["feed"])), event.item_id)  # type: ignore[index]
-            return await pipe.execute()
-
         try:
-            sources = await self.guard(read)
+            sources = await self.guard(lambda: self.store.sources(list(wanting.values())))  # type: ignore[arg-type]
         except RedisUnavailable:
             return events, 0
         events = list(events)
@@ -363,8 +344,8 @@ class Reader:
             raise KafkaUnavailable(f"Kafka did not acknowledge the write: {type(exc).__name__}") from exc
 
 
-def _is_session(value: str) -> bool:
-    return len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+def _is_session(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
 def _more(rejected: list[Rejected]) -> list[str]:

@@ -14,13 +14,13 @@ per item; a request that meets an unknown item asks for it, and the next reload 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from models.bandit import BetaPrior
@@ -28,12 +28,16 @@ from recstream.keys import Keys
 from recstream.settings import Settings
 from serving import metrics
 from serving.popularity import cold_order, warm_order
+from serving.redis_wire import RedisWire
 
 log = logging.getLogger(__name__)
 
 POPULAR_DEPTH = 1000
-"""Items kept per popular list: a page (≤ feed_max_limit) after filtering a full seen set (seen_cap,
-500 by default) and a long scroll session; past it the popular source runs dry and others fill."""
+"""Items of the global list (the degraded-mode answer, and the fallback of unknown segments)."""
+SEGMENT_DEPTH = 500
+"""Items kept per segment list. A cold user has no seen set, so 500 covers 25 pages of 20 of popular
+slots; past it (or for a heavy warm user) the popular source runs dry and the others fill the page.
+The cost of a reload grows with it: ~2 ms per segment at 500."""
 CATEGORY_MAX_AGE_S = 60.0
 """A cached item's categories are re-read once this old, so an item update reaches the filters."""
 CATEGORY_BATCH = 2_000
@@ -109,8 +113,8 @@ class Snapshot:
 class SnapshotLoader:
     """Reloads a :class:`Snapshot` from Redis in the background; a failed reload keeps the last copy."""
 
-    def __init__(self, redis: Redis, settings: Settings, snapshot: Snapshot) -> None:
-        self.redis = redis
+    def __init__(self, wire: RedisWire, settings: Settings, snapshot: Snapshot) -> None:
+        self.wire = wire
         self.keys = Keys(settings.redis_prefix)
         self.settings = settings
         self.snapshot = snapshot
@@ -136,34 +140,32 @@ class SnapshotLoader:
         """One reload: pool, prior, unavailable set, model version; popular lists when due."""
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.popular_refresh_s
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(k("pool"), 0, -1, withscores=True)
-        pipe.get(k("prior"))
-        pipe.smembers(k("unavailable"))
-        pipe.get(k("model:current"))
-        pipe.smembers(k("segments"))
+        commands: list[tuple] = [
+            ("ZRANGE", k("pool"), 0, -1, "WITHSCORES"),
+            ("GET", k("prior")),
+            ("SMEMBERS", k("unavailable")),
+            ("GET", k("model:current")),
+            ("SMEMBERS", k("segments")),
+        ]
         if popular_due:
-            pipe.zrevrange(k.rank(), 0, POPULAR_DEPTH - 1, withscores=True)
-        pool_raw, prior, unavailable, model_version, segments, *overall_raw = await pipe.execute()
-        pool_items = [item for item, _ in pool_raw]
-        overall = dict(overall_raw[0]) if popular_due else None
+            commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
+        pool_raw, prior, unavailable, model_version, segments, *overall_raw = await self.wire.execute(*commands)
+        created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
+        overall = _scores(overall_raw[0]) if popular_due else None
 
-        pipe = self.redis.pipeline(transaction=False)
-        if pool_items:
-            pipe.hmget(k("views"), pool_items)
-            pipe.hmget(k("clicks"), pool_items)
-        wanted = snap.categories.stale(pool_items, now) + snap.categories.stale(overall or (), now)
+        wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
-        for item in wanted:
-            pipe.hget(k.item(item), "categories")
-        replies = await pipe.execute() if len(pipe) else []
-        counts, metas = (replies[:2], replies[2:]) if pool_items else ([[], []], replies)
-        for item, cats in zip(wanted, metas, strict=True):
-            snap.categories.put(item, tuple(c for c in (cats or "").split(",") if c), now)
+        commands = [("HGET", k.item(item), "categories") for item in wanted]
+        if created:
+            commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
+        replies = await self.wire.execute(*commands) if commands else []
+        for item, categories in zip(wanted, replies[: len(wanted)], strict=True):
+            snap.categories.put(item, tuple(c for c in (categories or "").split(",") if c), now)
 
         snap.unavailable = frozenset(unavailable)
         snap.model_version = model_version
-        snap.pool = self._pool(pool_raw, counts[0], counts[1], prior, now)
+        views, clicks = replies[len(wanted) :] if created else ([], [])
+        snap.pool = self._pool(created, views, clicks, prior, now)
         metrics.POOL_ITEMS.set(len(snap.pool.items))
         if overall is not None:
             snap.overall = tuple(overall)
@@ -171,12 +173,12 @@ class SnapshotLoader:
             self._popular_at = now
         snap.loaded = True
 
-    def _pool(self, pool_raw: list, views: list, clicks: list, prior: str | None, now: float) -> Pool:
+    def _pool(self, created: dict[str, int], views: list, clicks: list, prior: str | None, now: float) -> Pool:
         """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior."""
         unavailable = self.snapshot.unavailable
         rows = [
-            (item, int(ts), int(v or 0), int(c or 0))
-            for (item, ts), v, c in zip(pool_raw, views, clicks, strict=True)
+            (item, ts, int(v or 0), int(c or 0))
+            for (item, ts), v, c in zip(created.items(), views, clicks, strict=True)
             if item not in unavailable
         ]
         ctr = float(prior) if prior else self.settings.ctr_default
@@ -198,30 +200,48 @@ class SnapshotLoader:
         )
 
     async def _segments(self, segments: list[str], overall: dict[str, float]) -> dict[str, Popular]:
-        """Per segment: its top list, completed with exact scores from the other ranking (popularity.py).
+        """Per segment: its top list and the global top, each completed with the other ranking's exact
+        scores for the items it lacks (popularity.py), ordered for warm and for cold users.
 
         Two small round trips per segment, yielding to the event loop in between, so a reload never
-        stalls the feeds being served for more than one segment's worth of parsing.
+        stalls the feeds being served for more than one segment's worth of parsing (~2 ms).
         """
         result: dict[str, Popular] = {}
+        overall = dict(itertools.islice(overall.items(), SEGMENT_DEPTH))
         for segment in segments:
-            top = dict(await self.redis.zrevrange(self.keys.rank(segment), 0, POPULAR_DEPTH - 1, withscores=True))
+            top = _scores(
+                await self.wire.call("ZREVRANGE", self.keys.rank(segment), 0, SEGMENT_DEPTH - 1, "WITHSCORES")
+            )
             only_segment = [i for i in top if i not in overall]
             only_overall = [i for i in overall if i not in top]
-            pipe = self.redis.pipeline(transaction=False)
+            commands = []
             if only_segment:
-                pipe.zmscore(self.keys.rank(), only_segment)
+                commands.append(("ZMSCORE", self.keys.rank(), *only_segment))
             if only_overall:
-                pipe.zmscore(self.keys.rank(segment), only_overall)
-            replies = iter(await pipe.execute() if len(pipe) else [])
+                commands.append(("ZMSCORE", self.keys.rank(segment), *only_overall))
+            replies = iter(await self.wire.execute(*commands) if commands else [])
             full_overall = dict(overall)
             if only_segment:
-                full_overall.update((i, s) for i, s in zip(only_segment, next(replies), strict=True) if s is not None)
+                full_overall.update((i, float(x)) for i, x in zip(only_segment, next(replies), strict=True) if x)
             if only_overall:
-                top.update((i, s) for i, s in zip(only_overall, next(replies), strict=True) if s is not None)
+                top.update((i, float(x)) for i, x in zip(only_overall, next(replies), strict=True) if x)
             result[segment] = Popular(
-                warm=warm_order(top, full_overall)[:POPULAR_DEPTH],
-                cold=cold_order(top, full_overall, self.settings.cold_segment_weight)[:POPULAR_DEPTH],
+                warm=warm_order(top, full_overall)[:SEGMENT_DEPTH],
+                cold=cold_order(top, full_overall, self.settings.cold_segment_weight)[:SEGMENT_DEPTH],
             )
             await asyncio.sleep(0)
         return result
+
+
+def _pairs(flat: list[str]) -> zip:
+    """A WITHSCORES reply ``[member, score, member, score, …]`` as (member, score) pairs."""
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+def _scores(flat: list[str]) -> dict[str, float]:
+    """A WITHSCORES reply as member → score, in reply order.
+
+    >>> _scores(["a", "0.5", "b", "0.25"])
+    {'a': 0.5, 'b': 0.25}
+    """
+    return {member: float(score) for member, score in _pairs(flat)}

@@ -1,0 +1,285 @@
+"""Reader throughput and latency: one `recstream serve` process, Redis co-located, a load generator beside them.
+
+    .venv/bin/python bench/reader.py
+
+What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
+
+1. starts its own redis-server (recstream.infra, a temporary run folder, a free port);
+2. fills it in the workers' key layout (recstream/keys.py) at a realistic size: 5,000 items in 21
+   segments' smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment,
+   50-item history, 200-item seen set, 100 personal candidates) and 5,000 cold users (segment only);
+3. starts the reader as a uvicorn subprocess (uvloop + httptools, access log off);
+4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
+   closed loop at fixed concurrency for warm and for cold users (throughput, p50, p99), then an
+   open loop at a fixed offered rate below saturation, where latency is measured from each request's
+   *scheduled* send time (no coordinated omission);
+5. prints a table, checks the reader's own Redis round-trip histogram (≤ 2 per feed) and writes
+   ``reader_feeds_per_s`` (warm, closed loop) and ``reader_p99_ms`` (warm, fixed rate) to results.json.
+
+The machine's 2 cores are shared by the reader, Redis and the load generator, as in production's
+worst case of co-location; the figures are a floor for a reader with a core of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import orjson
+import redis
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recstream import infra
+from recstream.keys import Keys
+from recstream.settings import Settings, load_settings
+
+COMMAND = ".venv/bin/python bench/reader.py"
+RESULTS = Path(__file__).resolve().parent / "results.json"
+REPO = Path(__file__).resolve().parents[1]
+CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "film", "kids", "docs"]
+SEGMENTS = [f"age{a}.{g}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+") for g in "MF"]
+SEGMENTS += [f"age{a}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+")] + ["M", "F", "default"]
+N_ITEMS, N_POOL, N_WARM, N_COLD = 5_000, 500, 5_000, 5_000
+_CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
+
+
+def populate(settings: Settings, seed: int = 7) -> None:
+    """Write a realistic state in the workers' layout (the bench measures the reader, not the workers)."""
+    rng = random.Random(seed)
+    k = Keys(settings.redis_prefix)
+    client = redis.Redis.from_url(settings.redis_url)
+    pipe = client.pipeline(transaction=False)
+    items = [f"i{n}" for n in range(N_ITEMS)]
+    pool = [f"n{n}" for n in range(N_POOL)]
+    for item in items + pool:
+        pipe.hset(k.item(item), mapping={"categories": ",".join(rng.sample(CATEGORIES, 2)), "created_ts": 1,
+                                         "available": 1})  # fmt: skip
+    ctr = {item: rng.betavariate(2, 40) for item in items}
+    pipe.zadd(k.rank(), ctr)
+    for segment in SEGMENTS:
+        pipe.zadd(k.rank(segment), {i: c * rng.uniform(0.5, 1.5) for i, c in ctr.items() if rng.random() < 0.4})
+    pipe.sadd(k("segments"), *SEGMENTS)
+    pipe.zadd(k("pool"), {item: 1_700_000_000_000 + n for n, item in enumerate(pool)})
+    pipe.hset(k("views"), mapping={item: rng.randrange(0, 200) for item in pool})
+    pipe.hset(k("clicks"), mapping={item: rng.randrange(0, 8) for item in pool})
+    pipe.set(k("prior"), 0.05)
+    pipe.set(k("model:current"), "bench")
+    pipe.execute()
+    for n in range(N_WARM + N_COLD):
+        user = f"w{n}" if n < N_WARM else f"c{n}"
+        pipe.hset(k("user:seg"), user, rng.choice(SEGMENTS))
+        if n < N_WARM:
+            history = rng.sample(items, 50)
+            pipe.set(
+                k.user(user, "hist"), orjson.dumps([[i, 1.0, 1_700_000_000_000 - j] for j, i in enumerate(history)])
+            )
+            pipe.zadd(k.user(user, "seen"), {i: 1_700_000_000_000 - j for j, i in enumerate(rng.sample(items, 200))})
+            cand = [[i, round(1 - j / 100, 5), rng.choice(history)] for j, i in enumerate(rng.sample(items, 100))]
+            pipe.set(k.user(user, "cand"), orjson.dumps(cand))
+        if n % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+    client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- the load generator (runs in its own process) -------------------------------------------
+
+
+async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: bytes) -> tuple[int, bool]:
+    writer.write(b"GET %s HTTP/1.1\r\nHost: bench\r\n\r\n" % path)
+    head = await reader.readuntil(b"\r\n\r\n")
+    match = _CONTENT_LENGTH.search(head)
+    body = await reader.readexactly(int(match.group(1))) if match else b""
+    return int(head[9:12]), b'"degraded":true' in body
+
+
+async def _closed(port: int, users: list[str], concurrency: int, seconds: float) -> tuple[list[float], int, int]:
+    latencies: list[float] = []
+    errors = degraded = 0
+    stop = time.perf_counter() + seconds
+
+    async def client(seed: int) -> None:
+        nonlocal errors, degraded
+        rng = random.Random(seed)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while (started := time.perf_counter()) < stop:
+            status, was_degraded = await _request(reader, writer, b"/v1/feed/%s?limit=20" % rng.choice(users).encode())
+            latencies.append(time.perf_counter() - started)
+            errors += status != 200
+            degraded += was_degraded
+        writer.close()
+
+    await asyncio.gather(*(client(n) for n in range(concurrency)))
+    return latencies, errors, degraded
+
+
+async def _open(port: int, users: list[str], rate: float, seconds: float) -> tuple[list[float], int, int]:
+    """Requests scheduled every 1/rate s on a pool of keep-alive connections; latency from the scheduled time."""
+    connections: asyncio.Queue = asyncio.Queue()
+    for _ in range(64):
+        connections.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    latencies: list[float] = []
+    errors = degraded = 0
+    rng = random.Random(1)
+
+    async def one(scheduled: float, path: bytes) -> None:
+        nonlocal errors, degraded
+        conn = await connections.get()
+        status, was_degraded = await _request(*conn, path)
+        latencies.append(time.perf_counter() - scheduled)
+        errors += status != 200
+        degraded += was_degraded
+        connections.put_nowait(conn)
+
+    start = time.perf_counter()
+    tasks = []
+    for n in range(int(rate * seconds)):
+        scheduled = start + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled, b"/v1/feed/%s?limit=20" % rng.choice(users).encode())))
+    await asyncio.gather(*tasks)
+    return latencies, errors, degraded
+
+
+def load(mode: str, port: int, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
+    import uvloop
+
+    run = _closed(port, users, concurrency, seconds) if mode == "closed" else _open(port, users, rate, seconds)
+    latencies, errors, degraded = uvloop.run(run)
+    ms = np.asarray(latencies) * 1000
+    return {"requests": len(ms), "per_s": len(ms) / seconds, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "p999": float(np.percentile(ms, 99.9)), "errors": errors,
+            "degraded": degraded}  # fmt: skip
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+def wait_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def round_trips(port: int) -> tuple[float, float]:
+    """(mean, max) Redis round trips per feed request, from the reader's own histogram."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    route = 'route="/v1/feed/{user_id}"'
+    total = float(re.search(rf"recstream_reader_redis_round_trips_sum\{{{route}\}} (\S+)", text).group(1))
+    count = float(re.search(rf"recstream_reader_redis_round_trips_count\{{{route}\}} (\S+)", text).group(1))
+    within = float(re.search(rf'recstream_reader_redis_round_trips_bucket\{{le="2.0",{route}\}} (\S+)', text).group(1))
+    return total / count, 2.0 if within == count else float("inf")
+
+
+def record(figures: dict[str, dict[str, object]]) -> None:
+    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(figures)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(RESULTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
+    parser.add_argument("--rate", type=float, default=1_500.0, help="offered feeds/s of the open-loop phase")
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    args = parser.parse_args()
+    console = Console()
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
+    settings = load_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=run_dir,
+                             kafka_bootstrap=f"127.0.0.1:{free_port()}", reader_port=free_port())  # fmt: skip
+    console.print(infra.redis_up(settings))
+    reader = None
+    try:
+        started = time.perf_counter()
+        populate(settings)
+        console.print(f"state written in {time.perf_counter() - started:.1f} s")
+        env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
+        reader = subprocess.Popen([sys.executable, "-m", "recstream.cli", "serve"], env=env, cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=(run_dir / "reader.log").open("wb"))  # fmt: skip
+        port = settings.reader_port
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        warm = [f"w{n}" for n in range(N_WARM)]
+        cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
+        phases = [
+            ("warm-up", "closed", warm, min(args.seconds, 3.0)),
+            (f"warm users, {args.concurrency} connections", "closed", warm, args.seconds),
+            (f"cold users, {args.concurrency} connections", "closed", cold, args.seconds),
+            (f"warm users, {args.rate:,.0f} feeds/s offered", "open", warm, args.seconds),
+        ]
+        table = Table(title="reader: GET /v1/feed/{user}?limit=20 (one process, Redis and load on the same 2 cores)")
+        for column in ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "non-200", "degraded"):
+            table.add_column(column, justify="left" if column == "phase" else "right")
+        results = {}
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            for name, mode, users, seconds in phases:
+                results[name] = r = pool.submit(load, mode, port, users, args.concurrency, args.rate, seconds).result()
+                if name != "warm-up":
+                    table.add_row(name, f"{r['per_s']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
+                                  f"{r['p999']:.1f}", str(r["errors"]), str(r["degraded"]))  # fmt: skip
+        mean_trips, max_trips = round_trips(port)
+        console.print(table)
+        console.print(f"Redis round trips per feed request: mean {mean_trips:.2f}, max {max_trips:.0f}")
+        warm_closed, warm_open = results[phases[1][0]], results[phases[3][0]]
+        if not args.no_record:
+            today = date.today().isoformat()
+            record({
+                "reader_feeds_per_s": {"value": round(warm_closed["per_s"]), "unit": "feeds/s",
+                                       "command": f"{COMMAND}  # warm users, {args.concurrency} connections",
+                                       "date": today},
+                "reader_p99_ms": {"value": round(warm_open["p99"], 1), "unit": "ms",
+                                  "command": f"{COMMAND}  # warm users at {args.rate:,.0f} feeds/s offered",
+                                  "date": today},
+            })  # fmt: skip
+            console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(REPO)}")
+    finally:
+        if reader is not None:
+            reader.send_signal(signal.SIGTERM)
+            try:
+                reader.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                reader.kill()
+                reader.wait()
+        console.print(infra.stop(infra.redis_service(settings)))
+
+
+if __name__ == "__main__":
+    main()
