@@ -1,0 +1,240 @@
+"""Reader fixtures: one world built end to end (Kafka → a real worker → Redis, a trained model), and readers on it.
+
+The world is built once per session in its own Redis database (2) and its own topics, so the
+function-scoped ``isolated_settings`` of other tests (database 1) never touch it. Tests that change
+it (unavailability, preferences, events) use their own users or items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from recstream import infra
+from recstream.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.settings import Settings
+from serving.app import create_app
+from tests.conftest import WorkerProcess, free_port, wait_until
+from tests.streams.scenario import publish, trained
+
+DAY_MS = 86_400_000
+T0 = (int(time.time() * 1000) // DAY_MS - 10) * DAY_MS  # ten days ago: every timestamp passes the contract
+CATEGORIES = ["news", "sport", "music", "film", "kids", "docs"]
+N_ITEMS, N_WARM = 700, 60
+
+
+@dataclass
+class World:
+    """What was published, for tests to compare the reader against."""
+
+    settings: Settings
+    users: list[UserEvent]
+    items: list[ItemEvent]
+    events: list[Event]
+    favourite: dict[str, str]  # warm user → the category they mostly click
+    cold: list[str]  # users with attributes and nothing else
+    fresh: dict[str, list[str]] = field(default_factory=dict)  # category → new (pool) items
+    model_version: str = ""
+
+    @property
+    def warm(self) -> list[str]:
+        return list(self.favourite)
+
+    def categories(self, item: str) -> list[str]:
+        return next(i.categories for i in self.items if i.item_id == item)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+
+
+def build_world(
+    seed: int = 5,
+) -> tuple[list[UserEvent], list[ItemEvent], list[Event], dict[str, str], list[str], dict[str, list[str]]]:
+    """Warm users who mostly click one category; every old item viewed at least once; new items in the pool.
+
+    Old items are created at T0 and the events happen three days later, so the workers' age rule
+    (48 h, event time) has graduated them; new items are created after the last event and stay in the
+    pool: four per category for the fresh lists, plus three for the bandit test ("ts-good": 30
+    clicks in 60 views, "ts-bad": 0 in 60, "ts-unknown": no data).
+    """
+    rng = random.Random(seed)
+    users, favourite = [], {}
+    for k in range(N_WARM):
+        user = f"warm-{k:03d}"
+        users.append(
+            UserEvent(user_id=user, ts=T0, attributes={"age": rng.choice([22, 30, 40]), "gender": "MF"[k % 2]})
+        )
+        favourite[user] = CATEGORIES[k % 4]
+    cold = [f"cold-{k}" for k in range(6)]
+    users += [UserEvent(user_id=u, ts=T0, attributes={"age": 30, "gender": "MF"[k % 2]}) for k, u in enumerate(cold)]
+    items = [
+        ItemEvent(
+            op="new",
+            item_id=f"i{k:03d}",
+            ts=T0,
+            created_ts=T0,
+            categories=[CATEGORIES[k % 6], CATEGORIES[(k % 6 + 1 + (k // 6) % 5) % 6]],
+        )
+        for k in range(N_ITEMS)
+    ]
+    start, created = T0 + 3 * DAY_MS, T0 + 4 * DAY_MS
+    fresh = {c: [f"fresh-{c}-{j}" for j in range(4)] for c in CATEGORIES}
+    items += [
+        ItemEvent(op="new", item_id=i, ts=created, created_ts=created + n, categories=[c])
+        for c, new in fresh.items()
+        for n, i in enumerate(new)
+    ]
+    items += [
+        ItemEvent(op="new", item_id=i, ts=created, created_ts=created, categories=["docs"])
+        for i in ("ts-good", "ts-bad", "ts-unknown")
+    ]
+    by_category = {c: [i.item_id for i in items[:N_ITEMS] if c in i.categories] for c in CATEGORIES}
+    events: list[Event] = []
+
+    def add(kind: str, user: str, item: str) -> None:
+        events.append(
+            Event(type=kind, user_id=user, item_id=item, ts=start + 10 * len(events), event_id=f"e{len(events)}")
+        )
+
+    for k, item in enumerate(i.item_id for i in items[:N_ITEMS]):  # every old item gets a view
+        add("view", f"warm-{k % N_WARM:03d}", item)
+    for user, category in favourite.items():
+        for _ in range(30):
+            liked = rng.random() < 0.7
+            item = rng.choice(by_category[category] if liked else [i.item_id for i in items[:N_ITEMS]])
+            add("view", user, item)
+            if rng.random() < (0.4 if liked else 0.05):
+                add("click", user, item)
+    for k in range(60):
+        add("view", f"warm-{k % N_WARM:03d}", "ts-good")
+        add("view", f"warm-{(k + 7) % N_WARM:03d}", "ts-bad")
+        if k % 2 == 0:
+            add("click", f"warm-{k % N_WARM:03d}", "ts-good")
+    return users, items, events, favourite, cold, fresh
+
+
+@pytest.fixture(scope="session")
+def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The world published through Kafka and applied by a real worker, with a trained model serving candidates."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = services.model_copy(
+        update={
+            "events_topic": f"events-{suffix}",
+            "items_topic": f"items-{suffix}",
+            "users_topic": f"users-{suffix}",
+            "dlq_topic": f"events-dlq-{suffix}",
+            "worker_group": f"reader-world-{suffix}",
+            "redis_url": services.redis_url.rsplit("/", 1)[0] + "/2",
+            "pool_cache_s": 0.1,
+            "popular_refresh_s": 0.2,
+        }
+    )
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client.flushdb()
+    asyncio.run(infra.ensure_topics(settings))
+    users, items, events, favourite, cold, fresh = build_world()
+    tmp = tmp_path_factory.mktemp("reader-world")
+    settings, version = asyncio.run(trained(settings, tmp, events, items, candidates_m=100))
+    worker = WorkerProcess(settings, tmp / "worker.log")
+    try:
+        asyncio.run(publish(settings, users=users, items=items))
+        wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
+        asyncio.run(publish(settings, events=events))
+        totals = Counter(e.type for e in events)
+        wait_until(
+            lambda: (
+                client.hget("rs:totals", "views") == str(totals["view"])
+                and client.hget("rs:totals", "clicks") == str(totals["click"])
+            ),
+            what="every event applied",
+        )
+        wait_until(lambda: all(client.exists(f"rs:user:{u}:cand") for u in favourite), what="candidate lists")
+        yield World(settings, users, items, events, favourite, cold, fresh, version)
+    finally:
+        worker.stop()
+        client.flushdb()
+        client.close()
+
+
+@asynccontextmanager
+async def reader_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The reader app in process (lifespan run, snapshot loaded) behind an httpx client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await app.state.reader.loader.refresh(force_popular=True)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://reader") as client:
+            client.app = app  # type: ignore[attr-defined]  # tests reach the reader to reload its snapshot
+            yield client
+
+
+@pytest.fixture
+async def reader(world: World) -> AsyncIterator[httpx.AsyncClient]:
+    async with reader_client(world.settings) as client:
+        yield client
+
+
+async def reload(client: httpx.AsyncClient) -> None:
+    """Reload the reader's snapshot now (instead of waiting pool_cache_s), e.g. after a worker wrote."""
+    await client.app.state.reader.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
+
+
+class LiveReader:
+    """The reader on uvicorn in a thread of this process (a real socket), for clients that need a URL."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            loop="asyncio",
+            log_level="warning",
+            access_log=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveReader:
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout_s=20, what="the reader to start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def segment(world: World, user: str) -> str:
+    return segment_of(next(u.attributes for u in world.users if u.user_id == user))
+
+
+async def isolated_topics(settings: Settings) -> Settings:
+    """Same Redis, fresh topics nobody consumes: for readers whose writes must not reach the world's worker."""
+    suffix = uuid.uuid4().hex[:8]
+    fresh = settings.model_copy(
+        update={
+            "events_topic": f"events-{suffix}",
+            "users_topic": f"users-{suffix}",
+            "items_topic": f"items-{suffix}",
+            "dlq_topic": f"dlq-{suffix}",
+        }
+    )
+    await infra.ensure_topics(fresh)
+    return fresh
