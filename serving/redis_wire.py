@@ -9,10 +9,11 @@ script. Concurrent requests share the connection, so their commands reach Redis 
 
 Failure rules, which degraded mode relies on:
 
-* a command times out when Redis has not answered ``timeout_s`` after it was sent *and* the loop
-  has polled the socket since: timers run before I/O in a loop iteration, so on a busy reader a
-  plain ``asyncio.timeout`` fires for replies already sitting in the socket, and a CPU-saturated
-  reader would call a healthy Redis slow. The check waits two loop hops past the deadline;
+* a command times out when its reply has not been *read* ``timeout_s`` after it was sent: the
+  timer fails the caller's future only if no reply completed it. An ``asyncio.timeout`` around the
+  call would instead cancel the waiting task, which on a busy reader happens after the reply was
+  read but before the task resumed (measured: a loop blocked 150 ms turns every in-flight reply
+  into a timeout), so a CPU-saturated reader would call a healthy Redis slow and go degraded;
 * a caller that gives up (timeout, cancellation) leaves its slot in the queue; its late reply is
   read and dropped, so every other caller still gets its own reply;
 * a lost connection fails every waiting caller at once with ``ConnectionError`` and the next call
@@ -28,7 +29,7 @@ import hashlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,7 +106,7 @@ class RedisWire:
         futures = [loop.create_future() for _ in commands]
         protocol.waiting.extend((f, now) for f in futures)
         protocol.transport.write(b"".join(hiredis.pack_command(tuple(c)) for c in commands))  # type: ignore[union-attr]
-        timer = loop.call_later(self.timeout_s, _after_next_poll, loop, _expire, futures, self.timeout_s)
+        timer = loop.call_later(self.timeout_s, _expire, futures, self.timeout_s)
         try:
             replies = [await f for f in futures]
         finally:
@@ -166,12 +167,6 @@ class RedisWire:
                 protocol.transport.close()
                 raise ConnectionError(f"Redis refused the connection setup: {reply}")
         return protocol
-
-
-def _after_next_poll(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: object) -> None:
-    """Run ``callback`` once the loop has polled for I/O at least once more (two ``call_soon`` hops:
-    in uvloop a callback scheduled from a timer still runs before that iteration's poll)."""
-    loop.call_soon(loop.call_soon, callback, *args)
 
 
 def _expire(futures: list[asyncio.Future], timeout_s: float) -> None:

@@ -1,0 +1,102 @@
+"""Blending rules without Redis: slot counts, interleaving by position, dedupe, filtering before filling."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from serving.blend import OVERFLOW, SOURCES, Candidate, interleave, slot_counts
+from serving.popularity import cold_order, warm_order
+
+SHARES = {"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}
+
+
+def ranked(prefix: str, n: int) -> list[Candidate]:
+    return [Candidate(f"{prefix}{k}", prefix) for k in range(n)]
+
+
+def full_lists(n: int = 50) -> dict:
+    return {s: ranked(s[:2], n) for s in SOURCES}
+
+
+def test_slot_counts_follow_the_shares_and_sum_to_the_page():
+    assert slot_counts(SHARES, 20, explore_cap=0.25) == {"personal": 12, "popular": 4, "fresh": 2, "explore": 2}
+    assert slot_counts(SHARES, 10, explore_cap=0.25) == {"personal": 6, "popular": 2, "fresh": 1, "explore": 1}
+    for n in range(1, 101):
+        assert sum(slot_counts(SHARES, n, explore_cap=0.25).values()) == n
+
+
+@given(
+    shares=st.fixed_dictionaries({s: st.floats(0, 1) for s in SOURCES}),
+    n=st.integers(1, 100),
+    cap=st.floats(0, 1),
+)
+def test_the_explore_cap_holds_whatever_the_shares(shares, n, cap):
+    counts = slot_counts(shares, n, explore_cap=cap)
+    assert sum(counts.values()) == n and min(counts.values()) >= 0
+    assert counts["explore"] <= math.floor(n * cap)
+
+
+def test_interleaving_spreads_each_source_by_position_and_is_deterministic():
+    letter = {"personal": "P", "popular": "O", "fresh": "F", "explore": "E"}
+    order = "".join(letter[s.source] for s in interleave(full_lists(), slot_counts(SHARES, 20, explore_cap=0.25)))
+    # position p goes to the source furthest behind quota·p/n: each source spread over the whole page
+    assert order == "POPPFPEPOPPOPPFPEPOP"
+
+
+def test_an_item_in_several_sources_is_served_once_by_the_first_to_reach_it():
+    lists = {"personal": ranked("x", 5), "popular": ranked("x", 5)}
+    page = interleave(lists, {"personal": 2, "popular": 2})
+    assert [s.item for s in page] == ["x0", "x1", "x2", "x3"]
+    assert [s.source for s in page] == ["personal", "popular", "personal", "popular"]
+
+
+def test_filtering_happens_before_slots_are_filled_so_a_page_is_never_short():
+    lists = full_lists(30)
+    excluded = {c.item for c in lists["personal"][:20]} | {c.item for c in lists["popular"][::2]}
+    page = interleave(lists, slot_counts(SHARES, 20, 0.25), excluded)
+    assert len(page) == 20 and not {s.item for s in page} & excluded
+    assert next(s.item for s in page if s.source == "personal") == "pe20"
+
+
+def test_a_dry_source_hands_its_slots_to_overflow_but_explore_never_gets_more_than_its_share():
+    counts = slot_counts(SHARES, 20, 0.25)
+    no_personal = interleave({**full_lists(), "personal": []}, counts)
+    assert len(no_personal) == 20 and sum(s.source == "explore" for s in no_personal) == 2
+    assert sum(s.source == "popular" for s in no_personal) == 16
+    only_explore = interleave({"explore": ranked("ex", 50)}, counts)
+    assert [s.source for s in only_explore] == ["explore", "explore"], "short rather than over the explore cap"
+    assert OVERFLOW[0] == "popular"
+
+
+@given(
+    sizes=st.fixed_dictionaries({s: st.integers(0, 30) for s in SOURCES}),
+    overlap=st.integers(0, 20),
+    excluded=st.sets(st.integers(0, 40), max_size=15),
+    n=st.integers(1, 60),
+)
+def test_pages_never_repeat_or_serve_excluded_items_and_are_full_when_overflow_can_fill_them(
+    sizes, overlap, excluded, n
+):
+    lists = {
+        s: [Candidate(f"i{(k + j * overlap) % 41}", s) for k in range(size)]
+        for j, (s, size) in enumerate(sizes.items())
+    }
+    exclude = {f"i{k}" for k in excluded}
+    counts = slot_counts(SHARES, n, 0.25)
+    page = interleave(lists, counts, exclude)
+    items = [s.item for s in page]
+    assert len(items) == len(set(items)) and not set(items) & exclude
+    fillable = {c.item for s in OVERFLOW for c in lists[s]} - exclude
+    if len(fillable) >= n:
+        assert len(page) == n
+
+
+def test_warm_and_cold_orders_use_segment_scores_where_the_segment_has_them():
+    segment, overall = {"a": 0.5, "b": 0.1}, {"a": 0.2, "b": 0.3, "c": 0.25}
+    assert warm_order(segment, overall) == ("a", "c", "b")
+    # cold: 0.7·seg + 0.3·global; an item unseen in the segment keeps its global score
+    assert cold_order(segment, overall, weight=0.7) == ("a", "c", "b")
+    assert cold_order(segment, overall, weight=0.0) == ("b", "c", "a")
