@@ -157,11 +157,19 @@ class ItemIndex:
         if fetch <= 0:
             return [[] for _ in range(len(vectors))]
         labels, distances = self._index.knn_query(np.asarray(vectors, dtype=np.float32), k=fetch)
-        results = []
-        for row_labels, row_distances, skip in zip(labels.tolist(), distances.tolist(), excluded, strict=True):
-            kept = [(self._ids[lb], 1.0 - d) for lb, d in zip(row_labels, row_distances, strict=True) if lb not in skip]
-            results.append(kept[:k])
-        return results
+        # vectorized filter: (row, label) pairs coded as row·n + label, one isin for the whole batch
+        n = len(self._ids)
+        codes = np.fromiter((r * n + lb for r, skip in enumerate(excluded) for lb in skip), dtype=np.int64)
+        kept = ~np.isin(labels.astype(np.int64) + n * np.arange(len(labels))[:, None], codes)
+        kept &= np.cumsum(kept, axis=1) <= k
+        ids = self._ids
+        return [
+            [
+                (ids[lb], 1.0 - d)
+                for lb, d in zip(row_labels[row_kept].tolist(), row_dist[row_kept].tolist(), strict=True)
+            ]
+            for row_labels, row_dist, row_kept in zip(labels, distances, kept, strict=True)
+        ]
 
     def save(self, directory: str | Path) -> None:
         """Write `index.bin` (hnswlib) and `index.json` (ids, deleted, parameters) into directory."""

@@ -214,8 +214,10 @@ def kafka_answers(settings: Settings) -> bool:
 
 def kafka_up(settings: Settings) -> str:
     service = kafka_service(settings)
-    if service.pid() is not None and kafka_answers(settings):
-        return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
+    if service.pid() is not None:
+        if kafka_answers(settings):
+            return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
+        stop(service)  # ours, but not answering where the settings say: e.g. left over with other ports
     if port_open(settings.kafka_port):
         raise InfraError(f"port {settings.kafka_port} is taken by a process this project did not start")
     service.home.mkdir(parents=True, exist_ok=True)
@@ -298,8 +300,10 @@ def redis_answers(settings: Settings) -> bool:
 
 def redis_up(settings: Settings) -> str:
     service = redis_service(settings)
-    if service.pid() is not None and redis_answers(settings):
-        return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
+    if service.pid() is not None:
+        if redis_answers(settings):
+            return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
+        stop(service)  # ours, but not answering where the settings say: e.g. left over with other ports
     if port_open(settings.redis_port):
         raise InfraError(f"port {settings.redis_port} is taken by a process this project did not start")
     service.data_dir.mkdir(parents=True, exist_ok=True)

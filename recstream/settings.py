@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     batch_max: int = Field(5_000, gt=0, le=100_000, description="Kafka messages per processed batch, at most")
     batch_wait_s: float = Field(0.05, gt=0, le=10, description="how long a batch waits to fill")
     worker_metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
-    history_cap: int = Field(200, gt=0, le=10_000, description="items kept in a user's history for the user step")
-    candidates_m: int = Field(100, gt=0, le=1_000, description="personal candidates kept per user")
+    history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
+    history_cap: int = Field(100, gt=0, le=10_000, description="items kept in a user's history for the user step")
+    candidates_m: int = Field(50, gt=0, le=1_000, description="personal candidates kept per user")
     seen_cap: int = Field(500, gt=0, le=100_000, description="items kept in a user's seen set")
     # smoothed CTR: (clicks + m·p) / (views + m) with p the quantized global CTR
     ctr_prior_mass: float = Field(20.0, gt=0, description="m: how many views the prior is worth")

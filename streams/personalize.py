@@ -13,7 +13,7 @@ item most like it (argmax y_c·y_h) for the reader's "because you watched X".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import orjson
@@ -27,6 +27,7 @@ from recstream.events import Event, ItemEvent
 
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
 SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route
+EXPLAIN_RECENT = 20  # history items a "because you watched X" may name
 
 
 def encode_similar(neighbours: list[tuple[str, float]]) -> bytes:
@@ -86,16 +87,41 @@ class Personalizer:
 
     # --- users ---------------------------------------------------------------------------
 
-    def update_users(self, events: Sequence[Event], histories: Mapping[str, list[Entry]]) -> list[Blob]:
-        """New history, vector and candidates of every user in ``events`` (in stream order)."""
-        per_user: dict[str, list[tuple[str, float, int]]] = {}
+    def update_users(
+        self, events: Sequence[Event], histories: Mapping[str, list[Entry]]
+    ) -> tuple[list[Blob], dict[str, list[Entry]]]:
+        """New history of every user in ``events`` (in stream order); new vector and candidates for
+        users with a *refresh point* in the batch: a click, or their very first event.
+
+        A view is an impression, a weak signal: it joins the history (and counts in the next
+        step) but does not pay for a step and an index query on its own, which is what lets a
+        worker keep up with live traffic (most events are views). The vector is computed from the
+        history as it stood at the user's last refresh point, so it is the same function of the
+        event sequence however the stream was cut into batches. Returns the blobs to write and
+        the new histories (for the store's cache).
+        """
+        per_user: dict[str, list[tuple[str, float]]] = {}
+        refresh_at: dict[str, int] = {}
         weights = {"view": self.cfg.view_weight, "click": self.cfg.click_weight}
         for event in events:
-            per_user.setdefault(event.user_id, []).append((event.item_id, weights[event.type], event.ts))
-        users = list(per_user)
-        merged = [merge_history(histories.get(u, []), per_user[u], self.history_cap) for u in users]
-        blobs: list[Blob] = [(f"user:{u}:hist", orjson.dumps(h)) for u, h in zip(users, merged, strict=True)]
-        return blobs + self._vectors_and_candidates(users, merged)
+            seq = per_user.setdefault(event.user_id, [])
+            if event.type == "click" or (not seq and not histories.get(event.user_id)):
+                refresh_at[event.user_id] = len(seq)
+            seq.append((event.item_id, weights[event.type]))
+        blobs: list[Blob] = []
+        new_histories: dict[str, list[Entry]] = {}
+        refreshed, at_refresh = [], []
+        for user, seq in per_user.items():
+            history = histories.get(user, [])
+            if user in refresh_at:
+                cut = refresh_at[user] + 1
+                history = merge_history(history, seq[:cut], self.history_cap)
+                refreshed.append(user)
+                at_refresh.append(history)
+                seq = seq[cut:]
+            new_histories[user] = merge_history(history, seq, self.history_cap)
+            blobs.append((f"user:{user}:hist", orjson.dumps(new_histories[user])))
+        return blobs + self._vectors_and_candidates(refreshed, at_refresh), new_histories
 
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
         """Initial vector and candidates from picked categories, for users without history."""
@@ -133,14 +159,16 @@ class Personalizer:
             blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, history_rows[k], factors))))
         return blobs
 
-    def _explain(self, candidates: list[tuple[str, float]], history_rows: Iterable[int], factors: np.ndarray) -> list:
-        """[[item, score, because]]: because = the history item whose factor is most like the candidate's."""
-        hist = list(history_rows)
+    def _explain(self, candidates: list[tuple[str, float]], history_rows: list[int], factors: np.ndarray) -> list:
+        """[[item, score, because]]: because = the recent history item whose factor is most like the candidate's
+        (among the last ``EXPLAIN_RECENT``: a reason the user remembers, and a bounded cost)."""
         if not candidates:
             return []
-        if not hist:
-            return [[item, round(score, 5), None] for item, score in candidates]
-        cand_rows = [self.rows[item] for item, _ in candidates]
-        because = np.argmax(factors[cand_rows] @ factors[hist].T, axis=1)
-        ids = self._ids[hist]
-        return [[item, round(score, 5), ids[b]] for (item, score), b in zip(candidates, because.tolist(), strict=True)]
+        items = [item for item, _ in candidates]
+        scores = np.round([score for _, score in candidates], 5).tolist()
+        recent = history_rows[:EXPLAIN_RECENT]
+        if not recent:
+            return [[item, score, None] for item, score in zip(items, scores, strict=True)]
+        cand_rows = [self.rows[item] for item in items]
+        because = self._ids[np.asarray(recent)[np.argmax(factors[cand_rows] @ factors[recent].T, axis=1)]].tolist()
+        return [list(entry) for entry in zip(items, scores, because, strict=True)]

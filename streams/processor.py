@@ -70,8 +70,10 @@ class BatchProcessor:
         }[kind]
 
     def forget_watermarks(self) -> None:
-        """Re-read the watermarks before the next batch (after a rebalance another worker may have moved them)."""
+        """Re-read watermarks (and histories) before the next batch: after a rebalance another worker
+        may have moved them."""
         self._watermarks = None
+        self.store.forget_histories()
 
     async def reload_watermarks(self) -> None:
         self._watermarks = await self.store.watermarks()
@@ -104,8 +106,10 @@ class BatchProcessor:
                 applied = await self.store.apply(effect)
             except StaleWatermark:
                 metrics.STALE_RETRIES.inc()
+                self.store.forget_histories()
                 await self.reload_watermarks()
                 continue
+            self.store.remember_histories(effect.histories)
             self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started)
             return applied
@@ -142,12 +146,13 @@ class BatchProcessor:
         personalizer = await self._personalizer(context.model_version)
         if personalizer is not None:
             started = time.perf_counter()
-            effect.blobs += personalizer.update_users(events, context.histories)
+            blobs, effect.histories = personalizer.update_users(events, context.histories)
+            effect.blobs += blobs
             metrics.USER_STEPS.inc(len(users))
             metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
 
     async def _build_items(self, items: list[ItemEvent], effect: Effect) -> None:
-        personalizer = await self._personalizer((await self.store.read_users([])).model_version)
+        personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
             effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available))

@@ -50,6 +50,7 @@ class Effect:
     meta: list[tuple[str, str, int | None, int, bool]] = field(default_factory=list)  # item, cats, created, ts, avail
     user_segments: dict[str, str] = field(default_factory=dict)
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
+    histories: dict[str, list] = field(default_factory=dict)  # users' new histories (also in blobs)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class StateStore:
         self.keys = Keys(settings.redis_prefix)
         self.settings = settings
         self._script = redis.register_script(SCRIPT)
+        self._histories: dict[str, list] = {}
         self._cfg = {
             "m": settings.ctr_prior_mass,
             "default_ctr": settings.ctr_default,
@@ -89,20 +91,40 @@ class StateStore:
         raw = await self.redis.hgetall(self.keys("wm"))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    async def read_users(self, users: Sequence[str]) -> UserContext:
-        """Segments and histories of a batch's users and the current model version: one round trip."""
+    async def read_users(self, users: Sequence[str], with_histories: bool = True) -> UserContext:
+        """Segments and histories of a batch's users and the current model version: one round trip.
+
+        Histories come from an in-process cache when they can: only the worker that owns a
+        user's partition writes that user's history, so its own last write is current. The
+        cache is dropped whenever ownership may have moved (:meth:`forget_histories`).
+        """
+        missing = [u for u in users if u not in self._histories] if with_histories else []
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.keys("model:current"))
-        if users:
-            pipe.hmget(self.keys("user:seg"), list(users))
-            pipe.mget([self.keys.user(u, "hist") for u in users])
-        version, *rest = await pipe.execute()
-        segments, histories = rest or ([], [])
+        pipe.hmget(self.keys("user:seg"), list(users) or ["-"])
+        if missing:
+            pipe.mget([self.keys.user(u, "hist") for u in missing])
+        version, segments, *fetched = await pipe.execute()
+        histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
+        for user, raw in zip(missing, fetched[0] if fetched else [], strict=True):
+            if raw is not None:
+                histories[user] = orjson.loads(raw)
         return UserContext(
-            segments={u: s.decode() for u, s in zip(users, segments, strict=True) if s is not None},
-            histories={u: orjson.loads(h) for u, h in zip(users, histories, strict=True) if h is not None},
+            segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
+            histories=histories,
             model_version=version.decode() if version else None,
         )
+
+    def remember_histories(self, histories: dict[str, list]) -> None:
+        """Cache the histories a successfully applied batch wrote (least recently written evicted first)."""
+        for user, history in histories.items():
+            self._histories.pop(user, None)
+            self._histories[user] = history
+        while len(self._histories) > self.settings.history_cache_users:
+            del self._histories[next(iter(self._histories))]
+
+    def forget_histories(self) -> None:
+        self._histories.clear()
 
     async def apply(self, effect: Effect) -> Applied:
         """Run the batch script; raises :class:`StaleWatermark` if a watermark moved meanwhile."""

@@ -1,0 +1,150 @@
+"""What every benchmark shares: the machine line, bench/results.json, private services, quantiles.
+
+Benchmarks start their own Kafka and Redis (``infra.running`` on free loopback ports, in
+``.run/bench``) and stop exactly those, so they never touch a developer's running system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recstream import infra  # noqa: E402
+from recstream.settings import Settings, load_settings  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results.json"
+
+
+def machine() -> str:
+    """`2 cores, 23.4 GiB, <CPU model>` for the tables."""
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "unknown CPU",
+    )  # fmt: skip
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {mem:.1f} GiB, {model}"
+
+
+def figure(value: float, unit: str, command: str, baseline: float | None = None) -> dict[str, object]:
+    out: dict[str, object] = {
+        "value": round(value, 4),
+        "unit": unit,
+        "command": command,
+        "date": date.today().isoformat(),
+    }
+    if baseline is not None:
+        out["baseline"] = round(baseline, 4)
+    return out
+
+
+def record(figures: dict[str, dict[str, object]]) -> None:
+    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(figures)
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(RESULTS)
+
+
+def _free_port(span: int = 1) -> int:
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + span < 65535 and not any(infra.port_open(port + k) for k in range(span)):
+            return port
+    raise RuntimeError("no free loopback port")
+
+
+@contextmanager
+def services(**overrides: object) -> Iterator[Settings]:
+    """A private, empty Kafka + Redis for one benchmark run, removed afterwards."""
+    (ROOT / ".run").mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".run"))
+    settings = load_settings(
+        kafka_bootstrap=f"127.0.0.1:{_free_port(span=2)}",
+        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+        run_dir=run_dir,
+        cache_dir=ROOT / ".cache",
+        model_dir=run_dir / "models",
+        **overrides,
+    )
+    try:
+        with infra.running(settings):
+            yield settings
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' estimate from cumulative (upper bound, count) buckets: linear within a bucket.
+
+    >>> histogram_quantile(0.5, [(0.1, 0), (0.2, 10), (float("inf"), 10)])
+    0.15
+    """
+    total = buckets[-1][1]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            return lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = upper, count
+    return lower
+
+
+def scrape_histogram(text: str, name: str) -> list[tuple[float, float]]:
+    """Cumulative buckets of an unlabelled histogram from Prometheus text exposition."""
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    return sorted(buckets)
+
+
+class Worker:
+    """A `recstream worker` child process for a benchmark, stopped by its own pid."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        import subprocess
+
+        self.metrics_port = _free_port()
+        env = {**os.environ, **settings.to_env(), "RECSTREAM_WORKER_METRICS_PORT": str(self.metrics_port)}
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "recstream.cli", "worker"], env=env, cwd=ROOT,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def metrics(self) -> str:
+        from urllib.request import urlopen
+
+        with urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

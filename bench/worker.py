@@ -1,0 +1,175 @@
+"""One worker's throughput on a backlog, and freshness under a steady live load.
+
+    .venv/bin/python bench/worker.py [--events 300000] [--rate 5000] [--seconds 20]
+
+Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
+backlog is produced first, then a worker starts and we time events applied per second
+(Redis totals) from its first applied batch to the last; once with counters only, once
+with a trained model (user steps, HNSW candidates). Baseline in the same run: a raw
+aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves).
+Freshness: events stamped "now" are offered at a fixed rate to the caught-up personalized
+worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
+from the worker's own histograms (deltas over the live phase).
+
+Writes `worker_events_per_s`, `freshness_p99_ms`, `candidates_refresh_p99_ms` (+ p50s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+import redis
+from aiokafka import AIOKafkaConsumer
+from common import ROOT, Worker, figure, histogram_quantile, machine, record, scrape_histogram, services
+from rich.console import Console
+from rich.table import Table
+
+from models.als import ALSConfig
+from recstream.events import Event, decode
+from recstream.infra import ensure_topics
+from recstream.producer import EventProducer
+from recstream.settings import Settings
+from recstream.sources import Record, synthetic
+from streams import training
+
+COMMAND = ".venv/bin/python bench/worker.py"
+LOGS = ROOT / ".run" / "bench-logs"
+
+
+async def produce_backlog(settings: Settings, records: list[Record]) -> int:
+    async with EventProducer(settings) as producer:
+        events = []
+        for record in records:
+            if record.kind == "event":
+                events.append(record.value)
+            elif record.kind == "item":
+                await producer.send_item(record.value)
+            else:
+                await producer.send_user(record.value)
+        await producer.send_events(events)
+        return await producer.flush()
+
+
+async def raw_consume_rate(settings: Settings, total: int) -> float:
+    consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=None)  # fmt: skip
+    await consumer.start()
+    seen, started = 0, time.perf_counter()
+    try:
+        while seen < total:
+            for messages in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for message in messages:
+                    seen += len(decode(message.value, "event", 2**53)[0])
+    finally:
+        await consumer.stop()
+    return seen / (time.perf_counter() - started)
+
+
+def applied(client: redis.Redis, prefix: str) -> int:
+    totals = client.hgetall(f"{prefix}:totals")
+    return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
+
+
+def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Worker]:
+    """Events/s from the first applied batch to the last, for a worker started on a full backlog."""
+    client = redis.Redis.from_url(settings.redis_url)
+    worker = Worker(settings, LOGS / f"worker-{prefix}.log")
+    while applied(client, prefix) == 0:
+        time.sleep(0.01)
+    first, started = applied(client, prefix), time.perf_counter()
+    while (done := applied(client, prefix)) < total:
+        time.sleep(0.05)
+        if worker.proc.poll() is not None:
+            raise RuntimeError(f"worker {prefix} died; see {LOGS}")
+    return (done - first) / (time.perf_counter() - started), worker
+
+
+async def live_load(settings: Settings, users: list[str], items: list[str], rate: int, seconds: float) -> int:
+    """Offer `rate` events/s stamped with the send time (10 ms ticks; ~8% clicks)."""
+    rng = random.Random(0)
+    sent, tick = 0, 0.01
+    async with EventProducer(settings) as producer:
+        started = time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            due = int(elapsed * rate) - sent
+            now = int(time.time() * 1000)
+            batch = [
+                Event(type="click" if rng.random() < 0.08 else "view", user_id=rng.choice(users),
+                      item_id=rng.choice(items), ts=now)
+                for _ in range(due)
+            ]  # fmt: skip
+            await producer.send_events(batch)
+            await producer.flush()
+            sent += len(batch)
+            await asyncio.sleep(max(0.0, tick - (time.perf_counter() - started - elapsed)))
+    return sent
+
+
+def quantiles_ms(before: str, after: str, name: str) -> tuple[float, float]:
+    b0, b1 = scrape_histogram(before, name), scrape_histogram(after, name)
+    delta = [(le, c1 - c0) for (le, c1), (_, c0) in zip(b1, b0, strict=True)]
+    return histogram_quantile(0.5, delta) * 1000, histogram_quantile(0.99, delta) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--rate", type=int, default=5_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    records = [r for r in synthetic(args.events, seed=11)]
+    users = [r.value.user_id for r in records if r.kind == "user"]
+    items = [r.value.item_id for r in records if r.kind == "item"]
+    with services() as base:
+        asyncio.run(ensure_topics(base))
+        total = asyncio.run(produce_backlog(base, records))
+        raw = asyncio.run(raw_consume_rate(base, total))
+        counters = base.model_copy(update={"redis_prefix": "counters", "worker_group": "bench-counters"})
+        counters_rate, worker = time_backlog(counters, "counters", total)
+        worker.stop()
+        personal = base.model_copy(
+            update={
+                "redis_prefix": "personal",
+                "worker_group": "bench-personal",
+                "model_dir": ROOT / ".run" / "bench" / "models",
+            }
+        )
+        log = training.collect(records)
+        artifacts, _ = training.train(log, ALSConfig(), holdout=0)
+        asyncio.run(training.publish(personal, artifacts))
+        personal_rate, worker = time_backlog(personal, "personal", total)
+        time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
+        before = worker.metrics()
+        offered = asyncio.run(live_load(personal, users, items, args.rate, args.seconds))
+        time.sleep(2.0)
+        after = worker.metrics()
+        worker.stop()
+    fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
+    cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
+
+    table = Table(title=f"one worker, Kafka + Redis co-located ({machine()})")
+    for column in ("measure", "value"):
+        table.add_column(column, justify="right")
+    table.add_row("backlog events", f"{total:,}")
+    table.add_row("raw aiokafka consume + decode (baseline)", f"{raw:,.0f} events/s")
+    table.add_row("worker, counters only", f"{counters_rate:,.0f} events/s")
+    table.add_row("worker, counters + user steps + candidates", f"{personal_rate:,.0f} events/s")
+    table.add_row(f"live load offered ({args.seconds:.0f} s)", f"{offered / args.seconds:,.0f} events/s")
+    table.add_row("freshness p50 / p99 (event → state)", f"{fresh50:.0f} / {fresh99:.0f} ms")
+    table.add_row("click → candidates p50 / p99", f"{cand50:.0f} / {cand99:.0f} ms")
+    Console().print(table)
+    record({
+        "worker_events_per_s": figure(personal_rate, "events/s", COMMAND, raw),
+        "worker_events_per_s_counters_only": figure(counters_rate, "events/s", COMMAND, raw),
+        "freshness_p50_ms": figure(fresh50, "ms", COMMAND),
+        "freshness_p99_ms": figure(fresh99, "ms", COMMAND),
+        "candidates_refresh_p50_ms": figure(cand50, "ms", COMMAND),
+        "candidates_refresh_p99_ms": figure(cand99, "ms", COMMAND),
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
