@@ -49,6 +49,13 @@ def infra_down() -> None:
         console.print(line)
 
 
+@infra_app.command("topics")
+def infra_topics() -> None:
+    """Create the contract's topics on the configured broker (for brokers this project did not start)."""
+    created = asyncio.run(infra.ensure_topics(_settings()))
+    console.print(f"topics created: {', '.join(created)}" if created else "topics present")
+
+
 @infra_app.command("status")
 def infra_status() -> None:
     settings = _settings()
@@ -203,6 +210,29 @@ def serve(
         access_log=False,
         log_level=log_level,
     )
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float | None, typer.Option(help="stop after this long (default: until Ctrl-C)")] = None,
+    rate: Annotated[float, typer.Option(help="world events per second")] = 200.0,
+    history: Annotated[int, typer.Option(help="events of history before the first model")] = 50_000,
+    seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
+) -> None:
+    """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated traffic."""
+    from recstream import demo as demo_module
+
+    started = time.monotonic()
+    try:
+        stats = demo_module.run(_settings(), seconds, rate, history, seed)
+    except KeyboardInterrupt:
+        console.print("stopped by Ctrl-C; everything the demo started is stopped")
+        return
+    except infra.InfraError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    elapsed = time.monotonic() - started
+    console.print(f"demo ran {elapsed:.0f} s: offered {stats.sent:,} events, {stats.clicks:,} clicks")
 
 
 if __name__ == "__main__":
