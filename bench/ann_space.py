@@ -43,9 +43,7 @@ def movielens() -> tuple[np.ndarray, np.ndarray] | None:
     return fit.item_factors, fit.user_factors
 
 
-def synthetic_als(
-    n_items: int = 20_000, n_queries: int = 1_000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_als(n_items: int = 20_000, n_queries: int = 1_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((50, K))
     directions = centers[rng.integers(0, 50, n_items)] + 0.7 * rng.standard_normal((n_items, K))
@@ -54,26 +52,20 @@ def synthetic_als(
     popularity = np.linalg.norm(items, axis=1) ** 2
     step = ALSStep(items, regularization=0.1)
     lengths = rng.integers(20, 51, n_queries)
-    rows = np.concatenate(
-        [rng.choice(n_items, n, replace=False, p=popularity / popularity.sum()) for n in lengths]
-    )
+    rows = np.concatenate([rng.choice(n_items, n, replace=False, p=popularity / popularity.sum()) for n in lengths])
     queries = step.solve_batch(np.r_[0, np.cumsum(lengths)], rows, 1.0 + 4.0 * rng.random(len(rows)))
     return items, queries
 
 
 def gaussian(n_items: int = 5_000, n_queries: int = 1_000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((n_items, K)).astype(np.float32), rng.standard_normal((n_queries, K)).astype(
-        np.float32
-    )
+    return rng.standard_normal((n_items, K)).astype(np.float32), rng.standard_normal((n_queries, K)).astype(np.float32)
 
 
 def measure(items: np.ndarray, queries: np.ndarray, space: str, ef: int) -> tuple[float, float]:
     """(recall@10 vs exact dot top-10, mean µs per single-vector query)."""
     ids = [str(i) for i in range(len(items))]
-    index = ItemIndex(
-        items.shape[1], space=space, M=M, ef_construction=EF_CONSTRUCTION, ef=ef, capacity=len(items)
-    )
+    index = ItemIndex(items.shape[1], space=space, M=M, ef_construction=EF_CONSTRUCTION, ef=ef, capacity=len(items))
     index.add(ids, items)
     exact = np.argsort(-(queries @ items.T), axis=1)[:, :TOP]
     started = time.perf_counter()
@@ -88,9 +80,7 @@ def main() -> None:
     ml = movielens()
     if ml is not None:
         datasets = {"ML-100K iALS 1,682": ml, **datasets}
-    table = Table(
-        title=f"HNSW recall@{TOP} vs exact dot top-{TOP} (M={M}, ef_construction={EF_CONSTRUCTION})"
-    )
+    table = Table(title=f"HNSW recall@{TOP} vs exact dot top-{TOP} (M={M}, ef_construction={EF_CONSTRUCTION})")
     for column in ("data", "ef", "space", f"recall@{TOP}", "µs/query"):
         table.add_column(column, justify="left" if column in ("data", "space") else "right")
     for name, (items, queries) in datasets.items():

@@ -76,9 +76,7 @@ def main() -> None:
     all_users = np.arange(N_USERS)
 
     paths = {
-        "ours, single (ALSStep.solve per user)": lambda: np.stack(
-            [step.solve(rows[s], conf[s]) for s in spans]
-        ),
+        "ours, single (ALSStep.solve per user)": lambda: np.stack([step.solve(rows[s], conf[s]) for s in spans]),
         "ours, batched (ALSStep.solve_batch)": lambda: step.solve_batch(indptr, rows, conf),
         "implicit recalculate_user, per user": lambda: np.stack(
             [model.recalculate_user(u, user_rows[u]) for u in range(N_USERS)]
