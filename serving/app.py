@@ -93,8 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         return json_response({"detail": errors}, 422)
 
     auth = _api_key_check(settings)
-    # the limit's bound comes from the settings, so it sits in a default value, not an annotation
-    # (annotations are strings here, resolved in module scope where `settings` does not exist)
+    # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
     default_limit = min(DEFAULT_LIMIT, settings.feed_max_limit)
     reads = APIRouter(dependencies=[Depends(auth)] if auth and settings.protect_reads else [])
     writes = APIRouter(dependencies=[Depends(auth)] if auth else [])
@@ -136,8 +135,11 @@ def create_app(settings: Settings) -> FastAPI:
         """Live figures over the last few seconds (for the feed explorer page)."""
         return json_response(reader.live())
 
-    @writes.put(
-        "/v1/users/{user_id}/preferences", response_model=PreferencesSaved, responses=_problems(503), tags=["users"]
+    @writes.put(  # 400: a body that is not JSON at all (FastAPI's parser), 422: JSON of the wrong shape
+        "/v1/users/{user_id}/preferences",
+        response_model=PreferencesSaved,
+        responses=_problems(400, 503),
+        tags=["users"],
     )
     async def put_preferences(user_id: UserId, preferences: Preferences) -> Response:
         """Replace onboarding categories and the "not interested" list (item ids or categories).
@@ -237,9 +239,10 @@ def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]] | None:
     header = APIKeyHeader(name="X-API-Key", auto_error=False)
     bearer = HTTPBearer(auto_error=False)
 
+    # defaults, not Annotated: annotations are strings resolved in module scope, where these do not exist
     async def check(
-        key: Annotated[str | None, Security(header)] = None,
-        token: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+        key: str | None = Security(header),
+        token: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
     ) -> None:
         given = key or (token.credentials if token else None)
         if given is None or not hmac.compare_digest(given.encode(), expected):

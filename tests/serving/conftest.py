@@ -151,6 +151,9 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         asyncio.run(publish(settings, users=users, items=items))
         wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
+        # every item applied before any event: an item first seen in an event enters the pool at the
+        # event's time, and its later item event does not move it back to its real created_ts
+        wait_until(lambda: client.zcard("rs:pool") == len(items), what="every item in the pool")
         asyncio.run(publish(settings, events=events))
         totals = Counter(e.type for e in events)
         wait_until(

@@ -1,0 +1,118 @@
+"""Redis killed under a running reader (`recstream serve`, a real process): 200s with `degraded: true`, then recovery.
+
+The reader gets a Redis of its own (a separate redis-server on a free port, started and killed by
+this test only), filled with a copy of the world the real worker built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from recstream import infra
+from recstream.settings import Settings
+from tests.conftest import REPO, free_port, wait_until
+from tests.serving.conftest import World, isolated_topics
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
+    """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
+    settings = (await isolated_topics(world.settings)).model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
+    )
+    infra.redis_up(settings)
+    source, target = redis.Redis.from_url(world.settings.redis_url), redis.Redis.from_url(settings.redis_url)
+    pipe = target.pipeline(transaction=False)
+    for key in source.scan_iter("rs:*", count=1000):
+        pipe.restore(key, 0, source.dump(key), replace=True)
+    pipe.execute()
+    source.close()
+    target.close()
+    yield settings
+    infra.stop(infra.redis_service(settings))
+
+
+@pytest.fixture
+def served(own_redis: Settings, tmp_path: Path) -> Iterator[str]:
+    """`recstream serve` as a child process; its base URL. Stopped by its own pid."""
+    port = free_port()
+    env = {**os.environ, **own_redis.to_env(), "RECSTREAM_READER_PORT": str(port), "OPENBLAS_NUM_THREADS": "1"}
+    with (tmp_path / "reader.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recstream.cli", "serve"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: infra.port_open(port), timeout_s=30, what="the reader to listen")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def kill_redis(settings: Settings) -> None:
+    pid = infra.redis_service(settings).pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not infra.port_open(settings.redis_port), timeout_s=10, what="Redis to die")
+
+
+async def test_valid_requests_get_200_degraded_while_redis_is_dead_and_normal_feeds_resume_by_themselves(
+    world: World, own_redis: Settings, served: str
+):
+    user = world.warm[6]
+    async with httpx.AsyncClient(base_url=served, timeout=5) as client:
+        first = (await client.get(f"/v1/feed/{user}", params={"limit": 10})).json()
+        assert not first["degraded"] and {i["source"] for i in first["items"]} >= {"personal", "popular"}
+        kill_redis(own_redis)
+
+        degraded = [await client.get(f"/v1/feed/{u}", params={"limit": 10}) for u in (user, *world.cold, "nobody")]
+        assert [r.status_code for r in degraded] == [200] * len(degraded)
+        bodies = [r.json() for r in degraded]
+        assert all(b["degraded"] and len(b["items"]) == 10 for b in bodies)
+        assert {i["source"] for b in bodies for i in b["items"]} == {"popular"}, "the last known popular list"
+        scrolled = await client.get(f"/v1/feed/{user}", params={"limit": 10, "cursor": first["next_cursor"]})
+        assert scrolled.status_code == 200 and scrolled.json()["next_cursor"] == first["next_cursor"]
+        similar = await client.get("/v1/items/i010/similar")
+        assert similar.status_code == 200 and similar.json()["degraded"] is True
+        assert (await client.get("/readyz")).status_code == 503
+        assert (await client.get("/healthz")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'recstream_reader_degraded_responses_total{cause="error",route="/v1/feed/{user_id}"}' in metrics
+
+        infra.redis_up(own_redis)  # the same data directory: the append-only file brings the state back
+
+        async def normal() -> bool:
+            body = (await client.get(f"/v1/feed/{user}", params={"limit": 10})).json()
+            return not body["degraded"] and any(i["source"] == "personal" for i in body["items"])
+
+        for _ in range(100):
+            if await normal():
+                break
+            await asyncio.sleep(0.1)
+        assert await normal(), "normal feeds resumed without restarting the reader"
+        page_two = (await client.get(f"/v1/feed/{user}", params={"limit": 10, "cursor": first["next_cursor"]})).json()
+        assert not page_two["degraded"]
+        assert not {i["item_id"] for i in page_two["items"]} & {i["item_id"] for i in first["items"]}
+        assert (await client.get("/readyz")).status_code == 200
