@@ -59,6 +59,7 @@ CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "
 SEGMENTS = [f"age{a}.{g}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+") for g in "MF"]
 SEGMENTS += [f"age{a}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+")] + ["M", "F", "default"]
 N_ITEMS, N_POOL, N_WARM, N_COLD = 5_000, 500, 5_000, 5_000
+FEED_PATH = os.environ.get("BENCH_PATH", "/v1/feed/%s?limit=20")
 _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
@@ -128,7 +129,7 @@ async def _closed(port: int, users: list[str], concurrency: int, seconds: float)
         rng = random.Random(seed)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while (started := time.perf_counter()) < stop:
-            status, was_degraded = await _request(reader, writer, b"/v1/feed/%s?limit=20" % rng.choice(users).encode())
+            status, was_degraded = await _request(reader, writer, (FEED_PATH % rng.choice(users)).encode())
             latencies.append(time.perf_counter() - started)
             errors += status != 200
             degraded += was_degraded
@@ -163,7 +164,7 @@ async def _open(port: int, users: list[str], rate: float, seconds: float) -> tup
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled, b"/v1/feed/%s?limit=20" % rng.choice(users).encode())))
+        tasks.append(asyncio.create_task(one(scheduled, (FEED_PATH % rng.choice(users)).encode())))
     await asyncio.gather(*tasks)
     return latencies, errors, degraded
 

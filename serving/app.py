@@ -53,6 +53,17 @@ UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PAT
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="item id")]
 
 
+EVENTS_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"anyOf": [
+        {"$ref": "#/components/schemas/Event"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "minItems": 1,
+         "maxItems": MAX_EVENTS_PER_MESSAGE},
+    ]}}},
+}  # fmt: skip
+"""POST /v1/events parses its body itself (recstream.events.decode), so its schema is declared by hand."""
+
+
 class Problem(BaseModel):
     detail: str
 
@@ -95,8 +106,9 @@ def create_app(settings: Settings) -> FastAPI:
     auth = _api_key_check(settings)
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
     default_limit = min(DEFAULT_LIMIT, settings.feed_max_limit)
-    reads = APIRouter(dependencies=[Depends(auth)] if auth and settings.protect_reads else [])
-    writes = APIRouter(dependencies=[Depends(auth)] if auth else [])
+    protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)} if auth else {}
+    reads = APIRouter(**(protected if settings.protect_reads else {}))
+    writes = APIRouter(**protected)
 
     @reads.get("/v1/feed/{user_id}", response_model=FeedPage, responses=_problems(410), tags=["feed"])
     async def feed(
@@ -159,26 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
         status_code=202,
         responses=_problems(413, 422, 503),
         tags=["events"],
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "anyOf": [
-                                {"$ref": "#/components/schemas/Event"},
-                                {
-                                    "type": "array",
-                                    "items": {"$ref": "#/components/schemas/Event"},
-                                    "minItems": 1,
-                                    "maxItems": MAX_EVENTS_PER_MESSAGE,
-                                },
-                            ]
-                        }
-                    }
-                },
-            }
-        },
+        openapi_extra={"requestBody": EVENTS_BODY},
     )
     async def post_events(request: Request) -> Response:
         """Report impressions (``view``) and clicks: one event object or an array of them.

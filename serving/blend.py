@@ -96,11 +96,12 @@ def interleave(
 
     page: list[Served] = []
     while len(page) < n:
-        open_sources = [s for s in SOURCES if taken[s] < quota[s]]
-        if not open_sources:
+        p, source, behind = len(page) + 1, None, 0
+        for s in SOURCES:  # the open source furthest behind; strict > keeps the first on ties
+            if taken[s] < quota[s] and (source is None or quota[s] * p - taken[s] * n > behind):
+                source, behind = s, quota[s] * p - taken[s] * n  # exact integers
+        if source is None:
             break
-        p = len(page) + 1
-        source = max(open_sources, key=lambda s: (quota[s] * p - taken[s] * n, -SOURCES.index(s)))  # exact ints
         candidate = head(source)
         if candidate is None:  # dry: its remaining slots move to an overflow source with items left
             spare = quota[source] - taken[source]

@@ -32,8 +32,8 @@ from serving.snapshot import Categories, Pool, Snapshot
 DEFAULT_SEGMENT = "default"
 """recstream.events.segment_of's answer for unknown attributes; the workers count such users there."""
 FAVOURITE_CATEGORIES = 3
-TASTE_ITEMS = 50
-"""Recent history items whose categories decide the favourite ones."""
+TASTE_ITEMS = 20
+"""Most recent history items whose categories decide the favourite ones: recent taste, bounded cost."""
 EXPLORE_REASON = "new — we're exploring it"
 POPULAR_REASON = "popular with people like you"
 TRENDING_REASON = "popular right now"

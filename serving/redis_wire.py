@@ -73,9 +73,7 @@ class _Protocol(asyncio.Protocol):
         self.lost = True
         error = ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
         while self.waiting:
-            future, _ = self.waiting.popleft()
-            if not future.done():
-                future.set_exception(error)
+            _fail(self.waiting.popleft()[0], error)
 
 
 class RedisWire:
@@ -171,5 +169,12 @@ class RedisWire:
 
 def _expire(futures: list[asyncio.Future], timeout_s: float) -> None:
     for future in futures:
-        if not future.done():
-            future.set_exception(TimeoutError(f"Redis did not answer within {timeout_s * 1000:.0f} ms"))
+        _fail(future, TimeoutError(f"Redis did not answer within {timeout_s * 1000:.0f} ms"))
+
+
+def _fail(future: asyncio.Future, error: Exception) -> None:
+    """Fail a waiting caller; ``exception()`` marks the error as seen, so a caller that already gave up
+    (or a later command of a batch whose first one failed) is not logged as an unhandled error."""
+    if not future.done():
+        future.set_exception(error)
+        future.exception()
