@@ -59,7 +59,7 @@ CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "
 SEGMENTS = [f"age{a}.{g}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+") for g in "MF"]
 SEGMENTS += [f"age{a}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+")] + ["M", "F", "default"]
 N_ITEMS, N_POOL, N_WARM, N_COLD = 5_000, 500, 5_000, 5_000
-FEED_PATH = os.environ.get("BENCH_PATH", "/v1/feed/%s?limit=20")
+FEED_PATH = "/v1/feed/%s?limit=20"
 _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
@@ -72,8 +72,9 @@ def populate(settings: Settings, seed: int = 7) -> None:
     items = [f"i{n}" for n in range(N_ITEMS)]
     pool = [f"n{n}" for n in range(N_POOL)]
     for item in items + pool:
-        pipe.hset(k.item(item), mapping={"categories": ",".join(rng.sample(CATEGORIES, 2)), "created_ts": 1,
-                                         "available": 1})  # fmt: skip
+        pipe.hset(
+            k.item(item), mapping={"categories": ",".join(rng.sample(CATEGORIES, 2)), "created_ts": 1, "available": 1}
+        )
     ctr = {item: rng.betavariate(2, 40) for item in items}
     pipe.zadd(k.rank(), ctr)
     for segment in SEGMENTS:
@@ -119,7 +120,9 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, p
     return int(head[9:12]), b'"degraded":true' in body
 
 
-async def _closed(port: int, users: list[str], concurrency: int, seconds: float) -> tuple[list[float], int, int]:
+async def _closed(
+    port: int, path: str, users: list[str], concurrency: int, seconds: float
+) -> tuple[list[float], int, int]:
     latencies: list[float] = []
     errors = degraded = 0
     stop = time.perf_counter() + seconds
@@ -129,7 +132,7 @@ async def _closed(port: int, users: list[str], concurrency: int, seconds: float)
         rng = random.Random(seed)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while (started := time.perf_counter()) < stop:
-            status, was_degraded = await _request(reader, writer, (FEED_PATH % rng.choice(users)).encode())
+            status, was_degraded = await _request(reader, writer, (path % rng.choice(users)).encode())
             latencies.append(time.perf_counter() - started)
             errors += status != 200
             degraded += was_degraded
@@ -139,7 +142,7 @@ async def _closed(port: int, users: list[str], concurrency: int, seconds: float)
     return latencies, errors, degraded
 
 
-async def _open(port: int, users: list[str], rate: float, seconds: float) -> tuple[list[float], int, int]:
+async def _open(port: int, path: str, users: list[str], rate: float, seconds: float) -> tuple[list[float], int, int]:
     """Requests scheduled every 1/rate s on a pool of keep-alive connections; latency from the scheduled time."""
     connections: asyncio.Queue = asyncio.Queue()
     for _ in range(64):
@@ -164,20 +167,28 @@ async def _open(port: int, users: list[str], rate: float, seconds: float) -> tup
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled, (FEED_PATH % rng.choice(users)).encode())))
+        tasks.append(asyncio.create_task(one(scheduled, (path % rng.choice(users)).encode())))
     await asyncio.gather(*tasks)
     return latencies, errors, degraded
 
 
-def load(mode: str, port: int, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
+def load(mode: str, port: int, path: str, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
+    """One phase in this (child) process: latencies in ms, non-200 and degraded counts."""
     import uvloop
 
-    run = _closed(port, users, concurrency, seconds) if mode == "closed" else _open(port, users, rate, seconds)
+    closed = mode == "closed"
+    run = _closed(port, path, users, concurrency, seconds) if closed else _open(port, path, users, rate, seconds)
     latencies, errors, degraded = uvloop.run(run)
     ms = np.asarray(latencies) * 1000
-    return {"requests": len(ms), "per_s": len(ms) / seconds, "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)), "p999": float(np.percentile(ms, 99.9)), "errors": errors,
-            "degraded": degraded}  # fmt: skip
+    return {
+        "requests": len(ms),
+        "per_s": len(ms) / seconds,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "p999": float(np.percentile(ms, 99.9)),
+        "errors": errors,
+        "degraded": degraded,
+    }
 
 
 # --- orchestration --------------------------------------------------------------------------
@@ -195,6 +206,12 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
         time.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def round_trips(port: int) -> tuple[float, float]:
@@ -221,12 +238,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
     parser.add_argument("--rate", type=float, default=1_500.0, help="offered feeds/s of the open-loop phase")
+    parser.add_argument("--path", default=FEED_PATH, help="request path, %%s is the user id")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
     console = Console()
     run_dir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
-    settings = load_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=run_dir,
-                             kafka_bootstrap=f"127.0.0.1:{free_port()}", reader_port=free_port())  # fmt: skip
+    settings = load_settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        run_dir=run_dir,
+        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        reader_port=free_port(),
+    )
     console.print(infra.redis_up(settings))
     reader = None
     try:
@@ -234,8 +256,13 @@ def main() -> None:
         populate(settings)
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
         env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
-        reader = subprocess.Popen([sys.executable, "-m", "recstream.cli", "serve"], env=env, cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=(run_dir / "reader.log").open("wb"))  # fmt: skip
+        reader = subprocess.Popen(
+            [sys.executable, "-m", "recstream.cli", "serve"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=(run_dir / "reader.log").open("wb"),
+        )
         port = settings.reader_port
         wait_http(f"http://127.0.0.1:{port}/readyz")
         warm = [f"w{n}" for n in range(N_WARM)]
@@ -246,30 +273,55 @@ def main() -> None:
             (f"cold users, {args.concurrency} connections", "closed", cold, args.seconds),
             (f"warm users, {args.rate:,.0f} feeds/s offered", "open", warm, args.seconds),
         ]
-        table = Table(title="reader: GET /v1/feed/{user}?limit=20 (one process, Redis and load on the same 2 cores)")
-        for column in ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "non-200", "degraded"):
+        load_before = os.getloadavg()[0]
+        table = Table(title=f"reader: GET {args.path % '{user}'} (one process; Redis and the load on the same cores)")
+        columns = ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "reader CPU µs/feed", "non-200", "degraded")
+        for column in columns:
             table.add_column(column, justify="left" if column == "phase" else "right")
         results = {}
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             for name, mode, users, seconds in phases:
-                results[name] = r = pool.submit(load, mode, port, users, args.concurrency, args.rate, seconds).result()
+                cpu = cpu_seconds(reader.pid)
+                job = pool.submit(load, mode, port, args.path, users, args.concurrency, args.rate, seconds)
+                results[name] = r = job.result()
+                micros = (cpu_seconds(reader.pid) - cpu) / max(r["requests"], 1) * 1e6
                 if name != "warm-up":
-                    table.add_row(name, f"{r['per_s']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
-                                  f"{r['p999']:.1f}", str(r["errors"]), str(r["degraded"]))  # fmt: skip
+                    table.add_row(
+                        name,
+                        f"{r['per_s']:,.0f}",
+                        f"{r['p50']:.1f}",
+                        f"{r['p99']:.1f}",
+                        f"{r['p999']:.1f}",
+                        f"{micros:,.0f}",
+                        str(r["errors"]),
+                        str(r["degraded"]),
+                    )
         mean_trips, max_trips = round_trips(port)
         console.print(table)
         console.print(f"Redis round trips per feed request: mean {mean_trips:.2f}, max {max_trips:.0f}")
+        console.print(
+            f"{os.cpu_count()} cores; 1-min load average {load_before:.2f} before, "
+            f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every figure)"
+        )
         warm_closed, warm_open = results[phases[1][0]], results[phases[3][0]]
         if not args.no_record:
             today = date.today().isoformat()
-            record({
-                "reader_feeds_per_s": {"value": round(warm_closed["per_s"]), "unit": "feeds/s",
-                                       "command": f"{COMMAND}  # warm users, {args.concurrency} connections",
-                                       "date": today},
-                "reader_p99_ms": {"value": round(warm_open["p99"], 1), "unit": "ms",
-                                  "command": f"{COMMAND}  # warm users at {args.rate:,.0f} feeds/s offered",
-                                  "date": today},
-            })  # fmt: skip
+            record(
+                {
+                    "reader_feeds_per_s": {
+                        "value": round(warm_closed["per_s"]),
+                        "unit": "feeds/s",
+                        "command": f"{COMMAND}  # warm users, {args.concurrency} connections",
+                        "date": today,
+                    },
+                    "reader_p99_ms": {
+                        "value": round(warm_open["p99"], 1),
+                        "unit": "ms",
+                        "command": f"{COMMAND}  # warm users at {args.rate:,.0f} feeds/s offered",
+                        "date": today,
+                    },
+                }
+            )
             console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(REPO)}")
     finally:
         if reader is not None:
