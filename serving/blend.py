@@ -84,14 +84,19 @@ def interleave(
     n = sum(counts.values())
     quota = {s: counts.get(s, 0) for s in SOURCES}
     taken = dict.fromkeys(SOURCES, 0)
-    lists: dict[Source, Iterator[Candidate]] = {s: iter(ranked.get(s, ())) for s in SOURCES}
+    allowed: dict[Source, Iterator[Candidate]] = {
+        s: (c for c in ranked.get(s, ()) if c.item not in exclude) for s in SOURCES
+    }
     heads: dict[Source, Candidate | None] = dict.fromkeys(SOURCES)
     used: set[str] = set()
 
     def head(s: Source) -> Candidate | None:
         current = heads[s]
-        if current is None or current.item in used:
-            current = heads[s] = next((c for c in lists[s] if c.item not in used and c.item not in exclude), None)
+        while current is None or current.item in used:
+            current = next(allowed[s], None)
+            if current is None:
+                break
+        heads[s] = current
         return current
 
     page: list[Served] = []
