@@ -129,7 +129,9 @@ class Reader:
             self._loader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loader_task
-        await self.publisher.close()
+        with contextlib.suppress(Exception):  # a Kafka that is down must not hold the shutdown hostage
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self.publisher.close()
         await self.wire.close()
         await self.loader.wire.close()
 

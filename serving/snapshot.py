@@ -99,7 +99,8 @@ class Categories:
 
 @dataclass
 class Snapshot:
-    """What every feed shares; attributes are replaced whole by the loader, never mutated in place."""
+    """What every feed shares. The loader replaces each attribute whole (a request never sees half a
+    reload), except ``categories``, a cache that fills item by item."""
 
     overall: tuple[str, ...] = ()
     segments: dict[str, Popular] = field(default_factory=dict)
