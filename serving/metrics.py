@@ -1,12 +1,17 @@
 """Prometheus metrics of the reader (all named ``recstream_reader_*``) and the ASGI middleware that times requests.
 
 Route labels are the route *templates* (``/v1/feed/{user_id}``), never raw paths, so a scan of
-random ids cannot blow up the label cardinality.
+random ids cannot blow up the label cardinality. Names are what the dashboards and rules in
+monitoring/ query; rename nothing without changing them in the same commit (tests/monitoring
+runs every panel's and rule's query against a real Prometheus scraping a real reader).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +45,107 @@ POOL_ITEMS = Gauge("recstream_reader_pool_items", "Items in the reader's copy of
 SNAPSHOT_FAILURES = Counter(
     "recstream_reader_snapshot_reload_failures_total", "Background reloads of the shared lists that failed"
 )
+MODEL_INFO = Gauge("recstream_reader_model_info", "The model version in model:current (value 1)", ["version"])
+MODEL_CREATED = Gauge(
+    "recstream_reader_model_created_timestamp_seconds",
+    "UTC creation time of the model in model:current, from its version id (0: no model, or an unparsable id)",
+)
+DISTINCT_SERVED = Gauge(
+    "recstream_reader_distinct_items_served_1h", "Distinct items this reader served in feeds over the last hour"
+)
+DEGRADED_CAUSES = ("timeout", "error", "skipped")
+"""The ``cause`` label of DEGRADED (serving.reader.RedisUnavailable)."""
+
+
+def create_zero_series(feed_route: str, sources: Iterable[str]) -> None:
+    """Create at 0 the labelled series that dashboards divide by and alerts watch.
+
+    A labelled series is born at its first increment, and ``rate()`` cannot see that increment
+    (there is no earlier sample): the first degraded feed would never alert, and a healthy reader
+    would show "No data" where it should show 0.
+    """
+    for kind in ("warm", "cold", "degraded"):
+        FEEDS.labels(kind)
+    for cause in DEGRADED_CAUSES:
+        DEGRADED.labels(feed_route, cause)
+    for kind in ("view", "click"):
+        for source in (*sources, "none", "other"):
+            EVENTS.labels(kind, source)
+
+
+def version_created_at(version: str) -> float | None:
+    """Epoch seconds of a model version id ``YYYYMMDDTHHMMSSZ-xxxxxx`` (models.artifacts.version_id), None if not one.
+
+    >>> version_created_at("20261123T142501Z-0a1b2c")
+    1795443901.0
+    >>> version_created_at("latest") is None
+    True
+    """
+    try:
+        return datetime.strptime(version[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+class ModelVersion:
+    """Mirrors ``model:current`` into MODEL_INFO and MODEL_CREATED, touching them only when it changes.
+
+    Why the reader exports it: it reads ``model:current`` every ``pool_cache_s`` anyway, and the
+    version id encodes when training finished, so "no successful train for N hours" is one PromQL
+    comparison with ``time()`` (monitoring/rules/alerts.yml) without a metric in the trainer.
+    """
+
+    def __init__(self) -> None:
+        self._version: str | None = None
+
+    def observe(self, version: str | None) -> None:
+        if version == self._version:
+            return
+        self._version = version
+        MODEL_INFO.clear()
+        if version is not None:
+            MODEL_INFO.labels(version).set(1)
+        MODEL_CREATED.set((version_created_at(version) if version else None) or 0)
+
+
+class RecentItems:
+    """The distinct items seen within a sliding window (catalogue coverage: items served in the last hour).
+
+    Why in process: a distinct count cannot be derived from counters in PromQL, and a Redis
+    HyperLogLog would add a write to the feed path, which has a budget of two round trips. An
+    OrderedDict in last-seen order expires from its front in O(1) per item, and it holds at most
+    the items served within the window (a subset of the catalogue). Per reader: with several
+    replicas the dashboards take the largest, a lower bound of the union.
+
+    >>> recent = RecentItems(window_s=60)
+    >>> recent.add(["a", "b"], now=0.0); recent.add(["a"], now=30.0)
+    >>> recent.count(now=59.0), recent.count(now=61.0), recent.count(now=91.0)
+    (2, 1, 0)
+    """
+
+    def __init__(self, window_s: float = 3600.0) -> None:
+        self.window_s = window_s
+        self._last: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, items: Iterable[str], now: float) -> None:
+        last = self._last
+        for item in items:
+            last[item] = now
+            last.move_to_end(item)
+        self._expire(now)
+
+    def count(self, now: float | None = None) -> int:
+        self._expire(time.monotonic() if now is None else now)
+        return len(self._last)
+
+    def _expire(self, now: float) -> None:
+        last, horizon = self._last, now - self.window_s
+        while last and next(iter(last.values())) < horizon:
+            last.popitem(last=False)
+
+
+RECENTLY_SERVED = RecentItems()
+DISTINCT_SERVED.set_function(RECENTLY_SERVED.count)
 
 
 class RequestMetrics:

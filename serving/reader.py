@@ -115,6 +115,7 @@ class Reader:
         self.stats = LiveStats()
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
+        metrics.create_zero_series(FEED_ROUTE, SOURCES)
         self._loader_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -180,6 +181,7 @@ class Reader:
         for source, n in counts.items():
             self._served[source].inc(n)
             self.stats.add(f"served:{source}", n)
+        metrics.RECENTLY_SERVED.add((s.item for s in items), now)
         metrics.FEEDS.labels(kind).inc()
         self._trips.observe(trips)
         self.stats.add("feeds")

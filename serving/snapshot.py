@@ -121,6 +121,7 @@ class SnapshotLoader:
         self.snapshot = snapshot
         self._popular_at = -np.inf
         self.healthy = False
+        self.model_metrics = metrics.ModelVersion()
 
     async def run(self) -> None:
         """Reload forever; Redis errors are counted and retried at the next tick, never raised."""
@@ -165,6 +166,7 @@ class SnapshotLoader:
 
         snap.unavailable = frozenset(unavailable)
         snap.model_version = model_version
+        self.model_metrics.observe(model_version)
         views, clicks = replies[len(wanted) :] if created else ([], [])
         snap.pool = self._pool(created, views, clicks, prior, now)
         metrics.POOL_ITEMS.set(len(snap.pool.items))
