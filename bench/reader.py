@@ -241,7 +241,7 @@ def main() -> None:
     parser.add_argument("--path", default=FEED_PATH, help="request path, %%s is the user id")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
     settings = load_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
