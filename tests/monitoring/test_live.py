@@ -1,0 +1,213 @@
+"""No dashboard shows "No data" and no rule evaluates nothing because of a renamed metric.
+
+A real Prometheus (Debian's binary, loopback, 1 s scrapes and rule evaluations, its own storage
+dir, stopped by pid) scrapes a real ``recstream worker`` subprocess and a real reader while
+traffic flows: a world published through Kafka with a trained model (so the personalization
+metrics exist), feeds fetched and their items reported as views and clicks carrying the served
+``source``, and one undecodable message (so the dead-letter counter exists). Then, through the
+HTTP API:
+
+* every dashboard target and every recording rule returns at least one series, and not only NaN;
+* every alert rule returns at least one series once its thresholds are ``bool`` comparisons
+  (``x > 1`` → ``x > bool 1``, tests/monitoring/promql.py): the metrics are there and the label
+  matching works, whether or not the alert would fire;
+* every metric a query names exists in the job that should export it (the reader runs in this
+  process, whose registry may also hold the worker's metric families at 0, so "some series of
+  that name" would not be enough);
+* every rule evaluates without error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from recstream.events import ItemEvent
+from recstream.settings import Settings
+from tests.conftest import WorkerProcess, free_port, wait_until
+from tests.monitoring.promql import PROMETHEUS_CONFIG, Query, dashboard_queries, rule_files, rule_queries
+from tests.serving.conftest import CATEGORIES, LiveReader, build_world
+from tests.streams.scenario import publish, trained
+
+pytestmark = pytest.mark.integration
+
+JOBS = {"recstream_worker_": "recstream-worker", "recstream_reader_": "recstream-reader"}
+TRAFFIC_S = 6.0
+"""Traffic before the first check (rates need a few 1 s scrapes of moving counters); it goes on during the checks."""
+DEADLINE_S = 40.0
+N_NEW_ITEMS = 24
+
+
+class PrometheusProcess:
+    """monitoring/prometheus.yml with the targets rewritten to loopback ports, run as a child process."""
+
+    def __init__(self, tmp: Path, targets: dict[str, str]) -> None:
+        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(path) for path in rule_files()]
+        assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
+        for job in config["scrape_configs"]:
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        with (tmp / "prometheus.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        wait_until(self.ready, timeout_s=30, what="prometheus to be ready")
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, "prometheus exited (see prometheus.log in the test's tmp dir)"
+        try:
+            return self.http.get("/-/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def query(self, expr: str) -> list[dict]:
+        body = self.http.get("/api/v1/query", params={"query": expr}).json()
+        assert body["status"] == "success", f"{expr}: {body}"
+        return body["data"]["result"]
+
+    def rules(self) -> list[dict]:
+        return [rule for group in self.http.get("/api/v1/rules").json()["data"]["groups"] for rule in group["rules"]]
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], PrometheusProcess]]:
+    started: list[PrometheusProcess] = []
+
+    def start(targets: dict[str, str]) -> PrometheusProcess:
+        started.append(PrometheusProcess(tmp_path, targets))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def build_and_apply_world(settings: Settings, tmp: Path, worker_factory: Callable) -> tuple[Settings, WorkerProcess]:
+    """The reader tests' world (tests/serving/conftest.py), applied by a worker whose metrics port we know, plus
+    items created now: the world's new items are days old and graduate by age as soon as live events move the
+    workers' clock, and without a pool the explore panels would have nothing to show."""
+    users, items, events, favourite, _, _ = build_world()
+    settings, _ = asyncio.run(trained(settings, tmp, events, items, candidates_m=100))
+    worker = worker_factory(settings)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    now = int(time.time() * 1000)
+    new = [
+        ItemEvent(op="new", item_id=f"new-{k}", ts=now, created_ts=now, categories=[CATEGORIES[k % len(CATEGORIES)]])
+        for k in range(N_NEW_ITEMS)
+    ]
+    try:
+        asyncio.run(publish(settings, users=users, items=items))
+        wait_until(lambda: client.zcard("rs:pool") == len(items), what="every item in the pool")
+        asyncio.run(publish(settings, events=events))
+        wait_until(lambda: all(client.exists(f"rs:user:{u}:cand") for u in favourite), what="candidate lists")
+        asyncio.run(publish(settings, items=new))
+        wait_until(lambda: all(client.zscore("rs:pool", i.item_id) for i in new), what="new items in the pool")
+    finally:
+        client.close()
+    return settings, worker
+
+
+def feed_traffic(url: str, users: list[str], stop: threading.Event) -> None:
+    """Simulated users: fetch a page, report every item as a view and ~30% as clicks, with the served source."""
+    rng = random.Random(7)
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while not stop.is_set():
+            user = rng.choice(users)
+            page = client.get(f"/v1/feed/{user}", params={"limit": 20}).json()
+            now = int(time.time() * 1000)
+            events = [
+                {"type": kind, "user_id": user, "item_id": i["item_id"], "ts": now, "context": {"source": i["source"]}}
+                for i in page["items"]
+                for kind in (("view", "click") if rng.random() < 0.3 else ("view",))
+            ]
+            if events:
+                assert client.post("/v1/events", json=events).status_code == 202
+
+
+async def send_undecodable(settings: Settings) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.events_topic, b"{not json", key=b"monitoring")
+    finally:
+        await producer.stop()
+
+
+def has_a_number(prometheus: PrometheusProcess, query: Query) -> bool:
+    """At least one series, and not all NaN (0/0: a CTR of a source that served nothing is no figure either)."""
+    return any(series["value"][1] != "NaN" for series in prometheus.query(query.expr))
+
+
+def missing(prometheus: PrometheusProcess, queries: list[Query]) -> list[str]:
+    """What is still absent: queries with no series, metrics absent from the job that should export them."""
+    absent = [f"{q.where}: no series, or only NaN, for {q.expr}" for q in queries if not has_a_number(prometheus, q)]
+    for name in sorted({name for q in queries for name in q.metrics}):
+        job = next((job for prefix, job in JOBS.items() if name.startswith(prefix)), None)
+        selector = f'{name}{{job="{job}"}}' if job else name
+        if not prometheus.query(f"count({selector})"):
+            absent.append(f"metric {selector} does not exist")
+    return absent
+
+
+def test_every_panel_and_rule_query_returns_series_from_a_live_system(
+    isolated_settings, worker_factory, prometheus_factory, tmp_path
+):
+    settings = isolated_settings.model_copy(update={"pool_cache_s": 0.1, "popular_refresh_s": 0.2})
+    settings, worker = build_and_apply_world(settings, tmp_path, worker_factory)
+    users = [f"warm-{k:03d}" for k in range(20)] + [f"cold-{k}" for k in range(6)]
+    queries = dashboard_queries() + rule_queries()
+    stop = threading.Event()
+    with LiveReader(settings) as reader:
+        prometheus = prometheus_factory(
+            {"recstream-worker": f"127.0.0.1:{worker.metrics_port}", "recstream-reader": f"127.0.0.1:{reader.port}"}
+        )
+        traffic = threading.Thread(target=feed_traffic, args=(reader.url, users, stop), daemon=True)
+        traffic.start()
+        try:
+            asyncio.run(send_undecodable(settings))
+            time.sleep(TRAFFIC_S)
+            deadline = time.monotonic() + DEADLINE_S
+            while (absent := missing(prometheus, queries)) and time.monotonic() < deadline:
+                assert traffic.is_alive(), "the traffic thread failed"
+                time.sleep(1)
+            failing_rules = [f"{r['name']}: {r.get('lastError')}" for r in prometheus.rules() if r["health"] != "ok"]
+        finally:
+            stop.set()
+            traffic.join(timeout=20)
+    assert not absent, "\n".join(absent)
+    assert not failing_rules, "\n".join(failing_rules)
+    assert len(queries) > 60
