@@ -3,33 +3,52 @@
 The online user step reads it (r_ui = summed weights, c_ui = 1 + α·r_ui). It is a pure fold
 over the user's events in order, so the same events give the same history however they
 were cut into batches: a restarted worker reproduces every user vector exactly.
+
+In memory a history is a dict ``item → weight`` in recency order (least recent first). Why a
+dict: folding an event is O(1) (pop and re-insert moves the item to the end), and a dict of
+str → float is never tracked by Python's cyclic garbage collector, whereas the stored form
+(a list of ``[item, weight]`` lists) is ~100 tracked objects per user. A worker caches a
+history per user; as lists, full collections over that cache cost more than the rest of a
+live batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
-Entry = list  # [item_id: str, summed weight: float]
+History = dict[str, float]  # item → summed weight, least recent first
 
 
-def merge_history(history: Iterable[Entry], events: Iterable[tuple[str, float]], cap: int) -> list[Entry]:
-    """Fold ``(item, weight)`` events into a recent-first history of at most ``cap`` items.
+def merge_history(history: Mapping[str, float], events: Iterable[tuple[str, float]], cap: int) -> History:
+    """Fold ``(item, weight)`` events into a copy of ``history``, keeping at most ``cap`` items.
 
     The cap applies after every event, not once per call, so an item that fell out and came
     back restarts from zero whether or not both events arrived in the same batch.
 
-    >>> merge_history([["a", 1.0]], [("b", 1.0), ("a", 4.0)], cap=10)
-    [['a', 5.0], ['b', 1.0]]
-    >>> merge_history([["a", 1.0], ["b", 1.0]], [("c", 1.0)], cap=2)
-    [['c', 1.0], ['a', 1.0]]
+    >>> history_rows(merge_history({"a": 1.0}, [("b", 1.0), ("a", 4.0)], cap=10))
+    [('a', 5.0), ('b', 1.0)]
+    >>> history_rows(merge_history({"a": 1.0, "b": 1.0}, [("c", 1.0)], cap=2))
+    [('c', 1.0), ('b', 1.0)]
     """
     if cap <= 0:
         raise ValueError("cap must be > 0")
-    latest: dict[str, float] = {}
-    for item, weight in reversed(list(history)[:cap]):  # oldest first: dict order is recency order
-        latest[item] = float(weight)
+    latest = dict(history)
     for item, weight in events:
         latest[item] = latest.pop(item, 0.0) + weight
         if len(latest) > cap:
             del latest[next(iter(latest))]
-    return [[item, weight] for item, weight in reversed(latest.items())]
+    return latest
+
+
+def history_rows(history: Mapping[str, float]) -> list[tuple[str, float]]:
+    """The stored form, most recent first: ``orjson.dumps`` writes it as ``[[item, weight], …]``."""
+    return list(reversed(history.items()))
+
+
+def history_from_rows(rows: Iterable[Sequence], cap: int) -> History:
+    """Inverse of :func:`history_rows`, keeping the ``cap`` most recent rows.
+
+    >>> history_from_rows([["b", 1], ["a", 2.5]], cap=10)
+    {'a': 2.5, 'b': 1.0}
+    """
+    return {item: float(weight) for item, weight in reversed(list(rows)[:cap])}

@@ -2,12 +2,12 @@
 
 Pure: no Kafka, no Redis. Everything here is an integer sum or a max, so the result does not
 depend on how a stream was cut into batches, which is what lets a restarted worker reproduce
-a clean run exactly.
+a clean run exactly. Deltas are grouped by the Redis key they go to (a segment, a trend epoch,
+a user), because the apply script reads and writes each key in one call.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -21,13 +21,14 @@ DEFAULT_SEGMENT = "default"
 
 @dataclass
 class CounterDeltas:
-    """What a batch adds: per item ``[views, clicks, first_ts]``, per (segment, item), totals, trends."""
+    """What a batch adds: per item ``[views, clicks, first_ts]``, per segment and item ``[views, clicks]``,
+    totals, per trend key and item the fixed-point increment, per user and item the latest ts (seen)."""
 
     items: dict[str, list[int]] = field(default_factory=dict)
-    segments: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
-    totals: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    trend: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    seen: dict[tuple[str, str], int] = field(default_factory=dict)
+    segments: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    trend: dict[str, dict[str, int]] = field(default_factory=dict)
+    seen: dict[str, dict[str, int]] = field(default_factory=dict)
     clock: int = 0
 
 
@@ -42,31 +43,66 @@ def aggregate(
     >>> from recstream.events import Event
     >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12 + k) for k, t in enumerate(["view", "click"])]
     >>> d = aggregate(e, {"u": "age18-24.F"}, half_life_ms=3_600_000, epoch_half_lives=8)
-    >>> d.items["i"], dict(d.segments), dict(d.totals)["clicks:age18-24.F"]
-    ([1, 1, 1000000000000], {('age18-24.F', 'i'): [1, 1]}, 1)
+    >>> d.items["i"], d.segments, d.totals["clicks:age18-24.F"], d.seen
+    ([1, 1, 1000000000000], {'age18-24.F': {'i': [1, 1]}}, 1, {'u': {'i': 1000000000001}})
     """
     deltas = CounterDeltas()
     if not events:
         return deltas
     ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
     current, previous = trend_epochs(ts, half_life_ms, epoch_half_lives)
-    inc_current = trend_increment(ts, current, half_life_ms)
-    inc_previous = trend_increment(ts, previous, half_life_ms)
-    for k, event in enumerate(events):
-        click = event.type == "click"
-        what = "clicks" if click else "views"
-        segment = segment_of_user.get(event.user_id, DEFAULT_SEGMENT)
-        counts = deltas.items.get(event.item_id)
+    # the trend keys this batch touches: (views, clicks) × each distinct epoch, named once
+    epochs = np.unique(np.concatenate([current, previous])).tolist()
+    trend_keys = {
+        (col, e): deltas.trend.setdefault(f"{what}:{e}", {})
+        for col, what in enumerate(("views", "clicks"))
+        for e in epochs
+    }
+    items, segments, seen, totals = deltas.items, deltas.segments, deltas.seen, [0, 0]
+    per_segment: dict[str, list[int]] = {}
+    columns = zip(
+        events,
+        ts.tolist(),
+        current.tolist(),
+        previous.tolist(),
+        trend_increment(ts, current, half_life_ms).tolist(),
+        trend_increment(ts, previous, half_life_ms).tolist(),
+        strict=True,
+    )
+    for event, t, cur, prev, inc_cur, inc_prev in columns:
+        col = 1 if event.type == "click" else 0
+        item, user = event.item_id, event.user_id
+        counts = items.get(item)
         if counts is None:
-            counts = deltas.items[event.item_id] = [0, 0, event.ts]
-        counts[1 if click else 0] += 1
-        counts[2] = min(counts[2], event.ts)
-        deltas.segments[segment, event.item_id][1 if click else 0] += 1
-        deltas.totals[what] += 1
-        deltas.totals[f"{what}:{segment}"] += 1
-        deltas.trend[f"{what}:{int(current[k])}", event.item_id] += int(inc_current[k])
-        deltas.trend[f"{what}:{int(previous[k])}", event.item_id] += int(inc_previous[k])
-        key = (event.user_id, event.item_id)
-        deltas.seen[key] = max(deltas.seen.get(key, 0), event.ts)
-        deltas.clock = max(deltas.clock, event.ts)
+            items[item] = [1 - col, col, t]
+        else:
+            counts[col] += 1
+            if t < counts[2]:
+                counts[2] = t
+        segment = segment_of_user.get(user, DEFAULT_SEGMENT)
+        seg_items = segments.get(segment)
+        if seg_items is None:
+            seg_items = segments[segment] = {}
+            per_segment[segment] = [0, 0]
+        seg_counts = seg_items.get(item)
+        if seg_counts is None:
+            seg_items[item] = [1 - col, col]
+        else:
+            seg_counts[col] += 1
+        per_segment[segment][col] += 1
+        totals[col] += 1
+        key = trend_keys[col, cur]
+        key[item] = key.get(item, 0) + inc_cur
+        key = trend_keys[col, prev]
+        key[item] = key.get(item, 0) + inc_prev
+        user_seen = seen.get(user)
+        if user_seen is None:
+            seen[user] = {item: t}
+        elif t > user_seen.get(item, 0):
+            user_seen[item] = t
+    deltas.totals = {name: n for name, n in zip(("views", "clicks"), totals, strict=True) if n}
+    for segment, (views, clicks) in per_segment.items():
+        deltas.totals.update({f"{name}:{segment}": n for name, n in (("views", views), ("clicks", clicks)) if n})
+    deltas.trend = {suffix: increments for suffix, increments in deltas.trend.items() if increments}
+    deltas.clock = int(ts.max())
     return deltas

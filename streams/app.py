@@ -18,6 +18,8 @@ from redis.asyncio import Redis
 from recstream.events import Kind
 from recstream.settings import Settings
 from streams import metrics
+from streams.heap import freeze_long_lived
+from streams.kafka_transport import ShortFetchTransport
 from streams.live_model import LiveModel, follow_items
 from streams.processor import BatchProcessor, DeadLetter, Message
 from streams.state import StateStore
@@ -40,6 +42,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=settings.batch_max,
         broker_commit_interval=1.0,
     )
+    app.transport = ShortFetchTransport(app.conf.broker_consumer, app, settings.fetch_max_wait_ms)
     redis = Redis.from_url(settings.redis_url, socket_timeout=30)
     store = StateStore(redis, settings)
     dlq = app.topic(settings.dlq_topic, value_serializer="raw", key_serializer="raw")
@@ -63,6 +66,10 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def item_feed() -> None:
         await follow_items(settings, model)
+
+    @app.task
+    async def settle_heap() -> None:
+        freeze_long_lived()  # everything imported and built by now stays for the worker's life
 
     def messages(batch: Sequence[EventT]) -> list[Message]:
         out = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in batch]

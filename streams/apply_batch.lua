@@ -8,9 +8,15 @@
 -- effectively-once (see streams/state.py for the whole argument).
 --
 -- ARGV[1] is a JSON payload built by streams/state.py; ARGV[2..] are binary values that
--- payload.blobs refers to by index. Numbers that must stay exact (counts, offsets, trend
--- increments) arrive as strings; scores leave as '%.17g' strings so no digit is lost.
--- Key names follow recstream/keys.py.
+-- payload.blobs refers to by index. Counts, timestamps and trend increments are integers
+-- below 2^53, exact as Lua doubles. A number passed to redis.call is sent as '%.17g' (exact:
+-- integers print as integers, scores round-trip); only a number put into a string by Lua
+-- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/keys.py.
+--
+-- Cost: the script blocks Redis while it runs, and a redis.call costs a few microseconds
+-- whatever it does, so every step reads and writes a whole key per call (HMGET, ZMSCORE,
+-- SMISMEMBER, multi-field HSET and ZADD, MSET) instead of a call per event, item or segment.
+-- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls.
 
 local p = cjson.decode(ARGV[1])
 local P = p.prefix .. ':'
@@ -26,6 +32,26 @@ local function num(x) return tonumber(x) or 0 end
 local function fmt(x) return string.format('%.17g', x) end
 -- (clicks + m·p) / (views + m), the same IEEE operations as models.ctr.smoothed_ctr
 local function ctr(c, v, prior, m) return (c + m * prior) / (v + m) end
+
+-- `cmd key [flag] args...` in chunks: unpack() fails above ~8000 values (an even size keeps pairs
+-- whole); the replies of a read are concatenated (a missing value is false, never a hole).
+local CHUNK = 4000
+local function many(cmd, key, args, flag)
+  local out = {}
+  for first = 1, #args, CHUNK do
+    local last = math.min(first + CHUNK - 1, #args)
+    local reply
+    if flag then
+      reply = redis.call(cmd, key, flag, unpack(args, first, last))
+    else
+      reply = redis.call(cmd, key, unpack(args, first, last))
+    end
+    if type(reply) == 'table' then
+      for k = 1, #reply do out[#out + 1] = reply[k] end
+    end
+  end
+  return out
+end
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
@@ -47,34 +73,58 @@ for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, avai
   end
 end
 
--- 3. counters: all-time per item, per segment, and totals
+-- 3. counters: all-time per item, per segment, and totals (read all, add, write all)
 local touched = {}
 local touched_list = {}
 local function touch(item)
   if not touched[item] then touched[item] = true; touched_list[#touched_list + 1] = item end
 end
-for _, it in ipairs(p.items) do  -- {item, views, clicks, first_ts}
-  redis.call('HINCRBY', P .. 'views', it[1], it[2])  -- even +0: every counted item has a views field
-  if it[3] ~= '0' then redis.call('HINCRBY', P .. 'clicks', it[1], it[3]) end
-  -- an item first seen in an event joins the pool, as if announced at that moment
-  if redis.call('HSETNX', P .. 'item:' .. it[1], 'created_ts', it[4]) == 1 then
-    redis.call('HSET', P .. 'item:' .. it[1], 'available', '1')
-    redis.call('ZADD', P .. 'pool', 'NX', it[4], it[1])
+local names = {}
+for k, it in ipairs(p.items) do names[k] = it[1] end  -- p.items: {item, {views, clicks, first_ts}}
+local old_views, old_clicks = many('HMGET', P .. 'views', names), many('HMGET', P .. 'clicks', names)
+local new_views, views_args, clicks_args = {}, {}, {}
+for k, it in ipairs(p.items) do
+  local item, d = it[1], it[2]
+  new_views[k] = num(old_views[k]) + d[1]
+  views_args[#views_args + 1] = item  -- even +0: every counted item has a views field
+  views_args[#views_args + 1] = new_views[k]
+  if d[2] ~= 0 then
+    clicks_args[#clicks_args + 1] = item
+    clicks_args[#clicks_args + 1] = num(old_clicks[k]) + d[2]
   end
-  touch(it[1])
+  -- an item first counted here joins the pool, as if announced at that moment (unless it was announced)
+  if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
+    redis.call('HSET', P .. 'item:' .. item, 'available', '1')
+    redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+  end
+  touch(item)
 end
-for _, it in ipairs(p.segs) do  -- {segment, item, views, clicks}
-  redis.call('SADD', P .. 'segments', it[1])
-  redis.call('HINCRBY', P .. 'seg:' .. it[1] .. ':views', it[2], it[3])
-  if it[4] ~= '0' then redis.call('HINCRBY', P .. 'seg:' .. it[1] .. ':clicks', it[2], it[4]) end
+many('HSET', P .. 'views', views_args)
+many('HSET', P .. 'clicks', clicks_args)
+for _, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
+  local key = P .. 'seg:' .. seg[1] .. ':'
+  redis.call('SADD', P .. 'segments', seg[1])
+  local seg_items = {}
+  for k, it in ipairs(seg[2]) do seg_items[k] = it[1] end
+  local sv, sc = many('HMGET', key .. 'views', seg_items), many('HMGET', key .. 'clicks', seg_items)
+  local sv_args, sc_args = {}, {}
+  for k, it in ipairs(seg[2]) do
+    sv_args[#sv_args + 1] = it[1]
+    sv_args[#sv_args + 1] = num(sv[k]) + it[2][1]
+    if it[2][2] ~= 0 then
+      sc_args[#sc_args + 1] = it[1]
+      sc_args[#sc_args + 1] = num(sc[k]) + it[2][2]
+    end
+  end
+  many('HSET', key .. 'views', sv_args)
+  many('HSET', key .. 'clicks', sc_args)
 end
 for _, t in ipairs(p.totals) do redis.call('HINCRBY', P .. 'totals', t[1], t[2]) end
 for _, item in ipairs(became_available) do touch(item) end
 
 -- 4. smoothed-CTR rankings under the quantized global prior (models.ctr.quantize_ctr)
-local tv = num(redis.call('HGET', P .. 'totals', 'views'))
-local tc = num(redis.call('HGET', P .. 'totals', 'clicks'))
-local raw = ctr(tc, tv, cfg.default_ctr, cfg.default_mass)
+local totals = redis.call('HMGET', P .. 'totals', 'views', 'clicks')
+local raw = ctr(num(totals[2]), num(totals[1]), cfg.default_ctr, cfg.default_mass)
 local q = math.exp(math.floor(math.log(raw) / cfg.log_step + 0.5) * cfg.log_step)
 local q_str = fmt(q)
 local full = redis.call('GET', P .. 'prior') ~= q_str
@@ -82,37 +132,55 @@ if full then
   redis.call('SET', P .. 'prior', q_str)
   touched_list = redis.call('HKEYS', P .. 'views')
 end
-local segments = redis.call('SMEMBERS', P .. 'segments')
-for _, item in ipairs(touched_list) do
-  if redis.call('SISMEMBER', P .. 'unavailable', item) == 0 then
-    local g = ctr(num(redis.call('HGET', P .. 'clicks', item)), num(redis.call('HGET', P .. 'views', item)), q, cfg.m)
-    redis.call('ZADD', P .. 'rank', fmt(g), item)
-    for _, s in ipairs(segments) do
-      local sv = redis.call('HGET', P .. 'seg:' .. s .. ':views', item)
-      if sv then
-        local sc = num(redis.call('HGET', P .. 'seg:' .. s .. ':clicks', item))
-        redis.call('ZADD', P .. 'rank:' .. s, fmt(ctr(sc, tonumber(sv), g, cfg.m)), item)
-      end
+local hidden = many('SMISMEMBER', P .. 'unavailable', touched_list)
+local live = {}
+for k, item in ipairs(touched_list) do
+  if hidden[k] == 0 then live[#live + 1] = item end
+end
+local views, clicks = many('HMGET', P .. 'views', live), many('HMGET', P .. 'clicks', live)
+local global, rank_args = {}, {}
+for k, item in ipairs(live) do
+  global[k] = ctr(num(clicks[k]), num(views[k]), q, cfg.m)
+  rank_args[#rank_args + 1] = global[k]
+  rank_args[#rank_args + 1] = item
+end
+many('ZADD', P .. 'rank', rank_args)
+-- a segment score leans on the item's global score, so every segment that counts the item moves
+for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do
+  local sv = many('HMGET', P .. 'seg:' .. s .. ':views', live)
+  local sc = many('HMGET', P .. 'seg:' .. s .. ':clicks', live)
+  local args = {}
+  for k, item in ipairs(live) do
+    if sv[k] then
+      args[#args + 1] = ctr(num(sc[k]), tonumber(sv[k]), global[k], cfg.m)
+      args[#args + 1] = item
     end
   end
+  many('ZADD', P .. 'rank:' .. s, args)
 end
 
 -- 5. trending: fixed-point decayed counts (models.ctr.trend_increment), exact integer sums
-local expiring = {}
-for _, t in ipairs(p.trend) do  -- {key suffix, item, increment}
-  redis.call('ZINCRBY', P .. 'trend:' .. t[1], t[3], t[2])
-  expiring[t[1]] = true
-end
-for suffix, _ in pairs(expiring) do redis.call('EXPIRE', P .. 'trend:' .. suffix, cfg.trend_ttl_s) end
-
--- 6. the new-item pool: graduation by views (touched items) or by age (event time)
-local clock = math.max(num(redis.call('GET', P .. 'clock')), num(p.clock))
-redis.call('SET', P .. 'clock', string.format('%d', clock))
-local graduated = {}
-for _, it in ipairs(p.items) do
-  if redis.call('ZSCORE', P .. 'pool', it[1]) and num(redis.call('HGET', P .. 'views', it[1])) >= cfg.graduate_views then
-    graduated[#graduated + 1] = it[1]
+for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
+  local key = P .. 'trend:' .. t[1]
+  local trend_items = {}
+  for k, it in ipairs(t[2]) do trend_items[k] = it[1] end
+  local old = many('ZMSCORE', key, trend_items)
+  local args = {}
+  for k, it in ipairs(t[2]) do
+    args[#args + 1] = num(old[k]) + it[2]
+    args[#args + 1] = it[1]
   end
+  many('ZADD', key, args)
+  redis.call('EXPIRE', key, cfg.trend_ttl_s)
+end
+
+-- 6. the new-item pool: graduation by views (counted items) or by age (event time)
+local clock = math.max(num(redis.call('GET', P .. 'clock')), p.clock)
+redis.call('SET', P .. 'clock', clock)
+local graduated = {}
+local in_pool = many('ZMSCORE', P .. 'pool', names)
+for k, item in ipairs(names) do
+  if in_pool[k] and new_views[k] >= cfg.graduate_views then graduated[#graduated + 1] = item end
 end
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', '(' .. string.format('%d', clock - cfg.graduate_age_ms))) do
   graduated[#graduated + 1] = item
@@ -123,17 +191,24 @@ for _, item in ipairs(graduated) do
 end
 
 -- 7. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
-local capped = {}
-for _, s in ipairs(p.seen) do  -- {user, item, ts}
-  redis.call('ZADD', P .. 'user:' .. s[1] .. ':seen', 'GT', s[3], s[2])
-  capped[s[1]] = true
-end
-for user, _ in pairs(capped) do
-  redis.call('ZREMRANGEBYRANK', P .. 'user:' .. user .. ':seen', 0, -(cfg.seen_cap + 1))
+for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
+  local key = P .. 'user:' .. u[1] .. ':seen'
+  local args = {}
+  for _, s in ipairs(u[2]) do
+    args[#args + 1] = s[2]
+    args[#args + 1] = s[1]
+  end
+  many('ZADD', key, args, 'GT')
+  redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.seen_cap + 1))
 end
 for _, u in ipairs(p.user_segments) do redis.call('HSET', P .. 'user:seg', u[1], u[2]) end
+local blob_args = {}
 for _, b in ipairs(p.blobs) do  -- {key suffix, argv index}: user hist/vec/cand/prefs, item similar
-  redis.call('SET', P .. b[1], ARGV[b[2]])
+  blob_args[#blob_args + 1] = P .. b[1]
+  blob_args[#blob_args + 1] = ARGV[b[2]]
+end
+for first = 1, #blob_args, CHUNK do
+  redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
 end
 
 -- 8. the watermarks move with the effect they cover

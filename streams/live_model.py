@@ -21,6 +21,7 @@ from models.artifacts import ArtifactError, read_model
 from recstream.events import ItemEvent, decode
 from recstream.settings import Settings
 from streams import metrics
+from streams.heap import freeze_long_lived
 from streams.personalize import Personalizer
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class LiveModel:
         for item in self.items.values():
             fresh.apply_item(item)
         self.current = fresh
+        freeze_long_lived()  # after the swap: the old version is collected unless still referenced
         metrics.MODEL_INFO.clear()
         metrics.MODEL_INFO.labels(version).set(1)
         metrics.INDEX_SIZE.set(len(fresh.index))

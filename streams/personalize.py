@@ -21,7 +21,7 @@ import orjson
 from models.als import confidence
 from models.artifacts import ModelArtifacts
 from models.content_map import onboarding_vector
-from models.history import Entry, merge_history
+from models.history import History, history_rows, merge_history
 from models.user_step import ALSStep
 from recstream.events import Event, ItemEvent
 
@@ -88,8 +88,8 @@ class Personalizer:
     # --- users ---------------------------------------------------------------------------
 
     def update_users(
-        self, events: Sequence[Event], histories: Mapping[str, list[Entry]]
-    ) -> tuple[list[Blob], dict[str, list[Entry]]]:
+        self, events: Sequence[Event], histories: Mapping[str, History]
+    ) -> tuple[list[Blob], dict[str, History]]:
         """New history of every user in ``events`` (in stream order); new vector and candidates for
         users with a *refresh point* in the batch: a click, or their very first event.
 
@@ -109,10 +109,10 @@ class Personalizer:
                 refresh_at[event.user_id] = len(seq)
             seq.append((event.item_id, weights[event.type]))
         blobs: list[Blob] = []
-        new_histories: dict[str, list[Entry]] = {}
+        new_histories: dict[str, History] = {}
         refreshed, at_refresh = [], []
         for user, seq in per_user.items():
-            history = histories.get(user, [])
+            history = histories.get(user, {})
             if user in refresh_at:
                 cut = refresh_at[user] + 1
                 history = merge_history(history, seq[:cut], self.history_cap)
@@ -120,7 +120,7 @@ class Personalizer:
                 at_refresh.append(history)
                 seq = seq[cut:]
             new_histories[user] = merge_history(history, seq, self.history_cap)
-            blobs.append((f"user:{user}:hist", orjson.dumps(new_histories[user])))
+            blobs.append((f"user:{user}:hist", orjson.dumps(history_rows(new_histories[user]))))
         return blobs + self._vectors_and_candidates(refreshed, at_refresh), new_histories
 
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
@@ -130,14 +130,14 @@ class Personalizer:
         vectors = np.array([onboarding_vector(self.step, self.content_map, picks[u], one_click) for u in users])
         return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users])
 
-    def _vectors_and_candidates(self, users: list[str], histories: list[list[Entry]]) -> list[Blob]:
+    def _vectors_and_candidates(self, users: list[str], histories: list[History]) -> list[Blob]:
         """One exact step per user. Not `solve_batch`: its rounding depends on the other histories
         stacked with it, so a restarted worker (other batches) would drift at 1e-7 and flip
         tied candidates; and on real histories (mixed lengths) the single path measured faster."""
         vectors = np.zeros((len(users), self.step.dim), dtype=np.float32)
         known: list[list[int]] = []
         for k, history in enumerate(histories):
-            entries = [e for e in history if e[0] in self.rows]
+            entries = [e for e in history_rows(history) if e[0] in self.rows]
             rows = [self.rows[e[0]] for e in entries]
             vectors[k] = self.step.solve(
                 np.asarray(rows, dtype=np.intp), confidence(np.array([e[1] for e in entries]), self.cfg)
@@ -149,8 +149,7 @@ class Personalizer:
         active = [k for k in range(len(users)) if np.any(vectors[k])]
         if not active:
             return []
-        excluded = [self._ids[history_rows[k]].tolist() for k in active]
-        found = self.index.query_batch(vectors[active], self.candidates, exclude_per_row=excluded)
+        found = self._query(vectors[active], [self._ids[history_rows[k]].tolist() for k in active])
         factors = self.step.factors
         blobs: list[Blob] = []
         for k, candidates in zip(active, found, strict=True):
@@ -158,6 +157,26 @@ class Personalizer:
             blobs.append((f"user:{user}:vec", vectors[k].astype("<f4").tobytes()))
             blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, history_rows[k], factors))))
         return blobs
+
+    def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:
+        """Top-M per row minus that row's exclusions, each row a function of its own vector and exclusions alone.
+
+        Why grouped: ``query_batch`` fetches k + the largest exclusion count among its rows and hnswlib searches
+        with ef = max(ef, fetch), so a row queried beside a longer history would search wider, and which of several
+        exactly tied items (new items with the same content vector) make its list would depend on who shared its
+        batch: a restarted worker would not reproduce a clean run. Rows with equal exclusion counts search alike.
+        """
+        groups: dict[int, list[int]] = {}
+        for k, items in enumerate(excluded):
+            groups.setdefault(sum(item in self.index for item in items), []).append(k)
+        found: list[list[tuple[str, float]]] = [[] for _ in excluded]
+        for rows in groups.values():
+            results = self.index.query_batch(
+                vectors[rows], self.candidates, exclude_per_row=[excluded[k] for k in rows]
+            )
+            for k, result in zip(rows, results, strict=True):
+                found[k] = result
+        return found
 
     def _explain(self, candidates: list[tuple[str, float]], history_rows: list[int], factors: np.ndarray) -> list:
         """[[item, score, because]]: because = the recent history item whose factor is most like the candidate's

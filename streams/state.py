@@ -30,6 +30,7 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
+from models.history import History, history_from_rows
 from recstream.keys import Keys
 from recstream.settings import Settings
 from streams.aggregate import CounterDeltas
@@ -50,13 +51,13 @@ class Effect:
     meta: list[tuple[str, str, int | None, int, bool]] = field(default_factory=list)  # item, cats, created, ts, avail
     user_segments: dict[str, str] = field(default_factory=dict)
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
-    histories: dict[str, list] = field(default_factory=dict)  # users' new histories (also in blobs)
+    histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
 
 
 @dataclass(frozen=True)
 class UserContext:
     segments: dict[str, str]
-    histories: dict[str, list]
+    histories: dict[str, History]
     model_version: str | None
 
 
@@ -75,7 +76,7 @@ class StateStore:
         self.keys = Keys(settings.redis_prefix)
         self.settings = settings
         self._script = redis.register_script(SCRIPT)
-        self._histories: dict[str, list] = {}
+        self._histories: dict[str, History] = {}
         self._cfg = {
             "m": settings.ctr_prior_mass,
             "default_ctr": settings.ctr_default,
@@ -108,14 +109,14 @@ class StateStore:
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
         for user, raw in zip(missing, fetched[0] if fetched else [], strict=True):
             if raw is not None:
-                histories[user] = orjson.loads(raw)
+                histories[user] = history_from_rows(orjson.loads(raw), self.settings.history_cap)
         return UserContext(
             segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
             histories=histories,
             model_version=version.decode() if version else None,
         )
 
-    def remember_histories(self, histories: dict[str, list]) -> None:
+    def remember_histories(self, histories: dict[str, History]) -> None:
         """Cache the histories a successfully applied batch wrote (least recently written evicted first)."""
         for user, history in histories.items():
             self._histories.pop(user, None)
@@ -129,23 +130,22 @@ class StateStore:
     async def apply(self, effect: Effect) -> Applied:
         """Run the batch script; raises :class:`StaleWatermark` if a watermark moved meanwhile."""
         c = effect.counters
-        blobs = [[suffix, k + 2] for k, (suffix, _) in enumerate(effect.blobs)]  # ARGV[1] is the payload
         payload = {
             "prefix": self.keys.prefix,
             "cfg": self._cfg,
-            "wm": [[tp, _wm(old), str(new)] for tp, (old, new) in effect.watermarks.items()],
+            "wm": [(tp, _wm(old), str(new)) for tp, (old, new) in effect.watermarks.items()],
             "meta": [
-                [i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0"]
+                (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0")
                 for i, cats, created, ts, avail in effect.meta
             ],
-            "items": [[i, str(v), str(k), str(first)] for i, (v, k, first) in c.items.items()],
-            "segs": [[s, i, str(v), str(k)] for (s, i), (v, k) in c.segments.items()],
-            "totals": [[name, str(n)] for name, n in c.totals.items()],
-            "trend": [[suffix, item, str(n)] for (suffix, item), n in c.trend.items()],
-            "seen": [[u, i, str(ts)] for (u, i), ts in c.seen.items()],
-            "clock": str(c.clock),
-            "user_segments": [[u, s] for u, s in effect.user_segments.items()],
-            "blobs": blobs,
+            "items": list(c.items.items()),
+            "segs": [(s, list(counts.items())) for s, counts in c.segments.items()],
+            "totals": list(c.totals.items()),
+            "trend": [(suffix, list(increments.items())) for suffix, increments in c.trend.items()],
+            "seen": [(u, list(items.items())) for u, items in c.seen.items()],
+            "clock": c.clock,
+            "user_segments": list(effect.user_segments.items()),
+            "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
         }
         result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])
         if result[0] == b"stale":

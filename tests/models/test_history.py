@@ -1,22 +1,46 @@
 from __future__ import annotations
 
+import gc
 import random
 
-from models.history import merge_history
+import orjson
+
+from models.history import history_from_rows, history_rows, merge_history
 
 
 def test_history_is_the_same_however_events_are_batched():
     rng = random.Random(0)
     events = [(f"i{rng.randrange(12)}", rng.choice([1.0, 4.0])) for _ in range(500)]
-    whole = merge_history([], events, cap=8)
+    whole = merge_history({}, events, cap=8)
     for _ in range(20):
         cuts = sorted(rng.sample(range(1, len(events)), 15))
-        history: list = []
+        history: dict = {}
         for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True):
             history = merge_history(history, events[start:end], cap=8)
-        assert history == whole
+        assert history_rows(history) == history_rows(whole)
 
 
 def test_history_is_recent_first_capped_and_sums_weights():
-    history = merge_history([], [("a", 1.0), ("b", 1.0), ("a", 4.0), ("c", 1.0)], cap=2)
-    assert history == [["c", 1.0], ["a", 5.0]]
+    history = merge_history({}, [("a", 1.0), ("b", 1.0), ("a", 4.0), ("c", 1.0)], cap=2)
+    assert history_rows(history) == [("c", 1.0), ("a", 5.0)]
+
+
+def test_merge_leaves_its_input_alone():
+    before = {"a": 1.0}
+    merge_history(before, [("b", 1.0), ("a", 1.0)], cap=1)
+    assert before == {"a": 1.0}
+
+
+def test_stored_form_round_trips_and_reloading_applies_the_cap():
+    history = merge_history({}, [("a", 1.0), ("b", 4.0), ("c", 1.0)], cap=10)
+    stored = orjson.dumps(history_rows(history))
+    assert stored == b'[["c",1.0],["b",4.0],["a",1.0]]'
+    assert history_from_rows(orjson.loads(stored), cap=10) == history
+    assert history_rows(history_from_rows(orjson.loads(stored), cap=2)) == [("c", 1.0), ("b", 4.0)]
+
+
+def test_a_cached_history_is_invisible_to_the_cyclic_gc():
+    """Why the in-memory form is a dict: a worker caches one per user, and tracked objects there
+    make every full collection slower."""
+    history = merge_history({}, [(f"i{k}", 1.0) for k in range(100)], cap=100)
+    assert not gc.is_tracked(history)
