@@ -28,6 +28,7 @@ from serving.redis_wire import RedisWire, Script
 CURSOR_PATTERN = r"^[0-9a-f]{16}\.[1-9][0-9]{0,5}$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 MAX_PAGE = 999_999
+"""The last page a session serves (the cursor's page number has at most six digits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,10 @@ class Cursor:
 
     def following(self) -> Cursor:
         return Cursor(self.session, self.page + 1)
+
+    @property
+    def last(self) -> bool:
+        return self.page >= MAX_PAGE
 
     @property
     def text(self) -> str:

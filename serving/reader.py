@@ -160,7 +160,10 @@ class Reader:
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
             return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started)
-        return self._feed_answer(user_id, page.items, position, seed, "warm" if page.warm else "cold", None, 2, started)
+        following = None if position.last else position
+        return self._feed_answer(
+            user_id, page.items, following, seed, "warm" if page.warm else "cold", None, 2, started
+        )
 
     def _feed_answer(
         self,
