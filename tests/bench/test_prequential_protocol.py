@@ -1,0 +1,135 @@
+"""The prequential schedule is what the benchmark's numbers rest on: these tests pin what it promises.
+
+Above all: before every scored click, exactly that user's earlier ratings have been published (the
+candidate rows' claim to be strict-order exact), and the clicked rating itself has not.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recstream.events import Event, ItemEvent
+from recstream.sources import Record, movielens
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from prequential_protocol import (
+    Popularity,
+    Rating,
+    Round,
+    first_uses,
+    group_ratings,
+    in_order,
+    rounds,
+    split,
+    top_k,
+)
+
+MOVIELENS = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
+T0 = 10**12  # event timestamps must look like real epoch milliseconds
+
+
+def rating(position: int, user: str, click: bool) -> Rating:
+    view = Event(type="view", user_id=user, item_id=f"i{position}", ts=T0 + position)
+    events = (view, view.model_copy(update={"type": "click"})) if click else (view,)
+    return Rating(position, events)
+
+
+tails = st.lists(st.tuples(st.sampled_from("abcde"), st.booleans()), max_size=60).map(
+    lambda rows: [rating(k, user, click) for k, (user, click) in enumerate(rows)]
+)
+
+
+def check_prefixes(tail: list[Rating], schedule: list[Round]) -> None:
+    """Every click scored once, in per-user order, after exactly the same user's earlier ratings."""
+    published: list[Rating] = []
+    scored: list[Rating] = []
+    for step in schedule:
+        published += step.publish
+        for target in step.score:
+            mine = {r.position for r in published if r.user_id == target.user_id}
+            earlier = {r.position for r in tail if r.user_id == target.user_id and r.position < target.position}
+            assert mine == earlier
+            scored.append(target)
+    assert sorted(r.position for r in scored) == [r.position for r in tail if r.click]
+    positions = [r.position for r in published]
+    assert len(positions) == len(set(positions)), "a rating was published twice"
+
+
+@settings(max_examples=300, deadline=None)
+@given(tails)
+def test_rounds_publish_exactly_each_users_earlier_ratings_before_a_fetch(tail):
+    check_prefixes(tail, rounds(tail))
+
+
+@settings(max_examples=100, deadline=None)
+@given(tails)
+def test_in_order_is_the_strict_protocol(tail):
+    schedule = in_order(tail)
+    check_prefixes(tail, schedule)
+    published: list[int] = []
+    for step in schedule:
+        published += [r.position for r in step.publish]
+        assert published == list(range(step.score[0].position)), "strictly in order: everything before the click"
+
+
+@settings(max_examples=100, deadline=None)
+@given(tails)
+def test_rounds_take_as_many_rounds_as_the_busiest_user_has_clicks(tail):
+    clicks: dict[str, int] = {}
+    for r in tail:
+        clicks[r.user_id] = clicks.get(r.user_id, 0) + r.click
+    assert len(rounds(tail)) == max(clicks.values(), default=0)
+    for step in rounds(tail):
+        assert [r.position for r in step.publish] == sorted(r.position for r in step.publish)
+        assert len({r.user_id for r in step.score}) == len(step.score), "one click per user and round"
+
+
+def test_a_click_joins_its_own_view_only():
+    e = lambda kind, user, item, ts: Record("event", Event(type=kind, user_id=user, item_id=item, ts=T0 + ts))  # noqa: E731
+    item = ItemEvent(op="new", item_id="a", ts=T0, created_ts=T0)
+    stream = group_ratings(
+        [Record("item", item), e("view", "u", "a", 1), e("click", "u", "a", 1), e("view", "u", "a", 2),
+         e("click", "v", "a", 2), e("click", "u", "a", 3)]
+    )  # fmt: skip
+    assert [[ev.type for ev in r.events] for r in stream.ratings] == [["view", "click"], ["view"], ["click"], ["click"]]
+    assert [r.position for r in stream.ratings] == [0, 2, 3, 4]
+    assert stream.items == {"a": item}
+    assert stream.events == 5
+
+
+def test_split_moves_the_cut_to_the_end_of_a_rating():
+    ratings = [rating(0, "u", True), rating(2, "u", False), rating(3, "v", True)]  # events 0-1, 2, 3-4
+    history, tail = split(ratings, 0.2)  # cut at event 1: inside the first rating
+    assert [r.position for r in history] == [0]
+    assert [r.position for r in tail] == [2, 3]
+
+
+@pytest.mark.skipif(not MOVIELENS.is_dir(), reason="MovieLens 100K is not at ../shared/data/ml-100k")
+def test_movielens_split_keeps_every_tail_click_with_its_view():
+    stream = group_ratings(movielens(MOVIELENS))
+    history, tail = split(stream.ratings, 0.8)
+    assert len(history) + len(tail) == 100_000
+    assert sum(len(r.events) for r in history) >= int(0.8 * stream.events)
+    assert all(r.events[0].type == "view" for r in tail)
+    assert all(len(r.events) == 2 for r in tail if r.click)
+
+
+def test_popularity_counts_clicks_and_breaks_ties_by_first_click():
+    popular = Popularity()
+    clicks = [("c", "click"), ("a", "click"), ("b", "view"), ("b", "view"), ("a", "click"), ("d", "click")]
+    popular.add(Event(type=kind, user_id="u", item_id=item, ts=T0) for item, kind in clicks)
+    assert popular.top(exclude=set(), k=10) == ["a", "c", "d"]
+    assert popular.top(exclude={"a"}, k=1) == ["c"]
+
+
+def test_top_k_and_first_uses():
+    assert top_k(iter(["a", "b", "c"]), {"a"}, k=5) == ["b", "c"]
+    tail = [rating(0, "u", False), rating(1, "v", True), rating(2, "u", True)]
+    assert list(first_uses(tail, {"i1"}, "item")) == ["i0", "i2"]
+    assert list(first_uses(tail, set(), "user")) == ["u", "v"]
