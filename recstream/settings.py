@@ -51,8 +51,9 @@ class Settings(BaseSettings):
     # stream workers
     worker_group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
     batch_max: int = Field(5_000, gt=0, le=100_000, description="Kafka messages per processed batch, at most")
-    batch_wait_s: float = Field(0.05, gt=0, le=10, description="how long a batch waits to fill")
+    batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")
+    fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
     worker_metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
     history_cap: int = Field(100, gt=0, le=10_000, description="items kept in a user's history for the user step")

@@ -42,7 +42,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_every=settings.batch_max,
         broker_commit_interval=1.0,
     )
-    app.transport = ShortFetchTransport(app.conf.broker_consumer, app, settings.fetch_max_wait_ms)
+    app.transport = ShortFetchTransport(
+        app.conf.broker_consumer, app, settings.fetch_max_wait_ms, settings.fetch_min_bytes
+    )
     redis = Redis.from_url(settings.redis_url, socket_timeout=30)
     store = StateStore(redis, settings)
     dlq = app.topic(settings.dlq_topic, value_serializer="raw", key_serializer="raw")

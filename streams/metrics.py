@@ -6,6 +6,7 @@ without changing them in the same commit (a test runs every panel's query).
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("recstream_worker_events_total", "Valid events applied to Redis", ["topic", "type"])
@@ -43,10 +44,27 @@ USER_STEP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )  # fmt: skip
 CANDIDATE_REFRESH = Histogram(
-    "recstream_worker_candidate_refresh_seconds", "A user's latest event to their candidate list in Redis",
+    "recstream_worker_candidate_refresh_seconds", "A click (or first event) to the user's new candidate list in Redis",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30),
 )  # fmt: skip
 INDEX_SIZE = Gauge("recstream_worker_index_items", "Live items in this worker's HNSW index")
 ITEM_INSERTS = Counter("recstream_worker_index_inserts_total", "New items appended to the HNSW index")
 MODEL_INFO = Gauge("recstream_worker_model_info", "The model version this worker serves (value 1)", ["version"])
 MODEL_LOAD_FAILURES = Counter("recstream_worker_model_load_failures_total", "Model versions that failed to load")
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every v, with one bucket increment per bucket instead of per value.
+
+    Why: the freshness histogram takes one observation per event, and a live batch holds thousands;
+    per-value ``observe`` was ~2.5 µs each. This adds to the same per-bucket counters ``observe``
+    uses (prometheus_client internals: ``_upper_bounds``, ``_buckets``, ``_sum``; a test checks the
+    exposition equals per-value observes). A value falls in the first bucket whose bound is ≥ it.
+    """
+    if len(values) == 0:
+        return
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(values)))
+    for bucket in np.flatnonzero(counts).tolist():
+        histogram._buckets[bucket].inc(int(counts[bucket]))

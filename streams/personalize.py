@@ -14,6 +14,7 @@ item most like it (argmax y_c·y_h) for the reader's "because you watched X".
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -28,6 +29,17 @@ from recstream.events import Event, ItemEvent
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
 SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route
 EXPLAIN_RECENT = 20  # history items a "because you watched X" may name
+FETCH_STEP = 25  # a candidate search over-fetches its exclusion count rounded up to this (see Personalizer._query)
+
+
+@dataclass(frozen=True, slots=True)
+class UserUpdate:
+    """What a batch of events does to its users: values to write, new histories (for the store's cache), and
+    the timestamps of the events that refreshed a candidate list (for the click → candidates metric)."""
+
+    blobs: list[Blob]
+    histories: dict[str, History]
+    refreshed_ts: list[int]
 
 
 def encode_similar(neighbours: list[tuple[str, float]]) -> bytes:
@@ -87,9 +99,7 @@ class Personalizer:
 
     # --- users ---------------------------------------------------------------------------
 
-    def update_users(
-        self, events: Sequence[Event], histories: Mapping[str, History]
-    ) -> tuple[list[Blob], dict[str, History]]:
+    def update_users(self, events: Sequence[Event], histories: Mapping[str, History]) -> UserUpdate:
         """New history of every user in ``events`` (in stream order); new vector and candidates for
         users with a *refresh point* in the batch: a click, or their very first event.
 
@@ -97,16 +107,15 @@ class Personalizer:
         step) but does not pay for a step and an index query on its own, which is what lets a
         worker keep up with live traffic (most events are views). The vector is computed from the
         history as it stood at the user's last refresh point, so it is the same function of the
-        event sequence however the stream was cut into batches. Returns the blobs to write and
-        the new histories (for the store's cache).
+        event sequence however the stream was cut into batches.
         """
         per_user: dict[str, list[tuple[str, float]]] = {}
-        refresh_at: dict[str, int] = {}
+        refresh_at: dict[str, tuple[int, int]] = {}  # user → (position in the user's events, ts)
         weights = {"view": self.cfg.view_weight, "click": self.cfg.click_weight}
         for event in events:
             seq = per_user.setdefault(event.user_id, [])
             if event.type == "click" or (not seq and not histories.get(event.user_id)):
-                refresh_at[event.user_id] = len(seq)
+                refresh_at[event.user_id] = (len(seq), event.ts)
             seq.append((event.item_id, weights[event.type]))
         blobs: list[Blob] = []
         new_histories: dict[str, History] = {}
@@ -114,14 +123,15 @@ class Personalizer:
         for user, seq in per_user.items():
             history = histories.get(user, {})
             if user in refresh_at:
-                cut = refresh_at[user] + 1
+                cut = refresh_at[user][0] + 1
                 history = merge_history(history, seq[:cut], self.history_cap)
                 refreshed.append(user)
                 at_refresh.append(history)
                 seq = seq[cut:]
             new_histories[user] = merge_history(history, seq, self.history_cap)
             blobs.append((f"user:{user}:hist", orjson.dumps(history_rows(new_histories[user]))))
-        return blobs + self._vectors_and_candidates(refreshed, at_refresh), new_histories
+        blobs += self._vectors_and_candidates(refreshed, at_refresh)
+        return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()])
 
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
         """Initial vector and candidates from picked categories, for users without history."""
@@ -159,23 +169,23 @@ class Personalizer:
         return blobs
 
     def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:
-        """Top-M per row minus that row's exclusions, each row a function of its own vector and exclusions alone.
+        """Top-M per row minus that row's exclusions (its history), each row a function of its own vector and history.
 
-        Why grouped: ``query_batch`` fetches k + the largest exclusion count among its rows and hnswlib searches
-        with ef = max(ef, fetch), so a row queried beside a longer history would search wider, and which of several
-        exactly tied items (new items with the same content vector) make its list would depend on who shared its
-        batch: a restarted worker would not reproduce a clean run. Rows with equal exclusion counts search alike.
+        Why not one ``query_batch`` with exclusions: it fetches k + the largest exclusion count among its rows and
+        hnswlib searches with ef = max(ef, fetch), so a row beside a longer history searched wider, and which of
+        several exactly tied items (new items with the same content vector) made its list depended on its batch
+        neighbours: a restarted worker did not reproduce a clean run. Here a row fetches M + its own exclusion
+        count rounded up to ``FETCH_STEP`` (a few searches per batch, not one per count) and drops its exclusions.
         """
         groups: dict[int, list[int]] = {}
         for k, items in enumerate(excluded):
-            groups.setdefault(sum(item in self.index for item in items), []).append(k)
+            present = sum(item in self.index for item in items)
+            groups.setdefault(-(-present // FETCH_STEP) * FETCH_STEP, []).append(k)
         found: list[list[tuple[str, float]]] = [[] for _ in excluded]
-        for rows in groups.values():
-            results = self.index.query_batch(
-                vectors[rows], self.candidates, exclude_per_row=[excluded[k] for k in rows]
-            )
-            for k, result in zip(rows, results, strict=True):
-                found[k] = result
+        for extra, rows in groups.items():
+            for k, hits in zip(rows, self.index.query_batch(vectors[rows], self.candidates + extra), strict=True):
+                skip = set(excluded[k])
+                found[k] = [hit for hit in hits if hit[0] not in skip][: self.candidates]
         return found
 
     def _explain(self, candidates: list[tuple[str, float]], history_rows: list[int], factors: np.ndarray) -> list:

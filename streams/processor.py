@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from recstream.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
@@ -42,7 +43,7 @@ class DeadLetter:
 
 
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
-Build = Callable[[Records, Effect], Awaitable[None]]
+Build = Callable[[Records, Effect], Awaitable[list[int]]]  # → ts of the events that refreshed a candidate list
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 
 
@@ -99,7 +100,7 @@ class BatchProcessor:
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
                 effect.watermarks[tp] = (self._watermarks.get(tp, -1), message.offset)
-            await self.build(records, effect)
+            refreshed_ts = await self.build(records, effect)
             if dead:
                 await self.send_dead_letters(dead)  # before the watermark moves: at least once
             try:
@@ -111,25 +112,28 @@ class BatchProcessor:
                 continue
             self.store.remember_histories(effect.histories)
             self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
-            self._observe(fresh[0].topic, records, dead, applied, started)
+            self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
             return applied
         raise RuntimeError(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
 
-    def _observe(self, topic: str, records: list, dead: list[DeadLetter], applied: Applied, started: float) -> None:
-        now = time.time()
+    def _observe(
+        self,
+        topic: str,
+        records: list,
+        dead: list[DeadLetter],
+        applied: Applied,
+        started: float,
+        refreshed_ts: list[int],
+    ) -> None:
+        now_ms = time.time() * 1000
         for letter in dead:
             metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
+        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, refreshed_ts))
         if self.kind == "event":
             views = sum(1 for e in records if e.type == "view")
             metrics.EVENTS.labels(topic, "view").inc(views)
             metrics.EVENTS.labels(topic, "click").inc(len(records) - views)
-            latest: dict[str, int] = {}
-            for event in records:
-                metrics.FRESHNESS.observe(max(0.0, now - event.ts / 1000))
-                latest[event.user_id] = max(event.ts, latest.get(event.user_id, 0))
-            if self.model is not None and self.model.current is not None:
-                for ts in latest.values():
-                    metrics.CANDIDATE_REFRESH.observe(max(0.0, now - ts / 1000))
+            metrics.observe_many(metrics.FRESHNESS, _ages_s(now_ms, [e.ts for e in records]))
         else:
             metrics.EVENTS.labels(topic, self.kind).inc(len(records))
         metrics.BATCH_SIZE.labels(topic).observe(len(records))
@@ -138,20 +142,23 @@ class BatchProcessor:
         metrics.RESCORES.inc(applied.full_rescore)
         metrics.GRADUATIONS.inc(len(applied.graduated))
 
-    async def _build_events(self, events: list[Event], effect: Effect) -> None:
+    async def _build_events(self, events: list[Event], effect: Effect) -> list[int]:
         users = list(dict.fromkeys(e.user_id for e in events))
         context = await self.store.read_users(users)
         s = self.settings
         effect.counters = aggregate(events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
         personalizer = await self._personalizer(context.model_version)
-        if personalizer is not None:
-            started = time.perf_counter()
-            blobs, effect.histories = personalizer.update_users(events, context.histories)
-            effect.blobs += blobs
-            metrics.USER_STEPS.inc(len(users))
-            metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
+        if personalizer is None:
+            return []
+        started = time.perf_counter()
+        update = personalizer.update_users(events, context.histories)
+        effect.blobs += update.blobs
+        effect.histories = update.histories
+        metrics.USER_STEPS.inc(len(users))
+        metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
+        return update.refreshed_ts
 
-    async def _build_items(self, items: list[ItemEvent], effect: Effect) -> None:
+    async def _build_items(self, items: list[ItemEvent], effect: Effect) -> list[int]:
         personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
@@ -161,8 +168,9 @@ class BatchProcessor:
                 similar = personalizer.similar(item.item_id)
                 if similar is not None:
                     effect.blobs.append((f"item:{item.item_id}:similar", similar))
+        return []
 
-    async def _build_users(self, users: list[UserEvent], effect: Effect) -> None:
+    async def _build_users(self, users: list[UserEvent], effect: Effect) -> list[int]:
         context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
         picks: dict[str, list[str]] = {}
         for user in users:
@@ -174,11 +182,18 @@ class BatchProcessor:
             if user.preferred_categories and user.user_id not in context.histories:
                 picks[user.user_id] = user.preferred_categories
         personalizer = await self._personalizer(context.model_version)
-        if personalizer is not None and picks:
-            effect.blobs += personalizer.onboard(picks)
+        if personalizer is None or not picks:
+            return []
+        effect.blobs += personalizer.onboard(picks)
+        return list({user.user_id: user.ts for user in users if user.user_id in picks}.values())
 
     async def _personalizer(self, version: str | None) -> Personalizer | None:
         if self.model is None:
             return None
         await self.model.ensure(version)
         return self.model.current
+
+
+def _ages_s(now_ms: float, ts_ms: list[int]) -> np.ndarray:
+    """Seconds from each timestamp to ``now_ms`` (clock skew clipped at 0)."""
+    return np.maximum(0.0, now_ms - np.asarray(ts_ms, dtype=np.float64)) / 1000

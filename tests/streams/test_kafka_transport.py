@@ -7,9 +7,9 @@ from streams.app import create_app
 
 
 async def test_the_worker_consumer_lets_the_broker_hold_a_fetch_only_briefly():
-    app = create_app(load_settings(fetch_max_wait_ms=20))
+    app = create_app(load_settings(fetch_max_wait_ms=20, fetch_min_bytes=4096))
     consumer = app.consumer._thread._create_worker_consumer(app.transport)
-    try:
-        assert consumer._fetch_max_wait_ms == 20  # what AIOKafkaConsumer.start() hands its Fetcher
+    try:  # what AIOKafkaConsumer.start() hands its Fetcher
+        assert (consumer._fetch_max_wait_ms, consumer._fetch_min_bytes) == (20, 4096)
     finally:
         await consumer._client.close()
