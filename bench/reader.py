@@ -221,6 +221,8 @@ def round_trips(port: int) -> tuple[float, float]:
     total = float(re.search(rf"recstream_reader_redis_round_trips_sum\{{{route}\}} (\S+)", text).group(1))
     count = float(re.search(rf"recstream_reader_redis_round_trips_count\{{{route}\}} (\S+)", text).group(1))
     within = float(re.search(rf'recstream_reader_redis_round_trips_bucket\{{le="2.0",{route}\}} (\S+)', text).group(1))
+    if count == 0:  # --path named another route
+        return 0.0, 0.0
     return total / count, 2.0 if within == count else float("inf")
 
 

@@ -198,11 +198,13 @@ def serve(
     """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import create_app, tune_garbage_collector
 
     settings = _settings()
+    app = create_app(settings)
+    tune_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=host or settings.reader_host,
         port=settings.reader_port if port is None else port,
         loop="uvloop",
