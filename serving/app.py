@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
@@ -36,9 +37,18 @@ from starlette.responses import Response
 
 from recstream.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
 from recstream.settings import Settings
+from serving.fast_feed import FeedFastPath
 from serving.feed_state import CURSOR_PATTERN, Cursor
 from serving.metrics import RequestMetrics
-from serving.reader import EventsRejected, KafkaUnavailable, NotFound, Reader, RedisUnavailable, SessionExpired
+from serving.reader import (
+    FEED_ROUTE,
+    EventsRejected,
+    KafkaUnavailable,
+    NotFound,
+    Reader,
+    RedisUnavailable,
+    SessionExpired,
+)
 from serving.schemas import (
     EventsAccepted,
     FeedPage,
@@ -56,12 +66,22 @@ ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PAT
 
 EVENTS_BODY = {
     "required": True,
-    "content": {"application/json": {"schema": {"anyOf": [
-        {"$ref": "#/components/schemas/Event"},
-        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "minItems": 1,
-         "maxItems": MAX_EVENTS_PER_MESSAGE},
-    ]}}},
-}  # fmt: skip
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Event"},
+                        "minItems": 1,
+                        "maxItems": MAX_EVENTS_PER_MESSAGE,
+                    },
+                ]
+            }
+        }
+    },
+}
 """POST /v1/events parses its body itself (recstream.events.decode), so its schema is declared by hand."""
 
 
@@ -110,7 +130,6 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.reader = reader
-    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -221,6 +240,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(reads)
     app.include_router(writes)
+    if not settings.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
+        route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
+        app.add_middleware(
+            FeedFastPath, reader=reader, route=route, default_limit=default_limit, max_limit=settings.feed_max_limit
+        )
+    app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
     _publish_event_schema(app)
     return app
 

@@ -274,3 +274,14 @@ async def test_health_readiness_and_metrics(world, reader):
     assert count.split()[-1] == within.split()[-1], "every feed request made at most 2 Redis round trips"
     stats = (await reader.get("/v1/stats")).json()
     assert stats["feeds_per_s"] > 0 and stats["redis"] is True and stats["pool_items"] > 0
+
+
+async def test_the_fast_path_and_the_fastapi_route_serve_the_same_page(world, reader):
+    """A percent-encoded limit is not 'plainly valid' to serving/fast_feed.py, so FastAPI's route answers it."""
+    user = world.warm[7]
+    fast = (await reader.get(f"/v1/feed/{user}?limit=20&seed=11")).json()
+    routed = (await reader.get(f"/v1/feed/{user}?limit=%32%30&seed=11")).json()
+    assert [(i["item_id"], i["source"], i["reason"]) for i in fast["items"]] == [
+        (i["item_id"], i["source"], i["reason"]) for i in routed["items"]
+    ]
+    assert fast.keys() == routed.keys() and fast["session"] != routed["session"]
