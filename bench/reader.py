@@ -239,7 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
-    parser.add_argument("--rate", type=float, default=1_500.0, help="offered feeds/s of the open-loop phase")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="offered feeds/s of the open-loop phase")
     parser.add_argument("--path", default=FEED_PATH, help="request path, %%s is the user id")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
