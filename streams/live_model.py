@@ -36,6 +36,9 @@ class LiveModel:
         self.items: dict[str, ItemEvent] = {}
         self._failed: str | None = None
         self._loading = asyncio.Lock()  # three agents ask; one loads
+        # Set once the item feed has applied every item that existed when the worker started:
+        # until then a user step would miss items a clean run knows, so personalization waits.
+        self.items_caught_up = asyncio.Event()
 
     def apply_item(self, item: ItemEvent) -> None:
         self.items[item.item_id] = item
@@ -80,12 +83,19 @@ async def follow_items(settings: Settings, model: LiveModel) -> None:
         partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        behind = {tp: end for tp, end in (await consumer.end_offsets(partitions)).items() if end > 0}
+        if not behind:
+            model.items_caught_up.set()
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
-            for messages in batch.values():
+            for tp, messages in batch.items():
                 for message in messages:
                     valid, _ = decode(message.value, "item", 2**53)  # the items agent dead-letters the rest
                     for item in valid:
                         model.apply_item(item)
+                if behind and messages and messages[-1].offset >= behind.get(tp, 0) - 1:
+                    behind.pop(tp, None)
+                    if not behind:
+                        model.items_caught_up.set()
     finally:
         await consumer.stop()

@@ -190,6 +190,7 @@ class BatchProcessor:
     async def _personalizer(self, version: str | None) -> Personalizer | None:
         if self.model is None:
             return None
+        await self.model.items_caught_up.wait()
         await self.model.ensure(version)
         return self.model.current
 
