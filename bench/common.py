@@ -14,7 +14,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from recstream import infra  # noqa: E402
 from recstream.settings import Settings, load_settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.json"
+START_ATTEMPTS = 3  # private services are started on fresh ports this many times before giving up
 
 
 def machine() -> str:
@@ -71,28 +72,42 @@ def _free_port(span: int = 1) -> int:
 
 @contextmanager
 def services(**overrides: object) -> Iterator[Settings]:
-    """A private, empty Kafka + Redis for one benchmark run, removed afterwards."""
+    """A private, empty Kafka + Redis for one benchmark run, removed afterwards.
+
+    Ports are picked free, but other engineers' tests start services too, so a port can be taken
+    before Kafka binds it: a failed start is retried on fresh ports. ``infra.running`` leaves Redis
+    up when Kafka then fails to start, so a failed start is torn down here (by this run's pid files).
+    """
     (ROOT / ".run").mkdir(exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".run"))
-    settings = load_settings(
-        kafka_bootstrap=f"127.0.0.1:{_free_port(span=2)}",
-        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
-        run_dir=run_dir,
-        cache_dir=ROOT / ".cache",
-        model_dir=run_dir / "models",
-        **overrides,
-    )
-    try:
-        with infra.running(settings):
-            yield settings
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    for attempt in range(1, START_ATTEMPTS + 1):
+        run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".run"))
+        settings = load_settings(
+            kafka_bootstrap=f"127.0.0.1:{_free_port(span=2)}",
+            redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+            run_dir=run_dir,
+            cache_dir=ROOT / ".cache",
+            model_dir=run_dir / "models",
+            **overrides,
+        )
+        try:
+            with ExitStack() as stack:
+                try:
+                    stack.enter_context(infra.running(settings))
+                except infra.InfraError:
+                    infra.down(settings)
+                    if attempt < START_ATTEMPTS:
+                        continue
+                    raise
+                yield settings
+                return
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
     """Prometheus' estimate from cumulative (upper bound, count) buckets: linear within a bucket.
 
-    >>> histogram_quantile(0.5, [(0.1, 0), (0.2, 10), (float("inf"), 10)])
+    >>> round(histogram_quantile(0.5, [(0.1, 0), (0.2, 10), (float("inf"), 10)]), 6)
     0.15
     """
     total = buckets[-1][1]

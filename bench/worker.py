@@ -114,6 +114,22 @@ def quantiles_ms(before: str, after: str, name: str) -> tuple[float, float]:
     return histogram_quantile(0.5, delta) * 1000, histogram_quantile(0.99, delta) * 1000
 
 
+def sample(text: str, series: str) -> float:
+    """One sample's value from Prometheus text exposition, e.g. ``name_sum{topic="events"}``."""
+    return next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+
+
+def live_batches(before: str, after: str, topic: str) -> tuple[float, float, float]:
+    """Batches applied during the live phase: how many, their mean size (events) and mean time (ms)."""
+    delta = {
+        what: sample(after, f'recstream_worker_{what}{{topic="{topic}"}}')
+        - sample(before, f'recstream_worker_{what}{{topic="{topic}"}}')
+        for what in ("batch_events_count", "batch_events_sum", "batch_seconds_sum")
+    }
+    n = max(delta["batch_events_count"], 1.0)
+    return delta["batch_events_count"], delta["batch_events_sum"] / n, delta["batch_seconds_sum"] / n * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=300_000)
@@ -149,6 +165,7 @@ def main() -> None:
         worker.stop()
     fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
     cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
+    batches, batch_events, batch_ms = live_batches(before, after, personal.events_topic)
 
     table = Table(title=f"one worker, Kafka + Redis co-located ({machine()})")
     for column in ("measure", "value"):
@@ -158,6 +175,9 @@ def main() -> None:
     table.add_row("worker, counters only", f"{counters_rate:,.0f} events/s")
     table.add_row("worker, counters + user steps + candidates", f"{personal_rate:,.0f} events/s")
     table.add_row(f"live load offered ({args.seconds:.0f} s)", f"{offered / args.seconds:,.0f} events/s")
+    table.add_row(
+        "live batches: count, mean events, mean time", f"{batches:.0f}, {batch_events:.0f}, {batch_ms:.0f} ms"
+    )
     table.add_row("freshness p50 / p99 (event → state)", f"{fresh50:.0f} / {fresh99:.0f} ms")
     table.add_row("click → candidates p50 / p99", f"{cand50:.0f} / {cand99:.0f} ms")
     Console().print(table)
