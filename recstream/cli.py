@@ -152,7 +152,7 @@ def train(
     movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder instead of the Kafka log")] = None,
     factors: Annotated[int, typer.Option(help="latent factors k")] = 64,
     iterations: Annotated[int, typer.Option(help="ALS sweeps")] = 15,
-    regularization: Annotated[float, typer.Option(help="λ")] = 0.1,
+    regularization: Annotated[float, typer.Option(help="λ (implicit does not scale it by the data)")] = 40.0,
     alpha: Annotated[float, typer.Option(help="confidence c = 1 + α·r")] = 2.0,
     holdout: Annotated[float, typer.Option(help="share of the log held out for offline HR@10 (0: skip)")] = 0.1,
 ) -> None:
