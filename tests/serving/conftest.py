@@ -146,7 +146,7 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     asyncio.run(infra.ensure_topics(settings))
     users, items, events, favourite, cold, fresh = build_world()
     tmp = tmp_path_factory.mktemp("reader-world")
-    settings, version = asyncio.run(trained(settings, tmp, events, items, candidates_m=100))
+    settings, version = asyncio.run(trained(settings, tmp, events, items, candidates_m=settings.candidates_m))
     worker = WorkerProcess(settings, tmp / "worker.log")
     try:
         asyncio.run(publish(settings, users=users, items=items))
