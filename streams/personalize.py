@@ -175,18 +175,37 @@ class Personalizer:
         hnswlib searches with ef = max(ef, fetch), so a row beside a longer history searched wider, and which of
         several exactly tied items (new items with the same content vector) made its list depended on its batch
         neighbours: a restarted worker did not reproduce a clean run. Here a row fetches M + its own exclusion
-        count rounded up to ``FETCH_STEP`` (a few searches per batch, not one per count) and drops its exclusions.
+        count rounded up to ``FETCH_STEP`` (a few searches per batch, not one per count; never more than the history
+        cap, which bounds the count) and drops its exclusions.
         """
         groups: dict[int, list[int]] = {}
         for k, items in enumerate(excluded):
             present = sum(item in self.index for item in items)
-            groups.setdefault(-(-present // FETCH_STEP) * FETCH_STEP, []).append(k)
+            groups.setdefault(min(-(-present // FETCH_STEP) * FETCH_STEP, self.history_cap), []).append(k)
         found: list[list[tuple[str, float]]] = [[] for _ in excluded]
         for extra, rows in groups.items():
-            for k, hits in zip(rows, self.index.query_batch(vectors[rows], self.candidates + extra), strict=True):
+            for k, hits in zip(rows, self._search(vectors[rows], self.candidates + extra), strict=True):
                 skip = set(excluded[k])
                 found[k] = [hit for hit in hits if hit[0] not in skip][: self.candidates]
         return found
+
+    def _search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """``index.query_batch(vectors, k)``, asking for fewer results for a row hnswlib cannot fill.
+
+        hnswlib raises rather than return fewer than k, which happens when many items share one vector
+        (new items with the same content) and the graph around them is poorly connected: measured on the
+        kill test's world with the tuned defaults, every search for 60 or more failed. The worker would
+        fail that batch on every retry. Such a row is searched alone with k halved until the search
+        succeeds: a shorter list, and still a function of that row alone.
+        """
+        try:
+            return self.index.query_batch(vectors, k)
+        except RuntimeError as exc:
+            if "contiguous 2D array" not in str(exc):  # hnswlib's "Cannot return the results in a contiguous ..."
+                raise
+            if len(vectors) > 1:
+                return [hits for row in vectors for hits in self._search(row[None, :], k)]
+            return self._search(vectors, k // 2) if k > 1 else [[]]
 
     def _explain(self, candidates: list[tuple[str, float]], history_rows: list[int], factors: np.ndarray) -> list:
         """[[item, score, because]]: because = the recent history item whose factor is most like the candidate's
