@@ -69,7 +69,7 @@ async def test_pages_hold_no_duplicate_no_seen_item_and_explain_every_item(world
         ids = [i["item_id"] for i in page["items"]]
         assert len(ids) == len(set(ids)) == 20
         assert not set(ids) & set(r.zrange(f"rs:user:{user}:seen", 0, -1))
-        history = {row[0] for row in json.loads(r.get(f"rs:user:{user}:hist"))}
+        history = {e.item_id for e in world.events if e.user_id == user}
         for item in page["items"]:
             reason, item_id = item["reason"], item["item_id"]
             match item["source"]:
