@@ -210,9 +210,9 @@ class ReferenceRow(Row):
     def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
         for item in new_items:
             self.personalizer.apply_item(self.stream.items[item])
-        blobs, histories = self.personalizer.update_users(events_of(ratings), self.histories)
-        self.histories.update(histories)
-        for suffix, value in blobs:
+        update = self.personalizer.update_users(events_of(ratings), self.histories)
+        self.histories.update(update.histories)
+        for suffix, value in update.blobs:
             if suffix.startswith("user:") and suffix.endswith(":cand"):  # ids may hold ":" themselves
                 self.candidates[suffix[len("user:") : -len(":cand")]] = [row[0] for row in orjson.loads(value)]
 
