@@ -21,7 +21,7 @@ key                        type    holds
 ``item:<i>``               hash    ``categories`` (comma list), ``created_ts``, ``available``
 ``unavailable``            set     items hidden from every ranking and list
 ``user:seg``               hash    user → segment
-``user:<u>:hist``          string  JSON ``[[item, weight, ts], …]``, most recent first, capped
+``user:<u>:hist``          string  JSON ``[[item, weight], …]``, most recent first, capped
 ``user:<u>:vec``           string  float32 user vector (little endian)
 ``user:<u>:cand``          string  JSON ``[[item, score, because_item], …]`` personal candidates
 ``user:<u>:seen``          zset    item → last shown/clicked ts, capped, most recent first

@@ -69,3 +69,6 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     histogram._sum.inc(float(np.sum(values)))
     for bucket in np.flatnonzero(counts).tolist():
         histogram._buckets[bucket].inc(int(counts[bucket]))
+
+
+REDIS_RETRIES = Counter("recstream_worker_redis_retries_total", "Batches retried because Redis was unreachable")

@@ -8,12 +8,16 @@ dead-letter topic with its reason and never stops the batch.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
 from recstream.settings import Settings
@@ -24,6 +28,7 @@ from streams.personalize import Personalizer
 from streams.state import Applied, Effect, StaleWatermark, StateStore
 
 MAX_STALE_RETRIES = 20
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,20 @@ class BatchProcessor:
         self._watermarks = await self.store.watermarks()
 
     async def process(self, messages: Sequence[Message]) -> Applied | None:
+        """Apply a batch; while Redis is unreachable, wait and retry the whole batch (never return
+        without applying it: faust would commit its offsets and a restart would skip it)."""
+        delay = 0.1
+        while True:
+            try:
+                return await self._process_once(messages)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                metrics.REDIS_RETRIES.inc()
+                log.warning("redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
+                self.forget_watermarks()
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    async def _process_once(self, messages: Sequence[Message]) -> Applied | None:
         started = time.perf_counter()
         if self._watermarks is None:
             await self.reload_watermarks()
