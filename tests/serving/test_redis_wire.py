@@ -56,7 +56,8 @@ def test_a_busy_reader_does_not_time_out_a_reply_that_already_arrived(isolated_s
         wire = RedisWire(isolated_settings.redis_url, timeout_s=0.05)
         await wire.call("PING")
         pending = asyncio.ensure_future(wire.call("GET", "a"))
-        await asyncio.sleep(0)  # the command is written
+        await asyncio.sleep(0)  # the call queues its command...
+        await asyncio.sleep(0)  # ...and the batch is written
         time.sleep(0.15)  # the loop is blocked well past the timeout; Redis answered meanwhile
         try:
             return await pending
