@@ -43,6 +43,7 @@ CATEGORY_MAX_AGE_S = 60.0
 CATEGORY_BATCH = 2_000
 CATEGORY_CACHE_MAX = 500_000
 BACKGROUND_TIMEOUT_S = 2.0
+SEGMENT_PAUSE_S = 0.003
 MIN_REFRESH_S = 0.05
 
 
@@ -206,8 +207,9 @@ class SnapshotLoader:
         """Per segment: its top list and the global top, each completed with the other ranking's exact
         scores for the items it lacks (popularity.py), ordered for warm and for cold users.
 
-        Two small round trips per segment, yielding to the event loop in between, so a reload never
-        stalls the feeds being served for more than one segment's worth of parsing (~2 ms).
+        Done in slices (two small round trips, the merge, each ordering) with SEGMENT_PAUSE_S between
+        them: a feed's few loop iterations then rarely meet more than one slice (~1 ms), where back to
+        back slices stretched every iteration of a reload and raised the p99 at 1,000 feeds/s to ~40 ms.
         """
         result: dict[str, Popular] = {}
         overall = dict(itertools.islice(overall.items(), SEGMENT_DEPTH))
@@ -228,11 +230,13 @@ class SnapshotLoader:
                 full_overall.update((i, float(x)) for i, x in zip(only_segment, next(replies), strict=True) if x)
             if only_overall:
                 top.update((i, float(x)) for i, x in zip(only_overall, next(replies), strict=True) if x)
+            await asyncio.sleep(SEGMENT_PAUSE_S)
+            warm = warm_order(top, full_overall)[:SEGMENT_DEPTH]
+            await asyncio.sleep(SEGMENT_PAUSE_S)
             result[segment] = Popular(
-                warm=warm_order(top, full_overall)[:SEGMENT_DEPTH],
-                cold=cold_order(top, full_overall, self.settings.cold_segment_weight)[:SEGMENT_DEPTH],
+                warm, cold_order(top, full_overall, self.settings.cold_segment_weight)[:SEGMENT_DEPTH]
             )
-            await asyncio.sleep(0)
+            await asyncio.sleep(SEGMENT_PAUSE_S)
         return result
 
 
