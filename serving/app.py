@@ -12,10 +12,10 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``.
 
 Responses are encoded with orjson straight from dicts (the models in serving/schemas.py document
-them), and the request metrics are a pure ASGI middleware: the feed path carries no per-request
-pydantic work beyond its three query parameters. Write routes live on their own router and need
-``X-API-Key`` (or ``Authorization: Bearer``) when ``settings.api_key`` is set; read routes too when
-``settings.protect_reads``.
+them); the request metrics are a pure ASGI middleware, and plainly valid feed requests are answered
+by another one before FastAPI's routing (serving/fast_feed.py), the route handling the rest. Write
+routes live on their own router and need ``X-API-Key`` (or ``Authorization: Bearer``) when
+``settings.api_key`` is set; read routes too when ``settings.protect_reads``.
 """
 
 from __future__ import annotations
