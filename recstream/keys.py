@@ -1,34 +1,35 @@
 """The Redis key layout: the one place the writers (workers) and the reader agree on names.
 
 Ids reach these functions only after :mod:`recstream.events` validated them (bounded length,
-``[A-Za-z0-9_.:-]``), so a key can never be spliced from hostile input. Every key starts with
+``[A-Za-z0-9_.:-]``), so   a key can never be spliced from hostile input. Every key starts with
 a configurable prefix, so several deployments (or test runs) can share one Redis.
 
-=========================  ======  ==========================================================
-key                        type    holds
-=========================  ======  ==========================================================
-``wm``                     hash    ``topic:partition`` → last applied offset (the watermark)
-``totals``                 hash    ``views``, ``clicks``; ``views:<seg>``, ``clicks:<seg>``
-``views`` / ``clicks``     hash    item → all-time count
-``seg:<s>:views|clicks``   hash    item → count within segment ``s``
-``segments``               set     every segment seen
-``prior``                  string  the quantized global CTR every score was computed with
-``rank`` / ``rank:<s>``    zset    item → smoothed CTR (global / within segment); available items
-``trend:<v|c>:<epoch>``    zset    item → fixed-point decayed views/clicks (models.ctr.trend_*)
-``pool``                   zset    new-item pool: item → created_ts (Thompson sampling)
-``graduated``              set     items that left the pool (by views or age)
-``clock``                  string  the largest event timestamp applied (event time)
-``item:<i>``               hash    ``categories`` (comma list), ``created_ts``, ``available``
-``unavailable``            set     items hidden from every ranking and list
-``user:seg``               hash    user → segment
-``user:<u>:hist``          string  JSON ``[[item, weight], …]``, most recent first, capped
-``user:<u>:vec``           string  float32 user vector (little endian)
-``user:<u>:cand``          string  JSON ``[[item, score, because_item], …]`` personal candidates
-``user:<u>:seen``          zset    item → last shown/clicked ts, capped, most recent first
-``user:<u>:prefs``         string  JSON ``{"categories": [...], "not_interested": [...]}``
-``item:<i>:similar``       string  JSON ``[[item, score], …]`` nearest neighbours, best first
-``model:current``          string  the model version the workers serve
-=========================  ======  ==========================================================
+===========================  ======  ==========================================================
+key                          type    holds
+===========================  ======  ==========================================================
+``wm``                       hash    ``topic:partition`` → last applied offset (the watermark)
+``totals``                   hash    ``views``, ``clicks``; ``views:<seg>``, ``clicks:<seg>``
+``views`` / ``clicks``       hash    item → all-time count
+``seg:<s>:views|clicks``     hash    item → count within segment ``s``
+``segments``                 set     every segment seen
+``prior``                    string  the quantized global CTR every score was computed with
+``rank`` / ``rank:<s>``      zset    item → smoothed CTR (global / within segment); available items
+``trend:<v|c>:<epoch>``      zset    item → fixed-point decayed views/clicks (models.ctr.trend_*)
+``pool``                     zset    new-item pool: item → created_ts (Thompson sampling)
+``graduated``                set     items that left the pool (by views or age)
+``clock``                    string  the largest event timestamp applied (event time)
+``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``
+``unavailable``              set     items hidden from every ranking and list
+``user:seg``                 hash    user → segment
+``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped
+``user:<u>:vec``             string  float32 user vector (little endian)
+``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
+``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
+``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
+``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
+``user:<u>:feed:<session>``  list    the reader's infinite-scroll session: JSON ``[[item, source], …]`` pages, TTL
+``model:current``            string  the model version the workers serve
+===========================  ======  ==========================================================
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ from typing import Literal
 Source = Literal["personal", "popular", "fresh", "explore"]
 SOURCES: tuple[Source, ...] = ("personal", "popular", "fresh", "explore")
 """Every source, in the order that breaks ties between equally-owed sources."""
-OVERFLOW: tuple[Source, ...] = ("popular", "personal", "fresh")
-"""Who takes the slots of a source that ran dry, first with items left wins. Never explore: its cap holds."""
+OVERFLOW: tuple[Source, ...] = ("personal", "popular", "fresh")
+"""Who takes the slots of a source that ran dry, first with items left wins: personal first (on MovieLens
+its positions 7–10 earned ~0.016 HR@10 each against ~0.005 for a popular slot, bench/prequential.py), never
+explore (its cap holds)."""
 
 
 @dataclass(frozen=True, slots=True)

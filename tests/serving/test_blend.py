@@ -68,7 +68,10 @@ def test_a_dry_source_hands_its_slots_to_overflow_but_explore_never_gets_more_th
     assert sum(s.source == "popular" for s in no_personal) == 16
     only_explore = interleave({"explore": ranked("ex", 50)}, counts)
     assert [s.source for s in only_explore] == ["explore", "explore"], "short rather than over the explore cap"
-    assert OVERFLOW[0] == "popular"
+    no_fresh = interleave({**full_lists(), "fresh": []}, counts)
+    assert sum(s.source == "personal" for s in no_fresh) == counts["personal"] + counts["fresh"], (
+        "personal inherits first"
+    )
 
 
 @given(
