@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recstream import infra  # noqa: E402
+from recstream.infra import free_port  # noqa: E402
 from recstream.settings import Settings, load_settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.json"
@@ -60,16 +60,6 @@ def record(figures: dict[str, dict[str, object]]) -> None:
     tmp.replace(RESULTS)
 
 
-def _free_port(span: int = 1) -> int:
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + span < 65535 and not any(infra.port_open(port + k) for k in range(span)):
-            return port
-    raise RuntimeError("no free loopback port")
-
-
 @contextmanager
 def services(**overrides: object) -> Iterator[Settings]:
     """A private, empty Kafka + Redis for one benchmark run, removed afterwards.
@@ -82,8 +72,8 @@ def services(**overrides: object) -> Iterator[Settings]:
     for attempt in range(1, START_ATTEMPTS + 1):
         run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".run"))
         settings = load_settings(
-            kafka_bootstrap=f"127.0.0.1:{_free_port(span=2)}",
-            redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+            kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
             run_dir=run_dir,
             cache_dir=ROOT / ".cache",
             model_dir=run_dir / "models",
@@ -138,7 +128,7 @@ class Worker:
     def __init__(self, settings: Settings, log: Path) -> None:
         import subprocess
 
-        self.metrics_port = _free_port()
+        self.metrics_port = free_port()
         env = {**os.environ, **settings.to_env(), "RECSTREAM_WORKER_METRICS_PORT": str(self.metrics_port)}
         env["OPENBLAS_NUM_THREADS"] = "1"
         log.parent.mkdir(parents=True, exist_ok=True)

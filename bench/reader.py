@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import re
@@ -49,12 +48,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import RESULTS, record
+
 from recstream import infra
 from recstream.keys import Keys
 from recstream.settings import Settings, load_settings
 
 COMMAND = ".venv/bin/python bench/reader.py"
-RESULTS = Path(__file__).resolve().parent / "results.json"
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "film", "kids", "docs"]
 SEGMENTS = [f"age{a}.{g}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+") for g in "MF"]
@@ -226,15 +226,6 @@ def round_trips(port: int) -> tuple[float, float]:
     if count == 0:  # --path named another route
         return 0.0, 0.0
     return total / count, 2.0 if within == count else float("inf")
-
-
-def record(figures: dict[str, dict[str, object]]) -> None:
-    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update(figures)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    tmp.replace(RESULTS)
 
 
 def main() -> None:

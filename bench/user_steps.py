@@ -15,7 +15,6 @@ import os
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -31,11 +30,12 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import record
+
 from models.user_step import ALSStep
 
 N_ITEMS, K, N_USERS, REGULARIZATION, REPEATS = 1682, 64, 4000, 0.1, 5
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/user_steps.py"
-RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def best_rate(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
@@ -46,15 +46,6 @@ def best_rate(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
         out = run()
         best = max(best, N_USERS / (time.perf_counter() - started))
     return best, out
-
-
-def record(figures: dict[str, dict[str, object]]) -> None:
-    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update(figures)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    tmp.replace(RESULTS)
 
 
 def main() -> None:

@@ -109,6 +109,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def free_port(span: int = 1) -> int:
+    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + span < 65535 and not any(port_open(port + k) for k in range(span)):
+            return port
+    raise RuntimeError("no free loopback port")
+
+
 def _spawn(service: Service, argv: list[str]) -> int:
     service.home.mkdir(parents=True, exist_ok=True)
     with service.log_file.open("ab") as log:

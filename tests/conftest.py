@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,21 +22,11 @@ import pytest
 import redis
 
 from recstream import infra
+from recstream.infra import free_port
 from recstream.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
-
-
-def free_port(span: int = 1) -> int:
-    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + span < 65535 and not any(infra.port_open(port + k) for k in range(span)):
-            return port
-    raise RuntimeError("no free loopback port")
 
 
 @pytest.fixture(scope="session")
