@@ -363,10 +363,9 @@ def down(settings: Settings) -> list[str]:
 def running(settings: Settings) -> Iterator[list[str]]:
     """Bring the services up for the block and stop what this call started (for tests and the demo)."""
     already = {s.name for s in (kafka_service(settings), redis_service(settings)) if s.pid() is not None}
-    report = up(settings)
     try:
-        yield report
-    finally:
+        yield up(settings)
+    finally:  # also when up() failed half way: a Redis started before Kafka refused is stopped too
         for service in (kafka_service(settings), redis_service(settings)):
             if service.name not in already:
                 stop(service)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 
 from recstream import infra
+from recstream.infra import free_port
 from recstream.settings import Settings
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -38,3 +39,19 @@ def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings
     with pytest.raises(infra.InfraError, match="taken by a process this project did not start"):
         infra.redis_up(taken)
     assert infra.redis_answers(services)
+
+
+def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: Path):
+    with socket.socket() as blocker:  # a foreign process on the Kafka port: Redis starts, Kafka refuses
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        settings = services.model_copy(
+            update={
+                "kafka_bootstrap": f"127.0.0.1:{blocker.getsockname()[1]}",
+                "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                "run_dir": tmp_path,
+            }
+        )
+        with pytest.raises(infra.InfraError, match="taken by a process"), infra.running(settings):
+            pass
+    assert infra.redis_service(settings).pid() is None and not infra.port_open(settings.redis_port)
