@@ -141,6 +141,18 @@ def _wait(service: Service, ready: Callable[[], bool], what: str) -> None:
     raise InfraError(f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}")
 
 
+def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> bool:
+    """True when our own process answers on ``port``; an own process that does not (left over with
+    other ports) is stopped; a foreign process on the port is an error, never touched."""
+    if service.pid() is not None:
+        if answers():
+            return True
+        stop(service)
+    if port_open(port):
+        raise InfraError(f"port {port} is taken by a process this project did not start")
+    return False
+
+
 # --- Kafka -------------------------------------------------------------------------------
 
 
@@ -225,12 +237,8 @@ def kafka_answers(settings: Settings) -> bool:
 
 def kafka_up(settings: Settings) -> str:
     service = kafka_service(settings)
-    if service.pid() is not None:
-        if kafka_answers(settings):
-            return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
-        stop(service)  # ours, but not answering where the settings say: e.g. left over with other ports
-    if port_open(settings.kafka_port):
-        raise InfraError(f"port {settings.kafka_port} is taken by a process this project did not start")
+    if _already_up(service, settings.kafka_port, lambda: kafka_answers(settings)):
+        return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
     service.home.mkdir(parents=True, exist_ok=True)
     config = _kafka_config(settings, service)
     if not (service.data_dir / "meta.properties").exists():
@@ -311,12 +319,8 @@ def redis_answers(settings: Settings) -> bool:
 
 def redis_up(settings: Settings) -> str:
     service = redis_service(settings)
-    if service.pid() is not None:
-        if redis_answers(settings):
-            return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
-        stop(service)  # ours, but not answering where the settings say: e.g. left over with other ports
-    if port_open(settings.redis_port):
-        raise InfraError(f"port {settings.redis_port} is taken by a process this project did not start")
+    if _already_up(service, settings.redis_port, lambda: redis_answers(settings)):
+        return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
     service.data_dir.mkdir(parents=True, exist_ok=True)
     argv = [redis_binary(), "--port", str(settings.redis_port), "--bind", "127.0.0.1",
             "--dir", str(service.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
