@@ -233,6 +233,18 @@ class World:
         order = np.argsort(-self.click_probability(user_idx, pool, now_ms), kind="stable")
         return pool[order[:k]]
 
+    def item_index(self, item_id: str) -> int:
+        """The dense index of one of this world's item ids (``i000042`` → 42), −1 for any other id.
+
+        >>> world = World(WorldConfig(n_users=5, n_items=5))
+        >>> world.item_index("i000003"), world.item_index("x1"), world.item_index("i999999")
+        (3, -1, -1)
+        """
+        digits = item_id[1:]
+        if item_id[:1] != "i" or not digits.isdigit() or int(digits) >= len(self.item_ids):
+            return -1
+        return int(digits)
+
     def sample_users(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """n user indices, each drawn with probability proportional to the user's activity."""
         draws = rng.random(n) * self._activity_cdf[-1]
