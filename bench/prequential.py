@@ -60,14 +60,12 @@ import asyncio
 import hashlib
 import itertools
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -76,7 +74,7 @@ import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from common import ROOT, Worker, _free_port, figure, machine, record
+from common import ROOT, Worker, figure, free_port, machine, record, services
 from prequential_protocol import (
     K,
     Popularity,
@@ -250,48 +248,6 @@ def replay_in_memory(
 
 
 # --- the pipeline ------------------------------------------------------------------------
-
-
-@contextmanager
-def private_services(attempts: int = 3, **overrides: object) -> Iterator[Settings]:
-    """A private Kafka + Redis like ``common.services``, but a failed start stops what it started and retries.
-
-    ``common.services`` (via ``infra.running``) leaves the Redis it started running when Kafka then
-    fails to start (e.g. another process took the controller port between the port check and the
-    bind; seen on this shared machine), and deletes the run folder holding its pid file.
-    """
-    (ROOT / ".run").mkdir(exist_ok=True)
-    for attempt in range(attempts):
-        run_dir = Path(tempfile.mkdtemp(prefix="bench-prequential-", dir=ROOT / ".run"))
-        settings = load_settings(
-            kafka_bootstrap=f"127.0.0.1:{_free_port(span=2)}",
-            redis_url=f"redis://127.0.0.1:{_free_port()}/0",
-            run_dir=run_dir,
-            cache_dir=ROOT / ".cache",
-            model_dir=run_dir / "models",
-            **overrides,
-        )
-        try:
-            infra.up(settings)
-        except infra.InfraError as exc:
-            infra.down(settings)  # stops by the recorded pids: only what this call started
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if attempt == attempts - 1:
-                raise
-            console.print(f"[yellow]services did not start ({str(exc).splitlines()[0]}); retrying[/yellow]")
-            continue
-        try:
-            yield settings
-        finally:
-            infra.down(settings)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        return
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ReaderProcess:
@@ -641,9 +597,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     pipeline: PipelineResult | None = None
     if not args.no_pipeline:
-        with private_services(
-            history_cap=history_cap, candidates_m=m, pool_cache_s=0.1, popular_refresh_s=0.1
-        ) as settings:
+        with services(history_cap=history_cap, candidates_m=m, pool_cache_s=0.1, popular_refresh_s=0.1) as settings:
             pipeline = asyncio.run(
                 run_pipeline(settings, stream, history, schedule, batch, not args.no_reader, args.reader_wait_s)
             )
