@@ -1,0 +1,236 @@
+"""Soak: steady events and feeds for half an hour; do memory, lag and freshness stay flat?
+
+    .venv/bin/python bench/soak.py [--minutes 30] [--rate 5000] [--feeds 500]
+
+One worker (with a trained model: counters, user steps, candidates) and one reader on private
+Kafka + Redis (bench/common.py). A synthetic-world history is produced and trained on first;
+then, every interval, ``--rate`` events/s stamped "now" (bench/worker.py's live load) and
+``--feeds`` feeds/s at a fixed offered rate (bench/reader.py's open-loop load generator, its
+own process) for the same users and items. After ``--warmup-minutes`` (seen sets reach their
+cap, session lists reach rate × TTL) each interval reports worker and reader RSS, Redis
+``used_memory`` and key count, events behind (offered − applied), freshness p50/p99 over the
+interval (the worker's histogram) and feed latency. The figures of interest are the growth
+from the first measured interval to the last: bounded state means it stays near 0.
+
+Scroll sessions live ``session_ttl_s`` after their last page, so Redis holds about
+feeds/s × TTL session lists at steady state; ``--session-ttl-s`` (300 by default, the
+setting's default is 1800) keeps that steady state inside the warm-up.
+
+Writes ``soak_worker_rss_growth_pct``, ``soak_redis_memory_growth_pct``, ``soak_freshness_p99_ms``
+(the last interval) and ``soak_lag_events_max``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import redis
+from common import ROOT, Worker, figure, free_port, machine, record, services
+from reader import FEED_PATH, load, wait_http
+from rich.console import Console
+from rich.table import Table
+from worker import applied, live_load, produce_backlog, quantiles_ms
+
+from models.als import ALSConfig
+from recstream.infra import ensure_topics
+from recstream.settings import Settings
+from recstream.sources import synthetic
+from streams import training
+
+COMMAND = ".venv/bin/python bench/soak.py"
+LOGS = ROOT / ".run" / "bench-logs"
+FEED_CONNECTIONS = 64
+
+
+@dataclass(frozen=True)
+class Sample:
+    minute: float
+    offered_per_s: float
+    applied_per_s: float
+    behind: int
+    fresh_p50_ms: float
+    fresh_p99_ms: float
+    feeds_per_s: float
+    feed_p99_ms: float
+    feed_errors: int
+    worker_rss_mb: float
+    reader_rss_mb: float
+    redis_mb: float
+    redis_keys: int
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process (VmRSS in /proc/<pid>/status)."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def start_reader(settings: Settings) -> subprocess.Popen:
+    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
+    with (LOGS / "soak-reader.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "recstream.cli", "serve"], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    wait_http(f"http://127.0.0.1:{settings.reader_port}/readyz")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def prepare(settings: Settings, history: int) -> tuple[list[str], list[str], int]:
+    """Publish a synthetic world's history and train the model the worker will serve on it."""
+    records = list(synthetic(history, seed=11))
+    asyncio.run(ensure_topics(settings))
+    total = asyncio.run(produce_backlog(settings, records))
+    artifacts, _ = training.train(training.collect(records), ALSConfig(), holdout=0)
+    asyncio.run(training.publish(settings, artifacts))
+    users = [r.value.user_id for r in records if r.kind == "user"]
+    items = [r.value.item_id for r in records if r.kind == "item"]
+    return users, items, total
+
+
+def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]:
+    overrides = {"session_ttl_s": args.session_ttl_s, "reader_port": free_port()}
+    with services(**overrides) as settings:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        users, items, backlog = prepare(settings, args.history)
+        client = redis.Redis.from_url(settings.redis_url)
+        worker = Worker(settings, LOGS / "soak-worker.log")
+        reader = None
+        try:
+            while applied(client, settings.redis_prefix) < backlog:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(f"the worker died; see {LOGS / 'soak-worker.log'}")
+                time.sleep(0.5)
+            console.print(f"history of {backlog:,} events applied; model trained; starting the load")
+            reader = start_reader(settings)
+            intervals = int((args.warmup_minutes + args.minutes) * 60 / args.interval_s)
+            samples: list[Sample] = []
+            offered = 0
+            started = time.monotonic()
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                for _ in range(intervals):
+                    before, done_before, t0 = worker.metrics(), applied(client, settings.redis_prefix), time.monotonic()
+                    feeds = pool.submit(
+                        load, "open", settings.reader_port, FEED_PATH, users, FEED_CONNECTIONS, args.feeds,
+                        args.interval_s,
+                    )  # fmt: skip
+                    sent = asyncio.run(live_load(settings, users, items, args.rate, args.interval_s))
+                    offered += sent
+                    f = feeds.result()
+                    elapsed = time.monotonic() - t0
+                    done = applied(client, settings.redis_prefix)
+                    fresh50, fresh99 = quantiles_ms(before, worker.metrics(), "recstream_worker_freshness_seconds")
+                    info = client.info("memory")
+                    samples.append(Sample(
+                        minute=(time.monotonic() - started) / 60,
+                        offered_per_s=sent / elapsed,
+                        applied_per_s=(done - done_before) / elapsed,
+                        behind=backlog + offered - done,
+                        fresh_p50_ms=fresh50,
+                        fresh_p99_ms=fresh99,
+                        feeds_per_s=f["per_s"],
+                        feed_p99_ms=f["p99"],
+                        feed_errors=f["errors"],
+                        worker_rss_mb=rss_mb(worker.proc.pid),
+                        reader_rss_mb=rss_mb(reader.pid),
+                        redis_mb=info["used_memory"] / 2**20,
+                        redis_keys=client.dbsize(),
+                    ))  # fmt: skip
+                    s = samples[-1]
+                    console.print(
+                        f"minute {s.minute:.1f}: {s.applied_per_s:,.0f} events/s applied, {s.behind:,} behind, "
+                        f"worker {s.worker_rss_mb:.0f} MB, Redis {s.redis_mb:.1f} MB"
+                    )
+                    if worker.proc.poll() is not None or reader.poll() is not None:
+                        raise RuntimeError(f"the worker or the reader died; see {LOGS}")
+        finally:
+            if reader is not None:
+                stop(reader)
+            worker.stop()
+    return samples, round(args.warmup_minutes * 60 / args.interval_s)
+
+
+def growth_pct(first: float, last: float) -> float:
+    """(last − first) / first in %.
+
+    >>> growth_pct(200.0, 210.0)
+    5.0
+    """
+    return (last - first) / first * 100
+
+
+def report(samples: list[Sample], warmup: int, args: argparse.Namespace, console: Console) -> None:
+    table = Table(title=f"soak: {args.rate:,} events/s + {args.feeds:,} feeds/s, one worker, one reader ({machine()})")
+    columns = (
+        "minute", "events/s offered", "applied/s", "behind", "fresh p50/p99 ms", "feeds/s", "feed p99 ms",
+        "non-200", "worker RSS MB", "reader RSS MB", "Redis MB", "Redis keys",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right")
+    for n, s in enumerate(samples):
+        table.add_row(
+            f"{s.minute:.1f}{' (warm-up)' if n < warmup else ''}", f"{s.offered_per_s:,.0f}",
+            f"{s.applied_per_s:,.0f}", f"{s.behind:,}", f"{s.fresh_p50_ms:.0f} / {s.fresh_p99_ms:.0f}",
+            f"{s.feeds_per_s:,.0f}", f"{s.feed_p99_ms:.1f}", str(s.feed_errors), f"{s.worker_rss_mb:.0f}",
+            f"{s.reader_rss_mb:.0f}", f"{s.redis_mb:.1f}", f"{s.redis_keys:,}",
+        )  # fmt: skip
+    console.print(table)
+    measured = samples[warmup:]
+    first, last = measured[0], measured[-1]
+    worker_growth = growth_pct(first.worker_rss_mb, last.worker_rss_mb)
+    reader_growth = growth_pct(first.reader_rss_mb, last.reader_rss_mb)
+    redis_growth = growth_pct(first.redis_mb, last.redis_mb)
+    lag_max = max(s.behind for s in measured)
+    console.print(
+        f"after warm-up (minute {first.minute:.1f} → {last.minute:.1f}): worker RSS {worker_growth:+.1f}%, "
+        f"reader RSS {reader_growth:+.1f}%, Redis used_memory {redis_growth:+.1f}% (target < 10%); "
+        f"events behind at most {lag_max:,}; freshness p99 {first.fresh_p99_ms:.0f} → {last.fresh_p99_ms:.0f} ms"
+    )
+    if args.no_record:
+        return
+    command = f"{COMMAND} --minutes {args.minutes:g} --rate {args.rate} --feeds {args.feeds}"
+    record({
+        "soak_worker_rss_growth_pct": figure(worker_growth, "%", command),
+        "soak_reader_rss_growth_pct": figure(reader_growth, "%", command),
+        "soak_redis_memory_growth_pct": figure(redis_growth, "%", command),
+        "soak_freshness_p99_ms": figure(last.fresh_p99_ms, "ms", command, baseline=first.fresh_p99_ms),
+        "soak_lag_events_max": figure(lag_max, "events", command),
+    })  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=30.0, help="measured duration after the warm-up")
+    parser.add_argument("--warmup-minutes", type=float, default=5.0)
+    parser.add_argument("--rate", type=int, default=5_000, help="events/s offered")
+    parser.add_argument("--feeds", type=float, default=500.0, help="feeds/s offered")
+    parser.add_argument("--interval-s", type=float, default=60.0, help="one table row per interval")
+    parser.add_argument("--session-ttl-s", type=int, default=300, help="scroll session TTL (see the docstring)")
+    parser.add_argument("--history", type=int, default=100_000, help="synthetic-world records before the load")
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    args = parser.parse_args()
+    console = Console(width=200)
+    samples, warmup = soak(args, console)
+    report(samples, warmup, args, console)
+
+
+if __name__ == "__main__":
+    main()
