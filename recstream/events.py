@@ -26,6 +26,9 @@ MIN_TS_MS = 631_152_000_000  # 1990-01-01: older than any real log we replay (Mo
 MAX_FUTURE_SKEW_MS = 86_400_000  # one day ahead of the consumer's clock
 MAX_MESSAGE_BYTES = 1_000_000
 MAX_EVENTS_PER_MESSAGE = 10_000
+LABEL_PATTERN = r"[A-Za-z0-9_.\-]{1,32}"
+"""An experiment or variant name: short and safe, since it becomes a Prometheus label value."""
+VARIANT_PATTERN = rf"^{LABEL_PATTERN}:{LABEL_PATTERN}$"
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 Category = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
@@ -38,7 +41,13 @@ class _Strict(BaseModel):
 
 
 class Event(_Strict):
-    """A view (the item was shown) or a click (a positive action on it)."""
+    """A view (the item was shown) or a click (a positive action on it).
+
+    ``variant`` is the ``"<experiment>:<variant>"`` label of the feed that showed the item (its
+    ``variant`` field, recstream/experiments.py), so the experiment report can count it. Optional:
+    ``POST /v1/events`` fills it in from the user's assignment while an experiment runs, and events
+    without it are outside any experiment.
+    """
 
     type: Literal["view", "click"]
     user_id: Id
@@ -46,6 +55,7 @@ class Event(_Strict):
     ts: Timestamp
     event_id: Id | None = None
     context: Annotated[dict[Category, Scalar], Field(max_length=16)] | None = None
+    variant: Annotated[str, StringConstraints(max_length=2 * 32 + 1, pattern=VARIANT_PATTERN)] | None = None
 
 
 class ItemEvent(_Strict):
@@ -111,7 +121,7 @@ def validate(obj: object, kind: Kind, now_ms: int) -> _Strict | Rejected:
     """Validate one decoded object; timestamps further than a day ahead of ``now_ms`` are rejected.
 
     >>> validate({"type": "click", "user_id": "u1", "item_id": "i1", "ts": 10**12}, "event", 2 * 10**12)
-    Event(type='click', user_id='u1', item_id='i1', ts=1000000000000, event_id=None, context=None)
+    Event(type='click', user_id='u1', item_id='i1', ts=1000000000000, event_id=None, context=None, variant=None)
     >>> validate({"type": "like", "user_id": "u1", "item_id": "i1", "ts": 10**12}, "event", 2 * 10**12).reason
     "type: Input should be 'view' or 'click'"
     """

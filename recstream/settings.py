@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recstream.experiments import Experiment
 
 ENV_PREFIX = "RECSTREAM_"
 
@@ -91,6 +93,9 @@ class Settings(BaseSettings):
     popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
     api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
     protect_reads: bool = Field(False, description="read routes also need the API key")
+    experiment: Experiment | None = Field(
+        None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"
+    )
 
     producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
     producer_linger_ms: int = Field(5, ge=0, le=10_000)
@@ -115,11 +120,7 @@ class Settings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
         values = {name: getattr(self, name) for name in type(self).model_fields}
-        return {
-            f"{ENV_PREFIX}{name.upper()}": value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-            for name, value in values.items()
-            if value is not None
-        }
+        return {f"{ENV_PREFIX}{name.upper()}": _env_value(value) for name, value in values.items() if value is not None}
 
     @property
     def kafka_port(self) -> int:
@@ -128,6 +129,13 @@ class Settings(BaseSettings):
     @property
     def redis_port(self) -> int:
         return urlsplit(self.redis_url).port or 6379
+
+
+def _env_value(value: object) -> str:
+    """How a variable spells the value: secrets revealed, nested models as JSON (what the parser reads back)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value.model_dump_json(exclude_none=True) if isinstance(value, BaseModel) else str(value)
 
 
 def load_settings(**overrides: object) -> Settings:

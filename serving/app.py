@@ -8,7 +8,8 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``GET|PUT /v1/users/{user_id}/preferences`` — onboarding categories and "not interested";
 * ``POST /v1/events`` — impressions (views) and clicks, validated like the workers do and
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
-  in ``context`` so clicks are attributable to the source that showed the item;
+  in ``context`` so clicks are attributable to the source that showed the item, and the feed's
+  ``variant`` (an A/B test's arm, recstream/experiments.py) as the events' ``variant``;
 * ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``.
 
 Responses are encoded with orjson straight from dicts (the models in serving/schemas.py document
@@ -213,7 +214,8 @@ def create_app(settings: Settings) -> FastAPI:
         Validated exactly as the workers validate (recstream.events), all or nothing, then published
         to Kafka; 202 once the broker acknowledged them. Include ``context.source`` (the item's
         ``source`` in the feed) or ``context.feed`` (the feed's ``session``; the reader looks the
-        source up) so clicks are attributable per source.
+        source up) so clicks are attributable per source, and the feed's ``variant`` as the events'
+        ``variant`` while an experiment runs.
         """
         body = await _read_capped(request, MAX_MESSAGE_BYTES)
         try:

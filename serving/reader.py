@@ -26,7 +26,7 @@ from recstream.keys import Keys
 from recstream.settings import Settings
 from serving import metrics
 from serving.blend import SOURCES, Served
-from serving.feed import build_page, degraded_page
+from serving.feed import Variants, build_page, degraded_page
 from serving.feed_state import Cursor, FeedStore, parse_preferences
 from serving.live_stats import LiveStats
 from serving.publish import Publisher
@@ -113,6 +113,7 @@ class Reader:
         self.publisher = Publisher(settings)
         self.guard = RedisGuard()
         self.stats = LiveStats()
+        self.variants = Variants(settings)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         metrics.create_zero_series(FEED_ROUTE, SOURCES)
@@ -143,27 +144,27 @@ class Reader:
         started = time.perf_counter()
         position = (cursor or Cursor.start()).following()
         seed = position.seed(user_id) if seed is None else seed
+        arm = self.variants.assign(user_id)
         try:
             user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
         except RedisUnavailable as exc:
             items = degraded_page(self.snapshot, limit)
-            return self._feed_answer(user_id, items, cursor, seed, "degraded", exc.cause, 1, started)
+            return self._feed_answer(user_id, items, cursor, seed, "degraded", exc.cause, 1, started, arm.label)
         if cursor is not None and not user.session_found:
             self._trips.observe(1)
             raise SessionExpired(f"cursor {cursor.text} names no live session: it expired or was never issued")
-        page = build_page(user, self.snapshot, self.settings, limit, seed, time.monotonic())
+        page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic())
+        kind = "warm" if page.warm else "cold"
         if not page.items:
-            return self._feed_answer(user_id, [], None, seed, "warm" if page.warm else "cold", None, 1, started)
+            return self._feed_answer(user_id, [], None, seed, kind, None, 1, started, arm.label)
         try:
             await self.guard(
                 lambda: self.store.record(user_id, position.session, page.items, self.settings.session_ttl_s)
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
-            return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started)
+            return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started, arm.label)
         following = None if position.last else position
-        return self._feed_answer(
-            user_id, page.items, following, seed, "warm" if page.warm else "cold", None, 2, started
-        )
+        return self._feed_answer(user_id, page.items, following, seed, kind, None, 2, started, arm.label)
 
     def _feed_answer(
         self,
@@ -175,6 +176,7 @@ class Reader:
         degraded_cause: str | None,
         trips: int,
         started: float,
+        variant: str | None,
     ) -> dict:
         """The response body, plus every metric and live figure of a served feed."""
         now = time.monotonic()
@@ -210,6 +212,7 @@ class Reader:
             "warm": kind == "warm",
             "degraded": degraded_cause is not None,
             "seed": seed,
+            "variant": variant,
         }
 
     # --- other reads -----------------------------------------------------------------------
@@ -301,13 +304,13 @@ class Reader:
         return True
 
     async def accept_events(self, body: bytes) -> dict:
-        """Validate like the workers do (recstream.events.decode), attribute sources, publish, confirm."""
+        """Validate like the workers do (recstream.events.decode), stamp variants and sources, publish, confirm."""
         events, rejected = decode(body, "event", int(time.time() * 1000))
         if rejected:
             raise EventsRejected([r.reason for r in rejected[:10]] + _more(rejected))
         if not events:
             raise EventsRejected(["event: no events in the body"])
-        events, attributed = await self._attribute(events)
+        events, attributed = await self._attribute(self.variants.stamp(events))
         await self._publish(self.publisher.events(events))
         for event in events:
             source = (event.context or {}).get("source")

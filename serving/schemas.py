@@ -30,6 +30,10 @@ class FeedPage(BaseModel):
     warm: bool = Field(description="the user has history (personal + segment popularity) or not (cold blend)")
     degraded: bool = Field(description="answered from the in-process popular list because Redis was unreachable")
     seed: int = Field(description="seed of the explore draws; pass it back to reproduce the page")
+    variant: str | None = Field(
+        description="the user's experiment variant as <experiment>:<variant> (null: no experiment running); "
+        "put it in the events' variant field so the experiment report counts them"
+    )
 
 
 class SimilarItem(BaseModel):

@@ -22,13 +22,15 @@ DEFAULT_SEGMENT = "default"
 @dataclass
 class CounterDeltas:
     """What a batch adds: per item ``[views, clicks, first_ts]``, per segment and item ``[views, clicks]``,
-    totals, per trend key and item the fixed-point increment, per user and item the latest ts (seen)."""
+    totals, per trend key and item the fixed-point increment, per user and item the latest ts (seen);
+    and, for the metrics only (not Redis), ``[views, clicks]`` per experiment variant label (None: none)."""
 
     items: dict[str, list[int]] = field(default_factory=dict)
     segments: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
     trend: dict[str, dict[str, int]] = field(default_factory=dict)
     seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    variants: dict[str | None, list[int]] = field(default_factory=dict)
     clock: int = 0
 
 
@@ -43,8 +45,8 @@ def aggregate(
     >>> from recstream.events import Event
     >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12 + k) for k, t in enumerate(["view", "click"])]
     >>> d = aggregate(e, {"u": "age18-24.F"}, half_life_ms=3_600_000, epoch_half_lives=8)
-    >>> d.items["i"], d.segments, d.totals["clicks:age18-24.F"], d.seen
-    ([1, 1, 1000000000000], {'age18-24.F': {'i': [1, 1]}}, 1, {'u': {'i': 1000000000001}})
+    >>> d.items["i"], d.segments, d.totals["clicks:age18-24.F"], d.seen, d.variants
+    ([1, 1, 1000000000000], {'age18-24.F': {'i': [1, 1]}}, 1, {'u': {'i': 1000000000001}}, {None: [1, 1]})
     """
     deltas = CounterDeltas()
     if not events:
@@ -58,7 +60,7 @@ def aggregate(
         for col, what in enumerate(("views", "clicks"))
         for e in epochs
     }
-    items, segments, seen, totals = deltas.items, deltas.segments, deltas.seen, [0, 0]
+    items, segments, seen, variants, totals = deltas.items, deltas.segments, deltas.seen, deltas.variants, [0, 0]
     per_segment: dict[str, list[int]] = {}
     columns = zip(
         events,
@@ -91,6 +93,10 @@ def aggregate(
             seg_counts[col] += 1
         per_segment[segment][col] += 1
         totals[col] += 1
+        per_variant = variants.get(event.variant)
+        if per_variant is None:
+            per_variant = variants[event.variant] = [0, 0]
+        per_variant[col] += 1
         key = trend_keys[col, cur]
         key[item] = key.get(item, 0) + inc_cur
         key = trend_keys[col, prev]

@@ -6,8 +6,12 @@ without changing them in the same commit (a test runs every panel's query).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
+
+from recstream.experiments import Experiment, metric_labels
 
 EVENTS = Counter("recstream_worker_events_total", "Valid events applied to Redis", ["topic", "type"])
 MESSAGES_SKIPPED = Counter(
@@ -69,6 +73,22 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     histogram._sum.inc(float(np.sum(values)))
     for bucket in np.flatnonzero(counts).tolist():
         histogram._buckets[bucket].inc(int(counts[bucket]))
+
+
+EXPERIMENT_EVENTS = Counter(
+    "recstream_worker_experiment_events_total",
+    "Valid events applied, by A/B experiment and variant (none: outside any; other: not configured here)",
+    ["experiment", "variant", "type"],
+)
+
+
+def count_experiment_events(variants: Mapping[str | None, list[int]], experiment: Experiment | None) -> None:
+    """Add a batch's ``[views, clicks]`` per variant label, under labels bounded by the configured experiment."""
+    for variant, counts in variants.items():
+        name, arm = metric_labels(experiment, variant)
+        for kind, n in zip(("view", "click"), counts, strict=True):
+            if n:
+                EXPERIMENT_EVENTS.labels(name, arm, kind).inc(n)
 
 
 REDIS_RETRIES = Counter("recstream_worker_redis_retries_total", "Batches retried because Redis was unreachable")

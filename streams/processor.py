@@ -132,6 +132,7 @@ class BatchProcessor:
             self.store.remember_histories(effect.histories)
             self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
+            metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
             return applied
         raise RuntimeError(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
 

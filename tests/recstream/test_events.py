@@ -90,3 +90,26 @@ def test_encode_round_trips_through_decode():
     ]
     valid, rejected = decode(encode(events), "event", NOW)
     assert valid == events and rejected == []
+
+
+@pytest.mark.parametrize(
+    ("variant", "reason"),
+    [
+        ("blend", "variant: String should match pattern"),
+        ("blend:a:b", "variant: String should match pattern"),
+        ("blend:a b", "variant: String should match pattern"),
+        ("x" * 33 + ":a", "variant: String should match pattern"),
+        (":a", "variant: String should match pattern"),
+        (7, "variant: Input should be a valid string"),
+    ],
+)
+def test_a_malformed_variant_is_rejected_with_its_reason(variant, reason):
+    assert reason in validate({**GOOD, "variant": variant}, "event", NOW).reason
+
+
+def test_the_variant_is_optional_and_travels_only_when_set():
+    old = validate(GOOD, "event", NOW)
+    assert isinstance(old, Event) and old.variant is None and b"variant" not in encode(old)
+    tagged = validate({**GOOD, "variant": "blend-2026.q1:explore_heavy"}, "event", NOW)
+    assert isinstance(tagged, Event) and tagged.variant == "blend-2026.q1:explore_heavy"
+    assert decode(encode(tagged), "event", NOW)[0] == [tagged]

@@ -1,0 +1,121 @@
+"""Experiments: assignment is deterministic, balanced and reshuffled by the salt; the statistics match hand-computed
+values; a configuration that cannot be right is refused with the variable's name."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from pydantic import ValidationError
+
+from recstream.experiments import (
+    MAX_VARIANTS,
+    Experiment,
+    Variant,
+    compare,
+    metric_labels,
+    two_proportion_test,
+    wilson_interval,
+)
+from recstream.settings import SettingsError, load_settings
+
+USERS = [f"u{k:06d}" for k in range(10_000)]
+
+
+def experiment(salt: str = "s1", weights: tuple[float, ...] = (0.5, 0.5)) -> Experiment:
+    return Experiment(
+        name="blend", salt=salt, variants=[Variant(name=f"v{k}", weight=w) for k, w in enumerate(weights)]
+    )
+
+
+def test_assignment_is_deterministic_across_instances():
+    first, second = experiment(), experiment()
+    assert [first.assign(u).name for u in USERS] == [second.assign(u).name for u in USERS]
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.2, 0.3, 0.5), (0.1, 0.9)])
+def test_assignment_follows_the_weights_within_sampling_error_over_10k_ids(weights):
+    counts = Counter(experiment(weights=weights).assign(u).name for u in USERS)
+    for k, w in enumerate(weights):
+        sd = math.sqrt(len(USERS) * w * (1 - w))
+        assert abs(counts[f"v{k}"] - len(USERS) * w) < 4 * sd, (counts, weights)
+
+
+def test_a_new_salt_reshuffles_users_independently_of_the_old_split():
+    old, new = experiment("s1"), experiment("s2")
+    same = sum(old.assign(u).name == new.assign(u).name for u in USERS)
+    # independent 50/50 splits agree for half the users: 5,000 ± 4·50
+    assert abs(same - 5_000) < 200
+
+
+def test_metric_labels_stay_within_the_configured_names():
+    e = experiment(weights=(0.25,) * 4)
+    labels = {metric_labels(e, v) for v in ["blend:v0", "blend:v3", "blend:x", "old:v0", None]}
+    labels |= {metric_labels(None, f"any:{k}") for k in range(100)}
+    assert labels == {("blend", "v0"), ("blend", "v3"), ("blend", "other"), ("other", "other"), ("none", "none")}
+
+
+def test_wilson_interval_matches_hand_computation():
+    # p̂ = 0.3, n = 50, z² = 3.8415: centre (0.3 + 0.038415)/1.07683 = 0.31427,
+    # half 1.96·√(0.0042 + 0.00038415)/1.07683 = 0.12325 → (0.1910, 0.4375)
+    low, high = wilson_interval(15, 50)
+    assert low == pytest.approx(0.1910, abs=1e-4) and high == pytest.approx(0.4375, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(50, 50)[1] == 1.0
+
+
+def test_two_proportion_test_matches_hand_computation():
+    # p̄ = 90/1500 = 0.06, se = √(0.06·0.94·(1/500 + 1/1000)) = 0.013008, z = (0.05 − 0.08)/se = −2.3063
+    z, p = two_proportion_test(40, 500, 50, 1000)
+    assert z == pytest.approx(-2.3063, abs=1e-4)
+    assert p == pytest.approx(0.02109, abs=1e-4)  # 2·(1 − Φ(2.3063))
+
+
+def test_compare_names_the_better_variant_only_when_significant():
+    clear = compare({"control": (5_000, 200), "better": (5_000, 300)}, control="control")
+    assert clear.winner == "better" and clear.arms[1].lift == pytest.approx(0.5)
+    assert compare({"control": (5_000, 300), "worse": (5_000, 200)}, control="control").winner == "control"
+    assert compare({"control": (500, 20), "b": (500, 24)}, control="control").verdict == "no significant difference"
+    # three variants: Bonferroni halves the level, p ≈ 0.035 no longer counts
+    three = compare({"a": (1000, 100), "b": (1000, 130), "c": (1000, 100)}, control="a")
+    assert three.winner is None
+
+
+@pytest.mark.parametrize(
+    ("variants", "says"),
+    [
+        ([{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.6}], "weights must sum to 1"),
+        ([{"name": "a", "weight": 0.5}, {"name": "a", "weight": 0.5}], "unique"),
+        ([{"name": "a", "weight": 1.0}], "at least 2"),
+        ([{"name": f"v{k}", "weight": 1 / (MAX_VARIANTS + 1)} for k in range(MAX_VARIANTS + 1)], "at most 8"),
+        ([{"name": "a b", "weight": 0.5}, {"name": "b", "weight": 0.5}], "pattern"),
+        ([{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.5, "share_explore": 2}], "less than or equal"),
+        ([{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.5, "share_explorer": 0.2}], "Extra inputs"),
+    ],
+)
+def test_an_invalid_experiment_fails_fast_naming_the_variable(variants, says):
+    with pytest.raises(SettingsError, match=f"RECSTREAM_EXPERIMENT: .*{says}"):
+        load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
+
+
+def test_the_experiment_round_trips_through_the_environment(monkeypatch):
+    settings = load_settings(
+        experiment={
+            "name": "x",
+            "salt": "s",
+            "control": "b",
+            "variants": [{"name": "a", "weight": 0.3, "explore_policy": "none"}, {"name": "b", "weight": 0.7}],
+        }
+    )
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().experiment == settings.experiment
+    assert settings.experiment.control_name == "b"
+    with pytest.raises(ValidationError, match="control"):
+        Experiment(
+            name="x",
+            salt="s",
+            control="c",
+            variants=[Variant(name="a", weight=0.5), Variant(name="b", weight=0.5)],
+        )
