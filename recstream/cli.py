@@ -190,6 +190,34 @@ def train(
 
 
 @app.command()
+def rebuild() -> None:
+    """Recompute every derived Redis key from the Kafka log and the current model (workers must be stopped)."""
+    from streams import rebuild as rebuild_module
+
+    settings = _settings()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:  # fmt: skip
+        tasks: dict[str, object] = {}
+
+        def advance(topic: str, n: int, total: int) -> None:
+            if topic not in tasks:
+                tasks[topic] = progress.add_task(f"replaying {topic}", total=total)
+            progress.advance(tasks[topic], n)  # type: ignore[arg-type]
+
+        try:
+            report = asyncio.run(rebuild_module.rebuild(settings, advance))
+        except rebuild_module.RebuildError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    per_topic = ", ".join(f"{topic} {n:,}" for topic, n in report.messages.items())
+    console.print(
+        f"deleted {report.deleted_keys:,} derived keys; model {report.model_version or 'none'}; replayed "
+        f"{sum(report.messages.values()):,} messages ({per_topic}) holding {report.events:,} events, "
+        f"{report.invalid:,} invalid records skipped; {report.seconds:.1f} s. Workers resume after these offsets."
+    )
+
+
+@app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader_host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: settings.reader_port)")] = None,

@@ -36,6 +36,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+NOT_DERIVED = ("model:current", "user:*:feed:*")
+"""Key patterns (after the prefix) that are not a function of the Kafka log: the model pointer (set by
+``recstream train``) and the reader's scroll sessions. ``recstream rebuild`` deletes every other key
+and recomputes it from the log (``item:<i>:similar`` from the current model and the items topic)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:

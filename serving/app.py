@@ -10,7 +10,8 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
   in ``context`` so clicks are attributable to the source that showed the item, and the feed's
   ``variant`` (an A/B test's arm, recstream/experiments.py) as the events' ``variant``;
-* ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``.
+* ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``;
+* ``GET /explore`` — the feed explorer page (serving/explorer.py), a client of the routes above.
 
 Responses are encoded with orjson straight from dicts (the models in serving/schemas.py document
 them); the request metrics are a pure ASGI middleware, and plainly valid feed requests are answered
@@ -38,6 +39,7 @@ from starlette.responses import Response
 
 from recstream.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
 from recstream.settings import Settings
+from serving import explorer
 from serving.fast_feed import FeedFastPath
 from serving.feed_state import CURSOR_PATTERN, Cursor
 from serving.metrics import RequestMetrics
@@ -180,7 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
     @reads.get("/v1/stats", response_model=Stats, tags=["ops"])
     async def stats() -> Response:
         """Live figures over the last few seconds (for the feed explorer page)."""
-        return json_response(reader.live())
+        return json_response(await reader.live())
 
     @writes.put(  # 400: a body that is not JSON at all (FastAPI's parser), 422: JSON of the wrong shape
         "/v1/users/{user_id}/preferences",
@@ -242,6 +244,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(reads)
     app.include_router(writes)
+    app.include_router(explorer.router)
     if not settings.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
         app.add_middleware(

@@ -1,7 +1,10 @@
 """Rates over the last few seconds for the JSON stats route (a browser page reads it, not Prometheus).
 
-Cumulative totals are sampled at most once a second; a rate is the difference between now and
-the oldest sample in the window divided by the elapsed time, so no timer task is needed.
+Two kinds of input. Counts the reader makes itself (``add``) are cumulative totals sampled at most
+once a second; a rate is the difference between now and the oldest sample in the window divided by
+the elapsed time, so no timer task is needed. Readings taken elsewhere (``read``: the workers'
+totals and event clock in Redis, read when the route is polled) are kept as timestamped values in
+the window: a cumulative reading gives a rate or a ratio of increases, a gauge gives quantiles.
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ WINDOW_S = 10
 
 
 class LiveStats:
-    """Counters with per-second rates over a sliding window, plus recent feed latencies.
+    """Counters with per-second rates over a sliding window, recent feed latencies, and outside readings.
 
     >>> stats = LiveStats()
     >>> stats.add("feeds", 3, now=0.0); stats.add("feeds", 2, now=2.0)
     >>> stats.rate("feeds", now=2.0)
     2.5
+    >>> stats.read({"views": 100, "clicks": 4}, now=0.0); stats.read({"views": 150, "clicks": 9}, now=5.0)
+    >>> stats.reading_rate("views", now=5.0), stats.reading_ratio("clicks", "views", now=5.0)
+    (10.0, 0.1)
     """
 
     def __init__(self, window_s: int = WINDOW_S) -> None:
+        self.window_s = window_s
         self.totals: Counter[str] = Counter()
         self._samples: deque[tuple[float, Counter[str]]] = deque(maxlen=window_s + 1)
         self._latencies: deque[float] = deque(maxlen=4096)
+        self._readings: dict[str, deque[tuple[float, float]]] = {}
 
     def add(self, name: str, n: int = 1, now: float | None = None) -> None:
         self._sample(time.monotonic() if now is None else now)
@@ -44,6 +52,46 @@ class LiveStats:
     def latency_ms(self, q: float) -> float | None:
         """The q-quantile (0..1) of the recent feed latencies, in ms."""
         return float(np.quantile(np.fromiter(self._latencies, float), q) * 1000) if self._latencies else None
+
+    def read(self, values: dict[str, float], now: float | None = None) -> None:
+        """Record readings taken now; those older than the window are dropped."""
+        now = time.monotonic() if now is None else now
+        for name, value in values.items():
+            series = self._readings.setdefault(name, deque())
+            series.append((now, value))
+            while now - series[0][0] > self.window_s:
+                series.popleft()
+
+    def latest(self, name: str) -> float | None:
+        """The last reading of ``name``, however old."""
+        series = self._readings.get(name)
+        return series[-1][1] if series else None
+
+    def reading_rate(self, name: str, now: float | None = None) -> float | None:
+        """Increase per second of a cumulative reading over the window; None before two readings."""
+        span = self._span(name, now)
+        return None if span is None else span[1] / span[0]
+
+    def reading_ratio(self, numerator: str, denominator: str, now: float | None = None) -> float | None:
+        """Increase of one cumulative reading over the other's in the window (e.g. clicks / views)."""
+        top, bottom = self._span(numerator, now), self._span(denominator, now)
+        return None if top is None or bottom is None or bottom[1] <= 0 else top[1] / bottom[1]
+
+    def reading_quantile(self, name: str, q: float, now: float | None = None) -> float | None:
+        """The q-quantile (0..1) of a gauge's readings in the window."""
+        values = [v for _, v in self._recent(name, now)]
+        return float(np.quantile(values, q)) if values else None
+
+    def _recent(self, name: str, now: float | None) -> list[tuple[float, float]]:
+        now = time.monotonic() if now is None else now
+        return [(t, v) for t, v in self._readings.get(name, ()) if now - t <= self.window_s]
+
+    def _span(self, name: str, now: float | None) -> tuple[float, float] | None:
+        """(seconds, increase) between the oldest and newest readings in the window."""
+        recent = self._recent(name, now)
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return None
+        return recent[-1][0] - recent[0][0], recent[-1][1] - recent[0][1]
 
     def _sample(self, now: float) -> None:
         if not self._samples or now - self._samples[-1][0] >= 1.0:

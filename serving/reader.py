@@ -264,7 +264,21 @@ class Reader:
             }
         return {"redis": True, "model_version": version, "snapshot_loaded": self.snapshot.loaded}
 
-    def live(self) -> dict:
+    async def live(self) -> dict:
+        """The reader's own figures, plus the workers' (applied events, online CTR, freshness) read from Redis."""
+        with contextlib.suppress(RedisUnavailable):
+            (views, clicks), clock = await self.guard(
+                lambda: self.wire.execute(
+                    ("HMGET", self.keys("totals"), "views", "clicks"), ("GET", self.keys("clock"))
+                )
+            )
+            readings = {"applied:views": int(views or 0), "applied:clicks": int(clicks or 0)}
+            readings["applied"] = readings["applied:views"] + readings["applied:clicks"]
+            previous = self.stats.latest("applied")
+            if clock is not None and previous is not None and readings["applied"] > previous:
+                # events were applied since the last reading: the newest one's age (event time → now)
+                readings["freshness_ms"] = max(time.time() * 1000 - int(clock), 0.0)
+            self.stats.read(readings)
         feeds = self.stats.rate("feeds")
         totals = self.stats.totals
         ctr = {}
@@ -283,6 +297,9 @@ class Reader:
             "pool_items": len(self.snapshot.pool.items),
             "model_version": self.snapshot.model_version,
             "redis": self.guard.ok and self.loader.healthy,
+            "applied_events_per_s": self.stats.reading_rate("applied"),
+            "online_ctr": self.stats.reading_ratio("applied:clicks", "applied:views"),
+            "freshness_p99_ms": self.stats.reading_quantile("freshness_ms", 0.99),
         }
 
     # --- writes ----------------------------------------------------------------------------

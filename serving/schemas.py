@@ -84,3 +84,9 @@ class Stats(BaseModel):
     pool_items: int
     model_version: str | None
     redis: bool
+    applied_events_per_s: float | None = Field(description="events the workers applied per second (Redis totals)")
+    online_ctr: float | None = Field(description="clicks / views the workers applied over the last few seconds")
+    freshness_p99_ms: float | None = Field(
+        description="p99 of now − the newest applied event's timestamp, read at each stats request that finds "
+        "events applied since the previous one; null while idle"
+    )

@@ -3,6 +3,10 @@
 Agent concurrency stays 1: one user's events stay ordered, and faust's offset tracking has
 an open off-by-one for concurrency > 1. The watermark needs each message's partition and
 offset, so agents batch over ``take_events`` (events), not bare values.
+
+On every partition assignment a background task compares the group's committed offsets with
+Redis's watermarks and re-applies from the log what Redis lost (streams/processor.py, gap
+repair); the agents keep consuming meanwhile (the watermark check keeps both paths exact).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from functools import partial
 
 import faust
 from faust.types import TP, EventT
@@ -21,6 +26,7 @@ from streams import metrics
 from streams.heap import freeze_long_lived
 from streams.kafka_transport import ShortFetchTransport
 from streams.live_model import LiveModel, follow_items
+from streams.log import committed_offsets, read_ranges
 from streams.processor import BatchProcessor, DeadLetter, Message
 from streams.state import StateStore
 
@@ -61,9 +67,12 @@ def create_app(settings: Settings) -> faust.App:
         await asyncio.gather(*futures)
 
     model = LiveModel(settings)
+    read_log = partial(read_ranges, settings)
     processors = {
-        kind: BatchProcessor(kind, store, settings, send_dead_letters, model) for kind in ("event", "item", "user")
+        kind: BatchProcessor(kind, store, settings, send_dead_letters, model, read_log)
+        for kind in ("event", "item", "user")
     }
+    topics = {settings.events_topic: "event", settings.items_topic: "item", settings.users_topic: "user"}
 
     @app.task
     async def item_feed() -> None:
@@ -74,7 +83,10 @@ def create_app(settings: Settings) -> faust.App:
         freeze_long_lived()  # everything imported and built by now stays for the worker's life
 
     def messages(batch: Sequence[EventT]) -> list[Message]:
-        out = [Message(e.message.topic, e.message.partition, e.message.offset, e.message.value) for e in batch]
+        out = [
+            Message(m.topic, m.partition, m.offset, m.value, round(m.timestamp * 1000) if m.timestamp else None)
+            for m in (e.message for e in batch)
+        ]
         for tp in {(m.topic, m.partition): m for m in out}.values():
             highwater = app.consumer.highwater(TP(tp.topic, tp.partition))
             if highwater is not None:
@@ -89,13 +101,25 @@ def create_app(settings: Settings) -> faust.App:
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
         app.agent(topic, name=f"recstream.{kind}s", concurrency=1)(consume)
 
-    agent_for(settings.events_topic, "event")
-    agent_for(settings.items_topic, "item")
-    agent_for(settings.users_topic, "user")
+    for topic_name, kind in topics.items():
+        agent_for(topic_name, kind)
+
+    async def repair_behind(assigned: list[tuple[str, int]]) -> None:
+        try:
+            committed = await committed_offsets(settings, assigned)
+            for topic_name, kind in topics.items():
+                await processors[kind].repair_behind([tp for tp in assigned if tp[0] == topic_name], committed)
+        except Exception:  # the next message of a partition still triggers its repair (processor._repair)
+            log.exception("gap check after the partition assignment failed")
+
+    repairs: set[asyncio.Task] = set()
 
     @app.on_partitions_assigned.connect
     async def forget_watermarks(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
         for processor in processors.values():
             processor.forget_watermarks()
+        task = asyncio.ensure_future(repair_behind(sorted((tp.topic, tp.partition) for tp in assigned)))
+        repairs.add(task)  # a reference until done: the loop keeps only weak ones
+        task.add_done_callback(repairs.discard)
 
     return app

@@ -92,3 +92,8 @@ def count_experiment_events(variants: Mapping[str | None, list[int]], experiment
 
 
 REDIS_RETRIES = Counter("recstream_worker_redis_retries_total", "Batches retried because Redis was unreachable")
+GAP_MESSAGES = Counter(
+    "recstream_worker_gap_messages_total",
+    "Messages re-applied from the log because Redis's watermark was behind the consumer (Redis lost a window)",
+    ["topic"],
+)

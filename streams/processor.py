@@ -4,6 +4,15 @@ The same loop serves the three topics; what differs is how valid records become 
 :class:`~streams.state.Effect` (``build``). Messages at or below the partition's watermark
 are dropped first (already applied, see streams/state.py); a bad record goes to the
 dead-letter topic with its reason and never stops the batch.
+
+Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a
+second behind what it acknowledged, while Kafka keeps the offsets the worker committed after
+those batches. The watermark then lags the consumer: a partition's next message is past its
+watermark + 1. Before applying such a batch the processor re-reads the missing offsets from the
+log and applies them first (:meth:`BatchProcessor._repair`); on partition assignment it does the
+same for every partition whose committed offset is past its watermark + 1
+(:meth:`BatchProcessor.repair_behind`), so a quiet partition is repaired too. Offsets missing
+from the log in that range (compacted away) cost one empty read and count as no gap.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,21 +33,12 @@ from recstream.settings import Settings
 from streams import metrics
 from streams.aggregate import aggregate
 from streams.live_model import LiveModel
+from streams.log import Message, Ranges
 from streams.personalize import Personalizer
 from streams.state import Applied, Effect, StaleWatermark, StateStore
 
 MAX_STALE_RETRIES = 20
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """What the processor needs of a Kafka message (faust's ``EventT`` is adapted to this)."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,7 @@ class DeadLetter:
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
 Build = Callable[[Records, Effect], Awaitable[list[int]]]  # → ts of the events that refreshed a candidate list
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # streams.log.read_ranges with the settings bound
 
 
 class BatchProcessor:
@@ -62,8 +63,10 @@ class BatchProcessor:
         settings: Settings,
         send_dead_letters: SendDeadLetters,
         model: LiveModel | None = None,
+        read_log: ReadLog | None = None,
     ) -> None:
         self.kind = kind
+        self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
         self.model = model
         self.store = store
         self.settings = settings
@@ -98,7 +101,42 @@ class BatchProcessor:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
 
-    async def _process_once(self, messages: Sequence[Message]) -> Applied | None:
+    async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
+        """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the
+        committed offset (the worker group had applied them, or it would not have committed past them)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.reload_watermarks()
+                assert self._watermarks is not None
+                behind = {tp: committed[tp] for tp in tps if committed.get(tp, 0) > self._watermark(*tp) + 1}
+                await self._repair(behind)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                metrics.REDIS_RETRIES.inc()
+                log.warning("redis unavailable (%s); retrying the gap check in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    def _watermark(self, topic: str, partition: int) -> int:
+        assert self._watermarks is not None
+        return self._watermarks.get(f"{topic}:{partition}", -1)
+
+    async def _repair(self, ends: Mapping[tuple[str, int], int]) -> None:
+        """Apply each partition's offsets from its watermark + 1 up to ``ends`` (exclusive), read from the log."""
+        if not ends or self.read_log is None:
+            return
+        ranges = {tp: (self._watermark(*tp) + 1, end) for tp, end in ends.items()}
+        replayed = 0
+        async for chunk in self.read_log(ranges):
+            await self._process_once(chunk, repair=False)
+            replayed += len(chunk)
+            metrics.GAP_MESSAGES.labels(chunk[0].topic).inc(len(chunk))
+        if replayed:  # else the range was compacted away: no gap
+            where = ", ".join(f"{t}:{p} from {start} to {end}" for (t, p), (start, end) in sorted(ranges.items()))
+            log.warning("redis was behind the log (%s): re-applied %d messages", where, replayed)
+
+    async def _process_once(self, messages: Sequence[Message], repair: bool = True) -> Applied | None:
         started = time.perf_counter()
         if self._watermarks is None:
             await self.reload_watermarks()
@@ -109,12 +147,20 @@ class BatchProcessor:
                 metrics.MESSAGES_SKIPPED.labels(messages[0].topic).inc(len(messages) - len(fresh))
             if not fresh:
                 return None
+            if repair:
+                first: dict[tuple[str, int], int] = {}
+                for m in fresh:
+                    first.setdefault((m.topic, m.partition), m.offset)
+                await self._repair({tp: offset for tp, offset in first.items() if offset > self._watermark(*tp) + 1})
             now_ms = int(time.time() * 1000)
             records: list = []
             dead: list[DeadLetter] = []
             effect = Effect()
             for message in fresh:
-                valid, rejected = decode(message.value, self.kind, now_ms)
+                # "too far in the future" is measured from the record's Kafka timestamp when it is earlier than
+                # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
+                at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
+                valid, rejected = decode(message.value, self.kind, at_ms)
                 records.extend(valid)
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
@@ -130,7 +176,8 @@ class BatchProcessor:
                 await self.reload_watermarks()
                 continue
             self.store.remember_histories(effect.histories)
-            self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
+            if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
+                self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
             metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
             return applied

@@ -9,11 +9,10 @@ then points ``model:current`` at it, so no worker or reader ever sees half a mod
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from models.als import ALSConfig, event_weights, interaction_matrix, train_als
@@ -21,10 +20,11 @@ from models.ann import ItemIndex
 from models.artifacts import ModelArtifacts, write_model
 from models.content_map import fit_content_map
 from models.ranking_metrics import hit_rate_at_k
-from recstream.events import Event, ItemEvent, Kind, decode
+from recstream.events import Event, ItemEvent, decode
 from recstream.keys import Keys
 from recstream.settings import Settings
 from recstream.sources import Record
+from streams.log import open_log, read, whole_topic
 from streams.personalize import SIMILAR_K, encode_similar
 
 Progress = Callable[[int], None]
@@ -64,36 +64,14 @@ def collect(records: Iterable[Record], progress: Progress | None = None) -> Trai
 
 async def read_log(settings: Settings) -> list[Record]:
     """Every valid record on ``items`` and ``events``, from the earliest offset to the end as of now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    records: list[Record] = []
-    try:
-        for topic, kind in ((settings.items_topic, "item"), (settings.events_topic, "event")):
-            records.extend([r async for r in _read_topic(consumer, topic, kind)])
-    finally:
-        await consumer.stop()
-    return records
-
-
-async def _read_topic(consumer: AIOKafkaConsumer, topic: str, kind: Kind) -> AsyncIterator[Record]:
-    # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
-    cluster = await consumer._client.fetch_all_metadata()
-    partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
-    consumer.assign(partitions)
-    await consumer.seek_to_beginning(*partitions)
-    end = await consumer.end_offsets(partitions)
-    remaining = {tp for tp in partitions if end[tp] > 0}
     now_ms = 2**53  # replay: no future-timestamp check against the wall clock
-    while remaining:
-        batch = await consumer.getmany(*remaining, timeout_ms=1000)
-        for tp, messages in batch.items():
-            for message in messages:
-                if message.offset < end[tp]:
-                    valid, _ = decode(message.value, kind, now_ms)
-                    for value in valid:
-                        yield Record(kind, value)
-            if messages and messages[-1].offset >= end[tp] - 1:
-                remaining.discard(tp)
+    records: list[Record] = []
+    async with open_log(settings) as consumer:
+        for topic, kind in ((settings.items_topic, "item"), (settings.events_topic, "event")):
+            async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
+                for message in chunk:
+                    records.extend(Record(kind, value) for value in decode(message.value, kind, now_ms)[0])
+    return records
 
 
 def _split(log: TrainingLog, holdout: float) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +153,12 @@ def similar_items(index: ItemIndex, item_ids: list[str], factors: np.ndarray) ->
 async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
     """Write the version, its item neighbours, then switch ``model:current`` to it (last)."""
     version = write_model(settings.model_dir, artifacts)
+    await activate(settings, artifacts, version)
+    return version
+
+
+async def activate(settings: Settings, artifacts: ModelArtifacts, version: str) -> None:
+    """Write a written version's item neighbours, then point ``model:current`` at it (also used by the rebuild)."""
     keys = Keys(settings.redis_prefix)
     redis = Redis.from_url(settings.redis_url)
     try:
@@ -186,4 +170,3 @@ async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
         await redis.set(keys("model:current"), version)
     finally:
         await redis.aclose()
-    return version

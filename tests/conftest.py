@@ -18,6 +18,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import orjson
 import pytest
 import redis
 
@@ -134,3 +136,20 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
         else:
             state[name] = client.get(key)
     return state
+
+
+def same_value(key: str, a: object, b: object) -> bool:
+    """Exact, except float vectors (1e-6: the batched solve's rounding depends on its batch) and
+    the candidate scores computed from them."""
+    if key.endswith(":vec"):
+        return np.allclose(np.frombuffer(a, "<f4"), np.frombuffer(b, "<f4"), rtol=0, atol=1e-6)
+    if key.endswith(":cand"):
+        ours, theirs = ({c[0]: c[1] for c in orjson.loads(v)} for v in (a, b))
+        return ours.keys() == theirs.keys() and all(abs(ours[i] - theirs[i]) <= 1e-4 for i in ours)
+    return a == b
+
+
+def differing_keys(ours: dict[str, object], theirs: dict[str, object]) -> list[str]:
+    """Keys of two :func:`dump_state` dumps that only one holds or whose values differ (see :func:`same_value`)."""
+    changed = [key for key in ours if key in theirs and not same_value(key, ours[key], theirs[key])]
+    return sorted(ours.keys() ^ theirs.keys()) + changed

@@ -8,7 +8,9 @@ it (unavailability, preferences, events) use their own users or items.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import threading
 import time
 import uuid
@@ -16,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -241,3 +244,28 @@ async def isolated_topics(settings: Settings) -> Settings:
     )
     await infra.ensure_topics(fresh)
     return fresh
+
+
+@pytest.fixture
+async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
+    """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
+    settings = (await isolated_topics(world.settings)).model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
+    )
+    infra.redis_up(settings)
+    source, target = redis.Redis.from_url(world.settings.redis_url), redis.Redis.from_url(settings.redis_url)
+    pipe = target.pipeline(transaction=False)
+    for key in source.scan_iter("rs:*", count=1000):
+        pipe.restore(key, 0, source.dump(key), replace=True)
+    pipe.execute()
+    source.close()
+    target.close()
+    yield settings
+    infra.stop(infra.redis_service(settings))
+
+
+def kill_redis(settings: Settings) -> None:
+    pid = infra.redis_service(settings).pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not infra.port_open(settings.redis_port), timeout_s=10, what="Redis to die")

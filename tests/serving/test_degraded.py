@@ -1,7 +1,7 @@
 """Redis killed under a running reader (`recstream serve`, a real process): 200s with `degraded: true`, then recovery.
 
-The reader gets a Redis of its own (a separate redis-server on a free port, started and killed by
-this test only), filled with a copy of the world the real worker built.
+The reader gets a Redis of its own (``own_redis`` in tests/serving/conftest.py: a separate redis-server
+on a free port, started and killed by this test only), filled with a copy of the world the real worker built.
 """
 
 from __future__ import annotations
@@ -11,37 +11,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from recstream import infra
 from recstream.settings import Settings
 from tests.conftest import REPO, free_port, wait_until
-from tests.serving.conftest import World, isolated_topics
+from tests.serving.conftest import World, kill_redis
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
-    """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
-    settings = (await isolated_topics(world.settings)).model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
-    )
-    infra.redis_up(settings)
-    source, target = redis.Redis.from_url(world.settings.redis_url), redis.Redis.from_url(settings.redis_url)
-    pipe = target.pipeline(transaction=False)
-    for key in source.scan_iter("rs:*", count=1000):
-        pipe.restore(key, 0, source.dump(key), replace=True)
-    pipe.execute()
-    source.close()
-    target.close()
-    yield settings
-    infra.stop(infra.redis_service(settings))
 
 
 @pytest.fixture
@@ -69,13 +50,6 @@ def served(own_redis: Settings, tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def kill_redis(settings: Settings) -> None:
-    pid = infra.redis_service(settings).pid()
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not infra.port_open(settings.redis_port), timeout_s=10, what="Redis to die")
 
 
 async def test_valid_requests_get_200_degraded_while_redis_is_dead_and_normal_feeds_resume_by_themselves(

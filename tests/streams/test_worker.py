@@ -5,16 +5,18 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
-import orjson
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from models.ctr import quantized_global_ctr
 from recstream.events import Event, ItemEvent, UserEvent, segment_of
-from tests.conftest import dump_state, wait_until
+from recstream.settings import Settings
+from tests.conftest import differing_keys, dump_state, wait_until
 from tests.streams.scenario import T0, applied_events, for_prefix, publish, trained, world
 
 pytestmark = pytest.mark.integration
@@ -56,13 +58,8 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     counters, rankings and pool exactly, user vectors to 1e-6, the same candidate lists."""
     users, items, events = world(n_users=500, n_items=300, n_events=100_000, seed=2)
     base = isolated_settings.model_copy(update={"batch_max": 40, "pool_graduate_views": 300})
-    clean, killed = for_prefix(base, "clean"), for_prefix(base, "killed")
-    clean, version = await trained(clean, tmp_path, events[:20_000], items)
-    killed = killed.model_copy(update={"model_dir": clean.model_dir, "candidates_m": clean.candidates_m})
     client = redis.Redis.from_url(base.redis_url)
-    for key in client.scan_iter(match="clean:item:*"):  # the same model version for both runs
-        client.set(b"killed" + key[len("clean") :], client.get(key))
-    client.set("killed:model:current", version)
+    clean, killed = await clean_and_other(base, "killed", tmp_path, events[:20_000], items, client)
     await publish(base, users=users, items=items)
     worker = worker_factory(killed)
     worker_factory(clean)
@@ -84,20 +81,62 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     wait_until(lambda: applied_events(client, "clean") == total, timeout_s=180, what="clean run to finish")
     assert kills >= 3
     killed_state, clean_state = dump_state(client, "killed"), dump_state(client, "clean")
-    assert killed_state.keys() == clean_state.keys()
     assert sum(key.endswith(":vec") for key in clean_state) == len(users)
-    assert [key for key in clean_state if not same_value(key, killed_state[key], clean_state[key])] == []
+    assert differing_keys(killed_state, clean_state) == []
 
 
-def same_value(key: str, a: object, b: object) -> bool:
-    """Exact, except float vectors (1e-6: the batched solve's rounding depends on its batch) and
-    the candidate scores computed from them."""
-    if key.endswith(":vec"):
-        return np.allclose(np.frombuffer(a, "<f4"), np.frombuffer(b, "<f4"), rtol=0, atol=1e-6)
-    if key.endswith(":cand"):
-        ours, theirs = ({c[0]: c[1] for c in orjson.loads(v)} for v in (a, b))
-        return ours.keys() == theirs.keys() and all(abs(ours[i] - theirs[i]) <= 1e-4 for i in ours)
-    return a == b
+async def clean_and_other(
+    base: Settings, other: str, tmp_path: Path, history: list[Event], items: list[ItemEvent], client: redis.Redis
+) -> tuple[Settings, Settings]:
+    """Settings of a clean run (prefix ``clean``) and of another (prefix ``other``) serving the same model version."""
+    clean, version = await trained(for_prefix(base, "clean"), tmp_path, history, items)
+    copy = for_prefix(base, other, model_dir=clean.model_dir, candidates_m=clean.candidates_m)
+    for key in client.scan_iter(match="clean:item:*"):
+        client.set(other.encode() + key[len("clean") :], client.get(key))
+    client.set(f"{other}:model:current", version)
+    return clean, copy
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["worker-restarted", "worker-running"])
+async def test_redis_losing_a_window_is_repaired_from_the_log(isolated_settings, worker_factory, tmp_path, restart):
+    """Redis comes back without its last writes (AOF everysec after a crash; here: an older snapshot restored)
+    while Kafka holds the offsets committed after them. Whether the worker restarts (repair at partition
+    assignment, before any new message) or keeps running (repair when the next batch finds the watermark
+    behind), the lost window is re-applied from the log and the final state equals a clean run's."""
+    users, items, events = world(n_users=150, n_items=80, n_events=9_000, seed=6)
+    client = redis.Redis.from_url(isolated_settings.redis_url)
+    clean, lossy = await clean_and_other(isolated_settings, "lossy", tmp_path, events[:3_000], items, client)
+    await publish(isolated_settings, users=users, items=items)
+    worker = worker_factory(lossy)
+    worker_factory(clean)
+    for prefix in ("clean", "lossy"):
+        wait_until(lambda p=prefix: client.hlen(f"{p}:user:seg") == len(users), what=f"{prefix} segments")
+    parts = events[:3_000], events[3_000:6_000], events[6_000:]
+    await publish(isolated_settings, events=parts[0])
+    wait_until(lambda: applied_events(client, "lossy") == 3_000, what="the first part")
+    snapshot = {key: (client.dump(key), max(client.pttl(key), 0)) for key in client.scan_iter(match="lossy:*")}
+    await publish(isolated_settings, events=parts[1])
+    wait_until(lambda: applied_events(client, "lossy") == 6_000, what="the second part")
+    if restart:
+        worker.stop()  # commits the offsets of the second part
+    client.delete(*client.scan_iter(match="lossy:*"))
+    for key, (value, ttl_ms) in snapshot.items():
+        client.restore(key, ttl_ms, value)
+    assert applied_events(client, "lossy") == 3_000
+    if restart:
+        worker = worker_factory(lossy)
+        wait_until(lambda: applied_events(client, "lossy") == 6_000, what="the repair at partition assignment")
+    await publish(isolated_settings, events=parts[2])
+    for prefix in ("clean", "lossy"):
+        wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} run")
+    assert differing_keys(dump_state(client, "lossy"), dump_state(client, "clean")) == []
+    scraped = urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics").read().decode()
+    gap = sum(
+        float(line.split()[-1])
+        for line in scraped.splitlines()
+        if line.startswith("recstream_worker_gap_messages_total{")
+    )
+    assert gap > 0
 
 
 async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolated_settings, worker_factory):

@@ -1,0 +1,132 @@
+"""The feed explorer page (/explore) in headless Chromium, against the real reader, worker, Kafka and Redis.
+
+Playwright for Python drives Debian's ``chromium`` (never a downloaded browser). A click on a card
+must reach the worker through ``POST /v1/events`` and come back as a different feed without that
+item; "Load more" must never repeat an item; the degraded banner must show once Redis is gone.
+A screenshot of the populated page is left at ``test-artifacts/explorer.png`` (git-ignored) for
+a reviewer or CI to collect.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from recstream.settings import Settings
+from tests.conftest import REPO
+from tests.serving.conftest import LiveReader, World, kill_redis
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOT = REPO / "test-artifacts" / "explorer.png"
+CHANGE_TIMEOUT_MS = 20_000
+"""The page gives up after 15 s; the feed normally changes within a second (one worker batch)."""
+PATIENT = {"reader_redis_timeout_s": 1.0}
+"""A browser and other tests share the machine: a slow Redis reply must not turn a feed degraded here."""
+
+
+def chromium() -> str:
+    """Debian's Chromium; only a developer machine without it may skip, CI must run the test."""
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser tests: ./dev setup installs Debian's chromium")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium, or ./dev setup)")
+    return path
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A tab in a fresh headless Chromium; any uncaught script error fails the test.
+
+    Per test, not per module: Playwright's sync API runs an event loop while it is open, and the
+    async fixtures a test asks for (``own_redis``) must be set up before it starts.
+    """
+    executable = chromium()
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        tab = browser.new_page(viewport={"width": 1280, "height": 900})
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        yield tab
+        browser.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def shown(page: Page) -> list[str]:
+    """Item ids of the cards on the page, in order."""
+    return page.locator("#feed > li").evaluate_all("cards => cards.map(card => card.dataset.itemId)")
+
+
+def open_feed(page: Page, url: str, user: str) -> list[str]:
+    page.goto(f"{url}/explore?user={user}")
+    expect(page.locator("#feed > li")).to_have_count(10)
+    return shown(page)
+
+
+def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_all(world: World, page: Page):
+    user = world.warm[-1]  # a user no other test reads: the clicks below change its state
+    client = world.redis()
+    with LiveReader(world.settings.model_copy(update=PATIENT)) as reader:
+        first = open_feed(page, reader.url, user)
+        expect(page.locator("#feed-meta")).to_contain_text(f"model {world.model_version}")
+        expect(page.locator("#feed .badge").first).to_have_text(re.compile("personal|popular|fresh|explore"))
+        expect(page.locator("#degraded")).to_be_hidden()
+
+        clicked = first[0]
+        page.locator(f'#feed > li[data-item-id="{clicked}"] button.open').focus()
+        page.keyboard.press("Enter")  # a real button: the keyboard works like the mouse
+        expect(page.locator("#status")).to_contain_text("Feed changed", timeout=CHANGE_TIMEOUT_MS)
+        after = shown(page)
+        assert clicked not in after and after != first
+        change_ms = int(page.locator("#feed-section").get_attribute("data-change-ms") or "0")
+        print(f"click → changed feed: {change_ms} ms")
+        history = [row[0] for row in orjson.loads(client.get(f"rs:user:{user}:hist") or b"[]")]
+        assert clicked in history, "the click went through the reader, Kafka and the worker"
+        assert set(first) <= set(client.zrange(f"rs:user:{user}:seen", 0, -1)), "the views of what was shown too"
+
+        for pages in (2, 3):
+            page.locator("#load-more").click()
+            expect(page.locator("#feed > li")).to_have_count(10 * pages)
+        scrolled = shown(page)
+        assert len(set(scrolled)) == len(scrolled) == 30, "load more never repeats an item"
+        assert clicked not in scrolled
+
+        hidden = scrolled[-1]
+        page.locator(f'#feed > li[data-item-id="{hidden}"] button.hide').click()
+        expect(page.locator(f'#feed > li[data-item-id="{hidden}"]')).to_have_count(0)
+        assert hidden in orjson.loads(client.get(f"rs:user:{user}:prefs"))["not_interested"]
+
+        page.locator("#feed > li button.similar-button").first.click()
+        expect(page.locator("#item-view")).to_be_focused()
+        expect(page.locator("#similar button.neighbour").first).to_be_visible()
+
+        expect(page.locator("#stat-feeds")).to_have_text(re.compile(r"^[\d.,]+$"))
+        expect(page.locator("#stat-freshness")).to_have_text(re.compile(r" ms$"), timeout=15_000)
+        expect(page.locator("#stat-redis")).to_have_text("up")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.evaluate("window.scrollTo(0, 0)")  # the sticky header then sits at the top of the full-page shot
+        page.screenshot(path=SCREENSHOT, full_page=True)
+        print(f"screenshot: {SCREENSHOT}")
+
+        page.set_viewport_size({"width": 360, "height": 740})  # a phone: one column, nothing wider than the screen
+        assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    client.close()
+
+
+def test_the_degraded_banner_appears_when_redis_is_stopped(world: World, own_redis: Settings, page: Page):
+    with LiveReader(own_redis.model_copy(update=PATIENT)) as reader:
+        open_feed(page, reader.url, world.warm[-2])
+        expect(page.locator("#degraded")).to_be_hidden()
+        kill_redis(own_redis)
+        page.locator("#refresh").click()
+        expect(page.locator("#degraded")).to_be_visible()
+        expect(page.locator("#feed > li")).to_have_count(10)
+        assert {s for s in page.locator("#feed .badge").all_inner_texts()} == {"popular"}, "the last known popular list"
+        expect(page.locator("#stat-redis")).to_have_text("down", timeout=5_000)
