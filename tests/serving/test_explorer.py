@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
+from pydantic import SecretStr
 
 from recstream.settings import Settings
 from tests.conftest import REPO
@@ -29,6 +30,7 @@ CHANGE_TIMEOUT_MS = 20_000
 """The page gives up after 15 s; the feed normally changes within a second (one worker batch)."""
 PATIENT = {"reader_redis_timeout_s": 1.0}
 """A browser and other tests share the machine: a slow Redis reply must not turn a feed degraded here."""
+API_KEY = "explorer-test-key"
 
 
 def chromium() -> str:
@@ -72,9 +74,11 @@ def open_feed(page: Page, url: str, user: str) -> list[str]:
 
 def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_all(world: World, page: Page):
     user = world.warm[-1]  # a user no other test reads: the clicks below change its state
-    client = world.redis()
-    with LiveReader(world.settings.model_copy(update=PATIENT)) as reader:
+    protected = world.settings.model_copy(update={**PATIENT, "api_key": SecretStr(API_KEY)})  # writes need the key
+    with LiveReader(protected) as reader, world.redis() as client:
         first = open_feed(page, reader.url, user)
+        page.locator("#user-form summary").click()
+        page.get_by_label("API key").fill(API_KEY)
         expect(page.locator("#feed-meta")).to_contain_text(f"model {world.model_version}")
         expect(page.locator("#feed .badge").first).to_have_text(re.compile("personal|popular|fresh|explore"))
         expect(page.locator("#degraded")).to_be_hidden()
@@ -87,7 +91,7 @@ def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_
         assert clicked not in after and after != first
         change_ms = int(page.locator("#feed-section").get_attribute("data-change-ms") or "0")
         print(f"click → changed feed: {change_ms} ms")
-        history = [row[0] for row in orjson.loads(client.get(f"rs:user:{user}:hist") or b"[]")]
+        history = [row[0] for row in orjson.loads(client.get(f"rs:user:{user}:hist") or "[]")]
         assert clicked in history, "the click went through the reader, Kafka and the worker"
         assert set(first) <= set(client.zrange(f"rs:user:{user}:seen", 0, -1)), "the views of what was shown too"
 
@@ -117,7 +121,6 @@ def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_
 
         page.set_viewport_size({"width": 360, "height": 740})  # a phone: one column, nothing wider than the screen
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
-    client.close()
 
 
 def test_the_degraded_banner_appears_when_redis_is_stopped(world: World, own_redis: Settings, page: Page):
@@ -128,5 +131,5 @@ def test_the_degraded_banner_appears_when_redis_is_stopped(world: World, own_red
         page.locator("#refresh").click()
         expect(page.locator("#degraded")).to_be_visible()
         expect(page.locator("#feed > li")).to_have_count(10)
-        assert {s for s in page.locator("#feed .badge").all_inner_texts()} == {"popular"}, "the last known popular list"
+        assert set(page.locator("#feed .badge").all_inner_texts()) == {"popular"}, "the last known popular list"
         expect(page.locator("#stat-redis")).to_have_text("down", timeout=5_000)
