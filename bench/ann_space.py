@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import show
 
 from models.als import ALSConfig, interaction_matrix, train_als
 from models.ann import ItemIndex
@@ -88,7 +89,7 @@ def main() -> None:
             for space in ("ip", "cosine"):
                 recall, micros = measure(items, queries, space, ef)
                 table.add_row(name, str(ef), space, f"{recall:.4f}", f"{micros:.0f}")
-    Console().print(table)
+    show(table)
 
 
 if __name__ == "__main__":

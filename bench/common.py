@@ -1,7 +1,9 @@
-"""What every benchmark shares: the machine line, bench/results.json, private services, quantiles.
+"""What every benchmark shares: the machine line, bench/results.json, its tables, private services, quantiles.
 
 Benchmarks start their own Kafka and Redis (``infra.running`` on free loopback ports, in
 ``.run/bench``) and stop exactly those, so they never touch a developer's running system.
+Each prints its tables through :func:`show`, which also hands them, as markdown, to
+``bench/run_all.py`` (the one command that regenerates BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -25,6 +31,8 @@ from recstream.infra import free_port  # noqa: E402
 from recstream.settings import Settings, load_settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.json"
+TABLES_ENV = "BENCH_TABLES"
+"""When set (by bench/run_all.py), :func:`show` appends each table to this file as one JSON line."""
 START_ATTEMPTS = 3  # private services are started on fresh ports this many times before giving up
 
 
@@ -58,6 +66,44 @@ def record(figures: dict[str, dict[str, object]]) -> None:
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     tmp.replace(RESULTS)
+
+
+def markdown_table(table: Table) -> str:
+    """A rich table as a GitHub markdown table: the title in bold above it, right-justified columns as `---:`.
+
+    >>> t = Table("row", "value", title="demo")
+    >>> t.columns[1].justify = "right"
+    >>> t.add_row("a|b", "[bold]1[/bold]")
+    >>> print(markdown_table(t))
+    **demo**
+    <BLANKLINE>
+    | row | value |
+    |---|---:|
+    | a\\|b | 1 |
+    """
+
+    def plain(cell: object) -> str:
+        text = cell.plain if isinstance(cell, Text) else Text.from_markup(str(cell)).plain
+        return " ".join(text.split()).replace("|", "\\|")
+
+    columns = table.columns
+    lines = [f"**{plain(table.title)}**", ""] if table.title else []
+    lines.append("| " + " | ".join(plain(c.header) for c in columns) + " |")
+    lines.append("|" + "|".join("---:" if c.justify == "right" else "---" for c in columns) + "|")
+    for row in zip(*(c.cells for c in columns), strict=True):
+        lines.append("| " + " | ".join(plain(cell) for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def show(table: Table, console: Console | None = None) -> None:
+    """Print the table; under bench/run_all.py also append it as markdown to the file it names in BENCH_TABLES."""
+    (console or Console()).print(table)
+    target = os.environ.get(TABLES_ENV)
+    if target:
+        with open(target, "ab") as out:
+            out.write(
+                json.dumps({"script": Path(sys.argv[0]).stem, "markdown": markdown_table(table)}).encode() + b"\n"
+            )
 
 
 @contextmanager

@@ -12,8 +12,7 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaProducer
-from common import figure, machine, record, services
-from rich.console import Console
+from common import figure, machine, record, services, show
 from rich.table import Table
 
 from recstream.events import Event, encode
@@ -64,7 +63,7 @@ def main() -> None:
         table.add_column(column, justify="right")
     table.add_row("naive: one event per message", f"{N_BASELINE:,}", f"{size:.0f}", f"{baseline:,.0f}")
     table.add_row("recstream EventProducer (micro-batches of 100)", f"{N_EVENTS:,}", f"{size:.0f}", f"{rate:,.0f}")
-    Console().print(table)
+    show(table)
     record({"producer_events_per_s": figure(rate, "events/s", COMMAND, baseline)})
 
 

@@ -48,7 +48,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, record
+from common import RESULTS, record, show
 
 from recstream import infra
 from recstream.keys import Keys
@@ -292,7 +292,7 @@ def main() -> None:
                         str(r["degraded"]),
                     )
         mean_trips, max_trips = round_trips(port)
-        console.print(table)
+        show(table, console)
         console.print(f"Redis round trips per feed request: mean {mean_trips:.2f}, max {max_trips:.0f}")
         console.print(
             f"{os.cpu_count()} cores; 1-min load average {load_before:.2f} before, "

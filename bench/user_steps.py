@@ -24,13 +24,12 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
-from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import record
+from common import record, show
 
 from models.user_step import ALSStep
 
@@ -85,7 +84,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, rate in rates.items():
         table.add_row(name, f"{rate:,.0f}", f"{np.abs(outputs[name] - reference).max():.1e}")
-    Console().print(table)
+    show(table)
 
     ours, theirs = rates["ours, batched (ALSStep.solve_batch)"], rates["implicit recalculate_user, batched"]
     today = date.today().isoformat()

@@ -23,8 +23,7 @@ import time
 
 import redis
 from aiokafka import AIOKafkaConsumer
-from common import ROOT, Worker, figure, histogram_quantile, machine, record, scrape_histogram, services
-from rich.console import Console
+from common import ROOT, Worker, figure, histogram_quantile, machine, record, scrape_histogram, services, show
 from rich.table import Table
 
 from models.als import ALSConfig
@@ -180,7 +179,7 @@ def main() -> None:
     )
     table.add_row("freshness p50 / p99 (event → state)", f"{fresh50:.0f} / {fresh99:.0f} ms")
     table.add_row("click → candidates p50 / p99", f"{cand50:.0f} / {cand99:.0f} ms")
-    Console().print(table)
+    show(table)
     record({
         "worker_events_per_s": figure(personal_rate, "events/s", COMMAND, raw),
         "worker_events_per_s_counters_only": figure(counters_rate, "events/s", COMMAND, raw),

@@ -1,0 +1,58 @@
+"""BENCHMARKS.md regeneration: every benchmark's tables land in its section, and a partial run erases nothing."""
+
+from __future__ import annotations
+
+import doctest
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import run_all  # noqa: E402
+from run_all import BENCHES, PLACEHOLDER, TEMPLATE, Bench, Run, previous_blocks, render  # noqa: E402
+
+
+def produce_run(value: str) -> Run:
+    table = Table(title="producer", show_lines=False)
+    table.add_column("client")
+    table.add_column("events/s", justify="right")
+    table.add_row("recstream EventProducer", value)
+    run = Run(Bench("produce"), ".venv/bin/python bench/produce.py", "2026-11-23", "2 cores, 23.5 GiB, AMD EPYC")
+    run.seconds, run.tables = 41.0, [common.markdown_table(table)]
+    return run
+
+
+def test_the_template_has_a_section_for_every_benchmark_the_runner_knows():
+    assert set(PLACEHOLDER.findall(TEMPLATE.read_text())) == {b.name for b in BENCHES}
+    assert "{{header}}" in TEMPLATE.read_text()
+
+
+def test_a_run_lands_in_its_section_with_command_date_machine_and_markdown_table():
+    names = [b.name for b in BENCHES]
+    page = render(TEMPLATE.read_text(), {"produce": produce_run("424,929").block()}, "HEADER", names)
+    section = page.split("## Producer", 1)[1].split("\n## ", 1)[0]
+    assert "`.venv/bin/python bench/produce.py` — 2026-11-23, 2 cores, 23.5 GiB, AMD EPYC, 41 s" in section
+    assert "| client | events/s |\n|---|---:|\n| recstream EventProducer | 424,929 |" in section
+    assert "HEADER" in page and "{{" not in page
+    assert "_Not measured yet: `.venv/bin/python bench/run_all.py --only reader`._" in page
+
+
+def test_regenerating_after_a_partial_run_keeps_the_other_benchmarks_blocks():
+    names = [b.name for b in BENCHES]
+    template = TEMPLATE.read_text()
+    first = render(template, {"produce": produce_run("1").block(), "reader": "reader table"}, "H", names)
+    blocks = previous_blocks(first)
+    blocks["produce"] = produce_run("2").block()  # as main() does after `--only produce`
+    second = render(template, blocks, "H", names)
+    assert "reader table" in second and "| recstream EventProducer | 2 |" in second
+    assert "| recstream EventProducer | 1 |" not in second
+    assert render(template, previous_blocks(second), "H", names) == second, "regeneration is idempotent"
+
+
+def test_bench_modules_doctests_pass():
+    for module in (common, run_all):
+        assert doctest.testmod(module).failed == 0, module.__name__
