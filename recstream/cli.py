@@ -66,6 +66,24 @@ def infra_status() -> None:
         console.print(f"{service.name}: {state}" + (f" (pid {pid})" if pid else ""))
 
 
+bench_app = typer.Typer(help="Benchmarks (from a source checkout: they live in bench/).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("all", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_all(ctx: typer.Context) -> None:
+    """Every benchmark in sequence, then BENCHMARKS.md regenerated: bench/run_all.py with the options given
+    (--only, --skip, --with, --quick; `.venv/bin/python bench/run_all.py --help` describes them)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "run_all.py"
+    if not script.exists():
+        console.print(f"[red]{script} not found: the benchmarks run from a source checkout[/red]")
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.run([sys.executable, str(script), *ctx.args], check=False).returncode)
+
+
 def _records(file: Path | None, movielens: Path | None, synthetic: int | None, seed: int) -> Iterator[sources.Record]:
     chosen = [x for x in (file, movielens, synthetic) if x is not None]
     if len(chosen) != 1:
