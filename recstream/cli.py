@@ -263,24 +263,81 @@ def serve(
 @app.command()
 def demo(
     seconds: Annotated[float | None, typer.Option(help="stop after this long (default: until Ctrl-C)")] = None,
-    rate: Annotated[float, typer.Option(help="world events per second")] = 200.0,
-    history: Annotated[int, typer.Option(help="events of history before the first model")] = 50_000,
-    seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
+    feeds_per_s: Annotated[float, typer.Option(help="feed requests of the simulated users per second")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="feed requests in flight at most")] = 16,
+    new_items_per_min: Annotated[float, typer.Option(help="new items arriving per minute")] = 60.0,
+    half_life_min: Annotated[float, typer.Option(help="item appeal halves every this many minutes (0: off)")] = 5.0,
+    history_min: Annotated[float, typer.Option(help="minutes of the world's history before the first model")] = 10.0,
+    history_rate: Annotated[float, typer.Option(help="views per second in that history")] = 20.0,
+    seed: Annotated[int, typer.Option(help="world and simulation seed")] = 7,
+    movielens: Annotated[
+        Path | None, typer.Option(help="MovieLens 100K folder: its users' tastes and items as the hidden world")
+    ] = None,
 ) -> None:
-    """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated traffic."""
+    """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated users in a closed loop."""
     from recstream import demo as demo_module
+    from recstream.simulator import FRESH_WORLD, SimConfig
+    from recstream.world import WorldConfig
 
-    started = time.monotonic()
+    settings = _settings()
     try:
-        stats = demo_module.run(_settings(), seconds, rate, history, seed)
-    except KeyboardInterrupt:
-        console.print("stopped by Ctrl-C; everything the demo started is stopped")
-        return
-    except infra.InfraError as exc:
+        sim = SimConfig(seed=seed, feeds_per_s=feeds_per_s, concurrency=concurrency)
+        changes = {"seed": seed, "new_items_per_hour": new_items_per_min * 60, "appeal_half_life_h": half_life_min / 60}
+        world = WorldConfig.model_validate({**FRESH_WORLD.model_dump(), **changes})
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    try:
+        result = demo_module.run(settings, seconds, world, history_min * 60, history_rate, sim, movielens)
+    except (infra.InfraError, ValueError, OSError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
-    elapsed = time.monotonic() - started
-    console.print(f"demo ran {elapsed:.0f} s: offered {stats.sent:,} events, {stats.clicks:,} clicks")
+    if result is None:
+        return
+    summary = result.summary()
+    console.print(
+        f"demo ran {summary['seconds']:.0f} s: {summary['feeds']:,} feeds ({summary['failed']} failed), "
+        f"{result.events_posted:,} events, CTR {summary['ctr']:.2%} "
+        + " ".join(f"{s} {c:.2%}" for s, c in summary["ctr_by_source"].items())
+        + f"; regret per feed {summary['regret_per_feed']:.3f}; {summary['items_published']:,} new items; "
+        f"{summary['top_new_discovered']}/{summary['top_new_items']} top-decile new items reached popular"
+    )
+
+
+@experiment_app.command("report")
+def experiment_report(
+    name: Annotated[str | None, typer.Argument(help="the experiment (default: the configured one)")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSONL file of events instead of the Kafka log")] = None,
+    control: Annotated[str | None, typer.Option(help="baseline variant (default: the configured control)")] = None,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="significance level (Bonferroni-split)")] = 0.05,
+) -> None:
+    """CTR per variant with 95% intervals, lift and a two-proportion z-test against the control.
+
+    Counts every event whose ``variant`` names the experiment, from the earliest offset of the events
+    topic (exact, whatever the workers did) or from a file.
+    """
+    from recstream import experiment_report as report
+    from recstream.experiments import compare
+
+    settings = _settings()
+    configured = settings.experiment
+    name = name or (configured.name if configured else None)
+    if name is None:
+        console.print("[red]no experiment is configured (RECSTREAM_EXPERIMENT): name one[/red]")
+        raise typer.Exit(2)
+    if file is not None:
+        counts = report.count_variants(report.file_events(file), name)
+    else:
+        counts = asyncio.run(report.count_log(settings, name))
+    if len(counts) < 2:
+        console.print(f"[red]experiment {name}: events of {len(counts)} variant(s) found, nothing to compare[/red]")
+        raise typer.Exit(1)
+    default = configured.control_name if configured and configured.name == name else min(counts)
+    baseline = control or default
+    if baseline not in counts:
+        console.print(f"[red]control {baseline!r} has no events; variants seen: {', '.join(counts)}[/red]")
+        raise typer.Exit(2)
+    Console().print(report.report_table(name, compare(counts, baseline, alpha)))
 
 
 if __name__ == "__main__":

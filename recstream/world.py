@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,6 +112,7 @@ class World:
         ages = np.sort(np.ceil(self._item_rng.random(config.n_items) * span_ms).astype(np.int64))[::-1]
         self._add_items(config.start_ms - ages)
         self._arrival_clock = float(config.start_ms)
+        self._closed = False  # a closed catalogue (MovieLens) never generates items
         self.bias = 0.0
         self.bias = self._calibrated_bias(np.random.default_rng(calibration_seed))
 
@@ -168,7 +170,7 @@ class World:
         the same however far ahead the world was advanced, and growth costs amortized O(1).
         """
         rate = self.config.new_items_per_hour
-        while rate > 0 and self.created_ms[-1] <= until_ms:
+        while rate > 0 and not self._closed and self.created_ms[-1] <= until_ms:
             block = max(ITEM_BLOCK, len(self.item_ids))
             times = self._arrival_clock + np.cumsum(self._item_rng.exponential(HOUR_MS / rate, block))
             self._arrival_clock = float(times[-1])
@@ -366,6 +368,74 @@ class World:
         affinity = np.einsum("bd,bmd->bm", self.taste[users], self.item_vectors[candidates])
         pick = np.argmax(affinity / cfg.browse_temperature + rng.gumbel(size=shape), axis=1)
         return candidates[np.arange(users.size), pick]
+
+
+def movielens_world(folder: Path, config: WorldConfig) -> World:
+    """A world whose hidden tastes are MovieLens 100K's (its true ones are not available: an approximation).
+
+    - taste[u], item_vectors[i]: a rank-`dim` truncated SVD of the user-centred rating matrix
+      (U·√S, V·√S), scaled so taste·item has standard deviation `affinity_sd` over the rated pairs;
+    - quality[i]: the item's mean rating shrunk toward the global mean by 10 ratings, standardized
+      to `quality_sd`; categories: its genres; attributes: u.user; activity: the user's rating count;
+    - the catalogue: items ordered by their first rating; the first `n_items` exist at start (created
+      over `initial_age_span_h`), the others arrive one every 1/`new_items_per_hour` until all 1,682 have.
+
+    Click probabilities, fading, calibration and the browsing stream are the synthetic world's.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.linalg import svds
+
+    data = np.loadtxt(folder / "u.data", dtype=np.int64)
+    users, items, ratings, ts = (data[:, j] for j in range(4))
+    users, items, ratings = users - 1, items - 1, ratings.astype(np.float64)
+    n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
+    first = np.full(n_items, np.iinfo(np.int64).max)
+    np.minimum.at(first, items, ts)
+    order = np.argsort(first, kind="stable")  # world index → MovieLens item
+    rank = np.empty(n_items, dtype=np.int64)
+    rank[order] = np.arange(n_items)
+    items = rank[items]
+    user_mean = np.bincount(users, ratings, n_users) / np.maximum(np.bincount(users, minlength=n_users), 1)
+    centred = csr_matrix((ratings - user_mean[users], (users, items)), shape=(n_users, n_items))
+    u, sv, vt = svds(centred, k=config.dim, random_state=config.seed)
+    taste, vectors = u * np.sqrt(sv), vt.T * np.sqrt(sv)
+    scale = config.affinity_sd / np.std(np.einsum("nd,nd->n", taste[users], vectors[items]))
+    count = np.bincount(items, minlength=n_items)
+    mean = (np.bincount(items, ratings, n_items) + 10 * ratings.mean()) / (count + 10)
+    genres = [line.split("|")[0].replace("'", "").replace(" ", "_")
+              for line in (folder / "u.genre").read_text(encoding="latin-1").splitlines() if line.strip()]  # fmt: skip
+    mask = np.zeros((n_items, len(genres)), dtype=bool)
+    for line in (folder / "u.item").read_text(encoding="latin-1").splitlines():
+        fields = line.split("|")
+        mask[rank[int(fields[0]) - 1]] = [flag == "1" for flag in fields[-len(genres) :]]
+    at_start = min(config.n_items, n_items)
+    config = config.model_copy(update={"n_users": n_users, "n_items": at_start, "n_categories": len(genres)})
+    rng = np.random.default_rng(config.seed)
+    world = World.__new__(World)
+    world.config = config
+    *_, calibration_seed, world._events_seed = np.random.SeedSequence(config.seed).spawn(4)
+    world.taste = taste * np.sqrt(scale)
+    world.item_vectors = vectors * np.sqrt(scale)
+    world.quality = config.quality_sd * (mean - mean.mean()) / mean.std()
+    world.quality_hint = world.quality + rng.standard_normal(n_items)
+    span_ms = config.initial_age_span_h * HOUR_MS
+    start_ages = np.sort(np.ceil(rng.random(at_start) * span_ms).astype(np.int64))[::-1]
+    step_ms = HOUR_MS / config.new_items_per_hour if config.new_items_per_hour else float("inf")
+    later = config.start_ms + np.minimum(np.arange(1, n_items - at_start + 1) * step_ms, 2**62).astype(np.int64)
+    world.created_ms = np.concatenate([config.start_ms - start_ages, later])
+    world.item_category_mask = mask
+    world.category_names = genres
+    world.item_ids = [f"i{i:06d}" for i in range(n_items)]
+    world.user_ids = [f"u{u:06d}" for u in range(n_users)]
+    world.user_attributes = []
+    for line in (folder / "u.user").read_text(encoding="latin-1").splitlines():
+        _, age, gender, occupation, _zip = line.split("|")
+        world.user_attributes.append({"age": int(age), "gender": gender, "occupation": occupation})
+    world._activity_cdf = np.cumsum(np.bincount(users, minlength=n_users).astype(np.float64))
+    world._closed = True
+    world.bias = 0.0
+    world.bias = world._calibrated_bias(np.random.default_rng(calibration_seed))
+    return world
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
