@@ -20,6 +20,8 @@ from recstream.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="recstream: a streaming, near-real-time recommender.", no_args_is_help=True)
 infra_app = typer.Typer(help="Local Kafka + Redis on loopback, without Docker.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
+experiment_app = typer.Typer(help="Online experiments (A/B tests) of blend settings.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 console = Console(stderr=True)
 
 

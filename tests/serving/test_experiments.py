@@ -1,0 +1,157 @@
+"""An A/B test end to end: simulated users of a synthetic world fetch feeds from the real reader, click with
+their true probability and report through POST /v1/events; a real worker applies the events; the report,
+read back from Kafka, must name the blend that is truly better, and agree with what the users did."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+
+import httpx
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from recstream.cli import app as cli
+from recstream.events import Event, validate
+from recstream.experiment_report import count_log
+from recstream.experiments import Experiment, Variant, compare
+from recstream.settings import load_settings
+from recstream.simulator import SimConfig, Simulator
+from recstream.world import HOUR_MS, World, WorldConfig
+from serving.feed import Variants
+from tests.conftest import wait_until
+from tests.serving.conftest import LiveReader, reader_client
+from tests.streams.scenario import publish, trained
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENT = Experiment(
+    name="blend",
+    salt="e2e",
+    control="good",
+    variants=[
+        Variant(name="good", weight=0.5),  # the default blend: personal, popular, fresh, explore (TS)
+        # deliberately bad: no personal or popular items, explore at its cap and uniformly random
+        Variant(
+            name="bad",
+            weight=0.5,
+            share_personal=0.0,
+            share_popular=0.0,
+            share_fresh=0.75,
+            share_explore=0.25,
+            explore_policy="epsilon_greedy",
+            explore_epsilon=1.0,
+        ),
+    ],
+)
+EVENTS = [
+    Event(type="view", user_id="u1", item_id="i", ts=10**12),
+    Event(type="view", user_id="u2", item_id="i", ts=10**12, variant="older:x"),
+]
+HISTORY_EVENTS = 4_000
+FEEDS = 300
+
+
+def split_history(world: World) -> tuple[list, list, list]:
+    users, items, events = [], [], []
+    for obj in world.history(HISTORY_EVENTS):
+        kind = obj.pop("kind", "event")
+        {"user": users, "item": items, "event": events}[kind].append(validate(obj, kind, 2**53))
+    return users, items, events
+
+
+def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_settings, worker_factory, tmp_path):
+    # a world without arrivals or fading (a stationary truth), its history two hours ago
+    now = int(time.time() * 1000)
+    config = WorldConfig(seed=3, n_users=300, n_items=300, new_items_per_hour=0, appeal_half_life_h=None)
+    world = World(config.model_copy(update={"start_ms": now - 2 * HOUR_MS}))
+    users, items, events = split_history(world)
+    settings = isolated_settings.model_copy(
+        # a generous Redis timeout: a degraded page (the same for both arms) would blur the comparison
+        update={"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
+    )
+    settings, _ = asyncio.run(trained(settings, tmp_path, events, items, candidates_m=50))
+    worker = worker_factory(settings)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    asyncio.run(publish(settings, users=users, items=items))
+    wait_until(lambda: client.zcard("rs:pool") == len(items), what="every item in the pool")
+    asyncio.run(publish(settings, events=events))
+    wait_until(lambda: client.hget("rs:totals", "views") == str(sum(e.type == "view" for e in events)), what="history")
+
+    with LiveReader(settings) as reader:
+        simulator = Simulator(
+            world,
+            reader.url,
+            settings,
+            SimConfig(seed=1, feeds_per_s=60, concurrency=8, limit=10),
+            announced_items=len(world.item_ids),
+            announced_users=range(config.n_users),
+        )
+        result = asyncio.run(simulator.run(feeds=FEEDS))
+    assert result.failed == 0 and result.degraded == 0
+    truth = {label.split(":")[1]: arm for label, arm in result.by_variant.items()}
+    assert set(truth) == {"good", "bad"} and min(arm.feeds for arm in truth.values()) > FEEDS / 3
+
+    # the report reads the log, exactly what the users did
+    counts = asyncio.run(count_log(settings, "blend"))
+    assert counts == {name: (arm.impressions, arm.clicks) for name, arm in truth.items()}
+    report = compare(counts, EXPERIMENT.control_name)
+    assert report.winner == "good", report
+    # ... and the truth agrees: the bad blend's feeds lose more expected clicks against the oracle
+    assert truth["good"].regret / truth["good"].feeds < truth["bad"].regret / truth["bad"].feeds
+
+    env = settings.to_env()
+    out = CliRunner().invoke(cli, ["experiment", "report"], env=env, terminal_width=160)
+    assert out.exit_code == 0, out.output
+    assert "experiment blend: good is better" in out.output
+
+    # the worker counts the same events per variant, under bounded labels
+    def worker_counts() -> dict[tuple[str, str], int]:
+        text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+        pattern = r'recstream_worker_experiment_events_total\{experiment="blend",type="(\w+)",variant="(\w+)"\} (\S+)'
+        return {(variant, kind): int(float(n)) for kind, variant, n in re.findall(pattern, text)}
+
+    expected = {(name, kind): n for name, (v, c) in counts.items() for kind, n in (("view", v), ("click", c))}
+    wait_until(lambda: worker_counts() == expected, timeout_s=20, what="the worker's per-variant counters")
+
+
+async def test_the_feed_names_the_variant_and_blends_with_its_settings(world):
+    """On the reader tests' world: each page names its user's variant; the control keeps the default blend
+    (12/4/2/2 of 20 for a warm user), the bad arm has no popular slot and explore at its cap (5 of 20)."""
+    settings = world.settings.model_copy(update={"experiment": EXPERIMENT})
+    async with reader_client(settings) as reader:
+        arms = set()
+        for user in world.warm[:20]:
+            page = (await reader.get(f"/v1/feed/{user}", params={"limit": 20})).json()
+            variant = EXPERIMENT.assign(user).name
+            arms.add(variant)
+            assert page["variant"] == f"blend:{variant}"
+            sources = Counter(item["source"] for item in page["items"])
+            if variant == "good":
+                assert sources == {"personal": 12, "popular": 4, "fresh": 2, "explore": 2}
+            else:
+                assert sources["popular"] == 0 and sources["explore"] == 5, (user, sources)
+        assert arms == {"good", "bad"}
+
+
+def test_reported_events_carry_the_users_variant_unless_they_name_one():
+    assert Variants(load_settings()).stamp(EVENTS) == EVENTS  # no experiment: nothing to stamp
+    variants = Variants(load_settings(experiment=EXPERIMENT))
+    stamped = variants.stamp(EVENTS)
+    assert stamped[0].variant == f"blend:{EXPERIMENT.assign('u1').name}" and stamped[1].variant == "older:x"
+
+
+def test_each_variant_blends_with_the_global_settings_plus_its_overrides():
+    settings = load_settings(experiment=EXPERIMENT, share_popular=0.3)
+    variants = Variants(settings)
+    arms = {}
+    for user in (f"u{k}" for k in range(100)):
+        arm = variants.assign(user)
+        arms[arm.label] = arm.settings
+    good, bad = arms["blend:good"], arms["blend:bad"]
+    assert good == settings
+    assert (bad.share_personal, bad.share_popular, bad.explore_policy) == (0.0, 0.0, "epsilon_greedy")
+    assert bad.share_fresh == 0.75 and bad.redis_prefix == settings.redis_prefix
