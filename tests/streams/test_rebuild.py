@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 
 from streams.log import committed_offsets, open_log, whole_topic
-from streams.rebuild import RebuildError, rebuild
-from tests.conftest import differing_keys, dump_state, wait_until
+from streams.rebuild import rebuild
+from tests.conftest import REPO, differing_keys, dump_state, wait_until
 from tests.streams.scenario import applied_events, publish, trained, world
 
 pytestmark = pytest.mark.integration
@@ -52,6 +56,7 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
 
 
 async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_factory):
+    """``recstream rebuild`` (the command) exits 1 naming the group's members and changes nothing."""
     settings = isolated_settings
     client = redis.Redis.from_url(settings.redis_url)
     worker_factory(settings)
@@ -59,6 +64,9 @@ async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_fac
     await publish(settings, users=users, items=items)
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="the worker to apply users")
     before = dump_state(client, "rs")
-    with pytest.raises(RebuildError, match="active member"):
-        await rebuild(settings)
+    env = {**os.environ, **settings.to_env()}
+    rebuild_command = [sys.executable, "-m", "recstream.cli", "rebuild"]
+    command = subprocess.run(rebuild_command, env=env, capture_output=True, text=True, cwd=REPO)
+    assert command.returncode == 1
+    assert f"consumer group {settings.worker_group} has 1 active member" in " ".join(command.stderr.split())
     assert dump_state(client, "rs") == before
