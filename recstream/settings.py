@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     pool_graduate_views: int = Field(200, gt=0, description="an item leaves the pool after this many views")
     pool_graduate_age_s: int = Field(48 * 3600, gt=0, description="... or when it is this old (event time)")
     bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
+    fold_in_users: int = Field(
+        1_000, gt=0, le=100_000, description="users kept per new item for its fold-in at graduation (the first ones)"
+    )
 
     # the reader (serving/)
     reader_host: str = Field("127.0.0.1", description="interface the reader binds to")

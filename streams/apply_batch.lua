@@ -174,13 +174,43 @@ for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
   redis.call('EXPIRE', key, cfg.trend_ttl_s)
 end
 
--- 6. the new-item pool: graduation by views (counted items) or by age (event time)
+-- 6. users of new items until they graduate, for their fold-in (streams/fold_ins.py): user → summed
+-- weight, added event by event in order (as models/history.py sums); the first item_users_cap users
+local new_items = {}
+for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
+local done = many('SMISMEMBER', P .. 'graduated', new_items)
+for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
+  if done[k] == 0 then
+    local key = P .. 'item:' .. it[1] .. ':users'
+    local users = {}
+    for j, u in ipairs(it[2]) do users[j] = u[1] end
+    local old = many('HMGET', key, users)
+    local size = redis.call('HLEN', key)
+    local args = {}
+    for j, u in ipairs(it[2]) do
+      local r = old[j] and tonumber(old[j])
+      if not r and size < cfg.item_users_cap then r, size = 0, size + 1 end
+      if r then
+        for _, w in ipairs(u[2]) do r = r + w end
+        args[#args + 1] = u[1]
+        args[#args + 1] = r
+      end
+    end
+    many('HSET', key, args)
+  end
+end
+
+-- 7. the new-item pool: graduation by views (counted items) or by age (event time); a graduated item
+-- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item
 local clock = math.max(num(redis.call('GET', P .. 'clock')), p.clock)
 redis.call('SET', P .. 'clock', clock)
 local graduated = {}
 local in_pool = many('ZMSCORE', P .. 'pool', names)
 for k, item in ipairs(names) do
-  if in_pool[k] and new_views[k] >= cfg.graduate_views then graduated[#graduated + 1] = item end
+  if in_pool[k] and new_views[k] >= cfg.graduate_views then
+    graduated[#graduated + 1] = item
+    redis.call('ZREM', P .. 'pool', item)  -- now, so the age rule cannot list it a second time
+  end
 end
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', '(' .. string.format('%d', clock - cfg.graduate_age_ms))) do
   graduated[#graduated + 1] = item
@@ -188,9 +218,10 @@ end
 for _, item in ipairs(graduated) do
   redis.call('ZREM', P .. 'pool', item)
   redis.call('SADD', P .. 'graduated', item)
+  if redis.call('EXISTS', P .. 'item:' .. item .. ':users') == 1 then redis.call('SADD', P .. 'foldin:pending', item) end
 end
 
--- 7. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
+-- 8. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
 for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
   local key = P .. 'user:' .. u[1] .. ':seen'
   local args = {}
@@ -211,6 +242,6 @@ for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
 end
 
--- 8. the watermarks move with the effect they cover
+-- 9. the watermarks move with the effect they cover
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
-return {'ok', q_str, full and 1 or 0, graduated}
+return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending')}

@@ -5,9 +5,15 @@ Items are broadcast: each worker reads *all* partitions of ``items`` from the be
 appends new items to its index at once. The faust ``items`` agent, by contrast, is
 partitioned across the group and writes the shared Redis item state.
 
+Fold-ins (streams/fold_ins.py) are broadcast too: each worker tails the fold-in log and
+replaces a graduated item's content vector in its own index; the worker whose batch graduated
+the item computes it.
+
 Hot swap: when ``model:current`` names a version other than the one served, the next batch
-loads it in a thread (the event loop keeps running), replays the known items into it and
-only then swaps, so a batch sees the old model or the new one, never half of one.
+loads it in a thread (the event loop keeps running), replays the known items and the
+version's stored fold-ins into it and only then swaps, so a batch sees the old model or the
+new one, never half of one. Fold-ins stored under an older version are not carried over:
+the new version was trained on the events that graduated those items.
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.artifacts import ArtifactError, read_model
 from recstream.events import ItemEvent, decode
 from recstream.settings import Settings
 from streams import metrics
+from streams.fold_ins import FoldInStore
 from streams.heap import freeze_long_lived
 from streams.personalize import Personalizer
 
@@ -28,12 +39,15 @@ log = logging.getLogger(__name__)
 
 
 class LiveModel:
-    """The current :class:`Personalizer` (None before the first model) and every item seen."""
+    """The current :class:`Personalizer` (None before the first model), every item seen and the fold-ins."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.current: Personalizer | None = None
         self.items: dict[str, ItemEvent] = {}
+        self.fold_ins = FoldInStore(Redis.from_url(settings.redis_url, socket_timeout=30), settings.redis_prefix)
+        self._early: dict[str, dict[str, np.ndarray]] = {}  # version not served yet → item → logged fold-in
+        self._log_position: str | None = None  # the fold-in log's last id this worker has read
         self._failed: str | None = None
         self._loading = asyncio.Lock()  # three agents ask; one loads
         # Set once the item feed has applied every item that existed when the worker started:
@@ -61,9 +75,16 @@ class LiveModel:
             self._failed = version
             metrics.MODEL_LOAD_FAILURES.inc()
             return
+        await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
+        stored = await self.fold_ins.stored(version)
+        # no await from here to the swap: no item or fold-in can slip in between
         fresh = Personalizer(version, artifacts, self.settings.history_cap, self.settings.candidates_m)
         for item in self.items.values():
             fresh.apply_item(item)
+        # the log follower kept what it read meanwhile for this version (stored after the read above)
+        for item, vector in (stored | self._early.pop(version, {})).items():
+            fresh.apply_fold_in(item, vector)
+        self._early = {v: early for v, early in self._early.items() if v > version}  # versions sort by time
         self.current = fresh
         freeze_long_lived()  # after the swap: the old version is collected unless still referenced
         metrics.MODEL_INFO.clear()
@@ -71,9 +92,63 @@ class LiveModel:
         metrics.INDEX_SIZE.set(len(fresh.index))
         log.warning("serving model %s (%d items in the index)", version, len(fresh.index))
 
+    def apply_fold_in(self, version: str, item: str, vector: np.ndarray) -> None:
+        """A logged fold-in: applied now if ``version`` is served, kept for when it is if it is newer."""
+        if self.current is not None and self.current.version == version:
+            self.current.apply_fold_in(item, vector)
+        elif self.current is None or version > self.current.version:
+            self._early.setdefault(version, {})[item] = vector
+
+    async def fold_in(self, items: list[str]) -> None:
+        """Fold in graduated items (a batch returned them as pending): each one's vector from its users'
+        vectors, applied here at once, then stored and logged for every worker (streams/fold_ins.py)."""
+        personalizer = self.current
+        if personalizer is None or not items:
+            return
+        inputs = await self.fold_ins.users(items, personalizer.step.dim)
+        results = []
+        for item in items:
+            users = inputs[item]
+            vector = personalizer.fold_in(users.vectors, users.weights) if len(users.weights) else None
+            if vector is not None and personalizer.apply_fold_in(item, vector):
+                results.append((item, vector, personalizer.similar(item)))
+            else:  # no user has a vector, or the model knows the item: it keeps its vector
+                results.append((item, None, None))
+        metrics.FOLD_INS.inc(await self.fold_ins.save(personalizer.version, results))
+
+    async def follow_fold_ins(self) -> None:
+        """Apply every fold-in any worker logs, for as long as the worker runs (waiting out Redis outages)."""
+        delay = 0.1
+        while True:
+            try:
+                await self._start_log()
+                assert self._log_position is not None
+                self._log_position, fold_ins = await self.fold_ins.read_log(self._log_position, block_ms=1_000)
+                for fold_in in fold_ins:
+                    self.apply_fold_in(fold_in.version, fold_in.item, fold_in.vector)
+                delay = 0.1
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("redis unavailable (%s); reading the fold-in log again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    async def _start_log(self) -> None:
+        """Follow the log from its end, once: every earlier fold-in is in the hash a version load reads."""
+        if self._log_position is None:
+            end = await self.fold_ins.log_end()
+            if self._log_position is None:  # the follower or a load may have set it during the await
+                self._log_position = end
+
 
 async def follow_items(settings: Settings, model: LiveModel) -> None:
-    """Apply every item event of every partition, from the beginning, for as long as the worker runs."""
+    """Apply every item event and every fold-in, for as long as the worker runs."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_follow_item_topic(settings, model))
+        group.create_task(model.follow_fold_ins())
+
+
+async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
+    """Apply every item event of every partition, from the beginning."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:

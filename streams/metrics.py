@@ -42,6 +42,10 @@ STALE_RETRIES = Counter(
 PRIOR = Gauge("recstream_worker_ctr_prior", "The quantized global CTR the rankings use")
 RESCORES = Counter("recstream_worker_full_rescores_total", "Full ranking rescorings (the quantized prior moved)")
 GRADUATIONS = Counter("recstream_worker_pool_graduations_total", "Items that left the new-item pool")
+FOLD_INS = Counter(
+    "recstream_worker_fold_ins_total",
+    "Graduated new items whose fold-in vector this worker computed and stored (every worker then applies it)",
+)
 
 USER_STEPS = Counter("recstream_worker_user_steps_total", "User vectors recomputed (exact iALS user step)")
 USER_STEP_SECONDS = Histogram(

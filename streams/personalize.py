@@ -9,12 +9,16 @@ Per touched user and batch: history ← merge(history, events) (models/history.p
 x_u ← the exact user step over the history's known items (models/user_step.py);
 candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries the history
 item most like it (argmax y_c·y_h) for the reader's "because you watched X".
+
+New items: a content vector at once; once graduated, the item fold-in over the users who
+interacted with it, y_i = (XᵀX + λI + Σ_u (c_ui − 1) x_u x_uᵀ)⁻¹ Σ_u c_ui x_u with the model
+version's XᵀX, replaces it (streams/live_model.py gathers the users and broadcasts the result).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
@@ -40,6 +44,8 @@ class UserUpdate:
     blobs: list[Blob]
     histories: dict[str, History]
     refreshed_ts: list[int]
+    item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """New items' users in this batch: item → user → event weights in order (for the item's fold-in)."""
 
 
 def encode_similar(neighbours: list[tuple[str, float]]) -> bytes:
@@ -56,6 +62,9 @@ class Personalizer:
         self.content_map = artifacts.content_map
         self.index = artifacts.index
         self.step = ALSStep(artifacts.item_factors, self.cfg.regularization)
+        k = artifacts.item_factors.shape[1]
+        self.fold = ALSStep(np.empty((0, k), dtype=np.float32), self.cfg.regularization, gram=artifacts.user_gram)
+        self.folded: dict[str, np.ndarray] = {}  # new item → its fold-in vector (replaces the content vector)
         self.rows = {item: row for row, item in enumerate(artifacts.item_ids)}
         self.trained = len(artifacts.item_ids)  # rows past this are appended content vectors
         self.history_cap = history_cap
@@ -66,30 +75,59 @@ class Personalizer:
 
     def apply_item(self, item: ItemEvent) -> None:
         """Idempotent. New item → content vector appended to the index at once (a content update
-        recomputes it); unavailable → deleted from the index; available again → restored.
-
-        Re-adding an unchanged vector is skipped on purpose: hnswlib re-links a replaced
-        point, so the graph (and how exact ties among candidates break) would depend on how
-        often an item was applied (the items agent and the item feed both apply it), and a
-        restarted worker would not reproduce a clean run's candidate lists.
+        recomputes it, unless the item has its fold-in vector); unavailable → deleted from the
+        index; available again → restored.
         """
         available = item.available and item.op != "remove"
         row = self.rows.get(item.item_id)
         if row is None and not available:
             return
         if row is None or row >= self.trained:
-            vector = self.content_map.vector(item.categories, item.features).astype(np.float32)
-            if row is None:
-                self.rows[item.item_id] = row = int(self.step.append(vector)[0])
-                self._ids = np.append(self._ids, item.item_id)
-                self.index.add([item.item_id], vector[None, :])
-            elif not np.array_equal(self.step.factors[row], vector):
-                self.step.update(np.array([row]), vector[None, :])
-                self.index.add([item.item_id], vector[None, :])
+            vector = self.folded.get(item.item_id)
+            if vector is None:
+                vector = self.content_map.vector(item.categories, item.features).astype(np.float32)
+            self._place(item.item_id, vector)
         if not available and item.item_id in self.index:
             self.index.mark_deleted(item.item_id)
         elif available and item.item_id not in self.index:
             self.index.restore(item.item_id)
+
+    def fold_in(self, user_vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """A new item's vector from its users: the user step with roles swapped (models/user_step.py), the
+        users' vectors fixed and c = confidence(summed weights), as in training."""
+        return self.fold.solve_vectors(user_vectors, confidence(np.asarray(weights), self.cfg))
+
+    def apply_fold_in(self, item_id: str, vector: np.ndarray) -> bool:
+        """Idempotent. The item's fold-in vector replaces its content vector (now, or when the item is
+        announced); a trained item keeps its trained factor. Returns whether the vector is the item's."""
+        row = self.rows.get(item_id)
+        if row is not None and row < self.trained:
+            return False
+        vector = np.asarray(vector, dtype=np.float32)
+        self.folded[item_id] = vector
+        if row is not None:
+            self._place(item_id, vector)
+        return True
+
+    def _place(self, item_id: str, vector: np.ndarray) -> None:
+        """Append the item with ``vector``, or replace its vector; a deleted item stays deleted.
+
+        Re-adding an unchanged vector is skipped on purpose: hnswlib re-links a replaced
+        point, so the graph (and how exact ties among candidates break) would depend on how
+        often an item was applied (the items agent and the item feed both apply it), and a
+        restarted worker would not reproduce a clean run's candidate lists.
+        """
+        row = self.rows.get(item_id)
+        if row is None:
+            self.rows[item_id] = int(self.step.append(vector)[0])
+            self._ids = np.append(self._ids, item_id)
+            self.index.add([item_id], vector[None, :])
+        elif not np.array_equal(self.step.factors[row], vector):
+            deleted = item_id not in self.index
+            self.step.update(np.array([row]), vector[None, :])
+            self.index.add([item_id], vector[None, :])  # hnswlib un-deletes a replaced point
+            if deleted:
+                self.index.mark_deleted(item_id)
 
     def similar(self, item_id: str) -> bytes | None:
         row = self.rows.get(item_id)
@@ -111,12 +149,17 @@ class Personalizer:
         """
         per_user: dict[str, list[tuple[str, float]]] = {}
         refresh_at: dict[str, tuple[int, int]] = {}  # user → (position in the user's events, ts)
+        item_users: dict[str, dict[str, list[float]]] = {}
         weights = {"view": self.cfg.view_weight, "click": self.cfg.click_weight}
+        rows, trained, folded = self.rows, self.trained, self.folded
         for event in events:
             seq = per_user.setdefault(event.user_id, [])
             if event.type == "click" or (not seq and not histories.get(event.user_id)):
                 refresh_at[event.user_id] = (len(seq), event.ts)
-            seq.append((event.item_id, weights[event.type]))
+            weight = weights[event.type]
+            seq.append((event.item_id, weight))
+            if rows.get(event.item_id, -1) >= trained and event.item_id not in folded:
+                item_users.setdefault(event.item_id, {}).setdefault(event.user_id, []).append(weight)
         blobs: list[Blob] = []
         new_histories: dict[str, History] = {}
         refreshed, at_refresh = [], []
@@ -131,7 +174,7 @@ class Personalizer:
             new_histories[user] = merge_history(history, seq, self.history_cap)
             blobs.append((f"user:{user}:hist", orjson.dumps(history_rows(new_histories[user]))))
         blobs += self._vectors_and_candidates(refreshed, at_refresh)
-        return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()])
+        return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()], item_users)
 
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
         """Initial vector and candidates from picked categories, for users without history."""

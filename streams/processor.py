@@ -180,6 +180,8 @@ class BatchProcessor:
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
             metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
+            if applied.fold_ins and self.model is not None:
+                await self.model.fold_in(applied.fold_ins)
             return applied
         raise RuntimeError(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
 
@@ -221,6 +223,7 @@ class BatchProcessor:
         update = personalizer.update_users(events, context.histories)
         effect.blobs += update.blobs
         effect.histories = update.histories
+        effect.item_users = update.item_users
         metrics.USER_STEPS.inc(len(users))
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
         return update.refreshed_ts

@@ -52,6 +52,7 @@ class Effect:
     user_segments: dict[str, str] = field(default_factory=dict)
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
+    item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class Applied:
     prior: float
     full_rescore: bool
     graduated: list[str]
+    fold_ins: list[str]  # graduated items waiting for their fold-in (streams/fold_ins.py)
 
 
 class StateStore:
@@ -86,6 +88,7 @@ class StateStore:
             "graduate_views": settings.pool_graduate_views,
             "graduate_age_ms": settings.pool_graduate_age_s * 1000,
             "seen_cap": settings.seen_cap,
+            "item_users_cap": settings.fold_in_users,
         }
 
     async def watermarks(self) -> dict[str, int]:
@@ -145,12 +148,14 @@ class StateStore:
             "seen": [(u, list(items.items())) for u, items in c.seen.items()],
             "clock": c.clock,
             "user_segments": list(effect.user_segments.items()),
+            "item_users": [(item, list(users.items())) for item, users in effect.item_users.items()],
             "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
         }
         result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])
         if result[0] == b"stale":
             raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
-        return Applied(float(result[1]), bool(result[2]), [g.decode() for g in result[3]])
+        graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
+        return Applied(float(result[1]), bool(result[2]), graduated, fold_ins)
 
 
 def _wm(offset: int) -> str:

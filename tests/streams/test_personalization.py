@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import urllib.request
 
@@ -10,7 +11,8 @@ import orjson
 import pytest
 import redis
 
-from recstream.events import Event, ItemEvent, UserEvent
+from models.artifacts import read_model
+from recstream.events import Event, ItemEvent, UserEvent, partition_for
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, publish, trained
 
@@ -111,8 +113,7 @@ async def test_a_new_model_version_is_hot_swapped_without_a_restart(isolated_set
     assert share(candidates(client, "newbie"), "music") > 0.5
 
     def served() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics") as response:
-            text = response.read().decode()
+        text = scrape(worker.metrics_port)
         return next(line.split('"')[1] for line in text.splitlines() if line.startswith("recstream_worker_model_info{"))
 
     await publish(settings, events=[Event(type="click", user_id="u1", item_id="i1", ts=T0)])
@@ -122,3 +123,65 @@ async def test_a_new_model_version_is_hot_swapped_without_a_restart(isolated_set
     await publish(settings, events=[Event(type="click", user_id="u1", item_id="i2", ts=T0 + 1)])
     wait_until(lambda: served() == second, what="the new model served without a restart")
     assert worker.proc.poll() is None
+
+
+async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated_settings, worker_factory, tmp_path):
+    """A new item whose content says news is adopted by sport fans: when it graduates (10 views), its vector
+    becomes the item fold-in over those fans, in Redis and in both workers' indexes (probes on every partition
+    are served by both; the fans share one partition, so one worker computes it), so sport lovers get it as a
+    candidate where its content vector did not."""
+    items = catalogue()
+    settings, version = await trained(isolated_settings, tmp_path, taste_log(), items)
+    settings = settings.model_copy(update={"pool_graduate_views": 10})
+    client = redis.Redis.from_url(settings.redis_url)
+    workers = [worker_factory(settings) for _ in range(2)]  # a fold-in must reach a worker that did not compute it
+    fresh = ItemEvent(op="new", item_id="fresh", ts=T0, created_ts=T0, categories=["news"])
+    await publish(settings, items=[*items, fresh])
+    n = settings.events_partitions
+    fans = [f"fan{k}" for k in range(100) if partition_for(f"fan{k}", n) == 0][:10]
+    sport = [f"i{PER_CATEGORY + k}" for k in range(6)]
+
+    def clicks(users: list[str], extra: list[str], ts: int) -> list[Event]:
+        items = sport + extra
+        return [Event(type="click", user_id=u, item_id=i, ts=ts + k) for u in users for k, i in enumerate(items)]
+
+    await publish(settings, events=clicks(fans, ["fresh"], T0 + 100) + clicks(probes("before", n), [], T0 + 100))
+    wait_until(lambda: client.hlen("rs:item:fresh:users") == len(fans), what="the fans tracked as the item's users")
+    wait_until(lambda: all(candidates(client, u) for u in probes("before", n)), what="candidates of the first probes")
+    assert not any("fresh" in candidates(client, u) for u in probes("before", n)), "its content vector says news"
+
+    await publish(settings, events=[Event(type="view", user_id=u, item_id="fresh", ts=T0 + 200) for u in fans])
+    wait_until(lambda: client.hexists(f"rs:foldin:{version}", "fresh"), what="the fold-in stored at graduation")
+    stored = np.frombuffer(client.hget(f"rs:foldin:{version}", "fresh"), "<f4")
+    model = read_model(settings.model_dir, version)
+    x = np.array([np.frombuffer(client.get(f"rs:user:{u}:vec"), "<f4") for u in fans], dtype=np.float64)
+    c = 1 + model.config.alpha * (model.config.click_weight + model.config.view_weight)  # one click + one view
+    a = model.user_gram + model.config.regularization * np.eye(x.shape[1]) + (c - 1) * x.T @ x
+    np.testing.assert_allclose(stored, np.linalg.solve(a, c * x.sum(axis=0)), rtol=0, atol=1e-5)
+    assert not client.exists("rs:item:fresh:users") and not client.smembers("rs:foldin:pending")
+    neighbours = [j for j, _ in orjson.loads(client.get("rs:item:fresh:similar"))]
+    assert share(neighbours[:10], "sport") >= 0.7
+
+    await publish(settings, events=clicks(probes("after", n), [], T0 + 300))
+    wait_until(lambda: all(candidates(client, u) for u in probes("after", n)), what="candidates of the later probes")
+    assert all("fresh" in candidates(client, u) for u in probes("after", n))
+    assert sum(metric(w.metrics_port, "recstream_worker_fold_ins_total") for w in workers) == 1
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+        return response.read().decode()
+
+
+def metric(port: int, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in scrape(port).splitlines() if line.startswith(f"{name} "))
+
+
+def probes(name: str, partitions: int) -> list[str]:
+    """One user id per events partition, so every worker serves some of them whatever the assignment."""
+    by_partition: dict[int, str] = {}
+    for k in itertools.count():
+        by_partition.setdefault(partition_for(f"{name}{k}", partitions), f"{name}{k}")
+        if len(by_partition) == partitions:
+            return sorted(by_partition.values())
+    raise AssertionError("unreachable")

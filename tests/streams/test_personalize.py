@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import orjson
+import pytest
 
 from models.als import ALSConfig
-from recstream.events import ItemEvent
+from recstream.events import Event, ItemEvent
 from recstream.sources import Record
 from streams import training
 from streams.personalize import Personalizer
@@ -57,3 +59,32 @@ def test_a_search_the_index_cannot_fill_gives_a_shorter_list_not_a_failed_batch(
     assert len(lists) == len(users)
     assert all(0 < len(rows) < 50 for rows in lists)
     assert all(not {row[0] for row in rows} & set(history) for rows, history in zip(lists, histories, strict=True))
+
+
+def test_a_fold_in_replaces_a_new_items_content_vector_and_a_removed_item_stays_deleted():
+    model, items = _model(40, 2_000, ALSConfig(factors=8, iterations=5, random_state=1), seed=1, history_cap=10,
+                          candidates=5)  # fmt: skip
+    trained = items[1].item_id  # the world's most viewed item (Pareto draws start at 1)
+    new = [ItemEvent(op="new", item_id=f"new{k}", ts=T0, categories=["news"]) for k in range(3)]
+    for item in new:
+        model.apply_item(item)
+    content = model.step.factors[model.rows["new0"]].copy()
+    update = model.update_users([Event(type="click", user_id="u1", item_id=i, ts=T0) for i in ("new0", trained)], {})
+    assert update.item_users == {"new0": {"u1": [model.cfg.click_weight]}}, "only items known by content"
+
+    users = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
+    vector = model.fold_in(users, np.array([5.0, 1.0, 1.0, 4.0]))
+    assert model.apply_fold_in("new0", vector) and not np.allclose(vector, content)
+    assert np.array_equal(model.step.factors[model.rows["new0"]], vector)
+    assert model.index.query(vector, 1) == [("new0", pytest.approx(float(vector @ vector), rel=1e-5))]
+    model.apply_item(new[0].model_copy(update={"categories": ["sport"]}))  # a content update after graduation
+    assert np.array_equal(model.step.factors[model.rows["new0"]], vector)
+
+    model.apply_item(new[1].model_copy(update={"op": "remove"}))
+    model.apply_fold_in("new1", vector)
+    assert "new1" not in model.index and "new1" not in {i for i, _ in model.index.query(vector, 10)}
+    assert not model.apply_fold_in(trained, vector), "a trained item keeps its factor"
+    assert not np.array_equal(model.step.factors[model.rows[trained]], vector)
+    model.apply_fold_in("later", vector)  # announced after its fold-in arrived: placed with it
+    model.apply_item(ItemEvent(op="new", item_id="later", ts=T0, categories=["film"]))
+    assert np.array_equal(model.step.factors[model.rows["later"]], vector)
