@@ -14,7 +14,7 @@ Policies (serving/feed.py, models/bandit.py): ``none`` (explore share 0: its slo
 other sources), ``epsilon_greedy`` (ε = 0.1: a random pool item, otherwise the best smoothed CTR)
 and ``thompson`` (the default). The world is recstream.simulator.FRESH_WORLD: a fresh-content
 feed on a clock of minutes; the pool's graduation age is scaled with that clock (48 h for a 24 h
-half-life → 4 min for 2 min), the same for every policy.
+half-life → 4 min for 2 min: simulator.pool_age_for), the same for every policy.
 
 Per policy, mean ± standard deviation over the seeds: CTR, regret per feed against the oracle
 (Σ true p of the best k unseen items at that moment − Σ true p of the k served), how many of the
@@ -40,14 +40,13 @@ from recstream import infra
 from recstream.demo import publish_history, system, train_first_model
 from recstream.infra import free_port
 from recstream.settings import Settings
-from recstream.simulator import FRESH_WORLD, SimConfig, SimResult, Simulator
+from recstream.simulator import FRESH_WORLD, SimConfig, SimResult, Simulator, pool_age_for
 from recstream.world import World
 from streams import training
 
 COMMAND = ".venv/bin/python bench/policies.py"
 POLICIES = ("none", "epsilon_greedy", "thompson")
 KEYS = {"none": "no_explore", "epsilon_greedy": "egreedy", "thompson": "ts"}
-GRADUATE_AGE_S = 240
 REDIS_TIMEOUT_S = 0.5
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
 load; a degraded feed serves the popular list whatever the policy, so the runs use 0.5 s."""
@@ -74,7 +73,7 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
             "reader_port": free_port(),
             "worker_metrics_port": free_port(),
             "explore_policy": policy,
-            "pool_graduate_age_s": GRADUATE_AGE_S,
+            "pool_graduate_age_s": pool_age_for(FRESH_WORLD),
             "reader_redis_timeout_s": REDIS_TIMEOUT_S,
         }
     )

@@ -267,8 +267,8 @@ def demo(
     seconds: Annotated[float | None, typer.Option(help="stop after this long (default: until Ctrl-C)")] = None,
     feeds_per_s: Annotated[float, typer.Option(help="feed requests of the simulated users per second")] = 20.0,
     concurrency: Annotated[int, typer.Option(help="feed requests in flight at most")] = 16,
-    new_items_per_min: Annotated[float, typer.Option(help="new items arriving per minute")] = 60.0,
-    half_life_min: Annotated[float, typer.Option(help="item appeal halves every this many minutes (0: off)")] = 5.0,
+    new_items_per_min: Annotated[float, typer.Option(help="new items arriving per minute")] = 30.0,
+    half_life_min: Annotated[float, typer.Option(help="item appeal halves every this many minutes (0: off)")] = 2.0,
     history_min: Annotated[float, typer.Option(help="minutes of the world's history before the first model")] = 10.0,
     history_rate: Annotated[float, typer.Option(help="views per second in that history")] = 20.0,
     seed: Annotated[int, typer.Option(help="world and simulation seed")] = 7,
@@ -278,7 +278,7 @@ def demo(
 ) -> None:
     """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated users in a closed loop."""
     from recstream import demo as demo_module
-    from recstream.simulator import FRESH_WORLD, SimConfig
+    from recstream.simulator import FRESH_WORLD, SimConfig, pool_age_for
     from recstream.world import WorldConfig
 
     settings = _settings()
@@ -289,6 +289,8 @@ def demo(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if "pool_graduate_age_s" not in settings.model_fields_set:  # the pool on the world's clock
+        settings = settings.model_copy(update={"pool_graduate_age_s": pool_age_for(world)})
     try:
         result = demo_module.run(settings, seconds, world, history_min * 60, history_rate, sim, movielens)
     except (infra.InfraError, ValueError, OSError) as exc:

@@ -16,9 +16,10 @@ The simulator knows the truth, so each feed is scored against the oracle of that
 the oracle choosing among the items available at t that the user has not been shown yet (the
 reader never shows an item twice either); a short page counts its missing slots as 0.
 
-Discovery: a *new* item (created after the run started) is discovered when the reader first serves
-it from its ``popular`` source, i.e. it reached the popular ranking; its impressions before that are
-the price of the discovery. Reported for the top decile of new items by true quality.
+Discovery: a *new* item (created after the run started) is discovered when it enters the top
+``POPULAR_TOP`` of the global popular ranking (the workers' smoothed-CTR ranking ``rank`` in Redis,
+polled every ``RANKING_POLL_S``); its impressions before that are the price of the discovery.
+Reported for the top decile of new items by true quality.
 
 :class:`Ledger` is the bookkeeping (pure, unit-tested on a hand-computed world);
 :class:`Simulator` is the I/O around it.
@@ -38,28 +39,38 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from recstream.events import Rejected, validate
+from recstream.keys import Keys
 from recstream.producer import EventProducer
 from recstream.settings import Settings
 from recstream.world import World, WorldConfig
 
 TOP_QUANTILE = 0.9
 """Top decile: new items whose true quality is at or above the 0.9 quantile of the run's new items."""
-DISCOVERY_SOURCE = "popular"
+POPULAR_TOP = 20
+"""An item has reached the popular ranking when it is among its first 20 (two pages of 10)."""
+RANKING_POLL_S = 0.5
 HTTP_TIMEOUT_S = 10.0
 
 FRESH_WORLD = WorldConfig(
     n_users=1_000,
     n_items=200,
-    new_items_per_hour=720,
+    new_items_per_hour=1_800,
     appeal_half_life_h=2 / 60,
     initial_age_span_h=0.1,
     quality_sd=1.5,
 )
 """A fresh-content world on a clock of minutes (a news or short-video feed sped up, so a run of a minute
-is a day's dynamics): a new item every 5 s, appeal halving every 2 minutes. The start catalogue is
+is a day's dynamics): a new item every 2 s, appeal halving every 2 minutes. The start catalogue is
 6 minutes old, so the calibrated 4% CTR of a random impression there means a fresh item is clicked
 ~2.5× as often as that on average, and a 10-minute-old one hardly at all. Quality varies more than
 taste (sd 1.5 against 1): some new items are hits, most are not, as in such feeds."""
+
+
+def pool_age_for(world: WorldConfig) -> int:
+    """The new-item pool's graduation age for a world: twice its appeal half-life, the ratio of the
+    defaults (48 h for 24 h), so a sped-up world gets a pool on its own clock. Fading off: the default."""
+    half_life_h = world.appeal_half_life_h
+    return int(2 * half_life_h * 3600) if half_life_h else Settings.model_fields["pool_graduate_age_s"].default
 
 
 class SimConfig(BaseModel):
@@ -106,7 +117,7 @@ class SimResult:
     by_source: dict[str, Counts] = field(default_factory=lambda: defaultdict(Counts))
     by_variant: dict[str, ArmCounts] = field(default_factory=lambda: defaultdict(ArmCounts))
     discovered_after: dict[int, int] = field(default_factory=dict)
-    """new item → its impressions before it was first served as popular"""
+    """new item → its impressions before it entered the popular ranking's top"""
     top_new: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -139,6 +150,10 @@ class SimResult:
             "regret_per_feed": self.regret_per_feed,
             "ctr_by_source": {s: c.ctr for s, c in sorted(self.by_source.items())},
             "impressions_by_source": {s: c.impressions for s, c in sorted(self.by_source.items())},
+            "by_variant": {
+                v: {"feeds": a.feeds, "impressions": a.impressions, "clicks": a.clicks, "regret": a.regret}
+                for v, a in sorted(self.by_variant.items())
+            },
             "top_new_items": len(self.top_new),
             "top_new_discovered": len(self.top_discovered),
             "median_impressions_to_discovery": self.median_impressions_to_discovery,
@@ -200,12 +215,6 @@ class Ledger:
             for counts in (r.totals, r.by_source[shown.source]):
                 counts.impressions += 1
                 counts.clicks += clicked
-            if (
-                shown.source == DISCOVERY_SOURCE
-                and shown.item not in r.discovered_after
-                and self.world.created_ms[shown.item] > self.start_ms
-            ):
-                r.discovered_after[shown.item] = self._impressions[shown.item]
             self._impressions[shown.item] += 1
         variants = {s.variant for s in page if s.variant is not None}
         for variant in variants:
@@ -217,6 +226,12 @@ class Ledger:
             arm.clicks += sum(mine)
         self.shown[user].update(items)
         return clicks
+
+    def ranked(self, items: Iterable[int]) -> None:
+        """Items now in the popular ranking's top: each new one not discovered yet is, after its impressions so far."""
+        for item in items:
+            if item >= 0 and item not in self.result.discovered_after and self.world.created_ms[item] > self.start_ms:
+                self.result.discovered_after[item] = self._impressions[item]
 
     def finish(self, end_ms: int) -> SimResult:
         """Settle the top decile of the new items that arrived during the run."""
@@ -285,6 +300,7 @@ class Simulator:
             aiohttp.ClientSession(timeout=timeout, connector=connector, headers=self.headers) as http,
         ):
             await self._publish_items(producer, start_ms)
+            poller = asyncio.create_task(self._poll_ranking(ledger))
             due, n = time.monotonic(), 0
             while (feeds is None or n < feeds) and (seconds is None or time.monotonic() - started < seconds):
                 due += rng.exponential(1.0 / cfg.feeds_per_s)
@@ -300,9 +316,28 @@ class Simulator:
                 task.add_done_callback(tasks.discard)
                 n += 1
             await asyncio.gather(*tasks)
+            poller.cancel()
             await producer.flush()
         ledger.result.seconds = time.monotonic() - started
         return ledger.finish(_now_ms())
+
+    async def _poll_ranking(self, ledger: Ledger) -> None:
+        """Watch the top of the workers' global ranking for discoveries (a failed poll is retried next time)."""
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        key = Keys(self.settings.redis_prefix).rank()
+        redis = Redis.from_url(self.settings.redis_url)
+        try:
+            while True:
+                try:
+                    top = await redis.zrevrange(key, 0, POPULAR_TOP - 1)
+                    ledger.ranked(self.world.item_index(i.decode()) for i in top)
+                except (RedisError, OSError):
+                    pass
+                await asyncio.sleep(RANKING_POLL_S)
+        finally:
+            await redis.aclose()
 
     async def _publish_items(self, producer: EventProducer, now_ms: int) -> None:
         """Every item the world created up to now_ms that is not on the items topic yet."""

@@ -63,9 +63,10 @@ def test_record_counts_sources_regret_discoveries_and_shown_items():
     ledger = Ledger(tiny_world(), start_ms=START, limit=2)
     rng = np.random.default_rng(0)
     ledger.record(0, [Shown(0, "personal", "a"), Shown(1, "explore", "a")], START + HOUR_MS, rng)
-    # item 3 is new (created after start_ms): its second impression comes from popular, a discovery after 1
     ledger.record(0, [Shown(3, "explore", "b")], START + HOUR_MS, rng)
+    ledger.ranked([1, 3])  # item 3 is new (created after start_ms), 1 is not: a discovery after 1 impression
     ledger.record(0, [Shown(3, "popular", "b")], START + HOUR_MS, rng)
+    ledger.ranked([3])  # already discovered
     r = ledger.finish(START + HOUR_MS)
     assert r.feeds == 3 and r.totals.impressions == 4
     assert {s: c.impressions for s, c in r.by_source.items()} == {"personal": 1, "explore": 2, "popular": 1}
