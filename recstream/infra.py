@@ -334,13 +334,16 @@ def redis_up(settings: Settings) -> str:
 # --- both ----------------------------------------------------------------------------------
 
 
-def stop(service: Service, timeout_s: float = 30.0) -> str:
-    """SIGTERM the recorded pid, SIGKILL after ``timeout_s``; never touches any other process."""
+def stop(service: Service, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> str:
+    """Send ``sig`` to the recorded pid, SIGKILL after ``timeout_s``; never touches any other process.
+
+    ``sig=signal.SIGKILL`` is a crash (no shutdown, no final flush), for the fault tests.
+    """
     pid = service.pid()
     service.pid_file.unlink(missing_ok=True)
     if pid is None:
         return f"{service.name} not running"
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, sig)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not _is_zombie(pid):
         time.sleep(0.1)

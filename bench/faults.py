@@ -1,0 +1,448 @@
+"""Fault injection against the real services: one harness for tests/reliability and bench/reliability.py.
+
+A run (:class:`FaultRun`) has its own Redis prefix and consumer group on services the caller owns.
+The workload's users and items are applied first (so every event counts in its user's segment, as in a
+clean run), then its events are offered at a steady rate through the project's :class:`EventProducer`
+while a fault is injected again and again (``kill_worker``, ``rebalance_kill``, ``restart_kafka``,
+``kill_redis``, ``redis_loses_window``). Scoring needs no second run: per-item view and click counters
+are exact sums of the events, so against the events the producer was handed
+
+    lost = Σ_i max(0, expected_i − stored_i),   double-applied = Σ_i max(0, stored_i − expected_i)
+
+over both counters (a lost batch and a doubled one of the same item would cancel only if they were the
+same size, for the same items); seen sets (item → latest ts, capped) are compared too. Recovery time of
+one injection: from the end of the fault (the process back, the broker or Redis answering) until Redis
+holds as many events as had been offered at that moment.
+
+Workers get a 6 s consumer session (``BROKER_SESSION_TIMEOUT``, the broker's minimum) instead of faust's
+60 s: a killed worker's partitions wait for its session to expire before anyone else takes them, so the
+recovery times below scale with that setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from models.als import ALSConfig  # noqa: E402
+from recstream import infra  # noqa: E402
+from recstream.events import Event, ItemEvent, UserEvent  # noqa: E402
+from recstream.infra import free_port  # noqa: E402
+from recstream.producer import EventProducer  # noqa: E402
+from recstream.settings import Settings  # noqa: E402
+from recstream.sources import Record, synthetic  # noqa: E402
+from streams import training  # noqa: E402
+
+WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1", "OPENBLAS_NUM_THREADS": "1"}
+TICK_S = 0.05
+
+
+@dataclass(frozen=True)
+class Workload:
+    users: list[UserEvent]
+    items: list[ItemEvent]
+    events: list[Event]
+
+    @classmethod
+    def synthetic(cls, n_records: int, seed: int = 3) -> Workload:
+        """The synthetic world's first ``n_records`` messages, split by kind."""
+        by_kind: dict[str, list] = {"user": [], "item": [], "event": []}
+        for record in synthetic(n_records, seed=seed):
+            by_kind[record.kind].append(record.value)
+        return cls(by_kind["user"], by_kind["item"], by_kind["event"])
+
+
+async def model_keys(settings: Settings, workload: Workload) -> dict[str, bytes]:
+    """Train on the first third of the events; the Redis keys (DUMP format, prefix removed) that make a
+    prefix serve that model version (``model:current`` and the items' neighbours)."""
+    records = [Record("item", i) for i in workload.items]
+    records += [Record("event", e) for e in workload.events[: len(workload.events) // 3]]
+    artifacts, _ = training.train(training.collect(records), ALSConfig(factors=16, iterations=10), holdout=0)
+    scratch = settings.model_copy(update={"redis_prefix": "model"})
+    await training.publish(scratch, artifacts)
+    client = AsyncRedis.from_url(settings.redis_url)
+    try:
+        return {key.decode()[len("model:") :]: await client.dump(key) async for key in client.scan_iter("model:*")}
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True)
+class Score:
+    applied: int
+    lost: int
+    double: int
+    seen_missing: int  # (user, item) pairs a seen set lacks or holds with another ts
+    seen_extra: int
+
+
+def expected_seen(events: Sequence[Event], cap: int) -> dict[str, dict[str, float]]:
+    """Per user, item → latest ts, only the ``cap`` most recent (ties by item id, as a Redis zset ranks)."""
+    seen: dict[str, dict[str, float]] = {}
+    for e in events:
+        user = seen.setdefault(e.user_id, {})
+        user[e.item_id] = max(user.get(e.item_id, 0), e.ts)
+    return {u: dict(sorted(items.items(), key=lambda kv: (kv[1], kv[0]))[-cap:]) for u, items in seen.items()}
+
+
+def score(client: redis.Redis, prefix: str, events: Sequence[Event], seen_cap: int) -> Score:
+    """Compare the stored counters and seen sets with the ones ``events`` give (see the module docstring)."""
+    lost = double = 0
+    for kind in ("view", "click"):
+        want = Counter(e.item_id for e in events if e.type == kind)
+        have = {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:{kind}s").items()}
+        for item in want.keys() | have.keys():
+            diff = have.get(item, 0) - want.get(item, 0)
+            lost, double = lost + max(0, -diff), double + max(0, diff)
+    missing = extra = 0
+    want_seen = expected_seen(events, seen_cap)
+    pipe = client.pipeline(transaction=False)
+    for user in want_seen:
+        pipe.zrange(f"{prefix}:user:{user}:seen", 0, -1, withscores=True)
+    for want, stored in zip(want_seen.values(), pipe.execute(), strict=True):
+        have = {k.decode(): s for k, s in stored}
+        missing += sum(1 for item, ts in want.items() if have.get(item) != ts)
+        extra += len(have.keys() - want.keys())
+    return Score(applied(client, prefix), lost, double, missing, extra)
+
+
+def applied(client: redis.Redis, prefix: str) -> int:
+    totals = client.hmget(f"{prefix}:totals", ["views", "clicks"])
+    return sum(int(v or 0) for v in totals)
+
+
+class Child:
+    """A `recstream <command>` child process (worker or reader), stopped or killed by its own pid."""
+
+    def __init__(self, command: str, settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        port_var = "RECSTREAM_WORKER_METRICS_PORT" if command == "worker" else "RECSTREAM_READER_PORT"
+        full_env = {**os.environ, **settings.to_env(), **WORKER_ENV, port_var: str(self.port), **(env or {})}
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "recstream.cli", command], env=full_env, cwd=ROOT,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class FaultRun:
+    """One workload through one consumer group and Redis prefix while faults are injected."""
+
+    settings: Settings
+    logs: Path
+    workers: list[Child] = field(default_factory=list)
+    offered: int = 0  # events handed to the producer so far
+    acked: int = 0  # of those, acknowledged by the broker
+    started: int = 0  # injections started
+    injections: int = 0  # injections recovered from
+    recoveries_s: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
+
+    @classmethod
+    async def open(cls, base: Settings, name: str, model: dict[str, bytes], logs: Path) -> FaultRun:
+        """A run on fresh topics, with its own consumer group and Redis prefix ``name`` serving ``model``."""
+        suffix = uuid.uuid4().hex[:8]
+        settings = base.model_copy(
+            update={
+                "events_topic": f"events-{suffix}",
+                "items_topic": f"items-{suffix}",
+                "users_topic": f"users-{suffix}",
+                "dlq_topic": f"dlq-{suffix}",
+                "worker_group": f"{name}-{suffix}",
+                "redis_prefix": name,
+            }
+        )
+        await infra.ensure_topics(settings)
+        run = cls(settings, logs)
+        for key, value in model.items():
+            run.redis.restore(f"{name}:{key}", 0, value, replace=True)
+        return run
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.redis_prefix
+
+    def start_worker(self) -> Child:
+        self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log"))
+        return self.workers[-1]
+
+    def applied(self) -> int:
+        """Events in Redis; -1 while Redis does not answer."""
+        try:
+            return applied(self.redis, self.prefix)
+        except redis.RedisError:
+            return -1
+
+    async def wait_applied(self, target: int, timeout_s: float, what: str) -> float:
+        """Seconds until Redis holds ``target`` events (applied beyond it means double-applied: fails later)."""
+        started = time.monotonic()
+        while self.applied() < target:
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"{self.prefix}: {self.applied()} of {target} events applied after {what}")
+            if not any(w.alive() for w in self.workers):
+                raise RuntimeError(f"{self.prefix}: every worker exited; see {self.logs}")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def recovered(self, timeout_s: float = 90.0) -> None:
+        """Record the recovery time of an injection that just ended: until everything offered by now is applied."""
+        target = self.offered
+        self.recoveries_s.append(await self.wait_applied(target, timeout_s, f"injection {self.injections + 1}"))
+        self.injections += 1
+
+    async def prelude(self, workload: Workload) -> None:
+        """Users and items first, applied before any event (every event then counts in its user's segment)."""
+        async with EventProducer(self.settings) as producer:
+            for user in workload.users:
+                await producer.send_user(user)
+            for item in workload.items:
+                await producer.send_item(item)
+        deadline = time.monotonic() + 60
+        while (self.redis.hlen(f"{self.prefix}:user:seg"), self.redis.zcard(f"{self.prefix}:pool")) < (
+            len(workload.users),
+            len(workload.items),
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.prefix}: users and items not applied; see {self.logs}")
+            await asyncio.sleep(0.1)
+
+    async def offer(self, events: Sequence[Event], rate: float, injections: int = 0) -> None:
+        """Offer ``events`` in order at ``rate`` events/s (ticks of 50 ms), waiting for each tick's acks.
+
+        With ``injections``, at most (k + 1) / (injections + 1) of them until the k-th injection starts
+        (counted from 1), so the stream still flows during every one however slow the machine is.
+        """
+        async with EventProducer(self.settings, batch_events=50) as producer:
+            started = time.monotonic()
+            while self.offered < len(events):
+                due = min(len(events), int((time.monotonic() - started) * rate) + 1)
+                if self.started < injections:
+                    due = min(due, len(events) * (self.started + 1) // (injections + 1))
+                await producer.send_events(events[self.offered : due])
+                self.offered = due
+                self.acked = await producer.flush()
+                await asyncio.sleep(TICK_S)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.redis.close()
+
+
+Inject = Callable[[FaultRun, random.Random], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A fault injected ``times`` times while ``rate`` events/s are offered to ``workers`` workers."""
+
+    name: str
+    inject: Inject
+    times: int
+    rate: float
+    workers: int = 1
+
+
+async def run_scenario(run: FaultRun, workload: Workload, scenario: Scenario, seed: int = 1) -> None:
+    """Start the workers, apply users and items, then offer the events while the fault is injected ``times``
+    times (each after a random pause, each followed by its recovery); return once every event is applied."""
+    rng = random.Random(seed)
+    for _ in range(scenario.workers):
+        run.start_worker()
+    await run.prelude(workload)
+    offering = asyncio.ensure_future(run.offer(workload.events, scenario.rate, scenario.times))
+    while run.injections < scenario.times:
+        await asyncio.sleep(rng.uniform(0.5, 2.0))
+        run.started += 1
+        await scenario.inject(run, rng)
+    await offering
+    await run.wait_applied(len(workload.events), 120, "the last event")
+
+
+# --- the faults ---------------------------------------------------------------------------------
+
+
+async def kill_worker(run: FaultRun, rng: random.Random) -> None:
+    """SIGKILL the (only) worker at a random instant of applying, start a new one at once."""
+    await asyncio.sleep(rng.uniform(0.0, 1.0))
+    run.workers.pop(0).kill()
+    run.start_worker()
+    await run.recovered()
+
+
+async def rebalance_kill(run: FaultRun, rng: random.Random) -> None:
+    """With two workers: a third joins (a rebalance starts) and the oldest is SIGKILLed during it."""
+    run.start_worker()
+    await asyncio.sleep(rng.uniform(0.5, 3.0))
+    run.workers.pop(0).kill()
+    await run.recovered()
+
+
+def kafka_fault(outage_s: float) -> Inject:
+    """Stop the broker (SIGTERM: a clean shutdown), keep it down ``outage_s``, start it on the same log."""
+
+    async def inject(run: FaultRun, rng: random.Random) -> None:
+        service = infra.kafka_service(run.settings)
+        await asyncio.to_thread(infra.stop, service)
+        await asyncio.sleep(outage_s)
+        await asyncio.to_thread(infra.kafka_up, run.settings)
+        await run.recovered()
+
+    return inject
+
+
+def redis_fault(outage_s: float, lost_window_s: float = 0.0) -> Inject:
+    """SIGKILL Redis, keep it down ``outage_s``, restart it on its append-only file.
+
+    With ``lost_window_s`` the AOF is copied that long before the kill and the copy is what restarts:
+    the last ``lost_window_s`` of acknowledged writes are gone, as after a machine crash with
+    ``appendfsync everysec`` (there, up to a second). Kafka's committed offsets are then past the
+    watermarks, and the worker must re-apply the gap from the log.
+    """
+
+    async def inject(run: FaultRun, rng: random.Random) -> None:
+        service = infra.redis_service(run.settings)
+        aof = service.data_dir / "appendonlydir"
+        saved = service.home / "aof-copy"
+        if lost_window_s:
+            shutil.rmtree(saved, ignore_errors=True)
+            await asyncio.to_thread(shutil.copytree, aof, saved)
+            await asyncio.sleep(lost_window_s)
+        infra.stop(service, sig=signal.SIGKILL)
+        if lost_window_s:
+            shutil.rmtree(aof)
+            saved.rename(aof)
+        await asyncio.sleep(outage_s)
+        await asyncio.to_thread(infra.redis_up, run.settings)
+        await run.recovered()
+
+    return inject
+
+
+SCENARIOS = {
+    "worker-kill": Scenario("worker SIGKILLed at a random instant, restarted at once", kill_worker, 8, 350),
+    "rebalance-kill": Scenario(
+        "2 workers; a 3rd joins and the oldest is SIGKILLed during the rebalance", rebalance_kill, 2, 800, workers=2
+    ),
+    "kafka-restart": Scenario("Kafka broker stopped for 2 s (SIGTERM), restarted", kafka_fault(2.0), 2, 800),
+    "redis-kill": Scenario("Redis SIGKILLed for 1 s, restarted on its AOF", redis_fault(1.0), 2, 800),
+    "redis-rollback": Scenario(
+        "Redis SIGKILLed and restarted 2 s behind what it acknowledged (gap re-applied from Kafka)",
+        redis_fault(1.0, lost_window_s=2.0),
+        1,
+        800,
+    ),
+}
+
+
+# --- the reader -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReaderLoad:
+    """Feed requests offered at a fixed rate; what came back."""
+
+    offered: int = 0
+    ok: int = 0
+    degraded: int = 0
+    failed: Counter = field(default_factory=Counter)  # status code or exception name → count
+    answers: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic time, degraded) of each 200, in order
+
+    def recovery_s(self, since: float) -> float | None:
+        """From ``since`` until the first normal (not degraded) answer after it."""
+        return next((t - since for t, degraded in self.answers if t >= since and not degraded), None)
+
+
+async def load_reader(url: str, users: Sequence[str], rate: float, stop: asyncio.Event, load: ReaderLoad) -> None:
+    """GET /v1/feed/{user} at ``rate`` requests/s until ``stop`` (open loop: a slow answer delays no one)."""
+
+    async def one(client: httpx.AsyncClient, user: str) -> None:
+        try:
+            response = await client.get(f"/v1/feed/{user}", params={"limit": 10})
+        except httpx.HTTPError as exc:
+            load.failed[type(exc).__name__] += 1
+            return
+        if response.status_code != 200:
+            load.failed[str(response.status_code)] += 1
+            return
+        degraded = bool(response.json()["degraded"])
+        load.ok += 1
+        load.degraded += degraded
+        load.answers.append((time.monotonic(), degraded))
+
+    # waiting for a pooled connection is the load generator's queue, not the reader's latency
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5.0, pool=None)) as client:
+        pending: set[asyncio.Task] = set()
+        started = time.monotonic()
+        while not stop.is_set():
+            for _ in range(int((time.monotonic() - started) * rate) + 1 - load.offered):
+                task = asyncio.ensure_future(one(client, users[load.offered % len(users)]))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                load.offered += 1
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*pending)
+
+
+async def reader_redis_outage(
+    url: str, settings: Settings, users: Sequence[str], rate: float = 40, outage_s: float = 2.0, times: int = 2
+) -> tuple[ReaderLoad, list[float | None]]:
+    """Load the reader while its Redis is SIGKILLed and restarted ``times`` times; each recovery time
+    (Redis answering → the first normal feed), None if there was none within 10 s."""
+    load, stop = ReaderLoad(), asyncio.Event()
+    loading = asyncio.ensure_future(load_reader(url, users, rate, stop, load))
+    recoveries: list[float | None] = []
+    for _ in range(times):
+        await asyncio.sleep(2.0)
+        infra.stop(infra.redis_service(settings), sig=signal.SIGKILL)
+        await asyncio.sleep(outage_s)
+        await asyncio.to_thread(infra.redis_up, settings)
+        back = time.monotonic()
+        while load.recovery_s(back) is None and time.monotonic() - back < 10:
+            await asyncio.sleep(0.05)
+        recoveries.append(load.recovery_s(back))
+    stop.set()
+    await loading
+    return load, recoveries
