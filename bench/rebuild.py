@@ -1,0 +1,79 @@
+"""How long ``recstream rebuild`` takes to recompute a worker's state from the log, and whether the two agree.
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/rebuild.py [--events 300000]
+
+A synthetic world's users and items are applied first (so every event counts in its user's
+segment, the order the rebuild replays; a live run that met events before their user's segment
+would differ there), then its event backlog with a trained model is applied by one worker (timed
+from its first applied batch to the last, as bench/worker.py does), the worker stops, its state
+is dumped; then
+the rebuild deletes it and replays the topics in process, timed end to end (deleting the keys,
+writing the model's item neighbours, the replay, committing the offsets). The two dumps are
+compared as the tests compare them (tests/conftest.py: exact, user vectors to 1e-6).
+
+Writes ``rebuild_events_per_s`` (baseline: the live worker's rate on the same backlog).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import redis
+from common import Worker, figure, machine, record, services, show
+from rich.table import Table
+from worker import LOGS, produce_backlog, time_backlog
+
+from models.als import ALSConfig
+from recstream.infra import ensure_topics
+from recstream.sources import synthetic
+from streams import training
+from streams.rebuild import rebuild
+from tests.conftest import differing_keys, dump_state
+
+COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/rebuild.py"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=300_000)
+    args = parser.parse_args()
+    records = list(synthetic(args.events, seed=11))
+    with services() as settings:
+        asyncio.run(ensure_topics(settings))
+        client = redis.Redis.from_url(settings.redis_url)
+        artifacts, _ = training.train(training.collect(records), ALSConfig(), holdout=0)
+        asyncio.run(training.publish(settings, artifacts))
+        users = [r for r in records if r.kind == "user"]
+        asyncio.run(produce_backlog(settings, [r for r in records if r.kind != "event"]))
+        worker = Worker(settings, LOGS / "worker-rebuild-catalogue.log")
+        while client.hlen(f"{settings.redis_prefix}:user:seg") < len(users):
+            time.sleep(0.1)
+        worker.stop()
+        total = asyncio.run(produce_backlog(settings, [r for r in records if r.kind == "event"]))
+        live_rate, worker = time_backlog(settings, settings.redis_prefix, total)
+        worker.stop()
+        live = dump_state(client, settings.redis_prefix)
+        report = asyncio.run(rebuild(settings))
+        rebuilt = dump_state(client, settings.redis_prefix)
+    differing = differing_keys(rebuilt, live)
+    rate = report.events / report.seconds
+
+    table = Table(title=f"recstream rebuild vs the live worker, Kafka + Redis co-located ({machine()})")
+    for column in ("measure", "value"):
+        table.add_column(column, justify="right")
+    table.add_row("events in the log", f"{total:,}")
+    table.add_row("messages replayed", ", ".join(f"{t.split('-')[0]} {n:,}" for t, n in report.messages.items()))
+    table.add_row("live worker, counters + user steps + candidates", f"{live_rate:,.0f} events/s")
+    table.add_row("rebuild, end to end", f"{report.seconds:.1f} s, {rate:,.0f} events/s")
+    table.add_row("derived keys deleted and recomputed", f"{report.deleted_keys:,}")
+    table.add_row("keys differing from the live state", f"{len(differing):,} of {len(live):,}")
+    show(table)
+    if differing:
+        print("differing keys (first 10):", differing[:10], f"worker log in {LOGS}")
+    record({"rebuild_events_per_s": figure(rate, "events/s", COMMAND, live_rate)})
+
+
+if __name__ == "__main__":
+    main()
