@@ -6,9 +6,9 @@ Every run goes through the real pipeline: one private Kafka + Redis for the whol
 (bench/common.services), and per run fresh topics, consumer group and Redis prefix, the world's
 history published and a first model trained on it, a real ``recstream worker`` and ``recstream
 serve`` (the policy is the reader's ``RECSTREAM_EXPLORE_POLICY``), then recstream/simulator.py's
-users for ``--seconds``. Only the policy differs between the runs of a seed: same world, same
-history, same users in the same order, same click draws per feed (a page's clicks depend only on
-what the page holds).
+users for ``--seconds``, starting SETUP_S after the history ends. Only the policy differs between the
+runs of a seed: same world over the same stretch of its timeline, same history, same users in the same
+order at the same offsets, same click draws per feed (a page's clicks depend only on what it holds).
 
 Policies (serving/feed.py, models/bandit.py): ``none`` (explore share 0: its slot goes to the
 other sources), ``epsilon_greedy`` (ε = 0.1: a random pool item, otherwise the best smoothed CTR)
@@ -51,6 +51,9 @@ REDIS_TIMEOUT_S = 0.5
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
 load; a degraded feed serves the popular list whatever the policy, so the runs use 0.5 s."""
 LOGS = ROOT / ".run" / "bench-policies-logs"
+SETUP_S = 40.0
+"""Every run's simulated users start this long after its history ends (setup takes 10–25 s), so all
+runs of a seed cover the same stretch of the world's timeline."""
 console = Console(width=160)
 
 
@@ -92,7 +95,10 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         sim = Simulator(world, running.reader_url, settings,
                         SimConfig(seed=seed, feeds_per_s=args.feeds_per_s, concurrency=args.concurrency),
                         announced_items=history.items, announced_users=history.users, history=history.seen)  # fmt: skip
-        result = asyncio.run(sim.run(seconds=args.seconds))
+        begin = world.config.start_ms + int((args.history_s + SETUP_S) * 1000)
+        if time.time() * 1000 > begin:
+            console.print(f"[yellow]  setup took over {SETUP_S:.0f} s: this run starts later in the world[/yellow]")
+        result = asyncio.run(sim.run(seconds=args.seconds, start_ms=begin))
     console.print(f"  {run}: history {published - clock:.1f} s ({history.events:,} events), model "
                   f"{trained - published:.1f} s, worker + reader ready {ready - trained:.1f} s")  # fmt: skip
     return result

@@ -201,8 +201,11 @@ class Panel:
 
     settings: Settings
     system: System
-    last: tuple[float, int, int] = (0.0, 0, 0)
+    last: tuple[float, int, int] = field(default_factory=lambda: (time.monotonic(), 0, 0))
     freshness: dict[float, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.freshness = _buckets(_scrape(self.system.worker_metrics))  # the history's are not the loop's
 
     def render(self, result: SimResult) -> Table:
         now = time.monotonic()

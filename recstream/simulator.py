@@ -279,12 +279,19 @@ class Simulator:
         """The live counts (empty before the run starts)."""
         return self.ledger.result if self.ledger else SimResult()
 
-    async def run(self, seconds: float | None = None, feeds: int | None = None) -> SimResult:
-        """Offer feeds at ``feeds_per_s`` until ``seconds`` have passed or ``feeds`` were offered."""
+    async def run(
+        self, seconds: float | None = None, feeds: int | None = None, start_ms: int | None = None
+    ) -> SimResult:
+        """Offer feeds at ``feeds_per_s`` until ``seconds`` have passed or ``feeds`` were offered.
+
+        ``start_ms``: wait for this wall-clock time first, so runs that took different times to set up
+        still cover the same stretch of the world's timeline (arrivals, fading)."""
         import aiohttp
 
         if seconds is None and feeds is None:
             raise ValueError("give seconds or feeds (or both)")
+        if start_ms is not None:
+            await asyncio.sleep(max(0.0, (start_ms - _now_ms()) / 1000))
         cfg = self.config
         started, start_ms = time.monotonic(), _now_ms()
         self.ledger = ledger = Ledger(self.world, start_ms, cfg.limit)
