@@ -164,10 +164,21 @@ def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[
 
 
 def _dump(obj: object) -> bytes:
+    """The rejected object for the DLQ: JSON, its repr if it is not JSON (a Python caller's object), or a
+    placeholder if it nests deeper than either writes (orjson writes 255 levels but parses 1,024, and repr
+    hits the recursion limit: an uncaught RecursionError here would stop the worker).
+
+    >>> _dump(orjson.loads(b"[" * 1000 + b"]" * 1000))
+    b'"<nested too deep to write back>"'
+    """
     try:
         return orjson.dumps(obj)
     except TypeError:
+        pass
+    try:
         return repr(obj).encode()
+    except RecursionError:
+        return b'"<nested too deep to write back>"'
 
 
 def encode(payload: BaseModel | Iterable[BaseModel]) -> bytes:
