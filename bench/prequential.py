@@ -1,4 +1,4 @@
-"""Prequential HR@10, nDCG@10 and coverage on MovieLens 100K: baselines in memory, then the real pipeline.
+"""Prequential HR@10, nDCG@10, coverage, novelty and ILD on MovieLens 100K: baselines in memory, then the real pipeline.
 
     .venv/bin/python bench/prequential.py            # the project defaults → the plain results.json keys
     .venv/bin/python bench/prequential.py --tuned    # the proposed defaults → the *_tuned keys
@@ -23,7 +23,13 @@ impossible). Rows, all in one run and on the same schedule:
 5. pipeline served feed — ``recstream serve``'s GET /v1/feed/{u}?limit=10&seed=… with the default blend
    (shares 0.6/0.2/0.1/0.1 → 6 personal, 2 popular, 1 fresh, 1 explore slots), as served, with the
    slots and hits per source. A page the reader marks degraded (its Redis timeout, 50 ms, hit by this
-   machine's load) is asked again up to three times; the counts are shown.
+   machine's load) is asked again up to three times; the counts are shown;
+6. its baseline, the previous default blend — a second reader on the same Redis, with popular slots
+   by the segment's smoothed CTR alone (``RECSTREAM_POPULAR_PERSONAL_HEAD=0``, serving/blend.personal_first).
+
+Every row reports HR@10, nDCG@10, catalogue coverage, novelty (mean −log2 of an item's add-one
+smoothed share of the history's ratings) and intra-list diversity (mean pairwise genre-Jaccard
+distance), models/ranking_metrics.py; results.json gets ``prequential_<metric>_<row>`` for each.
 
 Approximations, all measured or bounded in the table:
 
@@ -64,6 +70,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -74,7 +81,7 @@ import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from common import ROOT, Worker, figure, free_port, machine, record, services
+from common import ROOT, Worker, figure, free_port, machine, record, services, show
 from prequential_protocol import (
     K,
     Popularity,
@@ -287,15 +294,33 @@ class ReaderProcess:
                 self.proc.wait()
 
 
+BLENDS: dict[str, dict[str, object]] = {"served": {}, "served_by_ctr": {"popular_personal_head": 0}}
+"""The served rows: one reader each, with the default blend and, as the baseline, the previous default
+(popular slots by smoothed CTR alone, serving/blend.personal_first off)."""
+
+
 @dataclass
-class PipelineResult:
-    candidates: Tally = field(default_factory=Tally)
-    served: Tally | None = None
-    served_missing: str | None = None  # why the served row is missing, when it is
+class ServedRow:
+    """One reader's pages: the tally, with the slots and hits per source and its degraded answers."""
+
+    tally: Tally = field(default_factory=Tally)
     degraded: int = 0  # pages still degraded after the retries (scored as served)
     retried: int = 0  # degraded answers asked again
     slots: dict[str, int] = field(default_factory=dict)  # served items per source
     hits: dict[str, int] = field(default_factory=dict)  # hits per source of the served item
+
+    def add(self, page: list[tuple[str, str]], clicked: str) -> None:
+        self.tally.add([item for item, _ in page], clicked)
+        for item, source in page:
+            self.slots[source] = self.slots.get(source, 0) + 1
+            self.hits[source] = self.hits.get(source, 0) + (item == clicked)
+
+
+@dataclass
+class PipelineResult:
+    candidates: Tally = field(default_factory=Tally)
+    served: dict[str, ServedRow] = field(default_factory=dict)  # by BLENDS name
+    served_missing: str | None = None  # why the served rows are missing, when they are
     history_seconds: float = 0.0
     catch_up_seconds: float = 0.0  # publishing and waiting for the worker, over the tail
     reader_wait_seconds: float = 0.0
@@ -303,7 +328,7 @@ class PipelineResult:
 
 
 class PipelineReplay:
-    """Drives Kafka + a real worker (+ the reader) through the schedule and reads what they serve.
+    """Drives Kafka + a real worker (+ the readers) through the schedule and reads what they serve.
 
     "Caught up" is read from the worker's own effectively-once state: the Redis watermark of every
     partition reaches the last offset the producer wrote. Announcements are waited for before the
@@ -312,13 +337,13 @@ class PipelineReplay:
     """
 
     def __init__(self, settings: Settings, stream: Stream, producer: EventProducer, http: httpx.AsyncClient,
-                 worker: Worker, reader: ReaderProcess | None) -> None:  # fmt: skip
+                 worker: Worker, readers: dict[str, ReaderProcess]) -> None:  # fmt: skip
         self.settings = settings
         self.stream = stream
         self.producer = producer
         self.http = http
         self.worker = worker
-        self.reader = reader
+        self.readers = readers
         self.keys = Keys(settings.redis_prefix)
         self.redis = Redis.from_url(settings.redis_url)
         self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
@@ -330,7 +355,7 @@ class PipelineReplay:
         self.known_items: set[str] = set()
         self.known_users: set[str] = set()
         self.limit = asyncio.Semaphore(READER_CONCURRENCY)
-        self.result = PipelineResult(served=Tally() if reader else None)
+        self.result = PipelineResult(served={name: ServedRow() for name in readers})
 
     async def __aenter__(self) -> PipelineReplay:
         await self.consumer.start()
@@ -375,11 +400,11 @@ class PipelineReplay:
         raw = await self.redis.mget([self.keys.user(u, "cand") for u in users])
         return [[row[0] for row in orjson.loads(value)] if value else [] for value in raw]
 
-    async def feed(self, user: str, seed: int) -> list[tuple[str, str]]:
-        """(item, source) of the user's first page. A degraded page (Redis timed out under this machine's
-        load and the reader answered its fallback list) is asked again, up to DEGRADED_RETRIES times."""
-        assert self.reader is not None
-        url = f"{self.reader.url}/v1/feed/{user}"
+    async def feed(self, name: str, user: str, seed: int) -> list[tuple[str, str]]:
+        """(item, source) of the user's first page from reader ``name``. A degraded page (Redis timed out under
+        this machine's load and the reader answered its fallback list) is asked again, up to DEGRADED_RETRIES times."""
+        row = self.result.served[name]
+        url = f"{self.readers[name].url}/v1/feed/{user}"
         for attempt in range(DEGRADED_RETRIES + 1):
             async with self.limit:
                 response = await self.http.get(url, params={"limit": K, "seed": seed})
@@ -387,21 +412,22 @@ class PipelineReplay:
             body = response.json()
             if not body["degraded"]:
                 break
-            self.result.retried += 1
+            row.retried += 1
             await asyncio.sleep(0.05 * (attempt + 1))
         else:
-            self.result.degraded += 1
+            row.degraded += 1
         return [(item["item_id"], item["source"]) for item in body["items"]]
 
     async def run(self, history: Sequence[Rating], schedule: Sequence[Round], reader_wait_s: float) -> PipelineResult:
         result = self.result
-        if self.reader is not None:
-            try:
-                await self.reader.ready(self.http)
-            except RuntimeError as exc:  # the row is reported missing; the rest of the run goes on
-                result.served, result.served_missing = None, f"reader unusable: {exc}"
-                self.reader.stop()
-                self.reader = None
+        try:
+            for reader in self.readers.values():
+                await reader.ready(self.http)
+        except RuntimeError as exc:  # the rows are reported missing; the rest of the run goes on
+            result.served, result.served_missing = {}, f"reader unusable: {exc}"
+            for reader in self.readers.values():
+                reader.stop()
+            self.readers = {}
         started = time.perf_counter()
         await self.publish(history)
         result.history_seconds = time.perf_counter() - started
@@ -417,22 +443,20 @@ class PipelineReplay:
             for rating, listed in zip(current.score, await self.candidates(users), strict=True):
                 result.candidates.add(top_k(listed, seen.get(rating.user_id, empty)), rating.item_id)
             result.candidates.seconds += time.perf_counter() - started
-            if self.reader is not None and result.served is not None:
+            if self.readers:
                 started = time.perf_counter()
                 await asyncio.sleep(reader_wait_s)  # a snapshot reload that began after the catch-up
                 result.reader_wait_seconds += time.perf_counter() - started
+            for name, row in result.served.items():
                 started = time.perf_counter()
-                pages = await asyncio.gather(*(self.feed(u, page_seed(u, step)) for u in users))
+                pages = await asyncio.gather(*(self.feed(name, u, page_seed(u, step)) for u in users))
                 for rating, page in zip(current.score, pages, strict=True):
-                    result.served.add([item for item, _ in page], rating.item_id)
-                    for item, source in page:
-                        result.slots[source] = result.slots.get(source, 0) + 1
-                        result.hits[source] = result.hits.get(source, 0) + (item == rating.item_id)
-                result.served.seconds += time.perf_counter() - started
+                    row.add(page, rating.item_id)
+                row.tally.seconds += time.perf_counter() - started
             result.rounds += 1
         result.candidates.seconds += result.catch_up_seconds
-        if result.served is not None:
-            result.served.seconds += result.catch_up_seconds + result.reader_wait_seconds
+        for row in result.served.values():
+            row.tally.seconds += result.catch_up_seconds + result.reader_wait_seconds
         return result
 
 
@@ -443,21 +467,24 @@ def page_seed(user: str, step: int) -> int:
 
 async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rating], schedule: Sequence[Round],
                        batch: Batch, with_reader: bool, reader_wait_s: float) -> PipelineResult:  # fmt: skip
-    """Publish the model, start a worker (and a reader), replay history and tail; stop both by pid."""
+    """Publish the model, start a worker (and a reader per blend), replay history and tail; stop them by pid."""
     await infra.ensure_topics(settings)
     await training.publish(settings, batch.artifacts)
     worker = Worker(settings, LOGS / "prequential-worker.log")
-    reader = ReaderProcess(settings, LOGS / "prequential-reader.log") if with_reader else None
+    readers = {
+        name: ReaderProcess(settings.model_copy(update=blend), LOGS / f"prequential-reader-{name}.log")
+        for name, blend in (BLENDS.items() if with_reader else ())
+    }
     try:
         async with (
             EventProducer(settings) as producer,
             httpx.AsyncClient(timeout=10.0) as http,
-            PipelineReplay(settings, stream, producer, http, worker, reader) as replay,
+            PipelineReplay(settings, stream, producer, http, worker, readers) as replay,
         ):
             return await replay.run(history, schedule, reader_wait_s)
     finally:
         worker.stop()
-        if reader is not None:
+        for reader in readers.values():
             reader.stop()
 
 
@@ -470,7 +497,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--movielens", type=Path, default=DEFAULT_MOVIELENS)
     parser.add_argument("--history-share", type=float, default=0.8)
     parser.add_argument("--no-pipeline", action="store_true", help="in-memory rows only (for sweeps)")
-    parser.add_argument("--no-reader", action="store_true", help="skip the served-feed row")
+    parser.add_argument("--no-reader", action="store_true", help="skip the served-feed rows")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--reader-wait-s", type=float, default=0.25, help="sleep after each catch-up (reader reload)")
     parser.add_argument("--factors", type=int, default=defaults.factors)
@@ -601,16 +628,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             pipeline = asyncio.run(
                 run_pipeline(settings, stream, history, schedule, batch, not args.no_reader, args.reader_wait_s)
             )
-    catalogue = len(stream.items)
+    scoring = Scoring.of(stream, history)
     cmd = command(sys.argv[1:] if argv is None else argv)
-    report(args, cfg, history_cap, m, tallies, pipeline, catalogue, cmd)
+    report(args, cfg, history_cap, m, tallies, pipeline, scoring, cmd)
     suffix = results_suffix(args, (cfg, history_cap, m))
     if args.no_record or pipeline is None:
         return
     if suffix is None:
         console.print("not written to bench/results.json: neither the defaults nor --tuned")
         return
-    record_figures(tallies, pipeline, catalogue, cmd, suffix)
+    record_figures(tallies, pipeline, scoring, cmd, suffix)
 
 
 def command(argv: Sequence[str]) -> str:
@@ -632,82 +659,134 @@ def results_suffix(args: argparse.Namespace, chosen: tuple[ALSConfig, int, int])
     return None
 
 
+METRICS = {  # results.json key part → (column, unit, format)
+    "hr10": ("HR@10", "HR@10", "{:.4f}"),
+    "ndcg10": ("nDCG@10", "nDCG@10", "{:.4f}"),
+    "coverage": ("coverage", "share of catalogue", "{:.3f}"),
+    "novelty": ("novelty", "bits", "{:.2f}"),
+    "ild": ("ILD", "mean pairwise genre-Jaccard distance", "{:.3f}"),
+}
+BASELINE_OF = {"candidates": "reference", "served": "candidates", "served_by_ctr": "candidates"}
+"""Each recorded row's ``baseline`` in results.json."""
+
+
+@dataclass
+class Scoring:
+    """What the list metrics refer to: the catalogue (coverage), the history's ratings per item (novelty:
+    −log2 of an item's smoothed share of them) and the items' genres (intra-list diversity)."""
+
+    catalogue: int
+    ratings: dict[str, int]
+    genres: dict[str, tuple[str, ...]]
+    _scores: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, stream: Stream, history: Sequence[Rating]) -> Scoring:
+        ratings = Counter(r.item_id for r in history)
+        return cls(len(stream.items), dict(ratings), {i: tuple(e.categories) for i, e in stream.items.items()})
+
+    def __call__(self, tally: Tally) -> dict[str, float]:
+        """Every METRICS figure of the tally (computed once: ILD compares 45 pairs per list)."""
+        if id(tally) not in self._scores:
+            self._scores[id(tally)] = {
+                "hr10": tally.hr(),
+                "ndcg10": tally.ndcg(),
+                "coverage": tally.coverage(self.catalogue),
+                "novelty": tally.novelty(self.ratings, self.catalogue),
+                "ild": tally.diversity(self.genres),
+            }
+        return self._scores[id(tally)]
+
+
+def scored_rows(tallies: dict[str, Tally], pipeline: PipelineResult | None) -> dict[str, Tally]:
+    """The rows results.json records, by key: baselines, candidates and every served blend that ran."""
+    rows = {name: tallies[f"{name} (rounds)"] for name in ("popularity", "frozen", "reference")}
+    if pipeline is not None:
+        rows["candidates"] = pipeline.candidates
+        rows.update((name, row.tally) for name, row in pipeline.served.items() if row.tally.clicks)
+    return rows
+
+
 def report(args, cfg: ALSConfig, history_cap: int, m: int, tallies: dict[str, Tally],
-           pipeline: PipelineResult | None, catalogue: int, cmd: str) -> None:  # fmt: skip
+           pipeline: PipelineResult | None, scoring: Scoring, cmd: str) -> None:  # fmt: skip
     title = (
-        f"prequential, MovieLens 100K, last {1 - args.history_share:.0%} of events\n"
+        f"prequential, MovieLens 100K, last {1 - args.history_share:.0%} of events: "
         f"iALS k={cfg.factors} λ={cfg.regularization} α={cfg.alpha} it={cfg.iterations} "
         f"view={cfg.view_weight} click={cfg.click_weight}; history cap {history_cap}, candidates {m}"
     )
     table = Table(title=title)
-    for column in ("row", "HR@10", "nDCG@10", "coverage", "clicks scored", "seconds", "note"):
+    columns = ("row", *(label for label, _, _ in METRICS.values()), "clicks scored", "seconds", "note")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("row", "note") else "right")
 
     def add(name: str, tally: Tally | None, note: str = "", missing: str | None = None) -> None:
         if tally is None or not tally.clicks:
-            table.add_row(name, "—", "—", "—", "—", "—", missing or note)
+            table.add_row(name, *("—" for _ in columns[1:-1]), missing or note)
             return
+        scores = scoring(tally)
         table.add_row(
-            name, f"{tally.hr():.4f}", f"{tally.ndcg():.4f}", f"{tally.coverage(catalogue):.3f}",
+            name, *(fmt.format(scores[key]) for key, (_, _, fmt) in METRICS.items()),
             f"{tally.clicks:,}", f"{tally.seconds:.1f}", note,
         )  # fmt: skip
 
     frozen = tallies["frozen (rounds)"]
-    add("popularity", tallies["popularity (rounds)"])
-    add("frozen batch iALS", frozen, f"{frozen.fallbacks:,} clicks by users unknown to it → popularity")
+    add("baseline: popularity", tallies["popularity (rounds)"])
+    add("baseline: frozen batch iALS", frozen, f"{frozen.fallbacks:,} clicks by users unknown to it → popularity")
     ref = tallies["reference (rounds)"]
-    add("in-memory streaming reference", ref, f"{ref.empty:,} clicks with no list yet")
+    add("baseline: in-memory streaming reference", ref, f"{ref.empty:,} clicks with no list yet")
+    served_labels = {
+        "served_by_ctr": "baseline: pipeline served feed, popular slots by smoothed CTR alone (previous default)",
+        "served": "pipeline served feed (default blend)",
+    }
     if pipeline is None:
         add("pipeline candidates", None, missing="not run (--no-pipeline)")
-        add("pipeline served feed", None, missing="not run (--no-pipeline)")
+        for label in served_labels.values():
+            add(label, None, missing="not run (--no-pipeline)")
     else:
         same = sum(a == b for a, b in zip(pipeline.candidates.ranked, ref.ranked, strict=False))
         add("pipeline candidates", pipeline.candidates,
             f"{same / max(ref.clicks, 1):.1%} of lists identical to the reference's; "
             f"HR@6 (the blend's personal slots) {pipeline.candidates.hr(6):.4f}")  # fmt: skip
-        if pipeline.served is None:
-            add("pipeline served feed", None, missing=pipeline.served_missing or "not run (--no-reader)")
-        else:
-            n = pipeline.served.clicks
+        for name, label in served_labels.items():
+            row = pipeline.served.get(name)
+            if row is None:
+                add(label, None, missing=pipeline.served_missing or "not run (--no-reader)")
+                continue
+            n = row.tally.clicks
             mix = ", ".join(
-                f"{s} {slots / n:.1f} ({pipeline.hits.get(s, 0) / n:.4f})"
-                for s, slots in sorted(pipeline.slots.items())
+                f"{s} {slots / n:.1f} ({row.hits.get(s, 0) / n:.4f})" for s, slots in sorted(row.slots.items())
             )
+            share = row.tally.hr() / max(pipeline.candidates.hr(), 1e-9)
             add(
-                "pipeline served feed",
-                pipeline.served,
-                f"slots per feed (HR from them): {mix}; {pipeline.retried} degraded answers asked again, "
-                f"{pipeline.degraded} left degraded",
+                label,
+                row.tally,
+                f"{share:.1%} of the candidates' HR@10; slots per feed (HR from them): {mix}; "
+                f"{row.retried} degraded answers asked again, {row.degraded} left degraded",
             )
     add("popularity, strictly in order", tallies["popularity (in order)"], "schedule check")
     add("reference, strictly in order", tallies["reference (in order)"], "schedule check")
-    console.print(table)
+    show(table, console)
     if pipeline is not None:
         console.print(
             f"pipeline: history replay {pipeline.history_seconds:.1f} s; {pipeline.rounds} rounds; publish + worker "
-            f"catch-up {pipeline.catch_up_seconds:.1f} s (in both pipeline rows), reader reload waits "
-            f"{pipeline.reader_wait_seconds:.1f} s (served row)"
+            f"catch-up {pipeline.catch_up_seconds:.1f} s (in every pipeline row), reader reload waits "
+            f"{pipeline.reader_wait_seconds:.1f} s (served rows)"
         )
     console.print(f"machine: {machine()}; {date.today().isoformat()}; {cmd}")
 
 
-def record_figures(tallies: dict[str, Tally], pipeline: PipelineResult, catalogue: int, cmd: str, suffix: str) -> None:
-    """bench/results.json: every HR@10 row, plus nDCG and coverage of the candidates (baseline: the reference)."""
-    ref = tallies["reference (rounds)"]
-    cand = pipeline.candidates
-    figures = {
-        "prequential_hr10_popularity": figure(tallies["popularity (rounds)"].hr(), "HR@10", cmd),
-        "prequential_hr10_frozen": figure(tallies["frozen (rounds)"].hr(), "HR@10", cmd),
-        "prequential_hr10_reference": figure(ref.hr(), "HR@10", cmd),
-        "prequential_hr10_candidates": figure(cand.hr(), "HR@10", cmd, ref.hr()),
-        "prequential_ndcg10_candidates": figure(cand.ndcg(), "nDCG@10", cmd, ref.ndcg()),
-        "prequential_coverage_candidates": figure(
-            cand.coverage(catalogue), "share of catalogue", cmd, ref.coverage(catalogue)
-        ),
-    }
-    if pipeline.served is not None and pipeline.served.clicks:
-        figures["prequential_hr10_served"] = figure(pipeline.served.hr(), "HR@10", cmd, cand.hr())
-    record({key + suffix: value for key, value in figures.items()})
+def record_figures(
+    tallies: dict[str, Tally], pipeline: PipelineResult, scoring: Scoring, cmd: str, suffix: str
+) -> None:
+    """bench/results.json: prequential_<metric>_<row> for every METRICS figure of every row (BASELINE_OF)."""
+    rows = scored_rows(tallies, pipeline)
+    figures = {}
+    for name, tally in rows.items():
+        baseline = rows.get(BASELINE_OF.get(name, ""))
+        for key, (_, unit, _) in METRICS.items():
+            base = scoring(baseline)[key] if baseline is not None else None
+            figures[f"prequential_{key}_{name}{suffix}"] = figure(scoring(tally)[key], unit, cmd, base)
+    record(figures)
 
 
 if __name__ == "__main__":

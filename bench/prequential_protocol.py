@@ -24,12 +24,12 @@ a hit if the clicked item is in it, then publish. Two details the text leaves op
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.ranking_metrics import coverage, hit_rate_at_k, ndcg_at_k
+from models.ranking_metrics import coverage, hit_rate_at_k, intra_list_diversity, ndcg_at_k, novelty
 from recstream.events import Event, ItemEvent, UserEvent
 from recstream.sources import Record
 
@@ -266,6 +266,12 @@ class Tally:
 
     def coverage(self, catalogue: int, k: int = K) -> float:
         return coverage((r[:k] for r in self.ranked), catalogue)
+
+    def novelty(self, counts: Mapping[str, float], catalogue: int, k: int = K) -> float:
+        return novelty((r[:k] for r in self.ranked), counts, catalogue)
+
+    def diversity(self, categories: Mapping[str, Collection[str]], k: int = K) -> float:
+        return intra_list_diversity((r[:k] for r in self.ranked), categories)
 
     @property
     def clicks(self) -> int:

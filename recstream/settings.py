@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     share_popular: float = Field(0.2, ge=0, le=1, description="slot share of popular-in-segment items")
     share_explore: float = Field(0.1, ge=0, le=1, description="slot share of explored new items")
     share_fresh: float = Field(0.1, ge=0, le=1, description="slot share of fresh items in favourite categories")
+    popular_personal_head: int = Field(
+        50, ge=0, le=500, description="warm users: of the segment's first N popular items, those on their candidate "
+        "list first, in its order (0: smoothed CTR order alone; serving/blend.personal_first)"
+    )
     explore_max_share: float = Field(0.25, ge=0, le=1, description="cap on explore slots, whatever the config")
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] = "thompson"
     explore_epsilon: float = Field(0.1, ge=0, le=1)

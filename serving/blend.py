@@ -3,11 +3,13 @@
 Pure (no Redis, no I/O), so every rule of the feed page is unit-testable: a page never holds an
 item twice, never an excluded one (seen, served earlier in the session, unavailable, not
 interested), and filtering happens while slots are filled, so a source whose head is filtered
-moves on to its next item instead of leaving the page short.
+moves on to its next item instead of leaving the page short. For warm users the popular list's
+head is ordered by the user's own candidate list first (:func:`personal_first`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -61,6 +63,33 @@ def slot_counts(shares: Mapping[Source, float], n: int, explore_cap: float) -> d
     for s in by_remainder[: n - explore - sum(counts.values())]:
         counts[s] += 1
     return {**counts, "explore": explore}
+
+
+def personal_first(popular: Iterable[Candidate], personal: Iterable[str], head: int) -> Iterator[Candidate]:
+    """The popular list with its first ``head`` items reordered: those also on the user's personal list first,
+    in that list's order, then the other head items and the rest of the list in popular order.
+
+    Why: a popular slot is a hedge on what people like the user enjoy; among the segment's most popular
+    items, those the user's own model also ranks are the better hedge. Every item still comes from the
+    segment's popular ranking and keeps its reason; only the order within its head changes, so popular
+    slots stay popular. On MovieLens (bench/prequential.py, both blends in one run) the 2.1 popular slots
+    per feed earned HR@10 0.0084 by smoothed CTR alone and 0.0286 with head 50: served feed 0.1815 → 0.1959,
+    86% → 93% of the candidate list's 0.2103 (head 20: 0.1927, 100: 0.2008). ``head`` 0 keeps the popular
+    order (for cold users, whose picks come first).
+
+    >>> pop = [Candidate(i, "popular") for i in "abcdef"]
+    >>> [c.item for c in personal_first(pop, ["x", "d", "b"], head=4)]
+    ['d', 'b', 'a', 'c', 'e', 'f']
+    """
+    ranked = iter(popular)
+    if head <= 0:
+        return ranked
+    top = list(itertools.islice(ranked, head))
+    rank: dict[str, int] = {}
+    for r, item in enumerate(personal):
+        rank.setdefault(item, r)
+    both = sorted((c for c in top if c.item in rank), key=lambda c: rank[c.item])
+    return itertools.chain(both, (c for c in top if c.item not in rank), ranked)
 
 
 def interleave(

@@ -29,7 +29,7 @@ import numpy as np
 from models.bandit import choose_explore
 from recstream.events import Event
 from recstream.settings import Settings
-from serving.blend import Candidate, Served, Source, interleave, slot_counts
+from serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
 from serving.feed_state import UserState
 from serving.snapshot import Categories, Pool, Snapshot
 
@@ -122,7 +122,11 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
     favourites = favourite_categories(user, snapshot.categories, now, exclude.blocked)
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
-        "popular": popular(user, snapshot, now),
+        "popular": personal_first(
+            popular(user, snapshot, now),
+            (item for item, _ in user.candidates()),
+            settings.popular_personal_head if user.warm else 0,
+        ),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
         "explore": explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings)
         if counts["explore"]

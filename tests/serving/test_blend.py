@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.blend import OVERFLOW, SOURCES, Candidate, interleave, slot_counts
+from serving.blend import OVERFLOW, SOURCES, Candidate, interleave, personal_first, slot_counts
 from serving.popularity import cold_order, warm_order
 
 SHARES = {"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}
@@ -95,6 +95,34 @@ def test_pages_never_repeat_or_serve_excluded_items_and_are_full_when_overflow_c
     fillable = {c.item for s in OVERFLOW for c in lists[s]} - exclude
     if len(fillable) >= n:
         assert len(page) == n
+
+
+@given(
+    popular=st.lists(st.integers(0, 60), unique=True, max_size=40),
+    personal=st.lists(st.integers(0, 60), max_size=30),
+    head=st.integers(0, 50),
+)
+def test_personal_first_only_reorders_the_popular_head_putting_the_users_own_candidates_first(popular, personal, head):
+    pop = [Candidate(f"i{k}", "popular") for k in popular]
+    out = [c.item for c in personal_first(pop, (f"i{k}" for k in personal), head)]
+    assert sorted(out) == sorted(c.item for c in pop), "a permutation of the popular list: nothing added or lost"
+    top = {c.item for c in pop[:head]}
+    assert out[len(top) :] == [c.item for c in pop[len(top) :]], "past the head, popular order"
+    in_both = [item for item in dict.fromkeys(f"i{k}" for k in personal) if item in top]
+    assert out[: len(in_both)] == in_both, "head items the user's list holds come first, in its order"
+
+
+def test_popular_slots_of_a_warm_user_take_popular_items_their_candidates_rank_next():
+    personal = ranked("p", 10)
+    popular = [Candidate(i, "popular") for i in ("q0", "q1", "p8", "q2", "p6", "p9")]
+    counts = {"personal": 6, "popular": 2}
+    by_ctr = interleave({"personal": personal, "popular": popular}, counts)
+    blended = interleave(
+        {"personal": personal, "popular": personal_first(popular, (c.item for c in personal), head=5)}, counts
+    )
+    assert [s.item for s in by_ctr if s.source == "popular"] == ["q0", "q1"]
+    assert [s.item for s in blended if s.source == "popular"] == ["p6", "p8"], "p9 is past the head"
+    assert [s.item for s in blended if s.source == "personal"] == [f"p{k}" for k in (0, 1, 2, 3, 4, 5)]
 
 
 def test_warm_and_cold_orders_use_segment_scores_where_the_segment_has_them():
