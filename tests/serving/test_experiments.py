@@ -105,6 +105,7 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
 
     env = settings.to_env()
     out = CliRunner().invoke(cli, ["experiment", "report"], env=env, terminal_width=160)
+    print(out.output)  # the report table, shown with -s (README quotes it) and on a failure
     assert out.exit_code == 0, out.output
     assert "experiment blend: good is better" in out.output
 
