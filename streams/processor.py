@@ -152,6 +152,9 @@ class BatchProcessor:
                 for m in fresh:
                     first.setdefault((m.topic, m.partition), m.offset)
                 await self._repair({tp: offset for tp, offset in first.items() if offset > self._watermark(*tp) + 1})
+                if self._watermarks is None:  # a rebalance during the repair: re-read, then filter again
+                    await self.reload_watermarks()
+                    continue
             now_ms = int(time.time() * 1000)
             records: list = []
             dead: list[DeadLetter] = []
