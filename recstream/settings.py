@@ -88,8 +88,11 @@ class Settings(BaseSettings):
     share_explore: float = Field(0.1, ge=0, le=1, description="slot share of explored new items")
     share_fresh: float = Field(0.1, ge=0, le=1, description="slot share of fresh items in favourite categories")
     popular_personal_head: int = Field(
-        50, ge=0, le=500, description="warm users: of the segment's first N popular items, those on their candidate "
-        "list first, in its order (0: smoothed CTR order alone; serving/blend.personal_first)"
+        50,
+        ge=0,
+        le=500,
+        description="warm users: of the segment's first N popular items, those on their candidate "
+        "list first, in its order (0: smoothed CTR order alone; serving/blend.personal_first)",
     )
     explore_max_share: float = Field(0.25, ge=0, le=1, description="cap on explore slots, whatever the config")
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] = "thompson"
@@ -145,6 +148,12 @@ def _env_value(value: object) -> str:
     return value.model_dump_json(exclude_none=True) if isinstance(value, BaseModel) else str(value)
 
 
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The variable, and where inside its JSON value for a nested one: ``RECSTREAM_EXPERIMENT (variants.1.weight)``."""
+    inside = f" ({'.'.join(map(str, loc[1:]))})" if len(loc) > 1 else ""
+    return f"{ENV_PREFIX}{str(loc[0]).upper()}{inside}"
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings from the environment (and explicit overrides, for tests and CLIs).
 
@@ -158,8 +167,5 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [
-            f"{ENV_PREFIX}{str(err['loc'][0]).upper()}: {err['msg']}" if err["loc"] else err["msg"]
-            for err in exc.errors()
-        ]
+        lines = [f"{_variable(err['loc'])}: {err['msg']}" if err["loc"] else err["msg"] for err in exc.errors()]
         raise SettingsError("\n".join(lines)) from None

@@ -95,7 +95,13 @@ def test_compare_names_the_better_variant_only_when_significant():
     ],
 )
 def test_an_invalid_experiment_fails_fast_naming_the_variable(variants, says):
-    with pytest.raises(SettingsError, match=f"RECSTREAM_EXPERIMENT: .*{says}"):
+    with pytest.raises(SettingsError, match=f"RECSTREAM_EXPERIMENT[^:]*: .*{says}"):
+        load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
+
+
+def test_a_bad_nested_value_is_named_by_its_path_in_the_variable():
+    variants = [{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.5, "share_explore": 2}]
+    with pytest.raises(SettingsError, match=r"^RECSTREAM_EXPERIMENT \(variants\.1\.share_explore\): Input should be"):
         load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
 
 
