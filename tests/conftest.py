@@ -133,6 +133,10 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
             state[name] = client.zrange(key, 0, -1, withscores=True)
         elif kind == "set":
             state[name] = client.smembers(key)
+        elif kind == "list":
+            state[name] = client.lrange(key, 0, -1)
+        elif kind == "stream":  # entry ids are arrival times: two runs compare the entries' fields
+            state[name] = [fields for _, fields in client.xrange(key)]
         else:
             state[name] = client.get(key)
     return state

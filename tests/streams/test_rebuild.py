@@ -37,7 +37,7 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
         await producer.stop()
     wait_until(lambda: applied_events(client, "rs") == len(events), timeout_s=120, what="the live run")
     worker.stop()
-    client.set("rs:user:u1:feed:s1", "a reader session")  # not derived: kept
+    client.rpush("rs:user:u1:feed:s1", '[["i1", "popular"]]')  # a reader's session: not derived, kept
     live = dump_state(client, "rs")
     client.set("rs:user:u1:vec", b"\0" * 64)  # damaged derived state is recomputed, stray keys go
     client.set("rs:stray", "x")
