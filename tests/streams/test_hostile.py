@@ -1,0 +1,378 @@
+"""Hostile input through the real broker: 10,000 malformed or adversarial messages, one real worker.
+
+The messages come from hypothesis strategies (derandomized, so every run sends the same bytes)
+and each one carries its expected outcome *by construction*: the valid objects it holds and how
+many dead letters it must cause. They are interleaved with valid messages on ``events``, ``items``
+and ``users`` and produced in one go; one worker consumes them all. The test then checks that the
+worker is alive and still applying, that the dead-letter topic holds exactly the expected letters
+per source message (each with a reason), and that the counters, item metadata and segments equal
+an independent computation over the valid objects (each applied once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+import pytest
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from recstream.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MIN_TS_MS, Kind, decode, segment_of
+from recstream.settings import Settings
+from tests.conftest import wait_until
+from tests.streams.scenario import T0, applied_events
+
+pytestmark = pytest.mark.integration
+
+N_HOSTILE = 10_000
+CHUNK = 25  # messages per hypothesis example: the batch is many examples' worth, collected
+HOSTILE_SHARE = 10 / 15
+DAY_MS = 86_400_000
+USERS = [f"u{k}" for k in range(40)] + ["rs:wm", "user:seg", "__proto__", "..", "-", "a.b:c-d_e", "x" * MAX_ID_LEN]
+ITEMS = [f"i{k}" for k in range(30)] + ["rs:totals", "constructor", "item.1", ":", "0", "y" * MAX_ID_LEN]
+CATEGORIES = ["news", "sport", "music", "film"]
+INJECTIONS = [
+    "", " ", "u1 ", "u1\r\nFLUSHALL\r\n", "*", "rs:*", "u?", "u[1]", "../../etc/passwd", "'; DROP TABLE users; --",
+    '{"$ne": null}', "u1\x00", "<script>alert(1)</script>", "${jndi:ldap://x/a}", "ü", "😀", "u1\n", "%00", "u/1",
+    "u\\1", "u,1", "u 1", "\u202eu1", "u1\t", "z" * (MAX_ID_LEN + 1),
+]  # fmt: skip
+TOP = {"event": ["type", "user_id", "item_id", "ts"], "item": ["op", "item_id", "ts"], "user": ["user_id", "ts"]}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to produce and what it must cause: the valid objects applied and the dead letters."""
+
+    kind: Kind
+    key: bytes | None
+    value: bytes | None
+    valid: tuple[dict, ...]
+    rejected: int
+
+
+# --- strategies ---------------------------------------------------------------------------------
+
+ids = st.sampled_from(USERS)
+items = st.sampled_from(ITEMS)
+i64 = st.integers(-(2**63), 2**63 - 1)  # what JSON integers may hold (orjson refuses wider ones)
+past_ts = st.integers(MIN_TS_MS, T0 + 30 * DAY_MS)  # any order, never ahead of the consumer's clock
+not_int = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20), st.booleans(), st.lists(i64, max_size=3)
+)
+not_str = st.one_of(i64, st.floats(allow_nan=False), st.booleans(), st.lists(i64, max_size=2))
+bad_optional_id = st.one_of(  # refused where an id may be left out (None is fine there)
+    st.sampled_from(INJECTIONS),
+    st.text(min_size=1, max_size=20).filter(
+        lambda s: any(not (c.isascii() and (c.isalnum() or c in "_.:-")) for c in s)
+    ),
+    not_str,
+)
+bad_id = st.one_of(bad_optional_id, st.none())
+long_strings = st.tuples(st.integers(MAX_ID_LEN + 1, 200_000), st.sampled_from("aZ9_:")).map(lambda t: t[1] * t[0])
+bad_timestamp = st.one_of(  # refused where a timestamp may be left out
+    not_int,
+    st.integers(-(2**63), MIN_TS_MS - 1),
+    st.integers(2**53 + 1, 2**63 - 1),  # past the contract's bound, still a 64-bit JSON integer
+)
+bad_ts = st.one_of(bad_timestamp, st.none())
+
+
+def far_future(now_ms: int) -> st.SearchStrategy[int]:
+    return st.integers(now_ms + 2 * DAY_MS, 2**53)
+
+
+EDGE_DEPTHS = st.sampled_from([255, 256, 1000, 1022, 1023, 1024])  # orjson writes 255 levels, reads 1,024
+
+
+def deep(depth: int) -> orjson.Fragment:
+    """JSON nested ``depth`` levels (lists and single-key objects in turn) around ``1``, as a fragment:
+    orjson itself writes at most 255 levels, the parser reads 1,024."""
+    opening = "".join("[" if level % 2 == 0 else '{"a":' for level in reversed(range(depth)))
+    closing = "".join("]" if level % 2 == 0 else "}" for level in range(depth))
+    return orjson.Fragment(f"{opening}1{closing}")
+
+
+def valid_object(kind: Kind) -> st.SearchStrategy[dict]:
+    if kind == "event":
+        return st.fixed_dictionaries(
+            {"type": st.sampled_from(["view", "click"]), "user_id": ids, "item_id": items, "ts": past_ts},
+            optional={
+                "event_id": st.sampled_from([f"dup-{k}" for k in range(5)]),  # duplicate event ids are distinct events
+                "context": st.just({"source": "popular", "page": 2, "ok": True, "none": None}),
+            },
+        )
+    if kind == "item":
+        return st.fixed_dictionaries(
+            {"op": st.sampled_from(["new", "update", "remove"]), "item_id": items, "ts": past_ts},
+            optional={
+                "categories": st.lists(st.sampled_from(CATEGORIES), max_size=3),
+                "available": st.booleans(),
+                "created_ts": past_ts,
+                "features": st.dictionaries(st.sampled_from(["len", "q"]), st.floats(-1e6, 1e6)),
+            },
+        )
+    attributes = st.fixed_dictionaries({"age": st.integers(10, 80), "gender": st.sampled_from(["M", "F", "X"])})
+    return st.fixed_dictionaries({"user_id": ids, "ts": past_ts, "attributes": attributes})
+
+
+def bad_fields(kind: Kind, now_ms: int, big: bool) -> dict[str, st.SearchStrategy[object]]:
+    """Per field, values that field must refuse (the wrong type, a bad id, too long, out of range, too deep).
+
+    ``big`` allows strings of up to 200 KB (not inside micro-batches, which must stay under the size cap).
+    """
+    huge = long_strings if big else st.just("h" * (MAX_ID_LEN + 1))
+    deep_value = (st.one_of(st.integers(2, 1022), EDGE_DEPTHS) if big else st.integers(2, 900)).map(deep)
+    common = {"ts": st.one_of(bad_ts, far_future(now_ms), deep_value)}
+    if kind == "event":
+        return common | {
+            "type": st.one_of(st.sampled_from(["like", "VIEW", "", "click "]), not_str, st.none()),
+            "user_id": st.one_of(bad_id, huge, deep_value),
+            "item_id": st.one_of(bad_id, huge),
+            "event_id": st.one_of(bad_optional_id, huge),
+            "context": st.one_of(
+                i64,
+                st.text(max_size=5),
+                st.lists(i64, max_size=2),
+                deep_value.map(lambda v: {"k": v}),
+                st.dictionaries(st.sampled_from(INJECTIONS), i64, min_size=1, max_size=2),
+                st.just({f"k{n}": n for n in range(17)}),
+                huge.map(lambda s: {"k": "k" * 256 + s}),
+            ),
+        }
+    if kind == "item":
+        return common | {
+            "op": st.one_of(st.sampled_from(["delete", "NEW", ""]), not_str),
+            "item_id": st.one_of(bad_id, huge),
+            "categories": st.one_of(
+                st.text(max_size=5),
+                st.lists(st.sampled_from(INJECTIONS), min_size=1, max_size=2),
+                st.just(["c"] * 33),
+                deep_value,
+            ),
+            "features": st.one_of(st.just({"f": "1"}), st.just({"f": None}), st.just({"f": 1e308 * 10}), not_str),
+            "available": st.one_of(st.sampled_from(["true", 1, 0, "yes"]), st.none()),
+            "created_ts": bad_timestamp,
+        }
+    return common | {
+        "user_id": st.one_of(bad_id, huge, deep_value),
+        "attributes": st.one_of(
+            st.text(max_size=5),
+            st.lists(i64, max_size=2),
+            st.just({f"a{n}": n for n in range(33)}),
+            st.just({"age": [30]}),
+            st.just({"age": {"y": 30}}),
+            st.just({"bad key": 1}),
+        ),
+        "preferred_categories": st.one_of(st.just(["a b"]), st.just(["c"] * 33), st.text(max_size=3)),
+        "not_interested": st.one_of(st.just(["i 1"]), st.just([f"i{n}" for n in range(257)]), i64),
+    }
+
+
+def hostile_object(kind: Kind, now_ms: int, big: bool = True) -> st.SearchStrategy[dict]:
+    """A valid object broken in exactly one way: a field dropped, a bad value, or a field the contract lacks."""
+    base = valid_object(kind)
+    broken_values = [
+        st.tuples(base, bad).map(lambda t, name=name: {**t[0], name: t[1]})
+        for name, bad in bad_fields(kind, now_ms, big).items()
+    ]
+    dropped = st.tuples(base, st.sampled_from(TOP[kind])).map(lambda t: {k: v for k, v in t[0].items() if k != t[1]})
+    extra = st.tuples(base, st.sampled_from(["x_admin", "$where", "__class__", "TYPE"])).map(
+        lambda t: {**t[0], t[1]: True}
+    )
+    return st.one_of(*broken_values, dropped, extra)
+
+
+def as_bytes(obj: object) -> bytes:
+    return orjson.dumps(obj)
+
+
+def raw_garbage() -> st.SearchStrategy[tuple[bytes | None, int]]:
+    """Whole messages that are not a batch of objects: (value, dead letters it causes)."""
+    return st.one_of(
+        st.binary(max_size=300).map(lambda b: (b"\x00" + b, 1)),  # random bytes (never JSON: a NUL first)
+        st.one_of(st.integers(2, 5000), EDGE_DEPTHS).map(lambda d: (as_bytes(deep(d)), 1)),  # parseable up to 1,024
+        st.sampled_from([b"null", b"1", b'"text"', b"true", b"1e400", b"NaN", b"{", b'{"a":"\xff"}', b""]).map(
+            lambda v: (v, 1)
+        ),
+        st.just((None, 1)),  # a tombstone
+        st.just((b"[]", 0)),  # an empty batch: nothing to apply, nothing to reject
+        st.just((b"[" + b"1," * MAX_EVENTS_PER_MESSAGE + b"1]", 1)),  # one element too many
+        st.integers(0, 3).map(lambda n: (as_bytes([1, "x", None, [], 2.5][: n + 1]), n + 1)),
+    )
+
+
+def message(kind: Kind, now_ms: int) -> st.SearchStrategy[Outgoing]:
+    """A hostile message for ``kind``'s topic; on ``events`` also micro-batches mixing valid and broken events."""
+    keys = st.binary(min_size=1, max_size=16)  # compacted topics refuse a message without a key
+    if kind == "event":
+        keys = st.one_of(st.none(), keys)
+    garbage = st.tuples(keys, raw_garbage()).map(lambda t: Outgoing(kind, t[0] or b"k", t[1][0], (), t[1][1]))
+    single = st.tuples(keys, hostile_object(kind, now_ms)).map(lambda t: Outgoing(kind, t[0], as_bytes(t[1]), (), 1))
+    duplicated_key = valid_object(kind).map(lambda o: _duplicated_key(kind, o))
+    choices = [garbage, single, single, duplicated_key]
+    if kind == "event":
+        choices.append(mixed_batch(now_ms))
+    return st.one_of(*choices)
+
+
+def _duplicated_key(kind: Kind, obj: dict) -> Outgoing:
+    """A valid object whose JSON repeats its first key with a bad value before the good one: the last wins."""
+    first = next(iter(obj))
+    head = as_bytes({first: "bad value"})[:-1] + b","
+    return Outgoing(kind, _key(kind, obj), head + as_bytes(obj)[1:], (obj,), 0)
+
+
+def mixed_batch(now_ms: int) -> st.SearchStrategy[Outgoing]:
+    """One user's micro-batch with broken events among the valid ones: each element stands alone."""
+    element = st.one_of(
+        valid_object("event").map(lambda o: (o, True)),
+        hostile_object("event", now_ms, big=False).map(lambda o: (o, False)),
+    )
+
+    def build(user: str, elements: list[tuple[dict, bool]]) -> Outgoing:
+        objs = [{**o, "user_id": user} if ok else o for o, ok in elements]
+        valid = tuple(o for o, (_, ok) in zip(objs, elements, strict=True) if ok)
+        return Outgoing("event", user.encode(), as_bytes(objs), valid, len(objs) - len(valid))
+
+    return st.builds(build, ids, st.lists(element, min_size=1, max_size=8))
+
+
+def valid_message(kind: Kind) -> st.SearchStrategy[Outgoing]:
+    if kind == "event":
+        batch = st.tuples(ids, st.lists(valid_object("event"), min_size=1, max_size=10)).map(
+            lambda t: [{**o, "user_id": t[0]} for o in t[1]]
+        )
+        return batch.map(
+            lambda b: Outgoing("event", b[0]["user_id"].encode(), as_bytes(b if len(b) > 1 else b[0]), tuple(b), 0)
+        )
+    return valid_object(kind).map(lambda o: Outgoing(kind, _key(kind, o), as_bytes(o), (o,), 0))
+
+
+def _key(kind: Kind, obj: dict) -> bytes:
+    return obj["item_id" if kind == "item" else "user_id"].encode()
+
+
+def stream(now_ms: int) -> st.SearchStrategy[list[tuple[Outgoing, bool]]]:
+    """A chunk of messages over the three topics, about one valid message in three (flagged True)."""
+    hostile = {kind: message(kind, now_ms).map(lambda m: (m, False)) for kind in TOP}
+    valid = {kind: valid_message(kind).map(lambda m: (m, True)) for kind in TOP}
+    weighted = [*[hostile["event"]] * 6, hostile["item"], hostile["item"], hostile["user"], hostile["user"]]
+    weighted += [*[valid["event"]] * 3, valid["item"], valid["user"]]  # HOSTILE_SHARE of the choices are hostile
+    return st.lists(st.one_of(*weighted), min_size=CHUNK, max_size=CHUNK)
+
+
+def generate(now_ms: int, n_hostile: int = N_HOSTILE) -> list[Outgoing]:
+    """The whole run's messages, from many derandomized hypothesis examples, until ``n_hostile`` are hostile."""
+    out: list[tuple[Outgoing, bool]] = []
+
+    @settings(
+        max_examples=math.ceil(1.1 * n_hostile / (CHUNK * HOSTILE_SHARE)),
+        derandomize=True, database=None, deadline=None, phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    @given(stream(now_ms))
+    def collect(chunk: list[tuple[Outgoing, bool]]) -> None:
+        out.extend(chunk)
+
+    collect()
+    hostile = list(itertools.accumulate(not ok for _, ok in out))
+    assert hostile[-1] >= n_hostile, f"hypothesis gave only {hostile[-1]} hostile messages"
+    return [m for m, _ in out[: hostile.index(n_hostile) + 1]]
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def topic_of(settings: Settings) -> Callable[[Kind], str]:
+    return {"event": settings.events_topic, "item": settings.items_topic, "user": settings.users_topic}.__getitem__
+
+
+async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
+    """Send every message (acks=all), in order per topic and key; returns each one's ``topic:partition:offset``."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=4 << 20,
+                                max_batch_size=1 << 20, linger_ms=5)  # fmt: skip
+    topic = topic_of(settings)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic(m.kind), m.value, key=m.key) for m in messages]
+        sent = await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return [f"{r.topic}:{r.partition}:{r.offset}" for r in sent]
+
+
+async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.0) -> list:
+    consumer = AIOKafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", fetch_max_bytes=64 << 20)  # fmt: skip
+    await consumer.start()
+    letters: list = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            letters += [m for part in batch.values() for m in part]
+            if len(letters) >= expected and not batch:
+                break
+    finally:
+        await consumer.stop()
+    return letters
+
+
+def test_labels_agree_with_the_contract_module():
+    """Every generated message decodes as its construction says (so the run below checks the worker, not us)."""
+    now_ms = int(time.time() * 1000)
+    wrong = []
+    for m in generate(now_ms, n_hostile=2_000):
+        valid, rejected = decode(m.value, m.kind, now_ms)
+        if len(valid) != len(m.valid) or len(rejected) != m.rejected or any(not r.reason for r in rejected):
+            wrong.append((m, [r.reason for r in rejected]))
+    assert wrong == []
+
+
+async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_once(isolated_settings, worker_factory):
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis_url)
+    now_ms = int(time.time() * 1000)
+    messages = generate(now_ms)
+    valid = {kind: [o for m in messages if m.kind == kind for o in m.valid] for kind in ("event", "item", "user")}
+    worker = worker_factory(settings)
+    sources = await produce(settings, messages)
+    expected_letters = Counter({src: m.rejected for src, m in zip(sources, messages, strict=True) if m.rejected})
+    n_events = len(valid["event"])
+    wait_until(lambda: applied_events(client, "rs") >= n_events, timeout_s=90, what="every valid event applied")
+    letters = await dead_letters(settings, expected=expected_letters.total())
+
+    assert worker.proc.poll() is None, "the worker died"
+    headers = [dict(m.headers) for m in letters]
+    assert [h for h in headers if not h.get("reason")] == [], "every dead letter names its reason"
+    assert Counter(h["source"].decode() for h in headers) == expected_letters
+    whole = {src: m.value for src, m in zip(sources, messages, strict=True) if m.rejected and not m.valid}
+    assert all(m.value == whole[h["source"].decode()] for m, h in zip(letters, headers, strict=True)
+               if h["reason"].startswith(b"json:")), "an unparseable message goes to the DLQ as it came"  # fmt: skip
+
+    events = valid["event"]
+    views = Counter(e["item_id"] for e in events if e["type"] == "view")
+    clicks = Counter(e["item_id"] for e in events if e["type"] == "click")
+    assert applied_events(client, "rs") == n_events
+    assert {k.decode(): int(v) for k, v in client.hgetall("rs:views").items() if int(v)} == dict(views)
+    assert {k.decode(): int(v) for k, v in client.hgetall("rs:clicks").items()} == dict(clicks)
+    last_item = {i["item_id"]: i for i in valid["item"]}  # one partition: the last message wins
+    for item_id, item in last_item.items():
+        meta = {k.decode(): v.decode() for k, v in client.hgetall(f"rs:item:{item_id}").items()}
+        available = item.get("available", True) and item["op"] != "remove"
+        assert (meta["categories"], meta["available"]) == (",".join(item.get("categories", [])), str(int(available)))
+    segments = {u["user_id"]: segment_of(u["attributes"]) for u in valid["user"]}  # keyed by user: per-user order
+    assert {k.decode(): v.decode() for k, v in client.hgetall("rs:user:seg").items()} == segments
+
+    ok = {"type": "click", "user_id": "after", "item_id": "i1", "ts": now_ms}
+    await produce(settings, [Outgoing("event", b"after", as_bytes(ok), (ok,), 0)])
+    wait_until(lambda: applied_events(client, "rs") == n_events + 1, what="the worker to keep applying")
