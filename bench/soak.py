@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -227,6 +228,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=100_000, help="synthetic-world records before the load")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop what this run started
     console = Console(width=200)
     samples, warmup = soak(args, console)
     report(samples, warmup, args, console)
