@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
 
-from streams.log import committed_offsets, open_log, whole_topic
+from streams.log import Message, committed_offsets, open_log, whole_topic
+from streams.processor import BatchProcessor, DeadLetter
 from streams.rebuild import rebuild
+from streams.state import StateStore
 from tests.conftest import REPO, differing_keys, dump_state, wait_until
 from tests.streams.scenario import applied_events, publish, trained, world
 
@@ -73,3 +77,26 @@ async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_fac
     assert command.returncode == 1
     assert f"consumer group {settings.worker_group} has 1 active member" in " ".join(command.stderr.split())
     assert dump_state(client, "rs") == before
+
+
+async def test_a_replay_rejects_what_was_too_far_in_the_future_when_published(isolated_settings):
+    """Being "more than a day in the future" is measured from the record's Kafka timestamp (never later than the clock):
+    an event two days ahead of its publication stays rejected when the log is replayed later, when it is past."""
+    settings = isolated_settings
+    published = int(time.time() * 1000) - 3 * 86_400_000
+    event = b'{"type":"view","user_id":"u1","item_id":"i1","ts":%d}' % (published + 2 * 86_400_000)
+    letters: list[DeadLetter] = []
+
+    async def collect(batch: list[DeadLetter]) -> None:
+        letters.extend(batch)
+
+    client = Redis.from_url(settings.redis_url)
+    try:
+        processor = BatchProcessor("event", StateStore(client, settings), settings, collect)
+        await processor.process([Message(settings.events_topic, 0, 0, event, published)])
+        await processor.process([Message(settings.events_topic, 0, 1, event, None)])  # no timestamp: the clock
+    finally:
+        await client.aclose()
+    assert [letter.source.offset for letter in letters] == [0]
+    assert "in the future" in letters[0].rejected.reason
+    assert applied_events(redis.Redis.from_url(settings.redis_url), "rs") == 1
