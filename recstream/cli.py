@@ -330,9 +330,10 @@ def experiment_report(
         console.print("[red]no experiment is configured (RECSTREAM_EXPERIMENT): name one[/red]")
         raise typer.Exit(2)
     if file is not None:
-        counts = report.count_variants(report.file_events(file), name)
+        counted = report.count_variants(report.file_events(file), name)
     else:
-        counts = asyncio.run(report.count_log(settings, name))
+        counted = asyncio.run(report.count_log(settings, name))
+    counts = counted.totals
     if len(counts) < 2:
         console.print(f"[red]experiment {name}: events of {len(counts)} variant(s) found, nothing to compare[/red]")
         raise typer.Exit(1)
@@ -341,7 +342,7 @@ def experiment_report(
     if baseline not in counts:
         console.print(f"[red]control {baseline!r} has no events; variants seen: {', '.join(counts)}[/red]")
         raise typer.Exit(2)
-    Console().print(report.report_table(name, compare(counts, baseline, alpha)))
+    Console().print(report.report_table(name, compare(counts, baseline, alpha, counted.users)))
 
 
 if __name__ == "__main__":

@@ -21,36 +21,55 @@ REPLAY_NOW_MS = 2**53
 """A replay judges no timestamp as "in the future": the events were accepted when they were published."""
 
 
-def count_variants(events: Iterable[object], experiment: str) -> dict[str, tuple[int, int]]:
-    """(views, clicks) per variant of ``experiment``, from events carrying ``"<experiment>:<variant>"``.
+class VariantCounts:
+    """An experiment's views and clicks per variant and user: the totals for the CTRs and the two-proportion
+    test, the per-user rows for the user-level test."""
 
-    >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12, variant=v)
-    ...      for t, v in [("view", "x:a"), ("click", "x:a"), ("view", "x:b"), ("view", "y:a"), ("view", None)]]
-    >>> count_variants(e, "x")
-    {'a': (1, 1), 'b': (1, 0)}
+    def __init__(self, experiment: str) -> None:
+        self.prefix = f"{experiment}:"
+        self.per_user: dict[str, dict[str, list[int]]] = {}
+
+    def add(self, event: object) -> None:
+        if isinstance(event, Event) and event.variant is not None and event.variant.startswith(self.prefix):
+            users = self.per_user.setdefault(event.variant[len(self.prefix) :], {})
+            users.setdefault(event.user_id, [0, 0])[event.type == "click"] += 1
+
+    @property
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """(views, clicks) per variant, by name."""
+        return {
+            variant: (sum(v for v, _ in users.values()), sum(c for _, c in users.values()))
+            for variant, users in sorted(self.per_user.items())
+        }
+
+    @property
+    def users(self) -> dict[str, list[tuple[int, int]]]:
+        """Each variant's users' (views, clicks)."""
+        return {variant: [(v, c) for v, c in users.values()] for variant, users in self.per_user.items()}
+
+
+def count_variants(events: Iterable[object], experiment: str) -> VariantCounts:
+    """Count the events whose ``variant`` is ``"<experiment>:<variant>"``.
+
+    >>> e = [Event(type=t, user_id=u, item_id="i", ts=10**12, variant=v) for t, u, v in [("view", "u1", "x:a"),
+    ...      ("click", "u1", "x:a"), ("view", "u2", "x:a"), ("view", "u3", "x:b"), ("view", "u4", "y:a"),
+    ...      ("view", "u5", None)]]
+    >>> counts = count_variants(e, "x")
+    >>> counts.totals, counts.users
+    ({'a': (2, 1), 'b': (1, 0)}, {'a': [(1, 1), (1, 0)], 'b': [(1, 0)]})
     """
-    counts: dict[str, list[int]] = {}
+    counts = VariantCounts(experiment)
     for event in events:
-        _count(counts, event, f"{experiment}:")
-    return _sorted(counts)
+        counts.add(event)
+    return counts
 
 
-async def count_log(settings: Settings, experiment: str) -> dict[str, tuple[int, int]]:
+async def count_log(settings: Settings, experiment: str) -> VariantCounts:
     """:func:`count_variants` over the events topic, streamed (the log is never held in memory)."""
-    counts: dict[str, list[int]] = {}
+    counts = VariantCounts(experiment)
     async for event in log_events(settings):
-        _count(counts, event, f"{experiment}:")
-    return _sorted(counts)
-
-
-def _count(counts: dict[str, list[int]], event: object, prefix: str) -> None:
-    if isinstance(event, Event) and event.variant is not None and event.variant.startswith(prefix):
-        row = counts.setdefault(event.variant[len(prefix) :], [0, 0])
-        row[event.type == "click"] += 1
-
-
-def _sorted(counts: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
-    return {variant: (views, clicks) for variant, (views, clicks) in sorted(counts.items())}
+        counts.add(event)
+    return counts
 
 
 def file_events(path: Path) -> Iterable[object]:
@@ -75,19 +94,20 @@ async def log_events(settings: Settings) -> AsyncIterator[Event]:
 
 def report_table(experiment: str, comparison: Comparison) -> Table:
     """One row per variant: views, clicks, CTR with its 95% interval, lift and p-value against the control."""
-    table = Table(title=f"experiment {experiment}: {comparison.verdict}", caption=_caption(comparison))
-    for column in ("variant", "views", "clicks", "CTR", "95% CI", "lift vs control", "p-value"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
+    title = f"experiment {experiment} (control {comparison.control}): {comparison.verdict}"
+    table = Table(title=title, caption=_caption(comparison))
+    for column in ("variant", "views", "clicks", "CTR", "95% CI", "lift", "p views", "p users"):
+        table.add_column(column, justify="left" if column == "variant" else "right", no_wrap=True)
     for arm in comparison.arms:
-        name = f"{arm.name} (control)" if arm.name == comparison.control else arm.name
         table.add_row(
-            f"[bold]{name}[/bold]" if arm.name == comparison.winner else name,
+            f"[bold]{arm.name}[/bold]" if arm.name == comparison.winner else arm.name,
             f"{arm.views:,}",
             f"{arm.clicks:,}",
             "n/a" if arm.ctr is None else f"{arm.ctr:.2%}",
-            f"{arm.ci[0]:.2%}–{arm.ci[1]:.2%}",
+            f"{100 * arm.ci[0]:.2f}–{100 * arm.ci[1]:.2f}%",
             "" if arm.lift is None else f"{arm.lift:+.1%}",
             "" if arm.p_value is None else f"{arm.p_value:.2g}",
+            "" if arm.p_users is None else f"{arm.p_users:.2g}",
         )
     return table
 
@@ -96,7 +116,8 @@ def _caption(comparison: Comparison) -> str:
     others = max(len(comparison.arms) - 1, 1)
     level = comparison.alpha / others
     return (
-        f"two-proportion z-test against {comparison.control}, significant below p = {level:.3g}"
+        f"against {comparison.control}: two-proportion z-test (views as trials) and delta-method test (users "
+        f"as units); significant when both p < {level:.3g}"
         + (f" (α = {comparison.alpha} / {others} comparisons)" if others > 1 else "")
         + "; Wilson 95% intervals"
     )

@@ -16,6 +16,7 @@ from recstream.experiments import (
     compare,
     metric_labels,
     two_proportion_test,
+    user_level_test,
     wilson_interval,
 )
 from recstream.settings import SettingsError, load_settings
@@ -80,6 +81,20 @@ def test_compare_names_the_better_variant_only_when_significant():
     # three variants: Bonferroni halves the level, p ≈ 0.035 no longer counts
     three = compare({"a": (1000, 100), "b": (1000, 130), "c": (1000, 100)}, control="a")
     assert three.winner is None
+
+
+def test_one_heavy_clicker_is_significant_by_views_but_not_by_users():
+    # control: 10 users with 100 views and 5 clicks each; treatment: the same, but one user clicks 45 times.
+    # By users: R_b = 90/1000, d_u = −4 (×9) and 36, s² = (9·16 + 36²)/9 = 160, Var_b = 160/(10·100²) = 0.0016,
+    # Var_a = 0 (every d_u = 0), z = 0.04/0.04 = 1, p = erfc(1/√2) = 0.3173.
+    # By views: p̄ = 140/2000, se = √(0.07·0.93·0.002) = 0.011411, z = 3.505, p = 0.00046.
+    control, treatment = [(100, 5)] * 10, [(100, 5)] * 9 + [(100, 45)]
+    z, p = user_level_test(control, treatment)
+    assert z == pytest.approx(1.0) and p == pytest.approx(0.3173, abs=1e-4)
+    counts = {"a": (1000, 50), "b": (1000, 90)}
+    assert two_proportion_test(50, 1000, 90, 1000)[0] == pytest.approx(3.505, abs=1e-3)
+    assert compare(counts, control="a").winner == "b"
+    assert compare(counts, control="a", users={"a": control, "b": treatment}).winner is None
 
 
 @pytest.mark.parametrize(

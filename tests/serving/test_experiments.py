@@ -96,10 +96,12 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
     assert set(truth) == {"good", "bad"} and min(arm.feeds for arm in truth.values()) > FEEDS / 3
 
     # the report reads the log, exactly what the users did
-    counts = asyncio.run(count_log(settings, "blend"))
+    counted = asyncio.run(count_log(settings, "blend"))
+    counts = counted.totals
     assert counts == {name: (arm.impressions, arm.clicks) for name, arm in truth.items()}
-    report = compare(counts, EXPERIMENT.control_name)
+    report = compare(counts, EXPERIMENT.control_name, users=counted.users)
     assert report.winner == "good", report
+    assert report.arms[0].p_users is not None and report.arms[0].p_users < 0.05  # users as units agree
     # ... and the truth agrees: the bad blend's feeds lose more expected clicks against the oracle
     assert truth["good"].regret / truth["good"].feeds < truth["bad"].regret / truth["bad"].feeds
 
@@ -107,7 +109,7 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
     out = CliRunner().invoke(cli, ["experiment", "report"], env=env, terminal_width=160)
     print(out.output)  # the report table, shown with -s (README quotes it) and on a failure
     assert out.exit_code == 0, out.output
-    assert "experiment blend: good is better" in out.output
+    assert "experiment blend (control good): good is better" in out.output
 
     # the worker counts the same events per variant, under bounded labels
     def worker_counts() -> dict[tuple[str, str], int]:
