@@ -32,7 +32,7 @@ class FeedPage(BaseModel):
     seed: int = Field(description="seed of the explore draws; pass it back to reproduce the page")
     variant: str | None = Field(
         description="the user's experiment variant as <experiment>:<variant> (null: no experiment running); "
-        "put it in the events' variant field so the experiment report counts them"
+        "events carry it in their variant field (POST /v1/events fills it in when a client leaves it out)"
     )
 
 
