@@ -6,6 +6,8 @@ import doctest
 import sys
 from pathlib import Path
 
+import pytest
+import typer
 from rich.table import Table
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -56,3 +58,10 @@ def test_regenerating_after_a_partial_run_keeps_the_other_benchmarks_blocks():
 def test_bench_modules_doctests_pass():
     for module in (common, run_all):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_benchmarks_are_chosen_in_order_soak_only_on_request_and_unknown_names_rejected():
+    assert "soak" not in [b.name for b in run_all.choose(None, None, None)]
+    assert [b.name for b in run_all.choose(None, None, "soak")][-1] == "soak"
+    with pytest.raises(typer.BadParameter, match="unknown benchmark"):
+        run_all.choose("produce,prequentail", None, None)
