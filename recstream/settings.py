@@ -7,9 +7,10 @@ variable's name, e.g. ``RECSTREAM_EVENTS_PARTITIONS: Input should be greater tha
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -127,6 +128,11 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
         return value
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
+        """What repr() and str() show: the Redis URL without its password (SecretStr fields print as stars)."""
+        for name, value in super().__repr_args__():
+            yield name, redacted(value) if name == "redis_url" else value
+
     def to_env(self) -> dict[str, str]:
         """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
         values = {name: getattr(self, name) for name in type(self).model_fields}
@@ -152,6 +158,21 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     """The variable, and where inside its JSON value for a nested one: ``RECSTREAM_EXPERIMENT (variants.1.weight)``."""
     inside = f" ({'.'.join(map(str, loc[1:]))})" if len(loc) > 1 else ""
     return f"{ENV_PREFIX}{str(loc[0]).upper()}{inside}"
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what logs and reprs may show.
+
+    >>> redacted("rediss://app:s3cret@redis.internal:6380/0")
+    'rediss://app:***@redis.internal:6380/0'
+    >>> redacted("redis://127.0.0.1:6379/0")
+    'redis://127.0.0.1:6379/0'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def load_settings(**overrides: object) -> Settings:

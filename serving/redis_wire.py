@@ -20,7 +20,8 @@ Failure rules, which degraded mode relies on:
 * a lost connection fails every waiting caller at once with ``ConnectionError`` and the next call
   reconnects; a connection whose oldest reply is DEAD_AFTER_S overdue (a hung Redis) is dropped;
 * the URL is parsed by redis-py (``redis://``, ``rediss://`` for TLS, ``unix://``, user, password,
-  database), and AUTH / SELECT go out first on every new connection.
+  database, and redis-py's TLS query arguments, see :func:`tls_context`), and AUTH / SELECT go out
+  first on every new connection.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class RedisWire:
         self._path: str | None = options.get("path")
         self._host: str = options.get("host", "127.0.0.1")
         self._port: int = options.get("port", 6379)
-        self._tls = options.get("connection_class") is SSLConnection
+        self._tls = tls_context(options) if options.get("connection_class") is SSLConnection else None
         hello: list[tuple[Arg, ...]] = []
         if options.get("password") is not None:
             user = options.get("username")
@@ -165,8 +166,7 @@ class RedisWire:
                 if self._path is not None:
                     _, protocol = await loop.create_unix_connection(_Protocol, self._path)
                 else:
-                    context = ssl.create_default_context() if self._tls else None
-                    _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=context)
+                    _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._tls)
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot connect to Redis: {exc!r}") from exc
         futures = [loop.create_future() for _ in self._hello]
@@ -177,6 +177,26 @@ class RedisWire:
                 protocol.transport.close()
                 raise ConnectionError(f"Redis refused the connection setup: {reply}")
         return protocol
+
+
+def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a ``rediss://`` URL, from the query arguments redis-py reads too (so the worker
+    and the reader accept the same URL): ``ssl_ca_certs`` (a CA bundle to trust besides the system's),
+    ``ssl_cert_reqs`` (``required``, the default, ``optional`` or ``none``), ``ssl_check_hostname``,
+    ``ssl_certfile`` and ``ssl_keyfile`` (a client certificate, for ``tls-auth-clients yes``).
+
+    >>> tls_context({"ssl_cert_reqs": "none"}).verify_mode
+    <VerifyMode.CERT_NONE: 0>
+    """
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    reqs = options.get("ssl_cert_reqs", "required")
+    if reqs not in {"required", "optional", "none"}:
+        raise ValueError(f"ssl_cert_reqs must be required, optional or none, got {reqs!r}")
+    context.check_hostname = reqs != "none" and options.get("ssl_check_hostname", True)
+    context.verify_mode = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}[reqs]
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    return context
 
 
 def _expire(futures: list[asyncio.Future], timeout_s: float) -> None:
