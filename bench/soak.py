@@ -122,12 +122,12 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                 time.sleep(0.5)
             console.print(f"history of {backlog:,} events applied; model trained; starting the load")
             reader = start_reader(settings)
-            intervals = int((args.warmup_minutes + args.minutes) * 60 / args.interval_s)
             samples: list[Sample] = []
             offered = 0
             started = time.monotonic()
+            deadline = started + (args.warmup_minutes + args.minutes) * 60  # wall clock: a slow interval runs long
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                for _ in range(intervals):
+                while time.monotonic() < deadline:
                     before, done_before, t0 = worker.metrics(), applied(client, settings.redis_prefix), time.monotonic()
                     feeds = pool.submit(
                         load, "open", settings.reader_port, FEED_PATH, users, FEED_CONNECTIONS, args.feeds,
@@ -166,7 +166,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
             if reader is not None:
                 stop(reader)
             worker.stop()
-    return samples, round(args.warmup_minutes * 60 / args.interval_s)
+    return samples, min(sum(1 for s in samples if s.minute <= args.warmup_minutes), len(samples) - 1)
 
 
 def growth_pct(first: float, last: float) -> float:
