@@ -52,7 +52,7 @@ from recstream.settings import Settings  # noqa: E402
 from recstream.sources import Record, synthetic  # noqa: E402
 from streams import training  # noqa: E402
 
-WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1", "OPENBLAS_NUM_THREADS": "1"}
+WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1"}  # faust reads these
 TICK_S = 0.05
 
 
@@ -136,7 +136,13 @@ class Child:
     def __init__(self, command: str, settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         port_var = "RECSTREAM_WORKER_METRICS_PORT" if command == "worker" else "RECSTREAM_READER_PORT"
-        full_env = {**os.environ, **settings.to_env(), **WORKER_ENV, port_var: str(self.port), **(env or {})}
+        full_env = {
+            **os.environ,
+            **settings.to_env(),
+            "OPENBLAS_NUM_THREADS": "1",
+            port_var: str(self.port),
+            **(env or {}),
+        }
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -176,6 +182,7 @@ class FaultRun:
     started: int = 0  # injections started
     injections: int = 0  # injections recovered from
     recoveries_s: list[float] = field(default_factory=list)
+    offering: asyncio.Task | None = None  # the producer's task while a scenario runs
 
     def __post_init__(self) -> None:
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
@@ -205,8 +212,12 @@ class FaultRun:
         return self.settings.redis_prefix
 
     def start_worker(self) -> Child:
-        self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log"))
+        self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log", WORKER_ENV))
         return self.workers[-1]
+
+    def log_tail(self, lines: int = 40) -> str:
+        log = self.logs / f"{self.prefix}-worker.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
 
     def applied(self) -> int:
         """Events in Redis; -1 while Redis does not answer."""
@@ -220,9 +231,12 @@ class FaultRun:
         started = time.monotonic()
         while self.applied() < target:
             if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"{self.prefix}: {self.applied()} of {target} events applied after {what}")
+                raise TimeoutError(f"{self.prefix}: {self.applied()} of {target} events applied after {what}:\n"
+                                   f"{self.log_tail()}")  # fmt: skip
+            if self.offering is not None and self.offering.done() and self.offering.exception():
+                raise RuntimeError(f"{self.prefix}: the producer failed") from self.offering.exception()
             if not any(w.alive() for w in self.workers):
-                raise RuntimeError(f"{self.prefix}: every worker exited; see {self.logs}")
+                raise RuntimeError(f"{self.prefix}: every worker exited:\n{self.log_tail()}")
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
@@ -239,13 +253,13 @@ class FaultRun:
                 await producer.send_user(user)
             for item in workload.items:
                 await producer.send_item(item)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while (self.redis.hlen(f"{self.prefix}:user:seg"), self.redis.zcard(f"{self.prefix}:pool")) < (
             len(workload.users),
             len(workload.items),
         ):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.prefix}: users and items not applied; see {self.logs}")
+                raise TimeoutError(f"{self.prefix}: users and items not applied:\n{self.log_tail()}")
             await asyncio.sleep(0.1)
 
     async def offer(self, events: Sequence[Event], rate: float, injections: int = 0) -> None:
@@ -260,8 +274,8 @@ class FaultRun:
                 due = min(len(events), int((time.monotonic() - started) * rate) + 1)
                 if self.started < injections:
                     due = min(due, len(events) * (self.started + 1) // (injections + 1))
-                await producer.send_events(events[self.offered : due])
-                self.offered = due
+                batch, self.offered = events[self.offered : due], due  # offered once handed over
+                await producer.send_events(batch)
                 self.acked = await producer.flush()
                 await asyncio.sleep(TICK_S)
 
@@ -292,12 +306,12 @@ async def run_scenario(run: FaultRun, workload: Workload, scenario: Scenario, se
     for _ in range(scenario.workers):
         run.start_worker()
     await run.prelude(workload)
-    offering = asyncio.ensure_future(run.offer(workload.events, scenario.rate, scenario.times))
+    run.offering = asyncio.ensure_future(run.offer(workload.events, scenario.rate, scenario.times))
     while run.injections < scenario.times:
         await asyncio.sleep(rng.uniform(0.5, 2.0))
         run.started += 1
         await scenario.inject(run, rng)
-    await offering
+    await run.offering
     await run.wait_applied(len(workload.events), 120, "the last event")
 
 
@@ -363,16 +377,11 @@ def redis_fault(outage_s: float, lost_window_s: float = 0.0) -> Inject:
 
 SCENARIOS = {
     "worker-kill": Scenario("worker SIGKILLed at a random instant, restarted at once", kill_worker, 8, 350),
-    "rebalance-kill": Scenario(
-        "2 workers; a 3rd joins and the oldest is SIGKILLed during the rebalance", rebalance_kill, 2, 800, workers=2
-    ),
-    "kafka-restart": Scenario("Kafka broker stopped for 2 s (SIGTERM), restarted", kafka_fault(2.0), 2, 800),
+    "rebalance-kill": Scenario("2 workers: a 3rd joins, the oldest SIGKILLed mid-rebalance", rebalance_kill, 2, 800, 2),
+    "kafka-restart": Scenario("Kafka broker stopped (SIGTERM) for 2 s, restarted", kafka_fault(2.0), 2, 800),
     "redis-kill": Scenario("Redis SIGKILLed for 1 s, restarted on its AOF", redis_fault(1.0), 2, 800),
     "redis-rollback": Scenario(
-        "Redis SIGKILLed and restarted 2 s behind what it acknowledged (gap re-applied from Kafka)",
-        redis_fault(1.0, lost_window_s=2.0),
-        1,
-        800,
+        "Redis SIGKILLed, restarted 2 s behind what it acknowledged", redis_fault(1.0, lost_window_s=2.0), 1, 800
     ),
 }
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from faults import FaultRun, Workload, model_keys
 
-N_RECORDS = 15_000  # the synthetic world's first messages: ~1,100 users, ~650 items, ~13,000 events
+N_RECORDS = 10_000  # the synthetic world's first messages: 1,584 users, 1,006 items, 7,410 events
 STATE_OF_THE_RUN_ONLY = ("wm",)  # watermarks name the run's own topics and its message offsets
 
 

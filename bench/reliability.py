@@ -1,0 +1,123 @@
+"""Reliability: every fault scenario of bench/faults.py against private services, one table.
+
+    .venv/bin/python bench/reliability.py [--records 15000] [--only worker-kill redis-kill ...]
+
+For each scenario a fresh run (own topics, consumer group, Redis prefix, the same trained model)
+applies the synthetic world's users and items, then its events are offered at a steady rate while
+the fault is injected again and again at random instants. Offered = events the producer was handed
+(all acknowledged); applied = events in Redis's totals; lost / double-applied from the per-item view
+and click counters against the events offered (bench/faults.py); recovery = from the fault's end
+(process restarted, broker or Redis answering) until Redis holds every event offered by then. Last,
+the reader (`recstream serve`, on the first run's state) gets 40 feeds/s while its Redis is
+SIGKILLed for 2 s and restarted, twice: failed = anything but a 200, recovery = Redis answering →
+the first normal (not degraded) feed. Workers run with a 6 s consumer session (see bench/faults.py).
+
+Writes `reliability_lost_events`, `reliability_double_applied_events` (sums over the scenarios),
+`reliability_<scenario>_recovery_max_s`, `reliability_reader_failed_requests`,
+`reliability_reader_recovery_max_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+
+from common import ROOT, figure, machine, record, services
+from faults import (
+    SCENARIOS,
+    Child,
+    FaultRun,
+    ReaderLoad,
+    Workload,
+    model_keys,
+    reader_redis_outage,
+    run_scenario,
+    score,
+)
+from rich.console import Console
+from rich.table import Table
+
+from recstream import infra
+from recstream.settings import Settings
+
+COMMAND = ".venv/bin/python bench/reliability.py"
+LOGS = ROOT / ".run" / "bench-logs" / "reliability"
+
+
+def seconds(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} / {max(values):.1f}" if values else "—"
+
+
+async def scenario_run(base: Settings, name: str, model: dict[str, bytes], workload: Workload) -> FaultRun:
+    run = await FaultRun.open(base, name, model, LOGS)
+    try:
+        await run_scenario(run, workload, SCENARIOS[name])
+    finally:
+        run.stop()
+    return run
+
+
+async def reader_outage(settings: Settings, users: list[str]) -> tuple[ReaderLoad, list[float | None]]:
+    reader = Child("serve", settings, LOGS / "reader.log")
+    try:
+        while not infra.port_open(reader.port):
+            if not reader.alive():
+                raise RuntimeError(f"the reader exited; see {LOGS}")
+            await asyncio.sleep(0.1)
+        return await reader_redis_outage(reader.url, settings, users)
+    finally:
+        reader.stop()
+
+
+def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict[str, dict[str, object]]]:
+    workload = Workload.synthetic(records)
+    rows: list[tuple[str, ...]] = []
+    figures: dict[str, dict[str, object]] = {}
+    lost = double = 0
+    with services() as base:
+        model = asyncio.run(model_keys(base, workload))
+        for name in names:
+            run = asyncio.run(scenario_run(base, name, model, workload))
+            tally = score(run.redis, run.prefix, workload.events, run.settings.seen_cap)
+            run.redis.close()
+            lost, double = lost + tally.lost, double + tally.double
+            rows.append((SCENARIOS[name].name, str(run.injections), f"{run.offered:,}", f"{tally.applied:,}",
+                         str(tally.lost), str(tally.double), seconds(run.recoveries_s)))  # fmt: skip
+            key = f"reliability_{name.replace('-', '_')}_recovery_max_s"
+            figures[key] = figure(max(run.recoveries_s), "s", COMMAND)
+            print(f"{name}: recoveries {[round(r, 2) for r in run.recoveries_s]} s", flush=True)
+        users = sorted({e.user_id for e in workload.events})
+        load, recoveries = asyncio.run(reader_outage(base.model_copy(update={"redis_prefix": names[0]}), users))
+    failed = sum(load.failed.values())
+    back = [r for r in recoveries if r is not None]
+    rows.append((
+        "reader at 40 feeds/s: its Redis SIGKILLed for 2 s, restarted (feeds, not events)",
+        str(len(recoveries)), f"{load.offered:,}", f"{load.ok:,} ({load.degraded:,} degraded)", str(failed), "—",
+        seconds(back) if len(back) == len(recoveries) else "never",
+    ))  # fmt: skip
+    figures["reliability_lost_events"] = figure(lost, "events", COMMAND)
+    figures["reliability_double_applied_events"] = figure(double, "events", COMMAND)
+    figures["reliability_reader_failed_requests"] = figure(failed, "requests", COMMAND)
+    if back:
+        figures["reliability_reader_recovery_max_s"] = figure(max(back), "s", COMMAND)
+    return rows, figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=15_000, help="synthetic world messages (users+items+events)")
+    parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
+    args = parser.parse_args()
+    rows, figures = measure(args.only, args.records)
+    table = Table(title=f"faults injected mid-stream, Kafka + Redis + workers co-located ({machine()})")
+    for column in ("fault", "injected", "offered", "applied", "lost", "double-applied", "recovery median / max (s)"):
+        table.add_column(column, justify="left" if column == "fault" else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=180).print(table)
+    record(figures)
+
+
+if __name__ == "__main__":
+    main()
