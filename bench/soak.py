@@ -35,7 +35,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import redis
-from common import ROOT, Worker, figure, free_port, machine, record, services
+from common import ROOT, Worker, figure, free_port, machine, record, services, show
 from reader import FEED_PATH, load, wait_http
 from rich.console import Console
 from rich.table import Table
@@ -193,18 +193,28 @@ def report(samples: list[Sample], warmup: int, args: argparse.Namespace, console
             f"{s.feeds_per_s:,.0f}", f"{s.feed_p99_ms:.1f}", str(s.feed_errors), f"{s.worker_rss_mb:.0f}",
             f"{s.reader_rss_mb:.0f}", f"{s.redis_mb:.1f}", f"{s.redis_keys:,}",
         )  # fmt: skip
-    console.print(table)
+    show(table, console)
     measured = samples[warmup:]
     first, last = measured[0], measured[-1]
-    worker_growth = growth_pct(first.worker_rss_mb, last.worker_rss_mb)
-    reader_growth = growth_pct(first.reader_rss_mb, last.reader_rss_mb)
-    redis_growth = growth_pct(first.redis_mb, last.redis_mb)
-    lag_max = max(s.behind for s in measured)
-    console.print(
-        f"after warm-up (minute {first.minute:.1f} → {last.minute:.1f}): worker RSS {worker_growth:+.1f}%, "
-        f"reader RSS {reader_growth:+.1f}%, Redis used_memory {redis_growth:+.1f}% (target < 10%); "
-        f"events behind at most {lag_max:,}; freshness p99 {first.fresh_p99_ms:.0f} → {last.fresh_p99_ms:.0f} ms"
-    )
+    summary = Table(title=f"after warm-up: minute {first.minute:.1f} → {last.minute:.1f} (target: memory growth < 10%)")
+    for column in ("measure", "first", "last", "growth"):
+        summary.add_column(column, justify="left" if column == "measure" else "right")
+    growth = {}
+    for name, unit, pick in (
+        ("worker RSS", "MB", lambda s: s.worker_rss_mb),
+        ("reader RSS", "MB", lambda s: s.reader_rss_mb),
+        ("Redis used_memory", "MB", lambda s: s.redis_mb),
+        ("Redis keys", "", lambda s: s.redis_keys),
+        ("events behind", "", lambda s: s.behind),
+        ("freshness p99", "ms", lambda s: s.fresh_p99_ms),
+    ):
+        a, b = pick(first), pick(last)
+        growth[name] = growth_pct(a, b) if a else float("nan")
+        spec = ",.0f" if isinstance(a, int) else ",.1f"
+        summary.add_row(name, f"{a:{spec}} {unit}", f"{b:{spec}} {unit}", f"{growth[name]:+.1f}%")
+    show(summary, console)
+    worker_growth, reader_growth = growth["worker RSS"], growth["reader RSS"]
+    redis_growth, lag_max = growth["Redis used_memory"], max(s.behind for s in measured)
     if args.no_record:
         return
     command = f"{COMMAND} --minutes {args.minutes:g} --rate {args.rate} --feeds {args.feeds}"
@@ -227,7 +237,10 @@ def main() -> None:
     parser.add_argument("--session-ttl-s", type=int, default=300, help="scroll session TTL (see the docstring)")
     parser.add_argument("--history", type=int, default=100_000, help="synthetic-world records before the load")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    parser.add_argument("--quick", action="store_true", help="a 3-minute smoke run (1 min warm-up, 20 s rows)")
     args = parser.parse_args()
+    if args.quick:
+        args.minutes, args.warmup_minutes, args.interval_s, args.history = 2.0, 1.0, 20.0, 30_000
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop what this run started
     console = Console(width=200)
     samples, warmup = soak(args, console)
