@@ -1,8 +1,10 @@
 """The feed explorer page (/explore) in headless Chromium, against the real reader, worker, Kafka and Redis.
 
 Playwright for Python drives Debian's ``chromium`` (never a downloaded browser). A click on a card
-must reach the worker through ``POST /v1/events`` and come back as a different feed without that
+must reach a worker through ``POST /v1/events`` and come back as a different feed without that
 item; "Load more" must never repeat an item; the degraded banner must show once Redis is gone.
+The page works on a copy of the shared world (``own_redis``, its own topics and worker), which
+its events must not change.
 A screenshot of the populated page is left at ``test-artifacts/explorer.png`` (git-ignored) for
 a reviewer or CI to collect.
 """
@@ -12,15 +14,18 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
+import redis
 from playwright.sync_api import Page, expect, sync_playwright
 from pydantic import SecretStr
 
+from recstream import infra
 from recstream.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, WorkerProcess, wait_until
 from tests.serving.conftest import LiveReader, World, kill_redis
 
 pytestmark = pytest.mark.integration
@@ -61,6 +66,19 @@ def page() -> Iterator[Page]:
     assert not errors, f"script errors on the page: {errors}"
 
 
+@pytest.fixture
+def private_world(own_redis: Settings, worker_factory: Callable[[Settings], WorkerProcess]) -> Settings:
+    """A copy of the world (its own Redis and topics) with a worker of its own.
+
+    The page's clicks and views must be applied by a real worker, but not to the shared world:
+    tests/serving/test_feed.py recomputes rankings from exactly the events the world published.
+    """
+    settings = own_redis.model_copy(update={"worker_group": f"explorer-{uuid.uuid4().hex[:8]}", **PATIENT})
+    worker = worker_factory(settings)
+    wait_until(lambda: infra.port_open(worker.metrics_port), timeout_s=60, what="the explorer's worker")
+    return settings
+
+
 def shown(page: Page) -> list[str]:
     """Item ids of the cards on the page, in order."""
     return page.locator("#feed > li").evaluate_all("cards => cards.map(card => card.dataset.itemId)")
@@ -72,10 +90,20 @@ def open_feed(page: Page, url: str, user: str) -> list[str]:
     return shown(page)
 
 
-def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_all(world: World, page: Page):
-    user = world.warm[-1]  # a user no other test reads: the clicks below change its state
-    protected = world.settings.model_copy(update={**PATIENT, "api_key": SecretStr(API_KEY)})  # writes need the key
-    with LiveReader(protected) as reader, world.redis() as client:
+def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_all(
+    world: World, private_world: Settings, page: Page
+):
+    user = world.warm[-1]
+    protected = private_world.model_copy(update={"api_key": SecretStr(API_KEY)})  # writes need the key
+    with (
+        LiveReader(protected) as reader,
+        world.redis() as shared,
+        redis.Redis.from_url(private_world.redis_url, decode_responses=True) as client,
+    ):
+        shared_totals = shared.hgetall("rs:totals")
+        # the page stamps events with the browser's clock: keep it in the world's event time, or the
+        # worker's clock jumps to today and graduates the world's new items out of the pool (by age)
+        page.clock.set_fixed_time(max(e.ts for e in world.events) / 1000 + 1)
         first = open_feed(page, reader.url, user)
         page.locator("#user-form summary").click()
         page.get_by_label("API key").fill(API_KEY)
@@ -121,6 +149,7 @@ def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_
 
         page.set_viewport_size({"width": 360, "height": 740})  # a phone: one column, nothing wider than the screen
         assert page.evaluate("document.documentElement.scrollWidth") <= 360
+        assert shared.hgetall("rs:totals") == shared_totals, "nothing reached the shared world"
 
 
 def test_the_degraded_banner_appears_when_redis_is_stopped(world: World, own_redis: Settings, page: Page):
