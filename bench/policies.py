@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from common import ROOT, START_ATTEMPTS, figure, machine, record, services
+from common import ROOT, START_ATTEMPTS, figure, machine, record, services, show
 from rich.console import Console
 from rich.table import Table
 
@@ -131,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
     parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    parser.add_argument("--quick", action="store_true", help="2 seeds × 20 s: a smoke run, not a measurement")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.seconds = 2, 20.0
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
     results: dict[str, list[SimResult]] = {p: [] for p in POLICIES}
@@ -172,7 +175,13 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
             f"{statistics.median(medians):.0f}" if medians else "–",
             f"{lowest.count(policy)} of {args.seeds}",
         )
-    console.print(table)
+    show(table, console)
+    by_seed = Table(title="regret per feed, by seed (the same world and users for the three policies)")
+    for column in ("seed", *POLICIES, "lowest"):
+        by_seed.add_column(column, justify="left" if column in ("seed", "lowest") else "right")
+    for k in range(args.seeds):
+        by_seed.add_row(str(k + 1), *(f"{results[p][k].regret_per_feed:.3f}" for p in POLICIES), lowest[k])
+    show(by_seed, console)
     mean = {p: {k: statistics.fmean(getattr(r, k) if k != "found" else len(r.top_discovered) for r in results[p])
                 for k in ("ctr", "regret_per_feed", "found")} for p in POLICIES}  # fmt: skip
     ts, none = mean["thompson"], mean["none"]

@@ -304,7 +304,7 @@ def demo(
         f"{result.events_posted:,} events, CTR {summary['ctr']:.2%} "
         + " ".join(f"{s} {c:.2%}" for s, c in summary["ctr_by_source"].items())
         + f"; regret per feed {summary['regret_per_feed']:.3f}; {summary['items_published']:,} new items; "
-        f"{summary['top_new_discovered']}/{summary['top_new_items']} top-decile new items reached popular"
+        f"{summary['top_new_discovered']}/{summary['top_new_items']} top-decile new items entered the popular top 20"
     )
 
 

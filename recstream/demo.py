@@ -240,6 +240,14 @@ class Panel:
         return table
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: inside ``asyncio.run`` SIGINT cancels the main task cleanly; elsewhere it raises
+    (a process started in the background by a script ignores SIGINT: then raise here)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt
+    signal.raise_signal(signal.SIGINT)
+
+
 async def _live(sim: Simulator, panel: Panel, seconds: float | None) -> SimResult:
     run = asyncio.create_task(sim.run(seconds=seconds if seconds is not None else float("inf")))
     with Live(console=console, refresh_per_second=1) as live:
@@ -259,6 +267,8 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     run_dir = settings.run_dir.resolve()
     simulator: Simulator | None = None
     with ExitStack() as stack:
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` stops it as cleanly as Ctrl-C
+        stack.callback(signal.signal, signal.SIGTERM, previous)
         try:
             for line in stack.enter_context(infra.running(settings)):
                 console.print(line)
@@ -283,5 +293,5 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
                           f"{result.events_posted:,} posted by the simulated users)")  # fmt: skip
             return result
         except KeyboardInterrupt:
-            console.print("stopped by Ctrl-C; stopping everything the demo started ...")
+            console.print("stopped (Ctrl-C or SIGTERM); stopping everything the demo started ...")
             return simulator.result if simulator else None

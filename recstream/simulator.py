@@ -302,31 +302,34 @@ class Simulator:
         tasks: set[asyncio.Task] = set()
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
         connector = aiohttp.TCPConnector(limit=cfg.concurrency * 2)
-        async with (
-            EventProducer(self.settings) as producer,
-            aiohttp.ClientSession(timeout=timeout, connector=connector, headers=self.headers) as http,
-        ):
-            await self._publish_items(producer, start_ms)
-            poller = asyncio.create_task(self._poll_ranking(ledger))
-            due, n = time.monotonic(), 0
-            while (feeds is None or n < feeds) and (seconds is None or time.monotonic() - started < seconds):
-                due += rng.exponential(1.0 / cfg.feeds_per_s)
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                await self._publish_items(producer, _now_ms())
-                user = int(self.world.sample_users(1, rng)[0])
-                if user not in self.announced_users:
-                    self.announced_users.add(user)
-                    await producer.send_user(_valid(self.world.user_message(user, _now_ms())))  # type: ignore[arg-type]
-                await in_flight.acquire()
-                task = asyncio.create_task(self._one_feed(http, ledger, user, n, in_flight))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                n += 1
-            await asyncio.gather(*tasks)
-            poller.cancel()
-            await producer.flush()
-        ledger.result.seconds = time.monotonic() - started
-        return ledger.finish(_now_ms())
+        try:
+            async with (
+                EventProducer(self.settings) as producer,
+                aiohttp.ClientSession(timeout=timeout, connector=connector, headers=self.headers) as http,
+            ):
+                await self._publish_items(producer, start_ms)
+                poller = asyncio.create_task(self._poll_ranking(ledger))
+                due, n = time.monotonic(), 0
+                while (feeds is None or n < feeds) and (seconds is None or time.monotonic() - started < seconds):
+                    due += rng.exponential(1.0 / cfg.feeds_per_s)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    await self._publish_items(producer, _now_ms())
+                    user = int(self.world.sample_users(1, rng)[0])
+                    if user not in self.announced_users:
+                        self.announced_users.add(user)
+                        await producer.send_user(_valid(self.world.user_message(user, _now_ms())))  # type: ignore[arg-type]
+                    await in_flight.acquire()
+                    task = asyncio.create_task(self._one_feed(http, ledger, user, n, in_flight))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    n += 1
+                await asyncio.gather(*tasks)
+                poller.cancel()
+                await producer.flush()
+        finally:  # also when cancelled (the demo's Ctrl-C): the result so far is settled
+            ledger.result.seconds = time.monotonic() - started
+            ledger.finish(_now_ms())
+        return ledger.result
 
     async def _poll_ranking(self, ledger: Ledger) -> None:
         """Watch the top of the workers' global ranking for discoveries (a failed poll is retried next time)."""
