@@ -3,7 +3,7 @@
 Each feed request: an activity-weighted user (so users come back) asks the reader for
 ``GET /v1/feed/{u}?limit=k&seed=…`` over HTTP; the user views every served item (an impression)
 and clicks each one with its true probability ``world.click_probability(u, i, now)``; the views
-and clicks go back through ``POST /v1/events`` with ``context.source`` (and ``context.variant``
+and clicks go back through ``POST /v1/events`` with ``context.source`` (and the feed's ``variant``
 when the reader named one), so the reader publishes them to Kafka and the workers apply them as
 they would a real client's. New items reach the ``items`` topic when the world creates them.
 Simulation time is the wall clock (event timestamps are real), so a world meant to be simulated
@@ -394,13 +394,16 @@ class Simulator:
 def _events(
     user_id: str, world: World, shown: Sequence[Shown], clicks: Sequence[bool], now_ms: int, prefix: str
 ) -> list[dict[str, Any]]:
-    """A view per shown item, a click after each clicked one, with the source (and variant) as context."""
+    """A view per shown item, a click after each clicked one, with its source as context and the feed's
+    A/B variant (when it named one) as the event's ``variant``."""
     events = []
     for k, (s, clicked) in enumerate(zip(shown, clicks, strict=True)):
-        context = {"source": s.source} if s.variant is None else {"source": s.source, "variant": s.variant}
         for kind in ("view", "click") if clicked else ("view",):
-            events.append({"type": kind, "user_id": user_id, "item_id": world.item_ids[s.item], "ts": now_ms,
-                           "event_id": f"{prefix}{k}{kind[0]}", "context": context})  # fmt: skip
+            event = {"type": kind, "user_id": user_id, "item_id": world.item_ids[s.item], "ts": now_ms,
+                     "event_id": f"{prefix}{k}{kind[0]}", "context": {"source": s.source}}  # fmt: skip
+            if s.variant is not None:
+                event["variant"] = s.variant
+            events.append(event)
     return events
 
 
