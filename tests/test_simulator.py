@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 from recstream.simulator import Ledger, Shown
@@ -89,3 +90,20 @@ def test_clicks_follow_the_true_probability():
         ledger.record(0, [Shown(0, "personal"), Shown(2, "personal")], START, rng)
     r = ledger.result
     assert r.ctr == pytest.approx((sigmoid(0) + sigmoid(2)) / 2, abs=0.02)
+
+
+def test_reported_events_are_valid_and_carry_source_and_variant():
+    from recstream.events import decode
+    from recstream.simulator import _events
+
+    world = tiny_world()
+    page = [Shown(0, "explore", "exp:a"), Shown(1, "personal")]
+    events = _events("u000000", world, page, [True, False], START, "t-")
+    valid, rejected = decode(orjson.dumps(events), "event", START)
+    assert not rejected
+    assert [(e.type, e.item_id, e.context["source"], e.variant) for e in valid] == [
+        ("view", "i000000", "explore", "exp:a"),
+        ("click", "i000000", "explore", "exp:a"),
+        ("view", "i000001", "personal", None),
+    ]
+    assert len({e.event_id for e in valid}) == 3
