@@ -112,9 +112,9 @@ class FoldInStore:
         last = await self.redis.xrevrange(self.keys("foldin:log"), count=1)
         return last[0][0].decode() if last else "0-0"
 
-    async def read_log(self, after: str, block_ms: int) -> tuple[str, list[FoldIn]]:
-        """Fold-ins logged after ``after``, waiting up to ``block_ms`` for one; returns the new position too."""
-        reply = await self.redis.xread({self.keys("foldin:log"): after}, count=1_000, block=block_ms)
+    async def read_log(self, after: str) -> tuple[str, list[FoldIn]]:
+        """Fold-ins logged after ``after`` (at once, none if none), and the new position."""
+        reply = await self.redis.xread({self.keys("foldin:log"): after}, count=1_000)
         entries = reply[0][1] if reply else []
         fold_ins = [
             FoldIn(fields[b"version"].decode(), fields[b"item"].decode(), np.frombuffer(fields[b"vec"], "<f4"))

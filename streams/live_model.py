@@ -36,6 +36,7 @@ from streams.heap import freeze_long_lived
 from streams.personalize import Personalizer
 
 log = logging.getLogger(__name__)
+FOLD_IN_POLL_S = 0.1  # how often a worker looks for new fold-ins in the log (a fold-in is rare; this is cheap)
 
 
 class LiveModel:
@@ -123,10 +124,13 @@ class LiveModel:
             try:
                 await self._start_log()
                 assert self._log_position is not None
-                self._log_position, fold_ins = await self.fold_ins.read_log(self._log_position, block_ms=1_000)
+                self._log_position, fold_ins = await self.fold_ins.read_log(self._log_position)
+                _raise_if_cancelled()
                 for fold_in in fold_ins:
                     self.apply_fold_in(fold_in.version, fold_in.item, fold_in.vector)
                 delay = 0.1
+                if not fold_ins:
+                    await asyncio.sleep(FOLD_IN_POLL_S)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("redis unavailable (%s); reading the fold-in log again in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -138,6 +142,16 @@ class LiveModel:
             end = await self.fold_ins.log_end()
             if self._log_position is None:  # the follower or a load may have set it during the await
                 self._log_position = end
+
+
+def _raise_if_cancelled() -> None:
+    """Stop a task that was cancelled during a Redis command: redis-py 8.1's asyncio client can retry the
+    command and return normally instead of raising (a loop cancelled at random moments hit it within a few
+    tries), which left the fold-in follower running for good and whoever awaited it (a shutdown, the rebuild)
+    hung."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def follow_items(settings: Settings, model: LiveModel) -> None:
