@@ -122,20 +122,26 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
 
 
 async def test_the_feed_names_the_variant_and_blends_with_its_settings(world):
-    """On the reader tests' world: each page names its user's variant; the control keeps the default blend
-    (12/4/2/2 of 20 for a warm user), the bad arm has no popular slot and explore at its cap (5 of 20)."""
-    settings = world.settings.model_copy(update={"experiment": EXPERIMENT})
-    async with reader_client(settings) as reader:
+    """On the reader tests' world: each page names its user's variant; the control's page is the page without
+    any experiment (same seed), the bad arm's has no popular slot and explore at its cap (5 of 20)."""
+    async with (
+        reader_client(world.settings.model_copy(update={"experiment": EXPERIMENT})) as reader,
+        reader_client(world.settings) as plain,
+    ):
         arms = set()
         for user in world.warm[:20]:
-            page = (await reader.get(f"/v1/feed/{user}", params={"limit": 20})).json()
+            params = {"limit": 20, "seed": 7}
+            page = (await reader.get(f"/v1/feed/{user}", params=params)).json()
             variant = EXPERIMENT.assign(user).name
             arms.add(variant)
             assert page["variant"] == f"blend:{variant}"
-            sources = Counter(item["source"] for item in page["items"])
+            items = [(item["item_id"], item["source"]) for item in page["items"]]
             if variant == "good":
-                assert sources == {"personal": 12, "popular": 4, "fresh": 2, "explore": 2}
+                default = (await plain.get(f"/v1/feed/{user}", params=params)).json()
+                assert default["variant"] is None
+                assert items == [(item["item_id"], item["source"]) for item in default["items"]]
             else:
+                sources = Counter(source for _, source in items)
                 assert sources["popular"] == 0 and sources["explore"] == 5, (user, sources)
         assert arms == {"good", "bad"}
 
