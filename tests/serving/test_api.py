@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 import schemathesis
@@ -80,6 +81,24 @@ async def test_writes_need_the_api_key_when_one_is_set_and_reads_only_when_asked
         assert (await reader.get("/v1/feed/u-key")).status_code == 401
         assert (await reader.get("/v1/feed/u-key", headers={"X-API-Key": "s3cret"})).status_code == 200
         assert (await reader.get("/healthz")).status_code == 200, "probes stay open"
+
+
+async def test_every_route_in_the_schema_needs_the_key_when_protected_except_probes(isolated_settings):
+    """Enumerated from the app's own OpenAPI schema, so a write route added later cannot forget the key;
+    with ``protect_reads`` every read route needs it too, only the ``ops`` probes and metrics stay open."""
+    base = isolated_settings.model_copy(update={"api_key": SecretStr("s3cret")})
+    for protect_reads in (False, True):
+        async with reader_client(base.model_copy(update={"protect_reads": protect_reads})) as reader:
+            paths = reader.app.openapi()["paths"]
+            wanted = [
+                (method.upper(), re.sub(r"\{[^}]+\}", "u1", path))
+                for path, operations in paths.items()
+                for method, operation in operations.items()
+                if "ops" not in operation.get("tags", []) and (protect_reads or method != "get")
+            ]
+            assert len(wanted) >= (4 if protect_reads else 2), wanted
+            answers = {(m, p): (await reader.request(m, p, content=b"{}")).status_code for m, p in wanted}
+        assert answers == dict.fromkeys(wanted, 401)
 
 
 async def test_readiness_needs_redis_and_a_model_version(isolated_settings):
