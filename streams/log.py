@@ -40,8 +40,8 @@ async def open_log(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a consumer that failed to start is closed too
         yield consumer
     finally:
         await consumer.stop()
@@ -92,8 +92,8 @@ async def _group_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group, enable_auto_commit=False
     )
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a consumer that failed to start is closed too
         yield consumer
     finally:
         await consumer.stop()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
+from aiokafka.errors import KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -88,8 +89,8 @@ class BatchProcessor:
         self._watermarks = await self.store.watermarks()
 
     async def process(self, messages: Sequence[Message]) -> Applied | None:
-        """Apply a batch; while Redis is unreachable, wait and retry the whole batch (never return
-        without applying it: faust would commit its offsets and a restart would skip it)."""
+        """Apply a batch; while Redis (or, for a gap repair, Kafka) is unreachable, wait and retry the whole
+        batch (never return without applying it: faust would commit its offsets and a restart would skip it)."""
         delay = 0.1
         while True:
             try:
@@ -98,8 +99,10 @@ class BatchProcessor:
                 metrics.REDIS_RETRIES.inc()
                 log.warning("redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
                 self.forget_watermarks()
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 5.0)
+            except KafkaError as exc:  # only the gap repair reads Kafka here
+                log.warning("cannot read the log to repair a gap (%r); retrying the batch in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
     async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
         """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the

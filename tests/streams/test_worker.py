@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -12,10 +14,15 @@ import numpy as np
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis as AsyncRedis
 
 from models.ctr import quantized_global_ctr
 from recstream.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.infra import free_port
 from recstream.settings import Settings
+from streams.log import Message, read_ranges
+from streams.processor import BatchProcessor, DeadLetter
+from streams.state import StateStore
 from tests.conftest import differing_keys, dump_state, wait_until
 from tests.streams.scenario import T0, applied_events, for_prefix, publish, trained, world
 
@@ -221,3 +228,37 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
     assert [k for k in one_state if one_state[k] != two_state.get(k)] == []
     assert np.isfinite(float(client.get("two:prior")))
+
+
+async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_gap_first(isolated_settings):
+    """The consumer is at offset 2 of a partition Redis knows nothing of: offsets 0 and 1 are read from the log
+    first. While the log cannot be read the batch is retried, never applied without its gap."""
+    settings = isolated_settings
+    topic = settings.events_topic
+    values = [b'{"type":"view","user_id":"u1","item_id":"i%d","ts":%d}' % (k, T0 + k) for k in range(3)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+    async def no_dead_letters(letters: list[DeadLetter]) -> None:
+        raise AssertionError(letters)
+
+    client = AsyncRedis.from_url(settings.redis_url)
+    unreachable = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
+                               read_log=partial(read_ranges, unreachable))  # fmt: skip
+    try:
+        batch = asyncio.create_task(processor.process([Message(topic, 0, 2, values[2])]))
+        await asyncio.sleep(1.0)
+        assert not batch.done() and await client.hget("rs:wm", f"{topic}:0") is None
+        processor.read_log = partial(read_ranges, settings)
+        await asyncio.wait_for(batch, timeout=30)
+        seen = await client.zrange("rs:user:u1:seen", 0, -1)
+    finally:
+        await client.aclose()
+    assert sorted(seen) == [b"i0", b"i1", b"i2"]
+    assert applied_events(redis.Redis.from_url(settings.redis_url), "rs") == 3
