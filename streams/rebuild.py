@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 
 from models.artifacts import ModelArtifacts, latest_version, read_model
@@ -55,12 +56,24 @@ class RebuildReport:
     seconds: float
 
 
-async def active_members(settings: Settings) -> list[str]:
-    """Client ids of the worker group's members (a killed worker stays one until its session times out)."""
+async def active_members(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Client ids of the worker group's members (a killed worker stays one until its session times out).
+
+    A broker that never had a consumer group answers "coordinator not available" until it has created
+    its offsets topic (the first request starts that): retriable errors are retried for ``timeout_s``.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
     await admin.start()
+    deadline = time.monotonic() + timeout_s
     try:
-        responses = await admin.describe_consumer_groups([settings.worker_group])
+        while True:
+            try:
+                responses = await admin.describe_consumer_groups([settings.worker_group])
+                break
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await admin.close()
     return [member[1] for response in responses for group in response.groups for member in group[5]]
