@@ -1,6 +1,6 @@
 """Reliability: every fault scenario of bench/faults.py against private services, one table.
 
-    .venv/bin/python bench/reliability.py [--records 15000] [--only worker-kill redis-kill ...]
+    .venv/bin/python bench/reliability.py [--records 10000] [--only worker-kill redis-kill ...]
 
 For each scenario a fresh run (own topics, consumer group, Redis prefix, the same trained model)
 applies the synthetic world's users and items, then its events are offered at a steady rate while
@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 
-from common import ROOT, figure, machine, record, services
+from common import ROOT, figure, machine, record, services, show
 from faults import (
     SCENARIOS,
     Child,
@@ -35,7 +36,6 @@ from faults import (
     run_scenario,
     score,
 )
-from rich.console import Console
 from rich.table import Table
 
 from recstream import infra
@@ -106,16 +106,19 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--records", type=int, default=15_000, help="synthetic world messages (users+items+events)")
+    parser.add_argument("--records", type=int, default=10_000, help="synthetic world messages (users+items+events)")
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
     args = parser.parse_args()
     rows, figures = measure(args.only, args.records)
-    table = Table(title=f"faults injected mid-stream, Kafka + Redis + workers co-located ({machine()})")
+    load = os.getloadavg()[1]  # recovery times stretch with other processes' load on the shared cores
+    table = Table(
+        title=f"faults injected mid-stream, Kafka + Redis + workers co-located ({machine()}; load average {load:.0f})"
+    )
     for column in ("fault", "injected", "offered", "applied", "lost", "double-applied", "recovery median / max (s)"):
         table.add_column(column, justify="left" if column == "fault" else "right")
     for row in rows:
         table.add_row(*row)
-    Console(width=180).print(table)
+    show(table)
     record(figures)
 
 
