@@ -185,6 +185,7 @@ class FaultRun:
     injections: int = 0  # injections recovered from
     recoveries_s: list[float] = field(default_factory=list)
     offering: asyncio.Task | None = None  # the producer's task while a scenario runs
+    rolled_back: int = 0  # applied events Redis lost in rollbacks (at least; re-applied from the log)
 
     def __post_init__(self) -> None:
         self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
@@ -371,8 +372,10 @@ def redis_fault(outage_s: float, lost_window_s: float = 0.0) -> Inject:
         saved = service.home / "aof-copy"
         if lost_window_s:
             shutil.rmtree(saved, ignore_errors=True)
+            in_copy = run.applied()  # at most: writes may land while the copy is taken
             await asyncio.to_thread(shutil.copytree, aof, saved)
             await asyncio.sleep(lost_window_s)
+            run.rolled_back += run.applied() - in_copy
         infra.stop(service, sig=signal.SIGKILL)
         if lost_window_s:
             shutil.rmtree(aof)

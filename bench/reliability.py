@@ -86,7 +86,8 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
                          str(tally.lost), str(tally.double), seconds(run.recoveries_s)))  # fmt: skip
             key = f"reliability_{name.replace('-', '_')}_recovery_max_s"
             figures[key] = figure(max(run.recoveries_s), "s", COMMAND)
-            print(f"{name}: recoveries {[round(r, 2) for r in run.recoveries_s]} s", flush=True)
+            rounded = [round(r, 2) for r in run.recoveries_s]
+            print(f"{name}: recoveries {rounded} s, applied events rolled back {run.rolled_back}", flush=True)
         users = sorted({e.user_id for e in workload.events})
         load, recoveries = asyncio.run(reader_outage(base.model_copy(update={"redis_prefix": names[0]}), users))
     failed = sum(load.failed.values())

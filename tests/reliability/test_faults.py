@@ -25,6 +25,7 @@ async def test_state_after_faults_equals_a_clean_run(scenario, fault_run, worklo
     await run_scenario(run, workload, SCENARIOS[scenario])
     tally = score(run.redis, run.prefix, workload.events, run.settings.seen_cap)
     assert run.injections == SCENARIOS[scenario].times
+    assert (run.rolled_back > 0) == (scenario == "redis-rollback"), "the rollback lost applied events"
     assert (run.offered, run.acked, tally.applied) == (len(workload.events),) * 3
     assert (tally.lost, tally.double, tally.seen_missing, tally.seen_extra) == (0, 0, 0, 0)
     assert differing_keys(run_state(run), clean_state) == []
