@@ -39,6 +39,9 @@ from streams.personalize import Personalizer
 from streams.state import Applied, Effect, StaleWatermark, StateStore
 
 MAX_STALE_RETRIES = 20
+# Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
+# back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
+RETRY_DELAY_MAX_S = 1.0
 log = logging.getLogger(__name__)
 
 
@@ -102,7 +105,7 @@ class BatchProcessor:
             except KafkaError as exc:  # only the gap repair reads Kafka here
                 log.warning("cannot read the log to repair a gap (%r); retrying the batch in %.1f s", exc, delay)
             await asyncio.sleep(delay)
-            delay = min(2 * delay, 5.0)
+            delay = min(2 * delay, RETRY_DELAY_MAX_S)
 
     async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
         """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the
@@ -119,7 +122,7 @@ class BatchProcessor:
                 metrics.REDIS_RETRIES.inc()
                 log.warning("redis unavailable (%s); retrying the gap check in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(2 * delay, 5.0)
+                delay = min(2 * delay, RETRY_DELAY_MAX_S)
 
     def _watermark(self, topic: str, partition: int) -> int:
         assert self._watermarks is not None
