@@ -27,8 +27,8 @@ key                          type    holds
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
 ``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
-``item:<i>:users``           hash    user → summed event weight on a new item, until its fold-in (capped)
 ``foldin:pending``           set     graduated items whose fold-in is not stored yet
+``foldin:users:<i>``         hash    user → summed event weight on new item ``i``, until its fold-in (capped)
 ``foldin:<version>``         hash    item → float32 fold-in vector under that model version
 ``foldin:log``               stream  ``version``, ``item``, ``vec`` per stored fold-in, which every worker tails
 ``user:<u>:feed:<session>``  list    the reader's infinite-scroll session: JSON ``[[item, source], …]`` pages, TTL

@@ -181,7 +181,7 @@ for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
 local done = many('SMISMEMBER', P .. 'graduated', new_items)
 for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
   if done[k] == 0 then
-    local key = P .. 'item:' .. it[1] .. ':users'
+    local key = P .. 'foldin:users:' .. it[1]
     local users = {}
     for j, u in ipairs(it[2]) do users[j] = u[1] end
     local old = many('HMGET', key, users)
@@ -218,7 +218,7 @@ end
 for _, item in ipairs(graduated) do
   redis.call('ZREM', P .. 'pool', item)
   redis.call('SADD', P .. 'graduated', item)
-  if redis.call('EXISTS', P .. 'item:' .. item .. ':users') == 1 then redis.call('SADD', P .. 'foldin:pending', item) end
+  if redis.call('EXISTS', P .. 'foldin:users:' .. item) == 1 then redis.call('SADD', P .. 'foldin:pending', item) end
 end
 
 -- 8. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)

@@ -2,7 +2,7 @@
 
 How an item's content vector is replaced (key names in recstream/keys.py):
 
-1. Each event batch adds its new items' users (user → summed event weight) to ``item:<i>:users``,
+1. Each event batch adds its new items' users (user → summed event weight) to ``foldin:users:<i>``,
    in the batch's own atomic script (apply_batch.lua), until the item graduates from the pool. The
    batch that graduates an item adds it to ``foldin:pending``, and every batch returns the pending items.
 2. The worker that applied that batch computes the fold-in from those users' stored vectors
@@ -14,10 +14,12 @@ How an item's content vector is replaced (key names in recstream/keys.py):
 3. Items are broadcast, so every worker tails ``foldin:log`` and replaces the item's vector in its own
    index; a worker loading a version (start, hot swap) first applies everything stored under it.
 
-Only items the worker's model does not know (content vectors) are tracked, and tracking stops at
-graduation, so the stored users of an item still in the pool are a function of the events alone (sums
-of weights; the first ``fold_in_users`` users): a restarted worker reproduces them. The fold-in itself
-reads the users' vectors as they are when the item graduates.
+Only items the model version was not trained on are tracked, and tracking stops at graduation, so
+the stored users of an item still in the pool are a function of the events alone (sums of weights)
+and a restarted worker reproduces them, up to ``fold_in_users`` users (the first ones; above
+``pool_graduate_views`` it is reached only by clicks without views). Which users got in past the cap,
+and the fold-in itself, which reads the users' vectors as they are at graduation, depend on how the
+partitions interleave.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ local stored = 0
 for k = 4, #ARGV, 3 do
   local item = ARGV[k]
   if redis.call('SREM', P .. 'foldin:pending', item) == 1 then
-    redis.call('DEL', P .. 'item:' .. item .. ':users')
+    redis.call('DEL', P .. 'foldin:users:' .. item)
     if ARGV[k + 1] ~= '' then
       redis.call('HSET', P .. 'foldin:' .. ARGV[2], item, ARGV[k + 1])
       if ARGV[k + 2] ~= '' then redis.call('SET', P .. 'item:' .. item .. ':similar', ARGV[k + 2]) end
@@ -81,7 +83,7 @@ class FoldInStore:
         fold-in (x_u = 0 in both sums), so leaving them out is exact."""
         pipe = self.redis.pipeline(transaction=False)
         for item in items:
-            pipe.hgetall(self.keys(f"item:{item}:users"))
+            pipe.hgetall(self.keys(f"foldin:users:{item}"))
         stored = [{u.decode(): float(w) for u, w in raw.items()} for raw in await pipe.execute()]
         everyone = sorted({user for users in stored for user in users})
         raw = await self.redis.mget([self.keys.user(u, "vec") for u in everyone]) if everyone else []

@@ -45,7 +45,9 @@ class UserUpdate:
     histories: dict[str, History]
     refreshed_ts: list[int]
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    """New items' users in this batch: item → user → event weights in order (for the item's fold-in)."""
+    """Users of items this model version was not trained on, in this batch: item → user → event weights in
+    order (for the item's fold-in). Whether an item counts depends on the version alone, not on when the
+    item feed applied it, so a restarted worker tracks what a clean run tracks."""
 
 
 def encode_similar(neighbours: list[tuple[str, float]]) -> bytes:
@@ -158,7 +160,7 @@ class Personalizer:
                 refresh_at[event.user_id] = (len(seq), event.ts)
             weight = weights[event.type]
             seq.append((event.item_id, weight))
-            if rows.get(event.item_id, -1) >= trained and event.item_id not in folded:
+            if rows.get(event.item_id, trained) >= trained and event.item_id not in folded:  # not trained
                 item_users.setdefault(event.item_id, {}).setdefault(event.user_id, []).append(weight)
         blobs: list[Blob] = []
         new_histories: dict[str, History] = {}

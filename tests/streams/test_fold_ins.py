@@ -27,10 +27,10 @@ async def test_a_loading_model_applies_stored_fold_ins_then_follows_the_log(isol
     store = model.fold_ins
     v0, v1, v2 = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     client.sadd("rs:foldin:pending", "new0", "new1", "new2")
-    client.hset("rs:item:new0:users", "u1", 5.0)
+    client.hset("rs:foldin:users:new0", "u1", 5.0)
     assert await store.save(version, [("new0", v0, b"[]"), ("new1", None, None)]) == 1
     assert await store.save(version, [("new0", v1, None)]) == 0, "stored once: new0 is no longer pending"
-    assert client.smembers("rs:foldin:pending") == {b"new2"} and not client.exists("rs:item:new0:users")
+    assert client.smembers("rs:foldin:pending") == {b"new2"} and not client.exists("rs:foldin:users:new0")
     assert client.hkeys(f"rs:foldin:{version}") == [b"new0"], "new1 resolved without a vector"
 
     follower = asyncio.create_task(model.follow_fold_ins())

@@ -146,7 +146,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
         return [Event(type="click", user_id=u, item_id=i, ts=ts + k) for u in users for k, i in enumerate(items)]
 
     await publish(settings, events=clicks(fans, ["fresh"], T0 + 100) + clicks(probes("before", n), [], T0 + 100))
-    wait_until(lambda: client.hlen("rs:item:fresh:users") == len(fans), what="the fans tracked as the item's users")
+    wait_until(lambda: client.hlen("rs:foldin:users:fresh") == len(fans), what="the fans tracked as the item's users")
     wait_until(lambda: all(candidates(client, u) for u in probes("before", n)), what="candidates of the first probes")
     assert not any("fresh" in candidates(client, u) for u in probes("before", n)), "its content vector says news"
 
@@ -158,7 +158,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     c = 1 + model.config.alpha * (model.config.click_weight + model.config.view_weight)  # one click + one view
     a = model.user_gram + model.config.regularization * np.eye(x.shape[1]) + (c - 1) * x.T @ x
     np.testing.assert_allclose(stored, np.linalg.solve(a, c * x.sum(axis=0)), rtol=0, atol=1e-5)
-    assert not client.exists("rs:item:fresh:users") and not client.smembers("rs:foldin:pending")
+    assert not client.exists("rs:foldin:users:fresh") and not client.smembers("rs:foldin:pending")
     neighbours = [j for j, _ in orjson.loads(client.get("rs:item:fresh:similar"))]
     assert share(neighbours[:10], "sport") >= 0.7
 
