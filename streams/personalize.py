@@ -29,6 +29,7 @@ from models.content_map import onboarding_vector
 from models.history import History, history_rows, merge_history
 from models.user_step import ALSStep
 from recstream.events import Event, ItemEvent
+from streams import metrics
 
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
 SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route
@@ -124,6 +125,7 @@ class Personalizer:
             self.rows[item_id] = int(self.step.append(vector)[0])
             self._ids = np.append(self._ids, item_id)
             self.index.add([item_id], vector[None, :])
+            metrics.ITEM_INSERTS.inc()
         elif not np.array_equal(self.step.factors[row], vector):
             deleted = item_id not in self.index
             self.step.update(np.array([row]), vector[None, :])
