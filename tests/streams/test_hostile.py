@@ -37,8 +37,8 @@ N_HOSTILE = 10_000
 CHUNK = 25  # messages per hypothesis example: the batch is many examples' worth, collected
 HOSTILE_SHARE = 10 / 15
 DAY_MS = 86_400_000
-USERS = [f"u{k}" for k in range(40)] + ["rs:wm", "user:seg", "__proto__", "..", "-", "a.b:c-d_e", "x" * MAX_ID_LEN]
-ITEMS = [f"i{k}" for k in range(30)] + ["rs:totals", "constructor", "item.1", ":", "0", "y" * MAX_ID_LEN]
+USERS = [f"u{k}" for k in range(40)] + ["rs.wm", "user.seg", "__proto__", "..", "-", "a.b-c_d", "x" * MAX_ID_LEN]
+ITEMS = [f"i{k}" for k in range(30)] + ["rs.totals", "constructor", "item.1", "_", "0", "y" * MAX_ID_LEN]
 CATEGORIES = ["news", "sport", "music", "film"]
 INJECTIONS = [
     "", " ", "u1 ", "u1\r\nFLUSHALL\r\n", "*", "rs:*", "u?", "u[1]", "../../etc/passwd", "'; DROP TABLE users; --",
