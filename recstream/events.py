@@ -20,7 +20,9 @@ import orjson
 from aiokafka.partitioner import murmur2
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
+ID_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+"""Ids and categories: no ``:``, the Redis key separator, so ``item:<id>`` can never name another item's
+``item:<id>:similar`` (recstream/keys.py)."""
 MAX_ID_LEN = 64
 MIN_TS_MS = 631_152_000_000  # 1990-01-01: older than any real log we replay (MovieLens 100K is 1997-98)
 MAX_FUTURE_SKEW_MS = 86_400_000  # one day ahead of the consumer's clock

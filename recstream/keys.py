@@ -1,7 +1,8 @@
 """The Redis key layout: the one place the writers (workers) and the reader agree on names.
 
 Ids reach these functions only after :mod:`recstream.events` validated them (bounded length,
-``[A-Za-z0-9_.:-]``), so   a key can never be spliced from hostile input. Every key starts with
+``[A-Za-z0-9_.-]``, no ``:``), so a key can never be spliced from hostile input, nor can one
+item's key name another's (``item:<id>`` vs ``item:<id>:similar``). Every key starts with
 a configurable prefix, so several deployments (or test runs) can share one Redis.
 
 ===========================  ======  ==========================================================

@@ -10,7 +10,7 @@ import pytest
 from recstream.events import validate
 from recstream.world import HOUR_MS, World, WorldConfig
 
-ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 SMALL = WorldConfig(seed=3, n_users=300, n_items=100, new_items_per_hour=3_600, initial_age_span_h=2)
 
 

@@ -26,6 +26,7 @@ GOOD = {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW - 1000}
         ({"user_id": None}, "user_id: Input should be a valid string"),
         ({"user_id": "u" * (MAX_ID_LEN + 1)}, "user_id: String should have at most 64 characters"),
         ({"item_id": "i1; DEL *"}, "item_id: String should match pattern"),
+        ({"item_id": "i1:similar"}, "item_id: String should match pattern"),  # would name item i1's neighbours key
         ({"item_id": ""}, "item_id: String should have at least 1 character"),
         ({"ts": -5}, "ts: Input should be greater than or equal to 631152000000"),
         ({"ts": "1700000000000"}, "ts: Input should be a valid integer"),

@@ -43,7 +43,7 @@ CATEGORIES = ["news", "sport", "music", "film"]
 INJECTIONS = [
     "", " ", "u1 ", "u1\r\nFLUSHALL\r\n", "*", "rs:*", "u?", "u[1]", "../../etc/passwd", "'; DROP TABLE users; --",
     '{"$ne": null}', "u1\x00", "<script>alert(1)</script>", "${jndi:ldap://x/a}", "ü", "😀", "u1\n", "%00", "u/1",
-    "u\\1", "u,1", "u 1", "\u202eu1", "u1\t", "z" * (MAX_ID_LEN + 1),
+    "u\\1", "u,1", "u 1", "\u202eu1", "u1\t", "z" * (MAX_ID_LEN + 1), "rs:wm", "rs:totals", ":", "i1:similar",
 ]  # fmt: skip
 TOP = {"event": ["type", "user_id", "item_id", "ts"], "item": ["op", "item_id", "ts"], "user": ["user_id", "ts"]}
 
@@ -378,21 +378,17 @@ async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_on
     wait_until(lambda: applied_events(client, "rs") == n_events + 1, what="the worker to keep applying")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="key collision: item 'i1:similar' (a valid id) names item i1's neighbour list 'item:i1:similar', a string, "
-    "so apply_batch.lua's HSETNX on 'item:<id>' fails with WRONGTYPE and the uncaught ResponseError stops the worker "
-    "(and again after every restart). Fix in recstream/keys.py + streams (e.g. 'similar:<i>'), then drop this mark.",
-)
-async def test_an_id_that_spells_another_keys_name_does_not_stop_the_worker(
-    isolated_settings, worker_factory, tmp_path
-):
+async def test_an_id_that_spells_another_keys_name_goes_to_the_dlq(isolated_settings, worker_factory, tmp_path):
+    """'i1:similar' would name item i1's neighbour list (a string) as an item hash: WRONGTYPE in apply_batch.lua
+    stopped the worker after every restart. Ids may not hold ':', the key separator; the event is dead-lettered."""
     users, items, events = world(n_users=20, n_items=20, n_events=400)
     settings, _ = await trained(isolated_settings, tmp_path, events, items)  # writes rs:item:i<k>:similar lists
     client = redis.Redis.from_url(settings.redis_url)
     worker = worker_factory(settings)
     await publish(settings, users=users, items=items)
-    await publish(settings, events=[Event(type="view", user_id="u1", item_id="i1:similar", ts=T0)])
+    await publish(settings, events=[Event.model_construct(type="view", user_id="u1", item_id="i1:similar", ts=T0),
+                                    Event(type="view", user_id="u1", item_id="i1", ts=T0 + 1)])  # fmt: skip
     wait_until(lambda: applied_events(client, "rs") == 1 or worker.proc.poll() is not None, what="the event or a crash")
     assert worker.proc.poll() is None and applied_events(client, "rs") == 1
+    [letter] = await dead_letters(settings, expected=1)
+    assert b"item_id" in dict(letter.headers)["reason"] and client.get("rs:item:i1:similar") is not None
