@@ -191,11 +191,4 @@ class Worker:
             return response.read().decode()
 
     def stop(self) -> None:
-        import subprocess
-
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        infra.terminate(self.proc)

@@ -194,16 +194,7 @@ class FaultRun:
     async def open(cls, base: Settings, name: str, model: dict[str, bytes], logs: Path) -> FaultRun:
         """A run on fresh topics, with its own consumer group and Redis prefix ``name`` serving ``model``."""
         suffix = uuid.uuid4().hex[:8]
-        settings = base.model_copy(
-            update={
-                "events_topic": f"events-{suffix}",
-                "items_topic": f"items-{suffix}",
-                "users_topic": f"users-{suffix}",
-                "dlq_topic": f"dlq-{suffix}",
-                "worker_group": f"{name}-{suffix}",
-                "redis_prefix": name,
-            }
-        )
+        settings = base.on_topics(suffix, worker_group=f"{name}-{suffix}", redis_prefix=name)
         await infra.ensure_topics(settings)
         run = cls(settings, logs)
         for key, value in model.items():

@@ -64,21 +64,16 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
     (their histories are the same events), which saves a training per run and keeps the model equal.
     """
     run = f"{policy}-{seed}-{uuid.uuid4().hex[:6]}"
-    settings = base.model_copy(
-        update={
-            "events_topic": f"events-{run}",
-            "items_topic": f"items-{run}",
-            "users_topic": f"users-{run}",
-            "dlq_topic": f"dlq-{run}",
-            "worker_group": f"worker-{run}",
-            "redis_prefix": f"p{uuid.uuid4().hex[:8]}",
-            "model_dir": base.run_dir / "models" / run,
-            "reader_port": free_port(),
-            "worker_metrics_port": free_port(),
-            "explore_policy": policy,
-            "pool_graduate_age_s": pool_age_for(FRESH_WORLD),
-            "reader_redis_timeout_s": REDIS_TIMEOUT_S,
-        }
+    settings = base.on_topics(
+        run,
+        worker_group=f"worker-{run}",
+        redis_prefix=f"p{uuid.uuid4().hex[:8]}",
+        model_dir=base.run_dir / "models" / run,
+        reader_port=free_port(),
+        worker_metrics_port=free_port(),
+        explore_policy=policy,
+        pool_graduate_age_s=pool_age_for(FRESH_WORLD),
+        reader_redis_timeout_s=REDIS_TIMEOUT_S,
     )
     clock = time.monotonic()
     asyncio.run(infra.ensure_topics(settings))

@@ -285,13 +285,7 @@ class ReaderProcess:
         raise RuntimeError(f"`recstream serve` was not ready within {timeout_s:.0f} s; see {self.log}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        infra.terminate(self.proc)
 
 
 BLENDS: dict[str, dict[str, object]] = {"served": {}, "served_by_ctr": {"popular_personal_head": 0}}

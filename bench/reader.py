@@ -28,7 +28,6 @@ import asyncio
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -320,12 +319,7 @@ def main() -> None:
             console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(REPO)}")
     finally:
         if reader is not None:
-            reader.send_signal(signal.SIGTERM)
-            try:
-                reader.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                reader.kill()
-                reader.wait()
+            infra.terminate(reader)
         console.print(infra.stop(infra.redis_service(settings)))
 
 

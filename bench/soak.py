@@ -42,7 +42,7 @@ from rich.table import Table
 from worker import applied, live_load, produce_backlog, quantiles_ms
 
 from models.als import ALSConfig
-from recstream.infra import ensure_topics
+from recstream.infra import ensure_topics, terminate
 from recstream.settings import Settings
 from recstream.sources import synthetic
 from streams import training
@@ -84,15 +84,6 @@ def start_reader(settings: Settings) -> subprocess.Popen:
         )  # fmt: skip
     wait_http(f"http://127.0.0.1:{settings.reader_port}/readyz")
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def prepare(settings: Settings, history: int) -> tuple[list[str], list[str], int]:
@@ -164,7 +155,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                         raise RuntimeError(f"the worker or the reader died; see {LOGS}")
         finally:
             if reader is not None:
-                stop(reader)
+                terminate(reader)
             worker.stop()
     return samples, min(sum(1 for s in samples if s.minute <= args.warmup_minutes), len(samples) - 1)
 

@@ -75,13 +75,7 @@ def child(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        infra.terminate(proc)
 
 
 async def publish_history(settings: Settings, world: World, until_ms: int, rate_per_s: float) -> History:

@@ -354,6 +354,18 @@ def stop(service: Service, timeout_s: float = 30.0, sig: signal.Signals = signal
     return f"{service.name} stopped (pid {pid})"
 
 
+def terminate(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Stop a child process we started: SIGTERM (a clean shutdown commits and flushes), SIGKILL after
+    ``timeout_s``, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def up(settings: Settings) -> list[str]:
     """Start Redis and Kafka (each only if not already running) and create the topics."""
     report = [redis_up(settings), kafka_up(settings)]

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
         return value
 
+    def on_topics(self, suffix: str, **more: object) -> Settings:
+        """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark
+        run that shares a broker with others and must not read their events."""
+        topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users")}
+        return self.model_copy(update={**topics, "dlq_topic": f"events-dlq-{suffix}", **more})
+
     def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
         """What repr() and str() show: the Redis URL without its password (SecretStr fields print as stars)."""
         for name, value in super().__repr_args__():

@@ -55,15 +55,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def isolated_settings(services: Settings) -> Iterator[Settings]:
     """Fresh topics (unique names) and an empty Redis database for one test."""
     suffix = uuid.uuid4().hex[:8]
-    settings = services.model_copy(
-        update={
-            "events_topic": f"events-{suffix}",
-            "items_topic": f"items-{suffix}",
-            "users_topic": f"users-{suffix}",
-            "dlq_topic": f"events-dlq-{suffix}",
-            "worker_group": f"worker-{suffix}",
-            "redis_url": services.redis_url.rsplit("/", 1)[0] + "/1",
-        }
+    settings = services.on_topics(
+        suffix, worker_group=f"worker-{suffix}", redis_url=services.redis_url.rsplit("/", 1)[0] + "/1"
     )
     client = redis.Redis.from_url(settings.redis_url)
     client.flushdb()

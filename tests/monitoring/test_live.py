@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -34,6 +33,7 @@ import redis
 import yaml
 from aiokafka import AIOKafkaProducer
 
+from recstream import infra
 from recstream.events import ItemEvent
 from recstream.settings import Settings
 from tests.conftest import WorkerProcess, free_port, wait_until
@@ -94,13 +94,7 @@ class PrometheusProcess:
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        infra.terminate(self.proc)
 
 
 @pytest.fixture

@@ -132,17 +132,12 @@ def build_world(
 def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """The world published through Kafka and applied by a real worker, with a trained model serving candidates."""
     suffix = uuid.uuid4().hex[:8]
-    settings = services.model_copy(
-        update={
-            "events_topic": f"events-{suffix}",
-            "items_topic": f"items-{suffix}",
-            "users_topic": f"users-{suffix}",
-            "dlq_topic": f"events-dlq-{suffix}",
-            "worker_group": f"reader-world-{suffix}",
-            "redis_url": services.redis_url.rsplit("/", 1)[0] + "/2",
-            "pool_cache_s": 0.1,
-            "popular_refresh_s": 0.2,
-        }
+    settings = services.on_topics(
+        suffix,
+        worker_group=f"reader-world-{suffix}",
+        redis_url=services.redis_url.rsplit("/", 1)[0] + "/2",
+        pool_cache_s=0.1,
+        popular_refresh_s=0.2,
     )
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
     client.flushdb()
@@ -233,15 +228,7 @@ def segment(world: World, user: str) -> str:
 
 async def isolated_topics(settings: Settings) -> Settings:
     """Same Redis, fresh topics nobody consumes: for readers whose writes must not reach the world's worker."""
-    suffix = uuid.uuid4().hex[:8]
-    fresh = settings.model_copy(
-        update={
-            "events_topic": f"events-{suffix}",
-            "users_topic": f"users-{suffix}",
-            "items_topic": f"items-{suffix}",
-            "dlq_topic": f"dlq-{suffix}",
-        }
-    )
+    fresh = settings.on_topics(uuid.uuid4().hex[:8])
     await infra.ensure_topics(fresh)
     return fresh
 

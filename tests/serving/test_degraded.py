@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,12 +43,7 @@ def served(own_redis: Settings, tmp_path: Path) -> Iterator[str]:
         wait_until(lambda: infra.port_open(port), timeout_s=30, what="the reader to listen")
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        infra.terminate(proc)
 
 
 async def test_valid_requests_get_200_degraded_while_redis_is_dead_and_normal_feeds_resume_by_themselves(
