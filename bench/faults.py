@@ -14,8 +14,8 @@ same size, for the same items); seen sets (item → latest ts, capped) are compa
 one injection: from the end of the fault (the process back, the broker or Redis answering) until Redis
 holds as many events as had been offered at that moment.
 
-Workers get a 6 s consumer session (``BROKER_SESSION_TIMEOUT``, the broker's minimum) instead of faust's
-60 s: a killed worker's partitions wait for its session to expire before anyone else takes them, so the
+Workers get a 6 s consumer session (``worker_session_timeout_s``, the broker's minimum; 10 s by default):
+a killed worker's partitions wait for its session to expire before anyone else takes them, so the
 recovery times below scale with that setting.
 """
 
@@ -52,7 +52,6 @@ from recstream.settings import Settings  # noqa: E402
 from recstream.sources import Record, synthetic  # noqa: E402
 from streams import training  # noqa: E402
 
-WORKER_ENV = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1"}  # faust reads these
 TICK_S = 0.05
 
 
@@ -133,7 +132,7 @@ def applied(client: redis.Redis, prefix: str) -> int:
 class Child:
     """A `recstream <command>` child process (worker or reader), stopped or killed by its own pid."""
 
-    def __init__(self, command: str, settings: Settings, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, command: str, settings: Settings, log: Path) -> None:
         self.port = free_port()
         port_var = "RECSTREAM_WORKER_METRICS_PORT" if command == "worker" else "RECSTREAM_READER_PORT"
         full_env = {
@@ -141,7 +140,6 @@ class Child:
             **settings.to_env(),
             "OPENBLAS_NUM_THREADS": "1",
             port_var: str(self.port),
-            **(env or {}),
         }
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -194,7 +192,9 @@ class FaultRun:
     async def open(cls, base: Settings, name: str, model: dict[str, bytes], logs: Path) -> FaultRun:
         """A run on fresh topics, with its own consumer group and Redis prefix ``name`` serving ``model``."""
         suffix = uuid.uuid4().hex[:8]
-        settings = base.on_topics(suffix, worker_group=f"{name}-{suffix}", redis_prefix=name)
+        settings = base.on_topics(
+            suffix, worker_group=f"{name}-{suffix}", redis_prefix=name, worker_session_timeout_s=6
+        )
         await infra.ensure_topics(settings)
         run = cls(settings, logs)
         for key, value in model.items():
@@ -206,7 +206,7 @@ class FaultRun:
         return self.settings.redis_prefix
 
     def start_worker(self) -> Child:
-        self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log", WORKER_ENV))
+        self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log"))
         return self.workers[-1]
 
     def log_tail(self, lines: int = 40) -> str:

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
+    worker_session_timeout_s: float = Field(
+        10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
+    )
     worker_metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
     history_cap: int = Field(

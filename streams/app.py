@@ -47,6 +47,9 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
         broker_commit_every=settings.batch_max,
         broker_commit_interval=1.0,
+        # faust's 60 s session would stall a crashed worker's partitions for a minute (bench/reliability.py)
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
     )
     app.transport = ShortFetchTransport(
         app.conf.broker_consumer, app, settings.fetch_max_wait_ms, settings.fetch_min_bytes
