@@ -31,6 +31,16 @@ REPO = Path(__file__).resolve().parent.parent
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (``timeout``, a CI runner giving up) ends the run like Ctrl-C, so the session fixtures still
+    stop the Kafka and Redis they started instead of leaving them running."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @pytest.fixture(scope="session")
 def movielens() -> Path:
     if not (MOVIELENS / "u.data").is_file():
