@@ -43,6 +43,7 @@ BLEND_SETTINGS = (
     "explore_max_share",
     "explore_policy",
     "explore_epsilon",
+    "popular_personal_head",
 )
 
 
@@ -62,6 +63,7 @@ class Variant(_Frozen):
     explore_max_share: float | None = Field(None, ge=0, le=1)
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] | None = None
     explore_epsilon: float | None = Field(None, ge=0, le=1)
+    popular_personal_head: int | None = Field(None, ge=0, le=500)
 
     def overrides(self) -> dict[str, object]:
         """The settings this variant changes, for ``settings.model_copy(update=...)``."""

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from recstream.experiments import (
+    BLEND_SETTINGS,
     MAX_VARIANTS,
     Experiment,
     Variant,
@@ -19,7 +20,7 @@ from recstream.experiments import (
     user_level_test,
     wilson_interval,
 )
-from recstream.settings import SettingsError, load_settings
+from recstream.settings import Settings, SettingsError, load_settings
 
 USERS = [f"u{k:06d}" for k in range(10_000)]
 
@@ -140,3 +141,11 @@ def test_the_experiment_round_trips_through_the_environment(monkeypatch):
             control="c",
             variants=[Variant(name="a", weight=0.5), Variant(name="b", weight=0.5)],
         )
+
+
+def test_a_variant_overrides_exactly_the_blend_settings_and_each_is_a_setting():
+    """A Variant field missing from BLEND_SETTINGS would be validated and then silently ignored by the reader."""
+    assert set(BLEND_SETTINGS) == set(Variant.model_fields) - {"name", "weight"}
+    assert set(BLEND_SETTINGS) <= set(Settings.model_fields)
+    variant = Variant(name="ctr_only", weight=0.5, popular_personal_head=0)
+    assert load_settings().model_copy(update=variant.overrides()).popular_personal_head == 0
