@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -179,7 +180,9 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
             batch = await consumer.getmany(timeout_ms=1000)
             for tp, messages in batch.items():
                 for message in messages:
-                    valid, _ = decode(message.value, "item", 2**53)  # the items agent dead-letters the rest
+                    # the items agent's clock (streams/processor.py): what it dead-letters stays out of the index
+                    at_ms = min(int(time.time() * 1000), message.timestamp)
+                    valid, _ = decode(message.value, "item", at_ms)
                     for item in valid:
                         model.apply_item(item)
                 if behind and messages and messages[-1].offset >= behind.get(tp, 0) - 1:
