@@ -181,7 +181,8 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
             for tp, messages in batch.items():
                 for message in messages:
                     # the items agent's clock (streams/processor.py): what it dead-letters stays out of the index
-                    at_ms = min(int(time.time() * 1000), message.timestamp)
+                    now_ms = int(time.time() * 1000)
+                    at_ms = now_ms if message.timestamp < 0 else min(now_ms, message.timestamp)  # -1: none recorded
                     valid, _ = decode(message.value, "item", at_ms)
                     for item in valid:
                         model.apply_item(item)
