@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from recstream import infra  # noqa: E402
 from recstream.infra import free_port  # noqa: E402
-from recstream.settings import Settings, load_settings  # noqa: E402
+from recstream.settings import Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.json"
 TABLES_ENV = "BENCH_TABLES"
@@ -117,14 +117,7 @@ def services(**overrides: object) -> Iterator[Settings]:
     (ROOT / ".run").mkdir(exist_ok=True)
     for attempt in range(1, START_ATTEMPTS + 1):
         run_dir = Path(tempfile.mkdtemp(prefix="bench-", dir=ROOT / ".run"))
-        settings = load_settings(
-            kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
-            redis_url=f"redis://127.0.0.1:{free_port()}/0",
-            run_dir=run_dir,
-            cache_dir=ROOT / ".cache",
-            model_dir=run_dir / "models",
-            **overrides,
-        )
+        settings = infra.private_settings(run_dir, ROOT / ".cache", model_dir=run_dir / "models", **overrides)
         try:
             with ExitStack() as stack:
                 try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from recstream.settings import Settings
+from recstream.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
@@ -118,6 +118,17 @@ def free_port(span: int = 1) -> int:
         if port + span < 65535 and not any(port_open(port + k) for k in range(span)):
             return port
     raise RuntimeError("no free loopback port")
+
+
+def private_settings(run_dir: Path, cache_dir: Path, **overrides: object) -> Settings:
+    """Settings for a Kafka + Redis of one's own on free loopback ports, kept in ``run_dir`` (tests, benchmarks)."""
+    return load_settings(
+        kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+        **overrides,
+    )
 
 
 def _spawn(service: Service, argv: list[str]) -> int:

@@ -25,7 +25,7 @@ import redis
 
 from recstream import infra
 from recstream.infra import free_port
-from recstream.settings import Settings, load_settings
+from recstream.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
@@ -51,12 +51,7 @@ def movielens() -> Path:
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Kafka + Redis for the whole session; yields the settings that point at them."""
-    settings = load_settings(
-        kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
-        run_dir=tmp_path_factory.mktemp("run"),
-        cache_dir=REPO / ".cache",
-    )
+    settings = infra.private_settings(tmp_path_factory.mktemp("run"), REPO / ".cache")
     with infra.running(settings):
         yield settings
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from recstream import infra
-from recstream.settings import Settings, load_settings
+from recstream.settings import Settings
 from tests.conftest import REPO, dump_state
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -29,13 +29,7 @@ STATE_OF_THE_RUN_ONLY = ("wm",)  # watermarks name the run's own topics and its 
 def fault_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A Kafka broker and a Redis only these tests use: they are stopped, killed and rolled back."""
     run_dir = tmp_path_factory.mktemp("fault-services")
-    settings = load_settings(
-        kafka_bootstrap=f"127.0.0.1:{infra.free_port(span=2)}",
-        redis_url=f"redis://127.0.0.1:{infra.free_port()}/0",
-        run_dir=run_dir,
-        cache_dir=REPO / ".cache",
-        model_dir=run_dir / "models",
-    )
+    settings = infra.private_settings(run_dir, REPO / ".cache", model_dir=run_dir / "models")
     with infra.running(settings):
         yield settings
 
