@@ -31,7 +31,6 @@ import httpx
 import pytest
 import redis
 import yaml
-from aiokafka import AIOKafkaProducer
 
 from recstream import infra
 from recstream.events import ItemEvent
@@ -39,7 +38,7 @@ from recstream.settings import Settings
 from tests.conftest import WorkerProcess, free_port, wait_until
 from tests.monitoring.promql import PROMETHEUS_CONFIG, Query, dashboard_queries, rule_files, rule_queries
 from tests.serving.conftest import CATEGORIES, LiveReader, build_world
-from tests.streams.scenario import publish, trained
+from tests.streams.scenario import publish, publish_raw, trained
 
 pytestmark = pytest.mark.integration
 
@@ -152,15 +151,6 @@ def feed_traffic(url: str, users: list[str], stop: threading.Event) -> None:
                 assert client.post("/v1/events", json=events).status_code == 202
 
 
-async def send_undecodable(settings: Settings) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.events_topic, b"{not json", key=b"monitoring")
-    finally:
-        await producer.stop()
-
-
 def has_a_number(prometheus: PrometheusProcess, query: Query) -> bool:
     """At least one series, and not all NaN (0/0: a CTR of a source that served nothing is no figure either)."""
     return any(series["value"][1] != "NaN" for series in prometheus.query(query.expr))
@@ -192,7 +182,7 @@ def test_every_panel_and_rule_query_returns_series_from_a_live_system(
         traffic = threading.Thread(target=feed_traffic, args=(reader.url, users, stop), daemon=True)
         traffic.start()
         try:
-            asyncio.run(send_undecodable(settings))
+            asyncio.run(publish_raw(settings, b"{not json", key=b"monitoring"))
             time.sleep(TRAFFIC_S)
             deadline = time.monotonic() + DEADLINE_S
             while (absent := missing(prometheus, queries)) and time.monotonic() < deadline:

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import redis
+from aiokafka import AIOKafkaProducer
 
 from models.als import ALSConfig
 from recstream.events import Event, ItemEvent, UserEvent
@@ -44,6 +45,16 @@ async def publish(settings: Settings, users=(), items=(), events=(), batch_event
         for item in items:
             await producer.send_item(item)
         await producer.send_events(events)
+
+
+async def publish_raw(settings: Settings, value: bytes, key: bytes) -> None:
+    """Bytes onto the events topic as they are (the producer would refuse invalid ones): a message to dead-letter."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.events_topic, value, key=key)
+    finally:
+        await producer.stop()
 
 
 def applied_events(client: redis.Redis, prefix: str) -> int:

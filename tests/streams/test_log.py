@@ -7,7 +7,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams import training
 from streams.log import open_log, read, whole_topic
-from tests.streams.scenario import publish, world
+from tests.streams.scenario import publish, publish_raw, world
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,7 @@ async def test_training_reads_every_valid_record_of_items_and_events(isolated_se
     settings = isolated_settings
     _, items, events = world(n_users=20, n_items=10, n_events=500)
     await publish(settings, items=items, events=events, batch_events=30)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(settings.events_topic, b"{oops", key=b"u1")
-    finally:
-        await producer.stop()
+    await publish_raw(settings, b"{oops", key=b"u1")
     records = await training.read_log(settings)
     assert [r.value for r in records if r.kind == "item"] == items
     assert sorted(r.value.event_id for r in records if r.kind == "event") == sorted(e.event_id for e in events)

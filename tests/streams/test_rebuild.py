@@ -9,7 +9,6 @@ import time
 
 import pytest
 import redis
-from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from streams.log import Message, committed_offsets, open_log, whole_topic
@@ -17,7 +16,7 @@ from streams.processor import BatchProcessor, DeadLetter
 from streams.rebuild import rebuild
 from streams.state import StateStore
 from tests.conftest import REPO, differing_keys, dump_state, wait_until
-from tests.streams.scenario import applied_events, publish, trained, world
+from tests.streams.scenario import applied_events, publish, publish_raw, trained, world
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +32,7 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
     worker = worker_factory(settings)
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
     await publish(settings, events=events, batch_events=50)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-    await producer.start()
-    try:  # invalid input is skipped (the live worker dead-lettered it already)
-        await producer.send_and_wait(settings.events_topic, b"{oops", key=b"u1")
-    finally:
-        await producer.stop()
+    await publish_raw(settings, b"{oops", key=b"u1")  # skipped by the rebuild (the live worker dead-lettered it)
     wait_until(lambda: applied_events(client, "rs") == len(events), timeout_s=120, what="the live run")
     worker.stop()
     client.rpush("rs:user:u1:feed:s1", '[["i1", "popular"]]')  # a reader's session: not derived, kept
