@@ -1,25 +1,30 @@
-"""Exploration policies in the closed loop: no exploration, ε-greedy and Thompson sampling, same worlds and seeds.
+"""Exploration policies in the closed loop: no exploration, recency, ε-greedy and Thompson sampling, same seeds.
 
-    .venv/bin/python bench/policies.py                 # 5 seeds × 3 policies, 60 s of simulated users each
+    .venv/bin/python bench/policies.py                 # 5 seeds × 4 policies, 60 s of simulated users each
 
 Every run goes through the real pipeline: one private Kafka + Redis for the whole benchmark
 (bench/common.services), and per run fresh topics, consumer group and Redis prefix, the world's
 history published and a first model trained on it, a real ``recstream worker`` and ``recstream
-serve`` (the policy is the reader's ``RECSTREAM_EXPLORE_POLICY``), then recstream/simulator.py's
-users for ``--seconds``, starting SETUP_S after the history ends. Only the policy differs between the
-runs of a seed: same world over the same stretch of its timeline, same history, same users in the same
-order at the same offsets, same click draws per feed (a page's clicks depend only on what it holds).
+serve``, then recstream/simulator.py's users for ``--seconds``, starting SETUP_S after the history
+ends. Only the policy differs between the runs of a seed: same world over the same stretch of its
+timeline, same history, same users in the same order at the same offsets, same click draws per feed
+(a page's clicks depend only on what it holds).
 
-Policies (serving/feed.py, models/bandit.py): ``none`` (explore share 0: its slot goes to the
-other sources), ``epsilon_greedy`` (ε = 0.1: a random pool item, otherwise the best smoothed CTR)
-and ``thompson`` (the default). The world is recstream.simulator.FRESH_WORLD: a fresh-content
-feed on a clock of minutes; the pool's graduation age is scaled with that clock (48 h for a 24 h
-half-life → 4 min for 2 min: simulator.pool_age_for), the same for every policy.
+The policies share one exploration budget, 2 slots of a 10-item page (``POLICIES``: the reader's
+shares and ``RECSTREAM_EXPLORE_POLICY``): ``none`` gives them to the personal and popular sources
+(8 + 2), ``fresh`` fills them with the default blend's recency rule (new items of the user's favourite
+categories, newest first), ``epsilon_greedy`` (ε = 0.1: a random pool item, otherwise the best
+smoothed CTR) and ``thompson`` (one Beta draw per pool item) with their explore rule. The default
+blend has one slot of each of the last two; the budget goes to one rule here, so each is measured
+alone and ``none`` explores nothing by rule (new items still reach personal lists through their
+content vectors). The world is recstream.simulator.FRESH_WORLD with ``--items-per-s`` arrivals: a
+fresh-content feed on a clock of minutes; the pool's graduation age is scaled with that clock (48 h
+for a 24 h half-life → 4 min for 2 min: simulator.pool_age_for), the same for every policy.
 
 Per policy, mean ± standard deviation over the seeds: CTR, regret per feed against the oracle
 (Σ true p of the best k unseen items at that moment − Σ true p of the k served), how many of the
-top-decile new items (by true quality, created during the run) reached the popular ranking (were
-served from the popular source) and the median impressions that took.
+top-decile new items (by true quality, created during the run) reached the popular ranking and the
+median impressions that took.
 """
 
 from __future__ import annotations
@@ -45,8 +50,18 @@ from recstream.world import World
 from streams import training
 
 COMMAND = ".venv/bin/python bench/policies.py"
-POLICIES = ("none", "epsilon_greedy", "thompson")
-KEYS = {"none": "no_explore", "epsilon_greedy": "egreedy", "thompson": "ts"}
+EXPLORE_SHARE = 0.2
+"""The exploration budget: 2 slots of 10, each policy's own rule fills them (within the 0.25 cap)."""
+POLICIES: dict[str, dict[str, object]] = {
+    "none": {"explore_policy": "none", "share_fresh": 0.0},
+    "fresh": {"explore_policy": "none", "share_fresh": EXPLORE_SHARE},
+    "epsilon_greedy": {"explore_policy": "epsilon_greedy", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
+    "thompson": {"explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
+}
+"""Reader settings per policy; everything else (personal 0.6, popular 0.2 shares, …) is the default."""
+TARGET_RIVALS = ("thompson", "none", "epsilon_greedy")
+"""The issue's targets: Thompson sampling against no exploration and ε-greedy."""
+KEYS = {"none": "no_explore", "fresh": "fresh", "epsilon_greedy": "egreedy", "thompson": "ts"}
 REDIS_TIMEOUT_S = 0.5
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
 load; a degraded feed serves the popular list whatever the policy, so the runs use 0.5 s."""
@@ -71,14 +86,15 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         model_dir=base.run_dir / "models" / run,
         reader_port=free_port(),
         worker_metrics_port=free_port(),
-        explore_policy=policy,
         pool_graduate_age_s=pool_age_for(FRESH_WORLD),
+        **POLICIES[policy],
         reader_redis_timeout_s=REDIS_TIMEOUT_S,
     )
     clock = time.monotonic()
     asyncio.run(infra.ensure_topics(settings))
     now_ms = int(time.time() * 1000)
-    world = World(FRESH_WORLD.model_copy(update={"seed": seed, "start_ms": now_ms - int(args.history_s * 1000)}))
+    world = World(FRESH_WORLD.model_copy(update={"seed": seed, "start_ms": now_ms - int(args.history_s * 1000),
+                                                 "new_items_per_hour": args.items_per_s * 3600}))  # fmt: skip
     history = asyncio.run(publish_history(settings, world, now_ms, args.history_rate))
     published = time.monotonic()
     if seed not in models:
@@ -123,20 +139,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated users per run")
     parser.add_argument("--feeds-per-s", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--items-per-s", type=float, default=1.0, help="new items the world creates per second")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, of: " + ", ".join(POLICIES))
     parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
     parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 20 s: a smoke run, not a measurement")
     args = parser.parse_args(argv)
+    chosen = args.policies.split(",")
+    if unknown := set(chosen) - set(POLICIES):
+        parser.error(f"unknown policies {sorted(unknown)}; choose among {', '.join(POLICIES)}")
     if args.quick:
         args.seeds, args.seconds = 2, 20.0
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
-    results: dict[str, list[SimResult]] = {p: [] for p in POLICIES}
+    results: dict[str, list[SimResult]] = {p: [] for p in chosen}
     models: dict[int, object] = {}
     with services() as base:
         for seed in range(1, args.seeds + 1):
-            for policy in POLICIES:
+            for policy in chosen:
                 r = run_with_retries(base, policy, seed, args, models)
                 results[policy].append(r)
                 s = r.summary()
@@ -151,14 +172,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def report(results: dict[str, list[SimResult]], args: argparse.Namespace, command: str, minutes: float) -> None:
+    """The tables, Thompson sampling against the targets (when its rivals ran) and bench/results.json."""
+    policies = list(results)
     table = Table(title=f"closed loop, {args.seeds} seeds × {args.seconds:.0f} s at {args.feeds_per_s:.0f} feeds/s "
                   f"(top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
     columns = ("policy", "CTR", "regret / feed", "top-decile new items discovered", "median impressions to discovery",
                "seeds with the lowest regret")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "policy" else "right")
-    lowest = [min(POLICIES, key=lambda p, k=k: results[p][k].regret_per_feed) for k in range(args.seeds)]
-    for policy in POLICIES:
+    lowest = [min(policies, key=lambda p, k=k: results[p][k].regret_per_feed) for k in range(args.seeds)]
+    for policy in policies:
         runs = results[policy]
         medians = [m for r in runs if (m := r.median_impressions_to_discovery) is not None]
         table.add_row(
@@ -171,24 +194,27 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
             f"{lowest.count(policy)} of {args.seeds}",
         )
     show(table, console)
-    by_seed = Table(title="regret per feed, by seed (the same world and users for the three policies)")
-    for column in ("seed", *POLICIES, "lowest"):
+    by_seed = Table(title="regret per feed, by seed (the same world and users for every policy)")
+    for column in ("seed", *policies, "lowest"):
         by_seed.add_column(column, justify="left" if column in ("seed", "lowest") else "right")
     for k in range(args.seeds):
-        by_seed.add_row(str(k + 1), *(f"{results[p][k].regret_per_feed:.3f}" for p in POLICIES), lowest[k])
+        by_seed.add_row(str(k + 1), *(f"{results[p][k].regret_per_feed:.3f}" for p in policies), lowest[k])
     show(by_seed, console)
     mean = {p: {k: statistics.fmean(getattr(r, k) if k != "found" else len(r.top_discovered) for r in results[p])
-                for k in ("ctr", "regret_per_feed", "found")} for p in POLICIES}  # fmt: skip
-    ts, none = mean["thompson"], mean["none"]
-    console.print(
-        f"Thompson / none: CTR ×{ts['ctr'] / none['ctr']:.3f} (target ≥ 1.15), discovered ×"
-        f"{ts['found'] / max(none['found'], 1e-9):.2f} (target ≥ 1.5); Thompson regret lowest on "
-        f"{lowest.count('thompson')} of {args.seeds} seeds (target: all)"
-    )
+                for k in ("ctr", "regret_per_feed", "found")} for p in policies}  # fmt: skip
+    if set(TARGET_RIVALS) <= set(policies):
+        ts, none = mean["thompson"], mean["none"]
+        regret = {p: [r.regret_per_feed for r in results[p]] for p in policies}
+        below = sum(ts_k < min(n_k, e_k) for ts_k, n_k, e_k in zip(*(regret[p] for p in TARGET_RIVALS), strict=True))
+        console.print(
+            f"Thompson / none: CTR ×{ts['ctr'] / none['ctr']:.3f} (target ≥ 1.15), discovered ×"
+            f"{ts['found'] / max(none['found'], 1e-9):.2f} (target ≥ 1.5); Thompson's regret below none's and "
+            f"ε-greedy's on {below} of {args.seeds} seeds (target: all)"
+        )
     if args.no_record:
         return
     figures = {}
-    for policy in POLICIES:
+    for policy in policies:
         key = KEYS[policy]
         figures[f"closed_loop_ctr_{key}"] = figure(mean[policy]["ctr"], "CTR", command)
         figures[f"closed_loop_regret_{key}"] = figure(mean[policy]["regret_per_feed"], "regret per feed", command)
