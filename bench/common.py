@@ -120,6 +120,7 @@ def services(**overrides: object) -> Iterator[Settings]:
         settings = infra.private_settings(run_dir, ROOT / ".cache", model_dir=run_dir / "models", **overrides)
         try:
             with ExitStack() as stack:
+                stack.enter_context(infra.sigterm_interrupts())  # `kill <pid>` still stops the workers and services
                 try:
                     stack.enter_context(infra.running(settings))
                 except infra.InfraError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -234,14 +233,6 @@ class Panel:
         return table
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGTERM as Ctrl-C: inside ``asyncio.run`` SIGINT cancels the main task cleanly; elsewhere it raises
-    (a process started in the background by a script ignores SIGINT: then raise here)."""
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        raise KeyboardInterrupt
-    signal.raise_signal(signal.SIGINT)
-
-
 async def _live(sim: Simulator, panel: Panel, seconds: float | None) -> SimResult:
     run = asyncio.create_task(sim.run(seconds=seconds if seconds is not None else float("inf")))
     with Live(console=console, refresh_per_second=1) as live:
@@ -261,8 +252,7 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     run_dir = settings.run_dir.resolve()
     simulator: Simulator | None = None
     with ExitStack() as stack:
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` stops it as cleanly as Ctrl-C
-        stack.callback(signal.signal, signal.SIGTERM, previous)
+        stack.enter_context(infra.sigterm_interrupts())
         try:
             for line in stack.enter_context(infra.running(settings)):
                 console.print(line)

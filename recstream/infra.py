@@ -399,3 +399,23 @@ def running(settings: Settings) -> Iterator[list[str]]:
         for service in (kafka_service(settings), redis_service(settings)):
             if service.name not in already:
                 stop(service)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler that stops the process like Ctrl-C, so ``with`` blocks still stop what they started.
+
+    Inside ``asyncio.run`` SIGINT cancels the main task cleanly; elsewhere it raises KeyboardInterrupt. A
+    process started in the background by a script ignores SIGINT: then this raises KeyboardInterrupt itself."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """``kill <pid>`` stops the block as cleanly as Ctrl-C (:func:`interrupt`); the old handler comes back after."""
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -34,11 +34,7 @@ MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (``timeout``, a CI runner giving up) ends the run like Ctrl-C, so the session fixtures still
     stop the Kafka and Redis they started instead of leaving them running."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGTERM, infra.interrupt)
 
 
 @pytest.fixture(scope="session")

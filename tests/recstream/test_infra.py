@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,32 @@ def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: 
         with pytest.raises(infra.InfraError, match="taken by a process"), infra.running(settings):
             pass
     assert infra.redis_service(settings).pid() is None and not infra.port_open(settings.redis_port)
+
+
+CLEANS_UP = """
+import signal, sys, time
+from recstream import infra
+if sys.argv[2] == "ignored":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a process a script started with `&`
+try:
+    with infra.sigterm_interrupts():
+        print("ready", flush=True)
+        time.sleep(60)
+finally:
+    open(sys.argv[1], "w").write("stopped what it started")
+"""
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_unwinds_the_block_like_ctrl_c(tmp_path: Path, sigint: str):
+    """`kill <pid>` of a benchmark or the demo must still run their `finally`s (stop workers, Kafka, Redis),
+    also when a script started them in the background, where SIGINT is ignored."""
+    marker = tmp_path / "cleanup"
+    child = subprocess.Popen([sys.executable, "-c", CLEANS_UP, str(marker), sigint], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        child.terminate()
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+    assert marker.read_text() == "stopped what it started"
