@@ -14,10 +14,10 @@ The policies share one exploration budget, 2 slots of a 10-item page (``POLICIES
 shares and ``RECSTREAM_EXPLORE_POLICY``): ``none`` gives them to the personal and popular sources
 (8 + 2), ``fresh`` fills them with the default blend's recency rule (new items of the user's favourite
 categories, newest first), ``epsilon_greedy`` (ε = 0.1: a random pool item, otherwise the best
-smoothed CTR) and ``thompson`` (one Beta draw per pool item) with their explore rule. The default
-blend has one slot of each of the last two; the budget goes to one rule here, so each is measured
-alone and ``none`` explores nothing by rule (new items still reach personal lists through their
-content vectors). The world is recstream.simulator.FRESH_WORLD with ``--items-per-s`` arrivals: a
+smoothed CTR) and ``thompson`` (one Beta draw per pool item) with their explore rule. Each rule
+is measured alone and ``none`` explores nothing by rule (new items still reach personal lists through
+their content vectors); the reader's default blend, one slot of recency and one of Thompson sampling,
+runs with ``--policies default_blend``. The world is recstream.simulator.FRESH_WORLD with ``--items-per-s`` arrivals: a
 fresh-content feed on a clock of minutes; the pool's graduation age is scaled with that clock (48 h
 for a 24 h half-life → 4 min for 2 min: simulator.pool_age_for), the same for every policy.
 
@@ -57,11 +57,19 @@ POLICIES: dict[str, dict[str, object]] = {
     "fresh": {"explore_policy": "none", "share_fresh": EXPLORE_SHARE},
     "epsilon_greedy": {"explore_policy": "epsilon_greedy", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
     "thompson": {"explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
+    "default_blend": {},
 }
-"""Reader settings per policy; everything else (personal 0.6, popular 0.2 shares, …) is the default."""
+"""Reader settings per policy; everything else (personal 0.6, popular 0.2 shares, …) is the default.
+``default_blend`` (1 fresh + 1 Thompson slot, the reader's defaults) runs only when asked for."""
 TARGET_RIVALS = ("thompson", "none", "epsilon_greedy")
 """The issue's targets: Thompson sampling against no exploration and ε-greedy."""
-KEYS = {"none": "no_explore", "fresh": "fresh", "epsilon_greedy": "egreedy", "thompson": "ts"}
+KEYS = {
+    "none": "no_explore",
+    "fresh": "fresh",
+    "epsilon_greedy": "egreedy",
+    "thompson": "ts",
+    "default_blend": "default",
+}
 REDIS_TIMEOUT_S = 0.5
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
 load; a degraded feed serves the popular list whatever the policy, so the runs use 0.5 s."""
@@ -140,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--feeds-per-s", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--items-per-s", type=float, default=1.0, help="new items the world creates per second")
-    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated, of: " + ", ".join(POLICIES))
+    parser.add_argument(
+        "--policies", default="none,fresh,epsilon_greedy,thompson", help="comma-separated, of: " + ", ".join(POLICIES)
+    )
     parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
     parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
