@@ -106,6 +106,7 @@ def create_app(settings: Settings) -> faust.App:
 
     for topic_name, kind in topics.items():
         agent_for(topic_name, kind)
+        metrics.GAP_MESSAGES.labels(topic_name)  # a 0 from the start: the alert's increase() sees the first gap
 
     async def repair_behind(assigned: list[tuple[str, int]]) -> None:
         try:
