@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recstream import infra  # noqa: E402
-from recstream.infra import free_port  # noqa: E402
 from recstream.settings import Settings  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.json"
@@ -160,29 +159,3 @@ def scrape_histogram(text: str, name: str) -> list[tuple[float, float]]:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
     return sorted(buckets)
-
-
-class Worker:
-    """A `recstream worker` child process for a benchmark, stopped by its own pid."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        import subprocess
-
-        self.metrics_port = free_port()
-        env = {**os.environ, **settings.to_env(), "RECSTREAM_WORKER_METRICS_PORT": str(self.metrics_port)}
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "recstream.cli", "worker"], env=env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-
-    def metrics(self) -> str:
-        from urllib.request import urlopen
-
-        with urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return response.read().decode()
-
-    def stop(self) -> None:
-        infra.terminate(self.proc)

@@ -22,11 +22,9 @@ recovery times below scale with that setting.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -46,7 +44,7 @@ if str(ROOT) not in sys.path:
 from models.als import ALSConfig  # noqa: E402
 from recstream import infra  # noqa: E402
 from recstream.events import Event, ItemEvent, UserEvent  # noqa: E402
-from recstream.infra import free_port  # noqa: E402
+from recstream.infra import Child  # noqa: E402
 from recstream.producer import EventProducer  # noqa: E402
 from recstream.settings import Settings  # noqa: E402
 from recstream.sources import Record, synthetic  # noqa: E402
@@ -127,45 +125,6 @@ def score(client: redis.Redis, prefix: str, events: Sequence[Event], seen_cap: i
 def applied(client: redis.Redis, prefix: str) -> int:
     totals = client.hmget(f"{prefix}:totals", ["views", "clicks"])
     return sum(int(v or 0) for v in totals)
-
-
-class Child:
-    """A `recstream <command>` child process (worker or reader), stopped or killed by its own pid."""
-
-    def __init__(self, command: str, settings: Settings, log: Path) -> None:
-        self.port = free_port()
-        port_var = "RECSTREAM_WORKER_METRICS_PORT" if command == "worker" else "RECSTREAM_READER_PORT"
-        full_env = {
-            **os.environ,
-            **settings.to_env(),
-            "OPENBLAS_NUM_THREADS": "1",
-            port_var: str(self.port),
-        }
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "recstream.cli", command], env=full_env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @dataclass

@@ -65,14 +65,11 @@ import argparse
 import asyncio
 import hashlib
 import itertools
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -81,7 +78,7 @@ import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from common import ROOT, Worker, figure, free_port, machine, record, services, show
+from common import ROOT, figure, machine, record, services, show
 from prequential_protocol import (
     K,
     Popularity,
@@ -106,6 +103,7 @@ from models.als import ALSConfig, event_weights, interaction_matrix, train_als
 from models.artifacts import ModelArtifacts, read_model, write_model
 from models.history import History
 from recstream import infra
+from recstream.infra import Child
 from recstream.keys import Keys
 from recstream.producer import EventProducer
 from recstream.settings import Settings, load_settings
@@ -257,37 +255,6 @@ def replay_in_memory(
 # --- the pipeline ------------------------------------------------------------------------
 
 
-class ReaderProcess:
-    """A ``recstream serve`` child process on a free port, stopped by its own pid."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "recstream.cli", "serve", "--port", str(self.port)], env=env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    async def ready(self, http: httpx.AsyncClient, timeout_s: float = 60.0) -> None:
-        """Until /readyz answers 200 (Redis reachable and a model version present)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"`recstream serve` exited with {self.proc.returncode}; see {self.log}")
-            with suppress(httpx.HTTPError):  # not listening yet
-                if (await http.get(f"{self.url}/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.2)
-        raise RuntimeError(f"`recstream serve` was not ready within {timeout_s:.0f} s; see {self.log}")
-
-    def stop(self) -> None:
-        infra.terminate(self.proc)
-
-
 BLENDS: dict[str, dict[str, object]] = {"served": {}, "served_by_ctr": {"popular_personal_head": 0}}
 """The served rows: one reader each, with the default blend and, as the baseline, the previous default
 (popular slots by smoothed CTR alone, serving/blend.personal_first off)."""
@@ -331,7 +298,7 @@ class PipelineReplay:
     """
 
     def __init__(self, settings: Settings, stream: Stream, producer: EventProducer, http: httpx.AsyncClient,
-                 worker: Worker, readers: dict[str, ReaderProcess]) -> None:  # fmt: skip
+                 worker: Child, readers: dict[str, Child]) -> None:  # fmt: skip
         self.settings = settings
         self.stream = stream
         self.producer = producer
@@ -368,8 +335,7 @@ class PipelineReplay:
             marks = {k.decode(): int(v) for k, v in (await self.redis.hgetall(self.keys("wm"))).items()}
             if all(marks.get(tp, -1) >= end for tp, end in want.items()):
                 return
-            if self.worker.proc.poll() is not None:
-                raise RuntimeError(f"the worker died; see {LOGS / 'prequential-worker.log'}")
+            self.worker.check()
             await asyncio.sleep(0.005)
 
     async def publish(self, ratings: Sequence[Rating]) -> None:
@@ -416,8 +382,8 @@ class PipelineReplay:
         result = self.result
         try:
             for reader in self.readers.values():
-                await reader.ready(self.http)
-        except RuntimeError as exc:  # the rows are reported missing; the rest of the run goes on
+                await asyncio.to_thread(reader.wait_ready)
+        except infra.InfraError as exc:  # the rows are reported missing; the rest of the run goes on
             result.served, result.served_missing = {}, f"reader unusable: {exc}"
             for reader in self.readers.values():
                 reader.stop()
@@ -464,9 +430,9 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
     """Publish the model, start a worker (and a reader per blend), replay history and tail; stop them by pid."""
     await infra.ensure_topics(settings)
     await training.publish(settings, batch.artifacts)
-    worker = Worker(settings, LOGS / "prequential-worker.log")
+    worker = Child("worker", settings, LOGS / "prequential-worker.log")
     readers = {
-        name: ReaderProcess(settings.model_copy(update=blend), LOGS / f"prequential-reader-{name}.log")
+        name: Child("serve", settings.model_copy(update=blend), LOGS / f"prequential-reader-{name}.log")
         for name, blend in (BLENDS.items() if with_reader else ())
     }
     try:

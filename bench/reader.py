@@ -29,7 +29,6 @@ import os
 import random
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -195,20 +194,6 @@ def load(mode: str, port: int, path: str, users: list[str], concurrency: int, ra
 # --- orchestration --------------------------------------------------------------------------
 
 
-def wait_http(url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -249,16 +234,9 @@ def main() -> None:
         started = time.perf_counter()
         populate(settings)
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
-        env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
-        reader = subprocess.Popen(
-            [sys.executable, "-m", "recstream.cli", "serve"],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=(run_dir / "reader.log").open("wb"),
-        )
-        port = settings.reader_port
-        wait_http(f"http://127.0.0.1:{port}/readyz")
+        reader = infra.Child("serve", settings, run_dir / "reader.log", port=settings.reader_port)
+        reader.wait_ready()
+        port = reader.port
         warm = [f"w{n}" for n in range(N_WARM)]
         cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
         phases = [
@@ -275,10 +253,10 @@ def main() -> None:
         results = {}
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             for name, mode, users, seconds in phases:
-                cpu = cpu_seconds(reader.pid)
+                cpu = cpu_seconds(reader.proc.pid)
                 job = pool.submit(load, mode, port, args.path, users, args.concurrency, args.rate, seconds)
                 results[name] = r = job.result()
-                micros = (cpu_seconds(reader.pid) - cpu) / max(r["requests"], 1) * 1e6
+                micros = (cpu_seconds(reader.proc.pid) - cpu) / max(r["requests"], 1) * 1e6
                 if name != "warm-up":
                     table.add_row(
                         name,
@@ -319,7 +297,7 @@ def main() -> None:
             console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(REPO)}")
     finally:
         if reader is not None:
-            infra.terminate(reader)
+            reader.stop()
         console.print(infra.stop(infra.redis_service(settings)))
 
 

@@ -21,12 +21,12 @@ import asyncio
 import time
 
 import redis
-from common import Worker, figure, machine, record, services, show
+from common import figure, machine, record, services, show
 from rich.table import Table
 from worker import LOGS, produce_backlog, time_backlog
 
 from models.als import ALSConfig
-from recstream.infra import ensure_topics
+from recstream.infra import Child, ensure_topics
 from recstream.sources import synthetic
 from streams import training
 from streams.rebuild import rebuild
@@ -47,7 +47,7 @@ def main() -> None:
         asyncio.run(training.publish(settings, artifacts))
         users = [r for r in records if r.kind == "user"]
         asyncio.run(produce_backlog(settings, [r for r in records if r.kind != "event"]))
-        worker = Worker(settings, LOGS / "worker-rebuild-catalogue.log")
+        worker = Child("worker", settings, LOGS / "worker-rebuild-catalogue.log")
         while client.hlen(f"{settings.redis_prefix}:user:seg") < len(users):
             time.sleep(0.1)
         worker.stop()

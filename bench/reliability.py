@@ -27,7 +27,6 @@ import statistics
 from common import ROOT, figure, machine, record, services, show
 from faults import (
     SCENARIOS,
-    Child,
     FaultRun,
     ReaderLoad,
     Workload,
@@ -39,6 +38,7 @@ from faults import (
 from rich.table import Table
 
 from recstream import infra
+from recstream.infra import Child
 from recstream.settings import Settings
 
 COMMAND = ".venv/bin/python bench/reliability.py"
@@ -62,8 +62,7 @@ async def reader_outage(settings: Settings, users: list[str]) -> tuple[ReaderLoa
     reader = Child("serve", settings, LOGS / "reader.log")
     try:
         while not infra.port_open(reader.port):
-            if not reader.alive():
-                raise RuntimeError(f"the reader exited; see {LOGS}")
+            reader.check()
             await asyncio.sleep(0.1)
         return await reader_redis_outage(reader.url, settings, users)
     finally:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,14 +33,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import redis
-from common import ROOT, Worker, figure, free_port, machine, record, services, show
-from reader import FEED_PATH, load, wait_http
+from common import ROOT, figure, machine, record, services, show
+from reader import FEED_PATH, load
 from rich.console import Console
 from rich.table import Table
 from worker import applied, live_load, produce_backlog, quantiles_ms
 
 from models.als import ALSConfig
-from recstream.infra import ensure_topics, terminate
+from recstream.infra import Child, ensure_topics, free_port
 from recstream.settings import Settings
 from recstream.sources import synthetic
 from streams import training
@@ -75,17 +73,6 @@ def rss_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-def start_reader(settings: Settings) -> subprocess.Popen:
-    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
-    with (LOGS / "soak-reader.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recstream.cli", "serve"], env=env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-    wait_http(f"http://127.0.0.1:{settings.reader_port}/readyz")
-    return proc
-
-
 def prepare(settings: Settings, history: int) -> tuple[list[str], list[str], int]:
     """Publish a synthetic world's history and train the model the worker will serve on it."""
     records = list(synthetic(history, seed=11))
@@ -104,15 +91,15 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
         LOGS.mkdir(parents=True, exist_ok=True)
         users, items, backlog = prepare(settings, args.history)
         client = redis.Redis.from_url(settings.redis_url)
-        worker = Worker(settings, LOGS / "soak-worker.log")
+        worker = Child("worker", settings, LOGS / "soak-worker.log")
         reader = None
         try:
             while applied(client, settings.redis_prefix) < backlog:
-                if worker.proc.poll() is not None:
-                    raise RuntimeError(f"the worker died; see {LOGS / 'soak-worker.log'}")
+                worker.check()
                 time.sleep(0.5)
             console.print(f"history of {backlog:,} events applied; model trained; starting the load")
-            reader = start_reader(settings)
+            reader = Child("serve", settings, LOGS / "soak-reader.log", port=settings.reader_port)
+            reader.wait_ready()
             samples: list[Sample] = []
             offered = 0
             started = time.monotonic()
@@ -142,7 +129,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                         feed_p99_ms=f["p99"],
                         feed_errors=f["errors"],
                         worker_rss_mb=rss_mb(worker.proc.pid),
-                        reader_rss_mb=rss_mb(reader.pid),
+                        reader_rss_mb=rss_mb(reader.proc.pid),
                         redis_mb=info["used_memory"] / 2**20,
                         redis_keys=client.dbsize(),
                     ))  # fmt: skip
@@ -151,11 +138,11 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                         f"minute {s.minute:.1f}: {s.applied_per_s:,.0f} events/s applied, {s.behind:,} behind, "
                         f"worker {s.worker_rss_mb:.0f} MB, Redis {s.redis_mb:.1f} MB"
                     )
-                    if worker.proc.poll() is not None or reader.poll() is not None:
-                        raise RuntimeError(f"the worker or the reader died; see {LOGS}")
+                    worker.check()
+                    reader.check()
         finally:
             if reader is not None:
-                terminate(reader)
+                reader.stop()
             worker.stop()
     return samples, min(sum(1 for s in samples if s.minute <= args.warmup_minutes), len(samples) - 1)
 

@@ -23,12 +23,12 @@ import time
 
 import redis
 from aiokafka import AIOKafkaConsumer
-from common import ROOT, Worker, figure, histogram_quantile, machine, record, scrape_histogram, services, show
+from common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
 from rich.table import Table
 
 from models.als import ALSConfig
 from recstream.events import Event, decode
-from recstream.infra import ensure_topics
+from recstream.infra import Child, ensure_topics
 from recstream.producer import EventProducer
 from recstream.settings import Settings
 from recstream.sources import Record, synthetic
@@ -72,17 +72,16 @@ def applied(client: redis.Redis, prefix: str) -> int:
     return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
 
 
-def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Worker]:
+def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Child]:
     """Events/s from the first applied batch to the last, for a worker started on a full backlog."""
     client = redis.Redis.from_url(settings.redis_url)
-    worker = Worker(settings, LOGS / f"worker-{prefix}.log")
+    worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
     while applied(client, prefix) == 0:
         time.sleep(0.01)
     first, started = applied(client, prefix), time.perf_counter()
     while (done := applied(client, prefix)) < total:
         time.sleep(0.05)
-        if worker.proc.poll() is not None:
-            raise RuntimeError(f"worker {prefix} died; see {LOGS}")
+        worker.check()
     return (done - first) / (time.perf_counter() - started), worker
 
 

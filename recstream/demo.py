@@ -12,9 +12,6 @@ summary. bench/policies.py runs the same pieces once per policy and seed.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -58,23 +55,6 @@ class System:
     reader_url: str
     worker_metrics: str
     pids: dict[str, int]
-
-
-@contextmanager
-def child(
-    argv: list[str], settings: Settings, log: Path, extra_env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen]:
-    """A child process in its own session (Ctrl-C reaches only the demo, which stops it in order),
-    stopped by its pid (SIGTERM, then SIGKILL) when the block ends."""
-    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", **(extra_env or {})}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
-    try:
-        yield proc
-    finally:
-        infra.terminate(proc)
 
 
 async def publish_history(settings: Settings, world: World, until_ms: int, rate_per_s: float) -> History:
@@ -123,21 +103,21 @@ def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:
 def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterator[System]:
     """A worker and the reader as children; yields once the reader is ready and the worker has applied
     ``applied_events`` events (the history), so the first simulated feed sees warm users."""
-    cli = [sys.executable, "-m", "recstream.cli"]
-    reader_url = f"http://{settings.reader_host}:{settings.reader_port}"
-    worker_metrics = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics"
     with ExitStack() as stack:
-        worker = stack.enter_context(child([*cli, "worker"], settings, log_dir / "worker.log"))
-        reader = stack.enter_context(child([*cli, "serve"], settings, log_dir / "reader.log"))
+        worker = stack.enter_context(
+            infra.Child("worker", settings, log_dir / "worker.log", port=settings.worker_metrics_port)
+        )
+        reader = stack.enter_context(infra.Child("serve", settings, log_dir / "reader.log", port=settings.reader_port))
+        reader_url = f"http://{settings.reader_host}:{reader.port}"
+        worker_metrics = f"{worker.url}/metrics"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (_status(f"{reader_url}/readyz") == 200 and applied(worker_metrics, settings) >= applied_events):
-            for name, proc in (("worker", worker), ("reader", reader)):
-                if proc.poll() is not None:
-                    raise infra.InfraError(f"the {name} exited with {proc.returncode}; see {log_dir / name}.log")
+            worker.check()
+            reader.check()
             if time.monotonic() > deadline:
                 raise infra.InfraError(f"worker and reader not ready in {READY_TIMEOUT_S:.0f} s; see {log_dir}")
             time.sleep(0.5)
-        yield System(reader_url, worker_metrics, {"worker": worker.pid, "reader": reader.pid})
+        yield System(reader_url, worker_metrics, {"worker": worker.proc.pid, "reader": reader.proc.pid})
 
 
 def applied(worker_metrics: str, settings: Settings) -> float:

@@ -21,12 +21,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.request import urlopen
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -375,6 +378,81 @@ def terminate(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+PORT_VARIABLES = {"worker": "RECSTREAM_WORKER_METRICS_PORT", "serve": "RECSTREAM_READER_PORT"}
+
+
+class Child:
+    """A ``recstream worker`` or ``recstream serve`` child process with the settings in its environment, on
+    ``port`` (its /metrics or HTTP port; a free one when not given), stopped or killed by its own pid.
+
+    Its own session: Ctrl-C reaches only the parent, which stops its children itself. Every test,
+    benchmark and the demo start the workers and readers they need through this one class."""
+
+    def __init__(
+        self,
+        command: Literal["worker", "serve"],
+        settings: Settings,
+        log: Path,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.command, self.log = command, log
+        self.port = port or free_port()
+        full_env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1",  # many small solves
+                    PORT_VARIABLES[command]: str(self.port), **(env or {})}  # fmt: skip
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "recstream.cli", command], env=full_env, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check(self) -> None:
+        """InfraError, naming the log, when the process has exited."""
+        if not self.alive():
+            raise InfraError(f"recstream {self.command} exited with {self.proc.returncode}; see {self.log}")
+
+    def metrics(self) -> str:
+        """Its Prometheus exposition text (the reader serves /metrics too)."""
+        with urlopen(f"{self.url}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until a reader's /readyz answers 200 (Redis and a model) or a worker's /metrics answers;
+        InfraError, naming the log, when it exits or the time runs out first."""
+        path = "/readyz" if self.command == "serve" else "/metrics"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check()
+            with suppress(OSError), urlopen(f"{self.url}{path}", timeout=1) as response:  # 503, refused: not yet
+                if response.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise InfraError(f"recstream {self.command} not ready in {timeout_s:.0f} s; see {self.log}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown (for the fault tests)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def up(settings: Settings) -> list[str]:

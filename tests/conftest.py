@@ -9,10 +9,7 @@ ends. Tests isolate themselves with their own topics and Redis database
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +21,6 @@ import pytest
 import redis
 
 from recstream import infra
-from recstream.infra import free_port
 from recstream.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,39 +63,14 @@ def isolated_settings(services: Settings) -> Iterator[Settings]:
     client.close()
 
 
-class WorkerProcess:
-    """A real ``recstream worker`` child process, so a test can SIGKILL it at any instant."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.metrics_port = free_port()
-        env = {**os.environ, **settings.to_env(), "RECSTREAM_WORKER_METRICS_PORT": str(self.metrics_port)}
-        env["OPENBLAS_NUM_THREADS"] = "1"
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "recstream.cli", "worker", "--loglevel", "warning"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-            )  # fmt: skip
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture
-def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], WorkerProcess]]:
-    """Start workers; every one this test started is stopped (by its own pid) at the end."""
-    started: list[WorkerProcess] = []
+def worker_factory(tmp_path: Path) -> Iterator[Callable[[Settings], infra.Child]]:
+    """Start workers (real ``recstream worker`` processes, so a test can SIGKILL one at any instant); every one
+    this test started is stopped (by its own pid) at the end."""
+    started: list[infra.Child] = []
 
-    def start(settings: Settings) -> WorkerProcess:
-        started.append(WorkerProcess(settings, tmp_path / "worker.log"))
+    def start(settings: Settings) -> infra.Child:
+        started.append(infra.Child("worker", settings, tmp_path / "worker.log"))
         return started[-1]
 
     yield start

@@ -34,8 +34,9 @@ import yaml
 
 from recstream import infra
 from recstream.events import ItemEvent
+from recstream.infra import free_port
 from recstream.settings import Settings
-from tests.conftest import WorkerProcess, free_port, wait_until
+from tests.conftest import wait_until
 from tests.monitoring.promql import PROMETHEUS_CONFIG, Query, dashboard_queries, rule_files, rule_queries
 from tests.serving.conftest import CATEGORIES, LiveReader, build_world
 from tests.streams.scenario import publish, publish_raw, trained
@@ -109,7 +110,7 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Pr
         process.stop()
 
 
-def build_and_apply_world(settings: Settings, tmp: Path, worker_factory: Callable) -> tuple[Settings, WorkerProcess]:
+def build_and_apply_world(settings: Settings, tmp: Path, worker_factory: Callable) -> tuple[Settings, infra.Child]:
     """The reader tests' world (tests/serving/conftest.py), applied by a worker whose metrics port we know, plus
     items created now: the world's new items are days old and graduate by age as soon as live events move the
     workers' clock, and without a pool the explore panels would have nothing to show."""
@@ -177,7 +178,7 @@ def test_every_panel_and_rule_query_returns_series_from_a_live_system(
     stop = threading.Event()
     with LiveReader(settings) as reader:
         prometheus = prometheus_factory(
-            {"recstream-worker": f"127.0.0.1:{worker.metrics_port}", "recstream-reader": f"127.0.0.1:{reader.port}"}
+            {"recstream-worker": f"127.0.0.1:{worker.port}", "recstream-reader": f"127.0.0.1:{reader.port}"}
         )
         traffic = threading.Thread(target=feed_traffic, args=(reader.url, users, stop), daemon=True)
         traffic.start()

@@ -10,9 +10,10 @@ harness's tally (nothing lost, nothing double-applied, seen sets exact) and the 
 from __future__ import annotations
 
 import pytest
-from faults import SCENARIOS, Child, reader_redis_outage, run_scenario, score  # bench/ is on sys.path (conftest)
+from faults import SCENARIOS, reader_redis_outage, run_scenario, score  # bench/ is on sys.path (conftest)
 
 from recstream import infra
+from recstream.infra import Child
 from tests.conftest import differing_keys, wait_until
 from tests.reliability.conftest import run_state
 

@@ -27,9 +27,10 @@ import uvicorn
 
 from recstream import infra
 from recstream.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.infra import free_port
 from recstream.settings import Settings
 from serving.app import create_app
-from tests.conftest import WorkerProcess, free_port, wait_until
+from tests.conftest import wait_until
 from tests.streams.scenario import publish, trained
 
 DAY_MS = 86_400_000
@@ -145,7 +146,7 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     users, items, events, favourite, cold, fresh = build_world()
     tmp = tmp_path_factory.mktemp("reader-world")
     settings, version = asyncio.run(trained(settings, tmp, events, items, candidates_m=settings.candidates_m))
-    worker = WorkerProcess(settings, tmp / "worker.log")
+    worker = infra.Child("worker", settings, tmp / "worker.log")
     try:
         asyncio.run(publish(settings, users=users, items=items))
         wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")

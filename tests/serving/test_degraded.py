@@ -7,9 +7,6 @@ on a free port, started and killed by this test only), filled with a copy of the
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import pytest
 
 from recstream import infra
 from recstream.settings import Settings
-from tests.conftest import REPO, free_port, wait_until
+from tests.conftest import wait_until
 from tests.serving.conftest import World, kill_redis
 
 pytestmark = pytest.mark.integration
@@ -27,23 +24,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def served(own_redis: Settings, tmp_path: Path) -> Iterator[str]:
     """`recstream serve` as a child process; its base URL. Stopped by its own pid."""
-    port = free_port()
-    env = {**os.environ, **own_redis.to_env(), "RECSTREAM_READER_PORT": str(port), "OPENBLAS_NUM_THREADS": "1"}
-    with (tmp_path / "reader.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "recstream.cli", "serve"],
-            env=env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: infra.port_open(port), timeout_s=30, what="the reader to listen")
-        yield url
-    finally:
-        infra.terminate(proc)
+    with infra.Child("serve", own_redis, tmp_path / "reader.log") as reader:
+        wait_until(lambda: infra.port_open(reader.port), timeout_s=30, what="the reader to listen")
+        yield reader.url
 
 
 async def test_valid_requests_get_200_degraded_while_redis_is_dead_and_normal_feeds_resume_by_themselves(

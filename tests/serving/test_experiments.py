@@ -113,7 +113,7 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
 
     # the worker counts the same events per variant, under bounded labels
     def worker_counts() -> dict[tuple[str, str], int]:
-        text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics").text
+        text = httpx.get(f"http://127.0.0.1:{worker.port}/metrics").text
         pattern = r'recstream_worker_experiment_events_total\{experiment="blend",type="(\w+)",variant="(\w+)"\} (\S+)'
         return {(variant, kind): int(float(n)) for kind, variant, n in re.findall(pattern, text)}
 

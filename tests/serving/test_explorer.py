@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from recstream import infra
 from recstream.settings import Settings
-from tests.conftest import REPO, WorkerProcess, wait_until
+from tests.conftest import REPO, wait_until
 from tests.serving.conftest import LiveReader, World, kill_redis
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def page() -> Iterator[Page]:
 
 
 @pytest.fixture
-def private_world(own_redis: Settings, worker_factory: Callable[[Settings], WorkerProcess]) -> Settings:
+def private_world(own_redis: Settings, worker_factory: Callable[[Settings], infra.Child]) -> Settings:
     """A copy of the world (its own Redis and topics) with a worker of its own.
 
     The page's clicks and views must be applied by a real worker, but not to the shared world:
@@ -75,7 +75,7 @@ def private_world(own_redis: Settings, worker_factory: Callable[[Settings], Work
     """
     settings = own_redis.model_copy(update={"worker_group": f"explorer-{uuid.uuid4().hex[:8]}", **PATIENT})
     worker = worker_factory(settings)
-    wait_until(lambda: infra.port_open(worker.metrics_port), timeout_s=60, what="the explorer's worker")
+    wait_until(lambda: infra.port_open(worker.port), timeout_s=60, what="the explorer's worker")
     return settings
 
 

@@ -10,8 +10,8 @@ import redis
 import uvloop
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
+from recstream.infra import free_port
 from serving.redis_wire import RedisWire, Script
-from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 BUSY = """

@@ -113,7 +113,7 @@ async def test_a_new_model_version_is_hot_swapped_without_a_restart(isolated_set
     assert share(candidates(client, "newbie"), "music") > 0.5
 
     def served() -> str:
-        text = scrape(worker.metrics_port)
+        text = scrape(worker.port)
         return next(line.split('"')[1] for line in text.splitlines() if line.startswith("recstream_worker_model_info{"))
 
     await publish(settings, events=[Event(type="click", user_id="u1", item_id="i1", ts=T0)])
@@ -165,7 +165,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     await publish(settings, events=clicks(probes("after", n), [], T0 + 300))
     wait_until(lambda: all(candidates(client, u) for u in probes("after", n)), what="candidates of the later probes")
     assert all("fresh" in candidates(client, u) for u in probes("after", n))
-    assert sum(metric(w.metrics_port, "recstream_worker_fold_ins_total") for w in workers) == 1
+    assert sum(metric(w.port, "recstream_worker_fold_ins_total") for w in workers) == 1
 
 
 def scrape(port: int) -> str:

@@ -137,7 +137,7 @@ async def test_redis_losing_a_window_is_repaired_from_the_log(isolated_settings,
     for prefix in ("clean", "lossy"):
         wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} run")
     assert differing_keys(dump_state(client, "lossy"), dump_state(client, "clean")) == []
-    scraped = urlopen(f"http://127.0.0.1:{worker.metrics_port}/metrics").read().decode()
+    scraped = urlopen(f"http://127.0.0.1:{worker.port}/metrics").read().decode()
     gap = sum(
         float(line.split()[-1])
         for line in scraped.splitlines()
