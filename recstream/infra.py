@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,12 +396,11 @@ class Child:
         settings: Settings,
         log: Path,
         port: int | None = None,
-        env: Mapping[str, str] | None = None,
     ) -> None:
         self.command, self.log = command, log
         self.port = port or free_port()
         full_env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1",  # many small solves
-                    PORT_VARIABLES[command]: str(self.port), **(env or {})}  # fmt: skip
+                    PORT_VARIABLES[command]: str(self.port)}  # fmt: skip
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
