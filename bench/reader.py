@@ -28,7 +28,6 @@ import asyncio
 import os
 import random
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS, record, show
 
 from recstream import infra
+from recstream.infra import free_port
 from recstream.keys import Keys
 from recstream.settings import Settings, load_settings
 
@@ -101,12 +101,6 @@ def populate(settings: Settings, seed: int = 7) -> None:
             pipe.execute()
     pipe.execute()
     client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- the load generator (runs in its own process) -------------------------------------------
@@ -226,7 +220,6 @@ def main() -> None:
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         run_dir=run_dir,
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        reader_port=free_port(),
     )
     console.print(infra.redis_up(settings))
     reader = None
@@ -234,7 +227,7 @@ def main() -> None:
         started = time.perf_counter()
         populate(settings)
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
-        reader = infra.Child("serve", settings, run_dir / "reader.log", port=settings.reader_port)
+        reader = infra.Child("serve", settings, run_dir / "reader.log")
         reader.wait_ready()
         port = reader.port
         warm = [f"w{n}" for n in range(N_WARM)]

@@ -37,7 +37,6 @@ from faults import (
 )
 from rich.table import Table
 
-from recstream import infra
 from recstream.infra import Child
 from recstream.settings import Settings
 
@@ -61,9 +60,7 @@ async def scenario_run(base: Settings, name: str, model: dict[str, bytes], workl
 async def reader_outage(settings: Settings, users: list[str]) -> tuple[ReaderLoad, list[float | None]]:
     reader = Child("serve", settings, LOGS / "reader.log")
     try:
-        while not infra.port_open(reader.port):
-            reader.check()
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(reader.wait_ready)
         return await reader_redis_outage(reader.url, settings, users)
     finally:
         reader.stop()

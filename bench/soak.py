@@ -40,7 +40,7 @@ from rich.table import Table
 from worker import applied, live_load, produce_backlog, quantiles_ms
 
 from models.als import ALSConfig
-from recstream.infra import Child, ensure_topics, free_port
+from recstream.infra import Child, ensure_topics
 from recstream.settings import Settings
 from recstream.sources import synthetic
 from streams import training
@@ -86,8 +86,7 @@ def prepare(settings: Settings, history: int) -> tuple[list[str], list[str], int
 
 
 def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]:
-    overrides = {"session_ttl_s": args.session_ttl_s, "reader_port": free_port()}
-    with services(**overrides) as settings:
+    with services(session_ttl_s=args.session_ttl_s) as settings:
         LOGS.mkdir(parents=True, exist_ok=True)
         users, items, backlog = prepare(settings, args.history)
         client = redis.Redis.from_url(settings.redis_url)
@@ -98,7 +97,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                 worker.check()
                 time.sleep(0.5)
             console.print(f"history of {backlog:,} events applied; model trained; starting the load")
-            reader = Child("serve", settings, LOGS / "soak-reader.log", port=settings.reader_port)
+            reader = Child("serve", settings, LOGS / "soak-reader.log")
             reader.wait_ready()
             samples: list[Sample] = []
             offered = 0
@@ -108,7 +107,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                 while time.monotonic() < deadline:
                     before, done_before, t0 = worker.metrics(), applied(client, settings.redis_prefix), time.monotonic()
                     feeds = pool.submit(
-                        load, "open", settings.reader_port, FEED_PATH, users, FEED_CONNECTIONS, args.feeds,
+                        load, "open", reader.port, FEED_PATH, users, FEED_CONNECTIONS, args.feeds,
                         args.interval_s,
                     )  # fmt: skip
                     sent = asyncio.run(live_load(settings, users, items, args.rate, args.interval_s))

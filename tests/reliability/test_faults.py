@@ -12,9 +12,8 @@ from __future__ import annotations
 import pytest
 from faults import SCENARIOS, reader_redis_outage, run_scenario, score  # bench/ is on sys.path (conftest)
 
-from recstream import infra
 from recstream.infra import Child
-from tests.conftest import differing_keys, wait_until
+from tests.conftest import differing_keys
 from tests.reliability.conftest import run_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,7 +38,7 @@ async def test_reader_under_load_answers_every_feed_while_redis_is_down_and_reco
     Redis is dead, normal again by themselves once it answers."""
     reader = Child("serve", fault_services.model_copy(update={"redis_prefix": "clean"}), tmp_path / "reader.log")
     try:
-        wait_until(lambda: infra.port_open(reader.port), timeout_s=30, what="the reader to listen")
+        reader.wait_ready()
         users = sorted({e.user_id for e in workload.events})
         load, recoveries = await reader_redis_outage(reader.url, fault_services, users)
     finally:

@@ -15,7 +15,6 @@ import pytest
 
 from recstream import infra
 from recstream.settings import Settings
-from tests.conftest import wait_until
 from tests.serving.conftest import World, kill_redis
 
 pytestmark = pytest.mark.integration
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.integration
 def served(own_redis: Settings, tmp_path: Path) -> Iterator[str]:
     """`recstream serve` as a child process; its base URL. Stopped by its own pid."""
     with infra.Child("serve", own_redis, tmp_path / "reader.log") as reader:
-        wait_until(lambda: infra.port_open(reader.port), timeout_s=30, what="the reader to listen")
+        reader.wait_ready()
         yield reader.url
 
 

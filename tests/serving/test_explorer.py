@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from recstream import infra
 from recstream.settings import Settings
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO
 from tests.serving.conftest import LiveReader, World, kill_redis
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ def private_world(own_redis: Settings, worker_factory: Callable[[Settings], infr
     """
     settings = own_redis.model_copy(update={"worker_group": f"explorer-{uuid.uuid4().hex[:8]}", **PATIENT})
     worker = worker_factory(settings)
-    wait_until(lambda: infra.port_open(worker.port), timeout_s=60, what="the explorer's worker")
+    worker.wait_ready()
     return settings
 
 
