@@ -1,6 +1,6 @@
 """HNSW space for ALS factors: recall@10 against the exact dot-product top-10, and query time.
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/ann_space.py
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.ann_space
 
 Data sets: item/user factors of iALS trained on MovieLens 100K (skipped when absent),
 a synthetic ALS-like catalogue (clustered directions, log-normal norms as popularity
@@ -13,20 +13,16 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from recstream.models.als import ALSConfig, interaction_matrix, train_als
+from recstream.models.ann import ItemIndex
+from recstream.models.user_step import ALSStep
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import show
-
-from models.als import ALSConfig, interaction_matrix, train_als
-from models.ann import ItemIndex
-from models.user_step import ALSStep
+from bench.common import show
 
 K, TOP = 64, 10
 M, EF_CONSTRUCTION, EFS = 16, 200, (50, 100, 200)

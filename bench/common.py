@@ -23,12 +23,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from recstream import infra  # noqa: E402
-from recstream.settings import Settings  # noqa: E402
-
 RESULTS = ROOT / "bench" / "results.json"
 TABLES_ENV = "BENCH_TABLES"
 """When set (by bench/run_all.py), :func:`show` appends each table to this file as one JSON line."""

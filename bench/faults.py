@@ -25,7 +25,6 @@ import asyncio
 import random
 import shutil
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
@@ -35,21 +34,19 @@ from pathlib import Path
 
 import httpx
 import redis
+from recstream.models.als import ALSConfig
 from redis.asyncio import Redis as AsyncRedis
 
+from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+from recstream.jobs import training
+from recstream.jobs.sources import Record
+from recstream.shell import infra
+from recstream.shell.infra import Child
+from recstream.sim.world import synthetic
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from models.als import ALSConfig  # noqa: E402
-from recstream import infra  # noqa: E402
-from recstream.events import Event, ItemEvent, UserEvent  # noqa: E402
-from recstream.infra import Child  # noqa: E402
-from recstream.producer import EventProducer  # noqa: E402
-from recstream.settings import Settings  # noqa: E402
-from recstream.sources import Record, synthetic  # noqa: E402
-from streams import training  # noqa: E402
-
 TICK_S = 0.05
 
 

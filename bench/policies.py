@@ -1,6 +1,6 @@
 """Exploration policies in the closed loop: no exploration, recency, ε-greedy and Thompson sampling, same seeds.
 
-    .venv/bin/python bench/policies.py                 # 5 seeds × 4 policies, 60 s of simulated users each
+    .venv/bin/python -m bench.policies                 # 5 seeds × 4 policies, 60 s of simulated users each
 
 Every run goes through the real pipeline: one private Kafka + Redis for the whole benchmark
 (bench/common.services), and per run fresh topics, consumer group and Redis prefix, the world's
@@ -17,7 +17,7 @@ categories, newest first), ``epsilon_greedy`` (ε = 0.1: a random pool item, oth
 smoothed CTR) and ``thompson`` (one Beta draw per pool item) with their explore rule. Each rule
 is measured alone and ``none`` explores nothing by rule (new items still reach personal lists through
 their content vectors); the reader's default blend, one slot of recency and one of Thompson sampling,
-runs with ``--policies default_blend``. The world is recstream.simulator.FRESH_WORLD with
+runs with ``--policies default_blend``. The world is recstream.sim.simulator.FRESH_WORLD with
 ``--items-per-s`` arrivals: a fresh-content feed on a clock of minutes; the pool's graduation age is
 scaled with that clock (48 h for a 24 h half-life → 4 min for 2 min: simulator.pool_age_for), the same
 for every policy.
@@ -38,19 +38,19 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from common import ROOT, START_ATTEMPTS, figure, machine, record, services, show
 from rich.console import Console
 from rich.table import Table
 
-from recstream import infra
-from recstream.demo import publish_history, system, train_first_model
-from recstream.infra import free_port
-from recstream.settings import Settings
-from recstream.simulator import FRESH_WORLD, SimConfig, SimResult, Simulator, pool_age_for
-from recstream.world import World
-from streams import training
+from bench.common import ROOT, START_ATTEMPTS, figure, machine, record, services, show
+from recstream.contracts.settings import Settings
+from recstream.jobs import training
+from recstream.shell import infra
+from recstream.shell.demo import publish_history, system, train_first_model
+from recstream.shell.infra import free_port
+from recstream.sim.simulator import FRESH_WORLD, SimConfig, SimResult, Simulator, pool_age_for
+from recstream.sim.world import World
 
-COMMAND = ".venv/bin/python bench/policies.py"
+COMMAND = ".venv/bin/python -m bench.policies"
 EXPLORE_SHARE = 0.2
 """The exploration budget: 2 slots of 10, each policy's own rule fills them (within the 0.25 cap)."""
 POLICIES: dict[str, dict[str, object]] = {

@@ -1,11 +1,11 @@
 """Prequential HR@10, nDCG@10, coverage, novelty and ILD on MovieLens 100K: baselines in memory, then the real pipeline.
 
-    .venv/bin/python bench/prequential.py            # the project defaults → the plain results.json keys
-    .venv/bin/python bench/prequential.py --tuned    # the proposed defaults → the *_tuned keys
-    .venv/bin/python bench/prequential.py --sweep regularization=10,20,40 --sweep history_cap=5,10,20
+    .venv/bin/python -m bench.prequential            # the project defaults → the plain results.json keys
+    .venv/bin/python -m bench.prequential --tuned    # the proposed defaults → the *_tuned keys
+    .venv/bin/python -m bench.prequential --sweep regularization=10,20,40 --sweep history_cap=5,10,20
 
 Protocol (ARCHITECTURE.md, evaluation protocol; details in bench/prequential_protocol.py): the
-stream of recstream.sources.movielens, the first 80% of events as history (the batch model is
+stream of recstream.jobs.sources.movielens, the first 80% of events as history (the batch model is
 trained on it and it is replayed through the pipeline), then every click of the tail is scored
 on the user's top 10 fetched *before* that rating's view and click are published (the view is the
 click's own impression; published first it would put the item in the seen set and make a hit
@@ -78,8 +78,16 @@ import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from common import ROOT, figure, machine, record, services, show
-from prequential_protocol import (
+from recstream.models.als import ALSConfig, event_weights, interaction_matrix, train_als
+from recstream.models.artifacts import ModelArtifacts, read_model, write_model
+from recstream.models.history import History
+from recstream.streams.personalize import Personalizer
+from redis.asyncio import Redis
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import ROOT, figure, machine, record, services, show
+from bench.prequential_protocol import (
     K,
     Popularity,
     Rating,
@@ -95,23 +103,15 @@ from prequential_protocol import (
     split,
     top_k,
 )
-from redis.asyncio import Redis
-from rich.console import Console
-from rich.table import Table
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings, load_settings
+from recstream.eventlog.producer import EventProducer
+from recstream.jobs import training
+from recstream.jobs.sources import Record, movielens
+from recstream.shell import infra
+from recstream.shell.infra import Child
 
-from models.als import ALSConfig, event_weights, interaction_matrix, train_als
-from models.artifacts import ModelArtifacts, read_model, write_model
-from models.history import History
-from recstream import infra
-from recstream.infra import Child
-from recstream.keys import Keys
-from recstream.producer import EventProducer
-from recstream.settings import Settings, load_settings
-from recstream.sources import Record, movielens
-from streams import training
-from streams.personalize import Personalizer
-
-COMMAND = ".venv/bin/python bench/prequential.py"
+COMMAND = ".venv/bin/python -m bench.prequential"
 DEFAULT_MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
 LOGS = ROOT / ".run" / "bench-logs"
 DEGRADED_RETRIES = 3
@@ -133,7 +133,7 @@ class Batch:
 
 
 def train_history(stream: Stream, history: Sequence[Rating], cfg: ALSConfig) -> Batch:
-    """``streams.training`` on the history (as ``recstream train`` would), plus the batch user vectors.
+    """``recstream.jobs.training`` on the history (as ``recstream train`` would), plus the batch user vectors.
 
     ``training.train`` keeps only item-side artifacts, so the frozen baseline's user vectors come
     from a second fit of the same matrix with the same seed; it must give the same item factors,

@@ -28,10 +28,10 @@ from collections.abc import Collection, Container, Iterable, Iterator, Mapping, 
 from dataclasses import dataclass, field
 
 import numpy as np
+from recstream.models.ranking_metrics import coverage, hit_rate_at_k, intra_list_diversity, ndcg_at_k, novelty
 
-from models.ranking_metrics import coverage, hit_rate_at_k, intra_list_diversity, ndcg_at_k, novelty
-from recstream.events import Event, ItemEvent, UserEvent
-from recstream.sources import Record
+from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.jobs.sources import Record
 
 K = 10
 T0 = 10**12  # a valid event time for the examples
@@ -76,7 +76,7 @@ class Stream:
 
 def group_ratings(records: Iterable[Record]) -> Stream:
     """Ratings from a source's records: a click joins the view just before it when both are the same
-    user, item and instant (how :func:`recstream.sources.movielens` emits a rating ≥ 4).
+    user, item and instant (how :func:`recstream.jobs.sources.movielens` emits a rating ≥ 4).
 
     >>> e = lambda t, i, ts: Record("event", Event(type=t, user_id="u", item_id=i, ts=T0 + ts))
     >>> [[ev.type for ev in r.events] for r in group_ratings([e("view", "a", 1), e("click", "a", 1),

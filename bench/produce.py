@@ -1,6 +1,6 @@
 """Producer throughput: events/s our client reaches against a local broker, vs a naive producer.
 
-    .venv/bin/python bench/produce.py
+    .venv/bin/python -m bench.produce
 
 ~100-byte view events, acks=all. Baseline in the same run: aiokafka sending one event per
 message (what a producer without micro-batching does). Writes `producer_events_per_s`.
@@ -12,15 +12,15 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaProducer
-from common import figure, machine, record, services, show
 from rich.table import Table
 
-from recstream.events import Event, encode
-from recstream.infra import ensure_topics
-from recstream.producer import EventProducer
+from bench.common import figure, machine, record, services, show
+from recstream.contracts.events import Event, encode
+from recstream.eventlog.producer import EventProducer
+from recstream.shell.infra import ensure_topics
 
 N_EVENTS, N_BASELINE = 400_000, 60_000
-COMMAND = ".venv/bin/python bench/produce.py"
+COMMAND = ".venv/bin/python -m bench.produce"
 
 
 def events(n: int) -> list[Event]:

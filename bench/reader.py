@@ -1,10 +1,10 @@
 """Reader throughput and latency: one `recstream serve` process, Redis co-located, a load generator beside them.
 
-    .venv/bin/python bench/reader.py
+    .venv/bin/python -m bench.reader
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
 
-1. starts its own redis-server (recstream.infra, a temporary run folder, a free port);
+1. starts its own redis-server (recstream.shell.infra, a temporary run folder, a free port);
 2. fills it in the workers' key layout (recstream/keys.py) at a realistic size: 5,000 items in 21
    segments' smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment,
    history and personal candidates as long as the workers keep them (settings.history_cap and
@@ -28,7 +28,6 @@ import asyncio
 import os
 import random
 import re
-import sys
 import tempfile
 import time
 import urllib.request
@@ -43,16 +42,13 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import RESULTS, record, show
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings, load_settings
+from recstream.shell import infra
+from recstream.shell.infra import free_port
 
-from common import RESULTS, record, show
-
-from recstream import infra
-from recstream.infra import free_port
-from recstream.keys import Keys
-from recstream.settings import Settings, load_settings
-
-COMMAND = ".venv/bin/python bench/reader.py"
+COMMAND = ".venv/bin/python -m bench.reader"
 REPO = Path(__file__).resolve().parents[1]
 CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "film", "kids", "docs"]
 SEGMENTS = [f"age{a}.{g}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+") for g in "MF"]

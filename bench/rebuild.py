@@ -1,6 +1,6 @@
 """How long ``recstream rebuild`` takes to recompute a worker's state from the log, and whether the two agree.
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/rebuild.py [--events 300000]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.rebuild [--events 300000]
 
 A synthetic world's users and items are applied first (so every event counts in its user's
 segment, the order the rebuild replays; a live run that met events before their user's segment
@@ -21,18 +21,18 @@ import asyncio
 import time
 
 import redis
-from common import figure, machine, record, services, show
+from recstream.models.als import ALSConfig
 from rich.table import Table
-from worker import LOGS, produce_backlog, time_backlog
 
-from models.als import ALSConfig
-from recstream.infra import Child, ensure_topics
-from recstream.sources import synthetic
-from streams import training
-from streams.rebuild import rebuild
-from tests.conftest import differing_keys, dump_state
+from bench.common import figure, machine, record, services, show
+from bench.worker import LOGS, produce_backlog, time_backlog
+from recstream.jobs import training
+from recstream.jobs.rebuild import rebuild
+from recstream.shell.infra import Child, ensure_topics
+from recstream.sim.world import synthetic
+from recstream.store.state_dump import differing_keys, dump_state
 
-COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/rebuild.py"
+COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.rebuild"
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Reliability: every fault scenario of bench/faults.py against private services, one table.
 
-    .venv/bin/python bench/reliability.py [--records 10000] [--only worker-kill redis-kill ...]
+    .venv/bin/python -m bench.reliability [--records 10000] [--only worker-kill redis-kill ...]
 
 For each scenario a fresh run (own topics, consumer group, Redis prefix, the same trained model)
 applies the synthetic world's users and items, then its events are offered at a steady rate while
@@ -24,8 +24,10 @@ import asyncio
 import os
 import statistics
 
-from common import ROOT, figure, machine, record, services, show
-from faults import (
+from rich.table import Table
+
+from bench.common import ROOT, figure, machine, record, services, show
+from bench.faults import (
     SCENARIOS,
     FaultRun,
     ReaderLoad,
@@ -35,12 +37,10 @@ from faults import (
     run_scenario,
     score,
 )
-from rich.table import Table
+from recstream.contracts.settings import Settings
+from recstream.shell.infra import Child
 
-from recstream.infra import Child
-from recstream.settings import Settings
-
-COMMAND = ".venv/bin/python bench/reliability.py"
+COMMAND = ".venv/bin/python -m bench.reliability"
 LOGS = ROOT / ".run" / "bench-logs" / "reliability"
 
 

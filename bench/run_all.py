@@ -1,8 +1,8 @@
 """Every benchmark in sequence, then BENCHMARKS.md regenerated from bench/BENCHMARKS.template.md.
 
-    .venv/bin/python bench/run_all.py                      # everything but the 30-minute soak
-    .venv/bin/python bench/run_all.py --only produce,reader
-    .venv/bin/python bench/run_all.py --skip prequential --with soak --quick
+    .venv/bin/python -m bench.run_all                      # everything but the 30-minute soak
+    .venv/bin/python -m bench.run_all --only produce,reader
+    .venv/bin/python -m bench.run_all --skip prequential --with soak --quick
 
 Each benchmark runs as its own process (as its documented command does), its output streamed
 here and kept in ``.run/bench-logs/<name>.out``; it writes its figures into bench/results.json
@@ -28,22 +28,23 @@ from typing import Annotated
 
 import orjson
 import typer
-from common import ROOT, TABLES_ENV, machine
 from rich.console import Console
+
+from bench.common import ROOT, TABLES_ENV, machine
 
 BENCH = ROOT / "bench"
 TEMPLATE = BENCH / "BENCHMARKS.template.md"
 OUTPUT = ROOT / "BENCHMARKS.md"
 LOGS = ROOT / ".run" / "bench-logs"
 PYTHON = ".venv/bin/python"
-COMMAND = f"{PYTHON} bench/run_all.py"
+COMMAND = f"{PYTHON} -m bench.run_all"
 TAIL_LINES = 40
 console = Console()
 
 
 @dataclass(frozen=True, slots=True)
 class Bench:
-    """One benchmark script, bench/<name>.py; ``env`` is part of its documented command."""
+    """One benchmark module, bench/<name>.py (run as ``python -m bench.<name>``); ``env`` is part of its command."""
 
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
@@ -55,7 +56,7 @@ class Bench:
 
     def command(self, args: Sequence[str] = ()) -> str:
         prefix = "".join(f"{k}={v} " for k, v in self.env.items())
-        return " ".join([f"{prefix}{PYTHON} bench/{self.name}.py", *args])
+        return " ".join([f"{prefix}{PYTHON} -m bench.{self.name}", *args])
 
 
 BENCHES = (
@@ -169,7 +170,7 @@ def run(bench: Bench, quick: bool) -> Run:
         tail: list[str] = []
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, str(bench.script), *args], cwd=ROOT, env=env, text=True,
+                [sys.executable, "-m", f"bench.{bench.name}", *args], cwd=ROOT, env=env, text=True,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             assert proc.stdout is not None

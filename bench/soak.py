@@ -1,6 +1,6 @@
 """Soak: steady events and feeds for half an hour; do memory, lag and freshness stay flat?
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--rate 5000] [--feeds 500]
+    .venv/bin/python -m bench.soak [--minutes 30] [--rate 5000] [--feeds 500]
 
 One worker (with a trained model: counters, user steps, candidates) and one reader on private
 Kafka + Redis (bench/common.py). A synthetic-world history is produced and trained on first;
@@ -33,19 +33,19 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import redis
-from common import ROOT, figure, machine, record, services, show
 from reader import FEED_PATH, load
+from recstream.models.als import ALSConfig
 from rich.console import Console
 from rich.table import Table
-from worker import applied, live_load, produce_backlog, quantiles_ms
 
-from models.als import ALSConfig
-from recstream.infra import Child, ensure_topics
-from recstream.settings import Settings
-from recstream.sources import synthetic
-from streams import training
+from bench.common import ROOT, figure, machine, record, services, show
+from bench.worker import applied, live_load, produce_backlog, quantiles_ms
+from recstream.contracts.settings import Settings
+from recstream.jobs import training
+from recstream.shell.infra import Child, ensure_topics
+from recstream.sim.world import synthetic
 
-COMMAND = ".venv/bin/python bench/soak.py"
+COMMAND = ".venv/bin/python -m bench.soak"
 LOGS = ROOT / ".run" / "bench-logs"
 FEED_CONNECTIONS = 64
 

@@ -1,6 +1,6 @@
 """User steps per second at k=64: our single and batched paths against implicit, same data, same run.
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/user_steps.py
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.user_steps
 
 Y is a fixed random 1,682×64 float32 matrix (MovieLens 100K's catalogue size); 4,000 users
 with histories of 20–50 distinct items and confidences in [1, 21). Every path runs on one
@@ -15,26 +15,21 @@ import os
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS
 
-import sys
 import time
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
+from recstream.models.user_step import ALSStep
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import record, show
-
-from models.user_step import ALSStep
+from bench.common import record, show
 
 N_ITEMS, K, N_USERS, REGULARIZATION, REPEATS = 1682, 64, 4000, 0.1, 5
-COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/user_steps.py"
+COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.user_steps"
 
 
 def best_rate(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:

@@ -1,6 +1,6 @@
 """One worker's throughput on a backlog, and freshness under a steady live load.
 
-    .venv/bin/python bench/worker.py [--events 300000] [--rate 5000] [--seconds 20]
+    .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20]
 
 Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
 backlog is produced first, then a worker starts and we time events applied per second
@@ -23,18 +23,19 @@ import time
 
 import redis
 from aiokafka import AIOKafkaConsumer
-from common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
+from recstream.models.als import ALSConfig
 from rich.table import Table
 
-from models.als import ALSConfig
-from recstream.events import Event, decode
-from recstream.infra import Child, ensure_topics
-from recstream.producer import EventProducer
-from recstream.settings import Settings
-from recstream.sources import Record, synthetic
-from streams import training
+from bench.common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
+from recstream.contracts.events import Event, decode
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+from recstream.jobs import training
+from recstream.jobs.sources import Record
+from recstream.shell.infra import Child, ensure_topics
+from recstream.sim.world import synthetic
 
-COMMAND = ".venv/bin/python bench/worker.py"
+COMMAND = ".venv/bin/python -m bench.worker"
 LOGS = ROOT / ".run" / "bench-logs"
 
 

@@ -1,1 +1,9 @@
+"""Pure math and data structures: CTR smoothing, the Beta bandit, iALS, the HNSW index, model artifacts (no I/O).
 
+This folder is the package ``recstream.models`` (pyproject.toml maps it into the one import root).
+Imported under another name it would be a second copy of every module, with its own Prometheus
+metrics and its own state, so that name is refused.
+"""
+
+if __name__ != "recstream.models":
+    raise ImportError(f"import this package as recstream.models, not as {__name__!r}")

@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-
-from models.als import ALSConfig
-from models.ann import ItemIndex
-from models.content_map import ContentMap
+from recstream.models.als import ALSConfig
+from recstream.models.ann import ItemIndex
+from recstream.models.content_map import ContentMap
 
 FORMAT = 1
 VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")

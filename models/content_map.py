@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from models.user_step import ALSStep
+from recstream.models.user_step import ALSStep
 
 _ARRAYS = ("categories", "feature_names", "feature_mean", "feature_scale", "weights", "intercept", "default")
 

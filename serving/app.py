@@ -35,15 +35,11 @@ from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
-from starlette.responses import Response
-
-from recstream.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
-from recstream.settings import Settings
-from serving import explorer
-from serving.fast_feed import FeedFastPath
-from serving.feed_state import CURSOR_PATTERN, Cursor
-from serving.metrics import RequestMetrics
-from serving.reader import (
+from recstream.serving import explorer
+from recstream.serving.fast_feed import FeedFastPath
+from recstream.serving.feed_state import CURSOR_PATTERN, Cursor
+from recstream.serving.metrics import RequestMetrics
+from recstream.serving.reader import (
     FEED_ROUTE,
     EventsRejected,
     KafkaUnavailable,
@@ -52,7 +48,7 @@ from serving.reader import (
     RedisUnavailable,
     SessionExpired,
 )
-from serving.schemas import (
+from recstream.serving.schemas import (
     EventsAccepted,
     FeedPage,
     Preferences,
@@ -61,6 +57,10 @@ from serving.schemas import (
     SimilarItems,
     Stats,
 )
+from starlette.responses import Response
+
+from recstream.contracts.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
+from recstream.contracts.settings import Settings
 
 DEFAULT_LIMIT = 20
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="user id")]
@@ -85,7 +85,7 @@ EVENTS_BODY = {
         }
     },
 }
-"""POST /v1/events parses its body itself (recstream.events.decode), so its schema is declared by hand."""
+"""POST /v1/events parses its body itself (recstream.contracts.events.decode), so its schema is declared by hand."""
 
 
 class Problem(BaseModel):
@@ -213,7 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def post_events(request: Request) -> Response:
         """Report impressions (``view``) and clicks: one event object or an array of them.
 
-        Validated exactly as the workers validate (recstream.events), all or nothing, then published
+        Validated exactly as the workers validate (recstream.contracts.events), all or nothing, then published
         to Kafka; 202 once the broker acknowledged them. Include ``context.source`` (the item's
         ``source`` in the feed) or ``context.feed`` (the feed's ``session``; the reader looks the
         source up) so clicks are attributable per source, and the feed's ``variant`` as the events'

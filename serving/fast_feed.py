@@ -15,11 +15,11 @@ import re
 
 import orjson
 from fastapi.routing import APIRoute
+from recstream.serving.feed_state import CURSOR_PATTERN, Cursor
+from recstream.serving.reader import FEED_ROUTE, Reader, SessionExpired
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from recstream.events import ID_PATTERN, MAX_ID_LEN
-from serving.feed_state import CURSOR_PATTERN, Cursor
-from serving.reader import FEED_ROUTE, Reader, SessionExpired
+from recstream.contracts.events import ID_PATTERN, MAX_ID_LEN
 
 PREFIX = FEED_ROUTE.removesuffix("{user_id}")
 MAX_SEED = 2**63 - 1

@@ -25,16 +25,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from recstream.models.bandit import choose_explore
+from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
+from recstream.serving.feed_state import UserState
+from recstream.serving.snapshot import Categories, Pool, Snapshot
 
-from models.bandit import choose_explore
-from recstream.events import Event
-from recstream.settings import Settings
-from serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
-from serving.feed_state import UserState
-from serving.snapshot import Categories, Pool, Snapshot
+from recstream.contracts.events import Event
+from recstream.contracts.settings import Settings
 
 DEFAULT_SEGMENT = "default"
-"""recstream.events.segment_of's answer for unknown attributes; the workers count such users there."""
+"""recstream.contracts.events.segment_of's answer for unknown attributes; the workers count such users there."""
 FAVOURITE_CATEGORIES = 3
 TASTE_ITEMS = 20
 """Most recent history items whose categories decide the favourite ones: recent taste, bounded cost."""

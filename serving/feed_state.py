@@ -20,10 +20,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
+from recstream.serving.blend import Served
+from recstream.serving.redis_wire import RedisWire, Script
 
-from recstream.keys import Keys
-from serving.blend import Served
-from serving.redis_wire import RedisWire, Script
+from recstream.contracts.keys import Keys
 
 CURSOR_PATTERN = r"^[0-9a-f]{16}\.[1-9][0-9]{0,5}$"
 _CURSOR = re.compile(CURSOR_PATTERN)

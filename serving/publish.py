@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from recstream.events import Event, UserEvent
-from recstream.producer import EventProducer
-from recstream.settings import Settings
+from recstream.contracts.events import Event, UserEvent
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
 
 
 class Publisher:

@@ -18,20 +18,20 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import orjson
+from recstream.serving import metrics
+from recstream.serving.blend import SOURCES, Served
+from recstream.serving.feed import Variants, build_page, degraded_page
+from recstream.serving.feed_state import Cursor, FeedStore, parse_preferences
+from recstream.serving.live_stats import LiveStats
+from recstream.serving.publish import Publisher
+from recstream.serving.redis_wire import RedisWire
+from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from recstream.events import Event, Rejected, UserEvent, decode
-from recstream.keys import Keys
-from recstream.settings import Settings
-from serving import metrics
-from serving.blend import SOURCES, Served
-from serving.feed import Variants, build_page, degraded_page
-from serving.feed_state import Cursor, FeedStore, parse_preferences
-from serving.live_stats import LiveStats
-from serving.publish import Publisher
-from serving.redis_wire import RedisWire
-from serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
+from recstream.contracts.events import Event, Rejected, UserEvent, decode
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -321,7 +321,7 @@ class Reader:
         return True
 
     async def accept_events(self, body: bytes) -> dict:
-        """Validate like the workers do (recstream.events.decode), stamp variants and sources, publish, confirm."""
+        """Validate like the workers do (contracts.events.decode), stamp variants and sources, publish, confirm."""
         events, rejected = decode(body, "event", int(time.time() * 1000))
         if rejected:
             raise EventsRejected([r.reason for r in rejected[:10]] + _more(rejected))

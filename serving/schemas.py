@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+from recstream.serving.blend import Source
 
-from recstream.events import Category, Id
-from serving.blend import Source
+from recstream.contracts.events import Category, Id
 
 
 class FeedItem(BaseModel):

@@ -21,14 +21,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from recstream.models.bandit import BetaPrior
+from recstream.serving import metrics
+from recstream.serving.popularity import cold_order, warm_order
+from recstream.serving.redis_wire import RedisWire
 from redis.exceptions import RedisError
 
-from models.bandit import BetaPrior
-from recstream.keys import Keys
-from recstream.settings import Settings
-from serving import metrics
-from serving.popularity import cold_order, warm_order
-from serving.redis_wire import RedisWire
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
 

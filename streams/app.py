@@ -18,17 +18,17 @@ from functools import partial
 
 import faust
 from faust.types import TP, EventT
+from recstream.streams import metrics
+from recstream.streams.heap import freeze_long_lived
+from recstream.streams.kafka_transport import ShortFetchTransport
+from recstream.streams.live_model import LiveModel, follow_items
+from recstream.streams.processor import BatchProcessor, DeadLetter, Message
 from redis.asyncio import Redis
 
-from recstream.events import Kind
-from recstream.settings import Settings
-from streams import metrics
-from streams.heap import freeze_long_lived
-from streams.kafka_transport import ShortFetchTransport
-from streams.live_model import LiveModel, follow_items
-from streams.log import committed_offsets, read_ranges
-from streams.processor import BatchProcessor, DeadLetter, Message
-from streams.state import StateStore
+from recstream.contracts.events import Kind
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import committed_offsets, read_ranges
+from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,17 @@ import time
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from recstream.models.artifacts import ArtifactError, read_model
+from recstream.streams import metrics
+from recstream.streams.heap import freeze_long_lived
+from recstream.streams.personalize import Personalizer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from models.artifacts import ArtifactError, read_model
-from recstream.events import ItemEvent, decode
-from recstream.settings import Settings
-from streams import metrics
-from streams.fold_ins import FoldInStore
-from streams.heap import freeze_long_lived
-from streams.personalize import Personalizer
+from recstream.contracts.events import ItemEvent, decode
+from recstream.contracts.settings import Settings
+from recstream.store.fold_ins import FoldInStore
 
 log = logging.getLogger(__name__)
 FOLD_IN_POLL_S = 0.1  # how often a worker looks for new fold-ins in the log (a fold-in is rare; this is cheap)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
-from recstream.experiments import Experiment, metric_labels
+from recstream.contracts.experiments import Experiment, metric_labels
 
 EVENTS = Counter("recstream_worker_events_total", "Valid events applied to Redis", ["topic", "type"])
 MESSAGES_SKIPPED = Counter(

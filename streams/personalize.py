@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
+from recstream.models.als import confidence
+from recstream.models.artifacts import ModelArtifacts
+from recstream.models.content_map import onboarding_vector
+from recstream.models.history import History, history_rows, merge_history
+from recstream.models.user_step import ALSStep
+from recstream.streams import metrics
 
-from models.als import confidence
-from models.artifacts import ModelArtifacts
-from models.content_map import onboarding_vector
-from models.history import History, history_rows, merge_history
-from models.user_step import ALSStep
-from recstream.events import Event, ItemEvent
-from streams import metrics
+from recstream.contracts.events import Event, ItemEvent
 
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
 SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route

@@ -1,7 +1,7 @@
 """One batch of Kafka messages → validated records → one atomic Redis effect (+ dead letters).
 
 The same loop serves the three topics; what differs is how valid records become an
-:class:`~streams.state.Effect` (``build``). Messages at or below the partition's watermark
+:class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
 are dropped first (already applied, see streams/state.py); a bad record goes to the
 dead-letter topic with its reason and never stops the batch.
 
@@ -26,17 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
+from recstream.streams import metrics
+from recstream.streams.live_model import LiveModel
+from recstream.streams.personalize import Personalizer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recstream.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
-from recstream.settings import Settings
-from streams import metrics
-from streams.aggregate import aggregate
-from streams.live_model import LiveModel
-from streams.log import Message, Ranges
-from streams.personalize import Personalizer
-from streams.state import Applied, Effect, StaleWatermark, StateStore
+from recstream.contracts.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import Message, Ranges
+from recstream.store.aggregate import aggregate
+from recstream.store.state import Applied, Effect, StaleWatermark, StateStore
 
 MAX_STALE_RETRIES = 20
 # Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
@@ -54,7 +54,7 @@ class DeadLetter:
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
 Build = Callable[[Records, Effect], Awaitable[list[int]]]  # → ts of the events that refreshed a candidate list
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
-ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # streams.log.read_ranges with the settings bound
+ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # recstream.eventlog.log.read_ranges with the settings bound
 
 
 class BatchProcessor:

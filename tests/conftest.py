@@ -15,13 +15,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-import orjson
 import pytest
 import redis
 
-from recstream import infra
-from recstream.settings import Settings
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
@@ -84,41 +82,3 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(0.1)
-
-
-def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
-    """Every key under ``prefix`` with its value, prefix removed, for comparing two runs."""
-    state: dict[str, object] = {}
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        name = key.decode()[len(prefix) + 1 :]
-        kind = client.type(key).decode()
-        if kind == "hash":
-            state[name] = client.hgetall(key)
-        elif kind == "zset":
-            state[name] = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            state[name] = client.smembers(key)
-        elif kind == "list":
-            state[name] = client.lrange(key, 0, -1)
-        elif kind == "stream":  # entry ids are arrival times: two runs compare the entries' fields
-            state[name] = [fields for _, fields in client.xrange(key)]
-        else:
-            state[name] = client.get(key)
-    return state
-
-
-def same_value(key: str, a: object, b: object) -> bool:
-    """Exact, except float vectors (1e-6: the batched solve's rounding depends on its batch) and
-    the candidate scores computed from them."""
-    if key.endswith(":vec"):
-        return np.allclose(np.frombuffer(a, "<f4"), np.frombuffer(b, "<f4"), rtol=0, atol=1e-6)
-    if key.endswith(":cand"):
-        ours, theirs = ({c[0]: c[1] for c in orjson.loads(v)} for v in (a, b))
-        return ours.keys() == theirs.keys() and all(abs(ours[i] - theirs[i]) <= 1e-4 for i in ours)
-    return a == b
-
-
-def differing_keys(ours: dict[str, object], theirs: dict[str, object]) -> list[str]:
-    """Keys of two :func:`dump_state` dumps that only one holds or whose values differ (see :func:`same_value`)."""
-    changed = [key for key in ours if key in theirs and not same_value(key, ours[key], theirs[key])]
-    return sorted(ours.keys() ^ theirs.keys()) + changed

@@ -6,19 +6,11 @@ candidate rows' claim to be strict-order exact), and the clicked rating itself h
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recstream.events import Event, ItemEvent
-from recstream.sources import Record, movielens
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from prequential_protocol import (
+from bench.prequential_protocol import (
     Popularity,
     Rating,
     Round,
@@ -29,8 +21,10 @@ from prequential_protocol import (
     split,
     top_k,
 )
+from recstream.contracts.events import Event, ItemEvent
+from recstream.jobs.sources import Record, movielens
+from tests.conftest import MOVIELENS
 
-MOVIELENS = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 T0 = 10**12  # event timestamps must look like real epoch milliseconds
 
 

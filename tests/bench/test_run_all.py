@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import doctest
-import sys
-from pathlib import Path
 
 import pytest
 import typer
 from rich.table import Table
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-
-import common  # noqa: E402
-import run_all  # noqa: E402
-from run_all import BENCHES, PLACEHOLDER, TEMPLATE, Bench, Run, previous_blocks, render  # noqa: E402
+from bench import common, run_all
+from bench.run_all import BENCHES, PLACEHOLDER, TEMPLATE, Bench, Run, previous_blocks, render
 
 
 def produce_run(value: str) -> Run:
@@ -23,7 +17,7 @@ def produce_run(value: str) -> Run:
     table.add_column("client")
     table.add_column("events/s", justify="right")
     table.add_row("recstream EventProducer", value)
-    run = Run(Bench("produce"), ".venv/bin/python bench/produce.py", "2026-11-23", "2 cores, 23.5 GiB, AMD EPYC")
+    run = Run(Bench("produce"), ".venv/bin/python -m bench.produce", "2026-11-23", "2 cores, 23.5 GiB, AMD EPYC")
     run.seconds, run.tables = 41.0, [common.markdown_table(table)]
     return run
 
@@ -37,10 +31,10 @@ def test_a_run_lands_in_its_section_with_command_date_machine_and_markdown_table
     names = [b.name for b in BENCHES]
     page = render(TEMPLATE.read_text(), {"produce": produce_run("424,929").block()}, "HEADER", names)
     section = page.split("## Producer", 1)[1].split("\n## ", 1)[0]
-    assert "`.venv/bin/python bench/produce.py` — 2026-11-23, 2 cores, 23.5 GiB, AMD EPYC, 41 s" in section
+    assert "`.venv/bin/python -m bench.produce` — 2026-11-23, 2 cores, 23.5 GiB, AMD EPYC, 41 s" in section
     assert "| client | events/s |\n|---|---:|\n| recstream EventProducer | 424,929 |" in section
     assert "HEADER" in page and "{{" not in page
-    assert "_Not measured yet: `.venv/bin/python bench/run_all.py --only reader`._" in page
+    assert "_Not measured yet: `.venv/bin/python -m bench.run_all --only reader`._" in page
 
 
 def test_regenerating_after_a_partial_run_keeps_the_other_benchmarks_blocks():

@@ -6,10 +6,9 @@ import implicit.utils
 import numpy as np
 import pydantic
 import pytest
+from recstream.models.als import ALSConfig, confidence, event_weights, interaction_matrix, train_als
+from recstream.models.user_step import ALSStep
 from threadpoolctl import threadpool_limits
-
-from models.als import ALSConfig, confidence, event_weights, interaction_matrix, train_als
-from models.user_step import ALSStep
 
 
 def _events(seed: int = 0, n_users: int = 60, n_items: int = 40, n_events: int = 900):

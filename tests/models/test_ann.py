@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from models.ann import ItemIndex
+from recstream.models.ann import ItemIndex
 
 K = 64
 

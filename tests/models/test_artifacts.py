@@ -4,10 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-
-from models.als import ALSConfig
-from models.ann import ItemIndex
-from models.artifacts import (
+from recstream.models.als import ALSConfig
+from recstream.models.ann import ItemIndex
+from recstream.models.artifacts import (
     ArtifactError,
     ModelArtifacts,
     latest_version,
@@ -15,7 +14,7 @@ from models.artifacts import (
     read_model,
     write_model,
 )
-from models.content_map import fit_content_map
+from recstream.models.content_map import fit_content_map
 
 K = 4
 

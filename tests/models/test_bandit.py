@@ -4,8 +4,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from models.bandit import (
+from recstream.models.bandit import (
     BetaPrior,
     choose_explore,
     epsilon_greedy_top_k,

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from models.content_map import ContentMap, fit_content_map, onboarding_vector
-from models.user_step import ALSStep
+from recstream.models.content_map import ContentMap, fit_content_map, onboarding_vector
+from recstream.models.user_step import ALSStep
 
 K = 8
 CATS = [f"g{j}" for j in range(12)]

@@ -5,8 +5,7 @@ import random
 
 import numpy as np
 import pytest
-
-from models.ctr import (
+from recstream.models.ctr import (
     TREND_FRACTION_BITS,
     quantize_ctr,
     quantized_global_ctr,

@@ -4,8 +4,7 @@ import gc
 import random
 
 import orjson
-
-from models.history import history_from_rows, history_rows, merge_history
+from recstream.models.history import history_from_rows, history_rows, merge_history
 
 
 def test_history_is_the_same_however_events_are_batched():

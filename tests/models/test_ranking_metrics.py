@@ -3,8 +3,7 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from models.ranking_metrics import coverage, hit_rate_at_k, intra_list_diversity, ndcg_at_k, novelty
+from recstream.models.ranking_metrics import coverage, hit_rate_at_k, intra_list_diversity, ndcg_at_k, novelty
 
 FEEDS = [["a", "b", "c"], ["d", "e", "f"], ["g", "h", "i"], ["a", "a", "j"]]
 CLICKS = ["c", "d", "z", "a"]  # rank 3, rank 1, miss, rank 1 (first occurrence)

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
+from recstream.models.user_step import ALSStep
 from threadpoolctl import threadpool_limits
-
-from models.user_step import ALSStep
 
 K = 16
 LAMBDA = 0.1

@@ -11,11 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import recstream.serving.metrics
+import recstream.streams.metrics
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-import serving.metrics
-import streams.metrics
 from tests.monitoring.promql import (
     DASHBOARDS,
     DATASOURCE_UID,
@@ -85,7 +85,7 @@ def test_dashboards_parse_have_unique_ids_and_use_the_provisioned_datasource():
 def exported_names() -> set[str]:
     """Sample names the worker's and the reader's registries can expose (counters as ``_total``, histograms' parts)."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    modules = (streams.metrics, serving.metrics)
+    modules = (recstream.streams.metrics, recstream.serving.metrics)
     ours = {
         collector
         for module in modules

@@ -32,10 +32,10 @@ import pytest
 import redis
 import yaml
 
-from recstream import infra
-from recstream.events import ItemEvent
-from recstream.infra import free_port
-from recstream.settings import Settings
+from recstream.contracts.events import ItemEvent
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
+from recstream.shell.infra import free_port
 from tests.conftest import wait_until
 from tests.monitoring.promql import PROMETHEUS_CONFIG, Query, dashboard_queries, rule_files, rule_queries
 from tests.serving.conftest import CATEGORIES, LiveReader, build_world

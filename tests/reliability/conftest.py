@@ -7,19 +7,16 @@ Runs, faults and scoring are the harness the reliability benchmark uses (bench/f
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from recstream import infra
-from recstream.settings import Settings
-from tests.conftest import REPO, dump_state
-
-sys.path.insert(0, str(REPO / "bench"))
-
-from faults import FaultRun, Workload, model_keys
+from bench.faults import FaultRun, Workload, model_keys
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
+from recstream.store.state_dump import dump_state
+from tests.conftest import REPO
 
 N_RECORDS = 10_000  # the synthetic world's first messages: 1,584 users, 1,006 items, 7,410 events
 STATE_OF_THE_RUN_ONLY = ("wm",)  # watermarks name the run's own topics and its message offsets

@@ -10,10 +10,10 @@ harness's tally (nothing lost, nothing double-applied, seen sets exact) and the 
 from __future__ import annotations
 
 import pytest
-from faults import SCENARIOS, reader_redis_outage, run_scenario, score  # bench/ is on sys.path (conftest)
 
-from recstream.infra import Child
-from tests.conftest import differing_keys
+from bench.faults import SCENARIOS, reader_redis_outage, run_scenario, score
+from recstream.shell.infra import Child
+from recstream.store.state_dump import differing_keys
 from tests.reliability.conftest import run_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -24,12 +24,12 @@ import httpx
 import pytest
 import redis
 import uvicorn
+from recstream.serving.app import create_app
 
-from recstream import infra
-from recstream.events import Event, ItemEvent, UserEvent, segment_of
-from recstream.infra import free_port
-from recstream.settings import Settings
-from serving.app import create_app
+from recstream.contracts.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
+from recstream.shell.infra import free_port
 from tests.conftest import wait_until
 from tests.streams.scenario import publish, trained
 

@@ -6,9 +6,8 @@ import math
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from serving.blend import OVERFLOW, SOURCES, Candidate, interleave, personal_first, slot_counts
-from serving.popularity import cold_order, warm_order
+from recstream.serving.blend import OVERFLOW, SOURCES, Candidate, interleave, personal_first, slot_counts
+from recstream.serving.popularity import cold_order, warm_order
 
 SHARES = {"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from recstream import infra
-from recstream.settings import Settings
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
 from tests.serving.conftest import World, kill_redis
 
 pytestmark = pytest.mark.integration

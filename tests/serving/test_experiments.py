@@ -12,16 +12,17 @@ from collections import Counter
 import httpx
 import pytest
 import redis
+from recstream.serving.feed import Variants
 from typer.testing import CliRunner
 
-from recstream.cli import app as cli
-from recstream.events import Event, validate
-from recstream.experiment_report import count_log
-from recstream.experiments import Experiment, Variant, compare
-from recstream.settings import load_settings
-from recstream.simulator import SimConfig, Simulator
-from recstream.world import HOUR_MS, World, WorldConfig
-from serving.feed import Variants
+from recstream.contracts.events import Event, validate
+from recstream.contracts.experiments import Experiment, Variant
+from recstream.contracts.settings import load_settings
+from recstream.jobs.experiment_report import count_log
+from recstream.jobs.experiment_stats import compare
+from recstream.shell.cli import app as cli
+from recstream.sim.simulator import SimConfig, Simulator
+from recstream.sim.world import HOUR_MS, World, WorldConfig
 from tests.conftest import wait_until
 from tests.serving.conftest import LiveReader, reader_client
 from tests.streams.scenario import publish, trained

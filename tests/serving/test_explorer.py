@@ -23,8 +23,8 @@ import redis
 from playwright.sync_api import Page, expect, sync_playwright
 from pydantic import SecretStr
 
-from recstream import infra
-from recstream.settings import Settings
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
 from tests.conftest import REPO
 from tests.serving.conftest import LiveReader, World, kill_redis
 

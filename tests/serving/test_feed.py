@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from recstream.models.ctr import quantized_global_ctr
 
-from models.ctr import quantized_global_ctr
-from recstream.events import ItemEvent, decode, segment_of
+from recstream.contracts.events import ItemEvent, decode, segment_of
 from tests.conftest import wait_until
 from tests.serving.conftest import DAY_MS, T0, World, reader_client, reload, segment
 from tests.streams.scenario import publish

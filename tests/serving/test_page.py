@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from recstream.serving.feed import build_page, degraded_page, favourite_categories
+from recstream.serving.feed_state import Cursor, UserState
+from recstream.serving.snapshot import Pool, Popular, Snapshot
 
-from recstream.settings import load_settings
-from serving.feed import build_page, degraded_page, favourite_categories
-from serving.feed_state import Cursor, UserState
-from serving.snapshot import Pool, Popular, Snapshot
+from recstream.contracts.settings import load_settings
 
 SETTINGS = load_settings()
 CATEGORIES = {f"i{k}": ("news" if k % 2 else "sport",) for k in range(100)} | {f"n{k}": ("music",) for k in range(10)}

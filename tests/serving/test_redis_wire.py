@@ -8,10 +8,10 @@ import time
 import pytest
 import redis
 import uvloop
+from recstream.serving.redis_wire import RedisWire, Script
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from recstream.infra import free_port
-from serving.redis_wire import RedisWire, Script
+from recstream.shell.infra import free_port
 
 pytestmark = pytest.mark.integration
 BUSY = """

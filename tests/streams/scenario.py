@@ -7,13 +7,13 @@ from pathlib import Path
 
 import redis
 from aiokafka import AIOKafkaProducer
+from recstream.models.als import ALSConfig
 
-from models.als import ALSConfig
-from recstream.events import Event, ItemEvent, UserEvent
-from recstream.producer import EventProducer
-from recstream.settings import Settings
-from recstream.sources import Record
-from streams import training
+from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+from recstream.jobs import training
+from recstream.jobs.sources import Record
 
 T0 = 1_700_000_000_000
 CATEGORIES = ["news", "sport", "music", "film"]

@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 import redis
+from recstream.streams.live_model import LiveModel
 
-from recstream.events import ItemEvent
-from streams.live_model import LiveModel
+from recstream.contracts.events import ItemEvent
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, trained, world
 

@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from recstream.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MIN_TS_MS, Event, Kind, decode, segment_of
-from recstream.settings import Settings
+from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MIN_TS_MS, Event, Kind, decode, segment_of
+from recstream.contracts.settings import Settings
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, applied_events, publish, trained, world
 

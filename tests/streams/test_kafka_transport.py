@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from recstream.settings import load_settings
-from streams.app import create_app
+from recstream.streams.app import create_app
+
+from recstream.contracts.settings import load_settings
 
 
 async def test_the_worker_consumer_lets_the_broker_hold_a_fetch_only_briefly():

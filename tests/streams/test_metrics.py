@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-
-from streams.metrics import observe_many
+from recstream.streams.metrics import observe_many
 
 
 def test_observe_many_exposes_what_one_observe_per_value_does():

@@ -10,9 +10,9 @@ import numpy as np
 import orjson
 import pytest
 import redis
+from recstream.models.artifacts import read_model
 
-from models.artifacts import read_model
-from recstream.events import Event, ItemEvent, UserEvent, partition_for
+from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, publish, trained
 

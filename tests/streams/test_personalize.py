@@ -7,12 +7,12 @@ import itertools
 import numpy as np
 import orjson
 import pytest
+from recstream.models.als import ALSConfig
+from recstream.streams.personalize import Personalizer
 
-from models.als import ALSConfig
-from recstream.events import Event, ItemEvent
-from recstream.sources import Record
-from streams import training
-from streams.personalize import Personalizer
+from recstream.contracts.events import Event, ItemEvent
+from recstream.jobs import training
+from recstream.jobs.sources import Record
 from tests.streams.scenario import CATEGORIES, T0, world
 
 

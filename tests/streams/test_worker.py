@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from recstream.models.ctr import quantized_global_ctr
+from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis as AsyncRedis
 
-from models.ctr import quantized_global_ctr
-from recstream.events import Event, ItemEvent, UserEvent, segment_of
-from recstream.infra import free_port
-from recstream.settings import Settings
-from streams.log import Message, read_ranges
-from streams.processor import BatchProcessor, DeadLetter
-from streams.state import StateStore
-from tests.conftest import differing_keys, dump_state, wait_until
+from recstream.contracts.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import Message, read_ranges
+from recstream.shell.infra import free_port
+from recstream.store.state import StateStore
+from recstream.store.state_dump import differing_keys, dump_state
+from tests.conftest import wait_until
 from tests.streams.scenario import T0, applied_events, for_prefix, publish, trained, world
 
 pytestmark = pytest.mark.integration

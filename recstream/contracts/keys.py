@@ -1,0 +1,72 @@
+"""The Redis key layout: the one place the writers (workers) and the reader agree on names.
+
+Ids reach these functions only after :mod:`recstream.contracts.events` validated them (bounded length,
+``[A-Za-z0-9_.-]``, no ``:``), so a key can never be spliced from hostile input, nor can one
+item's key name another's (``item:<id>`` vs ``item:<id>:similar``). Every key starts with
+a configurable prefix, so several deployments (or test runs) can share one Redis.
+
+===========================  ======  ==========================================================
+key                          type    holds
+===========================  ======  ==========================================================
+``wm``                       hash    ``topic:partition`` → last applied offset (the watermark)
+``totals``                   hash    ``views``, ``clicks``; ``views:<seg>``, ``clicks:<seg>``
+``views`` / ``clicks``       hash    item → all-time count
+``seg:<s>:views|clicks``     hash    item → count within segment ``s``
+``segments``                 set     every segment seen
+``prior``                    string  the quantized global CTR every score was computed with
+``rank`` / ``rank:<s>``      zset    item → smoothed CTR (global / within segment); available items
+``trend:<v|c>:<epoch>``      zset    item → fixed-point decayed views/clicks (models.ctr.trend_*)
+``pool``                     zset    new-item pool: item → created_ts (Thompson sampling)
+``graduated``                set     items that left the pool (by views or age)
+``clock``                    string  the largest event timestamp applied (event time)
+``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``
+``unavailable``              set     items hidden from every ranking and list
+``user:seg``                 hash    user → segment
+``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped
+``user:<u>:vec``             string  float32 user vector (little endian)
+``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
+``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
+``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
+``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
+``foldin:pending``           set     graduated items whose fold-in is not stored yet
+``foldin:users:<i>``         hash    user → summed event weight on new item ``i``, until its fold-in (capped)
+``foldin:<version>``         hash    item → float32 fold-in vector under that model version
+``foldin:log``               stream  ``version``, ``item``, ``vec`` per stored fold-in, which every worker tails
+``user:<u>:feed:<session>``  list    the reader's infinite-scroll session: JSON ``[[item, source], …]`` pages, TTL
+``model:current``            string  the model version the workers serve
+===========================  ======  ==========================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOT_DERIVED = ("model:current", "user:*:feed:*")
+"""Key patterns (after the prefix) that are not a function of the Kafka log: the model pointer (set by
+``recstream train``) and the reader's scroll sessions. ``recstream rebuild`` deletes every other key
+and recomputes it from the log (``item:<i>:similar`` from the current model and the items topic)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix; ``Keys("rs").user("u1", "vec") == "rs:user:u1:vec"``."""
+
+    prefix: str = "rs"
+
+    def __call__(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def user(self, user_id: str, what: str) -> str:
+        return self(f"user:{user_id}:{what}")
+
+    def item(self, item_id: str) -> str:
+        return self(f"item:{item_id}")
+
+    def rank(self, segment: str | None = None) -> str:
+        return self("rank") if segment is None else self(f"rank:{segment}")
+
+    def seg(self, segment: str, what: str) -> str:
+        return self(f"seg:{segment}:{what}")
+
+    def trend(self, what: str, epoch_ms: int) -> str:
+        return self(f"trend:{what}:{epoch_ms}")

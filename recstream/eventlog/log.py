@@ -1,0 +1,113 @@
+"""The Kafka log read directly, outside faust: whole topics (training, rebuild) and offset ranges (gap repair).
+
+A group-less consumer (``enable_auto_commit=False``) is assigned the partitions it reads, so reading
+never joins or disturbs the workers' consumer group. A range's start below the partition's log start
+(deleted by retention) reads from the log start; offsets missing inside a range (compacted away) are
+simply absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from recstream.contracts.settings import Settings
+
+Ranges = Mapping[tuple[str, int], tuple[int | None, int]]
+"""(topic, partition) → (first offset, or None for the log start; end offset, exclusive)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What the processor needs of a Kafka message (faust's ``EventT`` and aiokafka's record are adapted to this).
+
+    ``timestamp_ms`` is the record's Kafka timestamp: validation measures "too far in the future" from
+    it (never later than the wall clock), so a replay of the log accepts exactly what the live worker did.
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@asynccontextmanager
+async def open_log(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    try:
+        await consumer.start()  # inside: a consumer that failed to start is closed too
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def whole_topic(consumer: AIOKafkaConsumer, topic: str) -> dict[tuple[str, int], tuple[int | None, int]]:
+    """Every partition of ``topic`` from its log start to its end as of now."""
+    # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+    ends = await consumer.end_offsets(partitions) if partitions else {}
+    return {(tp.topic, tp.partition): (None, ends[tp]) for tp in partitions}
+
+
+async def read(consumer: AIOKafkaConsumer, ranges: Ranges, max_records: int) -> AsyncIterator[list[Message]]:
+    """The records of ``ranges`` in chunks of at most ``max_records``, each partition in offset order."""
+    tps = {TopicPartition(*tp): end for tp, (_, end) in ranges.items()}
+    consumer.assign(list(tps))
+    for tp, (start, _) in ranges.items():
+        if start is None:
+            await consumer.seek_to_beginning(TopicPartition(*tp))
+        else:
+            consumer.seek(TopicPartition(*tp), start)
+    pending = [tp for tp, end in tps.items() if await consumer.position(tp) < end]
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=1000, max_records=max_records)
+        chunk = [
+            Message(r.topic, r.partition, r.offset, r.value, r.timestamp)
+            for tp, records in batch.items()
+            for r in records
+            if r.offset < tps[tp]
+        ]
+        if chunk:
+            yield chunk
+        pending = [tp for tp in pending if await consumer.position(tp) < tps[tp]]
+
+
+async def read_ranges(settings: Settings, ranges: Ranges) -> AsyncIterator[list[Message]]:
+    """:func:`read` with a consumer of its own, in chunks of ``settings.batch_max``."""
+    async with open_log(settings) as consumer:
+        async for chunk in read(consumer, ranges, settings.batch_max):
+            yield chunk
+
+
+@asynccontextmanager
+async def _group_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of the workers' group that never joins it (no subscription): it only reads and writes offsets."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group, enable_auto_commit=False
+    )
+    try:
+        await consumer.start()  # inside: a consumer that failed to start is closed too
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(settings: Settings, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The worker group's committed offsets (the next offset to read) of ``tps`` that have one."""
+    async with _group_consumer(settings) as consumer:
+        found = {tp: await consumer.committed(TopicPartition(*tp)) for tp in tps}
+    return {tp: offset for tp, offset in found.items() if offset is not None and offset >= 0}
+
+
+async def commit_offsets(settings: Settings, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Commit ``offsets`` for the worker group; the broker refuses while the group has members."""
+    async with _group_consumer(settings) as consumer:
+        consumer.assign([TopicPartition(*tp) for tp in offsets])
+        await consumer.commit({TopicPartition(*tp): offset for tp, offset in offsets.items()})

@@ -1,0 +1,158 @@
+"""``recstream rebuild``: every derived Redis key recomputed from the Kafka log and the current model.
+
+The topics are the source of truth (``events`` kept forever, ``items`` and ``users`` compacted
+to the latest value of each id), and every derived value is a function of the log applied in
+order (streams/state.py). So with the workers stopped the rebuild
+
+1. refuses while the worker group has members (a worker would write while keys are deleted);
+2. deletes every key under the prefix except :data:`recstream.contracts.keys.NOT_DERIVED`;
+3. activates the current model version (``model:current``, else the newest on disk): its item
+   neighbours, then the pointer, as ``recstream train`` publishes it;
+4. replays ``users``, then ``items``, then ``events``, each from its log start to its end as of
+   now, through the workers' own :class:`~streams.processor.BatchProcessor` and
+   :class:`~recstream.store.state.StateStore`, with the same item feed (:func:`streams.live_model.follow_items`);
+5. commits those end offsets for the worker group, so restarted workers go on from there.
+
+The result is the state of a clean run of one worker that read the users and items before the
+events (the order of ``tests/streams/scenario.py``'s runs) under the current model. Invalid
+messages are counted, not dead-lettered again: the live workers already sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+
+from recstream.contracts.keys import NOT_DERIVED, Keys
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
+from recstream.jobs import training
+from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
+from recstream.store.state import StateStore
+from recstream.streams.live_model import LiveModel, follow_items
+from recstream.streams.processor import BatchProcessor, DeadLetter
+
+Progress = Callable[[str, int, int], None]  # (topic, messages just replayed, messages in the topic at most)
+
+
+class RebuildError(Exception):
+    """The rebuild cannot run (workers are running); nothing was changed."""
+
+
+@dataclass
+class RebuildReport:
+    deleted_keys: int
+    model_version: str | None
+    messages: dict[str, int]  # per topic
+    events: int  # views and clicks applied
+    invalid: int
+    seconds: float
+
+
+async def active_members(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Client ids of the worker group's members (a killed worker stays one until its session times out).
+
+    A broker that never had a consumer group answers "coordinator not available" until it has created
+    its offsets topic (the first request starts that): retriable errors are retried for ``timeout_s``.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                responses = await admin.describe_consumer_groups([settings.worker_group])
+                break
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+    return [member[1] for response in responses for group in response.groups for member in group[5]]
+
+
+async def rebuild(settings: Settings, progress: Progress | None = None) -> RebuildReport:
+    started = time.perf_counter()
+    members = await active_members(settings)
+    if members:
+        raise RebuildError(
+            f"consumer group {settings.worker_group} has {len(members)} active member(s) ({', '.join(members)}): "
+            "stop the workers first (a killed worker counts until its session times out)"
+        )
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        version, artifacts = await _current_model(settings, redis)  # before deleting: a broken model stops here
+        deleted = await delete_derived(redis, Keys(settings.redis_prefix))
+        if artifacts is not None:
+            await training.activate(settings, artifacts, version)
+        messages, invalid, ends = await _replay(settings, redis, progress)
+        totals = await redis.hmget(Keys(settings.redis_prefix)("totals"), "views", "clicks")
+    finally:
+        await redis.aclose()
+    await commit_offsets(settings, ends)
+    events = sum(int(n) for n in totals if n is not None)
+    return RebuildReport(deleted, version, messages, events, invalid, time.perf_counter() - started)
+
+
+async def delete_derived(redis: Redis, keys: Keys) -> int:
+    """Delete every key under the prefix but :data:`NOT_DERIVED`; returns how many."""
+    kept = [keys(pattern) for pattern in NOT_DERIVED]
+    doomed = [
+        key
+        async for key in redis.scan_iter(match=keys("*"), count=1000)
+        if not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in kept)
+    ]
+    for start in range(0, len(doomed), 1000):
+        await redis.unlink(*doomed[start : start + 1000])
+    return len(doomed)
+
+
+async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, ModelArtifacts | None]:
+    """``model:current``, else the newest version on disk (Redis lost the pointer), else none."""
+    current = await redis.get(Keys(settings.redis_prefix)("model:current"))
+    version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model_dir)
+    if version is None:
+        return None, None
+    return version, await asyncio.to_thread(read_model, settings.model_dir, version)
+
+
+async def _replay(
+    settings: Settings, redis: Redis, progress: Progress | None
+) -> tuple[dict[str, int], int, dict[tuple[str, int], int]]:
+    invalid = 0
+
+    async def count_dead_letters(letters: list[DeadLetter]) -> None:
+        nonlocal invalid
+        invalid += len(letters)
+
+    store = StateStore(redis, settings)
+    model = LiveModel(settings)
+    item_feed = asyncio.create_task(follow_items(settings, model))
+    messages: dict[str, int] = {}
+    ends: dict[tuple[str, int], int] = {}
+    try:
+        async with open_log(settings) as consumer:
+            for topic, kind in ((settings.users_topic, "user"), (settings.items_topic, "item"),
+                                (settings.events_topic, "event")):  # fmt: skip
+                ranges = await whole_topic(consumer, topic)
+                ends.update({tp: end for tp, (_, end) in ranges.items()})
+                total = sum(end for _, end in ranges.values())
+                processor = BatchProcessor(kind, store, settings, count_dead_letters, model)
+                messages[topic] = 0
+                async for chunk in read(consumer, ranges, settings.batch_max):
+                    await processor.process(chunk)
+                    messages[topic] += len(chunk)
+                    if progress is not None:
+                        progress(topic, len(chunk), total)
+    finally:
+        item_feed.cancel()
+        await asyncio.gather(item_feed, return_exceptions=True)
+    return messages, invalid, ends

@@ -1,0 +1,352 @@
+"""``recstream``: one entry point whose subcommands grow with the project."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from recstream.contracts.events import Event, Rejected
+from recstream.contracts.settings import Settings, SettingsError, load_settings
+from recstream.eventlog.producer import EventProducer
+from recstream.jobs import sources
+from recstream.shell import infra
+from recstream.sim.world import synthetic as synthetic_records
+
+app = typer.Typer(help="recstream: a streaming, near-real-time recommender.", no_args_is_help=True)
+infra_app = typer.Typer(help="Local Kafka + Redis on loopback, without Docker.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+experiment_app = typer.Typer(help="Online experiments (A/B tests) of blend settings.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]invalid settings[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+@infra_app.command("up")
+def infra_up() -> None:
+    """Start Redis and Kafka (if not running), wait until they answer, create the topics."""
+    try:
+        for line in infra.up(_settings()):
+            console.print(line)
+    except infra.InfraError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop exactly the Kafka and Redis processes `infra up` started."""
+    for line in infra.down(_settings()):
+        console.print(line)
+
+
+@infra_app.command("topics")
+def infra_topics() -> None:
+    """Create the contract's topics on the configured broker (for brokers this project did not start)."""
+    created = asyncio.run(infra.ensure_topics(_settings()))
+    console.print(f"topics created: {', '.join(created)}" if created else "topics present")
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    settings = _settings()
+    for service, answers in ((infra.kafka_service(settings), infra.kafka_answers),
+                             (infra.redis_service(settings), infra.redis_answers)):  # fmt: skip
+        pid = service.pid()
+        state = "answering" if pid and answers(settings) else "running, not answering" if pid else "stopped"
+        console.print(f"{service.name}: {state}" + (f" (pid {pid})" if pid else ""))
+
+
+bench_app = typer.Typer(help="Benchmarks (from a source checkout: they live in bench/).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("all", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_all(ctx: typer.Context) -> None:
+    """Every benchmark in sequence, then BENCHMARKS.md regenerated: bench/run_all.py with the options given
+    (--only, --skip, --with, --quick; `.venv/bin/python -m bench.run_all --help` describes them)."""
+    import subprocess
+    import sys
+
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "bench" / "run_all.py").exists():
+        console.print(f"[red]{checkout / 'bench'} not found: the benchmarks run from a source checkout[/red]")
+        raise typer.Exit(2)
+    command = [sys.executable, "-m", "bench.run_all", *ctx.args]
+    raise typer.Exit(subprocess.run(command, cwd=checkout, check=False).returncode)
+
+
+def _records(file: Path | None, movielens: Path | None, synthetic: int | None, seed: int) -> Iterator[sources.Record]:
+    chosen = [x for x in (file, movielens, synthetic) if x is not None]
+    if len(chosen) != 1:
+        console.print("[red]give exactly one of --file, --movielens, --synthetic[/red]")
+        raise typer.Exit(2)
+    if file is not None:
+        return sources.read_jsonl(file)
+    if movielens is not None:
+        return sources.movielens(movielens)
+    return synthetic_records(synthetic or 0, seed=seed)
+
+
+async def _produce(
+    settings: Settings, records: Iterable[sources.Record], progress: Progress
+) -> tuple[int, int, list[str]]:
+    task = progress.add_task("producing", total=None)
+    invalid: list[str] = []
+    pending: list[Event] = []
+    async with EventProducer(settings) as producer:
+        for record in records:
+            value = record.value
+            if isinstance(value, Rejected):
+                invalid.append(f"line {record.line}: {value.reason}")
+            elif record.kind == "event":
+                pending.append(value)  # type: ignore[arg-type]
+                if len(pending) >= 1000:
+                    await producer.send_events(pending)
+                    progress.advance(task, len(pending))
+                    pending = []
+            elif record.kind == "item":
+                await producer.send_item(value)  # type: ignore[arg-type]
+            else:
+                await producer.send_user(value)  # type: ignore[arg-type]
+        await producer.send_events(pending)
+        progress.advance(task, len(pending))
+        sent = await producer.flush()
+        return sent, producer.messages_sent, invalid
+
+
+@app.command()
+def produce(
+    file: Annotated[Path | None, typer.Option(help="JSONL file, one event/item/user object a line")] = None,
+    movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)")] = None,
+    synthetic: Annotated[int | None, typer.Option(help="this many events from the synthetic world")] = None,
+    seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
+) -> None:
+    """Publish a stream to Kafka with delivery confirmation; invalid lines are reported and skipped."""
+    settings = _settings()
+    records = _records(file, movielens, synthetic, seed)
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:  # fmt: skip
+        sent, messages, invalid = asyncio.run(_produce(settings, records, progress))
+    seconds = time.perf_counter() - started
+    for line in invalid[:20]:
+        console.print(f"[yellow]skipped {line}[/yellow]")
+    if len(invalid) > 20:
+        console.print(f"[yellow]... and {len(invalid) - 20} more[/yellow]")
+    console.print(
+        f"{sent:,} events in {messages:,} messages in {seconds:.1f} s "
+        f"({sent / max(seconds, 1e-9):,.0f} events/s); {len(invalid)} invalid lines skipped"
+    )
+
+
+@app.command()
+def worker(
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
+    loglevel: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
+) -> None:
+    """Run a stream worker: consume events, items and users; keep Redis state fresh."""
+    import faust
+    from prometheus_client import start_http_server
+
+    from recstream.streams.app import create_app
+
+    settings = _settings()
+    start_http_server(settings.worker_metrics_port if metrics_port is None else metrics_port, addr="127.0.0.1")
+    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
+
+
+@app.command()
+def train(
+    file: Annotated[Path | None, typer.Option(help="JSONL file instead of the Kafka log")] = None,
+    movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder instead of the Kafka log")] = None,
+    factors: Annotated[int, typer.Option(help="latent factors k")] = 64,
+    iterations: Annotated[int, typer.Option(help="ALS sweeps")] = 15,
+    regularization: Annotated[float, typer.Option(help="λ (implicit does not scale it by the data)")] = 40.0,
+    alpha: Annotated[float, typer.Option(help="confidence c = 1 + α·r")] = 2.0,
+    holdout: Annotated[float, typer.Option(help="share of the log held out for offline HR@10 (0: skip)")] = 0.1,
+) -> None:
+    """Train iALS on the events log (from the earliest offset) and publish a new model version."""
+    from rich.table import Table
+
+    from recstream.jobs import training
+    from recstream.models.als import ALSConfig
+
+    settings = _settings()
+    try:
+        cfg = ALSConfig(factors=factors, iterations=iterations, regularization=regularization, alpha=alpha)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:  # fmt: skip
+        task = progress.add_task("reading the log", total=None)
+        if file is None and movielens is None:
+            records: Iterable[sources.Record] = asyncio.run(training.read_log(settings))
+        else:
+            records = _records(file, movielens, None, 0)
+        log = training.collect(records, lambda n: progress.advance(task, n))
+        progress.update(task, description="training")
+        artifacts, metrics = training.train(log, cfg, holdout=holdout)
+        progress.update(task, description="publishing")
+        version = asyncio.run(training.publish(settings, artifacts))
+    table = Table(title=f"model {version}")
+    for name in ("users", "items", "nnz", "events", "seconds", "offline_hr10"):
+        value = metrics[name]
+        table.add_row(name, "n/a" if value is None else f"{value:,.4g}" if isinstance(value, float) else f"{value:,}")
+    table.add_row("wall seconds", f"{time.perf_counter() - started:.1f}")
+    Console().print(table)
+
+
+@app.command()
+def rebuild() -> None:
+    """Recompute every derived Redis key from the Kafka log and the current model (workers must be stopped)."""
+    from recstream.jobs import rebuild as rebuild_module
+
+    settings = _settings()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:  # fmt: skip
+        tasks: dict[str, object] = {}
+
+        def advance(topic: str, n: int, total: int) -> None:
+            if topic not in tasks:
+                tasks[topic] = progress.add_task(f"replaying {topic}", total=total)
+            progress.advance(tasks[topic], n)  # type: ignore[arg-type]
+
+        try:
+            report = asyncio.run(rebuild_module.rebuild(settings, advance))
+        except rebuild_module.RebuildError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    per_topic = ", ".join(f"{topic} {n:,}" for topic, n in report.messages.items())
+    console.print(
+        f"deleted {report.deleted_keys:,} derived keys; model {report.model_version or 'none'}; replayed "
+        f"{sum(report.messages.values()):,} messages ({per_topic}) holding {report.events:,} events, "
+        f"{report.invalid:,} invalid records skipped; {report.seconds:.1f} s. Workers resume after these offsets."
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader_host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: settings.reader_port)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+) -> None:
+    """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
+    import uvicorn
+
+    from recstream.serving.app import create_app, tune_garbage_collector
+
+    settings = _settings()
+    app = create_app(settings)
+    tune_garbage_collector()
+    uvicorn.run(
+        app,
+        host=host or settings.reader_host,
+        port=settings.reader_port if port is None else port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float | None, typer.Option(help="stop after this long (default: until Ctrl-C)")] = None,
+    feeds_per_s: Annotated[float, typer.Option(help="feed requests of the simulated users per second")] = 20.0,
+    concurrency: Annotated[int, typer.Option(help="feed requests in flight at most")] = 16,
+    new_items_per_min: Annotated[float, typer.Option(help="new items arriving per minute")] = 30.0,
+    half_life_min: Annotated[float, typer.Option(help="item appeal halves every this many minutes (0: off)")] = 2.0,
+    history_min: Annotated[float, typer.Option(help="minutes of the world's history before the first model")] = 10.0,
+    history_rate: Annotated[float, typer.Option(help="views per second in that history")] = 20.0,
+    seed: Annotated[int, typer.Option(help="world and simulation seed")] = 7,
+    movielens: Annotated[
+        Path | None, typer.Option(help="MovieLens 100K folder: its users' tastes and items as the hidden world")
+    ] = None,
+) -> None:
+    """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated users in a closed loop."""
+    from recstream.shell import demo as demo_module
+    from recstream.sim.simulator import FRESH_WORLD, SimConfig, pool_age_for
+    from recstream.sim.world import WorldConfig
+
+    settings = _settings()
+    try:
+        sim = SimConfig(seed=seed, feeds_per_s=feeds_per_s, concurrency=concurrency)
+        changes = {"seed": seed, "new_items_per_hour": new_items_per_min * 60, "appeal_half_life_h": half_life_min / 60}
+        world = WorldConfig.model_validate({**FRESH_WORLD.model_dump(), **changes})
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    if "pool_graduate_age_s" not in settings.model_fields_set:  # the pool on the world's clock
+        settings = settings.model_copy(update={"pool_graduate_age_s": pool_age_for(world)})
+    try:
+        result = demo_module.run(settings, seconds, world, history_min * 60, history_rate, sim, movielens)
+    except (infra.InfraError, ValueError, OSError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if result is None:
+        return
+    summary = result.summary()
+    console.print(
+        f"demo ran {summary['seconds']:.0f} s: {summary['feeds']:,} feeds ({summary['failed']} failed), "
+        f"{result.events_posted:,} events, CTR {summary['ctr']:.2%} "
+        + " ".join(f"{s} {c:.2%}" for s, c in summary["ctr_by_source"].items())
+        + f"; regret per feed {summary['regret_per_feed']:.3f}; {summary['items_published']:,} new items; "
+        f"{summary['top_new_discovered']}/{summary['top_new_items']} top-decile new items entered the popular top 20"
+    )
+
+
+@experiment_app.command("report")
+def experiment_report(
+    name: Annotated[str | None, typer.Argument(help="the experiment (default: the configured one)")] = None,
+    file: Annotated[Path | None, typer.Option(help="JSONL file of events instead of the Kafka log")] = None,
+    control: Annotated[str | None, typer.Option(help="baseline variant (default: the configured control)")] = None,
+    alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="significance level (Bonferroni-split)")] = 0.05,
+) -> None:
+    """CTR per variant with 95% intervals, lift and a two-proportion z-test against the control.
+
+    Counts every event whose ``variant`` names the experiment, from the earliest offset of the events
+    topic (exact, whatever the workers did) or from a file.
+    """
+    from recstream.jobs import experiment_report as report
+    from recstream.jobs.experiment_stats import compare
+
+    settings = _settings()
+    configured = settings.experiment
+    name = name or (configured.name if configured else None)
+    if name is None:
+        console.print("[red]no experiment is configured (RECSTREAM_EXPERIMENT): name one[/red]")
+        raise typer.Exit(2)
+    if file is not None:
+        counted = report.count_variants(report.file_events(file), name)
+    else:
+        counted = asyncio.run(report.count_log(settings, name))
+    counts = counted.totals
+    if len(counts) < 2:
+        console.print(f"[red]experiment {name}: events of {len(counts)} variant(s) found, nothing to compare[/red]")
+        raise typer.Exit(1)
+    default = configured.control_name if configured and configured.name == name else min(counts)
+    baseline = control or default
+    if baseline not in counts:
+        console.print(f"[red]control {baseline!r} has no events; variants seen: {', '.join(counts)}[/red]")
+        raise typer.Exit(2)
+    Console().print(report.report_table(name, compare(counts, baseline, alpha, counted.users)))
+
+
+if __name__ == "__main__":
+    app()

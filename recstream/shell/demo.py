@@ -1,0 +1,261 @@
+"""``recstream demo``: the whole system on this machine, in a closed loop with simulated users, until Ctrl-C.
+
+Brings up Kafka and Redis (if not running), publishes the world's recent history, trains a first
+model on it, starts a worker and the reader as child processes, then runs the closed-loop
+simulator (recstream/simulator.py) against the reader: simulated users fetch feeds over HTTP,
+view and click with their true probabilities and report it through ``POST /v1/events``; new items
+keep arriving. A panel shows what the system does. On exit (``--seconds`` or Ctrl-C) it stops
+exactly the processes it started, by pid (and the services, if it started them), and prints a
+summary. bench/policies.py runs the same pieces once per policy and seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.request import urlopen
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from recstream.contracts.events import Event, ItemEvent, UserEvent, validate
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+from recstream.models.als import ALSConfig
+from recstream.models.artifacts import ModelArtifacts
+from recstream.shell import infra
+from recstream.sim.simulator import SimConfig, SimResult, Simulator
+from recstream.sim.world import World, WorldConfig, movielens_world
+
+console = Console(stderr=True)
+READY_TIMEOUT_S = 120.0
+HISTORY_BATCH = 1_000
+FRESHNESS = "recstream_worker_freshness_seconds"
+
+
+@dataclass
+class History:
+    """What was published before the live run: the simulator continues from it."""
+
+    events: int = 0
+    items: int = 0
+    users: set[int] = field(default_factory=set)
+    seen: dict[int, set[int]] = field(default_factory=dict)
+
+
+@dataclass
+class System:
+    """The child processes of one run and where they answer."""
+
+    reader_url: str
+    worker_metrics: str
+    pids: dict[str, int]
+
+
+async def publish_history(settings: Settings, world: World, until_ms: int, rate_per_s: float) -> History:
+    """The world's browsing stream (``rate_per_s`` views a second) from its start up to ``until_ms``,
+    as fast as the broker takes it."""
+    history = History()
+    pending: list[Event] = []
+    async with EventProducer(settings) as producer:
+        for obj in world.events(rate_per_s=rate_per_s):
+            if obj["ts"] >= until_ms:
+                break
+            kind = obj.pop("kind", "event")
+            value = validate(obj, kind, until_ms)
+            if isinstance(value, Event):
+                pending.append(value)
+                user = int(value.user_id[1:])
+                history.seen.setdefault(user, set()).add(world.item_index(value.item_id))
+                if len(pending) >= HISTORY_BATCH:
+                    await producer.send_events(pending)
+                    history.events += len(pending)
+                    pending = []
+            elif isinstance(value, ItemEvent):
+                await producer.send_item(value)
+                history.items += 1
+            elif isinstance(value, UserEvent):
+                await producer.send_user(value)
+                history.users.add(int(value.user_id[1:]))
+        await producer.send_events(pending)
+        history.events += len(pending)
+        await producer.flush()
+    return history
+
+
+def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:
+    """iALS on everything in the log; returns the artifacts (publish them with
+    ``recstream.jobs.training.publish``) and a line describing the model."""
+    from recstream.jobs import training
+
+    log = training.collect(asyncio.run(training.read_log(settings)))
+    artifacts, metrics = training.train(log, ALSConfig(), holdout=0.1)
+    hr = metrics["offline_hr10"] or 0.0
+    return artifacts, f"{metrics['users']:,} users, {metrics['items']:,} items, offline HR@10 {hr:.3f}"
+
+
+@contextmanager
+def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterator[System]:
+    """A worker and the reader as children; yields once the reader is ready and the worker has applied
+    ``applied_events`` events (the history), so the first simulated feed sees warm users."""
+    with ExitStack() as stack:
+        worker = stack.enter_context(
+            infra.Child("worker", settings, log_dir / "worker.log", port=settings.worker_metrics_port)
+        )
+        reader = stack.enter_context(infra.Child("serve", settings, log_dir / "reader.log", port=settings.reader_port))
+        reader_url = f"http://{settings.reader_host}:{reader.port}"
+        worker_metrics = f"{worker.url}/metrics"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not (_status(f"{reader_url}/readyz") == 200 and applied(worker_metrics, settings) >= applied_events):
+            worker.check()
+            reader.check()
+            if time.monotonic() > deadline:
+                raise infra.InfraError(f"worker and reader not ready in {READY_TIMEOUT_S:.0f} s; see {log_dir}")
+            time.sleep(0.5)
+        yield System(reader_url, worker_metrics, {"worker": worker.proc.pid, "reader": reader.proc.pid})
+
+
+def applied(worker_metrics: str, settings: Settings) -> float:
+    """Events the worker has applied so far (its counter; 0 while it does not answer)."""
+    prefix = f'recstream_worker_events_total{{topic="{settings.events_topic}"'
+    return _metric(_scrape(worker_metrics), prefix)
+
+
+def _scrape(url: str) -> str:
+    try:
+        with urlopen(url, timeout=1) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def _status(url: str) -> int:
+    try:
+        with urlopen(url, timeout=1) as response:
+            return response.status
+    except OSError:
+        return 0
+
+
+def _metric(text: str, prefix: str) -> float:
+    """Sum of the samples whose line starts with ``prefix`` (a name, or a name and labels) in Prometheus text."""
+    lines = text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix) and "_bucket" not in line)
+
+
+def _buckets(text: str) -> dict[float, float]:
+    return {
+        float(line.split('le="', 1)[1].split('"', 1)[0]): float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(f"{FRESHNESS}_bucket{{")
+    }
+
+
+def window_p99(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """Upper bound of the bucket holding the p99 of the observations between two scrapes (None: none).
+
+    >>> window_p99({0.1: 5, 1.0: 5, float("inf"): 5}, {0.1: 100, 1.0: 105, float("inf"): 105})
+    1.0
+    """
+    delta = sorted((le, n - before.get(le, 0.0)) for le, n in after.items())
+    if not delta or delta[-1][1] <= 0:
+        return None
+    return next(le for le, n in delta if n >= 0.99 * delta[-1][1])
+
+
+@dataclass
+class Panel:
+    """The live view: simulator counts plus the worker's and reader's own metrics, over the last interval."""
+
+    settings: Settings
+    system: System
+    last: tuple[float, int, int] = field(default_factory=lambda: (time.monotonic(), 0, 0))
+    freshness: dict[float, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.freshness = _buckets(_scrape(self.system.worker_metrics))  # the history's are not the loop's
+
+    def render(self, result: SimResult) -> Table:
+        now = time.monotonic()
+        worker = _scrape(self.system.worker_metrics)
+        reader = _scrape(f"{self.system.reader_url}/metrics")
+        t0, feeds0, events0 = self.last
+        dt = max(now - t0, 1e-9)
+        feeds_rate, events_rate = (result.feeds - feeds0) / dt, (result.events_posted - events0) / dt
+        self.last = (now, result.feeds, result.events_posted)
+        buckets = _buckets(worker)
+        p99 = window_p99(self.freshness, buckets)
+        self.freshness = buckets
+        url = self.system.reader_url
+
+        def ctr(source: str) -> str:
+            counts = result.by_source.get(source)
+            return f"{counts.ctr:.1%} of {counts.impressions:,}" if counts else "–"
+
+        table = Table(title="recstream demo — closed loop; Ctrl-C stops everything it started", show_header=False)
+        table.add_row("feeds / events", f"{result.feeds:,} feeds ({feeds_rate:,.1f}/s) · "
+                      f"{result.events_posted:,} events ({events_rate:,.0f}/s) · {result.failed} failed")  # fmt: skip
+        table.add_row("events applied (worker)", f"{applied(self.system.worker_metrics, self.settings):,.0f}")
+        table.add_row("freshness p99 (last interval)", "–" if p99 is None else f"≤ {p99 * 1000:,.0f} ms")
+        table.add_row("online CTR", f"overall {result.ctr:.2%} · explore {ctr('explore')} · personal {ctr('personal')}"
+                      f" · popular {ctr('popular')} · fresh {ctr('fresh')}")  # fmt: skip
+        table.add_row("regret per feed (vs oracle)", f"{result.regret_per_feed:.3f}")
+        table.add_row("new-item pool", f"{_metric(reader, 'recstream_reader_pool_items'):,.0f} items · "
+                      f"{_metric(worker, 'recstream_worker_pool_graduations_total'):,.0f} graduated · "
+                      f"{result.items_published:,} new items published")  # fmt: skip
+        table.add_row("reader", f"{url}  ·  docs {url}/docs  ·  metrics {url}/metrics  ·  explorer {url}/explore")
+        table.add_row("worker metrics", self.system.worker_metrics)
+        return table
+
+
+async def _live(sim: Simulator, panel: Panel, seconds: float | None) -> SimResult:
+    run = asyncio.create_task(sim.run(seconds=seconds if seconds is not None else float("inf")))
+    with Live(console=console, refresh_per_second=1) as live:
+        while not run.done():
+            live.update(await asyncio.to_thread(panel.render, sim.result))
+            await asyncio.wait({run}, timeout=1.0)
+    return run.result()
+
+
+def run(settings: Settings, seconds: float | None, world_config: WorldConfig, history_s: float, history_rate: float,
+        sim: SimConfig, movielens: Path | None = None) -> SimResult | None:  # fmt: skip
+    """Run the demo; returns the simulated users' result (None when stopped before the loop started).
+
+    With ``movielens`` the hidden world is MovieLens 100K's users and items (world.movielens_world)."""
+    from recstream.jobs import training
+
+    run_dir = settings.run_dir.resolve()
+    simulator: Simulator | None = None
+    with ExitStack() as stack:
+        stack.enter_context(infra.sigterm_interrupts())
+        try:
+            for line in stack.enter_context(infra.running(settings)):
+                console.print(line)
+            now_ms = int(time.time() * 1000)
+            config = world_config.model_copy(update={"start_ms": now_ms - int(history_s * 1000)})
+            world = World(config) if movielens is None else movielens_world(movielens, config)
+            console.print(f"publishing the world's last {history_s / 60:.0f} minutes of history ...")
+            history = asyncio.run(publish_history(settings, world, now_ms, history_rate))
+            console.print(f"published {history.events:,} events, {history.items:,} items; training the first model")
+            artifacts, about = train_first_model(settings)
+            console.print(f"model {asyncio.run(training.publish(settings, artifacts))}: {about}")
+            running = stack.enter_context(system(settings, run_dir / "logs", history.events))
+            for name, pid in running.pids.items():
+                console.print(f"started {name} pid {pid}")
+            url = running.reader_url
+            console.print(f"reader {url} · docs {url}/docs · metrics {url}/metrics · explorer {url}/explore")
+            simulator = Simulator(world, url, settings, sim, announced_items=history.items,
+                                  announced_users=history.users, history=history.seen)  # fmt: skip
+            result = asyncio.run(_live(simulator, Panel(settings, running), seconds))
+            done = applied(running.worker_metrics, settings)
+            console.print(f"events applied by the worker: {done:,.0f} ({history.events:,} of the history, "
+                          f"{result.events_posted:,} posted by the simulated users)")  # fmt: skip
+            return result
+        except KeyboardInterrupt:
+            console.print("stopped (Ctrl-C or SIGTERM); stopping everything the demo started ...")
+            return simulator.result if simulator else None

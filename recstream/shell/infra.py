@@ -1,0 +1,498 @@
+"""Local infrastructure without Docker: a KRaft Kafka 3.9.1 broker and a Redis server on loopback.
+
+``up`` is idempotent (a running, answering service is left alone) and returns only once
+each service really answers (an admin request to Kafka, a PING to Redis); ``down`` stops
+exactly the processes ``up`` started, by the pids it recorded, and nothing else.
+
+Kafka comes from Maven Central jars (``infra/pom.xml``, fetched by the Maven dependency
+plugin into the git-ignored cache folder); Redis from Debian's ``redis-server``.
+
+Redis persistence: append-only file with ``appendfsync everysec`` and no RDB snapshots.
+Redis writes each command to the AOF before replying, so a killed or restarted Redis
+loses nothing it acknowledged; only a crash of the whole machine can lose up to a second,
+which the workers' watermarks detect and replay from the Kafka log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.request import urlopen
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from recstream.contracts.settings import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
+KAFKA_HEAP = "-Xmx512m"
+START_TIMEOUT_S = 90.0
+
+
+class InfraError(RuntimeError):
+    """A service could not be installed or started; the message carries the log tail."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One locally managed process: where its pid, log and data live."""
+
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def pid(self) -> int | None:
+        """The recorded pid if that very process is still alive (a reused pid has another start time)."""
+        try:
+            pid, started = (int(x) for x in self.pid_file.read_text().split())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _start_time(pid) == started else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (state is [0], start time is [19])."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return []
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields and fields[0] != "Z" else None
+
+
+def _is_zombie(pid: int) -> bool:
+    """Gone, or exited and waiting to be reaped."""
+    return _start_time(pid) is None
+
+
+def kafka_service(settings: Settings) -> Service:
+    return Service("kafka", settings.run_dir.resolve() / "kafka")
+
+
+def redis_service(settings: Settings) -> Service:
+    return Service("redis", settings.run_dir.resolve() / "redis")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port(span: int = 1) -> int:
+    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port + span < 65535 and not any(port_open(port + k) for k in range(span)):
+            return port
+    raise RuntimeError("no free loopback port")
+
+
+def private_settings(run_dir: Path, cache_dir: Path, **overrides: object) -> Settings:
+    """Settings for a Kafka + Redis of one's own on free loopback ports, kept in ``run_dir`` (tests, benchmarks)."""
+    return load_settings(
+        kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        run_dir=run_dir,
+        cache_dir=cache_dir,
+        **overrides,
+    )
+
+
+def _spawn(service: Service, argv: list[str]) -> int:
+    service.home.mkdir(parents=True, exist_ok=True)
+    with service.log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    service.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}")
+    return proc.pid
+
+
+def _wait(service: Service, ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if service.pid() is None:
+            raise InfraError(f"{service.name} exited while starting; log tail:\n{service.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.3)
+    raise InfraError(f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}")
+
+
+def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> bool:
+    """True when our own process answers on ``port``; an own process that does not (left over with
+    other ports) is stopped; a foreign process on the port is an error, never touched."""
+    if service.pid() is not None:
+        if answers():
+            return True
+        stop(service)
+    if port_open(port):
+        raise InfraError(f"port {port} is taken by a process this project did not start")
+    return False
+
+
+# --- Kafka -------------------------------------------------------------------------------
+
+
+def kafka_libs(settings: Settings) -> Path:
+    """The broker's jars, fetched from Maven Central once into the cache folder."""
+    libs = settings.cache_dir.resolve() / "kafka-3.9.1" / "libs"
+    if not any(libs.glob("kafka_2.13-3.9.1.jar")):
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise InfraError("Maven (mvn) is needed to fetch the Kafka jars; install it (apt-get install maven)")
+        argv = [mvn, "-q", "-B", "-f", str(KAFKA_POM), "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise InfraError(f"fetching Kafka jars failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return libs
+
+
+def _kafka_config(settings: Settings, service: Service) -> Path:
+    port = settings.kafka_port
+    config = service.home / "server.properties"
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{port + 1}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                f"log.dirs={service.data_dir}",
+                "num.network.threads=2",
+                "num.io.threads=2",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.retention.hours=-1",
+                "",
+            ]
+        )
+    )
+    (service.home / "log4j.properties").write_text(
+        "log4j.rootLogger=WARN, stdout\n"
+        "log4j.logger.kafka.server.KafkaServer=INFO\n"
+        "log4j.logger.kafka.server.KafkaRaftServer=INFO\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+    )
+    return config
+
+
+def _java(settings: Settings, service: Service, main: str, *args: str) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise InfraError("Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)")
+    return [java, KAFKA_HEAP, "-XX:+UseG1GC", f"-Dkafka.logs.dir={service.home}",
+            f"-Dlog4j.configuration=file:{service.home / 'log4j.properties'}",
+            "-cp", f"{kafka_libs(settings)}/*", main, *args]  # fmt: skip
+
+
+async def _admin_ping(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.describe_cluster()
+        return True
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
+def kafka_answers(settings: Settings) -> bool:
+    return port_open(settings.kafka_port) and asyncio.run(_admin_ping(settings.kafka_bootstrap))
+
+
+def kafka_up(settings: Settings) -> str:
+    service = kafka_service(settings)
+    if _already_up(service, settings.kafka_port, lambda: kafka_answers(settings)):
+        return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
+    service.home.mkdir(parents=True, exist_ok=True)
+    config = _kafka_config(settings, service)
+    if not (service.data_dir / "meta.properties").exists():
+        fmt = _java(settings, service, "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22],
+                    "-c", str(config), "--ignore-formatted")  # fmt: skip
+        result = subprocess.run(fmt, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise InfraError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
+    pid = _spawn(service, _java(settings, service, "kafka.Kafka", str(config)))
+    _wait(service, lambda: kafka_answers(settings), "answer an admin request")
+    return f"kafka started (pid {pid}) on {settings.kafka_bootstrap}"
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the contract's topics if missing: events (retained), items/users (compacted), DLQ."""
+    retention = {"retention.ms": str(settings.retention_ms)}
+    compacted = {"cleanup.policy": "compact"}
+    wanted = [
+        NewTopic(
+            settings.events_topic,
+            settings.events_partitions,
+            settings.replication_factor,
+            topic_configs=retention,
+        ),
+        NewTopic(
+            settings.items_topic,
+            settings.items_partitions,
+            settings.replication_factor,
+            topic_configs=compacted,
+        ),
+        NewTopic(
+            settings.users_topic,
+            settings.users_partitions,
+            settings.replication_factor,
+            topic_configs=compacted,
+        ),
+        NewTopic(settings.dlq_topic, settings.dlq_partitions, settings.replication_factor, topic_configs=retention),
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in wanted if topic.name not in existing]
+        if missing:
+            with suppress(TopicAlreadyExistsError):  # another process created it meanwhile
+                await admin.create_topics(missing)
+        return [topic.name for topic in missing]
+    finally:
+        await admin.close()
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+def redis_binary() -> str:
+    """``redis-server`` from Debian, installed on first use when running as root."""
+    found = shutil.which("redis-server") or (os.path.exists("/usr/bin/redis-server") and "/usr/bin/redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise InfraError("redis-server is missing; install it: sudo apt-get install -y redis-server")
+    for argv in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
+        result = subprocess.run(argv, capture_output=True, text=True, check=False,
+                                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        if result.returncode != 0:
+            raise InfraError(f"{' '.join(argv)} failed:\n{result.stderr[-2000:]}")
+    return "/usr/bin/redis-server"
+
+
+def redis_answers(settings: Settings) -> bool:
+    if not port_open(settings.redis_port):
+        return False
+    with socket.create_connection(("127.0.0.1", settings.redis_port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        reply = sock.recv(64)
+    return reply.startswith((b"+PONG", b"-NOAUTH"))
+
+
+def redis_up(settings: Settings) -> str:
+    service = redis_service(settings)
+    if _already_up(service, settings.redis_port, lambda: redis_answers(settings)):
+        return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
+    service.data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [redis_binary(), "--port", str(settings.redis_port), "--bind", "127.0.0.1",
+            "--dir", str(service.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+            "--pidfile", str(service.home / "redis.pid")]  # fmt: skip
+    pid = _spawn(service, argv)
+    _wait(service, lambda: redis_answers(settings), "answer PING")
+    return f"redis started (pid {pid}) on port {settings.redis_port}"
+
+
+# --- both ----------------------------------------------------------------------------------
+
+
+def stop(service: Service, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> str:
+    """Send ``sig`` to the recorded pid, SIGKILL after ``timeout_s``; never touches any other process.
+
+    ``sig=signal.SIGKILL`` is a crash (no shutdown, no final flush), for the fault tests.
+    """
+    pid = service.pid()
+    service.pid_file.unlink(missing_ok=True)
+    if pid is None:
+        return f"{service.name} not running"
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not _is_zombie(pid):
+        time.sleep(0.1)
+    if not _is_zombie(pid):
+        os.kill(pid, signal.SIGKILL)
+    with suppress(ChildProcessError):  # reap it when this very process started it
+        os.waitpid(pid, 0)
+    return f"{service.name} stopped (pid {pid})"
+
+
+def terminate(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Stop a child process we started: SIGTERM (a clean shutdown commits and flushes), SIGKILL after
+    ``timeout_s``, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+PORT_VARIABLES = {"worker": "RECSTREAM_WORKER_METRICS_PORT", "serve": "RECSTREAM_READER_PORT"}
+
+
+class Child:
+    """A ``recstream worker`` or ``recstream serve`` child process with the settings in its environment, on
+    ``port`` (its /metrics or HTTP port; a free one when not given), stopped or killed by its own pid.
+
+    Its own session: Ctrl-C reaches only the parent, which stops its children itself. Every test,
+    benchmark and the demo start the workers and readers they need through this one class."""
+
+    def __init__(
+        self,
+        command: Literal["worker", "serve"],
+        settings: Settings,
+        log: Path,
+        port: int | None = None,
+    ) -> None:
+        self.command, self.log = command, log
+        self.port = port or free_port()
+        full_env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1",  # many small solves
+                    PORT_VARIABLES[command]: str(self.port)}  # fmt: skip
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "recstream.shell.cli", command], env=full_env, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check(self) -> None:
+        """InfraError, naming the log, when the process has exited."""
+        if not self.alive():
+            raise InfraError(f"recstream {self.command} exited with {self.proc.returncode}; see {self.log}")
+
+    def metrics(self) -> str:
+        """Its Prometheus exposition text (the reader serves /metrics too)."""
+        with urlopen(f"{self.url}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Until a reader's /readyz answers 200 (Redis and a model) or a worker's /metrics answers;
+        InfraError, naming the log, when it exits or the time runs out first."""
+        path = "/readyz" if self.command == "serve" else "/metrics"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check()
+            with suppress(OSError), urlopen(f"{self.url}{path}", timeout=1) as response:  # 503, refused: not yet
+                if response.status == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise InfraError(f"recstream {self.command} not ready in {timeout_s:.0f} s; see {self.log}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown (for the fault tests)."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        terminate(self.proc)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def up(settings: Settings) -> list[str]:
+    """Start Redis and Kafka (each only if not already running) and create the topics."""
+    report = [redis_up(settings), kafka_up(settings)]
+    created = asyncio.run(ensure_topics(settings))
+    report.append(f"topics created: {', '.join(created)}" if created else "topics present")
+    return report
+
+
+def down(settings: Settings) -> list[str]:
+    return [stop(kafka_service(settings)), stop(redis_service(settings))]
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[list[str]]:
+    """Bring the services up for the block and stop what this call started (for tests and the demo)."""
+    already = {s.name for s in (kafka_service(settings), redis_service(settings)) if s.pid() is not None}
+    try:
+        yield up(settings)
+    finally:  # also when up() failed half way: a Redis started before Kafka refused is stopped too
+        for service in (kafka_service(settings), redis_service(settings)):
+            if service.name not in already:
+                stop(service)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A SIGTERM handler that stops the process like Ctrl-C, so ``with`` blocks still stop what they started.
+
+    Inside ``asyncio.run`` SIGINT cancels the main task cleanly; elsewhere it raises KeyboardInterrupt. A
+    process started in the background by a script ignores SIGINT: then this raises KeyboardInterrupt itself."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """``kill <pid>`` stops the block as cleanly as Ctrl-C (:func:`interrupt`); the old handler comes back after."""
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,419 @@
+"""The closed loop: simulated users of a World fetch feeds from the real reader, view them, click, report.
+
+Each feed request: an activity-weighted user (so users come back) asks the reader for
+``GET /v1/feed/{u}?limit=k&seed=…`` over HTTP; the user views every served item (an impression)
+and clicks each one with its true probability ``world.click_probability(u, i, now)``; the views
+and clicks go back through ``POST /v1/events`` with ``context.source`` (and the feed's ``variant``
+when the reader named one), so the reader publishes them to Kafka and the workers apply them as
+they would a real client's. New items reach the ``items`` topic when the world creates them.
+Simulation time is the wall clock (event timestamps are real), so a world meant to be simulated
+in minutes sets its arrival rate and appeal half-life in minutes too.
+
+The simulator knows the truth, so each feed is scored against the oracle of that moment:
+
+    regret = Σ_{i ∈ oracle top-k} p(u, i, t) − Σ_{i ∈ served} p(u, i, t)
+
+the oracle choosing among the items available at t that the user has not been shown yet (the
+reader never shows an item twice either); a short page counts its missing slots as 0.
+
+Discovery: a *new* item (created after the run started) is discovered when it enters the top
+``POPULAR_TOP`` of the global popular ranking (the workers' smoothed-CTR ranking ``rank`` in Redis,
+polled every ``RANKING_POLL_S``); its impressions before that are the price of the discovery.
+Reported for the top decile of new items by true quality.
+
+:class:`Ledger` is the bookkeeping (pure, unit-tested on a hand-computed world);
+:class:`Simulator` is the I/O around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from recstream.contracts.events import Rejected, validate
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+from recstream.sim.world import World, WorldConfig
+
+TOP_QUANTILE = 0.9
+"""Top decile: new items whose true quality is at or above the 0.9 quantile of the run's new items."""
+POPULAR_TOP = 20
+"""An item has reached the popular ranking when it is among its first 20 (two pages of 10)."""
+RANKING_POLL_S = 0.5
+HTTP_TIMEOUT_S = 10.0
+
+FRESH_WORLD = WorldConfig(
+    n_users=1_000,
+    n_items=200,
+    new_items_per_hour=1_800,
+    appeal_half_life_h=2 / 60,
+    initial_age_span_h=0.1,
+    quality_sd=1.5,
+)
+"""A fresh-content world on a clock of minutes (a news or short-video feed sped up, so a run of a minute
+is a day's dynamics): a new item every 2 s, appeal halving every 2 minutes. The start catalogue is
+6 minutes old, so the calibrated 4% CTR of a random impression there means a fresh item is clicked
+~2.5× as often as that on average, and a 10-minute-old one hardly at all. Quality varies more than
+taste (sd 1.5 against 1): some new items are hits, most are not, as in such feeds."""
+
+
+def pool_age_for(world: WorldConfig) -> int:
+    """The new-item pool's graduation age for a world: twice its appeal half-life, the ratio of the
+    defaults (48 h for 24 h), so a sped-up world gets a pool on its own clock. Fading off: the default."""
+    half_life_h = world.appeal_half_life_h
+    return int(2 * half_life_h * 3600) if half_life_h else Settings.model_fields["pool_graduate_age_s"].default
+
+
+class SimConfig(BaseModel):
+    """How the simulated users behave; the world (tastes, items, arrival, fading) is the WorldConfig."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = Field(0, ge=0, description="users, clicks and the reader's explore draws")
+    feeds_per_s: float = Field(20.0, gt=0, description="feed requests offered per second (Poisson)")
+    concurrency: int = Field(16, ge=1, description="feed requests in flight at most")
+    limit: int = Field(10, ge=1, le=100, description="k: items per feed page")
+
+
+@dataclass
+class Counts:
+    impressions: int = 0
+    clicks: int = 0
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.impressions if self.impressions else 0.0
+
+
+@dataclass
+class ArmCounts(Counts):
+    """Per A/B variant: its feeds and their regret too."""
+
+    feeds: int = 0
+    regret: float = 0.0
+
+
+@dataclass
+class SimResult:
+    """What a run did. Live while the run goes (the demo's panel reads it), final after."""
+
+    feeds: int = 0
+    failed: int = 0
+    degraded: int = 0
+    events_posted: int = 0
+    items_published: int = 0
+    totals: Counts = field(default_factory=Counts)
+    regret: float = 0.0
+    oracle_value: float = 0.0
+    by_source: dict[str, Counts] = field(default_factory=lambda: defaultdict(Counts))
+    by_variant: dict[str, ArmCounts] = field(default_factory=lambda: defaultdict(ArmCounts))
+    discovered_after: dict[int, int] = field(default_factory=dict)
+    """new item → its impressions before it entered the popular ranking's top"""
+    top_new: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ctr(self) -> float:
+        return self.totals.ctr
+
+    @property
+    def regret_per_feed(self) -> float:
+        return self.regret / self.feeds if self.feeds else 0.0
+
+    @property
+    def top_discovered(self) -> list[int]:
+        return [i for i in self.top_new if i in self.discovered_after]
+
+    @property
+    def median_impressions_to_discovery(self) -> float | None:
+        found = [self.discovered_after[i] for i in self.top_discovered]
+        return float(np.median(found)) if found else None
+
+    def summary(self) -> dict[str, Any]:
+        """Flat figures for tables and JSON."""
+        return {
+            "feeds": self.feeds,
+            "failed": self.failed,
+            "degraded": self.degraded,
+            "impressions": self.totals.impressions,
+            "clicks": self.totals.clicks,
+            "ctr": self.ctr,
+            "regret_per_feed": self.regret_per_feed,
+            "ctr_by_source": {s: c.ctr for s, c in sorted(self.by_source.items())},
+            "impressions_by_source": {s: c.impressions for s, c in sorted(self.by_source.items())},
+            "by_variant": {
+                v: {"feeds": a.feeds, "impressions": a.impressions, "clicks": a.clicks, "regret": a.regret}
+                for v, a in sorted(self.by_variant.items())
+            },
+            "top_new_items": len(self.top_new),
+            "top_new_discovered": len(self.top_discovered),
+            "median_impressions_to_discovery": self.median_impressions_to_discovery,
+            "items_published": self.items_published,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """One served item as the simulator sees it."""
+
+    item: int
+    source: str
+    variant: str | None = None
+
+
+class Ledger:
+    """Scores feeds against the world's truth and keeps the counts (pure: no I/O, no clock).
+
+    ``start_ms``: items created after it are the run's new items (for discovery).
+    """
+
+    def __init__(self, world: World, start_ms: int, limit: int) -> None:
+        self.world = world
+        self.start_ms = start_ms
+        self.limit = limit
+        self.result = SimResult()
+        self.shown: dict[int, set[int]] = defaultdict(set)
+        self._impressions: dict[int, int] = defaultdict(int)
+
+    def saw(self, user: int, items: Iterable[int]) -> None:
+        """Items the user was shown before the run (its history): the oracle will not offer them again."""
+        self.shown[user].update(items)
+
+    def oracle(self, user: int, now_ms: int) -> np.ndarray:
+        """The oracle feed: the k available items not yet shown to the user with the highest true p."""
+        available = np.arange(int(self.world.available_items(now_ms)))
+        fresh = available[~np.isin(available, np.fromiter(self.shown[user], np.int64, len(self.shown[user])))]
+        return self.world.oracle_top_k(user, now_ms, self.limit, fresh)
+
+    def regret(self, user: int, served: Sequence[int], now_ms: int) -> tuple[float, float]:
+        """(Σ p over the oracle top-k, Σ p over the served items) for this user at now_ms."""
+        best = float(self.world.click_probability(user, self.oracle(user, now_ms), now_ms).sum())
+        got = float(self.world.click_probability(user, np.asarray(served, np.int64), now_ms).sum()) if served else 0.0
+        return best, got
+
+    def record(self, user: int, page: Sequence[Shown], now_ms: int, rng: np.random.Generator) -> list[bool]:
+        """Score one served page, draw the user's clicks (each item with its true p), count; returns the clicks."""
+        r = self.result
+        items = [s.item for s in page]
+        best, got = self.regret(user, items, now_ms)
+        p = self.world.click_probability(user, np.asarray(items, np.int64), now_ms) if items else np.empty(0)
+        clicks = (rng.random(len(items)) < p).tolist()
+        r.feeds += 1
+        r.regret += best - got
+        r.oracle_value += best
+        for shown, clicked in zip(page, clicks, strict=True):
+            for counts in (r.totals, r.by_source[shown.source]):
+                counts.impressions += 1
+                counts.clicks += clicked
+            self._impressions[shown.item] += 1
+        variants = {s.variant for s in page if s.variant is not None}
+        for variant in variants:
+            arm = r.by_variant[variant]
+            arm.feeds += 1
+            arm.regret += best - got
+            mine = [c for s, c in zip(page, clicks, strict=True) if s.variant == variant]
+            arm.impressions += len(mine)
+            arm.clicks += sum(mine)
+        self.shown[user].update(items)
+        return clicks
+
+    def ranked(self, items: Iterable[int]) -> None:
+        """Items now in the popular ranking's top: each new one not discovered yet is, after its impressions so far."""
+        for item in items:
+            if item >= 0 and item not in self.result.discovered_after and self.world.created_ms[item] > self.start_ms:
+                self.result.discovered_after[item] = self._impressions[item]
+
+    def finish(self, end_ms: int) -> SimResult:
+        """Settle the top decile of the new items that arrived during the run."""
+        world, r = self.world, self.result
+        new = np.flatnonzero(world.created_ms[: int(world.available_items(end_ms))] > self.start_ms)
+        if new.size:
+            cut = np.quantile(world.quality[new], TOP_QUANTILE)
+            r.top_new = new[world.quality[new] >= cut].tolist()
+        return r
+
+
+class Simulator:
+    """Simulated users against a running reader (and, through it, Kafka and the workers).
+
+    ``asyncio.run(Simulator(world, "http://127.0.0.1:8080", settings, SimConfig(seed=1)).run(seconds=60))``
+    returns a :class:`SimResult` (``feeds=1000`` bounds it by feeds instead).
+    """
+
+    def __init__(
+        self,
+        world: World,
+        reader_url: str,
+        settings: Settings,
+        config: SimConfig | None = None,
+        *,
+        announced_items: int = 0,
+        announced_users: Iterable[int] = (),
+        history: Mapping[int, Iterable[int]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """``announced_items``: the first items already on the items topic; ``history``: user → items
+        already shown to them (their seen sets); ``headers``: e.g. the API key for POST /v1/events."""
+        self.world = world
+        self.reader_url = reader_url.rstrip("/")
+        self.settings = settings
+        self.config = config or SimConfig()
+        self.announced_items = announced_items
+        self.announced_users = set(announced_users)
+        self.history = history or {}
+        self.headers = dict(headers or {})
+        self.ledger: Ledger | None = None
+
+    @property
+    def result(self) -> SimResult:
+        """The live counts (empty before the run starts)."""
+        return self.ledger.result if self.ledger else SimResult()
+
+    async def run(
+        self, seconds: float | None = None, feeds: int | None = None, start_ms: int | None = None
+    ) -> SimResult:
+        """Offer feeds at ``feeds_per_s`` until ``seconds`` have passed or ``feeds`` were offered.
+
+        ``start_ms``: wait for this wall-clock time first, so runs that took different times to set up
+        still cover the same stretch of the world's timeline (arrivals, fading)."""
+        import aiohttp
+
+        if seconds is None and feeds is None:
+            raise ValueError("give seconds or feeds (or both)")
+        if start_ms is not None:
+            await asyncio.sleep(max(0.0, (start_ms - _now_ms()) / 1000))
+        cfg = self.config
+        started, start_ms = time.monotonic(), _now_ms()
+        self.ledger = ledger = Ledger(self.world, start_ms, cfg.limit)
+        for user, items in self.history.items():
+            ledger.saw(user, items)
+        rng = np.random.default_rng(cfg.seed)
+        in_flight = asyncio.Semaphore(cfg.concurrency)
+        tasks: set[asyncio.Task] = set()
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        connector = aiohttp.TCPConnector(limit=cfg.concurrency * 2)
+        try:
+            async with (
+                EventProducer(self.settings) as producer,
+                aiohttp.ClientSession(timeout=timeout, connector=connector, headers=self.headers) as http,
+            ):
+                await self._publish_items(producer, start_ms)
+                poller = asyncio.create_task(self._poll_ranking(ledger))
+                due, n = time.monotonic(), 0
+                while (feeds is None or n < feeds) and (seconds is None or time.monotonic() - started < seconds):
+                    due += rng.exponential(1.0 / cfg.feeds_per_s)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    await self._publish_items(producer, _now_ms())
+                    user = int(self.world.sample_users(1, rng)[0])
+                    if user not in self.announced_users:
+                        self.announced_users.add(user)
+                        await producer.send_user(_valid(self.world.user_message(user, _now_ms())))  # type: ignore[arg-type]
+                    await in_flight.acquire()
+                    task = asyncio.create_task(self._one_feed(http, ledger, user, n, in_flight))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    n += 1
+                await asyncio.gather(*tasks)
+                poller.cancel()
+                await producer.flush()
+        finally:  # also when cancelled (the demo's Ctrl-C): the result so far is settled
+            ledger.result.seconds = time.monotonic() - started
+            ledger.finish(_now_ms())
+        return ledger.result
+
+    async def _poll_ranking(self, ledger: Ledger) -> None:
+        """Watch the top of the workers' global ranking for discoveries (a failed poll is retried next time)."""
+        from redis.asyncio import Redis
+        from redis.exceptions import RedisError
+
+        key = Keys(self.settings.redis_prefix).rank()
+        redis = Redis.from_url(self.settings.redis_url)
+        try:
+            while True:
+                try:
+                    top = await redis.zrevrange(key, 0, POPULAR_TOP - 1)
+                    ledger.ranked(self.world.item_index(i.decode()) for i in top)
+                except (RedisError, OSError):
+                    pass
+                await asyncio.sleep(RANKING_POLL_S)
+        finally:
+            await redis.aclose()
+
+    async def _publish_items(self, producer: EventProducer, now_ms: int) -> None:
+        """Every item the world created up to now_ms that is not on the items topic yet."""
+        upto = int(self.world.available_items(now_ms))
+        for item in range(self.announced_items, upto):
+            message = self.world.item_message(item, max(int(self.world.created_ms[item]), now_ms - 1))
+            await producer.send_item(_valid(message))  # type: ignore[arg-type]
+        if upto > self.announced_items:
+            self.ledger.result.items_published += upto - self.announced_items  # type: ignore[union-attr]
+            self.announced_items = upto
+            await producer.flush()
+
+    async def _one_feed(self, http: Any, ledger: Ledger, user: int, n: int, in_flight: asyncio.Semaphore) -> None:
+        """Fetch, score, click, report one feed; a failed request is counted, never raised."""
+        import aiohttp
+
+        seed = self.config.seed * 1_000_003 + n
+        user_id = self.world.user_ids[user]
+        try:
+            url = f"{self.reader_url}/v1/feed/{user_id}"
+            async with http.get(url, params={"limit": self.config.limit, "seed": seed}) as response:
+                response.raise_for_status()
+                page = orjson.loads(await response.read())
+            now_ms = _now_ms()
+            shown = [
+                Shown(self.world.item_index(it["item_id"]), it["source"], it.get("variant", page.get("variant")))
+                for it in page["items"]
+            ]
+            shown = [s for s in shown if s.item >= 0]
+            ledger.result.degraded += bool(page.get("degraded"))
+            clicks = ledger.record(user, shown, now_ms, np.random.default_rng([self.config.seed, n]))
+            events = _events(user_id, self.world, shown, clicks, now_ms, f"sim{self.config.seed}-{n}-")
+            if events:
+                async with http.post(f"{self.reader_url}/v1/events", data=orjson.dumps(events),
+                                     headers={"content-type": "application/json"}) as response:  # fmt: skip
+                    response.raise_for_status()
+                ledger.result.events_posted += len(events)
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, KeyError):
+            ledger.result.failed += 1
+        finally:
+            in_flight.release()
+
+
+def _events(
+    user_id: str, world: World, shown: Sequence[Shown], clicks: Sequence[bool], now_ms: int, prefix: str
+) -> list[dict[str, Any]]:
+    """A view per shown item, a click after each clicked one, with its source as context and the feed's
+    A/B variant (when it named one) as the event's ``variant``."""
+    events = []
+    for k, (s, clicked) in enumerate(zip(shown, clicks, strict=True)):
+        for kind in ("view", "click") if clicked else ("view",):
+            event = {"type": kind, "user_id": user_id, "item_id": world.item_ids[s.item], "ts": now_ms,
+                     "event_id": f"{prefix}{k}{kind[0]}", "context": {"source": s.source}}  # fmt: skip
+            if s.variant is not None:
+                event["variant"] = s.variant
+            events.append(event)
+    return events
+
+
+def _valid(message: dict[str, Any]) -> object:
+    """The world's item or user dict as the contract's model (its ``kind`` names the topic)."""
+    value = validate({k: v for k, v in message.items() if k != "kind"}, message["kind"], 2**53)
+    if isinstance(value, Rejected):
+        raise ValueError(f"the world made an invalid {message['kind']}: {value.reason}")
+    return value
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

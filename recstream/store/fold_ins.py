@@ -1,0 +1,129 @@
+"""Graduated new items' fold-ins in Redis: who interacted with them, the stored vectors, the broadcast.
+
+How an item's content vector is replaced (key names in recstream/keys.py):
+
+1. Each event batch adds its new items' users (user → summed event weight) to ``foldin:users:<i>``,
+   in the batch's own atomic script (apply_batch.lua), until the item graduates from the pool. The
+   batch that graduates an item adds it to ``foldin:pending``, and every batch returns the pending items.
+2. The worker that applied that batch computes the fold-in from those users' stored vectors
+   (streams/live_model.py) and :meth:`FoldInStore.save` stores it under the model version, clears the
+   item's users and its pending entry, refreshes its similar items and appends it to ``foldin:log``, in
+   one script that does nothing for an item no longer pending: each fold-in is stored once, even when two
+   workers computed it, and a worker killed between its batch and the save leaves the item pending for
+   the next batch any worker applies.
+3. Items are broadcast, so every worker tails ``foldin:log`` and replaces the item's vector in its own
+   index; a worker loading a version (start, hot swap) first applies everything stored under it.
+
+Only items the model version was not trained on are tracked, and tracking stops at graduation, so
+the stored users of an item still in the pool are a function of the events alone (sums of weights)
+and a restarted worker reproduces them, up to ``fold_in_users`` users (the first ones; above
+``pool_graduate_views`` it is reached only by clicks without views). Which users got in past the cap,
+and the fold-in itself, which reads the users' vectors as they are at graduation, depend on how the
+partitions interleave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from redis.asyncio import Redis
+
+from recstream.contracts.keys import Keys
+
+LOG_LENGTH = 100_000  # fold-ins kept in the stream (approximately): a worker (re)loading reads the hash instead
+
+SAVE = """
+-- ARGV: prefix, version, log length, then (item, float32 vector or '', similar list or '') triples
+local P = ARGV[1] .. ':'
+local stored = 0
+for k = 4, #ARGV, 3 do
+  local item = ARGV[k]
+  if redis.call('SREM', P .. 'foldin:pending', item) == 1 then
+    redis.call('DEL', P .. 'foldin:users:' .. item)
+    if ARGV[k + 1] ~= '' then
+      redis.call('HSET', P .. 'foldin:' .. ARGV[2], item, ARGV[k + 1])
+      if ARGV[k + 2] ~= '' then redis.call('SET', P .. 'item:' .. item .. ':similar', ARGV[k + 2]) end
+      redis.call('XADD', P .. 'foldin:log', 'MAXLEN', '~', ARGV[3], '*',
+                 'version', ARGV[2], 'item', item, 'vec', ARGV[k + 1])
+      stored = stored + 1
+    end
+  end
+end
+return stored
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUsers:
+    """The users of one graduated item that have a vector: their vectors (rows) and summed event weights."""
+
+    vectors: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class FoldIn:
+    version: str
+    item: str
+    vector: np.ndarray
+
+
+class FoldInStore:
+    """Reads and writes of the fold-in keys; a worker's :class:`~streams.live_model.LiveModel` owns one."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self._save = redis.register_script(SAVE)
+
+    async def users(self, items: list[str], dim: int) -> dict[str, ItemUsers]:
+        """Each item's stored users with a ``dim``-long vector (sorted by id: the solve's rounding is then
+        a function of the set), in two round trips. A user without a vector would add nothing to the
+        fold-in (x_u = 0 in both sums), so leaving them out is exact."""
+        pipe = self.redis.pipeline(transaction=False)
+        for item in items:
+            pipe.hgetall(self.keys(f"foldin:users:{item}"))
+        stored = [{u.decode(): float(w) for u, w in raw.items()} for raw in await pipe.execute()]
+        everyone = sorted({user for users in stored for user in users})
+        raw = await self.redis.mget([self.keys.user(u, "vec") for u in everyone]) if everyone else []
+        vectors = {u: np.frombuffer(v, "<f4") for u, v in zip(everyone, raw, strict=True) if v and len(v) == 4 * dim}
+        out = {}
+        for item, users in zip(items, stored, strict=True):
+            known = sorted(u for u in users if u in vectors)
+            out[item] = ItemUsers(
+                vectors=np.array([vectors[u] for u in known], dtype=np.float32).reshape(len(known), dim),
+                weights=np.array([users[u] for u in known], dtype=np.float64),
+            )
+        return out
+
+    async def save(self, version: str, results: list[tuple[str, np.ndarray | None, bytes | None]]) -> int:
+        """Store (item, vector, similar list) for the items still pending; a None vector only resolves the item
+        (no user had a vector, or the model knows it). Returns how many vectors were stored."""
+        args: list[str | bytes | int] = [self.keys.prefix, version, LOG_LENGTH]
+        for item, vector, similar in results:
+            args += [item, b"" if vector is None else _encode(vector), similar or b""]
+        return int(await self._save(args=args))
+
+    async def stored(self, version: str) -> dict[str, np.ndarray]:
+        raw = await self.redis.hgetall(self.keys(f"foldin:{version}"))
+        return {item.decode(): np.frombuffer(vector, "<f4") for item, vector in raw.items()}
+
+    async def log_end(self) -> str:
+        """The id of the last fold-in in the log ("0-0" when empty): where a new follower starts."""
+        last = await self.redis.xrevrange(self.keys("foldin:log"), count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def read_log(self, after: str) -> tuple[str, list[FoldIn]]:
+        """Fold-ins logged after ``after`` (at once, none if none), and the new position."""
+        reply = await self.redis.xread({self.keys("foldin:log"): after}, count=1_000)
+        entries = reply[0][1] if reply else []
+        fold_ins = [
+            FoldIn(fields[b"version"].decode(), fields[b"item"].decode(), np.frombuffer(fields[b"vec"], "<f4"))
+            for _, fields in entries
+        ]
+        return (entries[-1][0].decode() if entries else after), fold_ins
+
+
+def _encode(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f4").tobytes()

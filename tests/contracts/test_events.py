@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from recstream.contracts.events import (
+    MAX_ID_LEN,
+    Event,
+    ItemEvent,
+    Rejected,
+    UserEvent,
+    decode,
+    encode,
+    segment_of,
+    validate,
+)
+
+NOW = 1_700_000_000_000
+GOOD = {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW - 1000}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"type": "like"}, "type: Input should be 'view' or 'click'"),
+        ({"user_id": None}, "user_id: Input should be a valid string"),
+        ({"user_id": "u" * (MAX_ID_LEN + 1)}, "user_id: String should have at most 64 characters"),
+        ({"item_id": "i1; DEL *"}, "item_id: String should match pattern"),
+        ({"item_id": "i1:similar"}, "item_id: String should match pattern"),  # would name item i1's neighbours key
+        ({"item_id": ""}, "item_id: String should have at least 1 character"),
+        ({"ts": -5}, "ts: Input should be greater than or equal to 631152000000"),
+        ({"ts": "1700000000000"}, "ts: Input should be a valid integer"),
+        ({"ts": 1.7e12}, "ts: Input should be a valid integer"),
+        ({"ts": NOW + 2 * 86_400_000}, "is more than a day in the future"),
+        ({"extra": 1}, "extra: Extra inputs are not permitted"),
+        ({"context": {"k" * 100: 1}}, "context.k"),
+    ],
+)
+def test_malformed_event_gets_precise_reason(change, reason):
+    result = validate({**GOOD, **change}, "event", NOW)
+    assert isinstance(result, Rejected)
+    assert reason in result.reason
+
+
+def test_missing_field_is_named():
+    obj = {k: v for k, v in GOOD.items() if k != "item_id"}
+    assert validate(obj, "event", NOW).reason == "item_id: Field required"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "json: invalid JSON"),
+        (None, "tombstone: "),
+        (b"[1, 2]", "event: Input should be an object"),
+        (b"x" * 1_000_001, "size: message of 1000001 bytes exceeds"),
+    ],
+)
+def test_malformed_message_is_rejected_with_its_bytes(raw, reason):
+    valid, rejected = decode(raw, "event", NOW)
+    assert valid == []
+    assert reason in rejected[0].reason
+
+
+def test_one_bad_event_does_not_cost_its_neighbours():
+    raw = orjson.dumps([GOOD, {**GOOD, "ts": "x"}, {**GOOD, "item_id": "i2"}])
+    valid, rejected = decode(raw, "event", NOW)
+    assert [e.item_id for e in valid] == ["i1", "i2"]
+    assert len(rejected) == 1 and orjson.loads(rejected[0].payload)["ts"] == "x"
+
+
+def test_item_and_user_events_validate():
+    item = validate(
+        {"op": "new", "item_id": "i9", "ts": NOW, "categories": ["Drama"], "features": {"len": 3}},
+        "item",
+        NOW,
+    )
+    assert isinstance(item, ItemEvent) and item.features == {"len": 3.0} and item.available
+    assert (
+        "features"
+        in validate({"op": "new", "item_id": "i9", "ts": NOW, "features": {"x": float("nan")}}, "item", NOW).reason
+    )
+    user = validate({"user_id": "u9", "ts": NOW, "attributes": {"age": 30, "gender": "M"}}, "user", NOW)
+    assert isinstance(user, UserEvent) and segment_of(user.attributes) == "age25-34.M"
+
+
+def test_encode_round_trips_through_decode():
+    events = [
+        Event(**GOOD),
+        Event(**{**GOOD, "type": "view", "event_id": "e1", "context": {"source": "explore"}}),
+    ]
+    valid, rejected = decode(encode(events), "event", NOW)
+    assert valid == events and rejected == []
+
+
+@pytest.mark.parametrize(
+    ("variant", "reason"),
+    [
+        ("blend", "variant: String should match pattern"),
+        ("blend:a:b", "variant: String should match pattern"),
+        ("blend:a b", "variant: String should match pattern"),
+        ("x" * 33 + ":a", "variant: String should match pattern"),
+        (":a", "variant: String should match pattern"),
+        (7, "variant: Input should be a valid string"),
+    ],
+)
+def test_a_malformed_variant_is_rejected_with_its_reason(variant, reason):
+    assert reason in validate({**GOOD, "variant": variant}, "event", NOW).reason
+
+
+def test_the_variant_is_optional_and_travels_only_when_set():
+    old = validate(GOOD, "event", NOW)
+    assert isinstance(old, Event) and old.variant is None and b"variant" not in encode(old)
+    tagged = validate({**GOOD, "variant": "blend-2026.q1:explore_heavy"}, "event", NOW)
+    assert isinstance(tagged, Event) and tagged.variant == "blend-2026.q1:explore_heavy"
+    assert decode(encode(tagged), "event", NOW)[0] == [tagged]

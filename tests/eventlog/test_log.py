@@ -1,0 +1,42 @@
+"""Reading the log outside faust (streams/log.py): exact offset ranges, whole topics, training's read."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from recstream.eventlog.log import open_log, read, whole_topic
+from recstream.jobs import training
+from tests.streams.scenario import publish, publish_raw, world
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_range_yields_exactly_its_offsets_in_bounded_chunks(isolated_settings):
+    settings = isolated_settings
+    topic = settings.events_topic
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for k in range(10):
+            await producer.send_and_wait(topic, str(k).encode(), partition=0, timestamp_ms=1_700_000_000_000 + k)
+    finally:
+        await producer.stop()
+    async with open_log(settings) as consumer:
+        chunks = [chunk async for chunk in read(consumer, {(topic, 0): (3, 7)}, max_records=2)]
+        whole = [m async for chunk in read(consumer, await whole_topic(consumer, topic), 100) for m in chunk]
+        empty = [chunk async for chunk in read(consumer, {(topic, 0): (5, 5), (topic, 1): (None, 0)}, 100)]
+    assert [[m.offset for m in chunk] for chunk in chunks] == [[3, 4], [5, 6]]
+    assert [(m.value, m.timestamp_ms) for m in chunks[0]] == [(b"3", 1_700_000_000_003), (b"4", 1_700_000_000_004)]
+    assert [(m.partition, m.offset) for m in whole] == [(0, k) for k in range(10)]
+    assert empty == []
+
+
+async def test_training_reads_every_valid_record_of_items_and_events(isolated_settings):
+    settings = isolated_settings
+    _, items, events = world(n_users=20, n_items=10, n_events=500)
+    await publish(settings, items=items, events=events, batch_events=30)
+    await publish_raw(settings, b"{oops", key=b"u1")
+    records = await training.read_log(settings)
+    assert [r.value for r in records if r.kind == "item"] == items
+    assert sorted(r.value.event_id for r in records if r.kind == "event") == sorted(e.event_id for e in events)

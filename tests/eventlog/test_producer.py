@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from recstream.contracts.events import Event, ItemEvent, Kind, UserEvent, decode, partition_for
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+
+pytestmark = pytest.mark.integration
+T0 = 1_700_000_000_000
+
+
+async def consume_all(settings: Settings, topic: str, kind: Kind, expected: int) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    messages = []
+    try:
+        while sum(len(decode(m.value, kind, T0 * 2)[0]) for m in messages) < expected:
+            batch = await consumer.getmany(timeout_ms=10_000)
+            assert batch, f"timed out with {len(messages)} messages on {topic}"
+            messages += [m for part in batch.values() for m in part]
+    finally:
+        await consumer.stop()
+    return messages
+
+
+async def test_round_trip_through_the_broker_keeps_per_user_order(isolated_settings: Settings):
+    settings = isolated_settings
+    events = [
+        Event(type="click" if k % 7 == 0 else "view", user_id=f"u{k % 37}", item_id=f"i{k % 101}", ts=T0 + k,
+              event_id=f"e{k}")
+        for k in range(5_000)
+    ]  # fmt: skip
+    items = [ItemEvent(op="new", item_id=f"i{k}", ts=T0, categories=["a", "b"]) for k in range(50)]
+    users = [UserEvent(user_id=f"u{k}", ts=T0, attributes={"age": 20 + k}) for k in range(40)]
+    async with EventProducer(settings, batch_events=64) as producer:
+        await producer.send_events(events)
+        for item in items:
+            await producer.send_item(item)
+        for user in users:
+            await producer.send_user(user)
+        assert await producer.flush() == len(events)
+
+    messages = await consume_all(settings, settings.events_topic, "event", len(events))
+    got: dict[str, list[Event]] = defaultdict(list)
+    for message in messages:
+        valid, rejected = decode(message.value, "event", T0 * 2)
+        assert rejected == []
+        assert {partition_for(e.user_id, settings.events_partitions) for e in valid} == {message.partition}
+        for event in valid:
+            got[event.user_id].append(event)
+    want: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        want[event.user_id].append(event)
+    assert got == want
+
+    item_messages = await consume_all(settings, settings.items_topic, "item", len(items))
+    assert [decode(m.value, "item", T0 * 2)[0][0] for m in item_messages] == items
+    user_messages = await consume_all(settings, settings.users_topic, "user", len(users))
+    assert sorted((decode(m.value, "user", T0 * 2)[0][0] for m in user_messages), key=lambda u: u.user_id) == sorted(
+        users, key=lambda u: u.user_id
+    )
+    assert all(m.key.decode() == decode(m.value, "user", T0 * 2)[0][0].user_id for m in user_messages)

@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recstream.contracts.settings import Settings
+from recstream.shell import infra
+from recstream.shell.infra import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_path: Path):
+    settings = services.model_copy(
+        update={
+            "kafka_bootstrap": f"127.0.0.1:{free_port(span=2)}",
+            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+            "run_dir": tmp_path,
+        }
+    )
+    infra.up(settings)
+    pids = [infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()]
+    try:
+        second = infra.up(settings)
+        assert all(pids) and "already running" in second[0] and "already running" in second[1]
+        assert second[2] == "topics present"
+        assert [infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()] == pids
+    finally:
+        infra.down(settings)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not infra.port_open(settings.kafka_port) and not infra.port_open(settings.redis_port)
+    assert infra.down(settings) == ["kafka not running", "redis not running"]
+
+
+def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings, tmp_path: Path):
+    taken = services.model_copy(update={"run_dir": tmp_path})  # same ports, another run folder
+    with pytest.raises(infra.InfraError, match="taken by a process this project did not start"):
+        infra.redis_up(taken)
+    assert infra.redis_answers(services)
+
+
+def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: Path):
+    with socket.socket() as blocker:  # a foreign process on the Kafka port: Redis starts, Kafka refuses
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        settings = services.model_copy(
+            update={
+                "kafka_bootstrap": f"127.0.0.1:{blocker.getsockname()[1]}",
+                "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+                "run_dir": tmp_path,
+            }
+        )
+        with pytest.raises(infra.InfraError, match="taken by a process"), infra.running(settings):
+            pass
+    assert infra.redis_service(settings).pid() is None and not infra.port_open(settings.redis_port)
+
+
+CLEANS_UP = """
+import signal, sys, time
+from recstream.shell import infra
+if sys.argv[2] == "ignored":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a process a script started with `&`
+try:
+    with infra.sigterm_interrupts():
+        print("ready", flush=True)
+        time.sleep(60)
+finally:
+    open(sys.argv[1], "w").write("stopped what it started")
+"""
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_unwinds_the_block_like_ctrl_c(tmp_path: Path, sigint: str):
+    """`kill <pid>` of a benchmark or the demo must still run their `finally`s (stop workers, Kafka, Redis),
+    also when a script started them in the background, where SIGINT is ignored."""
+    marker = tmp_path / "cleanup"
+    child = subprocess.Popen([sys.executable, "-c", CLEANS_UP, str(marker), sigint], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        child.terminate()
+        child.wait(timeout=10)
+    finally:
+        child.kill()
+    assert marker.read_text() == "stopped what it started"

@@ -1,0 +1,109 @@
+"""The simulator's truth side on a tiny world whose click probabilities are computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+
+from recstream.sim.simulator import Ledger, Shown
+from recstream.sim.world import HOUR_MS, World, WorldConfig
+
+START = 1_700_000_000_000
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def tiny_world(half_life_h: float | None = None) -> World:
+    """One user with taste 1 (d = 1), four items with affinity 0, 1, 2, 3, no quality, bias 0.
+
+    Items 0–2 exist at START; item 3 (the best by taste) is created one hour later.
+    """
+    world = World(WorldConfig(seed=0, n_users=1, n_items=4, dim=1, new_items_per_hour=0,
+                              appeal_half_life_h=half_life_h, start_ms=START, initial_age_span_h=0))  # fmt: skip
+    world.taste = np.array([[1.0]])
+    world.item_vectors = np.array([[0.0], [1.0], [2.0], [3.0]])
+    world.quality = np.zeros(4)
+    world.bias = 0.0
+    world.created_ms = np.array([START, START, START, START + HOUR_MS])
+    return world
+
+
+def test_oracle_is_the_best_available_unseen_items():
+    ledger = Ledger(tiny_world(), start_ms=START, limit=2)
+    assert ledger.oracle(0, START).tolist() == [2, 1]  # item 3 does not exist yet
+    assert ledger.oracle(0, START + HOUR_MS).tolist() == [3, 2]
+    ledger.saw(0, [3])
+    assert ledger.oracle(0, START + HOUR_MS).tolist() == [2, 1]
+
+
+def test_regret_is_the_oracle_value_minus_the_served_value():
+    ledger = Ledger(tiny_world(), start_ms=START, limit=2)
+    best, got = ledger.regret(0, [0, 1], START)
+    assert best == pytest.approx(sigmoid(2) + sigmoid(1))
+    assert got == pytest.approx(sigmoid(0) + sigmoid(1))
+    assert ledger.regret(0, [1, 2], START) == pytest.approx((best, best))  # the oracle's items: no regret
+    assert ledger.regret(0, [0], START)[1] == pytest.approx(sigmoid(0))  # a short page: the missing slot is 0
+
+
+def test_regret_follows_fading_appeal():
+    """With a 1 h half-life, two hours later items 0–2 are worth ¼ and item 3 (1 h old) ½ of σ."""
+    ledger = Ledger(tiny_world(half_life_h=1.0), start_ms=START, limit=2)
+    now = START + 2 * HOUR_MS
+    assert ledger.oracle(0, now).tolist() == [3, 2]
+    best, got = ledger.regret(0, [0, 1], now)
+    assert best == pytest.approx(sigmoid(3) / 2 + sigmoid(2) / 4)
+    assert got == pytest.approx((sigmoid(0) + sigmoid(1)) / 4)
+
+
+def test_record_counts_sources_regret_discoveries_and_shown_items():
+    ledger = Ledger(tiny_world(), start_ms=START, limit=2)
+    rng = np.random.default_rng(0)
+    ledger.record(0, [Shown(0, "personal", "a"), Shown(1, "explore", "a")], START + HOUR_MS, rng)
+    ledger.record(0, [Shown(3, "explore", "b")], START + HOUR_MS, rng)
+    ledger.ranked([1, 3])  # item 3 is new (created after start_ms), 1 is not: a discovery after 1 impression
+    ledger.record(0, [Shown(3, "popular", "b")], START + HOUR_MS, rng)
+    ledger.ranked([3])  # already discovered
+    r = ledger.finish(START + HOUR_MS)
+    assert r.feeds == 3 and r.totals.impressions == 4
+    assert {s: c.impressions for s, c in r.by_source.items()} == {"personal": 1, "explore": 2, "popular": 1}
+    first = sigmoid(3) + sigmoid(2) - sigmoid(0) - sigmoid(1)  # oracle [3, 2] vs served [0, 1]
+    second = sigmoid(3) + sigmoid(2) - sigmoid(3)  # 0 and 1 are shown now: oracle [3, 2], served [3]
+    third = sigmoid(2) - sigmoid(3)  # 3 was shown, so the oracle has only item 2 left; the page beat it
+    assert r.regret == pytest.approx(first + second + third)
+    assert r.by_variant["a"].feeds == 1 and r.by_variant["a"].regret == pytest.approx(first)
+    assert r.by_variant["b"].impressions == 2
+    assert r.discovered_after == {3: 1}
+    assert r.top_new == [3] and r.top_discovered == [3] and r.median_impressions_to_discovery == 1.0
+    assert ledger.shown[0] == {0, 1, 3}
+
+
+def test_clicks_follow_the_true_probability():
+    ledger = Ledger(tiny_world(), start_ms=START, limit=3)
+    rng = np.random.default_rng(1)
+    for _ in range(4_000):
+        ledger.shown.clear()
+        ledger.record(0, [Shown(0, "personal"), Shown(2, "personal")], START, rng)
+    r = ledger.result
+    assert r.ctr == pytest.approx((sigmoid(0) + sigmoid(2)) / 2, abs=0.02)
+
+
+def test_reported_events_are_valid_and_carry_source_and_variant():
+    from recstream.contracts.events import decode
+    from recstream.sim.simulator import _events
+
+    world = tiny_world()
+    page = [Shown(0, "explore", "exp:a"), Shown(1, "personal")]
+    events = _events("u000000", world, page, [True, False], START, "t-")
+    valid, rejected = decode(orjson.dumps(events), "event", START)
+    assert not rejected
+    assert [(e.type, e.item_id, e.context["source"], e.variant) for e in valid] == [
+        ("view", "i000000", "explore", "exp:a"),
+        ("click", "i000000", "explore", "exp:a"),
+        ("view", "i000001", "personal", None),
+    ]
+    assert len({e.event_id for e in valid}) == 3

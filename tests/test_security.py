@@ -1,0 +1,139 @@
+"""Security: Redis with a password (and over TLS) for the worker and the reader, and no secret in reprs or logs.
+
+The secured Redis is private to this module: a ``redis-server`` with ``requirepass`` and, when
+Debian's build has TLS (it does), a TLS port with a self-signed certificate generated here with
+``openssl``; started on free loopback ports and stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from pydantic import SecretStr
+from recstream.serving.app import create_app
+
+from recstream.contracts.events import Event
+from recstream.contracts.settings import Settings, load_settings
+from recstream.shell.infra import free_port
+from tests.conftest import wait_until
+from tests.serving.conftest import reader_client
+from tests.streams.scenario import T0, applied_events, publish
+
+PASSWORD = "pw-9f3c1e7d"
+API_KEY = "key-5b8e2a40"
+
+
+def test_settings_print_no_secret():
+    settings = load_settings(redis_url=f"rediss://app:{PASSWORD}@redis.internal:6380/0", api_key=API_KEY)
+    for text in (repr(settings), str(settings), f"{settings}"):
+        assert PASSWORD not in text and API_KEY not in text
+        assert "rediss://app:***@redis.internal:6380/0" in text
+    assert settings.redis_url.endswith(f"{PASSWORD}@redis.internal:6380/0"), "the value itself is intact"
+    assert settings.to_env()["RECSTREAM_API_KEY"] == API_KEY, "child processes still get the real values"
+
+
+@dataclass(frozen=True)
+class SecuredRedis:
+    port: int
+    tls_port: int | None
+    ca_file: Path
+
+    def url(self, tls: bool, password: str = PASSWORD) -> str:
+        if tls:
+            return f"rediss://:{password}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca_file}"
+        return f"redis://:{password}@127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture(scope="module")
+def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRedis]:
+    if shutil.which("redis-server") is None or shutil.which("openssl") is None:
+        pytest.skip("needs redis-server and openssl")
+    folder = tmp_path_factory.mktemp("secured-redis")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+         "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port, tls_port = free_port(), free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
+           "--tls-auth-clients", "no"]  # fmt: skip
+    base = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--requirepass", PASSWORD, "--save", "",
+            "--appendonly", "no", "--dir", folder]  # fmt: skip
+    log = (folder / "redis.log").open("wb")
+    proc = subprocess.Popen([*base, *tls], stdout=log, stderr=subprocess.STDOUT)
+    time.sleep(0.5)
+    if proc.poll() is not None:  # a build without TLS refuses the TLS options: keep the password-only server
+        proc = subprocess.Popen(base, stdout=log, stderr=subprocess.STDOUT)
+        tls_port = None
+    try:
+        secured = SecuredRedis(port, tls_port, cert)
+        client = redis.Redis.from_url(secured.url(tls=False))
+        wait_until(lambda: _answers(client), timeout_s=10, what="the secured redis-server")
+        yield secured
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_the_secured_redis_refuses_a_client_without_the_password(secured_redis):
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(f"redis://127.0.0.1:{secured_redis.port}/0").set("k", "v")
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(secured_redis.url(tls=False, password="wrong")).ping()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("tls", [False, True], ids=["password", "password+tls"])
+async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
+    isolated_settings: Settings, worker_factory, secured_redis: SecuredRedis, tls: bool, tmp_path: Path, caplog
+):
+    if tls and secured_redis.tls_port is None:
+        pytest.skip("this redis-server was built without TLS")
+    caplog.set_level(logging.INFO)
+    url = secured_redis.url(tls)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    # a TLS handshake on a loaded shared machine can take longer than the default 50 ms feed budget
+    secrets = {"redis_url": url, "api_key": SecretStr(API_KEY), "reader_redis_timeout_s": 1.0}
+    settings = isolated_settings.model_copy(update=secrets)
+    worker_factory(settings)
+    events = [Event(type="click", user_id=f"u{k % 3}", item_id="i-hot", ts=T0 + k) for k in range(30)]
+    await publish(settings, events=events)
+    wait_until(
+        lambda: applied_events(client, "rs") == len(events), what="the worker's writes through the secured Redis"
+    )
+    assert int(client.hget("rs:clicks", "i-hot")) == len(events)
+
+    async with reader_client(settings) as reader:
+        page = (await reader.get("/v1/feed/u-new")).json()
+        assert page["degraded"] is False and "i-hot" in [i["item_id"] for i in page["items"]]
+        assert (await reader.put("/v1/users/u-new/preferences", json={})).status_code == 401
+    wrong = settings.model_copy(update={"redis_url": secured_redis.url(tls, password="wrong")})
+    app = create_app(wrong)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://reader") as reader,
+    ):
+        resp = await reader.get("/v1/feed/u-new")
+        assert resp.status_code == 200 and resp.json()["degraded"] is True, "a refused AUTH degrades, never a 5xx"
+
+    logs = (tmp_path / "worker.log").read_text(errors="replace") + caplog.text
+    assert PASSWORD not in logs and API_KEY not in logs
