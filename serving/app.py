@@ -17,7 +17,7 @@ Responses are encoded with orjson straight from dicts (the models in serving/sch
 them); the request metrics are a pure ASGI middleware, and plainly valid feed requests are answered
 by another one before FastAPI's routing (serving/fast_feed.py), the route handling the rest. Write
 routes live on their own router and need ``X-API-Key`` (or ``Authorization: Bearer``) when
-``settings.api_key`` is set; read routes too when ``settings.protect_reads``.
+``settings.reader.api_key`` is set; read routes too when ``settings.reader.protect_reads``.
 """
 
 from __future__ import annotations
@@ -142,15 +142,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     auth = _api_key_check(settings)
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
-    default_limit = min(DEFAULT_LIMIT, settings.feed_max_limit)
+    default_limit = min(DEFAULT_LIMIT, settings.reader.feed_max_limit)
     protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)} if auth else {}
-    reads = APIRouter(**(protected if settings.protect_reads else {}))
+    reads = APIRouter(**(protected if settings.reader.protect_reads else {}))
     writes = APIRouter(**protected)
 
     @reads.get("/v1/feed/{user_id}", response_model=FeedPage, responses=_problems(410), tags=["feed"])
     async def feed(
         user_id: UserId,
-        limit: int = Query(default_limit, ge=1, le=settings.feed_max_limit),
+        limit: int = Query(default_limit, ge=1, le=settings.reader.feed_max_limit),
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
         seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the explore draws")] = None,
     ) -> Response:
@@ -164,7 +164,7 @@ def create_app(settings: Settings) -> FastAPI:
     @reads.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=_problems(404), tags=["items"])
     async def similar(
         item_id: ItemId,
-        limit: int = Query(default_limit, ge=1, le=settings.feed_max_limit),
+        limit: int = Query(default_limit, ge=1, le=settings.reader.feed_max_limit),
     ) -> Response:
         """Item-to-item neighbours, best first (precomputed by the workers; the reader holds no index)."""
         try:
@@ -245,10 +245,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(reads)
     app.include_router(writes)
     app.include_router(explorer.router)
-    if not settings.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
+    if not settings.reader.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
         app.add_middleware(
-            FeedFastPath, reader=reader, route=route, default_limit=default_limit, max_limit=settings.feed_max_limit
+            FeedFastPath,
+            reader=reader,
+            route=route,
+            default_limit=default_limit,
+            max_limit=settings.reader.feed_max_limit,
         )
     app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
     _publish_event_schema(app)
@@ -271,9 +275,9 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 
 def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]] | None:
     """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time."""
-    if settings.api_key is None:
+    if settings.reader.api_key is None:
         return None
-    expected = settings.api_key.get_secret_value().encode()
+    expected = settings.reader.api_key.get_secret_value().encode()
     header = APIKeyHeader(name="X-API-Key", auto_error=False)
     bearer = HTTPBearer(auto_error=False)
 

@@ -38,7 +38,7 @@ class Message:
 @asynccontextmanager
 async def open_log(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
     try:
         await consumer.start()  # inside: a consumer that failed to start is closed too
@@ -80,9 +80,9 @@ async def read(consumer: AIOKafkaConsumer, ranges: Ranges, max_records: int) -> 
 
 
 async def read_ranges(settings: Settings, ranges: Ranges) -> AsyncIterator[list[Message]]:
-    """:func:`read` with a consumer of its own, in chunks of ``settings.batch_max``."""
+    """:func:`read` with a consumer of its own, in chunks of ``settings.worker.batch_max``."""
     async with open_log(settings) as consumer:
-        async for chunk in read(consumer, ranges, settings.batch_max):
+        async for chunk in read(consumer, ranges, settings.worker.batch_max):
             yield chunk
 
 
@@ -90,7 +90,7 @@ async def read_ranges(settings: Settings, ranges: Ranges) -> AsyncIterator[list[
 async def _group_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer of the workers' group that never joins it (no subscription): it only reads and writes offsets."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.worker_group, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap, group_id=settings.worker.group, enable_auto_commit=False
     )
     try:
         await consumer.start()  # inside: a consumer that failed to start is closed too
