@@ -65,6 +65,36 @@ is a day's dynamics): a new item every 2 s, appeal halving every 2 minutes. The 
 ~2.5× as often as that on average, and a 10-minute-old one hardly at all. Quality varies more than
 taste (sd 1.5 against 1): some new items are hits, most are not, as in such feeds."""
 
+STABLE_WORLD = WorldConfig(
+    n_users=1_000,
+    n_items=1_000,
+    new_items_per_hour=240,
+    appeal_half_life_h=None,
+    affinity_sd=1.5,
+    quality_sd=0.5,
+    browse_recent=0.0,
+)
+"""A stable-catalogue world (a film or product catalogue): no appeal fading, so an item is as good a year
+later; taste varies more than quality (sd 1.5 against 0.5), so who the user is matters more than what is
+popular; a new item every 15 s, one per ~300 feeds at the simulator's 20 feeds/s; browsing ignores recency.
+The world of issue 16 where a popular-only feed beat the default blend."""
+
+SPARSE_WORLD = STABLE_WORLD.model_copy(update={"n_users": 10_000, "base_ctr": 0.02})
+"""The stable world with sparse clicks: ten times the users sharing the same traffic and half the click rate,
+so a user has a few views and rarely a click (a long tail of occasional visitors)."""
+
+DENSE_WORLD = STABLE_WORLD.model_copy(update={"n_users": 200, "base_ctr": 0.08})
+"""The stable world with dense clicks and long histories: a fifth of the users share the traffic and click
+twice as often, so a user's history runs to hundreds of items (the held-out dataset of issue 16)."""
+
+WORLDS: dict[str, WorldConfig] = {
+    "fresh": FRESH_WORLD,
+    "stable": STABLE_WORLD,
+    "sparse": SPARSE_WORLD,
+    "dense": DENSE_WORLD,
+}
+"""The named worlds, so no default is tuned to one of them (bench/validate.py, bench/policies.py --world)."""
+
 
 def pool_age_for(world: WorldConfig) -> int:
     """The new-item pool's graduation age for a world: twice its appeal half-life, the ratio of the

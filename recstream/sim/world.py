@@ -447,15 +447,23 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def synthetic(n_records: int, seed: int = 7, start_ms: int | None = None) -> Iterator[Record]:
+def synthetic(
+    n_records: int,
+    seed: int = 7,
+    start_ms: int | None = None,
+    config: WorldConfig | None = None,
+    rate_per_s: float = DEFAULT_RATE_PER_S,
+) -> Iterator[Record]:
     """``n_records`` messages of the synthetic world (users and items announced before their first event).
 
-    With ``start_ms`` the world's clock starts there (e.g. now, for a live demo); the default is
-    the world's fixed epoch, so a seed always gives the same stream.
+    ``config``: a named world (recstream.sim.simulator.WORLDS), the default world otherwise; ``seed``
+    replaces its seed. With ``start_ms`` the world's clock starts there (e.g. now, for a live demo); the
+    default is the world's fixed epoch, so a seed always gives the same stream.
     """
-    config = WorldConfig(seed=seed) if start_ms is None else WorldConfig(seed=seed, start_ms=start_ms)
+    changes: dict[str, int] = {"seed": seed} if start_ms is None else {"seed": seed, "start_ms": start_ms}
+    config = (config or WorldConfig()).model_copy(update=changes)
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
-    for number, obj in enumerate(World(config).events(), start=1):
+    for number, obj in enumerate(World(config).events(rate_per_s=rate_per_s), start=1):
         if number > n_records:
             return
         kind = obj.pop("kind", "event")
