@@ -1,6 +1,7 @@
-"""Exploration policies in the closed loop: no exploration, recency, ε-greedy and Thompson sampling, same seeds.
+"""Exploration policies and blends in the closed loop: the same seeds and users for every row.
 
-    .venv/bin/python -m bench.policies                 # 5 seeds × 4 policies, 60 s of simulated users each
+    .venv/bin/python -m bench.policies                 # 5 seeds × 4 exploration policies, 60 s of simulated users each
+    .venv/bin/python -m bench.policies --policies fixed,popular_only,personal_only --world stable   # the blends
 
 Every run goes through the real pipeline: one private Kafka + Redis for the whole benchmark
 (bench/common.services), and per run fresh topics, consumer group and Redis prefix, the world's
@@ -17,10 +18,18 @@ categories, newest first), ``epsilon_greedy`` (ε = 0.1: a random pool item, oth
 smoothed CTR) and ``thompson`` (one Beta draw per pool item) with their explore rule. Each rule
 is measured alone and ``none`` explores nothing by rule (new items still reach personal lists through
 their content vectors); the reader's default blend, one slot of recency and one of Thompson sampling,
-runs with ``--policies default_blend``. The world is recstream.sim.simulator.FRESH_WORLD with
-``--items-per-s`` arrivals: a fresh-content feed on a clock of minutes; the pool's graduation age is
-scaled with that clock (48 h for a 24 h half-life → 4 min for 2 min: simulator.pool_age_for), the same
-for every policy.
+is the ``fixed`` row. Beside it, ``popular_only`` and ``personal_only`` give all 8 exploitation slots to one
+source, with the same 2-slot exploration budget (1 recency + 1 Thompson, the default's): each row is a
+named set of reader settings (``POLICIES``), so a new blend (e.g. a ranked one) is one more entry.
+``popular_only``'s slots are the popular source as the reader serves it, its head reordered by the
+user's candidate list (serving/blend.personal_first).
+
+The world (``--world``) is one of recstream.sim.simulator.WORLDS: ``fresh`` (FRESH_WORLD, the default), a
+fresh-content feed on a clock of minutes, or ``stable``, a stable catalogue where taste matters more than
+quality; arrivals are the world's own unless ``--items-per-s`` says otherwise. The pool's graduation age
+is scaled with the world's clock (48 h for a 24 h half-life → 4 min for 2 min: simulator.pool_age_for),
+the same for every row. Keys: ``closed_loop_<figure>_<row>``, with ``_<world>`` after it for a world
+other than fresh.
 
 Per policy, mean ± standard deviation over the seeds: CTR, regret per feed against the oracle
 (Σ true p of the best k unseen items at that moment − Σ true p of the k served), how many of the
@@ -47,8 +56,8 @@ from recstream.jobs import training
 from recstream.shell import infra
 from recstream.shell.demo import publish_history, system, train_first_model
 from recstream.shell.infra import free_port
-from recstream.sim.simulator import FRESH_WORLD, SimConfig, SimResult, Simulator, pool_age_for
-from recstream.sim.world import World
+from recstream.sim.simulator import WORLDS, SimConfig, SimResult, Simulator, pool_age_for
+from recstream.sim.world import World, WorldConfig
 
 COMMAND = ".venv/bin/python -m bench.policies"
 EXPLORE_SHARE = 0.2
@@ -58,16 +67,21 @@ POLICIES: dict[str, dict[str, object]] = {
     "fresh": {"explore_policy": "none", "share_fresh": EXPLORE_SHARE},
     "epsilon_greedy": {"explore_policy": "epsilon_greedy", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
     "thompson": {"explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
-    "default_blend": {},
+    "fixed": {},
+    "popular_only": {"share_personal": 0.0, "share_popular": 1 - EXPLORE_SHARE},
+    "personal_only": {"share_personal": 1 - EXPLORE_SHARE, "share_popular": 0.0},
 }
-"""Reader settings per policy; everything else (personal 0.6, popular 0.2 shares, …) is the default.
-``default_blend`` (1 fresh + 1 Thompson slot, the reader's defaults) runs only when asked for."""
+"""Reader settings per row; everything else (personal 0.6, popular 0.2 shares, …) is the default. ``fixed``
+is the reader's default blend (6 personal, 2 popular, 1 fresh, 1 Thompson slot); it and the single-source
+rows run when asked for."""
 KEYS = {
     "none": "no_explore",
     "fresh": "fresh",
     "epsilon_greedy": "egreedy",
     "thompson": "ts",
-    "default_blend": "default",
+    "fixed": "fixed",
+    "popular_only": "popular_only",
+    "personal_only": "personal_only",
 }
 REDIS_TIMEOUT_S = 0.5
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
@@ -93,15 +107,14 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         model_dir=base.local.run_dir / "models" / run,
         reader_port=free_port(),
         worker_metrics_port=free_port(),
-        pool_graduate_age_s=pool_age_for(FRESH_WORLD),
+        pool_graduate_age_s=pool_age_for(world_config(args)),
         **POLICIES[policy],
         reader_redis_timeout_s=REDIS_TIMEOUT_S,
     )
     clock = time.monotonic()
     asyncio.run(infra.ensure_topics(settings))
     now_ms = int(time.time() * 1000)
-    world = World(FRESH_WORLD.model_copy(update={"seed": seed, "start_ms": now_ms - int(args.history_s * 1000),
-                                                 "new_items_per_hour": args.items_per_s * 3600}))  # fmt: skip
+    world = World(world_config(args).model_copy(update={"seed": seed, "start_ms": now_ms - int(args.history_s * 1000)}))
     history = asyncio.run(publish_history(settings, world, now_ms, args.history_rate))
     published = time.monotonic()
     if seed not in models:
@@ -120,6 +133,14 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
     console.print(f"  {run}: history {published - clock:.1f} s ({history.events:,} events), model "
                   f"{trained - published:.1f} s, worker + reader ready {ready - trained:.1f} s")  # fmt: skip
     return result
+
+
+def world_config(args: argparse.Namespace) -> WorldConfig:
+    """The ``--world`` preset, with ``--items-per-s`` arrivals when given."""
+    world = WORLDS[args.world]
+    if args.items_per_s is None:
+        return world
+    return world.model_copy(update={"new_items_per_hour": args.items_per_s * 3600})
 
 
 def run_with_retries(base: Settings, policy: str, seed: int, args: argparse.Namespace, models: dict) -> SimResult:
@@ -146,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="simulated users per run")
     parser.add_argument("--feeds-per-s", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--items-per-s", type=float, default=1.0, help="new items the world creates per second")
+    parser.add_argument("--world", choices=list(WORLDS), default="fresh", help="the simulated world (simulator.WORLDS)")
+    parser.add_argument("--items-per-s", type=float, default=None, help="new items per second (default: the world's)")
     parser.add_argument(
         "--policies", default="none,fresh,epsilon_greedy,thompson", help="comma-separated, of: " + ", ".join(POLICIES)
     )
@@ -183,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 def report(results: dict[str, list[SimResult]], args: argparse.Namespace, command: str, minutes: float) -> None:
     """The tables, Thompson sampling against the targets (when its rivals ran) and bench/results.json."""
     policies = list(results)
-    table = Table(title=f"closed loop, {args.seeds} seeds × {args.seconds:.0f} s at {args.feeds_per_s:.0f} feeds/s "
-                  f"(top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
+    table = Table(title=f"closed loop, {args.world} world, {args.seeds} seeds × {args.seconds:.0f} s at "
+                  f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
     columns = ("policy", "CTR", "regret / feed", "top-decile new items discovered", "median impressions to discovery",
                "seeds with the lowest regret")  # fmt: skip
     for column in columns:
@@ -223,8 +245,9 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
     if args.no_record:
         return
     figures = {}
+    suffix = "" if args.world == "fresh" else f"_{args.world}"
     for policy in policies:
-        key = KEYS[policy]
+        key = KEYS[policy] + suffix
         figures[f"closed_loop_ctr_{key}"] = figure(mean[policy]["ctr"], "CTR", command)
         figures[f"closed_loop_regret_{key}"] = figure(mean[policy]["regret_per_feed"], "regret per feed", command)
         figures[f"closed_loop_discovered_{key}"] = figure(mean[policy]["found"], "top-decile new items", command)

@@ -54,16 +54,16 @@ HTTP_TIMEOUT_S = 10.0
 FRESH_WORLD = WorldConfig(
     n_users=1_000,
     n_items=200,
-    new_items_per_hour=1_800,
+    new_items_per_hour=3_600,
     appeal_half_life_h=2 / 60,
     initial_age_span_h=0.1,
     quality_sd=1.5,
 )
 """A fresh-content world on a clock of minutes (a news or short-video feed sped up, so a run of a minute
-is a day's dynamics): a new item every 2 s, appeal halving every 2 minutes. The start catalogue is
-6 minutes old, so the calibrated 4% CTR of a random impression there means a fresh item is clicked
-~2.5× as often as that on average, and a 10-minute-old one hardly at all. Quality varies more than
-taste (sd 1.5 against 1): some new items are hits, most are not, as in such feeds."""
+is a day's dynamics): a new item a second (the rate bench/policies.py measures at), appeal halving every
+2 minutes. The start catalogue is 6 minutes old, so the calibrated 4% CTR of a random impression there
+means a fresh item is clicked ~2.5× as often as that on average, and a 10-minute-old one hardly at all.
+Quality varies more than taste (sd 1.5 against 1): some new items are hits, most are not, as in such feeds."""
 
 STABLE_WORLD = WorldConfig(
     n_users=1_000,
