@@ -22,7 +22,8 @@ is the ``fixed`` row. Beside it, ``popular_only`` and ``personal_only`` give all
 source, with the same 2-slot exploration budget (1 recency + 1 Thompson, the default's): each row is a
 named set of reader settings (``POLICIES``), so a new blend (e.g. a ranked one) is one more entry.
 ``popular_only``'s slots are the popular source as the reader serves it, its head reordered by the
-user's candidate list (serving/blend.personal_first).
+user's candidate list (serving/blend.personal_first); a fresh slot with no new item of the user's
+categories overflows to personal first (serving/blend.OVERFLOW), so the table shows what each row served.
 
 The world (``--world``) is one of recstream.sim.simulator.WORLDS: ``fresh`` (FRESH_WORLD, the default), a
 fresh-content feed on a clock of minutes, or ``stable``, a stable catalogue where taste matters more than
@@ -202,15 +203,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     report(results, args, command, minutes)
 
 
+def slots_per_feed(runs: Sequence[SimResult]) -> str:
+    """What a row served, per source, averaged over its feeds: a source that ran dry hands its slots on
+    (serving/blend.OVERFLOW, personal first), so a single-source row may still serve a little of another."""
+    feeds = sum(r.feeds for r in runs) or 1
+    served: dict[str, int] = {}
+    for r in runs:
+        for source, counts in r.by_source.items():
+            served[source] = served.get(source, 0) + counts.impressions
+    return ", ".join(f"{source} {n / feeds:.1f}" for source, n in sorted(served.items()))
+
+
 def report(results: dict[str, list[SimResult]], args: argparse.Namespace, command: str, minutes: float) -> None:
     """The tables, Thompson sampling against the targets (when its rivals ran) and bench/results.json."""
     policies = list(results)
     table = Table(title=f"closed loop, {args.world} world, {args.seeds} seeds × {args.seconds:.0f} s at "
                   f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
     columns = ("policy", "CTR", "regret / feed", "top-decile new items discovered", "median impressions to discovery",
-               "seeds with the lowest regret")  # fmt: skip
+               "seeds with the lowest regret", "slots per feed by source")  # fmt: skip
     for column in columns:
-        table.add_column(column, justify="left" if column == "policy" else "right")
+        table.add_column(column, justify="left" if column in ("policy", columns[-1]) else "right")
     lowest = [min(policies, key=lambda p, k=k: results[p][k].regret_per_feed) for k in range(args.seeds)]
     for policy in policies:
         runs = results[policy]
@@ -223,6 +235,7 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
             + f" of {statistics.fmean(len(r.top_new) for r in runs):.1f}",
             f"{statistics.median(medians):.0f}" if medians else "–",
             f"{lowest.count(policy)} of {args.seeds}",
+            slots_per_feed(runs),
         )
     show(table, console)
     by_seed = Table(title="regret per feed, by seed (the same world and users for every policy)")

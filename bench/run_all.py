@@ -67,6 +67,7 @@ BENCHES = (
     Bench("reader"),
     Bench("prequential"),
     Bench("rebuild", {"OPENBLAS_NUM_THREADS": "1"}),
+    Bench("validate", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("policies"),
     Bench("reliability"),
     Bench("soak", by_default=False),  # ~30 minutes
@@ -195,7 +196,7 @@ def choose(only: str | None, skip: str | None, also: str | None) -> list[Bench]:
     >>> [b.name for b in choose("reader,produce", None, None)]
     ['produce', 'reader']
     >>> [b.name for b in choose(None, "reader,prequential,rebuild,policies,reliability", "soak")]
-    ['produce', 'worker', 'user_steps', 'ann_space', 'soak']
+    ['produce', 'worker', 'user_steps', 'ann_space', 'validate', 'soak']
     """
 
     def names(text: str | None) -> set[str]:
