@@ -25,7 +25,7 @@ training event, then scores each held-out (user, item) once.
 The list scored is the worker's personal candidate list as the feed uses it, computed in memory with the
 worker's own pieces (streams/personalize.py): the history folded with ``models.history.merge_history`` under
 the cap; the vector from the history as it stood at the user's last refresh point (a click, or the first
-event) by ``models.user_step.ALSStep`` with c = ``models.als.confidence`` (``solve_batch``: the same exact
+event) by ``models.user_step.ALSStep`` with c = ``models.als.history_confidence`` (``solve_batch``: the same exact
 least squares, stacked); the top ``candidates_m`` items by score among the items the index held then, minus
 the history; then the reader's exclusion of the seen set (the ``seen_cap`` most recent items); its top 10.
 Items the model was not trained on have their content vector (the model's content map), as in the worker;
@@ -33,10 +33,12 @@ the scores are exact where the worker's HNSW search is approximate. A click on a
 seen, or by a user without a list yet, scores 0 for every row, so it is not counted.
 
 The model is ``recstream.jobs.training.train`` on the training events (k = 64, 15 sweeps, view 1 / click 4,
-the defaults). The grid: λ × α, each with history cap ∈ {10, 30, 100, 300} and, instead of a hard cap,
-recency-weighted confidence c = 1 + α·r·γ^rank (rank 0 the most recent item) over a cap of 300; coarse,
-then refined (λ and α halved and doubled) around the best rows. The choice is the row with the best worst
-case: max over rows of min over sources of HR@10 / that source's best HR@10 (ties: the higher mean ratio).
+the defaults). The grid: λ × α, each with a hard history cap ∈ {10, 30, 100, 300} and with recency-weighted
+confidence (``models.als.history_confidence``: c = 1 + α·r·γ^rank, rank 0 the most recent item, γ ∈ {0.9,
+0.95}) under caps 30 and 100; coarse, then refined (λ and α halved and doubled) around the two best pairs. The
+choice is the row with the best worst case: max over rows of min over sources of HR@10 / that source's best
+HR@10, over the sources whose best row has at least MIN_HITS hits (fewer: the ratios are noise); rows within
+TIE of the best worst case are ties, won by the smaller history cap (the cheaper worker).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from recstream.models.als import ALSConfig, confidence
+from recstream.models.als import ALSConfig, history_confidence
 from recstream.models.history import history_rows, merge_history
 from recstream.models.ranking_metrics import coverage, hit_rate_at_k, ndcg_at_k
 from recstream.models.user_step import ALSStep
@@ -293,15 +295,6 @@ def train(s: Split, log: training.TrainingLog, order: Sequence[str], cfg: ALSCon
     return Model(step, indexed_at, cfg)
 
 
-def recency_confidence(weights: np.ndarray, ranks: np.ndarray, cfg: ALSConfig, gamma: float) -> np.ndarray:
-    """c = 1 + α·r·γ^rank: the hard cap's alternative, older items fading instead of falling out.
-
-    >>> recency_confidence(np.array([1.0, 1.0, 5.0]), np.array([0, 1, 2]), ALSConfig(alpha=2.0), gamma=0.5)
-    array([3. , 2. , 3.5])
-    """
-    return 1.0 + cfg.alpha * np.asarray(weights, dtype=np.float64) * gamma ** np.asarray(ranks, dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class Score:
     hr: float
@@ -311,13 +304,12 @@ class Score:
 
 
 def evaluate(model: Model, q: Queries, gamma: float | None, m: int, chunk: int = 512) -> Score:
-    """HR@10, nDCG@10 and catalogue coverage of the personal lists of ``q`` under ``model``."""
+    """HR@10, nDCG@10 and catalogue coverage of the personal lists of ``q`` under ``model``, the history's
+    confidence fading by ``gamma`` per rank (models.als.history_confidence; None: a hard cap alone)."""
     lengths = np.diff(q.indptr)
-    if gamma is None:
-        c = confidence(q.weights, model.cfg)
-    else:
-        ranks = np.arange(len(q.rows)) - np.repeat(q.indptr[:-1], lengths)
-        c = recency_confidence(q.weights, ranks, model.cfg, gamma)
+    ranks = np.arange(len(q.rows)) - np.repeat(q.indptr[:-1], lengths)
+    cfg = model.cfg.model_copy(update={"recency_decay": 1.0 if gamma is None else gamma})
+    c = history_confidence(q.weights, cfg, ranks)
     vectors = model.step.solve_batch(q.indptr, q.rows, c)
     factors = model.step.factors
     m = min(m, len(factors) - 1)
@@ -385,14 +377,22 @@ def worst_case(
     return {row: min((hr[s] / best[s] if best[s] > 0 else 1.0, s) for s in sources) for row, hr in table.items()}
 
 
+TIE = 0.01
+"""Worst cases this close are ties, being below the ratios' noise (1/√hits ≥ 0.02 on every source that votes):
+the smaller history cap wins them, as the worker's history writes, user steps and candidate searches grow with it."""
+
+
 def choose(table: Mapping[Candidate, Mapping[str, float]], sources: Sequence[str] | None = None) -> Candidate:
-    """The max-min row: the best worst-case ratio; ties go to the higher mean ratio, then the grid order."""
+    """The max-min row: the best worst-case ratio over ``sources`` (default: all), up to TIE; among rows that
+    close, the smallest history cap, then the best worst case, the best mean ratio, the grid order."""
     sources = list(sources or next(iter(table.values())))
     worst = worst_case(table, sources)
     best = {s: max(row[s] for row in table.values()) for s in sources}
     mean = {row: statistics.fmean(hr[s] / best[s] if best[s] > 0 else 1.0 for s in sources)
             for row, hr in table.items()}  # fmt: skip
-    return max(sorted(table, key=Candidate.key), key=lambda row: (round(worst[row][0], 9), round(mean[row], 9)))
+    top = max(ratio for ratio, _ in worst.values())
+    tied = [row for row in sorted(table, key=Candidate.key) if worst[row][0] >= top - TIE - 1e-12]
+    return min(tied, key=lambda row: (row.history_cap, -round(worst[row][0], 9), -round(mean[row], 9)))
 
 
 def neighbours(pairs: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -472,19 +472,36 @@ def prepare(source: Source, caps: Iterable[int], cfg: ALSConfig, settings: Setti
 
 @dataclass(frozen=True)
 class Grid:
+    """(λ, α) pairs; for each, hard history caps and recency-weighted ones (each γ at each of ``recency_caps``)."""
+
     pairs: list[tuple[float, float]]
     caps: tuple[int, ...]
     recency: tuple[float, ...]
+    recency_caps: tuple[int, ...]
     refine_top: int
+    extra: tuple[Candidate, ...] = ()
+    """rows evaluated whatever the grid: the current and the MovieLens-tuned defaults"""
 
     def rows(self, pair: tuple[float, float]) -> list[Candidate]:
         lam, alpha = pair
-        hard = [Candidate(lam, alpha, cap) for cap in self.caps]
-        return hard + [Candidate(lam, alpha, max(self.caps), gamma) for gamma in self.recency]
+        rows = [Candidate(lam, alpha, cap) for cap in self.caps]
+        rows += [Candidate(lam, alpha, cap, gamma) for cap in self.recency_caps for gamma in self.recency]
+        return list(dict.fromkeys([*rows, *(r for r in self.extra if (r.regularization, r.alpha) == pair)]))
+
+    def including(self, *extra: Candidate) -> Grid:
+        pairs = [*self.pairs, *((r.regularization, r.alpha) for r in extra)]
+        return Grid(list(dict.fromkeys(pairs)), self.caps, self.recency, self.recency_caps, self.refine_top,
+                    (*self.extra, *extra))  # fmt: skip
+
+    @property
+    def all_caps(self) -> tuple[int, ...]:
+        return tuple(sorted({*self.caps, *self.recency_caps, *(r.history_cap for r in self.extra)}))
 
 
-FULL = Grid(list(itertools.product((10.0, 40.0, 160.0), (0.5, 2.0, 8.0))), (10, 30, 100, 300), (0.95, 0.99), 3)
-QUICK = Grid([(10.0, 2.0), (40.0, 2.0)], (10, 100), (), 0)
+FULL = Grid(
+    list(itertools.product((10.0, 40.0, 160.0), (0.5, 2.0, 8.0))), (10, 30, 100, 300), (0.9, 0.95), (30, 100), 2
+)
+QUICK = Grid([(10.0, 2.0), (40.0, 2.0)], (10, 100), (0.9,), (30,), 0)
 MOVIELENS_TUNED = Candidate(40.0, 2.0, 10)
 """The defaults before issue 16: chosen on MovieLens alone (bench/prequential.py --sweep)."""
 
@@ -514,12 +531,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     settings = Settings()
     defaults = ALSConfig()
-    current = Candidate(defaults.regularization, defaults.alpha, settings.model.history_cap)
-    grid = QUICK if args.quick else FULL
-    grid = Grid(list(dict.fromkeys([*grid.pairs, (current.regularization, current.alpha),
-                                    (MOVIELENS_TUNED.regularization, MOVIELENS_TUNED.alpha)])),
-                tuple(sorted({*grid.caps, current.history_cap, MOVIELENS_TUNED.history_cap})),
-                grid.recency, grid.refine_top)  # fmt: skip
+    gamma = defaults.recency_decay
+    current = Candidate(
+        defaults.regularization, defaults.alpha, settings.model.history_cap, gamma if gamma < 1 else None
+    )
+    grid = (QUICK if args.quick else FULL).including(current, MOVIELENS_TUNED)
     sources: list[Source] = []
     if (args.movielens / "u.data").is_file():
         sources += movielens_sources(args.movielens)
@@ -529,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sources += [world_source(name, mode, records) for name, mode in WORLD_SPLITS.items()]
     prepared = []
     for source in sources:
-        prepared.append(prepare(source, grid.caps, defaults, settings))
+        prepared.append(prepare(source, grid.all_caps, defaults, settings))
         console.print(f"{source.name}: prepared in {prepared[-1].seconds:.1f} s")
     scores: dict[Candidate, dict[str, Score]] = {}
     run_pairs(prepared, grid, grid.pairs, scores, settings.model.candidates_m)
@@ -601,9 +617,11 @@ def report(prepared: Sequence[Prepared], scores: dict[Candidate, dict[str, Score
         table.add_row(n, f"{a.hr:.4f}", f"{b.hr:.4f}", f"{a.ndcg:.4f}", f"{b.ndcg:.4f}", f"{a.coverage:.3f}",
                       f"{b.coverage:.3f}")  # fmt: skip
     show(table, console)
+    top = max(sorted(hr, key=Candidate.key), key=lambda r: worst[r][0])
+    tie = "" if top == chosen else f" ({top.label()}: {worst[top][0]:.3f}, within {TIE}: the smaller history cap wins)"
     console.print(
         f"chosen: {chosen.label()}: of the {len(hr)} rows, the best worst case over {', '.join(decide)}: "
-        f"{worst[chosen][0]:.3f} of the best HR@10, on {worst[chosen][1]}. The MovieLens-tuned default falls to "
+        f"{worst[chosen][0]:.3f} of the best HR@10, on {worst[chosen][1]}{tie}. The MovieLens-tuned default falls to "
         f"{worst[MOVIELENS_TUNED][0]:.3f} on {worst[MOVIELENS_TUNED][1]}; each source's own best row, taken as the "
         "default, would fall to: "
         + "; ".join(f"{n}'s ({best[n].label()}) {worst[best[n]][0]:.3f} on {worst[best[n]][1]}" for n in decide)

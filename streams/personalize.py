@@ -6,7 +6,8 @@ loaded in a thread into a *new* :class:`Personalizer` and swapped in between bat
 no batch ever sees half a model.
 
 Per touched user and batch: history ← merge(history, events) (models/history.py);
-x_u ← the exact user step over the history's known items (models/user_step.py);
+x_u ← the exact user step over the history's known items (models/user_step.py), recent items weighing more
+(models/als.history_confidence);
 candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries the history
 item most like it (argmax y_c·y_h) for the reader's "because you watched X".
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from recstream.models.als import confidence
+from recstream.models.als import confidence, history_confidence
 from recstream.models.artifacts import ModelArtifacts
 from recstream.models.content_map import onboarding_vector
 from recstream.models.history import History, history_rows, merge_history
@@ -197,7 +198,7 @@ class Personalizer:
             entries = [e for e in history_rows(history) if e[0] in self.rows]
             rows = [self.rows[e[0]] for e in entries]
             vectors[k] = self.step.solve(
-                np.asarray(rows, dtype=np.intp), confidence(np.array([e[1] for e in entries]), self.cfg)
+                np.asarray(rows, dtype=np.intp), history_confidence(np.array([e[1] for e in entries]), self.cfg)
             )
             known.append(rows)
         return self._store(users, vectors, known)

@@ -175,8 +175,10 @@ def train(
     movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder instead of the Kafka log")] = None,
     factors: Annotated[int, typer.Option(help="latent factors k")] = 64,
     iterations: Annotated[int, typer.Option(help="ALS sweeps")] = 15,
-    regularization: Annotated[float, typer.Option(help="λ (implicit does not scale it by the data)")] = 40.0,
-    alpha: Annotated[float, typer.Option(help="confidence c = 1 + α·r")] = 2.0,
+    regularization: Annotated[
+        float | None, typer.Option(help="λ (implicit does not scale it by the data); default: ALSConfig's")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="confidence c = 1 + α·r; default: ALSConfig's")] = None,
     holdout: Annotated[float, typer.Option(help="share of the log held out for offline HR@10 (0: skip)")] = 0.1,
 ) -> None:
     """Train iALS on the events log (from the earliest offset) and publish a new model version."""
@@ -187,7 +189,8 @@ def train(
 
     settings = _settings()
     try:
-        cfg = ALSConfig(factors=factors, iterations=iterations, regularization=regularization, alpha=alpha)
+        chosen = {"regularization": regularization, "alpha": alpha}  # None: the defaults bench/validate.py chose
+        cfg = ALSConfig(factors=factors, iterations=iterations, **{k: v for k, v in chosen.items() if v is not None})
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

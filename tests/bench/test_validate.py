@@ -14,6 +14,7 @@ from bench import validate
 from bench.prequential_protocol import Rating
 from bench.validate import (
     MIN_HITS,
+    TIE,
     Candidate,
     Fetches,
     Model,
@@ -159,8 +160,9 @@ def test_the_choice_is_the_row_with_the_best_worst_case_not_any_sources_best():
     assert [round(worst[row][0], 9) for row in (a, b, c)] == [0.5, 0.9, 0.8]
     assert worst[a][1] == "dense" and worst[c][1] == "movielens"
     assert choose(table) == b
-    tied = {a: {"s": 0.9, "t": 1.0}, b: {"s": 1.0, "t": 0.9}, c: {"s": 0.9, "t": 0.9}}
-    assert choose(tied) == a, "equal worst cases: the higher mean ratio, then the grid order"
+    same_cap = Candidate(20.0, 2.0, 100)
+    tied = {b: {"s": 0.9, "t": 1.0}, same_cap: {"s": 1.0, "t": 0.9}, c: {"s": 0.9, "t": 0.9}}
+    assert choose(tied) == same_cap, "equal worst cases, equal caps: the higher mean ratio, then the grid order"
     faded = Candidate(40.0, 2.0, 100, recency=0.97)  # the hard cap and recency weighting side by side
     assert choose({**table, faded: {"movielens": 0.19, "dense": 0.095}}) == faded
     assert choose(table, sources=["movielens"]) == a, "only the sources named decide"
@@ -178,3 +180,10 @@ def test_a_source_ranks_defaults_only_when_its_best_row_has_enough_hits(hits: in
 
 def test_the_examples_in_the_docstrings_run():
     assert doctest.testmod(validate).failed == 0
+
+
+@pytest.mark.parametrize(("gap", "chosen"), [(TIE - 0.001, "short"), (TIE, "short"), (TIE + 0.001, "long")])
+def test_worst_cases_within_the_tie_go_to_the_smaller_history_cap(gap: float, chosen: str):
+    rows = {"long": Candidate(40.0, 1.0, 100, recency=0.9), "short": Candidate(40.0, 1.0, 30, recency=0.9)}
+    table = {rows["long"]: {"s": 1.0, "t": 1.0}, rows["short"]: {"s": 1.0, "t": 1.0 - gap}}
+    assert choose(table) == rows[chosen]

@@ -6,7 +6,14 @@ import implicit.utils
 import numpy as np
 import pydantic
 import pytest
-from recstream.models.als import ALSConfig, confidence, event_weights, interaction_matrix, train_als
+from recstream.models.als import (
+    ALSConfig,
+    confidence,
+    event_weights,
+    history_confidence,
+    interaction_matrix,
+    train_als,
+)
 from recstream.models.user_step import ALSStep
 from threadpoolctl import threadpool_limits
 
@@ -87,3 +94,14 @@ def test_training_silences_the_openblas_threads_trap(monkeypatch):
     with threadpool_limits(limits=2, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("error")
         train_als(r, cfg)
+
+
+def test_history_confidence_fades_with_rank_and_reads_back_to_back_histories_by_their_ranks():
+    cfg = ALSConfig(alpha=2.0, recency_decay=0.8)
+    r = np.array([1.0, 4.0, 1.0])
+    one = history_confidence(r, cfg)
+    np.testing.assert_allclose(one, 1 + 2.0 * r * 0.8 ** np.arange(3))
+    both = history_confidence(np.concatenate([r, r[:2]]), cfg, ranks=np.array([0, 1, 2, 0, 1]))
+    np.testing.assert_allclose(both, np.concatenate([one, one[:2]]))
+    assert np.all(history_confidence(np.full(200, 5.0), cfg) >= 1.0), "an old item stays a positive, c >= 1"
+    np.testing.assert_array_equal(history_confidence(r, ALSConfig(alpha=2.0, recency_decay=1.0)), confidence(r, cfg))

@@ -90,3 +90,16 @@ def test_a_fold_in_replaces_a_new_items_content_vector_and_a_removed_item_stays_
     model.apply_fold_in("later", vector)  # announced after its fold-in arrived: placed with it
     model.apply_item(ItemEvent(op="new", item_id="later", ts=T0, categories=["film"]))
     assert np.array_equal(model.step.factors[model.rows["later"]], vector)
+
+
+def test_the_user_vector_is_the_exact_step_with_recent_items_weighing_more():
+    """x = the exact user step over the history with c = 1 + α·r·γ^rank, most recent first (computed here)."""
+    cfg = ALSConfig(factors=8, iterations=5, random_state=1, alpha=2.0, recency_decay=0.5)
+    model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5)
+    a, b, c = (items[k].item_id for k in (3, 5, 7))
+    stored = dict(model._vectors_and_candidates(["u"], [{a: 1.0, b: 4.0, c: 1.0}]))["user:u:vec"]  # a least recent
+    rows = np.array([model.rows[c], model.rows[b], model.rows[a]])
+    faded = model.step.solve(rows, 1 + 2.0 * np.array([1.0, 4.0, 1.0]) * 0.5 ** np.arange(3))
+    np.testing.assert_allclose(np.frombuffer(stored, "<f4"), faded, rtol=0, atol=1e-6)
+    flat = model.step.solve(rows, 1 + 2.0 * np.array([1.0, 4.0, 1.0]))
+    assert not np.allclose(faded, flat, atol=1e-3), "the fading changes the vector"
