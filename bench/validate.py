@@ -581,6 +581,9 @@ def report(prepared: Sequence[Prepared], scores: dict[Candidate, dict[str, Score
     hr = hr_table(scores)
     names = [p.source.name for p in prepared]
     decide = deciding(scores)
+    if not decide:
+        console.print(f"[yellow]no source has {MIN_HITS} hits (a smoke run?): every source votes[/yellow]")
+        decide = names
     best = {n: max(sorted(hr, key=Candidate.key), key=lambda r, n=n: hr[r][n]) for n in names}
     table = Table(title=f"validation sources ({machine()}; {minutes:.1f} min)")
     for column in ("source", "what", "split", "training events", "users", "events per user", "catalogue",
