@@ -26,7 +26,6 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream.models.artifacts import ArtifactError, read_model
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.personalize import Personalizer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.contracts.events import ItemEvent, decode
 from recstream.contracts.settings import Settings
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.fold_ins import FoldInStore
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ FOLDERS = {"recstream": REPO / "recstream", "recstream.models": REPO / "models"}
 FOLDERS |= {f"recstream.{name}": REPO / name for name in ("streams", "serving")}
 LAYERS = {
     "contracts": 0,
+    "runtime": 0,
     "models": 1,
     "eventlog": 2,
     "store": 2,

@@ -249,11 +249,13 @@ def serve(
     """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
     import uvicorn
 
-    from recstream.serving.app import create_app, tune_garbage_collector
+    from recstream.runtime.garbage_collector import collect_young_rarely, freeze_long_lived
+    from recstream.serving.app import create_app
 
     settings = _settings()
     app = create_app(settings)
-    tune_garbage_collector()
+    freeze_long_lived()  # what startup built lives as long as the process
+    collect_young_rarely()
     uvicorn.run(
         app,
         host=host or settings.reader_host,
