@@ -35,8 +35,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 from recstream.serving import explorer
+from recstream.serving.cursor import CURSOR_PATTERN, Cursor
 from recstream.serving.fast_feed import FeedFastPath
-from recstream.serving.feed_state import CURSOR_PATTERN, Cursor
 from recstream.serving.metrics import RequestMetrics
 from recstream.serving.reader import (
     FEED_ROUTE,

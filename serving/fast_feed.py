@@ -15,7 +15,7 @@ import re
 
 import orjson
 from fastapi.routing import APIRoute
-from recstream.serving.feed_state import CURSOR_PATTERN, Cursor
+from recstream.serving.cursor import CURSOR_PATTERN, Cursor
 from recstream.serving.reader import FEED_ROUTE, Reader, SessionExpired
 from starlette.types import ASGIApp, Receive, Scope, Send
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from recstream.models.bandit import choose_explore
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
-from recstream.serving.feed_state import UserState
 from recstream.serving.snapshot import Categories, Pool, Snapshot
+from recstream.serving.user_state import UserState
 
 from recstream.contracts.events import Event
 from recstream.contracts.settings import Settings
