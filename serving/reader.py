@@ -21,13 +21,14 @@ import orjson
 from recstream.serving import metrics
 from recstream.serving.blend import SOURCES, Served
 from recstream.serving.cursor import Cursor
-from recstream.serving.feed import Variants, build_page, degraded_page
+from recstream.serving.feed import build_page, degraded_page
 from recstream.serving.feed_store import FeedStore
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher
 from recstream.serving.redis_wire import RedisWire
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from recstream.serving.user_state import parse_preferences
+from recstream.serving.variants import Variants
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 

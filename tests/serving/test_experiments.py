@@ -12,7 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 import redis
-from recstream.serving.feed import Variants
+from recstream.serving.variants import Variants
 from typer.testing import CliRunner
 
 from recstream.contracts.events import Event, validate
