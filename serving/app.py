@@ -36,17 +36,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 from recstream.serving import explorer
 from recstream.serving.cursor import CURSOR_PATTERN, Cursor
+from recstream.serving.errors import EventsRejected, KafkaUnavailable, NotFound, RedisUnavailable, SessionExpired
 from recstream.serving.fast_feed import FeedFastPath
+from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
 from recstream.serving.metrics import RequestMetrics
-from recstream.serving.reader import (
-    FEED_ROUTE,
-    EventsRejected,
-    KafkaUnavailable,
-    NotFound,
-    Reader,
-    RedisUnavailable,
-    SessionExpired,
-)
 from recstream.serving.schemas import (
     EventsAccepted,
     FeedPage,
@@ -56,12 +49,12 @@ from recstream.serving.schemas import (
     SimilarItems,
     Stats,
 )
+from recstream.serving.service import SIMILAR_ROUTE, FeedService
 from starlette.responses import Response
 
 from recstream.contracts.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
 from recstream.contracts.settings import Settings
 
-DEFAULT_LIMIT = 20
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="user id")]
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="item id")]
 
@@ -101,15 +94,15 @@ def json_response(body: object, status_code: int = 200) -> Response:
 
 def create_app(settings: Settings) -> FastAPI:
     """The app for these settings; the Redis client, snapshot loader and Kafka producer live in its lifespan."""
-    reader = Reader(settings)
+    service = FeedService(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await reader.start()
+        await service.start()
         try:
             yield
         finally:
-            await reader.close()
+            await service.close()
 
     app = FastAPI(
         title="recstream reader",
@@ -117,7 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Blended, explainable, infinite feeds from Redis; impressions and clicks to Kafka.",
         lifespan=lifespan,
     )
-    app.state.reader = reader
+    app.state.service = service
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -127,47 +120,47 @@ def create_app(settings: Settings) -> FastAPI:
 
     auth = _api_key_check(settings)
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
-    default_limit = min(DEFAULT_LIMIT, settings.feed_max_limit)
+    query = FeedQuery.from_settings(settings)
     protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)} if auth else {}
     reads = APIRouter(**(protected if settings.protect_reads else {}))
     writes = APIRouter(**protected)
 
-    @reads.get("/v1/feed/{user_id}", response_model=FeedPage, responses=_problems(410), tags=["feed"])
-    async def feed(
+    @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(410), tags=["feed"])
+    async def feed(  # its query parameters are feed_query.PARAMETERS, the ones the fast path admits
         user_id: UserId,
-        limit: int = Query(default_limit, ge=1, le=settings.feed_max_limit),
+        limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
-        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the explore draws")] = None,
+        seed: Annotated[int | None, Query(ge=MIN_SEED, le=MAX_SEED, description="seed of the explore draws")] = None,
     ) -> Response:
         """A page of the user's blended feed; a cursor continues the session without repeating an item."""
         try:
-            body = await reader.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed)
+            body = await service.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed)
         except SessionExpired as exc:
             raise HTTPException(410, str(exc)) from None
         return json_response(body)
 
-    @reads.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=_problems(404), tags=["items"])
+    @reads.get(SIMILAR_ROUTE, response_model=SimilarItems, responses=_problems(404), tags=["items"])
     async def similar(
         item_id: ItemId,
-        limit: int = Query(default_limit, ge=1, le=settings.feed_max_limit),
+        limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),  # a feed's bounds
     ) -> Response:
         """Item-to-item neighbours, best first (precomputed by the workers; the reader holds no index)."""
         try:
-            return json_response(await reader.similar(item_id, limit))
+            return json_response(await service.similar(item_id, limit))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
 
     @reads.get("/v1/users/{user_id}/preferences", response_model=Preferences, responses=_problems(503), tags=["users"])
     async def get_preferences(user_id: UserId) -> Response:
         try:
-            return json_response(await reader.preferences(user_id))
+            return json_response(await service.preferences(user_id))
         except RedisUnavailable:
             raise HTTPException(503, "Redis is unreachable; try again shortly") from None
 
     @reads.get("/v1/stats", response_model=Stats, tags=["ops"])
     async def stats() -> Response:
         """Live figures over the last few seconds (for the feed explorer page)."""
-        return json_response(await reader.live())
+        return json_response(await service.live())
 
     @writes.put(  # 400: a body that is not JSON at all (FastAPI's parser), 422: JSON of the wrong shape
         "/v1/users/{user_id}/preferences",
@@ -182,7 +175,7 @@ def create_app(settings: Settings) -> FastAPI:
         directly, so the very next feed honours it.
         """
         try:
-            applied = await reader.save_preferences(user_id, preferences.categories, preferences.not_interested)
+            applied = await service.save_preferences(user_id, preferences.categories, preferences.not_interested)
         except KafkaUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
         return json_response({"user_id": user_id, **preferences.model_dump(), "applied": applied})
@@ -206,7 +199,7 @@ def create_app(settings: Settings) -> FastAPI:
         """
         body = await _read_capped(request, MAX_MESSAGE_BYTES)
         try:
-            return json_response(await reader.accept_events(body), 202)
+            return json_response(await service.accept_events(body), 202)
         except EventsRejected as exc:
             raise HTTPException(422, str(exc)) from None
         except KafkaUnavailable as exc:
@@ -220,7 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
     async def readyz() -> Response:
         """Ready when Redis answers and a model version is present."""
-        body = await reader.ready()
+        body = await service.ready()
         return json_response(body, 200 if body["redis"] and body["model_version"] else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
@@ -232,9 +225,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(explorer.router)
     if not settings.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
-        app.add_middleware(
-            FeedFastPath, reader=reader, route=route, default_limit=default_limit, max_limit=settings.feed_max_limit
-        )
+        app.add_middleware(FeedFastPath, service=service, route=route, query=query)
     app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
     _publish_event_schema(app)
     return app

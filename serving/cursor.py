@@ -13,8 +13,11 @@ import re
 import secrets
 from dataclasses import dataclass
 
-CURSOR_PATTERN = r"^[0-9a-f]{16}\.[1-9][0-9]{0,5}$"
+SESSION_PATTERN = "[0-9a-f]{16}"
+"""A session id: 8 random bytes in hex (:meth:`Cursor.start`)."""
+CURSOR_PATTERN = rf"^{SESSION_PATTERN}\.[1-9][0-9]{{0,5}}$"
 _CURSOR = re.compile(CURSOR_PATTERN)
+_SESSION = re.compile(SESSION_PATTERN)
 MAX_PAGE = 999_999
 """The last page a session serves (the cursor's page number has at most six digits)."""
 
@@ -75,3 +78,12 @@ class Cursor:
         """
         digest = hashlib.blake2b(f"{user_id}|{self.text}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little")
+
+
+def is_session(value: object) -> bool:
+    """Whether ``value`` is a session id (what a feed returns as ``session`` and events carry as ``context.feed``).
+
+    >>> is_session("0123456789abcdef"), is_session("0123456789ABCDEF"), is_session("0123456789abcdef.1")
+    (True, False, False)
+    """
+    return isinstance(value, str) and _SESSION.fullmatch(value) is not None
