@@ -9,15 +9,17 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/events`` — impressions (views) and clicks, validated like the workers do and
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
   in ``context`` so clicks are attributable to the source that showed the item, and the feed's
-  ``variant`` (an A/B test's arm, recstream/experiments.py) as the events' ``variant``;
+  ``variant`` (an A/B test's arm, recstream/contracts/experiments.py) as the events' ``variant``;
 * ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``;
 * ``GET /explore`` — the feed explorer page (serving/explorer.py), a client of the routes above.
 
-Responses are encoded with orjson straight from dicts (the models in serving/schemas.py document
-them); the request metrics are a pure ASGI middleware, and plainly valid feed requests are answered
-by another one before FastAPI's routing (serving/fast_feed.py), the route handling the rest. Write
-routes live on their own router and need ``X-API-Key`` (or ``Authorization: Bearer``) when
-``settings.api_key`` is set; read routes too when ``settings.protect_reads``.
+Each route calls the service (serving/service.py) and turns its errors (serving/errors.py) into
+4xx/503 answers. Responses are encoded with orjson straight from dicts (the models in
+serving/schemas.py document them); the request metrics are a pure ASGI middleware, and plainly
+valid feed requests are answered by another one before FastAPI's routing (serving/fast_feed.py),
+the route handling the rest. Write routes live on their own router and need ``X-API-Key`` (or
+``Authorization: Bearer``) when ``settings.api_key`` is set; read routes too when
+``settings.protect_reads``.
 """
 
 from __future__ import annotations
