@@ -18,8 +18,8 @@ Each route calls the service (serving/service.py) and turns its errors (serving/
 serving/schemas.py document them); the request metrics are a pure ASGI middleware, and plainly
 valid feed requests are answered by another one before FastAPI's routing (serving/fast_feed.py),
 the route handling the rest. Write routes live on their own router and need ``X-API-Key`` (or
-``Authorization: Bearer``) when ``settings.api_key`` is set; read routes too when
-``settings.protect_reads``.
+``Authorization: Bearer``) when ``settings.reader.api_key`` is set; read routes too when
+``settings.reader.protect_reads``.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def create_app(settings: Settings) -> FastAPI:
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
     query = FeedQuery.from_settings(settings)
     protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)} if auth else {}
-    reads = APIRouter(**(protected if settings.protect_reads else {}))
+    reads = APIRouter(**(protected if settings.reader.protect_reads else {}))
     writes = APIRouter(**protected)
 
     @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(410), tags=["feed"])
@@ -225,7 +225,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(reads)
     app.include_router(writes)
     app.include_router(explorer.router)
-    if not settings.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
+    if not settings.reader.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
         app.add_middleware(FeedFastPath, service=service, route=route, query=query)
     app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
@@ -249,9 +249,9 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 
 def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]] | None:
     """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time."""
-    if settings.api_key is None:
+    if settings.reader.api_key is None:
         return None
-    expected = settings.api_key.get_secret_value().encode()
+    expected = settings.reader.api_key.get_secret_value().encode()
     header = APIKeyHeader(name="X-API-Key", auto_error=False)
     bearer = HTTPBearer(auto_error=False)
 

@@ -76,19 +76,19 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
     """The blended page: slot counts from the configured shares (explore capped), then the interleave."""
     exclude = Exclusions(user, snapshot, now)
     shares: dict[Source, float] = {
-        "personal": settings.share_personal,
-        "popular": settings.share_popular,
-        "fresh": settings.share_fresh,
-        "explore": 0.0 if settings.explore_policy == "none" else settings.share_explore,
+        "personal": settings.blend.share_personal,
+        "popular": settings.blend.share_popular,
+        "fresh": settings.blend.share_fresh,
+        "explore": 0.0 if settings.blend.explore_policy == "none" else settings.blend.share_explore,
     }
-    counts = slot_counts(shares, limit, settings.explore_max_share)
+    counts = slot_counts(shares, limit, settings.blend.explore_max_share)
     favourites = favourite_categories(user, snapshot.categories, now, exclude.blocked)
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
         "popular": personal_first(
             popular(user, snapshot, now),
             (item for item, _ in user.candidates()),
-            settings.popular_personal_head if user.warm else 0,
+            settings.blend.popular_personal_head if user.warm else 0,
         ),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
         "explore": explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings)
@@ -176,19 +176,19 @@ def explore(pool: Pool, exclude: Exclusions, k: int, seed: int, settings: Settin
     k exceeds the explore slots by the page size, so items other sources take first never leave
     the explore slots empty. The generator is seeded per request: same seed, same page.
     """
-    if not pool.items or settings.explore_policy == "none":
+    if not pool.items or settings.blend.explore_policy == "none":
         return []
     mask = np.zeros(len(pool.items), dtype=bool)
     mask[[i for i in map(pool.index.get, exclude.items) if i is not None]] = True
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
     picks = choose_explore(
-        settings.explore_policy,
+        settings.blend.explore_policy,
         pool.alpha,
         pool.beta,
         k,
         np.random.default_rng(seed),
         exclude=mask,
-        epsilon=settings.explore_epsilon,
+        epsilon=settings.blend.explore_epsilon,
     )
     return [Candidate(pool.items[i], EXPLORE_REASON) for i in picks.tolist()]

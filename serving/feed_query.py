@@ -3,7 +3,7 @@
 app.py declares the route's parameters from these rules; fast_feed.py checks raw requests against
 them. The user id follows the event contract (``ID_PATTERN``, at most ``MAX_ID_LEN`` characters),
 the cursor is a cursor (serving/cursor.py), ``seed`` any non-negative 64-bit signed integer, and
-``limit`` at least MIN_LIMIT and at most ``settings.feed_max_limit``. :meth:`FeedQuery.parse`
+``limit`` at least MIN_LIMIT and at most ``settings.reader.feed_max_limit``. :meth:`FeedQuery.parse`
 admits only what is *plainly* within those rules on the raw bytes; whatever it refuses goes to
 the FastAPI route, which decides (and produces the precise 4xx).
 """
@@ -42,7 +42,7 @@ class FeedQuery:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeedQuery:
-        return cls(min(DEFAULT_LIMIT, settings.feed_max_limit), settings.feed_max_limit)
+        return cls(min(DEFAULT_LIMIT, settings.reader.feed_max_limit), settings.reader.feed_max_limit)
 
     def parse(self, path: str, query_string: bytes) -> FeedCall | None:
         """(user, limit, cursor, seed) when the request is plainly valid, else None (the route decides).

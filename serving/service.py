@@ -44,12 +44,12 @@ class FeedService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.redis_prefix)
-        self.wire = RedisWire(settings.redis_url, settings.reader_redis_timeout_s)
+        self.keys = Keys(settings.redis.prefix)
+        self.wire = RedisWire(settings.redis.url, settings.reader.redis_timeout_s)
         self.store = FeedStore(self.wire, self.keys)
         self.snapshot = Snapshot()
         # its own connection: a reload's large replies never queue ahead of a feed's
-        self.loader = SnapshotLoader(RedisWire(settings.redis_url, BACKGROUND_TIMEOUT_S), settings, self.snapshot)
+        self.loader = SnapshotLoader(RedisWire(settings.redis.url, BACKGROUND_TIMEOUT_S), settings, self.snapshot)
         self.publisher = Publisher(settings)
         self.guard = RedisGuard()
         self.stats = LiveStats()
@@ -97,7 +97,7 @@ class FeedService:
             return self._feed_answer(user_id, [], None, seed, kind, None, 1, started, arm.label)
         try:
             await self.guard(
-                lambda: self.store.record(user_id, position.session, page.items, self.settings.session_ttl_s)
+                lambda: self.store.record(user_id, position.session, page.items, self.settings.reader.session_ttl_s)
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
             return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started, arm.label)

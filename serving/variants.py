@@ -28,7 +28,7 @@ class Variants:
         self.experiment = settings.experiment
         self._default = Arm(settings)
         self._arms = {
-            v.name: Arm(settings.model_copy(update=v.overrides()), self.experiment.label(v))
+            v.name: Arm(settings.replace(**v.overrides()), self.experiment.label(v))
             for v in (self.experiment.variants if self.experiment else ())
         }
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_the_guard_skips_redis_for_the_cooldown_once_trip_after_failures_come_in_a_row(isolated_settings):
-    live = RedisWire(isolated_settings.redis_url, timeout_s=1.0)
+    live = RedisWire(isolated_settings.redis.url, timeout_s=1.0)
     dead = RedisWire(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1.0)
     guard, attempts = RedisGuard(), 0
 
