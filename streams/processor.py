@@ -224,7 +224,7 @@ class BatchProcessor:
         users = list(dict.fromkeys(e.user_id for e in events))
         context = await self.store.read_users(users)
         s = self.settings
-        effect.counters = aggregate(events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
+        effect.counters = aggregate(events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives)
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:
             return []

@@ -38,7 +38,7 @@ def test_settings_print_no_secret():
     for text in (repr(settings), str(settings), f"{settings}"):
         assert PASSWORD not in text and API_KEY not in text
         assert "rediss://app:***@redis.internal:6380/0" in text
-    assert settings.redis_url.endswith(f"{PASSWORD}@redis.internal:6380/0"), "the value itself is intact"
+    assert settings.redis.url.endswith(f"{PASSWORD}@redis.internal:6380/0"), "the value itself is intact"
     assert settings.to_env()["RECSTREAM_API_KEY"] == API_KEY, "child processes still get the real values"
 
 
@@ -145,7 +145,7 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
     client.flushdb()
     # a TLS handshake on a loaded shared machine can take longer than the default 50 ms feed budget
     secrets = {"redis_url": url, "api_key": SecretStr(API_KEY), "reader_redis_timeout_s": 1.0}
-    settings = isolated_settings.model_copy(update=secrets)
+    settings = isolated_settings.replace(**secrets)
     worker_factory(settings)
     events = [Event(type="click", user_id=f"u{k % 3}", item_id="i-hot", ts=T0 + k) for k in range(30)]
     await publish(settings, events=events)
@@ -158,7 +158,7 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
         page = (await reader.get("/v1/feed/u-new")).json()
         assert page["degraded"] is False and "i-hot" in [i["item_id"] for i in page["items"]]
         assert (await reader.put("/v1/users/u-new/preferences", json={})).status_code == 401
-    wrong = settings.model_copy(update={"redis_url": secured_redis.url(tls, password="wrong")})
+    wrong = settings.replace(**{"redis_url": secured_redis.url(tls, password="wrong")})
     app = create_app(wrong)
     async with (
         app.router.lifespan_context(app),

@@ -85,8 +85,8 @@ async def log_events(settings: Settings) -> AsyncIterator[Event]:
     from recstream.eventlog.log import open_log, read, whole_topic
 
     async with open_log(settings) as consumer:
-        ranges = await whole_topic(consumer, settings.events_topic)
-        async for chunk in read(consumer, ranges, settings.batch_max):
+        ranges = await whole_topic(consumer, settings.kafka.events_topic)
+        async for chunk in read(consumer, ranges, settings.worker.batch_max):
             for message in chunk:
                 for event in decode(message.value, "event", REPLAY_NOW_MS)[0]:
                     yield event
