@@ -5,7 +5,7 @@ Items are broadcast: each worker reads *all* partitions of ``items`` from the be
 appends new items to its index at once. The faust ``items`` agent, by contrast, is
 partitioned across the group and writes the shared Redis item state.
 
-Fold-ins (streams/fold_ins.py) are broadcast too: each worker tails the fold-in log and
+Fold-ins (recstream/store/fold_ins.py) are broadcast too: each worker tails the fold-in log and
 replaces a graduated item's content vector in its own index; the worker whose batch graduated
 the item computes it.
 
@@ -103,7 +103,7 @@ class LiveModel:
 
     async def fold_in(self, items: list[str]) -> None:
         """Fold in graduated items (a batch returned them as pending): each one's vector from its users'
-        vectors, applied here at once, then stored and logged for every worker (streams/fold_ins.py)."""
+        vectors, applied here at once, then stored and logged for every worker (recstream/store/fold_ins.py)."""
         personalizer = self.current
         if personalizer is None or not items:
             return

@@ -2,7 +2,7 @@
 
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
-are dropped first (already applied, see streams/state.py); a bad record goes to the
+are dropped first (already applied, see recstream/store/state.py); a bad record goes to the
 dead-letter topic with its reason and never stops the batch.
 
 Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a

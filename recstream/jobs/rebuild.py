@@ -2,7 +2,7 @@
 
 The topics are the source of truth (``events`` kept forever, ``items`` and ``users`` compacted
 to the latest value of each id), and every derived value is a function of the log applied in
-order (streams/state.py). So with the workers stopped the rebuild
+order (recstream/store/state.py). So with the workers stopped the rebuild
 
 1. refuses while the worker group has members (a worker would write while keys are deleted);
 2. deletes every key under the prefix except :data:`recstream.contracts.keys.NOT_DERIVED`;

@@ -16,7 +16,7 @@ The effectively-once argument
   then re-reads the watermarks, drops what is now covered and retries: no batch is applied
   twice even with two writers.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
-  final state does not depend on where batches were cut (see streams/aggregate.py and
+  final state does not depend on where batches were cut (see recstream/store/aggregate.py and
   models/ctr.py for the rankings).
 """
 
@@ -67,7 +67,7 @@ class Applied:
     prior: float
     full_rescore: bool
     graduated: list[str]
-    fold_ins: list[str]  # graduated items waiting for their fold-in (streams/fold_ins.py)
+    fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
 
 
 class StateStore:
