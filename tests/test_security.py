@@ -158,7 +158,7 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
         page = (await reader.get("/v1/feed/u-new")).json()
         assert page["degraded"] is False and "i-hot" in [i["item_id"] for i in page["items"]]
         assert (await reader.put("/v1/users/u-new/preferences", json={})).status_code == 401
-    wrong = settings.replace(**{"redis_url": secured_redis.url(tls, password="wrong")})
+    wrong = settings.replace(redis_url=secured_redis.url(tls, password="wrong"))
     app = create_app(wrong)
     async with (
         app.router.lifespan_context(app),

@@ -253,6 +253,12 @@ class Settings(BaseModel):
         except ValidationError as exc:
             raise SettingsError(_lines(exc)) from None
 
+    def model_copy(self, *, update: Mapping[str, object] | None = None, deep: bool = False) -> Settings:
+        """Refuses ``update``: pydantic would set flat names as stray attributes nothing reads; use :meth:`replace`."""
+        if update:
+            raise TypeError(f"Settings.model_copy(update=...) ignores {sorted(update)}: use settings.replace(...)")
+        return super().model_copy(deep=deep)
+
     def on_topics(self, suffix: str, **more: object) -> Settings:
         """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark
         run that shares a broker with others and must not read their events."""

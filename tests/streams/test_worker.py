@@ -268,7 +268,7 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
         raise AssertionError(letters)
 
     client = AsyncRedis.from_url(settings.redis.url)
-    unreachable = settings.replace(**{"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    unreachable = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
                                read_log=partial(read_ranges, unreachable))  # fmt: skip
     try:
