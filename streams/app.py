@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
 from recstream.store.state import StateStore
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker.group,
         broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,

@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.contracts.events import ItemEvent, decode
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 from recstream.store.fold_ins import FoldInStore
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ async def follow_items(settings: Settings, model: LiveModel) -> None:
 
 async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
     """Apply every item event of every partition, from the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
