@@ -65,5 +65,5 @@ def test_the_redis_password_never_shows_in_the_repr():
 def test_model_copy_with_flat_names_is_refused_not_silently_ignored():
     """pydantic's model_copy(update=...) would set ``batch_max`` as a stray attribute while
     ``settings.worker.batch_max`` kept its old value: a test once stopped the session's services that way."""
-    with pytest.raises(TypeError, match="use settings.replace"):
+    with pytest.raises(TypeError, match=r"use settings\.replace"):
         load_settings().model_copy(update={"batch_max": 1})
