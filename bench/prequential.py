@@ -305,13 +305,13 @@ class PipelineReplay:
         self.http = http
         self.worker = worker
         self.readers = readers
-        self.keys = Keys(settings.redis_prefix)
-        self.redis = Redis.from_url(settings.redis_url)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+        self.keys = Keys(settings.redis.prefix)
+        self.redis = Redis.from_url(settings.redis.url)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
         self.partitions = {
-            settings.events_topic: settings.events_partitions,
-            settings.items_topic: settings.items_partitions,
-            settings.users_topic: settings.users_partitions,
+            settings.kafka.events_topic: settings.kafka.events_partitions,
+            settings.kafka.items_topic: settings.kafka.items_partitions,
+            settings.kafka.users_topic: settings.kafka.users_partitions,
         }
         self.known_items: set[str] = set()
         self.known_users: set[str] = set()
@@ -350,10 +350,10 @@ class PipelineReplay:
         self.known_items.update(items)
         if users or items:
             await self.producer.flush()
-            await self.caught_up([self.settings.users_topic, self.settings.items_topic])
+            await self.caught_up([self.settings.kafka.users_topic, self.settings.kafka.items_topic])
         await self.producer.send_events(events_of(ratings))
         await self.producer.flush()
-        await self.caught_up([self.settings.events_topic])
+        await self.caught_up([self.settings.kafka.events_topic])
 
     async def candidates(self, users: Sequence[str]) -> list[list[str]]:
         """Each user's stored candidate list (items only, best first); [] when there is none yet."""
@@ -432,7 +432,7 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
     await training.publish(settings, batch.artifacts)
     worker = Child("worker", settings, LOGS / "prequential-worker.log")
     readers = {
-        name: Child("serve", settings.model_copy(update=blend), LOGS / f"prequential-reader-{name}.log")
+        name: Child("serve", settings.replace(**blend), LOGS / f"prequential-reader-{name}.log")
         for name, blend in (BLENDS.items() if with_reader else ())
     }
     try:
@@ -546,7 +546,7 @@ def configure(args: argparse.Namespace) -> tuple[ALSConfig, int, int]:
         view_weight=args.view_weight,
         click_weight=args.click_weight,
     )
-    return cfg, int(args.history_cap or settings.history_cap), int(args.candidates or settings.candidates_m)
+    return cfg, int(args.history_cap or settings.model.history_cap), int(args.candidates or settings.model.candidates_m)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
 from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.state import StateStore
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker.group,
         broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
@@ -75,7 +77,11 @@ def create_app(settings: Settings) -> faust.App:
         kind: BatchProcessor(kind, store, settings, send_dead_letters, model, read_log)
         for kind in ("event", "item", "user")
     }
-    topics = {settings.kafka.events_topic: "event", settings.kafka.items_topic: "item", settings.kafka.users_topic: "user"}
+    topics = {
+        settings.kafka.events_topic: "event",
+        settings.kafka.items_topic: "item",
+        settings.kafka.users_topic: "user",
+    }
 
     @app.task
     async def item_feed() -> None:

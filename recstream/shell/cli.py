@@ -294,7 +294,7 @@ def demo(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    if "pool_graduate_age_s" not in settings.model_fields_set:  # the pool on the world's clock
+    if "graduate_age_s" not in settings.pool.model_fields_set:  # the pool on the world's clock
         settings = settings.replace(pool_graduate_age_s=pool_age_for(world))
     try:
         result = demo_module.run(settings, seconds, world, history_min * 60, history_rate, sim, movielens)

@@ -237,8 +237,8 @@ async def isolated_topics(settings: Settings) -> Settings:
 @pytest.fixture
 async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
     """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
-    settings = (await isolated_topics(world.settings)).model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
+    settings = (await isolated_topics(world.settings)).replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=tmp_path / "run"
     )
     infra.redis_up(settings)
     source, target = redis.Redis.from_url(world.settings.redis.url), redis.Redis.from_url(settings.redis.url)
