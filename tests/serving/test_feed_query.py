@@ -8,14 +8,14 @@ from recstream.serving.cursor import CURSOR_PATTERN
 from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, PARAMETERS, FeedQuery
 
 from recstream.contracts.events import ID_PATTERN, MAX_ID_LEN
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import load_settings
 
 MAX_LIMIT = 50
-QUERY = FeedQuery.from_settings(Settings(feed_max_limit=MAX_LIMIT))
+QUERY = FeedQuery.from_settings(load_settings(feed_max_limit=MAX_LIMIT))
 
 
 def test_the_route_declares_the_rules_the_fast_path_admits_by():
-    parameters = create_app(Settings(feed_max_limit=MAX_LIMIT)).openapi()["paths"][FEED_ROUTE]["get"]["parameters"]
+    parameters = create_app(load_settings(feed_max_limit=MAX_LIMIT)).openapi()["paths"][FEED_ROUTE]["get"]["parameters"]
     schemas = {p["name"]: p["schema"] for p in parameters}
     assert list(schemas) == ["user_id", *PARAMETERS]
     user, limit, cursor, seed = schemas.values()
