@@ -1,9 +1,9 @@
-"""One feed page from a user's state and the shared snapshot: the four ranked sources, then the blend.
+"""One feed page from a user's state and the shared snapshot: the generators, then the ranking stage or the blend.
 
 Pure (no Redis): ``build_page`` is what the feed route runs between its read and its write, and
 what the unit tests drive directly.
 
-Sources, each a ranked list explained item by item:
+Sources (generators), each a ranked list explained item by item:
 
 * **personal** — the workers' candidate list ``user:<u>:cand``, best first ("because you watched X");
 * **popular** — the segment's items by P(i|s) for warm users; for cold users by
@@ -12,6 +12,16 @@ Sources, each a ranked list explained item by item:
   they picked, then those weighing most in their recent history;
 * **explore** — Thompson sampling (or ε-greedy) over the new-item pool: one Beta(α, β) draw per
   item, vectorized, from a generator seeded per request.
+
+A **ranked** page (serving/ranking.py decides when) takes the union of what personal, popular and
+fresh propose, each up to the page's exploitation slots, filtered (seen, served in the session,
+unavailable, not interested) before anything is scored; scores every candidate's feature vector
+(serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
+best first. Each ranked item is served as the generator its top feature speaks for (when that
+generator proposed it) with that generator's reason, else with words for the feature. The explore
+slots stay capped Thompson sampling. A generator whose share is 0 proposes nothing in either mode.
+Otherwise the page is the **fixed** blend: slot counts from the shares, then the interleave. Either
+way every item carries the vector it was served with, which the scroll session keeps for attribution.
 
 Under an experiment, ``settings`` are the user's variant's (serving/variants.py).
 """
@@ -26,9 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 from recstream.models.bandit import choose_explore
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
-from recstream.serving.snapshot import Categories, Pool, Snapshot
+from recstream.serving.features import PageFeatures
+from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pull, ranking_mode, score, top_features
+from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
+from recstream.contracts.ranking import FEATURES, encode_features
 from recstream.contracts.settings import Settings
 
 DEFAULT_SEGMENT = "default"
@@ -39,12 +52,30 @@ TASTE_ITEMS = 20
 EXPLORE_REASON = "new — we're exploring it"
 POPULAR_REASON = "popular with people like you"
 TRENDING_REASON = "popular right now"
+FEATURE_WORDS = {
+    "als_score": "picked for you",
+    "personal": "picked for you",
+    "popular": POPULAR_REASON,
+    "popular_rank": POPULAR_REASON,
+    "segment_ctr_logit": POPULAR_REASON,
+    "ctr_logit": TRENDING_REASON,
+    "fresh": "recently added",
+    "explore": "recently added",
+    "age": "recently added",
+    "category_affinity": "close to what you watch",
+}
+"""A ranked item's reason when the generator its top feature speaks for did not propose it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
     items: list[Served]
     warm: bool
+    mode: Mode
+
+    @property
+    def ranked(self) -> bool:
+        return self.mode == "ranked"
 
 
 class Exclusions:
@@ -73,29 +104,122 @@ class Exclusions:
 
 
 def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: int, seed: int, now: float) -> Page:
-    """The blended page: slot counts from the configured shares (explore capped), then the interleave."""
+    """The ranked page when the ranker is warm and fresh, else the fixed blend; explore slots capped either way."""
+    blend = settings.blend
     exclude = Exclusions(user, snapshot, now)
     shares: dict[Source, float] = {
-        "personal": settings.blend.share_personal,
-        "popular": settings.blend.share_popular,
-        "fresh": settings.blend.share_fresh,
-        "explore": 0.0 if settings.blend.explore_policy == "none" else settings.blend.share_explore,
+        "personal": blend.share_personal,
+        "popular": blend.share_popular,
+        "fresh": blend.share_fresh,
+        "explore": 0.0 if blend.explore_policy == "none" else blend.share_explore,
     }
-    counts = slot_counts(shares, limit, settings.blend.explore_max_share)
-    favourites = favourite_categories(user, snapshot.categories, now, exclude.blocked)
+    counts = slot_counts(shares, limit, blend.explore_max_share)
+    taste = taste_weights(user, snapshot.categories, now)
+    favourites = favourite_categories(user, taste, exclude.blocked)
+    lists = snapshot.segments.get(user.segment or DEFAULT_SEGMENT)
+    explored = explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings) if counts["explore"] else []
+    mode = ranking_mode(snapshot.ranker, blend, now)  # ranked only after a load (snapshot.py sets the weights last)
+    features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
+    if mode != "ranked":
+        items = _fixed(user, snapshot, lists, favourites, explored, counts, exclude, settings, now)
+        if snapshot.loaded:  # before the first load there is nothing to compute the features from
+            items = [_served(s, row) for s, row in zip(items, features.rows([s.item for s in items]), strict=True)]
+        return Page(items, user.warm, mode)
+    generators: dict[Source, Iterable[Candidate]] = {
+        "personal": personal(user),
+        "popular": popular(user, snapshot, lists, now),
+        "fresh": fresh(snapshot.pool, favourites, user.preferred),
+    }
+    on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
+    items = _ranked(on, explored, counts, exclude, features, snapshot.ranker.weights)  # type: ignore[arg-type]
+    return Page(items, user.warm, mode)
+
+
+def _fixed(
+    user: UserState,
+    snapshot: Snapshot,
+    lists: Popular | None,
+    favourites: tuple[str, ...],
+    explored: list[Candidate],
+    counts: dict[Source, int],
+    exclude: Exclusions,
+    settings: Settings,
+    now: float,
+) -> list[Served]:
+    """The fixed-quota blend: each source fills its slot count, interleaved by position."""
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
         "popular": personal_first(
-            popular(user, snapshot, now),
+            popular(user, snapshot, lists, now),
             (item for item, _ in user.candidates()),
             settings.blend.popular_personal_head if user.warm else 0,
         ),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
-        "explore": explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings)
-        if counts["explore"]
-        else (),
+        "explore": explored,
     }
-    return Page(interleave(ranked, counts, exclude), user.warm)
+    return interleave(ranked, counts, exclude)
+
+
+def _ranked(
+    generators: dict[Source, Iterable[Candidate]],
+    explored: list[Candidate],
+    counts: dict[Source, int],
+    exclude: Exclusions,
+    features: PageFeatures,
+    weights: np.ndarray,
+) -> list[Served]:
+    """The union of the generators' first allowed candidates (as many each as there are exploitation slots),
+    scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
+
+    The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
+    first heir of explore slots the pool cannot fill, and explore keeps its positions and its cap.
+    """
+    depth = sum(counts.values()) - counts["explore"]
+    proposed: dict[str, dict[Source, Candidate]] = {}
+    for source, candidates in generators.items():
+        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth):
+            proposed.setdefault(candidate.item, {})[source] = candidate
+    items = list(proposed)
+    rows = features.rows(items)
+    probabilities, contributions = score(weights, rows)
+    tops, pulls = top_features(contributions).tolist(), generator_pull(contributions).tolist()
+    ordered, scored = [], {}
+    for k in np.argsort(-probabilities, kind="stable").tolist():
+        item, feature = items[k], FEATURES[tops[k]]
+        source = GENERATOR[feature]
+        if source in proposed[item]:
+            reason = proposed[item][source].reason  # type: ignore[index]
+        else:
+            source = max(proposed[item], key=lambda s: pulls[k][GENERATORS.index(s)])
+            reason = _words(item, feature, features)
+        ordered.append(Candidate(item, reason))
+        scored[item] = (source, float(probabilities[k]), feature, rows[k])
+    slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
+    page = interleave({"personal": ordered, "explore": explored}, slots, exclude)
+    explore_items = [s.item for s in page if s.source == "explore"]
+    if explore_items:
+        rows = features.rows(explore_items)
+        probabilities, contributions = score(weights, rows)
+        for item, p, top, row in zip(
+            explore_items, probabilities.tolist(), top_features(contributions).tolist(), rows, strict=True
+        ):
+            scored[item] = ("explore", p, FEATURES[top], row)
+    served = []
+    for s in page:
+        source, p, feature, row = scored[s.item]
+        served.append(Served(s.item, source, s.reason, p, feature, encode_features(row)))
+    return served
+
+
+def _served(served: Served, row: np.ndarray) -> Served:
+    """A fixed page's item with the vector it was served with (no score: the ranker did not order it)."""
+    return Served(served.item, served.source, served.reason, features=encode_features(row))
+
+
+def _words(item: str, feature: str, features: PageFeatures) -> str:
+    if feature == "category_affinity" and (category := features.favourite_category(item)) is not None:
+        return f"in {category}, one of your favourite categories"
+    return FEATURE_WORDS[feature]
 
 
 def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
@@ -104,18 +228,23 @@ def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
     return [Served(i, "popular", TRENDING_REASON) for i in itertools.islice(items, limit)]
 
 
-def favourite_categories(
-    user: UserState, categories: Categories, now: float, blocked: frozenset[str] | set[str] = frozenset()
-) -> tuple[str, ...]:
-    """Picked categories first, then the heaviest in recent history (its weights, or 1 per seen item).
-
-    At least FAVOURITE_CATEGORIES when history allows, every picked one always, blocked ones never.
-    """
+def taste_weights(user: UserState, categories: Categories, now: float) -> dict[str, float]:
+    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item)."""
     weights: dict[str, float] = {}
     taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
     for item, weight in taste:
         for category in categories.get(item, now) or ():
             weights[category] = weights.get(category, 0.0) + weight
+    return weights
+
+
+def favourite_categories(
+    user: UserState, weights: dict[str, float], blocked: frozenset[str] | set[str] = frozenset()
+) -> tuple[str, ...]:
+    """Picked categories first, then the heaviest by taste (:func:`taste_weights`).
+
+    At least FAVOURITE_CATEGORIES when history allows, every picked one always, blocked ones never.
+    """
     ranked = sorted(weights, key=lambda c: (-weights[c], c))
     picks = [c for c in dict.fromkeys([*user.preferred, *ranked]) if c not in blocked]
     return tuple(picks[: max(FAVOURITE_CATEGORIES, len(user.preferred))])
@@ -128,10 +257,10 @@ def personal(user: UserState) -> Iterator[Candidate]:
         yield Candidate(item, f"because you watched {because}" if because else fallback)
 
 
-def popular(user: UserState, snapshot: Snapshot, now: float) -> Iterator[Candidate]:
-    """The segment's list (the global one until the snapshot has the segment); cold users: picked categories first."""
+def popular(user: UserState, snapshot: Snapshot, lists: Popular | None, now: float) -> Iterator[Candidate]:
+    """The segment's lists (None: the global list, until the snapshot has the segment); cold users: picked
+    categories first."""
     segment = user.segment or DEFAULT_SEGMENT
-    lists = snapshot.segments.get(segment)
     if lists is None:
         order, reason = snapshot.overall, TRENDING_REASON
     else:

@@ -4,9 +4,10 @@ That is the whole Redis budget of a feed request (two round trips); everything s
 users comes from the in-process snapshot (serving/snapshot.py).
 
 The session list ``user:<u>:feed:<session>`` (named by the cursor, serving/cursor.py) holds one
-JSON ``[[item, source], …]`` per page served and expires ``session_ttl_s`` after its last page.
-The next page of the session excludes every item in it; the events route reads it to name the
-source of a clicked item for an event that came without one.
+JSON ``[[item, source, features], …]`` per page served (``features``, the encoded vector the item
+was served with, only when it has one) and expires ``session_ttl_s`` after its last page. The next
+page of the session excludes every item in it; the events route reads it to name the source of a
+clicked item for an event that came without one, and to stamp the served features into it.
 """
 
 from __future__ import annotations
@@ -66,17 +67,19 @@ class FeedStore:
         )
 
     async def record(self, user_id: str, session: str, page: Iterable[Served], ttl_s: int) -> None:
-        """Round trip 2: append the page (``[[item, source], …]``) to the session and push its expiry out."""
-        value = orjson.dumps([[s.item, s.source] for s in page])
+        """Round trip 2: append the page (``[[item, source, features], …]``) to the session and push its expiry out."""
+        value = orjson.dumps([[s.item, s.source, s.features] if s.features else [s.item, s.source] for s in page])
         await self.wire.run(self.RECORD, [self.session_key(user_id, session)], [value, ttl_s])
 
-    async def sources(self, wanted: list[tuple[str, str, str]]) -> list[str | None]:
-        """The source each (user, session, item) was served from, None where unknown; one round trip."""
+    async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:
+        """(source, served features or None) of each (user, session, item), None where unknown; one round trip."""
         replies = await self.wire.execute(*(("LRANGE", self.session_key(u, s), 0, -1) for u, s, _ in wanted))
         found = []
         for (_, _, item), pages in zip(wanted, replies, strict=True):
-            rows = (row for page in pages for row in json_list(page) if isinstance(row, list) and len(row) == 2)
-            found.append(next((str(row[1]) for row in rows if row[0] == item), None))
+            rows = (row for page in pages for row in json_list(page) if isinstance(row, list) and len(row) in (2, 3))
+            row = next((row for row in rows if row[0] == item), None)
+            features = row[2] if row is not None and len(row) == 3 and isinstance(row[2], str) else None
+            found.append(None if row is None else (str(row[1]), features))
         return found
 
     def session_key(self, user_id: str, session: str) -> str:

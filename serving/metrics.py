@@ -25,6 +25,18 @@ LATENCY = Histogram(
 )
 ITEMS_SERVED = Counter("recstream_reader_items_served_total", "Feed items served, by source", ["source"])
 FEEDS = Counter("recstream_reader_feeds_total", "Feed pages served, by kind of user (warm, cold, degraded)", ["user"])
+FEEDS_BY_MODE = Counter(
+    "recstream_reader_feeds_by_mode_total",
+    "Feed pages served, by how they were made: ranked, the fixed blend (ranker cold, stale or off), degraded",
+    ["mode"],
+)
+RANKER_WEIGHTS_AGE = Gauge(
+    "recstream_reader_ranker_weights_age_seconds",
+    "Seconds since the ranker weights this reader scores with last changed (their version, Σ rows learned)",
+)
+RANKER_ROWS = Gauge(
+    "recstream_reader_ranker_rows", "Rows learned by the ranker weights this reader scores with: their version"
+)
 DEGRADED = Counter(
     "recstream_reader_degraded_responses_total",
     "Responses answered without Redis (from the in-process popular list), by route and cause",
@@ -57,7 +69,7 @@ DEGRADED_CAUSES = ("timeout", "error", "skipped")
 """The ``cause`` label of DEGRADED (serving.errors.RedisUnavailable)."""
 
 
-def create_zero_series(feed_route: str, sources: Iterable[str]) -> None:
+def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[str]) -> None:
     """Create at 0 the labelled series that dashboards divide by and alerts watch.
 
     A labelled series is born at its first increment, and ``rate()`` cannot see that increment
@@ -66,6 +78,8 @@ def create_zero_series(feed_route: str, sources: Iterable[str]) -> None:
     """
     for kind in ("warm", "cold", "degraded"):
         FEEDS.labels(kind)
+    for mode in modes:
+        FEEDS_BY_MODE.labels(mode)
     for cause in DEGRADED_CAUSES:
         DEGRADED.labels(feed_route, cause)
     for kind in ("view", "click"):

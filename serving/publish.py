@@ -9,7 +9,10 @@ does not acknowledge within PUBLISH_TIMEOUT_S refuses the write (KafkaUnavailabl
 reader stays up.
 
 Attribution: a click counts for the source that showed the item. Events that name the feed's scroll
-session (``context.feed``) but no ``context.source`` get it from the session list before they go out.
+session (``context.feed``) but no ``context.source`` get it from the session list before they go out,
+and every event naming a session gets the feature vector the item was served with (``context.rf``,
+recstream/contracts/ranking.py), what the workers train the ranker on. A client's own ``rf`` is
+dropped first: clients must not write the training data.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from recstream.serving.cursor import is_session
 from recstream.serving.errors import KafkaUnavailable, RedisUnavailable
 
-from recstream.contracts.events import Event, UserEvent
+from recstream.contracts.events import MAX_CONTEXT_ENTRIES, Event, UserEvent
+from recstream.contracts.ranking import CONTEXT_KEY
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
-SourceLookup = Callable[[list[tuple[str, str, str]]], Awaitable[list[str | None]]]
-"""(user, session, item) → the source the session served the item from (FeedStore.sources under the guard)."""
+SourceLookup = Callable[[list[tuple[str, str, str]]], Awaitable[list[tuple[str, str | None] | None]]]
+"""(user, session, item) → (the source the session served the item from, its served features), FeedStore.sources
+under the guard."""
 
 
 class Publisher:
@@ -107,14 +112,18 @@ async def _acknowledged() -> AsyncIterator[None]:
 
 
 async def attribute(events: list[Event], sources: SourceLookup) -> tuple[list[Event], int]:
-    """Fill ``context.source`` from the scroll session named by ``context.feed``, in one lookup; how many got one.
+    """From the scroll session named by ``context.feed``, in one lookup: fill ``context.source`` where it is
+    missing and stamp ``context.rf`` with the served features; how many got a source.
 
-    Best effort: without Redis (RedisUnavailable) the events go out as they came.
+    A client's ``rf`` is dropped whatever happens next. Either stamp is made only while the context stays
+    within MAX_CONTEXT_ENTRIES (the source first). Best effort: without Redis (RedisUnavailable) the events
+    go out without ``rf``.
     """
+    events = [_without_features(e) for e in events]
     wanting = {
         k: (e.user_id, e.context["feed"], e.item_id)
         for k, e in enumerate(events)
-        if e.context and "source" not in e.context and len(e.context) < 16 and is_session(e.context.get("feed"))
+        if e.context and is_session(e.context.get("feed"))
     }
     if not wanting:
         return events, 0
@@ -122,10 +131,22 @@ async def attribute(events: list[Event], sources: SourceLookup) -> tuple[list[Ev
         found = await sources(list(wanting.values()))  # type: ignore[arg-type]
     except RedisUnavailable:
         return events, 0
-    events = list(events)
     attributed = 0
-    for k, source in zip(wanting, found, strict=True):
-        if source is not None:
-            events[k] = events[k].model_copy(update={"context": {**events[k].context, "source": source}})  # type: ignore[dict-item]
+    for k, served in zip(wanting, found, strict=True):
+        if served is None:
+            continue
+        context, (source, features) = dict(events[k].context or {}), served
+        if "source" not in context and len(context) < MAX_CONTEXT_ENTRIES:
+            context["source"] = source
             attributed += 1
+        if features is not None and len(context) < MAX_CONTEXT_ENTRIES:
+            context[CONTEXT_KEY] = features
+        events[k] = events[k].model_copy(update={"context": context})
     return events, attributed
+
+
+def _without_features(event: Event) -> Event:
+    if not event.context or CONTEXT_KEY not in event.context:
+        return event
+    context = {key: value for key, value in event.context.items() if key != CONTEXT_KEY}
+    return event.model_copy(update={"context": context or None})

@@ -57,7 +57,9 @@ class Script:
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
+        # surrogate escapes: a binary value (a ranker state) reads as a str that encodes back to its bytes,
+        # and a value that is not UTF-8 can no longer break the parser
+        self.parser = hiredis.Reader(encoding="utf-8", errors="surrogateescape", replyError=ResponseError)
         self.waiting: deque[tuple[asyncio.Future, float]] = deque()
         self.lost = False
         self._outbox: list[bytes] = []

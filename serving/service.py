@@ -24,6 +24,7 @@ from recstream.serving.feed_store import FeedStore
 from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute
+from recstream.serving.ranking import MODES
 from recstream.serving.redis_wire import RedisWire
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from recstream.serving.user_state import parse_preferences
@@ -56,7 +57,8 @@ class FeedService:
         self.variants = Variants(settings)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
-        metrics.create_zero_series(FEED_ROUTE, SOURCES)
+        self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
+        metrics.create_zero_series(FEED_ROUTE, SOURCES, MODES)
         self._loader_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -87,22 +89,26 @@ class FeedService:
             user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
         except RedisUnavailable as exc:
             items = degraded_page(self.snapshot, limit)
-            return self._feed_answer(user_id, items, cursor, seed, "degraded", exc.cause, 1, started, arm.label)
+            return self._feed_answer(
+                user_id, items, cursor, seed, "degraded", "degraded", exc.cause, 1, started, arm.label
+            )
         if cursor is not None and not user.session_found:
             self._trips.observe(1)
             raise SessionExpired(f"cursor {cursor.text} names no live session: it expired or was never issued")
         page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic())
-        kind = "warm" if page.warm else "cold"
+        kind, mode = "warm" if page.warm else "cold", page.mode
         if not page.items:
-            return self._feed_answer(user_id, [], None, seed, kind, None, 1, started, arm.label)
+            return self._feed_answer(user_id, [], None, seed, kind, mode, None, 1, started, arm.label)
         try:
             await self.guard(
                 lambda: self.store.record(user_id, position.session, page.items, self.settings.reader.session_ttl_s)
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
-            return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started, arm.label)
+            return self._feed_answer(
+                user_id, page.items, cursor, seed, "degraded", mode, exc.cause, 2, started, arm.label
+            )
         following = None if position.last else position
-        return self._feed_answer(user_id, page.items, following, seed, kind, None, 2, started, arm.label)
+        return self._feed_answer(user_id, page.items, following, seed, kind, mode, None, 2, started, arm.label)
 
     def _feed_answer(
         self,
@@ -111,12 +117,17 @@ class FeedService:
         cursor: Cursor | None,
         seed: int,
         kind: str,
+        mode: str,
         degraded_cause: str | None,
         trips: int,
         started: float,
         variant: str | None,
     ) -> dict:
-        """The response body, plus every metric and live figure of a served feed."""
+        """The response body, plus every metric and live figure of a served feed.
+
+        ``kind`` is warm, cold or degraded (no session or no Redis); ``mode`` how the items were chosen
+        (serving/ranking.MODES: a ranked page whose session write failed is still ranked).
+        """
         now = time.monotonic()
         counts: dict[str, int] = defaultdict(int)
         for served in items:
@@ -125,6 +136,7 @@ class FeedService:
             self._served[source].inc(n)
         metrics.RECENTLY_SERVED.add((s.item for s in items), now)
         metrics.FEEDS.labels(kind).inc()
+        self._modes[mode].inc()
         self._trips.observe(trips)
         if degraded_cause is not None:
             metrics.DEGRADED.labels(FEED_ROUTE, degraded_cause).inc()
@@ -138,6 +150,8 @@ class FeedService:
                     "source": s.source,
                     "reason": s.reason,
                     "categories": list(categories.get(s.item, now) or ()),
+                    "score": s.score,
+                    "top_feature": s.top_feature,
                 }
                 for s in items
             ],
@@ -145,6 +159,7 @@ class FeedService:
             "session": cursor.session if cursor is not None else None,
             "model_version": self.snapshot.model_version,
             "warm": kind == "warm",
+            "ranked": mode == "ranked",
             "degraded": degraded_cause is not None,
             "seed": seed,
             "variant": variant,

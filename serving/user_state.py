@@ -8,6 +8,7 @@ error: one bad key must not take a user's feed down.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -48,6 +49,20 @@ class UserState:
             if isinstance(row, list) and row and isinstance(row[0], str):
                 because = row[2] if len(row) > 2 and isinstance(row[2], str) else None
                 yield row[0], because
+
+    def candidate_scores(self) -> dict[str, float]:
+        """item → its score x_u·y_i on the candidate list (0.0 where the row has none), first row of an item kept.
+
+        >>> UserState(candidate_rows=[["i1", 0.9, "i7"], ["i2"], ["i1", 0.1]]).candidate_scores()
+        {'i1': 0.9, 'i2': 0.0}
+        """
+        scores: dict[str, float] = {}
+        for row in self.candidate_rows:
+            if isinstance(row, list) and row and isinstance(row[0], str) and row[0] not in scores:
+                value = row[1] if len(row) > 1 else None
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                scores[row[0]] = float(value) if ok else 0.0  # type: ignore[arg-type]
+        return scores
 
     def history(self, limit: int) -> list[tuple[str, float]]:
         """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""

@@ -28,6 +28,7 @@ MIN_TS_MS = 631_152_000_000  # 1990-01-01: older than any real log we replay (Mo
 MAX_FUTURE_SKEW_MS = 86_400_000  # one day ahead of the consumer's clock
 MAX_MESSAGE_BYTES = 1_000_000
 MAX_EVENTS_PER_MESSAGE = 10_000
+MAX_CONTEXT_ENTRIES = 16
 LABEL_PATTERN = r"[A-Za-z0-9_.\-]{1,32}"
 """An experiment or variant name: short and safe, since it becomes a Prometheus label value."""
 VARIANT_PATTERN = rf"^{LABEL_PATTERN}:{LABEL_PATTERN}$"
@@ -56,7 +57,7 @@ class Event(_Strict):
     item_id: Id
     ts: Timestamp
     event_id: Id | None = None
-    context: Annotated[dict[Category, Scalar], Field(max_length=16)] | None = None
+    context: Annotated[dict[Category, Scalar], Field(max_length=MAX_CONTEXT_ENTRIES)] | None = None
     variant: Annotated[str, StringConstraints(max_length=2 * 32 + 1, pattern=VARIANT_PATTERN)] | None = None
 
 

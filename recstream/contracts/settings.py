@@ -219,6 +219,15 @@ class BlendSettings(Section):
         "thompson", description="how explore slots are chosen from the new-item pool"
     )
     explore_epsilon: float = Field(0.1, ge=0, le=1, description="ε of the epsilon_greedy policy")
+    ranker: bool = Field(
+        True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
+    )
+    ranker_min_rows: int = Field(
+        5_000, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+    )
+    ranker_stale_s: float = Field(
+        10.0, gt=0, le=3600, description="no successful refresh of the ranker's weights for this long: the fixed blend"
+    )
     cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
 
 
