@@ -182,16 +182,17 @@ def _ranked(
     items = list(proposed)
     rows = features.rows(items)
     probabilities, contributions = score(weights, rows)
-    tops, pulls = top_features(contributions).tolist(), generator_pull(contributions).tolist()
+    tops, pulls = top_features(contributions), generator_pull(contributions).tolist()
+    raised = (contributions[np.arange(len(items)), tops] > 0).tolist()
     ordered, scored = [], {}
     for k in np.argsort(-probabilities, kind="stable").tolist():
         item, feature = items[k], FEATURES[tops[k]]
         source = GENERATOR[feature]
         if source in proposed[item]:
             reason = proposed[item][source].reason  # type: ignore[index]
-        else:
+        else:  # served as the proposer its features pull for most; words for the top feature if it raised the score
             source = max(proposed[item], key=lambda s: pulls[k][GENERATORS.index(s)])
-            reason = _words(item, feature, features)
+            reason = _words(item, feature, features) if raised[k] else proposed[item][source].reason
         ordered.append(Candidate(item, reason))
         scored[item] = (source, float(probabilities[k]), feature, rows[k])
     slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}

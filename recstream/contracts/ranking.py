@@ -102,9 +102,10 @@ def rounded_rows(rows: np.ndarray) -> np.ndarray:
         raise ValueError("features must be finite")
     magnitude = np.abs(x)
     fast = (magnitude >= 1e-15) & (magnitude <= 1e15)
-    k = (DIGITS - 1) - np.floor(np.log10(np.where(fast, magnitude, 1.0))).astype(np.int64)  # in [-12, 18]
+    v = np.where(fast, x, 1.0)  # the others take the string path
+    k = (DIGITS - 1) - np.floor(np.log10(np.abs(v))).astype(np.int64)  # in [-12, 18]
     up, down = _POW10[np.maximum(k, 0)], _POW10[np.maximum(-k, 0)]  # exact powers of ten, one of them 1
-    scaled = x * up / down  # a single correctly rounded operation
+    scaled = v * up / down  # a single correctly rounded operation
     m = np.rint(scaled)
     size = np.abs(scaled)
     fast &= (size >= 10.0 ** (DIGITS - 1)) & (np.abs(m) <= 10.0**DIGITS) & (np.abs(size - np.floor(size) - 0.5) > 1e-6)

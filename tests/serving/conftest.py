@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import uvicorn
+from recstream.models.ranker import FTRLConfig, FTRLRanker
 from recstream.serving.app import create_app
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
@@ -250,6 +253,21 @@ async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
     target.close()
     yield settings
     infra.stop(infra.redis_service(settings))
+
+
+def trained_ranker(clicked: str, skipped: str, rows: int = 400, seed: int = 0) -> FTRLRanker:
+    """An FTRL ranker of the served feature set, trained on rows that each set one feature: ``clicked``'s rows
+    were clicked, ``skipped``'s never. So its weight on ``clicked`` is strongly positive, on ``skipped`` strongly
+    negative, and on every other feature exactly 0 (FTRL moves only the coordinates of nonzero features)."""
+    rng = random.Random(seed)
+    x, labels = np.zeros((rows, len(FEATURES))), []
+    for k in range(rows):
+        feature = clicked if rng.random() < 0.5 else skipped
+        x[k, FEATURES.index(feature)] = 1.0
+        labels.append(int(feature == clicked))
+    ranker = FTRLRanker(len(FEATURES), FTRLConfig(alpha=1.0))
+    ranker.update(x, labels)
+    return ranker
 
 
 def kill_redis(settings: Settings) -> None:

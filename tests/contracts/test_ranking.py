@@ -1,0 +1,52 @@
+"""The served feature vector's rounding: the reader's vectorized rounding gives the bits of the string round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recstream.contracts.ranking import FEATURES, decode_features, encode_features, rounded, rounded_rows
+
+WIDTH = len(FEATURES)
+
+
+def hard_values(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Values a page meets (flags, logits, log ranks and ages, ALS scores stored with 5 decimals), values at every
+    scale, decimal ties of the 5th digit, neighbours of powers of ten, signed zeros, subnormal and huge ones."""
+    powers = 10.0 ** rng.integers(-5, 6, (n, WIDTH))
+    return [
+        rng.integers(0, 2, (n, WIDTH)).astype(float),
+        rng.normal(-3, 2, (n, WIDTH)),
+        np.log1p(rng.integers(0, 100_000, (n, WIDTH)).astype(float)),
+        np.round(rng.normal(0, 1, (n, WIDTH)), 5),
+        np.round(rng.uniform(-1, 1, (n, WIDTH)), 3) + 0.00005,  # ties at the 5th significant digit
+        rng.normal(0, 1, (n, WIDTH)) * 10.0 ** rng.integers(-14, 15, (n, WIDTH)),
+        np.nextafter(powers, 0),
+        np.nextafter(powers, np.inf),
+        np.where(rng.random((n, WIDTH)) < 0.5, -0.0, 0.0),
+        rng.choice([5e-324, 1e-310, 1e-20, 1e20, 1.7e308, -2.5e-16, 9.9995e15], (n, WIDTH)),
+    ]
+
+
+def test_rounded_rows_gives_the_bits_of_the_string_round_trip():
+    rng = np.random.default_rng(7)
+    for values in hard_values(rng, 2_000):
+        fast = rounded_rows(values)
+        slow = np.array([rounded(row) for row in values])
+        assert (fast.view(np.int64) == slow.view(np.int64)).all(), values[fast.view(np.int64) != slow.view(np.int64)]
+        assert (rounded_rows(fast).view(np.int64) == fast.view(np.int64)).all(), "a rounded row rounds to itself"
+
+
+def test_rounded_rows_refuses_what_no_context_can_carry():
+    with pytest.raises(ValueError, match="finite"):
+        rounded_rows(np.full((1, WIDTH), np.nan))
+    with pytest.raises(ValueError, match="shape"):
+        rounded_rows(np.zeros((2, WIDTH - 1)))
+    assert rounded_rows(np.zeros((0, WIDTH))).shape == (0, WIDTH)
+
+
+def test_the_encoding_is_the_4_significant_digit_string_the_workers_decode():
+    values = [0.81234567, 1.0, 0.0, -0.0, 1e-5, 123456.0] + [0.5] * (WIDTH - 6)
+    encoded = encode_features(values)
+    assert encoded.partition(":")[2] == ",".join(f"{v:.4g}" for v in values)
+    assert decode_features(encoded).tolist() == rounded(values).tolist() == [float(f"{v:.4g}") for v in values]
