@@ -41,7 +41,7 @@ from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pul
 from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
-from recstream.contracts.ranking import FEATURES, encode_features
+from recstream.contracts.ranking import encode_features
 from recstream.contracts.settings import Settings
 
 DEFAULT_SEGMENT = "default"
@@ -183,16 +183,15 @@ def _ranked(
     rows = features.rows(items)
     probabilities, contributions = score(weights, rows)
     tops, pulls = top_features(contributions), generator_pull(contributions).tolist()
-    raised = (contributions[np.arange(len(items)), tops] > 0).tolist()
     ordered, scored = [], {}
     for k in np.argsort(-probabilities, kind="stable").tolist():
-        item, feature = items[k], FEATURES[tops[k]]
-        source = GENERATOR[feature]
+        item, feature = items[k], tops[k]
+        source = None if feature is None else GENERATOR[feature]
         if source in proposed[item]:
             reason = proposed[item][source].reason  # type: ignore[index]
-        else:  # served as the proposer its features pull for most; words for the top feature if it raised the score
+        else:  # served as the proposer its features pull for most; in the top feature's words if there is one
             source = max(proposed[item], key=lambda s: pulls[k][GENERATORS.index(s)])
-            reason = _words(item, feature, features) if raised[k] else proposed[item][source].reason
+            reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
         ordered.append(Candidate(item, reason))
         scored[item] = (source, float(probabilities[k]), feature, rows[k])
     slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
@@ -201,10 +200,8 @@ def _ranked(
     if explore_items:
         rows = features.rows(explore_items)
         probabilities, contributions = score(weights, rows)
-        for item, p, top, row in zip(
-            explore_items, probabilities.tolist(), top_features(contributions).tolist(), rows, strict=True
-        ):
-            scored[item] = ("explore", p, FEATURES[top], row)
+        for k, feature in enumerate(top_features(contributions)):
+            scored[explore_items[k]] = ("explore", float(probabilities[k]), feature, rows[k])
     served = []
     for s in page:
         source, p, feature, row = scored[s.item]

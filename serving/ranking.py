@@ -135,9 +135,17 @@ def score(weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return 1.0 / (1.0 + np.exp(-logits)), contributions
 
 
-def top_features(contributions: np.ndarray) -> np.ndarray:
-    """Per row, the index of the feature that pushed its score up most (``warm`` left out: it explains nothing)."""
-    return np.argmax(np.where(_EXPLAINS, contributions, -np.inf), axis=1)
+def top_features(contributions: np.ndarray) -> list[str | None]:
+    """Per row, the feature that raised its score most, None when none raised it (every contribution ≤ 0);
+    ``warm`` is left out: it is the same for every item of a page and explains none.
+
+    >>> top_features(np.array([[0.5, 2.0] + [0.0] * (len(FEATURES) - 2), [0.0] * len(FEATURES)]))
+    ['personal', None]
+    """
+    explaining = np.where(_EXPLAINS, contributions, -np.inf)
+    tops = np.argmax(explaining, axis=1)
+    raised = explaining[np.arange(len(tops)), tops] > 0
+    return [FEATURES[t] if r else None for t, r in zip(tops.tolist(), raised.tolist(), strict=True)]
 
 
 def generator_pull(contributions: np.ndarray) -> np.ndarray:

@@ -214,8 +214,8 @@ def test_a_ranked_item_is_served_and_explained_as_its_top_feature_says(feature, 
         vector = decode_features(served.features)
         probability, contributions = score(snap.ranker.weights, vector[None, :])
         assert served.score == float(probability[0]), "the logged vector is the scored one"
-        explains = [c if name != "warm" else -np.inf for name, c in zip(FEATURES, contributions[0], strict=True)]
-        assert served.top_feature == FEATURES[int(np.argmax(explains))]
+        raised = {name: c for name, c in zip(FEATURES, contributions[0], strict=True) if name != "warm" and c > 0}
+        assert served.top_feature == (max(raised, key=raised.get) if raised else None)
 
 
 def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_proposer_and_gets_the_features_words():
