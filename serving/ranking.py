@@ -18,6 +18,7 @@ it is the fixed-quota blend (serving/feed.py).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Iterable
@@ -65,7 +66,7 @@ class RankerState:
     """The averaged weights a feed scores with (bias first; None: no partition has a state yet).
 
     ``rows`` (Σ n_updates over the partitions) is the weights' version; ``refreshed_at`` when the loader
-    last read the states successfully and ``changed_at`` when the version last changed (time.monotonic()).
+    last read the states successfully and ``changed_at`` when they last changed (time.monotonic()).
     """
 
     weights: np.ndarray | None = None
@@ -73,12 +74,16 @@ class RankerState:
     partitions: int = 0
     refreshed_at: float | None = None
     changed_at: float | None = None
+    states: tuple[bytes | None, ...] = ()
 
     def refreshed(self, states: Iterable[bytes | None], now: float) -> RankerState:
-        """The state after a successful read of every partition's bytes (None: that partition has none)."""
+        """The state after a successful read of every partition's bytes (None: that partition has none);
+        averaged again only when the bytes changed."""
+        states = tuple(states)
+        if states == self.states and self.changed_at is not None:
+            return dataclasses.replace(self, refreshed_at=now)
         weights, rows, partitions = average_weights(states)
-        changed = self.changed_at if rows == self.rows and self.changed_at is not None else now
-        return RankerState(weights, rows, partitions, now, changed)
+        return RankerState(weights, rows, partitions, now, now, states)
 
 
 def average_weights(states: Iterable[bytes | None]) -> tuple[np.ndarray | None, int, int]:

@@ -19,7 +19,6 @@ logits of the smoothed CTRs the popular lists are ordered by (global and per seg
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import time
@@ -162,7 +161,6 @@ class SnapshotLoader:
         self._ranker_keys = [
             self.keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)
         ]
-        self._ranker_states: list[bytes | None] | None = None
         started = time.monotonic()
         metrics.RANKER_WEIGHTS_AGE.set_function(lambda: time.monotonic() - (snapshot.ranker.changed_at or started))
 
@@ -231,17 +229,10 @@ class SnapshotLoader:
         self._refresh_ranker(ranker_raw, now)  # last: fresh weights imply a loaded snapshot to compute features from
 
     def _refresh_ranker(self, raw: list[str | None], now: float) -> None:
-        """Average the partitions' states when their bytes changed; either way the weights are now fresh.
-
-        The wire decodes replies as UTF-8 with surrogate escapes, so encoding back gives the stored bytes.
-        """
+        """The partitions' states as read (the wire decodes replies as UTF-8 with surrogate escapes, so encoding
+        back gives the stored bytes): the weights are fresh as of now."""
         states = [None if value is None else value.encode("utf-8", "surrogateescape") for value in raw]
-        ranker = self.snapshot.ranker
-        if states == self._ranker_states:
-            self.snapshot.ranker = dataclasses.replace(ranker, refreshed_at=now)
-        else:
-            self.snapshot.ranker = ranker.refreshed(states, now)
-            self._ranker_states = states
+        self.snapshot.ranker = self.snapshot.ranker.refreshed(states, now)
         metrics.RANKER_ROWS.set(self.snapshot.ranker.rows)
 
     def _prior(self, prior: str | None) -> float:

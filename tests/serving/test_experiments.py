@@ -165,3 +165,14 @@ def test_each_variant_blends_with_the_global_settings_plus_its_overrides():
     assert good == settings
     assert (bad.blend.share_personal, bad.blend.share_popular, bad.blend.explore_policy) == (0.0, 0.0, "epsilon_greedy")
     assert bad.blend.share_fresh == 0.75 and bad.redis.prefix == settings.redis.prefix
+
+
+def test_ranked_versus_fixed_is_an_experiment_arm():
+    experiment = Experiment(
+        name="ranking",
+        salt="r1",
+        variants=[Variant(name="ranked", weight=0.5), Variant(name="fixed", weight=0.5, ranker=False)],
+    )
+    variants = Variants(load_settings(experiment=experiment))
+    arms = {arm.label: arm.settings.blend.ranker for arm in map(variants.assign, (f"u{k}" for k in range(100)))}
+    assert arms == {"ranking:ranked": True, "ranking:fixed": False}

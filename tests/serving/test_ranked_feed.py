@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -75,8 +76,12 @@ async def test_a_ranked_page_puts_the_clicked_generators_items_first_and_the_ord
     with ranker_states(world, settings) as write:
         async with reader_client(settings) as reader:
             for clicked, skipped in (("popular", "personal"), ("personal", "popular")):
-                write(clicked, skipped)
+                rankers = write(clicked, skipped)
                 await reload(reader)
+                text = (await reader.get("/metrics")).text
+                assert f"recstream_reader_ranker_rows {float(sum(r.n_updates for r in rankers))}" in text
+                age = re.search(r"^recstream_reader_ranker_weights_age_seconds (\S+)$", text, re.M)
+                assert age and 0 <= float(age.group(1)) < 5, "the version read just now"
                 page = await feed(reader, user, limit=20, seed=5)
                 assert page["ranked"] and len(page["items"]) == 20
                 rows = session_rows(world, user, page["session"])

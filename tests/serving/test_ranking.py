@@ -185,14 +185,16 @@ def test_averaged_partition_states_score_as_the_mean_of_their_logits():
     assert average_weights([None, b"junk"]) == (None, 0, 0)
 
 
-def test_the_weights_version_changes_with_the_rows_learned():
+def test_the_weights_change_when_a_partition_state_does_and_are_refreshed_at_every_read():
     ranker = trained_ranker("popular", "personal")
-    state = RankerState().refreshed([ranker.to_bytes()], now=10.0)
-    assert (state.rows, state.changed_at, state.refreshed_at) == (ranker.n_updates, 10.0, 10.0)
-    same = state.refreshed([ranker.to_bytes()], now=11.0)
-    assert (same.changed_at, same.refreshed_at) == (10.0, 11.0)
-    ranker.update([[0.0] * len(FEATURES)], [0])
-    assert state.refreshed([ranker.to_bytes()], now=12.0).changed_at == 12.0
+    state = RankerState().refreshed([ranker.to_bytes(), None], now=10.0)
+    assert (state.rows, state.partitions, state.changed_at, state.refreshed_at) == (ranker.n_updates, 1, 10.0, 10.0)
+    same = state.refreshed([ranker.to_bytes(), None], now=11.0)
+    assert (same.changed_at, same.refreshed_at) == (10.0, 11.0) and same.weights is state.weights
+    other = trained_ranker("personal", "popular")  # as many rows, other weights
+    changed = same.refreshed([ranker.to_bytes(), other.to_bytes()], now=12.0)
+    assert (changed.rows, changed.partitions, changed.changed_at) == (2 * ranker.n_updates, 2, 12.0)
+    assert RankerState().refreshed([None, None], now=1.0).changed_at == 1.0, "no state is a version too"
 
 
 @pytest.mark.parametrize(
