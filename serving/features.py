@@ -31,7 +31,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from recstream.serving.ranking import log1p_hours
 from recstream.serving.snapshot import POPULAR_DEPTH, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
@@ -56,8 +55,8 @@ class PageFeatures:
         "_pool",
         "_rank",
         "_segment_ctr",
+        "_share",
         "_taste",
-        "_taste_total",
         "_warm",
     )
 
@@ -78,7 +77,8 @@ class PageFeatures:
             self._rank = lists.warm_rank if user.warm else lists.cold_rank
             self._segment_ctr = lists.ctr_logits
         self._taste = dict(taste) or dict.fromkeys(user.preferred, 1.0)
-        self._taste_total = math.fsum(self._taste.values())
+        total = math.fsum(self._taste.values())
+        self._share = {c: w / total for c, w in self._taste.items()} if total else {}
         self._favourites = frozenset(favourites)
         self._categories = snapshot.categories
         self._pool = snapshot.pool
@@ -90,43 +90,52 @@ class PageFeatures:
         self._warm = 1.0 if user.warm else 0.0
 
     def rows(self, items: Sequence[str]) -> np.ndarray:
-        """(len(items), len(FEATURES)) rows, rounded as logged."""
-        categories, now, now_ms, pool = self._categories, self._now, self._now_ms, self._pool
-        pool_ctr, pool_created, ctr, floor = pool.ctr_logits, pool.created, self._ctr, self._floor
-        als, rank, segment_ctr, favourites = self._als, self._rank, self._segment_ctr, self._favourites
-        taste, total, warm = self._taste, self._taste_total, self._warm
+        """(len(items), len(FEATURES)) rows, rounded as logged: what the ranker scores."""
+        return rounded_rows(self.raw(items))
+
+    def raw(self, items: Sequence[str]) -> np.ndarray:
+        """The rows before rounding (``encode_rows`` rounds them itself: a fixed page logs without scoring).
+
+        One tight loop of dictionary lookups per item: what ranking adds to a feed, about 60 items.
+        """
+        entry, now, now_ms = self._categories.entry, self._now, self._now_ms
+        pool_ctr, pool_created, ctr, floor = self._pool.ctr_logits, self._pool.created, self._ctr.get, self._floor
+        als, rank, segment_ctr, share = self._als.get, self._rank.get, self._segment_ctr.get, self._share.get
+        favourites, absent_age, warm, log1p = self._favourites, self._absent_age, self._warm, math.log1p
         out = []
         for item in items:
-            cats = categories.get(item, now) or ()
-            score = als.get(item)
-            position = rank.get(item)
+            known = entry(item, now)
+            cats, created = ((), None) if known is None else (known[0], known[2])
+            score, position = als(item), rank(item)
             in_pool = item in pool_created
-            overall = pool_ctr.get(item) if in_pool else None
-            if overall is None:
-                overall = ctr.get(item, floor)
-            created = pool_created[item] if in_pool else categories.created(item)
-            if created is None:
-                age = self._absent_age
-            elif now_ms is None:
-                age = 0.0
+            if in_pool:
+                created, overall = pool_created[item], pool_ctr[item]
+                fresh = 0.0 if favourites.isdisjoint(cats) else 1.0
             else:
-                age = log1p_hours(now_ms - created)
+                overall, fresh = ctr(item, floor), 0.0
+            if created is None:
+                age = absent_age
+            else:
+                age = 0.0 if now_ms is None else log1p(max(now_ms - created, 0) / 3_600_000)
+            affinity = 0.0
+            for category in cats:
+                affinity += share(category, 0.0)
             out.append(
                 (
                     0.0 if score is None else score,
                     0.0 if score is None else 1.0,
                     0.0 if position is None else 1.0,
-                    1.0 if in_pool and not favourites.isdisjoint(cats) else 0.0,
+                    fresh,
                     1.0 if in_pool else 0.0,
                     overall,
-                    segment_ctr.get(item, overall),
-                    ABSENT_RANK if position is None else math.log1p(position),
+                    segment_ctr(item, overall),
+                    ABSENT_RANK if position is None else log1p(position),
                     age,
-                    math.fsum(taste.get(c, 0.0) for c in cats) / total if total else 0.0,
+                    affinity,
                     warm,
                 )
             )
-        return rounded_rows(np.array(out, dtype=np.float64).reshape(len(out), len(FEATURES)))
+        return np.array(out, dtype=np.float64).reshape(len(out), len(FEATURES))
 
     def favourite_category(self, item: str) -> str | None:
         """Of the item's categories, the one the user's taste weighs most (None: none of them)."""

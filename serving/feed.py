@@ -41,7 +41,7 @@ from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pul
 from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
-from recstream.contracts.ranking import encode_features
+from recstream.contracts.ranking import encode_rows
 from recstream.contracts.settings import Settings
 
 DEFAULT_SEGMENT = "default"
@@ -123,7 +123,8 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
     if mode != "ranked":
         items = _fixed(user, snapshot, lists, favourites, explored, counts, exclude, settings, now)
         if snapshot.loaded:  # before the first load there is nothing to compute the features from
-            items = [_served(s, row) for s, row in zip(items, features.rows([s.item for s in items]), strict=True)]
+            encoded = encode_rows(features.raw([s.item for s in items]))
+            items = [Served(s.item, s.source, s.reason, features=rf) for s, rf in zip(items, encoded, strict=True)]
         return Page(items, user.warm, mode)
     generators: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
@@ -172,7 +173,9 @@ def _ranked(
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
-    first heir of explore slots the pool cannot fill, and explore keeps its positions and its cap.
+    first heir of explore slots the pool cannot fill, and explore keeps its positions and its cap. The
+    explore picks are scored with the union (for the page to show and log), never ranked; items are
+    explained only as the interleave takes them (a page takes about 20 of about 60).
     """
     depth = sum(counts.values()) - counts["explore"]
     proposed: dict[str, dict[Source, Candidate]] = {}
@@ -180,38 +183,32 @@ def _ranked(
         for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth):
             proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
-    rows = features.rows(items)
+    row_of = {item: k for k, item in enumerate([*items, *(c.item for c in explored if c.item not in proposed)])}
+    rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
-    tops, pulls = top_features(contributions), generator_pull(contributions).tolist()
-    ordered, scored = [], {}
-    for k in np.argsort(-probabilities, kind="stable").tolist():
-        item, feature = items[k], tops[k]
-        source = None if feature is None else GENERATOR[feature]
-        if source in proposed[item]:
-            reason = proposed[item][source].reason  # type: ignore[index]
-        else:  # served as the proposer its features pull for most; in the top feature's words if there is one
-            source = max(proposed[item], key=lambda s: pulls[k][GENERATORS.index(s)])
-            reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
-        ordered.append(Candidate(item, reason))
-        scored[item] = (source, float(probabilities[k]), feature, rows[k])
+    tops, pulls = top_features(contributions), generator_pull(contributions)
+    served_as: dict[str, Source] = {}
+
+    def best_first() -> Iterator[Candidate]:
+        for k in np.argsort(-probabilities[: len(items)], kind="stable").tolist():
+            item, feature = items[k], tops[k]
+            source = None if feature is None else GENERATOR[feature]
+            if source in proposed[item]:
+                reason = proposed[item][source].reason  # type: ignore[index]
+            else:  # served as the proposer its features pull for most, in the top feature's words if it has one
+                source = max(proposed[item], key=lambda s, k=k: pulls[k, GENERATORS.index(s)])
+                reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
+            served_as[item] = source  # type: ignore[assignment]
+            yield Candidate(item, reason)
+
     slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
-    page = interleave({"personal": ordered, "explore": explored}, slots, exclude)
-    explore_items = [s.item for s in page if s.source == "explore"]
-    if explore_items:
-        rows = features.rows(explore_items)
-        probabilities, contributions = score(weights, rows)
-        for k, feature in enumerate(top_features(contributions)):
-            scored[explore_items[k]] = ("explore", float(probabilities[k]), feature, rows[k])
-    served = []
-    for s in page:
-        source, p, feature, row = scored[s.item]
-        served.append(Served(s.item, source, s.reason, p, feature, encode_features(row)))
-    return served
-
-
-def _served(served: Served, row: np.ndarray) -> Served:
-    """A fixed page's item with the vector it was served with (no score: the ranker did not order it)."""
-    return Served(served.item, served.source, served.reason, features=encode_features(row))
+    page = interleave({"personal": best_first(), "explore": explored}, slots, exclude)
+    at = [row_of[s.item] for s in page]
+    encoded, chances = encode_rows(rows[at]), probabilities[at].tolist()
+    return [
+        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k], rf)
+        for s, k, p, rf in zip(page, at, chances, encoded, strict=True)
+    ]
 
 
 def _words(item: str, feature: str, features: PageFeatures) -> str:

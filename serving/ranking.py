@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -166,12 +165,3 @@ def ctr_logit(p: np.ndarray) -> np.ndarray:
     """
     p = np.clip(np.asarray(p, dtype=np.float64), PROB_CLIP, 1.0 - PROB_CLIP)
     return np.log(p) - np.log1p(-p)
-
-
-def log1p_hours(age_ms: float) -> float:
-    """The age feature: ln(1 + hours), a negative age (an item created after the newest event) as 0.
-
-    >>> round(log1p_hours(3_600_000), 4), log1p_hours(-5.0)
-    (0.6931, 0.0)
-    """
-    return math.log1p(max(age_ms, 0.0) / 3_600_000)

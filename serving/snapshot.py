@@ -100,17 +100,16 @@ class Categories:
 
     def get(self, item: str, now: float) -> tuple[str, ...] | None:
         """The item's categories (possibly up to CATEGORY_MAX_AGE_S old), None while unknown."""
-        entry = self._entries.get(item)
-        if entry is None or now - entry[1] > CATEGORY_MAX_AGE_S:
-            if len(self.wanted) < CATEGORY_BATCH:
-                self.wanted.add(item)
-            return None if entry is None else entry[0]
-        return entry[0]
+        entry = self.entry(item, now)
+        return None if entry is None else entry[0]
 
-    def created(self, item: str) -> int | None:
-        """The item's created_ts as last loaded, None while unknown (a ``get`` asks for it)."""
+    def entry(self, item: str, now: float) -> tuple[tuple[str, ...], float, int | None] | None:
+        """(categories, when loaded, created_ts) as last loaded, None while unknown; an unknown item, or one
+        loaded more than CATEGORY_MAX_AGE_S ago, is named for the next reload."""
         entry = self._entries.get(item)
-        return None if entry is None else entry[2]
+        if (entry is None or now - entry[1] > CATEGORY_MAX_AGE_S) and len(self.wanted) < CATEGORY_BATCH:
+            self.wanted.add(item)
+        return entry
 
     def stale(self, items: Iterable[str], now: float) -> list[str]:
         return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]

@@ -8,7 +8,6 @@ error: one bad key must not take a user's feed down.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -58,10 +57,10 @@ class UserState:
         """
         scores: dict[str, float] = {}
         for row in self.candidate_rows:
-            if isinstance(row, list) and row and isinstance(row[0], str) and row[0] not in scores:
+            if type(row) is list and row and type(row[0]) is str and row[0] not in scores:
                 value = row[1] if len(row) > 1 else None
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-                scores[row[0]] = float(value) if ok else 0.0  # type: ignore[arg-type]
+                # exact types: a bool is no score; orjson never parses a non-finite float
+                scores[row[0]] = float(value) if type(value) is float or type(value) is int else 0.0  # type: ignore[arg-type]
         return scores
 
     def history(self, limit: int) -> list[tuple[str, float]]:

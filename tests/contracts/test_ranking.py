@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recstream.contracts.ranking import FEATURES, decode_features, encode_features, rounded, rounded_rows
+from recstream.contracts.ranking import FEATURES, decode_features, encode_features, encode_rows, rounded, rounded_rows
 
 WIDTH = len(FEATURES)
 
@@ -28,13 +28,16 @@ def hard_values(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     ]
 
 
-def test_rounded_rows_gives_the_bits_of_the_string_round_trip():
+def test_rounded_rows_rounds_as_the_4_significant_digit_string_does_and_the_context_carries_it_exactly():
     rng = np.random.default_rng(7)
     for values in hard_values(rng, 2_000):
         fast = rounded_rows(values)
-        slow = np.array([rounded(row) for row in values])
+        slow = np.array([[float(f"{v:.4g}") for v in row] for row in values.tolist()])
         assert (fast.view(np.int64) == slow.view(np.int64)).all(), values[fast.view(np.int64) != slow.view(np.int64)]
         assert (rounded_rows(fast).view(np.int64) == fast.view(np.int64)).all(), "a rounded row rounds to itself"
+        carried = np.array([decode_features(value) for value in encode_rows(values)])
+        assert (carried.view(np.int64) == fast.view(np.int64)).all(), "decoding gives the scored vector, to the bit"
+        assert max(map(len, encode_rows(values))) <= 256, "within the context's value bound"
 
 
 def test_rounded_rows_refuses_what_no_context_can_carry():
@@ -45,8 +48,11 @@ def test_rounded_rows_refuses_what_no_context_can_carry():
     assert rounded_rows(np.zeros((0, WIDTH))).shape == (0, WIDTH)
 
 
-def test_the_encoding_is_the_4_significant_digit_string_the_workers_decode():
+def test_one_vector_encodes_as_its_row_does_and_decodes_to_its_rounding():
     values = [0.81234567, 1.0, 0.0, -0.0, 1e-5, 123456.0] + [0.5] * (WIDTH - 6)
     encoded = encode_features(values)
-    assert encoded.partition(":")[2] == ",".join(f"{v:.4g}" for v in values)
+    assert encoded == encode_rows(np.array([values]))[0]
+    assert encoded.partition(":")[2].split(",")[:6] == ["0.8123", "1.0", "0.0", "-0.0", "0.00001", "123500.0"]
     assert decode_features(encoded).tolist() == rounded(values).tolist() == [float(f"{v:.4g}") for v in values]
+    with pytest.raises(ValueError, match="expected 11 features"):
+        encode_features(values[:-1])

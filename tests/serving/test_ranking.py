@@ -306,7 +306,8 @@ async def test_attribution_keeps_the_context_within_its_bound(extra, stamped):
     Event.model_validate(out.model_dump())
 
 
-def test_a_snapshot_category_cache_remembers_creation_times():
+def test_the_category_cache_remembers_creation_times_and_names_unknown_items_for_the_next_reload():
     categories = Categories()
     categories.put("a", ("x",), now=0.0, created=5)
-    assert (categories.created("a"), categories.created("b")) == (5, None)
+    assert (categories.entry("a", now=1.0), categories.entry("b", now=1.0)) == ((("x",), 0.0, 5), None)
+    assert categories.wanted == {"b"}
