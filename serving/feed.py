@@ -118,12 +118,14 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
     favourites = favourite_categories(user, taste, exclude.blocked)
     lists = snapshot.segments.get(user.segment or DEFAULT_SEGMENT)
     explored = explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings) if counts["explore"] else []
-    mode = ranking_mode(snapshot.ranker, blend, now)  # ranked only after a load (snapshot.py sets the weights last)
+    mode = ranking_mode(snapshot.ranker, blend, now)
+    if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
+        mode = "fixed-stale"
     features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
     if mode != "ranked":
         items = _fixed(user, snapshot, lists, favourites, explored, counts, exclude, settings, now)
         if snapshot.loaded:  # before the first load there is nothing to compute the features from
-            encoded = encode_rows(features.raw([s.item for s in items]))
+            encoded = encode_rows(features.rows([s.item for s in items]))
             items = [Served(s.item, s.source, s.reason, features=rf) for s, rf in zip(items, encoded, strict=True)]
         return Page(items, user.warm, mode)
     generators: dict[Source, Iterable[Candidate]] = {
@@ -174,8 +176,8 @@ def _ranked(
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
     first heir of explore slots the pool cannot fill, and explore keeps its positions and its cap. The
-    explore picks are scored with the union (for the page to show and log), never ranked; items are
-    explained only as the interleave takes them (a page takes about 20 of about 60).
+    explore picks the page can serve are scored with the union (for the page to show and log), never
+    ranked; items are explained only as the interleave takes them (a page takes about 20 of about 60).
     """
     depth = sum(counts.values()) - counts["explore"]
     proposed: dict[str, dict[Source, Candidate]] = {}
@@ -183,7 +185,10 @@ def _ranked(
         for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth):
             proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
-    row_of = {item: k for k, item in enumerate([*items, *(c.item for c in explored if c.item not in proposed)])}
+    # the explore slots take picks in order, skipping any already on the page, which only a proposed item
+    # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
+    picks = (c.item for c in explored if c.item not in proposed and c.item not in exclude)
+    row_of = {item: k for k, item in enumerate([*items, *itertools.islice(picks, counts["explore"])])}
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
     tops, pulls = top_features(contributions), generator_pull(contributions)

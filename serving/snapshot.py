@@ -195,6 +195,7 @@ class SnapshotLoader:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
         replies = await self.wire.execute(*commands)
         pool_raw, prior, unavailable, model_version, segments, clock, ranker_raw, *overall_raw = replies
+        self._refresh_ranker(ranker_raw, now)  # first: rebuilding the popular lists may take a while
         created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
         overall = _scores(overall_raw[0]) if popular_due else None
 
@@ -225,7 +226,6 @@ class SnapshotLoader:
             snap.segments = await self._segments(sorted(segments), overall)
             self._popular_at = now
         snap.loaded = True
-        self._refresh_ranker(ranker_raw, now)  # last: fresh weights imply a loaded snapshot to compute features from
 
     def _refresh_ranker(self, raw: list[str | None], now: float) -> None:
         """The partitions' states as read (the wire decodes replies as UTF-8 with surrogate escapes, so encoding

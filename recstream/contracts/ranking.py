@@ -9,8 +9,9 @@ since the vectors travel in the events log, a replay or ``recstream rebuild`` le
 
 The value is one string (event context values are scalars): ``"<version>:<f1>,<f2>,…"``, the
 version a digest of the feature names, so a worker ignores vectors of another feature set. Each
-value is rounded to DIGITS significant digits and written as the shortest decimal that reads back
-as that double, so decoding gives exactly the vector the reader scored.
+value is written as the shortest decimal that reads back as the same double, so decoding gives
+exactly the vector the reader scored; the reader rounds its vectors to DIGITS significant digits
+first (:func:`rounded_rows`), which keeps a value well within the context's 256 characters.
 
 >>> value = encode_features([0.5, 1.0] + [0.0] * (len(FEATURES) - 2))
 >>> value.startswith(FEATURE_VERSION + ":")
@@ -45,29 +46,45 @@ FEATURES: tuple[str, ...] = (
 )
 FEATURE_VERSION = hashlib.blake2b(",".join(FEATURES).encode(), digest_size=4).hexdigest()
 CONTEXT_KEY = "rf"
+MAX_VALUE_CHARS = 256
+"""The events contract's bound on a context string (recstream/contracts/events.py Scalar)."""
 DIGITS = 4  # significant digits kept per feature: the string stays under the context's 256 characters
 _POW10 = np.array([10.0**k for k in range(23)])  # exact: 10^22 is the largest power of ten a double holds
 _PREFIX = FEATURE_VERSION + ":"
 
 
 def encode_features(values: Sequence[float] | np.ndarray) -> str:
-    """The context value for one served item's feature vector.
+    """The context value for one served item's feature vector, rounded (:func:`rounded_rows`).
 
     >>> encode_features([1 / 3, 1.0, -12345.6] + [0.0] * (len(FEATURES) - 3)).partition(":")[2][:23]
     '0.3333,1.0,-12350.0,0.0'
     """
     if len(values) != len(FEATURES):
         raise ValueError(f"expected {len(FEATURES)} features, got {len(values)}")
-    return encode_rows(np.asarray(values, dtype=np.float64)[None, :])[0]
+    return encode_rows(rounded_rows(np.asarray(values, dtype=np.float64)[None, :]))[0]
 
 
 def encode_rows(rows: np.ndarray) -> list[str]:
-    """The context values of a (n, len(FEATURES)) matrix's rows, rounded by :func:`rounded_rows`.
+    """The context values of a (n, len(FEATURES)) matrix's rows as they are: decoding gives these rows, to the bit.
 
-    A rounded double's shortest round-trip decimal (orjson's float format, one C call per row) is at most
-    DIGITS significant digits and reads back as the same double; a page encodes about 20 rows per request.
+    Each value is written as its shortest round-trip decimal (orjson's float format, one C call per row; a
+    page encodes about 20 rows per request), which for a rounded value has at most DIGITS significant
+    digits. Rows are not rounded here: the reader scores rounded rows and logs those. A value that could not
+    travel (not finite, or a row past MAX_VALUE_CHARS: round it first) is refused.
+
+    >>> row = rounded_rows(np.array([[2 / 3] * len(FEATURES)]))
+    >>> (decode_features(encode_rows(row)[0]) == row[0]).all()
+    np.True_
     """
-    return [_PREFIX + orjson.dumps(row)[1:-1].decode() for row in rounded_rows(rows).tolist()]
+    x = np.asarray(rows, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(FEATURES):
+        raise ValueError(f"rows must have shape (n, {len(FEATURES)}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("features must be finite")
+    values = [_PREFIX + orjson.dumps(row)[1:-1].decode() for row in x.tolist()]
+    if max(map(len, values), default=0) > MAX_VALUE_CHARS:
+        raise ValueError(f"a feature vector is longer than {MAX_VALUE_CHARS} characters: round it first")
+    return values
 
 
 def decode_features(value: object) -> np.ndarray | None:

@@ -158,6 +158,13 @@ def test_off_never_refreshed_and_no_weights_fall_back_to_the_fixed_blend():
     assert ranking_mode(RankerState(refreshed_at=100.0), blend, 100.0) == "fixed-cold", "min_rows 0, no weights"
 
 
+def test_fresh_weights_without_a_loaded_snapshot_serve_the_fixed_blend_without_vectors():
+    snap = snapshot(fresh_state({"popular": 5.0}))
+    snap.loaded = False
+    page = build_page(warm_user(), snap, SETTINGS, 20, seed=1, now=100.0)
+    assert page.mode == "fixed-stale" and {s.features for s in page.items} == {None}
+
+
 def test_a_cold_ranker_serves_the_fixed_blend_with_vectors_and_no_scores():
     snap, user = snapshot(fresh_state({"popular": 5.0}, rows=9)), warm_user()
     cold = build_page(user, snap, SETTINGS, 20, seed=3, now=100.0)
@@ -229,19 +236,24 @@ def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_propos
     assert {s.reason for s in personal_only if s.top_feature == "ctr_logit"} == {"popular right now"}
 
 
-def test_a_ranked_page_ranks_only_allowed_items_and_keeps_the_capped_explore_slots():
-    snap = snapshot(fresh_state({"popular": 3.0, "personal": 1.0}))
-    user = warm_user(served=frozenset({"o2"}), not_interested=frozenset({"o4"}))
+@pytest.mark.parametrize(
+    "weights",
+    [{"popular": 3.0, "personal": 1.0}, {"fresh": 3.0, "explore": 2.0}],  # pool items last / first (as explore picks)
+)
+def test_a_ranked_page_ranks_only_allowed_items_and_keeps_the_capped_explore_slots(weights):
+    snap = snapshot(fresh_state(weights))
+    user = warm_user(served=frozenset({"o2"}), not_interested=frozenset({"o4", "n1"}))
     snap.unavailable = frozenset({"o6"})
-    for seed in range(5):
+    for seed in range(20):
         page = build_page(user, snap, SETTINGS, 20, seed=seed, now=100.0)
         fixed = build_page(user, snap, SETTINGS.replace(ranker=False), 20, seed=seed, now=100.0)
         items = [s.item for s in page.items]
         assert len(items) == len(set(items)) == 20
-        assert not {"o0", "o2", "o4", "o6"} & set(items), "seen, served, not interested, unavailable"
+        assert not {"o0", "o2", "o4", "n1", "o6"} & set(items), "seen, served, not interested, unavailable"
         explored = [s.item for s in page.items if s.source == "explore"]
-        assert len(explored) == sum(s.source == "explore" for s in fixed.items) == 2
-        assert set(explored) <= set(snap.pool.items)
+        assert sum(s.source == "explore" for s in fixed.items) == 2 and set(explored) <= set(snap.pool.items)
+        allowed_pool = set(snap.pool.items) - {"n1"}
+        assert len(explored) == 2 or allowed_pool <= set(items), "explore is short only when the pool ran dry"
         scores = [s.score for s in page.items if s.source != "explore"]
         assert scores == sorted(scores, reverse=True)
         assert {s.source for s in page.items} <= set(SOURCES)
