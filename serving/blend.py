@@ -33,14 +33,13 @@ class Candidate:
 @dataclass(frozen=True, slots=True)
 class Served:
     """A page's item: the source it fills a slot of and why; on a ranked page its click probability and the
-    feature that raised it most; the feature vector it was served with (recstream.contracts.ranking), if any."""
+    feature that raised it most (serving/ranking.py)."""
 
     item: str
     source: Source
     reason: str
     score: float | None = None
     top_feature: str | None = None
-    features: str | None = None
 
 
 def slot_counts(shares: Mapping[Source, float], n: int, explore_cap: float) -> dict[Source, int]:

@@ -69,9 +69,13 @@ FEATURE_WORDS = {
 
 @dataclass(frozen=True, slots=True)
 class Page:
+    """The items, and the feature vector each was served with (contracts.ranking's context values; None
+    before the snapshot's first load), for the session to keep."""
+
     items: list[Served]
     warm: bool
     mode: Mode
+    vectors: list[str] | None = None
 
     @property
     def ranked(self) -> bool:
@@ -124,18 +128,17 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
     features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
     if mode != "ranked":
         items = _fixed(user, snapshot, lists, favourites, explored, counts, exclude, settings, now)
-        if snapshot.loaded:  # before the first load there is nothing to compute the features from
-            encoded = encode_rows(features.rows([s.item for s in items]))
-            items = [Served(s.item, s.source, s.reason, features=rf) for s, rf in zip(items, encoded, strict=True)]
-        return Page(items, user.warm, mode)
+        if not snapshot.loaded:  # nothing to compute the features from yet
+            return Page(items, user.warm, mode)
+        return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     generators: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
         "popular": popular(user, snapshot, lists, now),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
-    items = _ranked(on, explored, counts, exclude, features, snapshot.ranker.weights)  # type: ignore[arg-type]
-    return Page(items, user.warm, mode)
+    items, vectors = _ranked(on, explored, counts, exclude, features, snapshot.ranker.weights)  # type: ignore[arg-type]
+    return Page(items, user.warm, mode, vectors)
 
 
 def _fixed(
@@ -170,7 +173,7 @@ def _ranked(
     exclude: Exclusions,
     features: PageFeatures,
     weights: np.ndarray,
-) -> list[Served]:
+) -> tuple[list[Served], list[str]]:
     """The union of the generators' first allowed candidates (as many each as there are exploitation slots),
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
@@ -209,11 +212,11 @@ def _ranked(
     slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
     page = interleave({"personal": best_first(), "explore": explored}, slots, exclude)
     at = [row_of[s.item] for s in page]
-    encoded, chances = encode_rows(rows[at]), probabilities[at].tolist()
-    return [
-        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k], rf)
-        for s, k, p, rf in zip(page, at, chances, encoded, strict=True)
+    served = [
+        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])
+        for s, k, p in zip(page, at, probabilities[at].tolist(), strict=True)
     ]
+    return served, encode_rows(rows[at])
 
 
 def _words(item: str, feature: str, features: PageFeatures) -> str:

@@ -12,7 +12,7 @@ clicked item for an event that came without one, and to stamp the served feature
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import orjson
 from recstream.serving.blend import Served
@@ -66,9 +66,16 @@ class FeedStore:
             session_found=bool(pages),
         )
 
-    async def record(self, user_id: str, session: str, page: Iterable[Served], ttl_s: int) -> None:
+    async def record(
+        self, user_id: str, session: str, page: Sequence[Served], vectors: Sequence[str] | None, ttl_s: int
+    ) -> None:
         """Round trip 2: append the page (``[[item, source, features], …]``) to the session and push its expiry out."""
-        value = orjson.dumps([[s.item, s.source, s.features] if s.features else [s.item, s.source] for s in page])
+        rows = (
+            [[s.item, s.source] for s in page]
+            if vectors is None
+            else [[s.item, s.source, vector] for s, vector in zip(page, vectors, strict=True)]
+        )
+        value = orjson.dumps(rows)
         await self.wire.run(self.RECORD, [self.session_key(user_id, session)], [value, ttl_s])
 
     async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:

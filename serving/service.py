@@ -101,7 +101,9 @@ class FeedService:
             return self._feed_answer(user_id, [], None, seed, kind, mode, None, 1, started, arm.label)
         try:
             await self.guard(
-                lambda: self.store.record(user_id, position.session, page.items, self.settings.reader.session_ttl_s)
+                lambda: self.store.record(
+                    user_id, position.session, page.items, page.vectors, self.settings.reader.session_ttl_s
+                )
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
             return self._feed_answer(

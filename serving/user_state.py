@@ -55,13 +55,11 @@ class UserState:
         >>> UserState(candidate_rows=[["i1", 0.9, "i7"], ["i2"], ["i1", 0.1]]).candidate_scores()
         {'i1': 0.9, 'i2': 0.0}
         """
-        scores: dict[str, float] = {}
-        for row in self.candidate_rows:
-            if type(row) is list and row and type(row[0]) is str and row[0] not in scores:
-                value = row[1] if len(row) > 1 else None
-                # exact types: a bool is no score; orjson never parses a non-finite float
-                scores[row[0]] = float(value) if type(value) is float or type(value) is int else 0.0  # type: ignore[arg-type]
-        return scores
+        return {  # reversed: the first row of an item wins; exact types: a bool is no score, orjson parses no nan
+            row[0]: float(row[1]) if len(row) > 1 and type(row[1]) in (float, int) else 0.0
+            for row in reversed(self.candidate_rows)
+            if type(row) is list and row and type(row[0]) is str
+        }
 
     def history(self, limit: int) -> list[tuple[str, float]]:
         """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""

@@ -49,7 +49,9 @@ CONTEXT_KEY = "rf"
 MAX_VALUE_CHARS = 256
 """The events contract's bound on a context string (recstream/contracts/events.py Scalar)."""
 DIGITS = 4  # significant digits kept per feature: the string stays under the context's 256 characters
-_POW10 = np.array([10.0**k for k in range(23)])  # exact: 10^22 is the largest power of ten a double holds
+_K_OFFSET = 12  # the scale exponent k = DIGITS − 1 − ⌊log10 |v|⌋ of a value in [1e-15, 1e15] is in [-12, 18]
+_UP = np.array([10.0 ** max(k, 0) for k in range(-_K_OFFSET, 19)])  # exact: every power of ten up to 10^22 is
+_DOWN = np.array([10.0 ** max(-k, 0) for k in range(-_K_OFFSET, 19)])
 _PREFIX = FEATURE_VERSION + ":"
 
 
@@ -132,19 +134,20 @@ def rounded_rows(rows: np.ndarray) -> np.ndarray:
     x = np.asarray(rows, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != len(FEATURES):
         raise ValueError(f"rows must have shape (n, {len(FEATURES)}), got {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError("features must be finite")
     magnitude = np.abs(x)
-    fast = (magnitude >= 1e-15) & (magnitude <= 1e15)
-    v = np.where(fast, x, 1.0)  # the others take the string path
-    k = (DIGITS - 1) - np.floor(np.log10(np.abs(v))).astype(np.int64)  # in [-12, 18]
-    up, down = _POW10[np.maximum(k, 0)], _POW10[np.maximum(-k, 0)]  # exact powers of ten, one of them 1
-    scaled = v * up / down  # a single correctly rounded operation
+    if not (magnitude < np.inf).all():
+        raise ValueError("features must be finite")
+    fast = (magnitude >= 1e-15) & (magnitude <= 1e15)  # the others take the string path
+    k = (DIGITS - 1 + _K_OFFSET) - np.floor(np.log10(np.where(fast, magnitude, 1.0))).astype(np.intp)
+    up, down = _UP[k], _DOWN[k]  # 10^k as exact powers of ten, one of the two 1
+    scaled = np.where(fast, x, 1.0) * up / down  # a single correctly rounded operation
     m = np.rint(scaled)
-    size = np.abs(scaled)
-    fast &= (size >= 10.0 ** (DIGITS - 1)) & (np.abs(m) <= 10.0**DIGITS) & (np.abs(size - np.floor(size) - 0.5) > 1e-6)
+    size = np.abs(m)
+    fast &= (size >= 10.0 ** (DIGITS - 1)) & (size <= 10.0**DIGITS) & (np.abs(np.abs(scaled - m) - 0.5) > 1e-6)
     out = m / up * down
-    np.copyto(out, x, where=x == 0.0)  # keeps the sign of -0.0, as the string does
-    for i, j in zip(*np.nonzero(~fast & (x != 0.0)), strict=True):
-        out[i, j] = float(f"{x[i, j]:.{DIGITS}g}")
+    np.copyto(out, x, where=~fast)  # zeros as they are (the sign of -0.0 too, as the string keeps it)
+    slow = ~fast & (x != 0.0)
+    if slow.any():
+        for i, j in zip(*np.nonzero(slow), strict=True):
+            out[i, j] = float(f"{x[i, j]:.{DIGITS}g}")
     return out

@@ -162,7 +162,7 @@ def test_fresh_weights_without_a_loaded_snapshot_serve_the_fixed_blend_without_v
     snap = snapshot(fresh_state({"popular": 5.0}))
     snap.loaded = False
     page = build_page(warm_user(), snap, SETTINGS, 20, seed=1, now=100.0)
-    assert page.mode == "fixed-stale" and {s.features for s in page.items} == {None}
+    assert page.mode == "fixed-stale" and page.vectors is None
 
 
 def test_a_cold_ranker_serves_the_fixed_blend_with_vectors_and_no_scores():
@@ -172,7 +172,7 @@ def test_a_cold_ranker_serves_the_fixed_blend_with_vectors_and_no_scores():
     assert (cold.mode, off.mode) == ("fixed-cold", "fixed-off")
     assert [(s.item, s.source, s.reason) for s in cold.items] == [(s.item, s.source, s.reason) for s in off.items]
     vectors = page_features(user, snap).rows([s.item for s in cold.items])
-    assert [s.features for s in cold.items] == [encode_features(v) for v in vectors]
+    assert cold.vectors == [encode_features(v) for v in vectors]
     assert {(s.score, s.top_feature) for s in cold.items} == {(None, None)}
 
 
@@ -219,8 +219,8 @@ def test_a_ranked_item_is_served_and_explained_as_its_top_feature_says(feature, 
     assert page.ranked and len(page.items) == 20
     first = page.items[0]
     assert (first.source, first.reason, first.top_feature) == (source, reason, feature)
-    for served in page.items:
-        vector = decode_features(served.features)
+    for served, logged in zip(page.items, page.vectors, strict=True):
+        vector = decode_features(logged)
         probability, contributions = score(snap.ranker.weights, vector[None, :])
         assert served.score == float(probability[0]), "the logged vector is the scored one"
         raised = {name: c for name, c in zip(FEATURES, contributions[0], strict=True) if name != "warm" and c > 0}
