@@ -3,9 +3,9 @@
 Pure (no Redis, no snapshot). The workers train one FTRL ranker per events partition
 (``Keys.ranker(topic, p)``, models/ranker.py), each on its own users' views and clicks. The reader's
 snapshot loader reads them all at every reload (serving/snapshot.py) and keeps their mean weight
-vector (:class:`RankerState`): each partition saw a disjoint share of the users, so the mean is the
-model of all of them, and logistic regression scores are linear in the weights, so averaging weights
-is the same as averaging logits. A page is ranked only when :func:`ranking_mode` says so; otherwise
+vector (:class:`RankerState`): each partition learned from a disjoint share of the users, and a
+logistic regression's logit is linear in its weights, so averaging the weights averages the
+partitions' logits. A page is ranked only when :func:`ranking_mode` says so; otherwise
 it is the fixed-quota blend (serving/feed.py).
 
 >>> from recstream.contracts.settings import BlendSettings
