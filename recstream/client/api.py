@@ -24,9 +24,9 @@ from recstream.contracts.events import Event
 T = TypeVar("T", bound=BaseModel)
 
 
-class _Base:
-    """What both clients are configured with; ``retries`` counts the attempts after the first, and
-    ``transport`` replaces httpx's (a proxy, a test double)."""
+class _Connection:
+    """What both clients hold: one httpx connection pool and the back-off rule. ``retries`` counts the attempts
+    after the first; ``transport`` replaces httpx's (a proxy, a test double)."""
 
     _http_type: type[httpx.Client] | type[httpx.AsyncClient]
 
@@ -47,7 +47,7 @@ class _Base:
         )
 
 
-class Client(_Base):
+class Client(_Connection):
     """A blocking client of the reader's HTTP API.
 
     ``api_key`` is sent as ``X-API-Key`` (needed for writes when the reader has one, for reads too when it
@@ -113,7 +113,7 @@ class Client(_Base):
         self.close()
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Connection):
     """The asyncio twin of :class:`Client`: the same methods, awaited."""
 
     _http_type = httpx.AsyncClient
