@@ -37,8 +37,8 @@ async def test_feeds_neighbours_stats_and_readiness_come_back_typed(world: World
             client.similar("no-such-item")
         assert caught.value.status == 404
         async with AsyncClient(live.url) as aclient:
-            again = await aclient.feed(user, limit=20, seed=page.seed)
-            assert isinstance(again, FeedPage) and len(again.items) == 20
+            again = await aclient.feed(user, limit=20, seed=7)
+            assert isinstance(again, FeedPage) and len(again.items) == 20 and again.seed == 7
             assert await aclient.ready() == Ready(redis=True, model_version=world.model_version, snapshot_loaded=True)
             assert isinstance(await aclient.stats(), Stats)
 
@@ -99,3 +99,10 @@ def test_writes_need_the_key_the_reader_is_given_and_preferences_round_trip(isol
             saved = client.set_preferences("client-k", categories=["news"], not_interested=["i7"])
             assert saved.applied and saved.user_id == "client-k"
             assert client.preferences("client-k").model_dump() == {"categories": ["news"], "not_interested": ["i7"]}
+
+
+@pytest.mark.xfail(strict=True, reason="reader bug: Cursor.seed (serving/feed_state.py) is 64-bit, ?seed= takes < 2^63")
+def test_a_pages_seed_passed_back_reproduces_it(world: World):
+    with LiveReader(world.settings) as live, Client(live.url) as client:
+        page = next(p for p in (client.feed(world.warm[-2], limit=5) for _ in range(64)) if p.seed >= 2**63)
+        assert client.feed(world.warm[-2], limit=5, seed=page.seed).seed == page.seed
