@@ -101,8 +101,8 @@ def test_writes_need_the_key_the_reader_is_given_and_preferences_round_trip(isol
             assert client.preferences("client-k").model_dump() == {"categories": ["news"], "not_interested": ["i7"]}
 
 
-@pytest.mark.xfail(strict=True, reason="reader bug: Cursor.seed (serving/feed_state.py) is 64-bit, ?seed= takes < 2^63")
-def test_a_pages_seed_passed_back_reproduces_it(world: World):
+def test_every_pages_seed_passed_back_is_accepted_and_reproduces_it(world: World):
+    """A page's seed was 64-bit while ``?seed=`` takes < 2^63: about half the pages' seeds were refused (422)."""
     with LiveReader(world.settings) as live, Client(live.url) as client:
-        page = next(p for p in (client.feed(world.warm[-2], limit=5) for _ in range(64)) if p.seed >= 2**63)
-        assert client.feed(world.warm[-2], limit=5, seed=page.seed).seed == page.seed
+        for page in [client.feed(world.warm[-2], limit=5) for _ in range(32)]:
+            assert client.feed(world.warm[-2], limit=5, seed=page.seed).seed == page.seed
