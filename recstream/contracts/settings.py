@@ -129,6 +129,7 @@ class WorkerSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {
         "group": "worker_group",
         "session_timeout_s": "worker_session_timeout_s",
+        "metrics_host": "worker_metrics_host",
         "metrics_port": "worker_metrics_port",
     }
 
@@ -139,6 +140,9 @@ class WorkerSettings(Section):
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
     session_timeout_s: float = Field(
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)"
     )
     metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
