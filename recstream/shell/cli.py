@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -283,11 +284,11 @@ def train(
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("reading the log", total=None)
+        advance = partial(progress.advance, task)
         if file is None and movielens is None:
-            records: Iterable[sources.Record] = asyncio.run(training.read_log(settings))
+            log = asyncio.run(training.collect_log(settings, advance))
         else:
-            records = _records(file, movielens, None, 0)
-        log = training.collect(records, lambda n: progress.advance(task, n))
+            log = training.collect(_records(file, movielens, None, 0), advance)
         progress.update(task, description="training")
         artifacts, metrics = training.train(log, cfg, holdout=holdout)
         progress.update(task, description="publishing")

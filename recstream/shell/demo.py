@@ -93,7 +93,7 @@ def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:
     ``recstream.jobs.training.publish``) and a line describing the model."""
     from recstream.jobs import training
 
-    log = training.collect(asyncio.run(training.read_log(settings)))
+    log = asyncio.run(training.collect_log(settings))
     artifacts, metrics = training.train(log, ALSConfig(), holdout=0.1)
     hr = metrics["offline_hr10"] or 0.0
     return artifacts, f"{metrics['users']:,} users, {metrics['items']:,} items, offline HR@10 {hr:.3f}"

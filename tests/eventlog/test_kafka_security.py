@@ -126,5 +126,5 @@ async def test_producer_worker_log_reader_and_reader_all_work_over_sasl_ssl(secu
             answer = await http.post("/v1/events", json=body)
         assert answer.status_code == 202, answer.text
         wait_until(lambda: client.hget(views, "i1") == b"2", timeout_s=60, what="the reader's view applied")
-    records = await training.read_log(secured)
+    records = [record async for chunk in training.read_log(secured) for record in chunk]
     assert sum(r.kind == "event" for r in records) == 2
