@@ -166,6 +166,12 @@ class ModelSettings(Section):
     ctr_prior_step: float = Field(0.005, gt=0, le=0.5, description="relative grid step of the quantized prior")
     trend_half_life_s: int = Field(6 * 3600, gt=0, description="half-life of the trending counts")
     trend_epoch_half_lives: int = Field(8, gt=0, le=16, description="trend key rotation, in half-lives")
+    spark_master: str = Field(
+        "local[2]", min_length=1, description="where `train --engine spark` runs: local[N] here, or a cluster's URL"
+    )
+    spark_driver_memory: str = Field(
+        "2g", pattern=r"^[1-9][0-9]*[kmgt]$", description="heap of the Spark driver (`train --engine spark`), e.g. 2g"
+    )
 
 
 class PoolSettings(Section):

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -259,6 +260,13 @@ def worker(
     faust.Worker(create_app(settings), loglevel=loglevel or log_level).execute_from_commandline()
 
 
+class Engine(StrEnum):
+    """Where ``train`` fits the model."""
+
+    implicit = "implicit"
+    spark = "spark"
+
+
 @app.command()
 def train(
     file: Annotated[Path | None, typer.Option(help="JSONL file instead of the Kafka log")] = None,
@@ -268,11 +276,14 @@ def train(
     regularization: Annotated[float, typer.Option(help="λ (implicit does not scale it by the data)")] = 40.0,
     alpha: Annotated[float, typer.Option(help="confidence c = 1 + α·r")] = 2.0,
     holdout: Annotated[float, typer.Option(help="share of the log held out for offline HR@10 (0: skip)")] = 0.1,
+    engine: Annotated[
+        Engine, typer.Option(help="implicit: this process; spark: pyspark's ALS on RECSTREAM_SPARK_MASTER")
+    ] = Engine.implicit,
 ) -> None:
     """Train iALS on the events log (from the earliest offset) and publish a new model version."""
     from rich.table import Table
 
-    from recstream.jobs import training
+    from recstream.jobs import spark_training, training
     from recstream.models.als import ALSConfig
 
     settings = _settings()
@@ -281,6 +292,11 @@ def train(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if engine is Engine.spark:
+        try:
+            spark_training.require_pyspark()
+        except spark_training.SparkMissing as exc:
+            _fail(str(exc))
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("reading the log", total=None)
@@ -289,8 +305,11 @@ def train(
             log = asyncio.run(training.collect_log(settings, advance))
         else:
             log = training.collect(_records(file, movielens, None, 0), advance)
-        progress.update(task, description="training")
-        artifacts, metrics = training.train(log, cfg, holdout=holdout)
+        progress.update(task, description=f"training ({engine.value})")
+        if engine is Engine.spark:
+            artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)
+        else:
+            artifacts, metrics = training.train(log, cfg, holdout=holdout)
         progress.update(task, description="publishing")
         version = asyncio.run(training.publish(settings, artifacts))
     table = Table(title=f"model {version}")

@@ -3,6 +3,7 @@ the address and its variable, and exit code 1: no traceback, no log records of t
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -19,10 +20,10 @@ from recstream.sim.world import World, WorldConfig
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
+def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", **env}
     command = [sys.executable, "-m", "recstream.shell.cli", *args]
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
 
 
 def assert_one_line(done: subprocess.CompletedProcess[str], service: str, address: str, variable: str) -> None:
@@ -82,12 +83,29 @@ def test_the_redis_password_stays_out_of_the_line(nothing_listens: Settings):
     assert "s3cret" not in done.stderr
 
 
-def test_train_from_a_file_with_a_closed_redis_port_is_one_line(nothing_listens: Settings, tmp_path: Path):
-    """Training needs no Kafka here; publishing the model meets the closed Redis."""
+SPARK = pytest.param(
+    "spark", marks=pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="no spark extra")
+)
+
+
+@pytest.mark.parametrize("engine", ["implicit", SPARK])
+def test_train_from_a_file_with_a_closed_redis_port_is_one_line(nothing_listens: Settings, tmp_path: Path, engine):
+    """Training needs no Kafka here; publishing the model meets the closed Redis. Spark says nothing on the way."""
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(map(orjson.dumps, itertools.islice(World(WorldConfig(seed=1)).events(), 3000))))
-    done = cli(nothing_listens, "train", "--file", str(events), "--factors", "4", "--iterations", "1", "--holdout", "0")
+    args = ("--file", str(events), "--factors", "4", "--iterations", "1", "--holdout", "0", "--engine", engine)
+    done = cli(nothing_listens, "train", *args)
     assert_one_line(done, "Redis", nothing_listens.redis.url, "RECSTREAM_REDIS_URL")
+
+
+def test_train_on_spark_without_pyspark_is_one_line_naming_the_extra(nothing_listens: Settings, tmp_path: Path):
+    """Refused before reading the log (the closed Kafka port is never met)."""
+    shadow = tmp_path / "no-pyspark" / "pyspark"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named pyspark')\n")
+    done = cli(nothing_listens, "train", "--engine", "spark", PYTHONPATH=str(shadow.parent))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "--engine spark needs pyspark, the optional extra: pip install 'recstream[spark]'\n"
 
 
 @pytest.mark.integration
