@@ -95,7 +95,16 @@ def count_experiment_events(variants: Mapping[str | None, list[int]], experiment
                 EXPERIMENT_EVENTS.labels(name, arm, kind).inc(n)
 
 
-REDIS_RETRIES = Counter("recstream_worker_redis_retries_total", "Batches retried because Redis was unreachable")
+BATCH_RETRIES = Counter(
+    "recstream_worker_batch_retries_total",
+    "Attempts to apply a batch that failed and will be retried, by why (processor.RETRY_REASONS)",
+    ["topic", "reason"],
+)
+DUPLICATES = Counter(
+    "recstream_worker_duplicate_events_total",
+    "Events dropped because their user sent the same event_id within the de-duplication window",
+    ["topic"],
+)
 GAP_MESSAGES = Counter(
     "recstream_worker_gap_messages_total",
     "Messages re-applied from the log because Redis's watermark was behind the consumer (Redis lost a window)",

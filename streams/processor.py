@@ -5,6 +5,15 @@ The same loop serves the three topics; what differs is how valid records become 
 are dropped first (already applied, see streams/state.py); a bad record goes to the
 dead-letter topic with its reason and never stops the batch.
 
+Bad input never stops a batch: an invalid message, one over the size limit (its dead letter carries a bounded
+excerpt, :data:`DEAD_LETTER_MAX_BYTES`), an event on a partition its user does not hash to (another producer's
+partitioner: two workers would write one user's history) and a repeated ``event_id`` (see
+:meth:`BatchProcessor._drop_duplicates`) are dead-lettered or dropped, and the rest is applied. A batch that
+cannot be applied (Redis unreachable or answering an error such as OOM, BUSY or READONLY; Kafka unreachable for
+a gap repair or a dead letter) is retried with back-off for as long as it takes, never skipped: the agent stays
+alive, the reason is counted (``recstream_worker_batch_retries_total``, alert RecstreamWorkerBatchRetrying) and
+logged.
+
 Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a
 second behind what it acknowledged, while Kafka keeps the offsets the worker committed after
 those batches. The watermark then lags the consumer: a partition's next message is past its
@@ -30,9 +39,20 @@ from recstream.streams import metrics
 from recstream.streams.live_model import LiveModel
 from recstream.streams.personalize import Personalizer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recstream.contracts.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
+from recstream.contracts.events import (
+    Event,
+    ItemEvent,
+    Kind,
+    Rejected,
+    UserEvent,
+    decode,
+    encode,
+    partition_for,
+    segment_of,
+)
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, Ranges
 from recstream.store.aggregate import aggregate
@@ -42,17 +62,73 @@ MAX_STALE_RETRIES = 20
 # Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
 # back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
 RETRY_DELAY_MAX_S = 1.0
+DEAD_LETTER_MAX_BYTES = 65_536
+"""The most of a rejected input a dead letter carries. faust's producer refuses a message over 1,000,000 bytes
+(key and headers included) with ProducerSendError, while the broker accepts up to 1,048,588: the whole of a
+message near either limit could not be dead-lettered, and that error stopped the agent. The whole input stays in
+its topic at the offset the ``source`` header names."""
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A rejected input and the message it came from, as the dead-letter topic gets it."""
+
     source: Message
     rejected: Rejected
 
+    @property
+    def value(self) -> bytes:
+        """The rejected bytes, cut to their first :data:`DEAD_LETTER_MAX_BYTES`."""
+        return self.rejected.payload[:DEAD_LETTER_MAX_BYTES]
+
+    @property
+    def headers(self) -> dict[str, bytes]:
+        """``reason``; ``source`` (``topic:partition:offset``); ``size``, the rejected bytes before any cut."""
+        source = self.source
+        return {
+            "reason": self.rejected.reason.encode(),
+            "source": f"{source.topic}:{source.partition}:{source.offset}".encode(),
+            "size": str(len(self.rejected.payload)).encode(),
+        }
+
+
+class DeadLetterError(Exception):
+    """Sending a batch's dead letters failed (the batch is retried: a dead letter goes out before its watermark)."""
+
+
+class WatermarksKeptMoving(Exception):
+    """Another writer moved the watermarks under this worker :data:`MAX_STALE_RETRIES` times in a row."""
+
+
+RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "watermarks_moving", "other")
+"""The ``reason`` label of ``recstream_worker_batch_retries_total``: a fixed set, whatever the error says."""
+
+
+def retry_reason(exc: Exception) -> str:
+    """Which of :data:`RETRY_REASONS` a failed batch attempt counts under.
+
+    >>> from redis.exceptions import ReadOnlyError
+    >>> retry_reason(ReadOnlyError("You can't write against a read only replica."))
+    'redis_error'
+    """
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "redis_unavailable"
+    if isinstance(exc, RedisError):  # OOM, BUSY, READONLY, NOSCRIPT, LOADING...: Redis answered with an error
+        return "redis_error"
+    if isinstance(exc, KafkaError):  # only the gap repair reads Kafka here
+        return "kafka"
+    if isinstance(exc, DeadLetterError):
+        return "dead_letters"
+    if isinstance(exc, WatermarksKeptMoving):
+        return "watermarks_moving"
+    return "other"
+
 
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
-Build = Callable[[Records, Effect], Awaitable[list[int]]]  # → ts of the events that refreshed a candidate list
+# (valid records, each one's arrival ms (its record's timestamp, never past the wall clock), the effect to fill)
+# → ts of the events that refreshed a candidate list
+Build = Callable[[Records, list[int], Effect], Awaitable[list[int]]]
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # recstream.eventlog.log.read_ranges with the settings bound
 
@@ -68,9 +144,15 @@ class BatchProcessor:
         send_dead_letters: SendDeadLetters,
         model: LiveModel | None = None,
         read_log: ReadLog | None = None,
+        partitions: int | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
+        self.topic = {"event": settings.events_topic, "item": settings.items_topic, "user": settings.users_topic}[kind]
         self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
+        # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked)
+        self.partitions = partitions
+        self.beat = beat  # called after every attempt to apply a batch, applied or failed (streams/liveness.py)
         self.model = model
         self.store = store
         self.settings = settings
@@ -92,20 +174,27 @@ class BatchProcessor:
         self._watermarks = await self.store.watermarks()
 
     async def process(self, messages: Sequence[Message]) -> Applied | None:
-        """Apply a batch; while Redis (or, for a gap repair, Kafka) is unreachable, wait and retry the whole
-        batch (never return without applying it: faust would commit its offsets and a restart would skip it)."""
-        delay = 0.1
+        """Apply a batch; whatever fails (Redis unreachable or answering an error, Kafka for a gap repair or a
+        dead letter, a bug), wait and retry the whole batch, counting and logging why. Never return without
+        applying it (faust would commit its offsets and a restart would skip it), never raise (the agent would
+        stop, and with it every partition it reads)."""
+        delay, attempt = 0.1, 1
         while True:
             try:
                 return await self._process_once(messages)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                metrics.REDIS_RETRIES.inc()
-                log.warning("redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
+            except Exception as exc:
+                reason = retry_reason(exc)
+                metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
+                log.warning("batch of %d %s messages not applied (%s: %r); retry %d in %.1f s", len(messages),
+                            self.topic, reason, exc, attempt, delay, exc_info=attempt == 1)  # fmt: skip
                 self.forget_watermarks()
-            except KafkaError as exc:  # only the gap repair reads Kafka here
-                log.warning("cannot read the log to repair a gap (%r); retrying the batch in %.1f s", exc, delay)
+            self._beat()
             await asyncio.sleep(delay)
-            delay = min(2 * delay, RETRY_DELAY_MAX_S)
+            delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+
+    def _beat(self) -> None:
+        if self.beat is not None:
+            self.beat()
 
     async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
         """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the
@@ -119,7 +208,7 @@ class BatchProcessor:
                 await self._repair(behind)
                 return
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                metrics.REDIS_RETRIES.inc()
+                metrics.BATCH_RETRIES.labels(self.topic, "redis_unavailable").inc()
                 log.warning("redis unavailable (%s); retrying the gap check in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_DELAY_MAX_S)
@@ -163,6 +252,7 @@ class BatchProcessor:
                     continue
             now_ms = int(time.time() * 1000)
             records: list = []
+            arrivals: list[int] = []
             dead: list[DeadLetter] = []
             effect = Effect()
             for message in fresh:
@@ -170,13 +260,25 @@ class BatchProcessor:
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
                 valid, rejected = decode(message.value, self.kind, at_ms)
+                if self.kind == "event" and self.partitions is not None:
+                    valid, misplaced = _placed(valid, message.partition, self.partitions)
+                    rejected += misplaced
                 records.extend(valid)
+                arrivals.extend([at_ms] * len(valid))
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
                 effect.watermarks[tp] = (self._watermarks.get(tp, -1), message.offset)
-            refreshed_ts = await self.build(records, effect)
+            duplicates = 0
+            if self.kind == "event":
+                received = len(records)
+                records, arrivals = await self._drop_duplicates(records, arrivals, effect)
+                duplicates = received - len(records)
+            refreshed_ts = await self.build(records, arrivals, effect)
             if dead:
-                await self.send_dead_letters(dead)  # before the watermark moves: at least once
+                try:
+                    await self.send_dead_letters(dead)  # before the watermark moves: at least once
+                except Exception as exc:
+                    raise DeadLetterError(f"{len(dead)} dead letters not sent: {exc!r}") from exc
             try:
                 applied = await self.store.apply(effect)
             except StaleWatermark:
@@ -188,11 +290,41 @@ class BatchProcessor:
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
+            metrics.DUPLICATES.labels(fresh[0].topic).inc(duplicates)
             metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
             if applied.fold_ins and self.model is not None:
                 await self.model.fold_in(applied.fold_ins)
+            self._beat()
             return applied
-        raise RuntimeError(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+        raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+
+    async def _drop_duplicates(
+        self, events: list[Event], arrivals: list[int], effect: Effect
+    ) -> tuple[list[Event], list[int]]:
+        """Drop every event whose user already sent its ``event_id`` at most ``dedup_window_s`` earlier (arrival
+        times: the records' timestamps, so a replay of the log drops the same events); record the others' ids in
+        ``effect``, which the batch script stores with the watermarks.
+
+        Why this is exact: a user's events all go to one partition (:func:`_placed`), so the ids read here can
+        only have been moved by a writer of that partition, and such a writer moves its watermark in the same
+        script: the script's watermark check refuses this batch if it happened after the read.
+        """
+        window_ms = self.settings.dedup_window_s * 1000
+        ids = {(e.user_id, e.event_id) for e in events if e.event_id is not None}
+        if not window_ms or not ids:
+            return events, arrivals
+        last = await self.store.event_arrivals(ids)
+        kept, kept_arrivals = [], []
+        for event, at_ms in zip(events, arrivals, strict=True):
+            if event.event_id is not None:
+                key = (event.user_id, event.event_id)
+                if key in last and at_ms - last[key] <= window_ms:
+                    continue
+                last[key] = at_ms
+                effect.event_ids.setdefault(event.user_id, {})[event.event_id] = at_ms
+            kept.append(event)
+            kept_arrivals.append(at_ms)
+        return kept, kept_arrivals
 
     def _observe(
         self,
@@ -220,11 +352,13 @@ class BatchProcessor:
         metrics.RESCORES.inc(applied.full_rescore)
         metrics.GRADUATIONS.inc(len(applied.graduated))
 
-    async def _build_events(self, events: list[Event], effect: Effect) -> list[int]:
+    async def _build_events(self, events: list[Event], arrivals: list[int], effect: Effect) -> list[int]:
         users = list(dict.fromkeys(e.user_id for e in events))
         context = await self.store.read_users(users)
         s = self.settings
-        effect.counters = aggregate(events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
+        effect.counters = aggregate(
+            events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives, arrivals
+        )
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:
             return []
@@ -237,7 +371,7 @@ class BatchProcessor:
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
         return update.refreshed_ts
 
-    async def _build_items(self, items: list[ItemEvent], effect: Effect) -> list[int]:
+    async def _build_items(self, items: list[ItemEvent], arrivals: list[int], effect: Effect) -> list[int]:
         personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
@@ -249,7 +383,7 @@ class BatchProcessor:
                     effect.blobs.append((f"item:{item.item_id}:similar", similar))
         return []
 
-    async def _build_users(self, users: list[UserEvent], effect: Effect) -> list[int]:
+    async def _build_users(self, users: list[UserEvent], arrivals: list[int], effect: Effect) -> list[int]:
         context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
         picks: dict[str, list[str]] = {}
         for user in users:
@@ -272,6 +406,25 @@ class BatchProcessor:
         await self.model.items_caught_up.wait()
         await self.model.ensure(version)
         return self.model.current
+
+
+def _placed(events: list[Event], partition: int, partitions: int) -> tuple[list[Event], list[Rejected]]:
+    """The events whose user hashes to ``partition`` (Kafka's default partitioner, :func:`partition_for`) and a
+    rejection for each other one: applied, it would race the worker that owns its user's partition.
+
+    >>> ok, bad = _placed([Event(type="view", user_id="u1", item_id="i", ts=10**12)], 5, 8)
+    >>> len(ok), bad[0].reason
+    (0, "partition: user 'u1' belongs to partition 0 of 8, not 5")
+    """
+    placed, misplaced = [], []
+    for event in events:
+        home = partition_for(event.user_id, partitions)
+        if home == partition:
+            placed.append(event)
+        else:
+            reason = f"partition: user {event.user_id!r} belongs to partition {home} of {partitions}, not {partition}"
+            misplaced.append(Rejected(reason, encode(event)))
+    return placed, misplaced
 
 
 def _ages_s(now_ms: float, ts_ms: list[int]) -> np.ndarray:

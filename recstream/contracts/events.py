@@ -92,6 +92,12 @@ class UserEvent(_Strict):
 
 Kind = Literal["event", "item", "user"]
 MODELS: dict[Kind, type[_Strict]] = {"event": Event, "item": ItemEvent, "user": UserEvent}
+REASON_CODES = frozenset(
+    {name for model in MODELS.values() for name in model.model_fields}
+    | {"tombstone", "size", "json", "event", "partition", "kind"}
+)
+"""What a rejection's reason may start with: a contract field, or a check of the whole message (``partition``:
+the event's user belongs to another partition, see :func:`partition_for`; ``kind``: a file source's line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +109,17 @@ class Rejected:
 
     @property
     def code(self) -> str:
-        """A bounded label for metrics: the reason up to its first ``:`` or ``.`` (a field or a check).
+        """A label for metrics from a fixed set (:data:`REASON_CODES`): the reason up to its first ``:`` or
+        ``.`` when that names a contract field or a check, else ``other``. A field the sender made up (``extra
+        inputs are not permitted``) must not become a label value: each would be a new Prometheus series.
 
         >>> Rejected("context.anything: Input should be a valid string", b"").code
         'context'
+        >>> Rejected("x_made_up_1: Extra inputs are not permitted", b"").code
+        'other'
         """
-        return self.reason.split(":", 1)[0].split(".", 1)[0][:32]
+        code = self.reason.split(":", 1)[0].split(".", 1)[0]
+        return code if code in REASON_CODES else "other"
 
 
 def _reason(exc: ValidationError) -> str:

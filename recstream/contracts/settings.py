@@ -60,7 +60,23 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
     )
-    worker_metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
+    worker_metrics_port: int = Field(
+        9101, ge=0, lt=65536, description="a worker's Prometheus /metrics and liveness /healthz (0: any)"
+    )
+    worker_stall_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="/healthz turns 503 when an agent spent this long in one batch without an attempt ending "
+        "(applied or retried); a restarted worker's first batch also waits for the items topic here",
+    )
+    dedup_window_s: int = Field(
+        300,
+        ge=0,
+        le=7 * 86_400,
+        description="an event whose user sent its event_id at most this long before (arrival time) is dropped; "
+        "Redis keeps every id for that long (0: no de-duplication)",
+    )
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
     history_cap: int = Field(
         10, gt=0, le=10_000, description="recent items in a user's history for the user step (10 won bench/prequential)"

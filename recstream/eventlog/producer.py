@@ -1,6 +1,7 @@
 """The async producer client a real producer service imports.
 
-Events are grouped per partition (Kafka's default partitioner on ``user_id``) into
+Events are grouped per partition (Kafka's default partitioner on ``user_id``, over the topic's partition
+count as the broker reports it: a setting that disagrees would scatter a user's events) into
 micro-batch messages of up to ``batch_events`` events: one Kafka message per ~100 events
 is what lets a faust agent apply 100k+ events/s (ARCHITECTURE.md, performance notes),
 and one user's events stay ordered because they always share a partition. Items and
@@ -49,12 +50,18 @@ class EventProducer:
             request_timeout_ms=DELIVERY_TIMEOUT_MS,  # also each batch's time to live in aiokafka
         )
         self._buffers: dict[int, list[Event]] = {}
+        self._partitions = 0  # the events topic's partition count, read from the broker at the start
         self._in_flight: list[asyncio.Future] = []
         self.events_sent = 0
         self.messages_sent = 0
 
     async def __aenter__(self) -> EventProducer:
         await self._kafka.start()
+        try:
+            self._partitions = len(await self._kafka.partitions_for(self.settings.events_topic))
+        except BaseException:
+            await self._kafka.stop()
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -67,9 +74,8 @@ class EventProducer:
 
     async def send_events(self, events: Iterable[Event]) -> None:
         """Buffer events per partition; a full buffer becomes one micro-batch message."""
-        partitions = self.settings.events_partitions
         for event in events:
-            part = partition_for(event.user_id, partitions)
+            part = partition_for(event.user_id, self._partitions)
             buffer = self._buffers.setdefault(part, [])
             buffer.append(event)
             if len(buffer) >= self.batch_events:

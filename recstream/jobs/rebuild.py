@@ -145,7 +145,7 @@ async def _replay(
                 ranges = await whole_topic(consumer, topic)
                 ends.update({tp: end for tp, (_, end) in ranges.items()})
                 total = sum(end for _, end in ranges.values())
-                processor = BatchProcessor(kind, store, settings, count_dead_letters, model)
+                processor = BatchProcessor(kind, store, settings, count_dead_letters, model, partitions=len(ranges))
                 messages[topic] = 0
                 async for chunk in read(consumer, ranges, settings.batch_max):
                     await processor.process(chunk)

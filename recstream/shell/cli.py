@@ -158,15 +158,17 @@ def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
     loglevel: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
 ) -> None:
-    """Run a stream worker: consume events, items and users; keep Redis state fresh."""
+    """Run a stream worker: consume events, items and users; keep Redis state fresh. Its port serves Prometheus
+    /metrics and /healthz (503 when an agent stopped or stalled: restart the process)."""
     import faust
-    from prometheus_client import start_http_server
 
     from recstream.streams.app import create_app
+    from recstream.streams.liveness import Liveness, serve
 
     settings = _settings()
-    start_http_server(settings.worker_metrics_port if metrics_port is None else metrics_port, addr="127.0.0.1")
-    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
+    liveness = Liveness(settings.worker_stall_s)
+    serve(settings.worker_metrics_port if metrics_port is None else metrics_port, liveness)
+    faust.Worker(create_app(settings, liveness), loglevel=loglevel).execute_from_commandline()
 
 
 @app.command()

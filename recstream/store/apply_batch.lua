@@ -233,6 +233,20 @@ for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
   redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.seen_cap + 1))
 end
 for _, u in ipairs(p.user_segments) do redis.call('HSET', P .. 'user:seg', u[1], u[2]) end
+-- event ids applied (streams/processor.py drops a user's id seen within the window): kept for the window of
+-- arrival time (older ones trimmed), and the key expires when the user is quiet for as long
+for _, u in ipairs(p.eids) do  -- {user, {{event_id, arrival ms}, ...}}
+  local key = P .. 'user:' .. u[1] .. ':eids'
+  local args, latest = {}, 0
+  for _, e in ipairs(u[2]) do
+    args[#args + 1] = e[2]
+    args[#args + 1] = e[1]
+    latest = math.max(latest, e[2])
+  end
+  many('ZADD', key, args, 'GT')
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', latest - cfg.dedup_window_ms))
+  redis.call('PEXPIRE', key, cfg.dedup_window_ms)
+end
 local blob_args = {}
 for _, b in ipairs(p.blobs) do  -- {key suffix, argv index}: user hist/vec/cand/prefs, item similar
   blob_args[#blob_args + 1] = P .. b[1]

@@ -15,6 +15,10 @@ The effectively-once argument
   worker took the partition in a rebalance and moved on, or a zombie wrote late). The worker
   then re-reads the watermarks, drops what is now covered and retries: no batch is applied
   twice even with two writers.
+* Idempotent ingestion: an event whose user sent its ``event_id`` within ``dedup_window_s`` before
+  (arrival = the record's timestamp) is dropped before anything is computed. The ids a batch applies
+  are stored (``user:<u>:eids``) by the same script as its watermarks, so a crash keeps both or
+  neither, and a restarted worker drops a duplicate as the first one would have.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
   final state does not depend on where batches were cut (see streams/aggregate.py and
   models/ctr.py for the rankings).
@@ -23,7 +27,7 @@ The effectively-once argument
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +57,7 @@ class Effect:
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
+    event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # user → event_id → arrival ms
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class StateStore:
             "graduate_age_ms": settings.pool_graduate_age_s * 1000,
             "seen_cap": settings.seen_cap,
             "item_users_cap": settings.fold_in_users,
+            "dedup_window_ms": settings.dedup_window_s * 1000,
         }
 
     async def watermarks(self) -> dict[str, int]:
@@ -118,6 +124,19 @@ class StateStore:
             histories=histories,
             model_version=version.decode() if version else None,
         )
+
+    async def event_arrivals(self, ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """When each stored ``(user, event_id)`` of ``ids`` last arrived (ms); ids not stored are left out."""
+        by_user: dict[str, list[str]] = {}
+        for user, event_id in ids:
+            by_user.setdefault(user, []).append(event_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for user, event_ids in by_user.items():
+            pipe.zmscore(self.keys.user(user, "eids"), event_ids)
+        found = {}
+        for (user, event_ids), scores in zip(by_user.items(), await pipe.execute(), strict=True):
+            found.update({(user, e): int(s) for e, s in zip(event_ids, scores, strict=True) if s is not None})
+        return found
 
     def remember_histories(self, histories: dict[str, History]) -> None:
         """Cache the histories a successfully applied batch wrote (least recently written evicted first)."""
@@ -149,6 +168,7 @@ class StateStore:
             "clock": c.clock,
             "user_segments": list(effect.user_segments.items()),
             "item_users": [(item, list(users.items())) for item, users in effect.item_users.items()],
+            "eids": [(user, list(ids.items())) for user, ids in effect.event_ids.items()],
             "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
         }
         result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])

@@ -154,7 +154,7 @@ async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolate
     good = b'{"type":"view","user_id":"u1","item_id":"i1","ts":%d}' % T0
     bad_json = b"{oops"
     unsafe_id = b'{"type":"view","user_id":"u 1","item_id":"i1","ts":%d}' % T0
-    click = b'{"type":"click","user_id":"u2","item_id":"i1","ts":%d}' % T0
+    click = b'{"type":"click","user_id":"u1","item_id":"i1","ts":%d}' % T0
     mixed = b"[%s, %s, %s]" % (good, unsafe_id, click)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
