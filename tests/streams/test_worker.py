@@ -263,3 +263,52 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
         await client.aclose()
     assert sorted(seen) == [b"i0", b"i1", b"i2"]
     assert applied_events(redis.Redis.from_url(settings.redis_url), "rs") == 3
+
+
+def duplicates_dropped(worker) -> float:
+    return sum(float(line.split()[-1]) for line in worker.metrics().splitlines()
+               if line.startswith("recstream_worker_duplicate_events_total{"))  # fmt: skip
+
+
+async def test_a_repeated_event_id_is_applied_once_also_across_a_worker_restart(isolated_settings, worker_factory):
+    """A client that retries a request whose first try reached the broker sends its events again; the worker
+    applies a user's event_id once within dedup_window_s, however the copies are cut into messages and whichever
+    worker reads them. Another user's same id is another event."""
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis_url)
+    now_ms = int(time.time() * 1000)
+    click = Event(type="click", user_id="u1", item_id="i1", ts=now_ms, event_id="e1")
+    worker = worker_factory(settings)
+    await publish(settings, events=[click])
+    await publish(settings, events=[click, click.model_copy(update={"user_id": "u2"})])  # another message
+    wait_until(lambda: client.hlen("rs:wm") == 2 and applied_events(client, "rs") >= 2, what="both messages")
+    assert applied_events(client, "rs") == 2 and duplicates_dropped(worker) == 1
+    worker.stop()
+    worker = worker_factory(settings)
+    view = Event(type="view", user_id="u1", item_id="i2", ts=now_ms, event_id="e2")
+    await publish(settings, events=[click, view])
+    wait_until(lambda: client.hget("rs:views", "i2") is not None, what="the message after the restart")
+    assert applied_events(client, "rs") == 3 and client.hget("rs:clicks", "i1") == b"2"
+    assert duplicates_dropped(worker) == 1
+    assert 0 < client.pttl("rs:user:u1:eids") <= settings.dedup_window_s * 1000, "the ids expire"
+
+
+async def test_an_event_id_repeated_after_the_window_is_applied_again(isolated_settings, worker_factory):
+    """The window is measured between the records' arrival (their Kafka timestamps): a copy at most
+    dedup_window_s after the applied one is dropped, a later one is a new event."""
+    settings = isolated_settings
+    window_ms = settings.dedup_window_s * 1000
+    first = int(time.time() * 1000) - 2 * window_ms
+    value = Event(type="view", user_id="u1", item_id="i1", ts=first, event_id="e1").model_dump_json().encode()
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        for arrival in (first, first + window_ms - 1, first + window_ms, first + window_ms + 1):
+            await producer.send_and_wait(settings.events_topic, value, key=b"u1", timestamp_ms=arrival)
+    finally:
+        await producer.stop()
+    client = redis.Redis.from_url(settings.redis_url)
+    wait_until(lambda: duplicates_dropped(worker) == 2, what="the two copies within the window dropped")
+    assert applied_events(client, "rs") == 2
