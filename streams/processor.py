@@ -2,17 +2,16 @@
 
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
-are dropped first (already applied, see streams/state.py); a bad record goes to the
-dead-letter topic with its reason and never stops the batch.
+are dropped first (already applied, see streams/state.py). Bad input never stops the batch: an invalid
+record, a message over the size limit (its dead letter carries a bounded excerpt,
+:data:`DEAD_LETTER_MAX_BYTES`) and an event on a partition its user does not hash to (another producer's
+partitioner: two workers would write one user's history) go to the dead-letter topic with their reason; a
+user's repeated ``event_id`` is dropped (:meth:`BatchProcessor._drop_duplicates`); the rest is applied.
 
-Bad input never stops a batch: an invalid message, one over the size limit (its dead letter carries a bounded
-excerpt, :data:`DEAD_LETTER_MAX_BYTES`), an event on a partition its user does not hash to (another producer's
-partitioner: two workers would write one user's history) and a repeated ``event_id`` (see
-:meth:`BatchProcessor._drop_duplicates`) are dead-lettered or dropped, and the rest is applied. A batch that
-cannot be applied (Redis unreachable or answering an error such as OOM, BUSY or READONLY; Kafka unreachable for
-a gap repair or a dead letter) is retried with back-off for as long as it takes, never skipped: the agent stays
-alive, the reason is counted (``recstream_worker_batch_retries_total``, alert RecstreamWorkerBatchRetrying) and
-logged.
+A batch that cannot be applied (Redis unreachable or answering an error such as OOM, BUSY or READONLY; Kafka
+unreachable for a gap repair or a dead letter; a bug) is retried with back-off for as long as it takes, never
+skipped: the agent stays alive, the reason is counted (``recstream_worker_batch_retries_total``, alert
+RecstreamWorkerBatchRetrying) and logged.
 
 Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a
 second behind what it acknowledged, while Kafka keeps the offsets the worker committed after
