@@ -128,6 +128,7 @@ Records = list[Event] | list[ItemEvent] | list[UserEvent]
 # (valid records, each one's arrival ms (its record's timestamp, never past the wall clock), the effect to fill)
 # → ts of the events that refreshed a candidate list
 Build = Callable[[Records, list[int], Effect], Awaitable[list[int]]]
+Decoded = tuple[str, int, list]  # a message's "topic:partition", its arrival ms, its valid records
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # recstream.eventlog.log.read_ranges with the settings bound
 
@@ -250,8 +251,7 @@ class BatchProcessor:
                     await self.reload_watermarks()
                     continue
             now_ms = int(time.time() * 1000)
-            records: list = []
-            arrivals: list[int] = []
+            decoded: list[Decoded] = []
             dead: list[DeadLetter] = []
             effect = Effect()
             for message in fresh:
@@ -262,16 +262,15 @@ class BatchProcessor:
                 if self.kind == "event" and self.partitions is not None:
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
-                records.extend(valid)
-                arrivals.extend([at_ms] * len(valid))
+                decoded.append((f"{message.topic}:{message.partition}", at_ms, valid))
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
                 effect.watermarks[tp] = (self._watermarks.get(tp, -1), message.offset)
             duplicates = 0
             if self.kind == "event":
-                received = len(records)
-                records, arrivals = await self._drop_duplicates(records, arrivals, effect)
-                duplicates = received - len(records)
+                decoded, duplicates = await self._drop_duplicates(decoded, effect)
+            records = [record for _, _, valid in decoded for record in valid]
+            arrivals = [at_ms for _, at_ms, valid in decoded for _ in valid]
             refreshed_ts = await self.build(records, arrivals, effect)
             if dead:
                 try:
@@ -297,33 +296,35 @@ class BatchProcessor:
             return applied
         raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
 
-    async def _drop_duplicates(
-        self, events: list[Event], arrivals: list[int], effect: Effect
-    ) -> tuple[list[Event], list[int]]:
+    async def _drop_duplicates(self, decoded: list[Decoded], effect: Effect) -> tuple[list[Decoded], int]:
         """Drop every event whose user already sent its ``event_id`` at most ``dedup_window_s`` earlier (arrival
         times: the records' timestamps, so a replay of the log drops the same events); record the others' ids in
-        ``effect``, which the batch script stores with the watermarks.
+        ``effect``, which the batch script stores with the watermarks. Returns what is left and how many went.
 
-        Why this is exact: a user's events all go to one partition (:func:`_placed`), so the ids read here can
-        only have been moved by a writer of that partition, and such a writer moves its watermark in the same
-        script: the script's watermark check refuses this batch if it happened after the read.
+        Why this is exact: the ids are kept per partition, read here and written only by the batch script of a
+        batch of that partition, which moves the partition's watermark too: the script's watermark check
+        refuses this batch if such a write happened after the read.
         """
         window_ms = self.settings.dedup_window_s * 1000
-        ids = {(e.user_id, e.event_id) for e in events if e.event_id is not None}
-        if not window_ms or not ids:
-            return events, arrivals
-        last = await self.store.event_arrivals(ids)
-        kept, kept_arrivals = [], []
-        for event, at_ms in zip(events, arrivals, strict=True):
-            if event.event_id is not None:
-                key = (event.user_id, event.event_id)
-                if key in last and at_ms - last[key] <= window_ms:
-                    continue
-                last[key] = at_ms
-                effect.event_ids.setdefault(event.user_id, {})[event.event_id] = at_ms
-            kept.append(event)
-            kept_arrivals.append(at_ms)
-        return kept, kept_arrivals
+        wanted: dict[str, list[str]] = {}
+        for tp, _, events in decoded:
+            wanted.setdefault(tp, []).extend(f"{e.user_id}:{e.event_id}" for e in events if e.event_id is not None)
+        if not window_ms or not any(wanted.values()):
+            return decoded, 0
+        last = await self.store.event_arrivals(wanted)
+        out: list[Decoded] = []
+        for tp, at_ms, events in decoded:
+            kept = []
+            for event in events:
+                if event.event_id is not None:
+                    key = (tp, f"{event.user_id}:{event.event_id}")
+                    if key in last and at_ms - last[key] <= window_ms:
+                        continue
+                    last[key] = at_ms
+                    effect.event_ids.setdefault(tp, {})[key[1]] = at_ms
+                kept.append(event)
+            out.append((tp, at_ms, kept))
+        return out, sum(len(events) for *_, events in decoded) - sum(len(events) for *_, events in out)
 
     def _observe(
         self,

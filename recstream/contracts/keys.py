@@ -27,8 +27,8 @@ key                          type    holds
 ``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
-``user:<u>:eids``            zset    event_id → arrival ms, for the de-duplication window; expires
 ``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
+``eids:<topic>:<p>``         zset    ``user:event_id`` → arrival ms, a partition's de-duplication window
 ``foldin:pending``           set     graduated items whose fold-in is not stored yet
 ``foldin:users:<i>``         hash    user → summed event weight on new item ``i``, until its fold-in (capped)
 ``foldin:<version>``         hash    item → float32 fold-in vector under that model version

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         ge=0,
         le=7 * 86_400,
         description="an event whose user sent its event_id at most this long before (arrival time) is dropped; "
-        "Redis keeps every id for that long (0: no de-duplication)",
+        "Redis keeps every id that long, ~100 bytes each: events/s × window × 100 B (0: no de-duplication)",
     )
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
     history_cap: int = Field(

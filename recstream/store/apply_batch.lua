@@ -233,10 +233,10 @@ for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
   redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.seen_cap + 1))
 end
 for _, u in ipairs(p.user_segments) do redis.call('HSET', P .. 'user:seg', u[1], u[2]) end
--- event ids applied (streams/processor.py drops a user's id seen within the window): kept for the window of
--- arrival time (older ones trimmed), and the key expires when the user is quiet for as long
-for _, u in ipairs(p.eids) do  -- {user, {{event_id, arrival ms}, ...}}
-  local key = P .. 'user:' .. u[1] .. ':eids'
+-- event ids applied (streams/processor.py drops a user's id seen within the window), one key per partition:
+-- kept for the window of arrival time (older ones trimmed); the key expires when the partition is quiet as long
+for _, u in ipairs(p.eids) do  -- {topic:partition, {{user:event_id, arrival ms}, ...}}
+  local key = P .. 'eids:' .. u[1]
   local args, latest = {}, 0
   for _, e in ipairs(u[2]) do
     args[#args + 1] = e[2]

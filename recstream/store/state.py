@@ -17,8 +17,8 @@ The effectively-once argument
   twice even with two writers.
 * Idempotent ingestion: an event whose user sent its ``event_id`` within ``dedup_window_s`` before
   (arrival = the record's timestamp) is dropped before anything is computed. The ids a batch applies
-  are stored (``user:<u>:eids``) by the same script as its watermarks, so a crash keeps both or
-  neither, and a restarted worker drops a duplicate as the first one would have.
+  are stored per partition (``eids:<topic>:<partition>``) by the same script as its watermarks, so a
+  crash keeps both or neither, and a restarted worker drops a duplicate as the first one would have.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
   final state does not depend on where batches were cut (see streams/aggregate.py and
   models/ctr.py for the rankings).
@@ -27,7 +27,7 @@ The effectively-once argument
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,7 @@ class Effect:
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
-    event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # user → event_id → arrival ms
+    event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # tp → "user:event_id" → arrival ms
 
 
 @dataclass(frozen=True)
@@ -125,17 +125,17 @@ class StateStore:
             model_version=version.decode() if version else None,
         )
 
-    async def event_arrivals(self, ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """When each stored ``(user, event_id)`` of ``ids`` last arrived (ms); ids not stored are left out."""
-        by_user: dict[str, list[str]] = {}
-        for user, event_id in ids:
-            by_user.setdefault(user, []).append(event_id)
+    async def event_arrivals(self, ids: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+        """When each stored ``"user:event_id"`` of ``ids`` (per ``topic:partition``) last arrived (ms), keyed
+        ``(tp, "user:event_id")``; ids not stored are left out. One command per partition: a batch's ids in a
+        few calls, where a key per user cost a call per user (and tripled the time to apply a batch)."""
+        wanted = [(tp, list(dict.fromkeys(members))) for tp, members in ids.items() if members]
         pipe = self.redis.pipeline(transaction=False)
-        for user, event_ids in by_user.items():
-            pipe.zmscore(self.keys.user(user, "eids"), event_ids)
+        for tp, members in wanted:
+            pipe.zmscore(self.keys(f"eids:{tp}"), members)
         found = {}
-        for (user, event_ids), scores in zip(by_user.items(), await pipe.execute(), strict=True):
-            found.update({(user, e): int(s) for e, s in zip(event_ids, scores, strict=True) if s is not None})
+        for (tp, members), scores in zip(wanted, await pipe.execute(), strict=True):
+            found.update({(tp, m): int(s) for m, s in zip(members, scores, strict=True) if s is not None})
         return found
 
     def remember_histories(self, histories: dict[str, History]) -> None:
@@ -168,7 +168,7 @@ class StateStore:
             "clock": c.clock,
             "user_segments": list(effect.user_segments.items()),
             "item_users": [(item, list(users.items())) for item, users in effect.item_users.items()],
-            "eids": [(user, list(ids.items())) for user, ids in effect.event_ids.items()],
+            "eids": [(tp, list(ids.items())) for tp, ids in effect.event_ids.items()],
             "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
         }
         result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])

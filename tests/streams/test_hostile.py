@@ -6,7 +6,10 @@ many dead letters it must cause. They are interleaved with valid messages on ``e
 and ``users`` and produced in one go; one worker consumes them all. The test then checks that the
 worker is alive and still applying, that the dead-letter topic holds exactly the expected letters
 per source message (each with a reason), and that the counters, item metadata and segments equal
-an independent computation over the valid objects (each applied once).
+an independent computation over the valid objects (each applied once, a user's repeated event_id once).
+
+Then, each with its own worker: messages at every size limit on every topic, field names made up to
+become metric labels, events on a partition their user does not hash to, timestamps ahead of arrival.
 """
 
 from __future__ import annotations
