@@ -75,9 +75,9 @@ async def model_keys(settings: Settings, workload: Workload) -> dict[str, bytes]
     records = [Record("item", i) for i in workload.items]
     records += [Record("event", e) for e in workload.events[: len(workload.events) // 3]]
     artifacts, _ = training.train(training.collect(records), ALSConfig(factors=16, iterations=10), holdout=0)
-    scratch = settings.model_copy(update={"redis_prefix": "model"})
+    scratch = settings.replace(redis_prefix="model")
     await training.publish(scratch, artifacts)
-    client = AsyncRedis.from_url(settings.redis_url)
+    client = AsyncRedis.from_url(settings.redis.url)
     try:
         return {key.decode()[len("model:") :]: await client.dump(key) async for key in client.scan_iter("model:*")}
     finally:
@@ -146,7 +146,7 @@ class FaultRun:
     rolled_back: int = 0  # applied events Redis lost in rollbacks (at least; re-applied from the log)
 
     def __post_init__(self) -> None:
-        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        self.redis = redis.Redis.from_url(self.settings.redis.url, socket_timeout=2, socket_connect_timeout=1)
 
     @classmethod
     async def open(cls, base: Settings, name: str, model: dict[str, bytes], logs: Path) -> FaultRun:
@@ -163,7 +163,7 @@ class FaultRun:
 
     @property
     def prefix(self) -> str:
-        return self.settings.redis_prefix
+        return self.settings.redis.prefix
 
     def start_worker(self) -> Child:
         self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log"))
@@ -243,7 +243,7 @@ class FaultRun:
     async def stalled_partitions(self, timeout_s: float = 30.0) -> int:
         """Partitions of events, items and users whose watermark is not at the log's end (the last offset), after
         waiting up to ``timeout_s`` for them to get there."""
-        topics = (self.settings.events_topic, self.settings.items_topic, self.settings.users_topic)
+        topics = (self.settings.kafka.events_topic, self.settings.kafka.items_topic, self.settings.kafka.users_topic)
         async with open_log(self.settings) as consumer:
             ends = {tp: end for topic in topics for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
         deadline = time.monotonic() + timeout_s
@@ -358,10 +358,10 @@ POISON_SIZES = [limit + d for limit in (DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES
 async def poison(run: FaultRun, rng: random.Random) -> None:
     """On events, items and users: a message of no JSON at limit − 1, limit and limit + 1 of every size limit (a
     dead letter's excerpt, a message's largest size); each is dead-lettered and the stream goes on."""
-    producer = AIOKafkaProducer(bootstrap_servers=run.settings.kafka_bootstrap, acks="all", max_request_size=2 << 20)
+    producer = AIOKafkaProducer(bootstrap_servers=run.settings.kafka.bootstrap, acks="all", max_request_size=2 << 20)
     await producer.start()
     try:
-        for topic in (run.settings.events_topic, run.settings.items_topic, run.settings.users_topic):
+        for topic in (run.settings.kafka.events_topic, run.settings.kafka.items_topic, run.settings.kafka.users_topic):
             for size in POISON_SIZES:
                 await producer.send_and_wait(topic, b"!" * size, key=b"poison")
     finally:

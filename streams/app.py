@@ -41,27 +41,27 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     """Build the worker app; every worker started from it joins one consumer group and reports to ``liveness``."""
     liveness = liveness or Liveness(settings.worker_stall_s)
     app = faust.App(
-        settings.worker_group,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        settings.worker.group,
+        broker=f"kafka://{settings.kafka.bootstrap}",
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         topic_allow_declare=False,
-        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
-        broker_commit_every=settings.batch_max,
+        stream_buffer_maxsize=max(4 * settings.worker.batch_max, 4096),
+        broker_commit_every=settings.worker.batch_max,
         broker_commit_interval=1.0,
         # faust's 60 s session would stall a crashed worker's partitions for a minute (bench/reliability.py)
-        broker_session_timeout=settings.worker_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+        broker_session_timeout=settings.worker.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker.session_timeout_s / 3),
     )
     app.transport = ShortFetchTransport(
-        app.conf.broker_consumer, app, settings.fetch_max_wait_ms, settings.fetch_min_bytes
+        app.conf.broker_consumer, app, settings.worker.fetch_max_wait_ms, settings.worker.fetch_min_bytes
     )
-    redis = Redis.from_url(settings.redis_url, socket_timeout=30)
+    redis = Redis.from_url(settings.redis.url, socket_timeout=30)
     store = StateStore(redis, settings)
-    dlq = app.topic(settings.dlq_topic, value_serializer="raw", key_serializer="raw")
+    dlq = app.topic(settings.kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
 
     async def send_dead_letters(letters: list[DeadLetter]) -> None:
         futures = [await dlq.send(value=letter.value, headers=letter.headers) for letter in letters]
@@ -69,7 +69,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
 
     model = LiveModel(settings)
     read_log = partial(read_ranges, settings)
-    topics = {settings.events_topic: "event", settings.items_topic: "item", settings.users_topic: "user"}
+    topics = {settings.kafka.events_topic: "event", settings.kafka.items_topic: "item", settings.kafka.users_topic: "user"}
     agents = {kind: f"recstream.{kind}s" for kind in topics.values()}
     processors = {
         kind: BatchProcessor(
@@ -103,7 +103,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
 
         async def consume(stream: faust.StreamT) -> None:
             with liveness.running(name):
-                async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+                async for batch in stream.take_events(settings.worker.batch_max, within=settings.worker.batch_wait_s):
                     liveness.beat(name)
                     await processors[kind].process(messages(batch))
                     liveness.idle(name)
@@ -133,7 +133,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         for processor in processors.values():
             processor.forget_watermarks()
         # what the assignment was computed on: the topic's real partition count, whatever the settings say
-        partitions = app.consumer.topic_partitions(settings.events_topic)
+        partitions = app.consumer.topic_partitions(settings.kafka.events_topic)
         if partitions:
             processors["event"].partitions = partitions
         task = asyncio.ensure_future(repair_behind(sorted((tp.topic, tp.partition) for tp in assigned)))

@@ -47,7 +47,7 @@ class LiveModel:
         self.settings = settings
         self.current: Personalizer | None = None
         self.items: dict[str, ItemEvent] = {}
-        self.fold_ins = FoldInStore(Redis.from_url(settings.redis_url, socket_timeout=30), settings.redis_prefix)
+        self.fold_ins = FoldInStore(Redis.from_url(settings.redis.url, socket_timeout=30), settings.redis.prefix)
         self._early: dict[str, dict[str, np.ndarray]] = {}  # version not served yet → item → logged fold-in
         self._log_position: str | None = None  # the fold-in log's last id this worker has read
         self._failed: str | None = None
@@ -71,7 +71,7 @@ class LiveModel:
 
     async def _load(self, version: str) -> None:
         try:
-            artifacts = await asyncio.to_thread(read_model, self.settings.model_dir, version)
+            artifacts = await asyncio.to_thread(read_model, self.settings.model.dir, version)
         except (ArtifactError, OSError) as exc:
             log.error("cannot load model %s, keeping %s: %s", version, self.current and self.current.version, exc)
             self._failed = version
@@ -80,7 +80,7 @@ class LiveModel:
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
         stored = await self.fold_ins.stored(version)
         # no await from here to the swap: no item or fold-in can slip in between
-        fresh = Personalizer(version, artifacts, self.settings.history_cap, self.settings.candidates_m)
+        fresh = Personalizer(version, artifacts, self.settings.model.history_cap, self.settings.model.candidates_m)
         for item in self.items.values():
             fresh.apply_item(item)
         # the log follower kept what it read meanwhile for this version (stored after the read above)
@@ -169,12 +169,12 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
     record at end − 1 arrived: that offset may hold no record (a transaction's commit marker, records deleted
     by ``kafka-delete-records`` or retention, compaction), and waiting for it held every user step for good.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
         # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
         cluster = await consumer._client.fetch_all_metadata()
-        topic = settings.items_topic
+        topic = settings.kafka.items_topic
         partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

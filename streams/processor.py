@@ -148,7 +148,7 @@ class BatchProcessor:
         beat: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
-        self.topic = {"event": settings.events_topic, "item": settings.items_topic, "user": settings.users_topic}[kind]
+        self.topic = {"event": settings.kafka.events_topic, "item": settings.kafka.items_topic, "user": settings.kafka.users_topic}[kind]
         self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
         # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked)
         self.partitions = partitions
@@ -357,7 +357,7 @@ class BatchProcessor:
         context = await self.store.read_users(users)
         s = self.settings
         effect.counters = aggregate(
-            events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives, arrivals
+            events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives, arrivals
         )
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:

@@ -39,12 +39,12 @@ class EventProducer:
 
     def __init__(self, settings: Settings, *, batch_events: int | None = None) -> None:
         self.settings = settings
-        self.batch_events = batch_events or settings.producer_batch_events
+        self.batch_events = batch_events or settings.kafka.producer_batch_events
         self._kafka = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            bootstrap_servers=settings.kafka.bootstrap,
             acks="all",
             enable_idempotence=True,
-            linger_ms=settings.producer_linger_ms,
+            linger_ms=settings.kafka.producer_linger_ms,
             max_batch_size=1 << 20,
             max_request_size=4 << 20,
             request_timeout_ms=DELIVERY_TIMEOUT_MS,  # also each batch's time to live in aiokafka
@@ -58,7 +58,7 @@ class EventProducer:
     async def __aenter__(self) -> EventProducer:
         await self._kafka.start()
         try:
-            self._partitions = len(await self._kafka.partitions_for(self.settings.events_topic))
+            self._partitions = len(await self._kafka.partitions_for(self.settings.kafka.events_topic))
         except BaseException:
             await self._kafka.stop()
             raise
@@ -82,10 +82,10 @@ class EventProducer:
                 await self._send_buffer(part)
 
     async def send_item(self, item: ItemEvent) -> None:
-        await self._send(self.settings.items_topic, item.item_id, encode(item))
+        await self._send(self.settings.kafka.items_topic, item.item_id, encode(item))
 
     async def send_user(self, user: UserEvent) -> None:
-        await self._send(self.settings.users_topic, user.user_id, encode(user))
+        await self._send(self.settings.kafka.users_topic, user.user_id, encode(user))
 
     async def flush(self) -> int:
         """Send partial micro-batches and wait until the broker acknowledged every message."""
@@ -99,7 +99,7 @@ class EventProducer:
         buffer = self._buffers.pop(part, [])
         if not buffer:
             return
-        await self._send(self.settings.events_topic, buffer[0].user_id, encode(buffer), partition=part)
+        await self._send(self.settings.kafka.events_topic, buffer[0].user_id, encode(buffer), partition=part)
         self.events_sent += len(buffer)
 
     async def _send(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:

@@ -167,7 +167,7 @@ def worker(
 
     settings = _settings()
     liveness = Liveness(settings.worker_stall_s)
-    serve(settings.worker_metrics_port if metrics_port is None else metrics_port, liveness)
+    serve(settings.worker.metrics_port if metrics_port is None else metrics_port, liveness)
     faust.Worker(create_app(settings, liveness), loglevel=loglevel).execute_from_commandline()
 
 
@@ -244,8 +244,8 @@ def rebuild() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader_host)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default: settings.reader_port)")] = None,
+    host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: settings.reader.port)")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
     """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
@@ -258,8 +258,8 @@ def serve(
     tune_garbage_collector()
     uvicorn.run(
         app,
-        host=host or settings.reader_host,
-        port=settings.reader_port if port is None else port,
+        host=host or settings.reader.host,
+        port=settings.reader.port if port is None else port,
         loop="uvloop",
         http="httptools",
         access_log=False,
@@ -295,7 +295,7 @@ def demo(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if "pool_graduate_age_s" not in settings.model_fields_set:  # the pool on the world's clock
-        settings = settings.model_copy(update={"pool_graduate_age_s": pool_age_for(world)})
+        settings = settings.replace(pool_graduate_age_s=pool_age_for(world))
     try:
         result = demo_module.run(settings, seconds, world, history_min * 60, history_rate, sim, movielens)
     except (infra.InfraError, ValueError, OSError) as exc:

@@ -80,20 +80,20 @@ class StateStore:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys(settings.redis.prefix)
         self.settings = settings
         self._script = redis.register_script(SCRIPT)
         self._histories: dict[str, History] = {}
         self._cfg = {
-            "m": settings.ctr_prior_mass,
-            "default_ctr": settings.ctr_default,
-            "default_mass": settings.ctr_default_mass,
-            "log_step": math.log1p(settings.ctr_prior_step),
-            "trend_ttl_s": 3 * settings.trend_half_life_s * settings.trend_epoch_half_lives,
-            "graduate_views": settings.pool_graduate_views,
-            "graduate_age_ms": settings.pool_graduate_age_s * 1000,
-            "seen_cap": settings.seen_cap,
-            "item_users_cap": settings.fold_in_users,
+            "m": settings.model.ctr_prior_mass,
+            "default_ctr": settings.model.ctr_default,
+            "default_mass": settings.model.ctr_default_mass,
+            "log_step": math.log1p(settings.model.ctr_prior_step),
+            "trend_ttl_s": 3 * settings.model.trend_half_life_s * settings.model.trend_epoch_half_lives,
+            "graduate_views": settings.pool.graduate_views,
+            "graduate_age_ms": settings.pool.graduate_age_s * 1000,
+            "seen_cap": settings.worker.seen_cap,
+            "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.dedup_window_s * 1000,
         }
 
@@ -118,7 +118,7 @@ class StateStore:
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
         for user, raw in zip(missing, fetched[0] if fetched else [], strict=True):
             if raw is not None:
-                histories[user] = history_from_rows(orjson.loads(raw), self.settings.history_cap)
+                histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
         return UserContext(
             segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
             histories=histories,
@@ -143,7 +143,7 @@ class StateStore:
         for user, history in histories.items():
             self._histories.pop(user, None)
             self._histories[user] = history
-        while len(self._histories) > self.settings.history_cache_users:
+        while len(self._histories) > self.settings.worker.history_cache_users:
             del self._histories[next(iter(self._histories))]
 
     def forget_histories(self) -> None:

@@ -310,12 +310,12 @@ def generate(now_ms: int, n_hostile: int = N_HOSTILE) -> list[Outgoing]:
 
 
 def topic_of(settings: Settings) -> Callable[[Kind], str]:
-    return {"event": settings.events_topic, "item": settings.items_topic, "user": settings.users_topic}.__getitem__
+    return {"event": settings.kafka.events_topic, "item": settings.kafka.items_topic, "user": settings.kafka.users_topic}.__getitem__
 
 
 async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
     """Send every message (acks=all), in order per topic and key; returns each one's ``topic:partition:offset``."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=4 << 20,
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", max_request_size=4 << 20,
                                 max_batch_size=1 << 20, linger_ms=5)  # fmt: skip
     topic = topic_of(settings)
     await producer.start()
@@ -328,7 +328,7 @@ async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
 
 
 async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.0) -> list:
-    consumer = AIOKafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.kafka.dlq_topic, bootstrap_servers=settings.kafka.bootstrap,
                                 auto_offset_reset="earliest", fetch_max_bytes=64 << 20)  # fmt: skip
     await consumer.start()
     letters: list = []
@@ -370,7 +370,7 @@ def test_labels_agree_with_the_contract_module():
 
 async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_once(isolated_settings, worker_factory):
     settings = isolated_settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     now_ms = int(time.time() * 1000)
     messages = generate(now_ms)
     valid = {kind: [o for m in messages if m.kind == kind for o in m.valid] for kind in ("event", "item", "user")}
@@ -414,7 +414,7 @@ async def test_an_id_that_spells_another_keys_name_goes_to_the_dlq(isolated_sett
     stopped the worker after every restart. Ids may not hold ':', the key separator; the event is dead-lettered."""
     users, items, events = world(n_users=20, n_items=20, n_events=400)
     settings, _ = await trained(isolated_settings, tmp_path, events, items)  # writes rs:item:i<k>:similar lists
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker = worker_factory(settings)
     await publish(settings, users=users, items=items)
     await publish(settings, events=[Event.model_construct(type="view", user_id="u1", item_id="i1:similar", ts=T0),
@@ -460,10 +460,10 @@ async def test_poison_at_every_size_limit_is_cut_in_the_dlq_and_stops_no_partiti
     limit − 1, limit and limit + 1, on each topic the worker reads: the DLQ gets at most DEAD_LETTER_MAX_BYTES
     of each with its size and reason, and every partition goes on."""
     settings = isolated_settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     now_ms = int(time.time() * 1000)
     messages = poison(now_ms)
-    after, n = [], settings.events_partitions
+    after, n = [], settings.kafka.events_partitions
     for p in range(n):  # then a valid event on every events partition
         user = next(f"after{k}" for k in itertools.count() if partition_for(f"after{k}", n) == p)
         event = {"type": "click", "user_id": user, "item_id": "i1", "ts": now_ms}
@@ -505,7 +505,7 @@ async def test_a_made_up_field_name_never_becomes_a_metric_label(isolated_settin
     worker = worker_factory(settings)
     await produce(settings, [Outgoing("event", b"u1", as_bytes(o), (), 1) for o in made_up]
                   + [Outgoing("event", b"u1", as_bytes(ok), (ok,), 0)])  # fmt: skip
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     wait_until(lambda: applied_events(client, "rs") == 1, what="the valid event")
     pattern = r'recstream_worker_dead_letters_total\{reason="([^"]*)",topic="[^"]*"\} (\S+)'
     labels = re.findall(pattern, worker.metrics())
@@ -518,40 +518,40 @@ async def test_an_event_on_a_partition_its_user_does_not_hash_to_is_dead_lettere
     write the user's history. The worker applies only events whose user hashes (murmur2) to the message's
     partition, over the topic's partition count, and dead-letters the rest with the reason."""
     settings = isolated_settings
-    n = settings.events_partitions
+    n = settings.kafka.events_partitions
     now_ms = int(time.time() * 1000)
     home = partition_for("u1", n)
     events = [{"type": "view", "user_id": "u1", "item_id": f"i{p}", "ts": now_ms + p} for p in range(n)]
     worker = worker_factory(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     await producer.start()
     try:
         for p, event in enumerate(events):  # i<p> on partition p: only i<home> is where u1 belongs
-            await producer.send_and_wait(settings.events_topic, as_bytes(event), key=b"u1", partition=p)
+            await producer.send_and_wait(settings.kafka.events_topic, as_bytes(event), key=b"u1", partition=p)
     finally:
         await producer.stop()
     letters = await dead_letters(settings, expected=n - 1)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     wait_until(lambda: applied_events(client, "rs") >= 1, what="the event on u1's partition")
     assert worker.alive() and {k.decode() for k in client.hkeys("rs:views")} == {f"i{home}"}
     assert sorted(dict(m.headers)["source"].decode().rsplit(":", 2)[1] for m in letters) == [
         str(p) for p in range(n) if p != home
     ]
     assert all(dict(m.headers)["reason"].startswith(b"partition: user 'u1' belongs to") for m in letters)
-    assert f'dead_letters_total{{reason="partition",topic="{settings.events_topic}"}} {n - 1}.0' in worker.metrics()
+    assert f'dead_letters_total{{reason="partition",topic="{settings.kafka.events_topic}"}} {n - 1}.0' in worker.metrics()
 
 
 async def test_a_timestamp_ahead_of_its_arrival_does_not_move_the_event_clock(isolated_settings, worker_factory):
     """Events up to a day ahead pass validation (client clocks drift); their ts moved the worker's event clock
     forward for good, and pool items graduated by age 23 hours early. The clock takes each event's ts only up to
     its record's arrival."""
-    settings = isolated_settings.model_copy(update={"pool_graduate_age_s": 7200})
+    settings = isolated_settings.replace(pool_graduate_age_s=7200)
     now_ms = int(time.time() * 1000)
     hour = 3_600_000
     item = ItemEvent(op="new", item_id="young", ts=now_ms - hour, created_ts=now_ms - hour)
     worker = worker_factory(settings)
     await publish(settings, items=[item])
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     wait_until(lambda: client.zscore("rs:pool", "young") is not None, what="the item in the pool")
     ahead = Event(type="view", user_id="u1", item_id="other", ts=now_ms + 23 * hour)
     await publish(settings, events=[ahead, Event(type="view", user_id="u1", item_id="other", ts=now_ms - 1)])

@@ -46,7 +46,7 @@ async def test_a_redis_error_reply_is_retried_and_counted_and_never_stops_the_ag
     then stopped for good while the process lived. The batch is retried with back-off until Redis takes it,
     counted under its reason, and /healthz stays green (restarting would not help)."""
     settings = isolated_settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker = worker_factory(settings)
     worker.wait_ready()
     await publish(settings, events=[view(0)])
@@ -67,8 +67,8 @@ async def test_a_redis_error_reply_is_retried_and_counted_and_never_stops_the_ag
 async def test_an_agent_stuck_in_a_batch_turns_healthz_red_until_it_moves(isolated_settings, worker_factory):
     """A stopped or stuck agent left the process up and its partitions applied by no one. /healthz answers 503,
     naming the agent, once a batch made no attempt for worker_stall_s (Redis paused under its write here)."""
-    settings = isolated_settings.model_copy(update={"worker_stall_s": 1.0})
-    client = redis.Redis.from_url(settings.redis_url)
+    settings = isolated_settings.replace(worker_stall_s=1.0)
+    client = redis.Redis.from_url(settings.redis.url)
     worker = worker_factory(settings)
     await publish(settings, events=[view(0)])
     wait_until(lambda: applied_events(client, "rs") == 1, what="the worker to apply")
@@ -96,26 +96,26 @@ async def test_a_worker_applies_events_when_the_items_topics_last_offset_holds_n
     settings = isolated_settings
     items = [ItemEvent(op="new", item_id=f"i{k}", ts=int(time.time() * 1000)) for k in range(3)]
     if ending == "transaction":
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=uuid.uuid4().hex)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, transactional_id=uuid.uuid4().hex)
         await producer.start()
         try:
             async with producer.transaction():
                 for item in items:
-                    await producer.send(settings.items_topic, encode(item), key=item.item_id.encode())
+                    await producer.send(settings.kafka.items_topic, encode(item), key=item.item_id.encode())
         finally:
             await producer.stop()
     else:
         await publish(settings, items=items)
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
         await admin.start()
         try:  # a compacted topic refuses deleting records; compact,delete (retention too) allows it
             policy = {"cleanup.policy": "compact,delete"}
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.items_topic, policy)])
-            await admin.delete_records({TopicPartition(settings.items_topic, 0): RecordsToDelete(len(items))})
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.kafka.items_topic, policy)])
+            await admin.delete_records({TopicPartition(settings.kafka.items_topic, 0): RecordsToDelete(len(items))})
         finally:
             await admin.close()
     worker = worker_factory(settings)
     await publish(settings, events=[view(0)])
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     wait_until(lambda: applied_events(client, "rs") == 1 or not worker.alive(), what="the event applied")
     assert worker.alive() and applied_events(client, "rs") == 1
