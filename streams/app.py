@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.App:
     """Build the worker app; every worker started from it joins one consumer group and reports to ``liveness``."""
-    liveness = liveness or Liveness(settings.worker_stall_s)
+    liveness = liveness or Liveness(settings.worker.stall_s)
     app = faust.App(
         settings.worker.group,
         broker=f"kafka://{settings.kafka.bootstrap}",

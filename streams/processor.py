@@ -305,7 +305,7 @@ class BatchProcessor:
         batch of that partition, which moves the partition's watermark too: the script's watermark check
         refuses this batch if such a write happened after the read.
         """
-        window_ms = self.settings.dedup_window_s * 1000
+        window_ms = self.settings.worker.dedup_window_s * 1000
         wanted: dict[str, list[str]] = {}
         for tp, _, events in decoded:
             wanted.setdefault(tp, []).extend(f"{e.user_id}:{e.event_id}" for e in events if e.event_id is not None)

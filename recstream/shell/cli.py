@@ -166,7 +166,7 @@ def worker(
     from recstream.streams.liveness import Liveness, serve
 
     settings = _settings()
-    liveness = Liveness(settings.worker_stall_s)
+    liveness = Liveness(settings.worker.stall_s)
     serve(settings.worker.metrics_port if metrics_port is None else metrics_port, liveness)
     faust.Worker(create_app(settings, liveness), loglevel=loglevel).execute_from_commandline()
 

@@ -94,7 +94,7 @@ class StateStore:
             "graduate_age_ms": settings.pool.graduate_age_s * 1000,
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
-            "dedup_window_ms": settings.dedup_window_s * 1000,
+            "dedup_window_ms": settings.worker.dedup_window_s * 1000,
         }
 
     async def watermarks(self) -> dict[str, int]:

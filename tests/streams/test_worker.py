@@ -291,14 +291,14 @@ async def test_a_repeated_event_id_is_applied_once_also_across_a_worker_restart(
     assert applied_events(client, "rs") == 3 and client.hget("rs:clicks", "i1") == b"2"
     assert duplicates_dropped(worker) == 1
     ttls = [client.pttl(key) for key in client.scan_iter(match="rs:eids:*")]
-    assert ttls and all(0 < ttl <= settings.dedup_window_s * 1000 for ttl in ttls), "the ids expire"
+    assert ttls and all(0 < ttl <= settings.worker.dedup_window_s * 1000 for ttl in ttls), "the ids expire"
 
 
 async def test_an_event_id_repeated_after_the_window_is_applied_again(isolated_settings, worker_factory):
     """The window is measured between the records' arrival (their Kafka timestamps): a copy at most
     dedup_window_s after the applied one is dropped, a later one is a new event."""
     settings = isolated_settings
-    window_ms = settings.dedup_window_s * 1000
+    window_ms = settings.worker.dedup_window_s * 1000
     first = int(time.time() * 1000) - 2 * window_ms
     value = Event(type="view", user_id="u1", item_id="i1", ts=first, event_id="e1").model_dump_json().encode()
     worker = worker_factory(settings)
