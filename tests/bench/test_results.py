@@ -1,5 +1,5 @@
 """bench/results.json holds only figures a benchmark writes, all in record's shape, and no benchmark's figures half
-missing; record and check_answers refuse what would make a figure invalid.
+missing; an invalid run (failed answers, a pipeline that does not reproduce its check, no samples) records nothing.
 
 The registry is bench/common.RESULT_KEYS. A declared key may be missing from results.json only while its
 benchmark has recorded nothing at all (it has not run yet), or when it is declared ``optional`` (written
@@ -20,6 +20,7 @@ from bench import common
 from bench.common import RESULT_KEYS, RESULTS, check_answers, figure, record
 from bench.faults import SCENARIOS
 from bench.pipeline import Page
+from bench.prequential import check_pipeline
 from bench.prequential_protocol import Tally
 from bench.prequential_report import Scoring, record_figures
 from bench.prequential_rows import PipelineResult, ServedRow
@@ -151,3 +152,26 @@ def test_prequential_records_its_declared_keys_with_the_frozen_row_as_the_only_b
     assert written.keys() == RESULT_KEYS["prequential"].all
     assert written["prequential_hr10_candidates"]["baseline"] == written["prequential_hr10_frozen"]["value"] == 0.5
     assert all("baseline" not in written[f"prequential_hr10_{row}"] for row in ("popularity", "frozen"))
+
+
+@pytest.mark.parametrize(("identical", "valid"), [(98, False), (99, True), (100, True)])
+def test_prequential_fails_when_fewer_than_99_percent_of_candidate_lists_reproduce_the_consistency_check(
+    identical, valid
+):
+    check = Tally([["a", "b"]] * 100, ["a"] * 100)
+    candidates = Tally([["a", "b"]] * identical + [["b", "a"]] * (100 - identical), ["a"] * 100)
+    tallies = {"consistency (rounds)": check}
+    if valid:
+        check_pipeline(PipelineResult(candidates=candidates), tallies)
+    else:
+        with pytest.raises(SystemExit):
+            check_pipeline(PipelineResult(candidates=candidates), tallies)
+
+
+def test_prequential_fails_when_a_reader_left_pages_degraded():
+    served = ServedRow()
+    for n in range(1000):
+        served.add(Page([("a", "personal"), ("b", "popular")], retried=3, degraded=n < 2), "a")
+    check = Tally([["a", "b"]] * 1000, ["a"] * 1000)
+    with pytest.raises(SystemExit):
+        check_pipeline(PipelineResult(candidates=check, served={"served": served}), {"consistency (rounds)": check})
