@@ -28,7 +28,7 @@ from recstream.models.user_step import ALSStep
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-from bench.common import figure, record, show
+from bench.common import figure, machine, record, show
 
 N_ITEMS, K, N_USERS, REGULARIZATION, REPEATS = 1682, 64, 4000, 0.1, 5
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.user_steps"
@@ -81,7 +81,9 @@ def main() -> None:
             rates[name], outputs[name] = best_rate(run)
 
     reference = outputs[SINGLE]
-    table = Table(title=f"User steps/s, k={K}, {N_ITEMS} items, {N_USERS} users × 20–50 items, 1 core")
+    load = os.getloadavg()[0]  # wall-clock rates: other work on the shared cores lowers them
+    table = Table(title=f"User steps/s, k={K}, {N_ITEMS} items, {N_USERS} users × 20–50 items, 1 core "
+                  f"({machine()}; load average {load:.1f})")  # fmt: skip
     for column in ("path", "steps/s", "max |Δ| vs ours single"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, rate in rates.items():
