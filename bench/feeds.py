@@ -8,7 +8,7 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
 2. writes a synthetic state itself, in the workers' key layout (recstream/contracts/keys.py; no worker
    runs: the benchmark measures the reader), at a realistic size: 5,000 items in 21 segments'
    smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment, history and
-   personal candidates as long as the workers keep them (settings.history_cap and candidates_m), a
+   personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
    200-item seen set) and 5,000 cold users (segment only);
 3. starts the reader as a uvicorn subprocess (uvloop + httptools, access log off);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
@@ -69,8 +69,8 @@ _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 def populate(settings: Settings, seed: int = 7) -> None:
     """Write a realistic state in the workers' layout (the bench measures the reader, not the workers)."""
     rng = random.Random(seed)
-    k = Keys(settings.redis_prefix)
-    client = redis.Redis.from_url(settings.redis_url)
+    k = Keys(settings.redis.prefix)
+    client = redis.Redis.from_url(settings.redis.url)
     pipe = client.pipeline(transaction=False)
     items = [f"i{n}" for n in range(N_ITEMS)]
     pool = [f"n{n}" for n in range(N_POOL)]
@@ -93,12 +93,12 @@ def populate(settings: Settings, seed: int = 7) -> None:
         user = f"w{n}" if n < N_WARM else f"c{n}"
         pipe.hset(k("user:seg"), user, rng.choice(SEGMENTS))
         if n < N_WARM:
-            history = rng.sample(items, settings.history_cap)
+            history = rng.sample(items, settings.model.history_cap)
             pipe.set(
                 k.user(user, "hist"), orjson.dumps([[i, 1.0, 1_700_000_000_000 - j] for j, i in enumerate(history)])
             )
             pipe.zadd(k.user(user, "seen"), {i: 1_700_000_000_000 - j for j, i in enumerate(rng.sample(items, 200))})
-            ranked = rng.sample(items, settings.candidates_m)
+            ranked = rng.sample(items, settings.model.candidates_m)
             cand = [[i, round(1 - j / len(ranked), 5), rng.choice(history)] for j, i in enumerate(ranked)]
             pipe.set(k.user(user, "cand"), orjson.dumps(cand))
         if n % 500 == 499:

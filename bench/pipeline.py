@@ -55,13 +55,13 @@ class Pipeline:
         self.http = http
         self.worker = worker
         self.readers = readers
-        self.keys = Keys(settings.redis_prefix)
-        self.redis = Redis.from_url(settings.redis_url)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+        self.keys = Keys(settings.redis.prefix)
+        self.redis = Redis.from_url(settings.redis.url)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
         self.partitions = {
-            settings.events_topic: settings.events_partitions,
-            settings.items_topic: settings.items_partitions,
-            settings.users_topic: settings.users_partitions,
+            settings.kafka.events_topic: settings.kafka.events_partitions,
+            settings.kafka.items_topic: settings.kafka.items_partitions,
+            settings.kafka.users_topic: settings.kafka.users_partitions,
         }
         self.limits = {name: asyncio.Semaphore(READER_CONCURRENCY) for name in readers}
 
@@ -86,13 +86,13 @@ class Pipeline:
         for item in items:
             await self.producer.send_item(item)
         await self.producer.flush()
-        await self.caught_up([self.settings.users_topic, self.settings.items_topic])
+        await self.caught_up([self.settings.kafka.users_topic, self.settings.kafka.items_topic])
 
     async def publish(self, events: Sequence[Event]) -> None:
         """Publish events and wait until the worker applied them."""
         await self.producer.send_events(events)
         await self.producer.flush()
-        await self.caught_up([self.settings.events_topic])
+        await self.caught_up([self.settings.kafka.events_topic])
 
     async def candidates(self, users: Sequence[str]) -> list[list[str]]:
         """Each user's stored candidate list (items only, best first); [] when there is none yet."""
@@ -131,7 +131,7 @@ async def pipeline(settings: Settings, logs: Path, name: str, model: ModelArtifa
     try:
         for reader, overrides in (readers or {}).items():
             serving[reader] = Child(
-                "serve", settings.model_copy(update=overrides), logs / f"{name}-reader-{reader}.log"
+                "serve", settings.replace(**overrides), logs / f"{name}-reader-{reader}.log"
             )
         for child in serving.values():
             await asyncio.to_thread(child.wait_ready)

@@ -90,7 +90,7 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         run,
         worker_group=f"worker-{run}",
         redis_prefix=f"p{uuid.uuid4().hex[:8]}",
-        model_dir=base.run_dir / "models" / run,
+        model_dir=base.local.run_dir / "models" / run,
         reader_port=free_port(),
         worker_metrics_port=free_port(),
         pool_graduate_age_s=pool_age_for(FRESH_WORLD),

@@ -277,7 +277,7 @@ def configure(args: argparse.Namespace) -> tuple[ALSConfig, int, int]:
         view_weight=args.view_weight,
         click_weight=args.click_weight,
     )
-    return cfg, int(args.history_cap or settings.history_cap), int(args.candidates or settings.candidates_m)
+    return cfg, int(args.history_cap or settings.model.history_cap), int(args.candidates or settings.model.candidates_m)
 
 
 def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_cap: int, m: int,

@@ -45,21 +45,21 @@ def main() -> None:
     records = list(synthetic(args.events, seed=11))
     with services() as settings:
         asyncio.run(ensure_topics(settings))
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.redis.url)
         artifacts, _ = training.train(training.collect(records), ALSConfig(), holdout=0)
         asyncio.run(training.publish(settings, artifacts))
         users = [r for r in records if r.kind == "user"]
         asyncio.run(produce_backlog(settings, [r for r in records if r.kind != "event"]))
         worker = Child("worker", settings, LOGS / "worker-rebuild-catalogue.log")
-        while client.hlen(f"{settings.redis_prefix}:user:seg") < len(users):
+        while client.hlen(f"{settings.redis.prefix}:user:seg") < len(users):
             time.sleep(0.1)
         worker.stop()
         total = asyncio.run(produce_backlog(settings, [r for r in records if r.kind == "event"]))
-        live_rate, worker = time_backlog(settings, settings.redis_prefix, total)
+        live_rate, worker = time_backlog(settings, settings.redis.prefix, total)
         worker.stop()
-        live = dump_state(client, settings.redis_prefix)
+        live = dump_state(client, settings.redis.prefix)
         report = asyncio.run(rebuild(settings))
-        rebuilt = dump_state(client, settings.redis_prefix)
+        rebuilt = dump_state(client, settings.redis.prefix)
     differing = differing_keys(rebuilt, live)
     rate = report.events / report.seconds
 

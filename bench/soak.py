@@ -95,11 +95,11 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
     with services(session_ttl_s=args.session_ttl_s) as settings:
         LOGS.mkdir(parents=True, exist_ok=True)
         users, items, backlog = prepare(settings, args.history)
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.redis.url)
         worker = Child("worker", settings, LOGS / "soak-worker.log")
         reader = None
         try:
-            while applied(client, settings.redis_prefix) < backlog:
+            while applied(client, settings.redis.prefix) < backlog:
                 worker.check()
                 time.sleep(0.5)
             console.print(f"history of {backlog:,} events applied; model trained; starting the load")
@@ -111,7 +111,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
             deadline = started + (args.warmup_minutes + args.minutes) * 60  # wall clock: a slow interval runs long
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 while time.monotonic() < deadline:
-                    before, done_before, t0 = worker.metrics(), applied(client, settings.redis_prefix), time.monotonic()
+                    before, done_before, t0 = worker.metrics(), applied(client, settings.redis.prefix), time.monotonic()
                     feeds = pool.submit(
                         load, "open", reader.port, FEED_PATH, users, FEED_CONNECTIONS, args.feeds,
                         args.interval_s,
@@ -120,7 +120,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                     offered += sent
                     f = feeds.result()
                     elapsed = time.monotonic() - t0
-                    done = applied(client, settings.redis_prefix)
+                    done = applied(client, settings.redis.prefix)
                     fresh50, fresh99 = quantiles_ms(before, worker.metrics(), "recstream_worker_freshness_seconds")
                     info = client.info("memory")
                     samples.append(Sample(
