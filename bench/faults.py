@@ -71,9 +71,9 @@ async def model_keys(settings: Settings, workload: Workload) -> dict[str, bytes]
     records = [Record("item", i) for i in workload.items]
     records += [Record("event", e) for e in workload.events[: len(workload.events) // 3]]
     artifacts, _ = training.train(training.collect(records), ALSConfig(factors=16, iterations=10), holdout=0)
-    scratch = settings.model_copy(update={"redis_prefix": "model"})
+    scratch = settings.replace(redis_prefix="model")
     await training.publish(scratch, artifacts)
-    client = AsyncRedis.from_url(settings.redis_url)
+    client = AsyncRedis.from_url(settings.redis.url)
     try:
         return {key.decode()[len("model:") :]: await client.dump(key) async for key in client.scan_iter("model:*")}
     finally:
@@ -142,7 +142,7 @@ class FaultRun:
     rolled_back: int = 0  # applied events Redis lost in rollbacks (at least; re-applied from the log)
 
     def __post_init__(self) -> None:
-        self.redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=2, socket_connect_timeout=1)
+        self.redis = redis.Redis.from_url(self.settings.redis.url, socket_timeout=2, socket_connect_timeout=1)
 
     @classmethod
     async def open(cls, base: Settings, name: str, model: dict[str, bytes], logs: Path) -> FaultRun:
@@ -159,7 +159,7 @@ class FaultRun:
 
     @property
     def prefix(self) -> str:
-        return self.settings.redis_prefix
+        return self.settings.redis.prefix
 
     def start_worker(self) -> Child:
         self.workers.append(Child("worker", self.settings, self.logs / f"{self.prefix}-worker.log"))

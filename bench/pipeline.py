@@ -130,9 +130,7 @@ async def pipeline(settings: Settings, logs: Path, name: str, model: ModelArtifa
     serving: dict[str, Child] = {}
     try:
         for reader, overrides in (readers or {}).items():
-            serving[reader] = Child(
-                "serve", settings.replace(**overrides), logs / f"{name}-reader-{reader}.log"
-            )
+            serving[reader] = Child("serve", settings.replace(**overrides), logs / f"{name}-reader-{reader}.log")
         for child in serving.values():
             await asyncio.to_thread(child.wait_ready)
         async with EventProducer(settings) as producer, httpx.AsyncClient(timeout=10.0) as http:

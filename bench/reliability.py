@@ -75,7 +75,7 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
         model = asyncio.run(model_keys(base, workload))
         for name in names:
             run = asyncio.run(scenario_run(base, name, model, workload))
-            tally = score(run.redis, run.prefix, workload.events, run.settings.seen_cap)
+            tally = score(run.redis, run.prefix, workload.events, run.settings.worker.seen_cap)
             run.redis.close()
             lost, double = lost + tally.lost, double + tally.double
             rows.append((SCENARIOS[name].name, str(run.injections), f"{run.offered:,}", f"{tally.applied:,}",
@@ -85,7 +85,7 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
             rounded = [round(r, 2) for r in run.recoveries_s]
             print(f"{name}: recoveries {rounded} s, applied events rolled back {run.rolled_back}", flush=True)
         users = sorted({e.user_id for e in workload.events})
-        load, recoveries = asyncio.run(reader_outage(base.model_copy(update={"redis_prefix": names[0]}), users))
+        load, recoveries = asyncio.run(reader_outage(base.replace(redis_prefix=names[0]), users))
     failed = sum(load.failed.values())
     back = [r for r in recoveries if r is not None]
     rows.append((

@@ -54,7 +54,7 @@ async def produce_backlog(settings: Settings, records: list[Record]) -> int:
 
 
 async def raw_consume_rate(settings: Settings, total: int) -> float:
-    consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.kafka.events_topic, bootstrap_servers=settings.kafka.bootstrap,
                                 auto_offset_reset="earliest", group_id=None)  # fmt: skip
     await consumer.start()
     seen, started = 0, time.perf_counter()
@@ -75,7 +75,7 @@ def applied(client: redis.Redis, prefix: str) -> int:
 
 def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Child]:
     """Events/s from the first applied batch to the last, for a worker started on a full backlog."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
     while applied(client, prefix) == 0:
         time.sleep(0.01)
@@ -142,15 +142,11 @@ def main() -> None:
         asyncio.run(ensure_topics(base))
         total = asyncio.run(produce_backlog(base, records))
         raw = asyncio.run(raw_consume_rate(base, total))
-        counters = base.model_copy(update={"redis_prefix": "counters", "worker_group": "bench-counters"})
+        counters = base.replace(redis_prefix="counters", worker_group="bench-counters")
         counters_rate, worker = time_backlog(counters, "counters", total)
         worker.stop()
-        personal = base.model_copy(
-            update={
-                "redis_prefix": "personal",
-                "worker_group": "bench-personal",
-                "model_dir": ROOT / ".run" / "bench" / "models",
-            }
+        personal = base.replace(
+            redis_prefix="personal", worker_group="bench-personal", model_dir=ROOT / ".run" / "bench" / "models"
         )
         log = training.collect(records)
         artifacts, _ = training.train(log, ALSConfig(), holdout=0)
@@ -164,7 +160,7 @@ def main() -> None:
         worker.stop()
     fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
     cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
-    batches, batch_events, batch_ms = live_batches(before, after, personal.events_topic)
+    batches, batch_events, batch_ms = live_batches(before, after, personal.kafka.events_topic)
 
     table = Table(title=f"one worker, Kafka + Redis co-located ({machine()})")
     for column in ("measure", "value"):

@@ -19,7 +19,6 @@ from functools import partial
 import faust
 from faust.types import TP, EventT
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.processor import BatchProcessor, DeadLetter, Message
@@ -27,7 +26,9 @@ from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -36,27 +37,28 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> faust.App:
     """Build the worker app; every worker started from it joins one consumer group."""
     app = faust.App(
-        settings.worker_group,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        settings.worker.group,
+        broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         topic_allow_declare=False,
-        stream_buffer_maxsize=max(4 * settings.batch_max, 4096),
-        broker_commit_every=settings.batch_max,
+        stream_buffer_maxsize=max(4 * settings.worker.batch_max, 4096),
+        broker_commit_every=settings.worker.batch_max,
         broker_commit_interval=1.0,
         # faust's 60 s session would stall a crashed worker's partitions for a minute (bench/reliability.py)
-        broker_session_timeout=settings.worker_session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+        broker_session_timeout=settings.worker.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker.session_timeout_s / 3),
     )
     app.transport = ShortFetchTransport(
-        app.conf.broker_consumer, app, settings.fetch_max_wait_ms, settings.fetch_min_bytes
+        app.conf.broker_consumer, app, settings.worker.fetch_max_wait_ms, settings.worker.fetch_min_bytes
     )
-    redis = Redis.from_url(settings.redis_url, socket_timeout=30)
+    redis = Redis.from_url(settings.redis.url, socket_timeout=30)
     store = StateStore(redis, settings)
-    dlq = app.topic(settings.dlq_topic, value_serializer="raw", key_serializer="raw")
+    dlq = app.topic(settings.kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
 
     async def send_dead_letters(letters: list[DeadLetter]) -> None:
         futures = []
@@ -75,7 +77,11 @@ def create_app(settings: Settings) -> faust.App:
         kind: BatchProcessor(kind, store, settings, send_dead_letters, model, read_log)
         for kind in ("event", "item", "user")
     }
-    topics = {settings.events_topic: "event", settings.items_topic: "item", settings.users_topic: "user"}
+    topics = {
+        settings.kafka.events_topic: "event",
+        settings.kafka.items_topic: "item",
+        settings.kafka.users_topic: "user",
+    }
 
     @app.task
     async def item_feed() -> None:
@@ -98,7 +104,7 @@ def create_app(settings: Settings) -> faust.App:
 
     def agent_for(topic_name: str, kind: Kind) -> None:
         async def consume(stream: faust.StreamT) -> None:
-            async for batch in stream.take_events(settings.batch_max, within=settings.batch_wait_s):
+            async for batch in stream.take_events(settings.worker.batch_max, within=settings.worker.batch_wait_s):
                 await processors[kind].process(messages(batch))
 
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")

@@ -5,7 +5,7 @@ Items are broadcast: each worker reads *all* partitions of ``items`` from the be
 appends new items to its index at once. The faust ``items`` agent, by contrast, is
 partitioned across the group and writes the shared Redis item state.
 
-Fold-ins (streams/fold_ins.py) are broadcast too: each worker tails the fold-in log and
+Fold-ins (recstream/store/fold_ins.py) are broadcast too: each worker tails the fold-in log and
 replaces a graduated item's content vector in its own index; the worker whose batch graduated
 the item computes it.
 
@@ -26,7 +26,6 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream.models.artifacts import ArtifactError, read_model
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.personalize import Personalizer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +33,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.contracts.events import ItemEvent, decode
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.fold_ins import FoldInStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class LiveModel:
         self.settings = settings
         self.current: Personalizer | None = None
         self.items: dict[str, ItemEvent] = {}
-        self.fold_ins = FoldInStore(Redis.from_url(settings.redis_url, socket_timeout=30), settings.redis_prefix)
+        self.fold_ins = FoldInStore(Redis.from_url(settings.redis.url, socket_timeout=30), settings.redis.prefix)
         self._early: dict[str, dict[str, np.ndarray]] = {}  # version not served yet → item → logged fold-in
         self._log_position: str | None = None  # the fold-in log's last id this worker has read
         self._failed: str | None = None
@@ -71,7 +72,7 @@ class LiveModel:
 
     async def _load(self, version: str) -> None:
         try:
-            artifacts = await asyncio.to_thread(read_model, self.settings.model_dir, version)
+            artifacts = await asyncio.to_thread(read_model, self.settings.model.dir, version)
         except (ArtifactError, OSError) as exc:
             log.error("cannot load model %s, keeping %s: %s", version, self.current and self.current.version, exc)
             self._failed = version
@@ -80,7 +81,7 @@ class LiveModel:
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
         stored = await self.fold_ins.stored(version)
         # no await from here to the swap: no item or fold-in can slip in between
-        fresh = Personalizer(version, artifacts, self.settings.history_cap, self.settings.candidates_m)
+        fresh = Personalizer(version, artifacts, self.settings.model.history_cap, self.settings.model.candidates_m)
         for item in self.items.values():
             fresh.apply_item(item)
         # the log follower kept what it read meanwhile for this version (stored after the read above)
@@ -103,7 +104,7 @@ class LiveModel:
 
     async def fold_in(self, items: list[str]) -> None:
         """Fold in graduated items (a batch returned them as pending): each one's vector from its users'
-        vectors, applied here at once, then stored and logged for every worker (streams/fold_ins.py)."""
+        vectors, applied here at once, then stored and logged for every worker (recstream/store/fold_ins.py)."""
         personalizer = self.current
         if personalizer is None or not items:
             return
@@ -164,12 +165,12 @@ async def follow_items(settings: Settings, model: LiveModel) -> None:
 
 async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
     """Apply every item event of every partition, from the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
         cluster = await consumer._client.fetch_all_metadata()
-        topic = settings.items_topic
+        topic = settings.kafka.items_topic
         partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)

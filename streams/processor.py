@@ -2,7 +2,7 @@
 
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
-are dropped first (already applied, see streams/state.py); a bad record goes to the
+are dropped first (already applied, see recstream/store/state.py); a bad record goes to the
 dead-letter topic with its reason and never stops the batch.
 
 Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a
@@ -224,7 +224,9 @@ class BatchProcessor:
         users = list(dict.fromkeys(e.user_id for e in events))
         context = await self.store.read_users(users)
         s = self.settings
-        effect.counters = aggregate(events, context.segments, s.trend_half_life_s * 1000, s.trend_epoch_half_lives)
+        effect.counters = aggregate(
+            events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives
+        )
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:
             return []

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 
 MAX_IN_FLIGHT = 2_000  # unacknowledged messages before send() waits for the oldest
 DELIVERY_TIMEOUT_MS = 120_000
@@ -38,12 +39,12 @@ class EventProducer:
 
     def __init__(self, settings: Settings, *, batch_events: int | None = None) -> None:
         self.settings = settings
-        self.batch_events = batch_events or settings.producer_batch_events
+        self.batch_events = batch_events or settings.kafka.producer_batch_events
         self._kafka = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_options(settings.kafka),
             acks="all",
             enable_idempotence=True,
-            linger_ms=settings.producer_linger_ms,
+            linger_ms=settings.kafka.producer_linger_ms,
             max_batch_size=1 << 20,
             max_request_size=4 << 20,
             request_timeout_ms=DELIVERY_TIMEOUT_MS,  # also each batch's time to live in aiokafka
@@ -54,7 +55,11 @@ class EventProducer:
         self.messages_sent = 0
 
     async def __aenter__(self) -> EventProducer:
-        await self._kafka.start()
+        try:
+            await self._kafka.start()
+        except BaseException:
+            await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -67,7 +72,7 @@ class EventProducer:
 
     async def send_events(self, events: Iterable[Event]) -> None:
         """Buffer events per partition; a full buffer becomes one micro-batch message."""
-        partitions = self.settings.events_partitions
+        partitions = self.settings.kafka.events_partitions
         for event in events:
             part = partition_for(event.user_id, partitions)
             buffer = self._buffers.setdefault(part, [])
@@ -76,10 +81,10 @@ class EventProducer:
                 await self._send_buffer(part)
 
     async def send_item(self, item: ItemEvent) -> None:
-        await self._send(self.settings.items_topic, item.item_id, encode(item))
+        await self._send(self.settings.kafka.items_topic, item.item_id, encode(item))
 
     async def send_user(self, user: UserEvent) -> None:
-        await self._send(self.settings.users_topic, user.user_id, encode(user))
+        await self._send(self.settings.kafka.users_topic, user.user_id, encode(user))
 
     async def flush(self) -> int:
         """Send partial micro-batches and wait until the broker acknowledged every message."""
@@ -93,7 +98,7 @@ class EventProducer:
         buffer = self._buffers.pop(part, [])
         if not buffer:
             return
-        await self._send(self.settings.events_topic, buffer[0].user_id, encode(buffer), partition=part)
+        await self._send(self.settings.kafka.events_topic, buffer[0].user_id, encode(buffer), partition=part)
         self.events_sent += len(buffer)
 
     async def _send(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:

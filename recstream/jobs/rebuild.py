@@ -2,7 +2,7 @@
 
 The topics are the source of truth (``events`` kept forever, ``items`` and ``users`` compacted
 to the latest value of each id), and every derived value is a function of the log applied in
-order (streams/state.py). So with the workers stopped the rebuild
+order (recstream/store/state.py). So with the workers stopped the rebuild
 
 1. refuses while the worker group has members (a worker would write while keys are deleted);
 2. deletes every key under the prefix except :data:`recstream.contracts.keys.NOT_DERIVED`;
@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 
 from recstream.contracts.keys import NOT_DERIVED, Keys
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
@@ -62,13 +63,13 @@ async def active_members(settings: Settings, timeout_s: float = 30.0) -> list[st
     A broker that never had a consumer group answers "coordinator not available" until it has created
     its offsets topic (the first request starts that): retriable errors are retried for ``timeout_s``.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
     await admin.start()
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             try:
-                responses = await admin.describe_consumer_groups([settings.worker_group])
+                responses = await admin.describe_consumer_groups([settings.worker.group])
                 break
             except KafkaError as exc:
                 if not exc.retriable or time.monotonic() > deadline:
@@ -84,17 +85,17 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
     members = await active_members(settings)
     if members:
         raise RebuildError(
-            f"consumer group {settings.worker_group} has {len(members)} active member(s) ({', '.join(members)}): "
+            f"consumer group {settings.worker.group} has {len(members)} active member(s) ({', '.join(members)}): "
             "stop the workers first (a killed worker counts until its session times out)"
         )
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis.url)
     try:
         version, artifacts = await _current_model(settings, redis)  # before deleting: a broken model stops here
-        deleted = await delete_derived(redis, Keys(settings.redis_prefix))
+        deleted = await delete_derived(redis, Keys(settings.redis.prefix))
         if artifacts is not None:
             await training.activate(settings, artifacts, version)
         messages, invalid, ends = await _replay(settings, redis, progress)
-        totals = await redis.hmget(Keys(settings.redis_prefix)("totals"), "views", "clicks")
+        totals = await redis.hmget(Keys(settings.redis.prefix)("totals"), "views", "clicks")
     finally:
         await redis.aclose()
     await commit_offsets(settings, ends)
@@ -117,11 +118,11 @@ async def delete_derived(redis: Redis, keys: Keys) -> int:
 
 async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, ModelArtifacts | None]:
     """``model:current``, else the newest version on disk (Redis lost the pointer), else none."""
-    current = await redis.get(Keys(settings.redis_prefix)("model:current"))
-    version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model_dir)
+    current = await redis.get(Keys(settings.redis.prefix)("model:current"))
+    version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model.dir)
     if version is None:
         return None, None
-    return version, await asyncio.to_thread(read_model, settings.model_dir, version)
+    return version, await asyncio.to_thread(read_model, settings.model.dir, version)
 
 
 async def _replay(
@@ -140,14 +141,14 @@ async def _replay(
     ends: dict[tuple[str, int], int] = {}
     try:
         async with open_log(settings) as consumer:
-            for topic, kind in ((settings.users_topic, "user"), (settings.items_topic, "item"),
-                                (settings.events_topic, "event")):  # fmt: skip
+            for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
+                                (settings.kafka.events_topic, "event")):  # fmt: skip
                 ranges = await whole_topic(consumer, topic)
                 ends.update({tp: end for tp, (_, end) in ranges.items()})
                 total = sum(end for _, end in ranges.values())
                 processor = BatchProcessor(kind, store, settings, count_dead_letters, model)
                 messages[topic] = 0
-                async for chunk in read(consumer, ranges, settings.batch_max):
+                async for chunk in read(consumer, ranges, settings.worker.batch_max):
                     await processor.process(chunk)
                     messages[topic] += len(chunk)
                     if progress is not None:

@@ -16,7 +16,7 @@ The effectively-once argument
   then re-reads the watermarks, drops what is now covered and retries: no batch is applied
   twice even with two writers.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
-  final state does not depend on where batches were cut (see streams/aggregate.py and
+  final state does not depend on where batches were cut (see recstream/store/aggregate.py and
   models/ctr.py for the rankings).
 """
 
@@ -67,7 +67,7 @@ class Applied:
     prior: float
     full_rescore: bool
     graduated: list[str]
-    fold_ins: list[str]  # graduated items waiting for their fold-in (streams/fold_ins.py)
+    fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
 
 
 class StateStore:
@@ -75,20 +75,20 @@ class StateStore:
 
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys(settings.redis.prefix)
         self.settings = settings
         self._script = redis.register_script(SCRIPT)
         self._histories: dict[str, History] = {}
         self._cfg = {
-            "m": settings.ctr_prior_mass,
-            "default_ctr": settings.ctr_default,
-            "default_mass": settings.ctr_default_mass,
-            "log_step": math.log1p(settings.ctr_prior_step),
-            "trend_ttl_s": 3 * settings.trend_half_life_s * settings.trend_epoch_half_lives,
-            "graduate_views": settings.pool_graduate_views,
-            "graduate_age_ms": settings.pool_graduate_age_s * 1000,
-            "seen_cap": settings.seen_cap,
-            "item_users_cap": settings.fold_in_users,
+            "m": settings.model.ctr_prior_mass,
+            "default_ctr": settings.model.ctr_default,
+            "default_mass": settings.model.ctr_default_mass,
+            "log_step": math.log1p(settings.model.ctr_prior_step),
+            "trend_ttl_s": 3 * settings.model.trend_half_life_s * settings.model.trend_epoch_half_lives,
+            "graduate_views": settings.pool.graduate_views,
+            "graduate_age_ms": settings.pool.graduate_age_s * 1000,
+            "seen_cap": settings.worker.seen_cap,
+            "item_users_cap": settings.pool.fold_in_users,
         }
 
     async def watermarks(self) -> dict[str, int]:
@@ -112,7 +112,7 @@ class StateStore:
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
         for user, raw in zip(missing, fetched[0] if fetched else [], strict=True):
             if raw is not None:
-                histories[user] = history_from_rows(orjson.loads(raw), self.settings.history_cap)
+                histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
         return UserContext(
             segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
             histories=histories,
@@ -124,7 +124,7 @@ class StateStore:
         for user, history in histories.items():
             self._histories.pop(user, None)
             self._histories[user] = history
-        while len(self._histories) > self.settings.history_cache_users:
+        while len(self._histories) > self.settings.worker.history_cache_users:
             del self._histories[next(iter(self._histories))]
 
     def forget_histories(self) -> None:

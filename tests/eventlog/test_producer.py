@@ -14,7 +14,7 @@ T0 = 1_700_000_000_000
 
 
 async def consume_all(settings: Settings, topic: str, kind: Kind, expected: int) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     messages = []
     try:
@@ -44,12 +44,12 @@ async def test_round_trip_through_the_broker_keeps_per_user_order(isolated_setti
             await producer.send_user(user)
         assert await producer.flush() == len(events)
 
-    messages = await consume_all(settings, settings.events_topic, "event", len(events))
+    messages = await consume_all(settings, settings.kafka.events_topic, "event", len(events))
     got: dict[str, list[Event]] = defaultdict(list)
     for message in messages:
         valid, rejected = decode(message.value, "event", T0 * 2)
         assert rejected == []
-        assert {partition_for(e.user_id, settings.events_partitions) for e in valid} == {message.partition}
+        assert {partition_for(e.user_id, settings.kafka.events_partitions) for e in valid} == {message.partition}
         for event in valid:
             got[event.user_id].append(event)
     want: dict[str, list[Event]] = defaultdict(list)
@@ -57,9 +57,9 @@ async def test_round_trip_through_the_broker_keeps_per_user_order(isolated_setti
         want[event.user_id].append(event)
     assert got == want
 
-    item_messages = await consume_all(settings, settings.items_topic, "item", len(items))
+    item_messages = await consume_all(settings, settings.kafka.items_topic, "item", len(items))
     assert [decode(m.value, "item", T0 * 2)[0][0] for m in item_messages] == items
-    user_messages = await consume_all(settings, settings.users_topic, "user", len(users))
+    user_messages = await consume_all(settings, settings.kafka.users_topic, "user", len(users))
     assert sorted((decode(m.value, "user", T0 * 2)[0][0] for m in user_messages), key=lambda u: u.user_id) == sorted(
         users, key=lambda u: u.user_id
     )

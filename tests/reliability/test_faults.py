@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 async def test_state_after_faults_equals_a_clean_run(scenario, fault_run, workload, clean_state):
     run = await fault_run(scenario)
     await run_scenario(run, workload, SCENARIOS[scenario])
-    tally = score(run.redis, run.prefix, workload.events, run.settings.seen_cap)
+    tally = score(run.redis, run.prefix, workload.events, run.settings.worker.seen_cap)
     assert run.injections == SCENARIOS[scenario].times
     assert (run.rolled_back > 0) == (scenario == "redis-rollback"), "the rollback lost applied events"
     assert (run.offered, run.acked, tally.applied) == (len(workload.events),) * 3
@@ -36,7 +36,7 @@ async def test_reader_under_load_answers_every_feed_while_redis_is_down_and_reco
 ):
     """40 feeds/s while the reader's Redis is SIGKILLed and restarted twice: only 200s, degraded while
     Redis is dead, normal again by themselves once it answers."""
-    reader = Child("serve", fault_services.model_copy(update={"redis_prefix": "clean"}), tmp_path / "reader.log")
+    reader = Child("serve", fault_services.replace(redis_prefix="clean"), tmp_path / "reader.log")
     try:
         reader.wait_ready()
         users = sorted({e.user_id for e in workload.events})

@@ -49,10 +49,10 @@ async def publish(settings: Settings, users=(), items=(), events=(), batch_event
 
 async def publish_raw(settings: Settings, value: bytes, key: bytes) -> None:
     """Bytes onto the events topic as they are (the producer would refuse invalid ones): a message to dead-letter."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()
     try:
-        await producer.send_and_wait(settings.events_topic, value, key=key)
+        await producer.send_and_wait(settings.kafka.events_topic, value, key=key)
     finally:
         await producer.stop()
 
@@ -63,15 +63,13 @@ def applied_events(client: redis.Redis, prefix: str) -> int:
 
 
 def for_prefix(settings: Settings, prefix: str, **more) -> Settings:
-    return settings.model_copy(
-        update={"redis_prefix": prefix, "worker_group": f"{settings.worker_group}-{prefix}", **more}
-    )
+    return settings.replace(redis_prefix=prefix, worker_group=f"{settings.worker.group}-{prefix}", **more)
 
 
 async def trained(
     settings: Settings, tmp_path: Path, events: list[Event], items: list[ItemEvent], candidates_m: int = 20
 ) -> tuple[Settings, str]:
-    settings = settings.model_copy(update={"model_dir": tmp_path / "models", "candidates_m": candidates_m})
+    settings = settings.replace(model_dir=tmp_path / "models", candidates_m=candidates_m)
     log = training.collect([Record("item", i) for i in items] + [Record("event", e) for e in events])
     artifacts, _ = training.train(log, ALSConfig(factors=16, iterations=15, random_state=1), holdout=0)
     return settings, await training.publish(settings, artifacts)

@@ -293,12 +293,16 @@ def generate(now_ms: int, n_hostile: int = N_HOSTILE) -> list[Outgoing]:
 
 
 def topic_of(settings: Settings) -> Callable[[Kind], str]:
-    return {"event": settings.events_topic, "item": settings.items_topic, "user": settings.users_topic}.__getitem__
+    return {
+        "event": settings.kafka.events_topic,
+        "item": settings.kafka.items_topic,
+        "user": settings.kafka.users_topic,
+    }.__getitem__
 
 
 async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
     """Send every message (acks=all), in order per topic and key; returns each one's ``topic:partition:offset``."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=4 << 20,
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", max_request_size=4 << 20,
                                 max_batch_size=1 << 20, linger_ms=5)  # fmt: skip
     topic = topic_of(settings)
     await producer.start()
@@ -311,7 +315,7 @@ async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
 
 
 async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.0) -> list:
-    consumer = AIOKafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.kafka.dlq_topic, bootstrap_servers=settings.kafka.bootstrap,
                                 auto_offset_reset="earliest", fetch_max_bytes=64 << 20)  # fmt: skip
     await consumer.start()
     letters: list = []
@@ -340,7 +344,7 @@ def test_labels_agree_with_the_contract_module():
 
 async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_once(isolated_settings, worker_factory):
     settings = isolated_settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     now_ms = int(time.time() * 1000)
     messages = generate(now_ms)
     valid = {kind: [o for m in messages if m.kind == kind for o in m.valid] for kind in ("event", "item", "user")}
@@ -383,7 +387,7 @@ async def test_an_id_that_spells_another_keys_name_goes_to_the_dlq(isolated_sett
     stopped the worker after every restart. Ids may not hold ':', the key separator; the event is dead-lettered."""
     users, items, events = world(n_users=20, n_items=20, n_events=400)
     settings, _ = await trained(isolated_settings, tmp_path, events, items)  # writes rs:item:i<k>:similar lists
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker = worker_factory(settings)
     await publish(settings, users=users, items=items)
     await publish(settings, events=[Event.model_construct(type="view", user_id="u1", item_id="i1:similar", ts=T0),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 from urllib.request import urlopen
 
 import numpy as np
@@ -29,11 +29,23 @@ from tests.streams.scenario import T0, applied_events, for_prefix, publish, trai
 
 pytestmark = pytest.mark.integration
 
+KILLS = 3
+
+
+class Kill(NamedTuple):
+    """The applied-events counter just before a SIGKILL. Above ``before`` (the events published before the
+    previous kill, the most the worker killed then can have applied): the worker started after it applied a
+    batch. Below ``published`` (the events published so far): the killed worker was still applying."""
+
+    before: int
+    applied: int
+    published: int
+
 
 async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolated_settings, worker_factory):
     settings = isolated_settings
     users, items, events = world(n_users=60, n_items=40, n_events=4_000)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker_factory(settings)
     await publish(settings, users=users, items=items)
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
@@ -48,10 +60,10 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
     assert {k.decode(): int(v) for k, v in client.hgetall("rs:views").items()} == dict(views)
     assert {k.decode(): int(v) for k, v in client.hgetall("rs:clicks").items()} == dict(clicks)
 
-    m = settings.ctr_prior_mass
+    m = settings.model.ctr_prior_mass
     q = quantized_global_ctr(
-        sum(clicks.values()), sum(views.values()), rel_step=settings.ctr_prior_step,
-        default_ctr=settings.ctr_default, default_mass=settings.ctr_default_mass,
+        sum(clicks.values()), sum(views.values()), rel_step=settings.model.ctr_prior_step,
+        default_ctr=settings.model.ctr_default, default_mass=settings.model.ctr_default_mass,
     )  # fmt: skip
     expected = {i: (clicks[i] + m * q) / (views[i] + m) for i in views}
     assert {k.decode(): v for k, v in client.zrange("rs:rank", 0, -1, withscores=True)} == expected
@@ -62,32 +74,39 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
 
 
 async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_factory, tmp_path):
-    """SIGKILL a worker several times during a 100k+-event replay; its state equals a clean run's:
-    counters, rankings and pool exactly, user vectors to 1e-6, the same candidate lists."""
+    """SIGKILL a worker three times during a replay of 100k views and their clicks; its state equals a clean
+    run's: counters, rankings and pool exactly, user vectors to 1e-6, the same candidate lists.
+
+    The replay is published a quarter at a time (as bench/faults.py holds its stream per injection), and each
+    kill lands once the counter passed the events published before the previous kill and before it reaches
+    the events published so far: every kill hits a worker applying its quarter, each after the replacement
+    started at the previous kill got partitions and applied a batch (see :class:`Kill`). A 6 s consumer
+    session (``worker_session_timeout_s``, the broker's minimum; 10 s by default) is how long each
+    replacement waits for the dead member's partitions."""
     users, items, events = world(n_users=500, n_items=300, n_events=100_000, seed=2)
-    base = isolated_settings.model_copy(update={"batch_max": 40, "pool_graduate_views": 300})
-    client = redis.Redis.from_url(base.redis_url)
+    base = isolated_settings.replace(batch_max=40, pool_graduate_views=300, worker_session_timeout_s=6)
+    client = redis.Redis.from_url(base.redis.url)
     clean, killed = await clean_and_other(base, "killed", tmp_path, events[:20_000], items, client)
     await publish(base, users=users, items=items)
     worker = worker_factory(killed)
     worker_factory(clean)
     for prefix in ("clean", "killed"):  # segments first, so both runs count events in the same segments
         wait_until(lambda p=prefix: client.hlen(f"{p}:user:seg") == len(users), what=f"{prefix} segments")
-    await publish(base, events=events, batch_events=20)
-    total = len(events)
 
-    rng = random.Random(3)
-    kills = 0
-    while applied_events(client, "killed") < total and kills < 4:
-        before = applied_events(client, "killed")
-        time.sleep(rng.uniform(1.5, 5.0))
-        if 0 < applied_events(client, "killed") < total or before == 0:
-            worker.kill()
-            kills += 1
-            worker = worker_factory(killed)
-    wait_until(lambda: applied_events(client, "killed") == total, timeout_s=180, what="killed run to finish")
-    wait_until(lambda: applied_events(client, "clean") == total, timeout_s=180, what="clean run to finish")
-    assert kills >= 3
+    kills: list[Kill] = []
+    published = 0
+    for k in range(KILLS):
+        before, published = published, len(events) * (k + 1) // (KILLS + 1)
+        await publish(base, events=events[before:published], batch_events=20)
+        wait_until(lambda b=before: applied_events(client, "killed") > b, timeout_s=90,
+                   what=f"a batch of kill {k + 1}'s worker")  # fmt: skip
+        kills.append(Kill(before, applied_events(client, "killed"), published))
+        worker.kill()
+        worker = worker_factory(killed)
+    await publish(base, events=events[published:], batch_events=20)
+    for prefix in ("killed", "clean"):
+        wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=180, what=f"{prefix} run")
+    assert len([kill for kill in kills if kill.before < kill.applied < kill.published]) >= KILLS, kills
     killed_state, clean_state = dump_state(client, "killed"), dump_state(client, "clean")
     assert sum(key.endswith(":vec") for key in clean_state) == len(users)
     assert differing_keys(killed_state, clean_state) == []
@@ -98,7 +117,7 @@ async def clean_and_other(
 ) -> tuple[Settings, Settings]:
     """Settings of a clean run (prefix ``clean``) and of another (prefix ``other``) serving the same model version."""
     clean, version = await trained(for_prefix(base, "clean"), tmp_path, history, items)
-    copy = for_prefix(base, other, model_dir=clean.model_dir, candidates_m=clean.candidates_m)
+    copy = for_prefix(base, other, model_dir=clean.model.dir, candidates_m=clean.model.candidates_m)
     for key in client.scan_iter(match="clean:item:*"):
         client.set(other.encode() + key[len("clean") :], client.get(key))
     client.set(f"{other}:model:current", version)
@@ -112,7 +131,7 @@ async def test_redis_losing_a_window_is_repaired_from_the_log(isolated_settings,
     assignment, before any new message) or keeps running (repair when the next batch finds the watermark
     behind), the lost window is re-applied from the log and the final state equals a clean run's."""
     users, items, events = world(n_users=150, n_items=80, n_events=9_000, seed=6)
-    client = redis.Redis.from_url(isolated_settings.redis_url)
+    client = redis.Redis.from_url(isolated_settings.redis.url)
     clean, lossy = await clean_and_other(isolated_settings, "lossy", tmp_path, events[:3_000], items, client)
     await publish(isolated_settings, users=users, items=items)
     worker = worker_factory(lossy)
@@ -149,25 +168,25 @@ async def test_redis_losing_a_window_is_repaired_from_the_log(isolated_settings,
 
 async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolated_settings, worker_factory):
     settings = isolated_settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker_factory(settings)
     good = b'{"type":"view","user_id":"u1","item_id":"i1","ts":%d}' % T0
     bad_json = b"{oops"
     unsafe_id = b'{"type":"view","user_id":"u 1","item_id":"i1","ts":%d}' % T0
     click = b'{"type":"click","user_id":"u2","item_id":"i1","ts":%d}' % T0
     mixed = b"[%s, %s, %s]" % (good, unsafe_id, click)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()
     try:
         for value in (bad_json, mixed, b"[]", b'"text"'):
-            await producer.send_and_wait(settings.events_topic, value, key=b"u1")
+            await producer.send_and_wait(settings.kafka.events_topic, value, key=b"u1")
         wait_until(lambda: applied_events(client, "rs") == 2, what="valid events of the mixed batch")
-        await producer.send_and_wait(settings.events_topic, good, key=b"u1")
+        await producer.send_and_wait(settings.kafka.events_topic, good, key=b"u1")
         wait_until(lambda: applied_events(client, "rs") == 3, what="the worker to keep consuming")
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(settings.dlq_topic, bootstrap_servers=settings.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(settings.kafka.dlq_topic, bootstrap_servers=settings.kafka.bootstrap,
                                 auto_offset_reset="earliest")  # fmt: skip
     await consumer.start()
     try:
@@ -187,8 +206,8 @@ async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolate
 
 
 async def test_pool_graduation_and_unavailability(isolated_settings, worker_factory):
-    settings = isolated_settings.model_copy(update={"pool_graduate_views": 5, "pool_graduate_age_s": 3600})
-    client = redis.Redis.from_url(settings.redis_url)
+    settings = isolated_settings.replace(pool_graduate_views=5, pool_graduate_age_s=3600)
+    client = redis.Redis.from_url(settings.redis.url)
     worker_factory(settings)
     items = [ItemEvent(op="new", item_id=i, ts=T0, created_ts=T0, categories=["news"]) for i in ("hot", "old", "gone")]
     await publish(settings, users=[UserEvent(user_id="u1", ts=T0, attributes={"age": 30, "gender": "F"})], items=items)
@@ -214,7 +233,7 @@ async def test_pool_graduation_and_unavailability(isolated_settings, worker_fact
 async def test_two_workers_share_partitions_and_match_one(isolated_settings, worker_factory):
     users, items, events = world(n_users=200, n_items=100, n_events=20_000, seed=4)
     one, two = for_prefix(isolated_settings, "one"), for_prefix(isolated_settings, "two")
-    client = redis.Redis.from_url(isolated_settings.redis_url)
+    client = redis.Redis.from_url(isolated_settings.redis.url)
     await publish(isolated_settings, users=users, items=items)
     worker_factory(one)
     wait_until(lambda: client.hlen("one:user:seg") == len(users), what="segments (one)")
@@ -225,9 +244,9 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     for prefix in ("one", "two"):
         wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} done")
     partitions = {k.decode() for k in client.hgetall("two:wm")}
-    assert len([p for p in partitions if p.startswith("events")]) == isolated_settings.events_partitions
+    assert len([p for p in partitions if p.startswith("events")]) == isolated_settings.kafka.events_partitions
     one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
-    assert [k for k in one_state if one_state[k] != two_state.get(k)] == []
+    assert differing_keys(one_state, two_state) == []
     assert np.isfinite(float(client.get("two:prior")))
 
 
@@ -235,9 +254,9 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
     """The consumer is at offset 2 of a partition Redis knows nothing of: offsets 0 and 1 are read from the log
     first. While the log cannot be read the batch is retried, never applied without its gap."""
     settings = isolated_settings
-    topic = settings.events_topic
+    topic = settings.kafka.events_topic
     values = [b'{"type":"view","user_id":"u1","item_id":"i%d","ts":%d}' % (k, T0 + k) for k in range(3)]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()
     try:
         for value in values:
@@ -248,8 +267,8 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
     async def no_dead_letters(letters: list[DeadLetter]) -> None:
         raise AssertionError(letters)
 
-    client = AsyncRedis.from_url(settings.redis_url)
-    unreachable = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    client = AsyncRedis.from_url(settings.redis.url)
+    unreachable = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
                                read_log=partial(read_ranges, unreachable))  # fmt: skip
     try:
@@ -262,4 +281,4 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
     finally:
         await client.aclose()
     assert sorted(seen) == [b"i0", b"i1", b"i2"]
-    assert applied_events(redis.Redis.from_url(settings.redis_url), "rs") == 3
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
