@@ -145,12 +145,8 @@ def main() -> None:
         counters = base.replace(redis_prefix="counters", worker_group="bench-counters")
         counters_rate, worker = time_backlog(counters, "counters", total)
         worker.stop()
-        personal = base.model_copy(
-            update={
-                "redis_prefix": "personal",
-                "worker_group": "bench-personal",
-                "model_dir": ROOT / ".run" / "bench" / "models",
-            }
+        personal = base.replace(
+            redis_prefix="personal", worker_group="bench-personal", model_dir=ROOT / ".run" / "bench" / "models"
         )
         log = training.collect(records)
         artifacts, _ = training.train(log, ALSConfig(), holdout=0)

@@ -63,9 +63,7 @@ def applied_events(client: redis.Redis, prefix: str) -> int:
 
 
 def for_prefix(settings: Settings, prefix: str, **more) -> Settings:
-    return settings.model_copy(
-        update={"redis_prefix": prefix, "worker_group": f"{settings.worker.group}-{prefix}", **more}
-    )
+    return settings.replace(redis_prefix=prefix, worker_group=f"{settings.worker.group}-{prefix}", **more)
 
 
 async def trained(
