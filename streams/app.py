@@ -19,7 +19,6 @@ from functools import partial
 import faust
 from faust.types import TP, EventT
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.processor import BatchProcessor, DeadLetter, Message
@@ -27,7 +26,9 @@ from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker.group,
         broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,

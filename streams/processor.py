@@ -2,7 +2,7 @@
 
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
-are dropped first (already applied, see streams/state.py); a bad record goes to the
+are dropped first (already applied, see recstream/store/state.py); a bad record goes to the
 dead-letter topic with its reason and never stops the batch. An events batch also trains the online
 ranker of each partition it holds (streams/ranker_training.py): the states are read with the batch's
 users and written by the same script as the partitions' watermarks.

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from recstream.contracts.experiments import Experiment
 
@@ -58,6 +58,17 @@ class KafkaSettings(Section):
     )
     producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
     producer_linger_ms: int = Field(5, ge=0, le=10_000, description="how long the producer waits to fill a batch")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client (worker, producer, reader, jobs, infra) talks to the brokers"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism for SASL_PLAINTEXT / SASL_SSL"
+    )
+    sasl_username: str | None = Field(None, description="SASL user (needed for SASL_*)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (needed for SASL_*)")
+    ssl_cafile: Path | None = Field(None, description="CA file that signed the brokers' certificates (SSL, SASL_SSL)")
+    ssl_certfile: Path | None = Field(None, description="client certificate for mutual TLS (with ssl_keyfile)")
+    ssl_keyfile: Path | None = Field(None, description="client private key for mutual TLS (with ssl_certfile)")
 
     @field_validator("bootstrap")
     @classmethod
@@ -67,6 +78,18 @@ class KafkaSettings(Section):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and (self.sasl_username is None or self.sasl_password is None):
+            raise ValueError(f"{self.security_protocol} needs RECSTREAM_SASL_USERNAME and RECSTREAM_SASL_PASSWORD")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("mutual TLS needs both RECSTREAM_SSL_CERTFILE and RECSTREAM_SSL_KEYFILE")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
 
     @property
     def port(self) -> int:
@@ -106,6 +129,7 @@ class WorkerSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {
         "group": "worker_group",
         "session_timeout_s": "worker_session_timeout_s",
+        "metrics_host": "worker_metrics_host",
         "metrics_port": "worker_metrics_port",
     }
 
@@ -116,6 +140,9 @@ class WorkerSettings(Section):
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
     session_timeout_s: float = Field(
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)"
     )
     metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
@@ -222,6 +249,10 @@ class LocalSettings(Section):
 
     run_dir: Path = Field(Path(".run"), description="pid files, logs and data of locally started services")
     cache_dir: Path = Field(Path(".cache"), description="downloaded Kafka jars")
+    kafka_server_properties: Path | None = Field(
+        None,
+        description="lines appended to the local broker's server.properties (a secured listener's keystore, users)",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -272,6 +303,12 @@ class Settings(BaseModel):
             return Settings.model_validate(_nested(values, self))
         except ValidationError as exc:
             raise SettingsError(_lines(exc)) from None
+
+    def model_copy(self, *, update: Mapping[str, object] | None = None, deep: bool = False) -> Settings:
+        """Refuses ``update``: pydantic would set flat names as stray attributes nothing reads; use :meth:`replace`."""
+        if update:
+            raise TypeError(f"Settings.model_copy(update=...) ignores {sorted(update)}: use settings.replace(...)")
+        return super().model_copy(deep=deep)
 
     def on_topics(self, suffix: str, **more: object) -> Settings:
         """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark

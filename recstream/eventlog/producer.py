@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 
 MAX_IN_FLIGHT = 2_000  # unacknowledged messages before send() waits for the oldest
 DELIVERY_TIMEOUT_MS = 120_000
@@ -40,7 +41,7 @@ class EventProducer:
         self.settings = settings
         self.batch_events = batch_events or settings.kafka.producer_batch_events
         self._kafka = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap,
+            **client_options(settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka.producer_linger_ms,
@@ -54,7 +55,11 @@ class EventProducer:
         self.messages_sent = 0
 
     async def __aenter__(self) -> EventProducer:
-        await self._kafka.start()
+        try:
+            await self._kafka.start()
+        except BaseException:
+            await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

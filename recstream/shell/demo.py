@@ -2,7 +2,7 @@
 
 Brings up Kafka and Redis (if not running), publishes the world's recent history, trains a first
 model on it, starts a worker and the reader as child processes, then runs the closed-loop
-simulator (recstream/simulator.py) against the reader: simulated users fetch feeds over HTTP,
+simulator (recstream/sim/simulator.py) against the reader: simulated users fetch feeds over HTTP,
 view and click with their true probabilities and report it through ``POST /v1/events``; new items
 keep arriving. A panel shows what the system does. On exit (``--seconds`` or Ctrl-C) it stops
 exactly the processes it started, by pid (and the services, if it started them), and prints a

@@ -16,7 +16,7 @@ The effectively-once argument
   then re-reads the watermarks, drops what is now covered and retries: no batch is applied
   twice even with two writers.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
-  final state does not depend on where batches were cut (see streams/aggregate.py and
+  final state does not depend on where batches were cut (see recstream/store/aggregate.py and
   models/ctr.py for the rankings). The online ranker's state is kept per events partition
   (``ranker:<topic>:<p>``), read with the batch's users and written by the same script as that
   partition's watermark: a function of the partition's rows in offset order
@@ -72,7 +72,7 @@ class Applied:
     prior: float
     full_rescore: bool
     graduated: list[str]
-    fold_ins: list[str]  # graduated items waiting for their fold-in (streams/fold_ins.py)
+    fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
 
 
 class StateStore:

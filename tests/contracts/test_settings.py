@@ -62,3 +62,10 @@ def test_replace_validates_like_the_environment():
 def test_the_redis_password_never_shows_in_the_repr():
     settings = load_settings(redis_url="redis://:hunter2@cache:6379/0")
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_model_copy_with_flat_names_is_refused_not_silently_ignored():
+    """pydantic's model_copy(update=...) would set ``batch_max`` as a stray attribute while
+    ``settings.worker.batch_max`` kept its old value: a test once stopped the session's services that way."""
+    with pytest.raises(TypeError, match=r"use settings\.replace"):
+        load_settings().model_copy(update={"batch_max": 1})

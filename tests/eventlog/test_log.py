@@ -1,4 +1,4 @@
-"""Reading the log outside faust (streams/log.py): exact offset ranges, whole topics, training's read."""
+"""Reading the log outside faust (recstream/eventlog/log.py): exact offset ranges, whole topics, training's read."""
 
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ async def reader_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The reader app in process (lifespan run, snapshot loaded) behind an httpx client."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.reader.loader.refresh(force_popular=True)
+        await app.state.service.loader.refresh(force_popular=True)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://reader") as client:
             client.app = app  # type: ignore[attr-defined]  # tests reach the reader to reload its snapshot
@@ -190,7 +190,7 @@ async def reader(world: World) -> AsyncIterator[httpx.AsyncClient]:
 
 async def reload(client: httpx.AsyncClient) -> None:
     """Reload the reader's snapshot now (instead of waiting pool_cache_s), e.g. after a worker wrote."""
-    await client.app.state.reader.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
+    await client.app.state.service.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
 
 
 class LiveReader:
@@ -237,8 +237,8 @@ async def isolated_topics(settings: Settings) -> Settings:
 @pytest.fixture
 async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
     """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
-    settings = (await isolated_topics(world.settings)).model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
+    settings = (await isolated_topics(world.settings)).replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=tmp_path / "run"
     )
     infra.redis_up(settings)
     source, target = redis.Redis.from_url(world.settings.redis.url), redis.Redis.from_url(settings.redis.url)

@@ -12,7 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 import redis
-from recstream.serving.feed import Variants
+from recstream.serving.variants import Variants
 from typer.testing import CliRunner
 
 from recstream.contracts.events import Event, validate
@@ -70,9 +70,9 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
     config = WorldConfig(seed=3, n_users=300, n_items=300, new_items_per_hour=0, appeal_half_life_h=None)
     world = World(config.model_copy(update={"start_ms": now - 2 * HOUR_MS}))
     users, items, events = split_history(world)
-    settings = isolated_settings.model_copy(
+    settings = isolated_settings.replace(
         # a generous Redis timeout: a degraded page (the same for both arms) would blur the comparison
-        update={"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
+        **{"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
     )
     settings, _ = asyncio.run(trained(settings, tmp_path, events, items, candidates_m=50))
     worker = worker_factory(settings)

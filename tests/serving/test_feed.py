@@ -110,14 +110,8 @@ async def test_twenty_pages_of_twenty_never_repeat_and_never_serve_a_seen_item(w
 
 async def test_thompson_sampling_prefers_the_better_posterior_and_still_explores_items_without_data(world):
     """Only explore slots (two per page), 300 seeds: ts-good (30/60) beats ts-bad (0/60); ts-unknown still shows."""
-    settings = world.settings.model_copy(
-        update={
-            "share_personal": 0.0,
-            "share_popular": 0.0,
-            "share_fresh": 0.0,
-            "share_explore": 1.0,
-            "explore_max_share": 1.0,
-        }
+    settings = world.settings.replace(
+        share_personal=0.0, share_popular=0.0, share_fresh=0.0, share_explore=1.0, explore_max_share=1.0
     )
     shown: Counter[str] = Counter()
     async with reader_client(settings) as reader:

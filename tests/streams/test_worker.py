@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 from urllib.request import urlopen
 
 import numpy as np
@@ -42,6 +43,18 @@ from tests.streams.scenario import (
 
 pytestmark = pytest.mark.integration
 
+KILLS = 3
+
+
+class Kill(NamedTuple):
+    """The applied-events counter just before a SIGKILL. Above ``before`` (the events published before the
+    previous kill, the most the worker killed then can have applied): the worker started after it applied a
+    batch. Below ``published`` (the events published so far): the killed worker was still applying."""
+
+    before: int
+    applied: int
+    published: int
+
 
 async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolated_settings, worker_factory):
     settings = isolated_settings
@@ -75,12 +88,19 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
 
 
 async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_factory, tmp_path):
-    """SIGKILL a worker several times during a 100k+-event replay; its state equals a clean run's:
-    counters, rankings, pool and every partition's online ranker exactly, user vectors to 1e-6, the same
-    candidate lists."""
+    """SIGKILL a worker three times during a replay of 100k views and their clicks; its state equals a clean
+    run's: counters, rankings, pool and every partition's online ranker exactly, user vectors to 1e-6, the same
+    candidate lists.
+
+    The replay is published a quarter at a time (as bench/faults.py holds its stream per injection), and each
+    kill lands once the counter passed the events published before the previous kill and before it reaches
+    the events published so far: every kill hits a worker applying its quarter, each after the replacement
+    started at the previous kill got partitions and applied a batch (see :class:`Kill`). A 6 s consumer
+    session (``worker_session_timeout_s``, the broker's minimum; 10 s by default) is how long each
+    replacement waits for the dead member's partitions."""
     users, items, events = world(n_users=500, n_items=300, n_events=100_000, seed=2)
     events = served(events)
-    base = isolated_settings.replace(batch_max=40, pool_graduate_views=300)
+    base = isolated_settings.replace(batch_max=40, pool_graduate_views=300, worker_session_timeout_s=6)
     client = redis.Redis.from_url(base.redis.url)
     clean, killed = await clean_and_other(base, "killed", tmp_path, events[:20_000], items, client)
     await publish(base, users=users, items=items)
@@ -88,21 +108,21 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     worker_factory(clean)
     for prefix in ("clean", "killed"):  # segments first, so both runs count events in the same segments
         wait_until(lambda p=prefix: client.hlen(f"{p}:user:seg") == len(users), what=f"{prefix} segments")
-    await publish(base, events=events, batch_events=20)
-    total = len(events)
 
-    rng = random.Random(3)
-    kills = 0
-    while applied_events(client, "killed") < total and kills < 4:
-        before = applied_events(client, "killed")
-        time.sleep(rng.uniform(1.5, 5.0))
-        if 0 < applied_events(client, "killed") < total or before == 0:
-            worker.kill()
-            kills += 1
-            worker = worker_factory(killed)
-    wait_until(lambda: applied_events(client, "killed") == total, timeout_s=180, what="killed run to finish")
-    wait_until(lambda: applied_events(client, "clean") == total, timeout_s=180, what="clean run to finish")
-    assert kills >= 3
+    kills: list[Kill] = []
+    published = 0
+    for k in range(KILLS):
+        before, published = published, len(events) * (k + 1) // (KILLS + 1)
+        await publish(base, events=events[before:published], batch_events=20)
+        wait_until(lambda b=before: applied_events(client, "killed") > b, timeout_s=90,
+                   what=f"a batch of kill {k + 1}'s worker")  # fmt: skip
+        kills.append(Kill(before, applied_events(client, "killed"), published))
+        worker.kill()
+        worker = worker_factory(killed)
+    await publish(base, events=events[published:], batch_events=20)
+    for prefix in ("killed", "clean"):
+        wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=180, what=f"{prefix} run")
+    assert len([kill for kill in kills if kill.before < kill.applied < kill.published]) >= KILLS, kills
     killed_state, clean_state = dump_state(client, "killed"), dump_state(client, "clean")
     assert sum(key.endswith(":vec") for key in clean_state) == len(users)
     assert sum(key.startswith("ranker:") for key in clean_state) == base.kafka.events_partitions
@@ -243,7 +263,7 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     partitions = {k.decode() for k in client.hgetall("two:wm")}
     assert len([p for p in partitions if p.startswith("events")]) == isolated_settings.kafka.events_partitions
     one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
-    assert [k for k in one_state if one_state[k] != two_state.get(k)] == []
+    assert differing_keys(one_state, two_state) == []
     assert np.isfinite(float(client.get("two:prior")))
 
 
@@ -265,7 +285,7 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
         raise AssertionError(letters)
 
     client = AsyncRedis.from_url(settings.redis.url)
-    unreachable = settings.replace(**{"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    unreachable = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
                                read_log=partial(read_ranges, unreachable))  # fmt: skip
     try:
