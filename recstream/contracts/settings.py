@@ -226,6 +226,24 @@ class BlendSettings(Section):
     cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
 
 
+class RankerSettings(Section):
+    """The online ranker the workers train from served feature vectors (models/ranker.py: FTRL-Proximal)."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "train": "ranker_train",
+        "alpha": "ranker_alpha",
+        "beta": "ranker_beta",
+        "l1": "ranker_l1",
+        "l2": "ranker_l2",
+    }
+
+    train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
+    alpha: float = Field(0.05, gt=0, allow_inf_nan=False, description="FTRL α: the per-coordinate learning rate scale")
+    beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
+    l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
+    l2: float = Field(1.0, ge=0, allow_inf_nan=False, description="FTRL λ2: L2 penalty")
+
+
 class LocalSettings(Section):
     """Files of the services ``recstream infra`` starts on this machine."""
 
@@ -245,6 +263,7 @@ SECTIONS: dict[str, type[Section]] = {
     "pool": PoolSettings,
     "reader": ReaderSettings,
     "blend": BlendSettings,
+    "ranker": RankerSettings,
     "local": LocalSettings,
 }
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -268,6 +287,7 @@ class Settings(BaseModel):
     pool: PoolSettings = PoolSettings()
     reader: ReaderSettings = ReaderSettings()
     blend: BlendSettings = BlendSettings()
+    ranker: RankerSettings = RankerSettings()
     local: LocalSettings = LocalSettings()
     experiment: Experiment | None = Field(
         None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"
