@@ -40,11 +40,11 @@ async def ours(settings, batch: list[Event]) -> float:
 
 
 async def naive(settings, batch: list[Event]) -> float:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
     await producer.start()
     started = time.perf_counter()
     try:
-        futures = [await producer.send(settings.events_topic, encode(e), key=e.user_id.encode()) for e in batch]
+        futures = [await producer.send(settings.kafka.events_topic, encode(e), key=e.user_id.encode()) for e in batch]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

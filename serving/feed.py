@@ -13,8 +13,7 @@ Sources, each a ranked list explained item by item:
 * **explore** — Thompson sampling (or ε-greedy) over the new-item pool: one Beta(α, β) draw per
   item, vectorized, from a generator seeded per request.
 
-Under an experiment (``settings.experiment``), :class:`Variants` gives each user their variant's
-settings, which the page is blended with, and the label the response carries.
+Under an experiment, ``settings`` are the user's variant's (serving/variants.py).
 """
 
 from __future__ import annotations
@@ -27,10 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 from recstream.models.bandit import choose_explore
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
-from recstream.serving.feed_state import UserState
 from recstream.serving.snapshot import Categories, Pool, Snapshot
+from recstream.serving.user_state import UserState
 
-from recstream.contracts.events import Event
 from recstream.contracts.settings import Settings
 
 DEFAULT_SEGMENT = "default"
@@ -47,41 +45,6 @@ TRENDING_REASON = "popular right now"
 class Page:
     items: list[Served]
     warm: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    """The settings a user's page is blended with, and the ``"<experiment>:<variant>"`` label (None: no experiment)."""
-
-    settings: Settings
-    label: str | None = None
-
-
-class Variants:
-    """Each variant's settings built once (the global ones with its overrides); ``assign`` is a hash per request."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.experiment = settings.experiment
-        self._default = Arm(settings)
-        self._arms = {
-            v.name: Arm(settings.model_copy(update=v.overrides()), self.experiment.label(v))
-            for v in (self.experiment.variants if self.experiment else ())
-        }
-
-    def assign(self, user_id: str) -> Arm:
-        if self.experiment is None:
-            return self._default
-        return self._arms[self.experiment.assign(user_id).name]
-
-    def stamp(self, events: list[Event]) -> list[Event]:
-        """Events reported without a variant get their user's, so a client that only echoes what it was
-        shown is counted in its arm; an explicit variant (another experiment's, say) is kept."""
-        if self.experiment is None:
-            return events
-        return [
-            e if e.variant is not None else e.model_copy(update={"variant": self.assign(e.user_id).label})
-            for e in events
-        ]
 
 
 class Exclusions:
@@ -113,19 +76,19 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
     """The blended page: slot counts from the configured shares (explore capped), then the interleave."""
     exclude = Exclusions(user, snapshot, now)
     shares: dict[Source, float] = {
-        "personal": settings.share_personal,
-        "popular": settings.share_popular,
-        "fresh": settings.share_fresh,
-        "explore": 0.0 if settings.explore_policy == "none" else settings.share_explore,
+        "personal": settings.blend.share_personal,
+        "popular": settings.blend.share_popular,
+        "fresh": settings.blend.share_fresh,
+        "explore": 0.0 if settings.blend.explore_policy == "none" else settings.blend.share_explore,
     }
-    counts = slot_counts(shares, limit, settings.explore_max_share)
+    counts = slot_counts(shares, limit, settings.blend.explore_max_share)
     favourites = favourite_categories(user, snapshot.categories, now, exclude.blocked)
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
         "popular": personal_first(
             popular(user, snapshot, now),
             (item for item, _ in user.candidates()),
-            settings.popular_personal_head if user.warm else 0,
+            settings.blend.popular_personal_head if user.warm else 0,
         ),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
         "explore": explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings)
@@ -213,19 +176,19 @@ def explore(pool: Pool, exclude: Exclusions, k: int, seed: int, settings: Settin
     k exceeds the explore slots by the page size, so items other sources take first never leave
     the explore slots empty. The generator is seeded per request: same seed, same page.
     """
-    if not pool.items or settings.explore_policy == "none":
+    if not pool.items or settings.blend.explore_policy == "none":
         return []
     mask = np.zeros(len(pool.items), dtype=bool)
     mask[[i for i in map(pool.index.get, exclude.items) if i is not None]] = True
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
     picks = choose_explore(
-        settings.explore_policy,
+        settings.blend.explore_policy,
         pool.alpha,
         pool.beta,
         k,
         np.random.default_rng(seed),
         exclude=mask,
-        epsilon=settings.explore_epsilon,
+        epsilon=settings.blend.explore_epsilon,
     )
     return [Candidate(pool.items[i], EXPLORE_REASON) for i in picks.tolist()]

@@ -54,7 +54,7 @@ DISTINCT_SERVED = Gauge(
     "recstream_reader_distinct_items_served_1h", "Distinct items this reader served in feeds over the last hour"
 )
 DEGRADED_CAUSES = ("timeout", "error", "skipped")
-"""The ``cause`` label of DEGRADED (serving.reader.RedisUnavailable)."""
+"""The ``cause`` label of DEGRADED (serving.errors.RedisUnavailable)."""
 
 
 def create_zero_series(feed_route: str, sources: Iterable[str]) -> None:

@@ -31,7 +31,7 @@ def warm_order(segment: Mapping[str, float], overall: Mapping[str, float]) -> tu
 
 def cold_order(segment: Mapping[str, float], overall: Mapping[str, float], weight: float) -> tuple[str, ...]:
     """Items by λ·P(i|s) + (1−λ)·P(i|global), best first: a cold user's segment is a weak signal,
-    so its ranking is shrunk toward the global one (λ = settings.cold_segment_weight).
+    so its ranking is shrunk toward the global one (λ = settings.blend.cold_segment_weight).
 
     ``overall`` should hold the global score of every item of ``segment`` (the loader completes
     it); an item without one (it left the global ranking meanwhile) uses its segment score for both.

@@ -117,7 +117,7 @@ class SnapshotLoader:
 
     def __init__(self, wire: RedisWire, settings: Settings, snapshot: Snapshot) -> None:
         self.wire = wire
-        self.keys = Keys(settings.redis_prefix)
+        self.keys = Keys(settings.redis.prefix)
         self.settings = settings
         self.snapshot = snapshot
         self._popular_at = -np.inf
@@ -126,7 +126,7 @@ class SnapshotLoader:
 
     async def run(self) -> None:
         """Reload forever; Redis errors are counted and retried at the next tick, never raised."""
-        interval = max(self.settings.pool_cache_s, MIN_REFRESH_S)
+        interval = max(self.settings.reader.pool_cache_s, MIN_REFRESH_S)
         while True:
             try:
                 async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
@@ -142,7 +142,7 @@ class SnapshotLoader:
     async def refresh(self, *, force_popular: bool = False) -> None:
         """One reload: pool, prior, unavailable set, model version; popular lists when due."""
         k, snap, now = self.keys, self.snapshot, time.monotonic()
-        popular_due = force_popular or now - self._popular_at >= self.settings.popular_refresh_s
+        popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [
             ("ZRANGE", k("pool"), 0, -1, "WITHSCORES"),
             ("GET", k("prior")),
@@ -185,8 +185,8 @@ class SnapshotLoader:
             for (item, ts), v, c in zip(created.items(), views, clicks, strict=True)
             if item not in unavailable
         ]
-        ctr = float(prior) if prior else self.settings.ctr_default
-        alpha, beta = BetaPrior.from_ctr(ctr, self.settings.bandit_prior_mass).posterior(
+        ctr = float(prior) if prior else self.settings.model.ctr_default
+        alpha, beta = BetaPrior.from_ctr(ctr, self.settings.pool.bandit_prior_mass).posterior(
             np.array([r[3] for r in rows], dtype=np.float64), np.array([r[2] for r in rows], dtype=np.float64)
         )
         members: dict[str, list[tuple[int, str]]] = {}
@@ -234,7 +234,7 @@ class SnapshotLoader:
             warm = warm_order(top, full_overall)[:SEGMENT_DEPTH]
             await asyncio.sleep(SEGMENT_PAUSE_S)
             result[segment] = Popular(
-                warm, cold_order(top, full_overall, self.settings.cold_segment_weight)[:SEGMENT_DEPTH]
+                warm, cold_order(top, full_overall, self.settings.blend.cold_segment_weight)[:SEGMENT_DEPTH]
             )
             await asyncio.sleep(SEGMENT_PAUSE_S)
         return result

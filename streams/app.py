@@ -22,7 +22,6 @@ from functools import partial
 import faust
 from faust.types import TP, EventT
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.liveness import Liveness
@@ -31,7 +30,9 @@ from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     app = faust.App(
         settings.worker.group,
         broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
@@ -69,7 +71,11 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
 
     model = LiveModel(settings)
     read_log = partial(read_ranges, settings)
-    topics = {settings.kafka.events_topic: "event", settings.kafka.items_topic: "item", settings.kafka.users_topic: "user"}
+    topics = {
+        settings.kafka.events_topic: "event",
+        settings.kafka.items_topic: "item",
+        settings.kafka.users_topic: "user",
+    }
     agents = {kind: f"recstream.{kind}s" for kind in topics.values()}
     processors = {
         kind: BatchProcessor(

@@ -2,11 +2,13 @@
 
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
-are dropped first (already applied, see streams/state.py). Bad input never stops the batch: an invalid
+are dropped first (already applied, see recstream/store/state.py). Bad input never stops the batch: an invalid
 record, a message over the size limit (its dead letter carries a bounded excerpt,
 :data:`DEAD_LETTER_MAX_BYTES`) and an event on a partition its user does not hash to (another producer's
 partitioner: two workers would write one user's history) go to the dead-letter topic with their reason; a
-user's repeated ``event_id`` is dropped (:meth:`BatchProcessor._drop_duplicates`); the rest is applied.
+user's repeated ``event_id`` is dropped (:meth:`BatchProcessor._drop_duplicates`); the rest is applied. An
+events batch also trains the online ranker of each partition it holds (streams/ranker_training.py): the
+states are read with the batch's users and written by the same script as the partitions' watermarks.
 
 A batch that cannot be applied (Redis unreachable or answering an error such as OOM, BUSY or READONLY; Kafka
 unreachable for a gap repair or a dead letter; a bug) is retried with back-off for as long as it takes, never
@@ -34,9 +36,11 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
+from recstream.models.ranker import FTRLConfig
 from recstream.streams import metrics
 from recstream.streams.live_model import LiveModel
 from recstream.streams.personalize import Personalizer
+from recstream.streams.ranker_training import BatchTraining, Partition, RecentRows, batch_rows, train_batch
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -124,10 +128,18 @@ def retry_reason(exc: Exception) -> str:
     return "other"
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What building a batch's effect leaves to observe once it is applied."""
+
+    refreshed_ts: list[int]  # ts of the events that refreshed a candidate list
+    training: BatchTraining | None = None  # what the online ranker learned (events only)
+
+
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
-# (valid records, each one's arrival ms (its record's timestamp, never past the wall clock), the effect to fill)
-# → ts of the events that refreshed a candidate list
-Build = Callable[[Records, list[int], Effect], Awaitable[list[int]]]
+# (valid records, each one's arrival ms (its record's timestamp, never past the wall clock), the partition of
+# each, the effect to fill) → what the batch built
+Build = Callable[[Records, list[int], list[Partition], Effect], Awaitable[Built]]
 Decoded = tuple[str, int, list]  # a message's "topic:partition", its arrival ms, its valid records
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # recstream.eventlog.log.read_ranges with the settings bound
@@ -148,7 +160,11 @@ class BatchProcessor:
         beat: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
-        self.topic = {"event": settings.kafka.events_topic, "item": settings.kafka.items_topic, "user": settings.kafka.users_topic}[kind]
+        self.topic = {
+            "event": settings.kafka.events_topic,
+            "item": settings.kafka.items_topic,
+            "user": settings.kafka.users_topic,
+        }[kind]
         self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
         # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked)
         self.partitions = partitions
@@ -158,6 +174,11 @@ class BatchProcessor:
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        r = settings.ranker
+        self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+        self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
+        if kind == "event":
+            metrics.watch_ranker(self.recent_rows)
         self.build: Build = {
             "event": self._build_events,
             "item": self._build_items,
@@ -271,7 +292,8 @@ class BatchProcessor:
                 decoded, duplicates = await self._drop_duplicates(decoded, effect)
             records = [record for _, _, valid in decoded for record in valid]
             arrivals = [at_ms for _, at_ms, valid in decoded for _ in valid]
-            refreshed_ts = await self.build(records, arrivals, effect)
+            partitions = [_partition(tp) for tp, _, valid in decoded for _ in valid]
+            built = await self.build(records, arrivals, partitions, effect)
             if dead:
                 try:
                     await self.send_dead_letters(dead)  # before the watermark moves: at least once
@@ -287,7 +309,7 @@ class BatchProcessor:
             self.store.remember_histories(effect.histories)
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
-            self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
+            self._observe(fresh[0].topic, records, dead, applied, started, built)
             metrics.DUPLICATES.labels(fresh[0].topic).inc(duplicates)
             metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
             if applied.fold_ins and self.model is not None:
@@ -333,12 +355,16 @@ class BatchProcessor:
         dead: list[DeadLetter],
         applied: Applied,
         started: float,
-        refreshed_ts: list[int],
+        built: Built,
     ) -> None:
         now_ms = time.time() * 1000
         for letter in dead:
             metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
-        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, refreshed_ts))
+        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, built.refreshed_ts))
+        if built.training is not None:
+            for trained in built.training.trained.values():
+                self.recent_rows.add(trained.predictions, trained.labels)
+            metrics.count_ranker_rows(built.training)
         if self.kind == "event":
             views = sum(1 for e in records if e.type == "view")
             metrics.EVENTS.labels(topic, "view").inc(views)
@@ -352,16 +378,22 @@ class BatchProcessor:
         metrics.RESCORES.inc(applied.full_rescore)
         metrics.GRADUATIONS.inc(len(applied.graduated))
 
-    async def _build_events(self, events: list[Event], arrivals: list[int], effect: Effect) -> list[int]:
+    async def _build_events(
+        self, events: list[Event], arrivals: list[int], partitions: list[Partition], effect: Effect
+    ) -> Built:
         users = list(dict.fromkeys(e.user_id for e in events))
-        context = await self.store.read_users(users)
         s = self.settings
+        rows = batch_rows(events, partitions) if s.ranker.train else None
+        context = await self.store.read_users(users, rankers=list(rows.by_partition) if rows else ())
         effect.counters = aggregate(
             events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives, arrivals
         )
+        training = None if rows is None else train_batch(rows, context.rankers, self.ranker_config)
+        if training is not None:
+            effect.rankers = {partition: trained.state for partition, trained in training.trained.items()}
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:
-            return []
+            return Built([], training)
         started = time.perf_counter()
         update = personalizer.update_users(events, context.histories)
         effect.blobs += update.blobs
@@ -369,9 +401,9 @@ class BatchProcessor:
         effect.item_users = update.item_users
         metrics.USER_STEPS.inc(len(users))
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
-        return update.refreshed_ts
+        return Built(update.refreshed_ts, training)
 
-    async def _build_items(self, items: list[ItemEvent], arrivals: list[int], effect: Effect) -> list[int]:
+    async def _build_items(self, items: list[ItemEvent], _: list[int], __: list[Partition], effect: Effect) -> Built:
         personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
@@ -381,9 +413,9 @@ class BatchProcessor:
                 similar = personalizer.similar(item.item_id)
                 if similar is not None:
                     effect.blobs.append((f"item:{item.item_id}:similar", similar))
-        return []
+        return Built([])
 
-    async def _build_users(self, users: list[UserEvent], arrivals: list[int], effect: Effect) -> list[int]:
+    async def _build_users(self, users: list[UserEvent], _: list[int], __: list[Partition], effect: Effect) -> Built:
         context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
         picks: dict[str, list[str]] = {}
         for user in users:
@@ -396,9 +428,9 @@ class BatchProcessor:
                 picks[user.user_id] = user.preferred_categories
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None or not picks:
-            return []
+            return Built([])
         effect.blobs += personalizer.onboard(picks)
-        return list({user.user_id: user.ts for user in users if user.user_id in picks}.values())
+        return Built(list({user.user_id: user.ts for user in users if user.user_id in picks}.values()))
 
     async def _personalizer(self, version: str | None) -> Personalizer | None:
         if self.model is None:
@@ -425,6 +457,16 @@ def _placed(events: list[Event], partition: int, partitions: int) -> tuple[list[
             reason = f"partition: user {event.user_id!r} belongs to partition {home} of {partitions}, not {partition}"
             misplaced.append(Rejected(reason, encode(event)))
     return placed, misplaced
+
+
+def _partition(tp: str) -> Partition:
+    """``"events:3"`` → ``("events", 3)`` (topic names cannot hold ``:``).
+
+    >>> _partition("events-x:3")
+    ('events-x', 3)
+    """
+    topic, _, partition = tp.rpartition(":")
+    return topic, int(partition)
 
 
 def _ages_s(now_ms: float, ts_ms: list[int]) -> np.ndarray:

@@ -51,9 +51,9 @@ def isolated_settings(services: Settings) -> Iterator[Settings]:
     """Fresh topics (unique names) and an empty Redis database for one test."""
     suffix = uuid.uuid4().hex[:8]
     settings = services.on_topics(
-        suffix, worker_group=f"worker-{suffix}", redis_url=services.redis_url.rsplit("/", 1)[0] + "/1"
+        suffix, worker_group=f"worker-{suffix}", redis_url=services.redis.url.rsplit("/", 1)[0] + "/1"
     )
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     client.flushdb()
     asyncio.run(infra.ensure_topics(settings))
     yield settings

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 ID_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 """Ids and categories: no ``:``, the Redis key separator, so ``item:<id>`` can never name another item's
-``item:<id>:similar`` (recstream/keys.py)."""
+``item:<id>:similar`` (recstream/contracts/keys.py)."""
 MAX_ID_LEN = 64
 MIN_TS_MS = 631_152_000_000  # 1990-01-01: older than any real log we replay (MovieLens 100K is 1997-98)
 MAX_FUTURE_SKEW_MS = 86_400_000  # one day ahead of the consumer's clock
@@ -46,7 +46,7 @@ class Event(_Strict):
     """A view (the item was shown) or a click (a positive action on it).
 
     ``variant`` is the ``"<experiment>:<variant>"`` label of the feed that showed the item (its
-    ``variant`` field, recstream/experiments.py), so the experiment report can count it. Optional:
+    ``variant`` field, recstream/contracts/experiments.py), so the experiment report can count it. Optional:
     ``POST /v1/events`` fills it in from the user's assignment while an experiment runs, and events
     without it are outside any experiment.
     """

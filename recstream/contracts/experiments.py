@@ -56,7 +56,7 @@ class Variant(_Frozen):
     popular_personal_head: int | None = Field(None, ge=0, le=500)
 
     def overrides(self) -> dict[str, object]:
-        """The settings this variant changes, for ``settings.model_copy(update=...)``."""
+        """The settings this variant changes, for ``settings.replace(**...)``."""
         return {name: getattr(self, name) for name in BLEND_SETTINGS if getattr(self, name) is not None}
 
 

@@ -35,6 +35,8 @@ key                          type    holds
 ``foldin:log``               stream  ``version``, ``item``, ``vec`` per stored fold-in, which every worker tails
 ``user:<u>:feed:<session>``  list    the reader's infinite-scroll session: JSON ``[[item, source], …]`` pages, TTL
 ``model:current``            string  the model version the workers serve
+``ranker:<topic>:<p>``       string  the online ranker's FTRL state learned from partition ``p`` (models.ranker
+                                     bytes), written with that partition's watermark; the reader averages them
 ===========================  ======  ==========================================================
 """
 
@@ -71,3 +73,6 @@ class Keys:
 
     def trend(self, what: str, epoch_ms: int) -> str:
         return self(f"trend:{what}:{epoch_ms}")
+
+    def ranker(self, topic: str, partition: int) -> str:
+        return self(f"ranker:{topic}:{partition}")

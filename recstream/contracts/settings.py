@@ -1,69 +1,154 @@
-"""One typed settings object, read once at startup from ``RECSTREAM_*`` variables.
+"""One typed settings object in sections, read once at startup from ``RECSTREAM_*`` variables.
 
-Every process (infra, producer, worker, reader, trainer) builds a :class:`Settings` once
-and passes it down; nothing else reads the environment. A bad value fails fast with the
-variable's name, e.g. ``RECSTREAM_EVENTS_PARTITIONS: Input should be greater than 0``.
+Every process (infra, producer, worker, reader, trainer) builds a :class:`Settings` once and
+passes down the section a part needs (``settings.kafka``, ``settings.blend``, …); nothing else
+reads the environment. The variables keep their flat names (``RECSTREAM_BATCH_MAX`` sets
+``settings.worker.batch_max``; :data:`VARIABLES` maps every one). A bad value fails fast with the
+variable's name, e.g. ``RECSTREAM_EVENTS_PARTITIONS: Input should be greater than 0``; an unknown
+``RECSTREAM_*`` variable is reported with the closest valid name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+import logging
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from recstream.contracts.experiments import Experiment
 
 ENV_PREFIX = "RECSTREAM_"
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
     """Raised with one line per invalid variable, each naming the variable."""
 
 
-class Settings(BaseSettings):
-    """Where the services are, what the topics are called, where models live."""
+class Section(BaseModel):
+    """One group of settings. ``variables`` names the fields whose variable is not the field's own name."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    variables: ClassVar[Mapping[str, str]] = {}
 
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="host:port of a Kafka broker")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// (TLS) URL")
 
-    events_topic: str = "events"
-    items_topic: str = "items"
-    users_topic: str = "users"
-    dlq_topic: str = "events-dlq"
-    events_partitions: int = Field(4, gt=0, le=1024)
-    items_partitions: int = Field(1, gt=0, le=1024)
-    users_partitions: int = Field(4, gt=0, le=1024)
-    dlq_partitions: int = Field(1, gt=0, le=1024)
-    replication_factor: int = Field(1, gt=0, le=16)
+class KafkaSettings(Section):
+    """The brokers, the topics (names, and partitions and retention at creation) and the producer."""
+
+    variables: ClassVar[Mapping[str, str]] = {"bootstrap": "kafka_bootstrap"}
+
+    bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...] of the brokers")
+    events_topic: str = Field("events", description="view/click events, keyed by user id")
+    items_topic: str = Field("items", description="the catalogue (compacted)")
+    users_topic: str = Field("users", description="user attributes (compacted)")
+    dlq_topic: str = Field("events-dlq", description="bad input, each with its reason")
+    events_partitions: int = Field(4, gt=0, le=1024, description="partitions of the events topic at creation")
+    items_partitions: int = Field(1, gt=0, le=1024, description="1: every worker applies items in the same order")
+    users_partitions: int = Field(4, gt=0, le=1024, description="partitions of the users topic at creation")
+    dlq_partitions: int = Field(1, gt=0, le=1024, description="partitions of the dead-letter topic at creation")
+    replication_factor: int = Field(1, gt=0, le=16, description="replicas of every topic at creation")
     retention_ms: int = Field(
         -1, ge=-1, description="events topic retention; -1 keeps the log forever (it is the source of truth)"
     )
+    producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
+    producer_linger_ms: int = Field(5, ge=0, le=10_000, description="how long the producer waits to fill a batch")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client (worker, producer, reader, jobs, infra) talks to the brokers"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism for SASL_PLAINTEXT / SASL_SSL"
+    )
+    sasl_username: str | None = Field(None, description="SASL user (needed for SASL_*)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (needed for SASL_*)")
+    ssl_cafile: Path | None = Field(None, description="CA file that signed the brokers' certificates (SSL, SASL_SSL)")
+    ssl_certfile: Path | None = Field(None, description="client certificate for mutual TLS (with ssl_keyfile)")
+    ssl_keyfile: Path | None = Field(None, description="client private key for mutual TLS (with ssl_certfile)")
 
-    model_dir: Path = Path("models-store")
-    run_dir: Path = Field(Path(".run"), description="pid files, logs and data of locally started services")
-    cache_dir: Path = Field(Path(".cache"), description="downloaded Kafka jars")
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for part in value.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
 
-    redis_prefix: str = Field("rs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="prefix of every Redis key")
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and (self.sasl_username is None or self.sasl_password is None):
+            raise ValueError(f"{self.security_protocol} needs RECSTREAM_SASL_USERNAME and RECSTREAM_SASL_PASSWORD")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("mutual TLS needs both RECSTREAM_SSL_CERTFILE and RECSTREAM_SSL_KEYFILE")
+        return self
 
-    # stream workers
-    worker_group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def port(self) -> int:
+        """The first broker's port."""
+        return int(self.bootstrap.split(",")[0].rpartition(":")[2])
+
+
+class RedisSettings(Section):
+    """Where the state lives."""
+
+    variables: ClassVar[Mapping[str, str]] = {"url": "redis_url", "prefix": "redis_prefix"}
+
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix:// URL")
+    prefix: str = Field("rs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="prefix of every Redis key")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
+        return value
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 6379
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
+        """What repr() and str() show: the URL without its password."""
+        for name, value in super().__repr_args__():
+            yield name, redacted(value) if name == "url" else value
+
+
+class WorkerSettings(Section):
+    """A stream worker: its consumer group, its batches and what it keeps in memory."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "group": "worker_group",
+        "session_timeout_s": "worker_session_timeout_s",
+        "metrics_host": "worker_metrics_host",
+        "metrics_port": "worker_metrics_port",
+        "stall_s": "worker_stall_s",
+    }
+
+    group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
     batch_max: int = Field(5_000, gt=0, le=100_000, description="Kafka messages per processed batch, at most")
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
-    worker_session_timeout_s: float = Field(
+    session_timeout_s: float = Field(
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
     )
-    worker_metrics_port: int = Field(
+    metrics_host: str = Field(
+        "127.0.0.1", description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)"
+    )
+    metrics_port: int = Field(
         9101, ge=0, lt=65536, description="a worker's Prometheus /metrics and liveness /healthz (0: any)"
     )
-    worker_stall_s: float = Field(
+    stall_s: float = Field(
         120.0,
         gt=0,
         le=3600,
@@ -78,11 +163,19 @@ class Settings(BaseSettings):
         "Redis keeps every id that long, ~100 bytes each: events/s × window × 100 B (0: no de-duplication)",
     )
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
+    seen_cap: int = Field(500, gt=0, le=100_000, description="items kept in a user's seen set")
+
+
+class ModelSettings(Section):
+    """What the workers compute: the user step and its candidates, smoothed CTR, trends; where models live."""
+
+    variables: ClassVar[Mapping[str, str]] = {"dir": "model_dir"}
+
+    dir: Path = Field(Path("models-store"), description="where model versions are written and read")
     history_cap: int = Field(
         10, gt=0, le=10_000, description="recent items in a user's history for the user step (10 won bench/prequential)"
     )
     candidates_m: int = Field(50, gt=0, le=1_000, description="personal candidates kept per user")
-    seen_cap: int = Field(500, gt=0, le=100_000, description="items kept in a user's seen set")
     # smoothed CTR: (clicks + m·p) / (views + m) with p the quantized global CTR
     ctr_prior_mass: float = Field(20.0, gt=0, description="m: how many views the prior is worth")
     ctr_default: float = Field(0.05, gt=0, lt=1, description="global CTR assumed before any data")
@@ -90,19 +183,47 @@ class Settings(BaseSettings):
     ctr_prior_step: float = Field(0.005, gt=0, le=0.5, description="relative grid step of the quantized prior")
     trend_half_life_s: int = Field(6 * 3600, gt=0, description="half-life of the trending counts")
     trend_epoch_half_lives: int = Field(8, gt=0, le=16, description="trend key rotation, in half-lives")
-    # new-item pool (Thompson sampling)
-    pool_graduate_views: int = Field(200, gt=0, description="an item leaves the pool after this many views")
-    pool_graduate_age_s: int = Field(48 * 3600, gt=0, description="... or when it is this old (event time)")
+
+
+class PoolSettings(Section):
+    """The new-item pool: Thompson sampling's prior, graduation, and the fold-in at graduation."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "graduate_views": "pool_graduate_views",
+        "graduate_age_s": "pool_graduate_age_s",
+    }
+
+    graduate_views: int = Field(200, gt=0, description="an item leaves the pool after this many views")
+    graduate_age_s: int = Field(48 * 3600, gt=0, description="... or when it is this old (event time)")
     bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
     fold_in_users: int = Field(
         1_000, gt=0, le=100_000, description="users kept per new item for its fold-in at graduation (the first ones)"
     )
 
-    # the reader (serving/)
-    reader_host: str = Field("127.0.0.1", description="interface the reader binds to")
-    reader_port: int = Field(8080, gt=0, lt=65536)
-    reader_redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
+
+class ReaderSettings(Section):
+    """The reader process: where it listens, its Redis budget, pages, sessions, caches and its API key."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "host": "reader_host",
+        "port": "reader_port",
+        "redis_timeout_s": "reader_redis_timeout_s",
+    }
+
+    host: str = Field("127.0.0.1", description="interface the reader binds to")
+    port: int = Field(8080, gt=0, lt=65536, description="the reader's port")
+    redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
+    session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
+    pool_cache_s: float = Field(0.5, ge=0, le=60, description="in-process cache of the bandit pool")
+    popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
+    api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
+    protect_reads: bool = Field(False, description="read routes also need the API key")
+
+
+class BlendSettings(Section):
+    """How a page is filled from the sources (an experiment's variant may override any of these)."""
+
     share_personal: float = Field(0.6, ge=0, le=1, description="slot share of personal candidates (warm users)")
     share_popular: float = Field(0.2, ge=0, le=1, description="slot share of popular-in-segment items")
     share_explore: float = Field(0.1, ge=0, le=1, description="slot share of explored new items")
@@ -115,61 +236,130 @@ class Settings(BaseSettings):
         "list first, in its order (0: smoothed CTR order alone; serving/blend.personal_first)",
     )
     explore_max_share: float = Field(0.25, ge=0, le=1, description="cap on explore slots, whatever the config")
-    explore_policy: Literal["thompson", "epsilon_greedy", "none"] = "thompson"
-    explore_epsilon: float = Field(0.1, ge=0, le=1)
+    explore_policy: Literal["thompson", "epsilon_greedy", "none"] = Field(
+        "thompson", description="how explore slots are chosen from the new-item pool"
+    )
+    explore_epsilon: float = Field(0.1, ge=0, le=1, description="ε of the epsilon_greedy policy")
     cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
-    session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
-    pool_cache_s: float = Field(0.5, ge=0, le=60, description="in-process cache of the bandit pool")
-    popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
-    api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
-    protect_reads: bool = Field(False, description="read routes also need the API key")
+
+
+class RankerSettings(Section):
+    """The online ranker the workers train from served feature vectors (models/ranker.py: FTRL-Proximal)."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "train": "ranker_train",
+        "alpha": "ranker_alpha",
+        "beta": "ranker_beta",
+        "l1": "ranker_l1",
+        "l2": "ranker_l2",
+    }
+
+    train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
+    alpha: float = Field(0.05, gt=0, allow_inf_nan=False, description="FTRL α: the per-coordinate learning rate scale")
+    beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
+    l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
+    l2: float = Field(1.0, ge=0, allow_inf_nan=False, description="FTRL λ2: L2 penalty")
+
+
+class LocalSettings(Section):
+    """Files of the services ``recstream infra`` starts on this machine."""
+
+    run_dir: Path = Field(Path(".run"), description="pid files, logs and data of locally started services")
+    cache_dir: Path = Field(Path(".cache"), description="downloaded Kafka jars")
+    kafka_server_properties: Path | None = Field(
+        None,
+        description="lines appended to the local broker's server.properties (a secured listener's keystore, users)",
+    )
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "kafka": KafkaSettings,
+    "redis": RedisSettings,
+    "worker": WorkerSettings,
+    "model": ModelSettings,
+    "pool": PoolSettings,
+    "reader": ReaderSettings,
+    "blend": BlendSettings,
+    "ranker": RankerSettings,
+    "local": LocalSettings,
+}
+VARIABLES: dict[str, tuple[str, str]] = {
+    section.variables.get(field, field): (name, field)
+    for name, section in SECTIONS.items()
+    for field in section.model_fields
+}
+"""Every variable's name (without ``RECSTREAM_``, lower case) → (section, field); ``experiment`` is its own."""
+EXPERIMENT_VARIABLE = "experiment"
+
+
+class Settings(BaseModel):
+    """Where the services are, what the topics are called, how workers, readers and the blend behave."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    model: ModelSettings = ModelSettings()
+    pool: PoolSettings = PoolSettings()
+    reader: ReaderSettings = ReaderSettings()
+    blend: BlendSettings = BlendSettings()
+    ranker: RankerSettings = RankerSettings()
+    local: LocalSettings = LocalSettings()
     experiment: Experiment | None = Field(
         None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"
     )
 
-    producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
-    producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    def replace(self, **values: object) -> Settings:
+        """These settings with some values changed, named as their variables are (``batch_max=100``); validated.
 
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _host_port_list(cls, value: str) -> str:
-        for part in value.split(","):
-            host, _, port = part.strip().rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
-        return value
+        >>> load_settings().replace(batch_max=100, redis_prefix="t").worker.batch_max
+        100
+        """
+        try:
+            return Settings.model_validate(_nested(values, self))
+        except ValidationError as exc:
+            raise SettingsError(_lines(exc)) from None
 
-    @field_validator("redis_url")
-    @classmethod
-    def _redis_scheme(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
-        return value
+    def model_copy(self, *, update: Mapping[str, object] | None = None, deep: bool = False) -> Settings:
+        """Refuses ``update``: pydantic would set flat names as stray attributes nothing reads; use :meth:`replace`."""
+        if update:
+            raise TypeError(f"Settings.model_copy(update=...) ignores {sorted(update)}: use settings.replace(...)")
+        return super().model_copy(deep=deep)
 
     def on_topics(self, suffix: str, **more: object) -> Settings:
         """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark
         run that shares a broker with others and must not read their events."""
         topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users")}
-        return self.model_copy(update={**topics, "dlq_topic": f"events-dlq-{suffix}", **more})
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
-        """What repr() and str() show: the Redis URL without its password (SecretStr fields print as stars)."""
-        for name, value in super().__repr_args__():
-            yield name, redacted(value) if name == "redis_url" else value
+        return self.replace(**topics, dlq_topic=f"events-dlq-{suffix}", **more)
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
-        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values = {name: getattr(getattr(self, section), field) for name, (section, field) in VARIABLES.items()}
+        values[EXPERIMENT_VARIABLE] = self.experiment
         return {f"{ENV_PREFIX}{name.upper()}": _env_value(value) for name, value in values.items() if value is not None}
 
-    @property
-    def kafka_port(self) -> int:
-        return int(self.kafka_bootstrap.split(",")[0].rpartition(":")[2])
 
-    @property
-    def redis_port(self) -> int:
-        return urlsplit(self.redis_url).port or 6379
+def _nested(values: Mapping[str, object], base: Settings | None = None) -> dict[str, object]:
+    """Flat variable names and values → the nested dict :class:`Settings` validates (over ``base``'s values)."""
+    nested: dict[str, dict[str, object]] = {
+        name: dict(getattr(base, name)) if base is not None else {} for name in SECTIONS
+    }
+    experiment = base.experiment if base is not None else None
+    for name, value in values.items():
+        if name == EXPERIMENT_VARIABLE:
+            experiment = value
+        elif name in VARIABLES:
+            section, field = VARIABLES[name]
+            nested[section][field] = value
+        else:
+            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {_unknown(name)}")
+    return {**nested, EXPERIMENT_VARIABLE: experiment}
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, [*VARIABLES, EXPERIMENT_VARIABLE], n=1)
+    return "no such setting" + (f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else "")
 
 
 def _env_value(value: object) -> str:
@@ -180,9 +370,20 @@ def _env_value(value: object) -> str:
 
 
 def _variable(loc: tuple[int | str, ...]) -> str:
-    """The variable, and where inside its JSON value for a nested one: ``RECSTREAM_EXPERIMENT (variants.1.weight)``."""
-    inside = f" ({'.'.join(map(str, loc[1:]))})" if len(loc) > 1 else ""
-    return f"{ENV_PREFIX}{str(loc[0]).upper()}{inside}"
+    """The variable of an error's location, and where inside its JSON value for a nested one:
+    ``('kafka', 'events_partitions')`` → ``RECSTREAM_EVENTS_PARTITIONS``;
+    ``('experiment', 'variants', 1, 'weight')`` → ``RECSTREAM_EXPERIMENT (variants.1.weight)``."""
+    names = {where: name for name, where in VARIABLES.items()}
+    if len(loc) > 1 and (loc[0], loc[1]) in names:
+        name, inside = names[(str(loc[0]), str(loc[1]))], loc[2:]
+    else:
+        name, inside = str(loc[0]), loc[1:]
+    where = f" ({'.'.join(map(str, inside))})" if inside else ""
+    return f"{ENV_PREFIX}{name.upper()}{where}"
+
+
+def _lines(exc: ValidationError) -> str:
+    return "\n".join(f"{_variable(err['loc'])}: {err['msg']}" if err["loc"] else err["msg"] for err in exc.errors())
 
 
 def redacted(url: str) -> str:
@@ -200,10 +401,30 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build the settings from the environment (and explicit overrides, for tests and CLIs).
+def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
+    """The ``RECSTREAM_*`` variables of ``environ`` by setting name; unknown ones are logged with the closest
+    valid name (a misspelled variable would otherwise be ignored without a word)."""
+    values: dict[str, object] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name == EXPERIMENT_VARIABLE:
+            try:
+                values[name] = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise SettingsError(f"{key}: invalid JSON, {exc}") from None
+        elif name in VARIABLES:
+            values[name] = raw
+        else:
+            log.warning("%s is not a recstream setting, ignored: %s", key, _unknown(name))
+    return values
 
-    >>> load_settings(events_partitions=8).events_partitions
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings from the environment and explicit overrides (for tests and CLIs), by variable name.
+
+    >>> load_settings(events_partitions=8).kafka.events_partitions
     8
     >>> load_settings(events_partitions=0)
     Traceback (most recent call last):
@@ -211,7 +432,6 @@ def load_settings(**overrides: object) -> Settings:
     recstream.contracts.settings.SettingsError: RECSTREAM_EVENTS_PARTITIONS: Input should be greater than 0
     """
     try:
-        return Settings(**overrides)
+        return Settings.model_validate(_nested({**from_environment(os.environ), **overrides}))
     except ValidationError as exc:
-        lines = [f"{_variable(err['loc'])}: {err['msg']}" if err["loc"] else err["msg"] for err in exc.errors()]
-        raise SettingsError("\n".join(lines)) from None
+        raise SettingsError(_lines(exc)) from None

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 
 MAX_IN_FLIGHT = 2_000  # unacknowledged messages before send() waits for the oldest
 DELIVERY_TIMEOUT_MS = 120_000
@@ -41,7 +42,7 @@ class EventProducer:
         self.settings = settings
         self.batch_events = batch_events or settings.kafka.producer_batch_events
         self._kafka = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap,
+            **client_options(settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka.producer_linger_ms,
@@ -56,11 +57,11 @@ class EventProducer:
         self.messages_sent = 0
 
     async def __aenter__(self) -> EventProducer:
-        await self._kafka.start()
         try:
+            await self._kafka.start()
             self._partitions = len(await self._kafka.partitions_for(self.settings.kafka.events_topic))
         except BaseException:
-            await self._kafka.stop()
+            await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
             raise
         return self
 

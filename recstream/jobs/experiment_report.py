@@ -2,7 +2,7 @@
 
 Exact and independent of the workers: the events topic is read from its earliest offset up to the
 end offsets of the moment the report starts (or a JSONL file is read), and every valid event whose
-``variant`` names the experiment is counted. The statistics are recstream/experiments.py's.
+``variant`` names the experiment is counted. The statistics are recstream/jobs/experiment_stats.py's.
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ def file_events(path: Path) -> Iterable[object]:
 async def log_events(settings: Settings) -> AsyncIterator[Event]:
     """Every valid event on the events topic, from the log start to the end offsets as of now.
 
-    A group-less consumer (streams/log.py), so reading never joins or disturbs the workers' group.
+    A group-less consumer (recstream/eventlog/log.py), so reading never joins or disturbs the workers' group.
     """
     from recstream.eventlog.log import open_log, read, whole_topic
 
     async with open_log(settings) as consumer:
-        ranges = await whole_topic(consumer, settings.events_topic)
-        async for chunk in read(consumer, ranges, settings.batch_max):
+        ranges = await whole_topic(consumer, settings.kafka.events_topic)
+        async for chunk in read(consumer, ranges, settings.worker.batch_max):
             for message in chunk:
                 for event in decode(message.value, "event", REPLAY_NOW_MS)[0]:
                     yield event

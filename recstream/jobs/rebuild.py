@@ -2,7 +2,7 @@
 
 The topics are the source of truth (``events`` kept forever, ``items`` and ``users`` compacted
 to the latest value of each id), and every derived value is a function of the log applied in
-order (streams/state.py). So with the workers stopped the rebuild
+order (recstream/store/state.py). So with the workers stopped the rebuild
 
 1. refuses while the worker group has members (a worker would write while keys are deleted);
 2. deletes every key under the prefix except :data:`recstream.contracts.keys.NOT_DERIVED`;
@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 
 from recstream.contracts.keys import NOT_DERIVED, Keys
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
@@ -62,7 +63,7 @@ async def active_members(settings: Settings, timeout_s: float = 30.0) -> list[st
     A broker that never had a consumer group answers "coordinator not available" until it has created
     its offsets topic (the first request starts that): retriable errors are retried for ``timeout_s``.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
     await admin.start()
     deadline = time.monotonic() + timeout_s
     try:

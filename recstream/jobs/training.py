@@ -67,7 +67,7 @@ async def read_log(settings: Settings) -> list[Record]:
     now_ms = 2**53  # replay: no future-timestamp check against the wall clock
     records: list[Record] = []
     async with open_log(settings) as consumer:
-        for topic, kind in ((settings.items_topic, "item"), (settings.events_topic, "event")):
+        for topic, kind in ((settings.kafka.items_topic, "item"), (settings.kafka.events_topic, "event")):
             async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
                 for message in chunk:
                     records.extend(Record(kind, value) for value in decode(message.value, kind, now_ms)[0])
@@ -152,15 +152,15 @@ def similar_items(index: ItemIndex, item_ids: list[str], factors: np.ndarray) ->
 
 async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
     """Write the version, its item neighbours, then switch ``model:current`` to it (last)."""
-    version = write_model(settings.model_dir, artifacts)
+    version = write_model(settings.model.dir, artifacts)
     await activate(settings, artifacts, version)
     return version
 
 
 async def activate(settings: Settings, artifacts: ModelArtifacts, version: str) -> None:
     """Write a written version's item neighbours, then point ``model:current`` at it (also used by the rebuild)."""
-    keys = Keys(settings.redis_prefix)
-    redis = Redis.from_url(settings.redis_url)
+    keys = Keys(settings.redis.prefix)
+    redis = Redis.from_url(settings.redis.url)
     try:
         similar = similar_items(artifacts.index, artifacts.item_ids, artifacts.item_factors)
         pipe = redis.pipeline(transaction=False)

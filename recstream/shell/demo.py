@@ -2,7 +2,7 @@
 
 Brings up Kafka and Redis (if not running), publishes the world's recent history, trains a first
 model on it, starts a worker and the reader as child processes, then runs the closed-loop
-simulator (recstream/simulator.py) against the reader: simulated users fetch feeds over HTTP,
+simulator (recstream/sim/simulator.py) against the reader: simulated users fetch feeds over HTTP,
 view and click with their true probabilities and report it through ``POST /v1/events``; new items
 keep arriving. A panel shows what the system does. On exit (``--seconds`` or Ctrl-C) it stops
 exactly the processes it started, by pid (and the services, if it started them), and prints a
@@ -105,10 +105,10 @@ def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterat
     ``applied_events`` events (the history), so the first simulated feed sees warm users."""
     with ExitStack() as stack:
         worker = stack.enter_context(
-            infra.Child("worker", settings, log_dir / "worker.log", port=settings.worker_metrics_port)
+            infra.Child("worker", settings, log_dir / "worker.log", port=settings.worker.metrics_port)
         )
-        reader = stack.enter_context(infra.Child("serve", settings, log_dir / "reader.log", port=settings.reader_port))
-        reader_url = f"http://{settings.reader_host}:{reader.port}"
+        reader = stack.enter_context(infra.Child("serve", settings, log_dir / "reader.log", port=settings.reader.port))
+        reader_url = f"http://{settings.reader.host}:{reader.port}"
         worker_metrics = f"{worker.url}/metrics"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (_status(f"{reader_url}/readyz") == 200 and applied(worker_metrics, settings) >= applied_events):
@@ -122,7 +122,7 @@ def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterat
 
 def applied(worker_metrics: str, settings: Settings) -> float:
     """Events the worker has applied so far (its counter; 0 while it does not answer)."""
-    prefix = f'recstream_worker_events_total{{topic="{settings.events_topic}"'
+    prefix = f'recstream_worker_events_total{{topic="{settings.kafka.events_topic}"'
     return _metric(_scrape(worker_metrics), prefix)
 
 
@@ -229,7 +229,7 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     With ``movielens`` the hidden world is MovieLens 100K's users and items (world.movielens_world)."""
     from recstream.jobs import training
 
-    run_dir = settings.run_dir.resolve()
+    run_dir = settings.local.run_dir.resolve()
     simulator: Simulator | None = None
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())

@@ -35,6 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from recstream.contracts.settings import Settings, load_settings
+from recstream.eventlog.connection import client_options
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
@@ -99,11 +100,11 @@ def _is_zombie(pid: int) -> bool:
 
 
 def kafka_service(settings: Settings) -> Service:
-    return Service("kafka", settings.run_dir.resolve() / "kafka")
+    return Service("kafka", settings.local.run_dir.resolve() / "kafka")
 
 
 def redis_service(settings: Settings) -> Service:
-    return Service("redis", settings.run_dir.resolve() / "redis")
+    return Service("redis", settings.local.run_dir.resolve() / "redis")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -172,7 +173,7 @@ def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> boo
 
 def kafka_libs(settings: Settings) -> Path:
     """The broker's jars, fetched from Maven Central once into the cache folder."""
-    libs = settings.cache_dir.resolve() / "kafka-3.9.1" / "libs"
+    libs = settings.local.cache_dir.resolve() / "kafka-3.9.1" / "libs"
     if not any(libs.glob("kafka_2.13-3.9.1.jar")):
         mvn = shutil.which("mvn")
         if mvn is None:
@@ -185,8 +186,32 @@ def kafka_libs(settings: Settings) -> Path:
     return libs
 
 
+def _listeners(settings: Settings) -> list[str]:
+    """The broker's listeners: clients on ``port`` with the configured protocol, the controller on ``port + 1``.
+
+    A secured client listener (SSL, SASL_*) gets a plaintext loopback listener for the broker's own
+    traffic on ``port + 2``, so the broker needs no credentials for itself; its keystore and users come
+    from ``RECSTREAM_KAFKA_SERVER_PROPERTIES``.
+    """
+    port, protocol = settings.kafka.port, settings.kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+    return [
+        f"listeners={protocol}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1},INTERNAL://127.0.0.1:{port + 2}",
+        f"advertised.listeners={protocol}://127.0.0.1:{port},INTERNAL://127.0.0.1:{port + 2}",
+        "inter.broker.listener.name=INTERNAL",
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,{protocol}:{protocol}",
+    ]
+
+
 def _kafka_config(settings: Settings, service: Service) -> Path:
-    port = settings.kafka_port
+    port = settings.kafka.port
+    extra = settings.local.kafka_server_properties
     config = service.home / "server.properties"
     config.write_text(
         "\n".join(
@@ -194,11 +219,8 @@ def _kafka_config(settings: Settings, service: Service) -> Path:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{port + 1}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                *_listeners(settings),
                 "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={service.data_dir}",
                 "num.network.threads=2",
                 "num.io.threads=2",
@@ -209,6 +231,7 @@ def _kafka_config(settings: Settings, service: Service) -> Path:
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "log.retention.hours=-1",
+                extra.read_text() if extra is not None else "",
                 "",
             ]
         )
@@ -233,8 +256,8 @@ def _java(settings: Settings, service: Service, main: str, *args: str) -> list[s
             "-cp", f"{kafka_libs(settings)}/*", main, *args]  # fmt: skip
 
 
-async def _admin_ping(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+async def _admin_ping(settings: Settings) -> bool:
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=3000)
     try:
         await admin.start()
         await admin.describe_cluster()
@@ -246,13 +269,13 @@ async def _admin_ping(bootstrap: str) -> bool:
 
 
 def kafka_answers(settings: Settings) -> bool:
-    return port_open(settings.kafka_port) and asyncio.run(_admin_ping(settings.kafka_bootstrap))
+    return port_open(settings.kafka.port) and asyncio.run(_admin_ping(settings))
 
 
 def kafka_up(settings: Settings) -> str:
     service = kafka_service(settings)
-    if _already_up(service, settings.kafka_port, lambda: kafka_answers(settings)):
-        return f"kafka already running (pid {service.pid()}) on {settings.kafka_bootstrap}"
+    if _already_up(service, settings.kafka.port, lambda: kafka_answers(settings)):
+        return f"kafka already running (pid {service.pid()}) on {settings.kafka.bootstrap}"
     service.home.mkdir(parents=True, exist_ok=True)
     config = _kafka_config(settings, service)
     if not (service.data_dir / "meta.properties").exists():
@@ -263,35 +286,40 @@ def kafka_up(settings: Settings) -> str:
             raise InfraError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
     pid = _spawn(service, _java(settings, service, "kafka.Kafka", str(config)))
     _wait(service, lambda: kafka_answers(settings), "answer an admin request")
-    return f"kafka started (pid {pid}) on {settings.kafka_bootstrap}"
+    return f"kafka started (pid {pid}) on {settings.kafka.bootstrap}"
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the contract's topics if missing: events (retained), items/users (compacted), DLQ."""
-    retention = {"retention.ms": str(settings.retention_ms)}
+    retention = {"retention.ms": str(settings.kafka.retention_ms)}
     compacted = {"cleanup.policy": "compact"}
     wanted = [
         NewTopic(
-            settings.events_topic,
-            settings.events_partitions,
-            settings.replication_factor,
+            settings.kafka.events_topic,
+            settings.kafka.events_partitions,
+            settings.kafka.replication_factor,
             topic_configs=retention,
         ),
         NewTopic(
-            settings.items_topic,
-            settings.items_partitions,
-            settings.replication_factor,
+            settings.kafka.items_topic,
+            settings.kafka.items_partitions,
+            settings.kafka.replication_factor,
             topic_configs=compacted,
         ),
         NewTopic(
-            settings.users_topic,
-            settings.users_partitions,
-            settings.replication_factor,
+            settings.kafka.users_topic,
+            settings.kafka.users_partitions,
+            settings.kafka.replication_factor,
             topic_configs=compacted,
         ),
-        NewTopic(settings.dlq_topic, settings.dlq_partitions, settings.replication_factor, topic_configs=retention),
+        NewTopic(
+            settings.kafka.dlq_topic,
+            settings.kafka.dlq_partitions,
+            settings.kafka.replication_factor,
+            topic_configs=retention,
+        ),
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -323,9 +351,9 @@ def redis_binary() -> str:
 
 
 def redis_answers(settings: Settings) -> bool:
-    if not port_open(settings.redis_port):
+    if not port_open(settings.redis.port):
         return False
-    with socket.create_connection(("127.0.0.1", settings.redis_port), timeout=1) as sock:
+    with socket.create_connection(("127.0.0.1", settings.redis.port), timeout=1) as sock:
         sock.sendall(b"PING\r\n")
         reply = sock.recv(64)
     return reply.startswith((b"+PONG", b"-NOAUTH"))
@@ -333,16 +361,16 @@ def redis_answers(settings: Settings) -> bool:
 
 def redis_up(settings: Settings) -> str:
     service = redis_service(settings)
-    if _already_up(service, settings.redis_port, lambda: redis_answers(settings)):
-        return f"redis already running (pid {service.pid()}) on port {settings.redis_port}"
+    if _already_up(service, settings.redis.port, lambda: redis_answers(settings)):
+        return f"redis already running (pid {service.pid()}) on port {settings.redis.port}"
     service.data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [redis_binary(), "--port", str(settings.redis_port), "--bind", "127.0.0.1",
+    argv = [redis_binary(), "--port", str(settings.redis.port), "--bind", "127.0.0.1",
             "--dir", str(service.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
             "--pidfile", str(service.home / "redis.pid")]  # fmt: skip
     pid = _spawn(service, argv)
     _wait(service, lambda: redis_answers(settings), "answer PING")
-    return f"redis started (pid {pid}) on port {settings.redis_port}"
+    return f"redis started (pid {pid}) on port {settings.redis.port}"
 
 
 # --- both ----------------------------------------------------------------------------------

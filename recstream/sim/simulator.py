@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from recstream.contracts.events import Rejected, validate
 from recstream.contracts.keys import Keys
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import PoolSettings, Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.sim.world import World, WorldConfig
 
@@ -70,7 +70,7 @@ def pool_age_for(world: WorldConfig) -> int:
     """The new-item pool's graduation age for a world: twice its appeal half-life, the ratio of the
     defaults (48 h for 24 h), so a sped-up world gets a pool on its own clock. Fading off: the default."""
     half_life_h = world.appeal_half_life_h
-    return int(2 * half_life_h * 3600) if half_life_h else Settings.model_fields["pool_graduate_age_s"].default
+    return int(2 * half_life_h * 3600) if half_life_h else PoolSettings.model_fields["graduate_age_s"].default
 
 
 class SimConfig(BaseModel):
@@ -336,8 +336,8 @@ class Simulator:
         from redis.asyncio import Redis
         from redis.exceptions import RedisError
 
-        key = Keys(self.settings.redis_prefix).rank()
-        redis = Redis.from_url(self.settings.redis_url)
+        key = Keys(self.settings.redis.prefix).rank()
+        redis = Redis.from_url(self.settings.redis.url)
         try:
             while True:
                 try:

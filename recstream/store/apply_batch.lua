@@ -5,13 +5,13 @@
 -- that every watermark still has the value the worker read: if another worker (after a
 -- rebalance) or an earlier run moved it, nothing is written and the worker re-reads the
 -- watermarks and drops what is already applied. That check is what makes the state
--- effectively-once (see streams/state.py for the whole argument).
+-- effectively-once (see recstream/store/state.py for the whole argument).
 --
--- ARGV[1] is a JSON payload built by streams/state.py; ARGV[2..] are binary values that
+-- ARGV[1] is a JSON payload built by recstream/store/state.py; ARGV[2..] are binary values that
 -- payload.blobs refers to by index. Counts, timestamps and trend increments are integers
 -- below 2^53, exact as Lua doubles. A number passed to redis.call is sent as '%.17g' (exact:
 -- integers print as integers, scores round-trip); only a number put into a string by Lua
--- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/keys.py.
+-- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/contracts/keys.py.
 --
 -- Cost: the script blocks Redis while it runs, and a redis.call costs a few microseconds
 -- whatever it does, so every step reads and writes a whole key per call (HMGET, ZMSCORE,
@@ -174,7 +174,7 @@ for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
   redis.call('EXPIRE', key, cfg.trend_ttl_s)
 end
 
--- 6. users of new items until they graduate, for their fold-in (streams/fold_ins.py): user → summed
+-- 6. users of new items until they graduate, for their fold-in (recstream/store/fold_ins.py): user → summed
 -- weight, added event by event in order (as models/history.py sums); the first item_users_cap users
 local new_items = {}
 for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
@@ -256,6 +256,8 @@ for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
 end
 
--- 9. the watermarks move with the effect they cover
+-- 9. the online ranker's state of each events partition the batch trained (streams/ranker_training.py), and
+-- the watermarks: they move with the effect they cover
+for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending')}

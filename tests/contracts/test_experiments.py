@@ -16,7 +16,7 @@ from recstream.contracts.experiments import (
     Variant,
     metric_labels,
 )
-from recstream.contracts.settings import Settings, SettingsError, load_settings
+from recstream.contracts.settings import BlendSettings, SettingsError, load_settings
 
 USERS = [f"u{k:06d}" for k in range(10_000)]
 
@@ -102,6 +102,6 @@ def test_the_experiment_round_trips_through_the_environment(monkeypatch):
 def test_a_variant_overrides_exactly_the_blend_settings_and_each_is_a_setting():
     """A Variant field missing from BLEND_SETTINGS would be validated and then silently ignored by the reader."""
     assert set(BLEND_SETTINGS) == set(Variant.model_fields) - {"name", "weight"}
-    assert set(BLEND_SETTINGS) <= set(Settings.model_fields)
+    assert set(BLEND_SETTINGS) <= set(BlendSettings.model_fields)
     variant = Variant(name="ctr_only", weight=0.5, popular_personal_head=0)
-    assert load_settings().model_copy(update=variant.overrides()).popular_personal_head == 0
+    assert load_settings().replace(**variant.overrides()).blend.popular_personal_head == 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from recstream.contracts.settings import SettingsError, load_settings
+from recstream.contracts.settings import VARIABLES, SettingsError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -12,6 +12,8 @@ from recstream.contracts.settings import SettingsError, load_settings
         ("RECSTREAM_EVENTS_PARTITIONS", "four", "valid integer"),
         ("RECSTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port"),
         ("RECSTREAM_REDIS_URL", "http://x:1", "redis://"),
+        ("RECSTREAM_RANKER_ALPHA", "0", "greater than 0"),
+        ("RECSTREAM_RANKER_L2", "nan", "finite number"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):
@@ -25,4 +27,45 @@ def test_environment_is_read(monkeypatch):
     monkeypatch.setenv("RECSTREAM_KAFKA_BOOTSTRAP", "10.0.0.1:9999")
     monkeypatch.setenv("RECSTREAM_REDIS_URL", "rediss://:secret@cache:6380/2")
     settings = load_settings()
-    assert settings.kafka_port == 9999 and settings.redis_port == 6380
+    assert settings.kafka.port == 9999 and settings.redis.port == 6380
+
+
+def test_every_variable_lands_in_its_section_and_round_trips_through_the_environment(monkeypatch):
+    """Flat variable names stay valid: each sets exactly one field of one section, and to_env gives them back."""
+    settings = load_settings(batch_max=123, reader_port=9000, share_popular=0.3, redis_prefix="x", model_dir="m")
+    assert (settings.worker.batch_max, settings.reader.port, settings.blend.share_popular) == (123, 9000, 0.3)
+    assert (settings.redis.prefix, str(settings.model.dir)) == ("x", "m")
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings
+    assert len(VARIABLES) == len(set(VARIABLES.values()))
+
+
+def test_a_misspelled_variable_is_reported_with_the_closest_name(monkeypatch, caplog):
+    monkeypatch.setenv("RECSTREAM_BATCH_MAXX", "10")
+    with caplog.at_level("WARNING"):
+        settings = load_settings()
+    assert settings.worker.batch_max == 5_000
+    assert "RECSTREAM_BATCH_MAXX" in caplog.text and "did you mean RECSTREAM_BATCH_MAX?" in caplog.text
+
+
+def test_an_unknown_override_fails_naming_it():
+    with pytest.raises(SettingsError, match="RECSTREAM_BACH_MAX: no such setting"):
+        load_settings(bach_max=1)
+
+
+def test_replace_validates_like_the_environment():
+    with pytest.raises(SettingsError, match="RECSTREAM_BATCH_MAX: Input should be greater than 0"):
+        load_settings().replace(batch_max=0)
+
+
+def test_the_redis_password_never_shows_in_the_repr():
+    settings = load_settings(redis_url="redis://:hunter2@cache:6379/0")
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_model_copy_with_flat_names_is_refused_not_silently_ignored():
+    """pydantic's model_copy(update=...) would set ``batch_max`` as a stray attribute while
+    ``settings.worker.batch_max`` kept its old value: a test once stopped the session's services that way."""
+    with pytest.raises(TypeError, match=r"use settings\.replace"):
+        load_settings().model_copy(update={"batch_max": 1})

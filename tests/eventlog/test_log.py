@@ -1,4 +1,4 @@
-"""Reading the log outside faust (streams/log.py): exact offset ranges, whole topics, training's read."""
+"""Reading the log outside faust (recstream/eventlog/log.py): exact offset ranges, whole topics, training's read."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.integration
 
 async def test_a_range_yields_exactly_its_offsets_in_bounded_chunks(isolated_settings):
     settings = isolated_settings
-    topic = settings.events_topic
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    topic = settings.kafka.events_topic
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()
     try:
         for k in range(10):

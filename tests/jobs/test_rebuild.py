@@ -26,9 +26,9 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
     """A worker applies a stream; the rebuild deletes its state and replays the topics: counters,
     rankings, pool, seen sets and item neighbours exactly, user vectors to 1e-6, the same candidates."""
     users, items, events = world(n_users=200, n_items=120, n_events=20_000, seed=5)
-    small_batches = isolated_settings.model_copy(update={"batch_max": 100})
+    small_batches = isolated_settings.replace(batch_max=100)
     settings, _ = await trained(small_batches, tmp_path, events[:5_000], items)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     await publish(settings, users=users, items=items)
     worker = worker_factory(settings)
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
@@ -45,15 +45,16 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
 
     rebuilt = dump_state(client, "rs")
     assert sum(key.endswith(":vec") for key in live) == len(users)
-    # new items' users are tracked (exactly: fewer than the cap), but none graduates: a graduated new item's fold-in
-    # (streams/fold_ins.py) reads its users' vectors as they stand then, which depends on how far each partition got
+    # new items' users are tracked (exactly: fewer than the cap), but none graduates: a graduated new item's
+    # fold-in (recstream/store/fold_ins.py) reads its users' vectors as they stand then, which depends on how far
+    # each partition got
     assert [key for key in live if key.startswith("foldin:users:")]
     assert not [key for key in live if key.startswith("foldin:") and not key.startswith("foldin:users:")]
     assert differing_keys(rebuilt, live) == []
     assert (report.events, report.invalid) == (len(events), 1)
     async with open_log(settings) as consumer:
         ends = {}
-        for topic in (settings.events_topic, settings.items_topic, settings.users_topic):
+        for topic in (settings.kafka.events_topic, settings.kafka.items_topic, settings.kafka.users_topic):
             ends.update({tp: end for tp, (_, end) in (await whole_topic(consumer, topic)).items()})
     assert await committed_offsets(settings, list(ends)) == ends, "restarted workers go on after the replay"
 
@@ -61,7 +62,7 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
 async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_factory):
     """``recstream rebuild`` (the command) exits 1 naming the group's members and changes nothing."""
     settings = isolated_settings
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker_factory(settings)
     users, items, _ = world(n_users=5, n_items=5, n_events=0)
     await publish(settings, users=users, items=items)
@@ -71,7 +72,7 @@ async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_fac
     rebuild_command = [sys.executable, "-m", "recstream.shell.cli", "rebuild"]
     command = subprocess.run(rebuild_command, env=env, capture_output=True, text=True, cwd=REPO)
     assert command.returncode == 1
-    assert f"consumer group {settings.worker_group} has 1 active member" in " ".join(command.stderr.split())
+    assert f"consumer group {settings.worker.group} has 1 active member" in " ".join(command.stderr.split())
     assert dump_state(client, "rs") == before
 
 
@@ -86,13 +87,13 @@ async def test_a_replay_rejects_what_was_too_far_in_the_future_when_published(is
     async def collect(batch: list[DeadLetter]) -> None:
         letters.extend(batch)
 
-    client = Redis.from_url(settings.redis_url)
+    client = Redis.from_url(settings.redis.url)
     try:
         processor = BatchProcessor("event", StateStore(client, settings), settings, collect)
-        await processor.process([Message(settings.events_topic, 0, 0, event, published)])
-        await processor.process([Message(settings.events_topic, 0, 1, event, None)])  # no timestamp: the clock
+        await processor.process([Message(settings.kafka.events_topic, 0, 0, event, published)])
+        await processor.process([Message(settings.kafka.events_topic, 0, 1, event, None)])  # no timestamp: the clock
     finally:
         await client.aclose()
     assert [letter.source.offset for letter in letters] == [0]
     assert "in the future" in letters[0].rejected.reason
-    assert applied_events(redis.Redis.from_url(settings.redis_url), "rs") == 1
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 1

@@ -117,7 +117,7 @@ def build_and_apply_world(settings: Settings, tmp: Path, worker_factory: Callabl
     users, items, events, favourite, _, _ = build_world()
     settings, _ = asyncio.run(trained(settings, tmp, events, items, candidates_m=100))
     worker = worker_factory(settings)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     now = int(time.time() * 1000)
     new = [
         ItemEvent(op="new", item_id=f"new-{k}", ts=now, created_ts=now, categories=[CATEGORIES[k % len(CATEGORIES)]])
@@ -171,7 +171,7 @@ def missing(prometheus: PrometheusProcess, queries: list[Query]) -> list[str]:
 def test_every_panel_and_rule_query_returns_series_from_a_live_system(
     isolated_settings, worker_factory, prometheus_factory, tmp_path
 ):
-    settings = isolated_settings.model_copy(update={"pool_cache_s": 0.1, "popular_refresh_s": 0.2})
+    settings = isolated_settings.replace(pool_cache_s=0.1, popular_refresh_s=0.2)
     settings, worker = build_and_apply_world(settings, tmp_path, worker_factory)
     users = [f"warm-{k:03d}" for k in range(20)] + [f"cold-{k}" for k in range(6)]
     queries = dashboard_queries() + rule_queries()

@@ -60,7 +60,7 @@ class World:
         return next(i.categories for i in self.items if i.item_id == item)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        return redis.Redis.from_url(self.settings.redis.url, decode_responses=True)
 
 
 def build_world(
@@ -136,16 +136,16 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     settings = services.on_topics(
         suffix,
         worker_group=f"reader-world-{suffix}",
-        redis_url=services.redis_url.rsplit("/", 1)[0] + "/2",
+        redis_url=services.redis.url.rsplit("/", 1)[0] + "/2",
         pool_cache_s=0.1,
         popular_refresh_s=0.2,
     )
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     client.flushdb()
     asyncio.run(infra.ensure_topics(settings))
     users, items, events, favourite, cold, fresh = build_world()
     tmp = tmp_path_factory.mktemp("reader-world")
-    settings, version = asyncio.run(trained(settings, tmp, events, items, candidates_m=settings.candidates_m))
+    settings, version = asyncio.run(trained(settings, tmp, events, items, candidates_m=settings.model.candidates_m))
     worker = infra.Child("worker", settings, tmp / "worker.log")
     try:
         asyncio.run(publish(settings, users=users, items=items))
@@ -175,7 +175,7 @@ async def reader_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The reader app in process (lifespan run, snapshot loaded) behind an httpx client."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.reader.loader.refresh(force_popular=True)
+        await app.state.service.loader.refresh(force_popular=True)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://reader") as client:
             client.app = app  # type: ignore[attr-defined]  # tests reach the reader to reload its snapshot
@@ -190,7 +190,7 @@ async def reader(world: World) -> AsyncIterator[httpx.AsyncClient]:
 
 async def reload(client: httpx.AsyncClient) -> None:
     """Reload the reader's snapshot now (instead of waiting pool_cache_s), e.g. after a worker wrote."""
-    await client.app.state.reader.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
+    await client.app.state.service.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
 
 
 class LiveReader:
@@ -237,11 +237,11 @@ async def isolated_topics(settings: Settings) -> Settings:
 @pytest.fixture
 async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
     """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
-    settings = (await isolated_topics(world.settings)).model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
+    settings = (await isolated_topics(world.settings)).replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=tmp_path / "run"
     )
     infra.redis_up(settings)
-    source, target = redis.Redis.from_url(world.settings.redis_url), redis.Redis.from_url(settings.redis_url)
+    source, target = redis.Redis.from_url(world.settings.redis.url), redis.Redis.from_url(settings.redis.url)
     pipe = target.pipeline(transaction=False)
     for key in source.scan_iter("rs:*", count=1000):
         pipe.restore(key, 0, source.dump(key), replace=True)
@@ -256,4 +256,4 @@ def kill_redis(settings: Settings) -> None:
     pid = infra.redis_service(settings).pid()
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not infra.port_open(settings.redis_port), timeout_s=10, what="Redis to die")
+    wait_until(lambda: not infra.port_open(settings.redis.port), timeout_s=10, what="Redis to die")

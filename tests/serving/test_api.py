@@ -69,7 +69,7 @@ async def test_bad_requests_get_a_precise_4xx(world: World, method, path, body, 
 async def test_writes_need_the_api_key_when_one_is_set_and_reads_only_when_asked(world: World):
     base = await isolated_topics(world.settings)
     event = {"type": "view", "user_id": "u-key", "item_id": "i001", "ts": 1_700_000_000_000}
-    async with reader_client(base.model_copy(update={"api_key": SecretStr("s3cret")})) as reader:
+    async with reader_client(base.replace(api_key=SecretStr("s3cret"))) as reader:
         assert (await reader.post("/v1/events", json=event)).status_code == 401
         assert (await reader.post("/v1/events", json=event, headers={"X-API-Key": "wrong"})).status_code == 401
         assert (await reader.post("/v1/events", json=event, headers={"X-API-Key": "s3cret"})).status_code == 202
@@ -77,7 +77,7 @@ async def test_writes_need_the_api_key_when_one_is_set_and_reads_only_when_asked
         assert (await reader.put("/v1/users/u-key/preferences", json={}, headers=bearer)).status_code == 200
         assert (await reader.put("/v1/users/u-key/preferences", json={})).status_code == 401
         assert (await reader.get("/v1/feed/u-key")).status_code == 200
-    async with reader_client(base.model_copy(update={"api_key": SecretStr("s3cret"), "protect_reads": True})) as reader:
+    async with reader_client(base.replace(api_key=SecretStr("s3cret"), protect_reads=True)) as reader:
         assert (await reader.get("/v1/feed/u-key")).status_code == 401
         assert (await reader.get("/v1/feed/u-key", headers={"X-API-Key": "s3cret"})).status_code == 200
         assert (await reader.get("/healthz")).status_code == 200, "probes stay open"
@@ -86,9 +86,9 @@ async def test_writes_need_the_api_key_when_one_is_set_and_reads_only_when_asked
 async def test_every_route_in_the_schema_needs_the_key_when_protected_except_probes(isolated_settings):
     """Enumerated from the app's own OpenAPI schema, so a write route added later cannot forget the key;
     with ``protect_reads`` every read route needs it too, only the ``ops`` probes and metrics stay open."""
-    base = isolated_settings.model_copy(update={"api_key": SecretStr("s3cret")})
+    base = isolated_settings.replace(api_key=SecretStr("s3cret"))
     for protect_reads in (False, True):
-        async with reader_client(base.model_copy(update={"protect_reads": protect_reads})) as reader:
+        async with reader_client(base.replace(protect_reads=protect_reads)) as reader:
             paths = reader.app.openapi()["paths"]
             wanted = [
                 (method.upper(), re.sub(r"\{[^}]+\}", "u1", path))

@@ -12,7 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 import redis
-from recstream.serving.feed import Variants
+from recstream.serving.variants import Variants
 from typer.testing import CliRunner
 
 from recstream.contracts.events import Event, validate
@@ -70,13 +70,13 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
     config = WorldConfig(seed=3, n_users=300, n_items=300, new_items_per_hour=0, appeal_half_life_h=None)
     world = World(config.model_copy(update={"start_ms": now - 2 * HOUR_MS}))
     users, items, events = split_history(world)
-    settings = isolated_settings.model_copy(
+    settings = isolated_settings.replace(
         # a generous Redis timeout: a degraded page (the same for both arms) would blur the comparison
-        update={"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
+        **{"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
     )
     settings, _ = asyncio.run(trained(settings, tmp_path, events, items, candidates_m=50))
     worker = worker_factory(settings)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     asyncio.run(publish(settings, users=users, items=items))
     wait_until(lambda: client.zcard("rs:pool") == len(items), what="every item in the pool")
     asyncio.run(publish(settings, events=events))
@@ -126,7 +126,7 @@ async def test_the_feed_names_the_variant_and_blends_with_its_settings(world):
     """On the reader tests' world: each page names its user's variant; the control's page is the page without
     any experiment (same seed), the bad arm's has no popular slot and explore at its cap (5 of 20)."""
     async with (
-        reader_client(world.settings.model_copy(update={"experiment": EXPERIMENT})) as reader,
+        reader_client(world.settings.replace(experiment=EXPERIMENT)) as reader,
         reader_client(world.settings) as plain,
     ):
         arms = set()
@@ -163,5 +163,5 @@ def test_each_variant_blends_with_the_global_settings_plus_its_overrides():
         arms[arm.label] = arm.settings
     good, bad = arms["blend:good"], arms["blend:bad"]
     assert good == settings
-    assert (bad.share_personal, bad.share_popular, bad.explore_policy) == (0.0, 0.0, "epsilon_greedy")
-    assert bad.share_fresh == 0.75 and bad.redis_prefix == settings.redis_prefix
+    assert (bad.blend.share_personal, bad.blend.share_popular, bad.blend.explore_policy) == (0.0, 0.0, "epsilon_greedy")
+    assert bad.blend.share_fresh == 0.75 and bad.redis.prefix == settings.redis.prefix

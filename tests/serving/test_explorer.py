@@ -73,7 +73,7 @@ def private_world(own_redis: Settings, worker_factory: Callable[[Settings], infr
     The page's clicks and views must be applied by a real worker, but not to the shared world:
     tests/serving/test_feed.py recomputes rankings from exactly the events the world published.
     """
-    settings = own_redis.model_copy(update={"worker_group": f"explorer-{uuid.uuid4().hex[:8]}", **PATIENT})
+    settings = own_redis.replace(**{"worker_group": f"explorer-{uuid.uuid4().hex[:8]}", **PATIENT})
     worker = worker_factory(settings)
     worker.wait_ready()
     return settings
@@ -94,11 +94,11 @@ def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_
     world: World, private_world: Settings, page: Page
 ):
     user = world.warm[-1]
-    protected = private_world.model_copy(update={"api_key": SecretStr(API_KEY)})  # writes need the key
+    protected = private_world.replace(api_key=SecretStr(API_KEY))  # writes need the key
     with (
         LiveReader(protected) as reader,
         world.redis() as shared,
-        redis.Redis.from_url(private_world.redis_url, decode_responses=True) as client,
+        redis.Redis.from_url(private_world.redis.url, decode_responses=True) as client,
     ):
         shared_totals = shared.hgetall("rs:totals")
         # the page stamps events with the browser's clock: keep it in the world's event time, or the
@@ -153,7 +153,7 @@ def test_a_click_changes_the_feed_load_more_never_repeats_and_the_page_shows_it_
 
 
 def test_the_degraded_banner_appears_when_redis_is_stopped(world: World, own_redis: Settings, page: Page):
-    with LiveReader(own_redis.model_copy(update=PATIENT)) as reader:
+    with LiveReader(own_redis.replace(**PATIENT)) as reader:
         open_feed(page, reader.url, world.warm[-2])
         expect(page.locator("#degraded")).to_be_hidden()
         kill_redis(own_redis)

@@ -41,11 +41,11 @@ def cold_ranking(world: World, segment_name: str, unavailable: set[str]) -> list
     prior = quantized_global_ctr(
         sum(clicks.values()),
         sum(views.values()),
-        rel_step=s.ctr_prior_step,
-        default_ctr=s.ctr_default,
-        default_mass=s.ctr_default_mass,
+        rel_step=s.model.ctr_prior_step,
+        default_ctr=s.model.ctr_default,
+        default_mass=s.model.ctr_default_mass,
     )
-    m, lam = s.ctr_prior_mass, s.cold_segment_weight
+    m, lam = s.model.ctr_prior_mass, s.blend.cold_segment_weight
     score = {}
     for item in views.keys() - unavailable:
         overall = (clicks[item] + m * prior) / (views[item] + m)
@@ -110,14 +110,8 @@ async def test_twenty_pages_of_twenty_never_repeat_and_never_serve_a_seen_item(w
 
 async def test_thompson_sampling_prefers_the_better_posterior_and_still_explores_items_without_data(world):
     """Only explore slots (two per page), 300 seeds: ts-good (30/60) beats ts-bad (0/60); ts-unknown still shows."""
-    settings = world.settings.model_copy(
-        update={
-            "share_personal": 0.0,
-            "share_popular": 0.0,
-            "share_fresh": 0.0,
-            "share_explore": 1.0,
-            "explore_max_share": 1.0,
-        }
+    settings = world.settings.replace(
+        share_personal=0.0, share_popular=0.0, share_fresh=0.0, share_explore=1.0, explore_max_share=1.0
     )
     shown: Counter[str] = Counter()
     async with reader_client(settings) as reader:
@@ -218,7 +212,9 @@ async def test_reported_views_reach_the_seen_set_and_carry_the_served_source(wor
 async def published_sources(world: World, event_ids: set[str]) -> dict[str, str]:
     """item → context.source of the events with these ids, read back from the events topic."""
     consumer = AIOKafkaConsumer(
-        world.settings.events_topic, bootstrap_servers=world.settings.kafka_bootstrap, auto_offset_reset="earliest"
+        world.settings.kafka.events_topic,
+        bootstrap_servers=world.settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     found: dict[str, str] = {}

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from recstream.serving.cursor import Cursor
 from recstream.serving.feed import build_page, degraded_page, favourite_categories
-from recstream.serving.feed_state import Cursor, UserState
 from recstream.serving.snapshot import Pool, Popular, Snapshot
+from recstream.serving.user_state import UserState
 
 from recstream.contracts.settings import load_settings
 

@@ -23,7 +23,7 @@ return 1
 
 @pytest.fixture
 def client(isolated_settings):
-    client = redis.Redis.from_url(isolated_settings.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(isolated_settings.redis.url, decode_responses=True)
     client.mset({"a": "A", "b": "B"})
     yield client
     client.close()
@@ -35,7 +35,7 @@ async def block_redis(client: redis.Redis, micros: int) -> asyncio.Future:
 
 
 async def test_replies_stay_matched_to_their_callers_after_a_timeout(isolated_settings, client):
-    wire = RedisWire(isolated_settings.redis_url, timeout_s=0.05)
+    wire = RedisWire(isolated_settings.redis.url, timeout_s=0.05)
     assert await wire.call("GET", "a") == "A"
     busy = await block_redis(client, 300_000)
     await asyncio.sleep(0.05)
@@ -53,7 +53,7 @@ def test_a_busy_reader_does_not_time_out_a_reply_that_already_arrived(isolated_s
     """Timers run before I/O in a loop iteration: the wire must look at the socket before calling it a timeout."""
 
     async def blocked_past_the_timeout() -> str:
-        wire = RedisWire(isolated_settings.redis_url, timeout_s=0.05)
+        wire = RedisWire(isolated_settings.redis.url, timeout_s=0.05)
         await wire.call("PING")
         pending = asyncio.ensure_future(wire.call("GET", "a"))
         await asyncio.sleep(0)  # the call queues its command...
@@ -68,7 +68,7 @@ def test_a_busy_reader_does_not_time_out_a_reply_that_already_arrived(isolated_s
 
 
 async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnects(isolated_settings, client):
-    wire = RedisWire(isolated_settings.redis_url, timeout_s=1.0)
+    wire = RedisWire(isolated_settings.redis.url, timeout_s=1.0)
     my_id = await wire.call("CLIENT", "ID")
     client.client_kill_filter(_id=my_id)
     with pytest.raises(ConnectionError):
@@ -80,7 +80,7 @@ async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnect
 
 
 async def test_scripts_are_resent_when_redis_lost_its_script_cache(isolated_settings, client):
-    wire = RedisWire(isolated_settings.redis_url, timeout_s=1.0)
+    wire = RedisWire(isolated_settings.redis.url, timeout_s=1.0)
     script = Script("return redis.call('GET', KEYS[1])")
     assert await wire.run(script, ["a"]) == "A"
     client.script_flush()

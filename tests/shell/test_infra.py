@@ -15,12 +15,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_path: Path):
-    settings = services.model_copy(
-        update={
-            "kafka_bootstrap": f"127.0.0.1:{free_port(span=2)}",
-            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
-            "run_dir": tmp_path,
-        }
+    settings = services.replace(
+        kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        run_dir=tmp_path,
     )
     infra.up(settings)
     pids = [infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()]
@@ -32,12 +30,12 @@ def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_pat
     finally:
         infra.down(settings)
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-    assert not infra.port_open(settings.kafka_port) and not infra.port_open(settings.redis_port)
+    assert not infra.port_open(settings.kafka.port) and not infra.port_open(settings.redis.port)
     assert infra.down(settings) == ["kafka not running", "redis not running"]
 
 
 def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings, tmp_path: Path):
-    taken = services.model_copy(update={"run_dir": tmp_path})  # same ports, another run folder
+    taken = services.replace(run_dir=tmp_path)  # same ports, another run folder
     with pytest.raises(infra.InfraError, match="taken by a process this project did not start"):
         infra.redis_up(taken)
     assert infra.redis_answers(services)
@@ -47,16 +45,14 @@ def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: 
     with socket.socket() as blocker:  # a foreign process on the Kafka port: Redis starts, Kafka refuses
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        settings = services.model_copy(
-            update={
-                "kafka_bootstrap": f"127.0.0.1:{blocker.getsockname()[1]}",
-                "redis_url": f"redis://127.0.0.1:{free_port()}/0",
-                "run_dir": tmp_path,
-            }
+        settings = services.replace(
+            kafka_bootstrap=f"127.0.0.1:{blocker.getsockname()[1]}",
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            run_dir=tmp_path,
         )
         with pytest.raises(infra.InfraError, match="taken by a process"), infra.running(settings):
             pass
-    assert infra.redis_service(settings).pid() is None and not infra.port_open(settings.redis_port)
+    assert infra.redis_service(settings).pid() is None and not infra.port_open(settings.redis.port)
 
 
 CLEANS_UP = """

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 async def test_a_loading_model_applies_stored_fold_ins_then_follows_the_log(isolated_settings, tmp_path):
     _, items, events = world(n_users=30, n_items=40, n_events=2_000)
     settings, version = await trained(isolated_settings, tmp_path, events, items)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     model = LiveModel(settings)
     new = [ItemEvent(op="new", item_id=f"new{k}", ts=T0, categories=["news"]) for k in range(3)]
     for item in [*items, *new]:

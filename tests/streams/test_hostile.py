@@ -310,7 +310,11 @@ def generate(now_ms: int, n_hostile: int = N_HOSTILE) -> list[Outgoing]:
 
 
 def topic_of(settings: Settings) -> Callable[[Kind], str]:
-    return {"event": settings.kafka.events_topic, "item": settings.kafka.items_topic, "user": settings.kafka.users_topic}.__getitem__
+    return {
+        "event": settings.kafka.events_topic,
+        "item": settings.kafka.items_topic,
+        "user": settings.kafka.users_topic,
+    }.__getitem__
 
 
 async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
@@ -538,7 +542,9 @@ async def test_an_event_on_a_partition_its_user_does_not_hash_to_is_dead_lettere
         str(p) for p in range(n) if p != home
     ]
     assert all(dict(m.headers)["reason"].startswith(b"partition: user 'u1' belongs to") for m in letters)
-    assert f'dead_letters_total{{reason="partition",topic="{settings.kafka.events_topic}"}} {n - 1}.0' in worker.metrics()
+    assert (
+        f'dead_letters_total{{reason="partition",topic="{settings.kafka.events_topic}"}} {n - 1}.0' in worker.metrics()
+    )
 
 
 async def test_a_timestamp_ahead_of_its_arrival_does_not_move_the_event_clock(isolated_settings, worker_factory):

@@ -57,7 +57,7 @@ def share(items: list[str], category: str) -> float:
 async def test_clicks_move_a_users_candidates_toward_that_category(isolated_settings, worker_factory, tmp_path):
     items = catalogue()
     settings, _ = await trained(isolated_settings, tmp_path, taste_log(), items)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker_factory(settings)
     await publish(settings, items=items)
     news = [Event(type="click", user_id="newbie", item_id=f"i{k}", ts=T0 + k) for k in (1, 2, 3)]
@@ -80,7 +80,7 @@ async def test_clicks_move_a_users_candidates_toward_that_category(isolated_sett
 async def test_a_new_item_reaches_its_category_fans_before_any_click(isolated_settings, worker_factory, tmp_path):
     items = catalogue()
     settings, _ = await trained(isolated_settings, tmp_path, taste_log(), items)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker_factory(settings)
     await publish(settings, items=items)
     fresh = ItemEvent(op="new", item_id="fresh-sport", ts=T0 + 1, created_ts=T0 + 1, categories=["sport"])
@@ -106,7 +106,7 @@ async def test_a_new_item_reaches_its_category_fans_before_any_click(isolated_se
 async def test_a_new_model_version_is_hot_swapped_without_a_restart(isolated_settings, worker_factory, tmp_path):
     items = catalogue()
     settings, first = await trained(isolated_settings, tmp_path, taste_log(seed=0), items)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     worker = worker_factory(settings)
     await publish(settings, items=items, users=[UserEvent(user_id="newbie", ts=T0, preferred_categories=["music"])])
     wait_until(lambda: candidates(client, "newbie"), what="onboarding candidates from picked categories")
@@ -132,12 +132,12 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     candidate where its content vector did not."""
     items = catalogue()
     settings, version = await trained(isolated_settings, tmp_path, taste_log(), items)
-    settings = settings.model_copy(update={"pool_graduate_views": 10})
-    client = redis.Redis.from_url(settings.redis_url)
+    settings = settings.replace(pool_graduate_views=10)
+    client = redis.Redis.from_url(settings.redis.url)
     workers = [worker_factory(settings) for _ in range(2)]  # a fold-in must reach a worker that did not compute it
     fresh = ItemEvent(op="new", item_id="fresh", ts=T0, created_ts=T0, categories=["news"])
     await publish(settings, items=[*items, fresh])
-    n = settings.events_partitions
+    n = settings.kafka.events_partitions
     fans = [f"fan{k}" for k in range(100) if partition_for(f"fan{k}", n) == 0][:10]
     sport = [f"i{PER_CATEGORY + k}" for k in range(6)]
 
@@ -153,7 +153,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     await publish(settings, events=[Event(type="view", user_id=u, item_id="fresh", ts=T0 + 200) for u in fans])
     wait_until(lambda: client.hexists(f"rs:foldin:{version}", "fresh"), what="the fold-in stored at graduation")
     stored = np.frombuffer(client.hget(f"rs:foldin:{version}", "fresh"), "<f4")
-    model = read_model(settings.model_dir, version)
+    model = read_model(settings.model.dir, version)
     x = np.array([np.frombuffer(client.get(f"rs:user:{u}:vec"), "<f4") for u in fans], dtype=np.float64)
     c = 1 + model.config.alpha * (model.config.click_weight + model.config.view_weight)  # one click + one view
     a = model.user_gram + model.config.regularization * np.eye(x.shape[1]) + (c - 1) * x.T @ x

@@ -1,0 +1,336 @@
+"""An online click model: logistic regression trained with FTRL-Proximal, plus the metrics to watch it by.
+
+FTRL-Proximal (McMahan et al. 2013, "Ad click prediction: a view from the trenches") keeps two
+accumulators per coordinate, z and n, and derives the weights from them in closed form. Rows are
+applied one at a time, in order, as the algorithm requires; the work within a row is vectorized
+over the features. A bias is handled internally as a coordinate whose feature is always 1, and
+it is regularized like every other coordinate.
+
+Determinism: the state after a sequence of rows is a pure function of the config and the rows in
+order, whatever batches they came in, so a worker restored from `to_bytes` and fed the rest of the
+rows ends in the same bytes as one that never stopped. Each step is a correctly rounded IEEE
+operation, `math.fsum` (the correctly rounded sum, so no summation order and no BLAS kernel to
+depend on) or `math.exp` for the sigmoid.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+ArrayLike = npt.ArrayLike
+
+LOGIT_CLIP = 35.0
+"""Logits are clipped to [-35, 35] before the sigmoid: p stays in (0, 1) and exp never overflows."""
+
+_MAGIC = b"FTRL"
+_VERSION = 1
+_HEADER = struct.Struct("<4sHIQ4d")  # magic, version, n_features, n_updates, alpha, beta, l1, l2
+
+
+@dataclass(frozen=True, slots=True)
+class FTRLConfig:
+    """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2.
+
+    >>> FTRLConfig(alpha=0.1, l1=1.0)
+    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0)
+    >>> FTRLConfig(alpha=0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: alpha must be finite and > 0, got 0.0
+    """
+
+    alpha: float = 0.05
+    beta: float = 1.0
+    l1: float = 0.0
+    l2: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        for name in ("l1", "l2"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+
+
+class FTRLRanker:
+    """Logistic regression on `n_features` dense features plus a bias, learned online with FTRL-Proximal.
+
+    w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α + λ2);  p = σ(w·x).
+    Each row (x, y) then applies: g_i = (p − y)·x_i, σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α,
+    z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1).
+
+    `update` returns the progressive-validation logloss: the mean loss of each row's prediction
+    made before that row was learned, what an online dashboard shows.
+
+    >>> ranker = FTRLRanker(n_features=2, config=FTRLConfig(alpha=0.5))
+    >>> rows = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> ranker.score(rows)  # nothing learned yet: every row scores 1/2
+    array([0.5, 0.5])
+    >>> round(ranker.update(rows[:1], [1]), 4)  # the row was predicted at 1/2 before it was learned: ln 2
+    0.6931
+    >>> round(ranker.update(rows, [1, 0]), 4)  # mean loss of each row's prediction before its own update
+    0.6943
+    >>> ranker.score(rows).round(3)  # the clicked row now scores higher than the skipped one
+    array([0.583, 0.493])
+    >>> ranker.weights.round(3)  # bias first
+    array([ 0.109,  0.226, -0.135])
+    >>> ranker.contributions([1.0, 1.0]).round(3)  # w_i·x_i per feature, the bias excluded
+    array([ 0.226, -0.135])
+    >>> ranker.n_updates
+    3
+    >>> FTRLRanker.from_bytes(ranker.to_bytes()).to_bytes() == ranker.to_bytes()
+    True
+    """
+
+    def __init__(self, n_features: int, config: FTRLConfig | None = None) -> None:
+        if not (isinstance(n_features, int | np.integer) and n_features >= 1):
+            raise ValueError(f"n_features must be an int >= 1, got {n_features!r}")
+        self.n_features = int(n_features)
+        self.config = FTRLConfig() if config is None else config
+        self.n_updates = 0  # rows learned so far
+        self._z = np.zeros(self.n_features + 1)
+        self._n = np.zeros(self.n_features + 1)
+
+    def __repr__(self) -> str:
+        return f"FTRLRanker(n_features={self.n_features}, config={self.config!r}, n_updates={self.n_updates})"
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The current weights w (a copy), bias first: shape (n_features + 1,).
+
+        >>> FTRLRanker(3).weights
+        array([0., 0., 0., 0.])
+        """
+        w = np.empty_like(self._z)
+        _weights(self._z, _neg_den(np.sqrt(self._n), self.config), self.config.l1, out=w)
+        return np.add(w, 0.0, out=w)  # 0/−den is −0.0; show it as 0.0
+
+    def score(self, rows: ArrayLike) -> np.ndarray:
+        """Click probabilities σ(w·x) of rows shaped (n_rows, n_features), with the logit clipped to ±35.
+
+        Vectorized over rows, it gives the prediction `update` would make for a row up to rounding in
+        the last bits (`update` sums w·x with `math.fsum` and applies `math.exp`, one row at a time).
+
+        >>> FTRLRanker(2).score(np.zeros((3, 2)))
+        array([0.5, 0.5, 0.5])
+        """
+        x = self._design(rows)
+        logits = np.add.reduce(x * self.weights, axis=1)
+        return 1.0 / (1.0 + np.exp(-np.clip(logits, -LOGIT_CLIP, LOGIT_CLIP)))
+
+    def contributions(self, row: ArrayLike) -> np.ndarray:
+        """w_i·x_i for each feature of one row (shape (n_features,)): which feature pushed its score most.
+
+        The logit is their sum plus the bias, `weights[0]`.
+
+        >>> ranker = FTRLRanker(2, FTRLConfig(alpha=1.0))
+        >>> _ = ranker.update([[2.0, 1.0]], [1])
+        >>> ranker.contributions([2.0, 1.0]).round(3), round(float(ranker.weights[0]), 3)
+        (array([0.667, 0.2  ]), 0.2)
+        """
+        x = np.asarray(row, dtype=np.float64)
+        if x.shape != (self.n_features,):
+            raise ValueError(f"row must have shape ({self.n_features},), got {x.shape}")
+        return self.weights[1:] * x
+
+    def update(self, rows: ArrayLike, labels: ArrayLike, predictions: list[float] | None = None) -> float:
+        """Learn the rows in order (labels 1 = click, 0 = no click); return the progressive-validation logloss.
+
+        That is the mean over rows of −ln p(y) for the prediction made just before the row's own
+        update (what `score` gave for it then); those predictions are appended to `predictions` when
+        given (an online AUC is computed from them). An empty batch changes nothing and returns nan.
+        The batch is validated before anything is learned, so a rejected batch leaves the model as it was.
+        The state after a row depends only on the rows so far, not on how they were cut into batches.
+
+        >>> ranker, predicted = FTRLRanker(1), []
+        >>> round(ranker.update([[1.0], [1.0]], [1, 1], predicted), 4), ranker.n_updates
+        (0.6851, 2)
+        >>> [round(p, 4) for p in predicted]  # the second row was predicted after the first was learned
+        [0.5, 0.5081]
+        >>> ranker.update([[1.0]], [2])
+        Traceback (most recent call last):
+        ...
+        ValueError: labels must be 0 or 1
+        """
+        x = self._design(rows)
+        y = _binary_labels(labels, len(x))
+        if len(x) == 0:
+            return math.nan
+        cfg = self.config
+        alpha, l1 = cfg.alpha, cfg.l1
+        width = self.n_features + 1
+        z, n = self._z.copy(), self._n.copy()
+        root_n = np.sqrt(n)
+        neg_den = _neg_den(root_n, cfg)  # −((β + sqrt(n))/α + λ2), kept negated so that w = numerator / neg_den
+        # Full-width constants: ufuncs take them faster than Python floats, and the bits are the same.
+        neg_beta, alpha_v, l2_v = np.full(width, -cfg.beta), np.full(width, alpha), np.full(width, cfg.l2)
+        lo, hi = np.full(width, -l1), np.full(width, l1)
+        w, g, tmp, next_root_n = (np.empty(width) for _ in range(4))
+        losses: list[float] = []
+        probs: list[float] = []
+        record, predict = losses.append, probs.append
+        exp, log1p, fsum, bound = math.exp, math.log1p, math.fsum, LOGIT_CLIP
+        add, sub, mul, div, sqrt, fmax, fmin = np.add, np.subtract, np.multiply, np.divide, np.sqrt, np.fmax, np.fmin
+        for xi, yi in zip(x, y.tolist(), strict=True):
+            if l1 == 0.0:  # w: the operations of _weights, inlined
+                div(z, neg_den, w)
+            else:
+                fmax(z, lo, out=w)  # z is finite, so fmax/fmin clip exactly as max/min would
+                fmin(w, hi, out=w)
+                sub(z, w, w)
+                div(w, neg_den, w)
+            mul(w, xi, tmp)
+            s = fsum(tmp.tolist())  # w·x, correctly rounded: no summation order to depend on
+            s = -bound if s < -bound else (bound if s > bound else s)
+            p = 1.0 / (1.0 + exp(-s))
+            predict(p)
+            record(log1p(exp(-s)) if yi == 1.0 else log1p(exp(s)))  # −ln p(y)
+            mul(xi, p - yi, g)  # g_i = (p − y)·x_i
+            mul(g, g, tmp)
+            add(n, tmp, n)  # n_i += g_i²
+            sqrt(n, next_root_n)
+            sub(next_root_n, root_n, tmp)
+            div(tmp, alpha_v, tmp)  # σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α
+            mul(tmp, w, tmp)
+            sub(g, tmp, tmp)
+            add(z, tmp, z)  # z_i += g_i − σ_i·w_i
+            root_n, next_root_n = next_root_n, root_n
+            sub(neg_beta, root_n, neg_den)  # the operations of _neg_den
+            div(neg_den, alpha_v, neg_den)
+            sub(neg_den, l2_v, neg_den)
+        self._z, self._n = z, n
+        self.n_updates += len(x)
+        if predictions is not None:
+            predictions.extend(probs)
+        return math.fsum(losses) / len(losses)
+
+    def to_bytes(self) -> bytes:
+        """The state as bytes: a header (magic, version, sizes, config) then z and n, little-endian float64.
+
+        >>> len(FTRLRanker(16).to_bytes())  # 50-byte header + 2 × 17 float64
+        322
+        """
+        cfg = self.config
+        header = _HEADER.pack(_MAGIC, _VERSION, self.n_features, self.n_updates, cfg.alpha, cfg.beta, cfg.l1, cfg.l2)
+        return header + self._z.astype("<f8").tobytes() + self._n.astype("<f8").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> FTRLRanker:
+        """The ranker `to_bytes` encoded; ValueError if the bytes are not one (magic, version, length, values).
+
+        >>> FTRLRanker.from_bytes(FTRLRanker(2).to_bytes()[:-1])
+        Traceback (most recent call last):
+        ...
+        ValueError: expected 98 bytes for 2 features, got 97
+        """
+        data = bytes(data)
+        if len(data) < _HEADER.size:
+            raise ValueError(f"expected at least {_HEADER.size} bytes, got {len(data)}")
+        magic, version, n_features, n_updates, alpha, beta, l1, l2 = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise ValueError(f"not an FTRLRanker state: magic {magic!r}, expected {_MAGIC!r}")
+        if version != _VERSION:
+            raise ValueError(f"unsupported FTRLRanker state version {version}, expected {_VERSION}")
+        expected = _HEADER.size + 16 * (n_features + 1)
+        if len(data) != expected:
+            raise ValueError(f"expected {expected} bytes for {n_features} features, got {len(data)}")
+        ranker = cls(n_features, FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2))
+        state = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).astype(np.float64).reshape(2, n_features + 1)
+        if not np.isfinite(state).all() or (state[1] < 0).any():
+            raise ValueError("z and n must be finite and n >= 0")
+        ranker._z, ranker._n = state[0].copy(), state[1].copy()
+        ranker.n_updates = n_updates
+        return ranker
+
+    def _design(self, rows: ArrayLike) -> np.ndarray:
+        """Rows as float64 (n_rows, 1 + n_features), a leading column of ones for the bias."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:
+            raise ValueError(f"rows must have shape (n_rows, {self.n_features}), got {rows.shape}")
+        if not np.isfinite(rows).all():
+            raise ValueError("rows must be finite")
+        x = np.empty((rows.shape[0], self.n_features + 1))
+        x[:, 0] = 1.0
+        x[:, 1:] = rows
+        return x
+
+
+def auc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """ROC AUC by ranks (Mann–Whitney): (R₊ − n₊(n₊ + 1)/2) / (n₊·n₋), R₊ the rank sum of the positives.
+
+    Tied scores share their average rank, so a tie between a positive and a negative counts 1/2.
+    nan when either class is absent (the AUC is undefined).
+
+    >>> auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    >>> auc([0.5, 0.5], [0, 1]), auc([0.2, 0.9], [1, 1])
+    (0.5, nan)
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores must not be nan")
+    positive = _binary_labels(labels, len(s)) == 1
+    n_pos = int(positive.sum())
+    n_neg = len(s) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(s, kind="stable")
+    ordered = s[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    ends = np.append(starts[1:], len(s))
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat((starts + 1 + ends) / 2.0, ends - starts)  # 1-based ranks start+1 … end, averaged
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def logloss(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-15) -> float:
+    """Mean binary cross-entropy −(1/N) Σ [y·ln p + (1 − y)·ln(1 − p)], p clipped to [ε, 1 − ε]; nan for no rows.
+
+    >>> round(logloss([0.9, 0.2], [1, 0]), 6)  # −(ln 0.9 + ln 0.8) / 2
+    0.164252
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"probs must be 1-D, got shape {p.shape}")
+    if not ((p >= 0) & (p <= 1)).all():
+        raise ValueError("probs must be in [0, 1]")
+    y = _binary_labels(labels, len(p))
+    if len(p) == 0:
+        return math.nan
+    p = np.clip(p, eps, 1.0 - eps)
+    return float(np.mean(np.where(y == 1, -np.log(p), -np.log1p(-p))))
+
+
+def _neg_den(root_n: np.ndarray, cfg: FTRLConfig) -> np.ndarray:
+    """−((β + sqrt(n))/α + λ2), computed as (−β − sqrt(n))/α − λ2: the same bits, negated exactly."""
+    return (-cfg.beta - root_n) / cfg.alpha - cfg.l2
+
+
+def _weights(z: np.ndarray, neg_den: np.ndarray, l1: float, out: np.ndarray) -> np.ndarray:
+    """w = (z − clip(z, −λ1, λ1)) / neg_den: 0 where |z| ≤ λ1, else −(z − sgn(z)·λ1) / den, into `out`."""
+    if l1 == 0.0:
+        return np.divide(z, neg_den, out)
+    np.fmax(z, -l1, out=out)
+    np.fmin(out, l1, out=out)
+    np.subtract(z, out, out)
+    return np.divide(out, neg_den, out)
+
+
+def _binary_labels(labels: ArrayLike, n_rows: int) -> np.ndarray:
+    """Labels as a float64 vector of 0s and 1s, one per row."""
+    y = np.asarray(labels, dtype=np.float64)
+    if y.shape != (n_rows,):
+        raise ValueError(f"expected {n_rows} labels, got shape {y.shape}")
+    if not ((y == 0) | (y == 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return y

@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
+
+
+def state(ranker: FTRLRanker) -> tuple[np.ndarray, np.ndarray]:
+    """z and n, read from the tail of `to_bytes` (little-endian float64, z then n)."""
+    width = ranker.n_features + 1
+    z, n = np.frombuffer(ranker.to_bytes()[-16 * width :], dtype="<f8").reshape(2, width)
+    return z, n
+
+
+def planted(rng: np.random.Generator, n_rows: int, n_noise: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose feature 0 drives clicks, P(click) = σ(−1 + 2.5·x_0); the other features are noise."""
+    rows = rng.normal(size=(n_rows, 1 + n_noise))
+    clicks = rng.random(n_rows) < 1.0 / (1.0 + np.exp(-(-1.0 + 2.5 * rows[:, 0])))
+    return rows, clicks.astype(np.int64)
+
+
+def sigmoid(s: float) -> float:
+    return 1.0 / (1.0 + math.exp(-s))
+
+
+def ftrl_weight(z: float, n: float, cfg: FTRLConfig) -> float:
+    """The closed form, written out again: w = 0 if |z| ≤ λ1 else −(z − sgn(z)·λ1) / ((β + √n)/α + λ2)."""
+    if abs(z) <= cfg.l1:
+        return 0.0
+    return -(z - math.copysign(cfg.l1, z)) / ((cfg.beta + math.sqrt(n)) / cfg.alpha + cfg.l2)
+
+
+def test_one_update_is_the_hand_computed_ftrl_step():
+    cfg = FTRLConfig(alpha=0.5, beta=1.0, l1=0.1, l2=1.0)
+    ranker = FTRLRanker(2, cfg)
+    # From z = n = 0 every w is 0, so p = 1/2 and g = (1/2 − 1)·(1, 2, −1), the bias first.
+    # σ·w = 0, so z = g and n = g²; den = (1 + |g|)/0.5 + 1 = (4, 5, 4); w = −(z − sgn(z)·0.1)/den.
+    assert ranker.update([[2.0, -1.0]], [1]) == pytest.approx(math.log(2.0))
+    z, n = state(ranker)
+    np.testing.assert_allclose(z, [-0.5, -1.0, 0.5], rtol=1e-15)
+    np.testing.assert_allclose(n, [0.25, 1.0, 0.25], rtol=1e-15)
+    np.testing.assert_allclose(ranker.weights, [0.4 / 4, 0.9 / 5, -0.4 / 4], rtol=1e-15)
+
+    # A second row, y = 0, now with w ≠ 0, so the σ·w term counts: every formula applied by hand.
+    x, w = [1.0, 1.0, 3.0], [0.1, 0.18, -0.1]
+    p = sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
+    g = [(p - 0.0) * xi for xi in x]
+    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / cfg.alpha for ni, gi in zip(n, g, strict=True)]
+    z_next = [zi + gi - si * wi for zi, gi, si, wi in zip(z, g, sigma, w, strict=True)]
+    n_next = [ni + gi * gi for ni, gi in zip(n, g, strict=True)]
+
+    assert ranker.update([[1.0, 3.0]], [0]) == pytest.approx(-math.log(1.0 - p), rel=1e-12)
+    z, n = state(ranker)
+    np.testing.assert_allclose(z, z_next, rtol=1e-12)
+    np.testing.assert_allclose(n, n_next, rtol=1e-12)
+    expected_w = [ftrl_weight(zi, ni, cfg) for zi, ni in zip(z_next, n_next, strict=True)]
+    np.testing.assert_allclose(ranker.weights, expected_w, rtol=1e-12)
+    assert ranker.n_updates == 2
+
+
+@pytest.mark.parametrize("l1", [0.0, 0.5])
+def test_state_depends_on_the_rows_only_not_on_batches_or_restarts(l1):
+    rows, clicks = planted(np.random.default_rng(1), 300, n_noise=3)
+    cfg = FTRLConfig(alpha=0.1, l1=l1)
+
+    whole = FTRLRanker(4, cfg)
+    whole.update(rows, clicks)
+    again = FTRLRanker(4, cfg)
+    again.update(rows, clicks)
+    assert again.to_bytes() == whole.to_bytes()
+
+    batched = FTRLRanker(4, cfg)
+    for start, stop in itertools.pairwise([0, 1, 7, 100, 299, 300]):
+        batched.update(rows[start:stop], clicks[start:stop])
+    assert batched.to_bytes() == whole.to_bytes()
+
+    crashed = FTRLRanker(4, cfg)
+    crashed.update(rows[:120], clicks[:120])
+    restored = FTRLRanker.from_bytes(crashed.to_bytes())
+    restored.update(rows[120:], clicks[120:])
+    assert restored.to_bytes() == whole.to_bytes()
+    assert restored.n_updates == 300
+
+
+def test_learned_weights_separate_a_planted_signal():
+    rows, clicks = planted(np.random.default_rng(2), 6000, n_noise=1)
+    ranker = FTRLRanker(2)
+    losses = [ranker.update(rows[i : i + 500], clicks[i : i + 500]) for i in range(0, 4000, 500)]
+
+    assert auc(ranker.score(rows[4000:]), clicks[4000:]) > 0.8
+    _, signal, noise = ranker.weights  # bias first
+    assert abs(signal) > abs(noise)
+    assert signal > 0
+    assert losses[-1] < losses[0], "the progressive logloss falls as the model learns"
+    assert np.argmax(np.abs(ranker.contributions([1.0, 1.0]))) == 0, "feature 0 contributed most"
+
+
+def test_contributions_and_bias_add_up_to_the_logit():
+    rows, clicks = planted(np.random.default_rng(3), 500, n_noise=2)
+    ranker = FTRLRanker(3)
+    ranker.update(rows, clicks)
+    row = np.array([0.3, -1.2, 2.0])
+    p = ranker.score(row[None, :])[0]
+    assert ranker.contributions(row).sum() + ranker.weights[0] == pytest.approx(math.log(p / (1.0 - p)), rel=1e-9)
+    with pytest.raises(ValueError, match="shape"):
+        ranker.contributions(row[:2])
+
+
+def test_update_returns_the_loss_of_predictions_made_before_each_row():
+    rows, clicks = planted(np.random.default_rng(4), 50, n_noise=1)
+    stepwise, batch = FTRLRanker(2), FTRLRanker(2)
+    losses, scores, predicted = [], [], []
+    for row, y in zip(rows, clicks, strict=True):
+        p = stepwise.score(row[None, :])[0]
+        loss = stepwise.update(row[None, :], [y])
+        assert loss == pytest.approx(logloss([p], [y]), rel=1e-12)
+        losses.append(loss)
+        scores.append(p)
+    assert batch.update(rows, clicks, predicted) == pytest.approx(np.mean(losses), rel=1e-12)
+    assert predicted == pytest.approx(scores, rel=1e-12)
+    assert batch.to_bytes() == stepwise.to_bytes()
+
+
+def test_round_trip_through_bytes():
+    rows, clicks = planted(np.random.default_rng(5), 400, n_noise=2)
+    ranker = FTRLRanker(3, FTRLConfig(alpha=0.2, beta=0.5, l1=0.3, l2=2.0))
+    ranker.update(rows[:200], clicks[:200])
+    data = ranker.to_bytes()
+    assert len(data) <= 64 + 16 * 4, "a small header, then z and n as float64"
+
+    loaded = FTRLRanker.from_bytes(data)
+    assert (loaded.n_features, loaded.config, loaded.n_updates) == (3, ranker.config, 200)
+    np.testing.assert_array_equal(loaded.weights, ranker.weights)
+    np.testing.assert_array_equal(loaded.score(rows), ranker.score(rows))
+    assert loaded.to_bytes() == data
+    assert FTRLRanker.from_bytes(bytearray(data)).to_bytes() == data
+    assert FTRLRanker.from_bytes(memoryview(data)).to_bytes() == data
+    assert loaded.update(rows[200:], clicks[200:]) == ranker.update(rows[200:], clicks[200:])
+    assert loaded.to_bytes() == ranker.to_bytes()
+
+
+def test_from_bytes_rejects_what_to_bytes_did_not_write():
+    data = FTRLRanker(3).to_bytes()
+    nan_state = data[:-8] + np.array([np.nan], dtype="<f8").tobytes()
+    for bad, message in [
+        (data[:-1], "expected"),
+        (data[:10], "at least"),
+        (b"", "at least"),
+        (data + b"\0", "expected"),
+        (b"XXXX" + data[4:], "magic"),
+        (data[:4] + (2).to_bytes(2, "little") + data[6:], "version"),
+        (nan_state, "finite"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FTRLRanker.from_bytes(bad)
+
+
+def test_l1_makes_the_weights_of_pure_noise_features_exactly_zero():
+    rows, clicks = planted(np.random.default_rng(6), 4000, n_noise=3)
+    dense, sparse = FTRLRanker(4), FTRLRanker(4, FTRLConfig(l1=100.0))
+    dense.update(rows, clicks)
+    sparse.update(rows, clicks)
+    assert (dense.weights[2:] != 0.0).all()
+    assert (sparse.weights[2:] == 0.0).all()
+    assert sparse.weights[1] > 1.0, "the planted feature survives"
+    assert (sparse.contributions([1.0, 5.0, -5.0, 5.0])[1:] == 0.0).all()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("alpha", 0.0), ("alpha", -1.0), ("alpha", math.inf), ("beta", 0.0), ("l1", -0.1), ("l2", math.nan)],
+)
+def test_config_rejects_out_of_range_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        FTRLConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("rows", "labels", "message"),
+    [
+        ([[1.0, 2.0, 3.0]], [1], "shape"),
+        ([1.0, 2.0], [1], "shape"),
+        ([[1.0, math.nan]], [1], "finite"),
+        ([[1.0, 2.0]], [0.5], "0 or 1"),
+        ([[1.0, 2.0]], [1, 0], "labels"),
+    ],
+)
+def test_a_rejected_batch_leaves_the_model_unchanged(rows, labels, message):
+    ranker = FTRLRanker(2)
+    ranker.update([[0.5, -0.5]], [1])
+    before = ranker.to_bytes()
+    with pytest.raises(ValueError, match=message):
+        ranker.update(rows, labels)
+    assert ranker.to_bytes() == before
+
+
+def test_an_empty_batch_changes_nothing():
+    ranker = FTRLRanker(2)
+    before = ranker.to_bytes()
+    assert math.isnan(ranker.update(np.empty((0, 2)), []))
+    assert ranker.to_bytes() == before and ranker.n_updates == 0
+    assert ranker.score(np.empty((0, 2))).shape == (0,)
+
+
+def test_huge_features_saturate_instead_of_overflowing():
+    ranker = FTRLRanker(1, FTRLConfig(alpha=10.0))
+    for _ in range(20):
+        loss = ranker.update([[1e6], [-1e6]], [1, 0])
+    assert math.isfinite(loss)
+    p = ranker.score([[1e6], [-1e6]])
+    assert 0.0 < p[1] < 1e-12 and 1.0 - 1e-12 < p[0] < 1.0
+
+
+def test_auc_of_perfect_reversed_tied_and_one_class_rankings():
+    labels = [0, 0, 1, 1]
+    assert auc([0.1, 0.2, 0.8, 0.9], labels) == 1.0
+    assert auc([0.9, 0.8, 0.2, 0.1], labels) == 0.0
+    assert auc([0.5, 0.5, 0.5, 0.5], labels) == 0.5
+    assert math.isnan(auc([0.1, 0.2], [1, 1]))
+    assert math.isnan(auc([0.1, 0.2], [0, 0]))
+    assert math.isnan(auc([], []))
+    # positives 0.5 and 0.9 against negatives 0.1 and 0.5: three pairs won, one tied, (3 + 1/2) / 4
+    assert auc([0.1, 0.5, 0.5, 0.9], [0, 1, 0, 1]) == 0.875
+
+
+def test_auc_is_the_fraction_of_positive_negative_pairs_ordered_right():
+    rng = np.random.default_rng(7)
+    scores = rng.integers(0, 10, 200).astype(float)  # many ties
+    labels = rng.integers(0, 2, 200)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert auc(scores, labels) == pytest.approx(pairs / (len(pos) * len(neg)), rel=1e-15)
+
+
+def test_auc_rejects_nan_scores_and_non_binary_labels():
+    with pytest.raises(ValueError, match="nan"):
+        auc([0.1, math.nan], [0, 1])
+    with pytest.raises(ValueError, match="0 or 1"):
+        auc([0.1, 0.2], [0, 2])
+
+
+def test_logloss_matches_a_hand_value_and_stays_finite_at_the_edges():
+    assert logloss([0.9, 0.2], [1, 0]) == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2, rel=1e-15)
+    assert logloss([0.5], [1]) == pytest.approx(math.log(2.0), rel=1e-15)
+    assert logloss([0.0], [1]) == pytest.approx(-math.log(1e-15), rel=1e-15), "p clipped to [ε, 1 − ε]"
+    assert logloss([1.0], [0]) == pytest.approx(-math.log1p(-(1.0 - 1e-15)), rel=1e-15)
+    assert logloss([1.0, 0.0], [1, 0]) < 1e-14
+    assert math.isnan(logloss([], []))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        logloss([1.5], [1])
