@@ -99,8 +99,10 @@ async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from redis.asyncio import Redis
 
+    from recstream.eventlog.connection import client_options
+
     if kafka:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
         try:
             await admin.start()
         finally:
