@@ -10,6 +10,8 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
   in ``context`` so clicks are attributable to the source that showed the item, and the feed's
   ``variant`` (an A/B test's arm, recstream/contracts/experiments.py) as the events' ``variant``;
+* ``PUT|PATCH|DELETE /v1/items/{item_id}``, ``POST /v1/items``, ``PUT|DELETE /v1/users/{user_id}`` — the
+  catalogue, users and erasure (serving/catalogue.py);
 * ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``;
 * ``GET /explore`` — the feed explorer page (serving/explorer.py), a client of the routes above.
 
@@ -224,6 +226,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(reads)
     app.include_router(writes)
+    from recstream.serving.catalogue import catalogue_router  # here: it imports this module's helpers
+
+    app.include_router(catalogue_router(service), **protected)
     app.include_router(explorer.router)
     if not settings.reader.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)

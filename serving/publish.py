@@ -58,6 +58,12 @@ class Publisher:
             await producer.send_user(event)
             await self._flush()
 
+    async def deliver(self, send: Callable[[EventProducer], Awaitable[None]]) -> None:
+        """Run ``send``, a producer call that returns once its own messages were acknowledged, under the same
+        timeout and error as the writes above (the catalogue's items and erasures, serving/catalogue_service.py)."""
+        async with _acknowledged():
+            await send(await self._started())
+
     async def close(self) -> None:
         """Stop the producer within PUBLISH_TIMEOUT_S, never raising: a Kafka that is down must not hold
         the shutdown hostage."""

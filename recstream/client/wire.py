@@ -61,6 +61,23 @@ class EventsAccepted(Answer):
     attributed: int
 
 
+class LineRejected(Answer):
+    line: int
+    reason: str
+
+
+class ItemsAccepted(Answer):
+    """The items of a bulk write that were published, and the lines that were not, with why."""
+
+    accepted: int
+    rejected: list[LineRejected]
+
+
+class UserErased(Answer):
+    user_id: str
+    removed: int
+
+
 class Ready(Answer):
     redis: bool
     model_version: str | None

@@ -48,6 +48,9 @@ class KafkaSettings(Section):
     items_topic: str = Field("items", description="the catalogue (compacted)")
     users_topic: str = Field("users", description="user attributes (compacted)")
     dlq_topic: str = Field("events-dlq", description="bad input, each with its reason")
+    erasures_topic: str = Field(
+        "erasures", description="erased user ids (compacted, one partition): rebuild and train drop their events"
+    )
     events_partitions: int = Field(4, gt=0, le=1024, description="partitions of the events topic at creation")
     items_partitions: int = Field(1, gt=0, le=1024, description="1: every worker applies items in the same order")
     users_partitions: int = Field(4, gt=0, le=1024, description="partitions of the users topic at creation")
@@ -202,6 +205,7 @@ class ReaderSettings(Section):
     popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
     api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
     protect_reads: bool = Field(False, description="read routes also need the API key")
+    bulk_max_items: int = Field(1_000, gt=0, le=100_000, description="items in one POST /v1/items, at most")
 
 
 class BlendSettings(Section):
@@ -293,7 +297,7 @@ class Settings(BaseModel):
     def on_topics(self, suffix: str, **more: object) -> Settings:
         """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark
         run that shares a broker with others and must not read their events."""
-        topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users")}
+        topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users", "erasures")}
         return self.replace(**topics, dlq_topic=f"events-dlq-{suffix}", **more)
 
     def to_env(self) -> dict[str, str]:

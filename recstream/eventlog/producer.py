@@ -8,6 +8,8 @@ users go one message each, keyed by id, to their compacted topics.
 
 Delivery is confirmed: :meth:`EventProducer.flush` returns once the broker acknowledged
 everything sent so far (``acks=all``, idempotent producer, so a retry never duplicates).
+:meth:`EventProducer.deliver_items` and :meth:`EventProducer.erase_user` send only their own
+messages and return once exactly those were acknowledged: for a server answering each request.
 A message waits up to ``DELIVERY_TIMEOUT_MS`` (Kafka's own default ``delivery.timeout.ms``)
 for a partition leader before its send fails: a broker restart takes seconds, but over 30 s
 on a loaded machine (tests/reliability measured 37 s), and aiokafka fails a batch without a
@@ -22,7 +24,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for
+from recstream.contracts.events import Erasure, Event, ItemEvent, UserEvent, encode, partition_for
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
 
@@ -85,6 +87,18 @@ class EventProducer:
 
     async def send_user(self, user: UserEvent) -> None:
         await self._send(self.settings.kafka.users_topic, user.user_id, encode(user))
+
+    async def deliver_items(self, items: Iterable[ItemEvent]) -> None:
+        """Send the items and return once the broker acknowledged each of them."""
+        topic = self.settings.kafka.items_topic
+        await asyncio.gather(*[await self._kafka.send(topic, encode(i), key=i.item_id.encode()) for i in items])
+
+    async def erase_user(self, erasure: Erasure) -> None:
+        """The erasure on ``erasures`` (what rebuild and train honour), then a tombstone for the user on ``users``
+        (compaction then drops the user's records); returns once both were acknowledged, in that order."""
+        key = erasure.user_id.encode()
+        await (await self._kafka.send(self.settings.kafka.erasures_topic, encode(erasure), key=key))
+        await (await self._kafka.send(self.settings.kafka.users_topic, None, key=key))
 
     async def flush(self) -> int:
         """Send partial micro-batches and wait until the broker acknowledged every message."""

@@ -55,9 +55,9 @@ end
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
-for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1'}
+for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1', features JSON}
   local key = P .. 'item:' .. it[1]
-  redis.call('HSET', key, 'categories', it[2], 'available', it[5])
+  redis.call('HSET', key, 'categories', it[2], 'available', it[5], 'features', it[6])
   if it[3] ~= '' then redis.call('HSET', key, 'created_ts', it[3]) else redis.call('HSETNX', key, 'created_ts', it[4]) end
   if it[5] == '0' then
     redis.call('SADD', P .. 'unavailable', it[1])
