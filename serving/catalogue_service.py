@@ -13,7 +13,7 @@ import time
 
 import orjson
 from recstream.serving.errors import EventsRejected, NotFound
-from recstream.serving.service import FeedService
+from recstream.serving.service import MAX_REASONS, FeedService, _more
 
 from recstream.contracts.catalogue import Format, RowError, body_lines, item_object, read_rows
 from recstream.contracts.events import Erasure, ItemEvent, Rejected, UserEvent, validate
@@ -61,18 +61,18 @@ class Catalogue:
             raise TooManyItems(f"{len(rows)} items in one request exceed {self.max_items}: split the body")
         now = _now_ms()
         items: list[ItemEvent] = []
-        rejected: list[dict] = []
+        rejected: list[tuple[int, Rejected]] = []
         for line, row in rows:
             result = _item(row, now)
             if isinstance(result, Rejected):
-                rejected.append({"line": line, "reason": result.reason})
+                rejected.append((line, result))
             else:
                 items.append(result)
         if not items:
-            reasons = [f"line {r['line']}: {r['reason']}" for r in rejected] or ["items: no items in the body"]
-            raise EventsRejected(reasons[:10] + ([f"... and {len(reasons) - 10} more"] if len(reasons) > 10 else []))
+            reasons = [f"line {line}: {r.reason}" for line, r in rejected[:MAX_REASONS]]
+            raise EventsRejected(reasons + _more([r for _, r in rejected]) or ["items: no items in the body"])
         await self.service.publisher.deliver(lambda producer: producer.deliver_items(items))
-        return {"accepted": len(items), "rejected": rejected}
+        return {"accepted": len(items), "rejected": [{"line": line, "reason": r.reason} for line, r in rejected]}
 
     async def put_user(self, user_id: str, attributes: dict[str, object]) -> UserEvent:
         user = UserEvent(user_id=user_id, ts=_now_ms(), attributes=attributes)
