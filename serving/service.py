@@ -45,7 +45,9 @@ class FeedService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        self.wire = RedisWire(settings.redis.url, settings.reader.redis_timeout_s)
+        self.wire = RedisWire(
+            settings.redis.url, settings.reader.redis_timeout_s, settings.reader.redis_connect_timeout_s
+        )
         self.store = FeedStore(self.wire, self.keys)
         self.snapshot = Snapshot()
         # its own connection: a reload's large replies never queue ahead of a feed's

@@ -187,17 +187,37 @@ class ReaderSettings(Section):
         "host": "reader_host",
         "port": "reader_port",
         "redis_timeout_s": "reader_redis_timeout_s",
+        "redis_connect_timeout_s": "reader_redis_connect_timeout_s",
     }
 
     host: str = Field("127.0.0.1", description="interface the reader binds to")
     port: int = Field(8080, gt=0, lt=65536, description="the reader's port")
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
+    redis_connect_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"
+    )
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
     session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
+    sessions_per_user: int = Field(
+        8, gt=0, le=1000, description="scroll sessions kept per known user; a new one evicts the least recently used"
+    )
+    anonymous_sessions: int = Field(
+        10_000, gt=0, description="scroll sessions kept for unknown user ids, all together; least recently used evicted"
+    )
     pool_cache_s: float = Field(0.5, ge=0, le=60, description="in-process cache of the bandit pool")
     popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
-    api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
+    api_key: SecretStr | None = Field(None, description="the key write routes need (and reads with protect_reads)")
+    open_writes: bool = Field(
+        False, description="accept writes without an API key when none is set (a closed demo network only)"
+    )
     protect_reads: bool = Field(False, description="read routes also need the API key")
+    click_window_s: int = Field(60, gt=0, le=86_400, description="window of the click limits")
+    clicks_per_client: int = Field(
+        6_000, ge=0, description="clicks one client address may report per window; more: 429 (0: no limit)"
+    )
+    clicks_per_user_item: int = Field(
+        3, ge=0, description="clicks of one user on one item per window; more are dropped (0: no limit)"
+    )
 
 
 class BlendSettings(Section):
