@@ -245,26 +245,29 @@ async def isolated_topics(settings: Settings) -> Settings:
     return fresh
 
 
-async def published_events(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[Event]:
-    """Every event on the settings' events topic, read from the start until ``at_least`` have come and
-    nothing more arrives for a second (so a surplus shows too)."""
+async def published_messages(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[list[Event]]:
+    """The events of every message on the settings' events topic, message by message, read from the start
+    until ``at_least`` events have come and nothing more arrives for a second (so a surplus shows too)."""
     consumer = AIOKafkaConsumer(
         settings.kafka.events_topic, bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest"
     )
     await consumer.start()
-    found: list[Event] = []
+    found: list[list[Event]] = []
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=1000)
-            for messages in batches.values():
-                for message in messages:
-                    found += decode(message.value, "event", 2**53)[0]
-            if not batches and len(found) >= at_least:
+            found += [decode(m.value, "event", 2**53)[0] for messages in batches.values() for m in messages]
+            if not batches and sum(map(len, found)) >= at_least:
                 break
     finally:
         await consumer.stop()
     return found
+
+
+async def published_events(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[Event]:
+    """Every event on the settings' events topic (see :func:`published_messages`)."""
+    return [e for message in await published_messages(settings, at_least, timeout_s) for e in message]
 
 
 @pytest.fixture
