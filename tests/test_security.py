@@ -24,7 +24,7 @@ import redis
 from pydantic import SecretStr
 from recstream.serving.app import create_app
 
-from recstream.contracts.events import Event
+from recstream.contracts.events import Event, ItemEvent
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell.infra import free_port
 from tests.conftest import wait_until
@@ -149,6 +149,9 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
     settings = isolated_settings.replace(**secrets)
     worker_factory(settings)
     events = [Event(type="click", user_id=f"u{k % 3}", item_id="i-hot", ts=T0 + k) for k in range(30)]
+    hot = ItemEvent(op="new", item_id="i-hot", ts=T0, created_ts=T0, categories=["news"])  # only announced items show
+    await publish(settings, items=[hot])
+    wait_until(lambda: client.zscore("rs:pool", "i-hot") is not None, what="the item announced")
     await publish(settings, events=events)
     wait_until(
         lambda: applied_events(client, "rs") == len(events), what="the worker's writes through the secured Redis"

@@ -162,6 +162,11 @@ class ModelSettings(Section):
     ctr_prior_step: float = Field(0.005, gt=0, le=0.5, description="relative grid step of the quantized prior")
     trend_half_life_s: int = Field(6 * 3600, gt=0, description="half-life of the trending counts")
     trend_epoch_half_lives: int = Field(8, gt=0, le=16, description="trend key rotation, in half-lives")
+    require_announced_items: bool = Field(
+        True,
+        description="events for an item the items topic never announced are counted, but the item is in no feed "
+        "until announced (false: it enters the pool at its first event, for systems without a catalogue feed)",
+    )
 
 
 class PoolSettings(Section):

@@ -92,10 +92,16 @@ for k, it in ipairs(p.items) do
     clicks_args[#clicks_args + 1] = item
     clicks_args[#clicks_args + 1] = num(old_clicks[k]) + d[2]
   end
-  -- an item first counted here joins the pool, as if announced at that moment (unless it was announced)
+  -- an item first counted here, never announced: counted, but hidden (unavailable) until the items topic
+  -- announces it; or, without a catalogue feed (cfg.require_announced false), in the pool from now on
   if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
-    redis.call('HSET', P .. 'item:' .. item, 'available', '1')
-    redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    if cfg.require_announced then
+      redis.call('HSET', P .. 'item:' .. item, 'available', '0')
+      redis.call('SADD', P .. 'unavailable', item)
+    else
+      redis.call('HSET', P .. 'item:' .. item, 'available', '1')
+      redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    end
   end
   touch(item)
 end

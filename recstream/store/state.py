@@ -89,6 +89,7 @@ class StateStore:
             "graduate_age_ms": settings.pool.graduate_age_s * 1000,
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
+            "require_announced": settings.model.require_announced_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
