@@ -129,6 +129,7 @@ class WorkerSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {
         "group": "worker_group",
         "session_timeout_s": "worker_session_timeout_s",
+        "metrics_host": "worker_metrics_host",
         "metrics_port": "worker_metrics_port",
     }
 
@@ -139,6 +140,9 @@ class WorkerSettings(Section):
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
     session_timeout_s: float = Field(
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)"
     )
     metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
@@ -247,6 +251,24 @@ class BlendSettings(Section):
     cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
 
 
+class RankerSettings(Section):
+    """The online ranker the workers train from served feature vectors (models/ranker.py: FTRL-Proximal)."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "train": "ranker_train",
+        "alpha": "ranker_alpha",
+        "beta": "ranker_beta",
+        "l1": "ranker_l1",
+        "l2": "ranker_l2",
+    }
+
+    train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
+    alpha: float = Field(0.05, gt=0, allow_inf_nan=False, description="FTRL α: the per-coordinate learning rate scale")
+    beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
+    l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
+    l2: float = Field(1.0, ge=0, allow_inf_nan=False, description="FTRL λ2: L2 penalty")
+
+
 class LocalSettings(Section):
     """Files of the services ``recstream infra`` starts on this machine."""
 
@@ -266,6 +288,7 @@ SECTIONS: dict[str, type[Section]] = {
     "pool": PoolSettings,
     "reader": ReaderSettings,
     "blend": BlendSettings,
+    "ranker": RankerSettings,
     "local": LocalSettings,
 }
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -289,6 +312,7 @@ class Settings(BaseModel):
     pool: PoolSettings = PoolSettings()
     reader: ReaderSettings = ReaderSettings()
     blend: BlendSettings = BlendSettings()
+    ranker: RankerSettings = RankerSettings()
     local: LocalSettings = LocalSettings()
     experiment: Experiment | None = Field(
         None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"

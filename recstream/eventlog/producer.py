@@ -59,7 +59,11 @@ class EventProducer:
         self.messages_sent = 0
 
     async def __aenter__(self) -> EventProducer:
-        await self._kafka.start()
+        try:
+            await self._kafka.start()
+        except BaseException:
+            await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -3,23 +3,80 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from aiokafka.errors import KafkaConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
 from recstream.contracts.events import Event, Rejected
-from recstream.contracts.settings import Settings, SettingsError, load_settings
+from recstream.contracts.settings import Settings, SettingsError, load_settings, redacted
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import sources
 from recstream.shell import infra
 from recstream.sim.world import synthetic as synthetic_records
 
-app = typer.Typer(help="recstream: a streaming, near-real-time recommender.", no_args_is_help=True)
+
+class _BootstrapFailures(logging.Filter):
+    """Holds back aiokafka's "Unable connect to" record of each bootstrap address (it raises
+    KafkaConnectionError right after) and keeps its reason for the one line that reports the error."""
+
+    TEMPLATE = 'Unable connect to "%s:%s": %s'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.TEMPLATE and isinstance(record.args, tuple):
+            self.reasons.append(str(record.args[-1]))
+            return False
+        return True
+
+
+@contextmanager
+def _unreachable_in_one_line() -> Iterator[None]:
+    """An unreachable Kafka or Redis, wherever a command meets it, ends the command with one line on stderr
+    naming the address and its variable, and exit code 1, instead of a traceback."""
+    failures = _BootstrapFailures()
+    kafka_log = logging.getLogger("aiokafka")
+    kafka_log.addFilter(failures)
+    try:
+        yield
+    except KafkaConnectionError:
+        reasons = "; ".join(dict.fromkeys(failures.reasons)) or "no broker answered"
+        _fail(f"cannot reach Kafka at {_settings().kafka.bootstrap} (RECSTREAM_KAFKA_BOOTSTRAP): {reasons}")
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        _fail(f"cannot reach Redis at {redacted(_settings().redis.url)} (RECSTREAM_REDIS_URL): {reason}")
+    finally:
+        kafka_log.removeFilter(failures)
+
+
+def _fail(line: str) -> None:
+    typer.secho(line, fg="red", err=True)  # not rich: it would wrap the line at 80 columns and read [brackets]
+    raise typer.Exit(1)
+
+
+class _Commands(TyperGroup):
+    """The ``recstream`` group: every command, subcommands included, runs inside the one handler above."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        with _unreachable_in_one_line():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(help="recstream: a streaming, near-real-time recommender.", no_args_is_help=True, cls=_Commands)
 infra_app = typer.Typer(help="Local Kafka + Redis on loopback, without Docker.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 experiment_app = typer.Typer(help="Online experiments (A/B tests) of blend settings.", no_args_is_help=True)
@@ -33,6 +90,27 @@ def _settings() -> Settings:
     except SettingsError as exc:
         console.print(f"[red]invalid settings[/red]\n{exc}")
         raise typer.Exit(2) from None
+
+
+async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
+    """Connect once to what a long-running command needs, so a wrong address stops it at start through the
+    handler above (faust would print a traceback; the reader would serve empty degraded pages). Once
+    running, the worker retries Redis and the reader degrades without it, by design."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from redis.asyncio import Redis
+
+    if kafka:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+        try:
+            await admin.start()
+        finally:
+            await admin.close()
+    if redis:
+        client = Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
 
 
 @infra_app.command("up")
@@ -89,6 +167,13 @@ def bench_all(ctx: typer.Context) -> None:
     raise typer.Exit(subprocess.run(command, cwd=checkout, check=False).returncode)
 
 
+def _progress() -> Progress:
+    """The progress bar of a long command, on a terminal only: a log (Docker, CI) gets the summary line
+    alone, and an error its one line."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, disable=not console.is_terminal)
+
+
 def _records(file: Path | None, movielens: Path | None, synthetic: int | None, seed: int) -> Iterator[sources.Record]:
     chosen = [x for x in (file, movielens, synthetic) if x is not None]
     if len(chosen) != 1:
@@ -139,8 +224,7 @@ def produce(
     settings = _settings()
     records = _records(file, movielens, synthetic, seed)
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
+    with _progress() as progress:
         sent, messages, invalid = asyncio.run(_produce(settings, records, progress))
     seconds = time.perf_counter() - started
     for line in invalid[:20]:
@@ -156,7 +240,8 @@ def produce(
 @app.command()
 def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
-    loglevel: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
+    log_level: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
+    loglevel: Annotated[str | None, typer.Option(hidden=True, help="deprecated spelling of --log-level")] = None,
 ) -> None:
     """Run a stream worker: consume events, items and users; keep Redis state fresh."""
     import faust
@@ -165,8 +250,12 @@ def worker(
     from recstream.streams.app import create_app
 
     settings = _settings()
-    start_http_server(settings.worker.metrics_port if metrics_port is None else metrics_port, addr="127.0.0.1")
-    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
+    if loglevel is not None:
+        typer.secho("worker --loglevel is deprecated: use --log-level", fg="yellow", err=True)
+    asyncio.run(_reach(settings, kafka=True, redis=True))
+    port = settings.worker.metrics_port if metrics_port is None else metrics_port
+    start_http_server(port, addr=settings.worker.metrics_host)
+    faust.Worker(create_app(settings), loglevel=loglevel or log_level).execute_from_commandline()
 
 
 @app.command()
@@ -192,8 +281,7 @@ def train(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
+    with _progress() as progress:
         task = progress.add_task("reading the log", total=None)
         if file is None and movielens is None:
             records: Iterable[sources.Record] = asyncio.run(training.read_log(settings))
@@ -218,8 +306,7 @@ def rebuild() -> None:
     from recstream.jobs import rebuild as rebuild_module
 
     settings = _settings()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
+    with _progress() as progress:
         tasks: dict[str, object] = {}
 
         def advance(topic: str, n: int, total: int) -> None:
@@ -253,6 +340,7 @@ def serve(
     from recstream.serving.app import create_app
 
     settings = _settings()
+    asyncio.run(_reach(settings, kafka=False, redis=True))  # writes answer 503 without Kafka; reads need Redis
     app = create_app(settings)
     freeze_long_lived()  # what startup built lives as long as the process
     collect_young_rarely()

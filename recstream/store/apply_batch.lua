@@ -248,6 +248,8 @@ for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
 end
 
--- 9. the watermarks move with the effect they cover
+-- 9. the online ranker's state of each events partition the batch trained (streams/ranker_training.py), and
+-- the watermarks: they move with the effect they cover
+for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending')}
