@@ -3,7 +3,9 @@
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
 are dropped first (already applied, see recstream/store/state.py); a bad record goes to the
-dead-letter topic with its reason and never stops the batch.
+dead-letter topic with its reason and never stops the batch. An events batch also trains the online
+ranker of each partition it holds (streams/ranker_training.py): the states are read with the batch's
+users and written by the same script as the partitions' watermarks.
 
 Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a
 second behind what it acknowledged, while Kafka keeps the offsets the worker committed after
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
+from recstream.models.ranker import FTRLConfig
 from recstream.streams import metrics
 from recstream.streams.live_model import LiveModel
 from recstream.streams.personalize import Personalizer
+from recstream.streams.ranker_training import BatchTraining, Partition, RecentRows, batch_rows, train_batch
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -51,8 +55,16 @@ class DeadLetter:
     rejected: Rejected
 
 
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What building a batch's effect leaves to observe once it is applied."""
+
+    refreshed_ts: list[int]  # ts of the events that refreshed a candidate list
+    training: BatchTraining | None = None  # what the online ranker learned (events only)
+
+
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
-Build = Callable[[Records, Effect], Awaitable[list[int]]]  # → ts of the events that refreshed a candidate list
+Build = Callable[[Records, list[Partition], Effect], Awaitable[Built]]  # records, the partition of each, effect
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # recstream.eventlog.log.read_ranges with the settings bound
 
@@ -76,6 +88,11 @@ class BatchProcessor:
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        r = settings.ranker
+        self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+        self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
+        if kind == "event":
+            metrics.watch_ranker(self.recent_rows)
         self.build: Build = {
             "event": self._build_events,
             "item": self._build_items,
@@ -163,6 +180,7 @@ class BatchProcessor:
                     continue
             now_ms = int(time.time() * 1000)
             records: list = []
+            partitions: list[Partition] = []
             dead: list[DeadLetter] = []
             effect = Effect()
             for message in fresh:
@@ -171,10 +189,11 @@ class BatchProcessor:
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
                 valid, rejected = decode(message.value, self.kind, at_ms)
                 records.extend(valid)
+                partitions.extend([(message.topic, message.partition)] * len(valid))
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
                 effect.watermarks[tp] = (self._watermarks.get(tp, -1), message.offset)
-            refreshed_ts = await self.build(records, effect)
+            built = await self.build(records, partitions, effect)
             if dead:
                 await self.send_dead_letters(dead)  # before the watermark moves: at least once
             try:
@@ -187,7 +206,7 @@ class BatchProcessor:
             self.store.remember_histories(effect.histories)
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
-            self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
+            self._observe(fresh[0].topic, records, dead, applied, started, built)
             metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
             if applied.fold_ins and self.model is not None:
                 await self.model.fold_in(applied.fold_ins)
@@ -201,12 +220,16 @@ class BatchProcessor:
         dead: list[DeadLetter],
         applied: Applied,
         started: float,
-        refreshed_ts: list[int],
+        built: Built,
     ) -> None:
         now_ms = time.time() * 1000
         for letter in dead:
             metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
-        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, refreshed_ts))
+        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, built.refreshed_ts))
+        if built.training is not None:
+            for trained in built.training.trained.values():
+                self.recent_rows.add(trained.predictions, trained.labels)
+            metrics.count_ranker_rows(built.training)
         if self.kind == "event":
             views = sum(1 for e in records if e.type == "view")
             metrics.EVENTS.labels(topic, "view").inc(views)
@@ -220,16 +243,20 @@ class BatchProcessor:
         metrics.RESCORES.inc(applied.full_rescore)
         metrics.GRADUATIONS.inc(len(applied.graduated))
 
-    async def _build_events(self, events: list[Event], effect: Effect) -> list[int]:
+    async def _build_events(self, events: list[Event], partitions: list[Partition], effect: Effect) -> Built:
         users = list(dict.fromkeys(e.user_id for e in events))
-        context = await self.store.read_users(users)
         s = self.settings
+        rows = batch_rows(events, partitions) if s.ranker.train else None
+        context = await self.store.read_users(users, rankers=list(rows.by_partition) if rows else ())
         effect.counters = aggregate(
             events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives
         )
+        training = None if rows is None else train_batch(rows, context.rankers, self.ranker_config)
+        if training is not None:
+            effect.rankers = {partition: trained.state for partition, trained in training.trained.items()}
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:
-            return []
+            return Built([], training)
         started = time.perf_counter()
         update = personalizer.update_users(events, context.histories)
         effect.blobs += update.blobs
@@ -237,9 +264,9 @@ class BatchProcessor:
         effect.item_users = update.item_users
         metrics.USER_STEPS.inc(len(users))
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
-        return update.refreshed_ts
+        return Built(update.refreshed_ts, training)
 
-    async def _build_items(self, items: list[ItemEvent], effect: Effect) -> list[int]:
+    async def _build_items(self, items: list[ItemEvent], _: list[Partition], effect: Effect) -> Built:
         personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
@@ -250,9 +277,9 @@ class BatchProcessor:
                 similar = personalizer.similar(item.item_id)
                 if similar is not None:
                     effect.blobs.append((f"item:{item.item_id}:similar", similar))
-        return []
+        return Built([])
 
-    async def _build_users(self, users: list[UserEvent], effect: Effect) -> list[int]:
+    async def _build_users(self, users: list[UserEvent], _: list[Partition], effect: Effect) -> Built:
         context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
         picks: dict[str, list[str]] = {}
         for user in users:
@@ -265,9 +292,9 @@ class BatchProcessor:
                 picks[user.user_id] = user.preferred_categories
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None or not picks:
-            return []
+            return Built([])
         effect.blobs += personalizer.onboard(picks)
-        return list({user.user_id: user.ts for user in users if user.user_id in picks}.values())
+        return Built(list({user.user_id: user.ts for user in users if user.user_id in picks}.values()))
 
     async def _personalizer(self, version: str | None) -> Personalizer | None:
         if self.model is None:

@@ -92,10 +92,16 @@ for k, it in ipairs(p.items) do
     clicks_args[#clicks_args + 1] = item
     clicks_args[#clicks_args + 1] = num(old_clicks[k]) + d[2]
   end
-  -- an item first counted here joins the pool, as if announced at that moment (unless it was announced)
+  -- an item first counted here, never announced: counted, but hidden (unavailable) until the items topic
+  -- announces it; or, without a catalogue feed (cfg.require_announced false), in the pool from now on
   if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
-    redis.call('HSET', P .. 'item:' .. item, 'available', '1')
-    redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    if cfg.require_announced then
+      redis.call('HSET', P .. 'item:' .. item, 'available', '0')
+      redis.call('SADD', P .. 'unavailable', item)
+    else
+      redis.call('HSET', P .. 'item:' .. item, 'available', '1')
+      redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    end
   end
   touch(item)
 end
@@ -242,6 +248,8 @@ for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
 end
 
--- 9. the watermarks move with the effect they cover
+-- 9. the online ranker's state of each events partition the batch trained (streams/ranker_training.py), and
+-- the watermarks: they move with the effect they cover
+for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending')}

@@ -17,7 +17,10 @@ The effectively-once argument
   twice even with two writers.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
   final state does not depend on where batches were cut (see recstream/store/aggregate.py and
-  models/ctr.py for the rankings).
+  models/ctr.py for the rankings). The online ranker's state is kept per events partition
+  (``ranker:<topic>:<p>``), read with the batch's users and written by the same script as that
+  partition's watermark: a function of the partition's rows in offset order
+  (streams/ranker_training.py), so each row is learned exactly once.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Effect:
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
+    rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (topic, partition) → new ranker state
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class UserContext:
     segments: dict[str, str]
     histories: dict[str, History]
     model_version: str | None
+    rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # the stored ones of the partitions asked for
 
 
 @dataclass(frozen=True)
@@ -90,14 +95,18 @@ class StateStore:
             "graduate_age_ms": settings.pool.graduate_age_s * 1000,
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
+            "require_announced": settings.model.require_announced_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys("wm"))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    async def read_users(self, users: Sequence[str], with_histories: bool = True) -> UserContext:
-        """Segments and histories of a batch's users and the current model version: one round trip.
+    async def read_users(
+        self, users: Sequence[str], with_histories: bool = True, rankers: Sequence[tuple[str, int]] = ()
+    ) -> UserContext:
+        """Segments and histories of a batch's users, the current model version and the ranker states of
+        the ``rankers`` partitions: one round trip.
 
         Histories come from an in-process cache when they can: only the worker that owns a
         user's partition writes that user's history, so its own last write is current. The
@@ -109,15 +118,20 @@ class StateStore:
         pipe.hmget(self.keys("user:seg"), list(users) or ["-"])
         if missing:
             pipe.mget([self.keys.user(u, "hist") for u in missing])
-        version, segments, *fetched = await pipe.execute()
+        if rankers:
+            pipe.mget([self.keys.ranker(topic, partition) for topic, partition in rankers])
+        version, segments, *rest = await pipe.execute()
+        fetched = rest.pop(0) if missing else []
+        states = rest.pop(0) if rankers else []
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
-        for user, raw in zip(missing, fetched[0] if fetched else [], strict=True):
+        for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
                 histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
         return UserContext(
             segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
             histories=histories,
             model_version=version.decode() if version else None,
+            rankers={tp: state for tp, state in zip(rankers, states, strict=True) if state is not None},
         )
 
     def remember_histories(self, histories: dict[str, History]) -> None:
@@ -151,8 +165,13 @@ class StateStore:
             "user_segments": list(effect.user_segments.items()),
             "item_users": [(item, list(users.items())) for item, users in effect.item_users.items()],
             "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
+            "rankers": [
+                (self.keys.ranker(topic, partition), len(effect.blobs) + k + 2)
+                for k, (topic, partition) in enumerate(effect.rankers)
+            ],  # their states follow the blobs' values
         }
-        result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])
+        values = [*(value for _, value in effect.blobs), *effect.rankers.values()]
+        result = await self._script(args=[orjson.dumps(payload), *values])
         if result[0] == b"stale":
             raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
         graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
