@@ -251,7 +251,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(writes)
     from recstream.serving.catalogue import catalogue_router  # here: it imports this module's helpers
 
-    app.include_router(catalogue_router(service), **protected)
+    app.include_router(catalogue_router(service), **({} if open_writes else protected))
     app.include_router(explorer.router)
     if not settings.reader.protect_reads:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)

@@ -25,7 +25,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
-from recstream.serving.app import ItemId, UserId, _problems, _read_capped, json_response
+from recstream.serving.app import ItemId, UserId, _problems, json_response
+from recstream.serving.body import read_capped
 from recstream.serving.catalogue_service import Catalogue, TooManyItems
 from recstream.serving.errors import EventsRejected, KafkaUnavailable, NotFound, RedisUnavailable
 from recstream.serving.service import FeedService
@@ -139,7 +140,7 @@ def catalogue_router(service: FeedService) -> APIRouter:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type not in MEDIA_TYPES:
             raise HTTPException(415, f"Content-Type must be one of {', '.join(MEDIA_TYPES)}, got {media_type!r}")
-        body = await _read_capped(request, bulk_max_bytes)
+        body = await read_capped(request, bulk_max_bytes)
         with _refusals():
             return _accepted(await catalogue.put_items(body, MEDIA_TYPES[media_type]))
 
@@ -163,7 +164,7 @@ def catalogue_router(service: FeedService) -> APIRouter:
 
 async def _read(request: Request, model: type[Body]) -> Any:
     """The capped body validated by ``model``; a 422 like FastAPI's own (serving/app.py formats it)."""
-    body = await _read_capped(request, ITEM_MAX_BYTES)
+    body = await read_capped(request, ITEM_MAX_BYTES)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:

@@ -59,6 +59,7 @@ class PreferencesSaved(Preferences):
 class EventsAccepted(Answer):
     accepted: int
     attributed: int
+    dropped: int  # clicks over the reader's per-user-per-item limit
 
 
 class LineRejected(Answer):

@@ -26,7 +26,7 @@ def test_bulk_bodies_split_at_the_readers_item_and_byte_limits(offset, bodies):
 
 
 async def test_both_clients_write_items_and_users_and_erase_a_user(isolated_settings: Settings):
-    settings = isolated_settings
+    settings = isolated_settings.replace(open_writes=True)
     items = [{"item_id": f"b{k}", "categories": ["news"]} for k in range(5)] + [
         {"item_id": "bad id"},
         {"item_id": "b9"},

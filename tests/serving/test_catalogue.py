@@ -35,7 +35,7 @@ async def test_items_written_over_http_reach_the_topic_and_the_worker(isolated_s
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     worker_factory(settings)
     item = {"categories": ["news", "sport"], "features": {"price": 9.5}, "available": True, "created_ts": T0}
-    async with reader_client(settings) as reader:
+    async with reader_client(settings.replace(open_writes=True)) as reader:
         put = await reader.put("/v1/items/i1", json=item)
         assert put.status_code == 202, put.text
         assert {k: put.json()[k] for k in item} == item and put.json()["op"] == "update"
@@ -109,7 +109,7 @@ async def test_a_bulk_write_publishes_the_valid_lines_and_names_the_others(
     isolated_settings, media_type, body, accepted, rejected
 ):
     settings = isolated_settings
-    async with reader_client(settings) as reader:
+    async with reader_client(settings.replace(open_writes=True)) as reader:
         answer = await reader.post("/v1/items", content=body, headers={"content-type": media_type})
     assert answer.status_code == 202, answer.text
     assert answer.json()["accepted"] == len(accepted)
@@ -135,7 +135,7 @@ async def test_a_bulk_write_holds_at_most_bulk_max_items_items_and_their_bytes(i
     """3 items at most (the setting), and 3 × BULK_BYTES_PER_ITEM bytes; over either, nothing is published."""
     settings = isolated_settings.replace(bulk_max_items=3)
     cap = 3 * BULK_BYTES_PER_ITEM
-    async with reader_client(settings) as reader:
+    async with reader_client(settings.replace(open_writes=True)) as reader:
         post = lambda body: reader.post("/v1/items", content=body, headers={"content-type": "application/x-ndjson"})  # noqa: E731
         by_count = await post(jsonl(3 + offset))
         by_bytes = await post(jsonl(2, cap + offset))
@@ -147,7 +147,7 @@ async def test_a_bulk_write_holds_at_most_bulk_max_items_items_and_their_bytes(i
 @pytest.mark.parametrize(("offset", "status"), [(-1, 202), (0, 202), (1, 413)])
 async def test_an_item_body_is_capped_before_it_is_parsed(isolated_settings, offset, status):
     body = b'{"categories": ["news"]}'
-    async with reader_client(isolated_settings) as reader:
+    async with reader_client(isolated_settings.replace(open_writes=True)) as reader:
         padded = body + b" " * (ITEM_MAX_BYTES + offset - len(body))
         answer = await reader.put("/v1/items/i1", content=padded, headers={"content-type": JSON})
     assert answer.status_code == status, answer.text
@@ -167,7 +167,7 @@ async def test_an_item_body_is_capped_before_it_is_parsed(isolated_settings, off
     ],
 )
 async def test_bad_catalogue_requests_get_a_precise_4xx(isolated_settings, method, path, body, headers, status, says):
-    async with reader_client(isolated_settings) as reader:
+    async with reader_client(isolated_settings.replace(open_writes=True)) as reader:
         answer = await reader.request(method, path, content=body, headers={"content-type": JSON, **headers})
     assert answer.status_code == status, answer.text
     assert says in answer.text
