@@ -45,7 +45,7 @@ from bench.common import ROOT, START_ATTEMPTS, check_answers, figure, machine, r
 from recstream.contracts.settings import Settings
 from recstream.jobs import training
 from recstream.shell import infra
-from recstream.shell.demo import publish_history, system, train_first_model
+from recstream.shell.demo import publish_history, system, train_first_model, with_api_key
 from recstream.shell.infra import free_port
 from recstream.sim.simulator import FRESH_WORLD, SimConfig, SimResult, Simulator, pool_age_for
 from recstream.sim.world import World
@@ -97,6 +97,7 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         **POLICIES[policy],
         reader_redis_timeout_s=REDIS_TIMEOUT_S,
     )
+    settings = with_api_key(settings)  # the simulated users post their events with it
     clock = time.monotonic()
     asyncio.run(infra.ensure_topics(settings))
     now_ms = int(time.time() * 1000)

@@ -407,7 +407,8 @@ class BatchProcessor:
         personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
-            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available))
+            features = orjson.dumps(item.features).decode()
+            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available, features))
             if personalizer is not None:
                 self.model.apply_item(item)  # type: ignore[union-attr]  # idempotent; the item feed may be behind
                 similar = personalizer.similar(item.item_id)

@@ -4,7 +4,8 @@ The log is the source of truth: training re-reads the ``events`` and ``items`` t
 the earliest offset up to where they end when training starts (or reads a file source),
 fits :mod:`models.als`, the content map and the HNSW index, writes a version atomically
 (:mod:`models.artifacts`), precomputes item-to-item neighbours for the reader, and only
-then points ``model:current`` at it, so no worker or reader ever sees half a model.
+then points ``model:current`` at it, so no worker or reader ever sees half a model. The events
+of erased users (the ``erasures`` topic) are left out of what it reads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from recstream.contracts.events import Event, ItemEvent, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
+from recstream.eventlog.erasures import erased_users
 from recstream.eventlog.log import open_log, read, whole_topic
 from recstream.jobs.sources import Record
 from recstream.models.als import ALSConfig, event_weights, interaction_matrix, train_als
@@ -63,14 +65,17 @@ def collect(records: Iterable[Record], progress: Progress | None = None) -> Trai
 
 
 async def read_log(settings: Settings) -> list[Record]:
-    """Every valid record on ``items`` and ``events``, from the earliest offset to the end as of now."""
+    """Every valid record on ``items`` and ``events``, from the earliest offset to the end as of now, but the
+    events of erased users."""
     now_ms = 2**53  # replay: no future-timestamp check against the wall clock
     records: list[Record] = []
     async with open_log(settings) as consumer:
+        erased = await erased_users(consumer, settings.kafka.erasures_topic)
         for topic, kind in ((settings.kafka.items_topic, "item"), (settings.kafka.events_topic, "event")):
             async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
                 for message in chunk:
-                    records.extend(Record(kind, value) for value in decode(message.value, kind, now_ms)[0])
+                    valid = decode(message.value, kind, now_ms)[0]
+                    records.extend(Record(kind, v) for v in valid if getattr(v, "user_id", None) not in erased)
     return records
 
 

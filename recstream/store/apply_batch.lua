@@ -55,9 +55,9 @@ end
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
-for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1'}
+for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1', features JSON}
   local key = P .. 'item:' .. it[1]
-  redis.call('HSET', key, 'categories', it[2], 'available', it[5])
+  redis.call('HSET', key, 'categories', it[2], 'available', it[5], 'features', it[6])
   if it[3] ~= '' then redis.call('HSET', key, 'created_ts', it[3]) else redis.call('HSETNX', key, 'created_ts', it[4]) end
   if it[5] == '0' then
     redis.call('SADD', P .. 'unavailable', it[1])
@@ -92,10 +92,16 @@ for k, it in ipairs(p.items) do
     clicks_args[#clicks_args + 1] = item
     clicks_args[#clicks_args + 1] = num(old_clicks[k]) + d[2]
   end
-  -- an item first counted here joins the pool, as if announced at that moment (unless it was announced)
+  -- an item first counted here, never announced: counted, but hidden (unavailable) until the items topic
+  -- announces it; or, without a catalogue feed (cfg.require_announced false), in the pool from now on
   if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
-    redis.call('HSET', P .. 'item:' .. item, 'available', '1')
-    redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    if cfg.require_announced then
+      redis.call('HSET', P .. 'item:' .. item, 'available', '0')
+      redis.call('SADD', P .. 'unavailable', item)
+    else
+      redis.call('HSET', P .. 'item:' .. item, 'available', '1')
+      redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    end
   end
   touch(item)
 end

@@ -55,7 +55,8 @@ class Effect:
 
     watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)  # tp -> (expected, new)
     counters: CounterDeltas = field(default_factory=CounterDeltas)
-    meta: list[tuple[str, str, int | None, int, bool]] = field(default_factory=list)  # item, cats, created, ts, avail
+    # item, categories, created, ts, available, features (JSON: PATCH /v1/items merges into them)
+    meta: list[tuple[str, str, int | None, int, bool, str]] = field(default_factory=list)
     user_segments: dict[str, str] = field(default_factory=dict)
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
@@ -100,6 +101,7 @@ class StateStore:
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.worker.dedup_window_s * 1000,
+            "require_announced": settings.model.require_announced_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
@@ -170,8 +172,8 @@ class StateStore:
             "cfg": self._cfg,
             "wm": [(tp, _wm(old), str(new)) for tp, (old, new) in effect.watermarks.items()],
             "meta": [
-                (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0")
-                for i, cats, created, ts, avail in effect.meta
+                (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0", features)
+                for i, cats, created, ts, avail, features in effect.meta
             ],
             "items": list(c.items.items()),
             "segs": [(s, list(counts.items())) for s, counts in c.segments.items()],
