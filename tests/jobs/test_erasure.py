@@ -71,7 +71,7 @@ async def test_after_erasure_and_rebuild_nothing_of_the_user_remains(isolated_se
     others = [e for e in events if e.user_id != victim]
     assert len(others) < len(events)
 
-    async with reader_client(settings) as reader:
+    async with reader_client(settings.replace(open_writes=True)) as reader:
         prefs = await reader.put(f"/v1/users/{victim}/preferences", json={"categories": ["news"]})
         assert prefs.status_code == 200, prefs.text
         assert (await reader.get(f"/v1/feed/{victim}")).json()["session"], "a scroll session to erase"
