@@ -35,6 +35,8 @@ key                          type    holds
 ``foldin:<version>``         hash    item → float32 fold-in vector under that model version
 ``foldin:log``               stream  ``version``, ``item``, ``vec`` per stored fold-in, which every worker tails
 ``user:<u>:feed:<session>``  list    the reader's infinite-scroll session: JSON ``[[item, source], …]`` pages, TTL
+``user:<u>:sessions``        zset    the user's scroll sessions by last use (at most ``sessions_per_user``)
+``sessions:anonymous``       zset    session keys of ids nothing is stored for, by last use (capped)
 ``model:current``            string  the model version the workers serve
 ``ranker:<topic>:<p>``       string  the online ranker's FTRL state learned from partition ``p`` (models.ranker
                                      bytes), written with that partition's watermark; the reader averages them
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-USER_KEYS = ("hist", "vec", "cand", "seen", "prefs")
+USER_KEYS = ("hist", "vec", "cand", "seen", "prefs", "sessions")
 """The fixed per-user keys ``user:<u>:<what>``. With the scroll sessions (:data:`USER_SESSIONS`), the
 ``user:seg`` entry and the user's fields in ``foldin:users:<i>`` they are everything stored under a user's
 id, which an erasure deletes at once (recstream/store/erasure.py); tests/contracts/test_keys.py keeps this
