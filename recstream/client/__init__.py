@@ -20,14 +20,17 @@ from recstream.client.wire import (
     EventsAccepted,
     FeedItem,
     FeedPage,
+    ItemsAccepted,
+    LineRejected,
     Preferences,
     PreferencesSaved,
     Ready,
     SimilarItem,
     SimilarItems,
     Stats,
+    UserErased,
 )
-from recstream.contracts.events import Event
+from recstream.contracts.events import Event, ItemEvent, UserEvent
 
 __all__ = [
     "AsyncClient",
@@ -36,6 +39,9 @@ __all__ = [
     "EventsAccepted",
     "FeedItem",
     "FeedPage",
+    "ItemEvent",
+    "ItemsAccepted",
+    "LineRejected",
     "Preferences",
     "PreferencesSaved",
     "Ready",
@@ -43,5 +49,7 @@ __all__ = [
     "SimilarItem",
     "SimilarItems",
     "Stats",
+    "UserErased",
+    "UserEvent",
     "with_event_ids",
 ]

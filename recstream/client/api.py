@@ -18,8 +18,18 @@ from pydantic import BaseModel
 from recstream.client import routes
 from recstream.client.retry import TRANSIENT, Backoff
 from recstream.client.routes import Call
-from recstream.client.wire import EventsAccepted, FeedPage, Preferences, PreferencesSaved, Ready, SimilarItems, Stats
-from recstream.contracts.events import Event
+from recstream.client.wire import (
+    EventsAccepted,
+    FeedPage,
+    ItemsAccepted,
+    Preferences,
+    PreferencesSaved,
+    Ready,
+    SimilarItems,
+    Stats,
+    UserErased,
+)
+from recstream.contracts.events import Event, ItemEvent, UserEvent
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -97,6 +107,38 @@ class Client(_Connection):
         """Replace the user's onboarding categories and "not interested" list (item ids or categories)."""
         return self._run(routes.set_preferences(user_id, categories, not_interested))
 
+    def put_item(
+        self,
+        item_id: str,
+        categories: Iterable[str] = (),
+        features: Mapping[str, float] | None = None,
+        available: bool = True,
+        created_ts: int | None = None,
+    ) -> ItemEvent:
+        """Create or replace an item; answers the item record the reader published."""
+        return self._run(routes.put_item(item_id, _item(categories, features, available, created_ts)))
+
+    def patch_item(self, item_id: str, **fields: object) -> ItemEvent:
+        """Change only the given fields of a known item (``available=False`` hides it)."""
+        return self._run(routes.patch_item(item_id, fields))
+
+    def delete_item(self, item_id: str) -> ItemEvent:
+        return self._run(routes.delete_item(item_id))
+
+    def put_items(self, items: Iterable[Mapping[str, Any]], per_request: int = routes.BULK_ITEMS) -> ItemsAccepted:
+        """Many items (dicts of ``item_id``, ``categories``, ``features``, ``available``, ``created_ts``), in as many
+        requests as needed; ``rejected`` names the bad ones by their position in ``items`` (from 1)."""
+        calls = routes.put_items(items, per_request)
+        return routes.all_items(calls, [self._run(call) for call in calls])
+
+    def put_user(self, user_id: str, attributes: Mapping[str, Any]) -> UserEvent:
+        """Replace the user's attributes (``age`` and ``gender`` make their segment)."""
+        return self._run(routes.put_user(user_id, attributes))
+
+    def delete_user(self, user_id: str) -> UserErased:
+        """Erase the user: their Redis keys now, their events from every later rebuild and training."""
+        return self._run(routes.delete_user(user_id))
+
     def stats(self) -> Stats:
         return self._run(routes.stats())
 
@@ -150,6 +192,34 @@ class AsyncClient(_Connection):
     ) -> PreferencesSaved:
         return await self._run(routes.set_preferences(user_id, categories, not_interested))
 
+    async def put_item(
+        self,
+        item_id: str,
+        categories: Iterable[str] = (),
+        features: Mapping[str, float] | None = None,
+        available: bool = True,
+        created_ts: int | None = None,
+    ) -> ItemEvent:
+        return await self._run(routes.put_item(item_id, _item(categories, features, available, created_ts)))
+
+    async def patch_item(self, item_id: str, **fields: object) -> ItemEvent:
+        return await self._run(routes.patch_item(item_id, fields))
+
+    async def delete_item(self, item_id: str) -> ItemEvent:
+        return await self._run(routes.delete_item(item_id))
+
+    async def put_items(
+        self, items: Iterable[Mapping[str, Any]], per_request: int = routes.BULK_ITEMS
+    ) -> ItemsAccepted:
+        calls = routes.put_items(items, per_request)
+        return routes.all_items(calls, [await self._run(call) for call in calls])
+
+    async def put_user(self, user_id: str, attributes: Mapping[str, Any]) -> UserEvent:
+        return await self._run(routes.put_user(user_id, attributes))
+
+    async def delete_user(self, user_id: str) -> UserErased:
+        return await self._run(routes.delete_user(user_id))
+
     async def stats(self) -> Stats:
         return await self._run(routes.stats())
 
@@ -164,3 +234,10 @@ class AsyncClient(_Connection):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _item(
+    categories: Iterable[str], features: Mapping[str, float] | None, available: bool, created_ts: int | None
+) -> dict[str, object]:
+    return {"categories": list(categories), "features": dict(features or {}), "available": available,
+            "created_ts": created_ts}  # fmt: skip

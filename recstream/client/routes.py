@@ -14,13 +14,29 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
+import orjson
 from pydantic import BaseModel
 
-from recstream.client.wire import EventsAccepted, FeedPage, Preferences, PreferencesSaved, Ready, SimilarItems, Stats
-from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, Event, encode
+from recstream.client.wire import (
+    EventsAccepted,
+    FeedPage,
+    ItemsAccepted,
+    LineRejected,
+    Preferences,
+    PreferencesSaved,
+    Ready,
+    SimilarItems,
+    Stats,
+    UserErased,
+)
+from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM
+from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, Event, ItemEvent, UserEvent, encode
 
 T = TypeVar("T", bound=BaseModel)
-JSON = {"content-type": "application/json"}
+JSON = "application/json"
+ACCEPTED = frozenset({202})
+BULK_ITEMS = 1_000
+"""Items per bulk request: the reader's default ``bulk_max_items``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +49,11 @@ class Call(Generic[T]):
     params: Mapping[str, str | int] = field(default_factory=dict)
     body: bytes | None = None
     ok: frozenset[int] = frozenset({200})
+    content_type: str = JSON
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        return http.build_request(
-            self.method, self.path, params=self.params, content=self.body, headers=JSON if self.body else None
-        )
+        headers = {"content-type": self.content_type} if self.body else None
+        return http.build_request(self.method, self.path, params=self.params, content=self.body, headers=headers)
 
     def read(self, response: httpx.Response) -> T:
         return self.answer.model_validate_json(response.content)
@@ -65,6 +81,56 @@ def set_preferences(user_id: str, categories: Iterable[str], not_interested: Ite
     return Call("PUT", f"/v1/users/{_id(user_id)}/preferences", PreferencesSaved, body=body)
 
 
+def put_item(item_id: str, fields: Mapping[str, object]) -> Call[ItemEvent]:
+    return Call("PUT", f"/v1/items/{_id(item_id)}", ItemEvent, body=orjson.dumps(fields), ok=ACCEPTED)
+
+
+def patch_item(item_id: str, fields: Mapping[str, object]) -> Call[ItemEvent]:
+    return Call("PATCH", f"/v1/items/{_id(item_id)}", ItemEvent, body=orjson.dumps(fields), ok=ACCEPTED)
+
+
+def delete_item(item_id: str) -> Call[ItemEvent]:
+    return Call("DELETE", f"/v1/items/{_id(item_id)}", ItemEvent, ok=ACCEPTED)
+
+
+def put_items(items: Iterable[Mapping[str, object]], per_request: int = BULK_ITEMS) -> list[Call[ItemsAccepted]]:
+    """One JSONL POST per ``per_request`` items, fewer when the reader's byte limit needs it."""
+    lines = [orjson.dumps(item) + b"\n" for item in items]
+    cap = per_request * BULK_BYTES_PER_ITEM
+    bodies: list[list[bytes]] = []
+    size = 0
+    for line in lines:
+        if not bodies or len(bodies[-1]) == per_request or size + len(line) > cap:
+            bodies.append([])
+            size = 0
+        bodies[-1].append(line)
+        size += len(line)
+    return [
+        Call("POST", "/v1/items", ItemsAccepted, body=b"".join(b), ok=ACCEPTED, content_type="application/x-ndjson")
+        for b in bodies
+    ]
+
+
+def all_items(calls: Sequence[Call[ItemsAccepted]], answers: Sequence[ItemsAccepted]) -> ItemsAccepted:
+    """One answer for a bulk write sent in parts: a line number is the item's position in what was given
+    (from 1), whichever part carried it."""
+    rejected, offset = [], 0
+    for call, answer in zip(calls, answers, strict=True):
+        rejected += [LineRejected(line=r.line + offset, reason=r.reason) for r in answer.rejected]
+        offset += (call.body or b"").count(b"\n")  # one item a line; JSON escapes newlines inside strings
+    return ItemsAccepted(accepted=sum(a.accepted for a in answers), rejected=rejected)
+
+
+def put_user(user_id: str, attributes: Mapping[str, object]) -> Call[UserEvent]:
+    body = orjson.dumps({"attributes": attributes})
+    return Call("PUT", f"/v1/users/{_id(user_id)}", UserEvent, body=body, ok=ACCEPTED)
+
+
+def delete_user(user_id: str) -> Call[UserErased]:
+    """The user's erasure: safe to repeat, so a retry after a lost answer does no harm."""
+    return Call("DELETE", f"/v1/users/{_id(user_id)}", UserErased, ok=ACCEPTED)
+
+
 def stats() -> Call[Stats]:
     return Call("GET", "/v1/stats", Stats)
 
@@ -77,7 +143,7 @@ def ready() -> Call[Ready]:
 def send_events(events: Iterable[Event | Mapping[str, Any]]) -> list[Call[EventsAccepted]]:
     """One POST per body within the reader's limits; every event has its ``event_id`` before any is sent."""
     return [
-        Call("POST", "/v1/events", EventsAccepted, body=body, ok=frozenset({202}))
+        Call("POST", "/v1/events", EventsAccepted, body=body, ok=ACCEPTED)
         for body in event_bodies(with_event_ids(events))
     ]
 

@@ -59,6 +59,24 @@ class PreferencesSaved(Preferences):
 class EventsAccepted(Answer):
     accepted: int
     attributed: int
+    dropped: int  # clicks over the reader's per-user-per-item limit
+
+
+class LineRejected(Answer):
+    line: int
+    reason: str
+
+
+class ItemsAccepted(Answer):
+    """The items of a bulk write that were published, and the lines that were not, with why."""
+
+    accepted: int
+    rejected: list[LineRejected]
+
+
+class UserErased(Answer):
+    user_id: str
+    removed: int
 
 
 class Ready(Answer):

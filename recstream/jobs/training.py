@@ -4,7 +4,8 @@ The log is the source of truth: training re-reads the ``events`` and ``items`` t
 the earliest offset up to where they end when training starts (or reads a file source),
 fits :mod:`models.als`, the content map and the HNSW index, writes a version atomically
 (:mod:`models.artifacts`), precomputes item-to-item neighbours for the reader, and only
-then points ``model:current`` at it, so no worker or reader ever sees half a model.
+then points ``model:current`` at it, so no worker or reader ever sees half a model. The events
+of erased users (the ``erasures`` topic) are left out of what it reads.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 from recstream.contracts.events import Event, ItemEvent, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
+from recstream.eventlog.erasures import erased_users
 from recstream.eventlog.log import open_log, read, whole_topic
 from recstream.jobs.sources import Record
 from recstream.models.als import ALSConfig, ALSFit, event_weights, interaction_matrix, train_als
@@ -115,14 +117,16 @@ def collect(records: Iterable[Record], progress: Progress | None = None) -> Trai
 
 
 async def read_log(settings: Settings) -> AsyncIterator[list[Record]]:
-    """Every valid record on ``items``, then ``events``, from the earliest offset to the end as of now,
-    one Kafka message's records at a time."""
+    """Every valid record on ``items``, then ``events``, from the earliest offset to the end as of now, but the
+    events of erased users, one Kafka message's records at a time."""
     now_ms = 2**53  # replay: no future-timestamp check against the wall clock
     async with open_log(settings) as consumer:
+        erased = await erased_users(consumer, settings.kafka.erasures_topic)
         for topic, kind in ((settings.kafka.items_topic, "item"), (settings.kafka.events_topic, "event")):
             async for chunk in read(consumer, await whole_topic(consumer, topic), MESSAGES_PER_READ):
                 for message in chunk:
-                    yield [Record(kind, value) for value in decode(message.value, kind, now_ms)[0]]
+                    valid = decode(message.value, kind, now_ms)[0]
+                    yield [Record(kind, v) for v in valid if getattr(v, "user_id", None) not in erased]
 
 
 async def collect_log(settings: Settings, progress: Progress | None = None) -> TrainingLog:

@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
@@ -101,8 +102,10 @@ async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
     from redis.asyncio import Redis
 
+    from recstream.eventlog.connection import client_options
+
     if kafka:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
         try:
             await admin.start()
         finally:
@@ -239,25 +242,98 @@ def produce(
     )
 
 
+@app.command("import")
+def import_file(
+    path: Annotated[Path, typer.Argument(help="a CSV, JSONL or Parquet file", exists=True, dir_okay=False)],
+    kind: Annotated[str, typer.Option(help="interactions, items or users")] = "interactions",
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from the suffix, else csv)")
+    ] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV delimiter; 'tab' for a tab")] = ",",
+    columns: Annotated[
+        str | None, typer.Option(help="a file without a header row: its columns, comma-separated")
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="FIELD=COLUMN, where the file has a field (user, item, ts, type, rating, ...)"),
+    ] = None,
+    ts_unit: Annotated[str, typer.Option(help="s or ms: the unit of ts and created_ts")] = "ms",
+    type_map: Annotated[
+        list[str] | None, typer.Option(help="VALUE=TYPE: a type column's value as an event type")
+    ] = None,
+    click_rating: Annotated[
+        float, typer.Option(help="a rating column: every row a view, this or more a click too")
+    ] = 4.0,
+    category_columns: Annotated[
+        str | None, typer.Option(help="items: comma-separated columns whose 1 or true names a category")
+    ] = None,
+    sort: Annotated[bool, typer.Option(help="interactions: publish in timestamp order (reads the file first)")] = False,
+    before: Annotated[int | None, typer.Option(help="interactions: only those before this ts (in --ts-unit)")] = None,
+) -> None:
+    """Publish a file of interactions, items or users to the topics; bad rows are reported by line and skipped.
+
+    Fields and columns: recstream/jobs/imports.py. MovieLens 100K's ratings, for example:
+    recstream import u.data --delimiter tab --columns user,item,rating,ts --ts-unit s --sort
+    """
+    from recstream.jobs import imports
+
+    settings = _settings()
+    header = [c.strip() for c in columns.split(",")] if columns else None
+    try:
+        spec = imports.ImportSpec.parse(
+            kind,
+            map_ or (),
+            ts_unit,
+            type_map or (),
+            click_rating,
+            category_columns.split(",") if category_columns else (),
+        )
+        fmt = imports.file_format(path, file_format)
+        total = imports.count_rows(path, fmt)
+    except imports.ImportSpecError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    rows = imports.file_rows(path, fmt, "\t" if delimiter == "tab" else delimiter, header)
+    before_ms = None if before is None else before * (1000 if ts_unit == "s" else 1)
+    with _progress() as progress:
+        task = progress.add_task(f"importing {path.name}", total=total)
+        report = asyncio.run(
+            imports.publish_rows(settings, rows, spec, sort, before_ms, lambda n: progress.advance(task, n))
+        )
+    where = "row" if fmt == "parquet" else "line"
+    for number, reason in report.bad[:20]:  # unwrapped, and a reason's [brackets] are not markup
+        console.print(f"[yellow]skipped {where} {number}: {escape(reason)}[/yellow]", soft_wrap=True)
+    if len(report.bad) > 20:
+        console.print(f"[yellow]... and {len(report.bad) - 20} more[/yellow]")
+    records = "events" if kind == "interactions" else kind
+    console.print(
+        f"{report.records:,} {records} from {report.rows:,} rows published in {report.seconds:.1f} s; "
+        f"{len(report.bad):,} bad rows skipped",
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
     log_level: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
     loglevel: Annotated[str | None, typer.Option(hidden=True, help="deprecated spelling of --log-level")] = None,
 ) -> None:
-    """Run a stream worker: consume events, items and users; keep Redis state fresh."""
+    """Run a stream worker: consume events, items and users; keep Redis state fresh. Its port serves Prometheus
+    /metrics and /healthz (503 when an agent stopped or stalled: restart the process)."""
     import faust
-    from prometheus_client import start_http_server
 
     from recstream.streams.app import create_app
+    from recstream.streams.liveness import Liveness, serve
 
     settings = _settings()
     if loglevel is not None:
         typer.secho("worker --loglevel is deprecated: use --log-level", fg="yellow", err=True)
     asyncio.run(_reach(settings, kafka=True, redis=True))
+    liveness = Liveness(settings.worker.stall_s)
     port = settings.worker.metrics_port if metrics_port is None else metrics_port
-    start_http_server(port, addr=settings.worker.metrics_host)
-    faust.Worker(create_app(settings), loglevel=loglevel or log_level).execute_from_commandline()
+    serve(port, liveness, addr=settings.worker.metrics_host)
+    faust.Worker(create_app(settings, liveness), loglevel=loglevel or log_level).execute_from_commandline()
 
 
 class Engine(StrEnum):

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import pytest
-from recstream.serving import schemas
+from recstream.serving import catalogue, schemas
 
 from recstream.client import wire
 from tests.test_layers import MODULES, imported
 
 MIRRORED = ["FeedItem", "FeedPage", "SimilarItem", "SimilarItems", "Preferences", "PreferencesSaved"]
 MIRRORED += ["EventsAccepted", "Ready", "Stats"]
+CATALOGUE = ["LineRejected", "ItemsAccepted", "UserErased"]  # serving/catalogue.py's answers
 
 
-@pytest.mark.parametrize("name", MIRRORED)
-def test_each_answer_model_has_the_readers_fields(name):
-    reader, client = getattr(schemas, name), getattr(wire, name)
+@pytest.mark.parametrize(("module", "name"), [(schemas, n) for n in MIRRORED] + [(catalogue, n) for n in CATALOGUE])
+def test_each_answer_model_has_the_readers_fields(module, name):
+    reader, client = getattr(module, name), getattr(wire, name)
     assert list(client.model_fields) == list(reader.model_fields)
     assert [f.is_required() for f in client.model_fields.values()] == [
         f.is_required() for f in reader.model_fields.values()

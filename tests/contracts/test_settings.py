@@ -14,6 +14,8 @@ from recstream.contracts.settings import VARIABLES, SettingsError, load_settings
         ("RECSTREAM_REDIS_URL", "http://x:1", "redis://"),
         ("RECSTREAM_SPARK_DRIVER_MEMORY", "2GB", "should match pattern"),
         ("RECSTREAM_SPARK_DRIVER_MEMORY", "0g", "should match pattern"),
+        ("RECSTREAM_RANKER_ALPHA", "0", "greater than 0"),
+        ("RECSTREAM_RANKER_L2", "nan", "finite number"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):

@@ -43,6 +43,7 @@ def nothing_listens(tmp_path: Path) -> Settings:
     "command",
     [
         ["produce", "--synthetic", "10"],
+        ["import", "README.md"],
         ["train"],
         ["infra", "topics"],
         ["experiment", "report", "ab"],
