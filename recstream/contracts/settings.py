@@ -191,6 +191,7 @@ class ModelSettings(Section):
     )
     spark_driver_memory: str = Field(
         "2g", pattern=r"^[1-9][0-9]*[kmgt]$", description="heap of the Spark driver (`train --engine spark`), e.g. 2g"
+    )
     require_announced_items: bool = Field(
         True,
         description="events for an item the items topic never announced are counted, but the item is in no feed "
