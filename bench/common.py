@@ -86,8 +86,9 @@ RESULT_KEYS: Mapping[str, Keys] = {
     "reliability": Keys(
         (
             *(
-                f"reliability_{s}_recovery_max_s"
-                for s in ("worker_kill", "rebalance_kill", "kafka_restart", "redis_kill", "redis_rollback")
+                f"reliability_{s}_{figure}"
+                for s in ("worker_kill", "rebalance_kill", "kafka_restart", "redis_kill", "redis_rollback", "poison")
+                for figure in ("recovery_max_s", "stalled_partitions")
             ),
             "reliability_lost_events",
             "reliability_double_applied_events",
