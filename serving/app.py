@@ -10,6 +10,8 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
   in ``context`` so clicks are attributable to the source that showed the item, and the feed's
   ``variant`` (an A/B test's arm, recstream/contracts/experiments.py) as the events' ``variant``;
+* ``PUT|PATCH|DELETE /v1/items/{item_id}``, ``POST /v1/items``, ``PUT|DELETE /v1/users/{user_id}`` — the
+  catalogue, users and erasure (serving/catalogue.py);
 * ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``;
 * ``GET /explore`` — the feed explorer page (serving/explorer.py), a client of the routes above.
 
@@ -18,13 +20,16 @@ Each route calls the service (serving/service.py) and turns its errors (serving/
 serving/schemas.py document them); the request metrics are a pure ASGI middleware, and plainly
 valid feed requests are answered by another one before FastAPI's routing (serving/fast_feed.py),
 the route handling the rest. Write routes live on their own router and need ``X-API-Key`` (or
-``Authorization: Bearer``) when ``settings.reader.api_key`` is set; read routes too when
-``settings.reader.protect_reads``.
+``Authorization: Bearer``): without ``settings.reader.api_key`` they refuse every write, unless
+``settings.reader.open_writes`` says to accept writes without a key; read routes need the key too
+when ``settings.reader.protect_reads``. A route with a body takes JSON only, capped before it is
+parsed (serving/body.py). The policies: README.md, "Security and limits".
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -37,8 +42,16 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 from recstream.serving import explorer
+from recstream.serving.body import CappedJsonRoute, max_body
 from recstream.serving.cursor import CURSOR_PATTERN, Cursor
-from recstream.serving.errors import EventsRejected, KafkaUnavailable, NotFound, RedisUnavailable, SessionExpired
+from recstream.serving.errors import (
+    EventsRejected,
+    KafkaUnavailable,
+    NotFound,
+    RedisUnavailable,
+    SessionExpired,
+    TooManyClicks,
+)
 from recstream.serving.fast_feed import FeedFastPath
 from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
 from recstream.serving.metrics import RequestMetrics
@@ -80,6 +93,12 @@ EVENTS_BODY = {
     },
 }
 """POST /v1/events parses its body itself (recstream.contracts.events.decode), so its schema is declared by hand."""
+PREFERENCES_MAX_BYTES = 65_536
+"""The largest preferences body: 32 categories and 256 ids of 64 characters take under 20 kB as JSON."""
+NO_KEY = (
+    "writes need an API key and this reader has none: set RECSTREAM_API_KEY (and send it as X-API-Key or "
+    "Authorization: Bearer), or RECSTREAM_OPEN_WRITES=true to accept writes from anyone who reaches the reader"
+)
 
 
 class Problem(BaseModel):
@@ -123,9 +142,10 @@ def create_app(settings: Settings) -> FastAPI:
     auth = _api_key_check(settings)
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
     query = FeedQuery.from_settings(settings)
-    protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)} if auth else {}
-    reads = APIRouter(**(protected if settings.reader.protect_reads else {}))
-    writes = APIRouter(**protected)
+    protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)}
+    open_writes = settings.reader.open_writes and settings.reader.api_key is None
+    reads = APIRouter(route_class=CappedJsonRoute, **(protected if settings.reader.protect_reads else {}))
+    writes = APIRouter(route_class=CappedJsonRoute, **({} if open_writes else protected))
 
     @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(410), tags=["feed"])
     async def feed(  # its query parameters are feed_query.PARAMETERS, the ones the fast path admits
@@ -167,8 +187,9 @@ def create_app(settings: Settings) -> FastAPI:
     @writes.put(  # 400: a body that is not JSON at all (FastAPI's parser), 422: JSON of the wrong shape
         "/v1/users/{user_id}/preferences",
         response_model=PreferencesSaved,
-        responses=_problems(400, 503),
+        responses=_problems(400, 413, 415, 503),
         tags=["users"],
+        openapi_extra=max_body(PREFERENCES_MAX_BYTES),
     )
     async def put_preferences(user_id: UserId, preferences: Preferences) -> Response:
         """Replace onboarding categories and the "not interested" list (item ids or categories).
@@ -186,9 +207,9 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/events",
         response_model=EventsAccepted,
         status_code=202,
-        responses=_problems(413, 422, 503),
+        responses=_problems(413, 415, 422, 429, 503),
         tags=["events"],
-        openapi_extra={"requestBody": EVENTS_BODY},
+        openapi_extra={"requestBody": EVENTS_BODY, **max_body(MAX_MESSAGE_BYTES)},
     )
     async def post_events(request: Request) -> Response:
         """Report impressions (``view``) and clicks: one event object or an array of them.
@@ -197,13 +218,17 @@ def create_app(settings: Settings) -> FastAPI:
         to Kafka; 202 once the broker acknowledged them. Include ``context.source`` (the item's
         ``source`` in the feed) or ``context.feed`` (the feed's ``session``; the reader looks the
         source up) so clicks are attributable per source, and the feed's ``variant`` as the events'
-        ``variant`` while an experiment runs.
+        ``variant`` while an experiment runs. An event without ``event_id`` gets one derived from its
+        content, so resending a request after a 503 applies each event once. Clicks are limited per
+        client (429 past the limit) and per user per item (the extra ones ``dropped``).
         """
-        body = await _read_capped(request, MAX_MESSAGE_BYTES)
+        client = request.client.host if request.client else "unknown"
         try:
-            return json_response(await service.accept_events(body), 202)
+            return json_response(await service.accept_events(await request.body(), client), 202)
         except EventsRejected as exc:
             raise HTTPException(422, str(exc)) from None
+        except TooManyClicks as exc:
+            raise HTTPException(429, str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))}) from None
         except KafkaUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
 
@@ -224,8 +249,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(reads)
     app.include_router(writes)
+    from recstream.serving.catalogue import catalogue_router  # here: it imports this module's helpers
+
+    app.include_router(catalogue_router(service), **({} if open_writes else protected))
     app.include_router(explorer.router)
-    if not settings.reader.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
+    if not settings.reader.protect_reads:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
         app.add_middleware(FeedFastPath, service=service, route=route, query=query)
     app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
@@ -233,24 +261,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 past ``cap`` bytes before it is all in memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise HTTPException(413, f"body of {declared} bytes exceeds {cap}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise HTTPException(413, f"body exceeds {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]] | None:
-    """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time."""
+def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]]:
+    """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time;
+    without a key in the settings, one that refuses every request and says how to set one."""
     if settings.reader.api_key is None:
-        return None
+
+        async def refuse() -> None:
+            raise HTTPException(401, NO_KEY)
+
+        return refuse
     expected = settings.reader.api_key.get_secret_value().encode()
     header = APIKeyHeader(name="X-API-Key", auto_error=False)
     bearer = HTTPBearer(auto_error=False)

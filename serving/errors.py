@@ -32,3 +32,11 @@ class EventsRejected(ValueError):
     def __init__(self, reasons: list[str]) -> None:
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+
+
+class TooManyClicks(Exception):
+    """429: the client reported more clicks than its limit allows in the window (serving/click_guard.py)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

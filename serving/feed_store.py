@@ -8,10 +8,18 @@ JSON ``[[item, source, features], …]`` per page served (``features``, the enco
 was served with, only when it has one) and expires ``session_ttl_s`` after its last page. The next
 page of the session excludes every item in it; the events route reads it to name the source of a
 clicked item for an event that came without one, and to stamp the served features into it.
+
+Reads must not fill Redis: every cursorless feed request starts a session, for any user id. So
+every session is listed in an index, a sorted set by last use: a known user's own
+(``user:<u>:sessions``, at most ``sessions_per_user``) or, for ids nothing is stored for, the one
+of all of them (``sessions:anonymous``, at most ``anonymous_sessions``); a new session past the cap
+deletes the least recently used one. Memory taken by reads is then at most
+(known users × sessions_per_user + anonymous_sessions) sessions, each no longer than the catalogue.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import orjson
@@ -20,6 +28,12 @@ from recstream.serving.redis_wire import RedisWire, Script
 from recstream.serving.user_state import UserState, json_list, parse_preferences
 
 from recstream.contracts.keys import Keys
+
+ATTRIBUTION_SESSIONS = 32
+"""Distinct scroll sessions one events request may look up; events naming others go out unattributed."""
+ATTRIBUTION_PAGES = 10
+"""The most recent pages of a session an events request reads (clicks are on what was just shown). With
+the ``feed_max_limit`` of 100, one request makes Redis return at most 32 × 10 pages of 100 rows (~2.5 MB)."""
 
 
 class FeedStore:
@@ -37,9 +51,17 @@ class FeedStore:
             redis.call('ZREVRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]), session}
     """)
     RECORD = Script("""
-    -- KEYS[1]: the session list; ARGV: the page as JSON, the TTL in seconds
+    -- KEYS[1]: the session list, KEYS[2]: its index; ARGV: the page as JSON, the TTL in seconds, the index's
+    -- cap, now (ms). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
     redis.call('RPUSH', KEYS[1], ARGV[1])
-    return redis.call('EXPIRE', KEYS[1], ARGV[2])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+    redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+    local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+    if over > 0 then
+      for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do redis.call('DEL', old) end
+      redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+    end
+    return redis.call('EXPIRE', KEYS[2], ARGV[2])
     """)
 
     def __init__(self, wire: RedisWire, keys: Keys) -> None:
@@ -67,27 +89,44 @@ class FeedStore:
         )
 
     async def record(
-        self, user_id: str, session: str, page: Sequence[Served], vectors: Sequence[str] | None, ttl_s: int
+        self,
+        user_id: str,
+        session: str,
+        page: Sequence[Served],
+        vectors: Sequence[str] | None,
+        ttl_s: int,
+        known: bool,
+        cap: int,
     ) -> None:
-        """Round trip 2: append the page (``[[item, source, features], …]``) to the session and push its expiry out."""
+        """Round trip 2: append the page (``[[item, source, features], …]``) to the session and push its expiry
+        out; list the session in the user's index (``known``) or the anonymous one, which keeps ``cap``."""
         rows = (
             [[s.item, s.source] for s in page]
             if vectors is None
             else [[s.item, s.source, vector] for s, vector in zip(page, vectors, strict=True)]
         )
-        value = orjson.dumps(rows)
-        await self.wire.run(self.RECORD, [self.session_key(user_id, session)], [value, ttl_s])
+        index = self.keys.user(user_id, "sessions") if known else self.keys("sessions:anonymous")
+        keys = [self.session_key(user_id, session), index]
+        await self.wire.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000_000])
 
     async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:
-        """(source, served features or None) of each (user, session, item), None where unknown; one round trip."""
-        replies = await self.wire.execute(*(("LRANGE", self.session_key(u, s), 0, -1) for u, s, _ in wanted))
-        found = []
-        for (_, _, item), pages in zip(wanted, replies, strict=True):
-            rows = (row for page in pages for row in json_list(page) if isinstance(row, list) and len(row) in (2, 3))
-            row = next((row for row in rows if row[0] == item), None)
-            features = row[2] if row is not None and len(row) == 3 and isinstance(row[2], str) else None
-            found.append(None if row is None else (str(row[1]), features))
-        return found
+        """(source, served features or None) of each (user, session, item), None where unknown; one round trip,
+        bounded: each distinct session read once, its last ATTRIBUTION_PAGES pages, the first
+        ATTRIBUTION_SESSIONS only."""
+        sessions = list(dict.fromkeys((u, s) for u, s, _ in wanted))[:ATTRIBUTION_SESSIONS]
+        replies = await self.wire.execute(
+            *(("LRANGE", self.session_key(u, s), -ATTRIBUTION_PAGES, -1) for u, s in sessions)
+        )
+        served = {
+            pair: {
+                row[0]: (str(row[1]), row[2] if len(row) == 3 and isinstance(row[2], str) else None)
+                for page in pages
+                for row in json_list(page)
+                if isinstance(row, list) and len(row) in (2, 3) and isinstance(row[0], str)
+            }
+            for pair, pages in zip(sessions, replies, strict=True)
+        }
+        return [served.get((u, s), {}).get(item) for u, s, item in wanted]
 
     def session_key(self, user_id: str, session: str) -> str:
         return self.keys.user(user_id, f"feed:{session}")

@@ -53,6 +53,14 @@ EVENTS = Counter(
     "Events accepted by POST /v1/events and published to Kafka, by type and served source (context.source)",
     ["type", "source"],
 )
+CLICKS_LIMITED = Counter(
+    "recstream_reader_clicks_limited_total",
+    "Clicks POST /v1/events refused by the click-fraud guard, by limit: client (the request got 429) or "
+    "user_item (dropped, the rest of the request published)",
+    ["limit"],
+)
+CLICK_LIMITS = ("client", "user_item")
+"""The ``limit`` label of CLICKS_LIMITED (serving/click_guard.py)."""
 POOL_ITEMS = Gauge("recstream_reader_pool_items", "Items in the reader's copy of the new-item pool")
 SNAPSHOT_FAILURES = Counter(
     "recstream_reader_snapshot_reload_failures_total", "Background reloads of the shared lists that failed"
@@ -85,6 +93,8 @@ def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[
     for kind in ("view", "click"):
         for source in (*sources, "none", "other"):
             EVENTS.labels(kind, source)
+    for limit in CLICK_LIMITS:
+        CLICKS_LIMITED.labels(limit)
 
 
 def version_created_at(version: str) -> float | None:

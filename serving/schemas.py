@@ -74,6 +74,7 @@ class PreferencesSaved(Preferences):
 class EventsAccepted(BaseModel):
     accepted: int
     attributed: int = Field(description="events whose context.source was filled in from the scroll session")
+    dropped: int = Field(description="clicks dropped by the per-user-per-item click limit (the rest was published)")
 
 
 class Ready(BaseModel):

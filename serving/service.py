@@ -16,6 +16,7 @@ from collections import defaultdict
 import orjson
 from recstream.serving import metrics
 from recstream.serving.blend import SOURCES, Served
+from recstream.serving.click_guard import ClickGuard
 from recstream.serving.cursor import Cursor
 from recstream.serving.errors import EventsRejected, NotFound, RedisUnavailable, SessionExpired
 from recstream.serving.feed import build_page, degraded_page
@@ -23,7 +24,7 @@ from recstream.serving.feed_query import FEED_ROUTE
 from recstream.serving.feed_store import FeedStore
 from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
-from recstream.serving.publish import Publisher, attribute
+from recstream.serving.publish import Publisher, attribute, with_event_ids
 from recstream.serving.ranking import MODES
 from recstream.serving.redis_wire import RedisWire
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
@@ -46,7 +47,9 @@ class FeedService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        self.wire = RedisWire(settings.redis.url, settings.reader.redis_timeout_s)
+        self.wire = RedisWire(
+            settings.redis.url, settings.reader.redis_timeout_s, settings.reader.redis_connect_timeout_s
+        )
         self.store = FeedStore(self.wire, self.keys)
         self.snapshot = Snapshot()
         # its own connection: a reload's large replies never queue ahead of a feed's
@@ -55,6 +58,7 @@ class FeedService:
         self.guard = RedisGuard()
         self.stats = LiveStats()
         self.variants = Variants(settings)
+        self.clicks = ClickGuard(self.wire, self.keys, settings.reader, self.guard)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
@@ -99,10 +103,12 @@ class FeedService:
         kind, mode = "warm" if page.warm else "cold", page.mode
         if not page.items:
             return self._feed_answer(user_id, [], None, seed, kind, mode, None, 1, started, arm.label)
+        r = self.settings.reader
+        cap = r.sessions_per_user if user.known else r.anonymous_sessions
         try:
             await self.guard(
                 lambda: self.store.record(
-                    user_id, position.session, page.items, page.vectors, self.settings.reader.session_ttl_s
+                    user_id, position.session, page.items, page.vectors, r.session_ttl_s, user.known, cap
                 )
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
@@ -249,13 +255,16 @@ class FeedService:
             return False
         return True
 
-    async def accept_events(self, body: bytes) -> dict:
-        """Validate like the workers do (contracts.events.decode), stamp variants and sources, publish, confirm."""
+    async def accept_events(self, body: bytes, client: str) -> dict:
+        """Validate like the workers do (contracts.events.decode), give each an id, apply the click limits of
+        ``client`` (serving/click_guard.py), stamp variants and sources, publish, confirm."""
         events, rejected = decode(body, "event", int(time.time() * 1000))
         if rejected:
             raise EventsRejected([r.reason for r in rejected[:MAX_REASONS]] + _more(rejected))
         if not events:
             raise EventsRejected(["event: no events in the body"])
+        received = len(events)
+        events = await self.clicks.admit(client, with_event_ids(events))
         events, attributed = await attribute(
             self.variants.stamp(events), lambda wanted: self.guard(lambda: self.store.sources(wanted))
         )
@@ -267,7 +276,7 @@ class FeedService:
             metrics.EVENTS.labels(event.type, label).inc()
             published.append((event.type, label))
         self.stats.events(published)
-        return {"accepted": len(events), "attributed": attributed}
+        return {"accepted": len(events), "attributed": attributed, "dropped": received - len(events)}
 
 
 def _more(rejected: list[Rejected]) -> list[str]:

@@ -42,6 +42,19 @@ class UserState:
         do not: the workers also build them from onboarding picks, before any history."""
         return bool(self.history_rows or self.seen)
 
+    @property
+    def known(self) -> bool:
+        """Something is stored for the user (a segment from attributes, history, candidates, preferences); an id
+        nobody ever wrote for is not known, and its scroll sessions share one capped index (serving/feed_store.py)."""
+        return bool(
+            self.segment
+            or self.candidate_rows
+            or self.history_rows
+            or self.seen
+            or self.preferred
+            or self.not_interested
+        )
+
     def candidates(self) -> Iterator[tuple[str, str | None]]:
         """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first)."""
         for row in self.candidate_rows:

@@ -164,7 +164,12 @@ async def follow_items(settings: Settings, model: LiveModel) -> None:
 
 
 async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
-    """Apply every item event of every partition, from the beginning."""
+    """Apply every item event of every partition, from the beginning.
+
+    Caught up means the consumer's position reached each partition's end offset as of the start, not that a
+    record at end − 1 arrived: that offset may hold no record (a transaction's commit marker, records deleted
+    by ``kafka-delete-records`` or retention, compaction), and waiting for it held every user step for good.
+    """
     consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
@@ -174,12 +179,14 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
         partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        behind = {tp: end for tp, end in (await consumer.end_offsets(partitions)).items() if end > 0}
-        if not behind:
-            model.items_caught_up.set()
+        behind = await consumer.end_offsets(partitions)
         while True:
+            if not model.items_caught_up.is_set():  # position: past every record and marker returned so far
+                behind = {tp: end for tp, end in behind.items() if await consumer.position(tp) < end}
+                if not behind:
+                    model.items_caught_up.set()
             batch = await consumer.getmany(timeout_ms=1000)
-            for tp, messages in batch.items():
+            for messages in batch.values():
                 for message in messages:
                     # the items agent's clock (streams/processor.py): what it dead-letters stays out of the index
                     now_ms = int(time.time() * 1000)
@@ -187,9 +194,5 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
                     valid, _ = decode(message.value, "item", at_ms)
                     for item in valid:
                         model.apply_item(item)
-                if behind and messages and messages[-1].offset >= behind.get(tp, 0) - 1:
-                    behind.pop(tp, None)
-                    if not behind:
-                        model.items_caught_up.set()
     finally:
         await consumer.stop()

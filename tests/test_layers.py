@@ -21,6 +21,7 @@ LAYERS = {
     "models": 1,
     "eventlog": 2,
     "store": 2,
+    "client": 2,
     "streams": 3,
     "serving": 3,
     "jobs": 4,

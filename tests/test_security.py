@@ -8,11 +8,13 @@ case skips; any other failure to start it with TLS fails the tests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import redis
 from pydantic import SecretStr
 from recstream.serving.app import create_app
 
-from recstream.contracts.events import Event
+from recstream.contracts.events import Event, ItemEvent
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell.infra import free_port
 from tests.conftest import wait_until
@@ -143,11 +145,13 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
     url = secured_redis.url(tls)
     client = redis.Redis.from_url(url)
     client.flushdb()
-    # a TLS handshake on a loaded shared machine can take longer than the default 50 ms feed budget
-    secrets = {"redis_url": url, "api_key": SecretStr(API_KEY), "reader_redis_timeout_s": 1.0}
+    secrets = {"redis_url": url, "api_key": SecretStr(API_KEY)}  # the default feed budget: connects have their own
     settings = isolated_settings.replace(**secrets)
     worker_factory(settings)
     events = [Event(type="click", user_id=f"u{k % 3}", item_id="i-hot", ts=T0 + k) for k in range(30)]
+    hot = ItemEvent(op="new", item_id="i-hot", ts=T0, created_ts=T0, categories=["news"])  # only announced items show
+    await publish(settings, items=[hot])
+    wait_until(lambda: client.zscore("rs:pool", "i-hot") is not None, what="the item announced")
     await publish(settings, events=events)
     wait_until(
         lambda: applied_events(client, "rs") == len(events), what="the worker's writes through the secured Redis"
@@ -169,3 +173,42 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
 
     logs = (tmp_path / "worker.log").read_text(errors="replace") + caplog.text
     assert PASSWORD not in logs and API_KEY not in logs
+
+
+@asynccontextmanager
+async def slow_proxy(port: int, delay_s: float) -> AsyncIterator[int]:
+    """A TCP proxy to ``127.0.0.1:port`` that holds every new connection ``delay_s`` before passing bytes on: a
+    TLS handshake (and AUTH) as slow as on a loaded machine, every time. Yields its port."""
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(1 << 16):
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+    async def handle(client: asyncio.StreamReader, back: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay_s)
+        upstream, forth = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(client, forth), pipe(upstream, back), return_exceptions=True)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.integration
+async def test_a_slow_tls_handshake_gets_the_connect_budget_not_the_feed_budget(isolated_settings, secured_redis):
+    """A connect that takes 300 ms (six feed budgets of 50 ms) succeeds within reader_redis_connect_timeout_s (1 s),
+    and the connect budget is a real bound: at 100 ms the same connect fails and the feed degrades."""
+    if secured_redis.tls_port is None:
+        pytest.skip("this redis-server was built without TLS")
+    async with slow_proxy(secured_redis.tls_port, delay_s=0.3) as port:
+        url = secured_redis.url(tls=True).replace(f":{secured_redis.tls_port}/", f":{port}/")
+        settings = isolated_settings.replace(redis_url=url)
+        assert settings.reader.redis_timeout_s == 0.05 and settings.reader.redis_connect_timeout_s == 1.0
+        for connect_s, degraded in ((1.0, False), (0.1, True)):
+            async with reader_client(settings.replace(reader_redis_connect_timeout_s=connect_s)) as reader:
+                page = (await reader.get("/v1/feed/u-slow")).json()
+            assert page["degraded"] is degraded, connect_s

@@ -290,7 +290,7 @@ def kafka_up(settings: Settings) -> str:
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the contract's topics if missing: events (retained), items/users (compacted), DLQ."""
+    """Create the contract's topics if missing: events (retained), items/users/erasures (compacted), DLQ."""
     retention = {"retention.ms": str(settings.kafka.retention_ms)}
     compacted = {"cleanup.policy": "compact"}
     wanted = [
@@ -312,6 +312,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             settings.kafka.replication_factor,
             topic_configs=compacted,
         ),
+        NewTopic(settings.kafka.erasures_topic, 1, settings.kafka.replication_factor, topic_configs=compacted),
         NewTopic(
             settings.kafka.dlq_topic,
             settings.kafka.dlq_partitions,

@@ -12,6 +12,10 @@ from recstream.contracts.settings import VARIABLES, SettingsError, load_settings
         ("RECSTREAM_EVENTS_PARTITIONS", "four", "valid integer"),
         ("RECSTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port"),
         ("RECSTREAM_REDIS_URL", "http://x:1", "redis://"),
+        ("RECSTREAM_SPARK_DRIVER_MEMORY", "2GB", "should match pattern"),
+        ("RECSTREAM_SPARK_DRIVER_MEMORY", "0g", "should match pattern"),
+        ("RECSTREAM_RANKER_ALPHA", "0", "greater than 0"),
+        ("RECSTREAM_RANKER_L2", "nan", "finite number"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):

@@ -2,7 +2,8 @@
 
 The world is built once per session in its own Redis database (2) and its own topics, so the
 function-scoped ``isolated_settings`` of other tests (database 1) never touch it. Tests that change
-it (unavailability, preferences, events) use their own users or items.
+it (unavailability, preferences, events) use their own users or items. Its readers need the API key
+WORLD_KEY for writes, as a production reader does; the ``reader`` client sends it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import numpy as np
 import pytest
 import redis
 import uvicorn
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
 from recstream.models.ranker import FTRLConfig, FTRLRanker
 from recstream.serving.app import create_app
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.contracts.events import Event, ItemEvent, UserEvent, decode, segment_of
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
@@ -40,6 +43,9 @@ DAY_MS = 86_400_000
 T0 = (int(time.time() * 1000) // DAY_MS - 10) * DAY_MS  # ten days ago: every timestamp passes the contract
 CATEGORIES = ["news", "sport", "music", "film", "kids", "docs"]
 N_ITEMS, N_WARM = 700, 60
+WORLD_KEY = "world-writes-key"
+KEY = {"X-API-Key": WORLD_KEY}
+"""The header a write to a reader on the world's settings needs."""
 
 
 @dataclass
@@ -142,6 +148,7 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         redis_url=services.redis.url.rsplit("/", 1)[0] + "/2",
         pool_cache_s=0.1,
         popular_refresh_s=0.2,
+        api_key=SecretStr(WORLD_KEY),
     )
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     client.flushdb()
@@ -174,20 +181,24 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @asynccontextmanager
-async def reader_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The reader app in process (lifespan run, snapshot loaded) behind an httpx client."""
+async def reader_client(
+    settings: Settings, headers: dict[str, str] | None = None, address: str = "127.0.0.1"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The reader app in process (lifespan run, snapshot loaded) behind an httpx client that sends ``headers``
+    with every request, from the client ``address``."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await app.state.service.loader.refresh(force_popular=True)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://reader") as client:
+        transport = httpx.ASGITransport(app=app, client=(address, 123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://reader", headers=headers) as client:
             client.app = app  # type: ignore[attr-defined]  # tests reach the reader to reload its snapshot
             yield client
 
 
 @pytest.fixture
 async def reader(world: World) -> AsyncIterator[httpx.AsyncClient]:
-    async with reader_client(world.settings) as client:
+    """A reader on the world, its client sending the world's key."""
+    async with reader_client(world.settings, KEY) as client:
         yield client
 
 
@@ -235,6 +246,31 @@ async def isolated_topics(settings: Settings) -> Settings:
     fresh = settings.on_topics(uuid.uuid4().hex[:8])
     await infra.ensure_topics(fresh)
     return fresh
+
+
+async def published_messages(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[list[Event]]:
+    """The events of every message on the settings' events topic, message by message, read from the start
+    until ``at_least`` events have come and nothing more arrives for a second (so a surplus shows too)."""
+    consumer = AIOKafkaConsumer(
+        settings.kafka.events_topic, bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list[list[Event]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            found += [decode(m.value, "event", 2**53)[0] for messages in batches.values() for m in messages]
+            if not batches and sum(map(len, found)) >= at_least:
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def published_events(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[Event]:
+    """Every event on the settings' events topic (see :func:`published_messages`)."""
+    return [e for message in await published_messages(settings, at_least, timeout_s) for e in message]
 
 
 @pytest.fixture

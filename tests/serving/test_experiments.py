@@ -12,6 +12,7 @@ from collections import Counter
 import httpx
 import pytest
 import redis
+from pydantic import SecretStr
 from recstream.serving.variants import Variants
 from typer.testing import CliRunner
 
@@ -72,7 +73,8 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
     users, items, events = split_history(world)
     settings = isolated_settings.replace(
         # a generous Redis timeout: a degraded page (the same for both arms) would blur the comparison
-        **{"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
+        **{"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0},
+        api_key=SecretStr("experiment-key"),  # the simulator posts the users' events with it
     )
     settings, _ = asyncio.run(trained(settings, tmp_path, events, items, candidates_m=50))
     worker = worker_factory(settings)

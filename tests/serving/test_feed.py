@@ -196,7 +196,7 @@ async def test_reported_views_reach_the_seen_set_and_carry_the_served_source(wor
         for k, i in enumerate(shown)
     ]
     resp = await reader.post("/v1/events", json=events)
-    assert resp.status_code == 202 and resp.json() == {"accepted": 6, "attributed": 6}
+    assert resp.status_code == 202 and resp.json() == {"accepted": 6, "attributed": 6, "dropped": 0}
 
     r = world.redis()
     wait_until(lambda: all(r.zscore(f"rs:user:{user}:seen", i["item_id"]) for i in shown), what="views applied")

@@ -1,0 +1,29 @@
+"""The client's answer models mirror the reader's documented schemas, and the client needs nothing of the reader."""
+
+from __future__ import annotations
+
+import pytest
+from recstream.serving import catalogue, schemas
+
+from recstream.client import wire
+from tests.test_layers import MODULES, imported
+
+MIRRORED = ["FeedItem", "FeedPage", "SimilarItem", "SimilarItems", "Preferences", "PreferencesSaved"]
+MIRRORED += ["EventsAccepted", "Ready", "Stats"]
+CATALOGUE = ["LineRejected", "ItemsAccepted", "UserErased"]  # serving/catalogue.py's answers
+
+
+@pytest.mark.parametrize(("module", "name"), [(schemas, n) for n in MIRRORED] + [(catalogue, n) for n in CATALOGUE])
+def test_each_answer_model_has_the_readers_fields(module, name):
+    reader, client = getattr(module, name), getattr(wire, name)
+    assert list(client.model_fields) == list(reader.model_fields)
+    assert [f.is_required() for f in client.model_fields.values()] == [
+        f.is_required() for f in reader.model_fields.values()
+    ]
+
+
+def test_the_client_imports_only_the_contracts_of_the_project():
+    client = {name: path for name, path in MODULES.items() if name.startswith("recstream.client")}
+    assert len(client) >= 4
+    project = {t for path in client.values() for t in imported(path) if t.startswith("recstream.")}
+    assert {t.split(".")[1] for t in project} == {"client", "contracts"}
