@@ -19,6 +19,8 @@ class FeedItem(Answer):
     source: str
     reason: str
     categories: list[str]
+    score: float | None = None  # the ranker's click probability (None: the page was not ranked)
+    top_feature: str | None = None  # the feature that raised the score most
 
 
 class FeedPage(Answer):
@@ -30,6 +32,7 @@ class FeedPage(Answer):
     session: str | None
     model_version: str | None
     warm: bool
+    ranked: bool = False
     degraded: bool
     seed: int
     variant: str | None
@@ -59,7 +62,7 @@ class PreferencesSaved(Preferences):
 class EventsAccepted(Answer):
     accepted: int
     attributed: int
-    dropped: int  # clicks over the reader's per-user-per-item limit
+    dropped: int = 0  # clicks over the reader's per-user-per-item limit
 
 
 class LineRejected(Answer):

@@ -146,7 +146,7 @@ def test_backoff_doubles_up_to_its_cap_with_full_jitter():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_retried_post_sends_the_same_event_ids(kind):
-    script = Script(httpx.ReadTimeout, httpx.Response(202, json={"accepted": 2, "attributed": 0}))
+    script = Script(httpx.ReadTimeout, httpx.Response(202, json={"accepted": 2, "attributed": 0, "dropped": 0}))
     events = [
         {"type": "view", "user_id": "u1", "item_id": "i1", "ts": NOW_MS},
         {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW_MS},

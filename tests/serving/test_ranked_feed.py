@@ -21,7 +21,7 @@ from recstream.contracts.events import decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, decode_features, rounded
 from recstream.contracts.settings import Settings
-from tests.serving.conftest import DAY_MS, T0, World, isolated_topics, reader_client, reload, trained_ranker
+from tests.serving.conftest import DAY_MS, KEY, T0, World, isolated_topics, reader_client, reload, trained_ranker
 
 pytestmark = pytest.mark.integration
 WORLD_TIME = T0 + 3 * DAY_MS + 3_600_000
@@ -123,7 +123,7 @@ async def test_the_features_logged_and_attributed_are_the_ones_the_reader_scored
     user = world.warm[9]
     with ranker_states(world, settings) as write:
         weights = np.mean([r.weights for r in write("popular", "personal")], axis=0)
-        async with reader_client(settings) as reader:
+        async with reader_client(settings, KEY) as reader:
             page = await feed(reader, user, limit=20)
             assert page["ranked"]
             rows = session_rows(world, user, page["session"])
