@@ -1,9 +1,12 @@
-"""What every benchmark shares: the machine line, bench/results.json, its tables, private services, quantiles.
+"""What every benchmark shares: the machine line, bench/results.json and its keys, tables, private services,
+quantiles, and the one way a run ends as invalid.
 
 Benchmarks start their own Kafka and Redis (``infra.running`` on free loopback ports, in
 ``.run/bench``) and stop exactly those, so they never touch a developer's running system.
 Each prints its tables through :func:`show`, which also hands them, as markdown, to
-``bench/run_all.py`` (the one command that regenerates BENCHMARKS.md).
+``bench/run_all.py`` (the one command that regenerates BENCHMARKS.md). A run that cannot stand
+(answers that failed, states that differ, a figure from no samples) ends through :func:`fail`:
+exit code 1 and nothing recorded, so bench/results.json only ever holds figures of valid runs.
 """
 
 from __future__ import annotations
@@ -14,10 +17,13 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import date
+from math import isfinite
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +37,93 @@ RESULTS = ROOT / "bench" / "results.json"
 TABLES_ENV = "BENCH_TABLES"
 """When set (by bench/run_all.py), :func:`show` appends each table to this file as one JSON line."""
 START_ATTEMPTS = 3  # private services are started on fresh ports this many times before giving up
+MAX_FAILED_SHARE = 0.001
+"""A load run is invalid when more than this share of its requests failed (non-200 or degraded)."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The bench/results.json keys one benchmark writes: every valid default run writes all of ``always``;
+    ``optional`` ones are written only by a non-default option or when what they measure happened."""
+
+    always: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+
+    @property
+    def all(self) -> frozenset[str]:
+        return frozenset(self.always + self.optional)
+
+
+def _prequential_keys(rows: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(
+        f"prequential_{metric}_{row}" for row in rows for metric in ("hr10", "ndcg10", "coverage", "novelty", "ild")
+    )
+
+
+def _policy_keys(policies: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"closed_loop_{what}_{policy}" for policy in policies for what in ("ctr", "regret", "discovered"))
+
+
+RESULT_KEYS: Mapping[str, Keys] = {
+    "produce": Keys(("producer_events_per_s",)),
+    "worker": Keys(
+        (
+            "worker_events_per_s",
+            "worker_events_per_s_counters_only",
+            "worker_events_per_s_ranker",
+            "freshness_p50_ms",
+            "freshness_p99_ms",
+            "candidates_refresh_p50_ms",
+            "candidates_refresh_p99_ms",
+        )
+    ),
+    "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched")),
+    "ann_space": Keys(()),
+    "feeds": Keys(("reader_feeds_per_s", "reader_p99_ms")),
+    "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
+    "rebuild": Keys(("rebuild_events_per_s",)),
+    "policies": Keys(
+        _policy_keys(("no_explore", "fresh", "egreedy", "ts")),
+        # the blend rows (--policies fixed,popular_only,personal_only), in the fresh world and (--world) others
+        _policy_keys(
+            tuple(
+                f"{row}{suffix}"
+                for row in ("fixed", "popular_only", "personal_only")
+                for suffix in ("", "_stable", "_sparse", "_dense")
+            )
+        ),
+    ),
+    "validate": Keys(
+        (
+            "validate_hr10_worst_ratio",
+            *(f"validate_hr10_{s}" for s in ("movielens", "movielens_shuffled", "fresh", "stable", "sparse", "dense")),
+        )
+    ),
+    "reliability": Keys(
+        (
+            *(
+                f"reliability_{s}_{figure}"
+                for s in ("worker_kill", "rebalance_kill", "kafka_restart", "redis_kill", "redis_rollback", "poison")
+                for figure in ("recovery_max_s", "stalled_partitions")
+            ),
+            "reliability_lost_events",
+            "reliability_double_applied_events",
+            "reliability_reader_failed_requests",
+        ),
+        ("reliability_reader_recovery_max_s",),  # only when the reader recovered
+    ),
+    "soak": Keys(
+        (
+            "soak_worker_rss_growth_pct",
+            "soak_reader_rss_growth_pct",
+            "soak_redis_memory_growth_pct",
+            "soak_freshness_p99_ms",
+            "soak_lag_events_max",
+        )
+    ),
+}
+"""Which benchmark (``bench/<name>.py``) writes which keys: :func:`record` refuses any other key, and
+tests/bench/test_results.py checks bench/results.json against this table."""
 
 
 def machine() -> str:
@@ -56,8 +149,47 @@ def figure(value: float, unit: str, command: str, baseline: float | None = None)
     return out
 
 
+def script() -> str:
+    """The running benchmark's name: ``feeds`` for ``python -m bench.feeds``."""
+    return Path(sys.argv[0]).stem
+
+
+def fail(reason: str) -> NoReturn:
+    """End an invalid run: the reason on stderr, exit code 1, nothing recorded (a ``finally`` still stops children)."""
+    Console(stderr=True).print(f"[red]{script()}: invalid run, nothing recorded: {reason}[/red]")
+    raise SystemExit(1)
+
+
+def check_answers(what: str, answered: int, failed: int, max_share: float = MAX_FAILED_SHARE) -> None:
+    """:func:`fail` when nothing was answered or more than ``max_share`` of the answers failed.
+
+    >>> check_answers("warm feeds", answered=10_000, failed=10)
+    >>> check_answers("warm feeds", answered=10_000, failed=11)
+    Traceback (most recent call last):
+    SystemExit: 1
+    """
+    if answered == 0:
+        fail(f"{what}: no answers")
+    if failed > max_share * answered:
+        fail(f"{what}: {failed:,} of {answered:,} answers failed (more than {max_share:.1%})")
+
+
 def record(figures: dict[str, dict[str, object]]) -> None:
-    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace."""
+    """Read-modify-write bench/results.json, keeping other benchmarks' keys; atomic replace.
+
+    Refuses (:func:`fail`, nothing written) a key this benchmark does not declare in RESULT_KEYS and a
+    value or baseline that is not a finite number (a quantile or mean of no samples is NaN).
+    """
+    declared = RESULT_KEYS.get(script())
+    if declared is None:
+        fail(f"bench/{script()}.py declares no results.json keys (bench/common.RESULT_KEYS)")
+    undeclared = sorted(set(figures) - declared.all)
+    if undeclared:
+        fail(f"keys not declared in bench/common.RESULT_KEYS[{script()!r}]: {', '.join(undeclared)}")
+    for key, entry in figures.items():
+        for field in ("value", "baseline"):
+            if field in entry and not isfinite(float(entry[field])):  # type: ignore[arg-type]
+                fail(f"{key}: {field} {entry[field]} (computed from no samples?)")
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results.update(figures)
     tmp = RESULTS.with_suffix(".json.tmp")
@@ -98,9 +230,7 @@ def show(table: Table, console: Console | None = None) -> None:
     target = os.environ.get(TABLES_ENV)
     if target:
         with open(target, "ab") as out:
-            out.write(
-                json.dumps({"script": Path(sys.argv[0]).stem, "markdown": markdown_table(table)}).encode() + b"\n"
-            )
+            out.write(json.dumps({"script": script(), "markdown": markdown_table(table)}).encode() + b"\n")
 
 
 @contextmanager
@@ -132,12 +262,17 @@ def services(**overrides: object) -> Iterator[Settings]:
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus' estimate from cumulative (upper bound, count) buckets: linear within a bucket.
+    """Prometheus' estimate from cumulative (upper bound, count) buckets: linear within a bucket; NaN without
+    samples (which :func:`record` refuses).
 
     >>> round(histogram_quantile(0.5, [(0.1, 0), (0.2, 10), (float("inf"), 10)]), 6)
     0.15
+    >>> histogram_quantile(0.5, [(0.1, 0), (float("inf"), 0)])
+    nan
     """
-    total = buckets[-1][1]
+    total = buckets[-1][1] if buckets else 0
+    if total == 0:
+        return float("nan")
     rank = q * total
     lower, below = 0.0, 0.0
     for upper, count in buckets:

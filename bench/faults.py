@@ -4,15 +4,16 @@ A run (:class:`FaultRun`) has its own Redis prefix and consumer group on service
 The workload's users and items are applied first (so every event counts in its user's segment, as in a
 clean run), then its events are offered at a steady rate through the project's :class:`EventProducer`
 while a fault is injected again and again (``kill_worker``, ``rebalance_kill``, ``restart_kafka``,
-``kill_redis``, ``redis_loses_window``). Scoring needs no second run: per-item view and click counters
-are exact sums of the events, so against the events the producer was handed
+``kill_redis``, ``redis_loses_window``, ``poison``: messages at every size limit). Scoring needs no second
+run: per-item view and click counters are exact sums of the events, so against the events the producer was handed
 
     lost = Σ_i max(0, expected_i − stored_i),   double-applied = Σ_i max(0, stored_i − expected_i)
 
 over both counters (a lost batch and a doubled one of the same item would cancel only if they were the
 same size, for the same items); seen sets (item → latest ts, capped) are compared too. Recovery time of
 one injection: from the end of the fault (the process back, the broker or Redis answering) until Redis
-holds as many events as had been offered at that moment.
+holds as many events as had been offered at that moment. Stalled partitions: those of ``events``, ``items`` and
+``users`` whose watermark did not reach the end of the log once the run is over.
 
 Workers get a 6 s consumer session (``worker_session_timeout_s``, the broker's minimum; 10 s by default):
 a killed worker's partitions wait for its session to expire before anyone else takes them, so the
@@ -34,11 +35,14 @@ from pathlib import Path
 
 import httpx
 import redis
+from aiokafka import AIOKafkaProducer
 from recstream.models.als import ALSConfig
+from recstream.streams.processor import DEAD_LETTER_MAX_BYTES
 from redis.asyncio import Redis as AsyncRedis
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.contracts.events import MAX_MESSAGE_BYTES, Event, ItemEvent, UserEvent
 from recstream.contracts.settings import Settings
+from recstream.eventlog.log import open_log, whole_topic
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
 from recstream.jobs.sources import Record
@@ -236,6 +240,20 @@ class FaultRun:
                 self.acked = await producer.flush()
                 await asyncio.sleep(TICK_S)
 
+    async def stalled_partitions(self, timeout_s: float = 30.0) -> int:
+        """Partitions of events, items and users whose watermark is not at the log's end (the last offset), after
+        waiting up to ``timeout_s`` for them to get there."""
+        topics = (self.settings.kafka.events_topic, self.settings.kafka.items_topic, self.settings.kafka.users_topic)
+        async with open_log(self.settings) as consumer:
+            ends = {tp: end for topic in topics for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            marks = {k.decode(): int(v) for k, v in self.redis.hgetall(f"{self.prefix}:wm").items()}
+            stalled = sum(1 for (t, p), end in ends.items() if end and marks.get(f"{t}:{p}", -1) != end - 1)
+            if not stalled or time.monotonic() > deadline:
+                return stalled
+            await asyncio.sleep(0.2)
+
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
@@ -334,6 +352,23 @@ def redis_fault(outage_s: float, lost_window_s: float = 0.0) -> Inject:
     return inject
 
 
+POISON_SIZES = [limit + d for limit in (DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES) for d in (-1, 0, 1)]
+
+
+async def poison(run: FaultRun, rng: random.Random) -> None:
+    """On events, items and users: a message of no JSON at limit − 1, limit and limit + 1 of every size limit (a
+    dead letter's excerpt, a message's largest size); each is dead-lettered and the stream goes on."""
+    producer = AIOKafkaProducer(bootstrap_servers=run.settings.kafka.bootstrap, acks="all", max_request_size=2 << 20)
+    await producer.start()
+    try:
+        for topic in (run.settings.kafka.events_topic, run.settings.kafka.items_topic, run.settings.kafka.users_topic):
+            for size in POISON_SIZES:
+                await producer.send_and_wait(topic, b"!" * size, key=b"poison")
+    finally:
+        await producer.stop()
+    await run.recovered()
+
+
 SCENARIOS = {  # rates: about 1/(times + 1) of the tests' 7,410 events per injection cycle (see FaultRun.cap)
     "worker-kill": Scenario("worker SIGKILLed at a random instant, restarted at once", kill_worker, 8, 100),
     "rebalance-kill": Scenario("2 workers: a 3rd joins, the oldest SIGKILLed mid-rebalance", rebalance_kill, 2, 250, 2),
@@ -342,6 +377,7 @@ SCENARIOS = {  # rates: about 1/(times + 1) of the tests' 7,410 events per injec
     "redis-rollback": Scenario(
         "Redis SIGKILLed, restarted 2 s behind what it acknowledged", redis_fault(1.0, lost_window_s=2.0), 1, 600
     ),
+    "poison": Scenario("poison message at every size limit", poison, 1, 600),
 }
 
 

@@ -9,9 +9,10 @@ from its first applied batch to the last, as bench/worker.py does), the worker s
 is dumped; then
 the rebuild deletes it and replays the topics in process, timed end to end (deleting the keys,
 writing the model's item neighbours, the replay, committing the offsets). The two dumps are
-compared as the tests compare them (tests/conftest.py: exact, user vectors to 1e-6).
+compared key by key (recstream.store.state_dump.differing_keys: exact, user vectors to 1e-6).
 
-Writes ``rebuild_events_per_s`` (baseline: the live worker's rate on the same backlog).
+Writes ``rebuild_events_per_s`` (baseline: the live worker's rate on the same backlog) only when the
+two states are equal; a single differing key fails the run (exit 1, nothing recorded).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import redis
 from recstream.models.als import ALSConfig
 from rich.table import Table
 
-from bench.common import figure, machine, record, services, show
+from bench.common import fail, figure, machine, record, services, show
 from bench.worker import LOGS, produce_backlog, time_backlog
 from recstream.jobs import training
 from recstream.jobs.rebuild import rebuild
@@ -33,11 +34,13 @@ from recstream.sim.world import synthetic
 from recstream.store.state_dump import differing_keys, dump_state
 
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.rebuild"
+DEFAULT_EVENTS = 300_000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=300_000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
     records = list(synthetic(args.events, seed=11))
     with services() as settings:
@@ -71,8 +74,12 @@ def main() -> None:
     table.add_row("keys differing from the live state", f"{len(differing):,} of {len(live):,}")
     show(table)
     if differing:
-        print("differing keys (first 10):", differing[:10], f"worker log in {LOGS}")
-    record({"rebuild_events_per_s": figure(rate, "events/s", COMMAND, live_rate)})
+        fail(f"{len(differing):,} keys differ between the rebuilt and the live state (first 10: {differing[:10]}); "
+             f"worker logs in {LOGS}")  # fmt: skip
+    if args.no_record:
+        return
+    command = COMMAND if args.events == DEFAULT_EVENTS else f"{COMMAND} --events {args.events}"
+    record({"rebuild_events_per_s": figure(rate, "events/s", command, live_rate)})
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ the reader (`recstream serve`, on the first run's state) gets 40 feeds/s while i
 SIGKILLed for 2 s and restarted, twice: failed = anything but a 200, recovery = Redis answering →
 the first normal (not degraded) feed. Workers run with a 6 s consumer session (see bench/faults.py).
 
+Stalled = partitions of events, items and users whose watermark is not at the log's end once the run is over.
+
 Writes `reliability_lost_events`, `reliability_double_applied_events` (sums over the scenarios),
-`reliability_<scenario>_recovery_max_s`, `reliability_reader_failed_requests`,
+`reliability_<scenario>_recovery_max_s`, `reliability_<scenario>_stalled_partitions` (e.g.
+`reliability_poison_stalled_partitions`, which must be 0), `reliability_reader_failed_requests`,
 `reliability_reader_recovery_max_s`.
 """
 
@@ -48,13 +51,15 @@ def seconds(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} / {max(values):.1f}" if values else "—"
 
 
-async def scenario_run(base: Settings, name: str, model: dict[str, bytes], workload: Workload) -> FaultRun:
+async def scenario_run(base: Settings, name: str, model: dict[str, bytes], workload: Workload) -> tuple[FaultRun, int]:
+    """The run and its stalled partitions (counted before its workers stop)."""
     run = await FaultRun.open(base, name, model, LOGS)
     try:
         await run_scenario(run, workload, SCENARIOS[name])
+        stalled = await run.stalled_partitions()
     finally:
         run.stop()
-    return run
+    return run, stalled
 
 
 async def reader_outage(settings: Settings, users: list[str]) -> tuple[ReaderLoad, list[float | None]]:
@@ -74,14 +79,15 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
     with services() as base:
         model = asyncio.run(model_keys(base, workload))
         for name in names:
-            run = asyncio.run(scenario_run(base, name, model, workload))
+            run, stalled = asyncio.run(scenario_run(base, name, model, workload))
             tally = score(run.redis, run.prefix, workload.events, run.settings.worker.seen_cap)
             run.redis.close()
             lost, double = lost + tally.lost, double + tally.double
             rows.append((SCENARIOS[name].name, str(run.injections), f"{run.offered:,}", f"{tally.applied:,}",
-                         str(tally.lost), str(tally.double), seconds(run.recoveries_s)))  # fmt: skip
-            key = f"reliability_{name.replace('-', '_')}_recovery_max_s"
-            figures[key] = figure(max(run.recoveries_s), "s", COMMAND)
+                         str(tally.lost), str(tally.double), str(stalled), seconds(run.recoveries_s)))  # fmt: skip
+            key = f"reliability_{name.replace('-', '_')}"
+            figures[f"{key}_recovery_max_s"] = figure(max(run.recoveries_s), "s", COMMAND)
+            figures[f"{key}_stalled_partitions"] = figure(stalled, "partitions", COMMAND)
             rounded = [round(r, 2) for r in run.recoveries_s]
             print(f"{name}: recoveries {rounded} s, applied events rolled back {run.rolled_back}", flush=True)
         users = sorted({e.user_id for e in workload.events})
@@ -90,7 +96,7 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
     back = [r for r in recoveries if r is not None]
     rows.append((
         "reader at 40 feeds/s: its Redis SIGKILLed for 2 s, restarted (feeds, not events)",
-        str(len(recoveries)), f"{load.offered:,}", f"{load.ok:,} ({load.degraded:,} degraded)", str(failed), "—",
+        str(len(recoveries)), f"{load.offered:,}", f"{load.ok:,} ({load.degraded:,} degraded)", str(failed), "—", "—",
         seconds(back) if len(back) == len(recoveries) else "never",
     ))  # fmt: skip
     figures["reliability_lost_events"] = figure(lost, "events", COMMAND)
@@ -111,7 +117,9 @@ def main() -> None:
     table = Table(
         title=f"faults injected mid-stream, Kafka + Redis + workers co-located ({machine()}; load average {load:.0f})"
     )
-    for column in ("fault", "injected", "offered", "applied", "lost", "double-applied", "recovery median / max (s)"):
+    columns = ("fault", "injected", "offered", "applied", "lost", "double-applied", "stalled partitions",
+               "recovery median / max (s)")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column == "fault" else "right")
     for row in rows:
         table.add_row(*row)

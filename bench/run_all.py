@@ -1,7 +1,7 @@
 """Every benchmark in sequence, then BENCHMARKS.md regenerated from bench/BENCHMARKS.template.md.
 
     .venv/bin/python -m bench.run_all                      # everything but the 30-minute soak
-    .venv/bin/python -m bench.run_all --only produce,reader
+    .venv/bin/python -m bench.run_all --only produce,feeds
     .venv/bin/python -m bench.run_all --skip prequential --with soak --quick
 
 Each benchmark runs as its own process (as its documented command does), its output streamed
@@ -64,7 +64,7 @@ BENCHES = (
     Bench("worker"),
     Bench("user_steps", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("ann_space"),
-    Bench("reader"),
+    Bench("feeds"),
     Bench("prequential"),
     Bench("rebuild", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("validate", {"OPENBLAS_NUM_THREADS": "1"}),
@@ -193,9 +193,9 @@ def run(bench: Bench, quick: bool) -> Run:
 def choose(only: str | None, skip: str | None, also: str | None) -> list[Bench]:
     """The benchmarks to run, in BENCHES order: --only, else the default ones plus --with, minus --skip.
 
-    >>> [b.name for b in choose("reader,produce", None, None)]
-    ['produce', 'reader']
-    >>> [b.name for b in choose(None, "reader,prequential,rebuild,policies,reliability", "soak")]
+    >>> [b.name for b in choose("feeds,produce", None, None)]
+    ['produce', 'feeds']
+    >>> [b.name for b in choose(None, "feeds,prequential,rebuild,policies,reliability", "soak")]
     ['produce', 'worker', 'user_steps', 'ann_space', 'validate', 'soak']
     """
 

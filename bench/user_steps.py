@@ -5,8 +5,10 @@
 Y is a fixed random 1,682×64 float32 matrix (MovieLens 100K's catalogue size); 4,000 users
 with histories of 20–50 distinct items and confidences in [1, 21). Every path runs on one
 core (BLAS pinned to 1 thread, implicit with num_threads=1); each figure is the best of
-5 repeats. Writes `user_steps_per_s` (our batched path, baseline = implicit's batched
-`recalculate_user`) and `user_steps_per_s_implicit` into bench/results.json.
+5 repeats. Writes `user_steps_per_s`, the path the worker runs (one `ALSStep.solve` per user,
+streams/personalize.py; baseline: implicit's `recalculate_user` per user), and
+`user_steps_per_s_batched` (`ALSStep.solve_batch`; baseline: implicit's batched `recalculate_user`)
+into bench/results.json.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import os
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy loads OpenBLAS
 
+import argparse
 import time
 from collections.abc import Callable
-from datetime import date
 
 import numpy as np
 import scipy.sparse as sp
@@ -26,10 +28,14 @@ from recstream.models.user_step import ALSStep
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-from bench.common import record, show
+from bench.common import figure, machine, record, show
 
 N_ITEMS, K, N_USERS, REGULARIZATION, REPEATS = 1682, 64, 4000, 0.1, 5
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.user_steps"
+SINGLE = "ours, single (ALSStep.solve per user)"
+"""The path streams/personalize.py runs: a user's result must not depend on who shares its batch."""
+BATCHED = "ours, batched (ALSStep.solve_batch)"
+IMPLICIT_SINGLE, IMPLICIT_BATCHED = "implicit recalculate_user, per user", "implicit recalculate_user, batched"
 
 
 def best_rate(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
@@ -43,6 +49,9 @@ def best_rate(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
     item_factors = (rng.standard_normal((N_ITEMS, K)) * 0.1).astype(np.float32)
     lengths = rng.integers(20, 51, N_USERS)
@@ -61,45 +70,31 @@ def main() -> None:
     all_users = np.arange(N_USERS)
 
     paths = {
-        "ours, single (ALSStep.solve per user)": lambda: np.stack([step.solve(rows[s], conf[s]) for s in spans]),
-        "ours, batched (ALSStep.solve_batch)": lambda: step.solve_batch(indptr, rows, conf),
-        "implicit recalculate_user, per user": lambda: np.stack(
-            [model.recalculate_user(u, user_rows[u]) for u in range(N_USERS)]
-        ),
-        "implicit recalculate_user, batched": lambda: model.recalculate_user(all_users, user_items),
+        SINGLE: lambda: np.stack([step.solve(rows[s], conf[s]) for s in spans]),
+        BATCHED: lambda: step.solve_batch(indptr, rows, conf),
+        IMPLICIT_SINGLE: lambda: np.stack([model.recalculate_user(u, user_rows[u]) for u in range(N_USERS)]),
+        IMPLICIT_BATCHED: lambda: model.recalculate_user(all_users, user_items),
     }
     rates, outputs = {}, {}
     with threadpool_limits(1, "blas"):
         for name, run in paths.items():
             rates[name], outputs[name] = best_rate(run)
 
-    reference = outputs["ours, single (ALSStep.solve per user)"]
-    table = Table(title=f"User steps/s, k={K}, {N_ITEMS} items, {N_USERS} users × 20–50 items, 1 core")
+    reference = outputs[SINGLE]
+    load = os.getloadavg()[0]  # wall-clock rates: other work on the shared cores lowers them
+    table = Table(title=f"User steps/s, k={K}, {N_ITEMS} items, {N_USERS} users × 20–50 items, 1 core "
+                  f"({machine()}; load average {load:.1f})")  # fmt: skip
     for column in ("path", "steps/s", "max |Δ| vs ours single"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, rate in rates.items():
         table.add_row(name, f"{rate:,.0f}", f"{np.abs(outputs[name] - reference).max():.1e}")
     show(table)
-
-    ours, theirs = rates["ours, batched (ALSStep.solve_batch)"], rates["implicit recalculate_user, batched"]
-    today = date.today().isoformat()
-    record(
-        {
-            "user_steps_per_s": {
-                "value": round(ours),
-                "unit": "steps/s",
-                "command": COMMAND,
-                "date": today,
-                "baseline": round(theirs),
-            },
-            "user_steps_per_s_implicit": {
-                "value": round(theirs),
-                "unit": "steps/s",
-                "command": COMMAND,
-                "date": today,
-            },
-        }
-    )
+    if args.no_record:
+        return
+    record({
+        "user_steps_per_s": figure(rates[SINGLE], "steps/s", COMMAND, rates[IMPLICIT_SINGLE]),
+        "user_steps_per_s_batched": figure(rates[BATCHED], "steps/s", COMMAND, rates[IMPLICIT_BATCHED]),
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@
 Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
 backlog is produced first, then a worker starts and we time events applied per second
 (Redis totals) from its first applied batch to the last; once with counters only, once
-with a trained model (user steps, HNSW candidates). Baseline in the same run: a raw
+with a trained model (user steps, HNSW candidates), and once more on the same events each
+carrying a served feature vector, so the worker also trains the online ranker per partition
+(its baseline: the run before, whose events carry none). Baseline in the same run: a raw
 aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves).
 Freshness: events stamped "now" are offered at a fixed rate to the caught-up personalized
 worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
 from the worker's own histograms (deltas over the live phase).
 
-Writes `worker_events_per_s`, `freshness_p99_ms`, `candidates_refresh_p99_ms` (+ p50s).
+Writes `worker_events_per_s`, `worker_events_per_s_ranker`, `freshness_p99_ms`, `candidates_refresh_p99_ms`
+(+ p50s).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import random
 import time
 
+import numpy as np
 import redis
 from aiokafka import AIOKafkaConsumer
 from recstream.models.als import ALSConfig
@@ -28,6 +32,7 @@ from rich.table import Table
 
 from bench.common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
 from recstream.contracts.events import Event, decode
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
@@ -37,6 +42,7 @@ from recstream.sim.world import synthetic
 
 COMMAND = ".venv/bin/python -m bench.worker"
 LOGS = ROOT / ".run" / "bench-logs"
+MODELS = ROOT / ".run" / "bench" / "models"
 
 
 async def produce_backlog(settings: Settings, records: list[Record]) -> int:
@@ -51,6 +57,21 @@ async def produce_backlog(settings: Settings, records: list[Record]) -> int:
                 await producer.send_user(record.value)
         await producer.send_events(events)
         return await producer.flush()
+
+
+def with_served_vectors(records: list[Record], seed: int = 12) -> list[Record]:
+    """The records with every event carrying a feature vector as the reader stamps it (random values, one
+    generator flag): the worker trains the ranker on each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for r in records:
+        if r.kind == "event":
+            x = rng.random(len(FEATURES))
+            x[1:5] = np.eye(4)[rng.integers(4)]  # personal, popular, fresh, explore: one of them proposed it
+            context = {**(r.value.context or {}), CONTEXT_KEY: encode_features(x)}  # type: ignore[union-attr]
+            r = Record("event", r.value.model_copy(update={"context": context}))
+        out.append(r)
+    return out
 
 
 async def raw_consume_rate(settings: Settings, total: int) -> float:
@@ -139,28 +160,27 @@ def main() -> None:
     users = [r.value.user_id for r in records if r.kind == "user"]
     items = [r.value.item_id for r in records if r.kind == "item"]
     with services() as base:
-        asyncio.run(ensure_topics(base))
-        total = asyncio.run(produce_backlog(base, records))
+        ranked = base.on_topics("ranker", redis_prefix="ranker", worker_group="bench-ranker", model_dir=MODELS)
+        for settings, backlog in ((base, records), (ranked, with_served_vectors(records))):
+            asyncio.run(ensure_topics(settings))
+            total = asyncio.run(produce_backlog(settings, backlog))
         raw = asyncio.run(raw_consume_rate(base, total))
         counters = base.replace(redis_prefix="counters", worker_group="bench-counters")
         counters_rate, worker = time_backlog(counters, "counters", total)
         worker.stop()
-        personal = base.model_copy(
-            update={
-                "redis_prefix": "personal",
-                "worker_group": "bench-personal",
-                "model_dir": ROOT / ".run" / "bench" / "models",
-            }
-        )
+        personal = base.replace(redis_prefix="personal", worker_group="bench-personal", model_dir=MODELS)
         log = training.collect(records)
         artifacts, _ = training.train(log, ALSConfig(), holdout=0)
-        asyncio.run(training.publish(personal, artifacts))
+        version = asyncio.run(training.publish(personal, artifacts))
         personal_rate, worker = time_backlog(personal, "personal", total)
         time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
         before = worker.metrics()
         offered = asyncio.run(live_load(personal, users, items, args.rate, args.seconds))
         time.sleep(2.0)
         after = worker.metrics()
+        worker.stop()
+        asyncio.run(training.activate(ranked, artifacts, version))
+        ranker_rate, worker = time_backlog(ranked, "ranker", total)
         worker.stop()
     fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
     cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
@@ -173,6 +193,10 @@ def main() -> None:
     table.add_row("raw aiokafka consume + decode (baseline)", f"{raw:,.0f} events/s")
     table.add_row("worker, counters only", f"{counters_rate:,.0f} events/s")
     table.add_row("worker, counters + user steps + candidates", f"{personal_rate:,.0f} events/s")
+    table.add_row(
+        "worker, full path with ranker training (events carry vectors)",
+        f"{ranker_rate:,.0f} events/s ({ranker_rate / personal_rate:.2f}× the row above)",
+    )
     table.add_row(f"live load offered ({args.seconds:.0f} s)", f"{offered / args.seconds:,.0f} events/s")
     table.add_row(
         "live batches: count, mean events, mean time", f"{batches:.0f}, {batch_events:.0f}, {batch_ms:.0f} ms"
@@ -183,6 +207,7 @@ def main() -> None:
     record({
         "worker_events_per_s": figure(personal_rate, "events/s", COMMAND, raw),
         "worker_events_per_s_counters_only": figure(counters_rate, "events/s", COMMAND, raw),
+        "worker_events_per_s_ranker": figure(ranker_rate, "events/s", COMMAND, personal_rate),
         "freshness_p50_ms": figure(fresh50, "ms", COMMAND),
         "freshness_p99_ms": figure(fresh99, "ms", COMMAND),
         "candidates_refresh_p50_ms": figure(cand50, "ms", COMMAND),

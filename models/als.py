@@ -97,9 +97,17 @@ def confidence(r: np.ndarray, cfg: ALSConfig) -> np.ndarray:
     >>> confidence(np.array([np.e - 1]), ALSConfig(alpha=2.0, log_scale=True, log_epsilon=1.0))
     array([3.])
     """
+    return 1.0 + cfg.alpha * scaled_weights(r, cfg)
+
+
+def scaled_weights(r: np.ndarray, cfg: ALSConfig) -> np.ndarray:
+    """What α multiplies in the confidence: r, or `log(1 + r/ε)` when log-scaled.
+
+    >>> scaled_weights(np.array([0.0, np.e - 1]), ALSConfig(log_scale=True, log_epsilon=1.0))
+    array([0., 1.])
+    """
     r = np.asarray(r, dtype=np.float64)
-    scaled = np.log1p(r / cfg.log_epsilon) if cfg.log_scale else r
-    return 1.0 + cfg.alpha * scaled
+    return np.log1p(r / cfg.log_epsilon) if cfg.log_scale else r
 
 
 def history_confidence(r: np.ndarray, cfg: ALSConfig, ranks: np.ndarray | None = None) -> np.ndarray:
@@ -160,9 +168,7 @@ def train_als(r: sp.spmatrix, cfg: ALSConfig, show_progress: bool = False) -> AL
     implicit's fit uses 3 conjugate-gradient steps per sweep (fast, approximate user and
     item factors); the online user step (`models.user_step`) solves exactly.
     """
-    c = sp.csr_matrix(r, dtype=np.float32, copy=True)
-    c.eliminate_zeros()
-    c.data = confidence(c.data, cfg).astype(np.float32)
+    c = confidence_matrix(r, cfg)
     threads = cfg.num_threads or available_cores()
     started = time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
@@ -176,16 +182,25 @@ def train_als(r: sp.spmatrix, cfg: ALSConfig, show_progress: bool = False) -> AL
             random_state=cfg.random_state,
         )
         model.fit(c, show_progress=show_progress)
-        loss = calculate_loss(c, model.user_factors, model.item_factors, cfg.regularization, threads)
-    report = TrainReport(
-        users=c.shape[0],
-        items=c.shape[1],
-        nnz=c.nnz,
-        seconds=time.perf_counter() - started,
-        loss=float(loss),
-    )
-    return ALSFit(
-        item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32),
-        user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
-        report=report,
-    )
+    seconds = time.perf_counter() - started
+    return fitted(c, model.user_factors, model.item_factors, cfg, seconds)
+
+
+def confidence_matrix(r: sp.spmatrix, cfg: ALSConfig) -> sp.csr_matrix:
+    """c = confidence(r) on r's stored entries (csr float32, zeros dropped): what implicit's fit reads."""
+    c = sp.csr_matrix(r, dtype=np.float32, copy=True)
+    c.eliminate_zeros()
+    c.data = confidence(c.data, cfg).astype(np.float32)
+    return c
+
+
+def fitted(
+    c: sp.csr_matrix, user_factors: np.ndarray, item_factors: np.ndarray, cfg: ALSConfig, seconds: float
+) -> ALSFit:
+    """The fit of any engine, with implicit's loss on the confidence matrix c: one measure across engines."""
+    user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+    item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    with threadpool_limits(limits=1, user_api="blas"):
+        loss = calculate_loss(c, user_factors, item_factors, cfg.regularization, cfg.num_threads or available_cores())
+    report = TrainReport(users=c.shape[0], items=c.shape[1], nnz=c.nnz, seconds=seconds, loss=float(loss))
+    return ALSFit(item_factors=item_factors, user_factors=user_factors, report=report)

@@ -141,17 +141,20 @@ class FTRLRanker:
             raise ValueError(f"row must have shape ({self.n_features},), got {x.shape}")
         return self.weights[1:] * x
 
-    def update(self, rows: ArrayLike, labels: ArrayLike) -> float:
+    def update(self, rows: ArrayLike, labels: ArrayLike, predictions: list[float] | None = None) -> float:
         """Learn the rows in order (labels 1 = click, 0 = no click); return the progressive-validation logloss.
 
         That is the mean over rows of −ln p(y) for the prediction made just before the row's own
-        update (what `score` gave for it then). An empty batch changes nothing and returns nan.
+        update (what `score` gave for it then); those predictions are appended to `predictions` when
+        given (an online AUC is computed from them). An empty batch changes nothing and returns nan.
         The batch is validated before anything is learned, so a rejected batch leaves the model as it was.
         The state after a row depends only on the rows so far, not on how they were cut into batches.
 
-        >>> ranker = FTRLRanker(1)
-        >>> round(ranker.update([[1.0], [1.0]], [1, 1]), 4), ranker.n_updates
+        >>> ranker, predicted = FTRLRanker(1), []
+        >>> round(ranker.update([[1.0], [1.0]], [1, 1], predicted), 4), ranker.n_updates
         (0.6851, 2)
+        >>> [round(p, 4) for p in predicted]  # the second row was predicted after the first was learned
+        [0.5, 0.5081]
         >>> ranker.update([[1.0]], [2])
         Traceback (most recent call last):
         ...
@@ -172,7 +175,9 @@ class FTRLRanker:
         lo, hi = np.full(width, -l1), np.full(width, l1)
         w, g, tmp, next_root_n = (np.empty(width) for _ in range(4))
         losses: list[float] = []
-        record, exp, log1p, fsum, bound = losses.append, math.exp, math.log1p, math.fsum, LOGIT_CLIP
+        probs: list[float] = []
+        record, predict = losses.append, probs.append
+        exp, log1p, fsum, bound = math.exp, math.log1p, math.fsum, LOGIT_CLIP
         add, sub, mul, div, sqrt, fmax, fmin = np.add, np.subtract, np.multiply, np.divide, np.sqrt, np.fmax, np.fmin
         for xi, yi in zip(x, y.tolist(), strict=True):
             if l1 == 0.0:  # w: the operations of _weights, inlined
@@ -186,6 +191,7 @@ class FTRLRanker:
             s = fsum(tmp.tolist())  # w·x, correctly rounded: no summation order to depend on
             s = -bound if s < -bound else (bound if s > bound else s)
             p = 1.0 / (1.0 + exp(-s))
+            predict(p)
             record(log1p(exp(-s)) if yi == 1.0 else log1p(exp(s)))  # −ln p(y)
             mul(xi, p - yi, g)  # g_i = (p − y)·x_i
             mul(g, g, tmp)
@@ -202,6 +208,8 @@ class FTRLRanker:
             sub(neg_den, l2_v, neg_den)
         self._z, self._n = z, n
         self.n_updates += len(x)
+        if predictions is not None:
+            predictions.extend(probs)
         return math.fsum(losses) / len(losses)
 
     def to_bytes(self) -> bytes:

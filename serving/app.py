@@ -9,21 +9,27 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 * ``POST /v1/events`` — impressions (views) and clicks, validated like the workers do and
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
   in ``context`` so clicks are attributable to the source that showed the item, and the feed's
-  ``variant`` (an A/B test's arm, recstream/experiments.py) as the events' ``variant``;
+  ``variant`` (an A/B test's arm, recstream/contracts/experiments.py) as the events' ``variant``;
+* ``PUT|PATCH|DELETE /v1/items/{item_id}``, ``POST /v1/items``, ``PUT|DELETE /v1/users/{user_id}`` — the
+  catalogue, users and erasure (serving/catalogue.py);
 * ``GET /v1/stats`` — live figures as JSON; ``/healthz``, ``/readyz``, ``/metrics``;
 * ``GET /explore`` — the feed explorer page (serving/explorer.py), a client of the routes above.
 
-Responses are encoded with orjson straight from dicts (the models in serving/schemas.py document
-them); the request metrics are a pure ASGI middleware, and plainly valid feed requests are answered
-by another one before FastAPI's routing (serving/fast_feed.py), the route handling the rest. Write
-routes live on their own router and need ``X-API-Key`` (or ``Authorization: Bearer``) when
-``settings.reader.api_key`` is set; read routes too when ``settings.reader.protect_reads``.
+Each route calls the service (serving/service.py) and turns its errors (serving/errors.py) into
+4xx/503 answers. Responses are encoded with orjson straight from dicts (the models in
+serving/schemas.py document them); the request metrics are a pure ASGI middleware, and plainly
+valid feed requests are answered by another one before FastAPI's routing (serving/fast_feed.py),
+the route handling the rest. Write routes live on their own router and need ``X-API-Key`` (or
+``Authorization: Bearer``): without ``settings.reader.api_key`` they refuse every write, unless
+``settings.reader.open_writes`` says to accept writes without a key; read routes need the key too
+when ``settings.reader.protect_reads``. A route with a body takes JSON only, capped before it is
+parsed (serving/body.py). The policies: README.md, "Security and limits".
 """
 
 from __future__ import annotations
 
-import gc
 import hmac
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -36,18 +42,19 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 from recstream.serving import explorer
-from recstream.serving.fast_feed import FeedFastPath
-from recstream.serving.feed_state import CURSOR_PATTERN, Cursor
-from recstream.serving.metrics import RequestMetrics
-from recstream.serving.reader import (
-    FEED_ROUTE,
+from recstream.serving.body import CappedJsonRoute, max_body
+from recstream.serving.cursor import CURSOR_PATTERN, Cursor
+from recstream.serving.errors import (
     EventsRejected,
     KafkaUnavailable,
     NotFound,
-    Reader,
     RedisUnavailable,
     SessionExpired,
+    TooManyClicks,
 )
+from recstream.serving.fast_feed import FeedFastPath
+from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
+from recstream.serving.metrics import RequestMetrics
 from recstream.serving.schemas import (
     EventsAccepted,
     FeedPage,
@@ -57,12 +64,12 @@ from recstream.serving.schemas import (
     SimilarItems,
     Stats,
 )
+from recstream.serving.service import SIMILAR_ROUTE, FeedService
 from starlette.responses import Response
 
 from recstream.contracts.events import ID_PATTERN, MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES, Event
 from recstream.contracts.settings import Settings
 
-DEFAULT_LIMIT = 20
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="user id")]
 ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN, description="item id")]
 
@@ -86,6 +93,12 @@ EVENTS_BODY = {
     },
 }
 """POST /v1/events parses its body itself (recstream.contracts.events.decode), so its schema is declared by hand."""
+PREFERENCES_MAX_BYTES = 65_536
+"""The largest preferences body: 32 categories and 256 ids of 64 characters take under 20 kB as JSON."""
+NO_KEY = (
+    "writes need an API key and this reader has none: set RECSTREAM_API_KEY (and send it as X-API-Key or "
+    "Authorization: Bearer), or RECSTREAM_OPEN_WRITES=true to accept writes from anyone who reaches the reader"
+)
 
 
 class Problem(BaseModel):
@@ -96,35 +109,21 @@ def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem} for code in codes}
 
 
-def tune_garbage_collector() -> None:
-    """Keep Python's cycle collector off the feed path; call once the app is built, before serving.
-
-    A feed allocates thousands of short-lived containers (parsed candidate lists, the page) that
-    reference counting frees at once; with the default threshold (700) they still trigger gen0
-    collections, survivors of the requests in flight are promoted, and full collections walk every
-    object of the process (FastAPI, pydantic, numpy: ~60–90 ms each). Measured on the bench at 32
-    connections: 1.7 s of 8 s in GC and a p99 of 142 ms. Freezing what startup built (it lives
-    as long as the process) and collecting gen0 every 50,000 net allocations instead: 7 ms in GC.
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 10, 10)
-
-
 def json_response(body: object, status_code: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status_code, media_type="application/json")
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The app for these settings; the Redis client, snapshot loader and Kafka producer live in its lifespan."""
-    reader = Reader(settings)
+    service = FeedService(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await reader.start()
+        await service.start()
         try:
             yield
         finally:
-            await reader.close()
+            await service.close()
 
     app = FastAPI(
         title="recstream reader",
@@ -132,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Blended, explainable, infinite feeds from Redis; impressions and clicks to Kafka.",
         lifespan=lifespan,
     )
-    app.state.reader = reader
+    app.state.service = service
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -142,53 +141,55 @@ def create_app(settings: Settings) -> FastAPI:
 
     auth = _api_key_check(settings)
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
-    default_limit = min(DEFAULT_LIMIT, settings.reader.feed_max_limit)
-    protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)} if auth else {}
-    reads = APIRouter(**(protected if settings.reader.protect_reads else {}))
-    writes = APIRouter(**protected)
+    query = FeedQuery.from_settings(settings)
+    protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)}
+    open_writes = settings.reader.open_writes and settings.reader.api_key is None
+    reads = APIRouter(route_class=CappedJsonRoute, **(protected if settings.reader.protect_reads else {}))
+    writes = APIRouter(route_class=CappedJsonRoute, **({} if open_writes else protected))
 
-    @reads.get("/v1/feed/{user_id}", response_model=FeedPage, responses=_problems(410), tags=["feed"])
-    async def feed(
+    @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(410), tags=["feed"])
+    async def feed(  # its query parameters are feed_query.PARAMETERS, the ones the fast path admits
         user_id: UserId,
-        limit: int = Query(default_limit, ge=1, le=settings.reader.feed_max_limit),
+        limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
-        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1, description="seed of the explore draws")] = None,
+        seed: Annotated[int | None, Query(ge=MIN_SEED, le=MAX_SEED, description="seed of the explore draws")] = None,
     ) -> Response:
         """A page of the user's blended feed; a cursor continues the session without repeating an item."""
         try:
-            body = await reader.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed)
+            body = await service.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed)
         except SessionExpired as exc:
             raise HTTPException(410, str(exc)) from None
         return json_response(body)
 
-    @reads.get("/v1/items/{item_id}/similar", response_model=SimilarItems, responses=_problems(404), tags=["items"])
+    @reads.get(SIMILAR_ROUTE, response_model=SimilarItems, responses=_problems(404), tags=["items"])
     async def similar(
         item_id: ItemId,
-        limit: int = Query(default_limit, ge=1, le=settings.reader.feed_max_limit),
+        limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),  # a feed's bounds
     ) -> Response:
         """Item-to-item neighbours, best first (precomputed by the workers; the reader holds no index)."""
         try:
-            return json_response(await reader.similar(item_id, limit))
+            return json_response(await service.similar(item_id, limit))
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from None
 
     @reads.get("/v1/users/{user_id}/preferences", response_model=Preferences, responses=_problems(503), tags=["users"])
     async def get_preferences(user_id: UserId) -> Response:
         try:
-            return json_response(await reader.preferences(user_id))
+            return json_response(await service.preferences(user_id))
         except RedisUnavailable:
             raise HTTPException(503, "Redis is unreachable; try again shortly") from None
 
     @reads.get("/v1/stats", response_model=Stats, tags=["ops"])
     async def stats() -> Response:
         """Live figures over the last few seconds (for the feed explorer page)."""
-        return json_response(await reader.live())
+        return json_response(await service.live())
 
     @writes.put(  # 400: a body that is not JSON at all (FastAPI's parser), 422: JSON of the wrong shape
         "/v1/users/{user_id}/preferences",
         response_model=PreferencesSaved,
-        responses=_problems(400, 503),
+        responses=_problems(400, 413, 415, 503),
         tags=["users"],
+        openapi_extra=max_body(PREFERENCES_MAX_BYTES),
     )
     async def put_preferences(user_id: UserId, preferences: Preferences) -> Response:
         """Replace onboarding categories and the "not interested" list (item ids or categories).
@@ -197,7 +198,7 @@ def create_app(settings: Settings) -> FastAPI:
         directly, so the very next feed honours it.
         """
         try:
-            applied = await reader.save_preferences(user_id, preferences.categories, preferences.not_interested)
+            applied = await service.save_preferences(user_id, preferences.categories, preferences.not_interested)
         except KafkaUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
         return json_response({"user_id": user_id, **preferences.model_dump(), "applied": applied})
@@ -206,9 +207,9 @@ def create_app(settings: Settings) -> FastAPI:
         "/v1/events",
         response_model=EventsAccepted,
         status_code=202,
-        responses=_problems(413, 422, 503),
+        responses=_problems(413, 415, 422, 429, 503),
         tags=["events"],
-        openapi_extra={"requestBody": EVENTS_BODY},
+        openapi_extra={"requestBody": EVENTS_BODY, **max_body(MAX_MESSAGE_BYTES)},
     )
     async def post_events(request: Request) -> Response:
         """Report impressions (``view``) and clicks: one event object or an array of them.
@@ -217,13 +218,17 @@ def create_app(settings: Settings) -> FastAPI:
         to Kafka; 202 once the broker acknowledged them. Include ``context.source`` (the item's
         ``source`` in the feed) or ``context.feed`` (the feed's ``session``; the reader looks the
         source up) so clicks are attributable per source, and the feed's ``variant`` as the events'
-        ``variant`` while an experiment runs.
+        ``variant`` while an experiment runs. An event without ``event_id`` gets one derived from its
+        content, so resending a request after a 503 applies each event once. Clicks are limited per
+        client (429 past the limit) and per user per item (the extra ones ``dropped``).
         """
-        body = await _read_capped(request, MAX_MESSAGE_BYTES)
+        client = request.client.host if request.client else "unknown"
         try:
-            return json_response(await reader.accept_events(body), 202)
+            return json_response(await service.accept_events(await request.body(), client), 202)
         except EventsRejected as exc:
             raise HTTPException(422, str(exc)) from None
+        except TooManyClicks as exc:
+            raise HTTPException(429, str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))}) from None
         except KafkaUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
 
@@ -235,7 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
     async def readyz() -> Response:
         """Ready when Redis answers and a model version is present."""
-        body = await reader.ready()
+        body = await service.ready()
         return json_response(body, 200 if body["redis"] and body["model_version"] else 503)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
@@ -244,39 +249,27 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(reads)
     app.include_router(writes)
+    from recstream.serving.catalogue import catalogue_router  # here: it imports this module's helpers
+
+    app.include_router(catalogue_router(service), **({} if open_writes else protected))
     app.include_router(explorer.router)
-    if not settings.reader.protect_reads or auth is None:  # protected reads always take the route (it checks the key)
+    if not settings.reader.protect_reads:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
-        app.add_middleware(
-            FeedFastPath,
-            reader=reader,
-            route=route,
-            default_limit=default_limit,
-            max_limit=settings.reader.feed_max_limit,
-        )
+        app.add_middleware(FeedFastPath, service=service, route=route, query=query)
     app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
     _publish_event_schema(app)
     return app
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 past ``cap`` bytes before it is all in memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise HTTPException(413, f"body of {declared} bytes exceeds {cap}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise HTTPException(413, f"body exceeds {cap} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]] | None:
-    """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time."""
+def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]]:
+    """A dependency accepting ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``, compared in constant time;
+    without a key in the settings, one that refuses every request and says how to set one."""
     if settings.reader.api_key is None:
-        return None
+
+        async def refuse() -> None:
+            raise HTTPException(401, NO_KEY)
+
+        return refuse
     expected = settings.reader.api_key.get_secret_value().encode()
     header = APIKeyHeader(name="X-API-Key", auto_error=False)
     bearer = HTTPBearer(auto_error=False)

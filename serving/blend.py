@@ -32,9 +32,14 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class Served:
+    """A page's item: the source it fills a slot of and why; on a ranked page its click probability and the
+    feature that raised it most (serving/ranking.py)."""
+
     item: str
     source: Source
     reason: str
+    score: float | None = None
+    top_feature: str | None = None
 
 
 def slot_counts(shares: Mapping[Source, float], n: int, explore_cap: float) -> dict[Source, int]:

@@ -1,9 +1,9 @@
-"""One feed page from a user's state and the shared snapshot: the four ranked sources, then the blend.
+"""One feed page from a user's state and the shared snapshot: the generators, then the ranking stage or the blend.
 
 Pure (no Redis): ``build_page`` is what the feed route runs between its read and its write, and
 what the unit tests drive directly.
 
-Sources, each a ranked list explained item by item:
+Sources (generators), each a ranked list explained item by item:
 
 * **personal** — the workers' candidate list ``user:<u>:cand``, best first ("because you watched X");
 * **popular** — the segment's items by P(i|s) for warm users; for cold users by
@@ -13,8 +13,17 @@ Sources, each a ranked list explained item by item:
 * **explore** — Thompson sampling (or ε-greedy) over the new-item pool: one Beta(α, β) draw per
   item, vectorized, from a generator seeded per request.
 
-Under an experiment (``settings.experiment``), :class:`Variants` gives each user their variant's
-settings, which the page is blended with, and the label the response carries.
+A **ranked** page (serving/ranking.py decides when) takes the union of what personal, popular and
+fresh propose, each up to the page's exploitation slots, filtered (seen, served in the session,
+unavailable, not interested) before anything is scored; scores every candidate's feature vector
+(serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
+best first. Each ranked item is served as the generator its top feature speaks for (when that
+generator proposed it) with that generator's reason, else with words for the feature. The explore
+slots stay capped Thompson sampling. A generator whose share is 0 proposes nothing in either mode.
+Otherwise the page is the **fixed** blend: slot counts from the shares, then the interleave. Either
+way every item carries the vector it was served with, which the scroll session keeps for attribution.
+
+Under an experiment, ``settings`` are the user's variant's (serving/variants.py).
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ from dataclasses import dataclass
 import numpy as np
 from recstream.models.bandit import choose_explore
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
-from recstream.serving.feed_state import UserState
-from recstream.serving.snapshot import Categories, Pool, Snapshot
+from recstream.serving.features import PageFeatures
+from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pull, ranking_mode, score, top_features
+from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
+from recstream.serving.user_state import UserState
 
-from recstream.contracts.events import Event
+from recstream.contracts.ranking import encode_rows
 from recstream.contracts.settings import Settings
 
 DEFAULT_SEGMENT = "default"
@@ -41,47 +52,34 @@ TASTE_ITEMS = 20
 EXPLORE_REASON = "new — we're exploring it"
 POPULAR_REASON = "popular with people like you"
 TRENDING_REASON = "popular right now"
+FEATURE_WORDS = {
+    "als_score": "picked for you",
+    "personal": "picked for you",
+    "popular": POPULAR_REASON,
+    "popular_rank": POPULAR_REASON,
+    "segment_ctr_logit": POPULAR_REASON,
+    "ctr_logit": TRENDING_REASON,
+    "fresh": "recently added",
+    "explore": "recently added",
+    "age": "recently added",
+    "category_affinity": "close to what you watch",
+}
+"""A ranked item's reason when the generator its top feature speaks for did not propose it."""
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
+    """The items, and the feature vector each was served with (contracts.ranking's context values; None
+    before the snapshot's first load), for the session to keep."""
+
     items: list[Served]
     warm: bool
+    mode: Mode
+    vectors: list[str] | None = None
 
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    """The settings a user's page is blended with, and the ``"<experiment>:<variant>"`` label (None: no experiment)."""
-
-    settings: Settings
-    label: str | None = None
-
-
-class Variants:
-    """Each variant's settings built once (the global ones with its overrides); ``assign`` is a hash per request."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.experiment = settings.experiment
-        self._default = Arm(settings)
-        self._arms = {
-            v.name: Arm(settings.replace(**v.overrides()), self.experiment.label(v))
-            for v in (self.experiment.variants if self.experiment else ())
-        }
-
-    def assign(self, user_id: str) -> Arm:
-        if self.experiment is None:
-            return self._default
-        return self._arms[self.experiment.assign(user_id).name]
-
-    def stamp(self, events: list[Event]) -> list[Event]:
-        """Events reported without a variant get their user's, so a client that only echoes what it was
-        shown is counted in its arm; an explicit variant (another experiment's, say) is kept."""
-        if self.experiment is None:
-            return events
-        return [
-            e if e.variant is not None else e.model_copy(update={"variant": self.assign(e.user_id).label})
-            for e in events
-        ]
+    @property
+    def ranked(self) -> bool:
+        return self.mode == "ranked"
 
 
 class Exclusions:
@@ -110,29 +108,121 @@ class Exclusions:
 
 
 def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: int, seed: int, now: float) -> Page:
-    """The blended page: slot counts from the configured shares (explore capped), then the interleave."""
+    """The ranked page when the ranker is warm and fresh, else the fixed blend; explore slots capped either way."""
+    blend = settings.blend
     exclude = Exclusions(user, snapshot, now)
     shares: dict[Source, float] = {
-        "personal": settings.blend.share_personal,
-        "popular": settings.blend.share_popular,
-        "fresh": settings.blend.share_fresh,
-        "explore": 0.0 if settings.blend.explore_policy == "none" else settings.blend.share_explore,
+        "personal": blend.share_personal,
+        "popular": blend.share_popular,
+        "fresh": blend.share_fresh,
+        "explore": 0.0 if blend.explore_policy == "none" else blend.share_explore,
     }
-    counts = slot_counts(shares, limit, settings.blend.explore_max_share)
-    favourites = favourite_categories(user, snapshot.categories, now, exclude.blocked)
+    counts = slot_counts(shares, limit, blend.explore_max_share)
+    taste = taste_weights(user, snapshot.categories, now)
+    favourites = favourite_categories(user, taste, exclude.blocked)
+    lists = snapshot.segments.get(user.segment or DEFAULT_SEGMENT)
+    explored = explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings) if counts["explore"] else []
+    mode = ranking_mode(snapshot.ranker, blend, now)
+    if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
+        mode = "fixed-stale"
+    features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
+    if mode != "ranked":
+        items = _fixed(user, snapshot, lists, favourites, explored, counts, exclude, settings, now)
+        if not snapshot.loaded:  # nothing to compute the features from yet
+            return Page(items, user.warm, mode)
+        return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
+    generators: dict[Source, Iterable[Candidate]] = {
+        "personal": personal(user),
+        "popular": popular(user, snapshot, lists, now),
+        "fresh": fresh(snapshot.pool, favourites, user.preferred),
+    }
+    on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
+    items, vectors = _ranked(on, explored, counts, exclude, features, snapshot.ranker.weights)  # type: ignore[arg-type]
+    return Page(items, user.warm, mode, vectors)
+
+
+def _fixed(
+    user: UserState,
+    snapshot: Snapshot,
+    lists: Popular | None,
+    favourites: tuple[str, ...],
+    explored: list[Candidate],
+    counts: dict[Source, int],
+    exclude: Exclusions,
+    settings: Settings,
+    now: float,
+) -> list[Served]:
+    """The fixed-quota blend: each source fills its slot count, interleaved by position."""
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
         "popular": personal_first(
-            popular(user, snapshot, now),
+            popular(user, snapshot, lists, now),
             (item for item, _ in user.candidates()),
             settings.blend.popular_personal_head if user.warm else 0,
         ),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
-        "explore": explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings)
-        if counts["explore"]
-        else (),
+        "explore": explored,
     }
-    return Page(interleave(ranked, counts, exclude), user.warm)
+    return interleave(ranked, counts, exclude)
+
+
+def _ranked(
+    generators: dict[Source, Iterable[Candidate]],
+    explored: list[Candidate],
+    counts: dict[Source, int],
+    exclude: Exclusions,
+    features: PageFeatures,
+    weights: np.ndarray,
+) -> tuple[list[Served], list[str]]:
+    """The union of the generators' first allowed candidates (as many each as there are exploitation slots),
+    scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
+
+    The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
+    first heir of explore slots the pool cannot fill, and explore keeps its positions and its cap. The
+    explore picks the page can serve are scored with the union (for the page to show and log), never
+    ranked; items are explained only as the interleave takes them (a page takes about 20 of about 60).
+    """
+    depth = sum(counts.values()) - counts["explore"]
+    proposed: dict[str, dict[Source, Candidate]] = {}
+    for source, candidates in generators.items():
+        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth):
+            proposed.setdefault(candidate.item, {})[source] = candidate
+    items = list(proposed)
+    # the explore slots take picks in order, skipping any already on the page, which only a proposed item
+    # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
+    picks = (c.item for c in explored if c.item not in proposed and c.item not in exclude)
+    row_of = {item: k for k, item in enumerate([*items, *itertools.islice(picks, counts["explore"])])}
+    rows = features.rows(list(row_of))
+    probabilities, contributions = score(weights, rows)
+    tops, pulls = top_features(contributions), generator_pull(contributions)
+    served_as: dict[str, Source] = {}
+
+    def best_first() -> Iterator[Candidate]:
+        for k in np.argsort(-probabilities[: len(items)], kind="stable").tolist():
+            item, feature = items[k], tops[k]
+            source = None if feature is None else GENERATOR[feature]
+            if source in proposed[item]:
+                reason = proposed[item][source].reason  # type: ignore[index]
+            else:  # served as the proposer its features pull for most, in the top feature's words if it has one
+                source = max(proposed[item], key=lambda s, k=k: pulls[k, GENERATORS.index(s)])
+                reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
+            served_as[item] = source  # type: ignore[assignment]
+            yield Candidate(item, reason)
+
+    slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
+    page = interleave({"personal": best_first(), "explore": explored}, slots, exclude)
+    at = [row_of[s.item] for s in page]
+    served = [
+        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])
+        for s, k, p in zip(page, at, probabilities[at].tolist(), strict=True)
+    ]
+    return served, encode_rows(rows[at])
+
+
+def _words(item: str, feature: str, features: PageFeatures) -> str:
+    if feature == "category_affinity" and (category := features.favourite_category(item)) is not None:
+        return f"in {category}, one of your favourite categories"
+    return FEATURE_WORDS[feature]
 
 
 def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
@@ -141,18 +231,23 @@ def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
     return [Served(i, "popular", TRENDING_REASON) for i in itertools.islice(items, limit)]
 
 
-def favourite_categories(
-    user: UserState, categories: Categories, now: float, blocked: frozenset[str] | set[str] = frozenset()
-) -> tuple[str, ...]:
-    """Picked categories first, then the heaviest in recent history (its weights, or 1 per seen item).
-
-    At least FAVOURITE_CATEGORIES when history allows, every picked one always, blocked ones never.
-    """
+def taste_weights(user: UserState, categories: Categories, now: float) -> dict[str, float]:
+    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item)."""
     weights: dict[str, float] = {}
     taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
     for item, weight in taste:
         for category in categories.get(item, now) or ():
             weights[category] = weights.get(category, 0.0) + weight
+    return weights
+
+
+def favourite_categories(
+    user: UserState, weights: dict[str, float], blocked: frozenset[str] | set[str] = frozenset()
+) -> tuple[str, ...]:
+    """Picked categories first, then the heaviest by taste (:func:`taste_weights`).
+
+    At least FAVOURITE_CATEGORIES when history allows, every picked one always, blocked ones never.
+    """
     ranked = sorted(weights, key=lambda c: (-weights[c], c))
     picks = [c for c in dict.fromkeys([*user.preferred, *ranked]) if c not in blocked]
     return tuple(picks[: max(FAVOURITE_CATEGORIES, len(user.preferred))])
@@ -165,10 +260,10 @@ def personal(user: UserState) -> Iterator[Candidate]:
         yield Candidate(item, f"because you watched {because}" if because else fallback)
 
 
-def popular(user: UserState, snapshot: Snapshot, now: float) -> Iterator[Candidate]:
-    """The segment's list (the global one until the snapshot has the segment); cold users: picked categories first."""
+def popular(user: UserState, snapshot: Snapshot, lists: Popular | None, now: float) -> Iterator[Candidate]:
+    """The segment's lists (None: the global list, until the snapshot has the segment); cold users: picked
+    categories first."""
     segment = user.segment or DEFAULT_SEGMENT
-    lists = snapshot.segments.get(segment)
     if lists is None:
         order, reason = snapshot.overall, TRENDING_REASON
     else:

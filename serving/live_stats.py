@@ -5,14 +5,18 @@ once a second; a rate is the difference between now and the oldest sample in the
 the elapsed time, so no timer task is needed. Readings taken elsewhere (``read``: the workers'
 totals and event clock in Redis, read when the route is polled) are kept as timestamped values in
 the window: a cumulative reading gives a rate or a ratio of increases, a gauge gives quantiles.
+The reader records its feeds and events through ``feed`` / ``events``, the workers' figures through
+``read_workers``, and ``figures`` is the route's body.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 
 import numpy as np
+from recstream.serving.blend import SOURCES
 
 WINDOW_S = 10
 
@@ -42,6 +46,60 @@ class LiveStats:
 
     def latency(self, seconds: float) -> None:
         self._latencies.append(seconds)
+
+    def feed(self, served: Mapping[str, int], degraded: bool, seconds: float) -> None:
+        """A feed answered: items per source, whether degraded, how long it took."""
+        for source, n in served.items():
+            self.add(f"served:{source}", n)
+        self.add("feeds")
+        if degraded:
+            self.add("degraded")
+        self.latency(seconds)
+
+    def events(self, published: Iterable[tuple[str, str]]) -> None:
+        """Events published, as (type, source label) each."""
+        published = list(published)
+        for kind, label in published:
+            self.add(f"{kind}:{label}")
+        self.add("events", len(published))
+        self.add("clicks", sum(kind == "click" for kind, _ in published))
+
+    def read_workers(self, views: int, clicks: int, clock: int | None, now_ms: float) -> None:
+        """The workers' applied totals and event clock (the newest applied event's time) from Redis.
+
+        Freshness (event time → now) is read only when events were applied since the last reading:
+        an idle stream has no newest event whose age would mean anything.
+        """
+        readings = {"applied:views": views, "applied:clicks": clicks, "applied": views + clicks}
+        previous = self.latest("applied")
+        if clock is not None and previous is not None and readings["applied"] > previous:
+            readings["freshness_ms"] = max(now_ms - clock, 0.0)
+        self.read(readings)
+
+    def figures(self, pool_items: int, model_version: str | None, redis: bool) -> dict:
+        """The body of GET /v1/stats: the reader's own figures, the workers', and the three given."""
+        feeds = self.rate("feeds")
+        totals = self.totals
+        ctr = {}
+        for source in SOURCES:
+            views, clicks = totals[f"view:{source}"], totals[f"click:{source}"]
+            ctr[source] = clicks / views if views else None
+        return {
+            "feeds_per_s": feeds,
+            "events_per_s": self.rate("events"),
+            "clicks_per_s": self.rate("clicks"),
+            "degraded_share": self.rate("degraded") / feeds if feeds else 0.0,
+            "feed_p50_ms": self.latency_ms(0.5),
+            "feed_p99_ms": self.latency_ms(0.99),
+            "served_by_source": {s: totals[f"served:{s}"] for s in SOURCES},
+            "ctr_by_source": ctr,
+            "pool_items": pool_items,
+            "model_version": model_version,
+            "redis": redis,
+            "applied_events_per_s": self.reading_rate("applied"),
+            "online_ctr": self.reading_ratio("applied:clicks", "applied:views"),
+            "freshness_p99_ms": self.reading_quantile("freshness_ms", 0.99),
+        }
 
     def rate(self, name: str, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now

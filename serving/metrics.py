@@ -25,6 +25,18 @@ LATENCY = Histogram(
 )
 ITEMS_SERVED = Counter("recstream_reader_items_served_total", "Feed items served, by source", ["source"])
 FEEDS = Counter("recstream_reader_feeds_total", "Feed pages served, by kind of user (warm, cold, degraded)", ["user"])
+FEEDS_BY_MODE = Counter(
+    "recstream_reader_feeds_by_mode_total",
+    "Feed pages served, by how they were made: ranked, the fixed blend (ranker cold, stale or off), degraded",
+    ["mode"],
+)
+RANKER_WEIGHTS_AGE = Gauge(
+    "recstream_reader_ranker_weights_age_seconds",
+    "Seconds since the ranker weights this reader scores with last changed (their version, Σ rows learned)",
+)
+RANKER_ROWS = Gauge(
+    "recstream_reader_ranker_rows", "Rows learned by the ranker weights this reader scores with: their version"
+)
 DEGRADED = Counter(
     "recstream_reader_degraded_responses_total",
     "Responses answered without Redis (from the in-process popular list), by route and cause",
@@ -41,6 +53,14 @@ EVENTS = Counter(
     "Events accepted by POST /v1/events and published to Kafka, by type and served source (context.source)",
     ["type", "source"],
 )
+CLICKS_LIMITED = Counter(
+    "recstream_reader_clicks_limited_total",
+    "Clicks POST /v1/events refused by the click-fraud guard, by limit: client (the request got 429) or "
+    "user_item (dropped, the rest of the request published)",
+    ["limit"],
+)
+CLICK_LIMITS = ("client", "user_item")
+"""The ``limit`` label of CLICKS_LIMITED (serving/click_guard.py)."""
 POOL_ITEMS = Gauge("recstream_reader_pool_items", "Items in the reader's copy of the new-item pool")
 SNAPSHOT_FAILURES = Counter(
     "recstream_reader_snapshot_reload_failures_total", "Background reloads of the shared lists that failed"
@@ -54,10 +74,10 @@ DISTINCT_SERVED = Gauge(
     "recstream_reader_distinct_items_served_1h", "Distinct items this reader served in feeds over the last hour"
 )
 DEGRADED_CAUSES = ("timeout", "error", "skipped")
-"""The ``cause`` label of DEGRADED (serving.reader.RedisUnavailable)."""
+"""The ``cause`` label of DEGRADED (serving.errors.RedisUnavailable)."""
 
 
-def create_zero_series(feed_route: str, sources: Iterable[str]) -> None:
+def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[str]) -> None:
     """Create at 0 the labelled series that dashboards divide by and alerts watch.
 
     A labelled series is born at its first increment, and ``rate()`` cannot see that increment
@@ -66,11 +86,15 @@ def create_zero_series(feed_route: str, sources: Iterable[str]) -> None:
     """
     for kind in ("warm", "cold", "degraded"):
         FEEDS.labels(kind)
+    for mode in modes:
+        FEEDS_BY_MODE.labels(mode)
     for cause in DEGRADED_CAUSES:
         DEGRADED.labels(feed_route, cause)
     for kind in ("view", "click"):
         for source in (*sources, "none", "other"):
             EVENTS.labels(kind, source)
+    for limit in CLICK_LIMITS:
+        CLICKS_LIMITED.labels(limit)
 
 
 def version_created_at(version: str) -> float | None:

@@ -19,6 +19,9 @@ Failure rules, which degraded mode relies on:
   read and dropped, so every other caller still gets its own reply;
 * a lost connection fails every waiting caller at once with ``ConnectionError`` and the next call
   reconnects; a connection whose oldest reply is DEAD_AFTER_S overdue (a hung Redis) is dropped;
+* a new connection (TCP, TLS handshake, AUTH, SELECT) has its own budget, ``connect_timeout_s``: a
+  TLS handshake alone can take longer than a feed's whole budget on a loaded machine, and a connect
+  is rare (once per process, or after a loss), so it must not fail for want of the per-command time;
 * the URL is parsed by redis-py (``redis://``, ``rediss://`` for TLS, ``unix://``, user, password,
   database, and redis-py's TLS query arguments, see :func:`tls_context`), and AUTH / SELECT go out
   first on every new connection.
@@ -57,7 +60,9 @@ class Script:
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.parser = hiredis.Reader(encoding="utf-8", replyError=ResponseError)
+        # surrogate escapes: a binary value (a ranker state) reads as a str that encodes back to its bytes,
+        # and a value that is not UTF-8 can no longer break the parser
+        self.parser = hiredis.Reader(encoding="utf-8", errors="surrogateescape", replyError=ResponseError)
         self.waiting: deque[tuple[asyncio.Future, float]] = deque()
         self.lost = False
         self._outbox: list[bytes] = []
@@ -99,8 +104,10 @@ class _Protocol(asyncio.Protocol):
 class RedisWire:
     """``await wire.execute(("GET", key), ("HGET", h, f))`` → one write, one reply per command."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, connect_timeout_s: float | None = None) -> None:
+        """``timeout_s`` bounds every command; ``connect_timeout_s`` (default: the same) a new connection."""
         self.timeout_s = timeout_s
+        self.connect_timeout_s = timeout_s if connect_timeout_s is None else connect_timeout_s
         options = parse_url(url)
         self._path: str | None = options.get("path")
         self._host: str = options.get("host", "127.0.0.1")
@@ -159,10 +166,12 @@ class RedisWire:
             return self._protocol
 
     async def _connect(self) -> _Protocol:
-        """A new connection, authenticated and on the right database before anyone else may use it."""
+        """A new connection, authenticated and on the right database before anyone else may use it, within
+        ``connect_timeout_s`` in all."""
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout_s
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 if self._path is not None:
                     _, protocol = await loop.create_unix_connection(_Protocol, self._path)
                 else:
@@ -170,7 +179,7 @@ class RedisWire:
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot connect to Redis: {exc!r}") from exc
         futures = [loop.create_future() for _ in self._hello]
-        protocol.send(futures, self._hello, self.timeout_s)
+        protocol.send(futures, self._hello, max(deadline - loop.time(), 0.0))
         for future in futures:
             reply = await future
             if isinstance(reply, ResponseError):

@@ -19,6 +19,12 @@ class FeedItem(BaseModel):
     source: Source
     reason: str = Field(description="why it is here, in a few words")
     categories: list[str]
+    score: float | None = Field(
+        description="the ranker's click probability for the item (null: the page was not ranked)"
+    )
+    top_feature: str | None = Field(
+        description="the feature that raised its score most (recstream/contracts/ranking.py FEATURES; null: not ranked)"
+    )
 
 
 class FeedPage(BaseModel):
@@ -28,6 +34,10 @@ class FeedPage(BaseModel):
     session: str | None = Field(description="scroll session id: put it in events' context.feed for attribution")
     model_version: str | None
     warm: bool = Field(description="the user has history (personal + segment popularity) or not (cold blend)")
+    ranked: bool = Field(
+        description="the exploitation slots are ordered by the online ranker (false: the fixed-quota blend, "
+        "because the ranker is off, cold or stale, or the feed is degraded)"
+    )
     degraded: bool = Field(description="answered from the in-process popular list because Redis was unreachable")
     seed: int = Field(description="seed of the explore draws; pass it back to reproduce the page")
     variant: str | None = Field(
@@ -64,6 +74,7 @@ class PreferencesSaved(Preferences):
 class EventsAccepted(BaseModel):
     accepted: int
     attributed: int = Field(description="events whose context.source was filled in from the scroll session")
+    dropped: int = Field(description="clicks dropped by the per-user-per-item click limit (the rest was published)")
 
 
 class Ready(BaseModel):

@@ -7,8 +7,13 @@ every user. A background task reloads them every ``pool_cache_s`` (popular lists
 a change written by the workers reaches feeds within that period. The global popular list is
 also the degraded-mode answer when Redis is unreachable: the last one loaded stays in place.
 
-Item categories (for fresh lists, onboarding boosts and "not interested" categories) are cached
-per item; a request that meets an unknown item asks for it, and the next reload fetches it.
+Item categories (for fresh lists, onboarding boosts and "not interested" categories) and creation
+times are cached per item; a request that meets an unknown item asks for it, and the next reload
+fetches it.
+
+The ranking stage's shared inputs come with the same reloads, at least every RANKER_REFRESH_S: the
+workers' per-partition ranker states (averaged, serving/ranking.py), the event-time clock, and the
+logits of the smoothed CTRs the popular lists are ordered by (global and per segment).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from recstream.models.bandit import BetaPrior
+from recstream.models.ctr import smoothed_ctr
 from recstream.serving import metrics
-from recstream.serving.popularity import cold_order, warm_order
+from recstream.serving.popularity import cold_order, segment_scores, warm_order
+from recstream.serving.ranking import RankerState, ctr_logit
 from recstream.serving.redis_wire import RedisWire
 from redis.exceptions import RedisError
 
@@ -45,14 +52,24 @@ CATEGORY_CACHE_MAX = 500_000
 BACKGROUND_TIMEOUT_S = 2.0
 SEGMENT_PAUSE_S = 0.003
 MIN_REFRESH_S = 0.05
+RANKER_REFRESH_S = 1.0
+"""The longest time between reloads whatever ``pool_cache_s``: the ranker's weights are at most this old."""
 
 
 @dataclass(frozen=True, slots=True)
 class Popular:
-    """A segment's popular items for warm users (by P(i|s)) and cold users (shrunk toward global)."""
+    """A segment's popular items for warm users (by P(i|s)) and cold users (shrunk toward global); the
+    position of each item in either order and the logit of its P(i|s) are ranking features."""
 
     warm: tuple[str, ...]
     cold: tuple[str, ...]
+    ctr_logits: Mapping[str, float] = field(default_factory=dict)
+    warm_rank: Mapping[str, int] = field(init=False)
+    cold_rank: Mapping[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "warm_rank", positions(self.warm))
+        object.__setattr__(self, "cold_rank", positions(self.cold))
 
 
 @dataclass(frozen=True)
@@ -67,31 +84,39 @@ class Pool:
     """category → (−created_ts, item) of its pool items, newest first (ready for a k-way merge)."""
     by_category: Mapping[str, np.ndarray] = field(default_factory=dict)
     """category → pool indices, to mask a "not interested" category in one step."""
+    created: Mapping[str, int] = field(default_factory=dict)
+    """item → created_ts (ms, event time)."""
+    ctr_logits: Mapping[str, float] = field(default_factory=dict)
+    """item → logit of its smoothed CTR, from its counts as the workers compute it."""
 
 
 class Categories:
-    """item → categories, filled by the loader; lookups from requests name the items to load next."""
+    """item → categories and created_ts, filled by the loader; lookups from requests name the items to load next."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, tuple[tuple[str, ...], float]] = {}
+        self._entries: dict[str, tuple[tuple[str, ...], float, int | None]] = {}
         self.known: set[str] = set()
         self.wanted: set[str] = set()
 
     def get(self, item: str, now: float) -> tuple[str, ...] | None:
         """The item's categories (possibly up to CATEGORY_MAX_AGE_S old), None while unknown."""
+        entry = self.entry(item, now)
+        return None if entry is None else entry[0]
+
+    def entry(self, item: str, now: float) -> tuple[tuple[str, ...], float, int | None] | None:
+        """(categories, when loaded, created_ts) as last loaded, None while unknown; an unknown item, or one
+        loaded more than CATEGORY_MAX_AGE_S ago, is named for the next reload."""
         entry = self._entries.get(item)
-        if entry is None or now - entry[1] > CATEGORY_MAX_AGE_S:
-            if len(self.wanted) < CATEGORY_BATCH:
-                self.wanted.add(item)
-            return None if entry is None else entry[0]
-        return entry[0]
+        if (entry is None or now - entry[1] > CATEGORY_MAX_AGE_S) and len(self.wanted) < CATEGORY_BATCH:
+            self.wanted.add(item)
+        return entry
 
     def stale(self, items: Iterable[str], now: float) -> list[str]:
         return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]
 
-    def put(self, item: str, categories: tuple[str, ...], now: float) -> None:
+    def put(self, item: str, categories: tuple[str, ...], now: float, created: int | None = None) -> None:
         self._entries.pop(item, None)  # re-insert at the end: the dict's order is the eviction order
-        self._entries[item] = (categories, now)
+        self._entries[item] = (categories, now, created)
         self.known.update(categories)
         self.wanted.discard(item)
         if len(self._entries) > CATEGORY_CACHE_MAX:
@@ -104,11 +129,20 @@ class Snapshot:
     reload), except ``categories``, a cache that fills item by item."""
 
     overall: tuple[str, ...] = ()
+    overall_rank: Mapping[str, int] = field(default_factory=dict)
     segments: dict[str, Popular] = field(default_factory=dict)
     pool: Pool = field(default_factory=Pool)
     unavailable: frozenset[str] = frozenset()
     model_version: str | None = None
     categories: Categories = field(default_factory=Categories)
+    ctr_logits: Mapping[str, float] = field(default_factory=dict)
+    """item → logit of its global smoothed CTR, for the items of the global list."""
+    ctr_floor_logit: float = 0.0
+    """The same for items outside it and outside the pool: the prior's (an item without views), or the list's
+    last score when the list is full (the item ranks below it)."""
+    clock_ms: int | None = None
+    """The newest applied event's timestamp (``clock``): the now of item ages, in event time."""
+    ranker: RankerState = field(default_factory=RankerState)
     loaded: bool = False
 
 
@@ -123,10 +157,15 @@ class SnapshotLoader:
         self._popular_at = -np.inf
         self.healthy = False
         self.model_metrics = metrics.ModelVersion()
+        self._ranker_keys = [
+            self.keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)
+        ]
+        started = time.monotonic()
+        metrics.RANKER_WEIGHTS_AGE.set_function(lambda: time.monotonic() - (snapshot.ranker.changed_at or started))
 
     async def run(self) -> None:
         """Reload forever; Redis errors are counted and retried at the next tick, never raised."""
-        interval = max(self.settings.reader.pool_cache_s, MIN_REFRESH_S)
+        interval = min(max(self.settings.reader.pool_cache_s, MIN_REFRESH_S), RANKER_REFRESH_S)
         while True:
             try:
                 async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
@@ -140,7 +179,7 @@ class SnapshotLoader:
             await asyncio.sleep(interval)
 
     async def refresh(self, *, force_popular: bool = False) -> None:
-        """One reload: pool, prior, unavailable set, model version; popular lists when due."""
+        """One reload: pool, prior, unavailable set, model version, clock, ranker states; popular lists when due."""
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [
@@ -149,22 +188,28 @@ class SnapshotLoader:
             ("SMEMBERS", k("unavailable")),
             ("GET", k("model:current")),
             ("SMEMBERS", k("segments")),
+            ("GET", k("clock")),
+            ("MGET", *self._ranker_keys),
         ]
         if popular_due:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
-        pool_raw, prior, unavailable, model_version, segments, *overall_raw = await self.wire.execute(*commands)
+        replies = await self.wire.execute(*commands)
+        pool_raw, prior, unavailable, model_version, segments, clock, ranker_raw, *overall_raw = replies
+        self._refresh_ranker(ranker_raw, now)  # first: rebuilding the popular lists may take a while
         created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
         overall = _scores(overall_raw[0]) if popular_due else None
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
-        commands = [("HGET", k.item(item), "categories") for item in wanted]
+        commands = [("HMGET", k.item(item), "categories", "created_ts") for item in wanted]
         if created:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
         replies = await self.wire.execute(*commands) if commands else []
-        for item, categories in zip(wanted, replies[: len(wanted)], strict=True):
-            snap.categories.put(item, tuple(c for c in (categories or "").split(",") if c), now)
+        for item, (categories, created_ts) in zip(wanted, replies[: len(wanted)], strict=True):
+            categories = tuple(c for c in (categories or "").split(",") if c)
+            snap.categories.put(item, categories, now, int(created_ts) if created_ts else None)
 
+        snap.clock_ms = int(clock) if clock else None
         snap.unavailable = frozenset(unavailable)
         snap.model_version = model_version
         self.model_metrics.observe(model_version)
@@ -172,10 +217,26 @@ class SnapshotLoader:
         snap.pool = self._pool(created, views, clicks, prior, now)
         metrics.POOL_ITEMS.set(len(snap.pool.items))
         if overall is not None:
+            snap.ctr_logits = _logits(overall)
+            full = len(overall) == POPULAR_DEPTH
+            floor = min(self._prior(prior), *overall.values()) if full else self._prior(prior)
+            snap.ctr_floor_logit = float(ctr_logit(np.array(floor)))
             snap.overall = tuple(overall)
+            snap.overall_rank = positions(snap.overall)
             snap.segments = await self._segments(sorted(segments), overall)
             self._popular_at = now
         snap.loaded = True
+
+    def _refresh_ranker(self, raw: list[str | None], now: float) -> None:
+        """The partitions' states as read (the wire decodes replies as UTF-8 with surrogate escapes, so encoding
+        back gives the stored bytes): the weights are fresh as of now."""
+        states = [None if value is None else value.encode("utf-8", "surrogateescape") for value in raw]
+        self.snapshot.ranker = self.snapshot.ranker.refreshed(states, now)
+        metrics.RANKER_ROWS.set(self.snapshot.ranker.rows)
+
+    def _prior(self, prior: str | None) -> float:
+        """The quantized global CTR the workers scored with (``prior``), the configured default before any."""
+        return float(prior) if prior else self.settings.model.ctr_default
 
     def _pool(self, created: dict[str, int], views: list, clicks: list, prior: str | None, now: float) -> Pool:
         """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior."""
@@ -185,10 +246,11 @@ class SnapshotLoader:
             for (item, ts), v, c in zip(created.items(), views, clicks, strict=True)
             if item not in unavailable
         ]
-        ctr = float(prior) if prior else self.settings.model.ctr_default
-        alpha, beta = BetaPrior.from_ctr(ctr, self.settings.pool.bandit_prior_mass).posterior(
-            np.array([r[3] for r in rows], dtype=np.float64), np.array([r[2] for r in rows], dtype=np.float64)
-        )
+        ctr = self._prior(prior)
+        clicks_v = np.array([r[3] for r in rows], dtype=np.float64)
+        views_v = np.array([r[2] for r in rows], dtype=np.float64)
+        alpha, beta = BetaPrior.from_ctr(ctr, self.settings.pool.bandit_prior_mass).posterior(clicks_v, views_v)
+        logits = ctr_logit(smoothed_ctr(clicks_v, views_v, ctr, self.settings.model.ctr_prior_mass)).tolist()
         members: dict[str, list[tuple[int, str]]] = {}
         for item, created, _, _ in rows:
             for category in self.snapshot.categories.get(item, now) or ():
@@ -201,6 +263,8 @@ class SnapshotLoader:
             beta=beta,
             fresh={c: tuple(sorted(m)) for c, m in members.items()},
             by_category={c: np.array([index[i] for _, i in m], dtype=np.int64) for c, m in members.items()},
+            created={row[0]: row[1] for row in rows},
+            ctr_logits=dict(zip(index, logits, strict=True)),
         )
 
     async def _segments(self, segments: list[str], overall: dict[str, float]) -> dict[str, Popular]:
@@ -234,10 +298,26 @@ class SnapshotLoader:
             warm = warm_order(top, full_overall)[:SEGMENT_DEPTH]
             await asyncio.sleep(SEGMENT_PAUSE_S)
             result[segment] = Popular(
-                warm, cold_order(top, full_overall, self.settings.blend.cold_segment_weight)[:SEGMENT_DEPTH]
+                warm,
+                cold_order(top, full_overall, self.settings.blend.cold_segment_weight)[:SEGMENT_DEPTH],
+                _logits(segment_scores(top, full_overall)),
             )
             await asyncio.sleep(SEGMENT_PAUSE_S)
         return result
+
+
+def positions(order: Iterable[str]) -> dict[str, int]:
+    """item → its 0-based position in a ranked list.
+
+    >>> positions(("a", "b"))
+    {'a': 0, 'b': 1}
+    """
+    return {item: k for k, item in enumerate(order)}
+
+
+def _logits(scores: Mapping[str, float]) -> dict[str, float]:
+    """item → logit of its smoothed-CTR score, computed in one vectorized step."""
+    return dict(zip(scores, ctr_logit(np.fromiter(scores.values(), np.float64, len(scores))).tolist(), strict=True))
 
 
 def _pairs(flat: list[str]) -> zip:

@@ -7,6 +7,9 @@ offset, so agents batch over ``take_events`` (events), not bare values.
 On every partition assignment a background task compares the group's committed offsets with
 Redis's watermarks and re-applies from the log what Redis lost (streams/processor.py, gap
 repair); the agents keep consuming meanwhile (the watermark check keeps both paths exact).
+
+Each agent and the item feed report to a :class:`~recstream.streams.liveness.Liveness` (``/healthz``): an agent
+beats when a batch starts and after every attempt to apply it, and goes idle when it is applied.
 """
 
 from __future__ import annotations
@@ -19,25 +22,29 @@ from functools import partial
 import faust
 from faust.types import TP, EventT
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
-from recstream.streams.processor import BatchProcessor, DeadLetter, Message
+from recstream.streams.liveness import Liveness
+from recstream.streams.processor import RETRY_REASONS, BatchProcessor, DeadLetter, Message
 from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Build the worker app; every worker started from it joins one consumer group."""
+def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.App:
+    """Build the worker app; every worker started from it joins one consumer group and reports to ``liveness``."""
+    liveness = liveness or Liveness(settings.worker.stall_s)
     app = faust.App(
         settings.worker.group,
         broker=f"kafka://{settings.kafka.bootstrap}",
+        broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
@@ -59,31 +66,28 @@ def create_app(settings: Settings) -> faust.App:
     dlq = app.topic(settings.kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
 
     async def send_dead_letters(letters: list[DeadLetter]) -> None:
-        futures = []
-        for letter in letters:
-            source = letter.source
-            headers = {
-                "reason": letter.rejected.reason.encode(),
-                "source": f"{source.topic}:{source.partition}:{source.offset}".encode(),
-            }
-            futures.append(await dlq.send(value=letter.rejected.payload, headers=headers))
+        futures = [await dlq.send(value=letter.value, headers=letter.headers) for letter in letters]
         await asyncio.gather(*futures)
 
     model = LiveModel(settings)
     read_log = partial(read_ranges, settings)
-    processors = {
-        kind: BatchProcessor(kind, store, settings, send_dead_letters, model, read_log)
-        for kind in ("event", "item", "user")
-    }
     topics = {
         settings.kafka.events_topic: "event",
         settings.kafka.items_topic: "item",
         settings.kafka.users_topic: "user",
     }
+    agents = {kind: f"recstream.{kind}s" for kind in topics.values()}
+    processors = {
+        kind: BatchProcessor(
+            kind, store, settings, send_dead_letters, model, read_log, beat=partial(liveness.beat, agents[kind])
+        )
+        for kind in topics.values()
+    }
 
     @app.task
     async def item_feed() -> None:
-        await follow_items(settings, model)
+        with liveness.running("item feed"):
+            await follow_items(settings, model)
 
     @app.task
     async def settle_heap() -> None:
@@ -101,16 +105,24 @@ def create_app(settings: Settings) -> faust.App:
         return out
 
     def agent_for(topic_name: str, kind: Kind) -> None:
+        name = agents[kind]
+
         async def consume(stream: faust.StreamT) -> None:
-            async for batch in stream.take_events(settings.worker.batch_max, within=settings.worker.batch_wait_s):
-                await processors[kind].process(messages(batch))
+            with liveness.running(name):
+                async for batch in stream.take_events(settings.worker.batch_max, within=settings.worker.batch_wait_s):
+                    liveness.beat(name)
+                    await processors[kind].process(messages(batch))
+                    liveness.idle(name)
 
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
-        app.agent(topic, name=f"recstream.{kind}s", concurrency=1)(consume)
+        app.agent(topic, name=name, concurrency=1)(consume)
 
     for topic_name, kind in topics.items():
         agent_for(topic_name, kind)
-        metrics.GAP_MESSAGES.labels(topic_name)  # a 0 from the start: the alert's increase() sees the first gap
+        # 0s from the start: the alerts' increase() and rate() see the first gap and the first retry
+        metrics.GAP_MESSAGES.labels(topic_name)
+        for reason in RETRY_REASONS:
+            metrics.BATCH_RETRIES.labels(topic_name, reason)
 
     async def repair_behind(assigned: list[tuple[str, int]]) -> None:
         try:
@@ -126,6 +138,10 @@ def create_app(settings: Settings) -> faust.App:
     async def forget_watermarks(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
         for processor in processors.values():
             processor.forget_watermarks()
+        # what the assignment was computed on: the topic's real partition count, whatever the settings say
+        partitions = app.consumer.topic_partitions(settings.kafka.events_topic)
+        if partitions:
+            processors["event"].partitions = partitions
         task = asyncio.ensure_future(repair_behind(sorted((tp.topic, tp.partition) for tp in assigned)))
         repairs.add(task)  # a reference until done: the loop keeps only weak ones
         task.add_done_callback(repairs.discard)

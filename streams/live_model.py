@@ -5,7 +5,7 @@ Items are broadcast: each worker reads *all* partitions of ``items`` from the be
 appends new items to its index at once. The faust ``items`` agent, by contrast, is
 partitioned across the group and writes the shared Redis item state.
 
-Fold-ins (streams/fold_ins.py) are broadcast too: each worker tails the fold-in log and
+Fold-ins (recstream/store/fold_ins.py) are broadcast too: each worker tails the fold-in log and
 replaces a graduated item's content vector in its own index; the worker whose batch graduated
 the item computes it.
 
@@ -26,7 +26,6 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream.models.artifacts import ArtifactError, read_model
 from recstream.streams import metrics
-from recstream.streams.heap import freeze_long_lived
 from recstream.streams.personalize import Personalizer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +33,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.contracts.events import ItemEvent, decode
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
+from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.fold_ins import FoldInStore
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class LiveModel:
 
     async def fold_in(self, items: list[str]) -> None:
         """Fold in graduated items (a batch returned them as pending): each one's vector from its users'
-        vectors, applied here at once, then stored and logged for every worker (streams/fold_ins.py)."""
+        vectors, applied here at once, then stored and logged for every worker (recstream/store/fold_ins.py)."""
         personalizer = self.current
         if personalizer is None or not items:
             return
@@ -163,8 +164,13 @@ async def follow_items(settings: Settings, model: LiveModel) -> None:
 
 
 async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
-    """Apply every item event of every partition, from the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    """Apply every item event of every partition, from the beginning.
+
+    Caught up means the consumer's position reached each partition's end offset as of the start, not that a
+    record at end − 1 arrived: that offset may hold no record (a transaction's commit marker, records deleted
+    by ``kafka-delete-records`` or retention, compaction), and waiting for it held every user step for good.
+    """
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
@@ -173,12 +179,14 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
         partitions = [TopicPartition(topic, p) for p in cluster.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        behind = {tp: end for tp, end in (await consumer.end_offsets(partitions)).items() if end > 0}
-        if not behind:
-            model.items_caught_up.set()
+        behind = await consumer.end_offsets(partitions)
         while True:
+            if not model.items_caught_up.is_set():  # position: past every record and marker returned so far
+                behind = {tp: end for tp, end in behind.items() if await consumer.position(tp) < end}
+                if not behind:
+                    model.items_caught_up.set()
             batch = await consumer.getmany(timeout_ms=1000)
-            for tp, messages in batch.items():
+            for messages in batch.values():
                 for message in messages:
                     # the items agent's clock (streams/processor.py): what it dead-letters stays out of the index
                     now_ms = int(time.time() * 1000)
@@ -186,9 +194,5 @@ async def _follow_item_topic(settings: Settings, model: LiveModel) -> None:
                     valid, _ = decode(message.value, "item", at_ms)
                     for item in valid:
                         model.apply_item(item)
-                if behind and messages and messages[-1].offset >= behind.get(tp, 0) - 1:
-                    behind.pop(tp, None)
-                    if not behind:
-                        model.items_caught_up.set()
     finally:
         await consumer.stop()

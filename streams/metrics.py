@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
+from recstream.streams.ranker_training import SKIP_REASONS, WINDOW_ROWS, BatchTraining, RecentRows
 
 from recstream.contracts.experiments import Experiment, metric_labels
 
@@ -95,9 +96,65 @@ def count_experiment_events(variants: Mapping[str | None, list[int]], experiment
                 EXPERIMENT_EVENTS.labels(name, arm, kind).inc(n)
 
 
-REDIS_RETRIES = Counter("recstream_worker_redis_retries_total", "Batches retried because Redis was unreachable")
+BATCH_RETRIES = Counter(
+    "recstream_worker_batch_retries_total",
+    "Attempts to apply a batch that failed and will be retried, by why (processor.RETRY_REASONS)",
+    ["topic", "reason"],
+)
+DUPLICATES = Counter(
+    "recstream_worker_duplicate_events_total",
+    "Events dropped because their user sent the same event_id within the de-duplication window",
+    ["topic"],
+)
 GAP_MESSAGES = Counter(
     "recstream_worker_gap_messages_total",
     "Messages re-applied from the log because Redis's watermark was behind the consumer (Redis lost a window)",
     ["topic"],
 )
+
+RANKER_ROWS = Counter(
+    "recstream_worker_ranker_rows_total",
+    "Views (label view, 0) and clicks (label click, 1) the online ranker learned from their served feature vector",
+    ["label"],
+)
+RANKER_SKIPPED = Counter(
+    "recstream_worker_ranker_rows_skipped_total",
+    "Views and clicks the online ranker did not learn from: no vector, another feature set, or a broken one",
+    ["reason"],
+)
+for _label in ("view", "click"):
+    RANKER_ROWS.labels(_label)  # 0 from the start: a rate panel shows "nothing learned", not "no data"
+for _reason in SKIP_REASONS:
+    RANKER_SKIPPED.labels(_reason)
+RANKER_AUC = Gauge(
+    "recstream_worker_ranker_online_auc",
+    f"ROC AUC of the last {WINDOW_ROWS} rows this worker's ranker learned, each predicted before it was learned "
+    "(NaN until both a view and a click are in)",
+)
+RANKER_LOGLOSS = Gauge(
+    "recstream_worker_ranker_online_logloss",
+    f"Mean logloss of the last {WINDOW_ROWS} rows this worker's ranker learned, each predicted before it was learned",
+)
+RANKER_UPDATES = Gauge(
+    "recstream_worker_ranker_updates",
+    "Rows the ranker state of an events partition has learned in all (its n_updates)",
+    ["topic", "partition"],
+)
+
+
+def watch_ranker(window: RecentRows) -> None:
+    """The online AUC and logloss gauges compute over ``window`` when Prometheus scrapes (a sort of its rows):
+    once a scrape, not once a batch."""
+    RANKER_AUC.set_function(window.auc)
+    RANKER_LOGLOSS.set_function(window.logloss)
+
+
+def count_ranker_rows(training: BatchTraining) -> None:
+    """A batch's rows learned by label, skipped by reason, and each trained partition's n_updates."""
+    for (topic, partition), trained in training.trained.items():
+        clicks = int(trained.labels.sum())
+        RANKER_ROWS.labels("click").inc(clicks)
+        RANKER_ROWS.labels("view").inc(len(trained.labels) - clicks)
+        RANKER_UPDATES.labels(topic, str(partition)).set(trained.n_updates)
+    for reason, n in training.skipped.items():
+        RANKER_SKIPPED.labels(reason).inc(n)

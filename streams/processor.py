@@ -2,8 +2,18 @@
 
 The same loop serves the three topics; what differs is how valid records become an
 :class:`~recstream.store.state.Effect` (``build``). Messages at or below the partition's watermark
-are dropped first (already applied, see streams/state.py); a bad record goes to the
-dead-letter topic with its reason and never stops the batch.
+are dropped first (already applied, see recstream/store/state.py). Bad input never stops the batch: an invalid
+record, a message over the size limit (its dead letter carries a bounded excerpt,
+:data:`DEAD_LETTER_MAX_BYTES`) and an event on a partition its user does not hash to (another producer's
+partitioner: two workers would write one user's history) go to the dead-letter topic with their reason; a
+user's repeated ``event_id`` is dropped (:meth:`BatchProcessor._drop_duplicates`); the rest is applied. An
+events batch also trains the online ranker of each partition it holds (streams/ranker_training.py): the
+states are read with the batch's users and written by the same script as the partitions' watermarks.
+
+A batch that cannot be applied (Redis unreachable or answering an error such as OOM, BUSY or READONLY; Kafka
+unreachable for a gap repair or a dead letter; a bug) is retried with back-off for as long as it takes, never
+skipped: the agent stays alive, the reason is counted (``recstream_worker_batch_retries_total``, alert
+RecstreamWorkerBatchRetrying) and logged.
 
 Gap repair: Redis persisted with ``appendfsync everysec`` can come back from a crash up to a
 second behind what it acknowledged, while Kafka keeps the offsets the worker committed after
@@ -26,13 +36,26 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
+from recstream.models.ranker import FTRLConfig
 from recstream.streams import metrics
 from recstream.streams.live_model import LiveModel
 from recstream.streams.personalize import Personalizer
+from recstream.streams.ranker_training import BatchTraining, Partition, RecentRows, batch_rows, train_batch
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from recstream.contracts.events import Event, ItemEvent, Kind, Rejected, UserEvent, decode, segment_of
+from recstream.contracts.events import (
+    Event,
+    ItemEvent,
+    Kind,
+    Rejected,
+    UserEvent,
+    decode,
+    encode,
+    partition_for,
+    segment_of,
+)
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, Ranges
 from recstream.store.aggregate import aggregate
@@ -42,17 +65,82 @@ MAX_STALE_RETRIES = 20
 # Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
 # back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
 RETRY_DELAY_MAX_S = 1.0
+DEAD_LETTER_MAX_BYTES = 65_536
+"""The most of a rejected input a dead letter carries. faust's producer refuses a message over 1,000,000 bytes
+(key and headers included) with ProducerSendError, while the broker accepts up to 1,048,588: the whole of a
+message near either limit could not be dead-lettered, and that error stopped the agent. The whole input stays in
+its topic at the offset the ``source`` header names."""
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A rejected input and the message it came from, as the dead-letter topic gets it."""
+
     source: Message
     rejected: Rejected
 
+    @property
+    def value(self) -> bytes:
+        """The rejected bytes, cut to their first :data:`DEAD_LETTER_MAX_BYTES`."""
+        return self.rejected.payload[:DEAD_LETTER_MAX_BYTES]
+
+    @property
+    def headers(self) -> dict[str, bytes]:
+        """``reason``; ``source`` (``topic:partition:offset``); ``size``, the rejected bytes before any cut."""
+        source = self.source
+        return {
+            "reason": self.rejected.reason.encode(),
+            "source": f"{source.topic}:{source.partition}:{source.offset}".encode(),
+            "size": str(len(self.rejected.payload)).encode(),
+        }
+
+
+class DeadLetterError(Exception):
+    """Sending a batch's dead letters failed (the batch is retried: a dead letter goes out before its watermark)."""
+
+
+class WatermarksKeptMoving(Exception):
+    """Another writer moved the watermarks under this worker :data:`MAX_STALE_RETRIES` times in a row."""
+
+
+RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "watermarks_moving", "other")
+"""The ``reason`` label of ``recstream_worker_batch_retries_total``: a fixed set, whatever the error says."""
+
+
+def retry_reason(exc: Exception) -> str:
+    """Which of :data:`RETRY_REASONS` a failed batch attempt counts under.
+
+    >>> from redis.exceptions import ReadOnlyError
+    >>> retry_reason(ReadOnlyError("You can't write against a read only replica."))
+    'redis_error'
+    """
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return "redis_unavailable"
+    if isinstance(exc, RedisError):  # OOM, BUSY, READONLY, NOSCRIPT, LOADING...: Redis answered with an error
+        return "redis_error"
+    if isinstance(exc, KafkaError):  # only the gap repair reads Kafka here
+        return "kafka"
+    if isinstance(exc, DeadLetterError):
+        return "dead_letters"
+    if isinstance(exc, WatermarksKeptMoving):
+        return "watermarks_moving"
+    return "other"
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """What building a batch's effect leaves to observe once it is applied."""
+
+    refreshed_ts: list[int]  # ts of the events that refreshed a candidate list
+    training: BatchTraining | None = None  # what the online ranker learned (events only)
+
 
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
-Build = Callable[[Records, Effect], Awaitable[list[int]]]  # → ts of the events that refreshed a candidate list
+# (valid records, each one's arrival ms (its record's timestamp, never past the wall clock), the partition of
+# each, the effect to fill) → what the batch built
+Build = Callable[[Records, list[int], list[Partition], Effect], Awaitable[Built]]
+Decoded = tuple[str, int, list]  # a message's "topic:partition", its arrival ms, its valid records
 SendDeadLetters = Callable[[list[DeadLetter]], Awaitable[None]]
 ReadLog = Callable[[Ranges], AsyncIterator[list[Message]]]  # recstream.eventlog.log.read_ranges with the settings bound
 
@@ -68,14 +156,29 @@ class BatchProcessor:
         send_dead_letters: SendDeadLetters,
         model: LiveModel | None = None,
         read_log: ReadLog | None = None,
+        partitions: int | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
+        self.topic = {
+            "event": settings.kafka.events_topic,
+            "item": settings.kafka.items_topic,
+            "user": settings.kafka.users_topic,
+        }[kind]
         self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
+        # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked)
+        self.partitions = partitions
+        self.beat = beat  # called after every attempt to apply a batch, applied or failed (streams/liveness.py)
         self.model = model
         self.store = store
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        r = settings.ranker
+        self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+        self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
+        if kind == "event":
+            metrics.watch_ranker(self.recent_rows)
         self.build: Build = {
             "event": self._build_events,
             "item": self._build_items,
@@ -92,20 +195,27 @@ class BatchProcessor:
         self._watermarks = await self.store.watermarks()
 
     async def process(self, messages: Sequence[Message]) -> Applied | None:
-        """Apply a batch; while Redis (or, for a gap repair, Kafka) is unreachable, wait and retry the whole
-        batch (never return without applying it: faust would commit its offsets and a restart would skip it)."""
-        delay = 0.1
+        """Apply a batch; whatever fails (Redis unreachable or answering an error, Kafka for a gap repair or a
+        dead letter, a bug), wait and retry the whole batch, counting and logging why. Never return without
+        applying it (faust would commit its offsets and a restart would skip it), never raise (the agent would
+        stop, and with it every partition it reads)."""
+        delay, attempt = 0.1, 1
         while True:
             try:
                 return await self._process_once(messages)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                metrics.REDIS_RETRIES.inc()
-                log.warning("redis unavailable (%s); retrying the batch in %.1f s", exc, delay)
+            except Exception as exc:
+                reason = retry_reason(exc)
+                metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
+                log.warning("batch of %d %s messages not applied (%s: %r); retry %d in %.1f s", len(messages),
+                            self.topic, reason, exc, attempt, delay, exc_info=attempt == 1)  # fmt: skip
                 self.forget_watermarks()
-            except KafkaError as exc:  # only the gap repair reads Kafka here
-                log.warning("cannot read the log to repair a gap (%r); retrying the batch in %.1f s", exc, delay)
+            self._beat()
             await asyncio.sleep(delay)
-            delay = min(2 * delay, RETRY_DELAY_MAX_S)
+            delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+
+    def _beat(self) -> None:
+        if self.beat is not None:
+            self.beat()
 
     async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
         """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the
@@ -119,7 +229,7 @@ class BatchProcessor:
                 await self._repair(behind)
                 return
             except (RedisConnectionError, RedisTimeoutError) as exc:
-                metrics.REDIS_RETRIES.inc()
+                metrics.BATCH_RETRIES.labels(self.topic, "redis_unavailable").inc()
                 log.warning("redis unavailable (%s); retrying the gap check in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_DELAY_MAX_S)
@@ -162,7 +272,7 @@ class BatchProcessor:
                     await self.reload_watermarks()
                     continue
             now_ms = int(time.time() * 1000)
-            records: list = []
+            decoded: list[Decoded] = []
             dead: list[DeadLetter] = []
             effect = Effect()
             for message in fresh:
@@ -170,13 +280,25 @@ class BatchProcessor:
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
                 valid, rejected = decode(message.value, self.kind, at_ms)
-                records.extend(valid)
+                if self.kind == "event" and self.partitions is not None:
+                    valid, misplaced = _placed(valid, message.partition, self.partitions)
+                    rejected += misplaced
+                decoded.append((f"{message.topic}:{message.partition}", at_ms, valid))
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
                 effect.watermarks[tp] = (self._watermarks.get(tp, -1), message.offset)
-            refreshed_ts = await self.build(records, effect)
+            duplicates = 0
+            if self.kind == "event":
+                decoded, duplicates = await self._drop_duplicates(decoded, effect)
+            records = [record for _, _, valid in decoded for record in valid]
+            arrivals = [at_ms for _, at_ms, valid in decoded for _ in valid]
+            partitions = [_partition(tp) for tp, _, valid in decoded for _ in valid]
+            built = await self.build(records, arrivals, partitions, effect)
             if dead:
-                await self.send_dead_letters(dead)  # before the watermark moves: at least once
+                try:
+                    await self.send_dead_letters(dead)  # before the watermark moves: at least once
+                except Exception as exc:
+                    raise DeadLetterError(f"{len(dead)} dead letters not sent: {exc!r}") from exc
             try:
                 applied = await self.store.apply(effect)
             except StaleWatermark:
@@ -187,12 +309,44 @@ class BatchProcessor:
             self.store.remember_histories(effect.histories)
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
-            self._observe(fresh[0].topic, records, dead, applied, started, refreshed_ts)
+            self._observe(fresh[0].topic, records, dead, applied, started, built)
+            metrics.DUPLICATES.labels(fresh[0].topic).inc(duplicates)
             metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
             if applied.fold_ins and self.model is not None:
                 await self.model.fold_in(applied.fold_ins)
+            self._beat()
             return applied
-        raise RuntimeError(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+        raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+
+    async def _drop_duplicates(self, decoded: list[Decoded], effect: Effect) -> tuple[list[Decoded], int]:
+        """Drop every event whose user already sent its ``event_id`` at most ``dedup_window_s`` earlier (arrival
+        times: the records' timestamps, so a replay of the log drops the same events); record the others' ids in
+        ``effect``, which the batch script stores with the watermarks. Returns what is left and how many went.
+
+        Why this is exact: the ids are kept per partition, read here and written only by the batch script of a
+        batch of that partition, which moves the partition's watermark too: the script's watermark check
+        refuses this batch if such a write happened after the read.
+        """
+        window_ms = self.settings.worker.dedup_window_s * 1000
+        wanted: dict[str, list[str]] = {}
+        for tp, _, events in decoded:
+            wanted.setdefault(tp, []).extend(f"{e.user_id}:{e.event_id}" for e in events if e.event_id is not None)
+        if not window_ms or not any(wanted.values()):
+            return decoded, 0
+        last = await self.store.event_arrivals(wanted)
+        out: list[Decoded] = []
+        for tp, at_ms, events in decoded:
+            kept = []
+            for event in events:
+                if event.event_id is not None:
+                    key = (tp, f"{event.user_id}:{event.event_id}")
+                    if key in last and at_ms - last[key] <= window_ms:
+                        continue
+                    last[key] = at_ms
+                    effect.event_ids.setdefault(tp, {})[key[1]] = at_ms
+                kept.append(event)
+            out.append((tp, at_ms, kept))
+        return out, sum(len(events) for *_, events in decoded) - sum(len(events) for *_, events in out)
 
     def _observe(
         self,
@@ -201,12 +355,16 @@ class BatchProcessor:
         dead: list[DeadLetter],
         applied: Applied,
         started: float,
-        refreshed_ts: list[int],
+        built: Built,
     ) -> None:
         now_ms = time.time() * 1000
         for letter in dead:
             metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
-        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, refreshed_ts))
+        metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, built.refreshed_ts))
+        if built.training is not None:
+            for trained in built.training.trained.values():
+                self.recent_rows.add(trained.predictions, trained.labels)
+            metrics.count_ranker_rows(built.training)
         if self.kind == "event":
             views = sum(1 for e in records if e.type == "view")
             metrics.EVENTS.labels(topic, "view").inc(views)
@@ -220,16 +378,22 @@ class BatchProcessor:
         metrics.RESCORES.inc(applied.full_rescore)
         metrics.GRADUATIONS.inc(len(applied.graduated))
 
-    async def _build_events(self, events: list[Event], effect: Effect) -> list[int]:
+    async def _build_events(
+        self, events: list[Event], arrivals: list[int], partitions: list[Partition], effect: Effect
+    ) -> Built:
         users = list(dict.fromkeys(e.user_id for e in events))
-        context = await self.store.read_users(users)
         s = self.settings
+        rows = batch_rows(events, partitions) if s.ranker.train else None
+        context = await self.store.read_users(users, rankers=list(rows.by_partition) if rows else ())
         effect.counters = aggregate(
-            events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives
+            events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives, arrivals
         )
+        training = None if rows is None else train_batch(rows, context.rankers, self.ranker_config)
+        if training is not None:
+            effect.rankers = {partition: trained.state for partition, trained in training.trained.items()}
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None:
-            return []
+            return Built([], training)
         started = time.perf_counter()
         update = personalizer.update_users(events, context.histories)
         effect.blobs += update.blobs
@@ -237,21 +401,22 @@ class BatchProcessor:
         effect.item_users = update.item_users
         metrics.USER_STEPS.inc(len(users))
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
-        return update.refreshed_ts
+        return Built(update.refreshed_ts, training)
 
-    async def _build_items(self, items: list[ItemEvent], effect: Effect) -> list[int]:
+    async def _build_items(self, items: list[ItemEvent], _: list[int], __: list[Partition], effect: Effect) -> Built:
         personalizer = await self._personalizer((await self.store.read_users([], with_histories=False)).model_version)
         for item in items:
             available = item.available and item.op != "remove"
-            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available))
+            features = orjson.dumps(item.features).decode()
+            effect.meta.append((item.item_id, ",".join(item.categories), item.created_ts, item.ts, available, features))
             if personalizer is not None:
                 self.model.apply_item(item)  # type: ignore[union-attr]  # idempotent; the item feed may be behind
                 similar = personalizer.similar(item.item_id)
                 if similar is not None:
                     effect.blobs.append((f"item:{item.item_id}:similar", similar))
-        return []
+        return Built([])
 
-    async def _build_users(self, users: list[UserEvent], effect: Effect) -> list[int]:
+    async def _build_users(self, users: list[UserEvent], _: list[int], __: list[Partition], effect: Effect) -> Built:
         context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
         picks: dict[str, list[str]] = {}
         for user in users:
@@ -264,9 +429,9 @@ class BatchProcessor:
                 picks[user.user_id] = user.preferred_categories
         personalizer = await self._personalizer(context.model_version)
         if personalizer is None or not picks:
-            return []
+            return Built([])
         effect.blobs += personalizer.onboard(picks)
-        return list({user.user_id: user.ts for user in users if user.user_id in picks}.values())
+        return Built(list({user.user_id: user.ts for user in users if user.user_id in picks}.values()))
 
     async def _personalizer(self, version: str | None) -> Personalizer | None:
         if self.model is None:
@@ -274,6 +439,35 @@ class BatchProcessor:
         await self.model.items_caught_up.wait()
         await self.model.ensure(version)
         return self.model.current
+
+
+def _placed(events: list[Event], partition: int, partitions: int) -> tuple[list[Event], list[Rejected]]:
+    """The events whose user hashes to ``partition`` (Kafka's default partitioner, :func:`partition_for`) and a
+    rejection for each other one: applied, it would race the worker that owns its user's partition.
+
+    >>> ok, bad = _placed([Event(type="view", user_id="u1", item_id="i", ts=10**12)], 5, 8)
+    >>> len(ok), bad[0].reason
+    (0, "partition: user 'u1' belongs to partition 0 of 8, not 5")
+    """
+    placed, misplaced = [], []
+    for event in events:
+        home = partition_for(event.user_id, partitions)
+        if home == partition:
+            placed.append(event)
+        else:
+            reason = f"partition: user {event.user_id!r} belongs to partition {home} of {partitions}, not {partition}"
+            misplaced.append(Rejected(reason, encode(event)))
+    return placed, misplaced
+
+
+def _partition(tp: str) -> Partition:
+    """``"events:3"`` → ``("events", 3)`` (topic names cannot hold ``:``).
+
+    >>> _partition("events-x:3")
+    ('events-x', 3)
+    """
+    topic, _, partition = tp.rpartition(":")
+    return topic, int(partition)
 
 
 def _ages_s(now_ms: float, ts_ms: list[int]) -> np.ndarray:

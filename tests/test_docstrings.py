@@ -26,5 +26,7 @@ def test_docstring_examples_run(name):
 
 
 def test_the_pure_public_apis_have_examples():
-    """A reader learns each model's contract from its docstring (river's style)."""
-    assert {f"recstream.models.{m}" for m in ("ctr", "bandit", "user_step", "history")} <= set(_with_examples())
+    """A reader learns each model's contract, the blend's and the cursor's from its docstring (river's style)."""
+    pure = {f"recstream.models.{m}" for m in ("ctr", "bandit", "user_step", "history")}
+    pure |= {f"recstream.serving.{m}" for m in ("blend", "cursor", "user_state", "feed_query")}
+    assert pure <= set(_with_examples())

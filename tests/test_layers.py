@@ -17,9 +17,11 @@ FOLDERS = {"recstream": REPO / "recstream", "recstream.models": REPO / "models"}
 FOLDERS |= {f"recstream.{name}": REPO / name for name in ("streams", "serving")}
 LAYERS = {
     "contracts": 0,
+    "runtime": 0,
     "models": 1,
     "eventlog": 2,
     "store": 2,
+    "client": 2,
     "streams": 3,
     "serving": 3,
     "jobs": 4,

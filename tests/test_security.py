@@ -1,17 +1,20 @@
 """Security: Redis with a password (and over TLS) for the worker and the reader, and no secret in reprs or logs.
 
-The secured Redis is private to this module: a ``redis-server`` with ``requirepass`` and, when
-Debian's build has TLS (it does), a TLS port with a self-signed certificate generated here with
-``openssl``; started on free loopback ports and stopped by its pid.
+The secured Redis is private to this module: a ``redis-server`` with ``requirepass`` and a TLS port with a
+self-signed certificate generated here with ``openssl``; started on free loopback ports and stopped by its
+pid. Only a ``redis-server`` built without TLS (Debian's has it) gets a password-only server and the TLS
+case skips; any other failure to start it with TLS fails the tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import redis
 from pydantic import SecretStr
 from recstream.serving.app import create_app
 
-from recstream.contracts.events import Event
+from recstream.contracts.events import Event, ItemEvent
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell.infra import free_port
 from tests.conftest import wait_until
@@ -69,21 +72,25 @@ def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredR
            "--tls-auth-clients", "no"]  # fmt: skip
     base = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--requirepass", PASSWORD, "--save", "",
             "--appendonly", "no", "--dir", folder]  # fmt: skip
-    log = (folder / "redis.log").open("wb")
-    proc = subprocess.Popen([*base, *tls], stdout=log, stderr=subprocess.STDOUT)
-    time.sleep(0.5)
-    if proc.poll() is not None:  # a build without TLS refuses the TLS options: keep the password-only server
-        proc = subprocess.Popen(base, stdout=log, stderr=subprocess.STDOUT)
-        tls_port = None
+    log = folder / "redis.log"
+
+    def start(argv: list) -> subprocess.Popen:
+        with log.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    client = redis.Redis.from_url(SecuredRedis(port, tls_port, cert).url(tls=False))
+    proc = start([*base, *tls])
     try:
-        secured = SecuredRedis(port, tls_port, cert)
-        client = redis.Redis.from_url(secured.url(tls=False))
-        wait_until(lambda: _answers(client), timeout_s=10, what="the secured redis-server")
-        yield secured
+        wait_until(lambda: proc.poll() is not None or _answers(client), timeout_s=10, what="the secured redis-server")
+        if proc.poll() is not None:
+            if not built_without_tls(log.read_text(errors="replace")):
+                pytest.fail(f"redis-server with TLS exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+            proc, tls_port = start(base), None
+            wait_until(lambda: _answers(client), timeout_s=10, what="the password-only redis-server")
+        yield SecuredRedis(port, tls_port, cert)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        log.close()
 
 
 def _answers(client: redis.Redis) -> bool:
@@ -91,6 +98,33 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+def built_without_tls(log: str) -> bool:
+    """Whether redis-server refused its TLS options for want of TLS support, not for another reason (a bad
+    certificate, a port in use): up to 7.0 a build without TLS knows no ``tls-*`` directive; from 7.2, built
+    with TLS as a module, it lacks the TLS connection type until the module is loaded."""
+    return "Missing implement of connection type tls" in log or bool(
+        re.search(r"^>>> 'tls-[a-z-]+ .*'\nBad directive or wrong number of arguments$", log, re.MULTILINE)
+    )
+
+
+@pytest.mark.parametrize(
+    ("log", "without_tls"),
+    [
+        ("\n*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***\nReading the configuration file, at line 9\n"
+         ">>> 'tls-port \"6380\"'\nBad directive or wrong number of arguments\n", True),
+        ("1:M 01 Jan 2026 00:00:00.000 # Missing implement of connection type tls\n", True),
+        ("\n*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***\nReading the configuration file, at line 3\n"
+         ">>> 'requirepass'\nBad directive or wrong number of arguments\n", False),
+        ("1:M 01 Jan 2026 00:00:00.000 # Failed to configure TLS. Check logs for more info.\n", False),
+        ("1:M 01 Jan 2026 00:00:00.000 # Warning: Could not create server TCP listening socket *:6380: bind: "
+         "Address already in use\n", False),
+    ],
+    ids=["7.0-without-tls", "7.2-without-tls-module", "another-bad-directive", "bad-certificate", "port-in-use"],
+)  # fmt: skip
+def test_only_a_build_without_tls_makes_the_secured_redis_password_only(log: str, without_tls: bool):
+    assert built_without_tls(log) is without_tls
 
 
 def test_the_secured_redis_refuses_a_client_without_the_password(secured_redis):
@@ -111,11 +145,13 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
     url = secured_redis.url(tls)
     client = redis.Redis.from_url(url)
     client.flushdb()
-    # a TLS handshake on a loaded shared machine can take longer than the default 50 ms feed budget
-    secrets = {"redis_url": url, "api_key": SecretStr(API_KEY), "reader_redis_timeout_s": 1.0}
+    secrets = {"redis_url": url, "api_key": SecretStr(API_KEY)}  # the default feed budget: connects have their own
     settings = isolated_settings.replace(**secrets)
     worker_factory(settings)
     events = [Event(type="click", user_id=f"u{k % 3}", item_id="i-hot", ts=T0 + k) for k in range(30)]
+    hot = ItemEvent(op="new", item_id="i-hot", ts=T0, created_ts=T0, categories=["news"])  # only announced items show
+    await publish(settings, items=[hot])
+    wait_until(lambda: client.zscore("rs:pool", "i-hot") is not None, what="the item announced")
     await publish(settings, events=events)
     wait_until(
         lambda: applied_events(client, "rs") == len(events), what="the worker's writes through the secured Redis"
@@ -126,7 +162,7 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
         page = (await reader.get("/v1/feed/u-new")).json()
         assert page["degraded"] is False and "i-hot" in [i["item_id"] for i in page["items"]]
         assert (await reader.put("/v1/users/u-new/preferences", json={})).status_code == 401
-    wrong = settings.replace(**{"redis_url": secured_redis.url(tls, password="wrong")})
+    wrong = settings.replace(redis_url=secured_redis.url(tls, password="wrong"))
     app = create_app(wrong)
     async with (
         app.router.lifespan_context(app),
@@ -137,3 +173,42 @@ async def test_a_worker_and_the_reader_work_through_a_password_and_tls(
 
     logs = (tmp_path / "worker.log").read_text(errors="replace") + caplog.text
     assert PASSWORD not in logs and API_KEY not in logs
+
+
+@asynccontextmanager
+async def slow_proxy(port: int, delay_s: float) -> AsyncIterator[int]:
+    """A TCP proxy to ``127.0.0.1:port`` that holds every new connection ``delay_s`` before passing bytes on: a
+    TLS handshake (and AUTH) as slow as on a loaded machine, every time. Yields its port."""
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(1 << 16):
+                sink.write(data)
+                await sink.drain()
+        finally:
+            sink.close()
+
+    async def handle(client: asyncio.StreamReader, back: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay_s)
+        upstream, forth = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pipe(client, forth), pipe(upstream, back), return_exceptions=True)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.integration
+async def test_a_slow_tls_handshake_gets_the_connect_budget_not_the_feed_budget(isolated_settings, secured_redis):
+    """A connect that takes 300 ms (six feed budgets of 50 ms) succeeds within reader_redis_connect_timeout_s (1 s),
+    and the connect budget is a real bound: at 100 ms the same connect fails and the feed degrades."""
+    if secured_redis.tls_port is None:
+        pytest.skip("this redis-server was built without TLS")
+    async with slow_proxy(secured_redis.tls_port, delay_s=0.3) as port:
+        url = secured_redis.url(tls=True).replace(f":{secured_redis.tls_port}/", f":{port}/")
+        settings = isolated_settings.replace(redis_url=url)
+        assert settings.reader.redis_timeout_s == 0.05 and settings.reader.redis_connect_timeout_s == 1.0
+        for connect_s, degraded in ((1.0, False), (0.1, True)):
+            async with reader_client(settings.replace(reader_redis_connect_timeout_s=connect_s)) as reader:
+                page = (await reader.get("/v1/feed/u-slow")).json()
+            assert page["degraded"] is degraded, connect_s

@@ -18,16 +18,17 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiokafka.partitioner import murmur2
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 ID_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 """Ids and categories: no ``:``, the Redis key separator, so ``item:<id>`` can never name another item's
-``item:<id>:similar`` (recstream/keys.py)."""
+``item:<id>:similar`` (recstream/contracts/keys.py)."""
 MAX_ID_LEN = 64
 MIN_TS_MS = 631_152_000_000  # 1990-01-01: older than any real log we replay (MovieLens 100K is 1997-98)
 MAX_FUTURE_SKEW_MS = 86_400_000  # one day ahead of the consumer's clock
 MAX_MESSAGE_BYTES = 1_000_000
 MAX_EVENTS_PER_MESSAGE = 10_000
+MAX_CONTEXT_ENTRIES = 16
 LABEL_PATTERN = r"[A-Za-z0-9_.\-]{1,32}"
 """An experiment or variant name: short and safe, since it becomes a Prometheus label value."""
 VARIANT_PATTERN = rf"^{LABEL_PATTERN}:{LABEL_PATTERN}$"
@@ -46,7 +47,7 @@ class Event(_Strict):
     """A view (the item was shown) or a click (a positive action on it).
 
     ``variant`` is the ``"<experiment>:<variant>"`` label of the feed that showed the item (its
-    ``variant`` field, recstream/experiments.py), so the experiment report can count it. Optional:
+    ``variant`` field, recstream/contracts/experiments.py), so the experiment report can count it. Optional:
     ``POST /v1/events`` fills it in from the user's assignment while an experiment runs, and events
     without it are outside any experiment.
     """
@@ -56,8 +57,21 @@ class Event(_Strict):
     item_id: Id
     ts: Timestamp
     event_id: Id | None = None
-    context: Annotated[dict[Category, Scalar], Field(max_length=16)] | None = None
+    context: Annotated[dict[Category, Scalar], Field(max_length=MAX_CONTEXT_ENTRIES)] | None = None
     variant: Annotated[str, StringConstraints(max_length=2 * 32 + 1, pattern=VARIANT_PATTERN)] | None = None
+
+
+def _finite(value: dict[str, float]) -> dict[str, float]:
+    bad = [name for name, x in value.items() if not math.isfinite(x)]
+    if bad:
+        raise ValueError(f"features must be finite numbers: {bad}")
+    return value
+
+
+Categories = Annotated[list[Category], Field(max_length=32)]
+Features = Annotated[dict[Category, float], Field(max_length=64), AfterValidator(_finite)]
+Attributes = Annotated[dict[Category, Scalar], Field(max_length=32)]
+"""An item's and a user's fields, also typed so by the reader's catalogue routes (serving/catalogue.py)."""
 
 
 class ItemEvent(_Strict):
@@ -67,17 +81,9 @@ class ItemEvent(_Strict):
     item_id: Id
     ts: Timestamp
     created_ts: Timestamp | None = None
-    categories: Annotated[list[Category], Field(max_length=32)] = []
-    features: Annotated[dict[Category, float], Field(max_length=64)] = {}
+    categories: Categories = []
+    features: Features = {}
     available: bool = True
-
-    @field_validator("features")
-    @classmethod
-    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [name for name, x in value.items() if not math.isfinite(x)]
-        if bad:
-            raise ValueError(f"features must be finite numbers: {bad}")
-        return value
 
 
 class UserEvent(_Strict):
@@ -85,13 +91,28 @@ class UserEvent(_Strict):
 
     user_id: Id
     ts: Timestamp
-    attributes: Annotated[dict[Category, Scalar], Field(max_length=32)] = {}
+    attributes: Attributes = {}
     preferred_categories: Annotated[list[Category], Field(max_length=32)] = []
     not_interested: Annotated[list[Id], Field(max_length=256)] = []
 
 
+class Erasure(_Strict):
+    """A user's erasure, on the ``erasures`` topic (keyed by user id, compacted, so kept for ever): ``recstream
+    rebuild`` and ``recstream train`` drop every event and user record of the id (recstream/eventlog/erasures.py).
+    The same request writes a tombstone (a null value) for the user on ``users``."""
+
+    user_id: Id
+    ts: Timestamp
+
+
 Kind = Literal["event", "item", "user"]
 MODELS: dict[Kind, type[_Strict]] = {"event": Event, "item": ItemEvent, "user": UserEvent}
+REASON_CODES = frozenset(
+    {name for model in MODELS.values() for name in model.model_fields}
+    | {"tombstone", "size", "json", "event", "partition", "kind"}
+)
+"""What a rejection's reason may start with: a contract field, or a check of the whole message (``partition``:
+the event's user belongs to another partition, see :func:`partition_for`; ``kind``: a file source's line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +124,17 @@ class Rejected:
 
     @property
     def code(self) -> str:
-        """A bounded label for metrics: the reason up to its first ``:`` or ``.`` (a field or a check).
+        """A label for metrics from a fixed set (:data:`REASON_CODES`): the reason up to its first ``:`` or
+        ``.`` when that names a contract field or a check, else ``other``. A field the sender made up (``extra
+        inputs are not permitted``) must not become a label value: each would be a new Prometheus series.
 
         >>> Rejected("context.anything: Input should be a valid string", b"").code
         'context'
+        >>> Rejected("x_made_up_1: Extra inputs are not permitted", b"").code
+        'other'
         """
-        return self.reason.split(":", 1)[0].split(".", 1)[0][:32]
+        code = self.reason.split(":", 1)[0].split(".", 1)[0]
+        return code if code in REASON_CODES else "other"
 
 
 def _reason(exc: ValidationError) -> str:
@@ -139,13 +165,18 @@ def validate(obj: object, kind: Kind, now_ms: int) -> _Strict | Rejected:
 def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[Rejected]]:
     """Decode one Kafka message value into valid models and rejections.
 
+    A null value on ``users`` is an erasure's tombstone (:class:`Erasure`): nothing to apply (the eraser
+    deleted the user's state) and nothing wrong with it. Anywhere else it is rejected.
+
+    >>> decode(None, "user", 10**13)
+    ([], [])
     >>> raw = b'[{"type":"view","user_id":"u","item_id":"i","ts":1000000000000}, 7]'
     >>> ok, bad = decode(raw, "event", 10**13)
     >>> len(ok), bad[0].reason
     (1, 'event: Input should be an object')
     """
     if raw is None:
-        return [], [Rejected("tombstone: an empty message value carries no event", b"")]
+        return [], [] if kind == "user" else [Rejected("tombstone: an empty message value carries no event", b"")]
     if len(raw) > MAX_MESSAGE_BYTES:
         return [], [Rejected(f"size: message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", raw)]
     try:

@@ -34,6 +34,7 @@ BLEND_SETTINGS = (
     "explore_policy",
     "explore_epsilon",
     "popular_personal_head",
+    "ranker",
 )
 
 
@@ -54,6 +55,7 @@ class Variant(_Frozen):
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] | None = None
     explore_epsilon: float | None = Field(None, ge=0, le=1)
     popular_personal_head: int | None = Field(None, ge=0, le=500)
+    ranker: bool | None = Field(None, description="ranked pages (true) or the fixed-quota blend (false)")
 
     def overrides(self) -> dict[str, object]:
         """The settings this variant changes, for ``settings.replace(**...)``."""

@@ -19,7 +19,7 @@ key                          type    holds
 ``pool``                     zset    new-item pool: item → created_ts (Thompson sampling)
 ``graduated``                set     items that left the pool (by views or age)
 ``clock``                    string  the largest event timestamp applied (event time)
-``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``
+``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON)
 ``unavailable``              set     items hidden from every ranking and list
 ``user:seg``                 hash    user → segment
 ``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped
@@ -27,12 +27,16 @@ key                          type    holds
 ``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
+``erased``                   set     users erased (``DELETE /v1/users/{id}``); the rebuild restores it from ``erasures``
 ``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
+``eids:<topic>:<p>``         zset    ``user:event_id`` → arrival ms, a partition's de-duplication window
 ``foldin:pending``           set     graduated items whose fold-in is not stored yet
 ``foldin:users:<i>``         hash    user → summed event weight on new item ``i``, until its fold-in (capped)
 ``foldin:<version>``         hash    item → float32 fold-in vector under that model version
 ``foldin:log``               stream  ``version``, ``item``, ``vec`` per stored fold-in, which every worker tails
 ``user:<u>:feed:<session>``  list    the reader's infinite-scroll session: JSON ``[[item, source], …]`` pages, TTL
+``user:<u>:sessions``        zset    the user's scroll sessions by last use (at most ``sessions_per_user``)
+``sessions:anonymous``       zset    session keys of ids nothing is stored for, by last use (capped)
 ``model:current``            string  the model version the workers serve
 ``ranker:<topic>:<p>``       string  the online ranker's FTRL state learned from partition ``p`` (models.ranker
                                      bytes), written with that partition's watermark; the reader averages them
@@ -42,6 +46,14 @@ key                          type    holds
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+USER_KEYS = ("hist", "vec", "cand", "seen", "prefs", "sessions")
+"""The fixed per-user keys ``user:<u>:<what>``. With the scroll sessions (:data:`USER_SESSIONS`), the
+``user:seg`` entry and the user's fields in ``foldin:users:<i>`` they are everything stored under a user's
+id, which an erasure deletes at once (recstream/store/erasure.py); tests/contracts/test_keys.py keeps this
+list equal to the table above."""
+USER_SESSIONS = "feed:*"
+"""The pattern of a user's scroll sessions, ``user:<u>:feed:<session>``."""
 
 NOT_DERIVED = ("model:current", "user:*:feed:*")
 """Key patterns (after the prefix) that are not a function of the Kafka log: the model pointer (set by

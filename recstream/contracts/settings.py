@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from recstream.contracts.experiments import Experiment
 
@@ -48,6 +48,9 @@ class KafkaSettings(Section):
     items_topic: str = Field("items", description="the catalogue (compacted)")
     users_topic: str = Field("users", description="user attributes (compacted)")
     dlq_topic: str = Field("events-dlq", description="bad input, each with its reason")
+    erasures_topic: str = Field(
+        "erasures", description="erased user ids (compacted, one partition): rebuild and train drop their events"
+    )
     events_partitions: int = Field(4, gt=0, le=1024, description="partitions of the events topic at creation")
     items_partitions: int = Field(1, gt=0, le=1024, description="1: every worker applies items in the same order")
     users_partitions: int = Field(4, gt=0, le=1024, description="partitions of the users topic at creation")
@@ -58,6 +61,17 @@ class KafkaSettings(Section):
     )
     producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
     producer_linger_ms: int = Field(5, ge=0, le=10_000, description="how long the producer waits to fill a batch")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client (worker, producer, reader, jobs, infra) talks to the brokers"
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism for SASL_PLAINTEXT / SASL_SSL"
+    )
+    sasl_username: str | None = Field(None, description="SASL user (needed for SASL_*)")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (needed for SASL_*)")
+    ssl_cafile: Path | None = Field(None, description="CA file that signed the brokers' certificates (SSL, SASL_SSL)")
+    ssl_certfile: Path | None = Field(None, description="client certificate for mutual TLS (with ssl_keyfile)")
+    ssl_keyfile: Path | None = Field(None, description="client private key for mutual TLS (with ssl_certfile)")
 
     @field_validator("bootstrap")
     @classmethod
@@ -67,6 +81,18 @@ class KafkaSettings(Section):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and (self.sasl_username is None or self.sasl_password is None):
+            raise ValueError(f"{self.security_protocol} needs RECSTREAM_SASL_USERNAME and RECSTREAM_SASL_PASSWORD")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("mutual TLS needs both RECSTREAM_SSL_CERTFILE and RECSTREAM_SSL_KEYFILE")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
 
     @property
     def port(self) -> int:
@@ -106,7 +132,9 @@ class WorkerSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {
         "group": "worker_group",
         "session_timeout_s": "worker_session_timeout_s",
+        "metrics_host": "worker_metrics_host",
         "metrics_port": "worker_metrics_port",
+        "stall_s": "worker_stall_s",
     }
 
     group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
@@ -117,7 +145,26 @@ class WorkerSettings(Section):
     session_timeout_s: float = Field(
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
     )
-    metrics_port: int = Field(9101, ge=0, lt=65536, description="Prometheus /metrics of a worker (0: any)")
+    metrics_host: str = Field(
+        "127.0.0.1", description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)"
+    )
+    metrics_port: int = Field(
+        9101, ge=0, lt=65536, description="a worker's Prometheus /metrics and liveness /healthz (0: any)"
+    )
+    stall_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="/healthz turns 503 when an agent spent this long in one batch without an attempt ending "
+        "(applied or retried); a restarted worker's first batch also waits for the items topic here",
+    )
+    dedup_window_s: int = Field(
+        300,
+        ge=0,
+        le=7 * 86_400,
+        description="an event whose user sent its event_id at most this long before (arrival time) is dropped; "
+        "Redis keeps every id that long, ~100 bytes each: events/s × window × 100 B (0: no de-duplication)",
+    )
     history_cache_users: int = Field(200_000, ge=0, description="histories a worker keeps in memory")
     seen_cap: int = Field(500, gt=0, le=100_000, description="items kept in a user's seen set")
 
@@ -145,6 +192,17 @@ class ModelSettings(Section):
     ctr_prior_step: float = Field(0.005, gt=0, le=0.5, description="relative grid step of the quantized prior")
     trend_half_life_s: int = Field(6 * 3600, gt=0, description="half-life of the trending counts")
     trend_epoch_half_lives: int = Field(8, gt=0, le=16, description="trend key rotation, in half-lives")
+    spark_master: str = Field(
+        "local[2]", min_length=1, description="where `train --engine spark` runs: local[N] here, or a cluster's URL"
+    )
+    spark_driver_memory: str = Field(
+        "2g", pattern=r"^[1-9][0-9]*[kmgt]$", description="heap of the Spark driver (`train --engine spark`), e.g. 2g"
+    )
+    require_announced_items: bool = Field(
+        True,
+        description="events for an item the items topic never announced are counted, but the item is in no feed "
+        "until announced (false: it enters the pool at its first event, for systems without a catalogue feed)",
+    )
 
 
 class PoolSettings(Section):
@@ -170,17 +228,38 @@ class ReaderSettings(Section):
         "host": "reader_host",
         "port": "reader_port",
         "redis_timeout_s": "reader_redis_timeout_s",
+        "redis_connect_timeout_s": "reader_redis_connect_timeout_s",
     }
 
     host: str = Field("127.0.0.1", description="interface the reader binds to")
     port: int = Field(8080, gt=0, lt=65536, description="the reader's port")
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
+    redis_connect_timeout_s: float = Field(
+        1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"
+    )
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
     session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
+    sessions_per_user: int = Field(
+        8, gt=0, le=1000, description="scroll sessions kept per known user; a new one evicts the least recently used"
+    )
+    anonymous_sessions: int = Field(
+        10_000, gt=0, description="scroll sessions kept for unknown user ids, all together; least recently used evicted"
+    )
     pool_cache_s: float = Field(0.5, ge=0, le=60, description="in-process cache of the bandit pool")
     popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
-    api_key: SecretStr | None = Field(None, description="protects write and admin routes when set")
+    api_key: SecretStr | None = Field(None, description="the key write routes need (and reads with protect_reads)")
+    open_writes: bool = Field(
+        False, description="accept writes without an API key when none is set (a closed demo network only)"
+    )
     protect_reads: bool = Field(False, description="read routes also need the API key")
+    bulk_max_items: int = Field(1_000, gt=0, le=100_000, description="items in one POST /v1/items, at most")
+    click_window_s: int = Field(60, gt=0, le=86_400, description="window of the click limits")
+    clicks_per_client: int = Field(
+        6_000, ge=0, description="clicks one client address may report per window; more: 429 (0: no limit)"
+    )
+    clicks_per_user_item: int = Field(
+        3, ge=0, description="clicks of one user on one item per window; more are dropped (0: no limit)"
+    )
 
 
 class BlendSettings(Section):
@@ -202,7 +281,34 @@ class BlendSettings(Section):
         "thompson", description="how explore slots are chosen from the new-item pool"
     )
     explore_epsilon: float = Field(0.1, ge=0, le=1, description="ε of the epsilon_greedy policy")
+    ranker: bool = Field(
+        True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
+    )
+    ranker_min_rows: int = Field(
+        5_000, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+    )
+    ranker_stale_s: float = Field(
+        10.0, gt=0, le=3600, description="no successful refresh of the ranker's weights for this long: the fixed blend"
+    )
     cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
+
+
+class RankerSettings(Section):
+    """The online ranker the workers train from served feature vectors (models/ranker.py: FTRL-Proximal)."""
+
+    variables: ClassVar[Mapping[str, str]] = {
+        "train": "ranker_train",
+        "alpha": "ranker_alpha",
+        "beta": "ranker_beta",
+        "l1": "ranker_l1",
+        "l2": "ranker_l2",
+    }
+
+    train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
+    alpha: float = Field(0.05, gt=0, allow_inf_nan=False, description="FTRL α: the per-coordinate learning rate scale")
+    beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
+    l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
+    l2: float = Field(1.0, ge=0, allow_inf_nan=False, description="FTRL λ2: L2 penalty")
 
 
 class LocalSettings(Section):
@@ -210,6 +316,10 @@ class LocalSettings(Section):
 
     run_dir: Path = Field(Path(".run"), description="pid files, logs and data of locally started services")
     cache_dir: Path = Field(Path(".cache"), description="downloaded Kafka jars")
+    kafka_server_properties: Path | None = Field(
+        None,
+        description="lines appended to the local broker's server.properties (a secured listener's keystore, users)",
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -220,6 +330,7 @@ SECTIONS: dict[str, type[Section]] = {
     "pool": PoolSettings,
     "reader": ReaderSettings,
     "blend": BlendSettings,
+    "ranker": RankerSettings,
     "local": LocalSettings,
 }
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -243,6 +354,7 @@ class Settings(BaseModel):
     pool: PoolSettings = PoolSettings()
     reader: ReaderSettings = ReaderSettings()
     blend: BlendSettings = BlendSettings()
+    ranker: RankerSettings = RankerSettings()
     local: LocalSettings = LocalSettings()
     experiment: Experiment | None = Field(
         None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"
@@ -259,10 +371,16 @@ class Settings(BaseModel):
         except ValidationError as exc:
             raise SettingsError(_lines(exc)) from None
 
+    def model_copy(self, *, update: Mapping[str, object] | None = None, deep: bool = False) -> Settings:
+        """Refuses ``update``: pydantic would set flat names as stray attributes nothing reads; use :meth:`replace`."""
+        if update:
+            raise TypeError(f"Settings.model_copy(update=...) ignores {sorted(update)}: use settings.replace(...)")
+        return super().model_copy(deep=deep)
+
     def on_topics(self, suffix: str, **more: object) -> Settings:
         """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark
         run that shares a broker with others and must not read their events."""
-        topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users")}
+        topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users", "erasures")}
         return self.replace(**topics, dlq_topic=f"events-dlq-{suffix}", **more)
 
     def to_env(self) -> dict[str, str]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 
 Ranges = Mapping[tuple[str, int], tuple[int | None, int]]
 """(topic, partition) → (first offset, or None for the log start; end offset, exclusive)."""
@@ -38,7 +39,7 @@ class Message:
 @asynccontextmanager
 async def open_log(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **client_options(settings.kafka), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     try:
         await consumer.start()  # inside: a consumer that failed to start is closed too
@@ -90,7 +91,7 @@ async def read_ranges(settings: Settings, ranges: Ranges) -> AsyncIterator[list[
 async def _group_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer of the workers' group that never joins it (no subscription): it only reads and writes offsets."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, group_id=settings.worker.group, enable_auto_commit=False
+        **client_options(settings.kafka), group_id=settings.worker.group, enable_auto_commit=False
     )
     try:
         await consumer.start()  # inside: a consumer that failed to start is closed too

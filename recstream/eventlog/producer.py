@@ -1,6 +1,7 @@
 """The async producer client a real producer service imports.
 
-Events are grouped per partition (Kafka's default partitioner on ``user_id``) into
+Events are grouped per partition (Kafka's default partitioner on ``user_id``, over the topic's partition
+count as the broker reports it: a setting that disagrees would scatter a user's events) into
 micro-batch messages of up to ``batch_events`` events: one Kafka message per ~100 events
 is what lets a faust agent apply 100k+ events/s (ARCHITECTURE.md, performance notes),
 and one user's events stay ordered because they always share a partition. Items and
@@ -8,6 +9,11 @@ users go one message each, keyed by id, to their compacted topics.
 
 Delivery is confirmed: :meth:`EventProducer.flush` returns once the broker acknowledged
 everything sent so far (``acks=all``, idempotent producer, so a retry never duplicates).
+A server that answers each request for its own records uses :meth:`EventProducer.deliver`,
+:meth:`EventProducer.deliver_user`, :meth:`EventProducer.deliver_items` and :meth:`EventProducer.erase_user`
+instead: they send only the caller's messages, never a buffer shared with other callers, and return once the
+broker acknowledged exactly those (the Kafka client still batches concurrent callers' messages into one
+produce request per partition).
 A message waits up to ``DELIVERY_TIMEOUT_MS`` (Kafka's own default ``delivery.timeout.ms``)
 for a partition leader before its send fails: a broker restart takes seconds, but over 30 s
 on a loaded machine (tests/reliability measured 37 s), and aiokafka fails a batch without a
@@ -17,13 +23,14 @@ leader once it is older than the request timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for
+from recstream.contracts.events import Erasure, Event, ItemEvent, UserEvent, encode, partition_for
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
 
 MAX_IN_FLIGHT = 2_000  # unacknowledged messages before send() waits for the oldest
 DELIVERY_TIMEOUT_MS = 120_000
@@ -40,7 +47,7 @@ class EventProducer:
         self.settings = settings
         self.batch_events = batch_events or settings.kafka.producer_batch_events
         self._kafka = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap,
+            **client_options(settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=settings.kafka.producer_linger_ms,
@@ -49,12 +56,18 @@ class EventProducer:
             request_timeout_ms=DELIVERY_TIMEOUT_MS,  # also each batch's time to live in aiokafka
         )
         self._buffers: dict[int, list[Event]] = {}
+        self._partitions = 0  # the events topic's partition count, read from the broker at the start
         self._in_flight: list[asyncio.Future] = []
         self.events_sent = 0
         self.messages_sent = 0
 
     async def __aenter__(self) -> EventProducer:
-        await self._kafka.start()
+        try:
+            await self._kafka.start()
+            self._partitions = len(await self._kafka.partitions_for(self.settings.kafka.events_topic))
+        except BaseException:
+            await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -67,19 +80,56 @@ class EventProducer:
 
     async def send_events(self, events: Iterable[Event]) -> None:
         """Buffer events per partition; a full buffer becomes one micro-batch message."""
-        partitions = self.settings.kafka.events_partitions
         for event in events:
-            part = partition_for(event.user_id, partitions)
+            part = partition_for(event.user_id, self._partitions)
             buffer = self._buffers.setdefault(part, [])
             buffer.append(event)
             if len(buffer) >= self.batch_events:
                 await self._send_buffer(part)
+
+    async def deliver(self, events: Sequence[Event]) -> None:
+        """Send these events as micro-batches of their own and return once the broker acknowledged all of them.
+
+        A caller that is cancelled midway leaves what it already sent to be delivered, and nobody
+        else's events: they were never in its hands.
+        """
+        partitions, size = self._partitions, self.batch_events
+        by_partition: dict[int, list[Event]] = {}
+        for event in events:
+            by_partition.setdefault(partition_for(event.user_id, partitions), []).append(event)
+        topic = self.settings.kafka.events_topic
+        delivered = []
+        for part, mine in by_partition.items():
+            for first in range(0, len(mine), size):
+                batch = mine[first : first + size]
+                delivered.append(
+                    await self._kafka.send(topic, encode(batch), key=batch[0].user_id.encode(), partition=part)
+                )
+        self.messages_sent += len(delivered)
+        await asyncio.gather(*delivered)
+        self.events_sent += len(events)
+
+    async def deliver_user(self, user: UserEvent) -> None:
+        """Send one user event and return once the broker acknowledged it (see :meth:`deliver`)."""
+        await (await self._kafka.send(self.settings.kafka.users_topic, encode(user), key=user.user_id.encode()))
 
     async def send_item(self, item: ItemEvent) -> None:
         await self._send(self.settings.kafka.items_topic, item.item_id, encode(item))
 
     async def send_user(self, user: UserEvent) -> None:
         await self._send(self.settings.kafka.users_topic, user.user_id, encode(user))
+
+    async def deliver_items(self, items: Iterable[ItemEvent]) -> None:
+        """Send the items and return once the broker acknowledged each of them."""
+        topic = self.settings.kafka.items_topic
+        await asyncio.gather(*[await self._kafka.send(topic, encode(i), key=i.item_id.encode()) for i in items])
+
+    async def erase_user(self, erasure: Erasure) -> None:
+        """The erasure on ``erasures`` (what rebuild and train honour), then a tombstone for the user on ``users``
+        (compaction then drops the user's records); returns once both were acknowledged, in that order."""
+        key = erasure.user_id.encode()
+        await (await self._kafka.send(self.settings.kafka.erasures_topic, encode(erasure), key=key))
+        await (await self._kafka.send(self.settings.kafka.users_topic, None, key=key))
 
     async def flush(self) -> int:
         """Send partial micro-batches and wait until the broker acknowledged every message."""

@@ -2,7 +2,7 @@
 
 Exact and independent of the workers: the events topic is read from its earliest offset up to the
 end offsets of the moment the report starts (or a JSONL file is read), and every valid event whose
-``variant`` names the experiment is counted. The statistics are recstream/experiments.py's.
+``variant`` names the experiment is counted. The statistics are recstream/jobs/experiment_stats.py's.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def file_events(path: Path) -> Iterable[object]:
 async def log_events(settings: Settings) -> AsyncIterator[Event]:
     """Every valid event on the events topic, from the log start to the end offsets as of now.
 
-    A group-less consumer (streams/log.py), so reading never joins or disturbs the workers' group.
+    A group-less consumer (recstream/eventlog/log.py), so reading never joins or disturbs the workers' group.
     """
     from recstream.eventlog.log import open_log, read, whole_topic
 

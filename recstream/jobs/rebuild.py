@@ -2,7 +2,7 @@
 
 The topics are the source of truth (``events`` kept forever, ``items`` and ``users`` compacted
 to the latest value of each id), and every derived value is a function of the log applied in
-order (streams/state.py). So with the workers stopped the rebuild
+order (recstream/store/state.py). So with the workers stopped the rebuild
 
 1. refuses while the worker group has members (a worker would write while keys are deleted);
 2. deletes every key under the prefix except :data:`recstream.contracts.keys.NOT_DERIVED`;
@@ -10,7 +10,9 @@ order (streams/state.py). So with the workers stopped the rebuild
    neighbours, then the pointer, as ``recstream train`` publishes it;
 4. replays ``users``, then ``items``, then ``events``, each from its log start to its end as of
    now, through the workers' own :class:`~streams.processor.BatchProcessor` and
-   :class:`~recstream.store.state.StateStore`, with the same item feed (:func:`streams.live_model.follow_items`);
+   :class:`~recstream.store.state.StateStore`, with the same item feed (:func:`streams.live_model.follow_items`),
+   leaving out the user records and events of every erased user (the ``erasures`` topic, which also
+   refills ``erased``);
 5. commits those end offsets for the worker group, so restarted workers go on from there.
 
 The result is the state of a clean run of one worker that read the users and items before the
@@ -32,6 +34,8 @@ from redis.asyncio import Redis
 
 from recstream.contracts.keys import NOT_DERIVED, Keys
 from recstream.contracts.settings import Settings
+from recstream.eventlog.connection import client_options
+from recstream.eventlog.erasures import erased_users, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
@@ -62,7 +66,7 @@ async def active_members(settings: Settings, timeout_s: float = 30.0) -> list[st
     A broker that never had a consumer group answers "coordinator not available" until it has created
     its offsets topic (the first request starts that): retriable errors are retried for ``timeout_s``.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
     await admin.start()
     deadline = time.monotonic() + timeout_s
     try:
@@ -140,15 +144,18 @@ async def _replay(
     ends: dict[tuple[str, int], int] = {}
     try:
         async with open_log(settings) as consumer:
+            erased = await erased_users(consumer, settings.kafka.erasures_topic)
+            if erased:
+                await redis.sadd(Keys(settings.redis.prefix)("erased"), *erased)
             for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
                                 (settings.kafka.events_topic, "event")):  # fmt: skip
                 ranges = await whole_topic(consumer, topic)
                 ends.update({tp: end for tp, (_, end) in ranges.items()})
                 total = sum(end for _, end in ranges.values())
-                processor = BatchProcessor(kind, store, settings, count_dead_letters, model)
+                processor = BatchProcessor(kind, store, settings, count_dead_letters, model, partitions=len(ranges))
                 messages[topic] = 0
                 async for chunk in read(consumer, ranges, settings.worker.batch_max):
-                    await processor.process(chunk)
+                    await processor.process(without_users(chunk, erased) if kind != "item" else chunk)
                     messages[topic] += len(chunk)
                     if progress is not None:
                         progress(topic, len(chunk), total)

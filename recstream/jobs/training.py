@@ -4,23 +4,25 @@ The log is the source of truth: training re-reads the ``events`` and ``items`` t
 the earliest offset up to where they end when training starts (or reads a file source),
 fits :mod:`models.als`, the content map and the HNSW index, writes a version atomically
 (:mod:`models.artifacts`), precomputes item-to-item neighbours for the reader, and only
-then points ``model:current`` at it, so no worker or reader ever sees half a model.
+then points ``model:current`` at it, so no worker or reader ever sees half a model. The events
+of erased users (the ``erasures`` topic) are left out of what it reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import numpy as np
+import scipy.sparse as sp
 from redis.asyncio import Redis
 
 from recstream.contracts.events import Event, ItemEvent, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
+from recstream.eventlog.erasures import erased_users
 from recstream.eventlog.log import open_log, read, whole_topic
 from recstream.jobs.sources import Record
-from recstream.models.als import ALSConfig, event_weights, interaction_matrix, train_als
+from recstream.models.als import ALSConfig, ALSFit, event_weights, interaction_matrix, train_als
 from recstream.models.ann import ItemIndex
 from recstream.models.artifacts import ModelArtifacts, write_model
 from recstream.models.content_map import fit_content_map
@@ -28,29 +30,81 @@ from recstream.models.ranking_metrics import hit_rate_at_k
 from recstream.streams.personalize import SIMILAR_K, encode_similar
 
 Progress = Callable[[int], None]
+Fit = Callable[[sp.csr_matrix, ALSConfig], ALSFit]
+"""An engine: r (users × items summed event weights) → factors (:func:`models.als.train_als`, or Spark's)."""
+
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+EVENTS_PER_CHUNK = 65_536  # events held as Python objects before they become compact columns
+MESSAGES_PER_READ = 100  # Kafka messages fetched at a time; each holds up to producer_batch_events events
 
 
-@dataclass
 class TrainingLog:
-    """Interactions as parallel arrays plus the latest content of every item."""
+    """The interactions as compact columns, grown a chunk at a time, and the catalogue.
 
-    user_ids: dict[str, int] = field(default_factory=dict)
-    item_ids: dict[str, int] = field(default_factory=dict)
-    users: list[int] = field(default_factory=list)
-    items: list[int] = field(default_factory=list)
-    clicks: list[bool] = field(default_factory=list)
-    ts: list[int] = field(default_factory=list)
-    content: dict[str, ItemEvent] = field(default_factory=dict)
+    An event is kept as 17 bytes (user and item index int32, click bool, ts int64), never as an
+    object, so a log of N events costs about 17·N bytes plus the id maps and the latest content of
+    every item, which are small beside the events.
+    """
+
+    def __init__(self) -> None:
+        self.user_ids: dict[str, int] = {}
+        self.item_ids: dict[str, int] = {}
+        self.content: dict[str, ItemEvent] = {}
+        self._chunks: list[Columns] = []
+        self._pending: tuple[list[int], list[int], list[bool], list[int]] = ([], [], [], [])
 
     def add(self, record: Record) -> None:
         value = record.value
         if isinstance(value, Event):
-            self.users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))
-            self.items.append(self.item_ids.setdefault(value.item_id, len(self.item_ids)))
-            self.clicks.append(value.type == "click")
-            self.ts.append(value.ts)
+            users, items, clicks, ts = self._pending
+            users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))
+            items.append(self.item_ids.setdefault(value.item_id, len(self.item_ids)))
+            clicks.append(value.type == "click")
+            ts.append(value.ts)
+            if len(users) >= EVENTS_PER_CHUNK:
+                self._seal()
         elif isinstance(value, ItemEvent):
             self.content[value.item_id] = value
+
+    def _seal(self) -> None:
+        """The pending events as one more chunk of columns."""
+        users, items, clicks, ts = self._pending
+        if users:
+            self._chunks.append((np.array(users, dtype=np.int32), np.array(items, dtype=np.int32),
+                                 np.array(clicks, dtype=bool), np.array(ts, dtype=np.int64)))  # fmt: skip
+            self._pending = ([], [], [], [])
+
+    def columns(self) -> Columns:
+        """(users, items, clicks, ts) of every event so far, in arrival order; the chunks are merged once."""
+        self._seal()
+        if not self._chunks:
+            return _NO_EVENTS
+        if len(self._chunks) > 1:
+            self._chunks = [tuple(np.concatenate(column) for column in zip(*self._chunks, strict=True))]
+        return self._chunks[0]
+
+    @property
+    def users(self) -> np.ndarray:
+        return self.columns()[0]
+
+    @property
+    def items(self) -> np.ndarray:
+        return self.columns()[1]
+
+    @property
+    def clicks(self) -> np.ndarray:
+        return self.columns()[2]
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self.columns()[3]
+
+    def __len__(self) -> int:
+        return sum(len(chunk[0]) for chunk in self._chunks) + len(self._pending[0])
+
+
+_NO_EVENTS = (np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, bool), np.empty(0, np.int64))
 
 
 def collect(records: Iterable[Record], progress: Progress | None = None) -> TrainingLog:
@@ -62,75 +116,91 @@ def collect(records: Iterable[Record], progress: Progress | None = None) -> Trai
     return log
 
 
-async def read_log(settings: Settings) -> list[Record]:
-    """Every valid record on ``items`` and ``events``, from the earliest offset to the end as of now."""
+async def read_log(settings: Settings) -> AsyncIterator[list[Record]]:
+    """Every valid record on ``items``, then ``events``, from the earliest offset to the end as of now, but the
+    events of erased users, one Kafka message's records at a time."""
     now_ms = 2**53  # replay: no future-timestamp check against the wall clock
-    records: list[Record] = []
     async with open_log(settings) as consumer:
+        erased = await erased_users(consumer, settings.kafka.erasures_topic)
         for topic, kind in ((settings.kafka.items_topic, "item"), (settings.kafka.events_topic, "event")):
-            async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
+            async for chunk in read(consumer, await whole_topic(consumer, topic), MESSAGES_PER_READ):
                 for message in chunk:
-                    records.extend(Record(kind, value) for value in decode(message.value, kind, now_ms)[0])
-    return records
+                    valid = decode(message.value, kind, now_ms)[0]
+                    yield [Record(kind, v) for v in valid if getattr(v, "user_id", None) not in erased]
+
+
+async def collect_log(settings: Settings, progress: Progress | None = None) -> TrainingLog:
+    """:func:`read_log` streamed into a :class:`TrainingLog`: the records of the whole log never exist at once."""
+    log = TrainingLog()
+    async for records in read_log(settings):
+        for record in records:
+            log.add(record)
+        if progress is not None:
+            progress(len(records))
+    return log
 
 
 def _split(log: TrainingLog, holdout: float) -> tuple[np.ndarray, np.ndarray]:
     """Train mask and the held-out tail: the last ``holdout`` share of events by time."""
-    order = np.argsort(np.asarray(log.ts, dtype=np.int64), kind="stable")
+    order = np.argsort(log.ts, kind="stable")
     train = np.ones(len(order), dtype=bool)
     train[order[int(len(order) * (1 - holdout)) :]] = False
     return train, ~train
 
 
-def offline_hit_rate(log: TrainingLog, holdout: float, cfg: ALSConfig, k: int = 10) -> float | None:
+def offline_hit_rate(
+    log: TrainingLog, holdout: float, cfg: ALSConfig, k: int = 10, fit: Fit = train_als
+) -> float | None:
     """HR@k of a model trained on the head, over the tail's clicks by users known in the head."""
     if holdout <= 0:
         return None
     train, tail = _split(log, holdout)
-    users, items, clicks = (np.asarray(a) for a in (log.users, log.items, log.clicks))
-    fit = _fit(users[train], items[train], clicks[train], len(log.user_ids), len(log.item_ids), cfg)
+    users, items, clicks, _ = log.columns()
+    head = fit(interactions(log, cfg, train), cfg)
     seen: dict[int, set[int]] = {}
     for u, i in zip(users[train].tolist(), items[train].tolist(), strict=True):
         seen.setdefault(u, set()).add(i)
     ranked, relevant = [], []
     for u, i in zip(users[tail & clicks].tolist(), items[tail & clicks].tolist(), strict=True):
         if u in seen:
-            scores = fit.item_factors @ fit.user_factors[u]
+            scores = head.item_factors @ head.user_factors[u]
             scores[list(seen[u])] = -np.inf
             ranked.append(np.argsort(-scores)[:k].tolist())
             relevant.append(i)
     return hit_rate_at_k(ranked, relevant, k) if ranked else None
 
 
-def _fit(users: np.ndarray, items: np.ndarray, clicks: np.ndarray, n_users: int, n_items: int, cfg: ALSConfig):
-    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
-    return train_als(r, cfg)
+def interactions(log: TrainingLog, cfg: ALSConfig, rows: np.ndarray | None = None) -> sp.csr_matrix:
+    """r over the events ``rows`` selects (all by default), with every user and item of the log as a row and column."""
+    users, items, clicks, _ = log.columns()
+    if rows is not None:
+        users, items, clicks = users[rows], items[rows], clicks[rows]
+    return interaction_matrix(users, items, event_weights(clicks, cfg), len(log.user_ids), len(log.item_ids))
 
 
-def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1) -> tuple[ModelArtifacts, dict]:
+def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1, fit: Fit = train_als) -> tuple[ModelArtifacts, dict]:
     """Fit on the whole log (after measuring HR@10 on a held-out tail) and build every artifact."""
-    if not log.users:
+    if not len(log):
         raise ValueError("the log holds no events to train on")
-    hr = offline_hit_rate(log, holdout, cfg)
-    users, items, clicks = (np.asarray(a) for a in (log.users, log.items, log.clicks))
-    fit = _fit(users, items, clicks, len(log.user_ids), len(log.item_ids), cfg)
+    hr = offline_hit_rate(log, holdout, cfg, fit=fit)
+    whole = fit(interactions(log, cfg), cfg)
     item_ids = list(log.item_ids)
     content = [log.content.get(i) for i in item_ids]
     content_map = fit_content_map(
-        [c.categories if c else [] for c in content], fit.item_factors, [c.features if c else {} for c in content]
+        [c.categories if c else [] for c in content], whole.item_factors, [c.features if c else {} for c in content]
     )
     index = ItemIndex(dim=cfg.factors, capacity=len(item_ids))
-    index.add(item_ids, fit.item_factors)
+    index.add(item_ids, whole.item_factors)
     for item_id, event in zip(item_ids, content, strict=True):
         if event is not None and (not event.available or event.op == "remove"):
             index.mark_deleted(item_id)
-    report = fit.report
+    report = whole.report
     metrics = {"users": report.users, "items": report.items, "nnz": report.nnz, "seconds": report.seconds,
-               "loss": report.loss, "events": len(log.users), "offline_hr10": hr, "holdout": holdout}  # fmt: skip
+               "loss": report.loss, "events": len(log), "offline_hr10": hr, "holdout": holdout}  # fmt: skip
     artifacts = ModelArtifacts(
         item_ids=item_ids,
-        item_factors=fit.item_factors,
-        user_gram=fit.user_gram,
+        item_factors=whole.item_factors,
+        user_gram=whole.user_gram,
         content_map=content_map,
         index=index,
         config=cfg,

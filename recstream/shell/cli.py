@@ -3,23 +3,83 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from aiokafka.errors import KafkaConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
 from recstream.contracts.events import Event, Rejected
-from recstream.contracts.settings import Settings, SettingsError, load_settings
+from recstream.contracts.settings import Settings, SettingsError, load_settings, redacted
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import sources
 from recstream.shell import infra
 from recstream.sim.world import synthetic as synthetic_records
 
-app = typer.Typer(help="recstream: a streaming, near-real-time recommender.", no_args_is_help=True)
+
+class _BootstrapFailures(logging.Filter):
+    """Holds back aiokafka's "Unable connect to" record of each bootstrap address (it raises
+    KafkaConnectionError right after) and keeps its reason for the one line that reports the error."""
+
+    TEMPLATE = 'Unable connect to "%s:%s": %s'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.TEMPLATE and isinstance(record.args, tuple):
+            self.reasons.append(str(record.args[-1]))
+            return False
+        return True
+
+
+@contextmanager
+def _unreachable_in_one_line() -> Iterator[None]:
+    """An unreachable Kafka or Redis, wherever a command meets it, ends the command with one line on stderr
+    naming the address and its variable, and exit code 1, instead of a traceback."""
+    failures = _BootstrapFailures()
+    kafka_log = logging.getLogger("aiokafka")
+    kafka_log.addFilter(failures)
+    try:
+        yield
+    except KafkaConnectionError:
+        reasons = "; ".join(dict.fromkeys(failures.reasons)) or "no broker answered"
+        _fail(f"cannot reach Kafka at {_settings().kafka.bootstrap} (RECSTREAM_KAFKA_BOOTSTRAP): {reasons}")
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        _fail(f"cannot reach Redis at {redacted(_settings().redis.url)} (RECSTREAM_REDIS_URL): {reason}")
+    finally:
+        kafka_log.removeFilter(failures)
+
+
+def _fail(line: str) -> None:
+    typer.secho(line, fg="red", err=True)  # not rich: it would wrap the line at 80 columns and read [brackets]
+    raise typer.Exit(1)
+
+
+class _Commands(TyperGroup):
+    """The ``recstream`` group: every command, subcommands included, runs inside the one handler above."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        with _unreachable_in_one_line():
+            return super().invoke(ctx)
+
+
+app = typer.Typer(help="recstream: a streaming, near-real-time recommender.", no_args_is_help=True, cls=_Commands)
 infra_app = typer.Typer(help="Local Kafka + Redis on loopback, without Docker.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 experiment_app = typer.Typer(help="Online experiments (A/B tests) of blend settings.", no_args_is_help=True)
@@ -33,6 +93,29 @@ def _settings() -> Settings:
     except SettingsError as exc:
         console.print(f"[red]invalid settings[/red]\n{exc}")
         raise typer.Exit(2) from None
+
+
+async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
+    """Connect once to what a long-running command needs, so a wrong address stops it at start through the
+    handler above (faust would print a traceback; the reader would serve empty degraded pages). Once
+    running, the worker retries Redis and the reader degrades without it, by design."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from redis.asyncio import Redis
+
+    from recstream.eventlog.connection import client_options
+
+    if kafka:
+        admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
+        try:
+            await admin.start()
+        finally:
+            await admin.close()
+    if redis:
+        client = Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
 
 
 @infra_app.command("up")
@@ -89,6 +172,13 @@ def bench_all(ctx: typer.Context) -> None:
     raise typer.Exit(subprocess.run(command, cwd=checkout, check=False).returncode)
 
 
+def _progress() -> Progress:
+    """The progress bar of a long command, on a terminal only: a log (Docker, CI) gets the summary line
+    alone, and an error its one line."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console, disable=not console.is_terminal)
+
+
 def _records(file: Path | None, movielens: Path | None, synthetic: int | None, seed: int) -> Iterator[sources.Record]:
     chosen = [x for x in (file, movielens, synthetic) if x is not None]
     if len(chosen) != 1:
@@ -139,8 +229,7 @@ def produce(
     settings = _settings()
     records = _records(file, movielens, synthetic, seed)
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
+    with _progress() as progress:
         sent, messages, invalid = asyncio.run(_produce(settings, records, progress))
     seconds = time.perf_counter() - started
     for line in invalid[:20]:
@@ -153,20 +242,105 @@ def produce(
     )
 
 
+@app.command("import")
+def import_file(
+    path: Annotated[Path, typer.Argument(help="a CSV, JSONL or Parquet file", exists=True, dir_okay=False)],
+    kind: Annotated[str, typer.Option(help="interactions, items or users")] = "interactions",
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="csv, jsonl or parquet (default: from the suffix, else csv)")
+    ] = None,
+    delimiter: Annotated[str, typer.Option(help="CSV delimiter; 'tab' for a tab")] = ",",
+    columns: Annotated[
+        str | None, typer.Option(help="a file without a header row: its columns, comma-separated")
+    ] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="FIELD=COLUMN, where the file has a field (user, item, ts, type, rating, ...)"),
+    ] = None,
+    ts_unit: Annotated[str, typer.Option(help="s or ms: the unit of ts and created_ts")] = "ms",
+    type_map: Annotated[
+        list[str] | None, typer.Option(help="VALUE=TYPE: a type column's value as an event type")
+    ] = None,
+    click_rating: Annotated[
+        float, typer.Option(help="a rating column: every row a view, this or more a click too")
+    ] = 4.0,
+    category_columns: Annotated[
+        str | None, typer.Option(help="items: comma-separated columns whose 1 or true names a category")
+    ] = None,
+    sort: Annotated[bool, typer.Option(help="interactions: publish in timestamp order (reads the file first)")] = False,
+    before: Annotated[int | None, typer.Option(help="interactions: only those before this ts (in --ts-unit)")] = None,
+) -> None:
+    """Publish a file of interactions, items or users to the topics; bad rows are reported by line and skipped.
+
+    Fields and columns: recstream/jobs/imports.py. MovieLens 100K's ratings, for example:
+    recstream import u.data --delimiter tab --columns user,item,rating,ts --ts-unit s --sort
+    """
+    from recstream.jobs import imports
+
+    settings = _settings()
+    header = [c.strip() for c in columns.split(",")] if columns else None
+    try:
+        spec = imports.ImportSpec.parse(
+            kind,
+            map_ or (),
+            ts_unit,
+            type_map or (),
+            click_rating,
+            category_columns.split(",") if category_columns else (),
+        )
+        fmt = imports.file_format(path, file_format)
+        total = imports.count_rows(path, fmt)
+    except imports.ImportSpecError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    rows = imports.file_rows(path, fmt, "\t" if delimiter == "tab" else delimiter, header)
+    before_ms = None if before is None else before * (1000 if ts_unit == "s" else 1)
+    with _progress() as progress:
+        task = progress.add_task(f"importing {path.name}", total=total)
+        report = asyncio.run(
+            imports.publish_rows(settings, rows, spec, sort, before_ms, lambda n: progress.advance(task, n))
+        )
+    where = "row" if fmt == "parquet" else "line"
+    for number, reason in report.bad[:20]:  # unwrapped, and a reason's [brackets] are not markup
+        console.print(f"[yellow]skipped {where} {number}: {escape(reason)}[/yellow]", soft_wrap=True)
+    if len(report.bad) > 20:
+        console.print(f"[yellow]... and {len(report.bad) - 20} more[/yellow]")
+    records = "events" if kind == "interactions" else kind
+    console.print(
+        f"{report.records:,} {records} from {report.rows:,} rows published in {report.seconds:.1f} s; "
+        f"{len(report.bad):,} bad rows skipped",
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def worker(
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
-    loglevel: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
+    log_level: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
+    loglevel: Annotated[str | None, typer.Option(hidden=True, help="deprecated spelling of --log-level")] = None,
 ) -> None:
-    """Run a stream worker: consume events, items and users; keep Redis state fresh."""
+    """Run a stream worker: consume events, items and users; keep Redis state fresh. Its port serves Prometheus
+    /metrics and /healthz (503 when an agent stopped or stalled: restart the process)."""
     import faust
-    from prometheus_client import start_http_server
 
     from recstream.streams.app import create_app
+    from recstream.streams.liveness import Liveness, serve
 
     settings = _settings()
-    start_http_server(settings.worker.metrics_port if metrics_port is None else metrics_port, addr="127.0.0.1")
-    faust.Worker(create_app(settings), loglevel=loglevel).execute_from_commandline()
+    if loglevel is not None:
+        typer.secho("worker --loglevel is deprecated: use --log-level", fg="yellow", err=True)
+    asyncio.run(_reach(settings, kafka=True, redis=True))
+    liveness = Liveness(settings.worker.stall_s)
+    port = settings.worker.metrics_port if metrics_port is None else metrics_port
+    serve(port, liveness, addr=settings.worker.metrics_host)
+    faust.Worker(create_app(settings, liveness), loglevel=loglevel or log_level).execute_from_commandline()
+
+
+class Engine(StrEnum):
+    """Where ``train`` fits the model."""
+
+    implicit = "implicit"
+    spark = "spark"
 
 
 @app.command()
@@ -180,11 +354,14 @@ def train(
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="confidence c = 1 + α·r; default: ALSConfig's")] = None,
     holdout: Annotated[float, typer.Option(help="share of the log held out for offline HR@10 (0: skip)")] = 0.1,
+    engine: Annotated[
+        Engine, typer.Option(help="implicit: this process; spark: pyspark's ALS on RECSTREAM_SPARK_MASTER")
+    ] = Engine.implicit,
 ) -> None:
     """Train iALS on the events log (from the earliest offset) and publish a new model version."""
     from rich.table import Table
 
-    from recstream.jobs import training
+    from recstream.jobs import spark_training, training
     from recstream.models.als import ALSConfig
 
     settings = _settings()
@@ -194,17 +371,24 @@ def train(
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if engine is Engine.spark:
+        try:
+            spark_training.require_pyspark()
+        except spark_training.SparkMissing as exc:
+            _fail(str(exc))
     started = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
+    with _progress() as progress:
         task = progress.add_task("reading the log", total=None)
+        advance = partial(progress.advance, task)
         if file is None and movielens is None:
-            records: Iterable[sources.Record] = asyncio.run(training.read_log(settings))
+            log = asyncio.run(training.collect_log(settings, advance))
         else:
-            records = _records(file, movielens, None, 0)
-        log = training.collect(records, lambda n: progress.advance(task, n))
-        progress.update(task, description="training")
-        artifacts, metrics = training.train(log, cfg, holdout=holdout)
+            log = training.collect(_records(file, movielens, None, 0), advance)
+        progress.update(task, description=f"training ({engine.value})")
+        if engine is Engine.spark:
+            artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)
+        else:
+            artifacts, metrics = training.train(log, cfg, holdout=holdout)
         progress.update(task, description="publishing")
         version = asyncio.run(training.publish(settings, artifacts))
     table = Table(title=f"model {version}")
@@ -221,8 +405,7 @@ def rebuild() -> None:
     from recstream.jobs import rebuild as rebuild_module
 
     settings = _settings()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:  # fmt: skip
+    with _progress() as progress:
         tasks: dict[str, object] = {}
 
         def advance(topic: str, n: int, total: int) -> None:
@@ -252,11 +435,14 @@ def serve(
     """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
     import uvicorn
 
-    from recstream.serving.app import create_app, tune_garbage_collector
+    from recstream.runtime.garbage_collector import collect_young_rarely, freeze_long_lived
+    from recstream.serving.app import create_app
 
     settings = _settings()
+    asyncio.run(_reach(settings, kafka=False, redis=True))  # writes answer 503 without Kafka; reads need Redis
     app = create_app(settings)
-    tune_garbage_collector()
+    freeze_long_lived()  # what startup built lives as long as the process
+    collect_young_rarely()
     uvicorn.run(
         app,
         host=host or settings.reader.host,

@@ -2,7 +2,7 @@
 
 Brings up Kafka and Redis (if not running), publishes the world's recent history, trains a first
 model on it, starts a worker and the reader as child processes, then runs the closed-loop
-simulator (recstream/simulator.py) against the reader: simulated users fetch feeds over HTTP,
+simulator (recstream/sim/simulator.py) against the reader: simulated users fetch feeds over HTTP,
 view and click with their true probabilities and report it through ``POST /v1/events``; new items
 keep arriving. A panel shows what the system does. On exit (``--seconds`` or Ctrl-C) it stops
 exactly the processes it started, by pid (and the services, if it started them), and prints a
@@ -12,6 +12,7 @@ summary. bench/policies.py runs the same pieces once per policy and seed.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.request import urlopen
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -88,12 +90,21 @@ async def publish_history(settings: Settings, world: World, until_ms: int, rate_
     return history
 
 
+def with_api_key(settings: Settings) -> Settings:
+    """The settings with a fresh random API key unless one is set: the reader refuses writes without one, and
+    the simulated users write through it (the reader child gets the key in its environment, the simulator
+    sends it)."""
+    if settings.reader.api_key is not None:
+        return settings
+    return settings.replace(api_key=SecretStr(secrets.token_urlsafe(24)))
+
+
 def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:
     """iALS on everything in the log; returns the artifacts (publish them with
     ``recstream.jobs.training.publish``) and a line describing the model."""
     from recstream.jobs import training
 
-    log = training.collect(asyncio.run(training.read_log(settings)))
+    log = asyncio.run(training.collect_log(settings))
     artifacts, metrics = training.train(log, ALSConfig(), holdout=0.1)
     hr = metrics["offline_hr10"] or 0.0
     return artifacts, f"{metrics['users']:,} users, {metrics['items']:,} items, offline HR@10 {hr:.3f}"
@@ -231,6 +242,8 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
 
     run_dir = settings.local.run_dir.resolve()
     simulator: Simulator | None = None
+    own_key = settings.reader.api_key is None
+    settings = with_api_key(settings)
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())
         try:
@@ -249,6 +262,8 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
                 console.print(f"started {name} pid {pid}")
             url = running.reader_url
             console.print(f"reader {url} · docs {url}/docs · metrics {url}/metrics · explorer {url}/explore")
+            if own_key:  # the explorer's clicks are writes: its "API key" field needs this run's key
+                console.print(f"API key of this run (writes): {settings.reader.api_key.get_secret_value()}")  # type: ignore[union-attr]
             simulator = Simulator(world, url, settings, sim, announced_items=history.items,
                                   announced_users=history.users, history=history.seen)  # fmt: skip
             result = asyncio.run(_live(simulator, Panel(settings, running), seconds))

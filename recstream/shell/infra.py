@@ -35,6 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from recstream.contracts.settings import Settings, load_settings
+from recstream.eventlog.connection import client_options
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
@@ -185,8 +186,32 @@ def kafka_libs(settings: Settings) -> Path:
     return libs
 
 
+def _listeners(settings: Settings) -> list[str]:
+    """The broker's listeners: clients on ``port`` with the configured protocol, the controller on ``port + 1``.
+
+    A secured client listener (SSL, SASL_*) gets a plaintext loopback listener for the broker's own
+    traffic on ``port + 2``, so the broker needs no credentials for itself; its keystore and users come
+    from ``RECSTREAM_KAFKA_SERVER_PROPERTIES``.
+    """
+    port, protocol = settings.kafka.port, settings.kafka.security_protocol
+    if protocol == "PLAINTEXT":
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ]
+    return [
+        f"listeners={protocol}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1},INTERNAL://127.0.0.1:{port + 2}",
+        f"advertised.listeners={protocol}://127.0.0.1:{port},INTERNAL://127.0.0.1:{port + 2}",
+        "inter.broker.listener.name=INTERNAL",
+        f"listener.security.protocol.map=CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,{protocol}:{protocol}",
+    ]
+
+
 def _kafka_config(settings: Settings, service: Service) -> Path:
     port = settings.kafka.port
+    extra = settings.local.kafka_server_properties
     config = service.home / "server.properties"
     config.write_text(
         "\n".join(
@@ -194,11 +219,8 @@ def _kafka_config(settings: Settings, service: Service) -> Path:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{port + 1}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                *_listeners(settings),
                 "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={service.data_dir}",
                 "num.network.threads=2",
                 "num.io.threads=2",
@@ -209,6 +231,7 @@ def _kafka_config(settings: Settings, service: Service) -> Path:
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "log.retention.hours=-1",
+                extra.read_text() if extra is not None else "",
                 "",
             ]
         )
@@ -233,8 +256,8 @@ def _java(settings: Settings, service: Service, main: str, *args: str) -> list[s
             "-cp", f"{kafka_libs(settings)}/*", main, *args]  # fmt: skip
 
 
-async def _admin_ping(bootstrap: str) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+async def _admin_ping(settings: Settings) -> bool:
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=3000)
     try:
         await admin.start()
         await admin.describe_cluster()
@@ -246,7 +269,7 @@ async def _admin_ping(bootstrap: str) -> bool:
 
 
 def kafka_answers(settings: Settings) -> bool:
-    return port_open(settings.kafka.port) and asyncio.run(_admin_ping(settings.kafka.bootstrap))
+    return port_open(settings.kafka.port) and asyncio.run(_admin_ping(settings))
 
 
 def kafka_up(settings: Settings) -> str:
@@ -267,7 +290,7 @@ def kafka_up(settings: Settings) -> str:
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the contract's topics if missing: events (retained), items/users (compacted), DLQ."""
+    """Create the contract's topics if missing: events (retained), items/users/erasures (compacted), DLQ."""
     retention = {"retention.ms": str(settings.kafka.retention_ms)}
     compacted = {"cleanup.policy": "compact"}
     wanted = [
@@ -289,6 +312,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             settings.kafka.replication_factor,
             topic_configs=compacted,
         ),
+        NewTopic(settings.kafka.erasures_topic, 1, settings.kafka.replication_factor, topic_configs=compacted),
         NewTopic(
             settings.kafka.dlq_topic,
             settings.kafka.dlq_partitions,
@@ -296,7 +320,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
             topic_configs=retention,
         ),
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -293,7 +293,8 @@ class Simulator:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """``announced_items``: the first items already on the items topic; ``history``: user → items
-        already shown to them (their seen sets); ``headers``: e.g. the API key for POST /v1/events."""
+        already shown to them (their seen sets); ``headers``: sent with every request, besides
+        ``X-API-Key`` with the settings' ``reader.api_key`` when set (POST /v1/events needs it)."""
         self.world = world
         self.reader_url = reader_url.rstrip("/")
         self.settings = settings
@@ -301,7 +302,8 @@ class Simulator:
         self.announced_items = announced_items
         self.announced_users = set(announced_users)
         self.history = history or {}
-        self.headers = dict(headers or {})
+        key = settings.reader.api_key
+        self.headers = ({"X-API-Key": key.get_secret_value()} if key is not None else {}) | dict(headers or {})
         self.ledger: Ledger | None = None
 
     @property

@@ -35,18 +35,30 @@ class CounterDeltas:
 
 
 def aggregate(
-    events: Sequence[Event], segment_of_user: Mapping[str, str], half_life_ms: int, epoch_half_lives: int
+    events: Sequence[Event],
+    segment_of_user: Mapping[str, str],
+    half_life_ms: int,
+    epoch_half_lives: int,
+    arrived_ms: Sequence[int] | None = None,
 ) -> CounterDeltas:
     """Sum a batch's views and clicks per item, per (segment, item), overall and per trend key.
 
     A user without a known segment counts in ``default``. Each event adds to the two trend
     epochs of :func:`models.ctr.trend_epochs`; the seen set keeps the latest ts per (user, item).
 
+    The event clock (new items graduate from the pool by age on it) is the largest ts, each capped
+    by its event's arrival time (``arrived_ms``: its record's timestamp, never past the wall clock):
+    an event stamped ahead of its arrival, which the contract accepts up to a day ahead, would
+    otherwise move the clock forward for good. A cap per event, not per batch, keeps the clock
+    independent of batch cuts.
+
     >>> from recstream.contracts.events import Event
     >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12 + k) for k, t in enumerate(["view", "click"])]
     >>> d = aggregate(e, {"u": "age18-24.F"}, half_life_ms=3_600_000, epoch_half_lives=8)
     >>> d.items["i"], d.segments, d.totals["clicks:age18-24.F"], d.seen, d.variants
     ([1, 1, 1000000000000], {'age18-24.F': {'i': [1, 1]}}, 1, {'u': {'i': 1000000000001}}, {None: [1, 1]})
+    >>> aggregate(e, {}, 3_600_000, 8, arrived_ms=[10**12 + 5, 10**12 - 7]).clock  # the click arrived "before" it
+    1000000000000
     """
     deltas = CounterDeltas()
     if not events:
@@ -110,5 +122,6 @@ def aggregate(
     for segment, (views, clicks) in per_segment.items():
         deltas.totals.update({f"{name}:{segment}": n for name, n in (("views", views), ("clicks", clicks)) if n})
     deltas.trend = {suffix: increments for suffix, increments in deltas.trend.items() if increments}
-    deltas.clock = int(ts.max())
+    clock = ts if arrived_ms is None else np.minimum(ts, np.asarray(arrived_ms, dtype=np.int64))
+    deltas.clock = int(clock.max())
     return deltas

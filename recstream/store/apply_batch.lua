@@ -5,13 +5,13 @@
 -- that every watermark still has the value the worker read: if another worker (after a
 -- rebalance) or an earlier run moved it, nothing is written and the worker re-reads the
 -- watermarks and drops what is already applied. That check is what makes the state
--- effectively-once (see streams/state.py for the whole argument).
+-- effectively-once (see recstream/store/state.py for the whole argument).
 --
--- ARGV[1] is a JSON payload built by streams/state.py; ARGV[2..] are binary values that
+-- ARGV[1] is a JSON payload built by recstream/store/state.py; ARGV[2..] are binary values that
 -- payload.blobs refers to by index. Counts, timestamps and trend increments are integers
 -- below 2^53, exact as Lua doubles. A number passed to redis.call is sent as '%.17g' (exact:
 -- integers print as integers, scores round-trip); only a number put into a string by Lua
--- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/keys.py.
+-- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/contracts/keys.py.
 --
 -- Cost: the script blocks Redis while it runs, and a redis.call costs a few microseconds
 -- whatever it does, so every step reads and writes a whole key per call (HMGET, ZMSCORE,
@@ -55,9 +55,9 @@ end
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
-for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1'}
+for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1', features JSON}
   local key = P .. 'item:' .. it[1]
-  redis.call('HSET', key, 'categories', it[2], 'available', it[5])
+  redis.call('HSET', key, 'categories', it[2], 'available', it[5], 'features', it[6])
   if it[3] ~= '' then redis.call('HSET', key, 'created_ts', it[3]) else redis.call('HSETNX', key, 'created_ts', it[4]) end
   if it[5] == '0' then
     redis.call('SADD', P .. 'unavailable', it[1])
@@ -92,10 +92,16 @@ for k, it in ipairs(p.items) do
     clicks_args[#clicks_args + 1] = item
     clicks_args[#clicks_args + 1] = num(old_clicks[k]) + d[2]
   end
-  -- an item first counted here joins the pool, as if announced at that moment (unless it was announced)
+  -- an item first counted here, never announced: counted, but hidden (unavailable) until the items topic
+  -- announces it; or, without a catalogue feed (cfg.require_announced false), in the pool from now on
   if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
-    redis.call('HSET', P .. 'item:' .. item, 'available', '1')
-    redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    if cfg.require_announced then
+      redis.call('HSET', P .. 'item:' .. item, 'available', '0')
+      redis.call('SADD', P .. 'unavailable', item)
+    else
+      redis.call('HSET', P .. 'item:' .. item, 'available', '1')
+      redis.call('ZADD', P .. 'pool', 'NX', d[3], item)
+    end
   end
   touch(item)
 end
@@ -174,7 +180,7 @@ for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
   redis.call('EXPIRE', key, cfg.trend_ttl_s)
 end
 
--- 6. users of new items until they graduate, for their fold-in (streams/fold_ins.py): user → summed
+-- 6. users of new items until they graduate, for their fold-in (recstream/store/fold_ins.py): user → summed
 -- weight, added event by event in order (as models/history.py sums); the first item_users_cap users
 local new_items = {}
 for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
@@ -233,6 +239,20 @@ for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
   redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.seen_cap + 1))
 end
 for _, u in ipairs(p.user_segments) do redis.call('HSET', P .. 'user:seg', u[1], u[2]) end
+-- event ids applied (streams/processor.py drops a user's id seen within the window), one key per partition:
+-- kept for the window of arrival time (older ones trimmed); the key expires when the partition is quiet as long
+for _, u in ipairs(p.eids) do  -- {topic:partition, {{user:event_id, arrival ms}, ...}}
+  local key = P .. 'eids:' .. u[1]
+  local args, latest = {}, 0
+  for _, e in ipairs(u[2]) do
+    args[#args + 1] = e[2]
+    args[#args + 1] = e[1]
+    latest = math.max(latest, e[2])
+  end
+  many('ZADD', key, args, 'GT')
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', latest - cfg.dedup_window_ms))
+  redis.call('PEXPIRE', key, cfg.dedup_window_ms)
+end
 local blob_args = {}
 for _, b in ipairs(p.blobs) do  -- {key suffix, argv index}: user hist/vec/cand/prefs, item similar
   blob_args[#blob_args + 1] = P .. b[1]
@@ -242,6 +262,8 @@ for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
 end
 
--- 9. the watermarks move with the effect they cover
+-- 9. the online ranker's state of each events partition the batch trained (streams/ranker_training.py), and
+-- the watermarks: they move with the effect they cover
+for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending')}

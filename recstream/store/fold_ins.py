@@ -1,6 +1,6 @@
 """Graduated new items' fold-ins in Redis: who interacted with them, the stored vectors, the broadcast.
 
-How an item's content vector is replaced (key names in recstream/keys.py):
+How an item's content vector is replaced (key names in recstream/contracts/keys.py):
 
 1. Each event batch adds its new items' users (user → summed event weight) to ``foldin:users:<i>``,
    in the batch's own atomic script (apply_batch.lua), until the item graduates from the pool. The

@@ -15,15 +15,22 @@ The effectively-once argument
   worker took the partition in a rebalance and moved on, or a zombie wrote late). The worker
   then re-reads the watermarks, drops what is now covered and retries: no batch is applied
   twice even with two writers.
+* Idempotent ingestion: an event whose user sent its ``event_id`` within ``dedup_window_s`` before
+  (arrival = the record's timestamp) is dropped before anything is computed. The ids a batch applies
+  are stored per partition (``eids:<topic>:<partition>``) by the same script as its watermarks, so a
+  crash keeps both or neither, and a restarted worker drops a duplicate as the first one would have.
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
-  final state does not depend on where batches were cut (see streams/aggregate.py and
-  models/ctr.py for the rankings).
+  final state does not depend on where batches were cut (see recstream/store/aggregate.py and
+  models/ctr.py for the rankings). The online ranker's state is kept per events partition
+  (``ranker:<topic>:<p>``), read with the batch's users and written by the same script as that
+  partition's watermark: a function of the partition's rows in offset order
+  (streams/ranker_training.py), so each row is learned exactly once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +55,14 @@ class Effect:
 
     watermarks: dict[str, tuple[int, int]] = field(default_factory=dict)  # tp -> (expected, new)
     counters: CounterDeltas = field(default_factory=CounterDeltas)
-    meta: list[tuple[str, str, int | None, int, bool]] = field(default_factory=list)  # item, cats, created, ts, avail
+    # item, categories, created, ts, available, features (JSON: PATCH /v1/items merges into them)
+    meta: list[tuple[str, str, int | None, int, bool, str]] = field(default_factory=list)
     user_segments: dict[str, str] = field(default_factory=dict)
     blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
+    event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # tp → "user:event_id" → arrival ms
+    rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (topic, partition) → new ranker state
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class UserContext:
     segments: dict[str, str]
     histories: dict[str, History]
     model_version: str | None
+    rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # the stored ones of the partitions asked for
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class Applied:
     prior: float
     full_rescore: bool
     graduated: list[str]
-    fold_ins: list[str]  # graduated items waiting for their fold-in (streams/fold_ins.py)
+    fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
 
 
 class StateStore:
@@ -89,14 +100,19 @@ class StateStore:
             "graduate_age_ms": settings.pool.graduate_age_s * 1000,
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
+            "dedup_window_ms": settings.worker.dedup_window_s * 1000,
+            "require_announced": settings.model.require_announced_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys("wm"))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    async def read_users(self, users: Sequence[str], with_histories: bool = True) -> UserContext:
-        """Segments and histories of a batch's users and the current model version: one round trip.
+    async def read_users(
+        self, users: Sequence[str], with_histories: bool = True, rankers: Sequence[tuple[str, int]] = ()
+    ) -> UserContext:
+        """Segments and histories of a batch's users, the current model version and the ranker states of
+        the ``rankers`` partitions: one round trip.
 
         Histories come from an in-process cache when they can: only the worker that owns a
         user's partition writes that user's history, so its own last write is current. The
@@ -108,16 +124,34 @@ class StateStore:
         pipe.hmget(self.keys("user:seg"), list(users) or ["-"])
         if missing:
             pipe.mget([self.keys.user(u, "hist") for u in missing])
-        version, segments, *fetched = await pipe.execute()
+        if rankers:
+            pipe.mget([self.keys.ranker(topic, partition) for topic, partition in rankers])
+        version, segments, *rest = await pipe.execute()
+        fetched = rest.pop(0) if missing else []
+        states = rest.pop(0) if rankers else []
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
-        for user, raw in zip(missing, fetched[0] if fetched else [], strict=True):
+        for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
                 histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
         return UserContext(
             segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
             histories=histories,
             model_version=version.decode() if version else None,
+            rankers={tp: state for tp, state in zip(rankers, states, strict=True) if state is not None},
         )
+
+    async def event_arrivals(self, ids: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+        """When each stored ``"user:event_id"`` of ``ids`` (per ``topic:partition``) last arrived (ms), keyed
+        ``(tp, "user:event_id")``; ids not stored are left out. One command per partition: a batch's ids in a
+        few calls, where a key per user cost a call per user (and tripled the time to apply a batch)."""
+        wanted = [(tp, list(dict.fromkeys(members))) for tp, members in ids.items() if members]
+        pipe = self.redis.pipeline(transaction=False)
+        for tp, members in wanted:
+            pipe.zmscore(self.keys(f"eids:{tp}"), members)
+        found = {}
+        for (tp, members), scores in zip(wanted, await pipe.execute(), strict=True):
+            found.update({(tp, m): int(s) for m, s in zip(members, scores, strict=True) if s is not None})
+        return found
 
     def remember_histories(self, histories: dict[str, History]) -> None:
         """Cache the histories a successfully applied batch wrote (least recently written evicted first)."""
@@ -138,8 +172,8 @@ class StateStore:
             "cfg": self._cfg,
             "wm": [(tp, _wm(old), str(new)) for tp, (old, new) in effect.watermarks.items()],
             "meta": [
-                (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0")
-                for i, cats, created, ts, avail in effect.meta
+                (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0", features)
+                for i, cats, created, ts, avail, features in effect.meta
             ],
             "items": list(c.items.items()),
             "segs": [(s, list(counts.items())) for s, counts in c.segments.items()],
@@ -149,9 +183,15 @@ class StateStore:
             "clock": c.clock,
             "user_segments": list(effect.user_segments.items()),
             "item_users": [(item, list(users.items())) for item, users in effect.item_users.items()],
+            "eids": [(tp, list(ids.items())) for tp, ids in effect.event_ids.items()],
             "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
+            "rankers": [
+                (self.keys.ranker(topic, partition), len(effect.blobs) + k + 2)
+                for k, (topic, partition) in enumerate(effect.rankers)
+            ],  # their states follow the blobs' values
         }
-        result = await self._script(args=[orjson.dumps(payload), *(value for _, value in effect.blobs)])
+        values = [*(value for _, value in effect.blobs), *effect.rankers.values()]
+        result = await self._script(args=[orjson.dumps(payload), *values])
         if result[0] == b"stale":
             raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
         graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])

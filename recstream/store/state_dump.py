@@ -12,10 +12,14 @@ import redis
 
 
 def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
-    """Every key under ``prefix`` with its value, prefix removed, for comparing two runs."""
+    """Every key under ``prefix`` with its value, prefix removed, for comparing two runs; but the event ids kept
+    for de-duplication (``eids:<topic>:<partition>``): they name the run's topics and hold the records' arrival
+    times, which differ between two runs of the same events, and they expire by the wall clock."""
     state: dict[str, object] = {}
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         name = key.decode()[len(prefix) + 1 :]
+        if name.startswith("eids:"):
+            continue
         kind = client.type(key).decode()
         if kind == "hash":
             state[name] = client.hgetall(key)

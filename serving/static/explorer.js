@@ -106,13 +106,16 @@ function card(item) {
   reason.id = `${id}-reason`;
   open.setAttribute("aria-describedby", reason.id);
   const categories = item.categories.length ? item.categories.join(" · ") : "categories not known yet";
+  // a ranked page's items carry the ranker's click probability and the feature that raised it most
+  const ranking = item.score === null || item.score === undefined ? null
+    : `score ${item.score.toFixed(3)} · top feature ${item.top_feature ?? "none"}`;
   const actions = el("div", undefined, "actions");
   actions.append(
     button("Similar items", (event) => showItem(item.item_id, event.currentTarget), "similar-button"),
     button("Not interested", () => notInterested(item, li), "hide"),
   );
   article.append(heading, el("span", item.source, `badge badge-${item.source}`), reason,
-    el("p", categories, "categories"), actions);
+    el("p", categories, "categories"), ...(ranking ? [el("p", ranking, "ranking")] : []), actions);
   li.append(article);
   return li;
 }
@@ -135,6 +138,7 @@ function render(page, append) {
   ui.meta.textContent = [
     `user ${page.user_id}`,
     page.warm ? "warm (has history)" : "cold (no history yet)",
+    page.ranked ? "ranked by the online ranker" : "fixed blend",
     `model ${page.model_version ?? "none"}`,
     `${state.shown.size} items shown`,
   ].join(" · ");

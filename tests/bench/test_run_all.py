@@ -34,17 +34,17 @@ def test_a_run_lands_in_its_section_with_command_date_machine_and_markdown_table
     assert "`.venv/bin/python -m bench.produce` — 2026-11-23, 2 cores, 23.5 GiB, AMD EPYC, 41 s" in section
     assert "| client | events/s |\n|---|---:|\n| recstream EventProducer | 424,929 |" in section
     assert "HEADER" in page and "{{" not in page
-    assert "_Not measured yet: `.venv/bin/python -m bench.run_all --only reader`._" in page
+    assert "_Not measured yet: `.venv/bin/python -m bench.run_all --only feeds`._" in page
 
 
 def test_regenerating_after_a_partial_run_keeps_the_other_benchmarks_blocks():
     names = [b.name for b in BENCHES]
     template = TEMPLATE.read_text()
-    first = render(template, {"produce": produce_run("1").block(), "reader": "reader table"}, "H", names)
+    first = render(template, {"produce": produce_run("1").block(), "feeds": "feeds table"}, "H", names)
     blocks = previous_blocks(first)
     blocks["produce"] = produce_run("2").block()  # as main() does after `--only produce`
     second = render(template, blocks, "H", names)
-    assert "reader table" in second and "| recstream EventProducer | 2 |" in second
+    assert "feeds table" in second and "| recstream EventProducer | 2 |" in second
     assert "| recstream EventProducer | 1 |" not in second
     assert render(template, previous_blocks(second), "H", names) == second, "regeneration is idempotent"
 

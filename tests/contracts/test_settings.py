@@ -12,6 +12,10 @@ from recstream.contracts.settings import VARIABLES, SettingsError, load_settings
         ("RECSTREAM_EVENTS_PARTITIONS", "four", "valid integer"),
         ("RECSTREAM_KAFKA_BOOTSTRAP", "localhost", "host:port"),
         ("RECSTREAM_REDIS_URL", "http://x:1", "redis://"),
+        ("RECSTREAM_SPARK_DRIVER_MEMORY", "2GB", "should match pattern"),
+        ("RECSTREAM_SPARK_DRIVER_MEMORY", "0g", "should match pattern"),
+        ("RECSTREAM_RANKER_ALPHA", "0", "greater than 0"),
+        ("RECSTREAM_RANKER_L2", "nan", "finite number"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):
@@ -60,3 +64,10 @@ def test_replace_validates_like_the_environment():
 def test_the_redis_password_never_shows_in_the_repr():
     settings = load_settings(redis_url="redis://:hunter2@cache:6379/0")
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)
+
+
+def test_model_copy_with_flat_names_is_refused_not_silently_ignored():
+    """pydantic's model_copy(update=...) would set ``batch_max`` as a stray attribute while
+    ``settings.worker.batch_max`` kept its old value: a test once stopped the session's services that way."""
+    with pytest.raises(TypeError, match=r"use settings\.replace"):
+        load_settings().model_copy(update={"batch_max": 1})

@@ -1,4 +1,4 @@
-"""Reading the log outside faust (streams/log.py): exact offset ranges, whole topics, training's read."""
+"""Reading the log outside faust (recstream/eventlog/log.py): exact offset ranges, whole topics, training's read."""
 
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ async def test_training_reads_every_valid_record_of_items_and_events(isolated_se
     _, items, events = world(n_users=20, n_items=10, n_events=500)
     await publish(settings, items=items, events=events, batch_events=30)
     await publish_raw(settings, b"{oops", key=b"u1")
-    records = await training.read_log(settings)
+    chunks = [chunk async for chunk in training.read_log(settings)]
+    records = [record for chunk in chunks for record in chunk]
+    assert max(len(chunk) for chunk in chunks) <= 30  # a message's events at a time, never the whole log
     assert [r.value for r in records if r.kind == "item"] == items
     assert sorted(r.value.event_id for r in records if r.kind == "event") == sorted(e.event_id for e in events)
+    log = await training.collect_log(settings)
+    assert len(log) == len(events) and log.content == {item.item_id: item for item in items}
+    assert sorted(log.ts.tolist()) == sorted(e.ts for e in events)

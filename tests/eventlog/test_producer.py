@@ -64,3 +64,19 @@ async def test_round_trip_through_the_broker_keeps_per_user_order(isolated_setti
         users, key=lambda u: u.user_id
     )
     assert all(m.key.decode() == decode(m.value, "user", T0 * 2)[0][0].user_id for m in user_messages)
+
+
+@pytest.mark.parametrize("setting", [3, 4, 5])
+async def test_a_users_events_go_to_its_partition_of_the_real_topic_whatever_the_setting(isolated_settings, setting):
+    """The producer hashed users over the events_partitions setting: with a topic of another size, a user's events
+    landed where neither Kafka's default partitioner nor the worker's partition check expects them (the worker
+    dead-letters them). It uses the partition count the broker reports."""
+    settings = isolated_settings.replace(events_partitions=setting)
+    real = isolated_settings.kafka.events_partitions
+    events = [Event(type="view", user_id=f"u{k}", item_id="i1", ts=T0 + k) for k in range(40)]
+    async with EventProducer(settings, batch_events=1) as producer:
+        await producer.send_events(events)
+    messages = await consume_all(settings, settings.kafka.events_topic, "event", len(events))
+    assert sorted((decode(m.value, "event", T0 * 2)[0][0].user_id, m.partition) for m in messages) == sorted(
+        (e.user_id, partition_for(e.user_id, real)) for e in events
+    )

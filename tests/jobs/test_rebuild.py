@@ -45,8 +45,9 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
 
     rebuilt = dump_state(client, "rs")
     assert sum(key.endswith(":vec") for key in live) == len(users)
-    # new items' users are tracked (exactly: fewer than the cap), but none graduates: a graduated new item's fold-in
-    # (streams/fold_ins.py) reads its users' vectors as they stand then, which depends on how far each partition got
+    # new items' users are tracked (exactly: fewer than the cap), but none graduates: a graduated new item's
+    # fold-in (recstream/store/fold_ins.py) reads its users' vectors as they stand then, which depends on how far
+    # each partition got
     assert [key for key in live if key.startswith("foldin:users:")]
     assert not [key for key in live if key.startswith("foldin:") and not key.startswith("foldin:users:")]
     assert differing_keys(rebuilt, live) == []

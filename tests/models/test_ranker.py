@@ -112,13 +112,15 @@ def test_contributions_and_bias_add_up_to_the_logit():
 def test_update_returns_the_loss_of_predictions_made_before_each_row():
     rows, clicks = planted(np.random.default_rng(4), 50, n_noise=1)
     stepwise, batch = FTRLRanker(2), FTRLRanker(2)
-    losses = []
+    losses, scores, predicted = [], [], []
     for row, y in zip(rows, clicks, strict=True):
         p = stepwise.score(row[None, :])[0]
         loss = stepwise.update(row[None, :], [y])
         assert loss == pytest.approx(logloss([p], [y]), rel=1e-12)
         losses.append(loss)
-    assert batch.update(rows, clicks) == pytest.approx(np.mean(losses), rel=1e-12)
+        scores.append(p)
+    assert batch.update(rows, clicks, predicted) == pytest.approx(np.mean(losses), rel=1e-12)
+    assert predicted == pytest.approx(scores, rel=1e-12)
     assert batch.to_bytes() == stepwise.to_bytes()
 
 

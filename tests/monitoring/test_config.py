@@ -128,7 +128,7 @@ def test_compose_mounts_the_config_rules_and_dashboards_where_they_are_read():
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home.startswith(mounts[DASHBOARDS] + "/") and (DASHBOARDS / home.rsplit("/", 1)[1]).is_file()
     datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
-    assert datasource["url"] == "http://prometheus:9090" and "9090:9090" in prometheus["ports"]
+    assert datasource["url"] == "http://prometheus:9090" and "127.0.0.1:9090:9090" in prometheus["ports"]
 
 
 def test_readme_explains_every_alert_and_dashboard():

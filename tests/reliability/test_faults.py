@@ -29,6 +29,7 @@ async def test_state_after_faults_equals_a_clean_run(scenario, fault_run, worklo
     assert (run.offered, run.acked, tally.applied) == (len(workload.events),) * 3
     assert (tally.lost, tally.double, tally.seen_missing, tally.seen_extra) == (0, 0, 0, 0)
     assert differing_keys(run_state(run), clean_state) == []
+    assert await run.stalled_partitions() == 0
 
 
 async def test_reader_under_load_answers_every_feed_while_redis_is_down_and_recovers(

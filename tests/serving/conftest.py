@@ -2,7 +2,8 @@
 
 The world is built once per session in its own Redis database (2) and its own topics, so the
 function-scoped ``isolated_settings`` of other tests (database 1) never touch it. Tests that change
-it (unavailability, preferences, events) use their own users or items.
+it (unavailability, preferences, events) use their own users or items. Its readers need the API key
+WORLD_KEY for writes, as a production reader does; the ``reader`` client sends it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import redis
 import uvicorn
+from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
+from recstream.models.ranker import FTRLConfig, FTRLRanker
 from recstream.serving.app import create_app
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.contracts.events import Event, ItemEvent, UserEvent, decode, segment_of
+from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
@@ -37,6 +43,9 @@ DAY_MS = 86_400_000
 T0 = (int(time.time() * 1000) // DAY_MS - 10) * DAY_MS  # ten days ago: every timestamp passes the contract
 CATEGORIES = ["news", "sport", "music", "film", "kids", "docs"]
 N_ITEMS, N_WARM = 700, 60
+WORLD_KEY = "world-writes-key"
+KEY = {"X-API-Key": WORLD_KEY}
+"""The header a write to a reader on the world's settings needs."""
 
 
 @dataclass
@@ -139,6 +148,7 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
         redis_url=services.redis.url.rsplit("/", 1)[0] + "/2",
         pool_cache_s=0.1,
         popular_refresh_s=0.2,
+        api_key=SecretStr(WORLD_KEY),
     )
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     client.flushdb()
@@ -171,26 +181,30 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @asynccontextmanager
-async def reader_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The reader app in process (lifespan run, snapshot loaded) behind an httpx client."""
+async def reader_client(
+    settings: Settings, headers: dict[str, str] | None = None, address: str = "127.0.0.1"
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The reader app in process (lifespan run, snapshot loaded) behind an httpx client that sends ``headers``
+    with every request, from the client ``address``."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        await app.state.reader.loader.refresh(force_popular=True)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://reader") as client:
+        await app.state.service.loader.refresh(force_popular=True)
+        transport = httpx.ASGITransport(app=app, client=(address, 123))
+        async with httpx.AsyncClient(transport=transport, base_url="http://reader", headers=headers) as client:
             client.app = app  # type: ignore[attr-defined]  # tests reach the reader to reload its snapshot
             yield client
 
 
 @pytest.fixture
 async def reader(world: World) -> AsyncIterator[httpx.AsyncClient]:
-    async with reader_client(world.settings) as client:
+    """A reader on the world, its client sending the world's key."""
+    async with reader_client(world.settings, KEY) as client:
         yield client
 
 
 async def reload(client: httpx.AsyncClient) -> None:
     """Reload the reader's snapshot now (instead of waiting pool_cache_s), e.g. after a worker wrote."""
-    await client.app.state.reader.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
+    await client.app.state.service.loader.refresh(force_popular=True)  # type: ignore[attr-defined]
 
 
 class LiveReader:
@@ -234,11 +248,36 @@ async def isolated_topics(settings: Settings) -> Settings:
     return fresh
 
 
+async def published_messages(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[list[Event]]:
+    """The events of every message on the settings' events topic, message by message, read from the start
+    until ``at_least`` events have come and nothing more arrives for a second (so a surplus shows too)."""
+    consumer = AIOKafkaConsumer(
+        settings.kafka.events_topic, bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    found: list[list[Event]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            found += [decode(m.value, "event", 2**53)[0] for messages in batches.values() for m in messages]
+            if not batches and sum(map(len, found)) >= at_least:
+                break
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def published_events(settings: Settings, at_least: int, timeout_s: float = 30.0) -> list[Event]:
+    """Every event on the settings' events topic (see :func:`published_messages`)."""
+    return [e for message in await published_messages(settings, at_least, timeout_s) for e in message]
+
+
 @pytest.fixture
 async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
     """A separate redis-server holding a copy of the world's keys; stopped (by its pid) at the end."""
-    settings = (await isolated_topics(world.settings)).model_copy(
-        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "run_dir": tmp_path / "run"}
+    settings = (await isolated_topics(world.settings)).replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=tmp_path / "run"
     )
     infra.redis_up(settings)
     source, target = redis.Redis.from_url(world.settings.redis.url), redis.Redis.from_url(settings.redis.url)
@@ -250,6 +289,21 @@ async def own_redis(world: World, tmp_path: Path) -> AsyncIterator[Settings]:
     target.close()
     yield settings
     infra.stop(infra.redis_service(settings))
+
+
+def trained_ranker(clicked: str, skipped: str, rows: int = 400, seed: int = 0) -> FTRLRanker:
+    """An FTRL ranker of the served feature set, trained on rows that each set one feature: ``clicked``'s rows
+    were clicked, ``skipped``'s never. So its weight on ``clicked`` is strongly positive, on ``skipped`` strongly
+    negative, and on every other feature exactly 0 (FTRL moves only the coordinates of nonzero features)."""
+    rng = random.Random(seed)
+    x, labels = np.zeros((rows, len(FEATURES))), []
+    for k in range(rows):
+        feature = clicked if rng.random() < 0.5 else skipped
+        x[k, FEATURES.index(feature)] = 1.0
+        labels.append(int(feature == clicked))
+    ranker = FTRLRanker(len(FEATURES), FTRLConfig(alpha=1.0))
+    ranker.update(x, labels)
+    return ranker
 
 
 def kill_redis(settings: Settings) -> None:

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.serving.conftest import LiveReader, World, isolated_topics, reader_client
+from tests.serving.conftest import KEY, LiveReader, World, isolated_topics, reader_client
 
 pytestmark = pytest.mark.integration
 FUZZ_EXAMPLES = 25
@@ -60,10 +60,30 @@ FUZZ_EXAMPLES = 25
     ],
 )
 async def test_bad_requests_get_a_precise_4xx(world: World, method, path, body, status, says):
-    async with reader_client(await isolated_topics(world.settings)) as reader:
+    async with reader_client(await isolated_topics(world.settings), KEY) as reader:
         resp = await reader.request(method, path, content=body, headers={"content-type": "application/json"})
     assert resp.status_code == status, resp.text
     assert says in resp.text
+
+
+async def test_writes_need_an_api_key_unless_explicitly_opened(world: World):
+    """No key set: every write is refused with a 401 saying how to set one, unless open_writes; a key, once set,
+    is needed whatever open_writes says."""
+    base = await isolated_topics(world.settings.replace(api_key=None))
+    event = {"type": "view", "user_id": "u-open", "item_id": "i001", "ts": 1_700_000_000_000}
+    assert base.reader.api_key is None and base.reader.open_writes is False
+    async with reader_client(base) as reader:
+        for resp in (
+            await reader.post("/v1/events", json=event),
+            await reader.put("/v1/users/u-open/preferences", json={}),
+        ):
+            assert resp.status_code == 401 and "set RECSTREAM_API_KEY" in resp.json()["detail"], resp.text
+        assert (await reader.get("/v1/feed/u-open")).status_code == 200, "reads stay open"
+    async with reader_client(base.replace(open_writes=True)) as reader:
+        assert (await reader.post("/v1/events", json=event)).status_code == 202
+        assert (await reader.put("/v1/users/u-open/preferences", json={})).status_code == 200
+    async with reader_client(base.replace(open_writes=True, api_key=SecretStr("s3cret"))) as reader:
+        assert (await reader.post("/v1/events", json=event)).status_code == 401
 
 
 async def test_writes_need_the_api_key_when_one_is_set_and_reads_only_when_asked(world: World):
@@ -97,7 +117,8 @@ async def test_every_route_in_the_schema_needs_the_key_when_protected_except_pro
                 if "ops" not in operation.get("tags", []) and (protect_reads or method != "get")
             ]
             assert len(wanted) >= (4 if protect_reads else 2), wanted
-            answers = {(m, p): (await reader.request(m, p, content=b"{}")).status_code for m, p in wanted}
+            json = {"content-type": "application/json"}
+            answers = {(m, p): (await reader.request(m, p, content=b"{}", headers=json)).status_code for m, p in wanted}
         assert answers == dict.fromkeys(wanted, 401)
 
 
@@ -112,7 +133,8 @@ async def test_readiness_needs_redis_and_a_model_version(isolated_settings):
 def test_the_openapi_schema_is_valid_and_fuzzing_finds_no_server_error(world: World):
     """Schemathesis, positive and negative inputs for every operation, against a reader on a real socket.
 
-    Its writes go to topics no worker reads, so the fuzzed events never reach the shared world.
+    Its writes go to topics no worker reads, so the fuzzed events never reach the shared world; they carry
+    the world's key (a request without it is a 401, which says nothing about the input).
     """
     with LiveReader(asyncio.run(isolated_topics(world.settings))) as live:
         # 413 (a body over the size cap, e.g. more than 10,000 events) is a rejection too
@@ -137,7 +159,7 @@ def test_the_openapi_schema_is_valid_and_fuzzing_finds_no_server_error(world: Wo
                     suppress_health_check=list(HealthCheck),
                 )
                 def fuzz(case: schemathesis.Case) -> None:
-                    case.call_and_validate(base_url=live.url, checks=checks + extra)  # noqa: B023
+                    case.call_and_validate(base_url=live.url, headers=KEY, checks=checks + extra)  # noqa: B023
 
                 try:
                     fuzz()

@@ -12,7 +12,8 @@ from collections import Counter
 import httpx
 import pytest
 import redis
-from recstream.serving.feed import Variants
+from pydantic import SecretStr
+from recstream.serving.variants import Variants
 from typer.testing import CliRunner
 
 from recstream.contracts.events import Event, validate
@@ -70,9 +71,10 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
     config = WorldConfig(seed=3, n_users=300, n_items=300, new_items_per_hour=0, appeal_half_life_h=None)
     world = World(config.model_copy(update={"start_ms": now - 2 * HOUR_MS}))
     users, items, events = split_history(world)
-    settings = isolated_settings.model_copy(
+    settings = isolated_settings.replace(
         # a generous Redis timeout: a degraded page (the same for both arms) would blur the comparison
-        update={"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0}
+        **{"experiment": EXPERIMENT, "pool_cache_s": 0.1, "popular_refresh_s": 0.2, "reader_redis_timeout_s": 1.0},
+        api_key=SecretStr("experiment-key"),  # the simulator posts the users' events with it
     )
     settings, _ = asyncio.run(trained(settings, tmp_path, events, items, candidates_m=50))
     worker = worker_factory(settings)
@@ -165,3 +167,14 @@ def test_each_variant_blends_with_the_global_settings_plus_its_overrides():
     assert good == settings
     assert (bad.blend.share_personal, bad.blend.share_popular, bad.blend.explore_policy) == (0.0, 0.0, "epsilon_greedy")
     assert bad.blend.share_fresh == 0.75 and bad.redis.prefix == settings.redis.prefix
+
+
+def test_ranked_versus_fixed_is_an_experiment_arm():
+    experiment = Experiment(
+        name="ranking",
+        salt="r1",
+        variants=[Variant(name="ranked", weight=0.5), Variant(name="fixed", weight=0.5, ranker=False)],
+    )
+    variants = Variants(load_settings(experiment=experiment))
+    arms = {arm.label: arm.settings.blend.ranker for arm in map(variants.assign, (f"u{k}" for k in range(100)))}
+    assert arms == {"ranking:ranked": True, "ranking:fixed": False}

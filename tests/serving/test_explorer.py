@@ -23,10 +23,11 @@ import redis
 from playwright.sync_api import Page, expect, sync_playwright
 from pydantic import SecretStr
 
+from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
 from tests.conftest import REPO
-from tests.serving.conftest import LiveReader, World, kill_redis
+from tests.serving.conftest import LiveReader, World, kill_redis, trained_ranker
 
 pytestmark = pytest.mark.integration
 
@@ -162,3 +163,16 @@ def test_the_degraded_banner_appears_when_redis_is_stopped(world: World, own_red
         expect(page.locator("#feed > li")).to_have_count(10)
         assert set(page.locator("#feed .badge").all_inner_texts()) == {"popular"}, "the last known popular list"
         expect(page.locator("#stat-redis")).to_have_text("down", timeout=5_000)
+
+
+def test_a_ranked_page_shows_each_cards_score_and_top_feature(world: World, own_redis: Settings, page: Page):
+    settings = own_redis.replace(ranker_min_rows=100, **PATIENT)
+    with redis.Redis.from_url(settings.redis.url) as client:
+        for p in range(settings.kafka.events_partitions):
+            state = trained_ranker("popular", "personal", seed=p).to_bytes()
+            client.set(Keys(settings.redis.prefix).ranker(settings.kafka.events_topic, p), state)
+    with LiveReader(settings) as reader:
+        open_feed(page, reader.url, world.warm[-3])
+        expect(page.locator("#feed-meta")).to_contain_text("ranked by the online ranker")
+        expect(page.locator("#feed .ranking")).to_have_count(10)
+        expect(page.locator("#feed .ranking").first).to_have_text(re.compile(r"^score 0\.\d{3} · top feature popular$"))

@@ -110,14 +110,8 @@ async def test_twenty_pages_of_twenty_never_repeat_and_never_serve_a_seen_item(w
 
 async def test_thompson_sampling_prefers_the_better_posterior_and_still_explores_items_without_data(world):
     """Only explore slots (two per page), 300 seeds: ts-good (30/60) beats ts-bad (0/60); ts-unknown still shows."""
-    settings = world.settings.model_copy(
-        update={
-            "share_personal": 0.0,
-            "share_popular": 0.0,
-            "share_fresh": 0.0,
-            "share_explore": 1.0,
-            "explore_max_share": 1.0,
-        }
+    settings = world.settings.replace(
+        share_personal=0.0, share_popular=0.0, share_fresh=0.0, share_explore=1.0, explore_max_share=1.0
     )
     shown: Counter[str] = Counter()
     async with reader_client(settings) as reader:
@@ -202,7 +196,7 @@ async def test_reported_views_reach_the_seen_set_and_carry_the_served_source(wor
         for k, i in enumerate(shown)
     ]
     resp = await reader.post("/v1/events", json=events)
-    assert resp.status_code == 202 and resp.json() == {"accepted": 6, "attributed": 6}
+    assert resp.status_code == 202 and resp.json() == {"accepted": 6, "attributed": 6, "dropped": 0}
 
     r = world.redis()
     wait_until(lambda: all(r.zscore(f"rs:user:{user}:seen", i["item_id"]) for i in shown), what="views applied")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from recstream.serving.feed import build_page, degraded_page, favourite_categories
-from recstream.serving.feed_state import Cursor, UserState
+from recstream.serving.cursor import Cursor
+from recstream.serving.feed import build_page, degraded_page, favourite_categories, taste_weights
 from recstream.serving.snapshot import Pool, Popular, Snapshot
+from recstream.serving.user_state import UserState
 
 from recstream.contracts.settings import load_settings
 
@@ -76,8 +77,10 @@ def test_a_cold_user_with_picks_gets_popular_items_of_those_categories_first():
 def test_favourite_categories_put_picks_first_and_never_blocked_ones():
     snap = snapshot()
     user = UserState(preferred=("kids",), history_rows=[["i1", 5.0, 1], ["i2", 1.0, 1], ["n1", 2.0, 1]])
-    assert favourite_categories(user, snap.categories, 0.0) == ("kids", "news", "music")
-    assert favourite_categories(user, snap.categories, 0.0, blocked={"news"}) == ("kids", "music", "sport")
+    taste = taste_weights(user, snap.categories, 0.0)
+    assert taste == {"news": 5.0, "sport": 1.0, "music": 2.0}
+    assert favourite_categories(user, taste) == ("kids", "news", "music")
+    assert favourite_categories(user, taste, blocked={"news"}) == ("kids", "music", "sport")
 
 
 def test_the_degraded_page_is_the_last_popular_list_minus_unavailable_items():

@@ -15,12 +15,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_path: Path):
-    settings = services.model_copy(
-        update={
-            "kafka_bootstrap": f"127.0.0.1:{free_port(span=2)}",
-            "redis_url": f"redis://127.0.0.1:{free_port()}/0",
-            "run_dir": tmp_path,
-        }
+    settings = services.replace(
+        kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        run_dir=tmp_path,
     )
     infra.up(settings)
     pids = [infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()]
@@ -47,12 +45,10 @@ def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: 
     with socket.socket() as blocker:  # a foreign process on the Kafka port: Redis starts, Kafka refuses
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
-        settings = services.model_copy(
-            update={
-                "kafka_bootstrap": f"127.0.0.1:{blocker.getsockname()[1]}",
-                "redis_url": f"redis://127.0.0.1:{free_port()}/0",
-                "run_dir": tmp_path,
-            }
+        settings = services.replace(
+            kafka_bootstrap=f"127.0.0.1:{blocker.getsockname()[1]}",
+            redis_url=f"redis://127.0.0.1:{free_port()}/0",
+            run_dir=tmp_path,
         )
         with pytest.raises(infra.InfraError, match="taken by a process"), infra.running(settings):
             pass

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from recstream.models.als import ALSConfig
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
@@ -38,6 +39,25 @@ def world(n_users: int, n_items: int, n_events: int, seed: int = 1):
     return users, items, events
 
 
+def served_vector(generator: str, als_score: float = 0.0) -> list[float]:
+    """A feature vector as the reader serves it: the proposing generator's flag set, a user vector, an ALS score."""
+    values = dict.fromkeys(FEATURES, 0.0) | {generator: 1.0, "warm": 1.0, "als_score": als_score}
+    return [values[name] for name in FEATURES]
+
+
+def served(events: list[Event]) -> list[Event]:
+    """:func:`world`'s events as the reader logs them, each with the vector its item was served with: a view
+    that was clicked (``v<k>`` then ``c<k>``) was served as personal, the others as popular. So personal items
+    are always clicked and popular ones never, and a ranker learning from them must score personal above popular."""
+    clicked = {e.event_id[1:] for e in events if e.type == "click"}  # type: ignore[index]
+    stamped = []
+    for e in events:
+        k = e.event_id[1:]  # type: ignore[index]
+        vector = served_vector("personal" if k in clicked else "popular", als_score=int(k) % 10 / 10)
+        stamped.append(e.model_copy(update={"context": {CONTEXT_KEY: encode_features(vector)}}))
+    return stamped
+
+
 async def publish(settings: Settings, users=(), items=(), events=(), batch_events: int = 100) -> None:
     async with EventProducer(settings, batch_events=batch_events) as producer:
         for user in users:
@@ -63,9 +83,7 @@ def applied_events(client: redis.Redis, prefix: str) -> int:
 
 
 def for_prefix(settings: Settings, prefix: str, **more) -> Settings:
-    return settings.model_copy(
-        update={"redis_prefix": prefix, "worker_group": f"{settings.worker.group}-{prefix}", **more}
-    )
+    return settings.replace(redis_prefix=prefix, worker_group=f"{settings.worker.group}-{prefix}", **more)
 
 
 async def trained(

@@ -6,7 +6,10 @@ many dead letters it must cause. They are interleaved with valid messages on ``e
 and ``users`` and produced in one go; one worker consumes them all. The test then checks that the
 worker is alive and still applying, that the dead-letter topic holds exactly the expected letters
 per source message (each with a reason), and that the counters, item metadata and segments equal
-an independent computation over the valid objects (each applied once).
+an independent computation over the valid objects (each applied once, a user's repeated event_id once).
+
+Then, each with its own worker: messages at every size limit on every topic, field names made up to
+become metric labels, events on a partition their user does not hash to, timestamps ahead of arrival.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,8 +29,21 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from recstream.streams.processor import DEAD_LETTER_MAX_BYTES
 
-from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MIN_TS_MS, Event, Kind, decode, segment_of
+from recstream.contracts.events import (
+    MAX_EVENTS_PER_MESSAGE,
+    MAX_ID_LEN,
+    MAX_MESSAGE_BYTES,
+    MIN_TS_MS,
+    REASON_CODES,
+    Event,
+    ItemEvent,
+    Kind,
+    decode,
+    partition_for,
+    segment_of,
+)
 from recstream.contracts.settings import Settings
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, applied_events, publish, trained, world
@@ -106,7 +123,7 @@ def valid_object(kind: Kind) -> st.SearchStrategy[dict]:
         return st.fixed_dictionaries(
             {"type": st.sampled_from(["view", "click"]), "user_id": ids, "item_id": items, "ts": past_ts},
             optional={
-                "event_id": st.sampled_from([f"dup-{k}" for k in range(5)]),  # duplicate event ids are distinct events
+                "event_id": st.sampled_from([f"dup-{k}" for k in range(5)]),  # a user's repeated id: applied once
                 "context": st.just({"source": "popular", "page": 2, "ok": True, "none": None}),
             },
         )
@@ -203,7 +220,7 @@ def raw_garbage() -> st.SearchStrategy[tuple[bytes | None, int]]:
         st.sampled_from([b"null", b"1", b'"text"', b"true", b"1e400", b"NaN", b"{", b'{"a":"\xff"}', b""]).map(
             lambda v: (v, 1)
         ),
-        st.just((None, 1)),  # a tombstone
+        st.just((None, 1)),  # a tombstone (on users an erasure's: no letter, see message())
         st.just((b"[]", 0)),  # an empty batch: nothing to apply, nothing to reject
         st.just((b"[" + b"1," * MAX_EVENTS_PER_MESSAGE + b"1]", 1)),  # one element too many
         st.integers(0, 3).map(lambda n: (as_bytes([1, "x", None, [], 2.5][: n + 1]), n + 1)),
@@ -215,7 +232,9 @@ def message(kind: Kind, now_ms: int) -> st.SearchStrategy[Outgoing]:
     keys = st.binary(min_size=1, max_size=16)  # compacted topics refuse a message without a key
     if kind == "event":
         keys = st.one_of(st.none(), keys)
-    garbage = st.tuples(keys, raw_garbage()).map(lambda t: Outgoing(kind, t[0] or b"k", t[1][0], (), t[1][1]))
+    garbage = st.tuples(keys, raw_garbage()).map(
+        lambda t: Outgoing(kind, t[0] or b"k", t[1][0], (), 0 if t[1][0] is None and kind == "user" else t[1][1])
+    )  # a tombstone on users is an erasure's: nothing to apply, nothing wrong
     single = st.tuples(keys, hostile_object(kind, now_ms)).map(lambda t: Outgoing(kind, t[0], as_bytes(t[1]), (), 1))
     duplicated_key = valid_object(kind).map(lambda o: _duplicated_key(kind, o))
     choices = [garbage, single, single, duplicated_key]
@@ -331,6 +350,19 @@ async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.
     return letters
 
 
+def applied_once(events: list[dict]) -> list[dict]:
+    """The events a worker applies: a user's repeated ``event_id`` only the first time (the whole run is well
+    within the de-duplication window); a user's events are in one partition, so in the order sent."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for event in events:
+        key = (event["user_id"], event.get("event_id"))
+        if key[1] is None or key not in seen:
+            seen.add(key)
+            out.append(event)
+    return out
+
+
 def test_labels_agree_with_the_contract_module():
     """Every generated message decodes as its construction says (so the run below checks the worker, not us)."""
     now_ms = int(time.time() * 1000)
@@ -351,7 +383,9 @@ async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_on
     worker = worker_factory(settings)
     sources = await produce(settings, messages)
     expected_letters = Counter({src: m.rejected for src, m in zip(sources, messages, strict=True) if m.rejected})
-    n_events = len(valid["event"])
+    events = applied_once(valid["event"])
+    assert len(events) < len(valid["event"]), "the run repeats some user's event_id"
+    n_events = len(events)
     wait_until(lambda: applied_events(client, "rs") >= n_events, timeout_s=90, what="every valid event applied")
     letters = await dead_letters(settings, expected=expected_letters.total())
 
@@ -363,7 +397,6 @@ async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_on
     assert all(m.value == whole[h["source"].decode()] for m, h in zip(letters, headers, strict=True)
                if h["reason"].startswith(b"json:")), "an unparseable message goes to the DLQ as it came"  # fmt: skip
 
-    events = valid["event"]
     views = Counter(e["item_id"] for e in events if e["type"] == "view")
     clicks = Counter(e["item_id"] for e in events if e["type"] == "click")
     assert applied_events(client, "rs") == n_events
@@ -396,3 +429,141 @@ async def test_an_id_that_spells_another_keys_name_goes_to_the_dlq(isolated_sett
     assert worker.proc.poll() is None and applied_events(client, "rs") == 1
     [letter] = await dead_letters(settings, expected=1)
     assert b"item_id" in dict(letter.headers)["reason"] and client.get("rs:item:i1:similar") is not None
+
+
+# --- size limits, metric labels, partitions and clocks ----------------------------------------------
+
+SIZE_LIMITS = (DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES)
+
+
+def padded(obj: dict, size: int) -> bytes:
+    """``obj`` as JSON followed by spaces (still valid JSON) to exactly ``size`` bytes."""
+    raw = as_bytes(obj)
+    return raw + b" " * (size - len(raw))
+
+
+def poison(now_ms: int) -> list[Outgoing]:
+    """At limit − 1, limit and limit + 1 of each size limit, on each topic: a valid object padded to that size
+    (applied up to MAX_MESSAGE_BYTES) and bytes that are no JSON (dead-lettered, cut past DEAD_LETTER_MAX_BYTES)."""
+    out = []
+    for kind in TOP:
+        for size in (limit + d for limit in SIZE_LIMITS for d in (-1, 0, 1)):
+            name = f"p{size}"
+            obj = {
+                "event": {"type": "view", "user_id": name, "item_id": "i1", "ts": now_ms},
+                "item": {"op": "new", "item_id": name, "ts": now_ms},
+                "user": {"user_id": name, "ts": now_ms, "attributes": {"age": 30, "gender": "F"}},
+            }[kind]
+            fits = size <= MAX_MESSAGE_BYTES
+            out.append(Outgoing(kind, name.encode(), padded(obj, size), (obj,) if fits else (), int(not fits)))
+            out.append(Outgoing(kind, name.encode(), b"!" * size, (), 1))
+    return out
+
+
+async def test_poison_at_every_size_limit_is_cut_in_the_dlq_and_stops_no_partition(isolated_settings, worker_factory):
+    """A message just under faust's producer limit (1,000,000 bytes), dead-lettered whole, raised ProducerSendError
+    and stopped the events agent: no partition was applied again while the process lived. Every size limit, at
+    limit − 1, limit and limit + 1, on each topic the worker reads: the DLQ gets at most DEAD_LETTER_MAX_BYTES
+    of each with its size and reason, and every partition goes on."""
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis.url)
+    now_ms = int(time.time() * 1000)
+    messages = poison(now_ms)
+    after, n = [], settings.kafka.events_partitions
+    for p in range(n):  # then a valid event on every events partition
+        user = next(f"after{k}" for k in itertools.count() if partition_for(f"after{k}", n) == p)
+        event = {"type": "click", "user_id": user, "item_id": "i1", "ts": now_ms}
+        after.append(Outgoing("event", user.encode(), as_bytes(event), (event,), 0))
+    worker = worker_factory(settings)
+    sources = await produce(settings, messages + after)
+    valid = {kind: [o for m in messages + after if m.kind == kind for o in m.valid] for kind in TOP}
+    wait_until(lambda: applied_events(client, "rs") == len(valid["event"]) or not worker.alive(),
+               what="every valid event applied")  # fmt: skip
+    letters = await dead_letters(settings, expected=sum(m.rejected for m in messages))
+
+    assert worker.alive() and applied_events(client, "rs") == len(valid["event"])
+    last = {}
+    for source in sources:
+        topic, partition, offset = source.rsplit(":", 2)
+        last[f"{topic}:{partition}"] = max(int(offset), last.get(f"{topic}:{partition}", -1))
+    assert {k.decode(): int(v) for k, v in client.hgetall("rs:wm").items()} == last, "no partition stalled"
+    assert {k.decode() for k in client.hgetall("rs:user:seg")} == {u["user_id"] for u in valid["user"]}
+    items = {i["item_id"] for i in valid["item"]}
+    assert {k.decode()[len("rs:item:") :] for k in client.keys("rs:item:p*")} == items
+    sent = dict(zip(sources, messages, strict=False))
+    got = [(sent[dict(m.headers)["source"].decode()], m) for m in letters]
+    assert sorted(len(m.value) for m, _ in got) == sorted(len(m.value) for m in messages if m.rejected)
+    for message, letter in got:
+        headers = dict(letter.headers)
+        assert letter.value == message.value[:DEAD_LETTER_MAX_BYTES]
+        assert headers["size"] == str(len(message.value)).encode()
+        too_big = len(message.value) > MAX_MESSAGE_BYTES
+        assert headers["reason"].startswith(b"size:" if too_big else b"json:")
+
+
+async def test_a_made_up_field_name_never_becomes_a_metric_label(isolated_settings, worker_factory):
+    """A field the contract lacks is refused, and the DLQ metric's reason label was that field's name: any sender
+    could add Prometheus series without bound. The label is one of a fixed set."""
+    settings = isolated_settings
+    now_ms = int(time.time() * 1000)
+    made_up = [{"type": "view", "user_id": "u1", "item_id": "i1", "ts": now_ms, f"x_made_up_{k}": 1} for k in range(5)]
+    ok = {"type": "view", "user_id": "u1", "item_id": "i1", "ts": now_ms}
+    worker = worker_factory(settings)
+    await produce(settings, [Outgoing("event", b"u1", as_bytes(o), (), 1) for o in made_up]
+                  + [Outgoing("event", b"u1", as_bytes(ok), (ok,), 0)])  # fmt: skip
+    client = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: applied_events(client, "rs") == 1, what="the valid event")
+    pattern = r'recstream_worker_dead_letters_total\{reason="([^"]*)",topic="[^"]*"\} (\S+)'
+    labels = re.findall(pattern, worker.metrics())
+    assert labels == [("other", "5.0")]
+    assert "other" not in REASON_CODES and {"json", "size", "partition", "ts", "user_id"} <= REASON_CODES
+
+
+async def test_an_event_on_a_partition_its_user_does_not_hash_to_is_dead_lettered(isolated_settings, worker_factory):
+    """A producer with another partitioner puts a user's event where another worker may own the user: both would
+    write the user's history. The worker applies only events whose user hashes (murmur2) to the message's
+    partition, over the topic's partition count, and dead-letters the rest with the reason."""
+    settings = isolated_settings
+    n = settings.kafka.events_partitions
+    now_ms = int(time.time() * 1000)
+    home = partition_for("u1", n)
+    events = [{"type": "view", "user_id": "u1", "item_id": f"i{p}", "ts": now_ms + p} for p in range(n)]
+    worker = worker_factory(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for p, event in enumerate(events):  # i<p> on partition p: only i<home> is where u1 belongs
+            await producer.send_and_wait(settings.kafka.events_topic, as_bytes(event), key=b"u1", partition=p)
+    finally:
+        await producer.stop()
+    letters = await dead_letters(settings, expected=n - 1)
+    client = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: applied_events(client, "rs") >= 1, what="the event on u1's partition")
+    assert worker.alive() and {k.decode() for k in client.hkeys("rs:views")} == {f"i{home}"}
+    assert sorted(dict(m.headers)["source"].decode().rsplit(":", 2)[1] for m in letters) == [
+        str(p) for p in range(n) if p != home
+    ]
+    assert all(dict(m.headers)["reason"].startswith(b"partition: user 'u1' belongs to") for m in letters)
+    assert (
+        f'dead_letters_total{{reason="partition",topic="{settings.kafka.events_topic}"}} {n - 1}.0' in worker.metrics()
+    )
+
+
+async def test_a_timestamp_ahead_of_its_arrival_does_not_move_the_event_clock(isolated_settings, worker_factory):
+    """Events up to a day ahead pass validation (client clocks drift); their ts moved the worker's event clock
+    forward for good, and pool items graduated by age 23 hours early. The clock takes each event's ts only up to
+    its record's arrival."""
+    settings = isolated_settings.replace(pool_graduate_age_s=7200)
+    now_ms = int(time.time() * 1000)
+    hour = 3_600_000
+    item = ItemEvent(op="new", item_id="young", ts=now_ms - hour, created_ts=now_ms - hour)
+    worker = worker_factory(settings)
+    await publish(settings, items=[item])
+    client = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: client.zscore("rs:pool", "young") is not None, what="the item in the pool")
+    ahead = Event(type="view", user_id="u1", item_id="other", ts=now_ms + 23 * hour)
+    await publish(settings, events=[ahead, Event(type="view", user_id="u1", item_id="other", ts=now_ms - 1)])
+    wait_until(lambda: applied_events(client, "rs") == 2, what="both events")
+    assert worker.alive()
+    assert now_ms - 1 <= int(client.get("rs:clock")) <= int(time.time() * 1000)
+    assert client.zscore("rs:pool", "young") is not None and not client.sismember("rs:graduated", "young")

@@ -1,4 +1,4 @@
-"""The stream worker against the real broker and Redis: exact counters, kills, DLQ, pool rules."""
+"""The stream worker against the real broker and Redis: exact counters, kills, DLQ, pool rules, the ranker."""
 
 from __future__ import annotations
 
@@ -8,26 +8,52 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 from urllib.request import urlopen
 
 import numpy as np
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from recstream.models.ctr import quantized_global_ctr
+from recstream.models.ranker import FTRLConfig, FTRLRanker, auc
 from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis as AsyncRedis
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent, segment_of
+from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for, segment_of
+from recstream.contracts.keys import Keys
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_features
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, read_ranges
 from recstream.shell.infra import free_port
 from recstream.store.state import StateStore
 from recstream.store.state_dump import differing_keys, dump_state
 from tests.conftest import wait_until
-from tests.streams.scenario import T0, applied_events, for_prefix, publish, trained, world
+from tests.streams.scenario import (
+    T0,
+    applied_events,
+    for_prefix,
+    publish,
+    served,
+    served_vector,
+    trained,
+    world,
+)
 
 pytestmark = pytest.mark.integration
+
+KILLS = 3
+
+
+class Kill(NamedTuple):
+    """The applied-events counter just before a SIGKILL. Above ``before`` (the events published before the
+    previous kill, the most the worker killed then can have applied): the worker started after it applied a
+    batch. Below ``published`` (the events published so far): the killed worker was still applying."""
+
+    before: int
+    applied: int
+    published: int
 
 
 async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolated_settings, worker_factory):
@@ -62,10 +88,19 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
 
 
 async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_factory, tmp_path):
-    """SIGKILL a worker several times during a 100k+-event replay; its state equals a clean run's:
-    counters, rankings and pool exactly, user vectors to 1e-6, the same candidate lists."""
+    """SIGKILL a worker three times during a replay of 100k views and their clicks; its state equals a clean
+    run's: counters, rankings, pool and every partition's online ranker exactly, user vectors to 1e-6, the same
+    candidate lists.
+
+    The replay is published a quarter at a time (as bench/faults.py holds its stream per injection), and each
+    kill lands once the counter passed the events published before the previous kill and before it reaches
+    the events published so far: every kill hits a worker applying its quarter, each after the replacement
+    started at the previous kill got partitions and applied a batch (see :class:`Kill`). A 6 s consumer
+    session (``worker_session_timeout_s``, the broker's minimum; 10 s by default) is how long each
+    replacement waits for the dead member's partitions."""
     users, items, events = world(n_users=500, n_items=300, n_events=100_000, seed=2)
-    base = isolated_settings.replace(batch_max=40, pool_graduate_views=300)
+    events = served(events)
+    base = isolated_settings.replace(batch_max=40, pool_graduate_views=300, worker_session_timeout_s=6)
     client = redis.Redis.from_url(base.redis.url)
     clean, killed = await clean_and_other(base, "killed", tmp_path, events[:20_000], items, client)
     await publish(base, users=users, items=items)
@@ -73,23 +108,24 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     worker_factory(clean)
     for prefix in ("clean", "killed"):  # segments first, so both runs count events in the same segments
         wait_until(lambda p=prefix: client.hlen(f"{p}:user:seg") == len(users), what=f"{prefix} segments")
-    await publish(base, events=events, batch_events=20)
-    total = len(events)
 
-    rng = random.Random(3)
-    kills = 0
-    while applied_events(client, "killed") < total and kills < 4:
-        before = applied_events(client, "killed")
-        time.sleep(rng.uniform(1.5, 5.0))
-        if 0 < applied_events(client, "killed") < total or before == 0:
-            worker.kill()
-            kills += 1
-            worker = worker_factory(killed)
-    wait_until(lambda: applied_events(client, "killed") == total, timeout_s=180, what="killed run to finish")
-    wait_until(lambda: applied_events(client, "clean") == total, timeout_s=180, what="clean run to finish")
-    assert kills >= 3
+    kills: list[Kill] = []
+    published = 0
+    for k in range(KILLS):
+        before, published = published, len(events) * (k + 1) // (KILLS + 1)
+        await publish(base, events=events[before:published], batch_events=20)
+        wait_until(lambda b=before: applied_events(client, "killed") > b, timeout_s=90,
+                   what=f"a batch of kill {k + 1}'s worker")  # fmt: skip
+        kills.append(Kill(before, applied_events(client, "killed"), published))
+        worker.kill()
+        worker = worker_factory(killed)
+    await publish(base, events=events[published:], batch_events=20)
+    for prefix in ("killed", "clean"):
+        wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=180, what=f"{prefix} run")
+    assert len([kill for kill in kills if kill.before < kill.applied < kill.published]) >= KILLS, kills
     killed_state, clean_state = dump_state(client, "killed"), dump_state(client, "clean")
     assert sum(key.endswith(":vec") for key in clean_state) == len(users)
+    assert sum(key.startswith("ranker:") for key in clean_state) == base.kafka.events_partitions
     assert differing_keys(killed_state, clean_state) == []
 
 
@@ -154,7 +190,7 @@ async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolate
     good = b'{"type":"view","user_id":"u1","item_id":"i1","ts":%d}' % T0
     bad_json = b"{oops"
     unsafe_id = b'{"type":"view","user_id":"u 1","item_id":"i1","ts":%d}' % T0
-    click = b'{"type":"click","user_id":"u2","item_id":"i1","ts":%d}' % T0
+    click = b'{"type":"click","user_id":"u1","item_id":"i1","ts":%d}' % T0
     mixed = b"[%s, %s, %s]" % (good, unsafe_id, click)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     await producer.start()
@@ -227,7 +263,7 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     partitions = {k.decode() for k in client.hgetall("two:wm")}
     assert len([p for p in partitions if p.startswith("events")]) == isolated_settings.kafka.events_partitions
     one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
-    assert [k for k in one_state if one_state[k] != two_state.get(k)] == []
+    assert differing_keys(one_state, two_state) == []
     assert np.isfinite(float(client.get("two:prior")))
 
 
@@ -249,7 +285,7 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
         raise AssertionError(letters)
 
     client = AsyncRedis.from_url(settings.redis.url)
-    unreachable = settings.replace(**{"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    unreachable = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
                                read_log=partial(read_ranges, unreachable))  # fmt: skip
     try:
@@ -263,3 +299,154 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
         await client.aclose()
     assert sorted(seen) == [b"i0", b"i1", b"i2"]
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
+
+
+def duplicates_dropped(worker) -> float:
+    return sum(float(line.split()[-1]) for line in worker.metrics().splitlines()
+               if line.startswith("recstream_worker_duplicate_events_total{"))  # fmt: skip
+
+
+async def test_a_repeated_event_id_is_applied_once_also_across_a_worker_restart(isolated_settings, worker_factory):
+    """A client that retries a request whose first try reached the broker sends its events again; the worker
+    applies a user's event_id once within dedup_window_s, however the copies are cut into messages and whichever
+    worker reads them. Another user's same id is another event."""
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis.url)
+    now_ms = int(time.time() * 1000)
+    click = Event(type="click", user_id="u1", item_id="i1", ts=now_ms, event_id="e1")
+    worker = worker_factory(settings)
+    await publish(settings, events=[click])
+    await publish(settings, events=[click, click.model_copy(update={"user_id": "u2"})])  # another message
+    wait_until(lambda: client.hlen("rs:wm") == 2 and applied_events(client, "rs") >= 2, what="both messages")
+    assert applied_events(client, "rs") == 2 and duplicates_dropped(worker) == 1
+    worker.stop()
+    worker = worker_factory(settings)
+    view = Event(type="view", user_id="u1", item_id="i2", ts=now_ms, event_id="e2")
+    await publish(settings, events=[click, view])
+    wait_until(lambda: client.hget("rs:views", "i2") is not None, what="the message after the restart")
+    assert applied_events(client, "rs") == 3 and client.hget("rs:clicks", "i1") == b"2"
+    assert duplicates_dropped(worker) == 1
+    ttls = [client.pttl(key) for key in client.scan_iter(match="rs:eids:*")]
+    assert ttls and all(0 < ttl <= settings.worker.dedup_window_s * 1000 for ttl in ttls), "the ids expire"
+
+
+async def test_an_event_id_repeated_after_the_window_is_applied_again(isolated_settings, worker_factory):
+    """The window is measured between the records' arrival (their Kafka timestamps): a copy at most
+    dedup_window_s after the applied one is dropped, a later one is a new event."""
+    settings = isolated_settings
+    window_ms = settings.worker.dedup_window_s * 1000
+    first = int(time.time() * 1000) - 2 * window_ms
+    value = Event(type="view", user_id="u1", item_id="i1", ts=first, event_id="e1").model_dump_json().encode()
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    await producer.start()
+    try:
+        for arrival in (first, first + window_ms - 1, first + window_ms, first + window_ms + 1):
+            await producer.send_and_wait(settings.kafka.events_topic, value, key=b"u1", timestamp_ms=arrival)
+    finally:
+        await producer.stop()
+    client = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: duplicates_dropped(worker) == 2, what="the two copies within the window dropped")
+    assert applied_events(client, "rs") == 2
+
+
+def ranker_states(client: redis.Redis, settings: Settings) -> dict[int, bytes | None]:
+    keys = Keys(settings.redis.prefix)
+    topic = settings.kafka.events_topic
+    return {p: client.get(keys.ranker(topic, p)) for p in range(settings.kafka.events_partitions)}
+
+
+def broken(events: list[Event], seed: int) -> tuple[list[Event], Counter[str]]:
+    """``events`` with about one in ten followed by a copy the ranker must skip, and how many of each reason."""
+    rng = random.Random(seed)
+    values = {
+        "no_features": None,
+        "other_version": "00000000:" + ",".join(["1"] * len(FEATURES)),
+        "malformed": FEATURE_VERSION + ":" + ",".join(["1"] * (len(FEATURES) + 1)),
+    }
+    mixed, skipped = [], Counter()
+    for k, e in enumerate(events):
+        mixed.append(e)
+        if rng.random() < 0.1:
+            reason = rng.choice(sorted(values))
+            context = None if values[reason] is None else {CONTEXT_KEY: values[reason]}
+            mixed.append(e.model_copy(update={"context": context, "event_id": f"x{k}"}))
+            skipped[reason] += 1
+    return mixed, skipped
+
+
+def scraped(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition by (name, sorted labels)."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_the_ranker_learns_each_partitions_served_rows_once_and_counts_the_rest(
+    isolated_settings, worker_factory
+):
+    """Views and clicks carrying served vectors (clicked items were served as personal, the rest as popular),
+    mixed with events the ranker must skip. Each partition's stored ranker equals one trained independently on
+    that partition's valid rows in offset order (the skipped events changed nothing); the states averaged score
+    personal above popular; the worker counts rows by label and skips by reason, and its online AUC is the
+    AUC of the independent run's progressive predictions."""
+    settings = isolated_settings.replace(batch_max=30)
+    _, _, events = world(n_users=80, n_items=50, n_events=3_000, seed=7)
+    events, skipped = broken(served(events), seed=8)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    await publish(settings, events=events, batch_events=7)
+    wait_until(lambda: applied_events(client, "rs") == len(events), what="all events applied")
+
+    r = settings.ranker
+    config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+    expected = {p: FTRLRanker(len(FEATURES), config) for p in range(settings.kafka.events_partitions)}
+    predictions, labels = [], []
+    for p, ranker in expected.items():
+        mine = [e for e in events if partition_for(e.user_id, settings.kafka.events_partitions) == p]
+        rows = [(decode_features(e.context.get(CONTEXT_KEY)), e.type == "click") for e in mine if e.context]
+        rows = [(x, y) for x, y in rows if x is not None]
+        ranker.update(np.array([x for x, _ in rows]), [y for _, y in rows], predictions)
+        labels += [y for _, y in rows]
+    stored = ranker_states(client, settings)
+    assert stored == {p: ranker.to_bytes() for p, ranker in expected.items()}
+
+    vectors = np.array([served_vector("personal"), served_vector("popular")])
+    personal, popular = np.mean([FTRLRanker.from_bytes(state).score(vectors) for state in stored.values()], axis=0)
+    assert personal > popular
+
+    clicks = sum(labels)
+    want = {("recstream_worker_ranker_rows_total", (("label", "click"),)): clicks,
+            ("recstream_worker_ranker_rows_total", (("label", "view"),)): len(labels) - clicks}  # fmt: skip
+    want |= {("recstream_worker_ranker_rows_skipped_total", (("reason", k),)): n for k, n in skipped.items()}
+    topic = settings.kafka.events_topic
+    want |= {
+        ("recstream_worker_ranker_updates", (("partition", str(p)), ("topic", topic))): ranker.n_updates
+        for p, ranker in expected.items()
+    }
+    wait_until(lambda: {k: scraped(worker.metrics()).get(k) for k in want} == want, what="the ranker's counters")
+    assert scraped(worker.metrics())[("recstream_worker_ranker_online_auc", ())] == pytest.approx(
+        auc(predictions, labels), abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["training-on", "training-off"])
+async def test_training_off_reads_and_writes_no_ranker_state(isolated_settings, train):
+    settings = isolated_settings.replace(ranker_train=train)
+    topic = settings.kafka.events_topic
+    _, _, events = world(n_users=5, n_items=5, n_events=20, seed=9)
+
+    async def no_dead_letters(letters: list[DeadLetter]) -> None:
+        raise AssertionError(letters)
+
+    client = AsyncRedis.from_url(settings.redis.url)
+    processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters)
+    try:
+        await processor.process([Message(topic, 2, 0, encode(served(events)))])
+    finally:
+        await client.aclose()
+    state = ranker_states(redis.Redis.from_url(settings.redis.url), settings)[2]
+    assert (state is not None) == train

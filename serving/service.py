@@ -1,111 +1,55 @@
-"""What each route does with Redis, Kafka and the snapshot, with the degraded-mode rules in one place.
+"""The reader's service: what each route does with Redis, Kafka and the snapshot (serving/app.py calls it).
 
-Degraded mode: every Redis round trip of a request runs under ``reader_redis_timeout_s``. A
-timeout or error answers the request from the in-process popular list with ``degraded: true``
-(never a 5xx). After TRIP_AFTER failures in a row the next requests skip Redis for COOLDOWN_S, so
-a dead Redis costs no connection attempt per request while one slow reply degrades only its own
-request; the first request after the cooldown tries again, so the reader recovers by itself.
+A feed costs two Redis round trips (serving/feed_store.py), each under the guard (serving/guard.py):
+when Redis fails or is skipped, the feed is answered from the in-process popular list with
+``degraded: true``, never a 5xx. Writes go to Kafka first, the log being the source of truth
+(serving/publish.py). The errors it raises, and the HTTP answers they become: serving/errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 import orjson
 from recstream.serving import metrics
 from recstream.serving.blend import SOURCES, Served
-from recstream.serving.feed import Variants, build_page, degraded_page
-from recstream.serving.feed_state import Cursor, FeedStore, parse_preferences
+from recstream.serving.click_guard import ClickGuard
+from recstream.serving.cursor import Cursor
+from recstream.serving.errors import EventsRejected, NotFound, RedisUnavailable, SessionExpired
+from recstream.serving.feed import build_page, degraded_page
+from recstream.serving.feed_query import FEED_ROUTE
+from recstream.serving.feed_store import FeedStore
+from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
-from recstream.serving.publish import Publisher
+from recstream.serving.publish import Publisher, attribute, with_event_ids
+from recstream.serving.ranking import MODES
 from recstream.serving.redis_wire import RedisWire
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
+from recstream.serving.user_state import parse_preferences
+from recstream.serving.variants import Variants
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeout
 
-from recstream.contracts.events import Event, Rejected, UserEvent, decode
+from recstream.contracts.events import Rejected, UserEvent, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-COOLDOWN_S = 0.25
-TRIP_AFTER = 3
-PUBLISH_TIMEOUT_S = 10.0
-FEED_ROUTE = "/v1/feed/{user_id}"
+SIMILAR_ROUTE = "/v1/items/{item_id}/similar"
+MAX_REASONS = 10
+"""Rejection reasons a 422 names; the rest are counted."""
 
 
-class RedisUnavailable(Exception):
-    """A round trip failed or was skipped; ``cause`` is a metric label: timeout, error or skipped."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
-
-
-class NotFound(LookupError):
-    pass
-
-
-class SessionExpired(LookupError):
-    pass
-
-
-class KafkaUnavailable(Exception):
-    pass
-
-
-class EventsRejected(ValueError):
-    def __init__(self, reasons: list[str]) -> None:
-        super().__init__("; ".join(reasons))
-        self.reasons = reasons
-
-
-class RedisGuard:
-    """Turns a failed round trip into RedisUnavailable; after TRIP_AFTER in a row, skips Redis for COOLDOWN_S."""
-
-    def __init__(self) -> None:
-        self._failures = 0
-        self._skip_until = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return time.monotonic() >= self._skip_until
-
-    async def __call__(self, round_trip: Callable[[], Awaitable[T]]) -> T:
-        if not self.ok:
-            raise RedisUnavailable("skipped")
-        try:
-            result = await round_trip()
-        except RedisTimeout as exc:  # the wire's own timeout (see serving/redis_wire.py)
-            self._failed()
-            raise RedisUnavailable("timeout") from exc
-        except (RedisError, OSError) as exc:
-            self._failed()
-            raise RedisUnavailable("error") from exc
-        self._failures = 0
-        return result
-
-    def _failed(self) -> None:
-        self._failures += 1
-        if self._failures >= TRIP_AFTER:
-            self._skip_until = time.monotonic() + COOLDOWN_S
-
-
-class Reader:
+class FeedService:
     """The reader's state: one Redis client, the snapshot and its loader, the Kafka publisher, live stats."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        self.wire = RedisWire(settings.redis.url, settings.reader.redis_timeout_s)
+        self.wire = RedisWire(
+            settings.redis.url, settings.reader.redis_timeout_s, settings.reader.redis_connect_timeout_s
+        )
         self.store = FeedStore(self.wire, self.keys)
         self.snapshot = Snapshot()
         # its own connection: a reload's large replies never queue ahead of a feed's
@@ -114,9 +58,11 @@ class Reader:
         self.guard = RedisGuard()
         self.stats = LiveStats()
         self.variants = Variants(settings)
+        self.clicks = ClickGuard(self.wire, self.keys, settings.reader, self.guard)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
-        metrics.create_zero_series(FEED_ROUTE, SOURCES)
+        self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
+        metrics.create_zero_series(FEED_ROUTE, SOURCES, MODES)
         self._loader_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -131,9 +77,7 @@ class Reader:
             self._loader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loader_task
-        with contextlib.suppress(Exception):  # a Kafka that is down must not hold the shutdown hostage
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.publisher.close()
+        await self.publisher.close()
         await self.wire.close()
         await self.loader.wire.close()
 
@@ -149,22 +93,30 @@ class Reader:
             user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
         except RedisUnavailable as exc:
             items = degraded_page(self.snapshot, limit)
-            return self._feed_answer(user_id, items, cursor, seed, "degraded", exc.cause, 1, started, arm.label)
+            return self._feed_answer(
+                user_id, items, cursor, seed, "degraded", "degraded", exc.cause, 1, started, arm.label
+            )
         if cursor is not None and not user.session_found:
             self._trips.observe(1)
             raise SessionExpired(f"cursor {cursor.text} names no live session: it expired or was never issued")
         page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic())
-        kind = "warm" if page.warm else "cold"
+        kind, mode = "warm" if page.warm else "cold", page.mode
         if not page.items:
-            return self._feed_answer(user_id, [], None, seed, kind, None, 1, started, arm.label)
+            return self._feed_answer(user_id, [], None, seed, kind, mode, None, 1, started, arm.label)
+        r = self.settings.reader
+        cap = r.sessions_per_user if user.known else r.anonymous_sessions
         try:
             await self.guard(
-                lambda: self.store.record(user_id, position.session, page.items, self.settings.reader.session_ttl_s)
+                lambda: self.store.record(
+                    user_id, position.session, page.items, page.vectors, r.session_ttl_s, user.known, cap
+                )
             )
         except RedisUnavailable as exc:  # the page is good, but its session could not remember it
-            return self._feed_answer(user_id, page.items, cursor, seed, "degraded", exc.cause, 2, started, arm.label)
+            return self._feed_answer(
+                user_id, page.items, cursor, seed, "degraded", mode, exc.cause, 2, started, arm.label
+            )
         following = None if position.last else position
-        return self._feed_answer(user_id, page.items, following, seed, kind, None, 2, started, arm.label)
+        return self._feed_answer(user_id, page.items, following, seed, kind, mode, None, 2, started, arm.label)
 
     def _feed_answer(
         self,
@@ -173,27 +125,30 @@ class Reader:
         cursor: Cursor | None,
         seed: int,
         kind: str,
+        mode: str,
         degraded_cause: str | None,
         trips: int,
         started: float,
         variant: str | None,
     ) -> dict:
-        """The response body, plus every metric and live figure of a served feed."""
+        """The response body, plus every metric and live figure of a served feed.
+
+        ``kind`` is warm, cold or degraded (no session or no Redis); ``mode`` how the items were chosen
+        (serving/ranking.MODES: a ranked page whose session write failed is still ranked).
+        """
         now = time.monotonic()
         counts: dict[str, int] = defaultdict(int)
         for served in items:
             counts[served.source] += 1
         for source, n in counts.items():
             self._served[source].inc(n)
-            self.stats.add(f"served:{source}", n)
         metrics.RECENTLY_SERVED.add((s.item for s in items), now)
         metrics.FEEDS.labels(kind).inc()
+        self._modes[mode].inc()
         self._trips.observe(trips)
-        self.stats.add("feeds")
         if degraded_cause is not None:
             metrics.DEGRADED.labels(FEED_ROUTE, degraded_cause).inc()
-            self.stats.add("degraded")
-        self.stats.latency(time.perf_counter() - started)
+        self.stats.feed(counts, degraded_cause is not None, time.perf_counter() - started)
         categories = self.snapshot.categories
         return {
             "user_id": user_id,
@@ -203,6 +158,8 @@ class Reader:
                     "source": s.source,
                     "reason": s.reason,
                     "categories": list(categories.get(s.item, now) or ()),
+                    "score": s.score,
+                    "top_feature": s.top_feature,
                 }
                 for s in items
             ],
@@ -210,6 +167,7 @@ class Reader:
             "session": cursor.session if cursor is not None else None,
             "model_version": self.snapshot.model_version,
             "warm": kind == "warm",
+            "ranked": mode == "ranked",
             "degraded": degraded_cause is not None,
             "seed": seed,
             "variant": variant,
@@ -227,7 +185,7 @@ class Reader:
                 )
             )
         except RedisUnavailable as exc:
-            metrics.DEGRADED.labels("/v1/items/{item_id}/similar", exc.cause).inc()
+            metrics.DEGRADED.labels(SIMILAR_ROUTE, exc.cause).inc()
             return {"item_id": item_id, "items": [], "degraded": True}
         if not known and raw is None:
             raise NotFound(f"item {item_id!r} is not known")
@@ -272,35 +230,12 @@ class Reader:
                     ("HMGET", self.keys("totals"), "views", "clicks"), ("GET", self.keys("clock"))
                 )
             )
-            readings = {"applied:views": int(views or 0), "applied:clicks": int(clicks or 0)}
-            readings["applied"] = readings["applied:views"] + readings["applied:clicks"]
-            previous = self.stats.latest("applied")
-            if clock is not None and previous is not None and readings["applied"] > previous:
-                # events were applied since the last reading: the newest one's age (event time → now)
-                readings["freshness_ms"] = max(time.time() * 1000 - int(clock), 0.0)
-            self.stats.read(readings)
-        feeds = self.stats.rate("feeds")
-        totals = self.stats.totals
-        ctr = {}
-        for source in SOURCES:
-            views, clicks = totals[f"view:{source}"], totals[f"click:{source}"]
-            ctr[source] = clicks / views if views else None
-        return {
-            "feeds_per_s": feeds,
-            "events_per_s": self.stats.rate("events"),
-            "clicks_per_s": self.stats.rate("clicks"),
-            "degraded_share": self.stats.rate("degraded") / feeds if feeds else 0.0,
-            "feed_p50_ms": self.stats.latency_ms(0.5),
-            "feed_p99_ms": self.stats.latency_ms(0.99),
-            "served_by_source": {s: totals[f"served:{s}"] for s in SOURCES},
-            "ctr_by_source": ctr,
-            "pool_items": len(self.snapshot.pool.items),
-            "model_version": self.snapshot.model_version,
-            "redis": self.guard.ok and self.loader.healthy,
-            "applied_events_per_s": self.stats.reading_rate("applied"),
-            "online_ctr": self.stats.reading_ratio("applied:clicks", "applied:views"),
-            "freshness_p99_ms": self.stats.reading_quantile("freshness_ms", 0.99),
-        }
+            self.stats.read_workers(
+                int(views or 0), int(clicks or 0), None if clock is None else int(clock), time.time() * 1000
+            )
+        return self.stats.figures(
+            len(self.snapshot.pool.items), self.snapshot.model_version, self.guard.ok and self.loader.healthy
+        )
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -312,7 +247,7 @@ class Reader:
         event = UserEvent(
             user_id=user_id, ts=int(time.time() * 1000), preferred_categories=categories, not_interested=not_interested
         )
-        await self._publish(self.publisher.user(event))
+        await self.publisher.user(event)
         value = orjson.dumps({"categories": categories, "not_interested": not_interested})
         try:
             await self.guard(lambda: self.wire.call("SET", self.keys.user(user_id, "prefs"), value))
@@ -320,60 +255,29 @@ class Reader:
             return False
         return True
 
-    async def accept_events(self, body: bytes) -> dict:
-        """Validate like the workers do (contracts.events.decode), stamp variants and sources, publish, confirm."""
+    async def accept_events(self, body: bytes, client: str) -> dict:
+        """Validate like the workers do (contracts.events.decode), give each an id, apply the click limits of
+        ``client`` (serving/click_guard.py), stamp variants and sources, publish, confirm."""
         events, rejected = decode(body, "event", int(time.time() * 1000))
         if rejected:
-            raise EventsRejected([r.reason for r in rejected[:10]] + _more(rejected))
+            raise EventsRejected([r.reason for r in rejected[:MAX_REASONS]] + _more(rejected))
         if not events:
             raise EventsRejected(["event: no events in the body"])
-        events, attributed = await self._attribute(self.variants.stamp(events))
-        await self._publish(self.publisher.events(events))
+        received = len(events)
+        events = await self.clicks.admit(client, with_event_ids(events))
+        events, attributed = await attribute(
+            self.variants.stamp(events), lambda wanted: self.guard(lambda: self.store.sources(wanted))
+        )
+        await self.publisher.events(events)
+        published = []
         for event in events:
             source = (event.context or {}).get("source")
             label = source if source in SOURCES else "none" if source is None else "other"
             metrics.EVENTS.labels(event.type, label).inc()
-            self.stats.add(f"{event.type}:{label}")
-        self.stats.add("events", len(events))
-        self.stats.add("clicks", sum(e.type == "click" for e in events))
-        return {"accepted": len(events), "attributed": attributed}
-
-    async def _attribute(self, events: list[Event]) -> tuple[list[Event], int]:
-        """Fill ``context.source`` from the scroll session named by ``context.feed``, in one round trip.
-
-        Best effort: without Redis the events go out as they came.
-        """
-        wanting = {
-            k: (e.user_id, e.context["feed"], e.item_id)
-            for k, e in enumerate(events)
-            if e.context and "source" not in e.context and len(e.context) < 16 and _is_session(e.context.get("feed"))
-        }
-        if not wanting:
-            return events, 0
-        try:
-            sources = await self.guard(lambda: self.store.sources(list(wanting.values())))  # type: ignore[arg-type]
-        except RedisUnavailable:
-            return events, 0
-        events = list(events)
-        attributed = 0
-        for k, source in zip(wanting, sources, strict=True):
-            if source is not None:
-                events[k] = events[k].model_copy(update={"context": {**events[k].context, "source": source}})  # type: ignore[dict-item]
-                attributed += 1
-        return events, attributed
-
-    async def _publish(self, sending: Awaitable[None]) -> None:
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await sending
-        except Exception as exc:  # any Kafka client failure: the write is refused, the reader stays up
-            log.warning("publishing to Kafka failed: %r", exc)
-            raise KafkaUnavailable(f"Kafka did not acknowledge the write: {type(exc).__name__}") from exc
-
-
-def _is_session(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+            published.append((event.type, label))
+        self.stats.events(published)
+        return {"accepted": len(events), "attributed": attributed, "dropped": received - len(events)}
 
 
 def _more(rejected: list[Rejected]) -> list[str]:
-    return [f"... and {len(rejected) - 10} more"] if len(rejected) > 10 else []
+    return [f"... and {len(rejected) - MAX_REASONS} more"] if len(rejected) > MAX_REASONS else []

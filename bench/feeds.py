@@ -1,24 +1,31 @@
-"""Reader throughput and latency: one `recstream serve` process, Redis co-located, a load generator beside them.
+"""Feed throughput and latency of one reader (`recstream serve`), Redis co-located, a load generator beside them.
 
-    .venv/bin/python -m bench.reader
+    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000]
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
 
 1. starts its own redis-server (recstream.shell.infra, a temporary run folder, a free port);
-2. fills it in the workers' key layout (recstream/keys.py) at a realistic size: 5,000 items in 21
-   segments' smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment,
-   history and personal candidates as long as the workers keep them (settings.model.history_cap and
-   candidates_m), a 200-item seen set) and 5,000 cold users (segment only);
+2. writes a synthetic state itself, in the workers' key layout (recstream/contracts/keys.py; no worker
+   runs: the benchmark measures the reader), at a realistic size: 5,000 items in 21 segments'
+   smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment, history and
+   personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
+   200-item seen set) and 5,000 cold users (segment only);
 3. starts the reader as a uvicorn subprocess (uvloop + httptools, access log off);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
-   closed loop at fixed concurrency for warm and for cold users (throughput, p50, p99), then an
-   open loop at a fixed offered rate below saturation, where latency is measured from each request's
-   *scheduled* send time (no coordinated omission);
-5. prints a table, checks the reader's own Redis round-trip histogram (≤ 2 per feed) and writes
-   ``reader_feeds_per_s`` (warm, closed loop) and ``reader_p99_ms`` (warm, fixed rate) to results.json.
+   closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
+   below saturation, where latency is measured from each request's *scheduled* send time (no
+   coordinated omission). Baseline in the same run, both ways: the same reader's empty route
+   (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
+5. prints a table and fails the run (exit 1, nothing recorded) when a phase has more than 0.1% of
+   non-200 or degraded answers (bench/common.check_answers) or when any feed request took more than 2
+   Redis round trips (the reader's own histogram); otherwise writes ``reader_feeds_per_s`` (warm users,
+   closed loop) and ``reader_p99_ms`` (warm users, fixed rate) to results.json, each with the empty
+   route's figure as its baseline.
 
-The machine's 2 cores are shared by the reader, Redis and the load generator, as in production's
-worst case of co-location; the figures are a floor for a reader with a core of its own.
+feeds/s counts only good answers (200, not degraded); latencies are over every answer, since a
+degraded one is the slow kind (its Redis call timed out). The machine's 2 cores are shared by the
+reader, Redis and the load generator, as in production's worst case of co-location; the figures are
+a floor for a reader with a core of its own.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ import asyncio
 import os
 import random
 import re
+import shutil
+import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ProcessPoolExecutor
-from datetime import date
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -42,19 +50,19 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import RESULTS, record, show
+from bench.common import RESULTS, ROOT, check_answers, fail, figure, record, show
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
 
-COMMAND = ".venv/bin/python -m bench.reader"
-REPO = Path(__file__).resolve().parents[1]
+COMMAND = ".venv/bin/python -m bench.feeds"
 CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "film", "kids", "docs"]
 SEGMENTS = [f"age{a}.{g}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+") for g in "MF"]
 SEGMENTS += [f"age{a}" for a in ("0-17", "18-24", "25-34", "35-44", "45-55", "56+")] + ["M", "F", "default"]
 N_ITEMS, N_POOL, N_WARM, N_COLD = 5_000, 500, 5_000, 5_000
 FEED_PATH = "/v1/feed/%s?limit=20"
+EMPTY_PATH = "/healthz?user=%s"  # the baseline: same request shape, the route answers without Redis
 _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 
 
@@ -163,19 +171,22 @@ async def _open(port: int, path: str, users: list[str], rate: float, seconds: fl
 
 
 def load(mode: str, port: int, path: str, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
-    """One phase in this (child) process: latencies in ms, non-200 and degraded counts."""
+    """One phase in this (child) process: good answers per second, latencies of every answer in ms, non-200 and
+    degraded counts."""
     import uvloop
 
     closed = mode == "closed"
     run = _closed(port, path, users, concurrency, seconds) if closed else _open(port, path, users, rate, seconds)
     latencies, errors, degraded = uvloop.run(run)
     ms = np.asarray(latencies) * 1000
+    good = len(ms) - errors - degraded  # a degraded answer is a 200 too
+    quantile = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
     return {
         "requests": len(ms),
-        "per_s": len(ms) / seconds,
-        "p50": float(np.percentile(ms, 50)),
-        "p99": float(np.percentile(ms, 99)),
-        "p999": float(np.percentile(ms, 99.9)),
+        "per_s": good / seconds,
+        "p50": quantile(50),
+        "p99": quantile(99),
+        "p999": quantile(99.9),
         "errors": errors,
         "degraded": degraded,
     }
@@ -184,34 +195,64 @@ def load(mode: str, port: int, path: str, users: list[str], concurrency: int, ra
 # --- orchestration --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    mode: str  # "closed" (fixed concurrency) or "open" (fixed offered rate)
+    path: str
+    users: list[str]
+    seconds: float
+    checked: bool = True  # the warm-up's answers are discarded unchecked
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def round_trips(port: int) -> tuple[float, float]:
-    """(mean, max) Redis round trips per feed request, from the reader's own histogram."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def round_trips(metrics: str) -> tuple[int, int]:
+    """(feed requests, those with more than 2 Redis round trips), from the reader's own histogram."""
     route = 'route="/v1/feed/{user_id}"'
-    total = float(re.search(rf"recstream_reader_redis_round_trips_sum\{{{route}\}} (\S+)", text).group(1))
-    count = float(re.search(rf"recstream_reader_redis_round_trips_count\{{{route}\}} (\S+)", text).group(1))
-    within = float(re.search(rf'recstream_reader_redis_round_trips_bucket\{{le="2.0",{route}\}} (\S+)', text).group(1))
-    if count == 0:  # --path named another route
-        return 0.0, 0.0
-    return total / count, 2.0 if within == count else float("inf")
+    count = re.search(rf"recstream_reader_redis_round_trips_count\{{{route}\}} (\S+)", metrics)
+    within = re.search(rf'recstream_reader_redis_round_trips_bucket\{{le="2.0",{route}\}} (\S+)', metrics)
+    if count is None or within is None:
+        return 0, 0
+    return int(float(count.group(1))), int(float(count.group(1)) - float(within.group(1)))
 
 
-def main() -> None:
+def measure(phases: list[Phase], reader: infra.Child, args: argparse.Namespace) -> tuple[Table, dict[str, dict]]:
+    """Every phase through the load generator's process; the table of the checked ones and their results."""
+    table = Table(title=f"reader: GET {args.path % '{user}'} (one process; Redis and the load on the same cores)")
+    columns = ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "reader CPU µs/feed", "non-200", "degraded")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    results = {}
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        for phase in phases:
+            cpu = cpu_seconds(reader.proc.pid)
+            job = pool.submit(load, phase.mode, reader.port, phase.path, phase.users, args.concurrency, args.rate,
+                              phase.seconds)  # fmt: skip
+            results[phase.name] = r = job.result()
+            micros = (cpu_seconds(reader.proc.pid) - cpu) / max(r["requests"], 1) * 1e6
+            if phase.checked:
+                table.add_row(
+                    phase.name, f"{r['per_s']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['p999']:.1f}",
+                    f"{micros:,.0f}", str(r["errors"]), str(r["degraded"]),
+                )  # fmt: skip
+    return table, results
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
-    parser.add_argument("--rate", type=float, default=1_000.0, help="offered feeds/s of the open-loop phase")
-    parser.add_argument("--path", default=FEED_PATH, help="request path, %%s is the user id")
+    parser.add_argument("--rate", type=float, default=1_000.0, help="offered feeds/s of the open-loop phases")
+    parser.add_argument("--path", default=FEED_PATH, help="feed request path, %%s is the user id")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     console = Console(width=150)
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-reader-"))
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-feeds-"))
     settings = load_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         run_dir=run_dir,
@@ -225,69 +266,50 @@ def main() -> None:
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
         reader = infra.Child("serve", settings, run_dir / "reader.log")
         reader.wait_ready()
-        port = reader.port
         warm = [f"w{n}" for n in range(N_WARM)]
         cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
+        closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
         phases = [
-            ("warm-up", "closed", warm, min(args.seconds, 3.0)),
-            (f"warm users, {args.concurrency} connections", "closed", warm, args.seconds),
-            (f"cold users, {args.concurrency} connections", "closed", cold, args.seconds),
-            (f"warm users, {args.rate:,.0f} feeds/s offered", "open", warm, args.seconds),
+            Phase("warm-up", "closed", args.path, warm, min(args.seconds, 3.0), checked=False),
+            Phase(f"baseline: empty route, {closed}", "closed", EMPTY_PATH, warm, args.seconds),
+            Phase(f"warm users, {closed}", "closed", args.path, warm, args.seconds),
+            Phase(f"cold users, {closed}", "closed", args.path, cold, args.seconds),
+            Phase(f"baseline: empty route, {offered}", "open", EMPTY_PATH, warm, args.seconds),
+            Phase(f"warm users, {offered}", "open", args.path, warm, args.seconds),
         ]
         load_before = os.getloadavg()[0]
-        table = Table(title=f"reader: GET {args.path % '{user}'} (one process; Redis and the load on the same cores)")
-        columns = ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "reader CPU µs/feed", "non-200", "degraded")
-        for column in columns:
-            table.add_column(column, justify="left" if column == "phase" else "right")
-        results = {}
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            for name, mode, users, seconds in phases:
-                cpu = cpu_seconds(reader.proc.pid)
-                job = pool.submit(load, mode, port, args.path, users, args.concurrency, args.rate, seconds)
-                results[name] = r = job.result()
-                micros = (cpu_seconds(reader.proc.pid) - cpu) / max(r["requests"], 1) * 1e6
-                if name != "warm-up":
-                    table.add_row(
-                        name,
-                        f"{r['per_s']:,.0f}",
-                        f"{r['p50']:.1f}",
-                        f"{r['p99']:.1f}",
-                        f"{r['p999']:.1f}",
-                        f"{micros:,.0f}",
-                        str(r["errors"]),
-                        str(r["degraded"]),
-                    )
-        mean_trips, max_trips = round_trips(port)
-        show(table, console)
-        console.print(f"Redis round trips per feed request: mean {mean_trips:.2f}, max {max_trips:.0f}")
-        console.print(
-            f"{os.cpu_count()} cores; 1-min load average {load_before:.2f} before, "
-            f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every figure)"
-        )
-        warm_closed, warm_open = results[phases[1][0]], results[phases[3][0]]
-        if not args.no_record:
-            today = date.today().isoformat()
-            record(
-                {
-                    "reader_feeds_per_s": {
-                        "value": round(warm_closed["per_s"]),
-                        "unit": "feeds/s",
-                        "command": f"{COMMAND}  # warm users, {args.concurrency} connections",
-                        "date": today,
-                    },
-                    "reader_p99_ms": {
-                        "value": round(warm_open["p99"], 1),
-                        "unit": "ms",
-                        "command": f"{COMMAND}  # warm users at {args.rate:,.0f} feeds/s offered",
-                        "date": today,
-                    },
-                }
-            )
-            console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(REPO)}")
+        table, results = measure(phases, reader, args)
+        feeds, over_two = round_trips(reader.metrics())
     finally:
         if reader is not None:
             reader.stop()
         console.print(infra.stop(infra.redis_service(settings)))
+        shutil.rmtree(run_dir, ignore_errors=True)
+    show(table, console)
+    console.print(f"feed requests with more than 2 Redis round trips: {over_two:,} of {feeds:,}")
+    console.print(
+        f"{os.cpu_count()} cores; 1-min load average {load_before:.2f} before, "
+        f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every figure)"
+    )
+    for phase in phases:
+        r = results[phase.name]
+        if phase.checked:
+            check_answers(phase.name, r["requests"], r["errors"] + r["degraded"])
+    if feeds == 0:
+        fail(f"the reader counted no feed requests: is {args.path!r} the feed route?")
+    if over_two:
+        fail(f"{over_two:,} of {feeds:,} feed requests took more than 2 Redis round trips")
+    if args.no_record:
+        return
+    empty_closed, warm_closed, empty_open, warm_open = (results[p.name] for p in phases[1:3] + phases[4:])
+    cmd = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
+    record({
+        "reader_feeds_per_s": figure(warm_closed["per_s"], "feeds/s", f"{cmd}  # warm users, {closed}",
+                                     baseline=empty_closed["per_s"]),
+        "reader_p99_ms": figure(warm_open["p99"], "ms", f"{cmd}  # warm users at {offered}",
+                                baseline=empty_open["p99"]),
+    })  # fmt: skip
+    console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+"""A newcomer's path, measured: MovieLens 100K from its raw files through ``recstream import`` and the client.
+
+    .venv/bin/python -m bench.adopt                 # the whole tail (~270 rounds)
+    .venv/bin/python -m bench.adopt --rounds 40     # a quick look
+
+What README's "Use it in your product" says to do, on private Kafka and Redis: ``recstream import``
+of ``u.user``, ``u.item`` (its genre flags as categories) and the ratings of ``u.data`` before the
+cut, ``recstream train``, ``recstream rebuild`` (the imported log applied in order with the model),
+then a worker and the reader. The tail then goes through the Python client, in the prequential
+protocol's rounds (bench/prequential_protocol.py): each round fetches the scored users' first page
+(``AsyncClient.feed``, seeded as bench/prequential.py seeds it), scores the clicked item, and posts
+the round's ratings (``AsyncClient.send_events``). The served HR@10 is printed next to
+bench/prequential.py's served row (``prequential_hr10_served``), which publishes the same stream with
+the producer and announces items at their first rating.
+
+Differences, on purpose: the cut is a time (the 80% event's timestamp; ratings at that second go to the
+tail, a handful), so that ``--before`` can make it; ids are MovieLens' own (``196``, not ``u196``); and
+every item is in the catalogue from the start, with no ``created_ts`` (u.item has none), so the new-item
+pool holds the items with too few views to graduate instead of the recently released ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+from rich.console import Console
+
+from bench.common import RESULTS, ROOT, services
+from bench.prequential import DEFAULT_MOVIELENS, LOGS, page_seed
+from bench.prequential_protocol import K, Rating, Tally, events_of, group_ratings, rounds, split
+from recstream.client import AsyncClient
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import open_log, whole_topic
+from recstream.jobs.sources import movielens
+from recstream.shell.infra import Child
+
+console = Console()
+READER_WAIT_S = 0.25  # a snapshot reload that began after the catch-up (bench/prequential.py's --reader-wait-s)
+CONCURRENCY = 4
+
+
+def recstream(settings: Settings, *args: str) -> None:
+    """Run a ``recstream`` command as a newcomer would, with these settings in its environment."""
+    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "recstream.shell.cli", *args], env=env, cwd=ROOT, check=False,
+                          capture_output=True, text=True)  # fmt: skip
+    said = " ".join(done.stderr.split()) or (done.stdout.strip().splitlines() or [""])[0]  # train: its table's title
+    console.print(f"recstream {' '.join(args[:2])}: {said}", soft_wrap=True)
+    if done.returncode != 0:
+        raise SystemExit(f"recstream {args[0]} failed ({done.returncode})")
+
+
+def import_movielens(settings: Settings, folder: Path, before_s: int) -> None:
+    genres = [line.split("|")[0] for line in (folder / "u.genre").read_text(encoding="latin-1").splitlines() if line]
+    names = [g.replace("'", "").replace(" ", "_") for g in genres]  # as recstream.jobs.sources.movielens names them
+    recstream(settings, "import", str(folder / "u.user"), "--kind", "users", "--delimiter", "|",
+              "--columns", "user,age,gender,occupation,zip")  # fmt: skip
+    recstream(settings, "import", str(folder / "u.item"), "--kind", "items", "--delimiter", "|",
+              "--columns", ",".join(["item", "title", "release", "video", "url", *names]),
+              "--category-columns", ",".join(names))  # fmt: skip
+    recstream(settings, "import", str(folder / "u.data"), "--delimiter", "tab", "--columns", "user,item,rating,ts",
+              "--ts-unit", "s", "--sort", "--before", str(before_s))  # fmt: skip
+
+
+def raw(rating: Rating) -> list[dict[str, object]]:
+    """The rating's events with MovieLens' own ids (the source prefixes them with u and i)."""
+    return [
+        {**e.model_dump(exclude_none=True), "user_id": e.user_id[1:], "item_id": e.item_id[1:]} for e in rating.events
+    ]
+
+
+async def caught_up(settings: Settings, redis: Redis) -> None:
+    """Until the worker's watermarks reach the end of every events partition."""
+    async with open_log(settings) as consumer:
+        ends = await whole_topic(consumer, settings.kafka.events_topic)
+    want = {f"{t}:{p}": end - 1 for (t, p), (_, end) in ends.items() if end > 0}
+    while True:
+        marks = {k.decode(): int(v) for k, v in (await redis.hgetall(Keys(settings.redis.prefix)("wm"))).items()}
+        if all(marks.get(tp, -1) >= end for tp, end in want.items()):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def tail_through_the_client(settings: Settings, url: str, tail: list[Rating], max_rounds: int | None) -> Tally:
+    tally = Tally()
+    limit = asyncio.Semaphore(CONCURRENCY)
+    redis = Redis.from_url(settings.redis.url)
+
+    async def page(client: AsyncClient, user: str, step: int) -> list[str]:
+        async with limit:
+            return [i.item_id for i in (await client.feed(user, limit=K, seed=page_seed(user, step))).items]
+
+    try:
+        async with AsyncClient(url, timeout_s=10) as client:
+            for step, current in enumerate(rounds(tail)[:max_rounds]):
+                if current.publish:
+                    await client.send_events([e for r in current.publish for e in raw(r)])
+                    await caught_up(settings, redis)
+                    await asyncio.sleep(READER_WAIT_S)
+                users = [r.user_id[1:] for r in current.score]
+                pages = await asyncio.gather(*(page(client, user, step) for user in users))
+                for rating, items in zip(current.score, pages, strict=True):
+                    tally.add(items, rating.item_id[1:])
+    finally:
+        await redis.aclose()
+    return tally
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--movielens", type=Path, default=DEFAULT_MOVIELENS)
+    parser.add_argument("--rounds", type=int, default=None, help="score only the first N rounds of the tail")
+    args = parser.parse_args(argv)
+    stream = group_ratings(movielens(args.movielens))
+    history, _ = split(stream.ratings, 0.8)
+    cut_s = stream.ratings[len(history)].events[0].ts // 1000
+    tail = [r for r in stream.ratings if r.events[0].ts // 1000 >= cut_s]
+    started = time.perf_counter()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    with services(pool_cache_s=0.1, popular_refresh_s=0.1) as settings:
+        import_movielens(settings, args.movielens, cut_s)
+        recstream(settings, "train")
+        recstream(settings, "rebuild")
+        worker = Child("worker", settings, LOGS / "adopt-worker.log")
+        reader = Child("serve", settings, LOGS / "adopt-reader.log")
+        try:
+            reader.wait_ready()
+            tally = asyncio.run(tail_through_the_client(settings, reader.url, tail, args.rounds))
+        finally:
+            worker.stop()
+            reader.stop()
+    served = json.loads(RESULTS.read_text()).get("prequential_hr10_served", {}).get("value")
+    console.print(
+        f"served HR@10 {tally.hr():.4f} over {tally.clicks:,} tail clicks ({args.rounds or 'all'} rounds; "
+        f"bench/prequential.py's served row: {served}); {len(events_of(tail)):,} tail events, "
+        f"{time.perf_counter() - started:.0f} s in all",
+        soft_wrap=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

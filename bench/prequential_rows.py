@@ -1,0 +1,199 @@
+"""The prequential benchmark's rows: two baselines and the consistency check in memory, and the pipeline's rows.
+
+* popularity — top 10 by clicks so far, minus what the user has seen;
+* frozen batch iALS — the batch model's own user vectors, never updated; users it does not know get the
+  popularity list (counted in the tally's ``fallbacks``);
+* consistency check — not a baseline: the worker's own online logic (streams.personalize.Personalizer:
+  capped history, exact user step with fixed item factors, HNSW candidates minus the history) driven in
+  process by the same events. The pipeline's candidate lists must equal its lists (bench/prequential.py
+  fails the run below CONSISTENCY_MIN), which is what lets ``--sweep`` tune defaults on it alone;
+* the pipeline's rows (:class:`PipelineResult`, filled by bench/prequential.py through bench/pipeline.py):
+  candidate lists as the worker stored them, and feeds as each reader served them (:class:`ServedRow`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from recstream.models.als import ALSConfig, event_weights, interaction_matrix, train_als
+from recstream.models.artifacts import ModelArtifacts
+from recstream.models.history import History
+from recstream.streams.personalize import Personalizer
+
+from bench.pipeline import Page
+from bench.prequential_protocol import (
+    K,
+    Popularity,
+    Rating,
+    Round,
+    Stream,
+    Tally,
+    events_of,
+    first_uses,
+    seen_sets,
+    top_k,
+)
+from recstream.jobs import training
+from recstream.jobs.sources import Record
+
+
+@dataclass
+class Batch:
+    """The model trained on the history: the artifacts the workers load, and the batch user vectors."""
+
+    artifacts: ModelArtifacts
+    user_rows: dict[str, int]
+    user_factors: np.ndarray
+    seconds: float
+
+
+def train_history(stream: Stream, history: Sequence[Rating], cfg: ALSConfig) -> Batch:
+    """``recstream.jobs.training`` on the history (as ``recstream train`` would), plus the batch user vectors.
+
+    ``training.train`` keeps only item-side artifacts, so the frozen baseline's user vectors come
+    from a second fit of the same matrix with the same seed; it must give the same item factors,
+    which is checked, so the frozen row and the streaming rows share one model.
+    """
+    started = time.perf_counter()
+    records = [Record("item", stream.items[i]) for i in first_uses(history, set(), "item")]
+    records += [Record("event", e) for e in events_of(history)]
+    log = training.collect(records)
+    artifacts, _ = training.train(log, cfg, holdout=0)
+    users, items, clicks = (np.asarray(a) for a in (log.users, log.items, log.clicks))
+    r = interaction_matrix(users, items, event_weights(clicks, cfg), len(log.user_ids), len(log.item_ids))
+    fit = train_als(r, cfg)
+    drift = float(np.max(np.abs(fit.item_factors - artifacts.item_factors)))
+    if drift > 1e-4:
+        raise RuntimeError(f"the second fit differs from the first by {drift:.2g}: implicit is not deterministic here")
+    return Batch(artifacts, dict(log.user_ids), fit.user_factors, time.perf_counter() - started)
+
+
+class Row:
+    """One in-memory recommender: sees published ratings (and announced items), answers a top-k."""
+
+    def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
+        raise NotImplementedError
+
+    def recommend(self, user: str, seen: set[str]) -> list[str]:
+        raise NotImplementedError
+
+
+class PopularityRow(Row):
+    def __init__(self) -> None:
+        self.counts = Popularity()
+
+    def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
+        self.counts.add(events_of(ratings))
+
+    def recommend(self, user: str, seen: set[str]) -> list[str]:
+        return self.counts.top(seen)
+
+
+class FrozenRow(Row):
+    """Batch user vectors · item factors over the trained items; unknown users get popularity."""
+
+    def __init__(self, batch: Batch, tally: Tally) -> None:
+        self.popular = Popularity()
+        self.tally = tally
+        self.items = np.array(batch.artifacts.item_ids, dtype=object)
+        self.factors = batch.artifacts.item_factors
+        self.user_rows = batch.user_rows
+        self.users = batch.user_factors
+
+    def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
+        self.popular.add(events_of(ratings))
+
+    def recommend(self, user: str, seen: set[str]) -> list[str]:
+        row = self.user_rows.get(user)
+        if row is None:
+            self.tally.fallbacks += 1
+            return self.popular.top(seen)
+        scores = self.factors @ self.users[row]
+        order = np.argsort(-scores, kind="stable")[: K + len(seen)]
+        return top_k(self.items[order].tolist(), seen)
+
+
+class ConsistencyRow(Row):
+    """The worker's Personalizer in process: same history merge, user step, HNSW query and exclusions."""
+
+    def __init__(self, version: str, artifacts: ModelArtifacts, stream: Stream, history_cap: int, m: int) -> None:
+        self.personalizer = Personalizer(version, artifacts, history_cap, m)
+        self.stream = stream
+        self.histories: dict[str, History] = {}
+        self.candidates: dict[str, list[str]] = {}
+
+    def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
+        for item in new_items:
+            self.personalizer.apply_item(self.stream.items[item])
+        update = self.personalizer.update_users(events_of(ratings), self.histories)
+        self.histories.update(update.histories)
+        for suffix, value in update.blobs:
+            if suffix.startswith("user:") and suffix.endswith(":cand"):  # ids may hold ":" themselves
+                self.candidates[suffix[len("user:") : -len(":cand")]] = [row[0] for row in orjson.loads(value)]
+
+    def recommend(self, user: str, seen: set[str]) -> list[str]:
+        return top_k(self.candidates.get(user, ()), seen)
+
+
+def replay_in_memory(
+    rows: dict[str, Row], tallies: dict[str, Tally], history: Sequence[Rating], schedule: Sequence[Round]
+) -> None:
+    """Feed the history, then each round: publish, then score every click of the round on every row."""
+    known: set[str] = set()
+    seen: dict[str, set[str]] = {}
+
+    def publish(ratings: Sequence[Rating]) -> None:
+        new_items = list(first_uses(ratings, known, "item"))
+        known.update(new_items)
+        seen_sets(ratings, seen)
+        for name, row in rows.items():
+            started = time.perf_counter()
+            row.observe(ratings, new_items)
+            tallies[name].seconds += time.perf_counter() - started
+
+    publish(history)
+    for tally in tallies.values():
+        tally.seconds = 0.0  # the tail replay is what the column reports
+    empty: set[str] = set()
+    for step in schedule:
+        publish(step.publish)
+        for rating in step.score:
+            for name, row in rows.items():
+                started = time.perf_counter()
+                tallies[name].add(row.recommend(rating.user_id, seen.get(rating.user_id, empty)), rating.item_id)
+                tallies[name].seconds += time.perf_counter() - started
+
+
+@dataclass
+class ServedRow:
+    """One reader's pages: the tally, with the slots and hits per source and its degraded answers."""
+
+    tally: Tally = field(default_factory=Tally)
+    degraded: int = 0  # pages still degraded after the retries (scored as served)
+    retried: int = 0  # degraded answers asked again
+    slots: dict[str, int] = field(default_factory=dict)  # served items per source
+    hits: dict[str, int] = field(default_factory=dict)  # hits per source of the served item
+
+    def add(self, page: Page, clicked: str) -> None:
+        self.tally.add([item for item, _ in page.items], clicked)
+        self.retried += page.retried
+        self.degraded += page.degraded
+        for item, source in page.items:
+            self.slots[source] = self.slots.get(source, 0) + 1
+            self.hits[source] = self.hits.get(source, 0) + (item == clicked)
+
+
+@dataclass
+class PipelineResult:
+    """The pipeline rows: candidate lists read from Redis, and each reader's served pages."""
+
+    candidates: Tally = field(default_factory=Tally)
+    served: dict[str, ServedRow] = field(default_factory=dict)  # by reader name
+    history_seconds: float = 0.0
+    catch_up_seconds: float = 0.0  # publishing and waiting for the worker, over the tail
+    reader_wait_seconds: float = 0.0
+    rounds: int = 0

@@ -1,0 +1,201 @@
+"""The reader's routes as request descriptions: built once here, run by both clients (api.py).
+
+A route is a function returning a :class:`Call`: method, path, query, body, the statuses that answer
+it and the model that reads the answer. Adding a route is such a function plus a one-line method on
+each client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+import orjson
+from pydantic import BaseModel
+
+from recstream.client.wire import (
+    EventsAccepted,
+    FeedPage,
+    ItemsAccepted,
+    LineRejected,
+    Preferences,
+    PreferencesSaved,
+    Ready,
+    SimilarItems,
+    Stats,
+    UserErased,
+)
+from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM
+from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, Event, ItemEvent, UserEvent, encode
+
+T = TypeVar("T", bound=BaseModel)
+JSON = "application/json"
+ACCEPTED = frozenset({202})
+BULK_ITEMS = 1_000
+"""Items per bulk request: the reader's default ``bulk_max_items``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One request to the reader and how to read its answer."""
+
+    method: str
+    path: str
+    answer: type[T]
+    params: Mapping[str, str | int] = field(default_factory=dict)
+    body: bytes | None = None
+    ok: frozenset[int] = frozenset({200})
+    content_type: str = JSON
+
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        headers = {"content-type": self.content_type} if self.body else None
+        return http.build_request(self.method, self.path, params=self.params, content=self.body, headers=headers)
+
+    def read(self, response: httpx.Response) -> T:
+        return self.answer.model_validate_json(response.content)
+
+
+def feed(user_id: str, limit: int, cursor: str | None, seed: int | None) -> Call[FeedPage]:
+    params: dict[str, str | int] = {"limit": limit}
+    if cursor is not None:
+        params["cursor"] = cursor
+    if seed is not None:
+        params["seed"] = seed
+    return Call("GET", f"/v1/feed/{_id(user_id)}", FeedPage, params)
+
+
+def similar(item_id: str, limit: int) -> Call[SimilarItems]:
+    return Call("GET", f"/v1/items/{_id(item_id)}/similar", SimilarItems, {"limit": limit})
+
+
+def preferences(user_id: str) -> Call[Preferences]:
+    return Call("GET", f"/v1/users/{_id(user_id)}/preferences", Preferences)
+
+
+def set_preferences(user_id: str, categories: Iterable[str], not_interested: Iterable[str]) -> Call[PreferencesSaved]:
+    body = Preferences(categories=list(categories), not_interested=list(not_interested)).model_dump_json().encode()
+    return Call("PUT", f"/v1/users/{_id(user_id)}/preferences", PreferencesSaved, body=body)
+
+
+def put_item(item_id: str, fields: Mapping[str, object]) -> Call[ItemEvent]:
+    return Call("PUT", f"/v1/items/{_id(item_id)}", ItemEvent, body=orjson.dumps(fields), ok=ACCEPTED)
+
+
+def patch_item(item_id: str, fields: Mapping[str, object]) -> Call[ItemEvent]:
+    return Call("PATCH", f"/v1/items/{_id(item_id)}", ItemEvent, body=orjson.dumps(fields), ok=ACCEPTED)
+
+
+def delete_item(item_id: str) -> Call[ItemEvent]:
+    return Call("DELETE", f"/v1/items/{_id(item_id)}", ItemEvent, ok=ACCEPTED)
+
+
+def put_items(items: Iterable[Mapping[str, object]], per_request: int = BULK_ITEMS) -> list[Call[ItemsAccepted]]:
+    """One JSONL POST per ``per_request`` items, fewer when the reader's byte limit needs it."""
+    lines = [orjson.dumps(item) + b"\n" for item in items]
+    cap = per_request * BULK_BYTES_PER_ITEM
+    bodies: list[list[bytes]] = []
+    size = 0
+    for line in lines:
+        if not bodies or len(bodies[-1]) == per_request or size + len(line) > cap:
+            bodies.append([])
+            size = 0
+        bodies[-1].append(line)
+        size += len(line)
+    return [
+        Call("POST", "/v1/items", ItemsAccepted, body=b"".join(b), ok=ACCEPTED, content_type="application/x-ndjson")
+        for b in bodies
+    ]
+
+
+def all_items(calls: Sequence[Call[ItemsAccepted]], answers: Sequence[ItemsAccepted]) -> ItemsAccepted:
+    """One answer for a bulk write sent in parts: a line number is the item's position in what was given
+    (from 1), whichever part carried it."""
+    rejected, offset = [], 0
+    for call, answer in zip(calls, answers, strict=True):
+        rejected += [LineRejected(line=r.line + offset, reason=r.reason) for r in answer.rejected]
+        offset += (call.body or b"").count(b"\n")  # one item a line; JSON escapes newlines inside strings
+    return ItemsAccepted(accepted=sum(a.accepted for a in answers), rejected=rejected)
+
+
+def put_user(user_id: str, attributes: Mapping[str, object]) -> Call[UserEvent]:
+    body = orjson.dumps({"attributes": attributes})
+    return Call("PUT", f"/v1/users/{_id(user_id)}", UserEvent, body=body, ok=ACCEPTED)
+
+
+def delete_user(user_id: str) -> Call[UserErased]:
+    """The user's erasure: safe to repeat, so a retry after a lost answer does no harm."""
+    return Call("DELETE", f"/v1/users/{_id(user_id)}", UserErased, ok=ACCEPTED)
+
+
+def stats() -> Call[Stats]:
+    return Call("GET", "/v1/stats", Stats)
+
+
+def ready() -> Call[Ready]:
+    """Readiness: a 503 is an answer here (not ready, and why), not a failure to retry."""
+    return Call("GET", "/readyz", Ready, ok=frozenset({200, 503}))
+
+
+def send_events(events: Iterable[Event | Mapping[str, Any]]) -> list[Call[EventsAccepted]]:
+    """One POST per body within the reader's limits; every event has its ``event_id`` before any is sent."""
+    return [
+        Call("POST", "/v1/events", EventsAccepted, body=body, ok=ACCEPTED)
+        for body in event_bodies(with_event_ids(events))
+    ]
+
+
+def total(accepted: Iterable[EventsAccepted]) -> EventsAccepted:
+    answers = list(accepted)
+    return EventsAccepted(accepted=sum(a.accepted for a in answers), attributed=sum(a.attributed for a in answers))
+
+
+def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
+    """The events validated by the contract (a bad one raises here, before anything is sent), each with an
+    ``event_id``: its own, or a random uuid4 hex.
+
+    The id is what makes a retry safe: a POST that timed out may have been published, and the retry
+    sends the same ids, which the workers apply once. Call this yourself and keep the result to re-send
+    a batch later (after ``send_events`` raised) with the same ids.
+
+    >>> [e] = with_event_ids([{"type": "view", "user_id": "u", "item_id": "i", "ts": 10**12}])
+    >>> len(e.event_id)
+    32
+    >>> with_event_ids([e])[0].event_id == e.event_id
+    True
+    """
+    stamped = []
+    for given in events:
+        event = given if isinstance(given, Event) else Event.model_validate(given)
+        stamped.append(event if event.event_id else event.model_copy(update={"event_id": uuid.uuid4().hex}))
+    return stamped
+
+
+def event_bodies(
+    events: Sequence[Event], max_events: int = MAX_EVENTS_PER_MESSAGE, max_bytes: int = MAX_MESSAGE_BYTES
+) -> list[bytes]:
+    """JSON arrays of the events, in order, each of at most ``max_events`` events and ``max_bytes`` bytes
+    (the reader refuses a larger body with 413, more events with 422).
+
+    >>> events = [Event(type="view", user_id="u", item_id=f"i{k}", ts=10**12) for k in range(5)]
+    >>> [body.count(b'"type"') for body in event_bodies(events, max_events=2)]
+    [2, 2, 1]
+    """
+    batches: list[list[bytes]] = []
+    size = 0
+    for event in events:
+        part = encode(event)
+        if not batches or len(batches[-1]) == max_events or size + len(part) + 1 > max_bytes:
+            batches.append([])
+            size = 1  # "[" and "]", plus each element and its "," but the first: 1 + Σ(len + 1)
+        batches[-1].append(part)
+        size += len(part) + 1
+    return [b"[" + b",".join(batch) + b"]" for batch in batches]
+
+
+def _id(value: str) -> str:
+    """An id as one path segment (the reader's ids are URL-safe; anything else is escaped and then refused)."""
+    return quote(value, safe="")

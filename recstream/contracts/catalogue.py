@@ -1,0 +1,142 @@
+"""Rows of a CSV or JSONL file, and how a row spells an item: the bulk ``POST /v1/items`` and ``recstream import``.
+
+A JSONL line is one object. A CSV file has a header row (or the caller names the columns); every
+value is text, so an item row's values are read as the item contract's types:
+
+* ``item_id``; ``categories`` separated by ``|`` (``news|sport``); ``available`` as ``true``/``false``
+  (or ``1``/``0``; empty: true); ``created_ts`` in epoch milliseconds (empty: none);
+* each feature in a column of its own, ``f_<name>`` (``f_price`` → feature ``price``; empty: absent).
+
+Typed values (JSONL, Parquet) pass through as they are; the contract (recstream.contracts.events)
+validates the result. A row that cannot be read is reported with its line number, never raised.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Literal
+
+import orjson
+
+Format = Literal["csv", "jsonl"]
+BULK_BYTES_PER_ITEM = 4_096
+"""A bulk body may hold this many bytes per item it may hold: 4 MB for the default 1,000 items (a typical item
+row takes under 1 kB; a client splits bigger ones into more requests)."""
+CATEGORY_SEPARATOR = "|"
+FEATURE_PREFIX = "f_"
+ITEM_COLUMNS = ("item_id", "categories", "available", "created_ts", "features")
+TRUE, FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
+
+
+class RowError(ValueError):
+    """A row that does not spell a record; the message says which column and why."""
+
+
+def read_rows(
+    lines: Iterable[bytes], fmt: Format, delimiter: str = ",", columns: Sequence[str] | None = None
+) -> Iterator[tuple[int, dict[str, object] | RowError]]:
+    """(line number, row) for each record: a dict, or the reason the line is not one. Blank lines are skipped.
+
+    A CSV's first line names its columns unless ``columns`` does; undecodable bytes become U+FFFD (which no id
+    or category accepts, so the line is reported by the contract).
+
+    >>> list(read_rows([b"item_id,categories\\n", b"i1,a|b\\n", b"\\n", b'i2,"c"\\n'], "csv"))
+    [(2, {'item_id': 'i1', 'categories': 'a|b'}), (4, {'item_id': 'i2', 'categories': 'c'})]
+    >>> list(read_rows([b'{"item_id": "i1"}\\n', b"[1]\\n"], "jsonl"))
+    [(1, {'item_id': 'i1'}), (2, RowError('a line must be one JSON object'))]
+    """
+    if fmt == "jsonl":
+        yield from _json_rows(lines)
+        return
+    text = (line.decode("utf-8", errors="replace") for line in lines)
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    names = list(columns) if columns is not None else None
+    try:
+        for values in reader:
+            if names is None:
+                names = [name.strip() for name in values]
+                continue
+            if not values or values == [""]:
+                continue
+            if len(values) != len(names):
+                yield reader.line_num, RowError(f"{len(values)} values for {len(names)} columns")
+            else:
+                yield reader.line_num, dict(zip(names, values, strict=True))
+    except csv.Error as exc:  # an unclosed quote runs to the end of the file: nothing after it is readable
+        yield reader.line_num, RowError(f"csv: {exc}")
+
+
+def _json_rows(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, object] | RowError]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield number, RowError(f"json: invalid JSON, {exc}")
+            continue
+        yield number, obj if isinstance(obj, dict) else RowError("a line must be one JSON object")
+
+
+def body_lines(body: bytes) -> Iterator[bytes]:
+    """A request body's lines, as a file's (each with its end of line)."""
+    return iter(io.BytesIO(body))
+
+
+def item_object(row: Mapping[str, object]) -> dict[str, object]:
+    """The item contract's fields from a row (module doc); raises :class:`RowError` naming the column.
+
+    >>> item_object({"item_id": "i1", "categories": "a|b", "available": "false", "created_ts": "", "f_len": "2.5"})
+    {'item_id': 'i1', 'categories': ['a', 'b'], 'available': False, 'features': {'len': 2.5}}
+    >>> item_object({"item_id": "i1", "available": "maybe"})
+    Traceback (most recent call last):
+    ...
+    recstream.contracts.catalogue.RowError: available: expected true or false, got 'maybe'
+    """
+    item: dict[str, object] = {}
+    features: dict[str, object] = {}
+    for column, value in row.items():
+        if column.startswith(FEATURE_PREFIX):
+            if value != "":
+                features[column.removeprefix(FEATURE_PREFIX)] = _number(column, value)
+        elif column not in ITEM_COLUMNS:
+            raise RowError(f"{column}: not an item column ({', '.join(ITEM_COLUMNS)}, {FEATURE_PREFIX}<name>)")
+        elif not isinstance(value, str) or column == "item_id":
+            item[column] = value
+        elif column == "categories":
+            item[column] = [c.strip() for c in value.split(CATEGORY_SEPARATOR) if c.strip()]
+        elif column == "available" and value.strip():
+            item[column] = boolean(column, value)
+        elif column == "created_ts" and value.strip():
+            item[column] = integer(column, value)
+        elif column == "features":
+            raise RowError("features: a CSV names each feature in a column of its own, f_<name>")
+    if features:
+        given = item.get("features")
+        item["features"] = {**(given if isinstance(given, dict) else {}), **features}
+    return item
+
+
+def boolean(column: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word not in TRUE | FALSE:
+        raise RowError(f"{column}: expected true or false, got {value[:32]!r}")
+    return word in TRUE
+
+
+def integer(column: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise RowError(f"{column}: expected an integer, got {value[:32]!r}") from None
+
+
+def _number(column: str, value: object) -> object:
+    if not isinstance(value, str):
+        return value  # a typed value: the contract judges it
+    try:
+        return float(value)
+    except ValueError:
+        raise RowError(f"{column}: expected a number, got {value[:32]!r}") from None

@@ -1,0 +1,62 @@
+"""The erasure list on the log: who was erased (the ``erasures`` topic), and the log read without them.
+
+``DELETE /v1/users/{id}`` writes an :class:`~recstream.contracts.events.Erasure` to ``erasures``
+(compacted, so it is kept for ever) before it deletes the user's Redis keys. The ``events`` topic
+still holds the user's events until retention expires them or the topic is rewritten (README, "Use
+it in your product"), and ``users`` their records until compaction; whatever reads the log to
+recompute state (``recstream rebuild``, ``recstream train``) reads the list first and drops them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
+
+from recstream.contracts.events import Erasure
+from recstream.eventlog.log import Message, read, whole_topic
+
+
+async def erased_users(consumer: AIOKafkaConsumer, topic: str) -> frozenset[str]:
+    """Every user id on the erasures topic (none when the topic does not exist: nothing was ever erased)."""
+    erased: set[str] = set()
+    async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
+        for message in chunk:
+            try:
+                erased.add(Erasure.model_validate_json(message.value or b"").user_id)
+            except ValidationError:  # not an erasure: nothing to honour
+                continue
+    return frozenset(erased)
+
+
+def without_users(messages: Iterable[Message], users: frozenset[str]) -> list[Message]:
+    """The messages with every object whose ``user_id`` is in ``users`` taken out (an event of a micro-batch,
+    or a whole user record); the rest of each message is left as it came, invalid parts included.
+
+    >>> m = Message("events", 0, 7, b'[{"user_id":"a","n":1},{"user_id":"b","n":2}]')
+    >>> [x.value for x in without_users([m], frozenset({"a"}))]
+    [b'[{"user_id":"b","n":2}]']
+    """
+    if not users:
+        return list(messages)
+    kept = []
+    for message in messages:
+        try:
+            doc = orjson.loads(message.value) if message.value is not None else None
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict | list):
+            objects = doc if isinstance(doc, list) else [doc]
+            left = [o for o in objects if not (isinstance(o, dict) and _user(o) in users)]
+            if len(left) < len(objects):
+                value = orjson.dumps(left if isinstance(doc, list) else left[0] if left else [])
+                message = Message(message.topic, message.partition, message.offset, value, message.timestamp_ms)
+        kept.append(message)
+    return kept
+
+
+def _user(obj: dict) -> str | None:
+    user = obj.get("user_id")
+    return user if isinstance(user, str) else None

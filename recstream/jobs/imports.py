@@ -1,0 +1,301 @@
+"""``recstream import``: a CSV, JSONL or Parquet file of interactions, items or users, published to the topics.
+
+Each row becomes records of the event contract (recstream/contracts/events.py) and goes out through
+the :class:`~recstream.eventlog.producer.EventProducer`, delivery confirmed, as any producer's:
+
+* **interactions** — fields ``user_id``, ``item_id``, ``ts`` and either ``type`` (its values renamed by
+  ``types``, e.g. ``purchase=click``) or ``rating`` (every row a view, a rating of at least
+  ``click_rating`` also a click: how bench/prequential.py reads MovieLens), else every row a click;
+  ``ts`` in seconds or milliseconds. Each event's id is a hash of its content, so importing a file
+  twice gives the workers the same ids;
+* **items** — ``item_id``, ``categories`` (``|``-separated), ``available``, ``created_ts``, a
+  ``f_<name>`` column per feature (recstream/contracts/catalogue.py), and ``category_columns`` whose
+  true values (1, true) name a category (one-hot genres); other columns are ignored;
+* **users** — ``user_id``; every other column is an attribute (``age`` and ``gender`` make the segment).
+
+``columns`` maps a field to the file's column where the names differ (``user_id=uid``). A row that
+does not make a valid record is reported with its line number (its row number in a Parquet file) and
+skipped; nothing stops the import but an unreadable file or an unreachable Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Literal
+
+from recstream.contracts.catalogue import RowError, boolean, item_object, read_rows
+from recstream.contracts.events import Event, ItemEvent, Rejected, UserEvent, validate
+from recstream.contracts.settings import Settings
+from recstream.eventlog.producer import EventProducer
+
+Kind = Literal["interactions", "items", "users"]
+FileFormat = Literal["csv", "jsonl", "parquet"]
+FIELDS: dict[str, tuple[str, ...]] = {
+    "interactions": ("user_id", "item_id", "ts", "type", "rating"),
+    "items": ("item_id", "categories", "available", "created_ts"),
+    "users": ("user_id",),
+}
+SHORT_NAMES = {"user": "user_id", "item": "item_id"}
+SUFFIXES: dict[str, FileFormat] = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+SUFFIXES[".parquet"] = "parquet"
+SEND_EVERY = 1_000
+Row = tuple[int, dict[str, object] | RowError]
+Records = list[Event] | list[ItemEvent] | list[UserEvent]
+
+
+class ImportSpecError(ValueError):
+    """The import cannot be set up as asked (an unknown field, a bad mapping); nothing was read."""
+
+
+@dataclass(frozen=True)
+class ImportSpec:
+    """How a file's rows become records (module doc)."""
+
+    kind: Kind
+    columns: Mapping[str, str] = field(default_factory=dict)
+    ts_unit: Literal["s", "ms"] = "ms"
+    types: Mapping[str, str] = field(default_factory=dict)
+    click_rating: float = 4.0
+    category_columns: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(
+        cls,
+        kind: str,
+        maps: Iterable[str] = (),
+        ts_unit: str = "ms",
+        type_maps: Iterable[str] = (),
+        click_rating: float = 4.0,
+        category_columns: Sequence[str] = (),
+    ) -> ImportSpec:
+        """From the command line's words: ``FIELD=COLUMN`` mappings (``user`` and ``item`` stand for
+        ``user_id`` and ``item_id``) and ``VALUE=TYPE`` type renamings."""
+        if kind not in FIELDS:
+            raise ImportSpecError(f"--kind must be one of {', '.join(FIELDS)}, got {kind!r}")
+        if ts_unit not in ("s", "ms"):
+            raise ImportSpecError(f"--ts-unit must be s or ms, got {ts_unit!r}")
+        columns = {SHORT_NAMES.get(name, name): column for name, column in _pairs(maps, "--map FIELD=COLUMN")}
+        unknown = sorted(set(columns) - set(FIELDS[kind]))
+        if unknown:
+            raise ImportSpecError(f"{kind} have no field {', '.join(unknown)} (fields: {', '.join(FIELDS[kind])})")
+        types = dict(_pairs(type_maps, "--type-map VALUE=TYPE"))
+        return cls(kind, columns, ts_unit, types, click_rating, tuple(category_columns))  # type: ignore[arg-type]
+
+    def column(self, name: str, row: Mapping[str, object]) -> str:
+        """Where the row holds the field: its mapped column, else its own name, else its short one (``user``)."""
+        if name in self.columns:
+            return self.columns[name]
+        short = next((s for s, long in SHORT_NAMES.items() if long == name and s in row), None)
+        return name if name in row or short is None else short
+
+    def records(self, row: dict[str, object] | RowError, now_ms: int) -> Records | Rejected:
+        """The records one row makes, or why it makes none."""
+        if isinstance(row, RowError):
+            return Rejected(str(row), b"")
+        try:
+            objects = {"interactions": self._events, "items": self._item, "users": self._user}[self.kind](row)
+        except RowError as exc:
+            return Rejected(str(exc), b"")
+        contract = {"interactions": "event", "items": "item", "users": "user"}[self.kind]
+        valid = [validate({**obj, "ts": obj.get("ts", now_ms)}, contract, now_ms) for obj in objects]  # type: ignore[arg-type]
+        return next((v for v in valid if isinstance(v, Rejected)), valid)  # type: ignore[return-value]
+
+    def _has(self, row: Mapping[str, object], name: str) -> bool:
+        """Whether the row has the field: its mapped column must be there, its own name may be."""
+        return name in self.columns or self.column(name, row) in row
+
+    def _get(self, row: Mapping[str, object], name: str) -> object:
+        column = self.column(name, row)
+        if column not in row:
+            raise RowError(f"{name}: no column {column!r} (--map {name}=COLUMN names another)")
+        return row[column]
+
+    def _ms(self, name: str, value: object) -> int:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise RowError(f"{name}: expected a number, got {value[:32]!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RowError(f"{name}: expected a number, got {type(value).__name__}")
+        return round(value * (1000 if self.ts_unit == "s" else 1))
+
+    def _events(self, row: Mapping[str, object]) -> list[dict[str, object]]:
+        user, item = self._get(row, "user_id"), self._get(row, "item_id")
+        ts = self._ms("ts", self._get(row, "ts"))
+        if self._has(row, "type"):
+            given = row[self.column("type", row)]
+            types = [self.types.get(given, given) if isinstance(given, str) else given]
+        elif self._has(row, "rating"):
+            rating = self._get(row, "rating")
+            value = float(rating) if isinstance(rating, str) and _is_number(rating) else rating
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RowError(f"rating: expected a number, got {str(rating)[:32]!r}")
+            types = ["view", "click"] if value >= self.click_rating else ["view"]
+        else:
+            types = ["click"]
+        return [
+            {"type": kind, "user_id": user, "item_id": item, "ts": ts, "event_id": _event_id(user, item, ts, kind)}
+            for kind in types
+        ]
+
+    def _item(self, row: Mapping[str, object]) -> list[dict[str, object]]:
+        given = {name: row[self.column(name, row)] for name in FIELDS["items"] if self._has(row, name)}
+        features = {name: value for name, value in row.items() if name.startswith("f_")}
+        item = item_object({**given, **features})
+        missing = [c for c in self.category_columns if c not in row]
+        if missing:
+            raise RowError(f"categories: no column {missing[0]!r} (--category-columns names it)")
+        flags = [c for c in self.category_columns if _true(c, row[c])]
+        if flags:
+            item["categories"] = [*item.get("categories", []), *flags]  # type: ignore[misc]
+        if isinstance(item.get("created_ts"), int | float):
+            item["created_ts"] = self._ms("created_ts", item["created_ts"])
+        return [{**item, "op": "update"}]
+
+    def _user(self, row: Mapping[str, object]) -> list[dict[str, object]]:
+        user = self._get(row, "user_id")
+        id_column = self.column("user_id", row)
+        attributes = {k: _scalar(v) for k, v in row.items() if k != id_column and v not in ("", None)}
+        return [{"user_id": user, "attributes": attributes}]
+
+
+@dataclass
+class ImportReport:
+    rows: int = 0
+    records: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)  # (line or row number, reason)
+    seconds: float = 0.0
+
+
+def file_format(path: Path, given: str | None) -> FileFormat:
+    """The format named, else the one the suffix says, else CSV."""
+    fmt = given or SUFFIXES.get(path.suffix.lower(), "csv")
+    if fmt not in ("csv", "jsonl", "parquet"):
+        raise ImportSpecError(f"--format must be csv, jsonl or parquet, got {fmt!r}")
+    return fmt  # type: ignore[return-value]
+
+
+def file_rows(path: Path, fmt: FileFormat, delimiter: str = ",", header: Sequence[str] | None = None) -> Iterator[Row]:
+    """The file's rows with their line numbers (row numbers for Parquet)."""
+    if fmt == "parquet":
+        yield from _parquet_rows(path)
+        return
+    with path.open("rb") as handle:
+        yield from read_rows(handle, fmt, delimiter, header)
+
+
+def count_rows(path: Path, fmt: FileFormat) -> int:
+    """At most how many rows the file holds (its lines; Parquet: its rows), for a progress bar."""
+    if fmt == "parquet":
+        return _parquet().ParquetFile(path).metadata.num_rows
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def _parquet_rows(path: Path) -> Iterator[Row]:
+    number = 0
+    for batch in _parquet().ParquetFile(path).iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            number += 1
+            yield number, row
+
+
+def _parquet() -> ModuleType:
+    """pyarrow.parquet: an optional dependency (the ``parquet`` extra)."""
+    try:
+        import pyarrow.parquet
+    except ImportError:
+        raise ImportSpecError("reading Parquet needs pyarrow: pip install 'recstream[parquet]'") from None
+    return pyarrow.parquet
+
+
+async def publish_rows(
+    settings: Settings,
+    rows: Iterable[Row],
+    spec: ImportSpec,
+    sort: bool = False,
+    before_ms: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Publish the records of ``rows`` (interactions in timestamp order if ``sort``, only those before
+    ``before_ms`` if given), delivery confirmed; bad rows are counted with their numbers and skipped."""
+    started = time.perf_counter()
+    report = ImportReport()
+    now_ms = int(time.time() * 1000)
+
+    def converted() -> Iterator[Records]:
+        for line, row in rows:
+            report.rows += 1
+            if progress is not None:
+                progress(1)
+            records = spec.records(row, now_ms)
+            if isinstance(records, Rejected):
+                report.bad.append((line, records.reason))
+            elif before_ms is None or not isinstance(records[0], Event) or records[0].ts < before_ms:
+                yield records
+
+    chunks: Iterable[Records] = converted()
+    if sort:
+        chunks = sorted(chunks, key=lambda records: records[0].ts)  # type: ignore[union-attr]  # stable
+    async with EventProducer(settings) as producer:
+        events: list[Event] = []
+        for records in chunks:
+            report.records += len(records)
+            for record in records:
+                if isinstance(record, Event):
+                    events.append(record)
+                elif isinstance(record, ItemEvent):
+                    await producer.send_item(record)
+                else:
+                    await producer.send_user(record)
+            if len(events) >= SEND_EVERY:
+                await producer.send_events(events)
+                events = []
+        await producer.send_events(events)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _pairs(words: Iterable[str], shape: str) -> list[tuple[str, str]]:
+    pairs = []
+    for word in words:
+        name, equals, value = word.partition("=")
+        if not equals or not name.strip() or not value.strip():
+            raise ImportSpecError(f"expected {shape}, got {word!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _event_id(user: object, item: object, ts: int, kind: str) -> str:
+    """The same row gives the same id, so a file imported twice is applied once."""
+    return hashlib.blake2b(f"{user}\t{item}\t{ts}\t{kind}".encode(), digest_size=16).hexdigest()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _scalar(value: object) -> object:
+    """A text attribute as a number when it is one (``"34"`` → 34, so ``age`` makes a segment)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    return float(text) if _is_number(text) and any(c.isdigit() for c in text) else value
+
+
+def _true(column: str, value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip() != "" and boolean(column, value)
+    return bool(value)

@@ -1,0 +1,41 @@
+"""Keep Python's cyclic garbage collector off the long-lived objects of a worker and of the reader.
+
+Why: a full (generation-2) collection walks every tracked object. In a worker that is ~100k
+objects of faust, aiokafka, scipy, pydantic and the live model, measured at 60–200 ms per
+collection on these 2 cores, and a live batch of a few thousand events allocates enough
+surviving objects to trigger one about every batch: the single largest cost of a batch
+under live load. In the reader (FastAPI, pydantic, numpy) a full collection costs ~60–90 ms.
+``gc.freeze()`` moves everything alive into a permanent generation that collections skip;
+what is allocated afterwards is still collected as usual (and almost all of it is freed by
+reference counting anyway).
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG_THRESHOLD = 50_000
+"""Net allocations between two generation-0 collections in the reader (Python's default: 700)."""
+
+
+def freeze_long_lived() -> None:
+    """Collect once (so no garbage cycle is frozen with the rest), then freeze what is alive.
+
+    Call it when the long-lived set changed: once the worker or the reader has started, after a
+    model version was loaded. Frozen objects are still freed by reference counting.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def collect_young_rarely() -> None:
+    """Keep the cycle collector off the reader's feed path; call after :func:`freeze_long_lived`, before serving.
+
+    A feed allocates thousands of short-lived containers (parsed candidate lists, the page) that
+    reference counting frees at once; with the default threshold (700) they still trigger gen0
+    collections, survivors of the requests in flight are promoted, and full collections walk every
+    object of the process. Measured on the bench at 32 connections: 1.7 s of 8 s in GC and a p99
+    of 142 ms. Freezing what startup built (it lives as long as the process) and collecting gen0
+    every YOUNG_THRESHOLD net allocations instead: 7 ms in GC.
+    """
+    gc.set_threshold(YOUNG_THRESHOLD, 10, 10)

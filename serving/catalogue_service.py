@@ -1,0 +1,117 @@
+"""What the catalogue routes do (serving/catalogue.py): items and users to the compacted topics, and erasure.
+
+The log stays the source of truth: every write goes to Kafka (``items``, ``users``, ``erasures``)
+and answers once the broker acknowledged it; the workers apply items and users as they apply any
+producer's. PATCH merges the given fields into the item as the workers last applied it (Redis
+``item:<i>``), so it changes only those. An erasure is written to the log first, then every Redis key
+of the user goes at once (recstream/store/erasure.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from recstream.serving.errors import EventsRejected, NotFound
+from recstream.serving.service import MAX_REASONS, FeedService, _more
+
+from recstream.contracts.catalogue import Format, RowError, body_lines, item_object, read_rows
+from recstream.contracts.events import Erasure, ItemEvent, Rejected, UserEvent, validate
+from recstream.store.erasure import erase_user
+
+ITEM_FIELDS = ("categories", "features", "available", "created_ts")
+"""What a client writes of an item; the reader adds ``op``, ``item_id`` and ``ts``."""
+
+
+class TooManyItems(ValueError):
+    """413: a bulk request holds more items than ``settings.reader.bulk_max_items``."""
+
+
+class Catalogue:
+    """The catalogue writes, over the feed service's publisher and Redis connections."""
+
+    def __init__(self, service: FeedService) -> None:
+        self.service = service
+        self.max_items = service.settings.reader.bulk_max_items
+
+    async def put_item(self, item_id: str, fields: dict[str, object]) -> ItemEvent:
+        """The whole item as given (defaults for what is left out), published as an ``update``."""
+        item = ItemEvent.model_validate({**fields, "op": "update", "item_id": item_id, "ts": _now_ms()})
+        await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))
+        return item
+
+    async def patch_item(self, item_id: str, given: dict[str, object]) -> ItemEvent:
+        """The item as the workers last applied it with the given fields replaced; NotFound if they never did."""
+        known = await self.known_item(item_id)
+        return await self.put_item(item_id, {**known, **given})
+
+    async def remove_item(self, item_id: str) -> ItemEvent:
+        item = ItemEvent(op="remove", item_id=item_id, ts=_now_ms())
+        await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))
+        return item
+
+    async def put_items(self, body: bytes, fmt: Format) -> dict:
+        """Publish the valid items of a JSONL or CSV body; the others are reported by line number.
+
+        All or nothing only for the limits: more than ``max_items`` rows is refused whole (TooManyItems),
+        and a body without one valid item too (EventsRejected).
+        """
+        rows = list(read_rows(body_lines(body), fmt))
+        if len(rows) > self.max_items:
+            raise TooManyItems(f"{len(rows)} items in one request exceed {self.max_items}: split the body")
+        now = _now_ms()
+        items: list[ItemEvent] = []
+        rejected: list[tuple[int, Rejected]] = []
+        for line, row in rows:
+            result = _item(row, now)
+            if isinstance(result, Rejected):
+                rejected.append((line, result))
+            else:
+                items.append(result)
+        if not items:
+            reasons = [f"line {line}: {r.reason}" for line, r in rejected[:MAX_REASONS]]
+            raise EventsRejected(reasons + _more([r for _, r in rejected]) or ["items: no items in the body"])
+        await self.service.publisher.deliver(lambda producer: producer.deliver_items(items))
+        return {"accepted": len(items), "rejected": [{"line": line, "reason": r.reason} for line, r in rejected]}
+
+    async def put_user(self, user_id: str, attributes: dict[str, object]) -> UserEvent:
+        user = UserEvent(user_id=user_id, ts=_now_ms(), attributes=attributes)
+        await self.service.publisher.user(user)
+        return user
+
+    async def erase_user(self, user_id: str) -> int:
+        """Record the erasure on the log (``erasures`` and a tombstone on ``users``), then delete the user's
+        Redis keys; how many keys and fields were deleted. Repeating it is harmless."""
+        erasure = Erasure(user_id=user_id, ts=_now_ms())
+        await self.service.publisher.deliver(lambda producer: producer.erase_user(erasure))
+        wire, keys = self.service.loader.wire, self.service.keys  # the background connection: SCANs take a while
+        return await self.service.guard(lambda: erase_user(wire.execute, keys, user_id))
+
+    async def known_item(self, item_id: str) -> dict[str, object]:
+        """The item's fields as the workers last applied them (features only since they store them)."""
+        service = self.service
+        categories, features, available, created_ts = await service.guard(
+            lambda: service.wire.call("HMGET", service.keys.item(item_id), *ITEM_FIELDS)
+        )
+        if available is None:
+            raise NotFound(f"item {item_id!r} is not known: PUT it first")
+        return {
+            "categories": [c for c in (categories or "").split(",") if c],
+            "features": orjson.loads(features) if features else {},
+            "available": available == "1",
+            "created_ts": int(created_ts) if created_ts else None,
+        }
+
+
+def _item(row: dict[str, object] | RowError, now_ms: int) -> ItemEvent | Rejected:
+    if isinstance(row, RowError):
+        return Rejected(str(row), b"")
+    try:
+        fields = item_object(row)
+    except RowError as exc:
+        return Rejected(str(exc), b"")
+    return validate({**fields, "op": "update", "ts": now_ms}, "item", now_ms)  # type: ignore[return-value]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,94 @@
+"""The feed's cursor: ``<session>.<page>``, the scroll session it continues and how many pages it served.
+
+Infinite scroll: the session id names the list ``user:<u>:feed:<session>`` of what the session served
+(serving/feed_store.py), so the next page excludes every item in it and a session never repeats an
+item; the user id is part of that key, so a cursor is worthless for another user. The page number
+bounds a session and, with the user and the session, seeds the page's explore draws.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+
+SESSION_PATTERN = "[0-9a-f]{16}"
+"""A session id: 8 random bytes in hex (:meth:`Cursor.start`)."""
+CURSOR_PATTERN = rf"^{SESSION_PATTERN}\.[1-9][0-9]{{0,5}}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+_SESSION = re.compile(SESSION_PATTERN)
+MAX_PAGE = 999_999
+"""The last page a session serves (the cursor's page number has at most six digits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a scroll session stands: its id and how many pages it has served.
+
+    >>> Cursor.parse("0123456789abcdef.3")
+    Cursor(session='0123456789abcdef', page=3)
+    >>> Cursor.parse("0123456789abcdef.3").following().text
+    '0123456789abcdef.4'
+    >>> Cursor.parse("0123456789abcdef.0")
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed cursor '0123456789abcdef.0': expected <16 hex digits>.<page number>
+
+    A session's first page starts from a fresh session at page 0; the last one issues no cursor:
+
+    >>> first = Cursor.start()
+    >>> first.page, len(first.session)
+    (0, 16)
+    >>> Cursor("0123456789abcdef", 999_998).following().last
+    True
+    """
+
+    session: str
+    page: int
+
+    @classmethod
+    def start(cls) -> Cursor:
+        return cls(secrets.token_hex(8), 0)
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        if not _CURSOR.match(text):
+            raise ValueError(f"malformed cursor {text[:40]!r}: expected <16 hex digits>.<page number>")
+        session, page = text.split(".")
+        return cls(session, int(page))
+
+    def following(self) -> Cursor:
+        return Cursor(self.session, self.page + 1)
+
+    @property
+    def last(self) -> bool:
+        return self.page >= MAX_PAGE
+
+    @property
+    def text(self) -> str:
+        return f"{self.session}.{self.page}"
+
+    def seed(self, user_id: str) -> int:
+        """A per-request seed that reproduces the page for the same (user, session, page).
+
+        >>> page = Cursor.parse("0123456789abcdef.2")
+        >>> page.seed("u1") == page.seed("u1"), page.seed("u1") == page.seed("u2")
+        (True, False)
+
+        63 bits: a page's seed, passed back as ``?seed=``, must fit the route's signed 64-bit bound.
+
+        >>> max(Cursor.parse(f"0123456789abcdef.{k}").seed("u1") for k in range(1, 200)) < 2**63
+        True
+        """
+        digest = hashlib.blake2b(f"{user_id}|{self.text}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") >> 1
+
+
+def is_session(value: object) -> bool:
+    """Whether ``value`` is a session id (what a feed returns as ``session`` and events carry as ``context.feed``).
+
+    >>> is_session("0123456789abcdef"), is_session("0123456789ABCDEF"), is_session("0123456789abcdef.1")
+    (True, False, False)
+    """
+    return isinstance(value, str) and _SESSION.fullmatch(value) is not None

@@ -1,0 +1,132 @@
+"""Per-request Redis I/O of the feed: one pipelined read of the user's keys, one pipelined session write.
+
+That is the whole Redis budget of a feed request (two round trips); everything shared by all
+users comes from the in-process snapshot (serving/snapshot.py).
+
+The session list ``user:<u>:feed:<session>`` (named by the cursor, serving/cursor.py) holds one
+JSON ``[[item, source, features], …]`` per page served (``features``, the encoded vector the item
+was served with, only when it has one) and expires ``session_ttl_s`` after its last page. The next
+page of the session excludes every item in it; the events route reads it to name the source of a
+clicked item for an event that came without one, and to stamp the served features into it.
+
+Reads must not fill Redis: every cursorless feed request starts a session, for any user id. So
+every session is listed in an index, a sorted set by last use: a known user's own
+(``user:<u>:sessions``, at most ``sessions_per_user``) or, for ids nothing is stored for, the one
+of all of them (``sessions:anonymous``, at most ``anonymous_sessions``); a new session past the cap
+deletes the least recently used one. Memory taken by reads is then at most
+(known users × sessions_per_user + anonymous_sessions) sessions, each no longer than the catalogue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import orjson
+from recstream.serving.blend import Served
+from recstream.serving.redis_wire import RedisWire, Script
+from recstream.serving.user_state import UserState, json_list, parse_preferences
+
+from recstream.contracts.keys import Keys
+
+ATTRIBUTION_SESSIONS = 32
+"""Distinct scroll sessions one events request may look up; events naming others go out unattributed."""
+ATTRIBUTION_PAGES = 10
+"""The most recent pages of a session an events request reads (clicks are on what was just shown). With
+the ``feed_max_limit`` of 100, one request makes Redis return at most 32 × 10 pages of 100 rows (~2.5 MB)."""
+
+
+class FeedStore:
+    """The feed's two round trips, each one Lua script call: one command to pack, one reply to parse.
+
+    For Redis Cluster, the user's keys would need a ``{user}`` hash tag and ``user:seg`` a per-user
+    key, so that one script's keys live on one node (ARCHITECTURE.md, scale-out path).
+    """
+
+    READ = Script("""
+    -- KEYS: user:seg, user:<u>:cand, :hist, :seen, :prefs [, the session list]; ARGV[1]: the user id
+    local session = false
+    if KEYS[6] then session = redis.call('LRANGE', KEYS[6], 0, -1) end
+    return {redis.call('HGET', KEYS[1], ARGV[1]), redis.call('GET', KEYS[2]), redis.call('GET', KEYS[3]),
+            redis.call('ZREVRANGE', KEYS[4], 0, -1), redis.call('GET', KEYS[5]), session}
+    """)
+    RECORD = Script("""
+    -- KEYS[1]: the session list, KEYS[2]: its index; ARGV: the page as JSON, the TTL in seconds, the index's
+    -- cap, now (ms). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
+    redis.call('RPUSH', KEYS[1], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+    redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+    local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+    if over > 0 then
+      for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do redis.call('DEL', old) end
+      redis.call('ZREMRANGEBYRANK', KEYS[2], 0, over - 1)
+    end
+    return redis.call('EXPIRE', KEYS[2], ARGV[2])
+    """)
+
+    def __init__(self, wire: RedisWire, keys: Keys) -> None:
+        self.wire = wire
+        self.keys = keys
+
+    async def read(self, user_id: str, session: str | None) -> UserState:
+        """Round trip 1: segment, candidates, history, seen set, preferences and the session's served items."""
+        k = self.keys
+        user_keys = [k("user:seg"), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
+        if session is not None:
+            user_keys.append(self.session_key(user_id, session))
+        segment, cand, hist, seen, prefs, pages = await self.wire.run(self.READ, user_keys, [user_id])
+        preferred, not_interested = parse_preferences(prefs)
+        served = {row[0] for page in pages or () for row in json_list(page) if isinstance(row, list) and row}
+        return UserState(
+            segment=segment,
+            candidate_rows=json_list(cand),
+            history_rows=json_list(hist),
+            seen=seen,
+            preferred=tuple(preferred),
+            not_interested=frozenset(not_interested),
+            served=frozenset(served),
+            session_found=bool(pages),
+        )
+
+    async def record(
+        self,
+        user_id: str,
+        session: str,
+        page: Sequence[Served],
+        vectors: Sequence[str] | None,
+        ttl_s: int,
+        known: bool,
+        cap: int,
+    ) -> None:
+        """Round trip 2: append the page (``[[item, source, features], …]``) to the session and push its expiry
+        out; list the session in the user's index (``known``) or the anonymous one, which keeps ``cap``."""
+        rows = (
+            [[s.item, s.source] for s in page]
+            if vectors is None
+            else [[s.item, s.source, vector] for s, vector in zip(page, vectors, strict=True)]
+        )
+        index = self.keys.user(user_id, "sessions") if known else self.keys("sessions:anonymous")
+        keys = [self.session_key(user_id, session), index]
+        await self.wire.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000_000])
+
+    async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:
+        """(source, served features or None) of each (user, session, item), None where unknown; one round trip,
+        bounded: each distinct session read once, its last ATTRIBUTION_PAGES pages, the first
+        ATTRIBUTION_SESSIONS only."""
+        sessions = list(dict.fromkeys((u, s) for u, s, _ in wanted))[:ATTRIBUTION_SESSIONS]
+        replies = await self.wire.execute(
+            *(("LRANGE", self.session_key(u, s), -ATTRIBUTION_PAGES, -1) for u, s in sessions)
+        )
+        served = {
+            pair: {
+                row[0]: (str(row[1]), row[2] if len(row) == 3 and isinstance(row[2], str) else None)
+                for page in pages
+                for row in json_list(page)
+                if isinstance(row, list) and len(row) in (2, 3) and isinstance(row[0], str)
+            }
+            for pair, pages in zip(sessions, replies, strict=True)
+        }
+        return [served.get((u, s), {}).get(item) for u, s, item in wanted]
+
+    def session_key(self, user_id: str, session: str) -> str:
+        return self.keys.user(user_id, f"feed:{session}")

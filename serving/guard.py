@@ -1,0 +1,55 @@
+"""The degraded-mode decision: whether a request tries Redis at all, and what a failed round trip becomes.
+
+Every Redis round trip of a request runs under ``reader_redis_timeout_s`` (serving/redis_wire.py).
+A timeout or error raises RedisUnavailable, which the service answers from the in-process popular
+list with ``degraded: true`` (never a 5xx). After TRIP_AFTER failures in a row the next requests
+skip Redis for COOLDOWN_S, so a dead Redis costs no connection attempt per request while one slow
+reply degrades only its own request; the first request after the cooldown tries again, so the
+reader recovers by itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from recstream.serving.errors import RedisUnavailable
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+T = TypeVar("T")
+
+COOLDOWN_S = 0.25
+TRIP_AFTER = 3
+
+
+class RedisGuard:
+    """Turns a failed round trip into RedisUnavailable; after TRIP_AFTER in a row, skips Redis for COOLDOWN_S."""
+
+    def __init__(self) -> None:
+        self._failures = 0
+        self._skip_until = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    async def __call__(self, round_trip: Callable[[], Awaitable[T]]) -> T:
+        if not self.ok:
+            raise RedisUnavailable("skipped")
+        try:
+            result = await round_trip()
+        except RedisTimeout as exc:  # the wire's own timeout (see serving/redis_wire.py)
+            self._failed()
+            raise RedisUnavailable("timeout") from exc
+        except (RedisError, OSError) as exc:
+            self._failed()
+            raise RedisUnavailable("error") from exc
+        self._failures = 0
+        return result
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._failures >= TRIP_AFTER:
+            self._skip_until = time.monotonic() + COOLDOWN_S

@@ -1,0 +1,167 @@
+"""The ranking stage's math: the workers' rankers averaged, when to rank, scores and what explains them.
+
+Pure (no Redis, no snapshot). The workers train one FTRL ranker per events partition
+(``Keys.ranker(topic, p)``, models/ranker.py), each on its own users' views and clicks. The reader's
+snapshot loader reads them all at every reload (serving/snapshot.py) and keeps their mean weight
+vector (:class:`RankerState`): each partition learned from a disjoint share of the users, and a
+logistic regression's logit is linear in its weights, so averaging the weights averages the
+partitions' logits. A page is ranked only when :func:`ranking_mode` says so; otherwise
+it is the fixed-quota blend (serving/feed.py).
+
+>>> from recstream.contracts.settings import BlendSettings
+>>> state = RankerState(weights=np.zeros(len(FEATURES) + 1), rows=10, refreshed_at=100.0)
+>>> ranking_mode(state, BlendSettings(ranker_min_rows=10, ranker_stale_s=5.0), now=105.0)
+'ranked'
+>>> ranking_mode(state, BlendSettings(ranker_min_rows=11), now=105.0)
+'fixed-cold'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from recstream.models.ranker import LOGIT_CLIP, FTRLRanker
+from recstream.serving.blend import Source
+
+from recstream.contracts.ranking import FEATURES
+from recstream.contracts.settings import BlendSettings
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["ranked", "fixed-cold", "fixed-stale", "fixed-off"]
+MODES: tuple[str, ...] = ("ranked", "fixed-cold", "fixed-stale", "fixed-off", "degraded")
+"""How a feed was made: ranked, the fixed blend because the ranker is cold, stale or switched off, or the
+degraded popular list (Redis unreachable). The ``mode`` label of recstream_reader_feeds_by_mode_total."""
+GENERATOR: dict[str, Source | None] = {
+    "als_score": "personal",
+    "personal": "personal",
+    "popular": "popular",
+    "ctr_logit": "popular",
+    "segment_ctr_logit": "popular",
+    "popular_rank": "popular",
+    "fresh": "fresh",
+    "explore": "fresh",
+    "age": "fresh",
+    "category_affinity": "fresh",
+    "warm": None,
+}
+"""The generator each feature speaks for: a ranked item is served as the generator its top feature names
+(when that generator proposed it), and its reason is that generator's."""
+GENERATORS: tuple[Source, ...] = ("personal", "popular", "fresh")
+"""The generators of the ranked union, in the order of :func:`generator_pull`'s columns."""
+_GROUPS = np.array([[GENERATOR[f] == g for f in FEATURES] for g in GENERATORS], dtype=np.float64).T
+_EXPLAINS = np.array([GENERATOR[f] is not None for f in FEATURES])
+"""``warm`` is the same for every item of a page: it moves every score alike and explains none."""
+PROB_CLIP = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class RankerState:
+    """The averaged weights a feed scores with (bias first; None: no partition has a state yet).
+
+    ``rows`` (Σ n_updates over the partitions) is the weights' version; ``refreshed_at`` when the loader
+    last read the states successfully and ``changed_at`` when they last changed (time.monotonic()).
+    """
+
+    weights: np.ndarray | None = None
+    rows: int = 0
+    partitions: int = 0
+    refreshed_at: float | None = None
+    changed_at: float | None = None
+    states: tuple[bytes | None, ...] = ()
+
+    def refreshed(self, states: Iterable[bytes | None], now: float) -> RankerState:
+        """The state after a successful read of every partition's bytes (None: that partition has none);
+        averaged again only when the bytes changed."""
+        states = tuple(states)
+        if states == self.states and self.changed_at is not None:
+            return dataclasses.replace(self, refreshed_at=now)
+        weights, rows, partitions = average_weights(states)
+        return RankerState(weights, rows, partitions, now, now, states)
+
+
+def average_weights(states: Iterable[bytes | None]) -> tuple[np.ndarray | None, int, int]:
+    """(mean weight vector, Σ n_updates, partitions averaged) over the partitions whose state is a ranker of
+    this feature set; a malformed state or one of another feature set is left out (and logged).
+
+    >>> one, two = FTRLRanker(len(FEATURES)), FTRLRanker(len(FEATURES))
+    >>> _ = one.update([[1.0] + [0.0] * (len(FEATURES) - 1)], [1])
+    >>> weights, rows, partitions = average_weights([one.to_bytes(), None, two.to_bytes(), b"junk"])
+    >>> bool(np.allclose(weights, (one.weights + two.weights) / 2)), rows, partitions
+    (True, 1, 2)
+    """
+    vectors, rows = [], 0
+    for state in states:
+        if state is None:
+            continue
+        try:
+            ranker = FTRLRanker.from_bytes(state)
+        except ValueError as exc:
+            log.warning("ranker state left out: %s", exc)
+            continue
+        if ranker.n_features != len(FEATURES):
+            log.warning("ranker state of %d features left out (expected %d)", ranker.n_features, len(FEATURES))
+            continue
+        vectors.append(ranker.weights)
+        rows += ranker.n_updates
+    if not vectors:
+        return None, 0, 0
+    return np.mean(vectors, axis=0), rows, len(vectors)
+
+
+def ranking_mode(state: RankerState, blend: BlendSettings, now: float) -> Mode:
+    """Ranked, unless switched off, stale (no successful refresh for more than ``ranker_stale_s``) or cold
+    (fewer than ``ranker_min_rows`` rows learned, or no weights at all): then the fixed blend, and why."""
+    if not blend.ranker:
+        return "fixed-off"
+    if state.refreshed_at is None or now - state.refreshed_at > blend.ranker_stale_s:
+        return "fixed-stale"
+    if state.weights is None or state.rows < blend.ranker_min_rows:
+        return "fixed-cold"
+    return "ranked"
+
+
+def score(weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Click probabilities σ(w₀ + Σ w_i·x_i) of feature rows (the logit clipped as models.ranker clips it), and
+    the contributions w_i·x_i, one row per item.
+
+    >>> p, c = score(np.array([0.0, 2.0, -1.0]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> p.round(3).tolist(), c.tolist()
+    ([0.881, 0.269], [[2.0, -0.0], [0.0, -1.0]])
+    """
+    contributions = rows * weights[1:]
+    logits = np.clip(contributions.sum(axis=1) + weights[0], -LOGIT_CLIP, LOGIT_CLIP)
+    return 1.0 / (1.0 + np.exp(-logits)), contributions
+
+
+def top_features(contributions: np.ndarray) -> list[str | None]:
+    """Per row, the feature that raised its score most, None when none raised it (every contribution ≤ 0);
+    ``warm`` is left out: it is the same for every item of a page and explains none.
+
+    >>> top_features(np.array([[0.5, 2.0] + [0.0] * (len(FEATURES) - 2), [0.0] * len(FEATURES)]))
+    ['personal', None]
+    """
+    explaining = np.where(_EXPLAINS, contributions, -np.inf)
+    tops = np.argmax(explaining, axis=1)
+    raised = explaining[np.arange(len(tops)), tops] > 0
+    return [FEATURES[t] if r else None for t, r in zip(tops.tolist(), raised.tolist(), strict=True)]
+
+
+def generator_pull(contributions: np.ndarray) -> np.ndarray:
+    """Per row, the summed contributions of each generator's features, columns personal, popular, fresh."""
+    return contributions @ _GROUPS
+
+
+def ctr_logit(p: np.ndarray) -> np.ndarray:
+    """ln(p / (1 − p)) of CTRs, p clipped to [1e-6, 1 − 1e-6] so that a 0 or 1 stays finite.
+
+    >>> ctr_logit(np.array([0.5, 0.0])).round(3).tolist()
+    [0.0, -13.816]
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), PROB_CLIP, 1.0 - PROB_CLIP)
+    return np.log(p) - np.log1p(-p)

@@ -1,0 +1,117 @@
+"""A user's state as one feed needs it, parsed leniently from what the workers and the reader stored.
+
+The workers write ``user:<u>:cand``, ``:hist`` and ``:seen``; ``:prefs`` comes from the preferences
+route (and from the workers, out of the user event). A malformed value reads as empty, never as an
+error: one bad key must not take a user's feed down.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class UserState:
+    """The user's keys as one feed needs them; malformed worker values read as empty, never as errors.
+
+    Candidate and history rows stay raw JSON lists, validated row by row as they are consumed
+    (``candidates()``, ``history()``): a page looks at a few dozen of the hundreds stored.
+
+    >>> user = UserState(candidate_rows=[["i1", 0.9, "i7"], ["i2", 0.5], "junk"], history_rows=[["i7", 1.0, 5]])
+    >>> list(user.candidates()), user.history(10), user.warm
+    ([('i1', 'i7'), ('i2', None)], [('i7', 1.0)], True)
+    """
+
+    segment: str | None = None
+    candidate_rows: list = field(default_factory=list)
+    history_rows: list = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)
+    """Items shown or clicked, most recent first."""
+    preferred: tuple[str, ...] = ()
+    not_interested: frozenset[str] = frozenset()
+    served: frozenset[str] = frozenset()
+    session_found: bool = False
+
+    @property
+    def warm(self) -> bool:
+        """Any history (weighted history, or items shown or clicked) makes a user warm; candidates alone
+        do not: the workers also build them from onboarding picks, before any history."""
+        return bool(self.history_rows or self.seen)
+
+    @property
+    def known(self) -> bool:
+        """Something is stored for the user (a segment from attributes, history, candidates, preferences); an id
+        nobody ever wrote for is not known, and its scroll sessions share one capped index (serving/feed_store.py)."""
+        return bool(
+            self.segment
+            or self.candidate_rows
+            or self.history_rows
+            or self.seen
+            or self.preferred
+            or self.not_interested
+        )
+
+    def candidates(self) -> Iterator[tuple[str, str | None]]:
+        """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first)."""
+        for row in self.candidate_rows:
+            if isinstance(row, list) and row and isinstance(row[0], str):
+                because = row[2] if len(row) > 2 and isinstance(row[2], str) else None
+                yield row[0], because
+
+    def candidate_scores(self) -> dict[str, float]:
+        """item → its score x_u·y_i on the candidate list (0.0 where the row has none), first row of an item kept.
+
+        >>> UserState(candidate_rows=[["i1", 0.9, "i7"], ["i2"], ["i1", 0.1]]).candidate_scores()
+        {'i1': 0.9, 'i2': 0.0}
+        """
+        return {  # reversed: the first row of an item wins; exact types: a bool is no score, orjson parses no nan
+            row[0]: float(row[1]) if len(row) > 1 and type(row[1]) in (float, int) else 0.0
+            for row in reversed(self.candidate_rows)
+            if type(row) is list and row and type(row[0]) is str
+        }
+
+    def history(self, limit: int) -> list[tuple[str, float]]:
+        """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""
+        rows = (r for r in self.history_rows if isinstance(r, list) and len(r) >= 2 and isinstance(r[0], str))
+        return [(r[0], float(r[1])) for r in itertools.islice(rows, limit) if isinstance(r[1], int | float)]
+
+
+def parse_preferences(raw: str | bytes | None) -> tuple[list[str], list[str]]:
+    """``user:<u>:prefs`` → (categories, not_interested).
+
+    >>> parse_preferences('{"categories": ["film"], "not_interested": ["i9"]}')
+    (['film'], ['i9'])
+    >>> parse_preferences("garbage")
+    ([], [])
+    """
+    doc = _json(raw)
+    if not isinstance(doc, dict):
+        return [], []
+    return _strings(doc.get("categories")), _strings(doc.get("not_interested"))
+
+
+def json_list(raw: str | bytes | None) -> list:
+    """A stored JSON list; anything else (missing, malformed, another type) reads as empty.
+
+    >>> json_list('[["i1", 0.5]]'), json_list("{}"), json_list(b"[1,"), json_list(None)
+    ([['i1', 0.5]], [], [], [])
+    """
+    doc = _json(raw)
+    return doc if isinstance(doc, list) else []
+
+
+def _json(raw: str | bytes | None) -> object:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _strings(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []

@@ -1,0 +1,170 @@
+"""The retry rules of both clients, against a scripted transport (httpx.MockTransport: the client's own logic,
+no Kafka or Redis stood in for). What reaches the real reader is in test_live.py."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from recstream.client import AsyncClient, Client, FeedPage, Ready, RecstreamError
+from recstream.client.retry import Backoff
+from tests.client.conftest import NOW_MS
+
+PAGE = {
+    "user_id": "u1",
+    "items": [{"item_id": "i1", "source": "popular", "reason": "popular now", "categories": ["news"]}],
+    "next_cursor": None,
+    "session": "0123456789abcdef",
+    "model_version": "v1",
+    "warm": False,
+    "degraded": False,
+    "seed": 7,
+    "variant": None,
+}
+KINDS = ["sync", "async"]
+
+
+class Script:
+    """A reader that answers from a script, the last answer repeated (a fresh copy each time, as a client
+    consumes what it gets); an exception class is raised instead."""
+
+    def __init__(self, *answers: httpx.Response | type[Exception]) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
+        if isinstance(answer, type):
+            raise answer("scripted failure", request=request)  # type: ignore[call-arg]
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+
+def run(kind: str, script: Script, use: Callable[[Any], Any], **options: Any) -> Any:
+    """``use(client)`` on a client of this kind whose requests the script answers."""
+    options = {"backoff_s": 0.001, "transport": httpx.MockTransport(script)} | options
+    if kind == "sync":
+        with Client("http://reader", **options) as client:
+            return use(client)
+
+    async def in_loop() -> Any:
+        async with AsyncClient("http://reader", **options) as client:
+            return await use(client)
+
+    return asyncio.run(in_loop())
+
+
+def problem(status: int, detail: object = "refused", **headers: str) -> httpx.Response:
+    return httpx.Response(status, json={"detail": detail}, headers=headers)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "failure",
+    [
+        problem(429),
+        problem(502),
+        problem(503, "Kafka did not acknowledge the write"),
+        problem(504),
+        httpx.ConnectError,
+        httpx.ConnectTimeout,
+        httpx.ReadTimeout,
+        httpx.ReadError,
+        httpx.RemoteProtocolError,
+    ],
+    ids=str,
+)
+def test_transient_failures_are_retried_until_an_answer(kind, failure):
+    script = Script(failure, failure, httpx.Response(200, json=PAGE))
+    page = run(kind, script, lambda c: c.feed("u1", limit=1))
+    assert isinstance(page, FeedPage) and page.items[0].item_id == "i1"
+    assert len(script.requests) == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("failures", "answered"), [(1, True), (2, True), (3, False)])
+def test_retries_stop_after_the_configured_number(kind, failures, answered):
+    """retries=2: three attempts in all, so two failures still end in the answer and three do not."""
+    script = Script(*[problem(503, "Kafka did not acknowledge the write")] * failures, httpx.Response(200, json=PAGE))
+    if answered:
+        assert run(kind, script, lambda c: c.feed("u1"), retries=2).user_id == "u1"
+    else:
+        with pytest.raises(RecstreamError) as caught:
+            run(kind, script, lambda c: c.feed("u1"), retries=2)
+        assert (caught.value.status, caught.value.detail) == (503, "Kafka did not acknowledge the write")
+    assert len(script.requests) == min(failures + 1, 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("status", [400, 401, 404, 409, 410, 413, 422, 500])
+def test_other_errors_are_raised_at_once_with_the_readers_problem_detail(kind, status):
+    detail = [{"loc": ["query", "limit"], "msg": "too big", "type": "less_than_equal"}] if status == 422 else "no"
+    script = Script(problem(status, detail))
+    with pytest.raises(RecstreamError) as caught:
+        run(kind, script, lambda c: c.feed("u1"))
+    assert (caught.value.status, caught.value.detail) == (status, detail)
+    assert len(script.requests) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_reader_that_never_answers_raises_a_recstream_error_without_status(kind):
+    script = Script(httpx.ConnectError)
+    with pytest.raises(RecstreamError) as caught:
+        run(kind, script, lambda c: c.stats(), retries=1)
+    assert caught.value.status is None and isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert len(script.requests) == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_retry_after_is_waited_and_one_longer_than_the_cap_is_not(kind):
+    script = Script(problem(429, **{"Retry-After": "1"}), httpx.Response(200, json=PAGE))
+    started = time.monotonic()
+    run(kind, script, lambda c: c.feed("u1"))
+    assert time.monotonic() - started >= 1.0 and len(script.requests) == 2
+
+    script = Script(problem(429, **{"Retry-After": "1"}), httpx.Response(200, json=PAGE))
+    with pytest.raises(RecstreamError) as caught:
+        run(kind, script, lambda c: c.feed("u1"), max_backoff_s=0.5)
+    assert (caught.value.status, caught.value.retry_after_s, len(script.requests)) == (429, 1.0, 1)
+
+
+def test_backoff_doubles_up_to_its_cap_with_full_jitter():
+    backoff = Backoff(retries=10, base_s=0.1, max_s=1.0, rng=random.Random(3))
+    failure = httpx.Response(503)
+    for attempt, ceiling in enumerate([0.1, 0.2, 0.4, 0.8, 1.0, 1.0]):
+        waits = [backoff.wait(attempt, failure) for _ in range(2000)]
+        assert 0 <= min(waits) < 0.05 * ceiling and 0.95 * ceiling < max(waits) <= ceiling
+        assert sum(waits) / len(waits) == pytest.approx(ceiling / 2, rel=0.1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retried_post_sends_the_same_event_ids(kind):
+    script = Script(httpx.ReadTimeout, httpx.Response(202, json={"accepted": 2, "attributed": 0, "dropped": 0}))
+    events = [
+        {"type": "view", "user_id": "u1", "item_id": "i1", "ts": NOW_MS},
+        {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW_MS},
+    ]
+    accepted = run(kind, script, lambda c: c.send_events(events))
+    assert (accepted.accepted, len(script.requests)) == (2, 2)
+    first, second = (orjson.loads(r.content) for r in script.requests)
+    assert first == second and all(e["event_id"] for e in first)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_api_key_goes_in_x_api_key_and_readiness_answers_503_without_retrying(kind):
+    not_ready = httpx.Response(503, json={"redis": True, "model_version": None, "snapshot_loaded": False})
+    script = Script(not_ready)
+    assert run(kind, script, lambda c: c.ready(), api_key="s3cret") == Ready(
+        redis=True, model_version=None, snapshot_loaded=False
+    )
+    assert len(script.requests) == 1 and script.requests[0].headers["X-API-Key"] == "s3cret"
+    script = Script(not_ready)
+    run(kind, script, lambda c: c.ready())
+    assert "X-API-Key" not in script.requests[0].headers

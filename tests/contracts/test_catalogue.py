@@ -1,0 +1,64 @@
+"""Rows of CSV and JSONL files and how they spell items: line numbers, quoting, typed and text values."""
+
+from __future__ import annotations
+
+import pytest
+
+from recstream.contracts.catalogue import RowError, item_object, read_rows
+
+
+def test_csv_rows_keep_their_file_line_numbers_through_quotes_and_blank_lines():
+    lines = [b"item_id,categories\n", b'"i1","a|b"\n', b"\n", b'i2,"multi\n', b'line"\n', b"i3\n", b"i4,c\n"]
+    rows = list(read_rows(lines, "csv"))
+    assert [(n, r if isinstance(r, dict) else str(r)) for n, r in rows] == [
+        (2, {"item_id": "i1", "categories": "a|b"}),
+        (5, {"item_id": "i2", "categories": "multi\nline"}),
+        (6, "1 values for 2 columns"),
+        (7, {"item_id": "i4", "categories": "c"}),
+    ]
+
+
+def test_a_file_without_a_header_takes_the_given_columns_and_an_unclosed_quote_ends_it_with_one_error():
+    rows = list(read_rows([b"u1\ti1\t5\n", b'u2\t"i2\n', b"u3\ti3\t4\n"], "csv", "\t", ["user", "item", "rating"]))
+    assert rows[0] == (1, {"user": "u1", "item": "i1", "rating": "5"})
+    assert len(rows) == 2 and isinstance(rows[1][1], RowError) and "csv:" in str(rows[1][1])
+
+
+def test_undecodable_bytes_are_kept_for_the_contract_to_refuse():
+    [(number, row)] = list(read_rows([b"item_id\n", b"i\xff1\n"], "csv"))
+    assert number == 2 and row == {"item_id": "i\ufffd1"}
+
+
+@pytest.mark.parametrize(
+    ("row", "item"),
+    [
+        ({"item_id": "i", "categories": " a | b ||"}, {"item_id": "i", "categories": ["a", "b"]}),
+        (
+            {"item_id": "i", "available": "TRUE", "created_ts": " 17 "},
+            {"item_id": "i", "available": True, "created_ts": 17},
+        ),
+        ({"item_id": "i", "available": "", "created_ts": ""}, {"item_id": "i"}),
+        ({"item_id": "i", "f_a": "1e3", "f_b": ""}, {"item_id": "i", "features": {"a": 1000.0}}),
+        (
+            {"item_id": "i", "categories": ["x"], "available": False},
+            {"item_id": "i", "categories": ["x"], "available": False},
+        ),
+        ({"item_id": "i", "features": {"a": 1.0}, "f_b": 2}, {"item_id": "i", "features": {"a": 1.0, "b": 2}}),
+    ],
+)
+def test_item_rows_read_text_as_the_contracts_types_and_pass_typed_values(row, item):
+    assert item_object(row) == item
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        ({"item_id": "i", "colour": "red"}, "colour: not an item column"),
+        ({"item_id": "i", "created_ts": "yesterday"}, "created_ts: expected an integer"),
+        ({"item_id": "i", "f_a": "cheap"}, "f_a: expected a number"),
+        ({"item_id": "i", "features": "a=1"}, "features: a CSV names each feature in a column of its own"),
+    ],
+)
+def test_a_row_that_does_not_spell_an_item_says_which_column(row, says):
+    with pytest.raises(RowError, match=says):
+        item_object(row)

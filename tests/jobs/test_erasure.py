@@ -1,0 +1,108 @@
+"""A user's erasure through the real reader, Kafka, a worker and Redis: nothing of the user survives a rebuild."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import redis
+
+from recstream.contracts.events import Erasure, segment_of
+from recstream.contracts.keys import USER_KEYS
+from recstream.eventlog.log import open_log, read, whole_topic
+from recstream.jobs import training
+from recstream.jobs.rebuild import rebuild
+from recstream.store.state_dump import dump_state
+from tests.conftest import wait_until
+from tests.serving.conftest import reader_client
+from tests.streams.scenario import applied_events, publish, trained, world
+
+pytestmark = pytest.mark.integration
+
+
+def traces(state: dict[str, object], user: str) -> list[str]:
+    """Where ``user`` appears in a state dump: a key named after it, a hash field, a set, list or zset member."""
+    found = [key for key in state if user in key.split(":")]
+    name = user.encode()
+    for key, value in state.items():
+        if isinstance(value, dict) and name in value:
+            found.append(f"{key}[{user}]")
+        elif isinstance(value, set | list):
+            members = {m[0] if isinstance(m, tuple) else m for m in value}  # a zset's are (member, score)
+            if name in members:
+                found.append(f"{key} ∋ {user}")
+    return found
+
+
+def counted(events: list, segments: dict[str, str]) -> dict[str, dict[bytes, bytes]]:
+    """The worker's counters as an independent count of ``events``: per item, per segment and item, totals."""
+    views = Counter(e.item_id for e in events if e.type == "view")
+    clicks = Counter(e.item_id for e in events if e.type == "click")
+    totals = Counter({"views": sum(views.values()), "clicks": sum(clicks.values())})
+    counts: dict[str, Counter] = {"views": views, "clicks": clicks, "totals": totals}
+    for e in events:
+        kind = "views" if e.type == "view" else "clicks"
+        counts.setdefault(f"seg:{segments[e.user_id]}:{kind}", Counter())[e.item_id] += 1
+        totals[f"{kind}:{segments[e.user_id]}"] += 1
+    return {key: {k.encode(): str(n).encode() for k, n in c.items()} for key, c in counts.items()}
+
+
+async def values(settings, topic: str) -> list[bytes | None]:
+    async with open_log(settings) as consumer:
+        return [m.value async for chunk in read(consumer, await whole_topic(consumer, topic), 1000) for m in chunk]
+
+
+async def test_after_erasure_and_rebuild_nothing_of_the_user_remains(isolated_settings, worker_factory, tmp_path):
+    """The user's keys go at once (history, vector, candidates, seen set, preferences, a scroll session, the
+    segment entry, the fold-in fields of new items); counters keep the user's share until the rebuild, after
+    which every counter equals a count of the other users' events, and training reads none of theirs."""
+    users, items, events = world(n_users=40, n_items=80, n_events=4_000, seed=3)
+    settings, _ = await trained(isolated_settings.replace(batch_max=100), tmp_path, events[:1_500], items)
+    client = redis.Redis.from_url(settings.redis.url)
+    await publish(settings, users=users, items=items)
+    worker = worker_factory(settings)
+    wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
+    await publish(settings, events=events)
+    wait_until(lambda: applied_events(client, "rs") == len(events), timeout_s=120, what="every event applied")
+    tracked = {key for key in client.scan_iter("rs:foldin:users:*")}
+    victim = Counter(
+        u.decode() for key in tracked for u in client.hkeys(key) if client.exists(f"rs:user:{u.decode()}:vec")
+    ).most_common(1)[0][0]
+    others = [e for e in events if e.user_id != victim]
+    assert len(others) < len(events)
+
+    async with reader_client(settings.replace(open_writes=True)) as reader:
+        prefs = await reader.put(f"/v1/users/{victim}/preferences", json={"categories": ["news"]})
+        assert prefs.status_code == 200, prefs.text
+        assert (await reader.get(f"/v1/feed/{victim}")).json()["session"], "a scroll session to erase"
+        before = traces(dump_state(client, "rs"), victim)
+        assert {f"user:{victim}:{what}" for what in USER_KEYS} <= set(before)
+        assert any(t.startswith("foldin:users:") for t in before) and f"user:seg[{victim}]" in before
+        erased = await reader.delete(f"/v1/users/{victim}")
+        assert erased.status_code == 202, erased.text
+        assert erased.json() == {"user_id": victim, "removed": len(before)}
+        again = await reader.delete(f"/v1/users/{victim}")
+        assert again.json() == {"user_id": victim, "removed": 0}, "repeating it is harmless"
+
+    live = dump_state(client, "rs")
+    assert traces(live, victim) == [f"erased ∋ {victim}"]
+    assert live["totals"][b"views"] == str(sum(e.type == "view" for e in events)).encode(), (
+        "aggregates keep the user's share until the rebuild"
+    )
+    erasures = [
+        Erasure.model_validate_json(v or b"").user_id for v in await values(settings, settings.kafka.erasures_topic)
+    ]
+    assert erasures == [victim, victim]
+    assert (await values(settings, settings.kafka.users_topic)).count(None) == 2, "a tombstone on users each time"
+    worker.stop()
+
+    await rebuild(settings)
+
+    rebuilt = dump_state(client, "rs")
+    assert traces(rebuilt, victim) == [f"erased ∋ {victim}"]
+    segments = {u.user_id: segment_of(u.attributes) for u in users}
+    for key, counts in counted(others, segments).items():
+        assert rebuilt[key] == counts, key
+    assert sum(key.endswith(":vec") for key in rebuilt) == len({e.user_id for e in others})
+    trained_on = [r.value async for chunk in training.read_log(settings) for r in chunk if r.kind == "event"]
+    assert sorted(trained_on, key=lambda e: e.event_id) == sorted(others, key=lambda e: e.event_id)

@@ -1,0 +1,159 @@
+"""``recstream import``: files made here (and MovieLens' raw ratings) through the real CLI and Kafka, read back."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from recstream.contracts.events import Event, Rejected, decode
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import open_log, read, whole_topic
+from recstream.jobs.imports import ImportSpec, ImportSpecError, file_rows
+from tests.shell.test_cli_errors import cli
+
+T0_S = 1_700_000_000
+NOW_MS = 1_800_000_000_000
+
+
+async def on_topic(settings: Settings, topic: str, kind: str) -> list:
+    found: list = []
+    async with open_log(settings) as consumer:
+        async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
+            for message in chunk:
+                found += decode(message.value, kind, 2**53)[0]  # type: ignore[arg-type]
+    return found
+
+
+def test_a_rating_is_a_view_and_from_click_rating_on_also_a_click():
+    spec = ImportSpec.parse("interactions", ["user=u", "item=i", "ts=t"], ts_unit="s", click_rating=4)
+    kinds = {
+        rating: [e.type for e in spec.records({"u": "a", "i": "b", "t": str(T0_S), "rating": rating}, NOW_MS)]
+        for rating in ("3.9", "4", "4.1")
+    }
+    assert kinds == {"3.9": ["view"], "4": ["view", "click"], "4.1": ["view", "click"]}
+
+
+@pytest.mark.parametrize(
+    ("row", "says"),
+    [
+        ({"u": "a", "i": "b"}, "ts: no column 't'"),
+        ({"u": "a", "i": "b", "t": "noon"}, "ts: expected a number"),
+        ({"u": "a b", "i": "b", "t": str(T0_S)}, "user_id: String should match pattern"),
+        ({"u": "a", "i": "b", "t": "1"}, "ts: Input should be greater than or equal to"),
+        ({"u": "a", "i": "b", "t": str(T0_S), "rating": "five"}, "rating: expected a number"),
+    ],
+)
+def test_a_row_that_makes_no_event_says_why(row, says):
+    result = ImportSpec.parse("interactions", ["user=u", "item=i", "ts=t"], ts_unit="s").records(row, NOW_MS)
+    assert isinstance(result, Rejected) and result.reason.startswith(says), result
+
+
+@pytest.mark.parametrize(
+    ("kind", "maps", "says"),
+    [
+        ("events", [], "--kind must be one of interactions, items, users"),
+        ("interactions", ["colour=c"], "interactions have no field colour"),
+        ("items", ["user=u"], "items have no field user_id"),
+        ("interactions", ["user"], "expected --map FIELD=COLUMN, got 'user'"),
+    ],
+)
+def test_an_import_that_cannot_work_is_refused_before_reading(kind, maps, says):
+    with pytest.raises(ImportSpecError, match=says):
+        ImportSpec.parse(kind, maps)
+
+
+INTERACTIONS = f"""uid,movie_id,timestamp,event
+u1,m1,{T0_S},purchase
+u2,m2,{T0_S + 1},impression
+u3,m3,{T0_S + 2},hover
+u 4,m4,{T0_S + 3},purchase
+u5,m5,later,purchase
+u6,m6,{T0_S + 5}
+u1,m2,{T0_S + 6},impression
+"""
+
+
+@pytest.mark.integration
+async def test_a_csv_of_interactions_reaches_kafka_mapped_with_bad_rows_named(isolated_settings, tmp_path: Path):
+    path = tmp_path / "interactions.csv"
+    path.write_text(INTERACTIONS)
+    maps = ["--map", "user=uid", "--map", "item=movie_id", "--map", "ts=timestamp", "--map", "type=event"]
+    types = ["--type-map", "purchase=click", "--type-map", "impression=view"]
+    done = cli(isolated_settings, "import", str(path), *maps, *types, "--ts-unit", "s")
+    assert done.returncode == 0, done.stderr
+    skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped")]
+    assert skipped == [
+        "skipped line 4: type: Input should be 'view' or 'click'",
+        "skipped line 5: user_id: String should match pattern '^[A-Za-z0-9_.\\-]+$'",
+        "skipped line 6: ts: expected a number, got 'later'",
+        "skipped line 7: 3 values for 4 columns",
+    ]
+    assert "3 events from 7 rows published" in done.stderr
+    events = await on_topic(isolated_settings, isolated_settings.kafka.events_topic, "event")
+    got = sorted((e.user_id, e.item_id, e.ts, e.type) for e in events)
+    ms = T0_S * 1000
+    assert got == [("u1", "m1", ms, "click"), ("u1", "m2", ms + 6000, "view"), ("u2", "m2", ms + 1000, "view")]
+    again = cli(isolated_settings, "import", str(path), *maps, *types, "--ts-unit", "s")
+    assert again.returncode == 0
+    ids = Counter(e.event_id for e in await on_topic(isolated_settings, isolated_settings.kafka.events_topic, "event"))
+    assert sorted(ids.values()) == [2, 2, 2] and set(ids) == {e.event_id for e in events}, "the same ids again"
+
+
+@pytest.mark.integration
+async def test_items_with_one_hot_categories_and_users_with_attributes(isolated_settings, tmp_path: Path):
+    items = tmp_path / "u.item"
+    items.write_text(f"1|Toy Story|0|1|1|{T0_S}\n2|Heat|1|0|0|{T0_S + 1}\n3|Broken|1|0|maybe|\n")
+    columns = ["--columns", "item,title,Action,Animation,Comedy,created", "--map", "created_ts=created"]
+    flags = ["--category-columns", "Action,Animation,Comedy", "--ts-unit", "s"]
+    done = cli(isolated_settings, "import", str(items), "--kind", "items", "--delimiter", "|", *columns, *flags)
+    assert done.returncode == 0, done.stderr
+    assert "skipped line 3: Comedy: expected true or false, got 'maybe'" in done.stderr
+    published = await on_topic(isolated_settings, isolated_settings.kafka.items_topic, "item")
+    assert [(i.item_id, i.categories, i.created_ts) for i in published] == [
+        ("1", ["Animation", "Comedy"], T0_S * 1000),
+        ("2", ["Action"], (T0_S + 1) * 1000),
+    ]
+    users = tmp_path / "users.jsonl"
+    users.write_text('{"id": "u1", "age": 34, "gender": "F"}\n{"age": 20}\n{"id": "u2", "zip": "02139"}\n')
+    done = cli(isolated_settings, "import", str(users), "--kind", "users", "--map", "user=id")
+    assert done.returncode == 0, done.stderr
+    assert "skipped line 2: user_id: no column 'id'" in done.stderr
+    published = await on_topic(isolated_settings, isolated_settings.kafka.users_topic, "user")
+    assert [(u.user_id, u.attributes) for u in published] == [("u1", {"age": 34, "gender": "F"}), ("u2", {"zip": 2139})]
+
+
+def test_parquet_rows_are_numbered_and_typed(tmp_path: Path):
+    pa = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "events.parquet"
+    table = pa.table({"user": ["a", "b"], "item": ["x", "y"], "ts": [T0_S * 1000, 5], "type": ["click", "view"]})
+    parquet.write_table(table, path)
+    spec = ImportSpec.parse("interactions", ["user=user", "item=item"])
+    results = [(n, spec.records(row, NOW_MS)) for n, row in file_rows(path, "parquet")]
+    assert [n for n, _ in results] == [1, 2]
+    assert isinstance(results[0][1][0], Event) and results[0][1][0].ts == T0_S * 1000  # type: ignore[index]
+    assert isinstance(results[1][1], Rejected) and results[1][1].reason.startswith("ts: Input should be greater")
+
+
+@pytest.mark.integration
+async def test_movielens_raw_ratings_import_as_the_benchmarks_source_reads_them(isolated_settings, movielens: Path):
+    """u.data as it is (tab-separated user, item, rating, seconds): every rating a view, 4 and 5 also a click,
+    published in time order — the events of recstream.jobs.sources.movielens but for its id prefixes."""
+    done = cli(isolated_settings, "import", str(movielens / "u.data"), "--delimiter", "tab",
+               "--columns", "user,item,rating,ts", "--ts-unit", "s", "--sort")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "0 bad rows skipped" in done.stderr
+    expected: Counter[tuple[str, str, int, str]] = Counter()
+    for line in (movielens / "u.data").read_text().splitlines():
+        user, item, rating, ts = line.split("\t")
+        expected[(user, item, int(ts) * 1000, "view")] += 1
+        if int(rating) >= 4:
+            expected[(user, item, int(ts) * 1000, "click")] += 1
+    events = await on_topic(isolated_settings, isolated_settings.kafka.events_topic, "event")
+    assert Counter((e.user_id, e.item_id, e.ts, e.type) for e in events) == expected
+    by_user: dict[str, list[int]] = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e.ts)
+    assert all(ts == sorted(ts) for ts in by_user.values()), "each user's events in time order"

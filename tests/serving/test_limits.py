@@ -1,0 +1,266 @@
+"""The reader's limits through the real reader, each at limit − 1, limit and limit + 1 (issue 15, items 2, 3, 5, 7).
+
+Bodies (size, Content-Type) on every route that takes one, the contract's sizes on every route, the
+click limits, what one events request may make Redis return, and the scroll sessions reads may
+leave in Redis. Writes go to fresh topics no worker reads; Redis is the world's, with ids of each
+test's own (random, so a rerun within the click window counts from zero).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis
+from prometheus_client import REGISTRY
+from recstream.serving.app import PREFERENCES_MAX_BYTES
+from recstream.serving.feed_store import ATTRIBUTION_PAGES, ATTRIBUTION_SESSIONS
+
+from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES
+from tests.serving.conftest import KEY, World, isolated_topics, published_events, reader_client
+from tests.serving.test_feed import WORLD_TIME, feed
+
+pytestmark = pytest.mark.integration
+JSON = {"content-type": "application/json"}
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def view(user: str, item: str = "i001", ts: int = WORLD_TIME, **more: object) -> dict:
+    return {"type": "view", "user_id": user, "item_id": item, "ts": ts, **more}
+
+
+def click(user: str, item: str = "i001", ts: int = WORLD_TIME) -> dict:
+    return {"type": "click", "user_id": user, "item_id": item, "ts": ts}
+
+
+def padded(doc: object, size: int) -> bytes:
+    """``doc`` as JSON with trailing spaces up to exactly ``size`` bytes: still valid JSON."""
+    raw = orjson.dumps(doc)
+    assert len(raw) <= size
+    return raw + b" " * (size - len(raw))
+
+
+async def in_chunks(body: bytes, size: int = 1 << 16) -> AsyncIterator[bytes]:
+    """The body as a stream without Content-Length (chunked): the reader must count, not trust a header."""
+    for first in range(0, len(body), size):
+        yield body[first : first + size]
+
+
+async def endless() -> AsyncIterator[bytes]:
+    """150 MB of body, made as it is read (the PUT that took the reader to 527 MB of memory)."""
+    for _ in range(2400):
+        yield b"[" * (1 << 16)
+
+
+def limited(limit: str) -> float:
+    return REGISTRY.get_sample_value("recstream_reader_clicks_limited_total", {"limit": limit}) or 0.0
+
+
+BODIES = {  # route → method, path, a valid document, its cap, the status of a success
+    "events": ("POST", "/v1/events", [view("u-body")], MAX_MESSAGE_BYTES, 202),
+    "preferences": ("PUT", "/v1/users/{user_id}/preferences", {"categories": ["music"]}, PREFERENCES_MAX_BYTES, 200),
+}
+
+
+@pytest.mark.parametrize("route", BODIES)
+async def test_every_body_is_capped_before_it_is_parsed(world: World, route: str):
+    method, template, doc, cap, ok = BODIES[route]
+    path = template.format(user_id="u-body")
+    async with reader_client(await isolated_topics(world.settings), KEY) as reader:
+        operation = reader.app.openapi()["paths"][template][method.lower()]  # type: ignore[attr-defined]
+        assert operation["x-max-body-bytes"] == cap, "the cap is published to clients"
+        for size, status in ((cap - 1, ok), (cap, ok), (cap + 1, 413)):
+            body = padded(doc, size)
+            declared = await reader.request(method, path, content=body, headers=JSON)
+            streamed = await reader.request(method, path, content=in_chunks(body), headers=JSON)
+            assert (declared.status_code, streamed.status_code) == (status, status), (size, declared.text)
+        huge = await reader.request(method, path, content=endless(), headers=JSON)
+        assert huge.status_code == 413 and f"exceeds {cap} bytes" in huge.text
+
+
+@pytest.mark.parametrize("route", BODIES)
+async def test_a_body_not_declared_as_json_is_refused_with_415(world: World, route: str):
+    """A cross-site page can POST text/plain, a form or multipart without a CORS preflight: none of them passes."""
+    method, template, doc, _, ok = BODIES[route]
+    path = template.format(user_id="u-body")
+    async with reader_client(await isolated_topics(world.settings), KEY) as reader:
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""):
+            resp = await reader.request(method, path, content=orjson.dumps(doc), headers={"content-type": content_type})
+            assert resp.status_code == 415, (content_type, resp.text)
+        fine = await reader.request(
+            method, path, content=orjson.dumps(doc), headers={"content-type": "application/json; charset=utf-8"}
+        )
+        assert fine.status_code == ok, fine.text
+
+
+async def test_the_contracts_sizes_hold_on_every_route(world: World):
+    """Ids (64 characters), page sizes (100), events per request (10,000), preference lists (32, 256)."""
+    n = MAX_ID_LEN
+
+    def ids(size: int) -> str:
+        return "u" * size
+
+    cases: list[tuple[str, str, object, bool]] = []  # method, path, JSON body, over the limit
+    for size in (n - 1, n, n + 1):
+        over = size > n
+        cases += [
+            ("GET", f"/v1/feed/{ids(size)}", None, over),
+            ("GET", f"/v1/items/{ids(size)}/similar", None, over),
+            ("GET", f"/v1/users/{ids(size)}/preferences", None, over),
+            ("PUT", f"/v1/users/{ids(size)}/preferences", {}, over),
+            ("POST", "/v1/events", [view(ids(size))], over),
+            ("POST", "/v1/events", [view("u-id", item=ids(size))], over),
+        ]
+    for limit in (99, 100, 101):
+        cases += [("GET", f"/v1/feed/u-limit?limit={limit}", None, limit > 100)]
+        cases += [("GET", f"/v1/items/i001/similar?limit={limit}", None, limit > 100)]
+    for count in (31, 32, 33):
+        cases += [("PUT", "/v1/users/u-prefs/preferences", {"categories": [f"c{k}" for k in range(count)]}, count > 32)]
+    for count in (255, 256, 257):
+        cases += [
+            ("PUT", "/v1/users/u-prefs/preferences", {"not_interested": [f"i{k}" for k in range(count)]}, count > 256)
+        ]
+    m = MAX_EVENTS_PER_MESSAGE
+    for count in (m - 1, m, m + 1):
+        cases += [
+            ("POST", "/v1/events", [view(f"u-many-{k % 50}", ts=WORLD_TIME + k) for k in range(count)], count > m)
+        ]
+    async with reader_client(await isolated_topics(world.settings), KEY) as reader:
+        answers = []
+        for method, path, body, over in cases:
+            resp = await reader.request(
+                method, path, content=None if body is None else orjson.dumps(body), headers=JSON
+            )
+            answers.append((method, path[:80], resp.status_code == 422, over))
+    assert [a for a in answers if a[2] != a[3]] == []
+
+
+async def test_clicks_past_the_per_user_item_limit_are_dropped_and_the_rest_published(world: World):
+    settings = await isolated_topics(world.settings.replace(clicks_per_user_item=3))
+    users = {n: unique(f"u-clicks-{n}") for n in (2, 3, 4)}
+    before = limited("user_item")
+    async with reader_client(settings, KEY) as reader:
+        for n, user in users.items():
+            resp = await reader.post(
+                "/v1/events", json=[view(user), *[click(user, ts=WORLD_TIME + k) for k in range(n)]]
+            )
+            assert resp.status_code == 202 and resp.json() == {
+                "accepted": 1 + min(n, 3),
+                "attributed": 0,
+                "dropped": max(0, n - 3),
+            }, resp.text
+        again = await reader.post("/v1/events", json=[click(users[3], ts=WORLD_TIME + 9)])
+        assert again.json()["dropped"] == 1, "the limit holds across requests within the window"
+        other = await reader.post("/v1/events", json=[click(users[3], item="i002")])
+        assert other.json()["dropped"] == 0, "per item"
+    assert limited("user_item") - before == 2
+    events = await published_events(settings, at_least=3 + 4 + 4 + 1)
+    clicks = Counter(e.user_id for e in events if e.type == "click" and e.item_id == "i001")
+    assert clicks == {users[2]: 2, users[3]: 3, users[4]: 3}
+    assert Counter(e.user_id for e in events if e.type == "view") == Counter(users.values())
+
+
+async def test_a_client_past_its_click_limit_gets_429_and_nothing_of_the_request_is_published(world: World):
+    settings = await isolated_topics(world.settings.replace(clicks_per_client=5, clicks_per_user_item=0))
+    user, before = unique("u-client"), limited("client")
+    answers = {}
+    for n in (4, 5, 6):
+        async with reader_client(settings, KEY, address=unique(f"client-{n}")) as reader:
+            body = [view(user, ts=WORLD_TIME + n), *[click(user, ts=WORLD_TIME + 10 * n + k) for k in range(n)]]
+            answers[n] = await reader.post("/v1/events", json=body)
+            if n == 5:
+                more = await reader.post("/v1/events", json=[click(user, ts=WORLD_TIME)])
+                assert more.status_code == 429, "the limit holds across requests within the window"
+                assert (await reader.post("/v1/events", json=[view(user)])).status_code == 202, "views pass"
+    assert {n: a.status_code for n, a in answers.items()} == {4: 202, 5: 202, 6: 429}
+    assert 0 < int(answers[6].headers["retry-after"]) <= settings.reader.click_window_s
+    assert limited("client") - before == 6 + 1
+    events = await published_events(settings, at_least=5 + 6 + 1)
+    assert len(events) == 5 + 6 + 1 and {e.ts for e in events if e.type == "view"} == {
+        WORLD_TIME + 4,
+        WORLD_TIME + 5,
+        WORLD_TIME,
+    }
+
+
+def lrange_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+
+
+async def test_an_events_request_reads_each_session_once_and_only_its_last_pages(world: World):
+    """Attribution (context.feed → the source the session served the item from): one LRANGE per distinct
+    session, whatever the number of events naming it, reading only its last ATTRIBUTION_PAGES pages."""
+    settings, user, r = await isolated_topics(world.settings), unique("u-attr"), world.redis()
+    async with reader_client(settings, KEY) as reader:
+        pages = [await feed(reader, user, limit=3)]
+        for _ in range(ATTRIBUTION_PAGES):
+            pages.append(await feed(reader, user, limit=3, cursor=pages[-1]["next_cursor"]))
+        session = pages[0]["session"]
+        # the first item of the 11th, 10th and 9th page from the end, then 497 more events on the 9th's
+        shown = [pages[k]["items"][0] for k in (0, 1, 2)]
+        events = [view(user, i["item_id"], WORLD_TIME + k, context={"feed": session}) for k, i in enumerate(shown)]
+        events += [view(user, shown[2]["item_id"], WORLD_TIME + 10 + k, context={"feed": session}) for k in range(497)]
+        calls = lrange_calls(r)
+        resp = await reader.post("/v1/events", json=events)
+        assert lrange_calls(r) - calls == 1
+    assert resp.status_code == 202 and resp.json()["attributed"] == 2 + 497
+    sources = {(e.item_id, (e.context or {}).get("source")) for e in await published_events(settings, len(events))}
+    assert sources == {(shown[0]["item_id"], None), *((i["item_id"], i["source"]) for i in shown[1:])}
+
+
+async def test_an_events_request_looks_up_at_most_attribution_sessions_sessions(world: World):
+    cap, r = ATTRIBUTION_SESSIONS, world.redis()
+    async with reader_client(await isolated_topics(world.settings), KEY) as reader:
+        sessions = []
+        for _ in range(cap + 1):
+            user = unique("u-sessions")
+            page = await feed(reader, user, limit=1)
+            sessions.append((user, page["session"], page["items"][0]["item_id"]))
+        for n in (cap - 1, cap, cap + 1):
+            calls = lrange_calls(r)
+            events = [view(u, i, WORLD_TIME + n, context={"feed": s}) for u, s, i in sessions[:n]]
+            resp = await reader.post("/v1/events", json=events)
+            assert (lrange_calls(r) - calls, resp.json()["attributed"]) == (min(n, cap), min(n, cap)), n
+
+
+async def test_reads_cannot_fill_redis_with_scroll_sessions(world: World):
+    """10,000 cursorless feeds for random ids leave ``anonymous_sessions`` sessions, the least recently used
+    evicted; a known user keeps ``sessions_per_user``."""
+    cap, run, r = 1_000, uuid.uuid4().hex[:8], world.redis()
+    settings = await isolated_topics(world.settings.replace(anonymous_sessions=cap, sessions_per_user=8))
+
+    def sessions(user: str) -> int:
+        return sum(1 for _ in r.scan_iter(f"rs:user:{user}:feed:*", count=10_000))
+
+    async with reader_client(settings, KEY) as reader:
+
+        async def first_pages(users: range) -> list[str]:
+            return [(await feed(reader, f"anon-{run}-{k}", limit=1))["next_cursor"] for k in users]
+
+        cursors = await first_pages(range(cap - 1))
+        assert sessions(f"anon-{run}-*") == cap - 1
+        cursors += await first_pages(range(cap - 1, cap))
+        assert sessions(f"anon-{run}-*") == cap
+        cursors += await first_pages(range(cap, cap + 1))
+        assert sessions(f"anon-{run}-*") == cap, "the least recently used session made room"
+        assert (await reader.get(f"/v1/feed/anon-{run}-0", params={"cursor": cursors[0]})).status_code == 410
+        assert (await reader.get(f"/v1/feed/anon-{run}-1", params={"cursor": cursors[1]})).status_code == 200
+        await first_pages(range(cap + 1, 10_000))
+        assert sessions(f"anon-{run}-*") == cap
+        assert r.zcard("rs:sessions:anonymous") == cap
+
+        known = unique("u-known")  # preferences make the id known: its sessions are its own, 8 at most
+        assert (await reader.put(f"/v1/users/{known}/preferences", json={"categories": ["music"]})).status_code == 200
+        mine = []
+        for count in (7, 8, 9):
+            while len(mine) < count:
+                mine.append((await feed(reader, known, limit=1))["next_cursor"])
+            assert sessions(known) == min(count, 8), count
+        assert (await reader.get(f"/v1/feed/{known}", params={"cursor": mine[0]})).status_code == 410
+        assert (await reader.get(f"/v1/feed/{known}", params={"cursor": mine[1]})).status_code == 200

@@ -1,0 +1,325 @@
+"""The ranking stage without Redis: feature vectors, the fallback rules, averaged partition states, reasons,
+and the served vectors attribution stamps into events."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from recstream.models.ranker import FTRLRanker
+from recstream.serving.blend import SOURCES
+from recstream.serving.features import PageFeatures
+from recstream.serving.feed import build_page, favourite_categories, taste_weights
+from recstream.serving.publish import attribute
+from recstream.serving.ranking import RankerState, average_weights, ranking_mode, score
+from recstream.serving.snapshot import POPULAR_DEPTH, Categories, Pool, Popular, Snapshot
+from recstream.serving.user_state import UserState
+
+from recstream.contracts.events import MAX_CONTEXT_ENTRIES, Event
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, decode_features, encode_features, rounded
+from recstream.contracts.settings import BlendSettings, load_settings
+from tests.serving.conftest import trained_ranker
+
+HOUR_MS = 3_600_000
+CLOCK_MS = 1_700_000_000_000
+SEGMENT = "age25-34.F"
+SETTINGS = load_settings(ranker_min_rows=10, ranker_stale_s=5.0)
+
+
+def snapshot(ranker: RankerState | None = None) -> Snapshot:
+    """A loaded snapshot: 40 popular items o0..o39 (news or sport), 6 music items in the pool, a clock."""
+    snap = Snapshot(clock_ms=CLOCK_MS, loaded=True)
+    order = tuple(f"o{k}" for k in range(40))
+    for k, item in enumerate(order):
+        snap.categories.put(item, ("news",) if k % 2 else ("sport",), now=0.0, created=CLOCK_MS - (k + 1) * HOUR_MS)
+    pool = tuple(f"n{k}" for k in range(6))
+    for item in pool:
+        snap.categories.put(item, ("music",), now=0.0)
+    snap.overall, snap.overall_rank = order, {item: k for k, item in enumerate(order)}
+    snap.ctr_logits = {item: -2.0 - k / 10 for k, item in enumerate(order)}
+    snap.ctr_floor_logit = -3.5
+    snap.segments = {SEGMENT: Popular(warm=order, cold=order[::-1], ctr_logits={"o1": -1.5})}
+    snap.pool = Pool(
+        items=pool,
+        index={item: k for k, item in enumerate(pool)},
+        alpha=np.full(6, 2.0),
+        beta=np.full(6, 8.0),
+        fresh={"music": tuple((-k, item) for k, item in enumerate(pool))},
+        by_category={"music": np.arange(6)},
+        created={item: CLOCK_MS - 2 * HOUR_MS for item in pool},
+        ctr_logits={item: -3.0 for item in pool},
+    )
+    snap.ranker = ranker or RankerState()
+    return snap
+
+
+def warm_user(**more) -> UserState:
+    """Candidates o1 (score 0.8123456), o20..o35; history: three news items, one music item."""
+    rows = [["o1", 0.8123456, "o3"]] + [[f"o{k}", 0.5, "o3"] for k in range(20, 36)]
+    history = [["o3", 1.0, 1], ["o5", 1.0, 1], ["o7", 1.0, 1], ["n5", 1.0, 1]]
+    return UserState(segment=SEGMENT, candidate_rows=rows, history_rows=history, seen=["o0"], **more)
+
+
+def page_features(user: UserState, snap: Snapshot) -> PageFeatures:
+    taste = taste_weights(user, snap.categories, 0.0)
+    favourites = favourite_categories(user, taste)
+    return PageFeatures(user, snap, snap.segments.get(user.segment), taste, favourites, 0.0, 48 * 3600)
+
+
+def fresh_state(weights: dict[str, float], rows: int = 10, bias: float = 0.0) -> RankerState:
+    w = np.zeros(len(FEATURES) + 1)
+    w[0] = bias
+    for name, value in weights.items():
+        w[1 + FEATURES.index(name)] = value
+    return RankerState(weights=w, rows=rows, partitions=1, refreshed_at=100.0, changed_at=100.0)
+
+
+def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values():
+    user, snap = warm_user(), snapshot()
+    rows = page_features(user, snap).rows(["o1", "n2", "unknown"])
+    expected = {
+        # on the personal list and 2nd of the segment's warm list; news: 3 of the 4 taste weights
+        "o1": dict(
+            als_score=0.8123456,
+            personal=1,
+            popular=1,
+            fresh=0,
+            explore=0,
+            ctr_logit=-2.1,
+            segment_ctr_logit=-1.5,
+            popular_rank=math.log1p(1),
+            age=math.log1p(2),
+            category_affinity=0.75,
+            warm=1,
+        ),
+        # a pool item of a favourite category (music), created 2 h before the clock
+        "n2": dict(
+            als_score=0,
+            personal=0,
+            popular=0,
+            fresh=1,
+            explore=1,
+            ctr_logit=-3.0,
+            segment_ctr_logit=-3.0,
+            popular_rank=math.log1p(POPULAR_DEPTH),
+            age=math.log1p(2),
+            category_affinity=0.25,
+            warm=1,
+        ),
+        # nothing known: the CTR floor, no list, graduated by age (48 h)
+        "unknown": dict(
+            als_score=0,
+            personal=0,
+            popular=0,
+            fresh=0,
+            explore=0,
+            ctr_logit=-3.5,
+            segment_ctr_logit=-3.5,
+            popular_rank=math.log1p(POPULAR_DEPTH),
+            age=math.log1p(48),
+            category_affinity=0,
+            warm=1,
+        ),
+    }
+    for row, values in zip(rows, expected.values(), strict=True):
+        assert row.tolist() == rounded([values[name] for name in FEATURES]).tolist()
+    assert "unknown" in snap.categories.wanted, "the next reload fetches what a feature needed"
+
+
+def test_a_cold_user_reads_the_cold_order_and_weighs_the_picked_categories():
+    user = UserState(segment=SEGMENT, preferred=("sport", "music"))
+    snap = snapshot()
+    row = dict(zip(FEATURES, page_features(user, snap).rows(["o38"])[0].tolist(), strict=True))
+    assert row["popular_rank"] == rounded([math.log1p(1)] * len(FEATURES))[0]  # 2nd of the reversed (cold) order
+    assert (row["category_affinity"], row["warm"], row["personal"]) == (0.5, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("rows", "mode"), [(SETTINGS.blend.ranker_min_rows - 1, "fixed-cold"), (10, "ranked"), (11, "ranked")]
+)
+def test_the_ranker_is_cold_below_min_rows(rows, mode):
+    state = fresh_state({}, rows=rows)
+    assert ranking_mode(state, SETTINGS.blend, now=100.0) == mode
+    assert build_page(warm_user(), snapshot(state), SETTINGS, 20, seed=1, now=100.0).mode == mode
+
+
+@pytest.mark.parametrize(("age", "mode"), [(4.999, "ranked"), (5.0, "ranked"), (5.001, "fixed-stale")])
+def test_the_ranker_is_stale_after_stale_s_without_a_refresh(age, mode):
+    state = fresh_state({}, rows=10)
+    assert ranking_mode(state, SETTINGS.blend, now=100.0 + age) == mode
+    assert build_page(warm_user(), snapshot(state), SETTINGS, 20, seed=1, now=100.0 + age).mode == mode
+
+
+def test_off_never_refreshed_and_no_weights_fall_back_to_the_fixed_blend():
+    blend = BlendSettings(ranker_min_rows=0)
+    assert ranking_mode(fresh_state({}), blend.model_copy(update={"ranker": False}), 100.0) == "fixed-off"
+    assert ranking_mode(RankerState(), blend, 100.0) == "fixed-stale"
+    assert ranking_mode(RankerState(refreshed_at=100.0), blend, 100.0) == "fixed-cold", "min_rows 0, no weights"
+
+
+def test_fresh_weights_without_a_loaded_snapshot_serve_the_fixed_blend_without_vectors():
+    snap = snapshot(fresh_state({"popular": 5.0}))
+    snap.loaded = False
+    page = build_page(warm_user(), snap, SETTINGS, 20, seed=1, now=100.0)
+    assert page.mode == "fixed-stale" and page.vectors is None
+
+
+def test_a_cold_ranker_serves_the_fixed_blend_with_vectors_and_no_scores():
+    snap, user = snapshot(fresh_state({"popular": 5.0}, rows=9)), warm_user()
+    cold = build_page(user, snap, SETTINGS, 20, seed=3, now=100.0)
+    off = build_page(user, snap, SETTINGS.replace(ranker=False), 20, seed=3, now=100.0)
+    assert (cold.mode, off.mode) == ("fixed-cold", "fixed-off")
+    assert [(s.item, s.source, s.reason) for s in cold.items] == [(s.item, s.source, s.reason) for s in off.items]
+    vectors = page_features(user, snap).rows([s.item for s in cold.items])
+    assert cold.vectors == [encode_features(v) for v in vectors]
+    assert {(s.score, s.top_feature) for s in cold.items} == {(None, None)}
+
+
+def test_averaged_partition_states_score_as_the_mean_of_their_logits():
+    one = trained_ranker("popular", "personal", seed=1)
+    two = trained_ranker("fresh", "popular", seed=2)
+    other_features = FTRLRanker(3).to_bytes()
+    weights, rows, partitions = average_weights([one.to_bytes(), None, two.to_bytes(), other_features, b"FTRL junk"])
+    assert (rows, partitions) == (one.n_updates + two.n_updates, 2)
+    assert weights.tolist() == ((one.weights + two.weights) / 2).tolist()
+    x = np.random.default_rng(0).uniform(0, 1, (8, len(FEATURES)))
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    mean_logit = (logit(one.score(x)) + logit(two.score(x))) / 2
+    np.testing.assert_allclose(logit(score(weights, x)[0]), mean_logit, rtol=1e-9)
+    alone, _, _ = average_weights([one.to_bytes()])
+    np.testing.assert_allclose(score(alone, x)[0], one.score(x), rtol=1e-12)
+    assert average_weights([None, b"junk"]) == (None, 0, 0)
+
+
+def test_the_weights_change_when_a_partition_state_does_and_are_refreshed_at_every_read():
+    ranker = trained_ranker("popular", "personal")
+    state = RankerState().refreshed([ranker.to_bytes(), None], now=10.0)
+    assert (state.rows, state.partitions, state.changed_at, state.refreshed_at) == (ranker.n_updates, 1, 10.0, 10.0)
+    same = state.refreshed([ranker.to_bytes(), None], now=11.0)
+    assert (same.changed_at, same.refreshed_at) == (10.0, 11.0) and same.weights is state.weights
+    other = trained_ranker("personal", "popular")  # as many rows, other weights
+    changed = same.refreshed([ranker.to_bytes(), other.to_bytes()], now=12.0)
+    assert (changed.rows, changed.partitions, changed.changed_at) == (2 * ranker.n_updates, 2, 12.0)
+    assert RankerState().refreshed([None, None], now=1.0).changed_at == 1.0, "no state is a version too"
+
+
+@pytest.mark.parametrize(
+    ("feature", "source", "reason"),
+    [
+        ("personal", "personal", "because you watched o3"),
+        ("als_score", "personal", "because you watched o3"),
+        ("popular", "popular", "popular with people like you"),
+        ("fresh", "fresh", "new in music, one of your favourite categories"),
+    ],
+)
+def test_a_ranked_item_is_served_and_explained_as_its_top_feature_says(feature, source, reason):
+    snap, user = snapshot(fresh_state({feature: 8.0})), warm_user()
+    page = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0)
+    assert page.ranked and len(page.items) == 20
+    first = page.items[0]
+    assert (first.source, first.reason, first.top_feature) == (source, reason, feature)
+    for served, logged in zip(page.items, page.vectors, strict=True):
+        vector = decode_features(logged)
+        probability, contributions = score(snap.ranker.weights, vector[None, :])
+        assert served.score == float(probability[0]), "the logged vector is the scored one"
+        raised = {name: c for name, c in zip(FEATURES, contributions[0], strict=True) if name != "warm" and c > 0}
+        assert served.top_feature == (max(raised, key=raised.get) if raised else None)
+
+
+def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_proposer_and_gets_the_features_words():
+    """ctr_logit speaks for popular; personal-only items (o20..o35 are past the popular slice) say so in words."""
+    snap, user = snapshot(fresh_state({"ctr_logit": -1.0, "personal": 0.5})), warm_user()
+    page = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0)
+    personal_only = [s for s in page.items if s.item in {f"o{k}" for k in range(20, 36)}]
+    assert personal_only and all(s.source == "personal" for s in personal_only)
+    assert {s.reason for s in personal_only if s.top_feature == "ctr_logit"} == {"popular right now"}
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [{"popular": 3.0, "personal": 1.0}, {"fresh": 3.0, "explore": 2.0}],  # pool items last / first (as explore picks)
+)
+def test_a_ranked_page_ranks_only_allowed_items_and_keeps_the_capped_explore_slots(weights):
+    snap = snapshot(fresh_state(weights))
+    user = warm_user(served=frozenset({"o2"}), not_interested=frozenset({"o4", "n1"}))
+    snap.unavailable = frozenset({"o6"})
+    for seed in range(20):
+        page = build_page(user, snap, SETTINGS, 20, seed=seed, now=100.0)
+        fixed = build_page(user, snap, SETTINGS.replace(ranker=False), 20, seed=seed, now=100.0)
+        items = [s.item for s in page.items]
+        assert len(items) == len(set(items)) == 20
+        assert not {"o0", "o2", "o4", "n1", "o6"} & set(items), "seen, served, not interested, unavailable"
+        explored = [s.item for s in page.items if s.source == "explore"]
+        assert sum(s.source == "explore" for s in fixed.items) == 2 and set(explored) <= set(snap.pool.items)
+        allowed_pool = set(snap.pool.items) - {"n1"}
+        assert len(explored) == 2 or allowed_pool <= set(items), "explore is short only when the pool ran dry"
+        scores = [s.score for s in page.items if s.source != "explore"]
+        assert scores == sorted(scores, reverse=True)
+        assert {s.source for s in page.items} <= set(SOURCES)
+
+
+def test_a_generator_whose_share_is_zero_proposes_nothing_to_the_ranker():
+    snap = snapshot(fresh_state({"popular": 3.0}))
+    settings = SETTINGS.replace(share_popular=0.0)
+    page = build_page(warm_user(), snap, settings, 20, seed=1, now=100.0)
+    assert page.ranked and "popular" not in {s.source for s in page.items}
+
+
+def event(k: int, **context) -> Event:
+    return Event(type="view", user_id="u1", item_id=f"i{k}", ts=1_700_000_000_000, context=context or None)
+
+
+async def test_attribution_stamps_the_served_vector_and_drops_what_a_client_sent():
+    session, vector = "0123456789abcdef", encode_features([0.5] * len(FEATURES))
+    served = {"i1": ("popular", vector), "i2": ("personal", None), "i3": ("fresh", vector)}
+
+    async def lookup(wanted):
+        return [served.get(item) for _, _, item in wanted]
+
+    events, attributed = await attribute(
+        [
+            event(1, feed=session),
+            event(2, feed=session, rf="forged"),
+            event(3, feed=session, source="explore"),  # a source given: kept, the vector still stamped
+            event(4, rf="forged"),  # no session: no vector
+            event(5, feed=session, rf="forged"),  # the session never served it
+        ],
+        lookup,
+    )
+    contexts = [e.context for e in events]
+    assert contexts == [
+        {"feed": session, "source": "popular", CONTEXT_KEY: vector},
+        {"feed": session, "source": "personal"},
+        {"feed": session, "source": "explore", CONTEXT_KEY: vector},
+        None,
+        {"feed": session},
+    ]
+    assert attributed == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "stamped"),
+    [
+        (MAX_CONTEXT_ENTRIES - 3, {"source", CONTEXT_KEY}),  # 14 entries + source + rf = 16
+        (MAX_CONTEXT_ENTRIES - 2, {"source"}),
+        (MAX_CONTEXT_ENTRIES - 1, set()),
+    ],
+)
+async def test_attribution_keeps_the_context_within_its_bound(extra, stamped):
+    session, vector = "0123456789abcdef", encode_features([0.5] * len(FEATURES))
+
+    async def lookup(wanted):
+        return [("popular", vector)] * len(wanted)
+
+    context = {"feed": session, **{f"k{j}": j for j in range(extra)}}
+    (out,), _ = await attribute([event(1, **context)], lookup)
+    assert set(out.context) - set(context) == stamped and len(out.context) <= MAX_CONTEXT_ENTRIES
+    Event.model_validate(out.model_dump())
+
+
+def test_the_category_cache_remembers_creation_times_and_names_unknown_items_for_the_next_reload():
+    categories = Categories()
+    categories.put("a", ("x",), now=0.0, created=5)
+    assert (categories.entry("a", now=1.0), categories.entry("b", now=1.0)) == ((("x",), 0.0, 5), None)
+    assert categories.wanted == {"b"}

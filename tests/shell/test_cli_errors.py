@@ -1,0 +1,121 @@
+"""An unreachable Kafka or Redis ends every command (the real CLI, a child process) with one line on stderr naming
+the address and its variable, and exit code 1: no traceback, no log records of the clients."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from recstream.contracts.settings import Settings
+from recstream.shell.infra import free_port, private_settings
+from recstream.sim.world import World, WorldConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", **env}
+    command = [sys.executable, "-m", "recstream.shell.cli", *args]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+
+
+def assert_one_line(done: subprocess.CompletedProcess[str], service: str, address: str, variable: str) -> None:
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"cannot reach {service} at {address} ({variable}): "), done.stderr
+
+
+@pytest.fixture
+def nothing_listens(tmp_path: Path) -> Settings:
+    """Settings whose Kafka and Redis ports are closed."""
+    return private_settings(tmp_path, tmp_path, model_dir=tmp_path / "models", worker_metrics_port=0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["produce", "--synthetic", "10"],
+        ["import", "README.md"],
+        ["train"],
+        ["infra", "topics"],
+        ["experiment", "report", "ab"],
+        ["rebuild"],
+        ["worker"],
+        ["worker", "--log-level", "info"],
+    ],
+    ids=" ".join,
+)
+def test_a_closed_kafka_port_is_one_line_naming_the_bootstrap(nothing_listens: Settings, command: list[str]):
+    done = cli(nothing_listens, *command)
+    assert_one_line(done, "Kafka", nothing_listens.kafka.bootstrap, "RECSTREAM_KAFKA_BOOTSTRAP")
+
+
+def test_the_old_loglevel_spelling_still_works_and_says_it_is_deprecated(nothing_listens: Settings):
+    done = cli(nothing_listens, "worker", "--loglevel", "info")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == "worker --loglevel is deprecated: use --log-level"
+    assert done.stderr.splitlines()[1].startswith(f"cannot reach Kafka at {nothing_listens.kafka.bootstrap} ")
+
+
+def test_worker_and_serve_spell_the_log_level_option_alike(nothing_listens: Settings):
+    for command in ("worker", "serve"):
+        shown = cli(nothing_listens, command, "--help").stdout
+        assert "--log-level" in shown and "--loglevel" not in shown, command
+
+
+def test_serve_with_a_closed_redis_port_is_one_line_naming_the_url(nothing_listens: Settings):
+    """The reader starts without Kafka (its write routes answer 503) but not without Redis."""
+    done = cli(nothing_listens, "serve", "--port", str(free_port()))
+    assert_one_line(done, "Redis", nothing_listens.redis.url, "RECSTREAM_REDIS_URL")
+
+
+def test_the_redis_password_stays_out_of_the_line(nothing_listens: Settings):
+    secret = nothing_listens.replace(redis_url=f"redis://app:s3cret@127.0.0.1:{free_port()}/0")
+    done = cli(secret, "serve")
+    assert_one_line(done, "Redis", secret.redis.url.replace("s3cret", "***"), "RECSTREAM_REDIS_URL")
+    assert "s3cret" not in done.stderr
+
+
+SPARK = pytest.param(
+    "spark", marks=pytest.mark.skipif(importlib.util.find_spec("pyspark") is None, reason="no spark extra")
+)
+
+
+@pytest.mark.parametrize("engine", ["implicit", SPARK])
+def test_train_from_a_file_with_a_closed_redis_port_is_one_line(nothing_listens: Settings, tmp_path: Path, engine):
+    """Training needs no Kafka here; publishing the model meets the closed Redis. Spark says nothing on the way."""
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(map(orjson.dumps, itertools.islice(World(WorldConfig(seed=1)).events(), 3000))))
+    args = ("--file", str(events), "--factors", "4", "--iterations", "1", "--holdout", "0", "--engine", engine)
+    done = cli(nothing_listens, "train", *args)
+    assert_one_line(done, "Redis", nothing_listens.redis.url, "RECSTREAM_REDIS_URL")
+
+
+def test_train_on_spark_without_pyspark_is_one_line_naming_the_extra(nothing_listens: Settings, tmp_path: Path):
+    """Refused before reading the log (the closed Kafka port is never met)."""
+    shadow = tmp_path / "no-pyspark" / "pyspark"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named pyspark')\n")
+    done = cli(nothing_listens, "train", "--engine", "spark", PYTHONPATH=str(shadow.parent))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "--engine spark needs pyspark, the optional extra: pip install 'recstream[spark]'\n"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["worker"], ["rebuild"]], ids=" ".join)
+def test_a_closed_redis_port_behind_a_live_kafka_is_one_line(
+    isolated_settings: Settings, tmp_path: Path, command: list[str]
+):
+    settings = isolated_settings.replace(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", model_dir=tmp_path, worker_metrics_port=0
+    )
+    done = cli(settings, *command)
+    assert_one_line(done, "Redis", settings.redis.url, "RECSTREAM_REDIS_URL")

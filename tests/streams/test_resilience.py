@@ -1,0 +1,121 @@
+"""A real worker keeps its agents alive and says when one is not: Redis error replies, a stalled batch, an
+items topic whose last offset holds no record. Real Kafka, real Redis, a real ``recstream worker`` process."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from urllib.error import HTTPError
+from urllib.request import urlopen
+
+import pytest
+import redis
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from recstream.contracts.events import Event, ItemEvent, encode
+from recstream.shell.infra import Child
+from tests.conftest import wait_until
+from tests.streams.scenario import applied_events, publish
+
+pytestmark = pytest.mark.integration
+
+
+def healthz(worker: Child) -> tuple[int, str]:
+    try:
+        with urlopen(f"{worker.url}/healthz", timeout=5) as response:
+            return response.status, response.read().decode()
+    except HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def retries(worker: Child, reason: str) -> float:
+    found = re.findall(rf'recstream_worker_batch_retries_total\{{reason="{reason}",topic="events-[^"]*"\}} (\S+)',
+                       worker.metrics())  # fmt: skip
+    return sum(map(float, found))
+
+
+def view(k: int) -> Event:
+    return Event(type="view", user_id="u1", item_id=f"i{k}", ts=int(time.time() * 1000))
+
+
+async def test_a_redis_error_reply_is_retried_and_counted_and_never_stops_the_agent(isolated_settings, worker_factory):
+    """Redis answering with an error (OOM here; BUSY and READONLY alike) raised out of the events agent, which
+    then stopped for good while the process lived. The batch is retried with back-off until Redis takes it,
+    counted under its reason, and /healthz stays green (restarting would not help)."""
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    await publish(settings, events=[view(0)])
+    wait_until(lambda: applied_events(client, "rs") == 1, what="the first event")
+    client.config_set("maxmemory", 1)  # every write refused: OOM command not allowed
+    try:
+        await publish(settings, events=[view(1)])
+        wait_until(lambda: retries(worker, "redis_error") >= 3, what="retries of the refused batch")
+        assert healthz(worker) == (200, "ok\n") and applied_events(client, "rs") == 1
+    finally:
+        client.config_set("maxmemory", 0)
+    wait_until(lambda: applied_events(client, "rs") == 2, what="the refused batch once Redis takes writes")
+    await publish(settings, events=[view(2)])
+    wait_until(lambda: applied_events(client, "rs") == 3, what="the agent to go on")
+    assert worker.alive() and retries(worker, "redis_unavailable") == 0
+
+
+async def test_an_agent_stuck_in_a_batch_turns_healthz_red_until_it_moves(isolated_settings, worker_factory):
+    """A stopped or stuck agent left the process up and its partitions applied by no one. /healthz answers 503,
+    naming the agent, once a batch made no attempt for worker_stall_s (Redis paused under its write here)."""
+    settings = isolated_settings.replace(worker_stall_s=1.0)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    await publish(settings, events=[view(0)])
+    wait_until(lambda: applied_events(client, "rs") == 1, what="the worker to apply")
+    assert healthz(worker) == (200, "ok\n")
+    client.execute_command("CLIENT", "PAUSE", 8000, "WRITE")
+    try:
+        await publish(settings, events=[view(1)])
+        wait_until(lambda: healthz(worker)[0] == 503, timeout_s=7, what="/healthz to turn red")
+        status, body = healthz(worker)
+        assert body.startswith("recstream.events stalled: no attempt on its batch for") and status == 503
+        assert applied_events(client, "rs") == 1
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+    wait_until(lambda: applied_events(client, "rs") == 2, what="the batch once Redis takes writes")
+    assert healthz(worker) == (200, "ok\n")
+
+
+@pytest.mark.parametrize("ending", ["transaction", "deleted"])
+async def test_a_worker_applies_events_when_the_items_topics_last_offset_holds_no_record(
+    isolated_settings, worker_factory, ending
+):
+    """A starting worker holds every batch until its item feed has read the items that existed at its start. That
+    waited for a record at the end offset − 1, which never comes when the offset holds a transaction's commit
+    marker or the records were deleted (kafka-delete-records, retention): the worker applied nothing, ever."""
+    settings = isolated_settings
+    items = [ItemEvent(op="new", item_id=f"i{k}", ts=int(time.time() * 1000)) for k in range(3)]
+    if ending == "transaction":
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, transactional_id=uuid.uuid4().hex)
+        await producer.start()
+        try:
+            async with producer.transaction():
+                for item in items:
+                    await producer.send(settings.kafka.items_topic, encode(item), key=item.item_id.encode())
+        finally:
+            await producer.stop()
+    else:
+        await publish(settings, items=items)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+        await admin.start()
+        try:  # a compacted topic refuses deleting records; compact,delete (retention too) allows it
+            policy = {"cleanup.policy": "compact,delete"}
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.kafka.items_topic, policy)])
+            await admin.delete_records({TopicPartition(settings.kafka.items_topic, 0): RecordsToDelete(len(items))})
+        finally:
+            await admin.close()
+    worker = worker_factory(settings)
+    await publish(settings, events=[view(0)])
+    client = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: applied_events(client, "rs") == 1 or not worker.alive(), what="the event applied")
+    assert worker.alive() and applied_events(client, "rs") == 1
