@@ -136,7 +136,8 @@ def build_and_apply_world(settings: Settings, tmp: Path, worker_factory: Callabl
 
 
 def feed_traffic(url: str, users: list[str], stop: threading.Event) -> None:
-    """Simulated users: fetch a page, report every item as a view and ~30% as clicks, with the served source."""
+    """Simulated users: fetch a page, report every item as a view and ~30% as clicks, naming the page's scroll
+    session (so the reader stamps the served features, and the workers' ranker learns from them)."""
     rng = random.Random(7)
     with httpx.Client(base_url=url, timeout=10) as client:
         while not stop.is_set():
@@ -144,7 +145,13 @@ def feed_traffic(url: str, users: list[str], stop: threading.Event) -> None:
             page = client.get(f"/v1/feed/{user}", params={"limit": 20}).json()
             now = int(time.time() * 1000)
             events = [
-                {"type": kind, "user_id": user, "item_id": i["item_id"], "ts": now, "context": {"source": i["source"]}}
+                {
+                    "type": kind,
+                    "user_id": user,
+                    "item_id": i["item_id"],
+                    "ts": now,
+                    "context": {"feed": page["session"]},
+                }
                 for i in page["items"]
                 for kind in (("view", "click") if rng.random() < 0.3 else ("view",))
             ]
