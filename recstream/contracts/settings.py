@@ -191,10 +191,14 @@ class ReaderSettings(Section):
         "host": "reader_host",
         "port": "reader_port",
         "redis_timeout_s": "reader_redis_timeout_s",
+        "workers": "reader_workers",
     }
 
     host: str = Field("127.0.0.1", description="interface the reader binds to")
     port: int = Field(8080, gt=0, lt=65536, description="the reader's port")
+    workers: int = Field(
+        1, ge=1, le=64, description="reader processes sharing the port, each with its own snapshot and caches"
+    )
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
     session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
