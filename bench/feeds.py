@@ -1,6 +1,6 @@
-"""Feed throughput and latency of one reader (`recstream serve`), Redis co-located, a load generator beside them.
+"""Feed throughput and latency of the reader (`recstream serve`), Redis co-located, a load generator beside them.
 
-    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000]
+    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 3] [--turn-seconds 5]
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
 
@@ -10,22 +10,33 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment, history and
    personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
    200-item seen set) and 5,000 cold users (segment only);
-3. starts the reader as a uvicorn subprocess (uvloop + httptools, access log off);
+3. starts three readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
+   process), the contenders ``--workers 2`` and the same reader on redis-py (bench/redis_py.py);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
    closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route
    (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
-5. prints a table and fails the run (exit 1, nothing recorded) when a phase has more than 0.1% of
-   non-200 or degraded answers (bench/common.check_answers) or when any feed request took more than 2
-   Redis round trips (the reader's own histogram); otherwise writes ``reader_feeds_per_s`` (warm users,
-   closed loop) and ``reader_p99_ms`` (warm users, fixed rate) to results.json, each with the empty
-   route's figure as its baseline.
+5. then ``--rounds`` rounds of turns, A B C A B C …: warm users, closed loop, on the main reader and each
+   contender, and at the fixed rate on the main reader and redis-py. The ratio to the main reader is
+   taken within each round (the other work on the machine drifts, a round is short) and its median
+   over rounds decides: issue 18 keeps serving/redis_wire.py only while it wins by ≥ 1.5× on feeds/s or
+   p99, and wants 2 processes ≥ 1.6× one;
+6. prints the tables, with the CPU the readers (every process), the load generator and Redis spent per
+   phase (cores = CPU seconds per second: they share the machine), and fails the run (exit 1, nothing
+   recorded) when a phase has more than 0.1% of non-200 or degraded answers (bench/common.check_answers)
+   or when any feed request, in any process, took more than 2 Redis round trips (each process's own
+   histogram); otherwise writes ``reader_feeds_per_s`` (warm users, closed loop) and ``reader_p99_ms``
+   (warm users, fixed rate), each with the empty route's figure as its baseline, and the medians of
+   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_redis_wire`` (both the main reader),
+   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_redis_py``.
 
 feeds/s counts only good answers (200, not degraded); latencies are over every answer, since a
 degraded one is the slow kind (its Redis call timed out). The machine's 2 cores are shared by the
-reader, Redis and the load generator, as in production's worst case of co-location; the figures are
-a floor for a reader with a core of its own.
+readers, Redis and the load generator, as in production's worst case of co-location; the figures are
+a floor for a reader with a core of its own. Two processes can only beat one where a core is idle:
+on a machine busy with other work, the scheduler's share of the reader (one session, one autogroup)
+is what both get, and the turns table shows it in its "reader cores" column.
 """
 
 from __future__ import annotations
@@ -174,7 +185,7 @@ async def _open(port: int, path: str, users: list[str], rate: float, seconds: fl
 
 def load(mode: str, port: int, path: str, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
     """One phase in this (child) process: good answers per second, latencies of every answer in ms, non-200 and
-    degraded counts."""
+    degraded counts, and the CPU seconds this process spent generating the load."""
     import uvloop
 
     cpu = time.process_time()
@@ -230,7 +241,6 @@ class Phase:
     users: list[str]
     seconds: float
     reader: str = MAIN
-    checked: bool = True  # the warm-ups' answers are discarded unchecked
 
 
 def cpu_seconds(pid: int) -> float:
@@ -308,7 +318,8 @@ def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]
     rounds = []
     for n in range(1, args.rounds + 1):
         names = [MAIN, *(c.name for c in contenders)]
-        opens = [MAIN, *(c.name for c in contenders if c.open_loop)] if any(c.open_loop for c in contenders) else []
+        opens = [c.name for c in contenders if c.open_loop]
+        opens = [MAIN, *opens] if opens else []
         rounds.append(
             [Phase(f"{n}: {name}, {closed}", "closed", args.path, warm, args.turn_seconds, name) for name in names]
             + [Phase(f"{n}: {name}, {offered}", "open", args.path, warm, args.turn_seconds, name) for name in opens]
@@ -373,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         warm = [f"w{n}" for n in range(N_WARM)]
         cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
         closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
-        warm_ups = [Phase(f"warm-up {name}", "closed", args.path, warm, 3.0, name, checked=False) for name in readers]
+        warm_ups = [Phase(f"warm-up {name}", "closed", args.path, warm, 3.0, name) for name in readers]  # unchecked
         phases = [
             Phase(f"baseline: empty route, {closed}", "closed", EMPTY_PATH, warm, args.seconds),
             Phase(f"warm users, {closed}", "closed", args.path, warm, args.seconds),
