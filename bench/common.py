@@ -79,7 +79,16 @@ RESULT_KEYS: Mapping[str, Keys] = {
     ),
     "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched")),
     "ann_space": Keys(()),
-    "feeds": Keys(("reader_feeds_per_s", "reader_p99_ms")),
+    "feeds": Keys(
+        (
+            "reader_feeds_per_s",
+            "reader_p99_ms",
+            "reader_feeds_per_s_1proc",
+            "reader_feeds_per_s_2proc",
+            "reader_feeds_per_s_redis_py",
+            "reader_feeds_per_s_redis_wire",
+        )
+    ),
     "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
     "rebuild": Keys(("rebuild_events_per_s",)),
     "policies": Keys(

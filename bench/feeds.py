@@ -1,6 +1,6 @@
-"""Feed throughput and latency of one reader (`recstream serve`), Redis co-located, a load generator beside them.
+"""Feed throughput and latency of the reader (`recstream serve`), Redis co-located, a load generator beside them.
 
-    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000]
+    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 3] [--turn-seconds 5]
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
 
@@ -10,22 +10,33 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment, history and
    personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
    200-item seen set) and 5,000 cold users (segment only);
-3. starts the reader as a uvicorn subprocess (uvloop + httptools, access log off);
+3. starts three readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
+   process), the contenders ``--workers 2`` and the same reader on redis-py (bench/redis_py.py);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
    closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route
    (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
-5. prints a table and fails the run (exit 1, nothing recorded) when a phase has more than 0.1% of
-   non-200 or degraded answers (bench/common.check_answers) or when any feed request took more than 2
-   Redis round trips (the reader's own histogram); otherwise writes ``reader_feeds_per_s`` (warm users,
-   closed loop) and ``reader_p99_ms`` (warm users, fixed rate) to results.json, each with the empty
-   route's figure as its baseline.
+5. then ``--rounds`` rounds of turns, A B C A B C …: warm users, closed loop, on the main reader and each
+   contender, and at the fixed rate on the main reader and redis-py. The ratio to the main reader is
+   taken within each round (the other work on the machine drifts, a round is short) and its median
+   over rounds decides: issue 18 keeps serving/redis_wire.py only while it wins by ≥ 1.5× on feeds/s or
+   p99, and wants 2 processes ≥ 1.6× one;
+6. prints the tables, with the CPU the readers (every process), the load generator and Redis spent per
+   phase (cores = CPU seconds per second: they share the machine), and fails the run (exit 1, nothing
+   recorded) when a phase has more than 0.1% of non-200 or degraded answers (bench/common.check_answers)
+   or when any feed request, in any process, took more than 2 Redis round trips (each process's own
+   histogram); otherwise writes ``reader_feeds_per_s`` (warm users, closed loop) and ``reader_p99_ms``
+   (warm users, fixed rate), each with the empty route's figure as its baseline, and the medians of
+   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_redis_wire`` (both the main reader),
+   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_redis_py``.
 
 feeds/s counts only good answers (200, not degraded); latencies are over every answer, since a
 degraded one is the slow kind (its Redis call timed out). The machine's 2 cores are shared by the
-reader, Redis and the load generator, as in production's worst case of co-location; the figures are
-a floor for a reader with a core of its own.
+readers, Redis and the load generator, as in production's worst case of co-location; the figures are
+a floor for a reader with a core of its own. Two processes can only beat one where a core is idle:
+on a machine busy with other work, the scheduler's share of the reader (one session, one autogroup)
+is what both get, and the turns table shows it in its "reader cores" column.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import orjson
@@ -55,6 +67,7 @@ from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
+from recstream.shell.reader import PID_HEADER
 
 COMMAND = ".venv/bin/python -m bench.feeds"
 CATEGORIES = ["action", "comedy", "drama", "horror", "news", "music", "sport", "film", "kids", "docs"]
@@ -172,9 +185,10 @@ async def _open(port: int, path: str, users: list[str], rate: float, seconds: fl
 
 def load(mode: str, port: int, path: str, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
     """One phase in this (child) process: good answers per second, latencies of every answer in ms, non-200 and
-    degraded counts."""
+    degraded counts, and the CPU seconds this process spent generating the load."""
     import uvloop
 
+    cpu = time.process_time()
     closed = mode == "closed"
     run = _closed(port, path, users, concurrency, seconds) if closed else _open(port, path, users, rate, seconds)
     latencies, errors, degraded = uvloop.run(run)
@@ -189,10 +203,34 @@ def load(mode: str, port: int, path: str, users: list[str], concurrency: int, ra
         "p999": quantile(99.9),
         "errors": errors,
         "degraded": degraded,
+        "cpu_s": time.process_time() - cpu,
     }
 
 
 # --- orchestration --------------------------------------------------------------------------
+
+MAIN = "1 process"
+"""The reader every phase of the first table runs on: the default settings, one process."""
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A reader set up otherwise than the main one, measured in turns with it (A, B, A, B …): same state,
+    same load, same machine, so the drift of other work on the cores falls on both."""
+
+    name: str
+    key: str  # results.json key of its warm feeds/s
+    processes: int = 1
+    module: str = "recstream.shell.cli"  # the entry point of its `serve`
+    open_loop: bool = False  # also measured at the fixed offered rate (p99)
+
+
+CONTENDERS = [
+    Contender("2 processes", "reader_feeds_per_s_2proc", processes=2),
+    Contender("redis-py", "reader_feeds_per_s_redis_py", module="bench.redis_py", open_loop=True),
+]
+MAIN_KEYS = {"2 processes": "reader_feeds_per_s_1proc", "redis-py": "reader_feeds_per_s_redis_wire"}
+"""The main reader's key in each comparison (its median over the same rounds)."""
 
 
 @dataclass(frozen=True)
@@ -202,13 +240,19 @@ class Phase:
     path: str
     users: list[str]
     seconds: float
-    checked: bool = True  # the warm-up's answers are discarded unchecked
+    reader: str = MAIN
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/<pid>/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (a reader's uvicorn parent and its worker processes)."""
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children)
 
 
 def round_trips(metrics: str) -> tuple[int, int]:
@@ -221,37 +265,103 @@ def round_trips(metrics: str) -> tuple[int, int]:
     return int(float(count.group(1))), int(float(count.group(1)) - float(within.group(1)))
 
 
-def measure(phases: list[Phase], reader: infra.Child, args: argparse.Namespace) -> tuple[Table, dict[str, dict]]:
-    """Every phase through the load generator's process; the table of the checked ones and their results."""
-    table = Table(title=f"reader: GET {args.path % '{user}'} (one process; Redis and the load on the same cores)")
-    columns = ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "reader CPU µs/feed", "non-200", "degraded")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "phase" else "right")
+def every_process_metrics(reader: infra.Child, processes: int, attempts: int = 200) -> list[str]:
+    """The /metrics text of each of a reader's processes (each answers with its own): fresh connections until
+    ``X-Reader-Pid`` has named them all."""
+    texts: dict[str, str] = {}
+    for _ in range(attempts):
+        with urlopen(f"{reader.url}/metrics", timeout=5) as response:
+            texts.setdefault(response.headers[PID_HEADER.decode()], response.read().decode())
+        if len(texts) == processes:
+            return list(texts.values())
+    fail(f"{len(texts)} of the reader's {processes} processes answered /metrics in {attempts} requests")
+
+
+def measure(
+    phases: list[Phase], readers: dict[str, infra.Child], redis_pid: int, args: argparse.Namespace
+) -> dict[str, dict]:
+    """Every phase through the load generator's process, with the CPU time the reader, the generator and Redis
+    spent in it (cores = CPU seconds per second: the 2 cores are shared by all three)."""
     results = {}
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         for phase in phases:
-            cpu = cpu_seconds(reader.proc.pid)
+            reader = readers[phase.reader]
+            cpu, redis_cpu = tree_cpu_seconds(reader.proc.pid), cpu_seconds(redis_pid)
             job = pool.submit(load, phase.mode, reader.port, phase.path, phase.users, args.concurrency, args.rate,
                               phase.seconds)  # fmt: skip
             results[phase.name] = r = job.result()
-            micros = (cpu_seconds(reader.proc.pid) - cpu) / max(r["requests"], 1) * 1e6
-            if phase.checked:
-                table.add_row(
-                    phase.name, f"{r['per_s']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['p999']:.1f}",
-                    f"{micros:,.0f}", str(r["errors"]), str(r["degraded"]),
-                )  # fmt: skip
-    return table, results
+            r["reader_cpu_s"] = tree_cpu_seconds(reader.proc.pid) - cpu
+            r["redis_cpu_s"] = cpu_seconds(redis_pid) - redis_cpu
+    return results
+
+
+def phase_table(title: str, phases: list[Phase], results: dict[str, dict]) -> Table:
+    table = Table(title=title)
+    columns = ("phase", "feeds/s", "p50 ms", "p99 ms", "p99.9 ms", "reader CPU µs/feed", "reader cores",
+               "load generator cores", "Redis cores", "non-200", "degraded")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in phases:
+        r = results[phase.name]
+        micros = r["reader_cpu_s"] / max(r["requests"], 1) * 1e6
+        table.add_row(
+            phase.name, f"{r['per_s']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['p999']:.1f}",
+            f"{micros:,.0f}", *(f"{r[k] / phase.seconds:.2f}" for k in ("reader_cpu_s", "cpu_s", "redis_cpu_s")),
+            str(r["errors"]), str(r["degraded"]),
+        )  # fmt: skip
+    return table
+
+
+def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]) -> list[list[Phase]]:
+    """Each round's phases: the main reader and every contender, closed loop, then those measured open loop."""
+    closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
+    rounds = []
+    for n in range(1, args.rounds + 1):
+        names = [MAIN, *(c.name for c in contenders)]
+        opens = [c.name for c in contenders if c.open_loop]
+        opens = [MAIN, *opens] if opens else []
+        rounds.append(
+            [Phase(f"{n}: {name}, {closed}", "closed", args.path, warm, args.turn_seconds, name) for name in names]
+            + [Phase(f"{n}: {name}, {offered}", "open", args.path, warm, args.turn_seconds, name) for name in opens]
+        )
+    return rounds
+
+
+def compared(
+    contenders: list[Contender], rounds: list[list[Phase]], results: dict[str, dict]
+) -> tuple[Table, dict[str, float]]:
+    """Per contender, its warm feeds/s (and p99) over the main reader's in each round, and the median of those
+    ratios; the medians of every reader's feeds/s by key."""
+
+    def of(phases: list[Phase], reader: str, mode: str) -> dict:
+        return next(results[p.name] for p in phases if p.reader == reader and p.mode == mode)
+
+    table = Table(title="in turns: each contender against the main reader, round by round (ratio B / A)")
+    for column in ("B / A", "per round", "median"):
+        table.add_column(column, justify="left" if column != "median" else "right")
+    medians: dict[str, float] = {}
+    for c in contenders:
+        rows = [("feeds/s", "closed", "per_s")] + ([("p99", "open", "p99")] if c.open_loop else [])
+        for label, mode, field in rows:
+            ratios = [of(phases, c.name, mode)[field] / of(phases, MAIN, mode)[field] for phases in rounds]
+            table.add_row(f"{c.name} / {MAIN}: {label}", "  ".join(f"{x:.2f}" for x in ratios),
+                          f"{np.median(ratios):.2f}")  # fmt: skip
+        medians[c.key] = float(np.median([of(phases, c.name, "closed")["per_s"] for phases in rounds]))
+        medians[MAIN_KEYS[c.name]] = float(np.median([of(phases, MAIN, "closed")["per_s"] for phases in rounds]))
+    return table, medians
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each measured phase")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each phase of the main reader")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
     parser.add_argument("--rate", type=float, default=1_000.0, help="offered feeds/s of the open-loop phases")
     parser.add_argument("--path", default=FEED_PATH, help="feed request path, %%s is the user id")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns between the readers compared")
+    parser.add_argument("--turn-seconds", type=float, default=5.0, help="duration of each reader's turn")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args(argv)
-    console = Console(width=150)
+    console = Console(width=170)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-feeds-"))
     settings = load_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
@@ -259,57 +369,73 @@ def main(argv: list[str] | None = None) -> None:
         kafka_bootstrap=f"127.0.0.1:{free_port()}",
     )
     console.print(infra.redis_up(settings))
-    reader = None
+    readers: dict[str, infra.Child] = {}
     try:
         started = time.perf_counter()
         populate(settings)
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
-        reader = infra.Child("serve", settings, run_dir / "reader.log")
-        reader.wait_ready()
+        processes = {MAIN: 1} | {c.name: c.processes for c in CONTENDERS}
+        readers[MAIN] = infra.Child("serve", settings, run_dir / "reader.log")
+        for c in CONTENDERS:
+            readers[c.name] = infra.Child("serve", settings.replace(reader_workers=c.processes),
+                                          run_dir / f"reader-{c.name}.log", module=c.module)  # fmt: skip
+        for reader in readers.values():
+            reader.wait_ready()
         warm = [f"w{n}" for n in range(N_WARM)]
         cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
         closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
+        warm_ups = [Phase(f"warm-up {name}", "closed", args.path, warm, 3.0, name) for name in readers]  # unchecked
         phases = [
-            Phase("warm-up", "closed", args.path, warm, min(args.seconds, 3.0), checked=False),
             Phase(f"baseline: empty route, {closed}", "closed", EMPTY_PATH, warm, args.seconds),
             Phase(f"warm users, {closed}", "closed", args.path, warm, args.seconds),
             Phase(f"cold users, {closed}", "closed", args.path, cold, args.seconds),
             Phase(f"baseline: empty route, {offered}", "open", EMPTY_PATH, warm, args.seconds),
             Phase(f"warm users, {offered}", "open", args.path, warm, args.seconds),
         ]
+        rounds = turns(CONTENDERS, args, warm)
         load_before = os.getloadavg()[0]
-        table, results = measure(phases, reader, args)
-        feeds, over_two = round_trips(reader.metrics())
+        redis_pid = infra.redis_service(settings).pid()
+        assert redis_pid is not None
+        results = measure(warm_ups + phases + [p for r in rounds for p in r], readers, redis_pid, args)
+        trips = [round_trips(text) for name, reader in readers.items()
+                 for text in every_process_metrics(reader, processes[name])]  # fmt: skip
     finally:
-        if reader is not None:
+        for reader in readers.values():
             reader.stop()
         console.print(infra.stop(infra.redis_service(settings)))
         shutil.rmtree(run_dir, ignore_errors=True)
-    show(table, console)
-    console.print(f"feed requests with more than 2 Redis round trips: {over_two:,} of {feeds:,}")
+    show(phase_table(f"reader: GET {args.path % '{user}'} (one process; Redis and the load on the same cores)",
+                     phases, results), console)  # fmt: skip
+    show(phase_table(f"in turns, round by round: the main reader ({MAIN}) and each contender",
+                     [p for r in rounds for p in r], results), console)  # fmt: skip
+    comparison, medians = compared(CONTENDERS, rounds, results)
+    show(comparison, console)
+    feeds, over_two = (sum(t[i] for t in trips) for i in (0, 1))
+    console.print(f"feed requests with more than 2 Redis round trips: {over_two:,} of {feeds:,} (every process)")
     console.print(
         f"{os.cpu_count()} cores; 1-min load average {load_before:.2f} before, "
         f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every figure)"
     )
-    for phase in phases:
+    for phase in phases + [p for r in rounds for p in r]:
         r = results[phase.name]
-        if phase.checked:
-            check_answers(phase.name, r["requests"], r["errors"] + r["degraded"])
+        check_answers(phase.name, r["requests"], r["errors"] + r["degraded"])
     if feeds == 0:
-        fail(f"the reader counted no feed requests: is {args.path!r} the feed route?")
+        fail(f"the readers counted no feed requests: is {args.path!r} the feed route?")
     if over_two:
         fail(f"{over_two:,} of {feeds:,} feed requests took more than 2 Redis round trips")
     if args.no_record:
         return
-    empty_closed, warm_closed, empty_open, warm_open = (results[p.name] for p in phases[1:3] + phases[4:])
+    empty_closed, warm_closed, _, empty_open, warm_open = (results[p.name] for p in phases)
     cmd = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
+    turned = f"{cmd}  # warm users, {closed}, median of {args.rounds} turns"
     record({
         "reader_feeds_per_s": figure(warm_closed["per_s"], "feeds/s", f"{cmd}  # warm users, {closed}",
                                      baseline=empty_closed["per_s"]),
         "reader_p99_ms": figure(warm_open["p99"], "ms", f"{cmd}  # warm users at {offered}",
                                 baseline=empty_open["p99"]),
+        **{key: figure(value, "feeds/s", turned) for key, value in medians.items()},
     })  # fmt: skip
-    console.print(f"wrote reader_feeds_per_s and reader_p99_ms to {RESULTS.relative_to(ROOT)}")
+    console.print(f"wrote reader_feeds_per_s, reader_p99_ms, {', '.join(medians)} to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -229,10 +229,14 @@ class ReaderSettings(Section):
         "port": "reader_port",
         "redis_timeout_s": "reader_redis_timeout_s",
         "redis_connect_timeout_s": "reader_redis_connect_timeout_s",
+        "workers": "reader_workers",
     }
 
     host: str = Field("127.0.0.1", description="interface the reader binds to")
     port: int = Field(8080, gt=0, lt=65536, description="the reader's port")
+    workers: int = Field(
+        1, ge=1, le=64, description="reader processes sharing the port, each with its own snapshot and caches"
+    )
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
     redis_connect_timeout_s: float = Field(
         1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"

@@ -87,9 +87,10 @@ app.add_typer(experiment_app, name="experiment")
 console = Console(stderr=True)
 
 
-def _settings() -> Settings:
+def _settings(**overrides: object) -> Settings:
+    """The environment's settings with a command's options (by variable name); invalid ones end the command."""
     try:
-        return load_settings()
+        return load_settings(**overrides)
     except SettingsError as exc:
         console.print(f"[red]invalid settings[/red]\n{exc}")
         raise typer.Exit(2) from None
@@ -430,26 +431,20 @@ def rebuild() -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: settings.reader.port)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="processes sharing the port (default: RECSTREAM_READER_WORKERS, 1)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
 ) -> None:
-    """Run the reader: blended feeds from Redis over HTTP (one process, uvloop + httptools)."""
-    import uvicorn
+    """Run the reader: blended feeds from Redis over HTTP (uvloop + httptools, one or more processes)."""
+    from recstream.shell import reader
 
-    from recstream.runtime.garbage_collector import collect_young_rarely, freeze_long_lived
-    from recstream.serving.app import create_app
-
-    settings = _settings()
+    settings = _settings(**({} if workers is None else {"reader_workers": workers}))
     asyncio.run(_reach(settings, kafka=False, redis=True))  # writes answer 503 without Kafka; reads need Redis
-    app = create_app(settings)
-    freeze_long_lived()  # what startup built lives as long as the process
-    collect_young_rarely()
-    uvicorn.run(
-        app,
+    reader.serve(
         host=host or settings.reader.host,
         port=settings.reader.port if port is None else port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
+        workers=settings.reader.workers,
         log_level=log_level,
     )
 

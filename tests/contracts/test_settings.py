@@ -71,3 +71,12 @@ def test_model_copy_with_flat_names_is_refused_not_silently_ignored():
     ``settings.worker.batch_max`` kept its old value: a test once stopped the session's services that way."""
     with pytest.raises(TypeError, match=r"use settings\.replace"):
         load_settings().model_copy(update={"batch_max": 1})
+
+
+@pytest.mark.parametrize(("workers", "valid"), [(0, False), (1, True), (2, True), (63, True), (64, True), (65, False)])
+def test_reader_workers_are_between_1_and_64(workers, valid):
+    if valid:
+        assert load_settings(reader_workers=workers).reader.workers == workers
+    else:
+        with pytest.raises(SettingsError, match="RECSTREAM_READER_WORKERS"):
+            load_settings(reader_workers=workers)
