@@ -178,8 +178,15 @@ def missing(prometheus: PrometheusProcess, queries: list[Query]) -> list[str]:
 def test_every_panel_and_rule_query_returns_series_from_a_live_system(
     isolated_settings, worker_factory, prometheus_factory, tmp_path
 ):
-    # the traffic posts without a key, and from one address more clicks than a client may report
-    settings = isolated_settings.replace(pool_cache_s=0.1, popular_refresh_s=0.2, open_writes=True, clicks_per_client=0)
+    # the traffic posts without a key, and from one address more clicks than a client may report; a generous Redis
+    # timeout: a degraded page has no scroll session, so its clicks carry no served features for the ranker panels
+    settings = isolated_settings.replace(
+        pool_cache_s=0.1,
+        popular_refresh_s=0.2,
+        open_writes=True,
+        clicks_per_client=0,
+        reader_redis_timeout_s=1.0,
+    )
     settings, worker = build_and_apply_world(settings, tmp_path, worker_factory)
     users = [f"warm-{k:03d}" for k in range(20)] + [f"cold-{k}" for k in range(6)]
     queries = dashboard_queries() + rule_queries()
