@@ -9,7 +9,7 @@ simply absent.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -37,15 +37,19 @@ class Message:
 
 
 @asynccontextmanager
-async def open_log(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka), enable_auto_commit=False, auto_offset_reset="earliest"
-    )
+async def _consumer(settings: Settings, **options: object) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer with the configured connection and no auto-commit, stopped on the way out."""
+    consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False, **options)
     try:
         await consumer.start()  # inside: a consumer that failed to start is closed too
         yield consumer
     finally:
         await consumer.stop()
+
+
+def open_log(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaConsumer]:
+    """A consumer that reads the topics from the earliest offset, outside any group."""
+    return _consumer(settings, auto_offset_reset="earliest")
 
 
 async def whole_topic(consumer: AIOKafkaConsumer, topic: str) -> dict[tuple[str, int], tuple[int | None, int]]:
@@ -87,17 +91,9 @@ async def read_ranges(settings: Settings, ranges: Ranges) -> AsyncIterator[list[
             yield chunk
 
 
-@asynccontextmanager
-async def _group_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+def _group_consumer(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaConsumer]:
     """A consumer of the workers' group that never joins it (no subscription): it only reads and writes offsets."""
-    consumer = AIOKafkaConsumer(
-        **client_options(settings.kafka), group_id=settings.worker.group, enable_auto_commit=False
-    )
-    try:
-        await consumer.start()  # inside: a consumer that failed to start is closed too
-        yield consumer
-    finally:
-        await consumer.stop()
+    return _consumer(settings, group_id=settings.worker.group)
 
 
 async def committed_offsets(settings: Settings, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
