@@ -91,6 +91,15 @@ RESULT_KEYS: Mapping[str, Keys] = {
     ),
     "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
     "rebuild": Keys(("rebuild_events_per_s",)),
+    "ranker": Keys(
+        tuple(
+            f"ranker_{figure}{scorer}{world}"
+            for world in ("", "_stable")
+            for scorer in ("", "_ctr_only", "_segment_ctr_only", "_als_only", "_base_rate")
+            for figure in ("auc", "logloss")
+            if (figure, scorer) != ("auc", "_base_rate")
+        )
+    ),
     "policies": Keys(
         _policy_keys(("no_explore", "fresh", "egreedy", "ts")),
         # the blend rows (--policies fixed,popular_only,personal_only), in the fresh world and (--world) others
