@@ -175,7 +175,7 @@ def report(runs: list[Run], args: argparse.Namespace, command: str, minutes: flo
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=90.0, help="simulated users per run")
+    parser.add_argument("--seconds", type=float, default=120.0, help="simulated users per run")
     parser.add_argument("--feeds-per-s", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--policy", choices=list(policies.POLICIES), default="fixed", help="the reader's settings")
