@@ -89,7 +89,7 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_feeds_per_s_redis_wire",
         )
     ),
-    "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
+    "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_fixed"))),
     "rebuild": Keys(("rebuild_events_per_s",)),
     "ranker": Keys(
         tuple(

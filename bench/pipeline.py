@@ -37,12 +37,14 @@ READER_CONCURRENCY = 4  # feed requests in flight per reader
 
 @dataclass(frozen=True)
 class Page:
-    """A feed page as served: (item, source) pairs, how many degraded answers were asked again, and whether
-    it is still degraded after DEGRADED_RETRIES."""
+    """A feed page as served: (item, source) pairs, how many degraded answers were asked again, whether
+    it is still degraded after DEGRADED_RETRIES, whether the ranker ordered it, and its scroll session."""
 
     items: list[tuple[str, str]]
     retried: int
     degraded: bool
+    ranked: bool = False
+    session: str | None = None
 
 
 class Pipeline:
@@ -113,7 +115,20 @@ class Pipeline:
                 break
             await asyncio.sleep(0.05 * (attempt + 1))
         items = [(item["item_id"], item["source"]) for item in body["items"]]
-        return Page(items, retried=attempt, degraded=body["degraded"])
+        return Page(items, attempt, body["degraded"], body["ranked"], body["session"])
+
+    async def served_vectors(self, user: str, session: str) -> dict[str, str]:
+        """item → the feature vector (contracts.ranking's context value) the session's last page served it with,
+        as the reader's events route would stamp a view or click of it (serving/feed_store.FeedStore.sources)."""
+        pages = await self.redis.lrange(self.keys.user(user, f"feed:{session}"), -1, -1)
+        rows = orjson.loads(pages[0]) if pages else []
+        return {row[0]: row[2] for row in rows if len(row) == 3 and isinstance(row[2], str)}
+
+    async def write_rankers(self, states: Mapping[int, bytes]) -> None:
+        """Store the events partitions' ranker states where the workers keep theirs (``Keys.ranker``)."""
+        topic = self.settings.kafka.events_topic
+        if states:
+            await self.redis.mset({self.keys.ranker(topic, p): state for p, state in states.items()})
 
 
 @asynccontextmanager
