@@ -37,6 +37,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
@@ -45,13 +46,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import policies
-from bench.common import figure, machine, record, services, show
+from bench.common import ROOT, figure, machine, record, services, show
 from recstream.contracts.events import Event, decode
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, read, whole_topic
 
 COMMAND = ".venv/bin/python -m bench.ranker"
+ROWS = ROOT / ".run" / "bench-ranker-rows"
 WORLDS = ("fresh", "stable")
 SINGLE = {"ctr_only": "ctr_logit", "segment_ctr_only": "segment_ctr_logit", "als_only": "als_score"}
 """The one-feature scorers: key suffix → the feature."""
@@ -61,10 +63,24 @@ console = Console(width=160)
 
 @dataclass(frozen=True)
 class Scores:
-    """One scorer on one run: AUC (nan for the base rate) and progressive-validation logloss."""
+    """One scorer on one run: AUC (nan for the base rate) and progressive-validation logloss, over every row and
+    over the second half of each partition's rows (``late_``: after the learners' warm-up)."""
 
     auc: float
     logloss: float
+    late_auc: float
+    late_logloss: float
+
+    @classmethod
+    def of(cls, scores: np.ndarray | None, probs: np.ndarray, labels: np.ndarray, late: np.ndarray) -> Scores:
+        """AUC of ``scores`` (nan when None) and logloss of ``probs``, over all rows and the ``late`` ones."""
+        nan = float("nan")
+        return cls(
+            nan if scores is None else auc(scores, labels),
+            logloss(probs, labels),
+            nan if scores is None else auc(scores[late], labels[late]),
+            logloss(probs[late], labels[late]),
+        )
 
 
 async def topic_names(settings: Settings) -> set[str]:
@@ -101,10 +117,11 @@ def replay(rows: dict[int, Rows], config: FTRLConfig) -> dict[str, Scores]:
             raw[name].append(column[:, 0])
             FTRLRanker(1, config).update(column, r.labels, predicted[name])
         FTRLRanker(1, config).update(np.zeros((len(r.labels), 1)), r.labels, predicted["base_rate"])
-    out = {"ranker": Scores(auc(predicted["ranker"], labels), logloss(predicted["ranker"], labels))}
-    for name in SINGLE:
-        out[name] = Scores(auc(np.concatenate(raw[name]), labels), logloss(predicted[name], labels))
-    out["base_rate"] = Scores(float("nan"), logloss(predicted["base_rate"], labels))
+    late = np.concatenate([np.arange(len(r.labels)) >= len(r.labels) // 2 for r in rows.values()])
+    p = {name: np.asarray(values) for name, values in predicted.items()}
+    out = {"ranker": Scores.of(p["ranker"], p["ranker"], labels, late)}
+    out.update((name, Scores.of(np.concatenate(raw[name]), p[name], labels, late)) for name in SINGLE)
+    out["base_rate"] = Scores.of(None, p["base_rate"], labels, late)
     return out
 
 
@@ -133,17 +150,29 @@ def run_world(base: Settings, world: str, seed: int, args: argparse.Namespace, m
     n = sum(len(r.labels) for r in rows.values())
     if n == 0:
         raise SystemExit(f"{world} seed {seed}: no events with served features in {created}")
+    if args.rows_out:  # for a study of the ranker's settings on these very rows
+        args.rows_out.mkdir(parents=True, exist_ok=True)
+        np.savez(args.rows_out / f"{world}-{seed}.npz", **{f"{k}_{p}": getattr(part, k) for p, part in rows.items()
+                                                         for k in ("features", "labels")})  # fmt: skip
     r = base.ranker
     scores = replay(rows, FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2))
     clicks = int(sum(p.labels.sum() for p in rows.values()))
     return Run(world, seed, n, clicks, result.ranked_share, scores)
 
 
+def spread(runs: Sequence[Run], name: str, field: str) -> str:
+    """`` ± sd`` over the seeds when there are several."""
+    if len(runs) < 2:
+        return ""
+    return f" ± {statistics.stdev(getattr(r.scores[name], field) for r in runs):.4f}"
+
+
 def report(runs: list[Run], args: argparse.Namespace, command: str, minutes: float) -> None:
     table = Table(title=f"online ranker, prequential on closed-loop impressions: {args.seeds} seed(s) × "
                   f"{args.seconds:.0f} s at {args.feeds_per_s:.0f} feeds/s per world, reader {args.policy!r}; "
                   f"{machine()}; {minutes:.1f} min")  # fmt: skip
-    for column in ("world", "rows (clicks)", "feeds ranked", "scorer", "AUC", "logloss"):
+    for column in ("world", "rows (clicks)", "feeds ranked", "scorer", "AUC", "logloss", "AUC, 2nd half",
+                   "logloss, 2nd half"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("world", "scorer") else "right")
     figures = {}
     for world in args.worlds:
@@ -152,20 +181,22 @@ def report(runs: list[Run], args: argparse.Namespace, command: str, minutes: flo
         ranked = f"{statistics.fmean(r.ranked_share for r in mine):.0%}"
         suffix = "" if world == "fresh" else f"_{world}"
         for k, name in enumerate(SCORERS):
-            auc_mean = statistics.fmean(r.scores[name].auc for r in mine)
-            loss_mean = statistics.fmean(r.scores[name].logloss for r in mine)
-            spread = ""
-            if len(mine) > 1:
-                spread = f" ± {statistics.stdev(r.scores[name].logloss for r in mine):.4f}"
+            mean = {f: statistics.fmean(getattr(r.scores[name], f) for r in mine) for f in Scores.__annotations__}
+            cells = [
+                "–" if name == "base_rate" else f"{mean['auc']:.4f}" + spread(mine, name, "auc"),
+                f"{mean['logloss']:.4f}" + spread(mine, name, "logloss"),
+                "–" if name == "base_rate" else f"{mean['late_auc']:.4f}",
+                f"{mean['late_logloss']:.4f}",
+            ]
             label = "ranker (FTRL, all features)" if name == "ranker" else name.replace("_", " ")
             if name in SINGLE:
                 label = f"{SINGLE[name]} alone"
-            table.add_row(world if k == 0 else "", size if k == 0 else "", ranked if k == 0 else "", label,
-                          "–" if name == "base_rate" else f"{auc_mean:.4f}", f"{loss_mean:.4f}{spread}")  # fmt: skip
+            first = k == 0
+            table.add_row(world if first else "", size if first else "", ranked if first else "", label, *cells)
             key = "" if name == "ranker" else f"_{name}"
             if name != "base_rate":
-                figures[f"ranker_auc{key}{suffix}"] = figure(auc_mean, "AUC", command)
-            figures[f"ranker_logloss{key}{suffix}"] = figure(loss_mean, "logloss", command)
+                figures[f"ranker_auc{key}{suffix}"] = figure(mean["auc"], "AUC", command)
+            figures[f"ranker_logloss{key}{suffix}"] = figure(mean["logloss"], "logloss", command)
         table.add_section()
     show(table, console)
     if not args.no_record:
@@ -181,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy", choices=list(policies.POLICIES), default="fixed", help="the reader's settings")
     parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
     parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
+    parser.add_argument("--rows-out", type=Path, default=ROWS, help="where each run's rows are saved")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--quick", action="store_true", help="1 seed × 30 s: a smoke run, not a measurement")
     args = parser.parse_args(argv)
