@@ -117,12 +117,18 @@ class Pipeline:
         items = [(item["item_id"], item["source"]) for item in body["items"]]
         return Page(items, attempt, body["degraded"], body["ranked"], body["session"])
 
-    async def served_vectors(self, user: str, session: str) -> dict[str, str]:
-        """item → the feature vector (contracts.ranking's context value) the session's last page served it with,
-        as the reader's events route would stamp a view or click of it (serving/feed_store.FeedStore.sources)."""
-        pages = await self.redis.lrange(self.keys.user(user, f"feed:{session}"), -1, -1)
-        rows = orjson.loads(pages[0]) if pages else []
-        return {row[0]: row[2] for row in rows if len(row) == 3 and isinstance(row[2], str)}
+    async def served_vectors(self, sessions: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+        """Per (user, session): item → the feature vector (contracts.ranking's context value) the session's last
+        page served it with, as the reader's events route would stamp a view or click of it
+        (serving/feed_store.FeedStore.sources); one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for user, session in sessions:
+            pipe.lrange(self.keys.user(user, f"feed:{session}"), -1, -1)
+        out = []
+        for pages in await pipe.execute():
+            rows = orjson.loads(pages[0]) if pages else []
+            out.append({row[0]: row[2] for row in rows if len(row) == 3 and isinstance(row[2], str)})
+        return out
 
     async def write_rankers(self, states: Mapping[int, bytes]) -> None:
         """Store the events partitions' ranker states where the workers keep theirs (``Keys.ranker``)."""

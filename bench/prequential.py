@@ -222,6 +222,9 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
                 if name == TRAINED_BY:
                     await learn(driver, trainer, current.score, pages)
             result.rounds += 1
+            if result.rounds % 25 == 0 and blends:
+                console.print(f"  round {result.rounds}/{len(schedule)}: the ranker learned {trainer.rows:,} rows, "
+                              f"{result.served[TRAINED_BY].ranked:,} pages ranked")  # fmt: skip
     result.candidates.seconds += result.catch_up_seconds
     for row in result.served.values():
         row.tally.seconds += result.catch_up_seconds + result.reader_wait_seconds
@@ -231,7 +234,7 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
 async def learn(driver: Pipeline, trainer: ImpressionTrainer, scored: Sequence[Rating], pages: Sequence[Page]) -> None:
     """The round's pages as training rows (ImpressionTrainer), the new states stored for the readers to load."""
     served = [(rating, page) for rating, page in zip(scored, pages, strict=True) if page.session is not None]
-    vectors = await asyncio.gather(*(driver.served_vectors(r.user_id, p.session) for r, p in served))  # type: ignore[arg-type]
+    vectors = await driver.served_vectors([(r.user_id, p.session) for r, p in served])  # type: ignore[misc]
     pairs = [(r, [item for item, _ in p.items], v) for (r, p), v in zip(served, vectors, strict=True)]
     await driver.write_rankers(trainer.learn(pairs))
 
