@@ -103,12 +103,17 @@ class Pipeline:
 
     async def feed(self, reader: str, user: str, **params: object) -> Page:
         """The user's first page from reader ``reader``; a non-200 answer raises. A degraded page (Redis timed out
-        under this machine's load and the reader answered its fallback list) is asked again, up to
-        DEGRADED_RETRIES times."""
+        under this machine's load and the reader answered its fallback list), or a request on a kept-alive
+        connection the reader closed meanwhile (no answer at all), is asked again, up to DEGRADED_RETRIES times."""
         url = f"{self.readers[reader].url}/v1/feed/{user}"
         for attempt in range(DEGRADED_RETRIES + 1):
             async with self.limits[reader]:
-                response = await self.http.get(url, params=params)
+                try:
+                    response = await self.http.get(url, params=params)
+                except httpx.RemoteProtocolError:  # a kept-alive connection the reader closed as we sent: no answer
+                    if attempt == DEGRADED_RETRIES:
+                        raise
+                    continue
             response.raise_for_status()
             body = response.json()
             if not body["degraded"] or attempt == DEGRADED_RETRIES:
