@@ -89,7 +89,11 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_feeds_per_s_redis_wire",
         )
     ),
-    "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_fixed"))),
+    "prequential": Keys(
+        _prequential_keys(("popularity", "frozen", "candidates", "served")),
+        # the ranker-off row, added with the ranker (issue 16): written by the first valid run since, then always
+        _prequential_keys(("served_fixed",)),
+    ),
     "rebuild": Keys(("rebuild_events_per_s",)),
     "ranker": Keys(
         tuple(
