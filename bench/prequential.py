@@ -241,10 +241,14 @@ async def learn(driver: Pipeline, trainer: ImpressionTrainer, scored: Sequence[R
 
 def check_pipeline(rows: PipelineResult, tallies: dict[str, Tally]) -> None:
     """Fail the run when the pipeline does not reproduce the worker's logic or its readers answered degraded."""
-    share = identical_share(rows.candidates, tallies["consistency (rounds)"])
+    check = tallies["consistency (rounds)"]
+    share = identical_share(rows.candidates, check)
     if share < CONSISTENCY_MIN:
+        pairs = list(zip(rows.candidates.ranked, check.ranked, strict=True))
+        reordered = sum(a != b and set(a) == set(b) for a, b in pairs)
         fail(f"{share:.1%} of the pipeline's candidate lists equal the consistency check's (at least "
-             f"{CONSISTENCY_MIN:.0%} required)")  # fmt: skip
+             f"{CONSISTENCY_MIN:.0%} required); of the {sum(a != b for a, b in pairs):,} that differ, "
+             f"{reordered:,} hold the same items in another order")  # fmt: skip
     for name, row in rows.served.items():
         check_answers(f"served feed {name!r} (left degraded after retries)", row.tally.clicks, row.degraded)
 
