@@ -87,6 +87,8 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_feeds_per_s_2proc",
             "reader_feeds_per_s_redis_py",
             "reader_feeds_per_s_redis_wire",
+            "reader_feeds_per_s_ranked",
+            "reader_feeds_per_s_fixed",
         )
     ),
     "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),

@@ -243,7 +243,7 @@ class ReaderSettings(Section):
         1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"
     )
     redis_connections: int = Field(
-        16,
+        64,
         ge=1,
         le=1024,
         description="Redis connections of each reader process; a round trip waits for a free one within its budget",
