@@ -85,8 +85,6 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_p99_ms",
             "reader_feeds_per_s_1proc",
             "reader_feeds_per_s_2proc",
-            "reader_feeds_per_s_redis_py",
-            "reader_feeds_per_s_redis_wire",
             "reader_feeds_per_s_ranked",
             "reader_feeds_per_s_fixed",
         )

@@ -11,29 +11,27 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
    200-item seen set), 5,000 cold users (segment only) and a warm ranker per events partition (see
    :func:`warm_rankers`), so that the reader ranks its pages as it does once the workers trained it;
-3. starts four readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
-   process, the default settings: ranked pages, redis-py), the contenders ``--workers 2``, the same reader
-   on serving/redis_wire.py (bench/redis_wire.py) and the same reader with the ranker switched off
-   (``RECSTREAM_RANKER=false``: the fixed-quota blend);
+3. starts three readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
+   process, the default settings: ranked pages), the contenders ``--workers 2`` and the same reader with
+   the ranker switched off (``RECSTREAM_RANKER=false``: the fixed-quota blend);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
    closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route
    (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
 5. then ``--rounds`` rounds of turns, A B C A B C …: warm users, closed loop, on the main reader and each
-   contender, and at the fixed rate on the main reader, redis_wire and the fixed blend. The ratio to the main reader
+   contender, and at the fixed rate on the main reader and the fixed blend. The ratio to the main reader
    is taken within each round (the other work on the machine drifts, a round is short) and its median
-   over rounds is the figure: issue 18 wants 2 processes ≥ 1.6× one and keeps serving/redis_wire.py only
-   while it wins by ≥ 1.5× on feeds/s or p99; issue 16 wants ranked pages ≥ 85% of the fixed blend's feeds/s;
+   over rounds is the figure: issue 18 wants 2 processes ≥ 1.6× one, issue 16 ranked pages ≥ 85% of the
+   fixed blend's feeds/s;
 6. prints the tables, with the CPU the readers (every process), the load generator and Redis spent per
    phase (cores = CPU seconds per second: they share the machine), and fails the run (exit 1, nothing
    recorded) when a phase has more than 0.1% of non-200 or degraded answers (bench/common.check_answers)
    or when any feed request, in any process, took more than 2 Redis round trips (each process's own
    histogram); otherwise writes ``reader_feeds_per_s`` (warm users, closed loop) and ``reader_p99_ms``
    (warm users, fixed rate), each with the empty route's figure as its baseline, and the medians of
-   the turns: ``reader_feeds_per_s_1proc``, ``reader_feeds_per_s_redis_py`` and ``reader_feeds_per_s_ranked``
-   (all the main reader), ``reader_feeds_per_s_2proc``, ``reader_feeds_per_s_redis_wire`` and
-   ``reader_feeds_per_s_fixed``. The run also fails when the main
+   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_ranked`` (both the main reader),
+   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_fixed``. The run also fails when the main
    reader served a page that was not ranked, or the fixed-blend reader one that was (their
    ``recstream_reader_feeds_by_mode_total``).
 
@@ -257,7 +255,6 @@ class Contender:
     name: str
     key: str  # results.json key of its warm feeds/s
     processes: int = 1
-    module: str = "recstream.shell.cli"  # the entry point of its `serve`
     mode: str = "ranked"  # how its pages must be made (serving/ranking.MODES)
     settings: tuple[tuple[str, object], ...] = ()  # flat settings it has otherwise than the main reader
     open_loop: bool = False  # also measured at the fixed offered rate (p99)
@@ -265,14 +262,12 @@ class Contender:
 
 CONTENDERS = [
     Contender("2 processes", "reader_feeds_per_s_2proc", processes=2),
-    Contender("redis_wire", "reader_feeds_per_s_redis_wire", module="bench.redis_wire", open_loop=True),
     Contender(
         "fixed blend", "reader_feeds_per_s_fixed", mode="fixed-off", settings=(("ranker", False),), open_loop=True
     ),
 ]
 MAIN_KEYS = {
     "2 processes": "reader_feeds_per_s_1proc",
-    "redis_wire": "reader_feeds_per_s_redis_py",
     "fixed blend": "reader_feeds_per_s_ranked",
 }
 """The main reader's key in each comparison (its median over the same rounds)."""
@@ -440,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         readers[MAIN] = infra.Child("serve", settings, run_dir / "reader.log")
         for c in CONTENDERS:
             readers[c.name] = infra.Child("serve", settings.replace(reader_workers=c.processes, **dict(c.settings)),
-                                          run_dir / f"reader-{c.name}.log", module=c.module)  # fmt: skip
+                                          run_dir / f"reader-{c.name}.log")  # fmt: skip
         for reader in readers.values():
             reader.wait_ready(READY_S)
         warm = [f"w{n}" for n in range(N_WARM)]
