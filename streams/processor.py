@@ -174,6 +174,8 @@ class BatchProcessor:
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
+        self.last_applied = time.monotonic()
         r = settings.ranker
         self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
         self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
@@ -212,6 +214,16 @@ class BatchProcessor:
             self._beat()
             await asyncio.sleep(delay)
             delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+
+    async def finish_rescore(self, idle_s: float = 0.0) -> int:
+        """Go on with an unfinished rescore pass in empty batches (no watermark, no event) until it ends, when this
+        processor applied nothing for ``idle_s``: an idle worker's rankings reach f(final counters, final prior)
+        without waiting for the next event. Returns how many empty batches it took."""
+        calls = 0
+        while self.rescore_pending and time.monotonic() - self.last_applied >= idle_s:
+            self.rescore_pending = (await self.store.apply(Effect())).rescore_pending
+            calls += 1
+        return calls
 
     def _beat(self) -> None:
         if self.beat is not None:
@@ -307,6 +319,7 @@ class BatchProcessor:
                 await self.reload_watermarks()
                 continue
             self.store.remember_histories(effect.histories)
+            self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, built)
