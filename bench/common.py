@@ -121,6 +121,20 @@ RESULT_KEYS: Mapping[str, Keys] = {
         ),
         ("reliability_reader_recovery_max_s",),  # only when the reader recovered
     ),
+    "scale": Keys(
+        (
+            "scale_redis_bytes_per_user",
+            "scale_redis_bytes_per_user_at_caps",
+            "scale_redis_bytes_per_item",
+            "scale_worker_events_per_s_x100",
+            "scale_worker_rss_mib_x100",
+            "scale_reader_p99_ms_x100",
+            "scale_train_s_x100",
+            "scale_rescore_ms_x100",
+            "scale_rescore_pass_max_ms_x100",
+            "scale_peak_rss_gib_x100",
+        )
+    ),
     "soak": Keys(
         (
             "soak_worker_rss_growth_pct",

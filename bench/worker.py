@@ -94,12 +94,14 @@ def applied(client: redis.Redis, prefix: str) -> int:
     return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
 
 
-def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Child]:
-    """Events/s from the first applied batch to the last, for a worker started on a full backlog."""
+def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) -> tuple[float, Child]:
+    """Events/s from the first applied batch to the last, for a worker started on a full backlog (``total``
+    applied events at the end, ``already`` of them in Redis before it starts)."""
     client = redis.Redis.from_url(settings.redis.url)
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
-    while applied(client, prefix) == 0:
+    while applied(client, prefix) == already:
         time.sleep(0.01)
+        worker.check()
     first, started = applied(client, prefix), time.perf_counter()
     while (done := applied(client, prefix)) < total:
         time.sleep(0.05)
