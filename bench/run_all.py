@@ -71,6 +71,7 @@ BENCHES = (
     Bench("policies"),
     Bench("reliability"),
     Bench("soak", by_default=False),  # ~30 minutes
+    Bench("scale", {"OPENBLAS_NUM_THREADS": "1"}, by_default=False),  # ~45 minutes on a loaded machine
 )
 BY_NAME = {b.name: b for b in BENCHES}
 

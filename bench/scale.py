@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     console.print(f"1-min load average {os.getloadavg()[0]:.2f} at the start")
     rows = [run_scale(scale, args, console) for scale in scales]
     console.print(f"1-min load average {os.getloadavg()[0]:.2f} at the end")
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (LOGS / "scale-rows.json").write_bytes(orjson.dumps([asdict(r) for r in rows]))  # the figures, also of a failed run
     for table in tables(rows, args, Traffic(users=args.target_users)):
         show(table, console)
     for row in rows:
