@@ -10,9 +10,12 @@ from recstream.models.ctr import smoothed_ctr
 from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis as AsyncRedis
 
+from recstream.contracts.events import Event
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message
 from recstream.store.state import Effect, StateStore
+from tests.conftest import wait_until
+from tests.streams.scenario import applied_events, publish
 
 T0 = 1_700_000_000_000
 BUDGET = 100  # items a batch rescores of a pass, about (HSCAN's COUNT)
@@ -98,3 +101,23 @@ async def test_a_catalogue_within_the_budget_is_rescored_in_the_batch_that_moved
     finally:
         await client.aclose()
         sync.close()
+
+
+async def test_an_idle_worker_finishes_the_pass_its_last_batch_left(isolated_settings, worker_factory):
+    """3,000 items, then a batch of clicks that moves the prior, then nothing: the worker's idle timer ends the pass
+    (about 1,000 items a batch, streams/app.py), so the rankings do not wait for the next event to be consistent."""
+    settings = isolated_settings.replace(require_announced_items=False)
+    sync = redis.Redis.from_url(settings.redis.url)
+    sync.hset("rs:user:seg", mapping=USERS)
+    worker_factory(settings)
+    views = [Event(type="view", user_id=u, item_id=f"i{n}", ts=T0 + n) for n in range(3_000) for u in USERS]
+    await publish(settings, events=views, batch_events=10_000)
+    wait_until(lambda: applied_events(sync, "rs") == 6_000 and not sync.exists("rs:rescore"), 120, "the catalogue")
+    prior = sync.get("rs:prior")
+    clicks = [Event(type="click", user_id="u1", item_id="i0", ts=T0 + 5_000)] * 300
+    await publish(settings, events=clicks, batch_events=10_000)  # one message: one batch, then idle
+    wait_until(lambda: applied_events(sync, "rs") == 6_300, 60, "the clicks")
+    assert sync.get("rs:prior") != prior, "the clicks moved the prior"
+    wait_until(lambda: not sync.exists("rs:rescore"), 30, "the idle worker to end the pass")
+    assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+    sync.close()
