@@ -4,7 +4,7 @@
 
 Scale ×s is the stable synthetic world (recstream.sim.simulator.STABLE_WORLD) with 10,000·s users and
 1,000·s items at start (×100: 1,000,000 users, 100,000 items). Sizes grow with s; event counts grow only
-as far as each user needs some state: the history is 1 event per user (browsing is activity-weighted, so about
+with the users: the history is ``--events-per-user`` events per user (browsing is activity-weighted: at 1, about
 two users in three act), the timed backlog is the same ``--backlog`` events at every
 scale. Each scale runs on its own fresh private Kafka + Redis (bench/common.services) and measures:
 
@@ -83,7 +83,6 @@ from recstream.store.state import Effect, StateStore
 
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.scale"
 BASE_USERS, BASE_ITEMS = 10_000, 1_000
-HISTORY_EVENTS_PER_USER = 1
 PRODUCE_CHUNK = 50_000  # records held at once while the history is produced
 SAMPLE = 2_000  # users and items whose own keys are measured one by one
 USER_KEYS = ("hist", "vec", "cand", "seen", "prefs")
@@ -378,7 +377,7 @@ def reader_latency(settings: Settings, users: list[str], rate: float, seconds: f
 
 def run_scale(scale: int, args: argparse.Namespace, console: Console) -> Row:
     users, items = BASE_USERS * scale, BASE_ITEMS * scale
-    row = Row(scale, users, items, HISTORY_EVENTS_PER_USER * users)
+    row = Row(scale, users, items, round(args.events_per_user * users))
     with services() as settings:
         others = [pid for s in (infra.redis_service(settings), infra.kafka_service(settings)) if (pid := s.pid())]
         with PeakMemory(others) as peak:
@@ -413,7 +412,7 @@ def measure(row: Row, settings: Settings, args: argparse.Namespace, console: Con
     report = asyncio.run(rebuild(settings))
     row.build_s, row.build_events_per_s = report.seconds, report.events / report.seconds
     console.print(f"×{row.scale}: state built in {row.build_s:.1f} s")
-    client = redis.Redis.from_url(settings.redis.url)
+    client = redis.Redis.from_url(settings.redis.url, socket_timeout=120)
     row.users_with_state, row.items_with_state = len(user_ids), client.hlen(k("views"))
     row.redis_bytes, row.bytes_per_user, row.bytes_per_item = redis_bytes(client, k, user_ids, item_ids)
     row.other_bytes = int(row.redis_bytes - row.bytes_per_user * len(user_ids) - row.bytes_per_item * len(item_ids))
@@ -546,6 +545,7 @@ def figures(rows: list[Row]) -> dict[str, dict[str, object]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scales", default="1,10,100", help="comma-separated multiples of 10,000 users, 1,000 items")
+    parser.add_argument("--events-per-user", type=float, default=1.0, help="history events per user, every scale")
     parser.add_argument("--backlog", type=int, default=100_000, help="events in the worker's timed backlog")
     parser.add_argument("--rate", type=float, default=1_000.0, help="feeds/s offered to the reader")
     parser.add_argument("--reader-seconds", type=float, default=10.0)

@@ -96,8 +96,9 @@ def applied(client: redis.Redis, prefix: str) -> int:
 
 def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) -> tuple[float, Child]:
     """Events/s from the first applied batch to the last, for a worker started on a full backlog (``total``
-    applied events at the end, ``already`` of them in Redis before it starts)."""
-    client = redis.Redis.from_url(settings.redis.url)
+    applied events at the end, ``already`` of them in Redis before it starts). The poll waits out a batch script
+    that blocks Redis longer than redis-py's default 5 s read timeout (a backlog batch is up to batch_max messages)."""
+    client = redis.Redis.from_url(settings.redis.url, socket_timeout=120)
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
     while applied(client, prefix) == already:
         time.sleep(0.01)
