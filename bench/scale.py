@@ -327,7 +327,7 @@ def rescore_costs(settings: Settings) -> tuple[float, float, int]:
         return took
 
     async def run() -> tuple[list[float], list[float]]:
-        client = AsyncRedis.from_url(settings.redis.url)
+        client = AsyncRedis.from_url(settings.redis.url, socket_timeout=300)  # a whole rescore can take minutes
         try:
             return await pass_ms(StateStore(client, settings, rescore_items=2**31 - 1)), await pass_ms(
                 StateStore(client, settings)
@@ -555,10 +555,12 @@ def main(argv: list[str] | None = None) -> None:
     scales = sorted({int(s) for s in args.scales.split(",")})
     console = Console(width=200)
     console.print(f"1-min load average {os.getloadavg()[0]:.2f} at the start")
-    rows = [run_scale(scale, args, console) for scale in scales]
-    console.print(f"1-min load average {os.getloadavg()[0]:.2f} at the end")
+    rows: list[Row] = []
     LOGS.mkdir(parents=True, exist_ok=True)
-    (LOGS / "scale-rows.json").write_bytes(orjson.dumps([asdict(r) for r in rows]))  # the figures, also of a failed run
+    for scale in scales:
+        rows.append(run_scale(scale, args, console))
+        (LOGS / "scale-rows.json").write_bytes(orjson.dumps([asdict(r) for r in rows]))  # kept, also if a run fails
+    console.print(f"1-min load average {os.getloadavg()[0]:.2f} at the end")
     for table in tables(rows, args, Traffic(users=args.target_users)):
         show(table, console)
     for row in rows:
