@@ -51,10 +51,13 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from recstream.serving.ranking import average_weights
 from rich.console import Console
 from rich.table import Table
 
 from bench.common import BLEND_ROWS, ROOT, START_ATTEMPTS, check_answers, figure, machine, record, services, show
+from recstream.contracts.keys import Keys
+from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.jobs import training
 from recstream.shell import infra
@@ -91,13 +94,14 @@ KEYS = {
     "personal_only": "personal_only",
     "ranked": "ranked",
 }
-REDIS_TIMEOUT_S = 0.5
+REDIS_TIMEOUT_S = 2.0
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
-load; a degraded feed serves the popular list whatever the policy, so the runs use 0.5 s."""
+load; a degraded feed serves the popular list whatever the policy, so the runs use 2 s (0.5 s still left up to
+15% of the pages degraded at a load average of 25, with other work on the machine)."""
 LOGS = ROOT / ".run" / "bench-policies-logs"
-SETUP_S = 40.0
-"""Every run's simulated users start this long after its history ends (setup takes 10–25 s), so all
-runs of a seed cover the same stretch of the world's timeline."""
+SETUP_S = 50.0
+"""Every run's simulated users start this long after its history ends (setup takes 10–25 s on a quiet machine,
+up to 45 s on a loaded one), so all runs of a seed cover the same stretch of the world's timeline."""
 console = Console(width=160)
 
 
@@ -140,9 +144,28 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         if time.time() * 1000 > begin:
             console.print(f"[yellow]  setup took over {SETUP_S:.0f} s: this run starts later in the world[/yellow]")
         result = asyncio.run(sim.run(seconds=args.seconds, start_ms=begin))
+        if settings.blend.ranker:
+            console.print(f"  {run}: {learned_weights(settings)}")
     console.print(f"  {run}: history {published - clock:.1f} s ({history.events:,} events), model "
                   f"{trained - published:.1f} s, worker + reader ready {ready - trained:.1f} s")  # fmt: skip
     return result
+
+
+def learned_weights(settings: Settings) -> str:
+    """The ranker the reader scored with at the end of a run (the partitions' mean weights), feature by feature."""
+    import redis
+
+    keys = Keys(settings.redis.prefix)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        names = [keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)]
+        weights, rows, partitions = average_weights(client.mget(names))
+    finally:
+        client.close()
+    if weights is None:
+        return "no ranker learned"
+    terms = ", ".join(f"{name} {w:+.2f}" for name, w in zip(("bias", *FEATURES), weights.tolist(), strict=True))
+    return f"ranker after {rows:,} rows ({partitions} partitions): {terms}"
 
 
 def world_config(args: argparse.Namespace) -> WorldConfig:
