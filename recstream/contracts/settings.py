@@ -289,10 +289,10 @@ class BlendSettings(Section):
         True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
     )
     ranker_min_rows: int = Field(
-        5_000, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+        1_500, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
     )
     ranker_depth: int = Field(
-        1,
+        2,
         ge=1,
         le=10,
         description="each generator proposes this many times the page's exploitation slots to the ranker",
