@@ -229,6 +229,7 @@ class ReaderSettings(Section):
         "port": "reader_port",
         "redis_timeout_s": "reader_redis_timeout_s",
         "redis_connect_timeout_s": "reader_redis_connect_timeout_s",
+        "redis_connections": "reader_redis_connections",
         "workers": "reader_workers",
     }
 
@@ -240,6 +241,12 @@ class ReaderSettings(Section):
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
     redis_connect_timeout_s: float = Field(
         1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"
+    )
+    redis_connections: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Redis connections of each reader process; a round trip waits for a free one within its budget",
     )
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
     session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
@@ -289,7 +296,13 @@ class BlendSettings(Section):
         True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
     )
     ranker_min_rows: int = Field(
-        5_000, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+        1_500, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+    )
+    ranker_depth: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="each generator proposes this many times the page's exploitation slots to the ranker",
     )
     ranker_stale_s: float = Field(
         10.0, gt=0, le=3600, description="no successful refresh of the ranker's weights for this long: the fixed blend"
