@@ -112,13 +112,17 @@ def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) 
     applied events at the end, ``already`` of them in Redis before it starts)."""
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
-    while (first := applied_when_answered(client, prefix)) in (None, already):
-        time.sleep(0.01)
-        worker.check()
-    started = time.perf_counter()
-    while (done := applied_when_answered(client, prefix)) is None or done < total:
-        time.sleep(0.05)
-        worker.check()
+    try:
+        while (first := applied_when_answered(client, prefix)) in (None, already):
+            time.sleep(0.01)
+            worker.check()
+        started = time.perf_counter()
+        while (done := applied_when_answered(client, prefix)) is None or done < total:
+            time.sleep(0.05)
+            worker.check()
+    except BaseException:  # its own session: Ctrl-C or an error here would leave it running
+        worker.kill()
+        raise
     return (done - first) / (time.perf_counter() - started), worker
 
 
