@@ -38,6 +38,7 @@ from recstream.contracts.settings import Settings
 
 SIMILAR_ROUTE = "/v1/items/{item_id}/similar"
 MAX_REASONS = 10
+CTR_KINDS = ("view", "click")  # what an event counts as for CTR, by its type's ctr_column
 """Rejection reasons a 422 names; the rest are counted."""
 
 
@@ -58,7 +59,8 @@ class FeedService:
         self.guard = RedisGuard()
         self.stats = LiveStats()
         self.variants = Variants(settings)
-        self.clicks = ClickGuard(self.wire, self.keys, settings.reader, self.guard)
+        self.feedback = settings.model.feedback_types
+        self.clicks = ClickGuard(self.wire, self.keys, settings.reader, self.guard, self.feedback.clicks)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
@@ -258,7 +260,7 @@ class FeedService:
     async def accept_events(self, body: bytes, client: str) -> dict:
         """Validate like the workers do (contracts.events.decode), give each an id, apply the click limits of
         ``client`` (serving/click_guard.py), stamp variants and sources, publish, confirm."""
-        events, rejected = decode(body, "event", int(time.time() * 1000))
+        events, rejected = decode(body, "event", int(time.time() * 1000), self.feedback)
         if rejected:
             raise EventsRejected([r.reason for r in rejected[:MAX_REASONS]] + _more(rejected))
         if not events:
@@ -274,7 +276,8 @@ class FeedService:
             source = (event.context or {}).get("source")
             label = source if source in SOURCES else "none" if source is None else "other"
             metrics.EVENTS.labels(event.type, label).inc()
-            published.append((event.type, label))
+            column = self.feedback.ctr_column.get(event.type)  # the live panels' CTR: a view or a click, per settings
+            published.append((event.type if column is None else CTR_KINDS[column], label))
         self.stats.events(published)
         return {"accepted": len(events), "attributed": attributed, "dropped": received - len(events)}
 
