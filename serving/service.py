@@ -38,7 +38,6 @@ from recstream.contracts.settings import Settings
 
 SIMILAR_ROUTE = "/v1/items/{item_id}/similar"
 MAX_REASONS = 10
-CTR_KINDS = ("view", "click")  # what an event counts as for CTR, by its type's ctr_column
 """Rejection reasons a 422 names; the rest are counted."""
 
 
@@ -275,9 +274,9 @@ class FeedService:
         for event in events:
             source = (event.context or {}).get("source")
             label = source if source in SOURCES else "none" if source is None else "other"
-            metrics.EVENTS.labels(event.type, label).inc()
-            column = self.feedback.ctr_column.get(event.type)  # the live panels' CTR: a view or a click, per settings
-            published.append((event.type if column is None else CTR_KINDS[column], label))
+            kind = self.feedback.metric_label[event.type]  # view/click for the types counted in CTR
+            metrics.EVENTS.labels(kind, label).inc()
+            published.append((kind, label))
         self.stats.events(published)
         return {"accepted": len(events), "attributed": attributed, "dropped": received - len(events)}
 

@@ -368,7 +368,8 @@ class BatchProcessor:
                 self.recent_rows.add(trained.predictions, trained.labels)
             metrics.count_ranker_rows(built.training)
         if self.kind == "event":
-            for kind, n in Counter(e.type for e in records).items():  # a label per configured type: a bounded set
+            label = self.settings.model.feedback_types.metric_label  # view/click for CTR types: a bounded set
+            for kind, n in Counter(label[e.type] for e in records).items():
                 metrics.EVENTS.labels(topic, kind).inc(n)
             metrics.observe_many(metrics.FRESHNESS, _ages_s(now_ms, [e.ts for e in records]))
         else:

@@ -25,6 +25,8 @@ TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 """A type name: short, lower case and safe, since it is a Prometheus label value of the event counters."""
 MAX_TYPES = 32
 Role = Literal["impression", "positive", "negative"]
+CTR_LABELS = ("view", "click")
+"""What a type counted in CTR is, by its column: a view (0) or a click (1)."""
 TypeName = Annotated[str, StringConstraints(pattern=TYPE_PATTERN)]
 
 
@@ -63,6 +65,8 @@ class FeedbackTypes(RootModel[dict[TypeName, FeedbackType]]):
     >>> t = DEFAULT_FEEDBACK
     >>> t.signed_weight["click"], t.signed_weight["dislike"], sorted(t.views), sorted(t.clicks)
     (4.0, -4.0, ['view'], ['click'])
+    >>> t.metric_label["click"], t.metric_label["purchase"]
+    ('click', 'purchase')
     >>> print(t.problem("rating", 6.0))
     value: 6.0 is outside rating's value_range [1.0, 5.0]
     >>> t.problem("share", None)
@@ -72,6 +76,7 @@ class FeedbackTypes(RootModel[dict[TypeName, FeedbackType]]):
     model_config = ConfigDict(frozen=True)
     _signed: dict[str, float] = PrivateAttr(default_factory=dict)
     _ctr_column: dict[str, int] = PrivateAttr(default_factory=dict)
+    _label: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _usable(self) -> FeedbackTypes:
@@ -81,11 +86,15 @@ class FeedbackTypes(RootModel[dict[TypeName, FeedbackType]]):
         for role in ("impression", "positive"):
             if not any(t.role == role and t.ctr for t in types.values()):
                 raise ValueError(f"at least one {role} type must count toward CTR (ctr true): CTR needs both")
+        for name, role in (("view", "impression"), ("click", "positive")):
+            if name in types and not (types[name].role == role and types[name].ctr):
+                raise ValueError(f"a type named {name} must be a CTR {role} type: metrics read {name} as CTR's")
         return self
 
     def model_post_init(self, context: object) -> None:
         self._signed = {name: -t.weight if t.role == "negative" else t.weight for name, t in self.root.items()}
         self._ctr_column = {name: int(t.role == "positive") for name, t in self.root.items() if t.ctr}
+        self._label = {name: CTR_LABELS[self._ctr_column[name]] if t.ctr else name for name, t in self.root.items()}
 
     @property
     def signed_weight(self) -> dict[str, float]:
@@ -96,6 +105,12 @@ class FeedbackTypes(RootModel[dict[TypeName, FeedbackType]]):
     def ctr_column(self) -> dict[str, int]:
         """name → 0 (counts as a view) or 1 (counts as a click); types outside CTR are absent."""
         return self._ctr_column
+
+    @property
+    def metric_label(self) -> dict[str, str]:
+        """name → the ``type`` label of the event counters: ``view`` or ``click`` for a type counted in CTR (so the
+        CTR rules and panels divide the same counts as the workers, whatever the types are called), else its name."""
+        return self._label
 
     @property
     def views(self) -> frozenset[str]:

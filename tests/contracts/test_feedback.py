@@ -54,6 +54,8 @@ def test_schema_v1_events_stay_valid_and_encode_as_before():
         ({"view": VIEW, "click": {**CLICK, "weight": math.nan}}, "finite number"),
         ({"view": VIEW, "click": {**CLICK, "role": "bought"}}, "'impression', 'positive' or 'negative'"),
         ({"view": VIEW, "click": {**CLICK, "bonus": 1}}, "Extra inputs are not permitted"),
+        ({"seen": VIEW, "tap": CLICK, "view": {**CLICK, "ctr": False}}, "a type named view must be a CTR impression"),
+        ({"seen": VIEW, "tap": CLICK, "click": {**CLICK, "ctr": False}}, "a type named click must be a CTR positive"),
         ({"view": VIEW, "click": CLICK, "r": {**CLICK, "value_range": (0.0, 5.0)}}, "0 < min < max"),
         ({"view": VIEW, "click": CLICK, "r": {**CLICK, "value_range": (5.0, 5.0)}}, "0 < min < max"),
         ({"view": VIEW, "click": CLICK, "r": {**CLICK, "value_range": (1.0, math.inf)}}, "0 < min < max"),
