@@ -426,7 +426,7 @@ def rebuild() -> None:
     per_topic = ", ".join(f"{topic} {n:,}" for topic, n in report.messages.items())
     console.print(
         f"deleted {report.deleted_keys:,} derived keys; model {report.model_version or 'none'}; replayed "
-        f"{sum(report.messages.values()):,} messages ({per_topic}) holding {report.events:,} events, "
+        f"{sum(report.messages.values()):,} messages ({per_topic}) holding {report.events:,} views and clicks, "
         f"{report.invalid:,} invalid records skipped; {report.seconds:.1f} s. Workers resume after these offsets."
     )
 
