@@ -199,7 +199,7 @@ class Personalizer:
         one_click = float(confidence(np.array(self.shown_and_clicked), self.cfg))
         users = list(picks)
         vectors = np.array([onboarding_vector(self.step, self.content_map, picks[u], one_click) for u in users])
-        return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users])
+        return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users], [[] for _ in users])
 
     def _vectors_and_candidates(self, users: list[str], histories: list[History]) -> list[Blob]:
         """One exact step per user. Not `solve_batch`: its rounding depends on the other histories
@@ -207,6 +207,7 @@ class Personalizer:
         tied candidates; and on real histories (mixed lengths) the single path measured faster."""
         vectors = np.zeros((len(users), self.step.dim), dtype=np.float32)
         known: list[list[int]] = []
+        liked: list[list[int]] = []  # a disliked item never explains a candidate
         for k, history in enumerate(histories):
             entries = [e for e in history_rows(history) if e[0] in self.rows]
             rows = [self.rows[e[0]] for e in entries]
@@ -214,9 +215,14 @@ class Personalizer:
                 np.asarray(rows, dtype=np.intp), history_confidence(np.array([e[1] for e in entries]), self.cfg)
             )
             known.append(rows)
-        return self._store(users, vectors, known)
+            liked.append([row for row, e in zip(rows, entries, strict=True) if e[1] >= 0])
+        return self._store(users, vectors, known, liked)
 
-    def _store(self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]]) -> list[Blob]:
+    def _store(
+        self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]]
+    ) -> list[Blob]:
+        """Vector and candidates per user: candidates exclude ``history_rows``, and each names its most similar
+        item of ``because_rows`` (the history without disliked items)."""
         active = [k for k in range(len(users)) if np.any(vectors[k])]
         if not active:
             return []
@@ -226,7 +232,7 @@ class Personalizer:
         for k, candidates in zip(active, found, strict=True):
             user = users[k]
             blobs.append((f"user:{user}:vec", vectors[k].astype("<f4").tobytes()))
-            blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, history_rows[k], factors))))
+            blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, because_rows[k], factors))))
         return blobs
 
     def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:

@@ -149,3 +149,11 @@ def test_history_confidence_fades_with_rank_and_reads_back_to_back_histories_by_
     np.testing.assert_allclose(both, np.concatenate([one, one[:2]]))
     assert np.all(history_confidence(np.full(200, 5.0), cfg) >= 1.0), "an old item stays a positive, c >= 1"
     np.testing.assert_array_equal(history_confidence(r, ALSConfig(alpha=2.0, recency_decay=1.0)), confidence(r, cfg))
+
+
+def test_a_config_written_before_feedback_types_still_loads():
+    """Older model versions' config.json has view_weight and click_weight (settings now): a worker must load them."""
+    old = '{"factors": 8, "regularization": 40.0, "alpha": 1.0, "view_weight": 1.0, "click_weight": 4.0}'
+    assert ALSConfig.model_validate_json(old) == ALSConfig(factors=8)
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
+        ALSConfig.model_validate_json('{"factors": 8, "like_weight": 4.0}')
