@@ -31,7 +31,7 @@ from collections.abc import Collection
 from recstream.serving import metrics
 from recstream.serving.errors import RedisUnavailable, TooManyClicks
 from recstream.serving.guard import RedisGuard
-from recstream.serving.redis_wire import RedisWire, Script
+from recstream.serving.redis_client import RedisClient, Script
 
 from recstream.contracts.events import Event
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
@@ -69,13 +69,13 @@ class ClickGuard:
 
     def __init__(
         self,
-        wire: RedisWire,
+        redis: RedisClient,
         keys: Keys,
         settings: ReaderSettings,
         guard: RedisGuard,
         clicks: Collection[str] = DEFAULT_FEEDBACK.clicks,
     ) -> None:
-        self.wire = wire
+        self.redis = redis
         self.click_types = clicks  # the types that count as clicks for CTR: what moves popular lists
         self.keys = keys
         self.settings = settings
@@ -95,7 +95,7 @@ class ClickGuard:
         for (user, item), n in clicks.items():
             args += [f"u:{user}:{item}", n]  # ids hold no ':', so a field names one pair
         try:
-            admitted = await self.guard(lambda: self.wire.run(self.COUNT, [self.keys(f"clicks:{window}")], args))
+            admitted = await self.guard(lambda: self.redis.run(self.COUNT, [self.keys(f"clicks:{window}")], args))
         except RedisUnavailable as exc:
             metrics.DEGRADED.labels(EVENTS_ROUTE, exc.cause).inc()
             return events
