@@ -302,7 +302,13 @@ class BlendSettings(Section):
         True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
     )
     ranker_min_rows: int = Field(
-        5_000, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+        1_500, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+    )
+    ranker_depth: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="each generator proposes this many times the page's exploitation slots to the ranker",
     )
     ranker_stale_s: float = Field(
         10.0, gt=0, le=3600, description="no successful refresh of the ranker's weights for this long: the fixed blend"
