@@ -234,10 +234,13 @@ def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
 
 
 def taste_weights(user: UserState, categories: Categories, now: float) -> dict[str, float]:
-    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item)."""
+    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item); a
+    disliked item (a negative weight, recstream/contracts/feedback.py) adds nothing."""
     weights: dict[str, float] = {}
     taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
     for item, weight in taste:
+        if weight < 0:
+            continue
         for category in categories.get(item, now) or ():
             weights[category] = weights.get(category, 0.0) + weight
     return weights
