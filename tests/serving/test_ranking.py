@@ -228,10 +228,11 @@ def test_a_ranked_item_is_served_and_explained_as_its_top_feature_says(feature, 
 
 
 def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_proposer_and_gets_the_features_words():
-    """ctr_logit speaks for popular; personal-only items (o20..o35 are past the popular slice) say so in words."""
+    """ctr_logit speaks for popular; personal-only items (o21..o35 are past the popular slice o1..o20) say so in
+    words."""
     snap, user = snapshot(fresh_state({"ctr_logit": -1.0, "personal": 0.5})), warm_user()
     page = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0)
-    personal_only = [s for s in page.items if s.item in {f"o{k}" for k in range(20, 36)}]
+    personal_only = [s for s in page.items if s.item in {f"o{k}" for k in range(21, 36)}]
     assert personal_only and all(s.source == "personal" for s in personal_only)
     assert {s.reason for s in personal_only if s.top_feature == "ctr_logit"} == {"popular right now"}
 
