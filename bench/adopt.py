@@ -60,13 +60,13 @@ FIRST_FEED_TIMEOUT_S = 120.0
 
 def recstream(settings: Settings, *args: str) -> None:
     """Run a ``recstream`` command as a newcomer would, with these settings in its environment."""
-    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"}
+    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "1000"}  # summaries unwrapped
+    started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "recstream.shell.cli", *args], env=env, cwd=ROOT, check=False,
                           capture_output=True, text=True)  # fmt: skip
-    # its summary: the last line on stderr (after any retry logged on the way), else train's table title
-    errors, output = done.stderr.strip().splitlines(), done.stdout.strip().splitlines()
-    said = errors[-1] if errors else output[0] if output else ""
-    console.print(f"recstream {' '.join(args[:2])}: {said}", soft_wrap=True)
+    errors = done.stderr.strip().splitlines()  # the summary is the last line (after any retry logged on the way)
+    said = errors[-1] if errors else "done"
+    console.print(f"recstream {' '.join(args[:2])} ({time.perf_counter() - started:.0f} s): {said}", soft_wrap=True)
     if done.returncode != 0:
         raise SystemExit(f"recstream {args[0]} failed ({done.returncode})")
 
