@@ -58,8 +58,8 @@ COMMAND = ".venv/bin/python -m bench.adopt"
 FIRST_FEED_TIMEOUT_S = 120.0
 
 
-def recstream(settings: Settings, *args: str) -> None:
-    """Run a ``recstream`` command as a newcomer would, with these settings in its environment."""
+def recstream(settings: Settings, *args: str) -> float:
+    """Run a ``recstream`` command as a newcomer would, with these settings in its environment; its seconds."""
     env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "1000"}  # summaries unwrapped
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "recstream.shell.cli", *args], env=env, cwd=ROOT, check=False,
@@ -69,18 +69,22 @@ def recstream(settings: Settings, *args: str) -> None:
     console.print(f"recstream {' '.join(args[:2])} ({time.perf_counter() - started:.0f} s): {said}", soft_wrap=True)
     if done.returncode != 0:
         raise SystemExit(f"recstream {args[0]} failed ({done.returncode})")
+    return time.perf_counter() - started
 
 
-def import_movielens(settings: Settings, folder: Path, before_s: int) -> None:
+def import_movielens(settings: Settings, folder: Path, before_s: int) -> float:
+    """The three imports; their seconds."""
     genres = [line.split("|")[0] for line in (folder / "u.genre").read_text(encoding="latin-1").splitlines() if line]
     names = [g.replace("'", "").replace(" ", "_") for g in genres]  # as recstream.jobs.sources.movielens names them
-    recstream(settings, "import", str(folder / "u.user"), "--kind", "users", "--delimiter", "|",
-              "--columns", "user,age,gender,occupation,zip")  # fmt: skip
-    recstream(settings, "import", str(folder / "u.item"), "--kind", "items", "--delimiter", "|",
-              "--columns", ",".join(["item", "title", "release", "video", "url", *names]),
-              "--category-columns", ",".join(names))  # fmt: skip
-    recstream(settings, "import", str(folder / "u.data"), "--delimiter", "tab", "--columns", "user,item,rating,ts",
-              "--ts-unit", "s", "--sort", "--before", str(before_s))  # fmt: skip
+    return sum((
+        recstream(settings, "import", str(folder / "u.user"), "--kind", "users", "--delimiter", "|",
+                  "--columns", "user,age,gender,occupation,zip"),
+        recstream(settings, "import", str(folder / "u.item"), "--kind", "items", "--delimiter", "|",
+                  "--columns", ",".join(["item", "title", "release", "video", "url", *names]),
+                  "--category-columns", ",".join(names)),
+        recstream(settings, "import", str(folder / "u.data"), "--delimiter", "tab", "--columns",
+                  "user,item,rating,ts", "--ts-unit", "s", "--sort", "--before", str(before_s)),
+    ))  # fmt: skip
 
 
 def raw(rating: Rating) -> list[dict[str, object]]:
@@ -166,16 +170,19 @@ def main(argv: list[str] | None = None) -> None:
     LOGS.mkdir(parents=True, exist_ok=True)
     with services(pool_cache_s=0.1, popular_refresh_s=0.1) as plain:
         settings = with_api_key(plain)  # the reader refuses writes without one; the client sends it
-        adopting = time.perf_counter()
-        import_movielens(settings, args.movielens, cut_s)
-        recstream(settings, "train")
-        recstream(settings, "rebuild")
+        load, adopting = os.getloadavg()[0], time.perf_counter()
+        steps = {
+            "recstream import (users, items, ratings)": import_movielens(settings, args.movielens, cut_s),
+            "recstream train": recstream(settings, "train"),
+            "recstream rebuild": recstream(settings, "rebuild"),
+        }
         worker = Child("worker", settings, LOGS / "adopt-worker.log")
         reader = Child("serve", settings, LOGS / "adopt-reader.log")
         try:
             reader.wait_ready()
             asyncio.run(first_personal_feed(reader.url, history[-1].user_id[1:]))
             adopted_s = time.perf_counter() - adopting
+            steps["worker and reader start, first personal item in a feed"] = adopted_s - sum(steps.values())
             tally = asyncio.run(tail_through_the_client(settings, reader.url, tail, args.rounds))
         finally:
             worker.stop()
@@ -191,11 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     table.add_row("served feed (import → client)", f"{tally.hr():.4f}", f"{tally.ndcg():.4f}")
     table.add_row("bench/prequential.py's served row (its own run)", f"{prequential or float('nan'):.4f}", "")
     show(table, console)
-    console.print(
-        f"import → first personalized feed: {adopted_s:.0f} s (3 imports, train, rebuild, worker and reader start); "
-        f"{len(events_of(tail)):,} tail events, {time.perf_counter() - started:.0f} s in all",
-        soft_wrap=True,
-    )
+    path = Table(title=f"The adopter path, wall clock (load average {load:.1f} on {os.cpu_count()} cores at its start)")
+    path.add_column("step")
+    path.add_column("seconds", justify="right")
+    for step, seconds in [*steps.items(), ("import → first personalized feed", adopted_s)]:
+        path.add_row(step, f"{seconds:.0f}")
+    show(path, console)
+    console.print(f"{len(events_of(tail)):,} tail events, {time.perf_counter() - started:.0f} s in all")
     if args.rounds is None:  # the command without --movielens: the data is MovieLens 100K wherever it lives
         record(
             {
