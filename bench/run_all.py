@@ -70,6 +70,7 @@ BENCHES = (
     Bench("rebuild", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("validate", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("policies"),
+    Bench("blends"),
     Bench("reliability"),
     Bench("soak", by_default=False),  # ~30 minutes
 )
@@ -196,7 +197,7 @@ def choose(only: str | None, skip: str | None, also: str | None) -> list[Bench]:
 
     >>> [b.name for b in choose("feeds,produce", None, None)]
     ['produce', 'feeds']
-    >>> [b.name for b in choose(None, "feeds,prequential,adopt,rebuild,policies,reliability", "soak")]
+    >>> [b.name for b in choose(None, "feeds,prequential,adopt,rebuild,policies,blends,reliability", "soak")]
     ['produce', 'worker', 'user_steps', 'ann_space', 'validate', 'soak']
     """
 
