@@ -94,6 +94,7 @@ RESULT_KEYS: Mapping[str, Keys] = {
         )
     ),
     "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
+    "adopt": Keys(("adopt_hr10_served", "adopt_ndcg10_served", "adopt_import_to_feed_s")),
     "rebuild": Keys(("rebuild_events_per_s",)),
     "policies": Keys(_policy_keys(("no_explore", "fresh", "egreedy", "ts"))),
     "blends": Keys(

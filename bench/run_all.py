@@ -66,6 +66,7 @@ BENCHES = (
     Bench("ann_space"),
     Bench("feeds"),
     Bench("prequential"),
+    Bench("adopt", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("rebuild", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("validate", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("policies"),
@@ -197,7 +198,7 @@ def choose(only: str | None, skip: str | None, also: str | None) -> list[Bench]:
 
     >>> [b.name for b in choose("feeds,produce", None, None)]
     ['produce', 'feeds']
-    >>> [b.name for b in choose(None, "feeds,prequential,rebuild,policies,blends,reliability", "soak")]
+    >>> [b.name for b in choose(None, "feeds,prequential,adopt,rebuild,policies,blends,reliability", "soak")]
     ['produce', 'worker', 'user_steps', 'ann_space', 'validate', 'soak']
     """
 

@@ -476,9 +476,14 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+_REPORTED: set[str] = set()
+"""Unknown variables this process has reported: one that builds its settings again (a CLI's error line names the
+address from them) says so once."""
+
+
 def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
-    """The ``RECSTREAM_*`` variables of ``environ`` by setting name; unknown ones are logged with the closest
-    valid name (a misspelled variable would otherwise be ignored without a word)."""
+    """The ``RECSTREAM_*`` variables of ``environ`` by setting name; unknown ones are logged, once per process,
+    with the closest valid name (a misspelled variable would otherwise be ignored without a word)."""
     values: dict[str, object] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
@@ -491,7 +496,8 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
                 raise SettingsError(f"{key}: invalid JSON, {exc}") from None
         elif name in VARIABLES:
             values[name] = raw
-        else:
+        elif key not in _REPORTED:
+            _REPORTED.add(key)
             log.warning("%s is not a recstream setting, ignored: %s", key, _unknown(name))
     return values
 
