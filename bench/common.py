@@ -60,6 +60,10 @@ def _prequential_keys(rows: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
+BLEND_ROWS = ("fixed", "popular_only", "personal_only", "ranked")
+"""bench/blends.py's rows."""
+
+
 def _policy_keys(policies: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"closed_loop_{what}_{policy}" for policy in policies for what in ("ctr", "regret", "discovered"))
 
@@ -85,8 +89,8 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_p99_ms",
             "reader_feeds_per_s_1proc",
             "reader_feeds_per_s_2proc",
-            "reader_feeds_per_s_redis_py",
-            "reader_feeds_per_s_redis_wire",
+            "reader_feeds_per_s_ranked",
+            "reader_feeds_per_s_fixed",
         )
     ),
     "prequential": Keys(
@@ -94,6 +98,7 @@ RESULT_KEYS: Mapping[str, Keys] = {
         # the ranker-off row, added with the ranker (issue 16): written by the first valid run since, then always
         _prequential_keys(("served_fixed",)),
     ),
+    "adopt": Keys(("adopt_hr10_served", "adopt_ndcg10_served", "adopt_import_to_feed_s")),
     "rebuild": Keys(("rebuild_events_per_s",)),
     "ranker": Keys(
         tuple(
@@ -104,15 +109,18 @@ RESULT_KEYS: Mapping[str, Keys] = {
             if (figure, scorer) != ("auc", "_base_rate")
         )
     ),
-    "policies": Keys(
-        _policy_keys(("no_explore", "fresh", "egreedy", "ts")),
-        # the blend rows (--policies fixed,popular_only,personal_only), in the fresh world and (--world) others
-        _policy_keys(
-            tuple(
-                f"{row}{suffix}"
-                for row in ("fixed", "popular_only", "personal_only")
-                for suffix in ("", "_stable", "_sparse", "_dense")
-            )
+    "policies": Keys(_policy_keys(("no_explore", "fresh", "egreedy", "ts"))),
+    "blends": Keys(
+        (
+            *_policy_keys(tuple(f"{row}{world}" for world in ("", "_stable") for row in BLEND_ROWS)),
+            "closed_loop_ranked_share",
+            "closed_loop_ranked_share_stable",
+        ),
+        # --worlds sparse or dense
+        (
+            *_policy_keys(tuple(f"{row}{world}" for world in ("_sparse", "_dense") for row in BLEND_ROWS)),
+            "closed_loop_ranked_share_sparse",
+            "closed_loop_ranked_share_dense",
         ),
     ),
     "validate": Keys(
@@ -133,6 +141,20 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reliability_reader_failed_requests",
         ),
         ("reliability_reader_recovery_max_s",),  # only when the reader recovered
+    ),
+    "scale": Keys(
+        (
+            "scale_redis_bytes_per_user",
+            "scale_redis_bytes_per_user_at_caps",
+            "scale_redis_bytes_per_item",
+            "scale_worker_events_per_s_x100",
+            "scale_worker_rss_mib_x100",
+            "scale_reader_p99_ms_x100",
+            "scale_train_s_x100",
+            "scale_rescore_ms_x100",
+            "scale_rescore_pass_max_ms_x100",
+            "scale_peak_rss_gib_x100",
+        )
     ),
     "soak": Keys(
         (

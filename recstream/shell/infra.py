@@ -417,8 +417,7 @@ class Child:
     ``port`` (its /metrics or HTTP port; a free one when not given), stopped or killed by its own pid.
 
     Its own session: Ctrl-C reaches only the parent, which stops its children itself. Every test,
-    benchmark and the demo start the workers and readers they need through this one class; ``module`` is
-    another entry point of the same command (bench/redis_wire.py's reader)."""
+    benchmark and the demo start the workers and readers they need through this one class."""
 
     def __init__(
         self,
@@ -426,7 +425,6 @@ class Child:
         settings: Settings,
         log: Path,
         port: int | None = None,
-        module: str = "recstream.shell.cli",
     ) -> None:
         self.command, self.log = command, log
         self.port = port or free_port()
@@ -435,7 +433,7 @@ class Child:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, command], env=full_env, start_new_session=True,
+                [sys.executable, "-m", "recstream.shell.cli", command], env=full_env, start_new_session=True,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
 

@@ -43,6 +43,10 @@ from recstream.models.history import History, history_from_rows
 from recstream.store.aggregate import CounterDeltas
 
 SCRIPT = (Path(__file__).parent / "apply_batch.lua").read_text()
+RESCORE_ITEMS = 1_000
+"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4): a
+whole rescore is O(items × segments) inside one script, which blocks Redis (bench/scale.py measured it at 100,000
+items); a pass of this many items per batch keeps a batch's cost bounded whatever the catalogue."""
 
 
 class StaleWatermark(Exception):
@@ -76,15 +80,16 @@ class UserContext:
 @dataclass(frozen=True)
 class Applied:
     prior: float
-    full_rescore: bool
+    full_rescore: bool  # the prior moved: a rescore pass over every item started
     graduated: list[str]
     fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
+    rescore_pending: bool = False  # a rescore pass is not finished: later batches (or empty ones) go on with it
 
 
 class StateStore:
     """Reads what a batch needs and applies its effect in one atomic round trip each."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, rescore_items: int = RESCORE_ITEMS) -> None:
         self.redis = redis
         self.keys = Keys(settings.redis.prefix)
         self.settings = settings
@@ -102,6 +107,7 @@ class StateStore:
             "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.worker.dedup_window_s * 1000,
             "require_announced": settings.model.require_announced_items,
+            "rescore_items": rescore_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
@@ -195,7 +201,7 @@ class StateStore:
         if result[0] == b"stale":
             raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
         graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
-        return Applied(float(result[1]), bool(result[2]), graduated, fold_ins)
+        return Applied(float(result[1]), bool(result[2]), graduated, fold_ins, bool(result[5]))
 
 
 def _wm(offset: int) -> str:
