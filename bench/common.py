@@ -75,7 +75,8 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "freshness_p99_ms",
             "candidates_refresh_p50_ms",
             "candidates_refresh_p99_ms",
-        )
+        ),
+        ("worker_events_per_s_single", "worker_events_per_s_cluster"),  # --cluster only
     ),
     "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched")),
     "ann_space": Keys(()),

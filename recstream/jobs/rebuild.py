@@ -39,6 +39,7 @@ from recstream.eventlog.erasures import erased_users, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
+from recstream.store.connection import connect
 from recstream.store.state import StateStore
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.processor import BatchProcessor, DeadLetter
@@ -91,14 +92,14 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
             f"consumer group {settings.worker.group} has {len(members)} active member(s) ({', '.join(members)}): "
             "stop the workers first (a killed worker counts until its session times out)"
         )
-    redis = Redis.from_url(settings.redis.url)
+    redis = connect(settings)
     try:
         version, artifacts = await _current_model(settings, redis)  # before deleting: a broken model stops here
-        deleted = await delete_derived(redis, Keys(settings.redis.prefix))
+        deleted = await delete_derived(redis, Keys.of(settings))
         if artifacts is not None:
             await training.activate(settings, artifacts, version)
         messages, invalid, ends = await _replay(settings, redis, progress)
-        totals = await redis.hmget(Keys(settings.redis.prefix)("totals"), "views", "clicks")
+        totals = await redis.hmget(Keys.of(settings)("totals"), "views", "clicks")
     finally:
         await redis.aclose()
     await commit_offsets(settings, ends)
@@ -121,7 +122,7 @@ async def delete_derived(redis: Redis, keys: Keys) -> int:
 
 async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, ModelArtifacts | None]:
     """``model:current``, else the newest version on disk (Redis lost the pointer), else none."""
-    current = await redis.get(Keys(settings.redis.prefix)("model:current"))
+    current = await redis.get(Keys.of(settings)("model:current"))
     version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model.dir)
     if version is None:
         return None, None
@@ -146,7 +147,7 @@ async def _replay(
         async with open_log(settings) as consumer:
             erased = await erased_users(consumer, settings.kafka.erasures_topic)
             if erased:
-                await redis.sadd(Keys(settings.redis.prefix)("erased"), *erased)
+                await redis.sadd(Keys.of(settings)("erased"), *erased)
             for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
                                 (settings.kafka.events_topic, "event")):  # fmt: skip
                 ranges = await whole_topic(consumer, topic)
