@@ -120,7 +120,12 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reliability_double_applied_events",
             "reliability_reader_failed_requests",
         ),
-        ("reliability_reader_recovery_max_s",),  # only when the reader recovered
+        # only when the reader recovered; the cluster scenarios' (--clusters)
+        (
+            "reliability_reader_recovery_max_s",
+            "reliability_broker_kill_lost_events",
+            "reliability_redis_failover_lost_events",
+        ),
     ),
     "soak": Keys(
         (

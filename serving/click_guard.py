@@ -27,7 +27,7 @@ from collections import Counter
 from recstream.serving import metrics
 from recstream.serving.errors import RedisUnavailable, TooManyClicks
 from recstream.serving.guard import RedisGuard
-from recstream.serving.redis_client import RedisClient, Script
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 
 from recstream.contracts.events import Event
 from recstream.contracts.keys import Keys
@@ -62,7 +62,9 @@ class ClickGuard:
     return admitted
     """)
 
-    def __init__(self, redis: RedisClient, keys: Keys, settings: ReaderSettings, guard: RedisGuard) -> None:
+    def __init__(
+        self, redis: RedisClient | ClusterRedisClient, keys: Keys, settings: ReaderSettings, guard: RedisGuard
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings

@@ -146,15 +146,15 @@ def _spawn(service: Service, argv: list[str]) -> int:
     return proc.pid
 
 
-def _wait(service: Service, ready: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _wait(service: Service, ready: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.pid() is None:
             raise InfraError(f"{service.name} exited while starting; log tail:\n{service.log_tail()}")
         if ready():
             return
         time.sleep(0.3)
-    raise InfraError(f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}")
+    raise InfraError(f"{service.name} did not {what} within {timeout_s:.0f} s; log tail:\n{service.log_tail()}")
 
 
 def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> bool:
@@ -550,6 +550,8 @@ def sigterm_interrupts() -> Iterator[None]:
 CLUSTER_BROKERS = 3
 REDIS_CLUSTER_NODES = 6
 """3 masters, each with one replica (``redis-cli --cluster create --cluster-replicas 1``)."""
+CLUSTER_START_TIMEOUT_S = 240.0
+"""Three JVMs start at once on a shared machine: each broker gets longer than a single one (START_TIMEOUT_S)."""
 REDIS_NODE_TIMEOUT_MS = 2000
 """How long a silent master is waited for before its replica takes over (``cluster-node-timeout``)."""
 
@@ -575,7 +577,7 @@ class Clusters:
         """Start broker ``k`` (again: its data folder is kept) and wait until it answers."""
         node = self.brokers[k]
         _kafka_start(node, k + 1, self.voters, self.cluster_id)
-        _wait(kafka_service(node), lambda: kafka_answers(node), "answer an admin request")
+        _wait(kafka_service(node), lambda: kafka_answers(node), "answer an admin request", CLUSTER_START_TIMEOUT_S)
 
     def kill_broker(self, k: int) -> str:
         """A crash of broker ``k``: SIGKILL, no shutdown."""
@@ -737,7 +739,8 @@ def clusters_up(settings: Settings, kafka: bool = True) -> Clusters:
         for k, node in enumerate(brokers):
             _kafka_start(node, k + 1, clusters.voters, clusters.cluster_id)
         for node in brokers:
-            _wait(kafka_service(node), lambda node=node: kafka_answers(node), "answer an admin request")
+            _wait(kafka_service(node), lambda node=node: kafka_answers(node), "answer an admin request",
+                  CLUSTER_START_TIMEOUT_S)  # fmt: skip
         clusters.wait_redis_ok()
         if kafka:
             asyncio.run(ensure_topics(clusters.settings))

@@ -33,12 +33,12 @@ async def _read_all(settings, topic: str) -> list[bytes]:
     consumer = AIOKafkaConsumer(**client_options(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = [TopicPartition(topic, p) for p in range(settings.kafka.events_partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         out: list[bytes] = []
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
             for records in (await consumer.getmany(timeout_ms=1000)).values():
                 out.extend(r.value for r in records)
         return out
