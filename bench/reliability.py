@@ -46,6 +46,7 @@ from bench.faults import (
     FaultRun,
     ReaderLoad,
     Workload,
+    client_of,
     model_keys,
     reader_redis_outage,
     run_scenario,
@@ -132,8 +133,9 @@ def measure_clusters(records: int) -> tuple[list[tuple[str, ...]], dict[str, dic
             model = asyncio.run(model_keys(c.settings, workload))
             for name, scenario in CLUSTER_SCENARIOS.items():
                 run, stalled = asyncio.run(scenario_run(c.settings, name, model, workload, c))
-                tally = score(run.redis, run.keys, workload.events, run.settings.worker.seen_cap)
-                run.redis.close()
+                client = client_of(run.settings)  # the run's was closed with it (a closed cluster client stays so)
+                tally = score(client, run.keys, workload.events, run.settings.worker.seen_cap)
+                client.close()
                 rows.append((scenario.name, str(run.injections), f"{run.offered:,}", f"{tally.applied:,}",
                              str(tally.lost), str(tally.double), str(stalled), seconds(run.recoveries_s)))  # fmt: skip
                 lost = figure(tally.lost, "events", f"{COMMAND} --clusters")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from recstream.contracts.keys import NOT_DERIVED, Keys
 from recstream.contracts.settings import Settings
@@ -107,13 +109,14 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
     return RebuildReport(deleted, version, messages, events, invalid, time.perf_counter() - started)
 
 
-async def delete_derived(redis: Redis, keys: Keys) -> int:
-    """Delete every key under the prefix but :data:`NOT_DERIVED`; returns how many."""
-    kept = [keys(pattern) for pattern in NOT_DERIVED]
+async def delete_derived(redis: Redis | RedisCluster, keys: Keys) -> int:
+    """Delete every key under the prefix but :data:`NOT_DERIVED` (on a cluster: in every slot, matched without
+    their hash tag); returns how many."""
+    kept = [keys.prefix + ":" + pattern for pattern in NOT_DERIVED]
     doomed = [
         key
-        async for key in redis.scan_iter(match=keys("*"), count=1000)
-        if not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in kept)
+        async for key in redis.scan_iter(match=f"{keys.prefix}:*", count=1000)
+        if not any(fnmatch.fnmatchcase(re.sub(r":\{[^}]*\}", "", key.decode(), count=1), p) for p in kept)
     ]
     for start in range(0, len(doomed), 1000):
         await redis.unlink(*doomed[start : start + 1000])

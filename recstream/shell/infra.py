@@ -698,11 +698,20 @@ def _free_ports(count: int, span: int = 1) -> list[int]:
     return ports
 
 
-def clusters_up(settings: Settings, kafka: bool = True) -> Clusters:
+def clusters_up(settings: Settings, kafka: bool = True, attempts: int = 3) -> Clusters:
     """Start the clusters in ``settings.local.run_dir`` on free loopback ports and create the topics (RF 3);
     ``kafka=False``: the Redis Cluster only (``settings``' Kafka stays what clients use).
 
-    Stops what it started before raising if any part fails."""
+    A port picked free can be taken by another process before a node binds it: a failed start stops what it
+    started and tries again on fresh ports and folders, ``attempts`` times in all."""
+    for attempt in range(1, attempts):
+        with suppress(InfraError):
+            return _clusters_up(settings.replace(run_dir=settings.local.run_dir / f"attempt-{attempt}"), kafka)
+    return _clusters_up(settings.replace(run_dir=settings.local.run_dir / f"attempt-{attempts}"), kafka)
+
+
+def _clusters_up(settings: Settings, kafka: bool) -> Clusters:
+    """One attempt of :func:`clusters_up`; stops what it started before raising if any part fails."""
     base = settings.local.run_dir.resolve()
     kafka_ports = _free_ports(CLUSTER_BROKERS, span=2) if kafka else []
     redis_ports = _free_ports(2 * REDIS_CLUSTER_NODES)
