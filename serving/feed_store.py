@@ -71,7 +71,7 @@ class FeedStore:
     async def read(self, user_id: str, session: str | None) -> UserState:
         """Round trip 1: segment, candidates, history, seen set, preferences and the session's served items."""
         k = self.keys
-        user_keys = [k("user:seg"), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
+        user_keys = [k.user_segments(user_id), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
         if session is not None:
             user_keys.append(self.session_key(user_id, session))
         segment, cand, hist, seen, prefs, pages = await self.redis.run(self.READ, user_keys, [user_id])

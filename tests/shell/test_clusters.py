@@ -91,11 +91,11 @@ def test_redis_cluster_keeps_its_data_through_a_failover_and_a_killed_master(clu
     assert sorted(roles.values()) == ["master"] * 3 + ["replica"] * 3
     replica = next(k for k, role in roles.items() if role == "replica")
     redis.Redis(port=clusters.redis_nodes[replica].redis.port).execute_command("CLUSTER", "FAILOVER")
-    wait_until(lambda: clusters.redis_roles().get(replica) == "master", 30, "the replica's takeover")
+    wait_until(lambda: clusters.redis_roles().get(replica) == "master", 90, "the replica's takeover")
     master = next(k for k, role in clusters.redis_roles().items() if role == "master" and k != replica)
     clusters.kill_redis(master)
     try:
-        wait_until(lambda: len([r for r in clusters.redis_roles().values() if r == "master"]) == 3, 30, "a new master")
+        wait_until(lambda: len([r for r in clusters.redis_roles().values() if r == "master"]) == 3, 90, "a new master")
         clusters.wait_redis_ok(replicated=False)
         client = RedisCluster.from_url(clusters.settings.redis.url, cluster_error_retry_attempts=10)
         assert {key: client.get(key).decode() for key in values} == values
