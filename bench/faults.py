@@ -467,7 +467,9 @@ async def load_reader(url: str, users: Sequence[str], rate: float, stop: asyncio
         load.answers.append((time.monotonic(), degraded))
 
     # waiting for a pooled connection is the load generator's queue, not the reader's latency
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5.0, pool=None)) as client:
+    # idle connections dropped before the reader's keep-alive (uvicorn: 5 s) closes them under a new request
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5.0, pool=None), limits=limits) as client:
         pending: set[asyncio.Task] = set()
         started = time.monotonic()
         while not stop.is_set():

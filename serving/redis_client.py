@@ -39,6 +39,7 @@ from typing import Any
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as Timeout
 
@@ -207,6 +208,9 @@ class ClusterRedisClient:
                 pong = await self._cluster.execute_command("PING") if len(pipe) < len(commands) else None
         except TimeoutError as exc:
             raise Timeout(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms") from exc
+        except (AttributeError, RuntimeError) as exc:  # redis-py 8.1's cluster client writing on a connection a
+            # failover closed under it ("the handler is closed", a writer gone): Redis unavailable, not a bug of ours
+            raise RedisConnectionError(f"Redis Cluster connection lost: {exc!r}") from exc
         return [pong if str(command[0]).upper() == "PING" else next(replies) for command in commands]
 
     async def call(self, *command: Arg) -> Any:

@@ -40,7 +40,9 @@ async def test_two_workers_and_two_readers_lose_nothing_through_cluster_faults(
     name: str, clusters: infra.Clusters, cluster_model: dict[str, bytes], workload: Workload, tmp_path: Path
 ):
     run = await FaultRun.open(clusters.settings, name.replace("-", ""), cluster_model, tmp_path, clusters=clusters)
-    readers = [Child("serve", run.settings, tmp_path / f"reader-{k}.log") for k in range(2)]
+    # a 1 s Redis deadline: on this loaded machine 50 ms runs out without any fault, and the test is about faults
+    reading = run.settings.replace(reader_redis_timeout_s=1.0)
+    readers = [Child("serve", reading, tmp_path / f"reader-{k}.log") for k in range(2)]
     loads, stop = [ReaderLoad() for _ in readers], asyncio.Event()
     users = sorted({e.user_id for e in workload.events})
     try:
