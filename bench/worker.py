@@ -103,19 +103,37 @@ def applied(client: redis.Redis | redis.RedisCluster, key: str) -> int:
     return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
 
 
-def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Child]:
-    """Events/s from the first applied batch to the last, for a worker started on a full backlog."""
-    cluster = settings.redis.cluster
-    client = (redis.RedisCluster if cluster else redis.Redis).from_url(settings.redis.url)
+def applied_when_answered(client: redis.Redis | redis.RedisCluster, key: str) -> int | None:
+    """:func:`applied`, or None while Redis is running a batch script (BUSY past its 5 s script limit, or a read
+    timeout): a backlog batch is up to batch_max messages, one script, and can block Redis that long."""
+    try:
+        return applied(client, key)
+    except redis.exceptions.TimeoutError:
+        return None
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith("BUSY"):
+            return None
+        raise
+
+
+def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) -> tuple[float, Child]:
+    """Events/s from the first applied batch to the last, for a worker started on a full backlog (``total``
+    applied events at the end, ``already`` of them in Redis before it starts)."""
+    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url,
+                                                                                      socket_timeout=30)  # fmt: skip
     key = Keys.of(settings)("totals")
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
-    while applied(client, key) == 0:
-        time.sleep(0.01)
-    first, started = applied(client, key), time.perf_counter()
-    while (done := applied(client, key)) < total:
-        time.sleep(0.05)
-        worker.check()
-    client.close()
+    try:
+        while (first := applied_when_answered(client, key)) in (None, already):
+            time.sleep(0.01)
+            worker.check()
+        started = time.perf_counter()
+        while (done := applied_when_answered(client, key)) is None or done < total:
+            time.sleep(0.05)
+            worker.check()
+    except BaseException:  # its own session: Ctrl-C or an error here would leave it running
+        worker.kill()
+        raise
     return (done - first) / (time.perf_counter() - started), worker
 
 

@@ -14,7 +14,7 @@ Sources (generators), each a ranked list explained item by item:
   item, vectorized, from a generator seeded per request.
 
 A **ranked** page (serving/ranking.py decides when) takes the union of what personal, popular and
-fresh propose, each up to the page's exploitation slots, filtered (seen, served in the session,
+fresh propose, each up to ``blend.ranker_depth`` × the page's exploitation slots, filtered (seen, served in the session,
 unavailable, not interested) before anything is scored; scores every candidate's feature vector
 (serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
 best first. Each ranked item is served as the generator its top feature speaks for (when that
@@ -37,6 +37,7 @@ import numpy as np
 from recstream.models.bandit import choose_explore
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
 from recstream.serving.features import PageFeatures
+from recstream.serving.filters import NO_FILTER, FeedFilter
 from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pull, ranking_mode, score, top_features
 from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
@@ -61,7 +62,7 @@ FEATURE_WORDS = {
     "ctr_logit": TRENDING_REASON,
     "fresh": "recently added",
     "explore": "recently added",
-    "age": "recently added",
+    "pool_age": "recently added",
     "category_affinity": "close to what you watch",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
@@ -83,34 +84,48 @@ class Page:
 
 
 class Exclusions:
-    """What this user's page must not hold: seen, served in the session, unavailable, not interested.
+    """What this user's page must not hold: seen, served in the session, unavailable, not interested, and what
+    the request's filter refuses (serving/filters.py).
 
     A "not interested" entry is an item id, or a category when some item carries it. With blocked
-    categories, an item whose categories are not known yet is held back rather than risked.
+    categories or a filter on categories or features, an item whose categories are not known yet is held
+    back rather than risked.
     """
 
-    __slots__ = ("_categories", "_now", "blocked", "items", "unavailable")
+    __slots__ = ("_categories", "_now", "blocked", "items", "only", "unavailable")
 
-    def __init__(self, user: UserState, snapshot: Snapshot, now: float) -> None:
-        self.items = {*user.seen, *user.served, *user.not_interested}
+    def __init__(self, user: UserState, snapshot: Snapshot, now: float, only: FeedFilter = NO_FILTER) -> None:
+        self.items = {*user.seen, *user.served, *user.not_interested, *only.exclude}
         self.unavailable = snapshot.unavailable
         self.blocked = user.not_interested.intersection(snapshot.categories.known)
+        self.only = only
         self._categories = snapshot.categories
         self._now = now
 
     def __contains__(self, item: object) -> bool:
         if item in self.items or item in self.unavailable:
             return True
-        if self.blocked:
+        if self.blocked or self.only.narrows:
             categories = self._categories.get(item, self._now)  # type: ignore[arg-type]
-            return categories is None or not self.blocked.isdisjoint(categories)
+            if categories is None or not self.blocked.isdisjoint(categories):
+                return True
+            return not self.only.admits(categories, self._categories.features(item))  # type: ignore[arg-type]
         return False
 
 
-def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: int, seed: int, now: float) -> Page:
-    """The ranked page when the ranker is warm and fresh, else the fixed blend; explore slots capped either way."""
+def build_page(
+    user: UserState,
+    snapshot: Snapshot,
+    settings: Settings,
+    limit: int,
+    seed: int,
+    now: float,
+    only: FeedFilter = NO_FILTER,
+) -> Page:
+    """The ranked page when the ranker is warm and fresh, else the fixed blend; explore slots capped either way.
+    ``only`` (the request's filter) joins the exclusions, so every source skips what it refuses while it fills."""
     blend = settings.blend
-    exclude = Exclusions(user, snapshot, now)
+    exclude = Exclusions(user, snapshot, now, only)
     shares: dict[Source, float] = {
         "personal": blend.share_personal,
         "popular": blend.share_popular,
@@ -137,7 +152,8 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
-    items, vectors = _ranked(on, explored, counts, exclude, features, snapshot.ranker.weights)  # type: ignore[arg-type]
+    weights = snapshot.ranker.weights
+    items, vectors = _ranked(on, explored, counts, exclude, features, weights, blend.ranker_depth)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
 
@@ -173,8 +189,9 @@ def _ranked(
     exclude: Exclusions,
     features: PageFeatures,
     weights: np.ndarray,
+    depth_factor: int = 1,
 ) -> tuple[list[Served], list[str]]:
-    """The union of the generators' first allowed candidates (as many each as there are exploitation slots),
+    """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each),
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
@@ -185,7 +202,7 @@ def _ranked(
     depth = sum(counts.values()) - counts["explore"]
     proposed: dict[str, dict[Source, Candidate]] = {}
     for source, candidates in generators.items():
-        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth):
+        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth * depth_factor):
             proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
@@ -225,17 +242,24 @@ def _words(item: str, feature: str, features: PageFeatures) -> str:
     return FEATURE_WORDS[feature]
 
 
-def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
-    """Without Redis: the last known global popular list, minus what was last known unavailable."""
-    items = (i for i in snapshot.overall if i not in snapshot.unavailable)
+def degraded_page(snapshot: Snapshot, limit: int, only: FeedFilter = NO_FILTER, now: float = 0.0) -> list[Served]:
+    """Without Redis: the last known global popular list, minus what was last known unavailable, under the
+    request's filter (judged on the items' last loaded categories and features)."""
+    unavailable, categories = snapshot.unavailable, snapshot.categories
+    items = (i for i in snapshot.overall if i not in unavailable and i not in only.exclude)
+    if only.narrows:
+        items = (i for i in items if only.admits(categories.get(i, now), categories.features(i)))
     return [Served(i, "popular", TRENDING_REASON) for i in itertools.islice(items, limit)]
 
 
 def taste_weights(user: UserState, categories: Categories, now: float) -> dict[str, float]:
-    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item)."""
+    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item); a
+    disliked item (a negative weight, recstream/contracts/feedback.py) adds nothing."""
     weights: dict[str, float] = {}
     taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
     for item, weight in taste:
+        if weight < 0:
+            continue
         for category in categories.get(item, now) or ():
             weights[category] = weights.get(category, 0.0) + weight
     return weights
@@ -314,6 +338,8 @@ def explore(pool: Pool, exclude: Exclusions, k: int, seed: int, settings: Settin
     mask[[i for i in map(pool.index.get, exclude.items) if i is not None]] = True
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
+    if exclude.only.narrows:  # a filtered request: the pool's items one by one (the filter may name features)
+        mask |= np.fromiter((item in exclude for item in pool.items), dtype=bool, count=len(pool.items))
     picks = choose_explore(
         settings.blend.explore_policy,
         pool.alpha,

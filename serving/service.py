@@ -22,6 +22,7 @@ from recstream.serving.errors import EventsRejected, NotFound, RedisUnavailable,
 from recstream.serving.feed import build_page, degraded_page
 from recstream.serving.feed_query import FEED_ROUTE
 from recstream.serving.feed_store import FeedStore
+from recstream.serving.filters import NO_FILTER, FeedFilter, FilterError
 from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
@@ -61,7 +62,8 @@ class FeedService:
         self.guard = RedisGuard()
         self.stats = LiveStats()
         self.variants = Variants(settings)
-        self.clicks = ClickGuard(self.redis, self.keys, settings.reader, self.guard)
+        self.feedback = settings.model.feedback_types
+        self.clicks = ClickGuard(self.redis, self.keys, settings.reader, self.guard, self.feedback.clicks)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
@@ -86,23 +88,33 @@ class FeedService:
 
     # --- feed ------------------------------------------------------------------------------
 
-    async def feed(self, user_id: str, limit: int, cursor: Cursor | None, seed: int | None) -> dict:
-        """Round trip 1 reads the user, the page is blended in process, round trip 2 records it in the session."""
+    async def feed(
+        self, user_id: str, limit: int, cursor: Cursor | None, seed: int | None, only: FeedFilter = NO_FILTER
+    ) -> dict:
+        """Round trip 1 reads the user, the page is blended in process, round trip 2 records it in the session.
+
+        ``only`` restricts the page; a cursor continues its session only under the filter it was issued with.
+        """
         started = time.perf_counter()
-        position = (cursor or Cursor.start()).following()
+        if cursor is not None and cursor.filter != only.digest:
+            raise FilterError(
+                f"cursor {cursor.text} continues a session served under another filter: send the category, "
+                "exclude and filter parameters of its first page again, or start a new session without a cursor"
+            )
+        position = (cursor or Cursor.start(only.digest)).following()
         seed = position.seed(user_id) if seed is None else seed
         arm = self.variants.assign(user_id)
         try:
             user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
         except RedisUnavailable as exc:
-            items = degraded_page(self.snapshot, limit)
+            items = degraded_page(self.snapshot, limit, only, time.monotonic())
             return self._feed_answer(
                 user_id, items, cursor, seed, "degraded", "degraded", exc.cause, 1, started, arm.label
             )
         if cursor is not None and not user.session_found:
             self._trips.observe(1)
             raise SessionExpired(f"cursor {cursor.text} names no live session: it expired or was never issued")
-        page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic())
+        page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic(), only)
         kind, mode = "warm" if page.warm else "cold", page.mode
         if not page.items:
             return self._feed_answer(user_id, [], None, seed, kind, mode, None, 1, started, arm.label)
@@ -261,7 +273,7 @@ class FeedService:
     async def accept_events(self, body: bytes, client: str) -> dict:
         """Validate like the workers do (contracts.events.decode), give each an id, apply the click limits of
         ``client`` (serving/click_guard.py), stamp variants and sources, publish, confirm."""
-        events, rejected = decode(body, "event", int(time.time() * 1000))
+        events, rejected = decode(body, "event", int(time.time() * 1000), self.feedback)
         if rejected:
             raise EventsRejected([r.reason for r in rejected[:MAX_REASONS]] + _more(rejected))
         if not events:
@@ -276,8 +288,9 @@ class FeedService:
         for event in events:
             source = (event.context or {}).get("source")
             label = source if source in SOURCES else "none" if source is None else "other"
-            metrics.EVENTS.labels(event.type, label).inc()
-            published.append((event.type, label))
+            kind = self.feedback.metric_label[event.type]  # view/click for the types counted in CTR
+            metrics.EVENTS.labels(kind, label).inc()
+            published.append((kind, label))
         self.stats.events(published)
         return {"accepted": len(events), "attributed": attributed, "dropped": received - len(events)}
 

@@ -36,6 +36,8 @@ from recstream.store.connection import connect
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
+RESCORE_IDLE_S = 1.0
+"""A processor idle this long finishes a rescore pass its last batch left unfinished (recstream/store/state.py)."""
 
 
 def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.App:
@@ -88,6 +90,14 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     async def item_feed() -> None:
         with liveness.running("item feed"):
             await follow_items(settings, model)
+
+    @app.timer(interval=RESCORE_IDLE_S)
+    async def finish_rescore() -> None:
+        for processor in processors.values():
+            try:
+                await processor.finish_rescore(idle_s=RESCORE_IDLE_S)
+            except Exception:  # Redis unreachable: the next tick or batch goes on with the pass
+                log.exception("going on with a rescore pass failed")
 
     @app.task
     async def settle_heap() -> None:

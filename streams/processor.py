@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -176,9 +177,12 @@ class BatchProcessor:
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
+        self.last_applied = time.monotonic()
         r = settings.ranker
         self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
         self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
+        self.positive = settings.model.feedback_types.with_role("positive")  # the ranker's label-1 types
         if kind == "event":
             metrics.watch_ranker(self.recent_rows)
         self.build: Build = {
@@ -214,6 +218,16 @@ class BatchProcessor:
             self._beat()
             await asyncio.sleep(delay)
             delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+
+    async def finish_rescore(self, idle_s: float = 0.0) -> int:
+        """Go on with an unfinished rescore pass in empty batches (no watermark, no event) until it ends, when this
+        processor applied nothing for ``idle_s``: an idle worker's rankings reach f(final counters, final prior)
+        without waiting for the next event. Returns how many empty batches it took."""
+        calls = 0
+        while self.rescore_pending and time.monotonic() - self.last_applied >= idle_s:
+            self.rescore_pending = (await self.store.apply(Effect())).rescore_pending
+            calls += 1
+        return calls
 
     def _beat(self) -> None:
         if self.beat is not None:
@@ -285,7 +299,7 @@ class BatchProcessor:
                 # "too far in the future" is measured from the record's Kafka timestamp when it is earlier than
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
-                valid, rejected = decode(message.value, self.kind, at_ms)
+                valid, rejected = decode(message.value, self.kind, at_ms, self.settings.model.feedback_types)
                 if self.partitions is not None and (self.kind == "event" or self._users_placed):
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
@@ -313,6 +327,7 @@ class BatchProcessor:
                 await self.reload_watermarks()
                 continue
             self.store.remember_histories(effect.histories)
+            self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, built)
@@ -382,9 +397,9 @@ class BatchProcessor:
                 self.recent_rows.add(trained.predictions, trained.labels)
             metrics.count_ranker_rows(built.training)
         if self.kind == "event":
-            views = sum(1 for e in records if e.type == "view")
-            metrics.EVENTS.labels(topic, "view").inc(views)
-            metrics.EVENTS.labels(topic, "click").inc(len(records) - views)
+            label = self.settings.model.feedback_types.metric_label  # view/click for CTR types: a bounded set
+            for kind, n in Counter(label[e.type] for e in records).items():
+                metrics.EVENTS.labels(topic, kind).inc(n)
             metrics.observe_many(metrics.FRESHNESS, _ages_s(now_ms, [e.ts for e in records]))
         else:
             metrics.EVENTS.labels(topic, self.kind).inc(len(records))
@@ -399,10 +414,15 @@ class BatchProcessor:
     ) -> Built:
         users = list(dict.fromkeys(e.user_id for e in events))
         s = self.settings
-        rows = batch_rows(events, partitions) if s.ranker.train else None
+        rows = batch_rows(events, partitions, self.positive) if s.ranker.train else None
         context = await self.store.read_users(users, rankers=list(rows.by_partition) if rows else ())
         effect.counters = aggregate(
-            events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives, arrivals
+            events,
+            context.segments,
+            s.model.trend_half_life_s * 1000,
+            s.model.trend_epoch_half_lives,
+            arrivals,
+            s.model.feedback_types.ctr_column,
         )
         training = None if rows is None else train_batch(rows, context.rankers, self.ranker_config)
         if training is not None:

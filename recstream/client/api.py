@@ -81,16 +81,32 @@ class Client(_Connection):
             time.sleep(self.backoff.wait(attempt, failure))
             attempt += 1
 
-    def feed(self, user_id: str, limit: int = 10, cursor: str | None = None, seed: int | None = None) -> FeedPage:
-        """A page of the user's feed; ``page.next_cursor`` as ``cursor`` continues it without repeating an item."""
-        return self._run(routes.feed(user_id, limit, cursor, seed))
+    def feed(
+        self,
+        user_id: str,
+        limit: int = 10,
+        cursor: str | None = None,
+        seed: int | None = None,
+        *,
+        category: str | Iterable[str] = (),
+        exclude: str | Iterable[str] = (),
+        filter: str | Iterable[str] = (),
+    ) -> FeedPage:
+        """A page of the user's feed; ``page.next_cursor`` as ``cursor`` continues it without repeating an item.
+
+        Only items in one of ``category``, none of ``exclude``, and passing every ``filter`` clause on item
+        features (``"in_stock=true"``, ``"price<20"``); a filtered session's cursor needs the same filter.
+        """
+        return self._run(routes.feed(user_id, limit, cursor, seed, category, exclude, filter))
 
     def similar(self, item_id: str, limit: int = 10) -> SimilarItems:
         """The item's nearest neighbours, best first (404 for an item the workers have none for)."""
         return self._run(routes.similar(item_id, limit))
 
     def send_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventsAccepted:
-        """Post views and clicks (models or dicts), in as many requests as the reader's limits need.
+        """Post feedback events (models or dicts: views, clicks, likes, a rating with its ``value``, dislikes, …), in
+        as many requests as the reader's limits need. Which types exist is the reader's setting
+        (RECSTREAM_FEEDBACK_TYPES): an unknown one is refused with 422 naming the configured types.
 
         Each event without an ``event_id`` gets one before the first attempt, so a retry is applied once.
         If a later request fails, the earlier ones were accepted: re-send the events of
@@ -175,8 +191,18 @@ class AsyncClient(_Connection):
             await asyncio.sleep(self.backoff.wait(attempt, failure))
             attempt += 1
 
-    async def feed(self, user_id: str, limit: int = 10, cursor: str | None = None, seed: int | None = None) -> FeedPage:
-        return await self._run(routes.feed(user_id, limit, cursor, seed))
+    async def feed(
+        self,
+        user_id: str,
+        limit: int = 10,
+        cursor: str | None = None,
+        seed: int | None = None,
+        *,
+        category: str | Iterable[str] = (),
+        exclude: str | Iterable[str] = (),
+        filter: str | Iterable[str] = (),
+    ) -> FeedPage:
+        return await self._run(routes.feed(user_id, limit, cursor, seed, category, exclude, filter))
 
     async def similar(self, item_id: str, limit: int = 10) -> SimilarItems:
         return await self._run(routes.similar(item_id, limit))

@@ -59,12 +59,29 @@ class Call(Generic[T]):
         return self.answer.model_validate_json(response.content)
 
 
-def feed(user_id: str, limit: int, cursor: str | None, seed: int | None) -> Call[FeedPage]:
+def feed(
+    user_id: str,
+    limit: int,
+    cursor: str | None,
+    seed: int | None,
+    category: str | Iterable[str] = (),
+    exclude: str | Iterable[str] = (),
+    filter: str | Iterable[str] = (),
+) -> Call[FeedPage]:
+    """The feed's query: ``category``, ``exclude`` and ``filter`` (clauses such as ``in_stock=true``) are each
+    a comma-separated string or an iterable of its parts, left out when empty (README, "Your filters").
+
+    >>> feed("u1", 10, None, None, category=["news", "sport"], filter="price<20").params
+    {'limit': 10, 'category': 'news,sport', 'filter': 'price<20'}
+    """
     params: dict[str, str | int] = {"limit": limit}
     if cursor is not None:
         params["cursor"] = cursor
     if seed is not None:
         params["seed"] = seed
+    for name, value in (("category", category), ("exclude", exclude), ("filter", filter)):
+        if joined := value if isinstance(value, str) else ",".join(value):
+            params[name] = joined
     return Call("GET", f"/v1/feed/{_id(user_id)}", FeedPage, params)
 
 
@@ -154,8 +171,9 @@ def total(accepted: Iterable[EventsAccepted]) -> EventsAccepted:
 
 
 def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
-    """The events validated by the contract (a bad one raises here, before anything is sent), each with an
-    ``event_id``: its own, or a random uuid4 hex.
+    """The events validated by the contract (a bad one raises here, before anything is sent; whether a well-formed
+    ``type`` is one of the configured feedback types only the reader knows), each with an ``event_id``: its own, or
+    a random uuid4 hex.
 
     The id is what makes a retry safe: a POST that timed out may have been published, and the retry
     sends the same ids, which the workers apply once. Call this yourself and keep the result to re-send

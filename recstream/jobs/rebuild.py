@@ -58,7 +58,7 @@ class RebuildReport:
     deleted_keys: int
     model_version: str | None
     messages: dict[str, int]  # per topic
-    events: int  # views and clicks applied
+    events: int  # views and clicks applied (the events counted in CTR: recstream/contracts/feedback.py)
     invalid: int
     seconds: float
 
@@ -163,6 +163,7 @@ async def _replay(
                     messages[topic] += len(chunk)
                     if progress is not None:
                         progress(topic, len(chunk), total)
+                await processor.finish_rescore()  # a pass the last batch left unfinished, as an idle worker does
     finally:
         item_feed.cancel()
         await asyncio.gather(item_feed, return_exceptions=True)

@@ -16,7 +16,8 @@
 -- Cost: the script blocks Redis while it runs, and a redis.call costs a few microseconds
 -- whatever it does, so every step reads and writes a whole key per call (HMGET, ZMSCORE,
 -- SMISMEMBER, multi-field HSET and ZADD, MSET) instead of a call per event, item or segment.
--- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls.
+-- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls; a moved prior adds
+-- at most about cfg.rescore_items items (step 4), never the whole catalogue.
 
 local p = cjson.decode(ARGV[1])
 local P = p.prefix .. ':'
@@ -141,7 +142,12 @@ end
 for _, t in ipairs(p.totals) do redis.call('HINCRBY', P .. 'totals', t[1], t[2]) end
 for _, item in ipairs(became_available) do touch(item) end
 
--- 4. smoothed-CTR rankings under the quantized global prior (models.ctr.quantize_ctr)
+-- 4. smoothed-CTR rankings under the quantized global prior (models.ctr.quantize_ctr): the touched items, and
+-- when the prior moved, every counted item, but at most about cfg.rescore_items of them per batch: a rescore
+-- pass whose HSCAN cursor over `views` is kept in `rescore` (a moved prior restarts it), so no batch costs
+-- O(catalogue). Until a pass ends an item's score may be under an older prior; once it ends (a batch, or an
+-- empty one when the worker is idle), every score is f(final counters, final prior) again, as a whole rescore
+-- in one batch left it (HSCAN returns every field present for the whole pass at least once).
 local totals = redis.call('HMGET', P .. 'totals', 'views', 'clicks')
 local raw = ctr(num(totals[2]), num(totals[1]), cfg.default_ctr, cfg.default_mass)
 local q = math.exp(math.floor(math.log(raw) / cfg.log_step + 0.5) * cfg.log_step)
@@ -149,7 +155,13 @@ q_str = fmt(q)
 full = redis.call('GET', P .. 'prior') ~= q_str
 if full then
   redis.call('SET', P .. 'prior', q_str)
-  touched_list = redis.call('HKEYS', P .. 'views')
+  redis.call('SET', P .. 'rescore', '0')
+end
+local cursor = redis.call('GET', P .. 'rescore')
+if cursor then
+  local scan = redis.call('HSCAN', P .. 'views', cursor, 'COUNT', cfg.rescore_items)
+  for k = 1, #scan[2], 2 do touch(scan[2][k]) end
+  if scan[1] == '0' then redis.call('DEL', P .. 'rescore') else redis.call('SET', P .. 'rescore', scan[1]) end
 end
 local hidden = many('SMISMEMBER', P .. 'unavailable', touched_list)
 local live = {}
@@ -194,7 +206,8 @@ for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
 end
 
 -- 6. users of new items until they graduate, for their fold-in (recstream/store/fold_ins.py): user → summed
--- weight, added event by event in order (as models/history.py sums); the first item_users_cap users
+-- weight, added event by event in order (as models/history.combine_weights: a negative one wins); the first
+-- item_users_cap users
 local new_items = {}
 for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
 local done = many('SMISMEMBER', P .. 'graduated', new_items)
@@ -210,7 +223,9 @@ for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
       local r = old[j] and tonumber(old[j])
       if not r and size < cfg.item_users_cap then r, size = 0, size + 1 end
       if r then
-        for _, w in ipairs(u[2]) do r = r + w end
+        for _, w in ipairs(u[2]) do
+          if r >= 0 and w >= 0 then r = r + w else r = math.min(r, 0) + math.min(w, 0) end
+        end
         args[#args + 1] = u[1]
         args[#args + 1] = r
       end
@@ -280,4 +295,5 @@ end
 -- the watermarks: they move with the effect they cover
 for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
-return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {}}
+return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
+        p.shared and redis.call('EXISTS', P .. 'rescore') or 0}

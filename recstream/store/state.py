@@ -61,6 +61,10 @@ from recstream.store.aggregate import CounterDeltas
 from recstream.store.connection import gathered, queue_mget
 
 SCRIPT = (Path(__file__).parent / "apply_batch.lua").read_text()
+RESCORE_ITEMS = 1_000
+"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4): a
+whole rescore is O(items × segments) inside one script, which blocks Redis (bench/scale.py measured it at 100,000
+items); a pass of this many items per batch keeps a batch's cost bounded whatever the catalogue."""
 
 
 class StaleWatermark(Exception):
@@ -94,15 +98,16 @@ class UserContext:
 @dataclass(frozen=True)
 class Applied:
     prior: float
-    full_rescore: bool
+    full_rescore: bool  # the prior moved: a rescore pass over every item started
     graduated: list[str]
     fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
+    rescore_pending: bool = False  # a rescore pass is not finished: later batches (or empty ones) go on with it
 
 
 class StateStore:
     """Reads what a batch needs and applies its effect in one atomic round trip each."""
 
-    def __init__(self, redis: Redis | RedisCluster, settings: Settings) -> None:
+    def __init__(self, redis: Redis | RedisCluster, settings: Settings, rescore_items: int = RESCORE_ITEMS) -> None:
         self.redis = redis
         self.keys = Keys.of(settings)
         self.settings = settings
@@ -123,6 +128,7 @@ class StateStore:
             "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.worker.dedup_window_s * 1000,
             "require_announced": settings.model.require_announced_items,
+            "rescore_items": rescore_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
@@ -238,7 +244,7 @@ class StateStore:
             if result[0] == b"ok" and result[1]:  # the shared slot's answer (it also applied the batch now)
                 self._prior = float(result[1])
                 graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
-                return Applied(self._prior, bool(result[2]), graduated, fold_ins)
+                return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]))
         return Applied(self._prior, False, [], [])
 
     def _payloads(self, effect: Effect) -> dict[str, tuple[dict, list[bytes]]]:
@@ -260,7 +266,8 @@ class StateStore:
         for tp, (old, new) in effect.watermarks.items():
             for slot in self._slots(tp):
                 part(slot)[0]["wm"].append((tp, _wm(old), str(new)))
-        if any(len(p["wm"]) for p, _ in parts.values() if p["shared"]) or effect.meta or c.items:
+        # an effect of no partition at all: an empty batch going on with a rescore pass (shared state)
+        if any(len(p["wm"]) for p, _ in parts.values() if p["shared"]) or effect.meta or c.items or not parts:
             payload = part(shared)[0]
             payload["meta"] = [
                 (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0", features)

@@ -22,7 +22,12 @@ GOOD = {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW - 1000}
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"type": "like"}, "type: Input should be 'view' or 'click'"),
+        (
+            {"type": "share"},
+            "type: unknown feedback type 'share' (configured: view, click, like, add_to_cart, purchase, rating, "
+            "dislike)",
+        ),
+        ({"type": "Click"}, "type: String should match pattern"),
         ({"user_id": None}, "user_id: Input should be a valid string"),
         ({"user_id": "u" * (MAX_ID_LEN + 1)}, "user_id: String should have at most 64 characters"),
         ({"item_id": "i1; DEL *"}, "item_id: String should match pattern"),
