@@ -79,7 +79,8 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "freshness_p99_ms",
             "candidates_refresh_p50_ms",
             "candidates_refresh_p99_ms",
-        )
+        ),
+        ("worker_events_per_s_single", "worker_events_per_s_cluster"),  # --cluster only
     ),
     "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched")),
     "ann_space": Keys(()),
@@ -140,7 +141,12 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reliability_double_applied_events",
             "reliability_reader_failed_requests",
         ),
-        ("reliability_reader_recovery_max_s",),  # only when the reader recovered
+        # only when the reader recovered; the cluster scenarios' (--clusters)
+        (
+            "reliability_reader_recovery_max_s",
+            "reliability_broker_kill_lost_events",
+            "reliability_redis_failover_lost_events",
+        ),
     ),
     "scale": Keys(
         (

@@ -1,6 +1,7 @@
 """One worker's throughput on a backlog, and freshness under a steady live load.
 
     .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20]
+    .venv/bin/python -m bench.worker --cluster [--events 100000] [--rounds 2]
 
 Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
 backlog is produced first, then a worker starts and we time events applied per second
@@ -15,6 +16,13 @@ from the worker's own histograms (deltas over the live phase).
 
 Writes `worker_events_per_s`, `worker_events_per_s_ranker`, `freshness_p99_ms`, `candidates_refresh_p99_ms`
 (+ p50s).
+
+``--cluster`` measures only what a Redis Cluster costs: the same backlog on the same Kafka broker, applied by
+the worker with a trained model (counters + user steps + candidates) on one Redis and on a Redis Cluster of 3
+masters + 3 replicas on this machine, alternating single, cluster, cluster, single, … (``--rounds`` pairs, each
+with a fresh consumer group and key prefix), so load drift hits both alike. Writes
+`worker_events_per_s_single` and `worker_events_per_s_cluster` (the mean of each one's runs; the cluster's
+baseline is the single figure).
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ from rich.table import Table
 
 from bench.common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
 from recstream.contracts.events import Event, decode
+from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
 from recstream.jobs.sources import Record
-from recstream.shell.infra import Child, ensure_topics
+from recstream.shell.infra import Child, ensure_topics, running_clusters
 from recstream.sim.world import synthetic
 
 COMMAND = ".venv/bin/python -m bench.worker"
@@ -89,16 +98,16 @@ async def raw_consume_rate(settings: Settings, total: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def applied(client: redis.Redis, prefix: str) -> int:
-    totals = client.hgetall(f"{prefix}:totals")
+def applied(client: redis.Redis | redis.RedisCluster, key: str) -> int:
+    totals = client.hgetall(key)
     return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
 
 
-def applied_when_answered(client: redis.Redis, prefix: str) -> int | None:
+def applied_when_answered(client: redis.Redis | redis.RedisCluster, key: str) -> int | None:
     """:func:`applied`, or None while Redis is running a batch script (BUSY past its 5 s script limit, or a read
     timeout): a backlog batch is up to batch_max messages, one script, and can block Redis that long."""
     try:
-        return applied(client, prefix)
+        return applied(client, key)
     except redis.exceptions.TimeoutError:
         return None
     except redis.exceptions.ResponseError as exc:
@@ -110,20 +119,58 @@ def applied_when_answered(client: redis.Redis, prefix: str) -> int | None:
 def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) -> tuple[float, Child]:
     """Events/s from the first applied batch to the last, for a worker started on a full backlog (``total``
     applied events at the end, ``already`` of them in Redis before it starts)."""
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=30)
+    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url,
+                                                                                      socket_timeout=30)  # fmt: skip
+    key = Keys.of(settings)("totals")
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
     try:
-        while (first := applied_when_answered(client, prefix)) in (None, already):
+        while (first := applied_when_answered(client, key)) in (None, already):
             time.sleep(0.01)
             worker.check()
         started = time.perf_counter()
-        while (done := applied_when_answered(client, prefix)) is None or done < total:
+        while (done := applied_when_answered(client, key)) is None or done < total:
             time.sleep(0.05)
             worker.check()
     except BaseException:  # its own session: Ctrl-C or an error here would leave it running
         worker.kill()
         raise
     return (done - first) / (time.perf_counter() - started), worker
+
+
+def cluster_cost(records: list[Record], rounds: int) -> None:
+    """The personalized worker on one Redis and on a Redis Cluster, same backlog and broker, alternating."""
+    with services() as base:
+        asyncio.run(ensure_topics(base))
+        total = asyncio.run(produce_backlog(base, records))
+        artifacts, _ = training.train(training.collect(records), ALSConfig(), holdout=0)
+        with running_clusters(base.replace(run_dir=base.local.run_dir / "cluster"), kafka=False) as clusters:
+            targets = {"single": base, "cluster": clusters.settings}
+            version = asyncio.run(training.publish(base.replace(model_dir=MODELS), artifacts))
+            rates: dict[str, list[float]] = {"single": [], "cluster": []}
+            order = [
+                name for k in range(rounds) for name in (("single", "cluster") if k % 2 == 0 else ("cluster", "single"))
+            ]
+            for k, name in enumerate(order):
+                settings = targets[name].replace(
+                    redis_prefix=f"{name}{k}", worker_group=f"bench-{name}{k}", model_dir=MODELS
+                )
+                asyncio.run(training.activate(settings, artifacts, version))
+                rate, worker = time_backlog(settings, f"{name}{k}", total)
+                worker.stop()
+                rates[name].append(rate)
+    single, cluster = (sum(rates[name]) / len(rates[name]) for name in ("single", "cluster"))
+    table = Table(title=f"one worker (user steps + candidates), one Redis vs a Redis Cluster ({machine()})")
+    for column in ("Redis", "runs (events/s)", "mean"):
+        table.add_column(column, justify="right")
+    table.add_row("one server", ", ".join(f"{r:,.0f}" for r in rates["single"]), f"{single:,.0f} events/s")
+    table.add_row("cluster, 3 masters + 3 replicas", ", ".join(f"{r:,.0f}" for r in rates["cluster"]),
+                  f"{cluster:,.0f} events/s ({cluster / single:.2f}×)")  # fmt: skip
+    show(table)
+    command = f"{COMMAND} --cluster"
+    record({
+        "worker_events_per_s_single": figure(single, "events/s", command),
+        "worker_events_per_s_cluster": figure(cluster, "events/s", command, single),
+    })  # fmt: skip
 
 
 async def live_load(settings: Settings, users: list[str], items: list[str], rate: int, seconds: float) -> int:
@@ -171,11 +218,16 @@ def live_batches(before: str, after: str, topic: str) -> tuple[float, float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=None, help="backlog size (default 300,000; --cluster 100,000)")
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--cluster", action="store_true", help="only one Redis vs a Redis Cluster, same run")
+    parser.add_argument("--rounds", type=int, default=2, help="--cluster: pairs of runs (one of each)")
     args = parser.parse_args()
-    records = [r for r in synthetic(args.events, seed=11)]
+    if args.cluster:
+        cluster_cost(list(synthetic(args.events or 100_000, seed=11)), args.rounds)
+        return
+    records = [r for r in synthetic(args.events or 300_000, seed=11)]
     users = [r.value.user_id for r in records if r.kind == "user"]
     items = [r.value.item_id for r in records if r.kind == "item"]
     with services() as base:

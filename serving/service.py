@@ -27,7 +27,7 @@ from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
 from recstream.serving.ranking import MODES
-from recstream.serving.redis_client import RedisClient
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from recstream.serving.user_state import parse_preferences
 from recstream.serving.variants import Variants
@@ -49,13 +49,14 @@ class FeedService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.of(settings)
         r = settings.reader
-        self.redis = RedisClient(settings.redis.url, r.redis_timeout_s, r.redis_connections, r.redis_connect_timeout_s)
+        client = ClusterRedisClient if settings.redis.cluster else RedisClient
+        self.redis = client(settings.redis.url, r.redis_timeout_s, r.redis_connections, r.redis_connect_timeout_s)
         self.store = FeedStore(self.redis, self.keys)
         self.snapshot = Snapshot()
         # its own connections: a reload's large replies never hold a connection a feed waits for
-        background = RedisClient(settings.redis.url, BACKGROUND_TIMEOUT_S, BACKGROUND_CONNECTIONS)
+        background = client(settings.redis.url, BACKGROUND_TIMEOUT_S, BACKGROUND_CONNECTIONS)
         self.loader = SnapshotLoader(background, settings, self.snapshot)
         self.publisher = Publisher(settings)
         self.guard = RedisGuard()

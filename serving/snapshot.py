@@ -32,7 +32,7 @@ from recstream.models.ctr import smoothed_ctr
 from recstream.serving import metrics
 from recstream.serving.popularity import cold_order, segment_scores, warm_order
 from recstream.serving.ranking import RankerState, ctr_logit
-from recstream.serving.redis_client import RedisClient
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from redis.exceptions import RedisError
 
 from recstream.contracts.keys import Keys
@@ -170,9 +170,9 @@ class Snapshot:
 class SnapshotLoader:
     """Reloads a :class:`Snapshot` from Redis in the background; a failed reload keeps the last copy."""
 
-    def __init__(self, redis: RedisClient, settings: Settings, snapshot: Snapshot) -> None:
+    def __init__(self, redis: RedisClient | ClusterRedisClient, settings: Settings, snapshot: Snapshot) -> None:
         self.redis = redis
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.of(settings)
         self.settings = settings
         self.snapshot = snapshot
         self._popular_at = -np.inf
@@ -210,12 +210,13 @@ class SnapshotLoader:
             ("GET", k("model:current")),
             ("SMEMBERS", k("segments")),
             ("GET", k("clock")),
-            ("MGET", *self._ranker_keys),
+            *(("GET", key) for key in self._ranker_keys),  # one GET each: on a cluster each is in its own slot
         ]
         if popular_due:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
         replies = await self.redis.execute(*commands)
-        pool_raw, prior, unavailable, model_version, segments, clock, ranker_raw, *overall_raw = replies
+        pool_raw, prior, unavailable, model_version, segments, clock, *rest = replies
+        ranker_raw, overall_raw = rest[: len(self._ranker_keys)], rest[len(self._ranker_keys) :]
         self._refresh_ranker(ranker_raw, now)  # first: rebuilding the popular lists may take a while
         created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
         overall = _scores(overall_raw[0]) if popular_due else None

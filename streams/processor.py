@@ -167,8 +167,10 @@ class BatchProcessor:
             "user": settings.kafka.users_topic,
         }[kind]
         self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
-        # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked)
+        # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked);
+        # on a Redis Cluster a user record too, whose partition names the slot its batch writes (store/state.py)
         self.partitions = partitions
+        self._users_placed = kind == "user" and settings.redis.cluster
         self.beat = beat  # called after every attempt to apply a batch, applied or failed (streams/liveness.py)
         self.model = model
         self.store = store
@@ -285,6 +287,10 @@ class BatchProcessor:
                 if self._watermarks is None:  # a rebalance during the repair: re-read, then filter again
                     await self.reload_watermarks()
                     continue
+            behind = self._behind(fresh)
+            if behind:  # some Redis slots hold these offsets already, others not: apply them on their own first
+                await self._process_once(behind, repair=False)
+                continue
             now_ms = int(time.time() * 1000)
             decoded: list[Decoded] = []
             dead: list[DeadLetter] = []
@@ -294,7 +300,7 @@ class BatchProcessor:
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
                 valid, rejected = decode(message.value, self.kind, at_ms, self.settings.model.feedback_types)
-                if self.kind == "event" and self.partitions is not None:
+                if self.partitions is not None and (self.kind == "event" or self._users_placed):
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
                 decoded.append((f"{message.topic}:{message.partition}", at_ms, valid))
@@ -332,6 +338,16 @@ class BatchProcessor:
             self._beat()
             return applied
         raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+
+    def _behind(self, fresh: list[Message]) -> list[Message]:
+        """The first partition's messages that some Redis Cluster slots applied and others did not
+        (``store.ahead``: a crash between a batch's per-slot calls, or a failed-over master that lost a window),
+        when the batch holds more than those: applied alone, the slots that have them answer "done"."""
+        for tp, end in self.store.ahead.items():
+            behind = [m for m in fresh if f"{m.topic}:{m.partition}" == tp and m.offset <= end]
+            if behind and len(behind) < len(fresh):
+                return behind
+        return []
 
     async def _drop_duplicates(self, decoded: list[Decoded], effect: Effect) -> tuple[list[Decoded], int]:
         """Drop every event whose user already sent its ``event_id`` at most ``dedup_window_s`` earlier (arrival

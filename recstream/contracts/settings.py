@@ -104,10 +104,15 @@ class KafkaSettings(Section):
 class RedisSettings(Section):
     """Where the state lives."""
 
-    variables: ClassVar[Mapping[str, str]] = {"url": "redis_url", "prefix": "redis_prefix"}
+    variables: ClassVar[Mapping[str, str]] = {"url": "redis_url", "prefix": "redis_prefix", "cluster": "redis_cluster"}
 
     url: str = Field("redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix:// URL")
     prefix: str = Field("rs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="prefix of every Redis key")
+    cluster: bool = Field(
+        False,
+        description="the URL names one node of a Redis Cluster: keys carry hash tags (a slot per events partition, "
+        "one for shared state) and clients follow the cluster's slots (the database must be 0)",
+    )
 
     @field_validator("url")
     @classmethod
@@ -116,6 +121,16 @@ class RedisSettings(Section):
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> RedisSettings:
+        """A cluster has no databases but 0 and no unix sockets: refuse what its client would reject later."""
+        parts = urlsplit(self.url)
+        if self.cluster and (parts.scheme == "unix" or parts.path.strip("/") not in ("", "0")):
+            raise ValueError(
+                f"RECSTREAM_REDIS_CLUSTER needs a redis:// or rediss:// URL on database 0, not {redacted(self.url)}"
+            )
+        return self
 
     @property
     def port(self) -> int:
@@ -384,6 +399,13 @@ class Settings(BaseModel):
     experiment: Experiment | None = Field(
         None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"
     )
+
+    @model_validator(mode="after")
+    def _cluster_partitions(self) -> Settings:
+        """On a Redis Cluster a users partition writes the slot of the events partition of the same number."""
+        if self.redis.cluster and self.kafka.users_partitions != self.kafka.events_partitions:
+            raise ValueError("RECSTREAM_REDIS_CLUSTER needs RECSTREAM_USERS_PARTITIONS = RECSTREAM_EVENTS_PARTITIONS")
+        return self
 
     def replace(self, **values: object) -> Settings:
         """These settings with some values changed, named as their variables are (``batch_max=100``); validated.

@@ -23,10 +23,18 @@ local p = cjson.decode(ARGV[1])
 local P = p.prefix .. ':'
 local cfg = p.cfg
 
--- 1. watermarks: all or nothing
+-- 1. watermarks: all or nothing. On a Redis Cluster a batch is one call per slot, each with the slot's own
+-- watermarks (recstream/store/state.py): when every one is already at or past its new value, this slot applied
+-- the batch before and another did not (a crash between the calls, or a failed-over master that lost a window)
+local stale, done = false, true
 for _, w in ipairs(p.wm) do
   local current = redis.call('HGET', P .. 'wm', w[1]) or ''
-  if current ~= w[2] then return {'stale', w[1], current} end
+  if current ~= w[2] and not stale then stale = {'stale', w[1], current} end
+  if (tonumber(current) or -1) < tonumber(w[3]) then done = false end
+end
+if stale then
+  if done then return {'done'} end
+  return stale
 end
 
 local function num(x) return tonumber(x) or 0 end
@@ -53,6 +61,11 @@ local function many(cmd, key, args, flag)
   end
   return out
 end
+
+-- 2.-7. the shared state: counters, rankings, items, pool (the {shared} slot on a cluster; p.shared false: a
+-- partition's slot, which holds sections 8 and 9 only)
+local q_str, full, graduated = '', false, {}
+if p.shared then
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
@@ -138,8 +151,8 @@ for _, item in ipairs(became_available) do touch(item) end
 local totals = redis.call('HMGET', P .. 'totals', 'views', 'clicks')
 local raw = ctr(num(totals[2]), num(totals[1]), cfg.default_ctr, cfg.default_mass)
 local q = math.exp(math.floor(math.log(raw) / cfg.log_step + 0.5) * cfg.log_step)
-local q_str = fmt(q)
-local full = redis.call('GET', P .. 'prior') ~= q_str
+q_str = fmt(q)
+full = redis.call('GET', P .. 'prior') ~= q_str
 if full then
   redis.call('SET', P .. 'prior', q_str)
   redis.call('SET', P .. 'rescore', '0')
@@ -225,7 +238,6 @@ end
 -- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item
 local clock = math.max(num(redis.call('GET', P .. 'clock')), p.clock)
 redis.call('SET', P .. 'clock', clock)
-local graduated = {}
 local in_pool = many('ZMSCORE', P .. 'pool', names)
 for k, item in ipairs(names) do
   if in_pool[k] and new_views[k] >= cfg.graduate_views then
@@ -241,6 +253,8 @@ for _, item in ipairs(graduated) do
   redis.call('SADD', P .. 'graduated', item)
   if redis.call('EXISTS', P .. 'foldin:users:' .. item) == 1 then redis.call('SADD', P .. 'foldin:pending', item) end
 end
+
+end  -- of the shared state
 
 -- 8. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
 for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
@@ -281,5 +295,5 @@ end
 -- the watermarks: they move with the effect they cover
 for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
-return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending'),
-        redis.call('EXISTS', P .. 'rescore')}
+return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
+        p.shared and redis.call('EXISTS', P .. 'rescore') or 0}
