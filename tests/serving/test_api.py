@@ -43,9 +43,9 @@ FUZZ_EXAMPLES = 25
         (
             "POST",
             "/v1/events",
-            b'{"type":"like","user_id":"u","item_id":"i","ts":1700000000000}',
+            b'{"type":"share","user_id":"u","item_id":"i","ts":1700000000000}',
             422,
-            "type: Input should be 'view' or 'click'",
+            "type: unknown feedback type 'share'",
         ),
         (
             "POST",
