@@ -24,7 +24,7 @@ import numpy as np
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
 
 from recstream.contracts.events import Event
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_features
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows
 
 Partition = tuple[str, int]
 """(topic, partition) of the events a state learned from."""
@@ -90,18 +90,17 @@ def batch_rows(events: Sequence[Event], partitions: Sequence[Partition]) -> Batc
     >>> rows.by_partition[("events", 0)].labels, dict(rows.skipped)
     (array([0., 1.]), {'no_features': 1})
     """
-    features: dict[Partition, list[np.ndarray]] = {}
-    labels: dict[Partition, list[float]] = {}
+    values = [event.context.get(CONTEXT_KEY) if event.context else None for event in events]
+    matrix, where = decode_rows(values)
     skipped: Counter[str] = Counter()
-    for event, partition in zip(events, partitions, strict=True):
-        value = event.context.get(CONTEXT_KEY) if event.context else None
-        row = decode_features(value)
-        if row is None:
-            skipped[skip_reason(value)] += 1
-            continue
-        features.setdefault(partition, []).append(row)
-        labels.setdefault(partition, []).append(1.0 if event.type == "click" else 0.0)
-    by_partition = {p: Rows(np.vstack(rows), np.asarray(labels[p])) for p, rows in features.items()}
+    if len(where) < len(values):
+        decoded = set(where)
+        skipped.update(skip_reason(value) for k, value in enumerate(values) if k not in decoded)
+    rows_of: dict[Partition, list[int]] = {}
+    for row, k in enumerate(where):
+        rows_of.setdefault(partitions[k], []).append(row)
+    clicks = np.fromiter((events[k].type == "click" for k in where), dtype=np.float64, count=len(where))
+    by_partition = {p: Rows(matrix[rows], clicks[rows]) for p, rows in rows_of.items()}
     return BatchRows(by_partition, skipped)
 
 
