@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
+from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update_many
 
 from recstream.contracts.events import Event
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows
@@ -131,15 +131,23 @@ def train(state: bytes | None, rows: Rows, config: FTRLConfig) -> Trained:
     >>> train(first.state, rows, FTRLConfig()).n_updates
     4
     """
-    ranker = restore(state, config)
-    predicted: list[float] = []
-    ranker.update(rows.features, rows.labels, predicted)
-    return Trained(ranker.to_bytes(), ranker.n_updates, np.asarray(predicted), rows.labels)
+    one: Partition = ("events", 0)  # train_batch of a single partition
+    states = {} if state is None else {one: state}
+    return train_batch(BatchRows({one: rows}, Counter()), states, config).trained[one]
 
 
 def train_batch(rows: BatchRows, states: Mapping[Partition, bytes], config: FTRLConfig) -> BatchTraining:
-    """Every partition of the batch learns its rows on top of its state in ``states`` (absent: a new ranker)."""
-    trained = {p: train(states.get(p), partition_rows, config) for p, partition_rows in rows.by_partition.items()}
+    """Every partition of the batch learns its rows on top of its state in ``states`` (absent: a new ranker), the
+    partitions stepped together (:func:`~recstream.models.ranker.update_many`: the same bytes as one by one)."""
+    partitions = list(rows.by_partition)
+    rankers = [restore(states.get(p), config) for p in partitions]
+    predicted: list[list[float]] = [[] for _ in partitions]
+    batches = [rows.by_partition[p] for p in partitions]
+    update_many(rankers, [b.features for b in batches], [b.labels for b in batches], predicted)
+    trained = {
+        p: Trained(ranker.to_bytes(), ranker.n_updates, np.asarray(probs), batch.labels)
+        for p, ranker, probs, batch in zip(partitions, rankers, predicted, batches, strict=True)
+    }
     return BatchTraining(trained, rows.skipped)
 
 
