@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiokafka.partitioner import murmur2
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 ID_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 """Ids and categories: no ``:``, the Redis key separator, so ``item:<id>`` can never name another item's
@@ -107,6 +107,8 @@ class Erasure(_Strict):
 
 Kind = Literal["event", "item", "user"]
 MODELS: dict[Kind, type[_Strict]] = {"event": Event, "item": ItemEvent, "user": UserEvent}
+_BATCHES = {kind: TypeAdapter(list[model]) for kind, model in MODELS.items()}
+"""Validators of a whole micro-batch: one call per message instead of one per element (:func:`decode`)."""
 REASON_CODES = frozenset(
     {name for model in MODELS.values() for name in model.model_fields}
     | {"tombstone", "size", "json", "event", "partition", "kind"}
@@ -186,6 +188,14 @@ def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[
     items = doc if isinstance(doc, list) else [doc]
     if len(items) > MAX_EVENTS_PER_MESSAGE:
         return [], [Rejected(f"size: micro-batch of {len(items)} events exceeds {MAX_EVENTS_PER_MESSAGE}", raw)]
+    limit = now_ms + MAX_FUTURE_SKEW_MS
+    try:  # the whole micro-batch in one call; on any error, element by element below to name each rejection
+        models = _BATCHES[kind].validate_python(items)
+    except ValidationError:
+        pass
+    else:
+        if all(model.ts <= limit for model in models):
+            return models, []
     valid, rejected = [], []
     for obj in items:
         if not isinstance(obj, dict):
