@@ -11,14 +11,14 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
    200-item seen set) and 5,000 cold users (segment only);
 3. starts three readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
-   process), the contenders ``--workers 2`` and the same reader on redis-py (bench/redis_py.py);
+   process, redis-py), the contenders ``--workers 2`` and the same reader on serving/redis_wire.py;
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
    closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route
    (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
 5. then ``--rounds`` rounds of turns, A B C A B C …: warm users, closed loop, on the main reader and each
-   contender, and at the fixed rate on the main reader and redis-py. The ratio to the main reader is
+   contender, and at the fixed rate on the main reader and redis_wire. The ratio to the main reader is
    taken within each round (the other work on the machine drifts, a round is short) and its median
    over rounds decides: issue 18 keeps serving/redis_wire.py only while it wins by ≥ 1.5× on feeds/s or
    p99, and wants 2 processes ≥ 1.6× one;
@@ -28,8 +28,8 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    or when any feed request, in any process, took more than 2 Redis round trips (each process's own
    histogram); otherwise writes ``reader_feeds_per_s`` (warm users, closed loop) and ``reader_p99_ms``
    (warm users, fixed rate), each with the empty route's figure as its baseline, and the medians of
-   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_redis_wire`` (both the main reader),
-   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_redis_py``.
+   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_redis_py`` (both the main reader),
+   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_redis_wire``.
 
 feeds/s counts only good answers (200, not degraded); latencies are over every answer, since a
 degraded one is the slow kind (its Redis call timed out). The machine's 2 cores are shared by the
@@ -50,7 +50,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -227,9 +227,9 @@ class Contender:
 
 CONTENDERS = [
     Contender("2 processes", "reader_feeds_per_s_2proc", processes=2),
-    Contender("redis-py", "reader_feeds_per_s_redis_py", module="bench.redis_py", open_loop=True),
+    Contender("redis_wire", "reader_feeds_per_s_redis_wire", module="bench.redis_wire", open_loop=True),
 ]
-MAIN_KEYS = {"2 processes": "reader_feeds_per_s_1proc", "redis-py": "reader_feeds_per_s_redis_wire"}
+MAIN_KEYS = {"2 processes": "reader_feeds_per_s_1proc", "redis_wire": "reader_feeds_per_s_redis_py"}
 """The main reader's key in each comparison (its median over the same rounds)."""
 
 
@@ -265,16 +265,24 @@ def round_trips(metrics: str) -> tuple[int, int]:
     return int(float(count.group(1))), int(float(count.group(1)) - float(within.group(1)))
 
 
-def every_process_metrics(reader: infra.Child, processes: int, attempts: int = 200) -> list[str]:
-    """The /metrics text of each of a reader's processes (each answers with its own): fresh connections until
-    ``X-Reader-Pid`` has named them all."""
-    texts: dict[str, str] = {}
-    for _ in range(attempts):
+def every_process_metrics(reader: infra.Child, processes: int, seconds: float = 60.0, parallel: int = 16) -> list[str]:
+    """The /metrics text of each of a reader's processes (each answers with its own): fresh connections, ``parallel``
+    at a time, until ``X-Reader-Pid`` has named them all. One at a time may always reach the same process: an idle
+    one accepts every connection waiting."""
+
+    def one(_: int) -> tuple[str, str]:
         with urlopen(f"{reader.url}/metrics", timeout=5) as response:
-            texts.setdefault(response.headers[PID_HEADER.decode()], response.read().decode())
-        if len(texts) == processes:
-            return list(texts.values())
-    fail(f"{len(texts)} of the reader's {processes} processes answered /metrics in {attempts} requests")
+            return response.headers[PID_HEADER.decode()], response.read().decode()
+
+    texts: dict[str, str] = {}
+    until = time.monotonic() + seconds
+    with ThreadPoolExecutor(parallel) as pool:
+        while time.monotonic() < until:
+            for pid, text in pool.map(one, range(parallel)):
+                texts.setdefault(pid, text)
+            if len(texts) == processes:
+                return list(texts.values())
+    fail(f"{len(texts)} of the reader's {processes} processes answered /metrics in {seconds:.0f} s")
 
 
 def measure(

@@ -84,14 +84,14 @@ class Catalogue:
         Redis keys; how many keys and fields were deleted. Repeating it is harmless."""
         erasure = Erasure(user_id=user_id, ts=_now_ms())
         await self.service.publisher.deliver(lambda producer: producer.erase_user(erasure))
-        wire, keys = self.service.loader.wire, self.service.keys  # the background connection: SCANs take a while
-        return await self.service.guard(lambda: erase_user(wire.execute, keys, user_id))
+        background, keys = self.service.loader.redis, self.service.keys  # the background client: SCANs take a while
+        return await self.service.guard(lambda: erase_user(background.execute, keys, user_id))
 
     async def known_item(self, item_id: str) -> dict[str, object]:
         """The item's fields as the workers last applied them (features only since they store them)."""
         service = self.service
         categories, features, available, created_ts = await service.guard(
-            lambda: service.wire.call("HMGET", service.keys.item(item_id), *ITEM_FIELDS)
+            lambda: service.redis.call("HMGET", service.keys.item(item_id), *ITEM_FIELDS)
         )
         if available is None:
             raise NotFound(f"item {item_id!r} is not known: PUT it first")

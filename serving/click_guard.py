@@ -27,7 +27,7 @@ from collections import Counter
 from recstream.serving import metrics
 from recstream.serving.errors import RedisUnavailable, TooManyClicks
 from recstream.serving.guard import RedisGuard
-from recstream.serving.redis_wire import RedisWire, Script
+from recstream.serving.redis_client import RedisClient, Script
 
 from recstream.contracts.events import Event
 from recstream.contracts.keys import Keys
@@ -62,8 +62,8 @@ class ClickGuard:
     return admitted
     """)
 
-    def __init__(self, wire: RedisWire, keys: Keys, settings: ReaderSettings, guard: RedisGuard) -> None:
-        self.wire = wire
+    def __init__(self, redis: RedisClient, keys: Keys, settings: ReaderSettings, guard: RedisGuard) -> None:
+        self.redis = redis
         self.keys = keys
         self.settings = settings
         self.guard = guard
@@ -81,7 +81,7 @@ class ClickGuard:
         for (user, item), n in clicks.items():
             args += [f"u:{user}:{item}", n]  # ids hold no ':', so a field names one pair
         try:
-            admitted = await self.guard(lambda: self.wire.run(self.COUNT, [self.keys(f"clicks:{window}")], args))
+            admitted = await self.guard(lambda: self.redis.run(self.COUNT, [self.keys(f"clicks:{window}")], args))
         except RedisUnavailable as exc:
             metrics.DEGRADED.labels(EVENTS_ROUTE, exc.cause).inc()
             return events

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import orjson
 from recstream.serving.blend import Served
-from recstream.serving.redis_wire import RedisWire, Script
+from recstream.serving.redis_client import RedisClient, Script
 from recstream.serving.user_state import UserState, json_list, parse_preferences
 
 from recstream.contracts.keys import Keys
@@ -64,8 +64,8 @@ class FeedStore:
     return redis.call('EXPIRE', KEYS[2], ARGV[2])
     """)
 
-    def __init__(self, wire: RedisWire, keys: Keys) -> None:
-        self.wire = wire
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+        self.redis = redis
         self.keys = keys
 
     async def read(self, user_id: str, session: str | None) -> UserState:
@@ -74,7 +74,7 @@ class FeedStore:
         user_keys = [k("user:seg"), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
         if session is not None:
             user_keys.append(self.session_key(user_id, session))
-        segment, cand, hist, seen, prefs, pages = await self.wire.run(self.READ, user_keys, [user_id])
+        segment, cand, hist, seen, prefs, pages = await self.redis.run(self.READ, user_keys, [user_id])
         preferred, not_interested = parse_preferences(prefs)
         served = {row[0] for page in pages or () for row in json_list(page) if isinstance(row, list) and row}
         return UserState(
@@ -107,14 +107,14 @@ class FeedStore:
         )
         index = self.keys.user(user_id, "sessions") if known else self.keys("sessions:anonymous")
         keys = [self.session_key(user_id, session), index]
-        await self.wire.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000_000])
+        await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000_000])
 
     async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:
         """(source, served features or None) of each (user, session, item), None where unknown; one round trip,
         bounded: each distinct session read once, its last ATTRIBUTION_PAGES pages, the first
         ATTRIBUTION_SESSIONS only."""
         sessions = list(dict.fromkeys((u, s) for u, s, _ in wanted))[:ATTRIBUTION_SESSIONS]
-        replies = await self.wire.execute(
+        replies = await self.redis.execute(
             *(("LRANGE", self.session_key(u, s), -ATTRIBUTION_PAGES, -1) for u, s in sessions)
         )
         served = {

@@ -1,6 +1,6 @@
 """The degraded-mode decision: whether a request tries Redis at all, and what a failed round trip becomes.
 
-Every Redis round trip of a request runs under ``reader_redis_timeout_s`` (serving/redis_wire.py).
+Every Redis round trip of a request runs under ``reader_redis_timeout_s`` (serving/redis_client.py).
 A timeout or error raises RedisUnavailable, which the service answers from the in-process popular
 list with ``degraded: true`` (never a 5xx). After TRIP_AFTER failures in a row the next requests
 skip Redis for COOLDOWN_S, so a dead Redis costs no connection attempt per request while one slow
@@ -40,7 +40,7 @@ class RedisGuard:
             raise RedisUnavailable("skipped")
         try:
             result = await round_trip()
-        except RedisTimeout as exc:  # the wire's own timeout (see serving/redis_wire.py)
+        except RedisTimeout as exc:  # the round trip's deadline (serving/redis_client.py)
             self._failed()
             raise RedisUnavailable("timeout") from exc
         except (RedisError, OSError) as exc:

@@ -26,7 +26,7 @@ from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
 from recstream.serving.ranking import MODES
-from recstream.serving.redis_wire import RedisWire
+from recstream.serving.redis_client import RedisClient
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from recstream.serving.user_state import parse_preferences
 from recstream.serving.variants import Variants
@@ -37,6 +37,8 @@ from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 
 SIMILAR_ROUTE = "/v1/items/{item_id}/similar"
+BACKGROUND_CONNECTIONS = 2
+"""The snapshot loader's (one reload at a time) and an erasure's SCANs."""
 MAX_REASONS = 10
 """Rejection reasons a 422 names; the rest are counted."""
 
@@ -47,18 +49,18 @@ class FeedService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis.prefix)
-        self.wire = RedisWire(
-            settings.redis.url, settings.reader.redis_timeout_s, settings.reader.redis_connect_timeout_s
-        )
-        self.store = FeedStore(self.wire, self.keys)
+        r = settings.reader
+        self.redis = RedisClient(settings.redis.url, r.redis_timeout_s, r.redis_connections, r.redis_connect_timeout_s)
+        self.store = FeedStore(self.redis, self.keys)
         self.snapshot = Snapshot()
-        # its own connection: a reload's large replies never queue ahead of a feed's
-        self.loader = SnapshotLoader(RedisWire(settings.redis.url, BACKGROUND_TIMEOUT_S), settings, self.snapshot)
+        # its own connections: a reload's large replies never hold a connection a feed waits for
+        background = RedisClient(settings.redis.url, BACKGROUND_TIMEOUT_S, BACKGROUND_CONNECTIONS)
+        self.loader = SnapshotLoader(background, settings, self.snapshot)
         self.publisher = Publisher(settings)
         self.guard = RedisGuard()
         self.stats = LiveStats()
         self.variants = Variants(settings)
-        self.clicks = ClickGuard(self.wire, self.keys, settings.reader, self.guard)
+        self.clicks = ClickGuard(self.redis, self.keys, settings.reader, self.guard)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
@@ -78,8 +80,8 @@ class FeedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loader_task
         await self.publisher.close()
-        await self.wire.close()
-        await self.loader.wire.close()
+        await self.redis.close()
+        await self.loader.redis.close()
 
     # --- feed ------------------------------------------------------------------------------
 
@@ -180,7 +182,7 @@ class FeedService:
 
         try:
             known, raw = await self.guard(
-                lambda: self.wire.execute(
+                lambda: self.redis.execute(
                     ("EXISTS", self.keys.item(item_id)), ("GET", self.keys(f"item:{item_id}:similar"))
                 )
             )
@@ -207,13 +209,13 @@ class FeedService:
         return {"item_id": item_id, "items": items, "degraded": False}
 
     async def preferences(self, user_id: str) -> dict:
-        raw = await self.guard(lambda: self.wire.call("GET", self.keys.user(user_id, "prefs")))
+        raw = await self.guard(lambda: self.redis.call("GET", self.keys.user(user_id, "prefs")))
         categories, not_interested = parse_preferences(raw)
         return {"categories": categories, "not_interested": not_interested}
 
     async def ready(self) -> dict:
         try:
-            _, version = await self.guard(lambda: self.wire.execute(("PING",), ("GET", self.keys("model:current"))))
+            _, version = await self.guard(lambda: self.redis.execute(("PING",), ("GET", self.keys("model:current"))))
         except RedisUnavailable:
             return {
                 "redis": False,
@@ -226,7 +228,7 @@ class FeedService:
         """The reader's own figures, plus the workers' (applied events, online CTR, freshness) read from Redis."""
         with contextlib.suppress(RedisUnavailable):
             (views, clicks), clock = await self.guard(
-                lambda: self.wire.execute(
+                lambda: self.redis.execute(
                     ("HMGET", self.keys("totals"), "views", "clicks"), ("GET", self.keys("clock"))
                 )
             )
@@ -250,7 +252,7 @@ class FeedService:
         await self.publisher.user(event)
         value = orjson.dumps({"categories": categories, "not_interested": not_interested})
         try:
-            await self.guard(lambda: self.wire.call("SET", self.keys.user(user_id, "prefs"), value))
+            await self.guard(lambda: self.redis.call("SET", self.keys.user(user_id, "prefs"), value))
         except RedisUnavailable:
             return False
         return True

@@ -31,7 +31,7 @@ from recstream.models.ctr import smoothed_ctr
 from recstream.serving import metrics
 from recstream.serving.popularity import cold_order, segment_scores, warm_order
 from recstream.serving.ranking import RankerState, ctr_logit
-from recstream.serving.redis_wire import RedisWire
+from recstream.serving.redis_client import RedisClient
 from redis.exceptions import RedisError
 
 from recstream.contracts.keys import Keys
@@ -149,8 +149,8 @@ class Snapshot:
 class SnapshotLoader:
     """Reloads a :class:`Snapshot` from Redis in the background; a failed reload keeps the last copy."""
 
-    def __init__(self, wire: RedisWire, settings: Settings, snapshot: Snapshot) -> None:
-        self.wire = wire
+    def __init__(self, redis: RedisClient, settings: Settings, snapshot: Snapshot) -> None:
+        self.redis = redis
         self.keys = Keys(settings.redis.prefix)
         self.settings = settings
         self.snapshot = snapshot
@@ -193,7 +193,7 @@ class SnapshotLoader:
         ]
         if popular_due:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
-        replies = await self.wire.execute(*commands)
+        replies = await self.redis.execute(*commands)
         pool_raw, prior, unavailable, model_version, segments, clock, ranker_raw, *overall_raw = replies
         self._refresh_ranker(ranker_raw, now)  # first: rebuilding the popular lists may take a while
         created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
@@ -204,7 +204,7 @@ class SnapshotLoader:
         commands = [("HMGET", k.item(item), "categories", "created_ts") for item in wanted]
         if created:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
-        replies = await self.wire.execute(*commands) if commands else []
+        replies = await self.redis.execute(*commands) if commands else []
         for item, (categories, created_ts) in zip(wanted, replies[: len(wanted)], strict=True):
             categories = tuple(c for c in (categories or "").split(",") if c)
             snap.categories.put(item, categories, now, int(created_ts) if created_ts else None)
@@ -228,7 +228,7 @@ class SnapshotLoader:
         snap.loaded = True
 
     def _refresh_ranker(self, raw: list[str | None], now: float) -> None:
-        """The partitions' states as read (the wire decodes replies as UTF-8 with surrogate escapes, so encoding
+        """The partitions' states as read (the client decodes replies as UTF-8 with surrogate escapes, so encoding
         back gives the stored bytes): the weights are fresh as of now."""
         states = [None if value is None else value.encode("utf-8", "surrogateescape") for value in raw]
         self.snapshot.ranker = self.snapshot.ranker.refreshed(states, now)
@@ -279,7 +279,7 @@ class SnapshotLoader:
         overall = dict(itertools.islice(overall.items(), SEGMENT_DEPTH))
         for segment in segments:
             top = _scores(
-                await self.wire.call("ZREVRANGE", self.keys.rank(segment), 0, SEGMENT_DEPTH - 1, "WITHSCORES")
+                await self.redis.call("ZREVRANGE", self.keys.rank(segment), 0, SEGMENT_DEPTH - 1, "WITHSCORES")
             )
             only_segment = [i for i in top if i not in overall]
             only_overall = [i for i in overall if i not in top]
@@ -288,7 +288,7 @@ class SnapshotLoader:
                 commands.append(("ZMSCORE", self.keys.rank(), *only_segment))
             if only_overall:
                 commands.append(("ZMSCORE", self.keys.rank(segment), *only_overall))
-            replies = iter(await self.wire.execute(*commands) if commands else [])
+            replies = iter(await self.redis.execute(*commands) if commands else [])
             full_overall = dict(overall)
             if only_segment:
                 full_overall.update((i, float(x)) for i, x in zip(only_segment, next(replies), strict=True) if x)

@@ -229,6 +229,7 @@ class ReaderSettings(Section):
         "port": "reader_port",
         "redis_timeout_s": "reader_redis_timeout_s",
         "redis_connect_timeout_s": "reader_redis_connect_timeout_s",
+        "redis_connections": "reader_redis_connections",
         "workers": "reader_workers",
     }
 
@@ -240,6 +241,12 @@ class ReaderSettings(Section):
     redis_timeout_s: float = Field(0.05, gt=0, le=5, description="past this, answer degraded")
     redis_connect_timeout_s: float = Field(
         1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"
+    )
+    redis_connections: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Redis connections of each reader process; a round trip waits for a free one within its budget",
     )
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
     session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")

@@ -418,7 +418,7 @@ class Child:
 
     Its own session: Ctrl-C reaches only the parent, which stops its children itself. Every test,
     benchmark and the demo start the workers and readers they need through this one class; ``module`` is
-    another entry point of the same command (bench/redis_py.py's reader)."""
+    another entry point of the same command (bench/redis_wire.py's reader)."""
 
     def __init__(
         self,

@@ -25,7 +25,7 @@ from typing import Any
 from recstream.contracts.keys import USER_KEYS, USER_SESSIONS, Keys
 
 Execute = Callable[..., Awaitable[list[Any]]]
-"""Sends commands (tuples) in one round trip and returns their replies: the reader's ``RedisWire.execute``."""
+"""Sends commands (tuples) in one round trip and returns their replies: the reader's ``RedisClient.execute``."""
 
 SCAN_COUNT = 1_000
 ERASE = """

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from recstream.serving.errors import RedisUnavailable
 from recstream.serving.guard import COOLDOWN_S, TRIP_AFTER, RedisGuard
-from recstream.serving.redis_wire import RedisWire
+from recstream.serving.redis_client import RedisClient
 
 from recstream.shell.infra import free_port
 
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 async def test_the_guard_skips_redis_for_the_cooldown_once_trip_after_failures_come_in_a_row(isolated_settings):
-    live = RedisWire(isolated_settings.redis.url, timeout_s=1.0)
-    dead = RedisWire(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1.0)
+    live = RedisClient(isolated_settings.redis.url, timeout_s=1.0, connections=1)
+    dead = RedisClient(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1.0, connections=1)
     guard, attempts = RedisGuard(), 0
 
     async def refused() -> str:

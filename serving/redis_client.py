@@ -1,0 +1,167 @@
+"""The reader's Redis client: redis-py's asyncio connections (hiredis parser) under the reader's own deadline.
+
+Why redis-py (issue 18): a hand-written multiplexed client (serving/redis_wire.py until it was removed)
+won by less than the 1.5× on warm feeds/s or p99 that would have paid for keeping a second client, in
+the same run (BENCHMARKS.md, the reader; ARCHITECTURE.md). What is used of redis-py: its connection
+pool and connections (TCP, TLS, unix sockets, AUTH and SELECT from the URL, parsed as the workers parse
+it), command packing and the hiredis reply parser. What is the reader's own, and why:
+
+* **one deadline per round trip**, ``timeout_s`` from the moment the round trip asks for a connection
+  (waiting for a free one counts) to its last reply; past it, :class:`Timeout`, which the guard answers
+  degraded (serving/guard.py). redis-py's socket timeouts are off: nested in another timeout they could
+  swallow a task's cancellation on Python 3.11, and they bound each read, not the round trip;
+* **a new connection has its own budget**, ``connect_timeout_s``: a TLS handshake alone can take longer
+  than a feed's whole budget on a loaded machine, and a connect is rare (first use, or after a loss);
+* **a round trip that did not finish closes its connection**: one whose deadline expired, or that was
+  cancelled, may still get its replies later, and a late reply read as the answer to the next command
+  on a reused connection would serve another key's value. So it is closed, never pooled open, and the
+  next round trip on that slot connects anew;
+* **the deadline expires only after the loop has read what arrived**: when the loop was busy past the
+  deadline (uvloop runs due timers before it polls the sockets), a reply already in the socket would be
+  called a timeout, and a CPU-saturated reader would go degraded with Redis healthy. :class:`Deadline`
+  lets the loop poll its sockets and resume the tasks they woke before it cancels;
+* **the commands of a round trip leave in one write** and their replies are read in order (pipelining);
+  an error reply is raised after every reply was read, so the connection stays in step;
+* **raw replies**: RESP2 without redis-py's response callbacks (callers parse the replies), strings decoded
+  as UTF-8 with surrogate escapes, so a binary value (a ranker state) reads as a str that encodes back to
+  its bytes; no retries (a failed round trip is the guard's to count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as Timeout
+
+Arg = str | bytes | int | float
+EXPIRY_HOPS = 2
+"""Loop iterations a due deadline lets pass before it queues the cancellation. A loop blocked in a task's step
+polls its sockets right after, so a cancellation queued behind the tasks that poll woke would do (plain
+``asyncio.timeout`` cancels at once, and fails tests/serving/test_redis_client.py on both loops); a loop blocked
+inside an I/O callback under uvloop runs its timers before it polls again: one hop to poll, one to run them."""
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script run by EVALSHA, re-sent with EVAL when Redis lost its script cache (a restart)."""
+
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+class Deadline:
+    """``async with Deadline(s):`` raises TimeoutError when the block runs longer than ``s`` (``move`` restarts
+    the count), like ``asyncio.timeout``, except that a due deadline waits EXPIRY_HOPS loop iterations before
+    it cancels the task: what already arrived in a socket is read first."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._timeout = asyncio.timeout(None)
+        self._handle: asyncio.Handle | None = None
+
+    async def __aenter__(self) -> Deadline:
+        await self._timeout.__aenter__()
+        self.move(self._timeout_s)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        self._handle.cancel()  # type: ignore[union-attr]
+        return await self._timeout.__aexit__(kind, exc, tb)
+
+    def move(self, timeout_s: float) -> None:
+        """Due ``timeout_s`` from now."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._due, EXPIRY_HOPS)
+
+    def _due(self, hops: int) -> None:
+        loop = asyncio.get_running_loop()
+        if hops:
+            self._handle = loop.call_soon(self._due, hops - 1)
+        else:
+            self._timeout.reschedule(loop.time())  # the task is cancelled at its next step, as TimeoutError
+
+
+class RedisClient:
+    """``await client.execute(("GET", key), ("HGET", h, f))`` → one write, one reply per command, in order.
+
+    At most ``connections`` connections; a round trip waits for a free one within its deadline.
+    """
+
+    def __init__(self, url: str, timeout_s: float, connections: int, connect_timeout_s: float | None = None) -> None:
+        """``timeout_s`` bounds every round trip; ``connect_timeout_s`` (default: the same) a new connection."""
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = timeout_s if connect_timeout_s is None else connect_timeout_s
+        self._pool = ConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            protocol=2,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=None,
+            socket_connect_timeout=None,
+        )
+        self._free = asyncio.Semaphore(connections)
+
+    async def execute(self, *commands: Sequence[Arg]) -> list[Any]:
+        """Send the commands in one write and return their replies; the first error reply is raised.
+
+        Raises :class:`Timeout` past the deadline, redis-py's ConnectionError when Redis cannot be reached."""
+        connection, acquired, finished = None, False, False
+        try:
+            async with Deadline(self.timeout_s) as deadline:
+                await self._free.acquire()
+                acquired = True
+                connection = self._pool.get_available_connection()
+                if not connection.is_connected:
+                    deadline.move(self.connect_timeout_s)
+                    await connection.connect()
+                    deadline.move(self.timeout_s)
+                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:  # read the rest: the connection stays in step
+                        replies.append(exc)
+                finished = True
+        except TimeoutError as exc:
+            raise Timeout(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms") from exc
+        finally:  # outside the deadline: giving the connection back must not be cut short
+            if connection is not None:
+                if not finished:  # its replies may still come: no later round trip may read them
+                    await connection.disconnect(nowait=True)
+                await self._pool.release(connection)
+            if acquired:
+                self._free.release()
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    async def call(self, *command: Arg) -> Any:
+        return (await self.execute(command))[0]
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        await self._pool.aclose()

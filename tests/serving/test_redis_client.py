@@ -1,0 +1,156 @@
+"""The reader's Redis client against a real Redis: deadlines, late replies, lost connections, scripts, the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+import uvloop
+from recstream.serving.redis_client import RedisClient, Script
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from recstream.shell.infra import free_port
+
+pytestmark = pytest.mark.integration
+BUSY = """
+local start = redis.call('TIME')
+repeat local now = redis.call('TIME') until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1])
+return 1
+"""
+
+
+@pytest.fixture
+def client(isolated_settings):
+    client = redis.Redis.from_url(isolated_settings.redis.url, decode_responses=True)
+    client.mset({"a": "A", "b": "B"})
+    yield client
+    client.close()
+
+
+async def block_redis(client: redis.Redis, micros: int) -> asyncio.Future:
+    """Keep Redis busy in a Lua loop for ``micros`` µs (from a thread: redis-py is synchronous here)."""
+    return asyncio.get_running_loop().run_in_executor(None, client.eval, BUSY, 0, micros)
+
+
+def connections(client: redis.Redis) -> int:
+    """Connections Redis has open, the test's own included."""
+    return int(client.info("clients")["connected_clients"])
+
+
+async def test_a_late_reply_is_never_read_as_the_answer_to_the_next_round_trip(isolated_settings, client):
+    """One connection: the GET that timed out gets its reply after the deadline, on that connection; the next
+    round trip must not take it for its own (it would read "A" for "b")."""
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=0.05, connections=1)
+    assert await feeds.call("GET", "a") == "A"
+    busy = await block_redis(client, 300_000)
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await feeds.call("GET", "a")  # queued behind the busy script
+    await busy
+    assert await feeds.execute(("GET", "b"), ("GET", "a")) == ["B", "A"]
+    await feeds.close()
+
+
+async def test_a_cancelled_round_trip_closes_its_connection(isolated_settings, client):
+    """A caller cancelled from outside (a client that hung up) leaves no reply behind for the next one."""
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=1.0, connections=1)
+    assert await feeds.call("GET", "a") == "A"
+    busy = await block_redis(client, 200_000)
+    await asyncio.sleep(0.05)
+    cancelled = asyncio.ensure_future(feeds.call("GET", "a"))
+    await asyncio.sleep(0.05)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await busy
+    assert await feeds.call("GET", "b") == "B"
+    await feeds.close()
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_busy_reader_does_not_time_out_a_reply_that_already_arrived(isolated_settings, client, run):
+    """Timers may run before I/O in a loop iteration: the deadline must let the loop read the socket first."""
+
+    async def blocked_past_the_deadline() -> str:
+        feeds = RedisClient(isolated_settings.redis.url, timeout_s=0.05, connections=1)
+        await feeds.call("PING")
+        pending = asyncio.ensure_future(feeds.call("GET", "a"))
+        for _ in range(5):  # the command is written (its replies awaited) within a few steps
+            await asyncio.sleep(0)
+        time.sleep(0.15)  # the loop is blocked well past the deadline; Redis answered meanwhile
+        try:
+            return await pending
+        finally:
+            await feeds.close()
+
+    assert run(blocked_past_the_deadline()) == "A"
+
+
+@pytest.mark.parametrize("concurrent", [1, 2, 3])
+async def test_the_pool_opens_at_most_its_size_of_connections(isolated_settings, client, concurrent):
+    before = connections(client)
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=2.0, connections=2)
+    busy = await block_redis(client, 200_000)
+    await asyncio.sleep(0.05)
+    replies = await asyncio.gather(*(feeds.call("GET", "a") for _ in range(concurrent)))  # all wait on Redis
+    await busy
+    assert replies == ["A"] * concurrent
+    assert connections(client) - before == min(concurrent, 2)
+    await feeds.close()
+
+
+async def test_waiting_for_a_free_connection_counts_against_the_deadline(isolated_settings, client):
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=0.1, connections=1)
+    assert await feeds.call("GET", "a") == "A"
+    busy = await block_redis(client, 300_000)
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    first, second = await asyncio.gather(feeds.call("GET", "a"), feeds.call("GET", "b"), return_exceptions=True)
+    assert isinstance(first, TimeoutError) and isinstance(second, TimeoutError)
+    assert time.monotonic() - started < 0.2, "the second waited for the first's connection, within its own deadline"
+    await busy
+    await feeds.close()
+
+
+async def test_a_killed_connection_fails_its_caller_and_the_next_call_reconnects(isolated_settings, client):
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=1.0, connections=1)
+    my_id = await feeds.call("CLIENT", "ID")
+    client.client_kill_filter(_id=my_id)
+    with pytest.raises(ConnectionError):
+        for _ in range(50):  # the close may take a moment to reach this side
+            await feeds.call("GET", "a")
+            await asyncio.sleep(0.01)
+    assert await feeds.call("GET", "b") == "B"
+    await feeds.close()
+
+
+async def test_scripts_are_resent_when_redis_lost_its_script_cache(isolated_settings, client):
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=1.0, connections=1)
+    script = Script("return redis.call('GET', KEYS[1])")
+    assert await feeds.run(script, ["a"]) == "A"
+    client.script_flush()
+    assert await feeds.run(script, ["b"]) == "B"
+    with pytest.raises(ResponseError):
+        await feeds.execute(("NOSUCHCOMMAND",), ("GET", "b"))
+    assert await feeds.call("GET", "a") == "A", "an error reply does not upset the order"
+    await feeds.close()
+
+
+async def test_binary_values_read_back_to_their_bytes(isolated_settings, client):
+    raw = bytes(range(256))
+    redis.Redis.from_url(isolated_settings.redis.url).set("bin", raw)
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=1.0, connections=1)
+    assert (await feeds.call("GET", "bin")).encode("utf-8", "surrogateescape") == raw
+    await feeds.close()
+
+
+async def test_an_unreachable_redis_is_a_connection_error_not_a_hang(isolated_settings):
+    feeds = RedisClient(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.05, connections=1)
+    started = time.monotonic()
+    for _ in range(3):  # the slot of a failed connect is free again
+        with pytest.raises(ConnectionError):
+            await feeds.call("PING")
+    assert time.monotonic() - started < 1.0
+    await feeds.close()
