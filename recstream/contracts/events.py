@@ -159,9 +159,16 @@ def validate(obj: object, kind: Kind, now_ms: int) -> _Strict | Rejected:
         model = MODELS[kind].model_validate(obj)
     except ValidationError as exc:
         return Rejected(_reason(exc), _dump(obj))
+    problem = _problem(model, now_ms)
+    return model if problem is None else Rejected(problem, _dump(obj))
+
+
+def _problem(model: _Strict, now_ms: int) -> str | None:
+    """Why the contract refuses a record its model accepted, or None: every check beyond the model's own, which
+    :func:`validate` and :func:`decode`'s whole-batch path both apply."""
     if model.ts > now_ms + MAX_FUTURE_SKEW_MS:  # type: ignore[attr-defined]
-        return Rejected(f"ts: {model.ts} is more than a day in the future", _dump(obj))  # type: ignore[attr-defined]
-    return model
+        return f"ts: {model.ts} is more than a day in the future"  # type: ignore[attr-defined]
+    return None
 
 
 def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[Rejected]]:
@@ -188,13 +195,12 @@ def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[
     items = doc if isinstance(doc, list) else [doc]
     if len(items) > MAX_EVENTS_PER_MESSAGE:
         return [], [Rejected(f"size: micro-batch of {len(items)} events exceeds {MAX_EVENTS_PER_MESSAGE}", raw)]
-    limit = now_ms + MAX_FUTURE_SKEW_MS
     try:  # the whole micro-batch in one call; on any error, element by element below to name each rejection
         models = _BATCHES[kind].validate_python(items)
     except ValidationError:
         pass
     else:
-        if all(model.ts <= limit for model in models):
+        if all(_problem(model, now_ms) is None for model in models):
             return models, []
     valid, rejected = [], []
     for obj in items:
