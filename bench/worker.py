@@ -8,7 +8,9 @@ backlog is produced first, then a worker starts and we time events applied per s
 with a trained model (user steps, HNSW candidates), and once more on the same events each
 carrying a served feature vector, so the worker also trains the online ranker per partition
 (its baseline: the run before, whose events carry none). Baseline in the same run: a raw
-aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves).
+aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves). Each backlog run
+also reports the microseconds per event Redis spent in the batch scripts (INFO commandstats): the worker
+awaits each script, so that time adds to its own.
 Freshness: events stamped "now" are offered at a fixed rate to the caught-up personalized
 worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
 from the worker's own histograms (deltas over the live phase).
@@ -94,9 +96,16 @@ def applied(client: redis.Redis, prefix: str) -> int:
     return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
 
 
-def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Child]:
-    """Events/s from the first applied batch to the last, for a worker started on a full backlog."""
+def redis_usec(client: redis.Redis) -> dict[str, int]:
+    """Microseconds Redis spent in each command so far (INFO commandstats; a script's inner calls count in it too)."""
+    return {name.removeprefix("cmdstat_"): stats["usec"] for name, stats in client.info("commandstats").items()}
+
+
+def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, float, Child]:
+    """Events/s from the first applied batch to the last, for a worker started on a full backlog, and the
+    microseconds per event Redis spent in the batch scripts (EVALSHA) meanwhile: the worker waits for them."""
     client = redis.Redis.from_url(settings.redis.url)
+    before = redis_usec(client)
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
     while applied(client, prefix) == 0:
         time.sleep(0.01)
@@ -104,7 +113,9 @@ def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, Ch
     while (done := applied(client, prefix)) < total:
         time.sleep(0.05)
         worker.check()
-    return (done - first) / (time.perf_counter() - started), worker
+    rate = (done - first) / (time.perf_counter() - started)
+    script_us = (redis_usec(client).get("evalsha", 0) - before.get("evalsha", 0)) / done
+    return rate, script_us, worker
 
 
 async def live_load(settings: Settings, users: list[str], items: list[str], rate: int, seconds: float) -> int:
@@ -166,13 +177,13 @@ def main() -> None:
             total = asyncio.run(produce_backlog(settings, backlog))
         raw = asyncio.run(raw_consume_rate(base, total))
         counters = base.replace(redis_prefix="counters", worker_group="bench-counters")
-        counters_rate, worker = time_backlog(counters, "counters", total)
+        counters_rate, counters_script, worker = time_backlog(counters, "counters", total)
         worker.stop()
         personal = base.replace(redis_prefix="personal", worker_group="bench-personal", model_dir=MODELS)
         log = training.collect(records)
         artifacts, _ = training.train(log, ALSConfig(), holdout=0)
         version = asyncio.run(training.publish(personal, artifacts))
-        personal_rate, worker = time_backlog(personal, "personal", total)
+        personal_rate, personal_script, worker = time_backlog(personal, "personal", total)
         time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
         before = worker.metrics()
         offered = asyncio.run(live_load(personal, users, items, args.rate, args.seconds))
@@ -180,7 +191,7 @@ def main() -> None:
         after = worker.metrics()
         worker.stop()
         asyncio.run(training.activate(ranked, artifacts, version))
-        ranker_rate, worker = time_backlog(ranked, "ranker", total)
+        ranker_rate, ranker_script, worker = time_backlog(ranked, "ranker", total)
         worker.stop()
     fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
     cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
@@ -196,6 +207,11 @@ def main() -> None:
     table.add_row(
         "worker, full path with ranker training (events carry vectors)",
         f"{ranker_rate:,.0f} events/s ({ranker_rate / personal_rate:.2f}× the row above)",
+    )
+    table.add_row(
+        "Redis time in the batch scripts per event: counters / personal / ranker",
+        f"{counters_script:.1f} / {personal_script:.1f} / {ranker_script:.1f} µs (of {1e6 / ranker_rate:.1f} µs "
+        "per event in the ranker run)",
     )
     table.add_row(f"live load offered ({args.seconds:.0f} s)", f"{offered / args.seconds:,.0f} events/s")
     table.add_row(
