@@ -23,6 +23,7 @@ from recstream.models.user_step import ALSStep
 from rich.table import Table
 
 from bench.common import show
+from recstream.contracts.feedback import DEFAULT_FEEDBACK
 
 K, TOP = 64, 10
 M, EF_CONSTRUCTION, EFS = 16, 200, (50, 100, 200)
@@ -34,7 +35,8 @@ def movielens() -> tuple[np.ndarray, np.ndarray] | None:
         return None
     users, items, ratings, _ = np.loadtxt(ML100K, dtype=np.int64, unpack=True)
     cfg = ALSConfig(factors=K)
-    weights = cfg.view_weight + cfg.click_weight * (ratings >= 4)  # every rating a view, >= 4 also a click
+    w = DEFAULT_FEEDBACK.signed_weight
+    weights = w["view"] + w["click"] * (ratings >= 4)  # every rating a view, >= 4 also a click
     r = interaction_matrix(users - 1, items - 1, weights, users.max(), items.max())
     fit = train_als(r, cfg)
     return fit.item_factors, fit.user_factors

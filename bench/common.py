@@ -60,6 +60,10 @@ def _prequential_keys(rows: tuple[str, ...]) -> tuple[str, ...]:
     )
 
 
+BLEND_ROWS = ("fixed", "popular_only", "personal_only", "ranked")
+"""bench/blends.py's rows."""
+
+
 def _policy_keys(policies: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f"closed_loop_{what}_{policy}" for policy in policies for what in ("ctr", "regret", "discovered"))
 
@@ -91,15 +95,18 @@ RESULT_KEYS: Mapping[str, Keys] = {
     ),
     "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
     "rebuild": Keys(("rebuild_events_per_s",)),
-    "policies": Keys(
-        _policy_keys(("no_explore", "fresh", "egreedy", "ts")),
-        # the blend rows (--policies fixed,popular_only,personal_only), in the fresh world and (--world) others
-        _policy_keys(
-            tuple(
-                f"{row}{suffix}"
-                for row in ("fixed", "popular_only", "personal_only")
-                for suffix in ("", "_stable", "_sparse", "_dense")
-            )
+    "policies": Keys(_policy_keys(("no_explore", "fresh", "egreedy", "ts"))),
+    "blends": Keys(
+        (
+            *_policy_keys(tuple(f"{row}{world}" for world in ("", "_stable") for row in BLEND_ROWS)),
+            "closed_loop_ranked_share",
+            "closed_loop_ranked_share_stable",
+        ),
+        # --worlds sparse or dense
+        (
+            *_policy_keys(tuple(f"{row}{world}" for world in ("_sparse", "_dense") for row in BLEND_ROWS)),
+            "closed_loop_ranked_share_sparse",
+            "closed_loop_ranked_share_dense",
         ),
     ),
     "validate": Keys(

@@ -1,7 +1,7 @@
 """Exploration policies and blends in the closed loop: the same seeds and users for every row.
 
     .venv/bin/python -m bench.policies                 # 5 seeds × 4 exploration policies, 60 s of simulated users each
-    .venv/bin/python -m bench.policies --policies fixed,popular_only,personal_only --world stable   # the blends
+    .venv/bin/python -m bench.policies --policies fixed,ranked --world stable --no-record   # blend rows, unrecorded
 
 Every run goes through the real pipeline: one private Kafka + Redis for the whole benchmark
 (bench/common.services), and per run fresh topics, consumer group and Redis prefix, the world's
@@ -24,6 +24,9 @@ named set of reader settings (``POLICIES``), so a new blend (e.g. a ranked one) 
 ``popular_only``'s slots are the popular source as the reader serves it, its head reordered by the
 user's candidate list (serving/blend.personal_first); a fresh slot with no new item of the user's
 categories overflows to personal first (serving/blend.OVERFLOW), so the table shows what each row served.
+Every row but ``ranked`` (the default shares, exploitation slots ordered by the online ranker) runs with
+the ranker switched off. bench/blends.py runs and records the blend rows in both worlds; here they run
+only with ``--no-record``.
 
 The world (``--world``) is one of recstream.sim.simulator.WORLDS: ``fresh`` (FRESH_WORLD, the default), a
 fresh-content feed on a clock of minutes, or ``stable``, a stable catalogue where taste matters more than
@@ -48,10 +51,13 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from recstream.serving.ranking import average_weights
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, START_ATTEMPTS, check_answers, figure, machine, record, services, show
+from bench.common import BLEND_ROWS, ROOT, START_ATTEMPTS, check_answers, figure, machine, record, services, show
+from recstream.contracts.keys import Keys
+from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.jobs import training
 from recstream.shell import infra
@@ -63,14 +69,17 @@ from recstream.sim.world import World, WorldConfig
 COMMAND = ".venv/bin/python -m bench.policies"
 EXPLORE_SHARE = 0.2
 """The exploration budget: 2 slots of 10, each policy's own rule fills them (within the 0.25 cap)."""
+FIXED = {"ranker": False}
+"""Every row but ``ranked`` serves the fixed-quota blend of its shares: the ranker switched off."""
 POLICIES: dict[str, dict[str, object]] = {
-    "none": {"explore_policy": "none", "share_fresh": 0.0},
-    "fresh": {"explore_policy": "none", "share_fresh": EXPLORE_SHARE},
-    "epsilon_greedy": {"explore_policy": "epsilon_greedy", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
-    "thompson": {"explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
-    "fixed": {},
-    "popular_only": {"share_personal": 0.0, "share_popular": 1 - EXPLORE_SHARE},
-    "personal_only": {"share_personal": 1 - EXPLORE_SHARE, "share_popular": 0.0},
+    "none": {**FIXED, "explore_policy": "none", "share_fresh": 0.0},
+    "fresh": {**FIXED, "explore_policy": "none", "share_fresh": EXPLORE_SHARE},
+    "epsilon_greedy": {**FIXED, "explore_policy": "epsilon_greedy", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
+    "thompson": {**FIXED, "explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
+    "fixed": FIXED,
+    "popular_only": {**FIXED, "share_personal": 0.0, "share_popular": 1 - EXPLORE_SHARE},
+    "personal_only": {**FIXED, "share_personal": 1 - EXPLORE_SHARE, "share_popular": 0.0},
+    "ranked": {"ranker": True},
 }
 """Reader settings per row; everything else (personal 0.6, popular 0.2 shares, …) is the default. ``fixed``
 is the reader's default blend (6 personal, 2 popular, 1 fresh, 1 Thompson slot); it and the single-source
@@ -83,14 +92,16 @@ KEYS = {
     "fixed": "fixed",
     "popular_only": "popular_only",
     "personal_only": "personal_only",
+    "ranked": "ranked",
 }
-REDIS_TIMEOUT_S = 0.5
+REDIS_TIMEOUT_S = 2.0
 """The reader's Redis timeout (50 ms by default) is hit on these 2 shared cores under the benchmark's own
-load; a degraded feed serves the popular list whatever the policy, so the runs use 0.5 s."""
+load; a degraded feed serves the popular list whatever the policy, so the runs use 2 s (0.5 s still left up to
+15% of the pages degraded at a load average of 25, with other work on the machine)."""
 LOGS = ROOT / ".run" / "bench-policies-logs"
-SETUP_S = 40.0
-"""Every run's simulated users start this long after its history ends (setup takes 10–25 s), so all
-runs of a seed cover the same stretch of the world's timeline."""
+SETUP_S = 50.0
+"""Every run's simulated users start this long after its history ends (setup takes 10–25 s on a quiet machine,
+up to 45 s on a loaded one), so all runs of a seed cover the same stretch of the world's timeline."""
 console = Console(width=160)
 
 
@@ -111,6 +122,7 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         pool_graduate_age_s=pool_age_for(world_config(args)),
         **POLICIES[policy],
         reader_redis_timeout_s=REDIS_TIMEOUT_S,
+        **getattr(args, "overrides", {}),
     )
     settings = with_api_key(settings)  # the simulated users post their events with it
     clock = time.monotonic()
@@ -132,9 +144,28 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         if time.time() * 1000 > begin:
             console.print(f"[yellow]  setup took over {SETUP_S:.0f} s: this run starts later in the world[/yellow]")
         result = asyncio.run(sim.run(seconds=args.seconds, start_ms=begin))
+        if settings.blend.ranker:
+            console.print(f"  {run}: {learned_weights(settings)}")
     console.print(f"  {run}: history {published - clock:.1f} s ({history.events:,} events), model "
                   f"{trained - published:.1f} s, worker + reader ready {ready - trained:.1f} s")  # fmt: skip
     return result
+
+
+def learned_weights(settings: Settings) -> str:
+    """The ranker the reader scored with at the end of a run (the partitions' mean weights), feature by feature."""
+    import redis
+
+    keys = Keys(settings.redis.prefix)
+    client = redis.Redis.from_url(settings.redis.url)
+    try:
+        names = [keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)]
+        weights, rows, partitions = average_weights(client.mget(names))
+    finally:
+        client.close()
+    if weights is None:
+        return "no ranker learned"
+    terms = ", ".join(f"{name} {w:+.2f}" for name, w in zip(("bias", *FEATURES), weights.tolist(), strict=True))
+    return f"ranker after {rows:,} rows ({partitions} partitions): {terms}"
 
 
 def world_config(args: argparse.Namespace) -> WorldConfig:
@@ -182,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen = args.policies.split(",")
     if unknown := set(chosen) - set(POLICIES):
         parser.error(f"unknown policies {sorted(unknown)}; choose among {', '.join(POLICIES)}")
+    if not args.no_record and (blends := [p for p in chosen if p in BLEND_ROWS]):
+        parser.error(f"{', '.join(blends)}: bench.blends records these rows (here, add --no-record)")
     if args.quick:
         args.seeds, args.seconds = 2, 20.0
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
@@ -195,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 results[policy].append(r)
                 s = r.summary()
                 console.print(
-                    f"seed {seed} {policy:>14}: {s['feeds']:,} feeds ({s['failed']} failed, {s['degraded']} degraded), "
+                    f"seed {seed} {policy:>14}: {s['feeds']:,} feeds ({s['failed']} failed, {s['degraded']} degraded, "
+                    f"{s['ranked_share']:.0%} ranked), "
                     f"CTR {s['ctr']:.4f}, regret/feed {s['regret_per_feed']:.4f}, top-decile discovered "
                     f"{s['top_new_discovered']}/{s['top_new_items']}, CTR by source "
                     + ", ".join(f"{k} {v:.3f}" for k, v in s["ctr_by_source"].items())
@@ -215,17 +249,17 @@ def slots_per_feed(runs: Sequence[SimResult]) -> str:
     return ", ".join(f"{source} {n / feeds:.1f}" for source, n in sorted(served.items()))
 
 
-def report(results: dict[str, list[SimResult]], args: argparse.Namespace, command: str, minutes: float) -> None:
-    """The tables, Thompson sampling against the targets (when its rivals ran) and bench/results.json (not when
-    more than 0.1% of a policy's feeds failed or came back degraded: bench/common.check_answers)."""
+def summary_table(results: dict[str, list[SimResult]], title: str) -> Table:
+    """Per row, mean ± standard deviation over the seeds, and how many seeds it had the lowest regret on."""
     policies = list(results)
-    table = Table(title=f"closed loop, {args.world} world, {args.seeds} seeds × {args.seconds:.0f} s at "
-                  f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
-    columns = ("policy", "CTR", "regret / feed", "top-decile new items discovered", "median impressions to discovery",
-               "seeds with the lowest regret", "slots per feed by source")  # fmt: skip
+    seeds = len(next(iter(results.values())))
+    table = Table(title=title)
+    columns = ("policy", "CTR", "regret / feed", "pages ranked", "top-decile new items discovered",
+               "median impressions to discovery", "seeds with the lowest regret",
+               "slots per feed by source")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column in ("policy", columns[-1]) else "right")
-    lowest = [min(policies, key=lambda p, k=k: results[p][k].regret_per_feed) for k in range(args.seeds)]
+    lowest = lowest_regret(results)
     for policy in policies:
         runs = results[policy]
         medians = [m for r in runs if (m := r.median_impressions_to_discovery) is not None]
@@ -233,21 +267,69 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
             policy,
             spread([r.ctr for r in runs], ".4f"),
             spread([r.regret_per_feed for r in runs], ".3f"),
+            f"{sum(r.ranked for r in runs) / max(sum(r.feeds for r in runs), 1):.0%}",
             spread([len(r.top_discovered) for r in runs], ".1f")
             + f" of {statistics.fmean(len(r.top_new) for r in runs):.1f}",
             f"{statistics.median(medians):.0f}" if medians else "–",
-            f"{lowest.count(policy)} of {args.seeds}",
+            f"{lowest.count(policy)} of {seeds}",
             slots_per_feed(runs),
         )
-    show(table, console)
+    return table
+
+
+def lowest_regret(results: dict[str, list[SimResult]]) -> list[str]:
+    """Per seed, the row with the lowest regret per feed."""
+    seeds = len(next(iter(results.values())))
+    return [min(results, key=lambda p, k=k: results[p][k].regret_per_feed) for k in range(seeds)]
+
+
+def means(results: dict[str, list[SimResult]]) -> dict[str, dict[str, float]]:
+    """Per row, the mean over the seeds of CTR, regret per feed and top-decile new items discovered."""
+    return {
+        p: {
+            "ctr": statistics.fmean(r.ctr for r in runs),
+            "regret_per_feed": statistics.fmean(r.regret_per_feed for r in runs),
+            "found": statistics.fmean(len(r.top_discovered) for r in runs),
+        }
+        for p, runs in results.items()
+    }
+
+
+def check_feeds(results: dict[str, list[SimResult]]) -> None:
+    """bench/common.check_answers per row: more than 0.1% of its feeds failed or degraded makes the run invalid."""
+    for policy, runs in results.items():
+        check_answers(
+            f"{policy} feeds", sum(r.feeds + r.failed for r in runs), sum(r.failed + r.degraded for r in runs)
+        )
+
+
+def figures_of(results: dict[str, list[SimResult]], world: str, command: str) -> dict[str, dict[str, object]]:
+    """``closed_loop_<figure>_<row>[_<world>]``: CTR, regret per feed and discoveries, means over the seeds."""
+    suffix = "" if world == "fresh" else f"_{world}"
+    figures = {}
+    for policy, mean in means(results).items():
+        key = KEYS[policy] + suffix
+        figures[f"closed_loop_ctr_{key}"] = figure(mean["ctr"], "CTR", command)
+        figures[f"closed_loop_regret_{key}"] = figure(mean["regret_per_feed"], "regret per feed", command)
+        figures[f"closed_loop_discovered_{key}"] = figure(mean["found"], "top-decile new items", command)
+    return figures
+
+
+def report(results: dict[str, list[SimResult]], args: argparse.Namespace, command: str, minutes: float) -> None:
+    """The tables, Thompson sampling against the targets (when its rivals ran) and bench/results.json (not when
+    more than 0.1% of a policy's feeds failed or came back degraded: bench/common.check_answers)."""
+    policies = list(results)
+    title = (f"closed loop, {args.world} world, {args.seeds} seeds × {args.seconds:.0f} s at "
+             f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
+    show(summary_table(results, title), console)
+    lowest = lowest_regret(results)
     by_seed = Table(title="regret per feed, by seed (the same world and users for every policy)")
     for column in ("seed", *policies, "lowest"):
         by_seed.add_column(column, justify="left" if column in ("seed", "lowest") else "right")
     for k in range(args.seeds):
         by_seed.add_row(str(k + 1), *(f"{results[p][k].regret_per_feed:.3f}" for p in policies), lowest[k])
     show(by_seed, console)
-    mean = {p: {k: statistics.fmean(getattr(r, k) if k != "found" else len(r.top_discovered) for r in results[p])
-                for k in ("ctr", "regret_per_feed", "found")} for p in policies}  # fmt: skip
+    mean = means(results)
     if {"thompson", "none", "epsilon_greedy"} <= set(policies):  # the issue's targets
         ts, none = mean["thompson"], mean["none"]
         ts_k, none_k, eg_k = ([r.regret_per_feed for r in results[p]] for p in ("thompson", "none", "epsilon_greedy"))
@@ -257,21 +339,9 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
             f"{ts['found'] / max(none['found'], 1e-9):.2f} (target ≥ 1.5); Thompson's regret below none's and "
             f"ε-greedy's on {below} of {args.seeds} seeds (target: all)"
         )
-    for policy in policies:
-        runs = results[policy]
-        check_answers(
-            f"{policy} feeds", sum(r.feeds + r.failed for r in runs), sum(r.failed + r.degraded for r in runs)
-        )
-    if args.no_record:
-        return
-    figures = {}
-    suffix = "" if args.world == "fresh" else f"_{args.world}"
-    for policy in policies:
-        key = KEYS[policy] + suffix
-        figures[f"closed_loop_ctr_{key}"] = figure(mean[policy]["ctr"], "CTR", command)
-        figures[f"closed_loop_regret_{key}"] = figure(mean[policy]["regret_per_feed"], "regret per feed", command)
-        figures[f"closed_loop_discovered_{key}"] = figure(mean[policy]["found"], "top-decile new items", command)
-    record(figures)
+    check_feeds(results)
+    if not args.no_record:
+        record(figures_of(results, args.world, command))
 
 
 if __name__ == "__main__":

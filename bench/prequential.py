@@ -203,8 +203,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--regularization", type=float, default=defaults.regularization)
     parser.add_argument("--alpha", type=float, default=defaults.alpha)
     parser.add_argument("--iterations", type=int, default=defaults.iterations)
-    parser.add_argument("--view-weight", type=float, default=defaults.view_weight)
-    parser.add_argument("--click-weight", type=float, default=defaults.click_weight)
     parser.add_argument("--history-cap", type=int, default=None, help="default: the settings' history_cap")
     parser.add_argument("--candidates", type=int, default=None, help="default: the settings' candidates_m")
     parser.add_argument(
@@ -225,8 +223,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 VALIDATION_SHARE = 0.75
-SWEEPABLE = ("factors", "regularization", "alpha", "iterations", "view_weight", "click_weight", "history_cap",
-             "candidates")  # fmt: skip
+SWEEPABLE = ("factors", "regularization", "alpha", "iterations", "history_cap", "candidates")
+"""Event weights are settings (RECSTREAM_FEEDBACK_TYPES): set the variable to run another weighting."""
 
 
 def sweep(args: argparse.Namespace, stream: Stream, history: Sequence[Rating], schedule: Sequence[Round]) -> None:
@@ -248,14 +246,15 @@ def sweep(args: argparse.Namespace, stream: Stream, history: Sequence[Rating], s
     for column in (*grid, "HR@10", "nDCG@10", "HR@6", "coverage", "train s", "replay s"):
         table.add_column(column, justify="right")
     base = vars(args)
+    feedback = load_settings().model.feedback_types
     for combo in itertools.product(*grid.values()):
         options = {**base, **dict(zip(grid, combo, strict=True))}
         cfg, history_cap, m = configure(argparse.Namespace(**options))
-        batch = train_history(stream, history, cfg)
+        batch = train_history(stream, history, cfg, feedback)
         tally = {"consistency": Tally()}
         with tempfile.TemporaryDirectory() as tmp:
             version = write_model(tmp, batch.artifacts)
-            row = ConsistencyRow(version, read_model(tmp, version), stream, history_cap, m)
+            row = ConsistencyRow(version, read_model(tmp, version), stream, history_cap, m, feedback)
             replay_in_memory({"consistency": row}, tally, history, schedule)
         t = tally["consistency"]
         table.add_row(
@@ -274,8 +273,6 @@ def configure(args: argparse.Namespace) -> tuple[ALSConfig, int, int]:
         regularization=args.regularization,
         alpha=args.alpha,
         iterations=int(args.iterations),
-        view_weight=args.view_weight,
-        click_weight=args.click_weight,
     )
     return cfg, int(args.history_cap or settings.model.history_cap), int(args.candidates or settings.model.candidates_m)
 
@@ -284,6 +281,7 @@ def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_c
               schedules: dict[str, Sequence[Round]]) -> dict[str, Tally]:  # fmt: skip
     """The in-memory rows on each schedule, as ``"<row> (<schedule>)"`` → tally."""
     tallies: dict[str, Tally] = {}
+    feedback = load_settings().model.feedback_types  # the weights the pipeline's worker uses
     with tempfile.TemporaryDirectory() as tmp:
         version = write_model(tmp, batch.artifacts)
         for name, schedule in schedules.items():
@@ -291,7 +289,7 @@ def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_c
             rows: dict[str, Row] = {
                 "popularity": PopularityRow(),
                 "frozen": FrozenRow(batch, t["frozen"]),
-                "consistency": ConsistencyRow(version, read_model(tmp, version), stream, history_cap, m),
+                "consistency": ConsistencyRow(version, read_model(tmp, version), stream, history_cap, m, feedback),
             }
             if name == "in order":
                 del rows["frozen"], t["frozen"]  # depends on the user's own events only: identical
@@ -315,6 +313,7 @@ def command(argv: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     cfg, history_cap, m = configure(args)
+    feedback = load_settings().model.feedback_types
     stream = group_ratings(movielens(args.movielens))
     history, tail = split(stream.ratings, args.history_share)
     schedule = rounds(tail)
@@ -324,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             schedule = rounds(tail)
         sweep(args, stream, history, schedule)
         return
-    batch = train_history(stream, history, cfg)
+    batch = train_history(stream, history, cfg, feedback)
     console.print(
         f"{len(history):,} history ratings, {len(tail):,} tail ratings, {sum(r.click for r in tail):,} tail clicks, "
         f"{len(schedule)} rounds; iALS {cfg.factors} factors trained in {batch.seconds:.1f} s"

@@ -23,6 +23,7 @@ from rich.table import Table
 from bench.common import figure, machine, record, show
 from bench.prequential_protocol import Rating, Stream, Tally
 from bench.prequential_rows import PipelineResult
+from recstream.contracts.settings import load_settings
 
 METRICS = {  # results.json key part → (column, unit, format)
     "hr10": ("HR@10", "HR@10", "{:.4f}"),
@@ -78,10 +79,11 @@ def identical_share(a: Tally, b: Tally) -> float:
 
 def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, tallies: dict[str, Tally],
            pipeline: PipelineResult | None, scoring: Scoring, cmd: str, console: Console) -> None:  # fmt: skip
+    weights = load_settings().model.feedback_types.signed_weight
     title = (
         f"prequential, MovieLens 100K, last {1 - args.history_share:.0%} of events: "
         f"iALS k={cfg.factors} λ={cfg.regularization} α={cfg.alpha} it={cfg.iterations} "
-        f"view={cfg.view_weight} click={cfg.click_weight}; history cap {history_cap}, candidates {m}"
+        f"view={weights['view']:g} click={weights['click']:g}; history cap {history_cap}, candidates {m}"
     )
     table = Table(title=title)
     columns = ("row", *(label for label, _, _ in METRICS.values()), "clicks scored", "seconds", "note")

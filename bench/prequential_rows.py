@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from recstream.models.als import ALSConfig, event_weights, interaction_matrix, train_als
+from recstream.models.als import ALSConfig, train_als
 from recstream.models.artifacts import ModelArtifacts
 from recstream.models.history import History
 from recstream.streams.personalize import Personalizer
@@ -37,6 +37,7 @@ from bench.prequential_protocol import (
     seen_sets,
     top_k,
 )
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.jobs import training
 from recstream.jobs.sources import Record
 
@@ -51,7 +52,9 @@ class Batch:
     seconds: float
 
 
-def train_history(stream: Stream, history: Sequence[Rating], cfg: ALSConfig) -> Batch:
+def train_history(
+    stream: Stream, history: Sequence[Rating], cfg: ALSConfig, feedback: FeedbackTypes = DEFAULT_FEEDBACK
+) -> Batch:
     """``recstream.jobs.training`` on the history (as ``recstream train`` would), plus the batch user vectors.
 
     ``training.train`` keeps only item-side artifacts, so the frozen baseline's user vectors come
@@ -61,11 +64,9 @@ def train_history(stream: Stream, history: Sequence[Rating], cfg: ALSConfig) -> 
     started = time.perf_counter()
     records = [Record("item", stream.items[i]) for i in first_uses(history, set(), "item")]
     records += [Record("event", e) for e in events_of(history)]
-    log = training.collect(records)
+    log = training.collect(records, feedback=feedback)
     artifacts, _ = training.train(log, cfg, holdout=0)
-    users, items, clicks = (np.asarray(a) for a in (log.users, log.items, log.clicks))
-    r = interaction_matrix(users, items, event_weights(clicks, cfg), len(log.user_ids), len(log.item_ids))
-    fit = train_als(r, cfg)
+    fit = train_als(training.interactions(log), cfg)
     drift = float(np.max(np.abs(fit.item_factors - artifacts.item_factors)))
     if drift > 1e-4:
         raise RuntimeError(f"the second fit differs from the first by {drift:.2g}: implicit is not deterministic here")
@@ -120,8 +121,16 @@ class FrozenRow(Row):
 class ConsistencyRow(Row):
     """The worker's Personalizer in process: same history merge, user step, HNSW query and exclusions."""
 
-    def __init__(self, version: str, artifacts: ModelArtifacts, stream: Stream, history_cap: int, m: int) -> None:
-        self.personalizer = Personalizer(version, artifacts, history_cap, m)
+    def __init__(
+        self,
+        version: str,
+        artifacts: ModelArtifacts,
+        stream: Stream,
+        history_cap: int,
+        m: int,
+        feedback: FeedbackTypes = DEFAULT_FEEDBACK,
+    ) -> None:
+        self.personalizer = Personalizer(version, artifacts, history_cap, m, feedback)
         self.stream = stream
         self.histories: dict[str, History] = {}
         self.candidates: dict[str, list[str]] = {}

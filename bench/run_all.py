@@ -69,6 +69,7 @@ BENCHES = (
     Bench("rebuild", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("validate", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("policies"),
+    Bench("blends"),
     Bench("reliability"),
     Bench("soak", by_default=False),  # ~30 minutes
 )
@@ -195,7 +196,7 @@ def choose(only: str | None, skip: str | None, also: str | None) -> list[Bench]:
 
     >>> [b.name for b in choose("feeds,produce", None, None)]
     ['produce', 'feeds']
-    >>> [b.name for b in choose(None, "feeds,prequential,rebuild,policies,reliability", "soak")]
+    >>> [b.name for b in choose(None, "feeds,prequential,rebuild,policies,blends,reliability", "soak")]
     ['produce', 'worker', 'user_steps', 'ann_space', 'validate', 'soak']
     """
 

@@ -65,6 +65,7 @@ from rich.table import Table
 from bench.common import ROOT, figure, machine, record, show
 from bench.prequential_protocol import K, Rating, events_of, first_uses, group_ratings, split
 from recstream.contracts.events import ItemEvent
+from recstream.contracts.feedback import DEFAULT_FEEDBACK
 from recstream.contracts.settings import Settings
 from recstream.jobs import training
 from recstream.jobs.sources import Record, movielens
@@ -206,14 +207,14 @@ def item_rows(s: Split) -> list[str]:
     return trained + sorted((i for i in s.items if i not in known), key=s.announced.__getitem__)
 
 
-def fetches(s: Split, rows: Mapping[str, int], cfg: ALSConfig, seen_cap: int) -> Fetches:
+def fetches(s: Split, rows: Mapping[str, int], seen_cap: int) -> Fetches:
     """Fold the training ratings, then score each validation click on the list the user had at that moment
     (a time split folds each validation rating after scoring it; a per-user holdout does not).
 
     A click on an item the user has seen, or by a user without a list, scores 0 whatever the defaults: not kept.
     The histories are made later, per cap, by the worker's own fold (:func:`queries`).
     """
-    weight = {"view": cfg.view_weight, "click": cfg.click_weight}
+    weight = DEFAULT_FEEDBACK.signed_weight  # the sources hold views and clicks, weighed as the default settings do
     events: dict[str, list[tuple[str, float]]] = {}
     refreshed: dict[str, tuple[int, int]] = {}  # user → (events folded at the last refresh point, its position)
     seen_at: dict[tuple[str, int], frozenset[int]] = {}
@@ -465,7 +466,7 @@ def prepare(source: Source, caps: Iterable[int], cfg: ALSConfig, settings: Setti
     s = source.load()
     order = item_rows(s)
     rows = {item: row for row, item in enumerate(order)}
-    scored = fetches(s, rows, cfg, settings.worker.seen_cap)
+    scored = fetches(s, rows, settings.worker.seen_cap)
     by_cap = {cap: queries(scored, rows, cap) for cap in caps}
     return Prepared(source, s, training_log(s), order, by_cap, time.perf_counter() - started)
 

@@ -8,6 +8,16 @@ So passing raw weights `r` with `alpha=α` would give `c = α·r`, not Hu–Kore
 `c = 1 + α·r` (and `c < 1` for a light event, weighting a seen item *below* an unseen one).
 We therefore build the confidence matrix ourselves and always hand implicit `alpha=1.0`.
 
+Negative feedback (a dislike, recstream/contracts/feedback.py) is a *signed* r_ui < 0: a negative
+observation, p_ui = 0 with c_ui = 1 + α·|r_ui|. It is stored as −c_ui, the convention implicit's
+solver and loss (a negative stored value: p = 0, confidence its magnitude), Spark's implicit ALS
+(c = 1 + α·|r|, p = [r > 0]) and `models.user_step` share, so it pulls the user's predicted score
+for the item toward 0 harder than an unseen item does. How a pair's events combine
+(models/history.combine_weights): positives add up; any negative makes the pair negative, its magnitude
+the sum of the negatives (an explicit rejection outweighs the views and clicks that led to it).
+This is commutative and associative, so the batch sum and the streaming history agree however
+the events were ordered or cut.
+
 Performance traps caught here: OpenBLAS' own thread pool fights implicit's OpenMP threads
 (implicit warns, training gets several times slower), so the fit runs under
 `threadpool_limits(1, "blas")`; implicit wants csr float32 and silently copies otherwise,
@@ -20,13 +30,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares, calculate_loss
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from threadpoolctl import threadpool_limits
+
+from recstream.contracts.feedback import FeedbackTypes
 
 
 class ALSConfig(BaseModel):
@@ -47,12 +60,19 @@ class ALSConfig(BaseModel):
     # recent item (1: no fading). Batch training sums events without order and does not use it.
     recency_decay: float = Field(0.9, gt=0.0, le=1.0)
     iterations: int = Field(15, ge=1, le=500)
-    view_weight: float = Field(1.0, ge=0.0)
-    click_weight: float = Field(4.0, gt=0.0)
     log_scale: bool = False
     log_epsilon: float = Field(1.0, gt=0.0)
     random_state: int = Field(0, ge=0)
     num_threads: int = Field(0, ge=0)  # 0: the cores this process may use
+
+    @model_validator(mode="before")
+    @classmethod
+    def _without_event_weights(cls, data: object) -> object:
+        """A model written before feedback types had `view_weight` and `click_weight` here; they are settings now
+        (RECSTREAM_FEEDBACK_TYPES), so an older version's config.json still loads."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in ("view_weight", "click_weight")}
+        return data
 
 
 @dataclass(frozen=True)
@@ -77,41 +97,51 @@ class ALSFit:
         return x.T @ x
 
 
-def event_weights(is_click: np.ndarray, cfg: ALSConfig) -> np.ndarray:
-    """Weight each event adds to r_ui: `click_weight` for a click, `view_weight` for a view.
+def event_weights(types: Sequence[str], values: Sequence[float | None], feedback: FeedbackTypes) -> np.ndarray:
+    """The signed weight each event adds to r_ui: its type's weight (negated for a negative type), times its value
+    for a valued type (a rating). The one place batch training, rebuild and the worker's user step get weights, so
+    the batch and streaming paths cannot disagree; events must have passed validation (known type, value in range).
 
-    >>> event_weights(np.array([False, True]), ALSConfig())
-    array([1., 4.])
+    >>> from recstream.contracts.feedback import DEFAULT_FEEDBACK
+    >>> event_weights(["view", "click", "rating", "dislike"], [None, None, 4.5, None], DEFAULT_FEEDBACK)
+    array([ 1. ,  4. ,  4.5, -4. ])
     """
-    return np.where(np.asarray(is_click, dtype=bool), cfg.click_weight, cfg.view_weight)
+    signed = feedback.signed_weight
+    n = len(types)
+    weights = np.fromiter((signed[t] for t in types), dtype=np.float64, count=n)
+    scale = np.fromiter((1.0 if v is None else v for v in values), dtype=np.float64, count=n)
+    return weights * scale
 
 
 def confidence(r: np.ndarray, cfg: ALSConfig) -> np.ndarray:
-    """Confidence from summed weights: `1 + α·r`, or `1 + α·log(1 + r/ε)` when log-scaled.
+    """Signed confidence from summed signed weights: `1 + α·r`, or `1 + α·log(1 + r/ε)` when log-scaled, negated for
+    a negative r (p = 0 with confidence `1 + α·|r|`, see the module docstring).
 
     The log form stops a user who replays one item a hundred times from dominating
     their own vector. Used at training time and by the online steps alike.
 
-    >>> confidence(np.array([0.0, 1.0, 5.0]), ALSConfig(alpha=2.0))
-    array([ 1.,  3., 11.])
+    >>> confidence(np.array([0.0, 1.0, 5.0, -1.0]), ALSConfig(alpha=2.0))
+    array([ 1.,  3., 11., -3.])
     >>> confidence(np.array([np.e - 1]), ALSConfig(alpha=2.0, log_scale=True, log_epsilon=1.0))
     array([3.])
     """
-    return 1.0 + cfg.alpha * scaled_weights(r, cfg)
+    s = scaled_weights(r, cfg)
+    return np.where(s < 0, s * cfg.alpha - 1.0, 1.0 + cfg.alpha * s)
 
 
 def scaled_weights(r: np.ndarray, cfg: ALSConfig) -> np.ndarray:
-    """What α multiplies in the confidence: r, or `log(1 + r/ε)` when log-scaled.
+    """What α multiplies in the confidence: r, or `sign(r)·log(1 + |r|/ε)` when log-scaled.
 
-    >>> scaled_weights(np.array([0.0, np.e - 1]), ALSConfig(log_scale=True, log_epsilon=1.0))
-    array([0., 1.])
+    >>> scaled_weights(np.array([0.0, np.e - 1, 1 - np.e]), ALSConfig(log_scale=True, log_epsilon=1.0))
+    array([ 0.,  1., -1.])
     """
     r = np.asarray(r, dtype=np.float64)
-    return np.log1p(r / cfg.log_epsilon) if cfg.log_scale else r
+    return np.sign(r) * np.log1p(np.abs(r) / cfg.log_epsilon) if cfg.log_scale else r
 
 
 def history_confidence(r: np.ndarray, cfg: ALSConfig, ranks: np.ndarray | None = None) -> np.ndarray:
-    """Confidence of a user's history, most recent first: c = 1 + (confidence(r) − 1)·γ^rank, γ = `recency_decay`.
+    """Confidence of a user's history, most recent first: |c| = 1 + (|confidence(r)| − 1)·γ^rank, γ = `recency_decay`,
+    with the sign of r (a negative observation fades toward an unseen item the same way).
 
     Rank 0 is the most recent item. An older item keeps p = 1 but its extra weight fades toward c = 1, so a
     long history still says what the user touched while the last items say most about what comes next: the
@@ -123,23 +153,27 @@ def history_confidence(r: np.ndarray, cfg: ALSConfig, ranks: np.ndarray | None =
     array([3. , 2. , 3.5])
     >>> history_confidence(np.array([1.0, 5.0]), ALSConfig(alpha=2.0, recency_decay=1.0))  # confidence(r)
     array([ 3., 11.])
+    >>> history_confidence(np.array([1.0, -1.0]), ALSConfig(alpha=2.0, recency_decay=0.5))
+    array([ 3., -2.])
     """
     c = confidence(r, cfg)
     ranks = np.arange(c.size) if ranks is None else np.asarray(ranks)
-    return 1.0 + (c - 1.0) * cfg.recency_decay ** ranks.astype(np.float64)
+    faded = 1.0 + (np.abs(c) - 1.0) * cfg.recency_decay ** ranks.astype(np.float64)
+    return np.where(c < 0, -faded, faded)
 
 
 def interaction_matrix(
     user_idx: np.ndarray, item_idx: np.ndarray, weights: np.ndarray, n_users: int, n_items: int
 ) -> sp.csr_matrix:
-    """r as csr float32: `r_ui = Σ weights` over u's events on i; zero sums are dropped.
+    """r as csr float32: r_ui = the signed weights of u's events on i folded by models/history.combine_weights
+    (the sum of the positives, or minus the sum of the negatives when there is one); zero sums are dropped.
 
     A stored zero would count as a positive with confidence 1 in implicit, so it is removed.
 
-    >>> users, items = np.array([0, 0, 1]), np.array([2, 2, 0])
-    >>> interaction_matrix(users, items, np.array([1.0, 4.0, 0.0]), n_users=2, n_items=3).toarray()
-    array([[0., 0., 5.],
-           [0., 0., 0.]], dtype=float32)
+    >>> users, items = np.array([0, 0, 1, 1]), np.array([2, 2, 0, 0])
+    >>> interaction_matrix(users, items, np.array([1.0, 4.0, 0.0, -4.0]), n_users=2, n_items=3).toarray()
+    array([[ 0.,  0.,  5.],
+           [-4.,  0.,  0.]], dtype=float32)
     """
     user_idx, item_idx = np.asarray(user_idx), np.asarray(item_idx)
     weights = np.asarray(weights, dtype=np.float64)
@@ -149,9 +183,14 @@ def interaction_matrix(
         raise ValueError(f"user_idx outside [0, {n_users})")
     if item_idx.size and (item_idx.min() < 0 or item_idx.max() >= n_items):
         raise ValueError(f"item_idx outside [0, {n_items})")
-    if np.any(weights < 0):
-        raise ValueError("event weights must be non-negative")
-    r = sp.coo_matrix((weights, (user_idx, item_idx)), shape=(n_users, n_items)).tocsr()  # sums duplicates
+    if not np.all(np.isfinite(weights)):
+        raise ValueError("event weights must be finite")
+    shape = (n_users, n_items)
+    positive = sp.coo_matrix((np.maximum(weights, 0.0), (user_idx, item_idx)), shape=shape).tocsr()  # sums duplicates
+    negative = sp.coo_matrix((np.minimum(weights, 0.0), (user_idx, item_idx)), shape=shape).tocsr()
+    negative.eliminate_zeros()
+    r = positive - positive.multiply(negative != 0) + negative  # a negative pair keeps only its negatives
+    r = sp.csr_matrix(r)
     r.eliminate_zeros()
     r.sort_indices()
     return r.astype(np.float32)

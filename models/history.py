@@ -1,6 +1,7 @@
 """A user's interaction history: summed event weights per item, most recent first, capped.
 
-The online user step reads it (r_ui = summed weights, c_ui = 1 + α·r_ui). It is a pure fold
+The online user step reads it (r_ui = summed signed weights, c_ui = 1 + α·r_ui; a negative sum, a disliked
+item, is a negative observation, :func:`combine_weights`). It is a pure fold
 over the user's events in order, so the same events give the same history however they
 were cut into batches: a restarted worker reproduces every user vector exactly.
 
@@ -29,15 +30,27 @@ def merge_history(history: Mapping[str, float], events: Iterable[tuple[str, floa
     [('a', 5.0), ('b', 1.0)]
     >>> history_rows(merge_history({"a": 1.0, "b": 1.0}, [("c", 1.0)], cap=2))
     [('c', 1.0), ('b', 1.0)]
+    >>> history_rows(merge_history({"a": 5.0}, [("a", -4.0), ("a", 1.0)], cap=10))  # a dislike outweighs the rest
+    [('a', -4.0)]
     """
     if cap <= 0:
         raise ValueError("cap must be > 0")
     latest = dict(history)
     for item, weight in events:
-        latest[item] = latest.pop(item, 0.0) + weight
+        latest[item] = combine_weights(latest.pop(item, 0.0), weight)
         if len(latest) > cap:
             del latest[next(iter(latest))]
     return latest
+
+
+def combine_weights(old: float, new: float) -> float:
+    """r_ui after one more event: positives add up, any negative makes the pair a negative observation whose
+    magnitude is the sum of the negatives (models/als.py's docstring). Commutative and associative.
+
+    >>> combine_weights(1.0, 4.0), combine_weights(5.0, -4.0), combine_weights(-4.0, 1.0), combine_weights(-4.0, -4.0)
+    (5.0, -4.0, -4.0, -8.0)
+    """
+    return old + new if old >= 0.0 and new >= 0.0 else min(old, 0.0) + min(new, 0.0)
 
 
 def history_rows(history: Mapping[str, float]) -> list[tuple[str, float]]:

@@ -2,10 +2,13 @@
 
 With fixed factors F (item factors Y for a user step, user factors X for an item fold-in):
 
-    x = (FᵀF + λI + Σ_j (c_j − 1) f_j f_jᵀ)⁻¹ Σ_j c_j f_j        (Hu, Koren, Volinsky 2008)
+    x = (FᵀF + λI + Σ_j (|c_j| − 1) f_j f_jᵀ)⁻¹ Σ_j p_j |c_j| f_j        (Hu, Koren, Volinsky 2008)
 
-over the rows j the user (item) interacted with, `c_j = confidence(r_j)` ≥ 1. `FᵀF + λI` is
-computed once per model version; each step only adds the rank-|history| correction.
+over the rows j the user (item) interacted with, `c_j = confidence(r_j)`, |c_j| ≥ 1, signed as
+implicit stores it: c_j > 0 is an observation with preference p_j = 1, c_j < 0 a negative one
+(a dislike) with p_j = 0, which only adds to the left side and so pulls x·f_j toward 0 with
+weight |c_j| instead of the 1 of an unseen item. `FᵀF + λI` is computed once per model version;
+each step only adds the rank-|history| correction.
 
 Dtypes: F is stored float32 (the artifact's and the HNSW index's dtype; half the memory
 of float64), the k×k system is built and solved in float64, results are float32. The
@@ -35,6 +38,8 @@ class ALSStep:
 
     >>> step = ALSStep(np.eye(3, dtype=np.float32), regularization=1.0)
     >>> step.solve(np.array([0]), np.array([3.0]))   # (I + I + 2·e0e0ᵀ) x = 3·e0
+    array([0.75, 0.  , 0.  ], dtype=float32)
+    >>> step.solve(np.array([0, 1]), np.array([3.0, -3.0]))   # a negative on e1: x·e1 stays 0, e0 as before
     array([0.75, 0.  , 0.  ], dtype=float32)
     >>> step.solve(np.array([], dtype=int), np.array([]))   # empty history: zero vector
     array([0., 0., 0.], dtype=float32)
@@ -151,7 +156,7 @@ class ALSStep:
         (I + WM is invertible: WM's eigenvalues are those of W½MW½ ⪰ 0). Z is one large
         GEMM instead of B small Gram products and the solve is L×L instead of k×k:
         ~1.7× the single path at k = 64, L = 20–50 (bench/user_steps.py). Longer
-        histories use the primal k×k system.
+        histories use the primal k×k system. With signed c, W = diag(|c| − 1) and the right side is p∘|c|.
         """
         batch, width, k = v.shape
         if width > k:
@@ -159,15 +164,15 @@ class ALSStep:
             return np.linalg.solve(a, b[..., None])[..., 0]
         z = (v.reshape(-1, k) @ self._gram_inv).reshape(batch, width, k)
         s = z @ np.swapaxes(v, -1, -2)
-        s *= np.maximum(c - 1.0, 0.0)[..., None]
+        s *= np.maximum(np.abs(c) - 1.0, 0.0)[..., None]
         s += np.eye(width)
-        return (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, c[..., None]))[..., 0]
+        return (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, np.maximum(c, 0.0)[..., None]))[..., 0]
 
     def _normal_equations(self, vectors: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A = FᵀF + λI + Vᵀ diag(c − 1) V and b = Vᵀ c, for (n, k) or stacked (B, n, k) V."""
+        """A = FᵀF + λI + Vᵀ diag(|c| − 1) V and b = Vᵀ (p∘|c|), for (n, k) or stacked (B, n, k) V."""
         vt = np.swapaxes(vectors, -1, -2)
-        a = (vt * np.maximum(c - 1.0, 0.0)[..., None, :]) @ vectors + self.gram
-        b = (vt @ c[..., None])[..., 0]
+        a = (vt * np.maximum(np.abs(c) - 1.0, 0.0)[..., None, :]) @ vectors + self.gram
+        b = (vt @ np.maximum(c, 0.0)[..., None])[..., 0]
         return a, b
 
 
@@ -175,6 +180,6 @@ def _checked_confidences(confidences: np.ndarray, n: int) -> np.ndarray:
     c = np.asarray(confidences, dtype=np.float64)
     if c.shape != (n,):
         raise ValueError(f"expected {n} confidences, got shape {c.shape}")
-    if np.any(c < 1.0):
-        raise ValueError("confidences must be >= 1 (c = 1 + α·r with r >= 0)")
+    if np.any(np.abs(c) < 1.0):
+        raise ValueError("confidences must be >= 1 or <= -1 (c = ±(1 + α·|r|))")
     return c

@@ -6,7 +6,8 @@ Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
   scroll through ``next_cursor``; ``seed`` reproduces the explore draws of a page;
 * ``GET /v1/items/{item_id}/similar?limit=`` — the workers' precomputed neighbours;
 * ``GET|PUT /v1/users/{user_id}/preferences`` — onboarding categories and "not interested";
-* ``POST /v1/events`` — impressions (views) and clicks, validated like the workers do and
+* ``POST /v1/events`` — feedback events of the configured types (views, clicks, likes, ratings, dislikes, …:
+  recstream/contracts/feedback.py), validated like the workers do and
   published to Kafka. Put the served item's ``source`` (or the feed's ``session`` as ``feed``)
   in ``context`` so clicks are attributable to the source that showed the item, and the feed's
   ``variant`` (an A/B test's arm, recstream/contracts/experiments.py) as the events' ``variant``;
@@ -212,7 +213,8 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_extra={"requestBody": EVENTS_BODY, **max_body(MAX_MESSAGE_BYTES)},
     )
     async def post_events(request: Request) -> Response:
-        """Report impressions (``view``) and clicks: one event object or an array of them.
+        """Report feedback of the configured types (``view``, ``click``, ``like``, ``rating`` with a ``value``,
+        ``dislike``, …: README "Feedback types"): one event object or an array of them. An unknown type is a 422.
 
         Validated exactly as the workers validate (recstream.contracts.events), all or nothing, then published
         to Kafka; 202 once the broker acknowledged them. Include ``context.source`` (the item's

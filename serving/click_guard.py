@@ -1,5 +1,8 @@
 """The click-fraud guard of POST /v1/events: clicks per client, and per user per item, within a window.
 
+A click here is an event of a type that counts as a click for CTR (recstream/contracts/feedback.py): those are
+what move the popular lists. Other positive types (a like, a purchase) change only their user's own vector.
+
 Why: with writes open to whoever holds the key (a browser app, say), one client could report
 hundreds of clicks on one item and push it up every popular list. The policy (README.md,
 "Security and limits"):
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Collection
 
 from recstream.serving import metrics
 from recstream.serving.errors import RedisUnavailable, TooManyClicks
@@ -30,6 +34,7 @@ from recstream.serving.guard import RedisGuard
 from recstream.serving.redis_client import RedisClient, Script
 
 from recstream.contracts.events import Event
+from recstream.contracts.feedback import DEFAULT_FEEDBACK
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import ReaderSettings
 
@@ -62,8 +67,16 @@ class ClickGuard:
     return admitted
     """)
 
-    def __init__(self, redis: RedisClient, keys: Keys, settings: ReaderSettings, guard: RedisGuard) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: Keys,
+        settings: ReaderSettings,
+        guard: RedisGuard,
+        clicks: Collection[str] = DEFAULT_FEEDBACK.clicks,
+    ) -> None:
         self.redis = redis
+        self.click_types = clicks  # the types that count as clicks for CTR: what moves popular lists
         self.keys = keys
         self.settings = settings
         self.guard = guard
@@ -72,7 +85,8 @@ class ClickGuard:
     async def admit(self, client: str, events: list[Event]) -> list[Event]:
         """Raises TooManyClicks when the client is over its limit; drops clicks past the per-(user, item) one."""
         r = self.settings
-        clicks = Counter((e.user_id, e.item_id) for e in events if e.type == "click")
+        click_types = self.click_types
+        clicks = Counter((e.user_id, e.item_id) for e in events if e.type in click_types)
         if not clicks or not (r.clicks_per_client or r.clicks_per_user_item):
             return events
         now = time.time()
@@ -93,7 +107,7 @@ class ClickGuard:
         budget = dict(zip(clicks, admitted, strict=True))
         kept = []
         for event in events:
-            if event.type == "click":
+            if event.type in click_types:
                 pair = (event.user_id, event.item_id)
                 if budget[pair] == 0:
                     continue

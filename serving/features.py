@@ -18,8 +18,12 @@ logged, to the bit. What each feature reads:
 * ``segment_ctr_logit`` — logit of P(i|s) where the snapshot has it, else the global one (exact for an
   item without views in the segment, models.ctr.segment_ctr);
 * ``popular_rank`` — ln(1 + position) in that popular list, ln(1 + POPULAR_DEPTH) when absent;
-* ``age`` — ln(1 + hours) from created_ts to the newest event applied (event time; 0 before any); an item
-  outside the pool whose creation time is not cached yet reads as graduated by age (``pool.graduate_age_s``);
+* ``pool_age`` — ln(1 + a / G), a the time from created_ts to the newest event applied (event time; 0 before
+  any) and G the pool's graduation age (``pool.graduate_age_s``), so 1 ↔ ln 2 whatever the domain's clock: an
+  operator sets G for how fast items age in their feed (48 h for films, minutes for a news flash), and the
+  feature's weight carries across (in hours, a world on a clock of minutes gave values below 0.1, which FTRL
+  needs tens of thousands of rows to weigh); an item outside the pool whose creation time is not cached yet
+  reads as graduated by age (ln 2);
 * ``category_affinity`` — the share of the user's recent category weight (history, else seen items,
   else the onboarding picks) on the item's categories, in [0, 1];
 * ``warm`` — 1 for a user with history.
@@ -45,6 +49,7 @@ class PageFeatures:
 
     __slots__ = (
         "_absent_age",
+        "_age_unit_ms",
         "_als",
         "_categories",
         "_ctr",
@@ -86,7 +91,8 @@ class PageFeatures:
         self._floor = snapshot.ctr_floor_logit
         self._now = now
         self._now_ms = snapshot.clock_ms
-        self._absent_age = math.log1p(graduate_age_s / 3600)
+        self._absent_age = math.log(2.0)
+        self._age_unit_ms = graduate_age_s * 1000.0
         self._warm = 1.0 if user.warm else 0.0
 
     def rows(self, items: Sequence[str]) -> np.ndarray:
@@ -98,7 +104,8 @@ class PageFeatures:
         entry, now, now_ms = self._categories.entry, self._now, self._now_ms
         pool_ctr, pool_created, ctr, floor = self._pool.ctr_logits, self._pool.created, self._ctr.get, self._floor
         als, rank, segment_ctr, share = self._als.get, self._rank.get, self._segment_ctr.get, self._share.get
-        favourites, absent_age, warm, log1p = self._favourites, self._absent_age, self._warm, math.log1p
+        favourites, absent_age, unit, warm = self._favourites, self._absent_age, self._age_unit_ms, self._warm
+        log1p = math.log1p
         out = []
         for item in items:
             known = entry(item, now)
@@ -112,8 +119,10 @@ class PageFeatures:
                 overall, fresh = ctr(item, floor), 0.0
             if created is None:
                 age = absent_age
+            elif now_ms is None:
+                age = 0.0
             else:
-                age = 0.0 if now_ms is None else log1p(max(now_ms - created, 0) / 3_600_000)
+                age = log1p(max(now_ms - created, 0) / unit)
             affinity = 0.0
             for category in cats:
                 affinity += share(category, 0.0)

@@ -14,7 +14,7 @@ Sources (generators), each a ranked list explained item by item:
   item, vectorized, from a generator seeded per request.
 
 A **ranked** page (serving/ranking.py decides when) takes the union of what personal, popular and
-fresh propose, each up to the page's exploitation slots, filtered (seen, served in the session,
+fresh propose, each up to ``blend.ranker_depth`` × the page's exploitation slots, filtered (seen, served in the session,
 unavailable, not interested) before anything is scored; scores every candidate's feature vector
 (serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
 best first. Each ranked item is served as the generator its top feature speaks for (when that
@@ -61,7 +61,7 @@ FEATURE_WORDS = {
     "ctr_logit": TRENDING_REASON,
     "fresh": "recently added",
     "explore": "recently added",
-    "age": "recently added",
+    "pool_age": "recently added",
     "category_affinity": "close to what you watch",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
@@ -137,7 +137,8 @@ def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: i
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
-    items, vectors = _ranked(on, explored, counts, exclude, features, snapshot.ranker.weights)  # type: ignore[arg-type]
+    weights = snapshot.ranker.weights
+    items, vectors = _ranked(on, explored, counts, exclude, features, weights, blend.ranker_depth)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
 
@@ -173,8 +174,9 @@ def _ranked(
     exclude: Exclusions,
     features: PageFeatures,
     weights: np.ndarray,
+    depth_factor: int = 1,
 ) -> tuple[list[Served], list[str]]:
-    """The union of the generators' first allowed candidates (as many each as there are exploitation slots),
+    """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each),
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
@@ -185,7 +187,7 @@ def _ranked(
     depth = sum(counts.values()) - counts["explore"]
     proposed: dict[str, dict[Source, Candidate]] = {}
     for source, candidates in generators.items():
-        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth):
+        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth * depth_factor):
             proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
@@ -232,10 +234,13 @@ def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
 
 
 def taste_weights(user: UserState, categories: Categories, now: float) -> dict[str, float]:
-    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item)."""
+    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item); a
+    disliked item (a negative weight, recstream/contracts/feedback.py) adds nothing."""
     weights: dict[str, float] = {}
     taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
     for item, weight in taste:
+        if weight < 0:
+            continue
         for category in categories.get(item, now) or ():
             weights[category] = weights.get(category, 0.0) + weight
     return weights

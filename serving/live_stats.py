@@ -57,7 +57,8 @@ class LiveStats:
         self.latency(seconds)
 
     def events(self, published: Iterable[tuple[str, str]]) -> None:
-        """Events published, as (type, source label) each."""
+        """Events published, as (kind, source label) each: ``view`` or ``click`` for a type counted in CTR (what the
+        CTR panels divide), else the type's own name."""
         published = list(published)
         for kind, label in published:
             self.add(f"{kind}:{label}")

@@ -50,7 +50,8 @@ REDIS_ROUND_TRIPS = Histogram(
 )
 EVENTS = Counter(
     "recstream_reader_events_published_total",
-    "Events accepted by POST /v1/events and published to Kafka, by type and served source (context.source)",
+    "Events accepted by POST /v1/events and published to Kafka, by type (view or click for the feedback types counted "
+    "in CTR, else the type's name) and served source (context.source)",
     ["type", "source"],
 )
 CLICKS_LIMITED = Counter(

@@ -46,7 +46,7 @@ GENERATOR: dict[str, Source | None] = {
     "popular_rank": "popular",
     "fresh": "fresh",
     "explore": "fresh",
-    "age": "fresh",
+    "pool_age": "fresh",
     "category_affinity": "fresh",
     "warm": None,
 }

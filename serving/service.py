@@ -60,7 +60,8 @@ class FeedService:
         self.guard = RedisGuard()
         self.stats = LiveStats()
         self.variants = Variants(settings)
-        self.clicks = ClickGuard(self.redis, self.keys, settings.reader, self.guard)
+        self.feedback = settings.model.feedback_types
+        self.clicks = ClickGuard(self.redis, self.keys, settings.reader, self.guard, self.feedback.clicks)
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
@@ -260,7 +261,7 @@ class FeedService:
     async def accept_events(self, body: bytes, client: str) -> dict:
         """Validate like the workers do (contracts.events.decode), give each an id, apply the click limits of
         ``client`` (serving/click_guard.py), stamp variants and sources, publish, confirm."""
-        events, rejected = decode(body, "event", int(time.time() * 1000))
+        events, rejected = decode(body, "event", int(time.time() * 1000), self.feedback)
         if rejected:
             raise EventsRejected([r.reason for r in rejected[:MAX_REASONS]] + _more(rejected))
         if not events:
@@ -275,8 +276,9 @@ class FeedService:
         for event in events:
             source = (event.context or {}).get("source")
             label = source if source in SOURCES else "none" if source is None else "other"
-            metrics.EVENTS.labels(event.type, label).inc()
-            published.append((event.type, label))
+            kind = self.feedback.metric_label[event.type]  # view/click for the types counted in CTR
+            metrics.EVENTS.labels(kind, label).inc()
+            published.append((kind, label))
         self.stats.events(published)
         return {"accepted": len(events), "attributed": attributed, "dropped": received - len(events)}
 

@@ -81,7 +81,8 @@ class LiveModel:
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
         stored = await self.fold_ins.stored(version)
         # no await from here to the swap: no item or fold-in can slip in between
-        fresh = Personalizer(version, artifacts, self.settings.model.history_cap, self.settings.model.candidates_m)
+        m = self.settings.model
+        fresh = Personalizer(version, artifacts, m.history_cap, m.candidates_m, m.feedback_types)
         for item in self.items.values():
             fresh.apply_item(item)
         # the log follower kept what it read meanwhile for this version (stored after the read above)

@@ -14,7 +14,12 @@ from recstream.streams.ranker_training import SKIP_REASONS, WINDOW_ROWS, BatchTr
 
 from recstream.contracts.experiments import Experiment, metric_labels
 
-EVENTS = Counter("recstream_worker_events_total", "Valid events applied to Redis", ["topic", "type"])
+EVENTS = Counter(
+    "recstream_worker_events_total",
+    "Valid events applied to Redis; type: view or click for the feedback types counted in CTR, else the type's name "
+    "(item and user for those topics)",
+    ["topic", "type"],
+)
 MESSAGES_SKIPPED = Counter(
     "recstream_worker_messages_skipped_total",
     "Messages at or below the watermark (already applied)",

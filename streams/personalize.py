@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from recstream.models.als import confidence, history_confidence
+from recstream.models.als import confidence, event_weights, history_confidence
 from recstream.models.artifacts import ModelArtifacts
 from recstream.models.content_map import onboarding_vector
 from recstream.models.history import History, history_rows, merge_history
@@ -31,6 +31,7 @@ from recstream.models.user_step import ALSStep
 from recstream.streams import metrics
 
 from recstream.contracts.events import Event, ItemEvent
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
 SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route
@@ -60,8 +61,19 @@ def encode_similar(neighbours: list[tuple[str, float]]) -> bytes:
 class Personalizer:
     """User vectors and candidates for one model version, plus the items appended since."""
 
-    def __init__(self, version: str, artifacts: ModelArtifacts, history_cap: int, candidates: int) -> None:
+    def __init__(
+        self,
+        version: str,
+        artifacts: ModelArtifacts,
+        history_cap: int,
+        candidates: int,
+        feedback: FeedbackTypes = DEFAULT_FEEDBACK,
+    ) -> None:
         self.version = version
+        self.feedback = feedback
+        self.refreshing = feedback.with_role("positive", "negative")
+        signed = feedback.signed_weight
+        self.shown_and_clicked = max(signed[t] for t in feedback.views) + max(signed[t] for t in feedback.clicks)
         self.cfg = artifacts.config
         self.content_map = artifacts.content_map
         self.index = artifacts.index
@@ -144,9 +156,10 @@ class Personalizer:
 
     def update_users(self, events: Sequence[Event], histories: Mapping[str, History]) -> UserUpdate:
         """New history of every user in ``events`` (in stream order); new vector and candidates for
-        users with a *refresh point* in the batch: a click, or their very first event.
+        users with a *refresh point* in the batch: an event of a positive or negative type (a click, a like, a
+        dislike, …), or their very first event. Weights: models/als.event_weights, as batch training.
 
-        A view is an impression, a weak signal: it joins the history (and counts in the next
+        An impression (a view) is a weak signal: it joins the history (and counts in the next
         step) but does not pay for a step and an index query on its own, which is what lets a
         worker keep up with live traffic (most events are views). The vector is computed from the
         history as it stood at the user's last refresh point, so it is the same function of the
@@ -155,13 +168,12 @@ class Personalizer:
         per_user: dict[str, list[tuple[str, float]]] = {}
         refresh_at: dict[str, tuple[int, int]] = {}  # user → (position in the user's events, ts)
         item_users: dict[str, dict[str, list[float]]] = {}
-        weights = {"view": self.cfg.view_weight, "click": self.cfg.click_weight}
-        rows, trained, folded = self.rows, self.trained, self.folded
-        for event in events:
+        weights = event_weights([e.type for e in events], [e.value for e in events], self.feedback).tolist()
+        rows, trained, folded, refreshing = self.rows, self.trained, self.folded, self.refreshing
+        for event, weight in zip(events, weights, strict=True):
             seq = per_user.setdefault(event.user_id, [])
-            if event.type == "click" or (not seq and not histories.get(event.user_id)):
+            if event.type in refreshing or (not seq and not histories.get(event.user_id)):
                 refresh_at[event.user_id] = (len(seq), event.ts)
-            weight = weights[event.type]
             seq.append((event.item_id, weight))
             if rows.get(event.item_id, trained) >= trained and event.item_id not in folded:  # not trained
                 item_users.setdefault(event.item_id, {}).setdefault(event.user_id, []).append(weight)
@@ -182,11 +194,12 @@ class Personalizer:
         return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()], item_users)
 
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
-        """Initial vector and candidates from picked categories, for users without history."""
-        one_click = float(confidence(np.array([self.cfg.view_weight + self.cfg.click_weight]), self.cfg)[0])
+        """Initial vector and candidates from picked categories, for users without history: each picked category
+        is a pseudo-item shown and clicked (the heaviest CTR view and click types' weights: a view and a click)."""
+        one_click = float(confidence(np.array(self.shown_and_clicked), self.cfg))
         users = list(picks)
         vectors = np.array([onboarding_vector(self.step, self.content_map, picks[u], one_click) for u in users])
-        return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users])
+        return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users], [[] for _ in users])
 
     def _vectors_and_candidates(self, users: list[str], histories: list[History]) -> list[Blob]:
         """One exact step per user. Not `solve_batch`: its rounding depends on the other histories
@@ -194,6 +207,7 @@ class Personalizer:
         tied candidates; and on real histories (mixed lengths) the single path measured faster."""
         vectors = np.zeros((len(users), self.step.dim), dtype=np.float32)
         known: list[list[int]] = []
+        liked: list[list[int]] = []  # a disliked item never explains a candidate
         for k, history in enumerate(histories):
             entries = [e for e in history_rows(history) if e[0] in self.rows]
             rows = [self.rows[e[0]] for e in entries]
@@ -201,9 +215,14 @@ class Personalizer:
                 np.asarray(rows, dtype=np.intp), history_confidence(np.array([e[1] for e in entries]), self.cfg)
             )
             known.append(rows)
-        return self._store(users, vectors, known)
+            liked.append([row for row, e in zip(rows, entries, strict=True) if e[1] >= 0])
+        return self._store(users, vectors, known, liked)
 
-    def _store(self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]]) -> list[Blob]:
+    def _store(
+        self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]]
+    ) -> list[Blob]:
+        """Vector and candidates per user: candidates exclude ``history_rows``, and each names its most similar
+        item of ``because_rows`` (the history without disliked items)."""
         active = [k for k in range(len(users)) if np.any(vectors[k])]
         if not active:
             return []
@@ -213,7 +232,7 @@ class Personalizer:
         for k, candidates in zip(active, found, strict=True):
             user = users[k]
             blobs.append((f"user:{user}:vec", vectors[k].astype("<f4").tobytes()))
-            blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, history_rows[k], factors))))
+            blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, because_rows[k], factors))))
         return blobs
 
     def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -177,6 +178,7 @@ class BatchProcessor:
         r = settings.ranker
         self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
         self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
+        self.positive = settings.model.feedback_types.with_role("positive")  # the ranker's label-1 types
         if kind == "event":
             metrics.watch_ranker(self.recent_rows)
         self.build: Build = {
@@ -279,7 +281,7 @@ class BatchProcessor:
                 # "too far in the future" is measured from the record's Kafka timestamp when it is earlier than
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
-                valid, rejected = decode(message.value, self.kind, at_ms)
+                valid, rejected = decode(message.value, self.kind, at_ms, self.settings.model.feedback_types)
                 if self.kind == "event" and self.partitions is not None:
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
@@ -376,9 +378,9 @@ class BatchProcessor:
                 self.recent_rows.add(trained.predictions, trained.labels)
             metrics.count_ranker_rows(built.training)
         if self.kind == "event":
-            views = sum(1 for e in records if e.type == "view")
-            metrics.EVENTS.labels(topic, "view").inc(views)
-            metrics.EVENTS.labels(topic, "click").inc(len(records) - views)
+            label = self.settings.model.feedback_types.metric_label  # view/click for CTR types: a bounded set
+            for kind, n in Counter(label[e.type] for e in records).items():
+                metrics.EVENTS.labels(topic, kind).inc(n)
             metrics.observe_many(metrics.FRESHNESS, _ages_s(now_ms, [e.ts for e in records]))
         else:
             metrics.EVENTS.labels(topic, self.kind).inc(len(records))
@@ -393,10 +395,15 @@ class BatchProcessor:
     ) -> Built:
         users = list(dict.fromkeys(e.user_id for e in events))
         s = self.settings
-        rows = batch_rows(events, partitions) if s.ranker.train else None
+        rows = batch_rows(events, partitions, self.positive) if s.ranker.train else None
         context = await self.store.read_users(users, rankers=list(rows.by_partition) if rows else ())
         effect.counters = aggregate(
-            events, context.segments, s.model.trend_half_life_s * 1000, s.model.trend_epoch_half_lives, arrivals
+            events,
+            context.segments,
+            s.model.trend_half_life_s * 1000,
+            s.model.trend_epoch_half_lives,
+            arrivals,
+            s.model.feedback_types.ctr_column,
         )
         training = None if rows is None else train_batch(rows, context.rankers, self.ranker_config)
         if training is not None:

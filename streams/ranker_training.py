@@ -1,7 +1,8 @@
 """The online ranker learns from the events stream: rows from served feature vectors, one update per partition.
 
 The reader stamps every attributed view and click with the feature vector it served the item with
-(:mod:`recstream.contracts.ranking`); a view is a negative row, a click a positive one. The ranker
+(:mod:`recstream.contracts.ranking`); an event of a positive type (a click) is a positive row, any other (a view,
+a dislike) a negative one (:func:`batch_rows`). The ranker
 is trained per events-topic partition: a partition's rows arrive in offset order and only the
 worker that owns the partition writes its state, together with the partition's watermark in the
 batch's one atomic script (recstream/store/state.py). So a partition's state is a function of its
@@ -17,18 +18,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update_many
 
 from recstream.contracts.events import Event
+from recstream.contracts.feedback import DEFAULT_FEEDBACK
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows
 
 Partition = tuple[str, int]
 """(topic, partition) of the events a state learned from."""
 SKIP_REASONS = ("no_features", "other_version", "malformed")
+POSITIVE = DEFAULT_FEEDBACK.with_role("positive")
 """Why an event trained nothing: no vector in its context, a vector of another feature set, or a broken one."""
 WINDOW_ROWS = 10_000
 """Rows the online AUC and logloss gauges cover (the most recent ones this worker learned)."""
@@ -79,8 +82,16 @@ def skip_reason(value: object) -> str:
     return "other_version" if colon and version != FEATURE_VERSION else "malformed"
 
 
-def batch_rows(events: Sequence[Event], partitions: Sequence[Partition]) -> BatchRows:
+def batch_rows(
+    events: Sequence[Event], partitions: Sequence[Partition], positive: Collection[str] = POSITIVE
+) -> BatchRows:
     """The rows of a batch's events (in their order), grouped by the partition each came from (``partitions``).
+
+    Label 1 for an event whose type has the positive role (``positive``: a click, a like, a purchase, … of the
+    configured feedback types, recstream/contracts/feedback.py), 0 for any other (an impression, a dislike): the
+    ranker scores the chance that a served item is acted on, and a rejected item was not. Only events carrying
+    the served feature vector (the reader's context) become rows, so a like reported from the item's page
+    without it teaches the ranker nothing.
 
     >>> from recstream.contracts.ranking import encode_features
     >>> served = {CONTEXT_KEY: encode_features([1.0] * len(FEATURES))}
@@ -99,8 +110,8 @@ def batch_rows(events: Sequence[Event], partitions: Sequence[Partition]) -> Batc
     rows_of: dict[Partition, list[int]] = {}
     for row, k in enumerate(where):
         rows_of.setdefault(partitions[k], []).append(row)
-    clicks = np.fromiter((events[k].type == "click" for k in where), dtype=np.float64, count=len(where))
-    by_partition = {p: Rows(matrix[rows], clicks[rows]) for p, rows in rows_of.items()}
+    labels = np.fromiter((events[k].type in positive for k in where), dtype=np.float64, count=len(where))
+    by_partition = {p: Rows(matrix[rows], labels[rows]) for p, rows in rows_of.items()}
     return BatchRows(by_partition, skipped)
 
 

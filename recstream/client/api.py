@@ -90,7 +90,9 @@ class Client(_Connection):
         return self._run(routes.similar(item_id, limit))
 
     def send_events(self, events: Iterable[Event | Mapping[str, Any]]) -> EventsAccepted:
-        """Post views and clicks (models or dicts), in as many requests as the reader's limits need.
+        """Post feedback events (models or dicts: views, clicks, likes, a rating with its ``value``, dislikes, …), in
+        as many requests as the reader's limits need. Which types exist is the reader's setting
+        (RECSTREAM_FEEDBACK_TYPES): an unknown one is refused with 422 naming the configured types.
 
         Each event without an ``event_id`` gets one before the first attempt, so a retry is applied once.
         If a later request fails, the earlier ones were accepted: re-send the events of

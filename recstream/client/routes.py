@@ -154,8 +154,9 @@ def total(accepted: Iterable[EventsAccepted]) -> EventsAccepted:
 
 
 def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
-    """The events validated by the contract (a bad one raises here, before anything is sent), each with an
-    ``event_id``: its own, or a random uuid4 hex.
+    """The events validated by the contract (a bad one raises here, before anything is sent; whether a well-formed
+    ``type`` is one of the configured feedback types only the reader knows), each with an ``event_id``: its own, or
+    a random uuid4 hex.
 
     The id is what makes a retry safe: a POST that timed out may have been published, and the retry
     sends the same ids, which the workers apply once. Call this yourself and keep the result to re-send

@@ -20,6 +20,8 @@ import orjson
 from aiokafka.partitioner import murmur2
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes, TypeName
+
 ID_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 """Ids and categories: no ``:``, the Redis key separator, so ``item:<id>`` can never name another item's
 ``item:<id>:similar`` (recstream/contracts/keys.py)."""
@@ -44,7 +46,9 @@ class _Strict(BaseModel):
 
 
 class Event(_Strict):
-    """A view (the item was shown) or a click (a positive action on it).
+    """A user's feedback on an item: a ``type`` of the configured set (recstream/contracts/feedback.py: ``view``,
+    ``click``, ``like``, ``add_to_cart``, ``purchase``, ``rating``, ``dislike`` by default), and a ``value`` for a
+    valued type (a rating's stars). The model checks the name's shape; :func:`validate` checks it against the set.
 
     ``variant`` is the ``"<experiment>:<variant>"`` label of the feed that showed the item (its
     ``variant`` field, recstream/contracts/experiments.py), so the experiment report can count it. Optional:
@@ -52,13 +56,14 @@ class Event(_Strict):
     without it are outside any experiment.
     """
 
-    type: Literal["view", "click"]
+    type: TypeName
     user_id: Id
     item_id: Id
     ts: Timestamp
     event_id: Id | None = None
     context: Annotated[dict[Category, Scalar], Field(max_length=MAX_CONTEXT_ENTRIES)] | None = None
     variant: Annotated[str, StringConstraints(max_length=2 * 32 + 1, pattern=VARIANT_PATTERN)] | None = None
+    value: Annotated[float, Field(allow_inf_nan=False)] | None = None
 
 
 def _finite(value: dict[str, float]) -> dict[str, float]:
@@ -147,32 +152,37 @@ def _reason(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}{more}"
 
 
-def validate(obj: object, kind: Kind, now_ms: int) -> _Strict | Rejected:
-    """Validate one decoded object; timestamps further than a day ahead of ``now_ms`` are rejected.
+def validate(obj: object, kind: Kind, now_ms: int, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> _Strict | Rejected:
+    """Validate one decoded object; timestamps further than a day ahead of ``now_ms`` are rejected, and an event's
+    type and value must fit the configured ``feedback`` types.
 
-    >>> validate({"type": "click", "user_id": "u1", "item_id": "i1", "ts": 10**12}, "event", 2 * 10**12)
-    Event(type='click', user_id='u1', item_id='i1', ts=1000000000000, event_id=None, context=None, variant=None)
-    >>> validate({"type": "like", "user_id": "u1", "item_id": "i1", "ts": 10**12}, "event", 2 * 10**12).reason
-    "type: Input should be 'view' or 'click'"
+    >>> validate({"type": "rating", "user_id": "u1", "item_id": "i1", "ts": 10**12, "value": 4}, "event", 10**13).value
+    4.0
+    >>> validate({"type": "share", "user_id": "u1", "item_id": "i1", "ts": 10**12}, "event", 2 * 10**12).reason
+    "type: unknown feedback type 'share' (configured: view, click, like, add_to_cart, purchase, rating, dislike)"
     """
     try:
         model = MODELS[kind].model_validate(obj)
     except ValidationError as exc:
         return Rejected(_reason(exc), _dump(obj))
-    problem = _problem(model, now_ms)
+    problem = _problem(model, now_ms, feedback)
     return model if problem is None else Rejected(problem, _dump(obj))
 
 
-def _problem(model: _Strict, now_ms: int) -> str | None:
+def _problem(model: _Strict, now_ms: int, feedback: FeedbackTypes) -> str | None:
     """Why the contract refuses a record its model accepted, or None: every check beyond the model's own, which
     :func:`validate` and :func:`decode`'s whole-batch path both apply."""
     if model.ts > now_ms + MAX_FUTURE_SKEW_MS:  # type: ignore[attr-defined]
         return f"ts: {model.ts} is more than a day in the future"  # type: ignore[attr-defined]
+    if isinstance(model, Event):
+        return feedback.problem(model.type, model.value)
     return None
 
 
-def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[Rejected]]:
-    """Decode one Kafka message value into valid models and rejections.
+def decode(
+    raw: bytes | None, kind: Kind, now_ms: int, feedback: FeedbackTypes = DEFAULT_FEEDBACK
+) -> tuple[list[Any], list[Rejected]]:
+    """Decode one Kafka message value into valid models and rejections (events checked against ``feedback``).
 
     A null value on ``users`` is an erasure's tombstone (:class:`Erasure`): nothing to apply (the eraser
     deleted the user's state) and nothing wrong with it. Anywhere else it is rejected.
@@ -200,14 +210,14 @@ def decode(raw: bytes | None, kind: Kind, now_ms: int) -> tuple[list[Any], list[
     except ValidationError:
         pass
     else:
-        if all(_problem(model, now_ms) is None for model in models):
+        if all(_problem(model, now_ms, feedback) is None for model in models):
             return models, []
     valid, rejected = [], []
     for obj in items:
         if not isinstance(obj, dict):
             rejected.append(Rejected("event: Input should be an object", _dump(obj)))
             continue
-        result = validate(obj, kind, now_ms)
+        result = validate(obj, kind, now_ms, feedback)
         (rejected if isinstance(result, Rejected) else valid).append(result)
     return valid, rejected
 

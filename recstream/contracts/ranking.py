@@ -41,7 +41,7 @@ FEATURES: tuple[str, ...] = (
     "ctr_logit",  # logit of the item's smoothed CTR, overall
     "segment_ctr_logit",  # logit of its smoothed CTR within the user's segment
     "popular_rank",  # log1p of its rank in the segment's popular list (a large rank when absent)
-    "age",  # log1p of its age in hours (event time)
+    "pool_age",  # log1p of its age (event time) in units of the pool's graduation age
     "category_affinity",  # the user's recent weight on the item's categories, in [0, 1]
     "warm",  # 1 when the user has a vector
 )

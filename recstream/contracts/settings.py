@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from recstream.contracts.experiments import Experiment
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 
 ENV_PREFIX = "RECSTREAM_"
 log = logging.getLogger(__name__)
@@ -198,6 +199,11 @@ class ModelSettings(Section):
     spark_driver_memory: str = Field(
         "2g", pattern=r"^[1-9][0-9]*[kmgt]$", description="heap of the Spark driver (`train --engine spark`), e.g. 2g"
     )
+    feedback_types: FeedbackTypes = Field(
+        DEFAULT_FEEDBACK,
+        description="the event types (JSON: name → {role, weight, ctr, value_range}; replaces the whole default set: "
+        "recstream/contracts/feedback.py); the workers, POST /v1/events, import and train accept only these",
+    )
     require_announced_items: bool = Field(
         True,
         description="events for an item the items topic never announced are counted, but the item is in no feed "
@@ -296,7 +302,13 @@ class BlendSettings(Section):
         True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
     )
     ranker_min_rows: int = Field(
-        5_000, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+        1_500, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
+    )
+    ranker_depth: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description="each generator proposes this many times the page's exploitation slots to the ranker",
     )
     ranker_stale_s: float = Field(
         10.0, gt=0, le=3600, description="no successful refresh of the ranker's weights for this long: the fixed blend"
@@ -351,6 +363,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 """Every variable's name (without ``RECSTREAM_``, lower case) → (section, field); ``experiment`` is its own."""
 EXPERIMENT_VARIABLE = "experiment"
+JSON_VARIABLES = frozenset({EXPERIMENT_VARIABLE, "feedback_types"})
+"""Variables whose value is JSON (a nested model), parsed before validation."""
 
 
 class Settings(BaseModel):
@@ -470,7 +484,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
         if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX) :].lower()
-        if name == EXPERIMENT_VARIABLE:
+        if name in JSON_VARIABLES:
             try:
                 values[name] = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:

@@ -7,12 +7,13 @@ end offsets of the moment the report starts (or a JSONL file is read), and every
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
 from rich.table import Table
 
 from recstream.contracts.events import Event, decode
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.settings import Settings
 from recstream.jobs import sources
 from recstream.jobs.experiment_stats import Comparison
@@ -25,14 +26,18 @@ class VariantCounts:
     """An experiment's views and clicks per variant and user: the totals for the CTRs and the two-proportion
     test, the per-user rows for the user-level test."""
 
-    def __init__(self, experiment: str) -> None:
+    def __init__(self, experiment: str, ctr_column: Mapping[str, int] = DEFAULT_FEEDBACK.ctr_column) -> None:
         self.prefix = f"{experiment}:"
         self.per_user: dict[str, dict[str, list[int]]] = {}
+        self.ctr_column = ctr_column  # which types count as views (0) and clicks (1): the workers' CTR
 
     def add(self, event: object) -> None:
         if isinstance(event, Event) and event.variant is not None and event.variant.startswith(self.prefix):
+            column = self.ctr_column.get(event.type)
+            if column is None:  # outside CTR (a purchase, a dislike)
+                return
             users = self.per_user.setdefault(event.variant[len(self.prefix) :], {})
-            users.setdefault(event.user_id, [0, 0])[event.type == "click"] += 1
+            users.setdefault(event.user_id, [0, 0])[column] += 1
 
     @property
     def totals(self) -> dict[str, tuple[int, int]]:
@@ -48,8 +53,10 @@ class VariantCounts:
         return {variant: [(v, c) for v, c in users.values()] for variant, users in self.per_user.items()}
 
 
-def count_variants(events: Iterable[object], experiment: str) -> VariantCounts:
-    """Count the events whose ``variant`` is ``"<experiment>:<variant>"``.
+def count_variants(
+    events: Iterable[object], experiment: str, ctr_column: Mapping[str, int] = DEFAULT_FEEDBACK.ctr_column
+) -> VariantCounts:
+    """Count the events whose ``variant`` is ``"<experiment>:<variant>"``, as views and clicks by ``ctr_column``.
 
     >>> e = [Event(type=t, user_id=u, item_id="i", ts=10**12, variant=v) for t, u, v in [("view", "u1", "x:a"),
     ...      ("click", "u1", "x:a"), ("view", "u2", "x:a"), ("view", "u3", "x:b"), ("view", "u4", "y:a"),
@@ -58,7 +65,7 @@ def count_variants(events: Iterable[object], experiment: str) -> VariantCounts:
     >>> counts.totals, counts.users
     ({'a': (2, 1), 'b': (1, 0)}, {'a': [(1, 1), (1, 0)], 'b': [(1, 0)]})
     """
-    counts = VariantCounts(experiment)
+    counts = VariantCounts(experiment, ctr_column)
     for event in events:
         counts.add(event)
     return counts
@@ -66,15 +73,15 @@ def count_variants(events: Iterable[object], experiment: str) -> VariantCounts:
 
 async def count_log(settings: Settings, experiment: str) -> VariantCounts:
     """:func:`count_variants` over the events topic, streamed (the log is never held in memory)."""
-    counts = VariantCounts(experiment)
+    counts = VariantCounts(experiment, settings.model.feedback_types.ctr_column)
     async for event in log_events(settings):
         counts.add(event)
     return counts
 
 
-def file_events(path: Path) -> Iterable[object]:
+def file_events(path: Path, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> Iterable[object]:
     """The valid records of a JSONL file (``recstream produce --file`` format); others are left out."""
-    return (record.value for record in sources.read_jsonl(path, now_ms=REPLAY_NOW_MS))
+    return (record.value for record in sources.read_jsonl(path, now_ms=REPLAY_NOW_MS, feedback=feedback))
 
 
 async def log_events(settings: Settings) -> AsyncIterator[Event]:
@@ -88,7 +95,7 @@ async def log_events(settings: Settings) -> AsyncIterator[Event]:
         ranges = await whole_topic(consumer, settings.kafka.events_topic)
         async for chunk in read(consumer, ranges, settings.worker.batch_max):
             for message in chunk:
-                for event in decode(message.value, "event", REPLAY_NOW_MS)[0]:
+                for event in decode(message.value, "event", REPLAY_NOW_MS, settings.model.feedback_types)[0]:
                     yield event
 
 

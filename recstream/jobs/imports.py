@@ -4,7 +4,8 @@ Each row becomes records of the event contract (recstream/contracts/events.py) a
 the :class:`~recstream.eventlog.producer.EventProducer`, delivery confirmed, as any producer's:
 
 * **interactions** — fields ``user_id``, ``item_id``, ``ts`` and either ``type`` (its values renamed by
-  ``types``, e.g. ``purchase=click``) or ``rating`` (every row a view, a rating of at least
+  ``types``, e.g. ``buy=purchase``; any of the configured feedback types, recstream/contracts/feedback.py, with
+  ``value`` for a valued one such as ``rating``) or ``rating`` (every row a view, a rating of at least
   ``click_rating`` also a click: how bench/prequential.py reads MovieLens), else every row a click;
   ``ts`` in seconds or milliseconds. Each event's id is a hash of its content, so importing a file
   twice gives the workers the same ids;
@@ -30,13 +31,14 @@ from typing import Literal
 
 from recstream.contracts.catalogue import RowError, boolean, item_object, read_rows
 from recstream.contracts.events import Event, ItemEvent, Rejected, UserEvent, validate
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 
 Kind = Literal["interactions", "items", "users"]
 FileFormat = Literal["csv", "jsonl", "parquet"]
 FIELDS: dict[str, tuple[str, ...]] = {
-    "interactions": ("user_id", "item_id", "ts", "type", "rating"),
+    "interactions": ("user_id", "item_id", "ts", "type", "value", "rating"),
     "items": ("item_id", "categories", "available", "created_ts"),
     "users": ("user_id",),
 }
@@ -93,8 +95,10 @@ class ImportSpec:
         short = next((s for s, long in SHORT_NAMES.items() if long == name and s in row), None)
         return name if name in row or short is None else short
 
-    def records(self, row: dict[str, object] | RowError, now_ms: int) -> Records | Rejected:
-        """The records one row makes, or why it makes none."""
+    def records(
+        self, row: dict[str, object] | RowError, now_ms: int, feedback: FeedbackTypes = DEFAULT_FEEDBACK
+    ) -> Records | Rejected:
+        """The records one row makes (event types checked against ``feedback``), or why it makes none."""
         if isinstance(row, RowError):
             return Rejected(str(row), b"")
         try:
@@ -102,7 +106,7 @@ class ImportSpec:
         except RowError as exc:
             return Rejected(str(exc), b"")
         contract = {"interactions": "event", "items": "item", "users": "user"}[self.kind]
-        valid = [validate({**obj, "ts": obj.get("ts", now_ms)}, contract, now_ms) for obj in objects]  # type: ignore[arg-type]
+        valid = [validate({**obj, "ts": obj.get("ts", now_ms)}, contract, now_ms, feedback) for obj in objects]  # type: ignore[arg-type]
         return next((v for v in valid if isinstance(v, Rejected)), valid)  # type: ignore[return-value]
 
     def _has(self, row: Mapping[str, object], name: str) -> bool:
@@ -128,19 +132,19 @@ class ImportSpec:
     def _events(self, row: Mapping[str, object]) -> list[dict[str, object]]:
         user, item = self._get(row, "user_id"), self._get(row, "item_id")
         ts = self._ms("ts", self._get(row, "ts"))
+        extra: dict[str, object] = {}
         if self._has(row, "type"):
             given = row[self.column("type", row)]
             types = [self.types.get(given, given) if isinstance(given, str) else given]
+            if self._has(row, "value") and self._get(row, "value") not in (None, ""):
+                extra["value"] = _number("value", self._get(row, "value"))
         elif self._has(row, "rating"):
-            rating = self._get(row, "rating")
-            value = float(rating) if isinstance(rating, str) and _is_number(rating) else rating
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RowError(f"rating: expected a number, got {str(rating)[:32]!r}")
-            types = ["view", "click"] if value >= self.click_rating else ["view"]
+            types = ["view", "click"] if _number("rating", self._get(row, "rating")) >= self.click_rating else ["view"]
         else:
             types = ["click"]
         return [
             {"type": kind, "user_id": user, "item_id": item, "ts": ts, "event_id": _event_id(user, item, ts, kind)}
+            | extra
             for kind in types
         ]
 
@@ -234,7 +238,7 @@ async def publish_rows(
             report.rows += 1
             if progress is not None:
                 progress(1)
-            records = spec.records(row, now_ms)
+            records = spec.records(row, now_ms, settings.model.feedback_types)
             if isinstance(records, Rejected):
                 report.bad.append((line, records.reason))
             elif before_ms is None or not isinstance(records[0], Event) or records[0].ts < before_ms:
@@ -275,6 +279,14 @@ def _pairs(words: Iterable[str], shape: str) -> list[tuple[str, str]]:
 def _event_id(user: object, item: object, ts: int, kind: str) -> str:
     """The same row gives the same id, so a file imported twice is applied once."""
     return hashlib.blake2b(f"{user}\t{item}\t{ts}\t{kind}".encode(), digest_size=16).hexdigest()
+
+
+def _number(name: str, given: object) -> float:
+    """A numeric cell (a number, or text that reads as one), else a RowError naming the field."""
+    value = float(given) if isinstance(given, str) and _is_number(given) else given
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RowError(f"{name}: expected a number, got {str(given)[:32]!r}")
+    return float(value)
 
 
 def _is_number(text: str) -> bool:

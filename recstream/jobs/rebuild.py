@@ -55,7 +55,7 @@ class RebuildReport:
     deleted_keys: int
     model_version: str | None
     messages: dict[str, int]  # per topic
-    events: int  # views and clicks applied
+    events: int  # views and clicks applied (the events counted in CTR: recstream/contracts/feedback.py)
     invalid: int
     seconds: float
 

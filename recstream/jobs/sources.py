@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from recstream.contracts.events import Event, ItemEvent, Kind, Rejected, UserEvent, validate
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 
 CLICK_RATING = 4  # MovieLens: a rating >= 4 is a click as well as a view
 
@@ -29,7 +30,7 @@ class Record:
     line: int = 0
 
 
-def read_jsonl(path: Path, now_ms: int | None = None) -> Iterator[Record]:
+def read_jsonl(path: Path, now_ms: int | None = None, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> Iterator[Record]:
     """Validate a JSONL file line by line; bad lines come back as rejections with their number."""
     now_ms = now_ms or int(datetime.now(UTC).timestamp() * 1000)
     with path.open("rb") as handle:
@@ -45,7 +46,7 @@ def read_jsonl(path: Path, now_ms: int | None = None) -> Iterator[Record]:
             if kind not in ("event", "item", "user"):
                 yield Record("event", Rejected(f"kind: unknown kind {kind!r}", line), number)
                 continue
-            yield Record(kind, validate(obj, kind, now_ms), number)
+            yield Record(kind, validate(obj, kind, now_ms, feedback), number)
 
 
 def _movielens_file(folder: Path, name: str) -> Path:

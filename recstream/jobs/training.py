@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from redis.asyncio import Redis
 
 from recstream.contracts.events import Event, ItemEvent, decode
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.erasures import erased_users
@@ -33,7 +34,7 @@ Progress = Callable[[int], None]
 Fit = Callable[[sp.csr_matrix, ALSConfig], ALSFit]
 """An engine: r (users × items summed event weights) → factors (:func:`models.als.train_als`, or Spark's)."""
 
-Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 EVENTS_PER_CHUNK = 65_536  # events held as Python objects before they become compact columns
 MESSAGES_PER_READ = 100  # Kafka messages fetched at a time; each holds up to producer_batch_events events
@@ -42,25 +43,28 @@ MESSAGES_PER_READ = 100  # Kafka messages fetched at a time; each holds up to pr
 class TrainingLog:
     """The interactions as compact columns, grown a chunk at a time, and the catalogue.
 
-    An event is kept as 17 bytes (user and item index int32, click bool, ts int64), never as an
-    object, so a log of N events costs about 17·N bytes plus the id maps and the latest content of
-    every item, which are small beside the events.
+    An event is kept as 21 bytes (user and item index int32, signed iALS weight float32, whether its type is
+    positive bool, ts int64), never as an object, so a log of N events costs about 21·N bytes plus the id maps and
+    the latest content of every item, which are small beside the events. The weights come from
+    :func:`models.als.event_weights` under ``feedback``, the function the workers' user step uses.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> None:
+        self.feedback = feedback
         self.user_ids: dict[str, int] = {}
         self.item_ids: dict[str, int] = {}
         self.content: dict[str, ItemEvent] = {}
         self._chunks: list[Columns] = []
-        self._pending: tuple[list[int], list[int], list[bool], list[int]] = ([], [], [], [])
+        self._pending: tuple[list[int], list[int], list[str], list[float | None], list[int]] = ([], [], [], [], [])
 
     def add(self, record: Record) -> None:
         value = record.value
         if isinstance(value, Event):
-            users, items, clicks, ts = self._pending
+            users, items, types, values, ts = self._pending
             users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))
             items.append(self.item_ids.setdefault(value.item_id, len(self.item_ids)))
-            clicks.append(value.type == "click")
+            types.append(value.type)
+            values.append(value.value)
             ts.append(value.ts)
             if len(users) >= EVENTS_PER_CHUNK:
                 self._seal()
@@ -69,14 +73,16 @@ class TrainingLog:
 
     def _seal(self) -> None:
         """The pending events as one more chunk of columns."""
-        users, items, clicks, ts = self._pending
+        users, items, types, values, ts = self._pending
         if users:
+            weights = event_weights(types, values, self.feedback).astype(np.float32)
+            positive = np.array([self.feedback.role(t) == "positive" for t in types], dtype=bool)
             self._chunks.append((np.array(users, dtype=np.int32), np.array(items, dtype=np.int32),
-                                 np.array(clicks, dtype=bool), np.array(ts, dtype=np.int64)))  # fmt: skip
-            self._pending = ([], [], [], [])
+                                 weights, positive, np.array(ts, dtype=np.int64)))  # fmt: skip
+            self._pending = ([], [], [], [], [])
 
     def columns(self) -> Columns:
-        """(users, items, clicks, ts) of every event so far, in arrival order; the chunks are merged once."""
+        """(users, items, weights, positive, ts) of every event so far, in arrival order; chunks are merged once."""
         self._seal()
         if not self._chunks:
             return _NO_EVENTS
@@ -93,22 +99,32 @@ class TrainingLog:
         return self.columns()[1]
 
     @property
-    def clicks(self) -> np.ndarray:
+    def weights(self) -> np.ndarray:
+        """Each event's signed iALS weight (models/als.event_weights)."""
         return self.columns()[2]
 
     @property
-    def ts(self) -> np.ndarray:
+    def positive(self) -> np.ndarray:
+        """Whether each event's type has the positive role (a click, a like, a purchase, …)."""
         return self.columns()[3]
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self.columns()[4]
 
     def __len__(self) -> int:
         return sum(len(chunk[0]) for chunk in self._chunks) + len(self._pending[0])
 
 
-_NO_EVENTS = (np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, bool), np.empty(0, np.int64))
+_NO_EVENTS = (
+    np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, bool), np.empty(0, np.int64)
+)  # fmt: skip
 
 
-def collect(records: Iterable[Record], progress: Progress | None = None) -> TrainingLog:
-    log = TrainingLog()
+def collect(
+    records: Iterable[Record], progress: Progress | None = None, feedback: FeedbackTypes = DEFAULT_FEEDBACK
+) -> TrainingLog:
+    log = TrainingLog(feedback)
     for n, record in enumerate(records, start=1):
         log.add(record)
         if progress is not None and n % 10_000 == 0:
@@ -125,13 +141,13 @@ async def read_log(settings: Settings) -> AsyncIterator[list[Record]]:
         for topic, kind in ((settings.kafka.items_topic, "item"), (settings.kafka.events_topic, "event")):
             async for chunk in read(consumer, await whole_topic(consumer, topic), MESSAGES_PER_READ):
                 for message in chunk:
-                    valid = decode(message.value, kind, now_ms)[0]
+                    valid = decode(message.value, kind, now_ms, settings.model.feedback_types)[0]
                     yield [Record(kind, v) for v in valid if getattr(v, "user_id", None) not in erased]
 
 
 async def collect_log(settings: Settings, progress: Progress | None = None) -> TrainingLog:
     """:func:`read_log` streamed into a :class:`TrainingLog`: the records of the whole log never exist at once."""
-    log = TrainingLog()
+    log = TrainingLog(settings.model.feedback_types)
     async for records in read_log(settings):
         for record in records:
             log.add(record)
@@ -151,12 +167,12 @@ def _split(log: TrainingLog, holdout: float) -> tuple[np.ndarray, np.ndarray]:
 def offline_hit_rate(
     log: TrainingLog, holdout: float, cfg: ALSConfig, k: int = 10, fit: Fit = train_als
 ) -> float | None:
-    """HR@k of a model trained on the head, over the tail's clicks by users known in the head."""
+    """HR@k of a model trained on the head, over the tail's positive events by users known in the head."""
     if holdout <= 0:
         return None
     train, tail = _split(log, holdout)
-    users, items, clicks, _ = log.columns()
-    head = fit(interactions(log, cfg, train), cfg)
+    users, items, _, clicks, _ = log.columns()
+    head = fit(interactions(log, train), cfg)
     seen: dict[int, set[int]] = {}
     for u, i in zip(users[train].tolist(), items[train].tolist(), strict=True):
         seen.setdefault(u, set()).add(i)
@@ -170,12 +186,12 @@ def offline_hit_rate(
     return hit_rate_at_k(ranked, relevant, k) if ranked else None
 
 
-def interactions(log: TrainingLog, cfg: ALSConfig, rows: np.ndarray | None = None) -> sp.csr_matrix:
+def interactions(log: TrainingLog, rows: np.ndarray | None = None) -> sp.csr_matrix:
     """r over the events ``rows`` selects (all by default), with every user and item of the log as a row and column."""
-    users, items, clicks, _ = log.columns()
+    users, items, weights, _, _ = log.columns()
     if rows is not None:
-        users, items, clicks = users[rows], items[rows], clicks[rows]
-    return interaction_matrix(users, items, event_weights(clicks, cfg), len(log.user_ids), len(log.item_ids))
+        users, items, weights = users[rows], items[rows], weights[rows]
+    return interaction_matrix(users, items, weights, len(log.user_ids), len(log.item_ids))
 
 
 def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1, fit: Fit = train_als) -> tuple[ModelArtifacts, dict]:
@@ -183,7 +199,7 @@ def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1, fit: Fit = tra
     if not len(log):
         raise ValueError("the log holds no events to train on")
     hr = offline_hit_rate(log, holdout, cfg, fit=fit)
-    whole = fit(interactions(log, cfg), cfg)
+    whole = fit(interactions(log), cfg)
     item_ids = list(log.item_ids)
     content = [log.content.get(i) for i in item_ids]
     content_map = fit_content_map(

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from recstream.contracts.events import Event, Rejected
+from recstream.contracts.feedback import FeedbackTypes
 from recstream.contracts.settings import Settings, SettingsError, load_settings, redacted
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import sources
@@ -180,13 +181,15 @@ def _progress() -> Progress:
     return Progress(*columns, console=console, disable=not console.is_terminal)
 
 
-def _records(file: Path | None, movielens: Path | None, synthetic: int | None, seed: int) -> Iterator[sources.Record]:
+def _records(
+    file: Path | None, movielens: Path | None, synthetic: int | None, seed: int, feedback: FeedbackTypes
+) -> Iterator[sources.Record]:
     chosen = [x for x in (file, movielens, synthetic) if x is not None]
     if len(chosen) != 1:
         console.print("[red]give exactly one of --file, --movielens, --synthetic[/red]")
         raise typer.Exit(2)
     if file is not None:
-        return sources.read_jsonl(file)
+        return sources.read_jsonl(file, feedback=feedback)
     if movielens is not None:
         return sources.movielens(movielens)
     return synthetic_records(synthetic or 0, seed=seed)
@@ -228,7 +231,7 @@ def produce(
 ) -> None:
     """Publish a stream to Kafka with delivery confirmation; invalid lines are reported and skipped."""
     settings = _settings()
-    records = _records(file, movielens, synthetic, seed)
+    records = _records(file, movielens, synthetic, seed, settings.model.feedback_types)
     started = time.perf_counter()
     with _progress() as progress:
         sent, messages, invalid = asyncio.run(_produce(settings, records, progress))
@@ -384,7 +387,8 @@ def train(
         if file is None and movielens is None:
             log = asyncio.run(training.collect_log(settings, advance))
         else:
-            log = training.collect(_records(file, movielens, None, 0), advance)
+            feedback = settings.model.feedback_types
+            log = training.collect(_records(file, movielens, None, 0, feedback), advance, feedback)
         progress.update(task, description=f"training ({engine.value})")
         if engine is Engine.spark:
             artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)
@@ -422,7 +426,7 @@ def rebuild() -> None:
     per_topic = ", ".join(f"{topic} {n:,}" for topic, n in report.messages.items())
     console.print(
         f"deleted {report.deleted_keys:,} derived keys; model {report.model_version or 'none'}; replayed "
-        f"{sum(report.messages.values()):,} messages ({per_topic}) holding {report.events:,} events, "
+        f"{sum(report.messages.values()):,} messages ({per_topic}) holding {report.events:,} views and clicks, "
         f"{report.invalid:,} invalid records skipped; {report.seconds:.1f} s. Workers resume after these offsets."
     )
 
@@ -517,7 +521,8 @@ def experiment_report(
         console.print("[red]no experiment is configured (RECSTREAM_EXPERIMENT): name one[/red]")
         raise typer.Exit(2)
     if file is not None:
-        counted = report.count_variants(report.file_events(file), name)
+        feedback = settings.model.feedback_types
+        counted = report.count_variants(report.file_events(file, feedback), name, feedback.ctr_column)
     else:
         counted = asyncio.run(report.count_log(settings, name))
     counts = counted.totals

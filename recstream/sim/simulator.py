@@ -3,9 +3,11 @@
 Each feed request: an activity-weighted user (so users come back) asks the reader for
 ``GET /v1/feed/{u}?limit=k&seed=…`` over HTTP; the user views every served item (an impression)
 and clicks each one with its true probability ``world.click_probability(u, i, now)``; the views
-and clicks go back through ``POST /v1/events`` with ``context.source`` (and the feed's ``variant``
-when the reader named one), so the reader publishes them to Kafka and the workers apply them as
-they would a real client's. New items reach the ``items`` topic when the world creates them.
+and clicks go back through ``POST /v1/events`` with ``context.source``, ``context.feed`` (the page's
+scroll session, so the reader stamps each event with the feature vector it served the item with and
+the workers' ranker learns from it) and the feed's ``variant`` when the reader named one; the reader
+publishes them to Kafka and the workers apply them as they would a real client's.
+New items reach the ``items`` topic when the world creates them.
 Simulation time is the wall clock (event timestamps are real), so a world meant to be simulated
 in minutes sets its arrival rate and appeal half-life in minutes too.
 
@@ -139,6 +141,8 @@ class SimResult:
     feeds: int = 0
     failed: int = 0
     degraded: int = 0
+    ranked: int = 0
+    """feeds the reader ordered with its online ranker (its page's ``ranked``)"""
     events_posted: int = 0
     items_published: int = 0
     totals: Counts = field(default_factory=Counts)
@@ -160,6 +164,11 @@ class SimResult:
         return self.regret / self.feeds if self.feeds else 0.0
 
     @property
+    def ranked_share(self) -> float:
+        """The share of the feeds that were ranked (the rest: the fixed blend, or degraded)."""
+        return self.ranked / self.feeds if self.feeds else 0.0
+
+    @property
     def top_discovered(self) -> list[int]:
         return [i for i in self.top_new if i in self.discovered_after]
 
@@ -174,6 +183,7 @@ class SimResult:
             "feeds": self.feeds,
             "failed": self.failed,
             "degraded": self.degraded,
+            "ranked_share": self.ranked_share,
             "impressions": self.totals.impressions,
             "clicks": self.totals.clicks,
             "ctr": self.ctr,
@@ -410,8 +420,10 @@ class Simulator:
             ]
             shown = [s for s in shown if s.item >= 0]
             ledger.result.degraded += bool(page.get("degraded"))
+            ledger.result.ranked += bool(page.get("ranked"))
             clicks = ledger.record(user, shown, now_ms, np.random.default_rng([self.config.seed, n]))
-            events = _events(user_id, self.world, shown, clicks, now_ms, f"sim{self.config.seed}-{n}-")
+            prefix = f"sim{self.config.seed}-{n}-"
+            events = _events(user_id, self.world, shown, clicks, now_ms, prefix, page.get("session"))
             if events:
                 async with http.post(f"{self.reader_url}/v1/events", data=orjson.dumps(events),
                                      headers={"content-type": "application/json"}) as response:  # fmt: skip
@@ -424,15 +436,22 @@ class Simulator:
 
 
 def _events(
-    user_id: str, world: World, shown: Sequence[Shown], clicks: Sequence[bool], now_ms: int, prefix: str
+    user_id: str,
+    world: World,
+    shown: Sequence[Shown],
+    clicks: Sequence[bool],
+    now_ms: int,
+    prefix: str,
+    session: str | None = None,
 ) -> list[dict[str, Any]]:
-    """A view per shown item, a click after each clicked one, with its source as context and the feed's
-    A/B variant (when it named one) as the event's ``variant``."""
+    """A view per shown item, a click after each clicked one, with its source and the page's scroll session
+    (when it has one) as context and the feed's A/B variant (when it named one) as the event's ``variant``."""
+    page = {} if session is None else {"feed": session}
     events = []
     for k, (s, clicked) in enumerate(zip(shown, clicks, strict=True)):
         for kind in ("view", "click") if clicked else ("view",):
             event = {"type": kind, "user_id": user_id, "item_id": world.item_ids[s.item], "ts": now_ms,
-                     "event_id": f"{prefix}{k}{kind[0]}", "context": {"source": s.source}}  # fmt: skip
+                     "event_id": f"{prefix}{k}{kind[0]}", "context": {"source": s.source, **page}}  # fmt: skip
             if s.variant is not None:
                 event["variant"] = s.variant
             events.append(event)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recstream.contracts.events import Event
+from recstream.contracts.feedback import DEFAULT_FEEDBACK
 from recstream.models.ctr import trend_epochs, trend_increment
 
 DEFAULT_SEGMENT = "default"
@@ -40,8 +41,12 @@ def aggregate(
     half_life_ms: int,
     epoch_half_lives: int,
     arrived_ms: Sequence[int] | None = None,
+    ctr_column: Mapping[str, int] = DEFAULT_FEEDBACK.ctr_column,
 ) -> CounterDeltas:
     """Sum a batch's views and clicks per item, per (segment, item), overall and per trend key.
+
+    ``ctr_column`` (recstream/contracts/feedback.py) says which types count as a view (0) or a click (1); an event
+    of any other type (a purchase, a dislike) counts the item with +0 and enters the seen set, nothing else.
 
     A user without a known segment counts in ``default``. Each event adds to the two trend
     epochs of :func:`models.ctr.trend_epochs`; the seen set keeps the latest ts per (user, item).
@@ -59,6 +64,9 @@ def aggregate(
     ([1, 1, 1000000000000], {'age18-24.F': {'i': [1, 1]}}, 1, {'u': {'i': 1000000000001}}, {None: [1, 1]})
     >>> aggregate(e, {}, 3_600_000, 8, arrived_ms=[10**12 + 5, 10**12 - 7]).clock  # the click arrived "before" it
     1000000000000
+    >>> d = aggregate([Event(type="dislike", user_id="u", item_id="j", ts=10**12)], {}, 3_600_000, 8)
+    >>> d.items, d.totals, d.seen, d.variants
+    ({'j': [0, 0, 1000000000000]}, {}, {'u': {'j': 1000000000000}}, {})
     """
     deltas = CounterDeltas()
     if not events:
@@ -84,15 +92,21 @@ def aggregate(
         strict=True,
     )
     for event, t, cur, prev, inc_cur, inc_prev in columns:
-        col = 1 if event.type == "click" else 0
         item, user = event.item_id, event.user_id
+        user_seen = seen.get(user)
+        if user_seen is None:
+            seen[user] = {item: t}
+        elif t > user_seen.get(item, 0):
+            user_seen[item] = t
+        col = ctr_column.get(event.type)
         counts = items.get(item)
         if counts is None:
-            items[item] = [1 - col, col, t]
-        else:
-            counts[col] += 1
-            if t < counts[2]:
-                counts[2] = t
+            counts = items[item] = [0, 0, t]
+        elif t < counts[2]:
+            counts[2] = t
+        if col is None:  # outside CTR (a purchase, a dislike): the item is counted, with +0 views and clicks
+            continue
+        counts[col] += 1
         segment = segment_of_user.get(user, DEFAULT_SEGMENT)
         seg_items = segments.get(segment)
         if seg_items is None:
@@ -113,11 +127,6 @@ def aggregate(
         key[item] = key.get(item, 0) + inc_cur
         key = trend_keys[col, prev]
         key[item] = key.get(item, 0) + inc_prev
-        user_seen = seen.get(user)
-        if user_seen is None:
-            seen[user] = {item: t}
-        elif t > user_seen.get(item, 0):
-            user_seen[item] = t
     deltas.totals = {name: n for name, n in zip(("views", "clicks"), totals, strict=True) if n}
     for segment, (views, clicks) in per_segment.items():
         deltas.totals.update({f"{name}:{segment}": n for name, n in (("views", views), ("clicks", clicks)) if n})

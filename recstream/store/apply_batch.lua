@@ -181,7 +181,8 @@ for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
 end
 
 -- 6. users of new items until they graduate, for their fold-in (recstream/store/fold_ins.py): user → summed
--- weight, added event by event in order (as models/history.py sums); the first item_users_cap users
+-- weight, added event by event in order (as models/history.combine_weights: a negative one wins); the first
+-- item_users_cap users
 local new_items = {}
 for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
 local done = many('SMISMEMBER', P .. 'graduated', new_items)
@@ -197,7 +198,9 @@ for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
       local r = old[j] and tonumber(old[j])
       if not r and size < cfg.item_users_cap then r, size = 0, size + 1 end
       if r then
-        for _, w in ipairs(u[2]) do r = r + w end
+        for _, w in ipairs(u[2]) do
+          if r >= 0 and w >= 0 then r = r + w else r = math.min(r, 0) + math.min(w, 0) end
+        end
         args[#args + 1] = u[1]
         args[#args + 1] = r
       end

@@ -108,7 +108,7 @@ def hand_split(mode: str) -> Split:
 def test_a_time_split_scores_each_click_on_the_list_of_the_last_refresh_point_minus_what_was_seen():
     s = hand_split("time")
     rows = {item: row for row, item in enumerate(item_rows(s))}
-    q = queries(fetches(s, rows, CFG, seen_cap=500), rows, cap=10)
+    q = queries(fetches(s, rows, seen_cap=500), rows, cap=10)
     # d: the list made at u's click on b (position 1) from [b (view + click), a], before c was viewed;
     # a: already seen, and v has no list before its first event: neither is scored
     assert q.fetches.relevant.tolist() == [rows["d"]]
@@ -120,13 +120,13 @@ def test_a_time_split_scores_each_click_on_the_list_of_the_last_refresh_point_mi
 def test_a_history_cap_keeps_the_most_recent_items_of_the_list():
     s = hand_split("time")
     rows = {item: row for row, item in enumerate(item_rows(s))}
-    assert queries(fetches(s, rows, CFG, seen_cap=500), rows, cap=1).rows.tolist() == [rows["b"]]
+    assert queries(fetches(s, rows, seen_cap=500), rows, cap=1).rows.tolist() == [rows["b"]]
 
 
 def test_a_user_split_scores_every_held_out_click_on_the_training_history_alone():
     s = hand_split("user")
     rows = {item: row for row, item in enumerate(item_rows(s))}
-    f = fetches(s, rows, CFG, seen_cap=500)
+    f = fetches(s, rows, seen_cap=500)
     assert f.relevant.tolist() == [rows["d"]]
     assert f.seen[0] == {rows["a"], rows["b"]}, "validation events are not folded in a per-user holdout"
 

@@ -57,5 +57,8 @@ def test_every_event_gets_an_id_before_anything_is_sent_and_keeps_its_own():
 
 
 def test_an_invalid_event_is_refused_before_any_request():
+    """The event's shape is checked here; whether its type is configured, only the reader knows (it answers 422)."""
     with pytest.raises(ValidationError, match="type"):
-        with_event_ids([{"type": "purchase", "user_id": "u", "item_id": "i", "ts": NOW_MS}])
+        with_event_ids([{"type": "Purchase!", "user_id": "u", "item_id": "i", "ts": NOW_MS}])
+    with pytest.raises(ValidationError, match="value"):
+        with_event_ids([{"type": "rating", "user_id": "u", "item_id": "i", "ts": NOW_MS, "value": float("inf")}])

@@ -22,7 +22,12 @@ GOOD = {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW - 1000}
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"type": "like"}, "type: Input should be 'view' or 'click'"),
+        (
+            {"type": "share"},
+            "type: unknown feedback type 'share' (configured: view, click, like, add_to_cart, purchase, rating, "
+            "dislike)",
+        ),
+        ({"type": "Click"}, "type: String should match pattern"),
         ({"user_id": None}, "user_id: Input should be a valid string"),
         ({"user_id": "u" * (MAX_ID_LEN + 1)}, "user_id: String should have at most 64 characters"),
         ({"item_id": "i1; DEL *"}, "item_id: String should match pattern"),
@@ -118,10 +123,11 @@ def test_the_variant_is_optional_and_travels_only_when_set():
 
 @pytest.mark.parametrize(
     "bad",
-    [None, {**GOOD, "ts": NOW + 86_400_001}, {**GOOD, "type": "like"}, 7],
+    [None, {**GOOD, "ts": NOW + 86_400_001}, {**GOOD, "type": "share"}, {**GOOD, "user_id": "u:1"}, 7],
 )
 def test_a_micro_batch_loses_only_its_bad_element_whichever_check_refuses_it(bad):
-    """A whole micro-batch is validated in one call; when anything fails, each element is judged alone."""
+    """A whole micro-batch is validated in one call, the checks beyond the model (ts ahead, an unconfigured feedback
+    type) included; when anything fails, each element is judged alone."""
     at_limit = {**GOOD, "item_id": "i2", "ts": NOW + 86_400_000}  # exactly one day ahead: accepted
     elements = [GOOD, at_limit] + ([] if bad is None else [bad])
     valid, rejected = decode(orjson.dumps(elements), "event", NOW)

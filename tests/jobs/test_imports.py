@@ -75,6 +75,28 @@ u1,m2,{T0_S + 6},impression
 """
 
 
+@pytest.mark.parametrize(
+    ("cells", "result"),
+    [
+        ({"event": "rating", "stars": "4.5"}, ("rating", 4.5)),
+        ({"event": "stars5", "stars": "5"}, ("rating", 5.0)),
+        ({"event": "dislike", "stars": ""}, ("dislike", None)),
+        ({"event": "rating", "stars": "6"}, "value: 6.0 is outside rating's value_range [1.0, 5.0]"),
+        ({"event": "rating", "stars": ""}, "value: rating events need a value in [1.0, 5.0]"),
+        ({"event": "rating", "stars": "lots"}, "value: expected a number, got 'lots'"),
+        ({"event": "like", "stars": "2"}, "value: like events carry no value"),
+    ],
+)
+def test_a_value_column_gives_valued_types_their_value(cells, result):
+    spec = ImportSpec.parse("interactions", ["type=event", "value=stars"], type_maps=["stars5=rating"])
+    got = spec.records({"user_id": "u1", "item_id": "i1", "ts": str(T0_S * 1000), **cells}, T0_S * 1000)
+    if isinstance(result, str):
+        assert isinstance(got, Rejected) and got.reason == result
+    else:
+        [event] = got
+        assert (event.type, event.value) == result
+
+
 @pytest.mark.integration
 async def test_a_csv_of_interactions_reaches_kafka_mapped_with_bad_rows_named(isolated_settings, tmp_path: Path):
     path = tmp_path / "interactions.csv"
@@ -85,7 +107,8 @@ async def test_a_csv_of_interactions_reaches_kafka_mapped_with_bad_rows_named(is
     assert done.returncode == 0, done.stderr
     skipped = [line for line in done.stderr.splitlines() if line.startswith("skipped")]
     assert skipped == [
-        "skipped line 4: type: Input should be 'view' or 'click'",
+        "skipped line 4: type: unknown feedback type 'hover' (configured: view, click, like, add_to_cart, purchase, "
+        "rating, dislike)",
         "skipped line 5: user_id: String should match pattern '^[A-Za-z0-9_.\\-]+$'",
         "skipped line 6: ts: expected a number, got 'later'",
         "skipped line 7: 3 values for 4 columns",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
 
+import orjson
 import pytest
 import redis
 from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis
 
+from recstream.contracts.events import Event
 from recstream.eventlog.log import Message, committed_offsets, open_log, whole_topic
 from recstream.jobs.rebuild import rebuild
 from recstream.store.state import StateStore
@@ -57,6 +60,41 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
         for topic in (settings.kafka.events_topic, settings.kafka.items_topic, settings.kafka.users_topic):
             ends.update({tp: end for tp, (_, end) in (await whole_topic(consumer, topic)).items()})
     assert await committed_offsets(settings, list(ends)) == ends, "restarted workers go on after the replay"
+
+
+async def test_rebuild_of_a_log_with_every_feedback_type_equals_the_live_state(
+    isolated_settings, worker_factory, tmp_path
+):
+    """Likes, ratings, purchases and dislikes mixed into the stream: histories (a dislike outweighing the rest),
+    signed user steps, new items' fold-in users and counters come out of the replay as the live worker left them,
+    however the batches were cut (the live run in batches of 100 messages, the rebuild in batches of 5,000)."""
+    users, items, events = world(n_users=150, n_items=100, n_events=4_000, seed=6)
+    rng = random.Random(6)
+    kinds = [("like", None), ("purchase", None), ("rating", 2.0), ("rating", 5.0), ("dislike", None)]
+    mixed = []
+    for e in events:
+        kind, value = rng.choice(kinds) if rng.random() < 0.3 else (e.type, None)
+        mixed.append(e.model_copy(update={"type": kind, "value": value}))
+    last = max(e.ts for e in events)  # each user's last event a view: all CTR views applied ⇒ everything applied
+    mixed += [
+        Event(type="view", user_id=u.user_id, item_id="i1", ts=last + 1, event_id=f"end-{u.user_id}") for u in users
+    ]
+    ctr = sum(e.type in ("view", "click") for e in mixed)
+    assert sum(e.type == "dislike" for e in mixed) > 100
+    settings, _ = await trained(isolated_settings.replace(batch_max=100), tmp_path, mixed[:1_000], items[:70])
+    client = redis.Redis.from_url(settings.redis.url)
+    await publish(settings, users=users, items=items)
+    worker = worker_factory(settings)
+    wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
+    await publish(settings, events=mixed, batch_events=50)
+    wait_until(lambda: applied_events(client, "rs") == ctr, timeout_s=120, what="the live run")
+    worker.stop()
+    live = dump_state(client, "rs")
+    assert any(weight < 0 for key, value in live.items() if key.endswith(":hist") for _, weight in orjson.loads(value))
+
+    await rebuild(settings.replace(batch_max=5_000))
+
+    assert differing_keys(dump_state(client, "rs"), live) == []
 
 
 async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_factory):

@@ -7,6 +7,7 @@ import pytest
 from recstream.models.als import ALSConfig
 
 from recstream.contracts.events import Event
+from recstream.contracts.feedback import DEFAULT_FEEDBACK
 from recstream.jobs import training
 from recstream.jobs.sources import Record
 from tests.streams.scenario import world
@@ -14,31 +15,43 @@ from tests.streams.scenario import world
 CHUNK = 7
 
 
-def in_memory_matrix(events: list[Event], cfg: ALSConfig) -> np.ndarray:
-    """r built the plain way, from the whole list of events: ids in order of first use, summed weights."""
+def in_memory_matrix(events: list[Event]) -> np.ndarray:
+    """r built the plain way, from the whole list of events: ids in order of first use, summed weights (a pair with
+    a dislike: minus its dislikes' weights)."""
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     for e in events:
         users.setdefault(e.user_id, len(users))
         items.setdefault(e.item_id, len(items))
-    r = np.zeros((len(users), len(items)))
+    weights = {"view": 1.0, "click": 4.0, "rating": 1.0, "dislike": -4.0}  # the defaults, typed out
+    positive, negative = np.zeros((len(users), len(items))), np.zeros((len(users), len(items)))
     for e in events:
-        r[users[e.user_id], items[e.item_id]] += cfg.click_weight if e.type == "click" else cfg.view_weight
-    return r
+        w = weights[e.type] * (e.value or 1.0)
+        (negative if w < 0 else positive)[users[e.user_id], items[e.item_id]] += w
+    return np.where(negative < 0, negative, positive)
+
+
+def with_other_types(events: list[Event]) -> list[Event]:
+    """Every 5th event a rating of 1–5 stars, every 11th a dislike."""
+    return [
+        e.model_copy(update={"type": "dislike"}) if k % 11 == 10
+        else e.model_copy(update={"type": "rating", "value": float(k % 5 + 1)}) if k % 5 == 4
+        else e
+        for k, e in enumerate(events)
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("n_events", [CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 3, 1_000])
 def test_the_streamed_log_gives_the_matrix_of_the_whole_list(monkeypatch, n_events: int):
     monkeypatch.setattr(training, "EVENTS_PER_CHUNK", CHUNK)
     _, items, events = world(n_users=20, n_items=10, n_events=1_000)
-    events = events[:n_events]
+    events = with_other_types(events[:n_events])
     records = [Record("item", item) for item in items] + [Record("event", event) for event in events]
-    cfg = ALSConfig(view_weight=1.0, click_weight=4.0)
-    log = training.collect(records)
+    log = training.collect(records, feedback=DEFAULT_FEEDBACK)
     assert len(log) == n_events
     assert log.ts.tolist() == [e.ts for e in events]
-    assert log.clicks.tolist() == [e.type == "click" for e in events]
-    np.testing.assert_array_equal(training.interactions(log, cfg).toarray(), in_memory_matrix(events, cfg))
+    assert log.positive.tolist() == [e.type in ("click", "rating") for e in events]
+    np.testing.assert_array_equal(training.interactions(log).toarray(), in_memory_matrix(events))
     assert log.content == {item.item_id: item for item in items}
 
 
@@ -54,6 +67,6 @@ def test_events_added_after_the_columns_were_read_join_them(monkeypatch):
 
 def test_an_empty_log_has_empty_columns_and_is_refused_by_train():
     log = training.collect([])
-    assert [len(column) for column in log.columns()] == [0, 0, 0, 0]
+    assert [len(column) for column in log.columns()] == [0, 0, 0, 0, 0]
     with pytest.raises(ValueError, match="no events"):
         training.train(log, ALSConfig())

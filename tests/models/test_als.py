@@ -17,6 +17,8 @@ from recstream.models.als import (
 from recstream.models.user_step import ALSStep
 from threadpoolctl import threadpool_limits
 
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackType, FeedbackTypes
+
 
 def _events(seed: int = 0, n_users: int = 60, n_items: int = 40, n_events: int = 900):
     rng = np.random.default_rng(seed)
@@ -26,10 +28,19 @@ def _events(seed: int = 0, n_users: int = 60, n_items: int = 40, n_events: int =
     return users, items, clicks, n_users, n_items
 
 
+def _weights(clicks: np.ndarray, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> np.ndarray:
+    return event_weights(["click" if c else "view" for c in clicks], [None] * len(clicks), feedback)
+
+
 def test_interaction_matrix_sums_weights_and_drops_zeros():
-    cfg = ALSConfig(view_weight=0.0, click_weight=2.0)
+    feedback = FeedbackTypes(
+        {
+            "view": FeedbackType(role="impression", weight=0.0, ctr=True),
+            "click": FeedbackType(role="positive", weight=2.0, ctr=True),
+        }
+    )
     users, items = np.array([0, 0, 1, 1]), np.array([3, 3, 1, 2])
-    r = interaction_matrix(users, items, event_weights(np.array([True, True, False, True]), cfg), 2, 4)
+    r = interaction_matrix(users, items, _weights(np.array([True, True, False, True]), feedback), 2, 4)
     assert r.format == "csr" and r.dtype == np.float32
     # (1, 1) had only a zero-weight view: no entry, or implicit would count it as a positive
     assert r.nnz == 2
@@ -38,7 +49,7 @@ def test_interaction_matrix_sums_weights_and_drops_zeros():
 
 @pytest.mark.parametrize(
     ("users", "items", "weights"),
-    [([0], [5], [1.0]), ([2], [0], [1.0]), ([0], [0], [-1.0]), ([0, 1], [0], [1.0])],
+    [([0], [5], [1.0]), ([2], [0], [1.0]), ([0], [0], [np.nan]), ([0, 1], [0], [1.0])],
 )
 def test_interaction_matrix_rejects_bad_input(users, items, weights):
     with pytest.raises(ValueError):
@@ -66,7 +77,7 @@ def test_trained_user_factors_are_the_exact_step_under_our_confidence():
     """
     users, items, clicks, n_users, n_items = _events()
     cfg = ALSConfig(factors=8, regularization=0.5, alpha=3.0, iterations=200, random_state=1, num_threads=1)
-    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    r = interaction_matrix(users, items, _weights(clicks), n_users, n_items)
     fit = train_als(r, cfg)
     step = ALSStep(fit.item_factors, cfg.regularization)
     for u in range(n_users):
@@ -74,10 +85,43 @@ def test_trained_user_factors_are_the_exact_step_under_our_confidence():
         np.testing.assert_allclose(step.solve(row.indices, confidence(row.data, cfg)), fit.user_factors[u], atol=1e-3)
 
 
+def test_a_dislike_is_the_same_negative_observation_in_implicit_and_in_the_user_step():
+    """Signed r (a dislike: p = 0, c = 1 + α·|r|) means one thing to implicit's fit and to our exact step: after
+    convergence every user vector, disliked items included, is the step over the user's signed confidences."""
+    users, items, clicks, n_users, n_items = _events(seed=4)
+    types = np.where(clicks, "click", "view").astype(object)
+    types[np.random.default_rng(4).random(len(types)) < 0.15] = "dislike"
+    cfg = ALSConfig(factors=8, regularization=0.5, alpha=3.0, iterations=500, random_state=1, num_threads=1)
+    r = interaction_matrix(
+        users, items, event_weights(list(types), [None] * len(types), DEFAULT_FEEDBACK), n_users, n_items
+    )
+    assert (r.data < 0).sum() > 20, "the test needs negative pairs"
+    fit = train_als(r, cfg)
+    step = ALSStep(fit.item_factors, cfg.regularization)
+    for u in range(n_users):
+        row = r.getrow(u)
+        np.testing.assert_allclose(step.solve(row.indices, confidence(row.data, cfg)), fit.user_factors[u], atol=1e-3)
+    disliked = r.toarray() < 0
+    scores = fit.user_factors @ fit.item_factors.T
+    assert np.abs(scores[disliked]).mean() < np.abs(scores[r.toarray() == 0]).mean(), "pulled toward 0 harder"
+
+
+def test_event_weights_scale_a_rating_by_its_value_and_negate_a_dislike():
+    weights = event_weights(["view", "click", "rating", "rating", "dislike", "purchase"],
+                            [None, None, 1.0, 5.0, None, None], DEFAULT_FEEDBACK)  # fmt: skip
+    np.testing.assert_array_equal(weights, [1.0, 4.0, 1.0, 5.0, -4.0, 12.0])
+
+
+def test_a_negative_pair_keeps_only_its_negatives_in_any_order():
+    users, items = np.zeros(4, dtype=int), np.zeros(4, dtype=int)
+    for weights in ([1.0, 4.0, -4.0, -2.0], [-4.0, 1.0, -2.0, 4.0]):
+        assert interaction_matrix(users, items, np.array(weights), 1, 1).toarray()[0, 0] == -6.0
+
+
 def test_train_report_and_dtypes():
     users, items, clicks, n_users, n_items = _events(seed=2)
     cfg = ALSConfig(factors=4, iterations=2, num_threads=1)
-    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    r = interaction_matrix(users, items, _weights(clicks), n_users, n_items)
     fit = train_als(r, cfg)
     assert fit.item_factors.shape == (n_items, 4) and fit.item_factors.dtype == np.float32
     assert fit.user_factors.shape == (n_users, 4) and fit.user_factors.dtype == np.float32
@@ -90,7 +134,7 @@ def test_training_silences_the_openblas_threads_trap(monkeypatch):
     monkeypatch.setattr(implicit.utils, "_checked_blas_config", False)
     users, items, clicks, n_users, n_items = _events(seed=3)
     cfg = ALSConfig(factors=4, iterations=1, num_threads=1)
-    r = interaction_matrix(users, items, event_weights(clicks, cfg), n_users, n_items)
+    r = interaction_matrix(users, items, _weights(clicks), n_users, n_items)
     with threadpool_limits(limits=2, user_api="blas"), warnings.catch_warnings():
         warnings.simplefilter("error")
         train_als(r, cfg)
@@ -105,3 +149,11 @@ def test_history_confidence_fades_with_rank_and_reads_back_to_back_histories_by_
     np.testing.assert_allclose(both, np.concatenate([one, one[:2]]))
     assert np.all(history_confidence(np.full(200, 5.0), cfg) >= 1.0), "an old item stays a positive, c >= 1"
     np.testing.assert_array_equal(history_confidence(r, ALSConfig(alpha=2.0, recency_decay=1.0)), confidence(r, cfg))
+
+
+def test_a_config_written_before_feedback_types_still_loads():
+    """Older model versions' config.json has view_weight and click_weight (settings now): a worker must load them."""
+    old = '{"factors": 8, "regularization": 40.0, "alpha": 1.0, "view_weight": 1.0, "click_weight": 4.0}'
+    assert ALSConfig.model_validate_json(old) == ALSConfig(factors=8)
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
+        ALSConfig.model_validate_json('{"factors": 8, "like_weight": 4.0}')

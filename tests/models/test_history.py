@@ -9,7 +9,7 @@ from recstream.models.history import history_from_rows, history_rows, merge_hist
 
 def test_history_is_the_same_however_events_are_batched():
     rng = random.Random(0)
-    events = [(f"i{rng.randrange(12)}", rng.choice([1.0, 4.0])) for _ in range(500)]
+    events = [(f"i{rng.randrange(12)}", rng.choice([1.0, 4.0, 4.0, -4.0])) for _ in range(500)]  # with dislikes
     whole = merge_history({}, events, cap=8)
     for _ in range(20):
         cuts = sorted(rng.sample(range(1, len(events)), 15))
@@ -22,6 +22,12 @@ def test_history_is_the_same_however_events_are_batched():
 def test_history_is_recent_first_capped_and_sums_weights():
     history = merge_history({}, [("a", 1.0), ("b", 1.0), ("a", 4.0), ("c", 1.0)], cap=2)
     assert history_rows(history) == [("c", 1.0), ("a", 5.0)]
+
+
+def test_a_dislike_makes_the_item_a_negative_observation_whatever_came_before_or_after():
+    for events in ([("a", 1.0), ("a", 4.0), ("a", -4.0)], [("a", -4.0), ("a", 4.0), ("a", 1.0)]):
+        assert history_rows(merge_history({}, events, cap=5)) == [("a", -4.0)]
+    assert history_rows(merge_history({"a": -4.0}, [("a", -2.0)], cap=5)) == [("a", -6.0)]
 
 
 def test_merge_leaves_its_input_alone():

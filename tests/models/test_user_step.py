@@ -11,7 +11,8 @@ K = 16
 LAMBDA = 0.1
 
 
-def _problem(seed: int = 0, n_rows: int = 300, n_histories: int = 40, max_len: int = 30):
+def _problem(seed: int = 0, n_rows: int = 300, n_histories: int = 40, max_len: int = 30, negative: float = 0.0):
+    """Random factors and histories; a ``negative`` share of the entries are negative observations (c < 0)."""
     rng = np.random.default_rng(seed)
     factors = (rng.standard_normal((n_rows, K)) * 0.3).astype(np.float32)
     lengths = rng.integers(1, max_len + 1, n_histories)
@@ -19,22 +20,26 @@ def _problem(seed: int = 0, n_rows: int = 300, n_histories: int = 40, max_len: i
     rows = np.concatenate([rng.choice(n_rows, n, replace=False) for n in lengths])
     indptr = np.r_[0, np.cumsum(lengths)]
     conf = 1.0 + 20.0 * rng.random(len(rows))
+    conf[rng.random(len(rows)) < negative] *= -1.0
     return factors, indptr, rows, conf
 
 
 def _dense_solve(fixed: np.ndarray, rows: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """x = (FᵀCF + λI)⁻¹ FᵀC p with C, p dense over all rows: the textbook form, no shortcuts."""
+    """x = (FᵀCF + λI)⁻¹ FᵀC p with C, p dense over all rows: the textbook form, no shortcuts (a negative
+    confidence is an observation with p = 0 and confidence |c|)."""
     f = fixed.astype(np.float64)
     c_full = np.ones(len(f))
     p = np.zeros(len(f))
-    c_full[rows] = conf
-    p[rows] = 1.0
+    c_full[rows] = np.abs(conf)
+    p[rows] = conf > 0
     a = f.T @ (c_full[:, None] * f) + LAMBDA * np.eye(f.shape[1])
     return np.linalg.solve(a, f.T @ (c_full * p))
 
 
-def test_user_step_matches_implicit_recalculate_user():
-    factors, indptr, rows, conf = _problem()
+@pytest.mark.parametrize("negative", [0.0, 0.3])
+def test_user_step_matches_implicit_recalculate_user(negative):
+    """implicit reads a negative stored value as p = 0 with confidence |c|: so does the step (a dislike)."""
+    factors, indptr, rows, conf = _problem(negative=negative)
     model = AlternatingLeastSquares(factors=K, regularization=LAMBDA, alpha=1.0, num_threads=1)
     model.item_factors = factors
     model.user_factors = np.zeros((len(indptr) - 1, K), dtype=np.float32)
@@ -47,9 +52,10 @@ def test_user_step_matches_implicit_recalculate_user():
         np.testing.assert_allclose(step.solve(r, c), expected, atol=1e-4)
 
 
-def test_item_fold_in_equals_dense_solve():
+@pytest.mark.parametrize("negative", [0.0, 0.3])
+def test_item_fold_in_equals_dense_solve(negative):
     # roles swapped: the fixed side is user factors, the history is the users who clicked the item
-    user_factors, indptr, rows, conf = _problem(seed=1)
+    user_factors, indptr, rows, conf = _problem(seed=1, negative=negative)
     r, c = rows[indptr[3] : indptr[4]], conf[indptr[3] : indptr[4]]
     assert len(r) > 0
     expected = _dense_solve(user_factors, r, c)
@@ -61,8 +67,9 @@ def test_item_fold_in_equals_dense_solve():
 
 
 @pytest.mark.parametrize("max_len", [30, 3 * K])  # shorter than k (dual solve) and longer (primal)
-def test_batched_path_equals_single_path(max_len):
-    factors, indptr, rows, conf = _problem(seed=2, max_len=max_len)
+@pytest.mark.parametrize("negative", [0.0, 0.3])
+def test_batched_path_equals_single_path(max_len, negative):
+    factors, indptr, rows, conf = _problem(seed=2, max_len=max_len, negative=negative)
     step = ALSStep(factors, LAMBDA)
     batched = step.solve_batch(indptr, rows, conf)
     spans = [slice(indptr[u], indptr[u + 1]) for u in range(len(batched))]
@@ -100,7 +107,25 @@ def test_update_overwrites_a_row():
         step.update(np.array([3]), np.ones((1, K)))
 
 
-def test_confidence_below_one_is_rejected():
+@pytest.mark.parametrize(("c", "valid"), [(-1.5, True), (-1.0, True), (-0.5, False), (0.5, False), (1.0, True)])
+def test_a_confidence_between_minus_one_and_one_is_rejected(c, valid):
     step = ALSStep(np.ones((3, K), dtype=np.float32), LAMBDA)
-    with pytest.raises(ValueError, match=">= 1"):
-        step.solve(np.array([0]), np.array([0.5]))
+    if valid:
+        assert step.solve(np.array([0]), np.array([c])).shape == (K,)
+    else:
+        with pytest.raises(ValueError, match=">= 1 or <= -1"):
+            step.solve(np.array([0]), np.array([c]))
+
+
+def test_a_negative_observation_pulls_the_score_toward_zero_harder_than_an_unseen_item():
+    """c = −1 is an unseen item (p 0, confidence 1): the same vector; a surer dislike shrinks the item's score more."""
+    factors, _, _, _ = _problem(seed=5)
+    step = ALSStep(factors, LAMBDA)
+    liked = np.array([0, 1, 2])
+    unseen = step.solve(liked, np.full(3, 5.0))
+    neighbour = 3 + int(np.argmax(factors[3:] @ unseen))
+    scores = [
+        factors[neighbour] @ step.solve(np.r_[liked, neighbour], np.r_[np.full(3, 5.0), c]) for c in (-1, -5, -50)
+    ]
+    assert scores[0] == pytest.approx(factors[neighbour] @ unseen, abs=1e-6)
+    assert scores[0] > scores[1] > scores[2] > -0.1 * scores[0] and scores[2] < 0.5 * scores[0]

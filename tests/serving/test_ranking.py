@@ -18,7 +18,7 @@ from recstream.serving.user_state import UserState
 
 from recstream.contracts.events import MAX_CONTEXT_ENTRIES, Event
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, decode_features, encode_features, rounded
-from recstream.contracts.settings import BlendSettings, load_settings
+from recstream.contracts.settings import BlendSettings, SettingsError, load_settings
 from tests.serving.conftest import trained_ranker
 
 HOUR_MS = 3_600_000
@@ -89,7 +89,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-2.1,
             segment_ctr_logit=-1.5,
             popular_rank=math.log1p(1),
-            age=math.log1p(2),
+            pool_age=math.log1p(2 / 48),
             category_affinity=0.75,
             warm=1,
         ),
@@ -103,11 +103,11 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-3.0,
             segment_ctr_logit=-3.0,
             popular_rank=math.log1p(POPULAR_DEPTH),
-            age=math.log1p(2),
+            pool_age=math.log1p(2 / 48),
             category_affinity=0.25,
             warm=1,
         ),
-        # nothing known: the CTR floor, no list, graduated by age (48 h)
+        # nothing known: the CTR floor, no list, graduated by age (48 h: ln 2)
         "unknown": dict(
             als_score=0,
             personal=0,
@@ -117,7 +117,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-3.5,
             segment_ctr_logit=-3.5,
             popular_rank=math.log1p(POPULAR_DEPTH),
-            age=math.log1p(48),
+            pool_age=math.log(2),
             category_affinity=0,
             warm=1,
         ),
@@ -228,9 +228,10 @@ def test_a_ranked_item_is_served_and_explained_as_its_top_feature_says(feature, 
 
 
 def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_proposer_and_gets_the_features_words():
-    """ctr_logit speaks for popular; personal-only items (o20..o35 are past the popular slice) say so in words."""
+    """ctr_logit speaks for popular; personal-only items (o20..o35 are past the popular slice of depth 1) say so in
+    words."""
     snap, user = snapshot(fresh_state({"ctr_logit": -1.0, "personal": 0.5})), warm_user()
-    page = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0)
+    page = build_page(user, snap, SETTINGS.replace(ranker_depth=1), 20, seed=1, now=100.0)
     personal_only = [s for s in page.items if s.item in {f"o{k}" for k in range(20, 36)}]
     assert personal_only and all(s.source == "personal" for s in personal_only)
     assert {s.reason for s in personal_only if s.top_feature == "ctr_logit"} == {"popular right now"}
@@ -323,3 +324,23 @@ def test_the_category_cache_remembers_creation_times_and_names_unknown_items_for
     categories.put("a", ("x",), now=0.0, created=5)
     assert (categories.entry("a", now=1.0), categories.entry("b", now=1.0)) == ((("x",), 0.0, 5), None)
     assert categories.wanted == {"b"}
+
+
+@pytest.mark.parametrize(("depth", "proposed"), [(1, 8), (2, 16), (3, 24)])
+def test_each_generator_proposes_ranker_depth_times_the_exploitation_slots(depth, proposed):
+    """Popular alone (o0 seen): a 10-item page has 8 exploitation slots (2 explore, the cap); weights that prefer
+    the deepest popular items show how far down the list the ranker was offered candidates."""
+    snap = snapshot(fresh_state({"popular_rank": 1.0}))
+    settings = SETTINGS.replace(share_personal=0.0, share_fresh=0.0, ranker_depth=depth)
+    page = build_page(warm_user(), snap, settings, 10, seed=1, now=100.0)
+    ranked = [s.item for s in page.items if s.source != "explore"]
+    assert ranked == [f"o{k}" for k in range(proposed, proposed - 8, -1)]
+
+
+@pytest.mark.parametrize(("depth", "valid"), [(0, False), (1, True), (10, True), (11, False)])
+def test_ranker_depth_is_between_one_and_ten(depth, valid):
+    if valid:
+        assert SETTINGS.replace(ranker_depth=depth).blend.ranker_depth == depth
+    else:
+        with pytest.raises(SettingsError, match="RECSTREAM_RANKER_DEPTH"):
+            SETTINGS.replace(ranker_depth=depth)

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from recstream.sim.simulator import Ledger, Shown
+from recstream.sim.simulator import Ledger, Shown, SimResult
 from recstream.sim.world import HOUR_MS, World, WorldConfig
 
 START = 1_700_000_000_000
@@ -107,3 +107,24 @@ def test_reported_events_are_valid_and_carry_source_and_variant():
         ("view", "i000001", "personal", None),
     ]
     assert len({e.event_id for e in valid}) == 3
+    assert all("feed" not in e.context for e in valid), "no session named: the page had none"
+
+
+def test_reported_events_name_the_pages_scroll_session_so_the_reader_stamps_the_served_features():
+    from recstream.contracts.events import decode
+    from recstream.sim.simulator import _events
+
+    page = [Shown(0, "personal"), Shown(1, "popular")]
+    events = _events("u000000", tiny_world(), page, [False, True], START, "t-", session="0123456789abcdef")
+    valid, rejected = decode(orjson.dumps(events), "event", START)
+    assert not rejected
+    assert [(e.type, e.context) for e in valid] == [
+        ("view", {"source": "personal", "feed": "0123456789abcdef"}),
+        ("view", {"source": "popular", "feed": "0123456789abcdef"}),
+        ("click", {"source": "popular", "feed": "0123456789abcdef"}),
+    ]
+
+
+@pytest.mark.parametrize(("ranked", "feeds", "share"), [(0, 0, 0.0), (0, 4, 0.0), (3, 4, 0.75), (4, 4, 1.0)])
+def test_the_ranked_share_is_the_share_of_feeds_the_reader_ranked(ranked, feeds, share):
+    assert SimResult(feeds=feeds, ranked=ranked).ranked_share == share

@@ -155,7 +155,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     stored = np.frombuffer(client.hget(f"rs:foldin:{version}", "fresh"), "<f4")
     model = read_model(settings.model.dir, version)
     x = np.array([np.frombuffer(client.get(f"rs:user:{u}:vec"), "<f4") for u in fans], dtype=np.float64)
-    c = 1 + model.config.alpha * (model.config.click_weight + model.config.view_weight)  # one click + one view
+    c = 1 + model.config.alpha * (4.0 + 1.0)  # one click + one view at the default weights
     a = model.user_gram + model.config.regularization * np.eye(x.shape[1]) + (c - 1) * x.T @ x
     np.testing.assert_allclose(stored, np.linalg.solve(a, c * x.sum(axis=0)), rtol=0, atol=1e-5)
     assert not client.exists("rs:foldin:users:fresh") and not client.smembers("rs:foldin:pending")

@@ -72,7 +72,7 @@ def test_a_fold_in_replaces_a_new_items_content_vector_and_a_removed_item_stays_
     clicks = [Event(type="click", user_id="u1", item_id=i, ts=T0) for i in ("new0", trained, "unannounced")]
     update = model.update_users(clicks, {})
     assert update.item_users.keys() == {"new0", "unannounced"}, "items the model was not trained on"
-    assert update.item_users["new0"] == {"u1": [model.cfg.click_weight]}
+    assert update.item_users["new0"] == {"u1": [4.0]}, "a click's default weight"
 
     users = np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)
     vector = model.fold_in(users, np.array([5.0, 1.0, 1.0, 4.0]))

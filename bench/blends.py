@@ -1,0 +1,168 @@
+"""The ranked feed against the fixed blend and each single source, in the fresh and the stable world (issue 16).
+
+    .venv/bin/python -m bench.blends                   # 5 seeds × 4 rows × 2 worlds, 60 s of simulated users each
+    .venv/bin/python -m bench.blends --quick           # 2 seeds × 20 s: a smoke run, not a measurement
+
+The runs of bench/policies.py (``run_one``: one private Kafka + Redis, per run fresh topics and Redis
+prefix, the world's history, a first model, a real worker and reader, simulated users), with its rows
+``fixed`` (the reader's default blend: 6 personal, 2 popular, 1 fresh, 1 Thompson slot),
+``popular_only``, ``personal_only`` (all 8 exploitation slots to one source, the same 2-slot
+exploration budget) and ``ranked`` (the default shares with the online ranker on). Every row but
+``ranked`` runs with the ranker switched off, so ``fixed`` is the true fixed blend. The ranked row's
+ranker starts cold every run: the history has no served features to learn from, so its first pages
+are the fixed blend (logging the vectors it learns from) until ``ranker_min_rows`` rows are learned;
+its regret and CTR count those pages too, and the table says which share of its pages was ranked.
+A ranked row whose run was mostly not ranked (below MIN_RANKED_SHARE) makes the benchmark invalid:
+it would be measuring the fixed blend under another name.
+
+Both worlds (``--worlds``, recstream.sim.simulator.WORLDS) run the same seeds; within a world every
+row of a seed has the same world, history, users and click draws. The worlds run side by side (a thread
+each, sharing the one Kafka and Redis, every run on its own topics and prefix), which halves the wall
+time (~40 min); ``--sequential`` runs one after the other. Keys: ``closed_loop_<figure>_<row>``
+for the fresh world, ``..._<row>_<world>`` for the others (bench/policies.py's rule), and
+``closed_loop_ranked_share[_<world>]``. Targets (issue 16): the ranked feed's regret below each other
+row's on every seed of both worlds, its CTR ≥ 1.2× the fixed blend's in each world.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from rich.table import Table
+
+from bench.common import BLEND_ROWS, fail, figure, machine, record, services, show
+from bench.policies import check_feeds, console, figures_of, means, run_with_retries, summary_table
+from recstream.contracts.settings import Settings
+from recstream.sim.simulator import WORLDS, SimResult
+
+COMMAND = ".venv/bin/python -m bench.blends"
+ROWS = BLEND_ROWS
+MIN_RANKED_SHARE = 0.5
+"""A ranked run with fewer of its pages ranked than this is invalid (the ranker never warmed up)."""
+CTR_TARGET = 1.2
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=60.0, help="simulated users per run")
+    parser.add_argument("--feeds-per-s", type=float, default=30.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--worlds", default="fresh,stable", help="comma-separated, of: " + ", ".join(WORLDS))
+    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, of: " + ", ".join(ROWS))
+    parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
+    parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
+    parser.add_argument("--first-seed", type=int, default=1, help="seeds first-seed … first-seed + seeds − 1")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every row, named as its RECSTREAM_ variable in lower case (validation of a candidate "
+        "default: ranker_min_rows=1000); only with --no-record, the figures are the defaults'",
+    )
+    parser.add_argument(
+        "--sequential", action="store_true", help="one world after the other (default: the worlds side by side)"
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    parser.add_argument("--quick", action="store_true", help="2 seeds × 20 s: a smoke run, not a measurement")
+    args = parser.parse_args(argv)
+    worlds, rows = args.worlds.split(","), args.rows.split(",")
+    if unknown := set(worlds) - set(WORLDS):
+        parser.error(f"unknown worlds {sorted(unknown)}; choose among {', '.join(WORLDS)}")
+    if unknown := set(rows) - set(ROWS):
+        parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(ROWS)}")
+    if args.set and not args.no_record:
+        parser.error("--set measures a candidate, not the defaults: add --no-record")
+    overrides = dict(item.partition("=")[::2] for item in args.set)
+    if args.quick:
+        args.seeds, args.seconds = 2, 20.0
+    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+    started = time.monotonic()
+    with services() as base, ThreadPoolExecutor(1 if args.sequential else len(worlds)) as pool:
+        per_world = {
+            w: argparse.Namespace(**vars(args), world=w, items_per_s=None, overrides=overrides) for w in worlds
+        }
+        runs = {w: pool.submit(run_world, base, w, rows, per_world[w]) for w in worlds}
+        results = {w: future.result() for w, future in runs.items()}
+    report(results, args, command, (time.monotonic() - started) / 60)
+
+
+def run_world(base: Settings, world: str, rows: Sequence[str], args: argparse.Namespace) -> dict[str, list[SimResult]]:
+    """Every row on every seed of one world, the rows of a seed one after another (bench/policies.run_one)."""
+    results: dict[str, list[SimResult]] = {r: [] for r in rows}
+    models: dict[int, object] = {}  # the seed's first run trains the model, the others publish it
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for row in rows:
+            r = run_with_retries(base, row, seed, args, models)
+            results[row].append(r)
+            console.print(
+                f"{world} seed {seed} {row:>14}: {r.feeds:,} feeds ({r.failed} failed, {r.degraded} "
+                f"degraded, {r.ranked_share:.0%} ranked), CTR {r.ctr:.4f}, regret/feed {r.regret_per_feed:.4f}"
+            )
+    return results
+
+
+def report(
+    results: dict[str, dict[str, list[SimResult]]], args: argparse.Namespace, command: str, minutes: float
+) -> None:
+    """Per world the summary table; the per-seed regret table of every world; the targets; then the checks
+    (failed or degraded feeds, a ranked row that was not ranked) before anything is recorded."""
+    for world, by_row in results.items():
+        title = (f"closed loop, {world} world, {args.seeds} seeds × {args.seconds:.0f} s at {args.feeds_per_s:.0f} "
+                 f"feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min for every world")  # fmt: skip
+        show(summary_table(by_row, title), console)
+    rows = list(next(iter(results.values())))
+    by_seed = Table(title="regret per feed, by world and seed (the same world, users and click draws for every row)")
+    for column in ("world", "seed", *rows, "ranked pages", "ranked lowest"):
+        by_seed.add_column(column, justify="left" if column in ("world", "ranked lowest") else "right")
+    for world, by_row in results.items():
+        for k in range(args.seeds):
+            regret = {row: by_row[row][k].regret_per_feed for row in rows}
+            ranked = by_row["ranked"][k] if "ranked" in by_row else None
+            shares, lowest = (
+                ("–", "–") if ranked is None else (f"{ranked.ranked_share:.0%}", _yes(ranked_lowest(by_row, k)))
+            )
+            by_seed.add_row(world, str(args.first_seed + k), *(f"{regret[row]:.3f}" for row in rows), shares, lowest)
+    show(by_seed, console)
+    figures: dict[str, dict[str, object]] = {}
+    for world, by_row in results.items():
+        mean = means(by_row)
+        if {"ranked", "fixed"} <= set(by_row):
+            below = sum(ranked_lowest(by_row, k) for k in range(args.seeds))
+            console.print(
+                f"{world} world: ranked / fixed CTR ×{mean['ranked']['ctr'] / max(mean['fixed']['ctr'], 1e-9):.3f} "
+                f"(target ≥ {CTR_TARGET}); ranked regret below every other row's on {below} of {args.seeds} seeds "
+                "(target: all)"
+            )
+        figures |= figures_of(by_row, world, command)
+        if "ranked" in by_row:
+            share = sum(r.ranked for r in by_row["ranked"]) / max(sum(r.feeds for r in by_row["ranked"]), 1)
+            suffix = "" if world == "fresh" else f"_{world}"
+            figures[f"closed_loop_ranked_share{suffix}"] = figure(share, "share of the ranked row's pages", command)
+    for world, by_row in results.items():
+        for k, r in enumerate(by_row.get("ranked", [])):
+            if r.ranked_share < MIN_RANKED_SHARE:
+                fail(f"{world} world, seed {args.first_seed + k}: only {r.ranked_share:.0%} of the ranked row's pages "
+                     f"were ranked (the ranker did not warm up; at least {MIN_RANKED_SHARE:.0%} needed)")  # fmt: skip
+        check_feeds({f"{world} {row}": runs for row, runs in by_row.items()})
+    if not args.no_record:
+        record(figures)
+
+
+def ranked_lowest(by_row: dict[str, list[SimResult]], seed: int) -> bool:
+    """Whether the ranked row's regret on the seed (0-based) is below every other row's."""
+    others = [runs[seed].regret_per_feed for row, runs in by_row.items() if row != "ranked"]
+    return by_row["ranked"][seed].regret_per_feed < min(others, default=float("inf"))
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+if __name__ == "__main__":
+    main()
