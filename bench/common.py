@@ -79,7 +79,8 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "freshness_p99_ms",
             "candidates_refresh_p50_ms",
             "candidates_refresh_p99_ms",
-        )
+        ),
+        ("worker_events_per_s_single", "worker_events_per_s_cluster"),  # --cluster only
     ),
     "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched")),
     "ann_space": Keys(()),
@@ -89,12 +90,26 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_p99_ms",
             "reader_feeds_per_s_1proc",
             "reader_feeds_per_s_2proc",
-            "reader_feeds_per_s_redis_py",
-            "reader_feeds_per_s_redis_wire",
+            "reader_feeds_per_s_ranked",
+            "reader_feeds_per_s_fixed",
         )
     ),
-    "prequential": Keys(_prequential_keys(("popularity", "frozen", "candidates", "served", "served_by_ctr"))),
+    "prequential": Keys(
+        _prequential_keys(("popularity", "frozen", "candidates", "served")),
+        # the ranker-off row, added with the ranker (issue 16): written by the first valid run since, then always
+        _prequential_keys(("served_fixed",)),
+    ),
+    "adopt": Keys(("adopt_hr10_served", "adopt_ndcg10_served", "adopt_import_to_feed_s")),
     "rebuild": Keys(("rebuild_events_per_s",)),
+    "ranker": Keys(
+        tuple(
+            f"ranker_{figure}{scorer}{world}"
+            for world in ("", "_stable")
+            for scorer in ("", "_ctr_only", "_segment_ctr_only", "_als_only", "_base_rate")
+            for figure in ("auc", "logloss")
+            if (figure, scorer) != ("auc", "_base_rate")
+        )
+    ),
     "policies": Keys(_policy_keys(("no_explore", "fresh", "egreedy", "ts"))),
     "blends": Keys(
         (
@@ -126,7 +141,26 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reliability_double_applied_events",
             "reliability_reader_failed_requests",
         ),
-        ("reliability_reader_recovery_max_s",),  # only when the reader recovered
+        # only when the reader recovered; the cluster scenarios' (--clusters)
+        (
+            "reliability_reader_recovery_max_s",
+            "reliability_broker_kill_lost_events",
+            "reliability_redis_failover_lost_events",
+        ),
+    ),
+    "scale": Keys(
+        (
+            "scale_redis_bytes_per_user",
+            "scale_redis_bytes_per_user_at_caps",
+            "scale_redis_bytes_per_item",
+            "scale_worker_events_per_s_x100",
+            "scale_worker_rss_mib_x100",
+            "scale_reader_p99_ms_x100",
+            "scale_train_s_x100",
+            "scale_rescore_ms_x100",
+            "scale_rescore_pass_max_ms_x100",
+            "scale_peak_rss_gib_x100",
+        )
     ),
     "soak": Keys(
         (

@@ -38,9 +38,9 @@ import redis
 from aiokafka import AIOKafkaProducer
 from recstream.models.als import ALSConfig
 from recstream.streams.processor import DEAD_LETTER_MAX_BYTES
-from redis.asyncio import Redis as AsyncRedis
 
 from recstream.contracts.events import MAX_MESSAGE_BYTES, Event, ItemEvent, UserEvent
+from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, whole_topic
 from recstream.eventlog.producer import EventProducer
@@ -49,6 +49,7 @@ from recstream.jobs.sources import Record
 from recstream.shell import infra
 from recstream.shell.infra import Child
 from recstream.sim.world import synthetic
+from recstream.store.connection import connect
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK_S = 0.05
@@ -77,9 +78,10 @@ async def model_keys(settings: Settings, workload: Workload) -> dict[str, bytes]
     artifacts, _ = training.train(training.collect(records), ALSConfig(factors=16, iterations=10), holdout=0)
     scratch = settings.replace(redis_prefix="model")
     await training.publish(scratch, artifacts)
-    client = AsyncRedis.from_url(settings.redis.url)
+    client = connect(settings)
+    shared = f"{Keys.of(scratch).slot(None)}:"  # the model's keys are all shared ones
     try:
-        return {key.decode()[len("model:") :]: await client.dump(key) async for key in client.scan_iter("model:*")}
+        return {key.decode()[len(shared) :]: await client.dump(key) async for key in client.scan_iter("model:*")}
     finally:
         await client.aclose()
 
@@ -102,12 +104,12 @@ def expected_seen(events: Sequence[Event], cap: int) -> dict[str, dict[str, floa
     return {u: dict(sorted(items.items(), key=lambda kv: (kv[1], kv[0]))[-cap:]) for u, items in seen.items()}
 
 
-def score(client: redis.Redis, prefix: str, events: Sequence[Event], seen_cap: int) -> Score:
+def score(client: redis.Redis | redis.RedisCluster, keys: Keys, events: Sequence[Event], seen_cap: int) -> Score:
     """Compare the stored counters and seen sets with the ones ``events`` give (see the module docstring)."""
     lost = double = 0
     for kind in ("view", "click"):
         want = Counter(e.item_id for e in events if e.type == kind)
-        have = {k.decode(): int(v) for k, v in client.hgetall(f"{prefix}:{kind}s").items()}
+        have = {k.decode(): int(v) for k, v in client.hgetall(keys(f"{kind}s")).items()}
         for item in want.keys() | have.keys():
             diff = have.get(item, 0) - want.get(item, 0)
             lost, double = lost + max(0, -diff), double + max(0, diff)
@@ -115,17 +117,22 @@ def score(client: redis.Redis, prefix: str, events: Sequence[Event], seen_cap: i
     want_seen = expected_seen(events, seen_cap)
     pipe = client.pipeline(transaction=False)
     for user in want_seen:
-        pipe.zrange(f"{prefix}:user:{user}:seen", 0, -1, withscores=True)
+        pipe.zrange(keys.user(user, "seen"), 0, -1, withscores=True)
     for want, stored in zip(want_seen.values(), pipe.execute(), strict=True):
         have = {k.decode(): s for k, s in stored}
         missing += sum(1 for item, ts in want.items() if have.get(item) != ts)
         extra += len(have.keys() - want.keys())
-    return Score(applied(client, prefix), lost, double, missing, extra)
+    return Score(applied(client, keys), lost, double, missing, extra)
 
 
-def applied(client: redis.Redis, prefix: str) -> int:
-    totals = client.hmget(f"{prefix}:totals", ["views", "clicks"])
+def applied(client: redis.Redis | redis.RedisCluster, keys: Keys) -> int:
+    totals = client.hmget(keys("totals"), ["views", "clicks"])
     return sum(int(v or 0) for v in totals)
+
+
+def client_of(settings: Settings, **options: float) -> redis.Redis | redis.RedisCluster:
+    """A blocking client of the run's Redis: a cluster client on a Redis Cluster."""
+    return (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url, **options)
 
 
 @dataclass
@@ -144,21 +151,26 @@ class FaultRun:
     recoveries_s: list[float] = field(default_factory=list)
     offering: asyncio.Task | None = None  # the producer's task while a scenario runs
     rolled_back: int = 0  # applied events Redis lost in rollbacks (at least; re-applied from the log)
+    clusters: infra.Clusters | None = None  # the replicated Kafka and Redis Cluster a cluster scenario runs on
 
     def __post_init__(self) -> None:
-        self.redis = redis.Redis.from_url(self.settings.redis.url, socket_timeout=2, socket_connect_timeout=1)
+        self.redis = client_of(self.settings, socket_timeout=2, socket_connect_timeout=1)
+        self.keys = Keys.of(self.settings)
 
     @classmethod
-    async def open(cls, base: Settings, name: str, model: dict[str, bytes], logs: Path) -> FaultRun:
-        """A run on fresh topics, with its own consumer group and Redis prefix ``name`` serving ``model``."""
+    async def open(
+        cls, base: Settings, name: str, model: dict[str, bytes], logs: Path, clusters: infra.Clusters | None = None
+    ) -> FaultRun:
+        """A run on fresh topics, with its own consumer group and Redis prefix ``name`` serving ``model``; on
+        ``clusters`` (then ``base`` is their settings) a scenario can kill their brokers and Redis masters."""
         suffix = uuid.uuid4().hex[:8]
         settings = base.on_topics(
             suffix, worker_group=f"{name}-{suffix}", redis_prefix=name, worker_session_timeout_s=6
         )
         await infra.ensure_topics(settings)
-        run = cls(settings, logs)
+        run = cls(settings, logs, clusters=clusters)
         for key, value in model.items():
-            run.redis.restore(f"{name}:{key}", 0, value, replace=True)
+            run.redis.restore(run.keys(key), 0, value, replace=True)
         return run
 
     @property
@@ -176,7 +188,7 @@ class FaultRun:
     def applied(self) -> int:
         """Events in Redis; -1 while Redis does not answer."""
         try:
-            return applied(self.redis, self.prefix)
+            return applied(self.redis, self.keys)
         except redis.RedisError:
             return -1
 
@@ -210,7 +222,8 @@ class FaultRun:
             for item in workload.items:
                 await producer.send_item(item)
         deadline = time.monotonic() + 120
-        while (self.redis.hlen(f"{self.prefix}:user:seg"), self.redis.zcard(f"{self.prefix}:pool")) < (
+        segments = [f"{self.keys.slot(p)}:user:seg" for p in range(self.keys.partitions or 1)]
+        while (sum(self.redis.hlen(key) for key in segments), self.redis.zcard(self.keys("pool"))) < (
             len(workload.users),
             len(workload.items),
         ):
@@ -248,7 +261,10 @@ class FaultRun:
             ends = {tp: end for topic in topics for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
         deadline = time.monotonic() + timeout_s
         while True:
-            marks = {k.decode(): int(v) for k, v in self.redis.hgetall(f"{self.prefix}:wm").items()}
+            marks: dict[str, int] = {}  # on a cluster, each slot's: the lowest counts
+            for slot in {self.keys.slot(p) for p in (None, *range(self.keys.partitions or 0))}:
+                for k, v in self.redis.hgetall(f"{slot}:wm").items():
+                    marks[k.decode()] = min(int(v), marks.get(k.decode(), int(v)))
             stalled = sum(1 for (t, p), end in ends.items() if end and marks.get(f"{t}:{p}", -1) != end - 1)
             if not stalled or time.monotonic() > deadline:
                 return stalled
@@ -352,6 +368,33 @@ def redis_fault(outage_s: float, lost_window_s: float = 0.0) -> Inject:
     return inject
 
 
+async def kill_broker(run: FaultRun, rng: random.Random) -> None:
+    """SIGKILL one of the replicated Kafka's 3 brokers (each leads some partitions), keep it down 3 s while the
+    stream goes on (2 of 3 replicas in sync still take acks=all writes), restart it on its log."""
+    clusters = run.clusters
+    assert clusters is not None, "a cluster scenario runs on FaultRun.open(..., clusters=...)"
+    k = rng.randrange(len(clusters.brokers))
+    await asyncio.to_thread(clusters.kill_broker, k)
+    await asyncio.sleep(3.0)
+    await asyncio.to_thread(clusters.start_broker, k)
+    await run.recovered()
+
+
+async def fail_over_redis(run: FaultRun, rng: random.Random) -> None:
+    """SIGKILL the Redis Cluster master of the shared slot (counters and rankings: every events batch writes it).
+    Its replica takes over after ``cluster-node-timeout``, without the writes it had not received yet
+    (replication is asynchronous), which the workers re-apply from the log; the old master comes back as a
+    replica."""
+    clusters = run.clusters
+    assert clusters is not None, "a cluster scenario runs on FaultRun.open(..., clusters=...)"
+    k = await asyncio.to_thread(clusters.redis_master_of, run.keys("totals"))
+    await asyncio.to_thread(clusters.kill_redis, k)
+    await asyncio.to_thread(clusters.wait_redis_ok, False)
+    await asyncio.to_thread(clusters.start_redis, k)
+    await asyncio.to_thread(clusters.wait_redis_ok)
+    await run.recovered()
+
+
 POISON_SIZES = [limit + d for limit in (DEAD_LETTER_MAX_BYTES, MAX_MESSAGE_BYTES) for d in (-1, 0, 1)]
 
 
@@ -378,6 +421,13 @@ SCENARIOS = {  # rates: about 1/(times + 1) of the tests' 7,410 events per injec
         "Redis SIGKILLed, restarted 2 s behind what it acknowledged", redis_fault(1.0, lost_window_s=2.0), 1, 600
     ),
     "poison": Scenario("poison message at every size limit", poison, 1, 600),
+}
+
+CLUSTER_SCENARIOS = {  # on infra.running_clusters: a 3-broker Kafka (RF 3, min ISR 2) and 3 Redis masters + 3 replicas
+    "broker-kill": Scenario("2 workers; 1 of 3 Kafka brokers SIGKILLed for 3 s, restarted", kill_broker, 2, 300, 2),
+    "redis-failover": Scenario(
+        "2 workers; the shared slot's Redis master SIGKILLed, its replica takes over", fail_over_redis, 2, 300, 2
+    ),
 }
 
 
@@ -417,7 +467,9 @@ async def load_reader(url: str, users: Sequence[str], rate: float, stop: asyncio
         load.answers.append((time.monotonic(), degraded))
 
     # waiting for a pooled connection is the load generator's queue, not the reader's latency
-    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5.0, pool=None)) as client:
+    # idle connections dropped before the reader's keep-alive (uvicorn: 5 s) closes them under a new request
+    limits = httpx.Limits(keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(5.0, pool=None), limits=limits) as client:
         pending: set[asyncio.Task] = set()
         started = time.monotonic()
         while not stop.is_set():

@@ -9,27 +9,31 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    runs: the benchmark measures the reader), at a realistic size: 5,000 items in 21 segments'
    smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment, history and
    personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
-   200-item seen set) and 5,000 cold users (segment only);
+   200-item seen set), 5,000 cold users (segment only) and a warm ranker per events partition (see
+   :func:`warm_rankers`), so that the reader ranks its pages as it does once the workers trained it;
 3. starts three readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
-   process, redis-py), the contenders ``--workers 2`` and the same reader on serving/redis_wire.py;
+   process, the default settings: ranked pages), the contenders ``--workers 2`` and the same reader with
+   the ranker switched off (``RECSTREAM_RANKER=false``: the fixed-quota blend);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive over asyncio + uvloop):
    closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route
    (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
 5. then ``--rounds`` rounds of turns, A B C A B C …: warm users, closed loop, on the main reader and each
-   contender, and at the fixed rate on the main reader and redis_wire. The ratio to the main reader is
-   taken within each round (the other work on the machine drifts, a round is short) and its median
-   over rounds decides: issue 18 keeps serving/redis_wire.py only while it wins by ≥ 1.5× on feeds/s or
-   p99, and wants 2 processes ≥ 1.6× one;
+   contender, and at the fixed rate on the main reader and the fixed blend. The ratio to the main reader
+   is taken within each round (the other work on the machine drifts, a round is short) and its median
+   over rounds is the figure: issue 18 wants 2 processes ≥ 1.6× one, issue 16 ranked pages ≥ 85% of the
+   fixed blend's feeds/s;
 6. prints the tables, with the CPU the readers (every process), the load generator and Redis spent per
    phase (cores = CPU seconds per second: they share the machine), and fails the run (exit 1, nothing
    recorded) when a phase has more than 0.1% of non-200 or degraded answers (bench/common.check_answers)
    or when any feed request, in any process, took more than 2 Redis round trips (each process's own
    histogram); otherwise writes ``reader_feeds_per_s`` (warm users, closed loop) and ``reader_p99_ms``
    (warm users, fixed rate), each with the empty route's figure as its baseline, and the medians of
-   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_redis_py`` (both the main reader),
-   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_redis_wire``.
+   the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_ranked`` (both the main reader),
+   ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_fixed``. The run also fails when the main
+   reader served a page that was not ranked, or the fixed-blend reader one that was (their
+   ``recstream_reader_feeds_by_mode_total``).
 
 feeds/s counts only good answers (200, not degraded); latencies are over every answer, since a
 degraded one is the slow kind (its Redis call timed out). The machine's 2 cores are shared by the
@@ -50,6 +54,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -59,11 +64,13 @@ from urllib.request import urlopen
 import numpy as np
 import orjson
 import redis
+from recstream.models.ranker import FTRLConfig, FTRLRanker
 from rich.console import Console
 from rich.table import Table
 
 from bench.common import RESULTS, ROOT, check_answers, fail, figure, record, show
 from recstream.contracts.keys import Keys
+from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
@@ -77,6 +84,11 @@ N_ITEMS, N_POOL, N_WARM, N_COLD = 5_000, 500, 5_000, 5_000
 FEED_PATH = "/v1/feed/%s?limit=20"
 EMPTY_PATH = "/healthz?user=%s"  # the baseline: same request shape, the route answers without Redis
 _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
+READY_S = 240.0
+"""How long the readers may take to start: spawned processes import everything, slowly on a busy machine."""
+_MODE = re.compile(r'recstream_reader_feeds_by_mode_total\{mode="([^"]+)"\} (\S+)')
+RANKER_MARGIN = 100
+"""Rows each partition's ranker learned past its share of ``ranker_min_rows``."""
 
 
 def populate(settings: Settings, seed: int = 7) -> None:
@@ -101,6 +113,7 @@ def populate(settings: Settings, seed: int = 7) -> None:
     pipe.hset(k("clicks"), mapping={item: rng.randrange(0, 8) for item in pool})
     pipe.set(k("prior"), 0.05)
     pipe.set(k("model:current"), "bench")
+    pipe.mset(warm_rankers(settings, np.random.default_rng(seed)))
     pipe.execute()
     for n in range(N_WARM + N_COLD):
         user = f"w{n}" if n < N_WARM else f"c{n}"
@@ -118,6 +131,27 @@ def populate(settings: Settings, seed: int = 7) -> None:
             pipe.execute()
     pipe.execute()
     client.close()
+
+
+def warm_rankers(settings: Settings, rng: np.random.Generator) -> dict[str, bytes]:
+    """A warm ranker per events partition, stored as the workers store it: ``Keys.ranker(topic, p)`` holding
+    ``FTRLRanker.to_bytes()``, trained with the workers' FTRL settings. Each learned its share of
+    ``ranker_min_rows`` (and RANKER_MARGIN more), so the reader ranks: rows of random feature values, labels
+    drawn from a logistic model with planted weights, so that every weight is learned (not 0) and scoring
+    costs what it costs in production (the cost does not depend on what the weights are)."""
+    k, r = Keys(settings.redis.prefix), settings.ranker
+    config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+    partitions = settings.kafka.events_partitions
+    per_partition = -(-settings.blend.ranker_min_rows // partitions) + RANKER_MARGIN
+    planted = rng.normal(0.0, 1.0, len(FEATURES) + 1)
+    states = {}
+    for partition in range(partitions):
+        rows = rng.uniform(0.0, 1.0, (per_partition, len(FEATURES)))
+        clicked = rng.random(per_partition) < 1.0 / (1.0 + np.exp(-(planted[0] + rows @ planted[1:])))
+        ranker = FTRLRanker(len(FEATURES), config)
+        ranker.update(rows, clicked.astype(np.int64))
+        states[k.ranker(settings.kafka.events_topic, partition)] = ranker.to_bytes()
+    return states
 
 
 # --- the load generator (runs in its own process) -------------------------------------------
@@ -221,15 +255,21 @@ class Contender:
     name: str
     key: str  # results.json key of its warm feeds/s
     processes: int = 1
-    module: str = "recstream.shell.cli"  # the entry point of its `serve`
+    mode: str = "ranked"  # how its pages must be made (serving/ranking.MODES)
+    settings: tuple[tuple[str, object], ...] = ()  # flat settings it has otherwise than the main reader
     open_loop: bool = False  # also measured at the fixed offered rate (p99)
 
 
 CONTENDERS = [
     Contender("2 processes", "reader_feeds_per_s_2proc", processes=2),
-    Contender("redis_wire", "reader_feeds_per_s_redis_wire", module="bench.redis_wire", open_loop=True),
+    Contender(
+        "fixed blend", "reader_feeds_per_s_fixed", mode="fixed-off", settings=(("ranker", False),), open_loop=True
+    ),
 ]
-MAIN_KEYS = {"2 processes": "reader_feeds_per_s_1proc", "redis_wire": "reader_feeds_per_s_redis_py"}
+MAIN_KEYS = {
+    "2 processes": "reader_feeds_per_s_1proc",
+    "fixed blend": "reader_feeds_per_s_ranked",
+}
 """The main reader's key in each comparison (its median over the same rounds)."""
 
 
@@ -263,6 +303,15 @@ def round_trips(metrics: str) -> tuple[int, int]:
     if count is None or within is None:
         return 0, 0
     return int(float(count.group(1))), int(float(count.group(1)) - float(within.group(1)))
+
+
+def modes(metrics: str) -> Counter[str]:
+    """Feed pages by how they were made (``recstream_reader_feeds_by_mode_total``) in one process's metrics.
+
+    >>> modes('recstream_reader_feeds_by_mode_total{mode="ranked"} 12.0')
+    Counter({'ranked': 12})
+    """
+    return Counter({mode: int(float(n)) for mode, n in _MODE.findall(metrics)})
 
 
 def every_process_metrics(reader: infra.Child, processes: int, seconds: float = 60.0, parallel: int = 16) -> list[str]:
@@ -385,10 +434,10 @@ def main(argv: list[str] | None = None) -> None:
         processes = {MAIN: 1} | {c.name: c.processes for c in CONTENDERS}
         readers[MAIN] = infra.Child("serve", settings, run_dir / "reader.log")
         for c in CONTENDERS:
-            readers[c.name] = infra.Child("serve", settings.replace(reader_workers=c.processes),
-                                          run_dir / f"reader-{c.name}.log", module=c.module)  # fmt: skip
+            readers[c.name] = infra.Child("serve", settings.replace(reader_workers=c.processes, **dict(c.settings)),
+                                          run_dir / f"reader-{c.name}.log")  # fmt: skip
         for reader in readers.values():
-            reader.wait_ready()
+            reader.wait_ready(READY_S)
         warm = [f"w{n}" for n in range(N_WARM)]
         cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
         closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
@@ -405,8 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         redis_pid = infra.redis_service(settings).pid()
         assert redis_pid is not None
         results = measure(warm_ups + phases + [p for r in rounds for p in r], readers, redis_pid, args)
-        trips = [round_trips(text) for name, reader in readers.items()
-                 for text in every_process_metrics(reader, processes[name])]  # fmt: skip
+        texts = {name: every_process_metrics(reader, processes[name]) for name, reader in readers.items()}
     finally:
         for reader in readers.values():
             reader.stop()
@@ -418,7 +466,11 @@ def main(argv: list[str] | None = None) -> None:
                      [p for r in rounds for p in r], results), console)  # fmt: skip
     comparison, medians = compared(CONTENDERS, rounds, results)
     show(comparison, console)
+    trips = [round_trips(text) for name in texts for text in texts[name]]
     feeds, over_two = (sum(t[i] for t in trips) for i in (0, 1))
+    expected = {MAIN: "ranked"} | {c.name: c.mode for c in CONTENDERS}
+    made = {name: sum((modes(text) for text in texts[name]), Counter()) for name in texts}
+    console.print("pages by how they were made: " + "; ".join(f"{name}: {dict(made[name])}" for name in made))
     console.print(f"feed requests with more than 2 Redis round trips: {over_two:,} of {feeds:,} (every process)")
     console.print(
         f"{os.cpu_count()} cores; 1-min load average {load_before:.2f} before, "
@@ -431,6 +483,10 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"the readers counted no feed requests: is {args.path!r} the feed route?")
     if over_two:
         fail(f"{over_two:,} of {feeds:,} feed requests took more than 2 Redis round trips")
+    for name, counts in made.items():
+        other = {mode: n for mode, n in counts.items() if mode not in (expected[name], "degraded") and n}
+        if other:
+            fail(f"the {name} reader should serve {expected[name]} pages, it also served {other}")
     if args.no_record:
         return
     empty_closed, warm_closed, _, empty_open, warm_open = (results[p.name] for p in phases)

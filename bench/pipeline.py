@@ -37,12 +37,14 @@ READER_CONCURRENCY = 4  # feed requests in flight per reader
 
 @dataclass(frozen=True)
 class Page:
-    """A feed page as served: (item, source) pairs, how many degraded answers were asked again, and whether
-    it is still degraded after DEGRADED_RETRIES."""
+    """A feed page as served: (item, source) pairs, how many degraded answers were asked again, whether
+    it is still degraded after DEGRADED_RETRIES, whether the ranker ordered it, and its scroll session."""
 
     items: list[tuple[str, str]]
     retried: int
     degraded: bool
+    ranked: bool = False
+    session: str | None = None
 
 
 class Pipeline:
@@ -101,19 +103,43 @@ class Pipeline:
 
     async def feed(self, reader: str, user: str, **params: object) -> Page:
         """The user's first page from reader ``reader``; a non-200 answer raises. A degraded page (Redis timed out
-        under this machine's load and the reader answered its fallback list) is asked again, up to
-        DEGRADED_RETRIES times."""
+        under this machine's load and the reader answered its fallback list), or a request on a kept-alive
+        connection the reader closed meanwhile (no answer at all), is asked again, up to DEGRADED_RETRIES times."""
         url = f"{self.readers[reader].url}/v1/feed/{user}"
         for attempt in range(DEGRADED_RETRIES + 1):
             async with self.limits[reader]:
-                response = await self.http.get(url, params=params)
+                try:
+                    response = await self.http.get(url, params=params)
+                except httpx.RemoteProtocolError:  # a kept-alive connection the reader closed as we sent: no answer
+                    if attempt == DEGRADED_RETRIES:
+                        raise
+                    continue
             response.raise_for_status()
             body = response.json()
             if not body["degraded"] or attempt == DEGRADED_RETRIES:
                 break
             await asyncio.sleep(0.05 * (attempt + 1))
         items = [(item["item_id"], item["source"]) for item in body["items"]]
-        return Page(items, retried=attempt, degraded=body["degraded"])
+        return Page(items, attempt, body["degraded"], body["ranked"], body["session"])
+
+    async def served_vectors(self, sessions: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+        """Per (user, session): item → the feature vector (contracts.ranking's context value) the session's last
+        page served it with, as the reader's events route would stamp a view or click of it
+        (serving/feed_store.FeedStore.sources); one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for user, session in sessions:
+            pipe.lrange(self.keys.user(user, f"feed:{session}"), -1, -1)
+        out = []
+        for pages in await pipe.execute():
+            rows = orjson.loads(pages[0]) if pages else []
+            out.append({row[0]: row[2] for row in rows if len(row) == 3 and isinstance(row[2], str)})
+        return out
+
+    async def write_rankers(self, states: Mapping[int, bytes]) -> None:
+        """Store the events partitions' ranker states where the workers keep theirs (``Keys.ranker``)."""
+        topic = self.settings.kafka.events_topic
+        if states:
+            await self.redis.mset({self.keys.ranker(topic, p): state for p, state in states.items()})
 
 
 @asynccontextmanager

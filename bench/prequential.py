@@ -19,13 +19,40 @@ impossible). Rows, all in one run and on the same schedule:
 4. pipeline candidates — Kafka + Redis + a real ``recstream worker`` (bench/pipeline.py); the list read
    from ``user:<u>:cand``, minus what the user has seen. At least CONSISTENCY_MIN of its lists must
    equal the consistency check's, or the run fails: the pipeline must reproduce the worker's logic;
-5. pipeline served feed — ``recstream serve``'s GET /v1/feed/{u}?limit=10&seed=… with the default blend
-   (shares 0.6/0.2/0.1/0.1 → 6 personal, 2 popular, 1 fresh, 1 explore slots), as served, with the
-   slots and hits per source. A page the reader marks degraded (its Redis timeout, 50 ms, hit by this
-   machine's load) is asked again up to three times; the counts are shown, and more than 0.1% of
-   pages left degraded (or any non-200 answer) fails the run;
-6. the previous default blend — a second reader on the same Redis, with popular slots by the
-   segment's smoothed CTR alone (``RECSTREAM_POPULAR_PERSONAL_HEAD=0``, serving/blend.personal_first).
+5. pipeline served feed — ``recstream serve``'s GET /v1/feed/{u}?limit=10&seed=… with the default settings,
+   as served: the fixed-quota blend (shares 0.6/0.2/0.1/0.1 → 6 personal, 2 popular, 1 fresh, 1 explore
+   slots) while the online ranker is cold, the ranked page (serving/feed.py: the generators' candidates
+   ordered by the ranker's score in the exploitation slots, the explore slot kept) once it has learned
+   ``ranker_min_rows`` rows from this row's own pages (see "The ranker's rows"); with the share of
+   pages ranked and the slots and hits per source. A page the reader marks degraded (its Redis
+   timeout, 50 ms, hit by this machine's load) is asked again up to three times; the counts are
+   shown, and more than 0.1% of pages left degraded (or any non-200 answer) fails the run;
+6. the same with the ranker off (``RECSTREAM_RANKER=false``): a second reader on the same Redis serving
+   the fixed-quota blend throughout, what row 5 was before the ranker.
+
+The ranker's rows. MovieLens has no impressions: its events are ratings (a view: a rated film; a click:
+a rating ≥ 4), which the harness publishes straight to Kafka, so none carries the feature vector a
+reader served an item with, and the workers' ranker would never learn (row 5 would be the fixed blend
+throughout). In production the client reports each item of the page it displayed as a view and the
+item it clicked as a click, naming the page's session, and the reader stamps each with the vector it
+served the item with (recstream/contracts/ranking.py). The harness does the same with row 5's pages:
+every item of a scored user's page is a view (a negative row), and the rated item a click (a positive
+row) when the page held it; these rows are learned with the workers' own code
+(streams.ranker_training.batch_rows and train_batch: per events partition of the user, on top of its
+state, in the order of the round's scored ratings; prequential_rows.ImpressionTrainer) and the states
+stored where the workers keep theirs (``Keys.ranker``), from which the readers load them. A round's
+rows are learned after its pages were fetched and before the next round's, so a page is ranked by
+what every earlier round's pages taught, as a worker would have learned it from the reported events.
+
+They are not published as events, on purpose: in this protocol a view is a rating, what every row is
+scored on. Ten impressions per scored click (about 110,000, more than the data's 100,000 events) would
+enter the users' histories (view weight) and seen sets and every item's view counts: the input of
+every pipeline row. The candidate lists would no longer be the consistency check's (the run's
+validity check), an item shown once and rated later could never be a hit, and no row would compare
+with the in-memory baselines or earlier runs. So the impressions train the ranker and nothing else:
+rows 1–4 and 6 are exactly what they were without the ranker, and row 5 differs from row 6 only by
+the ranking. What differs from production: a shown but unclicked item leaves the user's state as it
+was (in production its view enters the history and the seen set, so it is not shown again).
 
 Rows 1–3 are bench/prequential_rows.py; scores, table and results.json keys bench/prequential_report.py
 (the pipeline rows' ``baseline`` there is the frozen batch model of the same run).
@@ -48,14 +75,15 @@ Approximations, all measured or bounded in the table:
 Seconds: in-memory rows, their own work over the tail; pipeline rows, publishing + waiting for the
 worker + reading their lists (the served row adds the reader-reload waits and its HTTP requests).
 
-Tuning (``--sweep``, consistency-check row, on a validation split: trained on the first 60% of events,
-scored on 60–80%, never on the reported tail). One at a time from the defaults (HR@10 0.151):
-history cap 10 → 0.175 (cap 20: 0.171, 50: 0.157, 200: 0.147), λ 20 → 0.159 (100: 0.135), α, k, the
-view/click weights and iterations within ±0.005 or worse. Grid λ ∈ {10, 20, 40} × cap ∈ {5, 10, 15,
-20} × α ∈ {1, 2}, then λ ∈ {30, 40, 60, 80} × α ∈ {2, 3, 4}, k ∈ {32, 64, 96}, view ∈ {0.5, 1, 2} ×
-click ∈ {2, 4, 8}: best λ = 40, cap = 10 (α 2, k 64, weights 1/4 unchanged): 0.202 (HR@6 0.144),
-neighbours within 0.01. On the reported tail: 0.161 → 0.210. These are now the defaults
-(ALSConfig.regularization = 40, Settings.history_cap = 10, and `recstream train`'s λ).
+Tuning, never on the reported tail: ``--sweep`` (the consistency-check row alone, in memory, over a
+grid) and ``--validation`` (a full run, every row, the pipeline's too; ``--set NAME=VALUE`` for the
+worker's and readers' settings) both train on the first 60% of events and score 60–80%; neither is
+recorded. The personal list's defaults, λ 40, α 1 and a history cap of 30 with recency-weighted
+confidence γ = 0.9 (models/als.history_confidence), are no longer tuned here: bench/validate.py chooses
+them on six sources, this benchmark's validation split among them, for the worst case over the
+sources (BENCHMARKS.md, "Defaults that generalize"). On MovieLens alone they cost about 5% of the
+personal list's validation HR@10 (0.194 against 0.204 for λ 40, α 2, hard cap 10, chosen here by
+``--sweep`` and the default until issue 16), the price of holding on the other sources.
 """
 
 from __future__ import annotations
@@ -64,6 +92,7 @@ import argparse
 import asyncio
 import hashlib
 import itertools
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,11 +101,12 @@ from pathlib import Path
 
 from recstream.models.als import ALSConfig
 from recstream.models.artifacts import read_model, write_model
+from recstream.models.ranker import FTRLConfig
 from rich.console import Console
 from rich.table import Table
 
 from bench.common import ROOT, check_answers, fail, machine, services
-from bench.pipeline import pipeline
+from bench.pipeline import Page, Pipeline, pipeline
 from bench.prequential_protocol import (
     K,
     Rating,
@@ -97,6 +127,7 @@ from bench.prequential_rows import (
     Batch,
     ConsistencyRow,
     FrozenRow,
+    ImpressionTrainer,
     PipelineResult,
     PopularityRow,
     Row,
@@ -108,13 +139,28 @@ from recstream.contracts.settings import Settings, load_settings
 from recstream.jobs.sources import movielens
 
 COMMAND = ".venv/bin/python -m bench.prequential"
-DEFAULT_MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
+
+
+def beside_checkout(*parts: str) -> Path:
+    """A path beside the repository (ARCHITECTURE.md, data): beside this checkout, or in a git worktree that has
+    none, beside the main checkout the worktree belongs to."""
+    here = ROOT.parent.joinpath(*parts)
+    if here.exists():
+        return here
+    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
+                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    main = Path(common).parent.parent.joinpath(*parts) if common else here
+    return main if main.exists() else here
+
+
+DEFAULT_MOVIELENS = beside_checkout("shared", "data", "ml-100k")
 LOGS = ROOT / ".run" / "bench-logs"
 CONSISTENCY_MIN = 0.99
 """Share of the pipeline's candidate lists that must equal the consistency check's for a valid run."""
-BLENDS: dict[str, dict[str, object]] = {"served": {}, "served_by_ctr": {"popular_personal_head": 0}}
-"""The served rows: one reader each, with the default blend and the previous default (popular slots by
-smoothed CTR alone, serving/blend.personal_first off)."""
+BLENDS: dict[str, dict[str, object]] = {"served": {}, "served_fixed": {"ranker": False}}
+"""The served rows: one reader each, with the default settings (ranked once the ranker is warm, trained from
+this row's pages: TRAINED_BY) and with the ranker switched off (the fixed-quota blend throughout)."""
+TRAINED_BY = "served"
 console = Console(width=max(Console().width, 150))
 
 
@@ -132,6 +178,9 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
     publish, read every scored user's candidate list and served page."""
     blends = BLENDS if with_reader else {}
     result = PipelineResult(served={name: ServedRow() for name in blends})
+    r = settings.ranker
+    trainer = ImpressionTrainer(settings.kafka.events_partitions, FTRLConfig(r.alpha, r.beta, r.l1, r.l2))
+    result.trainer = trainer if blends else None
     known_users: set[str] = set()
     known_items: set[str] = set()
     async with pipeline(settings, LOGS, "prequential", batch.artifacts, blends) as driver:
@@ -170,19 +219,36 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
                 for rating, page in zip(current.score, pages, strict=True):
                     row.add(page, rating.item_id)
                 row.tally.seconds += time.perf_counter() - started
+                if name == TRAINED_BY:
+                    await learn(driver, trainer, current.score, pages)
             result.rounds += 1
+            if result.rounds % 25 == 0 and blends:
+                console.print(f"  round {result.rounds}/{len(schedule)}: the ranker learned {trainer.rows:,} rows, "
+                              f"{result.served[TRAINED_BY].ranked:,} pages ranked")  # fmt: skip
     result.candidates.seconds += result.catch_up_seconds
     for row in result.served.values():
         row.tally.seconds += result.catch_up_seconds + result.reader_wait_seconds
     return result
 
 
+async def learn(driver: Pipeline, trainer: ImpressionTrainer, scored: Sequence[Rating], pages: Sequence[Page]) -> None:
+    """The round's pages as training rows (ImpressionTrainer), the new states stored for the readers to load."""
+    served = [(rating, page) for rating, page in zip(scored, pages, strict=True) if page.session is not None]
+    vectors = await driver.served_vectors([(r.user_id, p.session) for r, p in served])  # type: ignore[misc]
+    pairs = [(r, [item for item, _ in p.items], v) for (r, p), v in zip(served, vectors, strict=True)]
+    await driver.write_rankers(trainer.learn(pairs))
+
+
 def check_pipeline(rows: PipelineResult, tallies: dict[str, Tally]) -> None:
     """Fail the run when the pipeline does not reproduce the worker's logic or its readers answered degraded."""
-    share = identical_share(rows.candidates, tallies["consistency (rounds)"])
+    check = tallies["consistency (rounds)"]
+    share = identical_share(rows.candidates, check)
     if share < CONSISTENCY_MIN:
+        pairs = list(zip(rows.candidates.ranked, check.ranked, strict=True))
+        reordered = sum(a != b and set(a) == set(b) for a, b in pairs)
         fail(f"{share:.1%} of the pipeline's candidate lists equal the consistency check's (at least "
-             f"{CONSISTENCY_MIN:.0%} required)")  # fmt: skip
+             f"{CONSISTENCY_MIN:.0%} required); of the {sum(a != b for a, b in pairs):,} that differ, "
+             f"{reordered:,} hold the same items in another order")  # fmt: skip
     for name, row in rows.served.items():
         check_answers(f"served feed {name!r} (left degraded after retries)", row.tally.clicks, row.degraded)
 
@@ -211,6 +277,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="NAME=V1,V2,...",
         help=f"only the in-memory consistency check over a grid of these values (repeatable; names: "
         f"{', '.join(SWEEPABLE)})",
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="a full run on the validation split (history: the first 60%% of events, scored: 60-80%%), never recorded",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a settings variable for the worker and readers (e.g. ranker_min_rows=2000; repeatable), never recorded",
     )
     parser.add_argument(
         "--sweep-on",
@@ -300,13 +378,19 @@ def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_c
 
 def records(args: argparse.Namespace, chosen: tuple[ALSConfig, int, int]) -> bool:
     """Whether this run writes bench/results.json: only a full run (every row) with the project defaults."""
-    full = not (args.no_record or args.no_pipeline or args.no_reader)
+    full = not (args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set)
     return full and args.history_share == 0.8 and chosen == configure(parse_args([]))
 
 
 def command(argv: Sequence[str]) -> str:
     """How to reproduce these figures: the command with the options that change them."""
-    kept = [a for a in argv if a not in ("--no-record",)]
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:  # where the data lives does not change the figures
+        if arg == "--movielens":
+            next(args, None)
+        elif arg != "--no-record" and not arg.startswith("--movielens="):
+            kept.append(arg)
     return " ".join([COMMAND, *kept])
 
 
@@ -317,10 +401,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     stream = group_ratings(movielens(args.movielens))
     history, tail = split(stream.ratings, args.history_share)
     schedule = rounds(tail)
+    if args.validation or (args.sweep and args.sweep_on == "validation"):
+        history, tail = split(history, VALIDATION_SHARE)  # the history's own last quarter, never the reported tail
+        schedule = rounds(tail)
     if args.sweep:
-        if args.sweep_on == "validation":  # tune on the history's own last quarter, never on the reported tail
-            history, tail = split(history, VALIDATION_SHARE)
-            schedule = rounds(tail)
         sweep(args, stream, history, schedule)
         return
     batch = train_history(stream, history, cfg, feedback)
@@ -331,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     tallies = in_memory(stream, history, batch, history_cap, m, {"rounds": schedule, "in order": in_order(tail)})
     pipeline_rows: PipelineResult | None = None
     if not args.no_pipeline:
-        with services(history_cap=history_cap, candidates_m=m, pool_cache_s=0.1, popular_refresh_s=0.1) as settings:
+        overrides = dict(spec.partition("=")[::2] for spec in args.set)
+        with services(history_cap=history_cap, candidates_m=m, pool_cache_s=0.1, popular_refresh_s=0.1,
+                      **overrides) as settings:  # fmt: skip
             pipeline_rows = asyncio.run(
                 run_pipeline(settings, stream, history, schedule, batch, not args.no_reader, args.reader_wait_s)
             )

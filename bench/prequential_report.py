@@ -32,11 +32,11 @@ METRICS = {  # results.json key part → (column, unit, format)
     "novelty": ("novelty", "bits", "{:.2f}"),
     "ild": ("ILD", "mean pairwise genre-Jaccard distance", "{:.3f}"),
 }
-BASELINE_OF = {"candidates": "frozen", "served": "frozen", "served_by_ctr": "frozen"}
+BASELINE_OF = {"candidates": "frozen", "served": "frozen", "served_fixed": "frozen"}
 """Each recorded pipeline row's ``baseline`` in results.json: the batch model without streaming updates."""
 SERVED_LABELS = {
-    "served_by_ctr": "pipeline served feed, previous default blend (popular slots by smoothed CTR alone)",
-    "served": "pipeline served feed (default blend)",
+    "served_fixed": "pipeline served feed, ranker off (the fixed-quota blend)",
+    "served": "pipeline served feed (default: ranked once the ranker is warm)",
 }
 
 
@@ -119,8 +119,9 @@ def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, t
         n = row.tally.clicks
         mix = ", ".join(f"{s} {slots / n:.1f} ({row.hits.get(s, 0) / n:.4f})" for s, slots in sorted(row.slots.items()))
         share = row.tally.hr() / max(pipeline.candidates.hr(), 1e-9)
+        ranked = f"{row.ranked / max(n, 1):.1%} of pages ranked; " if row.ranked else ""
         add(label, row.tally,
-            f"{share:.1%} of the candidates' HR@10; slots per feed (HR from them): {mix}; "
+            f"{share:.1%} of the candidates' HR@10; {ranked}slots per feed (HR from them): {mix}; "
             f"{row.retried} degraded answers asked again, {row.degraded} left degraded")  # fmt: skip
     add("popularity, strictly in order", tallies["popularity (in order)"], "schedule check")
     add("consistency check, strictly in order", tallies["consistency (in order)"], "schedule check")
@@ -131,6 +132,10 @@ def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, t
             f"catch-up {pipeline.catch_up_seconds:.1f} s (in every pipeline row), reader reload waits "
             f"{pipeline.reader_wait_seconds:.1f} s (served rows)"
         )
+    if pipeline is not None and pipeline.trainer is not None:
+        t = pipeline.trainer
+        console.print(f"ranker: learned {t.rows:,} rows ({t.clicks:,} clicks) from the served row's pages, "
+                      f"{len(t.states)} partition(s)")  # fmt: skip
     console.print(f"machine: {machine()}; {date.today().isoformat()}; {cmd}")
 
 

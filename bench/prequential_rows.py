@@ -22,7 +22,9 @@ import orjson
 from recstream.models.als import ALSConfig, train_als
 from recstream.models.artifacts import ModelArtifacts
 from recstream.models.history import History
+from recstream.models.ranker import FTRLConfig
 from recstream.streams.personalize import Personalizer
+from recstream.streams.ranker_training import Partition, batch_rows, train_batch
 
 from bench.pipeline import Page
 from bench.prequential_protocol import (
@@ -37,7 +39,9 @@ from bench.prequential_protocol import (
     seen_sets,
     top_k,
 )
+from recstream.contracts.events import Event, partition_for
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
+from recstream.contracts.ranking import CONTEXT_KEY
 from recstream.jobs import training
 from recstream.jobs.sources import Record
 
@@ -184,6 +188,7 @@ class ServedRow:
     tally: Tally = field(default_factory=Tally)
     degraded: int = 0  # pages still degraded after the retries (scored as served)
     retried: int = 0  # degraded answers asked again
+    ranked: int = 0  # pages the ranker ordered (the others: the fixed blend)
     slots: dict[str, int] = field(default_factory=dict)  # served items per source
     hits: dict[str, int] = field(default_factory=dict)  # hits per source of the served item
 
@@ -191,9 +196,48 @@ class ServedRow:
         self.tally.add([item for item, _ in page.items], clicked)
         self.retried += page.retried
         self.degraded += page.degraded
+        self.ranked += page.ranked
         for item, source in page.items:
             self.slots[source] = self.slots.get(source, 0) + 1
             self.hits[source] = self.hits.get(source, 0) + (item == clicked)
+
+
+class ImpressionTrainer:
+    """The ranker's training from the served pages, with the workers' own code (streams.ranker_training).
+
+    What a client's reports of a page would make of it: a view of every item served with its vector
+    (a negative row), and a click of the rated item when the page held it (a positive row), in the
+    order of the round's scored ratings, grouped by the events partition of their user (Kafka's
+    partitioner, as the producer sends them); each partition learns on top of its state, as its worker
+    would. bench/prequential.py explains why these rows are learned here and not published as events.
+    """
+
+    def __init__(self, partitions: int, config: FTRLConfig) -> None:
+        self.partitions = partitions
+        self.config = config
+        self.states: dict[Partition, bytes] = {}
+        self.rows = 0
+        self.clicks = 0
+
+    def learn(self, pages: Sequence[tuple[Rating, Sequence[str], dict[str, str]]]) -> dict[int, bytes]:
+        """Learn each (scored rating, page items, item → served vector); the changed states by partition."""
+        events: list[Event] = []
+        for rating, items, vectors in pages:
+            ts = rating.events[-1].ts
+            for item in items:
+                if item in vectors:
+                    events.append(Event(type="view", user_id=rating.user_id, item_id=item, ts=ts,
+                                        context={CONTEXT_KEY: vectors[item]}))  # fmt: skip
+            if rating.item_id in vectors:
+                events.append(Event(type="click", user_id=rating.user_id, item_id=rating.item_id, ts=ts,
+                                    context={CONTEXT_KEY: vectors[rating.item_id]}))  # fmt: skip
+        partitions = [("events", partition_for(e.user_id, self.partitions)) for e in events]
+        trained = train_batch(batch_rows(events, partitions), self.states, self.config).trained
+        for partition, result in trained.items():
+            self.states[partition] = result.state
+            self.rows += len(result.labels)
+            self.clicks += int(result.labels.sum())
+        return {partition[1]: result.state for partition, result in trained.items()}
 
 
 @dataclass
@@ -206,3 +250,4 @@ class PipelineResult:
     catch_up_seconds: float = 0.0  # publishing and waiting for the worker, over the tail
     reader_wait_seconds: float = 0.0
     rounds: int = 0
+    trainer: ImpressionTrainer | None = None  # the ranker's training from the served row's pages

@@ -1,6 +1,7 @@
 """Reliability: every fault scenario of bench/faults.py against private services, one table.
 
     .venv/bin/python -m bench.reliability [--records 10000] [--only worker-kill redis-kill ...]
+    .venv/bin/python -m bench.reliability --clusters [--records 10000]
 
 For each scenario a fresh run (own topics, consumer group, Redis prefix, the same trained model)
 applies the synthetic world's users and items, then its events are offered at a steady rate while
@@ -18,6 +19,12 @@ Writes `reliability_lost_events`, `reliability_double_applied_events` (sums over
 `reliability_<scenario>_recovery_max_s`, `reliability_<scenario>_stalled_partitions` (e.g.
 `reliability_poison_stalled_partitions`, which must be 0), `reliability_reader_failed_requests`,
 `reliability_reader_recovery_max_s`.
+
+``--clusters`` runs the cluster scenarios instead (bench/faults.py ``CLUSTER_SCENARIOS``), on a 3-broker KRaft
+Kafka (replication factor 3, min.insync.replicas 2) and a Redis Cluster of 3 masters + 3 replicas, two workers
+each: a broker SIGKILLed mid-stream, and the Redis master of the shared slot SIGKILLed (its replica takes
+over, without the writes it had not received). Writes `reliability_broker_kill_lost_events` and
+`reliability_redis_failover_lost_events` (lost + double-applied would both show; double-applied is in the table).
 """
 
 from __future__ import annotations
@@ -25,22 +32,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
+import tempfile
+from pathlib import Path
 
 from rich.table import Table
 
 from bench.common import ROOT, figure, machine, record, services, show
 from bench.faults import (
+    CLUSTER_SCENARIOS,
     SCENARIOS,
     FaultRun,
     ReaderLoad,
     Workload,
+    client_of,
     model_keys,
     reader_redis_outage,
     run_scenario,
     score,
 )
 from recstream.contracts.settings import Settings
+from recstream.shell import infra
 from recstream.shell.infra import Child
 
 COMMAND = ".venv/bin/python -m bench.reliability"
@@ -51,11 +64,13 @@ def seconds(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} / {max(values):.1f}" if values else "—"
 
 
-async def scenario_run(base: Settings, name: str, model: dict[str, bytes], workload: Workload) -> tuple[FaultRun, int]:
-    """The run and its stalled partitions (counted before its workers stop)."""
-    run = await FaultRun.open(base, name, model, LOGS)
+async def scenario_run(
+    base: Settings, name: str, model: dict[str, bytes], workload: Workload, clusters: infra.Clusters | None = None
+) -> tuple[FaultRun, int]:
+    """The run and its stalled partitions (counted before its workers stop); a cluster scenario on ``clusters``."""
+    run = await FaultRun.open(base, name, model, LOGS, clusters=clusters)
     try:
-        await run_scenario(run, workload, SCENARIOS[name])
+        await run_scenario(run, workload, (CLUSTER_SCENARIOS if clusters else SCENARIOS)[name])
         stalled = await run.stalled_partitions()
     finally:
         run.stop()
@@ -80,7 +95,7 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
         model = asyncio.run(model_keys(base, workload))
         for name in names:
             run, stalled = asyncio.run(scenario_run(base, name, model, workload))
-            tally = score(run.redis, run.prefix, workload.events, run.settings.worker.seen_cap)
+            tally = score(run.redis, run.keys, workload.events, run.settings.worker.seen_cap)
             run.redis.close()
             lost, double = lost + tally.lost, double + tally.double
             rows.append((SCENARIOS[name].name, str(run.injections), f"{run.offered:,}", f"{tally.applied:,}",
@@ -107,12 +122,37 @@ def measure(names: list[str], records: int) -> tuple[list[tuple[str, ...]], dict
     return rows, figures
 
 
+def measure_clusters(records: int) -> tuple[list[tuple[str, ...]], dict[str, dict[str, object]]]:
+    """The cluster scenarios, each on its own topics and prefix of one pair of clusters."""
+    workload = Workload.synthetic(records)
+    rows: list[tuple[str, ...]] = []
+    figures: dict[str, dict[str, object]] = {}
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-clusters-", dir=ROOT / ".run"))
+    try:
+        with infra.sigterm_interrupts(), infra.running_clusters(infra.private_settings(run_dir, ROOT / ".cache")) as c:
+            model = asyncio.run(model_keys(c.settings, workload))
+            for name, scenario in CLUSTER_SCENARIOS.items():
+                run, stalled = asyncio.run(scenario_run(c.settings, name, model, workload, c))
+                client = client_of(run.settings)  # the run's was closed with it (a closed cluster client stays so)
+                tally = score(client, run.keys, workload.events, run.settings.worker.seen_cap)
+                client.close()
+                rows.append((scenario.name, str(run.injections), f"{run.offered:,}", f"{tally.applied:,}",
+                             str(tally.lost), str(tally.double), str(stalled), seconds(run.recoveries_s)))  # fmt: skip
+                lost = figure(tally.lost, "events", f"{COMMAND} --clusters")
+                figures[f"reliability_{name.replace('-', '_')}_lost_events"] = lost
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return rows, figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=10_000, help="synthetic world messages (users+items+events)")
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--clusters", action="store_true", help="the cluster scenarios only (a replicated Kafka, "
+                        "a Redis Cluster)")  # fmt: skip
     args = parser.parse_args()
-    rows, figures = measure(args.only, args.records)
+    rows, figures = measure_clusters(args.records) if args.clusters else measure(args.only, args.records)
     load = os.getloadavg()[1]  # recovery times stretch with other processes' load on the shared cores
     table = Table(
         title=f"faults injected mid-stream, Kafka + Redis + workers co-located ({machine()}; load average {load:.0f})"

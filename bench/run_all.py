@@ -66,12 +66,15 @@ BENCHES = (
     Bench("ann_space"),
     Bench("feeds"),
     Bench("prequential"),
+    Bench("adopt", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("rebuild", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("validate", {"OPENBLAS_NUM_THREADS": "1"}),
     Bench("policies"),
     Bench("blends"),
+    Bench("ranker"),
     Bench("reliability"),
     Bench("soak", by_default=False),  # ~30 minutes
+    Bench("scale", {"OPENBLAS_NUM_THREADS": "1"}, by_default=False),  # ~45 minutes on a loaded machine
 )
 BY_NAME = {b.name: b for b in BENCHES}
 
@@ -196,7 +199,7 @@ def choose(only: str | None, skip: str | None, also: str | None) -> list[Bench]:
 
     >>> [b.name for b in choose("feeds,produce", None, None)]
     ['produce', 'feeds']
-    >>> [b.name for b in choose(None, "feeds,prequential,rebuild,policies,blends,reliability", "soak")]
+    >>> [b.name for b in choose(None, "feeds,prequential,adopt,rebuild,policies,blends,ranker,reliability", "soak")]
     ['produce', 'worker', 'user_steps', 'ann_space', 'validate', 'soak']
     """
 

@@ -1,6 +1,7 @@
 """One worker's throughput on a backlog, and freshness under a steady live load.
 
     .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20]
+    .venv/bin/python -m bench.worker --cluster [--events 100000] [--rounds 2]
 
 Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
 backlog is produced first, then a worker starts and we time events applied per second
@@ -8,15 +9,20 @@ backlog is produced first, then a worker starts and we time events applied per s
 with a trained model (user steps, HNSW candidates), and once more on the same events each
 carrying a served feature vector, so the worker also trains the online ranker per partition
 (its baseline: the run before, whose events carry none). Baseline in the same run: a raw
-aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves). Each backlog run
-also reports the microseconds per event Redis spent in the batch scripts (INFO commandstats): the worker
-awaits each script, so that time adds to its own.
+aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves).
 Freshness: events stamped "now" are offered at a fixed rate to the caught-up personalized
 worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
 from the worker's own histograms (deltas over the live phase).
 
 Writes `worker_events_per_s`, `worker_events_per_s_ranker`, `freshness_p99_ms`, `candidates_refresh_p99_ms`
 (+ p50s).
+
+``--cluster`` measures only what a Redis Cluster costs: the same backlog on the same Kafka broker, applied by
+the worker with a trained model (counters + user steps + candidates) on one Redis and on a Redis Cluster of 3
+masters + 3 replicas on this machine, alternating single, cluster, cluster, single, … (``--rounds`` pairs, each
+with a fresh consumer group and key prefix), so load drift hits both alike. Writes
+`worker_events_per_s_single` and `worker_events_per_s_cluster` (the mean of each one's runs; the cluster's
+baseline is the single figure).
 """
 
 from __future__ import annotations
@@ -34,12 +40,13 @@ from rich.table import Table
 
 from bench.common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
 from recstream.contracts.events import Event, decode
+from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
 from recstream.jobs.sources import Record
-from recstream.shell.infra import Child, ensure_topics
+from recstream.shell.infra import Child, ensure_topics, running_clusters
 from recstream.sim.world import synthetic
 
 COMMAND = ".venv/bin/python -m bench.worker"
@@ -91,31 +98,79 @@ async def raw_consume_rate(settings: Settings, total: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def applied(client: redis.Redis, prefix: str) -> int:
-    totals = client.hgetall(f"{prefix}:totals")
+def applied(client: redis.Redis | redis.RedisCluster, key: str) -> int:
+    totals = client.hgetall(key)
     return int(totals.get(b"views", 0)) + int(totals.get(b"clicks", 0))
 
 
-def redis_usec(client: redis.Redis) -> dict[str, int]:
-    """Microseconds Redis spent in each command so far (INFO commandstats; a script's inner calls count in it too)."""
-    return {name.removeprefix("cmdstat_"): stats["usec"] for name, stats in client.info("commandstats").items()}
+def applied_when_answered(client: redis.Redis | redis.RedisCluster, key: str) -> int | None:
+    """:func:`applied`, or None while Redis is running a batch script (BUSY past its 5 s script limit, or a read
+    timeout): a backlog batch is up to batch_max messages, one script, and can block Redis that long."""
+    try:
+        return applied(client, key)
+    except redis.exceptions.TimeoutError:
+        return None
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith("BUSY"):
+            return None
+        raise
 
 
-def time_backlog(settings: Settings, prefix: str, total: int) -> tuple[float, float, Child]:
-    """Events/s from the first applied batch to the last, for a worker started on a full backlog, and the
-    microseconds per event Redis spent in the batch scripts (EVALSHA) meanwhile: the worker waits for them."""
-    client = redis.Redis.from_url(settings.redis.url)
-    before = redis_usec(client)
+def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) -> tuple[float, Child]:
+    """Events/s from the first applied batch to the last, for a worker started on a full backlog (``total``
+    applied events at the end, ``already`` of them in Redis before it starts)."""
+    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url,
+                                                                                      socket_timeout=30)  # fmt: skip
+    key = Keys.of(settings)("totals")
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
-    while applied(client, prefix) == 0:
-        time.sleep(0.01)
-    first, started = applied(client, prefix), time.perf_counter()
-    while (done := applied(client, prefix)) < total:
-        time.sleep(0.05)
-        worker.check()
-    rate = (done - first) / (time.perf_counter() - started)
-    script_us = (redis_usec(client).get("evalsha", 0) - before.get("evalsha", 0)) / done
-    return rate, script_us, worker
+    try:
+        while (first := applied_when_answered(client, key)) in (None, already):
+            time.sleep(0.01)
+            worker.check()
+        started = time.perf_counter()
+        while (done := applied_when_answered(client, key)) is None or done < total:
+            time.sleep(0.05)
+            worker.check()
+    except BaseException:  # its own session: Ctrl-C or an error here would leave it running
+        worker.kill()
+        raise
+    return (done - first) / (time.perf_counter() - started), worker
+
+
+def cluster_cost(records: list[Record], rounds: int) -> None:
+    """The personalized worker on one Redis and on a Redis Cluster, same backlog and broker, alternating."""
+    with services() as base:
+        asyncio.run(ensure_topics(base))
+        total = asyncio.run(produce_backlog(base, records))
+        artifacts, _ = training.train(training.collect(records), ALSConfig(), holdout=0)
+        with running_clusters(base.replace(run_dir=base.local.run_dir / "cluster"), kafka=False) as clusters:
+            targets = {"single": base, "cluster": clusters.settings}
+            version = asyncio.run(training.publish(base.replace(model_dir=MODELS), artifacts))
+            rates: dict[str, list[float]] = {"single": [], "cluster": []}
+            order = [
+                name for k in range(rounds) for name in (("single", "cluster") if k % 2 == 0 else ("cluster", "single"))
+            ]
+            for k, name in enumerate(order):
+                settings = targets[name].replace(
+                    redis_prefix=f"{name}{k}", worker_group=f"bench-{name}{k}", model_dir=MODELS
+                )
+                asyncio.run(training.activate(settings, artifacts, version))
+                rate, worker = time_backlog(settings, f"{name}{k}", total)
+                worker.stop()
+                rates[name].append(rate)
+    single, cluster = (sum(rates[name]) / len(rates[name]) for name in ("single", "cluster"))
+    table = Table(title=f"one worker (user steps + candidates), one Redis vs a Redis Cluster ({machine()})")
+    for column in ("Redis", "runs (events/s)", "mean"):
+        table.add_column(column, justify="right")
+    table.add_row("one server", ", ".join(f"{r:,.0f}" for r in rates["single"]), f"{single:,.0f} events/s")
+    table.add_row("cluster, 3 masters + 3 replicas", ", ".join(f"{r:,.0f}" for r in rates["cluster"]),
+                  f"{cluster:,.0f} events/s ({cluster / single:.2f}×)")  # fmt: skip
+    show(table)
+    command = f"{COMMAND} --cluster"
+    record({
+        "worker_events_per_s_single": figure(single, "events/s", command),
+        "worker_events_per_s_cluster": figure(cluster, "events/s", command, single),
+    })  # fmt: skip
 
 
 async def live_load(settings: Settings, users: list[str], items: list[str], rate: int, seconds: float) -> int:
@@ -163,11 +218,16 @@ def live_batches(before: str, after: str, topic: str) -> tuple[float, float, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--events", type=int, default=None, help="backlog size (default 300,000; --cluster 100,000)")
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--cluster", action="store_true", help="only one Redis vs a Redis Cluster, same run")
+    parser.add_argument("--rounds", type=int, default=2, help="--cluster: pairs of runs (one of each)")
     args = parser.parse_args()
-    records = [r for r in synthetic(args.events, seed=11)]
+    if args.cluster:
+        cluster_cost(list(synthetic(args.events or 100_000, seed=11)), args.rounds)
+        return
+    records = [r for r in synthetic(args.events or 300_000, seed=11)]
     users = [r.value.user_id for r in records if r.kind == "user"]
     items = [r.value.item_id for r in records if r.kind == "item"]
     with services() as base:
@@ -177,13 +237,13 @@ def main() -> None:
             total = asyncio.run(produce_backlog(settings, backlog))
         raw = asyncio.run(raw_consume_rate(base, total))
         counters = base.replace(redis_prefix="counters", worker_group="bench-counters")
-        counters_rate, counters_script, worker = time_backlog(counters, "counters", total)
+        counters_rate, worker = time_backlog(counters, "counters", total)
         worker.stop()
         personal = base.replace(redis_prefix="personal", worker_group="bench-personal", model_dir=MODELS)
         log = training.collect(records)
         artifacts, _ = training.train(log, ALSConfig(), holdout=0)
         version = asyncio.run(training.publish(personal, artifacts))
-        personal_rate, personal_script, worker = time_backlog(personal, "personal", total)
+        personal_rate, worker = time_backlog(personal, "personal", total)
         time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
         before = worker.metrics()
         offered = asyncio.run(live_load(personal, users, items, args.rate, args.seconds))
@@ -191,7 +251,7 @@ def main() -> None:
         after = worker.metrics()
         worker.stop()
         asyncio.run(training.activate(ranked, artifacts, version))
-        ranker_rate, ranker_script, worker = time_backlog(ranked, "ranker", total)
+        ranker_rate, worker = time_backlog(ranked, "ranker", total)
         worker.stop()
     fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
     cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
@@ -207,11 +267,6 @@ def main() -> None:
     table.add_row(
         "worker, full path with ranker training (events carry vectors)",
         f"{ranker_rate:,.0f} events/s ({ranker_rate / personal_rate:.2f}× the row above)",
-    )
-    table.add_row(
-        "Redis time in the batch scripts per event: counters / personal / ranker",
-        f"{counters_script:.1f} / {personal_script:.1f} / {ranker_script:.1f} µs (of {1e6 / ranker_rate:.1f} µs "
-        "per event in the ranker run)",
     )
     table.add_row(f"live load offered ({args.seconds:.0f} s)", f"{offered / args.seconds:,.0f} events/s")
     table.add_row(

@@ -71,7 +71,9 @@ def quantize_ctr(p: float, rel_step: float) -> float:
     older `p`, so the ranking would depend on how events were batched, and a worker restarted
     after a crash would not reproduce a clean run. With a quantized prior `q(p)` the rule is:
     rescore every item whenever `q(p)` changes, otherwise rescore only the touched items. Then
-    every stored score equals `f(final counters of the item, q(final p))`, whatever the batching.
+    every stored score equals `f(final counters of the item, q(final p))`, whatever the batching. (The workers
+    rescore in bounded passes of a batch each, recstream/store/apply_batch.lua step 4: the equality holds once a
+    pass has ended.)
     `p` itself must come from integer totals (see `quantized_global_ctr`), never a float sum.
 
     Determinism: k = floor(ln p / ln(1 + r) + 1/2) is an integer and the grid value

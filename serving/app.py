@@ -2,8 +2,9 @@
 
 Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 
-* ``GET /v1/feed/{user_id}?limit=&cursor=&seed=`` — the blended feed (serving/feed.py), infinite
-  scroll through ``next_cursor``; ``seed`` reproduces the explore draws of a page;
+* ``GET /v1/feed/{user_id}?limit=&cursor=&seed=&category=&exclude=&filter=`` — the blended feed
+  (serving/feed.py), infinite scroll through ``next_cursor``; ``seed`` reproduces the explore draws of a page;
+  ``category``, ``exclude`` and ``filter`` restrict it (serving/filters.py);
 * ``GET /v1/items/{item_id}/similar?limit=`` — the workers' precomputed neighbours;
 * ``GET|PUT /v1/users/{user_id}/preferences`` — onboarding categories and "not interested";
 * ``POST /v1/events`` — feedback events of the configured types (views, clicks, likes, ratings, dislikes, …:
@@ -55,6 +56,7 @@ from recstream.serving.errors import (
 )
 from recstream.serving.fast_feed import FeedFastPath
 from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
+from recstream.serving.filters import FeedFilter, FilterError
 from recstream.serving.metrics import RequestMetrics
 from recstream.serving.schemas import (
     EventsAccepted,
@@ -148,16 +150,26 @@ def create_app(settings: Settings) -> FastAPI:
     reads = APIRouter(route_class=CappedJsonRoute, **(protected if settings.reader.protect_reads else {}))
     writes = APIRouter(route_class=CappedJsonRoute, **({} if open_writes else protected))
 
-    @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(410), tags=["feed"])
-    async def feed(  # its query parameters are feed_query.PARAMETERS, the ones the fast path admits
+    @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(400, 410), tags=["feed"])
+    async def feed(  # its query parameters are feed_query.ROUTE_PARAMETERS; the fast path admits PARAMETERS
         user_id: UserId,
         limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
         seed: Annotated[int | None, Query(ge=MIN_SEED, le=MAX_SEED, description="seed of the explore draws")] = None,
+        category: Annotated[str | None, Query(description="only items in one of these categories: a,b")] = None,
+        exclude: Annotated[str | None, Query(description="never these item ids: i1,i2")] = None,
+        filter: Annotated[str | None, Query(description="conditions on item features: in_stock=true,price<20")] = None,
     ) -> Response:
-        """A page of the user's blended feed; a cursor continues the session without repeating an item."""
+        """A page of the user's blended feed; a cursor continues the session without repeating an item.
+
+        ``category``, ``exclude`` and ``filter`` restrict the page (serving/filters.py); a filtered session's
+        cursor continues it only under the same filter.
+        """
         try:
-            body = await service.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed)
+            only = FeedFilter.parse(category, exclude, filter)
+            body = await service.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed, only)
+        except FilterError as exc:
+            raise HTTPException(400, str(exc)) from None
         except SessionExpired as exc:
             raise HTTPException(410, str(exc)) from None
         return json_response(body)

@@ -31,7 +31,7 @@ from collections.abc import Collection
 from recstream.serving import metrics
 from recstream.serving.errors import RedisUnavailable, TooManyClicks
 from recstream.serving.guard import RedisGuard
-from recstream.serving.redis_client import RedisClient, Script
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 
 from recstream.contracts.events import Event
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
@@ -69,7 +69,7 @@ class ClickGuard:
 
     def __init__(
         self,
-        redis: RedisClient,
+        redis: RedisClient | ClusterRedisClient,
         keys: Keys,
         settings: ReaderSettings,
         guard: RedisGuard,

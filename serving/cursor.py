@@ -1,9 +1,12 @@
-"""The feed's cursor: ``<session>.<page>``, the scroll session it continues and how many pages it served.
+"""The feed's cursor: ``<session>.<page>[.<filter>]``, the scroll session it continues, how many pages it served,
+and the digest of the request-time filter its pages were served under (serving/filters.py), if any.
 
 Infinite scroll: the session id names the list ``user:<u>:feed:<session>`` of what the session served
 (serving/feed_store.py), so the next page excludes every item in it and a session never repeats an
 item; the user id is part of that key, so a cursor is worthless for another user. The page number
-bounds a session and, with the user and the session, seeds the page's explore draws.
+bounds a session and, with the user and the session, seeds the page's explore draws. The filter digest
+keeps a session under one filter: the next page must be asked for with the same filter (its digest
+matches), so it continues the filtered list its first page started, without gaps or repeats.
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ from dataclasses import dataclass
 
 SESSION_PATTERN = "[0-9a-f]{16}"
 """A session id: 8 random bytes in hex (:meth:`Cursor.start`)."""
-CURSOR_PATTERN = rf"^{SESSION_PATTERN}\.[1-9][0-9]{{0,5}}$"
+FILTER_PATTERN = "[0-9a-f]{8}"
+"""A filter's digest (serving/filters.py, ``FeedFilter.digest``)."""
+PLAIN_CURSOR_PATTERN = rf"^{SESSION_PATTERN}\.[1-9][0-9]{{0,5}}$"
+"""The cursor of a session without a filter."""
+CURSOR_PATTERN = rf"^{SESSION_PATTERN}\.[1-9][0-9]{{0,5}}(\.{FILTER_PATTERN})?$"
 _CURSOR = re.compile(CURSOR_PATTERN)
 _SESSION = re.compile(SESSION_PATTERN)
 MAX_PAGE = 999_999
@@ -27,13 +34,13 @@ class Cursor:
     """Where a scroll session stands: its id and how many pages it has served.
 
     >>> Cursor.parse("0123456789abcdef.3")
-    Cursor(session='0123456789abcdef', page=3)
-    >>> Cursor.parse("0123456789abcdef.3").following().text
-    '0123456789abcdef.4'
+    Cursor(session='0123456789abcdef', page=3, filter=None)
+    >>> Cursor.parse("0123456789abcdef.3.00ff00ff").following().text
+    '0123456789abcdef.4.00ff00ff'
     >>> Cursor.parse("0123456789abcdef.0")
     Traceback (most recent call last):
     ...
-    ValueError: malformed cursor '0123456789abcdef.0': expected <16 hex digits>.<page number>
+    ValueError: malformed cursor '0123456789abcdef.0': expected <16 hex digits>.<page number>[.<8 hex digits>]
 
     A session's first page starts from a fresh session at page 0; the last one issues no cursor:
 
@@ -46,20 +53,21 @@ class Cursor:
 
     session: str
     page: int
+    filter: str | None = None
 
     @classmethod
-    def start(cls) -> Cursor:
-        return cls(secrets.token_hex(8), 0)
+    def start(cls, filter: str | None = None) -> Cursor:
+        return cls(secrets.token_hex(8), 0, filter)
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
         if not _CURSOR.match(text):
-            raise ValueError(f"malformed cursor {text[:40]!r}: expected <16 hex digits>.<page number>")
-        session, page = text.split(".")
-        return cls(session, int(page))
+            raise ValueError(f"malformed cursor {text[:40]!r}: expected <16 hex digits>.<page number>[.<8 hex digits>]")
+        session, page, *digest = text.split(".")
+        return cls(session, int(page), digest[0] if digest else None)
 
     def following(self) -> Cursor:
-        return Cursor(self.session, self.page + 1)
+        return Cursor(self.session, self.page + 1, self.filter)
 
     @property
     def last(self) -> bool:
@@ -67,7 +75,7 @@ class Cursor:
 
     @property
     def text(self) -> str:
-        return f"{self.session}.{self.page}"
+        return f"{self.session}.{self.page}" if self.filter is None else f"{self.session}.{self.page}.{self.filter}"
 
     def seed(self, user_id: str) -> int:
         """A per-request seed that reproduces the page for the same (user, session, page).

@@ -37,6 +37,7 @@ import numpy as np
 from recstream.models.bandit import choose_explore
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
 from recstream.serving.features import PageFeatures
+from recstream.serving.filters import NO_FILTER, FeedFilter
 from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pull, ranking_mode, score, top_features
 from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
@@ -83,34 +84,48 @@ class Page:
 
 
 class Exclusions:
-    """What this user's page must not hold: seen, served in the session, unavailable, not interested.
+    """What this user's page must not hold: seen, served in the session, unavailable, not interested, and what
+    the request's filter refuses (serving/filters.py).
 
     A "not interested" entry is an item id, or a category when some item carries it. With blocked
-    categories, an item whose categories are not known yet is held back rather than risked.
+    categories or a filter on categories or features, an item whose categories are not known yet is held
+    back rather than risked.
     """
 
-    __slots__ = ("_categories", "_now", "blocked", "items", "unavailable")
+    __slots__ = ("_categories", "_now", "blocked", "items", "only", "unavailable")
 
-    def __init__(self, user: UserState, snapshot: Snapshot, now: float) -> None:
-        self.items = {*user.seen, *user.served, *user.not_interested}
+    def __init__(self, user: UserState, snapshot: Snapshot, now: float, only: FeedFilter = NO_FILTER) -> None:
+        self.items = {*user.seen, *user.served, *user.not_interested, *only.exclude}
         self.unavailable = snapshot.unavailable
         self.blocked = user.not_interested.intersection(snapshot.categories.known)
+        self.only = only
         self._categories = snapshot.categories
         self._now = now
 
     def __contains__(self, item: object) -> bool:
         if item in self.items or item in self.unavailable:
             return True
-        if self.blocked:
+        if self.blocked or self.only.narrows:
             categories = self._categories.get(item, self._now)  # type: ignore[arg-type]
-            return categories is None or not self.blocked.isdisjoint(categories)
+            if categories is None or not self.blocked.isdisjoint(categories):
+                return True
+            return not self.only.admits(categories, self._categories.features(item))  # type: ignore[arg-type]
         return False
 
 
-def build_page(user: UserState, snapshot: Snapshot, settings: Settings, limit: int, seed: int, now: float) -> Page:
-    """The ranked page when the ranker is warm and fresh, else the fixed blend; explore slots capped either way."""
+def build_page(
+    user: UserState,
+    snapshot: Snapshot,
+    settings: Settings,
+    limit: int,
+    seed: int,
+    now: float,
+    only: FeedFilter = NO_FILTER,
+) -> Page:
+    """The ranked page when the ranker is warm and fresh, else the fixed blend; explore slots capped either way.
+    ``only`` (the request's filter) joins the exclusions, so every source skips what it refuses while it fills."""
     blend = settings.blend
-    exclude = Exclusions(user, snapshot, now)
+    exclude = Exclusions(user, snapshot, now, only)
     shares: dict[Source, float] = {
         "personal": blend.share_personal,
         "popular": blend.share_popular,
@@ -227,9 +242,13 @@ def _words(item: str, feature: str, features: PageFeatures) -> str:
     return FEATURE_WORDS[feature]
 
 
-def degraded_page(snapshot: Snapshot, limit: int) -> list[Served]:
-    """Without Redis: the last known global popular list, minus what was last known unavailable."""
-    items = (i for i in snapshot.overall if i not in snapshot.unavailable)
+def degraded_page(snapshot: Snapshot, limit: int, only: FeedFilter = NO_FILTER, now: float = 0.0) -> list[Served]:
+    """Without Redis: the last known global popular list, minus what was last known unavailable, under the
+    request's filter (judged on the items' last loaded categories and features)."""
+    unavailable, categories = snapshot.unavailable, snapshot.categories
+    items = (i for i in snapshot.overall if i not in unavailable and i not in only.exclude)
+    if only.narrows:
+        items = (i for i in items if only.admits(categories.get(i, now), categories.features(i)))
     return [Served(i, "popular", TRENDING_REASON) for i in itertools.islice(items, limit)]
 
 
@@ -319,6 +338,8 @@ def explore(pool: Pool, exclude: Exclusions, k: int, seed: int, settings: Settin
     mask[[i for i in map(pool.index.get, exclude.items) if i is not None]] = True
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
+    if exclude.only.narrows:  # a filtered request: the pool's items one by one (the filter may name features)
+        mask |= np.fromiter((item in exclude for item in pool.items), dtype=bool, count=len(pool.items))
     picks = choose_explore(
         settings.blend.explore_policy,
         pool.alpha,

@@ -3,9 +3,11 @@
 app.py declares the route's parameters from these rules; fast_feed.py checks raw requests against
 them. The user id follows the event contract (``ID_PATTERN``, at most ``MAX_ID_LEN`` characters),
 the cursor is a cursor (serving/cursor.py), ``seed`` any non-negative 64-bit signed integer, and
-``limit`` at least MIN_LIMIT and at most ``settings.reader.feed_max_limit``. :meth:`FeedQuery.parse`
-admits only what is *plainly* within those rules on the raw bytes; whatever it refuses goes to
-the FastAPI route, which decides (and produces the precise 4xx).
+``limit`` at least MIN_LIMIT and at most ``settings.reader.feed_max_limit``; the request-time filters
+(``category``, ``exclude``, ``filter``) follow serving/filters.py. :meth:`FeedQuery.parse` admits only what
+is *plainly* within those rules on the raw bytes, and only unfiltered requests (a filter and a filtered
+session's cursor are the route's); whatever it refuses goes to the FastAPI route, which decides (and
+produces the precise 4xx).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from recstream.serving.cursor import CURSOR_PATTERN, Cursor
+from recstream.serving.cursor import PLAIN_CURSOR_PATTERN, Cursor
+from recstream.serving.filters import FILTER_PARAMETERS
 
 from recstream.contracts.events import ID_PATTERN, MAX_ID_LEN
 from recstream.contracts.settings import Settings
@@ -24,12 +27,14 @@ MIN_LIMIT = 1
 MIN_SEED = 0
 MAX_SEED = 2**63 - 1
 PARAMETERS = ("limit", "cursor", "seed")
-"""The route's query parameters; any other one is not plainly valid."""
+"""The query parameters the fast path admits; any other one is not plainly valid."""
+ROUTE_PARAMETERS = (*PARAMETERS, *FILTER_PARAMETERS)
+"""Every query parameter of the route, in the order it declares them."""
 
 FeedCall = tuple[str, int, Cursor | None, int | None]
 _PREFIX = FEED_ROUTE.removesuffix("{user_id}")
 _ID = re.compile(ID_PATTERN)
-_CURSOR = re.compile(CURSOR_PATTERN.encode())
+_CURSOR = re.compile(PLAIN_CURSOR_PATTERN.encode())
 _NAMES = tuple(name.encode() for name in PARAMETERS)
 
 
@@ -53,8 +58,9 @@ class FeedQuery:
         >>> query.parse("/v1/feed/u1", b"")
         ('u1', 20, None, None)
         >>> [query.parse(p, q) for p, q in [("/v1/feed/u 1", b""), ("/v1/feed/u1\\n", b""), ("/v1/feed/u1", b"limit=0"),
-        ...     ("/v1/feed/u1", b"limit=101"), ("/v1/feed/u1", b"limit=5&limit=6"), ("/v1/feed/u1", b"x=1")]]
-        [None, None, None, None, None, None]
+        ...     ("/v1/feed/u1", b"limit=101"), ("/v1/feed/u1", b"limit=5&limit=6"), ("/v1/feed/u1", b"x=1"),
+        ...     ("/v1/feed/u1", b"category=news"), ("/v1/feed/u1", b"cursor=0123456789abcdef.1.00ff00ff")]]
+        [None, None, None, None, None, None, None, None]
         """
         user = path[len(_PREFIX) :]
         if not path.startswith(_PREFIX) or not 0 < len(user) <= MAX_ID_LEN or not _ID.fullmatch(user):

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import orjson
 from recstream.serving.blend import Served
-from recstream.serving.redis_client import RedisClient, Script
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 from recstream.serving.user_state import UserState, json_list, parse_preferences
 
 from recstream.contracts.keys import Keys
@@ -39,8 +39,8 @@ the ``feed_max_limit`` of 100, one request makes Redis return at most 32 × 10 p
 class FeedStore:
     """The feed's two round trips, each one Lua script call: one command to pack, one reply to parse.
 
-    For Redis Cluster, the user's keys would need a ``{user}`` hash tag and ``user:seg`` a per-user
-    key, so that one script's keys live on one node (ARCHITECTURE.md, scale-out path).
+    On a Redis Cluster each script's keys share the user's hash slot (``user:seg`` and ``sessions:anonymous``
+    are kept per slot there, recstream/contracts/keys.py), so one node runs it.
     """
 
     READ = Script("""
@@ -64,14 +64,14 @@ class FeedStore:
     return redis.call('EXPIRE', KEYS[2], ARGV[2])
     """)
 
-    def __init__(self, redis: RedisClient, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient | ClusterRedisClient, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
 
     async def read(self, user_id: str, session: str | None) -> UserState:
         """Round trip 1: segment, candidates, history, seen set, preferences and the session's served items."""
         k = self.keys
-        user_keys = [k("user:seg"), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
+        user_keys = [k.user_segments(user_id), *(k.user(user_id, what) for what in ("cand", "hist", "seen", "prefs"))]
         if session is not None:
             user_keys.append(self.session_key(user_id, session))
         segment, cand, hist, seen, prefs, pages = await self.redis.run(self.READ, user_keys, [user_id])
@@ -105,7 +105,7 @@ class FeedStore:
             if vectors is None
             else [[s.item, s.source, vector] for s, vector in zip(page, vectors, strict=True)]
         )
-        index = self.keys.user(user_id, "sessions") if known else self.keys("sessions:anonymous")
+        index = self.keys.user(user_id, "sessions") if known else self.keys.anonymous_sessions(user_id)
         keys = [self.session_key(user_id, session), index]
         await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000_000])
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from recstream.serving.errors import RedisUnavailable
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class RedisGuard:
         except RedisTimeout as exc:  # the round trip's deadline (serving/redis_client.py)
             self._failed()
             raise RedisUnavailable("timeout") from exc
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:  # the cluster's: no node for a slot (a failover)
             self._failed()
             raise RedisUnavailable("error") from exc
         self._failures = 0

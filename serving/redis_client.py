@@ -39,6 +39,7 @@ from typing import Any
 from redis.asyncio import ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as Timeout
 
@@ -165,3 +166,61 @@ class RedisClient:
 
     async def close(self) -> None:
         await self._pool.aclose()
+
+
+CLUSTER_OWN_CALLBACKS = ("CLUSTER", "COMMAND", "INFO", "CONFIG", "CLIENT", "READONLY", "ASKING", "HELLO", "AUTH")
+"""The commands whose parsed replies redis-py's cluster client reads itself (its slot map, its command table)."""
+
+
+class ClusterRedisClient:
+    """:class:`RedisClient`'s interface on a Redis Cluster (``RECSTREAM_REDIS_CLUSTER``), on redis-py's cluster client.
+
+    A round trip's commands are one cluster pipeline: each goes to the node of its key's slot (the reader's
+    scripts touch one user's slot, recstream/contracts/keys.py), following a failover's redirects; ``timeout_s``
+    bounds the whole round trip, past it :class:`Timeout`. Replies are raw as :class:`RedisClient`'s (redis-py's
+    response callbacks are dropped, but :data:`CLUSTER_OWN_CALLBACKS`)."""
+
+    def __init__(self, url: str, timeout_s: float, connections: int, connect_timeout_s: float | None = None) -> None:
+        from redis.asyncio.cluster import RedisCluster
+
+        self.timeout_s = timeout_s
+        self._cluster = RedisCluster.from_url(
+            url,
+            max_connections=connections,
+            decode_responses=True,
+            encoding_errors="surrogateescape",
+            protocol=2,
+            socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
+        )
+        callbacks = self._cluster.response_callbacks  # one dict, shared with every node: edited in place
+        for command in [c for c in callbacks if not c.startswith(CLUSTER_OWN_CALLBACKS)]:
+            del callbacks[command]
+
+    async def execute(self, *commands: Sequence[Arg]) -> list[Any]:
+        """The commands' replies in order (PING, which names no key, goes to any node); the first error is raised."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                pipe = self._cluster.pipeline()
+                for command in commands:
+                    if str(command[0]).upper() != "PING":
+                        pipe.execute_command(*command)
+                replies = iter(await pipe.execute(raise_on_error=True) if len(pipe) else [])
+                pong = await self._cluster.execute_command("PING") if len(pipe) < len(commands) else None
+        except TimeoutError as exc:
+            raise Timeout(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms") from exc
+        except (AttributeError, RuntimeError) as exc:  # redis-py 8.1's cluster client writing on a connection a
+            # failover closed under it ("the handler is closed", a writer gone): Redis unavailable, not a bug of ours
+            raise RedisConnectionError(f"Redis Cluster connection lost: {exc!r}") from exc
+        return [pong if str(command[0]).upper() == "PING" else next(replies) for command in commands]
+
+    async def call(self, *command: Arg) -> Any:
+        return (await self.execute(command))[0]
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        await self._cluster.aclose()

@@ -22,11 +22,12 @@ from recstream.serving.errors import EventsRejected, NotFound, RedisUnavailable,
 from recstream.serving.feed import build_page, degraded_page
 from recstream.serving.feed_query import FEED_ROUTE
 from recstream.serving.feed_store import FeedStore
+from recstream.serving.filters import NO_FILTER, FeedFilter, FilterError
 from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
 from recstream.serving.ranking import MODES
-from recstream.serving.redis_client import RedisClient
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from recstream.serving.user_state import parse_preferences
 from recstream.serving.variants import Variants
@@ -48,13 +49,14 @@ class FeedService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.of(settings)
         r = settings.reader
-        self.redis = RedisClient(settings.redis.url, r.redis_timeout_s, r.redis_connections, r.redis_connect_timeout_s)
+        client = ClusterRedisClient if settings.redis.cluster else RedisClient
+        self.redis = client(settings.redis.url, r.redis_timeout_s, r.redis_connections, r.redis_connect_timeout_s)
         self.store = FeedStore(self.redis, self.keys)
         self.snapshot = Snapshot()
         # its own connections: a reload's large replies never hold a connection a feed waits for
-        background = RedisClient(settings.redis.url, BACKGROUND_TIMEOUT_S, BACKGROUND_CONNECTIONS)
+        background = client(settings.redis.url, BACKGROUND_TIMEOUT_S, BACKGROUND_CONNECTIONS)
         self.loader = SnapshotLoader(background, settings, self.snapshot)
         self.publisher = Publisher(settings)
         self.guard = RedisGuard()
@@ -86,23 +88,33 @@ class FeedService:
 
     # --- feed ------------------------------------------------------------------------------
 
-    async def feed(self, user_id: str, limit: int, cursor: Cursor | None, seed: int | None) -> dict:
-        """Round trip 1 reads the user, the page is blended in process, round trip 2 records it in the session."""
+    async def feed(
+        self, user_id: str, limit: int, cursor: Cursor | None, seed: int | None, only: FeedFilter = NO_FILTER
+    ) -> dict:
+        """Round trip 1 reads the user, the page is blended in process, round trip 2 records it in the session.
+
+        ``only`` restricts the page; a cursor continues its session only under the filter it was issued with.
+        """
         started = time.perf_counter()
-        position = (cursor or Cursor.start()).following()
+        if cursor is not None and cursor.filter != only.digest:
+            raise FilterError(
+                f"cursor {cursor.text} continues a session served under another filter: send the category, "
+                "exclude and filter parameters of its first page again, or start a new session without a cursor"
+            )
+        position = (cursor or Cursor.start(only.digest)).following()
         seed = position.seed(user_id) if seed is None else seed
         arm = self.variants.assign(user_id)
         try:
             user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
         except RedisUnavailable as exc:
-            items = degraded_page(self.snapshot, limit)
+            items = degraded_page(self.snapshot, limit, only, time.monotonic())
             return self._feed_answer(
                 user_id, items, cursor, seed, "degraded", "degraded", exc.cause, 1, started, arm.label
             )
         if cursor is not None and not user.session_found:
             self._trips.observe(1)
             raise SessionExpired(f"cursor {cursor.text} names no live session: it expired or was never issued")
-        page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic())
+        page = build_page(user, self.snapshot, arm.settings, limit, seed, time.monotonic(), only)
         kind, mode = "warm" if page.warm else "cold", page.mode
         if not page.items:
             return self._feed_answer(user_id, [], None, seed, kind, mode, None, 1, started, arm.label)

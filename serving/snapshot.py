@@ -7,9 +7,9 @@ every user. A background task reloads them every ``pool_cache_s`` (popular lists
 a change written by the workers reaches feeds within that period. The global popular list is
 also the degraded-mode answer when Redis is unreachable: the last one loaded stays in place.
 
-Item categories (for fresh lists, onboarding boosts and "not interested" categories) and creation
-times are cached per item; a request that meets an unknown item asks for it, and the next reload
-fetches it.
+Item categories (for fresh lists, onboarding boosts, "not interested" categories and request-time
+filters), creation times and features (for request-time filters) are cached per item; a request that
+meets an unknown item asks for it, and the next reload fetches it.
 
 The ranking stage's shared inputs come with the same reloads, at least every RANKER_REFRESH_S: the
 workers' per-partition ranker states (averaged, serving/ranking.py), the event-time clock, and the
@@ -26,12 +26,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 from recstream.models.bandit import BetaPrior
 from recstream.models.ctr import smoothed_ctr
 from recstream.serving import metrics
 from recstream.serving.popularity import cold_order, segment_scores, warm_order
 from recstream.serving.ranking import RankerState, ctr_logit
-from recstream.serving.redis_client import RedisClient
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from redis.exceptions import RedisError
 
 from recstream.contracts.keys import Keys
@@ -91,10 +92,13 @@ class Pool:
 
 
 class Categories:
-    """item → categories and created_ts, filled by the loader; lookups from requests name the items to load next."""
+    """item → categories, created_ts and features, filled by the loader; lookups from requests name the items to
+    load next."""
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[str, ...], float, int | None]] = {}
+        self._features: dict[str, Mapping[str, float]] = {}
+        """Only items that have features: most catalogues give few items any."""
         self.known: set[str] = set()
         self.wanted: set[str] = set()
 
@@ -114,13 +118,30 @@ class Categories:
     def stale(self, items: Iterable[str], now: float) -> list[str]:
         return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]
 
-    def put(self, item: str, categories: tuple[str, ...], now: float, created: int | None = None) -> None:
+    def features(self, item: str) -> Mapping[str, float]:
+        """The item's features as last loaded (empty when it has none or is unknown: see :meth:`get`)."""
+        return self._features.get(item, {})
+
+    def put(
+        self,
+        item: str,
+        categories: tuple[str, ...],
+        now: float,
+        created: int | None = None,
+        features: Mapping[str, float] | None = None,
+    ) -> None:
         self._entries.pop(item, None)  # re-insert at the end: the dict's order is the eviction order
         self._entries[item] = (categories, now, created)
+        if features:
+            self._features[item] = features
+        else:
+            self._features.pop(item, None)
         self.known.update(categories)
         self.wanted.discard(item)
         if len(self._entries) > CATEGORY_CACHE_MAX:
-            del self._entries[next(iter(self._entries))]
+            oldest = next(iter(self._entries))
+            del self._entries[oldest]
+            self._features.pop(oldest, None)
 
 
 @dataclass
@@ -149,9 +170,9 @@ class Snapshot:
 class SnapshotLoader:
     """Reloads a :class:`Snapshot` from Redis in the background; a failed reload keeps the last copy."""
 
-    def __init__(self, redis: RedisClient, settings: Settings, snapshot: Snapshot) -> None:
+    def __init__(self, redis: RedisClient | ClusterRedisClient, settings: Settings, snapshot: Snapshot) -> None:
         self.redis = redis
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.of(settings)
         self.settings = settings
         self.snapshot = snapshot
         self._popular_at = -np.inf
@@ -189,25 +210,26 @@ class SnapshotLoader:
             ("GET", k("model:current")),
             ("SMEMBERS", k("segments")),
             ("GET", k("clock")),
-            ("MGET", *self._ranker_keys),
+            *(("GET", key) for key in self._ranker_keys),  # one GET each: on a cluster each is in its own slot
         ]
         if popular_due:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
         replies = await self.redis.execute(*commands)
-        pool_raw, prior, unavailable, model_version, segments, clock, ranker_raw, *overall_raw = replies
+        pool_raw, prior, unavailable, model_version, segments, clock, *rest = replies
+        ranker_raw, overall_raw = rest[: len(self._ranker_keys)], rest[len(self._ranker_keys) :]
         self._refresh_ranker(ranker_raw, now)  # first: rebuilding the popular lists may take a while
         created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
         overall = _scores(overall_raw[0]) if popular_due else None
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
-        commands = [("HMGET", k.item(item), "categories", "created_ts") for item in wanted]
+        commands = [("HMGET", k.item(item), "categories", "created_ts", "features") for item in wanted]
         if created:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
         replies = await self.redis.execute(*commands) if commands else []
-        for item, (categories, created_ts) in zip(wanted, replies[: len(wanted)], strict=True):
+        for item, (categories, created_ts, features) in zip(wanted, replies[: len(wanted)], strict=True):
             categories = tuple(c for c in (categories or "").split(",") if c)
-            snap.categories.put(item, categories, now, int(created_ts) if created_ts else None)
+            snap.categories.put(item, categories, now, int(created_ts) if created_ts else None, _features(features))
 
         snap.clock_ms = int(clock) if clock else None
         snap.unavailable = frozenset(unavailable)
@@ -318,6 +340,21 @@ def positions(order: Iterable[str]) -> dict[str, int]:
 def _logits(scores: Mapping[str, float]) -> dict[str, float]:
     """item → logit of its smoothed-CTR score, computed in one vectorized step."""
     return dict(zip(scores, ctr_logit(np.fromiter(scores.values(), np.float64, len(scores))).tolist(), strict=True))
+
+
+def _features(raw: str | None) -> dict[str, float]:
+    """An item's ``features`` field (JSON, written by the workers) as name → number; anything else as none.
+
+    >>> _features('{"price": 9.5, "in_stock": 1}'), _features(None), _features("[1]")
+    ({'price': 9.5, 'in_stock': 1.0}, {}, {})
+    """
+    try:
+        value = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def _pairs(flat: list[str]) -> zip:

@@ -26,16 +26,18 @@ from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.liveness import Liveness
 from recstream.streams.processor import RETRY_REASONS, BatchProcessor, DeadLetter, Message
-from redis.asyncio import Redis
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
 from recstream.runtime.garbage_collector import freeze_long_lived
+from recstream.store.connection import connect
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
+RESCORE_IDLE_S = 1.0
+"""A processor idle this long finishes a rescore pass its last batch left unfinished (recstream/store/state.py)."""
 
 
 def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.App:
@@ -43,7 +45,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     liveness = liveness or Liveness(settings.worker.stall_s)
     app = faust.App(
         settings.worker.group,
-        broker=f"kafka://{settings.kafka.bootstrap}",
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",")],  # faust: a URL each
         broker_credentials=faust_credentials(settings.kafka),
         value_serializer="raw",
         key_serializer="raw",
@@ -61,7 +63,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     app.transport = ShortFetchTransport(
         app.conf.broker_consumer, app, settings.worker.fetch_max_wait_ms, settings.worker.fetch_min_bytes
     )
-    redis = Redis.from_url(settings.redis.url, socket_timeout=30)
+    redis = connect(settings, socket_timeout=30)
     store = StateStore(redis, settings)
     dlq = app.topic(settings.kafka.dlq_topic, value_serializer="raw", key_serializer="raw")
 
@@ -88,6 +90,14 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     async def item_feed() -> None:
         with liveness.running("item feed"):
             await follow_items(settings, model)
+
+    @app.timer(interval=RESCORE_IDLE_S)
+    async def finish_rescore() -> None:
+        for processor in processors.values():
+            try:
+                await processor.finish_rescore(idle_s=RESCORE_IDLE_S)
+            except Exception:  # Redis unreachable: the next tick or batch goes on with the pass
+                log.exception("going on with a rescore pass failed")
 
     @app.task
     async def settle_heap() -> None:
@@ -142,6 +152,8 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         partitions = app.consumer.topic_partitions(settings.kafka.events_topic)
         if partitions:
             processors["event"].partitions = partitions
+            if settings.redis.cluster:  # as many as the events topic (settings), each user's on its own slot
+                processors["user"].partitions = app.consumer.topic_partitions(settings.kafka.users_topic)
         task = asyncio.ensure_future(repair_behind(sorted((tp.topic, tp.partition) for tp in assigned)))
         repairs.add(task)  # a reference until done: the loop keeps only weak ones
         task.add_done_callback(repairs.discard)

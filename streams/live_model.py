@@ -27,14 +27,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream.models.artifacts import ArtifactError, read_model
 from recstream.streams import metrics
 from recstream.streams.personalize import Personalizer
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.contracts.events import ItemEvent, decode
+from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
 from recstream.runtime.garbage_collector import freeze_long_lived
+from recstream.store.connection import connect
 from recstream.store.fold_ins import FoldInStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class LiveModel:
         self.settings = settings
         self.current: Personalizer | None = None
         self.items: dict[str, ItemEvent] = {}
-        self.fold_ins = FoldInStore(Redis.from_url(settings.redis.url, socket_timeout=30), settings.redis.prefix)
+        self.fold_ins = FoldInStore(connect(settings, socket_timeout=30), Keys.of(settings))
         self._early: dict[str, dict[str, np.ndarray]] = {}  # version not served yet → item → logged fold-in
         self._log_position: str | None = None  # the fold-in log's last id this worker has read
         self._failed: str | None = None

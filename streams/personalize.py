@@ -85,7 +85,7 @@ class Personalizer:
         self.trained = len(artifacts.item_ids)  # rows past this are appended content vectors
         self.history_cap = history_cap
         self.candidates = candidates
-        self._ids = np.array(artifacts.item_ids, dtype=object)
+        self._ids = list(artifacts.item_ids)  # row → item; a list: appending a new item is O(1), not a copy
 
     # --- items ---------------------------------------------------------------------------
 
@@ -136,7 +136,7 @@ class Personalizer:
         row = self.rows.get(item_id)
         if row is None:
             self.rows[item_id] = int(self.step.append(vector)[0])
-            self._ids = np.append(self._ids, item_id)
+            self._ids.append(item_id)
             self.index.add([item_id], vector[None, :])
             metrics.ITEM_INSERTS.inc()
         elif not np.array_equal(self.step.factors[row], vector):
@@ -226,7 +226,8 @@ class Personalizer:
         active = [k for k in range(len(users)) if np.any(vectors[k])]
         if not active:
             return []
-        found = self._query(vectors[active], [self._ids[history_rows[k]].tolist() for k in active])
+        ids = self._ids
+        found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active])
         factors = self.step.factors
         blobs: list[Blob] = []
         for k, candidates in zip(active, found, strict=True):
@@ -285,5 +286,6 @@ class Personalizer:
         if not recent:
             return [[item, score, None] for item, score in zip(items, scores, strict=True)]
         cand_rows = [self.rows[item] for item in items]
-        because = self._ids[np.asarray(recent)[np.argmax(factors[cand_rows] @ factors[recent].T, axis=1)]].tolist()
+        ids, nearest = self._ids, np.asarray(recent)[np.argmax(factors[cand_rows] @ factors[recent].T, axis=1)]
+        because = [ids[row] for row in nearest.tolist()]
         return [list(entry) for entry in zip(items, scores, because, strict=True)]

@@ -167,14 +167,18 @@ class BatchProcessor:
             "user": settings.kafka.users_topic,
         }[kind]
         self.read_log = read_log  # None: no gap repair (a reader of the log that has no gaps, like the rebuild)
-        # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked)
+        # the events topic's partition count: an event whose user hashes elsewhere is dead-lettered (None: unchecked);
+        # on a Redis Cluster a user record too, whose partition names the slot its batch writes (store/state.py)
         self.partitions = partitions
+        self._users_placed = kind == "user" and settings.redis.cluster
         self.beat = beat  # called after every attempt to apply a batch, applied or failed (streams/liveness.py)
         self.model = model
         self.store = store
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
+        self.last_applied = time.monotonic()
         r = settings.ranker
         self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
         self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
@@ -214,6 +218,16 @@ class BatchProcessor:
             self._beat()
             await asyncio.sleep(delay)
             delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+
+    async def finish_rescore(self, idle_s: float = 0.0) -> int:
+        """Go on with an unfinished rescore pass in empty batches (no watermark, no event) until it ends, when this
+        processor applied nothing for ``idle_s``: an idle worker's rankings reach f(final counters, final prior)
+        without waiting for the next event. Returns how many empty batches it took."""
+        calls = 0
+        while self.rescore_pending and time.monotonic() - self.last_applied >= idle_s:
+            self.rescore_pending = (await self.store.apply(Effect())).rescore_pending
+            calls += 1
+        return calls
 
     def _beat(self) -> None:
         if self.beat is not None:
@@ -273,6 +287,10 @@ class BatchProcessor:
                 if self._watermarks is None:  # a rebalance during the repair: re-read, then filter again
                     await self.reload_watermarks()
                     continue
+            behind = self._behind(fresh)
+            if behind:  # some Redis slots hold these offsets already, others not: apply them on their own first
+                await self._process_once(behind, repair=False)
+                continue
             now_ms = int(time.time() * 1000)
             decoded: list[Decoded] = []
             dead: list[DeadLetter] = []
@@ -282,7 +300,7 @@ class BatchProcessor:
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
                 valid, rejected = decode(message.value, self.kind, at_ms, self.settings.model.feedback_types)
-                if self.kind == "event" and self.partitions is not None:
+                if self.partitions is not None and (self.kind == "event" or self._users_placed):
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
                 decoded.append((f"{message.topic}:{message.partition}", at_ms, valid))
@@ -313,6 +331,7 @@ class BatchProcessor:
                 await self.reload_watermarks()
                 continue
             self.store.remember_histories(effect.histories)
+            self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
                 self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             self._observe(fresh[0].topic, records, dead, applied, started, built)
@@ -323,6 +342,16 @@ class BatchProcessor:
             self._beat()
             return applied
         raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+
+    def _behind(self, fresh: list[Message]) -> list[Message]:
+        """The first partition's messages that some Redis Cluster slots applied and others did not
+        (``store.ahead``: a crash between a batch's per-slot calls, or a failed-over master that lost a window),
+        when the batch holds more than those: applied alone, the slots that have them answer "done"."""
+        for tp, end in self.store.ahead.items():
+            behind = [m for m in fresh if f"{m.topic}:{m.partition}" == tp and m.offset <= end]
+            if behind and len(behind) < len(fresh):
+                return behind
+        return []
 
     async def _drop_duplicates(self, decoded: list[Decoded], effect: Effect) -> tuple[list[Decoded], int]:
         """Drop every event whose user already sent its ``event_id`` at most ``dedup_window_s`` earlier (arrival

@@ -25,6 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--clusters",
+        action="store_true",
+        help="also run the tests on a 3-broker Kafka and a 6-node Redis Cluster (slow: four JVMs and six Redis)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (``timeout``, a CI runner giving up) ends the run like Ctrl-C, so the session fixtures still
     stop the Kafka and Redis they started instead of leaving them running."""
@@ -44,6 +52,17 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     settings = infra.private_settings(tmp_path_factory.mktemp("run"), REPO / ".cache")
     with infra.running(settings):
         yield settings
+
+
+@pytest.fixture(scope="session")
+def clusters(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Clusters]:
+    """A 3-broker KRaft Kafka (replication factor 3, ``min.insync.replicas`` 2) and a Redis Cluster of 3 masters
+    and 3 replicas for the whole session, only with ``--clusters``; every node is stopped by its pid after."""
+    if not request.config.getoption("--clusters"):
+        pytest.skip("needs --clusters (a replicated Kafka and a Redis Cluster)")
+    settings = infra.private_settings(tmp_path_factory.mktemp("clusters"), REPO / ".cache")
+    with infra.running_clusters(settings) as running:
+        yield running
 
 
 @pytest.fixture

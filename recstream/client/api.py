@@ -81,9 +81,23 @@ class Client(_Connection):
             time.sleep(self.backoff.wait(attempt, failure))
             attempt += 1
 
-    def feed(self, user_id: str, limit: int = 10, cursor: str | None = None, seed: int | None = None) -> FeedPage:
-        """A page of the user's feed; ``page.next_cursor`` as ``cursor`` continues it without repeating an item."""
-        return self._run(routes.feed(user_id, limit, cursor, seed))
+    def feed(
+        self,
+        user_id: str,
+        limit: int = 10,
+        cursor: str | None = None,
+        seed: int | None = None,
+        *,
+        category: str | Iterable[str] = (),
+        exclude: str | Iterable[str] = (),
+        filter: str | Iterable[str] = (),
+    ) -> FeedPage:
+        """A page of the user's feed; ``page.next_cursor`` as ``cursor`` continues it without repeating an item.
+
+        Only items in one of ``category``, none of ``exclude``, and passing every ``filter`` clause on item
+        features (``"in_stock=true"``, ``"price<20"``); a filtered session's cursor needs the same filter.
+        """
+        return self._run(routes.feed(user_id, limit, cursor, seed, category, exclude, filter))
 
     def similar(self, item_id: str, limit: int = 10) -> SimilarItems:
         """The item's nearest neighbours, best first (404 for an item the workers have none for)."""
@@ -177,8 +191,18 @@ class AsyncClient(_Connection):
             await asyncio.sleep(self.backoff.wait(attempt, failure))
             attempt += 1
 
-    async def feed(self, user_id: str, limit: int = 10, cursor: str | None = None, seed: int | None = None) -> FeedPage:
-        return await self._run(routes.feed(user_id, limit, cursor, seed))
+    async def feed(
+        self,
+        user_id: str,
+        limit: int = 10,
+        cursor: str | None = None,
+        seed: int | None = None,
+        *,
+        category: str | Iterable[str] = (),
+        exclude: str | Iterable[str] = (),
+        filter: str | Iterable[str] = (),
+    ) -> FeedPage:
+        return await self._run(routes.feed(user_id, limit, cursor, seed, category, exclude, filter))
 
     async def similar(self, item_id: str, limit: int = 10) -> SimilarItems:
         return await self._run(routes.similar(item_id, limit))

@@ -59,12 +59,29 @@ class Call(Generic[T]):
         return self.answer.model_validate_json(response.content)
 
 
-def feed(user_id: str, limit: int, cursor: str | None, seed: int | None) -> Call[FeedPage]:
+def feed(
+    user_id: str,
+    limit: int,
+    cursor: str | None,
+    seed: int | None,
+    category: str | Iterable[str] = (),
+    exclude: str | Iterable[str] = (),
+    filter: str | Iterable[str] = (),
+) -> Call[FeedPage]:
+    """The feed's query: ``category``, ``exclude`` and ``filter`` (clauses such as ``in_stock=true``) are each
+    a comma-separated string or an iterable of its parts, left out when empty (README, "Your filters").
+
+    >>> feed("u1", 10, None, None, category=["news", "sport"], filter="price<20").params
+    {'limit': 10, 'category': 'news,sport', 'filter': 'price<20'}
+    """
     params: dict[str, str | int] = {"limit": limit}
     if cursor is not None:
         params["cursor"] = cursor
     if seed is not None:
         params["seed"] = seed
+    for name, value in (("category", category), ("exclude", exclude), ("filter", filter)):
+        if joined := value if isinstance(value, str) else ",".join(value):
+            params[name] = joined
     return Call("GET", f"/v1/feed/{_id(user_id)}", FeedPage, params)
 
 

@@ -46,6 +46,12 @@ key                          type    holds
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from recstream.contracts.events import partition_for
+
+if TYPE_CHECKING:
+    from recstream.contracts.settings import Settings
 
 USER_KEYS = ("hist", "vec", "cand", "seen", "prefs", "sessions")
 """The fixed per-user keys ``user:<u>:<what>``. With the scroll sessions (:data:`USER_SESSIONS`), the
@@ -63,15 +69,60 @@ and recomputes it from the log (``item:<i>:similar`` from the current model and 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names under one prefix; ``Keys("rs").user("u1", "vec") == "rs:user:u1:vec"``."""
+    """Key names under one prefix; ``Keys("rs").user("u1", "vec") == "rs:user:u1:vec"``.
+
+    On a Redis Cluster (``partitions``: the events topic's partition count) every key carries a hash tag, so that
+    each of the worker's atomic scripts touches one slot (ARCHITECTURE.md, "Redis Cluster"): what a user owns, and
+    what an events partition owns (its watermarks, event ids, ranker state), under ``{p<N>}``, N the user's
+    partition (Kafka's murmur2 partitioner, :func:`partition_for`, fixed for the topic's life); everything shared
+    (counters, rankings, items, the pool, the model pointer) under ``{shared}``.
+
+    >>> keys = Keys("rs", partitions=4)
+    >>> keys.user("u1", "vec"), keys("rank"), keys.watermarks(2)
+    ('rs:{p0}:user:u1:vec', 'rs:{shared}:rank', 'rs:{p2}:wm')
+    >>> Keys("rs").watermarks(2) == Keys("rs").watermarks(None) == "rs:wm"
+    True
+    """
 
     prefix: str = "rs"
+    partitions: int | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keys:
+        """The layout ``settings`` use: hash-tagged when ``redis.cluster`` is set."""
+        return cls(settings.redis.prefix, settings.kafka.events_partitions if settings.redis.cluster else None)
 
     def __call__(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        """A shared key (``{shared}`` slot on a cluster)."""
+        return ":".join((self.slot(None), *parts))
+
+    def slot(self, partition: int | None) -> str:
+        """The prefix of events partition ``partition``'s slot (None: the shared one); the prefix alone on one Redis."""
+        if self.partitions is None:
+            return self.prefix
+        return f"{self.prefix}:{{shared}}" if partition is None else f"{self.prefix}:{{p{partition}}}"
+
+    def home(self, user_id: str) -> int | None:
+        """The events partition whose slot holds the user's keys (None on one Redis, where there are no slots)."""
+        return None if self.partitions is None else partition_for(user_id, self.partitions)
 
     def user(self, user_id: str, what: str) -> str:
-        return self(f"user:{user_id}:{what}")
+        return f"{self.slot(self.home(user_id))}:user:{user_id}:{what}"
+
+    def user_segments(self, user_id: str) -> str:
+        """``user:seg``, the hash of user → segment; one per slot on a cluster (the user's)."""
+        return f"{self.slot(self.home(user_id))}:user:seg"
+
+    def watermarks(self, partition: int | None) -> str:
+        """``wm``: the watermarks of the writes in a slot (every slot keeps its own on a cluster)."""
+        return f"{self.slot(partition)}:wm"
+
+    def event_ids(self, topic: str, partition: int) -> str:
+        return f"{self.slot(partition)}:eids:{topic}:{partition}"
+
+    def anonymous_sessions(self, user_id: str) -> str:
+        """``sessions:anonymous``: one per slot on a cluster, so a session and its index share the user's slot."""
+        return f"{self.slot(self.home(user_id))}:sessions:anonymous"
 
     def item(self, item_id: str) -> str:
         return self(f"item:{item_id}")
@@ -86,4 +137,4 @@ class Keys:
         return self(f"trend:{what}:{epoch_ms}")
 
     def ranker(self, topic: str, partition: int) -> str:
-        return self(f"ranker:{topic}:{partition}")
+        return f"{self.slot(partition)}:ranker:{topic}:{partition}"

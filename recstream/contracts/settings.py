@@ -104,10 +104,15 @@ class KafkaSettings(Section):
 class RedisSettings(Section):
     """Where the state lives."""
 
-    variables: ClassVar[Mapping[str, str]] = {"url": "redis_url", "prefix": "redis_prefix"}
+    variables: ClassVar[Mapping[str, str]] = {"url": "redis_url", "prefix": "redis_prefix", "cluster": "redis_cluster"}
 
     url: str = Field("redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix:// URL")
     prefix: str = Field("rs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="prefix of every Redis key")
+    cluster: bool = Field(
+        False,
+        description="the URL names one node of a Redis Cluster: keys carry hash tags (a slot per events partition, "
+        "one for shared state) and clients follow the cluster's slots (the database must be 0)",
+    )
 
     @field_validator("url")
     @classmethod
@@ -116,6 +121,16 @@ class RedisSettings(Section):
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> RedisSettings:
+        """A cluster has no databases but 0 and no unix sockets: refuse what its client would reject later."""
+        parts = urlsplit(self.url)
+        if self.cluster and (parts.scheme == "unix" or parts.path.strip("/") not in ("", "0")):
+            raise ValueError(
+                f"RECSTREAM_REDIS_CLUSTER needs a redis:// or rediss:// URL on database 0, not {redacted(self.url)}"
+            )
+        return self
 
     @property
     def port(self) -> int:
@@ -249,7 +264,7 @@ class ReaderSettings(Section):
         1.0, gt=0, le=30, description="budget of a new Redis connection (TCP, TLS handshake, AUTH), apart from a feed's"
     )
     redis_connections: int = Field(
-        16,
+        64,
         ge=1,
         le=1024,
         description="Redis connections of each reader process; a round trip waits for a free one within its budget",
@@ -385,6 +400,13 @@ class Settings(BaseModel):
         None, description="the running A/B test, as JSON: name, salt, variants with weights and blend overrides"
     )
 
+    @model_validator(mode="after")
+    def _cluster_partitions(self) -> Settings:
+        """On a Redis Cluster a users partition writes the slot of the events partition of the same number."""
+        if self.redis.cluster and self.kafka.users_partitions != self.kafka.events_partitions:
+            raise ValueError("RECSTREAM_REDIS_CLUSTER needs RECSTREAM_USERS_PARTITIONS = RECSTREAM_EVENTS_PARTITIONS")
+        return self
+
     def replace(self, **values: object) -> Settings:
         """These settings with some values changed, named as their variables are (``batch_max=100``); validated.
 
@@ -476,9 +498,14 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+_REPORTED: set[str] = set()
+"""Unknown variables this process has reported: one that builds its settings again (a CLI's error line names the
+address from them) says so once."""
+
+
 def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
-    """The ``RECSTREAM_*`` variables of ``environ`` by setting name; unknown ones are logged with the closest
-    valid name (a misspelled variable would otherwise be ignored without a word)."""
+    """The ``RECSTREAM_*`` variables of ``environ`` by setting name; unknown ones are logged, once per process,
+    with the closest valid name (a misspelled variable would otherwise be ignored without a word)."""
     values: dict[str, object] = {}
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
@@ -491,7 +518,8 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
                 raise SettingsError(f"{key}: invalid JSON, {exc}") from None
         elif name in VARIABLES:
             values[name] = raw
-        else:
+        elif key not in _REPORTED:
+            _REPORTED.add(key)
             log.warning("%s is not a recstream setting, ignored: %s", key, _unknown(name))
     return values
 

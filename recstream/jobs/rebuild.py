@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from recstream.contracts.keys import NOT_DERIVED, Keys
 from recstream.contracts.settings import Settings
@@ -39,6 +41,7 @@ from recstream.eventlog.erasures import erased_users, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
+from recstream.store.connection import connect
 from recstream.store.state import StateStore
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.processor import BatchProcessor, DeadLetter
@@ -91,14 +94,14 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
             f"consumer group {settings.worker.group} has {len(members)} active member(s) ({', '.join(members)}): "
             "stop the workers first (a killed worker counts until its session times out)"
         )
-    redis = Redis.from_url(settings.redis.url)
+    redis = connect(settings)
     try:
         version, artifacts = await _current_model(settings, redis)  # before deleting: a broken model stops here
-        deleted = await delete_derived(redis, Keys(settings.redis.prefix))
+        deleted = await delete_derived(redis, Keys.of(settings))
         if artifacts is not None:
             await training.activate(settings, artifacts, version)
         messages, invalid, ends = await _replay(settings, redis, progress)
-        totals = await redis.hmget(Keys(settings.redis.prefix)("totals"), "views", "clicks")
+        totals = await redis.hmget(Keys.of(settings)("totals"), "views", "clicks")
     finally:
         await redis.aclose()
     await commit_offsets(settings, ends)
@@ -106,13 +109,14 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
     return RebuildReport(deleted, version, messages, events, invalid, time.perf_counter() - started)
 
 
-async def delete_derived(redis: Redis, keys: Keys) -> int:
-    """Delete every key under the prefix but :data:`NOT_DERIVED`; returns how many."""
-    kept = [keys(pattern) for pattern in NOT_DERIVED]
+async def delete_derived(redis: Redis | RedisCluster, keys: Keys) -> int:
+    """Delete every key under the prefix but :data:`NOT_DERIVED` (on a cluster: in every slot, matched without
+    their hash tag); returns how many."""
+    kept = [keys.prefix + ":" + pattern for pattern in NOT_DERIVED]
     doomed = [
         key
-        async for key in redis.scan_iter(match=keys("*"), count=1000)
-        if not any(fnmatch.fnmatchcase(key.decode(), pattern) for pattern in kept)
+        async for key in redis.scan_iter(match=f"{keys.prefix}:*", count=1000)
+        if not any(fnmatch.fnmatchcase(re.sub(r":\{[^}]*\}", "", key.decode(), count=1), p) for p in kept)
     ]
     for start in range(0, len(doomed), 1000):
         await redis.unlink(*doomed[start : start + 1000])
@@ -121,7 +125,7 @@ async def delete_derived(redis: Redis, keys: Keys) -> int:
 
 async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, ModelArtifacts | None]:
     """``model:current``, else the newest version on disk (Redis lost the pointer), else none."""
-    current = await redis.get(Keys(settings.redis.prefix)("model:current"))
+    current = await redis.get(Keys.of(settings)("model:current"))
     version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model.dir)
     if version is None:
         return None, None
@@ -146,7 +150,7 @@ async def _replay(
         async with open_log(settings) as consumer:
             erased = await erased_users(consumer, settings.kafka.erasures_topic)
             if erased:
-                await redis.sadd(Keys(settings.redis.prefix)("erased"), *erased)
+                await redis.sadd(Keys.of(settings)("erased"), *erased)
             for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
                                 (settings.kafka.events_topic, "event")):  # fmt: skip
                 ranges = await whole_topic(consumer, topic)
@@ -159,6 +163,7 @@ async def _replay(
                     messages[topic] += len(chunk)
                     if progress is not None:
                         progress(topic, len(chunk), total)
+                await processor.finish_rescore()  # a pass the last batch left unfinished, as an idle worker does
     finally:
         item_feed.cancel()
         await asyncio.gather(item_feed, return_exceptions=True)

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 import numpy as np
 import scipy.sparse as sp
-from redis.asyncio import Redis
 
 from recstream.contracts.events import Event, ItemEvent, decode
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
@@ -28,6 +27,7 @@ from recstream.models.ann import ItemIndex
 from recstream.models.artifacts import ModelArtifacts, write_model
 from recstream.models.content_map import fit_content_map
 from recstream.models.ranking_metrics import hit_rate_at_k
+from recstream.store.connection import connect
 from recstream.streams.personalize import SIMILAR_K, encode_similar
 
 Progress = Callable[[int], None]
@@ -245,8 +245,8 @@ async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
 
 async def activate(settings: Settings, artifacts: ModelArtifacts, version: str) -> None:
     """Write a written version's item neighbours, then point ``model:current`` at it (also used by the rebuild)."""
-    keys = Keys(settings.redis.prefix)
-    redis = Redis.from_url(settings.redis.url)
+    keys = Keys.of(settings)
+    redis = connect(settings)
     try:
         similar = similar_items(artifacts.index, artifacts.item_ids, artifacts.item_factors)
         pipe = redis.pipeline(transaction=False)

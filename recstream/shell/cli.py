@@ -102,9 +102,9 @@ async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
     handler above (faust would print a traceback; the reader would serve empty degraded pages). Once
     running, the worker retries Redis and the reader degrades without it, by design."""
     from aiokafka.admin import AIOKafkaAdminClient
-    from redis.asyncio import Redis
 
     from recstream.eventlog.connection import client_options
+    from recstream.store.connection import connect
 
     if kafka:
         admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
@@ -113,7 +113,7 @@ async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
         finally:
             await admin.close()
     if redis:
-        client = Redis.from_url(settings.redis.url, socket_connect_timeout=5, socket_timeout=5)
+        client = connect(settings, socket_connect_timeout=5, socket_timeout=5)
         try:
             await client.ping()
         finally:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from urllib.request import urlopen
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from redis.crc import key_slot
 
 from recstream.contracts.settings import Settings, load_settings
 from recstream.eventlog.connection import client_options
@@ -145,15 +146,15 @@ def _spawn(service: Service, argv: list[str]) -> int:
     return proc.pid
 
 
-def _wait(service: Service, ready: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
+def _wait(service: Service, ready: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.pid() is None:
             raise InfraError(f"{service.name} exited while starting; log tail:\n{service.log_tail()}")
         if ready():
             return
         time.sleep(0.3)
-    raise InfraError(f"{service.name} did not {what} within {START_TIMEOUT_S:.0f} s; log tail:\n{service.log_tail()}")
+    raise InfraError(f"{service.name} did not {what} within {timeout_s:.0f} s; log tail:\n{service.log_tail()}")
 
 
 def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> bool:
@@ -209,25 +210,32 @@ def _listeners(settings: Settings) -> list[str]:
     ]
 
 
-def _kafka_config(settings: Settings, service: Service) -> Path:
+def _kafka_config(settings: Settings, service: Service, node_id: int = 1, voters: str | None = None) -> Path:
+    """One combined broker + controller. ``voters`` (``id@host:port,...``) makes it one of a quorum; its size
+    is the replication factor of the broker's own topics, and a write needs all replicas but one
+    (``min.insync.replicas``), so a quorum of 3 keeps accepting acks=all writes with one broker down."""
     port = settings.kafka.port
     extra = settings.local.kafka_server_properties
+    voters = voters or f"{node_id}@127.0.0.1:{port + 1}"
+    replicas = len(voters.split(","))
     config = service.home / "server.properties"
     config.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{port + 1}",
+                f"node.id={node_id}",
+                f"controller.quorum.voters={voters}",
                 *_listeners(settings),
                 "controller.listener.names=CONTROLLER",
                 f"log.dirs={service.data_dir}",
                 "num.network.threads=2",
                 "num.io.threads=2",
-                "offsets.topic.replication.factor=1",
+                f"offsets.topic.replication.factor={replicas}",
                 "offsets.topic.num.partitions=4",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
+                f"transaction.state.log.replication.factor={replicas}",
+                f"transaction.state.log.min.isr={max(1, replicas - 1)}",
+                f"default.replication.factor={replicas}",
+                f"min.insync.replicas={max(1, replicas - 1)}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "log.retention.hours=-1",
@@ -276,17 +284,24 @@ def kafka_up(settings: Settings) -> str:
     service = kafka_service(settings)
     if _already_up(service, settings.kafka.port, lambda: kafka_answers(settings)):
         return f"kafka already running (pid {service.pid()}) on {settings.kafka.bootstrap}"
+    pid = _kafka_start(settings)
+    _wait(service, lambda: kafka_answers(settings), "answer an admin request")
+    return f"kafka started (pid {pid}) on {settings.kafka.bootstrap}"
+
+
+def _kafka_start(settings: Settings, node_id: int = 1, voters: str | None = None, cluster_id: str | None = None) -> int:
+    """Format the broker's storage on its first start (every member of a quorum with the same ``cluster_id``)
+    and spawn it, without waiting: a member of a quorum answers only once a majority runs."""
+    service = kafka_service(settings)
     service.home.mkdir(parents=True, exist_ok=True)
-    config = _kafka_config(settings, service)
+    config = _kafka_config(settings, service, node_id, voters)
     if not (service.data_dir / "meta.properties").exists():
-        fmt = _java(settings, service, "kafka.tools.StorageTool", "format", "-t", uuid.uuid4().hex[:22],
+        fmt = _java(settings, service, "kafka.tools.StorageTool", "format", "-t", cluster_id or uuid.uuid4().hex[:22],
                     "-c", str(config), "--ignore-formatted")  # fmt: skip
         result = subprocess.run(fmt, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise InfraError(f"kafka storage format failed:\n{result.stdout}{result.stderr}")
-    pid = _spawn(service, _java(settings, service, "kafka.Kafka", str(config)))
-    _wait(service, lambda: kafka_answers(settings), "answer an admin request")
-    return f"kafka started (pid {pid}) on {settings.kafka.bootstrap}"
+    return _spawn(service, _java(settings, service, "kafka.Kafka", str(config)))
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -360,7 +375,8 @@ def redis_answers(settings: Settings) -> bool:
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
-def redis_up(settings: Settings) -> str:
+def redis_up(settings: Settings, extra: Sequence[str] = ()) -> str:
+    """Start a Redis server unless ours already answers; ``extra`` arguments (a cluster node's) go last."""
     service = redis_service(settings)
     if _already_up(service, settings.redis.port, lambda: redis_answers(settings)):
         return f"redis already running (pid {service.pid()}) on port {settings.redis.port}"
@@ -368,7 +384,7 @@ def redis_up(settings: Settings) -> str:
     argv = [redis_binary(), "--port", str(settings.redis.port), "--bind", "127.0.0.1",
             "--dir", str(service.data_dir), "--appendonly", "yes", "--appendfsync", "everysec",
             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-            "--pidfile", str(service.home / "redis.pid")]  # fmt: skip
+            "--pidfile", str(service.home / "redis.pid"), *extra]  # fmt: skip
     pid = _spawn(service, argv)
     _wait(service, lambda: redis_answers(settings), "answer PING")
     return f"redis started (pid {pid}) on port {settings.redis.port}"
@@ -417,8 +433,7 @@ class Child:
     ``port`` (its /metrics or HTTP port; a free one when not given), stopped or killed by its own pid.
 
     Its own session: Ctrl-C reaches only the parent, which stops its children itself. Every test,
-    benchmark and the demo start the workers and readers they need through this one class; ``module`` is
-    another entry point of the same command (bench/redis_wire.py's reader)."""
+    benchmark and the demo start the workers and readers they need through this one class."""
 
     def __init__(
         self,
@@ -426,7 +441,6 @@ class Child:
         settings: Settings,
         log: Path,
         port: int | None = None,
-        module: str = "recstream.shell.cli",
     ) -> None:
         self.command, self.log = command, log
         self.port = port or free_port()
@@ -435,7 +449,7 @@ class Child:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, command], env=full_env, start_new_session=True,
+                [sys.executable, "-m", "recstream.shell.cli", command], env=full_env, start_new_session=True,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
 
@@ -527,3 +541,227 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# --- clusters: a replicated Kafka and a Redis Cluster (tests and benchmarks; issue 18) ---------------------------
+
+CLUSTER_BROKERS = 3
+REDIS_CLUSTER_NODES = 6
+"""3 masters, each with one replica (``redis-cli --cluster create --cluster-replicas 1``)."""
+CLUSTER_START_TIMEOUT_S = 240.0
+"""Three JVMs start at once on a shared machine: each broker gets longer than a single one (START_TIMEOUT_S)."""
+REDIS_NODE_TIMEOUT_MS = 2000
+"""How long a silent master is waited for before its replica takes over (``cluster-node-timeout``)."""
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """A KRaft Kafka of :data:`CLUSTER_BROKERS` combined brokers and a Redis Cluster on loopback, every node its own
+    process and folder, started by :func:`running_clusters`.
+
+    ``settings`` is what clients use: every broker in the bootstrap list, replication factor 3, the first Redis node
+    with ``redis_cluster``. ``brokers`` and ``redis_nodes`` are each node's own settings (its port and run folder),
+    which :func:`kafka_service`, :func:`redis_service` and :func:`stop` take, so a test stops one node by its pid.
+    """
+
+    settings: Settings
+    brokers: tuple[Settings, ...]
+    redis_nodes: tuple[Settings, ...]
+    redis_buses: tuple[int, ...]
+    voters: str
+    cluster_id: str
+
+    def start_broker(self, k: int) -> None:
+        """Start broker ``k`` (again: its data folder is kept) and wait until it answers."""
+        node = self.brokers[k]
+        _kafka_start(node, k + 1, self.voters, self.cluster_id)
+        _wait(kafka_service(node), lambda: kafka_answers(node), "answer an admin request", CLUSTER_START_TIMEOUT_S)
+
+    def kill_broker(self, k: int) -> str:
+        """A crash of broker ``k``: SIGKILL, no shutdown."""
+        return stop(kafka_service(self.brokers[k]), sig=signal.SIGKILL)
+
+    def start_redis(self, k: int) -> str:
+        """Start Redis node ``k`` (again: it rejoins from its ``nodes.conf``, as a replica if it was replaced)."""
+        node = self.redis_nodes[k]
+        return redis_up(node, _cluster_node_args(self.redis_buses[k]))
+
+    def kill_redis(self, k: int) -> str:
+        """A crash of Redis node ``k``: SIGKILL; its replica takes over after :data:`REDIS_NODE_TIMEOUT_MS`."""
+        return stop(redis_service(self.redis_nodes[k]), sig=signal.SIGKILL)
+
+    def redis_roles(self) -> dict[int, str]:
+        """Node index → ``master`` or ``replica``, as the live nodes see it (failed nodes left out)."""
+        ports = {node.redis.port: k for k, node in enumerate(self.redis_nodes)}
+        for node in self.redis_nodes:
+            if redis_service(node).pid() is None:
+                continue
+            roles = {}
+            for line in _redis_command(node, "CLUSTER", "NODES").splitlines():
+                _, address, flags, *_ = line.split()
+                port = int(address.split("@")[0].rpartition(":")[2])
+                if "fail" not in flags and port in ports:
+                    roles[ports[port]] = "master" if "master" in flags.split(",") else "replica"
+            return roles
+        raise InfraError("no Redis cluster node is running")
+
+    def wait_redis_ok(self, replicated: bool = True, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until every running node says ``cluster_state:ok`` and, if ``replicated``, every master has a replica
+        connected (a master whose replica took over has none until the old master is back)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._redis_ok(replicated):
+            if time.monotonic() > deadline:
+                raise InfraError(f"the Redis cluster is not ok after {timeout_s:.0f} s: roles {self.redis_roles()}")
+            time.sleep(0.3)
+
+    def redis_master_of(self, key: str) -> int:
+        """The index of the node serving ``key``'s hash slot now (a failover moves it to the old replica)."""
+        slot = key_slot(key.encode())
+        ports = {node.redis.port: k for k, node in enumerate(self.redis_nodes)}
+        for node in self.redis_nodes:
+            if redis_service(node).pid() is None:
+                continue
+            for line in _redis_command(node, "CLUSTER", "NODES").splitlines():
+                fields = line.split()  # id, address, flags, master, ping, pong, epoch, link state, slot ranges...
+                address, flags, ranges = fields[1], fields[2], [r for r in fields[8:] if not r.startswith("[")]
+                if "master" not in flags.split(",") or "fail" in flags:
+                    continue
+                for served in ranges:
+                    low, _, high = served.partition("-")
+                    if int(low) <= slot <= int(high or low):
+                        return ports[int(address.split("@")[0].rpartition(":")[2])]
+            break
+        raise InfraError(f"no live master serves slot {slot} of {key!r}")
+
+    def wait_replicated(self, timeout_s: float = 30.0) -> None:
+        """Until every replica has every write its master acknowledged so far (replication is asynchronous: a
+        master that crashes before its replica caught up loses the difference, which tests must not mistake)."""
+        deadline = time.monotonic() + timeout_s
+        while not all(_replicas_caught_up(node) for node in self.redis_nodes if redis_service(node).pid() is not None):
+            if time.monotonic() > deadline:
+                raise InfraError(f"the Redis replicas did not catch up in {timeout_s:.0f} s")
+            time.sleep(0.1)
+
+    def _redis_ok(self, replicated: bool) -> bool:
+        running = [node for node in self.redis_nodes if redis_service(node).pid() is not None]
+        try:
+            if not all("cluster_state:ok" in _redis_command(node, "CLUSTER", "INFO") for node in running):
+                return False
+            if not replicated:
+                return True
+            masters = [running[k] for k, role in enumerate(self._roles(running)) if role == "master"]
+            return all("connected_slaves:0" not in _redis_command(node, "INFO", "replication") for node in masters)
+        except (OSError, subprocess.CalledProcessError):
+            return False
+
+    def _roles(self, nodes: list[Settings]) -> list[str]:
+        return [_redis_command(node, "ROLE").split()[0] for node in nodes]
+
+    def stop(self) -> list[str]:
+        """Stop every node started (SIGTERM, then SIGKILL), by pid."""
+        return [stop(kafka_service(node)) for node in self.brokers] + [stop(redis_service(n)) for n in self.redis_nodes]
+
+
+def _replicas_caught_up(node: Settings) -> bool:
+    """A replica, or a master whose every replica's offset reached the master's replication offset."""
+    info = dict(line.split(":", 1) for line in _redis_command(node, "INFO", "replication").split() if ":" in line)
+    if info.get("role") != "master":
+        return True
+    offset = int(info["master_repl_offset"])
+    replicas = [
+        dict(kv.split("=") for kv in v.split(",")) for k, v in info.items() if k.startswith("slave") and k[5:].isdigit()
+    ]
+    return all(int(replica["offset"]) >= offset for replica in replicas)
+
+
+def _cluster_node_args(bus: int) -> list[str]:
+    return ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus),
+            "--cluster-node-timeout", str(REDIS_NODE_TIMEOUT_MS)]  # fmt: skip
+
+
+def _redis_command(node: Settings, *argv: str) -> str:
+    """One command through ``redis-cli`` (a CLUSTER or INFO answer as text)."""
+    cli = str(Path(redis_binary()).with_name("redis-cli"))
+    return subprocess.run([cli, "-p", str(node.redis.port), *argv], capture_output=True, text=True, check=True,
+                          timeout=10).stdout  # fmt: skip
+
+
+def _free_ports(count: int, span: int = 1) -> list[int]:
+    """``count`` distinct loopback ports, each with ``span`` free ports after it, no two ranges overlapping."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(span)
+        if all(abs(port - other) > span for other in ports):
+            ports.append(port)
+    return ports
+
+
+def clusters_up(settings: Settings, kafka: bool = True, attempts: int = 3) -> Clusters:
+    """Start the clusters in ``settings.local.run_dir`` on free loopback ports and create the topics (RF 3);
+    ``kafka=False``: the Redis Cluster only (``settings``' Kafka stays what clients use).
+
+    A port picked free can be taken by another process before a node binds it: a failed start stops what it
+    started and tries again on fresh ports and folders, ``attempts`` times in all."""
+    for attempt in range(1, attempts):
+        with suppress(InfraError):
+            return _clusters_up(settings.replace(run_dir=settings.local.run_dir / f"attempt-{attempt}"), kafka)
+    return _clusters_up(settings.replace(run_dir=settings.local.run_dir / f"attempt-{attempts}"), kafka)
+
+
+def _clusters_up(settings: Settings, kafka: bool) -> Clusters:
+    """One attempt of :func:`clusters_up`; stops what it started before raising if any part fails."""
+    base = settings.local.run_dir.resolve()
+    kafka_ports = _free_ports(CLUSTER_BROKERS, span=2) if kafka else []
+    redis_ports = _free_ports(2 * REDIS_CLUSTER_NODES)
+    brokers = tuple(
+        settings.replace(kafka_bootstrap=f"127.0.0.1:{port}", run_dir=base / f"broker-{k + 1}")
+        for k, port in enumerate(kafka_ports)
+    )
+    nodes = tuple(
+        settings.replace(redis_url=f"redis://127.0.0.1:{port}/0", run_dir=base / f"redis-{port}")
+        for port in redis_ports[:REDIS_CLUSTER_NODES]
+    )
+    clusters = Clusters(
+        settings=settings.replace(
+            **({"kafka_bootstrap": ",".join(f"127.0.0.1:{p}" for p in kafka_ports)} if kafka else {}),
+            replication_factor=CLUSTER_BROKERS if kafka else settings.kafka.replication_factor,
+            redis_url=nodes[0].redis.url,
+            redis_cluster=True,
+        ),
+        brokers=brokers,
+        redis_nodes=nodes,
+        redis_buses=tuple(redis_ports[REDIS_CLUSTER_NODES:]),
+        voters=",".join(f"{k + 1}@127.0.0.1:{port + 1}" for k, port in enumerate(kafka_ports)),
+        cluster_id=uuid.uuid4().hex[:22],
+    )
+    try:
+        for k in range(REDIS_CLUSTER_NODES):
+            clusters.start_redis(k)
+        cli = str(Path(redis_binary()).with_name("redis-cli"))
+        create = [cli, "--cluster", "create", *(f"127.0.0.1:{node.redis.port}" for node in nodes),
+                  "--cluster-replicas", "1", "--cluster-yes"]  # fmt: skip
+        result = subprocess.run(create, capture_output=True, text=True, check=False, timeout=60)
+        if result.returncode != 0:
+            raise InfraError(f"redis-cli --cluster create failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        for k, node in enumerate(brokers):
+            _kafka_start(node, k + 1, clusters.voters, clusters.cluster_id)
+        for node in brokers:
+            _wait(kafka_service(node), lambda node=node: kafka_answers(node), "answer an admin request",
+                  CLUSTER_START_TIMEOUT_S)  # fmt: skip
+        clusters.wait_redis_ok()
+        if kafka:
+            asyncio.run(ensure_topics(clusters.settings))
+    except BaseException:
+        clusters.stop()
+        raise
+    return clusters
+
+
+@contextmanager
+def running_clusters(settings: Settings, kafka: bool = True) -> Iterator[Clusters]:
+    """:func:`clusters_up` for the block; every node it started is stopped after, by pid."""
+    clusters = clusters_up(settings, kafka)
+    try:
+        yield clusters
+    finally:
+        clusters.stop()

@@ -56,11 +56,11 @@ def app() -> NamesProcess:
 APP = f"{__name__}:app"
 
 
-def serve(host: str, port: int, workers: int, log_level: str, factory: str = APP) -> None:
+def serve(host: str, port: int, workers: int, log_level: str) -> None:
     """Run ``workers`` reader processes on host:port until SIGTERM or Ctrl-C (one: in this process); each calls
-    ``factory`` (an import string) for its app."""
+    :func:`app` for its own."""
     uvicorn.run(
-        factory,
+        APP,
         factory=True,
         workers=workers,
         host=host,

@@ -375,11 +375,12 @@ class Simulator:
 
     async def _poll_ranking(self, ledger: Ledger) -> None:
         """Watch the top of the workers' global ranking for discoveries (a failed poll is retried next time)."""
-        from redis.asyncio import Redis
         from redis.exceptions import RedisError
 
-        key = Keys(self.settings.redis.prefix).rank()
-        redis = Redis.from_url(self.settings.redis.url)
+        from recstream.store.connection import connect
+
+        key = Keys.of(self.settings).rank()
+        redis = connect(self.settings)
         try:
             while True:
                 try:

@@ -16,16 +16,25 @@
 -- Cost: the script blocks Redis while it runs, and a redis.call costs a few microseconds
 -- whatever it does, so every step reads and writes a whole key per call (HMGET, ZMSCORE,
 -- SMISMEMBER, multi-field HSET and ZADD, MSET) instead of a call per event, item or segment.
--- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls.
+-- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls; a moved prior adds
+-- at most about cfg.rescore_items items (step 4), never the whole catalogue.
 
 local p = cjson.decode(ARGV[1])
 local P = p.prefix .. ':'
 local cfg = p.cfg
 
--- 1. watermarks: all or nothing
+-- 1. watermarks: all or nothing. On a Redis Cluster a batch is one call per slot, each with the slot's own
+-- watermarks (recstream/store/state.py): when every one is already at or past its new value, this slot applied
+-- the batch before and another did not (a crash between the calls, or a failed-over master that lost a window)
+local stale, done = false, true
 for _, w in ipairs(p.wm) do
   local current = redis.call('HGET', P .. 'wm', w[1]) or ''
-  if current ~= w[2] then return {'stale', w[1], current} end
+  if current ~= w[2] and not stale then stale = {'stale', w[1], current} end
+  if (tonumber(current) or -1) < tonumber(w[3]) then done = false end
+end
+if stale then
+  if done then return {'done'} end
+  return stale
 end
 
 local function num(x) return tonumber(x) or 0 end
@@ -52,6 +61,11 @@ local function many(cmd, key, args, flag)
   end
   return out
 end
+
+-- 2.-7. the shared state: counters, rankings, items, pool (the {shared} slot on a cluster; p.shared false: a
+-- partition's slot, which holds sections 8 and 9 only)
+local q_str, full, graduated = '', false, {}
+if p.shared then
 
 -- 2. item metadata and availability (items topic)
 local became_available = {}
@@ -128,15 +142,26 @@ end
 for _, t in ipairs(p.totals) do redis.call('HINCRBY', P .. 'totals', t[1], t[2]) end
 for _, item in ipairs(became_available) do touch(item) end
 
--- 4. smoothed-CTR rankings under the quantized global prior (models.ctr.quantize_ctr)
+-- 4. smoothed-CTR rankings under the quantized global prior (models.ctr.quantize_ctr): the touched items, and
+-- when the prior moved, every counted item, but at most about cfg.rescore_items of them per batch: a rescore
+-- pass whose HSCAN cursor over `views` is kept in `rescore` (a moved prior restarts it), so no batch costs
+-- O(catalogue). Until a pass ends an item's score may be under an older prior; once it ends (a batch, or an
+-- empty one when the worker is idle), every score is f(final counters, final prior) again, as a whole rescore
+-- in one batch left it (HSCAN returns every field present for the whole pass at least once).
 local totals = redis.call('HMGET', P .. 'totals', 'views', 'clicks')
 local raw = ctr(num(totals[2]), num(totals[1]), cfg.default_ctr, cfg.default_mass)
 local q = math.exp(math.floor(math.log(raw) / cfg.log_step + 0.5) * cfg.log_step)
-local q_str = fmt(q)
-local full = redis.call('GET', P .. 'prior') ~= q_str
+q_str = fmt(q)
+full = redis.call('GET', P .. 'prior') ~= q_str
 if full then
   redis.call('SET', P .. 'prior', q_str)
-  touched_list = redis.call('HKEYS', P .. 'views')
+  redis.call('SET', P .. 'rescore', '0')
+end
+local cursor = redis.call('GET', P .. 'rescore')
+if cursor then
+  local scan = redis.call('HSCAN', P .. 'views', cursor, 'COUNT', cfg.rescore_items)
+  for k = 1, #scan[2], 2 do touch(scan[2][k]) end
+  if scan[1] == '0' then redis.call('DEL', P .. 'rescore') else redis.call('SET', P .. 'rescore', scan[1]) end
 end
 local hidden = many('SMISMEMBER', P .. 'unavailable', touched_list)
 local live = {}
@@ -213,7 +238,6 @@ end
 -- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item
 local clock = math.max(num(redis.call('GET', P .. 'clock')), p.clock)
 redis.call('SET', P .. 'clock', clock)
-local graduated = {}
 local in_pool = many('ZMSCORE', P .. 'pool', names)
 for k, item in ipairs(names) do
   if in_pool[k] and new_views[k] >= cfg.graduate_views then
@@ -229,6 +253,8 @@ for _, item in ipairs(graduated) do
   redis.call('SADD', P .. 'graduated', item)
   if redis.call('EXISTS', P .. 'foldin:users:' .. item) == 1 then redis.call('SADD', P .. 'foldin:pending', item) end
 end
+
+end  -- of the shared state
 
 -- 8. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
 for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
@@ -269,4 +295,5 @@ end
 -- the watermarks: they move with the effect they cover
 for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
-return {'ok', q_str, full and 1 or 0, graduated, redis.call('SMEMBERS', P .. 'foldin:pending')}
+return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
+        p.shared and redis.call('EXISTS', P .. 'rescore') or 0}

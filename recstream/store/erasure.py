@@ -45,7 +45,7 @@ async def erase_user(execute: Execute, keys: Keys, user_id: str) -> int:
     sessions = await scan(execute, keys.user(user_id, USER_SESSIONS))
     new_items = await scan(execute, keys("foldin:users:*"))
     doomed = [keys.user(user_id, what) for what in USER_KEYS] + sessions
-    names = [keys("erased"), keys("user:seg"), *doomed, *new_items]
+    names = [keys("erased"), keys.user_segments(user_id), *doomed, *new_items]
     [removed] = await execute(("EVAL", ERASE, len(names), *names, user_id, len(doomed)))
     return int(removed)
 

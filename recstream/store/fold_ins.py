@@ -28,13 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from recstream.contracts.keys import Keys
+from recstream.store.connection import gathered, queue_mget
 
 LOG_LENGTH = 100_000  # fold-ins kept in the stream (approximately): a worker (re)loading reads the hash instead
 
 SAVE = """
--- ARGV: prefix, version, log length, then (item, float32 vector or '', similar list or '') triples
+-- KEYS[1]: foldin:pending (where a cluster runs it: every key here is in the shared slot)
+-- ARGV: the shared slot's prefix, version, log length, then (item, float32 vector or '', similar list or '') triples
 local P = ARGV[1] .. ':'
 local stored = 0
 for k = 4, #ARGV, 3 do
@@ -72,9 +75,9 @@ class FoldIn:
 class FoldInStore:
     """Reads and writes of the fold-in keys; a worker's :class:`~streams.live_model.LiveModel` owns one."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis | RedisCluster, keys: Keys) -> None:
         self.redis = redis
-        self.keys = Keys(prefix)
+        self.keys = keys
         self._save = redis.register_script(SAVE)
 
     async def users(self, items: list[str], dim: int) -> dict[str, ItemUsers]:
@@ -86,7 +89,10 @@ class FoldInStore:
             pipe.hgetall(self.keys(f"foldin:users:{item}"))
         stored = [{u.decode(): float(w) for u, w in raw.items()} for raw in await pipe.execute()]
         everyone = sorted({user for users in stored for user in users})
-        raw = await self.redis.mget([self.keys.user(u, "vec") for u in everyone]) if everyone else []
+        names = [self.keys.user(u, "vec") for u in everyone]
+        pipe = self.redis.pipeline(transaction=False)
+        groups = queue_mget(pipe, names)
+        raw = gathered(groups, await pipe.execute(), len(names))
         vectors = {u: np.frombuffer(v, "<f4") for u, v in zip(everyone, raw, strict=True) if v and len(v) == 4 * dim}
         out = {}
         for item, users in zip(items, stored, strict=True):
@@ -100,10 +106,10 @@ class FoldInStore:
     async def save(self, version: str, results: list[tuple[str, np.ndarray | None, bytes | None]]) -> int:
         """Store (item, vector, similar list) for the items still pending; a None vector only resolves the item
         (no user had a vector, or the model knows it). Returns how many vectors were stored."""
-        args: list[str | bytes | int] = [self.keys.prefix, version, LOG_LENGTH]
+        args: list[str | bytes | int] = [self.keys.slot(None), version, LOG_LENGTH]
         for item, vector, similar in results:
             args += [item, b"" if vector is None else _encode(vector), similar or b""]
-        return int(await self._save(args=args))
+        return int(await self._save(keys=[self.keys("foldin:pending")], args=args))
 
     async def stored(self, version: str) -> dict[str, np.ndarray]:
         raw = await self.redis.hgetall(self.keys(f"foldin:{version}"))

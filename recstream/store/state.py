@@ -25,10 +25,26 @@ The effectively-once argument
   (``ranker:<topic>:<p>``), read with the batch's users and written by the same script as that
   partition's watermark: a function of the partition's rows in offset order
   (streams/ranker_training.py), so each row is learned exactly once.
+
+On a Redis Cluster
+------------------
+A script may touch the keys of one hash slot only, so a batch is one script call per slot it writes, each with
+that slot's own watermarks (:class:`~recstream.contracts.keys.Keys`): ``{shared}`` for the counters, rankings,
+items and pool (events and items partitions), ``{p<N>}`` for events partition N's users, event ids and ranker
+(events and users partition N; the users topic has as many partitions as the events topic, and a user record on
+another partition than its user's is dead-lettered as an event is). Each call is all-or-nothing in its slot.
+When the slots disagree (a crash between two calls of a batch, or a failed-over master that lost a window),
+:meth:`StateStore.watermarks` reports, per partition, the offset every slot holds and, in :attr:`StateStore.ahead`,
+the highest one some slot holds; the worker then applies the messages up to that offset as a batch of their own,
+whose calls the slots that hold them already answer with "done" (their watermarks are at or past the batch's end)
+and the others apply. A recomputed part never reads what it writes from a slot that is ahead: the shared part is a
+function of the events and the users' segments, a partition's part of the events and its own slot's histories.
+On one Redis every slot is the same prefix and a batch is the one call it always was.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +52,19 @@ from pathlib import Path
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.models.history import History, history_from_rows
 from recstream.store.aggregate import CounterDeltas
+from recstream.store.connection import gathered, queue_mget
 
 SCRIPT = (Path(__file__).parent / "apply_batch.lua").read_text()
-ARRIVALS_SCRIPT = (Path(__file__).parent / "event_arrivals.lua").read_text()
+RESCORE_ITEMS = 1_000
+"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4): a
+whole rescore is O(items × segments) inside one script, which blocks Redis (bench/scale.py measured it at 100,000
+items); a pass of this many items per batch keeps a batch's cost bounded whatever the catalogue."""
 
 
 class StaleWatermark(Exception):
@@ -77,21 +98,24 @@ class UserContext:
 @dataclass(frozen=True)
 class Applied:
     prior: float
-    full_rescore: bool
+    full_rescore: bool  # the prior moved: a rescore pass over every item started
     graduated: list[str]
     fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
+    rescore_pending: bool = False  # a rescore pass is not finished: later batches (or empty ones) go on with it
 
 
 class StateStore:
     """Reads what a batch needs and applies its effect in one atomic round trip each."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis | RedisCluster, settings: Settings, rescore_items: int = RESCORE_ITEMS) -> None:
         self.redis = redis
-        self.keys = Keys(settings.redis.prefix)
+        self.keys = Keys.of(settings)
         self.settings = settings
         self._script = redis.register_script(SCRIPT)
-        self._arrivals = redis.register_script(ARRIVALS_SCRIPT)
         self._histories: dict[str, History] = {}
+        self.ahead: dict[str, int] = {}
+        """``topic:partition`` → the highest offset some slot applied, where that is past what every slot applied."""
+        self._prior = settings.model.ctr_default  # the last prior the shared slot answered (a users batch has none)
         self._cfg = {
             "m": settings.model.ctr_prior_mass,
             "default_ctr": settings.model.ctr_default,
@@ -104,11 +128,37 @@ class StateStore:
             "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.worker.dedup_window_s * 1000,
             "require_announced": settings.model.require_announced_items,
+            "rescore_items": rescore_items,
         }
 
     async def watermarks(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(self.keys("wm"))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        """``topic:partition`` → the last offset every slot that partition writes to has applied; sets :attr:`ahead`."""
+        slots = list(dict.fromkeys(self.keys.slot(s) for s in (None, *range(self.keys.partitions or 0))))
+        pipe = self.redis.pipeline(transaction=False)
+        for slot in slots:
+            pipe.hgetall(f"{slot}:wm")
+        held: dict[str, dict[str, int]] = {}
+        for slot, raw in zip(slots, await pipe.execute(), strict=True):
+            for tp, offset in raw.items():
+                held.setdefault(tp.decode(), {})[slot] = int(offset)
+        applied, self.ahead = {}, {}
+        for tp, offsets in held.items():
+            values = [offsets.get(slot, -1) for slot in self._slots(tp)]
+            applied[tp] = min(values)
+            if max(values) > applied[tp]:
+                self.ahead[tp] = max(values)
+        return {tp: offset for tp, offset in applied.items() if offset >= 0}
+
+    def _slots(self, tp: str) -> list[str]:
+        """The slots (prefixes) a partition's batches write, each keeping its watermark: an events partition's are
+        the shared one and its own, an items partition's the shared one, a users partition's its own."""
+        topic, _, partition = tp.rpartition(":")
+        kafka = self.settings.kafka
+        if topic == kafka.users_topic:
+            return [self.keys.slot(int(partition))]
+        if topic == kafka.events_topic:
+            return list(dict.fromkeys((self.keys.slot(None), self.keys.slot(int(partition)))))
+        return [self.keys.slot(None)]
 
     async def read_users(
         self, users: Sequence[str], with_histories: bool = True, rankers: Sequence[tuple[str, int]] = ()
@@ -121,22 +171,31 @@ class StateStore:
         cache is dropped whenever ownership may have moved (:meth:`forget_histories`).
         """
         missing = [u for u in users if u not in self._histories] if with_histories else []
+        by_slot: dict[str, list[str]] = {}
+        for user in users:
+            by_slot.setdefault(self.keys.user_segments(user), []).append(user)
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.keys("model:current"))
-        pipe.hmget(self.keys("user:seg"), list(users) or ["-"])
-        if missing:
-            pipe.mget([self.keys.user(u, "hist") for u in missing])
-        if rankers:
-            pipe.mget([self.keys.ranker(topic, partition) for topic, partition in rankers])
-        version, segments, *rest = await pipe.execute()
-        fetched = rest.pop(0) if missing else []
-        states = rest.pop(0) if rankers else []
+        for key, group in by_slot.items():
+            pipe.hmget(key, group)
+        history_keys = [self.keys.user(u, "hist") for u in missing]
+        ranker_keys = [self.keys.ranker(topic, partition) for topic, partition in rankers]
+        history_groups, ranker_groups = queue_mget(pipe, history_keys), queue_mget(pipe, ranker_keys)
+        version, *rest = await pipe.execute()
+        segment_of = {
+            u: s
+            for group, found in zip(by_slot.values(), rest, strict=False)
+            for u, s in zip(group, found, strict=True)
+        }
+        rest = rest[len(by_slot) :]
+        fetched = gathered(history_groups, rest[: len(history_groups)], len(history_keys))
+        states = gathered(ranker_groups, rest[len(history_groups) :], len(ranker_keys))
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
         for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
                 histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
         return UserContext(
-            segments={u: s.decode() for u, s in zip(users, segments, strict=False) if s is not None},
+            segments={u: s.decode() for u, s in segment_of.items() if s is not None},
             histories=histories,
             model_version=version.decode() if version else None,
             rankers={tp: state for tp, state in zip(rankers, states, strict=True) if state is not None},
@@ -144,16 +203,16 @@ class StateStore:
 
     async def event_arrivals(self, ids: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
         """When each stored ``"user:event_id"`` of ``ids`` (per ``topic:partition``) last arrived (ms), keyed
-        ``(tp, "user:event_id")``; ids not stored are left out. One script call for the batch, its ids in one
-        argument (``event_arrivals.lua``): a key per user cost a call per user (and tripled the time to apply a
-        batch), and ZMSCORE with an argument per id cost redis-py a packing step per id."""
+        ``(tp, "user:event_id")``; ids not stored are left out. One command per partition: a batch's ids in a
+        few calls, where a key per user cost a call per user (and tripled the time to apply a batch)."""
         wanted = [(tp, list(dict.fromkeys(members))) for tp, members in ids.items() if members]
-        if not wanted:
-            return {}
-        replies = await self._arrivals(args=[orjson.dumps([(self.keys(f"eids:{tp}"), m) for tp, m in wanted])])
+        pipe = self.redis.pipeline(transaction=False)
+        for tp, members in wanted:
+            topic, _, partition = tp.rpartition(":")
+            pipe.zmscore(self.keys.event_ids(topic, int(partition)), members)
         found = {}
-        for (tp, members), scores in zip(wanted, replies, strict=True):
-            found.update({(tp, m): int(float(s)) for m, s in zip(members, scores, strict=True) if s is not None})
+        for (tp, members), scores in zip(wanted, await pipe.execute(), strict=True):
+            found.update({(tp, m): int(s) for m, s in zip(members, scores, strict=True) if s is not None})
         return found
 
     def remember_histories(self, histories: dict[str, History]) -> None:
@@ -168,37 +227,73 @@ class StateStore:
         self._histories.clear()
 
     async def apply(self, effect: Effect) -> Applied:
-        """Run the batch script; raises :class:`StaleWatermark` if a watermark moved meanwhile."""
-        c = effect.counters
-        payload = {
-            "prefix": self.keys.prefix,
-            "cfg": self._cfg,
-            "wm": [(tp, _wm(old), str(new)) for tp, (old, new) in effect.watermarks.items()],
-            "meta": [
+        """Run the batch script, once per slot the batch writes (once on one Redis); raises
+        :class:`StaleWatermark` if a watermark moved meanwhile."""
+        calls = [
+            self._script(keys=[f"{slot}:wm"], args=[orjson.dumps(payload), *values])
+            for slot, (payload, values) in self._payloads(effect).items()
+        ]
+        results = await asyncio.gather(*calls)
+        for result in results:
+            if result[0] == b"stale":
+                raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
+        if any(result[0] == b"done" for result in results):  # the histories were computed from a slot that is ahead
+            effect.histories.clear()
+            self.forget_histories()
+        for result in results:
+            if result[0] == b"ok" and result[1]:  # the shared slot's answer (it also applied the batch now)
+                self._prior = float(result[1])
+                graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
+                return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]))
+        return Applied(self._prior, False, [], [])
+
+    def _payloads(self, effect: Effect) -> dict[str, tuple[dict, list[bytes]]]:
+        """Each slot's part of the effect (the JSON payload and the binary values it refers to by ARGV index):
+        the shared state to the shared slot, a user's to its user's slot, a partition's ids and ranker to the
+        partition's, each slot with the watermarks it keeps (:meth:`_slots`). One part on one Redis."""
+        c, keys = effect.counters, self.keys
+        shared = keys.slot(None)
+        parts: dict[str, tuple[dict, list[bytes]]] = {}
+
+        def part(slot: str) -> tuple[dict, list[bytes]]:
+            if slot not in parts:
+                empty = ("wm", "meta", "items", "segs", "totals", "trend", "seen", "user_segments", "item_users")
+                payload = {"prefix": slot, "cfg": self._cfg, "shared": slot == shared, "clock": 0,
+                           **{name: [] for name in (*empty, "eids", "blobs", "rankers")}}  # fmt: skip
+                parts[slot] = payload, []
+            return parts[slot]
+
+        for tp, (old, new) in effect.watermarks.items():
+            for slot in self._slots(tp):
+                part(slot)[0]["wm"].append((tp, _wm(old), str(new)))
+        # an effect of no partition at all: an empty batch going on with a rescore pass (shared state)
+        if any(len(p["wm"]) for p, _ in parts.values() if p["shared"]) or effect.meta or c.items or not parts:
+            payload = part(shared)[0]
+            payload["meta"] = [
                 (i, cats, "" if created is None else str(created), str(ts), "1" if avail else "0", features)
                 for i, cats, created, ts, avail, features in effect.meta
-            ],
-            "items": list(c.items.items()),
-            "segs": [(s, list(counts.items())) for s, counts in c.segments.items()],
-            "totals": list(c.totals.items()),
-            "trend": [(suffix, list(increments.items())) for suffix, increments in c.trend.items()],
-            "seen": [(u, list(items.items())) for u, items in c.seen.items()],
-            "clock": c.clock,
-            "user_segments": list(effect.user_segments.items()),
-            "item_users": [(item, list(users.items())) for item, users in effect.item_users.items()],
-            "eids": [(tp, list(ids.items())) for tp, ids in effect.event_ids.items()],
-            "blobs": [(suffix, k + 2) for k, (suffix, _) in enumerate(effect.blobs)],  # ARGV[1] is the payload
-            "rankers": [
-                (self.keys.ranker(topic, partition), len(effect.blobs) + k + 2)
-                for k, (topic, partition) in enumerate(effect.rankers)
-            ],  # their states follow the blobs' values
-        }
-        values = [*(value for _, value in effect.blobs), *effect.rankers.values()]
-        result = await self._script(args=[orjson.dumps(payload), *values])
-        if result[0] == b"stale":
-            raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
-        graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
-        return Applied(float(result[1]), bool(result[2]), graduated, fold_ins)
+            ]
+            payload["items"] = list(c.items.items())
+            payload["segs"] = [(s, list(counts.items())) for s, counts in c.segments.items()]
+            payload["totals"] = list(c.totals.items())
+            payload["trend"] = [(suffix, list(increments.items())) for suffix, increments in c.trend.items()]
+            payload["clock"] = c.clock
+            payload["item_users"] = [(item, list(users.items())) for item, users in effect.item_users.items()]
+        for user, items in c.seen.items():
+            part(keys.slot(keys.home(user)))[0]["seen"].append((user, list(items.items())))
+        for user, segment in effect.user_segments.items():
+            part(keys.slot(keys.home(user)))[0]["user_segments"].append((user, segment))
+        for tp, ids in effect.event_ids.items():
+            part(self._slots(tp)[-1])[0]["eids"].append((tp, list(ids.items())))
+        for suffix, value in effect.blobs:  # ARGV[1] is the payload
+            payload, values = part(keys.slot(keys.home(suffix.split(":")[1])) if suffix.startswith("user:") else shared)
+            values.append(value)
+            payload["blobs"].append((suffix, len(values) + 1))
+        for (topic, partition), state in effect.rankers.items():
+            payload, values = part(keys.slot(partition))
+            values.append(state)
+            payload["rankers"].append((keys.ranker(topic, partition), len(values) + 1))
+        return parts
 
 
 def _wm(offset: int) -> str:

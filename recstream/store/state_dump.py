@@ -11,18 +11,24 @@ import orjson
 import redis
 
 
-def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
+def dump_state(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[str, object]:
     """Every key under ``prefix`` with its value, prefix removed, for comparing two runs; but the event ids kept
     for de-duplication (``eids:<topic>:<partition>``): they name the run's topics and hold the records' arrival
-    times, which differ between two runs of the same events, and they expire by the wall clock."""
+    times, which differ between two runs of the same events, and they expire by the wall clock.
+
+    A Redis Cluster's keys lose their hash tag (``{p3}:user:u1:vec`` → ``user:u1:vec``) and the hashes every slot
+    keeps (``wm``, ``user:seg``) are merged, so a cluster run compares with a run on one Redis; a watermark two
+    slots disagree on is kept as both values."""
     state: dict[str, object] = {}
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         name = key.decode()[len(prefix) + 1 :]
+        if name.startswith("{"):
+            name = name[name.index("}") + 2 :]
         if name.startswith("eids:"):
             continue
         kind = client.type(key).decode()
         if kind == "hash":
-            state[name] = client.hgetall(key)
+            _merge(state.setdefault(name, {}), client.hgetall(key))  # type: ignore[arg-type]
         elif kind == "zset":
             state[name] = client.zrange(key, 0, -1, withscores=True)
         elif kind == "set":
@@ -34,6 +40,12 @@ def dump_state(client: redis.Redis, prefix: str) -> dict[str, object]:
         else:
             state[name] = client.get(key)
     return state
+
+
+def _merge(into: dict[bytes, object], fields: dict[bytes, bytes]) -> None:
+    """Add one slot's fields of a hash; a field two slots hold with different values keeps both (so it differs)."""
+    for field, value in fields.items():
+        into[field] = value if into.get(field, value) == value else (into[field], value)
 
 
 def same_value(key: str, a: object, b: object) -> bool:

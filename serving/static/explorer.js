@@ -16,7 +16,7 @@ const USERS_STORE = "recstream.explorer.users";
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  form: $("user-form"), user: $("user-id"), recent: $("recent-users"), key: $("api-key"),
+  form: $("user-form"), user: $("user-id"), category: $("category"), recent: $("recent-users"), key: $("api-key"),
   newUser: $("new-user"), refresh: $("refresh"), status: $("status"), error: $("error"),
   degraded: $("degraded"), feedSection: $("feed-section"), feed: $("feed"), meta: $("feed-meta"),
   more: $("load-more"), itemView: $("item-view"), itemTitle: $("item-title"), itemMeta: $("item-meta"),
@@ -29,6 +29,7 @@ const ui = {
 
 const state = {
   user: null,
+  category: "", // the filter of the current scroll session: its cursor continues only under it
   cursor: null,
   session: null,
   shown: new Map(), // item id → feed item, in the order shown, for this user since the last refresh
@@ -62,7 +63,9 @@ async function api(method, path, body) {
 }
 
 const feedPath = (user, cursor) =>
-  `/v1/feed/${encodeURIComponent(user)}?limit=${PAGE_SIZE}` + (cursor ? `&cursor=${encodeURIComponent(cursor)}` : "");
+  `/v1/feed/${encodeURIComponent(user)}?limit=${PAGE_SIZE}` +
+  (state.category ? `&category=${encodeURIComponent(state.category)}` : "") +
+  (cursor ? `&cursor=${encodeURIComponent(cursor)}` : "");
 
 function say(text) {
   ui.status.textContent = text;
@@ -163,6 +166,7 @@ function showFeed(user) {
   return guarded(async () => {
     if (user !== state.user) state.reported.clear();
     state.user = user;
+    state.category = ui.category.value.trim();
     rememberUser(user);
     const url = new URL(window.location.href);
     url.searchParams.set("user", user);

@@ -6,6 +6,7 @@ candidate rows' claim to be strict-order exact), and the clicked rating itself h
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -127,3 +128,25 @@ def test_top_k_and_first_uses():
     tail = [rating(0, "u", False), rating(1, "v", True), rating(2, "u", True)]
     assert list(first_uses(tail, {"i1"}, "item")) == ["i0", "i2"]
     assert list(first_uses(tail, set(), "user")) == ["u", "v"]
+
+
+def test_the_ranker_learns_a_page_as_its_views_and_the_click_on_it_exactly_as_a_worker_would():
+    from recstream.models.ranker import FTRLConfig
+    from recstream.streams.ranker_training import Rows, train
+
+    from bench.prequential_rows import ImpressionTrainer
+    from recstream.contracts.events import partition_for
+    from recstream.contracts.ranking import FEATURES, encode_features
+
+    vector = {item: encode_features([float(k)] * len(FEATURES)) for k, item in enumerate(["i0", "x", "y"])}
+    hit, miss = rating(0, "a", click=True), rating(1, "c", click=True)  # partitions 0 and 2 of 4
+    trainer = ImpressionTrainer(partitions=4, config=FTRLConfig())
+    # a's page holds the clicked item; c's does not, and one of its items has no vector (not learned)
+    states = trainer.learn([(hit, ["x", "i0"], vector), (miss, ["y", "z"], vector)])
+    assert (trainer.rows, trainer.clicks) == (3 + 1, 1)
+    assert set(states) == {partition_for("a", 4), partition_for("c", 4)} == {0, 2}
+    rows_of = {"a": (["x", "i0", "i0"], [0.0, 0.0, 1.0]), "c": (["y"], [0.0])}
+    for user, (items, labels) in rows_of.items():
+        x = np.vstack([np.full(len(FEATURES), float(["i0", "x", "y"].index(i))) for i in items])
+        expected = train(None, Rows(x, np.array(labels)), FTRLConfig()).state
+        assert states[partition_for(user, 4)] == expected

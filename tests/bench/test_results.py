@@ -142,7 +142,7 @@ def test_prequential_records_its_declared_keys_with_the_frozen_row_as_the_only_b
         return Tally([list(x) for x in lists], ["a"] * len(lists))
 
     frozen, ours = tally(["b", "c"], ["a", "c"]), tally(["a", "b"], ["a", "b"])
-    served = {name: ServedRow() for name in ("served", "served_by_ctr")}
+    served = {name: ServedRow() for name in ("served", "served_fixed")}
     for row in served.values():
         row.add(Page([("a", "personal"), ("c", "popular")], retried=0, degraded=False), "a")
     tallies = {"popularity (rounds)": tally(["c", "b"], ["c", "b"]), "frozen (rounds)": frozen}

@@ -43,12 +43,13 @@ def test_every_variable_lands_in_its_section_and_round_trips_through_the_environ
     assert len(VARIABLES) == len(set(VARIABLES.values()))
 
 
-def test_a_misspelled_variable_is_reported_with_the_closest_name(monkeypatch, caplog):
+def test_a_misspelled_variable_is_reported_once_with_the_closest_name(monkeypatch, caplog):
     monkeypatch.setenv("RECSTREAM_BATCH_MAXX", "10")
     with caplog.at_level("WARNING"):
         settings = load_settings()
+        load_settings()  # a process that builds its settings again (a CLI's error path) does not repeat it
     assert settings.worker.batch_max == 5_000
-    assert "RECSTREAM_BATCH_MAXX" in caplog.text and "did you mean RECSTREAM_BATCH_MAX?" in caplog.text
+    assert caplog.text.count("RECSTREAM_BATCH_MAXX") == 1 and "did you mean RECSTREAM_BATCH_MAX?" in caplog.text
 
 
 def test_an_unknown_override_fails_naming_it():

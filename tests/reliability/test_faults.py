@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 async def test_state_after_faults_equals_a_clean_run(scenario, fault_run, workload, clean_state):
     run = await fault_run(scenario)
     await run_scenario(run, workload, SCENARIOS[scenario])
-    tally = score(run.redis, run.prefix, workload.events, run.settings.worker.seen_cap)
+    tally = score(run.redis, run.keys, workload.events, run.settings.worker.seen_cap)
     assert run.injections == SCENARIOS[scenario].times
     assert (run.rolled_back > 0) == (scenario == "redis-rollback"), "the rollback lost applied events"
     assert (run.offered, run.acked, tally.applied) == (len(workload.events),) * 3

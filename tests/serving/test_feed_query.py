@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from recstream.serving.app import create_app
 from recstream.serving.cursor import CURSOR_PATTERN
-from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, PARAMETERS, FeedQuery
+from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, ROUTE_PARAMETERS, FeedQuery
 
 from recstream.contracts.events import ID_PATTERN, MAX_ID_LEN
 from recstream.contracts.settings import load_settings
@@ -17,12 +17,27 @@ QUERY = FeedQuery.from_settings(load_settings(feed_max_limit=MAX_LIMIT))
 def test_the_route_declares_the_rules_the_fast_path_admits_by():
     parameters = create_app(load_settings(feed_max_limit=MAX_LIMIT)).openapi()["paths"][FEED_ROUTE]["get"]["parameters"]
     schemas = {p["name"]: p["schema"] for p in parameters}
-    assert list(schemas) == ["user_id", *PARAMETERS]
-    user, limit, cursor, seed = schemas.values()
+    assert list(schemas) == ["user_id", *ROUTE_PARAMETERS]
+    user, limit, cursor, seed, *filters = schemas.values()
     assert (user["minLength"], user["maxLength"], user["pattern"]) == (1, MAX_ID_LEN, ID_PATTERN)
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (MIN_LIMIT, MAX_LIMIT, QUERY.default_limit)
     assert cursor["anyOf"][0]["pattern"] == CURSOR_PATTERN
     assert (seed["anyOf"][0]["minimum"], seed["anyOf"][0]["maximum"]) == (MIN_SEED, MAX_SEED)
+    assert [f["anyOf"][0]["type"] for f in filters] == ["string"] * 3, "checked by serving/filters.py: a 400"
+
+
+@pytest.mark.parametrize(
+    ("query_string", "admitted"),
+    [
+        (b"cursor=0123456789abcdef.1", True),
+        (b"cursor=0123456789abcdef.1.00ff00ff", False),
+        (b"category=news", False),
+        (b"exclude=i1", False),
+        (b"filter=a%3D1", False),
+    ],
+)
+def test_the_fast_path_leaves_filters_and_filtered_sessions_to_the_route(query_string, admitted):
+    assert (QUERY.parse("/v1/feed/u1", query_string) is not None) == admitted
 
 
 @pytest.mark.parametrize(

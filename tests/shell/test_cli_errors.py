@@ -58,6 +58,15 @@ def test_a_closed_kafka_port_is_one_line_naming_the_bootstrap(nothing_listens: S
     assert_one_line(done, "Kafka", nothing_listens.kafka.bootstrap, "RECSTREAM_KAFKA_BOOTSTRAP")
 
 
+def test_a_misspelled_variable_is_one_warning_line_before_the_error_line(nothing_listens: Settings):
+    done = cli(nothing_listens, "train", RECSTREAM_BATCH_MAXX="10")
+    warning, error = done.stderr.splitlines()
+    assert warning == (
+        "RECSTREAM_BATCH_MAXX is not a recstream setting, ignored: no such setting (did you mean RECSTREAM_BATCH_MAX?)"
+    )
+    assert done.returncode == 1 and error.startswith(f"cannot reach Kafka at {nothing_listens.kafka.bootstrap} ")
+
+
 def test_the_old_loglevel_spelling_still_works_and_says_it_is_deprecated(nothing_listens: Settings):
     done = cli(nothing_listens, "worker", "--loglevel", "info")
     assert done.returncode == 1
