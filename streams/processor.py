@@ -310,9 +310,13 @@ class BatchProcessor:
             duplicates = 0
             if self.kind == "event":
                 decoded, duplicates = await self._drop_duplicates(decoded, effect)
-            records = [record for _, _, valid in decoded for record in valid]
-            arrivals = [at_ms for _, at_ms, valid in decoded for _ in valid]
-            partitions = [_partition(tp) for tp, _, valid in decoded for _ in valid]
+            records: Records = []
+            arrivals: list[int] = []
+            partitions: list[Partition] = []
+            for tp, at_ms, valid in decoded:  # a message's values repeated, not recomputed, for each of its records
+                records += valid
+                arrivals += [at_ms] * len(valid)
+                partitions += [_partition(tp)] * len(valid)
             built = await self.build(records, arrivals, partitions, effect)
             if dead:
                 try:
@@ -359,24 +363,30 @@ class BatchProcessor:
         refuses this batch if such a write happened after the read.
         """
         window_ms = self.settings.worker.dedup_window_s * 1000
+        ids = [
+            [None if e.event_id is None else f"{e.user_id}:{e.event_id}" for e in events] for _, _, events in decoded
+        ]
         wanted: dict[str, list[str]] = {}
-        for tp, _, events in decoded:
-            wanted.setdefault(tp, []).extend(f"{e.user_id}:{e.event_id}" for e in events if e.event_id is not None)
+        for (tp, _, _), message_ids in zip(decoded, ids, strict=True):
+            wanted.setdefault(tp, []).extend(i for i in message_ids if i is not None)
         if not window_ms or not any(wanted.values()):
             return decoded, 0
-        last = await self.store.event_arrivals(wanted)
+        last: dict[str, dict[str, int]] = {tp: {} for tp in wanted}  # tp → "user:event_id" → last arrival ms
+        for (tp, key), at_ms in (await self.store.event_arrivals(wanted)).items():
+            last[tp][key] = at_ms
         out: list[Decoded] = []
-        for tp, at_ms, events in decoded:
+        for (tp, at_ms, events), message_ids in zip(decoded, ids, strict=True):
+            seen, applied = last[tp], effect.event_ids.setdefault(tp, {})
             kept = []
-            for event in events:
-                if event.event_id is not None:
-                    key = (tp, f"{event.user_id}:{event.event_id}")
-                    if key in last and at_ms - last[key] <= window_ms:
+            for event, key in zip(events, message_ids, strict=True):
+                if key is not None:
+                    previous = seen.get(key)
+                    if previous is not None and at_ms - previous <= window_ms:
                         continue
-                    last[key] = at_ms
-                    effect.event_ids.setdefault(tp, {})[key[1]] = at_ms
+                    seen[key] = applied[key] = at_ms
                 kept.append(event)
             out.append((tp, at_ms, kept))
+        effect.event_ids = {tp: applied for tp, applied in effect.event_ids.items() if applied}
         return out, sum(len(events) for *_, events in decoded) - sum(len(events) for *_, events in out)
 
     def _observe(

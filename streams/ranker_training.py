@@ -22,11 +22,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
+from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update_many
 
 from recstream.contracts.events import Event
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_features
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows
 
 Partition = tuple[str, int]
 """(topic, partition) of the events a state learned from."""
@@ -101,18 +101,17 @@ def batch_rows(
     >>> rows.by_partition[("events", 0)].labels, dict(rows.skipped)
     (array([0., 1.]), {'no_features': 1})
     """
-    features: dict[Partition, list[np.ndarray]] = {}
-    labels: dict[Partition, list[float]] = {}
+    values = [event.context.get(CONTEXT_KEY) if event.context else None for event in events]
+    matrix, where = decode_rows(values)
     skipped: Counter[str] = Counter()
-    for event, partition in zip(events, partitions, strict=True):
-        value = event.context.get(CONTEXT_KEY) if event.context else None
-        row = decode_features(value)
-        if row is None:
-            skipped[skip_reason(value)] += 1
-            continue
-        features.setdefault(partition, []).append(row)
-        labels.setdefault(partition, []).append(1.0 if event.type in positive else 0.0)
-    by_partition = {p: Rows(np.vstack(rows), np.asarray(labels[p])) for p, rows in features.items()}
+    if len(where) < len(values):
+        decoded = set(where)
+        skipped.update(skip_reason(value) for k, value in enumerate(values) if k not in decoded)
+    rows_of: dict[Partition, list[int]] = {}
+    for row, k in enumerate(where):
+        rows_of.setdefault(partitions[k], []).append(row)
+    labels = np.fromiter((events[k].type in positive for k in where), dtype=np.float64, count=len(where))
+    by_partition = {p: Rows(matrix[rows], labels[rows]) for p, rows in rows_of.items()}
     return BatchRows(by_partition, skipped)
 
 
@@ -143,15 +142,23 @@ def train(state: bytes | None, rows: Rows, config: FTRLConfig) -> Trained:
     >>> train(first.state, rows, FTRLConfig()).n_updates
     4
     """
-    ranker = restore(state, config)
-    predicted: list[float] = []
-    ranker.update(rows.features, rows.labels, predicted)
-    return Trained(ranker.to_bytes(), ranker.n_updates, np.asarray(predicted), rows.labels)
+    one: Partition = ("events", 0)  # train_batch of a single partition
+    states = {} if state is None else {one: state}
+    return train_batch(BatchRows({one: rows}, Counter()), states, config).trained[one]
 
 
 def train_batch(rows: BatchRows, states: Mapping[Partition, bytes], config: FTRLConfig) -> BatchTraining:
-    """Every partition of the batch learns its rows on top of its state in ``states`` (absent: a new ranker)."""
-    trained = {p: train(states.get(p), partition_rows, config) for p, partition_rows in rows.by_partition.items()}
+    """Every partition of the batch learns its rows on top of its state in ``states`` (absent: a new ranker), the
+    partitions stepped together (:func:`~recstream.models.ranker.update_many`: the same bytes as one by one)."""
+    partitions = list(rows.by_partition)
+    rankers = [restore(states.get(p), config) for p in partitions]
+    predicted: list[list[float]] = [[] for _ in partitions]
+    batches = [rows.by_partition[p] for p in partitions]
+    update_many(rankers, [b.features for b in batches], [b.labels for b in batches], predicted)
+    trained = {
+        p: Trained(ranker.to_bytes(), ranker.n_updates, np.asarray(probs), batch.labels)
+        for p, ranker, probs, batch in zip(partitions, rankers, predicted, batches, strict=True)
+    }
     return BatchTraining(trained, rows.skipped)
 
 

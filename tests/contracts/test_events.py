@@ -119,3 +119,19 @@ def test_the_variant_is_optional_and_travels_only_when_set():
     tagged = validate({**GOOD, "variant": "blend-2026.q1:explore_heavy"}, "event", NOW)
     assert isinstance(tagged, Event) and tagged.variant == "blend-2026.q1:explore_heavy"
     assert decode(encode(tagged), "event", NOW)[0] == [tagged]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, {**GOOD, "ts": NOW + 86_400_001}, {**GOOD, "type": "share"}, {**GOOD, "user_id": "u:1"}, 7],
+)
+def test_a_micro_batch_loses_only_its_bad_element_whichever_check_refuses_it(bad):
+    """A whole micro-batch is validated in one call, the checks beyond the model (ts ahead, an unconfigured feedback
+    type) included; when anything fails, each element is judged alone."""
+    at_limit = {**GOOD, "item_id": "i2", "ts": NOW + 86_400_000}  # exactly one day ahead: accepted
+    elements = [GOOD, at_limit] + ([] if bad is None else [bad])
+    valid, rejected = decode(orjson.dumps(elements), "event", NOW)
+    assert valid == [Event(**GOOD), Event(**at_limit)]
+    assert len(rejected) == (bad is not None)
+    if bad is not None:
+        assert rejected[0].payload == orjson.dumps(bad)

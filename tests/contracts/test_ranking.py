@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from recstream.contracts.ranking import (
+    FEATURE_VERSION,
     FEATURES,
     MAX_VALUE_CHARS,
     decode_features,
+    decode_rows,
     encode_features,
     encode_rows,
     rounded,
@@ -72,3 +74,34 @@ def test_a_row_that_cannot_travel_in_a_context_is_refused():
         encode_rows(long)
     with pytest.raises(ValueError, match="finite"):
         encode_rows(np.full((1, WIDTH), np.inf))
+
+
+def _bits(rows: list[np.ndarray]) -> list[bytes]:
+    return [row.tobytes() for row in rows]
+
+
+def test_decoding_a_batch_gives_each_value_s_vector_to_the_bit():
+    rng = np.random.default_rng(7)
+    rows = np.vstack([rounded_rows(values) for values in hard_values(rng, 200)])
+    values = encode_rows(rows)
+    matrix, where = decode_rows(values)
+    assert where == list(range(len(values)))
+    assert _bits(list(matrix)) == _bits([decode_features(value) for value in values])  # signed zeros included
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["-0", "1e-0", "1e400", "1.", ".5", "+1", "1_0", "01", " 1", "true", "null", '"1"', "[1]", "nan", "Infinity",
+     "0x10", "1,2", "", "1e5000000000", "123456789012345678901234567890"],
+)  # fmt: skip
+def test_a_batch_with_an_unusual_value_decodes_as_each_value_alone(body):
+    """JSON and float() disagree or one refuses: the batch falls back to the value-by-value decoder."""
+    good = encode_features([0.5] * WIDTH)
+    odd = FEATURE_VERSION + ":" + ",".join([body] + ["0.25"] * (WIDTH - 1))
+    values = [good, odd, None, 7, "00000000:" + good.partition(":")[2], good]
+    matrix, where = decode_rows(values)
+    expected = [(k, decode_features(value)) for k, value in enumerate(values)]
+    expected = [(k, row) for k, row in expected if row is not None]
+    assert where == [k for k, _ in expected]
+    assert _bits(list(matrix)) == _bits([row for _, row in expected])
+    assert matrix.shape == (len(expected), WIDTH)

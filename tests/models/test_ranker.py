@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
+from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update_many
 
 
 def state(ranker: FTRLRanker) -> tuple[np.ndarray, np.ndarray]:
@@ -203,6 +203,38 @@ def test_an_empty_batch_changes_nothing():
     assert math.isnan(ranker.update(np.empty((0, 2)), []))
     assert ranker.to_bytes() == before and ranker.n_updates == 0
     assert ranker.score(np.empty((0, 2))).shape == (0,)
+
+
+@pytest.mark.parametrize("l1", [0.0, 0.5])
+def test_rankers_stepped_together_end_in_the_bytes_each_learns_alone(l1):
+    """A worker's partitions learn in one loop; each partition's state, predictions and loss stay its own."""
+    rng = np.random.default_rng(5)
+    cfg = FTRLConfig(alpha=0.1, l1=l1)
+    lengths = [40, 0, 7, 40, 1]  # ties, an empty batch, and batches that stop while others go on
+    batches = [planted(rng, k, n_noise=3) for k in lengths]
+    alone, together = [FTRLRanker(4, cfg) for _ in lengths], [FTRLRanker(4, cfg) for _ in lengths]
+    for start in (alone, together):  # learned states, not only fresh ones
+        for ranker, (rows, clicks) in zip(start, batches, strict=True):
+            ranker.update(rows[::-1], clicks[::-1])
+    predicted_alone, predicted_together = [[] for _ in lengths], [[] for _ in lengths]
+    losses = [r.update(x, y, p) for r, (x, y), p in zip(alone, batches, predicted_alone, strict=True)]
+    together_losses = update_many(together, *zip(*batches, strict=True), predicted_together)
+    assert [r.to_bytes() for r in together] == [r.to_bytes() for r in alone]
+    assert predicted_together == predicted_alone
+    np.testing.assert_array_equal(together_losses, losses)  # nan for the empty batch in both
+
+
+def test_rankers_stepped_together_must_share_config_and_a_bad_batch_stops_all():
+    a, b = FTRLRanker(2), FTRLRanker(2, FTRLConfig(alpha=0.5))
+    with pytest.raises(ValueError, match="share their config"):
+        update_many([a, b], [[[1.0, 0.0]], [[1.0, 0.0]]], [[1], [0]])
+    c = FTRLRanker(2)
+    before = (a.to_bytes(), c.to_bytes())
+    with pytest.raises(ValueError, match="finite"):
+        update_many([a, c], [[[1.0, 0.0]], [[math.inf, 0.0]]], [[1], [0]])
+    assert (a.to_bytes(), c.to_bytes()) == before
+    with pytest.raises(ValueError, match="only one batch"):
+        update_many([a, a], [[[1.0, 0.0]], [[1.0, 0.0]]], [[1], [0]])
 
 
 def test_huge_features_saturate_instead_of_overflowing():

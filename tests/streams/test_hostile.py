@@ -151,7 +151,7 @@ def bad_fields(kind: Kind, now_ms: int, big: bool) -> dict[str, st.SearchStrateg
     common = {"ts": st.one_of(bad_ts, far_future(now_ms), deep_value)}
     if kind == "event":
         return common | {
-            "type": st.one_of(st.sampled_from(["like", "VIEW", "", "click "]), not_str, st.none()),
+            "type": st.one_of(st.sampled_from(["share", "VIEW", "", "click "]), not_str, st.none()),
             "user_id": st.one_of(bad_id, huge, deep_value),
             "item_id": st.one_of(bad_id, huge),
             "event_id": st.one_of(bad_optional_id, huge),
