@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from rich.table import Table
 
 from bench.common import BLEND_ROWS, fail, figure, machine, record, services, show
-from bench.policies import check_feeds, console, figures_of, means, run_with_retries, summary_table
+from bench.policies import check_feeds, closed_loop_parser, console, figures_of, means, run_with_retries, summary_table
 from recstream.contracts.settings import Settings
 from recstream.sim.simulator import WORLDS, SimResult
 
@@ -47,15 +47,9 @@ CTR_TARGET = 1.2
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=60.0, help="simulated users per run")
-    parser.add_argument("--feeds-per-s", type=float, default=30.0)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser = closed_loop_parser(__doc__)
     parser.add_argument("--worlds", default="fresh,stable", help="comma-separated, of: " + ", ".join(WORLDS))
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, of: " + ", ".join(ROWS))
-    parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
-    parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
     parser.add_argument("--first-seed", type=int, default=1, help="seeds first-seed … first-seed + seeds − 1")
     parser.add_argument(
         "--set",

@@ -194,19 +194,26 @@ def spread(values: Sequence[float], fmt: str) -> str:
     return f"{mean:{fmt}} ± {sd:{fmt}}"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=60.0, help="simulated users per run")
+def closed_loop_parser(doc: str, seeds: int = 5, seconds: float = 60.0) -> argparse.ArgumentParser:
+    """The options every closed-loop benchmark shares (this one, bench.blends, bench.ranker): seeds, run length,
+    the simulated users' pace and the world history each run's first model is trained on."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--seconds", type=float, default=seconds, help="simulated users per run")
     parser.add_argument("--feeds-per-s", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
+    parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = closed_loop_parser(__doc__)
     parser.add_argument("--world", choices=list(WORLDS), default="fresh", help="the simulated world (simulator.WORLDS)")
     parser.add_argument("--items-per-s", type=float, default=None, help="new items per second (default: the world's)")
     parser.add_argument(
         "--policies", default="none,fresh,epsilon_greedy,thompson", help="comma-separated, of: " + ", ".join(POLICIES)
     )
-    parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
-    parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 20 s: a smoke run, not a measurement")
     args = parser.parse_args(argv)

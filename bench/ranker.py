@@ -204,14 +204,8 @@ def report(runs: list[Run], args: argparse.Namespace, command: str, minutes: flo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=120.0, help="simulated users per run")
-    parser.add_argument("--feeds-per-s", type=float, default=30.0)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser = policies.closed_loop_parser(__doc__, seeds=2, seconds=120.0)
     parser.add_argument("--policy", choices=list(policies.POLICIES), default="fixed", help="the reader's settings")
-    parser.add_argument("--history-s", type=float, default=300.0, help="world history before each run's model")
-    parser.add_argument("--history-rate", type=float, default=40.0, help="views per second in that history")
     parser.add_argument("--rows-out", type=Path, default=ROWS, help="where each run's rows are saved")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--quick", action="store_true", help="1 seed × 30 s: a smoke run, not a measurement")
