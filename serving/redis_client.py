@@ -97,7 +97,23 @@ class Deadline:
             self._timeout.reschedule(loop.time())  # the task is cancelled at its next step, as TimeoutError
 
 
-class RedisClient:
+class _Calls:
+    """One command and one script over a client's ``execute`` (a script Redis has not cached is sent whole once)."""
+
+    async def execute(self, *commands: Sequence[Arg]) -> list[Any]:
+        raise NotImplementedError
+
+    async def call(self, *command: Arg) -> Any:
+        return (await self.execute(command))[0]
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
+        try:
+            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+
+class RedisClient(_Calls):
     """``await client.execute(("GET", key), ("HGET", h, f))`` → one write, one reply per command, in order.
 
     At most ``connections`` connections; a round trip waits for a free one within its deadline.
@@ -155,15 +171,6 @@ class RedisClient:
                 raise reply
         return replies
 
-    async def call(self, *command: Arg) -> Any:
-        return (await self.execute(command))[0]
-
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.call("EVAL", script.source, len(keys), *keys, *args)
-
     async def close(self) -> None:
         await self._pool.aclose()
 
@@ -172,7 +179,7 @@ CLUSTER_OWN_CALLBACKS = ("CLUSTER", "COMMAND", "INFO", "CONFIG", "CLIENT", "READ
 """The commands whose parsed replies redis-py's cluster client reads itself (its slot map, its command table)."""
 
 
-class ClusterRedisClient:
+class ClusterRedisClient(_Calls):
     """:class:`RedisClient`'s interface on a Redis Cluster (``RECSTREAM_REDIS_CLUSTER``), on redis-py's cluster client.
 
     A round trip's commands are one cluster pipeline: each goes to the node of its key's slot (the reader's
@@ -212,15 +219,6 @@ class ClusterRedisClient:
             # failover closed under it ("the handler is closed", a writer gone): Redis unavailable, not a bug of ours
             raise RedisConnectionError(f"Redis Cluster connection lost: {exc!r}") from exc
         return [pong if str(command[0]).upper() == "PING" else next(replies) for command in commands]
-
-    async def call(self, *command: Arg) -> Any:
-        return (await self.execute(command))[0]
-
-    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Arg] = ()) -> Any:
-        try:
-            return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
     async def close(self) -> None:
         await self._cluster.aclose()
