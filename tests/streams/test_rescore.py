@@ -3,6 +3,9 @@ batch, and a finished pass leaves every score f(final counters, final prior), as
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import orjson
 import pytest
 import redis
@@ -31,6 +34,21 @@ def message(topic: str, offset: int, events: list[tuple[str, str, str]]) -> Mess
     return Message(topic, 0, offset, value, T0 + offset)
 
 
+@asynccontextmanager
+async def batches(settings: Settings) -> AsyncIterator[tuple[redis.Redis, AsyncRedis, BatchProcessor]]:
+    """A batch processor with a rescore budget of BUDGET items on the test's Redis (both users in their segments),
+    and a synchronous client to read what it wrote; both closed after."""
+    sync = redis.Redis.from_url(settings.redis.url)
+    sync.hset("rs:user:seg", mapping=USERS)
+    client = AsyncRedis.from_url(settings.redis.url)
+    processor = BatchProcessor("event", StateStore(client, settings, rescore_items=BUDGET), settings, no_dead_letters)
+    try:
+        yield sync, client, processor
+    finally:
+        await client.aclose()
+        sync.close()
+
+
 def stale_scores(client: redis.Redis, settings: Settings) -> dict[str, int]:
     """Per ranking, how many items' scores are not f(their counters, the stored prior) (models.ctr.smoothed_ctr)."""
     m = settings.model.ctr_prior_mass
@@ -54,11 +72,7 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
 ):
     settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
     topic = settings.kafka.events_topic
-    sync = redis.Redis.from_url(settings.redis.url)
-    sync.hset("rs:user:seg", mapping=USERS)
-    client = AsyncRedis.from_url(settings.redis.url)
-    processor = BatchProcessor("event", StateStore(client, settings, rescore_items=BUDGET), settings, no_dead_letters)
-    try:
+    async with batches(settings) as (sync, client, processor):
         catalogue = [(("view", u, f"i{n}")) for n in range(1_000) for u in USERS]  # 1,000 items, both segments
         first = await processor.process([message(topic, 0, catalogue)])
         assert first.full_rescore  # the first prior: every item is touched by this batch anyway
@@ -80,27 +94,17 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
         done = await whole.apply(Effect())
         assert done.full_rescore and not done.rescore_pending
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_a_catalogue_within_the_budget_is_rescored_in_the_batch_that_moved_the_prior(isolated_settings):
     """HSCAN returns a small hash (listpack-encoded, at most 128 fields here) whole: no pass outlives its batch."""
     settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
     topic = settings.kafka.events_topic
-    sync = redis.Redis.from_url(settings.redis.url)
-    sync.hset("rs:user:seg", mapping=USERS)
-    client = AsyncRedis.from_url(settings.redis.url)
-    processor = BatchProcessor("event", StateStore(client, settings, rescore_items=BUDGET), settings, no_dead_letters)
-    try:
+    async with batches(settings) as (sync, _client, processor):
         await processor.process([message(topic, 0, [("view", "u1", f"i{n}") for n in range(BUDGET)])])
         moved = await processor.process([message(topic, 1, [("click", "u2", "i0")] * 20)])
         assert moved.full_rescore and not moved.rescore_pending and await processor.finish_rescore() == 0
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
-    finally:
-        await client.aclose()
-        sync.close()
 
 
 async def test_an_idle_worker_finishes_the_pass_its_last_batch_left(isolated_settings, worker_factory):
