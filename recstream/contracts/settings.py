@@ -498,6 +498,10 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+TOOL_VARIABLES = frozenset({"RECSTREAM_SKIP_AUDIT", "RECSTREAM_REQUIRE_AUDIT"})
+"""``RECSTREAM_*`` variables the project's own scripts read (``./dev``'s dependency audit), not settings: never
+reported as unknown, since ``./dev test`` passes them on to every process it starts."""
+
 _REPORTED: set[str] = set()
 """Unknown variables this process has reported: one that builds its settings again (a CLI's error line names the
 address from them) says so once."""
@@ -508,7 +512,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     with the closest valid name (a misspelled variable would otherwise be ignored without a word)."""
     values: dict[str, object] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key in TOOL_VARIABLES:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name in JSON_VARIABLES:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from recstream.contracts.settings import VARIABLES, SettingsError, load_settings
+from recstream.contracts.settings import TOOL_VARIABLES, VARIABLES, SettingsError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -50,6 +53,18 @@ def test_a_misspelled_variable_is_reported_once_with_the_closest_name(monkeypatc
         load_settings()  # a process that builds its settings again (a CLI's error path) does not repeat it
     assert settings.worker.batch_max == 5_000
     assert caplog.text.count("RECSTREAM_BATCH_MAXX") == 1 and "did you mean RECSTREAM_BATCH_MAX?" in caplog.text
+
+
+def test_the_dev_scripts_own_variables_are_not_reported_as_unknown_settings(monkeypatch, caplog):
+    """./dev test passes RECSTREAM_SKIP_AUDIT / RECSTREAM_REQUIRE_AUDIT on to every process it starts."""
+    for name in TOOL_VARIABLES:
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("RECSTREAM_SKIP_AUDITT", "1")
+    with caplog.at_level("WARNING"):
+        load_settings()
+    assert not any(f"{name} is not" in caplog.text for name in TOOL_VARIABLES)
+    assert "RECSTREAM_SKIP_AUDITT is not a recstream setting" in caplog.text
+    assert set(TOOL_VARIABLES) <= set(re.findall(r"RECSTREAM_[A-Z_]+", (Path(__file__).parents[2] / "dev").read_text()))
 
 
 def test_an_unknown_override_fails_naming_it():
