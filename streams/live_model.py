@@ -28,6 +28,7 @@ from recstream.models.artifacts import ArtifactError, read_model
 from recstream.streams import metrics
 from recstream.streams.personalize import Personalizer
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from recstream.contracts.events import ItemEvent, decode
@@ -122,7 +123,10 @@ class LiveModel:
         metrics.FOLD_INS.inc(await self.fold_ins.save(personalizer.version, results))
 
     async def follow_fold_ins(self) -> None:
-        """Apply every fold-in any worker logs, for as long as the worker runs (waiting out Redis outages)."""
+        """Apply every fold-in any worker logs, for as long as the worker runs, waiting out Redis outages and Redis
+        errors alike: a Redis Cluster answers CLUSTERDOWN while a failed master's replica takes over, a restarted
+        Redis LOADING, a demoted master READONLY. Any of them escaping ended the item feed, which crashed the
+        faust app: the worker stopped applying while its process lived."""
         delay = 0.1
         while True:
             try:
@@ -135,8 +139,11 @@ class LiveModel:
                 delay = 0.1
                 if not fold_ins:
                     await asyncio.sleep(FOLD_IN_POLL_S)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning("redis unavailable (%s); reading the fold-in log again in %.1f s", exc, delay)
+            except RedisError as exc:
+                unavailable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
+                reason = "redis_unavailable" if unavailable else "redis_error"
+                metrics.FOLD_IN_LOG_RETRIES.labels(reason).inc()
+                log.warning("%s (%r); reading the fold-in log again in %.1f s", reason, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
 

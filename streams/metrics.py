@@ -106,6 +106,14 @@ BATCH_RETRIES = Counter(
     "Attempts to apply a batch that failed and will be retried, by why (processor.RETRY_REASONS)",
     ["topic", "reason"],
 )
+FOLD_IN_LOG_RETRIES = Counter(
+    "recstream_worker_fold_in_log_retries_total",
+    "Reads of the fold-in log that failed and will be retried: redis_unavailable (no connection, timeout) or "
+    "redis_error (Redis answered an error: CLUSTERDOWN during a failover, LOADING, READONLY)",
+    ["reason"],
+)
+for _reason in ("redis_unavailable", "redis_error"):
+    FOLD_IN_LOG_RETRIES.labels(_reason)
 DUPLICATES = Counter(
     "recstream_worker_duplicate_events_total",
     "Events dropped because their user sent the same event_id within the de-duplication window",

@@ -1,5 +1,6 @@
 """A real worker keeps its agents alive and says when one is not: Redis error replies, a stalled batch, an
-items topic whose last offset holds no record. Real Kafka, real Redis, a real ``recstream worker`` process."""
+items topic whose last offset holds no record, a Redis error on the fold-in log. Real Kafka, real Redis, a real
+``recstream worker`` process."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def retries(worker: Child, reason: str) -> float:
     found = re.findall(rf'recstream_worker_batch_retries_total\{{reason="{reason}",topic="events-[^"]*"\}} (\S+)',
                        worker.metrics())  # fmt: skip
     return sum(map(float, found))
+
+
+def fold_in_log_retries(worker: Child) -> float:
+    found = re.findall(r'recstream_worker_fold_in_log_retries_total\{reason="redis_error"\} (\S+)', worker.metrics())
+    return float(found[0]) if found else 0.0
 
 
 def view(k: int) -> Event:
@@ -119,3 +125,24 @@ async def test_a_worker_applies_events_when_the_items_topics_last_offset_holds_n
     client = redis.Redis.from_url(settings.redis.url)
     wait_until(lambda: applied_events(client, "rs") == 1 or not worker.alive(), what="the event applied")
     assert worker.alive() and applied_events(client, "rs") == 1
+
+
+async def test_a_redis_error_on_the_fold_in_log_never_stops_the_worker(isolated_settings, worker_factory):
+    """The item feed's fold-in follower waited out a lost connection but not an error reply; on a Redis Cluster a
+    failover answers CLUSTERDOWN for a moment, which ended the item feed: faust crashed the app and the worker
+    exited (one of the two workers of the cluster fault test, mid-failover). A WRONGTYPE reply stands in for it
+    here, on every read of the log: the follower retries, counted, and the worker applies on."""
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    await publish(settings, events=[view(0)])
+    wait_until(lambda: applied_events(client, "rs") == 1, what="the first event")
+    client.set("rs:foldin:log", "not a stream")
+    try:
+        wait_until(lambda: not worker.alive() or fold_in_log_retries(worker) >= 3, what="retried reads of the log")
+        await publish(settings, events=[view(1)])
+        wait_until(lambda: not worker.alive() or applied_events(client, "rs") == 2, what="the next event")
+        assert worker.alive() and applied_events(client, "rs") == 2 and healthz(worker) == (200, "ok\n")
+    finally:
+        client.delete("rs:foldin:log")
