@@ -55,7 +55,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 
 @pytest.fixture(scope="session")
-def clusters(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Clusters]:
+def cluster_nodes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[infra.Clusters]:
     """A 3-broker KRaft Kafka (replication factor 3, ``min.insync.replicas`` 2) and a Redis Cluster of 3 masters
     and 3 replicas for the whole session, only with ``--clusters``; every node is stopped by its pid after."""
     if not request.config.getoption("--clusters"):
@@ -63,6 +63,16 @@ def clusters(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     settings = infra.private_settings(tmp_path_factory.mktemp("clusters"), REPO / ".cache")
     with infra.running_clusters(settings) as running:
         yield running
+
+
+@pytest.fixture
+def clusters(cluster_nodes: infra.Clusters) -> Iterator[infra.Clusters]:
+    """The session's clusters, whole before and after each test (:meth:`infra.Clusters.restore`: killed nodes
+    started again, every slot served, replicas in sync), so a fault test that stopped halfway leaves the next
+    test, whichever it is, what a fresh start would."""
+    cluster_nodes.restore()
+    yield cluster_nodes
+    cluster_nodes.restore()
 
 
 @pytest.fixture

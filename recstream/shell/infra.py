@@ -548,6 +548,7 @@ def sigterm_interrupts() -> Iterator[None]:
 CLUSTER_BROKERS = 3
 REDIS_CLUSTER_NODES = 6
 """3 masters, each with one replica (``redis-cli --cluster create --cluster-replicas 1``)."""
+REDIS_CLUSTER_SLOTS = 16_384
 CLUSTER_START_TIMEOUT_S = 240.0
 """Three JVMs start at once on a shared machine: each broker gets longer than a single one (START_TIMEOUT_S)."""
 REDIS_NODE_TIMEOUT_MS = 2000
@@ -642,11 +643,33 @@ class Clusters:
                 raise InfraError(f"the Redis replicas did not catch up in {timeout_s:.0f} s")
             time.sleep(0.1)
 
+    def restore(self, timeout_s: float = CLUSTER_START_TIMEOUT_S) -> list[str]:
+        """Bring the clusters back to what :func:`clusters_up` left, whatever a test killed or failed over: every
+        broker and Redis node running, every node at ``cluster_state:ok`` with all 16,384 slots served, each master
+        with a replica in sync with it, and every replica of every topic partition in sync. Returns the nodes it
+        had to start again (a fault test that stopped early leaves one down)."""
+        started = []
+        for k, node in enumerate(self.brokers):
+            if kafka_service(node).pid() is None:
+                self.start_broker(k)
+                started.append(f"broker {k + 1}")
+        for k, node in enumerate(self.redis_nodes):
+            if redis_service(node).pid() is None:
+                self.start_redis(k)
+                started.append(f"redis {node.redis.port}")
+        self.wait_redis_ok(timeout_s=timeout_s)
+        self.wait_replicated(timeout_s=timeout_s)
+        if self.brokers:
+            _wait_until(lambda: asyncio.run(_partitions_in_sync(self.settings)), timeout_s, "topic replicas in sync")
+        return started
+
     def _redis_ok(self, replicated: bool) -> bool:
         running = [node for node in self.redis_nodes if redis_service(node).pid() is not None]
         try:
-            if not all("cluster_state:ok" in _redis_command(node, "CLUSTER", "INFO") for node in running):
-                return False
+            for node in running:
+                info = _redis_command(node, "CLUSTER", "INFO")
+                if "cluster_state:ok" not in info or f"cluster_slots_ok:{REDIS_CLUSTER_SLOTS}" not in info:
+                    return False
             if not replicated:
                 return True
             masters = [running[k] for k, role in enumerate(self._roles(running)) if role == "master"]
@@ -660,6 +683,28 @@ class Clusters:
     def stop(self) -> list[str]:
         """Stop every node started (SIGTERM, then SIGKILL), by pid."""
         return [stop(kafka_service(node)) for node in self.brokers] + [stop(redis_service(n)) for n in self.redis_nodes]
+
+
+def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise InfraError(f"not {what} after {timeout_s:.0f} s")
+        time.sleep(0.3)
+
+
+async def _partitions_in_sync(settings: Settings) -> bool:
+    """Every partition of every topic has all its replicas in sync (a restarted broker catches up after it answers:
+    killing another one before that would leave partitions below ``min.insync.replicas``)."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=5000)
+    try:
+        await admin.start()
+        topics = await admin.describe_topics()
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+    return all(sorted(p["isr"]) == sorted(p["replicas"]) for topic in topics for p in topic["partitions"])
 
 
 def _replicas_caught_up(node: Settings) -> bool:

@@ -31,8 +31,8 @@ QUIET_S = 3.0  # after the last recovery: every feed in this window must be a no
 
 
 @pytest.fixture(scope="module")
-def cluster_model(clusters: infra.Clusters, workload: Workload) -> dict[str, bytes]:
-    return asyncio.run(model_keys(clusters.settings, workload))
+def cluster_model(cluster_nodes: infra.Clusters, workload: Workload) -> dict[str, bytes]:
+    return asyncio.run(model_keys(cluster_nodes.settings, workload))
 
 
 @pytest.mark.parametrize("name", list(CLUSTER_SCENARIOS))
