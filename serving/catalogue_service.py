@@ -85,7 +85,7 @@ class Catalogue:
         erasure = Erasure(user_id=user_id, ts=_now_ms())
         await self.service.publisher.deliver(lambda producer: producer.erase_user(erasure))
         background, keys = self.service.loader.redis, self.service.keys  # the background client: SCANs take a while
-        return await self.service.guard(lambda: erase_user(background.execute, keys, user_id))
+        return await self.service.guard(lambda: erase_user(background, keys, user_id))
 
     async def known_item(self, item_id: str) -> dict[str, object]:
         """The item's fields as the workers last applied them (features only since they store them)."""

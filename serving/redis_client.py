@@ -97,6 +97,10 @@ class Deadline:
             self._timeout.reschedule(loop.time())  # the task is cancelled at its next step, as TimeoutError
 
 
+SCAN_COUNT = 1_000
+"""Keys a SCAN step looks at (its COUNT): a step is O(COUNT) inside Redis, the whole scan O(keys) in steps."""
+
+
 class _Calls:
     """One command and one script over a client's ``execute`` (a script Redis has not cached is sent whole once)."""
 
@@ -111,6 +115,21 @@ class _Calls:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    async def scan(self, pattern: str) -> list[str]:
+        """Every key matching ``pattern``, by SCAN (incremental: it never blocks Redis), each once. On a Redis Cluster
+        the pattern names one hash slot (its tag, ``rs:{p3}:user:u1:feed:*``) and the node serving it is scanned."""
+        found: list[str] = []
+        cursor = "0"
+        while True:
+            cursor, names = await self._scan_step(pattern, cursor)
+            found += names
+            if str(cursor) == "0":
+                return list(dict.fromkeys(found))  # SCAN may return a key twice
+
+    async def _scan_step(self, pattern: str, cursor: str) -> tuple[str, list[str]]:
+        [(cursor, names)] = await self.execute(("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT))
+        return cursor, names
 
 
 class RedisClient(_Calls):
@@ -219,6 +238,19 @@ class ClusterRedisClient(_Calls):
             # failover closed under it ("the handler is closed", a writer gone): Redis unavailable, not a bug of ours
             raise RedisConnectionError(f"Redis Cluster connection lost: {exc!r}") from exc
         return [pong if str(command[0]).upper() == "PING" else next(replies) for command in commands]
+
+    async def _scan_step(self, pattern: str, cursor: str) -> tuple[str, list[str]]:
+        """One SCAN on the node serving ``pattern``'s slot (a keyless command would go to any one node)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._cluster.initialize()  # the slot map, if no command built it yet
+                node = self._cluster.get_node_from_key(pattern)
+                cursors, names = await self._cluster.execute_command(
+                    "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, target_nodes=node
+                )
+        except TimeoutError as exc:
+            raise Timeout(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms") from exc
+        return cursors[node.name], names
 
     async def close(self) -> None:
         await self._cluster.aclose()

@@ -4,8 +4,12 @@ What is stored under a user's id (recstream/contracts/keys.py): the keys ``user:
 :data:`~recstream.contracts.keys.USER_KEYS`, the scroll sessions ``user:<u>:feed:<session>``, the
 user's entry in ``user:seg`` and the user's field in ``foldin:users:<i>`` of every new item they
 touched. The sessions and the new items' hashes are found with SCAN (incremental: it never blocks
-Redis), then one script deletes everything and adds the id to ``erased``, so a reader never sees
-half an erased user.
+Redis), then a script deletes everything and adds the id to ``erased``. On one Redis that is one script
+call, so nothing of the erasure is ever half done. On a Redis Cluster a script may touch one hash slot, and
+the user's keys and ``user:seg`` are in the user's slot, the new items' hashes and ``erased`` in the shared
+one: one call per slot, the user's first, ``erased`` last. A reader still never sees half an erased user
+(it reads a user's keys from the user's slot only, and they go at once); a failure between the two calls
+leaves the fold-in fields and ``erased`` until the erasure is repeated (it is idempotent).
 
 What stays: the user's share of aggregates keyed by item or segment (view and click counters, CTR
 rankings, trend counts, the pool's bandit counts, fold-in vectors already computed) and of the
@@ -19,43 +23,45 @@ erase once the user's client stopped sending, or erase again after the workers c
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from recstream.contracts.keys import USER_KEYS, USER_SESSIONS, Keys
 
-Execute = Callable[..., Awaitable[list[Any]]]
-"""Sends commands (tuples) in one round trip and returns their replies: the reader's ``RedisClient.execute``."""
 
-SCAN_COUNT = 1_000
+class Client(Protocol):
+    """The reader's Redis client (serving/redis_client.py): commands in one round trip, and SCAN by pattern."""
+
+    async def execute(self, *commands: Sequence[Any]) -> list[Any]: ...
+
+    async def scan(self, pattern: str) -> list[str]: ...
+
+
 ERASE = """
--- KEYS: erased, user:seg, then the keys to delete, then the hashes holding a field named after the user
--- ARGV: the user id, how many keys to delete
-local user, n = ARGV[1], tonumber(ARGV[2])
-local removed = redis.call('HDEL', KEYS[2], user)
-for k = 3, 2 + n do removed = removed + redis.call('DEL', KEYS[k]) end
-for k = 3 + n, #KEYS do removed = removed + redis.call('HDEL', KEYS[k], user) end
-redis.call('SADD', KEYS[1], user)
+-- KEYS: ARGV[2] keys to delete, then the hashes holding a field named after the user, then `erased` if ARGV[3] is 1
+-- (every key in one hash slot)
+local user, n, mark = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+local hashes_end = mark and #KEYS - 1 or #KEYS
+local removed = 0
+for k = 1, n do removed = removed + redis.call('DEL', KEYS[k]) end
+for k = n + 1, hashes_end do removed = removed + redis.call('HDEL', KEYS[k], user) end
+if mark then redis.call('SADD', KEYS[#KEYS], user) end
 return removed
 """
 
 
-async def erase_user(execute: Execute, keys: Keys, user_id: str) -> int:
+async def erase_user(client: Client, keys: Keys, user_id: str) -> int:
     """Delete everything stored under ``user_id`` and add it to ``erased``; how many keys and fields went."""
-    sessions = await scan(execute, keys.user(user_id, USER_SESSIONS))
-    new_items = await scan(execute, keys("foldin:users:*"))
+    sessions = await client.scan(keys.user(user_id, USER_SESSIONS))
+    new_items = await client.scan(keys("foldin:users:*"))
     doomed = [keys.user(user_id, what) for what in USER_KEYS] + sessions
-    names = [keys("erased"), keys.user_segments(user_id), *doomed, *new_items]
-    [removed] = await execute(("EVAL", ERASE, len(names), *names, user_id, len(doomed)))
-    return int(removed)
-
-
-async def scan(execute: Execute, pattern: str) -> list[str]:
-    """Every key matching ``pattern``, by SCAN (ids hold no glob characters, recstream.contracts.events.ID_PATTERN)."""
-    found: list[str] = []
-    cursor = "0"
-    while True:
-        [(cursor, names)] = await execute(("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT))
-        found += [name.decode() if isinstance(name, bytes) else name for name in names]
-        if cursor in ("0", b"0"):
-            return list(dict.fromkeys(found))  # SCAN may return a key twice
+    own, shared = keys.slot(keys.home(user_id)), keys.slot(None)
+    calls = [(doomed, [keys.user_segments(user_id)], False), ([], new_items, True)]  # the user's slot, the shared one
+    if own == shared:  # one Redis: one call
+        calls = [(doomed, [keys.user_segments(user_id), *new_items], True)]
+    removed = 0
+    for deleted, hashes, mark in calls:
+        names = [*deleted, *hashes, *([keys("erased")] if mark else [])]
+        [n] = await client.execute(("EVAL", ERASE, len(names), *names, user_id, len(deleted), int(mark)))
+        removed += int(n)
+    return removed

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis
 
 from recstream.contracts.events import Erasure, segment_of
-from recstream.contracts.keys import USER_KEYS
+from recstream.contracts.keys import USER_KEYS, Keys
+from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.jobs.rebuild import rebuild
+from recstream.shell import infra
 from recstream.store.state_dump import dump_state
 from tests.conftest import wait_until
 from tests.serving.conftest import reader_client
-from tests.streams.scenario import applied_events, publish, trained, world
+from tests.streams.scenario import publish, trained, world
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +60,36 @@ async def test_after_erasure_and_rebuild_nothing_of_the_user_remains(isolated_se
     """The user's keys go at once (history, vector, candidates, seen set, preferences, a scroll session, the
     segment entry, the fold-in fields of new items); counters keep the user's share until the rebuild, after
     which every counter equals a count of the other users' events, and training reads none of theirs."""
+    await erase_and_rebuild(isolated_settings, redis.Redis.from_url(isolated_settings.redis.url), worker_factory,
+                            tmp_path)  # fmt: skip
+
+
+async def test_erasure_and_rebuild_on_a_redis_cluster(clusters: infra.Clusters, worker_factory, tmp_path):
+    """The same on a Redis Cluster (``--clusters``), where the user's keys and the new items' fold-in hashes are in
+    two hash slots (one erasure script each) and the sessions and hashes are found by SCAN on each slot's node;
+    the rebuild deletes and recomputes every slot's keys."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = clusters.settings.on_topics(suffix, worker_group=f"worker-{suffix}", redis_prefix=f"e{suffix}")
+    await infra.ensure_topics(settings)
+    await erase_and_rebuild(settings, redis.RedisCluster.from_url(settings.redis.url), worker_factory, tmp_path)
+
+
+async def erase_and_rebuild(
+    settings: Settings, client: redis.Redis | redis.RedisCluster, worker_factory, tmp_path: Path
+) -> None:
+    keys = Keys.of(settings)
+    prefix = settings.redis.prefix
     users, items, events = world(n_users=40, n_items=80, n_events=4_000, seed=3)
-    settings, _ = await trained(isolated_settings.replace(batch_max=100), tmp_path, events[:1_500], items)
-    client = redis.Redis.from_url(settings.redis.url)
+    settings, _ = await trained(settings.replace(batch_max=100), tmp_path, events[:1_500], items)
     await publish(settings, users=users, items=items)
     worker = worker_factory(settings)
-    wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
+    segments_stored = [f"{keys.slot(p)}:user:seg" for p in range(keys.partitions or 1)]
+    wait_until(lambda: sum(client.hlen(key) for key in segments_stored) == len(users), what="user segments")
     await publish(settings, events=events)
-    wait_until(lambda: applied_events(client, "rs") == len(events), timeout_s=120, what="every event applied")
-    tracked = {key for key in client.scan_iter("rs:foldin:users:*")}
+    wait_until(lambda: applied(client, keys) == len(events), timeout_s=120, what="every event applied")
+    tracked = {key for key in client.scan_iter(keys("foldin:users:*"))}
     victim = Counter(
-        u.decode() for key in tracked for u in client.hkeys(key) if client.exists(f"rs:user:{u.decode()}:vec")
+        u.decode() for key in tracked for u in client.hkeys(key) if client.exists(keys.user(u.decode(), "vec"))
     ).most_common(1)[0][0]
     others = [e for e in events if e.user_id != victim]
     assert len(others) < len(events)
@@ -75,16 +98,17 @@ async def test_after_erasure_and_rebuild_nothing_of_the_user_remains(isolated_se
         prefs = await reader.put(f"/v1/users/{victim}/preferences", json={"categories": ["news"]})
         assert prefs.status_code == 200, prefs.text
         assert (await reader.get(f"/v1/feed/{victim}")).json()["session"], "a scroll session to erase"
-        before = traces(dump_state(client, "rs"), victim)
+        before = traces(dump_state(client, prefix), victim)
         assert {f"user:{victim}:{what}" for what in USER_KEYS} <= set(before)
         assert any(t.startswith("foldin:users:") for t in before) and f"user:seg[{victim}]" in before
+        assert any(t.startswith(f"user:{victim}:feed:") for t in before)
         erased = await reader.delete(f"/v1/users/{victim}")
         assert erased.status_code == 202, erased.text
         assert erased.json() == {"user_id": victim, "removed": len(before)}
         again = await reader.delete(f"/v1/users/{victim}")
         assert again.json() == {"user_id": victim, "removed": 0}, "repeating it is harmless"
 
-    live = dump_state(client, "rs")
+    live = dump_state(client, prefix)
     assert traces(live, victim) == [f"erased ∋ {victim}"]
     assert live["totals"][b"views"] == str(sum(e.type == "view" for e in events)).encode(), (
         "aggregates keep the user's share until the rebuild"
@@ -98,7 +122,7 @@ async def test_after_erasure_and_rebuild_nothing_of_the_user_remains(isolated_se
 
     await rebuild(settings)
 
-    rebuilt = dump_state(client, "rs")
+    rebuilt = dump_state(client, prefix)
     assert traces(rebuilt, victim) == [f"erased ∋ {victim}"]
     segments = {u.user_id: segment_of(u.attributes) for u in users}
     for key, counts in counted(others, segments).items():
@@ -106,3 +130,7 @@ async def test_after_erasure_and_rebuild_nothing_of_the_user_remains(isolated_se
     assert sum(key.endswith(":vec") for key in rebuilt) == len({e.user_id for e in others})
     trained_on = [r.value async for chunk in training.read_log(settings) for r in chunk if r.kind == "event"]
     assert sorted(trained_on, key=lambda e: e.event_id) == sorted(others, key=lambda e: e.event_id)
+
+
+def applied(client: redis.Redis | redis.RedisCluster, keys: Keys) -> int:
+    return sum(int(v or 0) for v in client.hmget(keys("totals"), ["views", "clicks"]))
