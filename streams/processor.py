@@ -269,6 +269,24 @@ class BatchProcessor:
             log.warning("redis was behind the log (%s): re-applied %d messages", where, replayed)
 
     async def _process_once(self, messages: Sequence[Message], repair: bool = True) -> Applied | None:
+        """Apply ``messages`` in script calls of at most ``batch_max_events`` events each (:meth:`_apply_prefix`);
+        what the last call applied, None if nothing was left to apply."""
+        applied = None
+        while messages:
+            done, messages = await self._apply_prefix(messages, repair)
+            applied = done or applied
+        return applied
+
+    async def _apply_prefix(self, messages: Sequence[Message], repair: bool) -> tuple[Applied | None, list[Message]]:
+        """Apply the longest run of ``messages`` (at least one) holding at most ``batch_max_events`` valid records,
+        as one batch with its watermarks; return what it applied and the messages after that run.
+
+        Why a bound: the batch script's work grows with its events, and a backlog batch of ``batch_max`` messages
+        of micro-batches blocked Redis past its 5 s busy limit (issue 18, at ×10 scale). Cutting between messages
+        is what a smaller ``batch_max`` would have done: each call moves the watermarks to its own last offsets,
+        so a crash between two calls leaves Redis at a message boundary, which the watermark check and the gap
+        repair already handle. A message is never cut (its offset is one watermark step): one over the bound goes
+        alone, and holds at most :data:`~recstream.contracts.events.MAX_EVENTS_PER_MESSAGE` events."""
         started = time.perf_counter()
         if self._watermarks is None:
             await self.reload_watermarks()
@@ -278,7 +296,7 @@ class BatchProcessor:
             if len(fresh) < len(messages):
                 metrics.MESSAGES_SKIPPED.labels(messages[0].topic).inc(len(messages) - len(fresh))
             if not fresh:
-                return None
+                return None, []
             if repair:
                 first: dict[tuple[str, int], int] = {}
                 for m in fresh:
@@ -295,7 +313,8 @@ class BatchProcessor:
             decoded: list[Decoded] = []
             dead: list[DeadLetter] = []
             effect = Effect()
-            for message in fresh:
+            taken, rest = 0, []
+            for k, message in enumerate(fresh):
                 # "too far in the future" is measured from the record's Kafka timestamp when it is earlier than
                 # the wall clock: a replay of the log (rebuild, gap repair) then accepts what the live worker did
                 at_ms = now_ms if message.timestamp_ms is None else min(now_ms, message.timestamp_ms)
@@ -303,6 +322,10 @@ class BatchProcessor:
                 if self.partitions is not None and (self.kind == "event" or self._users_placed):
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
+                taken += len(valid)
+                if k and taken > self.settings.worker.batch_max_events:  # for the next call (decoded again then)
+                    fresh, rest = fresh[:k], fresh[k:]
+                    break
                 decoded.append((f"{message.topic}:{message.partition}", at_ms, valid))
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
@@ -340,7 +363,7 @@ class BatchProcessor:
             if applied.fold_ins and self.model is not None:
                 await self.model.fold_in(applied.fold_ins)
             self._beat()
-            return applied
+            return applied, rest
         raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
 
     def _behind(self, fresh: list[Message]) -> list[Message]:

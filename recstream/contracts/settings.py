@@ -155,6 +155,11 @@ class WorkerSettings(Section):
 
     group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
     batch_max: int = Field(5_000, gt=0, le=100_000, description="Kafka messages per processed batch, at most")
+    batch_max_events: int = Field(
+        10_000, gt=0, le=1_000_000,
+        description="valid records per batch script call, at most (a batch over it is applied in several calls, "
+        "cut between messages; a message over it goes alone): bounds how long one call blocks Redis",
+    )  # fmt: skip
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")

@@ -96,3 +96,14 @@ def test_reader_workers_are_between_1_and_64(workers, valid):
     else:
         with pytest.raises(SettingsError, match="RECSTREAM_READER_WORKERS"):
             load_settings(reader_workers=workers)
+
+
+@pytest.mark.parametrize(
+    ("events", "valid"), [(0, False), (1, True), (2, True), (999_999, True), (1_000_000, True), (1_000_001, False)]
+)
+def test_batch_max_events_is_between_1_and_a_million(events, valid):
+    if valid:
+        assert load_settings(batch_max_events=events).worker.batch_max_events == events
+    else:
+        with pytest.raises(SettingsError, match="RECSTREAM_BATCH_MAX_EVENTS"):
+            load_settings(batch_max_events=events)

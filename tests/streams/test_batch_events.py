@@ -1,0 +1,104 @@
+"""A batch's script calls hold at most ``batch_max_events`` valid records (``RECSTREAM_BATCH_MAX_EVENTS``): a backlog
+batch is cut between messages, each call moving the watermarks to its own last offsets, and the state is the one
+a single call leaves. Real Redis, the worker's own processor and store."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from recstream.streams.processor import BatchProcessor, DeadLetter
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from recstream.contracts.events import Event, encode
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import Message
+from recstream.store.state import Applied, Effect, StateStore
+from recstream.store.state_dump import differing_keys, dump_state
+from tests.streams.scenario import T0, applied_events
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 10
+
+
+class RecordingStore(StateStore):
+    """Records each script call's new watermark of partition 0; ``fail_call`` k raises after the k-th call applied
+    (a worker losing Redis between two calls of one batch)."""
+
+    fail_call: int | None = None
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.marks: list[int] = []
+
+    async def apply(self, effect: Effect) -> Applied:
+        applied = await super().apply(effect)
+        self.marks += [new for _, new in effect.watermarks.values()]
+        if len(self.marks) == self.fail_call:
+            raise RedisConnectionError("lost after the call")
+        return applied
+
+
+def micro_batches(sizes: list[int], topic: str) -> list[Message]:
+    """Messages 0, 1, … of partition 0, message k a micro-batch of ``sizes[k]`` views of distinct users."""
+    out, n = [], 0
+    for offset, size in enumerate(sizes):
+        events = [Event(type="view", user_id=f"u{n + j}", item_id="i1", ts=T0 + n + j) for j in range(size)]
+        out.append(Message(topic, 0, offset, encode(events)))
+        n += size
+    return out
+
+
+async def no_dead_letters(letters: list[DeadLetter]) -> None:
+    raise AssertionError(letters)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "marks"),
+    [
+        ([4, 5], [1]),  # limit - 1 events: one call
+        ([5, 5], [1]),  # limit: one call
+        ([5, 6], [0, 1]),  # limit + 1: cut between the messages
+        ([3, LIMIT + 1, 2], [0, 1, 2]),  # a message over the limit goes alone, never cut
+        ([2] * 12, [4, 9, 11]),  # 5 messages (10 events) a call
+    ],
+    ids=["limit-1", "limit", "limit+1", "one-message-over", "backlog"],
+)
+async def test_a_batch_is_applied_in_calls_of_at_most_batch_max_events(
+    isolated_settings: Settings, sizes: list[int], marks: list[int]
+):
+    settings = isolated_settings.replace(batch_max_events=LIMIT)
+    client = AsyncRedis.from_url(settings.redis.url)
+    store = RecordingStore(client, settings)
+    try:
+        await BatchProcessor("event", store, settings, no_dead_letters).process(
+            micro_batches(sizes, settings.kafka.events_topic)
+        )
+    finally:
+        await client.aclose()
+    assert store.marks == marks
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == sum(sizes)
+
+
+async def test_a_batch_cut_in_calls_survives_a_failure_between_them(isolated_settings: Settings):
+    """Redis lost after the first of three calls: the retry skips what that call applied (its watermark) and
+    applies the rest once; the state equals one uncut call's, key for key."""
+    sizes = [4, 4, 4, 4, 4, 4]
+    runs = []
+    for limit, fail_call in ((LIMIT, 1), (sum(sizes), None)):
+        settings = isolated_settings.replace(batch_max_events=limit, redis_prefix=f"limit{limit}")
+        client = AsyncRedis.from_url(settings.redis.url)
+        store = RecordingStore(client, settings)
+        store.fail_call = fail_call
+        try:
+            await BatchProcessor("event", store, settings, no_dead_letters).process(
+                micro_batches(sizes, settings.kafka.events_topic)
+            )
+        finally:
+            await client.aclose()
+        runs.append((store.marks, dump_state(redis.Redis.from_url(settings.redis.url), settings.redis.prefix)))
+    (cut_marks, cut), (whole_marks, whole) = runs
+    assert (cut_marks, whole_marks) == ([1, 3, 5], [5])
+    assert cut["totals"][b"views"] == str(sum(sizes)).encode()
+    assert differing_keys(cut, whole) == []
