@@ -301,6 +301,34 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
 
 
+async def test_the_gap_check_on_assignment_waits_out_a_redis_error_reply(isolated_settings):
+    """On a partition assignment the worker re-applies what Redis lost (committed offset past the watermark + 1).
+    It waited out a lost connection but gave up on an error reply, such as a Redis Cluster's CLUSTERDOWN while a
+    failed master's replica takes over, just when a window may be lost. A WRONGTYPE reply on the watermarks
+    stands in for it here: the check retries until Redis answers, then applies the gap."""
+    settings = isolated_settings
+    topic = settings.kafka.events_topic
+    await publish(settings, events=[Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k) for k in range(3)])
+
+    async def no_dead_letters(letters: list[DeadLetter]) -> None:
+        raise AssertionError(letters)
+
+    client = AsyncRedis.from_url(settings.redis.url)
+    await client.set("rs:wm", "not a hash")
+    partition = partition_for("u1", settings.kafka.events_partitions)
+    processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
+                               read_log=partial(read_ranges, settings))  # fmt: skip
+    try:
+        check = asyncio.create_task(processor.repair_behind([(topic, partition)], {(topic, partition): 1}))
+        await asyncio.sleep(1.0)
+        assert not check.done(), "the check gave up"
+        await client.delete("rs:wm")
+        await asyncio.wait_for(check, timeout=30)
+    finally:
+        await client.aclose()
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
+
+
 def duplicates_dropped(worker) -> float:
     return sum(float(line.split()[-1]) for line in worker.metrics().splitlines()
                if line.startswith("recstream_worker_duplicate_events_total{"))  # fmt: skip
