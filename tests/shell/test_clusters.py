@@ -97,7 +97,8 @@ def test_redis_cluster_keeps_its_data_through_a_failover_and_a_killed_master(clu
     try:
         wait_until(lambda: len([r for r in clusters.redis_roles().values() if r == "master"]) == 3, 90, "a new master")
         clusters.wait_redis_ok(replicated=False)
-        client = RedisCluster.from_url(clusters.settings.redis.url, cluster_error_retry_attempts=10)
+        alive = next(node for k, node in enumerate(clusters.redis_nodes) if k != master)  # the first may be the killed
+        client = RedisCluster.from_url(alive.redis.url, cluster_error_retry_attempts=10)
         assert {key: client.get(key).decode() for key in values} == values
     finally:
         clusters.start_redis(master)
