@@ -17,7 +17,8 @@ holds as many events as had been offered at that moment. Stalled partitions: tho
 
 Workers get a 6 s consumer session (``worker_session_timeout_s``, the broker's minimum; 10 s by default):
 a killed worker's partitions wait for its session to expire before anyone else takes them, so the
-recovery times below scale with that setting.
+recovery times below scale with that setting. Their stall limit is 15 s (``worker_stall_s``, 120 s by default):
+an attempt to apply a batch that hangs is cancelled and retried after two of them, within a run's waits.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ class FaultRun:
         ``clusters`` (then ``base`` is their settings) a scenario can kill their brokers and Redis masters."""
         suffix = uuid.uuid4().hex[:8]
         settings = base.on_topics(
-            suffix, worker_group=f"{name}-{suffix}", redis_prefix=name, worker_session_timeout_s=6
+            suffix, worker_group=f"{name}-{suffix}", redis_prefix=name, worker_session_timeout_s=6, worker_stall_s=15
         )
         await infra.ensure_topics(settings)
         run = cls(settings, logs, clusters=clusters)

@@ -63,6 +63,11 @@ from recstream.store.aggregate import aggregate
 from recstream.store.state import Applied, Effect, StaleWatermark, StateStore
 
 MAX_STALE_RETRIES = 20
+STUCK_STALLS = 2
+"""An attempt to apply a batch is cancelled and retried (reason ``stuck``) after this many ``worker_stall_s``
+(/healthz turns red after one): every await of an attempt has its own bound (Redis socket timeouts, Kafka fetch
+waits), yet a worker on a Redis Cluster once stopped applying after a CLUSTERDOWN retry while its process and its
+group membership lived on, silently; this turns any such hang into a logged, counted retry."""
 # Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
 # back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
 RETRY_DELAY_MAX_S = 1.0
@@ -105,7 +110,7 @@ class WatermarksKeptMoving(Exception):
     """Another writer moved the watermarks under this worker :data:`MAX_STALE_RETRIES` times in a row."""
 
 
-RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "watermarks_moving", "other")
+RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "watermarks_moving", "stuck", "other")
 """The ``reason`` label of ``recstream_worker_batch_retries_total``: a fixed set, whatever the error says."""
 
 
@@ -202,18 +207,21 @@ class BatchProcessor:
 
     async def process(self, messages: Sequence[Message]) -> Applied | None:
         """Apply a batch; whatever fails (Redis unreachable or answering an error, Kafka for a gap repair or a
-        dead letter, a bug), wait and retry the whole batch, counting and logging why. Never return without
-        applying it (faust would commit its offsets and a restart would skip it), never raise (the agent would
-        stop, and with it every partition it reads)."""
+        dead letter, a bug, an attempt hung past :data:`STUCK_STALLS` stall limits), wait and retry the whole batch,
+        counting and logging why. Never return without applying it (faust would commit its offsets and a restart
+        would skip it), never raise (the agent would stop, and with it every partition it reads)."""
         delay, attempt = 0.1, 1
         while True:
+            bound = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
             try:
-                return await self._process_once(messages)
+                async with bound:
+                    return await self._process_once(messages)
             except Exception as exc:
-                reason = retry_reason(exc)
+                reason = "stuck" if bound.expired() else retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 log.warning("batch of %d %s messages not applied (%s: %r); retry %d in %.1f s", len(messages),
-                            self.topic, reason, exc, attempt, delay, exc_info=attempt == 1)  # fmt: skip
+                            self.topic, reason, exc, attempt, delay,
+                            exc_info=attempt == 1 or reason == "stuck")  # where it hung  # fmt: skip
                 self.forget_watermarks()
             self._beat()
             await asyncio.sleep(delay)

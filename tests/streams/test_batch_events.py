@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -102,3 +103,25 @@ async def test_a_batch_cut_in_calls_survives_a_failure_between_them(isolated_set
     assert (cut_marks, whole_marks) == ([1, 3, 5], [5])
     assert cut["totals"][b"views"] == str(sum(sizes)).encode()
     assert differing_keys(cut, whole) == []
+
+
+async def test_an_attempt_hung_past_two_stall_limits_is_cancelled_retried_and_counted(isolated_settings: Settings):
+    """An attempt whose await never returns (Redis paused here, under a client with no socket timeout; a worker on a
+    Redis Cluster once stopped so after a CLUSTERDOWN retry, silently, its process alive) is cancelled after two
+    worker_stall_s, logged and counted as ``stuck``, and retried: the batch is applied once Redis answers."""
+    settings = isolated_settings.replace(worker_stall_s=0.5)
+    topic = settings.kafka.events_topic
+    stuck = REGISTRY.get_sample_value("recstream_worker_batch_retries_total", {"topic": topic, "reason": "stuck"})
+    client = AsyncRedis.from_url(settings.redis.url)
+    pauser = redis.Redis.from_url(settings.redis.url)
+    try:
+        pauser.execute_command("CLIENT", "PAUSE", 2_500, "ALL")
+        await BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters).process(
+            micro_batches([3], topic)
+        )
+    finally:
+        pauser.execute_command("CLIENT", "UNPAUSE")
+        await client.aclose()
+    after = REGISTRY.get_sample_value("recstream_worker_batch_retries_total", {"topic": topic, "reason": "stuck"})
+    assert (after or 0) - (stuck or 0) >= 1
+    assert applied_events(pauser, "rs") == 3
