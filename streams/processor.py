@@ -65,9 +65,9 @@ from recstream.store.state import Applied, Effect, StaleWatermark, StateStore
 MAX_STALE_RETRIES = 20
 STUCK_STALLS = 2
 """An attempt to apply a batch is cancelled and retried (reason ``stuck``) after this many ``worker_stall_s``
-(/healthz turns red after one): every await of an attempt has its own bound (Redis socket timeouts, Kafka fetch
-waits), yet a worker on a Redis Cluster once stopped applying after a CLUSTERDOWN retry while its process and its
-group membership lived on, silently; this turns any such hang into a logged, counted retry."""
+(/healthz turns red after one): most awaits of an attempt have their own bound (Redis socket timeouts, Kafka
+fetch waits), not all (a lock inside a client, a gap repair waiting for offsets); this turns any hang into a
+logged, counted retry instead of a worker that applies nothing while its process and group membership live on."""
 # Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
 # back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
 RETRY_DELAY_MAX_S = 1.0

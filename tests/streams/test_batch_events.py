@@ -106,9 +106,9 @@ async def test_a_batch_cut_in_calls_survives_a_failure_between_them(isolated_set
 
 
 async def test_an_attempt_hung_past_two_stall_limits_is_cancelled_retried_and_counted(isolated_settings: Settings):
-    """An attempt whose await never returns (Redis paused here, under a client with no socket timeout; a worker on a
-    Redis Cluster once stopped so after a CLUSTERDOWN retry, silently, its process alive) is cancelled after two
-    worker_stall_s, logged and counted as ``stuck``, and retried: the batch is applied once Redis answers."""
+    """An attempt whose await does not return (Redis paused here, under a client with no socket timeout) is
+    cancelled after two worker_stall_s, logged and counted as ``stuck``, and retried: the batch is applied once
+    Redis answers, and the worker never sits silently in one attempt."""
     settings = isolated_settings.replace(worker_stall_s=0.5)
     topic = settings.kafka.events_topic
     stuck = REGISTRY.get_sample_value("recstream_worker_batch_retries_total", {"topic": topic, "reason": "stuck"})
