@@ -94,7 +94,8 @@ async def erase_and_rebuild(
     others = [e for e in events if e.user_id != victim]
     assert len(others) < len(events)
 
-    async with reader_client(settings.replace(open_writes=True)) as reader:
+    # a 1 s Redis deadline: on a loaded machine the reader's 50 ms can run out, and a degraded feed opens no session
+    async with reader_client(settings.replace(open_writes=True, reader_redis_timeout_s=1.0)) as reader:
         prefs = await reader.put(f"/v1/users/{victim}/preferences", json={"categories": ["news"]})
         assert prefs.status_code == 200, prefs.text
         assert (await reader.get(f"/v1/feed/{victim}")).json()["session"], "a scroll session to erase"
