@@ -105,5 +105,6 @@ def test_redis_cluster_keeps_its_data_through_a_failover_and_a_killed_master(clu
     finally:
         clusters.start_redis(master)
         clusters.wait_redis_ok()
-    assert clusters.redis_roles()[master] == "replica"
+    # the restarted node claims its old role from nodes.conf until it learns of its replacement
+    wait_until(lambda: clusters.redis_roles().get(master) == "replica", 60, "the old master to rejoin as a replica")
     client.close()
