@@ -101,14 +101,13 @@ class PageFeatures:
         One tight loop of dictionary lookups per item (what ranking adds to a feed: about 60 items), then
         one vectorized rounding.
         """
-        entry, now, now_ms = self._categories.entry, self._now, self._now_ms
+        now_ms = self._now_ms
         pool_ctr, pool_created, ctr, floor = self._pool.ctr_logits, self._pool.created, self._ctr.get, self._floor
         als, rank, segment_ctr, share = self._als.get, self._rank.get, self._segment_ctr.get, self._share.get
         favourites, absent_age, unit, warm = self._favourites, self._absent_age, self._age_unit_ms, self._warm
         log1p = math.log1p
         out = []
-        for item in items:
-            known = entry(item, now)
+        for item, known in zip(items, self._categories.entries(items, self._now), strict=True):
             cats, created = ((), None) if known is None else (known[0], known[2])
             score, position = als(item), rank(item)
             in_pool = item in pool_created

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +66,8 @@ FEATURE_WORDS = {
     "category_affinity": "close to what you watch",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
+FAST_UNAVAILABLE = 256
+"""Unavailable items a request copies into its exclusion set (Exclusions.fast); with more, it looks them up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +94,7 @@ class Exclusions:
     back rather than risked.
     """
 
-    __slots__ = ("_categories", "_now", "blocked", "items", "only", "unavailable")
+    __slots__ = ("_categories", "_now", "blocked", "fast", "items", "only", "unavailable")
 
     def __init__(self, user: UserState, snapshot: Snapshot, now: float, only: FeedFilter = NO_FILTER) -> None:
         self.items = {*user.seen, *user.served, *user.not_interested, *only.exclude}
@@ -101,6 +103,11 @@ class Exclusions:
         self.only = only
         self._categories = snapshot.categories
         self._now = now
+        self.fast: Container[str] = self
+        """Answers ``in`` as this does, in C when ids alone decide (no blocked category, no narrowing filter, few
+        unavailable items): one set. A page asks about ~300 items, and a Python ``__contains__`` costs ~0.2 µs."""
+        if not self.blocked and not only.narrows and len(self.unavailable) <= FAST_UNAVAILABLE:
+            self.fast = self.items.union(self.unavailable) if self.unavailable else self.items
 
     def __contains__(self, item: object) -> bool:
         if item in self.items or item in self.unavailable:
@@ -179,7 +186,7 @@ def _fixed(
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
         "explore": explored,
     }
-    return interleave(ranked, counts, exclude)
+    return interleave(ranked, counts, exclude.fast)
 
 
 def _ranked(
@@ -199,15 +206,15 @@ def _ranked(
     explore picks the page can serve are scored with the union (for the page to show and log), never
     ranked; items are explained only as the interleave takes them (a page takes about 20 of about 60).
     """
-    depth = sum(counts.values()) - counts["explore"]
+    depth, excluded = sum(counts.values()) - counts["explore"], exclude.fast
     proposed: dict[str, dict[Source, Candidate]] = {}
     for source, candidates in generators.items():
-        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth * depth_factor):
+        for candidate in itertools.islice((c for c in candidates if c.item not in excluded), depth * depth_factor):
             proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
     # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
-    picks = (c.item for c in explored if c.item not in proposed and c.item not in exclude)
+    picks = (c.item for c in explored if c.item not in proposed and c.item not in excluded)
     row_of = {item: k for k, item in enumerate([*items, *itertools.islice(picks, counts["explore"])])}
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
@@ -227,7 +234,7 @@ def _ranked(
             yield Candidate(item, reason)
 
     slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
-    page = interleave({"personal": best_first(), "explore": explored}, slots, exclude)
+    page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
     at = [row_of[s.item] for s in page]
     served = [
         Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])

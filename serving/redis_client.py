@@ -2,9 +2,9 @@
 
 Why redis-py (issue 18): a hand-written multiplexed client (serving/redis_wire.py until it was removed)
 won by less than the 1.5× on warm feeds/s or p99 that would have paid for keeping a second client, in
-the same run (BENCHMARKS.md, the reader; ARCHITECTURE.md). What is used of redis-py: its connection
-pool and connections (TCP, TLS, unix sockets, AUTH and SELECT from the URL, parsed as the workers parse
-it), command packing and the hiredis reply parser. What is the reader's own, and why:
+the same run (BENCHMARKS.md, the reader; ARCHITECTURE.md). What is used of redis-py: its connections,
+made by its connection pool from the URL (TCP, TLS, unix sockets, AUTH and SELECT, parsed as the workers
+parse it) and hiredis (its reply parser and command packer). What is the reader's own, and why:
 
 * **one deadline per round trip**, ``timeout_s`` from the moment the round trip asks for a connection
   (waiting for a free one counts) to its last reply; past it, :class:`Timeout`, which the guard answers
@@ -40,6 +40,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -150,6 +151,10 @@ class RedisClient(_Calls):
             socket_connect_timeout=None,
         )
         self._free = asyncio.Semaphore(connections)
+        self._idle: list[AbstractConnection] = []
+        """Connections not in a round trip, the last released on top. Kept here, not in the pool: the pool's
+        release takes a lock and dispatches an event, ~5% of a feed's CPU for two round trips."""
+        self._made: list[AbstractConnection] = []
 
     async def execute(self, *commands: Sequence[Arg]) -> list[Any]:
         """Send the commands in one write and return their replies; the first error reply is raised.
@@ -160,7 +165,7 @@ class RedisClient(_Calls):
             async with Deadline(self.timeout_s) as deadline:
                 await self._free.acquire()
                 acquired = True
-                connection = self._pool.get_available_connection()
+                connection = self._connection()
                 if not connection.is_connected:
                     deadline.move(self.connect_timeout_s)
                     await connection.connect()
@@ -179,7 +184,7 @@ class RedisClient(_Calls):
             if connection is not None:
                 if not finished:  # its replies may still come: no later round trip may read them
                     await connection.disconnect(nowait=True)
-                await self._pool.release(connection)
+                self._idle.append(connection)
             if acquired:
                 self._free.release()
         for reply in replies:
@@ -187,7 +192,17 @@ class RedisClient(_Calls):
                 raise reply
         return replies
 
+    def _connection(self) -> AbstractConnection:
+        """An idle connection, else a new one (unconnected): the semaphore keeps them to ``connections``."""
+        if self._idle:
+            return self._idle.pop()
+        connection = self._pool.make_connection()
+        self._made.append(connection)
+        return connection
+
     async def close(self) -> None:
+        for connection in self._made:
+            await connection.disconnect()
         await self._pool.aclose()
 
 
