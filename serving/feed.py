@@ -54,10 +54,9 @@ EXPLORE_REASON = "new — we're exploring it"
 POPULAR_REASON = "popular with people like you"
 TRENDING_REASON = "popular right now"
 FEATURE_WORDS = {
-    "als_score": "picked for you",
+    "als_rank": "picked for you",
     "personal": "picked for you",
     "popular": POPULAR_REASON,
-    "popular_rank": POPULAR_REASON,
     "segment_ctr_logit": POPULAR_REASON,
     "ctr_logit": TRENDING_REASON,
     "fresh": "recently added",
@@ -155,7 +154,7 @@ def build_page(
         return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     generators: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
-        "popular": popular(user, snapshot, lists, now),
+        "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
@@ -178,15 +177,21 @@ def _fixed(
     """The fixed-quota blend: each source fills its slot count, interleaved by position."""
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
-        "popular": personal_first(
-            popular(user, snapshot, lists, now),
-            (item for item, _ in user.candidates()),
-            settings.blend.popular_personal_head if user.warm else 0,
-        ),
+        "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
         "explore": explored,
     }
     return interleave(ranked, counts, exclude.fast)
+
+
+def popular_head_personal_first(
+    user: UserState, snapshot: Snapshot, lists: Popular | None, settings: Settings, now: float
+) -> Iterator[Candidate]:
+    """The popular generator of both modes: for warm users the head of the segment's list reordered by their own
+    candidate list (serving/blend.personal_first), so the ranked union's popular candidates are the ones the
+    fixed blend would serve (on MovieLens the popular slots' HR@10 fell from 0.0305 to 0.0143 without it)."""
+    head = settings.blend.popular_personal_head if user.warm else 0
+    return personal_first(popular(user, snapshot, lists, now), (item for item, _ in user.candidates()), head)
 
 
 def _ranked(
