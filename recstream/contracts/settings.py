@@ -320,7 +320,7 @@ class BlendSettings(Section):
         1_500, ge=0, description="rows the ranker must have learned (all partitions) before it orders pages"
     )
     ranker_depth: int = Field(
-        2,
+        1,
         ge=1,
         le=10,
         description="each generator proposes this many times the page's exploitation slots to the ranker",
