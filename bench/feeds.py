@@ -64,7 +64,8 @@ from urllib.request import urlopen
 import numpy as np
 import orjson
 import redis
-from recstream.models.ranker import FTRLConfig, FTRLRanker
+from recstream.models.ranker import FTRLRanker
+from recstream.streams.ranker_training import ftrl_config
 from rich.console import Console
 from rich.table import Table
 
@@ -139,8 +140,7 @@ def warm_rankers(settings: Settings, rng: np.random.Generator) -> dict[str, byte
     ``ranker_min_rows`` (and RANKER_MARGIN more), so the reader ranks: rows of random feature values, labels
     drawn from a logistic model with planted weights, so that every weight is learned (not 0) and scoring
     costs what it costs in production (the cost does not depend on what the weights are)."""
-    k, r = Keys(settings.redis.prefix), settings.ranker
-    config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+    k, config = Keys(settings.redis.prefix), ftrl_config(settings.ranker)
     partitions = settings.kafka.events_partitions
     per_partition = -(-settings.blend.ranker_min_rows // partitions) + RANKER_MARGIN
     planted = rng.normal(0.0, 1.0, len(FEATURES) + 1)

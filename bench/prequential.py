@@ -101,7 +101,7 @@ from pathlib import Path
 
 from recstream.models.als import ALSConfig
 from recstream.models.artifacts import read_model, write_model
-from recstream.models.ranker import FTRLConfig
+from recstream.streams.ranker_training import ftrl_config
 from rich.console import Console
 from rich.table import Table
 
@@ -178,8 +178,7 @@ async def run_pipeline(settings: Settings, stream: Stream, history: Sequence[Rat
     publish, read every scored user's candidate list and served page."""
     blends = BLENDS if with_reader else {}
     result = PipelineResult(served={name: ServedRow() for name in blends})
-    r = settings.ranker
-    trainer = ImpressionTrainer(settings.kafka.events_partitions, FTRLConfig(r.alpha, r.beta, r.l1, r.l2))
+    trainer = ImpressionTrainer(settings.kafka.events_partitions, ftrl_config(settings.ranker))
     result.trainer = trainer if blends else None
     known_users: set[str] = set()
     known_items: set[str] = set()

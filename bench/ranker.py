@@ -18,7 +18,8 @@ Replay, per partition, each row predicted before it is learned (progressive vali
 * **ranker** — FTRL-Proximal on every feature with the settings' ranker config, one model per
   partition, as the workers train it (streams.ranker_training.train);
 * **one feature alone** (``ctr_logit``: logit of the item's smoothed CTR; ``segment_ctr_logit``;
-  ``als_score``: x_u·y_i): AUC by the raw feature's rank (no learning; ties count 1/2), and logloss
+  ``als_rank``: the position on the ALS candidate list):
+  AUC by the raw feature's rank (no learning; ties count 1/2), and logloss
   of a one-feature online LR calibration (FTRL on that feature and a bias, same config, same rows in
   the same order), which is the best a scorer that sees only this feature could do in this protocol;
 * **base rate** — the bias alone (the running CTR): the logloss every scorer must beat (AUC 1/2).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import time
@@ -41,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
-from recstream.streams.ranker_training import Rows, batch_rows
+from recstream.streams.ranker_training import Rows, batch_rows, ftrl_config
 from rich.console import Console
 from rich.table import Table
 
@@ -55,7 +57,7 @@ from recstream.eventlog.log import open_log, read, whole_topic
 COMMAND = ".venv/bin/python -m bench.ranker"
 ROWS = ROOT / ".run" / "bench-ranker-rows"
 WORLDS = ("fresh", "stable")
-SINGLE = {"ctr_only": "ctr_logit", "segment_ctr_only": "segment_ctr_logit", "als_only": "als_score"}
+SINGLE = {"ctr_only": "ctr_logit", "segment_ctr_only": "segment_ctr_logit", "als_only": "als_rank"}
 """The one-feature scorers: key suffix → the feature."""
 SCORERS = ("ranker", *SINGLE, "base_rate")
 console = Console(width=160)
@@ -110,13 +112,14 @@ def replay(rows: dict[int, Rows], config: FTRLConfig) -> dict[str, Scores]:
     labels = np.concatenate([r.labels for r in rows.values()])
     predicted: dict[str, list[float]] = {name: [] for name in SCORERS}
     raw: dict[str, list[np.ndarray]] = {name: [] for name in SINGLE}
+    alone = dataclasses.replace(config, prior=())  # a one-feature calibration has no prior to start from
     for r in rows.values():
         FTRLRanker(len(FEATURES), config).update(r.features, r.labels, predicted["ranker"])
         for name, feature in SINGLE.items():
             column = r.features[:, [FEATURES.index(feature)]]
             raw[name].append(column[:, 0])
-            FTRLRanker(1, config).update(column, r.labels, predicted[name])
-        FTRLRanker(1, config).update(np.zeros((len(r.labels), 1)), r.labels, predicted["base_rate"])
+            FTRLRanker(1, alone).update(column, r.labels, predicted[name])
+        FTRLRanker(1, alone).update(np.zeros((len(r.labels), 1)), r.labels, predicted["base_rate"])
     late = np.concatenate([np.arange(len(r.labels)) >= len(r.labels) // 2 for r in rows.values()])
     p = {name: np.asarray(values) for name, values in predicted.items()}
     out = {"ranker": Scores.of(p["ranker"], p["ranker"], labels, late)}
@@ -154,8 +157,7 @@ def run_world(base: Settings, world: str, seed: int, args: argparse.Namespace, m
         args.rows_out.mkdir(parents=True, exist_ok=True)
         np.savez(args.rows_out / f"{world}-{seed}.npz", **{f"{k}_{p}": getattr(part, k) for p, part in rows.items()
                                                          for k in ("features", "labels")})  # fmt: skip
-    r = base.ranker
-    scores = replay(rows, FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2))
+    scores = replay(rows, ftrl_config(base.ranker))
     clicks = int(sum(p.labels.sum() for p in rows.values()))
     return Run(world, seed, n, clicks, result.ranked_share, scores)
 

@@ -6,6 +6,10 @@ applied one at a time, in order, as the algorithm requires; the work within a ro
 over the features. A bias is handled internally as a coordinate whose feature is always 1, and
 it is regularized like every other coordinate.
 
+A prior weight vector w₀ (``FTRLConfig.prior``) makes the model start from a known scorer instead of
+from zero: the logit is (w₀ + w)·x and FTRL learns the residual w, its regularization pulling the
+weights towards w₀ rather than towards 0 (a cold model scores as w₀ does; data moves it away).
+
 Determinism: the state after a sequence of rows is a pure function of the config and the rows in
 order, whatever batches they came in, so a worker restored from `to_bytes` and fed the rest of the
 rows ends in the same bytes as one that never stopped. Each step is a correctly rounded IEEE
@@ -29,16 +33,19 @@ LOGIT_CLIP = 35.0
 """Logits are clipped to [-35, 35] before the sigmoid: p stays in (0, 1) and exp never overflows."""
 
 _MAGIC = b"FTRL"
-_VERSION = 1
+_VERSION = 2  # 2: the prior w₀ follows the header
 _HEADER = struct.Struct("<4sHIQ4d")  # magic, version, n_features, n_updates, alpha, beta, l1, l2
 
 
 @dataclass(frozen=True, slots=True)
 class FTRLConfig:
-    """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2.
+    """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2; and the
+    prior w₀ the weights start from and are regularized towards (bias first; () is all zeros).
 
     >>> FTRLConfig(alpha=0.1, l1=1.0)
-    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0)
+    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=())
+    >>> FTRLConfig(prior=(0.0, 0.0)).prior  # all zeros is no prior: the same config
+    ()
     >>> FTRLConfig(alpha=0.0)
     Traceback (most recent call last):
     ...
@@ -49,8 +56,13 @@ class FTRLConfig:
     beta: float = 1.0
     l1: float = 0.0
     l2: float = 1.0
+    prior: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        prior = tuple(float(v) for v in self.prior)
+        if not all(math.isfinite(v) for v in prior):
+            raise ValueError("prior weights must be finite")
+        object.__setattr__(self, "prior", prior if any(prior) else ())
         for name in ("alpha", "beta"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -64,9 +76,9 @@ class FTRLConfig:
 class FTRLRanker:
     """Logistic regression on `n_features` dense features plus a bias, learned online with FTRL-Proximal.
 
-    w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α + λ2);  p = σ(w·x).
+    w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α + λ2);  p = σ((w₀ + w)·x).
     Each row (x, y) then applies: g_i = (p − y)·x_i, σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α,
-    z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1).
+    z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1); w₀ the config's prior (0 without).
 
     `update` returns the progressive-validation logloss: the mean loss of each row's prediction
     made before that row was learned, what an online dashboard shows.
@@ -89,6 +101,9 @@ class FTRLRanker:
     3
     >>> FTRLRanker.from_bytes(ranker.to_bytes()).to_bytes() == ranker.to_bytes()
     True
+    >>> primed = FTRLRanker(n_features=2, config=FTRLConfig(prior=(0.0, 1.0, 0.0)))
+    >>> primed.score(rows).round(3)  # cold, it scores as the prior does: σ(1) and σ(0)
+    array([0.731, 0.5  ])
     """
 
     def __init__(self, n_features: int, config: FTRLConfig | None = None) -> None:
@@ -100,19 +115,34 @@ class FTRLRanker:
         self._z = np.zeros(self.n_features + 1)
         self._n = np.zeros(self.n_features + 1)
 
+    @property
+    def config(self) -> FTRLConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: FTRLConfig) -> None:
+        if config.prior and len(config.prior) != self.n_features + 1:
+            raise ValueError(f"the prior needs {self.n_features + 1} weights (bias first), got {len(config.prior)}")
+        self._config = config
+
+    @property
+    def prior(self) -> np.ndarray:
+        """w₀, bias first: shape (n_features + 1,), zeros without a prior."""
+        return np.array(self.config.prior) if self.config.prior else np.zeros(self.n_features + 1)
+
     def __repr__(self) -> str:
         return f"FTRLRanker(n_features={self.n_features}, config={self.config!r}, n_updates={self.n_updates})"
 
     @property
     def weights(self) -> np.ndarray:
-        """The current weights w (a copy), bias first: shape (n_features + 1,).
+        """The weights a row is scored with, w₀ + w (a copy), bias first: shape (n_features + 1,).
 
         >>> FTRLRanker(3).weights
         array([0., 0., 0., 0.])
         """
         w = np.empty_like(self._z)
         _weights(self._z, _neg_den(np.sqrt(self._n), self.config), self.config.l1, out=w)
-        return np.add(w, 0.0, out=w)  # 0/−den is −0.0; show it as 0.0
+        return np.add(w, self.prior, out=w)  # 0/−den is −0.0; adding shows it as 0.0
 
     def score(self, rows: ArrayLike) -> np.ndarray:
         """Click probabilities σ(w·x) of rows shaped (n_rows, n_features), with the logit clipped to ±35.
@@ -164,14 +194,16 @@ class FTRLRanker:
         return update_many([self], [rows], [labels], None if predictions is None else [predictions])[0]
 
     def to_bytes(self) -> bytes:
-        """The state as bytes: a header (magic, version, sizes, config) then z and n, little-endian float64.
+        """The state as bytes: a header (magic, version, sizes, config), the prior w₀, then z and n, little-endian
+        float64.
 
-        >>> len(FTRLRanker(16).to_bytes())  # 50-byte header + 2 × 17 float64
-        322
+        >>> len(FTRLRanker(16).to_bytes())  # 50-byte header + 3 × 17 float64
+        458
         """
         cfg = self.config
         header = _HEADER.pack(_MAGIC, _VERSION, self.n_features, self.n_updates, cfg.alpha, cfg.beta, cfg.l1, cfg.l2)
-        return header + self._z.astype("<f8").tobytes() + self._n.astype("<f8").tobytes()
+        vectors = (self.prior, self._z, self._n)
+        return header + b"".join(v.astype("<f8").tobytes() for v in vectors)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> FTRLRanker:
@@ -180,7 +212,7 @@ class FTRLRanker:
         >>> FTRLRanker.from_bytes(FTRLRanker(2).to_bytes()[:-1])
         Traceback (most recent call last):
         ...
-        ValueError: expected 98 bytes for 2 features, got 97
+        ValueError: expected 122 bytes for 2 features, got 121
         """
         data = bytes(data)
         if len(data) < _HEADER.size:
@@ -190,14 +222,15 @@ class FTRLRanker:
             raise ValueError(f"not an FTRLRanker state: magic {magic!r}, expected {_MAGIC!r}")
         if version != _VERSION:
             raise ValueError(f"unsupported FTRLRanker state version {version}, expected {_VERSION}")
-        expected = _HEADER.size + 16 * (n_features + 1)
+        expected = _HEADER.size + 24 * (n_features + 1)
         if len(data) != expected:
             raise ValueError(f"expected {expected} bytes for {n_features} features, got {len(data)}")
-        ranker = cls(n_features, FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2))
-        state = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).astype(np.float64).reshape(2, n_features + 1)
-        if not np.isfinite(state).all() or (state[1] < 0).any():
-            raise ValueError("z and n must be finite and n >= 0")
-        ranker._z, ranker._n = state[0].copy(), state[1].copy()
+        state = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).astype(np.float64).reshape(3, n_features + 1)
+        if not np.isfinite(state).all() or (state[2] < 0).any():
+            raise ValueError("the prior, z and n must be finite and n >= 0")
+        prior = tuple(state[0].tolist())
+        ranker = cls(n_features, FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior))
+        ranker._z, ranker._n = state[1].copy(), state[2].copy()
         ranker.n_updates = n_updates
         return ranker
 
@@ -273,6 +306,7 @@ def _step_together(
     # Full-block constants: ufuncs take them faster than Python floats, and the bits are the same.
     neg_beta, alpha_v, l2_v = (np.full((count, width), value) for value in (-cfg.beta, alpha, cfg.l2))
     lo, hi = np.full((count, width), -l1), np.full((count, width), l1)
+    prior = np.tile(rankers[0].prior, (count, 1)) if cfg.prior else None  # w₀ of every ranker (one config)
     w_, g_, tmp_, next_root_n = (np.empty((count, width)) for _ in range(4))
     scale_ = np.empty((count, 1))
     exp, log1p, fsum, bound = math.exp, math.log1p, math.fsum, LOGIT_CLIP
@@ -293,7 +327,11 @@ def _step_together(
                 fmin(w, his, out=w)
                 sub(zs, w, w)
                 div(w, dens, w)
-            mul(w, xt, tmp)
+            if prior is None:
+                mul(w, xt, tmp)
+            else:  # the logit's weights are w₀ + w; the residual w alone is what FTRL regularizes
+                add(w, prior[:active], tmp)
+                mul(tmp, xt, tmp)
             for j, products in enumerate(tmp.tolist()):
                 s = fsum(products)  # w·x, correctly rounded: no summation order to depend on
                 s = -bound if s < -bound else (bound if s > bound else s)

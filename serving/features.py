@@ -9,7 +9,10 @@ and the ranker learns from fixed pages while it is cold.
 Rows are rounded as an event's context carries them (``rounded_rows``): the row scored is the row
 logged, to the bit. What each feature reads:
 
-* ``als_score`` — the score on the user's candidate list (x_u·y_i, the workers' HNSW query), else 0;
+* ``als_rank`` — 1 / log2(2 + k), k the 0-based position on the user's candidate list (the workers' HNSW query,
+  best x_u·y_i first), else 0: 1 for the top candidate, 0.5 for the third, 0.18 for the 50th. A position, not
+  the score itself: scores live on a scale of their own per model and domain (0–0.09 on MovieLens), which a
+  regularized model cannot weigh, and only their order within one user's list means something;
 * ``personal`` / ``popular`` / ``fresh`` / ``explore`` — on the candidate list / on the segment's popular
   list the user is served from (warm or cold order; the global list for a segment not loaded yet) /
   a pool item in a favourite category / in the new-item pool;
@@ -17,7 +20,6 @@ logged, to the bit. What each feature reads:
   else the snapshot's floor (the prior, or the list's last score once the list is full);
 * ``segment_ctr_logit`` — logit of P(i|s) where the snapshot has it, else the global one (exact for an
   item without views in the segment, models.ctr.segment_ctr);
-* ``popular_rank`` — ln(1 + position) in that popular list, ln(1 + POPULAR_DEPTH) when absent;
 * ``pool_age`` — ln(1 + a / G), a the time from created_ts to the newest event applied (event time; 0 before
   any) and G the pool's graduation age (``pool.graduate_age_s``), so 1 ↔ ln 2 whatever the domain's clock: an
   operator sets G for how fast items age in their feed (48 h for films, minutes for a news flash), and the
@@ -31,17 +33,15 @@ logged, to the bit. What each feature reads:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from recstream.serving.snapshot import POPULAR_DEPTH, Popular, Snapshot
+from recstream.serving.snapshot import Popular, Snapshot
 from recstream.serving.user_state import UserState
 
 from recstream.contracts.ranking import FEATURES, rounded_rows
-
-ABSENT_RANK = math.log1p(POPULAR_DEPTH)
-"""popular_rank of an item on no popular list: past the longest list the snapshot keeps."""
 
 
 class PageFeatures:
@@ -75,7 +75,7 @@ class PageFeatures:
         now: float,
         graduate_age_s: float,
     ) -> None:
-        self._als = user.candidate_scores()
+        self._als = user.candidate_positions()
         if lists is None:
             self._rank, self._segment_ctr = snapshot.overall_rank, {}
         else:
@@ -101,16 +101,15 @@ class PageFeatures:
         One tight loop of dictionary lookups per item (what ranking adds to a feed: about 60 items), then
         one vectorized rounding.
         """
-        entry, now, now_ms = self._categories.entry, self._now, self._now_ms
+        now_ms = self._now_ms
         pool_ctr, pool_created, ctr, floor = self._pool.ctr_logits, self._pool.created, self._ctr.get, self._floor
         als, rank, segment_ctr, share = self._als.get, self._rank.get, self._segment_ctr.get, self._share.get
         favourites, absent_age, unit, warm = self._favourites, self._absent_age, self._age_unit_ms, self._warm
-        log1p = math.log1p
+        log1p, log2 = math.log1p, math.log2
         out = []
-        for item in items:
-            known = entry(item, now)
+        for item, known in zip(items, self._categories.entries(items, self._now), strict=True):
             cats, created = ((), None) if known is None else (known[0], known[2])
-            score, position = als(item), rank(item)
+            at, position = als(item), rank(item)
             in_pool = item in pool_created
             if in_pool:
                 created, overall = pool_created[item], pool_ctr[item]
@@ -128,20 +127,21 @@ class PageFeatures:
                 affinity += share(category, 0.0)
             out.append(
                 (
-                    0.0 if score is None else score,
-                    0.0 if score is None else 1.0,
+                    0.0 if at is None else 1.0 / log2(2 + at),
+                    0.0 if at is None else 1.0,
                     0.0 if position is None else 1.0,
                     fresh,
                     1.0 if in_pool else 0.0,
                     overall,
                     segment_ctr(item, overall),
-                    ABSENT_RANK if position is None else log1p(position),
                     age,
                     affinity,
                     warm,
                 )
             )
-        return rounded_rows(np.array(out, dtype=np.float64).reshape(len(out), len(FEATURES)))
+        # one fromiter over the flattened tuples: ~20% cheaper than np.array(out), which discovers the shape first
+        flat = np.fromiter(itertools.chain.from_iterable(out), np.float64, len(out) * len(FEATURES))
+        return rounded_rows(flat.reshape(len(out), len(FEATURES)))
 
     def favourite_category(self, item: str) -> str | None:
         """Of the item's categories, the one the user's taste weighs most (None: none of them)."""

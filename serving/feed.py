@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,10 +54,9 @@ EXPLORE_REASON = "new — we're exploring it"
 POPULAR_REASON = "popular with people like you"
 TRENDING_REASON = "popular right now"
 FEATURE_WORDS = {
-    "als_score": "picked for you",
+    "als_rank": "picked for you",
     "personal": "picked for you",
     "popular": POPULAR_REASON,
-    "popular_rank": POPULAR_REASON,
     "segment_ctr_logit": POPULAR_REASON,
     "ctr_logit": TRENDING_REASON,
     "fresh": "recently added",
@@ -66,6 +65,8 @@ FEATURE_WORDS = {
     "category_affinity": "close to what you watch",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
+FAST_UNAVAILABLE = 256
+"""Unavailable items a request copies into its exclusion set (Exclusions.fast); with more, it looks them up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class Exclusions:
     back rather than risked.
     """
 
-    __slots__ = ("_categories", "_now", "blocked", "items", "only", "unavailable")
+    __slots__ = ("_categories", "_now", "blocked", "fast", "items", "only", "unavailable")
 
     def __init__(self, user: UserState, snapshot: Snapshot, now: float, only: FeedFilter = NO_FILTER) -> None:
         self.items = {*user.seen, *user.served, *user.not_interested, *only.exclude}
@@ -101,6 +102,11 @@ class Exclusions:
         self.only = only
         self._categories = snapshot.categories
         self._now = now
+        self.fast: Container[str] = self
+        """Answers ``in`` as this does, in C when ids alone decide (no blocked category, no narrowing filter, few
+        unavailable items): one set. A page asks about ~300 items, and a Python ``__contains__`` costs ~0.2 µs."""
+        if not self.blocked and not only.narrows and len(self.unavailable) <= FAST_UNAVAILABLE:
+            self.fast = self.items.union(self.unavailable) if self.unavailable else self.items
 
     def __contains__(self, item: object) -> bool:
         if item in self.items or item in self.unavailable:
@@ -148,7 +154,7 @@ def build_page(
         return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     generators: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
-        "popular": popular(user, snapshot, lists, now),
+        "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
@@ -171,15 +177,21 @@ def _fixed(
     """The fixed-quota blend: each source fills its slot count, interleaved by position."""
     ranked: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
-        "popular": personal_first(
-            popular(user, snapshot, lists, now),
-            (item for item, _ in user.candidates()),
-            settings.blend.popular_personal_head if user.warm else 0,
-        ),
+        "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
         "explore": explored,
     }
-    return interleave(ranked, counts, exclude)
+    return interleave(ranked, counts, exclude.fast)
+
+
+def popular_head_personal_first(
+    user: UserState, snapshot: Snapshot, lists: Popular | None, settings: Settings, now: float
+) -> Iterator[Candidate]:
+    """The popular generator of both modes: for warm users the head of the segment's list reordered by their own
+    candidate list (serving/blend.personal_first), so the ranked union's popular candidates are the ones the
+    fixed blend would serve (on MovieLens the popular slots' HR@10 fell from 0.0305 to 0.0143 without it)."""
+    head = settings.blend.popular_personal_head if user.warm else 0
+    return personal_first(popular(user, snapshot, lists, now), (item for item, _ in user.candidates()), head)
 
 
 def _ranked(
@@ -199,15 +211,15 @@ def _ranked(
     explore picks the page can serve are scored with the union (for the page to show and log), never
     ranked; items are explained only as the interleave takes them (a page takes about 20 of about 60).
     """
-    depth = sum(counts.values()) - counts["explore"]
+    depth, excluded = sum(counts.values()) - counts["explore"], exclude.fast
     proposed: dict[str, dict[Source, Candidate]] = {}
     for source, candidates in generators.items():
-        for candidate in itertools.islice((c for c in candidates if c.item not in exclude), depth * depth_factor):
+        for candidate in itertools.islice((c for c in candidates if c.item not in excluded), depth * depth_factor):
             proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
     # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
-    picks = (c.item for c in explored if c.item not in proposed and c.item not in exclude)
+    picks = (c.item for c in explored if c.item not in proposed and c.item not in excluded)
     row_of = {item: k for k, item in enumerate([*items, *itertools.islice(picks, counts["explore"])])}
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
@@ -227,7 +239,7 @@ def _ranked(
             yield Candidate(item, reason)
 
     slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
-    page = interleave({"personal": best_first(), "explore": explored}, slots, exclude)
+    page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
     at = [row_of[s.item] for s in page]
     served = [
         Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])

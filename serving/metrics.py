@@ -25,6 +25,7 @@ LATENCY = Histogram(
 )
 ITEMS_SERVED = Counter("recstream_reader_items_served_total", "Feed items served, by source", ["source"])
 FEEDS = Counter("recstream_reader_feeds_total", "Feed pages served, by kind of user (warm, cold, degraded)", ["user"])
+FEED_KINDS = ("warm", "cold", "degraded")
 FEEDS_BY_MODE = Counter(
     "recstream_reader_feeds_by_mode_total",
     "Feed pages served, by how they were made: ranked, the fixed blend (ranker cold, stale or off), degraded",
@@ -85,7 +86,7 @@ def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[
     (there is no earlier sample): the first degraded feed would never alert, and a healthy reader
     would show "No data" where it should show 0.
     """
-    for kind in ("warm", "cold", "degraded"):
+    for kind in FEED_KINDS:
         FEEDS.labels(kind)
     for mode in modes:
         FEEDS_BY_MODE.labels(mode)
@@ -178,6 +179,8 @@ class RequestMetrics:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._children: dict[tuple[str, int], tuple[Histogram, Counter]] = {}
+        """(route template, status) → its latency and request series: ``labels()`` once, not per request."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -197,5 +200,8 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             name = getattr(route, "path", "unmatched")
-            LATENCY.labels(name).observe(time.perf_counter() - started)
-            REQUESTS.labels(name, str(status)).inc()
+            children = self._children.get((name, status))
+            if children is None:
+                children = self._children[name, status] = (LATENCY.labels(name), REQUESTS.labels(name, str(status)))
+            children[0].observe(time.perf_counter() - started)
+            children[1].inc()

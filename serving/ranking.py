@@ -38,12 +38,11 @@ MODES: tuple[str, ...] = ("ranked", "fixed-cold", "fixed-stale", "fixed-off", "d
 """How a feed was made: ranked, the fixed blend because the ranker is cold, stale or switched off, or the
 degraded popular list (Redis unreachable). The ``mode`` label of recstream_reader_feeds_by_mode_total."""
 GENERATOR: dict[str, Source | None] = {
-    "als_score": "personal",
+    "als_rank": "personal",
     "personal": "personal",
     "popular": "popular",
     "ctr_logit": "popular",
     "segment_ctr_logit": "popular",
-    "popular_rank": "popular",
     "fresh": "fresh",
     "explore": "fresh",
     "pool_age": "fresh",

@@ -2,9 +2,9 @@
 
 Why redis-py (issue 18): a hand-written multiplexed client (serving/redis_wire.py until it was removed)
 won by less than the 1.5× on warm feeds/s or p99 that would have paid for keeping a second client, in
-the same run (BENCHMARKS.md, the reader; ARCHITECTURE.md). What is used of redis-py: its connection
-pool and connections (TCP, TLS, unix sockets, AUTH and SELECT from the URL, parsed as the workers parse
-it), command packing and the hiredis reply parser. What is the reader's own, and why:
+the same run (BENCHMARKS.md, the reader; ARCHITECTURE.md). What is used of redis-py: its connections,
+made by its connection pool from the URL (TCP, TLS, unix sockets, AUTH and SELECT, parsed as the workers
+parse it) and hiredis (its reply parser and command packer). What is the reader's own, and why:
 
 * **one deadline per round trip**, ``timeout_s`` from the moment the round trip asks for a connection
   (waiting for a free one counts) to its last reply; past it, :class:`Timeout`, which the guard answers
@@ -21,7 +21,9 @@ it), command packing and the hiredis reply parser. What is the reader's own, and
   called a timeout, and a CPU-saturated reader would go degraded with Redis healthy. :class:`Deadline`
   lets the loop poll its sockets and resume the tasks they woke before it cancels;
 * **the commands of a round trip leave in one write** and their replies are read in order (pipelining);
-  an error reply is raised after every reply was read, so the connection stays in step;
+  an error reply is raised after every reply was read, so the connection stays in step. They are packed by
+  hiredis's C packer (:func:`pack`): redis-py's asyncio connection packs argument by argument in Python, which
+  was most of a snapshot reload's CPU (its ZMSCORE calls name hundreds of items);
 * **raw replies**: RESP2 without redis-py's response callbacks (callers parse the replies), strings decoded
   as UTF-8 with surrogate escapes, so a binary value (a ranker state) reads as a str that encodes back to
   its bytes; no retries (a failed round trip is the guard's to count).
@@ -36,7 +38,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import hiredis
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -132,6 +136,19 @@ class _Calls:
         return cursor, names
 
 
+def pack(commands: Sequence[Sequence[Arg]], connection: Any) -> bytes:
+    """The commands in RESP, the bytes redis-py's ``connection.pack_commands`` gives, by hiredis in C (~30× faster on
+    a 500-member ZMSCORE); what hiredis refuses (a str with surrogate escapes, a bool) goes to redis-py's packer.
+
+    >>> pack([("GET", "k"), ("INCRBY", "n", 2)], None)
+    b'*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n*3\\r\\n$6\\r\\nINCRBY\\r\\n$1\\r\\nn\\r\\n$1\\r\\n2\\r\\n'
+    """
+    try:
+        return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
+    except (UnicodeEncodeError, TypeError):
+        return b"".join(connection.pack_commands(commands))
+
+
 class RedisClient(_Calls):
     """``await client.execute(("GET", key), ("HGET", h, f))`` → one write, one reply per command, in order.
 
@@ -153,6 +170,10 @@ class RedisClient(_Calls):
             socket_connect_timeout=None,
         )
         self._free = asyncio.Semaphore(connections)
+        self._idle: list[AbstractConnection] = []
+        """Connections not in a round trip, the last released on top. Kept here, not in the pool: the pool's
+        release takes a lock and dispatches an event, ~5% of a feed's CPU for two round trips."""
+        self._made: list[AbstractConnection] = []
 
     async def execute(self, *commands: Sequence[Arg]) -> list[Any]:
         """Send the commands in one write and return their replies; the first error reply is raised.
@@ -163,12 +184,12 @@ class RedisClient(_Calls):
             async with Deadline(self.timeout_s) as deadline:
                 await self._free.acquire()
                 acquired = True
-                connection = self._pool.get_available_connection()
+                connection = self._connection()
                 if not connection.is_connected:
                     deadline.move(self.connect_timeout_s)
                     await connection.connect()
                     deadline.move(self.timeout_s)
-                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                await connection.send_packed_command(pack(commands, connection), check_health=False)
                 replies = []
                 for _ in commands:
                     try:
@@ -182,7 +203,7 @@ class RedisClient(_Calls):
             if connection is not None:
                 if not finished:  # its replies may still come: no later round trip may read them
                     await connection.disconnect(nowait=True)
-                await self._pool.release(connection)
+                self._idle.append(connection)
             if acquired:
                 self._free.release()
         for reply in replies:
@@ -190,7 +211,17 @@ class RedisClient(_Calls):
                 raise reply
         return replies
 
+    def _connection(self) -> AbstractConnection:
+        """An idle connection, else a new one (unconnected): the semaphore keeps them to ``connections``."""
+        if self._idle:
+            return self._idle.pop()
+        connection = self._pool.make_connection()
+        self._made.append(connection)
+        return connection
+
     async def close(self) -> None:
+        for connection in self._made:
+            await connection.disconnect()
         await self._pool.aclose()
 
 

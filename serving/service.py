@@ -67,6 +67,7 @@ class FeedService:
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}
+        self._kinds = {kind: metrics.FEEDS.labels(kind) for kind in metrics.FEED_KINDS}
         metrics.create_zero_series(FEED_ROUTE, SOURCES, MODES)
         self._loader_task: asyncio.Task | None = None
 
@@ -158,7 +159,7 @@ class FeedService:
         for source, n in counts.items():
             self._served[source].inc(n)
         metrics.RECENTLY_SERVED.add((s.item for s in items), now)
-        metrics.FEEDS.labels(kind).inc()
+        self._kinds[kind].inc()
         self._modes[mode].inc()
         self._trips.observe(trips)
         if degraded_cause is not None:

@@ -62,17 +62,16 @@ class UserState:
                 because = row[2] if len(row) > 2 and isinstance(row[2], str) else None
                 yield row[0], because
 
-    def candidate_scores(self) -> dict[str, float]:
-        """item → its score x_u·y_i on the candidate list (0.0 where the row has none), first row of an item kept.
+    def candidate_positions(self) -> dict[str, int]:
+        """item → its 0-based position on the candidate list (best first, ALS score order), first row of an item kept.
 
-        >>> UserState(candidate_rows=[["i1", 0.9, "i7"], ["i2"], ["i1", 0.1]]).candidate_scores()
-        {'i1': 0.9, 'i2': 0.0}
+        >>> UserState(candidate_rows=[["i1", 0.9, "i7"], "junk", ["i2"], ["i1", 0.1]]).candidate_positions()
+        {'i1': 0, 'i2': 1}
         """
-        return {  # reversed: the first row of an item wins; exact types: a bool is no score, orjson parses no nan
-            row[0]: float(row[1]) if len(row) > 1 and type(row[1]) in (float, int) else 0.0
-            for row in reversed(self.candidate_rows)
-            if type(row) is list and row and type(row[0]) is str
-        }
+        positions: dict[str, int] = {}
+        for position, (item, _) in enumerate(self.candidates()):
+            positions.setdefault(item, position)
+        return positions
 
     def history(self, limit: int) -> list[tuple[str, float]]:
         """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""

@@ -37,11 +37,17 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 from aiokafka.errors import KafkaError
-from recstream.models.ranker import FTRLConfig
 from recstream.streams import metrics
 from recstream.streams.live_model import LiveModel
 from recstream.streams.personalize import Personalizer
-from recstream.streams.ranker_training import BatchTraining, Partition, RecentRows, batch_rows, train_batch
+from recstream.streams.ranker_training import (
+    BatchTraining,
+    Partition,
+    RecentRows,
+    batch_rows,
+    ftrl_config,
+    train_batch,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -184,8 +190,7 @@ class BatchProcessor:
         self._watermarks: dict[str, int] | None = None
         self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
         self.last_applied = time.monotonic()
-        r = settings.ranker
-        self.ranker_config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+        self.ranker_config = ftrl_config(settings.ranker)
         self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
         self.positive = settings.model.feedback_types.with_role("positive")  # the ranker's label-1 types
         if kind == "event":

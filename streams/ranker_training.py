@@ -26,7 +26,8 @@ from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update
 
 from recstream.contracts.events import Event
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows, prior_weights
+from recstream.contracts.settings import RankerSettings
 
 Partition = tuple[str, int]
 """(topic, partition) of the events a state learned from."""
@@ -113,6 +114,16 @@ def batch_rows(
     labels = np.fromiter((events[k].type in positive for k in where), dtype=np.float64, count=len(where))
     by_partition = {p: Rows(matrix[rows], labels[rows]) for p, rows in rows_of.items()}
     return BatchRows(by_partition, skipped)
+
+
+def ftrl_config(settings: RankerSettings) -> FTRLConfig:
+    """The workers' FTRL config from the settings: α, β, λ1, λ2 and the prior (contracts.ranking.prior_weights).
+
+    >>> ftrl_config(RankerSettings(prior_ctr=0.0)) == FTRLConfig()
+    True
+    """
+    r = settings
+    return FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2, prior=prior_weights(r.prior_ctr))
 
 
 def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:

@@ -33,14 +33,13 @@ import numpy as np
 import orjson
 
 FEATURES: tuple[str, ...] = (
-    "als_score",  # x_u·y_i when the item is on the user's personal candidate list, else 0
+    "als_rank",  # 1 / log2(2 + position) on the user's personal candidate list (ALS score order), else 0
     "personal",  # 1 when the personal candidate generator proposed it
     "popular",  # … the segment-popular generator
     "fresh",  # … the fresh-in-favourite-categories generator
     "explore",  # … the new-item pool
     "ctr_logit",  # logit of the item's smoothed CTR, overall
     "segment_ctr_logit",  # logit of its smoothed CTR within the user's segment
-    "popular_rank",  # log1p of its rank in the segment's popular list (a large rank when absent)
     "pool_age",  # log1p of its age (event time) in units of the pool's graduation age
     "category_affinity",  # the user's recent weight on the item's categories, in [0, 1]
     "warm",  # 1 when the user has a vector
@@ -56,6 +55,22 @@ _DOWN = np.array([10.0 ** max(-k, 0) for k in range(-_K_OFFSET, 19)])
 _PREFIX = FEATURE_VERSION + ":"
 _JSON_NUMBER_BYTES = b"0123456789+-.eE,"  # all a body of plain JSON numbers may hold (decode_rows)
 _INTEGER_MINUS_ZERO = re.compile(r"-0(?![0-9.eE])")
+
+
+def prior_weights(ctr: float) -> tuple[float, ...]:
+    """The ranker's prior weights w₀ (bias first, then FEATURES): ``ctr`` / 2 on ``ctr_logit`` and on
+    ``segment_ctr_logit``, 0 elsewhere. With ``ctr`` = 1 the logit is the mean of the item's two smoothed-CTR
+    logits, so a ranker that has learned nothing scores an item by its smoothed CTR (ordering as the popular
+    lists do, calibrated) instead of scoring every item ½; the learned weights are corrections to it.
+
+    >>> w = prior_weights(1.0)
+    >>> w[1 + FEATURES.index("ctr_logit")], w[1 + FEATURES.index("segment_ctr_logit")], sum(w)
+    (0.5, 0.5, 1.0)
+    """
+    weights = [0.0] * (1 + len(FEATURES))
+    for name in ("ctr_logit", "segment_ctr_logit"):
+        weights[1 + FEATURES.index(name)] = ctr / 2.0
+    return tuple(weights)
 
 
 def encode_features(values: Sequence[float] | np.ndarray) -> str:
@@ -124,7 +139,7 @@ def decode_rows(values: Sequence[object]) -> tuple[np.ndarray, list[int]]:
     >>> value = encode_features([0.25] * len(FEATURES))
     >>> rows, where = decode_rows([value, None, "00000000:1", value[:-1] + "x"])
     >>> rows.shape, where
-    ((1, 11), [0])
+    ((1, 10), [0])
     """
     where = [k for k, value in enumerate(values) if isinstance(value, str) and value.startswith(_PREFIX)]
     bodies = [values[k][len(_PREFIX) :] for k in where]  # type: ignore[index]

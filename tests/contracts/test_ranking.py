@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from recstream.models.ranker import FTRLConfig, FTRLRanker
 
 from recstream.contracts.ranking import (
     FEATURE_VERSION,
@@ -13,6 +14,7 @@ from recstream.contracts.ranking import (
     decode_rows,
     encode_features,
     encode_rows,
+    prior_weights,
     rounded,
     rounded_rows,
 )
@@ -63,7 +65,7 @@ def test_one_vector_encodes_as_its_row_does_and_decodes_to_its_rounding():
     assert encoded == encode_rows(rounded_rows(np.array([values])))[0]
     assert encoded.partition(":")[2].split(",")[:6] == ["0.8123", "1.0", "0.0", "-0.0", "0.00001", "123500.0"]
     assert decode_features(encoded).tolist() == rounded(values).tolist() == [float(f"{v:.4g}") for v in values]
-    with pytest.raises(ValueError, match="expected 11 features"):
+    with pytest.raises(ValueError, match=f"expected {WIDTH} features"):
         encode_features(values[:-1])
 
 
@@ -105,3 +107,15 @@ def test_a_batch_with_an_unusual_value_decodes_as_each_value_alone(body):
     assert where == [k for k, _ in expected]
     assert _bits(list(matrix)) == _bits([row for _, row in expected])
     assert matrix.shape == (len(expected), WIDTH)
+
+
+@pytest.mark.parametrize("ctr", [0.0, 1.0, 2.0])
+def test_a_ranker_that_learned_nothing_scores_by_the_prior_on_the_smoothed_ctr(ctr):
+    """prior_weights(1): the cold score is the smoothed CTR (both logits equal), whatever the other features say."""
+    ranker = FTRLRanker(WIDTH, FTRLConfig(prior=prior_weights(ctr)))
+    rows = np.zeros((3, WIDTH))
+    rows[:, FEATURES.index("ctr_logit")] = rows[:, FEATURES.index("segment_ctr_logit")] = [-3.0, -1.0, 0.5]
+    rows[:, FEATURES.index("personal")] = [1.0, 0.0, 1.0]
+    expected = 1.0 / (1.0 + np.exp(-ctr * np.array([-3.0, -1.0, 0.5])))
+    np.testing.assert_allclose(ranker.score(rows), expected, rtol=1e-12)
+    assert len(prior_weights(ctr)) == WIDTH + 1 and prior_weights(ctr)[0] == 0.0, "bias first, and no bias"

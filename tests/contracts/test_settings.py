@@ -19,6 +19,8 @@ from recstream.contracts.settings import TOOL_VARIABLES, VARIABLES, SettingsErro
         ("RECSTREAM_SPARK_DRIVER_MEMORY", "0g", "should match pattern"),
         ("RECSTREAM_RANKER_ALPHA", "0", "greater than 0"),
         ("RECSTREAM_RANKER_L2", "nan", "finite number"),
+        ("RECSTREAM_RANKER_PRIOR_CTR", "-0.1", "greater than or equal to 0"),
+        ("RECSTREAM_RANKER_PRIOR_CTR", "10.1", "less than or equal to 10"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):

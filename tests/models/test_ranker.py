@@ -129,7 +129,7 @@ def test_round_trip_through_bytes():
     ranker = FTRLRanker(3, FTRLConfig(alpha=0.2, beta=0.5, l1=0.3, l2=2.0))
     ranker.update(rows[:200], clicks[:200])
     data = ranker.to_bytes()
-    assert len(data) <= 64 + 16 * 4, "a small header, then z and n as float64"
+    assert len(data) <= 64 + 24 * 4, "a small header, then the prior, z and n as float64"
 
     loaded = FTRLRanker.from_bytes(data)
     assert (loaded.n_features, loaded.config, loaded.n_updates) == (3, ranker.config, 200)
@@ -142,6 +142,47 @@ def test_round_trip_through_bytes():
     assert loaded.to_bytes() == ranker.to_bytes()
 
 
+def test_a_prior_is_where_the_weights_start_and_what_they_are_pulled_towards():
+    cfg = FTRLConfig(alpha=0.5, beta=1.0, l1=0.0, l2=1.0, prior=(-1.0, 2.0, 0.0))
+    ranker = FTRLRanker(2, cfg)
+    np.testing.assert_array_equal(ranker.weights, [-1.0, 2.0, 0.0])
+    assert ranker.score([[1.0, 5.0]])[0] == pytest.approx(sigmoid(1.0))
+    # The first row is predicted with w₀ + 0: p = σ(−1 + 2·1 + 0·3) = σ(1); the residual's step is the plain
+    # FTRL step from z = n = 0 with that p: g = (p − 0)·(1, 1, 3), z = g, n = g², w = −z / ((1 + |g|)/0.5 + 1).
+    p = sigmoid(1.0)
+    assert ranker.update([[1.0, 3.0]], [0]) == pytest.approx(-math.log(1.0 - p), rel=1e-12)
+    g = np.array([p, p, 3.0 * p])
+    z, n = state(ranker)
+    np.testing.assert_allclose(z, g, rtol=1e-15)
+    np.testing.assert_allclose(n, g * g, rtol=1e-15)
+    np.testing.assert_allclose(ranker.weights, np.array(cfg.prior) - g / ((1.0 + g) / 0.5 + 1.0), rtol=1e-12)
+    loaded = FTRLRanker.from_bytes(ranker.to_bytes())
+    assert loaded.config == cfg and loaded.to_bytes() == ranker.to_bytes()
+    # the same rows from no prior: only the weights' starting point differs, the step is the same
+    plain = FTRLRanker(2, FTRLConfig(alpha=0.5))
+    plain.update([[1.0, 3.0]], [0])
+    assert not np.allclose(state(plain)[0], z)
+
+
+def test_a_prior_of_the_right_sign_lowers_the_early_loss_and_the_data_still_moves_the_weights():
+    rows, clicks = planted(np.random.default_rng(8), 3000, n_noise=2)
+    cold = FTRLRanker(3, FTRLConfig(alpha=0.1))
+    primed = FTRLRanker(3, FTRLConfig(alpha=0.1, prior=(-1.0, 1.0, 0.0, 0.0)))  # half the planted slope
+    assert primed.update(rows[:200], clicks[:200]) < cold.update(rows[:200], clicks[:200])
+    primed.update(rows[200:], clicks[200:])
+    assert primed.weights[1] > 1.5, "the planted slope 2.5 pulls the weight past the prior's 1"
+    assert primed.to_bytes() == FTRLRanker.from_bytes(primed.to_bytes()).to_bytes()
+
+
+@pytest.mark.parametrize("width", [2, 4])
+def test_a_prior_of_the_wrong_length_is_refused(width):
+    with pytest.raises(ValueError, match="prior needs 3 weights"):
+        FTRLRanker(2, FTRLConfig(prior=(1.0,) * width))
+    assert FTRLRanker(2, FTRLConfig(prior=(1.0,) * 3)).prior.tolist() == [1.0] * 3
+    with pytest.raises(ValueError, match="finite"):
+        FTRLConfig(prior=(math.nan, 1.0))
+
+
 def test_from_bytes_rejects_what_to_bytes_did_not_write():
     data = FTRLRanker(3).to_bytes()
     nan_state = data[:-8] + np.array([np.nan], dtype="<f8").tobytes()
@@ -151,7 +192,7 @@ def test_from_bytes_rejects_what_to_bytes_did_not_write():
         (b"", "at least"),
         (data + b"\0", "expected"),
         (b"XXXX" + data[4:], "magic"),
-        (data[:4] + (2).to_bytes(2, "little") + data[6:], "version"),
+        (data[:4] + (1).to_bytes(2, "little") + data[6:], "version"),
         (nan_state, "finite"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -205,11 +246,11 @@ def test_an_empty_batch_changes_nothing():
     assert ranker.score(np.empty((0, 2))).shape == (0,)
 
 
-@pytest.mark.parametrize("l1", [0.0, 0.5])
-def test_rankers_stepped_together_end_in_the_bytes_each_learns_alone(l1):
+@pytest.mark.parametrize(("l1", "prior"), [(0.0, ()), (0.5, ()), (0.0, (0.5, -1.0, 0.0, 2.0, 0.0))])
+def test_rankers_stepped_together_end_in_the_bytes_each_learns_alone(l1, prior):
     """A worker's partitions learn in one loop; each partition's state, predictions and loss stay its own."""
     rng = np.random.default_rng(5)
-    cfg = FTRLConfig(alpha=0.1, l1=l1)
+    cfg = FTRLConfig(alpha=0.1, l1=l1, prior=prior)
     lengths = [40, 0, 7, 40, 1]  # ties, an empty batch, and batches that stop while others go on
     batches = [planted(rng, k, n_noise=3) for k in lengths]
     alone, together = [FTRLRanker(4, cfg) for _ in lengths], [FTRLRanker(4, cfg) for _ in lengths]

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 from recstream.serving.blend import OVERFLOW, SOURCES, Candidate, interleave, personal_first, slot_counts
-from recstream.serving.popularity import cold_order, warm_order
+from recstream.serving.popularity import by_score, cold_order, warm_order
 
 SHARES = {"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}
 
@@ -130,3 +130,9 @@ def test_warm_and_cold_orders_use_segment_scores_where_the_segment_has_them():
     # cold: 0.7·seg + 0.3·global; an item unseen in the segment keeps its global score
     assert cold_order(segment, overall, weight=0.7) == ("a", "c", "b")
     assert cold_order(segment, overall, weight=0.0) == ("b", "c", "a")
+
+
+@given(st.dictionaries(st.text("abc", min_size=1, max_size=3), st.sampled_from([0.0, -0.0, 0.1, 0.25, 1.0])))
+def test_popular_orders_are_by_score_then_id(scores):
+    """by_score's two stable sorts give the one (−score, id) sort (ties by id) it replaced."""
+    assert by_score(scores) == tuple(sorted(scores, key=lambda i: (-scores[i], i)))

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from recstream.serving.cursor import Cursor
-from recstream.serving.feed import build_page, degraded_page, favourite_categories, taste_weights
+from recstream.serving.feed import (
+    FAST_UNAVAILABLE,
+    Exclusions,
+    build_page,
+    degraded_page,
+    favourite_categories,
+    taste_weights,
+)
+from recstream.serving.filters import NO_FILTER, FeedFilter
 from recstream.serving.snapshot import Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
@@ -104,3 +112,21 @@ def test_cursors_round_trip_and_malformed_ones_are_refused():
     for bad in ("", "abc", "0123456789abcdef", "0123456789abcdef.0", "0123456789ABCDEF.1", "0123456789abcdef.1.2"):
         with pytest.raises(ValueError, match="malformed cursor"):
             Cursor.parse(bad)
+
+
+@pytest.mark.parametrize("unavailable", [FAST_UNAVAILABLE - 1, FAST_UNAVAILABLE, FAST_UNAVAILABLE + 1])
+def test_the_fast_exclusion_set_answers_as_the_exclusions_do(unavailable):
+    """Exclusions.fast is one set when ids alone decide (up to FAST_UNAVAILABLE unavailable items), else the
+    Exclusions themselves; either way every item gets the same answer."""
+    snap = snapshot()
+    snap.unavailable = frozenset(f"u{k}" for k in range(unavailable))
+    probe = [*CATEGORIES, "mystery", "u0", f"u{unavailable - 1}", f"u{unavailable}"]
+    cases = [
+        (warm_user(served=frozenset({"i3"})), NO_FILTER, unavailable <= FAST_UNAVAILABLE),
+        (warm_user(not_interested=frozenset({"news"})), NO_FILTER, False),
+        (warm_user(), FeedFilter.parse(category="sport"), False),
+    ]
+    for user, only, plain in cases:
+        exclude = Exclusions(user, snap, 0.0, only)
+        assert isinstance(exclude.fast, set) == plain
+        assert [item in exclude.fast for item in probe] == [item in exclude for item in probe]

@@ -13,7 +13,7 @@ from recstream.serving.features import PageFeatures
 from recstream.serving.feed import build_page, favourite_categories, taste_weights
 from recstream.serving.publish import attribute
 from recstream.serving.ranking import RankerState, average_weights, ranking_mode, score
-from recstream.serving.snapshot import POPULAR_DEPTH, Categories, Pool, Popular, Snapshot
+from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
 from recstream.contracts.events import MAX_CONTEXT_ENTRIES, Event
@@ -81,42 +81,39 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
     expected = {
         # on the personal list and 2nd of the segment's warm list; news: 3 of the 4 taste weights
         "o1": dict(
-            als_score=0.8123456,
+            als_rank=1.0,
             personal=1,
             popular=1,
             fresh=0,
             explore=0,
             ctr_logit=-2.1,
             segment_ctr_logit=-1.5,
-            popular_rank=math.log1p(1),
             pool_age=math.log1p(2 / 48),
             category_affinity=0.75,
             warm=1,
         ),
         # a pool item of a favourite category (music), created 2 h before the clock
         "n2": dict(
-            als_score=0,
+            als_rank=0,
             personal=0,
             popular=0,
             fresh=1,
             explore=1,
             ctr_logit=-3.0,
             segment_ctr_logit=-3.0,
-            popular_rank=math.log1p(POPULAR_DEPTH),
             pool_age=math.log1p(2 / 48),
             category_affinity=0.25,
             warm=1,
         ),
         # nothing known: the CTR floor, no list, graduated by age (48 h: ln 2)
         "unknown": dict(
-            als_score=0,
+            als_rank=0,
             personal=0,
             popular=0,
             fresh=0,
             explore=0,
             ctr_logit=-3.5,
             segment_ctr_logit=-3.5,
-            popular_rank=math.log1p(POPULAR_DEPTH),
             pool_age=math.log(2),
             category_affinity=0,
             warm=1,
@@ -124,15 +121,17 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
     }
     for row, values in zip(rows, expected.values(), strict=True):
         assert row.tolist() == rounded([values[name] for name in FEATURES]).tolist()
+    # als_rank is 1 / log2(2 + position) on the candidate list (o1 0, o20 1, …, o35 16), not the score
+    ranks = page_features(user, snap).rows(["o20", "o21", "o35"])[:, FEATURES.index("als_rank")]
+    assert ranks.tolist() == [rounded([1 / math.log2(2 + k)] * len(FEATURES))[0] for k in (1, 2, 16)]
     assert "unknown" in snap.categories.wanted, "the next reload fetches what a feature needed"
 
 
-def test_a_cold_user_reads_the_cold_order_and_weighs_the_picked_categories():
+def test_a_cold_user_reads_the_cold_list_and_weighs_the_picked_categories():
     user = UserState(segment=SEGMENT, preferred=("sport", "music"))
     snap = snapshot()
     row = dict(zip(FEATURES, page_features(user, snap).rows(["o38"])[0].tolist(), strict=True))
-    assert row["popular_rank"] == rounded([math.log1p(1)] * len(FEATURES))[0]  # 2nd of the reversed (cold) order
-    assert (row["category_affinity"], row["warm"], row["personal"]) == (0.5, 0.0, 0.0)
+    assert (row["popular"], row["category_affinity"], row["warm"], row["personal"]) == (1.0, 0.5, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +207,7 @@ def test_the_weights_change_when_a_partition_state_does_and_are_refreshed_at_eve
     ("feature", "source", "reason"),
     [
         ("personal", "personal", "because you watched o3"),
-        ("als_score", "personal", "because you watched o3"),
+        ("als_rank", "personal", "because you watched o3"),
         ("popular", "popular", "popular with people like you"),
         ("fresh", "fresh", "new in music, one of your favourite categories"),
     ],
@@ -228,10 +227,11 @@ def test_a_ranked_item_is_served_and_explained_as_its_top_feature_says(feature, 
 
 
 def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_proposer_and_gets_the_features_words():
-    """ctr_logit speaks for popular; personal-only items (o20..o35 are past the popular slice of depth 1) say so in
-    words."""
+    """ctr_logit speaks for popular; personal-only items (o20..o35 are past the popular slice of depth 1, in the
+    segment's own order) say so in words."""
     snap, user = snapshot(fresh_state({"ctr_logit": -1.0, "personal": 0.5})), warm_user()
-    page = build_page(user, snap, SETTINGS.replace(ranker_depth=1), 20, seed=1, now=100.0)
+    settings = SETTINGS.replace(ranker_depth=1, popular_personal_head=0)
+    page = build_page(user, snap, settings, 20, seed=1, now=100.0)
     personal_only = [s for s in page.items if s.item in {f"o{k}" for k in range(20, 36)}]
     assert personal_only and all(s.source == "personal" for s in personal_only)
     assert {s.reason for s in personal_only if s.top_feature == "ctr_logit"} == {"popular right now"}
@@ -328,13 +328,30 @@ def test_the_category_cache_remembers_creation_times_and_names_unknown_items_for
 
 @pytest.mark.parametrize(("depth", "proposed"), [(1, 8), (2, 16), (3, 24)])
 def test_each_generator_proposes_ranker_depth_times_the_exploitation_slots(depth, proposed):
-    """Popular alone (o0 seen): a 10-item page has 8 exploitation slots (2 explore, the cap); weights that prefer
-    the deepest popular items show how far down the list the ranker was offered candidates."""
-    snap = snapshot(fresh_state({"popular_rank": 1.0}))
-    settings = SETTINGS.replace(share_personal=0.0, share_fresh=0.0, ranker_depth=depth)
+    """Popular alone (o0 seen), in its own order: a 10-item page has 8 exploitation slots (2 explore, the cap);
+    weights that prefer the deepest popular items (the lowest CTR) show how far down the list the ranker was
+    offered candidates."""
+    snap = snapshot(fresh_state({"ctr_logit": -1.0}))
+    settings = SETTINGS.replace(share_personal=0.0, share_fresh=0.0, ranker_depth=depth, popular_personal_head=0)
     page = build_page(warm_user(), snap, settings, 10, seed=1, now=100.0)
     ranked = [s.item for s in page.items if s.source != "explore"]
     assert ranked == [f"o{k}" for k in range(proposed, proposed - 8, -1)]
+
+
+@pytest.mark.parametrize(
+    ("head", "proposed"),
+    [(0, ["o1", *(f"o{k}" for k in range(2, 9))]), (50, ["o1", *(f"o{k}" for k in range(20, 27))])],
+)
+def test_the_ranked_union_takes_the_popular_head_personal_first_as_the_fixed_blend_does(head, proposed):
+    """Popular alone, one proposal per slot, weights that tie every popular item (the union's order stays the
+    proposal order): with a head the warm user's candidates (o1, o20 … o35) come first, as the fixed blend's
+    popular slots take them (serving/blend.personal_first); without one the segment's order (o0 seen)."""
+    snap = snapshot(fresh_state({"popular": 1.0}))
+    settings = SETTINGS.replace(share_personal=0.0, share_fresh=0.0, ranker_depth=1, popular_personal_head=head)
+    page = build_page(warm_user(), snap, settings, 10, seed=1, now=100.0)
+    assert [s.item for s in page.items if s.source != "explore"] == proposed
+    fixed = build_page(warm_user(), snap, settings.replace(ranker=False), 10, seed=1, now=100.0)
+    assert [s.item for s in fixed.items if s.source == "popular"] == proposed
 
 
 @pytest.mark.parametrize(("depth", "valid"), [(0, False), (1, True), (10, True), (11, False)])

@@ -154,3 +154,18 @@ async def test_an_unreachable_redis_is_a_connection_error_not_a_hang(isolated_se
             await feeds.call("PING")
     assert time.monotonic() - started < 1.0
     await feeds.close()
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["plain", "é", b"\xff\x00", "a\udcff", 0, -7, 2**70, 0.1, 1 / 3, -0.0, 1e-300, float("inf"), "x" * 70_000],
+)
+def test_packed_commands_are_the_bytes_redis_py_would_send(arg):
+    """hiredis packs (serving/redis_client.pack), redis-py packs what hiredis refuses (the surrogate-escaped str):
+    either way Redis gets redis-py's bytes."""
+    from recstream.serving.redis_client import pack
+    from redis.asyncio.connection import Connection
+
+    connection = Connection(decode_responses=True, encoding_errors="surrogateescape")
+    commands = [("SET", "k", arg), ("ZMSCORE", "z", arg, "b", 3)]
+    assert pack(commands, connection) == b"".join(connection.pack_commands(commands))

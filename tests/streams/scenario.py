@@ -39,9 +39,9 @@ def world(n_users: int, n_items: int, n_events: int, seed: int = 1):
     return users, items, events
 
 
-def served_vector(generator: str, als_score: float = 0.0) -> list[float]:
-    """A feature vector as the reader serves it: the proposing generator's flag set, a user vector, an ALS score."""
-    values = dict.fromkeys(FEATURES, 0.0) | {generator: 1.0, "warm": 1.0, "als_score": als_score}
+def served_vector(generator: str, als_rank: float = 0.0) -> list[float]:
+    """A feature vector as the reader serves it: the proposing generator's flag set, a user vector, an ALS rank."""
+    values = dict.fromkeys(FEATURES, 0.0) | {generator: 1.0, "warm": 1.0, "als_rank": als_rank}
     return [values[name] for name in FEATURES]
 
 
@@ -53,7 +53,7 @@ def served(events: list[Event]) -> list[Event]:
     stamped = []
     for e in events:
         k = e.event_id[1:]  # type: ignore[index]
-        vector = served_vector("personal" if k in clicked else "popular", als_score=int(k) % 10 / 10)
+        vector = served_vector("personal" if k in clicked else "popular", als_rank=int(k) % 10 / 10)
         stamped.append(e.model_copy(update={"context": {CONTEXT_KEY: encode_features(vector)}}))
     return stamped
 

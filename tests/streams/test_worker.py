@@ -23,7 +23,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for, segment_of
 from recstream.contracts.keys import Keys
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_features
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_features, prior_weights
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, read_ranges
 from recstream.shell.infra import free_port
@@ -420,8 +420,9 @@ async def test_the_ranker_learns_each_partitions_served_rows_once_and_counts_the
     mixed with events the ranker must skip. Each partition's stored ranker equals one trained independently on
     that partition's valid rows in offset order (the skipped events changed nothing); the states averaged score
     personal above popular; the worker counts rows by label and skips by reason, and its online AUC is the
-    AUC of the independent run's progressive predictions."""
-    settings = isolated_settings.replace(batch_max=30)
+    AUC of the independent run's progressive predictions. With a prior (RECSTREAM_RANKER_PRIOR_CTR), which the
+    stored states carry."""
+    settings = isolated_settings.replace(batch_max=30, ranker_prior_ctr=1.0)
     _, _, events = world(n_users=80, n_items=50, n_events=3_000, seed=7)
     events, skipped = broken(served(events), seed=8)
     client = redis.Redis.from_url(settings.redis.url)
@@ -430,7 +431,7 @@ async def test_the_ranker_learns_each_partitions_served_rows_once_and_counts_the
     wait_until(lambda: applied_events(client, "rs") == len(events), what="all events applied")
 
     r = settings.ranker
-    config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2)
+    config = FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2, prior=prior_weights(r.prior_ctr))
     expected = {p: FTRLRanker(len(FEATURES), config) for p in range(settings.kafka.events_partitions)}
     predictions, labels = [], []
     for p, ranker in expected.items():
@@ -441,6 +442,7 @@ async def test_the_ranker_learns_each_partitions_served_rows_once_and_counts_the
         labels += [y for _, y in rows]
     stored = ranker_states(client, settings)
     assert stored == {p: ranker.to_bytes() for p, ranker in expected.items()}
+    assert all(FTRLRanker.from_bytes(state).config.prior == prior_weights(1.0) for state in stored.values())
 
     vectors = np.array([served_vector("personal"), served_vector("popular")])
     personal, popular = np.mean([FTRLRanker.from_bytes(state).score(vectors) for state in stored.values()], axis=0)
