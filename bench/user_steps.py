@@ -5,10 +5,10 @@
 Y is a fixed random 1,682×64 float32 matrix (MovieLens 100K's catalogue size); 4,000 users
 with histories of 20–50 distinct items and confidences in [1, 21). Every path runs on one
 core (BLAS pinned to 1 thread, implicit with num_threads=1); each figure is the best of
-5 repeats. Writes `user_steps_per_s`, the path the worker runs (one `ALSStep.solve` per user,
-streams/personalize.py; baseline: implicit's `recalculate_user` per user), and
-`user_steps_per_s_batched` (`ALSStep.solve_batch`; baseline: implicit's batched `recalculate_user`)
-into bench/results.json.
+5 repeats. Writes `user_steps_per_s`, one user at a time (`ALSStep.solve`; baseline: implicit's
+`recalculate_user` per user), and `user_steps_per_s_batched`, the path the worker runs for a batch's users
+(`ALSStep.solve_batch`, streams/personalize.py, bit-identical to the single path; baseline: implicit's batched
+`recalculate_user`) into bench/results.json.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from bench.common import figure, machine, record, show
 N_ITEMS, K, N_USERS, REGULARIZATION, REPEATS = 1682, 64, 4000, 0.1, 5
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.user_steps"
 SINGLE = "ours, single (ALSStep.solve per user)"
-"""The path streams/personalize.py runs: a user's result must not depend on who shares its batch."""
 BATCHED = "ours, batched (ALSStep.solve_batch)"
+"""The path streams/personalize.py runs: a user's result is the single path's, bit for bit, whoever shares its batch."""
 IMPLICIT_SINGLE, IMPLICIT_BATCHED = "implicit recalculate_user, per user", "implicit recalculate_user, batched"
 
 

@@ -28,9 +28,7 @@ term toward them. The next batch retrain brings them into the Gram matrix.
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve, lapack
-
-BATCH_CHUNK = 64  # users per stacked solve: keeps the (B, L, k) block in cache; 32–96 measured best
+from scipy.linalg import cho_factor, cho_solve
 
 
 class ALSStep:
@@ -105,26 +103,22 @@ class ALSStep:
         return self.solve_vectors(self.factors[np.asarray(rows, dtype=np.intp)], confidences)
 
     def solve_vectors(self, vectors: np.ndarray, confidences: np.ndarray) -> np.ndarray:
-        """x for a history given as the fixed-side vectors themselves (pseudo-items allowed).
-
-        Cholesky via LAPACK `posv` (factor and solve in one call, no finiteness scan):
-        measured ~1.3× the speed of scipy's cho_factor + cho_solve at k = 64.
-        """
+        """x for a history given as the fixed-side vectors themselves (pseudo-items allowed): :meth:`solve_batch`'s
+        calls on a stack of one."""
         c = _checked_confidences(confidences, len(vectors))
         if c.size == 0:
             return np.zeros(self.dim, dtype=np.float32)
-        a, b = self._normal_equations(np.asarray(vectors, dtype=np.float64), c)
-        _, x, info = lapack.dposv(a, b, overwrite_a=True, overwrite_b=True)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"ALS step: system not positive definite (posv info={info})")
-        return x.astype(np.float32)
+        return self._solve_stacked(np.asarray(vectors, dtype=np.float64)[None], c[None])[0].astype(np.float32)
 
     def solve_batch(self, indptr: np.ndarray, rows: np.ndarray, confidences: np.ndarray) -> np.ndarray:
         """x for many histories in CSR layout: history u is rows[indptr[u]:indptr[u+1]].
 
-        Histories are sorted by length and stacked `BATCH_CHUNK` at a time into padded
-        (B, L, k) arrays; a padded slot has c = 0, so it adds nothing.
-        An empty history gets the zero vector, as in `solve`.
+        Histories of one length are stacked into a (B, L, k) array and solved together, each by the same
+        BLAS and LAPACK calls as :meth:`solve` makes for it alone: numpy's stacked matmul and ``linalg.solve``
+        loop over the stack, one call per matrix, and a matrix's shape is its own history's. So a user's x is
+        bit-identical whichever other histories share the batch, and a restarted worker (other batches)
+        reproduces a clean run's vectors (tests/models/test_user_step.py checks varied compositions). An empty
+        history gets the zero vector, as in `solve`.
         """
         indptr = np.asarray(indptr, dtype=np.intp)
         rows = np.asarray(rows, dtype=np.intp)
@@ -135,34 +129,27 @@ class ALSStep:
             raise IndexError(f"rows outside [0, {self._size})")
         lengths = np.diff(indptr)
         out = np.zeros((len(lengths), self.dim), dtype=np.float32)
-        order = np.argsort(lengths, kind="stable")
-        order = order[lengths[order] > 0]
         factors = self.factors
-        for start in range(0, len(order), BATCH_CHUNK):
-            users = order[start : start + BATCH_CHUNK]
-            slots = indptr[users, None] + np.arange(lengths[users].max())
-            valid = slots < indptr[users + 1, None]
-            slots = np.where(valid, slots, indptr[users, None])  # padding repeats a real row ...
-            padded_c = np.where(valid, c[slots], 0.0)  # ... with c = 0, which removes it from both sums
-            padded_v = np.take(factors, rows[slots], axis=0).astype(np.float64)
-            out[users] = self._solve_stacked(padded_v, padded_c)
+        for length in np.unique(lengths[lengths > 0]).tolist():
+            users = np.flatnonzero(lengths == length)
+            slots = indptr[users, None] + np.arange(length)
+            out[users] = self._solve_stacked(np.take(factors, rows[slots], axis=0).astype(np.float64), c[slots])
         return out
 
     def _solve_stacked(self, v: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Solve B stacked (L, k) histories, through whichever system is smaller.
+        """Solve B stacked (L, k) histories of one length L, through whichever system is smaller.
 
         For L <= k the dual (L×L) form: with G = FᵀF + λI, W = diag(c − 1), Z = V G⁻¹ and
         M = Z Vᵀ, (G + VᵀWV) G⁻¹Vᵀ = Vᵀ (I + W M), so x = A⁻¹Vᵀc = Zᵀ (I + W M)⁻¹ c
-        (I + WM is invertible: WM's eigenvalues are those of W½MW½ ⪰ 0). Z is one large
-        GEMM instead of B small Gram products and the solve is L×L instead of k×k:
-        ~1.7× the single path at k = 64, L = 20–50 (bench/user_steps.py). Longer
-        histories use the primal k×k system. With signed c, W = diag(|c| − 1) and the right side is p∘|c|.
+        (I + WM is invertible: WM's eigenvalues are those of W½MW½ ⪰ 0): the solve is L×L
+        instead of k×k. Longer histories use the primal k×k system. With signed c, W = diag(|c| − 1)
+        and the right side is p∘|c|.
         """
-        batch, width, k = v.shape
+        width, k = v.shape[1:]
         if width > k:
             a, b = self._normal_equations(v, c)
             return np.linalg.solve(a, b[..., None])[..., 0]
-        z = (v.reshape(-1, k) @ self._gram_inv).reshape(batch, width, k)
+        z = v @ self._gram_inv
         s = z @ np.swapaxes(v, -1, -2)
         s *= np.maximum(np.abs(c) - 1.0, 0.0)[..., None]
         s += np.eye(width)

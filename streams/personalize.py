@@ -202,20 +202,20 @@ class Personalizer:
         return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users], [[] for _ in users])
 
     def _vectors_and_candidates(self, users: list[str], histories: list[History]) -> list[Blob]:
-        """One exact step per user. Not `solve_batch`: its rounding depends on the other histories
-        stacked with it, so a restarted worker (other batches) would drift at 1e-7 and flip
-        tied candidates; and on real histories (mixed lengths) the single path measured faster."""
-        vectors = np.zeros((len(users), self.step.dim), dtype=np.float32)
-        known: list[list[int]] = []
-        liked: list[list[int]] = []  # a disliked item never explains a candidate
-        for k, history in enumerate(histories):
+        """One exact step per user, all solved together (`ALSStep.solve_batch`: each user's vector is bit-identical
+        to its step alone, whoever shares the batch, so a restarted worker reproduces a clean run's vectors)."""
+        rows, weights, ranks, known, liked = [], [], [], [], []  # liked: a disliked item never explains a candidate
+        for history in histories:
             entries = [e for e in history_rows(history) if e[0] in self.rows]
-            rows = [self.rows[e[0]] for e in entries]
-            vectors[k] = self.step.solve(
-                np.asarray(rows, dtype=np.intp), history_confidence(np.array([e[1] for e in entries]), self.cfg)
-            )
-            known.append(rows)
-            liked.append([row for row, e in zip(rows, entries, strict=True) if e[1] >= 0])
+            user_rows = [self.rows[item] for item, _ in entries]
+            rows += user_rows
+            weights += [weight for _, weight in entries]
+            ranks += range(len(entries))
+            known.append(user_rows)
+            liked.append([row for row, (_, weight) in zip(user_rows, entries, strict=True) if weight >= 0])
+        confidences = history_confidence(np.array(weights), self.cfg, np.array(ranks, dtype=np.intp))
+        indptr = np.r_[0, np.cumsum([len(r) for r in known], dtype=np.intp)]
+        vectors = self.step.solve_batch(indptr, np.array(rows, dtype=np.intp), confidences)
         return self._store(users, vectors, known, liked)
 
     def _store(

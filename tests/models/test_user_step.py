@@ -74,7 +74,28 @@ def test_batched_path_equals_single_path(max_len, negative):
     batched = step.solve_batch(indptr, rows, conf)
     spans = [slice(indptr[u], indptr[u + 1]) for u in range(len(batched))]
     single = np.stack([step.solve(rows[s], conf[s]) for s in spans])
-    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(batched, single)
+
+
+@pytest.mark.parametrize("max_len", [30, 3 * K])
+def test_a_users_vector_is_bit_identical_whoever_shares_its_batch(max_len):
+    """What lets the worker solve a batch's users together: a restarted worker cuts other batches, and each user
+    must still get the bits a clean run stored. Random compositions: subsets, repeats, one user alone, all."""
+    factors, indptr, rows, conf = _problem(seed=6, n_histories=60, max_len=max_len, negative=0.2)
+    step = ALSStep(factors, LAMBDA)
+    spans = [slice(indptr[u], indptr[u + 1]) for u in range(len(indptr) - 1)]
+    alone = np.stack([step.solve(rows[s], conf[s]) for s in spans])
+    rng = np.random.default_rng(7)
+    compositions = [[u] for u in range(len(spans))] + [list(range(len(spans)))]
+    compositions += [rng.choice(len(spans), size=rng.integers(2, 3 * len(spans)), replace=True) for _ in range(30)]
+    for users in compositions:
+        lengths = [spans[u].stop - spans[u].start for u in users]
+        batch = step.solve_batch(
+            np.r_[0, np.cumsum(lengths)],
+            np.concatenate([rows[spans[u]] for u in users]),
+            np.concatenate([conf[spans[u]] for u in users]),
+        )
+        np.testing.assert_array_equal(batch, alone[users])
 
 
 def test_empty_history_gives_zero_vector():

@@ -27,21 +27,25 @@ def _model(n_items: int, n_events: int, cfg: ALSConfig, seed: int, history_cap: 
 def test_a_users_candidates_do_not_depend_on_the_other_users_in_the_batch():
     """300 new items share six content vectors (exact ties). For users whose list ends inside that tie, which
     tied items make it must not change when a neighbour with a long history (a wider index search) shares
-    the batch: a restarted worker batches differently and must reproduce a clean run's lists."""
+    the batch: a restarted worker batches differently and must reproduce a clean run's lists (and vectors: the
+    batch's users are solved together)."""
     cfg = ALSConfig(factors=8, iterations=5, regularization=0.1, random_state=1)  # a graph hnswlib fills to k=120
     model, items = _model(150, 5_000, cfg, seed=3, history_cap=100, candidates=20)
     combos = [list(pair) for pair in itertools.combinations(CATEGORIES, 2)]
     for k in range(300):  # as in the kill test's world: two of four categories, so ~50 items per content vector
         model.apply_item(ItemEvent(op="new", item_id=f"new{k}", ts=T0, categories=combos[k % len(combos)]))
     collector = {item.item_id: 1.0 for item in items[:100]}
-    ties_at_the_cut = 0
+    ties_at_the_cut = vectors = 0
     for item in items:
         fan = {item.item_id: 1.0}
-        alone = dict(model._vectors_and_candidates(["fan"], [fan])).get("user:fan:cand")
-        together = dict(model._vectors_and_candidates(["collector", "fan"], [collector, fan])).get("user:fan:cand")
+        fan_alone = dict(model._vectors_and_candidates(["fan"], [fan]))
+        fan_together = dict(model._vectors_and_candidates(["collector", "fan"], [collector, fan]))
+        assert fan_together.get("user:fan:vec") == fan_alone.get("user:fan:vec"), "solved together: the same bits"
+        vectors += "user:fan:vec" in fan_alone
+        alone, together = (blobs.get("user:fan:cand") for blobs in (fan_alone, fan_together))
         assert together == alone
         ties_at_the_cut += 0 < sum(row[0].startswith("new") for row in orjson.loads(alone or b"[]")) < 20
-    assert ties_at_the_cut > 0  # the situation the test is about did occur
+    assert ties_at_the_cut > 0 and vectors > 0  # the situations the test is about did occur
 
 
 def test_a_search_the_index_cannot_fill_gives_a_shorter_list_not_a_failed_batch():
