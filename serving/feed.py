@@ -203,7 +203,8 @@ def _ranked(
     weights: np.ndarray,
     depth_factor: int = 1,
 ) -> tuple[list[Served], list[str]]:
-    """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each),
+    """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each, more in
+    turn while the union cannot fill its slots and the explore slots the pool leaves empty),
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
@@ -213,9 +214,20 @@ def _ranked(
     """
     depth, excluded = sum(counts.values()) - counts["explore"], exclude.fast
     proposed: dict[str, dict[Source, Candidate]] = {}
-    for source, candidates in generators.items():
-        for candidate in itertools.islice((c for c in candidates if c.item not in excluded), depth * depth_factor):
+    allowed = {source: (c for c in candidates if c.item not in excluded) for source, candidates in generators.items()}
+    for source, stream in allowed.items():
+        for candidate in itertools.islice(stream, depth * depth_factor):
             proposed.setdefault(candidate.item, {})[source] = candidate
+    # a union short of its slots (generators proposing the same items, a filter few items pass), which include
+    # the explore slots the pool cannot fill (the ranked list is their heir), takes each generator's next allowed
+    # candidate in turn: the page stays full while any generator has one
+    explorable = sum(1 for _ in itertools.islice((c for c in explored if c.item not in excluded), counts["explore"]))
+    while len(proposed) < depth + counts["explore"] - explorable and allowed:
+        for source, stream in list(allowed.items()):
+            if (candidate := next(stream, None)) is None:
+                del allowed[source]
+            else:
+                proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
     # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
