@@ -36,6 +36,7 @@ from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from redis.exceptions import RedisError
 
 from recstream.contracts.keys import Keys
+from recstream.contracts.ranking import rounded_values
 from recstream.contracts.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,72 @@ class Categories:
             self._features.pop(oldest, None)
 
 
+@dataclass(frozen=True)
+class ItemColumns:
+    """The item-level ranking features of every item the snapshot lists (the global list, each segment's lists, the
+    pool) as numpy columns indexed by the item's position in ``index``, already rounded as logged (rounding is
+    elementwise, so a page's rows are the same): a page gathers its candidates' rows with one lookup per item
+    instead of a few dictionary lookups per item and feature. Position ``len(index)`` holds what an item the
+    snapshot does not list reads as: the CTR floor, in no list, not in the pool.
+
+    Built once per reload (:meth:`Snapshot.item_columns`), ~1 ms for 21 segments of 500 items.
+    """
+
+    index: Mapping[str, int]
+    ctr: np.ndarray
+    """``ctr_logit``: the pool's smoothed-CTR logit for pool items, the global list's for the others, else the floor."""
+    pool: np.ndarray
+    """``explore``: in the new-item pool (bool)."""
+    segments: Mapping[int | None, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    """id of a segment's :class:`Popular` (None: a segment not loaded yet, read from the global list) →
+    (``segment_ctr_logit``, on its warm list, on its cold list); see :meth:`of_lists`."""
+    inputs: tuple = ()
+    """What they were built from (compared by identity: the loader replaces each attribute whole)."""
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> ItemColumns:
+        pool = snapshot.pool
+        items = dict.fromkeys(
+            itertools.chain(snapshot.overall_rank, snapshot.ctr_logits, pool.created, pool.ctr_logits)
+        )
+        for lists in snapshot.segments.values():
+            items.update(dict.fromkeys(itertools.chain(lists.ctr_logits, lists.warm_rank, lists.cold_rank)))
+        index = {item: k for k, item in enumerate(items)}
+        n = len(index)
+
+        def at(keys: Iterable[str]) -> np.ndarray:
+            return np.fromiter(map(index.__getitem__, keys), np.intp)
+
+        def flags(keys: Iterable[str]) -> np.ndarray:
+            out = np.zeros(n + 1, dtype=np.bool_)
+            out[at(keys)] = True
+            return out
+
+        ctr = np.full(n + 1, snapshot.ctr_floor_logit)
+        ctr[at(snapshot.ctr_logits)] = np.fromiter(snapshot.ctr_logits.values(), np.float64, len(snapshot.ctr_logits))
+        pool_logits = snapshot.pool.ctr_logits
+        ctr[at(pool_logits)] = np.fromiter(pool_logits.values(), np.float64, len(pool_logits))
+        ctr = rounded_values(ctr)
+        segments: dict[int | None, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for lists in snapshot.segments.values():
+            own = ctr.copy()
+            values = np.fromiter(lists.ctr_logits.values(), np.float64, len(lists.ctr_logits))
+            own[at(lists.ctr_logits)] = rounded_values(values)
+            segments[id(lists)] = (own, flags(lists.warm_rank), flags(lists.cold_rank))
+        overall = flags(snapshot.overall_rank)
+        segments[None] = (ctr, overall, overall)
+        return cls(index, ctr, flags(snapshot.pool.created), segments, _column_inputs(snapshot))
+
+    def of_lists(self, lists: Popular | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The segment columns of one of the snapshot's :class:`Popular` (keyed by identity: ``inputs`` holds the
+        snapshot's segments, so their ids stay theirs), or of the global list for None."""
+        return self.segments[None if lists is None else id(lists)]
+
+
+def _column_inputs(snapshot: Snapshot) -> tuple:
+    return (snapshot.overall_rank, snapshot.ctr_logits, snapshot.ctr_floor_logit, snapshot.segments, snapshot.pool)
+
+
 @dataclass
 class Snapshot:
     """What every feed shares. The loader replaces each attribute whole (a request never sees half a
@@ -174,6 +241,19 @@ class Snapshot:
     """The newest applied event's timestamp (``clock``): the now of item ages, in event time."""
     ranker: RankerState = field(default_factory=RankerState)
     loaded: bool = False
+    _columns: ItemColumns | None = field(default=None, repr=False, compare=False)
+
+    def item_columns(self, lists: Popular | None = None) -> ItemColumns:
+        """The :class:`ItemColumns` of the current lists and pool (with those of ``lists``), rebuilt when one of them
+        was replaced."""
+        columns = self._columns
+        if (
+            columns is None
+            or any(a is not b for a, b in zip(columns.inputs, _column_inputs(self), strict=True))
+            or (lists is not None and id(lists) not in columns.segments)
+        ):
+            columns = self._columns = ItemColumns.of(self)
+        return columns
 
 
 class SnapshotLoader:
@@ -257,6 +337,7 @@ class SnapshotLoader:
             snap.segments = await self._segments(sorted(segments), overall)
             self._popular_at = now
         snap.loaded = True
+        snap.item_columns()  # here, not in the first feed request after the reload
 
     def _refresh_ranker(self, raw: list[str | None], now: float) -> None:
         """The partitions' states as read (the client decodes replies as UTF-8 with surrogate escapes, so encoding

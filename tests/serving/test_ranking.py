@@ -3,6 +3,7 @@ and the served vectors attribution stamps into events."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -125,6 +126,25 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
     ranks = page_features(user, snap).rows(["o20", "o21", "o35"])[:, FEATURES.index("als_rank")]
     assert ranks.tolist() == [rounded([1 / math.log2(2 + k)] * len(FEATURES))[0] for k in (1, 2, 16)]
     assert "unknown" in snap.categories.wanted, "the next reload fetches what a feature needed"
+
+
+def test_the_item_columns_follow_each_reload_of_the_pool_and_lists():
+    """The item-level features come from columns built once per reload (serving/snapshot.ItemColumns): a pool or a
+    set of lists the loader replaced is what the next page reads, never the columns of the previous one."""
+    user, snap = warm_user(), snapshot()
+    column = {name: FEATURES.index(name) for name in ("popular", "explore", "ctr_logit", "segment_ctr_logit")}
+
+    def features(item: str) -> list[float]:
+        return [page_features(user, snap).rows([item])[0, k] for k in column.values()]
+
+    assert features("n2") == [0.0, 1.0, -3.0, -3.0]
+    snap.pool = dataclasses.replace(snap.pool, created={}, ctr_logits={})
+    assert features("n2") == [0.0, 0.0, -3.5, -3.5], "out of the pool: the CTR floor"
+    snap.segments = {SEGMENT: Popular(warm=("n2",), cold=(), ctr_logits={"n2": -1.25})}
+    assert features("n2") == [1.0, 0.0, -3.5, -1.25]
+    assert features("o1") == [0.0, 0.0, -2.1, -2.1], "off the new lists, the global CTR"
+    snap.segments = {}
+    assert features("o1") == [1.0, 0.0, -2.1, -2.1], "a segment not loaded yet reads the global list"
 
 
 def test_a_cold_user_reads_the_cold_list_and_weighs_the_picked_categories():
