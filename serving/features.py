@@ -6,8 +6,9 @@ say whose *lists* hold the item (the whole personal list, the whole segment list
 a page took from them. So a fixed-blend page logs the very vectors a ranked page would have scored,
 and the ranker learns from fixed pages while it is cold.
 
-Rows are rounded as an event's context carries them (``rounded_rows``): the row scored is the row
-logged, to the bit. What each feature reads:
+Rows are rounded as an event's context carries them (contracts.ranking.rounded_values): the row scored is the
+row logged, to the bit. The item-level features come from the snapshot's columns, built and rounded once per
+reload (serving/snapshot.ItemColumns); a page computes only what needs the user. What each feature reads:
 
 * ``als_rank`` — 1 / log2(2 + k), k the 0-based position on the user's candidate list (the workers' HNSW query,
   best x_u·y_i first), else 0: 1 for the top candidate, 0.5 for the third, 0.18 for the 50th. A position, not
@@ -33,6 +34,7 @@ logged, to the bit. What each feature reads:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,20 +51,21 @@ _ROUNDED_HERE = [COLUMN["pool_age"], COLUMN["category_affinity"]]
 or are 0/1."""
 _ZEROS = itertools.repeat(0.0)
 """An endless default for ``map(dict.get, keys, _ZEROS)``: infinite, so one shared iterator serves every call."""
-_discounts = np.empty(0)
 
 
 def rank_discounts(size: int) -> np.ndarray:
-    """``als_rank`` by position: 1 / log2(2 + k) for k = 0 … at least size − 1, rounded as logged, grown on demand.
+    """``als_rank`` by position: 1 / log2(2 + k) for k = 0 … at least size − 1, rounded as logged (one table per
+    power of two: a candidate list is at most ``candidates_m`` long, so one or two tables ever).
 
     >>> rank_discounts(3)[:3].tolist()
     [1.0, 0.6309, 0.5]
     """
-    global _discounts
-    if len(_discounts) < size:
-        exact = [1.0 / math.log2(2 + k) for k in range(max(size, 2 * len(_discounts), 64))]
-        _discounts = rounded_values(np.array(exact))
-    return _discounts
+    return _discount_table(max(64, 1 << (size - 1).bit_length()))
+
+
+@functools.cache
+def _discount_table(size: int) -> np.ndarray:
+    return rounded_values(np.array([1.0 / math.log2(2 + k) for k in range(size)]))
 
 
 class PageFeatures:
