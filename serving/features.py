@@ -98,7 +98,7 @@ class PageFeatures:
         graduate_age_s: float,
     ) -> None:
         self._als = user.candidate_positions()
-        self._columns = snapshot.item_columns(lists)
+        self._columns = snapshot.item_columns()
         segment_ctr, on_warm, on_cold = self._columns.of_lists(lists)
         self._segment_columns = segment_ctr, on_warm if user.warm else on_cold
         self._taste = dict(taste) or dict.fromkeys(user.preferred, 1.0)

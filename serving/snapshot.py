@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,7 +165,8 @@ class ItemColumns:
     instead of a few dictionary lookups per item and feature. Position ``len(index)`` holds what an item the
     snapshot does not list reads as: the CTR floor, in no list, not in the pool.
 
-    Built once per reload (:meth:`Snapshot.item_columns`), ~1 ms for 21 segments of 500 items.
+    Built once per reload (:meth:`Snapshot.item_columns`); a segment's columns when a page first asks for them
+    (:meth:`of_lists`, ~0.1 ms each): all 21 of the bench's at once stalled the loop for ~3 ms every reload.
     """
 
     index: Mapping[str, int]
@@ -172,11 +174,12 @@ class ItemColumns:
     """``ctr_logit``: the pool's smoothed-CTR logit for pool items, the global list's for the others, else the floor."""
     pool: np.ndarray
     """``explore``: in the new-item pool (bool)."""
-    segments: Mapping[int | None, tuple[np.ndarray, np.ndarray, np.ndarray]]
-    """id of a segment's :class:`Popular` (None: a segment not loaded yet, read from the global list) →
-    (``segment_ctr_logit``, on its warm list, on its cold list); see :meth:`of_lists`."""
+    overall: np.ndarray
+    """On the global list (bool): ``popular`` for a segment not loaded yet."""
     inputs: tuple = ()
     """What they were built from (compared by identity: the loader replaces each attribute whole)."""
+    segments: dict[int, tuple[Popular, tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    """id of a segment's :class:`Popular` → (it, its columns), filled by :meth:`of_lists`."""
 
     @classmethod
     def of(cls, snapshot: Snapshot) -> ItemColumns:
@@ -187,39 +190,45 @@ class ItemColumns:
         for lists in snapshot.segments.values():
             items.update(dict.fromkeys(itertools.chain(lists.ctr_logits, lists.warm_rank, lists.cold_rank)))
         index = {item: k for k, item in enumerate(items)}
-        n = len(index)
-
-        def at(keys: Iterable[str]) -> np.ndarray:
-            return np.fromiter(map(index.__getitem__, keys), np.intp)
-
-        def flags(keys: Iterable[str]) -> np.ndarray:
-            out = np.zeros(n + 1, dtype=np.bool_)
-            out[at(keys)] = True
-            return out
-
-        ctr = np.full(n + 1, snapshot.ctr_floor_logit)
-        ctr[at(snapshot.ctr_logits)] = np.fromiter(snapshot.ctr_logits.values(), np.float64, len(snapshot.ctr_logits))
-        pool_logits = snapshot.pool.ctr_logits
-        ctr[at(pool_logits)] = np.fromiter(pool_logits.values(), np.float64, len(pool_logits))
+        ctr = np.full(len(index) + 1, snapshot.ctr_floor_logit)
+        for logits in (snapshot.ctr_logits, pool.ctr_logits):  # the pool's last: its logits win
+            ctr[_at(index, logits)] = np.fromiter(logits.values(), np.float64, len(logits))
         ctr = rounded_values(ctr)
-        segments: dict[int | None, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for lists in snapshot.segments.values():
-            own = ctr.copy()
-            values = np.fromiter(lists.ctr_logits.values(), np.float64, len(lists.ctr_logits))
-            own[at(lists.ctr_logits)] = rounded_values(values)
-            segments[id(lists)] = (own, flags(lists.warm_rank), flags(lists.cold_rank))
-        overall = flags(snapshot.overall_rank)
-        segments[None] = (ctr, overall, overall)
-        return cls(index, ctr, flags(snapshot.pool.created), segments, _column_inputs(snapshot))
+        flags = _flags(index, pool.created), _flags(index, snapshot.overall_rank)
+        return cls(index, ctr, *flags, _column_inputs(snapshot))
 
     def of_lists(self, lists: Popular | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The segment columns of one of the snapshot's :class:`Popular` (keyed by identity: ``inputs`` holds the
-        snapshot's segments, so their ids stay theirs), or of the global list for None."""
-        return self.segments[None if lists is None else id(lists)]
+        """(``segment_ctr_logit``, on the warm list, on the cold list) of one of the snapshot's segments, or of the
+        global list for None (a segment not loaded yet); built at the first ask, kept with the lists they are of."""
+        if lists is None:
+            return self.ctr, self.overall, self.overall
+        cached = self.segments.get(id(lists))
+        if cached is not None and cached[0] is lists:
+            return cached[1]
+        own = self.ctr.copy()
+        logits = lists.ctr_logits
+        own[_at(self.index, logits)] = rounded_values(np.fromiter(logits.values(), np.float64, len(logits)))
+        columns = own, _flags(self.index, lists.warm_rank), _flags(self.index, lists.cold_rank)
+        self.segments[id(lists)] = (lists, columns)
+        return columns
+
+
+def _at(index: Mapping[str, int], keys: Iterable[str]) -> np.ndarray:
+    return np.fromiter(map(index.__getitem__, keys), np.intp)
+
+
+def _flags(index: Mapping[str, int], keys: Iterable[str]) -> np.ndarray:
+    """A bool column over ``index`` (and its unlisted position), true at ``keys``."""
+    out = np.zeros(len(index) + 1, dtype=np.bool_)
+    out[_at(index, keys)] = True
+    return out
 
 
 def _column_inputs(snapshot: Snapshot) -> tuple:
-    return (snapshot.overall_rank, snapshot.ctr_logits, snapshot.ctr_floor_logit, snapshot.segments, snapshot.pool)
+    """What :class:`ItemColumns` are built from, each segment's lists one by one (so that a segment added in place
+    is seen too)."""
+    return (snapshot.overall_rank, snapshot.ctr_logits, snapshot.ctr_floor_logit, snapshot.pool,
+            *snapshot.segments.values())  # fmt: skip
 
 
 @dataclass
@@ -245,15 +254,11 @@ class Snapshot:
     loaded: bool = False
     _columns: ItemColumns | None = field(default=None, repr=False, compare=False)
 
-    def item_columns(self, lists: Popular | None = None) -> ItemColumns:
-        """The :class:`ItemColumns` of the current lists and pool (with those of ``lists``), rebuilt when one of them
-        was replaced."""
+    def item_columns(self) -> ItemColumns:
+        """The :class:`ItemColumns` of the current lists and pool, rebuilt when one of them was replaced."""
         columns = self._columns
-        if (
-            columns is None
-            or any(a is not b for a, b in zip(columns.inputs, _column_inputs(self), strict=True))
-            or (lists is not None and id(lists) not in columns.segments)
-        ):
+        inputs = _column_inputs(self)
+        if columns is None or len(columns.inputs) != len(inputs) or any(map(operator.is_not, columns.inputs, inputs)):
             columns = self._columns = ItemColumns.of(self)
         return columns
 

@@ -145,6 +145,8 @@ def test_the_item_columns_follow_each_reload_of_the_pool_and_lists():
     assert features("o1") == [0.0, 0.0, -2.1, -2.1], "off the new lists, the global CTR"
     snap.segments = {}
     assert features("o1") == [1.0, 0.0, -2.1, -2.1], "a segment not loaded yet reads the global list"
+    snap.segments[SEGMENT] = Popular(warm=("fresh-in-place",), cold=(), ctr_logits={"fresh-in-place": -0.5})
+    assert features("fresh-in-place") == [1.0, 0.0, -3.5, -0.5], "a segment added in place is read too"
 
 
 def test_a_cold_user_reads_the_cold_list_and_weighs_the_picked_categories():
