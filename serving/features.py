@@ -137,8 +137,8 @@ class PageFeatures:
         out[:, COLUMN["personal"]] = listed
         out[:, COLUMN["popular"]] = popular[at]
         out[:, COLUMN["fresh"]] = 0.0
-        for k in np.flatnonzero(in_pool).tolist():
-            out[k, COLUMN["fresh"]] = not favourites.isdisjoint(cats[k])
+        pooled = np.flatnonzero(in_pool)
+        out[pooled, COLUMN["fresh"]] = [not favourites.isdisjoint(cats[k]) for k in pooled.tolist()]
         out[:, COLUMN["explore"]] = in_pool
         out[:, COLUMN["ctr_logit"]] = columns.ctr[at]
         out[:, COLUMN["segment_ctr_logit"]] = segment_ctr[at]
