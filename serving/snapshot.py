@@ -7,6 +7,10 @@ every user. A background task reloads them every ``pool_cache_s`` (popular lists
 a change written by the workers reaches feeds within that period. The global popular list is
 also the degraded-mode answer when Redis is unreachable: the last one loaded stays in place.
 
+Every cost here is bounded whatever the catalogue (bench/scale.py found each one at ×10–×100): a
+reload reads the newest ``pool.read_max`` pool items, and a feed's explore draw runs over a
+shortlist of at most ``pool.explore_max`` of them.
+
 Item categories (for fresh lists, onboarding boosts, "not interested" categories and request-time
 filters), creation times and features (for request-time filters) are cached per item; a request that
 meets an unknown item asks for it, and the next reload fetches it.
@@ -81,7 +85,7 @@ class Pool:
     lists, creation times and CTR logits of every pool item."""
 
     items: tuple[str, ...] = ()
-    """The explore shortlist: every pool item, or past ``pool.explore_max`` the top of one Thompson draw per reload."""
+    """The explore shortlist: every item read, or past ``pool.explore_max`` the top of one Thompson draw per reload."""
     index: Mapping[str, int] = field(default_factory=dict)
     alpha: np.ndarray = field(default_factory=lambda: np.empty(0))
     beta: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -90,7 +94,7 @@ class Pool:
     by_category: Mapping[str, np.ndarray] = field(default_factory=dict)
     """category → shortlist indices, to mask a "not interested" category in one step."""
     created: Mapping[str, int] = field(default_factory=dict)
-    """item → created_ts (ms, event time), every pool item: its size is the pool's."""
+    """item → created_ts (ms, event time) of every item read: the newest ``pool.read_max`` of the pool."""
     ctr_logits: Mapping[str, float] = field(default_factory=dict)
     """item → logit of its smoothed CTR, from its counts as the workers compute it."""
 
@@ -301,7 +305,7 @@ class SnapshotLoader:
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [
-            ("ZRANGE", k("pool"), 0, -1, "WITHSCORES"),
+            ("ZRANGE", k("pool"), -self.settings.pool.read_max, -1, "WITHSCORES"),  # the newest, oldest first
             ("GET", k("prior")),
             ("SMEMBERS", k("unavailable")),
             ("GET", k("model:current")),
@@ -362,7 +366,7 @@ class SnapshotLoader:
         """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior.
 
         A feed draws once per shortlisted item, so past ``pool.explore_max`` items the shortlist is the top of one
-        Thompson draw over the whole pool, made here once per reload: an item's chance to be shortlisted follows
+        Thompson draw over the pool read, made here once per reload: an item's chance to be shortlisted follows
         its posterior as a feed's draw does, and the unlucky ones get a new chance at every reload.
         """
         unavailable = self.snapshot.unavailable

@@ -11,14 +11,16 @@ from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 
 LIMIT = 20
+READ = 3 * LIMIT
 STAR = "star"
 """A pool item clicked on 45 of its 50 views: any Thompson draw puts it far above unviewed items."""
 
 
 async def pool_of(settings: Settings, n: int, reloads: int = 2) -> list[Pool]:
     """The pool after each of ``reloads`` reloads (the first asks for the items' categories, the next have them)
-    of ``n − 1`` unviewed items plus :data:`STAR`, shortlisted at :data:`LIMIT`."""
-    settings = settings.replace(pool_explore_max=LIMIT)
+    of ``n − 1`` unviewed items plus :data:`STAR` (the newest), read up to :data:`READ`, shortlisted at
+    :data:`LIMIT`."""
+    settings = settings.replace(pool_explore_max=LIMIT, pool_read_max=READ)
     k = Keys.of(settings)
     client = redis.Redis.from_url(settings.redis.url)
     items = [f"new{i}" for i in range(n - 1)]
@@ -59,7 +61,14 @@ async def test_past_the_limit_feeds_draw_over_a_shortlist_and_the_posterior_deci
 async def test_an_item_users_click_stays_on_the_shortlist_and_the_others_take_turns(
     isolated_settings: Settings,
 ) -> None:
-    """5 × LIMIT items: a shortlist drawn uniformly would miss STAR in 4 reloads of 5; the posterior keeps it."""
-    pools = await pool_of(isolated_settings, 5 * LIMIT, reloads=7)
+    """READ items: a shortlist drawn uniformly would miss STAR in 2 reloads of 3; the posterior keeps it."""
+    pools = await pool_of(isolated_settings, READ, reloads=9)
     assert all(STAR in pool.index for pool in pools)
     assert len(set().union(*(pool.items for pool in pools))) > 2 * LIMIT, "unviewed items rotate through it"
+
+
+@pytest.mark.parametrize("n", [READ - 1, READ, READ + 1])
+async def test_a_reload_reads_the_newest_pool_items_up_to_the_limit(isolated_settings: Settings, n: int) -> None:
+    (pool,) = await pool_of(isolated_settings, n)
+    newest = [*[f"new{i}" for i in range(n - 1)][-(READ - 1) :], STAR]
+    assert sorted(pool.created) == sorted(newest) and len(pool.fresh["news"]) == min(n, READ)
