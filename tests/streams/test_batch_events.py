@@ -1,18 +1,21 @@
-"""A batch's script calls hold at most ``batch_max_events`` valid records (``RECSTREAM_BATCH_MAX_EVENTS``): a backlog
-batch is cut between messages, each call moving the watermarks to its own last offsets, and the state is the one
-a single call leaves. Real Redis, the worker's own processor and store."""
+"""A batch's script calls hold at most ``batch_max_events`` valid records (``RECSTREAM_BATCH_MAX_EVENTS``), and at
+most what the last call's measured time allows (``RECSTREAM_BATCH_SCRIPT_TARGET_S``): a backlog batch is cut between
+messages, each call moving the watermarks to its own last offsets, and the state is the one a single call leaves.
+Real Redis, the worker's own processor and store."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from recstream.streams.processor import BatchProcessor, DeadLetter
+from recstream.streams.processor import BatchProcessor, DeadLetter, next_events_bound
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from recstream.contracts.events import Event, encode
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
@@ -25,15 +28,17 @@ LIMIT = 10
 
 class RecordingStore(StateStore):
     """Records each script call's new watermark of partition 0; ``fail_call`` k raises after the k-th call applied
-    (a worker losing Redis between two calls of one batch)."""
+    (a worker losing Redis between two calls of one batch); each call takes at least ``delay_s`` (a slow Redis)."""
 
     fail_call: int | None = None
+    delay_s = 0.0
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.marks: list[int] = []
 
     async def apply(self, effect: Effect) -> Applied:
+        await asyncio.sleep(self.delay_s)
         applied = await super().apply(effect)
         self.marks += [new for _, new in effect.watermarks.values()]
         if len(self.marks) == self.fail_call:
@@ -69,7 +74,7 @@ async def no_dead_letters(letters: list[DeadLetter]) -> None:
 async def test_a_batch_is_applied_in_calls_of_at_most_batch_max_events(
     isolated_settings: Settings, sizes: list[int], marks: list[int]
 ):
-    settings = isolated_settings.replace(batch_max_events=LIMIT)
+    settings = isolated_settings.replace(batch_max_events=LIMIT, batch_script_target_s=2.5)  # the count binds
     client = AsyncRedis.from_url(settings.redis.url)
     store = RecordingStore(client, settings)
     try:
@@ -82,13 +87,51 @@ async def test_a_batch_is_applied_in_calls_of_at_most_batch_max_events(
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == sum(sizes)
 
 
+@pytest.mark.parametrize(
+    ("events", "seconds", "bound"),
+    [
+        (100, 0.5 * 0.99, 101),  # a call just under the target: the next may hold more
+        (100, 0.5, 100),  # at the target: as many
+        (100, 0.5 * 1.01, 99),  # just over: fewer
+        (399, 0.5, 399),  # the ceiling (400) - 1
+        (400, 0.5, 400),  # the ceiling
+        (401, 0.5, 400),  # the ceiling + 1: the ceiling
+        (1, 10.0, 1),  # never below one event (a message over the bound goes alone anyway)
+        (0, 0.01, 7),  # a call of no events (every one a duplicate) measures nothing: the bound stays
+    ],
+)
+def test_the_events_bound_follows_the_measured_call_time(events: int, seconds: float, bound: int):
+    worker = WorkerSettings(batch_max_events=400, batch_script_target_s=0.5)
+    assert next_events_bound(7, events, seconds, worker) == bound
+
+
+async def test_a_slow_call_shrinks_the_next_calls(isolated_settings: Settings):
+    """Calls that take 0.2 s against a 0.1 s target: the first holds the ceiling's 40 events, each later one at most
+    half as many as the call before held (10-event messages: one a call), where the count alone allowed four."""
+    settings = isolated_settings.replace(batch_max_events=40, batch_script_target_s=0.1)
+    client = AsyncRedis.from_url(settings.redis.url)
+    store = RecordingStore(client, settings)
+    store.delay_s = 0.2
+    sizes = [10] * 8
+    try:
+        await BatchProcessor("event", store, settings, no_dead_letters).process(
+            micro_batches(sizes, settings.kafka.events_topic)
+        )
+    finally:
+        await client.aclose()
+    assert store.marks == [3, 4, 5, 6, 7]
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == sum(sizes)
+
+
 async def test_a_batch_cut_in_calls_survives_a_failure_between_them(isolated_settings: Settings):
     """Redis lost after the first of three calls: the retry skips what that call applied (its watermark) and
     applies the rest once; the state equals one uncut call's, key for key."""
     sizes = [4, 4, 4, 4, 4, 4]
     runs = []
     for limit, fail_call in ((LIMIT, 1), (sum(sizes), None)):
-        settings = isolated_settings.replace(batch_max_events=limit, redis_prefix=f"limit{limit}")
+        settings = isolated_settings.replace(
+            batch_max_events=limit, batch_script_target_s=2.5, redis_prefix=f"limit{limit}"
+        )
         client = AsyncRedis.from_url(settings.redis.url)
         store = RecordingStore(client, settings)
         store.fail_call = fail_call
