@@ -250,7 +250,7 @@ class FeedService:
                 int(views or 0), int(clicks or 0), None if clock is None else int(clock), time.time() * 1000
             )
         return self.stats.figures(
-            len(self.snapshot.pool.items), self.snapshot.model_version, self.guard.ok and self.loader.healthy
+            len(self.snapshot.pool.created), self.snapshot.model_version, self.guard.ok and self.loader.healthy
         )
 
     # --- writes ----------------------------------------------------------------------------

@@ -7,6 +7,10 @@ every user. A background task reloads them every ``pool_cache_s`` (popular lists
 a change written by the workers reaches feeds within that period. The global popular list is
 also the degraded-mode answer when Redis is unreachable: the last one loaded stays in place.
 
+Every cost here is bounded whatever the catalogue (bench/scale.py found each one at ×10–×100): a
+reload reads the newest ``pool.read_max`` pool items, and a feed's explore draw runs over a
+shortlist of at most ``pool.explore_max`` of them.
+
 Item categories (for fresh lists, onboarding boosts, "not interested" categories and request-time
 filters), creation times and features (for request-time filters) are cached per item; a request that
 meets an unknown item asks for it, and the next reload fetches it.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from recstream.models.bandit import BetaPrior
+from recstream.models.bandit import BetaPrior, thompson_top_k
 from recstream.models.ctr import smoothed_ctr
 from recstream.serving import metrics
 from recstream.serving.popularity import cold_order, segment_scores, warm_order
@@ -75,18 +79,20 @@ class Popular:
 
 @dataclass(frozen=True)
 class Pool:
-    """The new-item pool as arrays for vectorized Thompson sampling, plus per-category fresh lists."""
+    """The new-item pool: its explore shortlist as arrays for vectorized Thompson sampling, and per-category fresh
+    lists, creation times and CTR logits of every pool item."""
 
     items: tuple[str, ...] = ()
+    """The explore shortlist: every item read, or past ``pool.explore_max`` the top of one Thompson draw per reload."""
     index: Mapping[str, int] = field(default_factory=dict)
     alpha: np.ndarray = field(default_factory=lambda: np.empty(0))
     beta: np.ndarray = field(default_factory=lambda: np.empty(0))
     fresh: Mapping[str, tuple[tuple[int, str], ...]] = field(default_factory=dict)
     """category → (−created_ts, item) of its pool items, newest first (ready for a k-way merge)."""
     by_category: Mapping[str, np.ndarray] = field(default_factory=dict)
-    """category → pool indices, to mask a "not interested" category in one step."""
+    """category → shortlist indices, to mask a "not interested" category in one step."""
     created: Mapping[str, int] = field(default_factory=dict)
-    """item → created_ts (ms, event time)."""
+    """item → created_ts (ms, event time) of every item read: the newest ``pool.read_max`` of the pool."""
     ctr_logits: Mapping[str, float] = field(default_factory=dict)
     """item → logit of its smoothed CTR, from its counts as the workers compute it."""
 
@@ -187,6 +193,7 @@ class SnapshotLoader:
         self._popular_at = -np.inf
         self.healthy = False
         self.model_metrics = metrics.ModelVersion()
+        self._rng = np.random.default_rng()
         self._ranker_keys = [
             self.keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)
         ]
@@ -213,7 +220,7 @@ class SnapshotLoader:
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [
-            ("ZRANGE", k("pool"), 0, -1, "WITHSCORES"),
+            ("ZRANGE", k("pool"), -self.settings.pool.read_max, -1, "WITHSCORES"),  # the newest, oldest first
             ("GET", k("prior")),
             ("SMEMBERS", k("unavailable")),
             ("GET", k("model:current")),
@@ -246,7 +253,7 @@ class SnapshotLoader:
         self.model_metrics.observe(model_version)
         views, clicks = replies[len(wanted) :] if created else ([], [])
         snap.pool = self._pool(created, views, clicks, prior, now)
-        metrics.POOL_ITEMS.set(len(snap.pool.items))
+        metrics.POOL_ITEMS.set(len(snap.pool.created))
         if overall is not None:
             snap.ctr_logits = _logits(overall)
             full = len(overall) == POPULAR_DEPTH
@@ -270,7 +277,12 @@ class SnapshotLoader:
         return float(prior) if prior else self.settings.model.ctr_default
 
     def _pool(self, created: dict[str, int], views: list, clicks: list, prior: str | None, now: float) -> Pool:
-        """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior."""
+        """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior.
+
+        A feed draws once per shortlisted item, so past ``pool.explore_max`` items the shortlist is the top of one
+        Thompson draw over the pool read, made here once per reload: an item's chance to be shortlisted follows
+        its posterior as a feed's draw does, and the unlucky ones get a new chance at every reload.
+        """
         unavailable = self.snapshot.unavailable
         rows = [
             (item, ts, int(v or 0), int(c or 0))
@@ -286,16 +298,23 @@ class SnapshotLoader:
         for item, created, _, _ in rows:
             for category in self.snapshot.categories.get(item, now) or ():
                 members.setdefault(category, []).append((-created, item))
-        index = {row[0]: k for k, row in enumerate(rows)}
+        short = np.arange(len(rows))
+        if len(rows) > self.settings.pool.explore_max:
+            short = np.sort(thompson_top_k(alpha, beta, self.settings.pool.explore_max, self._rng))
+        items = tuple(rows[k][0] for k in short.tolist())
+        index = {item: k for k, item in enumerate(items)}
         return Pool(
-            items=tuple(row[0] for row in rows),
+            items=items,
             index=index,
-            alpha=alpha,
-            beta=beta,
+            alpha=alpha[short],
+            beta=beta[short],
             fresh={c: tuple(sorted(m)) for c, m in members.items()},
-            by_category={c: np.array([index[i] for _, i in m], dtype=np.int64) for c, m in members.items()},
+            by_category={
+                c: np.array([k for _, i in m if (k := index.get(i)) is not None], dtype=np.int64)
+                for c, m in members.items()
+            },
             created={row[0]: row[1] for row in rows},
-            ctr_logits=dict(zip(index, logits, strict=True)),
+            ctr_logits={row[0]: logit for row, logit in zip(rows, logits, strict=True)},
         )
 
     async def _segments(self, segments: list[str], overall: dict[str, float]) -> dict[str, Popular]:

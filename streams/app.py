@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import Sequence
 from functools import partial
 
@@ -50,6 +51,9 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,
+        # faust's default is ./<group>-data in the working directory; the worker keeps no faust tables (its
+        # state is in Redis), so the empty directory faust insists on goes where it litters nothing
+        datadir=f"{tempfile.gettempdir()}/recstream-faust-{settings.worker.group}",
         consumer_auto_offset_reset="earliest",
         topic_disable_leader=True,
         topic_allow_declare=False,

@@ -242,6 +242,8 @@ class PoolSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {
         "graduate_views": "pool_graduate_views",
         "graduate_age_s": "pool_graduate_age_s",
+        "explore_max": "pool_explore_max",
+        "read_max": "pool_read_max",
     }
 
     graduate_views: int = Field(200, gt=0, description="an item leaves the pool after this many views")
@@ -249,6 +251,20 @@ class PoolSettings(Section):
     bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
     fold_in_users: int = Field(
         1_000, gt=0, le=100_000, description="users kept per new item for its fold-in at graduation (the first ones)"
+    )
+    read_max: int = Field(
+        10_000,
+        gt=0,
+        le=1_000_000,
+        description="the newest pool items a reader reloads (twice a second): fresh lists and exploration draw on "
+        "them; reading a 100,000-item pool took a third of a reader's CPU and blocked Redis past its feed deadline",
+    )
+    explore_max: int = Field(
+        2_000,
+        gt=0,
+        le=1_000_000,
+        description="pool items a feed's Thompson draw runs over: each snapshot reload keeps the top of one draw over "
+        "the pool it read (a draw costs ~0.1 µs an item per feed: a 100,000-item pool cost ~15 ms a feed)",
     )
 
 

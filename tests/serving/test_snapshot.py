@@ -1,0 +1,74 @@
+"""The reader's snapshot of the new-item pool (real Redis): the explore shortlist a feed's Thompson draw runs over."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from recstream.serving.redis_client import RedisClient
+from recstream.serving.snapshot import Pool, Snapshot, SnapshotLoader
+
+from recstream.contracts.keys import Keys
+from recstream.contracts.settings import Settings
+
+LIMIT = 20
+READ = 3 * LIMIT
+STAR = "star"
+"""A pool item clicked on 45 of its 50 views: any Thompson draw puts it far above unviewed items."""
+
+
+async def pool_of(settings: Settings, n: int, reloads: int = 2) -> list[Pool]:
+    """The pool after each of ``reloads`` reloads (the first asks for the items' categories, the next have them)
+    of ``n − 1`` unviewed items plus :data:`STAR` (the newest), read up to :data:`READ`, shortlisted at
+    :data:`LIMIT`."""
+    settings = settings.replace(pool_explore_max=LIMIT, pool_read_max=READ)
+    k = Keys.of(settings)
+    client = redis.Redis.from_url(settings.redis.url)
+    items = [f"new{i}" for i in range(n - 1)]
+    client.zadd(k("pool"), {item: 1_000 + i for i, item in enumerate([*items, STAR])})
+    client.hset(k("views"), STAR, 50)
+    client.hset(k("clicks"), STAR, 45)
+    for item in [*items, STAR]:
+        client.hset(k.item(item), mapping={"categories": "news", "created_ts": 1_000})
+    client.close()
+    snapshot = Snapshot()
+    feeds = RedisClient(settings.redis.url, timeout_s=5.0, connections=1)
+    loader = SnapshotLoader(feeds, settings, snapshot)
+    pools = []
+    for _ in range(reloads):
+        await loader.refresh()
+        pools.append(snapshot.pool)
+    await feeds.close()
+    return pools[1:]
+
+
+@pytest.mark.parametrize("n", [LIMIT - 1, LIMIT])
+async def test_a_pool_within_the_limit_is_shortlisted_whole(isolated_settings: Settings, n: int) -> None:
+    (pool,) = await pool_of(isolated_settings, n)
+    assert sorted(pool.items) == sorted(pool.created) and len(pool.items) == n
+    assert len(pool.alpha) == len(pool.beta) == n and sorted(pool.by_category["news"].tolist()) == list(range(n))
+
+
+async def test_past_the_limit_feeds_draw_over_a_shortlist_and_the_posterior_decides_who_is_on_it(
+    isolated_settings: Settings,
+) -> None:
+    (pool,) = await pool_of(isolated_settings, LIMIT + 1)
+    assert len(pool.items) == len(pool.alpha) == len(pool.beta) == LIMIT and len(pool.created) == LIMIT + 1
+    assert [pool.items[k] for k in pool.by_category["news"].tolist()] == list(pool.items)
+    assert len(pool.fresh["news"]) == LIMIT + 1 and len(pool.ctr_logits) == LIMIT + 1, "fresh lists keep every item"
+    assert pool.alpha[pool.index[STAR]] > pool.alpha.min(), "the shortlist's arrays follow its items"
+
+
+async def test_an_item_users_click_stays_on_the_shortlist_and_the_others_take_turns(
+    isolated_settings: Settings,
+) -> None:
+    """READ items: a shortlist drawn uniformly would miss STAR in 2 reloads of 3; the posterior keeps it."""
+    pools = await pool_of(isolated_settings, READ, reloads=9)
+    assert all(STAR in pool.index for pool in pools)
+    assert len(set().union(*(pool.items for pool in pools))) > 2 * LIMIT, "unviewed items rotate through it"
+
+
+@pytest.mark.parametrize("n", [READ - 1, READ, READ + 1])
+async def test_a_reload_reads_the_newest_pool_items_up_to_the_limit(isolated_settings: Settings, n: int) -> None:
+    (pool,) = await pool_of(isolated_settings, n)
+    newest = [*[f"new{i}" for i in range(n - 1)][-(READ - 1) :], STAR]
+    assert sorted(pool.created) == sorted(newest) and len(pool.fresh["news"]) == min(n, READ)
