@@ -559,8 +559,10 @@ class BatchProcessor:
 
 def next_events_bound(bound: int, events: int, seconds: float, worker: WorkerSettings) -> int:
     """The events bound of the next script call after one of ``events`` took ``seconds`` (its round trip, payload
-    included: at least the time it blocked Redis): events × ``batch_script_target_s`` / seconds, at least 1, at
-    most ``batch_max_events``; ``bound`` unchanged after a call of no events.
+    included: at least the time it blocked Redis): events × ``batch_script_target_s`` / seconds, at least
+    :data:`FIRST_CALL_EVENTS` (the old fixed bound: on a CPU-starved machine the round trip overstates the
+    script's time, and calls below it measured slower than main's), at most ``batch_max_events``; ``bound``
+    unchanged after a call of no events.
 
     The per-event rate of a call is an underestimate for a larger one (its users, items and fixed costs are
     shared by more events) and exact for one of distinct users and items, so the next call stays within the
@@ -569,12 +571,13 @@ def next_events_bound(bound: int, events: int, seconds: float, worker: WorkerSet
     >>> w = WorkerSettings(batch_max_events=50_000, batch_script_target_s=0.5)
     >>> next_events_bound(10_000, 10_000, 0.1, w), next_events_bound(10_000, 10_000, 0.5, w)
     (50000, 10000)
-    >>> next_events_bound(10_000, 10_000, 2.0, w), next_events_bound(10_000, 0, 0.002, w)
-    (2500, 10000)
+    >>> next_events_bound(10_000, 40_000, 1.0, w), next_events_bound(10_000, 0, 0.002, w)
+    (20000, 10000)
     """
     if events == 0:
         return bound
-    return max(1, min(worker.batch_max_events, int(events * worker.batch_script_target_s / max(seconds, 1e-6))))
+    wanted = max(FIRST_CALL_EVENTS, int(events * worker.batch_script_target_s / max(seconds, 1e-6)))
+    return min(worker.batch_max_events, wanted)
 
 
 def _placed(events: list[Event], partition: int, partitions: int) -> tuple[list[Event], list[Rejected]]:

@@ -5,8 +5,6 @@ Real Redis, the worker's own processor and store."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import redis
 from prometheus_client import REGISTRY
@@ -28,17 +26,15 @@ LIMIT = 10
 
 class RecordingStore(StateStore):
     """Records each script call's new watermark of partition 0; ``fail_call`` k raises after the k-th call applied
-    (a worker losing Redis between two calls of one batch); each call takes at least ``delay_s`` (a slow Redis)."""
+    (a worker losing Redis between two calls of one batch)."""
 
     fail_call: int | None = None
-    delay_s = 0.0
 
     def __init__(self, *args: object) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.marks: list[int] = []
 
     async def apply(self, effect: Effect) -> Applied:
-        await asyncio.sleep(self.delay_s)
         applied = await super().apply(effect)
         self.marks += [new for _, new in effect.watermarks.values()]
         if len(self.marks) == self.fail_call:
@@ -90,37 +86,19 @@ async def test_a_batch_is_applied_in_calls_of_at_most_batch_max_events(
 @pytest.mark.parametrize(
     ("events", "seconds", "bound"),
     [
-        (100, 0.5 * 0.99, 101),  # a call just under the target: the next may hold more
-        (100, 0.5, 100),  # at the target: as many
-        (100, 0.5 * 1.01, 99),  # just over: fewer
-        (399, 0.5, 399),  # the ceiling (400) - 1
-        (400, 0.5, 400),  # the ceiling
-        (401, 0.5, 400),  # the ceiling + 1: the ceiling
-        (1, 10.0, 1),  # never below one event (a message over the bound goes alone anyway)
-        (0, 0.01, 7),  # a call of no events (every one a duplicate) measures nothing: the bound stays
+        (20_000, 0.5 * 0.99, 20_202),  # a call just under the target: the next may hold more
+        (20_000, 0.5, 20_000),  # at the target: as many
+        (20_000, 0.5 * 1.01, 19_801),  # just over: fewer
+        (39_999, 0.5, 39_999),  # the ceiling (40,000) - 1
+        (40_000, 0.5, 40_000),  # the ceiling
+        (40_001, 0.5, 40_000),  # the ceiling + 1: the ceiling
+        (10_000, 0.5 * 1.01, 10_000),  # never below the first call's bound (FIRST_CALL_EVENTS)
+        (0, 0.01, 12_345),  # a call of no events (every one a duplicate) measures nothing: the bound stays
     ],
 )
 def test_the_events_bound_follows_the_measured_call_time(events: int, seconds: float, bound: int):
-    worker = WorkerSettings(batch_max_events=400, batch_script_target_s=0.5)
-    assert next_events_bound(7, events, seconds, worker) == bound
-
-
-async def test_a_slow_call_shrinks_the_next_calls(isolated_settings: Settings):
-    """Calls that take 0.2 s against a 0.1 s target: the first holds the ceiling's 40 events, each later one at most
-    half as many as the call before held (10-event messages: one a call), where the count alone allowed four."""
-    settings = isolated_settings.replace(batch_max_events=40, batch_script_target_s=0.1)
-    client = AsyncRedis.from_url(settings.redis.url)
-    store = RecordingStore(client, settings)
-    store.delay_s = 0.2
-    sizes = [10] * 8
-    try:
-        await BatchProcessor("event", store, settings, no_dead_letters).process(
-            micro_batches(sizes, settings.kafka.events_topic)
-        )
-    finally:
-        await client.aclose()
-    assert store.marks == [3, 4, 5, 6, 7]
-    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == sum(sizes)
+    worker = WorkerSettings(batch_max_events=40_000, batch_script_target_s=0.5)
+    assert next_events_bound(12_345, events, seconds, worker) == bound
 
 
 async def test_a_batch_cut_in_calls_survives_a_failure_between_them(isolated_settings: Settings):
