@@ -96,7 +96,12 @@ def run_world(base: Settings, world: str, rows: Sequence[str], args: argparse.Na
             results[row].append(r)
             console.print(
                 f"{world} seed {seed} {row:>14}: {r.feeds:,} feeds ({r.failed} failed, {r.degraded} "
-                f"degraded, {r.ranked_share:.0%} ranked), CTR {r.ctr:.4f}, regret/feed {r.regret_per_feed:.4f}"
+                f"degraded, {r.ranked_share:.0%} ranked), CTR {r.ctr:.4f}, regret/feed {r.regret_per_feed:.4f}; "
+                "CTR (slots) by source "
+                + ", ".join(
+                    f"{source} {c.ctr:.3f} ({c.impressions / max(r.feeds, 1):.1f})"
+                    for source, c in sorted(r.by_source.items())
+                )
             )
     return results
 

@@ -52,7 +52,9 @@ validity check), an item shown once and rated later could never be a hit, and no
 with the in-memory baselines or earlier runs. So the impressions train the ranker and nothing else:
 rows 1–4 and 6 are exactly what they were without the ranker, and row 5 differs from row 6 only by
 the ranking. What differs from production: a shown but unclicked item leaves the user's state as it
-was (in production its view enters the history and the seen set, so it is not shown again).
+was (in production its view enters the history and the seen set, so it is not shown again). So the
+ranker learns a view once per user and item, as a worker would from a real client (ImpressionTrainer):
+learned at every re-show, the same unrated items made 87% of the view rows.
 
 Rows 1–3 are bench/prequential_rows.py; scores, table and results.json keys bench/prequential_report.py
 (the pipeline rows' ``baseline`` there is the frozen batch model of the same run).

@@ -135,7 +135,7 @@ def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, t
     if pipeline is not None and pipeline.trainer is not None:
         t = pipeline.trainer
         console.print(f"ranker: learned {t.rows:,} rows ({t.clicks:,} clicks) from the served row's pages, "
-                      f"{len(t.states)} partition(s)")  # fmt: skip
+                      f"{len(t.states)} partition(s); {t.repeats:,} repeated views")  # fmt: skip
     console.print(f"machine: {machine()}; {date.today().isoformat()}; {cmd}")
 
 

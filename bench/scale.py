@@ -24,7 +24,9 @@ scale. Each scale runs on its own fresh private Kafka + Redis (bench/common.serv
    feature vector, produced after the build; one ``recstream worker`` started on them is timed from its
    first applied batch to the last (bench.worker.time_backlog). **worker RSS**: its VmHWM (peak resident
    set) at the end: the model, the HNSW index of every item, the history cache. The index's size on disk
-   is its own column.
+   is its own column. **user steps per event**: its ``recstream_worker_user_steps_total`` over the backlog's
+   events, the share that paid an exact user step and a candidate query (a click, or a user's first event:
+   with few history events per user, most backlog events at ×100 are a user's first).
 5. **rescore ms**: one full rescore of every ranking (what ``apply_batch.lua`` runs in a batch whose
    quantized global prior moved): ``prior`` set to a value the totals do not give, then one empty batch
    through ``StateStore.apply``, timed around the call (Redis is blocked for that long). **rescores**:
@@ -114,6 +116,7 @@ class Row:
     rescore_pass_max_ms: float = 0.0
     rescore_pass_calls: int = 0
     rescores: int = 0
+    user_steps_per_event: float = 0.0
     reader_p50_ms: float = 0.0
     reader_p99_ms: float = 0.0
     reader_answers: int = 0
@@ -426,7 +429,9 @@ def measure(row: Row, settings: Settings, args: argparse.Namespace, console: Con
     already = report.events
     row.worker_events_per_s, worker = time_backlog(settings, k.prefix, already + events, already)
     row.worker_rss = rss(worker.proc.pid, "VmHWM")
-    row.rescores = int(counter(worker.metrics(), "recstream_worker_full_rescores_total"))
+    worker_metrics = worker.metrics()
+    row.rescores = int(counter(worker_metrics, "recstream_worker_full_rescores_total"))
+    row.user_steps_per_event = counter(worker_metrics, "recstream_worker_user_steps_total") / events
     worker.stop()
     console.print(f"×{row.scale}: worker {row.worker_events_per_s:,.0f} events/s")
     row.rescore_ms, row.rescore_pass_max_ms, row.rescore_pass_calls = rescore_costs(settings)
@@ -486,6 +491,8 @@ def tables(rows: list[Row], args: argparse.Namespace, traffic: Traffic) -> list[
         ("users / items with state", lambda r: f"{r.users_with_state:,} / {r.items_with_state:,}"),
         ("Redis other (dedup ids, ranker, bookkeeping)", lambda r: fmt(r.other_bytes, "B")),
         ("Kafka bytes per history event", lambda r: f"{r.kafka_bytes_per_event:,.0f} B"),
+        ("user steps per timed event (a click's, or a user's first event's)",
+         lambda r: f"{r.user_steps_per_event:.2f}"),
         ("rescore passes started in the backlog", lambda r: f"{r.rescores:,}"),
         ("batches of a bounded rescore pass", lambda r: f"{r.rescore_pass_calls:,}"),
         ("reader p50 / answers / failed",

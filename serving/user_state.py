@@ -35,6 +35,9 @@ class UserState:
     not_interested: frozenset[str] = frozenset()
     served: frozenset[str] = frozenset()
     session_found: bool = False
+    _candidates: tuple[list[tuple[str, str | None]], dict[str, int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def warm(self) -> bool:
@@ -57,10 +60,7 @@ class UserState:
 
     def candidates(self) -> Iterator[tuple[str, str | None]]:
         """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first)."""
-        for row in self.candidate_rows:
-            if isinstance(row, list) and row and isinstance(row[0], str):
-                because = row[2] if len(row) > 2 and isinstance(row[2], str) else None
-                yield row[0], because
+        return iter(self._parsed()[0])
 
     def candidate_positions(self) -> dict[str, int]:
         """item → its 0-based position on the candidate list (best first, ALS score order), first row of an item kept.
@@ -68,10 +68,22 @@ class UserState:
         >>> UserState(candidate_rows=[["i1", 0.9, "i7"], "junk", ["i2"], ["i1", 0.1]]).candidate_positions()
         {'i1': 0, 'i2': 1}
         """
-        positions: dict[str, int] = {}
-        for position, (item, _) in enumerate(self.candidates()):
-            positions.setdefault(item, position)
-        return positions
+        return self._parsed()[1]
+
+    def _parsed(self) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
+        """The valid candidate rows and their positions, parsed once: a page walks the list three times (the
+        personal source, the popular head's reordering, the features)."""
+        if self._candidates is None:
+            rows = [
+                (row[0], row[2] if len(row) > 2 and isinstance(row[2], str) else None)
+                for row in self.candidate_rows
+                if isinstance(row, list) and row and isinstance(row[0], str)
+            ]
+            positions: dict[str, int] = {}
+            for position, (item, _) in enumerate(rows):
+                positions.setdefault(item, position)
+            object.__setattr__(self, "_candidates", (rows, positions))
+        return self._candidates  # type: ignore[return-value]
 
     def history(self, limit: int) -> list[tuple[str, float]]:
         """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""

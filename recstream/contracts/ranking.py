@@ -174,7 +174,20 @@ def rounded(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 def rounded_rows(rows: np.ndarray) -> np.ndarray:
     """Every value of a (n, len(FEATURES)) matrix rounded to DIGITS significant digits, as ``float(f"{v:.4g}")``
-    rounds it, to the bit, vectorized: what the reader scores and logs.
+    rounds it, to the bit, vectorized: what the reader scores and logs (:func:`rounded_values`).
+
+    >>> rounded_rows(np.array([[1 / 3, 0.0, -12345.6, 2.5e-7] + [1.0] * (len(FEATURES) - 4)]))[0, :4].tolist()
+    [0.3333, 0.0, -12350.0, 2.5e-07]
+    """
+    x = np.asarray(rows, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(FEATURES):
+        raise ValueError(f"rows must have shape (n, {len(FEATURES)}), got {x.shape}")
+    return rounded_values(x)
+
+
+def rounded_values(values: np.ndarray) -> np.ndarray:
+    """Every value of an array of any shape rounded as :func:`rounded_rows` rounds it (elementwise: a column rounded
+    alone, or ahead of time, is what rounding its rows gives; a rounded value rounds to itself).
 
     Why: the reader scores every candidate of a page (about 60) with the vector it would log, and a
     string round trip per row costs more than the rest of the ranking. Each value v ≠ 0 becomes
@@ -183,12 +196,10 @@ def rounded_rows(rows: np.ndarray) -> np.ndarray:
     scaled product lands within 1e-6 of a rounding tie (where the product's own rounding error could
     decide), or whose decimal exponent came out wrong, or outside [1e-15, 1e15], take the string path.
 
-    >>> rounded_rows(np.array([[1 / 3, 0.0, -12345.6, 2.5e-7] + [1.0] * (len(FEATURES) - 4)]))[0, :4].tolist()
-    [0.3333, 0.0, -12350.0, 2.5e-07]
+    >>> rounded_values(np.array([1 / 3, -0.0, 2.5e-7])).tolist()
+    [0.3333, -0.0, 2.5e-07]
     """
-    x = np.asarray(rows, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != len(FEATURES):
-        raise ValueError(f"rows must have shape (n, {len(FEATURES)}), got {x.shape}")
+    x = np.asarray(values, dtype=np.float64)
     magnitude = np.abs(x)
     if not (magnitude < np.inf).all():
         raise ValueError("features must be finite")
@@ -203,6 +214,6 @@ def rounded_rows(rows: np.ndarray) -> np.ndarray:
     np.copyto(out, x, where=~fast)  # zeros as they are (the sign of -0.0 too, as the string keeps it)
     slow = ~fast & (x != 0.0)
     if slow.any():
-        for i, j in zip(*np.nonzero(slow), strict=True):
-            out[i, j] = float(f"{x[i, j]:.{DIGITS}g}")
+        for at in zip(*np.nonzero(slow), strict=True):
+            out[at] = float(f"{x[at]:.{DIGITS}g}")
     return out

@@ -150,3 +150,25 @@ def test_the_ranker_learns_a_page_as_its_views_and_the_click_on_it_exactly_as_a_
         x = np.vstack([np.full(len(FEATURES), float(["i0", "x", "y"].index(i))) for i in items])
         expected = train(None, Rows(x, np.array(labels)), FTRLConfig()).state
         assert states[partition_for(user, 4)] == expected
+
+
+def test_the_ranker_learns_a_view_once_per_user_and_item_as_a_real_clients_seen_set_would_allow():
+    from recstream.models.ranker import FTRLConfig
+    from recstream.streams.ranker_training import Rows, train
+
+    from bench.prequential_rows import ImpressionTrainer
+    from recstream.contracts.events import partition_for
+    from recstream.contracts.ranking import FEATURES, encode_features
+
+    vector = {item: encode_features([float(k)] * len(FEATURES)) for k, item in enumerate(["x", "y", "i1"])}
+    trainer = ImpressionTrainer(partitions=4, config=FTRLConfig())
+    trainer.learn([(rating(0, "a", click=True), ["x", "y"], vector)])
+    # the next page shows x and y again (nothing was published, the reader does not know they were seen) and
+    # holds the rated i1: x and y are not learned again, i1's view and click are; another user's x is learned
+    states = trainer.learn(
+        [(rating(1, "a", click=True), ["x", "y", "i1"], vector), (rating(2, "c", False), ["x"], vector)]
+    )
+    assert (trainer.rows, trainer.clicks, trainer.repeats) == (2 + 2 + 1, 1, 2)
+    x = np.vstack([np.full(len(FEATURES), float(k)) for k in (0, 1, 2, 2)])
+    expected = train(None, Rows(x, np.array([0.0, 0.0, 0.0, 1.0])), FTRLConfig()).state
+    assert states[partition_for("a", 4)] == expected  # c is on another partition (2), learned apart
