@@ -63,7 +63,7 @@ from recstream.contracts.events import (
     partition_for,
     segment_of,
 )
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message, Ranges
 from recstream.store.aggregate import aggregate
 from recstream.store.state import Applied, Effect, StaleWatermark, StateStore
@@ -77,6 +77,9 @@ logged, counted retry instead of a worker that applies nothing while its process
 # Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
 # back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
 RETRY_DELAY_MAX_S = 1.0
+FIRST_CALL_EVENTS = 10_000
+"""The events bound of a processor's first script call, before it measured one (at most ``batch_max_events``):
+the fixed bound that kept a catch-up call under a second at ×10 scale (issue 18)."""
 DEAD_LETTER_MAX_BYTES = 65_536
 """The most of a rejected input a dead letter carries. faust's producer refuses a message over 1,000,000 bytes
 (key and headers included) with ProducerSendError, while the broker accepts up to 1,048,588: the whole of a
@@ -191,6 +194,7 @@ class BatchProcessor:
         self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
         self.last_applied = time.monotonic()
         self.ranker_config = ftrl_config(settings.ranker)
+        self.events_bound = min(FIRST_CALL_EVENTS, settings.worker.batch_max_events)  # valid records per call
         self.recent_rows = RecentRows()  # this worker's last rows learned: the online AUC and logloss
         self.positive = settings.model.feedback_types.with_role("positive")  # the ranker's label-1 types
         if kind == "event":
@@ -286,7 +290,7 @@ class BatchProcessor:
             log.warning("redis was behind the log (%s): re-applied %d messages", where, replayed)
 
     async def _process_once(self, messages: Sequence[Message], repair: bool = True) -> Applied | None:
-        """Apply ``messages`` in script calls of at most ``batch_max_events`` events each (:meth:`_apply_prefix`);
+        """Apply ``messages`` in script calls of at most :attr:`events_bound` events each (:meth:`_apply_prefix`);
         what the last call applied, None if nothing was left to apply."""
         applied = None
         while messages:
@@ -295,7 +299,7 @@ class BatchProcessor:
         return applied
 
     async def _apply_prefix(self, messages: Sequence[Message], repair: bool) -> tuple[Applied | None, list[Message]]:
-        """Apply the longest run of ``messages`` (at least one) holding at most ``batch_max_events`` valid records,
+        """Apply the longest run of ``messages`` (at least one) holding at most :attr:`events_bound` valid records,
         as one batch with its watermarks; return what it applied and the messages after that run.
 
         Why a bound: the batch script's work grows with its events, and a backlog batch of ``batch_max`` messages
@@ -303,7 +307,12 @@ class BatchProcessor:
         is what a smaller ``batch_max`` would have done: each call moves the watermarks to its own last offsets,
         so a crash between two calls leaves Redis at a message boundary, which the watermark check and the gap
         repair already handle. A message is never cut (its offset is one watermark step): one over the bound goes
-        alone, and holds at most :data:`~recstream.contracts.events.MAX_EVENTS_PER_MESSAGE` events."""
+        alone, and holds at most :data:`~recstream.contracts.events.MAX_EVENTS_PER_MESSAGE` events.
+
+        The bound follows the calls' measured time (:func:`next_events_bound`), not a fixed count: a call costs
+        O(distinct users + touched items × segments + events), so in a small world a call of 10,000 events costs
+        almost what one of 30,000 does (the same users and items) and a fixed bound tuned for ×10 scale cut small
+        worlds' backlog batches into calls that each re-did every user step and item rescore."""
         started = time.perf_counter()
         if self._watermarks is None:
             await self.reload_watermarks()
@@ -339,10 +348,10 @@ class BatchProcessor:
                 if self.partitions is not None and (self.kind == "event" or self._users_placed):
                     valid, misplaced = _placed(valid, message.partition, self.partitions)
                     rejected += misplaced
-                taken += len(valid)
-                if k and taken > self.settings.worker.batch_max_events:  # for the next call (decoded again then)
+                if k and taken + len(valid) > self.events_bound:  # for the next call (decoded again then)
                     fresh, rest = fresh[:k], fresh[k:]
                     break
+                taken += len(valid)
                 decoded.append((f"{message.topic}:{message.partition}", at_ms, valid))
                 dead.extend(DeadLetter(message, r) for r in rejected)
                 tp = f"{message.topic}:{message.partition}"
@@ -368,6 +377,7 @@ class BatchProcessor:
                     await self.send_dead_letters(dead)  # before the watermark moves: at least once
                 except Exception as exc:
                     raise DeadLetterError(f"{len(dead)} dead letters not sent: {exc!r}") from exc
+            call_started = time.perf_counter()
             try:
                 applied = await self.store.apply(effect)
             except StaleWatermark:
@@ -375,6 +385,9 @@ class BatchProcessor:
                 self.store.forget_histories()
                 await self.reload_watermarks()
                 continue
+            self.events_bound = next_events_bound(  # the records applied: duplicates cost the script nothing
+                self.events_bound, len(records), time.perf_counter() - call_started, self.settings.worker
+            )
             self.store.remember_histories(effect.histories)
             self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
             if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
@@ -542,6 +555,29 @@ class BatchProcessor:
         await self.model.items_caught_up.wait()
         await self.model.ensure(version)
         return self.model.current
+
+
+def next_events_bound(bound: int, events: int, seconds: float, worker: WorkerSettings) -> int:
+    """The events bound of the next script call after one of ``events`` took ``seconds`` (its round trip, payload
+    included: at least the time it blocked Redis): events × ``batch_script_target_s`` / seconds, at least
+    :data:`FIRST_CALL_EVENTS` (the old fixed bound: on a CPU-starved machine the round trip overstates the
+    script's time, and calls below it measured slower than main's), at most ``batch_max_events``; ``bound``
+    unchanged after a call of no events.
+
+    The per-event rate of a call is an underestimate for a larger one (its users, items and fixed costs are
+    shared by more events) and exact for one of distinct users and items, so the next call stays within the
+    target unless Redis itself slows down; the bound then shrinks after the first slow call.
+
+    >>> w = WorkerSettings(batch_max_events=50_000, batch_script_target_s=0.5)
+    >>> next_events_bound(10_000, 10_000, 0.1, w), next_events_bound(10_000, 10_000, 0.5, w)
+    (50000, 10000)
+    >>> next_events_bound(10_000, 40_000, 1.0, w), next_events_bound(10_000, 0, 0.002, w)
+    (20000, 10000)
+    """
+    if events == 0:
+        return bound
+    wanted = max(FIRST_CALL_EVENTS, int(events * worker.batch_script_target_s / max(seconds, 1e-6)))
+    return min(worker.batch_max_events, wanted)
 
 
 def _placed(events: list[Event], partition: int, partitions: int) -> tuple[list[Event], list[Rejected]]:

@@ -156,9 +156,14 @@ class WorkerSettings(Section):
     group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
     batch_max: int = Field(5_000, gt=0, le=100_000, description="Kafka messages per processed batch, at most")
     batch_max_events: int = Field(
-        10_000, gt=0, le=1_000_000,
-        description="valid records per batch script call, at most (a batch over it is applied in several calls, "
-        "cut between messages; a message over it goes alone): bounds how long one call blocks Redis",
+        100_000, gt=0, le=1_000_000,
+        description="valid records per batch script call, at most, whatever batch_script_target_s allows (a batch "
+        "over the bound is applied in several calls, cut between messages; a message over it goes alone)",
+    )  # fmt: skip
+    batch_script_target_s: float = Field(
+        0.5, gt=0, le=2.5,
+        description="how long one batch script call should block Redis: each call's events are bounded by the "
+        "last call's measured events/s × this (Redis answers BUSY to everyone after 5 s of one script)",
     )  # fmt: skip
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")

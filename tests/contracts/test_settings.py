@@ -109,3 +109,12 @@ def test_batch_max_events_is_between_1_and_a_million(events, valid):
     else:
         with pytest.raises(SettingsError, match="RECSTREAM_BATCH_MAX_EVENTS"):
             load_settings(batch_max_events=events)
+
+
+@pytest.mark.parametrize(("seconds", "valid"), [(0.0, False), (1e-3, True), (2.49, True), (2.5, True), (2.51, False)])
+def test_batch_script_target_is_positive_and_at_most_half_the_busy_limit(seconds, valid):
+    if valid:
+        assert load_settings(batch_script_target_s=seconds).worker.batch_script_target_s == seconds
+    else:
+        with pytest.raises(SettingsError, match="RECSTREAM_BATCH_SCRIPT_TARGET_S"):
+            load_settings(batch_script_target_s=seconds)

@@ -1,18 +1,19 @@
-"""A batch's script calls hold at most ``batch_max_events`` valid records (``RECSTREAM_BATCH_MAX_EVENTS``): a backlog
-batch is cut between messages, each call moving the watermarks to its own last offsets, and the state is the one
-a single call leaves. Real Redis, the worker's own processor and store."""
+"""A batch's script calls hold at most ``batch_max_events`` valid records (``RECSTREAM_BATCH_MAX_EVENTS``), and at
+most what the last call's measured time allows (``RECSTREAM_BATCH_SCRIPT_TARGET_S``): a backlog batch is cut between
+messages, each call moving the watermarks to its own last offsets, and the state is the one a single call leaves.
+Real Redis, the worker's own processor and store."""
 
 from __future__ import annotations
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from recstream.streams.processor import BatchProcessor, DeadLetter
+from recstream.streams.processor import BatchProcessor, DeadLetter, next_events_bound
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from recstream.contracts.events import Event, encode
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
@@ -69,7 +70,7 @@ async def no_dead_letters(letters: list[DeadLetter]) -> None:
 async def test_a_batch_is_applied_in_calls_of_at_most_batch_max_events(
     isolated_settings: Settings, sizes: list[int], marks: list[int]
 ):
-    settings = isolated_settings.replace(batch_max_events=LIMIT)
+    settings = isolated_settings.replace(batch_max_events=LIMIT, batch_script_target_s=2.5)  # the count binds
     client = AsyncRedis.from_url(settings.redis.url)
     store = RecordingStore(client, settings)
     try:
@@ -82,13 +83,33 @@ async def test_a_batch_is_applied_in_calls_of_at_most_batch_max_events(
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == sum(sizes)
 
 
+@pytest.mark.parametrize(
+    ("events", "seconds", "bound"),
+    [
+        (20_000, 0.5 * 0.99, 20_202),  # a call just under the target: the next may hold more
+        (20_000, 0.5, 20_000),  # at the target: as many
+        (20_000, 0.5 * 1.01, 19_801),  # just over: fewer
+        (39_999, 0.5, 39_999),  # the ceiling (40,000) - 1
+        (40_000, 0.5, 40_000),  # the ceiling
+        (40_001, 0.5, 40_000),  # the ceiling + 1: the ceiling
+        (10_000, 0.5 * 1.01, 10_000),  # never below the first call's bound (FIRST_CALL_EVENTS)
+        (0, 0.01, 12_345),  # a call of no events (every one a duplicate) measures nothing: the bound stays
+    ],
+)
+def test_the_events_bound_follows_the_measured_call_time(events: int, seconds: float, bound: int):
+    worker = WorkerSettings(batch_max_events=40_000, batch_script_target_s=0.5)
+    assert next_events_bound(12_345, events, seconds, worker) == bound
+
+
 async def test_a_batch_cut_in_calls_survives_a_failure_between_them(isolated_settings: Settings):
     """Redis lost after the first of three calls: the retry skips what that call applied (its watermark) and
     applies the rest once; the state equals one uncut call's, key for key."""
     sizes = [4, 4, 4, 4, 4, 4]
     runs = []
     for limit, fail_call in ((LIMIT, 1), (sum(sizes), None)):
-        settings = isolated_settings.replace(batch_max_events=limit, redis_prefix=f"limit{limit}")
+        settings = isolated_settings.replace(
+            batch_max_events=limit, batch_script_target_s=2.5, redis_prefix=f"limit{limit}"
+        )
         client = AsyncRedis.from_url(settings.redis.url)
         store = RecordingStore(client, settings)
         store.fail_call = fail_call
