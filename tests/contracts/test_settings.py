@@ -91,30 +91,23 @@ def test_model_copy_with_flat_names_is_refused_not_silently_ignored():
         load_settings().model_copy(update={"batch_max": 1})
 
 
-@pytest.mark.parametrize(("workers", "valid"), [(0, False), (1, True), (2, True), (63, True), (64, True), (65, False)])
-def test_reader_workers_are_between_1_and_64(workers, valid):
-    if valid:
-        assert load_settings(reader_workers=workers).reader.workers == workers
-    else:
-        with pytest.raises(SettingsError, match="RECSTREAM_READER_WORKERS"):
-            load_settings(reader_workers=workers)
+BOUNDED = {  # flat name → (section, field, the values around both ends of its range)
+    "reader_workers": ("reader", "workers", [0, 1, 2, 63, 64, 65]),
+    "batch_max_events": ("worker", "batch_max_events", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
+    "batch_script_target_s": ("worker", "batch_script_target_s", [0.0, 1e-3, 2.49, 2.5, 2.51]),
+    "pool_read_max": ("pool", "read_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
+    "pool_explore_max": ("pool", "explore_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
+}
+"""The lowest and highest value of each are valid, the ones just outside are not."""
 
 
 @pytest.mark.parametrize(
-    ("events", "valid"), [(0, False), (1, True), (2, True), (999_999, True), (1_000_000, True), (1_000_001, False)]
+    ("name", "value"), [(name, value) for name, (_, _, values) in BOUNDED.items() for value in values]
 )
-def test_batch_max_events_is_between_1_and_a_million(events, valid):
-    if valid:
-        assert load_settings(batch_max_events=events).worker.batch_max_events == events
+def test_bounded_settings_accept_their_range_and_name_the_variable_outside_it(name, value):
+    section, attr, values = BOUNDED[name]
+    if value in (values[0], values[-1]):
+        with pytest.raises(SettingsError, match=f"RECSTREAM_{name.upper()}"):
+            load_settings(**{name: value})
     else:
-        with pytest.raises(SettingsError, match="RECSTREAM_BATCH_MAX_EVENTS"):
-            load_settings(batch_max_events=events)
-
-
-@pytest.mark.parametrize(("seconds", "valid"), [(0.0, False), (1e-3, True), (2.49, True), (2.5, True), (2.51, False)])
-def test_batch_script_target_is_positive_and_at_most_half_the_busy_limit(seconds, valid):
-    if valid:
-        assert load_settings(batch_script_target_s=seconds).worker.batch_script_target_s == seconds
-    else:
-        with pytest.raises(SettingsError, match="RECSTREAM_BATCH_SCRIPT_TARGET_S"):
-            load_settings(batch_script_target_s=seconds)
+        assert getattr(getattr(load_settings(**{name: value}), section), attr) == value
