@@ -4,7 +4,7 @@ FTRL-Proximal (McMahan et al. 2013, "Ad click prediction: a view from the trench
 accumulators per coordinate, z and n, and derives the weights from them in closed form. Rows are
 applied one at a time, in order, as the algorithm requires; the work within a row is vectorized
 over the features. A bias is handled internally as a coordinate whose feature is always 1, and
-it is regularized like every other coordinate.
+it is regularized like every other coordinate (its learning rate scale may be its own, ``FTRLConfig.bias_alpha``).
 
 A prior weight vector w₀ (``FTRLConfig.prior``) makes the model start from a known scorer instead of
 from zero: the logit is (w₀ + w)·x and FTRL learns the residual w, its regularization pulling the
@@ -33,19 +33,27 @@ LOGIT_CLIP = 35.0
 """Logits are clipped to [-35, 35] before the sigmoid: p stays in (0, 1) and exp never overflows."""
 
 _MAGIC = b"FTRL"
-_VERSION = 2  # 2: the prior w₀ follows the header
-_HEADER = struct.Struct("<4sHIQ4d")  # magic, version, n_features, n_updates, alpha, beta, l1, l2
+_VERSION = 3  # 2: the prior w₀ follows the header; 3: the bias's α in the header
+_HEADER = struct.Struct("<4sHIQ5d")  # magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha
 
 
 @dataclass(frozen=True, slots=True)
 class FTRLConfig:
-    """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2; and the
-    prior w₀ the weights start from and are regularized towards (bias first; () is all zeros).
+    """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2; the
+    prior w₀ the weights start from and are regularized towards (bias first; () is all zeros); and the bias's own
+    α (None: α).
+
+    Why a bias α: from zero, a small α leaves the bias far from the base rate's logit for tens of thousands of
+    rows, and the features that are far from 0 on most rows (a CTR logit near −2, a flag on most rows) explain
+    the base rate in its place, which biases their weights; a larger α for the bias alone lets it take the base
+    rate while the features keep the learning rate that weighs their differences.
 
     >>> FTRLConfig(alpha=0.1, l1=1.0)
-    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=())
+    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=(), bias_alpha=None)
     >>> FTRLConfig(prior=(0.0, 0.0)).prior  # all zeros is no prior: the same config
     ()
+    >>> FTRLConfig(alpha=0.1, bias_alpha=0.1) == FTRLConfig(alpha=0.1)  # the bias's α equal to α is no bias α
+    True
     >>> FTRLConfig(alpha=0.0)
     Traceback (most recent call last):
     ...
@@ -57,28 +65,45 @@ class FTRLConfig:
     l1: float = 0.0
     l2: float = 1.0
     prior: tuple[float, ...] = ()
+    bias_alpha: float | None = None
 
     def __post_init__(self) -> None:
         prior = tuple(float(v) for v in self.prior)
         if not all(math.isfinite(v) for v in prior):
             raise ValueError("prior weights must be finite")
         object.__setattr__(self, "prior", prior if any(prior) else ())
-        for name in ("alpha", "beta"):
+        for name in ("alpha", "beta", "bias_alpha"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if self.bias_alpha == self.alpha:
+            object.__setattr__(self, "bias_alpha", None)
         for name in ("l1", "l2"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
 
+    def alphas(self, width: int) -> np.ndarray:
+        """α per coordinate of a (bias + features) vector of `width`: the bias's α first, then α.
+
+        >>> FTRLConfig(alpha=0.05, bias_alpha=1.0).alphas(3).tolist()
+        [1.0, 0.05, 0.05]
+        """
+        alphas = np.full(width, self.alpha)
+        if self.bias_alpha is not None:
+            alphas[0] = self.bias_alpha
+        return alphas
+
 
 class FTRLRanker:
     """Logistic regression on `n_features` dense features plus a bias, learned online with FTRL-Proximal.
 
-    w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α + λ2);  p = σ((w₀ + w)·x).
-    Each row (x, y) then applies: g_i = (p − y)·x_i, σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α,
-    z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1); w₀ the config's prior (0 without).
+    w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α_i + λ2);  p = σ((w₀ + w)·x).
+    Each row (x, y) then applies: g_i = (p − y)·x_i, σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α_i,
+    z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1, α_0 the config's bias α, else α);
+    w₀ the config's prior (0 without).
 
     `update` returns the progressive-validation logloss: the mean loss of each row's prediction
     made before that row was learned, what an online dashboard shows.
@@ -197,11 +222,13 @@ class FTRLRanker:
         """The state as bytes: a header (magic, version, sizes, config), the prior w₀, then z and n, little-endian
         float64.
 
-        >>> len(FTRLRanker(16).to_bytes())  # 50-byte header + 3 × 17 float64
-        458
+        >>> len(FTRLRanker(16).to_bytes())  # 58-byte header + 3 × 17 float64
+        466
         """
         cfg = self.config
-        header = _HEADER.pack(_MAGIC, _VERSION, self.n_features, self.n_updates, cfg.alpha, cfg.beta, cfg.l1, cfg.l2)
+        bias_alpha = cfg.alpha if cfg.bias_alpha is None else cfg.bias_alpha
+        header = _HEADER.pack(_MAGIC, _VERSION, self.n_features, self.n_updates, cfg.alpha, cfg.beta, cfg.l1, cfg.l2,
+                              bias_alpha)  # fmt: skip
         vectors = (self.prior, self._z, self._n)
         return header + b"".join(v.astype("<f8").tobytes() for v in vectors)
 
@@ -212,12 +239,12 @@ class FTRLRanker:
         >>> FTRLRanker.from_bytes(FTRLRanker(2).to_bytes()[:-1])
         Traceback (most recent call last):
         ...
-        ValueError: expected 122 bytes for 2 features, got 121
+        ValueError: expected 130 bytes for 2 features, got 129
         """
         data = bytes(data)
         if len(data) < _HEADER.size:
             raise ValueError(f"expected at least {_HEADER.size} bytes, got {len(data)}")
-        magic, version, n_features, n_updates, alpha, beta, l1, l2 = _HEADER.unpack_from(data)
+        magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise ValueError(f"not an FTRLRanker state: magic {magic!r}, expected {_MAGIC!r}")
         if version != _VERSION:
@@ -229,7 +256,8 @@ class FTRLRanker:
         if not np.isfinite(state).all() or (state[2] < 0).any():
             raise ValueError("the prior, z and n must be finite and n >= 0")
         prior = tuple(state[0].tolist())
-        ranker = cls(n_features, FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior))
+        config = FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior, bias_alpha=bias_alpha)
+        ranker = cls(n_features, config)
         ranker._z, ranker._n = state[1].copy(), state[2].copy()
         ranker.n_updates = n_updates
         return ranker
@@ -295,7 +323,7 @@ def _step_together(
 ) -> None:  # fmt: skip
     """The FTRL steps of `update_many` for rankers ordered by batch length, longest first (none empty)."""
     cfg = rankers[0].config
-    alpha, l1 = cfg.alpha, cfg.l1
+    l1 = cfg.l1
     count, width, steps = len(rankers), rankers[0].n_features + 1, len(xs[0])
     x = np.zeros((steps, count, width))  # x[t, j]: ranker j's row t
     for j, rows in enumerate(xs):
@@ -304,7 +332,8 @@ def _step_together(
     root_n = np.sqrt(n)
     neg_den = _neg_den(root_n, cfg)  # −((β + sqrt(n))/α + λ2), kept negated so that w = numerator / neg_den
     # Full-block constants: ufuncs take them faster than Python floats, and the bits are the same.
-    neg_beta, alpha_v, l2_v = (np.full((count, width), value) for value in (-cfg.beta, alpha, cfg.l2))
+    neg_beta, l2_v = (np.full((count, width), value) for value in (-cfg.beta, cfg.l2))
+    alpha_v = np.tile(cfg.alphas(width), (count, 1))
     lo, hi = np.full((count, width), -l1), np.full((count, width), l1)
     prior = np.tile(rankers[0].prior, (count, 1)) if cfg.prior else None  # w₀ of every ranker (one config)
     w_, g_, tmp_, next_root_n = (np.empty((count, width)) for _ in range(4))
@@ -408,8 +437,8 @@ def logloss(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-15) -> float:
 
 
 def _neg_den(root_n: np.ndarray, cfg: FTRLConfig) -> np.ndarray:
-    """−((β + sqrt(n))/α + λ2), computed as (−β − sqrt(n))/α − λ2: the same bits, negated exactly."""
-    return (-cfg.beta - root_n) / cfg.alpha - cfg.l2
+    """−((β + sqrt(n))/α_i + λ2), computed as (−β − sqrt(n))/α_i − λ2: the same bits, negated exactly."""
+    return (-cfg.beta - root_n) / cfg.alphas(root_n.shape[-1]) - cfg.l2
 
 
 def _weights(z: np.ndarray, neg_den: np.ndarray, l1: float, out: np.ndarray) -> np.ndarray:

@@ -117,13 +117,16 @@ def batch_rows(
 
 
 def ftrl_config(settings: RankerSettings) -> FTRLConfig:
-    """The workers' FTRL config from the settings: α, β, λ1, λ2 and the prior (contracts.ranking.prior_weights).
+    """The workers' FTRL config from the settings: α, β, λ1, λ2, the prior (contracts.ranking.prior_weights) and the
+    bias's α.
 
     >>> ftrl_config(RankerSettings(prior_ctr=0.0)) == FTRLConfig()
     True
     """
     r = settings
-    return FTRLConfig(alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2, prior=prior_weights(r.prior_ctr))
+    return FTRLConfig(
+        alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2, prior=prior_weights(r.prior_ctr), bias_alpha=r.bias_alpha
+    )
 
 
 def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:

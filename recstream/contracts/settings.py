@@ -370,10 +370,18 @@ class RankerSettings(Section):
         "l1": "ranker_l1",
         "l2": "ranker_l2",
         "prior_ctr": "ranker_prior_ctr",
+        "bias_alpha": "ranker_bias_alpha",
     }
 
     train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
     alpha: float = Field(0.05, gt=0, allow_inf_nan=False, description="FTRL α: the per-coordinate learning rate scale")
+    bias_alpha: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="FTRL α of the bias alone (unset: α): a larger one lets the bias learn the base rate, which the "
+        "features otherwise explain in its place",
+    )
     beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
     l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
     l2: float = Field(1.0, ge=0, allow_inf_nan=False, description="FTRL λ2: L2 penalty")

@@ -174,6 +174,62 @@ def test_a_prior_of_the_right_sign_lowers_the_early_loss_and_the_data_still_move
     assert primed.to_bytes() == FTRLRanker.from_bytes(primed.to_bytes()).to_bytes()
 
 
+def test_the_bias_alpha_is_the_bias_coordinates_learning_rate_scale_in_the_hand_computed_step():
+    cfg = FTRLConfig(alpha=0.5, beta=1.0, l1=0.0, l2=1.0, bias_alpha=2.0)
+    ranker = FTRLRanker(2, cfg)
+    # From zero p = 1/2, g = (1/2 − 1)·(1, 2, −1) as in the plain step; only the bias's den uses its own α:
+    # den = ((1 + 0.5)/2 + 1, (1 + 1)/0.5 + 1, (1 + 0.5)/0.5 + 1) = (1.75, 5, 4).
+    ranker.update([[2.0, -1.0]], [1])
+    np.testing.assert_allclose(ranker.weights, [0.5 / 1.75, 1.0 / 5, -0.5 / 4], rtol=1e-15)
+    # The second step by hand: σ_0 = (√(n_0 + g_0²) − √n_0) / 2 for the bias, / 0.5 for the features.
+    z, n = state(ranker)
+    w, x = ranker.weights.tolist(), [1.0, 1.0, 3.0]
+    p = sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
+    g = [p * xi for xi in x]
+    alphas = [2.0, 0.5, 0.5]
+    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / a for ni, gi, a in zip(n, g, alphas, strict=True)]
+    z_next = [zi + gi - si * wi for zi, gi, si, wi in zip(z, g, sigma, w, strict=True)]
+    n_next = [ni + gi * gi for ni, gi in zip(n, g, strict=True)]
+    ranker.update([[1.0, 3.0]], [0])
+    z, n = state(ranker)
+    np.testing.assert_allclose(z, z_next, rtol=1e-12)
+    np.testing.assert_allclose(n, n_next, rtol=1e-12)
+    expected = [-zi / ((1.0 + math.sqrt(ni)) / a + 1.0) for zi, ni, a in zip(z_next, n_next, alphas, strict=True)]
+    np.testing.assert_allclose(ranker.weights, expected, rtol=1e-12)
+
+
+def test_a_bias_alpha_keeps_determinism_and_round_trips_and_an_equal_one_is_the_plain_model():
+    rows, clicks = planted(np.random.default_rng(9), 300, n_noise=2)
+    cfg = FTRLConfig(alpha=0.1, bias_alpha=1.0)
+    whole, batched = FTRLRanker(3, cfg), FTRLRanker(3, cfg)
+    whole.update(rows, clicks)
+    batched.update(rows[:77], clicks[:77])
+    restored = FTRLRanker.from_bytes(batched.to_bytes())
+    assert restored.config == cfg
+    restored.update(rows[77:], clicks[77:])
+    assert restored.to_bytes() == whole.to_bytes()
+    plain, same = FTRLRanker(3, FTRLConfig(alpha=0.1)), FTRLRanker(3, FTRLConfig(alpha=0.1, bias_alpha=0.1))
+    plain.update(rows, clicks)
+    same.update(rows, clicks)
+    assert same.to_bytes() == plain.to_bytes()
+    assert not np.array_equal(whole.weights, plain.weights)
+
+
+def test_a_larger_bias_alpha_learns_the_base_rate_in_the_bias_not_in_an_always_negative_feature():
+    """The closed loop's trouble in miniature: a feature near −2 on every row (a CTR logit), P(click) =
+    σ(−3 + 0.5·x), about 2%. From zero with a small α the feature's weight takes much of the base rate (and its
+    slope is wrong); a bias α lets the bias take it, and the slope comes out near the planted one."""
+    rng = np.random.default_rng(10)
+    ctr_logit = rng.normal(-2.0, 0.5, size=(20_000, 1))
+    clicks = (rng.random(20_000) < 1.0 / (1.0 + np.exp(-(-3.0 + 0.5 * ctr_logit[:, 0])))).astype(np.int64)
+    slow, fast = FTRLRanker(1, FTRLConfig(alpha=0.05)), FTRLRanker(1, FTRLConfig(alpha=0.05, bias_alpha=0.5))
+    slow.update(ctr_logit, clicks)
+    fast.update(ctr_logit, clicks)
+    assert slow.weights[0] > -2.0 and slow.weights[1] > 1.0, "the slow bias leaves the base rate to the feature"
+    assert fast.weights[0] < -2.5, "the bias takes the base rate"
+    assert abs(fast.weights[1] - 0.5) < 0.2, "and the feature's weight is near its planted slope"
+
+
 @pytest.mark.parametrize("width", [2, 4])
 def test_a_prior_of_the_wrong_length_is_refused(width):
     with pytest.raises(ValueError, match="prior needs 3 weights"):
@@ -212,7 +268,16 @@ def test_l1_makes_the_weights_of_pure_noise_features_exactly_zero():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("alpha", 0.0), ("alpha", -1.0), ("alpha", math.inf), ("beta", 0.0), ("l1", -0.1), ("l2", math.nan)],
+    [
+        ("alpha", 0.0),
+        ("alpha", -1.0),
+        ("alpha", math.inf),
+        ("beta", 0.0),
+        ("l1", -0.1),
+        ("l2", math.nan),
+        ("bias_alpha", 0.0),
+        ("bias_alpha", math.nan),
+    ],
 )
 def test_config_rejects_out_of_range_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
