@@ -209,10 +209,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = policies.closed_loop_parser(__doc__, seeds=2, seconds=120.0)
     parser.add_argument("--policy", choices=list(policies.POLICIES), default="fixed", help="the reader's settings")
     parser.add_argument("--rows-out", type=Path, default=ROWS, help="where each run's rows are saved")
+    parser.add_argument(
+        "--first-seed", type=int, default=1, help="seeds first-seed … first-seed + seeds − 1 (validation: 101)"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--quick", action="store_true", help="1 seed × 30 s: a smoke run, not a measurement")
     args = parser.parse_args(argv)
     args.worlds = WORLDS
+    if args.first_seed != 1 and not args.no_record:
+        parser.error("--first-seed other than 1 studies validation seeds, not the recorded figures: add --no-record")
     if args.quick:
         args.seeds, args.seconds, args.no_record = 1, 30.0, True
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
@@ -221,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with services() as base:
         for world in args.worlds:
             models: dict[int, object] = {}
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 run = run_world(base, world, seed, args, models)
                 runs.append(run)
                 console.print(
