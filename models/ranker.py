@@ -33,23 +33,32 @@ LOGIT_CLIP = 35.0
 """Logits are clipped to [-35, 35] before the sigmoid: p stays in (0, 1) and exp never overflows."""
 
 _MAGIC = b"FTRL"
-_VERSION = 3  # 2: the prior w₀ follows the header; 3: the bias's α in the header
-_HEADER = struct.Struct("<4sHIQ5d")  # magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha
+_VERSION = 3  # 2: the prior w₀ follows the header; 3: the bias's α and standardize in the header
+# magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha, standardize
+_HEADER = struct.Struct("<4sHIQ5d?")
+VAR_FLOOR = 1e-12
+"""A feature whose running variance is at most this is not scaled (its scale is 1): a constant, or one row."""
 
 
 @dataclass(frozen=True, slots=True)
 class FTRLConfig:
     """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2; the
-    prior w₀ the weights start from and are regularized towards (bias first; () is all zeros); and the bias's own
-    α (None: α).
+    prior w₀ the weights start from and are regularized towards (bias first; () is all zeros); the bias's own
+    α (None: α); and whether the features are standardized by their running mean and standard deviation.
 
     Why a bias α: from zero, a small α leaves the bias far from the base rate's logit for tens of thousands of
     rows, and the features that are far from 0 on most rows (a CTR logit near −2, a flag on most rows) explain
     the base rate in its place, which biases their weights; a larger α for the bias alone lets it take the base
     rate while the features keep the learning rate that weighs their differences.
 
+    Why standardize: FTRL's per-coordinate step moves w_i·x_i by about α times the feature's scale, so a feature
+    on a small scale (a position discount in [0, 1]) is weighed far more slowly than a CTR logit near −2, and a
+    feature whose mean is far from 0 acts as a second bias. Learned on (x − μ)/s, every feature moves at the same
+    pace and the bias alone carries the base rate (pair it with a bias α); ``weights`` maps the weights back to
+    the raw features, so whoever scores with them needs no statistics.
+
     >>> FTRLConfig(alpha=0.1, l1=1.0)
-    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=(), bias_alpha=None)
+    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=(), bias_alpha=None, standardize=False)
     >>> FTRLConfig(prior=(0.0, 0.0)).prior  # all zeros is no prior: the same config
     ()
     >>> FTRLConfig(alpha=0.1, bias_alpha=0.1) == FTRLConfig(alpha=0.1)  # the bias's α equal to α is no bias α
@@ -66,12 +75,15 @@ class FTRLConfig:
     l2: float = 1.0
     prior: tuple[float, ...] = ()
     bias_alpha: float | None = None
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         prior = tuple(float(v) for v in self.prior)
         if not all(math.isfinite(v) for v in prior):
             raise ValueError("prior weights must be finite")
         object.__setattr__(self, "prior", prior if any(prior) else ())
+        if self.standardize and self.prior:
+            raise ValueError("a prior and standardize do not combine: the prior weighs raw features")
         for name in ("alpha", "beta", "bias_alpha"):
             value = getattr(self, name)
             if value is None:
@@ -103,7 +115,9 @@ class FTRLRanker:
     w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α_i + λ2);  p = σ((w₀ + w)·x).
     Each row (x, y) then applies: g_i = (p − y)·x_i, σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α_i,
     z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1, α_0 the config's bias α, else α);
-    w₀ the config's prior (0 without).
+    w₀ the config's prior (0 without). With ``standardize``, x_i (i ≥ 1) is (x_i − μ_i)/s_i in all of it, μ and
+    s the running mean and standard deviation of the rows learned before this one (s_i = 1 while its variance
+    is at most VAR_FLOOR), updated after the row by Welford's recurrence.
 
     `update` returns the progressive-validation logloss: the mean loss of each row's prediction
     made before that row was learned, what an online dashboard shows.
@@ -139,6 +153,8 @@ class FTRLRanker:
         self.n_updates = 0  # rows learned so far
         self._z = np.zeros(self.n_features + 1)
         self._n = np.zeros(self.n_features + 1)
+        self._mean = np.zeros(self.n_features + 1)  # standardize: running mean and Σ squared deviations (Welford),
+        self._m2 = np.zeros(self.n_features + 1)  # the bias's kept at 0 (it is not standardized)
 
     @property
     def config(self) -> FTRLConfig:
@@ -160,20 +176,28 @@ class FTRLRanker:
 
     @property
     def weights(self) -> np.ndarray:
-        """The weights a row is scored with, w₀ + w (a copy), bias first: shape (n_features + 1,).
+        """The weights a raw row is scored with, w₀ + w (a copy), bias first: shape (n_features + 1,).
+
+        Standardized, the learned w weighs (x − μ)/s: w_i/s_i on x_i, and w_0 − Σ w_i·μ_i/s_i on the bias.
 
         >>> FTRLRanker(3).weights
         array([0., 0., 0., 0.])
         """
         w = np.empty_like(self._z)
         _weights(self._z, _neg_den(np.sqrt(self._n), self.config), self.config.l1, out=w)
-        return np.add(w, self.prior, out=w)  # 0/−den is −0.0; adding shows it as 0.0
+        np.add(w, self.prior, out=w)  # 0/−den is −0.0; adding shows it as 0.0
+        if not self.config.standardize:
+            return w
+        np.divide(w, _scales(self._m2, self.n_updates), out=w)
+        w[0] -= math.fsum((w[1:] * self._mean[1:]).tolist())
+        return w
 
     def score(self, rows: ArrayLike) -> np.ndarray:
         """Click probabilities σ(w·x) of rows shaped (n_rows, n_features), with the logit clipped to ±35.
 
         Vectorized over rows, it gives the prediction `update` would make for a row up to rounding in
-        the last bits (`update` sums w·x with `math.fsum` and applies `math.exp`, one row at a time).
+        the last bits (`update` sums w·x with `math.fsum` and applies `math.exp`, one row at a time; standardized,
+        it applies the learned weights to (x − μ)/s where this applies their raw-feature form).
 
         >>> FTRLRanker(2).score(np.zeros((3, 2)))
         array([0.5, 0.5, 0.5])
@@ -219,17 +243,19 @@ class FTRLRanker:
         return update_many([self], [rows], [labels], None if predictions is None else [predictions])[0]
 
     def to_bytes(self) -> bytes:
-        """The state as bytes: a header (magic, version, sizes, config), the prior w₀, then z and n, little-endian
-        float64.
+        """The state as bytes: a header (magic, version, sizes, config), the prior w₀, z and n, then (standardized)
+        the running mean and Σ squared deviations, little-endian float64.
 
-        >>> len(FTRLRanker(16).to_bytes())  # 58-byte header + 3 × 17 float64
-        466
+        >>> len(FTRLRanker(16).to_bytes())  # 59-byte header + 3 × 17 float64
+        467
+        >>> len(FTRLRanker(16, FTRLConfig(standardize=True)).to_bytes())  # + 2 × 17
+        739
         """
         cfg = self.config
         bias_alpha = cfg.alpha if cfg.bias_alpha is None else cfg.bias_alpha
         header = _HEADER.pack(_MAGIC, _VERSION, self.n_features, self.n_updates, cfg.alpha, cfg.beta, cfg.l1, cfg.l2,
-                              bias_alpha)  # fmt: skip
-        vectors = (self.prior, self._z, self._n)
+                              bias_alpha, cfg.standardize)  # fmt: skip
+        vectors = (self.prior, self._z, self._n) + ((self._mean, self._m2) if cfg.standardize else ())
         return header + b"".join(v.astype("<f8").tobytes() for v in vectors)
 
     @classmethod
@@ -239,26 +265,30 @@ class FTRLRanker:
         >>> FTRLRanker.from_bytes(FTRLRanker(2).to_bytes()[:-1])
         Traceback (most recent call last):
         ...
-        ValueError: expected 130 bytes for 2 features, got 129
+        ValueError: expected 131 bytes for 2 features, got 130
         """
         data = bytes(data)
         if len(data) < _HEADER.size:
             raise ValueError(f"expected at least {_HEADER.size} bytes, got {len(data)}")
-        magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha = _HEADER.unpack_from(data)
+        magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha, standardize = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise ValueError(f"not an FTRLRanker state: magic {magic!r}, expected {_MAGIC!r}")
         if version != _VERSION:
             raise ValueError(f"unsupported FTRLRanker state version {version}, expected {_VERSION}")
-        expected = _HEADER.size + 24 * (n_features + 1)
+        vectors = 5 if standardize else 3
+        expected = _HEADER.size + 8 * vectors * (n_features + 1)
         if len(data) != expected:
             raise ValueError(f"expected {expected} bytes for {n_features} features, got {len(data)}")
-        state = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).astype(np.float64).reshape(3, n_features + 1)
-        if not np.isfinite(state).all() or (state[2] < 0).any():
-            raise ValueError("the prior, z and n must be finite and n >= 0")
+        state = np.frombuffer(data, dtype="<f8", offset=_HEADER.size).astype(np.float64)
+        state = state.reshape(vectors, n_features + 1)
+        if not np.isfinite(state).all() or (state[2] < 0).any() or (standardize and (state[4] < 0).any()):
+            raise ValueError("the prior, z, n and the statistics must be finite, n and Σ squared deviations >= 0")
         prior = tuple(state[0].tolist())
-        config = FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior, bias_alpha=bias_alpha)
+        config = FTRLConfig(alpha, beta, l1, l2, prior, bias_alpha, standardize)
         ranker = cls(n_features, config)
         ranker._z, ranker._n = state[1].copy(), state[2].copy()
+        if standardize:
+            ranker._mean, ranker._m2 = state[3].copy(), state[4].copy()
         ranker.n_updates = n_updates
         return ranker
 
@@ -329,6 +359,12 @@ def _step_together(
     for j, rows in enumerate(xs):
         x[: len(rows), j] = rows
     z, n = np.stack([r._z for r in rankers]), np.stack([r._n for r in rankers])
+    mean, m2 = np.stack([r._mean for r in rankers]), np.stack([r._m2 for r in rankers])
+    learned = np.array([[float(r.n_updates)] for r in rankers])  # standardize: rows in the statistics, per ranker
+    features = np.ones((count, width))
+    features[:, 0] = 0.0  # the bias is not standardized: its mean and Σ squared deviations stay 0
+    var_, sd_, raw_, d_ = (np.empty((count, width)) for _ in range(4))
+    counted_, floor_ = np.empty((count, 1)), np.empty((count, 1))
     root_n = np.sqrt(n)
     neg_den = _neg_den(root_n, cfg)  # −((β + sqrt(n))/α + λ2), kept negated so that w = numerator / neg_den
     # Full-block constants: ufuncs take them faster than Python floats, and the bits are the same.
@@ -347,8 +383,20 @@ def _step_together(
         zs, ns, rs, nrs, dens = z[:active], n[:active], root_n[:active], next_root_n[:active], neg_den[:active]
         nb, av, l2v, los, his = neg_beta[:active], alpha_v[:active], l2_v[:active], lo[:active], hi[:active]
         w, g, tmp, scale = w_[:active], g_[:active], tmp_[:active], scale_[:active]
+        means, m2s, var, sd, d = mean[:active], m2[:active], var_[:active], sd_[:active], d_[:active]
+        counted, floor = counted_[:active], floor_[:active]
         for step in range(t, stop):
             xt = x[step, :active]
+            if cfg.standardize:  # x ← (x − μ)/s with the statistics of the rows before this one (_scales' operations)
+                raw = raw_[:active]
+                np.copyto(raw, xt)
+                add(learned[:active], float(step - t), counted)  # rows counted before this one (≥ 0)
+                fmax(counted, 1.0, floor)
+                div(m2s, floor, var)
+                sqrt(var, sd)
+                np.copyto(sd, 1.0, where=var <= VAR_FLOOR)
+                sub(xt, means, xt)
+                div(xt, sd, xt)
             if l1 == 0.0:  # w: the operations of _weights, inlined
                 div(zs, dens, w)
             else:
@@ -383,9 +431,20 @@ def _step_together(
             sub(nb, rs, dens)  # the operations of _neg_den
             div(dens, av, dens)
             sub(dens, l2v, dens)
+            if cfg.standardize:  # Welford: d = x − μ, μ += d/k, M2 += d·(x − μ), on the raw row, the bias left out
+                sub(raw, means, d)
+                mul(d, features[:active], d)
+                add(counted, 1.0, counted)
+                div(d, counted, tmp)
+                add(means, tmp, means)
+                sub(raw, means, tmp)
+                mul(d, tmp, tmp)
+                add(m2s, tmp, m2s)
+        learned[:active] += stop - t
         t = stop
     for j, ranker in enumerate(rankers):
         ranker._z, ranker._n = z[j].copy(), n[j].copy()
+        ranker._mean, ranker._m2 = mean[j].copy(), m2[j].copy()
 
 
 def auc(scores: ArrayLike, labels: ArrayLike) -> float:
@@ -439,6 +498,12 @@ def logloss(probs: ArrayLike, labels: ArrayLike, eps: float = 1e-15) -> float:
 def _neg_den(root_n: np.ndarray, cfg: FTRLConfig) -> np.ndarray:
     """−((β + sqrt(n))/α_i + λ2), computed as (−β − sqrt(n))/α_i − λ2: the same bits, negated exactly."""
     return (-cfg.beta - root_n) / cfg.alphas(root_n.shape[-1]) - cfg.l2
+
+
+def _scales(m2: np.ndarray, count: int) -> np.ndarray:
+    """s = sqrt(M2 / max(count, 1)), 1 where that variance is at most VAR_FLOOR (the bias's M2 is 0: its s is 1)."""
+    var = m2 / max(float(count), 1.0)
+    return np.where(var <= VAR_FLOOR, 1.0, np.sqrt(var))
 
 
 def _weights(z: np.ndarray, neg_den: np.ndarray, l1: float, out: np.ndarray) -> np.ndarray:

@@ -117,32 +117,43 @@ def batch_rows(
 
 
 def ftrl_config(settings: RankerSettings) -> FTRLConfig:
-    """The workers' FTRL config from the settings: α, β, λ1, λ2, the prior (contracts.ranking.prior_weights) and the
-    bias's α.
+    """The workers' FTRL config from the settings: α, β, λ1, λ2, the prior (contracts.ranking.prior_weights), the
+    bias's α and standardization.
 
     >>> ftrl_config(RankerSettings(prior_ctr=0.0)) == FTRLConfig()
     True
     """
     r = settings
     return FTRLConfig(
-        alpha=r.alpha, beta=r.beta, l1=r.l1, l2=r.l2, prior=prior_weights(r.prior_ctr), bias_alpha=r.bias_alpha
+        alpha=r.alpha,
+        beta=r.beta,
+        l1=r.l1,
+        l2=r.l2,
+        prior=prior_weights(r.prior_ctr),
+        bias_alpha=r.bias_alpha,
+        standardize=r.standardize,
     )
 
 
 def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:
     """A partition's ranker from its stored state, learning on with ``config`` (the settings may have changed
-    since); a new one when there is no state, or one of another feature count or unreadable."""
+    since); a new one when there is no state, or one of another feature count, unreadable, or learned with the
+    other standardization (its z and n weigh other features)."""
     if state is not None:
         try:
             ranker = FTRLRanker.from_bytes(state)
         except ValueError as exc:
             log.warning("unreadable ranker state (%s): the partition's ranker starts again", exc)
         else:
-            if ranker.n_features == len(FEATURES):
+            if ranker.n_features != len(FEATURES):
+                log.warning("ranker state of %d features, not %d: the partition's ranker starts again",
+                            ranker.n_features, len(FEATURES))  # fmt: skip
+            elif ranker.config.standardize != config.standardize:
+                log.warning("ranker state learned with standardize=%s: the partition's ranker starts again",
+                            ranker.config.standardize)  # fmt: skip
+            else:
                 ranker.config = config
                 return ranker
-            log.warning("ranker state of %d features, not %d: the partition's ranker starts again",
-                        ranker.n_features, len(FEATURES))  # fmt: skip
     return FTRLRanker(len(FEATURES), config)
 
 

@@ -371,6 +371,7 @@ class RankerSettings(Section):
         "l2": "ranker_l2",
         "prior_ctr": "ranker_prior_ctr",
         "bias_alpha": "ranker_bias_alpha",
+        "standardize": "ranker_standardize",
     }
 
     train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
@@ -381,6 +382,11 @@ class RankerSettings(Section):
         allow_inf_nan=False,
         description="FTRL α of the bias alone (unset: α): a larger one lets the bias learn the base rate, which the "
         "features otherwise explain in its place",
+    )
+    standardize: bool = Field(
+        False,
+        description="learn on features standardized by their running mean and standard deviation (each partition's "
+        "own, in its state), so every feature moves at the same pace whatever its scale; not with a prior",
     )
     beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
     l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
@@ -394,6 +400,13 @@ class RankerSettings(Section):
         "logits, overall and in the segment: 1 = a cold ranker scores an item by its smoothed CTR (0: from zero; "
         "validated: 1 cost MovieLens 40% of its served HR@10, BENCHMARKS.md)",
     )
+
+    @model_validator(mode="after")
+    def _prior_or_standardize(self) -> RankerSettings:
+        """The prior weighs raw features, standardization learns on scaled ones: refuse both at once."""
+        if self.standardize and self.prior_ctr > 0:
+            raise ValueError("RECSTREAM_RANKER_STANDARDIZE and RECSTREAM_RANKER_PRIOR_CTR > 0 do not combine")
+        return self
 
 
 class LocalSettings(Section):

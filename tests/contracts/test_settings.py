@@ -21,6 +21,8 @@ from recstream.contracts.settings import TOOL_VARIABLES, VARIABLES, SettingsErro
         ("RECSTREAM_RANKER_L2", "nan", "finite number"),
         ("RECSTREAM_RANKER_PRIOR_CTR", "-0.1", "greater than or equal to 0"),
         ("RECSTREAM_RANKER_PRIOR_CTR", "10.1", "less than or equal to 10"),
+        ("RECSTREAM_RANKER_BIAS_ALPHA", "0", "greater than 0"),
+        ("RECSTREAM_RANKER_STANDARDIZE", "maybe", "valid boolean"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):
@@ -28,6 +30,14 @@ def test_invalid_variable_is_named(monkeypatch, variable, value, message):
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert variable in str(err.value) and message in str(err.value)
+
+
+def test_standardize_and_a_prior_are_refused_together(monkeypatch):
+    monkeypatch.setenv("RECSTREAM_RANKER_STANDARDIZE", "true")
+    assert load_settings().ranker.standardize
+    monkeypatch.setenv("RECSTREAM_RANKER_PRIOR_CTR", "1")
+    with pytest.raises(SettingsError, match="do not combine"):
+        load_settings()
 
 
 def test_environment_is_read(monkeypatch):

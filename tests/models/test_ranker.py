@@ -230,6 +230,93 @@ def test_a_larger_bias_alpha_learns_the_base_rate_in_the_bias_not_in_an_always_n
     assert abs(fast.weights[1] - 0.5) < 0.2, "and the feature's weight is near its planted slope"
 
 
+def test_a_standardized_step_is_the_hand_computed_one_on_the_scaled_row():
+    cfg = FTRLConfig(alpha=0.5, bias_alpha=2.0, standardize=True)
+    ranker = FTRLRanker(2, cfg)
+    # Row 1: no statistics yet (μ = 0, s = 1), so it is learned as it is: the plain step with the bias's α,
+    # w = (0.5/1.75, 1/5, −0.5/4) on x̃. Then μ = (2, −1), s = 1, so on raw rows the bias is w_0 − 2·w_1 + w_2.
+    ranker.update([[2.0, -1.0]], [1])
+    np.testing.assert_allclose(ranker.weights, [0.5 / 1.75 - 0.4 - 0.125, 1.0 / 5, -0.5 / 4], rtol=1e-15)
+    data = np.frombuffer(ranker.to_bytes()[-40 * 3 :], dtype="<f8").reshape(5, 3)  # prior, z, n, μ, M2
+    z1, n1 = data[1].tolist(), data[2].tolist()
+    # Row 2 is scaled by the statistics of row 1 alone: μ = (2, −1), variance 0 → s = 1, so x̃ = (1 − 2, 3 + 1).
+    x_tilde = [1.0, -1.0, 4.0]
+    w = [ftrl_weight(zi, ni, FTRLConfig(alpha=a)) for zi, ni, a in zip(z1, n1, [2.0, 0.5, 0.5], strict=True)]
+    p = sigmoid(sum(wi * xi for wi, xi in zip(w, x_tilde, strict=True)))
+    g = [p * xi for xi in x_tilde]
+    alphas = [2.0, 0.5, 0.5]
+    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / a for ni, gi, a in zip(n1, g, alphas, strict=True)]
+    z2 = [zi + gi - si * wi for zi, gi, si, wi in zip(z1, g, sigma, w, strict=True)]
+    n2 = [ni + gi * gi for ni, gi in zip(n1, g, strict=True)]
+    predicted: list[float] = []
+    ranker.update([[1.0, 3.0]], [0], predicted)
+    assert predicted[0] == pytest.approx(p, rel=1e-12)
+    data = np.frombuffer(ranker.to_bytes()[-40 * 3 :], dtype="<f8").reshape(5, 3)  # prior, z, n, μ, M2
+    np.testing.assert_allclose(data[1], z2, rtol=1e-12)
+    np.testing.assert_allclose(data[2], n2, rtol=1e-12)
+    # After both rows: μ = (1.5, 1), M2 = (0.5, 8), s = (0.5, 2); the weights map back to raw features.
+    np.testing.assert_allclose(data[3], [0.0, 1.5, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(data[4], [0.0, 0.5, 8.0], rtol=1e-15)
+    learned = [-zi / ((1.0 + math.sqrt(ni)) / a + 1.0) for zi, ni, a in zip(z2, n2, alphas, strict=True)]
+    raw = [learned[1] / 0.5, learned[2] / 2.0]
+    np.testing.assert_allclose(ranker.weights, [learned[0] - raw[0] * 1.5 - raw[1] * 1.0, *raw], rtol=1e-12)
+
+
+def test_standardized_weights_score_a_raw_row_as_the_update_predicted_it():
+    rng = np.random.default_rng(11)
+    rows = rng.normal([3.0, -2.0, 0.0], [2.0, 0.1, 1.0], size=(400, 3))
+    rows[:, 2] = 1.0  # a constant feature: variance 0, never scaled, never weighs
+    clicks = (rng.random(400) < sigmoid(-1.0)).astype(np.int64)
+    ranker, predicted = FTRLRanker(3, FTRLConfig(alpha=0.1, bias_alpha=0.5, standardize=True)), []
+    for k in range(len(rows)):
+        before = ranker.score(rows[k : k + 1])[0]
+        ranker.update(rows[k : k + 1], clicks[k : k + 1], predicted)
+        assert before == pytest.approx(predicted[-1], rel=1e-12)
+    row = np.array([1.0, -1.9, 1.0])
+    p = ranker.score(row[None, :])[0]
+    assert ranker.contributions(row).sum() + ranker.weights[0] == pytest.approx(math.log(p / (1.0 - p)), rel=1e-9)
+
+
+def test_standardized_state_depends_on_the_rows_only_and_round_trips():
+    rows, clicks = planted(np.random.default_rng(12), 300, n_noise=2)
+    rows = rows * [1.0, 10.0, 0.1] + [5.0, 0.0, -3.0]
+    cfg = FTRLConfig(alpha=0.1, bias_alpha=0.5, standardize=True)
+    whole = FTRLRanker(3, cfg)
+    whole.update(rows, clicks)
+    batched = FTRLRanker(3, cfg)
+    for start, stop in itertools.pairwise([0, 1, 2, 50, 299, 300]):
+        batched = FTRLRanker.from_bytes(batched.to_bytes())
+        batched.update(rows[start:stop], clicks[start:stop])
+    assert batched.to_bytes() == whole.to_bytes() and batched.config == cfg
+    lengths = [40, 0, 7, 40, 1]
+    batches = [(rows[:k] * 2.0, clicks[:k]) for k in lengths]
+    alone, together = [FTRLRanker(3, cfg) for _ in lengths], [FTRLRanker(3, cfg) for _ in lengths]
+    for ranker, (x, y) in zip(alone, batches, strict=True):
+        ranker.update(x, y)
+    update_many(together, *zip(*batches, strict=True))
+    assert [r.to_bytes() for r in together] == [r.to_bytes() for r in alone]
+    negative_m2 = whole.to_bytes()[:-8] + np.array([-1.0], dtype="<f8").tobytes()
+    with pytest.raises(ValueError, match=">= 0"):
+        FTRLRanker.from_bytes(negative_m2)
+
+
+def test_standardized_features_of_any_scale_weigh_alike():
+    """The same planted signal on a feature scaled by 0.05 and shifted by 3: raw, FTRL barely weighs it in a few
+    thousand rows; standardized, it ranks as well as on the unit scale."""
+    rows, clicks = planted(np.random.default_rng(13), 4000, n_noise=1)
+    squeezed = rows * [0.05, 1.0] + [3.0, 0.0]
+    raw, scaled = FTRLRanker(2), FTRLRanker(2, FTRLConfig(bias_alpha=0.5, standardize=True))
+    raw.update(squeezed[:3000], clicks[:3000])
+    scaled.update(squeezed[:3000], clicks[:3000])
+    raw_auc, scaled_auc = (auc(r.score(squeezed[3000:]), clicks[3000:]) for r in (raw, scaled))
+    assert scaled_auc > 0.8 > raw_auc
+
+
+def test_standardize_refuses_a_prior():
+    with pytest.raises(ValueError, match="do not combine"):
+        FTRLConfig(standardize=True, prior=(0.0, 1.0))
+
+
 @pytest.mark.parametrize("width", [2, 4])
 def test_a_prior_of_the_wrong_length_is_refused(width):
     with pytest.raises(ValueError, match="prior needs 3 weights"):

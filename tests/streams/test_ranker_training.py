@@ -95,6 +95,16 @@ def test_a_state_of_another_feature_set_or_unreadable_starts_a_new_ranker(state)
     assert ranker.n_features == F and ranker.n_updates == 0
 
 
+@pytest.mark.parametrize(("stored", "configured"), [(False, True), (True, False)])
+def test_a_state_learned_with_the_other_standardization_starts_a_new_ranker(stored, configured):
+    state = FTRLRanker(F, FTRLConfig(standardize=stored))
+    state.update(np.ones((3, F)), [1, 0, 1])
+    ranker = restore(state.to_bytes(), FTRLConfig(standardize=configured))
+    assert ranker.n_updates == 0 and ranker.config.standardize is configured
+    same = restore(state.to_bytes(), FTRLConfig(standardize=stored, alpha=0.2))
+    assert same.n_updates == 3, "the same standardization learns on"
+
+
 @pytest.mark.parametrize("n_rows", [99, 100, 101])
 def test_the_online_window_holds_the_last_size_rows(n_rows):
     rng = np.random.default_rng(n_rows)
