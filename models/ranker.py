@@ -284,7 +284,9 @@ class FTRLRanker:
         if not np.isfinite(state).all() or (state[2] < 0).any() or (standardize and (state[4] < 0).any()):
             raise ValueError("the prior, z, n and the statistics must be finite, n and Σ squared deviations >= 0")
         prior = tuple(state[0].tolist())
-        config = FTRLConfig(alpha, beta, l1, l2, prior, bias_alpha, standardize)
+        config = FTRLConfig(
+            alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior, bias_alpha=bias_alpha, standardize=standardize
+        )
         ranker = cls(n_features, config)
         ranker._z, ranker._n = state[1].copy(), state[2].copy()
         if standardize:
