@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream.models.artifacts import ModelArtifacts
@@ -30,6 +31,7 @@ from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
 from recstream.shell import infra
 from recstream.shell.infra import Child
+from recstream.store.fold_ins import FoldInStore
 
 DEGRADED_RETRIES = 3
 READER_CONCURRENCY = 4  # feed requests in flight per reader
@@ -95,6 +97,11 @@ class Pipeline:
         await self.producer.send_events(events)
         await self.producer.flush()
         await self.caught_up([self.settings.kafka.events_topic])
+
+    async def fold_ins(self) -> dict[str, np.ndarray]:
+        """The fold-in vectors the worker stored so far for the served model (item → vector)."""
+        version = await self.redis.get(self.keys("model:current"))
+        return await FoldInStore(self.redis, self.keys).stored(version.decode()) if version else {}
 
     async def candidates(self, users: Sequence[str]) -> list[list[str]]:
         """Each user's stored candidate list (items only, best first); [] when there is none yet."""

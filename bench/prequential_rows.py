@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,7 +123,14 @@ class FrozenRow(Row):
 
 
 class ConsistencyRow(Row):
-    """The worker's Personalizer in process: same history merge, user step, HNSW query and exclusions."""
+    """The worker's Personalizer in process: same history merge, user step, HNSW query and exclusions, and the
+    fold-ins the pipeline's worker made (``fold_ins``: one mapping per publish, applied after it, as the worker
+    folds graduated items in after the batch that graduated them); without them, the vectors of new items in a
+    user's history, and the index they are re-linked in, differ from the worker's.
+
+    The fold-ins come from the pipeline run, so they are read per publish (history, then each round): a fold-in
+    the worker made in the middle of a round is applied at its end here, the residual the check tolerates.
+    """
 
     def __init__(
         self,
@@ -133,11 +140,13 @@ class ConsistencyRow(Row):
         history_cap: int,
         m: int,
         feedback: FeedbackTypes = DEFAULT_FEEDBACK,
+        fold_ins: Sequence[Mapping[str, np.ndarray]] = (),
     ) -> None:
         self.personalizer = Personalizer(version, artifacts, history_cap, m, feedback)
         self.stream = stream
         self.histories: dict[str, History] = {}
         self.candidates: dict[str, list[str]] = {}
+        self.fold_ins = iter(fold_ins)
 
     def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
         for item in new_items:
@@ -147,6 +156,8 @@ class ConsistencyRow(Row):
         for suffix, value in update.blobs:
             if suffix.startswith("user:") and suffix.endswith(":cand"):  # ids may hold ":" themselves
                 self.candidates[suffix[len("user:") : -len(":cand")]] = [row[0] for row in orjson.loads(value)]
+        for item, vector in next(self.fold_ins, {}).items():
+            self.personalizer.apply_fold_in(item, vector)
 
     def recommend(self, user: str, seen: set[str]) -> list[str]:
         return top_k(self.candidates.get(user, ()), seen)
@@ -264,3 +275,6 @@ class PipelineResult:
     reader_wait_seconds: float = 0.0
     rounds: int = 0
     trainer: ImpressionTrainer | None = None  # the ranker's training from the served row's pages
+    fold_ins: list[dict[str, np.ndarray]] = field(default_factory=list)
+    """The fold-ins the worker stored during each publish (the history, then each round), for the consistency
+    check to apply at the same point."""

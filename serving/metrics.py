@@ -63,6 +63,13 @@ CLICKS_LIMITED = Counter(
 )
 CLICK_LIMITS = ("client", "user_item")
 """The ``limit`` label of CLICKS_LIMITED (serving/click_guard.py)."""
+FEATURE_ROWS = Counter(
+    "recstream_reader_feature_rows_total",
+    "Ranking feature rows computed, by whether the item's categories and creation time were in the reader's cache "
+    "(known) or not loaded yet (unknown: category affinity and the fresh flag read 0, as after a restart)",
+    ["categories"],
+)
+FEATURE_ROWS_KNOWN, FEATURE_ROWS_UNKNOWN = FEATURE_ROWS.labels("known"), FEATURE_ROWS.labels("unknown")
 POOL_ITEMS = Gauge("recstream_reader_pool_items", "Items in the reader's copy of the new-item pool")
 SNAPSHOT_FAILURES = Counter(
     "recstream_reader_snapshot_reload_failures_total", "Background reloads of the shared lists that failed"

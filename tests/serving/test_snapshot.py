@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from recstream.serving.redis_client import RedisClient
-from recstream.serving.snapshot import Pool, Snapshot, SnapshotLoader
+from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoader
 
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
@@ -72,3 +73,20 @@ async def test_a_reload_reads_the_newest_pool_items_up_to_the_limit(isolated_set
     (pool,) = await pool_of(isolated_settings, n)
     newest = [*[f"new{i}" for i in range(n - 1)][-(READ - 1) :], STAR]
     assert sorted(pool.created) == sorted(newest) and len(pool.fresh["news"]) == min(n, READ)
+
+
+def test_feature_row_lookups_are_counted_by_whether_the_items_categories_were_cached() -> None:
+    """What the ranker scores without categories (a cold cache after a restart) is visible, and the unknown items
+    are named for the next reload."""
+    categories = Categories()
+    categories.put("cached", ("news",), now=0.0, created=1_000)
+    before = {label: _feature_rows(label) for label in ("known", "unknown")}
+    found = categories.entries(["cached", "new1", "new2"], now=1.0)
+    assert [entry is not None for entry in found] == [True, False, False]
+    assert _feature_rows("known") - before["known"] == 1
+    assert _feature_rows("unknown") - before["unknown"] == 2
+    assert categories.wanted == {"new1", "new2"}
+
+
+def _feature_rows(label: str) -> float:
+    return REGISTRY.get_sample_value("recstream_reader_feature_rows_total", {"categories": label}) or 0.0
