@@ -32,7 +32,7 @@ from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
-from recstream.runtime.garbage_collector import freeze_long_lived
+from recstream.runtime.garbage_collector import collect_young_rarely, freeze_long_lived
 from recstream.store.connection import connect
 from recstream.store.state import StateStore
 
@@ -106,6 +106,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     @app.task
     async def settle_heap() -> None:
         freeze_long_lived()  # everything imported and built by now stays for the worker's life
+        collect_young_rarely()  # a batch allocates a few containers per event: 700 would collect per ~200 events
 
     def messages(batch: Sequence[EventT]) -> list[Message]:
         out = [

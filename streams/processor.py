@@ -65,6 +65,7 @@ from recstream.contracts.events import (
 )
 from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message, Ranges
+from recstream.runtime.garbage_collector import collector_paused
 from recstream.store.aggregate import aggregate
 from recstream.store.state import Applied, Effect, StaleWatermark, StateStore
 
@@ -223,8 +224,9 @@ class BatchProcessor:
         while True:
             bound = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
             try:
-                async with bound:
-                    return await self._process_once(messages)
+                with collector_paused():  # the batch's objects live until it is applied: nothing to collect
+                    async with bound:
+                        return await self._process_once(messages)
             except Exception as exc:
                 reason = "stuck" if bound.expired() else retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
