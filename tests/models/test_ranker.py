@@ -33,6 +33,16 @@ def ftrl_weight(z: float, n: float, cfg: FTRLConfig) -> float:
     return -(z - math.copysign(cfg.l1, z)) / ((cfg.beta + math.sqrt(n)) / cfg.alpha + cfg.l2)
 
 
+def accumulated(
+    z: list[float], n: list[float], w: list[float], g: list[float], alphas: list[float]
+) -> tuple[list[float], list[float]]:
+    """The accumulators after one row, written out again: σ_i = (√(n_i + g_i²) − √n_i)/α_i, z_i + g_i − σ_i·w_i and
+    n_i + g_i²."""
+    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / a for ni, gi, a in zip(n, g, alphas, strict=True)]
+    z_next = [zi + gi - si * wi for zi, gi, si, wi in zip(z, g, sigma, w, strict=True)]
+    return z_next, [ni + gi * gi for ni, gi in zip(n, g, strict=True)]
+
+
 def test_one_update_is_the_hand_computed_ftrl_step():
     cfg = FTRLConfig(alpha=0.5, beta=1.0, l1=0.1, l2=1.0)
     ranker = FTRLRanker(2, cfg)
@@ -48,9 +58,7 @@ def test_one_update_is_the_hand_computed_ftrl_step():
     x, w = [1.0, 1.0, 3.0], [0.1, 0.18, -0.1]
     p = sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
     g = [(p - 0.0) * xi for xi in x]
-    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / cfg.alpha for ni, gi in zip(n, g, strict=True)]
-    z_next = [zi + gi - si * wi for zi, gi, si, wi in zip(z, g, sigma, w, strict=True)]
-    n_next = [ni + gi * gi for ni, gi in zip(n, g, strict=True)]
+    z_next, n_next = accumulated(z.tolist(), n.tolist(), w, g, [cfg.alpha] * 3)
 
     assert ranker.update([[1.0, 3.0]], [0]) == pytest.approx(-math.log(1.0 - p), rel=1e-12)
     z, n = state(ranker)
@@ -187,9 +195,7 @@ def test_the_bias_alpha_is_the_bias_coordinates_learning_rate_scale_in_the_hand_
     p = sigmoid(sum(wi * xi for wi, xi in zip(w, x, strict=True)))
     g = [p * xi for xi in x]
     alphas = [2.0, 0.5, 0.5]
-    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / a for ni, gi, a in zip(n, g, alphas, strict=True)]
-    z_next = [zi + gi - si * wi for zi, gi, si, wi in zip(z, g, sigma, w, strict=True)]
-    n_next = [ni + gi * gi for ni, gi in zip(n, g, strict=True)]
+    z_next, n_next = accumulated(z.tolist(), n.tolist(), w, g, alphas)
     ranker.update([[1.0, 3.0]], [0])
     z, n = state(ranker)
     np.testing.assert_allclose(z, z_next, rtol=1e-12)
@@ -245,9 +251,7 @@ def test_a_standardized_step_is_the_hand_computed_one_on_the_scaled_row():
     p = sigmoid(sum(wi * xi for wi, xi in zip(w, x_tilde, strict=True)))
     g = [p * xi for xi in x_tilde]
     alphas = [2.0, 0.5, 0.5]
-    sigma = [(math.sqrt(ni + gi * gi) - math.sqrt(ni)) / a for ni, gi, a in zip(n1, g, alphas, strict=True)]
-    z2 = [zi + gi - si * wi for zi, gi, si, wi in zip(z1, g, sigma, w, strict=True)]
-    n2 = [ni + gi * gi for ni, gi in zip(n1, g, strict=True)]
+    z2, n2 = accumulated(z1, n1, w, g, alphas)
     predicted: list[float] = []
     ranker.update([[1.0, 3.0]], [0], predicted)
     assert predicted[0] == pytest.approx(p, rel=1e-12)
