@@ -7,6 +7,7 @@ So P(i|s) = rank:<s>[i] where present, else rank[i] — exact, not an approximat
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 
 
@@ -40,9 +41,30 @@ def cold_order(segment: Mapping[str, float], overall: Mapping[str, float], weigh
     >>> cold_order({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.9)
     ('a', 'b')
     """
-    seg = segment_scores(segment, overall)
-    get = overall.get
-    return by_score({i: weight * s + (1.0 - weight) * get(i, s) for i, s in seg.items()})
+    return by_score(_shrunk(segment_scores(segment, overall), overall, weight))
+
+
+def orders(
+    segment: Mapping[str, float], overall: Mapping[str, float], weight: float
+) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, float]]:
+    """(:func:`warm_order`, :func:`cold_order`, :func:`segment_scores`) of one segment, the loader's every second:
+    the scores merged once and the items sorted by id once for both orders (they order the same items).
+
+    >>> orders({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.3)
+    (('a', 'b'), ('b', 'a'), {'a': 0.3, 'b': 0.2})
+    """
+    scores = segment_scores(segment, overall)
+    by_id = sorted(scores)
+    return _by_score(by_id, scores), _by_score(by_id, _shrunk(scores, overall, weight)), scores
+
+
+def _shrunk(scores: Mapping[str, float], overall: Mapping[str, float], weight: float) -> dict[str, float]:
+    """item → λ·s + (1−λ)·g, as chained maps, which run in C (a segment has ~1,000 items)."""
+    own, rest = float(weight), 1.0 - weight
+    blended = map(
+        operator.add, map(own.__mul__, scores.values()), map(rest.__mul__, map(overall.get, scores, scores.values()))
+    )
+    return dict(zip(scores, blended, strict=True))
 
 
 def by_score(scores: Mapping[str, float]) -> tuple[str, ...]:
@@ -54,4 +76,9 @@ def by_score(scores: Mapping[str, float]) -> tuple[str, ...]:
     >>> by_score({"b": 0.2, "c": 0.5, "a": 0.2})
     ('c', 'a', 'b')
     """
-    return tuple(sorted(sorted(scores), key=scores.__getitem__, reverse=True))
+    return _by_score(sorted(scores), scores)
+
+
+def _by_score(by_id: list[str], scores: Mapping[str, float]) -> tuple[str, ...]:
+    """``by_id`` (the items of ``scores`` sorted by id) stably sorted by score, best first."""
+    return tuple(sorted(by_id, key=scores.__getitem__, reverse=True))

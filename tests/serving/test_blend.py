@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 from recstream.serving.blend import OVERFLOW, SOURCES, Candidate, interleave, personal_first, slot_counts
-from recstream.serving.popularity import by_score, cold_order, warm_order
+from recstream.serving.popularity import by_score, cold_order, orders, segment_scores, warm_order
 
 SHARES = {"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}
 
@@ -136,3 +136,23 @@ def test_warm_and_cold_orders_use_segment_scores_where_the_segment_has_them():
 def test_popular_orders_are_by_score_then_id(scores):
     """by_score's two stable sorts give the one (−score, id) sort (ties by id) it replaced."""
     assert by_score(scores) == tuple(sorted(scores, key=lambda i: (-scores[i], i)))
+
+
+SCORES = st.dictionaries(st.text("abcd", min_size=1, max_size=2), st.sampled_from([0.0, 0.1, 0.2, 0.25, 1 / 3, 1.0]))
+
+
+@given(SCORES, SCORES, st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+def test_the_loaders_orders_are_the_warm_and_cold_orders_of_their_formulas(segment, overall, weight):
+    """orders() shares the merge and the id sort between both orders: the same tuples as each order computed
+    alone from its formula (cold: λ·P(i|s) + (1−λ)·P(i|global), the segment score where the global one is missing)."""
+    scores = {**overall, **segment}
+    cold = {i: weight * s + (1.0 - weight) * overall.get(i, s) for i, s in scores.items()}
+    expected = (
+        tuple(sorted(scores, key=lambda i: (-scores[i], i))),
+        tuple(sorted(cold, key=lambda i: (-cold[i], i))),
+        scores,
+    )
+    assert orders(segment, overall, weight) == expected
+    assert (warm_order(segment, overall), cold_order(segment, overall, weight), segment_scores(segment, overall)) == (
+        expected
+    )
