@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 from recstream.models.ranker import FTRLConfig, FTRLRanker
 
@@ -76,6 +77,15 @@ def test_a_row_that_cannot_travel_in_a_context_is_refused():
         encode_rows(long)
     with pytest.raises(ValueError, match="finite"):
         encode_rows(np.full((1, WIDTH), np.inf))
+
+
+def test_a_matrix_encodes_as_each_of_its_rows_alone():
+    """encode_rows writes the whole matrix in one call and cuts it into rows: each value is its row's own JSON."""
+    rng = np.random.default_rng(7)
+    rows = np.vstack([rounded_rows(values) for values in hard_values(rng, 20)])
+    alone = [f"{FEATURE_VERSION}:" + orjson.dumps(row).decode()[1:-1] for row in rows.tolist()]
+    for n in (0, 1, 2, len(rows)):
+        assert encode_rows(rows[:n]) == alone[:n]
 
 
 def _bits(rows: list[np.ndarray]) -> list[bytes]:
