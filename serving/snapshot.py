@@ -65,18 +65,12 @@ RANKER_REFRESH_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Popular:
-    """A segment's popular items for warm users (by P(i|s)) and cold users (shrunk toward global); the
-    position of each item in either order and the logit of its P(i|s) are ranking features."""
+    """A segment's popular items for warm users (by P(i|s)) and cold users (shrunk toward global); whether an item
+    is on the user's order and the logit of its P(i|s) are ranking features (:class:`ItemColumns`)."""
 
     warm: tuple[str, ...]
     cold: tuple[str, ...]
     ctr_logits: Mapping[str, float] = field(default_factory=dict)
-    warm_rank: Mapping[str, int] = field(init=False)
-    cold_rank: Mapping[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "warm_rank", positions(self.warm))
-        object.__setattr__(self, "cold_rank", positions(self.cold))
 
 
 @dataclass(frozen=True)
@@ -197,7 +191,7 @@ class ItemColumns:
             itertools.chain(snapshot.overall_rank, snapshot.ctr_logits, pool.created, pool.ctr_logits)
         )
         for lists in snapshot.segments.values():
-            items.update(dict.fromkeys(itertools.chain(lists.ctr_logits, lists.warm_rank, lists.cold_rank)))
+            items.update(dict.fromkeys(itertools.chain(lists.ctr_logits, lists.warm, lists.cold)))
         index = {item: k for k, item in enumerate(items)}
         ctr = np.full(len(index) + 1, snapshot.ctr_floor_logit)
         for logits in (snapshot.ctr_logits, pool.ctr_logits):  # the pool's last: its logits win
@@ -217,7 +211,7 @@ class ItemColumns:
         own = self.ctr.copy()
         logits = lists.ctr_logits
         own[_at(self.index, logits)] = rounded_values(np.fromiter(logits.values(), np.float64, len(logits)))
-        columns = own, _flags(self.index, lists.warm_rank), _flags(self.index, lists.cold_rank)
+        columns = own, _flags(self.index, lists.warm), _flags(self.index, lists.cold)
         self.segments[id(lists)] = (lists, columns)
         return columns
 
