@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from recstream.contracts.experiments import Experiment
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
+from recstream.contracts.ranking import FEATURES
 
 ENV_PREFIX = "RECSTREAM_"
 log = logging.getLogger(__name__)
@@ -372,6 +373,7 @@ class RankerSettings(Section):
         "prior_ctr": "ranker_prior_ctr",
         "bias_alpha": "ranker_bias_alpha",
         "standardize": "ranker_standardize",
+        "standardize_features": "ranker_standardize_features",
     }
 
     train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
@@ -388,6 +390,11 @@ class RankerSettings(Section):
         description="learn on features standardized by their running mean and standard deviation (each partition's "
         "own, in its state), so every feature moves at the same pace whatever its scale; not with a prior",
     )
+    standardize_features: tuple[str, ...] = Field(
+        (),
+        description="with standardize, only these features (comma-separated names, contracts/ranking.py FEATURES); "
+        "the others are learned raw (empty: every feature)",
+    )
     beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
     l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")
     l2: float = Field(1.0, ge=0, allow_inf_nan=False, description="FTRL λ2: L2 penalty")
@@ -401,11 +408,25 @@ class RankerSettings(Section):
         "validated: 1 cost MovieLens 40% of its served HR@10, BENCHMARKS.md)",
     )
 
+    @field_validator("standardize_features", mode="before")
+    @classmethod
+    def _feature_names(cls, value: object) -> object:
+        """A comma-separated string (how a variable carries it) is the list of its names; each must be a feature."""
+        names = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+        if isinstance(names, list | tuple):
+            unknown = [n for n in names if n not in FEATURES]
+            if unknown:
+                raise ValueError(f"not features: {', '.join(map(str, unknown))} (features: {', '.join(FEATURES)})")
+        return names
+
     @model_validator(mode="after")
     def _prior_or_standardize(self) -> RankerSettings:
-        """The prior weighs raw features, standardization learns on scaled ones: refuse both at once."""
+        """The prior weighs raw features, standardization learns on scaled ones: refuse both at once; a subset to
+        standardize needs standardization on."""
         if self.standardize and self.prior_ctr > 0:
             raise ValueError("RECSTREAM_RANKER_STANDARDIZE and RECSTREAM_RANKER_PRIOR_CTR > 0 do not combine")
+        if self.standardize_features and not self.standardize:
+            raise ValueError("RECSTREAM_RANKER_STANDARDIZE_FEATURES needs RECSTREAM_RANKER_STANDARDIZE=true")
         return self
 
 
@@ -520,9 +541,12 @@ def _unknown(name: str) -> str:
 
 
 def _env_value(value: object) -> str:
-    """How a variable spells the value: secrets revealed, nested models as JSON (what the parser reads back)."""
+    """How a variable spells the value: secrets revealed, nested models as JSON, a tuple of names comma-separated
+    (what the parser reads back)."""
     if isinstance(value, SecretStr):
         return value.get_secret_value()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
     return value.model_dump_json(exclude_none=True) if isinstance(value, BaseModel) else str(value)
 
 
