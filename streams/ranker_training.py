@@ -120,8 +120,10 @@ def ftrl_config(settings: RankerSettings) -> FTRLConfig:
     """The workers' FTRL config from the settings: α, β, λ1, λ2, the prior (contracts.ranking.prior_weights), the
     bias's α and standardization (of the named features only, when named).
 
-    >>> ftrl_config(RankerSettings(prior_ctr=0.0)) == FTRLConfig()
+    >>> ftrl_config(RankerSettings(standardize=False)) == FTRLConfig()
     True
+    >>> ftrl_config(RankerSettings(standardize=False, standardize_features="als_rank")).standardize_only  # unused off
+    ()
     """
     r = settings
     return FTRLConfig(
@@ -132,7 +134,7 @@ def ftrl_config(settings: RankerSettings) -> FTRLConfig:
         prior=prior_weights(r.prior_ctr),
         bias_alpha=r.bias_alpha,
         standardize=r.standardize,
-        standardize_only=tuple(FEATURES.index(name) for name in r.standardize_features),
+        standardize_only=tuple(FEATURES.index(name) for name in r.standardize_features) if r.standardize else (),
     )
 
 

@@ -119,7 +119,8 @@ def test_the_settings_name_the_features_to_standardize():
     assert settings.standardize_features == ("category_affinity", "als_rank")
     config = ftrl_config(settings)
     assert config.standardize_only == (FEATURES.index("als_rank"), FEATURES.index("category_affinity"))
-    assert ftrl_config(RankerSettings(standardize=True)).standardize_only == (), "none named: every feature"
+    every = RankerSettings(standardize=True, standardize_features="")
+    assert ftrl_config(every).standardize_only == (), "none named: every feature"
 
 
 @pytest.mark.parametrize("n_rows", [99, 100, 101])
