@@ -93,8 +93,9 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_feeds_per_s_ranked",
             "reader_feeds_per_s_fixed",
         ),
-        # the 2-process reader at the offered rate, added after the run of 2026-12-02: written by every run since
-        ("reader_p99_ms_2proc",),
+        # the 2-process reader at the offered rate, added after the run of 2026-12-02: written by every run since;
+        # the reader on a Redis Cluster and the main reader of the same turns: --cluster only
+        ("reader_p99_ms_2proc", "reader_feeds_per_s_cluster", "reader_feeds_per_s_single", "reader_p99_ms_cluster"),
     ),
     "prequential": Keys(
         _prequential_keys(("popularity", "frozen", "candidates", "served")),

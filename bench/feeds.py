@@ -1,6 +1,7 @@
 """Feed throughput and latency of the reader (`recstream serve`), Redis co-located, a load generator beside them.
 
     .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 3] [--turn-seconds 5]
+    .venv/bin/python -m bench.feeds --cluster    # also a reader on a Redis Cluster, in the same turns
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
 
@@ -33,7 +34,12 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_ranked`` (both the main reader),
    ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_fixed``, and ``reader_p99_ms_2proc``: the p99 at the
    fixed rate of ``recstream serve --workers 2``, how a deployment serves that rate with one process per core
-   (issue 16's p99 target names a rate, not a process count). The run also fails when the main
+   (issue 16's p99 target names a rate, not a process count). With ``--cluster`` the same state is also
+   written to a Redis Cluster of 3 masters + 3 replicas on this machine (the workers' hash-tagged layout,
+   recstream/contracts/keys.py) and one more contender, a reader on it, takes its turns closed and open loop
+   (its Redis CPU is every node's): ``reader_feeds_per_s_cluster``, ``reader_feeds_per_s_single`` (the main
+   reader in the same rounds) and ``reader_p99_ms_cluster`` (issue 18: p99 ≤ 20 ms at 1,000 feeds/s on a
+   Redis Cluster). The run also fails when the main
    reader served a page that was not ranked, or the fixed-blend reader one that was (their
    ``recstream_reader_feeds_by_mode_total``).
 
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -97,8 +104,8 @@ RANKER_MARGIN = 100
 def populate(settings: Settings, seed: int = 7) -> None:
     """Write a realistic state in the workers' layout (the bench measures the reader, not the workers)."""
     rng = random.Random(seed)
-    k = Keys(settings.redis.prefix)
-    client = redis.Redis.from_url(settings.redis.url)
+    k = Keys.of(settings)  # hash-tagged on a Redis Cluster, as the workers write it there
+    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url)
     pipe = client.pipeline(transaction=False)
     items = [f"i{n}" for n in range(N_ITEMS)]
     pool = [f"n{n}" for n in range(N_POOL)]
@@ -116,11 +123,12 @@ def populate(settings: Settings, seed: int = 7) -> None:
     pipe.hset(k("clicks"), mapping={item: rng.randrange(0, 8) for item in pool})
     pipe.set(k("prior"), 0.05)
     pipe.set(k("model:current"), "bench")
-    pipe.mset(warm_rankers(settings, np.random.default_rng(seed)))
+    for key, state in warm_rankers(settings, np.random.default_rng(seed)).items():  # one slot each on a cluster
+        pipe.set(key, state)
     pipe.execute()
     for n in range(N_WARM + N_COLD):
         user = f"w{n}" if n < N_WARM else f"c{n}"
-        pipe.hset(k("user:seg"), user, rng.choice(SEGMENTS))
+        pipe.hset(k.user_segments(user), user, rng.choice(SEGMENTS))
         if n < N_WARM:
             history = rng.sample(items, settings.model.history_cap)
             pipe.set(
@@ -142,7 +150,7 @@ def warm_rankers(settings: Settings, rng: np.random.Generator) -> dict[str, byte
     ``ranker_min_rows`` (and RANKER_MARGIN more), so the reader ranks: rows of random feature values, labels
     drawn from a logistic model with planted weights, so that every weight is learned (not 0) and scoring
     costs what it costs in production (the cost does not depend on what the weights are)."""
-    k, config = Keys(settings.redis.prefix), ftrl_config(settings.ranker)
+    k, config = Keys.of(settings), ftrl_config(settings.ranker)
     partitions = settings.kafka.events_partitions
     per_partition = -(-settings.blend.ranker_min_rows // partitions) + RANKER_MARGIN
     planted = rng.normal(0.0, 1.0, len(FEATURES) + 1)
@@ -269,9 +277,11 @@ CONTENDERS = [
         "fixed blend", "reader_feeds_per_s_fixed", mode="fixed-off", settings=(("ranker", False),), open_loop=True
     ),
 ]
+CLUSTER = "Redis Cluster"
 MAIN_KEYS = {
     "2 processes": "reader_feeds_per_s_1proc",
     "fixed blend": "reader_feeds_per_s_ranked",
+    CLUSTER: "reader_feeds_per_s_single",
 }
 """The main reader's key in each comparison (its median over the same rounds)."""
 
@@ -338,20 +348,20 @@ def every_process_metrics(reader: infra.Child, processes: int, seconds: float = 
 
 
 def measure(
-    phases: list[Phase], readers: dict[str, infra.Child], redis_pid: int, args: argparse.Namespace
+    phases: list[Phase], readers: dict[str, infra.Child], redis_pids: dict[str, list[int]], args: argparse.Namespace
 ) -> dict[str, dict]:
     """Every phase through the load generator's process, with the CPU time the reader, the generator and Redis
-    spent in it (cores = CPU seconds per second: the 2 cores are shared by all three)."""
+    (every node the phase's reader reads) spent in it (cores = CPU seconds per second: the 2 cores are shared)."""
     results = {}
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         for phase in phases:
-            reader = readers[phase.reader]
-            cpu, redis_cpu = tree_cpu_seconds(reader.proc.pid), cpu_seconds(redis_pid)
+            reader, nodes = readers[phase.reader], redis_pids[phase.reader]
+            cpu, redis_cpu = tree_cpu_seconds(reader.proc.pid), sum(map(cpu_seconds, nodes))
             job = pool.submit(load, phase.mode, reader.port, phase.path, phase.users, args.concurrency, args.rate,
                               phase.seconds)  # fmt: skip
             results[phase.name] = r = job.result()
             r["reader_cpu_s"] = tree_cpu_seconds(reader.proc.pid) - cpu
-            r["redis_cpu_s"] = cpu_seconds(redis_pid) - redis_cpu
+            r["redis_cpu_s"] = sum(map(cpu_seconds, nodes)) - redis_cpu
     return results
 
 
@@ -422,6 +432,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--path", default=FEED_PATH, help="feed request path, %%s is the user id")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of turns between the readers compared")
     parser.add_argument("--turn-seconds", type=float, default=5.0, help="duration of each reader's turn")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also a reader on a Redis Cluster (3 masters + 3 replicas) holding the same state, in turns",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args(argv)
     console = Console(width=170)
@@ -433,13 +448,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     console.print(infra.redis_up(settings))
     readers: dict[str, infra.Child] = {}
+    contenders = list(CONTENDERS)
+    stack = contextlib.ExitStack()  # with --cluster: the Redis Cluster's nodes, stopped by pid
     try:
+        single = [infra.redis_service(settings).pid() or 0]
+        redis_pids: dict[str, list[int]] = {}
         started = time.perf_counter()
         populate(settings)
+        if args.cluster:
+            clusters = stack.enter_context(infra.running_clusters(settings.replace(run_dir=run_dir / "cluster"), False))
+            populate(clusters.settings)
+            cluster = clusters.settings.redis
+            contenders.append(Contender(CLUSTER, "reader_feeds_per_s_cluster", open_loop=True,
+                                        p99_key="reader_p99_ms_cluster",
+                                        settings=(("redis_url", cluster.url), ("redis_cluster", True))))  # fmt: skip
+            redis_pids[CLUSTER] = [infra.redis_service(node).pid() or 0 for node in clusters.redis_nodes]
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
-        processes = {MAIN: 1} | {c.name: c.processes for c in CONTENDERS}
+        processes = {MAIN: 1} | {c.name: c.processes for c in contenders}
         readers[MAIN] = infra.Child("serve", settings, run_dir / "reader.log")
-        for c in CONTENDERS:
+        for c in contenders:
             readers[c.name] = infra.Child("serve", settings.replace(reader_workers=c.processes, **dict(c.settings)),
                                           run_dir / f"reader-{c.name}.log")  # fmt: skip
         for reader in readers.values():
@@ -455,26 +482,26 @@ def main(argv: list[str] | None = None) -> None:
             Phase(f"baseline: empty route, {offered}", "open", EMPTY_PATH, warm, args.seconds),
             Phase(f"warm users, {offered}", "open", args.path, warm, args.seconds),
         ]
-        rounds = turns(CONTENDERS, args, warm)
+        rounds = turns(contenders, args, warm)
         load_before = os.getloadavg()[0]
-        redis_pid = infra.redis_service(settings).pid()
-        assert redis_pid is not None
-        results = measure(warm_ups + phases + [p for r in rounds for p in r], readers, redis_pid, args)
+        redis_pids = {name: redis_pids.get(name, single) for name in readers}
+        results = measure(warm_ups + phases + [p for r in rounds for p in r], readers, redis_pids, args)
         texts = {name: every_process_metrics(reader, processes[name]) for name, reader in readers.items()}
     finally:
         for reader in readers.values():
             reader.stop()
+        stack.close()
         console.print(infra.stop(infra.redis_service(settings)))
         shutil.rmtree(run_dir, ignore_errors=True)
     show(phase_table(f"reader: GET {args.path % '{user}'} (one process; Redis and the load on the same cores)",
                      phases, results), console)  # fmt: skip
     show(phase_table(f"in turns, round by round: the main reader ({MAIN}) and each contender",
                      [p for r in rounds for p in r], results), console)  # fmt: skip
-    comparison, medians, p99s = compared(CONTENDERS, rounds, results)
+    comparison, medians, p99s = compared(contenders, rounds, results)
     show(comparison, console)
     trips = [round_trips(text) for name in texts for text in texts[name]]
     feeds, over_two = (sum(t[i] for t in trips) for i in (0, 1))
-    expected = {MAIN: "ranked"} | {c.name: c.mode for c in CONTENDERS}
+    expected = {MAIN: "ranked"} | {c.name: c.mode for c in contenders}
     made = {name: sum((modes(text) for text in texts[name]), Counter()) for name in texts}
     console.print("pages by how they were made: " + "; ".join(f"{name}: {dict(made[name])}" for name in made))
     console.print(f"feed requests with more than 2 Redis round trips: {over_two:,} of {feeds:,} (every process)")

@@ -25,8 +25,7 @@ scale. Each scale runs on its own fresh private Kafka + Redis (bench/common.serv
    first applied batch to the last (bench.worker.time_backlog). **worker RSS**: its VmHWM (peak resident
    set) at the end: the model, the HNSW index of every item, the history cache. The index's size on disk
    is its own column. **user steps per event**: its ``recstream_worker_user_steps_total`` over the backlog's
-   events, the share that paid an exact user step and a candidate query (a click, or a user's first event:
-   with few history events per user, most backlog events at ×100 are a user's first).
+   events, the share that paid an exact user step and a candidate query (a click, or a user's first event).
 5. **rescore ms**: one full rescore of every ranking (what ``apply_batch.lua`` runs in a batch whose
    quantized global prior moved): ``prior`` set to a value the totals do not give, then one empty batch
    through ``StateStore.apply``, timed around the call (Redis is blocked for that long). **rescores**:

@@ -1,6 +1,6 @@
 """One worker's throughput on a backlog, and freshness under a steady live load.
 
-    .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20]
+    .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20] [--repeats 3]
     .venv/bin/python -m bench.worker --cluster [--events 100000] [--rounds 2]
 
 Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
@@ -14,8 +14,13 @@ Freshness: events stamped "now" are offered at a fixed rate to the caught-up per
 worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
 from the worker's own histograms (deltas over the live phase).
 
+Each backlog runs ``--repeats`` times (3; the three paths rotated, each run with a fresh consumer group and key
+prefix) and the live phase after each personal run: a backlog lands in 17 to 45 batches depending on what the
+consumer fetched while the worker waited on Redis, and that alone moves a run's rate by up to 2×, so one run
+is not a measurement. The table shows every run with its batches, user steps and Redis' busy time per event.
+
 Writes `worker_events_per_s`, `worker_events_per_s_ranker`, `freshness_p99_ms`, `candidates_refresh_p99_ms`
-(+ p50s).
+(+ p50s): the medians of the runs.
 
 ``--cluster`` measures only what a Redis Cluster costs: the same backlog on the same Kafka broker, applied by
 the worker with a trained model (counters + user steps + candidates) on one Redis and on a Redis Cluster of 3
@@ -31,6 +36,8 @@ import argparse
 import asyncio
 import random
 import time
+from dataclasses import dataclass
+from statistics import median
 
 import numpy as np
 import redis
@@ -216,69 +223,126 @@ def live_batches(before: str, after: str, topic: str) -> tuple[float, float, flo
     return delta["batch_events_count"], delta["batch_events_sum"] / n, delta["batch_seconds_sum"] / n * 1000
 
 
+@dataclass(frozen=True)
+class BacklogRun:
+    """One worker on one full backlog: its rate, how many batches the backlog landed in, the user steps those
+    batches paid for (a user pays one in every batch holding one of their clicks, so fewer, larger batches pay
+    fewer), and Redis' own busy time per event (INFO commandstats, all commands: the worker awaits each script)."""
+
+    rate: float
+    batches: int
+    user_steps: int
+    redis_us_per_event: float
+
+
+def redis_busy_us(client: redis.Redis) -> float:
+    """Microseconds Redis spent executing commands since its start (INFO commandstats, summed)."""
+    return sum(float(stats["usec"]) for stats in client.info("commandstats").values())
+
+
+def run_backlog(settings: Settings, prefix: str, total: int) -> tuple[BacklogRun, Child]:
+    """:func:`time_backlog`, with the batch count and user steps from the worker's metrics at its end."""
+    client = redis.Redis.from_url(settings.redis.url)
+    busy = redis_busy_us(client)
+    rate, worker = time_backlog(settings, prefix, total)
+    busy = redis_busy_us(client) - busy
+    text = worker.metrics()
+    batches = sample(text, f'recstream_worker_batch_events_count{{topic="{settings.kafka.events_topic}"}}')
+    steps = sample(text, "recstream_worker_user_steps_total")
+    return BacklogRun(rate, int(batches), int(steps), busy / total), worker
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=None, help="backlog size (default 300,000; --cluster 100,000)")
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each backlog (and of the live phase)")
     parser.add_argument("--cluster", action="store_true", help="only one Redis vs a Redis Cluster, same run")
     parser.add_argument("--rounds", type=int, default=2, help="--cluster: pairs of runs (one of each)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.cluster:
         cluster_cost(list(synthetic(args.events or 100_000, seed=11)), args.rounds)
         return
     records = [r for r in synthetic(args.events or 300_000, seed=11)]
     users = [r.value.user_id for r in records if r.kind == "user"]
     items = [r.value.item_id for r in records if r.kind == "item"]
+    runs: dict[str, list[BacklogRun]] = {"counters": [], "personal": [], "ranker": []}
+    live: list[tuple[float, float, float, float, float, float, float]] = []
+    offered = 0
     with services() as base:
-        ranked = base.on_topics("ranker", redis_prefix="ranker", worker_group="bench-ranker", model_dir=MODELS)
+        ranked = base.on_topics("ranker", model_dir=MODELS)
         for settings, backlog in ((base, records), (ranked, with_served_vectors(records))):
             asyncio.run(ensure_topics(settings))
             total = asyncio.run(produce_backlog(settings, backlog))
         raw = asyncio.run(raw_consume_rate(base, total))
-        counters = base.replace(redis_prefix="counters", worker_group="bench-counters")
-        counters_rate, worker = time_backlog(counters, "counters", total)
-        worker.stop()
-        personal = base.replace(redis_prefix="personal", worker_group="bench-personal", model_dir=MODELS)
-        log = training.collect(records)
-        artifacts, _ = training.train(log, ALSConfig(), holdout=0)
-        version = asyncio.run(training.publish(personal, artifacts))
-        personal_rate, worker = time_backlog(personal, "personal", total)
-        time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
-        before = worker.metrics()
-        offered = asyncio.run(live_load(personal, users, items, args.rate, args.seconds))
-        time.sleep(2.0)
-        after = worker.metrics()
-        worker.stop()
-        asyncio.run(training.activate(ranked, artifacts, version))
-        ranker_rate, worker = time_backlog(ranked, "ranker", total)
-        worker.stop()
-    fresh50, fresh99 = quantiles_ms(before, after, "recstream_worker_freshness_seconds")
-    cand50, cand99 = quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds")
-    batches, batch_events, batch_ms = live_batches(before, after, personal.kafka.events_topic)
+        artifacts, _ = training.train(training.collect(records), ALSConfig(), holdout=0)
+        version = asyncio.run(training.publish(base.replace(model_dir=MODELS), artifacts))
+        targets = {"counters": base, "personal": base.replace(model_dir=MODELS), "ranker": ranked}
+        for k in range(args.repeats):  # rotated, so drifting load hits every path alike
+            for name in list(runs)[k % 3 :] + list(runs)[: k % 3]:
+                settings = targets[name].replace(redis_prefix=f"{name}{k}", worker_group=f"bench-{name}{k}")
+                if name != "counters":
+                    asyncio.run(training.activate(settings, artifacts, version))
+                run, worker = run_backlog(settings, f"{name}{k}", total)
+                runs[name].append(run)
+                if name == "personal":
+                    time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
+                    before = worker.metrics()
+                    offered = asyncio.run(live_load(settings, users, items, args.rate, args.seconds))
+                    time.sleep(2.0)
+                    after = worker.metrics()
+                    live.append((
+                        *quantiles_ms(before, after, "recstream_worker_freshness_seconds"),
+                        *quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds"),
+                        *live_batches(before, after, settings.kafka.events_topic),
+                    ))  # fmt: skip
+                worker.stop()
+    rate = {name: median(r.rate for r in each) for name, each in runs.items()}
+    fresh50, fresh99, cand50, cand99 = (median(row[i] for row in live) for i in range(4))
 
-    table = Table(title=f"one worker, Kafka + Redis co-located ({machine()})")
-    for column in ("measure", "value"):
+    table = Table(title=f"one worker on a backlog, Kafka + Redis co-located ({machine()})")
+    for column in ("path", "events/s, each run", "median", "batches", "user steps", "Redis µs/event"):
         table.add_column(column, justify="right")
-    table.add_row("backlog events", f"{total:,}")
-    table.add_row("raw aiokafka consume + decode (baseline)", f"{raw:,.0f} events/s")
-    table.add_row("worker, counters only", f"{counters_rate:,.0f} events/s")
-    table.add_row("worker, counters + user steps + candidates", f"{personal_rate:,.0f} events/s")
-    table.add_row(
-        "worker, full path with ranker training (events carry vectors)",
-        f"{ranker_rate:,.0f} events/s ({ranker_rate / personal_rate:.2f}× the row above)",
+    table.add_row(f"raw consume + decode, baseline ({total:,} events)", f"{raw:,.0f}", f"{raw:,.0f}", "", "", "")
+    for name, label in (
+        ("counters", "counters only"),
+        ("personal", "counters + user steps + candidates"),
+        ("ranker", "full path: + ranker training (events carry vectors)"),
+    ):
+        table.add_row(
+            label,
+            ", ".join(f"{r.rate:,.0f}" for r in runs[name]),
+            f"{rate[name]:,.0f}",
+            ", ".join(f"{r.batches}" for r in runs[name]),
+            ", ".join(f"{r.user_steps:,}" for r in runs[name]),
+            ", ".join(f"{r.redis_us_per_event:.1f}" for r in runs[name]),
+        )
+    show(table)
+    table = Table(
+        title=f"live load after each personal run: {offered / args.seconds:,.0f} events/s for {args.seconds:.0f} s"
     )
-    table.add_row(f"live load offered ({args.seconds:.0f} s)", f"{offered / args.seconds:,.0f} events/s")
-    table.add_row(
-        "live batches: count, mean events, mean time", f"{batches:.0f}, {batch_events:.0f}, {batch_ms:.0f} ms"
-    )
-    table.add_row("freshness p50 / p99 (event → state)", f"{fresh50:.0f} / {fresh99:.0f} ms")
-    table.add_row("click → candidates p50 / p99", f"{cand50:.0f} / {cand99:.0f} ms")
+    for column in (
+        "run",
+        "batches",
+        "mean events",
+        "mean batch ms",
+        "freshness p50 / p99 ms",
+        "click → candidates p50 / p99 ms",
+    ):
+        table.add_column(column, justify="right")
+    for k, (f50, f99, c50, c99, n, size, ms) in enumerate(live, 1):
+        table.add_row(
+            str(k), f"{n:.0f}", f"{size:.0f}", f"{ms:.0f}", f"{f50:.0f} / {f99:.0f}", f"{c50:.0f} / {c99:.0f}"
+        )
+    table.add_row("median", "", "", "", f"{fresh50:.0f} / {fresh99:.0f}", f"{cand50:.0f} / {cand99:.0f}")
     show(table)
     record({
-        "worker_events_per_s": figure(personal_rate, "events/s", COMMAND, raw),
-        "worker_events_per_s_counters_only": figure(counters_rate, "events/s", COMMAND, raw),
-        "worker_events_per_s_ranker": figure(ranker_rate, "events/s", COMMAND, personal_rate),
+        "worker_events_per_s": figure(rate["personal"], "events/s", COMMAND, raw),
+        "worker_events_per_s_counters_only": figure(rate["counters"], "events/s", COMMAND, raw),
+        "worker_events_per_s_ranker": figure(rate["ranker"], "events/s", COMMAND, rate["personal"]),
         "freshness_p50_ms": figure(fresh50, "ms", COMMAND),
         "freshness_p99_ms": figure(fresh99, "ms", COMMAND),
         "candidates_refresh_p50_ms": figure(cand50, "ms", COMMAND),

@@ -37,14 +37,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as Timeout
 
 Arg = str | bytes | int | float
@@ -225,63 +233,109 @@ class RedisClient(_Calls):
         await self._pool.aclose()
 
 
-CLUSTER_OWN_CALLBACKS = ("CLUSTER", "COMMAND", "INFO", "CONFIG", "CLIENT", "READONLY", "ASKING", "HELLO", "AUTH")
-"""The commands whose parsed replies redis-py's cluster client reads itself (its slot map, its command table)."""
-
-
 class ClusterRedisClient(_Calls):
-    """:class:`RedisClient`'s interface on a Redis Cluster (``RECSTREAM_REDIS_CLUSTER``), on redis-py's cluster client.
+    """:class:`RedisClient`'s interface on a Redis Cluster (``RECSTREAM_REDIS_CLUSTER``): a :class:`RedisClient` per
+    master, and a round trip's commands grouped by the node serving their key's slot, each group sent to its node at
+    once (the reader's scripts touch one user's slot, recstream/contracts/keys.py).
 
-    A round trip's commands are one cluster pipeline: each goes to the node of its key's slot (the reader's
-    scripts touch one user's slot, recstream/contracts/keys.py), following a failover's redirects; ``timeout_s``
-    bounds the whole round trip, past it :class:`Timeout`. Replies are raw as :class:`RedisClient`'s (redis-py's
-    response callbacks are dropped, but :data:`CLUSTER_OWN_CALLBACKS`)."""
+    Why not redis-py's cluster pipeline: it spends ~15 µs of Python per command (slot lookup, a command object,
+    response callbacks) where this spends ~1.5 (2,000 HMGETs of a snapshot reload: 31 against 3 ms of CPU), and a
+    reader on it needed so much more CPU per feed that, at 32 connections, its round trips outlived their deadline
+    and the guard (serving/guard.py) turned most pages degraded (`bench/feeds.py --cluster`). redis-py's cluster
+    client keeps what it does well: the slot map (CLUSTER SLOTS from the startup nodes, then any node it learnt).
+    A round trip that meets a redirect (a failover or a resharding moved a slot), CLUSTERDOWN or a node it cannot
+    reach fails as a whole, which the guard answers degraded, and the next one re-reads the slot map first. Each node's
+    client has the same deadline, connection bound and raw replies as one Redis's."""
 
     def __init__(self, url: str, timeout_s: float, connections: int, connect_timeout_s: float | None = None) -> None:
         from redis.asyncio.cluster import RedisCluster
 
         self.timeout_s = timeout_s
+        self._connections, self._connect_timeout_s = connections, connect_timeout_s
+        self._url = urlsplit(url)
         self._cluster = RedisCluster.from_url(
-            url,
-            max_connections=connections,
-            decode_responses=True,
-            encoding_errors="surrogateescape",
-            protocol=2,
-            socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s,
+            url, socket_connect_timeout=timeout_s if connect_timeout_s is None else connect_timeout_s
         )
-        callbacks = self._cluster.response_callbacks  # one dict, shared with every node: edited in place
-        for command in [c for c in callbacks if not c.startswith(CLUSTER_OWN_CALLBACKS)]:
-            del callbacks[command]
+        self._nodes: dict[str, RedisClient] = {}
+        self._mapped = False  # the slot map is current (False at first and after a round trip met a moved slot)
 
     async def execute(self, *commands: Sequence[Arg]) -> list[Any]:
-        """The commands' replies in order (PING, which names no key, goes to any node); the first error is raised."""
+        """The commands' replies in order; the first error is raised (a keyless command goes to any master)."""
+        await self._map()
+        groups: dict[str, list[int]] = {}
         try:
-            async with asyncio.timeout(self.timeout_s):
-                pipe = self._cluster.pipeline()
-                for command in commands:
-                    if str(command[0]).upper() != "PING":
-                        pipe.execute_command(*command)
-                replies = iter(await pipe.execute(raise_on_error=True) if len(pipe) else [])
-                pong = await self._cluster.execute_command("PING") if len(pipe) < len(commands) else None
-        except TimeoutError as exc:
-            raise Timeout(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms") from exc
-        except (AttributeError, RuntimeError) as exc:  # redis-py 8.1's cluster client writing on a connection a
-            # failover closed under it ("the handler is closed", a writer gone): Redis unavailable, not a bug of ours
-            raise RedisConnectionError(f"Redis Cluster connection lost: {exc!r}") from exc
-        return [pong if str(command[0]).upper() == "PING" else next(replies) for command in commands]
+            for k, command in enumerate(commands):
+                groups.setdefault(self._node(_key_of(command)), []).append(k)
+        except RedisClusterException:  # a slot no node serves (its master failed, no replica took over yet)
+            self._mapped = False
+            raise
+        results = await asyncio.gather(
+            *(self._client(node).execute(*(commands[k] for k in ks)) for node, ks in groups.items()),
+            return_exceptions=True,  # every group finishes (its connection stays in step) before one error is raised
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                if not isinstance(result, ResponseError) or isinstance(result, CLUSTER_ERRORS):
+                    self._mapped = False
+                raise result
+        replies: list[Any] = [None] * len(commands)
+        for ks, group in zip(groups.values(), results, strict=True):
+            for k, reply in zip(ks, group, strict=True):  # type: ignore[arg-type]
+                replies[k] = reply
+        return replies
 
     async def _scan_step(self, pattern: str, cursor: str) -> tuple[str, list[str]]:
-        """One SCAN on the node serving ``pattern``'s slot (a keyless command would go to any one node)."""
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await self._cluster.initialize()  # the slot map, if no command built it yet
-                node = self._cluster.get_node_from_key(pattern)
-                cursors, names = await self._cluster.execute_command(
-                    "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, target_nodes=node
-                )
-        except TimeoutError as exc:
-            raise Timeout(f"Redis did not answer within {self.timeout_s * 1000:.0f} ms") from exc
-        return cursors[node.name], names
+        """One SCAN on the node serving ``pattern``'s slot (its hash tag)."""
+        await self._map()
+        [(cursor, names)] = await self._client(self._node(pattern)).execute(
+            ("SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT)
+        )
+        return cursor, names
+
+    async def _map(self) -> None:
+        if not self._mapped:
+            try:
+                async with asyncio.timeout(
+                    self.timeout_s if self._connect_timeout_s is None else self._connect_timeout_s
+                ):
+                    await self._cluster.nodes_manager.initialize()
+            except TimeoutError as exc:
+                raise Timeout(
+                    f"the Redis Cluster's slot map did not come within {self.timeout_s * 1000:.0f} ms"
+                ) from exc
+            self._mapped = True
+
+    def _node(self, key: Arg | None) -> str:
+        """The ``host:port`` of the master serving ``key``'s slot (slot 0's for no key)."""
+        slot = 0 if key is None else self._cluster.keyslot(key)
+        return self._cluster.nodes_manager.get_node_from_slot(slot).name
+
+    def _client(self, node: str) -> RedisClient:
+        """The node's client: the cluster URL's scheme, credentials and options at the node's address."""
+        if node not in self._nodes:
+            credentials = self._url.netloc.rpartition("@")[0]
+            netloc = f"{credentials}@{node}" if credentials else node
+            self._nodes[node] = RedisClient(
+                urlunsplit(self._url._replace(netloc=netloc)),
+                self.timeout_s,
+                self._connections,
+                self._connect_timeout_s,
+            )
+        return self._nodes[node]
 
     async def close(self) -> None:
+        for client in self._nodes.values():
+            await client.close()
         await self._cluster.aclose()
+
+
+CLUSTER_ERRORS = (MovedError, AskError, ClusterDownError, TryAgainError)
+"""Error replies that mean the slot map moved (a failover, a resharding): the next round trip re-reads it."""
+
+
+def _key_of(command: Sequence[Arg]) -> Arg | None:
+    """The key that names a command's slot: a script call's first key, none for PING, else the first argument."""
+    name = str(command[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return command[3] if int(command[2]) else None
+    return None if name == "PING" else command[1]

@@ -517,7 +517,7 @@ class BatchProcessor:
         effect.blobs += update.blobs
         effect.histories = update.histories
         effect.item_users = update.item_users
-        metrics.USER_STEPS.inc(len(users))
+        metrics.USER_STEPS.inc(len(update.refreshed_ts))  # one per refreshed user, not per user in the batch
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)
         return Built(update.refreshed_ts, training)
 

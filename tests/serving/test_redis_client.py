@@ -8,10 +8,11 @@ import time
 import pytest
 import redis
 import uvloop
-from recstream.serving.redis_client import RedisClient, Script
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from recstream.shell.infra import free_port
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 BUSY = """
@@ -169,3 +170,45 @@ def test_packed_commands_are_the_bytes_redis_py_would_send(arg):
     connection = Connection(decode_responses=True, encoding_errors="surrogateescape")
     commands = [("SET", "k", arg), ("ZMSCORE", "z", arg, "b", 3)]
     assert pack(commands, connection) == b"".join(connection.pack_commands(commands))
+
+
+async def test_a_cluster_round_trip_answers_in_command_order_across_nodes_and_follows_a_failover(clusters):
+    """``--clusters``: one round trip's commands on keys of every master come back in the order sent (scripts on the
+    node of their first key, SCAN on the node of its pattern's slot); after the master of a slot fails over, a round
+    trip may fail (the guard answers it degraded) and the next ones read the new slot map and answer again."""
+    url = clusters.settings.redis.url
+    keys = [f"rc{{t{k}}}" for k in range(30)]  # 30 hash tags: keys on all three masters
+    seeded = redis.RedisCluster.from_url(url, decode_responses=True)
+    for key in keys:
+        seeded.set(key, key.upper())
+    masters = {seeded.get_node_from_key(key).name for key in keys}
+    assert len(masters) == 3
+    script = Script("return redis.call('GET', KEYS[1]) .. ARGV[1]")
+    client = ClusterRedisClient(url, timeout_s=2.0, connections=4)
+    try:
+        commands = [("GET", key) for key in keys] + [("PING",), ("EVALSHA", script.sha, 1, keys[7], "!")]
+        with pytest.raises(ResponseError):  # NOSCRIPT: the script is sent whole by run(), not by execute()
+            await client.execute(*commands)
+        assert await client.run(script, [keys[7]], ["!"]) == "RC{T7}!"
+        assert await client.execute(*commands) == [key.upper() for key in keys] + ["PONG", "RC{T7}!"]
+        assert await client.scan("rc{t3}*") == [keys[3]]
+
+        victim = seeded.get_node_from_key(keys[0])
+        replica = next(k for k, role in clusters.redis_roles().items() if role == "replica"
+                       and redis.Redis(port=clusters.redis_nodes[k].redis.port).info("replication")["master_port"]
+                       == victim.port)  # fmt: skip
+        redis.Redis(port=clusters.redis_nodes[replica].redis.port).execute_command("CLUSTER", "FAILOVER")
+        wait_until(lambda: clusters.redis_roles().get(replica) == "master", 90, "the replica's takeover")
+        deadline = time.monotonic() + 60
+        while True:  # a redirect fails a round trip and marks the slot map stale; the next reads it again
+            try:
+                if await client.call("GET", keys[0]) == keys[0].upper():
+                    break
+            except (ResponseError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the client never followed the failover"
+            await asyncio.sleep(0.1)
+        assert client._node(keys[0]) == f"{victim.host}:{clusters.redis_nodes[replica].redis.port}"
+    finally:
+        await client.close()
+        seeded.close()

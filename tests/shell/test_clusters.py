@@ -11,7 +11,9 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from recstream.eventlog.connection import client_options
 from recstream.shell import infra
@@ -80,8 +82,13 @@ def test_kafka_keeps_every_acknowledged_message_with_a_broker_killed(clusters: i
         clusters.start_broker(0)
 
 
+def retrying_client(url: str) -> RedisCluster:
+    """A cluster client that retries a command 10 times (redis-py's default backoff) while slots move."""
+    return RedisCluster.from_url(url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1), retries=10))
+
+
 def test_redis_cluster_keeps_its_data_through_a_failover_and_a_killed_master(clusters: infra.Clusters):
-    client = RedisCluster.from_url(clusters.settings.redis.url, cluster_error_retry_attempts=10)
+    client = retrying_client(clusters.settings.redis.url)
     prefix = uuid.uuid4().hex[:8]
     values = {f"{prefix}:{k}": str(k) for k in range(300)}  # keys in every master's slots
     for key, value in values.items():
@@ -100,7 +107,7 @@ def test_redis_cluster_keeps_its_data_through_a_failover_and_a_killed_master(clu
                    90, "a new master")  # fmt: skip
         clusters.wait_redis_ok(replicated=False)
         alive = next(node for k, node in enumerate(clusters.redis_nodes) if k != master)  # the first may be the killed
-        client = RedisCluster.from_url(alive.redis.url, cluster_error_retry_attempts=10)
+        client = retrying_client(alive.redis.url)
         assert {key: client.get(key).decode() for key in values} == values
     finally:
         clusters.start_redis(master)

@@ -77,6 +77,34 @@ async def test_clicks_move_a_users_candidates_toward_that_category(isolated_sett
     assert np.frombuffer(client.get("rs:user:newbie:vec"), dtype="<f4").shape == (16,)
 
 
+def user_steps(worker) -> float:
+    line = next(x for x in worker.metrics().splitlines() if x.startswith("recstream_worker_user_steps_total "))
+    return float(line.split()[1])
+
+
+async def test_user_steps_count_the_users_refreshed_not_every_user_in_a_batch(
+    isolated_settings, worker_factory, tmp_path
+):
+    """A user pays a step at a click or at their first event, a view of a known user pays none: the counter (and
+    the benchmarks' steps per event) counts those steps."""
+    items = catalogue()
+    settings, _ = await trained(isolated_settings, tmp_path, taste_log(), items)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    await publish(settings, items=items)
+    users = [f"s{k}" for k in range(5)]
+    await publish(
+        settings, events=[Event(type="view", user_id=u, item_id="i1", ts=T0 + k) for k, u in enumerate(users)]
+    )
+    wait_until(lambda: all(candidates(client, u) for u in users), what="the first events' candidate lists")
+    wait_until(lambda: user_steps(worker) == 5, what="5 steps: each user's first event")
+    again = [Event(type="view", user_id=u, item_id="i2", ts=T0 + 10 + k) for k, u in enumerate(users[:3])]
+    await publish(settings, events=[*again, Event(type="click", user_id=users[3], item_id="i3", ts=T0 + 20)])
+    wait_until(lambda: "i3" in {i for i, *_ in orjson.loads(client.get(f"rs:user:{users[3]}:hist") or b"[]")},
+               what="the click in the history")  # fmt: skip
+    assert user_steps(worker) == 6  # the click; the three views of known users paid none
+
+
 async def test_a_new_item_reaches_its_category_fans_before_any_click(isolated_settings, worker_factory, tmp_path):
     items = catalogue()
     settings, _ = await trained(isolated_settings, tmp_path, taste_log(), items)
