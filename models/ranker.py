@@ -33,7 +33,9 @@ LOGIT_CLIP = 35.0
 """Logits are clipped to [-35, 35] before the sigmoid: p stays in (0, 1) and exp never overflows."""
 
 _MAGIC = b"FTRL"
-_VERSION = 3  # 2: the prior w₀ follows the header; 3: the bias's α and standardize in the header
+_VERSION = 4  # 2: the prior w₀ after the header; 3: the bias's α and standardize in it; 4: the standardized mask
+_READS = (3, 4)
+"""Versions `from_bytes` reads: a version 3 state is version 4's without the mask (every feature standardized)."""
 # magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha, standardize
 _HEADER = struct.Struct("<4sHIQ5d?")
 VAR_FLOOR = 1e-12
@@ -44,7 +46,8 @@ VAR_FLOOR = 1e-12
 class FTRLConfig:
     """FTRL-Proximal hyperparameters: per-coordinate learning rate η_i = α / (β + sqrt(n_i)), L1 and L2; the
     prior w₀ the weights start from and are regularized towards (bias first; () is all zeros); the bias's own
-    α (None: α); and whether the features are standardized by their running mean and standard deviation.
+    α (None: α); whether the features are standardized by their running mean and standard deviation, and which
+    (``standardize_only``: 0-based feature indices; () is every feature).
 
     Why a bias α: from zero, a small α leaves the bias far from the base rate's logit for tens of thousands of
     rows, and the features that are far from 0 on most rows (a CTR logit near −2, a flag on most rows) explain
@@ -57,8 +60,13 @@ class FTRLConfig:
     pace and the bias alone carries the base rate (pair it with a bias α); ``weights`` maps the weights back to
     the raw features, so whoever scores with them needs no statistics.
 
+    Why only some: a feature left raw keeps the pace and the meaning its raw scale gives it (a CTR logit that
+    already orders items well), while the others are centred (no second bias) and move at a common pace.
+
     >>> FTRLConfig(alpha=0.1, l1=1.0)
-    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=(), bias_alpha=None, standardize=False)
+    FTRLConfig(alpha=0.1, beta=1.0, l1=1.0, l2=1.0, prior=(), bias_alpha=None, standardize=False, standardize_only=())
+    >>> FTRLConfig(standardize=True, standardize_only=(3, 0, 3)).standardize_only  # sorted, once each
+    (0, 3)
     >>> FTRLConfig(prior=(0.0, 0.0)).prior  # all zeros is no prior: the same config
     ()
     >>> FTRLConfig(alpha=0.1, bias_alpha=0.1) == FTRLConfig(alpha=0.1)  # the bias's α equal to α is no bias α
@@ -76,6 +84,7 @@ class FTRLConfig:
     prior: tuple[float, ...] = ()
     bias_alpha: float | None = None
     standardize: bool = False
+    standardize_only: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         prior = tuple(float(v) for v in self.prior)
@@ -84,6 +93,12 @@ class FTRLConfig:
         object.__setattr__(self, "prior", prior if any(prior) else ())
         if self.standardize and self.prior:
             raise ValueError("a prior and standardize do not combine: the prior weighs raw features")
+        only = tuple(sorted({int(k) for k in self.standardize_only}))
+        if only and not self.standardize:
+            raise ValueError("standardize_only needs standardize")
+        if only and only[0] < 0:
+            raise ValueError(f"standardize_only holds feature indices >= 0, got {only[0]}")
+        object.__setattr__(self, "standardize_only", only)
         for name in ("alpha", "beta", "bias_alpha"):
             value = getattr(self, name)
             if value is None:
@@ -108,6 +123,19 @@ class FTRLConfig:
             alphas[0] = self.bias_alpha
         return alphas
 
+    def standardized(self, width: int) -> np.ndarray:
+        """1 for each coordinate of a (bias + features) vector of `width` that is standardized, else 0 (the bias never).
+
+        >>> FTRLConfig(standardize=True, standardize_only=(1,)).standardized(4).tolist()
+        [0.0, 0.0, 1.0, 0.0]
+        >>> FTRLConfig(standardize=True).standardized(3).tolist(), FTRLConfig().standardized(3).tolist()
+        ([0.0, 1.0, 1.0], [0.0, 0.0, 0.0])
+        """
+        mask = np.zeros(width)
+        if self.standardize:
+            mask[1 + np.array(self.standardize_only, dtype=np.intp) if self.standardize_only else slice(1, None)] = 1.0
+        return mask
+
 
 class FTRLRanker:
     """Logistic regression on `n_features` dense features plus a bias, learned online with FTRL-Proximal.
@@ -115,9 +143,10 @@ class FTRLRanker:
     w_i = 0 if |z_i| ≤ λ1, else −(z_i − sgn(z_i)·λ1) / ((β + sqrt(n_i))/α_i + λ2);  p = σ((w₀ + w)·x).
     Each row (x, y) then applies: g_i = (p − y)·x_i, σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α_i,
     z_i += g_i − σ_i·w_i, n_i += g_i². Coordinate 0 is the bias (x_0 = 1, α_0 the config's bias α, else α);
-    w₀ the config's prior (0 without). With ``standardize``, x_i (i ≥ 1) is (x_i − μ_i)/s_i in all of it, μ and
-    s the running mean and standard deviation of the rows learned before this one (s_i = 1 while its variance
-    is at most VAR_FLOOR), updated after the row by Welford's recurrence.
+    w₀ the config's prior (0 without). With ``standardize``, x_i (i ≥ 1, of ``standardize_only`` when given) is
+    (x_i − μ_i)/s_i in all of it, μ and s the running mean and standard deviation of the rows learned before this
+    one (s_i = 1 while its variance is at most VAR_FLOOR), updated after the row by Welford's recurrence; a
+    feature not standardized keeps μ_i = 0 and s_i = 1, so it is learned raw.
 
     `update` returns the progressive-validation logloss: the mean loss of each row's prediction
     made before that row was learned, what an online dashboard shows.
@@ -164,6 +193,8 @@ class FTRLRanker:
     def config(self, config: FTRLConfig) -> None:
         if config.prior and len(config.prior) != self.n_features + 1:
             raise ValueError(f"the prior needs {self.n_features + 1} weights (bias first), got {len(config.prior)}")
+        if config.standardize_only and config.standardize_only[-1] >= self.n_features:
+            raise ValueError(f"standardize_only: feature {config.standardize_only[-1]} of {self.n_features}")
         self._config = config
 
     @property
@@ -244,18 +275,19 @@ class FTRLRanker:
 
     def to_bytes(self) -> bytes:
         """The state as bytes: a header (magic, version, sizes, config), the prior w₀, z and n, then (standardized)
-        the running mean and Σ squared deviations, little-endian float64.
+        the running mean, Σ squared deviations and which coordinates are standardized (0/1), little-endian float64.
 
         >>> len(FTRLRanker(16).to_bytes())  # 59-byte header + 3 × 17 float64
         467
-        >>> len(FTRLRanker(16, FTRLConfig(standardize=True)).to_bytes())  # + 2 × 17
-        739
+        >>> len(FTRLRanker(16, FTRLConfig(standardize=True)).to_bytes())  # + 3 × 17
+        875
         """
         cfg = self.config
         bias_alpha = cfg.alpha if cfg.bias_alpha is None else cfg.bias_alpha
         header = _HEADER.pack(_MAGIC, _VERSION, self.n_features, self.n_updates, cfg.alpha, cfg.beta, cfg.l1, cfg.l2,
                               bias_alpha, cfg.standardize)  # fmt: skip
-        vectors = (self.prior, self._z, self._n) + ((self._mean, self._m2) if cfg.standardize else ())
+        statistics = (self._mean, self._m2, cfg.standardized(self.n_features + 1)) if cfg.standardize else ()
+        vectors = (self.prior, self._z, self._n, *statistics)
         return header + b"".join(v.astype("<f8").tobytes() for v in vectors)
 
     @classmethod
@@ -273,9 +305,9 @@ class FTRLRanker:
         magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha, standardize = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise ValueError(f"not an FTRLRanker state: magic {magic!r}, expected {_MAGIC!r}")
-        if version != _VERSION:
-            raise ValueError(f"unsupported FTRLRanker state version {version}, expected {_VERSION}")
-        vectors = 5 if standardize else 3
+        if version not in _READS:
+            raise ValueError(f"unsupported FTRLRanker state version {version}, expected one of {_READS}")
+        vectors = (6 if version == 4 else 5) if standardize else 3
         expected = _HEADER.size + 8 * vectors * (n_features + 1)
         if len(data) != expected:
             raise ValueError(f"expected {expected} bytes for {n_features} features, got {len(data)}")
@@ -283,10 +315,15 @@ class FTRLRanker:
         state = state.reshape(vectors, n_features + 1)
         if not np.isfinite(state).all() or (state[2] < 0).any() or (standardize and (state[4] < 0).any()):
             raise ValueError("the prior, z, n and the statistics must be finite, n and Σ squared deviations >= 0")
+        only: tuple[int, ...] = ()
+        if standardize:
+            mask = state[5] if version == 4 else np.array([0.0] + [1.0] * n_features)
+            if mask[0] != 0.0 or not ((mask == 0.0) | (mask == 1.0)).all() or not mask.any():
+                raise ValueError("the standardized mask must be 0 or 1, 0 for the bias, 1 for some feature")
+            only = () if mask[1:].all() else tuple(np.flatnonzero(mask[1:]).tolist())
         prior = tuple(state[0].tolist())
-        config = FTRLConfig(
-            alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior, bias_alpha=bias_alpha, standardize=standardize
-        )
+        config = FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior, bias_alpha=bias_alpha,
+                            standardize=standardize, standardize_only=only)  # fmt: skip
         ranker = cls(n_features, config)
         ranker._z, ranker._n = state[1].copy(), state[2].copy()
         if standardize:
@@ -363,8 +400,8 @@ def _step_together(
     z, n = np.stack([r._z for r in rankers]), np.stack([r._n for r in rankers])
     mean, m2 = np.stack([r._mean for r in rankers]), np.stack([r._m2 for r in rankers])
     learned = np.array([[float(r.n_updates)] for r in rankers])  # standardize: rows in the statistics, per ranker
-    features = np.ones((count, width))
-    features[:, 0] = 0.0  # the bias is not standardized: its mean and Σ squared deviations stay 0
+    # the coordinates standardized: the bias and the features left raw keep μ = 0 and Σ squared deviations 0 (s = 1)
+    features = np.tile(cfg.standardized(width), (count, 1))
     var_, sd_, raw_, d_ = (np.empty((count, width)) for _ in range(4))
     counted_, floor_ = np.empty((count, 1)), np.empty((count, 1))
     root_n = np.sqrt(n)

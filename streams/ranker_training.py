@@ -118,10 +118,12 @@ def batch_rows(
 
 def ftrl_config(settings: RankerSettings) -> FTRLConfig:
     """The workers' FTRL config from the settings: α, β, λ1, λ2, the prior (contracts.ranking.prior_weights), the
-    bias's α and standardization.
+    bias's α and standardization (of the named features only, when named).
 
-    >>> ftrl_config(RankerSettings(prior_ctr=0.0)) == FTRLConfig()
+    >>> ftrl_config(RankerSettings(standardize=False)) == FTRLConfig()
     True
+    >>> ftrl_config(RankerSettings(standardize=False, standardize_features="als_rank")).standardize_only  # unused off
+    ()
     """
     r = settings
     return FTRLConfig(
@@ -132,13 +134,14 @@ def ftrl_config(settings: RankerSettings) -> FTRLConfig:
         prior=prior_weights(r.prior_ctr),
         bias_alpha=r.bias_alpha,
         standardize=r.standardize,
+        standardize_only=tuple(FEATURES.index(name) for name in r.standardize_features) if r.standardize else (),
     )
 
 
 def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:
     """A partition's ranker from its stored state, learning on with ``config`` (the settings may have changed
-    since); a new one when there is no state, or one of another feature count, unreadable, or learned with the
-    other standardization (its z and n weigh other features)."""
+    since); a new one when there is no state, or one of another feature count, unreadable, or learned with another
+    standardization, or of other features (its z and n weigh other features)."""
     if state is not None:
         try:
             ranker = FTRLRanker.from_bytes(state)
@@ -148,9 +151,12 @@ def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:
             if ranker.n_features != len(FEATURES):
                 log.warning("ranker state of %d features, not %d: the partition's ranker starts again",
                             ranker.n_features, len(FEATURES))  # fmt: skip
-            elif ranker.config.standardize != config.standardize:
-                log.warning("ranker state learned with standardize=%s: the partition's ranker starts again",
-                            ranker.config.standardize)  # fmt: skip
+            elif (ranker.config.standardize, ranker.config.standardize_only) != (
+                config.standardize,
+                config.standardize_only,
+            ):
+                log.warning("ranker state learned with standardize=%s (only %s): the partition's ranker starts again",
+                            ranker.config.standardize, ranker.config.standardize_only)  # fmt: skip
             else:
                 ranker.config = config
                 return ranker

@@ -40,6 +40,31 @@ def test_standardize_and_a_prior_are_refused_together(monkeypatch):
         load_settings()
 
 
+@pytest.mark.parametrize(
+    ("standardize", "names", "error"),
+    [("true", "als_rank,pool_age", None), ("false", "als_rank,pool_age", None),
+     ("true", "als_rank,age", "not features: age")],
+)  # fmt: skip
+def test_the_features_to_standardize_are_feature_names(monkeypatch, standardize, names, error):
+    monkeypatch.setenv("RECSTREAM_RANKER_STANDARDIZE", standardize)
+    monkeypatch.setenv("RECSTREAM_RANKER_STANDARDIZE_FEATURES", names)
+    if error is None:
+        assert load_settings().ranker.standardize_features == ("als_rank", "pool_age")
+    else:
+        with pytest.raises(SettingsError, match=error):
+            load_settings()
+
+
+def test_the_default_ranker_standardizes_the_taste_features_and_a_prior_needs_it_off(monkeypatch):
+    ranker = load_settings().ranker
+    assert ranker.standardize and ranker.standardize_features == ("als_rank", "category_affinity")
+    monkeypatch.setenv("RECSTREAM_RANKER_PRIOR_CTR", "1")
+    with pytest.raises(SettingsError, match="do not combine"):
+        load_settings()
+    monkeypatch.setenv("RECSTREAM_RANKER_STANDARDIZE", "false")
+    assert load_settings().ranker.prior_ctr == 1.0
+
+
 def test_environment_is_read(monkeypatch):
     monkeypatch.setenv("RECSTREAM_KAFKA_BOOTSTRAP", "10.0.0.1:9999")
     monkeypatch.setenv("RECSTREAM_REDIS_URL", "rediss://:secret@cache:6380/2")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -243,7 +244,7 @@ def test_a_standardized_step_is_the_hand_computed_one_on_the_scaled_row():
     # w = (0.5/1.75, 1/5, −0.5/4) on x̃. Then μ = (2, −1), s = 1, so on raw rows the bias is w_0 − 2·w_1 + w_2.
     ranker.update([[2.0, -1.0]], [1])
     np.testing.assert_allclose(ranker.weights, [0.5 / 1.75 - 0.4 - 0.125, 1.0 / 5, -0.5 / 4], rtol=1e-15)
-    data = np.frombuffer(ranker.to_bytes()[-40 * 3 :], dtype="<f8").reshape(5, 3)  # prior, z, n, μ, M2
+    data = np.frombuffer(ranker.to_bytes()[-48 * 3 :], dtype="<f8").reshape(6, 3)  # prior, z, n, μ, M2, mask
     z1, n1 = data[1].tolist(), data[2].tolist()
     # Row 2 is scaled by the statistics of row 1 alone: μ = (2, −1), variance 0 → s = 1, so x̃ = (1 − 2, 3 + 1).
     x_tilde = [1.0, -1.0, 4.0]
@@ -255,7 +256,7 @@ def test_a_standardized_step_is_the_hand_computed_one_on_the_scaled_row():
     predicted: list[float] = []
     ranker.update([[1.0, 3.0]], [0], predicted)
     assert predicted[0] == pytest.approx(p, rel=1e-12)
-    data = np.frombuffer(ranker.to_bytes()[-40 * 3 :], dtype="<f8").reshape(5, 3)  # prior, z, n, μ, M2
+    data = np.frombuffer(ranker.to_bytes()[-48 * 3 :], dtype="<f8").reshape(6, 3)  # prior, z, n, μ, M2, mask
     np.testing.assert_allclose(data[1], z2, rtol=1e-12)
     np.testing.assert_allclose(data[2], n2, rtol=1e-12)
     # After both rows: μ = (1.5, 1), M2 = (0.5, 8), s = (0.5, 2); the weights map back to raw features.
@@ -299,9 +300,93 @@ def test_standardized_state_depends_on_the_rows_only_and_round_trips():
         ranker.update(x, y)
     update_many(together, *zip(*batches, strict=True))
     assert [r.to_bytes() for r in together] == [r.to_bytes() for r in alone]
-    negative_m2 = whole.to_bytes()[:-8] + np.array([-1.0], dtype="<f8").tobytes()
+    state = whole.to_bytes()  # … μ, M2, mask: 4 values each
+    negative_m2 = state[:-40] + np.array([-1.0], dtype="<f8").tobytes() + state[-32:]
     with pytest.raises(ValueError, match=">= 0"):
         FTRLRanker.from_bytes(negative_m2)
+
+
+def test_a_step_standardizing_a_subset_scales_only_those_features():
+    """Feature 0 stays raw, feature 1 is standardized: the hand-computed steps of the full case, with μ_0 = 0 and
+    s_0 = 1 throughout."""
+    cfg = FTRLConfig(alpha=0.5, bias_alpha=2.0, standardize=True, standardize_only=(1,))
+    ranker = FTRLRanker(2, cfg)
+    ranker.update([[2.0, -1.0]], [1])  # no statistics yet: the plain step; then μ = (0, −1), s = 1
+    np.testing.assert_allclose(ranker.weights, [0.5 / 1.75 - 0.125, 1.0 / 5, -0.5 / 4], rtol=1e-15)
+    data = np.frombuffer(ranker.to_bytes()[-48 * 3 :], dtype="<f8").reshape(6, 3)  # prior, z, n, μ, M2, mask
+    z1, n1 = data[1].tolist(), data[2].tolist()
+    x_tilde = [1.0, 1.0, 4.0]  # row 2 = (1, 3): feature 0 raw, feature 1 is (3 − (−1))/1
+    alphas = [2.0, 0.5, 0.5]
+    w = [ftrl_weight(zi, ni, FTRLConfig(alpha=a)) for zi, ni, a in zip(z1, n1, alphas, strict=True)]
+    p = sigmoid(sum(wi * xi for wi, xi in zip(w, x_tilde, strict=True)))
+    z2, n2 = accumulated(z1, n1, w, [p * xi for xi in x_tilde], alphas)
+    predicted: list[float] = []
+    ranker.update([[1.0, 3.0]], [0], predicted)
+    assert predicted[0] == pytest.approx(p, rel=1e-12)
+    data = np.frombuffer(ranker.to_bytes()[-48 * 3 :], dtype="<f8").reshape(6, 3)
+    np.testing.assert_allclose(data[1], z2, rtol=1e-12)
+    np.testing.assert_allclose(data[2], n2, rtol=1e-12)
+    assert data[3].tolist() == [0.0, 0.0, 1.0] and data[4].tolist() == [0.0, 0.0, 8.0], "feature 0 has no statistics"
+    assert data[5].tolist() == [0.0, 0.0, 1.0], "the mask: only feature 1"
+    learned = [-zi / ((1.0 + math.sqrt(ni)) / a + 1.0) for zi, ni, a in zip(z2, n2, alphas, strict=True)]
+    np.testing.assert_allclose(ranker.weights, [learned[0] - learned[2] / 2.0, learned[1], learned[2] / 2.0],
+                               rtol=1e-12)  # fmt: skip
+
+
+def test_a_subset_standardized_state_round_trips_and_learns_on_as_one_run():
+    rows, clicks = planted(np.random.default_rng(14), 200, n_noise=2)
+    rows = rows * [1.0, 10.0, 0.1] + [5.0, 0.0, -3.0]
+    cfg = FTRLConfig(alpha=0.1, bias_alpha=0.5, standardize=True, standardize_only=(0, 2))
+    whole, batched = FTRLRanker(3, cfg), FTRLRanker(3, cfg)
+    whole.update(rows, clicks)
+    for start, stop in itertools.pairwise([0, 1, 77, 200]):
+        batched = FTRLRanker.from_bytes(batched.to_bytes())
+        batched.update(rows[start:stop], clicks[start:stop])
+    assert batched.to_bytes() == whole.to_bytes() and batched.config == cfg
+    every = FTRLRanker.from_bytes(FTRLRanker(3, FTRLConfig(standardize=True, standardize_only=(0, 1, 2))).to_bytes())
+    assert every.config.standardize_only == (), "every feature standardized reads back as ()"
+
+
+@pytest.mark.parametrize(("only", "n_features", "error"), [
+    ((0,), 1, None), ((1,), 1, "feature 1 of 1"), ((2,), 3, None), ((3,), 3, "feature 3 of 3"),
+])  # fmt: skip
+def test_a_standardized_feature_must_be_one_of_the_rankers(only, n_features, error):
+    cfg = FTRLConfig(standardize=True, standardize_only=only)
+    if error is None:
+        assert FTRLRanker(n_features, cfg).config.standardize_only == only
+    else:
+        with pytest.raises(ValueError, match=error):
+            FTRLRanker(n_features, cfg)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [({"standardize_only": (1,)}, "needs standardize"), ({"standardize": True, "standardize_only": (-1,)}, ">= 0")],
+)
+def test_a_standardized_subset_is_validated(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        FTRLConfig(**kwargs)
+
+
+@pytest.mark.parametrize("mask", [[1.0, 1.0, 1.0], [0.0, 0.5, 1.0], [0.0, 0.0, 0.0]], ids=["bias", "half", "none"])
+def test_a_state_with_a_broken_standardized_mask_is_refused(mask):
+    state = FTRLRanker(2, FTRLConfig(standardize=True)).to_bytes()
+    with pytest.raises(ValueError, match="mask"):
+        FTRLRanker.from_bytes(state[:-24] + np.array(mask, dtype="<f8").tobytes())
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_a_version_3_state_reads_as_the_same_ranker(standardize):
+    """Version 3 (before the mask) is version 4 without it: a stored ranker learns on after an upgrade."""
+    ranker = FTRLRanker(2, FTRLConfig(standardize=standardize))
+    ranker.update([[1.0, 2.0], [0.0, -1.0]], [1, 0])
+    state = ranker.to_bytes()
+    v3 = state[:4] + struct.pack("<H", 3) + state[6:]
+    if standardize:
+        v3 = v3[:-24]  # the mask: every feature standardized
+    assert FTRLRanker.from_bytes(v3).to_bytes() == state
+    with pytest.raises(ValueError, match="version 2"):
+        FTRLRanker.from_bytes(state[:4] + struct.pack("<H", 2) + state[6:])
 
 
 def test_standardized_features_of_any_scale_weigh_alike():

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
-from recstream.streams.ranker_training import RecentRows, batch_rows, restore, train, train_batch
+from recstream.streams.ranker_training import RecentRows, batch_rows, ftrl_config, restore, train, train_batch
 
 from recstream.contracts.events import Event
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, encode_features
+from recstream.contracts.settings import RankerSettings
 
 T0 = 1_700_000_000_000
 F = len(FEATURES)
@@ -103,6 +104,23 @@ def test_a_state_learned_with_the_other_standardization_starts_a_new_ranker(stor
     assert ranker.n_updates == 0 and ranker.config.standardize is configured
     same = restore(state.to_bytes(), FTRLConfig(standardize=stored, alpha=0.2))
     assert same.n_updates == 3, "the same standardization learns on"
+
+
+def test_a_state_that_standardized_other_features_starts_a_new_ranker():
+    taste = FTRLConfig(standardize=True, standardize_only=(FEATURES.index("als_rank"),))
+    state = FTRLRanker(F, taste)
+    state.update(np.ones((3, F)), [1, 0, 1])
+    assert restore(state.to_bytes(), FTRLConfig(standardize=True)).n_updates == 0, "every feature: another model"
+    assert restore(state.to_bytes(), taste).n_updates == 3, "the same features learn on"
+
+
+def test_the_settings_name_the_features_to_standardize():
+    settings = RankerSettings(standardize=True, standardize_features="category_affinity, als_rank")
+    assert settings.standardize_features == ("category_affinity", "als_rank")
+    config = ftrl_config(settings)
+    assert config.standardize_only == (FEATURES.index("als_rank"), FEATURES.index("category_affinity"))
+    every = RankerSettings(standardize=True, standardize_features="")
+    assert ftrl_config(every).standardize_only == (), "none named: every feature"
 
 
 @pytest.mark.parametrize("n_rows", [99, 100, 101])

@@ -422,7 +422,7 @@ async def test_the_ranker_learns_each_partitions_served_rows_once_and_counts_the
     personal above popular; the worker counts rows by label and skips by reason, and its online AUC is the
     AUC of the independent run's progressive predictions. With a prior (RECSTREAM_RANKER_PRIOR_CTR), which the
     stored states carry."""
-    settings = isolated_settings.replace(batch_max=30, ranker_prior_ctr=1.0)
+    settings = isolated_settings.replace(batch_max=30, ranker_prior_ctr=1.0, ranker_standardize=False)
     _, _, events = world(n_users=80, n_items=50, n_events=3_000, seed=7)
     events, skipped = broken(served(events), seed=8)
     client = redis.Redis.from_url(settings.redis.url)
