@@ -25,6 +25,7 @@ from math import isfinite
 from pathlib import Path
 from typing import NoReturn
 
+import redis
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -188,6 +189,11 @@ def machine() -> str:
     )  # fmt: skip
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} cores, {mem:.1f} GiB, {model}"
+
+
+def client_of(settings: Settings, **options: float) -> redis.Redis | redis.RedisCluster:
+    """A blocking client of the run's Redis: a cluster client on a Redis Cluster."""
+    return (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url, **options)
 
 
 def figure(value: float, unit: str, command: str, baseline: float | None = None) -> dict[str, object]:

@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaProducer
 from recstream.models.als import ALSConfig
 from recstream.streams.processor import DEAD_LETTER_MAX_BYTES
 
+from bench.common import client_of
 from recstream.contracts.events import MAX_MESSAGE_BYTES, Event, ItemEvent, UserEvent
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
@@ -129,11 +130,6 @@ def score(client: redis.Redis | redis.RedisCluster, keys: Keys, events: Sequence
 def applied(client: redis.Redis | redis.RedisCluster, keys: Keys) -> int:
     totals = client.hmget(keys("totals"), ["views", "clicks"])
     return sum(int(v or 0) for v in totals)
-
-
-def client_of(settings: Settings, **options: float) -> redis.Redis | redis.RedisCluster:
-    """A blocking client of the run's Redis: a cluster client on a Redis Cluster."""
-    return (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url, **options)
 
 
 @dataclass

@@ -72,13 +72,12 @@ from urllib.request import urlopen
 
 import numpy as np
 import orjson
-import redis
 from recstream.models.ranker import FTRLRanker
 from recstream.streams.ranker_training import ftrl_config
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import RESULTS, ROOT, check_answers, fail, figure, record, show
+from bench.common import RESULTS, ROOT, check_answers, client_of, fail, figure, record, show
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings, load_settings
@@ -105,7 +104,7 @@ def populate(settings: Settings, seed: int = 7) -> None:
     """Write a realistic state in the workers' layout (the bench measures the reader, not the workers)."""
     rng = random.Random(seed)
     k = Keys.of(settings)  # hash-tagged on a Redis Cluster, as the workers write it there
-    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url)
+    client = client_of(settings)
     pipe = client.pipeline(transaction=False)
     items = [f"i{n}" for n in range(N_ITEMS)]
     pool = [f"n{n}" for n in range(N_POOL)]
@@ -451,8 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     contenders = list(CONTENDERS)
     stack = contextlib.ExitStack()  # with --cluster: the Redis Cluster's nodes, stopped by pid
     try:
-        single = [infra.redis_service(settings).pid() or 0]
-        redis_pids: dict[str, list[int]] = {}
+        single, cluster_pids = [infra.redis_service(settings).pid() or 0], []
         started = time.perf_counter()
         populate(settings)
         if args.cluster:
@@ -462,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
             contenders.append(Contender(CLUSTER, "reader_feeds_per_s_cluster", open_loop=True,
                                         p99_key="reader_p99_ms_cluster",
                                         settings=(("redis_url", cluster.url), ("redis_cluster", True))))  # fmt: skip
-            redis_pids[CLUSTER] = [infra.redis_service(node).pid() or 0 for node in clusters.redis_nodes]
+            cluster_pids = [infra.redis_service(node).pid() or 0 for node in clusters.redis_nodes]
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
         processes = {MAIN: 1} | {c.name: c.processes for c in contenders}
         readers[MAIN] = infra.Child("serve", settings, run_dir / "reader.log")
@@ -484,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         rounds = turns(contenders, args, warm)
         load_before = os.getloadavg()[0]
-        redis_pids = {name: redis_pids.get(name, single) for name in readers}
+        redis_pids = {name: cluster_pids if name == CLUSTER else single for name in readers}
         results = measure(warm_ups + phases + [p for r in rounds for p in r], readers, redis_pids, args)
         texts = {name: every_process_metrics(reader, processes[name]) for name, reader in readers.items()}
     finally:

@@ -39,14 +39,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from bench.common import ROOT, figure, machine, record, services, show
+from bench.common import ROOT, client_of, figure, machine, record, services, show
 from bench.faults import (
     CLUSTER_SCENARIOS,
     SCENARIOS,
     FaultRun,
     ReaderLoad,
     Workload,
-    client_of,
     model_keys,
     reader_redis_outage,
     run_scenario,

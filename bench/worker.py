@@ -45,7 +45,17 @@ from aiokafka import AIOKafkaConsumer
 from recstream.models.als import ALSConfig
 from rich.table import Table
 
-from bench.common import ROOT, figure, histogram_quantile, machine, record, scrape_histogram, services, show
+from bench.common import (
+    ROOT,
+    client_of,
+    figure,
+    histogram_quantile,
+    machine,
+    record,
+    scrape_histogram,
+    services,
+    show,
+)
 from recstream.contracts.events import Event, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
@@ -126,8 +136,7 @@ def applied_when_answered(client: redis.Redis | redis.RedisCluster, key: str) ->
 def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) -> tuple[float, Child]:
     """Events/s from the first applied batch to the last, for a worker started on a full backlog (``total``
     applied events at the end, ``already`` of them in Redis before it starts)."""
-    client = (redis.RedisCluster if settings.redis.cluster else redis.Redis).from_url(settings.redis.url,
-                                                                                      socket_timeout=30)  # fmt: skip
+    client = client_of(settings, socket_timeout=30)
     key = Keys.of(settings)("totals")
     worker = Child("worker", settings, LOGS / f"worker-{prefix}.log")
     try:
@@ -242,10 +251,10 @@ def redis_busy_us(client: redis.Redis) -> float:
 
 def run_backlog(settings: Settings, prefix: str, total: int) -> tuple[BacklogRun, Child]:
     """:func:`time_backlog`, with the batch count and user steps from the worker's metrics at its end."""
-    client = redis.Redis.from_url(settings.redis.url)
-    busy = redis_busy_us(client)
-    rate, worker = time_backlog(settings, prefix, total)
-    busy = redis_busy_us(client) - busy
+    with redis.Redis.from_url(settings.redis.url) as client:  # one Redis: INFO of a cluster is per node
+        busy = redis_busy_us(client)
+        rate, worker = time_backlog(settings, prefix, total)
+        busy = redis_busy_us(client) - busy
     text = worker.metrics()
     batches = sample(text, f'recstream_worker_batch_events_count{{topic="{settings.kafka.events_topic}"}}')
     steps = sample(text, "recstream_worker_user_steps_total")
