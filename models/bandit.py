@@ -94,7 +94,51 @@ def thompson_top_k(
     >>> thompson_top_k([1.0, 90.0, 1.0], [99.0, 10.0, 99.0], 2, np.random.default_rng(0)).tolist()[0]
     1
     """
-    return _top_k(rng.beta(np.asarray(alpha, np.float64), np.asarray(beta, np.float64)), k, exclude)
+    return thompson_picks(alpha, beta, k, rng, exclude=exclude)[0]
+
+
+def thompson_picks(
+    alpha: npt.ArrayLike,
+    beta: npt.ArrayLike,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    exclude: npt.ArrayLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`thompson_top_k`'s indices and the draws θ that chose them (largest first), from the same one draw
+    per item: the same generator state gives the same picks and the same θ.
+
+    >>> index, theta = thompson_picks([1.0, 90.0, 1.0], [99.0, 10.0, 99.0], 1, np.random.default_rng(0))
+    >>> index.tolist(), bool(0.8 < theta[0] < 0.95)
+    ([1], True)
+    """
+    draws = rng.beta(np.asarray(alpha, np.float64), np.asarray(beta, np.float64))
+    index = _top_k(draws, k, exclude)
+    return index, draws[index]
+
+
+def explore_gate(theta: npt.ArrayLike, displaced: npt.ArrayLike) -> int:
+    """How many explore picks keep their slots on a ranked page (the rest go to the next ranked items).
+
+    Pick j (draws θ largest first) competes with the exploitation item it would push off the page, the
+    page's j-th lowest-scored one, of click probability p_j by the ranker (none to push off: p_j = 0),
+    and keeps its slot while θ_j / (1 + θ_j) ≥ p_j. Thompson sampling on one scale: a wide posterior
+    sometimes draws high and keeps exploring, a narrow low one stops taking slots. θ ~ Beta(α0 + clicks,
+    β0 + views − clicks) is the item's clicks per view (α0, β0 from the global CTR: the same counters);
+    the ranker learns one row per view (0) and one per click (1), so it predicts clicks/(views + clicks)
+    = c/(1 + c) for c clicks per view: θ/(1 + θ) is the pick's draw on the ranker's scale. Both lists are
+    sorted (θ falls with j, p_j rises), so once a pick loses every later one does.
+
+    >>> explore_gate([0.25, 0.2, 0.1], [0.2, 0.2, 0.3])  # 0.25/1.25 = 0.2 ties and keeps; 0.2/1.2 < 0.2
+    1
+    >>> explore_gate([0.3, 0.01], [0.0, 0.0]), explore_gate([], [])
+    (2, 0)
+    """
+    theta, p = np.asarray(theta, np.float64), np.asarray(displaced, np.float64)
+    if theta.shape != p.shape:
+        raise ValueError(f"one displaced probability per pick, got {p.shape} for {theta.shape}")
+    loses = np.flatnonzero(theta / (1.0 + theta) < p)
+    return int(loses[0]) if loses.size else int(theta.size)
 
 
 def epsilon_greedy_top_k(

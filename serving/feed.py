@@ -34,7 +34,7 @@ from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from recstream.models.bandit import choose_explore
+from recstream.models.bandit import choose_explore, explore_gate, thompson_picks
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
 from recstream.serving.features import PageFeatures
 from recstream.serving.filters import NO_FILTER, FeedFilter
@@ -142,7 +142,9 @@ def build_page(
     taste = taste_weights(user, snapshot.categories, now)
     favourites = favourite_categories(user, taste, exclude.blocked)
     lists = snapshot.segments.get(user.segment or DEFAULT_SEGMENT)
-    explored = explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings) if counts["explore"] else []
+    explored, theta = (
+        explore(snapshot.pool, exclude, counts["explore"] + limit, seed, settings) if counts["explore"] else ([], None)
+    )
     mode = ranking_mode(snapshot.ranker, blend, now)
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
@@ -159,7 +161,8 @@ def build_page(
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
     weights = snapshot.ranker.weights
-    items, vectors = _ranked(on, explored, counts, exclude, features, weights, blend.ranker_depth)  # type: ignore[arg-type]
+    gate = theta if blend.explore_gate else None
+    items, vectors = _ranked(on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
 
@@ -202,6 +205,7 @@ def _ranked(
     features: PageFeatures,
     weights: np.ndarray,
     depth_factor: int = 1,
+    gate: np.ndarray | None = None,
 ) -> tuple[list[Served], list[str]]:
     """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each, more in
     turn while the union cannot fill its slots and the explore slots the pool leaves empty),
@@ -211,8 +215,14 @@ def _ranked(
     first heir of explore slots the pool cannot fill, and explore keeps its positions and its cap. The
     explore picks the page can serve are scored with the union (for the page to show and log), never
     ranked; items are explained only as the interleave takes them (a page takes about 20 of about 60).
+
+    ``gate`` (the picks' Thompson draws θ, aligned with ``explored``; None: no gate) lets the explore picks
+    the generators did not propose compete with the ranked list (models/bandit.explore_gate): pick j, θ
+    largest first, keeps its slot only against the page's j-th lowest-scored exploitation item, else that item
+    stays. A pool item a generator proposed is then ranked with the union, not explored.
     """
-    depth, excluded = sum(counts.values()) - counts["explore"], exclude.fast
+    k, excluded = counts["explore"], exclude.fast
+    depth = sum(counts.values()) - k
     proposed: dict[str, dict[Source, Candidate]] = {}
     allowed = {source: (c for c in candidates if c.item not in excluded) for source, candidates in generators.items()}
     for source, stream in allowed.items():
@@ -221,8 +231,10 @@ def _ranked(
     # a union short of its slots (generators proposing the same items, a filter few items pass), which include
     # the explore slots the pool cannot fill (the ranked list is their heir), takes each generator's next allowed
     # candidate in turn: the page stays full while any generator has one
-    explorable = sum(1 for _ in itertools.islice((c for c in explored if c.item not in excluded), counts["explore"]))
-    while len(proposed) < depth + counts["explore"] - explorable and allowed:
+    explorable = (
+        0 if gate is not None else sum(1 for _ in itertools.islice((c for c in explored if c.item not in excluded), k))
+    )
+    while len(proposed) < depth + k - explorable and allowed:
         for source, stream in list(allowed.items()):
             if (candidate := next(stream, None)) is None:
                 del allowed[source]
@@ -231,11 +243,19 @@ def _ranked(
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
     # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
-    picks = (c.item for c in explored if c.item not in proposed and c.item not in excluded)
-    row_of = {item: k for k, item in enumerate([*items, *itertools.islice(picks, counts["explore"])])}
+    picks = list(
+        itertools.islice((j for j, c in enumerate(explored) if c.item not in proposed and c.item not in excluded), k)
+    )
+    row_of = {item: r for r, item in enumerate([*items, *(explored[j].item for j in picks)])}
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
     tops, pulls = top_features(contributions), generator_pull(contributions)
+    if gate is not None:  # pick j would push off the exploitation item ranked depth + k − 1 − j (none: p = 0)
+        best = -np.sort(-probabilities[: len(items)])
+        bottom = [
+            float(best[r]) if r < best.size else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)
+        ]
+        explored = [explored[j] for j in picks[: explore_gate(gate[picks], bottom)]]
     served_as: dict[str, Source] = {}
 
     def best_first() -> Iterator[Candidate]:
@@ -250,7 +270,7 @@ def _ranked(
             served_as[item] = source  # type: ignore[assignment]
             yield Candidate(item, reason)
 
-    slots: dict[Source, int] = {"personal": depth, "explore": counts["explore"]}
+    slots: dict[Source, int] = {"personal": depth, "explore": k}
     page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
     at = [row_of[s.item] for s in page]
     served = [
@@ -350,27 +370,29 @@ def _tagged(rows: Iterable[tuple[int, str]], category: str) -> Iterator[tuple[in
     return ((neg_created, item, category) for neg_created, item in rows)
 
 
-def explore(pool: Pool, exclude: Exclusions, k: int, seed: int, settings: Settings) -> list[Candidate]:
-    """The k best pool items by one Beta(α, β) draw each (excluded ones masked before the draw's top-k).
+def explore(
+    pool: Pool, exclude: Exclusions, k: int, seed: int, settings: Settings
+) -> tuple[list[Candidate], np.ndarray | None]:
+    """The k best pool items by one Beta(α, β) draw each (excluded ones masked before the draw's top-k), and
+    their draws θ (None under ε-greedy, which draws none: its picks are never gated).
 
     k exceeds the explore slots by the page size, so items other sources take first never leave
     the explore slots empty. The generator is seeded per request: same seed, same page.
     """
-    if not pool.items or settings.blend.explore_policy == "none":
-        return []
+    policy = settings.blend.explore_policy
+    if not pool.items or policy == "none":
+        return [], None
     mask = np.zeros(len(pool.items), dtype=bool)
     mask[[pool.index[i] for i in pool.index.keys() & exclude.items]] = True  # the intersection runs in C
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
     if exclude.only.narrows:  # a filtered request: the pool's items one by one (the filter may name features)
         mask |= np.fromiter((item in exclude for item in pool.items), dtype=bool, count=len(pool.items))
-    picks = choose_explore(
-        settings.blend.explore_policy,
-        pool.alpha,
-        pool.beta,
-        k,
-        np.random.default_rng(seed),
-        exclude=mask,
-        epsilon=settings.blend.explore_epsilon,
-    )
-    return [Candidate(pool.items[i], EXPLORE_REASON) for i in picks.tolist()]
+    rng, theta = np.random.default_rng(seed), None
+    if policy == "thompson":
+        picks, theta = thompson_picks(pool.alpha, pool.beta, k, rng, exclude=mask)
+    else:
+        picks = choose_explore(
+            policy, pool.alpha, pool.beta, k, rng, exclude=mask, epsilon=settings.blend.explore_epsilon
+        )
+    return [Candidate(pool.items[i], EXPLORE_REASON) for i in picks.tolist()], theta

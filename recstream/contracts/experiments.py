@@ -33,6 +33,7 @@ BLEND_SETTINGS = (
     "explore_max_share",
     "explore_policy",
     "explore_epsilon",
+    "explore_gate",
     "popular_personal_head",
     "ranker",
 )
@@ -54,6 +55,7 @@ class Variant(_Frozen):
     explore_max_share: float | None = Field(None, ge=0, le=1)
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] | None = None
     explore_epsilon: float | None = Field(None, ge=0, le=1)
+    explore_gate: bool | None = Field(None, description="ranked pages: explore picks compete with the ranked items")
     popular_personal_head: int | None = Field(None, ge=0, le=500)
     ranker: bool | None = Field(None, description="ranked pages (true) or the fixed-quota blend (false)")
 

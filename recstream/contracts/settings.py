@@ -340,6 +340,12 @@ class BlendSettings(Section):
         "thompson", description="how explore slots are chosen from the new-item pool"
     )
     explore_epsilon: float = Field(0.1, ge=0, le=1, description="ε of the epsilon_greedy policy")
+    explore_gate: bool = Field(
+        False,
+        description="ranked pages: a Thompson explore pick keeps its slot only when its draw θ, as θ/(1 + θ), is at "
+        "least the ranker's click probability of the item it would push off the page (models/bandit.explore_gate); "
+        "else the next ranked item takes it (false: every pick keeps its slot, as in the fixed blend)",
+    )
     ranker: bool = Field(
         True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"
     )

@@ -8,7 +8,9 @@ from recstream.models.bandit import (
     BetaPrior,
     choose_explore,
     epsilon_greedy_top_k,
+    explore_gate,
     graduated,
+    thompson_picks,
     thompson_top_k,
 )
 
@@ -123,3 +125,30 @@ def test_k_larger_than_the_pool_returns_every_eligible_item_once():
         chosen = choose_explore(policy, alpha, beta, 10, np.random.default_rng(6), exclude=[1], epsilon=0.5)
         assert sorted(chosen.tolist()) == [0, 2]
         assert choose_explore(policy, alpha, beta, 3, np.random.default_rng(6), exclude=[0, 1, 2]).size == 0
+
+
+def test_thompson_picks_are_thompson_top_k_with_the_draws_that_chose_them():
+    alpha, beta = np.array([1.0, 5.0, 2.0, 9.0]), np.array([9.0, 5.0, 8.0, 1.0])
+    index, theta = thompson_picks(alpha, beta, 3, np.random.default_rng(4), exclude=[2])
+    assert index.tolist() == thompson_top_k(alpha, beta, 3, np.random.default_rng(4), exclude=[2]).tolist()
+    assert theta.tolist() == np.random.default_rng(4).beta(alpha, beta)[index].tolist()
+    assert theta.tolist() == sorted(theta.tolist(), reverse=True) and 2 not in index.tolist()
+    again = thompson_picks(alpha, beta, 3, np.random.default_rng(4), exclude=[2])
+    assert again[0].tolist() == index.tolist() and again[1].tolist() == theta.tolist(), "same seed, same page"
+
+
+@pytest.mark.parametrize(
+    ("p", "kept"),
+    [(np.nextafter(0.2, 0.0), 1), (0.2, 1), (np.nextafter(0.2, 1.0), 0)],  # θ/(1 + θ) = 0.25/1.25 = 0.2
+)
+def test_a_pick_keeps_its_slot_when_its_draw_on_the_rankers_scale_is_at_least_the_displaced_probability(p, kept):
+    assert explore_gate([0.25], [p]) == kept
+
+
+def test_the_gate_stops_at_the_first_losing_pick_and_never_keeps_more_than_it_was_given():
+    assert explore_gate([0.5, 0.4, 0.3], [0.1, 0.3, 0.0]) == 1, "0.4/1.4 < 0.3: that slot and the next go ranked"
+    assert explore_gate([1.0, 1.0], [0.0, 0.0]) == 2, "nothing to push off: every pick, and only those, keep"
+    assert explore_gate([0.0], [0.0]) == 1 and explore_gate([0.0], [1e-12]) == 0
+    assert explore_gate([], []) == 0, "an empty pool keeps nothing"
+    with pytest.raises(ValueError, match="one displaced probability per pick"):
+        explore_gate([0.2, 0.1], [0.1])

@@ -289,6 +289,51 @@ def test_a_ranked_page_ranks_only_allowed_items_and_keeps_the_capped_explore_slo
         assert {s.source for s in page.items} <= set(SOURCES)
 
 
+@pytest.mark.parametrize(
+    ("alpha", "beta", "kept"),
+    [(0.01, 1000.0, 0), (1000.0, 0.01, 2)],  # θ ≈ 0 loses to any ranked item; θ ≈ 1 (0.5 on p's scale) beats σ(−1)
+)
+def test_the_explore_gate_gives_a_low_posteriors_slot_to_the_next_ranked_item_and_keeps_a_high_ones(alpha, beta, kept):
+    snap, user = snapshot(fresh_state({"personal": 1.0}, bias=-2.0)), warm_user()
+    snap.pool.alpha[:], snap.pool.beta[:] = alpha, beta
+    settings = SETTINGS.replace(share_fresh=0.0, explore_gate=True)  # fresh would propose the pool to the ranker
+    for seed in range(5):
+        page = build_page(user, snap, settings, 20, seed=seed, now=100.0)
+        free = build_page(user, snap, settings.replace(explore_gate=False), 20, seed=seed, now=100.0)
+        assert page.ranked and len(page.items) == len({s.item for s in page.items}) == 20
+        assert sum(s.source == "explore" for s in free.items) == 2
+        assert sum(s.source == "explore" for s in page.items) == kept
+        ranked = [s for s in page.items if s.source != "explore"]
+        assert [s.score for s in ranked] == sorted((s.score for s in ranked), reverse=True)
+        assert {s.item for s in free.items if s.source != "explore"} <= {s.item for s in ranked}
+        if kept:
+            assert page.items == free.items, "a pick that keeps its slot keeps its position"
+        else:  # the two pushed in are the next ranked ones, below every item the free page ranked
+            assert min(s.score for s in free.items if s.source != "explore") >= ranked[-1].score
+        for served, logged in zip(page.items, page.vectors, strict=True):
+            probability, _ = score(snap.ranker.weights, decode_features(logged)[None, :])
+            assert served.score == float(probability[0]), "the logged vector is the scored one"
+            assert served.reason
+
+
+@pytest.mark.parametrize(("explore_max_share", "slots"), [(0.05, 1), (0.1, 2), (0.15, 3)])
+def test_the_explore_gate_keeps_the_cap(explore_max_share, slots):
+    snap = snapshot(fresh_state({"personal": 1.0}, bias=-2.0))
+    snap.pool.alpha[:], snap.pool.beta[:] = 1000.0, 0.01
+    settings = SETTINGS.replace(
+        share_fresh=0.0, share_explore=0.5, explore_max_share=explore_max_share, explore_gate=True
+    )
+    page = build_page(warm_user(), snap, settings, 20, seed=3, now=100.0)
+    assert page.ranked and len(page.items) == 20 and sum(s.source == "explore" for s in page.items) == slots
+
+
+def test_with_the_gate_an_empty_pool_leaves_every_slot_to_the_ranked_list():
+    snap = snapshot(fresh_state({"personal": 1.0}, bias=-2.0))
+    snap.pool = Pool()
+    page = build_page(warm_user(), snap, SETTINGS.replace(explore_gate=True), 20, seed=3, now=100.0)
+    assert page.ranked and len(page.items) == 20 and "explore" not in {s.source for s in page.items}
+
+
 def test_a_generator_whose_share_is_zero_proposes_nothing_to_the_ranker():
     snap = snapshot(fresh_state({"popular": 3.0}))
     settings = SETTINGS.replace(share_popular=0.0)
