@@ -117,28 +117,42 @@ def thompson_picks(
     return index, draws[index]
 
 
-def explore_gate(theta: npt.ArrayLike, displaced: npt.ArrayLike) -> int:
+def per_row(theta: npt.ArrayLike) -> np.ndarray:
+    """A click rate per view θ as the ranker's click probability, θ / (1 + θ).
+
+    θ ~ Beta(α0 + clicks, β0 + views − clicks) is the item's clicks per view (α0, β0 from the global CTR,
+    the same counters); the ranker learns one row per view (label 0) and one per click (1), so for c clicks
+    per view it predicts clicks/(views + clicks) = c/(1 + c). Where views are impressions (production, the
+    closed loop) the two then measure the same thing; where they are not (MovieLens' views are ratings,
+    half of them clicks) the counters' CTR is on another scale, and only the ranker's own score compares.
+
+    >>> per_row([0.25, 0.0]).tolist()
+    [0.2, 0.0]
+    """
+    theta = np.asarray(theta, np.float64)
+    return theta / (1.0 + theta)
+
+
+def explore_gate(drawn: npt.ArrayLike, displaced: npt.ArrayLike) -> int:
     """How many explore picks keep their slots on a ranked page (the rest go to the next ranked items).
 
-    Pick j (draws θ largest first) competes with the exploitation item it would push off the page, the
-    page's j-th lowest-scored one, of click probability p_j by the ranker (none to push off: p_j = 0),
-    and keeps its slot while θ_j / (1 + θ_j) ≥ p_j. Thompson sampling on one scale: a wide posterior
-    sometimes draws high and keeps exploring, a narrow low one stops taking slots. θ ~ Beta(α0 + clicks,
-    β0 + views − clicks) is the item's clicks per view (α0, β0 from the global CTR: the same counters);
-    the ranker learns one row per view (0) and one per click (1), so it predicts clicks/(views + clicks)
-    = c/(1 + c) for c clicks per view: θ/(1 + θ) is the pick's draw on the ranker's scale. Both lists are
-    sorted (θ falls with j, p_j rises), so once a pick loses every later one does.
+    Pick j (draws largest first) competes with the exploitation item it would push off the page, the page's
+    j-th lowest-scored one, of click probability p_j by the ranker (none to push off: p_j = 0), and keeps its
+    slot while q_j ≥ p_j, q_j its Thompson draw as a click probability of the same scale (:func:`per_row`, or
+    the ranker's score with the draw as the item's CTR). A wide posterior sometimes draws high and keeps
+    exploring; a narrow low one stops taking slots. Both lists are sorted (q falls with j, p_j rises), so
+    once a pick loses every later one does.
 
-    >>> explore_gate([0.25, 0.2, 0.1], [0.2, 0.2, 0.3])  # 0.25/1.25 = 0.2 ties and keeps; 0.2/1.2 < 0.2
+    >>> explore_gate([0.2, 0.15, 0.1], [0.2, 0.2, 0.3])  # a tie keeps its slot
     1
     >>> explore_gate([0.3, 0.01], [0.0, 0.0]), explore_gate([], [])
     (2, 0)
     """
-    theta, p = np.asarray(theta, np.float64), np.asarray(displaced, np.float64)
-    if theta.shape != p.shape:
-        raise ValueError(f"one displaced probability per pick, got {p.shape} for {theta.shape}")
-    loses = np.flatnonzero(theta / (1.0 + theta) < p)
-    return int(loses[0]) if loses.size else int(theta.size)
+    q, p = np.asarray(drawn, np.float64), np.asarray(displaced, np.float64)
+    if q.shape != p.shape:
+        raise ValueError(f"one displaced probability per pick, got {p.shape} for {q.shape}")
+    loses = np.flatnonzero(q < p)
+    return int(loses[0]) if loses.size else int(q.size)
 
 
 def epsilon_greedy_top_k(

@@ -34,11 +34,20 @@ from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from recstream.models.bandit import choose_explore, explore_gate, thompson_picks
+from recstream.models.bandit import choose_explore, explore_gate, per_row, thompson_picks
 from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
 from recstream.serving.features import PageFeatures
 from recstream.serving.filters import NO_FILTER, FeedFilter
-from recstream.serving.ranking import GENERATOR, GENERATORS, Mode, generator_pull, ranking_mode, score, top_features
+from recstream.serving.ranking import (
+    GENERATOR,
+    GENERATORS,
+    Mode,
+    generator_pull,
+    ranking_mode,
+    score,
+    score_at_ctr,
+    top_features,
+)
 from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
@@ -161,7 +170,7 @@ def build_page(
     }
     on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
     weights = snapshot.ranker.weights
-    gate = theta if blend.explore_gate else None
+    gate = None if blend.explore_gate == "off" or theta is None else (blend.explore_gate, theta)
     items, vectors = _ranked(on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
@@ -205,7 +214,7 @@ def _ranked(
     features: PageFeatures,
     weights: np.ndarray,
     depth_factor: int = 1,
-    gate: np.ndarray | None = None,
+    gate: tuple[str, np.ndarray] | None = None,
 ) -> tuple[list[Served], list[str]]:
     """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each, more in
     turn while the union cannot fill its slots and the explore slots the pool leaves empty),
@@ -216,10 +225,11 @@ def _ranked(
     explore picks the page can serve are scored with the union (for the page to show and log), never
     ranked; items are explained only as the interleave takes them (a page takes about 20 of about 60).
 
-    ``gate`` (the picks' Thompson draws θ, aligned with ``explored``; None: no gate) lets the explore picks
-    the generators did not propose compete with the ranked list (models/bandit.explore_gate): pick j, θ
-    largest first, keeps its slot only against the page's j-th lowest-scored exploitation item, else that item
-    stays. A pool item a generator proposed is then ranked with the union, not explored.
+    ``gate`` (the setting's mode, and the picks' Thompson draws θ aligned with ``explored``; None: no gate) lets
+    the explore picks the generators did not propose compete with the ranked list (models/bandit.explore_gate):
+    pick j, θ largest first, keeps its slot only against the page's j-th lowest-scored exploitation item, as
+    θ/(1 + θ) ("draw") or as its own score with its CTR at θ ("ranker"), else that item stays. A pool item a
+    generator proposed is then ranked with the union, not explored.
     """
     k, excluded = counts["explore"], exclude.fast
     depth = sum(counts.values()) - k
@@ -255,7 +265,9 @@ def _ranked(
         bottom = [
             float(best[r]) if r < best.size else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)
         ]
-        explored = [explored[j] for j in picks[: explore_gate(gate[picks], bottom)]]
+        mode, theta = gate[0], gate[1][picks]
+        drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[len(items) :], theta)
+        explored = [explored[j] for j in picks[: explore_gate(drawn, bottom)]]
     served_as: dict[str, Source] = {}
 
     def best_first() -> Iterator[Candidate]:

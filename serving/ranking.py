@@ -55,6 +55,7 @@ GENERATORS: tuple[Source, ...] = ("personal", "popular", "fresh")
 """The generators of the ranked union, in the order of :func:`generator_pull`'s columns."""
 _GROUPS = np.array([[GENERATOR[f] == g for f in FEATURES] for g in GENERATORS], dtype=np.float64).T
 _EXPLAINS = np.array([GENERATOR[f] is not None for f in FEATURES])
+_CTR, _SEGMENT_CTR = FEATURES.index("ctr_logit"), FEATURES.index("segment_ctr_logit")
 """``warm`` is the same for every item of a page: it moves every score alike and explains none."""
 PROB_CLIP = 1e-6
 
@@ -136,6 +137,25 @@ def score(weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     contributions = rows * weights[1:]
     logits = np.clip(contributions.sum(axis=1) + weights[0], -LOGIT_CLIP, LOGIT_CLIP)
     return 1.0 / (1.0 + np.exp(-logits)), contributions
+
+
+def score_at_ctr(weights: np.ndarray, rows: np.ndarray, ctr: np.ndarray) -> np.ndarray:
+    """Click probabilities of ``rows`` were their items' CTR ``ctr`` (a Thompson draw, say): its logit in place of
+    ``ctr_logit``, and ``segment_ctr_logit`` moved by as much (the segment's lift over the overall CTR kept).
+    Compared with the page's scores, a draw is then judged on the ranker's own scale, whatever the counters count.
+
+    >>> w = np.zeros(len(FEATURES) + 1)
+    >>> w[1 + _CTR], w[1 + _SEGMENT_CTR] = 1.0, 0.5
+    >>> row = np.zeros((1, len(FEATURES)))
+    >>> row[0, _CTR], row[0, _SEGMENT_CTR] = -2.0, -1.0
+    >>> score_at_ctr(w, row, np.array([0.5])).round(4).tolist(), float(row[0, _CTR])  # σ(0.5·(−1 + 2)), rows kept
+    ([0.6225], -2.0)
+    """
+    at = rows.copy()
+    shift = ctr_logit(ctr) - at[:, _CTR]
+    at[:, _CTR] += shift
+    at[:, _SEGMENT_CTR] += shift
+    return score(weights, at)[0]
 
 
 def top_features(contributions: np.ndarray) -> list[str | None]:

@@ -55,7 +55,9 @@ class Variant(_Frozen):
     explore_max_share: float | None = Field(None, ge=0, le=1)
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] | None = None
     explore_epsilon: float | None = Field(None, ge=0, le=1)
-    explore_gate: bool | None = Field(None, description="ranked pages: explore picks compete with the ranked items")
+    explore_gate: Literal["off", "draw", "ranker"] | None = Field(
+        None, description="ranked pages: how explore picks compete with the ranked items"
+    )
     popular_personal_head: int | None = Field(None, ge=0, le=500)
     ranker: bool | None = Field(None, description="ranked pages (true) or the fixed-quota blend (false)")
 

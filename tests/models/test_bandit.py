@@ -10,6 +10,7 @@ from recstream.models.bandit import (
     epsilon_greedy_top_k,
     explore_gate,
     graduated,
+    per_row,
     thompson_picks,
     thompson_top_k,
 )
@@ -142,11 +143,17 @@ def test_thompson_picks_are_thompson_top_k_with_the_draws_that_chose_them():
     [(np.nextafter(0.2, 0.0), 1), (0.2, 1), (np.nextafter(0.2, 1.0), 0)],  # θ/(1 + θ) = 0.25/1.25 = 0.2
 )
 def test_a_pick_keeps_its_slot_when_its_draw_on_the_rankers_scale_is_at_least_the_displaced_probability(p, kept):
-    assert explore_gate([0.25], [p]) == kept
+    assert explore_gate(per_row([0.25]), [p]) == kept
+
+
+def test_a_draw_per_view_is_a_probability_per_row_of_the_same_clicks():
+    clicks, views = 30, 120  # the ranker's rows: 120 views (0) and 30 clicks (1)
+    assert per_row([clicks / views]).tolist() == [clicks / (views + clicks)]
+    assert per_row([0.0, 1.0]).tolist() == [0.0, 0.5]
 
 
 def test_the_gate_stops_at_the_first_losing_pick_and_never_keeps_more_than_it_was_given():
-    assert explore_gate([0.5, 0.4, 0.3], [0.1, 0.3, 0.0]) == 1, "0.4/1.4 < 0.3: that slot and the next go ranked"
+    assert explore_gate([0.5, 0.28, 0.2], [0.1, 0.3, 0.0]) == 1, "0.28 < 0.3: that slot and the next go ranked"
     assert explore_gate([1.0, 1.0], [0.0, 0.0]) == 2, "nothing to push off: every pick, and only those, keep"
     assert explore_gate([0.0], [0.0]) == 1 and explore_gate([0.0], [1e-12]) == 0
     assert explore_gate([], []) == 0, "an empty pool keeps nothing"
