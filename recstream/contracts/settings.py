@@ -341,11 +341,12 @@ class BlendSettings(Section):
     )
     explore_epsilon: float = Field(0.1, ge=0, le=1, description="ε of the epsilon_greedy policy")
     explore_gate: Literal["off", "draw", "ranker"] = Field(
-        "off",
+        "ranker",
         description="ranked pages: a Thompson explore pick keeps its slot only when its draw θ beats the ranker's "
         "click probability p of the item it would push off the page, else the next ranked item takes it "
         "(models/bandit.explore_gate). draw: θ/(1 + θ) ≥ p; ranker: the pick's own ranker score with its CTR at θ "
-        "≥ p; off: every pick keeps its slot, as in the fixed blend",
+        "≥ p; off: every pick keeps its slot, as in the fixed blend (validated: ranker, on MovieLens and the "
+        "closed-loop worlds, BENCHMARKS.md sixth round; draw never gates: a Thompson pick is the pool's largest draw)",
     )
     ranker: bool = Field(
         True, description="order the exploitation slots by the online ranker's score (false: the fixed-quota blend)"

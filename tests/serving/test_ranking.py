@@ -270,12 +270,12 @@ def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_propos
     "weights",
     [{"popular": 3.0, "personal": 1.0}, {"fresh": 3.0, "explore": 2.0}],  # pool items last / first (as explore picks)
 )
-def test_a_ranked_page_ranks_only_allowed_items_and_keeps_the_capped_explore_slots(weights):
+def test_a_ranked_page_ranks_only_allowed_items_and_keeps_the_capped_explore_slots_with_the_gate_off(weights):
     snap = snapshot(fresh_state(weights))
     user = warm_user(served=frozenset({"o2"}), not_interested=frozenset({"o4", "n1"}))
     snap.unavailable = frozenset({"o6"})
     for seed in range(20):
-        page = build_page(user, snap, SETTINGS, 20, seed=seed, now=100.0)
+        page = build_page(user, snap, SETTINGS.replace(explore_gate="off"), 20, seed=seed, now=100.0)
         fixed = build_page(user, snap, SETTINGS.replace(ranker=False), 20, seed=seed, now=100.0)
         items = [s.item for s in page.items]
         assert len(items) == len(set(items)) == 20
@@ -411,11 +411,13 @@ def test_the_category_cache_remembers_creation_times_and_names_unknown_items_for
 
 @pytest.mark.parametrize(("depth", "proposed"), [(1, 8), (2, 16), (3, 24)])
 def test_each_generator_proposes_ranker_depth_times_the_exploitation_slots(depth, proposed):
-    """Popular alone (o0 seen), in its own order: a 10-item page has 8 exploitation slots (2 explore, the cap);
+    """Popular alone (o0 seen), in its own order: a 10-item page has 8 exploitation slots (2 explore, the cap, ungated);
     weights that prefer the deepest popular items (the lowest CTR) show how far down the list the ranker was
     offered candidates."""
     snap = snapshot(fresh_state({"ctr_logit": -1.0}))
-    settings = SETTINGS.replace(share_personal=0.0, share_fresh=0.0, ranker_depth=depth, popular_personal_head=0)
+    settings = SETTINGS.replace(
+        explore_gate="off", share_personal=0.0, share_fresh=0.0, ranker_depth=depth, popular_personal_head=0
+    )
     page = build_page(warm_user(), snap, settings, 10, seed=1, now=100.0)
     ranked = [s.item for s in page.items if s.source != "explore"]
     assert ranked == [f"o{k}" for k in range(proposed, proposed - 8, -1)]
@@ -430,7 +432,9 @@ def test_the_ranked_union_takes_the_popular_head_personal_first_as_the_fixed_ble
     proposal order): with a head the warm user's candidates (o1, o20 … o35) come first, as the fixed blend's
     popular slots take them (serving/blend.personal_first); without one the segment's order (o0 seen)."""
     snap = snapshot(fresh_state({"popular": 1.0}))
-    settings = SETTINGS.replace(share_personal=0.0, share_fresh=0.0, ranker_depth=1, popular_personal_head=head)
+    settings = SETTINGS.replace(
+        explore_gate="off", share_personal=0.0, share_fresh=0.0, ranker_depth=1, popular_personal_head=head
+    )
     page = build_page(warm_user(), snap, settings, 10, seed=1, now=100.0)
     assert [s.item for s in page.items if s.source != "explore"] == proposed
     fixed = build_page(warm_user(), snap, settings.replace(ranker=False), 10, seed=1, now=100.0)
