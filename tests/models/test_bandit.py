@@ -146,6 +146,11 @@ def test_a_pick_keeps_its_slot_when_its_draw_on_the_rankers_scale_is_at_least_th
     assert explore_gate(per_row([0.25]), [p]) == kept
 
 
+@pytest.mark.parametrize(("drawn", "kept"), [(np.nextafter(0.2, 0.0), 0), (0.2, 1), (np.nextafter(0.2, 1.0), 1)])
+def test_a_draw_just_below_the_displaced_probability_gives_up_its_slot(drawn, kept):
+    assert explore_gate([drawn], [0.2]) == kept
+
+
 def test_a_draw_per_view_is_a_probability_per_row_of_the_same_clicks():
     clicks, views = 30, 120  # the ranker's rows: 120 views (0) and 30 clicks (1)
     assert per_row([clicks / views]).tolist() == [clicks / (views + clicks)]
