@@ -55,8 +55,8 @@ GENERATORS: tuple[Source, ...] = ("personal", "popular", "fresh")
 """The generators of the ranked union, in the order of :func:`generator_pull`'s columns."""
 _GROUPS = np.array([[GENERATOR[f] == g for f in FEATURES] for g in GENERATORS], dtype=np.float64).T
 _EXPLAINS = np.array([GENERATOR[f] is not None for f in FEATURES])
-_CTR, _SEGMENT_CTR = FEATURES.index("ctr_logit"), FEATURES.index("segment_ctr_logit")
 """``warm`` is the same for every item of a page: it moves every score alike and explains none."""
+_CTR, _SEGMENT_CTR = FEATURES.index("ctr_logit"), FEATURES.index("segment_ctr_logit")
 PROB_CLIP = 1e-6
 
 
