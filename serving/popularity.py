@@ -20,38 +20,21 @@ def segment_scores(segment: Mapping[str, float], overall: Mapping[str, float]) -
     return {**overall, **segment}
 
 
-def warm_order(segment: Mapping[str, float], overall: Mapping[str, float]) -> tuple[str, ...]:
-    """Items by P(i|s), best first (ties by id, so the order is a pure function of the scores).
-
-    >>> warm_order({"a": 0.3}, {"a": 0.1, "b": 0.2, "c": 0.2})
-    ('a', 'b', 'c')
-    """
-    return by_score(segment_scores(segment, overall))
-
-
-def cold_order(segment: Mapping[str, float], overall: Mapping[str, float], weight: float) -> tuple[str, ...]:
-    """Items by λ·P(i|s) + (1−λ)·P(i|global), best first: a cold user's segment is a weak signal,
-    so its ranking is shrunk toward the global one (λ = settings.blend.cold_segment_weight).
-
-    ``overall`` should hold the global score of every item of ``segment`` (the loader completes
-    it); an item without one (it left the global ranking meanwhile) uses its segment score for both.
-
-    >>> cold_order({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.3)
-    ('b', 'a')
-    >>> cold_order({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.9)
-    ('a', 'b')
-    """
-    return by_score(_shrunk(segment_scores(segment, overall), overall, weight))
-
-
 def orders(
     segment: Mapping[str, float], overall: Mapping[str, float], weight: float
 ) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, float]]:
-    """(:func:`warm_order`, :func:`cold_order`, :func:`segment_scores`) of one segment, the loader's every second:
-    the scores merged once and the items sorted by id once for both orders (they order the same items).
+    """(warm order, cold order, :func:`segment_scores`) of one segment, the loader's every second.
+
+    Warm users get items by P(i|s), best first. A cold user's segment is a weak signal, so their order is by
+    λ·P(i|s) + (1−λ)·P(i|global), shrunk toward the global ranking (λ = ``weight``,
+    settings.blend.cold_segment_weight); an item without a global score (it left the global ranking meanwhile)
+    uses its segment score for both. Ties by id, so each order is a pure function of the scores. The scores
+    are merged once and the items sorted by id once for both orders (they order the same items).
 
     >>> orders({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.3)
     (('a', 'b'), ('b', 'a'), {'a': 0.3, 'b': 0.2})
+    >>> orders({"a": 0.3}, {"a": 0.1, "b": 0.2}, weight=0.9)[1]
+    ('a', 'b')
     """
     scores = segment_scores(segment, overall)
     by_id = sorted(scores)

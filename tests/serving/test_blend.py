@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 from recstream.serving.blend import OVERFLOW, SOURCES, Candidate, interleave, personal_first, slot_counts
-from recstream.serving.popularity import by_score, cold_order, orders, segment_scores, warm_order
+from recstream.serving.popularity import by_score, orders
 
 SHARES = {"personal": 0.6, "popular": 0.2, "fresh": 0.1, "explore": 0.1}
 
@@ -126,10 +126,11 @@ def test_popular_slots_of_a_warm_user_take_popular_items_their_candidates_rank_n
 
 def test_warm_and_cold_orders_use_segment_scores_where_the_segment_has_them():
     segment, overall = {"a": 0.5, "b": 0.1}, {"a": 0.2, "b": 0.3, "c": 0.25}
-    assert warm_order(segment, overall) == ("a", "c", "b")
+    warm, cold, _ = orders(segment, overall, weight=0.7)
+    assert warm == ("a", "c", "b")
     # cold: 0.7·seg + 0.3·global; an item unseen in the segment keeps its global score
-    assert cold_order(segment, overall, weight=0.7) == ("a", "c", "b")
-    assert cold_order(segment, overall, weight=0.0) == ("b", "c", "a")
+    assert cold == ("a", "c", "b")
+    assert orders(segment, overall, weight=0.0)[1] == ("b", "c", "a")
 
 
 @given(st.dictionaries(st.text("abc", min_size=1, max_size=3), st.sampled_from([0.0, -0.0, 0.1, 0.25, 1.0])))
@@ -153,6 +154,3 @@ def test_the_loaders_orders_are_the_warm_and_cold_orders_of_their_formulas(segme
         scores,
     )
     assert orders(segment, overall, weight) == expected
-    assert (warm_order(segment, overall), cold_order(segment, overall, weight), segment_scores(segment, overall)) == (
-        expected
-    )
