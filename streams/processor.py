@@ -448,6 +448,13 @@ class BatchProcessor:
         out: list[Decoded] = []
         for (tp, at_ms, events), message_ids in zip(decoded, ids, strict=True):
             seen, applied = last[tp], effect.event_ids.setdefault(tp, {})
+            arrived = dict.fromkeys(message_ids, at_ms)
+            if None not in arrived and len(arrived) == len(message_ids) and seen.keys().isdisjoint(arrived):
+                # no id of the message stored, repeated in it or missing: the loop below would keep every event
+                seen.update(arrived)
+                applied.update(arrived)
+                out.append((tp, at_ms, events))
+                continue
             kept = []
             for event, key in zip(events, message_ids, strict=True):
                 if key is not None:

@@ -7,8 +7,8 @@
 -- watermarks and drops what is already applied. That check is what makes the state
 -- effectively-once (see recstream/store/state.py for the whole argument).
 --
--- ARGV[1] is a JSON payload built by recstream/store/state.py; ARGV[2..] are binary values that
--- payload.blobs refers to by index. Counts, timestamps and trend increments are integers
+-- ARGV[1] is a JSON payload built by recstream/store/state.py; ARGV[2] the binary values that payload.blobs
+-- and payload.rankers refer to, concatenated (each by its first and last byte). Counts, timestamps and trend increments are integers
 -- below 2^53, exact as Lua doubles. A number passed to redis.call is sent as '%.17g' (exact:
 -- integers print as integers, scores round-trip); only a number put into a string by Lua
 -- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/contracts/keys.py.
@@ -257,35 +257,43 @@ end
 end  -- of the shared state
 
 -- 8. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
-for _, u in ipairs(p.seen) do  -- {user, {{item, ts}, ...}}
-  local key = P .. 'user:' .. u[1] .. ':seen'
+-- (p.seen, p.user_segments and p.eids are JSON objects: each user or partition once, in no particular order; each
+-- one's commands touch its own keys only, so the order does not change the state)
+for user, items in pairs(p.seen) do  -- {user: {item: ts}}
+  local key = P .. 'user:' .. user .. ':seen'
   local args = {}
-  for _, s in ipairs(u[2]) do
-    args[#args + 1] = s[2]
-    args[#args + 1] = s[1]
+  for item, ts in pairs(items) do
+    args[#args + 1] = ts
+    args[#args + 1] = item
   end
   many('ZADD', key, args, 'GT')
   redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.seen_cap + 1))
 end
-for _, u in ipairs(p.user_segments) do redis.call('HSET', P .. 'user:seg', u[1], u[2]) end
+local seg_args = {}
+for user, segment in pairs(p.user_segments) do
+  seg_args[#seg_args + 1] = user
+  seg_args[#seg_args + 1] = segment
+end
+many('HSET', P .. 'user:seg', seg_args)
 -- event ids applied (streams/processor.py drops a user's id seen within the window), one key per partition:
 -- kept for the window of arrival time (older ones trimmed); the key expires when the partition is quiet as long
-for _, u in ipairs(p.eids) do  -- {topic:partition, {{user:event_id, arrival ms}, ...}}
-  local key = P .. 'eids:' .. u[1]
+for tp, ids in pairs(p.eids) do  -- {topic:partition: {user:event_id: arrival ms}}
+  local key = P .. 'eids:' .. tp
   local args, latest = {}, 0
-  for _, e in ipairs(u[2]) do
-    args[#args + 1] = e[2]
-    args[#args + 1] = e[1]
-    latest = math.max(latest, e[2])
+  for id, at in pairs(ids) do
+    args[#args + 1] = at
+    args[#args + 1] = id
+    if at > latest then latest = at end
   end
   many('ZADD', key, args, 'GT')
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', latest - cfg.dedup_window_ms))
   redis.call('PEXPIRE', key, cfg.dedup_window_ms)
 end
 local blob_args = {}
-for _, b in ipairs(p.blobs) do  -- {key suffix, argv index}: user hist/vec/cand/prefs, item similar
+local values = ARGV[2]
+for _, b in ipairs(p.blobs) do  -- {key suffix, first, last}: user hist/vec/cand/prefs, item similar, in order
   blob_args[#blob_args + 1] = P .. b[1]
-  blob_args[#blob_args + 1] = ARGV[b[2]]
+  blob_args[#blob_args + 1] = string.sub(values, b[2], b[3])
 end
 for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
@@ -293,7 +301,7 @@ end
 
 -- 9. the online ranker's state of each events partition the batch trained (streams/ranker_training.py), and
 -- the watermarks: they move with the effect they cover
-for _, r in ipairs(p.rankers) do redis.call('SET', r[1], ARGV[r[2]]) end  -- {key, argv index}
+for _, r in ipairs(p.rankers) do redis.call('SET', r[1], string.sub(values, r[2], r[3])) end  -- {key, first, last}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
         p.shared and redis.call('EXISTS', P .. 'rescore') or 0}

@@ -48,6 +48,7 @@ import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 import orjson
@@ -230,7 +231,7 @@ class StateStore:
         """Run the batch script, once per slot the batch writes (once on one Redis); raises
         :class:`StaleWatermark` if a watermark moved meanwhile."""
         calls = [
-            self._script(keys=[f"{slot}:wm"], args=[orjson.dumps(payload), *values])
+            self._script(keys=[f"{slot}:wm"], args=[orjson.dumps(payload), values])
             for slot, (payload, values) in self._payloads(effect).items()
         ]
         results = await asyncio.gather(*calls)
@@ -247,19 +248,25 @@ class StateStore:
                 return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]))
         return Applied(self._prior, False, [], [])
 
-    def _payloads(self, effect: Effect) -> dict[str, tuple[dict, list[bytes]]]:
-        """Each slot's part of the effect (the JSON payload and the binary values it refers to by ARGV index):
-        the shared state to the shared slot, a user's to its user's slot, a partition's ids and ranker to the
-        partition's, each slot with the watermarks it keeps (:meth:`_slots`). One part on one Redis."""
+    def _payloads(self, effect: Effect) -> dict[str, tuple[dict, bytes]]:
+        """Each slot's part of the effect: the JSON payload (ARGV[1]) and the binary values it refers to, all
+        concatenated in ARGV[2] (each as its 1-based first and last byte, for ``string.sub``): the shared state to
+        the shared slot, a user's to its user's slot, a partition's ids and ranker to the partition's, each slot
+        with the watermarks it keeps (:meth:`_slots`). One part on one Redis.
+
+        Why one binary argument and mappings as JSON objects: the payload is built per distinct user of a batch
+        and per blob, and redis-py packs each argument in Python; as one bytes value and dicts orjson writes as
+        they are, a batch of 10,000 users costs a few joins instead of tens of thousands of tuples and arguments.
+        """
         c, keys = effect.counters, self.keys
         shared = keys.slot(None)
         parts: dict[str, tuple[dict, list[bytes]]] = {}
 
         def part(slot: str) -> tuple[dict, list[bytes]]:
             if slot not in parts:
-                empty = ("wm", "meta", "items", "segs", "totals", "trend", "seen", "user_segments", "item_users")
+                empty = ("wm", "meta", "items", "segs", "totals", "trend", "item_users", "blobs", "rankers")
                 payload = {"prefix": slot, "cfg": self._cfg, "shared": slot == shared, "clock": 0,
-                           **{name: [] for name in (*empty, "eids", "blobs", "rankers")}}  # fmt: skip
+                           **{name: [] for name in empty}, "seen": {}, "user_segments": {}, "eids": {}}  # fmt: skip
                 parts[slot] = payload, []
             return parts[slot]
 
@@ -279,21 +286,38 @@ class StateStore:
             payload["trend"] = [(suffix, list(increments.items())) for suffix, increments in c.trend.items()]
             payload["clock"] = c.clock
             payload["item_users"] = [(item, list(users.items())) for item, users in effect.item_users.items()]
-        for user, items in c.seen.items():
-            part(keys.slot(keys.home(user)))[0]["seen"].append((user, list(items.items())))
-        for user, segment in effect.user_segments.items():
-            part(keys.slot(keys.home(user)))[0]["user_segments"].append((user, segment))
+        for name, by_user in (("seen", c.seen), ("user_segments", effect.user_segments)):
+            for slot, mapping in self._by_user_slot(by_user).items():
+                part(slot)[0][name] = mapping
         for tp, ids in effect.event_ids.items():
-            part(self._slots(tp)[-1])[0]["eids"].append((tp, list(ids.items())))
-        for suffix, value in effect.blobs:  # ARGV[1] is the payload
-            payload, values = part(keys.slot(keys.home(suffix.split(":")[1])) if suffix.startswith("user:") else shared)
-            values.append(value)
-            payload["blobs"].append((suffix, len(values) + 1))
+            part(self._slots(tp)[-1])[0]["eids"][tp] = ids
+        values_of: dict[str, list[tuple[str, str, bytes]]] = {}  # slot → (list, key, value), in the effect's order
+        if keys.partitions is None and effect.blobs:  # one Redis: one slot, no user to place
+            values_of[shared] = [("blobs", suffix, value) for suffix, value in effect.blobs]
+        elif keys.partitions is not None:
+            for suffix, value in effect.blobs:
+                slot = keys.slot(keys.home(suffix.split(":")[1])) if suffix.startswith("user:") else shared
+                values_of.setdefault(slot, []).append(("blobs", suffix, value))
         for (topic, partition), state in effect.rankers.items():
-            payload, values = part(keys.slot(partition))
-            values.append(state)
-            payload["rankers"].append((keys.ranker(topic, partition), len(values) + 1))
-        return parts
+            values_of.setdefault(keys.slot(partition), []).append(("rankers", keys.ranker(topic, partition), state))
+        for slot, entries in values_of.items():
+            payload, values = part(slot)
+            values += [value for *_, value in entries]
+            ends = list(accumulate(len(value) for value in values))
+            for (name, key, _), first, last in zip(entries, [1, *(end + 1 for end in ends[:-1])], ends, strict=True):
+                payload[name].append((key, first, last))
+        return {slot: (payload, b"".join(values)) for slot, (payload, values) in parts.items()}
+
+    def _by_user_slot(self, by_user: dict[str, object]) -> dict[str, dict[str, object]]:
+        """``by_user`` split by the slot that holds each user's keys (one Redis: itself, whole, in the one slot)."""
+        if not by_user:
+            return {}
+        if self.keys.partitions is None:
+            return {self.keys.slot(None): by_user}
+        out: dict[str, dict[str, object]] = {}
+        for user, value in by_user.items():
+            out.setdefault(self.keys.slot(self.keys.home(user)), {})[user] = value
+        return out
 
 
 def _wm(offset: int) -> str:
