@@ -292,12 +292,10 @@ class StateStore:
         for tp, ids in effect.event_ids.items():
             part(self._slots(tp)[-1])[0]["eids"][tp] = ids
         values_of: dict[str, list[tuple[str, str, bytes]]] = {}  # slot → (list, key, value), in the effect's order
-        if keys.partitions is None and effect.blobs:  # one Redis: one slot, no user to place
-            values_of[shared] = [("blobs", suffix, value) for suffix, value in effect.blobs]
-        elif keys.partitions is not None:
-            for suffix, value in effect.blobs:
-                slot = keys.slot(keys.home(suffix.split(":")[1])) if suffix.startswith("user:") else shared
-                values_of.setdefault(slot, []).append(("blobs", suffix, value))
+        single = keys.partitions is None  # one Redis: one slot, no user to place
+        for suffix, value in effect.blobs:
+            slot = shared if single or not suffix.startswith("user:") else keys.slot(keys.home(suffix.split(":")[1]))
+            values_of.setdefault(slot, []).append(("blobs", suffix, value))
         for (topic, partition), state in effect.rankers.items():
             values_of.setdefault(keys.slot(partition), []).append(("rankers", keys.ranker(topic, partition), state))
         for slot, entries in values_of.items():
