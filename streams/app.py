@@ -9,7 +9,13 @@ Redis's watermarks and re-applies from the log what Redis lost (streams/processo
 repair); the agents keep consuming meanwhile (the watermark check keeps both paths exact).
 
 Each agent and the item feed report to a :class:`~recstream.streams.liveness.Liveness` (``/healthz``): an agent
-beats when a batch starts and after every attempt to apply it, and goes idle when it is applied.
+beats when a batch starts and after every attempt to apply it, and goes idle when its latest batch is applied.
+
+Batches are pipelined (:meth:`~recstream.streams.processor.BatchProcessor.process` with ``then``): the agent takes
+and builds batch N+1 while batch N's script runs in Redis. faust acks a batch's events when the agent's body for it
+returns, which is now before its script applied; each event is therefore given a second reference first
+(``Message.incref``) and released in ``then``, once the batch is in Redis, so faust never commits an offset whose
+batch is not applied (a crash leaves the offsets at or before the watermarks, as before; no gap repair needed).
 """
 
 from __future__ import annotations
@@ -123,11 +129,22 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         name = agents[kind]
 
         async def consume(stream: faust.StreamT) -> None:
+            latest = 0  # the number of the latest batch taken: only its being applied makes the agent idle
+
+            async def applied(batch: Sequence[EventT], number: int) -> None:
+                for event in batch:  # the second reference (below): faust commits the offset once it is released
+                    if event.ack():
+                        app.sensors.on_message_out(event.message.tp, event.message.offset, event.message)
+                if number == latest:
+                    liveness.idle(name)
+
             with liveness.running(name):
                 async for batch in stream.take_events(settings.worker.batch_max, within=settings.worker.batch_wait_s):
                     liveness.beat(name)
-                    await processors[kind].process(messages(batch))
-                    liveness.idle(name)
+                    latest += 1
+                    for event in batch:  # held past faust's own ack after this body, until the batch is applied
+                        event.message.incref()
+                    await processors[kind].process(messages(batch), partial(applied, batch, latest))
 
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
         app.agent(topic, name=name, concurrency=1)(consume)

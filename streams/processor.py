@@ -153,6 +153,22 @@ class Built:
 
 
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One built script call: its messages (at least one), the effect, and what to observe once it is applied."""
+
+    fresh: list[Message]
+    effect: Effect
+    records: Records
+    dead: list[DeadLetter]
+    built: Built
+    duplicates: int
+    started: float  # perf_counter when building it began (the batch-seconds histogram)
+
+
+Then = Callable[[], Awaitable[None]]  # what runs once a pipelined batch is applied (streams/app.py: its acks)
 # (valid records, each one's arrival ms (its record's timestamp, never past the wall clock), the partition of
 # each, the effect to fill) → what the batch built
 Build = Callable[[Records, list[int], list[Partition], Effect], Awaitable[Built]]
@@ -192,6 +208,11 @@ class BatchProcessor:
         self.settings = settings
         self.send_dead_letters = send_dead_letters
         self._watermarks: dict[str, int] | None = None
+        self._flight: asyncio.Task[None] | None = None  # the script call in flight (at most one, see process)
+        self._flying: Effect | None = None  # what it writes: the next batch is built on it
+        self._thens: list[Then] = []  # what runs once the call in flight applied (the agent's acks)
+        self._epoch = 0  # moved by every failure and rebalance: a batch built before it is built again
+        self._bounds: dict[asyncio.Task, asyncio.Timeout] = {}  # each process() attempt's stuck limit, by task
         self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
         self.last_applied = time.monotonic()
         self.ranker_config = ftrl_config(settings.ranker)
@@ -208,25 +229,43 @@ class BatchProcessor:
 
     def forget_watermarks(self) -> None:
         """Re-read watermarks (and histories) before the next batch: after a rebalance another worker
-        may have moved them."""
+        may have moved them. A batch being built meanwhile is built again (:attr:`_epoch`)."""
         self._watermarks = None
+        self._epoch += 1
         self.store.forget_histories()
 
     async def reload_watermarks(self) -> None:
+        """Read the watermarks from Redis, once the script in flight (if any) is applied: read before, they would
+        lack its batch, and the next batch would take that for a gap."""
+        await self.settle()
         self._watermarks = await self.store.watermarks()
 
-    async def process(self, messages: Sequence[Message]) -> Applied | None:
+    async def process(self, messages: Sequence[Message], then: Then | None = None) -> Applied | None:
         """Apply a batch; whatever fails (Redis unreachable or answering an error, Kafka for a gap repair or a
         dead letter, a bug, an attempt hung past :data:`STUCK_STALLS` stall limits), wait and retry the whole batch,
         counting and logging why. Never return without applying it (faust would commit its offsets and a restart
-        would skip it), never raise (the agent would stop, and with it every partition it reads)."""
+        would skip it), never raise (the agent would stop, and with it every partition it reads).
+
+        With ``then`` the batch is pipelined (the agents, streams/app.py): it is built while the previous batch's
+        script runs in Redis, and this returns once its own last script call is in flight, not applied; ``then()``
+        runs once it is applied, after every earlier batch's ``then`` (the agent acks its messages there, so faust
+        commits no offset before its batch is in Redis). At most one call is in flight per processor; the next one
+        starts only after it applied (its own retries included), so batches apply in offset order whatever fails.
+        Without ``then`` it returns what the batch's last call applied, once applied.
+
+        Why: a batch costs the worker CPU (decode, dedup, user steps, ranker training) and then Redis CPU (the
+        script), with the worker idle while Redis works; on two cores overlapping the two costs is the largest
+        lever on events/s (bench/worker.py)."""
+        task = asyncio.current_task()
+        assert task is not None
         delay, attempt = 0.1, 1
         while True:
-            bound = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
+            bound = self._bounds[task] = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
             try:
                 with collector_paused():  # the batch's objects live until it is applied: nothing to collect
                     async with bound:
-                        return await self._process_once(messages)
+                        applied = await self._process_once(messages, pipelined=then is not None)
+                break
             except Exception as exc:
                 reason = "stuck" if bound.expired() else retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
@@ -234,9 +273,52 @@ class BatchProcessor:
                             self.topic, reason, exc, attempt, delay,
                             exc_info=attempt == 1 or reason == "stuck")  # where it hung  # fmt: skip
                 self.forget_watermarks()
+            finally:
+                del self._bounds[task]
             self._beat()
             await asyncio.sleep(delay)
             delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+        if then is None:
+            return applied
+        if self._flight is not None and not self._flight.done():
+            self._thens.append(then)  # the flight runs its list to the end (it has no await after the last one)
+        else:
+            await then()
+        return None
+
+    async def settle(self) -> None:
+        """Wait until the script call in flight (if any) is applied, its retries included; at once inside it.
+        The waiting attempt's stuck limit is off meanwhile: the call in flight has its own."""
+        flight, task = self._flight, asyncio.current_task()
+        if flight is None or flight is task or flight.done():
+            return
+        bound = self._bounds.get(task)  # type: ignore[arg-type]
+        if bound is not None:
+            bound.reschedule(None)
+        await asyncio.wait({flight})  # not cancelled with the waiter: the batch in flight goes on
+        if bound is not None:
+            bound.reschedule(asyncio.get_running_loop().time() + STUCK_STALLS * self.settings.worker.stall_s)
+
+    async def _fly(self, call: Call, thens: list[Then]) -> None:
+        """Apply a built call, then run ``thens``. A failure (Redis, a stale watermark, a hang) moves the epoch,
+        so the batch built on this one meanwhile is built again, and applies this call's messages the way
+        :meth:`process` does, rebuilt on what Redis holds, retried as long as it takes."""
+        try:
+            async with asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s):
+                await self._finish(call)
+        except Exception as exc:
+            self._flying = None  # before the retry builds: it must not read the effect that failed
+            self.forget_watermarks()
+            if isinstance(exc, StaleWatermark):
+                metrics.STALE_RETRIES.inc()
+            else:
+                reason = "stuck" if isinstance(exc, TimeoutError) else retry_reason(exc)
+                metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
+                log.warning("batch of %d %s messages not applied (%s: %r); retrying", len(call.fresh), self.topic,
+                            reason, exc, exc_info=True)  # fmt: skip
+            await self.process(call.fresh)
+        for then in thens:
+            await then()
 
     async def finish_rescore(self, idle_s: float = 0.0) -> int:
         """Go on with an unfinished rescore pass in empty batches (no watermark, no event) until it ends, when this
@@ -291,16 +373,20 @@ class BatchProcessor:
             where = ", ".join(f"{t}:{p} from {start} to {end}" for (t, p), (start, end) in sorted(ranges.items()))
             log.warning("redis was behind the log (%s): re-applied %d messages", where, replayed)
 
-    async def _process_once(self, messages: Sequence[Message], repair: bool = True) -> Applied | None:
+    async def _process_once(
+        self, messages: Sequence[Message], repair: bool = True, pipelined: bool = False
+    ) -> Applied | None:
         """Apply ``messages`` in script calls of at most :attr:`events_bound` events each (:meth:`_apply_prefix`);
-        what the last call applied, None if nothing was left to apply."""
+        what the last call applied, None if nothing was left to apply (or ``pipelined``: the last call in flight)."""
         applied = None
         while messages:
-            done, messages = await self._apply_prefix(messages, repair)
+            done, messages = await self._apply_prefix(messages, repair, pipelined)
             applied = done or applied
         return applied
 
-    async def _apply_prefix(self, messages: Sequence[Message], repair: bool) -> tuple[Applied | None, list[Message]]:
+    async def _apply_prefix(
+        self, messages: Sequence[Message], repair: bool, pipelined: bool = False
+    ) -> tuple[Applied | None, list[Message]]:
         """Apply the longest run of ``messages`` (at least one) holding at most :attr:`events_bound` valid records,
         as one batch with its watermarks; return what it applied and the messages after that run.
 
@@ -314,11 +400,19 @@ class BatchProcessor:
         The bound follows the calls' measured time (:func:`next_events_bound`), not a fixed count: a call costs
         O(distinct users + touched items × segments + events), so in a small world a call of 10,000 events costs
         almost what one of 30,000 does (the same users and items) and a fixed bound tuned for ×10 scale cut small
-        worlds' backlog batches into calls that each re-did every user step and item rescore."""
+        worlds' backlog batches into calls that each re-did every user step and item rescore.
+
+        Built while an earlier call is in flight (:meth:`process`), the call reads that call's effect wherever it
+        reads what it writes (histories, ranker states, event ids: ``pending`` in :meth:`StateStore.read_users` and
+        :meth:`StateStore.event_arrivals`) and expects its watermarks; if that call fails, the epoch moves and this
+        one is built again once it applied."""
         started = time.perf_counter()
         if self._watermarks is None:
             await self.reload_watermarks()
         for _ in range(MAX_STALE_RETRIES):
+            if self._watermarks is None:  # a failure or rebalance since (the loop's continue below)
+                await self.reload_watermarks()
+            epoch = self._epoch
             assert self._watermarks is not None
             fresh = [m for m in messages if m.offset > self._watermarks.get(f"{m.topic}:{m.partition}", -1)]
             if len(fresh) < len(messages):
@@ -379,29 +473,44 @@ class BatchProcessor:
                     await self.send_dead_letters(dead)  # before the watermark moves: at least once
                 except Exception as exc:
                     raise DeadLetterError(f"{len(dead)} dead letters not sent: {exc!r}") from exc
-            call_started = time.perf_counter()
+            await self.settle()
+            if self._epoch != epoch or self._watermarks is None:  # the call in flight failed, or a rebalance
+                continue
+            call = Call(fresh, effect, records, dead, built, duplicates, started)
+            self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
+            if pipelined:
+                self._flying, self._thens = effect, []
+                self._flight = asyncio.create_task(self._fly(call, self._thens))
+                return None, rest
             try:
-                applied = await self.store.apply(effect)
+                applied = await self._finish(call)
             except StaleWatermark:
                 metrics.STALE_RETRIES.inc()
-                self.store.forget_histories()
-                await self.reload_watermarks()
+                self.forget_watermarks()
                 continue
-            self.events_bound = next_events_bound(  # the records applied: duplicates cost the script nothing
-                self.events_bound, len(records), time.perf_counter() - call_started, self.settings.worker
-            )
-            self.store.remember_histories(effect.histories)
-            self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
-            if self._watermarks is not None:  # None: a rebalance meanwhile, re-read before the next batch
-                self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
-            self._observe(fresh[0].topic, records, dead, applied, started, built)
-            metrics.DUPLICATES.labels(fresh[0].topic).inc(duplicates)
-            metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
-            if applied.fold_ins and self.model is not None:
-                await self.model.fold_in(applied.fold_ins)
-            self._beat()
             return applied, rest
         raise WatermarksKeptMoving(f"watermarks kept moving under this worker {MAX_STALE_RETRIES} times in a row")
+
+    async def _finish(self, call: Call) -> Applied:
+        """Run a built call's script and account for it; raises :class:`StaleWatermark` as the store does."""
+        effect, call_started = call.effect, time.perf_counter()
+        applied = await self.store.apply(effect)
+        self.events_bound = next_events_bound(  # the records applied: duplicates cost the script nothing
+            self.events_bound, len(call.records), time.perf_counter() - call_started, self.settings.worker
+        )
+        self.store.remember_histories(effect.histories)
+        self._flying = None  # with the histories cached and the script applied, Redis and the cache are current
+        if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
+            self._epoch += 1
+        self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
+        self._observe(call.fresh[0].topic, call.records, call.dead, applied, call.started, call.built)
+        metrics.DUPLICATES.labels(call.fresh[0].topic).inc(call.duplicates)
+        metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
+        if applied.fold_ins and self.model is not None:
+            await self.model.fold_in(applied.fold_ins)
+            self._epoch += 1  # item vectors changed: a batch built before saw the old ones (a clean run would not)
+        self._beat()
+        return applied
 
     def _behind(self, fresh: list[Message]) -> list[Message]:
         """The first partition's messages that some Redis Cluster slots applied and others did not
@@ -443,7 +552,7 @@ class BatchProcessor:
         if not window_ms or not any(wanted.values()):
             return decoded, 0
         last: dict[str, dict[str, int]] = {tp: {} for tp in wanted}  # tp → "user:event_id" → last arrival ms
-        for (tp, key), at_ms in (await self.store.event_arrivals(wanted)).items():
+        for (tp, key), at_ms in (await self.store.event_arrivals(wanted, self._flying)).items():
             last[tp][key] = at_ms
         out: list[Decoded] = []
         for (tp, at_ms, events), message_ids in zip(decoded, ids, strict=True):
@@ -504,7 +613,9 @@ class BatchProcessor:
         users = list(dict.fromkeys(e.user_id for e in events))
         s = self.settings
         rows = batch_rows(events, partitions, self.positive) if s.ranker.train else None
-        context = await self.store.read_users(users, rankers=list(rows.by_partition) if rows else ())
+        context = await self.store.read_users(
+            users, rankers=list(rows.by_partition) if rows else (), pending=self._flying
+        )
         effect.counters = aggregate(
             events,
             context.segments,
@@ -542,7 +653,9 @@ class BatchProcessor:
         return Built([])
 
     async def _build_users(self, users: list[UserEvent], _: list[int], __: list[Partition], effect: Effect) -> Built:
-        context = await self.store.read_users([u.user_id for u in users if u.preferred_categories])
+        context = await self.store.read_users(
+            [u.user_id for u in users if u.preferred_categories], pending=self._flying
+        )
         picks: dict[str, list[str]] = {}
         for user in users:
             if user.attributes:

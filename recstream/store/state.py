@@ -103,6 +103,7 @@ class Applied:
     graduated: list[str]
     fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
     rescore_pending: bool = False  # a rescore pass is not finished: later batches (or empty ones) go on with it
+    replayed: bool = False  # some slot had applied the batch already: its histories came from a slot that was ahead
 
 
 class StateStore:
@@ -162,7 +163,11 @@ class StateStore:
         return [self.keys.slot(None)]
 
     async def read_users(
-        self, users: Sequence[str], with_histories: bool = True, rankers: Sequence[tuple[str, int]] = ()
+        self,
+        users: Sequence[str],
+        with_histories: bool = True,
+        rankers: Sequence[tuple[str, int]] = (),
+        pending: Effect | None = None,
     ) -> UserContext:
         """Segments and histories of a batch's users, the current model version and the ranker states of
         the ``rankers`` partitions: one round trip.
@@ -170,8 +175,14 @@ class StateStore:
         Histories come from an in-process cache when they can: only the worker that owns a
         user's partition writes that user's history, so its own last write is current. The
         cache is dropped whenever ownership may have moved (:meth:`forget_histories`).
+
+        ``pending``: the effect of a script call in flight (streams/processor.py builds the next batch meanwhile).
+        Its histories and ranker states are what Redis holds once it applied, whether it did yet or not, so they
+        override the cache and Redis; it writes no segment and no model version.
         """
-        missing = [u for u in users if u not in self._histories] if with_histories else []
+        overlay = pending.histories if pending is not None and with_histories else {}
+        states = pending.rankers if pending is not None else {}
+        missing = [u for u in users if u not in self._histories and u not in overlay] if with_histories else []
         by_slot: dict[str, list[str]] = {}
         for user in users:
             by_slot.setdefault(self.keys.user_segments(user), []).append(user)
@@ -180,7 +191,8 @@ class StateStore:
         for key, group in by_slot.items():
             pipe.hmget(key, group)
         history_keys = [self.keys.user(u, "hist") for u in missing]
-        ranker_keys = [self.keys.ranker(topic, partition) for topic, partition in rankers]
+        stored_rankers = [tp for tp in rankers if tp not in states]
+        ranker_keys = [self.keys.ranker(topic, partition) for topic, partition in stored_rankers]
         history_groups, ranker_groups = queue_mget(pipe, history_keys), queue_mget(pipe, ranker_keys)
         version, *rest = await pipe.execute()
         segment_of = {
@@ -190,22 +202,29 @@ class StateStore:
         }
         rest = rest[len(by_slot) :]
         fetched = gathered(history_groups, rest[: len(history_groups)], len(history_keys))
-        states = gathered(ranker_groups, rest[len(history_groups) :], len(ranker_keys))
+        found = gathered(ranker_groups, rest[len(history_groups) :], len(ranker_keys))
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
         for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
                 histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
+        histories.update((u, overlay[u]) for u in users if u in overlay)
+        held = {tp: state for tp, state in zip(stored_rankers, found, strict=True) if state is not None}
         return UserContext(
             segments={u: s.decode() for u, s in segment_of.items() if s is not None},
             histories=histories,
             model_version=version.decode() if version else None,
-            rankers={tp: state for tp, state in zip(rankers, states, strict=True) if state is not None},
+            rankers={tp: states[tp] if tp in states else held[tp] for tp in rankers if tp in states or tp in held},
         )
 
-    async def event_arrivals(self, ids: Mapping[str, Sequence[str]]) -> dict[tuple[str, str], int]:
+    async def event_arrivals(
+        self, ids: Mapping[str, Sequence[str]], pending: Effect | None = None
+    ) -> dict[tuple[str, str], int]:
         """When each stored ``"user:event_id"`` of ``ids`` (per ``topic:partition``) last arrived (ms), keyed
         ``(tp, "user:event_id")``; ids not stored are left out. One command per partition: a batch's ids in a
-        few calls, where a key per user cost a call per user (and tripled the time to apply a batch)."""
+        few calls, where a key per user cost a call per user (and tripled the time to apply a batch).
+
+        ``pending``: the effect of a script call in flight, counted as stored (the script keeps the latest arrival
+        of an id, ``ZADD GT``), so an id in it and in the batch built meanwhile is applied once."""
         wanted = [(tp, list(dict.fromkeys(members))) for tp, members in ids.items() if members]
         pipe = self.redis.pipeline(transaction=False)
         for tp, members in wanted:
@@ -214,6 +233,11 @@ class StateStore:
         found = {}
         for (tp, members), scores in zip(wanted, await pipe.execute(), strict=True):
             found.update({(tp, m): int(s) for m, s in zip(members, scores, strict=True) if s is not None})
+        for tp, members in wanted:
+            flying = pending.event_ids.get(tp, {}) if pending is not None else {}
+            for member in members:
+                if member in flying:
+                    found[tp, member] = max(found.get((tp, member), flying[member]), flying[member])
         return found
 
     def remember_histories(self, histories: dict[str, History]) -> None:
@@ -238,15 +262,16 @@ class StateStore:
         for result in results:
             if result[0] == b"stale":
                 raise StaleWatermark(f"{result[1].decode()} is at {result[2].decode() or 'nothing'}")
-        if any(result[0] == b"done" for result in results):  # the histories were computed from a slot that is ahead
+        replayed = any(result[0] == b"done" for result in results)
+        if replayed:  # the histories were computed from a slot that is ahead
             effect.histories.clear()
             self.forget_histories()
         for result in results:
             if result[0] == b"ok" and result[1]:  # the shared slot's answer (it also applied the batch now)
                 self._prior = float(result[1])
                 graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
-                return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]))
-        return Applied(self._prior, False, [], [])
+                return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]), replayed)
+        return Applied(self._prior, False, [], [], replayed=replayed)
 
     def _payloads(self, effect: Effect) -> dict[str, tuple[dict, bytes]]:
         """Each slot's part of the effect: the JSON payload (ARGV[1]) and the binary values it refers to, all
