@@ -16,6 +16,7 @@ and builds batch N+1 while batch N's script runs in Redis. faust acks a batch's 
 returns, which is now before its script applied; each event is therefore given a second reference first
 (``Message.incref``) and released in ``then``, once the batch is in Redis, so faust never commits an offset whose
 batch is not applied (a crash leaves the offsets at or before the watermarks, as before; no gap repair needed).
+``RECSTREAM_WORKER_PIPELINE=false`` applies one batch at a time, as before.
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
                     latest += 1
                     for event in batch:  # held past faust's own ack after this body, until the batch is applied
                         event.message.incref()
-                    await processors[kind].process(messages(batch), partial(applied, batch, latest))
+                    if settings.worker.pipeline:
+                        await processors[kind].process(messages(batch), partial(applied, batch, latest))
+                    else:
+                        await processors[kind].process(messages(batch))
+                        await applied(batch, latest)
 
         topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw")
         app.agent(topic, name=name, concurrency=1)(consume)

@@ -303,16 +303,18 @@ class BatchProcessor:
         """Apply a built call, then run ``thens``. A failure (Redis, a stale watermark, a hang) moves the epoch,
         so the batch built on this one meanwhile is built again, and applies this call's messages the way
         :meth:`process` does, rebuilt on what Redis holds, retried as long as it takes."""
+        bound = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
         try:
-            async with asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s):
+            async with bound:
                 await self._finish(call)
         except Exception as exc:
-            self._flying = None  # before the retry builds: it must not read the effect that failed
+            if self._flying is call.effect:  # before the retry builds: it must not read the effect that failed
+                self._flying = None
             self.forget_watermarks()
             if isinstance(exc, StaleWatermark):
                 metrics.STALE_RETRIES.inc()
             else:
-                reason = "stuck" if isinstance(exc, TimeoutError) else retry_reason(exc)
+                reason = "stuck" if bound.expired() else retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 log.warning("batch of %d %s messages not applied (%s: %r); retrying", len(call.fresh), self.topic,
                             reason, exc, exc_info=True)  # fmt: skip
@@ -499,7 +501,8 @@ class BatchProcessor:
             self.events_bound, len(call.records), time.perf_counter() - call_started, self.settings.worker
         )
         self.store.remember_histories(effect.histories)
-        self._flying = None  # with the histories cached and the script applied, Redis and the cache are current
+        if self._flying is effect:  # with its histories cached and its script applied, Redis and the cache are current
+            self._flying = None  # (a gap repair applies without a flight, maybe while the agent's is in flight)
         if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
             self._epoch += 1
         self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()

@@ -152,6 +152,7 @@ class WorkerSettings(Section):
         "metrics_host": "worker_metrics_host",
         "metrics_port": "worker_metrics_port",
         "stall_s": "worker_stall_s",
+        "pipeline": "worker_pipeline",
     }
 
     group: str = Field("recstream-worker", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="consumer group")
@@ -167,6 +168,11 @@ class WorkerSettings(Section):
         "last call's measured events/s × this (Redis answers BUSY to everyone after 5 s of one script)",
     )  # fmt: skip
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
+    pipeline: bool = Field(
+        True,
+        description="build the next batch while the last one's script runs in Redis, one script in flight per topic "
+        "(streams/processor.py); off: one batch at a time, the worker idle while Redis works",
+    )
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
     session_timeout_s: float = Field(
