@@ -11,12 +11,13 @@ repair); the agents keep consuming meanwhile (the watermark check keeps both pat
 Each agent and the item feed report to a :class:`~recstream.streams.liveness.Liveness` (``/healthz``): an agent
 beats when a batch starts and after every attempt to apply it, and goes idle when its latest batch is applied.
 
-Batches are pipelined (:meth:`~recstream.streams.processor.BatchProcessor.process` with ``then``): the agent takes
-and builds batch N+1 while batch N's script runs in Redis. faust acks a batch's events when the agent's body for it
-returns, which is now before its script applied; each event is therefore given a second reference first
-(``Message.incref``) and released in ``then``, once the batch is in Redis, so faust never commits an offset whose
-batch is not applied (a crash leaves the offsets at or before the watermarks, as before; no gap repair needed).
-``RECSTREAM_WORKER_PIPELINE=false`` applies one batch at a time, as before.
+With ``RECSTREAM_WORKER_PIPELINE`` batches are pipelined
+(:meth:`~recstream.streams.processor.BatchProcessor.process` with ``then``): the agent takes and builds batch N+1
+while batch N's script runs in Redis. faust acks a batch's events when the agent's body for it returns, which is
+now before its script applied; each event is therefore given a second reference first (``Message.incref``) and
+released in ``then``, once the batch is in Redis, so faust never commits an offset whose batch is not applied (a
+crash leaves the offsets at or before the watermarks, as before; no gap repair needed).
+Off (the default), the agent applies one batch at a time and releases it at once.
 """
 
 from __future__ import annotations

@@ -254,8 +254,9 @@ class BatchProcessor:
         Without ``then`` it returns what the batch's last call applied, once applied.
 
         Why: a batch costs the worker CPU (decode, dedup, user steps, ranker training) and then Redis CPU (the
-        script), with the worker idle while Redis works; on two cores overlapping the two costs is the largest
-        lever on events/s (bench/worker.py)."""
+        script), with the worker idle while Redis works; overlapping the two should pay where a script's cost grows
+        with its events. Where it is about fixed per call (×1 scale) the pipeline's smaller batches cost more than
+        the overlap gave, so the agents use it only with ``RECSTREAM_WORKER_PIPELINE`` (docs/ARCHITECTURE.md)."""
         task = asyncio.current_task()
         assert task is not None
         delay, attempt = 0.1, 1

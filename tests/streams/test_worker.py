@@ -87,7 +87,8 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
         assert stored == want
 
 
-async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_factory, tmp_path):
+@pytest.mark.parametrize("pipeline", [False, True], ids=["one-at-a-time", "pipelined"])
+async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_factory, tmp_path, pipeline):
     """SIGKILL a worker three times during a replay of 100k views and their clicks; its state equals a clean
     run's: counters, rankings, pool and every partition's online ranker exactly, user vectors to 1e-6, the same
     candidate lists.
@@ -103,6 +104,7 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     base = isolated_settings.replace(batch_max=40, pool_graduate_views=300, worker_session_timeout_s=6)
     client = redis.Redis.from_url(base.redis.url)
     clean, killed = await clean_and_other(base, "killed", tmp_path, events[:20_000], items, client)
+    killed = killed.replace(worker_pipeline=pipeline)  # the clean run applies one batch at a time
     await publish(base, users=users, items=items)
     worker = worker_factory(killed)
     worker_factory(clean)
