@@ -17,7 +17,7 @@ while batch N's script runs in Redis. faust acks a batch's events when the agent
 now before its script applied; each event is therefore given a second reference first (``Message.incref``) and
 released in ``then``, once the batch is in Redis, so faust never commits an offset whose batch is not applied (a
 crash leaves the offsets at or before the watermarks, as before; no gap repair needed).
-Off (the default), the agent applies one batch at a time and releases it at once.
+Off, the agent applies one batch at a time and releases it at once.
 """
 
 from __future__ import annotations

@@ -255,8 +255,8 @@ class BatchProcessor:
 
         Why: a batch costs the worker CPU (decode, dedup, user steps, ranker training) and then Redis CPU (the
         script), with the worker idle while Redis works; overlapping the two should pay where a script's cost grows
-        with its events. Where it is about fixed per call (×1 scale) the pipeline's smaller batches cost more than
-        the overlap gave, so the agents use it only with ``RECSTREAM_WORKER_PIPELINE`` (docs/ARCHITECTURE.md)."""
+        with its events and a core is free; on a CPU-saturated machine its smaller batches cost Redis more than the
+        overlap gives (``RECSTREAM_WORKER_PIPELINE=false``, docs/ARCHITECTURE.md)."""
         task = asyncio.current_task()
         assert task is not None
         delay, attempt = 0.1, 1

@@ -104,7 +104,7 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     base = isolated_settings.replace(batch_max=40, pool_graduate_views=300, worker_session_timeout_s=6)
     client = redis.Redis.from_url(base.redis.url)
     clean, killed = await clean_and_other(base, "killed", tmp_path, events[:20_000], items, client)
-    killed = killed.replace(worker_pipeline=pipeline)  # the clean run applies one batch at a time
+    clean, killed = clean.replace(worker_pipeline=False), killed.replace(worker_pipeline=pipeline)
     await publish(base, users=users, items=items)
     worker = worker_factory(killed)
     worker_factory(clean)
