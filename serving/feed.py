@@ -277,7 +277,8 @@ def _ranked(
             if source in proposed[item]:
                 reason = proposed[item][source].reason  # type: ignore[index]
             else:  # served as the proposer its features pull for most, in the top feature's words if it has one
-                source = max(proposed[item], key=lambda s, k=k: pulls[k, GENERATORS.index(s)])
+                pull = dict(zip(GENERATORS, pulls[k].tolist(), strict=True))
+                source = max(proposed[item], key=pull.__getitem__)
                 reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
             served_as[item] = source  # type: ignore[assignment]
             yield Candidate(item, reason)
