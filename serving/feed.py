@@ -203,7 +203,7 @@ def popular_head_personal_first(
     candidate list (serving/blend.personal_first), so the ranked union's popular candidates are the ones the
     fixed blend would serve (on MovieLens the popular slots' HR@10 fell from 0.0305 to 0.0143 without it)."""
     head = settings.blend.popular_personal_head if user.warm else 0
-    return personal_first(popular(user, snapshot, lists, now), (item for item, _ in user.candidates()), head)
+    return personal_first(popular(user, snapshot, lists, now), user.candidate_positions(), head)
 
 
 def _ranked(
