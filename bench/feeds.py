@@ -16,8 +16,9 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    process, the default settings: ranked pages), the contenders ``--workers 2`` and the same reader with
    the ranker switched off (``RECSTREAM_RANKER=false``: the fixed-quota blend);
 4. runs the load generator in a separate process (raw HTTP/1.1 keep-alive, an asyncio protocol on uvloop; its
-   CPU per request is a column of the tables: ~30 µs for the empty route and ~55 µs for a feed's ~4 kB answer
-   here on 2026-12-03, ~10% less than over asyncio's streams in the same minutes):
+   CPU per request is a column of the tables: ~30 µs for the empty route and ~40–55 µs for a feed's ~4 kB
+   answer here on 2026-12-03, ~10% less than over asyncio's streams in the same minutes, against ~700–900 µs
+   of the reader's and ~150 µs of Redis's per feed):
    closed loop at fixed concurrency (throughput, p50, p99), then an open loop at a fixed offered rate
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route

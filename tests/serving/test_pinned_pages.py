@@ -17,7 +17,9 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 from recstream.models.ranker import FTRLRanker
+from recstream.serving.features import AGES_MAX, PageFeatures, _ages
 from recstream.serving.feed import build_page
 from recstream.serving.ranking import RankerState
 from recstream.serving.snapshot import Pool, Popular, Snapshot
@@ -125,3 +127,18 @@ def test_every_page_is_the_pinned_one_item_by_item():
         assert served[key] == page, key
     modes = {page[0] for page in pinned.values()}
     assert modes == {"ranked", "fixed-off"}, modes
+
+
+@pytest.mark.parametrize("filled", [AGES_MAX - 1, AGES_MAX, AGES_MAX + 1])
+def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
+    """A page's ``pool_age`` values are memoized per clock (serving/features._ages), at most AGES_MAX of them."""
+    snap, user, graduate_s = snapshot(), users()["warm"], 3600.0
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], {}, (), NOW, graduate_s)
+    items = [*snap.pool.items[:5], "i1", "i2"]  # five creation times: the i's were created with n0
+    ages = _ages(snap.clock_ms, graduate_s * 1000)
+    ages.clear()
+    expected = features.rows(items)
+    ages.clear()
+    ages.update({-k: 0.5 for k in range(1, filled + 1)})  # creation times no item has
+    assert np.array_equal(features.rows(items), expected)
+    assert len(ages) == (5 if filled > AGES_MAX else filled + 5)
