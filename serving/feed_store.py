@@ -43,9 +43,10 @@ class FeedStore:
     Why the read is not a script: Redis turns a script's replies into Lua tables and back, which for the seen set
     (hundreds of members) cost more than the commands themselves: ~105 µs of Redis CPU per read as a script
     against ~45 µs as a pipeline, on the feeds bench's state (200 seen items), for the same reader CPU. The
-    commands arrive in one write and Redis runs a client's buffered commands back to back, so they see one state
-    as the script did (not a transaction: were they split across reads, a worker's batch could land between two
-    of them, which reads as a feed served just before or after that batch).
+    commands arrive in one write (~200 bytes) and Redis runs the commands it read from a client back to back, so
+    they see one state as the script did. They are not a transaction: were they split across two reads, a
+    worker's batch could land between two of them, and the page would see some of the user's keys as before that
+    batch and the others as after it.
 
     On a Redis Cluster every key of a round trip shares the user's hash slot (``user:seg`` and
     ``sessions:anonymous`` are kept per slot there, recstream/contracts/keys.py), so one node answers it.
