@@ -215,16 +215,24 @@ def choose_explore(
 def _top_k(scores: np.ndarray, k: int, exclude: npt.ArrayLike | None) -> np.ndarray:
     """Indices of the k largest scores, largest first, ties to the lower index, never an excluded one.
 
-    O(n) selection with `np.partition`, then a sort of the k chosen; at the cut, tied scores are
-    taken lowest index first, so the result is a pure function of the scores.
+    O(n) selection with `np.partition` and one pass for the indices at or above the cut, then a stable sort of
+    the k chosen (in index order, so equal scores keep the lower index first); at the cut, tied scores are taken
+    lowest index first, so the result is a pure function of the scores. Negated once: the sorts run ascending.
+
+    >>> _top_k(np.array([0.2, 0.9, 0.5, 0.9, 0.5]), 3, None).tolist()
+    [1, 3, 2]
+    >>> _top_k(np.array([0.2, 0.9, 0.5]), 5, np.array([False, True, False])).tolist()
+    [2, 0]
     """
-    scores = np.array(scores, dtype=np.float64)
+    negated = -np.asarray(scores, dtype=np.float64)
     if exclude is not None:
-        scores[np.asarray(exclude)] = -np.inf
-    k = min(k, int(np.count_nonzero(scores > -np.inf)))
+        negated[np.asarray(exclude)] = np.inf
+    k = min(k, int(np.count_nonzero(negated < np.inf)))
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    kth = -np.partition(-scores, k - 1)[k - 1]
-    above = np.flatnonzero(scores > kth)
-    chosen = np.concatenate([above, np.flatnonzero(scores == kth)[: k - above.size]])
-    return chosen[np.lexsort((chosen, -scores[chosen]))].astype(np.int64)
+    kth = np.partition(negated, k - 1)[k - 1]
+    chosen = np.flatnonzero(negated <= kth)
+    if chosen.size > k:  # ties at the cut: the lower indices among them
+        above = chosen[negated[chosen] < kth]
+        chosen = np.sort(np.concatenate([above, chosen[negated[chosen] == kth][: k - above.size]]))
+    return chosen[np.argsort(negated[chosen], kind="stable")].astype(np.int64)

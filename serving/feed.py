@@ -203,7 +203,7 @@ def popular_head_personal_first(
     candidate list (serving/blend.personal_first), so the ranked union's popular candidates are the ones the
     fixed blend would serve (on MovieLens the popular slots' HR@10 fell from 0.0305 to 0.0143 without it)."""
     head = settings.blend.popular_personal_head if user.warm else 0
-    return personal_first(popular(user, snapshot, lists, now), (item for item, _ in user.candidates()), head)
+    return personal_first(popular(user, snapshot, lists, now), user.candidate_positions(), head)
 
 
 def _ranked(
@@ -277,7 +277,8 @@ def _ranked(
             if source in proposed[item]:
                 reason = proposed[item][source].reason  # type: ignore[index]
             else:  # served as the proposer its features pull for most, in the top feature's words if it has one
-                source = max(proposed[item], key=lambda s, k=k: pulls[k, GENERATORS.index(s)])
+                pull = dict(zip(GENERATORS, pulls[k].tolist(), strict=True))
+                source = max(proposed[item], key=pull.__getitem__)
                 reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
             served_as[item] = source  # type: ignore[assignment]
             yield Candidate(item, reason)

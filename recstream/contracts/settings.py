@@ -392,7 +392,14 @@ class RankerSettings(Section):
     }
 
     train: bool = Field(True, description="workers learn from views and clicks that carry a served feature vector")
-    alpha: float = Field(0.05, gt=0, allow_inf_nan=False, description="FTRL α: the per-coordinate learning rate scale")
+    alpha: float = Field(
+        0.07,
+        gt=0,
+        allow_inf_nan=False,
+        description="FTRL α: the per-coordinate learning rate scale (the reader averages the partitions' weights, "
+        "each learned from its share of the rows, so P partitions move about 1/√P as far as one would; validated "
+        "against 0.05 and 0.1 on MovieLens and four closed-loop worlds, BENCHMARKS.md, seventh round)",
+    )
     bias_alpha: float | None = Field(
         None,
         gt=0,
