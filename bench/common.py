@@ -76,7 +76,7 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "worker_events_per_s",
             "worker_events_per_s_counters_only",
             "worker_events_per_s_ranker",
-            "worker_events_per_s_ranker_unpipelined",
+            "worker_events_per_s_ranker_pipelined",
             "freshness_p50_ms",
             "freshness_p99_ms",
             "candidates_refresh_p50_ms",

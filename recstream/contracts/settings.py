@@ -169,10 +169,11 @@ class WorkerSettings(Section):
     )  # fmt: skip
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
     pipeline: bool = Field(
-        True,
+        False,
         description="build the next batch while the last one's script runs in Redis, one script in flight per topic "
-        "(streams/processor.py); faster with a spare core, slower on a CPU-saturated machine, where its smaller "
-        "batches cost Redis more (docs/ARCHITECTURE.md, pipelined batches)",
+        "(streams/processor.py); off by default: its batches come out smaller and more, and at ×1 a call costs Redis "
+        "about the same whatever its events, so bench.worker measured it slower (docs/ARCHITECTURE.md, pipelined "
+        "batches)",
     )
     fetch_max_wait_ms: int = Field(50, gt=0, le=10_000, description="longest the broker holds a consumer's fetch")
     fetch_min_bytes: int = Field(16_384, gt=0, le=1 << 24, description="bytes a fetch waits for, at most that long")
