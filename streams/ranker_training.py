@@ -120,7 +120,7 @@ def ftrl_config(settings: RankerSettings) -> FTRLConfig:
     """The workers' FTRL config from the settings: α, β, λ1, λ2, the prior (contracts.ranking.prior_weights), the
     bias's α and standardization (of the named features only, when named).
 
-    >>> ftrl_config(RankerSettings(standardize=False)) == FTRLConfig()
+    >>> ftrl_config(RankerSettings(standardize=False)) == FTRLConfig(alpha=0.07)
     True
     >>> ftrl_config(RankerSettings(standardize=False, standardize_features="als_rank")).standardize_only  # unused off
     ()
