@@ -43,26 +43,13 @@ import numpy as np
 from recstream.serving.snapshot import Popular, Snapshot
 from recstream.serving.user_state import UserState
 
-from recstream.contracts.ranking import DIGITS, FEATURES, rounded_values
+from recstream.contracts.ranking import FEATURES, rounded_value, rounded_values
 
 COLUMN = {name: k for k, name in enumerate(FEATURES)}
 _ZEROS = itertools.repeat(0.0)
 """An endless default for ``map(dict.get, keys, _ZEROS)``: infinite, so one shared iterator serves every call."""
-_ROUNDING = f".{DIGITS}g"
 AGES_MAX = 100_000
 """Creation times whose rounded ``pool_age`` :func:`_ages` keeps for one clock; past it, the memo starts over."""
-
-
-def rounded(value: float) -> float:
-    """One value rounded as contracts.ranking.rounded_values rounds it (its definition: DIGITS significant digits
-    through the decimal string), for the few values a page computes itself: for a page's few dozen distinct ones a
-    call each costs less than the vectorized rounding's fixed cost (with the memo of :func:`_ages`, 23% fewer
-    instructions per ``rows`` on the feeds bench's state, callgrind).
-
-    >>> rounded(1 / 3), rounded(0.0), rounded(math.log(2.0))
-    (0.3333, 0.0, 0.6931)
-    """
-    return float(format(value, _ROUNDING))
 
 
 @functools.lru_cache(maxsize=4)
@@ -129,7 +116,7 @@ class PageFeatures:
         self._pool_created = snapshot.pool.created
         self._now = now
         self._now_ms = snapshot.clock_ms
-        self._absent_age = rounded(math.log(2.0))
+        self._absent_age = rounded_value(math.log(2.0))
         self._age_unit_ms = graduate_age_s * 1000.0
         self._warm = 1.0 if user.warm else 0.0
 
@@ -164,7 +151,7 @@ class PageFeatures:
         out[:, COLUMN["segment_ctr_logit"]] = segment_ctr[at]
         out[:, COLUMN["pool_age"]] = self._pool_ages(created)
         if self._share:  # the distinct category sets of a page are few: each summed and rounded once
-            affinity = {c: rounded(sum(map(share, c, _ZEROS), 0.0)) for c in dict.fromkeys(cats)}
+            affinity = {c: rounded_value(sum(map(share, c, _ZEROS), 0.0)) for c in dict.fromkeys(cats)}
             out[:, COLUMN["category_affinity"]] = list(map(affinity.__getitem__, cats))
         else:
             out[:, COLUMN["category_affinity"]] = 0.0
@@ -181,12 +168,10 @@ class PageFeatures:
         out = []
         for c in created:
             if c is None:
-                out.append(self._absent_age)
+                age = self._absent_age
             elif (age := ages.get(c)) is None:
-                age = ages[c] = rounded(0.0 if now_ms is None else log1p(max(now_ms - c, 0) / unit))
-                out.append(age)
-            else:
-                out.append(age)
+                age = ages[c] = rounded_value(0.0 if now_ms is None else log1p(max(now_ms - c, 0) / unit))
+            out.append(age)
         return out
 
     def favourite_category(self, item: str) -> str | None:

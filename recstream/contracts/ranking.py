@@ -174,6 +174,17 @@ def rounded(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return decode_features(encode_features(values))  # type: ignore[return-value]
 
 
+def rounded_value(value: float) -> float:
+    """One value rounded to DIGITS significant digits, by the definition :func:`rounded_values` vectorizes
+    (``float(f"{v:.4g}")``): for the few values a page computes itself (serving/features.py), a call each costs
+    less than the vectorized rounding's fixed cost.
+
+    >>> rounded_value(1 / 3), rounded_value(0.0), rounded_value(-12345.6)
+    (0.3333, 0.0, -12350.0)
+    """
+    return float(format(value, f".{DIGITS}g"))
+
+
 def rounded_rows(rows: np.ndarray) -> np.ndarray:
     """Every value of a (n, len(FEATURES)) matrix rounded to DIGITS significant digits, as ``float(f"{v:.4g}")``
     rounds it, to the bit, vectorized: what the reader scores and logs (:func:`rounded_values`).
