@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,6 +38,8 @@ from redis.crc import key_slot
 
 from recstream.contracts.settings import Settings, load_settings
 from recstream.eventlog.connection import client_options
+
+_FREE_PORT_FLOOR = 20000  # clear of the well-known and registered services' usual ports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
@@ -114,13 +117,34 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (Linux's ``ip_local_port_range``)."""
+    with suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Kafka and Redis bind theirs
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(span: int = 1) -> int:
-    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port + span < 65535 and not any(port_open(port + k) for k in range(span)):
+    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller).
+
+    Chosen below the kernel's ephemeral range: a port the kernel hands out (port 0) may be
+    taken again, between this choice and the server's start, as the local port of any
+    outgoing connection, and Kafka then dies with "Address already in use".
+    """
+    ceiling = _ephemeral_floor() - span
+    for _ in range(200):
+        port = random.randrange(_FREE_PORT_FLOOR, ceiling)
+        if all(_bindable(port + k) and not port_open(port + k) for k in range(span)):
             return port
     raise RuntimeError("no free loopback port")
 

@@ -14,6 +14,27 @@ from recstream.shell.infra import free_port
 pytestmark = pytest.mark.integration
 
 
+def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound():
+    """An outgoing connection's local port comes from the ephemeral range; a chosen port there could be
+    taken between the choice and the server's start (CI once lost Kafka's controller port that way)."""
+    floor = infra._ephemeral_floor()
+    for span in (1, 2, 3):
+        port = free_port(span=span)
+        assert port + span <= floor
+        for k in range(span):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + k))
+
+
+def test_a_listening_port_is_not_offered(monkeypatch: pytest.MonkeyPatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port()))
+        taken.listen()
+        picks = iter([taken.getsockname()[1] - 1, taken.getsockname()[1], taken.getsockname()[1] + 1])
+        monkeypatch.setattr(infra.random, "randrange", lambda *_: next(picks))
+        assert free_port(span=2) == taken.getsockname()[1] + 1  # the first two picks span the taken port
+
+
 def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_path: Path):
     settings = services.replace(
         kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
