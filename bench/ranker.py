@@ -107,19 +107,36 @@ async def read_rows(settings: Settings, topic: str) -> dict[int, Rows]:
     return rows
 
 
+def calibration(config: FTRLConfig, feature: int | None) -> FTRLConfig:
+    """The config of a one-feature calibration of feature index ``feature`` (None: the base rate's constant 0):
+    no prior to start from, and the feature standardized exactly when the ranker's config standardizes it.
+
+    >>> ranker = FTRLConfig(alpha=0.07, standardize=True, standardize_only=(2, 8))
+    >>> calibration(ranker, 8).standardize, calibration(ranker, 5).standardize, calibration(ranker, None).standardize
+    (True, False, False)
+    >>> calibration(FTRLConfig(prior=(0.0, 1.0)), 0).prior
+    ()
+    """
+    scaled = (
+        config.standardize
+        and feature is not None
+        and (not config.standardize_only or feature in config.standardize_only)
+    )
+    return dataclasses.replace(config, prior=(), standardize=scaled, standardize_only=())
+
+
 def replay(rows: dict[int, Rows], config: FTRLConfig) -> dict[str, Scores]:
     """Every scorer over the rows, each partition predicted-then-learned in order; figures over all rows."""
     labels = np.concatenate([r.labels for r in rows.values()])
     predicted: dict[str, list[float]] = {name: [] for name in SCORERS}
     raw: dict[str, list[np.ndarray]] = {name: [] for name in SINGLE}
-    alone = dataclasses.replace(config, prior=())  # a one-feature calibration has no prior to start from
     for r in rows.values():
         FTRLRanker(len(FEATURES), config).update(r.features, r.labels, predicted["ranker"])
         for name, feature in SINGLE.items():
             column = r.features[:, [FEATURES.index(feature)]]
             raw[name].append(column[:, 0])
-            FTRLRanker(1, alone).update(column, r.labels, predicted[name])
-        FTRLRanker(1, alone).update(np.zeros((len(r.labels), 1)), r.labels, predicted["base_rate"])
+            FTRLRanker(1, calibration(config, FEATURES.index(feature))).update(column, r.labels, predicted[name])
+        FTRLRanker(1, calibration(config, None)).update(np.zeros((len(r.labels), 1)), r.labels, predicted["base_rate"])
     late = np.concatenate([np.arange(len(r.labels)) >= len(r.labels) // 2 for r in rows.values()])
     p = {name: np.asarray(values) for name, values in predicted.items()}
     out = {"ranker": Scores.of(p["ranker"], p["ranker"], labels, late)}
