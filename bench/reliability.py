@@ -1,6 +1,6 @@
 """Reliability: every fault scenario of bench/faults.py against private services, one table.
 
-    .venv/bin/python -m bench.reliability [--records 10000] [--only worker-kill redis-kill ...]
+    .venv/bin/python -m bench.reliability [--records 10000] [--only worker-kill redis-kill ...] [--no-record]
     .venv/bin/python -m bench.reliability --clusters [--records 10000]
 
 For each scenario a fresh run (own topics, consumer group, Redis prefix, the same trained model)
@@ -18,7 +18,7 @@ Stalled = partitions of events, items and users whose watermark is not at the lo
 Writes `reliability_lost_events`, `reliability_double_applied_events` (sums over the scenarios),
 `reliability_<scenario>_recovery_max_s`, `reliability_<scenario>_stalled_partitions` (e.g.
 `reliability_poison_stalled_partitions`, which must be 0), `reliability_reader_failed_requests`,
-`reliability_reader_recovery_max_s`.
+`reliability_reader_recovery_max_s`; ``--only`` a subset of the scenarios records nothing.
 
 ``--clusters`` runs the cluster scenarios instead (bench/faults.py ``CLUSTER_SCENARIOS``), on a 3-broker KRaft
 Kafka (replication factor 3, min.insync.replicas 2) and a Redis Cluster of 3 masters + 3 replicas, two workers
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
     parser.add_argument("--clusters", action="store_true", help="the cluster scenarios only (a replicated Kafka, "
                         "a Redis Cluster)")  # fmt: skip
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
     rows, figures = measure_clusters(args.records) if args.clusters else measure(args.only, args.records)
     load = os.getloadavg()[1]  # recovery times stretch with other processes' load on the shared cores
@@ -163,7 +164,10 @@ def main() -> None:
     for row in rows:
         table.add_row(*row)
     show(table)
-    record(figures)
+    if args.no_record or (not args.clusters and set(args.only) != set(SCENARIOS)):
+        print("not recorded: --no-record, or --only a subset (the sums would claim every scenario)")
+    else:
+        record(figures)
 
 
 if __name__ == "__main__":
