@@ -41,9 +41,10 @@ from recstream.models.als import ALSConfig
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, check_answers, figure, machine, record, services, show
+from bench.common import ROOT, check_answers, fail, figure, machine, record, services, show
 from bench.feeds import FEED_PATH, load
 from bench.worker import applied, live_load, produce_backlog, quantiles_ms
+from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.jobs import training
 from recstream.shell.infra import Child, ensure_topics
@@ -52,6 +53,8 @@ from recstream.sim.world import synthetic
 COMMAND = ".venv/bin/python -m bench.soak"
 LOGS = ROOT / ".run" / "bench-logs"
 FEED_CONNECTIONS = 64
+HISTORY_TIMEOUT_S = 600.0
+"""The history must be applied within this (a worker that applies nothing fails the run instead of hanging it)."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,15 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
     with services(session_ttl_s=args.session_ttl_s) as settings:
         LOGS.mkdir(parents=True, exist_ok=True)
         users, items, backlog = prepare(settings, args.history)
-        client = redis.Redis.from_url(settings.redis.url)
+        client, totals = redis.Redis.from_url(settings.redis.url), Keys.of(settings)("totals")
         worker = Child("worker", settings, LOGS / "soak-worker.log")
         reader = None
         try:
-            while applied(client, settings.redis.prefix) < backlog:
+            waited = time.monotonic() + HISTORY_TIMEOUT_S
+            while (done := applied(client, totals)) < backlog:
                 worker.check()
+                if time.monotonic() > waited:
+                    fail(f"the worker applied {done:,} of {backlog:,} history events in {HISTORY_TIMEOUT_S:.0f} s")
                 time.sleep(0.5)
             console.print(f"history of {backlog:,} events applied; model trained; starting the load")
             reader = Child("serve", settings, LOGS / "soak-reader.log")
@@ -111,7 +117,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
             deadline = started + (args.warmup_minutes + args.minutes) * 60  # wall clock: a slow interval runs long
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
                 while time.monotonic() < deadline:
-                    before, done_before, t0 = worker.metrics(), applied(client, settings.redis.prefix), time.monotonic()
+                    before, done_before, t0 = worker.metrics(), applied(client, totals), time.monotonic()
                     feeds = pool.submit(
                         load, "open", reader.port, FEED_PATH, users, FEED_CONNECTIONS, args.feeds,
                         args.interval_s,
@@ -120,7 +126,7 @@ def soak(args: argparse.Namespace, console: Console) -> tuple[list[Sample], int]
                     offered += sent
                     f = feeds.result()
                     elapsed = time.monotonic() - t0
-                    done = applied(client, settings.redis.prefix)
+                    done = applied(client, totals)
                     fresh50, fresh99 = quantiles_ms(before, worker.metrics(), "recstream_worker_freshness_seconds")
                     info = client.info("memory")
                     samples.append(Sample(
