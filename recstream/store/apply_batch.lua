@@ -8,7 +8,8 @@
 -- effectively-once (see recstream/store/state.py for the whole argument).
 --
 -- ARGV[1] is a JSON payload built by recstream/store/state.py; ARGV[2] the binary values that payload.blobs
--- and payload.rankers refer to, concatenated (each by its first and last byte). Counts, timestamps and trend increments are integers
+-- and payload.rankers refer to, concatenated (the blobs first, by where each ends; a ranker state by its first and
+-- last byte). Counts, timestamps and trend increments are integers
 -- below 2^53, exact as Lua doubles. A number passed to redis.call is sent as '%.17g' (exact:
 -- integers print as integers, scores round-trip); only a number put into a string by Lua
 -- itself needs string.format (Lua's own conversion is '%.14g'). Key names follow recstream/contracts/keys.py.
@@ -97,15 +98,18 @@ local names = {}
 for k, it in ipairs(p.items) do names[k] = it[1] end  -- p.items: {item, {views, clicks, first_ts}}
 local old_views, old_clicks = many('HMGET', P .. 'views', names), many('HMGET', P .. 'clicks', names)
 local new_views, views_args, clicks_args = {}, {}, {}
+local counts = {}  -- item → {views, clicks} as just written: step 4 scores these without reading them back
 for k, it in ipairs(p.items) do
   local item, d = it[1], it[2]
   new_views[k] = num(old_views[k]) + d[1]
   views_args[#views_args + 1] = item  -- even +0: every counted item has a views field
   views_args[#views_args + 1] = new_views[k]
+  local new_clicks = num(old_clicks[k]) + d[2]
   if d[2] ~= 0 then
     clicks_args[#clicks_args + 1] = item
-    clicks_args[#clicks_args + 1] = num(old_clicks[k]) + d[2]
+    clicks_args[#clicks_args + 1] = new_clicks
   end
+  counts[item] = {new_views[k], new_clicks}
   -- an item first counted here, never announced: counted, but hidden (unavailable) until the items topic
   -- announces it; or, without a catalogue feed (cfg.require_announced false), in the pool from now on
   if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
@@ -168,24 +172,39 @@ local live = {}
 for k, item in ipairs(touched_list) do
   if hidden[k] == 0 then live[#live + 1] = item end
 end
-local views, clicks = many('HMGET', P .. 'views', live), many('HMGET', P .. 'clicks', live)
+-- the counters of the items step 3 counted are known; only the others (a rescore pass's, items available again)
+-- are read
+local unread = {}
+for _, item in ipairs(live) do
+  if not counts[item] then unread[#unread + 1] = item end
+end
+local views, clicks = many('HMGET', P .. 'views', unread), many('HMGET', P .. 'clicks', unread)
+for k, item in ipairs(unread) do counts[item] = {num(views[k]), num(clicks[k])} end
 local global, rank_args = {}, {}
 for k, item in ipairs(live) do
-  global[k] = ctr(num(clicks[k]), num(views[k]), q, cfg.m)
+  local c = counts[item]
+  global[k] = ctr(c[2], c[1], q, cfg.m)
   rank_args[#rank_args + 1] = global[k]
   rank_args[#rank_args + 1] = item
 end
 many('ZADD', P .. 'rank', rank_args)
--- a segment score leans on the item's global score, so every segment that counts the item moves
+-- a segment score leans on the item's global score, so every segment that counts the item moves; its clicks
+-- are read only for the items it counts (at x100 a segment counts about half of a batch's items)
 for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do
   local sv = many('HMGET', P .. 'seg:' .. s .. ':views', live)
-  local sc = many('HMGET', P .. 'seg:' .. s .. ':clicks', live)
-  local args = {}
+  local counted, at = {}, {}
   for k, item in ipairs(live) do
     if sv[k] then
-      args[#args + 1] = ctr(num(sc[k]), tonumber(sv[k]), global[k], cfg.m)
-      args[#args + 1] = item
+      counted[#counted + 1] = item
+      at[#at + 1] = k
     end
+  end
+  local sc = many('HMGET', P .. 'seg:' .. s .. ':clicks', counted)
+  local args = {}
+  for j, item in ipairs(counted) do
+    local k = at[j]
+    args[#args + 1] = ctr(num(sc[j]), tonumber(sv[k]), global[k], cfg.m)
+    args[#args + 1] = item
   end
   many('ZADD', P .. 'rank:' .. s, args)
 end
@@ -291,9 +310,14 @@ for tp, ids in pairs(p.eids) do  -- {topic:partition: {user:event_id: arrival ms
 end
 local blob_args = {}
 local values = ARGV[2]
-for _, b in ipairs(p.blobs) do  -- {key suffix, first, last}: user hist/vec/cand/prefs, item similar, in order
-  blob_args[#blob_args + 1] = P .. b[1]
-  blob_args[#blob_args + 1] = string.sub(values, b[2], b[3])
+-- p.blobs: key suffixes (user hist/vec/cand/prefs, item similar) in order; p.blob_ends: where each one's value ends
+-- in ARGV[2] (it starts after the previous one's): two arrays, not a table per value, which cjson builds for each
+local first = 1
+for k, suffix in ipairs(p.blobs) do
+  local last = p.blob_ends[k]
+  blob_args[#blob_args + 1] = P .. suffix
+  blob_args[#blob_args + 1] = string.sub(values, first, last)
+  first = last + 1
 end
 for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))

@@ -275,13 +275,16 @@ class StateStore:
 
     def _payloads(self, effect: Effect) -> dict[str, tuple[dict, bytes]]:
         """Each slot's part of the effect: the JSON payload (ARGV[1]) and the binary values it refers to, all
-        concatenated in ARGV[2] (each as its 1-based first and last byte, for ``string.sub``): the shared state to
-        the shared slot, a user's to its user's slot, a partition's ids and ranker to the partition's, each slot
-        with the watermarks it keeps (:meth:`_slots`). One part on one Redis.
+        concatenated in ARGV[2] (the blobs first, each ending at its entry of ``blob_ends``, 1-based for
+        ``string.sub``; then each ranker state by its first and last byte): the shared state to the shared slot, a
+        user's to its user's slot, a partition's ids and ranker to the partition's, each slot with the watermarks it
+        keeps (:meth:`_slots`). One part on one Redis.
 
         Why one binary argument and mappings as JSON objects: the payload is built per distinct user of a batch
         and per blob, and redis-py packs each argument in Python; as one bytes value and dicts orjson writes as
         they are, a batch of 10,000 users costs a few joins instead of tens of thousands of tuples and arguments.
+        Why the blobs as two flat lists (key suffixes, ends) rather than a ``[key, first, last]`` per value: the
+        script's ``cjson.decode`` builds a Lua table for each of those, two or three per distinct user of a batch.
         """
         c, keys = effect.counters, self.keys
         shared = keys.slot(None)
@@ -291,7 +294,8 @@ class StateStore:
             if slot not in parts:
                 empty = ("wm", "meta", "items", "segs", "totals", "trend", "item_users", "blobs", "rankers")
                 payload = {"prefix": slot, "cfg": self._cfg, "shared": slot == shared, "clock": 0,
-                           **{name: [] for name in empty}, "seen": {}, "user_segments": {}, "eids": {}}  # fmt: skip
+                           **{name: [] for name in empty}, "blob_ends": [], "seen": {}, "user_segments": {},
+                           "eids": {}}  # fmt: skip
                 parts[slot] = payload, []
             return parts[slot]
 
@@ -316,19 +320,23 @@ class StateStore:
                 part(slot)[0][name] = mapping
         for tp, ids in effect.event_ids.items():
             part(self._slots(tp)[-1])[0]["eids"][tp] = ids
-        values_of: dict[str, list[tuple[str, str, bytes]]] = {}  # slot → (list, key, value), in the effect's order
+        blobs_of: dict[str, tuple[list[str], list[bytes]]] = {}  # slot → (key suffixes, values), in the effect's order
         single = keys.partitions is None  # one Redis: one slot, no user to place
         for suffix, value in effect.blobs:
             slot = shared if single or not suffix.startswith("user:") else keys.slot(keys.home(suffix.split(":")[1]))
-            values_of.setdefault(slot, []).append(("blobs", suffix, value))
-        for (topic, partition), state in effect.rankers.items():
-            values_of.setdefault(keys.slot(partition), []).append(("rankers", keys.ranker(topic, partition), state))
-        for slot, entries in values_of.items():
+            if slot not in blobs_of:
+                blobs_of[slot] = [], []
+            blobs_of[slot][0].append(suffix)
+            blobs_of[slot][1].append(value)
+        for slot, (suffixes, blob_values) in blobs_of.items():
             payload, values = part(slot)
-            values += [value for *_, value in entries]
-            ends = list(accumulate(len(value) for value in values))
-            for (name, key, _), first, last in zip(entries, [1, *(end + 1 for end in ends[:-1])], ends, strict=True):
-                payload[name].append((key, first, last))
+            payload["blobs"], payload["blob_ends"] = suffixes, list(accumulate(len(value) for value in blob_values))
+            values += blob_values
+        for (topic, partition), state in effect.rankers.items():
+            payload, values = part(keys.slot(partition))
+            first = sum(len(value) for value in values) + 1
+            payload["rankers"].append((keys.ranker(topic, partition), first, first + len(state) - 1))
+            values.append(state)
         return {slot: (payload, b"".join(values)) for slot, (payload, values) in parts.items()}
 
     def _by_user_slot(self, by_user: dict[str, object]) -> dict[str, dict[str, object]]:

@@ -66,3 +66,65 @@ async def test_seen_sets_segments_and_event_ids_of_every_user_are_written(isolat
     stored_ids = client.zrange(keys.event_ids(settings.kafka.events_topic, 0), 0, -1, withscores=True)
     assert stored_ids == [(f"{user}:e".encode(), T0 + k) for k, user in enumerate(names)]
     client.close()
+
+
+def _scores_by_formula(client: redis.Redis, keys: Keys, m: float) -> dict[str, dict[bytes, float]]:
+    """Every ranking recomputed from the stored counters and prior: (c + m·q)/(v + m) globally, then
+    (c_s + m·global)/(v_s + m) in each segment that counts the item (models/ctr.py's smoothed CTR)."""
+    prior = float(client.get(keys("prior")))
+    views, clicks = client.hgetall(keys("views")), client.hgetall(keys("clicks"))
+    glob = {i: (int(clicks.get(i, 0)) + m * prior) / (int(v) + m) for i, v in views.items()}
+    out = {"rank": glob}
+    for s in sorted(x.decode() for x in client.smembers(keys("segments"))):
+        sv, sc = client.hgetall(keys.seg(s, "views")), client.hgetall(keys.seg(s, "clicks"))
+        out[f"rank:{s}"] = {i: (int(sc.get(i, 0)) + m * glob[i]) / (int(v) + m) for i, v in sv.items()}
+    return out
+
+
+@pytest.mark.parametrize("items", [PAIRS_PER_CALL * 2 - 1, PAIRS_PER_CALL * 2, PAIRS_PER_CALL * 2 + 1])
+async def test_rankings_follow_the_counters_when_a_batch_scores_what_it_counted_without_reading_it(
+    isolated_settings: Settings, items: int
+):
+    """Step 4 of the script scores the items step 3 counted from the counts it just wrote, reads the counters of
+    the others (a rescore pass's), and reads a segment's clicks only for the items that segment counts. Around the
+    script's chunk of 4,000 fields per HMGET: after a batch counting items in one segment, or two, or with no
+    clicks, a batch touching a few of them in one segment only, and one whose moved prior starts a rescore pass
+    (finished in empty batches), every score is the formula's on the stored counters (exactly: the same IEEE
+    operations)."""
+    settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
+    keys, m = Keys.of(settings), settings.model.ctr_prior_mass
+    tp = f"{settings.kafka.events_topic}:0"
+    names = [f"i{k}" for k in range(items)]
+    first = Effect(watermarks={tp: (-1, 0)})
+    first.counters = CounterDeltas(
+        items={i: [3 + k % 5, k % 3, T0] for k, i in enumerate(names)},
+        segments={  # s1 counts every item, s2 every other one (with its clicks, if any)
+            "s1": {i: [2 + k % 5, k % 3] for k, i in enumerate(names)},
+            "s2": {i: [1, 0] for i in names[::2]},
+        },
+        totals={"views": 10 * items, "clicks": items},
+    )
+    await apply(settings, first)
+    client = redis.Redis.from_url(settings.redis.url)
+    assert client.zscore(keys.rank(), names[-1]) is not None
+    assert _scores_by_formula(client, keys, m) == {
+        name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
+    }
+    second = Effect(watermarks={tp: (0, 1)})  # a few items, counted in s1 only: s2's scores move with the global
+    second.counters = CounterDeltas(
+        items={i: [1, 1, T0] for i in names[:3]}, segments={"s1": {i: [1, 1] for i in names[:3]}}
+    )
+    await apply(settings, second)
+    assert _scores_by_formula(client, keys, m) == {
+        name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
+    }
+    client.set(keys("prior"), "-1")  # the next batch's prior "moved": a pass rescores items it did not count
+    third = Effect(watermarks={tp: (1, 2)})
+    third.counters = CounterDeltas(items={names[1]: [1, 0, T0]}, segments={"s2": {names[1]: [1, 0]}})
+    await apply(settings, third)
+    while client.exists(keys("rescore")):  # the rest of the pass, as an idle worker goes on with it
+        await apply(settings, Effect())
+    assert _scores_by_formula(client, keys, m) == {
+        name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
+    }
+    client.close()
