@@ -49,6 +49,7 @@ CONTEXT_KEY = "rf"
 MAX_VALUE_CHARS = 256
 """The events contract's bound on a context string (recstream/contracts/events.py Scalar)."""
 DIGITS = 4  # significant digits kept per feature: the string stays under the context's 256 characters
+_ONE_VALUE = f".{DIGITS}g"  # built once: rounded_value runs per value a page computes
 _K_OFFSET = 12  # the scale exponent k = DIGITS − 1 − ⌊log10 |v|⌋ of a value in [1e-15, 1e15] is in [-12, 18]
 _UP = np.array([10.0 ** max(k, 0) for k in range(-_K_OFFSET, 19)])  # exact: every power of ten up to 10^22 is
 _DOWN = np.array([10.0 ** max(-k, 0) for k in range(-_K_OFFSET, 19)])
@@ -182,7 +183,7 @@ def rounded_value(value: float) -> float:
     >>> rounded_value(1 / 3), rounded_value(0.0), rounded_value(-12345.6)
     (0.3333, 0.0, -12350.0)
     """
-    return float(format(value, f".{DIGITS}g"))
+    return float(format(value, _ONE_VALUE))
 
 
 def rounded_rows(rows: np.ndarray) -> np.ndarray:

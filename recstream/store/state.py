@@ -328,14 +328,18 @@ class StateStore:
                 blobs_of[slot] = [], []
             blobs_of[slot][0].append(suffix)
             blobs_of[slot][1].append(value)
+        size: dict[str, int] = {}  # slot → bytes of its values so far
         for slot, (suffixes, blob_values) in blobs_of.items():
             payload, values = part(slot)
             payload["blobs"], payload["blob_ends"] = suffixes, list(accumulate(len(value) for value in blob_values))
             values += blob_values
+            size[slot] = payload["blob_ends"][-1]
         for (topic, partition), state in effect.rankers.items():
-            payload, values = part(keys.slot(partition))
-            first = sum(len(value) for value in values) + 1
-            payload["rankers"].append((keys.ranker(topic, partition), first, first + len(state) - 1))
+            slot = keys.slot(partition)
+            payload, values = part(slot)
+            first = size.get(slot, 0) + 1
+            size[slot] = first + len(state) - 1
+            payload["rankers"].append((keys.ranker(topic, partition), first, size[slot]))
             values.append(state)
         return {slot: (payload, b"".join(values)) for slot, (payload, values) in parts.items()}
 
