@@ -2,12 +2,16 @@
 leaves: counters, rankings, bandit pool, seen sets exactly, user vectors to 1e-6, the same candidate lists.
 
 Each test runs one of the benchmark's scenarios (bench/faults.py SCENARIOS): the workload's events are
-offered at a steady rate while the fault is injected several times at random instants. Then the
-harness's tally (nothing lost, nothing double-applied, seen sets exact) and the whole state against
-``clean_state``. Recovery times are the benchmark's business (bench/reliability.py), not asserted here.
+offered at a steady rate while the fault is injected several times at random instants, at most
+``MAX_INJECTIONS`` times (the benchmark kills its worker 8 times for its recovery statistics; each kill waits
+out the 6 s consumer session, and four random kills take the same recovery path). Then the harness's tally
+(nothing lost, nothing double-applied, seen sets exact) and the whole state against ``clean_state``.
+Recovery times are the benchmark's business (bench/reliability.py), not asserted here.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -18,13 +22,16 @@ from tests.reliability.conftest import run_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+MAX_INJECTIONS = 4
+
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_state_after_faults_equals_a_clean_run(scenario, fault_run, workload, clean_state):
-    run = await fault_run(scenario)
-    await run_scenario(run, workload, SCENARIOS[scenario])
+    run, faults = await fault_run(scenario), SCENARIOS[scenario]
+    faults = replace(faults, times=min(faults.times, MAX_INJECTIONS))
+    await run_scenario(run, workload, faults)
     tally = score(run.redis, run.keys, workload.events, run.settings.worker.seen_cap)
-    assert run.injections == SCENARIOS[scenario].times
+    assert run.injections == faults.times
     assert (run.rolled_back > 0) == (scenario == "redis-rollback"), "the rollback lost applied events"
     assert (run.offered, run.acked, tally.applied) == (len(workload.events),) * 3
     assert (tally.lost, tally.double, tally.seen_missing, tally.seen_extra) == (0, 0, 0, 0)

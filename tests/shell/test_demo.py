@@ -38,7 +38,8 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
         "RECSTREAM_CACHE_DIR": str(REPO / ".cache"),
         "COLUMNS": "200",
     }
-    argv = [sys.executable, "-m", "recstream.shell.cli", "demo", "--seconds", "45", "--history-min", "5"]
+    # 25 s at the demo's 20 feeds/s: ~500 feeds, 200 needed
+    argv = [sys.executable, "-m", "recstream.shell.cli", "demo", "--seconds", "25", "--history-min", "5"]
     done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
     out = done.stdout + done.stderr
     pids = [int(p) for p in re.findall(r"(?:started \w+ pid|started \(pid) (\d+)", out)]
