@@ -1,4 +1,5 @@
-"""The examples in docstrings run, under each module's installed name (``recstream.models.ctr``, …).
+"""The examples in docstrings run, under each module's installed name (``recstream.models.ctr``, …), and the
+benchmarks' (``bench.scale``, …: their helpers' examples are how a figure's arithmetic is checked).
 
 pytest's ``--doctest-modules`` would import the files by their folder names (``models.ctr``); the
 package refuses those names, so the examples are collected here from the installed package instead.
@@ -8,15 +9,20 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
+import bench
 from tests.test_layers import MODULES
+
+BENCHMARKS = {f"bench.{m.name}" for m in pkgutil.iter_modules(bench.__path__)}
 
 
 def _with_examples() -> list[str]:
     finder = doctest.DocTestFinder()
-    return [name for name in sorted(MODULES) if any(t.examples for t in finder.find(importlib.import_module(name)))]
+    names = sorted([*MODULES, *BENCHMARKS])
+    return [name for name in names if any(t.examples for t in finder.find(importlib.import_module(name)))]
 
 
 @pytest.mark.parametrize("name", _with_examples())
