@@ -44,19 +44,29 @@ console = Console()
 
 @dataclass(frozen=True, slots=True)
 class Bench:
-    """One benchmark module, bench/<name>.py (run as ``python -m bench.<name>``); ``env`` is part of its command."""
+    """One benchmark: bench/<module>.py (run as ``python -m bench.<module>`` with ``args``; the module is ``name``
+    unless given), its block in BENCHMARKS.md named ``name``; ``env`` and ``args`` are part of its command.
+
+    >>> Bench("reliability_clusters", module="reliability", args=("--clusters",)).command(["--quick"])
+    '.venv/bin/python -m bench.reliability --clusters --quick'
+    """
 
     name: str
     env: Mapping[str, str] = field(default_factory=dict)
     by_default: bool = True
+    module: str = ""
+    args: tuple[str, ...] = ()
 
     @property
     def script(self) -> Path:
-        return BENCH / f"{self.name}.py"
+        return BENCH / f"{self.module or self.name}.py"
+
+    def argv(self, args: Sequence[str] = ()) -> list[str]:
+        return ["-m", f"bench.{self.module or self.name}", *self.args, *args]
 
     def command(self, args: Sequence[str] = ()) -> str:
         prefix = "".join(f"{k}={v} " for k, v in self.env.items())
-        return " ".join([f"{prefix}{PYTHON} -m bench.{self.name}", *args])
+        return " ".join([f"{prefix}{PYTHON}", *self.argv(args)])
 
 
 BENCHES = (
@@ -73,6 +83,7 @@ BENCHES = (
     Bench("blends"),
     Bench("ranker"),
     Bench("reliability"),
+    Bench("reliability_clusters", module="reliability", args=("--clusters",), by_default=False),  # 9 more processes
     Bench("soak", by_default=False),  # ~30 minutes
     Bench("scale", {"OPENBLAS_NUM_THREADS": "1"}, by_default=False),  # ~45 minutes on a loaded machine
 )
@@ -175,7 +186,7 @@ def run(bench: Bench, quick: bool) -> Run:
         tail: list[str] = []
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", f"bench.{bench.name}", *args], cwd=ROOT, env=env, text=True,
+                [sys.executable, *bench.argv(args)], cwd=ROOT, env=env, text=True,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
             assert proc.stdout is not None
