@@ -151,6 +151,7 @@ def test_parquet_rows_are_numbered_and_typed(tmp_path: Path):
     """Needs the parquet extra, which ./dev setup installs: without it this fails, it never skips."""
     import pyarrow as pa
     import pyarrow.parquet as parquet
+
     path = tmp_path / "events.parquet"
     table = pa.table({"user": ["a", "b"], "item": ["x", "y"], "ts": [T0_S * 1000, 5], "type": ["click", "view"]})
     parquet.write_table(table, path)
