@@ -58,11 +58,16 @@ class Bench:
     args: tuple[str, ...] = ()
 
     @property
+    def module_name(self) -> str:
+        """The bench/ module it runs (whose figures bench/common.RESULT_KEYS declares)."""
+        return self.module or self.name
+
+    @property
     def script(self) -> Path:
-        return BENCH / f"{self.module or self.name}.py"
+        return BENCH / f"{self.module_name}.py"
 
     def argv(self, args: Sequence[str] = ()) -> list[str]:
-        return ["-m", f"bench.{self.module or self.name}", *self.args, *args]
+        return ["-m", f"bench.{self.module_name}", *self.args, *args]
 
     def command(self, args: Sequence[str] = ()) -> str:
         prefix = "".join(f"{k}={v} " for k, v in self.env.items())
