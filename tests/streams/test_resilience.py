@@ -78,8 +78,11 @@ async def test_an_agent_stuck_in_a_batch_turns_healthz_red_until_it_moves(isolat
     worker = worker_factory(settings)
     await publish(settings, events=[view(0)])
     wait_until(lambda: applied_events(client, "rs") == 1, what="the worker to apply")
-    # Redis holds a batch's writes a moment before the agent hears the reply and goes idle: wait for the green
-    wait_until(lambda: healthz(worker) == (200, "ok\n"), timeout_s=5, what="/healthz green with the batch applied")
+
+    def green() -> bool:  # Redis holds a batch's writes a moment before the agent hears the reply and goes idle
+        return healthz(worker) == (200, "ok\n")
+
+    wait_until(green, timeout_s=5, what="/healthz green with the batch applied")
     client.execute_command("CLIENT", "PAUSE", 8000, "WRITE")
     try:
         await publish(settings, events=[view(1)])
@@ -90,7 +93,7 @@ async def test_an_agent_stuck_in_a_batch_turns_healthz_red_until_it_moves(isolat
     finally:
         client.execute_command("CLIENT", "UNPAUSE")
     wait_until(lambda: applied_events(client, "rs") == 2, what="the batch once Redis takes writes")
-    wait_until(lambda: healthz(worker) == (200, "ok\n"), timeout_s=5, what="/healthz green once the batch moved")
+    wait_until(green, timeout_s=5, what="/healthz green once the batch moved")
 
 
 @pytest.mark.parametrize("ending", ["transaction", "deleted"])
