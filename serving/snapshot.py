@@ -278,6 +278,7 @@ class SnapshotLoader:
         self.healthy = False
         self.model_metrics = metrics.ModelVersion()
         self._rng = np.random.default_rng()
+        self._lock = asyncio.Lock()
         self._ranker_keys = [
             self.keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)
         ]
@@ -300,7 +301,14 @@ class SnapshotLoader:
             await asyncio.sleep(interval)
 
     async def refresh(self, *, force_popular: bool = False) -> None:
-        """One reload: pool, prior, unavailable set, model version, clock, ranker states; popular lists when due."""
+        """One reload: pool, prior, unavailable set, model version, clock, ranker states; popular lists when due.
+
+        One at a time: a reload forced while the background one awaits Redis would otherwise finish first, and the
+        older one would then overwrite it with what it read before (an item marked unavailable would come back)."""
+        async with self._lock:
+            await self._refresh(force_popular)
+
+    async def _refresh(self, force_popular: bool) -> None:
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [

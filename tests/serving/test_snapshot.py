@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 import redis
 from prometheus_client import REGISTRY
@@ -73,6 +76,44 @@ async def test_a_reload_reads_the_newest_pool_items_up_to_the_limit(isolated_set
     (pool,) = await pool_of(isolated_settings, n)
     newest = [*[f"new{i}" for i in range(n - 1)][-(READ - 1) :], STAR]
     assert sorted(pool.created) == sorted(newest) and len(pool.fresh["news"]) == min(n, READ)
+
+
+class HeldAfterFirstReply:
+    """The real client, but the first reload to get a reply waits at its next round trip until ``go`` is set."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client, self.held, self.go = client, asyncio.Event(), asyncio.Event()
+        self.first: asyncio.Task | None = None
+
+    async def execute(self, *commands: Any) -> list[Any]:
+        me = asyncio.current_task()
+        if me is self.first:
+            self.held.set()
+            await self.go.wait()
+        replies = await self.client.execute(*commands)
+        self.first = self.first or me
+        return replies
+
+
+async def test_a_reload_forced_while_another_awaits_redis_is_not_undone_by_it(isolated_settings: Settings) -> None:
+    """The background reload read the unavailable set before the item left; a reload forced after that must win."""
+    k = Keys.of(isolated_settings)
+    client = redis.Redis.from_url(isolated_settings.redis.url)
+    client.zadd(k("pool"), {"gone": 1_000, "kept": 1_001})
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=5.0, connections=2)
+    held = HeldAfterFirstReply(feeds)
+    snapshot = Snapshot()
+    loader = SnapshotLoader(held, isolated_settings, snapshot)  # type: ignore[arg-type]
+    background = asyncio.create_task(loader.refresh())
+    await held.held.wait()
+    client.sadd(k("unavailable"), "gone")
+    forced = asyncio.create_task(loader.refresh(force_popular=True))
+    await asyncio.sleep(0.2)
+    held.go.set()
+    await asyncio.wait_for(asyncio.gather(background, forced), 10)
+    assert snapshot.unavailable == {"gone"} and list(snapshot.pool.created) == ["kept"]
+    client.close()
+    await feeds.close()
 
 
 def test_feature_row_lookups_are_counted_by_whether_the_items_categories_were_cached() -> None:
