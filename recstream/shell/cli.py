@@ -380,11 +380,13 @@ def train(
             spark_training.require_pyspark()
         except spark_training.SparkMissing as exc:
             _fail(str(exc))
+    from_kafka = file is None and movielens is None
+    asyncio.run(_reach(settings, kafka=from_kafka, redis=True))  # the model is published to Redis after training
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("reading the log", total=None)
         advance = partial(progress.advance, task)
-        if file is None and movielens is None:
+        if from_kafka:
             log = asyncio.run(training.collect_log(settings, advance))
         else:
             feedback = settings.model.feedback_types

@@ -100,7 +100,7 @@ SPARK = pytest.param(
 
 @pytest.mark.parametrize("engine", ["implicit", SPARK])
 def test_train_from_a_file_with_a_closed_redis_port_is_one_line(nothing_listens: Settings, tmp_path: Path, engine):
-    """Training needs no Kafka here; publishing the model meets the closed Redis. Spark says nothing on the way."""
+    """Training from a file needs no Kafka, but its model is published to Redis: the closed port is one line."""
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(map(orjson.dumps, itertools.islice(World(WorldConfig(seed=1)).events(), 3000))))
     args = ("--file", str(events), "--factors", "4", "--iterations", "1", "--holdout", "0", "--engine", engine)
