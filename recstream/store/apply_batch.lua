@@ -69,7 +69,7 @@ local q_str, full, graduated = '', false, {}
 if p.shared then
 
 -- 2. item metadata and availability (items topic)
-local became_available = {}
+local became_available, pooled = {}, {}
 for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1', features JSON}
   local key = P .. 'item:' .. it[1]
   redis.call('HSET', key, 'categories', it[2], 'available', it[5], 'features', it[6])
@@ -82,8 +82,9 @@ for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, avai
   else
     if redis.call('SREM', P .. 'unavailable', it[1]) == 1 then became_available[#became_available + 1] = it[1] end
     -- (re-)enters the pool unless graduated; the age rule below removes it if it is too old
-    if redis.call('SISMEMBER', P .. 'graduated', it[1]) == 0 then
-      redis.call('ZADD', P .. 'pool', 'NX', redis.call('HGET', key, 'created_ts'), it[1])
+    if redis.call('SISMEMBER', P .. 'graduated', it[1]) == 0 and
+       redis.call('ZADD', P .. 'pool', 'NX', redis.call('HGET', key, 'created_ts'), it[1]) == 1 then
+      pooled[#pooled + 1] = it[1]
     end
   end
 end
@@ -262,6 +263,14 @@ for k, item in ipairs(names) do
   if in_pool[k] and new_views[k] >= cfg.graduate_views then
     graduated[#graduated + 1] = item
     redis.call('ZREM', P .. 'pool', item)  -- now, so the age rule cannot list it a second time
+  end
+end
+-- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
+-- or before it became available again) is judged on them now: graduation must not depend on which came first
+local pooled_views = many('HMGET', P .. 'views', pooled)
+for k, item in ipairs(pooled) do  -- (still in the pool: not made unavailable again later in the batch)
+  if num(pooled_views[k]) >= cfg.graduate_views and redis.call('ZREM', P .. 'pool', item) == 1 then
+    graduated[#graduated + 1] = item
   end
 end
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', '(' .. string.format('%d', clock - cfg.graduate_age_ms))) do

@@ -249,6 +249,25 @@ async def test_pool_graduation_and_unavailability(isolated_settings, worker_fact
     assert client.zscore("rs:pool", "gone") is None, "a returning item does not re-enter the pool after its age"
 
 
+async def test_an_item_announced_after_its_views_graduates_on_them_at_once(isolated_settings, worker_factory):
+    """Graduation does not depend on which was applied first, an item's views or its announcement: items with
+    N − 1, N and N + 1 views counted before the items topic announced them (N = 5) enter the pool, graduate,
+    graduate."""
+    settings = isolated_settings.replace(pool_graduate_views=5, pool_graduate_age_s=3600)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker_factory(settings)
+    counts = {"four": 4, "five": 5, "six": 6}
+    views = [Event(type="view", user_id=f"u{k}", item_id=i, ts=T0 + 1) for i, n in counts.items() for k in range(n)]
+    await publish(settings, events=views)
+    wait_until(lambda: client.hget("rs:totals", "views") == b"15", what="the views counted")
+    assert client.zcard("rs:pool") == 0 and client.scard("rs:graduated") == 0, "unannounced: hidden, not pooled"
+    items = [ItemEvent(op="new", item_id=i, ts=T0 + 2, created_ts=T0, categories=["news"]) for i in counts]
+    await publish(settings, items=items)
+    wait_until(lambda: client.scard("rs:unavailable") == 0, what="the announcements applied")
+    assert [m.decode() for m in client.zrange("rs:pool", 0, -1)] == ["four"]
+    assert client.smembers("rs:graduated") == {b"five", b"six"}
+
+
 async def test_two_workers_share_partitions_and_match_one(isolated_settings, worker_factory):
     users, items, events = world(n_users=200, n_items=100, n_events=20_000, seed=4)
     one, two = for_prefix(isolated_settings, "one"), for_prefix(isolated_settings, "two")
