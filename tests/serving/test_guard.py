@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 from recstream.serving.errors import RedisUnavailable
 from recstream.serving.guard import COOLDOWN_S, TRIP_AFTER, RedisGuard
 from recstream.serving.redis_client import RedisClient
 
 from recstream.shell.infra import free_port
+from tests.serving.test_redis_client import block_redis
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +47,32 @@ async def test_the_guard_skips_redis_for_the_cooldown_once_trip_after_failures_c
     finally:
         await live.close()
         await dead.close()
+
+
+async def test_round_trips_that_overlapped_one_stall_count_as_one_failure(isolated_settings):
+    """2 × TRIP_AFTER requests in flight while a script holds Redis for 300 ms all time out, and the guard still
+    tries Redis: one stall is one failure, not a reason to degrade every feed of the next COOLDOWN_S. Stalls one
+    after another count: TRIP_AFTER − 1 in a row keep it trying, TRIP_AFTER trip it."""
+    client = redis.Redis.from_url(isolated_settings.redis.url)
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=0.05, connections=2 * TRIP_AFTER)
+    guard = RedisGuard()
+
+    async def stall(requests: int) -> list[str]:
+        busy = await block_redis(client, 300_000)
+        await asyncio.sleep(0.05)  # the script runs
+        outcomes = await asyncio.gather(*(guard(lambda: feeds.call("PING")) for _ in range(requests)),
+                                        return_exceptions=True)  # fmt: skip
+        await busy
+        return [o.cause if isinstance(o, RedisUnavailable) else repr(o) for o in outcomes]
+
+    try:
+        assert await stall(2 * TRIP_AFTER) == ["timeout"] * (2 * TRIP_AFTER)
+        assert guard.ok, "one stall, one failure"
+        for _ in range(TRIP_AFTER - 2):
+            assert await stall(1) == ["timeout"]
+        assert guard.ok, "TRIP_AFTER - 1 failures in a row"
+        assert await stall(1) == ["timeout"]
+        assert not guard.ok, "the TRIP_AFTER-th in a row trips it"
+    finally:
+        await feeds.close()
+        client.close()
