@@ -9,6 +9,7 @@ WORLD_KEY for writes, as a production reader does; the ``reader`` client sends i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -138,6 +139,13 @@ def build_world(
     return users, items, events, favourite, cold, fresh
 
 
+WORLD_DATABASES = itertools.count(4)
+"""Each ``world`` gets a Redis database of its own (1 is ``isolated_settings``', 3 tests/streams/test_cluster.py's):
+tests/client/conftest.py re-exports the fixture, so a session running both packages builds two worlds at once, and
+on one database the later overwrote the earlier's keys (under pytest-xdist a serving test read the client world's
+model)."""
+
+
 @pytest.fixture(scope="session")
 def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """The world published through Kafka and applied by a real worker, with a trained model serving candidates."""
@@ -145,7 +153,7 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
     settings = services.on_topics(
         suffix,
         worker_group=f"reader-world-{suffix}",
-        redis_url=services.redis.url.rsplit("/", 1)[0] + "/2",
+        redis_url=services.redis.url.rsplit("/", 1)[0] + f"/{next(WORLD_DATABASES)}",
         pool_cache_s=0.1,
         popular_refresh_s=0.2,
         api_key=SecretStr(WORLD_KEY),
