@@ -45,8 +45,9 @@ from recstream.store.connection import connect
 from recstream.store.state import StateStore
 
 log = logging.getLogger(__name__)
-RESCORE_IDLE_S = 1.0
-"""A processor idle this long finishes a rescore pass its last batch left unfinished (recstream/store/state.py)."""
+IDLE_S = 1.0
+"""A processor idle this long finishes what its last batches left undone: a rescore pass (recstream/store/state.py),
+fold-ins that failed (BatchProcessor.finish_pending)."""
 
 
 def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.App:
@@ -103,13 +104,13 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         with liveness.running("item feed"):
             await follow_items(settings, model)
 
-    @app.timer(interval=RESCORE_IDLE_S)
-    async def finish_rescore() -> None:
+    @app.timer(interval=IDLE_S)
+    async def finish_pending() -> None:
         for processor in processors.values():
             try:
-                await processor.finish_rescore(idle_s=RESCORE_IDLE_S)
-            except Exception:  # Redis unreachable: the next tick or batch goes on with the pass
-                log.exception("going on with a rescore pass failed")
+                await processor.finish_pending(idle_s=IDLE_S)
+            except Exception:  # Redis unreachable: the next tick or batch goes on
+                log.exception("finishing a rescore pass or fold-ins while idle failed")
 
     @app.task
     async def settle_heap() -> None:

@@ -214,6 +214,7 @@ class BatchProcessor:
         self._epoch = 0  # moved by every failure and rebalance: a batch built before it is built again
         self._bounds: dict[asyncio.Task, asyncio.Timeout] = {}  # each process() attempt's stuck limit, by task
         self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
+        self.fold_ins_pending = False  # a script listed graduated items whose fold-in has not succeeded since
         self.last_applied = time.monotonic()
         self.ranker_config = ftrl_config(settings.ranker)
         self.events_bound = min(FIRST_CALL_EVENTS, settings.worker.batch_max_events)  # valid records per call
@@ -323,15 +324,28 @@ class BatchProcessor:
         for then in thens:
             await then()
 
-    async def finish_rescore(self, idle_s: float = 0.0) -> int:
-        """Go on with an unfinished rescore pass in empty batches (no watermark, no event) until it ends, when this
-        processor applied nothing for ``idle_s``: an idle worker's rankings reach f(final counters, final prior)
-        without waiting for the next event. Returns how many empty batches it took."""
+    async def finish_pending(self, idle_s: float = 0.0) -> int:
+        """Once this processor applied nothing for ``idle_s``, finish in empty batches (no watermark, no event) what
+        the last scripts left undone, without waiting for the next event: an unfinished rescore pass, so an idle
+        worker's rankings reach f(final counters, final prior); and fold-ins that failed after their batch applied
+        (its retry finds the batch applied and skips it), which every batch of the shared state lists again until
+        they are stored. Returns how many empty batches it took."""
         calls = 0
-        while self.rescore_pending and time.monotonic() - self.last_applied >= idle_s:
-            self.rescore_pending = (await self.store.apply(Effect())).rescore_pending
+        while (self.rescore_pending or self.fold_ins_pending) and time.monotonic() - self.last_applied >= idle_s:
+            applied = await self.store.apply(Effect())
             calls += 1
+            self.rescore_pending = applied.rescore_pending
+            await self._fold_in(applied.fold_ins)
         return calls
+
+    async def _fold_in(self, items: list[str]) -> None:
+        """Fold in the graduated items a script listed as waiting; until that succeeds, :meth:`finish_pending`
+        retries it."""
+        self.fold_ins_pending = bool(items) and self.model is not None
+        if self.fold_ins_pending:
+            await self.model.fold_in(items)  # type: ignore[union-attr]
+            self.fold_ins_pending = False
+            self._epoch += 1  # item vectors changed: a batch built before saw the old ones (a clean run would not)
 
     def _beat(self) -> None:
         if self.beat is not None:
@@ -510,9 +524,7 @@ class BatchProcessor:
         self._observe(call.fresh[0].topic, call.records, call.dead, applied, call.started, call.built)
         metrics.DUPLICATES.labels(call.fresh[0].topic).inc(call.duplicates)
         metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
-        if applied.fold_ins and self.model is not None:
-            await self.model.fold_in(applied.fold_ins)
-            self._epoch += 1  # item vectors changed: a batch built before saw the old ones (a clean run would not)
+        await self._fold_in(applied.fold_ins)
         self._beat()
         return applied
 

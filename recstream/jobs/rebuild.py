@@ -163,7 +163,7 @@ async def _replay(
                     messages[topic] += len(chunk)
                     if progress is not None:
                         progress(topic, len(chunk), total)
-                await processor.finish_rescore()  # a pass the last batch left unfinished, as an idle worker does
+                await processor.finish_pending()  # what the last batch left undone, as an idle worker does
     finally:
         item_feed.cancel()
         await asyncio.gather(item_feed, return_exceptions=True)

@@ -1,8 +1,10 @@
 """A moved prior rescores the catalogue in bounded passes (apply_batch.lua, step 4), never the whole of it in one
-batch, and a finished pass leaves every score f(final counters, final prior), as one whole rescore did."""
+batch, and a finished pass leaves every score f(final counters, final prior), as one whole rescore did. An idle
+processor finishes what its batches left undone: a rescore pass, a fold-in that failed."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,8 +14,9 @@ import redis
 from recstream.models.ctr import smoothed_ctr
 from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from recstream.contracts.events import Event
+from recstream.contracts.events import Event, ItemEvent, encode
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message
 from recstream.store.state import Effect, StateStore
@@ -76,7 +79,7 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
         catalogue = [(("view", u, f"i{n}")) for n in range(1_000) for u in USERS]  # 1,000 items, both segments
         first = await processor.process([message(topic, 0, catalogue)])
         assert first.full_rescore  # the first prior: every item is touched by this batch anyway
-        assert await processor.finish_rescore() > 0 and not processor.rescore_pending
+        assert await processor.finish_pending() > 0 and not processor.rescore_pending
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
         clicks = await processor.process([message(topic, 1, [("click", "u1", "i0")] * 200)])  # the CTR moves
@@ -85,7 +88,7 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
         assert 1_000 - 2 * BUDGET <= stale["rank"] < 1_000, "one batch rescored a bounded share, not all, not none"
         assert stale["a"] == stale["rank"] and stale["b"] == stale["rank"]
 
-        calls = await processor.finish_rescore()
+        calls = await processor.finish_pending()
         assert calls >= 1_000 // (2 * BUDGET) and not processor.rescore_pending and not sync.exists("rs:rescore")
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
@@ -103,7 +106,7 @@ async def test_a_catalogue_within_the_budget_is_rescored_in_the_batch_that_moved
     async with batches(settings) as (sync, _client, processor):
         await processor.process([message(topic, 0, [("view", "u1", f"i{n}") for n in range(BUDGET)])])
         moved = await processor.process([message(topic, 1, [("click", "u2", "i0")] * 20)])
-        assert moved.full_rescore and not moved.rescore_pending and await processor.finish_rescore() == 0
+        assert moved.full_rescore and not moved.rescore_pending and await processor.finish_pending() == 0
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
 
@@ -125,3 +128,47 @@ async def test_an_idle_worker_finishes_the_pass_its_last_batch_left(isolated_set
     wait_until(lambda: not sync.exists("rs:rescore"), 30, "the idle worker to end the pass")
     assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
     sync.close()
+
+
+class FoldInFailingOnce:
+    """A model whose first fold-in fails, as Redis going away right after the batch's script applied would. Its item
+    feed is caught up and it serves no version, so an items batch asks nothing else of it."""
+
+    current = None
+
+    def __init__(self) -> None:
+        self.items_caught_up = asyncio.Event()
+        self.items_caught_up.set()
+        self.calls: list[list[str]] = []
+
+    async def ensure(self, version: str | None) -> None:
+        return None
+
+    async def fold_in(self, items: list[str]) -> None:
+        self.calls.append(items)
+        if len(self.calls) == 1:
+            raise RedisConnectionError("Redis went away after the script")
+
+
+async def test_a_fold_in_that_failed_after_its_batch_applied_is_retried_by_the_idle_processor(isolated_settings):
+    """The announcement that graduates an item applies and its fold-in fails; the retried batch finds itself applied
+    and skips, so the item waits in foldin:pending. The idle processor's empty batch lists it again and folds it in,
+    without waiting for the next event."""
+    settings = isolated_settings.replace(pool_graduate_views=10)
+    sync = redis.Redis.from_url(settings.redis.url)
+    sync.hset("rs:views", "fresh", 10)  # counted before its announcement: it graduates on entering the pool
+    sync.hset("rs:foldin:users:fresh", "u1", 5)
+    client = AsyncRedis.from_url(settings.redis.url)
+    model = FoldInFailingOnce()
+    processor = BatchProcessor("item", StateStore(client, settings), settings, no_dead_letters, model)  # type: ignore[arg-type]
+    announce = encode(ItemEvent(op="new", item_id="fresh", ts=T0, created_ts=T0, categories=["news"]))
+    try:
+        await processor.process([Message(settings.kafka.items_topic, 0, 0, announce, T0)])
+        assert model.calls == [["fresh"]] and processor.fold_ins_pending
+        assert sync.sismember("rs:graduated", "fresh") and sync.smembers("rs:foldin:pending") == {b"fresh"}
+        assert await processor.finish_pending() == 1
+        assert model.calls == [["fresh"], ["fresh"]] and not processor.fold_ins_pending
+        assert await processor.finish_pending() == 0, "nothing left to finish"
+    finally:
+        await client.aclose()
+        sync.close()
