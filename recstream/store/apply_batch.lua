@@ -258,21 +258,19 @@ end
 -- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item
 local clock = math.max(num(redis.call('GET', P .. 'clock')), p.clock)
 redis.call('SET', P .. 'clock', clock)
-local in_pool = many('ZMSCORE', P .. 'pool', names)
-for k, item in ipairs(names) do
-  if in_pool[k] and new_views[k] >= cfg.graduate_views then
-    graduated[#graduated + 1] = item
-    redis.call('ZREM', P .. 'pool', item)  -- now, so the age rule cannot list it a second time
+local function graduate_on_views(items, views)
+  local in_pool = many('ZMSCORE', P .. 'pool', items)
+  for k, item in ipairs(items) do
+    if in_pool[k] and num(views[k]) >= cfg.graduate_views then
+      graduated[#graduated + 1] = item
+      redis.call('ZREM', P .. 'pool', item)  -- now, so the age rule cannot list it a second time
+    end
   end
 end
+graduate_on_views(names, new_views)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
-local pooled_views = many('HMGET', P .. 'views', pooled)
-for k, item in ipairs(pooled) do  -- (still in the pool: not made unavailable again later in the batch)
-  if num(pooled_views[k]) >= cfg.graduate_views and redis.call('ZREM', P .. 'pool', item) == 1 then
-    graduated[#graduated + 1] = item
-  end
-end
+graduate_on_views(pooled, many('HMGET', P .. 'views', pooled))
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', '(' .. string.format('%d', clock - cfg.graduate_age_ms))) do
   graduated[#graduated + 1] = item
 end
