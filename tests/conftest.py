@@ -40,8 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """In the process that ran the session (the controller under pytest-xdist): stop every Kafka and Redis a test
-    started that is still running, by the pid (and start time) it recorded under the session's temporary folder.
+    """In the process that ran the session (the controller under pytest-xdist): stop every worker, reader, Kafka and
+    Redis a test started that is still running, by the pid (and start time) recorded under the session's temporary
+    folder.
 
     After a normal run this finds nothing. It matters when a parallel run is interrupted: xdist gives a worker about
     10 s to finish (then execnet calls ``os._exit``), and stopping a test's workers and then Kafka can take longer,
@@ -50,10 +51,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     factory = getattr(config, "_tmp_path_factory", None)
     if hasattr(config, "workerinput") or factory is None:
         return
-    for pid_file in factory.getbasetemp().rglob("pid"):
-        service = infra.Service(pid_file.parent.name, pid_file.parent)
-        if service.pid() is not None:
-            infra.stop(service)
+    infra.stop_recorded(factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

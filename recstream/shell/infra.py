@@ -166,8 +166,14 @@ def _spawn(service: Service, argv: list[str]) -> int:
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    service.pid_file.write_text(f"{proc.pid} {_start_time(proc.pid)}")
+    _record(service, proc.pid)
     return proc.pid
+
+
+def _record(service: Service, pid: int) -> None:
+    """Write the pid and its start time, so :func:`stop` never signals a reused pid."""
+    service.home.mkdir(parents=True, exist_ok=True)
+    service.pid_file.write_text(f"{pid} {_start_time(pid)}")
 
 
 def _wait(service: Service, ready: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -452,6 +458,9 @@ def terminate(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
 PORT_VARIABLES = {"worker": "RECSTREAM_WORKER_METRICS_PORT", "serve": "RECSTREAM_READER_PORT"}
 
 
+CHILD_SUFFIX = ".child"  # a Child's pid is recorded in <log>.<pid>.child/pid until it is stopped
+
+
 class Child:
     """A ``recstream worker`` or ``recstream serve`` child process with the settings in its environment, on
     ``port`` (its /metrics or HTTP port; a free one when not given), stopped or killed by its own pid.
@@ -476,6 +485,9 @@ class Child:
                 [sys.executable, "-m", "recstream.shell.cli", command], env=full_env, start_new_session=True,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
+        name = f"{log.name}.{self.proc.pid}{CHILD_SUFFIX}"  # children may share a log
+        self.record = Service(name, log.parent / name)
+        _record(self.record, self.proc.pid)
 
     @property
     def url(self) -> str:
@@ -512,15 +524,31 @@ class Child:
         """A crash: SIGKILL, no shutdown (for the fault tests)."""
         self.proc.kill()
         self.proc.wait()
+        self._forget()
 
     def stop(self) -> None:
         terminate(self.proc)
+        self._forget()
+
+    def _forget(self) -> None:
+        self.record.pid_file.unlink(missing_ok=True)
+        with suppress(OSError):
+            self.record.home.rmdir()
 
     def __enter__(self) -> Child:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_recorded(root: Path) -> list[str]:
+    """Stop every process whose pid is recorded under ``root``: workers and readers first, then Kafka and Redis
+    (a worker stopping cleanly commits to Kafka). For a run that ended before its own cleanup did, e.g. a
+    pytest-xdist worker ended with ``os._exit``: the processes it started each run in a session of their own."""
+    recorded = [Service(pid_file.parent.name, pid_file.parent) for pid_file in root.rglob("pid")]
+    recorded.sort(key=lambda service: not service.name.endswith(CHILD_SUFFIX))
+    return [stop(service) for service in recorded]
 
 
 def up(settings: Settings) -> list[str]:

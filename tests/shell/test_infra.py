@@ -103,3 +103,31 @@ def test_sigterm_unwinds_the_block_like_ctrl_c(tmp_path: Path, sigint: str):
     finally:
         child.kill()
     assert marker.read_text() == "stopped what it started"
+
+
+def test_the_sweep_stops_the_worker_then_the_redis_a_run_left_behind(
+    services: Settings, isolated_settings: Settings, tmp_path: Path
+):
+    """What tests/conftest.py's pytest_unconfigure does after an interrupted parallel run: the worker (its own
+    session, so nothing else signals it) is stopped by its recorded pid before the services it talks to."""
+    own = services.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", run_dir=tmp_path / "run")
+    infra.redis_up(own)
+    redis_pid = infra.redis_service(own).pid()
+    worker = infra.Child("worker", isolated_settings, tmp_path / "logs" / "worker.log")
+    worker.wait_ready()
+
+    report = infra.stop_recorded(tmp_path)
+
+    assert report == [f"{worker.record.name} stopped (pid {worker.proc.pid})", f"redis stopped (pid {redis_pid})"]
+    assert worker.proc.poll() is not None and not Path(f"/proc/{redis_pid}").exists()
+    assert list(tmp_path.rglob("pid")) == []
+    assert infra.stop_recorded(tmp_path) == []
+
+
+def test_a_stopped_or_killed_child_leaves_no_record(isolated_settings: Settings, tmp_path: Path):
+    log = tmp_path / "worker.log"
+    stopped, killed = infra.Child("worker", isolated_settings, log), infra.Child("worker", isolated_settings, log)
+    assert {c.record.pid() for c in (stopped, killed)} == {stopped.proc.pid, killed.proc.pid}  # one record each
+    stopped.stop()
+    killed.kill()
+    assert [p.name for p in tmp_path.iterdir()] == ["worker.log"]
