@@ -14,7 +14,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import time
-from pathlib import Path
 
 import numpy as np
 from recstream.models.als import ALSConfig, interaction_matrix, train_als
@@ -22,12 +21,12 @@ from recstream.models.ann import ItemIndex
 from recstream.models.user_step import ALSStep
 from rich.table import Table
 
-from bench.common import show
+from bench.common import movielens_dir, show
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
 
 K, TOP = 64, 10
 M, EF_CONSTRUCTION, EFS = 16, 200, (50, 100, 200)
-ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "u.data"
+ML100K = movielens_dir() / "u.data"
 
 
 def movielens() -> tuple[np.ndarray, np.ndarray] | None:

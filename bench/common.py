@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -34,6 +35,23 @@ from recstream.contracts.settings import Settings
 from recstream.shell import infra
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def movielens_dir() -> Path:
+    """Where MovieLens 100K is read from (it is never committed): ``$MOVIELENS_DIR``, else ``shared/data/ml-100k``
+    beside the checkout (or, in a git worktree without one, beside the main checkout), where the project's own
+    machines keep it."""
+    if os.environ.get("MOVIELENS_DIR"):
+        return Path(os.environ["MOVIELENS_DIR"])
+    here = ROOT.parent / "shared" / "data" / "ml-100k"
+    if here.exists():
+        return here
+    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
+                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    main = Path(common).parent.parent / "shared" / "data" / "ml-100k" if common else here
+    return main if main.exists() else here
+
+
 RESULTS = ROOT / "bench" / "results.json"
 TABLES_ENV = "BENCH_TABLES"
 """When set (by bench/run_all.py), :func:`show` appends each table to this file as one JSON line."""

@@ -98,7 +98,6 @@ import argparse
 import asyncio
 import hashlib
 import itertools
-import subprocess
 import sys
 import tempfile
 import time
@@ -112,7 +111,7 @@ from recstream.streams.ranker_training import ftrl_config
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, check_answers, fail, machine, services
+from bench.common import ROOT, check_answers, fail, machine, movielens_dir, services
 from bench.pipeline import Page, Pipeline, pipeline
 from bench.prequential_protocol import (
     K,
@@ -148,19 +147,7 @@ from recstream.jobs.sources import movielens
 COMMAND = ".venv/bin/python -m bench.prequential"
 
 
-def beside_checkout(*parts: str) -> Path:
-    """A path beside the repository (ARCHITECTURE.md, data): beside this checkout, or in a git worktree that has
-    none, beside the main checkout the worktree belongs to."""
-    here = ROOT.parent.joinpath(*parts)
-    if here.exists():
-        return here
-    common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
-                            capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    main = Path(common).parent.parent.joinpath(*parts) if common else here
-    return main if main.exists() else here
-
-
-DEFAULT_MOVIELENS = beside_checkout("shared", "data", "ml-100k")
+DEFAULT_MOVIELENS = movielens_dir()
 LOGS = ROOT / ".run" / "bench-logs"
 CONSISTENCY_MIN = 0.99
 """Share of the pipeline's candidate lists that must equal the consistency check's for a valid run."""

@@ -62,7 +62,7 @@ from recstream.models.user_step import ALSStep
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import ROOT, figure, machine, record, show
+from bench.common import figure, machine, movielens_dir, record, show
 from bench.prequential_protocol import K, Rating, events_of, first_uses, group_ratings, split
 from recstream.contracts.events import ItemEvent
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
@@ -73,7 +73,7 @@ from recstream.sim.simulator import WORLDS
 from recstream.sim.world import synthetic
 
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.validate"
-DEFAULT_MOVIELENS = ROOT.parent / "shared" / "data" / "ml-100k"
+DEFAULT_MOVIELENS = movielens_dir()
 REPORTED_TAIL = 0.2
 """bench/prequential.py reports the last 20% of MovieLens' events: no source here uses them."""
 TRAIN_SHARE = 0.6

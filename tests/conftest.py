@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.common import movielens_dir
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
 
 REPO = Path(__file__).resolve().parent.parent
-MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
+MOVIELENS = movielens_dir()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,7 +58,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def movielens() -> Path:
     if not (MOVIELENS / "u.data").is_file():
-        pytest.skip(f"MovieLens 100K is not at {MOVIELENS}")
+        pytest.skip(f"MovieLens 100K is not at {MOVIELENS} (set MOVIELENS_DIR)")
     return MOVIELENS
 
 

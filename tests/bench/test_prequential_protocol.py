@@ -105,7 +105,7 @@ def test_split_moves_the_cut_to_the_end_of_a_rating():
     assert [r.position for r in tail] == [2, 3]
 
 
-@pytest.mark.skipif(not MOVIELENS.is_dir(), reason="MovieLens 100K is not at ../shared/data/ml-100k")
+@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"MovieLens 100K is not at {MOVIELENS} (set MOVIELENS_DIR)")
 def test_movielens_split_keeps_every_tail_click_with_its_view():
     stream = group_ratings(movielens(MOVIELENS))
     history, tail = split(stream.ratings, 0.8)
