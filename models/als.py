@@ -45,7 +45,7 @@ from recstream.contracts.feedback import FeedbackTypes
 class ALSConfig(BaseModel):
     """Hyper-parameters of the batch model; the same object configures the online steps."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     factors: int = Field(64, ge=1, le=1024)
     # λ > 0 keeps every user step's system positive definite. implicit does not scale λ by the number of

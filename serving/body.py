@@ -46,13 +46,18 @@ class CappedJsonRoute(APIRoute):
             return handler
 
         async def capped(request: Request) -> Response:
-            media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-            if media_type != JSON:
-                raise HTTPException(415, f"Content-Type must be {JSON}, got {media_type or 'none'}")
+            require_json(request)
             body = await read_capped(request, cap)
             return await handler(Request(request.scope, _replay(body, request.receive)))
 
         return capped
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON."""
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != JSON:
+        raise HTTPException(415, f"Content-Type must be {JSON}, got {media_type or 'none'}")
 
 
 async def read_capped(request: Request, cap: int) -> bytes:

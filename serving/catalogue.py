@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
 from recstream.serving.app import ItemId, UserId, _problems, json_response
-from recstream.serving.body import read_capped
+from recstream.serving.body import read_capped, require_json
 from recstream.serving.catalogue_service import Catalogue, TooManyItems
 from recstream.serving.errors import EventsRejected, KafkaUnavailable, NotFound, RedisUnavailable
 from recstream.serving.service import FeedService
@@ -97,7 +97,7 @@ def catalogue_router(service: FeedService) -> APIRouter:
     bulk_max_bytes = catalogue.max_items * BULK_BYTES_PER_ITEM
     router = APIRouter(tags=["catalogue"])
     # a 422 of a typed body is FastAPI's own list of fields (the app's handler), as the path parameters' is
-    written = {"status_code": 202, "responses": _problems(413, 503)}
+    written = {"status_code": 202, "responses": _problems(413, 415, 503)}
 
     @router.put("/v1/items/{item_id}", response_model=ItemEvent, openapi_extra=_body(Item), **written)
     async def put_item(item_id: ItemId, request: Request) -> Response:
@@ -111,7 +111,7 @@ def catalogue_router(service: FeedService) -> APIRouter:
         response_model=ItemEvent,
         openapi_extra=_body(Item),
         status_code=202,
-        responses=_problems(404, 413, 503),
+        responses=_problems(404, 413, 415, 503),
     )
     async def patch_item(item_id: ItemId, request: Request) -> Response:
         """Change only the given fields (``{"available": false}`` hides the item); a given field replaces its
@@ -163,7 +163,8 @@ def catalogue_router(service: FeedService) -> APIRouter:
 
 
 async def _read(request: Request, model: type[Body]) -> Any:
-    """The capped body validated by ``model``; a 422 like FastAPI's own (serving/app.py formats it)."""
+    """The capped JSON body validated by ``model``; a 422 like FastAPI's own (serving/app.py formats it)."""
+    require_json(request)
     body = await read_capped(request, ITEM_MAX_BYTES)
     try:
         return model.model_validate_json(body)

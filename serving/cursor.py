@@ -61,7 +61,7 @@ class Cursor:
 
     @classmethod
     def parse(cls, text: str) -> Cursor:
-        if not _CURSOR.match(text):
+        if not _CURSOR.fullmatch(text):  # match() lets a trailing newline through
             raise ValueError(f"malformed cursor {text[:40]!r}: expected <16 hex digits>.<page number>[.<8 hex digits>]")
         session, page, *digest = text.split(".")
         return cls(session, int(page), digest[0] if digest else None)

@@ -163,7 +163,7 @@ def _names(parameter: str, raw: str | None, limit: int) -> list[str]:
 
 
 def _check_name(parameter: str, name: str) -> None:
-    if len(name) > MAX_ID_LEN or not _NAME.match(name):
+    if len(name) > MAX_ID_LEN or not _NAME.fullmatch(name):  # match() lets a trailing newline through
         raise FilterError(f"{parameter}: {name[:MAX_ID_LEN]!r} is not an id (1-{MAX_ID_LEN} of A-Z a-z 0-9 _ . -)")
 
 

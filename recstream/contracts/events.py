@@ -38,7 +38,8 @@ VARIANT_PATTERN = rf"^{LABEL_PATTERN}:{LABEL_PATTERN}$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 Category = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 Timestamp = Annotated[int, Field(ge=MIN_TS_MS, le=2**53)]
-Scalar = Annotated[str, StringConstraints(max_length=256)] | int | float | bool | None
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # JSON 1e400 reads as inf, and a Python caller may pass NaN
+Scalar = Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool | None
 
 
 class _Strict(BaseModel):

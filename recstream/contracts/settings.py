@@ -29,6 +29,9 @@ ENV_PREFIX = "RECSTREAM_"
 log = logging.getLogger(__name__)
 
 
+HOST_PATTERN = r"^[A-Za-z0-9_.:\[\]-]+$"  # a name or an address; empty would bind every interface
+
+
 class SettingsError(ValueError):
     """Raised with one line per invalid variable, each naming the variable."""
 
@@ -36,7 +39,7 @@ class SettingsError(ValueError):
 class Section(BaseModel):
     """One group of settings. ``variables`` names the fields whose variable is not the field's own name."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # no setting means infinity
     variables: ClassVar[Mapping[str, str]] = {}
 
 
@@ -121,6 +124,8 @@ class RedisSettings(Section):
         parts = urlsplit(value)
         if parts.scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
+        if parts.scheme != "unix" and parts.port == 0:  # .port itself raises ValueError outside 0-65535
+            raise ValueError("port 0 names no Redis")
         return value
 
     @model_validator(mode="after")
@@ -181,7 +186,9 @@ class WorkerSettings(Section):
         10.0, ge=6, le=300, description="a worker silent this long leaves the group: a crashed one's partitions wait"
     )
     metrics_host: str = Field(
-        "127.0.0.1", description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)"
+        "127.0.0.1",
+        pattern=HOST_PATTERN,
+        description="interface of a worker's /metrics (0.0.0.0 where Prometheus runs in another container)",
     )
     metrics_port: int = Field(
         9101, ge=0, lt=65536, description="a worker's Prometheus /metrics and liveness /healthz (0: any)"
@@ -289,7 +296,7 @@ class ReaderSettings(Section):
         "workers": "reader_workers",
     }
 
-    host: str = Field("127.0.0.1", description="interface the reader binds to")
+    host: str = Field("127.0.0.1", pattern=HOST_PATTERN, description="interface the reader binds to")
     port: int = Field(8080, gt=0, lt=65536, description="the reader's port")
     workers: int = Field(
         1, ge=1, le=64, description="reader processes sharing the port, each with its own snapshot and caches"
@@ -327,6 +334,13 @@ class ReaderSettings(Section):
     clicks_per_user_item: int = Field(
         3, ge=0, description="clicks of one user on one item per window; more are dropped (0: no limit)"
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("an empty key matches no request, so every write would answer 401; unset it for none")
+        return value
 
 
 class BlendSettings(Section):

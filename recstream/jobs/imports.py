@@ -22,6 +22,7 @@ skipped; nothing stops the import but an unreadable file or an unreachable Kafka
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,10 @@ class ImportSpec:
                 raise RowError(f"{name}: expected a number, got {value[:32]!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RowError(f"{name}: expected a number, got {type(value).__name__}")
-        return round(value * (1000 if self.ts_unit == "s" else 1))
+        ms = value * (1000 if self.ts_unit == "s" else 1)
+        if not math.isfinite(ms):
+            raise RowError(f"{name}: expected a finite number of {self.ts_unit}, got {value!r}")
+        return round(ms)
 
     def _events(self, row: Mapping[str, object]) -> list[dict[str, object]]:
         user, item = self._get(row, "user_id"), self._get(row, "item_id")
@@ -284,8 +288,8 @@ def _event_id(user: object, item: object, ts: int, kind: str) -> str:
 def _number(name: str, given: object) -> float:
     """A numeric cell (a number, or text that reads as one), else a RowError naming the field."""
     value = float(given) if isinstance(given, str) and _is_number(given) else given
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RowError(f"{name}: expected a number, got {str(given)[:32]!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RowError(f"{name}: expected a finite number, got {str(given)[:32]!r}")
     return float(value)
 
 
@@ -297,14 +301,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
+MAX_INT_DIGITS = 4_000  # under Python's int() limit (4,300 digits); a longer digit string stays text
+
+
 def _scalar(value: object) -> object:
-    """A text attribute as a number when it is one (``"34"`` → 34, so ``age`` makes a segment)."""
+    """A text attribute as a number when it is a finite one (``"34"`` → 34, so ``age`` makes a segment); else the
+    text (``"1e999"`` too: the contract refuses an infinite attribute)."""
     if not isinstance(value, str):
         return value
     text = value.strip()
-    if text.lstrip("-").isdigit():
+    if text.lstrip("-").isdecimal() and len(text) <= MAX_INT_DIGITS:  # "²" is a digit int() refuses
         return int(text)
-    return float(text) if _is_number(text) and any(c.isdigit() for c in text) else value
+    number = float(text) if _is_number(text) and any(c.isdigit() for c in text) else math.nan
+    return number if math.isfinite(number) else value
 
 
 def _true(column: str, value: object) -> bool:

@@ -88,6 +88,13 @@ app.add_typer(experiment_app, name="experiment")
 console = Console(stderr=True)
 
 
+def _share(value: float) -> float:
+    """A share in [0, 1): NaN fails the comparison too."""
+    if not 0.0 <= value < 1.0:
+        raise typer.BadParameter(f"expected a share in [0, 1), got {value}")
+    return value
+
+
 def _settings(**overrides: object) -> Settings:
     """The environment's settings with a command's options (by variable name); invalid ones end the command."""
     try:
@@ -297,7 +304,11 @@ def import_file(
     except imports.ImportSpecError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    rows = imports.file_rows(path, fmt, "\t" if delimiter == "tab" else delimiter, header)
+    delimiter = "\t" if delimiter == "tab" else delimiter
+    if len(delimiter) != 1:
+        console.print(f"[red]--delimiter: expected one character or 'tab', got {delimiter!r}[/red]")
+        raise typer.Exit(2)
+    rows = imports.file_rows(path, fmt, delimiter, header)
     before_ms = None if before is None else before * (1000 if ts_unit == "s" else 1)
     with _progress() as progress:
         task = progress.add_task(f"importing {path.name}", total=total)
@@ -319,7 +330,9 @@ def import_file(
 
 @app.command()
 def worker(
-    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (default: settings)")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Prometheus port (default: settings; 0: any)")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
     loglevel: Annotated[str | None, typer.Option(hidden=True, help="deprecated spelling of --log-level")] = None,
 ) -> None:
@@ -357,7 +370,9 @@ def train(
         float | None, typer.Option(help="λ (implicit does not scale it by the data); default: ALSConfig's")
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="confidence c = 1 + α·r; default: ALSConfig's")] = None,
-    holdout: Annotated[float, typer.Option(help="share of the log held out for offline HR@10 (0: skip)")] = 0.1,
+    holdout: Annotated[
+        float, typer.Option(callback=_share, help="share of the log held out for offline HR@10, in [0, 1) (0: skip)")
+    ] = 0.1,
     engine: Annotated[
         Engine, typer.Option(help="implicit: this process; spark: pyspark's ALS on RECSTREAM_SPARK_MASTER")
     ] = Engine.implicit,
@@ -436,7 +451,7 @@ def rebuild() -> None:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader.host)")] = None,
-    port: Annotated[int | None, typer.Option(help="port (default: settings.reader.port)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port (default: settings.reader.port)")] = None,
     workers: Annotated[
         int | None, typer.Option(help="processes sharing the port (default: RECSTREAM_READER_WORKERS, 1)")
     ] = None,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from recstream.contracts.settings import TOOL_VARIABLES, VARIABLES, SettingsError, load_settings
+from recstream.contracts.settings import SECTIONS, TOOL_VARIABLES, VARIABLES, SettingsError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,11 @@ from recstream.contracts.settings import TOOL_VARIABLES, VARIABLES, SettingsErro
         ("RECSTREAM_RANKER_PRIOR_CTR", "10.1", "less than or equal to 10"),
         ("RECSTREAM_RANKER_BIAS_ALPHA", "0", "greater than 0"),
         ("RECSTREAM_RANKER_STANDARDIZE", "maybe", "valid boolean"),
+        ("RECSTREAM_READER_HOST", "", "should match pattern"),  # an empty host binds every interface
+        ("RECSTREAM_WORKER_METRICS_HOST", "a b", "should match pattern"),
+        ("RECSTREAM_REDIS_URL", "redis://127.0.0.1:65536/0", "Port out of range"),
+        ("RECSTREAM_REDIS_URL", "redis://127.0.0.1:0/0", "port 0"),
+        ("RECSTREAM_API_KEY", "", "empty key"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):
@@ -146,3 +151,27 @@ def test_bounded_settings_accept_their_range_and_name_the_variable_outside_it(na
             load_settings(**{name: value})
     else:
         assert getattr(getattr(load_settings(**{name: value}), section), attr) == value
+
+
+FLOAT_VARIABLES = sorted(
+    variable
+    for variable, (section, field) in VARIABLES.items()
+    if SECTIONS[section].model_fields[field].annotation in (float, float | None)
+)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("name", FLOAT_VARIABLES)
+def test_no_float_setting_takes_infinity_or_nan(name, value):
+    """An infinite prior mass made every smoothed CTR NaN; no setting means infinity."""
+    with pytest.raises(SettingsError, match=f"RECSTREAM_{name.upper()}: Input should be a finite number"):
+        load_settings(**{name: value})
+
+
+def test_the_float_settings_are_found():
+    assert {"ctr_prior_mass", "bandit_prior_mass", "share_popular"} <= set(FLOAT_VARIABLES)
+
+
+def test_the_redis_url_accepts_the_last_port_and_a_socket():
+    assert load_settings(redis_url="redis://127.0.0.1:65535/0").redis.port == 65535
+    assert load_settings(redis_url="unix:///tmp/redis.sock").redis.url == "unix:///tmp/redis.sock"

@@ -42,12 +42,37 @@ def test_a_rating_is_a_view_and_from_click_rating_on_also_a_click():
         ({"u": "a", "i": "b", "t": "noon"}, "ts: expected a number"),
         ({"u": "a b", "i": "b", "t": str(T0_S)}, "user_id: String should match pattern"),
         ({"u": "a", "i": "b", "t": "1"}, "ts: Input should be greater than or equal to"),
-        ({"u": "a", "i": "b", "t": str(T0_S), "rating": "five"}, "rating: expected a number"),
+        ({"u": "a", "i": "b", "t": str(T0_S), "rating": "five"}, "rating: expected a finite number"),
+        ({"u": "a", "i": "b", "t": "nan"}, "ts: expected a finite number of s, got nan"),  # int(nan) raised
+        ({"u": "a", "i": "b", "t": "inf"}, "ts: expected a finite number of s, got inf"),
+        ({"u": "a", "i": "b", "t": "1e306"}, "ts: expected a finite number of s"),  # finite, but not in ms
+        ({"u": "a", "i": "b", "t": str(T0_S), "rating": "nan"}, "rating: expected a finite number"),
     ],
 )
 def test_a_row_that_makes_no_event_says_why(row, says):
     result = ImportSpec.parse("interactions", ["user=u", "item=i", "ts=t"], ts_unit="s").records(row, NOW_MS)
     assert isinstance(result, Rejected) and result.reason.startswith(says), result
+
+
+@pytest.mark.parametrize(
+    ("age", "read"),
+    [
+        ("34", 34),
+        ("34.5", 34.5),
+        ("²", "²"),  # a digit int() refuses (it raised): the attribute stays text
+        ("9" * 3_999, int("9" * 3_999)),
+        ("9" * 4_000, int("9" * 4_000)),  # the longest digit string read as a number
+        ("9" * 4_001, None),  # int() raised past 4,300 digits; text, too long for an attribute: the row is refused
+        ("1e999", "1e999"),
+    ],
+    ids=["int", "float", "superscript", "3999 digits", "4000 digits", "4001 digits", "infinite"],
+)
+def test_a_user_attribute_is_a_number_only_when_it_is_a_finite_one(age, read):
+    result = ImportSpec.parse("users", ["user=u"]).records({"u": "a", "age": age}, NOW_MS)
+    if read is None:
+        assert isinstance(result, Rejected) and "at most 256 characters" in result.reason, result
+    else:
+        assert not isinstance(result, Rejected) and result[0].attributes["age"] == read, result
 
 
 @pytest.mark.parametrize(
@@ -83,7 +108,7 @@ u1,m2,{T0_S + 6},impression
         ({"event": "dislike", "stars": ""}, ("dislike", None)),
         ({"event": "rating", "stars": "6"}, "value: 6.0 is outside rating's value_range [1.0, 5.0]"),
         ({"event": "rating", "stars": ""}, "value: rating events need a value in [1.0, 5.0]"),
-        ({"event": "rating", "stars": "lots"}, "value: expected a number, got 'lots'"),
+        ({"event": "rating", "stars": "lots"}, "value: expected a finite number, got 'lots'"),
         ({"event": "like", "stars": "2"}, "value: like events carry no value"),
     ],
 )

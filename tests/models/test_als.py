@@ -64,7 +64,18 @@ def test_confidence_log_scale_compresses_heavy_users():
     np.testing.assert_allclose(logged, 1.0 + np.log1p(r))
 
 
-@pytest.mark.parametrize("bad", [{"regularization": 0.0}, {"factors": 0}, {"alpha": -1.0}, {"unknown": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"regularization": 0.0},
+        {"factors": 0},
+        {"alpha": -1.0},
+        {"unknown": 1},
+        {"regularization": float("inf")},  # train --regularization inf was accepted
+        {"alpha": float("inf")},
+        {"alpha": float("nan")},
+    ],
+)
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(pydantic.ValidationError):
         ALSConfig(**bad)

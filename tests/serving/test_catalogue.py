@@ -161,6 +161,11 @@ async def test_an_item_body_is_capped_before_it_is_parsed(isolated_settings, off
         ("PUT", "/v1/items/i1", b'{"categories": "news"}', {}, 422, "valid array"),
         ("PUT", "/v1/items/a%3Bb", b"{}", {}, 422, "should match pattern"),
         ("PUT", "/v1/users/u1", b'{"attributes": {"a b": 1}}', {}, 422, "should match pattern"),
+        ("PUT", "/v1/users/u1", b'{"attributes": {"age": NaN}}', {}, 422, "finite"),  # was published as nan
+        ("PUT", "/v1/users/u1", b'{"attributes": {"age": 1e400}}', {}, 422, "finite"),
+        ("PUT", "/v1/items/i1", b"{}", {"content-type": "text/plain"}, 415, "text/plain"),  # was accepted
+        ("PATCH", "/v1/items/i1", b"{}", {"content-type": "application/x-www-form-urlencoded"}, 415, "form"),
+        ("PUT", "/v1/users/u1", b'{"attributes": {}}', {"content-type": ""}, 415, "got none"),
         ("POST", "/v1/items", b"item_id\ni1\n", {"content-type": JSON}, 415, "text/csv"),
         ("POST", "/v1/items", b"item_id\n", {"content-type": "text/csv"}, 422, "no items in the body"),
         ("POST", "/v1/items", b"item_id\na b\n", {"content-type": "text/csv"}, 422, "line 2: item_id"),

@@ -67,6 +67,7 @@ def test_names_and_values_are_bounded_like_the_contracts_ids(offset):
         ({"category": ""}, "category: an empty value"),
         ({"category": "news,"}, "category: an empty value"),
         ({"category": "news sport"}, "category: 'news sport' is not an id"),
+        ({"category": "news\n"}, "category: 'news\\n' is not an id"),  # re.match's $ let a trailing newline pass
         ({"exclude": "a:b"}, "exclude: 'a:b' is not an id"),
         ({"filter": "in_stock"}, "filter: 'in_stock': expected <feature><op><value>"),
         ({"filter": "in_stock==1"}, "filter: 'in_stock==1': the value must be a number, true or false"),

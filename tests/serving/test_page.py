@@ -109,7 +109,8 @@ def test_cursors_round_trip_and_malformed_ones_are_refused():
     assert Cursor.parse(cursor.text) == cursor and cursor.page == 1
     assert cursor.seed("u1") == Cursor.parse(cursor.text).seed("u1") != cursor.following().seed("u1")
     assert Cursor.parse("0123456789abcdef.999999").last and not cursor.last
-    for bad in ("", "abc", "0123456789abcdef", "0123456789abcdef.0", "0123456789ABCDEF.1", "0123456789abcdef.1.2"):
+    bad_ones = ("", "abc", "0123456789abcdef", "0123456789abcdef.0", "0123456789ABCDEF.1", "0123456789abcdef.1.2")
+    for bad in (*bad_ones, "0123456789abcdef.1\n"):  # a trailing newline passed re.match
         with pytest.raises(ValueError, match="malformed cursor"):
             Cursor.parse(bad)
 

@@ -1,0 +1,52 @@
+"""Options out of range end a command before it does anything: exit code 2 and a line naming the option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recstream.shell.cli import app
+from recstream.shell.infra import free_port
+
+
+def run(*args: str):
+    """In process, with Kafka and Redis on closed ports: a command that gets past its options stops at them."""
+    env = {"COLUMNS": "200", "RECSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+           "RECSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "refused", "lowest", "highest"),
+    [("serve", "--port", (0, 65536), 1, 65535), ("worker", "--metrics-port", (-1, 65536), 0, 65535)],
+)
+def test_a_port_outside_its_range_is_refused_naming_the_option(command, option, refused, lowest, highest):
+    """serve --port 99999 listened on 34463 (the kernel wraps it); the worker's died in bind() with a traceback."""
+    below, above = (run(command, option, str(port)) for port in refused)
+    assert below.exit_code == above.exit_code == 2
+    assert f"Invalid value for '{option}': Input should be greater than or equal to {lowest}" in below.output
+    assert f"Invalid value for '{option}': Input should be less than or equal to {highest}" in above.output
+    for port in (lowest, highest):  # accepted: the command goes on and stops at the closed service
+        done = run(command, option, str(port))
+        assert done.exit_code == 1 and "cannot reach" in done.output, done.output
+
+
+@pytest.mark.parametrize("holdout", ["-0.01", "1", "1.5", "nan"])
+def test_train_refuses_a_holdout_share_outside_0_to_1(holdout):
+    done = run("train", "--holdout", holdout)
+    assert done.exit_code == 2 and "Invalid value for '--holdout'" in done.output and "[0, 1)" in done.output
+
+
+@pytest.mark.parametrize("holdout", ["0", "0.99"])
+def test_train_takes_a_holdout_share_from_0_to_below_1(holdout):
+    done = run("train", "--holdout", holdout)
+    assert done.exit_code == 1 and "cannot reach Kafka" in done.output, done.output
+
+
+def test_import_refuses_a_delimiter_of_more_than_one_character(tmp_path: Path):
+    rows = tmp_path / "rows.csv"
+    rows.write_text("user_id,item_id,ts\nu1,i1,1700000000\n")
+    done = run("import", str(rows), "--delimiter", "ab")
+    assert done.exit_code == 2 and "--delimiter: expected one character or 'tab', got 'ab'" in done.output
