@@ -55,7 +55,7 @@ from recstream.serving.errors import (
     TooManyClicks,
 )
 from recstream.serving.fast_feed import FeedFastPath
-from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
+from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, ROUTE_PARAMETERS, FeedQuery
 from recstream.serving.filters import FeedFilter, FilterError
 from recstream.serving.metrics import RequestMetrics
 from recstream.serving.schemas import (
@@ -153,6 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
     @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(400, 410), tags=["feed"])
     async def feed(  # its query parameters are feed_query.ROUTE_PARAMETERS; the fast path admits PARAMETERS
         user_id: UserId,
+        request: Request,
         limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
         seed: Annotated[int | None, Query(ge=MIN_SEED, le=MAX_SEED, description="seed of the explore draws")] = None,
@@ -163,8 +164,13 @@ def create_app(settings: Settings) -> FastAPI:
         """A page of the user's blended feed; a cursor continues the session without repeating an item.
 
         ``category``, ``exclude`` and ``filter`` restrict the page (serving/filters.py); a filtered session's
-        cursor continues it only under the same filter.
+        cursor continues it only under the same filter. An unknown parameter is a 400 (``limt=50`` would
+        otherwise serve the default limit without a word).
         """
+        unknown = sorted(set(request.query_params) - set(ROUTE_PARAMETERS))
+        if unknown:
+            known = ", ".join(ROUTE_PARAMETERS)
+            raise HTTPException(400, f"unknown query parameter {unknown[0]!r}; the feed takes {known}")
         try:
             only = FeedFilter.parse(category, exclude, filter)
             body = await service.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed, only)

@@ -36,6 +36,8 @@ FUZZ_EXAMPLES = 25
         ("GET", "/v1/feed/u1?cursor=page-two", None, 422, "should match pattern"),
         ("GET", "/v1/feed/u1?cursor=0123456789abcdef.3", None, 410, "names no live session"),
         ("GET", "/v1/feed/u1?seed=-1", None, 422, "greater than or equal to 0"),
+        ("GET", "/v1/feed/u1?limt=50", None, 400, "unknown query parameter 'limt'"),  # was the default limit, 200
+        ("GET", "/v1/feed/u1?limit=5&category=news&cursr=x", None, 400, "unknown query parameter 'cursr'"),
         ("GET", "/v1/items/a%3Bb/similar", None, 422, "should match pattern"),
         ("GET", "/v1/items/i001/similar?limit=1000", None, 422, "less than or equal to 100"),
         ("POST", "/v1/events", b"{oops", 422, "json: invalid JSON"),
