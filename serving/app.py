@@ -55,7 +55,7 @@ from recstream.serving.errors import (
     TooManyClicks,
 )
 from recstream.serving.fast_feed import FeedFastPath
-from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, ROUTE_PARAMETERS, FeedQuery
+from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
 from recstream.serving.filters import FeedFilter, FilterError
 from recstream.serving.metrics import RequestMetrics
 from recstream.serving.schemas import (
@@ -147,13 +147,16 @@ def create_app(settings: Settings) -> FastAPI:
     query = FeedQuery.from_settings(settings)
     protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)}
     open_writes = settings.reader.open_writes and settings.reader.api_key is None
-    reads = APIRouter(route_class=CappedJsonRoute, **(protected if settings.reader.protect_reads else {}))
+    reads = APIRouter(
+        route_class=CappedJsonRoute,
+        dependencies=[Depends(known_query), *(protected["dependencies"] if settings.reader.protect_reads else ())],
+        responses=_problems(400, *((401,) if settings.reader.protect_reads else ())),
+    )
     writes = APIRouter(route_class=CappedJsonRoute, **({} if open_writes else protected))
 
     @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(400, 410), tags=["feed"])
     async def feed(  # its query parameters are feed_query.ROUTE_PARAMETERS; the fast path admits PARAMETERS
         user_id: UserId,
-        request: Request,
         limit: int = Query(query.default_limit, ge=MIN_LIMIT, le=query.max_limit),
         cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the last page")] = None,
         seed: Annotated[int | None, Query(ge=MIN_SEED, le=MAX_SEED, description="seed of the explore draws")] = None,
@@ -164,13 +167,8 @@ def create_app(settings: Settings) -> FastAPI:
         """A page of the user's blended feed; a cursor continues the session without repeating an item.
 
         ``category``, ``exclude`` and ``filter`` restrict the page (serving/filters.py); a filtered session's
-        cursor continues it only under the same filter. An unknown parameter is a 400 (``limt=50`` would
-        otherwise serve the default limit without a word).
+        cursor continues it only under the same filter.
         """
-        unknown = sorted(set(request.query_params) - set(ROUTE_PARAMETERS))
-        if unknown:
-            known = ", ".join(ROUTE_PARAMETERS)
-            raise HTTPException(400, f"unknown query parameter {unknown[0]!r}; the feed takes {known}")
         try:
             only = FeedFilter.parse(category, exclude, filter)
             body = await service.feed(user_id, limit, Cursor.parse(cursor) if cursor else None, seed, only)
@@ -279,6 +277,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics)  # added last: outermost, so it times the fast path too
     _publish_event_schema(app)
     return app
+
+
+async def known_query(request: Request) -> None:
+    """400 for a query parameter the route does not declare: ``?limt=50`` served the default limit with a 200."""
+    declared = {field.alias for field in request.scope["route"].dependant.query_params}
+    unknown = sorted(set(request.query_params) - declared)
+    if unknown:
+        takes = ", ".join(sorted(declared)) or "none"
+        raise HTTPException(400, f"unknown query parameter {unknown[0]!r}; this route takes {takes}")
 
 
 def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]]:

@@ -38,6 +38,8 @@ FUZZ_EXAMPLES = 25
         ("GET", "/v1/feed/u1?seed=-1", None, 422, "greater than or equal to 0"),
         ("GET", "/v1/feed/u1?limt=50", None, 400, "unknown query parameter 'limt'"),  # was the default limit, 200
         ("GET", "/v1/feed/u1?limit=5&category=news&cursr=x", None, 400, "unknown query parameter 'cursr'"),
+        ("GET", "/v1/items/i001/similar?limt=5", None, 400, "this route takes limit"),
+        ("GET", "/v1/stats?since=1", None, 400, "unknown query parameter 'since'; this route takes none"),
         ("GET", "/v1/items/a%3Bb/similar", None, 422, "should match pattern"),
         ("GET", "/v1/items/i001/similar?limit=1000", None, 422, "less than or equal to 100"),
         ("POST", "/v1/events", b"{oops", 422, "json: invalid JSON"),
