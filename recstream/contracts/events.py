@@ -175,6 +175,8 @@ def _problem(model: _Strict, now_ms: int, feedback: FeedbackTypes) -> str | None
     :func:`validate` and :func:`decode`'s whole-batch path both apply."""
     if model.ts > now_ms + MAX_FUTURE_SKEW_MS:  # type: ignore[attr-defined]
         return f"ts: {model.ts} is more than a day in the future"  # type: ignore[attr-defined]
+    if isinstance(model, ItemEvent) and (model.created_ts or 0) > now_ms + MAX_FUTURE_SKEW_MS:
+        return f"created_ts: {model.created_ts} is more than a day in the future"  # the pool would hold it newest
     if isinstance(model, Event):
         return feedback.problem(model.type, model.value)
     return None

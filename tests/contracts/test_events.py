@@ -4,6 +4,7 @@ import orjson
 import pytest
 
 from recstream.contracts.events import (
+    MAX_FUTURE_SKEW_MS,
     MAX_ID_LEN,
     Event,
     ItemEvent,
@@ -45,6 +46,25 @@ def test_malformed_event_gets_precise_reason(change, reason):
     result = validate({**GOOD, **change}, "event", NOW)
     assert isinstance(result, Rejected)
     assert reason in result.reason
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+@pytest.mark.parametrize(
+    ("kind", "doc", "field"),
+    [
+        ("event", GOOD, "ts"),
+        ("item", {"op": "new", "item_id": "i1", "ts": NOW}, "ts"),
+        ("item", {"op": "new", "item_id": "i1", "ts": NOW}, "created_ts"),  # was any value up to 2^53
+    ],
+)
+def test_a_timestamp_may_be_at_most_a_day_ahead(kind, doc, field, offset):
+    """A created_ts far ahead would have kept the item the newest of the new-item pool for years."""
+    ahead = NOW + MAX_FUTURE_SKEW_MS + offset
+    result = validate({**doc, field: ahead}, kind, NOW)
+    if offset > 0:
+        assert isinstance(result, Rejected) and result.reason == f"{field}: {ahead} is more than a day in the future"
+    else:
+        assert getattr(result, field) == ahead
 
 
 def test_missing_field_is_named():
