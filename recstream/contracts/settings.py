@@ -29,6 +29,7 @@ ENV_PREFIX = "RECSTREAM_"
 log = logging.getLogger(__name__)
 
 
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # what Kafka accepts as a topic name
 HOST_PATTERN = r"^[A-Za-z0-9_.:\[\]-]+$"  # a name or an address; empty would bind every interface
 
 
@@ -49,12 +50,14 @@ class KafkaSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {"bootstrap": "kafka_bootstrap"}
 
     bootstrap: str = Field("127.0.0.1:9092", description="host:port[,host:port...] of the brokers")
-    events_topic: str = Field("events", description="view/click events, keyed by user id")
-    items_topic: str = Field("items", description="the catalogue (compacted)")
-    users_topic: str = Field("users", description="user attributes (compacted)")
-    dlq_topic: str = Field("events-dlq", description="bad input, each with its reason")
+    events_topic: str = Field("events", pattern=TOPIC_PATTERN, description="view/click events, keyed by user id")
+    items_topic: str = Field("items", pattern=TOPIC_PATTERN, description="the catalogue (compacted)")
+    users_topic: str = Field("users", pattern=TOPIC_PATTERN, description="user attributes (compacted)")
+    dlq_topic: str = Field("events-dlq", pattern=TOPIC_PATTERN, description="bad input, each with its reason")
     erasures_topic: str = Field(
-        "erasures", description="erased user ids (compacted, one partition): rebuild and train drop their events"
+        "erasures",
+        pattern=TOPIC_PATTERN,
+        description="erased user ids (compacted, one partition): rebuild and train drop their events",
     )
     events_partitions: int = Field(4, gt=0, le=1024, description="partitions of the events topic at creation")
     items_partitions: int = Field(1, gt=0, le=1024, description="1: every worker applies items in the same order")

@@ -233,7 +233,7 @@ async def _produce(
 def produce(
     file: Annotated[Path | None, typer.Option(help="JSONL file, one event/item/user object a line")] = None,
     movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)")] = None,
-    synthetic: Annotated[int | None, typer.Option(help="this many events from the synthetic world")] = None,
+    synthetic: Annotated[int | None, typer.Option(min=1, help="this many events from the synthetic world")] = None,
     seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
 ) -> None:
     """Publish a stream to Kafka with delivery confirmation; invalid lines are reported and skipped."""

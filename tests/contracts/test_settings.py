@@ -28,6 +28,9 @@ from recstream.contracts.settings import SECTIONS, TOOL_VARIABLES, VARIABLES, Se
         ("RECSTREAM_REDIS_URL", "redis://127.0.0.1:65536/0", "Port out of range"),
         ("RECSTREAM_REDIS_URL", "redis://127.0.0.1:0/0", "port 0"),
         ("RECSTREAM_API_KEY", "", "empty key"),
+        ("RECSTREAM_EVENTS_TOPIC", "", "should match pattern"),
+        ("RECSTREAM_DLQ_TOPIC", "a b/c", "should match pattern"),
+        ("RECSTREAM_ERASURES_TOPIC", "e" * 250, "should match pattern"),  # Kafka's limit is 249 characters
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):

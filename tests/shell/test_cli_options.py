@@ -50,3 +50,10 @@ def test_import_refuses_a_delimiter_of_more_than_one_character(tmp_path: Path):
     rows.write_text("user_id,item_id,ts\nu1,i1,1700000000\n")
     done = run("import", str(rows), "--delimiter", "ab")
     assert done.exit_code == 2 and "--delimiter: expected one character or 'tab', got 'ab'" in done.output
+
+
+def test_produce_takes_at_least_one_synthetic_event():
+    """--synthetic -5 produced nothing and said nothing."""
+    assert [run("produce", "--synthetic", n).exit_code for n in ("-5", "0")] == [2, 2]
+    done = run("produce", "--synthetic", "1")
+    assert done.exit_code == 1 and "cannot reach Kafka" in done.output, done.output
