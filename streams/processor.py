@@ -81,6 +81,8 @@ RETRY_DELAY_MAX_S = 1.0
 FIRST_CALL_EVENTS = 10_000
 """The events bound of a processor's first script call, before it measured one (at most ``batch_max_events``):
 the fixed bound that kept a catch-up call under a second at ×10 scale (issue 18)."""
+DEAD_LETTER_MAX_REASON_BYTES = 1_024
+"""The most of a reason a dead letter's header carries: with the value's cut, a dead letter always fits the producer."""
 DEAD_LETTER_MAX_BYTES = 65_536
 """The most of a rejected input a dead letter carries. faust's producer refuses a message over 1,000,000 bytes
 (key and headers included) with ProducerSendError, while the broker accepts up to 1,048,588: the whole of a
@@ -106,7 +108,7 @@ class DeadLetter:
         """``reason``; ``source`` (``topic:partition:offset``); ``size``, the rejected bytes before any cut."""
         source = self.source
         return {
-            "reason": self.rejected.reason.encode(),
+            "reason": self.rejected.reason.encode()[:DEAD_LETTER_MAX_REASON_BYTES],
             "source": f"{source.topic}:{source.partition}:{source.offset}".encode(),
             "size": str(len(self.rejected.payload)).encode(),
         }

@@ -146,11 +146,22 @@ class Rejected:
 
 
 def _reason(exc: ValidationError) -> str:
-    """The first error as ``field: message`` (input values left out: they may be huge or hostile)."""
+    """The first error as ``field: message`` (input values left out: they may be huge or hostile). A made-up field
+    name is input too: each part of the location is cut to MAX_ID_LEN characters (a 940 KB name made a reason
+    too big to dead-letter).
+
+    >>> made_up = {"type": "view", "user_id": "u", "item_id": "i", "ts": 10**12, "x" * 10**6: 1}
+    >>> validate(made_up, "event", 10**13).reason == "x" * MAX_ID_LEN + "…: Extra inputs are not permitted"
+    True
+    """
     err = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in err["loc"]) or "event"
+    where = ".".join(_cut(str(part)) for part in err["loc"]) or "event"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {err['msg']}{more}"
+
+
+def _cut(name: str) -> str:
+    return name if len(name) <= MAX_ID_LEN else f"{name[:MAX_ID_LEN]}…"
 
 
 def validate(obj: object, kind: Kind, now_ms: int, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> _Strict | Rejected:

@@ -529,6 +529,29 @@ async def test_a_made_up_field_name_never_becomes_a_metric_label(isolated_settin
     assert "other" not in REASON_CODES and {"json", "size", "partition", "ts", "user_id"} <= REASON_CODES
 
 
+async def test_a_field_name_near_the_size_limit_is_dead_lettered_and_the_partition_goes_on(
+    isolated_settings, worker_factory
+):
+    """The reason named a made-up field in full. A name of ~1 MB put the reason header past faust's producer limit:
+    the dead letter could never be sent, and the batch was retried forever. The reason now cuts the name."""
+    settings = isolated_settings
+    now_ms = int(time.time() * 1000)
+    event = {"type": "view", "user_id": "u1", "item_id": "i1", "ts": now_ms}
+    name = "x" * (MAX_MESSAGE_BYTES - len(as_bytes({**event, "": 1})))
+    huge = {**event, name: 1}
+    assert len(as_bytes(huge)) == MAX_MESSAGE_BYTES, "within the message limit: refused for its field, not its size"
+    worker = worker_factory(settings)
+    await produce(settings, [Outgoing("event", b"u1", as_bytes(huge), (), 1),
+                             Outgoing("event", b"u1", as_bytes(event), (event,), 0)])  # fmt: skip
+    client = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: applied_events(client, "rs") == 1 or not worker.alive(), what="the event behind it")
+    letters = await dead_letters(settings, expected=1)
+    assert worker.alive() and applied_events(client, "rs") == 1
+    assert [dict(m.headers)["reason"].decode() for m in letters] == [
+        f"{'x' * MAX_ID_LEN}…: Extra inputs are not permitted"
+    ]
+
+
 async def test_an_event_on_a_partition_its_user_does_not_hash_to_is_dead_lettered(isolated_settings, worker_factory):
     """A producer with another partitioner puts a user's event where another worker may own the user: both would
     write the user's history. The worker applies only events whose user hashes (murmur2) to the message's
