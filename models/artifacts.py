@@ -161,6 +161,8 @@ def _check_consistent(model: ModelArtifacts, where: Path) -> None:
         ),
         ("content_map.npz", model.content_map.dim == k, f"dim {model.content_map.dim}, expected {k}"),
         ("index/index.bin", model.index.dim == k, f"dim {model.index.dim}, expected {k}"),
+        ("item_factors.npy", bool(np.isfinite(model.item_factors).all()), "holds NaN or infinity"),
+        ("user_gram.npy", bool(np.isfinite(model.user_gram).all()), "holds NaN or infinity"),
     ]
     for name, ok, problem in checks:
         if not ok:

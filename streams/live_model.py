@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from recstream.models.artifacts import ArtifactError, read_model
+from recstream.models.artifacts import read_model
 from recstream.streams import metrics
 from recstream.streams.personalize import Personalizer
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -74,17 +74,15 @@ class LiveModel:
 
     async def _load(self, version: str) -> None:
         try:
-            artifacts = await asyncio.to_thread(read_model, self.settings.model.dir, version)
-        except (ArtifactError, OSError) as exc:
-            log.error("cannot load model %s, keeping %s: %s", version, self.current and self.current.version, exc)
-            self._failed = version
+            fresh = await asyncio.to_thread(self._build, version)
+        except Exception as exc:  # any error of the version's own (a manifest without a key, a singular gram)
+            log.error("cannot load model %s, keeping %s: %r", version, self.current and self.current.version, exc)
+            self._failed = version  # raised, every batch of every agent would retry it forever
             metrics.MODEL_LOAD_FAILURES.inc()
             return
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
         stored = await self.fold_ins.stored(version)
         # no await from here to the swap: no item or fold-in can slip in between
-        m = self.settings.model
-        fresh = Personalizer(version, artifacts, m.history_cap, m.candidates_m, m.feedback_types)
         for item in self.items.values():
             fresh.apply_item(item)
         # the log follower kept what it read meanwhile for this version (stored after the read above)
@@ -97,6 +95,12 @@ class LiveModel:
         metrics.MODEL_INFO.labels(version).set(1)
         metrics.INDEX_SIZE.set(len(fresh.index))
         log.warning("serving model %s (%d items in the index)", version, len(fresh.index))
+
+    def _build(self, version: str) -> Personalizer:
+        """The version's personalizer, off the event loop (reading the artifacts and factoring the gram take seconds
+        at scale); items and fold-ins are applied to it on the loop."""
+        m = self.settings.model
+        return Personalizer(version, read_model(m.dir, version), m.history_cap, m.candidates_m, m.feedback_types)
 
     def apply_fold_in(self, version: str, item: str, vector: np.ndarray) -> None:
         """A logged fold-in: applied now if ``version`` is served, kept for when it is if it is newer."""

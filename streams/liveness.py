@@ -2,13 +2,16 @@
 
 A worker whose agent stopped keeps running and answering ``/metrics``, while the partitions that agent
 read are applied by no one: nothing restarts it unless something asks. ``/healthz`` answers 200 while
-every agent (and the item feed) runs and each one is idle or made an attempt on its current batch
-(applied it, or failed and will retry: :meth:`recstream.streams.processor.BatchProcessor.process`)
-within ``worker_stall_s``; 503, naming the agents, otherwise, so an orchestrator's liveness probe
-restarts the process. A restart resumes from the committed offsets and the Redis watermarks.
+every agent (and the item feed) runs and each one is idle or made progress on its current batch
+(applied it, or failed for a reason that waiting cures and will retry:
+:meth:`recstream.streams.processor.BatchProcessor.process`) within ``worker_stall_s``; 503, naming the
+agents, otherwise, so an orchestrator's liveness probe restarts the process. A restart resumes from the
+committed offsets and the Redis watermarks.
 
-Retrying is alive on purpose: a batch that Redis refuses (down, OOM, READONLY) is retried for as long
-as it takes, and restarting the worker would not help; the retries have their own metric and alert.
+Retrying is alive on purpose when waiting cures it: a batch that Redis refuses (down, OOM, READONLY) is
+retried for as long as it takes, and restarting the worker would not help; the retries have their own
+metric and alert. A batch that fails on the worker's own exception (``other``: a model that cannot load, a
+solve that raised) is retried too, but is no sign of life: after ``worker_stall_s`` of that, /healthz is red.
 An agent that raised stays red even if faust's supervisor starts it again (a process restart is the known
 way back); one that was cancelled (faust restarts agents that way) is red only until it runs again.
 """
@@ -69,7 +72,7 @@ class Liveness:
         out = [f"{name} stopped: {how}" for name, how in sorted(self._stopped.items())]
         for name, since in sorted(self._busy_since.items()):
             if now - since > self.stall_s:
-                out.append(f"{name} stalled: no attempt on its batch for {now - since:.1f} s")
+                out.append(f"{name} stalled: no progress on its batch for {now - since:.1f} s")
         return out
 
 

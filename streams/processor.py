@@ -124,6 +124,11 @@ class WatermarksKeptMoving(Exception):
 
 RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "watermarks_moving", "stuck", "other")
 """The ``reason`` label of ``recstream_worker_batch_retries_total``: a fixed set, whatever the error says."""
+WAITING_REASONS = frozenset(RETRY_REASONS) - {"other"}
+"""Failures that waiting cures (Redis or Kafka away or refusing, another writer, a hang that timed out): a failed
+attempt for one of these counts as a sign of life. One for ``other`` (an exception of the worker's own: a model that
+cannot load, a solve that raised) does not, so a batch that keeps failing so turns /healthz red after
+``worker_stall_s`` instead of retrying forever behind a green one."""
 
 
 def retry_reason(exc: Exception) -> str:
@@ -204,7 +209,7 @@ class BatchProcessor:
         # on a Redis Cluster a user record too, whose partition names the slot its batch writes (store/state.py)
         self.partitions = partitions
         self._users_placed = kind == "user" and settings.redis.cluster
-        self.beat = beat  # called after every attempt to apply a batch, applied or failed (streams/liveness.py)
+        self.beat = beat  # called after an attempt that applied or failed for a WAITING_REASON (streams/liveness.py)
         self.model = model
         self.store = store
         self.settings = settings
@@ -279,7 +284,8 @@ class BatchProcessor:
                 self.forget_watermarks()
             finally:
                 del self._bounds[task]
-            self._beat()
+            if reason in WAITING_REASONS:
+                self._beat()
             await asyncio.sleep(delay)
             delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
         if then is None:

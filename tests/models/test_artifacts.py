@@ -99,6 +99,17 @@ def test_missing_manifest_is_named(tmp_path):
         read_model(tmp_path, version)
 
 
+@pytest.mark.parametrize(("name", "value"), [("item_factors", np.nan), ("user_gram", np.inf)])
+def test_a_model_holding_nan_or_infinity_is_refused_before_writing(tmp_path, name, value):
+    """A NaN factor made every user step NaN (and a NaN score refused by Redis' ZADD mid-script)."""
+    model = _model()
+    array = getattr(model, name).copy()
+    array[1, 1] = value
+    with pytest.raises(ArtifactError, match=rf"{name}\.npy: holds NaN or infinity"):
+        write_model(tmp_path, ModelArtifacts(**{**model.__dict__, name: array}))
+    assert list_versions(tmp_path) == []
+
+
 def test_inconsistent_model_is_refused_before_writing(tmp_path):
     model = _model()
     bad = ModelArtifacts(**{**model.__dict__, "item_factors": model.item_factors[:, :2]})

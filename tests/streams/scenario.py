@@ -8,6 +8,7 @@ from pathlib import Path
 import redis
 from aiokafka import AIOKafkaProducer
 from recstream.models.als import ALSConfig
+from recstream.streams.processor import DeadLetter
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
@@ -18,6 +19,11 @@ from recstream.jobs.sources import Record
 
 T0 = 1_700_000_000_000
 CATEGORIES = ["news", "sport", "music", "film"]
+
+
+async def no_dead_letters(letters: list[DeadLetter]) -> None:
+    """A BatchProcessor's dead-letter sender for a batch that must have none."""
+    raise AssertionError(letters)
 
 
 def world(n_users: int, n_items: int, n_events: int, seed: int = 1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from recstream.streams.processor import BatchProcessor, DeadLetter, next_events_bound
+from recstream.streams.processor import BatchProcessor, next_events_bound
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -17,7 +17,7 @@ from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
-from tests.streams.scenario import T0, applied_events
+from tests.streams.scenario import T0, applied_events, no_dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +50,6 @@ def micro_batches(sizes: list[int], topic: str) -> list[Message]:
         out.append(Message(topic, 0, offset, encode(events)))
         n += size
     return out
-
-
-async def no_dead_letters(letters: list[DeadLetter]) -> None:
-    raise AssertionError(letters)
 
 
 @pytest.mark.parametrize(

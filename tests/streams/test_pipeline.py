@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 from recstream.streams.live_model import LiveModel
-from recstream.streams.processor import BatchProcessor, DeadLetter
+from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -25,7 +25,7 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
-from tests.streams.scenario import applied_events, served, trained, world
+from tests.streams.scenario import applied_events, no_dead_letters, served, trained, world
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +60,6 @@ class SlowStore(StateStore):
             self.flying = False
         self.order += [new for _, new in effect.watermarks.values()]
         return applied
-
-
-async def no_dead_letters(letters: list[DeadLetter]) -> None:
-    raise AssertionError(letters)
 
 
 def batches(settings: Settings) -> tuple[list[list[Message]], list[ItemEvent], list[Event]]:

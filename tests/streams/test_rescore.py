@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 from recstream.models.ctr import smoothed_ctr
-from recstream.streams.processor import BatchProcessor, DeadLetter
+from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,15 +21,11 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message
 from recstream.store.state import Effect, StateStore
 from tests.conftest import wait_until
-from tests.streams.scenario import applied_events, publish
+from tests.streams.scenario import applied_events, no_dead_letters, publish
 
 T0 = 1_700_000_000_000
 BUDGET = 100  # items a batch rescores of a pass, about (HSCAN's COUNT)
 USERS = {"u1": "a", "u2": "b"}  # user → segment
-
-
-async def no_dead_letters(letters: list[DeadLetter]) -> None:
-    raise AssertionError(letters)
 
 
 def message(topic: str, offset: int, events: list[tuple[str, str, str]]) -> Message:

@@ -4,6 +4,7 @@ items topic whose last offset holds no record, a Redis error on the fold-in log.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -15,11 +16,16 @@ import redis
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from recstream.streams.processor import BatchProcessor
+from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from recstream.contracts.events import Event, ItemEvent, encode
+from recstream.contracts.events import Event, ItemEvent, UserEvent, encode
+from recstream.eventlog.log import Message
 from recstream.shell.infra import Child
+from recstream.store.state import StateStore
 from tests.conftest import wait_until
-from tests.streams.scenario import applied_events, publish
+from tests.streams.scenario import T0, applied_events, no_dead_letters, publish
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +94,7 @@ async def test_an_agent_stuck_in_a_batch_turns_healthz_red_until_it_moves(isolat
         await publish(settings, events=[view(1)])
         wait_until(lambda: healthz(worker)[0] == 503, timeout_s=7, what="/healthz to turn red")
         status, body = healthz(worker)
-        assert body.startswith("recstream.events stalled: no attempt on its batch for") and status == 503
+        assert body.startswith("recstream.events stalled: no progress on its batch for") and status == 503
         assert applied_events(client, "rs") == 1
     finally:
         client.execute_command("CLIENT", "UNPAUSE")
@@ -150,3 +156,45 @@ async def test_a_redis_error_on_the_fold_in_log_never_stops_the_worker(isolated_
         assert worker.alive() and applied_events(client, "rs") == 2 and healthz(worker) == (200, "ok\n")
     finally:
         client.delete("rs:foldin:log")
+
+
+class ModelThatRaises:
+    """A live model whose every load raises ``error``: a batch that needs it fails the same way on every attempt."""
+
+    current = None
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.items_caught_up = asyncio.Event()
+        self.items_caught_up.set()
+        self.loads = 0
+
+    async def ensure(self, version: str | None) -> None:
+        self.loads += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "alive"),
+    [(ValueError("the worker's own: an artifact that cannot load"), False), (RedisConnectionError("away"), True)],
+    ids=["own error", "redis away"],
+)
+async def test_a_batch_that_fails_on_the_workers_own_error_is_no_sign_of_life(isolated_settings, error, alive):
+    """A failed attempt beat liveness whatever failed, so a batch failing on the worker's own error retried forever
+    behind a green /healthz: the worst failure, an agent that stops applying while its process lives. Only a
+    failure that waiting cures (Redis, Kafka, another writer) counts as a sign of life now."""
+    client = AsyncRedis.from_url(isolated_settings.redis.url)
+    model, beats = ModelThatRaises(error), []
+    processor = BatchProcessor("user", StateStore(client, isolated_settings), isolated_settings, no_dead_letters,
+                               model, beat=lambda: beats.append(model.loads))  # type: ignore[arg-type]  # fmt: skip
+    user = UserEvent(user_id="u1", ts=T0, preferred_categories=["news"])
+    message = Message(isolated_settings.kafka.users_topic, 0, 0, encode(user), T0)
+    attempt = asyncio.create_task(processor.process([message]))
+    try:
+        while model.loads < 4:
+            await asyncio.sleep(0.05)
+    finally:
+        attempt.cancel()
+        await asyncio.gather(attempt, return_exceptions=True)
+        await client.aclose()
+    assert (beats[:3] == [1, 2, 3]) if alive else (beats == [])
