@@ -34,7 +34,7 @@ from recstream.streams import metrics
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.liveness import Liveness
-from recstream.streams.processor import RETRY_REASONS, BatchProcessor, DeadLetter, Message
+from recstream.streams.processor import RETRY_DELAY_MAX_S, RETRY_REASONS, BatchProcessor, DeadLetter, Message
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
@@ -164,12 +164,19 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
             metrics.BATCH_RETRIES.labels(topic_name, reason)
 
     async def repair_behind(assigned: list[tuple[str, int]]) -> None:
-        try:
-            committed = await committed_offsets(settings, assigned)
-            for topic_name, kind in topics.items():
-                await processors[kind].repair_behind([tp for tp in assigned if tp[0] == topic_name], committed)
-        except Exception:  # the next message of a partition still triggers its repair (processor._repair)
-            log.exception("gap check after the partition assignment failed")
+        """The gap check of one assignment, until it is done or a new assignment cancels it (each processor retries
+        its own part; a quiet partition's lost window would otherwise wait for its next message)."""
+        delay = 0.1
+        while True:
+            try:
+                committed = await committed_offsets(settings, assigned)
+                break
+            except Exception as exc:
+                log.warning("reading the committed offsets for the gap check failed (%r); retry in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_DELAY_MAX_S)
+        for topic_name, kind in topics.items():
+            await processors[kind].repair_behind([tp for tp in assigned if tp[0] == topic_name], committed)
 
     repairs: set[asyncio.Task] = set()
 
@@ -183,6 +190,8 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
             processors["event"].partitions = partitions
             if settings.redis.cluster:  # as many as the events topic (settings), each user's on its own slot
                 processors["user"].partitions = app.consumer.topic_partitions(settings.kafka.users_topic)
+        for superseded in repairs:
+            superseded.cancel()
         task = asyncio.ensure_future(repair_behind(sorted((tp.topic, tp.partition) for tp in assigned)))
         repairs.add(task)  # a reference until done: the loop keeps only weak ones
         task.add_done_callback(repairs.discard)

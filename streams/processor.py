@@ -362,9 +362,9 @@ class BatchProcessor:
     async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
         """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the
         committed offset (the worker group had applied them, or it would not have committed past them).
-        Retried while Redis is unreachable or answers an error (CLUSTERDOWN while a failed-over master's replica
-        takes over, which is when a window is lost): given up, a quiet partition's lost window would wait for its
-        next message or assignment."""
+        Retried with back-off whatever fails (Redis unreachable or answering CLUSTERDOWN while a failed-over
+        master's replica takes over, which is when a window is lost; Kafka while reading the log): given up, a
+        quiet partition's lost window would wait for its next message or assignment. A new assignment cancels it."""
         delay = 0.1
         while True:
             try:
@@ -373,10 +373,11 @@ class BatchProcessor:
                 behind = {tp: committed[tp] for tp in tps if committed.get(tp, 0) > self._watermark(*tp) + 1}
                 await self._repair(behind)
                 return
-            except RedisError as exc:
+            except Exception as exc:
                 reason = retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 log.warning("%s (%r); retrying the gap check in %.1f s", reason, exc, delay)
+                self.forget_watermarks()
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, RETRY_DELAY_MAX_S)
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from prometheus_client.parser import text_string_to_metric_families
 from recstream.models.ctr import quantized_global_ctr
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc
-from recstream.streams.processor import BatchProcessor, DeadLetter
+from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, encode, partition_for, segment_of
@@ -34,6 +35,7 @@ from tests.streams.scenario import (
     T0,
     applied_events,
     for_prefix,
+    no_dead_letters,
     publish,
     served,
     served_vector,
@@ -302,9 +304,6 @@ async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_
     finally:
         await producer.stop()
 
-    async def no_dead_letters(letters: list[DeadLetter]) -> None:
-        raise AssertionError(letters)
-
     client = AsyncRedis.from_url(settings.redis.url)
     unreachable = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
     processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
@@ -331,9 +330,6 @@ async def test_the_gap_check_on_assignment_waits_out_a_redis_error_reply(isolate
     topic = settings.kafka.events_topic
     await publish(settings, events=[Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k) for k in range(3)])
 
-    async def no_dead_letters(letters: list[DeadLetter]) -> None:
-        raise AssertionError(letters)
-
     client = AsyncRedis.from_url(settings.redis.url)
     await client.set("rs:wm", "not a hash")
     partition = partition_for("u1", settings.kafka.events_partitions)
@@ -348,6 +344,30 @@ async def test_the_gap_check_on_assignment_waits_out_a_redis_error_reply(isolate
     finally:
         await client.aclose()
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
+
+
+async def test_the_gap_check_on_assignment_waits_out_a_failed_log_read(isolated_settings):
+    """The check gave up on anything but a Redis error: a Kafka error while reading the lost window ended it, and a
+    quiet partition's window waited for its next message. It retries whatever failed."""
+    settings = isolated_settings
+    topic = settings.kafka.events_topic
+    await publish(settings, events=[Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k) for k in range(3)])
+    reads: list[object] = []
+
+    def flaky_read(ranges):  # the broker away at the first read
+        reads.append(ranges)
+        if len(reads) == 1:
+            raise KafkaConnectionError("the broker went away")
+        return read_ranges(settings, ranges)
+
+    client = AsyncRedis.from_url(settings.redis.url)
+    partition = partition_for("u1", settings.kafka.events_partitions)
+    processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters, read_log=flaky_read)
+    try:
+        await asyncio.wait_for(processor.repair_behind([(topic, partition)], {(topic, partition): 1}), timeout=30)
+    finally:
+        await client.aclose()
+    assert len(reads) == 2 and applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
 
 
 def duplicates_dropped(worker) -> float:
@@ -489,9 +509,6 @@ async def test_training_off_reads_and_writes_no_ranker_state(isolated_settings, 
     settings = isolated_settings.replace(ranker_train=train)
     topic = settings.kafka.events_topic
     _, _, events = world(n_users=5, n_items=5, n_events=20, seed=9)
-
-    async def no_dead_letters(letters: list[DeadLetter]) -> None:
-        raise AssertionError(letters)
 
     client = AsyncRedis.from_url(settings.redis.url)
     processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters)
