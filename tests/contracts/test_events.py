@@ -4,8 +4,10 @@ import orjson
 import pytest
 
 from recstream.contracts.events import (
+    MAX_EVENTS_PER_MESSAGE,
     MAX_FUTURE_SKEW_MS,
     MAX_ID_LEN,
+    MAX_MESSAGE_BYTES,
     Event,
     ItemEvent,
     Rejected,
@@ -73,18 +75,48 @@ def test_missing_field_is_named():
 
 
 @pytest.mark.parametrize(
-    ("raw", "reason"),
+    ("raw", "reason", "payload"),
     [
-        (b"{not json", "json: invalid JSON"),
-        (None, "tombstone: "),
-        (b"[1, 2]", "event: Input should be an object"),
-        (b"x" * 1_000_001, "size: message of 1000001 bytes exceeds"),
+        (b"{not json", "json: invalid JSON", b"{not json"),
+        (None, "tombstone: ", b""),
+        (b"[1, 2]", "event: Input should be an object", b"1"),  # each element on its own
+        (b"x" * 1_000_001, "size: message of 1000001 bytes exceeds", b"x" * 1_000_001),
     ],
 )
-def test_malformed_message_is_rejected_with_its_bytes(raw, reason):
+def test_malformed_message_is_rejected_with_its_bytes(raw, reason, payload):
     valid, rejected = decode(raw, "event", NOW)
     assert valid == []
-    assert reason in rejected[0].reason
+    assert reason in rejected[0].reason and rejected[0].payload == payload
+
+
+def padded(doc: object, size: int) -> bytes:
+    """``doc`` as JSON padded with spaces to ``size`` bytes."""
+    raw = orjson.dumps(doc)
+    return raw + b" " * (size - len(raw))
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_the_message_size_limit_holds_at_its_value(offset):
+    raw = padded(GOOD, MAX_MESSAGE_BYTES + offset)
+    valid, rejected = decode(raw, "event", NOW)
+    if offset > 0:
+        assert valid == [] and rejected == [
+            Rejected(f"size: message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}", raw)
+        ]
+    else:
+        assert len(valid) == 1 and rejected == []
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_the_micro_batch_limit_holds_at_its_value(offset):
+    raw = orjson.dumps([GOOD] * (MAX_EVENTS_PER_MESSAGE + offset))
+    valid, rejected = decode(raw, "event", NOW)
+    if offset > 0:
+        assert valid == [] and rejected[0].reason.startswith(
+            f"size: micro-batch of {MAX_EVENTS_PER_MESSAGE + 1} events"
+        )
+    else:
+        assert len(valid) == MAX_EVENTS_PER_MESSAGE + offset and rejected == []
 
 
 def test_one_bad_event_does_not_cost_its_neighbours():

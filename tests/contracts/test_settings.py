@@ -30,7 +30,6 @@ from recstream.contracts.settings import SECTIONS, TOOL_VARIABLES, VARIABLES, Se
         ("RECSTREAM_API_KEY", "", "empty key"),
         ("RECSTREAM_EVENTS_TOPIC", "", "should match pattern"),
         ("RECSTREAM_DLQ_TOPIC", "a b/c", "should match pattern"),
-        ("RECSTREAM_ERASURES_TOPIC", "e" * 250, "should match pattern"),  # Kafka's limit is 249 characters
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):
@@ -178,3 +177,13 @@ def test_the_float_settings_are_found():
 def test_the_redis_url_accepts_the_last_port_and_a_socket():
     assert load_settings(redis_url="redis://127.0.0.1:65535/0").redis.port == 65535
     assert load_settings(redis_url="unix:///tmp/redis.sock").redis.url == "unix:///tmp/redis.sock"
+
+
+@pytest.mark.parametrize("length", [248, 249, 250])
+@pytest.mark.parametrize("name", ["events_topic", "items_topic", "users_topic", "dlq_topic", "erasures_topic"])
+def test_a_topic_name_has_at_most_the_249_characters_kafka_takes(name, length):
+    if length > 249:
+        with pytest.raises(SettingsError, match=f"RECSTREAM_{name.upper()}: String should match pattern"):
+            load_settings(**{name: "t" * length})
+    else:
+        assert getattr(load_settings(**{name: "t" * length}).kafka, name) == "t" * length

@@ -48,12 +48,22 @@ def test_interaction_matrix_sums_weights_and_drops_zeros():
 
 
 @pytest.mark.parametrize(
-    ("users", "items", "weights"),
-    [([0], [5], [1.0]), ([2], [0], [1.0]), ([0], [0], [np.nan]), ([0, 1], [0], [1.0])],
+    ("users", "items", "weights", "says"),
+    [
+        ([0], [5], [1.0], "item_idx outside"),
+        ([0], [-1], [1.0], "item_idx outside"),
+        ([2], [0], [1.0], "user_idx outside"),
+        ([0], [0], [np.nan], "must be finite"),
+        ([0, 1], [0], [1.0], "same length"),
+    ],
 )
-def test_interaction_matrix_rejects_bad_input(users, items, weights):
-    with pytest.raises(ValueError):
+def test_interaction_matrix_rejects_bad_input(users, items, weights, says):
+    with pytest.raises(ValueError, match=says):
         interaction_matrix(np.array(users), np.array(items), np.array(weights), 2, 5)
+
+
+def test_interaction_matrix_takes_the_last_user_and_item():
+    assert interaction_matrix(np.array([1]), np.array([4]), np.array([1.0]), 2, 5)[1, 4] == 1.0
 
 
 def test_confidence_log_scale_compresses_heavy_users():

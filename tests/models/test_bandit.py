@@ -25,9 +25,12 @@ def test_prior_has_the_global_ctr_as_mean_and_the_pseudo_count_as_weight():
 def test_prior_clamps_a_degenerate_ctr_and_rejects_invalid_input():
     assert BetaPrior.from_ctr(0.0, 10).alpha == pytest.approx(1e-5)
     assert BetaPrior.from_ctr(1.0, 10).beta == pytest.approx(1e-5)
-    for ctr, n in [(-0.1, 10), (1.1, 10), (float("nan"), 10), (0.1, 0), (0.1, float("inf"))]:
-        with pytest.raises(ValueError):
+    bad_ctr = [(-0.1, 10, "ctr must be"), (1.1, 10, "ctr must be"), (float("nan"), 10, "ctr must be")]
+    bad_count = [(0.1, 0, "pseudo_count"), (0.1, -1e-9, "pseudo_count"), (0.1, float("inf"), "pseudo_count")]
+    for ctr, n, says in bad_ctr + bad_count:
+        with pytest.raises(ValueError, match=says):
             BetaPrior.from_ctr(ctr, n)
+    assert BetaPrior.from_ctr(0.04, 1e-9).alpha + BetaPrior.from_ctr(0.04, 1e-9).beta == pytest.approx(1e-9)
     with pytest.raises(ValueError):
         BetaPrior(0.0, 1.0)
 

@@ -28,7 +28,7 @@ def test_recovers_factors_from_content():
     predicted = np.array([cmap.vector(c, f) for c, f in zip(categories[1500:], features[1500:], strict=True)])
     # held-out items: error close to the noise level, far below the signal
     rmse = np.sqrt(np.mean((predicted - clean[1500:]) ** 2))
-    assert rmse < 0.02 < 1.0 < clean.std()
+    assert rmse < 0.02 and clean.std() > 1.0
 
 
 def test_no_usable_content_gives_the_mean_item_factor():
@@ -74,5 +74,6 @@ def test_onboarding_user_prefers_items_of_picked_categories():
     user = onboarding_vector(step, cmap, ["g4", "no-such-category"], confidence=5.0)
     top = np.argsort(-(factors @ user))[:50]
     share = np.mean(["g4" in categories[i] for i in top])
-    assert share > 0.8 > 0.15 * 2  # base rate of g4 is 15%
+    base_rate = np.mean(["g4" in c for c in categories])
+    assert share > 0.8 and base_rate < 0.4  # over twice the base rate (15%)
     assert not onboarding_vector(step, cmap, ["no-such-category"], confidence=5.0).any()

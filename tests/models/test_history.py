@@ -30,6 +30,13 @@ def test_a_dislike_makes_the_item_a_negative_observation_whatever_came_before_or
     assert history_rows(merge_history({"a": -4.0}, [("a", -2.0)], cap=5)) == [("a", -6.0)]
 
 
+def test_a_zero_weight_event_keeps_what_the_item_had():
+    """A feedback type may weigh 0 (an impression): it must not turn a click into nothing, nor a nothing negative."""
+    assert history_rows(merge_history({}, [("a", 4.0), ("a", 0.0)], cap=5)) == [("a", 4.0)]
+    assert history_rows(merge_history({}, [("a", 0.0), ("a", 4.0)], cap=5)) == [("a", 4.0)]
+    assert history_rows(merge_history({"a": -4.0}, [("a", 0.0)], cap=5)) == [("a", -4.0)]
+
+
 def test_merge_leaves_its_input_alone():
     before = {"a": 1.0}
     merge_history(before, [("b", 1.0), ("a", 1.0)], cap=1)

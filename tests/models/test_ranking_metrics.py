@@ -25,9 +25,16 @@ def test_short_lists_and_coverage():
     assert coverage(FEEDS, catalogue_size=20) == 10 / 20
 
 
-@pytest.mark.parametrize(("ranked", "relevant", "k"), [([["a"]], ["a", "b"], 1), ([], [], 1), ([["a"]], ["a"], 0)])
-def test_invalid_input_is_rejected(ranked, relevant, k):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("ranked", "relevant", "k", "says"),
+    [
+        ([["a"]], ["a", "b"], 1, "1 ranked lists for 2 relevant"),
+        ([], [], 1, "no events"),
+        ([["a"]], ["a"], 0, "k must"),
+    ],
+)
+def test_invalid_input_is_rejected(ranked, relevant, k, says):
+    with pytest.raises(ValueError, match=says):
         hit_rate_at_k(ranked, relevant, k)
 
 

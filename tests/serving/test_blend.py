@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -65,6 +66,13 @@ def test_a_dry_source_hands_its_slots_to_overflow_but_explore_never_gets_more_th
     no_personal = interleave({**full_lists(), "personal": []}, counts)
     assert len(no_personal) == 20 and sum(s.source == "explore" for s in no_personal) == 2
     assert sum(s.source == "popular" for s in no_personal) == 16
+    dry_midway = interleave({**full_lists(), "personal": ranked("pe", 1)}, counts)  # runs dry after one slot
+    assert Counter(s.source for s in dry_midway) == {
+        "personal": 1,
+        "popular": counts["popular"] + counts["personal"] - 1,
+        "fresh": 2,
+        "explore": 2,
+    }
     only_explore = interleave({"explore": ranked("ex", 50)}, counts)
     assert [s.source for s in only_explore] == ["explore", "explore"], "short rather than over the explore cap"
     no_fresh = interleave({**full_lists(), "fresh": []}, counts)

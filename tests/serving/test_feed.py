@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 from aiokafka import AIOKafkaConsumer
 from recstream.models.ctr import quantized_global_ctr
+from recstream.serving.fast_feed import FeedFastPath
 
 from recstream.contracts.events import ItemEvent, decode, segment_of
 from tests.conftest import wait_until
@@ -275,6 +276,9 @@ async def test_health_readiness_and_metrics(world, reader):
 async def test_the_fast_path_and_the_fastapi_route_serve_the_same_page(world, reader):
     """A percent-encoded limit is not 'plainly valid' to serving/fast_feed.py, so FastAPI's route answers it."""
     user = world.warm[7]
+    query = next(m.kwargs["query"] for m in reader.app.user_middleware if m.cls is FeedFastPath)  # installed here
+    assert query.parse(f"/v1/feed/{user}", b"limit=20&seed=11") is not None, "the fast path answers the first"
+    assert query.parse(f"/v1/feed/{user}", b"limit=%32%30&seed=11") is None, "the route the second"
     fast = (await reader.get(f"/v1/feed/{user}?limit=20&seed=11")).json()
     routed = (await reader.get(f"/v1/feed/{user}?limit=%32%30&seed=11")).json()
     assert [(i["item_id"], i["source"], i["reason"]) for i in fast["items"]] == [

@@ -108,9 +108,10 @@ def test_cursors_round_trip_and_malformed_ones_are_refused():
     cursor = Cursor.start().following()
     assert Cursor.parse(cursor.text) == cursor and cursor.page == 1
     assert cursor.seed("u1") == Cursor.parse(cursor.text).seed("u1") != cursor.following().seed("u1")
-    assert Cursor.parse("0123456789abcdef.999999").last and not cursor.last
+    assert Cursor.parse("0123456789abcdef.999999").last and not cursor.last  # MAX_PAGE: the last page
+    assert not Cursor.parse("0123456789abcdef.999998").last
     bad_ones = ("", "abc", "0123456789abcdef", "0123456789abcdef.0", "0123456789ABCDEF.1", "0123456789abcdef.1.2")
-    for bad in (*bad_ones, "0123456789abcdef.1\n"):  # a trailing newline passed re.match
+    for bad in (*bad_ones, "0123456789abcdef.1000000", "0123456789abcdef.1\n"):  # a trailing newline passed re.match
         with pytest.raises(ValueError, match="malformed cursor"):
             Cursor.parse(bad)
 
