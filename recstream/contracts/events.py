@@ -154,7 +154,9 @@ def _reason(exc: ValidationError) -> str:
     >>> validate(made_up, "event", 10**13).reason == "x" * MAX_ID_LEN + "…: Extra inputs are not permitted"
     True
     """
-    err = exc.errors(include_url=False, include_input=False)[0]
+    errors = exc.errors(include_url=False, include_input=False)
+    # of a union's members, the one that says why (an infinite float), not the others' type mismatches
+    err = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
     where = ".".join(_cut(str(part)) for part in err["loc"]) or "event"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{where}: {err['msg']}{more}"

@@ -69,6 +69,17 @@ def test_a_timestamp_may_be_at_most_a_day_ahead(kind, doc, field, offset):
         assert getattr(result, field) == ahead
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (float("inf"), "attributes.age.float: Input should be a finite number (+3 more)"),  # not the str member's
+        ([30], "attributes.age.constrained-str: Input should be a valid string (+3 more)"),  # no member says more
+    ],
+)
+def test_a_union_field_names_the_member_that_says_why(value, reason):
+    assert validate({"user_id": "u1", "ts": NOW, "attributes": {"age": value}}, "user", NOW).reason == reason
+
+
 def test_missing_field_is_named():
     obj = {k: v for k, v in GOOD.items() if k != "item_id"}
     assert validate(obj, "event", NOW).reason == "item_id: Field required"
