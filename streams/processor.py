@@ -210,6 +210,7 @@ class BatchProcessor:
         self.partitions = partitions
         self._users_placed = kind == "user" and settings.redis.cluster
         self.beat = beat  # called after an attempt that applied or failed for a WAITING_REASON (streams/liveness.py)
+        self.flight_failed: BaseException | None = None  # what escaped a flight: no beat after it (_flown)
         self.model = model
         self.store = store
         self.settings = settings
@@ -356,8 +357,17 @@ class BatchProcessor:
             self._epoch += 1  # item vectors changed: a batch built before saw the old ones (a clean run would not)
 
     def _beat(self) -> None:
-        if self.beat is not None:
+        if self.beat is not None and self.flight_failed is None:
             self.beat()
+
+    def _flown(self, flight: asyncio.Task[None]) -> None:
+        """A flight retries its own call; what escapes it (an acknowledgement that raised) left its later
+        acknowledgements unrun, and would show only when the task is collected. Logged at once, and the processor
+        beats no more: /healthz turns red after ``worker_stall_s`` and a restart re-reads from the committed offsets
+        (the watermarks skip what was applied)."""
+        if not flight.cancelled() and flight.exception() is not None:
+            self.flight_failed = flight.exception()
+            log.error("a batch in flight failed past its retries: %r", self.flight_failed, exc_info=self.flight_failed)
 
     async def repair_behind(self, tps: Sequence[tuple[str, int]], committed: Mapping[tuple[str, int], int]) -> None:
         """Re-apply from the log what Redis lost of ``tps``: offsets from the watermark + 1 up to the
@@ -507,6 +517,7 @@ class BatchProcessor:
             if pipelined:
                 self._flying, self._thens = effect, []
                 self._flight = asyncio.create_task(self._fly(call, self._thens))
+                self._flight.add_done_callback(self._flown)
                 return None, rest
             try:
                 applied = await self._finish(call)

@@ -25,7 +25,7 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
-from tests.streams.scenario import applied_events, no_dead_letters, served, trained, world
+from tests.streams.scenario import T0, applied_events, no_dead_letters, served, trained, world
 
 pytestmark = pytest.mark.integration
 
@@ -203,3 +203,32 @@ async def test_a_worker_killed_mid_pipeline_and_restarted_from_its_acks_leaves_a
     await run(piped, items, [batch for batch in rest if batch], pipelined=True)
     check = redis.Redis.from_url(clean.redis.url)
     assert differing_keys(dump_state(check, "piped"), dump_state(check, "clean")) == []
+
+
+async def test_an_acknowledgement_that_raises_in_flight_stops_the_beats(isolated_settings):
+    """What escaped a flight (an acknowledgement that raised) showed only when its task was collected, the flight's
+    later acknowledgements unrun and /healthz green. Now it is kept and the processor beats no more."""
+    settings = isolated_settings
+    client = AsyncRedis.from_url(settings.redis.url)
+    beats: list[int] = []
+    processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
+                               beat=lambda: beats.append(1))  # fmt: skip
+    views = [Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k) for k in range(2)]
+    batches = [[Message(settings.kafka.events_topic, 0, k, encode(view), T0 + k)] for k, view in enumerate(views)]
+
+    async def failing_ack() -> None:
+        raise RuntimeError("the acknowledgement failed")
+
+    async def ack() -> None:
+        return None
+
+    try:
+        await processor.process(batches[0], failing_ack)
+        await processor.settle()
+        await asyncio.sleep(0)
+        assert isinstance(processor.flight_failed, RuntimeError) and beats == [1], "beat once, when it applied"
+        await processor.process(batches[1], ack)
+        await processor.settle()
+    finally:
+        await client.aclose()
+    assert beats == [1] and applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 2
