@@ -14,6 +14,11 @@ MAX_LIMIT = 50
 QUERY = FeedQuery.from_settings(load_settings(feed_max_limit=MAX_LIMIT))
 
 
+def test_the_documented_bounds():
+    """The tests below use the constants on both sides; these are the values README and the schema promise."""
+    assert (MIN_LIMIT, MIN_SEED, MAX_SEED) == (1, 0, 2**63 - 1)
+
+
 def test_the_route_declares_the_rules_the_fast_path_admits_by():
     parameters = create_app(load_settings(feed_max_limit=MAX_LIMIT)).openapi()["paths"][FEED_ROUTE]["get"]["parameters"]
     schemas = {p["name"]: p["schema"] for p in parameters}
