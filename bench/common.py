@@ -35,6 +35,7 @@ from recstream.contracts.settings import Settings
 from recstream.shell import infra
 
 ROOT = Path(__file__).resolve().parents[1]
+MOVIELENS_BESIDE = Path("shared", "data", "ml-100k")
 
 
 def movielens_dir() -> Path:
@@ -43,12 +44,12 @@ def movielens_dir() -> Path:
     machines keep it."""
     if os.environ.get("MOVIELENS_DIR"):
         return Path(os.environ["MOVIELENS_DIR"])
-    here = ROOT.parent / "shared" / "data" / "ml-100k"
+    here = ROOT.parent / MOVIELENS_BESIDE
     if here.exists():
         return here
     common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=ROOT,
                             capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
-    main = Path(common).parent.parent / "shared" / "data" / "ml-100k" if common else here
+    main = Path(common).parent.parent / MOVIELENS_BESIDE if common else here
     return main if main.exists() else here
 
 

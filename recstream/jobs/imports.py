@@ -312,8 +312,9 @@ def _scalar(value: object) -> object:
     text = value.strip()
     if text.lstrip("-").isdecimal() and len(text) <= MAX_INT_DIGITS:  # "²" is a digit int() refuses
         return int(text)
-    number = float(text) if _is_number(text) and any(c.isdigit() for c in text) else math.nan
-    return number if math.isfinite(number) else value
+    if _is_number(text) and any(c.isdigit() for c in text) and math.isfinite(number := float(text)):
+        return number
+    return value
 
 
 def _true(column: str, value: object) -> bool:
