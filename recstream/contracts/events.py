@@ -186,8 +186,9 @@ def validate(obj: object, kind: Kind, now_ms: int, feedback: FeedbackTypes = DEF
 def _problem(model: _Strict, now_ms: int, feedback: FeedbackTypes) -> str | None:
     """Why the contract refuses a record its model accepted, or None: every check beyond the model's own, which
     :func:`validate` and :func:`decode`'s whole-batch path both apply."""
+    fields = model.__dict__  # not getattr: a field the model lacks goes through pydantic's __getattr__ and raises
     for field in ("ts", "created_ts"):  # an item's created_ts far ahead would stay the pool's newest for years
-        value = getattr(model, field, None)
+        value = fields.get(field)
         if value is not None and value > now_ms + MAX_FUTURE_SKEW_MS:
             return f"{field}: {value} is more than a day in the future"
     if isinstance(model, Event):
