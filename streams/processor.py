@@ -67,7 +67,7 @@ from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message, Ranges
 from recstream.runtime.garbage_collector import collector_paused
 from recstream.store.aggregate import aggregate
-from recstream.store.state import Applied, Effect, StaleWatermark, StateStore
+from recstream.store.state import Applied, Effect, StaleWatermark, StateStore, refused
 
 MAX_STALE_RETRIES = 20
 STUCK_STALLS = 2
@@ -127,19 +127,24 @@ RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "w
 WAITING_REASONS = frozenset(RETRY_REASONS) - {"other"}
 """Failures that waiting cures (Redis or Kafka away or refusing, another writer, a hang that timed out): a failed
 attempt for one of these counts as a sign of life. One for ``other`` (an exception of the worker's own: a model that
-cannot load, a solve that raised) does not, so a batch that keeps failing so turns /healthz red after
-``worker_stall_s`` instead of retrying forever behind a green one."""
+cannot load, a solve that raised, a batch the script refused for a key of the wrong type or a number that is not
+finite) does not, so a batch that keeps failing so turns /healthz red after ``worker_stall_s`` instead of retrying
+forever behind a green one."""
 
 
 def retry_reason(exc: Exception) -> str:
     """Which of :data:`RETRY_REASONS` a failed batch attempt counts under.
 
-    >>> from redis.exceptions import ReadOnlyError
+    >>> from redis.exceptions import ReadOnlyError, ResponseError
     >>> retry_reason(ReadOnlyError("You can't write against a read only replica."))
     'redis_error'
+    >>> retry_reason(ResponseError("RECSTREAM_STATE rs:views is a string, expected a hash"))
+    'other'
     """
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return "redis_unavailable"
+    if refused(exc):  # the batch script refused what Redis holds or what the batch carries: no wait cures it
+        return "other"
     if isinstance(exc, RedisError):  # OOM, BUSY, READONLY, NOSCRIPT, LOADING...: Redis answered with an error
         return "redis_error"
     if isinstance(exc, KafkaError):  # only the gap repair reads Kafka here

@@ -19,26 +19,24 @@
 -- SMISMEMBER, multi-field HSET and ZADD, MSET) instead of a call per event, item or segment.
 -- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls; a moved prior adds
 -- at most about cfg.rescore_items items (step 4), never the whole catalogue.
+--
+-- Nothing may fail once written: Redis does not undo a script's writes when a later command raises (WRONGTYPE, a
+-- score that is no float), so the writes before it would stay without their watermark and the worker's retry
+-- would apply them again (counters counted twice). Step 1b checks, before the first write, what a later command
+-- could refuse, and refuses the batch with an error starting 'RECSTREAM_STATE' and nothing written
+-- (streams/processor.py counts it as the worker's own failure, which /healthz shows, not as one waiting cures).
 
 local p = cjson.decode(ARGV[1])
 local P = p.prefix .. ':'
 local cfg = p.cfg
 
--- 1. watermarks: all or nothing. On a Redis Cluster a batch is one call per slot, each with the slot's own
--- watermarks (recstream/store/state.py): when every one is already at or past its new value, this slot applied
--- the batch before and another did not (a crash between the calls, or a failed-over master that lost a window)
-local stale, done = false, true
-for _, w in ipairs(p.wm) do
-  local current = redis.call('HGET', P .. 'wm', w[1]) or ''
-  if current ~= w[2] and not stale then stale = {'stale', w[1], current} end
-  if (tonumber(current) or -1) < tonumber(w[3]) then done = false end
+-- a stored number read after the first write (steps 4 and 7): one that is not finite counts as 0, as one that is
+-- no number always did, so it cannot make a score NaN (x - x is 0 for a finite number only)
+local function num(x)
+  x = tonumber(x)
+  if x and x - x == 0 then return x end
+  return 0
 end
-if stale then
-  if done then return {'done'} end
-  return stale
-end
-
-local function num(x) return tonumber(x) or 0 end
 local function fmt(x) return string.format('%.17g', x) end
 -- (clicks + m·p) / (views + m), the same IEEE operations as models.ctr.smoothed_ctr
 local function ctr(c, v, prior, m) return (c + m * prior) / (v + m) end
@@ -63,6 +61,269 @@ local function many(cmd, key, args, flag)
   return out
 end
 
+-- A check refuses with an error, caught below (checked) and answered as a 'RECSTREAM_STATE' error reply before
+-- anything of the batch is written; so is any error of the checks themselves (a payload value of the wrong type).
+-- The checks run per user, item and event on the hot path: each is inline arithmetic where it can be, and a
+-- message is joined only when one fails. x - x == 0 holds for a finite number only (NaN and ±inf give NaN), as
+-- does x - x + x == x, which a numeric string fails too (== does not convert); other values raise, and refuse.
+local function refuse(why) error({refused = why}, 0) end
+local function checked(step)
+  local ok, err = pcall(step)
+  if ok then return nil end
+  local why = type(err) == 'table' and err.refused or ('the batch is malformed: ' .. tostring(err))
+  return redis.error_reply('RECSTREAM_STATE ' .. why .. '; nothing of the batch was written')
+end
+local function quoted(x)
+  if type(x) == 'string' then return '"' .. string.sub(x, 1, 40) .. '"' end
+  return tostring(x)
+end
+local function typed(key, kind)  -- one TYPE: `key` holds a `kind` or nothing
+  local found = redis.call('TYPE', key).ok
+  if found ~= kind and found ~= 'none' then refuse(key .. ' is a ' .. found .. ', expected a ' .. kind) end
+end
+local kinds = {}  -- a shared key → the type expected of it, so each is asked once
+local function expect(key, kind)
+  local known = kinds[key]
+  if known == nil then
+    typed(key, kind)
+    kinds[key] = kind
+  elseif known ~= kind then  -- two names meet in one key (an id spelling another key's name)
+    refuse(key .. ' would be used as a ' .. known .. ' and as a ' .. kind)
+  end
+end
+local function finite(x, what)
+  if type(x) ~= 'number' or x - x ~= 0 then refuse(what .. ' is ' .. quoted(x) .. ', expected a finite number') end
+  return x
+end
+local BOUND = 2 ^ 53  -- an integer Lua holds exactly and a command's integer argument takes whole
+local function integer(x, what, low)
+  if finite(x, what) ~= math.floor(x) or x < low or x >= BOUND then
+    refuse(what .. ' is ' .. fmt(x) .. ', expected an integer from ' .. fmt(low) .. ' below 2^53')
+  end
+  return x
+end
+local function text(x, what)
+  if type(x) ~= 'string' then refuse(what .. ' is ' .. quoted(x) .. ', expected a string') end
+  return x
+end
+-- a score ZADD reads from a stored or given string: a finite number as Redis parses one (no blank around it)
+local function score_text(raw, what)
+  local x = tonumber(raw)
+  if type(raw) ~= 'string' or not x or x - x ~= 0 or string.find(raw, '%s') then
+    refuse(what .. ' is ' .. quoted(raw) .. ', expected a finite number')
+  end
+end
+
+local refusal = checked(function()
+  for _, w in ipairs(p.wm) do
+    integer(tonumber(text(w[3], 'a new watermark')), 'the new watermark of ' .. text(w[1], 'a partition'), 0)
+    text(w[2], 'the expected watermark of ' .. w[1])
+  end
+  if #p.wm > 0 then typed(P .. 'wm', 'hash') end
+end)
+if refusal then return refusal end
+
+-- 1. watermarks: all or nothing. On a Redis Cluster a batch is one call per slot, each with the slot's own
+-- watermarks (recstream/store/state.py): when every one is already at or past its new value, this slot applied
+-- the batch before and another did not (a crash between the calls, or a failed-over master that lost a window)
+local stale, done = false, true
+for _, w in ipairs(p.wm) do
+  local current = redis.call('HGET', P .. 'wm', w[1]) or ''
+  if current ~= w[2] and not stale then stale = {'stale', w[1], current} end
+  if (tonumber(current) or -1) < tonumber(w[3]) then done = false end
+end
+if stale then
+  if done then return {'done'} end
+  return stale
+end
+
+-- 1b. checks: before the first write, everything a later command could refuse. Each key the steps below touch
+-- with a typed command is of that type or absent (TYPE, once per distinct key); each number of the payload, and
+-- each stored number the batch adds to, is finite (an integer where the command takes one). Cost: a TYPE per
+-- distinct key (a user's seen set, a new item's hash, a few shared keys); the stored numbers are reads the steps
+-- made anyway, made here (no step writes those keys before reading them) and kept for the steps. A stored value
+-- that is no number counts as 0, as it always did (the step overwrites it with a number); one that is NaN or
+-- infinite refuses the batch, as it would spread into every score.
+local names = {}  -- p.items: {item, {views, clicks, first_ts}}
+local old_views, views_now, clicks_now, seg_now = {}, {}, {}, {}
+local q, prior_held, cursor_held, clock
+local segs_before, graduated_of, weights_held, users_held = {}, {}, {}, {}
+local seen_writes, seg_args, eid_writes, blob_args = {}, {}, {}, {}  -- step 8's arguments
+refusal = checked(function()
+  for _, name in ipairs({'m', 'default_ctr', 'default_mass', 'log_step', 'graduate_views', 'item_users_cap'}) do
+    finite(cfg[name], 'cfg.' .. name)
+  end
+  integer(cfg.trend_ttl_s, 'cfg.trend_ttl_s', 1)
+  integer(cfg.trend_ttl_s * 1000, 'cfg.trend_ttl_s in ms', 1)  -- EXPIRE refuses a time past that
+  integer(cfg.dedup_window_ms, 'cfg.dedup_window_ms', 1)
+  integer(cfg.graduate_age_ms, 'cfg.graduate_age_ms', 0)
+  integer(cfg.seen_cap, 'cfg.seen_cap', 0)
+  integer(cfg.rescore_items, 'cfg.rescore_items', 1)  -- HSCAN's COUNT
+  if p.shared then
+    for _, key in ipairs({'segments', 'unavailable', 'graduated', 'foldin:pending'}) do expect(P .. key, 'set') end
+    for _, key in ipairs({'pool', 'rank'}) do expect(P .. key, 'zset') end
+    for _, key in ipairs({'views', 'clicks', 'totals'}) do expect(P .. key, 'hash') end
+    for _, key in ipairs({'prior', 'rescore', 'clock'}) do expect(P .. key, 'string') end
+    segs_before = redis.call('SMEMBERS', P .. 'segments')
+    local every_seg = {}  -- step 4 rescores in each one, this batch's new ones too
+    for _, s in ipairs(segs_before) do every_seg[#every_seg + 1] = s end
+    for _, seg in ipairs(p.segs) do every_seg[#every_seg + 1] = text(seg[1], 'a segment') end
+    for _, s in ipairs(every_seg) do
+      expect(P .. 'rank:' .. s, 'zset')
+      expect(P .. 'seg:' .. s .. ':views', 'hash')
+      expect(P .. 'seg:' .. s .. ':clicks', 'hash')
+    end
+    -- step 2 (items topic): an item's hash, and its created_ts, its pool score
+    for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, available '0'/'1', features JSON}
+      local key = P .. 'item:' .. text(it[1], 'an item id')
+      expect(key, 'hash')
+      text(it[2], 'the categories of ' .. it[1])
+      text(it[5], 'the availability of ' .. it[1])
+      text(it[6], 'the features of ' .. it[1])
+      if text(it[3], 'the created_ts of ' .. it[1]) ~= '' then
+        score_text(it[3], 'the created_ts of ' .. it[1])
+      else
+        local held = redis.call('HGET', key, 'created_ts')
+        if held then score_text(held, key .. ' created_ts') end
+        score_text(it[4], 'the ts of ' .. it[1])
+      end
+    end
+    -- step 3: the counters and what they become
+    for k, it in ipairs(p.items) do names[k] = it[1] end
+    local held_views, held_clicks = many('HMGET', P .. 'views', names), many('HMGET', P .. 'clicks', names)
+    for k, it in ipairs(p.items) do
+      local d = it[2]
+      local v, c = (tonumber(held_views[k]) or 0) + d[1], (tonumber(held_clicks[k]) or 0) + d[2]
+      if v - v ~= 0 or c - c ~= 0 or d[3] - d[3] + d[3] ~= d[3] then
+        refuse('item ' .. it[1] .. ': views ' .. quoted(held_views[k]) .. ' + ' .. quoted(d[1]) .. ', clicks ' ..
+               quoted(held_clicks[k]) .. ' + ' .. quoted(d[2]) .. ', first ts ' .. quoted(d[3]) ..
+               ', expected finite numbers')
+      end
+      old_views[k], views_now[k], clicks_now[k] = held_views[k], v, c
+      if not held_views[k] then expect(P .. 'item:' .. it[1], 'hash') end
+    end
+    for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
+      local key = P .. 'seg:' .. seg[1] .. ':'
+      local seg_items = {}
+      for k, it in ipairs(seg[2]) do seg_items[k] = it[1] end
+      local sv, sc = many('HMGET', key .. 'views', seg_items), many('HMGET', key .. 'clicks', seg_items)
+      for k, it in ipairs(seg[2]) do
+        local v, c = (tonumber(sv[k]) or 0) + it[2][1], (tonumber(sc[k]) or 0) + it[2][2]
+        if v - v ~= 0 or c - c ~= 0 then
+          refuse(key .. '* of ' .. it[1] .. ': views ' .. quoted(sv[k]) .. ' + ' .. quoted(it[2][1]) .. ', clicks ' ..
+                 quoted(sc[k]) .. ' + ' .. quoted(it[2][2]) .. ', expected finite numbers')
+        end
+        sv[k], sc[k] = v, c
+      end
+      seg_now[s] = {sv, sc}  -- the counts step 3 writes
+    end
+    -- HINCRBY takes an integer, stored and given; the prior (step 4) follows from the totals it leaves
+    local fields = {'views', 'clicks'}
+    for _, t in ipairs(p.totals) do fields[#fields + 1] = text(t[1], 'a total') end
+    local held = redis.call('HMGET', P .. 'totals', unpack(fields))
+    local totals = {}
+    for k, field in ipairs(fields) do
+      local raw = held[k]
+      if raw and not (raw == '0' or (string.match(raw, '^%-?[1-9]%d*$') and #raw <= 18)) then
+        refuse(P .. 'totals ' .. field .. ' holds ' .. quoted(raw) .. ', expected an integer')
+      end
+      totals[field] = tonumber(raw) or 0
+    end
+    for _, t in ipairs(p.totals) do totals[t[1]] = totals[t[1]] + integer(t[2], 'the total ' .. t[1], -BOUND) end
+    local raw = ctr(totals.clicks, totals.views, cfg.default_ctr, cfg.default_mass)
+    q = finite(math.exp(math.floor(math.log(raw) / cfg.log_step + 0.5) * cfg.log_step), 'the prior of the totals')
+    prior_held, cursor_held = redis.call('GET', P .. 'prior'), redis.call('GET', P .. 'rescore')
+    if cursor_held and not string.match(cursor_held, '^%d+$') then
+      refuse(P .. 'rescore holds ' .. quoted(cursor_held) .. ', expected a scan cursor')
+    end
+    -- step 5: trend increments (a stored score is never NaN; ±inf plus a finite increment is none either)
+    for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
+      local key = P .. 'trend:' .. text(t[1], 'a trend key')
+      expect(key, 'zset')
+      for _, it in ipairs(t[2]) do
+        local x = it[2]
+        if type(x) ~= 'number' or x - x ~= 0 or type(it[1]) ~= 'string' then
+          refuse(key .. ' ' .. quoted(it[1]) .. ' + ' .. quoted(x) .. ', expected an item and a finite number')
+        end
+      end
+    end
+    -- step 6: the users of new items and the summed weights they add to
+    local new_items = {}
+    for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
+    graduated_of = many('SMISMEMBER', P .. 'graduated', new_items)
+    for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
+      local key = P .. 'foldin:users:' .. it[1]
+      expect(key, 'hash')
+      local users = {}
+      for j, u in ipairs(it[2]) do
+        users[j] = u[1]
+        for _, w in ipairs(u[2]) do
+          if type(w) ~= 'number' or w - w ~= 0 then finite(w, 'a weight of ' .. it[1] .. ' by ' .. u[1]) end
+        end
+      end
+      if graduated_of[k] == 0 then
+        local old = many('HMGET', key, users)
+        for j in ipairs(users) do  -- a stored weight that is no number: the user is not counted (as before)
+          local r = old[j] and tonumber(old[j])
+          if r and r - r ~= 0 then refuse(key .. ' ' .. users[j] .. ' holds ' .. quoted(old[j])) end
+          old[j] = r or false
+        end
+        weights_held[k], users_held[k] = old, redis.call('HLEN', key)
+      end
+    end
+    -- step 7: the event clock
+    local held_clock = tonumber(redis.call('GET', P .. 'clock')) or 0
+    clock = math.max(finite(held_clock, P .. 'clock'), finite(p.clock, 'the clock'))
+  end
+  -- step 8: its commands' arguments, built here as they are checked (a loop over each user's items, not two);
+  -- MSET and SET replace a value of any type, so the blobs' and rankers' keys need no TYPE
+  for user, items in pairs(p.seen) do  -- {user: {item: ts}}
+    local key = P .. 'user:' .. user .. ':seen'
+    typed(key, 'zset')  -- a key per user: asked once, not remembered in `kinds`
+    local args = {}
+    for item, ts in pairs(items) do
+      if ts - ts + ts ~= ts then refuse(key .. ' ' .. item .. ' at ' .. quoted(ts)) end
+      args[#args + 1] = ts
+      args[#args + 1] = item
+    end
+    seen_writes[#seen_writes + 1] = {key, args}
+  end
+  if next(p.user_segments) ~= nil then expect(P .. 'user:seg', 'hash') end
+  for user, segment in pairs(p.user_segments) do
+    if type(segment) ~= 'string' then text(segment, 'the segment of ' .. user) end
+    seg_args[#seg_args + 1] = user
+    seg_args[#seg_args + 1] = segment
+  end
+  for tp, ids in pairs(p.eids) do  -- {topic:partition: {user:event_id: arrival ms}}
+    local key = P .. 'eids:' .. tp
+    expect(key, 'zset')
+    local args, latest = {}, 0
+    for id, at in pairs(ids) do
+      if at - at + at ~= at then refuse(key .. ' ' .. id .. ' at ' .. quoted(at)) end
+      args[#args + 1] = at
+      args[#args + 1] = id
+      if at > latest then latest = at end
+    end
+    eid_writes[#eid_writes + 1] = {key, args, latest}
+  end
+  -- p.blobs: key suffixes (user hist/vec/cand/prefs, item similar) in order; p.blob_ends: where each one's value
+  -- ends in ARGV[2] (it starts after the previous one's): two arrays, not a table per value, which cjson builds for
+  -- each
+  local first = 1
+  for k, suffix in ipairs(p.blobs) do
+    local last = p.blob_ends[k]
+    blob_args[#blob_args + 1] = P .. suffix
+    blob_args[#blob_args + 1] = string.sub(ARGV[2], first, last)
+    first = last + 1
+  end
+  for _, r in ipairs(p.rankers) do
+    text(r[1], 'a ranker key')
+    integer(r[2], 'a ranker state start', 1)
+    integer(r[3], 'a ranker state end', 0)
+  end
+end)
+if refusal then return refusal end
+
 -- 2.-7. the shared state: counters, rankings, items, pool (the {shared} slot on a cluster; p.shared false: a
 -- partition's slot, which holds sections 8 and 9 only)
 local q_str, full, graduated = '', false, {}
@@ -77,7 +338,7 @@ for _, it in ipairs(p.meta) do  -- {item, categories, created_ts or '', ts, avai
   if it[5] == '0' then
     redis.call('SADD', P .. 'unavailable', it[1])
     redis.call('ZREM', P .. 'rank', it[1])
-    for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do redis.call('ZREM', P .. 'rank:' .. s, it[1]) end
+    for _, s in ipairs(segs_before) do redis.call('ZREM', P .. 'rank:' .. s, it[1]) end
     redis.call('ZREM', P .. 'pool', it[1])
   else
     if redis.call('SREM', P .. 'unavailable', it[1]) == 1 then became_available[#became_available + 1] = it[1] end
@@ -95,22 +356,17 @@ local touched_list = {}
 local function touch(item)
   if not touched[item] then touched[item] = true; touched_list[#touched_list + 1] = item end
 end
-local names = {}
-for k, it in ipairs(p.items) do names[k] = it[1] end  -- p.items: {item, {views, clicks, first_ts}}
-local old_views, old_clicks = many('HMGET', P .. 'views', names), many('HMGET', P .. 'clicks', names)
-local new_views, views_args, clicks_args = {}, {}, {}
+local views_args, clicks_args = {}, {}
 local counts = {}  -- item → {views, clicks} as just written: step 4 scores these without reading them back
-for k, it in ipairs(p.items) do
+for k, it in ipairs(p.items) do  -- the counts step 1b read and added up
   local item, d = it[1], it[2]
-  new_views[k] = num(old_views[k]) + d[1]
   views_args[#views_args + 1] = item  -- even +0: every counted item has a views field
-  views_args[#views_args + 1] = new_views[k]
-  local new_clicks = num(old_clicks[k]) + d[2]
+  views_args[#views_args + 1] = views_now[k]
   if d[2] ~= 0 then
     clicks_args[#clicks_args + 1] = item
-    clicks_args[#clicks_args + 1] = new_clicks
+    clicks_args[#clicks_args + 1] = clicks_now[k]
   end
-  counts[item] = {new_views[k], new_clicks}
+  counts[item] = {views_now[k], clicks_now[k]}
   -- an item first counted here, never announced: counted, but hidden (unavailable) until the items topic
   -- announces it; or, without a catalogue feed (cfg.require_announced false), in the pool from now on
   if not old_views[k] and redis.call('HSETNX', P .. 'item:' .. item, 'created_ts', d[3]) == 1 then
@@ -126,19 +382,17 @@ for k, it in ipairs(p.items) do
 end
 many('HSET', P .. 'views', views_args)
 many('HSET', P .. 'clicks', clicks_args)
-for _, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
+for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
   local key = P .. 'seg:' .. seg[1] .. ':'
   redis.call('SADD', P .. 'segments', seg[1])
-  local seg_items = {}
-  for k, it in ipairs(seg[2]) do seg_items[k] = it[1] end
-  local sv, sc = many('HMGET', key .. 'views', seg_items), many('HMGET', key .. 'clicks', seg_items)
+  local sv, sc = seg_now[s][1], seg_now[s][2]  -- as step 1b read and added them up
   local sv_args, sc_args = {}, {}
   for k, it in ipairs(seg[2]) do
     sv_args[#sv_args + 1] = it[1]
-    sv_args[#sv_args + 1] = num(sv[k]) + it[2][1]
+    sv_args[#sv_args + 1] = sv[k]
     if it[2][2] ~= 0 then
       sc_args[#sc_args + 1] = it[1]
-      sc_args[#sc_args + 1] = num(sc[k]) + it[2][2]
+      sc_args[#sc_args + 1] = sc[k]
     end
   end
   many('HSET', key .. 'views', sv_args)
@@ -153,16 +407,13 @@ for _, item in ipairs(became_available) do touch(item) end
 -- O(catalogue). Until a pass ends an item's score may be under an older prior; once it ends (a batch, or an
 -- empty one when the worker is idle), every score is f(final counters, final prior) again, as a whole rescore
 -- in one batch left it (HSCAN returns every field present for the whole pass at least once).
-local totals = redis.call('HMGET', P .. 'totals', 'views', 'clicks')
-local raw = ctr(num(totals[2]), num(totals[1]), cfg.default_ctr, cfg.default_mass)
-local q = math.exp(math.floor(math.log(raw) / cfg.log_step + 0.5) * cfg.log_step)
-q_str = fmt(q)
-full = redis.call('GET', P .. 'prior') ~= q_str
+q_str = fmt(q)  -- q: step 1b's, of the totals as the HINCRBYs above left them
+full = prior_held ~= q_str
 if full then
   redis.call('SET', P .. 'prior', q_str)
   redis.call('SET', P .. 'rescore', '0')
 end
-local cursor = redis.call('GET', P .. 'rescore')
+local cursor = full and '0' or cursor_held
 if cursor then
   local scan = redis.call('HSCAN', P .. 'views', cursor, 'COUNT', cfg.rescore_items)
   for k = 1, #scan[2], 2 do touch(scan[2][k]) end
@@ -184,8 +435,10 @@ for k, item in ipairs(unread) do counts[item] = {num(views[k]), num(clicks[k])} 
 local global, rank_args = {}, {}
 for k, item in ipairs(live) do
   local c = counts[item]
-  global[k] = ctr(c[2], c[1], q, cfg.m)
-  rank_args[#rank_args + 1] = global[k]
+  local g = ctr(c[2], c[1], q, cfg.m)
+  if g ~= g then g = 0 end  -- ZADD refuses NaN: finite counts never give one, a negative one someone stored might
+  global[k] = g
+  rank_args[#rank_args + 1] = g
   rank_args[#rank_args + 1] = item
 end
 many('ZADD', P .. 'rank', rank_args)
@@ -204,7 +457,9 @@ for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do
   local args = {}
   for j, item in ipairs(counted) do
     local k = at[j]
-    args[#args + 1] = ctr(num(sc[j]), tonumber(sv[k]), global[k], cfg.m)
+    local s_score = ctr(num(sc[j]), tonumber(sv[k]), global[k], cfg.m)
+    if s_score ~= s_score then s_score = 0 end
+    args[#args + 1] = s_score
     args[#args + 1] = item
   end
   many('ZADD', P .. 'rank:' .. s, args)
@@ -228,19 +483,13 @@ end
 -- 6. users of new items until they graduate, for their fold-in (recstream/store/fold_ins.py): user → summed
 -- weight, added event by event in order (as models/history.combine_weights: a negative one wins); the first
 -- item_users_cap users
-local new_items = {}
-for k, it in ipairs(p.item_users) do new_items[k] = it[1] end
-local done = many('SMISMEMBER', P .. 'graduated', new_items)
 for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
-  if done[k] == 0 then
+  if graduated_of[k] == 0 then  -- its users' stored weights (numbers) and count: step 1b read them
     local key = P .. 'foldin:users:' .. it[1]
-    local users = {}
-    for j, u in ipairs(it[2]) do users[j] = u[1] end
-    local old = many('HMGET', key, users)
-    local size = redis.call('HLEN', key)
+    local old, size = weights_held[k], users_held[k]
     local args = {}
     for j, u in ipairs(it[2]) do
-      local r = old[j] and tonumber(old[j])
+      local r = old[j]
       if not r and size < cfg.item_users_cap then r, size = 0, size + 1 end
       if r then
         for _, w in ipairs(u[2]) do
@@ -256,8 +505,7 @@ end
 
 -- 7. the new-item pool: graduation by views (counted items) or by age (event time); a graduated item
 -- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item
-local clock = math.max(num(redis.call('GET', P .. 'clock')), p.clock)
-redis.call('SET', P .. 'clock', clock)
+redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
 local function graduate_on_views(items, views)
   local in_pool = many('ZMSCORE', P .. 'pool', items)
   for k, item in ipairs(items) do
@@ -267,7 +515,7 @@ local function graduate_on_views(items, views)
     end
   end
 end
-graduate_on_views(names, new_views)
+graduate_on_views(names, views_now)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
 graduate_on_views(pooled, many('HMGET', P .. 'views', pooled))
@@ -285,46 +533,18 @@ end  -- of the shared state
 -- 8. per-user state: seen sets (capped, most recent first), segments; then whole values (blobs)
 -- (p.seen, p.user_segments and p.eids are JSON objects: each user or partition once, in no particular order; each
 -- one's commands touch its own keys only, so the order does not change the state)
-for user, items in pairs(p.seen) do  -- {user: {item: ts}}
-  local key = P .. 'user:' .. user .. ':seen'
-  local args = {}
-  for item, ts in pairs(items) do
-    args[#args + 1] = ts
-    args[#args + 1] = item
-  end
-  many('ZADD', key, args, 'GT')
-  redis.call('ZREMRANGEBYRANK', key, 0, -(cfg.seen_cap + 1))
-end
-local seg_args = {}
-for user, segment in pairs(p.user_segments) do
-  seg_args[#seg_args + 1] = user
-  seg_args[#seg_args + 1] = segment
+-- (step 1b built the arguments of each command)
+for _, w in ipairs(seen_writes) do  -- {key, {ts, item, ...}}
+  many('ZADD', w[1], w[2], 'GT')
+  redis.call('ZREMRANGEBYRANK', w[1], 0, -(cfg.seen_cap + 1))
 end
 many('HSET', P .. 'user:seg', seg_args)
 -- event ids applied (streams/processor.py drops a user's id seen within the window), one key per partition:
 -- kept for the window of arrival time (older ones trimmed); the key expires when the partition is quiet as long
-for tp, ids in pairs(p.eids) do  -- {topic:partition: {user:event_id: arrival ms}}
-  local key = P .. 'eids:' .. tp
-  local args, latest = {}, 0
-  for id, at in pairs(ids) do
-    args[#args + 1] = at
-    args[#args + 1] = id
-    if at > latest then latest = at end
-  end
-  many('ZADD', key, args, 'GT')
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%d', latest - cfg.dedup_window_ms))
-  redis.call('PEXPIRE', key, cfg.dedup_window_ms)
-end
-local blob_args = {}
-local values = ARGV[2]
--- p.blobs: key suffixes (user hist/vec/cand/prefs, item similar) in order; p.blob_ends: where each one's value ends
--- in ARGV[2] (it starts after the previous one's): two arrays, not a table per value, which cjson builds for each
-local first = 1
-for k, suffix in ipairs(p.blobs) do
-  local last = p.blob_ends[k]
-  blob_args[#blob_args + 1] = P .. suffix
-  blob_args[#blob_args + 1] = string.sub(values, first, last)
-  first = last + 1
+for _, w in ipairs(eid_writes) do  -- {key, {arrival ms, user:event_id, ...}, latest arrival}
+  many('ZADD', w[1], w[2], 'GT')
+  redis.call('ZREMRANGEBYSCORE', w[1], '-inf', '(' .. string.format('%d', w[3] - cfg.dedup_window_ms))
+  redis.call('PEXPIRE', w[1], cfg.dedup_window_ms)
 end
 for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))
@@ -332,7 +552,7 @@ end
 
 -- 9. the online ranker's state of each events partition the batch trained (streams/ranker_training.py), and
 -- the watermarks: they move with the effect they cover
-for _, r in ipairs(p.rankers) do redis.call('SET', r[1], string.sub(values, r[2], r[3])) end  -- {key, first, last}
+for _, r in ipairs(p.rankers) do redis.call('SET', r[1], string.sub(ARGV[2], r[2], r[3])) end  -- {key, first, last}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
         p.shared and redis.call('EXISTS', P .. 'rescore') or 0}

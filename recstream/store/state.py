@@ -54,6 +54,7 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
@@ -68,8 +69,24 @@ whole rescore is O(items × segments) inside one script, which blocks Redis (ben
 items); a pass of this many items per batch keeps a batch's cost bounded whatever the catalogue."""
 
 
+REFUSED = "RECSTREAM_STATE"
+"""How the batch script's refusals begin: a key of the wrong type, a number that is not finite (apply_batch.lua,
+step 1b). The script checks before its first write because Redis keeps a script's writes when a later command
+raises: a WRONGTYPE halfway left part of the batch without its watermark, and each retry applied that part again."""
+
+
 class StaleWatermark(Exception):
     """Another writer moved a watermark since it was read; re-read and retry."""
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the batch script refusing what Redis holds or what the batch carries, with nothing written:
+    no wait cures it (streams/processor.py counts it as the worker's own failure, so /healthz turns red).
+
+    >>> refused(ResponseError("RECSTREAM_STATE rs:user:u1:seen is a string, expected a zset")), refused(ValueError())
+    (True, False)
+    """
+    return isinstance(exc, ResponseError) and str(exc).startswith(REFUSED)
 
 
 @dataclass
@@ -253,7 +270,8 @@ class StateStore:
 
     async def apply(self, effect: Effect) -> Applied:
         """Run the batch script, once per slot the batch writes (once on one Redis); raises
-        :class:`StaleWatermark` if a watermark moved meanwhile."""
+        :class:`StaleWatermark` if a watermark moved meanwhile, and a ``ResponseError`` that :func:`refused` names
+        if the script refused the batch (nothing of it written in that slot)."""
         calls = [
             self._script(keys=[f"{slot}:wm"], args=[orjson.dumps(payload), values])
             for slot, (payload, values) in self._payloads(effect).items()

@@ -98,3 +98,20 @@ def test_metrics_are_served_beside_healthz(served):
     _, _, port = served
     with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert b"recstream_worker_stale_watermark_total" in response.read()
+
+
+def test_a_batch_the_script_refused_is_the_workers_own_failure_not_one_waiting_cures():
+    """apply_batch.lua refuses, before its first write, a batch it could not apply whole (a key of the wrong type, a
+    number that is not finite), with an error reply starting RECSTREAM_STATE. Retrying the batch cures nothing, so
+    it counts as ``other``, which is no sign of life: /healthz turns red after ``worker_stall_s``. Redis's own
+    errors stay ``redis_error`` (a sign of life while the batch waits), WRONGTYPE among them."""
+    from recstream.streams.processor import WAITING_REASONS, retry_reason
+    from redis.exceptions import ResponseError
+
+    refusal = "RECSTREAM_STATE rs:user:u2:seen is a string, expected a zset; nothing of the batch was written"
+    assert retry_reason(ResponseError(refusal)) == "other"
+    assert "other" not in WAITING_REASONS
+    assert retry_reason(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")) == (
+        "redis_error"
+    )
+    assert retry_reason(ResponseError("ERR user_script:1: RECSTREAM_STATE in a Lua error")) == "redis_error"

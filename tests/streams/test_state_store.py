@@ -4,6 +4,9 @@ Real Redis, the worker's own store."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -11,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.store.aggregate import CounterDeltas
-from recstream.store.state import Effect, StateStore
+from recstream.store.state import SCRIPT, Effect, StateStore
 
 pytestmark = pytest.mark.integration
 
@@ -127,4 +130,119 @@ async def test_rankings_follow_the_counters_when_a_batch_scores_what_it_counted_
     assert _scores_by_formula(client, keys, m) == {
         name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
     }
+    client.close()
+
+
+# --- refusals: nothing of a batch is written when a later command would fail ------------------------------
+
+
+def _snapshot(client: redis.Redis) -> tuple[dict[bytes, bytes], set[bytes]]:
+    """Every key's serialized value (type, content) and which keys expire: equal snapshots, nothing written."""
+    keys = sorted(client.scan_iter(count=1_000))
+    return {key: client.dump(key) for key in keys}, {key for key in keys if client.pttl(key) >= 0}
+
+
+def _two_batches(settings: Settings) -> tuple[Effect, Effect]:
+    """A batch that sets up items, a segment, users and event ids, and the next one, which counts items i1 (known)
+    and i3, i4 (new), in segment s1, for users u1 and u2, with trend increments, event ids and a history blob."""
+    tp = f"{settings.kafka.events_topic}:0"
+    first = Effect(watermarks={tp: (-1, 0)})
+    first.counters = CounterDeltas(
+        items={"i1": [2, 1, T0], "i2": [1, 0, T0]},
+        segments={"s1": {"i1": [2, 1], "i2": [1, 0]}},
+        totals={"views": 3, "clicks": 1},
+        trend={"views:1": {"i1": 1_000}},
+        seen={"u1": {"i1": T0}},
+        clock=T0,
+    )
+    first.user_segments = {"u1": "s1"}
+    first.event_ids = {tp: {"u1:e1": T0}}
+    second = Effect(watermarks={tp: (0, 1)})
+    second.counters = CounterDeltas(
+        items={"i1": [1, 1, T0 + 1], "i3": [1, 0, T0 + 1], "i4": [2, 1, T0 + 1]},
+        segments={"s1": {"i1": [1, 1], "i3": [1, 0], "i4": [2, 1]}},
+        totals={"views": 4, "clicks": 2},
+        trend={"views:1": {"i1": 1_000, "i3": 500}},
+        seen={"u1": {"i3": T0 + 1}, "u2": {"i4": T0 + 1}},
+        clock=T0 + 1,
+    )
+    second.user_segments = {"u2": "s1"}
+    second.event_ids = {tp: {"u1:e2": T0 + 1, "u2:e3": T0 + 1}}
+    second.blobs = [("user:u2:hist", b"[]")]
+    return first, second
+
+
+# Each key of the wrong type is one the old script reached after its first write (the counters of step 3 or the
+# new item i3's hash): the WRONGTYPE left those writes without the watermark, and every retry applied them again.
+WRONG_TYPES = {
+    "new item's hash": (lambda keys, topic: keys.item("i4"), "hash"),
+    "segment ranking": (lambda keys, topic: keys.rank("s1"), "zset"),
+    "user's seen set": (lambda keys, topic: keys.user("u2", "seen"), "zset"),
+    "event ids": (lambda keys, topic: keys.event_ids(topic, 0), "zset"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_TYPES))
+async def test_a_key_of_the_wrong_type_refuses_the_batch_with_nothing_written(isolated_settings: Settings, name: str):
+    """A key the batch writes holds a string: the script refuses before its first write (every key's value and
+    expiry as before, watermarks unmoved), names the key and both types, and the worker counts the refusal as its
+    own failure (``other``: /healthz turns red), not as Redis's (``redis_error``, retried behind a green one). Once
+    the key is gone the same batch applies."""
+    from recstream.streams.processor import WAITING_REASONS, retry_reason
+
+    settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
+    keys = Keys.of(settings)
+    key_of, kind = WRONG_TYPES[name]
+    key = key_of(keys, settings.kafka.events_topic)
+    first, second = _two_batches(settings)
+    await apply(settings, first)
+    client = redis.Redis.from_url(settings.redis.url)
+    client.set(key, "not a " + kind)
+    before = _snapshot(client)
+    with pytest.raises(redis.exceptions.ResponseError) as refusal:
+        await apply(settings, second)
+    assert _snapshot(client) == before, "nothing of the refused batch may be written"
+    assert str(refusal.value).startswith(f"RECSTREAM_STATE {key} is a string, expected a {kind}")
+    assert retry_reason(refusal.value) == "other" and "other" not in WAITING_REASONS
+    client.delete(key)
+    await apply(settings, second)
+    assert client.hget(keys.watermarks(None), f"{settings.kafka.events_topic}:0") == b"1"
+    assert client.hgetall(keys("views")) == {b"i1": b"3", b"i2": b"1", b"i3": b"1", b"i4": b"2"}
+    client.close()
+
+
+# Where a number that is not finite can reach the script (orjson writes none: a NaN float becomes null), crafted
+# into the payload the worker's own store builds. The old script wrote the counters and then failed on ZADD's NaN
+# (a seen set's, a trend key's), or wrote infinite counts and arrivals without failing at all.
+NOT_FINITE = {
+    "seen ts NaN": lambda payload: payload["seen"]["u2"].update(i4=math.nan),
+    "trend increment NaN": lambda payload: payload["trend"][0][1].__setitem__(0, ("i1", math.nan)),
+    "views delta inf": lambda payload: payload["items"][1][1].__setitem__(0, math.inf),
+    "arrival -inf": lambda payload: next(iter(payload["eids"].values())).update({"u1:e2": -math.inf}),
+    "seen ts null": lambda payload: payload["seen"]["u2"].update(i4=None),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_FINITE))
+async def test_a_number_that_is_not_finite_refuses_the_batch_with_nothing_written(
+    isolated_settings: Settings, name: str
+):
+    """A NaN, an infinity or a null where the script takes a number: refused before the first write, every key as
+    it was, counted as the worker's own failure."""
+    from recstream.streams.processor import retry_reason
+
+    settings = isolated_settings.replace(require_announced_items=False)
+    first, second = _two_batches(settings)
+    await apply(settings, first)
+    client = redis.Redis.from_url(settings.redis.url)
+    store = StateStore(AsyncRedis.from_url(settings.redis.url), settings)
+    [(slot, (payload, values))] = store._payloads(second).items()
+    payload = json.loads(json.dumps(payload))  # tuples as lists, as the script reads them
+    NOT_FINITE[name](payload)
+    before = _snapshot(client)
+    with pytest.raises(redis.exceptions.ResponseError) as refusal:
+        client.register_script(SCRIPT)(keys=[f"{slot}:wm"], args=[json.dumps(payload, allow_nan=True), values])
+    assert _snapshot(client) == before, "nothing of the refused batch may be written"
+    assert str(refusal.value).startswith("RECSTREAM_STATE ") and retry_reason(refusal.value) == "other"
+    await store.redis.aclose()
     client.close()
