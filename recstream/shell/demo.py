@@ -131,6 +131,20 @@ def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterat
         yield System(reader_url, worker_metrics, {"worker": worker.proc.pid, "reader": reader.proc.pid})
 
 
+def prometheus(settings: Settings, stack: ExitStack) -> str:
+    """Prometheus scraping the worker and the reader (monitoring/prometheus.yml's jobs and rules), stopped with the
+    demo; on port 9090 unless that is taken. Without the binary the demo goes on, and says so."""
+    port = infra.PROMETHEUS_PORT if not infra.port_open(infra.PROMETHEUS_PORT) else infra.free_port()
+    w, r = settings.worker, settings.reader
+    targets = {"recstream-worker": f"{w.metrics_host}:{w.metrics_port}", "recstream-reader": f"{r.host}:{r.port}"}
+    try:
+        started = infra.prometheus_up(settings, targets, port)
+    except infra.InfraError as exc:
+        return f"no Prometheus: {exc}"
+    stack.callback(infra.stop, infra.prometheus_service(settings))
+    return f"{started}: targets http://127.0.0.1:{port}/targets · alerts http://127.0.0.1:{port}/alerts"
+
+
 def applied(worker_metrics: str, settings: Settings) -> float:
     """Events the worker has applied so far (its counter; 0 while it does not answer)."""
     prefix = f'recstream_worker_events_total{{topic="{settings.kafka.events_topic}"'
@@ -260,6 +274,7 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
             running = stack.enter_context(system(settings, run_dir / "logs", history.events))
             for name, pid in running.pids.items():
                 console.print(f"started {name} pid {pid}")
+            console.print(prometheus(settings, stack))
             url = running.reader_url
             console.print(f"reader {url} · docs {url}/docs · metrics {url}/metrics · explorer {url}/explore")
             if own_key:  # the explorer's clicks are writes: its "API key" field needs this run's key

@@ -1,11 +1,13 @@
-"""Local infrastructure without Docker: a KRaft Kafka 3.9.1 broker and a Redis server on loopback.
+"""Local infrastructure without Docker: a KRaft Kafka 3.9.1 broker and a Redis server on loopback, and a
+Prometheus scraping the processes that run beside them.
 
 ``up`` is idempotent (a running, answering service is left alone) and returns only once
 each service really answers (an admin request to Kafka, a PING to Redis); ``down`` stops
 exactly the processes ``up`` started, by the pids it recorded, and nothing else.
 
 Kafka comes from Maven Central jars (``infra/pom.xml``, fetched by the Maven dependency
-plugin into the git-ignored cache folder); Redis from Debian's ``redis-server``.
+plugin into the git-ignored cache folder); Redis and Prometheus from Debian's packages
+(``./dev setup`` installs them).
 
 Redis persistence: append-only file with ``appendfsync everysec`` and no RDB snapshots.
 Redis writes each command to the AOF before replying, so a killed or restarted Redis
@@ -25,13 +27,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.request import urlopen
 
+import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from redis.crc import key_slot
@@ -418,6 +421,66 @@ def redis_up(settings: Settings, extra: Sequence[str] = ()) -> str:
     pid = _spawn(service, argv)
     _wait(service, lambda: redis_answers(settings), "answer PING")
     return f"redis started (pid {pid}) on port {settings.redis.port}"
+
+
+# --- Prometheus ----------------------------------------------------------------------------
+
+PROMETHEUS_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
+"""The one scrape config: docker-compose mounts it as is; :func:`prometheus_up` rewrites its targets."""
+PROMETHEUS_PORT = 9090
+
+
+def prometheus_service(settings: Settings) -> Service:
+    return Service("prometheus", settings.local.run_dir.resolve() / "prometheus")
+
+
+def prometheus_config(targets: Mapping[str, str], interval_s: float | None = None) -> dict:
+    """monitoring/prometheus.yml for a Prometheus on this machine: each job's target (a compose service name there)
+    replaced by ``targets[job]`` (``host:port``), the rule files named by their paths; scrapes and rule evaluations
+    every ``interval_s`` when given. Same jobs, same rules as in docker-compose.
+
+    >>> config = prometheus_config({"recstream-worker": "127.0.0.1:1", "recstream-reader": "127.0.0.1:2"}, 1)
+    >>> config["scrape_configs"][1]["static_configs"], config["global"]["scrape_interval"]
+    ([{'targets': ['127.0.0.1:2']}], '1s')
+    """
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    jobs = {job["job_name"] for job in config["scrape_configs"]}
+    if jobs != set(targets):
+        raise InfraError(f"Prometheus needs a target for each of {sorted(jobs)}, got {sorted(targets)}")
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / name) for name in config["rule_files"]]
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    if interval_s is not None:
+        config["global"] = {"scrape_interval": f"{interval_s:g}s", "evaluation_interval": f"{interval_s:g}s"}
+    return config
+
+
+def prometheus_answers(port: int) -> bool:
+    try:
+        with urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
+            return response.status == 200
+    except OSError:  # refused, or an HTTP error: not ready
+        return False
+
+
+def prometheus_up(settings: Settings, targets: Mapping[str, str], port: int, interval_s: float | None = None) -> str:
+    """Start Prometheus on ``port`` (loopback) scraping ``targets`` (:func:`prometheus_config`), with its own storage
+    under the run folder; one started earlier for this run folder is stopped first (its targets may have moved)."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise InfraError("prometheus is missing; install it: sudo apt-get install -y prometheus (./dev setup does)")
+    service = prometheus_service(settings)
+    stop(service)
+    if port_open(port):
+        raise InfraError(f"port {port} is taken by a process this project did not start")
+    service.home.mkdir(parents=True, exist_ok=True)
+    config = service.home / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(targets, interval_s)))
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={service.data_dir}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
+    pid = _spawn(service, argv)
+    _wait(service, lambda: prometheus_answers(port), "answer /-/ready")
+    return f"prometheus started (pid {pid}) on port {port}"
 
 
 # --- both ----------------------------------------------------------------------------------

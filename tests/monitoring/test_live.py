@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,14 +29,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import yaml
 
 from recstream.contracts.events import ItemEvent
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
 from tests.conftest import wait_until
-from tests.monitoring.promql import PROMETHEUS_CONFIG, Query, dashboard_queries, rule_files, rule_queries
+from tests.monitoring.promql import Query, dashboard_queries, rule_queries
 from tests.serving.conftest import CATEGORIES, LiveReader, build_world
 from tests.streams.scenario import publish, publish_raw, trained
 
@@ -51,38 +49,14 @@ N_NEW_ITEMS = 24
 
 
 class PrometheusProcess:
-    """monitoring/prometheus.yml with the targets rewritten to loopback ports, run as a child process."""
+    """The demo's Prometheus (recstream.shell.infra.prometheus_up: monitoring/prometheus.yml with its targets on
+    loopback), scraping and evaluating every second, with an HTTP client for its API."""
 
-    def __init__(self, tmp: Path, targets: dict[str, str]) -> None:
-        config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        config["rule_files"] = [str(path) for path in rule_files()]
-        assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
-        for job in config["scrape_configs"]:
-            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        with (tmp / "prometheus.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        self.http = httpx.Client(base_url=self.url, timeout=10)
-        wait_until(self.ready, timeout_s=30, what="prometheus to be ready")
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, "prometheus exited (see prometheus.log in the test's tmp dir)"
-        try:
-            return self.http.get("/-/ready").status_code == 200
-        except httpx.TransportError:
-            return False
+    def __init__(self, settings: Settings, targets: dict[str, str]) -> None:
+        self.service = infra.prometheus_service(settings)
+        port = free_port()
+        infra.prometheus_up(settings, targets, port, interval_s=1)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
 
     def query(self, expr: str) -> list[dict]:
         body = self.http.get("/api/v1/query", params={"query": expr}).json()
@@ -94,15 +68,15 @@ class PrometheusProcess:
 
     def stop(self) -> None:
         self.http.close()
-        infra.terminate(self.proc)
+        infra.stop(self.service)
 
 
 @pytest.fixture
-def prometheus_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], PrometheusProcess]]:
+def prometheus_factory(isolated_settings: Settings) -> Iterator[Callable[[dict[str, str]], PrometheusProcess]]:
     started: list[PrometheusProcess] = []
 
     def start(targets: dict[str, str]) -> PrometheusProcess:
-        started.append(PrometheusProcess(tmp_path, targets))
+        started.append(PrometheusProcess(isolated_settings, targets))
         return started[-1]
 
     yield start

@@ -1,5 +1,5 @@
-"""`recstream demo`, the README's first command, end to end: it starts everything, serves the simulated
-users' feeds, applies their events, exits 0 when its time is up and leaves no process behind."""
+"""`recstream demo`, the README's first command, end to end: it starts everything (Prometheus included), serves the
+simulated users' feeds, applies their events, exits 0 when its time is up and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
     out = done.stdout + done.stderr
     pids = [int(p) for p in re.findall(r"(?:started \w+ pid|started \(pid) (\d+)", out)]
     assert done.returncode == 0, out[-4000:]
-    assert len(pids) == 4, out[-4000:]  # redis, kafka, worker, reader
+    assert len(pids) == 5, out[-4000:]  # redis, kafka, worker, reader, prometheus
+    assert re.search(r"prometheus started \(pid \d+\) on port \d+", out), out[-4000:]
     assert not [pid for pid in pids if alive(pid)], out[-4000:]
 
     feeds, failed = map(int, re.search(r"([\d,]+) feeds \((\d+) failed\)", out.replace(",", "")).groups())
