@@ -34,12 +34,13 @@ from recstream.streams import metrics
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.liveness import Liveness
-from recstream.streams.processor import RETRY_DELAY_MAX_S, RETRY_REASONS, BatchProcessor, DeadLetter, Message
+from recstream.streams.processor import RETRY_REASONS, BatchProcessor, DeadLetter, Message
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
+from recstream.runtime.backoff import Backoff
 from recstream.runtime.garbage_collector import collect_young_rarely, freeze_long_lived
 from recstream.store.connection import connect
 from recstream.store.state import StateStore
@@ -166,15 +167,16 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     async def repair_behind(assigned: list[tuple[str, int]]) -> None:
         """The gap check of one assignment, until it is done or a new assignment cancels it (each processor retries
         its own part; a quiet partition's lost window would otherwise wait for its next message)."""
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 committed = await committed_offsets(settings, assigned)
                 break
             except Exception as exc:
-                log.warning("reading the committed offsets for the gap check failed (%r); retry in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, RETRY_DELAY_MAX_S)
+                log.warning(
+                    "reading the committed offsets for the gap check failed (%r); retry in %.1f s", exc, backoff.delay
+                )
+                await backoff.wait()
         for topic_name, kind in topics.items():
             await processors[kind].repair_behind([tp for tp in assigned if tp[0] == topic_name], committed)
 

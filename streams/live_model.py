@@ -35,6 +35,7 @@ from recstream.contracts.events import ItemEvent, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
+from recstream.runtime.backoff import Backoff
 from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.connection import connect
 from recstream.store.fold_ins import FoldInStore
@@ -131,7 +132,7 @@ class LiveModel:
         errors alike: a Redis Cluster answers CLUSTERDOWN while a failed master's replica takes over, a restarted
         Redis LOADING, a demoted master READONLY. Any of them escaping ended the item feed, which crashed the
         faust app: the worker stopped applying while its process lived."""
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 await self._start_log()
@@ -140,16 +141,15 @@ class LiveModel:
                 _raise_if_cancelled()
                 for fold_in in fold_ins:
                     self.apply_fold_in(fold_in.version, fold_in.item, fold_in.vector)
-                delay = 0.1
+                backoff.reset()
                 if not fold_ins:
                     await asyncio.sleep(FOLD_IN_POLL_S)
             except RedisError as exc:
                 unavailable = isinstance(exc, RedisConnectionError | RedisTimeoutError)
                 reason = "redis_unavailable" if unavailable else "redis_error"
                 metrics.FOLD_IN_LOG_RETRIES.labels(reason).inc()
-                log.warning("%s (%r); reading the fold-in log again in %.1f s", reason, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 5.0)
+                log.warning("%s (%r); reading the fold-in log again in %.1f s", reason, exc, backoff.delay)
+                await backoff.wait()
 
     async def _start_log(self) -> None:
         """Follow the log from its end, once: every earlier fold-in is in the hash a version load reads."""

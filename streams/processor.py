@@ -65,6 +65,7 @@ from recstream.contracts.events import (
 )
 from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message, Ranges
+from recstream.runtime.backoff import Backoff
 from recstream.runtime.garbage_collector import collector_paused
 from recstream.store.aggregate import aggregate
 from recstream.store.state import Applied, Effect, StaleWatermark, StateStore, refused
@@ -75,9 +76,6 @@ STUCK_STALLS = 2
 (/healthz turns red after one): most awaits of an attempt have their own bound (Redis socket timeouts, Kafka
 fetch waits), not all (a lock inside a client, a gap repair waiting for offsets); this turns any hang into a
 logged, counted retry instead of a worker that applies nothing while its process and group membership live on."""
-# Retries while Redis or Kafka is unreachable back off 0.1 s, 0.2 s, … up to this: a restarted Redis is
-# back in the worker's hands within a second (recovery time in bench/reliability.py), not five.
-RETRY_DELAY_MAX_S = 1.0
 FIRST_CALL_EVENTS = 10_000
 """The events bound of a processor's first script call, before it measured one (at most ``batch_max_events``):
 the fixed bound that kept a catch-up call under a second at ×10 scale (issue 18)."""
@@ -273,7 +271,7 @@ class BatchProcessor:
         overlap gives (``RECSTREAM_WORKER_PIPELINE=false``, docs/ARCHITECTURE.md)."""
         task = asyncio.current_task()
         assert task is not None
-        delay, attempt = 0.1, 1
+        backoff, attempt = Backoff(), 1  # a restarted Redis is back in the worker's hands within a second
         while True:
             bound = self._bounds[task] = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
             try:
@@ -285,15 +283,15 @@ class BatchProcessor:
                 reason = "stuck" if bound.expired() else retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 log.warning("batch of %d %s messages not applied (%s: %r); retry %d in %.1f s", len(messages),
-                            self.topic, reason, exc, attempt, delay,
+                            self.topic, reason, exc, attempt, backoff.delay,
                             exc_info=attempt == 1 or reason == "stuck")  # where it hung  # fmt: skip
                 self.forget_watermarks()
             finally:
                 del self._bounds[task]
             if reason in WAITING_REASONS:
                 self._beat()
-            await asyncio.sleep(delay)
-            delay, attempt = min(2 * delay, RETRY_DELAY_MAX_S), attempt + 1
+            await backoff.wait()
+            attempt += 1
         if then is None:
             return applied
         if self._flight is not None and not self._flight.done():
@@ -380,7 +378,7 @@ class BatchProcessor:
         Retried with back-off whatever fails (Redis unreachable or answering CLUSTERDOWN while a failed-over
         master's replica takes over, which is when a window is lost; Kafka while reading the log): given up, a
         quiet partition's lost window would wait for its next message or assignment. A new assignment cancels it."""
-        delay = 0.1
+        backoff = Backoff()
         while True:
             try:
                 await self.reload_watermarks()
@@ -391,10 +389,9 @@ class BatchProcessor:
             except Exception as exc:
                 reason = retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
-                log.warning("%s (%r); retrying the gap check in %.1f s", reason, exc, delay)
+                log.warning("%s (%r); retrying the gap check in %.1f s", reason, exc, backoff.delay)
                 self.forget_watermarks()
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, RETRY_DELAY_MAX_S)
+                await backoff.wait()
 
     def _watermark(self, topic: str, partition: int) -> int:
         assert self._watermarks is not None
