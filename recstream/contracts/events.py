@@ -145,6 +145,10 @@ class Rejected:
         return code if code in REASON_CODES else "other"
 
 
+TOO_EARLY_HINT = " (epoch milliseconds: a time in seconds is that small)"
+"""Said of a timestamp before 1990: nearly always one sent in seconds."""
+
+
 def _reason(exc: ValidationError) -> str:
     """The first error as ``field: message`` (input values left out: they may be huge or hostile). A made-up field
     name is input too: each part of the location is cut to MAX_ID_LEN characters (a 940 KB name made a reason
@@ -159,7 +163,9 @@ def _reason(exc: ValidationError) -> str:
     err = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
     where = ".".join(_cut(str(part)) for part in err["loc"]) or "event"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {err['msg']}{more}"
+    too_early = err["type"] == "greater_than_equal" and err["loc"][-1:] in (("ts",), ("created_ts",))
+    hint = TOO_EARLY_HINT if too_early else ""
+    return f"{where}: {err['msg']}{hint}{more}"
 
 
 def _cut(name: str) -> str:

@@ -36,7 +36,8 @@ GOOD = {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW - 1000}
         ({"item_id": "i1; DEL *"}, "item_id: String should match pattern"),
         ({"item_id": "i1:similar"}, "item_id: String should match pattern"),  # would name item i1's neighbours key
         ({"item_id": ""}, "item_id: String should have at least 1 character"),
-        ({"ts": -5}, "ts: Input should be greater than or equal to 631152000000"),
+        ({"ts": -5}, "ts: Input should be greater than or equal to 631152000000 (epoch milliseconds"),
+        ({"ts": 1_700_000_000}, "ts: Input should be greater than or equal to 631152000000 (epoch milliseconds"),
         ({"ts": "1700000000000"}, "ts: Input should be a valid integer"),
         ({"ts": 1.7e12}, "ts: Input should be a valid integer"),
         ({"ts": NOW + 2 * 86_400_000}, "is more than a day in the future"),
@@ -198,3 +199,14 @@ def test_a_micro_batch_loses_only_its_bad_element_whichever_check_refuses_it(bad
     assert len(rejected) == (bad is not None)
     if bad is not None:
         assert rejected[0].payload == orjson.dumps(bad)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "hinted"),
+    [("ts", 1_700_000_000, True), ("created_ts", 1_700_000_000, True), ("created_ts", 2**53 + 1, False)],
+)
+def test_an_item_time_in_seconds_is_refused_saying_milliseconds(field: str, value: int, hinted: bool) -> None:
+    result = validate({"op": "new", "item_id": "i1", "ts": NOW, field: value}, "item", NOW)
+    assert isinstance(result, Rejected)
+    assert result.reason.startswith(f"{field}: Input should be")
+    assert ("(epoch milliseconds" in result.reason) == hinted
