@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from recstream.contracts.feedback import DEFAULT_FEEDBACK
 from recstream.models.ctr import trend_epochs, trend_increment
 
 DEFAULT_SEGMENT = "default"
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,6 +48,9 @@ def aggregate(
     ctr_column: Mapping[str, int] = DEFAULT_FEEDBACK.ctr_column,
 ) -> CounterDeltas:
     """Sum a batch's views and clicks per item, per (segment, item), overall and per trend key.
+
+    Vectorized: ids become integer codes, and each sum or max is one numpy call (int64: exact) over the batch, not
+    dict updates per event; a dict lists its entries in the order of their first event.
 
     ``ctr_column`` (recstream/contracts/feedback.py) says which types count as a view (0) or a click (1); an event
     of any other type (a purchase, a dislike) counts the item with +0 and enters the seen set, nothing else.
@@ -72,65 +79,80 @@ def aggregate(
     if not events:
         return deltas
     ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
+    deltas.clock = int((ts if arrived_ms is None else np.minimum(ts, np.asarray(arrived_ms, dtype=np.int64))).max())
+    item_names, item = _codes(list(map(attrgetter("item_id"), events)))
+    user_names, user = _codes(list(map(attrgetter("user_id"), events)))
+    types = map(attrgetter("type"), events)
+    col = np.fromiter(map(ctr_column.get, types, repeat(-1)), dtype=np.intp, count=len(events))
+    n_items = len(item_names)
+
+    first, pair = _first_seen(user * n_items + item)
+    latest = np.zeros(len(first), dtype=np.int64)
+    np.maximum.at(latest, pair, ts)
+    for u, i, t in zip(user[first].tolist(), item[first].tolist(), latest.tolist(), strict=True):
+        deltas.seen.setdefault(user_names[u], {})[item_names[i]] = t
+    earliest = np.full(n_items, np.iinfo(np.int64).max)
+    np.minimum.at(earliest, item, ts)
+    views, clicks = _by_column(item, col, n_items)  # col −1 (a purchase, a dislike): the item is counted with +0
+    deltas.items = {i: [v, c, t] for i, v, c, t in zip(item_names, views, clicks, earliest.tolist(), strict=True)}
+
+    ctr = np.flatnonzero(col >= 0)  # from here on, the events that count as a view or a click
+    col, item, ts = col[ctr], item[ctr], ts[ctr]
+    segment_names, segment = _codes([segment_of_user.get(u, DEFAULT_SEGMENT) for u in user_names])
+    segment_names, segment = _renumbered(segment_names, segment[user[ctr]])
+    first, pair = _first_seen(segment * n_items + item)
+    views, clicks = _by_column(pair, col, len(first))
+    for s, i, v, c in zip(segment[first].tolist(), item[first].tolist(), views, clicks, strict=True):
+        deltas.segments.setdefault(segment_names[s], {})[item_names[i]] = [v, c]
+    totals = {"views": len(ctr) - int(col.sum()), "clicks": int(col.sum())}
+    for name, v, c in zip(segment_names, *_by_column(segment, col, len(segment_names)), strict=True):
+        totals.update({f"views:{name}": v, f"clicks:{name}": c})
+    deltas.totals = {key: n for key, n in totals.items() if n}
+    variant_names, variant = _codes([events[k].variant for k in ctr.tolist()])
+    views, clicks = _by_column(variant, col, len(variant_names))
+    deltas.variants = {name: [v, c] for name, v, c in zip(variant_names, views, clicks, strict=True)}
+
+    # trend: each event adds to (its column, its current epoch), then (its column, its previous epoch); keys in the
+    # order (views, clicks) × ascending epoch, each key's items in the order they were first added to it
     current, previous = trend_epochs(ts, half_life_ms, epoch_half_lives)
-    # the trend keys this batch touches: (views, clicks) × each distinct epoch, named once
-    epochs = np.unique(np.concatenate([current, previous])).tolist()
-    trend_keys = {
-        (col, e): deltas.trend.setdefault(f"{what}:{e}", {})
-        for col, what in enumerate(("views", "clicks"))
-        for e in epochs
-    }
-    items, segments, seen, variants, totals = deltas.items, deltas.segments, deltas.seen, deltas.variants, [0, 0]
-    per_segment: dict[str, list[int]] = {}
-    columns = zip(
-        events,
-        ts.tolist(),
-        current.tolist(),
-        previous.tolist(),
-        trend_increment(ts, current, half_life_ms).tolist(),
-        trend_increment(ts, previous, half_life_ms).tolist(),
-        strict=True,
-    )
-    for event, t, cur, prev, inc_cur, inc_prev in columns:
-        item, user = event.item_id, event.user_id
-        user_seen = seen.get(user)
-        if user_seen is None:
-            seen[user] = {item: t}
-        elif t > user_seen.get(item, 0):
-            user_seen[item] = t
-        col = ctr_column.get(event.type)
-        counts = items.get(item)
-        if counts is None:
-            counts = items[item] = [0, 0, t]
-        elif t < counts[2]:
-            counts[2] = t
-        if col is None:  # outside CTR (a purchase, a dislike): the item is counted, with +0 views and clicks
-            continue
-        counts[col] += 1
-        segment = segment_of_user.get(user, DEFAULT_SEGMENT)
-        seg_items = segments.get(segment)
-        if seg_items is None:
-            seg_items = segments[segment] = {}
-            per_segment[segment] = [0, 0]
-        seg_counts = seg_items.get(item)
-        if seg_counts is None:
-            seg_items[item] = [1 - col, col]
-        else:
-            seg_counts[col] += 1
-        per_segment[segment][col] += 1
-        totals[col] += 1
-        per_variant = variants.get(event.variant)
-        if per_variant is None:
-            per_variant = variants[event.variant] = [0, 0]
-        per_variant[col] += 1
-        key = trend_keys[col, cur]
-        key[item] = key.get(item, 0) + inc_cur
-        key = trend_keys[col, prev]
-        key[item] = key.get(item, 0) + inc_prev
-    deltas.totals = {name: n for name, n in zip(("views", "clicks"), totals, strict=True) if n}
-    for segment, (views, clicks) in per_segment.items():
-        deltas.totals.update({f"{name}:{segment}": n for name, n in (("views", views), ("clicks", clicks)) if n})
-    deltas.trend = {suffix: increments for suffix, increments in deltas.trend.items() if increments}
-    clock = ts if arrived_ms is None else np.minimum(ts, np.asarray(arrived_ms, dtype=np.int64))
-    deltas.clock = int(clock.max())
+    epochs = np.unique(np.concatenate([current, previous]))
+    key = (col[:, None] * len(epochs) + np.searchsorted(epochs, np.stack([current, previous], axis=1))).ravel()
+    increments = np.stack([trend_increment(ts, epoch, half_life_ms) for epoch in (current, previous)], axis=1)
+    item = np.repeat(item, 2)
+    first, entry = _first_seen(key * n_items + item)
+    sums = np.zeros(len(first), dtype=np.int64)  # int64 sums are exact: a key stays below 2^53 (models/ctr.py)
+    np.add.at(sums, entry, increments.ravel())
+    per_key: dict[int, dict[str, int]] = {}
+    for k, i, total in zip(key[first].tolist(), item[first].tolist(), sums.tolist(), strict=True):
+        per_key.setdefault(k, {})[item_names[i]] = total
+    names = [f"{what}:{e}" for what in ("views", "clicks") for e in epochs.tolist()]
+    deltas.trend = {names[k]: per_key[k] for k in sorted(per_key)}
     return deltas
+
+
+def _codes(values: list[T]) -> tuple[list[T], np.ndarray]:
+    """The distinct values in the order they first appear, and each value's index among them."""
+    names = list(dict.fromkeys(values))
+    index = {value: k for k, value in enumerate(names)}
+    return names, np.fromiter(map(index.__getitem__, values), dtype=np.intp, count=len(values))
+
+
+def _renumbered(names: list[T], codes: np.ndarray) -> tuple[list[T], np.ndarray]:
+    """``names`` and ``codes`` of the values ``codes`` holds, renumbered in the order they first appear in it."""
+    first, group = _first_seen(codes)
+    return [names[k] for k in codes[first].tolist()], group
+
+
+def _first_seen(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of equal codes numbered in the order they first appear: each group's first position, each code's group.
+    Numbered so, every dict of the deltas lists its entries in event order, not in the codes' sort order."""
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    group = np.empty_like(order)
+    group[order] = np.arange(len(order))
+    return first[order], group[inverse]
+
+
+def _by_column(group: np.ndarray, col: np.ndarray, size: int) -> tuple[list[int], list[int]]:
+    """Views (column 0) and clicks (column 1) per group."""
+    return np.bincount(group[col == 0], minlength=size).tolist(), np.bincount(group[col == 1], minlength=size).tolist()
