@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import orjson
@@ -188,7 +189,8 @@ class Personalizer:
                 refreshed.append(user)
                 at_refresh.append(history)
                 seq = seq[cut:]
-            new_histories[user] = merge_history(history, seq, self.history_cap)
+            # no event after the refresh point: the history at it is the new one (no copy)
+            new_histories[user] = merge_history(history, seq, self.history_cap) if seq else history
             blobs.append((f"user:{user}:hist", orjson.dumps(history_rows(new_histories[user]))))
         blobs += self._vectors_and_candidates(refreshed, at_refresh)
         return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()], item_users)
@@ -223,17 +225,16 @@ class Personalizer:
     ) -> list[Blob]:
         """Vector and candidates per user: candidates exclude ``history_rows``, and each names its most similar
         item of ``because_rows`` (the history without disliked items)."""
-        active = [k for k in range(len(users)) if np.any(vectors[k])]
+        active = np.flatnonzero(vectors.any(axis=1)).tolist()
         if not active:
             return []
         ids = self._ids
         found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active])
-        factors = self.step.factors
+        explained = self._explain(found, [because_rows[k] for k in active])
         blobs: list[Blob] = []
-        for k, candidates in zip(active, found, strict=True):
-            user = users[k]
-            blobs.append((f"user:{user}:vec", vectors[k].astype("<f4").tobytes()))
-            blobs.append((f"user:{user}:cand", orjson.dumps(self._explain(candidates, because_rows[k], factors))))
+        for k, vector, candidates in zip(active, vectors[active].astype("<f4"), explained, strict=True):
+            blobs.append((f"user:{users[k]}:vec", vector.tobytes()))
+            blobs.append((f"user:{users[k]}:cand", orjson.dumps(candidates)))
         return blobs
 
     def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:
@@ -248,7 +249,7 @@ class Personalizer:
         """
         groups: dict[int, list[int]] = {}
         for k, items in enumerate(excluded):
-            present = sum(item in self.index for item in items)
+            present = sum(map(self.index.__contains__, items))
             groups.setdefault(min(-(-present // FETCH_STEP) * FETCH_STEP, self.history_cap), []).append(k)
         found: list[list[tuple[str, float]]] = [[] for _ in excluded]
         for extra, rows in groups.items():
@@ -275,17 +276,31 @@ class Personalizer:
                 return [hits for row in vectors for hits in self._search(row[None, :], k)]
             return self._search(vectors, k // 2) if k > 1 else [[]]
 
-    def _explain(self, candidates: list[tuple[str, float]], history_rows: list[int], factors: np.ndarray) -> list:
-        """[[item, score, because]]: because = the recent history item whose factor is most like the candidate's
-        (among the last ``EXPLAIN_RECENT``: a reason the user remembers, and a bounded cost)."""
-        if not candidates:
-            return []
-        items = [item for item, _ in candidates]
-        scores = np.round([score for _, score in candidates], 5).tolist()
-        recent = history_rows[:EXPLAIN_RECENT]
-        if not recent:
-            return [[item, score, None] for item, score in zip(items, scores, strict=True)]
-        cand_rows = [self.rows[item] for item in items]
-        ids, nearest = self._ids, np.asarray(recent)[np.argmax(factors[cand_rows] @ factors[recent].T, axis=1)]
-        because = [ids[row] for row in nearest.tolist()]
-        return [list(entry) for entry in zip(items, scores, because, strict=True)]
+    def _explain(self, found: list[list[tuple[str, float]]], history_rows: list[list[int]]) -> list[list[tuple]]:
+        """Per user, [(item, score, because)]: because = the recent history item whose factor is most like the
+        candidate's (among the last ``EXPLAIN_RECENT``: a reason the user remembers, and a bounded cost).
+
+        Users with as many candidates and as many recent items share one stacked matmul: numpy makes the same
+        BLAS call per user, with the same shapes and strides, as a matmul of that user alone, so every product,
+        and which of tied items argmax names, is the same bit for bit. (One padded product would change the
+        shapes BLAS sees, and with them the rounding.)
+        """
+        bounds = np.cumsum([0] + [len(hits) for hits in found]).tolist()  # user j: candidates bounds[j]:bounds[j + 1]
+        items = [item for hits in found for item, _ in hits]
+        scores = np.round([score for hits in found for _, score in hits], 5).tolist()
+        recent = [rows[:EXPLAIN_RECENT] for rows in history_rows]
+        shapes: dict[tuple[int, int], list[int]] = {}
+        for j, hits in enumerate(found):
+            if hits and recent[j]:
+                shapes.setdefault((len(hits), len(recent[j])), []).append(j)
+        factors = self.step.factors
+        cand_rows = np.fromiter(map(self.rows.__getitem__, items), dtype=np.intp, count=len(items))
+        nearest = np.full(len(items), -1)  # candidate → row of its because item; −1: no history to name
+        for (m, _), users in shapes.items():
+            at = np.asarray(bounds)[users][:, None] + np.arange(m)  # (users, m) positions of their candidates
+            hist = np.array([recent[j] for j in users], dtype=np.intp)
+            products = factors[cand_rows[at]] @ factors[hist].transpose(0, 2, 1)
+            nearest[at] = np.take_along_axis(hist, np.argmax(products, axis=2), axis=1)
+        ids = self._ids
+        because = [None if row < 0 else ids[row] for row in nearest.tolist()]
+        return [list(zip(items[a:b], scores[a:b], because[a:b], strict=True)) for a, b in pairwise(bounds)]
