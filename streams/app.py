@@ -40,7 +40,7 @@ from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import faust_credentials
 from recstream.eventlog.log import committed_offsets, read_ranges
-from recstream.runtime.backoff import Backoff
+from recstream.runtime.backoff import RetryDelays
 from recstream.runtime.garbage_collector import collect_young_rarely, freeze_long_lived
 from recstream.store.connection import connect
 from recstream.store.state import StateStore
@@ -167,7 +167,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     async def repair_behind(assigned: list[tuple[str, int]]) -> None:
         """The gap check of one assignment, until it is done or a new assignment cancels it (each processor retries
         its own part; a quiet partition's lost window would otherwise wait for its next message)."""
-        backoff = Backoff()
+        backoff = RetryDelays()
         while True:
             try:
                 committed = await committed_offsets(settings, assigned)

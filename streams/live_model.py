@@ -35,7 +35,7 @@ from recstream.contracts.events import ItemEvent, decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
-from recstream.runtime.backoff import Backoff
+from recstream.runtime.backoff import RetryDelays
 from recstream.runtime.garbage_collector import freeze_long_lived
 from recstream.store.connection import connect
 from recstream.store.fold_ins import FoldInStore
@@ -132,7 +132,7 @@ class LiveModel:
         errors alike: a Redis Cluster answers CLUSTERDOWN while a failed master's replica takes over, a restarted
         Redis LOADING, a demoted master READONLY. Any of them escaping ended the item feed, which crashed the
         faust app: the worker stopped applying while its process lived."""
-        backoff = Backoff()
+        backoff = RetryDelays()
         while True:
             try:
                 await self._start_log()

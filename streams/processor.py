@@ -65,7 +65,7 @@ from recstream.contracts.events import (
 )
 from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message, Ranges
-from recstream.runtime.backoff import Backoff
+from recstream.runtime.backoff import RetryDelays
 from recstream.runtime.garbage_collector import collector_paused
 from recstream.store.aggregate import aggregate
 from recstream.store.state import Applied, Effect, StaleWatermark, StateStore, refused
@@ -271,7 +271,7 @@ class BatchProcessor:
         overlap gives (``RECSTREAM_WORKER_PIPELINE=false``, docs/ARCHITECTURE.md)."""
         task = asyncio.current_task()
         assert task is not None
-        backoff, attempt = Backoff(), 1  # a restarted Redis is back in the worker's hands within a second
+        backoff, attempt = RetryDelays(), 1  # a restarted Redis is back in the worker's hands within a second
         while True:
             bound = self._bounds[task] = asyncio.timeout(STUCK_STALLS * self.settings.worker.stall_s)
             try:
@@ -378,7 +378,7 @@ class BatchProcessor:
         Retried with back-off whatever fails (Redis unreachable or answering CLUSTERDOWN while a failed-over
         master's replica takes over, which is when a window is lost; Kafka while reading the log): given up, a
         quiet partition's lost window would wait for its next message or assignment. A new assignment cancels it."""
-        backoff = Backoff()
+        backoff = RetryDelays()
         while True:
             try:
                 await self.reload_watermarks()

@@ -2,7 +2,8 @@
 
 Why one class: every loop that must outlast an outage (a batch, a gap check, the fold-in log, the committed
 offsets) waits the same way, first_s, 2·first_s, … up to max_s, and starts over once an attempt succeeds;
-written out in each loop, the copies drifted (one capped at 5 s, the others at 1 s).
+written out in each loop, the copies drifted (one capped at 5 s, the others at 1 s). No jitter, unlike the HTTP
+client's waits (recstream/client/retry.py), which spread many clients that failed together: a worker is one process.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ MAX_S = 1.0
 """The longest wait: a worker back from an outage applies again within a second of its end."""
 
 
-class Backoff:
+class RetryDelays:
     """Waits ``first_s · 2^k`` before retry k + 1, at most ``max_s``; :meth:`reset` after a success.
 
-    >>> backoff = Backoff(first_s=0.1, max_s=0.3)
+    >>> backoff = RetryDelays(first_s=0.1, max_s=0.3)
     >>> [backoff.advance() for _ in range(4)]
     [0.1, 0.2, 0.3, 0.3]
     >>> backoff.reset(); backoff.delay
@@ -39,7 +40,9 @@ class Backoff:
         return delay
 
     async def wait(self) -> None:
+        """Sleep the wait before the next attempt (:attr:`delay`, as the log line said), and double the next."""
         await asyncio.sleep(self.advance())
 
     def reset(self) -> None:
+        """After a success: the next failure waits ``first_s`` again."""
         self.delay = self.first_s

@@ -434,10 +434,11 @@ def prometheus_service(settings: Settings) -> Service:
     return Service("prometheus", settings.local.run_dir.resolve() / "prometheus")
 
 
-def prometheus_config(targets: Mapping[str, str], interval_s: float | None = None) -> dict:
+def prometheus_config(targets: Mapping[str, str], interval_s: int | None = None) -> dict:
     """monitoring/prometheus.yml for a Prometheus on this machine: each job's target (a compose service name there)
     replaced by ``targets[job]`` (``host:port``), the rule files named by their paths; scrapes and rule evaluations
-    every ``interval_s`` when given. Same jobs, same rules as in docker-compose.
+    every ``interval_s`` seconds when given (whole seconds: Prometheus reads no "0.5s"). Same jobs, same rules as in
+    docker-compose.
 
     >>> config = prometheus_config({"recstream-worker": "127.0.0.1:1", "recstream-reader": "127.0.0.1:2"}, 1)
     >>> config["scrape_configs"][1]["static_configs"], config["global"]["scrape_interval"]
@@ -451,7 +452,7 @@ def prometheus_config(targets: Mapping[str, str], interval_s: float | None = Non
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     if interval_s is not None:
-        config["global"] = {"scrape_interval": f"{interval_s:g}s", "evaluation_interval": f"{interval_s:g}s"}
+        config["global"] = {"scrape_interval": f"{interval_s}s", "evaluation_interval": f"{interval_s}s"}
     return config
 
 
@@ -463,7 +464,7 @@ def prometheus_answers(port: int) -> bool:
         return False
 
 
-def prometheus_up(settings: Settings, targets: Mapping[str, str], port: int, interval_s: float | None = None) -> str:
+def prometheus_up(settings: Settings, targets: Mapping[str, str], port: int, interval_s: int | None = None) -> str:
     """Start Prometheus on ``port`` (loopback) scraping ``targets`` (:func:`prometheus_config`), with its own storage
     under the run folder; one started earlier for this run folder is stopped first (its targets may have moved)."""
     binary = shutil.which("prometheus")
@@ -473,13 +474,18 @@ def prometheus_up(settings: Settings, targets: Mapping[str, str], port: int, int
     stop(service)
     if port_open(port):
         raise InfraError(f"port {port} is taken by a process this project did not start")
+    shutil.rmtree(service.data_dir, ignore_errors=True)  # a run's series, not history: a start replays none
     service.home.mkdir(parents=True, exist_ok=True)
     config = service.home / "prometheus.yml"
     config.write_text(yaml.safe_dump(prometheus_config(targets, interval_s)))
     argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={service.data_dir}",
             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]  # fmt: skip
     pid = _spawn(service, argv)
-    _wait(service, lambda: prometheus_answers(port), "answer /-/ready")
+    try:
+        _wait(service, lambda: prometheus_answers(port), "answer /-/ready")
+    except BaseException:  # not ready in time, or Ctrl-C: its own session, so nothing else would stop it
+        stop(service)
+        raise
     return f"prometheus started (pid {pid}) on port {port}"
 
 

@@ -63,6 +63,8 @@ end
 
 -- A check refuses with an error, caught below (checked) and answered as a 'RECSTREAM_STATE' error reply before
 -- anything of the batch is written; so is any error of the checks themselves (a payload value of the wrong type).
+-- An error Redis answered a command of the checks with (CLUSTERDOWN, OOM) is answered as Redis said it: the worker
+-- files it under what Redis said, and nothing was written either.
 -- The checks run per user, item and event on the hot path: each is inline arithmetic where it can be, and a
 -- message is joined only when one fails. x - x == 0 holds for a finite number only (NaN and ±inf give NaN), as
 -- does x - x + x == x, which a numeric string fails too (== does not convert); other values raise, and refuse.
@@ -70,6 +72,7 @@ local function refuse(why) error({refused = why}, 0) end
 local function checked(step)
   local ok, err = pcall(step)
   if ok then return nil end
+  if type(err) == 'table' and err.err then return err end  -- Redis's own error (CLUSTERDOWN, OOM …), as it said it
   local why = type(err) == 'table' and err.refused or ('the batch is malformed: ' .. tostring(err))
   return redis.error_reply('RECSTREAM_STATE ' .. why .. '; nothing of the batch was written')
 end
@@ -236,7 +239,7 @@ refusal = checked(function()
     if cursor_held and not string.match(cursor_held, '^%d+$') then
       refuse(P .. 'rescore holds ' .. quoted(cursor_held) .. ', expected a scan cursor')
     end
-    -- step 5: trend increments (a stored score is never NaN; ±inf plus a finite increment is none either)
+    -- step 5: trend increments (a stored score that is not finite counts as 0 there: num)
     for _, t in ipairs(p.trend) do  -- {key suffix, {{item, increment}, ...}}
       local key = P .. 'trend:' .. text(t[1], 'a trend key')
       expect(key, 'zset')
@@ -457,7 +460,7 @@ for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do
   local args = {}
   for j, item in ipairs(counted) do
     local k = at[j]
-    local s_score = ctr(num(sc[j]), tonumber(sv[k]), global[k], cfg.m)
+    local s_score = ctr(num(sc[j]), num(sv[k]), global[k], cfg.m)
     if s_score ~= s_score then s_score = 0 end
     args[#args + 1] = s_score
     args[#args + 1] = item

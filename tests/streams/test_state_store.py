@@ -214,21 +214,22 @@ async def test_a_key_of_the_wrong_type_refuses_the_batch_with_nothing_written(is
 # Where a number that is not finite can reach the script (orjson writes none: a NaN float becomes null), crafted
 # into the payload the worker's own store builds. The old script wrote the counters and then failed on ZADD's NaN
 # (a seen set's, a trend key's), or wrote infinite counts and arrivals without failing at all.
-NOT_FINITE = {
-    "seen ts NaN": lambda payload: payload["seen"]["u2"].update(i4=math.nan),
-    "trend increment NaN": lambda payload: payload["trend"][0][1].__setitem__(0, ("i1", math.nan)),
-    "views delta inf": lambda payload: payload["items"][1][1].__setitem__(0, math.inf),
-    "arrival -inf": lambda payload: next(iter(payload["eids"].values())).update({"u1:e2": -math.inf}),
-    "seen ts null": lambda payload: payload["seen"]["u2"].update(i4=None),
+NOT_FINITE = {  # how to craft it, and what the refusal says of the value
+    "seen ts NaN": (lambda payload: payload["seen"]["u2"].update(i4=math.nan), "i4 at nan"),
+    "trend increment NaN": (lambda payload: payload["trend"][0][1].__setitem__(0, ("i1", math.nan)), '"i1" + nan'),
+    "views delta inf": (lambda payload: payload["items"][1][1].__setitem__(0, math.inf), "views false + inf"),
+    "arrival -inf": (lambda payload: next(iter(payload["eids"].values())).update({"u1:e2": -math.inf}), "e2 at -inf"),
+    "seen ts null": (lambda payload: payload["seen"]["u2"].update(i4=None), "the batch is malformed"),
 }
 
 
-@pytest.mark.parametrize("name", list(NOT_FINITE))
+@pytest.mark.parametrize("name", [*NOT_FINITE, None])
 async def test_a_number_that_is_not_finite_refuses_the_batch_with_nothing_written(
-    isolated_settings: Settings, name: str
+    isolated_settings: Settings, name: str | None
 ):
     """A NaN, an infinity or a null where the script takes a number: refused before the first write, every key as
-    it was, counted as the worker's own failure."""
+    it was, counted as the worker's own failure. The control (None): the same round-tripped payload unchanged
+    applies, so a refusal comes from the value, not from the crafting."""
     from recstream.streams.processor import retry_reason
 
     settings = isolated_settings.replace(require_announced_items=False)
@@ -238,11 +239,18 @@ async def test_a_number_that_is_not_finite_refuses_the_batch_with_nothing_writte
     store = StateStore(AsyncRedis.from_url(settings.redis.url), settings)
     [(slot, (payload, values))] = store._payloads(second).items()
     payload = json.loads(json.dumps(payload))  # tuples as lists, as the script reads them
-    NOT_FINITE[name](payload)
+    script = client.register_script(SCRIPT)
     before = _snapshot(client)
-    with pytest.raises(redis.exceptions.ResponseError) as refusal:
-        client.register_script(SCRIPT)(keys=[f"{slot}:wm"], args=[json.dumps(payload, allow_nan=True), values])
-    assert _snapshot(client) == before, "nothing of the refused batch may be written"
-    assert str(refusal.value).startswith("RECSTREAM_STATE ") and retry_reason(refusal.value) == "other"
+    if name is None:
+        script(keys=[f"{slot}:wm"], args=[json.dumps(payload), values])
+        assert _snapshot(client) != before, "the unchanged batch applies"
+    else:
+        craft, said = NOT_FINITE[name]
+        craft(payload)
+        with pytest.raises(redis.exceptions.ResponseError) as refusal:
+            script(keys=[f"{slot}:wm"], args=[json.dumps(payload, allow_nan=True), values])
+        assert _snapshot(client) == before, "nothing of the refused batch may be written"
+        assert str(refusal.value).startswith("RECSTREAM_STATE ") and retry_reason(refusal.value) == "other"
+        assert said in str(refusal.value)
     await store.redis.aclose()
     client.close()
