@@ -134,6 +134,7 @@ def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterat
 def prometheus(settings: Settings, stack: ExitStack) -> str:
     """Prometheus scraping the worker and the reader (monitoring/prometheus.yml's jobs and rules), stopped with the
     demo; on port 9090 unless that is taken. Without the binary the demo goes on, and says so."""
+    infra.stop(infra.prometheus_service(settings))  # one an earlier demo left would hold 9090 against this one
     port = infra.PROMETHEUS_PORT if not infra.port_open(infra.PROMETHEUS_PORT) else infra.free_port()
     w, r = settings.worker, settings.reader
     targets = {"recstream-worker": f"{w.metrics_host}:{w.metrics_port}", "recstream-reader": f"{r.host}:{r.port}"}
