@@ -434,6 +434,12 @@ def prometheus_service(settings: Settings) -> Service:
     return Service("prometheus", settings.local.run_dir.resolve() / "prometheus")
 
 
+def prometheus_rule_files() -> list[Path]:
+    """The rule files monitoring/prometheus.yml names (relative to it there), as paths."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return [PROMETHEUS_CONFIG.parent / name for name in config["rule_files"]]
+
+
 def prometheus_config(targets: Mapping[str, str], interval_s: int | None = None) -> dict:
     """monitoring/prometheus.yml for a Prometheus on this machine: each job's target (a compose service name there)
     replaced by ``targets[job]`` (``host:port``), the rule files named by their paths; scrapes and rule evaluations
@@ -448,7 +454,7 @@ def prometheus_config(targets: Mapping[str, str], interval_s: int | None = None)
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     if jobs != set(targets):
         raise InfraError(f"Prometheus needs a target for each of {sorted(jobs)}, got {sorted(targets)}")
-    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / name) for name in config["rule_files"]]
+    config["rule_files"] = [str(path) for path in prometheus_rule_files()]
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     if interval_s is not None:

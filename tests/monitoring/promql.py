@@ -17,10 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from recstream.shell.infra import prometheus_rule_files as rule_files
+
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"
-PROMETHEUS_CONFIG = MONITORING / "prometheus.yml"
 DATASOURCE_UID = "recstream-prometheus"
 
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
@@ -53,11 +54,6 @@ def panels(dashboard: dict) -> list[dict]:
         found.append(panel)
         found.extend(panel.get("panels", []))
     return found
-
-
-def rule_files() -> list[Path]:
-    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    return [PROMETHEUS_CONFIG.parent / name for name in config["rule_files"]]
 
 
 def rules() -> list[dict]:

@@ -16,11 +16,11 @@ import recstream.streams.metrics
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
+from recstream.shell.infra import PROMETHEUS_CONFIG
 from tests.monitoring.promql import (
     DASHBOARDS,
     DATASOURCE_UID,
     MONITORING,
-    PROMETHEUS_CONFIG,
     ROOT,
     dashboard_queries,
     dashboards,
