@@ -146,7 +146,7 @@ class Rejected:
 
 
 TOO_EARLY_HINT = " (epoch milliseconds: a time in seconds is that small)"
-"""Said of a timestamp before 1990: nearly always one sent in seconds."""
+"""Said of any :data:`Timestamp` below its bound (before 1990): nearly always one sent in seconds."""
 
 
 def _reason(exc: ValidationError) -> str:
@@ -163,8 +163,7 @@ def _reason(exc: ValidationError) -> str:
     err = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
     where = ".".join(_cut(str(part)) for part in err["loc"]) or "event"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    too_early = err["type"] == "greater_than_equal" and err["loc"][-1:] in (("ts",), ("created_ts",))
-    hint = TOO_EARLY_HINT if too_early else ""
+    hint = TOO_EARLY_HINT if err["type"] == "greater_than_equal" and err["ctx"]["ge"] == MIN_TS_MS else ""
     return f"{where}: {err['msg']}{hint}{more}"
 
 

@@ -109,6 +109,16 @@ local function text(x, what)
   if type(x) ~= 'string' then refuse(what .. ' is ' .. quoted(x) .. ', expected a string') end
   return x
 end
+-- a counter pair and what the batch adds to it (step 3 writes the sums), refused unless both sums are finite;
+-- `what` and `name` are joined only for the message
+local function added(what, name, held_v, held_c, dv, dc)
+  local v, c = (tonumber(held_v) or 0) + dv, (tonumber(held_c) or 0) + dc
+  if v - v ~= 0 or c - c ~= 0 then
+    refuse(what .. name .. ': views ' .. quoted(held_v) .. ' + ' .. quoted(dv) .. ', clicks ' .. quoted(held_c) ..
+           ' + ' .. quoted(dc) .. ', expected finite numbers')
+  end
+  return v, c
+end
 -- a score ZADD reads from a stored or given string: a finite number as Redis parses one (no blank around it)
 local function score_text(raw, what)
   local x = tonumber(raw)
@@ -196,13 +206,9 @@ refusal = checked(function()
     local held_views, held_clicks = many('HMGET', P .. 'views', names), many('HMGET', P .. 'clicks', names)
     for k, it in ipairs(p.items) do
       local d = it[2]
-      local v, c = (tonumber(held_views[k]) or 0) + d[1], (tonumber(held_clicks[k]) or 0) + d[2]
-      if v - v ~= 0 or c - c ~= 0 or d[3] - d[3] + d[3] ~= d[3] then
-        refuse('item ' .. it[1] .. ': views ' .. quoted(held_views[k]) .. ' + ' .. quoted(d[1]) .. ', clicks ' ..
-               quoted(held_clicks[k]) .. ' + ' .. quoted(d[2]) .. ', first ts ' .. quoted(d[3]) ..
-               ', expected finite numbers')
-      end
-      old_views[k], views_now[k], clicks_now[k] = held_views[k], v, c
+      views_now[k], clicks_now[k] = added('item ', it[1], held_views[k], held_clicks[k], d[1], d[2])
+      if d[3] - d[3] + d[3] ~= d[3] then refuse('item ' .. it[1] .. ': first ts ' .. quoted(d[3])) end
+      old_views[k] = held_views[k]
       if not held_views[k] then expect(P .. 'item:' .. it[1], 'hash') end
     end
     for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
@@ -210,14 +216,8 @@ refusal = checked(function()
       local seg_items = {}
       for k, it in ipairs(seg[2]) do seg_items[k] = it[1] end
       local sv, sc = many('HMGET', key .. 'views', seg_items), many('HMGET', key .. 'clicks', seg_items)
-      for k, it in ipairs(seg[2]) do
-        local v, c = (tonumber(sv[k]) or 0) + it[2][1], (tonumber(sc[k]) or 0) + it[2][2]
-        if v - v ~= 0 or c - c ~= 0 then
-          refuse(key .. '* of ' .. it[1] .. ': views ' .. quoted(sv[k]) .. ' + ' .. quoted(it[2][1]) .. ', clicks ' ..
-                 quoted(sc[k]) .. ' + ' .. quoted(it[2][2]) .. ', expected finite numbers')
-        end
-        sv[k], sc[k] = v, c
-      end
+      local what = key .. '* of '
+      for k, it in ipairs(seg[2]) do sv[k], sc[k] = added(what, it[1], sv[k], sc[k], it[2][1], it[2][2]) end
       seg_now[s] = {sv, sc}  -- the counts step 3 writes
     end
     -- HINCRBY takes an integer, stored and given; the prior (step 4) follows from the totals it leaves
