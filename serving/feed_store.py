@@ -54,7 +54,8 @@ class FeedStore:
 
     RECORD = Script("""
     -- KEYS[1]: the session list, KEYS[2]: its index; ARGV: the page as JSON, the TTL in seconds, the index's
-    -- cap, now (ms). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
+    -- cap, now (µs: two sessions started within one ms tied, and the tie went to the session id's order, not the
+    -- older one). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
     redis.call('RPUSH', KEYS[1], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
@@ -116,7 +117,7 @@ class FeedStore:
         )
         index = self.keys.user(user_id, "sessions") if known else self.keys.anonymous_sessions(user_id)
         keys = [self.session_key(user_id, session), index]
-        await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000_000])
+        await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000])
 
     async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:
         """(source, served features or None) of each (user, session, item), None where unknown; one round trip,
