@@ -52,6 +52,7 @@ from recstream.shell import infra
 from recstream.shell.infra import Child
 from recstream.sim.world import synthetic
 from recstream.store.connection import connect
+from recstream.store.state_dump import settled
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK_S = 0.05
@@ -203,6 +204,14 @@ class FaultRun:
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
+    async def wait_settled(self, timeout_s: float = 30.0) -> None:
+        """Until the rankings are final (:func:`~recstream.store.state_dump.settled`): an idle worker finishes them."""
+        started = time.monotonic()
+        while not settled(self.redis, self.keys):
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"{self.prefix}: rankings not final after {timeout_s} s:\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
+
     async def recovered(self, timeout_s: float = 90.0) -> None:
         """Record the recovery time of an injection that just ended: until Redis holds everything offered by
         now and the next event offered after it (the system is back, not merely caught up with what a killed
@@ -301,6 +310,7 @@ async def run_scenario(run: FaultRun, workload: Workload, scenario: Scenario, se
         await scenario.inject(run, rng)
     await run.offering
     await run.wait_applied(len(workload.events), 120, "the last event")
+    await run.wait_settled()
 
 
 # --- the faults ---------------------------------------------------------------------------------

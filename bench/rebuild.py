@@ -27,11 +27,12 @@ from rich.table import Table
 
 from bench.common import fail, figure, machine, record, services, show
 from bench.worker import LOGS, produce_backlog, time_backlog
+from recstream.contracts.keys import Keys
 from recstream.jobs import training
 from recstream.jobs.rebuild import rebuild
 from recstream.shell.infra import Child, ensure_topics
 from recstream.sim.world import synthetic
-from recstream.store.state_dump import differing_keys, dump_state
+from recstream.store.state_dump import differing_keys, dump_state, settled
 
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.rebuild"
 DEFAULT_EVENTS = 300_000
@@ -56,6 +57,8 @@ def main() -> None:
         worker.stop()
         total = asyncio.run(produce_backlog(settings, [r for r in records if r.kind == "event"]))
         live_rate, worker = time_backlog(settings, settings.redis.prefix, total)
+        while not settled(client, Keys.of(settings)):  # the idle worker's last segment scores
+            time.sleep(0.1)
         worker.stop()
         live = dump_state(client, settings.redis.prefix)
         report = asyncio.run(rebuild(settings))

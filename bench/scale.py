@@ -332,7 +332,8 @@ def rescore_costs(settings: Settings) -> tuple[float, float, int]:
         took, pending = [], True
         while pending:
             started = time.perf_counter()
-            pending = (await store.apply(Effect())).rescore_pending
+            applied = await store.apply(Effect())
+            pending = applied.rescore_pending or applied.segments_pending > 0
             took.append((time.perf_counter() - started) * 1000)
         return took
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -225,6 +226,8 @@ class BatchProcessor:
         self._epoch = 0  # moved by every failure and rebalance: a batch built before it is built again
         self._bounds: dict[asyncio.Task, asyncio.Timeout] = {}  # each process() attempt's stuck limit, by task
         self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
+        self.segments_pending = 0  # items whose per-segment scores wait, as the last script said (step 4b)
+        self.segments_ranked_at = -math.inf  # when a call last ranked segments and left none of its share waiting
         self.fold_ins_pending = False  # a script listed graduated items whose fold-in has not succeeded since
         self.last_applied = time.monotonic()
         self.ranker_config = ftrl_config(settings.ranker)
@@ -336,17 +339,33 @@ class BatchProcessor:
         for then in thens:
             await then()
 
+    @property
+    def pending(self) -> bool:
+        """Whether the last scripts left something undone that :meth:`finish_pending` finishes."""
+        return self.rescore_pending or self.segments_pending > 0 or self.fold_ins_pending
+
+    def segments_due(self) -> bool:
+        """Whether the next call rescores the per-segment rankings (apply_batch.lua, step 4b): ``segment_rank_s``
+        after the last call that did, or at once when that call left items waiting (it takes ``rescore_items``).
+
+        Why not every call: a segment score leans on the item's global score, so a call rescoring them pays O(touched
+        items × segments), and a live batch touches nearly every item. The reader reads these lists once per
+        ``popular_refresh_s`` (1 s), so ranking them about twice a second costs the feeds little freshness, and a
+        live call then pays O(touched items) (the freshness of bench.worker's live phase, BENCHMARKS.md)."""
+        return time.monotonic() - self.segments_ranked_at >= self.settings.worker.segment_rank_s
+
     async def finish_pending(self, idle_s: float = 0.0) -> int:
         """Once this processor applied nothing for ``idle_s``, finish in empty batches (no watermark, no event) what
-        the last scripts left undone, without waiting for the next event: an unfinished rescore pass, so an idle
-        worker's rankings reach f(final counters, final prior); and fold-ins that failed after their batch applied
+        the last scripts left undone, without waiting for the next event: an unfinished rescore pass and the items
+        waiting for their per-segment scores, so an idle worker's rankings reach f(final counters, final prior); and
+        fold-ins that failed after their batch applied
         (its retry finds the batch applied and skips it), which every batch of the shared state lists again until
         they are stored. Returns how many empty batches it took."""
         calls = 0
-        while (self.rescore_pending or self.fold_ins_pending) and time.monotonic() - self.last_applied >= idle_s:
+        while self.pending and time.monotonic() - self.last_applied >= idle_s:
             applied = await self.store.apply(Effect())
             calls += 1
-            self.rescore_pending = applied.rescore_pending
+            self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
             await self._fold_in(applied.fold_ins)
         return calls
 
@@ -514,6 +533,7 @@ class BatchProcessor:
             await self.settle()
             if self._epoch != epoch or self._watermarks is None:  # the call in flight failed, or a rebalance
                 continue
+            effect.rank_segments = self.segments_due()
             call = Call(fresh, effect, records, dead, built, duplicates, started)
             self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             if pipelined:
@@ -542,7 +562,10 @@ class BatchProcessor:
             self._flying = None  # (a gap repair applies without a flight, maybe while the agent's is in flight)
         if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
             self._epoch += 1
-        self.rescore_pending, self.last_applied = applied.rescore_pending, time.monotonic()
+        self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
+        self.last_applied = time.monotonic()
+        if effect.rank_segments:  # a call that left items waiting makes the next one due at once
+            self.segments_ranked_at = -math.inf if applied.segments_pending else self.last_applied
         self._observe(call.fresh[0].topic, call.records, call.dead, applied, call.started, call.built)
         metrics.DUPLICATES.labels(call.fresh[0].topic).inc(call.duplicates)
         metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)

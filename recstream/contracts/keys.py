@@ -14,7 +14,9 @@ key                          type    holds
 ``seg:<s>:views|clicks``     hash    item → count within segment ``s``
 ``segments``                 set     every segment seen
 ``prior``                    string  the quantized global CTR every score was computed with
+``rescore``                  string  the HSCAN cursor over ``views`` of an unfinished rescore pass (the prior moved)
 ``rank`` / ``rank:<s>``      zset    item → smoothed CTR (global / within segment); available items
+``segments:rescore``         set     items whose scores in ``rank:<s>`` wait for a batch that ranks segments
 ``trend:<v|c>:<epoch>``      zset    item → fixed-point decayed views/clicks (models.ctr.trend_*)
 ``pool``                     zset    new-item pool: item → created_ts (Thompson sampling)
 ``graduated``                set     items that left the pool (by views or age)

@@ -176,6 +176,12 @@ class WorkerSettings(Section):
         "last call's measured events/s × this (Redis answers BUSY to everyone after 5 s of one script)",
     )  # fmt: skip
     batch_wait_s: float = Field(0.01, gt=0, le=10, description="how long a batch waits to fill")
+    segment_rank_s: float = Field(
+        0.5, ge=0, le=60,
+        description="how often a worker's batch rescores the per-segment rankings of the items touched since "
+        "(O(items × segments) in the batch script; the other batches only list their items): the reader reloads "
+        "those lists every popular_refresh_s, so about twice as often is enough (0: every batch)",
+    )  # fmt: skip
     pipeline: bool = Field(
         False,
         description="build the next batch while the last one's script runs in Redis, one script in flight per topic "

@@ -17,8 +17,10 @@
 -- Cost: the script blocks Redis while it runs, and a redis.call costs a few microseconds
 -- whatever it does, so every step reads and writes a whole key per call (HMGET, ZMSCORE,
 -- SMISMEMBER, multi-field HSET and ZADD, MSET) instead of a call per event, item or segment.
--- A batch then costs O(touched items × segments) hash lookups but O(segments + users) calls; a moved prior adds
--- at most about cfg.rescore_items items (step 4), never the whole catalogue.
+-- A batch then costs O(touched items) hash lookups and O(segments + users) calls; a moved prior adds at most about
+-- cfg.rescore_items items (step 4), never the whole catalogue. The per-segment rankings, O(items × segments), are
+-- rescored only in the calls that ask for it (p.rank_segments: about twice a second, streams/processor.py), for
+-- at most cfg.rescore_items of the items waiting in `segments:rescore`.
 --
 -- Nothing may fail once written: Redis does not undo a script's writes when a later command raises (WRONGTYPE, a
 -- score that is no float), so the writes before it would stay without their watermark and the worker's retry
@@ -173,12 +175,14 @@ refusal = checked(function()
   integer(cfg.seen_cap, 'cfg.seen_cap', 0)
   integer(cfg.rescore_items, 'cfg.rescore_items', 1)  -- HSCAN's COUNT
   if p.shared then
-    for _, key in ipairs({'segments', 'unavailable', 'graduated', 'foldin:pending'}) do expect(P .. key, 'set') end
+    for _, key in ipairs({'segments', 'segments:rescore', 'unavailable', 'graduated', 'foldin:pending'}) do
+      expect(P .. key, 'set')
+    end
     for _, key in ipairs({'pool', 'rank'}) do expect(P .. key, 'zset') end
     for _, key in ipairs({'views', 'clicks', 'totals'}) do expect(P .. key, 'hash') end
     for _, key in ipairs({'prior', 'rescore', 'clock'}) do expect(P .. key, 'string') end
     segs_before = redis.call('SMEMBERS', P .. 'segments')
-    local every_seg = {}  -- step 4 rescores in each one, this batch's new ones too
+    local every_seg = {}  -- step 4b rescores in each one, this batch's new ones too
     for _, s in ipairs(segs_before) do every_seg[#every_seg + 1] = s end
     for _, seg in ipairs(p.segs) do every_seg[#every_seg + 1] = text(seg[1], 'a segment') end
     for _, s in ipairs(every_seg) do
@@ -435,37 +439,56 @@ for _, item in ipairs(live) do
 end
 local views, clicks = many('HMGET', P .. 'views', unread), many('HMGET', P .. 'clicks', unread)
 for k, item in ipairs(unread) do counts[item] = {num(views[k]), num(clicks[k])} end
-local global, rank_args = {}, {}
-for k, item in ipairs(live) do
+local rank_args = {}
+for _, item in ipairs(live) do
   local c = counts[item]
   local g = ctr(c[2], c[1], q, cfg.m)
   if g ~= g then g = 0 end  -- ZADD refuses NaN: finite counts never give one, a negative one someone stored might
-  global[k] = g
   rank_args[#rank_args + 1] = g
   rank_args[#rank_args + 1] = item
 end
 many('ZADD', P .. 'rank', rank_args)
--- a segment score leans on the item's global score, so every segment that counts the item moves; its clicks
--- are read only for the items it counts (at x100 a segment counts about half of a batch's items)
-for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do
-  local sv = many('HMGET', P .. 'seg:' .. s .. ':views', live)
-  local counted, at = {}, {}
-  for k, item in ipairs(live) do
-    if sv[k] then
-      counted[#counted + 1] = item
-      at[#at + 1] = k
+many('SADD', P .. 'segments:rescore', live)
+
+-- 4b. per-segment rankings of the items waiting in `segments:rescore` (this batch's and earlier ones'), in the calls
+-- that ask for it, at most cfg.rescore_items of them: a segment score leans on the item's global score, so every
+-- segment that counts a touched item moves, and a batch of random events touches nearly every item of a catalogue
+-- in every segment (bench.worker's live phase: 98-234 ms of a live batch's script went to it). Asked about twice a
+-- second (the reader reloads these lists once a second), it is paid once per interval instead of once per batch;
+-- until then a segment score may lag its counters, and once the set is empty (an idle worker finishes it, as it
+-- finishes a rescore pass) every segment score is f(final counters, final global score) again. An item no longer
+-- in `rank` (unavailable since, step 2 took it out of every ranking) is dropped; a segment's clicks are read only
+-- for the items it counts (at x100 a segment counts about half of a batch's items).
+if p.rank_segments then
+  local due = redis.call('SPOP', P .. 'segments:rescore', cfg.rescore_items)
+  local held = many('ZMSCORE', P .. 'rank', due)
+  local ranked, scores = {}, {}
+  for k, item in ipairs(due) do
+    if held[k] then
+      ranked[#ranked + 1] = item
+      scores[#scores + 1] = tonumber(held[k])
     end
   end
-  local sc = many('HMGET', P .. 'seg:' .. s .. ':clicks', counted)
-  local args = {}
-  for j, item in ipairs(counted) do
-    local k = at[j]
-    local s_score = ctr(num(sc[j]), num(sv[k]), global[k], cfg.m)
-    if s_score ~= s_score then s_score = 0 end
-    args[#args + 1] = s_score
-    args[#args + 1] = item
+  for _, s in ipairs(redis.call('SMEMBERS', P .. 'segments')) do
+    local sv = many('HMGET', P .. 'seg:' .. s .. ':views', ranked)
+    local counted, at = {}, {}
+    for k, item in ipairs(ranked) do
+      if sv[k] then
+        counted[#counted + 1] = item
+        at[#at + 1] = k
+      end
+    end
+    local sc = many('HMGET', P .. 'seg:' .. s .. ':clicks', counted)
+    local args = {}
+    for j, item in ipairs(counted) do
+      local k = at[j]
+      local s_score = ctr(num(sc[j]), num(sv[k]), scores[k], cfg.m)
+      if s_score ~= s_score then s_score = 0 end
+      args[#args + 1] = s_score
+      args[#args + 1] = item
+    end
+    many('ZADD', P .. 'rank:' .. s, args)
   end
-  many('ZADD', P .. 'rank:' .. s, args)
 end
 
 -- 5. trending: fixed-point decayed counts (models.ctr.trend_increment), exact integer sums
@@ -558,4 +581,4 @@ end
 for _, r in ipairs(p.rankers) do redis.call('SET', r[1], string.sub(ARGV[2], r[2], r[3])) end  -- {key, first, last}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
-        p.shared and redis.call('EXISTS', P .. 'rescore') or 0}
+        p.shared and redis.call('EXISTS', P .. 'rescore') or 0, p.shared and redis.call('SCARD', P .. 'segments:rescore') or 0}

@@ -64,9 +64,10 @@ from recstream.store.connection import gathered, queue_mget
 
 SCRIPT = (Path(__file__).parent / "apply_batch.lua").read_text()
 RESCORE_ITEMS = 1_000
-"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4): a
-whole rescore is O(items × segments) inside one script, which blocks Redis (bench/scale.py measured it at 100,000
-items); a pass of this many items per batch keeps a batch's cost bounded whatever the catalogue."""
+"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4), and at
+most how many items' per-segment scores a call rescores (step 4b): a whole rescore is O(items × segments) inside one
+script, which blocks Redis (bench/scale.py measured it at 100,000 items); this many items per call keeps a call's
+cost bounded whatever the catalogue."""
 
 
 REFUSED = "RECSTREAM_STATE"
@@ -103,6 +104,9 @@ class Effect:
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
     event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # tp → "user:event_id" → arrival ms
     rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (topic, partition) → new ranker state
+    # rescore the per-segment rankings of up to ``rescore_items`` touched items (apply_batch.lua, step 4b); a batch
+    # that does not only adds its items to those waiting (streams/processor.py asks about twice a second)
+    rank_segments: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,7 @@ class Applied:
     graduated: list[str]
     fold_ins: list[str]  # graduated items waiting for their fold-in (recstream/store/fold_ins.py)
     rescore_pending: bool = False  # a rescore pass is not finished: later batches (or empty ones) go on with it
+    segments_pending: int = 0  # items whose per-segment scores wait for a call that ranks segments (step 4b)
     replayed: bool = False  # some slot had applied the batch already: its histories came from a slot that was ahead
 
 
@@ -288,7 +293,8 @@ class StateStore:
             if result[0] == b"ok" and result[1]:  # the shared slot's answer (it also applied the batch now)
                 self._prior = float(result[1])
                 graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
-                return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]), replayed)
+                return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]),
+                               segments_pending=int(result[6]), replayed=replayed)  # fmt: skip
         return Applied(self._prior, False, [], [], replayed=replayed)
 
     def _payloads(self, effect: Effect) -> dict[str, tuple[dict, bytes]]:
@@ -333,6 +339,7 @@ class StateStore:
             payload["trend"] = [(suffix, list(increments.items())) for suffix, increments in c.trend.items()]
             payload["clock"] = c.clock
             payload["item_users"] = [(item, list(users.items())) for item, users in effect.item_users.items()]
+            payload["rank_segments"] = effect.rank_segments
         for name, by_user in (("seen", c.seen), ("user_segments", effect.user_segments)):
             for slot, mapping in self._by_user_slot(by_user).items():
                 part(slot)[0][name] = mapping

@@ -10,6 +10,8 @@ import numpy as np
 import orjson
 import redis
 
+from recstream.contracts.keys import Keys
+
 
 def dump_state(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[str, object]:
     """Every key under ``prefix`` with its value, prefix removed, for comparing two runs; but the event ids kept
@@ -40,6 +42,13 @@ def dump_state(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[st
         else:
             state[name] = client.get(key)
     return state
+
+
+def settled(client: redis.Redis | redis.RedisCluster, keys: Keys) -> bool:
+    """Whether the rankings are final: no rescore pass open and no item waiting for its per-segment scores
+    (apply_batch.lua, steps 4 and 4b). A worker finishes both once idle for a second, so a run's state compares with
+    another's once every event is applied *and* this holds."""
+    return not client.exists(keys("rescore")) and not client.scard(keys("segments:rescore"))
 
 
 def _merge(into: dict[bytes, object], fields: dict[bytes, bytes]) -> None:

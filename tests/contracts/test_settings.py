@@ -137,6 +137,7 @@ BOUNDED = {  # flat name → (section, field, the values around both ends of its
     "reader_workers": ("reader", "workers", [0, 1, 2, 63, 64, 65]),
     "batch_max_events": ("worker", "batch_max_events", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
     "batch_script_target_s": ("worker", "batch_script_target_s", [0.0, 1e-3, 2.49, 2.5, 2.51]),
+    "segment_rank_s": ("worker", "segment_rank_s", [-1e-3, 0.0, 1e-3, 59.9, 60.0, 60.01]),
     "pool_read_max": ("pool", "read_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
     "pool_explore_max": ("pool", "explore_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
 }

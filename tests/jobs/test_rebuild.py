@@ -15,10 +15,11 @@ from recstream.streams.processor import BatchProcessor, DeadLetter
 from redis.asyncio import Redis
 
 from recstream.contracts.events import Event
+from recstream.contracts.keys import Keys
 from recstream.eventlog.log import Message, committed_offsets, open_log, whole_topic
 from recstream.jobs.rebuild import rebuild
 from recstream.store.state import StateStore
-from recstream.store.state_dump import differing_keys, dump_state
+from recstream.store.state_dump import differing_keys, dump_state, settled
 from tests.conftest import REPO, wait_until
 from tests.streams.scenario import applied_events, publish, publish_raw, trained, world
 
@@ -38,6 +39,7 @@ async def test_rebuild_from_the_log_equals_the_live_state(isolated_settings, wor
     await publish(settings, events=events, batch_events=50)
     await publish_raw(settings, b"{oops", key=b"u1")  # skipped by the rebuild (the live worker dead-lettered it)
     wait_until(lambda: applied_events(client, "rs") == len(events), timeout_s=120, what="the live run")
+    wait_until(lambda: settled(client, Keys("rs")), what="the live run's rankings final")
     worker.stop()
     client.rpush("rs:user:u1:feed:s1", '[["i1", "popular"]]')  # a reader's session: not derived, kept
     live = dump_state(client, "rs")
@@ -88,6 +90,7 @@ async def test_rebuild_of_a_log_with_every_feedback_type_equals_the_live_state(
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
     await publish(settings, events=mixed, batch_events=50)
     wait_until(lambda: applied_events(client, "rs") == ctr, timeout_s=120, what="the live run")
+    wait_until(lambda: settled(client, Keys("rs")), what="the live run's rankings final")
     worker.stop()
     live = dump_state(client, "rs")
     assert any(weight < 0 for key, value in live.items() if key.endswith(":hist") for _, weight in orjson.loads(value))

@@ -69,6 +69,7 @@ def clean_state(fault_services: Settings, model: dict[str, bytes], workload: Wor
             await run.prelude(workload)
             await run.offer(workload.events, rate=1e9)
             await run.wait_applied(len(workload.events), 120, "the clean run")
+            await run.wait_settled()
             return run_state(run)
         finally:
             run.stop()

@@ -33,10 +33,12 @@ from recstream.models.ranker import FTRLConfig, FTRLRanker
 from recstream.serving.app import create_app
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, decode, segment_of
+from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
 from recstream.shell.infra import free_port
+from recstream.store.state_dump import settled
 from tests.conftest import wait_until
 from tests.streams.scenario import publish, trained
 
@@ -181,6 +183,7 @@ def world(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Itera
             what="every event applied",
         )
         wait_until(lambda: all(client.exists(f"rs:user:{u}:cand") for u in favourite), what="candidate lists")
+        wait_until(lambda: settled(client, Keys.of(settings)), what="the rankings final (segment scores)")
         yield World(settings, users, items, events, favourite, cold, fresh, version)
     finally:
         worker.stop()

@@ -1,6 +1,8 @@
 """A moved prior rescores the catalogue in bounded passes (apply_batch.lua, step 4), never the whole of it in one
-batch, and a finished pass leaves every score f(final counters, final prior), as one whole rescore did. An idle
-processor finishes what its batches left undone: a rescore pass, a fold-in that failed."""
+batch, and a finished pass leaves every score f(final counters, final prior), as one whole rescore did. The
+per-segment scores are rescored about twice a second, for a bounded share of the items waiting (step 4b). An idle
+processor finishes what its batches left undone: a rescore pass, items waiting for their segment scores, a fold-in
+that failed."""
 
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def message(topic: str, offset: int, events: list[tuple[str, str, str]]) -> Mess
 @asynccontextmanager
 async def batches(settings: Settings) -> AsyncIterator[tuple[redis.Redis, AsyncRedis, BatchProcessor]]:
     """A batch processor with a rescore budget of BUDGET items on the test's Redis (both users in their segments),
-    and a synchronous client to read what it wrote; both closed after."""
+    and a synchronous client to read what it wrote; both closed after. Unless ``settings`` say otherwise, every
+    batch ranks segments (``segment_rank_s`` 0), so what stays stale is the prior's pass and the budget's rest."""
     sync = redis.Redis.from_url(settings.redis.url)
     sync.hset("rs:user:seg", mapping=USERS)
     client = AsyncRedis.from_url(settings.redis.url)
@@ -69,23 +72,26 @@ def stale_scores(client: redis.Redis, settings: Settings) -> dict[str, int]:
 async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_pass_matches_a_whole_rescore(
     isolated_settings,
 ):
-    settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=0)  # ranked at once
     topic = settings.kafka.events_topic
     async with batches(settings) as (sync, client, processor):
         catalogue = [(("view", u, f"i{n}")) for n in range(1_000) for u in USERS]  # 1,000 items, both segments
         first = await processor.process([message(topic, 0, catalogue)])
         assert first.full_rescore  # the first prior: every item is touched by this batch anyway
-        assert await processor.finish_pending() > 0 and not processor.rescore_pending
+        assert first.segments_pending == 1_000 - BUDGET, "one call ranked the segment scores of BUDGET items"
+        assert await processor.finish_pending() > 0 and not processor.pending
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
         clicks = await processor.process([message(topic, 1, [("click", "u1", "i0")] * 200)])  # the CTR moves
         assert clicks.full_rescore and clicks.rescore_pending and sync.exists("rs:rescore")
         stale = stale_scores(sync, settings)
         assert 1_000 - 2 * BUDGET <= stale["rank"] < 1_000, "one batch rescored a bounded share, not all, not none"
-        assert stale["a"] == stale["rank"] and stale["b"] == stale["rank"]
+        # the items the pass rescored beyond the budget of segment scores wait, with their segment scores stale
+        assert stale["a"] == stale["b"] == stale["rank"] + clicks.segments_pending
+        assert sync.scard("rs:segments:rescore") == clicks.segments_pending
 
         calls = await processor.finish_pending()
-        assert calls >= 1_000 // (2 * BUDGET) and not processor.rescore_pending and not sync.exists("rs:rescore")
+        assert calls >= 1_000 // (2 * BUDGET) and not processor.pending and not sync.exists("rs:rescore")
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
         sync.set("rs:prior", "-1")  # the same counters rescored whole in one batch give the same scores
@@ -97,7 +103,7 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
 
 async def test_a_catalogue_within_the_budget_is_rescored_in_the_batch_that_moved_the_prior(isolated_settings):
     """HSCAN returns a small hash (listpack-encoded, at most 128 fields here) whole: no pass outlives its batch."""
-    settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=0)  # ranked at once
     topic = settings.kafka.events_topic
     async with batches(settings) as (sync, _client, processor):
         await processor.process([message(topic, 0, [("view", "u1", f"i{n}") for n in range(BUDGET)])])
@@ -121,9 +127,51 @@ async def test_an_idle_worker_finishes_the_pass_its_last_batch_left(isolated_set
     await publish(settings, events=clicks, batch_events=10_000)  # one message: one batch, then idle
     wait_until(lambda: applied_events(sync, "rs") == 6_300, 60, "the clicks")
     assert sync.get("rs:prior") != prior, "the clicks moved the prior"
-    wait_until(lambda: not sync.exists("rs:rescore"), 30, "the idle worker to end the pass")
+    wait_until(lambda: not sync.exists("rs:rescore") and not sync.scard("rs:segments:rescore"), 30,
+               "the idle worker to end the pass")  # fmt: skip
     assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
     sync.close()
+
+
+@pytest.mark.parametrize("waiting", [BUDGET - 1, BUDGET, BUDGET + 1])
+async def test_a_call_ranks_the_segment_scores_of_at_most_the_budget_of_waiting_items(isolated_settings, waiting):
+    """Around the budget: a call that ranks segments takes at most BUDGET of the items waiting (SPOP), leaves the
+    rest waiting and says how many; the next call ranks them, and every score is the formula's."""
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=60)
+    topic = settings.kafka.events_topic
+    async with batches(settings) as (sync, client, processor):
+        processor.segments_ranked_at = float("inf")  # no batch of this test is due: they only list their items
+        views = [("view", u, f"i{n}") for n in range(waiting) for u in USERS]
+        listed = await processor.process([message(topic, 0, views)])
+        assert listed.segments_pending == waiting and sync.zcard("rs:rank") == waiting
+        assert sync.zcard("rs:rank:a") == sync.zcard("rs:rank:b") == 0, "a batch not due ranks no segment"
+        store = StateStore(client, settings, rescore_items=BUDGET)
+        ranked = await store.apply(Effect())
+        assert ranked.segments_pending == max(0, waiting - BUDGET)
+        assert sync.zcard("rs:rank:a") == sync.zcard("rs:rank:b") == min(waiting, BUDGET)
+        assert (await store.apply(Effect())).segments_pending == 0
+        assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+
+
+async def test_segments_are_ranked_once_per_interval_and_an_idle_processor_ranks_the_rest(isolated_settings):
+    """The first batch ranks segments; a batch within ``segment_rank_s`` after it only lists its items (the global
+    ranking moves at once, the segment scores wait), one past the interval ranks them, and so does the idle
+    processor."""
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=0.3)
+    topic = settings.kafka.events_topic
+    async with batches(settings) as (sync, _client, processor):
+        await processor.process([message(topic, 0, [("view", u, f"i{n}") for n in range(10) for u in USERS])])
+        assert processor.segments_pending == 0 and stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+        clicked = await processor.process([message(topic, 1, [("click", "u1", "i0")])])
+        waiting = {m.decode() for m in sync.smembers("rs:segments:rescore")}
+        assert "i0" in waiting and clicked.segments_pending == len(waiting), "within the interval: its items wait"
+        assert stale_scores(sync, settings)["rank"] == 0 and stale_scores(sync, settings)["a"] > 0
+        await asyncio.sleep(0.3)
+        due = await processor.process([message(topic, 2, [("click", "u2", "i1")])])
+        assert due.segments_pending == 0 and stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+        await processor.process([message(topic, 3, [("click", "u2", "i2")])])
+        assert processor.pending and await processor.finish_pending() == 1 and not processor.pending
+        assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
 
 class FoldInFailingOnce:

@@ -30,6 +30,14 @@ async def apply(settings: Settings, effect: Effect) -> None:
         await client.aclose()
 
 
+async def finish(settings: Settings, client: redis.Redis) -> None:
+    """Empty batches until no rescore pass is open and no item waits for its per-segment scores, as an idle worker
+    goes on with them (streams/processor.py, finish_pending)."""
+    keys = Keys.of(settings)
+    while client.exists(keys("rescore")) or client.scard(keys("segments:rescore")):
+        await apply(settings, Effect())
+
+
 async def test_blobs_and_ranker_states_come_back_byte_for_byte(isolated_settings: Settings):
     """Values of every length (empty, one byte, binary with NUL and 0xff, a long one) around and between each
     other, a key written twice in one batch (the later value wins, as in effect order), and a ranker state."""
@@ -93,7 +101,7 @@ async def test_rankings_follow_the_counters_when_a_batch_scores_what_it_counted_
     script's chunk of 4,000 fields per HMGET: after a batch counting items in one segment, or two, or with no
     clicks, a batch touching a few of them in one segment only, and one whose moved prior starts a rescore pass
     (finished in empty batches), every score is the formula's on the stored counters (exactly: the same IEEE
-    operations)."""
+    operations), once the items waiting for their per-segment scores are ranked too."""
     settings = isolated_settings.replace(require_announced_items=False)  # counted items are ranked at once
     keys, m = Keys.of(settings), settings.model.ctr_prior_mass
     tp = f"{settings.kafka.events_topic}:0"
@@ -110,6 +118,7 @@ async def test_rankings_follow_the_counters_when_a_batch_scores_what_it_counted_
     await apply(settings, first)
     client = redis.Redis.from_url(settings.redis.url)
     assert client.zscore(keys.rank(), names[-1]) is not None
+    await finish(settings, client)  # a call ranks the segment scores of about 1,000 items (RESCORE_ITEMS)
     assert _scores_by_formula(client, keys, m) == {
         name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
     }
@@ -118,6 +127,7 @@ async def test_rankings_follow_the_counters_when_a_batch_scores_what_it_counted_
         items={i: [1, 1, T0] for i in names[:3]}, segments={"s1": {i: [1, 1] for i in names[:3]}}
     )
     await apply(settings, second)
+    await finish(settings, client)
     assert _scores_by_formula(client, keys, m) == {
         name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
     }
@@ -125,8 +135,7 @@ async def test_rankings_follow_the_counters_when_a_batch_scores_what_it_counted_
     third = Effect(watermarks={tp: (1, 2)})
     third.counters = CounterDeltas(items={names[1]: [1, 0, T0]}, segments={"s2": {names[1]: [1, 0]}})
     await apply(settings, third)
-    while client.exists(keys("rescore")):  # the rest of the pass, as an idle worker goes on with it
-        await apply(settings, Effect())
+    await finish(settings, client)  # the rest of the pass
     assert _scores_by_formula(client, keys, m) == {
         name: dict(client.zrange(keys(name), 0, -1, withscores=True)) for name in ("rank", "rank:s1", "rank:s2")
     }
@@ -177,6 +186,7 @@ def _two_batches(settings: Settings) -> tuple[Effect, Effect]:
 WRONG_TYPES = {
     "new item's hash": (lambda keys, topic: keys.item("i4"), "hash"),
     "segment ranking": (lambda keys, topic: keys.rank("s1"), "zset"),
+    "items waiting for their segment scores": (lambda keys, topic: keys("segments:rescore"), "set"),
     "user's seen set": (lambda keys, topic: keys.user("u2", "seen"), "zset"),
     "event ids": (lambda keys, topic: keys.event_ids(topic, 0), "zset"),
 }

@@ -29,7 +29,7 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, read_ranges
 from recstream.shell.infra import free_port
 from recstream.store.state import StateStore
-from recstream.store.state_dump import differing_keys, dump_state
+from recstream.store.state_dump import differing_keys, dump_state, settled
 from tests.conftest import wait_until
 from tests.streams.scenario import (
     T0,
@@ -67,6 +67,7 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="user segments")
     await publish(settings, events=events)
     wait_until(lambda: applied_events(client, "rs") == len(events), what="all events applied")
+    wait_until(lambda: settled(client, Keys("rs")), what="the segment scores of the last batches")
 
     segment = {u.user_id: segment_of(u.attributes) for u in users}
     views = Counter(e.item_id for e in events if e.type == "view")
@@ -126,6 +127,7 @@ async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_fa
     await publish(base, events=events[published:], batch_events=20)
     for prefix in ("killed", "clean"):
         wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=180, what=f"{prefix} run")
+        wait_until(lambda p=prefix: settled(client, Keys(p)), what=f"{prefix} run's rankings final")
     assert len([kill for kill in kills if kill.before < kill.applied < kill.published]) >= KILLS, kills
     killed_state, clean_state = dump_state(client, "killed"), dump_state(client, "clean")
     assert sum(key.endswith(":vec") for key in clean_state) == len(users)
@@ -177,6 +179,7 @@ async def test_redis_losing_a_window_is_repaired_from_the_log(isolated_settings,
     await publish(isolated_settings, events=parts[2])
     for prefix in ("clean", "lossy"):
         wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} run")
+        wait_until(lambda p=prefix: settled(client, Keys(p)), what=f"{prefix} run's rankings final")
     assert differing_keys(dump_state(client, "lossy"), dump_state(client, "clean")) == []
     scraped = urlopen(f"http://127.0.0.1:{worker.port}/metrics").read().decode()
     gap = sum(
@@ -283,6 +286,7 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     await publish(isolated_settings, events=events, batch_events=25)
     for prefix in ("one", "two"):
         wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} done")
+        wait_until(lambda p=prefix: settled(client, Keys(p)), what=f"{prefix} rankings final")
     partitions = {k.decode() for k in client.hgetall("two:wm")}
     assert len([p for p in partitions if p.startswith("events")]) == isolated_settings.kafka.events_partitions
     one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
