@@ -13,15 +13,19 @@ carrying a served feature vector, so the worker also trains the online ranker pe
 Baseline in the same run: a raw aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves).
 Freshness: events stamped "now" are offered at a fixed rate to the caught-up personalized
 worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
-from the worker's own histograms (deltas over the live phase).
+from the worker's own histograms (deltas over the live phase). Its baseline in the same run: the personalized
+worker once more with every batch rescoring the per-segment rankings of its items (``RECSTREAM_SEGMENT_RANK_S=0``,
+what every batch did before 2026-12-04; apply_batch.lua step 4b), its own backlog and live phase.
 
-Each backlog runs ``--repeats`` times (3; the four paths rotated, each run with a fresh consumer group and key
-prefix) and the live phase after each personal run: a backlog lands in 17 to 45 batches depending on what the
-consumer fetched while the worker waited on Redis, and that alone moves a run's rate by up to 2×, so one run
-is not a measurement. The table shows every run with its batches, user steps and Redis' busy time per event.
+Each backlog runs ``--repeats`` times (3; the five paths rotated, each run with a fresh consumer group and key
+prefix) and the live phase after each personal run and each of its baseline's: a backlog lands in 17 to 45
+batches depending on what the consumer fetched while the worker waited on Redis, and that alone moves a run's
+rate by up to 2×, so one run is not a measurement. The table shows every run with its batches, user steps and
+Redis' busy time per event.
 
 Writes `worker_events_per_s`, `worker_events_per_s_ranker`, `worker_events_per_s_ranker_pipelined`,
-`freshness_p99_ms`, `candidates_refresh_p99_ms` (+ p50s): the medians of the runs.
+`freshness_p99_ms`, `candidates_refresh_p99_ms` (+ p50s): the medians of the runs; the freshness figures carry
+the baseline's median.
 
 ``--cluster`` measures only what a Redis Cluster costs: the same backlog on the same Kafka broker, applied by
 the worker with a trained model (counters + user steps + candidates) on one Redis and on a Redis Cluster of 3
@@ -68,6 +72,12 @@ from recstream.shell.infra import Child, ensure_topics, running_clusters
 from recstream.sim.world import synthetic
 
 COMMAND = ".venv/bin/python -m bench.worker"
+LIVE = {
+    "personal": "counters + user steps + candidates",
+    "every": "counters + user steps + candidates, segments ranked in every batch "
+    "(RECSTREAM_SEGMENT_RANK_S=0, baseline)",
+}
+"""The paths that get a live phase after their backlog: the personalized worker, and its freshness baseline."""
 LOGS = ROOT / ".run" / "bench-logs"
 MODELS = ROOT / ".run" / "bench" / "models"
 
@@ -279,8 +289,8 @@ def main() -> None:
     records = [r for r in synthetic(args.events or 300_000, seed=11)]
     users = [r.value.user_id for r in records if r.kind == "user"]
     items = [r.value.item_id for r in records if r.kind == "item"]
-    runs: dict[str, list[BacklogRun]] = {"counters": [], "personal": [], "ranker": [], "pipelined": []}
-    live: list[tuple[float, float, float, float, float, float, float]] = []
+    runs: dict[str, list[BacklogRun]] = {"counters": [], "personal": [], "ranker": [], "pipelined": [], "every": []}
+    live: dict[str, list[tuple[float, float, float, float, float, float, float]]] = {name: [] for name in LIVE}
     offered = 0
     with services() as base:
         ranked = base.on_topics("ranker", model_dir=MODELS)
@@ -295,32 +305,34 @@ def main() -> None:
             "personal": base.replace(model_dir=MODELS),
             "ranker": ranked,
             "pipelined": ranked.replace(worker_pipeline=True),
+            "every": base.replace(model_dir=MODELS, segment_rank_s=0),
         }
         for k in range(args.repeats):  # rotated, so drifting load hits every path alike
             for name in list(runs)[k % len(runs) :] + list(runs)[: k % len(runs)]:
                 settings = targets[name].replace(redis_prefix=f"{name}{k}", worker_group=f"bench-{name}{k}")
-                if name == "personal":  # topics of its own: the live phase adds events no later run may read
-                    settings = settings.on_topics(f"personal{k}")
+                if name in LIVE:  # topics of its own: the live phase adds events no later run may read
+                    settings = settings.on_topics(f"{name}{k}")
                     asyncio.run(ensure_topics(settings))
                     asyncio.run(produce_backlog(settings, records))
                 if name != "counters":
                     asyncio.run(training.activate(settings, artifacts, version))
                 run, worker = run_backlog(settings, f"{name}{k}", total)
                 runs[name].append(run)
-                if name == "personal":
+                if name in LIVE:
                     time.sleep(1.0)  # the last backlog batch's observations land after its Redis effect
                     before = worker.metrics()
                     offered = asyncio.run(live_load(settings, users, items, args.rate, args.seconds))
                     time.sleep(2.0)
                     after = worker.metrics()
-                    live.append((
+                    live[name].append((
                         *quantiles_ms(before, after, "recstream_worker_freshness_seconds"),
                         *quantiles_ms(before, after, "recstream_worker_candidate_refresh_seconds"),
                         *live_batches(before, after, settings.kafka.events_topic),
                     ))  # fmt: skip
                 worker.stop()
     rate = {name: median(r.rate for r in each) for name, each in runs.items()}
-    fresh50, fresh99, cand50, cand99 = (median(row[i] for row in live) for i in range(4))
+    medians = {name: [median(row[i] for row in rows) for i in range(4)] for name, rows in live.items()}
+    fresh50, fresh99, cand50, cand99 = medians["personal"]
 
     table = Table(title=f"one worker on a backlog, Kafka + Redis co-located ({machine()})")
     for column in ("path", "events/s, each run", "median", "batches", "user steps", "Redis µs/event"):
@@ -331,6 +343,7 @@ def main() -> None:
         ("personal", "counters + user steps + candidates"),
         ("ranker", "full path: + ranker training (events carry vectors)"),
         ("pipelined", "full path, pipelined batches (RECSTREAM_WORKER_PIPELINE)"),
+        ("every", LIVE["every"]),
     ):
         table.add_row(
             label,
@@ -345,6 +358,7 @@ def main() -> None:
         title=f"live load after each personal run: {offered / args.seconds:,.0f} events/s for {args.seconds:.0f} s"
     )
     for column in (
+        "worker",
         "run",
         "batches",
         "mean events",
@@ -353,19 +367,27 @@ def main() -> None:
         "click → candidates p50 / p99 ms",
     ):
         table.add_column(column, justify="right")
-    for k, (f50, f99, c50, c99, n, size, ms) in enumerate(live, 1):
-        table.add_row(
-            str(k), f"{n:.0f}", f"{size:.0f}", f"{ms:.0f}", f"{f50:.0f} / {f99:.0f}", f"{c50:.0f} / {c99:.0f}"
-        )
-    table.add_row("median", "", "", "", f"{fresh50:.0f} / {fresh99:.0f}", f"{cand50:.0f} / {cand99:.0f}")
+    for name, label in LIVE.items():
+        for k, (f50, f99, c50, c99, n, size, ms) in enumerate(live[name], 1):
+            table.add_row(
+                label,
+                str(k),
+                f"{n:.0f}",
+                f"{size:.0f}",
+                f"{ms:.0f}",
+                f"{f50:.0f} / {f99:.0f}",
+                f"{c50:.0f} / {c99:.0f}",
+            )
+        f50, f99, c50, c99 = medians[name]
+        table.add_row(label, "median", "", "", "", f"{f50:.0f} / {f99:.0f}", f"{c50:.0f} / {c99:.0f}")
     show(table)
     record({
         "worker_events_per_s": figure(rate["personal"], "events/s", COMMAND, raw),
         "worker_events_per_s_counters_only": figure(rate["counters"], "events/s", COMMAND, raw),
         "worker_events_per_s_ranker": figure(rate["ranker"], "events/s", COMMAND, rate["personal"]),
         "worker_events_per_s_ranker_pipelined": figure(rate["pipelined"], "events/s", COMMAND, rate["ranker"]),
-        "freshness_p50_ms": figure(fresh50, "ms", COMMAND),
-        "freshness_p99_ms": figure(fresh99, "ms", COMMAND),
+        "freshness_p50_ms": figure(fresh50, "ms", COMMAND, medians["every"][0]),
+        "freshness_p99_ms": figure(fresh99, "ms", COMMAND, medians["every"][1]),
         "candidates_refresh_p50_ms": figure(cand50, "ms", COMMAND),
         "candidates_refresh_p99_ms": figure(cand99, "ms", COMMAND),
     })  # fmt: skip

@@ -48,6 +48,10 @@ STALE_RETRIES = Counter(
 PRIOR = Gauge("recstream_worker_ctr_prior", "The quantized global CTR the rankings use")
 RESCORES = Counter("recstream_worker_full_rescores_total", "Full ranking rescorings (the quantized prior moved)")
 GRADUATIONS = Counter("recstream_worker_pool_graduations_total", "Items that left the new-item pool")
+SEGMENT_SCORES_WAITING = Gauge(
+    "recstream_worker_segment_scores_waiting",
+    "Items whose per-segment popular scores wait for the next segment pass (RECSTREAM_SEGMENT_RANK_S)",
+)
 FOLD_INS = Counter(
     "recstream_worker_fold_ins_total",
     "Graduated new items whose fold-in vector this worker computed and stored (every worker then applies it)",

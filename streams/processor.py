@@ -365,9 +365,16 @@ class BatchProcessor:
         while self.pending and time.monotonic() - self.last_applied >= idle_s:
             applied = await self.store.apply(Effect())
             calls += 1
-            self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
+            self._account_segments(applied)
             await self._fold_in(applied.fold_ins)
         return calls
+
+    def _account_segments(self, applied: Applied) -> None:
+        """What the script left undone of the rankings; the gauge only from the processors that write the shared
+        state (a users batch's answer on a cluster says nothing of it)."""
+        self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
+        if self.kind != "user":
+            metrics.SEGMENT_SCORES_WAITING.set(applied.segments_pending)
 
     async def _fold_in(self, items: list[str]) -> None:
         """Fold in the graduated items a script listed as waiting; until that succeeds, :meth:`finish_pending`
@@ -562,7 +569,7 @@ class BatchProcessor:
             self._flying = None  # (a gap repair applies without a flight, maybe while the agent's is in flight)
         if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
             self._epoch += 1
-        self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
+        self._account_segments(applied)
         self.last_applied = time.monotonic()
         if effect.rank_segments:  # a call that left items waiting makes the next one due at once
             self.segments_ranked_at = -math.inf if applied.segments_pending else self.last_applied

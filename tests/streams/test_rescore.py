@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from recstream.models.ctr import smoothed_ctr
 from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
@@ -165,6 +166,7 @@ async def test_segments_are_ranked_once_per_interval_and_an_idle_processor_ranks
         clicked = await processor.process([message(topic, 1, [("click", "u1", "i0")])])
         waiting = {m.decode() for m in sync.smembers("rs:segments:rescore")}
         assert "i0" in waiting and clicked.segments_pending == len(waiting), "within the interval: its items wait"
+        assert REGISTRY.get_sample_value("recstream_worker_segment_scores_waiting") == len(waiting)
         assert stale_scores(sync, settings)["rank"] == 0 and stale_scores(sync, settings)["a"] > 0
         await asyncio.sleep(0.3)
         due = await processor.process([message(topic, 2, [("click", "u2", "i1")])])
@@ -172,6 +174,7 @@ async def test_segments_are_ranked_once_per_interval_and_an_idle_processor_ranks
         await processor.process([message(topic, 3, [("click", "u2", "i2")])])
         assert processor.pending and await processor.finish_pending() == 1 and not processor.pending
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+        assert REGISTRY.get_sample_value("recstream_worker_segment_scores_waiting") == 0
 
 
 class FoldInFailingOnce:
