@@ -2,7 +2,9 @@
 
 The workers keep ``rank:<s>`` only for items with views in segment ``s``; for any other item
 the segment CTR (models.ctr.segment_ctr with no segment counts) *is* its global smoothed CTR.
-So P(i|s) = rank:<s>[i] where present, else rank[i] — exact, not an approximation.
+So P(i|s) = rank:<s>[i] where present, else rank[i]: exact once the workers' segment pass has caught up (an item
+waits in ``segments:rescore`` up to about ``RECSTREAM_SEGMENT_RANK_S`` after its counts moved, scored meanwhile by
+its previous segment score, or by rank[i] if it has none yet).
 """
 
 from __future__ import annotations

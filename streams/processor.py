@@ -346,7 +346,8 @@ class BatchProcessor:
 
     def segments_due(self) -> bool:
         """Whether the next call rescores the per-segment rankings (apply_batch.lua, step 4b): ``segment_rank_s``
-        after the last call that did, or at once when that call left items waiting (it takes ``rescore_items``).
+        after the last call that did, or at once when that call left items waiting (a call takes as many as its batch
+        touched, at least ``rescore_items``).
 
         Why not every call: a segment score leans on the item's global score, so a call rescoring them pays O(touched
         items × segments), and a live batch touches nearly every item. The reader reads these lists once per
@@ -360,13 +361,20 @@ class BatchProcessor:
         waiting for their per-segment scores, so an idle worker's rankings reach f(final counters, final prior); and
         fold-ins that failed after their batch applied
         (its retry finds the batch applied and skips it), which every batch of the shared state lists again until
-        they are stored. Returns how many empty batches it took."""
+        they are stored. Returns how many empty batches it took.
+
+        The items waiting are shared: another processor or worker may list them faster than empty calls take them
+        (its own batches rank them then), so once no pass is open an empty call that left no fewer waiting ends
+        this turn: the loop ends whatever the others do."""
         calls = 0
         while self.pending and time.monotonic() - self.last_applied >= idle_s:
+            waiting = self.segments_pending
             applied = await self.store.apply(Effect())
             calls += 1
             self._account_segments(applied)
             await self._fold_in(applied.fold_ins)
+            if not self.rescore_pending and not self.fold_ins_pending and 0 < waiting <= self.segments_pending:
+                break
         return calls
 
     def _account_segments(self, applied: Applied) -> None:
@@ -462,9 +470,10 @@ class BatchProcessor:
         alone, and holds at most :data:`~recstream.contracts.events.MAX_EVENTS_PER_MESSAGE` events.
 
         The bound follows the calls' measured time (:func:`next_events_bound`), not a fixed count: a call costs
-        O(distinct users + touched items × segments + events), so in a small world a call of 10,000 events costs
-        almost what one of 30,000 does (the same users and items) and a fixed bound tuned for ×10 scale cut small
-        worlds' backlog batches into calls that each re-did every user step and item rescore.
+        O(distinct users + touched items × segments + events) (the segment part in the calls that rank segments), so
+        in a small world a call of 10,000 events costs almost what one of 30,000 does (the same users and items) and
+        a fixed bound tuned for ×10 scale cut small worlds' backlog batches into calls that each re-did every user
+        step and item rescore.
 
         Built while an earlier call is in flight (:meth:`process`), the call reads that call's effect wherever it
         reads what it writes (histories, ranker states, event ids: ``pending`` in :meth:`StateStore.read_users` and

@@ -179,8 +179,9 @@ class WorkerSettings(Section):
     segment_rank_s: float = Field(
         0.5, ge=0, le=60,
         description="how often a worker's batch rescores the per-segment rankings of the items touched since "
-        "(O(items × segments) in the batch script; the other batches only list their items): the reader reloads "
-        "those lists every popular_refresh_s, so about twice as often is enough (0: every batch)",
+        "(O(items × segments) in the batch script; the other batches only list their items; such a call takes as "
+        "many as its batch touched, at least 1,000, and the next batch ranks again at once while some wait): the "
+        "reader reloads those lists every popular_refresh_s, so about twice as often is enough (0: every batch)",
     )  # fmt: skip
     pipeline: bool = Field(
         False,

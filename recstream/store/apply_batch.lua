@@ -20,7 +20,7 @@
 -- A batch then costs O(touched items) hash lookups and O(segments + users) calls; a moved prior adds at most about
 -- cfg.rescore_items items (step 4), never the whole catalogue. The per-segment rankings, O(items × segments), are
 -- rescored only in the calls that ask for it (p.rank_segments: about twice a second, streams/processor.py), for
--- at most cfg.rescore_items of the items waiting in `segments:rescore`.
+-- at most max(cfg.rescore_items, the batch's touched items) of the items waiting in `segments:rescore`.
 --
 -- Nothing may fail once written: Redis does not undo a script's writes when a later command raises (WRONGTYPE, a
 -- score that is no float), so the writes before it would stay without their watermark and the worker's retry
@@ -451,7 +451,8 @@ many('ZADD', P .. 'rank', rank_args)
 many('SADD', P .. 'segments:rescore', live)
 
 -- 4b. per-segment rankings of the items waiting in `segments:rescore` (this batch's and earlier ones'), in the calls
--- that ask for it, at most cfg.rescore_items of them: a segment score leans on the item's global score, so every
+-- that ask for it, at most as many as this batch listed or cfg.rescore_items, the more (so a call never pays more
+-- than every batch paid before, and the items waiting never outgrow what a few calls take): a segment score leans on the item's global score, so every
 -- segment that counts a touched item moves, and a batch of random events touches nearly every item of a catalogue
 -- in every segment (bench.worker's live phase: 98-234 ms of a live batch's script went to it). Asked about twice a
 -- second (the reader reloads these lists once a second), it is paid once per interval instead of once per batch;
@@ -460,7 +461,7 @@ many('SADD', P .. 'segments:rescore', live)
 -- in `rank` (unavailable since, step 2 took it out of every ranking) is dropped; a segment's clicks are read only
 -- for the items it counts (at x100 a segment counts about half of a batch's items).
 if p.rank_segments then
-  local due = redis.call('SPOP', P .. 'segments:rescore', cfg.rescore_items)
+  local due = redis.call('SPOP', P .. 'segments:rescore', math.max(cfg.rescore_items, #live))
   local held = many('ZMSCORE', P .. 'rank', due)
   local ranked, scores = {}, {}
   for k, item in ipairs(due) do

@@ -22,7 +22,7 @@ from recstream.eventlog.log import Message
 from recstream.jobs import training
 from recstream.shell import infra
 from recstream.store.state import Applied, Effect, StateStore
-from recstream.store.state_dump import differing_keys, dump_state
+from recstream.store.state_dump import differing_keys, dump_state, settled
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, for_prefix, publish, trained, world
 
@@ -155,6 +155,7 @@ async def test_a_killed_worker_on_the_cluster_ends_with_the_state_of_a_clean_sin
     await publish(base, events=events[published:], batch_events=20)
     for c, s in ((client, cluster), (single_client, single)):
         wait_until(lambda c=c, s=s: applied_events(c, s) == len(events), timeout_s=180, what=f"{s.redis.prefix} run")
+        wait_until(lambda c=c, s=s: settled(c, Keys.of(s)), what=f"{s.redis.prefix} run's rankings final")
     cluster_state, single_state = dump_state(client, cluster.redis.prefix), dump_state(single_client, "clean")
     assert sum(key.endswith(":vec") for key in single_state) == len(users)
     assert differing_keys(cluster_state, single_state) == []

@@ -7,6 +7,7 @@ that failed."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -79,7 +80,7 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
         catalogue = [(("view", u, f"i{n}")) for n in range(1_000) for u in USERS]  # 1,000 items, both segments
         first = await processor.process([message(topic, 0, catalogue)])
         assert first.full_rescore  # the first prior: every item is touched by this batch anyway
-        assert first.segments_pending == 1_000 - BUDGET, "one call ranked the segment scores of BUDGET items"
+        assert first.segments_pending == 0, "a call ranks the segment scores of every item its batch touched"
         assert await processor.finish_pending() > 0 and not processor.pending
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
@@ -156,25 +157,74 @@ async def test_a_call_ranks_the_segment_scores_of_at_most_the_budget_of_waiting_
 
 async def test_segments_are_ranked_once_per_interval_and_an_idle_processor_ranks_the_rest(isolated_settings):
     """The first batch ranks segments; a batch within ``segment_rank_s`` after it only lists its items (the global
-    ranking moves at once, the segment scores wait), one past the interval ranks them, and so does the idle
-    processor."""
-    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=0.3)
+    ranking moves at once, the segment scores wait), one at or past the interval ranks them, and so does the idle
+    processor. The interval is 60 s and the last ranking's time is set, so no step depends on how fast a batch is."""
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=60)
     topic = settings.kafka.events_topic
     async with batches(settings) as (sync, _client, processor):
         await processor.process([message(topic, 0, [("view", u, f"i{n}") for n in range(10) for u in USERS])])
         assert processor.segments_pending == 0 and stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+        ranked_at = processor.segments_ranked_at
+        assert time.monotonic() - 60 < ranked_at <= time.monotonic(), "the first batch ranked segments"
         clicked = await processor.process([message(topic, 1, [("click", "u1", "i0")])])
         waiting = {m.decode() for m in sync.smembers("rs:segments:rescore")}
         assert "i0" in waiting and clicked.segments_pending == len(waiting), "within the interval: its items wait"
+        assert processor.segments_ranked_at == ranked_at
         assert REGISTRY.get_sample_value("recstream_worker_segment_scores_waiting") == len(waiting)
         assert stale_scores(sync, settings)["rank"] == 0 and stale_scores(sync, settings)["a"] > 0
-        await asyncio.sleep(0.3)
-        due = await processor.process([message(topic, 2, [("click", "u2", "i1")])])
-        assert due.segments_pending == 0 and stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+        due = {}
+        for offset in (-1.0, 0.0, 1.0):  # the interval minus a second, the interval, plus a second
+            processor.segments_ranked_at = time.monotonic() - 60 - offset
+            due[offset] = processor.segments_due()
+        assert due == {-1.0: False, 0.0: True, 1.0: True}
+        processed = await processor.process([message(topic, 2, [("click", "u2", "i1")])])
+        assert processed.segments_pending == 0 and stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
         await processor.process([message(topic, 3, [("click", "u2", "i2")])])
         assert processor.pending and await processor.finish_pending() == 1 and not processor.pending
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
         assert REGISTRY.get_sample_value("recstream_worker_segment_scores_waiting") == 0
+
+
+async def test_an_item_made_unavailable_while_it_waits_leaves_every_segment_ranking(isolated_settings):
+    """Listed, then hidden by the items topic before a call ranks segments: the call skips it (it is in no ranking
+    any more, step 2 took it out of all of them) and ranks the others; nothing fails after the first write."""
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=60)
+    topic = settings.kafka.events_topic
+    async with batches(settings) as (sync, client, processor):
+        processor.segments_ranked_at = float("inf")
+        await processor.process([message(topic, 0, [("view", u, f"i{n}") for n in range(3) for u in USERS])])
+        assert sync.scard("rs:segments:rescore") == 3 and sync.zcard("rs:rank:a") == 0
+        hide = encode(ItemEvent(op="update", item_id="i1", ts=T0 + 1, available=False))
+        items = BatchProcessor("item", StateStore(client, settings), settings, no_dead_letters)
+        items.segments_ranked_at = float("inf")
+        await items.process([Message(settings.kafka.items_topic, 0, 0, hide, T0 + 1)])
+        assert sync.zscore("rs:rank", "i1") is None and sync.sismember("rs:segments:rescore", "i1")
+        ranked = await StateStore(client, settings).apply(Effect())
+        assert ranked.segments_pending == 0
+        for segment in ("a", "b"):
+            assert {m.decode() for m in sync.zrange(f"rs:rank:{segment}", 0, -1)} == {"i0", "i2"}
+
+
+class OthersListing(StateStore):
+    """A store whose every call first lists more items than a call takes, as busy workers sharing the set would."""
+
+    async def apply(self, effect: Effect):  # type: ignore[override]
+        await self.redis.sadd("rs:segments:rescore", *(f"other{k}" for k in range(2 * BUDGET)))
+        return await super().apply(effect)
+
+
+async def test_an_idle_processor_stops_when_others_list_items_faster_than_it_takes_them(isolated_settings):
+    """The items waiting are shared: when empty calls do not make them fewer, the idle turn ends (once no rescore
+    pass is open) instead of ranking the others' items forever."""
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=60)
+    topic = settings.kafka.events_topic
+    async with batches(settings) as (sync, client, processor):
+        processor.segments_ranked_at = float("inf")
+        await processor.process([message(topic, 0, [("view", "u1", "i0")])])
+        processor.store = OthersListing(client, settings, rescore_items=BUDGET)
+        calls = await asyncio.wait_for(processor.finish_pending(), timeout=30)
+        assert calls == 1 and processor.segments_pending == 1 + 2 * BUDGET - BUDGET  # i0, the others', less a take
+        assert sync.scard("rs:segments:rescore") == processor.segments_pending
 
 
 class FoldInFailingOnce:
