@@ -371,13 +371,13 @@ class BatchProcessor:
             waiting = self.segments_pending
             applied = await self.store.apply(Effect())
             calls += 1
-            self._account_segments(applied)
+            self._note_left_undone(applied)
             await self._fold_in(applied.fold_ins)
             if not self.rescore_pending and not self.fold_ins_pending and 0 < waiting <= self.segments_pending:
                 break
         return calls
 
-    def _account_segments(self, applied: Applied) -> None:
+    def _note_left_undone(self, applied: Applied) -> None:
         """What the script left undone of the rankings; the gauge only from the processors that write the shared
         state (a users batch's answer on a cluster says nothing of it)."""
         self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
@@ -578,7 +578,7 @@ class BatchProcessor:
             self._flying = None  # (a gap repair applies without a flight, maybe while the agent's is in flight)
         if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
             self._epoch += 1
-        self._account_segments(applied)
+        self._note_left_undone(applied)
         self.last_applied = time.monotonic()
         if effect.rank_segments:  # a call that left items waiting makes the next one due at once
             self.segments_ranked_at = -math.inf if applied.segments_pending else self.last_applied

@@ -452,14 +452,15 @@ many('SADD', P .. 'segments:rescore', live)
 
 -- 4b. per-segment rankings of the items waiting in `segments:rescore` (this batch's and earlier ones'), in the calls
 -- that ask for it, at most as many as this batch listed or cfg.rescore_items, the more (so a call never pays more
--- than every batch paid before, and the items waiting never outgrow what a few calls take): a segment score leans on the item's global score, so every
--- segment that counts a touched item moves, and a batch of random events touches nearly every item of a catalogue
--- in every segment (bench.worker's live phase: 98-234 ms of a live batch's script went to it). Asked about twice a
--- second (the reader reloads these lists once a second), it is paid once per interval instead of once per batch;
--- until then a segment score may lag its counters, and once the set is empty (an idle worker finishes it, as it
--- finishes a rescore pass) every segment score is f(final counters, final global score) again. An item no longer
--- in `rank` (unavailable since, step 2 took it out of every ranking) is dropped; a segment's clicks are read only
--- for the items it counts (at x100 a segment counts about half of a batch's items).
+-- than every batch paid before, and the items waiting never outgrow what a few calls take). A segment score leans
+-- on the item's global score, so every segment that counts a touched item moves, and a batch of random events
+-- touches nearly every item of a catalogue in every segment (bench.worker's live phase: 98-234 ms of a live batch's
+-- script went to it). Asked about twice a second (the reader reloads these lists once a second), it is paid once
+-- per interval instead of once per batch; until then a segment score may lag its counters, and once the set is
+-- empty (an idle worker finishes it, as it finishes a rescore pass) every segment score is f(final counters, final
+-- global score) again. An item no longer in `rank` (unavailable since, step 2 took it out of every ranking) is
+-- dropped; a segment's clicks are read only for the items it counts (at x100 a segment counts about half of a
+-- batch's items).
 if p.rank_segments then
   local due = redis.call('SPOP', P .. 'segments:rescore', math.max(cfg.rescore_items, #live))
   local held = many('ZMSCORE', P .. 'rank', due)
@@ -582,4 +583,5 @@ end
 for _, r in ipairs(p.rankers) do redis.call('SET', r[1], string.sub(ARGV[2], r[2], r[3])) end  -- {key, first, last}
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
-        p.shared and redis.call('EXISTS', P .. 'rescore') or 0, p.shared and redis.call('SCARD', P .. 'segments:rescore') or 0}
+        p.shared and redis.call('EXISTS', P .. 'rescore') or 0,
+        p.shared and redis.call('SCARD', P .. 'segments:rescore') or 0}

@@ -64,10 +64,10 @@ from recstream.store.connection import gathered, queue_mget
 
 SCRIPT = (Path(__file__).parent / "apply_batch.lua").read_text()
 RESCORE_ITEMS = 1_000
-"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4), and at
-most how many items' per-segment scores a call rescores (step 4b): a whole rescore is O(items × segments) inside one
-script, which blocks Redis (bench/scale.py measured it at 100,000 items); this many items per call keeps a call's
-cost bounded whatever the catalogue."""
+"""About how many items a batch rescores of a pass after the quantized prior moved (apply_batch.lua, step 4), and how
+many items' per-segment scores a call that ranks segments takes beyond its own batch's (step 4b): a whole rescore is
+O(items × segments) inside one script, which blocks Redis (bench/scale.py measured it at 100,000 items); this many
+items per call keeps a call's cost bounded whatever the catalogue."""
 
 
 REFUSED = "RECSTREAM_STATE"
@@ -104,8 +104,9 @@ class Effect:
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
     event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # tp → "user:event_id" → arrival ms
     rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (topic, partition) → new ranker state
-    # rescore the per-segment rankings of up to ``rescore_items`` touched items (apply_batch.lua, step 4b); a batch
-    # that does not only adds its items to those waiting (streams/processor.py asks about twice a second)
+    # rescore the per-segment rankings of items waiting, as many as the batch touched and at least ``rescore_items``
+    # (apply_batch.lua, step 4b); a batch that does not only adds its items to those waiting (streams/processor.py
+    # asks about twice a second)
     rank_segments: bool = True
 
 
