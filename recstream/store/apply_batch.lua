@@ -170,7 +170,7 @@ refusal = checked(function()
   end
   integer(cfg.trend_ttl_s, 'cfg.trend_ttl_s', 1)
   integer(cfg.trend_ttl_s * 1000, 'cfg.trend_ttl_s in ms', 1)  -- EXPIRE refuses a time past that
-  integer(cfg.dedup_window_ms, 'cfg.dedup_window_ms', 1)
+  integer(cfg.dedup_window_ms, 'cfg.dedup_window_ms', 0)  -- 0: no de-duplication (the worker sends no ids)
   integer(cfg.graduate_age_ms, 'cfg.graduate_age_ms', 0)
   integer(cfg.seen_cap, 'cfg.seen_cap', 0)
   integer(cfg.rescore_items, 'cfg.rescore_items', 1)  -- HSCAN's COUNT

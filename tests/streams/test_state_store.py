@@ -79,6 +79,25 @@ async def test_seen_sets_segments_and_event_ids_of_every_user_are_written(isolat
     client.close()
 
 
+@pytest.mark.parametrize("window_s", [0, 1])
+async def test_a_batch_applies_at_the_smallest_de_duplication_windows(isolated_settings: Settings, window_s: int):
+    """``dedup_window_s`` 0 (no de-duplication, the settings' lower bound) applies batches as 1 does (the script once
+    refused every batch below 1 ms, so a worker set to 0 applied nothing); ids are kept only with a window."""
+    settings = isolated_settings.replace(dedup_window_s=window_s)
+    keys = Keys.of(settings)
+    tp = f"{settings.kafka.events_topic}:0"
+    effect = Effect(watermarks={tp: (-1, 0)})
+    effect.counters = CounterDeltas(seen={"u1": {"a": T0}})
+    effect.event_ids = {tp: {"u1:e": T0}}
+    await apply(settings, effect)
+    client = redis.Redis.from_url(settings.redis.url)
+    assert client.hget(keys("wm"), tp) is not None and client.zrange(keys.user("u1", "seen"), 0, -1) == [b"a"]
+    ids = keys.event_ids(settings.kafka.events_topic, 0)
+    assert client.exists(ids) == (1 if window_s else 0)
+    assert window_s == 0 or 0 < client.pttl(ids) <= window_s * 1000
+    client.close()
+
+
 def _scores_by_formula(client: redis.Redis, keys: Keys, m: float) -> dict[str, dict[bytes, float]]:
     """Every ranking recomputed from the stored counters and prior: (c + m·q)/(v + m) globally, then
     (c_s + m·global)/(v_s + m) in each segment that counts the item (models/ctr.py's smoothed CTR)."""
