@@ -36,11 +36,15 @@ class BetaPrior:
     def from_ctr(cls, ctr: float, pseudo_count: float, eps: float = 1e-6) -> BetaPrior:
         """α0 = p·n, β0 = (1 − p)·n: mean `p` (the global CTR), worth `n` views.
 
-        `p` is clamped into [ε, 1 − ε] so a global CTR of exactly 0 or 1 (no clicks yet, a
-        tiny sample) still gives a proper prior instead of stopping the worker.
+        `p` is the CTR clamped into [ε, 1 − ε], so a global CTR of 0 or 1 (no clicks yet, a tiny
+        sample) or above 1 (clicks per view: a log of clicks without their views, as an import of
+        (user, item, ts) rows is) still gives a proper prior instead of stopping the reader's reloads.
+
+        >>> BetaPrior.from_ctr(10.07, pseudo_count=50).beta > 0
+        True
         """
-        if not 0.0 <= ctr <= 1.0:
-            raise ValueError(f"ctr must be in [0, 1], got {ctr}")
+        if not math.isfinite(ctr):
+            raise ValueError(f"ctr must be finite, got {ctr}")
         if not (pseudo_count > 0 and math.isfinite(pseudo_count)):
             raise ValueError(f"pseudo_count must be finite and > 0, got {pseudo_count}")
         p = min(max(ctr, eps), 1.0 - eps)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -286,7 +287,10 @@ class SnapshotLoader:
         metrics.RANKER_WEIGHTS_AGE.set_function(lambda: time.monotonic() - (snapshot.ranker.changed_at or started))
 
     async def run(self) -> None:
-        """Reload forever; Redis errors are counted and retried at the next tick, never raised."""
+        """Reload forever; a failed reload is counted and retried at the next tick, never raised: Redis errors, and
+        any other error too (logged with its traceback), since a loader that died would leave the reader serving
+        its last copy, the ranker stale, for the rest of its life. ``healthy`` (/readyz) says whether the last one
+        succeeded."""
         interval = min(max(self.settings.reader.pool_cache_s, MIN_REFRESH_S), RANKER_REFRESH_S)
         while True:
             try:
@@ -296,9 +300,16 @@ class SnapshotLoader:
             except (RedisError, OSError, TimeoutError) as exc:
                 if self.healthy:
                     log.warning("snapshot reload failed, serving the last copy: %r", exc)
-                self.healthy = False
-                metrics.SNAPSHOT_FAILURES.inc()
+                self._failed()
+            except Exception:
+                if self.healthy:
+                    log.exception("snapshot reload failed on what it read, serving the last copy")
+                self._failed()
             await asyncio.sleep(interval)
+
+    def _failed(self) -> None:
+        self.healthy = False
+        metrics.SNAPSHOT_FAILURES.inc()
 
     async def refresh(self, *, force_popular: bool = False) -> None:
         """One reload: pool, prior, unavailable set, model version, clock, ranker states; popular lists when due.
@@ -366,8 +377,13 @@ class SnapshotLoader:
         metrics.RANKER_ROWS.set(self.snapshot.ranker.rows)
 
     def _prior(self, prior: str | None) -> float:
-        """The quantized global CTR the workers scored with (``prior``), the configured default before any."""
-        return float(prior) if prior else self.settings.model.ctr_default
+        """The quantized global CTR the workers scored with (``prior``); the configured default before any, and for a
+        stored value that is no finite number (one bad key must not stop the reloads)."""
+        try:
+            value = float(prior) if prior else math.nan
+        except ValueError:
+            value = math.nan
+        return value if math.isfinite(value) else self.settings.model.ctr_default
 
     def _pool(self, created: dict[str, int], views: list, clicks: list, prior: str | None, now: float) -> Pool:
         """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior.

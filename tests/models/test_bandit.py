@@ -22,10 +22,11 @@ def test_prior_has_the_global_ctr_as_mean_and_the_pseudo_count_as_weight():
     assert prior.alpha + prior.beta == pytest.approx(25)
 
 
-def test_prior_clamps_a_degenerate_ctr_and_rejects_invalid_input():
-    assert BetaPrior.from_ctr(0.0, 10).alpha == pytest.approx(1e-5)
-    assert BetaPrior.from_ctr(1.0, 10).beta == pytest.approx(1e-5)
-    bad_ctr = [(-0.1, 10, "ctr must be"), (1.1, 10, "ctr must be"), (float("nan"), 10, "ctr must be")]
+def test_prior_clamps_a_ctr_outside_the_open_interval_and_rejects_invalid_input():
+    """0 and 1 (a tiny sample), below 0 and above 1 (clicks per view where clicks outnumber views) are clamped."""
+    assert BetaPrior.from_ctr(0.0, 10).alpha == BetaPrior.from_ctr(-0.1, 10).alpha == pytest.approx(1e-5)
+    assert BetaPrior.from_ctr(1.0, 10).beta == BetaPrior.from_ctr(10.07, 10).beta == pytest.approx(1e-5)
+    bad_ctr = [(float("nan"), 10, "ctr must be"), (float("inf"), 10, "ctr must be")]
     bad_count = [(0.1, 0, "pseudo_count"), (0.1, -1e-9, "pseudo_count"), (0.1, float("inf"), "pseudo_count")]
     for ctr, n, says in bad_ctr + bad_count:
         with pytest.raises(ValueError, match=says):

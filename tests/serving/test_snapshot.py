@@ -131,3 +131,47 @@ def test_feature_row_lookups_are_counted_by_whether_the_items_categories_were_ca
 
 def _feature_rows(label: str) -> float:
     return REGISTRY.get_sample_value("recstream_reader_feature_rows_total", {"categories": label}) or 0.0
+
+
+@pytest.mark.parametrize("prior", ["10.07", "not a number"])
+async def test_a_stored_prior_outside_a_ctr_still_loads_the_pool(isolated_settings: Settings, prior: str) -> None:
+    """The workers' prior is clicks per view, above 1 where clicks outnumber views (a log of clicks only, as an
+    import of (user, item, ts) rows is), and a bad key may hold anything: the pool still loads with a proper
+    Beta prior (the loader once raised on either, and its background task died)."""
+    k = Keys.of(isolated_settings)
+    client = redis.Redis.from_url(isolated_settings.redis.url)
+    client.zadd(k("pool"), {"new": 1_000})
+    client.set(k("prior"), prior)
+    client.close()
+    snapshot = Snapshot()
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=5.0, connections=1)
+    await SnapshotLoader(feeds, isolated_settings, snapshot).refresh()
+    await feeds.close()
+    assert list(snapshot.pool.items) == ["new"]
+    assert 0 < snapshot.pool.alpha[0] < isolated_settings.pool.bandit_prior_mass and snapshot.pool.beta[0] > 0
+
+
+async def test_the_background_loader_outlives_a_reload_that_fails_on_what_it_read(isolated_settings: Settings) -> None:
+    """An error other than Redis's in one reload is counted and the next tick reloads again: a dead loader would
+    leave the reader on its last copy for good."""
+    settings = isolated_settings.replace(pool_cache_s=0.05)
+    feeds = RedisClient(settings.redis.url, timeout_s=5.0, connections=1)
+    loader = SnapshotLoader(feeds, settings, Snapshot())
+    reload, calls = loader.refresh, []
+
+    async def fails_once(**kwargs: Any) -> None:
+        calls.append(None)
+        if len(calls) == 1:
+            raise ValueError("a value the loader cannot read")
+        await reload(**kwargs)
+
+    loader.refresh = fails_once  # type: ignore[method-assign]
+    task = asyncio.create_task(loader.run())
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if loader.healthy:
+            break
+    assert not task.done() and loader.healthy and len(calls) >= 2
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await feeds.close()
