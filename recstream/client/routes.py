@@ -30,7 +30,7 @@ from recstream.client.wire import (
     UserErased,
 )
 from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM
-from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, Event, ItemEvent, UserEvent, encode
+from recstream.contracts.events import Event, ItemEvent, UserEvent, micro_batches
 
 T = TypeVar("T", bound=BaseModel)
 JSON = "application/json"
@@ -161,7 +161,7 @@ def send_events(events: Iterable[Event | Mapping[str, Any]]) -> list[Call[Events
     """One POST per body within the reader's limits; every event has its ``event_id`` before any is sent."""
     return [
         Call("POST", "/v1/events", EventsAccepted, body=body, ok=ACCEPTED)
-        for body in event_bodies(with_event_ids(events))
+        for _, body in micro_batches(with_event_ids(events))
     ]
 
 
@@ -190,28 +190,6 @@ def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
         event = given if isinstance(given, Event) else Event.model_validate(given)
         stamped.append(event if event.event_id else event.model_copy(update={"event_id": uuid.uuid4().hex}))
     return stamped
-
-
-def event_bodies(
-    events: Sequence[Event], max_events: int = MAX_EVENTS_PER_MESSAGE, max_bytes: int = MAX_MESSAGE_BYTES
-) -> list[bytes]:
-    """JSON arrays of the events, in order, each of at most ``max_events`` events and ``max_bytes`` bytes
-    (the reader refuses a larger body with 413, more events with 422).
-
-    >>> events = [Event(type="view", user_id="u", item_id=f"i{k}", ts=10**12) for k in range(5)]
-    >>> [body.count(b'"type"') for body in event_bodies(events, max_events=2)]
-    [2, 2, 1]
-    """
-    batches: list[list[bytes]] = []
-    size = 0
-    for event in events:
-        part = encode(event)
-        if not batches or len(batches[-1]) == max_events or size + len(part) + 1 > max_bytes:
-            batches.append([])
-            size = 1  # "[" and "]", plus each element and its "," but the first: 1 + Σ(len + 1)
-        batches[-1].append(part)
-        size += len(part) + 1
-    return [b"[" + b",".join(batch) + b"]" for batch in batches]
 
 
 def _id(value: str) -> str:

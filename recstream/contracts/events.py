@@ -11,7 +11,7 @@ costs its neighbours.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -271,6 +271,43 @@ def encode(payload: BaseModel | Iterable[BaseModel]) -> bytes:
     if isinstance(payload, BaseModel):
         return orjson.dumps(payload.model_dump(exclude_none=True))
     return orjson.dumps([m.model_dump(exclude_none=True) for m in payload])
+
+
+def micro_batches(
+    events: Sequence[Event], max_events: int = MAX_EVENTS_PER_MESSAGE, max_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[int, bytes]]:
+    """The events as JSON arrays, in order, each of at most ``max_events`` events and ``max_bytes`` bytes (what
+    :func:`decode` accepts whole: a Kafka message, a request body), with the position of its first event.
+
+    Why both bounds: an event carries up to MAX_CONTEXT_ENTRIES context values, so a count alone made messages
+    the workers refuse whole (10,000 events stamped with the reader's feature vectors, ~250 bytes each, are
+    2.5 MB). Each ``max_events`` run is encoded in one call, and only one over ``max_bytes`` is cut event by
+    event (a call per event costs ~3×). An event alone over ``max_bytes`` travels alone, to be refused with its
+    reason.
+
+    >>> events = [Event(type="view", user_id="u", item_id=f"i{k}", ts=10**12) for k in range(5)]
+    >>> [(first, body.count(b'"type"')) for first, body in micro_batches(events, max_events=2)]
+    [(0, 2), (2, 2), (4, 1)]
+    >>> [(first, len(body)) for first, body in micro_batches(events, max_bytes=130)]
+    [(0, 129), (2, 129), (4, 65)]
+    """
+    out: list[tuple[int, bytes]] = []
+    for start in range(0, len(events), max_events):
+        run = events[start : start + max_events]
+        whole = encode(run)
+        if len(whole) <= max_bytes:
+            out.append((start, whole))
+            continue
+        first, parts, size = start, [], 1  # size: "[" and "]", plus each element and its "," but the first
+        for k, event in enumerate(run, start):
+            part = encode(event)
+            if parts and size + len(part) + 1 > max_bytes:
+                out.append((first, b"[" + b",".join(parts) + b"]"))
+                first, parts, size = k, [], 1
+            parts.append(part)
+            size += len(part) + 1
+        out.append((first, b"[" + b",".join(parts) + b"]"))
+    return out
 
 
 @lru_cache(maxsize=1 << 16)

@@ -67,7 +67,9 @@ class KafkaSettings(Section):
     retention_ms: int = Field(
         -1, ge=-1, description="events topic retention; -1 keeps the log forever (it is the source of truth)"
     )
-    producer_batch_events: int = Field(100, gt=0, le=10_000, description="events per Kafka message")
+    producer_batch_events: int = Field(
+        100, gt=0, le=10_000, description="events per Kafka message, at most (a message is also cut at 1,000,000 bytes)"
+    )
     producer_linger_ms: int = Field(5, ge=0, le=10_000, description="how long the producer waits to fill a batch")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="how every client (worker, producer, reader, jobs, infra) talks to the brokers"

@@ -2,7 +2,8 @@
 
 Events are grouped per partition (Kafka's default partitioner on ``user_id``, over the topic's partition
 count as the broker reports it: a setting that disagrees would scatter a user's events) into
-micro-batch messages of up to ``batch_events`` events: one Kafka message per ~100 events
+micro-batch messages of up to ``batch_events`` events and the contract's message size
+(contracts/events.micro_batches): one Kafka message per ~100 events
 is what lets a faust agent apply 100k+ events/s (ARCHITECTURE.md, performance notes),
 and one user's events stay ordered because they always share a partition. Items and
 users go one message each, keyed by id, to their compacted topics.
@@ -28,7 +29,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
-from recstream.contracts.events import Erasure, Event, ItemEvent, UserEvent, encode, partition_for
+from recstream.contracts.events import Erasure, Event, ItemEvent, UserEvent, encode, micro_batches, partition_for
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
 
@@ -100,11 +101,8 @@ class EventProducer:
         topic = self.settings.kafka.events_topic
         delivered = []
         for part, mine in by_partition.items():
-            for first in range(0, len(mine), size):
-                batch = mine[first : first + size]
-                delivered.append(
-                    await self._kafka.send(topic, encode(batch), key=batch[0].user_id.encode(), partition=part)
-                )
+            for first, body in micro_batches(mine, size):
+                delivered.append(await self._kafka.send(topic, body, key=mine[first].user_id.encode(), partition=part))
         self.messages_sent += len(delivered)
         await asyncio.gather(*delivered)
         self.events_sent += len(events)
@@ -141,9 +139,8 @@ class EventProducer:
 
     async def _send_buffer(self, part: int) -> None:
         buffer = self._buffers.pop(part, [])
-        if not buffer:
-            return
-        await self._send(self.settings.kafka.events_topic, buffer[0].user_id, encode(buffer), partition=part)
+        for first, body in micro_batches(buffer, self.batch_events):
+            await self._send(self.settings.kafka.events_topic, buffer[first].user_id, body, partition=part)
         self.events_sent += len(buffer)
 
     async def _send(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import httpx
 
-from recstream.contracts.events import Event, decode, encode
+from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_MESSAGE_BYTES, Event, decode, encode
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, read, whole_topic
 from tests.serving.conftest import world  # noqa: F401  (the fixture, for the reads against a trained model)
@@ -44,6 +44,22 @@ def sized_event(k: int, size: int, user: str = "client-u") -> Event:
     event = bare.model_copy(update={"context": context})
     assert len(encode(event)) == size, (size, len(encode(event)))
     return event
+
+
+SIZE = 3002  # 333 events of 3,002 bytes make a body of exactly 1 + 333 · 3,003 = 1,000,000 bytes
+assert 1 + 333 * (SIZE + 1) == MAX_MESSAGE_BYTES
+
+
+def at_byte_limit(offset: int) -> list[Event]:
+    """Events whose one-body encoding is MAX_MESSAGE_BYTES + offset bytes (offset in −1, 0, +1)."""
+    return [sized_event(k, SIZE) for k in range(332)] + [sized_event(332, SIZE + offset)]
+
+
+def at_count_limit(offset: int) -> list[Event]:
+    return [
+        Event(type="view", user_id="u", item_id="i", ts=NOW_MS, event_id=f"e{k}")
+        for k in range(MAX_EVENTS_PER_MESSAGE + offset)
+    ]
 
 
 async def event_ids_on_the_log(settings: Settings) -> Counter[str]:

@@ -13,8 +13,7 @@ from pydantic import SecretStr
 from recstream.client import AsyncClient, Client, FeedPage, Ready, RecstreamError, SimilarItems, Stats
 from recstream.contracts.events import MAX_MESSAGE_BYTES, Event
 from recstream.contracts.settings import Settings
-from tests.client.conftest import NOW_MS, Recorder, event_ids_on_the_log
-from tests.client.test_routes import at_byte_limit, at_count_limit
+from tests.client.conftest import NOW_MS, Recorder, at_byte_limit, at_count_limit, event_ids_on_the_log
 from tests.conftest import wait_until
 from tests.serving.conftest import WORLD_KEY, LiveReader, World
 

@@ -14,9 +14,11 @@ from recstream.contracts.events import (
     UserEvent,
     decode,
     encode,
+    micro_batches,
     segment_of,
     validate,
 )
+from tests.client.conftest import NOW_MS, at_byte_limit, at_count_limit
 
 NOW = 1_700_000_000_000
 GOOD = {"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW - 1000}
@@ -210,3 +212,17 @@ def test_an_item_time_in_seconds_is_refused_saying_milliseconds(field: str, valu
     assert isinstance(result, Rejected)
     assert result.reason.startswith(f"{field}: Input should be")
     assert ("(epoch milliseconds" in result.reason) == hinted
+
+
+@pytest.mark.parametrize(("offset", "bodies"), [(-1, 1), (0, 1), (1, 2)])
+@pytest.mark.parametrize("events_at", [at_byte_limit, at_count_limit])
+def test_micro_batches_split_exactly_past_the_readers_limits(events_at, offset, bodies):
+    events = events_at(offset)
+    split = [body for _, body in micro_batches(events)]
+    assert len(split) == bodies
+    decoded = [decode(body, "event", NOW_MS) for body in split]  # the reader's own check of a body
+    assert all(len(body) <= MAX_MESSAGE_BYTES for body in split)
+    assert [rejected for _, rejected in decoded] == [[]] * bodies
+    assert [e for valid, _ in decoded for e in valid] == events, "all of them, in order"
+    if events_at is at_byte_limit and offset <= 0:
+        assert len(split[0]) == MAX_MESSAGE_BYTES + offset

@@ -5,7 +5,17 @@ from collections import defaultdict
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from recstream.contracts.events import Event, ItemEvent, Kind, UserEvent, decode, partition_for
+from recstream.contracts.events import (
+    MAX_EVENTS_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    Event,
+    ItemEvent,
+    Kind,
+    UserEvent,
+    decode,
+    encode,
+    partition_for,
+)
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 
@@ -80,3 +90,24 @@ async def test_a_users_events_go_to_its_partition_of_the_real_topic_whatever_the
     assert sorted((decode(m.value, "event", T0 * 2)[0][0].user_id, m.partition) for m in messages) == sorted(
         (e.user_id, partition_for(e.user_id, real)) for e in events
     )
+
+
+@pytest.mark.parametrize("deliver", [False, True])
+async def test_a_batch_of_large_events_is_cut_by_bytes_too_so_the_workers_accept_every_message(
+    isolated_settings: Settings, deliver: bool
+):
+    """At the largest batch setting (10,000 events) events of the reader's size made one 2.5 MB message, refused
+    whole by every worker (contracts/events.decode): each message now stays within MAX_MESSAGE_BYTES, in order."""
+    settings = isolated_settings.replace(producer_batch_events=MAX_EVENTS_PER_MESSAGE)
+    context = {f"c{j}": "x" * 200 for j in range(2)}
+    events = [Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k, context=context) for k in range(5_000)]
+    assert sum(len(encode(e)) + 1 for e in events) > 2 * MAX_MESSAGE_BYTES
+    async with EventProducer(settings) as producer:
+        if deliver:
+            await producer.deliver(events)
+        else:
+            await producer.send_events(events)
+    messages = await consume_all(settings, settings.kafka.events_topic, "event", len(events))
+    decoded = [decode(m.value, "event", T0 * 2) for m in messages]
+    assert all(rejected == [] for _, rejected in decoded) and len(messages) >= 3
+    assert [e for valid, _ in decoded for e in valid] == events
