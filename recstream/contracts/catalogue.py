@@ -53,19 +53,25 @@ def read_rows(
     text = (line.decode("utf-8", errors="replace") for line in lines)
     reader = csv.reader(text, delimiter=delimiter, strict=True)
     names = list(columns) if columns is not None else None
-    try:
-        for values in reader:
-            if names is None:
-                names = [name.strip() for name in values]
-                continue
-            if not values or values == [""]:
-                continue
-            if len(values) != len(names):
-                yield reader.line_num, RowError(f"{len(values)} values for {len(names)} columns")
-            else:
-                yield reader.line_num, dict(zip(names, values, strict=True))
-    except csv.Error as exc:  # an unclosed quote runs to the end of the file: nothing after it is readable
-        yield reader.line_num, RowError(f"csv: {exc}")
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # a stray quote or an overlong field spoils its line, and the reader goes on after
+            yield reader.line_num, RowError(f"csv: {exc}")  # it (an unclosed quote runs to the end of the file)
+            if names is None:  # no header: no line after it can be read as a row
+                return
+            continue
+        if names is None:
+            names = [name.strip() for name in values]
+            continue
+        if not values or values == [""]:
+            continue
+        if len(values) != len(names):
+            yield reader.line_num, RowError(f"{len(values)} values for {len(names)} columns")
+        else:
+            yield reader.line_num, dict(zip(names, values, strict=True))
 
 
 def _json_rows(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, object] | RowError]]:

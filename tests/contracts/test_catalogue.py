@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from recstream.contracts.catalogue import RowError, item_object, read_rows
@@ -22,6 +24,21 @@ def test_a_file_without_a_header_takes_the_given_columns_and_an_unclosed_quote_e
     rows = list(read_rows([b"u1\ti1\t5\n", b'u2\t"i2\n', b"u3\ti3\t4\n"], "csv", "\t", ["user", "item", "rating"]))
     assert rows[0] == (1, {"user": "u1", "item": "i1", "rating": "5"})
     assert len(rows) == 2 and isinstance(rows[1][1], RowError) and "csv:" in str(rows[1][1])
+
+
+@pytest.mark.parametrize(
+    "bad", [b'i2,"a"b\n', b"i2," + b"x" * (csv.field_size_limit() + 1) + b"\n"], ids=["stray quote", "overlong field"]
+)
+def test_a_line_the_csv_reader_refuses_is_reported_and_the_lines_after_it_are_still_read(bad: bytes):
+    """One bad line once ended the file: every valid row after it was lost, reported as that one error."""
+    rows = list(read_rows([b"item_id,categories\n", b"i1,a\n", bad, b"i3,c\n", b"i4,d\n"], "csv"))
+    assert [n for n, _ in rows] == [2, 3, 4, 5] and isinstance(rows[1][1], RowError) and "csv:" in str(rows[1][1])
+    assert [r["item_id"] for _, r in rows if isinstance(r, dict)] == ["i1", "i3", "i4"]
+
+
+def test_a_header_the_csv_reader_refuses_ends_the_file_with_one_error():
+    rows = list(read_rows([b'item_id,"categ"ories\n', b"i1,a\n"], "csv"))
+    assert len(rows) == 1 and rows[0][0] == 1 and "csv:" in str(rows[0][1])
 
 
 def test_undecodable_bytes_are_kept_for_the_contract_to_refuse():
