@@ -10,8 +10,9 @@ the :class:`~recstream.eventlog.producer.EventProducer`, delivery confirmed, as 
   ``ts`` in seconds or milliseconds. Each event's id is a hash of its content, so importing a file
   twice gives the workers the same ids;
 * **items** — ``item_id``, ``categories`` (``|``-separated), ``available``, ``created_ts``, a
-  ``f_<name>`` column per feature (recstream/contracts/catalogue.py), and ``category_columns`` whose
-  true values (1, true) name a category (one-hot genres); other columns are ignored;
+  ``f_<name>`` column per feature or (JSONL, Parquet) a ``features`` object (recstream/contracts/catalogue.py),
+  and ``category_columns`` whose true values (1, true) name a category (one-hot genres); other columns are
+  ignored;
 * **users** — ``user_id``; every other column is an attribute (``age`` and ``gender`` make the segment).
 
 ``columns`` maps a field to the file's column where the names differ (``user_id=uid``). A row that
@@ -40,7 +41,7 @@ Kind = Literal["interactions", "items", "users"]
 FileFormat = Literal["csv", "jsonl", "parquet"]
 FIELDS: dict[str, tuple[str, ...]] = {
     "interactions": ("user_id", "item_id", "ts", "type", "value", "rating"),
-    "items": ("item_id", "categories", "available", "created_ts"),
+    "items": ("item_id", "categories", "available", "created_ts", "features"),
     "users": ("user_id",),
 }
 SHORT_NAMES = {"user": "user_id", "item": "item_id"}
@@ -161,7 +162,10 @@ class ImportSpec:
             raise RowError(f"categories: no column {missing[0]!r} (--category-columns names it)")
         flags = [c for c in self.category_columns if _true(c, row[c])]
         if flags:
-            item["categories"] = [*item.get("categories", []), *flags]  # type: ignore[misc]
+            given = item.get("categories")
+            if given is not None and not isinstance(given, list):
+                raise RowError(f"categories: expected a list or a '|'-separated text, got {type(given).__name__}")
+            item["categories"] = [*(given or []), *flags]
         if isinstance(item.get("created_ts"), int | float):
             item["created_ts"] = self._ms("created_ts", item["created_ts"])
         return [{**item, "op": "update"}]

@@ -55,6 +55,31 @@ def test_a_row_that_makes_no_event_says_why(row, says):
 
 
 @pytest.mark.parametrize(
+    ("categories", "result"),
+    [
+        (None, ["drama"]),
+        (["a"], ["a", "drama"]),
+        ("a|b", ["a", "b", "drama"]),
+        (5, "categories: expected a list or a '|'-separated text, got int"),
+    ],
+)
+def test_one_hot_category_columns_join_the_categories_a_typed_row_gives(categories, result):
+    """A JSONL item whose ``categories`` is null or no list once stopped the whole import (a TypeError)."""
+    spec = ImportSpec.parse("items", category_columns=["drama"])
+    made = spec.records({"item_id": "i1", "categories": categories, "drama": 1}, NOW_MS)
+    if isinstance(result, str):
+        assert isinstance(made, Rejected) and made.reason == result
+    else:
+        assert not isinstance(made, Rejected) and made[0].categories == result
+
+
+def test_a_typed_features_object_is_imported_with_the_feature_columns():
+    """A JSONL or Parquet item's ``features`` object was dropped without a word; the bulk route kept it."""
+    made = ImportSpec.parse("items").records({"item_id": "i1", "features": {"price": 3.5}, "f_len": "2"}, NOW_MS)
+    assert not isinstance(made, Rejected) and made[0].features == {"price": 3.5, "len": 2.0}
+
+
+@pytest.mark.parametrize(
     ("age", "read"),
     [
         ("34", 34),
