@@ -142,6 +142,7 @@ def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:
     """A partition's ranker from its stored state, learning on with ``config`` (the settings may have changed
     since); a new one when there is no state, or one of another feature count, unreadable, or learned with another
     standardization, or of other features (its z and n weigh other features)."""
+    width = len(FEATURES) + 1
     if state is not None:
         try:
             ranker = FTRLRanker.from_bytes(state)
@@ -151,10 +152,8 @@ def restore(state: bytes | None, config: FTRLConfig) -> FTRLRanker:
             if ranker.n_features != len(FEATURES):
                 log.warning("ranker state of %d features, not %d: the partition's ranker starts again",
                             ranker.n_features, len(FEATURES))  # fmt: skip
-            elif (ranker.config.standardize, ranker.config.standardize_only) != (
-                config.standardize,
-                config.standardize_only,
-            ):
+            elif not np.array_equal(ranker.config.standardized(width), config.standardized(width)):
+                # the masks, not the spellings: every feature named is "every feature" (()) once stored
                 log.warning("ranker state learned with standardize=%s (only %s): the partition's ranker starts again",
                             ranker.config.standardize, ranker.config.standardize_only)  # fmt: skip
             else:

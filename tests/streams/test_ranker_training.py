@@ -114,6 +114,16 @@ def test_a_state_that_standardized_other_features_starts_a_new_ranker():
     assert restore(state.to_bytes(), taste).n_updates == 3, "the same features learn on"
 
 
+def test_every_feature_named_is_the_same_standardization_as_none_named_and_learns_on():
+    """Naming every feature in RECSTREAM_RANKER_STANDARDIZE_FEATURES gives the mask of naming none; the stored state
+    reads back as "every feature", so comparing the spellings started the ranker again after every batch."""
+    config = ftrl_config(RankerSettings(standardize=True, standardize_features=",".join(FEATURES)))
+    state = FTRLRanker(F, config)
+    state.update(np.ones((3, F)), [1, 0, 1])
+    assert restore(state.to_bytes(), config).n_updates == 3
+    assert restore(state.to_bytes(), FTRLConfig(standardize=True)).n_updates == 3
+
+
 def test_the_settings_name_the_features_to_standardize():
     settings = RankerSettings(standardize=True, standardize_features="category_affinity, als_rank")
     assert settings.standardize_features == ("category_affinity", "als_rank")
