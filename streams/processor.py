@@ -225,7 +225,10 @@ class BatchProcessor:
         self._thens: list[Then] = []  # what runs once the call in flight applied (the agent's acks)
         self._epoch = 0  # moved by every failure and rebalance: a batch built before it is built again
         self._bounds: dict[asyncio.Task, asyncio.Timeout] = {}  # each process() attempt's stuck limit, by task
-        self.rescore_pending = False  # the last script said a rescore pass is unfinished (apply_batch.lua, step 4)
+        # the last script said a rescore pass is unfinished (apply_batch.lua, step 4); True until a script answers: a
+        # worker that starts may find a pass, items waiting or fold-ins the one before it left (stopped between its
+        # last batch and its idle tick), and its first idle tick asks with an empty call instead of leaving them
+        self.rescore_pending = True
         self.segments_pending = 0  # items whose per-segment scores wait, as the last script said (step 4b)
         self.segments_ranked_at = -math.inf  # when a call last ranked segments and left none of its share waiting
         self.fold_ins_pending = False  # a script listed graduated items whose fold-in has not succeeded since

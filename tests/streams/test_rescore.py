@@ -103,6 +103,23 @@ async def test_a_moved_prior_rescores_a_bounded_share_per_batch_and_a_finished_p
         assert stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
 
 
+async def test_a_processor_that_starts_finishes_what_the_worker_before_it_left(isolated_settings):
+    """A worker stopped between a batch that left items waiting for their segment scores and its next idle tick: the
+    one that starts knew nothing of them until a script answered, so with no traffic they waited for good. Its first
+    idle tick now asks with an empty call, and one with nothing left asks once."""
+    settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=60)
+    topic = settings.kafka.events_topic
+    async with batches(settings) as (sync, client, before):
+        await before.process([message(topic, 0, [("view", "u1", "i0")])])  # the first call ranks (none before it)
+        await before.process([message(topic, 1, [("view", u, f"i{n}") for n in range(10) for u in USERS])])
+        assert sync.scard("rs:segments:rescore") == 10, "the second call, within segment_rank_s, left them"
+        started = BatchProcessor("event", StateStore(client, settings, rescore_items=BUDGET), settings, no_dead_letters)
+        assert started.pending and await started.finish_pending() >= 1 and not started.pending
+        assert sync.scard("rs:segments:rescore") == 0 and stale_scores(sync, settings) == {"rank": 0, "a": 0, "b": 0}
+        again = BatchProcessor("event", StateStore(client, settings, rescore_items=BUDGET), settings, no_dead_letters)
+        assert await again.finish_pending() == 1 and await again.finish_pending() == 0
+
+
 async def test_a_catalogue_within_the_budget_is_rescored_in_the_batch_that_moved_the_prior(isolated_settings):
     """HSCAN returns a small hash (listpack-encoded, at most 128 fields here) whole: no pass outlives its batch."""
     settings = isolated_settings.replace(require_announced_items=False, segment_rank_s=0)  # ranked at once
