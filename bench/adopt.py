@@ -60,7 +60,7 @@ FIRST_FEED_TIMEOUT_S = 120.0
 
 def recstream(settings: Settings, *args: str) -> float:
     """Run a ``recstream`` command as a newcomer would, with these settings in its environment; its seconds."""
-    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "1000"}  # summaries unwrapped
+    env = {**settings.environment(os.environ), "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "1000"}  # summaries unwrapped
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "recstream.shell.cli", *args], env=env, cwd=ROOT, check=False,
                           capture_output=True, text=True)  # fmt: skip

@@ -565,6 +565,18 @@ class Settings(BaseModel):
         values[EXPERIMENT_VARIABLE] = self.experiment
         return {f"{ENV_PREFIX}{name.upper()}": _env_value(value) for name, value in values.items() if value is not None}
 
+    def environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """A child process's environment: ``base`` (this process's) with these settings as its ``RECSTREAM_*``
+        variables, the inherited ones dropped first. Why: :meth:`to_env` leaves out a setting held as None (unset),
+        and the child would read the parent's variable instead (an API key, an experiment, a bias α).
+
+        >>> env = load_settings().replace(api_key=None).environment({"RECSTREAM_API_KEY": "k", "HOME": "/h"})
+        >>> "RECSTREAM_API_KEY" in env, env["HOME"]
+        (False, '/h')
+        """
+        kept = {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX) or k in TOOL_VARIABLES}
+        return {**kept, **self.to_env()}
+
 
 def _nested(values: Mapping[str, object], base: Settings | None = None) -> dict[str, object]:
     """Flat variable names and values → the nested dict :class:`Settings` validates (over ``base``'s values)."""

@@ -552,7 +552,7 @@ class Child:
     ) -> None:
         self.command, self.log = command, log
         self.port = port or free_port()
-        full_env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1",  # many small solves
+        full_env = {**settings.environment(os.environ), "OPENBLAS_NUM_THREADS": "1",  # many small solves
                     PORT_VARIABLES[command]: str(self.port)}  # fmt: skip
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -188,3 +189,21 @@ def test_a_topic_name_has_at_most_the_249_characters_kafka_takes(name, length):
             load_settings(**{name: "t" * length})
     else:
         assert getattr(load_settings(**{name: "t" * length}).kafka, name) == "t" * length
+
+
+def test_a_child_reads_a_setting_held_as_none_as_unset_not_as_the_parents_variable(monkeypatch):
+    """to_env leaves None out, so a child started with {**os.environ, **to_env()} read the parent's variable: a
+    reader meant to run without an API key, an experiment or a bias α ran with the parent's."""
+    parent = {"RECSTREAM_API_KEY": "k" * 32, "RECSTREAM_RANKER_BIAS_ALPHA": "0.5", "RECSTREAM_SKIP_AUDIT": "1"}
+    for name, value in parent.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings().replace(api_key=None, ranker_bias_alpha=None)
+    child = settings.environment(os.environ)
+    assert "RECSTREAM_API_KEY" not in child and "RECSTREAM_RANKER_BIAS_ALPHA" not in child
+    assert child["RECSTREAM_SKIP_AUDIT"] == "1", "the project's tool variables pass through"
+    for name in parent:
+        monkeypatch.delenv(name)
+    for name, value in child.items():
+        monkeypatch.setenv(name, value)
+    seen = load_settings()
+    assert seen.reader.api_key is None and seen.ranker.bias_alpha is None

@@ -109,7 +109,7 @@ async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_fac
     await publish(settings, users=users, items=items)
     wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="the worker to apply users")
     before = dump_state(client, "rs")
-    env = {**os.environ, **settings.to_env()}
+    env = settings.environment(os.environ)
     rebuild_command = [sys.executable, "-m", "recstream.shell.cli", "rebuild"]
     command = subprocess.run(rebuild_command, env=env, capture_output=True, text=True, cwd=REPO)
     assert command.returncode == 1

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env(), "OPENBLAS_NUM_THREADS": "1", **env}
+    env = {**settings.environment(os.environ), "OPENBLAS_NUM_THREADS": "1", **env}
     command = [sys.executable, "-m", "recstream.shell.cli", *args]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
 
