@@ -47,6 +47,7 @@ def read_rows(
     >>> list(read_rows([b'{"item_id": "i1"}\\n', b"[1]\\n"], "jsonl"))
     [(1, {'item_id': 'i1'}), (2, RowError('a line must be one JSON object'))]
     """
+    lines = _without_bom(lines)
     if fmt == "jsonl":
         yield from _json_rows(lines)
         return
@@ -72,6 +73,16 @@ def read_rows(
             yield reader.line_num, RowError(f"{len(values)} values for {len(names)} columns")
         else:
             yield reader.line_num, dict(zip(names, values, strict=True))
+
+
+def _without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines with a UTF-8 byte order mark taken off the first (spreadsheets write one): kept, it became part of
+    the first column's name, and every row was refused for lacking that column."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is not None:
+        yield first.removeprefix(b"\xef\xbb\xbf")
+        yield from it
 
 
 def _json_rows(lines: Iterable[bytes]) -> Iterator[tuple[int, dict[str, object] | RowError]]:

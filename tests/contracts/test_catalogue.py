@@ -41,6 +41,14 @@ def test_a_header_the_csv_reader_refuses_ends_the_file_with_one_error():
     assert len(rows) == 1 and rows[0][0] == 1 and "csv:" in str(rows[0][1])
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_byte_order_mark_before_the_first_line_is_not_part_of_it(fmt: str):
+    """A spreadsheet's UTF-8 export starts with one: the first column was "\ufeffitem_id", every row refused."""
+    lines = [b"item_id\n", b"i1\n"] if fmt == "csv" else [b'{"item_id": "i1"}\n']
+    lines[0] = b"\xef\xbb\xbf" + lines[0]
+    assert [row for _, row in read_rows(lines, fmt)] == [{"item_id": "i1"}]
+
+
 def test_undecodable_bytes_are_kept_for_the_contract_to_refuse():
     [(number, row)] = list(read_rows([b"item_id\n", b"i\xff1\n"], "csv"))
     assert number == 2 and row == {"item_id": "i\ufffd1"}
