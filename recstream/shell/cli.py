@@ -231,8 +231,12 @@ async def _produce(
 
 @app.command()
 def produce(
-    file: Annotated[Path | None, typer.Option(help="JSONL file, one event/item/user object a line")] = None,
-    movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="JSONL file, one event/item/user object a line", exists=True, dir_okay=False)
+    ] = None,
+    movielens: Annotated[
+        Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)", exists=True, file_okay=False)
+    ] = None,
     synthetic: Annotated[int | None, typer.Option(min=1, help="this many events from the synthetic world")] = None,
     seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
 ) -> None:
@@ -362,8 +366,12 @@ class Engine(StrEnum):
 
 @app.command()
 def train(
-    file: Annotated[Path | None, typer.Option(help="JSONL file instead of the Kafka log")] = None,
-    movielens: Annotated[Path | None, typer.Option(help="MovieLens 100K folder instead of the Kafka log")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="JSONL file instead of the Kafka log", exists=True, dir_okay=False)
+    ] = None,
+    movielens: Annotated[
+        Path | None, typer.Option(help="MovieLens 100K folder instead of the Kafka log", exists=True, file_okay=False)
+    ] = None,
     factors: Annotated[int, typer.Option(help="latent factors k")] = 64,
     iterations: Annotated[int, typer.Option(help="ALS sweeps")] = 15,
     regularization: Annotated[
@@ -481,7 +489,10 @@ def demo(
     history_rate: Annotated[float, typer.Option(help="views per second in that history")] = 20.0,
     seed: Annotated[int, typer.Option(help="world and simulation seed")] = 7,
     movielens: Annotated[
-        Path | None, typer.Option(help="MovieLens 100K folder: its users' tastes and items as the hidden world")
+        Path | None,
+        typer.Option(
+            help="MovieLens 100K folder: its users' tastes and items as the hidden world", exists=True, file_okay=False
+        ),
     ] = None,
 ) -> None:
     """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated users in a closed loop."""
@@ -519,7 +530,9 @@ def demo(
 @experiment_app.command("report")
 def experiment_report(
     name: Annotated[str | None, typer.Argument(help="the experiment (default: the configured one)")] = None,
-    file: Annotated[Path | None, typer.Option(help="JSONL file of events instead of the Kafka log")] = None,
+    file: Annotated[
+        Path | None, typer.Option(help="JSONL file of events instead of the Kafka log", exists=True, dir_okay=False)
+    ] = None,
     control: Annotated[str | None, typer.Option(help="baseline variant (default: the configured control)")] = None,
     alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="significance level (Bonferroni-split)")] = 0.05,
 ) -> None:

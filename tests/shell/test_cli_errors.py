@@ -128,3 +128,25 @@ def test_a_closed_redis_port_behind_a_live_kafka_is_one_line(
     )
     done = cli(settings, *command)
     assert_one_line(done, "Redis", settings.redis.url, "RECSTREAM_REDIS_URL")
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["produce", "--file", "no-such.jsonl"], "'--file': file 'no-such.jsonl' does not exist"),
+        (["produce", "--file", "tests"], "'--file': file 'tests' is a directory"),
+        (["produce", "--movielens", "no-such-folder"], "'--movielens': dir 'no-such-folder' does not exist"),
+        (["train", "--movielens", "README.md"], "'--movielens': dir 'README.md' is a file"),
+        (["train", "--file", "no-such.jsonl"], "'--file': file 'no-such.jsonl' does not exist"),
+        (["demo", "--movielens", "no-such-folder"], "'--movielens': dir 'no-such-folder' does not exist"),
+        (["experiment", "report", "ab", "--file", "no-such.jsonl"], "'--file': file 'no-such.jsonl' does not exist"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_a_path_option_that_names_nothing_readable_is_a_usage_error_before_anything_runs(
+    nothing_listens: Settings, command: list[str], says: str
+):
+    """A mistyped path ended in a traceback once the services were up (FileNotFoundError deep in the reading);
+    now the option is checked first: exit 2, the option and the path named, before any service is reached."""
+    done = cli(nothing_listens, *command)
+    assert done.returncode == 2 and says in " ".join(done.stderr.replace("│", " ").split()), done.stderr
