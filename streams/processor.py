@@ -230,7 +230,7 @@ class BatchProcessor:
         # last batch and its idle tick), and its first idle tick asks with an empty call instead of leaving them
         self.rescore_pending = True
         self.segments_pending = 0  # items whose per-segment scores wait, as the last script said (step 4b)
-        self.segments_ranked_at = -math.inf  # when a call last ranked segments and left none of its share waiting
+        self.segments_ranked_at = -math.inf  # when a call last ranked segments and left none waiting (of anyone's)
         self.fold_ins_pending = False  # a script listed graduated items whose fold-in has not succeeded since
         self.last_applied = time.monotonic()
         self.ranker_config = ftrl_config(settings.ranker)

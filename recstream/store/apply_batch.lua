@@ -451,8 +451,9 @@ many('ZADD', P .. 'rank', rank_args)
 many('SADD', P .. 'segments:rescore', live)
 
 -- 4b. per-segment rankings of the items waiting in `segments:rescore` (this batch's and earlier ones'), in the calls
--- that ask for it, at most as many as this batch listed or cfg.rescore_items, the more (so a call never pays more
--- than every batch paid before, and the items waiting never outgrow what a few calls take). A segment score leans
+-- that ask for it, at most as many as this batch listed or cfg.rescore_items, the more (each listed item is ranked
+-- once, so the work is at most what every batch paid before, and the items waiting never outgrow what a few calls
+-- take; one call may pay for items other batches or workers listed: the set is shared). A segment score leans
 -- on the item's global score, so every segment that counts a touched item moves, and a batch of random events
 -- touches nearly every item of a catalogue in every segment (bench.worker's live phase: 98-234 ms of a live batch's
 -- script went to it). Asked about twice a second (the reader reloads these lists once a second), it is paid once
