@@ -53,11 +53,13 @@ class FeedStore:
     """
 
     RECORD = Script("""
-    -- KEYS[1]: the session list, KEYS[2]: its index; ARGV: the page as JSON, the TTL in seconds, the index's
-    -- cap, now (µs: two sessions started within one ms tied, and the tie went to the session id's order, not the
-    -- older one). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
+    -- KEYS[1]: the session list, KEYS[2]: its index, KEYS[3] (a known user's page): the anonymous index, which
+    -- lists the session if it began before its user was known; ARGV: the page as JSON, the TTL in seconds, the
+    -- index's cap, now (µs: two sessions started within one ms tied, and the tie went to the session id's order,
+    -- not the older one). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
     redis.call('RPUSH', KEYS[1], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[2])
+    if KEYS[3] then redis.call('ZREM', KEYS[3], KEYS[1]) end
     redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
     local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
     if over > 0 then
@@ -115,8 +117,11 @@ class FeedStore:
             if vectors is None
             else [[s.item, s.source, vector] for s, vector in zip(page, vectors, strict=True)]
         )
-        index = self.keys.user(user_id, "sessions") if known else self.keys.anonymous_sessions(user_id)
-        keys = [self.session_key(user_id, session), index]
+        anonymous = self.keys.anonymous_sessions(user_id)
+        # a known user's page takes its session off the anonymous index: left there at its first page's time, it
+        # was soon the least recently used, and anonymous first pages past the cap deleted it mid-scroll (410)
+        indexes = [self.keys.user(user_id, "sessions"), anonymous] if known else [anonymous]
+        keys = [self.session_key(user_id, session), *indexes]
         await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000])
 
     async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:

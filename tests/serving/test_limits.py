@@ -266,3 +266,23 @@ async def test_reads_cannot_fill_redis_with_scroll_sessions(world: World):
             assert sessions(known) == min(count, 8), count
         assert (await reader.get(f"/v1/feed/{known}", params={"cursor": mine[0]})).status_code == 410
         assert (await reader.get(f"/v1/feed/{known}", params={"cursor": mine[1]})).status_code == 200
+
+
+async def test_a_session_begun_before_its_user_was_known_survives_anonymous_traffic(world: World):
+    """A new id's first page is listed in the anonymous index; once the id is known (preferences here, a view in
+    production) its pages are listed in its own. The anonymous entry stayed behind at its first page's time, so
+    ``anonymous_sessions`` first pages of other ids later evicted the session of a user still scrolling: 410."""
+    cap, run, r = 3, uuid.uuid4().hex[:8], world.redis()
+    settings = await isolated_topics(world.settings.replace(anonymous_sessions=cap))
+    async with reader_client(settings, KEY) as reader:
+        user = unique("u-becomes-known")
+        first = await feed(reader, user, limit=1)
+        assert (await reader.put(f"/v1/users/{user}/preferences", json={"categories": ["music"]})).status_code == 200
+        second = await reader.get(f"/v1/feed/{user}", params={"cursor": first["next_cursor"]})
+        assert second.status_code == 200
+        session = f"rs:user:{user}:feed:{first['session']}"
+        assert r.zscore("rs:sessions:anonymous", session) is None and r.zscore(f"rs:user:{user}:sessions", session)
+        for k in range(cap + 1):
+            await feed(reader, f"anon-{run}-{k}", limit=1)
+        third = await reader.get(f"/v1/feed/{user}", params={"cursor": second.json()["next_cursor"]})
+        assert third.status_code == 200, third.text
