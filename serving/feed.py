@@ -98,29 +98,32 @@ class Exclusions:
     the request's filter refuses (serving/filters.py).
 
     A "not interested" entry is an item id, or a category when some item carries it. With blocked
-    categories or a filter on categories or features, an item whose categories are not known yet is held
-    back rather than risked.
+    categories, an entry the snapshot knows neither as an item nor as a category (a category no cached item
+    carries yet: the long tail, a restart), or a filter on categories or features, an item whose categories
+    are not known yet is held back rather than risked.
     """
 
-    __slots__ = ("_categories", "_now", "blocked", "fast", "items", "only", "unavailable")
+    __slots__ = ("_categories", "_now", "blocked", "fast", "items", "only", "unavailable", "unsure")
 
     def __init__(self, user: UserState, snapshot: Snapshot, now: float, only: FeedFilter = NO_FILTER) -> None:
         self.items = {*user.seen, *user.served, *user.not_interested, *only.exclude}
         self.unavailable = snapshot.unavailable
         self.blocked = user.not_interested.intersection(snapshot.categories.known)
+        self.unsure = not all(map(snapshot.categories.names, user.not_interested))
         self.only = only
         self._categories = snapshot.categories
         self._now = now
         self.fast: Container[str] = self
-        """Answers ``in`` as this does, in C when ids alone decide (no blocked category, no narrowing filter, few
-        unavailable items): one set. A page asks about ~300 items, and a Python ``__contains__`` costs ~0.2 µs."""
-        if not self.blocked and not only.narrows and len(self.unavailable) <= FAST_UNAVAILABLE:
+        """Answers ``in`` as this does, in C when ids alone decide (no blocked category, no unknown entry, no
+        narrowing filter, few unavailable items): one set. A page asks about ~300 items, and a Python
+        ``__contains__`` costs ~0.2 µs."""
+        if not self.blocked and not self.unsure and not only.narrows and len(self.unavailable) <= FAST_UNAVAILABLE:
             self.fast = self.items.union(self.unavailable) if self.unavailable else self.items
 
     def __contains__(self, item: object) -> bool:
         if item in self.items or item in self.unavailable:
             return True
-        if self.blocked or self.only.narrows:
+        if self.blocked or self.unsure or self.only.narrows:
             categories = self._categories.get(item, self._now)  # type: ignore[arg-type]
             if categories is None or not self.blocked.isdisjoint(categories):
                 return True
@@ -399,7 +402,7 @@ def explore(
     mask[[pool.index[i] for i in pool.index.keys() & exclude.items]] = True  # the intersection runs in C
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
-    if exclude.only.narrows:  # a filtered request: the pool's items one by one (the filter may name features)
+    if exclude.only.narrows or exclude.unsure:  # the pool's items one by one (a filter may name features)
         mask |= np.fromiter((item in exclude for item in pool.items), dtype=bool, count=len(pool.items))
     rng, theta = np.random.default_rng(seed), None
     if policy == "thompson":

@@ -132,6 +132,10 @@ class Categories:
             metrics.FEATURE_ROWS_UNKNOWN.inc(unknown)
         return found
 
+    def names(self, name: str) -> bool:
+        """Whether ``name`` is known as a cached item or as a category some cached item carries."""
+        return name in self._entries or name in self.known
+
     def stale(self, items: Iterable[str], now: float) -> list[str]:
         return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]
 

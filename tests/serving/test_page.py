@@ -73,6 +73,19 @@ def test_a_not_interested_category_holds_back_items_whose_categories_are_unknown
     assert "mystery" in snap.categories.wanted, "the next snapshot reload fetches its categories"
 
 
+def test_a_not_interested_category_no_cached_item_carries_yet_holds_back_unknown_items_too():
+    """ "horror" is on no cached item (a long-tail category, a reader just restarted): it was not a blocked category,
+    so candidates whose categories were not loaded yet went through, horror ones included. An entry the snapshot
+    knows as an item keeps the one-set fast path."""
+    snap = snapshot()
+    rows = [["h1", 1.0, None], ["i2", 0.9, None]]
+    user = UserState(segment="age25-34.F", candidate_rows=rows, not_interested=frozenset({"horror"}))
+    items = {s.item for s in build_page(user, snap, SETTINGS, 30, seed=1, now=0.0).items}
+    assert "h1" not in items and "i2" in items and "h1" in snap.categories.wanted
+    assert isinstance(Exclusions(warm_user(not_interested=frozenset({"i7"})), snap, 0.0).fast, set)
+    assert not isinstance(Exclusions(warm_user(not_interested=frozenset({"horror"})), snap, 0.0).fast, set)
+
+
 def test_a_cold_user_with_picks_gets_popular_items_of_those_categories_first():
     user = UserState(segment="age25-34.F", preferred=("news",))
     page = build_page(user, snapshot(), SETTINGS, 20, seed=1, now=0.0)
