@@ -35,10 +35,15 @@ class Catalogue:
         self.max_items = service.settings.reader.bulk_max_items
 
     async def put_item(self, item_id: str, fields: dict[str, object]) -> ItemEvent:
-        """The whole item as given (defaults for what is left out), published as an ``update``."""
-        item = ItemEvent.model_validate({**fields, "op": "update", "item_id": item_id, "ts": _now_ms()})
-        await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))
-        return item
+        """The whole item as given (defaults for what is left out), published as an ``update``; EventsRejected (422)
+        where the contract refuses it as the workers would (a ``created_ts`` more than a day ahead: accepted here,
+        it went to the dead-letter topic)."""
+        now = _now_ms()
+        item = validate({**fields, "op": "update", "item_id": item_id, "ts": now}, "item", now)
+        if isinstance(item, Rejected):
+            raise EventsRejected([item.reason])
+        await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))  # type: ignore[list-item]
+        return item  # type: ignore[return-value]
 
     async def patch_item(self, item_id: str, given: dict[str, object]) -> ItemEvent:
         """The item as the workers last applied it with the given fields replaced; NotFound if they never did."""

@@ -159,6 +159,7 @@ async def test_an_item_body_is_capped_before_it_is_parsed(isolated_settings, off
         ("PUT", "/v1/items/i1", b'{"colour": "red"}', {}, 422, "Extra inputs are not permitted"),
         ("PUT", "/v1/items/i1", b'{"features": {"x": NaN}}', {}, 422, "finite"),
         ("PUT", "/v1/items/i1", b'{"categories": "news"}', {}, 422, "valid array"),
+        ("PUT", "/v1/items/i1", b'{"created_ts": 1000000000000000}', {}, 422, "more than a day in the future"),  # 202
         ("PUT", "/v1/items/a%3Bb", b"{}", {}, 422, "should match pattern"),
         ("PUT", "/v1/users/u1", b'{"attributes": {"a b": 1}}', {}, 422, "should match pattern"),
         ("PUT", "/v1/users/u1", b'{"attributes": {"age": NaN}}', {}, 422, "finite"),  # was published as nan
