@@ -42,8 +42,9 @@ class Catalogue:
         item = validate({**fields, "op": "update", "item_id": item_id, "ts": now}, "item", now)
         if isinstance(item, Rejected):
             raise EventsRejected([item.reason])
-        await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))  # type: ignore[list-item]
-        return item  # type: ignore[return-value]
+        assert isinstance(item, ItemEvent)  # the contract's model of an item
+        await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))
+        return item
 
     async def patch_item(self, item_id: str, given: dict[str, object]) -> ItemEvent:
         """The item as the workers last applied it with the given fields replaced; NotFound if they never did."""
