@@ -107,10 +107,11 @@ class FeedService:
         arm = self.variants.assign(user_id)
         try:
             user = await self.guard(lambda: self.store.read(user_id, cursor and cursor.session))
-        except RedisUnavailable as exc:
+        except RedisUnavailable as exc:  # no round trip was made when the guard skipped Redis
             items = degraded_page(self.snapshot, limit, only, time.monotonic())
+            trips = 0 if exc.cause == "skipped" else 1
             return self._feed_answer(
-                user_id, items, cursor, seed, "degraded", "degraded", exc.cause, 1, started, arm.label
+                user_id, items, cursor, seed, "degraded", "degraded", exc.cause, trips, started, arm.label
             )
         if cursor is not None and not user.session_found:
             self._trips.observe(1)

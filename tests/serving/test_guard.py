@@ -6,9 +6,12 @@ import asyncio
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from recstream.serving.errors import RedisUnavailable
+from recstream.serving.feed_query import FEED_ROUTE
 from recstream.serving.guard import COOLDOWN_S, TRIP_AFTER, RedisGuard
 from recstream.serving.redis_client import RedisClient
+from recstream.serving.service import FeedService
 
 from recstream.shell.infra import free_port
 from tests.serving.test_redis_client import block_redis
@@ -76,3 +79,23 @@ async def test_round_trips_that_overlapped_one_stall_count_as_one_failure(isolat
     finally:
         await feeds.close()
         client.close()
+
+
+async def test_a_feed_the_guard_answers_without_trying_redis_counts_no_round_trip(isolated_settings):
+    """The round trips histogram observed 1 for every degraded feed, also when the guard skipped Redis (no round
+    trip made): during an outage it counted round trips that never happened."""
+
+    def observed(le: str) -> float:
+        labels = {"route": FEED_ROUTE, "le": le}
+        return REGISTRY.get_sample_value("recstream_reader_redis_round_trips_bucket", labels) or 0.0
+
+    service = FeedService(isolated_settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    try:
+        before = observed("0.0"), observed("1.0")
+        for _ in range(TRIP_AFTER):
+            assert (await service.feed("u1", 10, None, None))["degraded"]
+        assert not service.guard.ok
+        assert (await service.feed("u1", 10, None, None))["degraded"]
+        assert (observed("0.0") - before[0], observed("1.0") - before[1]) == (1, TRIP_AFTER + 1)
+    finally:
+        await service.close()
