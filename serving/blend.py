@@ -53,21 +53,33 @@ def slot_counts(shares: Mapping[Source, float], n: int, explore_cap: float) -> d
     {'personal': 12, 'popular': 4, 'fresh': 2, 'explore': 2}
     >>> slot_counts({"personal": 0.0, "popular": 0.5, "fresh": 0.0, "explore": 0.5}, 10, explore_cap=0.25)
     {'personal': 0, 'popular': 8, 'fresh': 0, 'explore': 2}
+    >>> slot_counts({"personal": 0.7, "popular": 0.1, "fresh": 0.1, "explore": 0.1}, 3, explore_cap=0.25)
+    {'personal': 3, 'popular': 0, 'fresh': 0, 'explore': 0}
     """
     total = sum(shares.get(s, 0.0) for s in SOURCES)
     if n <= 0 or total <= 0:
         return {s: (n if s == "popular" else 0) for s in SOURCES} if n > 0 else dict.fromkeys(SOURCES, 0)
-    explore = min(math.floor(n * shares.get("explore", 0.0) / total + 0.5), math.floor(n * explore_cap))
+    explore = min(math.floor(_exact(n * shares.get("explore", 0.0) / total) + 0.5), math.floor(_exact(n * explore_cap)))
     rest = [s for s in SOURCES if s != "explore"]
     rest_total = sum(shares.get(s, 0.0) for s in rest)
     if rest_total <= 0:  # only explore was configured: the capped remainder goes to popular
         return {**dict.fromkeys(rest, 0), "popular": n - explore, "explore": explore}
-    quotas = {s: (n - explore) * shares.get(s, 0.0) / rest_total for s in rest}
+    quotas = {s: _exact((n - explore) * shares.get(s, 0.0) / rest_total) for s in rest}
     counts = {s: math.floor(q) for s, q in quotas.items()}
-    by_remainder = sorted(rest, key=lambda s: (-(quotas[s] - counts[s]), SOURCES.index(s)))
+    by_remainder = sorted(rest, key=lambda s: (-_exact(quotas[s] - counts[s]), SOURCES.index(s)))
     for s in by_remainder[: n - explore - sum(counts.values())]:
         counts[s] += 1
     return {**counts, "explore": explore}
+
+
+def _exact(x: float) -> float:
+    """``x`` rounded to 9 decimals: a share's float arithmetic is off in the last bits (0.7 + 0.1 + 0.1 is
+    0.8999999999999999), which decided ties the rule breaks in SOURCES order and floors of whole quotas.
+
+    >>> 3 * 0.1 / (0.7 + 0.1 + 0.1), _exact(3 * 0.1 / (0.7 + 0.1 + 0.1))
+    (0.3333333333333334, 0.333333333)
+    """
+    return round(x, 9)
 
 
 def personal_first(
