@@ -13,7 +13,9 @@ hundreds of clicks on one item and push it up every popular list. The policy (RE
   one slows down and retries;
 * a user's clicks on one item past ``clicks_per_user_item`` in a window are dropped, and the rest
   of the request goes out, views included: repeated clicks are what click fraud looks like, and a
-  client that reports them is not wrong to.
+  client that reports them is not wrong to;
+* a click is counted once per event id: a request resent after a 503 (README: each event applies
+  once) spends neither limit again, and its clicks admitted before are admitted again.
 
 Both are counted in ``recstream_reader_clicks_limited_total{limit}``. The counts live in Redis,
 so every reader replica sees the same ones: one hash per window, ``clicks:<window number>``,
@@ -25,7 +27,6 @@ as a degraded ``/v1/events`` answer): refusing real events for want of a counter
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Collection
 
 from recstream.serving import metrics
@@ -45,23 +46,39 @@ class ClickGuard:
     """``await guard.admit(client, events)``: the events minus the clicks past the per-(user, item) limit."""
 
     COUNT = Script("""
-    -- KEYS[1]: the window's counters; ARGV: TTL (s), the client's field, the client limit, the (user, item)
-    -- limit (0: none), then each (user, item) field and its clicks in this request. Returns {-1} for a
-    -- client over its limit (nothing counted), else the clicks admitted per (user, item).
+    -- KEYS[1]: the window's counters; ARGV: TTL (s), the client's field, the client limit, the (user, item) limit
+    -- (0: none), then each click of the request in order: its (user, item) field and its event id. Returns {-1}
+    -- for a client over its limit (nothing counted), else 1 (admitted) or 0 (dropped) per click. A click whose id
+    -- this window admitted already (a request resent after a 503; a copy in the same request) is admitted again
+    -- and counted once: the workers apply an event id once, and a resend must not spend the limits twice.
     local client_limit, pair_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-    local clicks = 0
-    for k = 6, #ARGV, 2 do clicks = clicks + tonumber(ARGV[k]) end
+    local first, clicks = {}, 0
+    for k = 5, #ARGV, 2 do
+      local id = 'e:' .. ARGV[k + 1]
+      if not first[id] and redis.call('HEXISTS', KEYS[1], id) == 0 then clicks = clicks + 1 end
+      first[id] = true
+    end
     local client = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
     if client_limit > 0 and client + clicks > client_limit then return {-1} end
     redis.call('HINCRBY', KEYS[1], ARGV[2], clicks)
-    local admitted = {}
+    local admitted, decided = {}, {}
     for k = 5, #ARGV, 2 do
-      local n = tonumber(ARGV[k + 1])
-      if pair_limit > 0 then
-        n = math.max(0, math.min(n, pair_limit - tonumber(redis.call('HGET', KEYS[1], ARGV[k]) or '0')))
-        if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[k], n) end
+      local id = 'e:' .. ARGV[k + 1]
+      local ok = decided[id]
+      if ok == nil then
+        ok = redis.call('HEXISTS', KEYS[1], id)
+        if ok == 0 then
+          if pair_limit > 0 and tonumber(redis.call('HGET', KEYS[1], ARGV[k]) or '0') >= pair_limit then
+            ok = 0
+          else
+            ok = 1
+            if pair_limit > 0 then redis.call('HINCRBY', KEYS[1], ARGV[k], 1) end
+            redis.call('HSET', KEYS[1], id, 1)
+          end
+        end
+        decided[id] = ok
       end
-      admitted[#admitted + 1] = n
+      admitted[#admitted + 1] = ok
     end
     redis.call('EXPIRE', KEYS[1], ARGV[1])
     return admitted
@@ -86,32 +103,25 @@ class ClickGuard:
         """Raises TooManyClicks when the client is over its limit; drops clicks past the per-(user, item) one."""
         r = self.settings
         click_types = self.click_types
-        clicks = Counter((e.user_id, e.item_id) for e in events if e.type in click_types)
+        clicks = [e for e in events if e.type in click_types]
         if not clicks or not (r.clicks_per_client or r.clicks_per_user_item):
             return events
         now = time.time()
         window = int(now // r.click_window_s)
         args: list[str | int] = [2 * r.click_window_s, f"c:{client}", r.clicks_per_client, r.clicks_per_user_item]
-        for (user, item), n in clicks.items():
-            args += [f"u:{user}:{item}", n]  # ids hold no ':', so a field names one pair
+        for e in clicks:
+            assert e.event_id is not None, "events reach the guard with their ids (serving/publish.with_event_ids)"
+            args += [f"u:{e.user_id}:{e.item_id}", e.event_id]  # ids hold no ':', so a field names one pair
         try:
             admitted = await self.guard(lambda: self.redis.run(self.COUNT, [self.keys(f"clicks:{window}")], args))
         except RedisUnavailable as exc:
             metrics.DEGRADED.labels(EVENTS_ROUTE, exc.cause).inc()
             return events
         if admitted == [-1]:
-            self._limited["client"].inc(clicks.total())
+            self._limited["client"].inc(len(clicks))
             raise TooManyClicks(
                 f"more than {r.clicks_per_client} clicks in {r.click_window_s} s", (window + 1) * r.click_window_s - now
             )
-        budget = dict(zip(clicks, admitted, strict=True))
-        kept = []
-        for event in events:
-            if event.type in click_types:
-                pair = (event.user_id, event.item_id)
-                if budget[pair] == 0:
-                    continue
-                budget[pair] -= 1
-            kept.append(event)
-        self._limited["user_item"].inc(len(events) - len(kept))
-        return kept
+        dropped = {id(e) for e, ok in zip(clicks, admitted, strict=True) if not ok}
+        self._limited["user_item"].inc(len(dropped))
+        return [e for e in events if id(e) not in dropped]

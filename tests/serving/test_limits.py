@@ -168,6 +168,22 @@ async def test_clicks_past_the_per_user_item_limit_are_dropped_and_the_rest_publ
     assert Counter(e.user_id for e in events if e.type == "view") == Counter(users.values())
 
 
+async def test_a_request_resent_after_a_503_spends_no_click_limit_again(world: World):
+    """The README's advice after a 503 is to send the request again (each event id applies once). The guard had
+    counted its clicks before the publish failed, so the resend was counted again: a single click resent twice
+    under a limit of 1 came back ``dropped``, and resends pushed the client toward 429."""
+    settings = await isolated_topics(world.settings.replace(clicks_per_user_item=1, clicks_per_client=2))
+    user = unique("u-resend")
+    async with reader_client(settings, KEY, address=unique("client-resend")) as reader:
+        body = [click(user, ts=WORLD_TIME + 1)]
+        answers = [(await reader.post("/v1/events", json=body)).json() for _ in range(3)]
+        assert answers == [{"accepted": 1, "attributed": 0, "dropped": 0}] * 3, "the same event id, counted once"
+        other = await reader.post("/v1/events", json=[click(user, ts=WORLD_TIME + 2)])
+        assert other.json()["dropped"] == 1, "another click on the pair is past its limit"
+        third = await reader.post("/v1/events", json=[click(user, item="i002"), click(user, item="i003")])
+        assert third.status_code == 429, "2 clicks counted for the client (the first, then the dropped one)"
+
+
 async def test_a_client_past_its_click_limit_gets_429_and_nothing_of_the_request_is_published(world: World):
     settings = await isolated_topics(world.settings.replace(clicks_per_client=5, clicks_per_user_item=0))
     user, before = unique("u-client"), limited("client")
