@@ -14,8 +14,8 @@ hundreds of clicks on one item and push it up every popular list. The policy (RE
 * a user's clicks on one item past ``clicks_per_user_item`` in a window are dropped, and the rest
   of the request goes out, views included: repeated clicks are what click fraud looks like, and a
   client that reports them is not wrong to;
-* a click is counted once per event id: a request resent after a 503 (README: each event applies
-  once) spends neither limit again, and its clicks admitted before are admitted again.
+* a click is counted once per user and event id (what the workers apply once): a request resent
+  after a 503 (README) spends neither limit again, and its clicks admitted before are admitted again.
 
 Both are counted in ``recstream_reader_clicks_limited_total{limit}``. The counts live in Redis,
 so every reader replica sees the same ones: one hash per window, ``clicks:<window number>``,
@@ -47,38 +47,36 @@ class ClickGuard:
 
     COUNT = Script("""
     -- KEYS[1]: the window's counters; ARGV: TTL (s), the client's field, the client limit, the (user, item) limit
-    -- (0: none), then each click of the request in order: its (user, item) field and its event id. Returns {-1}
-    -- for a client over its limit (nothing counted), else 1 (admitted) or 0 (dropped) per click. A click whose id
-    -- this window admitted already (a request resent after a 503; a copy in the same request) is admitted again
-    -- and counted once: the workers apply an event id once, and a resend must not spend the limits twice.
+    -- (0: none), then each click of the request in order: its (user, item) field and its user:event_id (the key
+    -- the workers de-duplicate by). Returns {-1} for a client over its limit (nothing counted), else 1 (admitted)
+    -- or 0 (dropped) per click. A click this window admitted already (a request resent after a 503; a copy in
+    -- the same request) is admitted again and counted once: the workers apply it once, and a resend must not
+    -- spend the limits twice.
     local client_limit, pair_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-    local first, clicks = {}, 0
+    local decided, clicks = {}, 0  -- decided[id]: 1 admitted before (this window), nil not yet
     for k = 5, #ARGV, 2 do
       local id = 'e:' .. ARGV[k + 1]
-      if not first[id] and redis.call('HEXISTS', KEYS[1], id) == 0 then clicks = clicks + 1 end
-      first[id] = true
+      if decided[id] == nil then
+        decided[id] = redis.call('HEXISTS', KEYS[1], id) == 1 and 1 or false
+        if not decided[id] then clicks = clicks + 1 end
+      end
     end
     local client = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
     if client_limit > 0 and client + clicks > client_limit then return {-1} end
     redis.call('HINCRBY', KEYS[1], ARGV[2], clicks)
-    local admitted, decided = {}, {}
+    local admitted = {}
     for k = 5, #ARGV, 2 do
       local id = 'e:' .. ARGV[k + 1]
-      local ok = decided[id]
-      if ok == nil then
-        ok = redis.call('HEXISTS', KEYS[1], id)
-        if ok == 0 then
-          if pair_limit > 0 and tonumber(redis.call('HGET', KEYS[1], ARGV[k]) or '0') >= pair_limit then
-            ok = 0
-          else
-            ok = 1
-            if pair_limit > 0 then redis.call('HINCRBY', KEYS[1], ARGV[k], 1) end
-            redis.call('HSET', KEYS[1], id, 1)
-          end
+      if not decided[id] then  -- its first copy in the request, not admitted before: the pair limit decides
+        if pair_limit > 0 and tonumber(redis.call('HGET', KEYS[1], ARGV[k]) or '0') >= pair_limit then
+          decided[id] = 0
+        else
+          decided[id] = 1
+          if pair_limit > 0 then redis.call('HINCRBY', KEYS[1], ARGV[k], 1) end
+          redis.call('HSET', KEYS[1], id, 1)
         end
-        decided[id] = ok
       end
-      admitted[#admitted + 1] = ok
+      admitted[#admitted + 1] = decided[id]
     end
     redis.call('EXPIRE', KEYS[1], ARGV[1])
     return admitted
@@ -111,7 +109,7 @@ class ClickGuard:
         args: list[str | int] = [2 * r.click_window_s, f"c:{client}", r.clicks_per_client, r.clicks_per_user_item]
         for e in clicks:
             assert e.event_id is not None, "events reach the guard with their ids (serving/publish.with_event_ids)"
-            args += [f"u:{e.user_id}:{e.item_id}", e.event_id]  # ids hold no ':', so a field names one pair
+            args += [f"u:{e.user_id}:{e.item_id}", f"{e.user_id}:{e.event_id}"]  # ids hold no ':': one pair each
         try:
             admitted = await self.guard(lambda: self.redis.run(self.COUNT, [self.keys(f"clicks:{window}")], args))
         except RedisUnavailable as exc:

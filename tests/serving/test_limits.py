@@ -184,6 +184,20 @@ async def test_a_request_resent_after_a_503_spends_no_click_limit_again(world: W
         assert third.status_code == 429, "2 clicks counted for the client (the first, then the dropped one)"
 
 
+async def test_one_event_id_reused_by_other_users_is_counted_for_each_user(world: World):
+    """Counted once per event id alone, one admitted id let every later click with that id through uncounted,
+    whatever its user, while the workers apply each (user, id) once: a client could send any number of users'
+    clicks under one id. They are counted per user and id, as the workers de-duplicate."""
+    settings = await isolated_topics(world.settings.replace(clicks_per_client=2, clicks_per_user_item=0))
+    users = [unique(f"u-same-id-{k}") for k in range(3)]
+    async with reader_client(settings, KEY, address=unique("client-same-id")) as reader:
+        body = [{**click(user), "event_id": "same"} for user in users]
+        assert (await reader.post("/v1/events", json=body)).status_code == 429
+        assert (await reader.post("/v1/events", json=body[:2])).status_code == 202
+        assert (await reader.post("/v1/events", json=body[:2])).status_code == 202, "resent: counted before"
+        assert (await reader.post("/v1/events", json=body[2:])).status_code == 429
+
+
 async def test_a_client_past_its_click_limit_gets_429_and_nothing_of_the_request_is_published(world: World):
     settings = await isolated_topics(world.settings.replace(clicks_per_client=5, clicks_per_user_item=0))
     user, before = unique("u-client"), limited("client")
