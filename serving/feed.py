@@ -109,7 +109,10 @@ class Exclusions:
         self.items = {*user.seen, *user.served, *user.not_interested, *only.exclude}
         self.unavailable = snapshot.unavailable
         self.blocked = user.not_interested.intersection(snapshot.categories.known)
-        self.unsure = not all(map(snapshot.categories.names, user.not_interested))
+        unknown = [name for name in user.not_interested if not snapshot.categories.names(name)]
+        for name in unknown:  # the next reload asks: an item id is then known, and its user back on the fast path
+            snapshot.categories.entry(name, now)
+        self.unsure = bool(unknown)
         self.only = only
         self._categories = snapshot.categories
         self._now = now
@@ -402,8 +405,10 @@ def explore(
     mask[[pool.index[i] for i in pool.index.keys() & exclude.items]] = True  # the intersection runs in C
     for category in exclude.blocked:
         mask[pool.by_category.get(category, [])] = True
-    if exclude.only.narrows or exclude.unsure:  # the pool's items one by one (a filter may name features)
+    if exclude.only.narrows:  # a filtered request: the pool's items one by one (the filter may name features)
         mask |= np.fromiter((item in exclude for item in pool.items), dtype=bool, count=len(pool.items))
+    elif exclude.blocked or exclude.unsure:  # held back as the other sources hold them: a refused category may be
+        mask[pool.uncategorized] = True  # theirs
     rng, theta = np.random.default_rng(seed), None
     if policy == "thompson":
         picks, theta = thompson_picks(pool.alpha, pool.beta, k, rng, exclude=mask)

@@ -88,6 +88,8 @@ class Pool:
     """category → (−created_ts, item) of its pool items, newest first (ready for a k-way merge)."""
     by_category: Mapping[str, np.ndarray] = field(default_factory=dict)
     """category → shortlist indices, to mask a "not interested" category in one step."""
+    uncategorized: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    """Shortlist indices of the items whose categories were not loaded yet: a refused category may be theirs."""
     created: Mapping[str, int] = field(default_factory=dict)
     """item → created_ts (ms, event time) of every item read: the newest ``pool.read_max`` of the pool."""
     ctr_logits: Mapping[str, float] = field(default_factory=dict)
@@ -133,8 +135,13 @@ class Categories:
         return found
 
     def names(self, name: str) -> bool:
-        """Whether ``name`` is known as a cached item or as a category some cached item carries."""
-        return name in self._entries or name in self.known
+        """Whether ``name`` is a category some cached item carries, or a cached item the workers stored (with a
+        creation time or categories). A name nothing is stored for is cached empty: it may be a category no cached
+        item carries yet."""
+        if name in self.known:
+            return True
+        entry = self._entries.get(name)
+        return entry is not None and (entry[2] is not None or bool(entry[0]))
 
     def stale(self, items: Iterable[str], now: float) -> list[str]:
         return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]
@@ -408,8 +415,9 @@ class SnapshotLoader:
         alpha, beta = BetaPrior.from_ctr(ctr, self.settings.pool.bandit_prior_mass).posterior(clicks_v, views_v)
         logits = ctr_logit(smoothed_ctr(clicks_v, views_v, ctr, self.settings.model.ctr_prior_mass)).tolist()
         members: dict[str, list[tuple[int, str]]] = {}
+        categories = {row[0]: self.snapshot.categories.get(row[0], now) for row in rows}
         for item, created, _, _ in rows:
-            for category in self.snapshot.categories.get(item, now) or ():
+            for category in categories[item] or ():
                 members.setdefault(category, []).append((-created, item))
         short = np.arange(len(rows))
         if len(rows) > self.settings.pool.explore_max:
@@ -426,6 +434,7 @@ class SnapshotLoader:
                 c: np.array([k for _, i in m if (k := index.get(i)) is not None], dtype=np.int64)
                 for c, m in members.items()
             },
+            uncategorized=np.array([k for k, item in enumerate(items) if categories[item] is None], dtype=np.int64),
             created={row[0]: row[1] for row in rows},
             ctr_logits={row[0]: logit for row, logit in zip(rows, logits, strict=True)},
         )

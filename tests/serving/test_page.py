@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from recstream.serving.cursor import Cursor
@@ -10,6 +12,7 @@ from recstream.serving.feed import (
     Exclusions,
     build_page,
     degraded_page,
+    explore,
     favourite_categories,
     taste_weights,
 )
@@ -83,7 +86,27 @@ def test_a_not_interested_category_no_cached_item_carries_yet_holds_back_unknown
     items = {s.item for s in build_page(user, snap, SETTINGS, 30, seed=1, now=0.0).items}
     assert "h1" not in items and "i2" in items and "h1" in snap.categories.wanted
     assert isinstance(Exclusions(warm_user(not_interested=frozenset({"i7"})), snap, 0.0).fast, set)
+    assert "horror" in snap.categories.wanted, "asked for: it may be an item id the reader never cached"
+    snap.categories.put("horror", (), now=0.0)  # the reload found no such item: still maybe a category
     assert not isinstance(Exclusions(warm_user(not_interested=frozenset({"horror"})), snap, 0.0).fast, set)
+    old = warm_user(not_interested=frozenset({"i500"}))  # an item id the reader never cached
+    assert not isinstance(Exclusions(old, snap, 0.0).fast, set) and "i500" in snap.categories.wanted
+    snap.categories.put("i500", ("news",), now=0.0, created=1)  # the next reload: an item, the fast path again
+    assert isinstance(Exclusions(old, snap, 0.0).fast, set)
+
+
+def test_explore_holds_back_pool_items_without_categories_from_a_user_with_a_refused_category():
+    """An explore pick is held back as the other sources' items are: a pool item whose categories were not loaded
+    may be in the category the user is not interested in (a blocked one, or one no cached item carries yet)."""
+    snap = snapshot()
+    snap.pool = dataclasses.replace(snap.pool, uncategorized=np.array([0]))
+    picked = {
+        name: {c.item for c in explore(snap.pool, Exclusions(warm_user(not_interested=refused), snap, 0.0), 10, 1,
+                                       SETTINGS)[0]}
+        for name, refused in (("none", frozenset()), ("blocked", frozenset({"news"})), ("unsure", frozenset({"x"})))
+    }  # fmt: skip
+    assert "n0" in picked["none"] and len(picked["none"]) == 10
+    assert picked["blocked"] == picked["unsure"] == picked["none"] - {"n0"}
 
 
 def test_a_cold_user_with_picks_gets_popular_items_of_those_categories_first():
