@@ -10,9 +10,9 @@ the :class:`~recstream.eventlog.producer.EventProducer`, delivery confirmed, as 
   ``ts`` in seconds or milliseconds. Each event's id is a hash of its content, so importing a file
   twice gives the workers the same ids;
 * **items** — ``item_id``, ``categories`` (``|``-separated), ``available``, ``created_ts``, a
-  ``f_<name>`` column per feature or (JSONL, Parquet) a ``features`` object (recstream/contracts/catalogue.py),
-  and ``category_columns`` whose true values (1, true) name a category (one-hot genres); other columns are
-  ignored;
+  ``f_<name>`` column per feature and (JSONL, Parquet) a ``features`` object (recstream/contracts/catalogue.py),
+  and ``category_columns`` whose true values (1, true) name a category (one-hot genres); other columns, and a
+  ``features`` value that is no object, are ignored;
 * **users** — ``user_id``; every other column is an attribute (``age`` and ``gender`` make the segment).
 
 ``columns`` maps a field to the file's column where the names differ (``user_id=uid``). A row that
@@ -41,7 +41,7 @@ Kind = Literal["interactions", "items", "users"]
 FileFormat = Literal["csv", "jsonl", "parquet"]
 FIELDS: dict[str, tuple[str, ...]] = {
     "interactions": ("user_id", "item_id", "ts", "type", "value", "rating"),
-    "items": ("item_id", "categories", "available", "created_ts", "features"),
+    "items": ("item_id", "categories", "available", "created_ts"),
     "users": ("user_id",),
 }
 SHORT_NAMES = {"user": "user_id", "item": "item_id"}
@@ -155,6 +155,8 @@ class ImportSpec:
 
     def _item(self, row: Mapping[str, object]) -> list[dict[str, object]]:
         given = {name: row[self.column(name, row)] for name in FIELDS["items"] if self._has(row, name)}
+        if isinstance(row.get("features"), dict):  # a typed row's object (JSONL, Parquet); any other is ignored
+            given["features"] = row["features"]
         features = {name: value for name, value in row.items() if name.startswith("f_")}
         item = item_object({**given, **features})
         missing = [c for c in self.category_columns if c not in row]

@@ -73,10 +73,16 @@ def test_one_hot_category_columns_join_the_categories_a_typed_row_gives(categori
         assert not isinstance(made, Rejected) and made[0].categories == result
 
 
-def test_a_typed_features_object_is_imported_with_the_feature_columns():
-    """A JSONL or Parquet item's ``features`` object was dropped without a word; the bulk route kept it."""
-    made = ImportSpec.parse("items").records({"item_id": "i1", "features": {"price": 3.5}, "f_len": "2"}, NOW_MS)
-    assert not isinstance(made, Rejected) and made[0].features == {"price": 3.5, "len": 2.0}
+@pytest.mark.parametrize(
+    ("features", "result"),
+    [({"price": 3.5}, {"price": 3.5, "len": 2.0}), (None, {"len": 2.0}), ("free text", {"len": 2.0})],
+)
+def test_a_typed_features_object_is_imported_with_the_feature_columns_and_any_other_value_ignored(features, result):
+    """A JSONL or Parquet item's ``features`` object was dropped without a word (the bulk route kept it); a null (a
+    missing struct) or a text column of that name was ignored, as other columns are, and still is."""
+    row = {"item_id": "i1", "features": features, "f_len": "2"}
+    made = ImportSpec.parse("items").records(row, NOW_MS)
+    assert not isinstance(made, Rejected) and made[0].features == result
 
 
 @pytest.mark.parametrize(
