@@ -51,18 +51,25 @@ def read_rows(
     if fmt == "jsonl":
         yield from _json_rows(lines)
         return
-    text = (line.decode("utf-8", errors="replace") for line in lines)
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    last = [""]  # the line the reader took last
+
+    def text() -> Iterator[str]:
+        for line in lines:
+            last[0] = line.decode("utf-8", errors="replace")
+            yield last[0]
+
+    reader = csv.reader(text(), delimiter=delimiter, strict=True)
     names = list(columns) if columns is not None else None
     while True:
+        before = reader.line_num
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:  # a stray quote or an overlong field spoils its line, and the reader goes on after
             yield reader.line_num, RowError(f"csv: {exc}")  # it (an unclosed quote runs to the end of the file)
-            if names is None:  # no header: no line after it can be read as a row
-                return
+            if names is None or reader.line_num > before + 1 or last[0].count('"') % 2:
+                return  # no header; or a quoted field runs on past the line, whose rest would be read as rows
             continue
         if names is None:
             names = [name.strip() for name in values]

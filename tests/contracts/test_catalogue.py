@@ -36,6 +36,13 @@ def test_a_line_the_csv_reader_refuses_is_reported_and_the_lines_after_it_are_st
     assert [r["item_id"] for _, r in rows if isinstance(r, dict)] == ["i1", "i3", "i4"]
 
 
+def test_a_refused_record_quoted_over_several_lines_ends_the_file_rather_than_invent_rows_from_its_rest():
+    """An overlong field quoted across lines: read on after it, its rest ("i9,evil") came out as a row."""
+    big = b"x" * (csv.field_size_limit() + 1)
+    rows = list(read_rows([b"item_id,categories\n", b'i1,"' + big + b"\n", b"i9,evil\n", b'tail"\n', b"i4,d\n"], "csv"))
+    assert len(rows) == 1 and "csv:" in str(rows[0][1])
+
+
 def test_a_header_the_csv_reader_refuses_ends_the_file_with_one_error():
     rows = list(read_rows([b'item_id,"categ"ories\n', b"i1,a\n"], "csv"))
     assert len(rows) == 1 and rows[0][0] == 1 and "csv:" in str(rows[0][1])
