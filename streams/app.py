@@ -105,13 +105,19 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         with liveness.running("item feed"):
             await follow_items(settings, model)
 
+    failing: set[str] = set()  # processors whose last idle turn failed: logged once a streak, not every tick
+
     @app.timer(interval=IDLE_S)
     async def finish_pending() -> None:
-        for processor in processors.values():
+        for kind, processor in processors.items():
             try:
                 await processor.finish_pending(idle_s=IDLE_S)
             except Exception:  # Redis unreachable: the next tick or batch goes on
-                log.exception("finishing a rescore pass or fold-ins while idle failed")
+                if kind not in failing:
+                    log.exception("finishing a rescore pass or fold-ins while idle failed (retried every %s s)", IDLE_S)
+                failing.add(kind)
+            else:
+                failing.discard(kind)
 
     @app.task
     async def settle_heap() -> None:

@@ -226,8 +226,9 @@ class BatchProcessor:
         self._epoch = 0  # moved by every failure and rebalance: a batch built before it is built again
         self._bounds: dict[asyncio.Task, asyncio.Timeout] = {}  # each process() attempt's stuck limit, by task
         # the last script said a rescore pass is unfinished (apply_batch.lua, step 4); True until a script answers: a
-        # worker that starts may find a pass, items waiting or fold-ins the one before it left (stopped between its
-        # last batch and its idle tick), and its first idle tick asks with an empty call instead of leaving them
+        # worker that starts may find a pass or items waiting that the one before it left (stopped between its last
+        # batch and its idle tick), and its first idle tick asks with an empty call (one per processor) instead of
+        # leaving them (fold-ins still wait for a batch: the model loads with the first one)
         self.rescore_pending = True
         self.segments_pending = 0  # items whose per-segment scores wait, as the last script said (step 4b)
         self.segments_ranked_at = -math.inf  # when a call last ranked segments and left none waiting (of anyone's)
