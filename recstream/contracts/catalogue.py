@@ -51,25 +51,25 @@ def read_rows(
     if fmt == "jsonl":
         yield from _json_rows(lines)
         return
-    last = [""]  # the line the reader took last
+    record: list[str] = []  # the lines of the record being read
 
     def text() -> Iterator[str]:
         for line in lines:
-            last[0] = line.decode("utf-8", errors="replace")
-            yield last[0]
+            record.append(line.decode("utf-8", errors="replace"))
+            yield record[-1]
 
     reader = csv.reader(text(), delimiter=delimiter, strict=True)
     names = list(columns) if columns is not None else None
     while True:
-        before = reader.line_num
+        record.clear()
         try:
             values = next(reader)
         except StopIteration:
             return
-        except csv.Error as exc:  # a stray quote or an overlong field spoils its line, and the reader goes on after
-            yield reader.line_num, RowError(f"csv: {exc}")  # it (an unclosed quote runs to the end of the file)
-            if names is None or reader.line_num > before + 1 or last[0].count('"') % 2:
-                return  # no header; or a quoted field runs on past the line, whose rest would be read as rows
+        except csv.Error as exc:  # a stray quote or an overlong field spoils its record, and the reader goes on
+            yield reader.line_num, RowError(f"csv: {exc}")  # after it (an unclosed quote runs to the end of the file)
+            if names is None or open_quote("".join(record), delimiter):
+                return  # no header; or a quoted field runs on past the record, whose rest would be read as rows
             continue
         if names is None:
             names = [name.strip() for name in values]
@@ -80,6 +80,30 @@ def read_rows(
             yield reader.line_num, RowError(f"{len(values)} values for {len(names)} columns")
         else:
             yield reader.line_num, dict(zip(names, values, strict=True))
+
+
+def open_quote(text: str, delimiter: str = ",") -> bool:
+    """Whether a quoted field is still open at the end of ``text``, reading quotes as ``csv`` does: one opens a field
+    only at its start, ``""`` inside it is one quote, and a lone one closes it (a stray one in the field's rest is
+    text).
+
+    >>> [open_quote(line) for line in ('i1,"a"b', 'i2,"27" monitor",x', 'i3,"a ""b"" c",d', 'i4,"ab')]
+    [False, False, False, True]
+    """
+    inside, start, k = False, True, 0
+    while k < len(text):
+        char = text[k]
+        if inside:
+            if char == '"':
+                if text.startswith('"', k + 1):
+                    k += 1
+                else:
+                    inside = False
+        elif char == '"' and start:
+            inside = True
+        start = not inside and char == delimiter
+        k += 1
+    return inside
 
 
 def _without_bom(lines: Iterable[bytes]) -> Iterator[bytes]:

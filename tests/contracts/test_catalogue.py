@@ -27,7 +27,9 @@ def test_a_file_without_a_header_takes_the_given_columns_and_an_unclosed_quote_e
 
 
 @pytest.mark.parametrize(
-    "bad", [b'i2,"a"b\n', b"i2," + b"x" * (csv.field_size_limit() + 1) + b"\n"], ids=["stray quote", "overlong field"]
+    "bad",
+    [b'i2,"a"b\n', b'i2,"27" monitor",x\n', b"i2," + b"x" * (csv.field_size_limit() + 1) + b"\n"],
+    ids=["stray quote", "stray quote, odd count", "overlong field"],
 )
 def test_a_line_the_csv_reader_refuses_is_reported_and_the_lines_after_it_are_still_read(bad: bytes):
     """One bad line once ended the file: every valid row after it was lost, reported as that one error."""
@@ -41,6 +43,15 @@ def test_a_refused_record_quoted_over_several_lines_ends_the_file_rather_than_in
     big = b"x" * (csv.field_size_limit() + 1)
     rows = list(read_rows([b"item_id,categories\n", b'i1,"' + big + b"\n", b"i9,evil\n", b'tail"\n', b"i4,d\n"], "csv"))
     assert len(rows) == 1 and "csv:" in str(rows[0][1])
+
+
+def test_a_refused_record_over_several_lines_whose_quote_closed_lets_the_lines_after_it_be_read():
+    rows = list(read_rows([b"item_id,categories\n", b'i1,"multi\n', b'line" x\n', b"i3,c\n"], "csv"))
+    assert (
+        [n for n, _ in rows] == [3, 4]
+        and "csv:" in str(rows[0][1])
+        and rows[1][1] == {"item_id": "i3", "categories": "c"}
+    )
 
 
 def test_a_header_the_csv_reader_refuses_ends_the_file_with_one_error():
