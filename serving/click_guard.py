@@ -14,8 +14,10 @@ hundreds of clicks on one item and push it up every popular list. The policy (RE
 * a user's clicks on one item past ``clicks_per_user_item`` in a window are dropped, and the rest
   of the request goes out, views included: repeated clicks are what click fraud looks like, and a
   client that reports them is not wrong to;
-* a click is counted once per user and event id (what the workers apply once): a request resent
-  after a 503 (README) spends neither limit again, and its clicks admitted before are admitted again.
+* a click is counted once per user and event id (what the workers apply once, within their
+  ``dedup_window_s``; when that is shorter than the click window, every copy is counted): a request
+  resent after a 503 (README) spends neither limit again, and its clicks admitted before are admitted
+  again.
 
 Both are counted in ``recstream_reader_clicks_limited_total{limit}``. The counts live in Redis,
 so every reader replica sees the same ones: one hash per window, ``clicks:<window number>``,
@@ -47,16 +49,18 @@ class ClickGuard:
 
     COUNT = Script("""
     -- KEYS[1]: the window's counters; ARGV: TTL (s), the client's field, the client limit, the (user, item) limit
-    -- (0: none), then each click of the request in order: its (user, item) field and its user:event_id (the key
-    -- the workers de-duplicate by). Returns {-1} for a client over its limit (nothing counted), else 1 (admitted)
-    -- or 0 (dropped) per click. A click this window admitted already (a request resent after a 503; a copy in
-    -- the same request) is admitted again and counted once: the workers apply it once, and a resend must not
-    -- spend the limits twice.
-    local client_limit, pair_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
-    local decided, clicks = {}, 0  -- decided[id]: 1 admitted before (this window), nil not yet
-    for k = 5, #ARGV, 2 do
+    -- (0: none), whether a click is counted once per id ('1') or every time ('0'), then each click of the request
+    -- in order: its (user, item) field and its user:event_id (the key the workers de-duplicate by). Returns {-1}
+    -- for a client over its limit (nothing counted), else 1 (admitted) or 0 (dropped) per click. Counted once, a
+    -- click this window admitted already (a request resent after a 503; a copy in the same request) is admitted
+    -- again without spending the limits: the workers apply it once.
+    local client_limit, pair_limit, once = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
+    local decided, clicks = {}, 0  -- decided[id]: 1 admitted (before, or by an earlier copy), 0 dropped, false new
+    for k = 6, #ARGV, 2 do
       local id = 'e:' .. ARGV[k + 1]
-      if decided[id] == nil then
+      if not once then
+        clicks = clicks + 1
+      elseif decided[id] == nil then
         decided[id] = redis.call('HEXISTS', KEYS[1], id) == 1 and 1 or false
         if not decided[id] then clicks = clicks + 1 end
       end
@@ -65,18 +69,20 @@ class ClickGuard:
     if client_limit > 0 and client + clicks > client_limit then return {-1} end
     redis.call('HINCRBY', KEYS[1], ARGV[2], clicks)
     local admitted = {}
-    for k = 5, #ARGV, 2 do
+    for k = 6, #ARGV, 2 do
       local id = 'e:' .. ARGV[k + 1]
-      if not decided[id] then  -- its first copy in the request, not admitted before: the pair limit decides
+      local ok = once and decided[id] or nil  -- 0 is true in Lua: a dropped copy stays dropped
+      if ok == nil then  -- a click to decide: the pair limit does
         if pair_limit > 0 and tonumber(redis.call('HGET', KEYS[1], ARGV[k]) or '0') >= pair_limit then
-          decided[id] = 0
+          ok = 0
         else
-          decided[id] = 1
+          ok = 1
           if pair_limit > 0 then redis.call('HINCRBY', KEYS[1], ARGV[k], 1) end
-          redis.call('HSET', KEYS[1], id, 1)
+          if once then redis.call('HSET', KEYS[1], id, 1) end
         end
+        if once then decided[id] = ok end
       end
-      admitted[#admitted + 1] = decided[id]
+      admitted[#admitted + 1] = ok
     end
     redis.call('EXPIRE', KEYS[1], ARGV[1])
     return admitted
@@ -89,7 +95,12 @@ class ClickGuard:
         settings: ReaderSettings,
         guard: RedisGuard,
         clicks: Collection[str] = DEFAULT_FEEDBACK.clicks,
+        dedup_window_s: int = 0,
     ) -> None:
+        """``dedup_window_s``: the workers' (RECSTREAM_DEDUP_WINDOW_S). A click is counted once per id only when it
+        spans the click window: with a shorter one (0 turns it off) the workers apply a resent id again, and each
+        copy is counted."""
+        self.once = dedup_window_s >= settings.click_window_s
         self.redis = redis
         self.click_types = clicks  # the types that count as clicks for CTR: what moves popular lists
         self.keys = keys
@@ -107,6 +118,7 @@ class ClickGuard:
         now = time.time()
         window = int(now // r.click_window_s)
         args: list[str | int] = [2 * r.click_window_s, f"c:{client}", r.clicks_per_client, r.clicks_per_user_item]
+        args.append(1 if self.once else 0)
         for e in clicks:
             assert e.event_id is not None, "events reach the guard with their ids (serving/publish.with_event_ids)"
             args += [f"u:{e.user_id}:{e.item_id}", f"{e.user_id}:{e.event_id}"]  # ids hold no ':': one pair each
