@@ -105,19 +105,19 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         with liveness.running("item feed"):
             await follow_items(settings, model)
 
-    failing: set[str] = set()  # processors whose last idle turn failed: logged once a streak, not every tick
+    failing: dict[str, type[BaseException]] = {}  # kind → its failing idle turns' error: logged as it changes
 
     @app.timer(interval=IDLE_S)
     async def finish_pending() -> None:
         for kind, processor in processors.items():
             try:
                 await processor.finish_pending(idle_s=IDLE_S)
-            except Exception:  # Redis unreachable: the next tick or batch goes on
-                if kind not in failing:
+            except Exception as exc:  # Redis unreachable: the next tick or batch goes on
+                if failing.get(kind) is not type(exc):
                     log.exception("finishing a rescore pass or fold-ins while idle failed (retried every %s s)", IDLE_S)
-                failing.add(kind)
+                failing[kind] = type(exc)
             else:
-                failing.discard(kind)
+                failing.pop(kind, None)
 
     @app.task
     async def settle_heap() -> None:

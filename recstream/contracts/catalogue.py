@@ -147,7 +147,7 @@ def item_object(row: Mapping[str, object]) -> dict[str, object]:
     features: dict[str, object] = {}
     for column, value in row.items():
         if column.startswith(FEATURE_PREFIX):
-            if value != "":
+            if value not in ("", None):  # an empty CSV cell, a typed row's null (a sparse Parquet column): absent
                 features[column.removeprefix(FEATURE_PREFIX)] = _number(column, value)
         elif column not in ITEM_COLUMNS:
             raise RowError(f"{column}: not an item column ({', '.join(ITEM_COLUMNS)}, {FEATURE_PREFIX}<name>)")

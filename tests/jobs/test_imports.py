@@ -74,15 +74,21 @@ def test_one_hot_category_columns_join_the_categories_a_typed_row_gives(categori
 
 
 @pytest.mark.parametrize(
-    ("features", "result"),
-    [({"price": 3.5}, {"price": 3.5, "len": 2.0}), (None, {"len": 2.0}), ("free text", {"len": 2.0})],
+    ("row", "result"),
+    [
+        ({"features": {"price": 3.5}, "f_len": "2"}, {"price": 3.5, "len": 2.0}),
+        ({"features": None}, {}),
+        ({"features": "free text", "f_len": "2"}, {"len": 2.0}),
+        ({"f_len": None, "f_size": 3}, {"size": 3.0}),
+    ],
+    ids=["object", "null", "text", "null column"],
 )
-def test_a_typed_features_object_is_imported_with_the_feature_columns_and_any_other_value_ignored(features, result):
+def test_a_typed_features_object_is_imported_with_the_feature_columns_and_any_other_value_ignored(row, result):
     """A JSONL or Parquet item's ``features`` object was dropped without a word (the bulk route kept it); a null (a
-    missing struct) or a text column of that name was ignored, as other columns are, and still is."""
-    row = {"item_id": "i1", "features": features, "f_len": "2"}
-    made = ImportSpec.parse("items").records(row, NOW_MS)
-    assert not isinstance(made, Rejected) and made[0].features == result
+    missing struct) or a text column of that name was ignored, as other columns are, and still is; a null in a
+    feature column (a sparse Parquet column) is an absent feature, as an empty CSV cell is, not a refused row."""
+    made = ImportSpec.parse("items").records({"item_id": "i1", **row}, NOW_MS)
+    assert not isinstance(made, Rejected) and made[0].features == result, made
 
 
 @pytest.mark.parametrize(
