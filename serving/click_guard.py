@@ -97,10 +97,11 @@ class ClickGuard:
         clicks: Collection[str] = DEFAULT_FEEDBACK.clicks,
         dedup_window_s: int = 0,
     ) -> None:
-        """``dedup_window_s``: the workers' (RECSTREAM_DEDUP_WINDOW_S). A click is counted once per id only when it
-        spans the click window: with a shorter one (0 turns it off) the workers apply a resent id again, and each
-        copy is counted."""
-        self.once = dedup_window_s >= settings.click_window_s
+        """``dedup_window_s``: the workers' (RECSTREAM_DEDUP_WINDOW_S). A click is counted once per id only when that
+        is longer than the click window: the two copies of an id a window admits may be a whole window apart, and
+        the workers measure the gap between their Kafka arrivals, a little later; with a window as long or shorter
+        (0 turns it off) the workers may apply a resent id again, and each copy is counted."""
+        self.once = dedup_window_s > settings.click_window_s
         self.redis = redis
         self.click_types = clicks  # the types that count as clicks for CTR: what moves popular lists
         self.keys = keys

@@ -105,7 +105,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         with liveness.running("item feed"):
             await follow_items(settings, model)
 
-    failing: dict[str, type[BaseException]] = {}  # kind → its failing idle turns' error: logged as it changes
+    failing: dict[str, tuple[type, str]] = {}  # kind → its failing idle turns' error: logged when it changes
 
     @app.timer(interval=IDLE_S)
     async def finish_pending() -> None:
@@ -113,9 +113,9 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
             try:
                 await processor.finish_pending(idle_s=IDLE_S)
             except Exception as exc:  # Redis unreachable: the next tick or batch goes on
-                if failing.get(kind) is not type(exc):
+                if failing.get(kind) != (type(exc), str(exc)):
                     log.exception("finishing a rescore pass or fold-ins while idle failed (retried every %s s)", IDLE_S)
-                failing[kind] = type(exc)
+                failing[kind] = (type(exc), str(exc))
             else:
                 failing.pop(kind, None)
 

@@ -68,8 +68,13 @@ def read_rows(
             return
         except csv.Error as exc:  # a stray quote or an overlong field spoils its record, and the reader goes on
             yield reader.line_num, RowError(f"csv: {exc}")  # after it (an unclosed quote runs to the end of the file)
-            if names is None or open_quote("".join(record), delimiter):
-                return  # no header; or a quoted field runs on past the record, whose rest would be read as rows
+            spoiled = "".join(record)  # stop if, read as csv reads or as its writer meant, a field runs on past it
+            if (
+                names is None
+                or open_quote(spoiled, delimiter)
+                or (spoiled.count('"') % 2 and open_quote(spoiled, delimiter, lenient=True))
+            ):
+                return  # no header; or the rest of an open quoted field would be read as rows
             continue
         if names is None:
             names = [name.strip() for name in values]
@@ -82,13 +87,16 @@ def read_rows(
             yield reader.line_num, dict(zip(names, values, strict=True))
 
 
-def open_quote(text: str, delimiter: str = ",") -> bool:
+def open_quote(text: str, delimiter: str = ",", *, lenient: bool = False) -> bool:
     """Whether a quoted field is still open at the end of ``text``, reading quotes as ``csv`` does: one opens a field
     only at its start, ``""`` inside it is one quote, and a lone one closes it (a stray one in the field's rest is
-    text).
+    text). ``lenient``: a lone quote closes the field only before the delimiter or the line's end, as the writer
+    of a stray quote meant (``"see "manual" p.3`` then runs on to the next line).
 
     >>> [open_quote(line) for line in ('i1,"a"b', 'i2,"27" monitor",x', 'i3,"a ""b"" c",d', 'i4,"ab')]
     [False, False, False, True]
+    >>> open_quote('i5,"see "manual" p.3'), open_quote('i5,"see "manual" p.3', lenient=True)
+    (False, True)
     """
     inside, start, k = False, True, 0
     while k < len(text):
@@ -97,7 +105,7 @@ def open_quote(text: str, delimiter: str = ",") -> bool:
             if char == '"':
                 if text.startswith('"', k + 1):
                     k += 1
-                else:
+                elif not lenient or k + 1 == len(text) or text[k + 1] in (delimiter, "\r", "\n"):
                     inside = False
         elif char == '"' and start:
             inside = True

@@ -54,6 +54,14 @@ def test_a_refused_record_over_several_lines_whose_quote_closed_lets_the_lines_a
     )
 
 
+def test_a_stray_quote_that_leaves_a_field_open_as_its_writer_meant_ends_the_file_rather_than_invent_a_row():
+    """csv closes ``"see "`` at the stray quote; its writer meant the field to run on to the next line, and reading
+    on took that line ("i9,evil") as an item."""
+    lines = [b"item_id,categories\n", b'i2,"see "manual" p.3\n', b"i9,evil\n", b'",x\n', b"i4,d\n"]
+    rows = list(read_rows(lines, "csv"))
+    assert len(rows) == 1 and rows[0][0] == 2 and "csv:" in str(rows[0][1])
+
+
 def test_a_header_the_csv_reader_refuses_ends_the_file_with_one_error():
     rows = list(read_rows([b'item_id,"categ"ories\n', b"i1,a\n"], "csv"))
     assert len(rows) == 1 and rows[0][0] == 1 and "csv:" in str(rows[0][1])
