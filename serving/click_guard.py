@@ -118,8 +118,9 @@ class ClickGuard:
             return events
         now = time.time()
         window = int(now // r.click_window_s)
-        args: list[str | int] = [2 * r.click_window_s, f"c:{client}", r.clicks_per_client, r.clicks_per_user_item]
-        args.append(1 if self.once else 0)
+        args: list[str | int] = [
+            2 * r.click_window_s, f"c:{client}", r.clicks_per_client, r.clicks_per_user_item, int(self.once)
+        ]  # fmt: skip
         for e in clicks:
             assert e.event_id is not None, "events reach the guard with their ids (serving/publish.with_event_ids)"
             args += [f"u:{e.user_id}:{e.item_id}", f"{e.user_id}:{e.event_id}"]  # ids hold no ':': one pair each

@@ -113,9 +113,10 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
             try:
                 await processor.finish_pending(idle_s=IDLE_S)
             except Exception as exc:  # Redis unreachable: the next tick or batch goes on
-                if failing.get(kind) != (type(exc), str(exc)):
+                error = (type(exc), str(exc))
+                if failing.get(kind) != error:
                     log.exception("finishing a rescore pass or fold-ins while idle failed (retried every %s s)", IDLE_S)
-                failing[kind] = (type(exc), str(exc))
+                failing[kind] = error
             else:
                 failing.pop(kind, None)
 

@@ -363,9 +363,8 @@ class BatchProcessor:
         """Once this processor applied nothing for ``idle_s``, finish in empty batches (no watermark, no event) what
         the last scripts left undone, without waiting for the next event: an unfinished rescore pass and the items
         waiting for their per-segment scores, so an idle worker's rankings reach f(final counters, final prior); and
-        fold-ins that failed after their batch applied
-        (its retry finds the batch applied and skips it), which every batch of the shared state lists again until
-        they are stored. Returns how many empty batches it took.
+        fold-ins that failed after their batch applied (its retry finds the batch applied and skips it), which every
+        batch of the shared state lists again until they are stored. Returns how many empty batches it took.
 
         The items waiting are shared: another processor or worker may list them faster than empty calls take them
         (its own batches rank them then), so once no pass is open an empty call that left no fewer waiting ends

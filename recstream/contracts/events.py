@@ -302,12 +302,16 @@ def micro_batches(
         for k, event in enumerate(run, start):
             part = encode(event)
             if parts and size + len(part) + 1 > max_bytes:
-                out.append((first, b"[" + b",".join(parts) + b"]"))
+                out.append((first, _array(parts)))
                 first, parts, size = k, [], 1
             parts.append(part)
             size += len(part) + 1
-        out.append((first, b"[" + b",".join(parts) + b"]"))
+        out.append((first, _array(parts)))
     return out
+
+
+def _array(parts: list[bytes]) -> bytes:
+    return b"[" + b",".join(parts) + b"]"
 
 
 @lru_cache(maxsize=1 << 16)

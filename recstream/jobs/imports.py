@@ -164,10 +164,10 @@ class ImportSpec:
             raise RowError(f"categories: no column {missing[0]!r} (--category-columns names it)")
         flags = [c for c in self.category_columns if _true(c, row[c])]
         if flags:
-            given = item.get("categories")
-            if given is not None and not isinstance(given, list):
-                raise RowError(f"categories: expected a list or a '|'-separated text, got {type(given).__name__}")
-            item["categories"] = [*(given or []), *flags]
+            named = item.get("categories")
+            if named is not None and not isinstance(named, list):
+                raise RowError(f"categories: expected a list or a '|'-separated text, got {type(named).__name__}")
+            item["categories"] = [*(named or []), *flags]
         if isinstance(item.get("created_ts"), int | float):
             item["created_ts"] = self._ms("created_ts", item["created_ts"])
         return [{**item, "op": "update"}]

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -86,6 +86,12 @@ app.add_typer(infra_app, name="infra")
 experiment_app = typer.Typer(help="Online experiments (A/B tests) of blend settings.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
 console = Console(stderr=True)
+
+
+def _existing(text: str, *, folder: bool = False) -> Any:
+    """An option naming a file (or a ``folder``) that must exist: a mistyped path is a usage error before anything
+    runs, not a traceback once the services are up."""
+    return typer.Option(help=text, exists=True, file_okay=not folder, dir_okay=folder)
 
 
 def _share(value: float) -> float:
@@ -231,12 +237,8 @@ async def _produce(
 
 @app.command()
 def produce(
-    file: Annotated[
-        Path | None, typer.Option(help="JSONL file, one event/item/user object a line", exists=True, dir_okay=False)
-    ] = None,
-    movielens: Annotated[
-        Path | None, typer.Option(help="MovieLens 100K folder (u.data, u.item, u.user)", exists=True, file_okay=False)
-    ] = None,
+    file: Annotated[Path | None, _existing("JSONL file, one event/item/user object a line")] = None,
+    movielens: Annotated[Path | None, _existing("MovieLens 100K folder (u.data, u.item, u.user)", folder=True)] = None,
     synthetic: Annotated[int | None, typer.Option(min=1, help="this many events from the synthetic world")] = None,
     seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
 ) -> None:
@@ -366,12 +368,8 @@ class Engine(StrEnum):
 
 @app.command()
 def train(
-    file: Annotated[
-        Path | None, typer.Option(help="JSONL file instead of the Kafka log", exists=True, dir_okay=False)
-    ] = None,
-    movielens: Annotated[
-        Path | None, typer.Option(help="MovieLens 100K folder instead of the Kafka log", exists=True, file_okay=False)
-    ] = None,
+    file: Annotated[Path | None, _existing("JSONL file instead of the Kafka log")] = None,
+    movielens: Annotated[Path | None, _existing("MovieLens 100K folder instead of the Kafka log", folder=True)] = None,
     factors: Annotated[int, typer.Option(help="latent factors k")] = 64,
     iterations: Annotated[int, typer.Option(help="ALS sweeps")] = 15,
     regularization: Annotated[
@@ -489,10 +487,7 @@ def demo(
     history_rate: Annotated[float, typer.Option(help="views per second in that history")] = 20.0,
     seed: Annotated[int, typer.Option(help="world and simulation seed")] = 7,
     movielens: Annotated[
-        Path | None,
-        typer.Option(
-            help="MovieLens 100K folder: its users' tastes and items as the hidden world", exists=True, file_okay=False
-        ),
+        Path | None, _existing("MovieLens 100K folder: its users' tastes and items as the hidden world", folder=True)
     ] = None,
 ) -> None:
     """Run everything here: Kafka, Redis, a trained model, a worker, the reader, simulated users in a closed loop."""
@@ -530,9 +525,7 @@ def demo(
 @experiment_app.command("report")
 def experiment_report(
     name: Annotated[str | None, typer.Argument(help="the experiment (default: the configured one)")] = None,
-    file: Annotated[
-        Path | None, typer.Option(help="JSONL file of events instead of the Kafka log", exists=True, dir_okay=False)
-    ] = None,
+    file: Annotated[Path | None, _existing("JSONL file of events instead of the Kafka log")] = None,
     control: Annotated[str | None, typer.Option(help="baseline variant (default: the configured control)")] = None,
     alpha: Annotated[float, typer.Option(min=0.0001, max=0.5, help="significance level (Bonferroni-split)")] = 0.05,
 ) -> None:
