@@ -204,7 +204,11 @@ def _records(
     if file is not None:
         return sources.read_jsonl(file, feedback=feedback)
     if movielens is not None:
-        return sources.movielens(movielens)
+        try:
+            return sources.movielens(movielens)
+        except sources.SourceError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
     return synthetic_records(synthetic or 0, seed=seed)
 
 
@@ -402,16 +406,17 @@ def train(
         except spark_training.SparkMissing as exc:
             _fail(str(exc))
     from_kafka = file is None and movielens is None
+    feedback = settings.model.feedback_types
+    records = None if from_kafka else _records(file, movielens, None, 0, feedback)  # a bad folder: before services
     asyncio.run(_reach(settings, kafka=from_kafka, redis=True))  # the model is published to Redis after training
     started = time.perf_counter()
     with _progress() as progress:
         task = progress.add_task("reading the log", total=None)
         advance = partial(progress.advance, task)
-        if from_kafka:
+        if records is None:
             log = asyncio.run(training.collect_log(settings, advance))
         else:
-            feedback = settings.model.feedback_types
-            log = training.collect(_records(file, movielens, None, 0, feedback), advance, feedback)
+            log = training.collect(records, advance, feedback)
         progress.update(task, description=f"training ({engine.value})")
         if engine is Engine.spark:
             artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)

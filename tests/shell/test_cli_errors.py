@@ -150,3 +150,18 @@ def test_a_path_option_that_names_nothing_readable_is_a_usage_error_before_anyth
     now the option is checked first: exit 2, the option and the path named, before any service is reached."""
     done = cli(nothing_listens, *command)
     assert done.returncode == 2 and says in " ".join(done.stderr.replace("│", " ").split()), done.stderr
+
+
+@pytest.mark.parametrize("command", ["produce", "train"])
+def test_a_movielens_folder_without_its_ratings_is_one_line_and_a_usage_error(
+    nothing_listens: Settings, tmp_path: Path, command: str
+):
+    """A folder that exists but lacks ``u.data`` ended in a FileNotFoundError traceback mid-stream."""
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    for name in ("u.genre", "u.item", "u.user"):
+        (folder / name).write_text("")
+    done = cli(nothing_listens, command, "--movielens", str(folder))
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and f"{folder / 'u.data'} is missing: is {folder} a MovieLens 100K folder?" in said
+    assert "Traceback" not in done.stderr, done.stderr
