@@ -159,6 +159,8 @@ def item_object(row: Mapping[str, object]) -> dict[str, object]:
                 features[column.removeprefix(FEATURE_PREFIX)] = _number(column, value)
         elif column not in ITEM_COLUMNS:
             raise RowError(f"{column}: not an item column ({', '.join(ITEM_COLUMNS)}, {FEATURE_PREFIX}<name>)")
+        elif column == "features" and isinstance(value, dict):  # a typed row's object (a Parquet struct: a null
+            item[column] = {name: v for name, v in value.items() if v is not None}  # for each feature a row lacks)
         elif not isinstance(value, str) or column == "item_id":
             item[column] = value
         elif column == "categories":

@@ -80,13 +80,15 @@ def test_one_hot_category_columns_join_the_categories_a_typed_row_gives(categori
         ({"features": None}, {}),
         ({"features": "free text", "f_len": "2"}, {"len": 2.0}),
         ({"f_len": None, "f_size": 3}, {"size": 3.0}),
+        ({"features": {"price": None, "weight": 2}, "f_len": None}, {"weight": 2.0}),
     ],
-    ids=["object", "null", "text", "null column"],
+    ids=["object", "null", "text", "null column", "null in the object"],
 )
 def test_a_typed_features_object_is_imported_with_the_feature_columns_and_any_other_value_ignored(row, result):
     """A JSONL or Parquet item's ``features`` object was dropped without a word (the bulk route kept it); a null (a
     missing struct) or a text column of that name was ignored, as other columns are, and still is; a null in a
-    feature column (a sparse Parquet column) is an absent feature, as an empty CSV cell is, not a refused row."""
+    feature column (a sparse Parquet column) is an absent feature, as an empty CSV cell is, not a refused row, and so
+    is a null in the object (a Parquet struct has a field for every feature, null where a row lacks it)."""
     made = ImportSpec.parse("items").records({"item_id": "i1", **row}, NOW_MS)
     assert not isinstance(made, Rejected) and made[0].features == result, made
 
