@@ -36,6 +36,9 @@ from recstream.store.state_dump import differing_keys, dump_state, settled
 
 COMMAND = "OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.rebuild"
 DEFAULT_EVENTS = 300_000
+SETTLE_S = 120.0
+"""How long the idle worker may take to finish its segment scores after the backlog: far more than it needs (a
+bounded pass is a few short batches), so that a worker that stopped applying fails the run instead of hanging it."""
 
 
 def main() -> None:
@@ -57,7 +60,10 @@ def main() -> None:
         worker.stop()
         total = asyncio.run(produce_backlog(settings, [r for r in records if r.kind == "event"]))
         live_rate, worker = time_backlog(settings, settings.redis.prefix, total)
+        deadline = time.monotonic() + SETTLE_S
         while not settled(client, Keys.of(settings)):  # the idle worker's last segment scores
+            if time.monotonic() > deadline:
+                fail(f"the worker left segment scores pending {SETTLE_S:.0f} s after the backlog (see its log)")
             time.sleep(0.1)
         worker.stop()
         live = dump_state(client, settings.redis.prefix)
