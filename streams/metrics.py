@@ -22,7 +22,8 @@ EVENTS = Counter(
 )
 MESSAGES_SKIPPED = Counter(
     "recstream_worker_messages_skipped_total",
-    "Messages at or below the watermark (already applied)",
+    "A batch's messages found at or below the watermark (already applied), each once per batch however often it was "
+    "retried",
     ["topic"],
 )
 DEAD_LETTERS = Counter(

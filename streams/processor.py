@@ -177,6 +177,7 @@ class Call:
     built: Built
     duplicates: int
     started: float  # perf_counter when building it began (the batch-seconds histogram)
+    skipped: int = 0  # the batch's messages found applied already, counted when this call applied
 
 
 Then = Callable[[], Awaitable[None]]  # what runs once a pipelined batch is applied (streams/app.py: its acks)
@@ -491,9 +492,9 @@ class BatchProcessor:
             epoch = self._epoch
             assert self._watermarks is not None
             fresh = [m for m in messages if m.offset > self._watermarks.get(f"{m.topic}:{m.partition}", -1)]
-            if len(fresh) < len(messages):
-                metrics.MESSAGES_SKIPPED.labels(messages[0].topic).inc(len(messages) - len(fresh))
+            skipped = len(messages) - len(fresh)  # counted once its call applied: a retry counts them again
             if not fresh:
+                metrics.MESSAGES_SKIPPED.labels(messages[0].topic).inc(skipped)
                 return None, []
             if repair:
                 first: dict[tuple[str, int], int] = {}
@@ -506,6 +507,8 @@ class BatchProcessor:
             behind = self._behind(fresh)
             if behind:  # some Redis slots hold these offsets already, others not: apply them on their own first
                 await self._process_once(behind, repair=False)
+                done = {id(m) for m in behind}  # applied just now, not found applied
+                messages = [m for m in messages if id(m) not in done]
                 continue
             now_ms = int(time.time() * 1000)
             decoded: list[Decoded] = []
@@ -553,7 +556,7 @@ class BatchProcessor:
             if self._epoch != epoch or self._watermarks is None:  # the call in flight failed, or a rebalance
                 continue
             effect.rank_segments = self.segments_due()
-            call = Call(fresh, effect, records, dead, built, duplicates, started)
+            call = Call(fresh, effect, records, dead, built, duplicates, started, skipped)
             self._watermarks.update({tp: new for tp, (_, new) in effect.watermarks.items()})
             if pipelined:
                 self._flying, self._thens = effect, []
@@ -587,6 +590,7 @@ class BatchProcessor:
             self.segments_ranked_at = -math.inf if applied.segments_pending else self.last_applied
         self._observe(call.fresh[0].topic, call.records, call.dead, applied, call.started, call.built)
         metrics.DUPLICATES.labels(call.fresh[0].topic).inc(call.duplicates)
+        metrics.MESSAGES_SKIPPED.labels(call.fresh[0].topic).inc(call.skipped)
         metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
         await self._fold_in(applied.fold_ins)
         self._beat()

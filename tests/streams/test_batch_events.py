@@ -142,3 +142,25 @@ async def test_an_attempt_hung_past_two_stall_limits_is_cancelled_retried_and_co
     after = REGISTRY.get_sample_value("recstream_worker_batch_retries_total", {"topic": topic, "reason": "stuck"})
     assert (after or 0) - (stuck or 0) >= 1
     assert applied_events(pauser, "rs") == 3
+
+
+async def test_a_batch_retried_after_a_failed_call_counts_each_message_found_applied_once(isolated_settings: Settings):
+    """``recstream_worker_messages_skipped_total`` counted the messages an attempt found at or below the watermark
+    again at every retry of the batch: here message 0 (applied by an earlier batch) twice, though each of the
+    batch's two messages was found applied once, by the attempt that returned."""
+    settings = isolated_settings.replace(batch_max_events=LIMIT, batch_script_target_s=2.5)
+    topic = settings.kafka.events_topic
+    messages = micro_batches([5, 6], topic)  # two calls
+    client = AsyncRedis.from_url(settings.redis.url)
+    try:
+        await BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters).process(messages[:1])
+        store = RecordingStore(client, settings)
+        store.fail_call = 1  # message 1's call applies, then Redis is lost: the batch is retried whole
+        before = REGISTRY.get_sample_value("recstream_worker_messages_skipped_total", {"topic": topic}) or 0.0
+        await BatchProcessor("event", store, settings, no_dead_letters).process(messages)
+    finally:
+        await client.aclose()
+    after = REGISTRY.get_sample_value("recstream_worker_messages_skipped_total", {"topic": topic})
+    assert store.marks == [1]  # one call applied: message 1 (message 0 skipped both times)
+    assert after - before == 2
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 11
