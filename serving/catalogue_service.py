@@ -15,7 +15,7 @@ import orjson
 from recstream.serving.errors import EventsRejected, NotFound
 from recstream.serving.service import MAX_REASONS, FeedService, _more
 
-from recstream.contracts.catalogue import Format, RowError, body_lines, item_object, read_rows
+from recstream.contracts.catalogue import Format, body_lines, bulk_item, read_rows
 from recstream.contracts.events import Erasure, ItemEvent, Rejected, UserEvent, validate
 from recstream.store.erasure import erase_user
 
@@ -69,7 +69,7 @@ class Catalogue:
         items: list[ItemEvent] = []
         rejected: list[tuple[int, Rejected]] = []
         for line, row in rows:
-            result = _item(row, now)
+            result = bulk_item(row, now)
             if isinstance(result, Rejected):
                 rejected.append((line, result))
             else:
@@ -107,16 +107,6 @@ class Catalogue:
             "available": available == "1",
             "created_ts": int(created_ts) if created_ts else None,
         }
-
-
-def _item(row: dict[str, object] | RowError, now_ms: int) -> ItemEvent | Rejected:
-    if isinstance(row, RowError):
-        return Rejected(str(row), b"")
-    try:
-        fields = item_object(row)
-    except RowError as exc:
-        return Rejected(str(exc), b"")
-    return validate({**fields, "op": "update", "ts": now_ms}, "item", now_ms)  # type: ignore[return-value]
 
 
 def _now_ms() -> int:

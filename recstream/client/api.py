@@ -144,8 +144,8 @@ class Client(_Connection):
     def put_items(self, items: Iterable[Mapping[str, Any]], per_request: int = routes.BULK_ITEMS) -> ItemsAccepted:
         """Many items (dicts of ``item_id``, ``categories``, ``features``, ``available``, ``created_ts``), in as many
         requests as needed; ``rejected`` names the bad ones by their position in ``items`` (from 1)."""
-        calls = routes.put_items(items, per_request)
-        return routes.all_items(calls, [self._run(call) for call in calls])
+        bulk = routes.put_items(items, per_request)
+        return routes.all_items(bulk, [self._run(call) for call in bulk.calls])
 
     def put_user(self, user_id: str, attributes: Mapping[str, Any]) -> UserEvent:
         """Replace the user's attributes (``age`` and ``gender`` make their segment)."""
@@ -237,8 +237,8 @@ class AsyncClient(_Connection):
     async def put_items(
         self, items: Iterable[Mapping[str, Any]], per_request: int = routes.BULK_ITEMS
     ) -> ItemsAccepted:
-        calls = routes.put_items(items, per_request)
-        return routes.all_items(calls, [await self._run(call) for call in calls])
+        bulk = routes.put_items(items, per_request)
+        return routes.all_items(bulk, [await self._run(call) for call in bulk.calls])
 
     async def put_user(self, user_id: str, attributes: Mapping[str, Any]) -> UserEvent:
         return await self._run(routes.put_user(user_id, attributes))

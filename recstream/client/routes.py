@@ -7,6 +7,7 @@ each client.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ from recstream.client.wire import (
     Stats,
     UserErased,
 )
-from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM
-from recstream.contracts.events import Event, ItemEvent, UserEvent, micro_batches
+from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM, bulk_item
+from recstream.contracts.events import Event, ItemEvent, Rejected, UserEvent, micro_batches
 
 T = TypeVar("T", bound=BaseModel)
 JSON = "application/json"
@@ -110,32 +111,56 @@ def delete_item(item_id: str) -> Call[ItemEvent]:
     return Call("DELETE", f"/v1/items/{_id(item_id)}", ItemEvent, ok=ACCEPTED)
 
 
-def put_items(items: Iterable[Mapping[str, object]], per_request: int = BULK_ITEMS) -> list[Call[ItemsAccepted]]:
-    """One JSONL POST per ``per_request`` items, fewer when the reader's byte limit needs it."""
-    lines = [orjson.dumps(item) + b"\n" for item in items]
+@dataclass(frozen=True, slots=True)
+class BulkItems:
+    """A bulk write's requests, each line's position in what was given (from 1), and the items refused before
+    sending."""
+
+    calls: list[Call[ItemsAccepted]]
+    positions: list[list[int]]
+    refused: list[LineRejected]
+
+
+def put_items(
+    items: Iterable[Mapping[str, object]], per_request: int = BULK_ITEMS, now_ms: int | None = None
+) -> BulkItems:
+    """One JSONL POST per ``per_request`` items, fewer when the reader's byte limit needs it; only the items the
+    contract accepts (:func:`~recstream.contracts.catalogue.bulk_item`, as the reader reads each line) are sent,
+    so that no request holds only refused items: the reader answers those 422 whole, which raised for the whole
+    write after its earlier parts were published, and named no item."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     cap = per_request * BULK_BYTES_PER_ITEM
     bodies: list[list[bytes]] = []
+    positions: list[list[int]] = []
+    refused: list[LineRejected] = []
     size = 0
-    for line in lines:
+    for position, item in enumerate(items, start=1):
+        line = orjson.dumps(item) + b"\n"
+        checked = bulk_item(orjson.loads(line), now_ms)  # the row the reader will read
+        if isinstance(checked, Rejected):
+            refused.append(LineRejected(line=position, reason=checked.reason))
+            continue
         if not bodies or len(bodies[-1]) == per_request or size + len(line) > cap:
             bodies.append([])
+            positions.append([])
             size = 0
         bodies[-1].append(line)
+        positions[-1].append(position)
         size += len(line)
-    return [
+    calls = [
         Call("POST", "/v1/items", ItemsAccepted, body=b"".join(b), ok=ACCEPTED, content_type="application/x-ndjson")
         for b in bodies
     ]
+    return BulkItems(calls, positions, refused)
 
 
-def all_items(calls: Sequence[Call[ItemsAccepted]], answers: Sequence[ItemsAccepted]) -> ItemsAccepted:
+def all_items(bulk: BulkItems, answers: Sequence[ItemsAccepted]) -> ItemsAccepted:
     """One answer for a bulk write sent in parts: a line number is the item's position in what was given
-    (from 1), whichever part carried it."""
-    rejected, offset = [], 0
-    for call, answer in zip(calls, answers, strict=True):
-        rejected += [LineRejected(line=r.line + offset, reason=r.reason) for r in answer.rejected]
-        offset += (call.body or b"").count(b"\n")  # one item a line; JSON escapes newlines inside strings
-    return ItemsAccepted(accepted=sum(a.accepted for a in answers), rejected=rejected)
+    (from 1), whichever part carried it or if none did."""
+    rejected = list(bulk.refused)
+    for lines, answer in zip(bulk.positions, answers, strict=True):
+        rejected += [LineRejected(line=lines[r.line - 1], reason=r.reason) for r in answer.rejected]
+    return ItemsAccepted(accepted=sum(a.accepted for a in answers), rejected=sorted(rejected, key=lambda r: r.line))
 
 
 def put_user(user_id: str, attributes: Mapping[str, object]) -> Call[UserEvent]:
@@ -165,9 +190,14 @@ def send_events(events: Iterable[Event | Mapping[str, Any]]) -> list[Call[Events
     ]
 
 
-def total(accepted: Iterable[EventsAccepted]) -> EventsAccepted:
-    answers = list(accepted)
-    return EventsAccepted(accepted=sum(a.accepted for a in answers), attributed=sum(a.attributed for a in answers))
+def total(answers: Iterable[EventsAccepted]) -> EventsAccepted:
+    """The answers of one write's requests summed, field by field (every count of the answer).
+
+    >>> total([EventsAccepted(accepted=2, attributed=1, dropped=1), EventsAccepted(accepted=3, attributed=0)])
+    EventsAccepted(accepted=5, attributed=1, dropped=1)
+    """
+    answers = list(answers)
+    return EventsAccepted(**{name: sum(getattr(a, name) for a in answers) for name in EventsAccepted.model_fields})
 
 
 def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:

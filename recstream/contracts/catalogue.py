@@ -20,6 +20,8 @@ from typing import Literal
 
 import orjson
 
+from recstream.contracts.events import ItemEvent, Rejected, validate
+
 Format = Literal["csv", "jsonl"]
 BULK_BYTES_PER_ITEM = 4_096
 """A bulk body may hold this many bytes per item it may hold: 4 MB for the default 1,000 items (a typical item
@@ -175,6 +177,25 @@ def item_object(row: Mapping[str, object]) -> dict[str, object]:
         given = item.get("features")
         item["features"] = {**(given if isinstance(given, dict) else {}), **features}
     return item
+
+
+def bulk_item(row: Mapping[str, object] | RowError, now_ms: int) -> ItemEvent | Rejected:
+    """The item record a bulk write's row makes (an update stamped ``now_ms``), or why it makes none: the reader's
+    ``POST /v1/items`` and the client, which checks each item before sending it (so a request never holds only
+    refused items, which the reader answers 422 as a whole).
+
+    >>> bulk_item({"item_id": "i1", "categories": "a|b"}, 10**12).categories
+    ['a', 'b']
+    >>> bulk_item({"item_id": "bad id"}, 10**12).reason.split(":")[0]
+    'item_id'
+    """
+    if isinstance(row, RowError):
+        return Rejected(str(row), b"")
+    try:
+        fields = item_object(row)
+    except RowError as exc:
+        return Rejected(str(exc), b"")
+    return validate({**fields, "op": "update", "ts": now_ms}, "item", now_ms)  # type: ignore[return-value]
 
 
 def boolean(column: str, value: str) -> bool:

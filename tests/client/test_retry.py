@@ -168,3 +168,12 @@ def test_the_api_key_goes_in_x_api_key_and_readiness_answers_503_without_retryin
     script = Script(not_ready)
     run(kind, script, lambda c: c.ready())
     assert "X-API-Key" not in script.requests[0].headers
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_write_answers_how_many_clicks_the_reader_dropped(kind):
+    """The summed answer rebuilt ``accepted`` and ``attributed`` only, so ``dropped`` (clicks over the reader's
+    limit, README) was 0 whatever the reader said."""
+    script = Script(httpx.Response(202, json={"accepted": 2, "attributed": 0, "dropped": 2}))
+    clicks = [{"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW_MS}] * 4
+    assert run(kind, script, lambda c: c.send_events(clicks)).dropped == 2
