@@ -19,7 +19,16 @@ from typing import ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recstream.contracts.experiments import Experiment
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
@@ -79,9 +88,11 @@ class KafkaSettings(Section):
     )
     sasl_username: str | None = Field(None, description="SASL user (needed for SASL_*)")
     sasl_password: SecretStr | None = Field(None, description="SASL password (needed for SASL_*)")
-    ssl_cafile: Path | None = Field(None, description="CA file that signed the brokers' certificates (SSL, SASL_SSL)")
-    ssl_certfile: Path | None = Field(None, description="client certificate for mutual TLS (with ssl_keyfile)")
-    ssl_keyfile: Path | None = Field(None, description="client private key for mutual TLS (with ssl_certfile)")
+    ssl_cafile: FilePath | None = Field(
+        None, description="CA file that signed the brokers' certificates (SSL, SASL_SSL)"
+    )
+    ssl_certfile: FilePath | None = Field(None, description="client certificate for mutual TLS (with ssl_keyfile)")
+    ssl_keyfile: FilePath | None = Field(None, description="client private key for mutual TLS (with ssl_certfile)")
 
     @field_validator("bootstrap")
     @classmethod

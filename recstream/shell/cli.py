@@ -244,7 +244,7 @@ def produce(
     file: Annotated[Path | None, _existing("JSONL file, one event/item/user object a line")] = None,
     movielens: Annotated[Path | None, _existing("MovieLens 100K folder (u.data, u.item, u.user)", folder=True)] = None,
     synthetic: Annotated[int | None, typer.Option(min=1, help="this many events from the synthetic world")] = None,
-    seed: Annotated[int, typer.Option(help="synthetic world seed")] = 7,
+    seed: Annotated[int, typer.Option(min=0, help="synthetic world seed")] = 7,
 ) -> None:
     """Publish a stream to Kafka with delivery confirmation; invalid lines are reported and skipped."""
     settings = _settings()

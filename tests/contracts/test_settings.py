@@ -31,6 +31,10 @@ from recstream.contracts.settings import SECTIONS, TOOL_VARIABLES, VARIABLES, Se
         ("RECSTREAM_API_KEY", "", "empty key"),
         ("RECSTREAM_EVENTS_TOPIC", "", "should match pattern"),
         ("RECSTREAM_DLQ_TOPIC", "a b/c", "should match pattern"),
+        ("RECSTREAM_SSL_CAFILE", "/nonexistent/ca.pem", "does not point to a file"),  # once a bare FileNotFoundError
+        ("RECSTREAM_SSL_CAFILE", "/", "does not point to a file"),  # at the first Kafka client, naming nothing
+        ("RECSTREAM_SSL_CERTFILE", "/nonexistent/client.pem", "does not point to a file"),
+        ("RECSTREAM_SSL_KEYFILE", "/nonexistent/client.key", "does not point to a file"),
     ],
 )
 def test_invalid_variable_is_named(monkeypatch, variable, value, message):
