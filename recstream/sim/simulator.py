@@ -52,6 +52,10 @@ POPULAR_TOP = 20
 """An item has reached the popular ranking when it is among its first 20 (two pages of 10)."""
 RANKING_POLL_S = 0.5
 HTTP_TIMEOUT_S = 10.0
+RESEND = frozenset({429, 503})
+"""An events POST answered with these is sent again (README: a 503 is worth a resend, a 429 after its wait)."""
+POST_ATTEMPTS = 3
+RESEND_WAIT_S, RESEND_WAIT_MAX_S = 0.2, 2.0
 
 FRESH_WORLD = WorldConfig(
     n_users=1_000,
@@ -241,8 +245,13 @@ class Ledger:
         got = float(self.world.click_probability(user, np.asarray(served, np.int64), now_ms).sum()) if served else 0.0
         return best, got
 
-    def record(self, user: int, page: Sequence[Shown], now_ms: int, rng: np.random.Generator) -> list[bool]:
-        """Score one served page, draw the user's clicks (each item with its true p), count; returns the clicks."""
+    def record(
+        self, user: int, page: Sequence[Shown], now_ms: int, rng: np.random.Generator, variant: str | None = None
+    ) -> list[bool]:
+        """Score one served page, draw the user's clicks (each item with its true p), count; returns the clicks.
+
+        ``variant``: the A/B variant the reader named for the page, counted even when the page is empty (its
+        regret counts against that variant as it does overall); its items may name theirs too."""
         r = self.result
         items = [s.item for s in page]
         best, got = self.regret(user, items, now_ms)
@@ -256,7 +265,7 @@ class Ledger:
                 counts.impressions += 1
                 counts.clicks += clicked
             self._impressions[shown.item] += 1
-        variants = {s.variant for s in page if s.variant is not None}
+        variants = {s.variant for s in page if s.variant is not None} | ({variant} if variant else set())
         for variant in variants:
             arm = r.by_variant[variant]
             arm.feeds += 1
@@ -422,18 +431,49 @@ class Simulator:
             shown = [s for s in shown if s.item >= 0]
             ledger.result.degraded += bool(page.get("degraded"))
             ledger.result.ranked += bool(page.get("ranked"))
-            clicks = ledger.record(user, shown, now_ms, np.random.default_rng([self.config.seed, n]))
-            prefix = f"sim{self.config.seed}-{n}-"
+            rng = np.random.default_rng([self.config.seed, n])
+            clicks = ledger.record(user, shown, now_ms, rng, page.get("variant"))
+            prefix = event_prefix(self.config.seed, ledger.start_ms, n)
             events = _events(user_id, self.world, shown, clicks, now_ms, prefix, page.get("session"))
             if events:
-                async with http.post(f"{self.reader_url}/v1/events", data=orjson.dumps(events),
-                                     headers={"content-type": "application/json"}) as response:  # fmt: skip
-                    response.raise_for_status()
+                await post_events(http, self.reader_url, orjson.dumps(events))
                 ledger.result.events_posted += len(events)
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, KeyError):
             ledger.result.failed += 1
         finally:
             in_flight.release()
+
+
+def event_prefix(seed: int, run_start_ms: int, n: int) -> str:
+    """The event ids of a run's feed ``n`` start with this: with the run's start in them, a second run of one seed
+    (the demo's is always 7) within the workers' de-duplication window is not dropped as a resend of the first's.
+
+    >>> event_prefix(7, 1_700_000_000_000, 12)
+    'sim7-1700000000000-12-'
+    """
+    return f"sim{seed}-{run_start_ms}-{n}-"
+
+
+async def post_events(http: Any, reader_url: str, body: bytes) -> None:
+    """POST a feed's events; after a 503 (Kafka unreachable) or a 429 (the click limit) the same body again, as the
+    README tells a client (its event ids make a resend count once), up to :data:`POST_ATTEMPTS` times, waiting what
+    the answer's ``Retry-After`` says (at most :data:`RESEND_WAIT_MAX_S`). Raises ``aiohttp.ClientResponseError``
+    when the last attempt is refused too."""
+    for attempt in range(1, POST_ATTEMPTS + 1):
+        async with http.post(f"{reader_url}/v1/events", data=body, headers={"content-type": "application/json"}) as r:
+            if r.status not in RESEND or attempt == POST_ATTEMPTS:
+                r.raise_for_status()
+                return
+            wait = _seconds(r.headers.get("Retry-After"), RESEND_WAIT_S * attempt)
+        await asyncio.sleep(min(wait, RESEND_WAIT_MAX_S))
+
+
+def _seconds(header: str | None, default: float) -> float:
+    """A ``Retry-After`` of seconds, else ``default`` (absent, an HTTP date, or not a number at all)."""
+    try:
+        return max(0.0, float(header)) if header is not None else default
+    except ValueError:
+        return default
 
 
 def _events(

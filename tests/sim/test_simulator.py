@@ -128,3 +128,62 @@ def test_reported_events_name_the_pages_scroll_session_so_the_reader_stamps_the_
 @pytest.mark.parametrize(("ranked", "feeds", "share"), [(0, 0, 0.0), (0, 4, 0.0), (3, 4, 0.75), (4, 4, 1.0)])
 def test_the_ranked_share_is_the_share_of_feeds_the_reader_ranked(ranked, feeds, share):
     assert SimResult(feeds=feeds, ranked=ranked).ranked_share == share
+
+
+def test_an_empty_page_counts_its_regret_against_the_variant_the_reader_named():
+    """The variant was read from a page's items only, so an arm that served empty pages showed less regret than it
+    had (its empty pages counted overall and in no arm)."""
+    ledger = Ledger(tiny_world(), start_ms=START, limit=2)
+    rng = np.random.default_rng(0)
+    ledger.record(0, [Shown(0, "personal", "exp:a")], START + HOUR_MS, rng, "exp:a")
+    ledger.record(0, [], START + HOUR_MS, rng, "exp:a")
+    r = ledger.finish(START + HOUR_MS)
+    assert r.feeds == 2 and r.by_variant["exp:a"].feeds == 2
+    assert r.by_variant["exp:a"].regret == pytest.approx(r.regret) and r.by_variant["exp:a"].impressions == 1
+
+
+def test_two_runs_of_one_seed_report_other_event_ids():
+    """Feed n of a run had ids sim<seed>-<n>-…: a demo run again within the workers' de-duplication window (5
+    minutes) had every view and click dropped as a resend of the first run's."""
+    from recstream.sim.simulator import event_prefix
+
+    first, second = (event_prefix(7, start, 17) for start in (START, START + 60_000))
+    assert first != second and event_prefix(7, START, 1) != event_prefix(7, START, 11)
+
+
+@pytest.mark.parametrize(
+    ("answers", "posts", "raises"),
+    [([503, 202], 2, False), ([429, 503, 202], 3, False), ([503, 503, 503], 3, True), ([400], 1, True)],
+    ids=["503 then 202", "429, 503, 202", "three 503s", "400 not resent"],
+)
+async def test_a_refused_events_post_is_sent_again_with_the_same_body(answers, posts, raises):
+    """A 503 or a 429 lost the feed's views and clicks (README: send the same body again); up to three attempts."""
+    import aiohttp
+    from aiohttp import web
+
+    from recstream.sim.simulator import post_events
+
+    bodies: list[bytes] = []
+    statuses = iter(answers)
+
+    async def events(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(status=next(statuses), headers={"Retry-After": "0"})
+
+    app = web.Application()
+    app.router.add_post("/v1/events", events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http:
+            if raises:
+                with pytest.raises(aiohttp.ClientResponseError):
+                    await post_events(http, f"http://127.0.0.1:{port}", b'[{"x": 1}]')
+            else:
+                await post_events(http, f"http://127.0.0.1:{port}", b'[{"x": 1}]')
+    finally:
+        await runner.cleanup()
+    assert bodies == [b'[{"x": 1}]'] * posts
