@@ -7,7 +7,8 @@
 
 Answers are typed (recstream.client.wire); transient failures are retried with back-off and every
 event carries an ``event_id`` fixed before the first attempt, so a retried POST is applied once;
-anything else raises :class:`RecstreamError` with the status and the reader's problem detail.
+anything else raises :class:`RecstreamError` with the status and the reader's problem detail (an option the
+client cannot work with, such as a base URL without its scheme, is a ValueError when the client is made).
 The client imports only ``recstream.contracts`` from the project (the event contract it validates against).
 """
 

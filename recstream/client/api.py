@@ -8,6 +8,7 @@ managers, or call ``close()`` / ``aclose()``.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -50,6 +51,11 @@ class _Connection:
         max_backoff_s: float = 10.0,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        url = httpx.URL(base_url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url must be http://host[:port] or https://host[:port], got {base_url!r}")
+        if not 0 < timeout_s < math.inf:
+            raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s}")
         self.backoff = Backoff(retries, backoff_s, max_backoff_s)
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = self._http_type(

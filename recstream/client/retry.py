@@ -8,6 +8,7 @@ an ``event_id`` fixed before the first attempt (routes.py), which the workers de
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,10 @@ class Backoff:
     max_s: float = 10.0
     rng: random.Random = field(default_factory=random.Random)
 
+    def __post_init__(self) -> None:
+        if self.retries < 0 or not (0 <= self.base_s < math.inf and 0 <= self.max_s < math.inf):
+            raise ValueError(f"retries and back-off seconds must be finite and >= 0, got {self}")
+
     def wait(self, attempt: int, failure: httpx.Response | Exception) -> float:
         """Seconds to wait after failed attempt ``attempt`` (0: the first); raises the error when not to retry.
 
@@ -95,13 +100,13 @@ def retry_after_s(value: str | None, now: datetime | None = None) -> float | Non
     2.0
     >>> retry_after_s("Wed, 21 Oct 2026 07:28:00 GMT", now=datetime(2026, 10, 21, 7, 27, 30, tzinfo=UTC))
     30.0
-    >>> retry_after_s("soon") is None
-    True
+    >>> retry_after_s("soon") is None, retry_after_s("²") is None
+    (True, True)
     """
     if value is None:
         return None
-    if value.strip().isdigit():
-        return float(value)
+    if (seconds := value.strip()).isascii() and seconds.isdigit():  # not "²", which isdigit() takes
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

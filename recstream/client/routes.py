@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from recstream.client.retry import RecstreamError
 from recstream.client.wire import (
     EventsAccepted,
     FeedPage,
@@ -57,7 +58,13 @@ class Call(Generic[T]):
         return http.build_request(self.method, self.path, params=self.params, content=self.body, headers=headers)
 
     def read(self, response: httpx.Response) -> T:
-        return self.answer.model_validate_json(response.content)
+        """The answer as its model; an answer that is not one (a proxy's page, a body cut short) is a
+        :class:`RecstreamError` with the status, as every other failure is."""
+        try:
+            return self.answer.model_validate_json(response.content)
+        except ValidationError as exc:
+            detail = f"not a {self.answer.__name__}: {exc.errors()[0]['msg']}; the body began {response.text[:200]!r}"
+            raise RecstreamError(response.status_code, detail) from None
 
 
 def feed(
@@ -223,5 +230,11 @@ def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
 
 
 def _id(value: str) -> str:
-    """An id as one path segment (the reader's ids are URL-safe; anything else is escaped and then refused)."""
-    return quote(value, safe="")
+    """An id as one path segment (the reader's ids are URL-safe; anything else is escaped and then refused). The ids
+    ``.`` and ``..`` are valid too, but as segments a URL resolves them (``/v1/feed/..`` is ``/v1``), so their dots
+    are escaped: the reader decodes the segment back to the id.
+
+    >>> _id("u 1"), _id(".."), _id("a.b")
+    ('u%201', '%2E%2E', 'a.b')
+    """
+    return value.replace(".", "%2E") if value in (".", "..") else quote(value, safe="")

@@ -103,6 +103,10 @@ def test_writes_need_the_key_the_reader_is_given_and_preferences_round_trip(isol
             saved = client.set_preferences("client-k", categories=["news"], not_interested=["i7"])
             assert saved.applied and saved.user_id == "client-k"
             assert client.preferences("client-k").model_dump() == {"categories": ["news"], "not_interested": ["i7"]}
+            for dots in (".", ".."):  # valid ids, which a URL resolves as a path segment unless they are escaped
+                assert client.set_preferences(dots, categories=["film"], not_interested=[]).user_id == dots
+                assert client.preferences(dots).categories == ["film"]
+                assert client.feed(dots).user_id == dots
 
 
 def test_every_pages_seed_passed_back_is_accepted_and_reproduces_it(world: World):

@@ -4,6 +4,7 @@ no Kafka or Redis stood in for). What reaches the real reader is in test_live.py
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
@@ -177,3 +178,35 @@ def test_a_write_answers_how_many_clicks_the_reader_dropped(kind):
     script = Script(httpx.Response(202, json={"accepted": 2, "attributed": 0, "dropped": 2}))
     clicks = [{"type": "click", "user_id": "u1", "item_id": "i1", "ts": NOW_MS}] * 4
     assert run(kind, script, lambda c: c.send_events(clicks)).dropped == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_answer_that_is_not_the_routes_model_is_a_recstream_error_with_its_status(kind):
+    """A 2xx that is not JSON (a proxy's page) raised pydantic's ValidationError, not the client's one error type."""
+    script = Script(httpx.Response(200, text="<html>gateway</html>"))
+    with pytest.raises(RecstreamError) as caught:
+        run(kind, script, lambda c: c.stats())
+    assert caught.value.status == 200 and "not a Stats" in str(caught.value.detail) and "gateway" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_retry_after_of_other_digits_is_no_wait_asked_not_a_crash(kind):
+    """``Retry-After: ²`` passed str.isdigit() and then float() raised ValueError out of the client."""
+    superscript = httpx.Response(503, headers=[(b"retry-after", "²".encode("latin-1"))])  # as a header's bytes
+    script = Script(superscript, httpx.Response(202, json={"accepted": 1, "attributed": 0}))
+    view = {"type": "view", "user_id": "u1", "item_id": "i1", "ts": NOW_MS}
+    assert run(kind, script, lambda c: c.send_events([view])).accepted == 1 and len(script.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"base_url": "localhost:8080"}, {"base_url": "ftp://reader"}, {"backoff_s": -1.0}, {"retries": -1},
+     {"timeout_s": 0.0}, {"max_backoff_s": math.inf}],
+    ids=str,
+)  # fmt: skip
+@pytest.mark.parametrize("client", [Client, AsyncClient])
+def test_a_client_refuses_options_it_cannot_work_with_when_made(client, options):
+    """A base URL without a scheme raised httpx.UnsupportedProtocol at the first request, a negative back-off
+    ValueError from time.sleep at the first retry: now both are refused by the constructor, naming the option."""
+    with pytest.raises(ValueError, match=r"base_url|back-off|timeout_s"):
+        client(**({"base_url": "http://reader"} | options))
