@@ -1,7 +1,7 @@
 """The ranked feed against the fixed blend and each single source, in the fresh and the stable world (issue 16).
 
     .venv/bin/python -m bench.blends                   # 5 seeds × 4 rows × 2 worlds, 60 s of simulated users each
-    .venv/bin/python -m bench.blends --quick           # 2 seeds × 20 s: a smoke run, not a measurement
+    .venv/bin/python -m bench.blends --quick           # 2 seeds × 20 s: a smoke run, not a measurement (not recorded)
 
 The runs of bench/policies.py (``run_one``: one private Kafka + Redis, per run fresh topics and Redis
 prefix, the world's history, a first model, a real worker and reader, simulated users), with its rows
@@ -70,11 +70,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown worlds {sorted(unknown)}; choose among {', '.join(WORLDS)}")
     if unknown := set(rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(ROWS)}")
+    if args.quick:  # a smoke run: its figures never replace the recorded ones
+        args.seeds, args.seconds, args.no_record = 2, 20.0, True
     if args.set and not args.no_record:
         parser.error("--set measures a candidate, not the defaults: add --no-record")
+    if args.first_seed != 1 and not args.no_record:
+        parser.error("--first-seed other than 1 studies validation seeds, not the recorded figures: add --no-record")
     overrides = dict(item.partition("=")[::2] for item in args.set)
-    if args.quick:
-        args.seeds, args.seconds = 2, 20.0
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
     with services() as base, ThreadPoolExecutor(1 if args.sequential else len(worlds)) as pool:

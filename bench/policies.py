@@ -222,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown policies {sorted(unknown)}; choose among {', '.join(POLICIES)}")
     if not args.no_record and (blends := [p for p in chosen if p in BLEND_ROWS]):
         parser.error(f"{', '.join(blends)}: bench.blends records these rows (here, add --no-record)")
-    if args.quick:
-        args.seeds, args.seconds = 2, 20.0
+    if args.quick:  # a smoke run: its figures never replace the recorded ones
+        args.seeds, args.seconds, args.no_record = 2, 20.0, True
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
     results: dict[str, list[SimResult]] = {p: [] for p in chosen}

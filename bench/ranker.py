@@ -5,8 +5,9 @@
 Impressions: per world and seed, one closed-loop run made exactly as bench/policies.py makes a row
 (``policies.run_with_retries``: private Kafka + Redis, the world's history, a first model, a real
 worker and reader, simulated users for ``--seconds``) with the reader of ``--policy`` (default
-``fixed``, the reader's default settings: the fixed blend while the ranker is cold, ranked once it
-learned ``ranker_min_rows``). Simulated users view everything shown and click with their true
+``fixed``: bench/policies.py's fixed row, the fixed-quota blend with the ranker off, so that the rows are not chosen
+by the model being evaluated; ``ranked`` is the reader's default settings, the fixed blend while the ranker is cold,
+ranked once it learned ``ranker_min_rows``). Simulated users view everything shown and click with their true
 probability; the reader stamps every view and click with the vector it served the item with
 (recstream/contracts/ranking.py, ``rf``). After the run its events topic is read back whole, and
 the rows are what the workers learned from: events with a valid vector (view 0, click 1), per

@@ -18,10 +18,10 @@ worker once more with every batch rescoring the per-segment rankings of its item
 what every batch did before 2026-12-04; apply_batch.lua step 4b), its own backlog and live phase.
 
 Each backlog runs ``--repeats`` times (3; the five paths rotated, each run with a fresh consumer group and key
-prefix) and the live phase after each personal run and each of its baseline's: a backlog lands in 17 to 45
-batches depending on what the consumer fetched while the worker waited on Redis, and that alone moves a run's
-rate by up to 2×, so one run is not a measurement. The table shows every run with its batches, user steps and
-Redis' busy time per event.
+prefix) and the live phase after each personal run and each of its baseline's: a backlog lands in 12 to 45
+batches (over the recorded runs) depending on what the consumer fetched while the worker waited on Redis, and
+that alone moves a run's rate by up to 2×, so one run is not a measurement. The table shows every run with its
+batches, user steps and Redis' busy time per event.
 
 Writes `worker_events_per_s`, `worker_events_per_s_ranker`, `worker_events_per_s_ranker_pipelined`,
 `freshness_p99_ms`, `candidates_refresh_p99_ms` (+ p50s): the medians of the runs; the freshness figures carry

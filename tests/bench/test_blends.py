@@ -33,3 +33,14 @@ def test_a_ranked_row_with_fewer_than_half_its_pages_ranked_makes_the_run_invali
 def test_ranked_is_lowest_only_below_every_other_row(ranked_regret, lowest):
     by_row = {"fixed": [run(2.0)], "popular_only": [run(1.5)], "ranked": [run(ranked_regret, ranked=100)]}
     assert ranked_lowest(by_row, 0) is lowest
+
+
+@pytest.mark.parametrize("argv", [["--first-seed", "101"], ["--set", "ranker_min_rows=200"]], ids=" ".join)
+def test_validation_runs_must_say_they_record_nothing_before_anything_starts(argv, capsys):
+    """Validation seeds (101–103) or a candidate's settings recorded under the reported keys would replace the
+    figures of seeds 1–5 at the defaults; such a run is refused at its options unless it says --no-record."""
+    from bench.blends import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code == 2 and "add --no-record" in capsys.readouterr().err
