@@ -588,10 +588,7 @@ class BatchProcessor:
         self.last_applied = time.monotonic()
         if effect.rank_segments:  # a call that left items waiting makes the next one due at once
             self.segments_ranked_at = -math.inf if applied.segments_pending else self.last_applied
-        self._observe(call.fresh[0].topic, call.records, call.dead, applied, call.started, call.built)
-        metrics.DUPLICATES.labels(call.fresh[0].topic).inc(call.duplicates)
-        metrics.MESSAGES_SKIPPED.labels(call.fresh[0].topic).inc(call.skipped)
-        metrics.count_experiment_events(effect.counters.variants, self.settings.experiment)
+        self._observe(call, applied)
         await self._fold_in(applied.fold_ins)
         self._beat()
         return applied
@@ -661,18 +658,17 @@ class BatchProcessor:
         effect.event_ids = {tp: applied for tp, applied in effect.event_ids.items() if applied}
         return out, sum(len(events) for *_, events in decoded) - sum(len(events) for *_, events in out)
 
-    def _observe(
-        self,
-        topic: str,
-        records: list,
-        dead: list[DeadLetter],
-        applied: Applied,
-        started: float,
-        built: Built,
-    ) -> None:
-        now_ms = time.time() * 1000
-        for letter in dead:
+    def _observe(self, call: Call, applied: Applied) -> None:
+        """Count an applied call; one that wrote nothing (every slot at or past its end: another worker applied this
+        very batch first, a rebalance race) counts only its messages, as found applied, and its dead letters (sent)."""
+        topic, records, built, now_ms = call.fresh[0].topic, call.records, call.built, time.time() * 1000
+        for letter in call.dead:
             metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
+        metrics.MESSAGES_SKIPPED.labels(topic).inc(call.skipped + (0 if applied.written else len(call.fresh)))
+        if not applied.written:
+            return
+        metrics.DUPLICATES.labels(topic).inc(call.duplicates)
+        metrics.count_experiment_events(call.effect.counters.variants, self.settings.experiment)
         metrics.observe_many(metrics.CANDIDATE_REFRESH, _ages_s(now_ms, built.refreshed_ts))
         if built.training is not None:
             for trained in built.training.trained.values():
@@ -686,7 +682,7 @@ class BatchProcessor:
         else:
             metrics.EVENTS.labels(topic, self.kind).inc(len(records))
         metrics.BATCH_SIZE.labels(topic).observe(len(records))
-        metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - started)
+        metrics.BATCH_SECONDS.labels(topic).observe(time.perf_counter() - call.started)
         metrics.PRIOR.set(applied.prior)
         metrics.RESCORES.inc(applied.full_rescore)
         metrics.GRADUATIONS.inc(len(applied.graduated))

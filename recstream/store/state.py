@@ -127,6 +127,7 @@ class Applied:
     rescore_pending: bool = False  # a rescore pass is not finished: later batches (or empty ones) go on with it
     segments_pending: int = 0  # items whose per-segment scores wait for a call that ranks segments (step 4b)
     replayed: bool = False  # some slot had applied the batch already: its histories came from a slot that was ahead
+    written: bool = True  # False: every slot had applied it already (another worker, a rebalance race): nothing now
 
 
 class StateStore:
@@ -296,7 +297,8 @@ class StateStore:
                 graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
                 return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]),
                                segments_pending=int(result[6]), replayed=replayed)  # fmt: skip
-        return Applied(self._prior, False, [], [], replayed=replayed)
+        written = any(result[0] == b"ok" for result in results)
+        return Applied(self._prior, False, [], [], replayed=replayed, written=written)
 
     def _payloads(self, effect: Effect) -> dict[str, tuple[dict, bytes]]:
         """Each slot's part of the effect: the JSON payload (ARGV[1]) and the binary values it refers to, all

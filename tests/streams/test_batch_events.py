@@ -164,3 +164,31 @@ async def test_a_batch_retried_after_a_failed_call_counts_each_message_found_app
     assert store.marks == [1]  # one call applied: message 1 (message 0 skipped both times)
     assert after - before == 2
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 11
+
+
+async def test_a_batch_another_worker_applied_first_is_counted_as_found_applied_not_applied_again(
+    isolated_settings: Settings,
+):
+    """A worker whose watermarks were read before another applied the same batch (a rebalance race) runs the script,
+    which answers "done" and writes nothing; the worker counted the batch's events as applied all the same."""
+    settings = isolated_settings
+    topic = settings.kafka.events_topic
+    messages = micro_batches([3, 4], topic)
+    client = AsyncRedis.from_url(settings.redis.url)
+
+    def counted() -> tuple[float, float]:
+        events = REGISTRY.get_sample_value("recstream_worker_events_total", {"topic": topic, "type": "view"})
+        skipped = REGISTRY.get_sample_value("recstream_worker_messages_skipped_total", {"topic": topic})
+        return events or 0.0, skipped or 0.0
+
+    try:
+        late = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters)
+        await late.reload_watermarks()  # before the other worker applied: it expects nothing applied
+        await BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters).process(messages)
+        before = counted()
+        await late.process(messages)
+    finally:
+        await client.aclose()
+    events, skipped = (after - first for after, first in zip(counted(), before, strict=True))
+    assert (events, skipped) == (0, 2)
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 7
