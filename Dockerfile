@@ -27,7 +27,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1 PIP_DISA
 # the wheels are mounted for the install only, so they take no layer of the image
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels recstream
-# the worker keeps faust's data folder in its working directory; /models is the default model volume
+# /app is the home and working directory; faust's (empty) data folder goes to /tmp; /models is the default model volume
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /app recstream \
  && install -d -o recstream -g recstream /models
 WORKDIR /app

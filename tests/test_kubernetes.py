@@ -97,8 +97,8 @@ def test_ports_and_probes_match_the_settings_and_the_routes(command: str):
         routes = {r.path for r in app.routes if isinstance(r, APIRoute) and "GET" in r.methods}
         assert [probe["path"] for probe in probes] == ["/healthz", "/readyz"]
         assert {probe["path"] for probe in probes} <= routes
-    else:  # the worker's metrics server answers on its port only
-        assert [probe["path"] for probe in probes] == ["/metrics"]
+    else:  # the worker's metrics port: /healthz turns 503 when an agent stopped or stalled, /metrics never does
+        assert [probe["path"] for probe in probes] == ["/healthz"]
     annotations = next(d for d in manifests() if d["metadata"]["name"] == workload)["spec"]["template"]["metadata"]
     assert annotations["annotations"]["prometheus.io/port"] == str(port)
 
