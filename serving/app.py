@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hmac
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -145,14 +146,15 @@ def create_app(settings: Settings) -> FastAPI:
     auth = _api_key_check(settings)
     # the limit's bound comes from the settings, so it sits in a default value, not in an annotation
     query = FeedQuery.from_settings(settings)
-    protected: dict[str, Any] = {"dependencies": [Depends(auth)], "responses": _problems(401)}
     open_writes = settings.reader.open_writes and settings.reader.api_key is None
-    reads = APIRouter(
-        route_class=CappedJsonRoute,
-        dependencies=[Depends(known_query), *(protected["dependencies"] if settings.reader.protect_reads else ())],
-        responses=_problems(400, *((401,) if settings.reader.protect_reads else ())),
-    )
-    writes = APIRouter(route_class=CappedJsonRoute, **({} if open_writes else protected))
+
+    def guarded(protect: bool) -> dict[str, Any]:
+        """A router's checks, in order: the key (a 401 says nothing about the request), then its query parameters."""
+        keyed, refused = ([Depends(auth)], (400, 401)) if protect else ([], (400,))
+        return {"dependencies": [*keyed, Depends(known_query)], "responses": _problems(*refused)}
+
+    reads = APIRouter(route_class=CappedJsonRoute, **guarded(settings.reader.protect_reads))
+    writes = APIRouter(route_class=CappedJsonRoute, **guarded(not open_writes))
 
     @reads.get(FEED_ROUTE, response_model=FeedPage, responses=_problems(400, 410), tags=["feed"])
     async def feed(  # its query parameters are feed_query.ROUTE_PARAMETERS; the fast path admits PARAMETERS
@@ -269,7 +271,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(writes)
     from recstream.serving.catalogue import catalogue_router  # here: it imports this module's helpers
 
-    app.include_router(catalogue_router(service), **({} if open_writes else protected))
+    app.include_router(catalogue_router(service), **guarded(not open_writes))
     app.include_router(explorer.router)
     if not settings.reader.protect_reads:  # protected reads always take the route (it checks the key)
         route = next(r for r in reads.routes if isinstance(r, APIRoute) and r.path == FEED_ROUTE)
@@ -280,12 +282,17 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 async def known_query(request: Request) -> None:
-    """400 for a query parameter the route does not declare: ``?limt=50`` served the default limit with a 200."""
+    """400 for a query parameter the route does not declare (``?limt=50`` served the default limit with a 200; a write
+    route took ``?dry_run=true`` and wrote), or one given twice (``?exclude=i1&exclude=i2`` kept only i2: a list is
+    one comma-separated value)."""
     declared = {field.alias for field in request.scope["route"].dependant.query_params}
-    unknown = sorted(set(request.query_params) - declared)
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted(set(names) - declared)
     if unknown:
         takes = ", ".join(sorted(declared)) or "none"
         raise HTTPException(400, f"unknown query parameter {unknown[0]!r}; this route takes {takes}")
+    if repeated := sorted(name for name, n in Counter(names).items() if n > 1):
+        raise HTTPException(400, f"query parameter {repeated[0]!r} given more than once: send it once (a list: a,b)")
 
 
 def _api_key_check(settings: Settings) -> Callable[..., Awaitable[None]]:

@@ -183,8 +183,10 @@ def _clause(text: str) -> Clause:
         raise FilterError(f"filter: {shown}: expected <feature><op><value>, op one of {' '.join(OPERATORS)}")
     feature, op, raw = match.groups()
     _check_name("filter", feature)
-    value = _WORDS.get(raw.lower()) if len(raw) <= MAX_VALUE_LEN else None
-    if value is None and len(raw) <= MAX_VALUE_LEN:
+    if len(raw) > MAX_VALUE_LEN:
+        raise FilterError(f"filter: {shown}: the value is longer than {MAX_VALUE_LEN} characters")
+    value = _WORDS.get(raw.lower())
+    if value is None:
         try:
             value = float(raw)
         except ValueError:

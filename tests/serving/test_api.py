@@ -40,6 +40,13 @@ FUZZ_EXAMPLES = 25
         ("GET", "/v1/feed/u1?limit=5&category=news&cursr=x", None, 400, "unknown query parameter 'cursr'"),
         ("GET", "/v1/items/i001/similar?limt=5", None, 400, "this route takes limit"),
         ("GET", "/v1/stats?since=1", None, 400, "unknown query parameter 'since'; this route takes none"),
+        ("GET", "/v1/feed/u1?exclude=i1&exclude=i2", None, 400, "'exclude' given more than once"),  # kept i2 only
+        ("GET", "/v1/feed/u1?limit=3&limit=2", None, 400, "'limit' given more than once"),
+        ("POST", "/v1/events?dry_run=1", b"[]", 400, "unknown query parameter 'dry_run'"),  # it published, 202
+        ("DELETE", "/v1/users/u9?dry_run=true", None, 400, "unknown query parameter 'dry_run'"),  # it erased, 202
+        ("PUT", "/v1/items/i1?x=1", b'{"categories": ["a"]}', 400, "unknown query parameter 'x'"),
+        ("PUT", "/v1/users/u1/preferences?x=1", b"{}", 400, "unknown query parameter 'x'"),
+        ("GET", "/v1/feed/u1?filter=price<" + "1" * 33, None, 400, "longer than 32 characters"),  # "not a number"
         ("GET", "/v1/items/a%3Bb/similar", None, 422, "should match pattern"),
         ("GET", "/v1/items/i001/similar?limit=1000", None, 422, "less than or equal to 100"),
         ("POST", "/v1/events", b"{oops", 422, "json: invalid JSON"),
@@ -103,6 +110,7 @@ async def test_writes_need_the_api_key_when_one_is_set_and_reads_only_when_asked
         assert (await reader.get("/v1/feed/u-key")).status_code == 200
     async with reader_client(base.replace(api_key=SecretStr("s3cret"), protect_reads=True)) as reader:
         assert (await reader.get("/v1/feed/u-key")).status_code == 401
+        assert (await reader.get("/v1/feed/u-key?limt=1")).status_code == 401, "the key first: a 400 listed the route"
         assert (await reader.get("/v1/feed/u-key", headers={"X-API-Key": "s3cret"})).status_code == 200
         assert (await reader.get("/healthz")).status_code == 200, "probes stay open"
 
