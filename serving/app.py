@@ -54,6 +54,7 @@ from recstream.serving.errors import (
     RedisUnavailable,
     SessionExpired,
     TooManyClicks,
+    TooManyClicksInOneRequest,
 )
 from recstream.serving.fast_feed import FeedFastPath
 from recstream.serving.feed_query import FEED_ROUTE, MAX_SEED, MIN_LIMIT, MIN_SEED, FeedQuery
@@ -240,7 +241,8 @@ def create_app(settings: Settings) -> FastAPI:
         source up) so clicks are attributable per source, and the feed's ``variant`` as the events'
         ``variant`` while an experiment runs. An event without ``event_id`` gets one derived from its
         content, so resending a request after a 503 applies each event once. Clicks are limited per
-        client (429 past the limit) and per user per item (the extra ones ``dropped``).
+        client (429 past the limit; 413 for a request that alone holds more) and per user per item (the extra ones
+        ``dropped``).
         """
         client = request.client.host if request.client else "unknown"
         try:
@@ -249,6 +251,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         except TooManyClicks as exc:
             raise HTTPException(429, str(exc), {"Retry-After": str(math.ceil(exc.retry_after_s))}) from None
+        except TooManyClicksInOneRequest as exc:
+            raise HTTPException(413, str(exc)) from None
         except KafkaUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
 

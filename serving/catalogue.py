@@ -26,7 +26,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
 from recstream.serving.app import ItemId, UserId, _problems, json_response
-from recstream.serving.body import read_capped, require_json
+from recstream.serving.body import max_body, read_capped, require_json
 from recstream.serving.catalogue_service import Catalogue, TooManyItems
 from recstream.serving.errors import EventsRejected, KafkaUnavailable, NotFound, RedisUnavailable
 from recstream.serving.service import FeedService
@@ -75,9 +75,9 @@ class UserErased(BaseModel):
 
 
 def _body(model: type[Body]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that reads and validates its body itself (to cap it first)."""
+    """The OpenAPI request body of a route that reads and validates its body itself (to cap it first), with its cap."""
     schema = {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}
-    return {"requestBody": schema}
+    return {"requestBody": schema, **max_body(ITEM_MAX_BYTES)}
 
 
 BULK_BODY = {
@@ -129,7 +129,7 @@ def catalogue_router(service: FeedService) -> APIRouter:
     @router.post(
         "/v1/items",
         response_model=ItemsAccepted,
-        openapi_extra=BULK_BODY,
+        openapi_extra={**BULK_BODY, **max_body(bulk_max_bytes)},
         status_code=202,
         responses=_problems(413, 415, 422, 503),
     )

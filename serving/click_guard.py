@@ -10,7 +10,8 @@ hundreds of clicks on one item and push it up every popular list. The policy (RE
 * a client (its address as the reader sees it) that would pass ``clicks_per_client`` clicks in a
   window gets 429 with ``Retry-After`` for the whole request, and nothing of it is published: a
   client that reports more clicks than any person makes is broken or abusive, and a well-behaved
-  one slows down and retries;
+  one slows down and retries; a request whose new clicks alone pass the limit gets 413 instead (no
+  wait would admit it, and a client would retry a 429 for ever): it must be split;
 * a user's clicks on one item past ``clicks_per_user_item`` in a window are dropped, and the rest
   of the request goes out, views included: repeated clicks are what click fraud looks like, and a
   client that reports them is not wrong to;
@@ -32,7 +33,7 @@ import time
 from collections.abc import Collection
 
 from recstream.serving import metrics
-from recstream.serving.errors import RedisUnavailable, TooManyClicks
+from recstream.serving.errors import RedisUnavailable, TooManyClicks, TooManyClicksInOneRequest
 from recstream.serving.guard import RedisGuard
 from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 
@@ -50,8 +51,9 @@ class ClickGuard:
     COUNT = Script("""
     -- KEYS[1]: the window's counters; ARGV: TTL (s), the client's field, the client limit, the (user, item) limit
     -- (0: none), whether a click is counted once per id ('1') or every time ('0'), then each click of the request
-    -- in order: its (user, item) field and its user:event_id (the key the workers de-duplicate by). Returns {-1}
-    -- for a client over its limit (nothing counted), else 1 (admitted) or 0 (dropped) per click. Counted once, a
+    -- in order: its (user, item) field and its user:event_id (the key the workers de-duplicate by). Returns {-2}
+    -- for a request whose new clicks alone pass the client limit, {-1} for a client over its limit (nothing counted
+    -- either way), else 1 (admitted) or 0 (dropped) per click. Counted once, a
     -- click this window admitted already (a request resent after a 503; a copy in the same request) is admitted
     -- again without spending the limits: the workers apply it once.
     local client_limit, pair_limit, once = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1'
@@ -65,6 +67,7 @@ class ClickGuard:
         if not decided[id] then clicks = clicks + 1 end
       end
     end
+    if client_limit > 0 and clicks > client_limit then return {-2} end  -- alone over the limit: no window admits it
     local client = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
     if client_limit > 0 and client + clicks > client_limit then return {-1} end
     redis.call('HINCRBY', KEYS[1], ARGV[2], clicks)
@@ -129,6 +132,12 @@ class ClickGuard:
         except RedisUnavailable as exc:
             metrics.DEGRADED.labels(EVENTS_ROUTE, exc.cause).inc()
             return events
+        if admitted == [-2]:
+            self._limited["client"].inc(len(clicks))
+            raise TooManyClicksInOneRequest(
+                f"{len(clicks)} clicks in one request: more than the {r.clicks_per_client} a client may report in "
+                f"{r.click_window_s} s, so no wait admits them; send them in smaller requests"
+            )
         if admitted == [-1]:
             self._limited["client"].inc(len(clicks))
             raise TooManyClicks(

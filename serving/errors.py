@@ -40,3 +40,8 @@ class TooManyClicks(Exception):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TooManyClicksInOneRequest(ValueError):
+    """413: one request holds more new clicks than the client's limit allows in a whole window, so no wait admits it
+    (a 429 would be retried for ever); the client must split it."""
