@@ -59,6 +59,12 @@ async def test_items_written_over_http_reach_the_topic_and_the_worker(isolated_s
         assert user.status_code == 202, user.text
         wait_until(lambda: client.hget("rs:user:seg", "u1") == "age25-34.F", what="the user's segment")
 
+        seen = {"type": "view", "user_id": "u1", "item_id": "i-seen", "ts": T0}  # an item only events name
+        assert (await reader.post("/v1/events", json=seen)).status_code == 202
+        wait_until(lambda: client.hget("rs:item:i-seen", "available") == "0", what="i-seen held back, unannounced")
+        patched = await reader.patch("/v1/items/i-seen", json={"categories": ["news"]})  # 202 published it hidden
+        assert patched.status_code == 404 and "PUT it first" in patched.text, patched.text
+
     items = await on_topic(settings, settings.kafka.items_topic, "item")
     assert [(i.op, i.available, i.categories) for i in items] == [
         ("update", True, ["news", "sport"]),
