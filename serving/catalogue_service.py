@@ -81,7 +81,7 @@ class Catalogue:
         return {"accepted": len(items), "rejected": [{"line": line, "reason": r.reason} for line, r in rejected]}
 
     async def put_user(self, user_id: str, attributes: dict[str, object]) -> UserEvent:
-        user = UserEvent(user_id=user_id, ts=_now_ms(), attributes=attributes)
+        user = UserEvent(user_id=user_id, ts=_now_ms(), attributes=attributes, replaces=["attributes"])  # {} clears
         await self.service.publisher.user(user)
         return user
 

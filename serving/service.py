@@ -264,7 +264,11 @@ class FeedService:
         Returns whether the direct write happened; if not, the workers write the same value from the event.
         """
         event = UserEvent(
-            user_id=user_id, ts=int(time.time() * 1000), preferred_categories=categories, not_interested=not_interested
+            user_id=user_id,
+            ts=int(time.time() * 1000),
+            preferred_categories=categories,
+            not_interested=not_interested,
+            replaces=["preferences"],  # empty lists clear them; the attributes are left as they are
         )
         await self.publisher.user(event)
         value = orjson.dumps({"categories": categories, "not_interested": not_interested})

@@ -63,6 +63,7 @@ from recstream.contracts.events import (
     encode,
     partition_for,
     segment_of,
+    user_parts,
 )
 from recstream.contracts.settings import Settings, WorkerSettings
 from recstream.eventlog.log import Message, Ranges
@@ -738,9 +739,10 @@ class BatchProcessor:
         )
         picks: dict[str, list[str]] = {}
         for user in users:
-            if user.attributes:
+            parts = user_parts(user)  # what the record sets, empty or not: {} clears
+            if "attributes" in parts:
                 effect.user_segments[user.user_id] = segment_of(user.attributes)
-            if user.preferred_categories or user.not_interested:
+            if "preferences" in parts:
                 prefs = {"categories": user.preferred_categories, "not_interested": user.not_interested}
                 effect.blobs.append((f"user:{user.user_id}:prefs", orjson.dumps(prefs)))
             if user.preferred_categories and user.user_id not in context.histories:

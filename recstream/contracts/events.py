@@ -92,14 +92,53 @@ class ItemEvent(_Strict):
     available: bool = True
 
 
+UserPart = Literal["attributes", "preferences"]
+
+
 class UserEvent(_Strict):
-    """User attributes (a segment is derived from them) and onboarding preferences."""
+    """User attributes (a segment is derived from them) and onboarding preferences.
+
+    ``replaces`` names the parts the record sets, even when empty (a clear): the reader's routes each write one part
+    and say so. Without it (other producers, older records), a record sets the parts it gives that are not empty,
+    so that a record of attributes alone leaves the preferences as they are (:func:`user_parts`).
+    """
 
     user_id: Id
     ts: Timestamp
     attributes: Attributes = {}
     preferred_categories: Annotated[list[Category], Field(max_length=32)] = []
     not_interested: Annotated[list[Id], Field(max_length=256)] = []
+    replaces: Annotated[list[UserPart], Field(max_length=2)] | None = None
+
+
+def user_parts(user: UserEvent) -> frozenset[str]:
+    """The parts of the user a record sets: what it ``replaces``, else those it gives that are not empty.
+
+    >>> user_parts(UserEvent(user_id="u", ts=10**12, replaces=["preferences"])) == {"preferences"}  # a clear
+    True
+    >>> sorted(user_parts(UserEvent(user_id="u", ts=10**12, attributes={"age": 30})))
+    ['attributes']
+    """
+    if user.replaces is not None:
+        return frozenset(user.replaces)
+    given = {"attributes": bool(user.attributes), "preferences": bool(user.preferred_categories or user.not_interested)}
+    return frozenset(part for part, present in given.items() if present)
+
+
+def user_record_key(user_id: str, parts: frozenset[str]) -> str:
+    """The Kafka key of a user record on the compacted ``users`` topic: a record of the preferences alone has a key of
+    its own, so that compaction, which keeps the last record of each key, keeps the user's last attributes and last
+    preferences both (one key, a later preferences record dropped the attributes, and a rebuild lost the segment).
+    The record goes to the user's partition whatever its key (:func:`partition_for` of the user id).
+
+    >>> user_record_key("u1", frozenset({"preferences"})), user_record_key("u1", frozenset({"attributes"}))
+    ('u1:preferences', 'u1')
+    """
+    return f"{user_id}:preferences" if parts == {"preferences"} else user_id
+
+
+USER_RECORD_KEYS = ("", ":preferences")
+"""The suffixes of every key a user's records may have (:func:`user_record_key`): an erasure tombstones each."""
 
 
 class Erasure(_Strict):

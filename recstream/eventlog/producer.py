@@ -29,7 +29,18 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaProducer
 
-from recstream.contracts.events import Erasure, Event, ItemEvent, UserEvent, encode, micro_batches, partition_for
+from recstream.contracts.events import (
+    USER_RECORD_KEYS,
+    Erasure,
+    Event,
+    ItemEvent,
+    UserEvent,
+    encode,
+    micro_batches,
+    partition_for,
+    user_parts,
+    user_record_key,
+)
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
 
@@ -58,6 +69,7 @@ class EventProducer:
         )
         self._buffers: dict[int, list[Event]] = {}
         self._partitions = 0  # the events topic's partition count, read from the broker at the start
+        self._user_partitions = 0  # the users topic's
         self._in_flight: list[asyncio.Future] = []
         self.events_sent = 0
         self.messages_sent = 0
@@ -66,6 +78,7 @@ class EventProducer:
         try:
             await self._kafka.start()
             self._partitions = len(await self._kafka.partitions_for(self.settings.kafka.events_topic))
+            self._user_partitions = len(await self._kafka.partitions_for(self.settings.kafka.users_topic))
         except BaseException:
             await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
             raise
@@ -109,13 +122,20 @@ class EventProducer:
 
     async def deliver_user(self, user: UserEvent) -> None:
         """Send one user event and return once the broker acknowledged it (see :meth:`deliver`)."""
-        await (await self._kafka.send(self.settings.kafka.users_topic, encode(user), key=user.user_id.encode()))
+        key, partition = self._user_placement(user)
+        await (await self._kafka.send(self.settings.kafka.users_topic, encode(user), key=key, partition=partition))
 
     async def send_item(self, item: ItemEvent) -> None:
         await self._send(self.settings.kafka.items_topic, item.item_id, encode(item))
 
     async def send_user(self, user: UserEvent) -> None:
-        await self._send(self.settings.kafka.users_topic, user.user_id, encode(user))
+        key, partition = self._user_placement(user)
+        await self._send(self.settings.kafka.users_topic, key.decode(), encode(user), partition)
+
+    def _user_placement(self, user: UserEvent) -> tuple[bytes, int]:
+        """The record's key (contracts/events.user_record_key) and its user's partition."""
+        key = user_record_key(user.user_id, user_parts(user))
+        return key.encode(), partition_for(user.user_id, self._user_partitions)
 
     async def deliver_items(self, items: Iterable[ItemEvent]) -> None:
         """Send the items and return once the broker acknowledged each of them."""
@@ -125,9 +145,12 @@ class EventProducer:
     async def erase_user(self, erasure: Erasure) -> None:
         """The erasure on ``erasures`` (what rebuild and train honour), then a tombstone for the user on ``users``
         (compaction then drops the user's records); returns once both were acknowledged, in that order."""
-        key = erasure.user_id.encode()
+        key, users = erasure.user_id.encode(), self.settings.kafka.users_topic
         await (await self._kafka.send(self.settings.kafka.erasures_topic, encode(erasure), key=key))
-        await (await self._kafka.send(self.settings.kafka.users_topic, None, key=key))
+        partition = partition_for(erasure.user_id, self._user_partitions)
+        tombstones = [await self._kafka.send(users, None, key=key + suffix.encode(), partition=partition)
+                      for suffix in USER_RECORD_KEYS]  # fmt: skip
+        await asyncio.gather(*tombstones)
 
     async def flush(self) -> int:
         """Send partial micro-batches and wait until the broker acknowledged every message."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 import redis
+from aiokafka import TopicPartition
 from recstream.serving.catalogue import ITEM_MAX_BYTES
 
 from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM
-from recstream.contracts.events import decode
+from recstream.contracts.events import decode, partition_for
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, read, whole_topic
 from tests.conftest import wait_until
@@ -184,3 +185,47 @@ async def test_bad_catalogue_requests_get_a_precise_4xx(isolated_settings, metho
     assert answer.status_code == status, answer.text
     assert says in answer.text
     assert await on_topic(isolated_settings, isolated_settings.kafka.items_topic, "item") == []
+
+
+async def user_records(settings: Settings) -> tuple[list[tuple[int, bytes, bool]], dict[int, int]]:
+    """(partition, key, tombstone) of every record on the users topic, and each partition's end offset."""
+    async with open_log(settings) as consumer:
+        ranges = await whole_topic(consumer, settings.kafka.users_topic)
+        consumer.assign([TopicPartition(*tp) for tp in ranges])
+        await consumer.seek_to_beginning()
+        found, ends = [], {tp[1]: end for tp, (_, end) in ranges.items()}
+        while sum(ends.values()) > len(found):
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                found += [(r.partition, r.key, r.value is None) for r in records]
+    return found, ends
+
+
+async def test_a_cleared_part_of_a_user_is_applied_and_each_part_keeps_a_key_of_its_own(
+    isolated_settings: Settings, worker_factory
+):
+    """PUT {"attributes": {}} left the old segment, and PUT preferences {} left what the workers had written last
+    (they skipped empty records); the two routes' records shared the user's key on the compacted users topic, so
+    compaction kept only the later one and a rebuild lost the other part."""
+    settings = isolated_settings
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    worker = worker_factory(settings)
+    async with reader_client(settings.replace(open_writes=True)) as reader:
+        assert (await reader.put("/v1/users/u2", json={"attributes": {"age": 30, "gender": "F"}})).status_code == 202
+        wait_until(lambda: client.hget("rs:user:seg", "u2") == "age25-34.F", what="the user's segment")
+        assert (await reader.put("/v1/users/u2", json={"attributes": {}})).status_code == 202
+        wait_until(lambda: client.hget("rs:user:seg", "u2") == "default", what="the segment cleared")
+        worker.stop()  # the workers apply both records after the reader's own writes: the last one must win
+        for prefs in ({"categories": ["news"], "not_interested": ["i9"]}, {}):
+            assert (await reader.put("/v1/users/u2/preferences", json=prefs)).status_code == 200
+        assert (await reader.delete("/v1/users/u3")).status_code == 202
+    worker_factory(settings)
+    records, ends = await user_records(settings)
+    home = partition_for("u2", len(ends))
+    wait_until(lambda: int(client.hget("rs:wm", f"{settings.kafka.users_topic}:{home}") or -1) >= ends[home] - 1,
+               what="the worker through the users topic")  # fmt: skip
+    assert orjson.loads(client.get("rs:user:u2:prefs")) == {"categories": [], "not_interested": []}
+    assert [(p, k) for p, k, tombstone in records if not tombstone] == [(home, b"u2")] * 2 + [
+        (home, b"u2:preferences")
+    ] * 2
+    tombstones = [(p, k) for p, k, tombstone in records if tombstone]
+    assert tombstones == [(partition_for("u3", len(ends)), key) for key in (b"u3", b"u3:preferences")]
