@@ -6,6 +6,7 @@ Nobody runs Docker here; ``./dev test`` runs ``docker compose config`` where a D
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,8 +32,13 @@ def compose() -> dict:
 
 
 def settings_of(environment: Mapping[str, object]) -> Settings:
-    """The settings a process started with these variables reads (the defaults for the others)."""
-    variables = {k[len(ENV_PREFIX) :].lower(): str(v) for k, v in environment.items() if k.startswith(ENV_PREFIX)}
+    """The settings a process started with these variables reads (the defaults for the others); a value compose takes
+    from the host (``${NAME:-default}``) as its default, which is what runs when the host does not set it."""
+    variables = {
+        k[len(ENV_PREFIX) :].lower(): re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v))
+        for k, v in environment.items()
+        if k.startswith(ENV_PREFIX)
+    }
     return Settings().replace(**variables)  # raises, naming the variable, for an unknown or invalid one
 
 
