@@ -85,7 +85,7 @@ infra_app = typer.Typer(help="Local Kafka + Redis on loopback, without Docker.",
 app.add_typer(infra_app, name="infra")
 experiment_app = typer.Typer(help="Online experiments (A/B tests) of blend settings.", no_args_is_help=True)
 app.add_typer(experiment_app, name="experiment")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error naming a long path stays one line, unbroken
 
 
 def _existing(text: str, *, folder: bool = False) -> Any:
