@@ -95,13 +95,14 @@ class Catalogue:
 
     async def known_item(self, item_id: str) -> dict[str, object]:
         """The item's fields as the workers last applied them (features only since they store them); NotFound for an
-        item no announcement reached: the hash the workers make for an item that only events named has no
-        ``categories`` (and ``available`` 0 while they hold it back), and a PATCH merged onto it stayed hidden."""
+        item they never applied, and for one they hold back because only events named it (``available`` 0 and no
+        ``categories``, RECSTREAM_REQUIRE_ANNOUNCED_ITEMS): a PATCH merged onto it stayed hidden. Without that
+        setting such an item is in the feeds already, and a PATCH changes it."""
         service = self.service
         categories, features, available, created_ts = await service.guard(
             lambda: service.redis.call("HMGET", service.keys.item(item_id), *ITEM_FIELDS)
         )
-        if available is None or categories is None:
+        if available is None or (available == "0" and categories is None):
             raise NotFound(f"item {item_id!r} is not known: PUT it first")
         return {
             "categories": [c for c in (categories or "").split(",") if c],

@@ -167,7 +167,7 @@ class Built:
 Records = list[Event] | list[ItemEvent] | list[UserEvent]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: ``observed`` is set once the call is counted
 class Call:
     """One built script call: its messages (at least one), the effect, and what to observe once it is applied."""
 
@@ -179,6 +179,7 @@ class Call:
     duplicates: int
     started: float  # perf_counter when building it began (the batch-seconds histogram)
     skipped: int = 0  # the batch's messages found applied already, counted when this call applied
+    observed: bool = False  # counted (:meth:`BatchProcessor._observe`): a retry must not count it again
 
 
 Then = Callable[[], Awaitable[None]]  # what runs once a pipelined batch is applied (streams/app.py: its acks)
@@ -341,7 +342,9 @@ class BatchProcessor:
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 log.warning("batch of %d %s messages not applied (%s: %r); retrying", len(call.fresh), self.topic,
                             reason, exc, exc_info=True)  # fmt: skip
-            await self.process(call.fresh)
+            await self.process(call.fresh)  # the retry counts what it finds applied among these, not the others
+            if not call.observed:
+                metrics.MESSAGES_SKIPPED.labels(call.fresh[0].topic).inc(call.skipped)
         for then in thens:
             await then()
 
@@ -663,6 +666,7 @@ class BatchProcessor:
         """Count an applied call; one that wrote nothing (every slot at or past its end: another worker applied this
         very batch first, a rebalance race) counts only its messages, as found applied, and its dead letters (sent)."""
         topic, records, built, now_ms = call.fresh[0].topic, call.records, call.built, time.time() * 1000
+        call.observed = True
         for letter in call.dead:
             metrics.DEAD_LETTERS.labels(topic, letter.rejected.code).inc()
         metrics.MESSAGES_SKIPPED.labels(topic).inc(call.skipped + (0 if applied.written else len(call.fresh)))

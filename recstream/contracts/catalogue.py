@@ -179,7 +179,7 @@ def item_object(row: Mapping[str, object]) -> dict[str, object]:
     return item
 
 
-def bulk_item(row: Mapping[str, object] | RowError, now_ms: int) -> ItemEvent | Rejected:
+def bulk_item(row: object, now_ms: int) -> ItemEvent | Rejected:
     """The item record a bulk write's row makes (an update stamped ``now_ms``), or why it makes none: the reader's
     ``POST /v1/items`` and the client, which checks each item before sending it (so a request never holds only
     refused items, which the reader answers 422 as a whole).
@@ -188,9 +188,13 @@ def bulk_item(row: Mapping[str, object] | RowError, now_ms: int) -> ItemEvent | 
     ['a', 'b']
     >>> bulk_item({"item_id": "bad id"}, 10**12).reason.split(":")[0]
     'item_id'
+    >>> bulk_item(["i1"], 10**12).reason
+    'a line must be one JSON object'
     """
     if isinstance(row, RowError):
         return Rejected(str(row), b"")
+    if not isinstance(row, Mapping):  # a client's item that is no object (read_rows refuses such a line itself)
+        return Rejected(str(RowError("a line must be one JSON object")), b"")
     try:
         fields = item_object(row)
     except RowError as exc:

@@ -100,7 +100,9 @@ class UserEvent(_Strict):
 
     ``replaces`` names the parts the record sets, even when empty (a clear): the reader's routes each write one part
     and say so. Without it (other producers, older records), a record sets the parts it gives that are not empty,
-    so that a record of attributes alone leaves the preferences as they are (:func:`user_parts`).
+    so that a record of attributes alone leaves the preferences as they are (:func:`user_parts`). Like every field,
+    a worker that does not know it refuses the record (to the dead-letter topic): upgrade the workers before the
+    readers (docs/ARCHITECTURE.md, "Changing the contract").
     """
 
     user_id: Id
@@ -129,7 +131,10 @@ def user_record_key(user_id: str, parts: frozenset[str]) -> str:
     """The Kafka key of a user record on the compacted ``users`` topic: a record of the preferences alone has a key of
     its own, so that compaction, which keeps the last record of each key, keeps the user's last attributes and last
     preferences both (one key, a later preferences record dropped the attributes, and a rebuild lost the segment).
-    The record goes to the user's partition whatever its key (:func:`partition_for` of the user id).
+    That holds for records of one part each, as the reader's routes write them; a record of both parts (or of none)
+    has the user's key, so a later record of attributes alone replaces it in compaction, preferences and all, and
+    records of preferences written before this key existed share the user's key too. The record goes to the user's
+    partition whatever its key (:func:`partition_for` of the user id).
 
     >>> user_record_key("u1", frozenset({"preferences"})), user_record_key("u1", frozenset({"attributes"}))
     ('u1:preferences', 'u1')

@@ -6,7 +6,9 @@ micro-batch messages of up to ``batch_events`` events and the contract's message
 (contracts/events.micro_batches): one Kafka message per ~100 events
 is what lets a faust agent apply 100k+ events/s (ARCHITECTURE.md, performance notes),
 and one user's events stay ordered because they always share a partition. Items and
-users go one message each, keyed by id, to their compacted topics.
+users go one message each to their compacted topics: an item keyed by its id, a user record by
+contracts/events.user_record_key (a record of the preferences alone has a key of its own) on its user's
+partition.
 
 Delivery is confirmed: :meth:`EventProducer.flush` returns once the broker acknowledged
 everything sent so far (``acks=all``, idempotent producer, so a retry never duplicates).
@@ -69,7 +71,7 @@ class EventProducer:
         )
         self._buffers: dict[int, list[Event]] = {}
         self._partitions = 0  # the events topic's partition count, read from the broker at the start
-        self._user_partitions = 0  # the users topic's
+        self._user_partitions = 0  # the users topic's, read when the first user record or erasure goes out
         self._in_flight: list[asyncio.Future] = []
         self.events_sent = 0
         self.messages_sent = 0
@@ -78,7 +80,6 @@ class EventProducer:
         try:
             await self._kafka.start()
             self._partitions = len(await self._kafka.partitions_for(self.settings.kafka.events_topic))
-            self._user_partitions = len(await self._kafka.partitions_for(self.settings.kafka.users_topic))
         except BaseException:
             await self._kafka.stop()  # a start that failed (no broker) leaves the client half-open
             raise
@@ -122,20 +123,27 @@ class EventProducer:
 
     async def deliver_user(self, user: UserEvent) -> None:
         """Send one user event and return once the broker acknowledged it (see :meth:`deliver`)."""
-        key, partition = self._user_placement(user)
+        key, partition = await self._user_placement(user)
         await (await self._kafka.send(self.settings.kafka.users_topic, encode(user), key=key, partition=partition))
 
     async def send_item(self, item: ItemEvent) -> None:
         await self._send(self.settings.kafka.items_topic, item.item_id, encode(item))
 
     async def send_user(self, user: UserEvent) -> None:
-        key, partition = self._user_placement(user)
+        key, partition = await self._user_placement(user)
         await self._send(self.settings.kafka.users_topic, key.decode(), encode(user), partition)
 
-    def _user_placement(self, user: UserEvent) -> tuple[bytes, int]:
+    async def _user_placement(self, user: UserEvent) -> tuple[bytes, int]:
         """The record's key (contracts/events.user_record_key) and its user's partition."""
         key = user_record_key(user.user_id, user_parts(user))
-        return key.encode(), partition_for(user.user_id, self._user_partitions)
+        return key.encode(), await self._user_partition(user.user_id)
+
+    async def _user_partition(self, user_id: str) -> int:
+        """The user's partition of the users topic, whose partition count is asked of the broker once, here: a
+        producer of events alone never needs that topic (nor a permission on it)."""
+        if not self._user_partitions:
+            self._user_partitions = len(await self._kafka.partitions_for(self.settings.kafka.users_topic))
+        return partition_for(user_id, self._user_partitions)
 
     async def deliver_items(self, items: Iterable[ItemEvent]) -> None:
         """Send the items and return once the broker acknowledged each of them."""
@@ -147,7 +155,7 @@ class EventProducer:
         (compaction then drops the user's records); returns once both were acknowledged, in that order."""
         key, users = erasure.user_id.encode(), self.settings.kafka.users_topic
         await (await self._kafka.send(self.settings.kafka.erasures_topic, encode(erasure), key=key))
-        partition = partition_for(erasure.user_id, self._user_partitions)
+        partition = await self._user_partition(erasure.user_id)
         tombstones = [await self._kafka.send(users, None, key=key + suffix.encode(), partition=partition)
                       for suffix in USER_RECORD_KEYS]  # fmt: skip
         await asyncio.gather(*tombstones)

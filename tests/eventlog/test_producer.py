@@ -111,3 +111,13 @@ async def test_a_batch_of_large_events_is_cut_by_bytes_too_so_the_workers_accept
     decoded = [decode(m.value, "event", T0 * 2) for m in messages]
     assert all(rejected == [] for _, rejected in decoded) and len(messages) >= 3
     assert [e for valid, _ in decoded for e in valid] == events
+
+
+async def test_a_producer_of_events_alone_needs_no_users_topic(isolated_settings: Settings):
+    """The users topic's partition count was asked of the broker at start, so a producer of events with no users
+    topic (or no permission on it) failed to start; it is asked when the first user record goes out."""
+    settings = isolated_settings.replace(users_topic="no-such-users-topic")
+    events = [Event(type="view", user_id=f"u{k}", item_id="i1", ts=T0 + k) for k in range(3)]
+    async with EventProducer(settings, batch_events=1) as producer:
+        await producer.send_events(events)
+    assert len(await consume_all(settings, settings.kafka.events_topic, "event", len(events))) == 3

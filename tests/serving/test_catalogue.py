@@ -229,3 +229,19 @@ async def test_a_cleared_part_of_a_user_is_applied_and_each_part_keeps_a_key_of_
     ] * 2
     tombstones = [(p, k) for p, k, tombstone in records if tombstone]
     assert tombstones == [(partition_for("u3", len(ends)), key) for key in (b"u3", b"u3:preferences")]
+
+
+async def test_without_a_catalogue_feed_an_item_only_events_named_can_be_patched(isolated_settings, worker_factory):
+    """With RECSTREAM_REQUIRE_ANNOUNCED_ITEMS false the workers put an item first seen in events in the feeds at once
+    (available, no categories): a PATCH changes it, as the README's way to hide an item says, where an item they
+    hold back for its announcement is a 404."""
+    settings = isolated_settings.replace(require_announced_items=False, open_writes=True)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    worker_factory(settings)
+    async with reader_client(settings) as reader:
+        seen = {"type": "view", "user_id": "u1", "item_id": "i-free", "ts": T0}
+        assert (await reader.post("/v1/events", json=seen)).status_code == 202
+        wait_until(lambda: client.hget("rs:item:i-free", "available") == "1", what="i-free in the pool")
+        hidden = await reader.patch("/v1/items/i-free", json={"available": False})
+        assert hidden.status_code == 202 and hidden.json()["available"] is False, hidden.text
+        wait_until(lambda: client.sismember("rs:unavailable", "i-free"), what="i-free hidden")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from recstream.streams.live_model import LiveModel
 from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
@@ -166,6 +167,19 @@ async def test_a_failed_script_keeps_later_batches_unapplied_until_it_applies(is
     assert all(mark >= offset for offset, mark in acked)
     client = redis.Redis.from_url(clean.redis.url)
     assert differing_keys(dump_state(client, "piped"), dump_state(client, "clean")) == []
+
+
+async def test_a_failed_flight_still_counts_the_messages_its_batch_found_applied(isolated_settings, tmp_path):
+    """A batch resending the message before it: that one is found applied when the batch is built. Its call then
+    fails in flight and is retried over its fresh messages only, so the count of messages found applied, taken
+    when a call applies, left out the resent one."""
+    _, piped, runs, items, _ = await both(isolated_settings, tmp_path)
+    resent = [runs[0], [runs[0][-1], *runs[1]]]
+    topic = {"topic": piped.kafka.events_topic}
+    before = REGISTRY.get_sample_value("recstream_worker_messages_skipped_total", topic) or 0.0
+    store, _ = await run(piped, items, resent, pipelined=True, delay_s=0.05, fail=frozenset({2}))
+    assert store.order == [runs[0][-1].offset, runs[1][-1].offset], "the second call failed, then applied"
+    assert REGISTRY.get_sample_value("recstream_worker_messages_skipped_total", topic) - before == 1
 
 
 @pytest.mark.parametrize("kill_after", [1, 3, 6])
