@@ -144,6 +144,8 @@ def compare(
     ('b', 0.3, 0.0355)
     >>> compare({"a": (1000, 100), "b": (1000, 130)}, control="a", alpha=0.01).verdict
     'no significant difference'
+    >>> compare({"a": (1_000_000, 100_000), "b": (1_000_000, 130_000)}, control="a").winner  # p underflows to 0.0
+    'b'
     """
     if control not in counts:
         raise ValueError(f"the control {control!r} has no data")
@@ -162,7 +164,7 @@ def compare(
         arms.append(result)
     others = [a for a in arms if a.name != control]
     level = alpha / max(len(others), 1)
-    significant = [a for a in others if (a.p_decisive or 1.0) < level and a.z]
+    significant = [a for a in others if a.p_decisive is not None and a.p_decisive < level and a.z]  # 0.0 included
     better = [a for a in significant if (a.z or 0.0) > 0]
     if better:
         winner: str | None = max(better, key=lambda a: a.ctr or 0.0).name

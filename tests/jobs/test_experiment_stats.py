@@ -45,3 +45,15 @@ def test_one_heavy_clicker_is_significant_by_views_but_not_by_users():
     assert two_proportion_test(50, 1000, 90, 1000)[0] == pytest.approx(3.505, abs=1e-3)
     assert compare(counts, control="a").winner == "b"
     assert compare(counts, control="a", users={"a": control, "b": treatment}).winner is None
+
+
+@pytest.mark.parametrize(("better", "worse"), [("b", "a"), ("a", "b")])
+def test_an_overwhelming_difference_whose_p_values_underflow_to_zero_is_significant(better, worse):
+    """Both tests' p-values underflow to exactly 0.0 past |z| ≈ 38, which ``p or 1.0`` read as 1.0: more data made a
+    clear winner 'no significant difference'."""
+    rates = {better: 130_000, worse: 100_000}
+    counts = {arm: (1_000_000, rates[arm]) for arm in ("a", "b")}
+    users = {arm: [(5, int(k < rates[arm])) for k in range(200_000)] for arm in ("a", "b")}  # 5 views each
+    result = compare(counts, control="a", users=users)
+    assert result.arms[1].p_value == 0.0 and result.arms[1].p_users == 0.0
+    assert result.winner == better
