@@ -46,6 +46,8 @@ def read_rows(
 
     >>> list(read_rows([b"item_id,categories\\n", b"i1,a|b\\n", b"\\n", b'i2,"c"\\n'], "csv"))
     [(2, {'item_id': 'i1', 'categories': 'a|b'}), (4, {'item_id': 'i2', 'categories': 'c'})]
+    >>> list(read_rows([b"\\n", b"  \\n", b"item_id\\n", b"i1\\n"], "csv"))  # blank lines before the header
+    [(4, {'item_id': 'i1'})]
     >>> list(read_rows([b'{"item_id": "i1"}\\n', b"[1]\\n"], "jsonl"))
     [(1, {'item_id': 'i1'}), (2, RowError('a line must be one JSON object'))]
     """
@@ -78,10 +80,10 @@ def read_rows(
             ):
                 return  # no header; or the rest of an open quoted field would be read as rows
             continue
+        if not values or [v.strip() for v in values] == [""]:  # a blank line, before the header too
+            continue
         if names is None:
             names = [name.strip() for name in values]
-            continue
-        if not values or values == [""]:
             continue
         if len(values) != len(names):
             yield reader.line_num, RowError(f"{len(values)} values for {len(names)} columns")

@@ -130,8 +130,12 @@ class ImportSpec:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RowError(f"{name}: expected a number, got {type(value).__name__}")
         ms = value * (1000 if self.ts_unit == "s" else 1)
-        if not math.isfinite(ms):
-            raise RowError(f"{name}: expected a finite number of {self.ts_unit}, got {value!r}")
+        try:
+            finite = math.isfinite(ms)
+        except OverflowError:  # an int past what a float holds (a 400-digit cell)
+            finite = False
+        if not finite:
+            raise RowError(f"{name}: expected a finite number of {self.ts_unit}, got {str(value)[:32]}")
         return round(ms)
 
     def _events(self, row: Mapping[str, object]) -> list[dict[str, object]]:
@@ -139,7 +143,7 @@ class ImportSpec:
         ts = self._ms("ts", self._get(row, "ts"))
         extra: dict[str, object] = {}
         if self._has(row, "type"):
-            given = row[self.column("type", row)]
+            given = self._get(row, "type")  # a mapped column the row lacks is its reason, not a KeyError
             types = [self.types.get(given, given) if isinstance(given, str) else given]
             if self._has(row, "value") and self._get(row, "value") not in (None, ""):
                 extra["value"] = _number("value", self._get(row, "value"))
@@ -154,7 +158,7 @@ class ImportSpec:
         ]
 
     def _item(self, row: Mapping[str, object]) -> list[dict[str, object]]:
-        given = {name: row[self.column(name, row)] for name in FIELDS["items"] if self._has(row, name)}
+        given = {name: self._get(row, name) for name in FIELDS["items"] if self._has(row, name)}
         if isinstance(row.get("features"), dict):  # a typed row's object (JSONL, Parquet); any other is ignored
             given["features"] = row["features"]
         features = {name: value for name, value in row.items() if name.startswith("f_")}
@@ -316,7 +320,8 @@ def _scalar(value: object) -> object:
     if not isinstance(value, str):
         return value
     text = value.strip()
-    if text.lstrip("-").isdecimal() and len(text) <= MAX_INT_DIGITS:  # "²" is a digit int() refuses
+    digits = text.removeprefix("-")  # one sign: "--5" is text ("5".isdecimal() after lstrip("-") made int() raise)
+    if digits.isascii() and digits.isdecimal() and len(text) <= MAX_INT_DIGITS:  # "²" is a digit int() refuses
         return int(text)
     if _is_number(text) and any(c.isdigit() for c in text) and math.isfinite(number := float(text)):
         return number

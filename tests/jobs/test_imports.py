@@ -47,10 +47,12 @@ def test_a_rating_is_a_view_and_from_click_rating_on_also_a_click():
         ({"u": "a", "i": "b", "t": "inf"}, "ts: expected a finite number of s, got inf"),
         ({"u": "a", "i": "b", "t": "1e306"}, "ts: expected a finite number of s"),  # finite, but not in ms
         ({"u": "a", "i": "b", "t": str(T0_S), "rating": "nan"}, "rating: expected a finite number"),
+        ({"u": "a", "i": "b", "t": str(T0_S)}, "type: no column 'event'"),  # mapped, absent: it raised KeyError
     ],
 )
 def test_a_row_that_makes_no_event_says_why(row, says):
-    result = ImportSpec.parse("interactions", ["user=u", "item=i", "ts=t"], ts_unit="s").records(row, NOW_MS)
+    maps = ["user=u", "item=i", "ts=t"] + (["type=event"] if says.startswith("type") else [])
+    result = ImportSpec.parse("interactions", maps, ts_unit="s").records(row, NOW_MS)
     assert isinstance(result, Rejected) and result.reason.startswith(says), result
 
 
@@ -103,8 +105,10 @@ def test_a_typed_features_object_is_imported_with_the_feature_columns_and_any_ot
         ("9" * 4_000, int("9" * 4_000)),  # the longest digit string read as a number
         ("9" * 4_001, None),  # int() raised past 4,300 digits; text, too long for an attribute: the row is refused
         ("1e999", "1e999"),
+        ("--5", "--5"),  # two signs: text (int() raised)
+        ("-5", -5),
     ],
-    ids=["int", "float", "superscript", "3999 digits", "4000 digits", "4001 digits", "infinite"],
+    ids=["int", "float", "superscript", "3999 digits", "4000 digits", "4001 digits", "infinite", "two signs", "one"],
 )
 def test_a_user_attribute_is_a_number_only_when_it_is_a_finite_one(age, read):
     result = ImportSpec.parse("users", ["user=u"]).records({"u": "a", "age": age}, NOW_MS)
@@ -246,3 +250,9 @@ async def test_movielens_raw_ratings_import_as_the_benchmarks_source_reads_them(
     for e in events:
         by_user.setdefault(e.user_id, []).append(e.ts)
     assert all(ts == sorted(ts) for ts in by_user.values()), "each user's events in time order"
+
+
+def test_an_items_created_ts_too_large_for_a_float_is_a_refused_row_not_an_overflow():
+    """A 400-digit created_ts cell read as an int, and the finiteness check raised OverflowError out of the import."""
+    result = ImportSpec.parse("items").records({"item_id": "i1", "created_ts": "9" * 400}, NOW_MS)
+    assert isinstance(result, Rejected) and result.reason.startswith("created_ts: expected a finite number"), result
