@@ -211,17 +211,26 @@ def file_rows(path: Path, fmt: FileFormat, delimiter: str = ",", header: Sequenc
 def count_rows(path: Path, fmt: FileFormat) -> int:
     """At most how many rows the file holds (its lines; Parquet: its rows), for a progress bar."""
     if fmt == "parquet":
-        return _parquet().ParquetFile(path).metadata.num_rows
+        return _parquet_file(path).metadata.num_rows
     with path.open("rb") as handle:
         return sum(1 for _ in handle)
 
 
 def _parquet_rows(path: Path) -> Iterator[Row]:
     number = 0
-    for batch in _parquet().ParquetFile(path).iter_batches(batch_size=10_000):
+    for batch in _parquet_file(path).iter_batches(batch_size=10_000):
         for row in batch.to_pylist():
             number += 1
             yield number, row
+
+
+def _parquet_file(path: Path) -> object:
+    """The file opened as Parquet; ImportSpecError (one line, before anything is read) when it is none."""
+    parquet = _parquet()
+    try:
+        return parquet.ParquetFile(path)
+    except (ValueError, OSError) as exc:  # not Parquet (a CSV renamed: ArrowInvalid), truncated, unreadable
+        raise ImportSpecError(f"cannot read {path} as Parquet: {exc}") from None
 
 
 def _parquet() -> ModuleType:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 import numpy as np
 import scipy.sparse as sp
 
-from recstream.contracts.events import Event, ItemEvent, decode
+from recstream.contracts.events import Event, ItemEvent, Rejected, decode
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
@@ -40,6 +40,13 @@ EVENTS_PER_CHUNK = 65_536  # events held as Python objects before they become co
 MESSAGES_PER_READ = 100  # Kafka messages fetched at a time; each holds up to producer_batch_events events
 
 
+REJECTIONS_KEPT = 20
+
+
+class EmptyLog(ValueError):
+    """No valid event to train on (an empty topic, or a file whose every line the contract refused)."""
+
+
 class TrainingLog:
     """The interactions as compact columns, grown a chunk at a time, and the catalogue.
 
@@ -56,10 +63,16 @@ class TrainingLog:
         self.content: dict[str, ItemEvent] = {}
         self._chunks: list[Columns] = []
         self._pending: tuple[list[int], list[int], list[str], list[float | None], list[int]] = ([], [], [], [], [])
+        self.rejected = 0  # records of a file the contract refused (a Kafka log holds valid ones only)
+        self.rejections: list[str] = []  # the first REJECTIONS_KEPT of them, "line N: reason"
 
     def add(self, record: Record) -> None:
         value = record.value
-        if isinstance(value, Event):
+        if isinstance(value, Rejected):
+            self.rejected += 1
+            if len(self.rejections) < REJECTIONS_KEPT:
+                self.rejections.append(f"line {record.line}: {value.reason}")
+        elif isinstance(value, Event):
             users, items, types, values, ts = self._pending
             users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))
             items.append(self.item_ids.setdefault(value.item_id, len(self.item_ids)))
@@ -197,7 +210,7 @@ def interactions(log: TrainingLog, rows: np.ndarray | None = None) -> sp.csr_mat
 def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1, fit: Fit = train_als) -> tuple[ModelArtifacts, dict]:
     """Fit on the whole log (after measuring HR@10 on a held-out tail) and build every artifact."""
     if not len(log):
-        raise ValueError("the log holds no events to train on")
+        raise EmptyLog(f"the log holds no valid events to train on ({log.rejected:,} records refused)")
     hr = offline_hit_rate(log, holdout, cfg, fit=fit)
     whole = fit(interactions(log), cfg)
     item_ids = list(log.item_ids)

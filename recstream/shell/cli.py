@@ -239,6 +239,14 @@ async def _produce(
         return sent, producer.messages_sent, invalid
 
 
+def _skipped(lines: list[str], count: int, shown: int = 20) -> None:
+    """The first invalid lines of an input, each with its reason, and how many more there were."""
+    for line in lines[:shown]:
+        console.print(f"[yellow]skipped {line}[/yellow]")
+    if count > shown:
+        console.print(f"[yellow]... and {count - shown:,} more[/yellow]")
+
+
 @app.command()
 def produce(
     file: Annotated[Path | None, _existing("JSONL file, one event/item/user object a line")] = None,
@@ -253,10 +261,7 @@ def produce(
     with _progress() as progress:
         sent, messages, invalid = asyncio.run(_produce(settings, records, progress))
     seconds = time.perf_counter() - started
-    for line in invalid[:20]:
-        console.print(f"[yellow]skipped {line}[/yellow]")
-    if len(invalid) > 20:
-        console.print(f"[yellow]... and {len(invalid) - 20} more[/yellow]")
+    _skipped(invalid, len(invalid))
     console.print(
         f"{sent:,} events in {messages:,} messages in {seconds:.1f} s "
         f"({sent / max(seconds, 1e-9):,.0f} events/s); {len(invalid)} invalid lines skipped"
@@ -363,6 +368,17 @@ def worker(
     faust.Worker(create_app(settings, liveness), loglevel=loglevel or log_level).execute_from_commandline()
 
 
+class LogLevel(StrEnum):
+    """The reader's log levels: uvicorn.config.LOG_LEVELS (another name raised KeyError inside uvicorn)."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
+
 class Engine(StrEnum):
     """Where ``train`` fits the model."""
 
@@ -418,12 +434,17 @@ def train(
         else:
             log = training.collect(records, advance, feedback)
         progress.update(task, description=f"training ({engine.value})")
-        if engine is Engine.spark:
-            artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)
-        else:
-            artifacts, metrics = training.train(log, cfg, holdout=holdout)
+        try:
+            if engine is Engine.spark:
+                artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)
+            else:
+                artifacts, metrics = training.train(log, cfg, holdout=holdout)
+        except training.EmptyLog as exc:
+            _skipped(log.rejections, log.rejected)
+            _fail(str(exc))
         progress.update(task, description="publishing")
         version = asyncio.run(training.publish(settings, artifacts))
+    _skipped(log.rejections, log.rejected)
     table = Table(title=f"model {version}")
     for name in ("users", "items", "nnz", "events", "seconds", "offline_hr10"):
         value = metrics[name]
@@ -466,7 +487,7 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="processes sharing the port (default: RECSTREAM_READER_WORKERS, 1)")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "warning",
+    log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn log level")] = LogLevel.warning,
 ) -> None:
     """Run the reader: blended feeds from Redis over HTTP (uvloop + httptools, one or more processes)."""
     from recstream.shell import reader
@@ -477,7 +498,7 @@ def serve(
         host=host or settings.reader.host,
         port=settings.reader.port if port is None else port,
         workers=settings.reader.workers,
-        log_level=log_level,
+        log_level=log_level.value,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from recstream.contracts.events import Event, Rejected, decode
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, read, whole_topic
-from recstream.jobs.imports import ImportSpec, ImportSpecError, file_rows
+from recstream.jobs.imports import ImportSpec, ImportSpecError, count_rows, file_rows
 from tests.shell.test_cli_errors import cli
 
 T0_S = 1_700_000_000
@@ -256,3 +256,11 @@ def test_an_items_created_ts_too_large_for_a_float_is_a_refused_row_not_an_overf
     """A 400-digit created_ts cell read as an int, and the finiteness check raised OverflowError out of the import."""
     result = ImportSpec.parse("items").records({"item_id": "i1", "created_ts": "9" * 400}, NOW_MS)
     assert isinstance(result, Rejected) and result.reason.startswith("created_ts: expected a finite number"), result
+
+
+def test_a_file_that_is_not_parquet_is_refused_in_one_line_before_anything_is_read(tmp_path: Path):
+    """A CSV renamed .parquet raised pyarrow's ArrowInvalid out of ``recstream import`` with a traceback."""
+    path = tmp_path / "items.parquet"
+    path.write_text("item_id,categories\ni1,a\n")
+    with pytest.raises(ImportSpecError, match=r"cannot read .*items\.parquet as Parquet: .*magic bytes"):
+        count_rows(path, "parquet")

@@ -165,3 +165,19 @@ def test_a_movielens_folder_without_its_ratings_is_one_line_and_a_usage_error(
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and f"{folder / 'u.data'} is missing: is {folder} a MovieLens 100K folder?" in said
     assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.integration
+def test_train_on_a_file_without_one_valid_event_says_why_in_lines_not_a_traceback(
+    isolated_settings: Settings, tmp_path: Path
+):
+    """Every line refused (times in seconds, the commonest mistake): train raised ValueError out of the command, and
+    the refused lines, whose reasons say what is wrong, were dropped without a word."""
+    path = tmp_path / "seconds.jsonl"
+    path.write_text("".join(f'{{"type":"view","user_id":"u{k}","item_id":"i1","ts":1700000000}}\n' for k in range(3)))
+    settings = isolated_settings.replace(model_dir=tmp_path / "models")
+    done = cli(settings, "train", "--file", str(path))
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "skipped line 1: ts: Input should be greater than or equal to 631152000000" in said
+    assert "the log holds no valid events to train on (3 records refused)" in said

@@ -66,3 +66,15 @@ def test_produce_refuses_a_negative_world_seed_naming_the_option():
     refused, accepted = (run("produce", "--synthetic", "10", "--seed", seed) for seed in ("-1", "0"))
     assert refused.exit_code == 2 and "Invalid value for '--seed'" in refused.output, refused.output
     assert accepted.exit_code == 1 and "cannot reach" in accepted.output, accepted.output
+
+
+def test_serve_takes_only_the_log_levels_uvicorn_knows_in_any_case():
+    """``serve --log-level verbose`` raised KeyError inside uvicorn, after Redis had answered."""
+    import uvicorn.config
+
+    from recstream.shell.cli import LogLevel
+
+    assert [level.value for level in LogLevel] == list(uvicorn.config.LOG_LEVELS)
+    refused, accepted = run("serve", "--log-level", "verbose"), run("serve", "--log-level", "INFO")
+    assert refused.exit_code == 2 and "Invalid value for '--log-level'" in refused.output, refused.output
+    assert accepted.exit_code == 1 and "cannot reach" in accepted.output, accepted.output
