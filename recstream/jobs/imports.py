@@ -159,8 +159,11 @@ class ImportSpec:
 
     def _item(self, row: Mapping[str, object]) -> list[dict[str, object]]:
         given = {name: self._get(row, name) for name in FIELDS["items"] if self._has(row, name)}
-        if isinstance(row.get("features"), dict):  # a typed row's object (JSONL, Parquet); any other is ignored
-            given["features"] = row["features"]
+        typed = row.get("features")
+        if isinstance(typed, list) and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in typed):
+            typed = dict(typed)  # a Parquet map column: pyarrow reads it as (key, value) pairs
+        if isinstance(typed, dict):  # a typed row's object (JSONL, a Parquet struct or map); any other is ignored
+            given["features"] = typed
         features = {name: value for name, value in row.items() if name.startswith("f_")}
         item = item_object({**given, **features})
         missing = [c for c in self.category_columns if c not in row]

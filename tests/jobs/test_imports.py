@@ -264,3 +264,33 @@ def test_a_file_that_is_not_parquet_is_refused_in_one_line_before_anything_is_re
     path.write_text("item_id,categories\ni1,a\n")
     with pytest.raises(ImportSpecError, match=r"cannot read .*items\.parquet as Parquet: .*magic bytes"):
         count_rows(path, "parquet")
+
+
+def test_a_parquet_map_of_features_and_nulls_in_sparse_item_columns_are_imported(tmp_path: Path):
+    """pyarrow reads a map<string, double> column as (key, value) pairs, which were ignored, so a re-import wiped the
+    items' features; a null in a sparse categories, available or created_ts column refused the whole row."""
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    path = tmp_path / "items.parquet"
+    features = pa.array([[("price", 3.5), ("len", 2.0)], []], type=pa.map_(pa.string(), pa.float64()))
+    table = pa.table(
+        {
+            "item_id": ["i1", "i2"],
+            "features": features,
+            "categories": pa.array(["a|b", None]),
+            "available": pa.array([None, False]),
+            "created_ts": pa.array([None, T0_S * 1000], type=pa.int64()),
+        }
+    )
+    parquet.write_table(table, path)
+    made = [ImportSpec.parse("items").records(row, NOW_MS) for _, row in file_rows(path, "parquet")]
+    assert not any(isinstance(m, Rejected) for m in made), made
+    (first,), (second,) = made  # type: ignore[misc]
+    assert (first.features, first.categories, first.available, first.created_ts) == (
+        {"price": 3.5, "len": 2.0},
+        ["a", "b"],
+        True,
+        None,
+    )
+    assert (second.features, second.categories, second.available) == ({}, [], False)
