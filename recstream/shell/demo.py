@@ -259,6 +259,8 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     simulator: Simulator | None = None
     own_key = settings.reader.api_key is None
     settings = with_api_key(settings)
+    if not settings.worker.metrics_port:  # 0, "any": chosen here, so that Prometheus scrapes the port the worker has
+        settings = settings.replace(worker_metrics_port=infra.free_port())
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())
         try:

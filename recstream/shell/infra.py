@@ -145,6 +145,8 @@ def free_port(span: int = 1) -> int:
     outgoing connection, and Kafka then dies with "Address already in use".
     """
     ceiling = _ephemeral_floor() - span
+    if ceiling <= _FREE_PORT_FLOOR:  # no room below the kernel's range (it starts at 1024, say): any port, race and all
+        ceiling = 65536 - span
     for _ in range(200):
         port = random.randrange(_FREE_PORT_FLOOR, ceiling)
         if all(_bindable(port + k) for k in range(span)):  # a listening port does not bind, SO_REUSEADDR or not

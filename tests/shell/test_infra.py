@@ -26,6 +26,15 @@ def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound():
                 sock.bind(("127.0.0.1", port + k))
 
 
+@pytest.mark.parametrize("floor", [1024, 20_001, 20_002])
+def test_a_kernel_range_that_leaves_no_room_below_it_still_gives_a_port(monkeypatch: pytest.MonkeyPatch, floor: int):
+    """With ip_local_port_range starting at or below 20,000 + span, randrange(20000, floor - span) raised ValueError
+    (an empty range), and the demo, on a machine whose port 9090 was taken, stopped on it."""
+    monkeypatch.setattr(infra, "_ephemeral_floor", lambda: floor)
+    port = free_port(span=2)
+    assert 20_000 <= port <= 65_534
+
+
 def test_a_listening_port_is_not_offered(monkeypatch: pytest.MonkeyPatch):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", free_port()))
