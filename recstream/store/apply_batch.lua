@@ -569,11 +569,12 @@ for _, w in ipairs(seen_writes) do  -- {key, {ts, item, ...}}
 end
 many('HSET', P .. 'user:seg', seg_args)
 -- event ids applied (streams/processor.py drops a user's id seen within the window), one key per partition:
--- kept for the window of arrival time (older ones trimmed); the key expires when the partition is quiet as long
+-- kept for the window of arrival time, older ones trimmed at each of the partition's batches, so at most a window's
+-- ids a partition. No expiry: the window is record time, and a wall-clock one dropped the ids while the workers were
+-- down, so a copy a client resent during the outage (arrived within the window) was applied again after it
 for _, w in ipairs(eid_writes) do  -- {key, {arrival ms, user:event_id, ...}, latest arrival}
   many('ZADD', w[1], w[2], 'GT')
   redis.call('ZREMRANGEBYSCORE', w[1], '-inf', '(' .. string.format('%d', w[3] - cfg.dedup_window_ms))
-  redis.call('PEXPIRE', w[1], cfg.dedup_window_ms)
 end
 for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))

@@ -400,7 +400,34 @@ async def test_a_repeated_event_id_is_applied_once_also_across_a_worker_restart(
     assert applied_events(client, "rs") == 3 and client.hget("rs:clicks", "i1") == b"2"
     assert duplicates_dropped(worker) == 1
     ttls = [client.pttl(key) for key in client.scan_iter(match="rs:eids:*")]
-    assert ttls and all(0 < ttl <= settings.worker.dedup_window_s * 1000 for ttl in ttls), "the ids expire"
+    assert ttls and all(ttl == -1 for ttl in ttls), "trimmed by arrival time at each batch, never by the wall clock"
+
+
+async def test_a_copy_resent_during_an_outage_longer_than_the_window_is_still_dropped(
+    isolated_settings, worker_factory
+):
+    """The ids were kept with a wall-clock expiry of one window while the window is measured in record time: a
+    copy a client resent one second after the first try, read by a worker restarted three windows later, found no
+    id and was applied twice."""
+    settings = isolated_settings.replace(dedup_window_s=2)
+    first = int(time.time() * 1000)
+    value = Event(type="click", user_id="u1", item_id="i1", ts=first, event_id="e1").model_dump_json().encode()
+    client = redis.Redis.from_url(settings.redis.url)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    await producer.start()
+    try:
+        worker = worker_factory(settings)
+        await producer.send_and_wait(settings.kafka.events_topic, value, key=b"u1", timestamp_ms=first)
+        wait_until(lambda: applied_events(client, "rs") == 1, what="the first try applied")
+        worker.stop()
+        await producer.send_and_wait(settings.kafka.events_topic, value, key=b"u1", timestamp_ms=first + 1_000)
+        time.sleep(3 * settings.worker.dedup_window_s)  # the workers are down three windows of wall time
+    finally:
+        await producer.stop()
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    wait_until(lambda: duplicates_dropped(worker) == 1, what="the resent copy dropped")
+    assert applied_events(client, "rs") == 1 and client.hget("rs:clicks", "i1") == b"1"
 
 
 async def test_an_event_id_repeated_after_the_window_is_applied_again(isolated_settings, worker_factory):
