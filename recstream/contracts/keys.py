@@ -30,6 +30,7 @@ key                          type    holds
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
 ``erased``                   set     users erased (``DELETE /v1/users/{id}``); the rebuild restores it from ``erasures``
+``erased:count``             string  erasures made so far: a worker that sees it move drops its cached histories
 ``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
 ``eids:<topic>:<p>``         zset    ``user:event_id`` → arrival ms, a partition's de-duplication window
 ``foldin:pending``           set     graduated items whose fold-in is not stored yet
@@ -63,10 +64,11 @@ list equal to the table above."""
 USER_SESSIONS = "feed:*"
 """The pattern of a user's scroll sessions, ``user:<u>:feed:<session>``."""
 
-NOT_DERIVED = ("model:current", "user:*:feed:*")
+NOT_DERIVED = ("model:current", "user:*:feed:*", "user:*:sessions", "sessions:anonymous", "erased:count")
 """Key patterns (after the prefix) that are not a function of the Kafka log: the model pointer (set by
-``recstream train``) and the reader's scroll sessions. ``recstream rebuild`` deletes every other key
-and recomputes it from the log (``item:<i>:similar`` from the current model and the items topic)."""
+``recstream train``), the reader's scroll sessions and their indexes (deleted, the sessions outlived their caps
+until their TTL) and the erasure count. ``recstream rebuild`` deletes every other key and recomputes it from the
+log (``item:<i>:similar`` from the current model and the items topic)."""
 
 
 @dataclass(frozen=True, slots=True)

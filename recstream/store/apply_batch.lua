@@ -572,8 +572,8 @@ many('HSET', P .. 'user:seg', seg_args)
 -- kept for the window of arrival time, older ones trimmed at each of the partition's batches, so at most a window's
 -- ids a partition. No expiry: the window is record time, and a wall-clock one dropped the ids while the workers were
 -- down, so a copy a client resent during the outage (arrived within the window) was applied again after it
-for _, w in ipairs(eid_writes) do  -- {key, {arrival ms, user:event_id, ...}, latest arrival}
-  many('ZADD', w[1], w[2], 'GT')
+for _, w in ipairs(cfg.dedup_window_ms > 0 and eid_writes or {}) do  -- {key, {arrival ms, user:event_id, ...},
+  many('ZADD', w[1], w[2], 'GT')                                        -- latest arrival}; window 0: none kept
   redis.call('ZREMRANGEBYSCORE', w[1], '-inf', '(' .. string.format('%d', w[3] - cfg.dedup_window_ms))
 end
 for first = 1, #blob_args, CHUNK do

@@ -38,14 +38,17 @@ class Client(Protocol):
 
 
 ERASE = """
--- KEYS: ARGV[2] keys to delete, then the hashes holding a field named after the user, then `erased` if ARGV[3] is 1
--- (every key in one hash slot)
+-- KEYS: ARGV[2] keys to delete, then the hashes holding a field named after the user, then `erased` and
+-- `erased:count` if ARGV[3] is 1 (every key in one hash slot)
 local user, n, mark = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
-local hashes_end = mark and #KEYS - 1 or #KEYS
+local hashes_end = mark and #KEYS - 2 or #KEYS
 local removed = 0
 for k = 1, n do removed = removed + redis.call('DEL', KEYS[k]) end
 for k = n + 1, hashes_end do removed = removed + redis.call('HDEL', KEYS[k], user) end
-if mark then redis.call('SADD', KEYS[#KEYS], user) end
+if mark then
+  redis.call('SADD', KEYS[#KEYS - 1], user)
+  redis.call('INCR', KEYS[#KEYS])  -- the workers drop their cached histories (recstream/store/state.py)
+end
 return removed
 """
 
@@ -61,7 +64,7 @@ async def erase_user(client: Client, keys: Keys, user_id: str) -> int:
         calls = [(doomed, [keys.user_segments(user_id), *new_items], True)]
     removed = 0
     for deleted, hashes, mark in calls:
-        names = [*deleted, *hashes, *([keys("erased")] if mark else [])]
+        names = [*deleted, *hashes, *([keys("erased"), keys("erased:count")] if mark else [])]
         [n] = await client.execute(("EVAL", ERASE, len(names), *names, user_id, len(deleted), int(mark)))
         removed += int(n)
     return removed

@@ -139,6 +139,7 @@ class StateStore:
         self.settings = settings
         self._script = redis.register_script(SCRIPT)
         self._histories: dict[str, History] = {}
+        self._erasures: bytes | bool | None = False  # erased:count when the cache was last valid (False: never read)
         self.ahead: dict[str, int] = {}
         """``topic:partition`` → the highest offset some slot applied, where that is past what every slot applied."""
         self._prior = settings.model.ctr_default  # the last prior the shared slot answered (a users batch has none)
@@ -198,7 +199,9 @@ class StateStore:
 
         Histories come from an in-process cache when they can: only the worker that owns a
         user's partition writes that user's history, so its own last write is current. The
-        cache is dropped whenever ownership may have moved (:meth:`forget_histories`).
+        cache is dropped whenever ownership may have moved (:meth:`forget_histories`), and when an erasure was
+        made (``erased:count`` moved: the reader deleted a history, and the cached one would have been written
+        back with the user's next event); the histories taken from it are then read again, a second round trip.
 
         ``pending``: the effect of a script call in flight (streams/processor.py builds the next batch meanwhile).
         Its histories and ranker states are what Redis holds once it applied, whether it did yet or not, so they
@@ -212,13 +215,14 @@ class StateStore:
             by_slot.setdefault(self.keys.user_segments(user), []).append(user)
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.keys("model:current"))
+        pipe.get(self.keys("erased:count"))
         for key, group in by_slot.items():
             pipe.hmget(key, group)
         history_keys = [self.keys.user(u, "hist") for u in missing]
         stored_rankers = [tp for tp in rankers if tp not in states]
         ranker_keys = [self.keys.ranker(topic, partition) for topic, partition in stored_rankers]
         history_groups, ranker_groups = queue_mget(pipe, history_keys), queue_mget(pipe, ranker_keys)
-        version, *rest = await pipe.execute()
+        version, erasures, *rest = await pipe.execute()
         segment_of = {
             u: s
             for group, found in zip(by_slot.values(), rest, strict=False)
@@ -228,6 +232,12 @@ class StateStore:
         fetched = gathered(history_groups, rest[: len(history_groups)], len(history_keys))
         found = gathered(ranker_groups, rest[len(history_groups) :], len(ranker_keys))
         histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
+        if erasures != self._erasures:
+            self._erasures = erasures
+            self.forget_histories()
+            cached = [u for u in histories if u not in overlay]
+            missing, fetched = [*missing, *cached], [*fetched, *await self._histories_of(cached)]
+            histories = {}
         for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
                 histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
@@ -239,6 +249,14 @@ class StateStore:
             model_version=version.decode() if version else None,
             rankers={tp: states[tp] if tp in states else held[tp] for tp in rankers if tp in states or tp in held},
         )
+
+    async def _histories_of(self, users: Sequence[str]) -> list[bytes | None]:
+        """The stored histories of ``users``, in order (None: none stored)."""
+        if not users:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        groups = queue_mget(pipe, [self.keys.user(u, "hist") for u in users])
+        return gathered(groups, await pipe.execute(), len(users))
 
     async def event_arrivals(
         self, ids: Mapping[str, Sequence[str]], pending: Effect | None = None

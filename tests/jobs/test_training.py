@@ -68,5 +68,5 @@ def test_events_added_after_the_columns_were_read_join_them(monkeypatch):
 def test_an_empty_log_has_empty_columns_and_is_refused_by_train():
     log = training.collect([])
     assert [len(column) for column in log.columns()] == [0, 0, 0, 0, 0]
-    with pytest.raises(ValueError, match="no events"):
+    with pytest.raises(training.EmptyLog, match="no valid events"):
         training.train(log, ALSConfig())
