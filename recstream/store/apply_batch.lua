@@ -406,7 +406,9 @@ for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
   many('HSET', key .. 'clicks', sc_args)
 end
 for _, t in ipairs(p.totals) do redis.call('HINCRBY', P .. 'totals', t[1], t[2]) end
-for _, item in ipairs(became_available) do touch(item) end
+for _, item in ipairs(became_available) do  -- back in the rankings, if counted: a never-viewed item is in none (a
+  if redis.call('HEXISTS', P .. 'views', item) == 1 then touch(item) end  -- score at the prior no pass would rescore)
+end
 
 -- 4. smoothed-CTR rankings under the quantized global prior (models.ctr.quantize_ctr): the touched items, and
 -- when the prior moved, every counted item, but at most about cfg.rescore_items of them per batch: a rescore

@@ -283,3 +283,17 @@ async def test_a_number_that_is_not_finite_refuses_the_batch_with_nothing_writte
         assert said in str(refusal.value)
     await store.redis.aclose()
     client.close()
+
+
+async def test_an_item_made_available_before_any_view_enters_no_ranking(isolated_settings: Settings):
+    """An item announced hidden, then shown, with no event yet entered ``rank`` at exactly the prior, where no
+    rescore pass (they walk the counted items) would ever move it, and a clean replay puts nothing."""
+    settings = isolated_settings
+    keys, tp = Keys.of(settings), f"{settings.kafka.items_topic}:0"
+    for offset, available in enumerate((False, True)):
+        effect = Effect(watermarks={tp: (offset - 1, offset)})
+        effect.meta = [("i-new", "news", T0, T0 + offset, available, "{}")]
+        await apply(settings, effect)
+    client = redis.Redis.from_url(settings.redis.url)
+    assert not client.sismember(keys("unavailable"), "i-new") and client.zscore(keys.rank(), "i-new") is None
+    client.close()
