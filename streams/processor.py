@@ -583,7 +583,7 @@ class BatchProcessor:
         self.events_bound = next_events_bound(  # the records applied: duplicates cost the script nothing
             self.events_bound, len(call.records), time.perf_counter() - call_started, self.settings.worker
         )
-        self.store.remember_histories(effect.histories)
+        self.store.remember_histories(effect.histories, effect.erasures)
         if self._flying is effect:  # with its histories cached and its script applied, Redis and the cache are current
             self._flying = None  # (a gap repair applies without a flight, maybe while the agent's is in flight)
         if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
@@ -718,7 +718,7 @@ class BatchProcessor:
         started = time.perf_counter()
         update = personalizer.update_users(events, context.histories)
         effect.blobs += update.blobs
-        effect.histories = update.histories
+        effect.histories, effect.erasures = update.histories, context.erasures
         effect.item_users = update.item_users
         metrics.USER_STEPS.inc(len(update.refreshed_ts))  # one per refreshed user, not per user in the batch
         metrics.USER_STEP_SECONDS.observe(time.perf_counter() - started)

@@ -165,8 +165,6 @@ def item_object(row: Mapping[str, object]) -> dict[str, object]:
             raise RowError(f"{column}: not an item column ({', '.join(ITEM_COLUMNS)}, {FEATURE_PREFIX}<name>)")
         elif column == "features" and isinstance(value, dict):  # a typed row's object (a Parquet struct: a null
             item[column] = {name: v for name, v in value.items() if v is not None}  # for each feature a row lacks)
-        elif value is None and column != "item_id":  # a typed row's null (a sparse Parquet column): absent
-            continue
         elif not isinstance(value, str) or column == "item_id":
             item[column] = value
         elif column == "categories":

@@ -159,6 +159,7 @@ class ImportSpec:
 
     def _item(self, row: Mapping[str, object]) -> list[dict[str, object]]:
         given = {name: self._get(row, name) for name in FIELDS["items"] if self._has(row, name)}
+        given = {n: v for n, v in given.items() if v is not None or n == "item_id"}  # a sparse column's null: absent
         typed = row.get("features")
         if isinstance(typed, list) and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in typed):
             typed = dict(typed)  # a Parquet map column: pyarrow reads it as (key, value) pairs

@@ -242,7 +242,7 @@ async def _produce(
 def _skipped(lines: list[str], count: int, shown: int = 20) -> None:
     """The first invalid lines of an input, each with its reason, and how many more there were."""
     for line in lines[:shown]:
-        console.print(f"[yellow]skipped {line}[/yellow]")
+        console.print(f"[yellow]skipped {escape(line)}[/yellow]")  # a reason quotes the input: '[/x]' is no markup
     if count > shown:
         console.print(f"[yellow]... and {count - shown:,} more[/yellow]")
 

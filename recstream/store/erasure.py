@@ -17,8 +17,12 @@ model's item factors. Those are sums over many users and name nobody; ``recstrea
 them without the user's events, ``recstream train`` refits the model without them (both read the
 ``erasures`` topic, recstream/eventlog/erasures.py).
 
-Events of the user still in flight when the script runs (published, not yet applied) bring keys back;
-erase once the user's client stopped sending, or erase again after the workers caught up.
+Events of the user still in flight when the script runs (published, not yet applied, or a worker's batch whose
+script is running) bring keys back; erase once the user's client stopped sending, or erase again after the workers
+caught up. The workers cache histories: ``erased:count`` moves with each erasure, and a worker that sees it move
+drops its cache, so the erased history does not come back with the user's next event. On a Redis Cluster it moves
+with the second call: an event of the user between the two calls (or after a failure between them) may bring the
+history back, and repeating the erasure removes it.
 """
 
 from __future__ import annotations

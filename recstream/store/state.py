@@ -108,12 +108,15 @@ class Effect:
     # (apply_batch.lua, step 4b); a batch that does not only adds its items to those waiting (streams/processor.py
     # asks about twice a second)
     rank_segments: bool = True
+    # erased:count the histories were read under: once applied they are cached only if no erasure came since
+    erasures: bytes | bool | None = False
 
 
 @dataclass(frozen=True)
 class UserContext:
     segments: dict[str, str]
     histories: dict[str, History]
+    erasures: bytes | None  # erased:count as read with them (Effect.erasures)
     model_version: str | None
     rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # the stored ones of the partitions asked for
 
@@ -209,7 +212,9 @@ class StateStore:
         """
         overlay = pending.histories if pending is not None and with_histories else {}
         states = pending.rankers if pending is not None else {}
-        missing = [u for u in users if u not in self._histories and u not in overlay] if with_histories else []
+        seen = self._erasures  # what the cache is valid for, and the cache as of now: another processor sharing
+        cache = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}  # this store
+        missing = [u for u in users if u not in cache and u not in overlay] if with_histories else []  # may clear it
         by_slot: dict[str, list[str]] = {}
         for user in users:
             by_slot.setdefault(self.keys.user_segments(user), []).append(user)
@@ -231,11 +236,12 @@ class StateStore:
         rest = rest[len(by_slot) :]
         fetched = gathered(history_groups, rest[: len(history_groups)], len(history_keys))
         found = gathered(ranker_groups, rest[len(history_groups) :], len(ranker_keys))
-        histories = {u: self._histories[u] for u in users if u in self._histories} if with_histories else {}
-        if erasures != self._erasures:
-            self._erasures = erasures
-            self.forget_histories()
-            cached = [u for u in histories if u not in overlay]
+        histories = cache
+        if erasures != seen:  # an erasure since the cache was valid: this batch's cached histories are read again
+            if self._erasures == seen:  # (unless another processor's read saw it first and cleared the cache)
+                self._erasures = erasures
+                self.forget_histories()
+            cached = [u for u in cache if u not in overlay]
             missing, fetched = [*missing, *cached], [*fetched, *await self._histories_of(cached)]
             histories = {}
         for user, raw in zip(missing, fetched, strict=True):
@@ -246,6 +252,7 @@ class StateStore:
         return UserContext(
             segments={u: s.decode() for u, s in segment_of.items() if s is not None},
             histories=histories,
+            erasures=erasures,
             model_version=version.decode() if version else None,
             rankers={tp: states[tp] if tp in states else held[tp] for tp in rankers if tp in states or tp in held},
         )
@@ -282,8 +289,12 @@ class StateStore:
                     found[tp, member] = max(found.get((tp, member), flying[member]), flying[member])
         return found
 
-    def remember_histories(self, histories: dict[str, History]) -> None:
-        """Cache the histories a successfully applied batch wrote (least recently written evicted first)."""
+    def remember_histories(self, histories: dict[str, History], erasures: bytes | bool | None = False) -> None:
+        """Cache the histories a successfully applied batch wrote (least recently written evicted first), unless
+        they were read under another ``erased:count`` than the cache is valid for (an erasure came in between: one
+        of them may be the erased user's, which the next event would write back)."""
+        if erasures != self._erasures:
+            return
         for user, history in histories.items():
             self._histories.pop(user, None)
             self._histories[user] = history

@@ -16,7 +16,7 @@ from recstream.contracts.keys import Keys
 def dump_state(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[str, object]:
     """Every key under ``prefix`` with its value, prefix removed, for comparing two runs; but the event ids kept
     for de-duplication (``eids:<topic>:<partition>``): they name the run's topics and hold the records' arrival
-    times, which differ between two runs of the same events, and they expire by the wall clock.
+    times, which differ between two runs of the same events.
 
     A Redis Cluster's keys lose their hash tag (``{p3}:user:u1:vec`` → ``user:u1:vec``) and the hashes every slot
     keeps (``wm``, ``user:seg``) are merged, so a cluster run compares with a run on one Redis; a watermark two

@@ -4,6 +4,7 @@ Real Redis, the worker's own store."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -297,3 +298,25 @@ async def test_an_item_made_available_before_any_view_enters_no_ranking(isolated
     client = redis.Redis.from_url(settings.redis.url)
     assert not client.sismember(keys("unavailable"), "i-new") and client.zscore(keys.rank(), "i-new") is None
     client.close()
+
+
+async def test_an_erasure_of_another_user_costs_no_cached_history_whoever_reads_first(isolated_settings: Settings):
+    """The events, items and users processors share one store. An items batch whose read came back first saw
+    ``erased:count`` move and cleared the cache while an events batch's read was on its way: that batch then found
+    its cached users neither cached nor asked of Redis, and wrote their histories back with only its own events."""
+    settings = isolated_settings
+    keys = Keys.of(settings)
+    client = AsyncRedis.from_url(settings.redis.url)
+    try:
+        store = StateStore(client, settings)
+        await store.read_users([])  # the count the cache is valid for
+        await client.set(keys.user("u1", "hist"), json.dumps([["i2", 1.0], ["i1", 4.0]]))
+        store.remember_histories({"u1": {"i1": 4.0, "i2": 1.0}}, (await store.read_users([])).erasures)
+        await client.incr(keys("erased:count"))  # u9 erased by the reader
+        _, events = await asyncio.gather(store.read_users([], with_histories=False), store.read_users(["u1"]))
+        assert events.histories == {"u1": {"i1": 4.0, "i2": 1.0}}
+        assert store._histories == {}, "the cache is dropped once, by whichever read saw the erasure"
+        store.remember_histories({"u1": {"i1": 4.0}}, b"0")  # read under a count the cache no longer has
+        assert store._histories == {}
+    finally:
+        await client.aclose()
