@@ -7,12 +7,12 @@ end offsets of the moment the report starts (or a JSONL file is read), and every
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from rich.table import Table
 
-from recstream.contracts.events import Event, decode
+from recstream.contracts.events import Event, Rejected, decode
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.settings import Settings
 from recstream.jobs import sources
@@ -79,9 +79,16 @@ async def count_log(settings: Settings, experiment: str) -> VariantCounts:
     return counts
 
 
-def file_events(path: Path, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> Iterable[object]:
-    """The valid records of a JSONL file (``recstream produce --file`` format); others are left out."""
-    return (record.value for record in sources.read_jsonl(path, now_ms=REPLAY_NOW_MS, feedback=feedback))
+def file_events(
+    path: Path, feedback: FeedbackTypes = DEFAULT_FEEDBACK, refused: list[str] | None = None
+) -> Iterator[object]:
+    """The valid records of a JSONL file (``recstream produce --file`` format); each refused line is left out, and
+    named in ``refused`` (``"line N: reason"``), so that the report can say what it did not count."""
+    for record in sources.read_jsonl(path, now_ms=REPLAY_NOW_MS, feedback=feedback):
+        if not isinstance(record.value, Rejected):
+            yield record.value
+        elif refused is not None:
+            refused.append(f"line {record.line}: {record.value.reason}")
 
 
 async def log_events(settings: Settings) -> AsyncIterator[Event]:

@@ -570,8 +570,9 @@ def experiment_report(
         console.print("[red]no experiment is configured (RECSTREAM_EXPERIMENT): name one[/red]")
         raise typer.Exit(2)
     if file is not None:
-        feedback = settings.model.feedback_types
-        counted = report.count_variants(report.file_events(file, feedback), name, feedback.ctr_column)
+        feedback, refused = settings.model.feedback_types, []
+        counted = report.count_variants(report.file_events(file, feedback, refused), name, feedback.ctr_column)
+        _skipped(refused, len(refused))  # not counted: the report says so
     else:
         counted = asyncio.run(report.count_log(settings, name))
     counts = counted.totals

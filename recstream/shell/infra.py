@@ -137,6 +137,10 @@ def _bindable(port: int) -> bool:
     return True
 
 
+MIN_PORTS_BELOW = 1_000
+"""Fewer candidate ports than this below the kernel's ephemeral range, and :func:`free_port` looks above it too."""
+
+
 def free_port(span: int = 1) -> int:
     """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller).
 
@@ -145,8 +149,8 @@ def free_port(span: int = 1) -> int:
     outgoing connection, and Kafka then dies with "Address already in use".
     """
     ceiling = _ephemeral_floor() - span
-    if ceiling <= _FREE_PORT_FLOOR:  # no room below the kernel's range (it starts at 1024, say): any port, race and all
-        ceiling = 65536 - span
+    if ceiling - _FREE_PORT_FLOOR < MIN_PORTS_BELOW:  # little or no room below the kernel's range (it starts at 1024,
+        ceiling = 65536 - span  # say): any port, race and all
     for _ in range(200):
         port = random.randrange(_FREE_PORT_FLOOR, ceiling)
         if all(_bindable(port + k) for k in range(span)):  # a listening port does not bind, SO_REUSEADDR or not

@@ -181,3 +181,18 @@ def test_train_on_a_file_without_one_valid_event_says_why_in_lines_not_a_traceba
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "skipped line 1: ts: Input should be greater than or equal to 631152000000" in said
     assert "the log holds no valid events to train on (3 records refused)" in said
+
+
+def test_an_experiment_report_from_a_file_names_the_lines_it_did_not_count(nothing_listens: Settings, tmp_path: Path):
+    """Refused lines (a time in seconds, say) were left out of the counts without a word."""
+    path = tmp_path / "events.jsonl"
+    lines = [
+        f'{{"type":"{kind}","user_id":"u{k}","item_id":"i1","ts":1700000000000,"variant":"ab:{arm}"}}'
+        for k, (kind, arm) in enumerate([("view", "a"), ("click", "a"), ("view", "b"), ("view", "b")])
+    ]
+    lines.insert(2, '{"type":"view","user_id":"u9","item_id":"i1","ts":1700000000,"variant":"ab:b"}')
+    path.write_text("\n".join(lines) + "\n")
+    done = cli(nothing_listens, "experiment", "report", "ab", "--file", str(path))
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0, done.stderr
+    assert "skipped line 3: ts: Input should be greater than or equal to 631152000000" in said, done.stderr

@@ -26,13 +26,15 @@ def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound():
                 sock.bind(("127.0.0.1", port + k))
 
 
-@pytest.mark.parametrize("floor", [1024, 20_001, 20_002])
+@pytest.mark.parametrize("floor", [1024, 20_001, 20_002, 20_010])
 def test_a_kernel_range_that_leaves_no_room_below_it_still_gives_a_port(monkeypatch: pytest.MonkeyPatch, floor: int):
     """With ip_local_port_range starting at or below 20,000 + span, randrange(20000, floor - span) raised ValueError
     (an empty range), and the demo, on a machine whose port 9090 was taken, stopped on it."""
     monkeypatch.setattr(infra, "_ephemeral_floor", lambda: floor)
     port = free_port(span=2)
     assert 20_000 <= port <= 65_534
+    monkeypatch.setattr(infra, "_bindable", lambda candidate: candidate >= floor)  # the few ports below all taken
+    assert free_port() >= floor  # with 9 candidates below the floor taken, it raised "no free loopback port"
 
 
 def test_a_listening_port_is_not_offered(monkeypatch: pytest.MonkeyPatch):
