@@ -588,12 +588,14 @@ class BatchProcessor:
             self._flying = None  # (a gap repair applies without a flight, maybe while the agent's is in flight)
         if applied.replayed:  # histories recomputed from a slot that was ahead: a batch built on these is stale
             self._epoch += 1
-        self._note_left_undone(applied)
+        if applied.answered:  # else nothing is known of what is left undone (a slot answered "done"): as it was
+            self._note_left_undone(applied)
         self.last_applied = time.monotonic()
         if effect.rank_segments:  # a call that left items waiting makes the next one due at once
             self.segments_ranked_at = -math.inf if applied.segments_pending else self.last_applied
         self._observe(call, applied)
-        await self._fold_in(applied.fold_ins)
+        if applied.answered:
+            await self._fold_in(applied.fold_ins)
         self._beat()
         return applied
 

@@ -131,6 +131,7 @@ class Applied:
     segments_pending: int = 0  # items whose per-segment scores wait for a call that ranks segments (step 4b)
     replayed: bool = False  # some slot had applied the batch already: its histories came from a slot that was ahead
     written: bool = True  # False: every slot had applied it already (another worker, a rebalance race): nothing now
+    answered: bool = True  # the shared state's slot answered "ok": the pending figures above are its, not defaults
 
 
 class StateStore:
@@ -327,7 +328,7 @@ class StateStore:
                 return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]),
                                segments_pending=int(result[6]), replayed=replayed)  # fmt: skip
         written = any(result[0] == b"ok" for result in results)
-        return Applied(self._prior, False, [], [], replayed=replayed, written=written)
+        return Applied(self._prior, False, [], [], replayed=replayed, written=written, answered=False)
 
     def _payloads(self, effect: Effect) -> dict[str, tuple[dict, bytes]]:
         """Each slot's part of the effect: the JSON payload (ARGV[1]) and the binary values it refers to, all
