@@ -139,10 +139,11 @@ def user_record_key(user_id: str, parts: frozenset[str]) -> str:
     >>> user_record_key("u1", frozenset({"preferences"})), user_record_key("u1", frozenset({"attributes"}))
     ('u1:preferences', 'u1')
     """
-    return f"{user_id}:preferences" if parts == {"preferences"} else user_id
+    return user_id + PREFERENCES_KEY if parts == {"preferences"} else user_id
 
 
-USER_RECORD_KEYS = ("", ":preferences")
+PREFERENCES_KEY = ":preferences"
+USER_RECORD_KEYS = ("", PREFERENCES_KEY)
 """The suffixes of every key a user's records may have (:func:`user_record_key`): an erasure tombstones each."""
 
 

@@ -124,19 +124,19 @@ class EventProducer:
     async def deliver_user(self, user: UserEvent) -> None:
         """Send one user event and return once the broker acknowledged it (see :meth:`deliver`)."""
         key, partition = await self._user_placement(user)
-        await (await self._kafka.send(self.settings.kafka.users_topic, encode(user), key=key, partition=partition))
+        topic = self.settings.kafka.users_topic
+        await (await self._kafka.send(topic, encode(user), key=key.encode(), partition=partition))
 
     async def send_item(self, item: ItemEvent) -> None:
         await self._send(self.settings.kafka.items_topic, item.item_id, encode(item))
 
     async def send_user(self, user: UserEvent) -> None:
         key, partition = await self._user_placement(user)
-        await self._send(self.settings.kafka.users_topic, key.decode(), encode(user), partition)
+        await self._send(self.settings.kafka.users_topic, key, encode(user), partition)
 
-    async def _user_placement(self, user: UserEvent) -> tuple[bytes, int]:
+    async def _user_placement(self, user: UserEvent) -> tuple[str, int]:
         """The record's key (contracts/events.user_record_key) and its user's partition."""
-        key = user_record_key(user.user_id, user_parts(user))
-        return key.encode(), await self._user_partition(user.user_id)
+        return user_record_key(user.user_id, user_parts(user)), await self._user_partition(user.user_id)
 
     async def _user_partition(self, user_id: str) -> int:
         """The user's partition of the users topic, whose partition count is asked of the broker once, here: a

@@ -331,15 +331,11 @@ def import_file(
             imports.publish_rows(settings, rows, spec, sort, before_ms, lambda n: progress.advance(task, n))
         )
     where = "row" if fmt == "parquet" else "line"
-    for number, reason in report.bad[:20]:  # unwrapped, and a reason's [brackets] are not markup
-        console.print(f"[yellow]skipped {where} {number}: {escape(reason)}[/yellow]", soft_wrap=True)
-    if len(report.bad) > 20:
-        console.print(f"[yellow]... and {len(report.bad) - 20} more[/yellow]")
+    _skipped([f"{where} {number}: {reason}" for number, reason in report.bad[:20]], len(report.bad))
     records = "events" if kind == "interactions" else kind
     console.print(
         f"{report.records:,} {records} from {report.rows:,} rows published in {report.seconds:.1f} s; "
-        f"{len(report.bad):,} bad rows skipped",
-        soft_wrap=True,
+        f"{len(report.bad):,} bad rows skipped"
     )
 
 
