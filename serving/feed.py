@@ -266,18 +266,17 @@ def _ranked(
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
     tops, pulls = top_features(contributions), generator_pull(contributions)
+    order = np.argsort(-probabilities[: len(items)], kind="stable").tolist()
     if gate is not None:  # pick j would push off the exploitation item ranked depth + k − 1 − j (none: p = 0)
-        best = -np.sort(-probabilities[: len(items)])
-        bottom = [
-            float(best[r]) if r < best.size else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)
-        ]
+        best = probabilities[order].tolist()
+        bottom = [best[r] if r < len(best) else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)]
         mode, theta = gate[0], gate[1][picks]
         drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[len(items) :], theta)
         explored = [explored[j] for j in picks[: explore_gate(drawn, bottom)]]
     served_as: dict[str, Source] = {}
 
     def best_first() -> Iterator[Candidate]:
-        for k in np.argsort(-probabilities[: len(items)], kind="stable").tolist():
+        for k in order:
             item, feature = items[k], tops[k]
             source = None if feature is None else GENERATOR[feature]
             if source in proposed[item]:
