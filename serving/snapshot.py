@@ -331,6 +331,10 @@ class SnapshotLoader:
             await self._refresh(force_popular)
 
     async def _refresh(self, force_popular: bool) -> None:
+        """Everything is read and computed first, then swapped in by one block without an await: a feed never sees
+        a new global list beside old segment lists, and a reload that fails half way changes nothing (the ranker's
+        weights included, so that a loader failing for longer than ``ranker_stale_s`` falls back to the fixed blend).
+        Only the categories cache fills item by item as the reload reads it."""
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [
@@ -345,10 +349,10 @@ class SnapshotLoader:
         if popular_due:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
         replies = await self.redis.execute(*commands)
-        pool_raw, prior, unavailable, model_version, segments, clock, *rest = replies
+        pool_raw, prior, unavailable_raw, model_version, segments, clock, *rest = replies
         ranker_raw, overall_raw = rest[: len(self._ranker_keys)], rest[len(self._ranker_keys) :]
-        self._refresh_ranker(ranker_raw, now)  # first: rebuilding the popular lists may take a while
-        created = {item: int(float(ts)) for item, ts in _pairs(pool_raw)}
+        ranker = self._ranker(ranker_raw, now)
+        created = {item: ts for item, raw in _pairs(pool_raw) if (ts := _integer(raw)) is not None}
         overall = _scores(overall_raw[0]) if popular_due else None
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
@@ -358,34 +362,44 @@ class SnapshotLoader:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
         replies = await self.redis.execute(*commands) if commands else []
         for item, (categories, created_ts, features) in zip(wanted, replies[: len(wanted)], strict=True):
-            categories = tuple(c for c in (categories or "").split(",") if c)
-            snap.categories.put(item, categories, now, int(created_ts) if created_ts else None, _features(features))
+            categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c))
+            snap.categories.put(item, categories, now, _integer(created_ts), _features(features))
 
-        snap.clock_ms = int(clock) if clock else None
-        snap.unavailable = frozenset(unavailable)
-        snap.model_version = model_version
-        self.model_metrics.observe(model_version)
+        unavailable = frozenset(unavailable_raw)
         views, clicks = replies[len(wanted) :] if created else ([], [])
-        snap.pool = self._pool(created, views, clicks, prior, now)
-        metrics.POOL_ITEMS.set(len(snap.pool.created))
+        pool = self._pool(created, views, clicks, prior, unavailable, now)
+        lists: dict = {}
         if overall is not None:
-            snap.ctr_logits = _logits(overall)
             full = len(overall) == POPULAR_DEPTH
             floor = min(self._prior(prior), *overall.values()) if full else self._prior(prior)
-            snap.ctr_floor_logit = float(ctr_logit(np.array(floor)))
-            snap.overall = tuple(overall)
-            snap.overall_rank = positions(snap.overall)
-            snap.segments = await self._segments(sorted(segments), overall)
+            lists = {
+                "ctr_logits": _logits(overall),
+                "ctr_floor_logit": float(ctr_logit(np.array(floor))),
+                "overall": tuple(overall),
+                "overall_rank": positions(overall),
+                "segments": await self._segments(sorted(segments), overall),
+            }
+        # the swap: no await from here on
+        snap.ranker = ranker
+        snap.clock_ms = _integer(clock)
+        snap.unavailable = unavailable
+        snap.model_version = model_version
+        snap.pool = pool
+        for name, value in lists.items():
+            setattr(snap, name, value)
+        if overall is not None:
             self._popular_at = now
         snap.loaded = True
+        metrics.RANKER_ROWS.set(ranker.rows)
+        metrics.POOL_ITEMS.set(len(pool.created))
+        self.model_metrics.observe(model_version)
         snap.item_columns()  # here, not in the first feed request after the reload
 
-    def _refresh_ranker(self, raw: list[str | None], now: float) -> None:
+    def _ranker(self, raw: list[str | None], now: float) -> RankerState:
         """The partitions' states as read (the client decodes replies as UTF-8 with surrogate escapes, so encoding
         back gives the stored bytes): the weights are fresh as of now."""
         states = [None if value is None else value.encode("utf-8", "surrogateescape") for value in raw]
-        self.snapshot.ranker = self.snapshot.ranker.refreshed(states, now)
-        metrics.RANKER_ROWS.set(self.snapshot.ranker.rows)
+        return self.snapshot.ranker.refreshed(states, now)
 
     def _prior(self, prior: str | None) -> float:
         """The quantized global CTR the workers scored with (``prior``); the configured default before any, and for a
@@ -396,16 +410,23 @@ class SnapshotLoader:
             value = math.nan
         return value if math.isfinite(value) else self.settings.model.ctr_default
 
-    def _pool(self, created: dict[str, int], views: list, clicks: list, prior: str | None, now: float) -> Pool:
+    def _pool(
+        self,
+        created: dict[str, int],
+        views: list,
+        clicks: list,
+        prior: str | None,
+        unavailable: frozenset[str],
+        now: float,
+    ) -> Pool:
         """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior.
 
         A feed draws once per shortlisted item, so past ``pool.explore_max`` items the shortlist is the top of one
         Thompson draw over the pool read, made here once per reload: an item's chance to be shortlisted follows
         its posterior as a feed's draw does, and the unlucky ones get a new chance at every reload.
         """
-        unavailable = self.snapshot.unavailable
         rows = [
-            (item, ts, int(v or 0), int(c or 0))
+            (item, ts, _integer(v) or 0, _integer(c) or 0)
             for (item, ts), v, c in zip(created.items(), views, clicks, strict=True)
             if item not in unavailable
         ]
@@ -486,6 +507,22 @@ def positions(order: Iterable[str]) -> dict[str, int]:
 def _logits(scores: Mapping[str, float]) -> dict[str, float]:
     """item → logit of its smoothed-CTR score, computed in one vectorized step."""
     return dict(zip(scores, ctr_logit(np.fromiter(scores.values(), np.float64, len(scores))).tolist(), strict=True))
+
+
+def _integer(raw: str | None) -> int | None:
+    """A stored integer (a timestamp, a count), None when absent or not a finite number: one bad field must not stop
+    the reloads (the item would be asked for again at each one, and fail it again).
+
+    >>> _integer("1700000000000"), _integer("1.7e12"), _integer("soon"), _integer("inf"), _integer(None)
+    (1700000000000, 1700000000000, None, None, None)
+    """
+    try:
+        value = float(raw) if raw else math.nan
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return int(raw) if raw.lstrip("-").isdigit() else int(value)  # type: ignore[union-attr]
 
 
 def _features(raw: str | None) -> dict[str, float]:

@@ -197,3 +197,82 @@ async def test_the_pool_names_the_shortlisted_items_whose_categories_are_not_loa
         named.append([snapshot.pool.items[k] for k in snapshot.pool.uncategorized.tolist()])
     await feeds.close()
     assert [len(n) for n in named] == [1, 0, 0]
+
+
+@pytest.mark.parametrize("created_ts", ["1.7e12", "soon", "inf"])
+async def test_an_item_with_a_malformed_creation_time_does_not_stop_the_reloads(
+    isolated_settings: Settings, created_ts: str
+) -> None:
+    """``int()`` of a stored "1.7e12" raised before the item was cached, so every later reload asked for it again and
+    failed again: the unavailable set froze (a withdrawn item stayed on every feed) while the ranker, refreshed first,
+    still looked fresh. A category stored twice is cached once (it weighed twice in a user's taste)."""
+    k = Keys.of(isolated_settings)
+    client = redis.Redis.from_url(isolated_settings.redis.url)
+    client.zadd(k("pool"), {"bad": 1_000, "kept": 1_001})
+    client.hset(k.item("bad"), mapping={"categories": "news,news", "created_ts": created_ts})  # stored before dedup
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=5.0, connections=1)
+    snapshot = Snapshot()
+    loader = SnapshotLoader(feeds, isolated_settings, snapshot)
+    await loader.refresh()
+    client.sadd(k("unavailable"), "kept")
+    await loader.refresh()
+    client.close()
+    await feeds.close()
+    expected = 1_700_000_000_000 if created_ts == "1.7e12" else None
+    assert snapshot.unavailable == {"kept"} and list(snapshot.pool.created) == ["bad"]
+    assert snapshot.categories.entry("bad", 0.0)[::2] == (("news",), expected)  # type: ignore[index]
+
+
+class FailsOnSegments:
+    """A Redis client whose segment reads (``call``) fail once ``failing`` is set, after ``entered`` is set."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self.client, self.failing = client, False
+        self.entered = asyncio.Event()
+
+    async def execute(self, *commands: tuple) -> list:
+        return await self.client.execute(*commands)
+
+    async def call(self, *command: Any) -> Any:
+        self.entered.set()
+        if self.failing:
+            raise redis.exceptions.ConnectionError("the segment read failed")
+        await asyncio.sleep(0.2)
+        return await self.client.call(*command)
+
+
+async def test_a_reload_is_swapped_in_whole_and_one_that_fails_half_way_changes_nothing(
+    isolated_settings: Settings,
+) -> None:
+    """The loader set the new global list, CTR floor and ranker before it awaited the segment lists: while they were
+    read a feed saw the new global list beside the old segments, and a segment read that failed left that mix (and a
+    ranker that looked fresh) until a later reload succeeded."""
+    k = Keys.of(isolated_settings)
+    client = redis.Redis.from_url(isolated_settings.redis.url)
+    client.zadd(k.rank(), {"old": 0.5})
+    client.zadd(k.rank("s"), {"old": 0.5})
+    client.sadd(k("segments"), "s")
+    feeds = RedisClient(isolated_settings.redis.url, timeout_s=5.0, connections=1)
+    slow = FailsOnSegments(feeds)
+    snapshot = Snapshot()
+    loader = SnapshotLoader(slow, isolated_settings, snapshot)  # type: ignore[arg-type]
+    await loader.refresh(force_popular=True)
+    first = snapshot.ranker.refreshed_at
+    client.delete(k.rank(), k.rank("s"))
+    client.zadd(k.rank(), {"new": 0.5})
+    client.zadd(k.rank("s"), {"new": 0.5})
+    slow.entered.clear()
+    reload = asyncio.create_task(loader.refresh(force_popular=True))
+    await slow.entered.wait()
+    mid = (snapshot.overall, snapshot.segments["s"].warm)
+    await reload
+    after, good = (snapshot.overall, snapshot.segments["s"].warm), snapshot.ranker.refreshed_at
+    slow.failing = True
+    client.zadd(k.rank(), {"newer": 0.9})
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await loader.refresh(force_popular=True)
+    client.close()
+    await feeds.close()
+    assert mid == (("old",), ("old",)) and after == (("new",), ("new",))
+    assert first is not None and good is not None and good > first
+    assert snapshot.overall == ("new",) and snapshot.ranker.refreshed_at == good  # as the last good reload left it
