@@ -74,7 +74,9 @@ def _finite(value: dict[str, float]) -> dict[str, float]:
     return value
 
 
-Categories = Annotated[list[Category], Field(max_length=32)]
+Categories = Annotated[list[Category], Field(max_length=32), AfterValidator(lambda names: list(dict.fromkeys(names)))]
+"""An item's categories, each once (a name listed twice would weigh twice in a user's taste and the ranker's
+category affinity), in the order given."""
 Features = Annotated[dict[Category, float], Field(max_length=64), AfterValidator(_finite)]
 Attributes = Annotated[dict[Category, Scalar], Field(max_length=32)]
 """An item's and a user's fields, also typed so by the reader's catalogue routes (serving/catalogue.py)."""

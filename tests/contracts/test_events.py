@@ -155,6 +155,13 @@ def test_item_and_user_events_validate():
     assert isinstance(user, UserEvent) and segment_of(user.attributes) == "age25-34.M"
 
 
+def test_an_item_lists_each_category_once():
+    """``["news", "news"]`` was kept as given: the category weighed twice in a user's taste and its items' category
+    affinity reached 2, outside the ranker feature's [0, 1]."""
+    item = validate({"op": "new", "item_id": "i9", "ts": NOW, "categories": ["news", "film", "news"]}, "item", NOW)
+    assert isinstance(item, ItemEvent) and item.categories == ["news", "film"]
+
+
 def test_encode_round_trips_through_decode():
     events = [
         Event(**GOOD),
