@@ -8,7 +8,10 @@ factors) centred on their means x̄, ȳ, the closed-form ridge solution is
 so the intercept is not penalised. An item with no usable content (no categories, or only
 unknown ones, and no known features) gets the mean item factor ȳ: the least-committal guess
 for a new item, which the item fold-in replaces once users interact with it. A missing
-numeric feature is imputed with its training mean (0 after standardization).
+numeric feature is imputed with its training mean (0 after standardization), and a standardized
+value is held within ±Z_CLIP: a catalogue's outlier (a price of 1e308, a timestamp where a count
+was expected) moves an item's vector as far as a strong feature does, never to a scale that would
+swamp every inner product in the index.
 
 Onboarding reuses the ALS user step: a new user who picked categories is treated as having
 interacted with one pseudo-item per category, each pseudo-item being that category's
@@ -24,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from recstream.models.user_step import ALSStep
 
+Z_CLIP = 10.0
+"""Standardized feature values are clipped to ±Z_CLIP, in the fit and for new items alike."""
 _ARRAYS = ("categories", "feature_names", "feature_mean", "feature_scale", "weights", "intercept", "default")
 
 
@@ -72,7 +77,9 @@ class ContentMap:
         for j, name in enumerate(self.feature_names):
             value = (features or {}).get(str(name))
             if value is not None and np.isfinite(value):
-                x[n_cat + j] = (value - self.feature_mean[j]) / self.feature_scale[j]
+                with np.errstate(over="ignore"):  # ±inf from an extreme value, clipped like any outlier
+                    z = (np.float64(value) - self.feature_mean[j]) / self.feature_scale[j]
+                x[n_cat + j] = np.clip(z, -Z_CLIP, Z_CLIP)
                 usable = True
         return x if usable else None
 
@@ -110,10 +117,8 @@ def fit_content_map(
     mean, scale = np.zeros(len(names)), np.ones(len(names))
     if len(names):
         raw = np.array([[row.get(str(f), np.nan) for f in names] for row in item_features], dtype=np.float64)
-        mean = np.nan_to_num(np.nanmean(raw, axis=0))
-        std = np.nan_to_num(np.nanstd(raw, axis=0))
-        scale = np.where(std > 0, std, 1.0)
-        x[:, len(vocab) :] = np.nan_to_num((raw - mean) / scale)  # missing → the mean
+        raw[~np.isfinite(raw)] = np.nan  # missing, as vector() reads a non-finite value
+        x[:, len(vocab) :], mean, scale = _standardized(raw)
     x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
     xc, yc = x - x_mean, y - y_mean
     weights = np.linalg.solve(xc.T @ xc + ridge * np.eye(x.shape[1]), xc.T @ yc)
@@ -126,6 +131,26 @@ def fit_content_map(
         intercept=y_mean - x_mean @ weights,
         default=y_mean,
     )
+
+
+def _standardized(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, mean, scale) of each column of ``raw`` (NaN: missing, which reads as z = 0), z clipped to ±Z_CLIP.
+
+    The moments are taken of each column divided by its largest magnitude m, then scaled back: over values near
+    ±1e308 a plain mean or variance overflows to inf and every fitted weight becomes NaN.
+
+    >>> z, mean, scale = _standardized(np.array([[1e308], [-1e308], [np.nan]]))
+    >>> z.ravel().tolist(), mean.tolist(), scale.tolist()
+    ([1.0, -1.0, 0.0], [0.0], [1e+308])
+    """
+    with np.errstate(all="ignore"):  # all-missing columns: no moments, the NaNs are replaced below
+        m = np.nan_to_num(np.nanmax(np.abs(raw), axis=0))
+        m = np.where(m > 0, m, 1.0)
+        unit = raw / m
+        mean_u, std_u = np.nan_to_num(np.nanmean(unit, axis=0)), np.nan_to_num(np.nanstd(unit, axis=0))
+        z = np.nan_to_num((unit - mean_u) / np.where(std_u > 0, std_u, 1.0))  # missing → the mean
+    scale = np.where(std_u > 0, std_u * m, 1.0)
+    return np.clip(z, -Z_CLIP, Z_CLIP), mean_u * m, np.where(scale > 0, scale, 1.0)
 
 
 def onboarding_vector(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from recstream.models.content_map import ContentMap, fit_content_map, onboarding_vector
+from recstream.models.content_map import Z_CLIP, ContentMap, fit_content_map, onboarding_vector
 from recstream.models.user_step import ALSStep
 
 K = 8
@@ -77,3 +77,29 @@ def test_onboarding_user_prefers_items_of_picked_categories():
     base_rate = np.mean(["g4" in c for c in categories])
     assert share > 0.8 and base_rate < 0.4  # over twice the base rate (15%)
     assert not onboarding_vector(step, cmap, ["no-such-category"], confidence=5.0).any()
+
+
+def test_extreme_feature_values_leave_the_map_finite():
+    """Values near ±1e308 (finite, so the item schema accepts them) overflowed the plain mean and variance: every
+    weight was NaN, and so was every item's content vector, categories-only ones too."""
+    categories, features, factors, _ = _synthetic(n_items=300)
+    features = [dict(f) for f in features]
+    for k, value in enumerate([1e308, 1e308, -1e308, float("inf")]):
+        features[k]["year"] = value
+    cmap = fit_content_map(categories, factors, features)
+    assert np.isfinite(cmap.weights).all() and np.isfinite(cmap.intercept).all()
+    assert np.isfinite(cmap.vector(["g1"])).all()
+    assert np.isfinite(cmap.vector(["g1"], {"year": -1e308, "length": 1e308})).all()
+
+
+def test_an_outlier_moves_a_new_item_no_further_than_z_clip():
+    """A new item's value far outside the training range counts as Z_CLIP standard deviations, not as its raw
+    z-score: a price of 1e12 where prices were ~50 must not put the item's vector at a scale that swamps the index."""
+    categories, features, factors, _ = _synthetic(n_items=300)
+    cmap = fit_content_map(categories, factors, features)
+    year = list(cmap.feature_names).index("year")
+    at_clip = cmap.feature_mean[year] + Z_CLIP * cmap.feature_scale[year]
+    clipped = cmap.vector(["g1"], {"year": at_clip})
+    np.testing.assert_allclose(cmap.vector(["g1"], {"year": 1e12}), clipped, rtol=1e-6)
+    np.testing.assert_allclose(cmap.vector(["g1"], {"year": at_clip * 0.999}), clipped, rtol=0.01)
+    assert not np.allclose(cmap.vector(["g1"], {"year": at_clip * 0.9}), clipped, rtol=1e-3)
