@@ -8,7 +8,8 @@ worker that owns the partition writes its state, together with the partition's w
 batch's one atomic script (recstream/store/state.py). So a partition's state is a function of its
 log alone (models/ranker.py: the state does not depend on how rows were cut into batches), the
 same after a kill and restart, a rebalance, a gap repair or a rebuild. Events without a valid
-vector of the current version train nothing; they are counted by reason (:data:`SKIP_REASONS`).
+vector of the current version (finite, within ±MAX_ABS_FEATURE) train nothing; they are counted by reason
+(:data:`SKIP_REASONS`).
 
 Pure: no I/O. streams/processor.py reads the states and writes them back.
 """
@@ -26,7 +27,14 @@ from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update
 
 from recstream.contracts.events import Event
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_rows, prior_weights
+from recstream.contracts.ranking import (
+    CONTEXT_KEY,
+    FEATURE_VERSION,
+    FEATURES,
+    MAX_ABS_FEATURE,
+    decode_rows,
+    prior_weights,
+)
 from recstream.contracts.settings import RankerSettings
 
 Partition = tuple[str, int]
@@ -104,6 +112,9 @@ def batch_rows(
     """
     values = [event.context.get(CONTEXT_KEY) if event.context else None for event in events]
     matrix, where = decode_rows(values)
+    inside = (np.abs(matrix) <= MAX_ABS_FEATURE).all(axis=1)
+    if not inside.all():  # no served feature comes near the bound: a producer's value that would overflow the step
+        matrix, where = matrix[inside], [k for k, ok in zip(where, inside.tolist(), strict=True) if ok]
     skipped: Counter[str] = Counter()
     if len(where) < len(values):
         decoded = set(where)

@@ -42,12 +42,17 @@ FEATURES: tuple[str, ...] = (
     "segment_ctr_logit",  # logit of its smoothed CTR within the user's segment
     "pool_age",  # log1p of its age (event time) in units of the pool's graduation age
     "category_affinity",  # the user's recent weight on the item's categories, in [0, 1]
-    "warm",  # 1 when the user has a vector
+    "warm",  # 1 when the user has history (weighted history, or items shown or clicked)
 )
 FEATURE_VERSION = hashlib.blake2b(",".join(FEATURES).encode(), digest_size=4).hexdigest()
 CONTEXT_KEY = "rf"
 MAX_VALUE_CHARS = 256
 """The events contract's bound on a context string (recstream/contracts/events.py Scalar)."""
+MAX_ABS_FEATURE = 1e6
+"""A served vector holding a value beyond ±this is malformed: the ranker learns nothing from it
+(streams/ranker_training.py). Every feature the reader serves is
+far inside it (flags, shares, a position discount, CTR logits within ±14, a log age); a producer writing to Kafka
+could send 1e160, whose squared gradient overflows and turns the ranker's state to NaN."""
 DIGITS = 4  # significant digits kept per feature: the string stays under the context's 256 characters
 _ONE_VALUE = f".{DIGITS}g"  # built once: rounded_value runs per value a page computes
 _K_OFFSET = 12  # the scale exponent k = DIGITS − 1 − ⌊log10 |v|⌋ of a value in [1e-15, 1e15] is in [-12, 18]

@@ -8,7 +8,7 @@ from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss
 from recstream.streams.ranker_training import RecentRows, batch_rows, ftrl_config, restore, train, train_batch
 
 from recstream.contracts.events import Event
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, encode_features
+from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, MAX_ABS_FEATURE, encode_features
 from recstream.contracts.settings import RankerSettings
 
 T0 = 1_700_000_000_000
@@ -51,15 +51,33 @@ def test_views_are_negatives_and_clicks_positives_per_partition_in_order():
         (vector(F).replace("0.5", "x", 1), "malformed"),
         (7, "malformed"),
         ("no colon at all", "malformed"),
+        (vector(F, fill=MAX_ABS_FEATURE * (1 - 1e-9)), None),
+        (vector(F, fill=MAX_ABS_FEATURE), None),
+        (vector(F, fill=-MAX_ABS_FEATURE * (1 + 1e-9)), "malformed"),
+        (vector(F, fill=1e160), "malformed"),
     ],
-    ids=["F-1", "F", "F+1", "other-version", "absent", "nan", "not-a-number", "not-a-string", "no-version"],
-)
+    ids=["F-1", "F", "F+1", "other-version", "absent", "nan", "not-a-number", "not-a-string", "no-version",
+         "below-bound", "at-bound", "past-bound", "1e160"],
+)  # fmt: skip
 def test_only_a_vector_of_the_current_version_and_length_trains(value, reason):
     rows = batch_rows([event("click", value)], [("events", 0)])
     if reason is None:
         assert rows.by_partition[("events", 0)].features.shape == (1, F) and sum(rows.skipped.values()) == 0
     else:
         assert rows.by_partition == {} and dict(rows.skipped) == {reason: 1}
+
+
+def test_a_vector_past_the_bound_trains_nothing_and_its_neighbours_train_as_alone():
+    """A producer's 1e160 squared past the float range in the FTRL step: the partition's state became NaN, was
+    refused when read back, and the partition's ranker started again from nothing."""
+    good = encode_features(np.full(F, 0.5))
+    mixed = batch_rows([event("view", good), event("click", vector(F, fill=1e160)), event("click", good)],
+                       [("events", 0)] * 3)  # fmt: skip
+    alone = batch_rows([event("view", good), event("click", good)], [("events", 0)] * 2)
+    assert dict(mixed.skipped) == {"malformed": 1}
+    trained = train_batch(mixed, {}, FTRLConfig()).trained[("events", 0)]
+    assert trained.state == train_batch(alone, {}, FTRLConfig()).trained[("events", 0)].state
+    assert FTRLRanker.from_bytes(trained.state).n_updates == 2
 
 
 def test_a_partition_learns_the_same_bytes_in_one_batch_or_many():
