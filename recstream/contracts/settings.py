@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # what Kafka accepts as a topic name
 HOST_PATTERN = r"^[A-Za-z0-9_.:\[\]-]+$"  # a name or an address; empty would bind every interface
+RANKER_STALE_MIN_S = 5.0
+"""The least ``ranker_stale_s``: the age a healthy reader's weights reach between two reloads, each up to 2 s long
+(its background timeout) with up to 1 s between them (serving/snapshot.py). Below it, pages fell back to the fixed
+blend for part of every cycle while every reload succeeded."""
 
 
 class SettingsError(ValueError):
@@ -409,7 +413,10 @@ class BlendSettings(Section):
         description="each generator proposes this many times the page's exploitation slots to the ranker",
     )
     ranker_stale_s: float = Field(
-        10.0, gt=0, le=3600, description="no successful refresh of the ranker's weights for this long: the fixed blend"
+        10.0,
+        ge=RANKER_STALE_MIN_S,
+        le=3600,
+        description="no successful refresh of the ranker's weights for this long: the fixed blend",
     )
     cold_segment_weight: float = Field(0.7, ge=0, le=1, description="λ in λ·P(i|segment) + (1−λ)·P(i|global)")
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from recstream.contracts.settings import SECTIONS, TOOL_VARIABLES, VARIABLES, SettingsError, load_settings
+from recstream.contracts.settings import (
+    RANKER_STALE_MIN_S,
+    SECTIONS,
+    TOOL_VARIABLES,
+    VARIABLES,
+    SettingsError,
+    load_settings,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,6 +49,18 @@ def test_invalid_variable_is_named(monkeypatch, variable, value, message):
     with pytest.raises(SettingsError) as err:
         load_settings()
     assert variable in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("offset", [-0.001, 0.0, 0.001])
+def test_the_ranker_is_stale_no_sooner_than_a_healthy_reader_s_weights_age(monkeypatch, offset):
+    """A staleness under the reloads' own cadence (1 s apart, each up to 2 s) sent pages to the fixed blend for part
+    of every cycle while every reload succeeded (0.1 s: 81% of pages)."""
+    monkeypatch.setenv("RECSTREAM_RANKER_STALE_S", str(RANKER_STALE_MIN_S + offset))
+    if offset < 0:
+        with pytest.raises(SettingsError, match="RECSTREAM_RANKER_STALE_S"):
+            load_settings()
+    else:
+        assert load_settings().blend.ranker_stale_s == RANKER_STALE_MIN_S + offset
 
 
 def test_standardize_and_a_prior_are_refused_together(monkeypatch):

@@ -13,7 +13,7 @@ from recstream.serving.redis_client import RedisClient
 from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoader
 
 from recstream.contracts.keys import Keys
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import RANKER_STALE_MIN_S, Settings
 
 LIMIT = 20
 READ = 3 * LIMIT
@@ -276,3 +276,10 @@ async def test_a_reload_is_swapped_in_whole_and_one_that_fails_half_way_changes_
     assert mid == (("old",), ("old",)) and after == (("new",), ("new",))
     assert first is not None and good is not None and good > first
     assert snapshot.overall == ("new",) and snapshot.ranker.refreshed_at == good  # as the last good reload left it
+
+
+def test_a_healthy_loader_s_weights_never_age_past_the_least_staleness_the_settings_allow() -> None:
+    """Two reloads of up to the background timeout each, the refresh period between them: the settings' floor on
+    ``ranker_stale_s`` must cover it, or a reader whose every reload succeeds falls back to the fixed blend."""
+    worst = 2 * snapshot_module.BACKGROUND_TIMEOUT_S + snapshot_module.RANKER_REFRESH_S
+    assert worst <= RANKER_STALE_MIN_S
