@@ -120,7 +120,7 @@ class LiveModel:
         results = []
         for item in items:
             users = inputs[item]
-            vector = personalizer.fold_in(users.vectors, users.weights) if len(users.weights) else None
+            vector = personalizer.fold_in(users.vectors, users.weights)
             if vector is not None and personalizer.apply_fold_in(item, vector):
                 results.append((item, vector, personalizer.similar(item)))
             else:  # no user has a vector, or the model knows the item: it keeps its vector

@@ -109,10 +109,15 @@ class Personalizer:
         elif available and item.item_id not in self.index:
             self.index.restore(item.item_id)
 
-    def fold_in(self, user_vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    def fold_in(self, user_vectors: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
         """A new item's vector from its users: the user step with roles swapped (models/user_step.py), the
-        users' vectors fixed and c = confidence(summed weights), as in training."""
-        return self.fold.solve_vectors(user_vectors, confidence(np.asarray(weights), self.cfg))
+        users' vectors fixed and c = confidence(summed weights), as in training; None when no user's weight is an
+        observation (a zero sum is none: training drops it, models/als.interaction_matrix)."""
+        weights = np.asarray(weights, dtype=np.float64)
+        observed = weights != 0
+        if not observed.any():
+            return None
+        return self.fold.solve_vectors(np.asarray(user_vectors)[observed], confidence(weights[observed], self.cfg))
 
     def apply_fold_in(self, item_id: str, vector: np.ndarray) -> bool:
         """Idempotent. The item's fold-in vector replaces its content vector (now, or when the item is
@@ -206,17 +211,19 @@ class Personalizer:
     def _vectors_and_candidates(self, users: list[str], histories: list[History]) -> list[Blob]:
         """One exact step per user, all solved together (`ALSStep.solve_batch`: each user's vector is bit-identical
         to its step alone, whoever shares the batch, so a restarted worker reproduces a clean run's vectors)."""
-        rows, weights, ranks, known, liked = [], [], [], [], []  # liked: a disliked item never explains a candidate
+        rows, weights, ranks, lengths, known, liked = [], [], [], [], [], []  # liked: never explains when disliked
         for history in histories:
             entries = [e for e in history_rows(history) if e[0] in self.rows]
             user_rows = [self.rows[item] for item, _ in entries]
-            rows += user_rows
-            weights += [weight for _, weight in entries]
-            ranks += range(len(entries))
+            observed = [(row, weight) for row, (_, weight) in zip(user_rows, entries, strict=True) if weight != 0]
+            rows += [row for row, _ in observed]  # a zero weight (an impression type of weight 0) is no observation:
+            weights += [weight for _, weight in observed]  # training drops it too (models/als.interaction_matrix)
+            ranks += range(len(observed))
+            lengths.append(len(observed))
             known.append(user_rows)
             liked.append([row for row, (_, weight) in zip(user_rows, entries, strict=True) if weight >= 0])
         confidences = history_confidence(np.array(weights), self.cfg, np.array(ranks, dtype=np.intp))
-        indptr = np.r_[0, np.cumsum([len(r) for r in known], dtype=np.intp)]
+        indptr = np.r_[0, np.cumsum(lengths, dtype=np.intp)]
         vectors = self.step.solve_batch(indptr, np.array(rows, dtype=np.intp), confidences)
         return self._store(users, vectors, known, liked)
 

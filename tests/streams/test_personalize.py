@@ -107,3 +107,22 @@ def test_the_user_vector_is_the_exact_step_with_recent_items_weighing_more():
     np.testing.assert_allclose(np.frombuffer(stored, "<f4"), faded, rtol=0, atol=1e-6)
     flat = model.step.solve(rows, 1 + 2.0 * np.array([1.0, 4.0, 1.0]))
     assert not np.allclose(faded, flat, atol=1e-3), "the fading changes the vector"
+
+
+def test_a_zero_weight_is_no_observation_online_as_in_training():
+    """An impression type of weight 0 (FeedbackType allows it) left ``{item: 0.0}`` in the history, which the step
+    read as a positive of confidence 1 while training drops a zero sum (models/als.interaction_matrix): the batch
+    and streaming vectors disagreed, and a user who had only been shown items got a vector and candidates."""
+    cfg = ALSConfig(factors=8, iterations=5, random_state=1, alpha=2.0, recency_decay=0.5)
+    model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5)
+    a, b, shown = (items[k].item_id for k in (3, 5, 7))
+    with_zero = dict(model._vectors_and_candidates(["u"], [{a: 1.0, b: 4.0, shown: 0.0}]))
+    without = dict(model._vectors_and_candidates(["u"], [{a: 1.0, b: 4.0}]))
+    assert with_zero["user:u:vec"] == without["user:u:vec"]
+    assert shown not in {row[0] for row in orjson.loads(with_zero["user:u:cand"])}  # still not recommended back
+    assert model._vectors_and_candidates(["v"], [{shown: 0.0}]) == []
+
+    users = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    assert model.fold_in(users, np.zeros(3)) is None
+    np.testing.assert_array_equal(model.fold_in(users, np.array([5.0, 0.0, 1.0])),
+                                  model.fold_in(users[[0, 2]], np.array([5.0, 1.0])))  # fmt: skip
