@@ -38,8 +38,15 @@ _READS = (3, 4)
 """Versions `from_bytes` reads: a version 3 state is version 4's without the mask (every feature standardized)."""
 # magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha, standardize
 _HEADER = struct.Struct("<4sHIQ5d?")
+_NON_FINITE = "the batch would leave a non-finite state (z, n or the statistics): nothing learned"
 VAR_FLOOR = 1e-12
 """A feature whose running variance is at most this is not scaled (its scale is 1): a constant, or one row."""
+MAX_ABS_INPUT = 1e100
+"""The largest |x| a row may hold. Why: a row's x̃ enters n as g² = ((p − y)·x̃)² and, standardized, M2 as (x − μ)²,
+and a finite row near 1e160 overflows them to inf, after which every weight is NaN. Within ±1e100, x̃ = (x − μ)/s is
+at most 2e106 in magnitude (s > 1e-6: a smaller variance is not scaled), so a row adds at most about 4e212 to n or
+M2, and the state stays finite for ~1e95 rows. Real features (flags, logits, log ages) are nowhere near it; the
+worker refuses served vectors long before (recstream.contracts.ranking.MAX_ABS_FEATURE): this is the model's own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +265,8 @@ class FTRLRanker:
         That is the mean over rows of −ln p(y) for the prediction made just before the row's own
         update (what `score` gave for it then); those predictions are appended to `predictions` when
         given (an online AUC is computed from them). An empty batch changes nothing and returns nan.
-        The batch is validated before anything is learned, so a rejected batch leaves the model as it was.
+        The batch is validated before anything is learned, and the new state is kept only if it is finite, so a
+        rejected batch (ValueError) leaves the model as it was.
         The state after a row depends only on the rows so far, not on how they were cut into batches.
 
         >>> ranker, predicted = FTRLRanker(1), []
@@ -320,6 +328,8 @@ class FTRLRanker:
             mask = state[5] if version == 4 else np.array([0.0] + [1.0] * n_features)
             if mask[0] != 0.0 or not ((mask == 0.0) | (mask == 1.0)).all() or not mask.any():
                 raise ValueError("the standardized mask must be 0 or 1, 0 for the bias, 1 for some feature")
+            if state[3:5, mask == 0.0].any():  # `weights` would scale by them and shift the bias: every score changes
+                raise ValueError("the running mean and Σ squared deviations must be 0 where the mask is 0 (the bias)")
             only = () if mask[1:].all() else tuple(np.flatnonzero(mask[1:]).tolist())
         prior = tuple(state[0].tolist())
         config = FTRLConfig(alpha=alpha, beta=beta, l1=l1, l2=l2, prior=prior, bias_alpha=bias_alpha,
@@ -336,8 +346,8 @@ class FTRLRanker:
         rows = np.asarray(rows, dtype=np.float64)
         if rows.ndim != 2 or rows.shape[1] != self.n_features:
             raise ValueError(f"rows must have shape (n_rows, {self.n_features}), got {rows.shape}")
-        if not np.isfinite(rows).all():
-            raise ValueError("rows must be finite")
+        if not (np.abs(rows) <= MAX_ABS_INPUT).all():  # NaN compares False: refused with inf
+            raise ValueError(f"rows must be finite and within ±{MAX_ABS_INPUT:g} (MAX_ABS_INPUT)")
         x = np.empty((rows.shape[0], self.n_features + 1))
         x[:, 0] = 1.0
         x[:, 1:] = rows
@@ -356,7 +366,8 @@ def update_many(
     the cost. Rankers of one config (a worker's partitions) take their k-th rows in one step: each
     call runs on a (rankers, 1 + n_features) block, and each element sees the same IEEE operations
     as alone (elementwise ufuncs; the dot product stays one ``math.fsum`` per ranker), so every
-    ranker ends in the bytes `update` would give it. All batches are validated before anything is learned.
+    ranker ends in the bytes `update` would give it. All batches are validated before anything is learned, and the
+    steps run on copies of the states, written back only if every one is finite: on a ValueError no ranker changed.
 
     >>> a, b, c = FTRLRanker(1), FTRLRanker(1), FTRLRanker(1)
     >>> losses = update_many([a, b], [[[1.0], [2.0]], [[1.0]]], [[1, 0], [0]])
@@ -377,8 +388,17 @@ def update_many(
     # the longest batch first: the rankers still learning at step t are then a prefix of the block
     order = sorted((k for k in range(len(rankers)) if len(xs[k])), key=lambda k: -len(xs[k]))
     if order:
-        _step_together([rankers[k] for k in order], [xs[k] for k in order], [ys[k] for k in order],
-                       [losses[k] for k in order], [probs[k] for k in order])  # fmt: skip
+        stepped = [rankers[k] for k in order]
+        try:  # an overflow is no warning: it is refused below, and the rankers stay as they were
+            with np.errstate(over="ignore", invalid="ignore"):
+                states = _step_together(stepped, [xs[k] for k in order], [ys[k] for k in order],
+                                        [losses[k] for k in order], [probs[k] for k in order])  # fmt: skip
+        except (OverflowError, ValueError) as exc:  # math.fsum of products that overflowed: inf − inf, or past max
+            raise ValueError(_NON_FINITE) from exc
+        if not all(np.isfinite(state).all() for state in states):
+            raise ValueError(_NON_FINITE)
+        for j, ranker in enumerate(stepped):
+            ranker._z, ranker._n, ranker._mean, ranker._m2 = (state[j].copy() for state in states)
     for k, ranker in enumerate(rankers):
         ranker.n_updates += len(xs[k])
         if predictions is not None:
@@ -389,8 +409,9 @@ def update_many(
 def _step_together(
     rankers: list[FTRLRanker], xs: list[np.ndarray], ys: list[list[float]], losses: list[list[float]],
     probs: list[list[float]],
-) -> None:  # fmt: skip
-    """The FTRL steps of `update_many` for rankers ordered by batch length, longest first (none empty)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """The FTRL steps of `update_many` for rankers ordered by batch length, longest first (none empty): their new
+    z, n, μ and M2, stacked (one row per ranker); the rankers themselves are not changed."""
     cfg = rankers[0].config
     l1 = cfg.l1
     count, width, steps = len(rankers), rankers[0].n_features + 1, len(xs[0])
@@ -481,9 +502,7 @@ def _step_together(
                 add(m2s, tmp, m2s)
         learned[:active] += stop - t
         t = stop
-    for j, ranker in enumerate(rankers):
-        ranker._z, ranker._n = z[j].copy(), n[j].copy()
-        ranker._mean, ranker._m2 = mean[j].copy(), m2[j].copy()
+    return z, n, mean, m2
 
 
 def auc(scores: ArrayLike, labels: ArrayLike) -> float:

@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 import pytest
-from recstream.models.ranker import FTRLConfig, FTRLRanker, auc, logloss, update_many
+from recstream.models.ranker import MAX_ABS_INPUT, FTRLConfig, FTRLRanker, auc, logloss, update_many
 
 
 def state(ranker: FTRLRanker) -> tuple[np.ndarray, np.ndarray]:
@@ -526,6 +526,85 @@ def test_huge_features_saturate_instead_of_overflowing():
     assert math.isfinite(loss)
     p = ranker.score([[1e6], [-1e6]])
     assert 0.0 < p[1] < 1e-12 and 1.0 - 1e-12 < p[0] < 1.0
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        (np.nextafter(MAX_ABS_INPUT, 0.0), True),
+        (MAX_ABS_INPUT, True),
+        (-MAX_ABS_INPUT, True),
+        (np.nextafter(MAX_ABS_INPUT, math.inf), False),
+        (-np.nextafter(MAX_ABS_INPUT, math.inf), False),
+        (1e160, False),  # g² = 1e320 overflowed n to inf, and every later weight was NaN
+    ],
+)
+def test_rows_up_to_the_feature_bound_keep_the_state_finite_and_larger_ones_are_refused(value, valid, standardize):
+    ranker = FTRLRanker(2, FTRLConfig(standardize=standardize))
+    ranker.update([[0.5, 1.0]] * 5, [1, 0, 0, 1, 0])
+    before = ranker.to_bytes()
+    rows, labels = [[value, 1.0], [-value, 1.0]] * 50, [1, 0] * 50  # wrong-way labels: the largest gradients
+    if valid:
+        assert math.isfinite(ranker.update(rows, labels))
+        assert np.isfinite(ranker.weights).all() and np.isfinite(ranker.score([[0.5, 1.0]])).all()
+        assert FTRLRanker.from_bytes(ranker.to_bytes()).to_bytes() == ranker.to_bytes()
+    else:
+        with pytest.raises(ValueError, match="MAX_ABS_INPUT"):
+            ranker.update(rows, labels)
+        assert ranker.to_bytes() == before
+
+
+def _at_the_edge_of_the_float_range() -> FTRLRanker:
+    """A valid (finite) state whose weights are −1e308: a row of ones sums two of them, past the largest double."""
+    state = bytearray(FTRLRanker(1, FTRLConfig(alpha=1.0, l2=0.0)).to_bytes())
+    z = len(state) - 4 * 8  # the header and the prior, then z (2 values) and n (2 values)
+    state[z : z + 16] = np.array([1e308, 1e308], dtype="<f8").tobytes()
+    return FTRLRanker.from_bytes(bytes(state))
+
+
+@pytest.mark.parametrize(
+    ("make", "row", "cause"),
+    [
+        (lambda: FTRLRanker(1, FTRLConfig(alpha=1e-300)), 1e10, None),  # σ = Δ√n/α overflows; σ·w = inf·0: z NaN
+        (_at_the_edge_of_the_float_range, 1.0, OverflowError),  # the logit's math.fsum overflows
+    ],
+    ids=["nan", "overflow"],
+)
+def test_a_batch_that_would_leave_a_non_finite_state_is_refused_and_no_ranker_changes(make, row, cause):
+    """`update_many` steps copies and writes them back only when finite: a NaN state would fail from_bytes, and the
+    worker would restart the partition's ranker from zero."""
+    broken = make()
+    fine = FTRLRanker(1, broken.config)
+    fine.update([[1.0]], [0])
+    before = [fine.to_bytes(), broken.to_bytes()]
+    predicted: list[list[float]] = [[], []]
+    with pytest.raises(ValueError, match="non-finite state") as refused:
+        update_many([fine, broken], [[[1.0]], [[row]] * 3], [[1], [1, 0, 1]], predicted)
+    assert (None if refused.value.__cause__ is None else type(refused.value.__cause__)) is cause
+    assert [fine.to_bytes(), broken.to_bytes()] == before and (fine.n_updates, broken.n_updates) == (1, 0)
+    assert predicted == [[], []]
+    update_many([fine], [[[1.0]]], [[1]])
+    assert np.isfinite(fine.weights).all() and fine.n_updates == 2, "alone, the other batch is learned"
+
+
+@pytest.mark.parametrize(
+    ("vector", "coordinate"),
+    [(3, 0), (4, 0), (3, 1), (4, 1)],
+    ids=["bias-mean", "bias-m2", "raw-mean", "raw-m2"],
+)
+def test_a_state_with_statistics_where_nothing_is_standardized_is_refused(vector, coordinate):
+    """Feature 0 is left raw: a mean or M2 on it (or on the bias) would scale and shift every score."""
+    ranker = FTRLRanker(2, FTRLConfig(alpha=0.5, standardize=True, standardize_only=(1,)))
+    ranker.update([[3.0, 1.0], [1.0, -2.0], [5.0, 0.5]], [1, 0, 0])
+    state = np.frombuffer(ranker.to_bytes(), dtype="<f8", offset=len(ranker.to_bytes()) - 6 * 3 * 8).reshape(6, 3)
+    assert FTRLRanker.from_bytes(ranker.to_bytes()).to_bytes() == ranker.to_bytes()
+    assert state[vector, 2] != 0.0, "feature 1, standardized, holds statistics"
+    tampered = state.copy()
+    tampered[vector, coordinate] = 2.0
+    header = ranker.to_bytes()[: -tampered.nbytes]
+    with pytest.raises(ValueError, match="where the mask is 0"):
+        FTRLRanker.from_bytes(header + tampered.tobytes())
 
 
 def test_auc_of_perfect_reversed_tied_and_one_class_rankings():
