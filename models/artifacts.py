@@ -10,11 +10,14 @@
                     config.json           ALSConfig
                     metrics.json          training report and evaluation figures
 
-Version ids are `YYYYMMDDTHHMMSSZ-<6 hex>` (UTC creation time, random suffix), so they sort
-by time as strings. A version is written into a hidden temp directory beside it, fsynced,
+Version ids are `YYYYMMDDTHHMMSSZ.ffffff-<6 hex>` (UTC creation time to the microsecond, random
+suffix), so they sort by time as strings, also two written within one second. The fraction follows
+the `Z` so that the ids written before it had one, `YYYYMMDDTHHMMSSZ-<6 hex>`, stay valid and sort
+before any later one (`-` sorts before `.`), and the first 16 characters are still the second
+(what the reader's `version_created_at` parses). A version is written into a hidden temp directory beside it, fsynced,
 then renamed into place: rename is atomic on POSIX, so a reader sees a whole version or
 none. The manifest's checksums turn a damaged file into an error naming it instead of a
-crash inside numpy or hnswlib.
+crash inside numpy or hnswlib; it must list exactly FILES, so none loads unchecked.
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 from recstream.models.als import ALSConfig
-from recstream.models.ann import ItemIndex
+from recstream.models.ann import IDS_FILE, INDEX_FILE, ItemIndex
 from recstream.models.content_map import ContentMap
 
 FORMAT = 1
-VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z(\.\d{6})?-[0-9a-f]{6}$")  # without the fraction: ids of before
 MANIFEST = "manifest.json"
+FILES = frozenset({"item_factors.npy", "item_ids.json", "user_gram.npy", "content_map.npz", f"index/{INDEX_FILE}",
+                   f"index/{IDS_FILE}", "config.json", "metrics.json"})  # fmt: skip
+"""The files of a version besides the manifest, each listed in it with its sha256."""
 T = TypeVar("T")
 
 
@@ -59,12 +65,12 @@ class ModelArtifacts:
 
 
 def version_id(created_at: datetime) -> str:
-    """`YYYYMMDDTHHMMSSZ-<6 hex>` from a timezone-aware time.
+    """`YYYYMMDDTHHMMSSZ.ffffff-<6 hex>` from a timezone-aware time.
 
-    >>> version_id(datetime(2026, 11, 23, 14, 25, 1, tzinfo=UTC))[:17]
-    '20261123T142501Z-'
+    >>> version_id(datetime(2026, 11, 23, 14, 25, 1, 2500, tzinfo=UTC))[:24]
+    '20261123T142501Z.002500-'
     """
-    return f"{created_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return f"{created_at.astimezone(UTC):%Y%m%dT%H%M%SZ.%f}-{secrets.token_hex(3)}"
 
 
 def write_model(root: str | Path, model: ModelArtifacts) -> str:
@@ -83,12 +89,11 @@ def write_model(root: str | Path, model: ModelArtifacts) -> str:
         model.index.save(tmp / "index")
         (tmp / "config.json").write_text(model.config.model_dump_json(indent=2))
         (tmp / "metrics.json").write_text(json.dumps(model.metrics, indent=2, sort_keys=True))
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
             "version": version,
             "created_at": model.created_at.astimezone(UTC).isoformat(),
-            "files": {name: _sha256(tmp / name) for name in files},
+            "files": {name: _sha256(tmp / name) for name in sorted(FILES)},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync_tree(tmp)
@@ -122,10 +127,8 @@ def read_model(root: str | Path, version: str | None = None) -> ModelArtifacts:
     directory = root / version
     if not VERSION_PATTERN.match(version) or not directory.is_dir():
         raise ArtifactError(f"{directory}: no such model version")
-    manifest = _parse(directory / MANIFEST, lambda p: json.loads(p.read_text()))
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{directory / MANIFEST}: format {manifest.get('format')!r}, expected {FORMAT}")
-    for name, digest in manifest["files"].items():
+    files, created_at = _manifest(directory / MANIFEST)
+    for name, digest in sorted(files.items()):
         path = directory / name
         if not path.is_file():
             raise ArtifactError(f"{path}: missing")
@@ -139,14 +142,39 @@ def read_model(root: str | Path, version: str | None = None) -> ModelArtifacts:
         index=_parse(directory / "index" / "index.bin", lambda p: ItemIndex.load(p.parent)),
         config=_parse(directory / "config.json", lambda p: ALSConfig.model_validate_json(p.read_text())),
         metrics=_parse(directory / "metrics.json", lambda p: json.loads(p.read_text())),
-        created_at=datetime.fromisoformat(manifest["created_at"]),
+        created_at=created_at,
     )
     _check_consistent(model, where=directory)
     return model
 
 
+def _manifest(path: Path) -> tuple[dict[str, str], datetime]:
+    """The manifest's checksums and creation time; ArtifactError unless it has the format, lists exactly FILES
+    (listing fewer would let the others load unchecked) and holds a timezone-aware ISO creation time."""
+    manifest = _parse(path, lambda p: json.loads(p.read_text()))
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
+    files, created_at = manifest.get("files"), manifest.get("created_at")
+    if not isinstance(files, dict) or set(files) != FILES or not all(isinstance(d, str) for d in files.values()):
+        listed = sorted(files) if isinstance(files, dict) else files
+        raise ArtifactError(f"{path}: 'files' must map each of {sorted(FILES)} to its sha256, got {listed!r}")
+    try:
+        created = datetime.fromisoformat(created_at) if isinstance(created_at, str) else None
+    except ValueError:
+        created = None
+    if created is None or created.tzinfo is None:
+        raise ArtifactError(f"{path}: 'created_at' must be an ISO time with its offset, got {created_at!r}")
+    return files, created
+
+
 def _check_consistent(model: ModelArtifacts, where: Path) -> None:
     n, k = len(model.item_ids), model.config.factors
+    live = len(model.index)
+    unknown = live - sum(item_id in model.index for item_id in model.item_ids)  # the index's ids are distinct
+    content = model.content_map
+    content_arrays = (content.feature_mean, content.feature_scale, content.weights, content.intercept, content.default)
     checks = [
         (
             "item_factors.npy",
@@ -161,8 +189,10 @@ def _check_consistent(model: ModelArtifacts, where: Path) -> None:
         ),
         ("content_map.npz", model.content_map.dim == k, f"dim {model.content_map.dim}, expected {k}"),
         ("index/index.bin", model.index.dim == k, f"dim {model.index.dim}, expected {k}"),
+        (f"index/{IDS_FILE}", unknown == 0, f"{unknown} of its {live} live ids are not in item_ids.json"),
         ("item_factors.npy", bool(np.isfinite(model.item_factors).all()), "holds NaN or infinity"),
         ("user_gram.npy", bool(np.isfinite(model.user_gram).all()), "holds NaN or infinity"),
+        ("content_map.npz", all(np.isfinite(a).all() for a in content_arrays), "holds NaN or infinity"),
     ]
     for name, ok, problem in checks:
         if not ok:

@@ -107,10 +107,11 @@ def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[
 
 
 def version_created_at(version: str) -> float | None:
-    """Epoch seconds of a model version id ``YYYYMMDDTHHMMSSZ-xxxxxx`` (models.artifacts.version_id), None if not one.
+    """Epoch seconds (to the second) of a model version id ``YYYYMMDDTHHMMSSZ.ffffff-xxxxxx``
+    (models.artifacts.version_id; ids written before 2026-12-05 lack the ``.ffffff``), None if not one.
 
-    >>> version_created_at("20261123T142501Z-0a1b2c")
-    1795443901.0
+    >>> version_created_at("20261123T142501Z.123456-0a1b2c"), version_created_at("20261123T142501Z-0a1b2c")
+    (1795443901.0, 1795443901.0)
     >>> version_created_at("latest") is None
     True
     """

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -7,6 +10,8 @@ import pytest
 from recstream.models.als import ALSConfig
 from recstream.models.ann import ItemIndex
 from recstream.models.artifacts import (
+    FILES,
+    MANIFEST,
     ArtifactError,
     ModelArtifacts,
     latest_version,
@@ -56,7 +61,7 @@ def test_versions_sort_by_creation_time(tmp_path):
     start = datetime(2026, 11, 23, 14, 25, 1, tzinfo=UTC)
     written = [write_model(tmp_path, _model(start + timedelta(seconds=s))) for s in (3600, 0, 60)]
     assert list_versions(tmp_path) == [written[1], written[2], written[0]]
-    assert latest_version(tmp_path) == written[0] and written[0].startswith("20261123T152501Z-")
+    assert latest_version(tmp_path) == written[0] and written[0].startswith("20261123T152501Z.000000-")
     assert read_model(tmp_path).created_at == start + timedelta(seconds=3600)  # default: the latest
 
 
@@ -114,5 +119,106 @@ def test_inconsistent_model_is_refused_before_writing(tmp_path):
     model = _model()
     bad = ModelArtifacts(**{**model.__dict__, "item_factors": model.item_factors[:, :2]})
     with pytest.raises(ArtifactError, match=r"item_factors\.npy: shape"):
+        write_model(tmp_path, bad)
+    assert list_versions(tmp_path) == []
+
+
+def test_two_versions_of_one_second_sort_by_time(tmp_path):
+    """Ids had one-second resolution: within a second the random suffix decided which one was the latest."""
+    start = datetime(2026, 11, 23, 14, 25, 1, tzinfo=UTC)
+    for pair in range(16):  # a random suffix orders a pair right half the time: 16 pairs, in both write orders
+        older = start + timedelta(minutes=pair)
+        newer = older + timedelta(microseconds=1)
+        for created in (older, newer) if pair % 2 else (newer, older):
+            write_model(tmp_path, _model(created))
+        assert read_model(tmp_path).created_at == newer  # the latest version
+
+
+def test_an_id_of_the_old_format_stays_readable_and_sorts_before_a_later_one(tmp_path):
+    """Ids written before the fraction (`YYYYMMDDTHHMMSSZ-<6 hex>`) are still versions, older than any written later,
+    even within their second."""
+    created = datetime(2026, 11, 23, 14, 25, 1, tzinfo=UTC)
+    old = "20261123T142501Z-abcdef"
+    (tmp_path / write_model(tmp_path, _model(created))).rename(tmp_path / old)
+    new = write_model(tmp_path, _model(created + timedelta(microseconds=999_999)))
+    assert new.startswith("20261123T142501Z.999999-")
+    assert list_versions(tmp_path) == [old, new] and latest_version(tmp_path) == new
+    assert read_model(tmp_path, old).created_at == created
+
+
+def test_a_version_holds_exactly_the_files_its_manifest_lists(tmp_path):
+    version = write_model(tmp_path, _model())
+    on_disk = {p.relative_to(tmp_path / version).as_posix() for p in (tmp_path / version).rglob("*") if p.is_file()}
+    assert on_disk == FILES | {MANIFEST}
+    assert set(json.loads((tmp_path / version / MANIFEST).read_text())["files"]) == FILES
+
+
+def _without(manifest: dict, key: str) -> dict:
+    return {k: v for k, v in manifest.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: {**m, "files": {}},  # every file would load unchecked
+        lambda m: {**m, "files": _without(m["files"], "item_factors.npy")},
+        lambda m: {**m, "files": {**m["files"], "extra.bin": "0" * 64}},
+        lambda m: {**m, "files": {**m["files"], "item_ids.json": None}},
+        lambda m: {**m, "files": list(m["files"])},
+        lambda m: _without(m, "files"),
+        lambda m: _without(m, "created_at"),
+        lambda m: {**m, "created_at": 1795443901},
+        lambda m: {**m, "created_at": "yesterday"},
+        lambda m: {**m, "created_at": "2026-11-23T14:25:01"},  # no offset
+        lambda m: [m],
+    ],
+    ids=["no-files", "one-missing", "one-extra", "no-digest", "files-list", "no-files-key", "no-created-at",
+         "created-at-number", "created-at-text", "created-at-naive", "not-an-object"],
+)  # fmt: skip
+def test_a_manifest_that_does_not_list_exactly_the_models_files_or_lacks_its_time_is_named(tmp_path, edit):
+    version = write_model(tmp_path, _model())
+    path = tmp_path / version / MANIFEST
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: "):
+        read_model(tmp_path, version)
+
+
+@pytest.mark.parametrize(("extra", "refused"), [([], False), (["movie-x"], True)])
+def test_an_index_over_ids_not_in_item_ids_is_refused_before_writing(tmp_path, extra, refused):
+    model = _model()
+    ids = [*model.item_ids, *extra]
+    index = ItemIndex(K, capacity=len(ids))
+    index.add(ids, np.vstack([model.item_factors, model.item_factors[: len(extra)]]))
+    if refused:
+        with pytest.raises(ArtifactError, match=r"index/index\.json: 1 of its 31 live ids are not in item_ids\.json"):
+            write_model(tmp_path, dataclasses.replace(model, index=index))
+        assert list_versions(tmp_path) == []
+    else:
+        assert read_model(tmp_path, write_model(tmp_path, dataclasses.replace(model, index=index))).index.dim == K
+
+
+def test_an_index_over_other_ids_is_refused_on_reading(tmp_path):
+    """The reader runs the same check: an index.json rewritten with its checksum is refused, not served."""
+    version = write_model(tmp_path, _model())
+    directory = tmp_path / version
+    ids_file = directory / "index" / "index.json"
+    meta = json.loads(ids_file.read_text())
+    ids_file.write_text(json.dumps({**meta, "ids": [f"other-{i}" for i in range(len(meta["ids"]))]}))
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"]["index/index.json"] = hashlib.sha256(ids_file.read_bytes()).hexdigest()
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"index/index\.json: 29 of its 29 live ids"):
+        read_model(tmp_path, version)
+
+
+@pytest.mark.parametrize("name", ["weights", "intercept", "default", "feature_mean", "feature_scale"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_a_content_map_holding_nan_or_infinity_is_refused_before_writing(tmp_path, name, value):
+    """A NaN content map gave every new item a NaN vector."""
+    model = _model()
+    array = getattr(model.content_map, name).copy()
+    array.flat[0] = value
+    bad = dataclasses.replace(model, content_map=dataclasses.replace(model.content_map, **{name: array}))
+    with pytest.raises(ArtifactError, match=r"content_map\.npz: holds NaN or infinity"):
         write_model(tmp_path, bad)
     assert list_versions(tmp_path) == []
