@@ -230,7 +230,9 @@ def _top_k(scores: np.ndarray, k: int, exclude: npt.ArrayLike | None) -> np.ndar
     """
     negated = -np.asarray(scores, dtype=np.float64)
     if exclude is not None:
-        negated[np.asarray(exclude)] = np.inf
+        excluded = np.asarray(exclude)
+        # an empty list is a float64 array, which numpy refuses as an index: indices are read as np.intp
+        negated[excluded if excluded.dtype == bool else excluded.astype(np.intp)] = np.inf
     k = min(k, int(np.count_nonzero(negated < np.inf)))
     if k <= 0:
         return np.empty(0, dtype=np.int64)

@@ -93,14 +93,11 @@ class ALSStep:
 
     def update(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Overwrite existing rows (e.g. a new item re-folded-in from its first users). Gram unchanged."""
-        rows = np.asarray(rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= self._size):
-            raise IndexError(f"rows outside [0, {self._size})")
-        self._buffer[rows] = vectors
+        self._buffer[self._checked_rows(rows)] = vectors
 
     def solve(self, rows: np.ndarray, confidences: np.ndarray) -> np.ndarray:
         """x for a history given as row indices into `factors` and their confidences."""
-        return self.solve_vectors(self.factors[np.asarray(rows, dtype=np.intp)], confidences)
+        return self.solve_vectors(self.factors[self._checked_rows(rows)], confidences)
 
     def solve_vectors(self, vectors: np.ndarray, confidences: np.ndarray) -> np.ndarray:
         """x for a history given as the fixed-side vectors themselves (pseudo-items allowed): :meth:`solve_batch`'s
@@ -121,12 +118,10 @@ class ALSStep:
         history gets the zero vector, as in `solve`.
         """
         indptr = np.asarray(indptr, dtype=np.intp)
-        rows = np.asarray(rows, dtype=np.intp)
+        rows = self._checked_rows(rows)
         c = _checked_confidences(confidences, len(rows))
         if indptr.ndim != 1 or indptr[0] != 0 or indptr[-1] != len(rows) or np.any(np.diff(indptr) < 0):
             raise ValueError("indptr must rise from 0 to len(rows)")
-        if rows.size and (rows.min() < 0 or rows.max() >= self._size):
-            raise IndexError(f"rows outside [0, {self._size})")
         lengths = np.diff(indptr)
         out = np.zeros((len(lengths), self.dim), dtype=np.float32)
         factors = self.factors
@@ -135,6 +130,13 @@ class ALSStep:
             slots = indptr[users, None] + np.arange(length)
             out[users] = self._solve_stacked(np.take(factors, rows[slots], axis=0).astype(np.float64), c[slots])
         return out
+
+    def _checked_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows as np.intp, IndexError unless each is in [0, len(self)): numpy would wrap a negative one silently."""
+        rows = np.asarray(rows, dtype=np.intp)
+        if rows.size and (rows.min() < 0 or rows.max() >= self._size):
+            raise IndexError(f"rows outside [0, {self._size})")
+        return rows
 
     def _solve_stacked(self, v: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Solve B stacked (L, k) histories of one length L, through whichever system is smaller.
@@ -167,6 +169,6 @@ def _checked_confidences(confidences: np.ndarray, n: int) -> np.ndarray:
     c = np.asarray(confidences, dtype=np.float64)
     if c.shape != (n,):
         raise ValueError(f"expected {n} confidences, got shape {c.shape}")
-    if np.any(np.abs(c) < 1.0):
-        raise ValueError("confidences must be >= 1 or <= -1 (c = ±(1 + α·|r|))")
+    if not (np.isfinite(c) & (np.abs(c) >= 1.0)).all():
+        raise ValueError("confidences must be finite and >= 1 or <= -1 (c = ±(1 + α·|r|))")
     return c

@@ -86,6 +86,16 @@ def test_thompson_never_returns_excluded_or_repeated_items():
     assert not set(by_index.tolist()) & {0, 1, 2} and len(by_index) == 3
 
 
+@pytest.mark.parametrize("policy", ["thompson", "epsilon_greedy"])
+def test_an_empty_exclude_list_excludes_nothing(policy):
+    """np.asarray([]) is float64, which numpy refuses as an index: the reader excluding nothing must not crash."""
+    alpha, beta = _pool()
+    expected = choose_explore(policy, alpha, beta, 3, np.random.default_rng(3), epsilon=0.5)
+    for nothing in ([], (), np.array([], dtype=np.int64)):
+        chosen = choose_explore(policy, alpha, beta, 3, np.random.default_rng(3), exclude=nothing, epsilon=0.5)
+        assert chosen.tolist() == expected.tolist()
+
+
 def test_epsilon_zero_is_greedy_by_posterior_mean_with_ties_to_the_lower_index():
     alpha, beta = _pool()
     alpha, beta = np.append(alpha, alpha[2]), np.append(beta, beta[2])  # a second no-data item

@@ -146,7 +146,14 @@ def test_the_read_key_holds_the_last_epoch_and_stays_below_2_53():
     in_key = (current == read_epoch) | (previous == read_epoch)
     assert np.all(in_key[ts > now - length])
     assert np.all(ts[in_key] >= read_epoch)
-    # the largest possible increment at full budget: 2^21 decayed events, 2R half-lives after the epoch
-    per_event = trend_increment(read_epoch + 2 * length, read_epoch, h)
+    # the largest possible increment: an event 2R half-lives after the epoch, where the key stops taking events
+    per_event = int(trend_increment(read_epoch + 2 * length, read_epoch, h))
     assert per_event == 2 ** (TREND_FRACTION_BITS + 2 * r)
-    assert float(per_event) * 2**21 <= 2**53
+    # ZINCRBY adds to a double: the key stays exact while it holds fewer than 2^21 such events (a multiple of 2^32,
+    # exact in a double, as each partial sum was), so even the odd increment of an event at the epoch's start is
+    # kept to the unit; from 2^21 on the double's unit is 2 and it is rounded away
+    odd = int(trend_increment(read_epoch + 1, read_epoch, h))
+    assert odd % 2 == 1
+    for events, exact in [(2**21 - 1, True), (2**21, False), (2**21 + 1, False)]:
+        held = float(events * per_event)
+        assert (int(held + odd) == events * per_event + odd) is exact

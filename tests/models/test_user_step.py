@@ -138,6 +138,32 @@ def test_a_confidence_between_minus_one_and_one_is_rejected(c, valid):
             step.solve(np.array([0]), np.array([c]))
 
 
+@pytest.mark.parametrize("c", [np.nan, np.inf, -np.inf])
+def test_a_confidence_that_is_not_finite_is_rejected(c):
+    """NaN fails every comparison, so the range check alone let it through and returned a NaN vector."""
+    step = ALSStep(np.ones((3, K), dtype=np.float32), LAMBDA)
+    for solve in (
+        lambda: step.solve(np.array([0, 1]), np.array([2.0, c])),
+        lambda: step.solve_vectors(np.ones((2, K)), np.array([2.0, c])),
+        lambda: step.solve_batch(np.array([0, 1, 2]), np.array([0, 1]), np.array([2.0, c])),
+    ):
+        with pytest.raises(ValueError, match="finite"):
+            solve()
+
+
+@pytest.mark.parametrize(("row", "valid"), [(-1, False), (0, True), (2, True), (3, False)])
+def test_solve_and_solve_batch_refuse_the_same_rows(row, valid):
+    """A negative row used to wrap around to the last rows in `solve` while `solve_batch` refused it."""
+    step = ALSStep(np.arange(3 * K, dtype=np.float32).reshape(3, K), LAMBDA)
+    rows, conf = np.array([row]), np.array([3.0])
+    if valid:
+        np.testing.assert_array_equal(step.solve(rows, conf), step.solve_batch(np.array([0, 1]), rows, conf)[0])
+    else:
+        for solve in (lambda: step.solve(rows, conf), lambda: step.solve_batch(np.array([0, 1]), rows, conf)):
+            with pytest.raises(IndexError, match=r"rows outside \[0, 3\)"):
+                solve()
+
+
 def test_a_negative_observation_pulls_the_score_toward_zero_harder_than_an_unseen_item():
     """c = −1 is an unseen item (p 0, confidence 1): the same vector; a surer dislike shrinks the item's score more."""
     factors, _, _, _ = _problem(seed=5)
