@@ -86,8 +86,9 @@ class RankerState:
 
 
 def average_weights(states: Iterable[bytes | None]) -> tuple[np.ndarray | None, int, int]:
-    """(mean weight vector, Σ n_updates, partitions averaged) over the partitions whose state is a ranker of
-    this feature set; a malformed state or one of another feature set is left out (and logged).
+    """(mean weight vector, Σ n_updates, partitions averaged) over the partitions whose state is a ranker of as many
+    features; a malformed state or one of another count is left out (and logged). States of another feature set are
+    never read: their key names the feature set's version (contracts/keys.py ``Keys.ranker``).
 
     >>> one, two = FTRLRanker(len(FEATURES)), FTRLRanker(len(FEATURES))
     >>> _ = one.update([[1.0] + [0.0] * (len(FEATURES) - 1)], [1])

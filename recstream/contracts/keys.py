@@ -41,8 +41,10 @@ key                          type    holds
 ``user:<u>:sessions``        zset    the user's scroll sessions by last use (at most ``sessions_per_user``)
 ``sessions:anonymous``       zset    session keys of ids nothing is stored for, by last use (capped)
 ``model:current``            string  the model version the workers serve
-``ranker:<topic>:<p>``       string  the online ranker's FTRL state learned from partition ``p`` (models.ranker
-                                     bytes), written with that partition's watermark; the reader averages them
+``ranker:<v>:<topic>:<p>``   string  the online ranker's FTRL state learned from partition ``p`` (models.ranker
+                                     bytes), written with that partition's watermark; the reader averages them.
+                                     ``v`` is contracts.ranking.FEATURE_VERSION: a changed feature set
+                                     starts new states, never learns on or averages weights of other features
 ===========================  ======  ==========================================================
 """
 
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from recstream.contracts.events import partition_for
+from recstream.contracts.ranking import FEATURE_VERSION
 
 if TYPE_CHECKING:
     from recstream.contracts.settings import Settings
@@ -141,4 +144,4 @@ class Keys:
         return self(f"trend:{what}:{epoch_ms}")
 
     def ranker(self, topic: str, partition: int) -> str:
-        return f"{self.slot(partition)}:ranker:{topic}:{partition}"
+        return f"{self.slot(partition)}:ranker:{FEATURE_VERSION}:{topic}:{partition}"

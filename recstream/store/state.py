@@ -22,7 +22,7 @@ The effectively-once argument
 * Every stored value is a function of integer sums, maxima and per-user sequences, so the
   final state does not depend on where batches were cut (see recstream/store/aggregate.py and
   models/ctr.py for the rankings). The online ranker's state is kept per events partition
-  (``ranker:<topic>:<p>``), read with the batch's users and written by the same script as that
+  (``ranker:<feature version>:<topic>:<p>``), read with the batch's users and written by the same script as that
   partition's watermark: a function of the partition's rows in offset order
   (streams/ranker_training.py), so each row is learned exactly once.
 
