@@ -28,6 +28,7 @@ import logging
 import math
 import operator
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -104,7 +105,8 @@ class Categories:
         self._entries: dict[str, tuple[tuple[str, ...], float, int | None]] = {}
         self._features: dict[str, Mapping[str, float]] = {}
         """Only items that have features: most catalogues give few items any."""
-        self.known: set[str] = set()
+        self.known: Counter[str] = Counter()
+        """category → how many cached items carry it (a category no cached item carries is not in it)."""
         self.wanted: set[str] = set()
 
     def get(self, item: str, now: float) -> tuple[str, ...] | None:
@@ -158,18 +160,25 @@ class Categories:
         created: int | None = None,
         features: Mapping[str, float] | None = None,
     ) -> None:
-        self._entries.pop(item, None)  # re-insert at the end: the dict's order is the eviction order
+        self._forget(item)  # re-insert at the end: the dict's order is the eviction order
         self._entries[item] = (categories, now, created)
         if features:
             self._features[item] = features
-        else:
-            self._features.pop(item, None)
         self.known.update(categories)
         self.wanted.discard(item)
         if len(self._entries) > CATEGORY_CACHE_MAX:
-            oldest = next(iter(self._entries))
-            del self._entries[oldest]
-            self._features.pop(oldest, None)
+            self._forget(next(iter(self._entries)))
+
+    def _forget(self, item: str) -> None:
+        """Drop the item's entry, and its categories from ``known`` where it was their last carrier (``known`` grew
+        with every tag an item ever had, past the cache's bound, and named categories no cached item carried)."""
+        entry = self._entries.pop(item, None)
+        self._features.pop(item, None)
+        if entry is not None:
+            self.known.subtract(entry[0])
+            for category in entry[0]:
+                if self.known[category] <= 0:
+                    del self.known[category]
 
 
 @dataclass(frozen=True)

@@ -283,3 +283,16 @@ def test_a_healthy_loader_s_weights_never_age_past_the_least_staleness_the_setti
     ``ranker_stale_s`` must cover it, or a reader whose every reload succeeds falls back to the fixed blend."""
     worst = 2 * snapshot_module.BACKGROUND_TIMEOUT_S + snapshot_module.RANKER_REFRESH_S
     assert worst <= RANKER_STALE_MIN_S
+
+
+def test_the_categories_known_are_those_cached_items_carry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``known`` kept every tag an item ever carried, evicted or replaced: it grew past the cache's bound under
+    catalogue churn, and ``names()`` said a category some cached item carries when none did."""
+    monkeypatch.setattr(snapshot_module, "CATEGORY_CACHE_MAX", 3)
+    categories = Categories()
+    for k in range(10):
+        categories.put(f"i{k}", (f"tag{k}", "shared"), now=0.0)
+    assert dict(categories.known) == {"tag7": 1, "tag8": 1, "tag9": 1, "shared": 3}
+    assert not categories.names("tag0") and categories.names("tag9")
+    categories.put("i9", ("comedy",), now=1.0)  # moved: its old tag goes with it
+    assert not categories.names("tag9") and categories.names("comedy") and categories.known["shared"] == 2
