@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from recstream.models.ranker import FTRLRanker
-from recstream.serving.features import AGES_MAX, PageFeatures, _ages
+from recstream.serving.features import _ROUNDED, AGES_MAX, ROUNDED_MAX, PageFeatures, _ages
 from recstream.serving.feed import build_page
 from recstream.serving.ranking import RankerState
 from recstream.serving.snapshot import Pool, Popular, Snapshot
@@ -149,3 +149,19 @@ def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same
     ages.update({-k: 0.5 for k in range(1, filled + 1)})  # creation times no item has
     assert np.array_equal(features.rows(items), expected)
     assert len(ages) == (5 if filled > AGES_MAX else filled + 5)
+
+
+@pytest.mark.parametrize("filled", [ROUNDED_MAX - 1, ROUNDED_MAX, ROUNDED_MAX + 1])
+def test_the_affinity_rounding_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
+    """A page's ``category_affinity`` roundings are memoized by sum (serving/features._ROUNDED), at most ROUNDED_MAX."""
+    snap, user = snapshot(), users()["warm"]
+    taste = {"news": 3.0, "sport": 1.0, "film": 2.0}
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], taste, (), NOW, 3600.0)
+    items = [f"i{k}" for k in range(20)]
+    _ROUNDED.clear()
+    expected = features.rows(items)
+    sums = len(_ROUNDED)
+    _ROUNDED.clear()
+    _ROUNDED.update({-float(k): 0.5 for k in range(1, filled + 1)})  # sums no page has: they are ≥ 0
+    assert np.array_equal(features.rows(items), expected) and sums > 0
+    assert len(_ROUNDED) == (sums if filled > ROUNDED_MAX else filled + sums)
