@@ -23,7 +23,8 @@ source, with the same 2-slot exploration budget (1 recency + 1 Thompson, the def
 named set of reader settings (``POLICIES``), so a new blend (e.g. a ranked one) is one more entry.
 ``popular_only``'s slots are the popular source as the reader serves it, its head reordered by the
 user's candidate list (serving/blend.personal_first); a fresh slot with no new item of the user's
-categories overflows to personal first (serving/blend.OVERFLOW), so the table shows what each row served.
+categories overflows to the sources with a share first, then to the others (serving/blend.OVERFLOW order; before
+2026-12-05 personal came first whatever its share), so the table shows what each row served.
 Every row but ``ranked`` (the default shares, exploitation slots ordered by the online ranker) runs with
 the ranker switched off. bench/blends.py runs and records the blend rows in both worlds; here they run
 only with ``--no-record``.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -121,6 +121,7 @@ def interleave(
     ranked: Mapping[Source, Iterable[Candidate]],
     counts: Mapping[Source, int],
     exclude: Container[str] = frozenset(),
+    overflow: Sequence[Source] = OVERFLOW,
 ) -> list[Served]:
     """Fill sum(counts) positions from ranked per-source lists, deterministically by position.
 
@@ -128,7 +129,7 @@ def interleave(
     quota_s·p/n − taken_s (compared ×n in integers, so ties are exact; ties go in SOURCES order):
     a page of 12/4/2/2 spreads popular, fresh and explore evenly instead of bunching them at the end.
     Each source serves its best item that is neither excluded nor already on the page. A source
-    that runs dry hands its remaining slots to the first OVERFLOW source with items left; the page
+    that runs dry hands its remaining slots to the first ``overflow`` source with items left; the page
     is short only when no such source exists. Lists are consumed lazily: a long list costs only
     what is taken from it.
 
@@ -167,7 +168,7 @@ def interleave(
         if candidate is None:  # dry: its remaining slots move to an overflow source with items left
             spare = quota[source] - taken[source]
             quota[source] = taken[source]
-            heir = next((s for s in OVERFLOW if s != source and head(s) is not None), None)
+            heir = next((s for s in overflow if s != source and head(s) is not None), None)
             if heir is not None:
                 quota[heir] += spare
             continue

@@ -19,7 +19,9 @@ unavailable, not interested) before anything is scored; scores every candidate's
 (serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
 best first. Each ranked item is served as the generator its top feature speaks for (when that
 generator proposed it) with that generator's reason, else with words for the feature. The explore
-slots stay capped Thompson sampling. A generator whose share is 0 proposes nothing in either mode.
+slots stay capped Thompson sampling. A source whose share is 0 has no slots of its own in either mode; it only
+inherits, after the sources with a share, keeping the page full: in the fixed blend the slots of a source that ran
+dry (serving/blend.OVERFLOW order), in the ranked union the candidates the others cannot propose.
 Otherwise the page is the **fixed** blend: slot counts from the shares, then the interleave. Either
 way every item carries the vector it was served with, which the scroll session keeps for attribution.
 
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from recstream.models.bandit import choose_explore, explore_gate, per_row, thompson_picks
-from recstream.serving.blend import Candidate, Served, Source, interleave, personal_first, slot_counts
+from recstream.serving.blend import OVERFLOW, Candidate, Served, Source, interleave, personal_first, slot_counts
 from recstream.serving.features import PageFeatures
 from recstream.serving.filters import NO_FILTER, FeedFilter
 from recstream.serving.ranking import (
@@ -164,42 +166,22 @@ def build_page(
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
     features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
-    if mode != "ranked":
-        items = _fixed(user, snapshot, lists, favourites, explored, counts, exclude, settings, now)
-        if not snapshot.loaded:  # nothing to compute the features from yet
-            return Page(items, user.warm, mode)
-        return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     generators: dict[Source, Iterable[Candidate]] = {
         "personal": personal(user),
         "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
         "fresh": fresh(snapshot.pool, favourites, user.preferred),
     }
-    on = {source: candidates for source, candidates in generators.items() if shares[source] > 0}
+    on = {source for source in generators if shares[source] > 0}
+    if mode != "ranked":
+        overflow = sorted(OVERFLOW, key=lambda source: source not in on)  # the sources with a share inherit first
+        items = interleave({**generators, "explore": explored}, counts, exclude.fast, overflow)
+        if not snapshot.loaded:  # nothing to compute the features from yet
+            return Page(items, user.warm, mode)
+        return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     weights = snapshot.ranker.weights
     gate = None if blend.explore_gate == "off" or theta is None else (blend.explore_gate, theta)
-    items, vectors = _ranked(on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
+    items, vectors = _ranked(generators, on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
-
-
-def _fixed(
-    user: UserState,
-    snapshot: Snapshot,
-    lists: Popular | None,
-    favourites: tuple[str, ...],
-    explored: list[Candidate],
-    counts: dict[Source, int],
-    exclude: Exclusions,
-    settings: Settings,
-    now: float,
-) -> list[Served]:
-    """The fixed-quota blend: each source fills its slot count, interleaved by position."""
-    ranked: dict[Source, Iterable[Candidate]] = {
-        "personal": personal(user),
-        "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
-        "fresh": fresh(snapshot.pool, favourites, user.preferred),
-        "explore": explored,
-    }
-    return interleave(ranked, counts, exclude.fast)
 
 
 def popular_head_personal_first(
@@ -214,6 +196,7 @@ def popular_head_personal_first(
 
 def _ranked(
     generators: dict[Source, Iterable[Candidate]],
+    on: Container[Source],
     explored: list[Candidate],
     counts: dict[Source, int],
     exclude: Exclusions,
@@ -222,8 +205,9 @@ def _ranked(
     depth_factor: int = 1,
     gate: tuple[str, np.ndarray] | None = None,
 ) -> tuple[list[Served], list[str]]:
-    """The union of the generators' first allowed candidates (``depth_factor`` × the exploitation slots each, more in
-    turn while the union cannot fill its slots and the explore slots the pool leaves empty),
+    """The union of the first allowed candidates of the generators ``on`` (``depth_factor`` × the exploitation slots
+    each, then more in turn while the union cannot fill its slots and the explore slots the pool leaves empty; once
+    they run dry, the other generators'),
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
@@ -242,26 +226,26 @@ def _ranked(
     proposed: dict[str, dict[Source, Candidate]] = {}
     allowed = {source: (c for c in candidates if c.item not in excluded) for source, candidates in generators.items()}
     for source, stream in allowed.items():
-        for candidate in itertools.islice(stream, depth * depth_factor):
+        for candidate in itertools.islice(stream, depth * depth_factor if source in on else 0):
             proposed.setdefault(candidate.item, {})[source] = candidate
+
+    def unproposed() -> list[int]:
+        """The explore picks the page can serve: the first k allowed ones no generator proposed (a pool item a
+        generator proposed is ranked with the union, not explored)."""
+        allowed_picks = (j for j, c in enumerate(explored) if c.item not in proposed and c.item not in excluded)
+        return list(itertools.islice(allowed_picks, k))
+
     # a union short of its slots (generators proposing the same items, a filter few items pass), which include
     # the explore slots the pool cannot fill (the ranked list is their heir), takes each generator's next allowed
-    # candidate in turn: the page stays full while any generator has one
-    explorable = (
-        0 if gate is not None else sum(1 for _ in itertools.islice((c for c in explored if c.item not in excluded), k))
-    )
-    while len(proposed) < depth + k - explorable and allowed:
-        for source, stream in list(allowed.items()):
-            if (candidate := next(stream, None)) is None:
+    # candidate in turn: the page stays full while any generator has one. Gated, any pick may lose its slot.
+    while len(proposed) < depth + k - (0 if gate is not None else len(unproposed())) and allowed:
+        for source in [s for s in allowed if s in on] or list(allowed):  # those with a share, then the others
+            if (candidate := next(allowed[source], None)) is None:
                 del allowed[source]
             else:
                 proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
-    # the explore slots take picks in order, skipping any already on the page, which only a proposed item
-    # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
-    picks = list(
-        itertools.islice((j for j, c in enumerate(explored) if c.item not in proposed and c.item not in excluded), k)
-    )
+    picks = unproposed()
     row_of = {item: r for r, item in enumerate([*items, *(explored[j].item for j in picks)])}
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
@@ -272,7 +256,7 @@ def _ranked(
         bottom = [best[r] if r < len(best) else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)]
         mode, theta = gate[0], gate[1][picks]
         drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[len(items) :], theta)
-        explored = [explored[j] for j in picks[: explore_gate(drawn, bottom)]]
+        picks = picks[: explore_gate(drawn, bottom)]
     served_as: dict[str, Source] = {}
 
     def best_first() -> Iterator[Candidate]:
@@ -289,7 +273,7 @@ def _ranked(
             yield Candidate(item, reason)
 
     slots: dict[Source, int] = {"personal": depth, "explore": k}
-    page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
+    page = interleave({"personal": best_first(), "explore": [explored[j] for j in picks]}, slots, excluded)
     at = [row_of[s.item] for s in page]
     served = [
         Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])

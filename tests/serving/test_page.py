@@ -17,9 +17,11 @@ from recstream.serving.feed import (
     taste_weights,
 )
 from recstream.serving.filters import NO_FILTER, FeedFilter
+from recstream.serving.ranking import RankerState
 from recstream.serving.snapshot import Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
+from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import load_settings
 
 SETTINGS = load_settings()
@@ -168,3 +170,78 @@ def test_the_fast_exclusion_set_answers_as_the_exclusions_do(unavailable):
         exclude = Exclusions(user, snap, 0.0, only)
         assert isinstance(exclude.fast, set) == plain
         assert [item in exclude.fast for item in probe] == [item in exclude for item in probe]
+
+
+def ranked_snapshot(overall: list[str], pool: list[str], categories: dict[str, tuple[str, ...]]) -> Snapshot:
+    """A loaded snapshot with a warm ranker: ``overall`` the global popular list, ``pool`` the new items."""
+    snap = Snapshot()
+    for item, names in categories.items():
+        snap.categories.put(item, names, now=0.0, created=1_700_000_000_000)
+    snap.overall, snap.overall_rank = tuple(overall), {item: k for k, item in enumerate(overall)}
+    snap.ctr_logits = {item: -3.0 + 0.01 * k for k, item in enumerate(overall)}
+    fresh: dict[str, list[tuple[int, str]]] = {}
+    for k, item in enumerate(pool):
+        for name in categories.get(item, ()):
+            fresh.setdefault(name, []).append((-k, item))
+    snap.pool = Pool(
+        items=tuple(pool),
+        index={item: k for k, item in enumerate(pool)},
+        alpha=np.full(len(pool), 2.0),
+        beta=np.full(len(pool), 20.0),
+        fresh={name: tuple(sorted(rows)) for name, rows in fresh.items()},
+        by_category={name: np.array([k for k, i in enumerate(pool) if name in categories[i]]) for name in fresh},
+        created=dict.fromkeys(pool, 1_700_000_000_000),
+        ctr_logits=dict.fromkeys(pool, -3.0),
+    )
+    snap.clock_ms = 1_700_000_060_000
+    weights = np.zeros(len(FEATURES) + 1)
+    weights[1 + FEATURES.index("ctr_logit")] = 1.0
+    snap.ranker = RankerState(weights, rows=10_000, partitions=1, refreshed_at=0.0, changed_at=0.0)
+    snap.loaded = True
+    return snap
+
+
+MODES = [{}, {"explore_gate": "off"}, {"explore_policy": "epsilon_greedy"}, {"ranker": False}]
+
+
+@pytest.mark.parametrize("flat", MODES, ids=["gated", "gate-off", "epsilon-greedy", "fixed"])
+def test_a_page_is_full_while_a_generator_or_the_pool_has_an_allowed_item(flat):
+    """Ungated, the union stopped filling as if each of the first explore picks would take an explore slot with an
+    item of its own, though a generator had proposed one of them (the pool's x, also on the popular list): the page
+    came out one short while the pool's y and the popular z's were allowed."""
+    a, z = [f"a{k}" for k in range(8)], [f"z{k}" for k in range(4)]
+    categories = {item: ("c2",) for item in [*a, *z, "h1"]} | {"x": ("c1",), "y": ("c1",)}
+    snap = ranked_snapshot([*a, "x", *z], ["x", "y"], categories)
+    user = UserState(candidate_rows=[[item, 0.9, "h1"] for item in a], history_rows=[["h1", 1.0, 5]], seen=["h1"])
+    for seed in range(3):
+        page = build_page(user, snap, SETTINGS.replace(**flat), 10, seed, now=0.0)
+        assert page.ranked == flat.get("ranker", True) and len(page.items) == 10
+        assert len({s.item for s in page.items}) == 10
+
+
+@pytest.mark.parametrize("ranker", [True, False])
+def test_a_source_of_share_0_only_inherits_and_the_page_stays_full(ranker):
+    """A 0 share gives a source no slots of its own; it inherits what the others cannot fill, in both modes (the
+    fixed blend the slots of a dry source, the ranked union the candidates it lacks)."""
+    a, p = [f"a{k}" for k in range(5)], [f"p{k}" for k in range(5)]
+    snap = ranked_snapshot([*a, *(f"z{k}" for k in range(30))], [], {item: ("c2",) for item in [*a, *p, "h1"]})
+    user = UserState(candidate_rows=[[item, 0.9, "h1"] for item in p], history_rows=[["h1", 1.0, 5]], seen=["h1"])
+    page = build_page(user, snap, SETTINGS.replace(share_personal=0.0, ranker=ranker), 10, 1, now=0.0)
+    assert page.ranked == ranker and len(page.items) == 10
+    assert not {s.item for s in page.items} & set(p), "popular has items left: nothing to inherit"
+    short = ranked_snapshot(a, [], {item: ("c2",) for item in [*a, *p, "h1"]})
+    page = build_page(user, short, SETTINGS.replace(share_personal=0.0, ranker=ranker), 10, 1, now=0.0)
+    assert len(page.items) == 10 and {s.item for s in page.items} == {*a, *p}
+
+
+@pytest.mark.parametrize("ranker", [True, False])
+def test_with_only_explore_configured_the_page_is_full(ranker):
+    """slot_counts gives popular the slots past explore's cap; the ranked page proposed from no generator and served
+    the capped explore slots alone (5 of 20)."""
+    items = [f"i{k}" for k in range(40)]
+    snap = ranked_snapshot(items, [f"n{k}" for k in range(10)], {i: ("c2",) for i in items} | CATEGORIES)
+    settings = SETTINGS.replace(share_personal=0.0, share_popular=0.0, share_fresh=0.0, share_explore=1.0,
+                                ranker=ranker)  # fmt: skip
+    page = build_page(warm_user(), snap, settings, 20, 1, now=0.0)
+    assert page.ranked == ranker and len(page.items) == 20
+    assert 0 < [s.source for s in page.items].count("explore") <= 5
