@@ -16,6 +16,7 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
 from recstream.jobs.sources import Record
+from recstream.shell.infra import Child
 
 T0 = 1_700_000_000_000
 CATEGORIES = ["news", "sport", "music", "film"]
@@ -81,6 +82,12 @@ async def publish_raw(settings: Settings, value: bytes, key: bytes) -> None:
         await producer.send_and_wait(settings.kafka.events_topic, value, key=key)
     finally:
         await producer.stop()
+
+
+def events_applied(worker: Child, topic: str) -> float:
+    """Events of ``topic`` one worker process applied to Redis (its recstream_worker_events_total, every type)."""
+    prefix = f'recstream_worker_events_total{{topic="{topic}"'
+    return sum(float(line.split()[-1]) for line in worker.metrics().splitlines() if line.startswith(prefix))
 
 
 def applied_events(client: redis.Redis, prefix: str) -> int:

@@ -14,7 +14,7 @@ from recstream.models.artifacts import read_model
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
 from tests.conftest import wait_until
-from tests.streams.scenario import T0, publish, trained
+from tests.streams.scenario import T0, events_applied, publish, trained
 
 pytestmark = pytest.mark.integration
 CATEGORIES = ["news", "sport", "music", "film"]
@@ -194,6 +194,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     wait_until(lambda: all(candidates(client, u) for u in probes("after", n)), what="candidates of the later probes")
     assert all("fresh" in candidates(client, u) for u in probes("after", n))
     assert sum(metric(w.port, "recstream_worker_fold_ins_total") for w in workers) == 1
+    assert all(events_applied(w, settings.kafka.events_topic) > 0 for w in workers), "both workers served probes"
 
 
 def scrape(port: int) -> str:

@@ -34,6 +34,7 @@ from tests.conftest import wait_until
 from tests.streams.scenario import (
     T0,
     applied_events,
+    events_applied,
     for_prefix,
     no_dead_letters,
     publish,
@@ -280,10 +281,13 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     await publish(isolated_settings, users=users, items=items)
     worker_factory(one)
     wait_until(lambda: client.hlen("one:user:seg") == len(users), what="segments (one)")
-    worker_factory(two)
-    worker_factory(two)
+    pair = [worker_factory(two), worker_factory(two)]
     wait_until(lambda: client.hlen("two:user:seg") == len(users), what="segments (two)")
-    await publish(isolated_settings, events=events, batch_events=25)
+    topic = isolated_settings.kafka.events_topic
+    for start in range(0, len(events), 500):  # dribbled until both hold partitions: the second joins seconds late
+        await publish(isolated_settings, events=events[start : start + 500], batch_events=25)
+        if min(events_applied(worker, topic) for worker in pair) == 0:
+            await asyncio.sleep(0.5)
     for prefix in ("one", "two"):
         wait_until(lambda p=prefix: applied_events(client, p) == len(events), timeout_s=120, what=f"{prefix} done")
         wait_until(lambda p=prefix: settled(client, Keys(p)), what=f"{prefix} rankings final")
@@ -292,6 +296,8 @@ async def test_two_workers_share_partitions_and_match_one(isolated_settings, wor
     one_state, two_state = dump_state(client, "one"), dump_state(client, "two")
     assert differing_keys(one_state, two_state) == []
     assert np.isfinite(float(client.get("two:prior")))
+    applied = [events_applied(worker, topic) for worker in pair]
+    assert min(applied) > 0 and sum(applied) == len(events), f"both workers applied, each event once: {applied}"
 
 
 async def test_a_gap_repair_waits_out_an_unreachable_kafka_and_then_applies_the_gap_first(isolated_settings):
