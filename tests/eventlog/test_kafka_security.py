@@ -88,11 +88,11 @@ def secured(services: Settings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         infra.stop(infra.kafka_service(settings))
 
 
-async def _refused(**options: object) -> bool:
+async def _refused(topic: str, **options: object) -> bool:
     producer = AIOKafkaProducer(request_timeout_ms=3000, **options)  # type: ignore[arg-type]
     try:
         await asyncio.wait_for(producer.start(), timeout=8)
-        await asyncio.wait_for(producer.send_and_wait("events", b"x"), timeout=8)
+        await asyncio.wait_for(producer.send_and_wait(topic, b"x"), timeout=8)
     except (KafkaError, TimeoutError, OSError):
         return True
     finally:
@@ -101,11 +101,13 @@ async def _refused(**options: object) -> bool:
 
 
 async def test_a_client_without_tls_or_with_a_wrong_password_is_refused(secured):
-    assert await _refused(bootstrap_servers=secured.kafka.bootstrap)
-    wrong = secured.replace(sasl_password="wrong")
+    """Refused for the TLS and the password alone: the same send with the right options gets through."""
     from recstream.eventlog.connection import client_options
 
-    assert await _refused(**client_options(wrong.kafka))
+    topic = secured.kafka.events_topic
+    assert not await _refused(topic, **client_options(secured.kafka))
+    assert await _refused(topic, bootstrap_servers=secured.kafka.bootstrap)
+    assert await _refused(topic, **client_options(secured.replace(sasl_password="wrong").kafka))
 
 
 async def test_producer_worker_log_reader_and_reader_all_work_over_sasl_ssl(secured, tmp_path):

@@ -176,9 +176,10 @@ async def test_clicks_past_the_per_user_item_limit_are_dropped_and_the_rest_publ
     assert Counter(e.user_id for e in events if e.type == "view") == Counter(users.values())
 
 
-@pytest.mark.parametrize("dedup_window_s", [HOUR + 1, HOUR])
-async def test_a_request_resent_after_a_503_spends_no_click_limit_again(world: World, dedup_window_s: int):
-    """The README's advice after a 503 is to send the request again (each event id applies once). The guard had
+@pytest.mark.parametrize("dedup_window_s", [HOUR + 1, HOUR, HOUR - 1])
+async def test_a_resent_request_spends_no_click_limit_again(world: World, dedup_window_s: int):
+    """The README's advice after a 503 is to send the request again (each event id applies once; a resend is the
+    same request whatever the first answer was, so the three sends here all succeed). The guard had
     counted its clicks before the publish failed, so the resend was counted again: a single click resent twice
     under a limit of 1 came back ``dropped``, and resends pushed the client toward 429. Counted once only while
     the workers' de-duplication window is longer than the click window: as long, two copies admitted a window

@@ -54,14 +54,14 @@ def warm_user(**more) -> UserState:
 
 def test_a_warm_page_names_why_each_item_is_there():
     page = build_page(warm_user(), snapshot(), SETTINGS, 20, seed=1, now=0.0)
-    reasons = {s.source: s.reason for s in page.items}
-    assert page.warm and len(page.items) == 20
-    assert reasons == {
+    expected = {
         "personal": "because you watched i99",
         "popular": "popular with people like you",
         "fresh": "new in music, one of your favourite categories",
         "explore": "new — we're exploring it",
     }
+    assert page.warm and len(page.items) == 20 and {s.source for s in page.items} == set(expected)
+    assert [s.reason for s in page.items] == [expected[s.source] for s in page.items], "every item's, not one a source"
     assert "i0" not in {s.item for s in page.items}, "seen"
 
 

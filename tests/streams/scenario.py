@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import redis
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from recstream.models.als import ALSConfig
 from recstream.streams.processor import DeadLetter
 
@@ -106,3 +107,22 @@ async def trained(
     log = training.collect([Record("item", i) for i in items] + [Record("event", e) for e in events])
     artifacts, _ = training.train(log, ALSConfig(factors=16, iterations=15, random_state=1), holdout=0)
     return settings, await training.publish(settings, artifacts)
+
+
+async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.0) -> list:
+    """The dead-letter topic's messages, read until at least ``expected`` came and a poll found no more (so one
+    letter too many is seen), or the time ran out."""
+    consumer = AIOKafkaConsumer(settings.kafka.dlq_topic, bootstrap_servers=settings.kafka.bootstrap,
+                                auto_offset_reset="earliest", fetch_max_bytes=64 << 20)  # fmt: skip
+    await consumer.start()
+    letters: list = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            letters += [m for part in batch.values() for m in part]
+            if len(letters) >= expected and not batch:
+                break
+    finally:
+        await consumer.stop()
+    return letters

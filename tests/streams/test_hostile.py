@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import orjson
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from recstream.streams.processor import DEAD_LETTER_MAX_BYTES
@@ -46,7 +46,7 @@ from recstream.contracts.events import (
 )
 from recstream.contracts.settings import Settings
 from tests.conftest import wait_until
-from tests.streams.scenario import T0, applied_events, publish, trained, world
+from tests.streams.scenario import T0, applied_events, dead_letters, publish, trained, world
 
 pytestmark = pytest.mark.integration
 
@@ -333,23 +333,6 @@ async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
     finally:
         await producer.stop()
     return [f"{r.topic}:{r.partition}:{r.offset}" for r in sent]
-
-
-async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.0) -> list:
-    consumer = AIOKafkaConsumer(settings.kafka.dlq_topic, bootstrap_servers=settings.kafka.bootstrap,
-                                auto_offset_reset="earliest", fetch_max_bytes=64 << 20)  # fmt: skip
-    await consumer.start()
-    letters: list = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            letters += [m for part in batch.values() for m in part]
-            if len(letters) >= expected and not batch:
-                break
-    finally:
-        await consumer.stop()
-    return letters
 
 
 def applied_once(events: list[dict]) -> list[dict]:

@@ -14,7 +14,7 @@ from recstream.models.artifacts import read_model
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
 from tests.conftest import wait_until
-from tests.streams.scenario import T0, events_applied, publish, trained
+from tests.streams.scenario import T0, applied_events, events_applied, publish, trained
 
 pytestmark = pytest.mark.integration
 CATEGORIES = ["news", "sport", "music", "film"]
@@ -102,6 +102,7 @@ async def test_user_steps_count_the_users_refreshed_not_every_user_in_a_batch(
     await publish(settings, events=[*again, Event(type="click", user_id=users[3], item_id="i3", ts=T0 + 20)])
     wait_until(lambda: "i3" in {i for i, *_ in orjson.loads(client.get(f"rs:user:{users[3]}:hist") or b"[]")},
                what="the click in the history")  # fmt: skip
+    wait_until(lambda: applied_events(client, "rs") == 9, what="every view applied, the other partitions' too")
     assert user_steps(worker) == 6  # the click; the three views of known users paid none
 
 

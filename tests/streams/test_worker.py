@@ -14,7 +14,7 @@ from urllib.request import urlopen
 import numpy as np
 import pytest
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 from prometheus_client.parser import text_string_to_metric_families
 from recstream.models.ctr import quantized_global_ctr
@@ -34,6 +34,7 @@ from tests.conftest import wait_until
 from tests.streams.scenario import (
     T0,
     applied_events,
+    dead_letters,
     events_applied,
     for_prefix,
     no_dead_letters,
@@ -211,17 +212,7 @@ async def test_malformed_events_go_to_the_dlq_and_the_worker_keeps_going(isolate
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(settings.kafka.dlq_topic, bootstrap_servers=settings.kafka.bootstrap,
-                                auto_offset_reset="earliest")  # fmt: skip
-    await consumer.start()
-    try:
-        letters = []
-        deadline = time.monotonic() + 30
-        while len(letters) < 3 and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=1000)
-            letters += [m for part in batch.values() for m in part]
-    finally:
-        await consumer.stop()
+    letters = await dead_letters(settings, expected=3, timeout_s=30)
     reasons = sorted(dict(m.headers)["reason"].decode().split(",")[0] for m in letters)
     assert len(letters) == 3
     assert reasons[0].startswith("event: Input should be an object")
