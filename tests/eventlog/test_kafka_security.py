@@ -30,6 +30,8 @@ from tests.conftest import REPO, wait_until
 from tests.serving.conftest import LiveReader
 from tests.streams.scenario import T0
 
+pytestmark = pytest.mark.integration  # real Redis (and Kafka): out of a `-m 'not integration'` run
+
 PASSWORD = "app-secret-7c1d"
 
 

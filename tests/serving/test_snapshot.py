@@ -15,6 +15,8 @@ from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoade
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import RANKER_STALE_MIN_S, Settings
 
+pytestmark = pytest.mark.integration  # real Redis (and Kafka): out of a `-m 'not integration'` run
+
 LIMIT = 20
 READ = 3 * LIMIT
 STAR = "star"

@@ -27,6 +27,8 @@ from recstream.store.state import Effect, StateStore
 from tests.conftest import wait_until
 from tests.streams.scenario import applied_events, no_dead_letters, publish
 
+pytestmark = pytest.mark.integration  # real Redis (and Kafka): out of a `-m 'not integration'` run
+
 T0 = 1_700_000_000_000
 BUDGET = 100  # items a batch rescores of a pass, about (HSCAN's COUNT)
 USERS = {"u1": "a", "u2": "b"}  # user → segment
