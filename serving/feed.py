@@ -229,23 +229,26 @@ def _ranked(
         for candidate in itertools.islice(stream, depth * depth_factor if source in on else 0):
             proposed.setdefault(candidate.item, {})[source] = candidate
 
-    def unproposed() -> list[int]:
-        """The explore picks the page can serve: the first k allowed ones no generator proposed (a pool item a
-        generator proposed is ranked with the union, not explored)."""
-        allowed_picks = (j for j, c in enumerate(explored) if c.item not in proposed and c.item not in excluded)
-        return list(itertools.islice(allowed_picks, k))
+    def own_picks() -> int:
+        """Of the first k allowed explore picks, those no generator proposed: each fills an explore slot with an item
+        the ranked list does not need (a proposed one would take an item of the union with it)."""
+        return sum(c.item not in proposed for c in itertools.islice((c for c in explored if c.item not in excluded), k))
 
-    # a union short of its slots (generators proposing the same items, a filter few items pass), which include
-    # the explore slots the pool cannot fill (the ranked list is their heir), takes each generator's next allowed
-    # candidate in turn: the page stays full while any generator has one. Gated, any pick may lose its slot.
-    while len(proposed) < depth + k - (0 if gate is not None else len(unproposed())) and allowed:
+    # a union short of its slots (generators proposing the same items, a filter few items pass) takes each
+    # generator's next allowed candidate in turn: the page stays full while any generator has one. It is the heir
+    # of the explore slots the pool cannot fill, and of every gated pick (any may lose its slot)
+    while len(proposed) < depth + k - (0 if gate is not None else own_picks()) and allowed:
         for source in [s for s in allowed if s in on] or list(allowed):  # those with a share, then the others
             if (candidate := next(allowed[source], None)) is None:
                 del allowed[source]
             else:
                 proposed.setdefault(candidate.item, {})[source] = candidate
     items = list(proposed)
-    picks = unproposed()
+    # the explore slots take picks in order, skipping any already on the page, which only a proposed item
+    # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
+    picks = list(
+        itertools.islice((j for j, c in enumerate(explored) if c.item not in proposed and c.item not in excluded), k)
+    )
     row_of = {item: r for r, item in enumerate([*items, *(explored[j].item for j in picks)])}
     rows = features.rows(list(row_of))
     probabilities, contributions = score(weights, rows)
@@ -256,7 +259,7 @@ def _ranked(
         bottom = [best[r] if r < len(best) else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)]
         mode, theta = gate[0], gate[1][picks]
         drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[len(items) :], theta)
-        picks = picks[: explore_gate(drawn, bottom)]
+        explored = [explored[j] for j in picks[: explore_gate(drawn, bottom)]]
     served_as: dict[str, Source] = {}
 
     def best_first() -> Iterator[Candidate]:
@@ -273,7 +276,7 @@ def _ranked(
             yield Candidate(item, reason)
 
     slots: dict[Source, int] = {"personal": depth, "explore": k}
-    page = interleave({"personal": best_first(), "explore": [explored[j] for j in picks]}, slots, excluded)
+    page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
     at = [row_of[s.item] for s in page]
     served = [
         Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])
