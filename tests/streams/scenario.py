@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import random
 import time
 from pathlib import Path
@@ -11,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from recstream.models.als import ALSConfig
 from recstream.streams.processor import DeadLetter
 
-from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, encode_features
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
@@ -89,6 +91,25 @@ def events_applied(worker: Child, topic: str) -> float:
     """Events of ``topic`` one worker process applied to Redis (its recstream_worker_events_total, every type)."""
     prefix = f'recstream_worker_events_total{{topic="{topic}"'
     return sum(float(line.split()[-1]) for line in worker.metrics().splitlines() if line.startswith(prefix))
+
+
+async def until_every_worker_applies(
+    settings: Settings, workers: list[Child], item: str, timeout_s: float = 90.0
+) -> None:
+    """A view of ``item`` on every events partition each second until each worker applied one: workers started
+    together join the group seconds apart, and until the rebalance one alone applies everything."""
+    n, topic = settings.kafka.events_partitions, settings.kafka.events_topic
+    deadline = time.monotonic() + timeout_s
+    for worker in workers:
+        worker.wait_ready(timeout_s)
+    for turn in itertools.count():
+        if min(events_applied(worker, topic) for worker in workers) > 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"a worker applied no event in {timeout_s:.0f} s: it never got a partition")
+        users = {partition_for(f"join{turn}-{k}", n): f"join{turn}-{k}" for k in range(20 * n)}
+        await publish(settings, events=[Event(type="view", user_id=u, item_id=item, ts=T0) for u in users.values()])
+        await asyncio.sleep(1.0)
 
 
 def applied_events(client: redis.Redis, prefix: str) -> int:

@@ -14,7 +14,7 @@ from recstream.models.artifacts import read_model
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
 from tests.conftest import wait_until
-from tests.streams.scenario import T0, applied_events, events_applied, publish, trained
+from tests.streams.scenario import T0, applied_events, events_applied, publish, trained, until_every_worker_applies
 
 pytestmark = pytest.mark.integration
 CATEGORIES = ["news", "sport", "music", "film"]
@@ -166,6 +166,7 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     workers = [worker_factory(settings) for _ in range(2)]  # a fold-in must reach a worker that did not compute it
     fresh = ItemEvent(op="new", item_id="fresh", ts=T0, created_ts=T0, categories=["news"])
     await publish(settings, items=[*items, fresh])
+    await until_every_worker_applies(settings, workers, item="i1")  # both hold partitions before the fans click
     n = settings.kafka.events_partitions
     fans = [f"fan{k}" for k in range(100) if partition_for(f"fan{k}", n) == 0][:10]
     sport = [f"i{PER_CATEGORY + k}" for k in range(6)]
