@@ -9,7 +9,6 @@ ends. Tests isolate themselves with their own topics and Redis database
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,9 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """SIGTERM (``timeout``, a CI runner giving up) ends the run like Ctrl-C, so the session fixtures still
-    stop the Kafka and Redis they started instead of leaving them running."""
-    signal.signal(signal.SIGTERM, infra.interrupt)
+    """SIGTERM (``timeout``, a CI runner giving up) and SIGHUP (the terminal closing) end the run like Ctrl-C, so
+    the session fixtures still stop the Kafka and Redis they started instead of leaving them running."""
+    infra.route_stop_signals()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -501,9 +501,10 @@ class LocalSettings(Section):
 
     run_dir: Path = Field(Path(".run"), description="pid files, logs and data of locally started services")
     cache_dir: Path = Field(Path(".cache"), description="downloaded Kafka jars")
-    kafka_server_properties: Path | None = Field(
+    kafka_server_properties: FilePath | None = Field(
         None,
-        description="lines appended to the local broker's server.properties (a secured listener's keystore, users)",
+        description="an existing file of lines appended to the local broker's server.properties (a secured "
+        "listener's keystore, users)",
     )
 
 

@@ -136,17 +136,20 @@ async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
 @infra_app.command("up")
 def infra_up() -> None:
     """Start Redis and Kafka (if not running), wait until they answer, create the topics."""
+    settings = _settings()
     try:
-        for line in infra.up(_settings()):
+        for line in infra.up(settings):
             console.print(line)
     except infra.InfraError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
+    except OSError as exc:  # a run folder it cannot write, say; up() has stopped what it started
+        _fail(f"cannot start the services in {settings.local.run_dir} (RECSTREAM_RUN_DIR): {exc}")
 
 
 @infra_app.command("down")
 def infra_down() -> None:
-    """Stop exactly the Kafka and Redis processes `infra up` started."""
+    """Stop what `infra up` started, and the worker, reader and Prometheus the demo left, by their recorded pids."""
     for line in infra.down(_settings()):
         console.print(line)
 

@@ -131,6 +131,27 @@ def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterat
         yield System(reader_url, worker_metrics, {"worker": worker.proc.pid, "reader": reader.proc.pid})
 
 
+def own_ports(settings: Settings) -> tuple[Settings, list[str]]:
+    """The settings with the demo's Redis, and Kafka, on free loopback ports where their default port is held by a
+    process this project did not start (Debian's redis-server package runs a Redis on 6379), and a line saying so
+    for each. A port set explicitly is kept: a taken one then fails the start, naming it."""
+    defaults, changes = Settings(), {}
+    redis, kafka = infra.redis_service(settings), infra.kafka_service(settings)
+    if settings.redis.url == defaults.redis.url and infra.taken_by_another(redis, settings.redis.port):
+        changes["redis_url"] = f"redis://127.0.0.1:{infra.free_port()}/0"
+    if settings.kafka.bootstrap == defaults.kafka.bootstrap and any(  # the controller's port too
+        infra.taken_by_another(kafka, port) for port in (settings.kafka.port, settings.kafka.port + 1)
+    ):
+        changes["kafka_bootstrap"] = f"127.0.0.1:{infra.free_port(span=2)}"
+    moved = settings.replace(**changes)
+    ports = {"Redis": (settings.redis.port, moved.redis.port), "Kafka": (settings.kafka.port, moved.kafka.port)}
+    return moved, [
+        f"port {old} is taken by a process the demo did not start: its own {name} runs on port {new}"
+        for name, (old, new) in ports.items()
+        if new != old
+    ]
+
+
 def prometheus(settings: Settings, stack: ExitStack) -> str:
     """Prometheus scraping the worker and the reader (monitoring/prometheus.yml's jobs and rules), stopped with the
     demo; on port 9090 unless that is taken. Without the binary the demo goes on, and says so."""
@@ -255,12 +276,14 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     With ``movielens`` the hidden world is MovieLens 100K's users and items (world.movielens_world)."""
     from recstream.jobs import training
 
-    run_dir = settings.local.run_dir.resolve()
     simulator: Simulator | None = None
     own_key = settings.reader.api_key is None
     settings = with_api_key(settings)
     if not settings.worker.metrics_port:  # 0, "any": chosen here, so that Prometheus scrapes the port the worker has
         settings = settings.replace(worker_metrics_port=infra.free_port())
+    settings, moved = own_ports(settings)
+    for line in moved:
+        console.print(line)
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())
         try:
@@ -274,7 +297,7 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
             console.print(f"published {history.events:,} events, {history.items:,} items; training the first model")
             artifacts, about = train_first_model(settings)
             console.print(f"model {asyncio.run(training.publish(settings, artifacts))}: {about}")
-            running = stack.enter_context(system(settings, run_dir / "logs", history.events))
+            running = stack.enter_context(system(settings, infra.logs_dir(settings), history.events))
             for name, pid in running.pids.items():
                 console.print(f"started {name} pid {pid}")
             console.print(prometheus(settings, stack))
@@ -290,5 +313,5 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
                           f"{result.events_posted:,} posted by the simulated users)")  # fmt: skip
             return result
         except KeyboardInterrupt:
-            console.print("stopped (Ctrl-C or SIGTERM); stopping everything the demo started ...")
+            console.print("stopped (Ctrl-C, SIGTERM or SIGHUP); stopping everything the demo started ...")
             return simulator.result if simulator else None

@@ -3,7 +3,8 @@ Prometheus scraping the processes that run beside them.
 
 ``up`` is idempotent (a running, answering service is left alone) and returns only once
 each service really answers (an admin request to Kafka, a PING to Redis); ``down`` stops
-exactly the processes ``up`` started, by the pids it recorded, and nothing else.
+exactly the processes ``up`` started and those the demo runs beside them, by the pids
+recorded, and nothing else.
 
 Kafka comes from Maven Central jars (``infra/pom.xml``, fetched by the Maven dependency
 plugin into the git-ignored cache folder); Redis and Prometheus from Debian's packages
@@ -28,7 +29,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -73,13 +74,19 @@ class Service:
     def data_dir(self) -> Path:
         return self.home / "data"
 
-    def pid(self) -> int | None:
-        """The recorded pid if that very process is still alive (a reused pid has another start time)."""
+    def record(self) -> tuple[int, int] | None:
+        """The recorded pid and start time if that very process is still alive (a reused pid has another start
+        time)."""
         try:
             pid, started = (int(x) for x in self.pid_file.read_text().split())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _start_time(pid) == started else None
+        return (pid, started) if _start_time(pid) == started else None
+
+    def pid(self) -> int | None:
+        """The recorded pid if that very process is still alive."""
+        record = self.record()
+        return record[0] if record is not None else None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -101,9 +108,28 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19]) if fields and fields[0] != "Z" else None
 
 
-def _is_zombie(pid: int) -> bool:
-    """Gone, or exited and waiting to be reaped."""
-    return _start_time(pid) is None
+def _listening_ports(pid: int) -> set[int]:
+    """The TCP ports ``pid`` listens on: its sockets' inodes looked up in its network namespace's tables."""
+    inodes = set()
+    with suppress(OSError):  # gone, or not ours to look into
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with suppress(OSError):  # closed meanwhile
+                if (link := os.readlink(fd)).startswith("socket:["):
+                    inodes.add(link.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()  # sl, local address:port (hex), remote, state (0A: listening), ..., inode [9]
+                if fields[3] == "0A" and fields[9] in inodes:
+                    ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
+def taken_by_another(service: Service, port: int) -> bool:
+    """Something listens on ``port`` that is not ``service``'s own recorded process (a system Redis on 6379)."""
+    pid = service.pid()
+    return port_open(port) and (pid is None or port not in _listening_ports(pid))
 
 
 def kafka_service(settings: Settings) -> Service:
@@ -141,8 +167,14 @@ MIN_PORTS_BELOW = 1_000
 """Fewer candidate ports than this below the kernel's ephemeral range, and :func:`free_port` looks above it too."""
 
 
+_handed_out: set[int] = set()
+"""Every port :func:`free_port` returned in this process, spans included: each is someone's until it binds."""
+
+
 def free_port(span: int = 1) -> int:
-    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller).
+    """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller), none of them
+    handed out before by this process: a caller picks its services' ports first and starts them after, so a port
+    returned earlier may be free still and yet taken (a Kafka's controller port, ``port + 1``).
 
     Chosen below the kernel's ephemeral range: a port the kernel hands out (port 0) may be
     taken again, between this choice and the server's start, as the local port of any
@@ -153,7 +185,9 @@ def free_port(span: int = 1) -> int:
         ceiling = 65536 - span  # say): any port, race and all
     for _ in range(200):
         port = random.randrange(_FREE_PORT_FLOOR, ceiling)
-        if all(_bindable(port + k) for k in range(span)):  # a listening port does not bind, SO_REUSEADDR or not
+        ports = range(port, port + span)
+        if _handed_out.isdisjoint(ports) and all(map(_bindable, ports)):  # a listening port does not bind
+            _handed_out.update(ports)
             return port
     raise RuntimeError("no free loopback port")
 
@@ -255,6 +289,10 @@ def _kafka_config(settings: Settings, service: Service, node_id: int = 1, voters
     (``min.insync.replicas``), so a quorum of 3 keeps accepting acks=all writes with one broker down."""
     port = settings.kafka.port
     extra = settings.local.kafka_server_properties
+    try:
+        extra_lines = extra.read_text() if extra is not None else ""
+    except (OSError, UnicodeDecodeError) as exc:  # a settings check passed it, but it may go or be a binary file
+        raise InfraError(f"cannot read RECSTREAM_KAFKA_SERVER_PROPERTIES ({extra}): {exc}") from None
     voters = voters or f"{node_id}@127.0.0.1:{port + 1}"
     replicas = len(voters.split(","))
     config = service.home / "server.properties"
@@ -278,7 +316,7 @@ def _kafka_config(settings: Settings, service: Service, node_id: int = 1, voters
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "log.retention.hours=-1",
-                extra.read_text() if extra is not None else "",
+                extra_lines,
                 "",
             ]
         )
@@ -406,11 +444,13 @@ def redis_binary() -> str:
 
 
 def redis_answers(settings: Settings) -> bool:
-    if not port_open(settings.redis.port):
+    """A PING answered within a second; a slow or refused one is no answer yet (callers retry)."""
+    try:
+        with socket.create_connection(("127.0.0.1", settings.redis.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError:  # refused, reset, or the recv timed out (a loaded machine)
         return False
-    with socket.create_connection(("127.0.0.1", settings.redis.port), timeout=1) as sock:
-        sock.sendall(b"PING\r\n")
-        reply = sock.recv(64)
     return reply.startswith((b"+PONG", b"-NOAUTH"))
 
 
@@ -505,34 +545,79 @@ def prometheus_up(settings: Settings, targets: Mapping[str, str], port: int, int
 
 
 def stop(service: Service, timeout_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> str:
-    """Send ``sig`` to the recorded pid, SIGKILL after ``timeout_s``; never touches any other process.
+    """Send ``sig`` to the recorded pid, SIGKILL (its whole process group) after ``timeout_s``; never touches any
+    other process.
 
     ``sig=signal.SIGKILL`` is a crash (no shutdown, no final flush), for the fault tests.
     """
-    pid = service.pid()
+    return _stopped(service, _send(service, sig), timeout_s)
+
+
+def stop_all(services: Sequence[Service], timeout_s: float = 30.0) -> list[str]:
+    """:func:`stop` several at once: SIGTERM to every one first, then each waited for in turn, each wait run even
+    when one before it is interrupted (a second Ctrl-C or a SIGTERM during Kafka's shutdown still stops Redis)."""
+    sent = [(service, _send(service, signal.SIGTERM)) for service in services]
+    report: list[str] = []
+    with ExitStack() as waits:  # its callbacks run last pushed first, each one whatever the one before raised
+        for service, record in reversed(sent):
+            waits.callback(lambda s=service, r=record: report.append(_stopped(s, r, timeout_s)))
+    return report
+
+
+def _send(service: Service, sig: signal.Signals) -> tuple[int, int] | None:
+    """Forget ``service``'s record and send ``sig`` to its process: its pid and start time, None when not running."""
+    record = service.record()
     service.pid_file.unlink(missing_ok=True)
-    if pid is None:
+    return record if record is not None and _signal(*record, sig) else None
+
+
+def _stopped(service: Service, record: tuple[int, int] | None, timeout_s: float) -> str:
+    """Wait for the process :func:`_send` signalled to exit, SIGKILL it after ``timeout_s``, reap it if it is ours."""
+    if record is None:
         return f"{service.name} not running"
-    os.kill(pid, sig)
+    pid, started = record
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not _is_zombie(pid):
+    while time.monotonic() < deadline and _start_time(pid) == started:
         time.sleep(0.1)
-    if not _is_zombie(pid):
-        os.kill(pid, signal.SIGKILL)
+    _signal(pid, started, signal.SIGKILL)
     with suppress(ChildProcessError):  # reap it when this very process started it
         os.waitpid(pid, 0)
     return f"{service.name} stopped (pid {pid})"
 
 
+def _signal(pid: int, started: int, sig: signal.Signals) -> bool:
+    """Send ``sig`` to ``pid`` if it is still the process that started at ``started``, checked before every signal
+    (once it exits, its pid may be reused); False when it is gone, also when it goes between check and signal."""
+    if _start_time(pid) != started:
+        return False
+    try:
+        if sig == signal.SIGKILL:
+            _kill_group(pid)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL ``pid`` and, when it leads its process group (every process this module starts leads a session of
+    its own), the whole group: uvicorn's worker processes (``serve --workers N``) outlive a SIGKILL of their parent."""
+    if os.getpgid(pid) == pid:
+        os.killpg(pid, signal.SIGKILL)
+    else:
+        os.kill(pid, signal.SIGKILL)
+
+
 def terminate(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    """Stop a child process we started: SIGTERM (a clean shutdown commits and flushes), SIGKILL after
-    ``timeout_s``, and reap it."""
+    """Stop a child process we started: SIGTERM (a clean shutdown commits and flushes), SIGKILL to its process
+    group after ``timeout_s``, and reap it (its pid stays ours until then, so no start time needs checking)."""
     if proc.poll() is None:
         proc.terminate()
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _kill_group(proc.pid)
             proc.wait()
 
 
@@ -602,8 +687,10 @@ class Child:
             time.sleep(0.2)
 
     def kill(self) -> None:
-        """A crash: SIGKILL, no shutdown (for the fault tests)."""
-        self.proc.kill()
+        """A crash: SIGKILL to its process group (a reader's uvicorn workers too), no shutdown (for the fault
+        tests)."""
+        if self.proc.poll() is None:
+            _kill_group(self.proc.pid)
         self.proc.wait()
         self._forget()
 
@@ -623,6 +710,11 @@ class Child:
         self.stop()
 
 
+def logs_dir(settings: Settings) -> Path:
+    """Where the demo's worker and reader log and record their pids, which :func:`down` stops."""
+    return settings.local.run_dir.resolve() / "logs"
+
+
 def stop_recorded(root: Path) -> list[str]:
     """Stop every process whose pid is recorded under ``root``: workers and readers first, then Kafka and Redis
     (a worker stopping cleanly commits to Kafka). For a run that ended before its own cleanup did, e.g. a
@@ -633,31 +725,45 @@ def stop_recorded(root: Path) -> list[str]:
 
 
 def up(settings: Settings) -> list[str]:
-    """Start Redis and Kafka (each only if not already running) and create the topics."""
-    report = [redis_up(settings), kafka_up(settings)]
-    created = asyncio.run(ensure_topics(settings))
+    """Start Redis and Kafka (each only if not already running) and create the topics. A failure, or an interrupt,
+    stops what this call started (a Redis started before Kafka failed) before it propagates."""
+    services = (kafka_service(settings), redis_service(settings))
+    before = {service: service.record() for service in services}
+    try:
+        report = [redis_up(settings), kafka_up(settings)]
+        created = asyncio.run(ensure_topics(settings))
+    except BaseException:
+        stop_all([service for service in services if service.record() != before[service]])
+        raise
     report.append(f"topics created: {', '.join(created)}" if created else "topics present")
     return report
 
 
 def down(settings: Settings) -> list[str]:
-    return [stop(kafka_service(settings)), stop(redis_service(settings))]
+    """Stop what ``up`` started and what the demo runs beside it, by their recorded pids: its worker and reader
+    first (a worker stopping cleanly commits to Kafka), then Prometheus, Kafka and Redis. Benchmarks' services, in
+    folders of their own under the run folder, are not its to stop."""
+    children = [Service(pid.parent.name, pid.parent) for pid in sorted(logs_dir(settings).glob(f"*{CHILD_SUFFIX}/pid"))]
+    return [stop(child) for child in children] + stop_all(
+        [prometheus_service(settings), kafka_service(settings), redis_service(settings)]
+    )
 
 
 @contextmanager
 def running(settings: Settings) -> Iterator[list[str]]:
-    """Bring the services up for the block and stop what this call started (for tests and the demo)."""
-    already = {s.name for s in (kafka_service(settings), redis_service(settings)) if s.pid() is not None}
+    """Bring the services up for the block and stop what this call started (for tests and the demo): not a service
+    that was running and answering before, but one ``up`` started in place of a recorded one that did not answer."""
+    services = (kafka_service(settings), redis_service(settings))
+    before = {service: service.record() for service in services}
     try:
         yield up(settings)
-    finally:  # also when up() failed half way: a Redis started before Kafka refused is stopped too
-        for service in (kafka_service(settings), redis_service(settings)):
-            if service.name not in already:
-                stop(service)
+    finally:  # also when up() failed half way or the block was interrupted
+        stop_all([service for service in services if service.record() != before[service]])
 
 
 def interrupt(signum: int, frame: object) -> None:
-    """A SIGTERM handler that stops the process like Ctrl-C, so ``with`` blocks still stop what they started.
+    """A handler of :data:`STOP_SIGNALS` that stops the process like Ctrl-C, so ``with`` blocks still stop what they
+    started.
 
     Inside ``asyncio.run`` SIGINT cancels the main task cleanly; elsewhere it raises KeyboardInterrupt. A
     process started in the background by a script ignores SIGINT: then this raises KeyboardInterrupt itself."""
@@ -666,14 +772,27 @@ def interrupt(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""``kill <pid>``, a CI runner giving up, the terminal closing: the workers, readers, Kafka and Redis run in sessions
+of their own, so no terminal's SIGHUP reaches them; the process that started them must stop them."""
+
+
+def route_stop_signals() -> dict[signal.Signals, object]:
+    """Make each of :data:`STOP_SIGNALS` stop the process like Ctrl-C (:func:`interrupt`), except one it was started
+    ignoring (``nohup`` ignores SIGHUP); returns the handlers replaced."""
+    return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+
+
 @contextmanager
 def sigterm_interrupts() -> Iterator[None]:
-    """``kill <pid>`` stops the block as cleanly as Ctrl-C (:func:`interrupt`); the old handler comes back after."""
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    """``kill <pid>`` (or SIGHUP) stops the block as cleanly as Ctrl-C (:func:`route_stop_signals`); the old handlers
+    come back after."""
+    previous = route_stop_signals()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # --- clusters: a replicated Kafka and a Redis Cluster (tests and benchmarks; issue 18) ---------------------------
@@ -865,13 +984,9 @@ def _redis_command(node: Settings, *argv: str) -> str:
 
 
 def _free_ports(count: int, span: int = 1) -> list[int]:
-    """``count`` distinct loopback ports, each with ``span`` free ports after it, no two ranges overlapping."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port(span)
-        if all(abs(port - other) > span for other in ports):
-            ports.append(port)
-    return ports
+    """``count`` loopback ports, each with ``span`` free ports after it (:func:`free_port` never hands one out
+    twice, so no two ranges overlap)."""
+    return [free_port(span) for _ in range(count)]
 
 
 def clusters_up(settings: Settings, kafka: bool = True, attempts: int = 3) -> Clusters:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from recstream.contracts.settings import Settings, load_settings
+from recstream.shell import infra
+from recstream.shell.demo import own_ports
 from recstream.shell.infra import free_port
 
 pytestmark = pytest.mark.integration
@@ -55,3 +59,42 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
         for x in re.search(r"applied by the worker: ([\d,]+) \(([\d,]+) of the history, ([\d,]+) posted", out).groups()
     )
     assert posted > 0 and applied > history, out[-4000:]
+
+
+def test_the_demo_moves_its_redis_and_kafka_off_default_ports_another_process_holds(tmp_path: Path):
+    """Debian's redis-server package runs a Redis on 6379: the demo stopped on "port 6379 is taken by a process this
+    project did not start". Its own Redis and Kafka go to free ports instead, and it says so."""
+    defaults = Settings()
+    held = []
+    for port in (defaults.redis.port, defaults.kafka.port):
+        if not infra.port_open(port):  # else something holds it already, as on such a host
+            held.append(socket.create_server(("127.0.0.1", port)))
+    settings = load_settings(
+        redis_url=defaults.redis.url, kafka_bootstrap=defaults.kafka.bootstrap, run_dir=tmp_path, cache_dir=tmp_path
+    )
+    try:
+        moved, lines = own_ports(settings)
+        assert lines == [
+            f"port 6379 is taken by a process the demo did not start: its own Redis runs on port {moved.redis.port}",
+            f"port 9092 is taken by a process the demo did not start: its own Kafka runs on port {moved.kafka.port}",
+        ]
+        assert infra.redis_up(moved).startswith("redis started")
+    finally:
+        for sock in held:
+            sock.close()
+        infra.stop(infra.redis_service(settings))
+    unchanged = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")  # set explicitly: kept
+    assert own_ports(unchanged)[0].redis.url == unchanged.redis.url
+
+
+def test_the_demo_keeps_the_default_port_its_own_redis_holds(tmp_path: Path):
+    """A Redis `recstream infra up` started on 6379 (recorded in the run folder) is the demo's to use, not another's."""
+    defaults = Settings()
+    if infra.port_open(defaults.redis.port):
+        pytest.skip(f"port {defaults.redis.port} is taken on this machine")
+    settings = load_settings(redis_url=defaults.redis.url, run_dir=tmp_path, cache_dir=tmp_path)
+    try:
+        infra.redis_up(settings)
+        assert own_ports(settings)[0].redis.url == defaults.redis.url
+    finally:
+        infra.stop(infra.redis_service(settings))

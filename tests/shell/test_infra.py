@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import os
+import random
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,47 @@ from recstream.shell import infra
 from recstream.shell.infra import free_port
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone, not a zombie waiting for its parent."""
+    return infra._start_time(pid) is not None
+
+
+def group(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid``."""
+    members = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [pid for pid in members if (fields := infra._stat(pid)) and fields[0] != "Z" and int(fields[2]) == pgid]
+
+
+def uvicorn_workers(pgid: int) -> list[int]:
+    """The worker processes uvicorn's supervisor (leading process group ``pgid``) spawned."""
+    return [pid for pid in group(pgid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    env = {**settings.environment(os.environ), "OPENBLAS_NUM_THREADS": "1", **env}
+    command = [sys.executable, "-m", "recstream.shell.cli", *args]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Settings]:
+    """A Redis of this test's own (no Kafka: its port is merely chosen), stopped after."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache", model_dir=tmp_path / "models")
+    infra.redis_up(settings)
+    yield settings
+    infra.stop(infra.redis_service(settings))
 
 
 def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound():
@@ -63,7 +109,7 @@ def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_pat
         infra.down(settings)
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     assert not infra.port_open(settings.kafka.port) and not infra.port_open(settings.redis.port)
-    assert infra.down(settings) == ["kafka not running", "redis not running"]
+    assert infra.down(settings) == ["prometheus not running", "kafka not running", "redis not running"]
 
 
 def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings, tmp_path: Path):
@@ -101,15 +147,17 @@ finally:
 """
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("sigint", ["default", "ignored"])
-def test_sigterm_unwinds_the_block_like_ctrl_c(tmp_path: Path, sigint: str):
+def test_sigterm_unwinds_the_block_like_ctrl_c(tmp_path: Path, sigint: str, stop: signal.Signals):
     """`kill <pid>` of a benchmark or the demo must still run their `finally`s (stop workers, Kafka, Redis),
-    also when a script started them in the background, where SIGINT is ignored."""
+    also when a script started them in the background, where SIGINT is ignored; so must the terminal closing
+    (SIGHUP): the children, in sessions of their own, never get it."""
     marker = tmp_path / "cleanup"
     child = subprocess.Popen([sys.executable, "-c", CLEANS_UP, str(marker), sigint], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline() == "ready\n"
-        child.terminate()
+        child.send_signal(stop)
         child.wait(timeout=10)
     finally:
         child.kill()
@@ -142,3 +190,197 @@ def test_a_stopped_or_killed_child_leaves_no_record(isolated_settings: Settings,
     stopped.stop()
     killed.kill()
     assert [p.name for p in tmp_path.iterdir()] == ["worker.log"]
+
+
+WAITS = """
+import os, time
+from pathlib import Path
+
+def test_waits():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        Path(os.environ["MARKER"]).write_text("session ended cleanly")
+"""
+
+
+def test_sighup_ends_a_test_session_like_ctrl_c(tmp_path: Path):
+    """tests/conftest.py's handlers: a closed terminal ends the session through its fixtures' teardown (which stop
+    Kafka and Redis), not by the default action, which kills pytest at once and leaves them running."""
+    (tmp_path / "test_waits.py").write_text(WAITS)
+    argv = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-s", "-q",
+            "--rootdir", str(tmp_path), str(tmp_path / "test_waits.py")]  # fmt: skip
+    env = {**os.environ, "MARKER": str(tmp_path / "marker")}
+    session = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert session.stdout is not None
+        while "ready" not in (line := session.stdout.readline()):
+            assert line, "pytest ended before the test ran"
+        session.send_signal(signal.SIGHUP)
+        session.wait(timeout=30)
+    finally:
+        session.kill()
+    assert (tmp_path / "marker").read_text() == "session ended cleanly"
+
+
+def test_a_kill_after_the_timeout_reaches_the_whole_process_group(tmp_path: Path):
+    """A recorded process that outlives SIGTERM is SIGKILLed with its process group: the processes it started (a
+    reader's uvicorn workers) would otherwise outlive it, orphaned."""
+    script = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print('ready', flush=True); "
+        "time.sleep(60)"
+    )  # its child inherits the ignored SIGTERM
+    leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE)
+    assert leader.stdout is not None and leader.stdout.readline() == b"ready\n"
+    service = infra.Service("stubborn", tmp_path / "stubborn")
+    infra._record(service, leader.pid)
+    members = group(leader.pid)
+    try:
+        assert len(members) == 2
+        assert infra.stop(service, timeout_s=0.5) == f"stubborn stopped (pid {leader.pid})"
+        assert wait_until(lambda: not [pid for pid in members if alive(pid)]), group(leader.pid)
+    finally:
+        if group(leader.pid):
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+def test_a_killed_reader_takes_its_uvicorn_workers_with_it(own_redis: Settings, tmp_path: Path):
+    """`serve --workers 2` is uvicorn's supervisor and two worker processes: SIGKILL to the supervisor alone (a fault
+    test's crash) left both workers serving, orphaned, with nothing to stop them."""
+    reader = infra.Child("serve", own_redis.replace(reader_workers=2), tmp_path / "reader.log")
+    try:
+        assert wait_until(lambda: len(uvicorn_workers(reader.proc.pid)) == 2, 60), reader.log
+        members = group(reader.proc.pid)  # with multiprocessing's resource tracker
+        reader.kill()
+        assert wait_until(lambda: not [pid for pid in members if alive(pid)]), group(reader.proc.pid)
+    finally:
+        if group(reader.proc.pid):
+            os.killpg(reader.proc.pid, signal.SIGKILL)
+        reader.proc.wait()
+
+
+def test_an_interrupt_while_kafka_stops_still_stops_redis(tmp_path: Path):
+    """A second Ctrl-C (or a SIGTERM) while the block's cleanup waits for Kafka's shutdown (up to 30 s) must not leave
+    Redis running: every service gets its SIGTERM before any is waited for, each wait in a `finally`."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupted)
+    kafka_pid = redis_pid = 0
+    try:
+        with pytest.raises(KeyboardInterrupt), infra.running(settings):
+            kafka_pid, redis_pid = infra.kafka_service(settings).pid(), infra.redis_service(settings).pid()
+            os.kill(kafka_pid, signal.SIGSTOP)  # a Kafka slow to shut down: SIGTERM waits until SIGCONT
+            signal.setitimer(signal.ITIMER_REAL, 1.0)  # the interrupt, while the cleanup waits for Kafka
+        assert wait_until(lambda: not alive(redis_pid)) and not infra.port_open(settings.redis.port)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if kafka_pid:
+            os.kill(kafka_pid, signal.SIGKILL)
+            os.waitpid(kafka_pid, 0)
+        infra.stop_recorded(tmp_path)
+
+
+def test_a_recorded_service_that_did_not_answer_and_was_replaced_is_stopped_after(tmp_path: Path):
+    """`running` leaves alone a service that was running and answering before it; one `up` stopped (its recorded
+    process did not answer) and started again is its own, and stopped after the block."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    infra.kafka_up(settings)  # running and answering before: not the block's to stop
+    silent = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a recorded "Redis" that never answers
+    infra._record(infra.redis_service(settings), silent.pid)
+    try:
+        with infra.running(settings) as report:
+            redis_pid = infra.redis_service(settings).pid()
+            assert redis_pid not in (None, silent.pid) and report[0].startswith("redis started"), report
+            assert report[1].startswith("kafka already running"), report
+        assert wait_until(lambda: not alive(redis_pid)) and not infra.port_open(settings.redis.port)
+        assert infra.kafka_answers(settings)
+    finally:
+        silent.kill()
+        silent.wait()
+        infra.stop_recorded(tmp_path)
+
+
+def test_infra_down_also_stops_the_demos_reader_and_prometheus(own_redis: Settings):
+    """`recstream infra down` stopped Kafka and Redis only: the reader and worker the demo records (their own sessions,
+    so no terminal signal reaches them) and its Prometheus kept running, with nothing left to stop them."""
+    reader = infra.Child("serve", own_redis, infra.logs_dir(own_redis) / "reader.log")
+    targets = {"recstream-worker": "127.0.0.1:1", "recstream-reader": f"127.0.0.1:{reader.port}"}
+    infra.prometheus_up(own_redis, targets, free_port())
+    prometheus_pid, redis_pid = infra.prometheus_service(own_redis).pid(), infra.redis_service(own_redis).pid()
+    try:
+        done = cli(own_redis, "infra", "down")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines() == [
+            f"{reader.record.name} stopped (pid {reader.proc.pid})",
+            f"prometheus stopped (pid {prometheus_pid})",
+            "kafka not running",
+            f"redis stopped (pid {redis_pid})",
+        ]
+        reader.proc.wait(timeout=10)
+        assert not alive(prometheus_pid) and not alive(redis_pid)
+    finally:
+        reader.stop()
+        infra.stop(infra.prometheus_service(own_redis))
+
+
+def test_a_redis_slow_to_answer_is_not_answering_yet(tmp_path: Path):
+    """A PING not answered within the second (a loaded machine, a Redis loading its AOF) is retried by the start's
+    wait; it raised TimeoutError, which ended the start."""
+    with socket.socket() as silent:  # accepts (the kernel does, from the backlog), never replies
+        silent.bind(("127.0.0.1", free_port()))
+        silent.listen()
+        settings = infra.private_settings(tmp_path, tmp_path).replace(
+            redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        )
+        assert infra.redis_answers(settings) is False
+
+
+def test_a_port_handed_out_is_never_handed_out_again(monkeypatch: pytest.MonkeyPatch):
+    """Services get their ports before any binds one: a port handed out, Kafka's controller port (``port + 1``)
+    included, was free still and so could be handed out again, to a Redis or a reader."""
+    kafka = free_port(span=2)
+    pick = random.randrange
+    picks = iter([kafka, kafka + 1])
+    monkeypatch.setattr(infra.random, "randrange", lambda *bounds: next(picks, None) or pick(*bounds))
+    assert free_port() not in (kafka, kafka + 1)
+    picks = iter([kafka - 1, kafka + 1])
+    assert free_port(span=2) not in (kafka - 1, kafka + 1)  # each range would overlap Kafka's
+
+
+@pytest.mark.parametrize("properties", ["missing", "binary"])
+def test_an_unusable_server_properties_file_is_a_clear_error_and_leaves_nothing_running(tmp_path: Path, properties):
+    """RECSTREAM_KAFKA_SERVER_PROPERTIES naming no file, or one that is no text: a settings error before anything
+    starts, or a message naming it with the Redis started before stopped again; it was a traceback, Redis running."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    path = tmp_path / "server-extra.properties"
+    if properties == "binary":
+        path.write_bytes(b"\xff\xfe\x00keystore")
+    done = cli(settings, "infra", "up", RECSTREAM_KAFKA_SERVER_PROPERTIES=str(path))
+    assert "Traceback" not in done.stderr, done.stderr
+    if properties == "missing":
+        assert (
+            done.returncode == 2 and "RECSTREAM_KAFKA_SERVER_PROPERTIES: Path does not point to a file" in done.stderr
+        )
+    else:
+        assert done.returncode == 1 and f"cannot read RECSTREAM_KAFKA_SERVER_PROPERTIES ({path})" in done.stderr
+    assert not list(tmp_path.rglob("pid")) and not infra.port_open(settings.redis.port), done.stderr
+
+
+def test_a_run_folder_infra_up_cannot_write_is_one_line_and_stops_the_redis_it_started(tmp_path: Path):
+    """An OSError once Redis runs (here Kafka's folder is a dangling link) ended `infra up` with a traceback and
+    Redis left running."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "kafka").symlink_to(tmp_path / "nowhere")
+    done = cli(settings, "infra", "up")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("cannot start the services in "), done.stderr
+    assert "Traceback" not in done.stderr and not infra.port_open(settings.redis.port), done.stderr
+    assert not list(tmp_path.rglob("pid"))
