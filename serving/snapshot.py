@@ -340,10 +340,13 @@ class SnapshotLoader:
             await self._refresh(force_popular)
 
     async def _refresh(self, force_popular: bool) -> None:
-        """Everything is read and computed first, then swapped in by one block without an await: a feed never sees
-        a new global list beside old segment lists, and a reload that fails half way changes nothing (the ranker's
-        weights included, so that a loader failing for longer than ``ranker_stale_s`` falls back to the fixed blend).
-        Only the categories cache fills item by item as the reload reads it."""
+        """Two parts, each read and computed first, then swapped in by one block without an await: what every reload
+        reads (ranker states, pool, unavailable set, clock, model version), then, when due, the popular lists (the
+        global list, its CTR logits and floor, every segment's lists). A feed never sees a new global list beside old
+        segment lists, and a part that fails half way changes nothing of itself: a popular rebuild that times out
+        (under a saturated loop its pauses stretch) leaves the last lists whole and the ranker's weights fresh, and
+        a loader failing at its first part for longer than ``ranker_stale_s`` falls back to the fixed blend. Only the
+        categories cache fills item by item as the reload reads it."""
         k, snap, now = self.keys, self.snapshot, time.monotonic()
         popular_due = force_popular or now - self._popular_at >= self.settings.reader.popular_refresh_s
         commands: list[tuple] = [
@@ -377,7 +380,11 @@ class SnapshotLoader:
         unavailable = frozenset(unavailable_raw)
         views, clicks = replies[len(wanted) :] if created else ([], [])
         pool = self._pool(created, views, clicks, prior, unavailable, now)
-        lists: dict = {}
+        snap.ranker, snap.clock_ms, snap.unavailable = ranker, _integer(clock), unavailable  # the first swap
+        snap.model_version, snap.pool = model_version, pool
+        metrics.RANKER_ROWS.set(ranker.rows)
+        metrics.POOL_ITEMS.set(len(pool.created))
+        self.model_metrics.observe(model_version)
         if overall is not None:
             full = len(overall) == POPULAR_DEPTH
             floor = min(self._prior(prior), *overall.values()) if full else self._prior(prior)
@@ -388,20 +395,10 @@ class SnapshotLoader:
                 "overall_rank": positions(overall),
                 "segments": await self._segments(sorted(segments), overall),
             }
-        # the swap: no await from here on
-        snap.ranker = ranker
-        snap.clock_ms = _integer(clock)
-        snap.unavailable = unavailable
-        snap.model_version = model_version
-        snap.pool = pool
-        for name, value in lists.items():
-            setattr(snap, name, value)
-        if overall is not None:
+            for name, value in lists.items():  # the second swap: no await in it
+                setattr(snap, name, value)
             self._popular_at = now
         snap.loaded = True
-        metrics.RANKER_ROWS.set(ranker.rows)
-        metrics.POOL_ITEMS.set(len(pool.created))
-        self.model_metrics.observe(model_version)
         snap.item_columns()  # here, not in the first feed request after the reload
 
     def _ranker(self, raw: list[str | None], now: float) -> RankerState:
