@@ -257,8 +257,9 @@ def _column_inputs(snapshot: Snapshot) -> tuple:
 
 @dataclass
 class Snapshot:
-    """What every feed shares. The loader replaces each attribute whole (a request never sees half a
-    reload), except ``categories``, a cache that fills item by item."""
+    """What every feed shares. The loader replaces each attribute whole, in two parts each swapped without an await
+    (what every reload reads; then, when due, the popular lists: a request never sees half of either), except
+    ``categories``, a cache that fills item by item."""
 
     overall: tuple[str, ...] = ()
     overall_rank: Mapping[str, int] = field(default_factory=dict)

@@ -80,7 +80,8 @@ class BatchTraining:
 
 
 def skip_reason(value: object) -> str:
-    """Why a context value is not a vector to train on (it is one when ``decode_features`` accepts it).
+    """Why a context value is not a vector to train on (it is one when ``decode_features`` accepts it and every value
+    is within ±MAX_ABS_FEATURE; a vector beyond it is ``malformed`` too).
 
     >>> skip_reason(None), skip_reason("00000000:1,2"), skip_reason(FEATURE_VERSION + ":1,2")
     ('no_features', 'other_version', 'malformed')

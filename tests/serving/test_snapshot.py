@@ -15,8 +15,6 @@ from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoade
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import RANKER_STALE_MIN_S, Settings
 
-pytestmark = pytest.mark.integration  # real Redis (and Kafka): out of a `-m 'not integration'` run
-
 LIMIT = 20
 READ = 3 * LIMIT
 STAR = "star"
@@ -48,6 +46,7 @@ async def pool_of(settings: Settings, n: int, reloads: int = 2) -> list[Pool]:
     return pools[1:]
 
 
+@pytest.mark.integration  # a real Redis
 @pytest.mark.parametrize("n", [LIMIT - 1, LIMIT])
 async def test_a_pool_within_the_limit_is_shortlisted_whole(isolated_settings: Settings, n: int) -> None:
     (pool,) = await pool_of(isolated_settings, n)
@@ -55,6 +54,7 @@ async def test_a_pool_within_the_limit_is_shortlisted_whole(isolated_settings: S
     assert len(pool.alpha) == len(pool.beta) == n and sorted(pool.by_category["news"].tolist()) == list(range(n))
 
 
+@pytest.mark.integration  # a real Redis
 async def test_past_the_limit_feeds_draw_over_a_shortlist_and_the_posterior_decides_who_is_on_it(
     isolated_settings: Settings,
 ) -> None:
@@ -65,6 +65,7 @@ async def test_past_the_limit_feeds_draw_over_a_shortlist_and_the_posterior_deci
     assert pool.alpha[pool.index[STAR]] > pool.alpha.min(), "the shortlist's arrays follow its items"
 
 
+@pytest.mark.integration  # a real Redis
 async def test_an_item_users_click_stays_on_the_shortlist_and_the_others_take_turns(
     isolated_settings: Settings,
 ) -> None:
@@ -74,6 +75,7 @@ async def test_an_item_users_click_stays_on_the_shortlist_and_the_others_take_tu
     assert len(set().union(*(pool.items for pool in pools))) > 2 * LIMIT, "unviewed items rotate through it"
 
 
+@pytest.mark.integration  # a real Redis
 @pytest.mark.parametrize("n", [READ - 1, READ, READ + 1])
 async def test_a_reload_reads_the_newest_pool_items_up_to_the_limit(isolated_settings: Settings, n: int) -> None:
     (pool,) = await pool_of(isolated_settings, n)
@@ -98,6 +100,7 @@ class HeldAfterFirstReply:
         return replies
 
 
+@pytest.mark.integration  # a real Redis
 async def test_a_reload_forced_while_another_awaits_redis_is_not_undone_by_it(isolated_settings: Settings) -> None:
     """The background reload read the unavailable set before the item left; a reload forced after that must win."""
     k = Keys.of(isolated_settings)
@@ -136,6 +139,7 @@ def _feature_rows(label: str) -> float:
     return REGISTRY.get_sample_value("recstream_reader_feature_rows_total", {"categories": label}) or 0.0
 
 
+@pytest.mark.integration  # a real Redis
 @pytest.mark.parametrize("prior", ["10.07", "not a number"])
 async def test_a_stored_prior_outside_a_ctr_still_loads_the_pool(isolated_settings: Settings, prior: str) -> None:
     """The workers' prior is clicks per view, above 1 where clicks outnumber views (a log of clicks only, as an
@@ -154,6 +158,7 @@ async def test_a_stored_prior_outside_a_ctr_still_loads_the_pool(isolated_settin
     assert 0 < snapshot.pool.alpha[0] < isolated_settings.pool.bandit_prior_mass and snapshot.pool.beta[0] > 0
 
 
+@pytest.mark.integration  # a real Redis
 async def test_the_background_loader_outlives_a_reload_that_fails_on_what_it_read(isolated_settings: Settings) -> None:
     """An error other than Redis's in one reload is counted and the next tick reloads again: a dead loader would
     leave the reader on its last copy for good."""
@@ -180,6 +185,7 @@ async def test_the_background_loader_outlives_a_reload_that_fails_on_what_it_rea
     await feeds.close()
 
 
+@pytest.mark.integration  # a real Redis
 async def test_the_pool_names_the_shortlisted_items_whose_categories_are_not_loaded_yet(
     isolated_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,6 +207,7 @@ async def test_the_pool_names_the_shortlisted_items_whose_categories_are_not_loa
     assert [len(n) for n in named] == [1, 0, 0]
 
 
+@pytest.mark.integration  # a real Redis
 @pytest.mark.parametrize("created_ts", ["1.7e12", "soon", "inf"])
 async def test_an_item_with_a_malformed_creation_time_does_not_stop_the_reloads(
     isolated_settings: Settings, created_ts: str
@@ -243,6 +250,7 @@ class FailsOnSegments:
         return await self.client.call(*command)
 
 
+@pytest.mark.integration  # a real Redis
 async def test_a_reload_is_swapped_in_whole_and_one_that_fails_half_way_changes_nothing(
     isolated_settings: Settings,
 ) -> None:
