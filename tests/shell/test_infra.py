@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from recstream.contracts.settings import Settings
 from recstream.shell import infra
@@ -384,3 +385,43 @@ def test_a_run_folder_infra_up_cannot_write_is_one_line_and_stops_the_redis_it_s
     assert done.stderr.splitlines()[-1].startswith("cannot start the services in "), done.stderr
     assert "Traceback" not in done.stderr and not infra.port_open(settings.redis.port), done.stderr
     assert not list(tmp_path.rglob("pid"))
+
+
+BATCH = """
+if (redis.call('HGET', KEYS[1], 'p0') or '') ~= ARGV[1] then return 'done' end
+redis.call('HINCRBY', KEYS[2], 'views', 36)
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'p0', ARGV[2])
+return 'ok'
+"""
+"""A batch as the workers' script writes one: a counter, a large value, the watermark last, in one transaction."""
+
+
+def test_a_batch_cut_off_in_the_aof_by_a_sigkill_is_not_replayed_after_its_retry(tmp_path: Path):
+    """A SIGKILL that stops Redis's write of a batch's MULTI/EXEC block part way (the file is cut at a page boundary
+    inside the block's large value) loses the batch, which the worker retries. Redis 7.0 kept the block's first
+    commands in the file, and the next restart ran them again inside the retry's transaction: 36 views counted
+    twice (the redis-kill fault scenario's 7,446 applied events of 7,410)."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    service, blob = infra.redis_service(settings), "x" * 200_000
+    client = redis.Redis(port=settings.redis.port)
+    infra.redis_up(settings)
+    try:
+        batch = client.register_script(BATCH)
+        keys = ["wm", "totals", "blob"]
+        assert [batch(keys=keys, args=["", "10", blob]), batch(keys=keys, args=["10", "20", blob])] == [b"ok", b"ok"]
+        infra.stop(service, sig=signal.SIGKILL)
+        [incr] = (service.data_dir / "appendonlydir").glob("*.incr.aof")
+        data = incr.read_bytes()
+        inside = data.find(b"xxxx", data.find(b"HINCRBY", data.rfind(b"MULTI")))
+        with incr.open("r+b") as out:
+            out.truncate((inside // 4096 + 1) * 4096)  # the write() the kill cut short, at a page boundary
+        infra.redis_up(settings)
+        assert (client.hget("totals", "views"), client.hget("wm", "p0")) == (b"36", b"10"), "the second batch lost"
+        assert batch(keys=keys, args=["10", "20", blob]) == b"ok"  # the worker's retry
+        infra.stop(service, sig=signal.SIGKILL)
+        infra.redis_up(settings)
+        assert (client.hget("totals", "views"), client.hget("wm", "p0")) == (b"72", b"20")
+    finally:
+        client.close()
+        infra.stop(service)
