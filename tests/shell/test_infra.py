@@ -410,15 +410,23 @@ def test_a_batch_cut_off_in_the_aof_by_a_sigkill_is_not_replayed_after_its_retry
         batch = client.register_script(BATCH)
         keys = ["wm", "totals", "blob"]
         assert [batch(keys=keys, args=["", "10", blob]), batch(keys=keys, args=["10", "20", blob])] == [b"ok", b"ok"]
-        infra.stop(service, sig=signal.SIGKILL)
         [incr] = (service.data_dir / "appendonlydir").glob("*.incr.aof")
-        data = incr.read_bytes()
+        deadline = time.monotonic() + 30  # a write may wait up to 2 s behind a slow fsync (everysec): both blocks in
+        while not ((data := incr.read_bytes()).count(b"MULTI") == 2 and data.endswith(b"EXEC\r\n")):
+            assert time.monotonic() < deadline, "the two batches never reached the AOF"
+            time.sleep(0.1)
+        infra.stop(service, sig=signal.SIGKILL)
         inside = data.find(b"xxxx", data.find(b"HINCRBY", data.rfind(b"MULTI")))
         with incr.open("r+b") as out:
             out.truncate((inside // 4096 + 1) * 4096)  # the write() the kill cut short, at a page boundary
         infra.redis_up(settings)
         assert (client.hget("totals", "views"), client.hget("wm", "p0")) == (b"36", b"10"), "the second batch lost"
+        blocks = incr.read_bytes().count(b"MULTI")
         assert batch(keys=keys, args=["10", "20", blob]) == b"ok"  # the worker's retry
+        deadline = time.monotonic() + 30
+        while not ((data := incr.read_bytes()).count(b"MULTI") > blocks and data.endswith(b"EXEC\r\n")):  # written
+            assert time.monotonic() < deadline, "the retry never reached the AOF"
+            time.sleep(0.1)
         infra.stop(service, sig=signal.SIGKILL)
         infra.redis_up(settings)
         assert (client.hget("totals", "views"), client.hget("wm", "p0")) == (b"72", b"20")
