@@ -88,7 +88,7 @@ def file_events(
         if not isinstance(record.value, Rejected):
             yield record.value
         elif refused is not None:
-            refused.append(f"line {record.line}: {record.value.reason}")
+            refused.append(record.refusal)
 
 
 async def log_events(settings: Settings) -> AsyncIterator[Event]:

@@ -31,6 +31,11 @@ class Record:
     value: Event | ItemEvent | UserEvent | Rejected
     line: int = 0
 
+    @property
+    def refusal(self) -> str:
+        """``line N: reason`` of a rejection, as every command lists the lines it skipped."""
+        return f"line {self.line}: {self.value.reason}"  # type: ignore[union-attr]
+
 
 def read_jsonl(path: Path, now_ms: int | None = None, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> Iterator[Record]:
     """Validate a JSONL file line by line; bad lines come back as rejections with their number."""

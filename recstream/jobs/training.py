@@ -71,7 +71,7 @@ class TrainingLog:
         if isinstance(value, Rejected):
             self.rejected += 1
             if len(self.rejections) < REJECTIONS_KEPT:
-                self.rejections.append(f"line {record.line}: {value.reason}")
+                self.rejections.append(record.refusal)
         elif isinstance(value, Event):
             users, items, types, values, ts = self._pending
             users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))

@@ -225,7 +225,7 @@ async def _produce(
         for record in records:
             value = record.value
             if isinstance(value, Rejected):
-                invalid.append(f"line {record.line}: {value.reason}")
+                invalid.append(record.refusal)
             elif record.kind == "event":
                 pending.append(value)  # type: ignore[arg-type]
                 if len(pending) >= 1000:
@@ -334,7 +334,7 @@ def import_file(
             imports.publish_rows(settings, rows, spec, sort, before_ms, lambda n: progress.advance(task, n))
         )
     where = "row" if fmt == "parquet" else "line"
-    _skipped([f"{where} {number}: {reason}" for number, reason in report.bad[:20]], len(report.bad))
+    _skipped([f"{where} {number}: {reason}" for number, reason in report.bad], len(report.bad))
     records = "events" if kind == "interactions" else kind
     console.print(
         f"{report.records:,} {records} from {report.rows:,} rows published in {report.seconds:.1f} s; "

@@ -170,7 +170,7 @@ def prometheus(settings: Settings, stack: ExitStack) -> str:
 def applied(worker_metrics: str, settings: Settings) -> float:
     """Events the worker has applied so far (its counter; 0 while it does not answer)."""
     prefix = f'recstream_worker_events_total{{topic="{settings.kafka.events_topic}"'
-    return _metric(_scrape(worker_metrics), prefix)
+    return metric_sum(_scrape(worker_metrics), prefix)
 
 
 def _scrape(url: str) -> str:
@@ -189,7 +189,7 @@ def _status(url: str) -> int:
         return 0
 
 
-def _metric(text: str, prefix: str) -> float:
+def metric_sum(text: str, prefix: str) -> float:
     """Sum of the samples whose line starts with ``prefix`` (a name, or a name and labels) in Prometheus text."""
     lines = text.splitlines()
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix) and "_bucket" not in line)
@@ -252,8 +252,8 @@ class Panel:
         table.add_row("online CTR", f"overall {result.ctr:.2%} · explore {ctr('explore')} · personal {ctr('personal')}"
                       f" · popular {ctr('popular')} · fresh {ctr('fresh')}")  # fmt: skip
         table.add_row("regret per feed (vs oracle)", f"{result.regret_per_feed:.3f}")
-        table.add_row("new-item pool", f"{_metric(reader, 'recstream_reader_pool_items'):,.0f} items · "
-                      f"{_metric(worker, 'recstream_worker_pool_graduations_total'):,.0f} graduated · "
+        table.add_row("new-item pool", f"{metric_sum(reader, 'recstream_reader_pool_items'):,.0f} items · "
+                      f"{metric_sum(worker, 'recstream_worker_pool_graduations_total'):,.0f} graduated · "
                       f"{result.items_published:,} new items published")  # fmt: skip
         table.add_row("reader", f"{url}  ·  docs {url}/docs  ·  metrics {url}/metrics  ·  explorer {url}/explore")
         table.add_row("worker metrics", self.system.worker_metrics)

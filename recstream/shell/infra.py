@@ -744,16 +744,22 @@ def stop_recorded(root: Path) -> list[str]:
     return [stop(service) for service in recorded]
 
 
+def _stopper(settings: Settings) -> Callable[[], list[str]]:
+    """Stops Kafka and Redis where they were started (or replaced) after this call: what a caller started itself."""
+    services = (kafka_service(settings), redis_service(settings))
+    before = {service: service.record() for service in services}
+    return lambda: stop_all([service for service in services if service.record() != before[service]])
+
+
 def up(settings: Settings) -> list[str]:
     """Start Redis and Kafka (each only if not already running) and create the topics. A failure, or an interrupt,
     stops what this call started (a Redis started before Kafka failed) before it propagates."""
-    services = (kafka_service(settings), redis_service(settings))
-    before = {service: service.record() for service in services}
+    stop_started = _stopper(settings)
     try:
         report = [redis_up(settings), kafka_up(settings)]
         created = asyncio.run(ensure_topics(settings))
     except BaseException:
-        stop_all([service for service in services if service.record() != before[service]])
+        stop_started()
         raise
     report.append(f"topics created: {', '.join(created)}" if created else "topics present")
     return report
@@ -763,8 +769,7 @@ def down(settings: Settings) -> list[str]:
     """Stop what ``up`` started and what the demo runs beside it, by their recorded pids: its worker and reader
     first (a worker stopping cleanly commits to Kafka), then Prometheus, Kafka and Redis. Benchmarks' services, in
     folders of their own under the run folder, are not its to stop."""
-    children = [Service(pid.parent.name, pid.parent) for pid in sorted(logs_dir(settings).glob(f"*{CHILD_SUFFIX}/pid"))]
-    return [stop(child) for child in children] + stop_all(
+    return stop_recorded(logs_dir(settings)) + stop_all(
         [prometheus_service(settings), kafka_service(settings), redis_service(settings)]
     )
 
@@ -773,12 +778,11 @@ def down(settings: Settings) -> list[str]:
 def running(settings: Settings) -> Iterator[list[str]]:
     """Bring the services up for the block and stop what this call started (for tests and the demo): not a service
     that was running and answering before, but one ``up`` started in place of a recorded one that did not answer."""
-    services = (kafka_service(settings), redis_service(settings))
-    before = {service: service.record() for service in services}
+    stop_started = _stopper(settings)
     try:
         yield up(settings)
-    finally:  # also when up() failed half way or the block was interrupted
-        stop_all([service for service in services if service.record() != before[service]])
+    finally:  # also when the block was interrupted (up() stops what it started when it fails)
+        stop_started()
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -1003,12 +1007,6 @@ def _redis_command(node: Settings, *argv: str) -> str:
                           timeout=10).stdout  # fmt: skip
 
 
-def _free_ports(count: int, span: int = 1) -> list[int]:
-    """``count`` loopback ports, each with ``span`` free ports after it (:func:`free_port` never hands one out
-    twice, so no two ranges overlap)."""
-    return [free_port(span) for _ in range(count)]
-
-
 def clusters_up(settings: Settings, kafka: bool = True, attempts: int = 3) -> Clusters:
     """Start the clusters in ``settings.local.run_dir`` on free loopback ports and create the topics (RF 3);
     ``kafka=False``: the Redis Cluster only (``settings``' Kafka stays what clients use).
@@ -1024,8 +1022,8 @@ def clusters_up(settings: Settings, kafka: bool = True, attempts: int = 3) -> Cl
 def _clusters_up(settings: Settings, kafka: bool) -> Clusters:
     """One attempt of :func:`clusters_up`; stops what it started before raising if any part fails."""
     base = settings.local.run_dir.resolve()
-    kafka_ports = _free_ports(CLUSTER_BROKERS, span=2) if kafka else []
-    redis_ports = _free_ports(2 * REDIS_CLUSTER_NODES)
+    kafka_ports = [free_port(2) for _ in range(CLUSTER_BROKERS)] if kafka else []  # free_port never repeats a port
+    redis_ports = [free_port() for _ in range(2 * REDIS_CLUSTER_NODES)]
     brokers = tuple(
         settings.replace(kafka_bootstrap=f"127.0.0.1:{port}", run_dir=base / f"broker-{k + 1}")
         for k, port in enumerate(kafka_ports)

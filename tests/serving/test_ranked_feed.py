@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from recstream.models.ranker import FTRLRanker
 
+from bench.feeds import modes
 from recstream.contracts.events import decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, decode_features, rounded
@@ -100,7 +101,7 @@ async def test_a_ranked_page_puts_the_clicked_generators_items_first_and_the_ord
 async def test_while_the_ranker_is_cold_the_page_is_the_fixed_blend(world):
     settings = await own_topics(world)
     async with reader_client(settings) as cold, reader_client(settings.replace(ranker=False)) as off:
-        before = pages_by_mode((await cold.get("/metrics")).text)  # one registry for the process: earlier tests' too
+        before = modes((await cold.get("/metrics")).text)  # one registry for the process: earlier tests' too
         for user in [*world.warm[:4], world.cold[0]]:
             pages = [await feed(reader, user, limit=20, seed=9) for reader in (cold, off)]
             triples = [[(i["item_id"], i["source"], i["reason"]) for i in p["items"]] for p in pages]
@@ -112,16 +113,8 @@ async def test_while_the_ranker_is_cold_the_page_is_the_fixed_blend(world):
         # the vectors are logged anyway: the ranker learns from fixed pages while it is cold
         rows = session_rows(world, world.warm[0], warm["session"])
         assert all(decode_features(rows[i["item_id"]][2]) is not None for i in warm["items"])
-        after = pages_by_mode((await cold.get("/metrics")).text)
-    made = {mode: after[mode] - before.get(mode, 0.0) for mode in after}
-    assert {mode: n for mode, n in made.items() if n} == {"fixed-cold": 6, "fixed-off": 5}, "cold, not stale"
-
-
-def pages_by_mode(text: str) -> dict[str, float]:
-    """recstream_reader_feeds_by_mode_total by mode, from a /metrics text."""
-    prefix = 'recstream_reader_feeds_by_mode_total{mode="'
-    return {line[len(prefix) :].split('"')[0]: float(line.split()[-1]) for line in text.splitlines()
-            if line.startswith(prefix)}  # fmt: skip
+        after = modes((await cold.get("/metrics")).text)
+    assert after - before == {"fixed-cold": 6, "fixed-off": 5}, "cold, not stale"
 
 
 async def test_the_features_logged_and_attributed_are_the_ones_the_reader_scored(world):

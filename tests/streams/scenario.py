@@ -19,6 +19,7 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import training
 from recstream.jobs.sources import Record
+from recstream.shell.demo import metric_sum
 from recstream.shell.infra import Child
 
 T0 = 1_700_000_000_000
@@ -89,8 +90,7 @@ async def publish_raw(settings: Settings, value: bytes, key: bytes) -> None:
 
 def events_applied(worker: Child, topic: str) -> float:
     """Events of ``topic`` one worker process applied to Redis (its recstream_worker_events_total, every type)."""
-    prefix = f'recstream_worker_events_total{{topic="{topic}"'
-    return sum(float(line.split()[-1]) for line in worker.metrics().splitlines() if line.startswith(prefix))
+    return metric_sum(worker.metrics(), f'recstream_worker_events_total{{topic="{topic}"')
 
 
 async def until_every_worker_applies(

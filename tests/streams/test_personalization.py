@@ -13,6 +13,7 @@ import redis
 from recstream.models.artifacts import read_model
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
+from recstream.shell.demo import metric_sum
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, applied_events, events_applied, publish, trained, until_every_worker_applies
 
@@ -205,7 +206,7 @@ def scrape(port: int) -> str:
 
 
 def metric(port: int, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in scrape(port).splitlines() if line.startswith(f"{name} "))
+    return metric_sum(scrape(port), f"{name} ")
 
 
 def probes(name: str, partitions: int) -> list[str]:

@@ -27,6 +27,7 @@ from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURE_VERSION, FEATURES, decode_features, prior_weights
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, read_ranges
+from recstream.shell.demo import metric_sum
 from recstream.shell.infra import free_port
 from recstream.store.state import StateStore
 from recstream.store.state_dump import differing_keys, dump_state, settled
@@ -372,8 +373,7 @@ async def test_the_gap_check_on_assignment_waits_out_a_failed_log_read(isolated_
 
 
 def duplicates_dropped(worker) -> float:
-    return sum(float(line.split()[-1]) for line in worker.metrics().splitlines()
-               if line.startswith("recstream_worker_duplicate_events_total{"))  # fmt: skip
+    return metric_sum(worker.metrics(), "recstream_worker_duplicate_events_total{")
 
 
 async def test_a_repeated_event_id_is_applied_once_also_across_a_worker_restart(isolated_settings, worker_factory):
