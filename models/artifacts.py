@@ -188,7 +188,7 @@ def _check_consistent(model: ModelArtifacts, where: Path) -> None:
             f"shape {model.user_gram.shape}, expected {(k, k)}",
         ),
         ("content_map.npz", model.content_map.dim == k, f"dim {model.content_map.dim}, expected {k}"),
-        ("index/index.bin", model.index.dim == k, f"dim {model.index.dim}, expected {k}"),
+        (f"index/{INDEX_FILE}", model.index.dim == k, f"dim {model.index.dim}, expected {k}"),
         (f"index/{IDS_FILE}", unknown == 0, f"{unknown} of its {live} live ids are not in item_ids.json"),
         ("item_factors.npy", bool(np.isfinite(model.item_factors).all()), "holds NaN or infinity"),
         ("user_gram.npy", bool(np.isfinite(model.user_gram).all()), "holds NaN or infinity"),

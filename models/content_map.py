@@ -149,7 +149,7 @@ def _standardized(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         unit = raw / m
         mean_u, std_u = np.nan_to_num(np.nanmean(unit, axis=0)), np.nan_to_num(np.nanstd(unit, axis=0))
         z = np.nan_to_num((unit - mean_u) / np.where(std_u > 0, std_u, 1.0))  # missing → the mean
-    scale = np.where(std_u > 0, std_u * m, 1.0)
+    scale = std_u * m  # 0 where the column is constant, or its spread underflows: then 1
     return np.clip(z, -Z_CLIP, Z_CLIP), mean_u * m, np.where(scale > 0, scale, 1.0)
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from recstream.models.ranker import LOGIT_CLIP, FTRLRanker
+from recstream.models.ranker import FTRLRanker, probability
 from recstream.serving.blend import Source
 
 from recstream.contracts.ranking import FEATURES
@@ -137,12 +137,6 @@ def score(weights: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """
     contributions = rows * weights[1:]
     return probability(contributions.sum(axis=1) + weights[0]), contributions
-
-
-def probability(logits: np.ndarray) -> np.ndarray:
-    """σ(z) of logits clipped to ±LOGIT_CLIP (np.minimum/np.maximum: np.clip's dispatch costs twice as much on a
-    page's small arrays)."""
-    return 1.0 / (1.0 + np.exp(-np.minimum(np.maximum(logits, -LOGIT_CLIP), LOGIT_CLIP)))
 
 
 def score_at_ctr(weights: np.ndarray, rows: np.ndarray, ctr: np.ndarray) -> np.ndarray:

@@ -389,15 +389,14 @@ class SnapshotLoader:
         if overall is not None:
             full = len(overall) == POPULAR_DEPTH
             floor = min(self._prior(prior), *overall.values()) if full else self._prior(prior)
-            lists = {
-                "ctr_logits": _logits(overall),
-                "ctr_floor_logit": float(ctr_logit(np.array(floor))),
-                "overall": tuple(overall),
-                "overall_rank": positions(overall),
-                "segments": await self._segments(sorted(segments), overall),
-            }
-            for name, value in lists.items():  # the second swap: no await in it
-                setattr(snap, name, value)
+            lists = await self._segments(sorted(segments), overall)
+            snap.ctr_logits, snap.ctr_floor_logit, snap.overall, snap.overall_rank, snap.segments = (  # second swap
+                _logits(overall),
+                float(ctr_logit(np.array(floor))),
+                tuple(overall),
+                positions(overall),
+                lists,
+            )
             self._popular_at = now
         snap.loaded = True
         snap.item_columns()  # here, not in the first feed request after the reload
