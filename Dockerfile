@@ -23,7 +23,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip wheel --constraint requirements.lock --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# NUMBA_CACHE_DIR: the compiled FTRL loop (models/ftrl_step.py) is cached where the non-root user can write; the
+# installed package's own folder is root's
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NUMBA_CACHE_DIR=/tmp/numba
 # the wheels are mounted for the install only, so they take no layer of the image
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels recstream

@@ -2,9 +2,9 @@
 
 FTRL-Proximal (McMahan et al. 2013, "Ad click prediction: a view from the trenches") keeps two
 accumulators per coordinate, z and n, and derives the weights from them in closed form. Rows are
-applied one at a time, in order, as the algorithm requires; the work within a row is vectorized
-over the features. A bias is handled internally as a coordinate whose feature is always 1, and
-it is regularized like every other coordinate (its learning rate scale may be its own, ``FTRLConfig.bias_alpha``).
+applied one at a time, in order, as the algorithm requires. A bias is handled internally as a coordinate
+whose feature is always 1, and it is regularized like every other coordinate (its learning rate scale may
+be its own, ``FTRLConfig.bias_alpha``).
 
 A prior weight vector w₀ (``FTRLConfig.prior``) makes the model start from a known scorer instead of
 from zero: the logit is (w₀ + w)·x and FTRL learns the residual w, its regularization pulling the
@@ -12,9 +12,8 @@ weights towards w₀ rather than towards 0 (a cold model scores as w₀ does; da
 
 Determinism: the state after a sequence of rows is a pure function of the config and the rows in
 order, whatever batches they came in, so a worker restored from `to_bytes` and fed the rest of the
-rows ends in the same bytes as one that never stopped. Each step is a correctly rounded IEEE
-operation, `math.fsum` (the correctly rounded sum, so no summation order and no BLAS kernel to
-depend on) or `math.exp` for the sigmoid.
+rows ends in the same bytes as one that never stopped. The row loop (models/ftrl_step.py, compiled) applies
+IEEE operations in a fixed order, w·x summed coordinate by coordinate, with no BLAS kernel to depend on.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ _READS = (3, 4)
 """Versions `from_bytes` reads: a version 3 state is version 4's without the mask (every feature standardized)."""
 # magic, version, n_features, n_updates, alpha, beta, l1, l2, bias_alpha, standardize
 _HEADER = struct.Struct("<4sHIQ5d?")
-_NON_FINITE = "the batch would leave a non-finite state (z, n or the statistics): nothing learned"
+_NON_FINITE = "the batch would leave a non-finite state (a logit, z, n or the statistics): nothing learned"
 VAR_FLOOR = 1e-12
 """A feature whose running variance is at most this is not scaled (its scale is 1): a constant, or one row."""
 MAX_ABS_INPUT = 1e100
@@ -246,7 +245,7 @@ class FTRLRanker:
         """Click probabilities σ(w·x) of rows shaped (n_rows, n_features), with the logit clipped to ±35.
 
         Vectorized over rows, it gives the prediction `update` would make for a row up to rounding in
-        the last bits (`update` sums w·x with `math.fsum` and applies `math.exp`, one row at a time; standardized,
+        the last bits (`update` sums w·x coordinate by coordinate, one row at a time; standardized,
         it applies the learned weights to (x − μ)/s where this applies their raw-feature form).
 
         >>> FTRLRanker(2).score(np.zeros((3, 2)))
@@ -371,14 +370,11 @@ def update_many(
     labels: Sequence[ArrayLike],
     predictions: Sequence[list[float]] | None = None,
 ) -> list[float]:
-    """``rankers[k].update(rows[k], labels[k], predictions[k])`` for every k, stepped together; each one's logloss.
+    """``rankers[k].update(rows[k], labels[k], predictions[k])`` for every k, all or none; each one's logloss.
 
-    Why: a row's update is a dozen numpy calls on one short vector, so per row the call overhead is
-    the cost. Rankers of one config (a worker's partitions) take their k-th rows in one step: each
-    call runs on a (rankers, 1 + n_features) block, and each element sees the same IEEE operations
-    as alone (elementwise ufuncs; the dot product stays one ``math.fsum`` per ranker), so every
-    ranker ends in the bytes `update` would give it. All batches are validated before anything is learned, and the
-    steps run on copies of the states, written back only if every one is finite: on a ValueError no ranker changed.
+    A worker's partitions learn a batch together: every batch is validated before anything is learned, and the
+    rows run (models/ftrl_step.learn, compiled) on copies of the states, written back only if every ranker's
+    logits and state stayed finite; on a ValueError no ranker changed.
 
     >>> a, b, c = FTRLRanker(1), FTRLRanker(1), FTRLRanker(1)
     >>> losses = update_many([a, b], [[[1.0], [2.0]], [[1.0]]], [[1, 0], [0]])
@@ -386,134 +382,33 @@ def update_many(
     >>> a.to_bytes() == c.to_bytes(), b.n_updates, [round(x, 4) for x in losses]
     (True, 1, [0.7054, 0.6931])
     """
+    from recstream.models.ftrl_step import learn  # numba: imported by the processes that learn, not the reader
+
     if not len(rankers) == len(rows) == len(labels) == (len(rankers) if predictions is None else len(predictions)):
         raise ValueError("rankers, rows, labels (and predictions) must have one entry per ranker")
     if len({id(r) for r in rankers}) != len(rankers):
         raise ValueError("a ranker can take only one batch per call")
-    if len({(r.config, r.n_features) for r in rankers}) > 1:
-        raise ValueError("rankers stepped together must share their config and feature count")
     xs = [ranker._design(x) for ranker, x in zip(rankers, rows, strict=True)]
-    ys = [_binary_labels(y, len(x)).tolist() for y, x in zip(labels, xs, strict=True)]
-    losses: list[list[float]] = [[] for _ in rankers]
-    probs: list[list[float]] = [[] for _ in rankers]
-    # the longest batch first: the rankers still learning at step t are then a prefix of the block
-    order = sorted((k for k in range(len(rankers)) if len(xs[k])), key=lambda k: -len(xs[k]))
-    if order:
-        stepped = [rankers[k] for k in order]
-        try:  # an overflow is no warning: it is refused below, and the rankers stay as they were
-            with np.errstate(over="ignore", invalid="ignore"):
-                states = _step_together(stepped, [xs[k] for k in order], [ys[k] for k in order],
-                                        [losses[k] for k in order], [probs[k] for k in order])  # fmt: skip
-        except (OverflowError, ValueError) as exc:  # math.fsum of products that overflowed: inf − inf, or past max
-            raise ValueError(_NON_FINITE) from exc
-        if not all(np.isfinite(state).all() for state in states):
+    ys = [_binary_labels(y, len(x)) for y, x in zip(labels, xs, strict=True)]
+    learned = []
+    for ranker, x, y in zip(rankers, xs, ys, strict=True):
+        cfg, width = ranker.config, ranker.n_features + 1
+        state = (ranker._z.copy(), ranker._n.copy(), ranker._mean.copy(), ranker._m2.copy())
+        probs, losses = np.empty(len(x)), np.empty(len(x))
+        finite = learn(x, np.ascontiguousarray(y), *state, float(ranker.n_updates), cfg.alphas(width),
+                       cfg.standardized(width), ranker.prior, cfg.beta, cfg.l1, cfg.l2, LOGIT_CLIP, VAR_FLOOR, probs,
+                       losses)  # fmt: skip
+        if not (finite and all(np.isfinite(v).all() for v in state)):
             raise ValueError(_NON_FINITE)
-        for j, ranker in enumerate(stepped):
-            ranker._z, ranker._n, ranker._mean, ranker._m2 = (state[j].copy() for state in states)
-    for k, ranker in enumerate(rankers):
-        ranker.n_updates += len(xs[k])
-        if predictions is not None:
-            predictions[k].extend(probs[k])
-    return [math.fsum(loss) / len(loss) if loss else math.nan for loss in losses]
-
-
-def _step_together(
-    rankers: list[FTRLRanker], xs: list[np.ndarray], ys: list[list[float]], losses: list[list[float]],
-    probs: list[list[float]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """The FTRL steps of `update_many` for rankers ordered by batch length, longest first (none empty): their new
-    z, n, μ and M2, stacked (one row per ranker); the rankers themselves are not changed."""
-    cfg = rankers[0].config
-    l1 = cfg.l1
-    count, width, steps = len(rankers), rankers[0].n_features + 1, len(xs[0])
-    x = np.zeros((steps, count, width))  # x[t, j]: ranker j's row t
-    for j, rows in enumerate(xs):
-        x[: len(rows), j] = rows
-    z, n = np.stack([r._z for r in rankers]), np.stack([r._n for r in rankers])
-    mean, m2 = np.stack([r._mean for r in rankers]), np.stack([r._m2 for r in rankers])
-    learned = np.array([[float(r.n_updates)] for r in rankers])  # standardize: rows in the statistics, per ranker
-    # the coordinates standardized: the bias and the features left raw keep μ = 0 and Σ squared deviations 0 (s = 1)
-    features = np.tile(cfg.standardized(width), (count, 1))
-    var_, sd_, raw_, d_ = (np.empty((count, width)) for _ in range(4))
-    counted_, floor_ = np.empty((count, 1)), np.empty((count, 1))
-    root_n = np.sqrt(n)
-    neg_den = _neg_den(root_n, cfg)  # −((β + sqrt(n))/α + λ2), kept negated so that w = numerator / neg_den
-    # Full-block constants: ufuncs take them faster than Python floats, and the bits are the same.
-    neg_beta, l2_v = (np.full((count, width), value) for value in (-cfg.beta, cfg.l2))
-    alpha_v = np.tile(cfg.alphas(width), (count, 1))
-    lo, hi = np.full((count, width), -l1), np.full((count, width), l1)
-    prior = np.tile(rankers[0].prior, (count, 1)) if cfg.prior else None  # w₀ of every ranker (one config)
-    w_, g_, tmp_, next_root_n = (np.empty((count, width)) for _ in range(4))
-    scale_ = np.empty((count, 1))
-    exp, log1p, fsum, bound = math.exp, math.log1p, math.fsum, LOGIT_CLIP
-    add, sub, mul, div, sqrt, fmax, fmin = np.add, np.subtract, np.multiply, np.divide, np.sqrt, np.fmax, np.fmin
-    t = 0
-    while t < steps:
-        active = sum(1 for rows in xs if len(rows) > t)  # rankers 0 … active−1 learn steps t … stop−1
-        stop = len(xs[active - 1])
-        zs, ns, rs, nrs, dens = z[:active], n[:active], root_n[:active], next_root_n[:active], neg_den[:active]
-        nb, av, l2v, los, his = neg_beta[:active], alpha_v[:active], l2_v[:active], lo[:active], hi[:active]
-        w, g, tmp, scale = w_[:active], g_[:active], tmp_[:active], scale_[:active]
-        means, m2s, var, sd, d = mean[:active], m2[:active], var_[:active], sd_[:active], d_[:active]
-        counted, floor = counted_[:active], floor_[:active]
-        for step in range(t, stop):
-            xt = x[step, :active]
-            if cfg.standardize:  # x ← (x − μ)/s with the statistics of the rows before this one (_scales' operations)
-                raw = raw_[:active]
-                np.copyto(raw, xt)
-                add(learned[:active], float(step - t), counted)  # rows counted before this one (≥ 0)
-                fmax(counted, 1.0, floor)
-                div(m2s, floor, var)
-                sqrt(var, sd)
-                np.copyto(sd, 1.0, where=var <= VAR_FLOOR)
-                sub(xt, means, xt)
-                div(xt, sd, xt)
-            if l1 == 0.0:  # w: the operations of _weights, inlined
-                div(zs, dens, w)
-            else:
-                fmax(zs, los, out=w)  # z is finite, so fmax/fmin clip exactly as max/min would
-                fmin(w, his, out=w)
-                sub(zs, w, w)
-                div(w, dens, w)
-            if prior is None:
-                mul(w, xt, tmp)
-            else:  # the logit's weights are w₀ + w; the residual w alone is what FTRL regularizes
-                add(w, prior[:active], tmp)
-                mul(tmp, xt, tmp)
-            for j, products in enumerate(tmp.tolist()):
-                s = fsum(products)  # w·x, correctly rounded: no summation order to depend on
-                s = -bound if s < -bound else (bound if s > bound else s)
-                p = 1.0 / (1.0 + exp(-s))
-                yi = ys[j][step]
-                probs[j].append(p)
-                losses[j].append(log1p(exp(-s)) if yi == 1.0 else log1p(exp(s)))  # −ln p(y)
-                scale[j, 0] = p - yi
-            mul(xt, scale, g)  # g_i = (p − y)·x_i
-            mul(g, g, tmp)
-            add(ns, tmp, ns)  # n_i += g_i²
-            sqrt(ns, nrs)
-            sub(nrs, rs, tmp)
-            div(tmp, av, tmp)  # σ_i = (sqrt(n_i + g_i²) − sqrt(n_i))/α
-            mul(tmp, w, tmp)
-            sub(g, tmp, tmp)
-            add(zs, tmp, zs)  # z_i += g_i − σ_i·w_i
-            rs, nrs = nrs, rs
-            root_n, next_root_n = next_root_n, root_n
-            sub(nb, rs, dens)  # the operations of _neg_den
-            div(dens, av, dens)
-            sub(dens, l2v, dens)
-            if cfg.standardize:  # Welford: d = x − μ, μ += d/k, M2 += d·(x − μ), on the raw row, the bias left out
-                sub(raw, means, d)
-                mul(d, features[:active], d)
-                add(counted, 1.0, counted)
-                div(d, counted, tmp)
-                add(means, tmp, means)
-                sub(raw, means, tmp)
-                mul(d, tmp, tmp)
-                add(m2s, tmp, m2s)
-        learned[:active] += stop - t
-        t = stop
-    return z, n, mean, m2
+        learned.append((state, probs, losses))
+    for ranker, ((z, n, mean, m2), probs, _), prediction in zip(
+        rankers, learned, predictions or [None] * len(rankers), strict=True
+    ):
+        ranker._z, ranker._n, ranker._mean, ranker._m2 = z, n, mean, m2
+        ranker.n_updates += len(probs)
+        if prediction is not None:
+            prediction.extend(probs.tolist())
+    return [math.fsum(losses.tolist()) / len(losses) if len(losses) else math.nan for _, _, losses in learned]
 
 
 def auc(scores: ArrayLike, labels: ArrayLike) -> float:

@@ -191,7 +191,7 @@ def train(state: bytes | None, rows: Rows, config: FTRLConfig) -> Trained:
 
 def train_batch(rows: BatchRows, states: Mapping[Partition, bytes], config: FTRLConfig) -> BatchTraining:
     """Every partition of the batch learns its rows on top of its state in ``states`` (absent: a new ranker), the
-    partitions stepped together (:func:`~recstream.models.ranker.update_many`: the same bytes as one by one)."""
+    partitions all or none (:func:`~recstream.models.ranker.update_many`: a refused batch changes no partition)."""
     partitions = list(rows.by_partition)
     rankers = [restore(states.get(p), config) for p in partitions]
     predicted: list[list[float]] = [[] for _ in partitions]

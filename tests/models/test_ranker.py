@@ -506,10 +506,13 @@ def test_rankers_stepped_together_end_in_the_bytes_each_learns_alone(l1, prior):
     np.testing.assert_array_equal(together_losses, losses)  # nan for the empty batch in both
 
 
-def test_rankers_stepped_together_must_share_config_and_a_bad_batch_stops_all():
-    a, b = FTRLRanker(2), FTRLRanker(2, FTRLConfig(alpha=0.5))
-    with pytest.raises(ValueError, match="share their config"):
-        update_many([a, b], [[[1.0, 0.0]], [[1.0, 0.0]]], [[1], [0]])
+def test_rankers_of_other_configs_learn_together_each_by_its_own_and_a_bad_batch_stops_all():
+    a, b = FTRLRanker(2), FTRLRanker(2, FTRLConfig(alpha=0.5, standardize=True))
+    a_alone, b_alone = FTRLRanker.from_bytes(a.to_bytes()), FTRLRanker.from_bytes(b.to_bytes())
+    update_many([a, b], [[[1.0, 0.0], [0.5, 2.0]], [[1.0, 0.0]]], [[1, 0], [0]])
+    a_alone.update([[1.0, 0.0], [0.5, 2.0]], [1, 0])
+    b_alone.update([[1.0, 0.0]], [0])
+    assert (a.to_bytes(), b.to_bytes()) == (a_alone.to_bytes(), b_alone.to_bytes())
     c = FTRLRanker(2)
     before = (a.to_bytes(), c.to_bytes())
     with pytest.raises(ValueError, match="finite"):
@@ -564,14 +567,14 @@ def _at_the_edge_of_the_float_range() -> FTRLRanker:
 
 
 @pytest.mark.parametrize(
-    ("make", "row", "cause"),
+    ("make", "row"),
     [
-        (lambda: FTRLRanker(1, FTRLConfig(alpha=1e-300)), 1e10, None),  # σ = Δ√n/α overflows; σ·w = inf·0: z NaN
-        (_at_the_edge_of_the_float_range, 1.0, OverflowError),  # the logit's math.fsum overflows
+        (lambda: FTRLRanker(1, FTRLConfig(alpha=1e-300)), 1e10),  # σ = Δ√n/α overflows; σ·w = inf·0: z NaN
+        (_at_the_edge_of_the_float_range, 1.0),  # the logit w·x overflows to −inf (clipped, it would pass unseen)
     ],
     ids=["nan", "overflow"],
 )
-def test_a_batch_that_would_leave_a_non_finite_state_is_refused_and_no_ranker_changes(make, row, cause):
+def test_a_batch_that_would_leave_a_non_finite_state_is_refused_and_no_ranker_changes(make, row):
     """`update_many` steps copies and writes them back only when finite: a NaN state would fail from_bytes, and the
     worker would restart the partition's ranker from zero."""
     broken = make()
@@ -579,9 +582,8 @@ def test_a_batch_that_would_leave_a_non_finite_state_is_refused_and_no_ranker_ch
     fine.update([[1.0]], [0])
     before = [fine.to_bytes(), broken.to_bytes()]
     predicted: list[list[float]] = [[], []]
-    with pytest.raises(ValueError, match="non-finite state") as refused:
+    with pytest.raises(ValueError, match="non-finite state"):
         update_many([fine, broken], [[[1.0]], [[row]] * 3], [[1], [1, 0, 1]], predicted)
-    assert (None if refused.value.__cause__ is None else type(refused.value.__cause__)) is cause
     assert [fine.to_bytes(), broken.to_bytes()] == before and (fine.n_updates, broken.n_updates) == (1, 0)
     assert predicted == [[], []]
     update_many([fine], [[[1.0]]], [[1]])
