@@ -22,6 +22,15 @@ time (~40 min); ``--sequential`` runs one after the other. Keys: ``closed_loop_<
 for the fresh world, ``..._<row>_<world>`` for the others (bench/policies.py's rule), and
 ``closed_loop_ranked_share[_<world>]``. Targets (issue 16): the ranked feed's regret below each other
 row's on every seed of both worlds, its CTR ≥ 1.2× the fixed blend's in each world.
+
+The by-seed table shows each run's feeds served: a run that served under 95% of the feeds offered (throttled:
+bench/policies.MIN_SERVED_SHARE) makes a recorded benchmark invalid (a ``--no-record`` one warns); one whose setup
+outlasted the lead before its users start (bench/policies.SETUP_S: it would cover another stretch of the world)
+makes any invalid.
+
+Only the full run at the defaults records (every row, at least the default worlds, seeds 1–5, 60 s, no ``--set``):
+a run of fewer rows, worlds, seeds or seconds would replace some of its keys and leave the others from another
+run. Any other run is refused at its options unless it says ``--no-record`` (``--quick`` implies it).
 """
 
 from __future__ import annotations
@@ -35,7 +44,16 @@ from concurrent.futures import ThreadPoolExecutor
 from rich.table import Table
 
 from bench.common import BLEND_ROWS, fail, figure, machine, record, services, show
-from bench.policies import check_feeds, closed_loop_parser, console, figures_of, means, run_with_retries, summary_table
+from bench.policies import (
+    check_feeds,
+    closed_loop_parser,
+    console,
+    feeds_served,
+    figures_of,
+    means,
+    run_with_retries,
+    summary_table,
+)
 from recstream.contracts.settings import Settings
 from recstream.sim.simulator import WORLDS, SimResult
 
@@ -44,9 +62,12 @@ ROWS = BLEND_ROWS
 MIN_RANKED_SHARE = 0.5
 """A ranked run with fewer of its pages ranked than this is invalid (the ranker never warmed up)."""
 CTR_TARGET = 1.2
+UNMEASURED = ("sequential", "no_record", "quick")
+"""Options that do not change what is measured: the worlds side by side or not, and whether to record."""
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def options() -> argparse.ArgumentParser:
+    """The closed loop's options (bench/policies.closed_loop_parser) and this benchmark's."""
     parser = closed_loop_parser(__doc__)
     parser.add_argument("--worlds", default="fresh,stable", help="comma-separated, of: " + ", ".join(WORLDS))
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, of: " + ", ".join(ROWS))
@@ -64,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     parser.add_argument("--quick", action="store_true", help="2 seeds × 20 s: a smoke run, not a measurement")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = options()
     args = parser.parse_args(argv)
     worlds, rows = args.worlds.split(","), args.rows.split(",")
     if unknown := set(worlds) - set(WORLDS):
@@ -72,10 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(ROWS)}")
     if args.quick:  # a smoke run: its figures never replace the recorded ones
         args.seeds, args.seconds, args.no_record = 2, 20.0, True
-    if args.set and not args.no_record:
-        parser.error("--set measures a candidate, not the defaults: add --no-record")
-    if args.first_seed != 1 and not args.no_record:
-        parser.error("--first-seed other than 1 studies validation seeds, not the recorded figures: add --no-record")
+    if not args.no_record and (changed := departures(args, parser.parse_args([]))):
+        parser.error(f"{', '.join(changed)}: only the full run at the defaults is recorded: add --no-record")
     overrides = dict(item.partition("=")[::2] for item in args.set)
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
@@ -86,6 +110,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = {w: pool.submit(run_world, base, w, rows, per_world[w]) for w in worlds}
         results = {w: future.result() for w, future in runs.items()}
     report(results, args, command, (time.monotonic() - started) / 60)
+
+
+def departures(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
+    """The options by which this run is not the full run at the defaults, the only one recorded: every row, the
+    default worlds (others may run beside them: their keys are their own), every other measured option as it is."""
+    changed = [f"--{name.replace('_', '-')}" for name, value in vars(defaults).items()
+               if name not in ("rows", "worlds", *UNMEASURED) and getattr(args, name) != value]  # fmt: skip
+    if set(args.rows.split(",")) != set(ROWS):
+        changed.append("--rows")
+    if not set(defaults.worlds.split(",")) <= set(args.worlds.split(",")):
+        changed.append("--worlds")
+    return changed
 
 
 def run_world(base: Settings, world: str, rows: Sequence[str], args: argparse.Namespace) -> dict[str, list[SimResult]]:
@@ -118,8 +154,9 @@ def report(
                  f"feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min for every world")  # fmt: skip
         show(summary_table(by_row, title), console)
     rows = list(next(iter(results.values())))
+    served = f"feeds served ({' / '.join(rows)}; {args.feeds_per_s * args.seconds:,.0f} offered)"
     by_seed = Table(title="regret per feed, by world and seed (the same world, users and click draws for every row)")
-    for column in ("world", "seed", *rows, "ranked pages", "ranked lowest"):
+    for column in ("world", "seed", *rows, served, "ranked pages", "ranked lowest"):
         by_seed.add_column(column, justify="left" if column in ("world", "ranked lowest") else "right")
     for world, by_row in results.items():
         for k in range(args.seeds):
@@ -128,13 +165,14 @@ def report(
             shares, lowest = (
                 ("–", "–") if ranked is None else (f"{ranked.ranked_share:.0%}", _yes(ranked_lowest(by_row, k)))
             )
-            by_seed.add_row(world, str(args.first_seed + k), *(f"{regret[row]:.3f}" for row in rows), shares, lowest)
+            by_seed.add_row(world, str(args.first_seed + k), *(f"{regret[row]:.3f}" for row in rows),
+                            feeds_served(by_row, k), shares, lowest)  # fmt: skip
     show(by_seed, console)
     figures: dict[str, dict[str, object]] = {}
     for world, by_row in results.items():
         mean = means(by_row)
         if {"ranked", "fixed"} <= set(by_row):
-            below = sum(ranked_lowest(by_row, k) for k in range(args.seeds))
+            below = sum(bool(ranked_lowest(by_row, k)) for k in range(args.seeds))
             console.print(
                 f"{world} world: ranked / fixed CTR ×{mean['ranked']['ctr'] / max(mean['fixed']['ctr'], 1e-9):.3f} "
                 f"(target ≥ {CTR_TARGET}); ranked regret below every other row's on {below} of {args.seeds} seeds "
@@ -150,19 +188,20 @@ def report(
             if r.ranked_share < MIN_RANKED_SHARE:
                 fail(f"{world} world, seed {args.first_seed + k}: only {r.ranked_share:.0%} of the ranked row's pages "
                      f"were ranked (the ranker did not warm up; at least {MIN_RANKED_SHARE:.0%} needed)")  # fmt: skip
-        check_feeds({f"{world} {row}": runs for row, runs in by_row.items()})
+        check_feeds({f"{world} {row}": runs for row, runs in by_row.items()}, args)
     if not args.no_record:
         record(figures)
 
 
-def ranked_lowest(by_row: dict[str, list[SimResult]], seed: int) -> bool:
-    """Whether the ranked row's regret on the seed (0-based) is below every other row's."""
+def ranked_lowest(by_row: dict[str, list[SimResult]], seed: int) -> bool | None:
+    """Whether the ranked row's regret on the seed (0-based) is below every other row's; None when no other row ran
+    (below nothing is no verdict)."""
     others = [runs[seed].regret_per_feed for row, runs in by_row.items() if row != "ranked"]
-    return by_row["ranked"][seed].regret_per_feed < min(others, default=float("inf"))
+    return by_row["ranked"][seed].regret_per_feed < min(others) if others else None
 
 
-def _yes(value: bool) -> str:
-    return "yes" if value else "no"
+def _yes(value: bool | None) -> str:
+    return "–" if value is None else "yes" if value else "no"
 
 
 if __name__ == "__main__":

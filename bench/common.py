@@ -115,8 +115,17 @@ RESULT_KEYS: Mapping[str, Keys] = {
             "reader_feeds_per_s_fixed",
         ),
         # the 2-process reader at the offered rate, added after the run of 2026-12-02: written by every run since;
-        # the reader on a Redis Cluster and the main reader of the same turns: --cluster only
-        ("reader_p99_ms_2proc", "reader_feeds_per_s_cluster", "reader_feeds_per_s_single", "reader_p99_ms_cluster"),
+        # the targets' ratios (medians of the ratios within each round), added after the run of 2026-12-05: written
+        # by every run since; the reader on a Redis Cluster, the main reader of the same turns, their ratio: --cluster
+        (
+            "reader_p99_ms_2proc",
+            "reader_two_processes_speedup",
+            "reader_ranked_to_fixed",
+            "reader_feeds_per_s_cluster",
+            "reader_feeds_per_s_single",
+            "reader_p99_ms_cluster",
+            "reader_cluster_to_single",
+        ),
     ),
     "prequential": Keys(
         _prequential_keys(("popularity", "frozen", "candidates", "served")),

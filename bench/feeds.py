@@ -27,7 +27,8 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    contender, and at the fixed rate on the main reader, the 2 processes and the fixed blend. The ratio to the
    main reader is taken within each round (the other work on the machine drifts, a round is short) and its
    median over rounds is the figure: issue 18 wants 2 processes ≥ 1.6× one, issue 16 ranked pages ≥ 85% of the
-   fixed blend's feeds/s;
+   fixed blend's feeds/s (that ratio is the main reader's over the fixed blend's; the others a contender's over
+   the main reader's);
 6. prints the tables, with the CPU the readers (every process), the load generator and Redis spent per
    phase (cores = CPU seconds per second: they share the machine), and fails the run (exit 1, nothing
    recorded) when a phase has more than 0.1% of non-200 or degraded answers (bench/common.check_answers)
@@ -37,16 +38,20 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    the turns: ``reader_feeds_per_s_1proc`` and ``reader_feeds_per_s_ranked`` (both the main reader),
    ``reader_feeds_per_s_2proc`` and ``reader_feeds_per_s_fixed``, and ``reader_p99_ms_2proc``: the p99 at the
    fixed rate of ``recstream serve --workers 2``, how a deployment serves that rate with one process per core
-   (issue 16's p99 target names a rate, not a process count). With ``--cluster`` the same state is also
+   (issue 16's p99 target names a rate, not a process count); and the targets' figures, the medians over rounds
+   of the ratios within each round (not the ratios of the medians above, which differ):
+   ``reader_two_processes_speedup`` and ``reader_ranked_to_fixed``. Only a run at the defaults records (``--cluster``
+   may be added), so the keys never mix runs. With ``--cluster`` the same state is also
    written to a Redis Cluster of 3 masters + 3 replicas on this machine (the workers' hash-tagged layout,
    recstream/contracts/keys.py) and one more contender, a reader on it, takes its turns closed and open loop
    (its Redis CPU is every node's): ``reader_feeds_per_s_cluster``, ``reader_feeds_per_s_single`` (the main
    reader in the same rounds) and ``reader_p99_ms_cluster`` (issue 18: p99 ≤ 20 ms at 1,000 feeds/s on a
-   Redis Cluster). The run also fails when the main
+   Redis Cluster) and ``reader_cluster_to_single`` (the median of the ratios). The run also fails when the main
    reader served a page that was not ranked, or the fixed-blend reader one that was (their
    ``recstream_reader_feeds_by_mode_total``).
 
-feeds/s counts only good answers (200, not degraded); latencies are over every answer, since a
+feeds/s counts only good answers (200, not degraded), over the time until the phase's last answer arrived (at the
+fixed rate a saturated reader answers after the schedule ends); latencies are over every answer, since a
 degraded one is the slow kind (its Redis call timed out). The machine's 2 cores are shared by the
 readers, Redis and the load generator, as in production's worst case of co-location; the figures are
 a floor for a reader with a core of its own. Two processes can only beat one where a core is idle:
@@ -68,7 +73,7 @@ import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from urllib.request import urlopen
@@ -212,10 +217,13 @@ async def _connect(port: int) -> _Connection:
 
 async def _closed(
     port: int, path: str, users: list[str], concurrency: int, seconds: float
-) -> tuple[list[float], int, int]:
+) -> tuple[list[float], int, int, float]:
+    """Each connection sends its next request when the last is answered, until ``seconds`` have passed; latencies,
+    non-200 and degraded counts, and the seconds until the last answer arrived."""
     latencies: list[float] = []
     errors = degraded = 0
-    stop = time.perf_counter() + seconds
+    start = time.perf_counter()
+    stop = start + seconds
 
     async def client(seed: int) -> None:
         nonlocal errors, degraded
@@ -229,11 +237,14 @@ async def _closed(
         connection.transport.close()  # type: ignore[union-attr]
 
     await asyncio.gather(*(client(n) for n in range(concurrency)))
-    return latencies, errors, degraded
+    return latencies, errors, degraded, time.perf_counter() - start
 
 
-async def _open(port: int, path: str, users: list[str], rate: float, seconds: float) -> tuple[list[float], int, int]:
-    """Requests scheduled every 1/rate s on a pool of keep-alive connections; latency from the scheduled time."""
+async def _open(
+    port: int, path: str, users: list[str], rate: float, seconds: float
+) -> tuple[list[float], int, int, float]:
+    """Requests scheduled every 1/rate s for ``seconds`` on a pool of keep-alive connections; latency from the
+    scheduled time. Returns what :func:`_closed` does: a saturated reader answers after the schedule ends."""
     connections: asyncio.Queue = asyncio.Queue()
     for _ in range(64):
         connections.put_nowait(await _connect(port))
@@ -259,24 +270,26 @@ async def _open(port: int, path: str, users: list[str], rate: float, seconds: fl
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(scheduled, (path % rng.choice(users)).encode())))
     await asyncio.gather(*tasks)
-    return latencies, errors, degraded
+    return latencies, errors, degraded, time.perf_counter() - start
 
 
 def load(mode: str, port: int, path: str, users: list[str], concurrency: int, rate: float, seconds: float) -> dict:
-    """One phase in this (child) process: good answers per second, latencies of every answer in ms, non-200 and
-    degraded counts, and the CPU seconds this process spent generating the load."""
+    """One phase in this (child) process: good answers per second (over the time until the last answer arrived, not
+    the phase's nominal length: at a fixed offered rate, a saturated reader answers late, and dividing by the
+    schedule's length would give the offered rate), latencies of every answer in ms, non-200 and degraded counts,
+    and the CPU seconds this process spent generating the load."""
     import uvloop
 
     cpu = time.process_time()
     closed = mode == "closed"
     run = _closed(port, path, users, concurrency, seconds) if closed else _open(port, path, users, rate, seconds)
-    latencies, errors, degraded = uvloop.run(run)
+    latencies, errors, degraded, elapsed = uvloop.run(run)
     ms = np.asarray(latencies) * 1000
     good = len(ms) - errors - degraded  # a degraded answer is a 200 too
     quantile = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: float("nan"))
     return {
         "requests": len(ms),
-        "per_s": good / seconds,
+        "per_s": good / elapsed,
         "p50": quantile(50),
         "p99": quantile(99),
         "p999": quantile(99.9),
@@ -299,19 +312,21 @@ class Contender:
 
     name: str
     key: str  # results.json key of its warm feeds/s
+    ratio_key: str  # results.json key of the median over rounds of the warm feeds/s ratio within each round
     processes: int = 1
     mode: str = "ranked"  # how its pages must be made (serving/ranking.MODES)
     settings: tuple[tuple[str, object], ...] = ()  # flat settings it has otherwise than the main reader
     open_loop: bool = False  # also measured at the fixed offered rate (p99)
     p99_key: str | None = None  # results.json key of its p99 at that rate (the median over rounds)
+    main_first: bool = False  # the ratio is the main reader's over this one's (its target names it so), not the reverse
 
 
 CONTENDERS = [
-    Contender("2 processes", "reader_feeds_per_s_2proc", processes=2, open_loop=True, p99_key="reader_p99_ms_2proc"),
-    Contender(
-        "fixed blend", "reader_feeds_per_s_fixed", mode="fixed-off", settings=(("ranker", False),), open_loop=True
-    ),
-]
+    Contender("2 processes", "reader_feeds_per_s_2proc", "reader_two_processes_speedup", processes=2,
+              open_loop=True, p99_key="reader_p99_ms_2proc"),
+    Contender("fixed blend", "reader_feeds_per_s_fixed", "reader_ranked_to_fixed", mode="fixed-off",
+              settings=(("ranker", False),), open_loop=True, main_first=True),
+]  # fmt: skip
 CLUSTER = "Redis Cluster"
 MAIN_KEYS = {
     "2 processes": "reader_feeds_per_s_1proc",
@@ -417,9 +432,14 @@ def phase_table(title: str, phases: list[Phase], results: dict[str, dict]) -> Ta
     return table
 
 
+def loads(args: argparse.Namespace) -> tuple[str, str]:
+    """The closed and the open loop as phase names and the figures' commands call them."""
+    return f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
+
+
 def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]) -> list[list[Phase]]:
     """Each round's phases: the main reader and every contender, closed loop, then those measured open loop."""
-    closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
+    closed, offered = loads(args)
     rounds = []
     for n in range(1, args.rounds + 1):
         names = [MAIN, *(c.name for c in contenders)]
@@ -432,34 +452,72 @@ def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]
     return rounds
 
 
-def compared(
-    contenders: list[Contender], rounds: list[list[Phase]], results: dict[str, dict]
-) -> tuple[Table, dict[str, float], dict[str, float]]:
-    """Per contender, its warm feeds/s (and p99) over the main reader's in each round, and the median of those
-    ratios; the medians of every reader's feeds/s by key, and of the p99s the contenders with a ``p99_key`` had."""
+@dataclass
+class Comparison:
+    """What the turns showed: the table of ratios and, by results.json key, the medians over rounds of every reader's
+    warm feeds/s, of the p99s the contenders with a ``p99_key`` had, and of the warm feeds/s ratios."""
+
+    table: Table
+    feeds_per_s: dict[str, float] = field(default_factory=dict)
+    p99_ms: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def compared(contenders: list[Contender], rounds: list[list[Phase]], results: dict[str, dict]) -> Comparison:
+    """Per contender, its warm feeds/s (and p99) over the main reader's in each round (the main reader's over its
+    own when ``main_first``) and the median of those ratios, the figure of its target: the machine's other work
+    drifts between rounds, and a ratio within one round cancels it, which the medians' ratio does not."""
 
     def of(phases: list[Phase], reader: str, mode: str) -> dict:
         return next(results[p.name] for p in phases if p.reader == reader and p.mode == mode)
 
-    table = Table(title="in turns: each contender against the main reader, round by round (ratio B / A)")
-    for column in ("B / A", "per round", "median"):
-        table.add_column(column, justify="left" if column != "median" else "right")
-    medians: dict[str, float] = {}
-    p99s: dict[str, float] = {}
+    out = Comparison(Table(title="in turns: each contender against the main reader, the ratio within each round"))
+    for column in ("ratio", "per round", "median"):
+        out.table.add_column(column, justify="left" if column != "median" else "right")
     for c in contenders:
+        top, bottom = (MAIN, c.name) if c.main_first else (c.name, MAIN)
         rows = [("feeds/s", "closed", "per_s")] + ([("p99", "open", "p99")] if c.open_loop else [])
-        for label, mode, field in rows:
-            ratios = [of(phases, c.name, mode)[field] / of(phases, MAIN, mode)[field] for phases in rounds]
-            table.add_row(f"{c.name} / {MAIN}: {label}", "  ".join(f"{x:.2f}" for x in ratios),
-                          f"{np.median(ratios):.2f}")  # fmt: skip
-        medians[c.key] = float(np.median([of(phases, c.name, "closed")["per_s"] for phases in rounds]))
-        medians[MAIN_KEYS[c.name]] = float(np.median([of(phases, MAIN, "closed")["per_s"] for phases in rounds]))
+        for label, mode, key in rows:
+            ratios = [of(phases, top, mode)[key] / of(phases, bottom, mode)[key] for phases in rounds]
+            out.table.add_row(f"{top} / {bottom}: {label}", "  ".join(f"{x:.2f}" for x in ratios),
+                              f"{np.median(ratios):.2f}")  # fmt: skip
+            if mode == "closed":
+                out.ratios[c.ratio_key] = float(np.median(ratios))
+        for reader, key in ((c.name, c.key), (MAIN, MAIN_KEYS[c.name])):
+            out.feeds_per_s[key] = float(np.median([of(phases, reader, "closed")["per_s"] for phases in rounds]))
         if c.p99_key is not None:
-            p99s[c.p99_key] = float(np.median([of(phases, c.name, "open")["p99"] for phases in rounds]))
-    return table, medians, p99s
+            out.p99_ms[c.p99_key] = float(np.median([of(phases, c.name, "open")["p99"] for phases in rounds]))
+    return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def full_run(args: argparse.Namespace) -> bool:
+    """Whether the run measured what the recorded figures promise: every measuring option at its default
+    (``--cluster`` only adds a contender), so that results.json never mixes keys of different runs."""
+    return all(getattr(args, name) == value for name, value in vars(parse_args([])).items()
+               if name not in ("cluster", "no_record"))  # fmt: skip
+
+
+def figures(args: argparse.Namespace, cmd: str, phases: list[Phase], results: dict[str, dict],
+            comparison: Comparison) -> dict[str, dict[str, object]]:  # fmt: skip
+    """bench/results.json's figures of a valid run: the first table's warm feeds/s and p99 against the empty route,
+    and the turns' medians."""
+    empty_closed, warm_closed, _, empty_open, warm_open = (results[p.name] for p in phases)
+    closed, offered = loads(args)
+    turned = f"{cmd}  # warm users, {closed}, median of {args.rounds} turns"
+    return {
+        "reader_feeds_per_s": figure(warm_closed["per_s"], "feeds/s", f"{cmd}  # warm users, {closed}",
+                                     baseline=empty_closed["per_s"]),
+        "reader_p99_ms": figure(warm_open["p99"], "ms", f"{cmd}  # warm users at {offered}",
+                                baseline=empty_open["p99"]),
+        **{key: figure(value, "feeds/s", turned) for key, value in comparison.feeds_per_s.items()},
+        **{key: figure(value, "ms", f"{cmd}  # warm users at {offered}, median of {args.rounds} turns")
+           for key, value in comparison.p99_ms.items()},
+        **{key: figure(value, "ratio", f"{cmd}  # warm users, {closed}, median of the {args.rounds} rounds' ratios")
+           for key, value in comparison.ratios.items()},
+    }  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each phase of the main reader")
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
@@ -473,7 +531,11 @@ def main(argv: list[str] | None = None) -> None:
         help="also a reader on a Redis Cluster (3 masters + 3 replicas) holding the same state, in turns",
     )
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     console = Console(width=170)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-feeds-"))
     settings = load_settings(
@@ -493,8 +555,8 @@ def main(argv: list[str] | None = None) -> None:
             clusters = stack.enter_context(infra.running_clusters(settings.replace(run_dir=run_dir / "cluster"), False))
             populate(clusters.settings)
             cluster = clusters.settings.redis
-            contenders.append(Contender(CLUSTER, "reader_feeds_per_s_cluster", open_loop=True,
-                                        p99_key="reader_p99_ms_cluster",
+            contenders.append(Contender(CLUSTER, "reader_feeds_per_s_cluster", "reader_cluster_to_single",
+                                        open_loop=True, p99_key="reader_p99_ms_cluster",
                                         settings=(("redis_url", cluster.url), ("redis_cluster", True))))  # fmt: skip
             cluster_pids = [infra.redis_service(node).pid() or 0 for node in clusters.redis_nodes]
         console.print(f"state written in {time.perf_counter() - started:.1f} s")
@@ -507,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
             reader.wait_ready(READY_S)
         warm = [f"w{n}" for n in range(N_WARM)]
         cold = [f"c{n}" for n in range(N_WARM, N_WARM + N_COLD)]
-        closed, offered = f"{args.concurrency} connections", f"{args.rate:,.0f} feeds/s offered"
+        closed, offered = loads(args)
         warm_ups = [Phase(f"warm-up {name}", "closed", args.path, warm, 3.0, name) for name in readers]  # unchecked
         phases = [
             Phase(f"baseline: empty route, {closed}", "closed", EMPTY_PATH, warm, args.seconds),
@@ -531,8 +593,8 @@ def main(argv: list[str] | None = None) -> None:
                      phases, results), console)  # fmt: skip
     show(phase_table(f"in turns, round by round: the main reader ({MAIN}) and each contender",
                      [p for r in rounds for p in r], results), console)  # fmt: skip
-    comparison, medians, p99s = compared(contenders, rounds, results)
-    show(comparison, console)
+    comparison = compared(contenders, rounds, results)
+    show(comparison.table, console)
     trips = [round_trips(text) for name in texts for text in texts[name]]
     feeds, over_two = (sum(t[i] for t in trips) for i in (0, 1))
     expected = {MAIN: "ranked"} | {c.name: c.mode for c in contenders}
@@ -554,22 +616,12 @@ def main(argv: list[str] | None = None) -> None:
         other = {mode: n for mode, n in counts.items() if mode not in (expected[name], "degraded") and n}
         if other:
             fail(f"the {name} reader should serve {expected[name]} pages, it also served {other}")
-    if args.no_record:
+    if args.no_record or not full_run(args):
+        console.print("not written to bench/results.json: --no-record, or not a full run at the defaults")
         return
-    empty_closed, warm_closed, _, empty_open, warm_open = (results[p.name] for p in phases)
-    cmd = " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)])
-    turned = f"{cmd}  # warm users, {closed}, median of {args.rounds} turns"
-    record({
-        "reader_feeds_per_s": figure(warm_closed["per_s"], "feeds/s", f"{cmd}  # warm users, {closed}",
-                                     baseline=empty_closed["per_s"]),
-        "reader_p99_ms": figure(warm_open["p99"], "ms", f"{cmd}  # warm users at {offered}",
-                                baseline=empty_open["p99"]),
-        **{key: figure(value, "feeds/s", turned) for key, value in medians.items()},
-        **{key: figure(value, "ms", f"{cmd}  # warm users at {offered}, median of {args.rounds} turns")
-           for key, value in p99s.items()},
-    })  # fmt: skip
-    written = ", ".join(["reader_feeds_per_s", "reader_p99_ms", *medians, *p99s])
-    console.print(f"wrote {written} to {RESULTS.relative_to(ROOT)}")
+    written = figures(args, " ".join([COMMAND, *(sys.argv[1:] if argv is None else argv)]), phases, results, comparison)
+    record(written)
+    console.print(f"wrote {', '.join(written)} to {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

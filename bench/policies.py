@@ -56,7 +56,7 @@ from recstream.serving.ranking import average_weights
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import BLEND_ROWS, ROOT, START_ATTEMPTS, check_answers, figure, machine, record, services, show
+from bench.common import BLEND_ROWS, ROOT, START_ATTEMPTS, check_answers, fail, figure, machine, record, services, show
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings
@@ -102,7 +102,12 @@ load; a degraded feed serves the popular list whatever the policy, so the runs u
 LOGS = ROOT / ".run" / "bench-policies-logs"
 SETUP_S = 50.0
 """Every run's simulated users start this long after its history ends (setup takes 10–25 s on a quiet machine,
-up to 45 s on a loaded one), so all runs of a seed cover the same stretch of the world's timeline."""
+up to 45 s on a loaded one), so all runs of a seed cover the same stretch of the world's timeline; a run whose
+setup took longer would start later in its world than the others, and ends the benchmark as invalid."""
+MIN_SERVED_SHARE = 0.95
+"""A run that served fewer feeds than this share of those offered (``--feeds-per-s`` × ``--seconds``, the rate the
+tables name) was throttled (a slow reader holds ``--concurrency`` feeds in flight and the users wait), so its row
+saw fewer feeds than the other rows of its seed: a recorded run fails, a ``--no-record`` one warns."""
 console = Console(width=160)
 
 
@@ -142,8 +147,9 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
                         SimConfig(seed=seed, feeds_per_s=args.feeds_per_s, concurrency=args.concurrency),
                         announced_items=history.items, announced_users=history.users, history=history.seen)  # fmt: skip
         begin = world.config.start_ms + int((args.history_s + SETUP_S) * 1000)
-        if time.time() * 1000 > begin:
-            console.print(f"[yellow]  setup took over {SETUP_S:.0f} s: this run starts later in the world[/yellow]")
+        if (late_s := time.time() - begin / 1000) > 0:
+            fail(f"{run}: setup took {SETUP_S + late_s:.0f} s, over the {SETUP_S:.0f} s lead: its simulated "
+                 f"users would start later in the world than the other runs of seed {seed}")  # fmt: skip
         result = asyncio.run(sim.run(seconds=args.seconds, start_ms=begin))
         if settings.blend.ranker:
             console.print(f"  {run}: {learned_weights(settings)}")
@@ -279,14 +285,16 @@ def summary_table(results: dict[str, list[SimResult]], title: str) -> Table:
             spread([len(r.top_discovered) for r in runs], ".1f")
             + f" of {statistics.fmean(len(r.top_new) for r in runs):.1f}",
             f"{statistics.median(medians):.0f}" if medians else "–",
-            f"{lowest.count(policy)} of {seeds}",
+            f"{lowest.count(policy)} of {seeds}" if lowest else "–",
             slots_per_feed(runs),
         )
     return table
 
 
-def lowest_regret(results: dict[str, list[SimResult]]) -> list[str]:
-    """Per seed, the row with the lowest regret per feed."""
+def lowest_regret(results: dict[str, list[SimResult]]) -> list[str] | None:
+    """Per seed, the row with the lowest regret per feed; None when only one row ran (nothing to be lower than)."""
+    if len(results) < 2:
+        return None
     seeds = len(next(iter(results.values())))
     return [min(results, key=lambda p, k=k: results[p][k].regret_per_feed) for k in range(seeds)]
 
@@ -303,12 +311,28 @@ def means(results: dict[str, list[SimResult]]) -> dict[str, dict[str, float]]:
     }
 
 
-def check_feeds(results: dict[str, list[SimResult]]) -> None:
-    """bench/common.check_answers per row: more than 0.1% of its feeds failed or degraded makes the run invalid."""
+def feeds_served(results: dict[str, list[SimResult]], seed: int) -> str:
+    """Each row's feeds served on the seed (0-based), in the rows' order: a throttled row stands out."""
+    return " / ".join(f"{runs[seed].feeds:,}" for runs in results.values())
+
+
+def check_feeds(results: dict[str, list[SimResult]], args: argparse.Namespace) -> None:
+    """bench/common.check_answers per row: more than 0.1% of its feeds failed or degraded makes the run invalid;
+    then every run must have served MIN_SERVED_SHARE of the feeds offered (a warning under ``--no-record``)."""
     for policy, runs in results.items():
         check_answers(
             f"{policy} feeds", sum(r.feeds + r.failed for r in runs), sum(r.failed + r.degraded for r in runs)
         )
+    offered, first = args.feeds_per_s * args.seconds, getattr(args, "first_seed", 1)
+    short = [f"{policy} seed {first + k}: {r.feeds:,}" for policy, runs in results.items()
+             for k, r in enumerate(runs) if r.feeds < MIN_SERVED_SHARE * offered]  # fmt: skip
+    if not short:
+        return
+    reason = (f"throttled: {'; '.join(short)} feeds served, below {MIN_SERVED_SHARE:.0%} of the {offered:,.0f} "
+              "offered")  # fmt: skip
+    if not args.no_record:
+        fail(reason)
+    console.print(f"[yellow]warning (not recorded anyway): {reason}[/yellow]")
 
 
 def figures_of(results: dict[str, list[SimResult]], world: str, command: str) -> dict[str, dict[str, object]]:
@@ -331,11 +355,13 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
              f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
     show(summary_table(results, title), console)
     lowest = lowest_regret(results)
+    served = f"feeds served ({' / '.join(policies)}; {args.feeds_per_s * args.seconds:,.0f} offered)"
     by_seed = Table(title="regret per feed, by seed (the same world and users for every policy)")
-    for column in ("seed", *policies, "lowest"):
+    for column in ("seed", *policies, served, "lowest"):
         by_seed.add_column(column, justify="left" if column in ("seed", "lowest") else "right")
     for k in range(args.seeds):
-        by_seed.add_row(str(k + 1), *(f"{results[p][k].regret_per_feed:.3f}" for p in policies), lowest[k])
+        by_seed.add_row(str(k + 1), *(f"{results[p][k].regret_per_feed:.3f}" for p in policies),
+                        feeds_served(results, k), lowest[k] if lowest else "–")  # fmt: skip
     show(by_seed, console)
     mean = means(results)
     if {"thompson", "none", "epsilon_greedy"} <= set(policies):  # the issue's targets
@@ -347,7 +373,7 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
             f"{ts['found'] / max(none['found'], 1e-9):.2f} (target ≥ 1.5); Thompson's regret below none's and "
             f"ε-greedy's on {below} of {args.seeds} seeds (target: all)"
         )
-    check_feeds(results)
+    check_feeds(results, args)
     if not args.no_record:
         record(figures_of(results, args.world, command))
 

@@ -388,9 +388,12 @@ def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_c
 
 
 def records(args: argparse.Namespace, chosen: tuple[ALSConfig, int, int]) -> bool:
-    """Whether this run writes bench/results.json: only a full run (every row) with the project defaults."""
+    """Whether this run writes bench/results.json: only a full run (every row) with the project defaults, the
+    reader's wait after each catch-up included (the served rows depend on what the reader had reloaded)."""
     full = not (args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set)
-    return full and args.history_share == 0.8 and chosen == configure(parse_args([]))
+    defaults = parse_args([])
+    protocol = (args.history_share, args.reader_wait_s) == (defaults.history_share, defaults.reader_wait_s)
+    return full and protocol and chosen == configure(defaults)
 
 
 def command(argv: Sequence[str]) -> str:

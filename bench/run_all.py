@@ -10,6 +10,7 @@ itself (``common.record``) and hands its tables over as markdown (``common.show`
 is the template's prose with, per benchmark, a generated block: the command, date, machine and
 the tables of its latest successful run. A benchmark not run this time (``--only``, ``--skip``,
 a failure, a script not written yet) keeps the block it had, so a partial run never erases one.
+``--quick`` replaces no block at all: its smoke tables would stand under prose describing full records.
 """
 
 from __future__ import annotations
@@ -235,8 +236,10 @@ def main(
     only: Annotated[str | None, typer.Option(help="comma-separated benchmarks to run, nothing else")] = None,
     skip: Annotated[str | None, typer.Option(help="comma-separated benchmarks not to run")] = None,
     also: Annotated[str | None, typer.Option("--with", help="add benchmarks skipped by default (soak)")] = None,
-    quick: Annotated[bool, typer.Option(help="pass --quick to the benchmarks that declare it")] = False,
-    write: Annotated[bool, typer.Option(help="regenerate BENCHMARKS.md afterwards")] = True,
+    quick: Annotated[
+        bool, typer.Option(help="pass --quick to the benchmarks that declare it; BENCHMARKS.md is left as it was")
+    ] = False,
+    write: Annotated[bool, typer.Option(help="regenerate BENCHMARKS.md afterwards (not with --quick)")] = True,
 ) -> None:
     """Run the benchmarks in sequence, then regenerate BENCHMARKS.md (results.json is written by each)."""
     chosen = choose(only, skip, also)
@@ -247,9 +250,11 @@ def main(
             continue
         console.rule(f"{bench.name}: {bench.command()}")
         runs.append(run(bench, quick))
-    blocks = previous_blocks(OUTPUT.read_text()) if OUTPUT.exists() else {}
-    blocks.update({r.bench.name: r.block() for r in runs if r.failure is None})
-    if write:
+    if quick:
+        console.print(f"--quick: smoke runs, not measurements; {OUTPUT.relative_to(ROOT)} left as it was")
+    elif write:
+        blocks = previous_blocks(OUTPUT.read_text()) if OUTPUT.exists() else {}
+        blocks.update({r.bench.name: r.block() for r in runs if r.failure is None})
         today = date.today().isoformat()
         names = [b.name for b in BENCHES]
         OUTPUT.write_text(render(TEMPLATE.read_text(), blocks, header(today, machine()), names))

@@ -10,7 +10,8 @@ with a trained model (user steps, HNSW candidates), and once more on the same ev
 carrying a served feature vector, so the worker also trains the online ranker per partition
 (its baseline: the run before, whose events carry none), and that full path once more with pipelined batches
 (``RECSTREAM_WORKER_PIPELINE=true``, streams/processor.py; its baseline: the full path, one batch at a time).
-Baseline in the same run: a raw aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves).
+Baseline in the same run: a raw aiokafka consumer decoding the same messages (the ceiling Kafka + decoding leaves),
+timed the same way, from its first fetched batch to the last.
 Freshness: events stamped "now" are offered at a fixed rate to the caught-up personalized
 worker; p50/p99 of event ts → state applied and of click → refreshed candidate list come
 from the worker's own histograms (deltas over the live phase). Its baseline in the same run: the personalized
@@ -53,6 +54,7 @@ from rich.table import Table
 from bench.common import (
     ROOT,
     client_of,
+    fail,
     figure,
     histogram_quantile,
     machine,
@@ -112,18 +114,26 @@ def with_served_vectors(records: list[Record], seed: int = 12) -> list[Record]:
 
 
 async def raw_consume_rate(settings: Settings, total: int) -> float:
+    """Events/s a bare consumer decodes, timed as :func:`time_backlog` times a worker: from its first fetched batch
+    to its last, the first batch's events not counted (they arrived before the clock started), so connecting and
+    joining the broker is outside both windows."""
     consumer = AIOKafkaConsumer(settings.kafka.events_topic, bootstrap_servers=settings.kafka.bootstrap,
                                 auto_offset_reset="earliest", group_id=None)  # fmt: skip
     await consumer.start()
-    seen, started = 0, time.perf_counter()
+    seen, first, started, ended = 0, 0, 0.0, 0.0
     try:
         while seen < total:
             for messages in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
                 for message in messages:
                     seen += len(decode(message.value, "event", 2**53)[0])
+            ended = time.perf_counter()
+            if seen and not first:
+                first, started = seen, ended
     finally:
         await consumer.stop()
-    return seen / (time.perf_counter() - started)
+    if seen == first:
+        fail(f"the raw consumer fetched all {seen:,} events in one batch: nothing to time (a larger --events)")
+    return (seen - first) / (ended - started)
 
 
 def applied(client: redis.Redis | redis.RedisCluster, key: str) -> int:

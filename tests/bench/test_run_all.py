@@ -59,3 +59,17 @@ def test_benchmarks_are_chosen_in_order_soak_only_on_request_and_unknown_names_r
     assert [b.name for b in run_all.choose(None, None, "soak")][-1] == "soak"
     with pytest.raises(typer.BadParameter, match="unknown benchmark"):
         run_all.choose("produce,prequentail", None, None)
+
+
+def test_quick_runs_replace_no_block(monkeypatch, tmp_path, capsys):
+    """--quick tables are smoke runs: under prose describing full records they would pass for them."""
+    names = [b.name for b in BENCHES]
+    page = render(TEMPLATE.read_text(), {"produce": produce_run("424,929").block()}, "H", names)
+    output = tmp_path / "BENCHMARKS.md"
+    output.write_text(page)
+    monkeypatch.setattr(run_all, "ROOT", tmp_path)
+    monkeypatch.setattr(run_all, "OUTPUT", output)
+    monkeypatch.setattr(run_all, "run", lambda bench, quick: produce_run("1"))
+    run_all.main(only="produce", skip=None, also=None, quick=True, write=True)
+    assert output.read_text() == page
+    assert "--quick: smoke runs, not measurements; BENCHMARKS.md left as it was" in capsys.readouterr().out
