@@ -56,6 +56,7 @@ class LiveModel:
         self._log_position: str | None = None  # the fold-in log's last id this worker has read
         self._failed: str | None = None
         self._loading = asyncio.Lock()  # three agents ask; one loads
+        self._building: tuple[str, asyncio.Future[Personalizer]] | None = None  # a build outlives a cancelled wait
         # Set once the item feed has applied every item that existed when the worker started:
         # until then a user step would miss items a clean run knows, so personalization waits.
         self.items_caught_up = asyncio.Event()
@@ -74,13 +75,21 @@ class LiveModel:
             await self._load(version)
 
     async def _load(self, version: str) -> None:
+        """Build ``version`` off the loop and swap it in. A batch attempt that hangs past its stuck limit cancels its
+        wait, not the thread: the next attempt waits for the same build instead of starting another beside it (each
+        would take longer than the last, and none would finish within the limit)."""
+        if self._building is None or self._building[0] != version:
+            self._building = (version, asyncio.ensure_future(asyncio.to_thread(self._build, version)))
+        building = self._building[1]
         try:
-            fresh = await asyncio.to_thread(self._build, version)
+            fresh = await asyncio.shield(building)  # a cancelled wait leaves the build to the next attempt
         except Exception as exc:  # any error of the version's own (a manifest without a key, a singular gram)
+            self._building = None
             log.error("cannot load model %s, keeping %s: %r", version, self.current and self.current.version, exc)
             self._failed = version  # raised, every batch of every agent would retry it forever
             metrics.MODEL_LOAD_FAILURES.inc()
             return
+        self._building = None
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
         stored = await self.fold_ins.stored(version)
         # no await from here to the swap: no item or fold-in can slip in between

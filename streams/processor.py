@@ -228,6 +228,10 @@ class BatchProcessor:
         self._thens: list[Then] = []  # what runs once the call in flight applied (the agent's acks)
         self._epoch = 0  # moved by every failure and rebalance: a batch built before it is built again
         self._bounds: dict[asyncio.Task, asyncio.Timeout] = {}  # each process() attempt's stuck limit, by task
+        # the agent's batches and an assignment's gap check (repair_behind, its own task) build and apply one at a
+        # time: each moves the in-memory watermarks before its call is applied and caches histories after, so a
+        # batch built meanwhile by the other would pass the watermark check on histories that lack the call's
+        self._applying = asyncio.Lock()
         # the last script said a rescore pass is unfinished (apply_batch.lua, step 4); True until a script answers: a
         # worker that starts may find a pass or items waiting that the one before it left (stopped between its last
         # batch and its idle tick), and its first idle tick asks with an empty call (one per processor) instead of
@@ -279,6 +283,18 @@ class BatchProcessor:
         script), with the worker idle while Redis works; overlapping the two should pay where a script's cost grows
         with its events and a core is free; on a CPU-saturated machine its smaller batches cost Redis more than the
         overlap gives (``RECSTREAM_WORKER_PIPELINE=false``, docs/ARCHITECTURE.md)."""
+        async with self._applying:
+            applied = await self._retried(messages, pipelined=then is not None)
+        if then is None:
+            return applied
+        if self._flight is not None and not self._flight.done():
+            self._thens.append(then)  # the flight runs its list to the end (it has no await after the last one)
+        else:
+            await then()
+        return None
+
+    async def _retried(self, messages: Sequence[Message], pipelined: bool) -> Applied | None:
+        """:meth:`process`'s attempts until one applies the batch (or, ``pipelined``, puts its last call in flight)."""
         task = asyncio.current_task()
         assert task is not None
         backoff, attempt = RetryDelays(), 1  # a restarted Redis is back in the worker's hands within a second
@@ -287,7 +303,7 @@ class BatchProcessor:
             try:
                 with collector_paused():  # the batch's objects live until it is applied: nothing to collect
                     async with bound:
-                        applied = await self._process_once(messages, pipelined=then is not None)
+                        applied = await self._process_once(messages, pipelined=pipelined)
                 break
             except Exception as exc:
                 reason = "stuck" if bound.expired() else retry_reason(exc)
@@ -302,13 +318,7 @@ class BatchProcessor:
                 self._beat()
             await backoff.wait()
             attempt += 1
-        if then is None:
-            return applied
-        if self._flight is not None and not self._flight.done():
-            self._thens.append(then)  # the flight runs its list to the end (it has no await after the last one)
-        else:
-            await then()
-        return None
+        return applied
 
     async def settle(self) -> None:
         """Wait until the script call in flight (if any) is applied, its retries included; at once inside it.
@@ -342,7 +352,9 @@ class BatchProcessor:
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 log.warning("batch of %d %s messages not applied (%s: %r); retrying", len(call.fresh), self.topic,
                             reason, exc, exc_info=True)  # fmt: skip
-            await self.process(call.fresh)  # the retry counts what it finds applied among these, not the others
+            # the retry counts what it finds applied among these, not the others; not behind the lock, which the
+            # batch built on this one may hold while it waits for this flight (settle)
+            await self._retried(call.fresh, pipelined=False)
             if not call.observed:
                 metrics.MESSAGES_SKIPPED.labels(call.fresh[0].topic).inc(call.skipped)
         for then in thens:
@@ -423,10 +435,11 @@ class BatchProcessor:
         backoff = RetryDelays()
         while True:
             try:
-                await self.reload_watermarks()
-                assert self._watermarks is not None
-                behind = {tp: committed[tp] for tp in tps if committed.get(tp, 0) > self._watermark(*tp) + 1}
-                await self._repair(behind)
+                async with self._applying:  # between two of the agent's batches, never beside one
+                    await self.reload_watermarks()
+                    assert self._watermarks is not None
+                    behind = {tp: committed[tp] for tp in tps if committed.get(tp, 0) > self._watermark(*tp) + 1}
+                    await self._repair(behind)
                 return
             except Exception as exc:
                 reason = retry_reason(exc)
@@ -446,10 +459,13 @@ class BatchProcessor:
         ranges = {tp: (self._watermark(*tp) + 1, end) for tp, end in ends.items()}
         replayed = 0
         async for chunk in self.read_log(ranges):
+            if self._watermarks is None:  # a failure or rebalance since: count against what Redis holds now
+                await self.reload_watermarks()
+            missing = sum(m.offset > self._watermark(m.topic, m.partition) for m in chunk)  # not found applied
             await self._process_once(chunk, repair=False)
-            replayed += len(chunk)
-            metrics.GAP_MESSAGES.labels(chunk[0].topic).inc(len(chunk))
-        if replayed:  # else the range was compacted away: no gap
+            replayed += missing
+            metrics.GAP_MESSAGES.labels(chunk[0].topic).inc(missing)
+        if replayed:  # else the range was compacted away, or applied meanwhile: no gap
             where = ", ".join(f"{t}:{p} from {start} to {end}" for (t, p), (start, end) in sorted(ranges.items()))
             log.warning("redis was behind the log (%s): re-applied %d messages", where, replayed)
 

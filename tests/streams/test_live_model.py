@@ -3,6 +3,9 @@ not only a missing or corrupt file. No Kafka or Redis: a refused version never r
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +43,22 @@ async def test_a_version_that_cannot_be_built_is_refused_once_and_nothing_raises
     await model.ensure(version)
     await model.ensure(version)  # refused once: not read again
     assert model.current is None and metrics.MODEL_LOAD_FAILURES._value.get() == failures + 1
+
+
+async def test_a_load_whose_wait_was_cancelled_is_waited_for_again_not_started_again(tmp_path: Path, monkeypatch):
+    """A batch attempt hung past its stuck limit is cancelled, and the thread building the model went on: the next
+    attempt started a second build beside it, each slower than the last on a loaded machine, so none finished."""
+    version = with_a_gram_that_is_not_positive_definite(tmp_path)
+    model = LiveModel(load_settings(model_dir=tmp_path))
+    builds, slow_build = [], model._build
+
+    def counted_build(v: str):
+        builds.append(threading.get_ident())
+        time.sleep(0.5)
+        return slow_build(v)
+
+    monkeypatch.setattr(model, "_build", counted_build)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(model.ensure(version), timeout=0.1)  # the stuck limit of one attempt
+    await model.ensure(version)
+    assert len(builds) == 1 and model._failed == version

@@ -16,6 +16,7 @@ import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from recstream.models.ctr import quantized_global_ctr
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc
@@ -370,6 +371,51 @@ async def test_the_gap_check_on_assignment_waits_out_a_failed_log_read(isolated_
     finally:
         await client.aclose()
     assert len(reads) == 2 and applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
+
+
+async def test_the_gap_check_and_the_agents_batch_apply_one_at_a_time_and_count_the_gap_once(isolated_settings):
+    """An assignment's gap check runs in a task of its own beside the agent. Both moved the in-memory watermarks before
+    their call applied and cached histories only after, so a batch built meanwhile could pass the watermark check on
+    a history that lacked the other's events (a review's replay lost one), and both counted the same gap. The
+    agent's batch now waits for the check, and the gap counts the messages Redis lacked, once."""
+    settings = isolated_settings
+    topic = settings.kafka.events_topic
+    await publish(settings, events=[Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k) for k in range(5)],
+                  batch_events=1)  # fmt: skip
+    tp = (topic, partition_for("u1", settings.kafka.events_partitions))
+    log = [m async for chunk in read_ranges(settings, {tp: (0, 5)}) for m in chunk]
+    reads: list[object] = []
+    opened = asyncio.Event()
+
+    async def gated_read(ranges):  # the gap check's read waits for the test; any other goes through
+        reads.append(ranges)
+        if len(reads) == 1:
+            await opened.wait()
+        async for chunk in read_ranges(settings, ranges):
+            yield chunk
+
+    def gap_messages() -> float:
+        return REGISTRY.get_sample_value("recstream_worker_gap_messages_total", {"topic": topic}) or 0.0
+
+    client = AsyncRedis.from_url(settings.redis.url)
+    processor = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters, read_log=gated_read)
+    try:
+        await processor.process(log[:1])  # Redis holds offset 0; offsets 1 and 2 are the gap (committed: 3)
+        counted = gap_messages()
+        processor.forget_watermarks()  # the assignment
+        check = asyncio.create_task(processor.repair_behind([tp], {tp: 3}))
+        await asyncio.sleep(0.5)
+        agent = asyncio.create_task(processor.process(log[3:]))
+        await asyncio.sleep(1.5)
+        assert not agent.done(), "the agent's batch applied beside the gap check"
+        opened.set()
+        await asyncio.wait_for(asyncio.gather(check, agent), timeout=30)
+        seen = await client.zrange("rs:user:u1:seen", 0, -1)
+    finally:
+        await client.aclose()
+    assert sorted(seen) == [f"i{k}".encode() for k in range(5)]
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 5
+    assert gap_messages() - counted == 2 and len(reads) == 1
 
 
 def duplicates_dropped(worker) -> float:
