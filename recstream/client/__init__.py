@@ -6,7 +6,8 @@
 ...     page = rs.feed("u1", limit=10)
 
 Answers are typed (recstream.client.wire); transient failures are retried with back-off and every
-event carries an ``event_id`` fixed before the first attempt, so a retried POST is applied once;
+event carries an ``event_id`` fixed before the first attempt, so a retried POST is applied once (when its
+copies arrive within the workers' de-duplication window, RECSTREAM_DEDUP_WINDOW_S: retry.py);
 anything else raises :class:`RecstreamError` with the status and the reader's problem detail (an option the
 client cannot work with, such as a base URL without its scheme, is a ValueError when the client is made).
 The client imports only ``recstream.contracts`` from the project (the event contract it validates against).

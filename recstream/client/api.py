@@ -37,7 +37,8 @@ T = TypeVar("T", bound=BaseModel)
 
 class _Connection:
     """What both clients hold: one httpx connection pool and the back-off rule. ``retries`` counts the attempts
-    after the first; ``transport`` replaces httpx's (a proxy, a test double)."""
+    after the first (at most :data:`~recstream.client.retry.MAX_RETRIES`); ``transport`` replaces httpx's (a proxy,
+    a test double)."""
 
     _http_type: type[httpx.Client] | type[httpx.AsyncClient]
 
@@ -57,7 +58,7 @@ class _Connection:
         if not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s}")
         self.backoff = Backoff(retries, backoff_s, max_backoff_s)
-        headers = {"X-API-Key": api_key} if api_key else {}
+        headers = {"X-API-Key": _header_value("api_key", api_key)} if api_key else {}
         self._http = self._http_type(
             base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout_s), transport=transport
         )
@@ -114,9 +115,9 @@ class Client(_Connection):
         as many requests as the reader's limits need. Which types exist is the reader's setting
         (RECSTREAM_FEEDBACK_TYPES): an unknown one is refused with 422 naming the configured types.
 
-        Each event without an ``event_id`` gets one before the first attempt, so a retry is applied once.
+        Each event without an ``event_id`` gets one before the first attempt, so a retry is applied once (retry.py).
         If a later request fails, the earlier ones were accepted: re-send the events of
-        :func:`~recstream.client.routes.with_event_ids` to keep the ids.
+        :func:`~recstream.client.routes.with_event_ids` to keep the ids, within the workers' de-duplication window.
         """
         return routes.total([self._run(call) for call in routes.send_events(events)])
 
@@ -266,6 +267,23 @@ class AsyncClient(_Connection):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _header_value(name: str, value: str) -> str:
+    """``value`` if an HTTP header can carry it (printable ASCII, spaces and tabs inside), else a ValueError naming
+    ``name`` and the problem, never the value (a key): httpx raised on every call instead, the key in its message.
+
+    >>> _header_value("api_key", "key\\n")
+    Traceback (most recent call last):
+    ...
+    ValueError: api_key has leading or trailing whitespace (a line break read with it from a file?)
+    """
+    if value != value.strip():
+        raise ValueError(f"{name} has leading or trailing whitespace (a line break read with it from a file?)")
+    bad = next((k for k, char in enumerate(value) if not (" " <= char <= "~" or char == "\t")), None)
+    if bad is not None:
+        raise ValueError(f"{name}: character {bad + 1} cannot go in an HTTP header (printable ASCII only)")
+    return value
 
 
 def _item(

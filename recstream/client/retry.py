@@ -3,7 +3,9 @@
 Retried: connection failures, timeouts, and the answers that mean "not now" (429, 502, 503, 504); a
 ``Retry-After`` is honoured. Never retried: any other 4xx (the request itself is wrong) or a 500 (a
 bug the same request would hit again). A POST of events is safe to repeat because every event carries
-an ``event_id`` fixed before the first attempt (routes.py), which the workers de-duplicate on.
+an ``event_id`` fixed before the first attempt (routes.py): the workers apply an id once when its copies arrive
+within their de-duplication window (RECSTREAM_DEDUP_WINDOW_S, 300 s; see :data:`MAX_RETRIES`), and
+``recstream train`` counts it once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+MAX_RETRIES = 10
+"""The most retries of a request. Its waits add up to at most ``retries`` × ``max_s`` (100 s at the default 10 s
+cap), so that, its attempts taking seconds, its copies arrive within the workers' 300 s de-duplication window."""
 TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 """Transport failures worth another attempt: connect/read/write/pool timeouts, refused or reset connections, and
 a keep-alive connection the server closed without answering."""
@@ -60,8 +65,10 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or not (0 <= self.base_s < math.inf and 0 <= self.max_s < math.inf):
-            raise ValueError(f"retries and back-off seconds must be finite and >= 0, got {self}")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise ValueError(f"retries must be from 0 to {MAX_RETRIES}, got {self.retries}")
+        if not (0 <= self.base_s < math.inf and 0 <= self.max_s < math.inf):
+            raise ValueError(f"back-off seconds must be finite and >= 0, got {self}")
 
     def wait(self, attempt: int, failure: httpx.Response | Exception) -> float:
         """Seconds to wait after failed attempt ``attempt`` (0: the first); raises the error when not to retry.
@@ -79,6 +86,8 @@ class Backoff:
         error = RecstreamError.of(failure)
         if attempt >= self.retries or not retried(failure):
             raise error from failure if isinstance(failure, Exception) else None
+        # attempt < retries <= MAX_RETRIES, so 2**attempt converts to a float (past 2**1023 it raised OverflowError);
+        # a huge base_s makes inf, which max_s caps
         delay = self.rng.uniform(0.0, min(self.max_s, self.base_s * 2**attempt))
         if error.retry_after_s is None:
             return delay

@@ -213,8 +213,9 @@ def with_event_ids(events: Iterable[Event | Mapping[str, Any]]) -> list[Event]:
     a random uuid4 hex.
 
     The id is what makes a retry safe: a POST that timed out may have been published, and the retry
-    sends the same ids, which the workers apply once. Call this yourself and keep the result to re-send
-    a batch later (after ``send_events`` raised) with the same ids.
+    sends the same ids, which the workers apply once when the copies arrive within RECSTREAM_DEDUP_WINDOW_S (300 s)
+    of each other (``recstream train`` counts an id once whenever). Call this yourself and keep the result to re-send
+    a batch later (after ``send_events`` raised) with the same ids, within that window.
 
     >>> [e] = with_event_ids([{"type": "view", "user_id": "u", "item_id": "i", "ts": 10**12}])
     >>> len(e.event_id)

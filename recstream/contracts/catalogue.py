@@ -36,13 +36,30 @@ class RowError(ValueError):
     """A row that does not spell a record; the message says which column and why."""
 
 
+class ReadingStopped(RowError):
+    """The last row of a CSV read: from this line on, rows cannot be told apart from the rest of a quoted field, so
+    the ``unread`` lines after it were not read (a caller must say so: a summary alone hid that they were lost)."""
+
+    def __init__(self, reason: str, unread: int) -> None:
+        more = f"{unread:,} more line{'' if unread == 1 else 's'}"
+        super().__init__(f"{reason}; reading stopped here: the rest of the file ({more}) was not read")
+        self.unread = unread
+
+
+CR_ONLY = "csv: a line ends in a carriage return alone: save the file with LF or CRLF line endings"
+"""Said instead of the csv module's "new-line character seen in unquoted field", which only a lone CR causes here
+(a file's lines are split at LF)."""
+
+
 def read_rows(
     lines: Iterable[bytes], fmt: Format, delimiter: str = ",", columns: Sequence[str] | None = None
 ) -> Iterator[tuple[int, dict[str, object] | RowError]]:
     """(line number, row) for each record: a dict, or the reason the line is not one. Blank lines are skipped.
 
     A CSV's first line names its columns unless ``columns`` does; undecodable bytes become U+FFFD (which no id
-    or category accepts, so the line is reported by the contract).
+    or category accepts, so the line is reported by the contract). A CSV record the csv module refuses is skipped,
+    unless reading on could take the rest of a quoted field for rows: then the last row is a
+    :class:`ReadingStopped` at the record's first line.
 
     >>> list(read_rows([b"item_id,categories\\n", b"i1,a|b\\n", b"\\n", b'i2,"c"\\n'], "csv"))
     [(2, {'item_id': 'i1', 'categories': 'a|b'}), (4, {'item_id': 'i2', 'categories': 'c'})]
@@ -71,14 +88,17 @@ def read_rows(
         except StopIteration:
             return
         except csv.Error as exc:  # a stray quote or an overlong field spoils its record, and the reader goes on
-            yield reader.line_num, RowError(f"csv: {exc}")  # after it (an unclosed quote runs to the end of the file)
-            spoiled = "".join(record)  # stop if, read as csv reads or as its writer meant, a field runs on past it
-            if (
+            spoiled = "".join(record)  # after it (an unclosed quote runs to the end of the file)
+            reason = CR_ONLY if "new-line character" in str(exc) else f"csv: {exc}"
+            if (  # stop if, read as csv reads or as its writer meant, a field runs on past it
                 names is None
                 or open_quote(spoiled, delimiter)
                 or (spoiled.count('"') % 2 and open_quote(spoiled, delimiter, lenient=True))
-            ):
-                return  # no header; or the rest of an open quoted field would be read as rows
+            ):  # no header; or the rest of an open quoted field would be read as rows
+                unread = len(record) - 1 + sum(1 for _ in lines)
+                yield reader.line_num - len(record) + 1, ReadingStopped(reason, unread)
+                return
+            yield reader.line_num, RowError(reason)
             continue
         if not values or [v.strip() for v in values] == [""]:  # a blank line, before the header too
             continue

@@ -18,7 +18,16 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from aiokafka.partitioner import murmur2
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes, TypeName
 
@@ -39,7 +48,21 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, patte
 Category = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LEN, pattern=ID_PATTERN)]
 Timestamp = Annotated[int, Field(ge=MIN_TS_MS, le=2**53)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]  # JSON 1e400 reads as inf, and a Python caller may pass NaN
-Scalar = Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool | None
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64(value: object) -> object:
+    """An int scalar must fit in a signed 64-bit integer: orjson writes none larger (a record that passed raised
+    TypeError in :func:`encode`), nor do most JSON readers. Checked before the union, whose float member would take
+    it as a float."""
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("an integer must be from -2**63 to 2**63 - 1 (send a larger one as a string)")
+    return value
+
+
+Scalar = Annotated[
+    Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool | None, BeforeValidator(_int64)
+]
 
 
 class _Strict(BaseModel):

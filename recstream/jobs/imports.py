@@ -7,17 +7,19 @@ the :class:`~recstream.eventlog.producer.EventProducer`, delivery confirmed, as 
   ``types``, e.g. ``buy=purchase``; any of the configured feedback types, recstream/contracts/feedback.py, with
   ``value`` for a valued one such as ``rating``) or ``rating`` (every row a view, a rating of at least
   ``click_rating`` also a click: how bench/prequential.py reads MovieLens), else every row a click;
-  ``ts`` in seconds or milliseconds. Each event's id is a hash of its content, so importing a file
-  twice gives the workers the same ids;
+  ``ts`` in seconds or milliseconds. Each event's id is a hash of its content (:func:`_event_id`);
 * **items** — ``item_id``, ``categories`` (``|``-separated), ``available``, ``created_ts``, a
   ``f_<name>`` column per feature and (JSONL, Parquet) a ``features`` object (recstream/contracts/catalogue.py),
   and ``category_columns`` whose true values (1, true) name a category (one-hot genres); other columns, and a
   ``features`` value that is no object, are ignored;
-* **users** — ``user_id``; every other column is an attribute (``age`` and ``gender`` make the segment).
+* **users** — ``user_id``; every other column is an attribute (``age`` and ``gender`` make the segment); a row
+  whose other columns are all empty is a bad row.
 
 ``columns`` maps a field to the file's column where the names differ (``user_id=uid``). A row that
 does not make a valid record is reported with its line number (its row number in a Parquet file) and
-skipped; nothing stops the import but an unreadable file or an unreachable Kafka.
+skipped; nothing stops the import but an unreadable file, an unreachable Kafka, or a CSV line after which rows
+cannot be told apart from the rest of a quoted field (:class:`~recstream.contracts.catalogue.ReadingStopped`: the
+report's ``stopped``, and the command exits non-zero).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Literal
 
-from recstream.contracts.catalogue import RowError, boolean, item_object, read_rows
-from recstream.contracts.events import Event, ItemEvent, Rejected, UserEvent, validate
+from recstream.contracts.catalogue import ReadingStopped, RowError, boolean, item_object, read_rows
+from recstream.contracts.events import INT64_MAX, INT64_MIN, Event, ItemEvent, Rejected, UserEvent, validate
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.settings import Settings
 from recstream.eventlog.producer import EventProducer
@@ -66,6 +68,10 @@ class ImportSpec:
     types: Mapping[str, str] = field(default_factory=dict)
     click_rating: float = 4.0
     category_columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.click_rating):  # NaN compares false with every rating: each click became a view
+            raise ImportSpecError(f"--click-rating must be a finite number, got {self.click_rating}")
 
     @classmethod
     def parse(
@@ -184,6 +190,8 @@ class ImportSpec:
         user = self._get(row, "user_id")
         id_column = self.column("user_id", row)
         attributes = {k: _scalar(v) for k, v in row.items() if k != id_column and v not in ("", None)}
+        if not attributes:  # published under the user's key, it would replace their attributes once compacted
+            raise RowError(f"no attributes: every column but {id_column} is empty")
         return [{"user_id": user, "attributes": attributes}]
 
 
@@ -193,6 +201,7 @@ class ImportReport:
     records: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line or row number, reason)
     seconds: float = 0.0
+    stopped: tuple[int, ReadingStopped] | None = None  # the CSV line reading stopped at, and why: the rest is unread
 
 
 def file_format(path: Path, given: str | None) -> FileFormat:
@@ -263,6 +272,8 @@ async def publish_rows(
     def converted() -> Iterator[Records]:
         for line, row in rows:
             report.rows += 1
+            if isinstance(row, ReadingStopped):
+                report.stopped = line, row
             if progress is not None:
                 progress(1)
             records = spec.records(row, now_ms, settings.model.feedback_types)
@@ -304,7 +315,9 @@ def _pairs(words: Iterable[str], shape: str) -> list[tuple[str, str]]:
 
 
 def _event_id(user: object, item: object, ts: int, kind: str) -> str:
-    """The same row gives the same id, so a file imported twice is applied once."""
+    """The same row gives the same id: ``recstream train`` counts it once, and the workers apply it once when its
+    copies arrive within ``RECSTREAM_DEDUP_WINDOW_S`` (300 s) of each other; a copy that arrives later is applied
+    again (README, "Your events")."""
     return hashlib.blake2b(f"{user}\t{item}\t{ts}\t{kind}".encode(), digest_size=16).hexdigest()
 
 
@@ -324,18 +337,21 @@ def _is_number(text: str) -> bool:
     return True
 
 
-MAX_INT_DIGITS = 4_000  # under Python's int() limit (4,300 digits); a longer digit string stays text
+INT64_DIGITS = 19  # 2**63 has 19 digits: a whole number of more significant ones is past a signed 64-bit integer
 
 
 def _scalar(value: object) -> object:
     """A text attribute as a number when it is a finite one (``"34"`` → 34, so ``age`` makes a segment); else the
-    text (``"1e999"`` too: the contract refuses an infinite attribute)."""
+    text: ``"1e999"`` (the contract refuses an infinite attribute) and a whole number past a signed 64-bit integer,
+    the contract's bound (an account number is an id, not a quantity: as a float it would lose its digits)."""
     if not isinstance(value, str):
         return value
     text = value.strip()
     digits = text.removeprefix("-")  # one sign: "--5" is text ("5".isdecimal() after lstrip("-") made int() raise)
-    if digits.isascii() and digits.isdecimal() and len(text) <= MAX_INT_DIGITS:  # "²" is a digit int() refuses
-        return int(text)
+    if digits.isascii() and digits.isdecimal():  # a whole number ("²" is a digit int() refuses)
+        significant = digits.lstrip("0") or "0"  # int() refuses over 4,300 digits, leading zeros counted
+        whole = int(significant) * (-1 if text.startswith("-") else 1) if len(significant) <= INT64_DIGITS else None
+        return whole if whole is not None and INT64_MIN <= whole <= INT64_MAX else value
     if _is_number(text) and any(c.isdigit() for c in text) and math.isfinite(number := float(text)):
         return number
     return value

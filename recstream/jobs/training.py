@@ -5,11 +5,12 @@ the earliest offset up to where they end when training starts (or reads a file s
 fits :mod:`models.als`, the content map and the HNSW index, writes a version atomically
 (:mod:`models.artifacts`), precomputes item-to-item neighbours for the reader, and only
 then points ``model:current`` at it, so no worker or reader ever sees half a model. The events
-of erased users (the ``erasures`` topic) are left out of what it reads.
+of erased users (the ``erasures`` topic) are left out of what it reads, and an event id is counted once.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import numpy as np
@@ -35,6 +36,8 @@ Fit = Callable[[sp.csr_matrix, ALSConfig], ALSFit]
 """An engine: r (users × items summed event weights) → factors (:func:`models.als.train_als`, or Spark's)."""
 
 Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""The columns and each event's id key (:func:`id_key`)."""
 
 EVENTS_PER_CHUNK = 65_536  # events held as Python objects before they become compact columns
 MESSAGES_PER_READ = 100  # Kafka messages fetched at a time; each holds up to producer_batch_events events
@@ -50,10 +53,13 @@ class EmptyLog(ValueError):
 class TrainingLog:
     """The interactions as compact columns, grown a chunk at a time, and the catalogue.
 
-    An event is kept as 21 bytes (user and item index int32, signed iALS weight float32, whether its type is
-    positive bool, ts int64), never as an object, so a log of N events costs about 21·N bytes plus the id maps and
-    the latest content of every item, which are small beside the events. The weights come from
+    An event is kept as 37 bytes (user and item index int32, signed iALS weight float32, whether its type is
+    positive bool, ts int64, its id key 16 bytes), never as an object, so a log of N events costs about 37·N bytes
+    plus the id maps and the latest content of every item, which are small beside the events. The weights come from
     :func:`models.als.event_weights` under ``feedback``, the function the workers' user step uses.
+
+    A user's event id is counted once, its first event kept: a retried POST or a file imported twice puts the same
+    ids on the log again, which the workers drop only within their de-duplication window (RECSTREAM_DEDUP_WINDOW_S).
     """
 
     def __init__(self, feedback: FeedbackTypes = DEFAULT_FEEDBACK) -> None:
@@ -61,8 +67,12 @@ class TrainingLog:
         self.user_ids: dict[str, int] = {}
         self.item_ids: dict[str, int] = {}
         self.content: dict[str, ItemEvent] = {}
-        self._chunks: list[Columns] = []
-        self._pending: tuple[list[int], list[int], list[str], list[float | None], list[int]] = ([], [], [], [], [])
+        self._chunks: list[Chunk] = []
+        self._pending: tuple[list[int], list[int], list[str], list[float | None], list[int], list[bytes]] = (
+            [], [], [], [], [], []
+        )  # fmt: skip
+        self._unchecked = False  # whether a chunk was sealed since repeated ids were last dropped
+        self.repeated = 0  # events dropped as a repeat of an event id
         self.rejected = 0  # records of a file the contract refused (a Kafka log holds valid ones only)
         self.rejections: list[str] = []  # the first REJECTIONS_KEPT of them, "line N: reason"
 
@@ -73,12 +83,13 @@ class TrainingLog:
             if len(self.rejections) < REJECTIONS_KEPT:
                 self.rejections.append(record.refusal)
         elif isinstance(value, Event):
-            users, items, types, values, ts = self._pending
+            users, items, types, values, ts, keys = self._pending
             users.append(self.user_ids.setdefault(value.user_id, len(self.user_ids)))
             items.append(self.item_ids.setdefault(value.item_id, len(self.item_ids)))
             types.append(value.type)
             values.append(value.value)
             ts.append(value.ts)
+            keys.append(id_key(value))
             if len(users) >= EVENTS_PER_CHUNK:
                 self._seal()
         elif isinstance(value, ItemEvent):
@@ -86,22 +97,42 @@ class TrainingLog:
 
     def _seal(self) -> None:
         """The pending events as one more chunk of columns."""
-        users, items, types, values, ts = self._pending
+        users, items, types, values, ts, keys = self._pending
         if users:
             weights = event_weights(types, values, self.feedback).astype(np.float32)
             positive = np.array([self.feedback.role(t) == "positive" for t in types], dtype=bool)
-            self._chunks.append((np.array(users, dtype=np.int32), np.array(items, dtype=np.int32),
-                                 weights, positive, np.array(ts, dtype=np.int64)))  # fmt: skip
-            self._pending = ([], [], [], [], [])
+            self._chunks.append((np.array(users, dtype=np.int32), np.array(items, dtype=np.int32), weights, positive,
+                                 np.array(ts, dtype=np.int64), np.frombuffer(b"".join(keys), KEY)))  # fmt: skip
+            self._pending = ([], [], [], [], [], [])
+            self._unchecked = True
 
     def columns(self) -> Columns:
-        """(users, items, weights, positive, ts) of every event so far, in arrival order; chunks are merged once."""
+        """(users, items, weights, positive, ts) of every event so far, in arrival order, each user's event id once;
+        chunks are merged once."""
         self._seal()
         if not self._chunks:
             return _NO_EVENTS
-        if len(self._chunks) > 1:
-            self._chunks = [tuple(np.concatenate(column) for column in zip(*self._chunks, strict=True))]
-        return self._chunks[0]
+        if self._unchecked:
+            chunks = self._chunks
+            merged = chunks[0] if len(chunks) == 1 else tuple(np.concatenate(c) for c in zip(*chunks, strict=True))
+            first = first_uses(merged[5])
+            if not first.all():
+                self.repeated += len(first) - int(first.sum())
+                merged = self._numbered(tuple(column[first] for column in merged))  # type: ignore[arg-type]
+            self._chunks = [merged]  # type: ignore[list-item]
+            self._unchecked = False
+        return self._chunks[0][:5]  # type: ignore[return-value]
+
+    def _numbered(self, chunk: Chunk) -> Chunk:
+        """The chunk with the items renumbered if a dropped repeat was the only event of one (an id reused for
+        another item), so the model holds no item without an event, in the order of first use."""
+        used = np.zeros(len(self.item_ids), dtype=bool)
+        used[chunk[1]] = True
+        if used.all():
+            return chunk
+        number = (np.cumsum(used) - 1).astype(np.int32)
+        self.item_ids = {item: int(number[k]) for item, k in self.item_ids.items() if used[k]}
+        return (chunk[0], number[chunk[1]], *chunk[2:])  # type: ignore[return-value]
 
     @property
     def users(self) -> np.ndarray:
@@ -126,12 +157,30 @@ class TrainingLog:
         return self.columns()[4]
 
     def __len__(self) -> int:
-        return sum(len(chunk[0]) for chunk in self._chunks) + len(self._pending[0])
+        """The events counted: each user's event id once."""
+        return len(self.columns()[0])
 
 
 _NO_EVENTS = (
     np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, bool), np.empty(0, np.int64)
 )  # fmt: skip
+KEY = np.dtype("V16")
+NO_ID = bytes(KEY.itemsize)
+
+
+def id_key(event: Event) -> bytes:
+    """16 bytes standing for the event's user and id, the pair the workers de-duplicate on (``user:event_id``), or
+    :data:`NO_ID` when it has none (then it is always counted; so is the 2⁻¹²⁸ chance of a pair hashing to it)."""
+    if event.event_id is None:
+        return NO_ID
+    return hashlib.blake2b(f"{event.user_id}\t{event.event_id}".encode(), digest_size=KEY.itemsize).digest()
+
+
+def first_uses(keys: np.ndarray) -> np.ndarray:
+    """Which events to keep: those without an id, and the first of each key (np.unique's indices are first uses)."""
+    keep = keys == np.void(NO_ID)
+    keep[np.unique(keys, return_index=True)[1]] = True
+    return keep
 
 
 def collect(

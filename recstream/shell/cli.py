@@ -200,10 +200,7 @@ def _progress() -> Progress:
 def _records(
     file: Path | None, movielens: Path | None, synthetic: int | None, seed: int, feedback: FeedbackTypes
 ) -> Iterator[sources.Record]:
-    chosen = [x for x in (file, movielens, synthetic) if x is not None]
-    if len(chosen) != 1:
-        console.print("[red]give exactly one of --file, --movielens, --synthetic[/red]")
-        raise typer.Exit(2)
+    _one_source(file=file, movielens=movielens, synthetic=synthetic)
     if file is not None:
         return sources.read_jsonl(file, feedback=feedback)
     if movielens is not None:
@@ -213,6 +210,14 @@ def _records(
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
     return synthetic_records(synthetic or 0, seed=seed)
+
+
+def _one_source(**given: object) -> None:
+    """End the command with a usage error unless exactly one of the source options ``given`` (by name) was, naming
+    them: each command names its own (train has no --synthetic, and said it had)."""
+    if sum(value is not None for value in given.values()) != 1:
+        console.print(f"[red]give exactly one of {', '.join(f'--{name}' for name in given)}[/red]")
+        raise typer.Exit(2)
 
 
 async def _produce(
@@ -340,6 +345,9 @@ def import_file(
         f"{report.records:,} {records} from {report.rows:,} rows published in {report.seconds:.1f} s; "
         f"{len(report.bad):,} bad rows skipped"
     )
+    if report.stopped is not None:  # exit 0 here read as "the whole file is in", and the rest was lost unseen
+        line, stopped = report.stopped
+        _fail(f"{where} {line}: {stopped}")
 
 
 @app.command()
@@ -421,6 +429,8 @@ def train(
         except spark_training.SparkMissing as exc:
             _fail(str(exc))
     from_kafka = file is None and movielens is None
+    if not from_kafka:
+        _one_source(file=file, movielens=movielens)
     feedback = settings.model.feedback_types
     records = None if from_kafka else _records(file, movielens, None, 0, feedback)  # a bad folder: before services
     asyncio.run(_reach(settings, kafka=from_kafka, redis=True))  # the model is published to Redis after training
@@ -448,6 +458,7 @@ def train(
     for name in ("users", "items", "nnz", "events", "seconds", "offline_hr10"):
         value = metrics[name]
         table.add_row(name, "n/a" if value is None else f"{value:,.4g}" if isinstance(value, float) else f"{value:,}")
+    table.add_row("repeated event ids", f"{log.repeated:,}")  # left out of events: each id is counted once
     table.add_row("wall seconds", f"{time.perf_counter() - started:.1f}")
     Console().print(table)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from recstream.client import AsyncClient, Client, FeedPage, Ready, RecstreamError
-from recstream.client.retry import Backoff
+from recstream.client.retry import MAX_RETRIES, Backoff
 from tests.client.conftest import NOW_MS
 
 PAGE = {
@@ -208,5 +209,53 @@ def test_a_retry_after_of_other_digits_is_no_wait_asked_not_a_crash(kind):
 def test_a_client_refuses_options_it_cannot_work_with_when_made(client, options):
     """A base URL without a scheme raised httpx.UnsupportedProtocol at the first request, a negative back-off
     ValueError from time.sleep at the first retry: now both are refused by the constructor, naming the option."""
-    with pytest.raises(ValueError, match=r"base_url|back-off|timeout_s"):
+    with pytest.raises(ValueError, match=r"base_url|back-off|timeout_s|retries"):
         client(**({"base_url": "http://reader"} | options))
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        (" s3cret", "api_key has leading or trailing whitespace"),
+        ("s3cret\n", "api_key has leading or trailing whitespace"),
+        ("s3cr\x00t", "api_key: character 5 cannot go in an HTTP header"),
+        ("s3cré", "api_key: character 5 cannot go in an HTTP header"),
+        ("s3\ncret", "api_key: character 3 cannot go in an HTTP header"),
+    ],
+)
+@pytest.mark.parametrize("client", [Client, AsyncClient])
+def test_an_api_key_no_header_can_carry_is_refused_when_the_client_is_made_without_echoing_it(client, key, says):
+    """Every call raised httpx.LocalProtocolError (a non-ASCII key: UnicodeEncodeError) with the key in its message."""
+    with pytest.raises(ValueError, match=says) as caught:
+        client("http://reader", api_key=key)
+    assert "s3cr" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key", ["s3cret", "s3 cr\tet", "!~"])
+def test_an_api_key_of_printable_ascii_with_spaces_or_tabs_inside_is_sent(key):
+    """Against the real wire: h11 checks a header value only when it writes the request (MockTransport never does)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with Client(url, api_key=key, retries=0, timeout_s=0.5) as client, pytest.raises(RecstreamError) as caught:
+            client.stats()  # the request goes out; nobody answers
+        connection, _ = listener.accept()
+        with connection:
+            head = connection.recv(65536)
+    assert caught.value.status is None and "x-api-key: " + key in head.decode("ascii").lower().replace("\r", "")
+
+
+@pytest.mark.parametrize(
+    ("retries", "accepted"), [(MAX_RETRIES - 1, True), (MAX_RETRIES, True), (MAX_RETRIES + 1, False)]
+)
+def test_retries_are_bounded_and_the_last_waits_within_the_cap(retries: int, accepted: bool):
+    """Nothing bounded ``retries``, and past attempt 1023 ``base_s * 2**attempt`` raised OverflowError."""
+    if not accepted:
+        with pytest.raises(ValueError, match=f"retries must be from 0 to {MAX_RETRIES}, got {retries}"):
+            Backoff(retries=retries)
+        return
+    backoff = Backoff(retries=retries, base_s=1e300, max_s=2.0, rng=random.Random(1))  # base · 2**k overflows a float
+    assert 0 <= backoff.wait(retries - 1, httpx.Response(503)) <= 2.0
+    with pytest.raises(RecstreamError):
+        backoff.wait(retries, httpx.Response(503))

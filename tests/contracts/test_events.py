@@ -233,3 +233,35 @@ def test_micro_batches_split_exactly_past_the_readers_limits(events_at, offset, 
     assert [e for valid, _ in decoded for e in valid] == events, "all of them, in order"
     if events_at is at_byte_limit and offset <= 0:
         assert len(split[0]) == MAX_MESSAGE_BYTES + offset
+
+
+INT64_REFUSED = "Value error, an integer must be from -2**63 to 2**63 - 1 (send a larger one as a string)"
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"), [(-(2**63) - 1, False), (-(2**63), True), (2**63 - 1, True), (2**63, False)]
+)
+@pytest.mark.parametrize("where", ["attributes", "context"])
+def test_an_int_scalar_must_fit_in_64_bits(value: int, accepted: bool, where: str):
+    """A larger one passed, as an int (then ``encode`` raised orjson's TypeError: a traceback out of ``recstream
+    import``) or as a float (2**63 taken by the union's float member, its digits lost)."""
+    user = {"user_id": "u1", "ts": NOW, "attributes": {"acct": value}}
+    doc, kind = (user, "user") if where == "attributes" else ({**GOOD, "context": {"acct": value}}, "event")
+    result = validate(doc, kind, NOW)  # type: ignore[arg-type]
+    if accepted:
+        assert not isinstance(result, Rejected) and getattr(result, where)["acct"] == value, result
+        assert decode(encode(result), kind, NOW)[0] == [result]  # type: ignore[arg-type]
+    else:
+        assert isinstance(result, Rejected) and result.reason == f"{where}.acct: {INT64_REFUSED}", result
+
+
+@pytest.mark.parametrize(("digits", "accepted"), [(str(2**63 - 1), True), (str(2**63), False)])
+def test_an_event_posted_with_an_int_past_64_bits_is_refused(digits: str, accepted: bool):
+    """The reader's body through orjson, which reads an integer up to 2**64 - 1 as an int (a larger or more negative
+    one as a float, which the contract takes as a float)."""
+    body = b'{"type":"click","user_id":"u1","item_id":"i1","ts":%d,"context":{"acct":%s}}' % (NOW, digits.encode())
+    valid, rejected = decode(body, "event", NOW)
+    if accepted:
+        assert [e.context["acct"] for e in valid] == [int(digits)] and not rejected
+    else:
+        assert not valid and [r.reason for r in rejected] == [f"context.acct: {INT64_REFUSED}"]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from recstream.contracts.events import Event, Rejected, decode
+from recstream.contracts.events import Event, Rejected, decode, encode
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import open_log, read, whole_topic
+from recstream.jobs import imports
 from recstream.jobs.imports import ImportSpec, ImportSpecError, count_rows, file_rows
 from tests.shell.test_cli_errors import cli
+from tests.shell.test_cli_options import run as run_cli
 
 T0_S = 1_700_000_000
 NOW_MS = 1_800_000_000_000
@@ -101,21 +104,44 @@ def test_a_typed_features_object_is_imported_with_the_feature_columns_and_any_ot
         ("34", 34),
         ("34.5", 34.5),
         ("²", "²"),  # a digit int() refuses (it raised): the attribute stays text
-        ("9" * 3_999, int("9" * 3_999)),
-        ("9" * 4_000, int("9" * 4_000)),  # the longest digit string read as a number
-        ("9" * 4_001, None),  # int() raised past 4,300 digits; text, too long for an attribute: the row is refused
+        (str(-(2**63) - 1), str(-(2**63) - 1)),  # past a signed 64-bit integer: text, an id (encode raised on it)
+        (str(-(2**63)), -(2**63)),
+        (str(2**63 - 1), 2**63 - 1),
+        (str(2**63), str(2**63)),
+        ("9" * 30, "9" * 30),  # an account number: text, not the float 1e30 that lost its digits
+        ("0" * 4_400 + "34", 34),  # int() refuses over 4,300 digits, leading zeros too
+        ("9" * 4_400, None),  # text, too long for an attribute: the row is refused
         ("1e999", "1e999"),
         ("--5", "--5"),  # two signs: text (int() raised)
         ("-5", -5),
     ],
-    ids=["int", "float", "superscript", "3999 digits", "4000 digits", "4001 digits", "infinite", "two signs", "one"],
-)
-def test_a_user_attribute_is_a_number_only_when_it_is_a_finite_one(age, read):
+    ids=["int", "float", "superscript", "-2^63-1", "-2^63", "2^63-1", "2^63", "30 digits", "zeros", "4400 digits",
+         "infinite", "two signs", "one"],
+)  # fmt: skip
+def test_a_user_attribute_is_a_number_only_when_it_is_a_finite_one_within_64_bits(age, read):
     result = ImportSpec.parse("users", ["user=u"]).records({"u": "a", "age": age}, NOW_MS)
     if read is None:
         assert isinstance(result, Rejected) and "at most 256 characters" in result.reason, result
     else:
         assert not isinstance(result, Rejected) and result[0].attributes["age"] == read, result
+        assert decode(encode(result[0]), "user", NOW_MS)[0] == result
+
+
+@pytest.mark.parametrize("row", [{"u": "u7", "age": "", "gender": ""}, {"u": "u7", "age": None}, {"u": "u7"}])
+def test_a_user_row_with_only_an_id_is_a_bad_row_not_a_record_that_erases_the_users_attributes(row):
+    """Published with no attributes under the user's key, it replaced their attributes record once compacted."""
+    result = ImportSpec.parse("users", ["user=u"]).records(row, NOW_MS)
+    assert isinstance(result, Rejected) and result.reason == "no attributes: every column but u is empty", result
+    kept = ImportSpec.parse("users", ["user=u"]).records({**row, "zip": "02139"}, NOW_MS)
+    assert not isinstance(kept, Rejected) and kept[0].attributes == {"zip": 2139}, kept
+
+
+@pytest.mark.parametrize("rating", [math.nan, math.inf, -math.inf])
+def test_a_click_rating_that_is_not_a_finite_number_is_refused(rating: float):
+    """NaN compared false with every rating (every click a view, silently); inf made them all views, -inf clicks."""
+    with pytest.raises(ImportSpecError, match=f"--click-rating must be a finite number, got {rating}"):
+        ImportSpec.parse("interactions", click_rating=rating)
+    assert run_cli("import", "README.md", "--click-rating", str(rating)).exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -294,3 +320,80 @@ def test_a_parquet_map_of_features_and_nulls_in_sparse_item_columns_are_imported
         None,
     )
     assert (second.features, second.categories, second.available) == ({}, [], False)
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """What ``recstream import`` (run in process) hands the producer, each record as the bytes Kafka would get: a
+    producer that encodes as EventProducer does (so an unencodable record raises as it would) and sends nowhere."""
+    sent: list[bytes] = []
+
+    class Producer:
+        def __init__(self, settings: Settings) -> None:
+            pass
+
+        async def __aenter__(self) -> Producer:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+        async def send_events(self, events: list[Event]) -> None:
+            sent.extend(encode(event) for event in events)
+
+        async def send_item(self, item: object) -> None:
+            sent.append(encode(item))  # type: ignore[arg-type]
+
+        send_user = send_item
+
+    monkeypatch.setattr(imports, "EventProducer", Producer)
+    return sent
+
+
+def test_users_with_numbers_past_64_bits_are_imported_as_text_and_the_rows_after_them_too(tmp_path, published):
+    """An attribute of 2**63 became an int that orjson could not write: a TypeError traceback, the rest unpublished."""
+    path = tmp_path / "users.csv"
+    values = [2**63, 2**63 - 1, -(2**63) - 1, -(2**63)]
+    path.write_text("user_id,acct\n" + "".join(f"u{k},{v}\n" for k, v in enumerate(values)))
+    done = run_cli("import", str(path), "--kind", "users")
+    assert done.exit_code == 0 and "4 users from 4 rows published" in done.output, done.output
+    read = [decode(body, "user", NOW_MS)[0][0].attributes["acct"] for body in published]
+    assert read == [str(2**63), 2**63 - 1, str(-(2**63) - 1), -(2**63)]
+
+
+@pytest.mark.parametrize(
+    ("text", "says", "published_rows"),
+    [
+        (f"u1,i1,{T0_S}000\nu2,i2,{T0_S}000\n", None, 2),
+        (f'u1,i1,{T0_S}000\nu2,"see "manual" p.3,{T0_S}000\nu3,i3,{T0_S}000\n",x,{T0_S}000\n',
+         "line 3: csv: ',' expected after '\"'; reading stopped here: the rest of the file (2 more lines) was not read",
+         1),
+        (f"u1,i1,{T0_S}000\nu2,\"i2\nu3,i3,{T0_S}000\n",
+         "line 3: csv: unexpected end of data; reading stopped here: the rest of the file (1 more line) was not read",
+         1),
+    ],
+    ids=["whole", "stray quote", "unclosed quote"],
+)  # fmt: skip
+def test_an_import_that_stops_reading_a_csv_says_where_and_exits_1(tmp_path, published, text, says, published_rows):
+    """The reader stops where the rest of a quoted field could be read as rows; the import printed its usual summary
+    and exited 0, and the rows after that line were lost without a word."""
+    path = tmp_path / "interactions.csv"
+    path.write_text("user_id,item_id,ts\n" + text)
+    done = run_cli("import", str(path))
+    assert len(published) == published_rows
+    if says is None:
+        assert done.exit_code == 0 and "reading stopped" not in done.output, done.output
+    else:
+        assert done.exit_code == 1 and done.output.splitlines()[-1] == says, done.output
+
+
+def test_an_import_of_a_csv_with_lines_ending_in_a_carriage_return_alone_says_so_and_exits_1(tmp_path, published):
+    """Such a file is one line to the reader: it stopped at once, and the import reported one bad row and exited 0."""
+    path = tmp_path / "interactions.csv"
+    path.write_bytes(f"user_id,item_id,ts\ru1,i1,{T0_S}000\ru2,i2,{T0_S}000\r".encode())
+    done = run_cli("import", str(path))
+    assert done.exit_code == 1 and not published
+    assert done.output.splitlines()[-1] == (
+        "line 1: csv: a line ends in a carriage return alone: save the file with LF or CRLF line endings; reading "
+        "stopped here: the rest of the file (0 more lines) was not read"
+    ), done.output

@@ -70,3 +70,33 @@ def test_an_empty_log_has_empty_columns_and_is_refused_by_train():
     assert [len(column) for column in log.columns()] == [0, 0, 0, 0, 0]
     with pytest.raises(training.EmptyLog, match="no valid events"):
         training.train(log, ALSConfig())
+
+
+def test_an_event_id_repeated_on_the_log_is_counted_once_its_first_event_kept(monkeypatch):
+    """A retried POST or a file imported twice puts the same ids on the log again; the workers drop a repeat only
+    within their de-duplication window, and training counted every copy. The key is the user and the id, as the
+    workers' (``user:event_id``): another user's event of the same id, and events without an id, all count."""
+    monkeypatch.setattr(training, "EVENTS_PER_CHUNK", CHUNK)
+    _, _, events = world(n_users=5, n_items=5, n_events=20)
+    events = [e.model_copy(update={"event_id": f"e{k}"}) for k, e in enumerate(events)]
+    other_user = events[3].model_copy(update={"user_id": "someone-else"})
+    no_id = events[4].model_copy(update={"event_id": None})
+    repeats = [events[0], events[19].model_copy(update={"type": "dislike"}), events[3]]  # across chunks, 2nd changed
+    log = training.collect(Record("event", e) for e in [*events, other_user, no_id, no_id, *repeats])
+    kept = [*events, other_user, no_id, no_id]
+    assert (len(log), log.repeated) == (len(kept), 3)
+    assert log.ts.tolist() == [e.ts for e in kept]
+    np.testing.assert_array_equal(training.interactions(log).toarray(), in_memory_matrix(kept))
+    log.add(Record("event", events[5]))  # after the columns were read: a repeat of an id they hold
+    assert (len(log), log.repeated) == (len(kept), 4)
+
+
+def test_an_item_named_only_by_a_dropped_repeat_is_not_in_the_model():
+    """The same user and id for another item (a producer reusing ids): the first event is kept, and the item only the
+    repeat named would be an item without a single event; the items keep their order of first use."""
+    first = Event(type="click", user_id="u1", item_id="i1", ts=10**12, event_id="e1")
+    other = first.model_copy(update={"item_id": "i3", "event_id": "e2"})
+    events = [first, first.model_copy(update={"item_id": "i2"}), other]
+    log = training.collect(Record("event", e) for e in events)
+    assert log.items.tolist() == [0, 1] and log.item_ids == {"i1": 0, "i3": 1}
+    np.testing.assert_array_equal(training.interactions(log).toarray(), in_memory_matrix([events[0], events[2]]))

@@ -78,3 +78,13 @@ def test_serve_takes_only_the_log_levels_uvicorn_knows_in_any_case():
     refused, accepted = run("serve", "--log-level", "verbose"), run("serve", "--log-level", "INFO")
     assert refused.exit_code == 2 and "Invalid value for '--log-level'" in refused.output, refused.output
     assert accepted.exit_code == 1 and "cannot reach" in accepted.output, accepted.output
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [("train", "--file, --movielens"), ("produce", "--file, --movielens, --synthetic")],
+)
+def test_two_sources_are_refused_naming_the_sources_the_command_has(command: str, options: str):
+    """train said "give exactly one of --file, --movielens, --synthetic", and has no --synthetic."""
+    done = run(command, "--file", "README.md", "--movielens", "tests")
+    assert done.exit_code == 2 and done.output.strip() == f"give exactly one of {options}", done.output
