@@ -13,10 +13,18 @@ in minutes sets its arrival rate and appeal half-life in minutes too.
 
 The simulator knows the truth, so each feed is scored against the oracle of that moment:
 
-    regret = Σ_{i ∈ oracle top-k} p(u, i, t) − Σ_{i ∈ served} p(u, i, t)
+    regret = Σ_{i ∈ oracle top-k} p(u, i, t) − Σ_{i ∈ served, not shown to u before} p(u, i, t)
 
-the oracle choosing among the items available at t that the user has not been shown yet (the
-reader never shows an item twice either); a short page counts its missing slots as 0.
+t the moment the page arrived, the oracle choosing among the items that existed when the feed was
+asked for (a slower reader is not charged for items created while it answered) and that the user
+has not been shown yet. A repeat (an item the user was shown before, on an earlier page or
+earlier on this one) earns nothing and is not clicked: the oracle may not repeat either, and a
+memoryless click on a repeat would credit a page for what it showed again. A short page counts its
+missing slots as 0.
+
+Click draws are per feed and item: feed n's uniform for item i is the i-th value of the stream
+seeded by (seed, n, CLICK_STREAM), so two rows that serve the same item on feed n draw the same
+click for it, wherever on the page it sits.
 
 Discovery: a *new* item (created after the run started) is discovered when it enters the top
 ``POPULAR_TOP`` of the global popular ranking (the workers' smoothed-CTR ranking ``rank`` in Redis,
@@ -51,6 +59,9 @@ TOP_QUANTILE = 0.9
 POPULAR_TOP = 20
 """An item has reached the popular ranking when it is among its first 20 (two pages of 10)."""
 RANKING_POLL_S = 0.5
+CLICK_STREAM = 1
+"""Feed n's click draws come from the stream seeded (seed, n, CLICK_STREAM): (seed, n) alone is, for n = 0, the
+stream the seed's users and arrival gaps come from (a trailing 0 word seeds as nothing)."""
 HTTP_TIMEOUT_S = 10.0
 RESEND = frozenset({429, 503})
 """An events POST answered with these is sent again (README: a 503 is worth a resend, a 429 after its wait)."""
@@ -233,30 +244,47 @@ class Ledger:
         """Items the user was shown before the run (its history): the oracle will not offer them again."""
         self.shown[user].update(items)
 
-    def oracle(self, user: int, now_ms: int) -> np.ndarray:
-        """The oracle feed: the k available items not yet shown to the user with the highest true p."""
-        available = np.arange(int(self.world.available_items(now_ms)))
+    def oracle(self, user: int, now_ms: int, asked_ms: int | None = None) -> np.ndarray:
+        """The oracle feed: the k items that existed at ``asked_ms`` (default ``now_ms``) not yet shown to the user
+        with the highest true p at ``now_ms``."""
+        available = np.arange(int(self.world.available_items(now_ms if asked_ms is None else asked_ms)))
         fresh = available[~np.isin(available, np.fromiter(self.shown[user], np.int64, len(self.shown[user])))]
         return self.world.oracle_top_k(user, now_ms, self.limit, fresh)
 
-    def regret(self, user: int, served: Sequence[int], now_ms: int) -> tuple[float, float]:
-        """(Σ p over the oracle top-k, Σ p over the served items) for this user at now_ms."""
-        best = float(self.world.click_probability(user, self.oracle(user, now_ms), now_ms).sum())
-        got = float(self.world.click_probability(user, np.asarray(served, np.int64), now_ms).sum()) if served else 0.0
-        return best, got
+    def values(self, user: int, served: Sequence[int], now_ms: int) -> np.ndarray:
+        """Each served item's true p at now_ms, 0 for a repeat (shown to the user before, or earlier on the page)."""
+        if not served:
+            return np.empty(0)
+        shown, first = self.shown[user], {}
+        new = [item not in shown and first.setdefault(item, k) == k for k, item in enumerate(served)]
+        return self.world.click_probability(user, np.asarray(served, np.int64), now_ms) * np.asarray(new)
+
+    def regret(self, user: int, served: Sequence[int], now_ms: int, asked_ms: int | None = None) -> tuple[float, float]:
+        """(Σ p over the oracle top-k, Σ p over the served items, repeats at 0) for this user at now_ms."""
+        best = float(self.world.click_probability(user, self.oracle(user, now_ms, asked_ms), now_ms).sum())
+        return best, float(self.values(user, served, now_ms).sum())
 
     def record(
-        self, user: int, page: Sequence[Shown], now_ms: int, rng: np.random.Generator, variant: str | None = None
+        self,
+        user: int,
+        page: Sequence[Shown],
+        now_ms: int,
+        rng: np.random.Generator,
+        variant: str | None = None,
+        asked_ms: int | None = None,
     ) -> list[bool]:
-        """Score one served page, draw the user's clicks (each item with its true p), count; returns the clicks.
+        """Score one served page, draw the user's clicks (each new item with its true p, the uniform of item i the
+        i-th of ``rng``'s stream; a repeat is not clicked), count; returns the clicks. ``asked_ms``: when the feed
+        was asked for (the oracle's catalogue; default now_ms).
 
         ``variant``: the A/B variant the reader named for the page, counted even when the page is empty (its
         regret counts against that variant as it does overall); its items may name theirs too."""
         r = self.result
         items = [s.item for s in page]
-        best, got = self.regret(user, items, now_ms)
-        p = self.world.click_probability(user, np.asarray(items, np.int64), now_ms) if items else np.empty(0)
-        clicks = (rng.random(len(items)) < p).tolist()
+        best, got = self.regret(user, items, now_ms, asked_ms)
+        p = self.values(user, items, now_ms)
+        draws = rng.random(max(items) + 1)[items] if items else np.empty(0)
+        clicks = (draws < p).tolist()
         r.feeds += 1
         r.regret += best - got
         r.oracle_value += best
@@ -283,7 +311,8 @@ class Ledger:
                 self.result.discovered_after[item] = self._impressions[item]
 
     def finish(self, end_ms: int) -> SimResult:
-        """Settle the top decile of the new items that arrived during the run."""
+        """Settle the top decile of the new items created by ``end_ms`` (the simulator's: when it stopped offering
+        feeds, not when the last answer came, so a row whose last requests waited longer has no extra new items)."""
         world, r = self.world, self.result
         new = np.flatnonzero(world.created_ms[: int(world.available_items(end_ms))] > self.start_ms)
         if new.size:
@@ -351,6 +380,7 @@ class Simulator:
         rng = np.random.default_rng(cfg.seed)
         in_flight = asyncio.Semaphore(cfg.concurrency)
         tasks: set[asyncio.Task] = set()
+        offered_until: int | None = None  # the new items of the run: those created while feeds were offered
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
         connector = aiohttp.TCPConnector(limit=cfg.concurrency * 2)
         try:
@@ -374,12 +404,13 @@ class Simulator:
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     n += 1
+                offered_until = _now_ms()
                 await asyncio.gather(*tasks)
                 poller.cancel()
                 await producer.flush()
         finally:  # also when cancelled (the demo's Ctrl-C): the result so far is settled
             ledger.result.seconds = time.monotonic() - started
-            ledger.finish(_now_ms())
+            ledger.finish(_now_ms() if offered_until is None else offered_until)
         return ledger.result
 
     async def _poll_ranking(self, ledger: Ledger) -> None:
@@ -419,7 +450,7 @@ class Simulator:
         seed = self.config.seed * 1_000_003 + n
         user_id = self.world.user_ids[user]
         try:
-            url = f"{self.reader_url}/v1/feed/{user_id}"
+            url, asked_ms = f"{self.reader_url}/v1/feed/{user_id}", _now_ms()
             async with http.get(url, params={"limit": self.config.limit, "seed": seed}) as response:
                 response.raise_for_status()
                 page = orjson.loads(await response.read())
@@ -431,8 +462,8 @@ class Simulator:
             shown = [s for s in shown if s.item >= 0]
             ledger.result.degraded += bool(page.get("degraded"))
             ledger.result.ranked += bool(page.get("ranked"))
-            rng = np.random.default_rng([self.config.seed, n])
-            clicks = ledger.record(user, shown, now_ms, rng, page.get("variant"))
+            rng = np.random.default_rng([self.config.seed, n, CLICK_STREAM])
+            clicks = ledger.record(user, shown, now_ms, rng, page.get("variant"), asked_ms)
             prefix = event_prefix(self.config.seed, ledger.start_ms, n)
             events = _events(user_id, self.world, shown, clicks, now_ms, prefix, page.get("session"))
             if events:

@@ -40,6 +40,8 @@ HOUR_MS = 3_600_000
 ITEM_BLOCK = 256  # smallest arrival block
 EVENT_CHUNK = 8_192  # views generated per vectorized step of `events`
 CALIBRATION_SAMPLE = 20_000
+BIAS_BOUND = 50.0
+"""The calibrated bias is searched in ±this: σ(±50) is 0 or 1 to double precision, so a bias beyond is no bias."""
 DEFAULT_RATE_PER_S = 20.0
 
 AGE_BANDS = ((13, 17, 0.05), (18, 24, 0.18), (25, 34, 0.35), (35, 44, 0.2), (45, 55, 0.14), (56, 73, 0.08))
@@ -55,7 +57,7 @@ CATEGORY_COUNT_P = (0.5, 0.35, 0.15)  # an item has 1, 2 or 3 categories
 class WorldConfig(BaseModel):
     """Everything that defines a world; the same config gives the same world."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # inf taste spread: NaN clicks
 
     seed: int = Field(0, ge=0)
     n_users: int = Field(2_000, ge=1)
@@ -195,10 +197,13 @@ class World:
                 f"base_ctr {self.config.base_ctr} is unreachable: with appeal_half_life_h and "
                 f"initial_age_span_h as set, the mean click probability stays below {fade.mean():.4f}"
             )
-        low, high = -50.0, 50.0
+        low, high = -BIAS_BOUND, BIAS_BOUND
         while high - low > 1e-9:
             mid = 0.5 * (low + high)
             low, high = (mid, high) if np.mean(_sigmoid(score + mid) * fade) < self.config.base_ctr else (low, mid)
+        if abs(low + high) / 2 >= BIAS_BOUND - 1e-6:  # the search ended at a bound: the target was out of its reach
+            raise ValueError(f"base_ctr {self.config.base_ctr} needs a bias beyond ±{BIAS_BOUND:g}: the world's "
+                             "spreads put every impression's click probability on one side of it")  # fmt: skip
         return 0.5 * (low + high)
 
     def _score(self, user_idx: npt.ArrayLike, item_idx: npt.ArrayLike) -> np.ndarray:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 
@@ -50,6 +51,21 @@ def test_a_random_impression_clicks_at_the_base_ctr(base_ctr: float):
 def test_an_unreachable_base_ctr_is_refused():
     with pytest.raises(ValueError, match="base_ctr"):
         World(WorldConfig(n_users=10, n_items=50, appeal_half_life_h=1, initial_age_span_h=240))
+
+
+def test_a_base_ctr_that_needs_a_bias_past_the_search_bound_is_refused():
+    """Scores spread ±1e4 put the bias that gives a 4% click rate near −17,000: the search stopped at −50 and the
+    world silently clicked at about half of its items' rate instead."""
+    with pytest.raises(ValueError, match="needs a bias beyond"):
+        World(WorldConfig(n_users=10, n_items=50, quality_sd=1e4))
+    World(WorldConfig(n_users=10, n_items=50, quality_sd=10.0))  # a wide spread within reach still builds
+
+
+@pytest.mark.parametrize("field", ["affinity_sd", "quality_sd", "new_items_per_hour"])
+def test_infinite_spreads_and_rates_are_refused(field: str):
+    """affinity_sd=inf built a world whose click probabilities were NaN; an infinite arrival rate looped forever."""
+    with pytest.raises(pydantic.ValidationError, match="finite"):
+        WorldConfig(**{field: math.inf})
 
 
 def test_appeal_halves_every_half_life_and_is_zero_before_creation():
