@@ -1,7 +1,8 @@
 """The click-fraud guard of POST /v1/events: clicks per client, and per user per item, within a window.
 
-A click here is an event of a type that counts as a click for CTR (recstream/contracts/feedback.py): those are
-what move the popular lists. Other positive types (a like, a purchase) change only their user's own vector.
+A click here is an event of a type that counts as a click for CTR or has the positive role (a like, a purchase, …
+of the configured types, recstream/contracts/feedback.py): each moves what every user is served, the popular lists
+(CTR clicks) and the shared online ranker, which learns every positive event that names its page as a positive row.
 
 Why: with writes open to whoever holds the key (a browser app, say), one client could report
 hundreds of clicks on one item and push it up every popular list. The policy (README.md,
@@ -106,7 +107,7 @@ class ClickGuard:
         (0 turns it off) the workers may apply a resent id again, and each copy is counted."""
         self.once = dedup_window_s > settings.click_window_s
         self.redis = redis
-        self.click_types = clicks  # the types that count as clicks for CTR: what moves popular lists
+        self.click_types = clicks  # the types limited: CTR clicks and positives (what moves every user's feed)
         self.keys = keys
         self.settings = settings
         self.guard = guard

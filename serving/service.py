@@ -64,8 +64,9 @@ class FeedService:
         self.variants = Variants(settings)
         self.feedback = settings.model.feedback_types
         self.clicks = ClickGuard(
-            self.redis, self.keys, settings.reader, self.guard, self.feedback.clicks, settings.worker.dedup_window_s
-        )
+            self.redis, self.keys, settings.reader, self.guard,
+            self.feedback.clicks | self.feedback.with_role("positive"), settings.worker.dedup_window_s,
+        )  # fmt: skip
         self._served = {s: metrics.ITEMS_SERVED.labels(s) for s in SOURCES}
         self._trips = metrics.REDIS_ROUND_TRIPS.labels(FEED_ROUTE)
         self._modes = {mode: metrics.FEEDS_BY_MODE.labels(mode) for mode in MODES}

@@ -176,6 +176,19 @@ async def test_clicks_past_the_per_user_item_limit_are_dropped_and_the_rest_publ
     assert Counter(e.user_id for e in events if e.type == "view") == Counter(users.values())
 
 
+async def test_likes_count_toward_the_per_user_item_limit_as_clicks_do(world: World):
+    """Every positive event naming its page trains the shared ranker as a click: unlimited likes of one served item
+    (1,000 in a review's replay) steered what every ranked page shows. They are limited as clicks are."""
+    settings = await isolated_topics(world.settings.replace(clicks_per_user_item=3, click_window_s=HOUR))
+    user = unique("u-likes")
+    async with reader_client(settings, KEY) as reader:
+        likes = [{**click(user, ts=WORLD_TIME + k), "type": "like"} for k in range(2)]
+        resp = await reader.post("/v1/events", json=[view(user), click(user, ts=WORLD_TIME + 5), *likes])
+        assert resp.json() == {"accepted": 4, "attributed": 0, "dropped": 0}, "3 positives: at the limit"
+        again = await reader.post("/v1/events", json=[{**click(user, ts=WORLD_TIME + 9), "type": "like"}])
+        assert again.json()["dropped"] == 1, "a fourth positive on the pair, a like, is past it"
+
+
 @pytest.mark.parametrize("dedup_window_s", [HOUR + 1, HOUR, HOUR - 1])
 async def test_a_resent_request_spends_no_click_limit_again(world: World, dedup_window_s: int):
     """The README's advice after a 503 is to send the request again (each event id applies once; a resend is the
