@@ -193,6 +193,7 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
     async def forget_watermarks(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
         for processor in processors.values():
             processor.forget_watermarks()
+        metrics.keep_lag([(tp.topic, tp.partition) for tp in assigned])
         # what the assignment was computed on: the topic's real partition count, whatever the settings say
         partitions = app.consumer.topic_partitions(settings.kafka.events_topic)
         if partitions:

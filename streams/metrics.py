@@ -6,7 +6,7 @@ without changing them in the same commit (a test runs every panel's query).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -176,3 +176,19 @@ def count_ranker_rows(training: BatchTraining) -> None:
         RANKER_UPDATES.labels(topic, str(partition)).set(trained.n_updates)
     for reason, n in training.skipped.items():
         RANKER_SKIPPED.labels(reason).inc(n)
+
+
+def keep_lag(assigned: Collection[tuple[str, int]]) -> None:
+    """Drop the lag of every partition not in ``assigned`` (a rebalance's whole assignment): the gauge is set only
+    when a batch arrives, so a partition taken away kept its last value for good, and the lag figures (the largest
+    report per partition) showed lag that was no longer anyone's, enough to fire RecstreamConsumerLagGrowing.
+
+    >>> LAG.labels("events", "0").set(5); LAG.labels("events", "1").set(7)
+    >>> keep_lag([("events", 1)])
+    >>> sorted(s.labels["partition"] for s in LAG.collect()[0].samples)
+    ['1']
+    """
+    kept = {(topic, str(partition)) for topic, partition in assigned}
+    for sample in LAG.collect()[0].samples:
+        if (labels := (sample.labels["topic"], sample.labels["partition"])) not in kept:
+            LAG.remove(*labels)
