@@ -12,7 +12,10 @@ order (recstream/store/state.py). So with the workers stopped the rebuild
    now, through the workers' own :class:`~streams.processor.BatchProcessor` and
    :class:`~recstream.store.state.StateStore`, with the same item feed (:func:`streams.live_model.follow_items`),
    leaving out the user records and events of every erased user (the ``erasures`` topic, which also
-   refills ``erased``);
+   refills ``erased``). Readers keep serving, ``DELETE /v1/users/{id}`` too: the erased set is refreshed
+   before each chunk, and every user erased since the replay began is erased in Redis again once it ends
+   (what the chunks before the refresh that saw the erasure wrote of the user is gone then; the user's share
+   of the counters stays until the next rebuild, as after any erasure);
 5. commits those end offsets for the worker group, so restarted workers go on from there.
 
 The result is the state of a clean run of one worker that read the users and items before the
@@ -29,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
@@ -40,17 +44,21 @@ from recstream.eventlog.connection import client_options
 from recstream.eventlog.erasures import erased_users, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
-from recstream.models.artifacts import ModelArtifacts, latest_version, read_model
+from recstream.models.artifacts import ArtifactError, ModelArtifacts, latest_version, read_model
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from recstream.store.connection import connect
+from recstream.store.erasure import erase_user
 from recstream.store.state import StateStore
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.processor import BatchProcessor, DeadLetter
 
+ERASE_TIMEOUT_S = 30.0
+"""Bounds each round trip of :func:`_erase_again` (a SCAN step over a large keyspace takes a while)."""
 Progress = Callable[[str, int, int], None]  # (topic, messages just replayed, messages in the topic at most)
 
 
 class RebuildError(Exception):
-    """The rebuild cannot run (workers are running); nothing was changed."""
+    """The rebuild cannot run (workers are running, the current model cannot be read); nothing was changed."""
 
 
 @dataclass
@@ -124,12 +132,19 @@ async def delete_derived(redis: Redis | RedisCluster, keys: Keys) -> int:
 
 
 async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, ModelArtifacts | None]:
-    """``model:current``, else the newest version on disk (Redis lost the pointer), else none."""
+    """``model:current``, else the newest version on disk (Redis lost the pointer), else none; a version that cannot
+    be read (not in this model folder, incomplete) stops the rebuild."""
     current = await redis.get(Keys.of(settings)("model:current"))
     version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model.dir)
     if version is None:
         return None, None
-    return version, await asyncio.to_thread(read_model, settings.model.dir, version)
+    try:
+        return version, await asyncio.to_thread(read_model, settings.model.dir, version)
+    except ArtifactError as exc:
+        source = "model:current" if current else "the newest on disk"
+        raise RebuildError(
+            f"model {version} ({source}) cannot be read from {settings.model.dir} (RECSTREAM_MODEL_DIR): {exc}"
+        ) from None
 
 
 async def _replay(
@@ -147,8 +162,9 @@ async def _replay(
     messages: dict[str, int] = {}
     ends: dict[tuple[str, int], int] = {}
     try:
-        async with open_log(settings) as consumer:
-            erased = await erased_users(consumer, settings.kafka.erasures_topic)
+        async with open_log(settings) as consumer, open_log(settings) as erasures_consumer:
+            erasures = _Erasures(erasures_consumer, settings.kafka.erasures_topic)
+            erased = await erasures.refresh()
             if erased:
                 await redis.sadd(Keys.of(settings)("erased"), *erased)
             for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
@@ -159,12 +175,42 @@ async def _replay(
                 processor = BatchProcessor(kind, store, settings, count_dead_letters, model, partitions=len(ranges))
                 messages[topic] = 0
                 async for chunk in read(consumer, ranges, settings.worker.batch_max):
-                    await processor.process(without_users(chunk, erased) if kind != "item" else chunk)
+                    await processor.process(without_users(chunk, await erasures.refresh()) if kind != "item" else chunk)
                     messages[topic] += len(chunk)
                     if progress is not None:
                         progress(topic, len(chunk), total)
                 await processor.finish_pending()  # what the last batch left undone, as an idle worker does
+            await _erase_again(settings, await erasures.refresh() - erased)
     finally:
         item_feed.cancel()
         await asyncio.gather(item_feed, return_exceptions=True)
     return messages, invalid, ends
+
+
+class _Erasures:
+    """The erased users as of now: each call asks the erasures topic's end offsets, and reads it again only when they
+    moved. Its own consumer: reading a topic reassigns the consumer, and the replay's is in the middle of one."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
+        self.consumer, self.topic = consumer, topic
+        self.users: frozenset[str] = frozenset()
+        self._read_to: dict[tuple[str, int], tuple[int | None, int]] | None = None
+
+    async def refresh(self) -> frozenset[str]:
+        ends = await whole_topic(self.consumer, self.topic)
+        if ends != self._read_to:
+            self.users, self._read_to = await erased_users(self.consumer, self.topic), ends
+        return self.users
+
+
+async def _erase_again(settings: Settings, users: frozenset[str]) -> None:
+    """Erase ``users`` in Redis as ``DELETE /v1/users/{id}`` does (recstream/store/erasure.py): a reader erased them
+    during the replay, and chunks replayed before the rebuild saw it wrote their keys back."""
+    if not users:
+        return
+    client = (ClusterRedisClient if settings.redis.cluster else RedisClient)(settings.redis.url, ERASE_TIMEOUT_S, 1)
+    try:
+        for user in sorted(users):
+            await erase_user(client, Keys.of(settings), user)
+    finally:
+        await client.close()

@@ -350,33 +350,9 @@ def import_file(
         _fail(f"{where} {line}: {stopped}")
 
 
-@app.command()
-def worker(
-    metrics_port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="Prometheus port (default: settings; 0: any)")
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="faust/python log level")] = "warning",
-    loglevel: Annotated[str | None, typer.Option(hidden=True, help="deprecated spelling of --log-level")] = None,
-) -> None:
-    """Run a stream worker: consume events, items and users; keep Redis state fresh. Its port serves Prometheus
-    /metrics and /healthz (503 when an agent stopped or stalled: restart the process)."""
-    import faust
-
-    from recstream.streams.app import create_app
-    from recstream.streams.liveness import Liveness, serve
-
-    settings = _settings()
-    if loglevel is not None:
-        typer.secho("worker --loglevel is deprecated: use --log-level", fg="yellow", err=True)
-    asyncio.run(_reach(settings, kafka=True, redis=True))
-    liveness = Liveness(settings.worker.stall_s)
-    port = settings.worker.metrics_port if metrics_port is None else metrics_port
-    serve(port, liveness, addr=settings.worker.metrics_host)
-    faust.Worker(create_app(settings, liveness), loglevel=loglevel or log_level).execute_from_commandline()
-
-
 class LogLevel(StrEnum):
-    """The reader's log levels: uvicorn.config.LOG_LEVELS (another name raised KeyError inside uvicorn)."""
+    """The reader's and the worker's log levels: uvicorn.config.LOG_LEVELS (another name raised KeyError inside uvicorn,
+    and faust took any)."""
 
     critical = "critical"
     error = "error"
@@ -384,6 +360,47 @@ class LogLevel(StrEnum):
     info = "info"
     debug = "debug"
     trace = "trace"
+
+
+@app.command()
+def worker(
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Prometheus port (default: settings; 0: any)")
+    ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="faust/python log level")
+    ] = LogLevel.warning,
+    loglevel: Annotated[
+        LogLevel | None, typer.Option(case_sensitive=False, hidden=True, help="deprecated spelling of --log-level")
+    ] = None,
+) -> None:
+    """Run a stream worker: consume events, items and users; keep Redis state fresh. Its port serves Prometheus
+    /metrics and /healthz (503 when an agent stopped or stalled: restart the process)."""
+    import faust
+    from uvicorn.config import LOG_LEVELS
+
+    from recstream.streams.app import create_app
+    from recstream.streams.liveness import Liveness, serve
+
+    settings = _settings()
+    if loglevel is not None:
+        typer.secho("worker --loglevel is deprecated: use --log-level", fg="yellow", err=True)
+    liveness = Liveness(settings.worker.stall_s)
+    port = settings.worker.metrics_port if metrics_port is None else metrics_port
+    address = f"{settings.worker.metrics_host}:{port}"
+    try:  # first: a port in use is a bad option, said before any service is reached
+        server = serve(port, liveness, addr=settings.worker.metrics_host)
+    except OSError as exc:
+        given = "--metrics-port" if metrics_port is not None else "RECSTREAM_WORKER_METRICS_PORT"
+        typer.secho(f"cannot serve metrics on {address} ({given}): {exc.strerror or exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(_reach(settings, kafka=True, redis=True))
+        level = LOG_LEVELS[(loglevel or log_level).value]  # a number: faust knows no "trace"
+        faust.Worker(create_app(settings, liveness), loglevel=level).execute_from_commandline()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Engine(StrEnum):
@@ -480,8 +497,7 @@ def rebuild() -> None:
         try:
             report = asyncio.run(rebuild_module.rebuild(settings, advance))
         except rebuild_module.RebuildError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+            _fail(str(exc))  # it names paths: no markup
     per_topic = ", ".join(f"{topic} {n:,}" for topic, n in report.messages.items())
     console.print(
         f"deleted {report.deleted_keys:,} derived keys; model {report.model_version or 'none'}; replayed "
@@ -587,14 +603,17 @@ def experiment_report(
         counted = asyncio.run(report.count_log(settings, name))
     counts = counted.totals
     if len(counts) < 2:
-        console.print(f"[red]experiment {name}: events of {len(counts)} variant(s) found, nothing to compare[/red]")
+        found = f"experiment {escape(name)}: events of {len(counts)} variant(s) found, nothing to compare"
+        console.print(f"[red]{found}[/red]")  # the name and the control as typed: '[/x]' is no markup
         raise typer.Exit(1)
-    default = configured.control_name if configured and configured.name == name else min(counts)
-    baseline = control or default
+    this = configured if configured and configured.name == name else None
+    baseline = control or (this.control_name if this else min(counts))
     if baseline not in counts:
-        console.print(f"[red]control {baseline!r} has no events; variants seen: {', '.join(counts)}[/red]")
+        console.print(f"[red]control {escape(repr(baseline))} has no events; variants seen: {', '.join(counts)}[/red]")
         raise typer.Exit(2)
-    Console().print(report.report_table(name, compare(counts, baseline, alpha, counted.users)))
+    weights = {v.name: v.weight for v in this.variants} if this else None  # the sample ratio's expected split
+    comparison = compare(counts, baseline, alpha, counted.users)
+    Console().print(report.report_table(name, comparison, counted, weights))
 
 
 if __name__ == "__main__":

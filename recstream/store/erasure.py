@@ -3,8 +3,10 @@
 What is stored under a user's id (recstream/contracts/keys.py): the keys ``user:<u>:<what>`` of
 :data:`~recstream.contracts.keys.USER_KEYS`, the scroll sessions ``user:<u>:feed:<session>``, the
 user's entry in ``user:seg`` and the user's field in ``foldin:users:<i>`` of every new item they
-touched. The sessions and the new items' hashes are found with SCAN (incremental: it never blocks
-Redis), then a script deletes everything and adds the id to ``erased``. On one Redis that is one script
+touched, and the names of the user's sessions listed in ``sessions:anonymous`` (a session that began before
+the user was known; the name spells the id, and it outlives the session it names until the index evicts it). The
+sessions, the new items' hashes and those index entries are found with SCAN and ZSCAN (incremental: they never
+block Redis), then a script deletes everything and adds the id to ``erased``. On one Redis that is one script
 call, so nothing of the erasure is ever half done. On a Redis Cluster a script may touch one hash slot, and
 the user's keys and ``user:seg`` are in the user's slot, the new items' hashes and ``erased`` in the shared
 one: one call per slot, the user's first, ``erased`` last. A reader still never sees half an erased user
@@ -42,13 +44,14 @@ class Client(Protocol):
 
 
 ERASE = """
--- KEYS: ARGV[2] keys to delete, then the hashes holding a field named after the user, then `erased` and
--- `erased:count` if ARGV[3] is 1 (every key in one hash slot)
-local user, n, mark = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+-- KEYS: ARGV[2] keys to delete, then, if ARGV[3] > 0, the index listing the last ARGV[3] of them as members, then the
+-- hashes holding a field named after the user, then `erased` and `erased:count` if ARGV[4] is 1 (all in one hash slot)
+local user, n, listed, mark = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
 local hashes_end = mark and #KEYS - 2 or #KEYS
 local removed = 0
 for k = 1, n do removed = removed + redis.call('DEL', KEYS[k]) end
-for k = n + 1, hashes_end do removed = removed + redis.call('HDEL', KEYS[k], user) end
+for k = n - listed + 1, n do removed = removed + redis.call('ZREM', KEYS[n + 1], KEYS[k]) end
+for k = listed > 0 and n + 2 or n + 1, hashes_end do removed = removed + redis.call('HDEL', KEYS[k], user) end
 if mark then
   redis.call('SADD', KEYS[#KEYS - 1], user)
   redis.call('INCR', KEYS[#KEYS])  -- the workers drop their cached histories (recstream/store/state.py)
@@ -58,17 +61,31 @@ return removed
 
 
 async def erase_user(client: Client, keys: Keys, user_id: str) -> int:
-    """Delete everything stored under ``user_id`` and add it to ``erased``; how many keys and fields went."""
-    sessions = await client.scan(keys.user(user_id, USER_SESSIONS))
+    """Delete everything stored under ``user_id`` and add it to ``erased``; how many keys, fields and index entries
+    went."""
+    pattern, index = keys.user(user_id, USER_SESSIONS), keys.anonymous_sessions(user_id)
+    sessions = list(dict.fromkeys([*await client.scan(pattern), *await _members(client, index, pattern)]))
     new_items = await client.scan(keys("foldin:users:*"))
     doomed = [keys.user(user_id, what) for what in USER_KEYS] + sessions
+    own_hashes = [*([index] if sessions else []), keys.user_segments(user_id)]  # the index first, if it lists any
     own, shared = keys.slot(keys.home(user_id)), keys.slot(None)
-    calls = [(doomed, [keys.user_segments(user_id)], False), ([], new_items, True)]  # the user's slot, the shared one
+    calls = [(doomed, len(sessions), own_hashes, False), ([], 0, new_items, True)]  # the user's slot, the shared one
     if own == shared:  # one Redis: one call
-        calls = [(doomed, [keys.user_segments(user_id), *new_items], True)]
+        calls = [(doomed, len(sessions), [*own_hashes, *new_items], True)]
     removed = 0
-    for deleted, hashes, mark in calls:
-        names = [*deleted, *hashes, *([keys("erased"), keys("erased:count")] if mark else [])]
-        [n] = await client.execute(("EVAL", ERASE, len(names), *names, user_id, len(deleted), int(mark)))
+    for deleted, listed, others, mark in calls:
+        names = [*deleted, *others, *([keys("erased"), keys("erased:count")] if mark else [])]
+        [n] = await client.execute(("EVAL", ERASE, len(names), *names, user_id, len(deleted), listed, int(mark)))
         removed += int(n)
     return removed
+
+
+async def _members(client: Client, key: str, pattern: str) -> list[str]:
+    """The members of the sorted set ``key`` matching ``pattern``, by ZSCAN (each step O(COUNT), like SCAN)."""
+    found: list[str] = []
+    cursor = "0"
+    while True:
+        [(cursor, page)] = await client.execute(("ZSCAN", key, cursor, "MATCH", pattern, "COUNT", 1000))
+        found += page[::2]  # member, score, member, score, …
+        if str(cursor) == "0":
+            return found

@@ -6,13 +6,16 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 import pytest
+import redis
 
+from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.shell.infra import free_port, private_settings
 from recstream.sim.world import World, WorldConfig
@@ -80,6 +83,18 @@ def test_worker_and_serve_spell_the_log_level_option_alike(nothing_listens: Sett
         assert "--log-level" in shown and "--loglevel" not in shown, command
 
 
+@pytest.mark.parametrize("option", [True, False], ids=["--metrics-port", "RECSTREAM_WORKER_METRICS_PORT"])
+def test_a_metrics_port_in_use_is_one_line_naming_it_before_any_service(nothing_listens: Settings, option: bool):
+    """It ended in bind()'s OSError traceback, once Kafka and Redis had answered."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        given = ("--metrics-port", str(port)) if option else ()
+        done = cli(nothing_listens.replace(worker_metrics_port=port), "worker", *given)
+    variable = "--metrics-port" if option else "RECSTREAM_WORKER_METRICS_PORT"
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"cannot serve metrics on 127.0.0.1:{port} ({variable}): Address already in use\n"
+
+
 def test_serve_with_a_closed_redis_port_is_one_line_naming_the_url(nothing_listens: Settings):
     """The reader starts without Kafka (its write routes answer 503) but not without Redis."""
     done = cli(nothing_listens, "serve", "--port", str(free_port()))
@@ -128,6 +143,27 @@ def test_a_closed_redis_port_behind_a_live_kafka_is_one_line(
     )
     done = cli(settings, *command)
     assert_one_line(done, "Redis", settings.redis.url, "RECSTREAM_REDIS_URL")
+
+
+@pytest.mark.integration
+def test_a_rebuild_whose_current_model_is_not_in_the_model_folder_is_one_line_and_changes_nothing(
+    isolated_settings: Settings, tmp_path: Path
+):
+    """``model:current`` names a version RECSTREAM_MODEL_DIR does not hold (another host's folder, a version deleted):
+    ArtifactError's traceback, once Kafka and Redis had answered."""
+    models, version = tmp_path / "models", "20261201T000000Z-abcdef"
+    settings = isolated_settings.replace(model_dir=models)
+    client = redis.Redis.from_url(settings.redis.url)
+    keys = Keys.of(settings)
+    client.set(keys("model:current"), version)
+    client.hset(keys("totals"), "views", 7)  # derived: deleted by a rebuild that runs
+    done = cli(settings, "rebuild")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        f"model {version} (model:current) cannot be read from {models} (RECSTREAM_MODEL_DIR): "
+        f"{models / version}: no such model version\n"
+    )
+    assert client.hget(keys("totals"), "views") == b"7"
 
 
 @pytest.mark.parametrize(
@@ -181,6 +217,24 @@ def test_train_on_a_file_without_one_valid_event_says_why_in_lines_not_a_traceba
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "skipped line 1: ts: Input should be greater than or equal to 631152000000" in said
     assert "the log holds no valid events to train on (3 records refused)" in said
+
+
+@pytest.mark.parametrize(
+    ("args", "says", "code"),
+    [(["[/x]"], "experiment [/x]: events of 0 variant(s) found, nothing to compare", 1),
+     (["ab", "--control", "[/b]"], "control '[/b]' has no events; variants seen: a, b", 2)],
+    ids=["name", "control"],
+)  # fmt: skip
+def test_an_experiment_or_control_named_like_markup_is_said_as_typed(
+    nothing_listens: Settings, tmp_path: Path, args: list[str], says: str, code: int
+):
+    """The name and the control went into Rich markup as typed: '[/x]' ended in a MarkupError traceback."""
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(
+        f'{{"type":"view","user_id":"u{arm}","item_id":"i1","ts":1700000000000,"variant":"ab:{arm}"}}\n' for arm in "ab"
+    ))  # fmt: skip
+    done = cli(nothing_listens, "experiment", "report", *args, "--file", str(path))
+    assert (done.returncode, done.stderr) == (code, says + "\n")
 
 
 def test_an_experiment_report_from_a_file_names_the_lines_it_did_not_count(nothing_listens: Settings, tmp_path: Path):

@@ -68,14 +68,16 @@ def test_produce_refuses_a_negative_world_seed_naming_the_option():
     assert accepted.exit_code == 1 and "cannot reach" in accepted.output, accepted.output
 
 
-def test_serve_takes_only_the_log_levels_uvicorn_knows_in_any_case():
-    """``serve --log-level verbose`` raised KeyError inside uvicorn, after Redis had answered."""
+@pytest.mark.parametrize("command", [["serve"], ["worker", "--metrics-port", "0"]], ids=lambda c: c[0])
+def test_serve_and_worker_take_only_the_log_levels_uvicorn_knows_in_any_case(command: list[str]):
+    """``serve --log-level verbose`` raised KeyError inside uvicorn, after Redis had answered; ``worker --log-level``
+    took any word (faust fails on an unknown one only once it starts)."""
     import uvicorn.config
 
     from recstream.shell.cli import LogLevel
 
     assert [level.value for level in LogLevel] == list(uvicorn.config.LOG_LEVELS)
-    refused, accepted = run("serve", "--log-level", "verbose"), run("serve", "--log-level", "INFO")
+    refused, accepted = run(*command, "--log-level", "verbose"), run(*command, "--log-level", "INFO")
     assert refused.exit_code == 2 and "Invalid value for '--log-level'" in refused.output, refused.output
     assert accepted.exit_code == 1 and "cannot reach" in accepted.output, accepted.output
 
