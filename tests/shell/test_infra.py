@@ -137,6 +137,7 @@ def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: 
 CLEANS_UP = """
 import signal, sys, time
 from recstream.shell import infra
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # started from a terminal (a suite run under nohup hands on SIG_IGN)
 if sys.argv[2] == "ignored":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a process a script started with `&`
 try:
@@ -210,7 +211,9 @@ def test_sighup_ends_a_test_session_like_ctrl_c(tmp_path: Path):
     """tests/conftest.py's handlers: a closed terminal ends the session through its fixtures' teardown (which stop
     Kafka and Redis), not by the default action, which kills pytest at once and leaves them running."""
     (tmp_path / "test_waits.py").write_text(WAITS)
-    argv = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-s", "-q",
+    # pytest as started from a terminal, SIGHUP at its default (a suite run under nohup hands on SIG_IGN)
+    terminal = "import signal, sys, pytest; signal.signal(signal.SIGHUP, signal.SIG_DFL); sys.exit(pytest.main())"
+    argv = [sys.executable, "-c", terminal, "-p", "tests.conftest", "-p", "no:cacheprovider", "-s", "-q",
             "--rootdir", str(tmp_path), str(tmp_path / "test_waits.py")]  # fmt: skip
     env = {**os.environ, "MARKER": str(tmp_path / "marker")}
     session = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
