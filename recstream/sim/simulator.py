@@ -259,10 +259,13 @@ class Ledger:
         new = [item not in shown and first.setdefault(item, k) == k for k, item in enumerate(served)]
         return self.world.click_probability(user, np.asarray(served, np.int64), now_ms) * np.asarray(new)
 
+    def best(self, user: int, now_ms: int, asked_ms: int | None = None) -> float:
+        """Σ p over the oracle top-k for this user at now_ms."""
+        return float(self.world.click_probability(user, self.oracle(user, now_ms, asked_ms), now_ms).sum())
+
     def regret(self, user: int, served: Sequence[int], now_ms: int, asked_ms: int | None = None) -> tuple[float, float]:
         """(Σ p over the oracle top-k, Σ p over the served items, repeats at 0) for this user at now_ms."""
-        best = float(self.world.click_probability(user, self.oracle(user, now_ms, asked_ms), now_ms).sum())
-        return best, float(self.values(user, served, now_ms).sum())
+        return self.best(user, now_ms, asked_ms), float(self.values(user, served, now_ms).sum())
 
     def record(
         self,
@@ -281,8 +284,8 @@ class Ledger:
         regret counts against that variant as it does overall); its items may name theirs too."""
         r = self.result
         items = [s.item for s in page]
-        best, got = self.regret(user, items, now_ms, asked_ms)
         p = self.values(user, items, now_ms)
+        best, got = self.best(user, now_ms, asked_ms), float(p.sum())
         draws = rng.random(max(items) + 1)[items] if items else np.empty(0)
         clicks = (draws < p).tolist()
         r.feeds += 1
