@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from rich.table import Table
 
-from bench.common import BLEND_ROWS, fail, figure, machine, record, services, show
+from bench.common import BLEND_ROWS, changed_options, fail, figure, machine, record, services, show
 from bench.policies import (
     check_feeds,
     closed_loop_parser,
@@ -52,6 +52,7 @@ from bench.policies import (
     figures_of,
     means,
     run_with_retries,
+    served_column,
     summary_table,
 )
 from recstream.contracts.settings import Settings
@@ -115,8 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def departures(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
     """The options by which this run is not the full run at the defaults, the only one recorded: every row, the
     default worlds (others may run beside them: their keys are their own), every other measured option as it is."""
-    changed = [f"--{name.replace('_', '-')}" for name, value in vars(defaults).items()
-               if name not in ("rows", "worlds", *UNMEASURED) and getattr(args, name) != value]  # fmt: skip
+    changed = changed_options(args, defaults, ("rows", "worlds", *UNMEASURED))
     if set(args.rows.split(",")) != set(ROWS):
         changed.append("--rows")
     if not set(defaults.worlds.split(",")) <= set(args.worlds.split(",")):
@@ -154,7 +154,7 @@ def report(
                  f"feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min for every world")  # fmt: skip
         show(summary_table(by_row, title), console)
     rows = list(next(iter(results.values())))
-    served = f"feeds served ({' / '.join(rows)}; {args.feeds_per_s * args.seconds:,.0f} offered)"
+    served = served_column(next(iter(results.values())), args)
     by_seed = Table(title="regret per feed, by world and seed (the same world, users and click draws for every row)")
     for column in ("world", "seed", *rows, served, "ranked pages", "ranked lowest"):
         by_seed.add_column(column, justify="left" if column in ("world", "ranked lowest") else "right")

@@ -11,6 +11,7 @@ exit code 1 and nothing recorded, so bench/results.json only ever holds figures 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -380,3 +381,10 @@ def scrape_histogram(text: str, name: str) -> list[tuple[float, float]]:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
     return sorted(buckets)
+
+
+def changed_options(args: argparse.Namespace, defaults: argparse.Namespace, ignore: Collection[str] = ()) -> list[str]:
+    """The options (``--name``) whose value differs from ``defaults``, but for ``ignore``: a run that departs from
+    the defaults measured something else than the recorded figures promise."""
+    return [f"--{name.replace('_', '-')}" for name, value in vars(defaults).items()
+            if name not in ignore and getattr(args, name) != value]  # fmt: skip

@@ -85,7 +85,7 @@ from recstream.streams.ranker_training import ftrl_config
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import RESULTS, ROOT, check_answers, client_of, fail, figure, record, show
+from bench.common import RESULTS, ROOT, changed_options, check_answers, client_of, fail, figure, record, show
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings, load_settings
@@ -493,8 +493,7 @@ def compared(contenders: list[Contender], rounds: list[list[Phase]], results: di
 def full_run(args: argparse.Namespace) -> bool:
     """Whether the run measured what the recorded figures promise: every measuring option at its default
     (``--cluster`` only adds a contender), so that results.json never mixes keys of different runs."""
-    return all(getattr(args, name) == value for name, value in vars(parse_args([])).items()
-               if name not in ("cluster", "no_record"))  # fmt: skip
+    return not changed_options(args, parse_args([]), ("cluster", "no_record"))
 
 
 def figures(args: argparse.Namespace, cmd: str, phases: list[Phase], results: dict[str, dict],

@@ -311,6 +311,16 @@ def means(results: dict[str, list[SimResult]]) -> dict[str, dict[str, float]]:
     }
 
 
+def offered(args: argparse.Namespace) -> float:
+    """The feeds a run is offered: ``--feeds-per-s`` × ``--seconds``."""
+    return args.feeds_per_s * args.seconds
+
+
+def served_column(results: dict[str, list[SimResult]], args: argparse.Namespace) -> str:
+    """The header of :func:`feeds_served`'s column: the rows in the same order, and the feeds offered."""
+    return f"feeds served ({' / '.join(results)}; {offered(args):,.0f} offered)"
+
+
 def feeds_served(results: dict[str, list[SimResult]], seed: int) -> str:
     """Each row's feeds served on the seed (0-based), in the rows' order: a throttled row stands out."""
     return " / ".join(f"{runs[seed].feeds:,}" for runs in results.values())
@@ -323,12 +333,12 @@ def check_feeds(results: dict[str, list[SimResult]], args: argparse.Namespace) -
         check_answers(
             f"{policy} feeds", sum(r.feeds + r.failed for r in runs), sum(r.failed + r.degraded for r in runs)
         )
-    offered, first = args.feeds_per_s * args.seconds, getattr(args, "first_seed", 1)
+    first = getattr(args, "first_seed", 1)
     short = [f"{policy} seed {first + k}: {r.feeds:,}" for policy, runs in results.items()
-             for k, r in enumerate(runs) if r.feeds < MIN_SERVED_SHARE * offered]  # fmt: skip
+             for k, r in enumerate(runs) if r.feeds < MIN_SERVED_SHARE * offered(args)]  # fmt: skip
     if not short:
         return
-    reason = (f"throttled: {'; '.join(short)} feeds served, below {MIN_SERVED_SHARE:.0%} of the {offered:,.0f} "
+    reason = (f"throttled: {'; '.join(short)} feeds served, below {MIN_SERVED_SHARE:.0%} of the {offered(args):,.0f} "
               "offered")  # fmt: skip
     if not args.no_record:
         fail(reason)
@@ -355,7 +365,7 @@ def report(results: dict[str, list[SimResult]], args: argparse.Namespace, comman
              f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min")  # fmt: skip
     show(summary_table(results, title), console)
     lowest = lowest_regret(results)
-    served = f"feeds served ({' / '.join(policies)}; {args.feeds_per_s * args.seconds:,.0f} offered)"
+    served = served_column(results, args)
     by_seed = Table(title="regret per feed, by seed (the same world and users for every policy)")
     for column in ("seed", *policies, served, "lowest"):
         by_seed.add_column(column, justify="left" if column in ("seed", "lowest") else "right")
