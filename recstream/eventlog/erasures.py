@@ -16,13 +16,14 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from recstream.contracts.events import Erasure
-from recstream.eventlog.log import Message, read, whole_topic
+from recstream.eventlog.log import Message, Ranges, read, whole_topic
 
 
-async def erased_users(consumer: AIOKafkaConsumer, topic: str) -> frozenset[str]:
-    """Every user id on the erasures topic (none when the topic does not exist: nothing was ever erased)."""
+async def erased_users(consumer: AIOKafkaConsumer, topic: str, ranges: Ranges | None = None) -> frozenset[str]:
+    """Every user id on the erasures topic (none when the topic does not exist: nothing was ever erased), up to
+    ``ranges`` when the caller read the topic's ends already (:func:`whole_topic`)."""
     erased: set[str] = set()
-    async for chunk in read(consumer, await whole_topic(consumer, topic), 10_000):
+    async for chunk in read(consumer, await whole_topic(consumer, topic) if ranges is None else ranges, 10_000):
         for message in chunk:
             try:
                 erased.add(Erasure.model_validate_json(message.value or b"").user_id)

@@ -208,8 +208,8 @@ def _caption(comparison: Comparison, counts: VariantCounts, ratio: SampleRatio |
         if ratio is None
         else f"sample ratio: {ratio.describe()}; a mismatch below p {SRM_ALPHA:g}",
     ]
-    if counts.in_several_arms:
-        checks.append(f"[bold red]{counts.in_several_arms:,} users counted in more than one arm[/bold red]")
+    if several := counts.in_several_arms:
+        checks.append(f"[bold red]{several:,} users counted in more than one arm[/bold red]")
     if counts.repeated:
         checks.append(f"{counts.repeated:,} repeated event ids counted once")
     return "\n".join(checks)

@@ -199,7 +199,7 @@ class _Erasures:
     async def refresh(self) -> frozenset[str]:
         ends = await whole_topic(self.consumer, self.topic)
         if ends != self._read_to:
-            self.users, self._read_to = await erased_users(self.consumer, self.topic), ends
+            self.users, self._read_to = await erased_users(self.consumer, self.topic, ends), ends
         return self.users
 
 
