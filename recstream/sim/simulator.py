@@ -154,8 +154,11 @@ class SimResult:
     """What a run did. Live while the run goes (the demo's panel reads it), final after."""
 
     feeds: int = 0
+    """feed requests answered, scored and reported (their events accepted): regret, CTR and shares count these"""
     failed: int = 0
+    """feed requests that failed at any step, the page or the POST of its events: none of them is among ``feeds``"""
     degraded: int = 0
+    """feeds the reader answered without Redis (its page's ``degraded``)"""
     ranked: int = 0
     """feeds the reader ordered with its online ranker (its page's ``ranked``)"""
     events_posted: int = 0
@@ -226,6 +229,19 @@ class Shown:
     variant: str | None = None
 
 
+@dataclass(frozen=True)
+class ScoredPage:
+    """A served page scored against the truth (:meth:`Ledger.score`), not counted yet."""
+
+    page: list[Shown]
+    clicks: list[bool]
+    best: float
+    """Σ p over the oracle top-k"""
+    got: float
+    """Σ p over the served items, repeats at 0"""
+    variant: str | None
+
+
 class Ledger:
     """Scores feeds against the world's truth and keeps the counts (pure: no I/O, no clock).
 
@@ -267,7 +283,7 @@ class Ledger:
         """(Σ p over the oracle top-k, Σ p over the served items, repeats at 0) for this user at now_ms."""
         return self.best(user, now_ms, asked_ms), float(self.values(user, served, now_ms).sum())
 
-    def record(
+    def score(
         self,
         user: int,
         page: Sequence[Shown],
@@ -275,36 +291,42 @@ class Ledger:
         rng: np.random.Generator,
         variant: str | None = None,
         asked_ms: int | None = None,
-    ) -> list[bool]:
-        """Score one served page, draw the user's clicks (each new item with its true p, the uniform of item i the
-        i-th of ``rng``'s stream; a repeat is not clicked), count; returns the clicks. ``asked_ms``: when the feed
-        was asked for (the oracle's catalogue; default now_ms).
+    ) -> ScoredPage:
+        """Score one served page and draw the user's clicks (each new item with its true p, the uniform of item i the
+        i-th of ``rng``'s stream; a repeat is not clicked); the user has seen its items from now on, but nothing is
+        counted until :meth:`count`. ``asked_ms``: when the feed was asked for (the oracle's catalogue; default
+        now_ms).
 
         ``variant``: the A/B variant the reader named for the page, counted even when the page is empty (its
         regret counts against that variant as it does overall); its items may name theirs too."""
-        r = self.result
         items = [s.item for s in page]
         p = self.values(user, items, now_ms)
-        best, got = self.best(user, now_ms, asked_ms), float(p.sum())
+        best = self.best(user, now_ms, asked_ms)
         draws = rng.random(max(items) + 1)[items] if items else np.empty(0)
-        clicks = (draws < p).tolist()
+        self.shown[user].update(items)
+        return ScoredPage(list(page), (draws < p).tolist(), best, float(p.sum()), variant)
+
+    def count(self, scored: ScoredPage) -> list[bool]:
+        """Count a scored page as a feed: its regret, impressions and clicks, overall, per source and per variant;
+        returns the clicks."""
+        r, page, clicks = self.result, scored.page, scored.clicks
+        regret = scored.best - scored.got
         r.feeds += 1
-        r.regret += best - got
-        r.oracle_value += best
+        r.regret += regret
+        r.oracle_value += scored.best
         for shown, clicked in zip(page, clicks, strict=True):
             for counts in (r.totals, r.by_source[shown.source]):
                 counts.impressions += 1
                 counts.clicks += clicked
             self._impressions[shown.item] += 1
-        variants = {s.variant for s in page if s.variant is not None} | ({variant} if variant else set())
-        for variant in variants:
+        named = {scored.variant} if scored.variant else set()
+        for variant in {s.variant for s in page if s.variant is not None} | named:
             arm = r.by_variant[variant]
             arm.feeds += 1
-            arm.regret += best - got
+            arm.regret += regret
             mine = [c for s, c in zip(page, clicks, strict=True) if s.variant == variant]
             arm.impressions += len(mine)
             arm.clicks += sum(mine)
-        self.shown[user].update(items)
         return clicks
 
     def ranked(self, items: Iterable[int]) -> None:
@@ -447,7 +469,10 @@ class Simulator:
             await producer.flush()
 
     async def _one_feed(self, http: Any, ledger: Ledger, user: int, n: int, in_flight: asyncio.Semaphore) -> None:
-        """Fetch, score, click, report one feed; a failed request is counted, never raised."""
+        """Fetch, score, click, report one feed; a failure at any step (the feed, or the POST of its events) is
+        counted once, as failed, never raised, and the feed is then not counted as one: ``feeds`` and ``failed``
+        split the requests, as bench/policies.py's validity check reads them (feeds + failed requests, failed +
+        degraded failures)."""
         import aiohttp
 
         seed = self.config.seed * 1_000_003 + n
@@ -463,17 +488,19 @@ class Simulator:
                 for it in page["items"]
             ]
             shown = [s for s in shown if s.item >= 0]
-            ledger.result.degraded += bool(page.get("degraded"))
-            ledger.result.ranked += bool(page.get("ranked"))
             rng = np.random.default_rng([self.config.seed, n, CLICK_STREAM])
-            clicks = ledger.record(user, shown, now_ms, rng, page.get("variant"), asked_ms)
+            scored = ledger.score(user, shown, now_ms, rng, page.get("variant"), asked_ms)
             prefix = event_prefix(self.config.seed, ledger.start_ms, n)
-            events = _events(user_id, self.world, shown, clicks, now_ms, prefix, page.get("session"))
+            events = _events(user_id, self.world, shown, scored.clicks, now_ms, prefix, page.get("session"))
             if events:
                 await post_events(http, self.reader_url, orjson.dumps(events))
-                ledger.result.events_posted += len(events)
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, KeyError):
             ledger.result.failed += 1
+        else:
+            ledger.count(scored)
+            ledger.result.events_posted += len(events)
+            ledger.result.degraded += bool(page.get("degraded"))
+            ledger.result.ranked += bool(page.get("ranked"))
         finally:
             in_flight.release()
 

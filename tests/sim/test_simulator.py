@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
+import aiohttp
 import numpy as np
 import orjson
 import pytest
+from aiohttp import web
 
-from recstream.sim.simulator import Ledger, Shown, SimResult
+from recstream.contracts.settings import load_settings
+from recstream.sim.simulator import Ledger, Shown, SimResult, Simulator, post_events
 from recstream.sim.world import HOUR_MS, World, WorldConfig
 
 START = 1_700_000_000_000
+
+
+def record(ledger: Ledger, *page: Any) -> list[bool]:
+    """Score a page and count it, as the simulator does with one whose events were accepted."""
+    return ledger.count(ledger.score(*page))
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a free loopback port for the block; yields its URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
 
 
 def sigmoid(x: float) -> float:
@@ -63,10 +88,10 @@ def test_regret_follows_fading_appeal():
 def test_record_counts_sources_regret_discoveries_and_shown_items():
     ledger = Ledger(tiny_world(), start_ms=START, limit=2)
     rng = np.random.default_rng(0)
-    ledger.record(0, [Shown(0, "personal", "a"), Shown(1, "explore", "a")], START + HOUR_MS, rng)
-    ledger.record(0, [Shown(3, "explore", "b")], START + HOUR_MS, rng)
+    record(ledger, 0, [Shown(0, "personal", "a"), Shown(1, "explore", "a")], START + HOUR_MS, rng)
+    record(ledger, 0, [Shown(3, "explore", "b")], START + HOUR_MS, rng)
     ledger.ranked([1, 3])  # item 3 is new (created after start_ms), 1 is not: a discovery after 1 impression
-    ledger.record(0, [Shown(3, "popular", "b")], START + HOUR_MS, rng)
+    record(ledger, 0, [Shown(3, "popular", "b")], START + HOUR_MS, rng)
     ledger.ranked([3])  # already discovered
     r = ledger.finish(START + HOUR_MS)
     assert r.feeds == 3 and r.totals.impressions == 4
@@ -95,7 +120,7 @@ def test_a_repeat_earns_nothing_and_is_never_clicked_whether_shown_before_or_ear
             return np.zeros(size)
 
     page = [Shown(2, "popular"), Shown(1, "personal"), Shown(1, "personal")]
-    assert ledger.record(0, page, START, Always()) == [False, True, False]  # type: ignore[arg-type]
+    assert record(ledger, 0, page, START, Always()) == [False, True, False]  # type: ignore[arg-type]
 
 
 def test_the_oracle_chooses_among_the_items_that_existed_when_the_feed_was_asked_for():
@@ -115,7 +140,7 @@ def test_a_feeds_click_on_an_item_does_not_depend_on_where_the_page_put_it():
         clicks = []
         for order in ([0, 1, 2], [2, 0, 1]):
             ledger = Ledger(world, start_ms=START, limit=3)
-            drawn = ledger.record(0, [Shown(i, "personal") for i in order], START, np.random.default_rng([seed, 1]))
+            drawn = record(ledger, 0, [Shown(i, "personal") for i in order], START, np.random.default_rng([seed, 1]))
             clicks.append(dict(zip(order, drawn, strict=True)))
         assert clicks[0] == clicks[1]
 
@@ -125,7 +150,7 @@ def test_clicks_follow_the_true_probability():
     rng = np.random.default_rng(1)
     for _ in range(4_000):
         ledger.shown.clear()
-        ledger.record(0, [Shown(0, "personal"), Shown(2, "personal")], START, rng)
+        record(ledger, 0, [Shown(0, "personal"), Shown(2, "personal")], START, rng)
     r = ledger.result
     assert r.ctr == pytest.approx((sigmoid(0) + sigmoid(2)) / 2, abs=0.02)
 
@@ -173,8 +198,8 @@ def test_an_empty_page_counts_its_regret_against_the_variant_the_reader_named():
     had (its empty pages counted overall and in no arm)."""
     ledger = Ledger(tiny_world(), start_ms=START, limit=2)
     rng = np.random.default_rng(0)
-    ledger.record(0, [Shown(0, "personal", "exp:a")], START + HOUR_MS, rng, "exp:a")
-    ledger.record(0, [], START + HOUR_MS, rng, "exp:a")
+    record(ledger, 0, [Shown(0, "personal", "exp:a")], START + HOUR_MS, rng, "exp:a")
+    record(ledger, 0, [], START + HOUR_MS, rng, "exp:a")
     r = ledger.finish(START + HOUR_MS)
     assert r.feeds == 2 and r.by_variant["exp:a"].feeds == 2
     assert r.by_variant["exp:a"].regret == pytest.approx(r.regret) and r.by_variant["exp:a"].impressions == 1
@@ -196,11 +221,6 @@ def test_two_runs_of_one_seed_report_other_event_ids():
 )
 async def test_a_refused_events_post_is_sent_again_with_the_same_body(answers, posts, raises):
     """A 503 or a 429 lost the feed's views and clicks (README: send the same body again); up to three attempts."""
-    import aiohttp
-    from aiohttp import web
-
-    from recstream.sim.simulator import post_events
-
     bodies: list[bytes] = []
     statuses = iter(answers)
 
@@ -210,18 +230,42 @@ async def test_a_refused_events_post_is_sent_again_with_the_same_body(answers, p
 
     app = web.Application()
     app.router.add_post("/v1/events", events)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as http:
-            if raises:
-                with pytest.raises(aiohttp.ClientResponseError):
-                    await post_events(http, f"http://127.0.0.1:{port}", b'[{"x": 1}]')
-            else:
-                await post_events(http, f"http://127.0.0.1:{port}", b'[{"x": 1}]')
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, aiohttp.ClientSession() as http:
+        if raises:
+            with pytest.raises(aiohttp.ClientResponseError):
+                await post_events(http, url, b'[{"x": 1}]')
+        else:
+            await post_events(http, url, b'[{"x": 1}]')
     assert bodies == [b'[{"x": 1}]'] * posts
+
+
+@pytest.mark.parametrize(
+    ("events_status", "feeds", "failed"), [(202, 1, 0), (400, 0, 1)], ids=["events accepted", "events refused"]
+)
+async def test_a_feed_whose_events_post_fails_counts_once_as_failed_and_not_as_a_feed(events_status, feeds, failed):
+    """A page scored and then lost at its events POST counted as a feed and as a failure: bench/policies.py's
+    validity check takes feeds + failed as the requests and failed + degraded as the failures, so it counted that
+    request twice. Now each request is either a feed (scored, counted) or a failure."""
+    page = {"items": [{"item_id": "i000000", "source": "personal"}, {"item_id": "i000002", "source": "popular"}],
+            "degraded": True, "ranked": True, "session": "0123456789abcdef"}  # fmt: skip
+
+    async def feed(request: web.Request) -> web.Response:
+        return web.json_response(page)
+
+    async def events(request: web.Request) -> web.Response:
+        return web.Response(status=events_status)
+
+    app = web.Application()
+    app.router.add_get("/v1/feed/{user}", feed)
+    app.router.add_post("/v1/events", events)
+    world = tiny_world()
+    ledger, in_flight = Ledger(world, start_ms=START, limit=2), asyncio.Semaphore(1)
+    async with serving(app) as url, aiohttp.ClientSession() as http:
+        await in_flight.acquire()
+        await Simulator(world, url, load_settings())._one_feed(http, ledger, 0, 0, in_flight)
+    r = ledger.result
+    assert (r.feeds, r.failed, r.degraded, r.ranked) == (feeds, failed, feeds, feeds)
+    assert r.totals.impressions == 2 * feeds and r.by_source["personal"].impressions == feeds
+    assert r.events_posted == r.totals.impressions + r.totals.clicks  # a view per item, a click per click
+    assert (r.oracle_value > 0) == bool(feeds)  # its regret counted only with it
+    assert not in_flight.locked()
