@@ -200,7 +200,7 @@ def _progress() -> Progress:
 def _records(
     file: Path | None, movielens: Path | None, synthetic: int | None, seed: int, feedback: FeedbackTypes
 ) -> Iterator[sources.Record]:
-    _one_source(file=file, movielens=movielens, synthetic=synthetic)
+    """The records of the one source given (the caller checked that with :func:`_one_source`, naming its options)."""
     if file is not None:
         return sources.read_jsonl(file, feedback=feedback)
     if movielens is not None:
@@ -264,6 +264,7 @@ def produce(
 ) -> None:
     """Publish a stream to Kafka with delivery confirmation; invalid lines are reported and skipped."""
     settings = _settings()
+    _one_source(file=file, movielens=movielens, synthetic=synthetic)
     records = _records(file, movielens, synthetic, seed, settings.model.feedback_types)
     started = time.perf_counter()
     with _progress() as progress:

@@ -90,3 +90,9 @@ def test_two_sources_are_refused_naming_the_sources_the_command_has(command: str
     """train said "give exactly one of --file, --movielens, --synthetic", and has no --synthetic."""
     done = run(command, "--file", "README.md", "--movielens", "tests")
     assert done.exit_code == 2 and done.output.strip() == f"give exactly one of {options}", done.output
+
+
+def test_produce_without_a_source_is_refused_naming_its_sources():
+    """The check moved out of the shared record reader into produce itself (train made it twice): still made."""
+    done = run("produce")
+    assert done.exit_code == 2 and done.output.strip() == "give exactly one of --file, --movielens, --synthetic"
