@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,25 +131,67 @@ def system(settings: Settings, log_dir: Path, applied_events: int = 0) -> Iterat
         yield System(reader_url, worker_metrics, {"worker": worker.proc.pid, "reader": reader.proc.pid})
 
 
+@dataclass(frozen=True)
+class Port:
+    """A port the demo binds (:func:`own_ports`): whose it is, the variable that sets it, how to move it."""
+
+    name: str
+    variable: str
+    port: int
+    span: int
+    """ports bound from ``port`` on (Kafka: its broker and its controller)"""
+    default: bool
+    """the setting is the default's (not set explicitly): the demo may move it"""
+    owner: infra.Service | None
+    """the service of this project's own that may hold it already and is then used (Redis, Kafka), or None"""
+    moved: Callable[[int], dict[str, object]]
+    """the settings change that puts it on another port"""
+
+    def taken(self) -> bool:
+        """Held by a process the demo would not use: any, or one that is not ``owner``'s recorded process."""
+        ports = range(self.port, self.port + self.span)
+        if self.owner is None:
+            return any(map(infra.port_open, ports))
+        return any(infra.taken_by_another(self.owner, port) for port in ports)
+
+
+def demo_ports(settings: Settings) -> list[Port]:
+    """Every port the demo's processes bind, besides Prometheus's (which moves off 9090 by itself)."""
+    defaults = Settings()
+    return [
+        Port("Redis", "RECSTREAM_REDIS_URL", settings.redis.port, 1, settings.redis.url == defaults.redis.url,
+             infra.redis_service(settings), lambda port: {"redis_url": f"redis://127.0.0.1:{port}/0"}),
+        Port("Kafka", "RECSTREAM_KAFKA_BOOTSTRAP", settings.kafka.port, 2,
+             settings.kafka.bootstrap == defaults.kafka.bootstrap, infra.kafka_service(settings),
+             lambda port: {"kafka_bootstrap": f"127.0.0.1:{port}"}),
+        Port("reader", "RECSTREAM_READER_PORT", settings.reader.port, 1, settings.reader.port == defaults.reader.port,
+             None, lambda port: {"reader_port": port}),
+        Port("worker /metrics", "RECSTREAM_WORKER_METRICS_PORT", settings.worker.metrics_port, 1,
+             settings.worker.metrics_port == defaults.worker.metrics_port, None,
+             lambda port: {"worker_metrics_port": port}),
+    ]  # fmt: skip
+
+
 def own_ports(settings: Settings) -> tuple[Settings, list[str]]:
-    """The settings with the demo's Redis, and Kafka, on free loopback ports where their default port is held by a
-    process this project did not start (Debian's redis-server package runs a Redis on 6379), and a line saying so
-    for each. A port set explicitly is kept: a taken one then fails the start, naming it."""
-    defaults, changes = Settings(), {}
-    redis, kafka = infra.redis_service(settings), infra.kafka_service(settings)
-    if settings.redis.url == defaults.redis.url and infra.taken_by_another(redis, settings.redis.port):
-        changes["redis_url"] = f"redis://127.0.0.1:{infra.free_port()}/0"
-    if settings.kafka.bootstrap == defaults.kafka.bootstrap and any(  # the controller's port too
-        infra.taken_by_another(kafka, port) for port in (settings.kafka.port, settings.kafka.port + 1)
-    ):
-        changes["kafka_bootstrap"] = f"127.0.0.1:{infra.free_port(span=2)}"
-    moved = settings.replace(**changes)
-    ports = {"Redis": (settings.redis.port, moved.redis.port), "Kafka": (settings.kafka.port, moved.kafka.port)}
-    return moved, [
-        f"port {old} is taken by a process the demo did not start: its own {name} runs on port {new}"
-        for name, (old, new) in ports.items()
-        if new != old
-    ]
+    """The settings with each of the demo's ports (:func:`demo_ports`) whose default is held by a process the demo
+    would not use moved to a free loopback port (Debian's redis-server package runs a Redis on 6379; another
+    program may serve on 8080), and a line saying so for each. A port set explicitly is kept: a taken one is an
+    :class:`~recstream.shell.infra.InfraError` naming it and its variable, before anything starts."""
+    changes: dict[str, object] = {}
+    lines = []
+    for port in demo_ports(settings):
+        if not port.taken():
+            continue
+        if not port.default:
+            raise infra.InfraError(
+                f"port {port.port} ({port.variable}: the demo's {port.name}) is taken by a process the demo did not "
+                f"start: set {port.variable} to a free port, or unset it and the demo picks one"
+            )
+        new = infra.free_port(span=port.span)
+        changes |= port.moved(new)
+        lines.append(f"port {port.port} is taken by a process the demo did not start: its own {port.name} runs on "
+                     f"port {new}")  # fmt: skip
+    return settings.replace(**changes), lines
 
 
 def prometheus(settings: Settings, stack: ExitStack) -> str:

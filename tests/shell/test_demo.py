@@ -30,8 +30,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_path: Path):
-    env = {
+def demo_env(tmp_path: Path, **variables: str) -> dict[str, str]:
+    """The demo's environment: every port a free one, its folders under ``tmp_path``, then ``variables``."""
+    return {
         **os.environ,
         "RECSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port(span=2)}",
         "RECSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
@@ -40,8 +41,13 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
         "RECSTREAM_RUN_DIR": str(tmp_path / "run"),
         "RECSTREAM_MODEL_DIR": str(tmp_path / "models"),
         "RECSTREAM_CACHE_DIR": str(REPO / ".cache"),
-        "COLUMNS": "200",
+        "COLUMNS": "300",
+        **variables,
     }
+
+
+def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_path: Path):
+    env = demo_env(tmp_path)
     # 25 s at the demo's 20 feeds/s: ~500 feeds, 200 needed
     argv = [sys.executable, "-m", "recstream.shell.cli", "demo", "--seconds", "25", "--history-min", "5"]
     done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
@@ -98,3 +104,53 @@ def test_the_demo_keeps_the_default_port_its_own_redis_holds(tmp_path: Path):
         assert own_ports(settings)[0].redis.url == defaults.redis.url
     finally:
         infra.stop(infra.redis_service(settings))
+
+
+def test_the_demo_moves_its_reader_and_worker_metrics_off_default_ports_another_process_holds(tmp_path: Path):
+    """The reader's 8080 and the worker's 9101 had no fallback: with either held, the demo started Kafka and Redis,
+    published, trained, and only then ended on "recstream serve exited with 1; see <log>". They move to free ports
+    as Redis and Kafka do, and it says so."""
+    defaults = Settings()
+    held = [
+        socket.create_server(("127.0.0.1", port))
+        for port in (defaults.reader.port, defaults.worker.metrics_port)
+        if not infra.port_open(port)  # else something holds it already
+    ]
+    settings = load_settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0", kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
+        reader_port=defaults.reader.port, worker_metrics_port=defaults.worker.metrics_port, run_dir=tmp_path,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+    try:
+        moved, lines = own_ports(settings)
+    finally:
+        for sock in held:
+            sock.close()
+    assert lines == [
+        f"port 8080 is taken by a process the demo did not start: its own reader runs on port {moved.reader.port}",
+        "port 9101 is taken by a process the demo did not start: its own worker /metrics runs on port "
+        f"{moved.worker.metrics_port}",
+    ]
+    assert (moved.redis.url, moved.kafka.bootstrap) == (settings.redis.url, settings.kafka.bootstrap)
+    assert not infra.port_open(moved.reader.port) and not infra.port_open(moved.worker.metrics_port)
+
+
+@pytest.mark.parametrize(
+    ("variable", "name"), [("RECSTREAM_READER_PORT", "reader"), ("RECSTREAM_WORKER_METRICS_PORT", "worker /metrics")]
+)
+def test_a_taken_port_set_explicitly_ends_the_demo_at_once_naming_it_and_its_variable(
+    tmp_path: Path, variable: str, name: str
+):
+    """A port set explicitly is kept, so a taken one is an error: it came at the end of the start-up, as the reader's
+    or worker's exit code and its log's path; now one line, before anything starts."""
+    with socket.create_server(("127.0.0.1", free_port())) as taken:
+        port = taken.getsockname()[1]
+        env = demo_env(tmp_path, **{variable: str(port)})
+        argv = [sys.executable, "-m", "recstream.shell.cli", "demo", "--seconds", "1", "--history-min", "0.2"]
+        done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
+    assert done.returncode == 1, done.stderr[-4000:]
+    assert done.stderr.strip() == (
+        f"port {port} ({variable}: the demo's {name}) is taken by a process the demo did not start: set {variable} "
+        "to a free port, or unset it and the demo picks one"
+    ), done.stderr[-4000:]
+    assert not (tmp_path / "run").exists()  # nothing was started
