@@ -4,7 +4,8 @@ Prometheus scraping the processes that run beside them.
 ``up`` is idempotent (a running, answering service is left alone) and returns only once
 each service really answers (an admin request to Kafka, a PING to Redis); ``down`` stops
 exactly the processes ``up`` started and those the demo runs beside them, by the pids
-recorded, and nothing else.
+recorded, and nothing else. A record is the pid, its start time and the boot's id: a pid
+another process holds now (reused, or after a reboot) is never taken for ours nor signalled.
 
 Kafka comes from Maven Central jars (``infra/pom.xml``, fetched by the Maven dependency
 plugin into the git-ignored cache folder); Redis and Prometheus from Debian's packages
@@ -31,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Literal
 from urllib.request import urlopen
@@ -75,13 +77,15 @@ class Service:
         return self.home / "data"
 
     def record(self) -> tuple[int, int] | None:
-        """The recorded pid and start time if that very process is still alive (a reused pid has another start
-        time)."""
+        """The recorded pid and start time if that very process is still alive: recorded in this boot (after a
+        reboot another process may have the pid, and even the start time, counted from boot) and started at the
+        recorded time (a pid reused within the boot has another). A record naming no boot is no proof either."""
         try:
-            pid, started = (int(x) for x in self.pid_file.read_text().split())
+            pid, started, boot = self.pid_file.read_text().split()
+            pid_started = int(pid), int(started)
         except (FileNotFoundError, ValueError):
             return None
-        return (pid, started) if _start_time(pid) == started else None
+        return pid_started if boot == _boot_id() and _start_time(pid_started[0]) == pid_started[1] else None
 
     def pid(self) -> int | None:
         """The recorded pid if that very process is still alive."""
@@ -104,8 +108,15 @@ def _stat(pid: int) -> list[str]:
 
 
 def _start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot; None when it is gone or a zombie."""
     fields = _stat(pid)
     return int(fields[19]) if fields and fields[0] != "Z" else None
+
+
+@cache
+def _boot_id() -> str:
+    """This boot's random id (Linux makes a new one at every boot): a pid and start time are unique within one."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 def _listening_ports(pid: int) -> set[int]:
@@ -214,9 +225,9 @@ def _spawn(service: Service, argv: list[str]) -> int:
 
 
 def _record(service: Service, pid: int) -> None:
-    """Write the pid and its start time, so :func:`stop` never signals a reused pid."""
+    """Write the pid, its start time and the boot: :func:`stop` never signals a reused pid (:meth:`Service.record`)."""
     service.home.mkdir(parents=True, exist_ok=True)
-    service.pid_file.write_text(f"{pid} {_start_time(pid)}")
+    service.pid_file.write_text(f"{pid} {_start_time(pid)} {_boot_id()}")
 
 
 def _wait(service: Service, ready: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S) -> None:
@@ -231,10 +242,11 @@ def _wait(service: Service, ready: Callable[[], bool], what: str, timeout_s: flo
 
 
 def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> bool:
-    """True when our own process answers on ``port``; an own process that does not (left over with
-    other ports) is stopped; a foreign process on the port is an error, never touched."""
-    if service.pid() is not None:
-        if answers():
+    """True when our own process answers on ``port``: it listens there (an answer alone may come from another
+    process) and answers. An own process that does not (left over with other ports) is stopped; a foreign
+    process on the port is an error, never touched."""
+    if (pid := service.pid()) is not None:
+        if port in _listening_ports(pid) and answers():
             return True
         stop(service)
     if port_open(port):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -118,6 +119,55 @@ def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings
     with pytest.raises(infra.InfraError, match="taken by a process this project did not start"):
         infra.redis_up(taken)
     assert infra.redis_answers(services)
+
+
+@pytest.mark.parametrize("written", ["in another boot", "naming no boot"])
+def test_a_record_not_proved_of_this_boot_is_not_trusted_and_its_pid_never_signalled(tmp_path: Path, written: str):
+    """After a reboot the run folder's pid file may name a pid another process holds now, even with the recorded start
+    time (counted in ticks since boot): `up` took it for a running Redis (and, as it did not answer, SIGTERMed it),
+    `down` signalled it. A record carries the boot it was written in; one of another boot, or naming none, is none."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    service = infra.redis_service(settings)
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        infra._record(service, stranger.pid)
+        assert service.pid() == stranger.pid  # written in this boot: that very process
+        boot = f" {uuid.uuid4()}" if written == "in another boot" else ""
+        stale = f"{stranger.pid} {infra._start_time(stranger.pid)}{boot}"
+        service.pid_file.write_text(stale)
+        assert service.pid() is None
+        assert infra.redis_up(settings).startswith("redis started") and stranger.poll() is None
+        infra.stop(service)
+        service.pid_file.write_text(stale)
+        assert infra.down(settings)[-1] == "redis not running"
+        assert stranger.poll() is None, "the stranger was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+        infra.stop(service)
+
+
+def test_an_own_process_listening_elsewhere_is_not_taken_for_the_one_answering_on_the_port(tmp_path: Path):
+    """`up` took a live recorded Redis of ours for the one answering on the configured port without asking which
+    process listens there: with the port changed to one another Redis serves, it said "already running" (our pid)
+    and the demo used the other. Ours, left over on its old port, is stopped; the other is reported, not touched."""
+    ours = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    port = free_port()
+    moved = ours.replace(redis_url=f"redis://127.0.0.1:{port}/0")
+    argv = [infra.redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path)]  # fmt: skip
+    other = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        infra.redis_up(ours)
+        pid = infra.redis_service(ours).pid()
+        assert pid is not None and wait_until(lambda: infra.redis_answers(moved))
+        with pytest.raises(infra.InfraError, match=f"port {port} is taken by a process this project did not start"):
+            infra.redis_up(moved)
+        assert wait_until(lambda: not alive(pid)) and infra.redis_answers(moved) and other.poll() is None
+    finally:
+        infra.stop(infra.redis_service(ours))
+        other.terminate()
+        other.wait()
 
 
 def test_a_failed_start_stops_what_it_had_started(services: Settings, tmp_path: Path):
