@@ -747,10 +747,18 @@ def logs_dir(settings: Settings) -> Path:
     return settings.local.run_dir.resolve() / "logs"
 
 
+def stop_children(logs: Path) -> list[str]:
+    """Stop the workers and readers whose records lie in ``logs`` itself (a :class:`Child` records its pid in
+    ``<log>.<pid>.child/pid`` beside its log), by pid, and nothing else: not what is recorded in folders below it
+    (another run's folder may be there), nor a file merely named ``pid``."""
+    return [stop(Service(pid.parent.name, pid.parent)) for pid in sorted(logs.glob(f"*{CHILD_SUFFIX}/pid"))]
+
+
 def stop_recorded(root: Path) -> list[str]:
-    """Stop every process whose pid is recorded under ``root``: workers and readers first, then Kafka and Redis
-    (a worker stopping cleanly commits to Kafka). For a run that ended before its own cleanup did, e.g. a
-    pytest-xdist worker ended with ``os._exit``: the processes it started each run in a session of their own."""
+    """Stop every process whose pid is recorded anywhere under ``root``: workers and readers first, then Kafka and
+    Redis (a worker stopping cleanly commits to Kafka). A sweep of a folder that holds nothing but one run's
+    folders, for a run that ended before its own cleanup did, e.g. a pytest-xdist worker ended with ``os._exit``
+    (tests/conftest.py): the processes it started each run in a session of their own."""
     recorded = [Service(pid_file.parent.name, pid_file.parent) for pid_file in root.rglob("pid")]
     recorded.sort(key=lambda service: not service.name.endswith(CHILD_SUFFIX))
     return [stop(service) for service in recorded]
@@ -781,7 +789,7 @@ def down(settings: Settings) -> list[str]:
     """Stop what ``up`` started and what the demo runs beside it, by their recorded pids: its worker and reader
     first (a worker stopping cleanly commits to Kafka), then Prometheus, Kafka and Redis. Benchmarks' services, in
     folders of their own under the run folder, are not its to stop."""
-    return stop_recorded(logs_dir(settings)) + stop_all(
+    return stop_children(logs_dir(settings)) + stop_all(
         [prometheus_service(settings), kafka_service(settings), redis_service(settings)]
     )
 

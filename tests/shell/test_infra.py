@@ -384,6 +384,36 @@ def test_infra_down_also_stops_the_demos_reader_and_prometheus(own_redis: Settin
         infra.stop(infra.prometheus_service(own_redis))
 
 
+def test_down_stops_the_demos_children_recorded_in_its_logs_folder_and_nothing_recorded_below_it(tmp_path: Path):
+    """`down` swept the logs folder with rglob("pid"): it stopped what another run, whose run folder lay below it,
+    had recorded there, and deleted every file named pid it met. It stops the children recorded in the logs folder
+    itself (<log>.<pid>.child/pid, as a demo's reader and worker are), by pid, and touches nothing else."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
+    logs = infra.logs_dir(settings)
+    mine, theirs = (subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2))
+    other_run = settings.replace(run_dir=logs / "another-run")
+    foreign = logs / "some-tool" / "pid"  # another program's pid file
+    try:
+        name = f"reader.log.{mine.pid}{infra.CHILD_SUFFIX}"
+        infra._record(infra.Service(name, logs / name), mine.pid)
+        infra._record(infra.redis_service(other_run), theirs.pid)
+        foreign.parent.mkdir()
+        foreign.write_text("1\n")
+        assert infra.down(settings) == [
+            f"{name} stopped (pid {mine.pid})",
+            "prometheus not running",
+            "kafka not running",
+            "redis not running",
+        ]
+        assert wait_until(lambda: not alive(mine.pid)) and theirs.poll() is None
+        assert infra.redis_service(other_run).pid() == theirs.pid and foreign.read_text() == "1\n"
+        assert infra.down(settings)[0] == "prometheus not running"  # the stopped child's record is gone
+    finally:
+        for proc in (mine, theirs):
+            proc.kill()
+            proc.wait()
+
+
 def test_a_redis_slow_to_answer_is_not_answering_yet(tmp_path: Path):
     """A PING not answered within the second (a loaded machine, a Redis loading its AOF) is retried by the start's
     wait; it raised TimeoutError, which ended the start."""
