@@ -63,6 +63,16 @@ CLICKS_LIMITED = Counter(
 )
 CLICK_LIMITS = ("client", "user_item")
 """The ``limit`` label of CLICKS_LIMITED (serving/click_guard.py)."""
+VIEWS_LIMITED = Counter(
+    "recstream_reader_views_limited_total",
+    "Views (every event that is not a click) POST /v1/events dropped by the fraud guard, by limit: user_item (past "
+    "the views of one user on one item a window allows; the rest of the request published)",
+    ["limit"],
+)
+VIEW_LIMITS = ("user_item",)
+"""The ``limit`` label of VIEWS_LIMITED. Views have no client limit: one address may be a server reporting a whole
+site's views (tens of times its clicks), which no fixed number fits; a replay names one item again and again, which
+the per-(user, item) limit stops."""
 FEATURE_ROWS = Counter(
     "recstream_reader_feature_rows_total",
     "Ranking feature rows computed, by whether the item's categories and creation time were in the reader's cache "
@@ -104,6 +114,8 @@ def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[
             EVENTS.labels(kind, source)
     for limit in CLICK_LIMITS:
         CLICKS_LIMITED.labels(limit)
+    for limit in VIEW_LIMITS:
+        VIEWS_LIMITED.labels(limit)
 
 
 def version_created_at(version: str) -> float | None:

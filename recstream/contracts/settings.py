@@ -354,12 +354,20 @@ class ReaderSettings(Section):
     )
     protect_reads: bool = Field(False, description="read routes also need the API key")
     bulk_max_items: int = Field(1_000, gt=0, le=100_000, description="items in one POST /v1/items, at most")
-    click_window_s: int = Field(60, gt=0, le=86_400, description="window of the click limits")
+    click_window_s: int = Field(60, gt=0, le=86_400, description="window of the click and view limits")
     clicks_per_client: int = Field(
         6_000, ge=0, description="clicks one client address may report per window; more: 429 (0: no limit)"
     )
     clicks_per_user_item: int = Field(
         3, ge=0, description="clicks of one user on one item per window; more are dropped (0: no limit)"
+    )
+    views_per_user_item: int = Field(
+        5,
+        ge=0,
+        description="views (every event that is not a click: a dislike too) of one user on one item per window; more "
+        "are dropped (0: no limit). A feed shows an item once per scroll session and the seen set keeps it off the "
+        "next ones, so a person is shown an item once or twice a window; a replay, to push its CTR and the ranker "
+        "down, hundreds of times",
     )
 
     @field_validator("api_key")

@@ -56,8 +56,10 @@ def at_byte_limit(offset: int) -> list[Event]:
 
 
 def at_count_limit(offset: int) -> list[Event]:
+    """MAX_EVENTS_PER_MESSAGE + offset views of one user, each of its own item (the reader drops a user's views of one
+    item past its per-(user, item) limit, which is not what these are for)."""
     return [
-        Event(type="view", user_id="u", item_id="i", ts=NOW_MS, event_id=f"e{k}")
+        Event(type="view", user_id="u", item_id=f"i{k}", ts=NOW_MS, event_id=f"e{k}")
         for k in range(MAX_EVENTS_PER_MESSAGE + offset)
     ]
 

@@ -18,9 +18,12 @@ import redis
 from prometheus_client import REGISTRY
 from recstream.serving.app import PREFERENCES_MAX_BYTES
 from recstream.serving.catalogue import ITEM_MAX_BYTES
+from recstream.serving.click_guard import VIEWS_PER_CALL
 from recstream.serving.feed_store import ATTRIBUTION_PAGES, ATTRIBUTION_SESSIONS
 
 from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES
+from recstream.contracts.ranking import CONTEXT_KEY
+from recstream.contracts.settings import Settings
 from tests.serving.conftest import KEY, World, isolated_topics, published_events, reader_client
 from tests.serving.test_feed import WORLD_TIME, feed
 
@@ -64,8 +67,8 @@ async def endless() -> AsyncIterator[bytes]:
         yield b"[" * (1 << 16)
 
 
-def limited(limit: str) -> float:
-    return REGISTRY.get_sample_value("recstream_reader_clicks_limited_total", {"limit": limit}) or 0.0
+def limited(limit: str, what: str = "clicks") -> float:
+    return REGISTRY.get_sample_value(f"recstream_reader_{what}_limited_total", {"limit": limit}) or 0.0
 
 
 BODIES = {  # route → method, path, a valid document, its cap, the status of a success
@@ -262,6 +265,88 @@ async def test_a_client_past_its_click_limit_gets_429_and_nothing_of_the_request
     }
 
 
+async def test_views_past_the_per_user_item_limit_are_dropped_and_the_rest_published(world: World):
+    """A view (every event that is not a click) of a served item is a negative row of the shared ranker and a view in
+    its CTR: replayed with fresh ids, the workers' de-duplication kept them all. Past ``views_per_user_item`` (its
+    default here) in a window they are dropped as clicks are: counted, and the rest of the request published."""
+    settings = await isolated_topics(world.settings.replace(click_window_s=HOUR))
+    limit = settings.reader.views_per_user_item
+    users = {n: unique(f"u-views-{n}") for n in (limit - 1, limit, limit + 1)}
+    before = limited("user_item", "views")
+    async with reader_client(settings, KEY) as reader:
+        for n, user in users.items():
+            body = [*[view(user, ts=WORLD_TIME + k) for k in range(n)], click(user)]
+            resp = await reader.post("/v1/events", json=body)
+            assert resp.status_code == 202 and resp.json() == {
+                "accepted": min(n, limit) + 1,
+                "attributed": 0,
+                "dropped": max(0, n - limit),
+            }, resp.text
+        user = users[limit]
+        again = await reader.post("/v1/events", json=[view(user, ts=WORLD_TIME + 99)])
+        assert again.json()["dropped"] == 1, "the limit holds across requests within the window"
+        dislike = await reader.post("/v1/events", json=[{**view(user, ts=WORLD_TIME + 98), "type": "dislike"}])
+        assert dislike.json()["dropped"] == 1, "a dislike is a negative row as a view is, and counts as one"
+        other = await reader.post("/v1/events", json=[view(user, item="i002")])
+        assert other.json()["dropped"] == 0, "per item"
+    assert limited("user_item", "views") - before == 3
+    events = await published_events(settings, at_least=3 * limit + 3)
+    views = Counter(e.user_id for e in events if e.type == "view" and e.item_id == "i001")
+    assert views == {users[limit - 1]: limit - 1, users[limit]: limit, users[limit + 1]: limit}
+    assert Counter(e.user_id for e in events if e.type == "click") == Counter(users.values())
+
+
+async def test_replayed_views_of_a_served_item_reach_the_ranker_at_most_the_limit(world: World):
+    """The replay: a client holding the key reports the view of one item its page served again and again, each with
+    fresh ids, and each went out with the served features, a negative training row pushing that item down for every
+    user. Only ``views_per_user_item`` of them go out in a window."""
+    settings = await isolated_topics(world.settings.replace(click_window_s=HOUR))
+    limit, user = settings.reader.views_per_user_item, unique("u-replay")
+    async with reader_client(settings, KEY) as reader:
+        page = await feed(reader, user, limit=3)
+        item, session = page["items"][0]["item_id"], page["session"]
+        for replay in range(4):
+            body = [view(user, item, WORLD_TIME + 10 * replay + k, context={"feed": session}) for k in range(limit)]
+            resp = await reader.post("/v1/events", json=body)
+            assert resp.json()["dropped"] == (0 if replay == 0 else limit), replay
+    rows = [e for e in await published_events(settings, at_least=limit) if CONTEXT_KEY in (e.context or {})]
+    assert len(rows) == limit and {e.item_id for e in rows} == {item}
+
+
+async def test_a_resent_request_spends_no_view_limit_again(world: World):
+    """Counted once per user and event id, as clicks are: a request resent after a 503 is admitted again whole."""
+    settings = await isolated_topics(world.settings.replace(click_window_s=HOUR, dedup_window_s=HOUR + 1))
+    limit, user = settings.reader.views_per_user_item, unique("u-view-resend")
+    async with reader_client(settings, KEY) as reader:
+        body = [view(user, ts=WORLD_TIME + k) for k in range(limit)]
+        answers = [(await reader.post("/v1/events", json=body)).json() for _ in range(3)]
+        assert answers == [{"accepted": limit, "attributed": 0, "dropped": 0}] * 3, "the same ids, counted once"
+        other = await reader.post("/v1/events", json=[view(user, ts=WORLD_TIME + limit)])
+        assert other.json()["dropped"] == 1, "a new view of the pair is past its limit"
+
+
+def script_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+async def test_a_requests_views_are_decided_in_calls_of_views_per_call(own_redis: Settings):
+    """A call blocks Redis for every feed, and 10,000 views in one outlived the round trip's 50 ms (then went out
+    unguarded): VIEWS_PER_CALL views a call, and a pair's limit holds across two calls (its last view is the second
+    call's at VIEWS_PER_CALL + 1)."""
+    settings, r = own_redis.replace(click_window_s=HOUR), redis.Redis.from_url(own_redis.redis.url)
+    limit = settings.reader.views_per_user_item
+    async with reader_client(settings, KEY) as reader:
+        assert (await reader.post("/v1/events", json=[view(unique("u-first"))])).status_code == 202  # script loaded
+        for n in (VIEWS_PER_CALL - 1, VIEWS_PER_CALL, VIEWS_PER_CALL + 1):
+            repeated = unique("u-repeated")
+            body = [view(unique("u-once")) for _ in range(n - limit - 1)]
+            body += [view(repeated, ts=WORLD_TIME + k) for k in range(limit + 1)]
+            calls = script_calls(r)
+            resp = await reader.post("/v1/events", json=body)
+            assert (script_calls(r) - calls, resp.json()["dropped"]) == (-(-n // VIEWS_PER_CALL), 1), n
+    r.close()
+
+
 def lrange_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
 
@@ -269,7 +354,8 @@ def lrange_calls(client: redis.Redis) -> int:
 async def test_an_events_request_reads_each_session_once_and_only_its_last_pages(world: World):
     """Attribution (context.feed → the source the session served the item from): one LRANGE per distinct
     session, whatever the number of events naming it, reading only its last ATTRIBUTION_PAGES pages."""
-    settings, user, r = await isolated_topics(world.settings), unique("u-attr"), world.redis()
+    settings = await isolated_topics(world.settings.replace(views_per_user_item=0))  # 497 views of one item pass
+    user, r = unique("u-attr"), world.redis()
     async with reader_client(settings, KEY) as reader:
         pages = [await feed(reader, user, limit=3)]
         for _ in range(ATTRIBUTION_PAGES):
