@@ -227,9 +227,11 @@ class RedisClient(_Calls):
         self._made.append(connection)
         return connection
 
-    async def close(self) -> None:
+    async def close(self, wait: bool = True) -> None:
+        """Disconnect every connection; ``wait=False`` leaves out the wait for each socket's close to complete (a node
+        that left the cluster may never complete it)."""
         for connection in self._made:
-            await connection.disconnect()
+            await connection.disconnect(nowait=not wait)
         await self._pool.aclose()
 
 
@@ -244,8 +246,10 @@ class ClusterRedisClient(_Calls):
     and the guard (serving/guard.py) turned most pages degraded (`bench/feeds.py --cluster`). redis-py's cluster
     client keeps what it does well: the slot map (CLUSTER SLOTS from the startup nodes, then any node it learnt).
     A round trip that meets a redirect (a failover or a resharding moved a slot), CLUSTERDOWN or a node it cannot
-    reach fails as a whole, which the guard answers degraded, and the next one re-reads the slot map first. Each node's
-    client has the same deadline, connection bound and raw replies as one Redis's."""
+    reach fails as a whole, which the guard answers degraded, and the next one re-reads the slot map first, and closes
+    the clients of the nodes that no longer serve a slot in it (a master its replica replaced, one back at a new
+    address): kept, each held its connections open for the reader's life. Each node's client has the same deadline,
+    connection bound and raw replies as one Redis's."""
 
     def __init__(self, url: str, timeout_s: float, connections: int, connect_timeout_s: float | None = None) -> None:
         from redis.asyncio.cluster import RedisCluster
@@ -304,6 +308,10 @@ class ClusterRedisClient(_Calls):
                     f"the Redis Cluster's slot map did not come within {self.timeout_s * 1000:.0f} ms"
                 ) from exc
             self._mapped = True
+            serving = {nodes[0].name for nodes in self._cluster.nodes_manager.slots_cache.values() if nodes}
+            gone = [self._nodes.pop(node) for node in list(self._nodes) if node not in serving]
+            for client in gone:  # a round trip still on one fails, as it would on the node it left
+                await client.close(wait=False)
 
     def _node(self, key: Arg | None) -> str:
         """The ``host:port`` of the master serving ``key``'s slot (slot 0's for no key)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 import redis
@@ -172,6 +173,26 @@ def test_packed_commands_are_the_bytes_redis_py_would_send(arg):
     assert pack(commands, connection) == b"".join(connection.pack_commands(commands))
 
 
+async def fail_over(clusters, master_port: int, client: ClusterRedisClient, key: str) -> int:
+    """Hand the master on ``master_port`` over to its replica (CLUSTER FAILOVER), then read ``key`` (holding its name
+    in upper case) through ``client`` until it answers: a redirect fails a round trip and marks the slot map stale,
+    the next reads it again. Returns the new master's port."""
+    replica = next(k for k, role in clusters.redis_roles().items() if role == "replica"
+                   and redis.Redis(port=clusters.redis_nodes[k].redis.port).info("replication")["master_port"]
+                   == master_port)  # fmt: skip
+    redis.Redis(port=clusters.redis_nodes[replica].redis.port).execute_command("CLUSTER", "FAILOVER")
+    wait_until(lambda: clusters.redis_roles().get(replica) == "master", 90, "the replica's takeover")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if await client.call("GET", key) == key.upper():
+                return clusters.redis_nodes[replica].redis.port
+        except (ResponseError, ConnectionError, TimeoutError):
+            pass
+        assert time.monotonic() < deadline, "the client never followed the failover"
+        await asyncio.sleep(0.1)
+
+
 async def test_a_cluster_round_trip_answers_in_command_order_across_nodes_and_follows_a_failover(clusters):
     """``--clusters``: one round trip's commands on keys of every master come back in the order sent (scripts on the
     node of their first key, SCAN on the node of its pattern's slot); after the master of a slot fails over, a round
@@ -194,21 +215,39 @@ async def test_a_cluster_round_trip_answers_in_command_order_across_nodes_and_fo
         assert await client.scan("rc{t3}*") == [keys[3]]
 
         victim = seeded.get_node_from_key(keys[0])
-        replica = next(k for k, role in clusters.redis_roles().items() if role == "replica"
-                       and redis.Redis(port=clusters.redis_nodes[k].redis.port).info("replication")["master_port"]
-                       == victim.port)  # fmt: skip
-        redis.Redis(port=clusters.redis_nodes[replica].redis.port).execute_command("CLUSTER", "FAILOVER")
-        wait_until(lambda: clusters.redis_roles().get(replica) == "master", 90, "the replica's takeover")
-        deadline = time.monotonic() + 60
-        while True:  # a redirect fails a round trip and marks the slot map stale; the next reads it again
-            try:
-                if await client.call("GET", keys[0]) == keys[0].upper():
-                    break
-            except (ResponseError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, "the client never followed the failover"
-            await asyncio.sleep(0.1)
-        assert client._node(keys[0]) == f"{victim.host}:{clusters.redis_nodes[replica].redis.port}"
+        port = await fail_over(clusters, victim.port, client, keys[0])
+        assert client._node(keys[0]) == f"{victim.host}:{port}"
+    finally:
+        await client.close()
+        seeded.close()
+
+
+async def test_a_cluster_client_closes_the_connections_of_a_node_that_left_the_slot_map(clusters):
+    """``--clusters``: a master its replica replaced serves no slot any more (as one back at a new address, the old
+    address serves none): its client, kept for good, held that node's connections open for the reader's life. The
+    refresh of the slot map that follows the failover closes them and drops the client; the other masters' stay."""
+    tag = f"rc-gone-{uuid.uuid4().hex[:8]}"
+    url = f"{clusters.settings.redis.url}?client_name={tag}"  # every connection of the client under test is named
+    keys = [f"gone{{t{k}}}" for k in range(30)]
+    seeded = redis.RedisCluster.from_url(clusters.settings.redis.url, decode_responses=True)
+    for key in keys:
+        seeded.set(key, key.upper())
+    victim = seeded.get_node_from_key(keys[0])
+
+    def named_connections(port: int) -> int:
+        with redis.Redis(port=port) as node:
+            return sum(1 for c in node.client_list() if c["name"] == tag)
+
+    client = ClusterRedisClient(url, timeout_s=2.0, connections=4)
+    try:
+        assert await client.execute(*(("GET", key) for key in keys)) == [key.upper() for key in keys]
+        masters = set(client._nodes)
+        assert len(masters) == 3 and named_connections(victim.port) == 1
+
+        await fail_over(clusters, victim.port, client, keys[0])
+        assert set(client._nodes) == masters - {victim.name} | {client._node(keys[0])}
+        wait_until(lambda: named_connections(victim.port) == 0, 10, "the old master's connections to close")
+        assert await client.execute(*(("GET", key) for key in keys)) == [key.upper() for key in keys]
     finally:
         await client.close()
         seeded.close()
