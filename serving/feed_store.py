@@ -10,7 +10,8 @@ page of the session excludes every item in it; the events route reads it to name
 clicked item for an event that came without one, and to stamp the served features into it.
 
 Reads must not fill Redis: every cursorless feed request starts a session, for any user id. So
-every session is listed in an index, a sorted set by last use: a known user's own
+every session is listed in an index, a sorted set by last use (by Redis' clock, which every reader
+replica shares): a known user's own
 (``user:<u>:sessions``, at most ``sessions_per_user``) or, for ids nothing is stored for, the one
 of all of them (``sessions:anonymous``, at most ``anonymous_sessions``); a new session past the cap
 deletes the least recently used one. Memory taken by reads is then at most
@@ -19,7 +20,6 @@ deletes the least recently used one. Memory taken by reads is then at most
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import orjson
@@ -55,12 +55,15 @@ class FeedStore:
     RECORD = Script("""
     -- KEYS[1]: the session list, KEYS[2]: its index, KEYS[3] (a known user's page): the anonymous index, which
     -- lists the session if it began before its user was known; ARGV: the page as JSON, the TTL in seconds, the
-    -- index's cap, now (µs: two sessions started within one ms tied, and the tie went to the session id's order,
-    -- not the older one). The evicted sessions are not in KEYS: Redis Cluster would need them on one node.
+    -- index's cap. The evicted sessions are not in KEYS: Redis Cluster would need them on one node. Scored by the
+    -- clock of the Redis that holds the index, which every reader shares (a reader's own clock, skewed, made its new
+    -- sessions the least recently used, or another reader's), in µs (two sessions started within one ms tied, and
+    -- the tie went to the session id's order, not the older one); seconds and padded µs as one string, exact.
+    local now = redis.call('TIME')
     redis.call('RPUSH', KEYS[1], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     if KEYS[3] then redis.call('ZREM', KEYS[3], KEYS[1]) end
-    redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+    redis.call('ZADD', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])), KEYS[1])
     local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
     if over > 0 then
       for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, over - 1)) do redis.call('DEL', old) end
@@ -122,7 +125,7 @@ class FeedStore:
         # was soon the least recently used, and anonymous first pages past the cap deleted it mid-scroll (410)
         indexes = [self.keys.user(user_id, "sessions"), anonymous] if known else [anonymous]
         keys = [self.session_key(user_id, session), *indexes]
-        await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap, time.time_ns() // 1_000])
+        await self.redis.run(self.RECORD, keys, [orjson.dumps(rows), ttl_s, cap])
 
     async def sources(self, wanted: list[tuple[str, str, str]]) -> list[tuple[str, str | None] | None]:
         """(source, served features or None) of each (user, session, item), None where unknown; one round trip,

@@ -8,9 +8,11 @@ test's own (random, so a rerun within the click window counts from zero).
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
@@ -443,3 +445,37 @@ async def test_a_session_begun_before_its_user_was_known_survives_anonymous_traf
             await feed(reader, f"anon-{run}-{k}", limit=1)
         third = await reader.get(f"/v1/feed/{user}", params={"cursor": second.json()["next_cursor"]})
         assert third.status_code == 200, third.text
+
+
+@contextlib.contextmanager
+def clock_off_by(seconds: int) -> Iterator[None]:
+    """This process's wall clock (``time.time``, ``time.time_ns``) ``seconds`` off, as on a host whose clock drifted."""
+    now, now_ns = time.time, time.time_ns
+    time.time, time.time_ns = (lambda: now() + seconds), (lambda: now_ns() + seconds * 10**9)
+    try:
+        yield
+    finally:
+        time.time, time.time_ns = now, now_ns
+
+
+@pytest.mark.parametrize(("skew_s", "skewed"), [(-HOUR, 1), (HOUR, 0)], ids=["behind", "ahead"])
+async def test_a_reader_with_a_skewed_clock_leaves_the_least_recently_used_session_to_evict(
+    world: World, skew_s: int, skewed: int
+):
+    """Three first pages of anonymous ids, one after another, the ``skewed`` one from a reader whose clock is an hour
+    off, with room for two: the first is the one evicted. Scored by each reader's clock, a reader behind listed its
+    brand-new session as the oldest (evicted by the next first page, mid-scroll: 410), and one ahead kept its own
+    over another reader's newer one."""
+    run = uuid.uuid4().hex[:8]
+    settings = await isolated_topics(world.settings.replace(anonymous_sessions=2))
+    async with reader_client(settings, KEY) as reader, reader_client(settings, KEY) as other:
+        cursors = []
+        for k in range(3):
+            with clock_off_by(skew_s if k == skewed else 0):
+                page = await feed(other if k == skewed else reader, f"anon-skew-{run}-{k}", limit=1)
+            cursors.append(page["next_cursor"])
+        statuses = [
+            (await reader.get(f"/v1/feed/anon-skew-{run}-{k}", params={"cursor": cursor})).status_code
+            for k, cursor in enumerate(cursors)
+        ]
+    assert statuses == [410, 200, 200]
