@@ -22,7 +22,10 @@ watermark + 1. Before applying such a batch the processor re-reads the missing o
 log and applies them first (:meth:`BatchProcessor._repair`); on partition assignment it does the
 same for every partition whose committed offset is past its watermark + 1
 (:meth:`BatchProcessor.repair_behind`), so a quiet partition is repaired too. Offsets missing
-from the log in that range (compacted away) cost one empty read and count as no gap.
+from the log in that range (compacted away) cost one empty read and count as no gap. An erasure is a write Redis
+can lose too: at each assignment, and before re-applying a lost window, the processor erases again every user of
+the ``erasures`` topic that Redis does not hold as erased (:meth:`BatchProcessor._restore_erasures`), so the replay
+writes nothing of them back.
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ from recstream.contracts.events import (
     user_parts,
 )
 from recstream.contracts.settings import Settings, WorkerSettings
+from recstream.eventlog.erasures import erasures_since
 from recstream.eventlog.log import Message, Ranges
 from recstream.runtime.backoff import RetryDelays
 from recstream.runtime.garbage_collector import collector_paused
 from recstream.store.aggregate import aggregate
+from recstream.store.erasure import Commands, checked_offsets, erase_users, note_checked, unmarked
 from recstream.store.state import Applied, Effect, StaleWatermark, StateStore, refused
 
 MAX_STALE_RETRIES = 20
@@ -439,7 +444,10 @@ class BatchProcessor:
                     await self.reload_watermarks()
                     assert self._watermarks is not None
                     behind = {tp: committed[tp] for tp in tps if committed.get(tp, 0) > self._watermark(*tp) + 1}
-                    await self._repair(behind)
+                    if behind:
+                        await self._repair(behind)
+                    else:  # Redis may have lost an erasure and no batch of these partitions
+                        await self._restore_erasures()
                 return
             except Exception as exc:
                 reason = retry_reason(exc)
@@ -456,6 +464,7 @@ class BatchProcessor:
         """Apply each partition's offsets from its watermark + 1 up to ``ends`` (exclusive), read from the log."""
         if not ends or self.read_log is None:
             return
+        await self._restore_erasures()  # first: the replay would write an erased user's state back
         ranges = {tp: (self._watermark(*tp) + 1, end) for tp, end in ends.items()}
         replayed = 0
         async for chunk in self.read_log(ranges):
@@ -468,6 +477,22 @@ class BatchProcessor:
         if replayed:  # else the range was compacted away, or applied meanwhile: no gap
             where = ", ".join(f"{t}:{p} from {start} to {end}" for (t, p), (start, end) in sorted(ranges.items()))
             log.warning("redis was behind the log (%s): re-applied %d messages", where, replayed)
+
+    async def _restore_erasures(self) -> None:
+        """Erase again every user of the erasures topic that Redis does not hold as erased (it lost the erasure with
+        a window of writes, recstream/store/erasure.py), reading the topic from where the last check ended
+        (``erased:checked``, lost with the window too): the erasures since that check, a few in the common case.
+        Only with gap repair (``read_log``): the rebuild reads every erasure anyway."""
+        if self.read_log is None:
+            return
+        redis, keys = self.store.redis, self.store.keys
+        users, ends = await erasures_since(self.settings, await checked_offsets(redis, keys))
+        lost = await unmarked(redis, keys, users)
+        await erase_users(Commands(redis), keys, lost)
+        await note_checked(redis, keys, ends)
+        if lost:
+            log.warning("redis did not hold %d erasures of the erasures topic (%s): erased again", len(lost),
+                        ", ".join(lost[:10]))  # fmt: skip
 
     async def _process_once(
         self, messages: Sequence[Message], repair: bool = True, pipelined: bool = False

@@ -29,8 +29,11 @@ key                          type    holds
 ``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
-``erased``                   set     users erased (``DELETE /v1/users/{id}``); the rebuild restores it from ``erasures``
+``erased``                   set     users erased (``DELETE /v1/users/{id}``): the workers write nothing under their
+                                     ids; one per slot on a cluster (the shared one, the user's); from ``erasures``
 ``erased:count``             string  erasures made so far: a worker that sees it move drops its cached histories
+``erased:checked``           hash    ``topic:partition`` of ``erasures`` → the offset up to which (exclusive) every
+                                     erasure is in ``erased``; one per slot on a cluster (recstream/store/erasure.py)
 ``item:<i>:similar``         string  JSON ``[[item, score], …]`` nearest neighbours, best first
 ``eids:<topic>:<p>``         zset    ``user:event_id`` → arrival ms, a partition's de-duplication window
 ``foldin:pending``           set     graduated items whose fold-in is not stored yet
@@ -109,6 +112,10 @@ class Keys:
             return self.prefix
         return f"{self.prefix}:{{shared}}" if partition is None else f"{self.prefix}:{{p{partition}}}"
 
+    def slots(self) -> list[str]:
+        """Every slot's prefix: the shared one, then each events partition's (the one prefix on one Redis)."""
+        return list(dict.fromkeys(self.slot(s) for s in (None, *range(self.partitions or 0))))
+
     def home(self, user_id: str) -> int | None:
         """The events partition whose slot holds the user's keys (None on one Redis, where there are no slots)."""
         return None if self.partitions is None else partition_for(user_id, self.partitions)
@@ -119,6 +126,12 @@ class Keys:
     def user_segments(self, user_id: str) -> str:
         """``user:seg``, the hash of user → segment; one per slot on a cluster (the user's)."""
         return f"{self.slot(self.home(user_id))}:user:seg"
+
+    def erased(self, user_id: str | None = None) -> str:
+        """``erased``: the set of erased users of the user's slot (None: the shared one). On one Redis both are the
+        one set; on a cluster a script may read its own slot only, so the worker's batch script checks the slot it
+        writes and an erasure marks the user in both."""
+        return f"{self.slot(None if user_id is None else self.home(user_id))}:erased"
 
     def watermarks(self, partition: int | None) -> str:
         """``wm``: the watermarks of the writes in a slot (every slot keeps its own on a cluster)."""

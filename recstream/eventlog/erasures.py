@@ -4,19 +4,22 @@
 (compacted, so it is kept for ever) before it deletes the user's Redis keys. The ``events`` topic
 still holds the user's events until retention expires them or the topic is rewritten (README, "Use
 it in your product"), and ``users`` their records until compaction; whatever reads the log to
-recompute state (``recstream rebuild``, ``recstream train``) reads the list first and drops them.
+recompute state (``recstream rebuild``, ``recstream train``) reads the list first and drops them, and the workers
+read the erasures since their last check to find those Redis lost (:func:`erasures_since`,
+recstream/store/erasure.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from recstream.contracts.events import Erasure
-from recstream.eventlog.log import Message, Ranges, read, whole_topic
+from recstream.contracts.settings import Settings
+from recstream.eventlog.log import Message, Ranges, open_log, read, whole_topic
 
 
 async def erased_users(consumer: AIOKafkaConsumer, topic: str, ranges: Ranges | None = None) -> frozenset[str]:
@@ -30,6 +33,18 @@ async def erased_users(consumer: AIOKafkaConsumer, topic: str, ranges: Ranges | 
             except ValidationError:  # not an erasure: nothing to honour
                 continue
     return frozenset(erased)
+
+
+async def erasures_since(
+    settings: Settings, start: Mapping[tuple[str, int], int]
+) -> tuple[frozenset[str], dict[tuple[str, int], int]]:
+    """The users erased at or past ``start`` on the erasures topic (per partition; from the log start where it names
+    none), and each partition's end offset they were read up to (none when the topic does not exist)."""
+    topic = settings.kafka.erasures_topic
+    async with open_log(settings) as consumer:
+        ends = {tp: end for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
+        ranges = {tp: (start.get(tp), end) for tp, end in ends.items() if start.get(tp, -1) < end}
+        return (await erased_users(consumer, topic, ranges) if ranges else frozenset()), ends
 
 
 def without_users(messages: Iterable[Message], users: frozenset[str]) -> list[Message]:

@@ -12,10 +12,10 @@ order (recstream/store/state.py). So with the workers stopped the rebuild
    now, through the workers' own :class:`~streams.processor.BatchProcessor` and
    :class:`~recstream.store.state.StateStore`, with the same item feed (:func:`streams.live_model.follow_items`),
    leaving out the user records and events of every erased user (the ``erasures`` topic, which also
-   refills ``erased``). Readers keep serving, ``DELETE /v1/users/{id}`` too: the erased set is refreshed
-   before each chunk, and every user erased since the replay began is erased in Redis again once it ends
-   (what the chunks before the refresh that saw the erasure wrote of the user is gone then; the user's share
-   of the counters stays until the next rebuild, as after any erasure);
+   refills ``erased`` and ``erased:checked``, how far it was read). Readers keep serving, ``DELETE
+   /v1/users/{id}`` too: the erased set is refreshed before each chunk, the batch script writes nothing of a
+   user once erased, and every user erased since the replay began is erased in Redis again once it ends (the
+   user's share of the counters stays until the next rebuild, as after any erasure);
 5. commits those end offsets for the worker group, so restarted workers go on from there.
 
 The result is the state of a clean run of one worker that read the users and items before the
@@ -45,15 +45,12 @@ from recstream.eventlog.erasures import erased_users, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ArtifactError, ModelArtifacts, latest_version, read_model
-from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from recstream.store.connection import connect
-from recstream.store.erasure import erase_user
+from recstream.store.erasure import Commands, erase_users, mark_erased, note_checked
 from recstream.store.state import StateStore
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.processor import BatchProcessor, DeadLetter
 
-ERASE_TIMEOUT_S = 30.0
-"""Bounds each round trip of :func:`_erase_again` (a SCAN step over a large keyspace takes a while)."""
 Progress = Callable[[str, int, int], None]  # (topic, messages just replayed, messages in the topic at most)
 
 
@@ -156,7 +153,7 @@ async def _replay(
         nonlocal invalid
         invalid += len(letters)
 
-    store = StateStore(redis, settings)
+    store, keys = StateStore(redis, settings), Keys.of(settings)
     model = LiveModel(settings)
     item_feed = asyncio.create_task(follow_items(settings, model))
     messages: dict[str, int] = {}
@@ -165,8 +162,8 @@ async def _replay(
         async with open_log(settings) as consumer, open_log(settings) as erasures_consumer:
             erasures = _Erasures(erasures_consumer, settings.kafka.erasures_topic)
             erased = await erasures.refresh()
-            if erased:
-                await redis.sadd(Keys.of(settings)("erased"), *erased)
+            await mark_erased(redis, keys, erased)
+            await note_checked(redis, keys, erasures.ends)
             for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
                                 (settings.kafka.events_topic, "event")):  # fmt: skip
                 ranges = await whole_topic(consumer, topic)
@@ -180,7 +177,9 @@ async def _replay(
                     if progress is not None:
                         progress(topic, len(chunk), total)
                 await processor.finish_pending()  # what the last batch left undone, as an idle worker does
-            await _erase_again(settings, await erasures.refresh() - erased)
+            # erased by a reader during the replay: the erasure deleted what the chunks before it wrote and the batch
+            # script wrote nothing of the user after it; once more for a new item's field its SCAN could not see
+            await erase_users(Commands(redis), keys, sorted(await erasures.refresh() - erased))
     finally:
         item_feed.cancel()
         await asyncio.gather(item_feed, return_exceptions=True)
@@ -196,21 +195,13 @@ class _Erasures:
         self.users: frozenset[str] = frozenset()
         self._read_to: dict[tuple[str, int], tuple[int | None, int]] | None = None
 
+    @property
+    def ends(self) -> dict[tuple[str, int], int]:
+        """The end offsets :attr:`users` were read up to."""
+        return {tp: end for tp, (_, end) in (self._read_to or {}).items()}
+
     async def refresh(self) -> frozenset[str]:
         ends = await whole_topic(self.consumer, self.topic)
         if ends != self._read_to:
             self.users, self._read_to = await erased_users(self.consumer, self.topic, ends), ends
         return self.users
-
-
-async def _erase_again(settings: Settings, users: frozenset[str]) -> None:
-    """Erase ``users`` in Redis as ``DELETE /v1/users/{id}`` does (recstream/store/erasure.py): a reader erased them
-    during the replay, and chunks replayed before the rebuild saw it wrote their keys back."""
-    if not users:
-        return
-    client = (ClusterRedisClient if settings.redis.cluster else RedisClient)(settings.redis.url, ERASE_TIMEOUT_S, 1)
-    try:
-        for user in sorted(users):
-            await erase_user(client, Keys.of(settings), user)
-    finally:
-        await client.close()

@@ -7,6 +7,10 @@
 -- watermarks and drops what is already applied. That check is what makes the state
 -- effectively-once (see recstream/store/state.py for the whole argument).
 --
+-- Erased users (the slot's `erased` set, recstream/store/erasure.py): nothing is written under their ids (their
+-- seen sets, segments, histories, vectors, candidates, preferences, fold-in fields), whenever their events were
+-- published; their events still count in the counters, rankings and trends, which name nobody (step 1c).
+--
 -- ARGV[1] is a JSON payload built by recstream/store/state.py; ARGV[2] the binary values that payload.blobs
 -- and payload.rankers refer to, concatenated (the blobs first, by where each ends; a ranker state by its first and
 -- last byte). Counts, timestamps and trend increments are integers
@@ -164,6 +168,14 @@ local old_views, views_now, clicks_now, seg_now = {}, {}, {}, {}
 local q, prior_held, cursor_held, clock
 local segs_before, graduated_of, weights_held, users_held = {}, {}, {}, {}
 local seen_writes, seg_args, eid_writes, blob_args = {}, {}, {}, {}  -- step 8's arguments
+-- the users whose keys or fields the steps write (each once), and which of them are erased (below, 1c)
+local users, listed, owners, erased, any_erased = {}, {}, {}, {}, false
+local function list(user)
+  if not listed[user] then
+    listed[user] = true
+    users[#users + 1] = user
+  end
+end
 refusal = checked(function()
   for _, name in ipairs({'m', 'default_ctr', 'default_mass', 'log_step', 'graduate_views', 'item_users_cap'}) do
     finite(cfg[name], 'cfg.' .. name)
@@ -264,6 +276,7 @@ refusal = checked(function()
       local users = {}
       for j, u in ipairs(it[2]) do
         users[j] = u[1]
+        list(u[1])
         for _, w in ipairs(u[2]) do
           if type(w) ~= 'number' or w - w ~= 0 then finite(w, 'a weight of ' .. it[1] .. ' by ' .. u[1]) end
         end
@@ -293,13 +306,15 @@ refusal = checked(function()
       args[#args + 1] = ts
       args[#args + 1] = item
     end
-    seen_writes[#seen_writes + 1] = {key, args}
+    seen_writes[#seen_writes + 1] = {key, args, user}
+    list(user)
   end
   if next(p.user_segments) ~= nil then expect(P .. 'user:seg', 'hash') end
   for user, segment in pairs(p.user_segments) do
     if type(segment) ~= 'string' then text(segment, 'the segment of ' .. user) end
     seg_args[#seg_args + 1] = user
     seg_args[#seg_args + 1] = segment
+    list(user)
   end
   for tp, ids in pairs(p.eids) do  -- {topic:partition: {user:event_id: arrival ms}}
     local key = P .. 'eids:' .. tp
@@ -322,11 +337,40 @@ refusal = checked(function()
     blob_args[#blob_args + 1] = P .. suffix
     blob_args[#blob_args + 1] = string.sub(ARGV[2], first, last)
     first = last + 1
+    local owner = string.match(suffix, '^user:([^:]+):')  -- user:<u>:hist|vec|cand|prefs (item:<i>:similar: none)
+    if owner then list(owner) end
+    owners[k] = owner or false
   end
   for _, r in ipairs(p.rankers) do
     text(r[1], 'a ranker key')
     integer(r[2], 'a ranker state start', 1)
     integer(r[3], 'a ranker state end', 0)
+  end
+  -- 1c. erased users (recstream/store/erasure.py): in the same script as the writes, so an erasure is applied
+  -- either before this batch (and nothing of the user is written here) or after it (and deletes what it wrote).
+  -- One SMISMEMBER of the batch's distinct users; the writes are filtered only when one of them is erased
+  if #users > 0 then
+    expect(P .. 'erased', 'set')
+    local found = many('SMISMEMBER', P .. 'erased', users)
+    for k, user in ipairs(users) do
+      if found[k] == 1 then erased[user], any_erased = true, true end
+    end
+  end
+  if any_erased then
+    local kept_seg, kept_blobs = {}, {}
+    for k = 1, #seg_args, 2 do
+      if not erased[seg_args[k]] then
+        kept_seg[#kept_seg + 1] = seg_args[k]
+        kept_seg[#kept_seg + 1] = seg_args[k + 1]
+      end
+    end
+    for k, owner in ipairs(owners) do
+      if not (owner and erased[owner]) then
+        kept_blobs[#kept_blobs + 1] = blob_args[2 * k - 1]
+        kept_blobs[#kept_blobs + 1] = blob_args[2 * k]
+      end
+    end
+    seg_args, blob_args = kept_seg, kept_blobs
   end
 end)
 if refusal then return refusal end
@@ -513,7 +557,7 @@ end
 
 -- 6. users of new items until they graduate, for their fold-in (recstream/store/fold_ins.py): user → summed
 -- weight, added event by event in order (as models/history.combine_weights: a negative one wins); the first
--- item_users_cap users
+-- item_users_cap users; an erased user is none of them (1c)
 for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
   if graduated_of[k] == 0 then  -- its users' stored weights (numbers) and count: step 1b read them
     local key = P .. 'foldin:users:' .. it[1]
@@ -521,7 +565,11 @@ for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
     local args = {}
     for j, u in ipairs(it[2]) do
       local r = old[j]
-      if not r and size < cfg.item_users_cap then r, size = 0, size + 1 end
+      if erased[u[1]] then
+        r = false
+      elseif not r and size < cfg.item_users_cap then
+        r, size = 0, size + 1
+      end
       if r then
         for _, w in ipairs(u[2]) do
           if r >= 0 and w >= 0 then r = r + w else r = math.min(r, 0) + math.min(w, 0) end
@@ -565,9 +613,11 @@ end  -- of the shared state
 -- (p.seen, p.user_segments and p.eids are JSON objects: each user or partition once, in no particular order; each
 -- one's commands touch its own keys only, so the order does not change the state)
 -- (step 1b built the arguments of each command)
-for _, w in ipairs(seen_writes) do  -- {key, {ts, item, ...}}
-  many('ZADD', w[1], w[2], 'GT')
-  redis.call('ZREMRANGEBYRANK', w[1], 0, -(cfg.seen_cap + 1))
+for _, w in ipairs(seen_writes) do  -- {key, {ts, item, ...}, user}
+  if not erased[w[3]] then
+    many('ZADD', w[1], w[2], 'GT')
+    redis.call('ZREMRANGEBYRANK', w[1], 0, -(cfg.seen_cap + 1))
+  end
 end
 many('HSET', P .. 'user:seg', seg_args)
 -- event ids applied (streams/processor.py drops a user's id seen within the window), one key per partition:

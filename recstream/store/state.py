@@ -164,7 +164,7 @@ class StateStore:
 
     async def watermarks(self) -> dict[str, int]:
         """``topic:partition`` → the last offset every slot that partition writes to has applied; sets :attr:`ahead`."""
-        slots = list(dict.fromkeys(self.keys.slot(s) for s in (None, *range(self.keys.partitions or 0))))
+        slots = self.keys.slots()
         pipe = self.redis.pipeline(transaction=False)
         for slot in slots:
             pipe.hgetall(f"{slot}:wm")

@@ -16,17 +16,18 @@ from recstream.contracts.keys import Keys
 def dump_state(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[str, object]:
     """Every key under ``prefix`` with its value, prefix removed, for comparing two runs; but the event ids kept
     for de-duplication (``eids:<topic>:<partition>``): they name the run's topics and hold the records' arrival
-    times, which differ between two runs of the same events.
+    times, which differ between two runs of the same events; and ``erased:checked``, which names the run's
+    erasures topic and only the workers and the rebuild write (a replay of batches alone holds none).
 
-    A Redis Cluster's keys lose their hash tag (``{p3}:user:u1:vec`` → ``user:u1:vec``) and the hashes every slot
-    keeps (``wm``, ``user:seg``) are merged, so a cluster run compares with a run on one Redis; a watermark two
-    slots disagree on is kept as both values."""
+    A Redis Cluster's keys lose their hash tag (``{p3}:user:u1:vec`` → ``user:u1:vec``) and the hashes and sets
+    every slot keeps (``wm``, ``user:seg``, ``erased``) are merged, so a cluster run compares with a run on one
+    Redis; a watermark two slots disagree on is kept as both values."""
     state: dict[str, object] = {}
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         name = key.decode()[len(prefix) + 1 :]
         if name.startswith("{"):
             name = name[name.index("}") + 2 :]
-        if name.startswith("eids:"):
+        if name.startswith("eids:") or name == "erased:checked":
             continue
         kind = client.type(key).decode()
         if kind == "hash":
@@ -34,7 +35,7 @@ def dump_state(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[st
         elif kind == "zset":
             state[name] = client.zrange(key, 0, -1, withscores=True)
         elif kind == "set":
-            state[name] = client.smembers(key)
+            state.setdefault(name, set()).update(client.smembers(key))  # type: ignore[union-attr]
         elif kind == "list":
             state[name] = client.lrange(key, 0, -1)
         elif kind == "stream":  # entry ids are arrival times: two runs compare the entries' fields

@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from recstream.models.als import ALSConfig
+from recstream.streams.live_model import LiveModel
 from recstream.streams.processor import DeadLetter
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, partition_for
@@ -128,6 +129,15 @@ async def trained(
     log = training.collect([Record("item", i) for i in items] + [Record("event", e) for e in events])
     artifacts, _ = training.train(log, ALSConfig(factors=16, iterations=15, random_state=1), holdout=0)
     return settings, await training.publish(settings, artifacts)
+
+
+async def model_for(settings: Settings, items: list[ItemEvent]) -> LiveModel:
+    """The worker's live model of ``settings``' current version, with ``items`` as its item feed delivered them."""
+    model = LiveModel(settings)
+    for item in items:
+        model.apply_item(item)
+    model.items_caught_up.set()
+    return model
 
 
 async def dead_letters(settings: Settings, expected: int, timeout_s: float = 60.0) -> list:

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import redis
 from prometheus_client import REGISTRY
-from recstream.streams.live_model import LiveModel
 from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,7 +25,7 @@ from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
-from tests.streams.scenario import T0, applied_events, no_dead_letters, served, trained, world
+from tests.streams.scenario import T0, applied_events, model_for, no_dead_letters, served, trained, world
 
 pytestmark = pytest.mark.integration
 
@@ -81,14 +80,6 @@ def batches(settings: Settings) -> tuple[list[list[Message]], list[ItemEvent], l
             offset += 1
         out.append(batch)
     return out, items, events
-
-
-async def model_for(settings: Settings, items: list[ItemEvent]) -> LiveModel:
-    model = LiveModel(settings)
-    for item in items:
-        model.apply_item(item)
-    model.items_caught_up.set()
-    return model
 
 
 async def run(
