@@ -8,6 +8,7 @@ Real Kafka and Redis, and the worker's own processor, store and live model."""
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,13 +18,14 @@ from pathlib import Path
 import pytest
 import redis
 from recstream.streams.processor import BatchProcessor
-from redis.asyncio import Redis as AsyncRedis
 
 from recstream.contracts.events import Erasure, Event, ItemEvent, UserEvent, encode
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.log import Message, open_log, read_ranges, whole_topic
 from recstream.eventlog.producer import EventProducer
+from recstream.shell import infra
+from recstream.store.connection import connect
 from recstream.store.erasure import Commands, erase_user
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
@@ -54,7 +56,7 @@ async def processors(
     settings: Settings, items: list[ItemEvent], gap_repair: bool = False
 ) -> AsyncIterator[tuple[BatchProcessor, BatchProcessor, ErasingStore]]:
     """A worker's users and events processors on one store (with gap repair: reading the log)."""
-    client = AsyncRedis.from_url(settings.redis.url)
+    client = connect(settings)
     store = ErasingStore(client, settings)
     model = await model_for(settings, items)
     read_log = partial(read_ranges, settings) if gap_repair else None
@@ -104,52 +106,72 @@ async def test_events_applied_after_an_erasure_write_nothing_of_the_user_and_the
     key equals a run without the erasure (the other users' state, and the counters, which keep the victim's share
     until a rebuild, as the docs say: each event counted once). Batch 3 and a user record (segment, preferences,
     onboarding), published after the erasure, write nothing of the victim either: the id stays erased."""
+    await erase_in_flight(isolated_settings, redis.Redis.from_url(isolated_settings.redis.url), tmp_path, "")
+
+
+async def test_events_applied_after_an_erasure_write_nothing_of_the_user_on_a_redis_cluster(
+    clusters: infra.Clusters, tmp_path: Path
+):
+    """The same on a Redis Cluster (``--clusters``): the user's keys are in the user's slot, whose script checks
+    that slot's own ``erased``, which the erasure's first call marks; the fold-in fields are in the shared slot."""
+    suffix = uuid.uuid4().hex[:8]
+    settings = clusters.settings.on_topics(suffix, worker_group=f"worker-{suffix}")
+    await infra.ensure_topics(settings)
+    await erase_in_flight(settings, redis.RedisCluster.from_url(settings.redis.url), tmp_path, suffix)
+
+
+async def erase_in_flight(
+    settings: Settings, client: redis.Redis | redis.RedisCluster, tmp_path: Path, suffix: str
+) -> None:
     users, items, events = world(n_users=12, n_items=40, n_events=300, seed=3)
     old_items = [i for i in items if i.item_id != NEW_ITEM]
+    clean, erased = f"clean{suffix}", f"erased{suffix}"
     base, version = await trained(
-        isolated_settings.replace(redis_prefix="clean"),
-        tmp_path,
-        [e for e in events if e.item_id != NEW_ITEM],
-        old_items,
+        settings.replace(redis_prefix=clean), tmp_path, [e for e in events if e.item_id != NEW_ITEM], old_items
     )
     victim = Counter(e.user_id for e in events[:200]).most_common(1)[0][0]
     late = Event(type="view", user_id=victim, item_id=NEW_ITEM, ts=events[199].ts + 1, event_id="late")
     parts = [events[:100], [*events[100:200], late], events[200:]]
     [user_batch] = on_partition_0(base.kafka.users_topic, [users])
     batches = on_partition_0(base.kafka.events_topic, parts)
-    client = redis.Redis.from_url(base.redis.url)
-    erased = base.replace(redis_prefix="erased")
-    for key in client.scan_iter(match="clean:*"):  # the model version and its item neighbours
-        client.copy(key, b"erased:" + key[len(b"clean:") :])
-    assert client.get("erased:model:current") == version.encode()
+    other = base.replace(redis_prefix=erased)
+    for key in client.scan_iter(match=f"{clean}:*"):  # the model version and its item neighbours (one slot's keys)
+        client.copy(key, f"{erased}:".encode() + key[len(clean) + 1 :])
+    assert client.get(Keys.of(other)("model:current")) == version.encode()
 
-    for settings in (base, erased):
-        async with processors(settings, items) as (user_processor, event_processor, store):
+    for run in (base, other):
+        async with processors(run, items) as (user_processor, event_processor, store):
             await user_processor.process(user_batch)
             await event_processor.process(batches[0])
-            if settings is erased:
-                before = traces(dump_state(client, "erased"), victim)
+            if run is other:
+                before = traces(dump_state(client, erased), victim)
                 assert {f"user:{victim}:{what}" for what in ("hist", "vec", "cand", "seen")} <= set(before)
                 assert f"user:seg[{victim}]" in before
                 store.victim = victim
             await event_processor.process(batches[1])
     assert store.victim is None, "the erasure ran between building batch 2 and its script"
-    clean_state, erased_state = dump_state(client, "clean"), dump_state(client, "erased")
+    clean_state, erased_state = dump_state(client, clean), dump_state(client, erased)
     assert any(t.startswith(f"foldin:users:{NEW_ITEM}") for t in traces(clean_state, victim)), "a fold-in field"
     assert traces(erased_state, victim) == [f"erased ∋ {victim}"]
     assert differing_keys(without(erased_state, victim), without(clean_state, victim)) == []
-    assert applied_events(client, "erased") == len(parts[0]) + len(parts[1]), "each event counted once"
+    assert counted(client, other) == len(parts[0]) + len(parts[1]), "each event counted once"
 
     comeback = UserEvent(
         user_id=victim, ts=T0 + 1, attributes={"age": 30, "gender": "F"}, preferred_categories=["news"]
     )
-    users_topic = erased.kafka.users_topic
-    async with processors(erased, items) as (user_processor, event_processor, _):
+    users_topic = other.kafka.users_topic
+    async with processors(other, items) as (user_processor, event_processor, _):
         await event_processor.process(batches[2])
         await user_processor.process([Message(users_topic, 0, len(user_batch), encode(comeback), T0 + 2)])
-    assert traces(dump_state(client, "erased"), victim) == [f"erased ∋ {victim}"]
-    assert applied_events(client, "erased") == len(events) + 1
-    assert client.hget("erased:wm", f"{users_topic}:0") == str(len(user_batch)).encode(), "the record was applied"
+    assert traces(dump_state(client, erased), victim) == [f"erased ∋ {victim}"]
+    assert counted(client, other) == len(events) + 1
+    applied_to = client.hget(Keys.of(other).watermarks(0), f"{users_topic}:0")
+    assert applied_to == str(len(user_batch)).encode(), "the user record was applied"
+
+
+def counted(client: redis.Redis | redis.RedisCluster, settings: Settings) -> int:
+    """Views and clicks in the totals."""
+    return sum(int(n or 0) for n in client.hmget(Keys.of(settings)("totals"), ["views", "clicks"]))
 
 
 async def apply_log(processor: BatchProcessor, settings: Settings, topic: str, start: dict | None = None) -> dict:
