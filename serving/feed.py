@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from recstream.models.bandit import choose_explore, explore_gate, per_row, thompson_picks
+from recstream.models.ranker import probability
 from recstream.serving.blend import OVERFLOW, Candidate, Served, Source, interleave, personal_first, slot_counts
 from recstream.serving.features import PageFeatures
 from recstream.serving.filters import NO_FILTER, FeedFilter
@@ -45,8 +46,8 @@ from recstream.serving.ranking import (
     GENERATORS,
     Mode,
     generator_pull,
+    logits,
     ranking_mode,
-    score,
     score_at_ctr,
     top_features,
 )
@@ -251,27 +252,33 @@ def _ranked(
     )
     row_of = {item: r for r, item in enumerate([*items, *(explored[j].item for j in picks)])}
     rows = features.rows(list(row_of))
-    probabilities, contributions = score(weights, rows)
+    logit, contributions = logits(weights, rows)
+    probabilities = probability(logit)
+    scores = probabilities.tolist()
     tops, pulls = top_features(contributions), generator_pull(contributions)
     order = np.argsort(-probabilities[: len(items)], kind="stable").tolist()
     if gate is not None:  # pick j would push off the exploitation item ranked depth + k − 1 − j (none: p = 0)
-        best = probabilities[order].tolist()
-        bottom = [best[r] if r < len(best) else 0.0 for r in range(depth + k - 1, depth + k - 1 - len(picks), -1)]
+        at_risk = range(depth + k - 1, depth + k - 1 - len(picks), -1)
+        bottom = [scores[order[r]] if r < len(order) else 0.0 for r in at_risk]
         mode, theta = gate[0], gate[1][picks]
-        drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[len(items) :], theta)
+        n = len(items)
+        drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[n:], logit[n:], theta)
         explored = [explored[j] for j in picks[: explore_gate(drawn, bottom)]]
     served_as: dict[str, Source] = {}
 
     def best_first() -> Iterator[Candidate]:
         for k in order:
-            item, feature = items[k], tops[k]
+            item, feature, proposers = items[k], tops[k], proposed[items[k]]
             source = None if feature is None else GENERATOR[feature]
-            if source in proposed[item]:
-                reason = proposed[item][source].reason  # type: ignore[index]
-            else:  # served as the proposer its features pull for most, in the top feature's words if it has one
-                pull = dict(zip(GENERATORS, pulls[k].tolist(), strict=True))
-                source = max(proposed[item], key=pull.__getitem__)
-                reason = proposed[item][source].reason if feature is None else _words(item, feature, features)
+            if source in proposers:
+                reason = proposers[source].reason  # type: ignore[index]
+            else:  # served as the proposer its features pull for most (most items have one), in the top feature's words
+                if len(proposers) == 1:
+                    source = next(iter(proposers))
+                else:
+                    pull = dict(zip(GENERATORS, pulls[k].tolist(), strict=True))
+                    source = max(proposers, key=pull.__getitem__)
+                reason = proposers[source].reason if feature is None else _words(item, feature, features)
             served_as[item] = source  # type: ignore[assignment]
             yield Candidate(item, reason)
 
@@ -279,8 +286,8 @@ def _ranked(
     page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
     at = [row_of[s.item] for s in page]
     served = [
-        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, p, tops[k])
-        for s, k, p in zip(page, at, probabilities[at].tolist(), strict=True)
+        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, scores[k], tops[k])
+        for s, k in zip(page, at, strict=True)
     ]
     return served, encode_rows(rows[at])
 
