@@ -68,17 +68,18 @@ def _ages(now_ms: int | None, unit_ms: float) -> dict[int, float]:
 
 def rank_discounts(size: int) -> np.ndarray:
     """``als_rank`` by position: 1 / log2(2 + k) for k = 0 … at least size − 1, rounded as logged (one table per
-    power of two: a candidate list is at most ``candidates_m`` long, so one or two tables ever).
+    power of two: a candidate list is at most ``candidates_m`` long, so one or two tables ever), then 0 for an item
+    not on the list: indexed by position −1, the table gives a page's column in one gather (no ``np.where``).
 
-    >>> rank_discounts(3)[:3].tolist()
-    [1.0, 0.6309, 0.5]
+    >>> rank_discounts(3)[:3].tolist(), float(rank_discounts(3)[-1])
+    ([1.0, 0.6309, 0.5], 0.0)
     """
     return _discount_table(max(64, 1 << (size - 1).bit_length()))
 
 
 @functools.cache
 def _discount_table(size: int) -> np.ndarray:
-    return rounded_values(np.array([1.0 / math.log2(2 + k) for k in range(size)]))
+    return np.append(rounded_values(np.array([1.0 / math.log2(2 + k) for k in range(size)])), 0.0)
 
 
 class PageFeatures:
@@ -90,6 +91,7 @@ class PageFeatures:
         "_als",
         "_categories",
         "_columns",
+        "_discounts",
         "_favourites",
         "_now",
         "_now_ms",
@@ -111,6 +113,7 @@ class PageFeatures:
         graduate_age_s: float,
     ) -> None:
         self._als = user.candidate_positions()
+        self._discounts = rank_discounts(max(self._als.values(), default=0) + 1)
         self._columns = snapshot.item_columns()
         segment_ctr, on_warm, on_cold = self._columns.of_lists(lists)
         self._segment_columns = segment_ctr, on_warm if user.warm else on_cold
@@ -146,7 +149,7 @@ class PageFeatures:
         listed = position >= 0
         in_pool = columns.pool[at]
         out = np.empty((n, len(FEATURES)))
-        out[:, COLUMN["als_rank"]] = np.where(listed, rank_discounts(int(position.max(initial=0)) + 1)[position], 0.0)
+        out[:, COLUMN["als_rank"]] = self._discounts[position]  # sized for the user's list at __init__: one gather
         out[:, COLUMN["personal"]] = listed
         out[:, COLUMN["popular"]] = popular[at]
         out[:, COLUMN["fresh"]] = 0.0
