@@ -97,7 +97,7 @@ class ClickGuard:
     end
     if client_limit > 0 and new > client_limit then return {-2} end  -- alone over the limit: no window admits it
     local client = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
-    if client_limit > 0 and client + new > client_limit then return {-1} end
+    if client_limit > 0 and new > 0 and client + new > client_limit then return {-1} end  -- views alone pass
     if new > 0 then redis.call('HINCRBY', KEYS[1], ARGV[2], new) end
     local limited = {}
     for k = 1, n do if limit(k) > 0 then limited[#limited + 1] = pair[k] end end

@@ -68,7 +68,10 @@ class Preferences(BaseModel):
 
 class PreferencesSaved(Preferences):
     user_id: str
-    applied: bool = Field(description="written to Redis at once (false: the workers will, from the user event)")
+    applied: bool = Field(
+        description="written to Redis at once (false: the workers will, from the user event; or the id was erased, "
+        "and neither stores them)"
+    )
 
 
 class EventsAccepted(BaseModel):

@@ -27,7 +27,7 @@ from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
 from recstream.serving.ranking import MODES
-from recstream.serving.redis_client import ClusterRedisClient, RedisClient
+from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
 from recstream.serving.user_state import parse_preferences
 from recstream.serving.variants import Variants
@@ -42,6 +42,13 @@ BACKGROUND_CONNECTIONS = 2
 """The snapshot loader's (one reload at a time) and an erasure's SCANs."""
 MAX_REASONS = 10
 """Rejection reasons a 422 names; the rest are counted."""
+SAVE_PREFERENCES = Script("""
+-- KEYS[1]: the user's prefs, KEYS[2]: the erased set of the user's slot; ARGV[1]: the user, ARGV[2]: the value.
+-- Returns 1 when written, 0 for an erased id: it stays erased (recstream/store/erasure.py), nothing is stored again.
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+""")
 
 
 class FeedService:
@@ -262,7 +269,8 @@ class FeedService:
     async def save_preferences(self, user_id: str, categories: list[str], not_interested: list[str]) -> bool:
         """Publish the user event (the log is the source of truth), then write ``prefs`` so the next feed honours it.
 
-        Returns whether the direct write happened; if not, the workers write the same value from the event.
+        Returns whether the direct write happened; if not, the workers write the same value from the event, unless
+        the id was erased: then neither writes it (the check and the write are one script, as in the workers').
         """
         event = UserEvent(
             user_id=user_id,
@@ -274,10 +282,11 @@ class FeedService:
         await self.publisher.user(event)
         value = orjson.dumps({"categories": categories, "not_interested": not_interested})
         try:
-            await self.guard(lambda: self.redis.call("SET", self.keys.user(user_id, "prefs"), value))
+            keys = [self.keys.user(user_id, "prefs"), self.keys.erased(user_id)]
+            written = await self.guard(lambda: self.redis.run(SAVE_PREFERENCES, keys, [user_id, value]))
         except RedisUnavailable:
             return False
-        return True
+        return written == 1
 
     async def accept_events(self, body: bytes, client: str) -> dict:
         """Validate like the workers do (contracts.events.decode), give each an id, apply the click limits of

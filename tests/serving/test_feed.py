@@ -304,3 +304,15 @@ async def test_an_erased_users_next_event_counts_for_the_item_and_writes_nothing
     assert (await reader.post("/v1/events", json=after)).status_code == 202
     wait_until(lambda: int(r.hget("rs:clicks", items[3]) or 0) == clicks + 1, what="the user's next event applied")
     assert r.keys(f"rs:user:{user}:*") == [] and r.hget("rs:user:seg", user) is None
+
+
+async def test_preferences_saved_for_an_erased_id_are_not_stored(world: World, reader):
+    """The reader writes preferences directly (so the next feed honours them) besides publishing them; for an erased
+    id that write once stored them again, though an erased id stays erased and the workers refuse the event."""
+    r, user = world.redis(), "u-erased-then-prefs"
+    assert (await reader.put(f"/v1/users/{user}/preferences", json={"categories": ["c01"]})).json()["applied"] is True
+    assert r.get(f"rs:user:{user}:prefs") is not None
+    assert (await reader.delete(f"/v1/users/{user}")).status_code == 202
+    again = await reader.put(f"/v1/users/{user}/preferences", json={"categories": ["c02"]})
+    assert again.status_code == 200 and again.json()["applied"] is False
+    assert r.get(f"rs:user:{user}:prefs") is None

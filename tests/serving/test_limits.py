@@ -267,6 +267,20 @@ async def test_a_client_past_its_click_limit_gets_429_and_nothing_of_the_request
     }
 
 
+async def test_views_alone_pass_for_a_client_whose_count_is_above_a_lowered_click_limit(world: World):
+    """A client over its click limit is refused for its clicks, never for its views: views-only requests run the
+    guard's script too (for their own limit), and a count above the limit (lowered since, or a replica with a lower
+    one) once refused them with a 429 naming clicks."""
+    settings = await isolated_topics(world.settings.replace(clicks_per_user_item=0, click_window_s=HOUR))
+    user, address = unique("u-lowered"), unique("client-lowered")
+    async with reader_client(settings.replace(clicks_per_client=5), KEY, address=address) as reader:
+        clicks = [click(user, ts=WORLD_TIME + k) for k in range(5)]
+        assert (await reader.post("/v1/events", json=clicks)).status_code == 202
+    async with reader_client(settings.replace(clicks_per_client=3), KEY, address=address) as reader:
+        assert (await reader.post("/v1/events", json=[view(user)])).status_code == 202
+        assert (await reader.post("/v1/events", json=[click(user, ts=WORLD_TIME + 9)])).status_code == 429
+
+
 async def test_views_past_the_per_user_item_limit_are_dropped_and_the_rest_published(world: World):
     """A view (every event that is not a click) of a served item is a negative row of the shared ranker and a view in
     its CTR: replayed with fresh ids, the workers' de-duplication kept them all. Past ``views_per_user_item`` (its
