@@ -150,6 +150,7 @@ class LiveModel:
                 _raise_if_cancelled()
                 for fold_in in fold_ins:
                     self.apply_fold_in(fold_in.version, fold_in.item, fold_in.vector)
+                metrics.FOLD_INS_FOLLOWED.inc(len(fold_ins))
                 backoff.reset()
                 if not fold_ins:
                     await asyncio.sleep(FOLD_IN_POLL_S)

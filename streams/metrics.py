@@ -57,6 +57,11 @@ FOLD_INS = Counter(
     "recstream_worker_fold_ins_total",
     "Graduated new items whose fold-in vector this worker computed and stored (every worker then applies it)",
 )
+FOLD_INS_FOLLOWED = Counter(
+    "recstream_worker_fold_ins_followed_total",
+    "Fold-ins this worker read from the fold-in log and applied to its index (kept for a newer model version if it "
+    "serves an older one): every worker's, its own included",
+)
 
 USER_STEPS = Counter("recstream_worker_user_steps_total", "User vectors recomputed (exact iALS user step)")
 USER_STEP_SECONDS = Histogram(

@@ -193,6 +193,11 @@ async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated
     neighbours = [j for j, _ in orjson.loads(client.get("rs:item:fresh:similar"))]
     assert share(neighbours[:10], "sport") >= 0.7
 
+    # each worker applies it from the log within its poll; the later probes' lists are made once, at their clicks
+    wait_until(
+        lambda: all(metric(w.port, "recstream_worker_fold_ins_followed_total") >= 1 for w in workers),
+        what="the fold-in applied by both workers",
+    )
     await publish(settings, events=clicks(probes("after", n), [], T0 + 300))
     wait_until(lambda: all(candidates(client, u) for u in probes("after", n)), what="candidates of the later probes")
     assert all("fresh" in candidates(client, u) for u in probes("after", n))
