@@ -159,15 +159,14 @@ class ClickGuard:
         key = self.keys(f"clicks:{window}")
         admitted: list[int] = []
         for first in range(0, max(len(views), 1), VIEWS_PER_CALL):
-            guarded = (clicks if first == 0 else []) + views[first : first + VIEWS_PER_CALL]
             args: list[str | int] = [
                 2 * r.click_window_s, f"c:{client}", r.clicks_per_client, int(self.once),
                 r.clicks_per_user_item, r.views_per_user_item, len(clicks) if first == 0 else 0,
             ]  # fmt: skip
-            for e in guarded:
-                assert e.event_id is not None, "events reach the guard with their ids (serving/publish.with_event_ids)"
-                kind = "u" if e.type in click_types else "v"
-                args += [f"{kind}:{e.user_id}:{e.item_id}", f"e:{e.user_id}:{e.event_id}"]  # ids hold no ':'
+            for kind, group in (("u", clicks if first == 0 else []), ("v", views[first : first + VIEWS_PER_CALL])):
+                for e in group:
+                    assert e.event_id is not None, "events reach the guard with ids (serving/publish.with_event_ids)"
+                    args += [f"{kind}:{e.user_id}:{e.item_id}", f"e:{e.user_id}:{e.event_id}"]  # ids hold no ':'
             try:
                 reply = await self.guard(partial(self.redis.run, self.COUNT, [key], args))
             except RedisUnavailable as exc:  # this call's events and the next calls' go through
@@ -187,7 +186,6 @@ class ClickGuard:
                 )
             admitted += reply
         dropped = {id(e) for e, ok in zip(clicks + views, admitted, strict=False) if not ok}  # undecided: admitted
-        dropped_clicks = sum(1 for e in clicks if id(e) in dropped)
-        self._clicks_limited["user_item"].inc(dropped_clicks)
-        self._views_limited.inc(len(dropped) - dropped_clicks)
+        self._clicks_limited["user_item"].inc(admitted[: len(clicks)].count(0))  # the replies: clicks, then views
+        self._views_limited.inc(admitted[len(clicks) :].count(0))
         return [e for e in events if id(e) not in dropped]
