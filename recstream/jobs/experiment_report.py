@@ -24,6 +24,7 @@ from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 from recstream.contracts.settings import Settings
 from recstream.jobs import sources
 from recstream.jobs.experiment_stats import Comparison
+from recstream.jobs.training import NO_ID, id_key
 
 REPLAY_NOW_MS = 2**53
 """A replay judges no timestamp as "in the future": the events were accepted when they were published."""
@@ -40,16 +41,17 @@ class VariantCounts:
         self.prefix = f"{experiment}:"
         self.per_user: dict[str, dict[str, list[int]]] = {}
         self.ctr_column = ctr_column  # which types count as views (0) and clicks (1): the workers' CTR
-        self.event_ids: set[tuple[str, str]] = set()  # (user, event id) of the experiment's events counted
+        self.event_ids: set[bytes] = set()  # training.id_key of the experiment's events counted (the workers' pair)
         self.repeated = 0  # events left out as a repeat of a user's event id
 
     def add(self, event: object) -> None:
         if isinstance(event, Event) and event.variant is not None and event.variant.startswith(self.prefix):
-            if event.event_id is not None:  # without one it is always counted, as the workers do
-                if (event.user_id, event.event_id) in self.event_ids:
+            key = id_key(event)
+            if key != NO_ID:  # without an id it is always counted, as the workers do
+                if key in self.event_ids:
                     self.repeated += 1
                     return
-                self.event_ids.add((event.user_id, event.event_id))
+                self.event_ids.add(key)
             column = self.ctr_column.get(event.type)
             if column is None:  # outside CTR (a purchase, a dislike)
                 return
