@@ -38,13 +38,20 @@ async def erased_users(consumer: AIOKafkaConsumer, topic: str, ranges: Ranges | 
 async def erasures_since(
     settings: Settings, start: Mapping[tuple[str, int], int]
 ) -> tuple[frozenset[str], dict[tuple[str, int], int]]:
-    """The users erased at or past ``start`` on the erasures topic (per partition; from the log start where it names
-    none), and each partition's end offset they were read up to (none when the topic does not exist)."""
-    topic = settings.kafka.erasures_topic
+    """:func:`erased_between` on a consumer of its own."""
     async with open_log(settings) as consumer:
-        ends = {tp: end for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
-        ranges = {tp: (start.get(tp), end) for tp, end in ends.items() if start.get(tp, -1) < end}
-        return (await erased_users(consumer, topic, ranges) if ranges else frozenset()), ends
+        return await erased_between(consumer, settings.kafka.erasures_topic, start)
+
+
+async def erased_between(
+    consumer: AIOKafkaConsumer, topic: str, start: Mapping[tuple[str, int], int]
+) -> tuple[frozenset[str], dict[tuple[str, int], int]]:
+    """The users erased at or past ``start`` on the erasures topic (per partition; from the log start where it names
+    none), and each partition's end offset they were read up to (none when the topic does not exist): a caller that
+    passes those ends next time reads only what came since."""
+    ends = {tp: end for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
+    ranges = {tp: (start.get(tp), end) for tp, end in ends.items() if start.get(tp, -1) < end}
+    return (await erased_users(consumer, topic, ranges) if ranges else frozenset()), ends
 
 
 def without_users(messages: Iterable[Message], users: frozenset[str]) -> list[Message]:

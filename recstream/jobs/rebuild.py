@@ -41,7 +41,7 @@ from redis.asyncio.cluster import RedisCluster
 from recstream.contracts.keys import NOT_DERIVED, Keys
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
-from recstream.eventlog.erasures import erased_users, without_users
+from recstream.eventlog.erasures import erased_between, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ArtifactError, ModelArtifacts, latest_version, read_model
@@ -187,21 +187,17 @@ async def _replay(
 
 
 class _Erasures:
-    """The erased users as of now: each call asks the erasures topic's end offsets, and reads it again only when they
-    moved. Its own consumer: reading a topic reassigns the consumer, and the replay's is in the middle of one."""
+    """The erased users as of now: each call reads the erasures topic from where the last one ended (erasures are
+    never withdrawn). Its own consumer: reading a topic reassigns the consumer, and the replay's is in the middle of
+    one."""
 
     def __init__(self, consumer: AIOKafkaConsumer, topic: str) -> None:
         self.consumer, self.topic = consumer, topic
         self.users: frozenset[str] = frozenset()
-        self._read_to: dict[tuple[str, int], tuple[int | None, int]] | None = None
-
-    @property
-    def ends(self) -> dict[tuple[str, int], int]:
+        self.ends: dict[tuple[str, int], int] = {}
         """The end offsets :attr:`users` were read up to."""
-        return {tp: end for tp, (_, end) in (self._read_to or {}).items()}
 
     async def refresh(self) -> frozenset[str]:
-        ends = await whole_topic(self.consumer, self.topic)
-        if ends != self._read_to:
-            self.users, self._read_to = await erased_users(self.consumer, self.topic, ends), ends
+        users, self.ends = await erased_between(self.consumer, self.topic, self.ends)
+        self.users |= users
         return self.users
