@@ -93,23 +93,59 @@ return removed
 async def erase_user(client: Client, keys: Keys, user_id: str) -> int:
     """Delete everything stored under ``user_id`` and add it to ``erased``; how many keys, fields and index entries
     went."""
-    pattern, index = keys.user(user_id, USER_SESSIONS), keys.anonymous_sessions(user_id)
-    sessions = list(dict.fromkeys([*await client.scan(pattern), *await _members(client, index, pattern)]))
+    return await erase_users(client, keys, [user_id])
+
+
+async def erase_users(client: Client, keys: Keys, users: Iterable[str]) -> int:
+    """:func:`erase_user` for each of ``users``, in order, after one search for what all of them hold; how many keys,
+    fields and index entries went.
+
+    A SCAN walks the whole keyspace whatever its pattern, so the searches are shared: a worker re-erasing the many
+    erasures a Redis lost (or a cluster's first check) pays two keyspace walks, not two a user, and keeps applying.
+    For one user the patterns name the user, so only its own sessions cross the wire.
+    """
+    users = list(dict.fromkeys(users))
+    if not users:
+        return 0
+    sessions = await _sessions(client, keys, users)
     new_items = await client.scan(keys("foldin:users:*"))
-    doomed = [keys.user(user_id, what) for what in USER_KEYS] + sessions
-    own_hashes = [*([index] if sessions else []), keys.user_segments(user_id)]  # the index first, if it lists any
-    own, shared = keys.erased(user_id), keys.erased()
-    # (keys to delete, how many of them the index lists, hashes, the slot's `erased`, last call): the user's slot, then
-    # the shared one
-    calls = [(doomed, len(sessions), own_hashes, own, False), ([], 0, new_items, shared, True)]
-    if own == shared:  # one Redis: one call
-        calls = [(doomed, len(sessions), [*own_hashes, *new_items], shared, True)]
+    shared = keys.erased()
     removed = 0
-    for deleted, listed, others, erased, last in calls:
-        names = [*deleted, *others, erased, *([keys("erased:count")] if last else [])]
-        [n] = await client.execute(("EVAL", ERASE, len(names), *names, user_id, len(deleted), listed, int(last)))
-        removed += int(n)
+    for user_id in users:
+        own_sessions, index, own = sessions[user_id], keys.anonymous_sessions(user_id), keys.erased(user_id)
+        doomed = [keys.user(user_id, what) for what in USER_KEYS] + own_sessions
+        own_hashes = [*([index] if own_sessions else []), keys.user_segments(user_id)]  # the index first, if any
+        # (keys to delete, how many of them the index lists, hashes, the slot's `erased`, last call): the user's slot,
+        # then the shared one
+        calls = [(doomed, len(own_sessions), own_hashes, own, False), ([], 0, new_items, shared, True)]
+        if own == shared:  # one Redis: one call
+            calls = [(doomed, len(own_sessions), [*own_hashes, *new_items], shared, True)]
+        for deleted, listed, others, erased, last in calls:
+            names = [*deleted, *others, erased, *([keys("erased:count")] if last else [])]
+            [n] = await client.execute(("EVAL", ERASE, len(names), *names, user_id, len(deleted), listed, int(last)))
+            removed += int(n)
     return removed
+
+
+async def _sessions(client: Client, keys: Keys, users: list[str]) -> dict[str, list[str]]:
+    """Each user's scroll sessions: the keys ``user:<u>:feed:<session>`` and the names the ``sessions:anonymous``
+    indexes of the users' slots list (a listed session may have expired: its name still spells the id).
+
+    Ids hold no ``:`` (``ID_PATTERN``) and neither do session ids, so a name's text up to its last ``:`` names its
+    user exactly; for many users one pattern matches every slot's sessions, and names of users not asked for are
+    dropped.
+    """
+    owner = {keys.user(user, USER_SESSIONS).removesuffix("*"): user for user in users}
+    pattern = keys.user(users[0], USER_SESSIONS) if len(users) == 1 else f"{keys.prefix}:*user:*:{USER_SESSIONS}"
+    found = await client.scan(pattern)
+    for index in dict.fromkeys(keys.anonymous_sessions(user) for user in users):
+        found += await _members(client, index, pattern)
+    sessions: dict[str, list[str]] = {user: [] for user in users}
+    for name in dict.fromkeys(found):
+        user = owner.get(name[: name.rfind(":") + 1])
+        if user is not None:
+            sessions[user].append(name)
+    return sessions
 
 
 MEMBERS = "return redis.call('ZSCAN', KEYS[1], ARGV[1], 'MATCH', ARGV[2], 'COUNT', 1000)"
@@ -125,12 +161,6 @@ async def _members(client: Client, key: str, pattern: str) -> list[str]:
         found += page[::2]  # member, score, member, score, …
         if str(cursor) == "0":
             return found
-
-
-async def erase_users(client: Client, keys: Keys, users: Iterable[str]) -> None:
-    """:func:`erase_user` for each of ``users``, in order."""
-    for user in users:
-        await erase_user(client, keys, user)
 
 
 async def mark_erased(redis: Redis | RedisCluster, keys: Keys, users: Iterable[str]) -> None:

@@ -26,7 +26,7 @@ from recstream.eventlog.log import Message, open_log, read_ranges, whole_topic
 from recstream.eventlog.producer import EventProducer
 from recstream.shell import infra
 from recstream.store.connection import connect
-from recstream.store.erasure import Commands, erase_user
+from recstream.store.erasure import Commands, erase_user, erase_users
 from recstream.store.state import Applied, Effect, StateStore
 from recstream.store.state_dump import differing_keys, dump_state
 from tests.jobs.test_erasure import traces
@@ -233,3 +233,56 @@ async def test_a_redis_that_lost_an_erasure_gets_it_back_from_the_erasures_topic
     assert traces(dump_state(client, "rs"), victim) == [f"erased ∋ {victim}"]
     assert applied_events(client, "rs") == len(events) - (len(parts[1]) if lost == "erasure-only" else 0)
     assert client.sismember(Keys.of(settings).erased(victim), victim)
+
+
+class CountingCommands(Commands):
+    """The worker's commands on the real Redis, counting the keyspace walks (each ``scan`` walks every key)."""
+
+    walks = 0
+
+    async def scan(self, pattern: str) -> list[str]:
+        self.walks += 1
+        return await super().scan(pattern)
+
+
+@pytest.mark.parametrize("users", [1, 2, 5])
+async def test_many_erasures_walk_the_keyspace_as_often_as_one_and_erase_exactly_their_users(
+    isolated_settings: Settings, users: int
+):
+    """A worker re-erasing the erasures a Redis lost (``_restore_erasures``) walked the keyspace twice a user (its
+    sessions, the new items' hashes), holding its batches for minutes on a large Redis with many lost erasures; the
+    walks are now shared. Every key of the erased users goes, nothing of the user next to them does."""
+    await erase_many(isolated_settings, redis.Redis.from_url(isolated_settings.redis.url, decode_responses=True), users)
+
+
+async def test_many_erasures_walk_the_keyspace_as_often_as_one_on_a_redis_cluster(clusters: infra.Clusters):
+    """The same on a Redis Cluster (``--clusters``): one pattern finds the sessions of every user's slot."""
+    settings = clusters.settings.replace(redis_prefix=f"many{uuid.uuid4().hex[:8]}")
+    await erase_many(settings, redis.RedisCluster.from_url(settings.redis.url, decode_responses=True), 5)
+
+
+async def erase_many(settings: Settings, r: redis.Redis | redis.RedisCluster, users: int) -> None:
+    keys = Keys.of(settings)
+    victims, bystander = [f"u{k}" for k in range(users)], "u1x"  # u1x: u1's name is its prefix
+    pipe = r.pipeline()
+    for user in [*victims, bystander]:
+        for what in ("hist", "vec", "cand", "seen", "prefs", "sessions"):
+            pipe.set(keys.user(user, what), "x")
+        pipe.set(keys.user(user, "feed:0123456789abcdef"), "[]")
+        pipe.zadd(keys.anonymous_sessions(user), {keys.user(user, "feed:fedcba9876543210"): 1})
+        pipe.hset(keys.user_segments(user), user, "seg")
+        pipe.hset(keys("foldin:users:i9"), user, 1.0)
+    for k in range(2_500):  # a walk takes several SCAN pages
+        pipe.set(keys(f"filler:{k}"), 1)
+    pipe.execute()
+    client = CountingCommands(connect(settings))
+    removed = await erase_users(client, keys, victims)
+    assert client.walks == 2, "the sessions' walk and the new items' walk, shared by every user"
+    assert removed == 10 * users, "6 fixed keys, 1 session, 1 listed session, the segment entry, the fold-in field"
+    left = list(r.scan_iter(f"{keys.prefix}:*", count=1000))
+    assert not [k for k in left if any(f":{v}:" in k for v in victims)]
+    assert len([k for k in left if f":{bystander}:" in k]) == 7
+    assert r.zrange(keys.anonymous_sessions(bystander), 0, -1) == [keys.user(bystander, "feed:fedcba9876543210")]
+    assert r.hgetall(keys("foldin:users:i9")) == {bystander: "1.0"}
+    assert r.hgetall(keys.user_segments(bystander)) == {bystander: "seg"}
+    assert set(r.smembers(keys.erased())) == set(victims)
