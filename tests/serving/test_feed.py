@@ -13,17 +13,11 @@ from recstream.serving.fast_feed import FeedFastPath
 
 from recstream.contracts.events import ItemEvent, decode, segment_of
 from tests.conftest import wait_until
-from tests.serving.conftest import DAY_MS, T0, World, reader_client, reload, segment
+from tests.serving.conftest import DAY_MS, T0, World, feed, reader_client, reload, segment
 from tests.streams.scenario import publish
 
 pytestmark = pytest.mark.integration
 WORLD_TIME = T0 + 3 * DAY_MS + 3_600_000  # inside the world's event time: keeps its new items in the pool
-
-
-async def feed(reader, user: str, **params) -> dict:
-    resp = await reader.get(f"/v1/feed/{user}", params=params)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 def by_source(page: dict, source: str) -> list[str]:

@@ -22,7 +22,7 @@ from recstream.client import AsyncClient
 from recstream.contracts.events import MAX_ID_LEN
 from recstream.contracts.settings import load_settings
 from tests.conftest import wait_until
-from tests.serving.conftest import LiveReader, World, kill_redis, reader_client
+from tests.serving.conftest import LiveReader, World, feed, kill_redis, reader_client
 from tests.serving.test_page import snapshot as page_snapshot
 from tests.serving.test_ranked_feed import own_topics, ranker_states
 
@@ -88,12 +88,6 @@ def test_each_operator_compares_the_items_feature():
     )
     holds = {clause: FeedFilter.parse(filter=clause).admits((), item) for clause in clauses.split()}
     assert [c for c, ok in holds.items() if ok] == ["price=10", "price<=10", "price>9.5", "in_stock=true"]
-
-
-async def feed(reader: httpx.AsyncClient, user: str, **params) -> dict:
-    resp = await reader.get(f"/v1/feed/{user}", params=params)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 async def scroll(reader: httpx.AsyncClient, user: str, pages: int, **params) -> list[dict]:
@@ -183,7 +177,7 @@ async def test_a_ranked_page_honours_the_filter(world: World):
 async def test_a_degraded_page_honours_the_filter(world: World, own_redis):
     async with reader_client(own_redis) as reader:
         kill_redis(own_redis)
-        page = await feed(reader, world.warm[6], limit=20, category="docs", exclude="i005")
+        page = await feed(reader, world.warm[6], degraded=True, limit=20, category="docs", exclude="i005")
     assert page["degraded"] and len(ids(page)) == 20
     assert all("docs" in world.categories(i) for i in ids(page)) and "i005" not in ids(page)
 

@@ -26,8 +26,8 @@ from recstream.serving.feed_store import ATTRIBUTION_PAGES, ATTRIBUTION_SESSIONS
 from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES
 from recstream.contracts.ranking import CONTEXT_KEY
 from recstream.contracts.settings import Settings
-from tests.serving.conftest import KEY, World, isolated_topics, published_events, reader_client
-from tests.serving.test_feed import WORLD_TIME, feed
+from tests.serving.conftest import KEY, World, feed, isolated_topics, published_events, reader_client
+from tests.serving.test_feed import WORLD_TIME
 
 pytestmark = pytest.mark.integration
 JSON = {"content-type": "application/json"}

@@ -22,17 +22,11 @@ from recstream.contracts.events import decode
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, decode_features, rounded
 from recstream.contracts.settings import Settings
-from tests.serving.conftest import DAY_MS, KEY, T0, World, isolated_topics, reader_client, reload, trained_ranker
+from tests.serving.conftest import DAY_MS, KEY, T0, World, feed, isolated_topics, reader_client, reload, trained_ranker
 
 pytestmark = pytest.mark.integration
 WORLD_TIME = T0 + 3 * DAY_MS + 3_600_000
 MIN_ROWS = 100
-
-
-async def feed(reader, user: str, **params) -> dict:
-    resp = await reader.get(f"/v1/feed/{user}", params=params)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 @contextmanager
