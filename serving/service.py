@@ -28,7 +28,7 @@ from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
 from recstream.serving.ranking import MODES
 from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
-from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader
+from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader, stored_integer, stored_name
 from recstream.serving.user_state import parse_preferences
 from recstream.serving.variants import Variants
 from redis.exceptions import RedisError
@@ -247,7 +247,7 @@ class FeedService:
                 "model_version": self.snapshot.model_version,
                 "snapshot_loaded": self.snapshot.loaded,
             }
-        return {"redis": True, "model_version": version, "snapshot_loaded": self.snapshot.loaded}
+        return {"redis": True, "model_version": stored_name(version), "snapshot_loaded": self.snapshot.loaded}
 
     async def live(self) -> dict:
         """The reader's own figures, plus the workers' (applied events, online CTR, freshness) read from Redis."""
@@ -258,7 +258,7 @@ class FeedService:
                 )
             )
             self.stats.read_workers(
-                int(views or 0), int(clicks or 0), None if clock is None else int(clock), time.time() * 1000
+                stored_integer(views) or 0, stored_integer(clicks) or 0, stored_integer(clock), time.time() * 1000
             )
         return self.stats.figures(
             len(self.snapshot.pool.created), self.snapshot.model_version, self.guard.ok and self.loader.healthy

@@ -365,7 +365,7 @@ class SnapshotLoader:
         pool_raw, prior, unavailable_raw, model_version, segments, clock, *rest = replies
         ranker_raw, overall_raw = rest[: len(self._ranker_keys)], rest[len(self._ranker_keys) :]
         ranker = self._ranker(ranker_raw, now)
-        created = {item: ts for item, raw in _pairs(pool_raw) if (ts := _integer(raw)) is not None}
+        created = {item: ts for item, raw in _pairs(pool_raw) if (ts := stored_integer(raw)) is not None}
         overall = _scores(overall_raw[0]) if popular_due else None
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
@@ -376,16 +376,16 @@ class SnapshotLoader:
         replies = await self.redis.execute(*commands) if commands else []
         for item, (categories, created_ts, features) in zip(wanted, replies[: len(wanted)], strict=True):
             categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c))
-            snap.categories.put(item, categories, now, _integer(created_ts), _features(features))
+            snap.categories.put(item, categories, now, stored_integer(created_ts), _features(features))
 
         unavailable = frozenset(unavailable_raw)
         views, clicks = replies[len(wanted) :] if created else ([], [])
         pool = self._pool(created, views, clicks, prior, unavailable, now)
-        snap.ranker, snap.clock_ms, snap.unavailable = ranker, _integer(clock), unavailable  # the first swap
-        snap.model_version, snap.pool = model_version, pool
+        snap.ranker, snap.clock_ms, snap.unavailable = ranker, stored_integer(clock), unavailable  # the first swap
+        snap.model_version, snap.pool = stored_name(model_version), pool
         metrics.RANKER_ROWS.set(ranker.rows)
         metrics.POOL_ITEMS.set(len(pool.created))
-        self.model_metrics.observe(model_version)
+        self.model_metrics.observe(snap.model_version)
         if overall is not None:
             full = len(overall) == POPULAR_DEPTH
             floor = min(self._prior(prior), *overall.values()) if full else self._prior(prior)
@@ -432,7 +432,7 @@ class SnapshotLoader:
         its posterior as a feed's draw does, and the unlucky ones get a new chance at every reload.
         """
         rows = [
-            (item, ts, _integer(v) or 0, _integer(c) or 0)
+            (item, ts, stored_integer(v) or 0, stored_integer(c) or 0)
             for (item, ts), v, c in zip(created.items(), views, clicks, strict=True)
             if item not in unavailable
         ]
@@ -515,12 +515,12 @@ def _logits(scores: Mapping[str, float]) -> dict[str, float]:
     return dict(zip(scores, ctr_logit(np.fromiter(scores.values(), np.float64, len(scores))).tolist(), strict=True))
 
 
-def _integer(raw: str | None) -> int | None:
+def stored_integer(raw: str | None) -> int | None:
     """A stored integer (a timestamp, a count), None when absent or not a finite number: one bad field must not stop
     the reloads (the item would be asked for again at each one, and fail it again).
 
-    >>> _integer("1700000000000"), _integer("1.7e12"), _integer("soon"), _integer("inf"), _integer(None)
-    (1700000000000, 1700000000000, None, None, None)
+    >>> [stored_integer(raw) for raw in ("1700000000000", "1.7e12", "soon", "inf", None)]
+    [1700000000000, 1700000000000, None, None, None]
     """
     try:
         value = float(raw) if raw else math.nan
@@ -546,15 +546,30 @@ def _features(raw: str | None) -> dict[str, float]:
     return {k: float(v) for k, v in value.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _pairs(flat: list[str]) -> zip:
-    """A WITHSCORES reply ``[member, score, member, score, …]`` as (member, score) pairs."""
-    return zip(flat[::2], flat[1::2], strict=True)
+def _pairs(flat: list[str]) -> list[tuple[str, str]]:
+    """A WITHSCORES reply ``[member, score, member, score, …]`` as (member, score) pairs, without members no id can
+    be (:func:`stored_name`)."""
+    return [(item, score) for item, score in zip(flat[::2], flat[1::2], strict=True) if item.isascii()]
 
 
 def _scores(flat: list[str]) -> dict[str, float]:
-    """A WITHSCORES reply as member → score, in reply order.
+    """A WITHSCORES reply as member → score, in reply order, without members no id can be (:func:`stored_name`).
 
-    >>> _scores(["a", "0.5", "b", "0.25"])
+    >>> _scores(["a", "0.5", b"\\xff".decode(errors="surrogateescape"), "0.3", "b", "0.25"])
     {'a': 0.5, 'b': 0.25}
     """
-    return dict(zip(flat[::2], map(float, flat[1::2]), strict=True))
+    return {item: float(score) for item, score in zip(flat[::2], flat[1::2], strict=True) if item.isascii()}
+
+
+def stored_name(raw: str | None) -> str | None:
+    """A stored id or model version as the reader may answer it, None when none can be that text.
+
+    What the workers and ``recstream train`` store is ASCII (ids match ``ID_PATTERN``, versions are timestamps);
+    a value that is not (bytes that are not UTF-8 come with surrogate escapes) was written by something else, and
+    carried into an answer it would fail every JSON encoding of it, so every feed would answer 500.
+
+    >>> stored_name("20261205T110313Z.970002-accc38"), stored_name(b"\\xff".decode(errors="surrogateescape"))
+    ('20261205T110313Z.970002-accc38', None)
+    >>> stored_name(None)
+    """
+    return raw if raw is not None and raw.isascii() else None

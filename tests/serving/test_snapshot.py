@@ -14,6 +14,7 @@ from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoade
 
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import RANKER_STALE_MIN_S, Settings
+from tests.serving.conftest import reader_client
 
 LIMIT = 20
 READ = 3 * LIMIT
@@ -307,3 +308,30 @@ def test_the_categories_known_are_those_cached_items_carry(monkeypatch: pytest.M
     assert not categories.names("tag0") and categories.names("tag9")
     categories.put("i9", ("comedy",), now=1.0)  # moved: its old tag goes with it
     assert not categories.names("tag9") and categories.names("comedy") and categories.known["shared"] == 2
+
+
+@pytest.mark.integration  # a real Redis and the reader app
+async def test_stored_names_no_id_can_be_and_unreadable_totals_leave_every_route_answering(
+    isolated_settings: Settings,
+) -> None:
+    """Bytes that are not UTF-8 where the workers store ids and the model version (written by something else) reached
+    the answers and failed their JSON encoding: every feed, /readyz and /metrics answered 500; totals that are not
+    integers made /v1/stats answer 500. They now read as absent."""
+    k, bad = Keys.of(isolated_settings), b"\xff\xfe\x80"
+    client = redis.Redis.from_url(isolated_settings.redis.url)
+    client.set(k("model:current"), bad)
+    client.zadd(k.rank(), {bad: 0.9, "good": 0.5})
+    client.zadd(k("pool"), {bad: 1_000, "new1": 1_001})
+    client.set(k("clock"), "1.5")
+    client.hset(k("totals"), mapping={"views": "abc", "clicks": "2"})
+    client.close()
+    async with reader_client(isolated_settings) as reader:
+        page = await reader.get("/v1/feed/u1", params={"limit": 5})
+        assert page.status_code == 200, page.text
+        assert {i["item_id"] for i in page.json()["items"]} == {"good", "new1"}
+        assert page.json()["model_version"] is None
+        ready = await reader.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["model_version"] is None, "as without a model pointer"
+        assert (await reader.get("/metrics")).status_code == 200
+        stats = await reader.get("/v1/stats")
+        assert stats.status_code == 200, stats.text
