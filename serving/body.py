@@ -4,8 +4,9 @@ Why a route class: FastAPI reads a route's body itself (a pydantic body paramete
 any size) before any dependency runs, so a check in a dependency or in the route comes too late; a
 PUT of 150 MB once took the reader to 527 MB of memory. :class:`CappedJsonRoute` wraps the route's
 handler: it refuses a Content-Type other than JSON (415: a cross-site form or ``text/plain`` POST
-cannot pass), refuses a declared length over the cap without reading a byte, reads at most the cap
-(413 past it, also without a declared length), then hands the route the bytes it read. A write
+cannot pass) and a compressed body (415), refuses a declared length over the cap without reading a
+byte, reads at most the cap (413 past it, also without a declared length), then hands the route the
+bytes it read. A write
 route declares its cap in its OpenAPI operation as ``x-max-body-bytes``, so clients can read it
 too; a route that takes a body without one fails when the app is built.
 """
@@ -61,7 +62,11 @@ def require_json(request: Request) -> None:
 
 
 async def read_capped(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 past ``cap`` bytes before it is all in memory."""
+    """The body, refused with 413 past ``cap`` bytes before it is all in memory, and with 415 when it is compressed
+    (the reader decodes no ``Content-Encoding``: a gzip body read as JSON was refused as invalid UTF-8, 422)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise HTTPException(415, f"Content-Encoding {encoding} is not accepted: send the body uncompressed")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise HTTPException(413, f"body of {declared} bytes exceeds {cap}")
