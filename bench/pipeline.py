@@ -101,7 +101,7 @@ class Pipeline:
     async def fold_ins(self) -> dict[str, np.ndarray]:
         """The fold-in vectors the worker stored so far for the served model (item → vector)."""
         version = await self.redis.get(self.keys("model:current"))
-        return await FoldInStore(self.redis, self.keys).stored(version.decode()) if version else {}
+        return (await FoldInStore(self.redis, self.keys).stored(version.decode()))[0] if version else {}
 
     async def candidates(self, users: Sequence[str]) -> list[list[str]]:
         """Each user's stored candidate list (items only, best first); [] when there is none yet."""

@@ -15,7 +15,8 @@ live batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping
 
 History = dict[str, float]  # item → summed weight, least recent first
 
@@ -58,10 +59,30 @@ def history_rows(history: Mapping[str, float]) -> list[tuple[str, float]]:
     return list(reversed(history.items()))
 
 
-def history_from_rows(rows: Iterable[Sequence], cap: int) -> History:
-    """Inverse of :func:`history_rows`, keeping the ``cap`` most recent rows.
+def history_from_rows(rows: object, cap: int) -> History:
+    """Inverse of :func:`history_rows`, keeping the ``cap`` most recent rows. ValueError unless ``rows`` has the
+    stored form (a list of ``[item, finite weight]`` rows): another writer may have left anything under the key.
 
     >>> history_from_rows([["b", 1], ["a", 2.5]], cap=10)
     {'a': 2.5, 'b': 1.0}
+    >>> history_from_rows({"a": 4.0}, cap=10)
+    Traceback (most recent call last):
+    ValueError: not a list of [item, weight] rows: dict
+    >>> history_from_rows([["b", 1.0], ["a", "4"]], cap=10)
+    Traceback (most recent call last):
+    ValueError: not an [item, weight] row: ['a', '4']
     """
-    return {item: float(weight) for item, weight in reversed(list(rows)[:cap])}
+    if not isinstance(rows, list):
+        raise ValueError(f"not a list of [item, weight] rows: {type(rows).__name__}")
+    history: History = {}
+    for row in reversed(rows[:cap]):
+        if not (
+            isinstance(row, list | tuple)
+            and len(row) == 2
+            and isinstance(row[0], str)
+            and type(row[1]) in (int, float)  # not a bool
+            and math.isfinite(row[1])
+        ):
+            raise ValueError(f"not an [item, weight] row: {row!r:.100}")
+        history[row[0]] = float(row[1])
+    return history

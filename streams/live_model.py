@@ -91,12 +91,14 @@ class LiveModel:
             return
         self._building = None
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
-        stored = await self.fold_ins.stored(version)
+        stored, unreadable = await self.fold_ins.stored(version)
+        metrics.count_unreadable("fold_in", unreadable)
         # no await from here to the swap: no item or fold-in can slip in between
         for item in self.items.values():
             fresh.apply_item(item)
         # the log follower kept what it read meanwhile for this version (stored after the read above)
-        for item, vector in (stored | self._early.pop(version, {})).items():
+        early = self._early.pop(version, {})
+        for item, vector in (_fitting(fresh, stored, "fold_in") | _fitting(fresh, early, "fold_in_log")).items():
             fresh.apply_fold_in(item, vector)
         self._early = {v: early for v, early in self._early.items() if v > version}  # versions sort by time
         self.current = fresh
@@ -115,7 +117,8 @@ class LiveModel:
     def apply_fold_in(self, version: str, item: str, vector: np.ndarray) -> None:
         """A logged fold-in: applied now if ``version`` is served, kept for when it is if it is newer."""
         if self.current is not None and self.current.version == version:
-            self.current.apply_fold_in(item, vector)
+            if _fitting(self.current, {item: vector}, "fold_in_log"):
+                self.current.apply_fold_in(item, vector)
         elif self.current is None or version > self.current.version:
             self._early.setdefault(version, {})[item] = vector
 
@@ -146,8 +149,9 @@ class LiveModel:
             try:
                 await self._start_log()
                 assert self._log_position is not None
-                self._log_position, fold_ins = await self.fold_ins.read_log(self._log_position)
+                self._log_position, fold_ins, unreadable = await self.fold_ins.read_log(self._log_position)
                 _raise_if_cancelled()
+                metrics.count_unreadable("fold_in_log", unreadable)
                 for fold_in in fold_ins:
                     self.apply_fold_in(fold_in.version, fold_in.item, fold_in.vector)
                 metrics.FOLD_INS_FOLLOWED.inc(len(fold_ins))
@@ -167,6 +171,22 @@ class LiveModel:
             end = await self.fold_ins.log_end()
             if self._log_position is None:  # the follower or a load may have set it during the await
                 self._log_position = end
+
+
+def _fitting(personalizer: Personalizer, fold_ins: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    """The fold-ins whose vector fits ``personalizer`` (one finite value per factor); the others, written by something
+    else than a worker of this version, are logged, counted and left out: the item keeps the vector it has (its
+    content vector, or an earlier fold-in)."""
+    dim, fitting, unfit = personalizer.step.dim, {}, []
+    for item, vector in fold_ins.items():
+        if vector.shape != (dim,):
+            unfit.append(f"item {item} of model {personalizer.version}: {vector.size} values, not {dim}")
+        elif not np.isfinite(vector).all():
+            unfit.append(f"item {item} of model {personalizer.version}: a value that is not finite")
+        else:
+            fitting[item] = vector
+    metrics.count_unreadable(kind, unfit)
+    return fitting
 
 
 def _raise_if_cancelled() -> None:

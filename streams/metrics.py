@@ -6,6 +6,7 @@ without changing them in the same commit (a test runs every panel's query).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 
 import numpy as np
@@ -13,6 +14,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from recstream.streams.ranker_training import SKIP_REASONS, WINDOW_ROWS, BatchTraining, RecentRows
 
 from recstream.contracts.experiments import Experiment, metric_labels
+
+log = logging.getLogger(__name__)
 
 EVENTS = Counter(
     "recstream_worker_events_total",
@@ -76,6 +79,21 @@ INDEX_SIZE = Gauge("recstream_worker_index_items", "Live items in this worker's 
 ITEM_INSERTS = Counter("recstream_worker_index_inserts_total", "New items appended to the HNSW index")
 MODEL_INFO = Gauge("recstream_worker_model_info", "The model version this worker serves (value 1)", ["version"])
 MODEL_LOAD_FAILURES = Counter("recstream_worker_model_load_failures_total", "Model versions that failed to load")
+UNREADABLE_STATE = Counter(
+    "recstream_worker_unreadable_state_total",
+    "Values read from Redis in a shape no worker writes (another writer's), skipped: fold_in_log (a fold-in log entry) "
+    "and fold_in (a version's stored fold-in) are not applied, a user's history is read as empty",
+    ["kind"],
+)
+for _kind in ("fold_in_log", "fold_in", "history"):
+    UNREADABLE_STATE.labels(_kind)
+
+
+def count_unreadable(kind: str, found: Collection[str]) -> None:
+    """Log and count what of Redis was skipped as unreadable: a worker that raised on it instead stopped applying."""
+    for what in found:
+        log.warning("unreadable %s skipped: %s", kind, what)
+    UNREADABLE_STATE.labels(kind).inc(len(found))
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

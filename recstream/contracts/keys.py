@@ -77,6 +77,17 @@ until their TTL) and the erasure count. ``recstream rebuild`` deletes every othe
 log (``item:<i>:similar`` from the current model and the items topic)."""
 
 
+def pointed_version(raw: bytes) -> str:
+    """The model version a ``model:current`` value names. Bytes that are not UTF-8 (another writer's) stay visible
+    as ``\\xNN``: such a name matches no version folder, so it is refused as any broken version is (a worker keeps
+    the model it serves, the rebuild stops) instead of raising at every read.
+
+    >>> pointed_version(b"20261205T110000Z-0a1b2c"), pointed_version(b"\\xff")
+    ('20261205T110000Z-0a1b2c', '\\\\xff')
+    """
+    return raw.decode(errors="backslashreplace")
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key names under one prefix; ``Keys("rs").user("u1", "vec") == "rs:user:u1:vec"``.

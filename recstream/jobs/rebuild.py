@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from recstream.contracts.keys import NOT_DERIVED, Keys
+from recstream.contracts.keys import NOT_DERIVED, Keys, pointed_version
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
 from recstream.eventlog.erasures import erased_between, without_users
@@ -132,7 +132,7 @@ async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, 
     """``model:current``, else the newest version on disk (Redis lost the pointer), else none; a version that cannot
     be read (not in this model folder, incomplete) stops the rebuild."""
     current = await redis.get(Keys.of(settings)("model:current"))
-    version = current.decode() if current else await asyncio.to_thread(latest_version, settings.model.dir)
+    version = pointed_version(current) if current else await asyncio.to_thread(latest_version, settings.model.dir)
     if version is None:
         return None, None
     try:

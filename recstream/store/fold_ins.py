@@ -24,6 +24,7 @@ partitions interleave.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,24 +112,61 @@ class FoldInStore:
             args += [item, b"" if vector is None else _encode(vector), similar or b""]
         return int(await self._save(keys=[self.keys("foldin:pending")], args=args))
 
-    async def stored(self, version: str) -> dict[str, np.ndarray]:
-        raw = await self.redis.hgetall(self.keys(f"foldin:{version}"))
-        return {item.decode(): np.frombuffer(vector, "<f4") for item, vector in raw.items()}
+    async def stored(self, version: str) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The fold-ins stored under ``version`` (item → vector), and the fields that could not be read, each named
+        (a name that is not UTF-8, a value that is not :func:`vector_of`'s: another writer's)."""
+        fold_ins, unreadable = {}, []
+        for item, vector in (await self.redis.hgetall(self.keys(f"foldin:{version}"))).items():
+            try:
+                fold_ins[item.decode()] = vector_of(vector)
+            except ValueError as exc:
+                unreadable.append(f"item {item!r} of foldin:{version} ({exc})")
+        return fold_ins, unreadable
 
     async def log_end(self) -> str:
         """The id of the last fold-in in the log ("0-0" when empty): where a new follower starts."""
         last = await self.redis.xrevrange(self.keys("foldin:log"), count=1)
         return last[0][0].decode() if last else "0-0"
 
-    async def read_log(self, after: str) -> tuple[str, list[FoldIn]]:
-        """Fold-ins logged after ``after`` (at once, none if none), and the new position."""
+    async def read_log(self, after: str) -> tuple[str, list[FoldIn], list[str]]:
+        """Fold-ins logged after ``after`` (at once, none if none), the new position, and the entries that could not
+        be read, each named (:func:`fold_in_of`: another writer's)."""
         reply = await self.redis.xread({self.keys("foldin:log"): after}, count=1_000)
         entries = reply[0][1] if reply else []
-        fold_ins = [
-            FoldIn(fields[b"version"].decode(), fields[b"item"].decode(), np.frombuffer(fields[b"vec"], "<f4"))
-            for _, fields in entries
-        ]
-        return (entries[-1][0].decode() if entries else after), fold_ins
+        fold_ins, unreadable = [], []
+        for entry, fields in entries:
+            try:
+                fold_ins.append(fold_in_of(fields))
+            except ValueError as exc:
+                unreadable.append(f"foldin:log entry {entry.decode()} ({exc})")
+        return (entries[-1][0].decode() if entries else after), fold_ins, unreadable
+
+
+def fold_in_of(fields: Mapping[bytes, bytes]) -> FoldIn:
+    """A fold-in from its stored fields, as :meth:`FoldInStore.save` writes them; ValueError naming what is wrong
+    when another writer left something else (a field missing, a name that is not UTF-8, a vector that is not whole
+    float32s). Whether the vector fits a model (its length, finite values) is the model's to check.
+
+    >>> fold_in_of({b"version": b"v1", b"item": b"i1", b"vec": bytes(8)}).vector
+    array([0., 0.], dtype=float32)
+    >>> fold_in_of({b"version": b"v1", b"item": b"i1", b"vec": b"abc"})
+    Traceback (most recent call last):
+    ValueError: a vector of 3 bytes, not whole float32s
+    >>> fold_in_of({b"version": b"v1", b"vec": bytes(8)})
+    Traceback (most recent call last):
+    ValueError: no item field
+    """
+    missing = [name.decode() for name in (b"version", b"item", b"vec") if name not in fields]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} field")
+    return FoldIn(fields[b"version"].decode(), fields[b"item"].decode(), vector_of(fields[b"vec"]))
+
+
+def vector_of(raw: bytes) -> np.ndarray:
+    """A stored float32 vector (little endian); ValueError unless ``raw`` is whole float32s."""
+    if len(raw) % 4:
+        raise ValueError(f"a vector of {len(raw)} bytes, not whole float32s")
+    return np.frombuffer(raw, "<f4")
 
 
 def _encode(vector: np.ndarray) -> bytes:

@@ -56,7 +56,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from recstream.contracts.keys import Keys
+from recstream.contracts.keys import Keys, pointed_version
 from recstream.contracts.settings import Settings
 from recstream.models.history import History, history_from_rows
 from recstream.store.aggregate import CounterDeltas
@@ -119,6 +119,7 @@ class UserContext:
     erasures: bytes | None  # erased:count as read with them (Effect.erasures)
     model_version: str | None
     rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # the stored ones of the partitions asked for
+    unreadable: list[str] = field(default_factory=list)  # the histories read as empty, each named and why
 
 
 @dataclass(frozen=True)
@@ -245,17 +246,22 @@ class StateStore:
             cached = [u for u in cache if u not in overlay]
             missing, fetched = [*missing, *cached], [*fetched, *await self._histories_of(cached)]
             histories = {}
+        unreadable = []
         for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
-                histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
+                try:
+                    histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
+                except ValueError as exc:  # not what a worker writes: the user starts again from this batch
+                    unreadable.append(f"history of {user} ({exc}), read as empty")
         histories.update((u, overlay[u]) for u in users if u in overlay)
         held = {tp: state for tp, state in zip(stored_rankers, found, strict=True) if state is not None}
         return UserContext(
             segments={u: s.decode() for u, s in segment_of.items() if s is not None},
             histories=histories,
             erasures=erasures,
-            model_version=version.decode() if version else None,
+            model_version=pointed_version(version) if version else None,
             rankers={tp: states[tp] if tp in states else held[tp] for tp in rankers if tp in states or tp in held},
+            unreadable=unreadable,
         )
 
     async def _histories_of(self, users: Sequence[str]) -> list[bytes | None]:

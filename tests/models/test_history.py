@@ -4,6 +4,7 @@ import gc
 import random
 
 import orjson
+import pytest
 from recstream.models.history import history_from_rows, history_rows, merge_history
 
 
@@ -49,6 +50,21 @@ def test_stored_form_round_trips_and_reloading_applies_the_cap():
     assert stored == b'[["c",1.0],["b",4.0],["a",1.0]]'
     assert history_from_rows(orjson.loads(stored), cap=10) == history
     assert history_rows(history_from_rows(orjson.loads(stored), cap=2)) == [("c", 1.0), ("b", 4.0)]
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b'{"i1": 4.0}', b'"i1"', b"null", b'[["i1"]]', b'[["i1", 4.0, 1]]', b'[["i1", "4"]]', b'[["i1", true]]',
+     b'[["i1", null]]', b"[[1, 4.0]]", b'[["i2", 1.0], "i1"]', b'[{"i1": 4.0}]'],
+)  # fmt: skip
+def test_a_stored_value_of_another_shape_is_a_value_error(stored: bytes):
+    """What the worker reads as an empty history (recstream/store/state.py) instead of failing the batch."""
+    with pytest.raises(ValueError, match="not a"):
+        history_from_rows(orjson.loads(stored), cap=10)
+
+
+def test_only_the_rows_within_the_cap_are_read():
+    assert history_from_rows([["b", 1.0], ["a", 4], "past the cap"], cap=2) == {"a": 4.0, "b": 1.0}
 
 
 def test_a_cached_history_is_invisible_to_the_cyclic_gc():

@@ -146,16 +146,22 @@ def test_a_closed_redis_port_behind_a_live_kafka_is_one_line(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(
+    ("pointer", "version"),
+    [(b"20261201T000000Z-abcdef", "20261201T000000Z-abcdef"), (b"\xff\xfe", "\\xff\\xfe")],
+    ids=["missing", "not-utf8"],
+)
 def test_a_rebuild_whose_current_model_is_not_in_the_model_folder_is_one_line_and_changes_nothing(
-    isolated_settings: Settings, tmp_path: Path
+    isolated_settings: Settings, tmp_path: Path, pointer: bytes, version: str
 ):
     """``model:current`` names a version RECSTREAM_MODEL_DIR does not hold (another host's folder, a version deleted):
-    ArtifactError's traceback, once Kafka and Redis had answered."""
-    models, version = tmp_path / "models", "20261201T000000Z-abcdef"
+    ArtifactError's traceback, once Kafka and Redis had answered. A pointer that is not UTF-8 is such a name (it was
+    UnicodeDecodeError's traceback)."""
+    models = tmp_path / "models"
     settings = isolated_settings.replace(model_dir=models)
     client = redis.Redis.from_url(settings.redis.url)
     keys = Keys.of(settings)
-    client.set(keys("model:current"), version)
+    client.set(keys("model:current"), pointer)
     client.hset(keys("totals"), "views", 7)  # derived: deleted by a rebuild that runs
     done = cli(settings, "rebuild")
     assert (done.returncode, done.stdout) == (1, "")
