@@ -92,7 +92,7 @@ class LiveModel:
         self._building = None
         await self._start_log()  # before reading the stored fold-ins: the follower takes every later one
         stored, unreadable = await self.fold_ins.stored(version)
-        metrics.count_unreadable("fold_in", unreadable)
+        metrics.count_unreadable({"fold_in": unreadable})
         # no await from here to the swap: no item or fold-in can slip in between
         for item in self.items.values():
             fresh.apply_item(item)
@@ -151,7 +151,7 @@ class LiveModel:
                 assert self._log_position is not None
                 self._log_position, fold_ins, unreadable = await self.fold_ins.read_log(self._log_position)
                 _raise_if_cancelled()
-                metrics.count_unreadable("fold_in_log", unreadable)
+                metrics.count_unreadable({"fold_in_log": unreadable})
                 for fold_in in fold_ins:
                     self.apply_fold_in(fold_in.version, fold_in.item, fold_in.vector)
                 metrics.FOLD_INS_FOLLOWED.inc(len(fold_ins))
@@ -185,7 +185,7 @@ def _fitting(personalizer: Personalizer, fold_ins: dict[str, np.ndarray], kind: 
             unfit.append(f"item {item} of model {personalizer.version}: a value that is not finite")
         else:
             fitting[item] = vector
-    metrics.count_unreadable(kind, unfit)
+    metrics.count_unreadable({kind: unfit})
     return fitting
 
 

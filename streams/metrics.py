@@ -82,18 +82,21 @@ MODEL_LOAD_FAILURES = Counter("recstream_worker_model_load_failures_total", "Mod
 UNREADABLE_STATE = Counter(
     "recstream_worker_unreadable_state_total",
     "Values read from Redis in a shape no worker writes (another writer's), skipped: fold_in_log (a fold-in log entry) "
-    "and fold_in (a version's stored fold-in) are not applied, a user's history is read as empty",
+    "and fold_in (a version's stored fold-in) are not applied, a user's history is read as empty, a user's segment "
+    "as none",
     ["kind"],
 )
-for _kind in ("fold_in_log", "fold_in", "history"):
+for _kind in ("fold_in_log", "fold_in", "history", "segment"):
     UNREADABLE_STATE.labels(_kind)
 
 
-def count_unreadable(kind: str, found: Collection[str]) -> None:
-    """Log and count what of Redis was skipped as unreadable: a worker that raised on it instead stopped applying."""
-    for what in found:
-        log.warning("unreadable %s skipped: %s", kind, what)
-    UNREADABLE_STATE.labels(kind).inc(len(found))
+def count_unreadable(found: Mapping[str, Collection[str]]) -> None:
+    """Log and count what of Redis was skipped as unreadable (kind → each value, named): a worker that raised on it
+    instead stopped applying."""
+    for kind, values in found.items():
+        for what in values:
+            log.warning("unreadable %s skipped: %s", kind, what)
+        UNREADABLE_STATE.labels(kind).inc(len(values))
 
 
 def observe_many(histogram: Histogram, values: np.ndarray) -> None:

@@ -744,7 +744,7 @@ class BatchProcessor:
         context = await self.store.read_users(
             users, rankers=list(rows.by_partition) if rows else (), pending=self._flying
         )
-        metrics.count_unreadable("history", context.unreadable)
+        metrics.count_unreadable(context.unreadable)
         effect.counters = aggregate(
             events,
             context.segments,
@@ -785,7 +785,7 @@ class BatchProcessor:
         context = await self.store.read_users(
             [u.user_id for u in users if u.preferred_categories], pending=self._flying
         )
-        metrics.count_unreadable("history", context.unreadable)
+        metrics.count_unreadable(context.unreadable)
         picks: dict[str, list[str]] = {}
         for user in users:
             parts = user_parts(user)  # what the record sets, empty or not: {} clears

@@ -119,7 +119,7 @@ class UserContext:
     erasures: bytes | None  # erased:count as read with them (Effect.erasures)
     model_version: str | None
     rankers: dict[tuple[str, int], bytes] = field(default_factory=dict)  # the stored ones of the partitions asked for
-    unreadable: list[str] = field(default_factory=list)  # the histories read as empty, each named and why
+    unreadable: dict[str, list[str]] = field(default_factory=dict)  # kind → what was read as absent, named and why
 
 
 @dataclass(frozen=True)
@@ -246,17 +246,23 @@ class StateStore:
             cached = [u for u in cache if u not in overlay]
             missing, fetched = [*missing, *cached], [*fetched, *await self._histories_of(cached)]
             histories = {}
-        unreadable = []
+        unreadable: dict[str, list[str]] = {}
         for user, raw in zip(missing, fetched, strict=True):
             if raw is not None:
                 try:
                     histories[user] = history_from_rows(orjson.loads(raw), self.settings.model.history_cap)
                 except ValueError as exc:  # not what a worker writes: the user starts again from this batch
-                    unreadable.append(f"history of {user} ({exc}), read as empty")
+                    unreadable.setdefault("history", []).append(f"history of {user} ({exc}), read as empty")
+        segments: dict[str, str | None] = {}
+        for user, raw in segment_of.items():
+            try:
+                segments[user] = raw.decode() if raw is not None else None
+            except UnicodeDecodeError:  # not a name a worker writes (segment_of): the user's events count in no segment
+                unreadable.setdefault("segment", []).append(f"segment of {user} ({raw!r}), read as none")
         histories.update((u, overlay[u]) for u in users if u in overlay)
         held = {tp: state for tp, state in zip(stored_rankers, found, strict=True) if state is not None}
         return UserContext(
-            segments={u: s.decode() for u, s in segment_of.items() if s is not None},
+            segments={u: s for u, s in segments.items() if s is not None},
             histories=histories,
             erasures=erasures,
             model_version=pointed_version(version) if version else None,

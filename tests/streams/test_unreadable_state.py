@@ -140,3 +140,20 @@ async def test_histories_of_another_shape_are_read_as_empty_and_hold_no_one(
         assert candidates(client, user), user
     assert orjson.loads(client.get("rs:user:uh:hist")) == [["i3", 4.0], ["i2", 1.0]]
     assert worker.alive() and unreadable(worker, "history") == len(bad)
+
+
+async def test_a_segment_that_is_not_utf8_is_read_as_none_and_holds_no_one(isolated_settings, worker_factory, tmp_path):
+    """A user's ``user:seg`` entry in bytes that are not UTF-8 made every batch holding the user fail to decode it,
+    and with it every other user of the batch, for good: the user's events now count in no segment."""
+    settings, _, items, _ = await a_trained_world(isolated_settings, tmp_path)
+    client = redis.Redis.from_url(settings.redis.url)
+    n = settings.kafka.events_partitions
+    user = next(f"us{k}" for k in itertools.count() if partition_for(f"us{k}", n) == partition_for("uh", n))
+    client.hset("rs:user:seg", user, b"\xff\xfe")
+    worker = worker_factory(settings)
+
+    await publish(settings, items=items, events=[click(user, "i3"), click("uh", "i4")])
+    wait_until(lambda: applied_events(client, "rs") == 2, what="both users' events applied")
+    assert orjson.loads(client.get(f"rs:user:{user}:hist")) == [["i3", 4.0]]
+    assert orjson.loads(client.get("rs:user:uh:hist")) == [["i4", 4.0]]
+    assert worker.alive() and unreadable(worker, "segment") == 1
