@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # what Kafka accepts as a topic name
 HOST_PATTERN = r"^[A-Za-z0-9_.:\[\]-]+$"  # a name or an address; empty would bind every interface
+YEAR_S = 365 * 86_400
+"""The longest trend half-life and pool graduation age: a count that takes longer to fade trends nothing, an item
+older is not new. Far inside what the batch script holds: it needs each in ms (×1000, and the trend keys' TTL of
+3 × half-life × up to 16 epochs, ~1.5·10^12 ms) as an integer below 2^53, exact in Lua's doubles and taken whole by
+EXPIRE; past that every batch was refused, forever (``cfg.trend_ttl_s in ms is ...``)."""
+SESSION_TTL_MAX_S = 7 * 86_400
+"""The longest a scroll session lives after its last page: a cursor a week old continues nothing its reader
+remembers. Redis refuses an EXPIRE whose time in ms past now leaves 64 bits; the session list, written just
+before, then stayed without expiry and out of every index (never evicted), and every page answered degraded."""
 RANKER_STALE_MIN_S = 5.0
 """The least ``ranker_stale_s``: the age a healthy reader's weights reach between two reloads, each up to 2 s long
 (its background timeout) with up to 1 s between them (serving/snapshot.py). Below it, pages fell back to the fixed
@@ -78,7 +87,11 @@ class KafkaSettings(Section):
     dlq_partitions: int = Field(1, gt=0, le=1024, description="partitions of the dead-letter topic at creation")
     replication_factor: int = Field(1, gt=0, le=16, description="replicas of every topic at creation")
     retention_ms: int = Field(
-        -1, ge=-1, description="events topic retention; -1 keeps the log forever (it is the source of truth)"
+        -1,
+        ge=-1,
+        le=2**63 - 1,
+        description="events topic retention; -1 keeps the log forever (it is the source of truth); at most a Java "
+        "long, which the broker parses it as (past it, creating the topics failed)",
     )
     producer_batch_events: int = Field(
         100, gt=0, le=10_000, description="events per Kafka message, at most (a message is also cut at 1,000,000 bytes)"
@@ -259,7 +272,9 @@ class ModelSettings(Section):
     ctr_default: float = Field(0.05, gt=0, lt=1, description="global CTR assumed before any data")
     ctr_default_mass: float = Field(100.0, gt=0, description="views the default global CTR is worth")
     ctr_prior_step: float = Field(0.005, gt=0, le=0.5, description="relative grid step of the quantized prior")
-    trend_half_life_s: int = Field(6 * 3600, gt=0, description="half-life of the trending counts")
+    trend_half_life_s: int = Field(
+        6 * 3600, gt=0, le=YEAR_S, description="half-life of the trending counts (at most a year, YEAR_S)"
+    )
     trend_epoch_half_lives: int = Field(8, gt=0, le=16, description="trend key rotation, in half-lives")
     spark_master: str = Field(
         "local[2]", min_length=1, description="where `train --engine spark` runs: local[N] here, or a cluster's URL"
@@ -289,8 +304,17 @@ class PoolSettings(Section):
         "read_max": "pool_read_max",
     }
 
-    graduate_views: int = Field(200, gt=0, description="an item leaves the pool after this many views")
-    graduate_age_s: int = Field(48 * 3600, gt=0, description="... or when it is this old (event time)")
+    graduate_views: int = Field(
+        200,
+        gt=0,
+        le=1_000_000_000,
+        description="an item leaves the pool after this many views (at most a billion, past any new item's views: "
+        "the batch script gets it as JSON, which orjson writes only within 64 bits, and compares it with a count "
+        "held in a double, exact below 2^53; past 64 bits every batch failed to encode, forever)",
+    )
+    graduate_age_s: int = Field(
+        48 * 3600, gt=0, le=YEAR_S, description="... or when it is this old (event time; at most a year, YEAR_S)"
+    )
     bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
     fold_in_users: int = Field(
         1_000, gt=0, le=100_000, description="users kept per new item for its fold-in at graduation (the first ones)"
@@ -339,7 +363,12 @@ class ReaderSettings(Section):
         description="Redis connections of each reader process; a round trip waits for a free one within its budget",
     )
     feed_max_limit: int = Field(100, gt=0, le=1000, description="largest page a client may ask for")
-    session_ttl_s: int = Field(1800, gt=0, description="how long an infinite-scroll cursor lives")
+    session_ttl_s: int = Field(
+        1800,
+        gt=0,
+        le=SESSION_TTL_MAX_S,
+        description="how long an infinite-scroll cursor lives after its last page (at most a week, SESSION_TTL_MAX_S)",
+    )
     sessions_per_user: int = Field(
         8, gt=0, le=1000, description="scroll sessions kept per known user; a new one evicts the least recently used"
     )

@@ -9,8 +9,10 @@ import pytest
 from recstream.contracts.settings import (
     RANKER_STALE_MIN_S,
     SECTIONS,
+    SESSION_TTL_MAX_S,
     TOOL_VARIABLES,
     VARIABLES,
+    YEAR_S,
     SettingsError,
     load_settings,
 )
@@ -164,7 +166,15 @@ BOUNDED = {  # flat name → (section, field, the values around both ends of its
     "segment_rank_s": ("worker", "segment_rank_s", [-1e-3, 0.0, 1e-3, 59.9, 60.0, 60.01]),
     "pool_read_max": ("pool", "read_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
     "pool_explore_max": ("pool", "explore_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
-}
+    # each accepted at start, then every batch refused or failed forever (the batch script needs ms below 2^53,
+    # orjson an int64), or every page degraded with its session list left without expiry (Redis' EXPIRE limit)
+    "trend_half_life_s": ("model", "trend_half_life_s", [0, 1, 2, YEAR_S - 1, YEAR_S, YEAR_S + 1]),
+    "pool_graduate_age_s": ("pool", "graduate_age_s", [0, 1, 2, YEAR_S - 1, YEAR_S, YEAR_S + 1]),
+    "pool_graduate_views": ("pool", "graduate_views", [0, 1, 2, 10**9 - 1, 10**9, 10**9 + 1]),
+    "session_ttl_s": ("reader", "session_ttl_s", [0, 1, 2, SESSION_TTL_MAX_S - 1, SESSION_TTL_MAX_S,
+                                                  SESSION_TTL_MAX_S + 1]),
+    "retention_ms": ("kafka", "retention_ms", [-2, -1, 0, 2**63 - 2, 2**63 - 1, 2**63]),  # the broker's Java long
+}  # fmt: skip
 """The lowest and highest value of each are valid, the ones just outside are not."""
 
 

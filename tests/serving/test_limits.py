@@ -26,7 +26,7 @@ from recstream.serving.feed_store import ATTRIBUTION_PAGES, ATTRIBUTION_SESSIONS
 
 from recstream.contracts.events import MAX_EVENTS_PER_MESSAGE, MAX_ID_LEN, MAX_MESSAGE_BYTES
 from recstream.contracts.ranking import CONTEXT_KEY
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import SESSION_TTL_MAX_S, Settings, SettingsError
 from tests.serving.conftest import KEY, World, feed, isolated_topics, published_events, reader_client
 from tests.serving.test_feed import WORLD_TIME
 
@@ -465,6 +465,25 @@ async def test_a_session_begun_before_its_user_was_known_survives_anonymous_traf
             await feed(reader, f"anon-{run}-{k}", limit=1)
         third = await reader.get(f"/v1/feed/{user}", params={"cursor": second.json()["next_cursor"]})
         assert third.status_code == 200, third.text
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1], ids=["bound-1", "bound", "bound+1"])
+async def test_a_feed_at_the_longest_session_ttl_records_its_session_expiring_and_listed(world: World, over: int):
+    """``RECSTREAM_SESSION_TTL_S`` at its bound (a week) and one under: the page is not degraded and its session list
+    expires that long after it, listed in its index. One past the bound is refused at start: a TTL whose ms past now
+    leave 64 bits (1e17 s) was accepted, Redis refused its EXPIRE right after the page's RPUSH, and every page came
+    degraded, each leaving a session list without expiry and in no index (never evicted)."""
+    ttl = SESSION_TTL_MAX_S + over
+    if over > 0:
+        with pytest.raises(SettingsError, match="RECSTREAM_SESSION_TTL_S: Input should be less than or equal to"):
+            world.settings.replace(session_ttl_s=ttl)
+        return
+    r, user = world.redis(), unique("u-ttl")
+    async with reader_client(world.settings.replace(session_ttl_s=ttl), KEY) as reader:
+        page = await feed(reader, user, limit=1)
+    session = f"rs:user:{user}:feed:{page['session']}"
+    assert page["next_cursor"] is not None and ttl - 60 <= r.ttl(session) <= ttl
+    assert r.zscore("rs:sessions:anonymous", session) is not None
 
 
 @contextlib.contextmanager

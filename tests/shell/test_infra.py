@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import Settings, SettingsError
+from recstream.eventlog.connection import client_options
 from recstream.shell import infra
 from recstream.shell.infra import free_port
 
@@ -516,3 +520,35 @@ def test_a_batch_cut_off_in_the_aof_by_a_sigkill_is_not_replayed_after_its_retry
     finally:
         client.close()
         infra.stop(service)
+
+
+async def _retention(settings: Settings, topic: str) -> str | None:
+    """The topic's ``retention.ms`` as the broker describes it (None: no such topic, after 10 s of asking: the
+    broker asked may not know a topic created a moment ago yet)."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka))
+    await admin.start()
+    try:
+        for _ in range(50):
+            [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            [(error, *_, entries)] = described.resources
+            if error == 0:
+                return {name: value for name, value, *_ in entries}["retention.ms"]
+            await asyncio.sleep(0.2)
+        return None
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1], ids=["bound-1", "bound", "bound+1"])
+def test_the_events_topics_take_the_longest_retention_the_settings_take(services: Settings, over: int):
+    """``RECSTREAM_RETENTION_MS`` at its bound, 2^63 − 1 (the broker reads it as a Java long), and one under: the
+    events and dead-letter topics are created with it. One past it is refused at start, naming the variable."""
+    retention = 2**63 - 1 + over
+    if over > 0:
+        with pytest.raises(SettingsError, match="RECSTREAM_RETENTION_MS: Input should be less than or equal to"):
+            services.on_topics(uuid.uuid4().hex[:8], retention_ms=retention)
+        return
+    settings = services.on_topics(uuid.uuid4().hex[:8], retention_ms=retention)
+    asyncio.run(infra.ensure_topics(settings))
+    for topic in (settings.kafka.events_topic, settings.kafka.dlq_topic):
+        assert asyncio.run(_retention(settings, topic)) == str(retention), topic

@@ -12,9 +12,10 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
+from recstream.contracts.events import Event
 from recstream.contracts.keys import Keys
-from recstream.contracts.settings import Settings
-from recstream.store.aggregate import CounterDeltas
+from recstream.contracts.settings import YEAR_S, Settings
+from recstream.store.aggregate import CounterDeltas, aggregate
 from recstream.store.state import SCRIPT, Effect, StateStore
 
 pytestmark = pytest.mark.integration
@@ -96,6 +97,33 @@ async def test_a_batch_applies_at_the_smallest_de_duplication_windows(isolated_s
     ids = keys.event_ids(settings.kafka.events_topic, 0)
     assert client.exists(ids) == (1 if window_s else 0)
     assert window_s == 0 or client.pttl(ids) == -1, "trimmed by arrival time, never expired by the wall clock"
+    client.close()
+
+
+@pytest.mark.parametrize("below", [1, 0], ids=["bound-1", "bound"])
+async def test_a_batch_applies_at_the_longest_trend_half_life_and_pool_graduation_the_settings_take(
+    isolated_settings: Settings, below: int
+):
+    """``trend_half_life_s``, ``pool_graduate_age_s`` and ``pool_graduate_views`` at their bounds (and one under),
+    with the most trend epochs: the script takes them in ms, and the trend keys' TTL. Past what it holds (ms from
+    2^53, views past 64 bits for orjson) they were accepted at start and every batch failed, forever; the bound + 1
+    is refused at start (tests/contracts/test_settings.py)."""
+    half_life_s = YEAR_S - below
+    settings = isolated_settings.replace(
+        trend_half_life_s=half_life_s, trend_epoch_half_lives=16, pool_graduate_age_s=YEAR_S - below,
+        pool_graduate_views=10**9 - below, require_announced_items=False,
+    )  # fmt: skip
+    keys, tp = Keys.of(settings), f"{settings.kafka.events_topic}:0"
+    events = [Event(type=kind, user_id="u1", item_id="i1", ts=T0) for kind in ("view", "click")]
+    effect = Effect(watermarks={tp: (-1, 0)})
+    effect.counters = aggregate(events, {}, half_life_s * 1000, 16)
+    await apply(settings, effect)
+    client = redis.Redis.from_url(settings.redis.url)
+    assert client.hget(keys("wm"), tp) == b"0", "applied"
+    trends = list(client.scan_iter(keys("trend:*")))
+    assert len(trends) == 4, "views and clicks, each in its current and previous epoch"
+    assert all(3 * half_life_s * 16 - 60 <= client.ttl(key) <= 3 * half_life_s * 16 for key in trends)
+    assert client.zscore(keys("pool"), "i1") is not None, "graduated neither by its views nor by its age"
     client.close()
 
 
