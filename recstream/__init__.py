@@ -3,7 +3,7 @@
 The layers, bottom to top; a module imports only from its own layer and those below
 (tests/test_layers.py checks it on the import graph):
 
-0. ``recstream.contracts``  event schema, Redis key layout, settings, experiment configuration
+0. ``recstream.contracts``  event schema, Redis key layout, settings, experiment configuration, header values
    ``recstream.runtime``    the process itself: garbage collector tuning for the worker and the reader
 1. ``recstream.models``     pure math and data structures (the folder models/)
 2. ``recstream.eventlog``   Kafka clients: the producer and log reads

@@ -31,6 +31,7 @@ from recstream.client.wire import (
     UserErased,
 )
 from recstream.contracts.events import Event, ItemEvent, UserEvent
+from recstream.contracts.headers import header_value
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -58,7 +59,7 @@ class _Connection:
         if not 0 < timeout_s < math.inf:
             raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s}")
         self.backoff = Backoff(retries, backoff_s, max_backoff_s)
-        headers = {"X-API-Key": _header_value("api_key", api_key)} if api_key else {}
+        headers = {"X-API-Key": header_value("api_key", api_key)} if api_key else {}
         self._http = self._http_type(
             base_url=base_url, headers=headers, timeout=httpx.Timeout(timeout_s), transport=transport
         )
@@ -267,23 +268,6 @@ class AsyncClient(_Connection):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def _header_value(name: str, value: str) -> str:
-    """``value`` if an HTTP header can carry it (printable ASCII, spaces and tabs inside), else a ValueError naming
-    ``name`` and the problem, never the value (a key): httpx raised on every call instead, the key in its message.
-
-    >>> _header_value("api_key", "key\\n")
-    Traceback (most recent call last):
-    ...
-    ValueError: api_key has leading or trailing whitespace (a line break read with it from a file?)
-    """
-    if value != value.strip():
-        raise ValueError(f"{name} has leading or trailing whitespace (a line break read with it from a file?)")
-    bad = next((k for k, char in enumerate(value) if not (" " <= char <= "~" or char == "\t")), None)
-    if bad is not None:
-        raise ValueError(f"{name}: character {bad + 1} cannot go in an HTTP header (printable ASCII only)")
-    return value
 
 
 def _item(

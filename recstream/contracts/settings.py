@@ -32,6 +32,7 @@ from pydantic import (
 
 from recstream.contracts.experiments import Experiment
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
+from recstream.contracts.headers import header_value
 from recstream.contracts.ranking import FEATURES
 
 ENV_PREFIX = "RECSTREAM_"
@@ -377,7 +378,11 @@ class ReaderSettings(Section):
     )
     pool_cache_s: float = Field(0.5, ge=0, le=60, description="in-process cache of the bandit pool")
     popular_refresh_s: float = Field(1.0, gt=0, le=300, description="refresh of the degraded-mode popular list")
-    api_key: SecretStr | None = Field(None, description="the key write routes need (and reads with protect_reads)")
+    api_key: SecretStr | None = Field(
+        None,
+        description="the key write routes need (and reads with protect_reads): printable ASCII without surrounding "
+        "whitespace, what an HTTP header carries (recstream/contracts/headers.py)",
+    )
     open_writes: bool = Field(
         False, description="accept writes without an API key when none is set (a closed demo network only)"
     )
@@ -401,9 +406,16 @@ class ReaderSettings(Section):
 
     @field_validator("api_key")
     @classmethod
-    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value():
+    def _key_a_request_can_send(cls, value: SecretStr | None) -> SecretStr | None:
+        """Refuse a key no request can match (every write would answer 401), never saying the key."""
+        if value is None:
+            return value
+        if not value.get_secret_value():
             raise ValueError("an empty key matches no request, so every write would answer 401; unset it for none")
+        try:
+            header_value("the key", value.get_secret_value())
+        except ValueError as exc:
+            raise ValueError(f"{exc}: no request can send it, so every write would answer 401") from None
         return value
 
 

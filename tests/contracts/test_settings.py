@@ -240,3 +240,24 @@ def test_a_child_reads_a_setting_held_as_none_as_unset_not_as_the_parents_variab
         monkeypatch.setenv(name, value)
     seen = load_settings()
     assert seen.reader.api_key is None and seen.ranker.bias_alpha is None
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [("s3cret\n", "leading or trailing whitespace"), (" s3cret", "leading or trailing whitespace"),
+     ("s3cret\t", "leading or trailing whitespace"), ("s3cré", "character 5 cannot go in an HTTP header"),
+     ("s3\ncret", "character 3 cannot go in an HTTP header"), ("s3cr\x7ft", "character 5 cannot go in an HTTP header")],
+)  # fmt: skip
+def test_an_api_key_no_request_can_send_is_refused_without_saying_it(monkeypatch, key: str, says: str):
+    """Accepted (only an empty key was refused), then every write answered 401: the reader's server strips a
+    header's surrounding whitespace and reads its bytes as Latin-1, and the client refuses to send such a key."""
+    monkeypatch.setenv("RECSTREAM_API_KEY", key)
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert str(err.value).startswith("RECSTREAM_API_KEY: ") and says in str(err.value), str(err.value)
+    assert "every write would answer 401" in str(err.value) and "s3" not in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["s3cret", "s3 cr\tet", "~!@#$%^&*()_+`-={}[]|:;'<>,.?/"])
+def test_an_api_key_of_printable_ascii_with_inner_spaces_is_taken(key: str):
+    assert load_settings(api_key=key).reader.api_key.get_secret_value() == key
