@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
 
 import orjson
 from pydantic import (
@@ -144,7 +144,11 @@ class RedisSettings(Section):
 
     variables: ClassVar[Mapping[str, str]] = {"url": "redis_url", "prefix": "redis_prefix", "cluster": "redis_cluster"}
 
-    url: str = Field("redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix:// URL")
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis://, rediss:// (TLS) or unix:// URL; its database (the path, or ?db=) a non-negative "
+        "integer: redis-py used database 0 for any other path without a word",
+    )
     prefix: str = Field("rs", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="prefix of every Redis key")
     cluster: bool = Field(
         False,
@@ -160,13 +164,15 @@ class RedisSettings(Section):
             raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}")
         if parts.scheme != "unix" and parts.port == 0:  # .port itself raises ValueError outside 0-65535
             raise ValueError("port 0 names no Redis")
+        database = _database(parts)
+        if not database.isascii() or not database.isdigit():  # int() would take " 1", "+1" and "1_0" too
+            raise ValueError(f"the database must be a non-negative integer, got {database!r}")
         return value
 
     @model_validator(mode="after")
     def _cluster_url(self) -> RedisSettings:
         """A cluster has no databases but 0 and no unix sockets: refuse what its client would reject later."""
-        parts = urlsplit(self.url)
-        if self.cluster and (parts.scheme == "unix" or parts.path.strip("/") not in ("", "0")):
+        if self.cluster and (urlsplit(self.url).scheme == "unix" or self.database != 0):
             raise ValueError(
                 f"RECSTREAM_REDIS_CLUSTER needs a redis:// or rediss:// URL on database 0, not {redacted(self.url)}"
             )
@@ -176,10 +182,26 @@ class RedisSettings(Section):
     def port(self) -> int:
         return urlsplit(self.url).port or 6379
 
+    @property
+    def database(self) -> int:
+        """The database the URL names (``?db=``, else its path; 0 without either)."""
+        return int(_database(urlsplit(self.url)))
+
     def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
         """What repr() and str() show: the URL without its password."""
         for name, value in super().__repr_args__():
             yield name, redacted(value) if name == "url" else value
+
+
+def _database(parts: SplitResult) -> str:
+    """The database a Redis URL names, as redis-py reads it: ``?db=``, else a redis:// path after its slash
+    (none: 0; a unix:// path is the socket's)."""
+    query = parse_qs(parts.query, keep_blank_values=True).get("db")
+    if query:
+        return query[0]
+    if parts.scheme == "unix":
+        return "0"
+    return parts.path.removeprefix("/") or "0"
 
 
 class WorkerSettings(Section):

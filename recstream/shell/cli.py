@@ -16,6 +16,7 @@ import click
 import typer
 from aiokafka.errors import KafkaConnectionError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rich.console import Console
 from rich.markup import escape
@@ -51,7 +52,8 @@ class _BootstrapFailures(logging.Filter):
 @contextmanager
 def _unreachable_in_one_line() -> Iterator[None]:
     """An unreachable Kafka or Redis, wherever a command meets it, ends the command with one line on stderr
-    naming the address and its variable, and exit code 1, instead of a traceback."""
+    naming the address and its variable, and exit code 1, instead of a traceback; so does a database the Redis
+    refuses (past its ``databases``), which every connection selects first."""
     failures = _BootstrapFailures()
     kafka_log = logging.getLogger("aiokafka")
     kafka_log.addFilter(failures)
@@ -63,6 +65,11 @@ def _unreachable_in_one_line() -> Iterator[None]:
     except (RedisConnectionError, RedisTimeoutError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         _fail(f"cannot reach Redis at {redacted(_settings().redis.url)} (RECSTREAM_REDIS_URL): {reason}")
+    except ResponseError as exc:
+        if "DB index" not in str(exc):  # SELECT's refusal ("DB index is out of range"); any other is no address's
+            raise
+        redis = _settings().redis
+        _fail(f"Redis at {redacted(redis.url)} refuses database {redis.database} (RECSTREAM_REDIS_URL): {exc}")
     finally:
         kafka_log.removeFilter(failures)
 

@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+from redis.asyncio.connection import parse_url
 
 from recstream.contracts.settings import (
     RANKER_STALE_MIN_S,
@@ -261,3 +262,36 @@ def test_an_api_key_no_request_can_send_is_refused_without_saying_it(monkeypatch
 @pytest.mark.parametrize("key", ["s3cret", "s3 cr\tet", "~!@#$%^&*()_+`-={}[]|:;'<>,.?/"])
 def test_an_api_key_of_printable_ascii_with_inner_spaces_is_taken(key: str):
     assert load_settings(api_key=key).reader.api_key.get_secret_value() == key
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379/abc", "redis://127.0.0.1:6379/1x", "redis://127.0.0.1:6379/-1",
+     "redis://127.0.0.1:6379/+1", "redis://127.0.0.1:6379/1_0", "redis://127.0.0.1:6379/%201",
+     "redis://127.0.0.1:6379/1/2", "redis://127.0.0.1:6379/\u0663", "redis://127.0.0.1:6379/0?db=abc",
+     "redis://127.0.0.1:6379?db=", "unix:///tmp/redis.sock?db=x"],
+)  # fmt: skip
+def test_a_redis_database_that_is_not_a_non_negative_integer_is_refused_naming_the_url(url: str):
+    """redis-py used database 0 for ``/abc`` or ``/1x`` without a word (its int() takes ``+1`` and ``1_0``, ``/1/2``
+    as 12), and raised at the first connection for ``?db=abc``."""
+    with pytest.raises(SettingsError, match=r"RECSTREAM_REDIS_URL: .*the database must be a non-negative integer"):
+        load_settings(redis_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [("redis://127.0.0.1:6379", 0), ("redis://127.0.0.1:6379/", 0), ("redis://127.0.0.1:6379/0", 0),
+     ("redis://127.0.0.1:6379/15", 15), ("redis://127.0.0.1:6379/99", 99), ("rediss://:pw@cache:6380/2?db=3", 3),
+     ("unix:///tmp/redis.sock", 0), ("unix:///tmp/redis.sock?db=4", 4)],
+)  # fmt: skip
+def test_a_redis_database_is_the_one_redis_py_selects(url: str, database: int):
+    """99 is taken: whether a Redis has that many databases is its own setting, asked at the first connection
+    (tests/shell/test_cli_errors.py)."""
+    assert load_settings(redis_url=url).redis.database == parse_url(url).get("db", 0) == database
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/1", "redis://127.0.0.1:6379/0?db=1"])
+def test_a_redis_cluster_refuses_any_database_but_0_however_the_url_names_it(url: str):
+    with pytest.raises(SettingsError, match="RECSTREAM_REDIS_CLUSTER needs a redis:// or rediss:// URL on database 0"):
+        load_settings(redis_url=url, redis_cluster=True)
+    assert load_settings(redis_url="redis://127.0.0.1:6379/0?db=0", redis_cluster=True).redis.database == 0

@@ -146,6 +146,19 @@ def test_a_closed_redis_port_behind_a_live_kafka_is_one_line(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["rebuild"]], ids=" ".join)
+def test_a_database_the_redis_refuses_is_one_line_naming_the_url(
+    isolated_settings: Settings, tmp_path: Path, command: list[str]
+):
+    """Database 99 of a Redis with the default 16: ``recstream serve`` ended in ResponseError's traceback."""
+    url = isolated_settings.redis.url.rsplit("/", 1)[0] + "/99"
+    settings = isolated_settings.replace(redis_url=url, model_dir=tmp_path, worker_metrics_port=0)
+    done = cli(settings, *command)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"Redis at {url} refuses database 99 (RECSTREAM_REDIS_URL): DB index is out of range\n"
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("pointer", "version"),
     [(b"20261201T000000Z-abcdef", "20261201T000000Z-abcdef"), (b"\xff\xfe", "\\xff\\xfe")],
