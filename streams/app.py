@@ -93,12 +93,15 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         settings.kafka.users_topic: "user",
     }
     agents = {kind: f"recstream.{kind}s" for kind in topics.values()}
+    # faust's stop waits for every message taken to be acknowledged (Consumer.wait_empty) until its consumer stops or
+    # crashes: a batch given up at a stop (BatchProcessor, Stopping) crashes it, and only acknowledged offsets commit
     processors = {
         kind: BatchProcessor(
-            kind, store, settings, send_dead_letters, model, read_log, beat=partial(liveness.beat, agents[kind])
+            kind, store, settings, send_dead_letters, model, read_log, beat=partial(liveness.beat, agents[kind]),
+            stopping=lambda: app.should_stop, give_up=lambda exc: app.consumer.crash(exc),
         )
         for kind in topics.values()
-    }
+    }  # fmt: skip
 
     @app.task
     async def item_feed() -> None:

@@ -127,6 +127,13 @@ class WatermarksKeptMoving(Exception):
     """Another writer moved the watermarks under this worker :data:`MAX_STALE_RETRIES` times in a row."""
 
 
+class Stopping(Exception):
+    """The worker was told to stop (SIGTERM) while a batch could not be applied: the batch is given up, its messages
+    never acknowledged, so no offset of it is committed and the worker that takes its partition applies it. Retrying
+    on kept the process up until Redis took the batch (faust's stop waits for every message taken to be
+    acknowledged)."""
+
+
 RETRY_REASONS = ("redis_unavailable", "redis_error", "kafka", "dead_letters", "watermarks_moving", "stuck", "other")
 """The ``reason`` label of ``recstream_worker_batch_retries_total``: a fixed set, whatever the error says."""
 WAITING_REASONS = frozenset(RETRY_REASONS) - {"other"}
@@ -209,6 +216,8 @@ class BatchProcessor:
         read_log: ReadLog | None = None,
         partitions: int | None = None,
         beat: Callable[[], None] | None = None,
+        stopping: Callable[[], bool] = lambda: False,
+        give_up: Callable[[Stopping], Awaitable[None]] | None = None,
     ) -> None:
         self.kind = kind
         self.topic = {
@@ -222,6 +231,8 @@ class BatchProcessor:
         self.partitions = partitions
         self._users_placed = kind == "user" and settings.redis.cluster
         self.beat = beat  # called after an attempt that applied or failed for a WAITING_REASON (streams/liveness.py)
+        self.stopping = stopping  # whether the worker was told to stop: a failed attempt then ends the retries
+        self.give_up = give_up  # told of a batch given up, so the worker's stop waits for its messages no more
         self.flight_failed: BaseException | None = None  # what escaped a flight: no beat after it (_flown)
         self.model = model
         self.store = store
@@ -275,7 +286,8 @@ class BatchProcessor:
         """Apply a batch; whatever fails (Redis unreachable or answering an error, Kafka for a gap repair or a
         dead letter, a bug, an attempt hung past :data:`STUCK_STALLS` stall limits), wait and retry the whole batch,
         counting and logging why. Never return without applying it (faust would commit its offsets and a restart
-        would skip it), never raise (the agent would stop, and with it every partition it reads).
+        would skip it), never raise (the agent would stop, and with it every partition it reads), except
+        :class:`Stopping` once the worker is told to stop and an attempt failed.
 
         With ``then`` the batch is pipelined (the agents, streams/app.py): it is built while the previous batch's
         script runs in Redis, and this returns once its own last script call is in flight, not applied; ``then()``
@@ -319,6 +331,11 @@ class BatchProcessor:
                 self.forget_watermarks()
             finally:
                 del self._bounds[task]
+            if self.stopping():
+                stopping = Stopping(f"{len(messages)} {self.topic} messages left unapplied, their offsets uncommitted")
+                if self.give_up is not None:
+                    await self.give_up(stopping)
+                raise stopping
             if reason in WAITING_REASONS:
                 self._beat()
             await backoff.wait()

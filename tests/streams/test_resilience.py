@@ -8,6 +8,8 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
@@ -53,11 +55,10 @@ def view(k: int) -> Event:
     return Event(type="view", user_id="u1", item_id=f"i{k}", ts=int(time.time() * 1000))
 
 
-async def test_a_redis_error_reply_is_retried_and_counted_and_never_stops_the_agent(isolated_settings, worker_factory):
-    """Redis answering with an error (OOM here; BUSY and READONLY alike) raised out of the events agent, which
-    then stopped for good while the process lived. The batch is retried with back-off until Redis takes it,
-    counted under its reason, and /healthz stays green (restarting would not help)."""
-    settings = isolated_settings
+@asynccontextmanager
+async def retrying_a_refused_batch(settings, worker_factory) -> AsyncIterator[tuple[Child, redis.Redis]]:
+    """A worker that applied one event and retries the next while Redis refuses every write (OOM: maxmemory 1),
+    until the block ends."""
     client = redis.Redis.from_url(settings.redis.url)
     worker = worker_factory(settings)
     worker.wait_ready()
@@ -67,9 +68,18 @@ async def test_a_redis_error_reply_is_retried_and_counted_and_never_stops_the_ag
     try:
         await publish(settings, events=[view(1)])
         wait_until(lambda: retries(worker, "redis_error") >= 3, what="retries of the refused batch")
-        assert healthz(worker) == (200, "ok\n") and applied_events(client, "rs") == 1
+        yield worker, client
     finally:
         client.config_set("maxmemory", 0)
+
+
+async def test_a_redis_error_reply_is_retried_and_counted_and_never_stops_the_agent(isolated_settings, worker_factory):
+    """Redis answering with an error (OOM here; BUSY and READONLY alike) raised out of the events agent, which
+    then stopped for good while the process lived. The batch is retried with back-off until Redis takes it,
+    counted under its reason, and /healthz stays green (restarting would not help)."""
+    settings = isolated_settings
+    async with retrying_a_refused_batch(settings, worker_factory) as (worker, client):
+        assert healthz(worker) == (200, "ok\n") and applied_events(client, "rs") == 1
     wait_until(lambda: applied_events(client, "rs") == 2, what="the refused batch once Redis takes writes")
     await publish(settings, events=[view(2)])
     wait_until(lambda: applied_events(client, "rs") == 3, what="the agent to go on")
@@ -100,6 +110,23 @@ async def test_an_agent_stuck_in_a_batch_turns_healthz_red_until_it_moves(isolat
         client.execute_command("CLIENT", "UNPAUSE")
     wait_until(lambda: applied_events(client, "rs") == 2, what="the batch once Redis takes writes")
     wait_until(green, timeout_s=5, what="/healthz green once the batch moved")
+
+
+@pytest.mark.parametrize("pipeline", [False, True], ids=["one-at-a-time", "pipelined"])
+async def test_a_worker_told_to_stop_while_its_batch_cannot_be_applied_exits_and_leaves_it_to_the_next(
+    isolated_settings, worker_factory, pipeline: bool
+):
+    """SIGTERM while Redis refuses the batch (OOM here; a Redis paused or a bad setting alike): the worker retried on
+    and faust waited for the batch's messages to be acknowledged, so the process stayed up until Redis took the batch
+    (SIGKILL after 70 s in the review). Now the retries end and it exits; the batch's offset was never committed, so
+    the next worker applies it."""
+    settings = isolated_settings.replace(worker_pipeline=pipeline)
+    async with retrying_a_refused_batch(settings, worker_factory) as (worker, client):
+        worker.proc.terminate()
+        worker.proc.wait(timeout=60)  # the old worker never exited while Redis refused
+        assert applied_events(client, "rs") == 1
+    worker_factory(settings)
+    wait_until(lambda: applied_events(client, "rs") == 2, what="the next worker to apply the batch left unapplied")
 
 
 @pytest.mark.parametrize("ending", ["transaction", "deleted"])
