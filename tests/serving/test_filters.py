@@ -7,7 +7,6 @@ each and no features, so the feature filter gets items of its own, written throu
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 
@@ -189,6 +188,7 @@ async def test_a_feature_filter_through_the_client_on_items_written_over_http(is
     settings = isolated_settings.replace(open_writes=True, pool_cache_s=0.1, popular_refresh_s=0.1)
     worker_factory(settings)
     stock = {f"s{k:02d}": {"in_stock": float(k % 2), "price": float(k)} for k in range(40)}
+    matching = sorted(i for i, f in stock.items() if f["in_stock"] and f["price"] < 30)
     with LiveReader(settings) as live:
         async with AsyncClient(live.url) as client:
             await client.put_items([{"item_id": i, "categories": ["shop"], "features": f} for i, f in stock.items()])
@@ -196,17 +196,26 @@ async def test_a_feature_filter_through_the_client_on_items_written_over_http(is
             await client.send_events(views)
             redis = settings.redis
             wait_until(lambda: _ranked(redis.url) == len(stock), what="every item in the popular ranking")
-            await asyncio.sleep(0.5)  # a snapshot reload that began after the worker wrote
+            # the reader's reloads then read the ranking and, item by item, the features: a fixed 0.5 s was too short
+            # on a loaded machine (the reader's loop starved for 1.5 s here: a first page of one item); another id's
+            # page shows when they have
+            wait_until(lambda: _served(live.url, "in_stock=true,price<30") == matching, what="the reader's reloads")
             first = await client.feed("buyer", limit=10, filter="in_stock=true,price<30")
             second = await client.feed("buyer", limit=10, cursor=first.next_cursor, filter=["in_stock=1", "price<30"])
     served = [i.item_id for page in (first, second) for i in page.items]
-    assert sorted(served) == sorted(i for i, f in stock.items() if f["in_stock"] and f["price"] < 30)
+    assert sorted(served) == matching
     assert len(first.items) == 10 and len(second.items) == 5, "the pages drain the 15 matching items"
 
 
 def _ranked(url: str) -> int:
     with redis.Redis.from_url(url) as client:
         return client.zcard("rs:rank")
+
+
+def _served(url: str, spelled: str) -> list[str]:
+    """The items of one 20-item page under the filter ``spelled``, for an id of its own, sorted."""
+    page = httpx.get(f"{url}/v1/feed/filter-probe", params={"limit": 20, "filter": spelled}, timeout=10).json()
+    return sorted(i["item_id"] for i in page["items"])
 
 
 def test_under_a_filter_an_item_not_loaded_yet_is_held_back_and_named_for_the_next_reload():
