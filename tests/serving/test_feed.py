@@ -13,9 +13,22 @@ from aiokafka import AIOKafkaConsumer
 from recstream.models.ctr import quantized_global_ctr
 from recstream.serving.fast_feed import FeedFastPath
 
-from recstream.contracts.events import ItemEvent, decode, segment_of
+from recstream.contracts.events import Event, ItemEvent, decode, segment_of
+from recstream.contracts.keys import Keys
+from recstream.store.state_dump import settled
 from tests.conftest import wait_until
-from tests.serving.conftest import DAY_MS, KEY, T0, World, feed, isolated_topics, reader_client, reload, segment
+from tests.serving.conftest import (
+    DAY_MS,
+    KEY,
+    T0,
+    World,
+    feed,
+    isolated_topics,
+    published_events,
+    reader_client,
+    reload,
+    segment,
+)
 from tests.streams.scenario import publish
 
 pytestmark = pytest.mark.integration
@@ -26,14 +39,14 @@ def by_source(page: dict, source: str) -> list[str]:
     return [i["item_id"] for i in page["items"] if i["source"] == source]
 
 
-def cold_ranking(world: World, segment_name: str, unavailable: set[str]) -> list[str]:
+def cold_ranking(world: World, events: list[Event], segment_name: str, unavailable: set[str]) -> list[str]:
     """λ·P(i|s) + (1−λ)·P(i|global) from the published events, computed without the reader or Redis."""
     s = world.settings
     seg_of = {u.user_id: segment_of(u.attributes) for u in world.users}
     views, clicks, seg_views, seg_clicks = Counter(), Counter(), Counter(), Counter()
-    for e in world.events:
+    for e in events:
         (clicks if e.type == "click" else views)[e.item_id] += 1
-        if seg_of[e.user_id] == segment_name:
+        if seg_of.get(e.user_id, "default") == segment_name:
             (seg_clicks if e.type == "click" else seg_views)[e.item_id] += 1
     prior = quantized_global_ctr(
         sum(clicks.values()),
@@ -82,16 +95,35 @@ async def test_pages_hold_no_duplicate_no_seen_item_and_explain_every_item(world
 
 
 async def test_a_cold_user_gets_segment_popularity_shrunk_toward_global(world, reader):
-    user = world.cold[0]
+    user, r = world.cold[0], world.redis()
+    # other tests click and view the world's items too (a click on the item 23rd here made it 5th): the expectation
+    # comes from every event on the log, and the page once the worker has applied them all
+    events = await logged_events(world)
+    totals = Counter(e.type for e in events)
+    wait_until(
+        lambda: (
+            r.hmget("rs:totals", "views", "clicks") == [str(totals["view"]), str(totals["click"])]
+            and settled(r, Keys.of(world.settings))
+        ),
+        what="every logged event applied and the rankings final",
+    )
+    await reload(reader)
     page = await feed(reader, user, limit=20)
     assert not page["warm"]
     assert {i["source"] for i in page["items"]} == {"popular", "explore"}
     popular = by_source(page, "popular")
     others = {i["item_id"] for i in page["items"]} - set(popular)
-    unavailable = set(world.redis().smembers("rs:unavailable"))
-    expected = [i for i in cold_ranking(world, segment(world, user), unavailable) if i not in others]
+    unavailable = set(r.smembers("rs:unavailable"))
+    expected = [i for i in cold_ranking(world, events, segment(world, user), unavailable) if i not in others]
     assert popular == expected[: len(popular)]
     assert {i["reason"] for i in page["items"] if i["source"] == "popular"} == {"popular with people like you"}
+
+
+async def logged_events(world: World) -> list[Event]:
+    """Every event on the world's events topic, the world's own and those other tests reported through its reader,
+    once per (user, event id) as the workers apply them."""
+    logged = {(e.user_id, e.event_id): e for e in await published_events(world.settings, len(world.events))}
+    return list(logged.values())
 
 
 async def test_twenty_pages_of_twenty_never_repeat_and_never_serve_a_seen_item(world, reader):
