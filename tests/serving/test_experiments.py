@@ -116,12 +116,13 @@ def test_an_ab_test_through_the_pipeline_names_the_truly_better_blend(isolated_s
 
     # the worker counts the same events per variant, under bounded labels
     def worker_counts() -> dict[tuple[str, str], int]:
-        text = httpx.get(f"http://127.0.0.1:{worker.port}/metrics").text
+        text = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=30).text
         pattern = r'recstream_worker_experiment_events_total\{experiment="blend",type="(\w+)",variant="(\w+)"\} (\S+)'
         return {(variant, kind): int(float(n)) for kind, variant, n in re.findall(pattern, text)}
 
     expected = {(name, kind): n for name, (v, c) in counts.items() for kind, n in (("view", v), ("click", c))}
-    wait_until(lambda: worker_counts() == expected, timeout_s=20, what="the worker's per-variant counters")
+    # as long as every other wait: on a loaded machine the worker may still be applying the simulation's events
+    wait_until(lambda: worker_counts() == expected, what="the worker's per-variant counters")
 
 
 async def test_the_feed_names_the_variant_and_blends_with_its_settings(world):
