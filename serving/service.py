@@ -82,10 +82,12 @@ class FeedService:
         self._loader_task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Load the snapshot once (so the first feeds are full), then keep reloading in the background."""
+        """Load the snapshot once (so the first feeds are full), then keep reloading in the background; a load that
+        succeeded makes the loader healthy at once (/v1/stats said ``redis: false`` until the next reload)."""
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(BACKGROUND_TIMEOUT_S):
                 await self.loader.refresh()
+            self.loader.healthy = True
         self._loader_task = asyncio.create_task(self.loader.run(), name="snapshot-loader")
 
     async def close(self) -> None:

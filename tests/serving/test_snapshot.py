@@ -10,6 +10,7 @@ import redis
 from prometheus_client import REGISTRY
 from recstream.serving import snapshot as snapshot_module
 from recstream.serving.redis_client import RedisClient
+from recstream.serving.service import FeedService
 from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoader
 
 from recstream.contracts.keys import Keys
@@ -335,3 +336,17 @@ async def test_stored_names_no_id_can_be_and_unreadable_totals_leave_every_route
         assert (await reader.get("/metrics")).status_code == 200
         stats = await reader.get("/v1/stats")
         assert stats.status_code == 200, stats.text
+
+
+@pytest.mark.integration  # a real Redis
+async def test_a_reader_whose_first_load_succeeded_is_healthy_before_its_background_loader_runs(
+    isolated_settings: Settings,
+) -> None:
+    """The start-up load did not mark the loader healthy: /v1/stats said ``redis: false`` until the background
+    loader's first reload ended, on a loaded machine seconds after the reader answered feeds."""
+    service = FeedService(isolated_settings)
+    await service.start()  # the background loader is scheduled, not run: nothing was awaited since
+    try:
+        assert service.loader.healthy and service.snapshot.loaded
+    finally:
+        await service.close()
