@@ -30,8 +30,8 @@ class Candidate:
     reason: str
 
 
-@dataclass(slots=True, unsafe_hash=True)  # not frozen (see Candidate), still hashed by value; nothing mutates either
-class Served:
+@dataclass(slots=True, unsafe_hash=True)  # not frozen (see Candidate), hashed by value: the ranked page completes the
+class Served:  # interleave's records (source, score, top feature) before anything hashes them; nothing else mutates
     """A page's item: the source it fills a slot of and why; on a ranked page its click probability and the
     feature that raised it most (serving/ranking.py)."""
 
@@ -157,9 +157,10 @@ def interleave(
         return current
 
     page: list[Served] = []
+    slotted = [s for s in SOURCES if quota[s] > 0]  # only these can be open (a ranked page has two)
     while len(page) < n:
         p, source, behind = len(page) + 1, None, 0
-        for s in SOURCES:  # the open source furthest behind; strict > keeps the first on ties
+        for s in slotted:  # the open source furthest behind; strict > keeps the first on ties
             if taken[s] < quota[s] and (source is None or quota[s] * p - taken[s] * n > behind):
                 source, behind = s, quota[s] * p - taken[s] * n  # exact integers
         if source is None:
@@ -171,6 +172,7 @@ def interleave(
             heir = next((s for s in overflow if s != source and head(s) is not None), None)
             if heir is not None:
                 quota[heir] += spare
+                slotted = [s for s in SOURCES if quota[s] > 0]
             continue
         page.append(Served(candidate.item, source, candidate.reason))
         used.add(candidate.item)

@@ -46,8 +46,9 @@ from recstream.serving.user_state import UserState
 from recstream.contracts.ranking import FEATURES, rounded_value, rounded_values
 
 COLUMN = {name: k for k, name in enumerate(FEATURES)}
-_ZEROS = itertools.repeat(0.0)
-"""An endless default for ``map(dict.get, keys, _ZEROS)``: infinite, so one shared iterator serves every call."""
+_MISSED = object()
+_MISSING = itertools.repeat(_MISSED)
+"""An endless default for ``map(dict.get, keys, _MISSING)``: a memo's miss, told from any value it holds."""
 AGES_MAX = 100_000
 """Creation times whose rounded ``pool_age`` :func:`_ages` keeps for one clock; past it, the memo starts over."""
 ROUNDED_MAX = 100_000
@@ -164,7 +165,9 @@ class PageFeatures:
                 _ROUNDED.clear()
             affinity = {}
             for c in dict.fromkeys(cats):
-                total = sum(map(share, c, _ZEROS), 0.0)
+                total = 0.0  # summed in the categories' order, as sum() would: the same bits
+                for category in c:
+                    total += share(category, 0.0)
                 if (value := _ROUNDED.get(total)) is None:
                     value = _ROUNDED[total] = rounded_value(total)
                 affinity[c] = value
@@ -176,18 +179,24 @@ class PageFeatures:
 
     def _pool_ages(self, created: Iterable[int | None]) -> list[float]:
         """``pool_age`` of each creation time, rounded: ln(1 + max(now − created, 0) / G), 0 before any event, ln 2
-        for an item whose creation time is not known; each value computed once per clock (:func:`_ages`)."""
+        for an item whose creation time is not known; each value computed once per clock (:func:`_ages`), looked up
+        in C (``map``) and computed in Python only for a creation time the memo lacks (or none)."""
         now_ms, unit, log1p = self._now_ms, self._age_unit_ms, math.log1p
         ages = _ages(now_ms, unit)
         if len(ages) > AGES_MAX:
             ages.clear()
-        out = []
-        for c in created:
-            if c is None:
-                age = self._absent_age
-            elif (age := ages.get(c)) is None:
-                age = ages[c] = rounded_value(0.0 if now_ms is None else log1p(max(now_ms - c, 0) / unit))
-            out.append(age)
+        created = list(created)
+        out = list(map(ages.get, created, _MISSING))
+        if _MISSED in out:
+            for k, c in enumerate(created):
+                if out[k] is not _MISSED:
+                    continue
+                if c is None:
+                    out[k] = self._absent_age
+                elif (age := ages.get(c)) is None:
+                    out[k] = ages[c] = rounded_value(0.0 if now_ms is None else log1p(max(now_ms - c, 0) / unit))
+                else:  # a creation time met twice in this call
+                    out[k] = age
         return out
 
     def favourite_category(self, item: str) -> str | None:

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Container, Iterable, Iterator
+import operator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from recstream.models.bandit import choose_explore, explore_gate, per_row, thompson_picks
@@ -77,6 +79,8 @@ FEATURE_WORDS = {
     "category_affinity": "close to what you watch",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_T = TypeVar("_T")
 FAST_UNAVAILABLE = 256
 """Unavailable items a request copies into its exclusion set (Exclusions.fast); with more, it looks them up."""
 
@@ -167,22 +171,43 @@ def build_page(
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
     features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
-    generators: dict[Source, Iterable[Candidate]] = {
-        "personal": personal(user),
-        "popular": popular_head_personal_first(user, snapshot, lists, settings, now),
-        "fresh": fresh(snapshot.pool, favourites, user.preferred),
-    }
-    on = {source for source in generators if shares[source] > 0}
+    popular_head = popular_head_personal_first(user, snapshot, lists, settings, now)
+    on = {source for source in OVERFLOW if shares[source] > 0}
     if mode != "ranked":
+        generators: dict[Source, Iterable[Candidate]] = {
+            "personal": personal(user),
+            "popular": popular_head,
+            "fresh": fresh(snapshot.pool, favourites, user.preferred),
+            "explore": explored,
+        }
         overflow = sorted(OVERFLOW, key=lambda source: source not in on)  # the sources with a share inherit first
-        items = interleave({**generators, "explore": explored}, counts, exclude.fast, overflow)
+        items = interleave(generators, counts, exclude.fast, overflow)
         if not snapshot.loaded:  # nothing to compute the features from yet
             return Page(items, user.warm, mode)
         return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
+    excluded = exclude.fast
+    proposers = {
+        "personal": personal_proposer(user, excluded),
+        "popular": Proposer(((c.item, c) for c in popular_head if c.item not in excluded), _CANDIDATE_REASON),
+        "fresh": fresh_proposer(snapshot.pool, favourites, user.preferred, excluded),
+    }
     weights = snapshot.ranker.weights
     gate = None if blend.explore_gate == "off" or theta is None else (blend.explore_gate, theta)
-    items, vectors = _ranked(generators, on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
+    items, vectors = _ranked(proposers, on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
+
+
+class Proposer(NamedTuple):
+    """A generator of the ranked union: its allowed candidates (not excluded) as (item, why) pairs, its order, and
+    the reason a why gives. The union takes a few dozen and serves ~20: a reason is built only for those, and no
+    Candidate for any; where the generator's list is in memory the pairs come from C iterators, with no Python frame
+    per item (:func:`personal_proposer`, :func:`fresh_proposer`)."""
+
+    pairs: Iterator[tuple[str, Any]]
+    reason: Callable[[Any], str]
+
+
+_CANDIDATE_REASON: Callable[[Candidate], str] = operator.attrgetter("reason")
 
 
 def popular_head_personal_first(
@@ -196,7 +221,7 @@ def popular_head_personal_first(
 
 
 def _ranked(
-    generators: dict[Source, Iterable[Candidate]],
+    proposers: dict[Source, Proposer],
     on: Container[Source],
     explored: list[Candidate],
     counts: dict[Source, int],
@@ -224,11 +249,10 @@ def _ranked(
     """
     k, excluded = counts["explore"], exclude.fast
     depth = sum(counts.values()) - k
-    proposed: dict[str, dict[Source, Candidate]] = {}
-    allowed = {source: (c for c in candidates if c.item not in excluded) for source, candidates in generators.items()}
-    for source, stream in allowed.items():
-        for candidate in itertools.islice(stream, depth * depth_factor if source in on else 0):
-            proposed.setdefault(candidate.item, {})[source] = candidate
+    proposed: dict[str, dict[Source, Any]] = {}
+    for source, proposer in proposers.items():
+        for item, why in itertools.islice(proposer.pairs, depth * depth_factor if source in on else 0):
+            proposed.setdefault(item, {})[source] = why
 
     def own_picks() -> int:
         """Of the first k allowed explore picks, those no generator proposed: each fills an explore slot with an item
@@ -238,24 +262,25 @@ def _ranked(
     # a union short of its slots (generators proposing the same items, a filter few items pass) takes each
     # generator's next allowed candidate in turn: the page stays full while any generator has one. It is the heir
     # of the explore slots the pool cannot fill, and of every gated pick (any may lose its slot)
+    allowed = {source: proposer.pairs for source, proposer in proposers.items()}
     while len(proposed) < depth + k - (0 if gate is not None else own_picks()) and allowed:
         for source in [s for s in allowed if s in on] or list(allowed):  # those with a share, then the others
-            if (candidate := next(allowed[source], None)) is None:
+            if (pair := next(allowed[source], None)) is None:
                 del allowed[source]
             else:
-                proposed.setdefault(candidate.item, {})[source] = candidate
+                proposed.setdefault(pair[0], {})[source] = pair[1]
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
     # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
     picks = list(
         itertools.islice((j for j, c in enumerate(explored) if c.item not in proposed and c.item not in excluded), k)
     )
-    row_of = {item: r for r, item in enumerate([*items, *(explored[j].item for j in picks)])}
-    rows = features.rows(list(row_of))
+    names = [*items, *(explored[j].item for j in picks)]
+    rows = features.rows(names)
     logit, contributions = logits(weights, rows)
     probabilities = probability(logit)
     scores = probabilities.tolist()
-    tops, pulls = top_features(contributions), generator_pull(contributions)
+    tops = top_features(contributions)
     order = np.argsort(-probabilities[: len(items)], kind="stable").tolist()
     if gate is not None:  # pick j would push off the exploitation item ranked depth + k − 1 − j (none: p = 0)
         at_risk = range(depth + k - 1, depth + k - 1 - len(picks), -1)
@@ -264,32 +289,39 @@ def _ranked(
         n = len(items)
         drawn = per_row(theta) if mode == "draw" else score_at_ctr(weights, rows[n:], logit[n:], theta)
         explored = [explored[j] for j in picks[: explore_gate(drawn, bottom)]]
-    served_as: dict[str, Source] = {}
+    served_as: dict[str, tuple[Source, int]] = {}
+    """A ranked item → the source it is served as, and its row."""
+    pulls: list[np.ndarray] = []
+
+    def pull_of(k: int) -> dict[Source, float]:
+        if not pulls:  # one product for the page, when an item first needs it
+            pulls.append(generator_pull(contributions))
+        return dict(zip(GENERATORS, pulls[0][k].tolist(), strict=True))
 
     def best_first() -> Iterator[Candidate]:
         for k in order:
-            item, feature, proposers = items[k], tops[k], proposed[items[k]]
+            item, feature, whys = items[k], tops[k], proposed[items[k]]
             source = None if feature is None else GENERATOR[feature]
-            if source in proposers:
-                reason = proposers[source].reason  # type: ignore[index]
-            else:  # served as the proposer its features pull for most (most items have one), in the top feature's words
-                if len(proposers) == 1:
-                    source = next(iter(proposers))
-                else:
-                    pull = dict(zip(GENERATORS, pulls[k].tolist(), strict=True))
-                    source = max(proposers, key=pull.__getitem__)
-                reason = proposers[source].reason if feature is None else _words(item, feature, features)
-            served_as[item] = source  # type: ignore[assignment]
-            yield Candidate(item, reason)
+            spoken = source in whys  # the top feature speaks for a generator that proposed the item
+            if not spoken:  # served as the proposer its features pull for most (most items have one)
+                source = next(iter(whys)) if len(whys) == 1 else max(whys, key=pull_of(k).__getitem__)
+            served_as[item] = source, k  # type: ignore[assignment]
+            if spoken or feature is None:
+                yield Candidate(item, proposers[source].reason(whys[source]))  # type: ignore[index]
+            else:  # in the top feature's words
+                yield Candidate(item, _words(item, feature, features))
 
     slots: dict[Source, int] = {"personal": depth, "explore": k}
     page = interleave({"personal": best_first(), "explore": explored}, slots, excluded)
-    at = [row_of[s.item] for s in page]
-    served = [
-        Served(s.item, s.source if s.source == "explore" else served_as[s.item], s.reason, scores[k], tops[k])
-        for s, k in zip(page, at, strict=True)
-    ]
-    return served, encode_rows(rows[at])
+    at = []
+    for served in page:  # the interleave's own records, completed (no second one each)
+        if served.source == "explore":  # a pick, or a proposed item not served yet (at most k of them)
+            r = names.index(served.item)
+        else:
+            served.source, r = served_as[served.item]
+        served.score, served.top_feature = scores[r], tops[r]
+        at.append(r)
+    return page, encode_rows(rows[at])
 
 
 def _words(item: str, feature: str, features: PageFeatures) -> str:
@@ -335,9 +367,25 @@ def favourite_categories(
 
 def personal(user: UserState) -> Iterator[Candidate]:
     """Without a history item to name, a candidate comes from the onboarding picks (or nothing to say)."""
-    fallback = "picked from the categories you chose" if user.preferred and not user.warm else "picked for you"
+    reason = _personal_reason(user)
     for item, because in user.candidates():
-        yield Candidate(item, f"because you watched {because}" if because else fallback)
+        yield Candidate(item, reason(because))
+
+
+def personal_proposer(user: UserState, excluded: Container[str]) -> Proposer:
+    """:func:`personal` for the ranked union: the allowed (item, because_item) rows of the candidate list."""
+    rows = user.candidate_list()
+    return Proposer(_allowed(rows, map(_FIRST, rows), excluded), _personal_reason(user))
+
+
+def _personal_reason(user: UserState) -> Callable[[str | None], str]:
+    fallback = "picked from the categories you chose" if user.preferred and not user.warm else "picked for you"
+    return lambda because: f"because you watched {because}" if because else fallback
+
+
+def _allowed(rows: Iterable[_T], items: Iterable[str], excluded: Container[str]) -> Iterator[_T]:
+    """The rows whose item (``items``, aligned with them) is not excluded, lazily, in C (compress and map)."""
+    return itertools.compress(rows, map(operator.not_, map(excluded.__contains__, items)))
 
 
 def popular(user: UserState, snapshot: Snapshot, lists: Popular | None, now: float) -> Iterator[Candidate]:
@@ -371,11 +419,27 @@ def _picked_first(
 
 def fresh(pool: Pool, favourites: Iterable[str], picked: Iterable[str]) -> Iterator[Candidate]:
     """New items of the favourite categories merged newest first (a lazy k-way merge)."""
-    picked = set(picked)
+    reason = _fresh_reason(picked)
     lists = [_tagged(pool.fresh.get(category, ()), category) for category in favourites]
     for _, item, category in heapq.merge(*lists):
-        why = "which you picked" if category in picked else "one of your favourite categories"
-        yield Candidate(item, f"new in {category}, {why}")
+        yield Candidate(item, reason(category))
+
+
+def fresh_proposer(pool: Pool, favourites: Iterable[str], picked: Iterable[str], excluded: Container[str]) -> Proposer:
+    """:func:`fresh` for the ranked union: the allowed (item, category) pairs in its order (each category's allowed rows
+    found in C, tagged by ``zip``, merged as :func:`fresh` merges them)."""
+    lists = []
+    for category in favourites:
+        rows = pool.fresh.get(category, ())
+        lists.append(zip(_allowed(rows, map(_SECOND, rows), excluded), itertools.repeat(category)))
+    return Proposer(((row[1], category) for row, category in heapq.merge(*lists)), _fresh_reason(picked))
+
+
+def _fresh_reason(picked: Iterable[str]) -> Callable[[str], str]:
+    picked = set(picked)
+    return lambda category: (
+        f"new in {category}, {'which you picked' if category in picked else 'one of your favourite categories'}"
+    )
 
 
 def _tagged(rows: Iterable[tuple[int, str]], category: str) -> Iterator[tuple[int, str, str]]:

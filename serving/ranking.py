@@ -54,8 +54,13 @@ GENERATOR: dict[str, Source | None] = {
 GENERATORS: tuple[Source, ...] = ("personal", "popular", "fresh")
 """The generators of the ranked union, in the order of :func:`generator_pull`'s columns."""
 _GROUPS = np.array([[GENERATOR[f] == g for f in FEATURES] for g in GENERATORS], dtype=np.float64).T
-_EXPLAINS = np.array([GENERATOR[f] is not None for f in FEATURES])
-"""``warm`` is the same for every item of a page: it moves every score alike and explains none."""
+_EXPLAINING = slice(0, len(FEATURES) - 1)
+"""The features that explain a score, all but the last, ``warm``: it is the same for every item of a page, moves every
+score alike and explains none."""
+if [GENERATOR[f] is not None for f in FEATURES] != [True] * (len(FEATURES) - 1) + [False]:
+    raise ImportError("top_features takes every feature but the last as explaining: GENERATOR and FEATURES disagree")
+_TOP_NAMES: tuple[str | None, ...] = (*FEATURES, None)
+"""A top feature's name by its column, None past them (no feature raised the score)."""
 _CTR, _SEGMENT_CTR = FEATURES.index("ctr_logit"), FEATURES.index("segment_ctr_logit")
 PROB_CLIP = 1e-6
 
@@ -176,10 +181,10 @@ def top_features(contributions: np.ndarray) -> list[str | None]:
     >>> top_features(np.array([[0.5, 2.0] + [0.0] * (len(FEATURES) - 2), [0.0] * len(FEATURES)]))
     ['personal', None]
     """
-    explaining = np.where(_EXPLAINS, contributions, -np.inf)
-    tops = np.argmax(explaining, axis=1)
-    raised = explaining[np.arange(len(tops)), tops] > 0
-    return [FEATURES[t] if r else None for t, r in zip(tops.tolist(), raised.tolist(), strict=True)]
+    explaining = contributions[:, _EXPLAINING]  # a view: no copy with −inf for warm
+    tops = explaining.argmax(axis=1)
+    tops = np.where(explaining[np.arange(len(tops)), tops] > 0, tops, len(FEATURES))  # a gather: max() costs more
+    return list(map(_TOP_NAMES.__getitem__, tops.tolist()))
 
 
 def generator_pull(contributions: np.ndarray) -> np.ndarray:

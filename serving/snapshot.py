@@ -128,9 +128,11 @@ class Categories:
         its categories (after a restart, the cache of a large catalogue takes a while to fill)."""
         found = list(map(self._entries.get, items))
         wanted, unknown = self.wanted, found.count(None)
-        for item, entry in zip(items, found, strict=True):
-            if (entry is None or now - entry[1] > CATEGORY_MAX_AGE_S) and len(wanted) < CATEGORY_BATCH:
-                wanted.add(item)
+        stale = [item for item, e in zip(items, found, strict=True) if e is None or now - e[1] > CATEGORY_MAX_AGE_S]
+        for item in stale:  # named until the batch is full
+            if len(wanted) >= CATEGORY_BATCH:
+                break
+            wanted.add(item)
         metrics.FEATURE_ROWS_KNOWN.inc(len(found) - unknown)
         if unknown:
             metrics.FEATURE_ROWS_UNKNOWN.inc(unknown)

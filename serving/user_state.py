@@ -62,6 +62,11 @@ class UserState:
         """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first)."""
         return iter(self._parsed()[0])
 
+    def candidate_list(self) -> list[tuple[str, str | None]]:
+        """:meth:`candidates` as the parsed list itself (read it, never change it): C iterators can walk it twice,
+        once for the rows and once for their items (serving/feed's ranked union)."""
+        return self._parsed()[0]
+
     def candidate_positions(self) -> dict[str, int]:
         """item → its 0-based position on the candidate list (best first, ALS score order), first row of an item kept.
 
