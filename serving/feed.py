@@ -30,7 +30,6 @@ Under an experiment, ``settings`` are the user's variant's (serving/variants.py)
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import operator
 from collections.abc import Callable, Container, Iterable, Iterator
@@ -79,7 +78,7 @@ FEATURE_WORDS = {
     "category_affinity": "close to what you watch",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
-_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_FIRST, _SECOND, _ITEM_CATEGORY = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(1, 2)
 _T = TypeVar("_T")
 FAST_UNAVAILABLE = 256
 """Unavailable items a request copies into its exclusion set (Exclusions.fast); with more, it looks them up."""
@@ -418,21 +417,20 @@ def _picked_first(
 
 
 def fresh(pool: Pool, favourites: Iterable[str], picked: Iterable[str]) -> Iterator[Candidate]:
-    """New items of the favourite categories merged newest first (a lazy k-way merge)."""
+    """New items of the favourite categories merged newest first (Pool.newest: a head merged once per reload, then a
+    lazy k-way merge)."""
     reason = _fresh_reason(picked)
-    lists = [_tagged(pool.fresh.get(category, ()), category) for category in favourites]
-    for _, item, category in heapq.merge(*lists):
+    head, rest = pool.newest(favourites)
+    for _, item, category in itertools.chain(head, rest):
         yield Candidate(item, reason(category))
 
 
 def fresh_proposer(pool: Pool, favourites: Iterable[str], picked: Iterable[str], excluded: Container[str]) -> Proposer:
-    """:func:`fresh` for the ranked union: the allowed (item, category) pairs in its order (each category's allowed rows
-    found in C, tagged by ``zip``, merged as :func:`fresh` merges them)."""
-    lists = []
-    for category in favourites:
-        rows = pool.fresh.get(category, ())
-        lists.append(zip(_allowed(rows, map(_SECOND, rows), excluded), itertools.repeat(category)))
-    return Proposer(((row[1], category) for row, category in heapq.merge(*lists)), _fresh_reason(picked))
+    """:func:`fresh` for the ranked union: the allowed (item, category) pairs in its order, those of the merged head
+    found in C."""
+    head, rest = pool.newest(favourites)
+    allowed = itertools.chain(_allowed(head, map(_SECOND, head), excluded), (r for r in rest if r[1] not in excluded))
+    return Proposer(map(_ITEM_CATEGORY, allowed), _fresh_reason(picked))
 
 
 def _fresh_reason(picked: Iterable[str]) -> Callable[[str], str]:
@@ -440,10 +438,6 @@ def _fresh_reason(picked: Iterable[str]) -> Callable[[str], str]:
     return lambda category: (
         f"new in {category}, {'which you picked' if category in picked else 'one of your favourite categories'}"
     )
-
-
-def _tagged(rows: Iterable[tuple[int, str]], category: str) -> Iterator[tuple[int, str, str]]:
-    return ((neg_created, item, category) for neg_created, item in rows)
 
 
 def explore(

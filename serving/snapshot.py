@@ -23,13 +23,14 @@ logits of the smoothed CTRs the popular lists are ordered by (global and per seg
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 import math
 import operator
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,10 @@ SEGMENT_PAUSE_S = 0.003
 MIN_REFRESH_S = 0.05
 RANKER_REFRESH_S = 1.0
 """The longest time between reloads whatever ``pool_cache_s``: the ranker's weights are at most this old."""
+NEWEST_HEAD = 64
+"""Rows of a set of categories' newest pool items merged once per reload (Pool.newest): a ranked page takes ~20."""
+NEWEST_MAX = 1_024
+"""Sets of categories whose merged head a pool keeps; past it, it starts over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +78,10 @@ class Popular:
     warm: tuple[str, ...]
     cold: tuple[str, ...]
     ctr_logits: Mapping[str, float] = field(default_factory=dict)
+
+
+Fresh = tuple[int, str, str]
+"""A fresh row tagged with its category: (−created_ts, item, category)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,37 @@ class Pool:
     """item → created_ts (ms, event time) of every item read: the newest ``pool.read_max`` of the pool."""
     ctr_logits: Mapping[str, float] = field(default_factory=dict)
     """item → logit of its smoothed CTR, from its counts as the workers compute it."""
+    _newest: dict[tuple[str, ...], tuple[tuple[Fresh, ...], ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+    """Sorted categories → :meth:`newest`'s head and what its making left over, until the next reload."""
+
+    def newest(self, categories: Iterable[str]) -> tuple[tuple[Fresh, ...], Iterator[Fresh]]:
+        """The categories' pool items newest first, as (−created_ts, item, category) (an item in two of them twice):
+        the first NEWEST_HEAD (kept for this set of categories until the next reload: pages share favourite
+        categories), then a lazy merge of the rest.
+
+        The merge's rows are distinct, so it is their sorted order, and its first NEWEST_HEAD rows are among the
+        first NEWEST_HEAD of each category (a row past them has as many smaller ones in its own list): the head is
+        the sorted union of those, cut; the rest merges what the cut left with each category's remainder.
+        A page then walks a tuple instead of a Python merge (~0.5 µs an item; a ranked page takes ~20 of them).
+        """
+        key = tuple(sorted(categories))
+        cached = self._newest.get(key)
+        if cached is None:
+            if len(self._newest) >= NEWEST_MAX:
+                self._newest.clear()
+            heads = (
+                [(neg, item, category) for neg, item in self.fresh.get(category, ())[:NEWEST_HEAD]] for category in key
+            )
+            rows = sorted(itertools.chain.from_iterable(heads))
+            cached = self._newest[key] = (tuple(rows[:NEWEST_HEAD]), tuple(rows[NEWEST_HEAD:]))
+        rest = [_tagged(itertools.islice(self.fresh.get(c, ()), NEWEST_HEAD, None), c) for c in key]
+        return cached[0], heapq.merge(cached[1], *rest)
+
+
+def _tagged(rows: Iterable[tuple[int, str]], category: str) -> Iterator[Fresh]:
+    return ((neg_created, item, category) for neg_created, item in rows)
 
 
 class Categories:

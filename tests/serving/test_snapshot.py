@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import random
 from typing import Any
 
 import pytest
@@ -350,3 +352,39 @@ async def test_a_reader_whose_first_load_succeeded_is_healthy_before_its_backgro
         assert service.loader.healthy and service.snapshot.loaded
     finally:
         await service.close()
+
+
+def _tagged_merge(pool: Pool, categories: list[str]) -> list[tuple[int, str, str]]:
+    """Independently: every (−created_ts, item, category) of the categories, merged by heapq as fresh() merged."""
+    lists = [[(neg, item, c) for neg, item in pool.fresh.get(c, ())] for c in categories]
+    return list(heapq.merge(*lists))
+
+
+@pytest.mark.parametrize(
+    "size", [snapshot_module.NEWEST_HEAD - 1, snapshot_module.NEWEST_HEAD, snapshot_module.NEWEST_HEAD + 1, 200]
+)
+def test_the_newest_pool_items_of_some_categories_are_their_merge_whatever_the_head(size: int) -> None:
+    """Pool.newest's head (merged once, kept) and its lazy rest are the categories' k-way merge, row for row: items in
+    two categories (twice, ordered by category), ties of creation time (by item), a category with no pool items."""
+    rng = random.Random(size)
+    fresh: dict[str, list[tuple[int, str]]] = {c: [] for c in ("film", "kids", "news")}
+    for k in range(size * 2):
+        for category in rng.sample(sorted(fresh), rng.choice([1, 1, 2, 3])):
+            fresh[category].append((-rng.randrange(0, size), f"n{k}"))  # few creation times: many ties
+    pool = Pool(fresh={c: tuple(sorted(rows)) for c, rows in fresh.items()})
+    for categories in (["kids", "film", "news"], ["news"], ["film", "music"], ["music"], [], ["news", "film"]):
+        expected = _tagged_merge(pool, categories)
+        for _ in range(2):  # made, then from the pool's own copy
+            head, rest = pool.newest(categories)
+            assert [*head, *rest] == expected, categories
+            assert len(head) == min(snapshot_module.NEWEST_HEAD, len(expected))
+
+
+@pytest.mark.parametrize("kept", [snapshot_module.NEWEST_MAX - 1, snapshot_module.NEWEST_MAX])
+def test_the_newest_heads_a_pool_keeps_start_over_past_their_bound(kept: int) -> None:
+    pool = Pool(fresh={"news": ((-2, "n2"), (-1, "n1"))})
+    for k in range(kept):
+        pool.newest([f"c{k}"])
+    head, _ = pool.newest(["news"])  # the bound's own set: limit − 1 kept → limit; at the limit → starts over
+    assert head == ((-2, "n2", "news"), (-1, "n1", "news"))
+    assert len(pool._newest) == (kept + 1 if kept < snapshot_module.NEWEST_MAX else 1)
