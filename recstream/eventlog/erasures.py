@@ -26,7 +26,9 @@ async def erased_users(consumer: AIOKafkaConsumer, topic: str, ranges: Ranges | 
     """Every user id on the erasures topic (none when the topic does not exist: nothing was ever erased), up to
     ``ranges`` when the caller read the topic's ends already (:func:`whole_topic`)."""
     erased: set[str] = set()
-    async for chunk in read(consumer, await whole_topic(consumer, topic) if ranges is None else ranges, 10_000):
+    async for chunk in read(
+        consumer, await whole_topic(consumer, topic, missing_ok=True) if ranges is None else ranges, 10_000
+    ):
         for message in chunk:
             try:
                 erased.add(Erasure.model_validate_json(message.value or b"").user_id)
@@ -49,7 +51,7 @@ async def erased_between(
     """The users erased at or past ``start`` on the erasures topic (per partition; from the log start where it names
     none), and each partition's end offset they were read up to (none when the topic does not exist): a caller that
     passes those ends next time reads only what came since."""
-    ends = {tp: end for tp, (_, end) in (await whole_topic(consumer, topic)).items()}
+    ends = {tp: end for tp, (_, end) in (await whole_topic(consumer, topic, missing_ok=True)).items()}
     ranges = {tp: (start.get(tp), end) for tp, end in ends.items() if start.get(tp, -1) < end}
     return (await erased_users(consumer, topic, ranges) if ranges else frozenset()), ends
 

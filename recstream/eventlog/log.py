@@ -8,6 +8,7 @@ simply absent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
 
+METADATA_TRIES, METADATA_RETRY_S = 3, 0.5
 Ranges = Mapping[tuple[str, int], tuple[int | None, int]]
 """(topic, partition) → (first offset, or None for the log start; end offset, exclusive)."""
 
@@ -52,11 +54,29 @@ def open_log(settings: Settings) -> AbstractAsyncContextManager[AIOKafkaConsumer
     return _consumer(settings, auto_offset_reset="earliest")
 
 
-async def whole_topic(consumer: AIOKafkaConsumer, topic: str) -> dict[tuple[str, int], tuple[int | None, int]]:
-    """Every partition of ``topic`` from its log start to its end as of now."""
-    # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
-    cluster = await consumer._client.fetch_all_metadata()
-    partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+class MissingTopic(LookupError):
+    """The brokers have no topic of that name (a mistyped ``RECSTREAM_*_TOPIC``, topics never created): read as an
+    empty topic, it made ``recstream rebuild`` wipe the state and report success, and ``recstream train`` hang."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} does not exist")
+        self.topic = topic
+
+
+async def whole_topic(
+    consumer: AIOKafkaConsumer, topic: str, *, missing_ok: bool = False
+) -> dict[tuple[str, int], tuple[int | None, int]]:
+    """Every partition of ``topic`` from its log start to its end as of now; :class:`MissingTopic` when there is no
+    such topic, unless ``missing_ok`` (then none: a topic that only exists once something was written to it)."""
+    for attempt in range(1, METADATA_TRIES + 1):
+        # partitions_for_topic only knows subscribed topics; a full metadata fetch knows them all
+        numbers = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
+        if numbers or missing_ok:
+            break
+        if attempt == METADATA_TRIES:
+            raise MissingTopic(topic)
+        await asyncio.sleep(METADATA_RETRY_S)  # a topic created a moment ago may not be in this broker's metadata yet
+    partitions = [TopicPartition(topic, p) for p in sorted(numbers or ())]
     ends = await consumer.end_offsets(partitions) if partitions else {}
     return {(tp.topic, tp.partition): (None, ends[tp]) for tp in partitions}
 

@@ -4,7 +4,9 @@ The topics are the source of truth (``events`` kept forever, ``items`` and ``use
 to the latest value of each id), and every derived value is a function of the log applied in
 order (recstream/store/state.py). So with the workers stopped the rebuild
 
-1. refuses while the worker group has members (a worker would write while keys are deleted);
+1. refuses while the worker group has members (a worker would write while keys are deleted), and when a topic it
+   replays does not exist (:class:`~recstream.eventlog.log.MissingTopic`: a mistyped name read as an empty topic
+   wiped the state);
 2. deletes every key under the prefix except :data:`recstream.contracts.keys.NOT_DERIVED`;
 3. activates the current model version (``model:current``, else the newest on disk): its item
    neighbours, then the pointer, as ``recstream train`` publishes it;
@@ -38,6 +40,7 @@ from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from recstream.contracts.events import Kind
 from recstream.contracts.keys import NOT_DERIVED, Keys, pointed_version
 from recstream.contracts.settings import Settings
 from recstream.eventlog.connection import client_options
@@ -99,6 +102,9 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
             f"consumer group {settings.worker.group} has {len(members)} active member(s) ({', '.join(members)}): "
             "stop the workers first (a killed worker counts until its session times out)"
         )
+    async with open_log(settings) as consumer:  # before deleting: a missing topic (a mistyped name) stops here
+        for topic, _ in _replayed(settings):
+            await whole_topic(consumer, topic)
     redis = connect(settings)
     try:
         version, artifacts = await _current_model(settings, redis)  # before deleting: a broken model stops here
@@ -144,6 +150,12 @@ async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, 
         ) from None
 
 
+def _replayed(settings: Settings) -> tuple[tuple[str, Kind], ...]:
+    """The topics replayed, in their order, each with the kind of its records."""
+    kafka = settings.kafka
+    return (kafka.users_topic, "user"), (kafka.items_topic, "item"), (kafka.events_topic, "event")
+
+
 async def _replay(
     settings: Settings, redis: Redis, progress: Progress | None
 ) -> tuple[dict[str, int], int, dict[tuple[str, int], int]]:
@@ -164,8 +176,7 @@ async def _replay(
             erased = await erasures.refresh()
             await mark_erased(redis, keys, erased)
             await note_checked(redis, keys, erasures.ends)
-            for topic, kind in ((settings.kafka.users_topic, "user"), (settings.kafka.items_topic, "item"),
-                                (settings.kafka.events_topic, "event")):  # fmt: skip
+            for topic, kind in _replayed(settings):
                 ranges = await whole_topic(consumer, topic)
                 ends.update({tp: end for tp, (_, end) in ranges.items()})
                 total = sum(end for _, end in ranges.values())

@@ -195,13 +195,16 @@ def collect(
 
 
 async def read_log(settings: Settings) -> AsyncIterator[list[Record]]:
-    """Every valid record on ``items``, then ``events``, from the earliest offset to the end as of now, but the
+    """Every valid record on ``items``, then ``events``, from the earliest offset to the end as of now (both ends
+    taken first: a missing topic is :class:`~recstream.eventlog.log.MissingTopic` before anything is read), but the
     events of erased users, one Kafka message's records at a time."""
     now_ms = 2**53  # replay: no future-timestamp check against the wall clock
     async with open_log(settings) as consumer:
+        topics = {"item": settings.kafka.items_topic, "event": settings.kafka.events_topic}
+        ranges = {kind: await whole_topic(consumer, topic) for kind, topic in topics.items()}
         erased = await erased_users(consumer, settings.kafka.erasures_topic)
-        for topic, kind in ((settings.kafka.items_topic, "item"), (settings.kafka.events_topic, "event")):
-            async for chunk in read(consumer, await whole_topic(consumer, topic), MESSAGES_PER_READ):
+        for kind in topics:
+            async for chunk in read(consumer, ranges[kind], MESSAGES_PER_READ):
                 for message in chunk:
                     valid = decode(message.value, kind, now_ms, settings.model.feedback_types)[0]
                     yield [Record(kind, v) for v in valid if getattr(v, "user_id", None) not in erased]

@@ -25,7 +25,8 @@ from typer.core import TyperGroup
 
 from recstream.contracts.events import Event, Rejected
 from recstream.contracts.feedback import FeedbackTypes
-from recstream.contracts.settings import Settings, SettingsError, load_settings, redacted
+from recstream.contracts.settings import ENV_PREFIX, Settings, SettingsError, load_settings, redacted
+from recstream.eventlog.log import MissingTopic
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import sources
 from recstream.shell import infra
@@ -51,9 +52,9 @@ class _BootstrapFailures(logging.Filter):
 
 @contextmanager
 def _unreachable_in_one_line() -> Iterator[None]:
-    """An unreachable Kafka or Redis, wherever a command meets it, ends the command with one line on stderr
-    naming the address and its variable, and exit code 1, instead of a traceback; so does a database the Redis
-    refuses (past its ``databases``), which every connection selects first."""
+    """An unreachable Kafka or Redis, or a topic the brokers do not have, wherever a command meets it, ends the
+    command with one line on stderr naming the address or topic and its variable, and exit code 1, instead of a
+    traceback; so does a database the Redis refuses (past its ``databases``), which every connection selects first."""
     failures = _BootstrapFailures()
     kafka_log = logging.getLogger("aiokafka")
     kafka_log.addFilter(failures)
@@ -70,6 +71,15 @@ def _unreachable_in_one_line() -> Iterator[None]:
             raise
         redis = _settings().redis
         _fail(f"Redis at {redacted(redis.url)} refuses database {redis.database} (RECSTREAM_REDIS_URL): {exc}")
+    except MissingTopic as exc:
+        kafka = _settings().kafka
+        variables = " or ".join(
+            f"{ENV_PREFIX}{name.upper()}" for name, value in kafka if name.endswith("_topic") and value == exc.topic
+        )
+        _fail(
+            f"{exc} on Kafka at {kafka.bootstrap} ({variables or 'a topic setting'}): check the name, or create the "
+            "topics with `recstream infra topics`"
+        )
     finally:
         kafka_log.removeFilter(failures)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from recstream.eventlog.log import open_log, read, whole_topic
+from recstream.eventlog.log import MissingTopic, open_log, read, whole_topic
 from recstream.jobs import training
 from tests.streams.scenario import publish, publish_raw, world
 
@@ -45,3 +47,16 @@ async def test_training_reads_every_valid_record_of_items_and_events(isolated_se
     log = await training.collect_log(settings)
     assert len(log) == len(events) and log.content == {item.item_id: item for item in items}
     assert sorted(log.ts.tolist()) == sorted(e.ts for e in events)
+
+
+async def test_a_missing_topic_is_an_error_naming_it_unless_it_may_be_missing(isolated_settings):
+    """Read as an empty topic, a mistyped name made ``rebuild`` wipe the state and ``train`` hang. The erasures topic
+    may be missing (nothing was ever erased, on a broker set up before it existed): training reads on without it."""
+    settings = isolated_settings.replace(erasures_topic=f"no-such-topic-{uuid.uuid4().hex[:8]}")
+    _, items, events = world(n_users=5, n_items=4, n_events=30)
+    await publish(settings, items=items, events=events)
+    async with open_log(settings) as consumer:
+        with pytest.raises(MissingTopic, match=f"^topic '{settings.kafka.erasures_topic}' does not exist$"):
+            await whole_topic(consumer, settings.kafka.erasures_topic)
+        assert await whole_topic(consumer, settings.kafka.erasures_topic, missing_ok=True) == {}
+    assert len(await training.collect_log(settings)) == len(events)

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import orjson
@@ -269,3 +270,28 @@ def test_an_experiment_report_from_a_file_names_the_lines_it_did_not_count(nothi
     said = " ".join(done.stderr.split())
     assert done.returncode == 0, done.stderr
     assert "skipped line 3: ts: Input should be greater than or equal to 631152000000" in said, done.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [(["rebuild"], "events_topic"), (["rebuild"], "users_topic"), (["train"], "events_topic"),
+     (["train"], "items_topic"), (["experiment", "report", "ab"], "events_topic")],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else v,
+)  # fmt: skip
+def test_a_topic_the_brokers_do_not_have_is_one_line_naming_it_and_its_variable_and_nothing_is_deleted(
+    isolated_settings: Settings, tmp_path: Path, command: list[str], variable: str
+):
+    """RECSTREAM_EVENTS_TOPIC mistyped: whole_topic read the missing topic as an empty one, so ``rebuild`` deleted
+    every derived key, replayed nothing and exited 0, and ``train`` hung (stopping a consumer assigned nothing)."""
+    missing = f"no-such-topic-{uuid.uuid4().hex[:8]}"
+    settings = isolated_settings.replace(model_dir=tmp_path / "models", **{variable: missing})
+    client = redis.Redis.from_url(settings.redis.url)
+    client.hset(Keys.of(settings)("totals"), "views", 7)  # derived: deleted by a rebuild that runs
+    done = cli(settings, *command)
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr == (
+        f"topic {missing!r} does not exist on Kafka at {settings.kafka.bootstrap} (RECSTREAM_{variable.upper()}): "
+        "check the name, or create the topics with `recstream infra topics`\n"
+    )
+    assert client.hget(Keys.of(settings)("totals"), "views") == b"7"
