@@ -36,10 +36,18 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares, calculate_loss
+from implicit.recommender_base import ModelFitError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from threadpoolctl import threadpool_limits
 
 from recstream.contracts.feedback import FeedbackTypes
+
+MAX_REGULARIZATION = 1e6
+MAX_ALPHA = 1e4
+
+
+class FitError(ValueError):
+    """The fit diverged (NaN or infinite factors): confidences 1 + α·r too large for float32."""
 
 
 class ALSConfig(BaseModel):
@@ -54,8 +62,11 @@ class ALSConfig(BaseModel):
     # and dense worlds; the best min over sources of HR@10 / that source's best, of 120 candidates): λ 40, α 1,
     # γ 0.9 and a cap of 30 reach 0.85 of every source's best, where the MovieLens-tuned λ 40, α 2 and hard cap
     # 10 fell to 0.56 (on the sparse world; 0.73 on shuffled MovieLens) for 1.05× on MovieLens itself.
-    regularization: float = Field(40.0, gt=0.0)
-    alpha: float = Field(1.0, ge=0.0)
+    # Upper bounds, far past any useful value (λ 1e6 shrank every factor of a 4,000-event log to 1e-16; α 1e4 makes
+    # one view worth ten thousand unseen items): `train --regularization 1e40` ended in implicit's NaN error after
+    # reading the whole log. Within them a fit can still diverge on huge event weights: FitError.
+    regularization: float = Field(40.0, gt=0.0, le=MAX_REGULARIZATION)
+    alpha: float = Field(1.0, ge=0.0, le=MAX_ALPHA)
     # γ of the online user step's history_confidence: a history item's extra confidence fades by γ per more
     # recent item (1: no fading). Batch training sums events without order and does not use it.
     recency_decay: float = Field(0.9, gt=0.0, le=1.0)
@@ -220,7 +231,10 @@ def train_als(r: sp.spmatrix, cfg: ALSConfig, show_progress: bool = False) -> AL
             num_threads=threads,
             random_state=cfg.random_state,
         )
-        model.fit(c, show_progress=show_progress)
+        try:
+            model.fit(c, show_progress=show_progress)
+        except ModelFitError as exc:  # implicit's check of the factors after each sweep
+            raise _diverged(cfg, str(exc)) from None
     seconds = time.perf_counter() - started
     return fitted(c, model.user_factors, model.item_factors, cfg, seconds)
 
@@ -239,7 +253,16 @@ def fitted(
     """The fit of any engine, with implicit's loss on the confidence matrix c: one measure across engines."""
     user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
     item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    if not (np.isfinite(user_factors).all() and np.isfinite(item_factors).all()):  # another engine's (Spark's)
+        raise _diverged(cfg, "factors not finite")
     with threadpool_limits(limits=1, user_api="blas"):
         loss = calculate_loss(c, user_factors, item_factors, cfg.regularization, cfg.num_threads or available_cores())
     report = TrainReport(users=c.shape[0], items=c.shape[1], nnz=c.nnz, seconds=seconds, loss=float(loss))
     return ALSFit(item_factors=item_factors, user_factors=user_factors, report=report)
+
+
+def _diverged(cfg: ALSConfig, why: str) -> FitError:
+    return FitError(
+        f"the fit diverged ({why}) with regularization {cfg.regularization:g} and alpha {cfg.alpha:g}: the confidences "
+        "1 + α·r are too large; lower --alpha, or the event weights (RECSTREAM_FEEDBACK_TYPES)"
+    )

@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,21 @@ def write_model(root: str | Path, model: ModelArtifacts) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return version
+
+
+def check_writable(root: str | Path) -> None:
+    """Whether :func:`write_model` can write under ``root``, checked without leaving anything behind: the nearest
+    folder of ``root`` and its parents that exists must be one, and take a temporary folder. A root that is a file
+    or cannot be written failed only in write_model, after the whole training, with a traceback. ArtifactError
+    says why."""
+    root = Path(root)
+    existing = next(path for path in (root, *root.parents) if path.exists())
+    if not existing.is_dir():
+        raise ArtifactError(f"{existing} is not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".tmp-check-").cleanup()
+    except OSError as exc:
+        raise ArtifactError(f"cannot create a folder in {existing}: {exc.strerror or exc}") from None
 
 
 def list_versions(root: str | Path) -> list[str]:

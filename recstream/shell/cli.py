@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import click
 import typer
 from aiokafka.errors import KafkaConnectionError
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -449,15 +450,20 @@ def train(
     from rich.table import Table
 
     from recstream.jobs import spark_training, training
-    from recstream.models.als import ALSConfig
+    from recstream.models.als import ALSConfig, FitError
+    from recstream.models.artifacts import ArtifactError, check_writable
 
     settings = _settings()
     try:
         chosen = {"regularization": regularization, "alpha": alpha}  # None: the defaults bench/validate.py chose
         cfg = ALSConfig(factors=factors, iterations=iterations, **{k: v for k, v in chosen.items() if v is not None})
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
+    except ValidationError as exc:  # one line naming each option (pydantic's report spans four, and a link)
+        typer.secho("; ".join(f"--{error['loc'][0]}: {error['msg']}" for error in exc.errors()), fg="red", err=True)
         raise typer.Exit(2) from None
+    try:  # before the log is read: a file there failed only once the model was trained
+        check_writable(settings.model.dir)
+    except ArtifactError as exc:
+        _fail(f"cannot write models (RECSTREAM_MODEL_DIR): {exc}")
     if engine is Engine.spark:
         try:
             spark_training.require_pyspark()
@@ -483,7 +489,7 @@ def train(
                 artifacts, metrics = spark_training.train(log, cfg, settings, holdout=holdout)
             else:
                 artifacts, metrics = training.train(log, cfg, holdout=holdout)
-        except training.EmptyLog as exc:
+        except (training.EmptyLog, FitError) as exc:
             _skipped(log.rejections, log.rejected)
             _fail(str(exc))
         progress.update(task, description="publishing")

@@ -7,7 +7,10 @@ import numpy as np
 import pydantic
 import pytest
 from recstream.models.als import (
+    MAX_ALPHA,
+    MAX_REGULARIZATION,
     ALSConfig,
+    FitError,
     confidence,
     event_weights,
     history_confidence,
@@ -178,3 +181,26 @@ def test_a_config_written_before_feedback_types_still_loads():
     assert ALSConfig.model_validate_json(old) == ALSConfig(factors=8)
     with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
         ALSConfig.model_validate_json('{"factors": 8, "like_weight": 4.0}')
+
+
+@pytest.mark.parametrize(("name", "limit"), [("regularization", MAX_REGULARIZATION), ("alpha", MAX_ALPHA)])
+def test_regularization_and_alpha_are_bounded_and_a_fit_at_the_bound_is_finite(name: str, limit: float):
+    """``train --regularization 1e40`` (or --alpha) passed the config and ended in implicit's NaN traceback after
+    reading the whole log; the bound refuses it at once, and the largest value allowed still fits."""
+    for accepted in (np.nextafter(limit, 0.0), limit):
+        ALSConfig(**{name: accepted})
+    with pytest.raises(pydantic.ValidationError, match="less than or equal to"):
+        ALSConfig(**{name: np.nextafter(limit, np.inf)})
+    users, items, clicks, n_users, n_items = _events()
+    r = interaction_matrix(users, items, _weights(clicks), n_users, n_items)
+    fit = train_als(r, ALSConfig(factors=8, iterations=3, num_threads=1, **{name: limit}))
+    assert np.isfinite(fit.user_factors).all() and np.isfinite(fit.item_factors).all()
+
+
+def test_a_fit_that_diverges_is_a_fit_error_naming_what_to_lower():
+    """Event weights so large that the float32 confidences overflow in implicit's fit: its ModelFitError left the
+    command as a traceback; within the bounds of α and λ a fit can still meet it."""
+    users, items, clicks, n_users, n_items = _events()
+    r = interaction_matrix(users, items, _weights(clicks) * 1e30, n_users, n_items)
+    with pytest.raises(FitError, match=r"the fit diverged \(NaN encountered in factors\) with regularization 40 and "):
+        train_als(r, ALSConfig(factors=8, iterations=3, num_threads=1))

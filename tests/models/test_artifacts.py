@@ -14,6 +14,7 @@ from recstream.models.artifacts import (
     MANIFEST,
     ArtifactError,
     ModelArtifacts,
+    check_writable,
     latest_version,
     list_versions,
     read_model,
@@ -222,3 +223,15 @@ def test_a_content_map_holding_nan_or_infinity_is_refused_before_writing(tmp_pat
     with pytest.raises(ArtifactError, match=r"content_map\.npz: holds NaN or infinity"):
         write_model(tmp_path, bad)
     assert list_versions(tmp_path) == []
+
+
+def test_a_model_root_that_cannot_hold_versions_is_named_before_any_training(tmp_path):
+    """A file, or a folder under a file: write_model failed there only after the whole training (FileExistsError,
+    NotADirectoryError); checked first, the error names the path. A root yet to be made is fine, and left unmade."""
+    file = tmp_path / "file"
+    file.write_text("")
+    for root in (file, file / "models"):
+        with pytest.raises(ArtifactError, match=f"^{file} is not a folder$"):
+            check_writable(root)
+    check_writable(tmp_path / "new" / "models")
+    assert sorted(tmp_path.iterdir()) == [file]

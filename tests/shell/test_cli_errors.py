@@ -272,6 +272,34 @@ def test_an_experiment_report_from_a_file_names_the_lines_it_did_not_count(nothi
     assert "skipped line 3: ts: Input should be greater than or equal to 631152000000" in said, done.stderr
 
 
+@pytest.mark.parametrize("root", ["file", "file/models"])
+def test_train_with_a_model_folder_it_cannot_write_is_one_line_naming_it_before_the_log_is_read(
+    nothing_listens: Settings, tmp_path: Path, root: str
+):
+    """RECSTREAM_MODEL_DIR a file, or under one: the whole log was read and the model trained, then write_model's
+    FileExistsError or NotADirectoryError traceback. Now it is said first: the closed Kafka port is never met."""
+    (tmp_path / "file").write_text("")
+    done = cli(nothing_listens.replace(model_dir=tmp_path / root), "train")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == f"cannot write models (RECSTREAM_MODEL_DIR): {tmp_path / 'file'} is not a folder\n"
+
+
+@pytest.mark.integration
+def test_train_whose_fit_diverges_is_one_line_saying_what_to_lower(isolated_settings: Settings, tmp_path: Path):
+    """A click weight so large that implicit's float32 fit meets NaN: ModelFitError's traceback, after the whole log
+    was read (the bounds of --alpha and --regularization cannot rule that out for every event weight)."""
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(map(orjson.dumps, itertools.islice(World(WorldConfig(seed=1)).events(), 3000))))
+    heavy = {"view": {"role": "impression", "weight": 1, "ctr": True},
+             "click": {"role": "positive", "weight": 1e30, "ctr": True}}  # fmt: skip
+    settings = isolated_settings.replace(model_dir=tmp_path / "models", feedback_types=heavy)
+    done = cli(settings, "train", "--file", str(events), "--factors", "4", "--iterations", "2", "--holdout", "0")
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert done.stderr.startswith("the fit diverged (NaN encountered in factors) with regularization 40 and alpha 1: ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("command", "variable"),

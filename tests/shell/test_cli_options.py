@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,18 @@ def test_train_refuses_a_holdout_share_outside_0_to_1(holdout):
 def test_train_takes_a_holdout_share_from_0_to_below_1(holdout):
     done = run("train", "--holdout", holdout)
     assert done.exit_code == 1 and "cannot reach Kafka" in done.output, done.output
+
+
+@pytest.mark.parametrize(("option", "limit"), [("--regularization", 1e6), ("--alpha", 1e4)])
+def test_train_refuses_regularization_or_alpha_past_their_bound_in_one_line_before_the_log(option, limit):
+    """``train --regularization 1e40`` read the whole log, then ended in implicit's NaN traceback."""
+    below, at, above = (repr(v) for v in (math.nextafter(limit, 0), limit, math.nextafter(limit, math.inf)))
+    for accepted in (below, at):  # the command goes on and stops at the closed service
+        done = run("train", option, accepted)
+        assert done.exit_code == 1 and "cannot reach Kafka" in done.output, done.output
+    done = run("train", option, above)
+    assert done.exit_code == 2
+    assert done.output == f"{option}: Input should be less than or equal to {limit:.0f}\n", done.output
 
 
 def test_import_refuses_a_delimiter_of_more_than_one_character(tmp_path: Path):
