@@ -11,10 +11,12 @@ the :class:`~recstream.eventlog.producer.EventProducer`, delivery confirmed, as 
 * **items** — ``item_id``, ``categories`` (``|``-separated), ``available``, ``created_ts``, a
   ``f_<name>`` column per feature and (JSONL, Parquet) a ``features`` object (recstream/contracts/catalogue.py),
   and ``category_columns`` whose true values (1, true) name a category (one-hot genres); other columns, and a
-  ``features`` value that is no object, are ignored;
+  ``features`` value that is no object nor a map's (name, value) pairs, are ignored (pairs whose name is no text: a
+  bad row);
 * **users** — ``user_id``; every other column is an attribute (``age`` and ``gender`` make the segment); a row
   whose other columns are all empty is a bad row.
 
+An id given as an integer (a typed JSONL or Parquet column) is its text, as a CSV cell of the same digits is.
 ``columns`` maps a field to the file's column where the names differ (``user_id=uid``). A row that
 does not make a valid record is reported with its line number (its row number in a Parquet file) and
 skipped; nothing stops the import but an unreadable file, an unreachable Kafka, or a CSV line after which rows
@@ -145,7 +147,7 @@ class ImportSpec:
         return round(ms)
 
     def _events(self, row: Mapping[str, object]) -> list[dict[str, object]]:
-        user, item = self._get(row, "user_id"), self._get(row, "item_id")
+        user, item = _id(self._get(row, "user_id")), _id(self._get(row, "item_id"))
         ts = self._ms("ts", self._get(row, "ts"))
         extra: dict[str, object] = {}
         if self._has(row, "type"):
@@ -166,9 +168,11 @@ class ImportSpec:
     def _item(self, row: Mapping[str, object]) -> list[dict[str, object]]:
         given = {name: self._get(row, name) for name in FIELDS["items"] if self._has(row, name)}
         given = {n: v for n, v in given.items() if v is not None or n == "item_id"}  # a sparse column's null: absent
+        if "item_id" in given:
+            given["item_id"] = _id(given["item_id"])
         typed = row.get("features")
         if isinstance(typed, list) and all(isinstance(pair, tuple | list) and len(pair) == 2 for pair in typed):
-            typed = dict(typed)  # a Parquet map column: pyarrow reads it as (key, value) pairs
+            typed = _feature_map(typed)  # a Parquet map column: pyarrow reads it as (key, value) pairs
         if isinstance(typed, dict):  # a typed row's object (JSONL, a Parquet struct or map); any other is ignored
             given["features"] = typed
         features = {name: value for name, value in row.items() if name.startswith("f_")}
@@ -187,7 +191,7 @@ class ImportSpec:
         return [{**item, "op": "update"}]
 
     def _user(self, row: Mapping[str, object]) -> list[dict[str, object]]:
-        user = self._get(row, "user_id")
+        user = _id(self._get(row, "user_id"))
         id_column = self.column("user_id", row)
         attributes = {k: _scalar(v) for k, v in row.items() if k != id_column and v not in ("", None)}
         if not attributes:  # published under the user's key, it would replace their attributes once compacted
@@ -321,6 +325,13 @@ def _event_id(user: object, item: object, ts: int, kind: str) -> str:
     return hashlib.blake2b(f"{user}\t{item}\t{ts}\t{kind}".encode(), digest_size=16).hexdigest()
 
 
+def _id(value: object) -> object:
+    """An id given as an integer (a typed JSONL or Parquet column) as its text, the id a CSV cell of the same digits
+    gives (so the two files make the same events, event ids included); a float or a bool stays as it is, and the
+    contract refuses it: ``1.0`` or ``true`` is no id anyone wrote."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _number(name: str, given: object) -> float:
     """A numeric cell (a number, or text that reads as one), else a RowError naming the field."""
     value = float(given) if isinstance(given, str) and _is_number(given) else given
@@ -355,6 +366,15 @@ def _scalar(value: object) -> object:
     if _is_number(text) and any(c.isdigit() for c in text) and math.isfinite(number := float(text)):
         return number
     return value
+
+
+def _feature_map(pairs: list[tuple[object, object] | list[object]]) -> dict[str, object]:
+    """(name, value) pairs as the features object; a pair whose name is no text (a list of lists, ``[[[1], 2]]``)
+    makes the row a bad one: it raised TypeError out of the import, losing the rest of the file."""
+    odd = next((name for name, _ in pairs if not isinstance(name, str)), None)
+    if odd is not None:
+        raise RowError(f"features: a pair's first value must be a feature name, got {type(odd).__name__}")
+    return dict(pairs)  # type: ignore[arg-type]
 
 
 def _true(column: str, value: object) -> bool:

@@ -397,3 +397,66 @@ def test_an_import_of_a_csv_with_lines_ending_in_a_carriage_return_alone_says_so
         "line 1: csv: a line ends in a carriage return alone: save the file with LF or CRLF line endings; reading "
         "stopped here: the rest of the file (0 more lines) was not read"
     ), done.output
+
+
+@pytest.mark.integration
+async def test_a_features_list_of_unnamed_pairs_is_a_bad_row_and_the_rows_after_it_are_imported(
+    isolated_settings, tmp_path: Path
+):
+    """``[[[1], 2]]`` looked like a Parquet map's (key, value) pairs: dict() raised TypeError (unhashable list) out
+    of the import, and every row after it was lost without a bad-row report."""
+    path = tmp_path / "items.jsonl"
+    path.write_text(
+        '{"item_id":"ok1","categories":["a"]}\n{"item_id":"i2","features":[[[1],2]]}\n'
+        '{"item_id":"i3","features":[[{"a":1},2]]}\n{"item_id":"ok4","features":[["len",2]]}\n'
+    )
+    done = cli(isolated_settings, "import", str(path), "--kind", "items")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0, done.stderr
+    assert "skipped line 2: features: a pair's first value must be a feature name, got list" in said
+    assert "skipped line 3: features: a pair's first value must be a feature name, got dict" in said
+    assert "2 items from 4 rows published" in said and "2 bad rows skipped" in said
+    published = await on_topic(isolated_settings, isolated_settings.kafka.items_topic, "item")
+    assert [(i.item_id, i.features) for i in published] == [("ok1", {}), ("ok4", {"len": 2.0})]
+
+
+def test_a_parquet_list_column_of_unnamed_pairs_is_a_bad_row(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    path = tmp_path / "items.parquet"
+    features = pa.array([[[[1], [2]]], [[[3]]]], type=pa.list_(pa.list_(pa.list_(pa.int64()))))
+    parquet.write_table(pa.table({"item_id": ["i1", "i2"], "features": features}), path)
+    made = [ImportSpec.parse("items").records(row, NOW_MS) for _, row in file_rows(path, "parquet")]
+    assert isinstance(made[0], Rejected), made
+    assert made[0].reason == "features: a pair's first value must be a feature name, got list"
+    assert not isinstance(made[1], Rejected) and made[1][0].features == {}  # no pairs: any other value is ignored
+
+
+def test_integer_ids_of_a_typed_file_are_the_ids_a_csv_of_the_same_digits_gives(tmp_path: Path):
+    """A Parquet (or JSONL) file with integer user and item columns had every row refused ("user_id: Input should
+    be a valid string") while the CSV of the same table imported; a float or a bool id is still refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as parquet
+
+    parquet.write_table(pa.table({"user_id": [7, 8], "item_id": [42, 43], "ts": [T0_S * 1000] * 2}), tmp_path / "e.pq")
+    (tmp_path / "e.csv").write_text(f"user_id,item_id,ts\n7,42,{T0_S}000\n8,43,{T0_S}000\n")
+    (tmp_path / "e.jsonl").write_text(
+        f'{{"user_id":7,"item_id":42,"ts":{T0_S}000}}\n{{"user_id":8,"item_id":43,"ts":{T0_S}000}}\n'
+        f'{{"user_id":7.0,"item_id":42,"ts":{T0_S}000}}\n{{"user_id":"7","item_id":true,"ts":{T0_S}000}}\n'
+    )
+    spec = ImportSpec.parse("interactions")
+    made = {
+        fmt: [spec.records(row, NOW_MS) for _, row in file_rows(tmp_path / f"e.{ext}", fmt)]  # type: ignore[arg-type]
+        for fmt, ext in (("csv", "csv"), ("jsonl", "jsonl"), ("parquet", "pq"))
+    }
+    assert all(isinstance(m, list) for m in made["csv"]), made["csv"]
+    assert made["parquet"] == made["jsonl"][:2] == made["csv"]  # event ids included
+    assert [e.user_id for (e,) in made["csv"]] == ["7", "8"]  # type: ignore[misc]
+    assert [m.reason for m in made["jsonl"][2:]] == [  # type: ignore[union-attr]
+        "user_id: Input should be a valid string",
+        "item_id: Input should be a valid string",
+    ]
+    items = ImportSpec.parse("items").records({"item_id": 42, "f_len": 2}, NOW_MS)
+    users = ImportSpec.parse("users").records({"user_id": 7, "age": 34}, NOW_MS)
+    assert items[0].item_id == "42" and users[0].user_id == "7", (items, users)  # type: ignore[index]
