@@ -21,7 +21,8 @@ An id given as an integer (a typed JSONL or Parquet column) is its text, as a CS
 does not make a valid record is reported with its line number (its row number in a Parquet file) and
 skipped; nothing stops the import but an unreadable file, an unreachable Kafka, or a CSV line after which rows
 cannot be told apart from the rest of a quoted field (:class:`~recstream.contracts.catalogue.ReadingStopped`: the
-report's ``stopped``, and the command exits non-zero).
+report's ``stopped``, and the command exits non-zero). A CSV or JSONL stream (a pipe, ``/dev/stdin``) is read once,
+its rows not counted first (:func:`count_rows`).
 """
 
 from __future__ import annotations
@@ -225,8 +226,14 @@ def file_rows(path: Path, fmt: FileFormat, delimiter: str = ",", header: Sequenc
         yield from read_rows(handle, fmt, delimiter, header)
 
 
-def count_rows(path: Path, fmt: FileFormat) -> int:
-    """At most how many rows the file holds (its lines; Parquet: its rows), for a progress bar."""
+def count_rows(path: Path, fmt: FileFormat) -> int | None:
+    """At most how many rows the file holds (its lines; Parquet: its rows), for a progress bar; None for a stream (a
+    pipe, ``/dev/stdin``, a process substitution), which can be read once only: counting its lines consumed it, and
+    the import then published nothing and said so as a success. Parquet, whose index is at its end, needs a file."""
+    if not path.is_file():
+        if fmt == "parquet":
+            raise ImportSpecError(f"cannot read {path} as Parquet: a stream, and Parquet is read from a file")
+        return None
     if fmt == "parquet":
         return _parquet_file(path).metadata.num_rows
     with path.open("rb") as handle:

@@ -342,7 +342,7 @@ def import_file(
             category_columns.split(",") if category_columns else (),
         )
         fmt = imports.file_format(path, file_format)
-        total = imports.count_rows(path, fmt)
+        total = imports.count_rows(path, fmt)  # None: a stream, read once
     except imports.ImportSpecError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

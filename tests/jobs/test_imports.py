@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -431,6 +432,37 @@ def test_a_parquet_list_column_of_unnamed_pairs_is_a_bad_row(tmp_path: Path):
     assert isinstance(made[0], Rejected), made
     assert made[0].reason == "features: a pair's first value must be a feature name, got list"
     assert not isinstance(made[1], Rejected) and made[1][0].features == {}  # no pairs: any other value is ignored
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+async def test_an_import_from_a_pipe_reads_it_once_and_publishes_every_row(isolated_settings, suffix: str):
+    """``cat events.csv | recstream import /dev/stdin``: counting the lines for the progress bar consumed the pipe,
+    and the import said "0 events from 0 rows published" and exited 0."""
+    rows = [("u1", "i1"), ("u2", "i2"), ("u3", "i3")]
+    text = (
+        "user_id,item_id,ts\n" + "".join(f"{u},{i},{T0_S}000\n" for u, i in rows)
+        if suffix == "csv"
+        else "".join(f'{{"user_id":"{u}","item_id":"{i}","ts":{T0_S}000}}\n' for u, i in rows)
+    )
+    done = cli(isolated_settings, "import", "/dev/stdin", "--format", suffix, stdin=text)
+    assert done.returncode == 0, done.stderr
+    assert "3 events from 3 rows published" in " ".join(done.stderr.split()), done.stderr
+    events = await on_topic(isolated_settings, isolated_settings.kafka.events_topic, "event")
+    assert sorted((e.user_id, e.item_id, e.ts) for e in events) == [(u, i, T0_S * 1000) for u, i in rows]
+
+
+def test_parquet_from_a_pipe_is_refused_in_one_line_before_anything_is_read():
+    """Parquet's index is at the end of the file: a stream cannot be read as one (it said "lseek failed")."""
+    read_end, write_end = os.pipe()
+    os.close(write_end)  # a reader that opened it anyway meets its end at once: never a hang
+    try:
+        pipe = Path(f"/dev/fd/{read_end}")
+        with pytest.raises(ImportSpecError, match=f"^cannot read {pipe} as Parquet: a stream, and Parquet is read"):
+            count_rows(pipe, "parquet")
+        assert count_rows(pipe, "csv") is None  # a stream's rows are counted as they are read
+    finally:
+        os.close(read_end)
 
 
 def test_integer_ids_of_a_typed_file_are_the_ids_a_csv_of_the_same_digits_gives(tmp_path: Path):

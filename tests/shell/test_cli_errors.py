@@ -24,10 +24,13 @@ from recstream.sim.world import World, WorldConfig
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    """The command in a child process; ``stdin``: written to its standard input, a pipe."""
     env = {**settings.environment(os.environ), "OPENBLAS_NUM_THREADS": "1", **env}
     command = [sys.executable, "-m", "recstream.shell.cli", *args]
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    return subprocess.run(
+        command, env=env, cwd=REPO, input=stdin, capture_output=True, text=True, timeout=240, check=False
+    )
 
 
 def assert_one_line(done: subprocess.CompletedProcess[str], service: str, address: str, variable: str) -> None:
