@@ -7,20 +7,52 @@ each command, pipeline and script call to the node of its key's slot, following 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 
 from recstream.contracts.settings import Settings
 
+_PACKED_TYPES = frozenset({str, bytes, int})
+"""Argument types hiredis packs to the very bytes redis-py's encoder writes (UTF-8 text, bytes as they are, ``str``
+of an integer); any other (a float, whose text the two write differently; a bool or None, which redis-py refuses)
+keeps redis-py's own packing."""
+
+
+class _HiredisPacking:
+    """A connection that packs commands with hiredis (C) instead of redis-py's per-argument Python loop (its asyncio
+    client has no other packer): a worker's batch sends tens of thousands of arguments (the event ids it looks up,
+    the users it reads), which cost ~0.7 µs each in Python against ~0.08 in C (13.8 against 1.6 ms for 20,000)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if not _PACKED_TYPES.issuperset(map(type, args)):
+            return super().pack_command(*args)  # type: ignore[misc]
+        name = args[0]  # "CONFIG GET": Redis expects the words as separate arguments, as redis-py splits them
+        words = tuple(name.encode().split()) if isinstance(name, str) else tuple(name.split())
+        return [hiredis.pack_command(words + args[1:])]
+
+
+@cache
+def _packing(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class`` (plain TCP, TLS or a Unix socket, as the URL chose) packing with hiredis."""
+    return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
+
 
 def connect(settings: Settings, **options: Any) -> Redis | RedisCluster:
-    """An asyncio client of ``settings.redis`` (``options`` as ``from_url`` takes them, e.g. ``socket_timeout``)."""
+    """An asyncio client of ``settings.redis`` (``options`` as ``from_url`` takes them, e.g. ``socket_timeout``).
+    On one Redis its connections pack commands with hiredis (:class:`_HiredisPacking`); a cluster's client builds its
+    nodes' connections itself, with redis-py's own packing."""
     if settings.redis.cluster:
         return RedisCluster.from_url(settings.redis.url, **options)
-    return Redis.from_url(settings.redis.url, **options)
+    client = Redis.from_url(settings.redis.url, **options)
+    pool = client.connection_pool  # no connection made yet: each one is made of this class
+    pool.connection_class = _packing(pool.connection_class)
+    return client
 
 
 def _tag(key: str) -> str:
