@@ -334,15 +334,21 @@ refusal = checked(function()
     seg_args[#seg_args + 1] = segment
     list(user)
   end
-  for tp, ids in pairs(p.eids) do  -- {topic:partition: {user:event_id: arrival ms}}
+  -- the ids grouped by arrival, each arrival as text: ZADD takes the one string for every id of its group, where a
+  -- number per id was printed by redis.call ('%.17g', glibc's slowest path) for every id of the batch
+  for tp, groups in pairs(p.eids) do  -- {topic:partition: {{arrival ms as text, {user:event_id, ...}}, ...}}
     local key = P .. 'eids:' .. tp
     expect(key, 'zset')
     local args, latest = {}, 0
-    for id, at in pairs(ids) do
-      if at - at + at ~= at then refuse(key .. ' ' .. id .. ' at ' .. quoted(at)) end
-      args[#args + 1] = at
-      args[#args + 1] = id
-      if at > latest then latest = at end
+    for _, group in ipairs(groups) do
+      local at = group[1]
+      score_text(at, key .. ' arrival')
+      for _, id in ipairs(group[2]) do
+        if type(id) ~= 'string' then text(id, key .. ' id') end
+        args[#args + 1] = at
+        args[#args + 1] = id
+      end
+      latest = math.max(latest, tonumber(at))
     end
     eid_writes[#eid_writes + 1] = {key, args, latest}
   end

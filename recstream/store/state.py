@@ -389,7 +389,7 @@ class StateStore:
             for slot, mapping in self._by_user_slot(by_user).items():
                 part(slot)[0][name] = mapping
         for tp, ids in effect.event_ids.items():
-            part(self._slots(tp)[-1])[0]["eids"][tp] = ids
+            part(self._slots(tp)[-1])[0]["eids"][tp] = _by_arrival(ids)
         blobs_of: dict[str, tuple[list[str], list[bytes]]] = {}  # slot → (key suffixes, values), in the effect's order
         single = keys.partitions is None  # one Redis: one slot, no user to place
         for suffix, value in effect.blobs:
@@ -423,6 +423,20 @@ class StateStore:
         for user, value in by_user.items():
             out.setdefault(self.keys.slot(self.keys.home(user)), {})[user] = value
         return out
+
+
+def _by_arrival(ids: Mapping[str, int]) -> list[tuple[str, list[str]]]:
+    """``user:event_id → arrival ms`` as the script takes it: ``[(arrival ms as text, [user:event_id, …]), …]``, in
+    the order each arrival first comes. A message's ids share its arrival, so the script passes ZADD one string per
+    message instead of printing a number per id.
+
+    >>> _by_arrival({"u1:a": 5, "u2:b": 5, "u1:c": 7})
+    [('5', ['u1:a', 'u2:b']), ('7', ['u1:c'])]
+    """
+    groups: dict[int, list[str]] = {}
+    for member, at in ids.items():
+        groups.setdefault(at, []).append(member)
+    return [(str(at), members) for at, members in groups.items()]
 
 
 def _wm(offset: int) -> str:

@@ -276,16 +276,24 @@ NOT_FINITE = {  # how to craft it, and what the refusal says of the value
     "seen ts NaN": (lambda payload: payload["seen"]["u2"].update(i4=math.nan), "i4 at nan"),
     "trend increment NaN": (lambda payload: payload["trend"][0][1].__setitem__(0, ("i1", math.nan)), '"i1" + nan'),
     "views delta inf": (lambda payload: payload["items"][1][1].__setitem__(0, math.inf), "views false + inf"),
-    "arrival -inf": (lambda payload: next(iter(payload["eids"].values())).update({"u1:e2": -math.inf}), "e2 at -inf"),
+    "arrival -inf": (lambda payload: _first_arrival(payload).__setitem__(0, "-inf"), 'arrival is "-inf", expected'),
+    "arrival not text": (lambda payload: _first_arrival(payload).__setitem__(0, 5), "arrival is 5, expected"),
+    "event id not text": (lambda payload: _first_arrival(payload)[1].append(7), "id is 7, expected a string"),
     "seen ts null": (lambda payload: payload["seen"]["u2"].update(i4=None), "the batch is malformed"),
 }
+
+
+def _first_arrival(payload: dict) -> list:
+    """The payload's first group of event ids, ``[arrival ms as text, [user:event_id, …]]`` (StateStore._payloads)."""
+    return next(iter(payload["eids"].values()))[0]
 
 
 @pytest.mark.parametrize("name", [*NOT_FINITE, None])
 async def test_a_number_that_is_not_finite_refuses_the_batch_with_nothing_written(
     isolated_settings: Settings, name: str | None
 ):
-    """A NaN, an infinity or a null where the script takes a number: refused before the first write, every key as
+    """A NaN, an infinity or a null where the script takes a number, a number where it takes text (an arrival,
+    an event id): refused before the first write, every key as
     it was, counted as the worker's own failure. The control (None): the same round-tripped payload unchanged
     applies, so a refusal comes from the value, not from the crafting."""
     from recstream.streams.processor import retry_reason
