@@ -1,5 +1,6 @@
 """The Redis client's command packing (recstream/store/connection.py): hiredis must put on the wire the very bytes
-redis-py's own packer writes, and leave to redis-py what it would write differently or refuses."""
+redis-py's own packer writes, leave to redis-py what it would write differently or refuses, and never copy a large
+binary value into the packed command."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from recstream.store.connection import _packing, connect
 COMMANDS = [
     ("ZMSCORE", "rs:eids:events:0", *(f"u{k}:e{k}" for k in range(5_000))),
     ("HMGET", "rs:user:seg", "u1", "ü-ñ", ""),  # text beyond ASCII, an empty field
-    (b"EVALSHA", "0" * 40, 1, "rs:wm", b"{}", b"\x00\xff" * 70_000),  # bytes as they are, larger than a chunk
+    ("SET", "k", "x" * 100_000),  # text larger than redis-py's chunk
+    (b"EVALSHA", "0" * 40, 1, "rs:wm", b"{}", b"\x00\xff" * 70_000),  # bytes and an int: redis-py's packing
     ("SET", "k", -(2**62)),
     ("CONFIG GET", "maxmemory"),  # a command name of two words: sent as two arguments
     (b"CONFIG GET", b"maxmemory"),
-    ("ZADD", "k", 1.5, "a", 1e20, "b", 0.1, "c"),  # floats: redis-py's own packing
+    ("ZADD", "k", 1.5, "a", 1e20, "b", 0.1, "c"),
 ]
 
 
@@ -25,6 +27,12 @@ COMMANDS = [
 def test_commands_are_packed_to_the_bytes_redis_py_writes(args: tuple) -> None:
     ours, theirs = _packing(Connection)(), Connection()
     assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+
+
+def test_a_large_binary_value_is_sent_as_it_is_not_copied() -> None:
+    values = b"\x00" * 5_000_000  # a batch script's values (ARGV[2]) are megabytes
+    packed = _packing(Connection)().pack_command("EVALSHA", "0" * 40, "1", "rs:wm", "{}", values)
+    assert any(chunk is values for chunk in packed)
 
 
 @pytest.mark.parametrize("value", [True, None, object()])
