@@ -72,6 +72,8 @@ def _unreachable_in_one_line() -> Iterator[None]:
             raise
         redis = _settings().redis
         _fail(f"Redis at {redacted(redis.url)} refuses database {redis.database} (RECSTREAM_REDIS_URL): {exc}")
+    except infra.TopicsRefused as exc:
+        _fail(str(exc))
     except MissingTopic as exc:
         kafka = _settings().kafka
         variables = " or ".join(

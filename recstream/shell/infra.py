@@ -34,12 +34,12 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.request import urlopen
 
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 from redis.crc import key_slot
 
 from recstream.contracts.settings import Settings, load_settings
@@ -55,6 +55,10 @@ START_TIMEOUT_S = 90.0
 
 class InfraError(RuntimeError):
     """A service could not be installed or started; the message carries the log tail."""
+
+
+class TopicsRefused(InfraError):
+    """The brokers answered a topic creation with an error for some topics (aiokafka returns it, raising nothing)."""
 
 
 @dataclass(frozen=True)
@@ -393,6 +397,22 @@ def _kafka_start(settings: Settings, node_id: int = 1, voters: str | None = None
     return _spawn(service, _java(settings, service, "kafka.Kafka", str(config)))
 
 
+def _refused(settings: Settings, response: Any) -> None:
+    """Raise :class:`TopicsRefused` naming each topic the brokers did not create and why (a replication factor past
+    the brokers' count, a config they refuse): the creation once returned as if it had made them, and every command
+    after it met a topic that did not exist. A topic another process created meanwhile is no refusal."""
+    refused = [
+        f"{name}: {message or for_code(code).__name__}"
+        for name, code, *rest in response.topic_errors
+        if code not in (0, TopicAlreadyExistsError.errno)
+        for message in [rest[0] if rest else None]
+    ]
+    if refused:
+        raise TopicsRefused(
+            f"Kafka at {settings.kafka.bootstrap} refused to create {len(refused)} topic(s): {'; '.join(refused)}"
+        )
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the contract's topics if missing: events (retained), items/users/erasures (compacted), DLQ."""
     retention = {"retention.ms": str(settings.kafka.retention_ms)}
@@ -431,7 +451,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
             with suppress(TopicAlreadyExistsError):  # another process created it meanwhile
-                await admin.create_topics(missing)
+                _refused(settings, await admin.create_topics(missing))
         return [topic.name for topic in missing]
     finally:
         await admin.close()

@@ -326,3 +326,16 @@ def test_a_topic_the_brokers_do_not_have_is_one_line_naming_it_and_its_variable_
         "check the name, or create the topics with `recstream infra topics`\n"
     )
     assert client.hget(Keys.of(settings)("totals"), "views") == b"7"
+
+
+@pytest.mark.integration
+def test_topics_the_brokers_refuse_to_create_are_one_line_naming_them(services: Settings):
+    """Two replicas of every topic on the session's one broker: the brokers answer InvalidReplicationFactor for each,
+    which aiokafka returns without raising, and ``recstream infra topics`` said "topics created" for topics that did
+    not exist (every later command then met a missing topic)."""
+    settings = services.on_topics(uuid.uuid4().hex[:8], replication_factor=2)
+    done = cli(settings, "infra", "topics")
+    assert (done.returncode, done.stdout) == (1, ""), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"Kafka at {settings.kafka.bootstrap} refused to create 5 topic(s): "), done.stderr
+    assert f"{settings.kafka.events_topic}: " in done.stderr and "replication factor" in done.stderr.lower()
