@@ -24,6 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, RootModel, Strin
 TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 """A type name: short, lower case and safe, since it is a Prometheus label value of the event counters."""
 MAX_TYPES = 32
+MAX_WEIGHT = 1_000.0
+MAX_VALUE = 1_000_000.0
+"""The largest weight and valued-type value: one event then adds at most 10⁹ to r_ui, and iALS' confidence
+1 + α·|r_ui| (α ≤ 10⁴, models/als.py) stays far inside float32; a weight of 10⁴⁰ fitted NaN factors."""
 Role = Literal["impression", "positive", "negative"]
 CTR_LABELS = ("view", "click")
 """What a type counted in CTR is, by its column: a view (0) or a click (1)."""
@@ -38,12 +42,13 @@ class FeedbackType(BaseModel):
     role: Role = Field(description="impression (shown), positive (acted on) or negative (rejected)")
     weight: float = Field(
         ge=0,
+        le=MAX_WEIGHT,
         allow_inf_nan=False,
         description="what one event adds to r_ui (times its value for a valued type); > 0 unless an impression",
     )
     ctr: bool = Field(False, description="counts toward CTR: an impression as a view, a positive as a click")
     value_range: tuple[float, float] | None = Field(
-        None, description="[min, max] of the event's value, 0 < min < max (a rating's stars); None: no value"
+        None, description="[min, max] of the event's value, 0 < min < max ≤ 10⁶ (a rating's stars); None: no value"
     )
 
     @model_validator(mode="after")
@@ -54,8 +59,10 @@ class FeedbackType(BaseModel):
             raise ValueError("a negative type counts toward CTR neither as a view nor as a click: set ctr false")
         if self.value_range is not None:
             low, high = self.value_range
-            if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
-                raise ValueError(f"value_range must be finite with 0 < min < max, got {list(self.value_range)}")
+            if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high <= MAX_VALUE):
+                raise ValueError(
+                    f"value_range must be finite with 0 < min < max ≤ {MAX_VALUE:g}, got {list(self.value_range)}"
+                )
         return self
 
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from recstream.contracts.events import Event, Rejected, decode, encode, validate
-from recstream.contracts.feedback import DEFAULT_FEEDBACK, MAX_TYPES, FeedbackTypes
+from recstream.contracts.feedback import DEFAULT_FEEDBACK, MAX_TYPES, MAX_VALUE, MAX_WEIGHT, FeedbackTypes
 from recstream.contracts.settings import SettingsError, load_settings
 
 T = 10**12
@@ -157,3 +157,18 @@ def test_an_invalid_set_stops_the_process_naming_the_variable(monkeypatch, value
     monkeypatch.setenv("RECSTREAM_FEEDBACK_TYPES", value)
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_settings()
+
+
+@pytest.mark.parametrize("over", [-1, 0, 1], ids=["limit-1", "limit", "limit+1"])
+def test_a_weight_and_a_value_range_are_bounded(over):
+    """A weight of 1e40 passed and made ``recstream train`` fit NaN factors (and a worker's user step overflow)."""
+    weight, high = MAX_WEIGHT + over, MAX_VALUE + over
+    types = {"view": VIEW, "click": CLICK}
+    if over <= 0:
+        assert FeedbackTypes({**types, "buy": {**CLICK, "weight": weight}}).signed_weight["buy"] == weight
+        assert FeedbackTypes({**types, "r": {**CLICK, "value_range": (1.0, high)}}).root["r"].value_range == (1, high)
+        return
+    with pytest.raises(ValidationError, match="less than or equal to 1000"):
+        FeedbackTypes({**types, "buy": {**CLICK, "weight": weight}})
+    with pytest.raises(ValidationError, match="0 < min < max ≤ 1e"):
+        FeedbackTypes({**types, "r": {**CLICK, "value_range": (1.0, high)}})
