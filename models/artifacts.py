@@ -111,7 +111,7 @@ def check_writable(root: str | Path) -> None:
     or cannot be written failed only in write_model, after the whole training, with a traceback. ArtifactError
     says why."""
     root = Path(root)
-    existing = next(path for path in (root, *root.parents) if path.exists())
+    existing = next(path for path in (root, *root.parents) if path.exists() or path.is_symlink())  # a dangling link
     if not existing.is_dir():
         raise ArtifactError(f"{existing} is not a folder")
     try:

@@ -64,9 +64,9 @@ def require_json(request: Request) -> None:
 async def read_capped(request: Request, cap: int) -> bytes:
     """The body, refused with 413 past ``cap`` bytes before it is all in memory, and with 415 when it is compressed
     (the reader decodes no ``Content-Encoding``: a gzip body read as JSON was refused as invalid UTF-8, 422)."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":
-        raise HTTPException(415, f"Content-Encoding {encoding} is not accepted: send the body uncompressed")
+    codings = [c.strip().lower() for line in request.headers.getlist("content-encoding") for c in line.split(",")]
+    if encoded := [c for c in codings if c and c != "identity"]:  # RFC 9110: a list, its empty elements ignored
+        raise HTTPException(415, f"Content-Encoding {', '.join(encoded)} is not accepted: send the body uncompressed")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise HTTPException(413, f"body of {declared} bytes exceeds {cap}")

@@ -417,7 +417,7 @@ class SnapshotLoader:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
         replies = await self.redis.execute(*commands) if commands else []
         for item, (categories, created_ts, features) in zip(wanted, replies[: len(wanted)], strict=True):
-            categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c))
+            categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c and c.isascii()))
             snap.categories.put(item, categories, now, stored_integer(created_ts), _features(features))
 
         unavailable = frozenset(unavailable_raw)

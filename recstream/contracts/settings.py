@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import ClassVar, Literal
-from urllib.parse import SplitResult, parse_qs, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit, urlunsplit
 
 import orjson
 from pydantic import (
@@ -194,14 +194,18 @@ class RedisSettings(Section):
 
 
 def _database(parts: SplitResult) -> str:
-    """The database a Redis URL names, as redis-py reads it: ``?db=``, else a redis:// path after its slash
-    (none: 0; a unix:// path is the socket's)."""
-    query = parse_qs(parts.query, keep_blank_values=True).get("db")
+    """The database a Redis URL names, as redis-py reads it: a non-empty ``?db=``, else a redis:// path without its
+    slashes, percent-decoded (none: 0; a unix:// path is the socket's).
+
+    >>> [_database(urlsplit(url)) for url in ("redis://h/3/", "redis://h/%31", "redis://h/2?db=", "unix:///s?db=4")]
+    ['3', '1', '2', '4']
+    """
+    query = parse_qs(parts.query).get("db")
     if query:
-        return query[0]
+        return unquote(query[0])
     if parts.scheme == "unix":
         return "0"
-    return parts.path.removeprefix("/") or "0"
+    return unquote(parts.path).strip("/") or "0"
 
 
 class WorkerSettings(Section):

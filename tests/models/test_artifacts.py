@@ -235,3 +235,7 @@ def test_a_model_root_that_cannot_hold_versions_is_named_before_any_training(tmp
             check_writable(root)
     check_writable(tmp_path / "new" / "models")
     assert sorted(tmp_path.iterdir()) == [file]
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "gone")  # passed, looking past it to its folder: write_model's mkdir then failed
+    with pytest.raises(ArtifactError, match=f"^{dangling} is not a folder$"):
+        check_writable(dangling)

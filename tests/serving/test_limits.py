@@ -112,6 +112,14 @@ async def test_a_body_not_declared_as_json_is_refused_with_415(world: World, rou
             method, path, content=gzip.compress(orjson.dumps(doc)), headers={**JSON, "content-encoding": "gzip"}
         )
         assert packed.status_code == 415 and "Content-Encoding gzip" in packed.text, packed.text
+        lines = [*JSON.items(), ("content-encoding", "identity"), ("content-encoding", "gzip")]  # the second line
+        packed = await reader.request(method, path, content=gzip.compress(orjson.dumps(doc)), headers=lines)
+        assert packed.status_code == 415 and "Content-Encoding gzip" in packed.text, packed.text
+        for plain in ("", "identity, ", ", IDENTITY", "identity,identity"):  # RFC 9110: empty elements are ignored
+            resp = await reader.request(
+                method, path, content=orjson.dumps(doc), headers={**JSON, "content-encoding": plain}
+            )
+            assert resp.status_code == ok, (plain, resp.text)
         fine = await reader.request(
             method, path, content=orjson.dumps(doc), headers={"content-type": "application/json; charset=utf-8"}
         )

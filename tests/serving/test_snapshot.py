@@ -317,14 +317,16 @@ def test_the_categories_known_are_those_cached_items_carry(monkeypatch: pytest.M
 async def test_stored_names_no_id_can_be_and_unreadable_totals_leave_every_route_answering(
     isolated_settings: Settings,
 ) -> None:
-    """Bytes that are not UTF-8 where the workers store ids and the model version (written by something else) reached
-    the answers and failed their JSON encoding: every feed, /readyz and /metrics answered 500; totals that are not
-    integers made /v1/stats answer 500. They now read as absent."""
+    """Bytes that are not UTF-8 where the workers store ids, categories and the model version (written by something
+    else) reached the answers and failed their JSON encoding: every feed, /readyz and /metrics answered 500; they now
+    read as absent. Totals and a clock that are not integers made /v1/stats answer 500; they now read as the number
+    they spell (1.5: 1) or, spelling none, as absent."""
     k, bad = Keys.of(isolated_settings), b"\xff\xfe\x80"
     client = redis.Redis.from_url(isolated_settings.redis.url)
     client.set(k("model:current"), bad)
     client.zadd(k.rank(), {bad: 0.9, "good": 0.5})
     client.zadd(k("pool"), {bad: 1_000, "new1": 1_001})
+    client.hset(k.item("good"), mapping={"categories": b"news,\xff\xfe"})
     client.set(k("clock"), "1.5")
     client.hset(k("totals"), mapping={"views": "abc", "clicks": "2"})
     client.close()
@@ -332,6 +334,7 @@ async def test_stored_names_no_id_can_be_and_unreadable_totals_leave_every_route
         page = await reader.get("/v1/feed/u1", params={"limit": 5})
         assert page.status_code == 200, page.text
         assert {i["item_id"] for i in page.json()["items"]} == {"good", "new1"}
+        assert [i["categories"] for i in page.json()["items"] if i["item_id"] == "good"] == [["news"]]
         assert page.json()["model_version"] is None
         ready = await reader.get("/readyz")
         assert ready.status_code == 503 and ready.json()["model_version"] is None, "as without a model pointer"
