@@ -128,7 +128,8 @@ class LiveModel:
         personalizer = self.current
         if personalizer is None or not items:
             return
-        inputs = await self.fold_ins.users(items, personalizer.step.dim)
+        inputs, unreadable = await self.fold_ins.users(items, personalizer.step.dim)
+        metrics.count_unreadable({"fold_in_user": unreadable})
         results = []
         for item in items:
             users = inputs[item]

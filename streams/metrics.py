@@ -82,11 +82,12 @@ MODEL_LOAD_FAILURES = Counter("recstream_worker_model_load_failures_total", "Mod
 UNREADABLE_STATE = Counter(
     "recstream_worker_unreadable_state_total",
     "Values read from Redis in a shape no worker writes (another writer's), skipped: fold_in_log (a fold-in log entry) "
-    "and fold_in (a version's stored fold-in) are not applied, a user's history is read as empty, a user's segment "
-    "as none",
+    "and fold_in (a version's stored fold-in) are not applied, fold_in_user (a user's field of a new item's fold-in "
+    "inputs) is left out of the fold-in, a user's history is read as empty, a user's segment as unknown (the default "
+    "segment)",
     ["kind"],
 )
-for _kind in ("fold_in_log", "fold_in", "history", "segment"):
+for _kind in ("fold_in_log", "fold_in", "fold_in_user", "history", "segment"):
     UNREADABLE_STATE.labels(_kind)
 
 

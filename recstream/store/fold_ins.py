@@ -24,6 +24,7 @@ partitions interleave.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -81,20 +82,34 @@ class FoldInStore:
         self.keys = keys
         self._save = redis.register_script(SAVE)
 
-    async def users(self, items: list[str], dim: int) -> dict[str, ItemUsers]:
-        """Each item's stored users with a ``dim``-long vector (sorted by id: the solve's rounding is then
-        a function of the set), in two round trips. A user without a vector would add nothing to the
-        fold-in (x_u = 0 in both sums), so leaving them out is exact."""
+    async def users(self, items: list[str], dim: int) -> tuple[dict[str, ItemUsers], list[str]]:
+        """Each item's stored users with a ``dim``-long finite vector (sorted by id: the solve's rounding is then
+        a function of the set), in two round trips, and the fields no worker writes, named. A user without a
+        vector would add nothing to the fold-in (x_u = 0 in both sums), so leaving them out is exact; a field whose
+        user is not UTF-8 or whose weight is no finite number is left out too, as the batch script leaves it
+        uncounted (it failed every later batch's fold-ins, the good items' with it)."""
         pipe = self.redis.pipeline(transaction=False)
         for item in items:
             pipe.hgetall(self.keys(f"foldin:users:{item}"))
-        stored = [{u.decode(): float(w) for u, w in raw.items()} for raw in await pipe.execute()]
+        stored, unreadable = [], []
+        for item, raw in zip(items, await pipe.execute(), strict=True):
+            users = {}
+            for user, weight in raw.items():
+                try:
+                    users[user.decode()] = _weight(weight)
+                except (UnicodeDecodeError, ValueError) as exc:
+                    unreadable.append(f"field {user!r} of foldin:users:{item} ({exc})")
+            stored.append(users)
         everyone = sorted({user for users in stored for user in users})
         names = [self.keys.user(u, "vec") for u in everyone]
         pipe = self.redis.pipeline(transaction=False)
         groups = queue_mget(pipe, names)
         raw = gathered(groups, await pipe.execute(), len(names))
-        vectors = {u: np.frombuffer(v, "<f4") for u, v in zip(everyone, raw, strict=True) if v and len(v) == 4 * dim}
+        vectors = {
+            u: vector
+            for u, v in zip(everyone, raw, strict=True)
+            if v and len(v) == 4 * dim and np.isfinite(vector := np.frombuffer(v, "<f4")).all()
+        }
         out = {}
         for item, users in zip(items, stored, strict=True):
             known = sorted(u for u in users if u in vectors)
@@ -102,7 +117,7 @@ class FoldInStore:
                 vectors=np.array([vectors[u] for u in known], dtype=np.float32).reshape(len(known), dim),
                 weights=np.array([users[u] for u in known], dtype=np.float64),
             )
-        return out
+        return out, unreadable
 
     async def save(self, version: str, results: list[tuple[str, np.ndarray | None, bytes | None]]) -> int:
         """Store (item, vector, similar list) for the items still pending; a None vector only resolves the item
@@ -140,6 +155,21 @@ class FoldInStore:
             except ValueError as exc:
                 unreadable.append(f"foldin:log entry {entry.decode()} ({exc})")
         return (entries[-1][0].decode() if entries else after), fold_ins, unreadable
+
+
+def _weight(raw: bytes) -> float:
+    """A stored fold-in weight; ValueError unless a finite number.
+
+    >>> _weight(b"2.5")
+    2.5
+    >>> _weight(b"nan")
+    Traceback (most recent call last):
+    ValueError: weight b'nan' is not finite
+    """
+    weight = float(raw)
+    if not math.isfinite(weight):
+        raise ValueError(f"weight {raw!r} is not finite")
+    return weight
 
 
 def fold_in_of(fields: Mapping[bytes, bytes]) -> FoldIn:

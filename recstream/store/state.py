@@ -257,8 +257,8 @@ class StateStore:
         for user, raw in segment_of.items():
             try:
                 segments[user] = raw.decode() if raw is not None else None
-            except UnicodeDecodeError:  # not a name a worker writes (segment_of): the user's events count in no segment
-                unreadable.setdefault("segment", []).append(f"segment of {user} ({raw!r}), read as none")
+            except UnicodeDecodeError:  # no name a worker writes (segment_of): unknown, as a user without an entry
+                unreadable.setdefault("segment", []).append(f"segment of {user} ({raw!r}), read as unknown")
         histories.update((u, overlay[u]) for u in users if u in overlay)
         held = {tp: state for tp, state in zip(stored_rankers, found, strict=True) if state is not None}
         return UserContext(

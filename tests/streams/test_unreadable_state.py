@@ -144,7 +144,8 @@ async def test_histories_of_another_shape_are_read_as_empty_and_hold_no_one(
 
 async def test_a_segment_that_is_not_utf8_is_read_as_none_and_holds_no_one(isolated_settings, worker_factory, tmp_path):
     """A user's ``user:seg`` entry in bytes that are not UTF-8 made every batch holding the user fail to decode it,
-    and with it every other user of the batch, for good: the user's events now count in no segment."""
+    and with it every other user of the batch, for good: the user's events now count in the default segment, as an
+    unknown user's do."""
     settings, _, items, _ = await a_trained_world(isolated_settings, tmp_path)
     client = redis.Redis.from_url(settings.redis.url)
     n = settings.kafka.events_partitions
@@ -157,3 +158,26 @@ async def test_a_segment_that_is_not_utf8_is_read_as_none_and_holds_no_one(isola
     assert orjson.loads(client.get(f"rs:user:{user}:hist")) == [["i3", 4.0]]
     assert orjson.loads(client.get("rs:user:uh:hist")) == [["i4", 4.0]]
     assert worker.alive() and unreadable(worker, "segment") == 1
+
+
+async def test_a_fold_in_input_weight_that_is_no_number_leaves_its_user_out_and_every_fold_in_is_made(
+    isolated_settings, worker_factory, tmp_path
+):
+    """A field of ``foldin:users:<i>`` whose weight is no number (another writer's; the batch script already leaves
+    it uncounted) raised out of every fold-in of the batch that graduated the item: no new item was folded in, the good
+    ones neither, and every later batch retried. Now the field is left out, counted, and both items get fold-ins."""
+    settings, version, items, _ = await a_trained_world(isolated_settings, tmp_path)
+    settings = settings.replace(pool_graduate_views=3)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    await publish(settings, items=items, events=[click("w0", "i2")])
+    wait_until(lambda: candidates(client, "w0"), what="the model loaded")
+    await publish(settings, events=[click("n1", "ok1", at=1), click("n2", "ok2", at=2)])
+    wait_until(lambda: client.hlen("rs:foldin:users:ok1") == client.hlen("rs:foldin:users:ok2") == 1, what="users")
+    client.hset("rs:foldin:users:ok1", "zz", "abc")
+    views = [
+        Event(type="view", user_id=f"v{k}", item_id=item, ts=T0 + 10 + k) for k in range(3) for item in ("ok1", "ok2")
+    ]
+    await publish(settings, events=views)
+    wait_until(lambda: {b"ok1", b"ok2"} <= set(client.hkeys(f"rs:foldin:{version}")), what="both items folded in")
+    assert worker.alive() and unreadable(worker, "fold_in_user") >= 1
