@@ -27,7 +27,8 @@ MAX_TYPES = 32
 MAX_WEIGHT = 1_000.0
 MAX_VALUE = 1_000_000.0
 """The largest weight and valued-type value: one event then adds at most 10⁹ to r_ui, and iALS' confidence
-1 + α·|r_ui| (α ≤ 10⁴, models/als.py) stays far inside float32; a weight of 10⁴⁰ fitted NaN factors."""
+1 + α·|r_ui| (α ≤ 10⁴, models/als.py) stays finite in float32, where a weight of 10⁴⁰ did not. A fit at the extremes
+can still diverge (its float32 sums); ``recstream train`` then says what to lower (models/als.FitError)."""
 Role = Literal["impression", "positive", "negative"]
 CTR_LABELS = ("view", "click")
 """What a type counted in CTR is, by its column: a view (0) or a click (1)."""

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import redis
 
+from recstream.contracts.feedback import MAX_VALUE, MAX_WEIGHT
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import Settings
 from recstream.shell.infra import free_port, private_settings
@@ -289,16 +290,25 @@ def test_train_with_a_model_folder_it_cannot_write_is_one_line_naming_it_before_
 
 @pytest.mark.integration
 def test_train_whose_fit_diverges_is_one_line_saying_what_to_lower(isolated_settings: Settings, tmp_path: Path):
-    """A click weight so large that implicit's float32 fit meets NaN: ModelFitError's traceback, after the whole log
-    was read (the bounds of --alpha and --regularization cannot rule that out for every event weight)."""
+    """Ratings of a million stars at the largest weight and alpha the settings take: implicit's float32 fit meets NaN,
+    which was ModelFitError's traceback after the whole log was read (the bounds of --alpha, --regularization and the
+    feedback types keep one event's confidence finite, not a sum of them in float32)."""
     events = tmp_path / "events.jsonl"
-    events.write_bytes(b"\n".join(map(orjson.dumps, itertools.islice(World(WorldConfig(seed=1)).events(), 3000))))
+    stream = itertools.islice(World(WorldConfig(seed=1)).events(), 3000)
+    rated = ({**e, "type": "rating", "value": MAX_VALUE} if e.get("type") == "click" else e for e in stream)
+    events.write_bytes(b"\n".join(map(orjson.dumps, rated)))
     heavy = {"view": {"role": "impression", "weight": 1, "ctr": True},
-             "click": {"role": "positive", "weight": 1e30, "ctr": True}}  # fmt: skip
+             "click": {"role": "positive", "weight": 1, "ctr": True},
+             "rating": {"role": "positive", "weight": MAX_WEIGHT, "value_range": [1, MAX_VALUE]}}  # fmt: skip
     settings = isolated_settings.replace(model_dir=tmp_path / "models", feedback_types=heavy)
-    done = cli(settings, "train", "--file", str(events), "--factors", "4", "--iterations", "2", "--holdout", "0")
+    alpha = ["--alpha", "10000"]
+    done = cli(
+        settings, "train", "--file", str(events), "--factors", "4", "--iterations", "2", "--holdout", "0", *alpha
+    )
     assert (done.returncode, done.stdout) == (1, ""), done.stderr
-    assert done.stderr.startswith("the fit diverged (NaN encountered in factors) with regularization 40 and alpha 1: ")
+    assert done.stderr.startswith(
+        "the fit diverged (NaN encountered in factors) with regularization 40 and alpha 10000: "
+    ), done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").iterdir())
 
