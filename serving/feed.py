@@ -367,7 +367,7 @@ def favourite_categories(
 def personal(user: UserState) -> Iterator[Candidate]:
     """Without a history item to name, a candidate comes from the onboarding picks (or nothing to say)."""
     reason = _personal_reason(user)
-    for item, because in user.candidates():
+    for item, because in user.candidate_list():
         yield Candidate(item, reason(because))
 
 

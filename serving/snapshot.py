@@ -600,7 +600,7 @@ def _scores(flat: list[str]) -> dict[str, float]:
     >>> _scores(["a", "0.5", b"\\xff".decode(errors="surrogateescape"), "0.3", "b", "0.25"])
     {'a': 0.5, 'b': 0.25}
     """
-    return {item: float(score) for item, score in zip(flat[::2], flat[1::2], strict=True) if item.isascii()}
+    return {item: float(score) for item, score in _pairs(flat)}
 
 
 def stored_name(raw: str | None) -> str | None:

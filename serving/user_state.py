@@ -8,7 +8,6 @@ error: one bad key must not take a user's feed down.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -19,10 +18,10 @@ class UserState:
     """The user's keys as one feed needs them; malformed worker values read as empty, never as errors.
 
     Candidate and history rows stay raw JSON lists, validated row by row as they are consumed
-    (``candidates()``, ``history()``): a page looks at a few dozen of the hundreds stored.
+    (``candidate_list()``, ``history()``): a page looks at a few dozen of the hundreds stored.
 
     >>> user = UserState(candidate_rows=[["i1", 0.9, "i7"], ["i2", 0.5], "junk"], history_rows=[["i7", 1.0, 5]])
-    >>> list(user.candidates()), user.history(10), user.warm
+    >>> user.candidate_list(), user.history(10), user.warm
     ([('i1', 'i7'), ('i2', None)], [('i7', 1.0)], True)
     """
 
@@ -58,13 +57,10 @@ class UserState:
             or self.not_interested
         )
 
-    def candidates(self) -> Iterator[tuple[str, str | None]]:
-        """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first)."""
-        return iter(self._parsed()[0])
-
     def candidate_list(self) -> list[tuple[str, str | None]]:
-        """:meth:`candidates` as the parsed list itself (read it, never change it): C iterators can walk it twice,
-        once for the rows and once for their items (serving/feed's ranked union)."""
+        """(item, because_item) from ``[[item, score, because_item], …]``, in stored order (best first): the parsed
+        list itself (read it, never change it), which C iterators can walk twice, once for the rows and once for
+        their items (serving/feed's ranked union)."""
         return self._parsed()[0]
 
     def candidate_positions(self) -> dict[str, int]:

@@ -71,10 +71,10 @@ end
 -- hash-max-listpack-entries fields: 512 by default) that HMGET scans once per field asked, O(n) each: asking
 -- for a batch's items in a per-segment clicks hash cost more than the rest of the script. When the fields asked
 -- are at least as many as the hash holds, one HGETALL (O(n)) and a Lua table answer the same in O(n + m).
-local function hmget(key, fields)
+local function hmget(key, fields)  -- the values, and the hash's size when it was read (nil for no fields)
   if #fields == 0 then return {} end
   local size = redis.call('HLEN', key)
-  if size > #fields then return many('HMGET', key, fields) end
+  if size > #fields then return many('HMGET', key, fields), size end
   local held = {}
   if size > 0 then
     local all = redis.call('HGETALL', key)
@@ -82,7 +82,7 @@ local function hmget(key, fields)
   end
   local out = {}
   for k = 1, #fields do out[k] = held[fields[k]] or false end
-  return out
+  return out, size
 end
 
 -- A check refuses with an error, caught below (checked) and answered as a 'RECSTREAM_STATE' error reply before
@@ -300,13 +300,13 @@ refusal = checked(function()
         end
       end
       if graduated_of[k] == 0 then
-        local old = hmget(key, users)
+        local old, size = hmget(key, users)
         for j in ipairs(users) do  -- a stored weight that is no number: the user is not counted (as before)
           local r = old[j] and tonumber(old[j])
           if r and r - r ~= 0 then refuse(key .. ' ' .. users[j] .. ' holds ' .. quoted(old[j])) end
           old[j] = r or false
         end
-        weights_held[k], users_held[k] = old, redis.call('HLEN', key)
+        weights_held[k], users_held[k] = old, size or redis.call('HLEN', key)
       end
     end
     -- step 7: the event clock
