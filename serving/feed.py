@@ -174,9 +174,9 @@ def build_page(
     on = {source for source in OVERFLOW if shares[source] > 0}
     if mode != "ranked":
         generators: dict[Source, Iterable[Candidate]] = {
-            "personal": personal(user),
+            "personal": personal_proposer(user, ()).candidates(),
             "popular": popular_head,
-            "fresh": fresh(snapshot.pool, favourites, user.preferred),
+            "fresh": fresh_proposer(snapshot.pool, favourites, user.preferred, ()).candidates(),
             "explore": explored,
         }
         overflow = sorted(OVERFLOW, key=lambda source: source not in on)  # the sources with a share inherit first
@@ -204,6 +204,10 @@ class Proposer(NamedTuple):
 
     pairs: Iterator[tuple[str, Any]]
     reason: Callable[[Any], str]
+
+    def candidates(self) -> Iterator[Candidate]:
+        """The pairs as the fixed blend takes them, each with its reason (it explains every item it walks past)."""
+        return (Candidate(item, self.reason(why)) for item, why in self.pairs)
 
 
 _CANDIDATE_REASON: Callable[[Candidate], str] = operator.attrgetter("reason")
@@ -364,15 +368,9 @@ def favourite_categories(
     return tuple(picks[: max(FAVOURITE_CATEGORIES, len(user.preferred))])
 
 
-def personal(user: UserState) -> Iterator[Candidate]:
-    """Without a history item to name, a candidate comes from the onboarding picks (or nothing to say)."""
-    reason = _personal_reason(user)
-    for item, because in user.candidate_list():
-        yield Candidate(item, reason(because))
-
-
 def personal_proposer(user: UserState, excluded: Container[str]) -> Proposer:
-    """:func:`personal` for the ranked union: the allowed (item, because_item) rows of the candidate list."""
+    """The allowed (item, because_item) rows of the candidate list; without a history item to name, a candidate
+    comes from the onboarding picks (or nothing to say)."""
     rows = user.candidate_list()
     return Proposer(_allowed(rows, map(_FIRST, rows), excluded), _personal_reason(user))
 
@@ -416,18 +414,9 @@ def _picked_first(
     yield from (Candidate(item, reason) for item in rest)
 
 
-def fresh(pool: Pool, favourites: Iterable[str], picked: Iterable[str]) -> Iterator[Candidate]:
-    """New items of the favourite categories merged newest first (Pool.newest: a head merged once per reload, then a
-    lazy k-way merge)."""
-    reason = _fresh_reason(picked)
-    head, rest = pool.newest(favourites)
-    for _, item, category in itertools.chain(head, rest):
-        yield Candidate(item, reason(category))
-
-
 def fresh_proposer(pool: Pool, favourites: Iterable[str], picked: Iterable[str], excluded: Container[str]) -> Proposer:
-    """:func:`fresh` for the ranked union: the allowed (item, category) pairs in its order, those of the merged head
-    found in C."""
+    """New items of the favourite categories merged newest first (Pool.newest: a head merged once per reload, then a
+    lazy k-way merge), as allowed (item, category) pairs, those of the merged head found in C."""
     head, rest = pool.newest(favourites)
     allowed = itertools.chain(_allowed(head, map(_SECOND, head), excluded), (r for r in rest if r[1] not in excluded))
     return Proposer(map(_ITEM_CATEGORY, allowed), _fresh_reason(picked))
