@@ -111,6 +111,18 @@ saw fewer feeds than the other rows of its seed: a recorded run fails, a ``--no-
 console = Console(width=160)
 
 
+def row_settings(policy: str, args: argparse.Namespace) -> dict[str, object]:
+    """A row's settings by their flat names: the world's pool age, then the policy's, then ``--set`` (``overrides``),
+    each later one winning, so a candidate default can be any of them (a keyword given twice was a TypeError).
+
+    >>> args = argparse.Namespace(world="fresh", items_per_s=None, overrides={"pool_graduate_age_s": "60"})
+    >>> row_settings("ranked", args)["pool_graduate_age_s"], row_settings("ranked", args)["ranker"]
+    ('60', True)
+    """
+    world = {"pool_graduate_age_s": pool_age_for(world_config(args))}
+    return {**world, **POLICIES[policy], **getattr(args, "overrides", {})}
+
+
 def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, models: dict) -> SimResult:
     """One policy on one seed's world, through fresh topics and a fresh worker and reader.
 
@@ -125,10 +137,8 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
         model_dir=base.local.run_dir / "models" / run,
         reader_port=free_port(),
         worker_metrics_port=free_port(),
-        pool_graduate_age_s=pool_age_for(world_config(args)),
-        **POLICIES[policy],
         reader_redis_timeout_s=REDIS_TIMEOUT_S,
-        **getattr(args, "overrides", {}),
+        **row_settings(policy, args),
     )
     settings = with_api_key(settings)  # the simulated users post their events with it
     clock = time.monotonic()
