@@ -136,11 +136,17 @@ NO_FILTER = FeedFilter()
 
 
 def _parts(parameter: str, raw: str | None, limit: int) -> list[str]:
-    """The comma-separated parts of a parameter, at most ``limit`` of them, none empty.
+    """The comma-separated parts of a parameter, at most ``limit`` of them, none empty. Only the values are
+    counted against the limit, so ``limit`` ids and a trailing comma are refused for the empty value, not as too
+    many.
 
     >>> _parts("exclude", "a,b", 2)
     ['a', 'b']
-    >>> _parts("exclude", "a,b,c", 2)
+    >>> _parts("exclude", "a,b,", 2)
+    Traceback (most recent call last):
+    ...
+    recstream.serving.filters.FilterError: exclude: an empty value (comma-separated, no spaces, no trailing comma)
+    >>> _parts("exclude", "a,b,c,", 2)
     Traceback (most recent call last):
     ...
     recstream.serving.filters.FilterError: exclude: 3 values, at most 2 are allowed
@@ -148,9 +154,10 @@ def _parts(parameter: str, raw: str | None, limit: int) -> list[str]:
     if raw is None:
         return []
     parts = raw.split(",")
-    if len(parts) > limit:
-        raise FilterError(f"{parameter}: {len(parts)} values, at most {limit} are allowed")
-    if any(not part for part in parts):
+    values = sum(1 for part in parts if part)
+    if values > limit:
+        raise FilterError(f"{parameter}: {values} values, at most {limit} are allowed")
+    if values < len(parts):
         raise FilterError(f"{parameter}: an empty value (comma-separated, no spaces, no trailing comma)")
     return parts
 

@@ -28,25 +28,31 @@ from tests.serving.test_ranked_feed import own_topics, ranker_states
 NOW_MS = int(time.time() * 1000)
 
 
-@pytest.mark.parametrize(
+LIMITS = pytest.mark.parametrize(
     ("parameter", "limit", "part"),
-    [
-        ("category", MAX_CATEGORIES, lambda k: f"c{k}"),
-        ("exclude", MAX_EXCLUDE, lambda k: f"i{k}"),
-        ("filter", MAX_CLAUSES, lambda k: f"f{k}>=1"),
-    ],
+    [("category", MAX_CATEGORIES, "c{}"), ("exclude", MAX_EXCLUDE, "i{}"), ("filter", MAX_CLAUSES, "f{}>=1")],
 )
+"""Each parameter, its limit of values and the k-th value's spelling."""
+
+
+@LIMITS
 @pytest.mark.parametrize("offset", [-1, 0, 1])
-def test_each_parameter_takes_at_most_its_limit_of_values(parameter, limit, part, offset):
-    raw = ",".join(part(k) for k in range(limit + offset))
-    if offset <= 0:
+@pytest.mark.parametrize("trailing", ["", ","])
+def test_each_parameter_takes_at_most_its_limit_of_values(parameter, limit, part, offset, trailing):
+    """Only values count against the limit: the limit's ids and a trailing comma are refused for the empty value
+    (they were "limit + 1 values"), too many ids for their number whatever follows them."""
+    raw = ",".join(part.format(k) for k in range(limit + offset)) + trailing
+    if offset > 0:
+        with pytest.raises(FilterError, match=f"^{parameter}: {limit + 1} values, at most {limit} are allowed$"):
+            FeedFilter.parse(**{parameter: raw})
+    elif trailing:
+        with pytest.raises(FilterError, match=f"^{parameter}: an empty value"):
+            FeedFilter.parse(**{parameter: raw})
+    else:
         parsed = FeedFilter.parse(**{parameter: raw})
         assert len({"category": parsed.categories, "exclude": parsed.exclude, "filter": parsed.clauses}[parameter]) == (
             limit + offset
         )
-    else:
-        with pytest.raises(FilterError, match=f"^{parameter}: {limit + 1} values, at most {limit} are allowed$"):
-            FeedFilter.parse(**{parameter: raw})
 
 
 @pytest.mark.parametrize("offset", [-1, 0, 1])
@@ -157,6 +163,31 @@ async def test_a_bad_filter_is_a_400_that_says_what_is_wrong(world: World, reade
     resp = await reader.get(f"/v1/feed/{world.warm[0]}", params=params)
     assert resp.status_code == 400
     assert resp.json()["detail"].startswith(says)
+
+
+@pytest.mark.integration
+@LIMITS
+async def test_the_400_for_a_trailing_comma_names_the_empty_value_and_too_many_values_their_number(
+    world: World, reader, parameter, limit, part
+):
+    """limit−1, limit and limit+1 values, each with and without a trailing comma: the limit's values and a comma
+    were refused as "limit + 1 values", which sent the client to drop an id instead of the comma."""
+    answers = {}
+    for offset in (-1, 0, 1):
+        for trailing in ("", ","):
+            raw = ",".join(part.format(k) for k in range(limit + offset)) + trailing
+            resp = await reader.get(f"/v1/feed/{world.warm[0]}", params={parameter: raw})
+            answers[offset, trailing] = resp.status_code, resp.json().get("detail")
+    too_many = f"{parameter}: {limit + 1} values, at most {limit} are allowed"
+    empty = f"{parameter}: an empty value (comma-separated, no spaces, no trailing comma)"
+    assert answers == {
+        (-1, ""): (200, None),
+        (-1, ","): (400, empty),
+        (0, ""): (200, None),
+        (0, ","): (400, empty),
+        (1, ""): (400, too_many),
+        (1, ","): (400, too_many),
+    }
 
 
 @pytest.mark.integration
