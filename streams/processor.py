@@ -453,7 +453,9 @@ class BatchProcessor:
         committed offset (the worker group had applied them, or it would not have committed past them).
         Retried with back-off whatever fails (Redis unreachable or answering CLUSTERDOWN while a failed-over
         master's replica takes over, which is when a window is lost; Kafka while reading the log): given up, a
-        quiet partition's lost window would wait for its next message or assignment. A new assignment cancels it."""
+        quiet partition's lost window would wait for its next message or assignment. A new assignment cancels it,
+        and a failed attempt once the worker is stopping ends it, as it ends a batch's retries: the check is left to
+        the worker that is assigned these partitions next (every assignment checks them all, streams/app.py)."""
         backoff = RetryDelays()
         while True:
             try:
@@ -469,8 +471,13 @@ class BatchProcessor:
             except Exception as exc:
                 reason = retry_reason(exc)
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
-                log.warning("%s (%r); retrying the gap check in %.1f s", reason, exc, backoff.delay)
                 self.forget_watermarks()
+                if self.stopping():
+                    unchecked = ", ".join(f"{topic}:{partition}" for topic, partition in tps)
+                    log.warning("%s (%r); the worker is stopping: the gap check of %s is left to the partitions' next "
+                                "assignment", reason, exc, unchecked)  # fmt: skip
+                    return
+                log.warning("%s (%r); retrying the gap check in %.1f s", reason, exc, backoff.delay)
                 await backoff.wait()
 
     def _watermark(self, topic: str, partition: int) -> int:

@@ -373,6 +373,37 @@ async def test_the_gap_check_on_assignment_waits_out_a_failed_log_read(isolated_
     assert len(reads) == 2 and applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
 
 
+async def test_the_gap_check_ends_once_the_worker_is_stopping_and_the_next_assignment_repairs(
+    isolated_settings, caplog
+):
+    """A worker told to stop while Redis is unreachable went on retrying its gap check. Now it waits Redis out only
+    while running: the first failed attempt after the stop ends the check, naming the partition it left, and the
+    worker assigned the partition next (a processor on the reachable Redis) applies the gap."""
+    settings = isolated_settings
+    topic = settings.kafka.events_topic
+    await publish(settings, events=[Event(type="view", user_id="u1", item_id=f"i{k}", ts=T0 + k) for k in range(3)])
+    tp = (topic, partition_for("u1", settings.kafka.events_partitions))
+    stopping = False
+    away = AsyncRedis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    stopped = BatchProcessor("event", StateStore(away, settings), settings, no_dead_letters,
+                             read_log=partial(read_ranges, settings), stopping=lambda: stopping)  # fmt: skip
+    client = AsyncRedis.from_url(settings.redis.url)
+    following = BatchProcessor("event", StateStore(client, settings), settings, no_dead_letters,
+                               read_log=partial(read_ranges, settings))  # fmt: skip
+    try:
+        check = asyncio.create_task(stopped.repair_behind([tp], {tp: 1}))
+        await asyncio.sleep(1.0)
+        assert not check.done(), "a running worker's check gave up on an unreachable Redis"
+        stopping = True
+        await asyncio.wait_for(check, timeout=10)  # the old check retried until cancelled
+        await asyncio.wait_for(following.repair_behind([tp], {tp: 1}), timeout=30)
+    finally:
+        await away.aclose()
+        await client.aclose()
+    assert f"the gap check of {tp[0]}:{tp[1]} is left to the partitions' next assignment" in caplog.text
+    assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
+
+
 async def test_the_gap_check_and_the_agents_batch_apply_one_at_a_time_and_count_the_gap_once(isolated_settings):
     """An assignment's gap check runs in a task of its own beside the agent. Both moved the in-memory watermarks before
     their call applied and cached histories only after, so a batch built meanwhile could pass the watermark check on
