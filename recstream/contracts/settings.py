@@ -4,8 +4,9 @@ Every process (infra, producer, worker, reader, trainer) builds a :class:`Settin
 passes down the section a part needs (``settings.kafka``, ``settings.blend``, …); nothing else
 reads the environment. The variables keep their flat names (``RECSTREAM_BATCH_MAX`` sets
 ``settings.worker.batch_max``; :data:`VARIABLES` maps every one). A bad value fails fast with the
-variable's name, e.g. ``RECSTREAM_EVENTS_PARTITIONS: Input should be greater than 0``; an unknown
-``RECSTREAM_*`` variable is reported with the closest valid name.
+variable's name, e.g. ``RECSTREAM_EVENTS_PARTITIONS: Input should be greater than 0`` (or with the name of the
+command-line option that gave the value, ``--workers: ...``); an unknown ``RECSTREAM_*`` variable is reported with
+the closest valid name.
 """
 
 from __future__ import annotations
@@ -639,7 +640,7 @@ class Settings(BaseModel):
         try:
             return Settings.model_validate(_nested(values, self))
         except ValidationError as exc:
-            raise SettingsError(_lines(exc)) from None
+            raise SettingsError(_lines(exc, {})) from None
 
     def model_copy(self, *, update: Mapping[str, object] | None = None, deep: bool = False) -> Settings:
         """Refuses ``update``: pydantic would set flat names as stray attributes nothing reads; use :meth:`replace`."""
@@ -704,9 +705,9 @@ def _env_value(value: object) -> str:
     return value.model_dump_json(exclude_none=True) if isinstance(value, BaseModel) else str(value)
 
 
-def _variable(loc: tuple[int | str, ...]) -> str:
-    """The variable of an error's location, and where inside its JSON value for a nested one:
-    ``('kafka', 'events_partitions')`` → ``RECSTREAM_EVENTS_PARTITIONS``;
+def _variable(loc: tuple[int | str, ...], given_as: Mapping[str, str]) -> str:
+    """The variable of an error's location (or how ``given_as`` says the value was given), and where inside its JSON
+    value for a nested one: ``('kafka', 'events_partitions')`` → ``RECSTREAM_EVENTS_PARTITIONS``;
     ``('experiment', 'variants', 1, 'weight')`` → ``RECSTREAM_EXPERIMENT (variants.1.weight)``."""
     names = {where: name for name, where in VARIABLES.items()}
     if len(loc) > 1 and (loc[0], loc[1]) in names:
@@ -714,11 +715,13 @@ def _variable(loc: tuple[int | str, ...]) -> str:
     else:
         name, inside = str(loc[0]), loc[1:]
     where = f" ({'.'.join(map(str, inside))})" if inside else ""
-    return f"{ENV_PREFIX}{name.upper()}{where}"
+    return f"{given_as.get(name, ENV_PREFIX + name.upper())}{where}"
 
 
-def _lines(exc: ValidationError) -> str:
-    return "\n".join(f"{_variable(err['loc'])}: {err['msg']}" if err["loc"] else err["msg"] for err in exc.errors())
+def _lines(exc: ValidationError, given_as: Mapping[str, str]) -> str:
+    return "\n".join(
+        f"{_variable(err['loc'], given_as)}: {err['msg']}" if err["loc"] else err["msg"] for err in exc.errors()
+    )
 
 
 def redacted(url: str) -> str:
@@ -766,8 +769,10 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, object]:
     return values
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(given_as: Mapping[str, str] | None = None, /, **overrides: object) -> Settings:
     """Build the settings from the environment and explicit overrides (for tests and CLIs), by variable name.
+    ``given_as`` names how the user gave an override (a CLI's option: ``{"reader_workers": "--workers"}``), so an
+    invalid one is named by what the user wrote, not by a variable they did not set.
 
     >>> load_settings(events_partitions=8).kafka.events_partitions
     8
@@ -775,8 +780,12 @@ def load_settings(**overrides: object) -> Settings:
     Traceback (most recent call last):
     ...
     recstream.contracts.settings.SettingsError: RECSTREAM_EVENTS_PARTITIONS: Input should be greater than 0
+    >>> load_settings({"events_partitions": "--partitions"}, events_partitions=0)
+    Traceback (most recent call last):
+    ...
+    recstream.contracts.settings.SettingsError: --partitions: Input should be greater than 0
     """
     try:
         return Settings.model_validate(_nested({**from_environment(os.environ), **overrides}))
     except ValidationError as exc:
-        raise SettingsError(_lines(exc)) from None
+        raise SettingsError(_lines(exc, given_as or {})) from None

@@ -121,10 +121,15 @@ def _share(value: float) -> float:
     return value
 
 
-def _settings(**overrides: object) -> Settings:
-    """The environment's settings with a command's options (by variable name); invalid ones end the command."""
+def _settings(**options: tuple[str, object]) -> Settings:
+    """The environment's settings, with the command's options that set one, each given as setting=(option, value):
+    ``reader_workers=("--workers", workers)``, a value of None when the option was not given. An option given
+    overrides the variable; an invalid value ends the command, named as the user gave it: the option, else the
+    variable."""
+    given = {setting: (option, value) for setting, (option, value) in options.items() if value is not None}
+    overrides = {setting: value for setting, (_, value) in given.items()}
     try:
-        return load_settings(**overrides)
+        return load_settings({setting: option for setting, (option, _) in given.items()}, **overrides)
     except SettingsError as exc:
         console.print(f"[red]invalid settings[/red]\n{exc}")
         raise typer.Exit(2) from None
@@ -544,7 +549,7 @@ def serve(
     """Run the reader: blended feeds from Redis over HTTP (uvloop + httptools, one or more processes)."""
     from recstream.shell import reader
 
-    settings = _settings(**({} if workers is None else {"reader_workers": workers}))
+    settings = _settings(reader_workers=("--workers", workers))
     asyncio.run(_reach(settings, kafka=False, redis=True))  # writes answer 503 without Kafka; reads need Redis
     reader.serve(
         host=host or settings.reader.host,

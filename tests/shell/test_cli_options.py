@@ -12,10 +12,11 @@ from recstream.shell.cli import app
 from recstream.shell.infra import free_port
 
 
-def run(*args: str):
-    """In process, with Kafka and Redis on closed ports: a command that gets past its options stops at them."""
+def run(*args: str, **variables: str):
+    """In process, with Kafka and Redis on closed ports (and ``variables`` set): a command that gets past its options
+    stops at them."""
     env = {"COLUMNS": "200", "RECSTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
-           "RECSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}  # fmt: skip
+           "RECSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", **variables}  # fmt: skip
     return CliRunner().invoke(app, list(args), env=env)
 
 
@@ -32,6 +33,33 @@ def test_a_port_outside_its_range_is_refused_naming_the_option(command, option, 
     for port in (lowest, highest):  # accepted: the command goes on and stops at the closed service
         done = run(command, option, str(port))
         assert done.exit_code == 1 and "cannot reach" in done.output, done.output
+
+
+@pytest.mark.parametrize(
+    ("workers", "refused"),
+    [
+        ("0", "greater than or equal to 1"),
+        ("1", None),
+        ("2", None),
+        ("63", None),
+        ("64", None),
+        ("65", "less than or equal to 64"),
+    ],
+)
+def test_serve_names_a_bad_reader_workers_value_as_given_the_option_or_the_variable(workers, refused):
+    """``serve --workers 0`` said "RECSTREAM_READER_WORKERS: ...", a variable the user had not set. A value out of
+    the setting's range (1 to 64) is named by the option when it came from the option, by the variable when it came
+    from the environment."""
+    variable = "RECSTREAM_READER_WORKERS"
+    for done, named, other in (
+        (run("serve", "--workers", workers), "--workers", variable),
+        (run("serve", **{variable: workers}), variable, "--workers"),
+    ):
+        if refused:
+            assert done.exit_code == 2 and f"{named}: Input should be {refused}" in done.output, done.output
+            assert other not in done.output
+        else:
+            assert done.exit_code == 1 and "cannot reach Redis" in done.output, done.output
 
 
 @pytest.mark.parametrize("holdout", ["-0.01", "1", "1.5", "nan"])
