@@ -257,7 +257,8 @@ def live_batches(before: str, after: str, topic: str) -> tuple[float, float, flo
 class BacklogRun:
     """One worker on one full backlog: its rate, how many batches the backlog landed in, the user steps those
     batches paid for (a user pays one in every batch holding one of their clicks, so fewer, larger batches pay
-    fewer), and Redis' own busy time per event (INFO commandstats, all commands: the worker awaits each script)."""
+    fewer), and the CPU time Redis' main thread spent per event (:func:`redis_cpu_us`: the worker awaits each
+    script, so that time adds to its own)."""
 
     rate: float
     batches: int
@@ -265,17 +266,20 @@ class BacklogRun:
     redis_us_per_event: float
 
 
-def redis_busy_us(client: redis.Redis) -> float:
-    """Microseconds Redis spent executing commands since its start (INFO commandstats, summed)."""
-    return sum(float(stats["usec"]) for stats in client.info("commandstats").values())
+def redis_cpu_us(client: redis.Redis) -> float:
+    """Microseconds of CPU Redis' main thread has used since its start, user and system (INFO cpu): everything it
+    did for the worker, parsing and replies included, each script's commands once. INFO commandstats, summed,
+    counted a script's commands twice (EVALSHA's time holds them, and each is counted on its own too)."""
+    cpu = client.info("cpu")
+    return (float(cpu["used_cpu_user_main_thread"]) + float(cpu["used_cpu_sys_main_thread"])) * 1e6
 
 
 def run_backlog(settings: Settings, prefix: str, total: int) -> tuple[BacklogRun, Child]:
     """:func:`time_backlog`, with the batch count and user steps from the worker's metrics at its end."""
     with redis.Redis.from_url(settings.redis.url) as client:  # one Redis: INFO of a cluster is per node
-        busy = redis_busy_us(client)
+        busy = redis_cpu_us(client)
         rate, worker = time_backlog(settings, prefix, total)
-        busy = redis_busy_us(client) - busy
+        busy = redis_cpu_us(client) - busy
     text = worker.metrics()
     batches = sample(text, f'recstream_worker_batch_events_count{{topic="{settings.kafka.events_topic}"}}')
     steps = sample(text, "recstream_worker_user_steps_total")
@@ -345,7 +349,7 @@ def main() -> None:
     fresh50, fresh99, cand50, cand99 = medians["personal"]
 
     table = Table(title=f"one worker on a backlog, Kafka + Redis co-located ({machine()})")
-    for column in ("path", "events/s, each run", "median", "batches", "user steps", "Redis µs/event"):
+    for column in ("path", "events/s, each run", "median", "batches", "user steps", "Redis CPU µs/event"):
         table.add_column(column, justify="right")
     table.add_row(f"raw consume + decode, baseline ({total:,} events)", f"{raw:,.0f}", f"{raw:,.0f}", "", "", "")
     for name, label in (
