@@ -56,4 +56,5 @@ def test_redis_busy_time_counts_a_script_s_commands_once(isolated_settings):
     client.eval("for i = 1, 5 do redis.call('ZUNIONSTORE', KEYS[2], 1, KEYS[1]) end", 2, source, target)
     busy, script = worker.redis_cpu_us(client) - before, script_us() - script
     client.close()
-    assert 0.5 * script <= busy <= 1.5 * script + 10_000  # INFO cpu moves in steps of up to 10 ms
+    assert busy <= 1.5 * script + 10_000, "counted once (INFO cpu moves in steps of up to 10 ms)"
+    assert busy >= 0.1 * script, "the script's work is seen (CPU time: less than EVAL's wall time on a busy machine)"
