@@ -6,7 +6,8 @@ offset, so agents batch over ``take_events`` (events), not bare values.
 
 On every partition assignment a background task compares the group's committed offsets with
 Redis's watermarks and re-applies from the log what Redis lost (streams/processor.py, gap
-repair); the agents keep consuming meanwhile (the watermark check keeps both paths exact).
+repair); the agents keep consuming meanwhile (the watermark check keeps both paths exact). A new assignment cancels
+it; a failed attempt once the worker is stopping ends it, leaving the rest to the partitions' next assignment.
 
 Each agent and the item feed report to a :class:`~recstream.streams.liveness.Liveness` (``/healthz``): an agent
 beats when a batch starts and after every attempt to apply it, and goes idle when its latest batch is applied.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import faust
@@ -34,7 +35,7 @@ from recstream.streams import metrics
 from recstream.streams.kafka_transport import ShortFetchTransport
 from recstream.streams.live_model import LiveModel, follow_items
 from recstream.streams.liveness import Liveness
-from recstream.streams.processor import RETRY_REASONS, BatchProcessor, DeadLetter, Message
+from recstream.streams.processor import RETRY_REASONS, BatchProcessor, DeadLetter, Message, gap_check_left
 
 from recstream.contracts.events import Kind
 from recstream.contracts.settings import Settings
@@ -93,12 +94,17 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         settings.kafka.users_topic: "user",
     }
     agents = {kind: f"recstream.{kind}s" for kind in topics.values()}
+
+    def stopping() -> bool:
+        """Whether the worker was told to stop (or crashed): a failed attempt then ends a retry loop."""
+        return app.should_stop
+
     # faust's stop waits for every message taken to be acknowledged (Consumer.wait_empty) until its consumer stops or
     # crashes: a batch given up at a stop (BatchProcessor, Stopping) crashes it, and only acknowledged offsets commit
     processors = {
         kind: BatchProcessor(
             kind, store, settings, send_dead_letters, model, read_log, beat=partial(liveness.beat, agents[kind]),
-            stopping=lambda: app.should_stop, give_up=lambda exc: app.consumer.crash(exc),
+            stopping=stopping, give_up=lambda exc: app.consumer.crash(exc),
         )
         for kind in topics.values()
     }  # fmt: skip
@@ -174,22 +180,6 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
         for reason in RETRY_REASONS:
             metrics.BATCH_RETRIES.labels(topic_name, reason)
 
-    async def repair_behind(assigned: list[tuple[str, int]]) -> None:
-        """The gap check of one assignment, until it is done or a new assignment cancels it (each processor retries
-        its own part; a quiet partition's lost window would otherwise wait for its next message)."""
-        backoff = RetryDelays()
-        while True:
-            try:
-                committed = await committed_offsets(settings, assigned)
-                break
-            except Exception as exc:
-                log.warning(
-                    "reading the committed offsets for the gap check failed (%r); retry in %.1f s", exc, backoff.delay
-                )
-                await backoff.wait()
-        for topic_name, kind in topics.items():
-            await processors[kind].repair_behind([tp for tp in assigned if tp[0] == topic_name], committed)
-
     repairs: set[asyncio.Task] = set()
 
     @app.on_partitions_assigned.connect
@@ -205,8 +195,42 @@ def create_app(settings: Settings, liveness: Liveness | None = None) -> faust.Ap
                 processors["user"].partitions = app.consumer.topic_partitions(settings.kafka.users_topic)
         for superseded in repairs:
             superseded.cancel()
-        task = asyncio.ensure_future(repair_behind(sorted((tp.topic, tp.partition) for tp in assigned)))
+        tps = sorted((tp.topic, tp.partition) for tp in assigned)
+        task = asyncio.ensure_future(check_assignment(settings, list(processors.values()), tps, stopping))
         repairs.add(task)  # a reference until done: the loop keeps only weak ones
         task.add_done_callback(repairs.discard)
 
     return app
+
+
+async def check_assignment(
+    settings: Settings,
+    processors: Sequence[BatchProcessor],
+    assigned: list[tuple[str, int]],
+    stopping: Callable[[], bool],
+) -> None:
+    """The gap check of one assignment, until it is done or a new assignment cancels it (each processor retries
+    its own part; a quiet partition's lost window would otherwise wait for its next message). Once the worker is
+    ``stopping`` (what ends the processors' retries), a failed read of the committed offsets ends it, as it ends a
+    processor's part, and no further processor's part starts: each would make one more attempt, up to the Redis
+    socket timeout if Redis hangs, for partitions their next assignment checks again."""
+    backoff = RetryDelays()
+    while True:
+        try:
+            committed = await committed_offsets(settings, assigned)
+            break
+        except Exception as exc:
+            ending = stopping()
+            then = gap_check_left(assigned) if ending else f"retry in {backoff.delay:.1f} s"
+            log.warning("reading the committed offsets for the gap check failed (%r); %s", exc, then)
+            if ending:
+                return
+            await backoff.wait()
+    for k, processor in enumerate(processors):
+        if stopping():
+            topics = {later.topic for later in processors[k:]}
+            left = [tp for tp in assigned if tp[0] in topics]
+            if left:
+                log.warning("%s", gap_check_left(left))
+            return
+        await processor.repair_behind([tp for tp in assigned if tp[0] == processor.topic], committed)

@@ -473,9 +473,7 @@ class BatchProcessor:
                 metrics.BATCH_RETRIES.labels(self.topic, reason).inc()
                 self.forget_watermarks()
                 if self.stopping():
-                    unchecked = ", ".join(f"{topic}:{partition}" for topic, partition in tps)
-                    log.warning("%s (%r); the worker is stopping: the gap check of %s is left to the partitions' next "
-                                "assignment", reason, exc, unchecked)  # fmt: skip
+                    log.warning("%s (%r); %s", reason, exc, gap_check_left(tps))
                     return
                 log.warning("%s (%r); retrying the gap check in %.1f s", reason, exc, backoff.delay)
                 await backoff.wait()
@@ -832,6 +830,13 @@ class BatchProcessor:
         await self.model.items_caught_up.wait()
         await self.model.ensure(version)
         return self.model.current
+
+
+def gap_check_left(tps: Sequence[tuple[str, int]]) -> str:
+    """What a worker logs of the gap check it ends because it is stopping: one text for a processor's part and for
+    what streams/app.py leaves of an assignment's check, the partitions their next assignment checks again."""
+    unchecked = ", ".join(f"{topic}:{partition}" for topic, partition in tps)
+    return f"the worker is stopping: the gap check of {unchecked} is left to the partitions' next assignment"
 
 
 def next_events_bound(bound: int, events: int, seconds: float, worker: WorkerSettings) -> int:

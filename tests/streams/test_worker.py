@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from recstream.models.ctr import quantized_global_ctr
 from recstream.models.ranker import FTRLConfig, FTRLRanker, auc
+from recstream.streams.app import check_assignment
 from recstream.streams.processor import BatchProcessor
 from redis.asyncio import Redis as AsyncRedis
 
@@ -402,6 +404,70 @@ async def test_the_gap_check_ends_once_the_worker_is_stopping_and_the_next_assig
         await client.aclose()
     assert f"the gap check of {tp[0]}:{tp[1]} is left to the partitions' next assignment" in caplog.text
     assert applied_events(redis.Redis.from_url(settings.redis.url), "rs") == 3
+
+
+def assignment(settings: Settings) -> list[tuple[str, int]]:
+    """One partition of each topic the worker consumes, in the order of its processors (and of their names)."""
+    return [(settings.kafka.events_topic, 0), (settings.kafka.items_topic, 0), (settings.kafka.users_topic, 0)]
+
+
+def gap_checkers(settings: Settings, client: AsyncRedis, stopping: Callable[[], bool]) -> list[BatchProcessor]:
+    """The worker's three processors (streams/app.py) on ``client``, stopping when ``stopping`` says so."""
+    store, read_log = StateStore(client, settings), partial(read_ranges, settings)
+    return [
+        BatchProcessor(kind, store, settings, no_dead_letters, read_log=read_log, stopping=stopping)
+        for kind in ("event", "item", "user")
+    ]
+
+
+async def test_an_assignments_check_ends_once_the_worker_is_stopping_while_the_broker_is_unreachable(
+    isolated_settings, caplog
+):
+    """An assignment's check read the group's committed offsets until the broker answered, whether or not the worker
+    was told to stop. A running worker still waits the broker out; once it is stopping, the first failed read ends
+    the check, naming every partition it left to their next assignment."""
+    settings = isolated_settings
+    unreachable = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")  # nothing listens there
+    stopping = False
+    client = AsyncRedis.from_url(settings.redis.url)
+    try:
+        processors = gap_checkers(settings, client, lambda: stopping)
+        check = asyncio.create_task(check_assignment(unreachable, processors, assignment(settings), lambda: stopping))
+        await asyncio.sleep(1.0)
+        assert not check.done(), "a running worker's check gave up on an unreachable broker"
+        stopping = True
+        await asyncio.wait_for(check, timeout=10)  # the old check retried until cancelled
+    finally:
+        await client.aclose()
+    named = ", ".join(f"{topic}:{partition}" for topic, partition in assignment(settings))
+    assert f"the gap check of {named} is left to the partitions' next assignment" in caplog.text
+
+
+async def test_an_assignments_check_starts_no_processors_part_once_the_worker_is_stopping(isolated_settings, caplog):
+    """When the events processor's part of the check ended at the stop (Redis unreachable), the items' and the users'
+    parts still started, each making one more failed attempt: up to the Redis socket timeout (30 s) each on a Redis
+    that hangs. Now the check ends with the part that saw the stop and names the partitions it left."""
+    settings = isolated_settings
+    events, items, users = assignment(settings)
+    stopping = False
+    away = AsyncRedis.from_url(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+
+    def attempts(tp: tuple[str, int]) -> float:
+        sample = {"topic": tp[0], "reason": "redis_unavailable"}
+        return REGISTRY.get_sample_value("recstream_worker_batch_retries_total", sample) or 0.0
+
+    try:
+        processors = gap_checkers(settings, away, lambda: stopping)
+        check = asyncio.create_task(check_assignment(settings, processors, [events, items, users], lambda: stopping))
+        await asyncio.sleep(1.0)
+        assert not check.done(), "a running worker's check gave up on an unreachable Redis"
+        stopping = True
+        await asyncio.wait_for(check, timeout=10)
+    finally:
+        await away.aclose()
+    assert attempts(events) > 1 and attempts(items) == attempts(users) == 0, "a part started after the stop"
+    assert f"the gap check of {events[0]}:0 is left to the partitions' next assignment" in caplog.text
+    assert f"the gap check of {items[0]}:0, {users[0]}:0 is left to the partitions' next assignment" in caplog.text
 
 
 async def test_the_gap_check_and_the_agents_batch_apply_one_at_a_time_and_count_the_gap_once(isolated_settings):
