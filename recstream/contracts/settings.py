@@ -674,10 +674,10 @@ class Settings(BaseModel):
 
 
 def _nested(values: Mapping[str, object], base: Settings | None = None) -> dict[str, object]:
-    """Flat variable names and values → the nested dict :class:`Settings` validates (over ``base``'s values)."""
-    nested: dict[str, dict[str, object]] = {
-        name: dict(getattr(base, name)) if base is not None else {} for name in SECTIONS
-    }
+    """Flat variable names and values → the nested dict :class:`Settings` validates (over ``base``'s values). Of
+    ``base`` only the fields set are carried (the others are their defaults), so a section's ``model_fields_set``
+    still says what the user set after a :meth:`Settings.replace`."""
+    nested: dict[str, dict[str, object]] = {name: _set_fields(base, name) for name in SECTIONS}
     experiment = base.experiment if base is not None else None
     for name, value in values.items():
         if name == EXPERIMENT_VARIABLE:
@@ -688,6 +688,13 @@ def _nested(values: Mapping[str, object], base: Settings | None = None) -> dict[
         else:
             raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {_unknown(name)}")
     return {**nested, EXPERIMENT_VARIABLE: experiment}
+
+
+def _set_fields(base: Settings | None, name: str) -> dict[str, object]:
+    if base is None:
+        return {}
+    section = getattr(base, name)
+    return {field: getattr(section, field) for field in section.model_fields_set}
 
 
 def _unknown(name: str) -> str:

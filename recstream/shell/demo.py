@@ -141,7 +141,7 @@ class Port:
     span: int
     """ports bound from ``port`` on (Kafka: its broker and its controller)"""
     default: bool
-    """the setting is the default's (not set explicitly): the demo may move it"""
+    """the user did not set it (whatever its value): the demo may move it"""
     owner: infra.Service | None
     """the service of this project's own that may hold it already and is then used (Redis, Kafka), or None"""
     moved: Callable[[int], dict[str, object]]
@@ -156,19 +156,19 @@ class Port:
 
 
 def demo_ports(settings: Settings) -> list[Port]:
-    """Every port the demo's processes bind, besides Prometheus's (which moves off 9090 by itself)."""
-    defaults = Settings()
+    """Every port the demo's processes bind, besides Prometheus's (which moves off 9090 by itself). A port is the
+    default's when the user did not set it (its section's ``model_fields_set``), whatever its value: one set to the
+    default's value, ``RECSTREAM_READER_PORT=8080``, is set explicitly and kept."""
     return [
-        Port("Redis", "RECSTREAM_REDIS_URL", settings.redis.port, 1, settings.redis.url == defaults.redis.url,
+        Port("Redis", "RECSTREAM_REDIS_URL", settings.redis.port, 1, "url" not in settings.redis.model_fields_set,
              infra.redis_service(settings), lambda port: {"redis_url": f"redis://127.0.0.1:{port}/0"}),
         Port("Kafka", "RECSTREAM_KAFKA_BOOTSTRAP", settings.kafka.port, 2,
-             settings.kafka.bootstrap == defaults.kafka.bootstrap, infra.kafka_service(settings),
+             "bootstrap" not in settings.kafka.model_fields_set, infra.kafka_service(settings),
              lambda port: {"kafka_bootstrap": f"127.0.0.1:{port}"}),
-        Port("reader", "RECSTREAM_READER_PORT", settings.reader.port, 1, settings.reader.port == defaults.reader.port,
+        Port("reader", "RECSTREAM_READER_PORT", settings.reader.port, 1, "port" not in settings.reader.model_fields_set,
              None, lambda port: {"reader_port": port}),
         Port("worker /metrics", "RECSTREAM_WORKER_METRICS_PORT", settings.worker.metrics_port, 1,
-             settings.worker.metrics_port == defaults.worker.metrics_port, None,
-             lambda port: {"worker_metrics_port": port}),
+             "metrics_port" not in settings.worker.model_fields_set, None, lambda port: {"worker_metrics_port": port}),
     ]  # fmt: skip
 
 

@@ -148,6 +148,16 @@ def test_replace_validates_like_the_environment():
         load_settings().replace(batch_max=0)
 
 
+def test_replace_keeps_what_the_user_set_apart_from_the_defaults():
+    """A section's model_fields_set says what the user set (the demo keeps a port set to its default's value): a
+    replace marked every field of every section set, so after the CLI's own changes nothing looked defaulted."""
+    settings = load_settings(reader_port=8080).replace(batch_max=3)
+    assert settings.reader.model_fields_set == {"port"}
+    assert settings.worker.model_fields_set == {"batch_max"}
+    assert not settings.redis.model_fields_set
+    assert (settings.reader.port, settings.worker.batch_max) == (8080, 3)
+
+
 def test_the_redis_password_never_shows_in_the_repr():
     settings = load_settings(redis_url="redis://:hunter2@cache:6379/0")
     assert "hunter2" not in repr(settings) and "hunter2" not in str(settings)

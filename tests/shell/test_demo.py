@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -75,9 +76,7 @@ def test_the_demo_moves_its_redis_and_kafka_off_default_ports_another_process_ho
     for port in (defaults.redis.port, defaults.kafka.port):
         if not infra.port_open(port):  # else something holds it already, as on such a host
             held.append(socket.create_server(("127.0.0.1", port)))
-    settings = load_settings(
-        redis_url=defaults.redis.url, kafka_bootstrap=defaults.kafka.bootstrap, run_dir=tmp_path, cache_dir=tmp_path
-    )
+    settings = load_settings(run_dir=tmp_path, cache_dir=tmp_path)  # Redis and Kafka not set: on their defaults
     try:
         moved, lines = own_ports(settings)
         assert lines == [
@@ -98,7 +97,7 @@ def test_the_demo_keeps_the_default_port_its_own_redis_holds(tmp_path: Path):
     defaults = Settings()
     if infra.port_open(defaults.redis.port):
         pytest.skip(f"port {defaults.redis.port} is taken on this machine")
-    settings = load_settings(redis_url=defaults.redis.url, run_dir=tmp_path, cache_dir=tmp_path)
+    settings = load_settings(run_dir=tmp_path, cache_dir=tmp_path)
     try:
         infra.redis_up(settings)
         assert own_ports(settings)[0].redis.url == defaults.redis.url
@@ -118,8 +117,7 @@ def test_the_demo_moves_its_reader_and_worker_metrics_off_default_ports_another_
     ]
     settings = load_settings(
         redis_url=f"redis://127.0.0.1:{free_port()}/0", kafka_bootstrap=f"127.0.0.1:{free_port(span=2)}",
-        reader_port=defaults.reader.port, worker_metrics_port=defaults.worker.metrics_port, run_dir=tmp_path,
-        cache_dir=tmp_path,
+        run_dir=tmp_path, cache_dir=tmp_path,
     )  # fmt: skip
     try:
         moved, lines = own_ports(settings)
@@ -135,16 +133,24 @@ def test_the_demo_moves_its_reader_and_worker_metrics_off_default_ports_another_
     assert not infra.port_open(moved.reader.port) and not infra.port_open(moved.worker.metrics_port)
 
 
+@pytest.mark.parametrize("at_default", [False, True], ids=["a free port", "the default's port"])
 @pytest.mark.parametrize(
-    ("variable", "name"), [("RECSTREAM_READER_PORT", "reader"), ("RECSTREAM_WORKER_METRICS_PORT", "worker /metrics")]
+    ("variable", "name", "default"),
+    [
+        ("RECSTREAM_READER_PORT", "reader", Settings().reader.port),
+        ("RECSTREAM_WORKER_METRICS_PORT", "worker /metrics", Settings().worker.metrics_port),
+    ],
 )
 def test_a_taken_port_set_explicitly_ends_the_demo_at_once_naming_it_and_its_variable(
-    tmp_path: Path, variable: str, name: str
+    tmp_path: Path, variable: str, name: str, default: int, at_default: bool
 ):
     """A port set explicitly is kept, so a taken one is an error: it came at the end of the start-up, as the reader's
-    or worker's exit code and its log's path; now one line, before anything starts."""
-    with socket.create_server(("127.0.0.1", free_port())) as taken:
-        port = taken.getsockname()[1]
+    or worker's exit code and its log's path; now one line, before anything starts. Set to the default's port it is
+    set too: ``RECSTREAM_READER_PORT=8080`` with 8080 taken moved the reader to a free port instead."""
+    port = default if at_default else free_port()
+    with ExitStack() as held:
+        if not infra.port_open(port):  # else another process holds it already
+            held.enter_context(socket.create_server(("127.0.0.1", port)))
         env = demo_env(tmp_path, **{variable: str(port)})
         argv = [sys.executable, "-m", "recstream.shell.cli", "demo", "--seconds", "1", "--history-min", "0.2"]
         done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
