@@ -194,9 +194,10 @@ def own_ports(settings: Settings) -> tuple[Settings, list[str]]:
     return settings.replace(**changes), lines
 
 
-def prometheus(settings: Settings, stack: ExitStack) -> str:
+def prometheus(settings: Settings, stack: ExitStack) -> tuple[str, str | None]:
     """Prometheus scraping the worker and the reader (monitoring/prometheus.yml's jobs and rules), stopped with the
-    demo; on port 9090 unless that is taken. Without the binary the demo goes on, and says so."""
+    demo; on port 9090 unless that is taken. Returns a line saying so and its pages (:func:`prometheus_pages`); without
+    the binary the demo goes on, says so, and has no pages."""
     infra.stop(infra.prometheus_service(settings))  # one an earlier demo left would hold 9090 against this one
     port = infra.PROMETHEUS_PORT if not infra.port_open(infra.PROMETHEUS_PORT) else infra.free_port()
     w, r = settings.worker, settings.reader
@@ -204,9 +205,18 @@ def prometheus(settings: Settings, stack: ExitStack) -> str:
     try:
         started = infra.prometheus_up(settings, targets, port)
     except infra.InfraError as exc:
-        return f"no Prometheus: {exc}"
+        return f"no Prometheus: {exc}", None
     stack.callback(infra.stop, infra.prometheus_service(settings))
-    return f"{started}: targets http://127.0.0.1:{port}/targets · alerts http://127.0.0.1:{port}/alerts"
+    pages = prometheus_pages(f"http://127.0.0.1:{port}")
+    return f"{started}: {pages}", pages
+
+
+def prometheus_pages(url: str) -> str:
+    """The targets and alerts pages of the Prometheus at ``url``, where its build serves them: ``/targets`` (the
+    project's Docker image, newer releases), else the classic UI's ``/classic/targets`` (Debian's 2.42.0+ds, which
+    ``./dev`` installs, has only that one: its ``/targets`` is 404)."""
+    base = url if _status(f"{url}/targets") == 200 or _status(f"{url}/classic/targets") != 200 else f"{url}/classic"
+    return f"targets {base}/targets · alerts {base}/alerts"
 
 
 def applied(worker_metrics: str, settings: Settings) -> float:
@@ -263,6 +273,8 @@ class Panel:
 
     settings: Settings
     system: System
+    prometheus: str | None
+    """its pages (:func:`prometheus_pages`); None: the demo runs none"""
     last: tuple[float, int, int] = field(default_factory=lambda: (time.monotonic(), 0, 0))
     freshness: dict[float, float] = field(default_factory=dict)
 
@@ -299,6 +311,7 @@ class Panel:
                       f"{result.items_published:,} new items published")  # fmt: skip
         table.add_row("reader", f"{url}  ·  docs {url}/docs  ·  metrics {url}/metrics  ·  explorer {url}/explore")
         table.add_row("worker metrics", self.system.worker_metrics)
+        table.add_row("prometheus", self.prometheus or "none (see above)")
         return table
 
 
@@ -342,14 +355,15 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
             running = stack.enter_context(system(settings, infra.logs_dir(settings), history.events))
             for name, pid in running.pids.items():
                 console.print(f"started {name} pid {pid}")
-            console.print(prometheus(settings, stack))
+            started, pages = prometheus(settings, stack)
+            console.print(started)
             url = running.reader_url
             console.print(f"reader {url} · docs {url}/docs · metrics {url}/metrics · explorer {url}/explore")
             if own_key:  # the explorer's clicks are writes: its "API key" field needs this run's key
                 console.print(f"API key of this run (writes): {settings.reader.api_key.get_secret_value()}")  # type: ignore[union-attr]
             simulator = Simulator(world, url, settings, sim, announced_items=history.items,
                                   announced_users=history.users, history=history.seen)  # fmt: skip
-            result = asyncio.run(_live(simulator, Panel(settings, running), seconds))
+            result = asyncio.run(_live(simulator, Panel(settings, running, pages), seconds))
             done = applied(running.worker_metrics, settings)
             console.print(f"events applied by the worker: {done:,.0f} ({history.events:,} of the history, "
                           f"{result.events_posted:,} posted by the simulated users)")  # fmt: skip

@@ -3,20 +3,27 @@ simulated users' feeds, applies their events, exits 0 when its time is up and le
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 import pytest
+from rich.console import Console
 
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
-from recstream.shell.demo import own_ports
+from recstream.shell.demo import Panel, System, own_ports, prometheus_pages
 from recstream.shell.infra import free_port
+from recstream.sim.simulator import SimResult
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -160,3 +167,56 @@ def test_a_taken_port_set_explicitly_ends_the_demo_at_once_naming_it_and_its_var
         "to a free port, or unset it and the demo picks one"
     ), done.stderr[-4000:]
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def status(url: str) -> int:
+    try:
+        with urlopen(url, timeout=5) as response:
+            return response.status
+    except HTTPError as exc:
+        return exc.code
+
+
+def test_the_prometheus_pages_the_demo_prints_answer_on_the_prometheus_dev_installs(tmp_path: Path):
+    """The demo printed /targets and /alerts, 404 on Debian's 2.42.0+ds (classic UI only, under /classic/)."""
+    settings = infra.private_settings(tmp_path / "run", REPO / ".cache", model_dir=tmp_path / "models")
+    port = free_port()
+    infra.prometheus_up(settings, {"recstream-worker": "127.0.0.1:1", "recstream-reader": "127.0.0.1:2"}, port)
+    try:
+        pages = re.findall(r"http://\S+", prometheus_pages(f"http://127.0.0.1:{port}"))
+        assert [page.rsplit("/", 1)[1] for page in pages] == ["targets", "alerts"]
+        assert [status(page) for page in pages] == [200, 200], pages
+    finally:
+        infra.stop(infra.prometheus_service(settings))
+
+
+class NewerPrometheus(BaseHTTPRequestHandler):
+    """Stands in for a build without the classic UI (Prometheus 3): /targets and /alerts, nothing under /classic/."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path in ("/targets", "/alerts") else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_prometheus_pages_are_the_plain_ones_on_a_build_without_the_classic_ui():
+    with ThreadingHTTPServer(("127.0.0.1", 0), NewerPrometheus) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            assert prometheus_pages(url) == f"targets {url}/targets · alerts {url}/alerts"
+        finally:
+            server.shutdown()
+
+
+def test_the_panel_shows_the_prometheus_pages():
+    """The README says the panel shows Prometheus's URL; it was printed once, before the panel."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    pages = "targets http://127.0.0.1:9090/classic/targets · alerts http://127.0.0.1:9090/classic/alerts"
+    out = Console(record=True, width=300, file=io.StringIO())
+    for shown in (pages, None):
+        out.print(Panel(Settings(), System(closed, f"{closed}/metrics", {}), shown).render(SimResult()))
+    text = out.export_text()
+    assert f"prometheus                    │ {pages}" in text and "prometheus                    │ none" in text
