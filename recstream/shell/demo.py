@@ -359,8 +359,9 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
             console.print(started)
             url = running.reader_url
             console.print(f"reader {url} · docs {url}/docs · metrics {url}/metrics · explorer {url}/explore")
-            if own_key:  # the explorer's clicks are writes: its "API key" field needs this run's key
-                console.print(f"API key of this run (writes): {settings.reader.api_key.get_secret_value()}")  # type: ignore[union-attr]
+            if own_key:  # writes need this run's key: the explorer's "API key" field, the README's curl ($KEY)
+                key = settings.reader.api_key.get_secret_value()  # type: ignore[union-attr]
+                console.print(f"API key of this run (writes): {key}\nexport KEY={key}", soft_wrap=True)
             simulator = Simulator(world, url, settings, sim, announced_items=history.items,
                                   announced_users=history.users, history=history.seen)  # fmt: skip
             result = asyncio.run(_live(simulator, Panel(settings, running, pages), seconds))

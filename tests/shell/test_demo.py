@@ -64,6 +64,8 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
     assert done.returncode == 0, out[-4000:]
     assert len(pids) == 5, out[-4000:]  # redis, kafka, worker, reader, prometheus
     assert re.search(r"prometheus started \(pid \d+\) on port \d+", out), out[-4000:]
+    assert re.search(r"│ prometheus +│ targets http://127\.0\.0\.1:\d+/(classic/)?targets", out), out[-4000:]
+    assert re.search(r"^API key of this run \(writes\): (\S+)\nexport KEY=\1$", out, re.MULTILINE), out[-4000:]
     assert not [pid for pid in pids if alive(pid)], out[-4000:]
 
     feeds, failed = map(int, re.search(r"([\d,]+) feeds \((\d+) failed\)", out.replace(",", "")).groups())
