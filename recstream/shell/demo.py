@@ -99,6 +99,33 @@ def with_api_key(settings: Settings) -> Settings:
     return settings.replace(api_key=SecretStr(secrets.token_urlsafe(24)))
 
 
+NAMESPACE_FIELDS = {"kafka": ("events_topic", "items_topic", "users_topic", "dlq_topic", "erasures_topic"),
+                    "redis": ("prefix",)}  # fmt: skip
+"""Where a run's state lives: topics and a Redis prefix."""
+
+
+def run_namespace(settings: Settings, stamp: str) -> tuple[Settings, str | None]:
+    """The settings on topics and a Redis prefix of this run's own (``events-demo-<stamp>``, ``demo<stamp>``), and a
+    line saying so: a run on the last run's topics re-published the same world's items and users (the same seed, the
+    same ids) into a log that held them, trained on both runs' events, and found every item already known, so the
+    new-item pool stayed empty and the explore and fresh slots never served. Unchanged when the user set any of them.
+
+    >>> from recstream.contracts.settings import load_settings
+    >>> own, line = run_namespace(load_settings(), "20261206")
+    >>> own.kafka.events_topic, own.redis.prefix, run_namespace(load_settings(events_topic="mine"), "x")[1]
+    ('events-demo-20261206', 'demo20261206', None)
+    """
+    if any(name in getattr(settings, section).model_fields_set for section, names in NAMESPACE_FIELDS.items()
+           for name in names):  # fmt: skip
+        return settings, None
+    own = settings.on_topics(f"demo-{stamp}", redis_prefix=f"demo{stamp}")
+    line = (
+        f"this run's state: topics {own.kafka.events_topic}, {own.kafka.items_topic}, …, Redis prefix "
+        f"{own.redis.prefix} (every run starts empty; `recstream infra down`, then deleting .run/, drops them)"
+    )
+    return own, line
+
+
 def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:
     """iALS on everything in the log; returns the artifacts (publish them with
     ``recstream.jobs.training.publish``) and a line describing the model."""
@@ -337,7 +364,8 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     if not settings.worker.metrics_port:  # 0, "any": chosen here, so that Prometheus scrapes the port the worker has
         settings = settings.replace(worker_metrics_port=infra.free_port())
     settings, moved = own_ports(settings)
-    for line in moved:
+    settings, namespace = run_namespace(settings, time.strftime("%Y%m%d%H%M%S"))
+    for line in [*moved, *([namespace] if namespace else [])]:
         console.print(line)
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())

@@ -76,6 +76,17 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
     )
     assert posted > 0 and applied > history, out[-4000:]
 
+    # a second run on the same Kafka and Redis data starts as empty as the first: its own topics and prefix, so its
+    # model learns its own history only (the same world and seed: the same users and items), where a run on the last
+    # run's topics trained on both runs' events and found every item known (no new-item pool)
+    again = subprocess.run([*argv[:5], "5", *argv[6:]], env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
+    second = again.stdout + again.stderr
+    assert again.returncode == 0, second[-4000:]
+    model = r"model \S+: ([\d,]+) users, ([\d,]+) items"
+    assert re.search(model, second).groups() == re.search(model, out).groups(), (out[-2000:], second[-2000:])
+    namespaces = [re.search(r"this run's state: topics (\S+),", text).group(1) for text in (out, second)]
+    assert namespaces[0] != namespaces[1], namespaces
+
 
 def test_the_demo_moves_its_redis_and_kafka_off_default_ports_another_process_holds(tmp_path: Path):
     """Debian's redis-server package runs a Redis on 6379: the demo stopped on "port 6379 is taken by a process this
