@@ -234,7 +234,7 @@ def _records(
         except sources.SourceError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
-    return synthetic_records(synthetic or 0, seed=seed)
+    return synthetic_records(synthetic or 0, seed=seed, events=True)
 
 
 def _one_source(**given: object) -> None:
@@ -284,7 +284,10 @@ def _skipped(lines: list[str], count: int, shown: int = 20) -> None:
 def produce(
     file: Annotated[Path | None, _existing("JSONL file, one event/item/user object a line")] = None,
     movielens: Annotated[Path | None, _existing("MovieLens 100K folder (u.data, u.item, u.user)", folder=True)] = None,
-    synthetic: Annotated[int | None, typer.Option(min=1, help="this many events from the synthetic world")] = None,
+    synthetic: Annotated[
+        int | None,
+        typer.Option(min=1, help="this many events from the synthetic world (and the users and items they name)"),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="synthetic world seed")] = 7,
 ) -> None:
     """Publish a stream to Kafka with delivery confirmation; invalid lines are reported and skipped."""

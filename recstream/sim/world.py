@@ -458,9 +458,13 @@ def synthetic(
     start_ms: int | None = None,
     config: WorldConfig | None = None,
     rate_per_s: float = DEFAULT_RATE_PER_S,
+    *,
+    events: bool = False,
 ) -> Iterator[Record]:
     """``n_records`` messages of the synthetic world (users and items announced before their first event).
 
+    ``events``: ``n_records`` counts the events alone, and the users and items they need come on top (what
+    ``recstream produce --synthetic N`` promises); the benchmarks size their histories in messages.
     ``config``: a named world (recstream.sim.simulator.WORLDS), the default world otherwise; ``seed``
     replaces its seed. With ``start_ms`` the world's clock starts there (e.g. now, for a live demo); the
     default is the world's fixed epoch, so a seed always gives the same stream.
@@ -468,8 +472,10 @@ def synthetic(
     changes: dict[str, int] = {"seed": seed} if start_ms is None else {"seed": seed, "start_ms": start_ms}
     config = (config or WorldConfig()).model_copy(update=changes)
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    counted = 0
     for number, obj in enumerate(World(config).events(rate_per_s=rate_per_s), start=1):
-        if number > n_records:
+        if counted >= n_records:
             return
         kind = obj.pop("kind", "event")
+        counted += not events or kind == "event"
         yield Record(kind, validate(obj, kind, now_ms), number)

@@ -86,3 +86,15 @@ def test_synthetic_streams_a_named_world_with_its_seed_and_rate():
     assert [r.kind for r in records] == [e.get("kind", "event") for e in expected]
     assert [r.value.ts for r in records] == [e["ts"] for e in expected]
     assert [getattr(r.value, "item_id", None) for r in records] == [e.get("item_id") for e in expected]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 499, 500, 501])
+def test_synthetic_counts_events_alone_when_asked_and_ends_on_the_last(n: int):
+    """``produce --synthetic 2000`` promised 2,000 events and published 582 in 1,426 messages: the count was of
+    every message. Counting events, the users and items they name come on top, none after the last event."""
+    records = list(synthetic(n, events=True))
+    assert sum(r.kind == "event" for r in records) == n
+    assert not records or records[-1].kind == "event"
+    assert [r.line for r in records] == list(range(1, len(records) + 1))
+    messages = list(synthetic(len(records)))
+    assert [(r.kind, r.value) for r in messages] == [(r.kind, r.value) for r in records]
