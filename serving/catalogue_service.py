@@ -10,6 +10,7 @@ of the user goes at once (recstream/store/erasure.py).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import orjson
 from recstream.serving.errors import EventsRejected, NotFound
@@ -21,6 +22,8 @@ from recstream.store.erasure import erase_user
 
 ITEM_FIELDS = ("categories", "features", "available", "created_ts")
 """What a client writes of an item; the reader adds ``op``, ``item_id`` and ``ts``."""
+REMEMBERED_PUTS = 10_000
+"""How many items this reader process remembers having PUT, so that a PATCH the workers cannot merge yet says why."""
 
 
 class TooManyItems(ValueError):
@@ -33,6 +36,8 @@ class Catalogue:
     def __init__(self, service: FeedService) -> None:
         self.service = service
         self.max_items = service.settings.reader.bulk_max_items
+        self.put_at: OrderedDict[str, int] = OrderedDict()
+        """Item id → when this process last had a PUT of it acknowledged (ms), the latest last."""
 
     async def put_item(self, item_id: str, fields: dict[str, object]) -> ItemEvent:
         """The whole item as given (defaults for what is left out), published as an ``update``; EventsRejected (422)
@@ -44,6 +49,7 @@ class Catalogue:
             raise EventsRejected([item.reason])
         assert isinstance(item, ItemEvent)  # the contract's model of an item
         await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))
+        self._remember([item])
         return item
 
     async def patch_item(self, item_id: str, given: dict[str, object]) -> ItemEvent:
@@ -54,6 +60,7 @@ class Catalogue:
     async def remove_item(self, item_id: str) -> ItemEvent:
         item = ItemEvent(op="remove", item_id=item_id, ts=_now_ms())
         await self.service.publisher.deliver(lambda producer: producer.deliver_items([item]))
+        self.put_at.pop(item_id, None)
         return item
 
     async def put_items(self, body: bytes, fmt: Format) -> dict:
@@ -78,6 +85,7 @@ class Catalogue:
             reasons = [f"line {line}: {r.reason}" for line, r in rejected[:MAX_REASONS]]
             raise EventsRejected(reasons + _more([r for _, r in rejected]) or ["items: no items in the body"])
         await self.service.publisher.deliver(lambda producer: producer.deliver_items(items))
+        self._remember(items)
         return {"accepted": len(items), "rejected": [{"line": line, "reason": r.reason} for line, r in rejected]}
 
     async def put_user(self, user_id: str, attributes: dict[str, object]) -> UserEvent:
@@ -103,13 +111,36 @@ class Catalogue:
             lambda: service.redis.call("HMGET", service.keys.item(item_id), *ITEM_FIELDS)
         )
         if available is None or (available == "0" and categories is None):
-            raise NotFound(f"item {item_id!r} is not known: PUT it first")
+            raise NotFound(self._unknown(item_id))
         return {
             "categories": [c for c in (categories or "").split(",") if c],
             "features": orjson.loads(features) if features else {},
             "available": available == "1",
             "created_ts": int(created_ts) if created_ts else None,
         }
+
+    def _remember(self, items: list[ItemEvent]) -> None:
+        """Note the items just PUT, forgetting the oldest beyond REMEMBERED_PUTS."""
+        for item in items:
+            self.put_at[item.item_id] = item.ts
+            self.put_at.move_to_end(item.item_id)
+        while len(self.put_at) > REMEMBERED_PUTS:
+            self.put_at.popitem(last=False)
+
+    def _unknown(self, item_id: str) -> str:
+        """Why a PATCH found no item: the workers apply a PUT asynchronously, so one accepted a moment ago is not
+        there yet (a PATCH then answered "PUT it first" to a client that just had)."""
+        put_ms = self.put_at.get(item_id)
+        if put_ms is None:
+            return (
+                f"item {item_id!r} is not known: PUT it first (the workers apply a PUT asynchronously, "
+                "usually within seconds: right after one, retry shortly)"
+            )
+        ago_s = (_now_ms() - put_ms) / 1000
+        return (
+            f"item {item_id!r} is not applied yet: this reader accepted a PUT of it {ago_s:.1f} s ago, and the "
+            "workers apply it asynchronously; retry shortly (if it stays unknown, are the workers running?)"
+        )
 
 
 def _now_ms() -> int:

@@ -6,6 +6,7 @@ import orjson
 import pytest
 import redis
 from aiokafka import TopicPartition
+from recstream.serving import catalogue_service
 from recstream.serving.catalogue import ITEM_MAX_BYTES
 
 from recstream.contracts.catalogue import BULK_BYTES_PER_ITEM
@@ -76,6 +77,31 @@ async def test_items_written_over_http_reach_the_topic_and_the_worker(isolated_s
     assert [u.attributes for u in await on_topic(settings, settings.kafka.users_topic, "user")] == [
         {"age": 30, "gender": "F", "plan": "pro"}
     ]
+
+
+async def test_a_patch_before_the_workers_applied_a_put_says_so_and_to_retry(isolated_settings, monkeypatch):
+    """A PATCH right after a PUT's 202 answered 404 "PUT it first" until a worker applied the PUT: the message told
+    the client to do what it had just done. No worker runs here, so no PUT is ever applied."""
+    monkeypatch.setattr(catalogue_service, "REMEMBERED_PUTS", 2)
+    async with reader_client(isolated_settings.replace(open_writes=True)) as reader:
+
+        async def says(item_id: str) -> str:
+            patched = await reader.patch(f"/v1/items/{item_id}", json={"available": False})
+            assert patched.status_code == 404, patched.text
+            return patched.json()["detail"]
+
+        assert "PUT it first (the workers apply a PUT asynchronously" in await says("never")
+        bulk = await reader.post("/v1/items", content=b"item_id\nb1\n", headers={"content-type": "text/csv"})
+        assert bulk.status_code == 202, bulk.text
+        accepted = "is not applied yet: this reader accepted a PUT of it "
+        remembered = [accepted in await says("b1")]
+        for item_id in ("a1", "a2"):  # 1 item PUT (under the limit, 2), then 2 (at it), 3 (over it: b1 forgotten)
+            assert (await reader.put(f"/v1/items/{item_id}", json={"categories": ["news"]})).status_code == 202
+            remembered += [accepted in await says(i) for i in ("b1", "a1")]
+        assert remembered == [True, True, True, False, True]
+        assert "s ago, and the workers apply it asynchronously; retry shortly" in await says("a2")
+        assert (await reader.delete("/v1/items/a2")).status_code == 202
+        assert "PUT it first" in await says("a2")
 
 
 CSV = b"""item_id,categories,available,created_ts,f_price
