@@ -169,7 +169,7 @@ def infra_up() -> None:
         console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     except OSError as exc:  # a run folder it cannot write, say; up() has stopped what it started
-        _fail(f"cannot start the services in {settings.local.run_dir} (RECSTREAM_RUN_DIR): {exc}")
+        _fail(f"cannot start the services in {settings.local.run_dir} ({infra.RUN_DIR_VARIABLE}): {exc}")
 
 
 @infra_app.command("down")
@@ -188,12 +188,10 @@ def infra_topics() -> None:
 
 @infra_app.command("status")
 def infra_status() -> None:
-    settings = _settings()
-    for service, answers in ((infra.kafka_service(settings), infra.kafka_answers),
-                             (infra.redis_service(settings), infra.redis_answers)):  # fmt: skip
-        pid = service.pid()
-        state = "answering" if pid and answers(settings) else "running, not answering" if pid else "stopped"
-        console.print(f"{service.name}: {state}" + (f" (pid {pid})" if pid else ""))
+    """Kafka's and Redis's state as recorded in the run folder (named, absolute: it is relative to the working
+    directory unless RECSTREAM_RUN_DIR says otherwise)."""
+    for line in infra.status(_settings()):
+        console.print(line)
 
 
 bench_app = typer.Typer(help="Benchmarks (from a source checkout: they live in bench/).", no_args_is_help=True)

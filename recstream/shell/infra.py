@@ -42,7 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from redis.crc import key_slot
 
-from recstream.contracts.settings import Settings, load_settings
+from recstream.contracts.settings import ENV_PREFIX, Settings, load_settings
 from recstream.eventlog.connection import client_options
 
 _FREE_PORT_FLOOR = 20000  # clear of the well-known and registered services' usual ports
@@ -51,6 +51,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
 KAFKA_HEAP = "-Xmx512m"
 START_TIMEOUT_S = 90.0
+RUN_DIR_VARIABLE = f"{ENV_PREFIX}RUN_DIR"
+"""Sets the run folder (pid files, logs, data): ``.run`` in the working directory unless given."""
 
 
 class InfraError(RuntimeError):
@@ -254,8 +256,36 @@ def _already_up(service: Service, port: int, answers: Callable[[], bool]) -> boo
             return True
         stop(service)
     if port_open(port):
-        raise InfraError(f"port {port} is taken by a process this project did not start")
+        raise _taken(service, port)
     return False
+
+
+def _taken(service: Service, port: int) -> InfraError:
+    """``port`` answers for a process ``service``'s run folder records none of: say where we looked and how to look
+    elsewhere (the run folder is relative to the working directory by default, so from another folder the project's
+    own services look foreign)."""
+    return InfraError(
+        f"port {port} is taken by a process this project did not start from the run folder {service.home.parent}: "
+        f"if it did, from another folder, set {RUN_DIR_VARIABLE} to that folder's run folder (e.g. "
+        f"{RUN_DIR_VARIABLE}=/path/to/checkout/.run); otherwise stop that process or give {service.name} another port"
+    )
+
+
+def status(settings: Settings) -> list[str]:
+    """A line for the run folder, then one a service: answering or not (its recorded process), stopped, or not
+    started from this run folder while its port answers (started from another folder, or not the project's)."""
+    folder = settings.local.run_dir.resolve()
+    lines = [f"run folder: {folder} ({RUN_DIR_VARIABLE})"]
+    for service, port, answers in ((kafka_service(settings), settings.kafka.port, kafka_answers),
+                                   (redis_service(settings), settings.redis.port, redis_answers)):  # fmt: skip
+        if (pid := service.pid()) is not None:
+            state = "answering" if answers(settings) else "running, not answering"
+            lines.append(f"{service.name}: {state} (pid {pid})")
+        elif port_open(port):
+            lines.append(f"{service.name}: not started from {folder}, but something answers on port {port}")
+        else:
+            lines.append(f"{service.name}: stopped")
+    return lines
 
 
 # --- Kafka -------------------------------------------------------------------------------
@@ -577,7 +607,7 @@ def prometheus_up(settings: Settings, targets: Mapping[str, str], port: int, int
     service = prometheus_service(settings)
     stop(service)
     if port_open(port):
-        raise InfraError(f"port {port} is taken by a process this project did not start")
+        raise _taken(service, port)
     shutil.rmtree(service.data_dir, ignore_errors=True)  # a run's series, not history: a start replays none
     service.home.mkdir(parents=True, exist_ok=True)
     config = service.home / "prometheus.yml"

@@ -51,10 +51,10 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     return True
 
 
-def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *args: str, cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess[str]:
     env = {**settings.environment(os.environ), "OPENBLAS_NUM_THREADS": "1", **env}
     command = [sys.executable, "-m", "recstream.shell.cli", *args]
-    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture
@@ -116,6 +116,32 @@ def test_up_is_idempotent_and_down_leaves_no_process(services: Settings, tmp_pat
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     assert not infra.port_open(settings.kafka.port) and not infra.port_open(settings.redis.port)
     assert infra.down(settings) == ["prometheus not running", "kafka not running", "redis not running"]
+
+
+def test_status_and_up_name_the_run_folder_they_looked_in_and_what_answers_outside_it(tmp_path: Path):
+    """The run folder is ``.run`` in the working directory: from another folder `infra status` said "redis: stopped"
+    while the project's Redis answered, and `infra up` said the port was "taken by a process this project did not
+    start", naming neither the folder it had looked in nor how to look in another."""
+    settings = infra.private_settings(Path(".run"), REPO / ".cache")  # relative, as by default
+    folder = tmp_path / ".run"
+    with socket.socket() as listener:  # something on the Redis port, recorded in no run folder
+        listener.bind(("127.0.0.1", settings.redis.port))
+        listener.listen()
+        status = cli(settings, "infra", "status", cwd=tmp_path)
+        up = cli(settings, "infra", "up", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stderr.splitlines() == [  # the console writes to stderr
+        f"run folder: {folder} (RECSTREAM_RUN_DIR)",
+        "kafka: stopped",
+        f"redis: not started from {folder}, but something answers on port {settings.redis.port}",
+    ]
+    assert up.returncode == 1
+    said = " ".join(up.stderr.split())  # the console wraps the line
+    assert (
+        f"port {settings.redis.port} is taken by a process this project did not start from the run folder "
+        f"{folder}: if it did, from another folder, set RECSTREAM_RUN_DIR to that folder's run folder" in said
+    ), said
+    assert not folder.exists() and not infra.port_open(settings.kafka.port)
 
 
 def test_a_foreign_process_on_the_port_is_reported_not_killed(services: Settings, tmp_path: Path):
