@@ -602,6 +602,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 """Every variable's name (without ``RECSTREAM_``, lower case) → (section, field); ``experiment`` is its own."""
 EXPERIMENT_VARIABLE = "experiment"
+ALL_VARIABLES = (*sorted(VARIABLES), EXPERIMENT_VARIABLE)
+"""Every variable a user may set (without ``RECSTREAM_``, lower case): the sections' and ``experiment``."""
 JSON_VARIABLES = frozenset({EXPERIMENT_VARIABLE, "feedback_types"})
 """Variables whose value is JSON (a nested model), parsed before validation."""
 
@@ -698,7 +700,7 @@ def _set_fields(base: Settings | None, name: str) -> dict[str, object]:
 
 
 def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(name, [*VARIABLES, EXPERIMENT_VARIABLE], n=1)
+    close = difflib.get_close_matches(name, ALL_VARIABLES, n=1)
     return "no such setting" + (f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else "")
 
 
