@@ -10,7 +10,7 @@ import yaml
 from fastapi.routing import APIRoute
 from recstream.serving.app import create_app
 
-from recstream.contracts.settings import ENV_PREFIX, EXPERIMENT_VARIABLE, VARIABLES, Settings
+from recstream.contracts.settings import ALL_VARIABLES, ENV_PREFIX, Settings
 from tests.test_compose import LOOPBACK, listens, settings_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_kustomization_lists_every_manifest():
 
 
 def test_every_recstream_variable_is_a_setting_with_a_valid_value():
-    known = {f"{ENV_PREFIX}{name.upper()}" for name in (*VARIABLES, EXPERIMENT_VARIABLE)}
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in ALL_VARIABLES}
     for doc in [*named("ConfigMap").values(), *named("Secret").values()]:
         values = doc.get("data") or doc.get("stringData") or {}
         assert set(values) <= known, f"{doc['metadata']['name']}: {set(values) - known} are not settings"
