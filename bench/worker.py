@@ -1,7 +1,10 @@
 """One worker's throughput on a backlog, and freshness under a steady live load.
 
-    .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20] [--repeats 3]
-    .venv/bin/python -m bench.worker --cluster [--events 100000] [--rounds 2]
+    .venv/bin/python -m bench.worker [--events 300000] [--rate 5000] [--seconds 20] [--repeats 3] [--no-record]
+    .venv/bin/python -m bench.worker --cluster [--events 100000] [--rounds 2] [--no-record]
+
+Only a run with every option at its default is written to bench/results.json (a profiled or shortened run once
+replaced the record with one noisy run's figures).
 
 Kafka, Redis and the worker share this machine's 2 cores. Throughput: a synthetic-world
 backlog is produced first, then a worker starts and we time events applied per second
@@ -53,6 +56,7 @@ from rich.table import Table
 
 from bench.common import (
     ROOT,
+    changed_options,
     client_of,
     fail,
     figure,
@@ -174,7 +178,7 @@ def time_backlog(settings: Settings, prefix: str, total: int, already: int = 0) 
     return (done - first) / (time.perf_counter() - started), worker
 
 
-def cluster_cost(records: list[Record], rounds: int) -> None:
+def cluster_cost(records: list[Record], rounds: int, recorded: bool) -> None:
     """The personalized worker on one Redis and on a Redis Cluster, same backlog and broker, alternating."""
     with services() as base:
         asyncio.run(ensure_topics(base))
@@ -204,10 +208,11 @@ def cluster_cost(records: list[Record], rounds: int) -> None:
                   f"{cluster:,.0f} events/s ({cluster / single:.2f}×)")  # fmt: skip
     show(table)
     command = f"{COMMAND} --cluster"
-    record({
-        "worker_events_per_s_single": figure(single, "events/s", command),
-        "worker_events_per_s_cluster": figure(cluster, "events/s", command, single),
-    })  # fmt: skip
+    if recorded:
+        record({
+            "worker_events_per_s_single": figure(single, "events/s", command),
+            "worker_events_per_s_cluster": figure(cluster, "events/s", command, single),
+        })  # fmt: skip
 
 
 async def live_load(settings: Settings, users: list[str], items: list[str], rate: int, seconds: float) -> int:
@@ -286,7 +291,7 @@ def run_backlog(settings: Settings, prefix: str, total: int) -> tuple[BacklogRun
     return BacklogRun(rate, int(batches), int(steps), busy / total), worker
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=None, help="backlog size (default 300,000; --cluster 100,000)")
     parser.add_argument("--rate", type=int, default=5_000)
@@ -294,12 +299,36 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each backlog (and of the live phase)")
     parser.add_argument("--cluster", action="store_true", help="only one Redis vs a Redis Cluster, same run")
     parser.add_argument("--rounds", type=int, default=2, help="--cluster: pairs of runs (one of each)")
-    args = parser.parse_args()
+    parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
+    args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    return args
+
+
+def full_run(args: argparse.Namespace) -> bool:
+    """Whether the run measured what the recorded figures promise: every measuring option at its default
+    (``--cluster`` picks which figures), so that results.json never holds a smaller or other run's figures.
+
+    >>> full_run(parse_args([])), full_run(parse_args(["--cluster"])), full_run(parse_args(["--repeats", "1"]))
+    (True, True, False)
+    """
+    return not args.no_record and not changed_options(args, parse_args([]), ("cluster", "no_record"))
+
+
+def main() -> None:
+    args = parse_args()
+    recorded = full_run(args)
     if args.cluster:
-        cluster_cost(list(synthetic(args.events or 100_000, seed=11)), args.rounds)
-        return
+        cluster_cost(list(synthetic(args.events or 100_000, seed=11)), args.rounds, recorded)
+    else:
+        backlogs(args, recorded)
+    if not recorded:
+        print("not written to bench/results.json: --no-record, or not a full run at the defaults")
+
+
+def backlogs(args: argparse.Namespace, recorded: bool) -> None:
+    """The backlog runs of every path and the live phases; their medians recorded when ``recorded``."""
     records = [r for r in synthetic(args.events or 300_000, seed=11)]
     users = [r.value.user_id for r in records if r.kind == "user"]
     items = [r.value.item_id for r in records if r.kind == "item"]
@@ -395,6 +424,8 @@ def main() -> None:
         f50, f99, c50, c99 = medians[name]
         table.add_row(label, "median", "", "", "", f"{f50:.0f} / {f99:.0f}", f"{c50:.0f} / {c99:.0f}")
     show(table)
+    if not recorded:
+        return
     record({
         "worker_events_per_s": figure(rate["personal"], "events/s", COMMAND, raw),
         "worker_events_per_s_counters_only": figure(rate["counters"], "events/s", COMMAND, raw),
