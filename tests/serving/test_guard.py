@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
+from recstream.serving import guard as guard_module
 from recstream.serving.errors import RedisUnavailable
 from recstream.serving.feed_query import FEED_ROUTE
 from recstream.serving.guard import COOLDOWN_S, TRIP_AFTER, RedisGuard
@@ -19,7 +21,13 @@ from tests.serving.test_redis_client import block_redis
 pytestmark = pytest.mark.integration
 
 
-async def test_the_guard_skips_redis_for_the_cooldown_once_trip_after_failures_come_in_a_row(isolated_settings):
+async def test_the_guard_skips_redis_for_the_cooldown_once_trip_after_failures_come_in_a_row(
+    isolated_settings, monkeypatch
+):
+    """On the guard's own clock, moved by hand: an asyncio.sleep of 0.8 × COOLDOWN_S overshot the last 0.2 under a
+    loaded CI run, and the request meant to fall inside the cooldown came after it."""
+    clock = SimpleNamespace(now=1_000.0)
+    monkeypatch.setattr(guard_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
     live = RedisClient(isolated_settings.redis.url, timeout_s=1.0, connections=1)
     dead = RedisClient(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1.0, connections=1)
     guard, attempts = RedisGuard(), 0
@@ -44,10 +52,10 @@ async def test_the_guard_skips_redis_for_the_cooldown_once_trip_after_failures_c
         await fail(1, "error")
         assert not guard.ok and attempts == 2 * (TRIP_AFTER - 1) + 1
         await fail(1, "skipped")
-        await asyncio.sleep(0.8 * COOLDOWN_S)
+        clock.now += 0.8 * COOLDOWN_S
         await fail(1, "skipped")  # still skipping most of the cooldown after the trip
         assert attempts == 2 * (TRIP_AFTER - 1) + 1, "a skipped request makes no connection attempt"
-        await asyncio.sleep(0.2 * COOLDOWN_S)
+        clock.now += 0.2 * COOLDOWN_S
         assert guard.ok and await guard(lambda: live.call("PING")) == "PONG"
     finally:
         await live.close()
