@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -51,6 +52,16 @@ class _BootstrapFailures(logging.Filter):
         return True
 
 
+_BUILT: ContextVar[Settings | None] = ContextVar("recstream_settings", default=None)
+"""The settings the running command built with :func:`_settings`, its options included."""
+
+
+def _built() -> Settings:
+    """The running command's settings, else the environment's: rebuilt from the environment alone, an option that
+    overrode a variable the settings refuse would end the command naming that variable, not the address."""
+    return _BUILT.get() or _settings()
+
+
 @contextmanager
 def _unreachable_in_one_line() -> Iterator[None]:
     """An unreachable Kafka or Redis, or a topic the brokers do not have, wherever a command meets it, ends the
@@ -59,23 +70,24 @@ def _unreachable_in_one_line() -> Iterator[None]:
     failures = _BootstrapFailures()
     kafka_log = logging.getLogger("aiokafka")
     kafka_log.addFilter(failures)
+    built = _BUILT.set(None)
     try:
         yield
     except KafkaConnectionError:
         reasons = "; ".join(dict.fromkeys(failures.reasons)) or "no broker answered"
-        _fail(f"cannot reach Kafka at {_settings().kafka.bootstrap} (RECSTREAM_KAFKA_BOOTSTRAP): {reasons}")
+        _fail(f"cannot reach Kafka at {_built().kafka.bootstrap} (RECSTREAM_KAFKA_BOOTSTRAP): {reasons}")
     except (RedisConnectionError, RedisTimeoutError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        _fail(f"cannot reach Redis at {redacted(_settings().redis.url)} (RECSTREAM_REDIS_URL): {reason}")
+        _fail(f"cannot reach Redis at {redacted(_built().redis.url)} (RECSTREAM_REDIS_URL): {reason}")
     except ResponseError as exc:
         if "DB index" not in str(exc):  # SELECT's refusal ("DB index is out of range"); any other is no address's
             raise
-        redis = _settings().redis
+        redis = _built().redis
         _fail(f"Redis at {redacted(redis.url)} refuses database {redis.database} (RECSTREAM_REDIS_URL): {exc}")
     except infra.TopicsRefused as exc:
         _fail(str(exc))
     except MissingTopic as exc:
-        kafka = _settings().kafka
+        kafka = _built().kafka
         variables = " or ".join(
             f"{ENV_PREFIX}{name.upper()}" for name, value in kafka if name.endswith("_topic") and value == exc.topic
         )
@@ -85,6 +97,7 @@ def _unreachable_in_one_line() -> Iterator[None]:
         )
     finally:
         kafka_log.removeFilter(failures)
+        _BUILT.reset(built)
 
 
 def _fail(line: str) -> None:
@@ -129,10 +142,12 @@ def _settings(**options: tuple[str, object]) -> Settings:
     given = {setting: (option, value) for setting, (option, value) in options.items() if value is not None}
     overrides = {setting: value for setting, (_, value) in given.items()}
     try:
-        return load_settings({setting: option for setting, (option, _) in given.items()}, **overrides)
+        settings = load_settings({setting: option for setting, (option, _) in given.items()}, **overrides)
     except SettingsError as exc:
         console.print(f"[red]invalid settings[/red]\n{exc}")
         raise typer.Exit(2) from None
+    _BUILT.set(settings)
+    return settings
 
 
 async def _reach(settings: Settings, *, kafka: bool, redis: bool) -> None:
@@ -392,7 +407,8 @@ class LogLevel(StrEnum):
 @app.command()
 def worker(
     metrics_port: Annotated[
-        int | None, typer.Option(min=0, max=65535, help="Prometheus port (default: settings; 0: any)")
+        int | None,
+        typer.Option(min=0, max=65535, help="Prometheus port (default: RECSTREAM_WORKER_METRICS_PORT, 9101; 0: any)"),
     ] = None,
     log_level: Annotated[
         LogLevel, typer.Option(case_sensitive=False, help="faust/python log level")
@@ -409,11 +425,11 @@ def worker(
     from recstream.streams.app import create_app
     from recstream.streams.liveness import Liveness, serve
 
-    settings = _settings()
+    settings = _settings(worker_metrics_port=("--metrics-port", metrics_port))
     if loglevel is not None:
         typer.secho("worker --loglevel is deprecated: use --log-level", fg="yellow", err=True)
     liveness = Liveness(settings.worker.stall_s)
-    port = settings.worker.metrics_port if metrics_port is None else metrics_port
+    port = settings.worker.metrics_port
     address = f"{settings.worker.metrics_host}:{port}"
     try:  # first: a port in use is a bad option, said before any service is reached
         server = serve(port, liveness, addr=settings.worker.metrics_host)
@@ -540,8 +556,12 @@ def rebuild() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="interface to bind (default: settings.reader.host)")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port (default: settings.reader.port)")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="interface to bind (default: RECSTREAM_READER_HOST, 127.0.0.1)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="port (default: RECSTREAM_READER_PORT, 8080)")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="processes sharing the port (default: RECSTREAM_READER_WORKERS, 1)")
     ] = None,
@@ -550,11 +570,13 @@ def serve(
     """Run the reader: blended feeds from Redis over HTTP (uvloop + httptools, one or more processes)."""
     from recstream.shell import reader
 
-    settings = _settings(reader_workers=("--workers", workers))
+    settings = _settings(
+        reader_host=("--host", host), reader_port=("--port", port), reader_workers=("--workers", workers)
+    )
     asyncio.run(_reach(settings, kafka=False, redis=True))  # writes answer 503 without Kafka; reads need Redis
     reader.serve(
-        host=host or settings.reader.host,
-        port=settings.reader.port if port is None else port,
+        host=settings.reader.host,
+        port=settings.reader.port,
         workers=settings.reader.workers,
         log_level=log_level.value,
     )

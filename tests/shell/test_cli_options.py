@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 from pathlib import Path
 
 import pytest
@@ -37,30 +38,73 @@ def test_a_port_outside_its_range_is_refused_naming_the_option(command, option, 
 
 
 @pytest.mark.parametrize(
-    ("workers", "refused"),
+    ("option", "value", "refused"),
     [
-        ("0", "greater than or equal to 1"),
-        ("1", None),
-        ("2", None),
-        ("63", None),
-        ("64", None),
-        ("65", "less than or equal to 64"),
+        ("--workers", "0", "Input should be greater than or equal to 1"),
+        ("--workers", "1", None),
+        ("--workers", "2", None),
+        ("--workers", "63", None),
+        ("--workers", "64", None),
+        ("--workers", "65", "Input should be less than or equal to 64"),
+        ("--host", "", "String should match pattern"),
+        ("--host", "a b", "String should match pattern"),
+        ("--host", "localhost", None),
+        ("--host", "::1", None),
     ],
 )
-def test_serve_names_a_bad_reader_workers_value_as_given_the_option_or_the_variable(workers, refused):
-    """``serve --workers 0`` said "RECSTREAM_READER_WORKERS: ...", a variable the user had not set. A value out of
-    the setting's range (1 to 64) is named by the option when it came from the option, by the variable when it came
+def test_serve_names_a_bad_reader_setting_as_given_the_option_or_the_variable(option, value, refused):
+    """``serve --workers 0`` said "RECSTREAM_READER_WORKERS: ...", a variable the user had not set; ``serve --host ""``
+    bound the variable's interface instead, and ``--host "a b"`` reached uvicorn unchecked. A value the setting
+    refuses (workers: 1 to 64) is named by the option when it came from the option, by the variable when it came
     from the environment."""
-    variable = "RECSTREAM_READER_WORKERS"
+    variable = f"RECSTREAM_READER_{option.removeprefix('--').upper()}"
     for done, named, other in (
-        (run("serve", "--workers", workers), "--workers", variable),
-        (run("serve", **{variable: workers}), variable, "--workers"),
+        (run("serve", option, value), option, variable),
+        (run("serve", **{variable: value}), variable, option),
     ):
         if refused:
-            assert done.exit_code == 2 and f"{named}: Input should be {refused}" in done.output, done.output
+            assert done.exit_code == 2 and f"{named}: {refused}" in done.output, done.output
             assert other not in done.output
         else:
             assert done.exit_code == 1 and "cannot reach Redis" in done.output, done.output
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "value", "variable", "refused"),
+    [
+        ("serve", "--host", "localhost", "RECSTREAM_READER_HOST", "a b"),
+        ("serve", "--port", "8081", "RECSTREAM_READER_PORT", "0"),
+        ("worker", "--metrics-port", "0", "RECSTREAM_WORKER_METRICS_PORT", "65536"),
+    ],
+)
+def test_an_option_overrides_a_variable_the_settings_refuse(command, option, value, variable, refused):
+    """``RECSTREAM_READER_PORT=0 recstream serve --port 8081`` ended at the variable the option overrides, and so
+    did the line naming an unreachable service, which read the settings from the environment alone."""
+    done = run(command, option, value, **{variable: refused})
+    assert done.exit_code == 1 and "cannot reach" in done.output and variable not in done.output, done.output
+
+
+@pytest.mark.integration
+def test_serve_binds_where_its_host_and_port_options_say(services: Settings, monkeypatch: pytest.MonkeyPatch):
+    """The options reach the reader over the variables, even ones the settings refuse."""
+    from recstream.shell import reader
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(reader, "serve", lambda **given: calls.append(given))
+    port = free_port()
+    env = {**services.to_env(), "RECSTREAM_READER_HOST": "a b", "RECSTREAM_READER_PORT": "0"}
+    done = CliRunner().invoke(app, ["serve", "--host", "localhost", "--port", str(port)], env=env)
+    assert done.exit_code == 0, done.output
+    assert calls == [{"host": "localhost", "port": port, "workers": 1, "log_level": "warning"}]
+
+
+def test_worker_binds_its_metrics_port_option_over_a_refused_variable_and_names_it_when_taken():
+    """Its port in use is named as the user gave it: the option, not the variable it overrode."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run("worker", "--metrics-port", str(port), RECSTREAM_WORKER_METRICS_PORT="65536")
+    assert done.exit_code == 2, done.output
+    assert done.output == f"cannot serve metrics on 127.0.0.1:{port} (--metrics-port): Address already in use\n"
 
 
 @pytest.mark.parametrize("holdout", ["-0.01", "1", "1.5", "nan"])
