@@ -12,6 +12,8 @@ summary. bench/policies.py runs the same pieces once per policy and seed.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -33,11 +35,15 @@ from recstream.models.artifacts import ModelArtifacts
 from recstream.shell import infra
 from recstream.sim.simulator import SimConfig, SimResult, Simulator
 from recstream.sim.world import World, WorldConfig, movielens_world
+from recstream.store.connection import connect
 
 console = Console(stderr=True)
 READY_TIMEOUT_S = 120.0
 HISTORY_BATCH = 1_000
 FRESHNESS = "recstream_worker_freshness_seconds"
+STAMP = "%Y%m%d%H%M%S"
+"""A run's stamp in its namespace (:func:`run_namespace`): fixed width, so that an earlier run's sorts first."""
+UNLINK_BATCH = 1_000
 
 
 @dataclass
@@ -121,9 +127,87 @@ def run_namespace(settings: Settings, stamp: str) -> tuple[Settings, str | None]
     own = settings.on_topics(f"demo-{stamp}", redis_prefix=f"demo{stamp}")
     line = (
         f"this run's state: topics {own.kafka.events_topic}, {own.kafka.items_topic}, …, Redis prefix "
-        f"{own.redis.prefix} (every run starts empty; `recstream infra down`, then deleting .run/, drops them)"
+        f"{own.redis.prefix} (every run starts empty; the next demo run removes them)"
     )
     return own, line
+
+
+@contextmanager
+def recorded_run(settings: Settings) -> Iterator[None]:
+    """This demo's pid recorded in the run folder's logs (``demo.<pid>/pid``, beside its worker's and reader's
+    records, which ``recstream infra down`` stops: not this one) for the block, so that another demo on the same
+    services sees it running (:func:`remove_earlier_runs`)."""
+    record = infra.Service(f"demo.{os.getpid()}", infra.logs_dir(settings) / f"demo.{os.getpid()}")
+    infra.record_pid(record, os.getpid())
+    try:
+        yield
+    finally:
+        record.forget()
+
+
+def others_running(settings: Settings) -> list[int]:
+    """The pids of the demos, workers and readers recorded alive in the run folder's logs, this process's aside."""
+    records = sorted(infra.logs_dir(settings).glob("*/pid"))
+    pids = (infra.Service(record.parent.name, record.parent).pid() for record in records)
+    return [pid for pid in pids if pid not in (None, os.getpid())]
+
+
+def remove_earlier_runs(settings: Settings, stamp: str) -> str | None:
+    """Delete the topics and Redis keys earlier demo runs left on these services (:func:`run_namespace`: each run has
+    its own); returns a line saying what it removed, or why it removed nothing (None: there was nothing). For a run on
+    the namespace it chose itself, ``stamp``'s (``settings`` are that run's), with the services up.
+
+    Only names of the demo's own per-run naming are candidates (topics ``events-demo-<stamp>``, …, keys under
+    ``demo<stamp>:``; never ``events``, ``rs:`` or a namespace the user set, unless named so), and of those only runs
+    stamped before this one. And nothing at all while a process of another demo, or a worker or reader one left, is
+    recorded alive in the run folder: every demo on these services runs from this run folder (``infra.running``
+    refuses services another folder started), and each records itself before it picks its stamp
+    (:func:`recorded_run`), so a demo this one cannot see yet has a stamp of this second or later, which is kept.
+    Why not "keep the newest earlier run": with two demos running, a third would delete the older one's topics and
+    keys under its worker and reader. The cost: a demo started beside a running one removes nothing; the next one
+    alone removes it all. Keys go by SCAN and UNLINK in batches (never KEYS or FLUSHDB: other keys share the
+    database). A failure is a warning line: the run goes on, on its own namespace.
+    """
+    if others := others_running(settings):
+        return (f"earlier demo runs' topics and Redis keys kept: another demo's process (pid {others[0]}) runs from "
+                f"{infra.logs_dir(settings)}")  # fmt: skip
+    try:
+        runs, topics, keys = asyncio.run(_remove_earlier(settings, stamp))
+    except Exception as exc:  # Kafka's, Redis's or the system's: not worth ending the demo for
+        return f"[yellow]warning: could not remove earlier demo runs' topics and Redis keys: {exc}[/yellow]"
+    if not runs:
+        return None
+    return f"removed {len(runs)} earlier demo run{'s' * (len(runs) != 1)}: {topics} topics, {keys:,} Redis keys"
+
+
+async def _remove_earlier(settings: Settings, stamp: str) -> tuple[set[str], int, int]:
+    """:func:`remove_earlier_runs`' deletions: the stamps of the runs it removed from, the topics and the keys."""
+    any_stamp = rf"(\d{{{len(stamp)}}})"  # this run's names with another run's stamp in place of this one's
+    names = [re.compile(re.escape(getattr(settings.kafka, name)).replace(stamp, any_stamp))
+             for name in NAMESPACE_FIELDS["kafka"]]  # fmt: skip
+
+    def earlier(topic: str) -> str | None:
+        return next((m[1] for name in names if (m := name.fullmatch(topic)) and m[1] < stamp), None)
+
+    topics = await infra.delete_topics(settings, lambda topic: earlier(topic) is not None)
+    runs = {run for topic in topics if (run := earlier(topic))}
+    prefix = re.compile(re.escape(settings.redis.prefix).replace(stamp, any_stamp) + ":")
+    glob = settings.redis.prefix.replace(stamp, "[0-9]" * len(stamp)) + ":*"
+    keys, batch = 0, []
+    redis = connect(settings)
+    try:
+        async for key in redis.scan_iter(match=glob, count=UNLINK_BATCH):
+            if (m := prefix.match(key.decode(errors="replace"))) and m[1] < stamp:
+                runs.add(m[1])
+                batch.append(key)
+            if len(batch) == UNLINK_BATCH:
+                keys += await redis.unlink(*batch)
+                batch = []
+        if batch:
+            keys += await redis.unlink(*batch)
+    finally:
+        await redis.aclose()
+    return runs, len(topics), keys
 
 
 def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:
@@ -364,14 +448,18 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     if not settings.worker.metrics_port:  # 0, "any": chosen here, so that Prometheus scrapes the port the worker has
         settings = settings.replace(worker_metrics_port=infra.free_port())
     settings, moved = own_ports(settings)
-    settings, namespace = run_namespace(settings, time.strftime("%Y%m%d%H%M%S"))
-    for line in [*moved, *([namespace] if namespace else [])]:
-        console.print(line)
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())
+        stack.enter_context(recorded_run(settings))  # before the stamp (remove_earlier_runs says why)
+        stamp = time.strftime(STAMP)
+        settings, namespace = run_namespace(settings, stamp)
+        for line in [*moved, *([namespace] if namespace else [])]:
+            console.print(line)
         try:
             for line in stack.enter_context(infra.running(settings)):
                 console.print(line)
+            if namespace and (removed := remove_earlier_runs(settings, stamp)):
+                console.print(removed)
             now_ms = int(time.time() * 1000)
             config = world_config.model_copy(update={"start_ms": now_ms - int(history_s * 1000)})
             world = World(config) if movielens is None else movielens_world(movielens, config)

@@ -29,8 +29,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -39,7 +39,7 @@ from urllib.request import urlopen
 
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 from redis.crc import key_slot
 
 from recstream.contracts.settings import ENV_PREFIX, Settings, load_settings
@@ -97,6 +97,12 @@ class Service:
         """The recorded pid if that very process is still alive."""
         record = self.record()
         return record[0] if record is not None else None
+
+    def forget(self) -> None:
+        """Remove its record, and its folder when that is empty now."""
+        self.pid_file.unlink(missing_ok=True)
+        with suppress(OSError):
+            self.home.rmdir()
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -226,11 +232,11 @@ def _spawn(service: Service, argv: list[str]) -> int:
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    _record(service, proc.pid)
+    record_pid(service, proc.pid)
     return proc.pid
 
 
-def _record(service: Service, pid: int) -> None:
+def record_pid(service: Service, pid: int) -> None:
     """Write the pid, its start time and the boot: :func:`stop` never signals a reused pid (:meth:`Service.record`)."""
     service.home.mkdir(parents=True, exist_ok=True)
     service.pid_file.write_text(f"{pid} {_start_time(pid)} {_boot_id()}")
@@ -474,15 +480,40 @@ async def ensure_topics(settings: Settings) -> list[str]:
             topic_configs=retention,
         ),
     ]
-    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
-    await admin.start()
-    try:
+    async with kafka_admin(settings) as admin:
         existing = set(await admin.list_topics())
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
             with suppress(TopicAlreadyExistsError):  # another process created it meanwhile
                 _refused(settings, await admin.create_topics(missing))
         return [topic.name for topic in missing]
+
+
+async def delete_topics(settings: Settings, doomed: Callable[[str], bool]) -> list[str]:
+    """Delete the topics whose names ``doomed`` accepts; returns those deleted (one another process deleted meanwhile
+    is no error). An :class:`InfraError` names each one the brokers refused to delete (aiokafka returns the refusal,
+    raising nothing)."""
+    async with kafka_admin(settings) as admin:
+        names = sorted(filter(doomed, await admin.list_topics()))
+        if not names:
+            return []
+        response = await admin.delete_topics(names)
+    codes = dict(response.topic_error_codes)
+    refused = [f"{name}: {for_code(code).__name__}" for name, code in codes.items()
+               if code not in (0, UnknownTopicOrPartitionError.errno)]  # fmt: skip
+    if refused:
+        raise InfraError(f"Kafka at {settings.kafka.bootstrap} refused to delete {len(refused)} topic(s): "
+                         f"{'; '.join(refused)}")  # fmt: skip
+    return [name for name, code in codes.items() if code == 0]
+
+
+@asynccontextmanager
+async def kafka_admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """An admin client of the settings' Kafka, started, for the block."""
+    admin = AIOKafkaAdminClient(**client_options(settings.kafka), request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        yield admin
     finally:
         await admin.close()
 
@@ -735,7 +766,7 @@ class Child:
             )  # fmt: skip
         name = f"{log.name}.{self.proc.pid}{CHILD_SUFFIX}"  # children may share a log
         self.record = Service(name, log.parent / name)
-        _record(self.record, self.proc.pid)
+        record_pid(self.record, self.proc.pid)
 
     @property
     def url(self) -> str:
@@ -774,16 +805,11 @@ class Child:
         if self.proc.poll() is None:
             _kill_group(self.proc.pid)
         self.proc.wait()
-        self._forget()
+        self.record.forget()
 
     def stop(self) -> None:
         terminate(self.proc)
-        self._forget()
-
-    def _forget(self) -> None:
-        self.record.pid_file.unlink(missing_ok=True)
-        with suppress(OSError):
-            self.record.home.rmdir()
+        self.record.forget()
 
     def __enter__(self) -> Child:
         return self

@@ -3,6 +3,7 @@ simulated users' feeds, applies their events, exits 0 when its time is up and le
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,13 +19,25 @@ from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import pytest
+import redis
 from rich.console import Console
 
 from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
-from recstream.shell.demo import Panel, System, own_ports, prometheus_pages
+from recstream.shell.demo import (
+    NAMESPACE_FIELDS,
+    UNLINK_BATCH,
+    Panel,
+    System,
+    own_ports,
+    prometheus_pages,
+    recorded_run,
+    remove_earlier_runs,
+    run_namespace,
+)
 from recstream.shell.infra import free_port
 from recstream.sim.simulator import SimResult
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +100,115 @@ def test_demo_serves_feeds_applies_events_and_stops_everything_it_started(tmp_pa
     assert re.search(model, second).groups() == re.search(model, out).groups(), (out[-2000:], second[-2000:])
     namespaces = [re.search(r"this run's state: topics (\S+),", text).group(1) for text in (out, second)]
     assert namespaces[0] != namespaces[1], namespaces
+    # and it deletes the first run's topics and keys: ten demos held ten copies of the world's events and keys
+    assert "earlier demo run" not in out, out[-4000:]
+    assert re.search(r"^removed 1 earlier demo run: 5 topics, [\d,]+ Redis keys$", second, re.MULTILINE), second[-4000:]
+
+
+def namespace(settings: Settings, stamp: str) -> Settings:
+    return run_namespace(settings, stamp)[0]
+
+
+def topics(settings: Settings) -> list[str]:
+    return [getattr(settings.kafka, name) for name in NAMESPACE_FIELDS["kafka"]]
+
+
+@pytest.fixture
+def state(services: Settings) -> Iterator[Callable[[Settings, int], Settings]]:
+    """Give a namespace its topics and ``n`` Redis keys on the session's services; all of them are deleted after."""
+    client = redis.Redis.from_url(services.redis.url)
+    made: list[Settings] = []
+
+    def make(settings: Settings, n: int) -> Settings:
+        asyncio.run(infra.ensure_topics(settings))
+        client.mset({f"{settings.redis.prefix}:k:{i}": i for i in range(n)})
+        made.append(settings)
+        return settings
+
+    yield make
+    names = {topic for settings in made for topic in topics(settings)}
+    asyncio.run(infra.delete_topics(services, names.__contains__))
+    for settings in made:
+        for key in client.scan_iter(match=f"{settings.redis.prefix}:*", count=1000):
+            client.unlink(key)
+    client.close()
+
+
+def left(namespaces: list[Settings]) -> list[tuple[int, int]]:
+    """How many of each namespace's topics and Redis keys are there."""
+
+    async def existing() -> set[str]:
+        async with infra.kafka_admin(namespaces[0]) as admin:
+            return set(await admin.list_topics())
+
+    names = asyncio.run(existing())
+    client = redis.Redis.from_url(namespaces[0].redis.url)
+    try:
+        return [(len(names.intersection(topics(ns))), sum(1 for _ in client.scan_iter(match=f"{ns.redis.prefix}:*")))
+                for ns in namespaces]  # fmt: skip
+    finally:
+        client.close()
+
+
+def test_a_demo_run_removes_the_topics_and_keys_earlier_runs_left_and_nothing_else(
+    services: Settings, state: Callable[[Settings, int], Settings], tmp_path: Path
+):
+    """Every demo run's topics and Redis keys stayed until the run folder was deleted: ten demos held ten copies of
+    the world's events in Kafka and ten key sets in Redis. A run now removes those of the runs stamped before it (one
+    key more than an UNLINK batch), and keeps its own, a later one's, the user's, the defaults (``events``, …,
+    ``rs:``) and names of a stamp one digit shorter or longer than the demo's."""
+    base = services.replace(run_dir=tmp_path)  # a run folder of its own: no other demo's process is recorded in it
+    stamp = "20200103000000"
+    earlier = [state(namespace(base, "20200101000000"), UNLINK_BATCH + 1),
+               state(namespace(base, "20200102000000"), 2)]  # fmt: skip
+    kept = [state(namespace(base, s), 2) for s in (stamp, "20200104000000")]
+    kept += [state(base.on_topics(suffix, redis_prefix=prefix), 2)
+             for suffix, prefix in (("mine", "mine"), ("demo-2020010100000", "demo2020010100000"),
+                                    ("demo-202001010000000", "demo202001010000000"))]  # fmt: skip
+    client = redis.Redis.from_url(services.redis.url)
+    client.set("rs:demo-cleanup-test", 1)
+    try:
+        with recorded_run(kept[0]):  # this process's own record is no other demo
+            line = remove_earlier_runs(kept[0], stamp)
+        assert line == f"removed 2 earlier demo runs: 10 topics, {UNLINK_BATCH + 3:,} Redis keys"
+        wait_until(lambda: left(earlier) == [(0, 0), (0, 0)], 30, "the earlier runs' topics deleted")  # asynchronously
+        assert left(kept) == [(5, 2)] * len(kept)
+        assert left([services])[0][0] == 5 and client.get("rs:demo-cleanup-test") == b"1"
+        assert remove_earlier_runs(kept[0], stamp) is None  # nothing left to remove
+    finally:
+        client.delete("rs:demo-cleanup-test")
+        client.close()
+
+
+def test_a_demo_run_removes_nothing_while_another_demo_runs_from_its_run_folder(
+    services: Settings, state: Callable[[Settings, int], Settings], tmp_path: Path
+):
+    """Two demos at once share Kafka and Redis (the run folder's): the second must not delete the first's topics and
+    keys under its worker and reader. Once that process has ended, its record holds nothing back."""
+    stamp = "20210102000000"  # not the other tests' (a topic deleted a moment ago may still be listed)
+    base = services.replace(run_dir=tmp_path)
+    earlier = state(namespace(base, "20210101000000"), 2)
+    own = namespace(base, stamp)
+    other = subprocess.Popen(["sleep", "60"])
+    record = infra.Service("demo.other", infra.logs_dir(own) / "demo.other")
+    infra.record_pid(record, other.pid)
+    try:
+        line = remove_earlier_runs(own, stamp)
+    finally:
+        infra.terminate(other)
+    assert line == (f"earlier demo runs' topics and Redis keys kept: another demo's process (pid {other.pid}) runs "
+                    f"from {infra.logs_dir(own)}")  # fmt: skip
+    assert left([earlier]) == [(5, 2)]
+    assert remove_earlier_runs(own, stamp) == "removed 1 earlier demo run: 5 topics, 2 Redis keys"
+    wait_until(lambda: left([earlier]) == [(0, 0)], 30, "the earlier run's topics deleted")
+
+
+def test_a_failure_to_remove_earlier_demo_runs_is_a_warning(tmp_path: Path):
+    """The demo goes on, on its own namespace, when Kafka or Redis fails the cleanup."""
+    stamp = "20200102000000"
+    down = load_settings(kafka_bootstrap=f"127.0.0.1:{free_port()}", run_dir=tmp_path, cache_dir=tmp_path)
+    line = remove_earlier_runs(namespace(down, stamp), stamp)
+    assert line is not None and line.startswith("[yellow]warning: could not remove earlier demo runs'"), line
 
 
 def test_the_demo_moves_its_redis_and_kafka_off_default_ports_another_process_holds(tmp_path: Path):

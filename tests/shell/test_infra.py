@@ -160,7 +160,7 @@ def test_a_record_not_proved_of_this_boot_is_not_trusted_and_its_pid_never_signa
     service = infra.redis_service(settings)
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        infra._record(service, stranger.pid)
+        infra.record_pid(service, stranger.pid)
         assert service.pid() == stranger.pid  # written in this boot: that very process
         boot = f" {uuid.uuid4()}" if written == "in another boot" else ""
         stale = f"{stranger.pid} {infra._start_time(stranger.pid)}{boot}"
@@ -319,7 +319,7 @@ def test_a_kill_after_the_timeout_reaches_the_whole_process_group(tmp_path: Path
     leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE)
     assert leader.stdout is not None and leader.stdout.readline() == b"ready\n"
     service = infra.Service("stubborn", tmp_path / "stubborn")
-    infra._record(service, leader.pid)
+    infra.record_pid(service, leader.pid)
     members = group(leader.pid)
     try:
         assert len(members) == 2
@@ -377,7 +377,7 @@ def test_a_recorded_service_that_did_not_answer_and_was_replaced_is_stopped_afte
     settings = infra.private_settings(tmp_path / "run", REPO / ".cache")
     infra.kafka_up(settings)  # running and answering before: not the block's to stop
     silent = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a recorded "Redis" that never answers
-    infra._record(infra.redis_service(settings), silent.pid)
+    infra.record_pid(infra.redis_service(settings), silent.pid)
     try:
         with infra.running(settings) as report:
             redis_pid = infra.redis_service(settings).pid()
@@ -425,8 +425,8 @@ def test_down_stops_the_demos_children_recorded_in_its_logs_folder_and_nothing_r
     foreign = logs / "some-tool" / "pid"  # another program's pid file
     try:
         name = f"reader.log.{mine.pid}{infra.CHILD_SUFFIX}"
-        infra._record(infra.Service(name, logs / name), mine.pid)
-        infra._record(infra.redis_service(other_run), theirs.pid)
+        infra.record_pid(infra.Service(name, logs / name), mine.pid)
+        infra.record_pid(infra.redis_service(other_run), theirs.pid)
         foreign.parent.mkdir()
         foreign.write_text("1\n")
         assert infra.down(settings) == [
