@@ -27,7 +27,16 @@ from typer.core import TyperGroup
 
 from recstream.contracts.events import Event, Rejected
 from recstream.contracts.feedback import FeedbackTypes
-from recstream.contracts.settings import ENV_PREFIX, Settings, SettingsError, load_settings, redacted
+from recstream.contracts.settings import (
+    ENV_PREFIX,
+    ReaderSettings,
+    Section,
+    Settings,
+    SettingsError,
+    WorkerSettings,
+    load_settings,
+    redacted,
+)
 from recstream.eventlog.log import MissingTopic
 from recstream.eventlog.producer import EventProducer
 from recstream.jobs import sources
@@ -60,6 +69,16 @@ def _built() -> Settings:
     """The running command's settings, else the environment's: rebuilt from the environment alone, an option that
     overrode a variable the settings refuse would end the command naming that variable, not the address."""
     return _BUILT.get() or _settings()
+
+
+def _variable(section: type[Section], field: str) -> str:
+    """An option's default as its help says it, read from the settings model (a number written in the help would
+    drift from it): the variable that sets it, and the model's default.
+
+    >>> _variable(ReaderSettings, "port")
+    'RECSTREAM_READER_PORT, 8080'
+    """
+    return f"{ENV_PREFIX}{section.variables[field].upper()}, {section.model_fields[field].default}"
 
 
 @contextmanager
@@ -408,7 +427,9 @@ class LogLevel(StrEnum):
 def worker(
     metrics_port: Annotated[
         int | None,
-        typer.Option(min=0, max=65535, help="Prometheus port (default: RECSTREAM_WORKER_METRICS_PORT, 9101; 0: any)"),
+        typer.Option(
+            min=0, max=65535, help=f"Prometheus port (default: {_variable(WorkerSettings, 'metrics_port')}; 0: any)"
+        ),
     ] = None,
     log_level: Annotated[
         LogLevel, typer.Option(case_sensitive=False, help="faust/python log level")
@@ -557,13 +578,13 @@ def rebuild() -> None:
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="interface to bind (default: RECSTREAM_READER_HOST, 127.0.0.1)")
+        str | None, typer.Option(help=f"interface to bind (default: {_variable(ReaderSettings, 'host')})")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="port (default: RECSTREAM_READER_PORT, 8080)")
+        int | None, typer.Option(min=1, max=65535, help=f"port (default: {_variable(ReaderSettings, 'port')})")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="processes sharing the port (default: RECSTREAM_READER_WORKERS, 1)")
+        int | None, typer.Option(help=f"processes sharing the port (default: {_variable(ReaderSettings, 'workers')})")
     ] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn log level")] = LogLevel.warning,
 ) -> None:
