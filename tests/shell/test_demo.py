@@ -123,6 +123,8 @@ def state(services: Settings) -> Iterator[Callable[[Settings, int], Settings]]:
         asyncio.run(infra.ensure_topics(settings))
         client.mset({f"{settings.redis.prefix}:k:{i}": i for i in range(n)})
         made.append(settings)
+        # a created topic reaches the brokers' metadata a moment later: a test that counts at once could find none
+        wait_until(lambda: left([settings]) == [(len(topics(settings)), n)], 30, "the new topics listed")
         return settings
 
     yield make
