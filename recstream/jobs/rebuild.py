@@ -48,7 +48,7 @@ from recstream.eventlog.erasures import erased_between, without_users
 from recstream.eventlog.log import commit_offsets, open_log, read, whole_topic
 from recstream.jobs import training
 from recstream.models.artifacts import ArtifactError, ModelArtifacts, latest_version, read_model
-from recstream.store.connection import connect
+from recstream.store.connection import connect, unlink_scanned
 from recstream.store.erasure import Commands, erase_users, mark_erased, note_checked
 from recstream.store.state import StateStore
 from recstream.streams.live_model import LiveModel, follow_items
@@ -124,14 +124,11 @@ async def delete_derived(redis: Redis | RedisCluster, keys: Keys) -> int:
     """Delete every key under the prefix but :data:`NOT_DERIVED` (on a cluster: in every slot, matched without
     their hash tag); returns how many."""
     kept = [keys.prefix + ":" + pattern for pattern in NOT_DERIVED]
-    doomed = [
-        key
-        async for key in redis.scan_iter(match=f"{keys.prefix}:*", count=1000)
-        if not any(fnmatch.fnmatchcase(re.sub(r":\{[^}]*\}", "", key.decode(), count=1), p) for p in kept)
-    ]
-    for start in range(0, len(doomed), 1000):
-        await redis.unlink(*doomed[start : start + 1000])
-    return len(doomed)
+
+    def derived(key: str) -> bool:
+        return not any(fnmatch.fnmatchcase(re.sub(r":\{[^}]*\}", "", key, count=1), p) for p in kept)
+
+    return len(await unlink_scanned(redis, f"{keys.prefix}:*", derived))
 
 
 async def _current_model(settings: Settings, redis: Redis) -> tuple[str | None, ModelArtifacts | None]:

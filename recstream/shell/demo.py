@@ -35,7 +35,7 @@ from recstream.models.artifacts import ModelArtifacts
 from recstream.shell import infra
 from recstream.sim.simulator import SimConfig, SimResult, Simulator
 from recstream.sim.world import World, WorldConfig, movielens_world
-from recstream.store.connection import connect
+from recstream.store.connection import connect, unlink_scanned
 
 console = Console(stderr=True)
 READY_TIMEOUT_S = 120.0
@@ -43,7 +43,6 @@ HISTORY_BATCH = 1_000
 FRESHNESS = "recstream_worker_freshness_seconds"
 STAMP = "%Y%m%d%H%M%S"
 """A run's stamp in its namespace (:func:`run_namespace`): fixed width, so that an earlier run's sorts first."""
-UNLINK_BATCH = 1_000
 
 
 @dataclass
@@ -193,21 +192,17 @@ async def _remove_earlier(settings: Settings, stamp: str) -> tuple[set[str], int
     runs = {run for topic in topics if (run := earlier(topic))}
     prefix = re.compile(re.escape(settings.redis.prefix).replace(stamp, any_stamp) + ":")
     glob = settings.redis.prefix.replace(stamp, "[0-9]" * len(stamp)) + ":*"
-    keys, batch = 0, []
+
+    def run_of(key: str) -> str | None:
+        return m[1] if (m := prefix.match(key)) and m[1] < stamp else None
+
     redis = connect(settings)
     try:
-        async for key in redis.scan_iter(match=glob, count=UNLINK_BATCH):
-            if (m := prefix.match(key.decode(errors="replace"))) and m[1] < stamp:
-                runs.add(m[1])
-                batch.append(key)
-            if len(batch) == UNLINK_BATCH:
-                keys += await redis.unlink(*batch)
-                batch = []
-        if batch:
-            keys += await redis.unlink(*batch)
+        keys = await unlink_scanned(redis, glob, lambda key: run_of(key) is not None)
     finally:
         await redis.aclose()
-    return runs, len(topics), keys
+    runs.update(run_of(key) for key in keys)
+    return runs, len(topics), len(keys)
 
 
 def train_first_model(settings: Settings) -> tuple[ModelArtifacts, str]:

@@ -6,7 +6,7 @@ each command, pipeline and script call to the node of its key's slot, following 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -19,6 +19,8 @@ from redis.asyncio.connection import AbstractConnection
 from recstream.contracts.settings import Settings
 
 _TEXT = {str}
+UNLINK_BATCH = 1_000
+"""Keys one UNLINK of :func:`unlink_scanned` deletes at most, and SCAN's COUNT hint."""
 
 
 class _HiredisPacking:
@@ -86,3 +88,21 @@ def gathered(groups: list[list[int]], replies: Sequence[Sequence[bytes | None]],
         for k, value in zip(group, reply, strict=True):
             out[k] = value
     return out
+
+
+async def unlink_scanned(redis: Redis | RedisCluster, match: str, doomed: Callable[[str], bool]) -> list[str]:
+    """Delete the keys SCAN finds for the glob ``match`` (on a cluster: every master's) that ``doomed`` accepts,
+    UNLINK'd in batches of :data:`UNLINK_BATCH` as the scan goes (never KEYS or FLUSHDB: other keys share the
+    database); returns them, decoded."""
+    deleted: list[str] = []
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=match, count=UNLINK_BATCH):
+        if doomed(name := key.decode(errors="replace")):
+            deleted.append(name)
+            batch.append(key)
+        if len(batch) == UNLINK_BATCH:
+            await redis.unlink(*batch)
+            batch = []
+    if batch:
+        await redis.unlink(*batch)
+    return deleted

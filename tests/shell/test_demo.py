@@ -26,7 +26,6 @@ from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
 from recstream.shell.demo import (
     NAMESPACE_FIELDS,
-    UNLINK_BATCH,
     Panel,
     System,
     own_ports,
@@ -37,6 +36,7 @@ from recstream.shell.demo import (
 )
 from recstream.shell.infra import free_port
 from recstream.sim.simulator import SimResult
+from recstream.store.connection import UNLINK_BATCH
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
