@@ -602,6 +602,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
 }
 """Every variable's name (without ``RECSTREAM_``, lower case) → (section, field); ``experiment`` is its own."""
 EXPERIMENT_VARIABLE = "experiment"
+TOPIC_STEMS = {name: field.default for name, field in KafkaSettings.model_fields.items() if name.endswith("_topic")}
+"""Every topic setting → its default name, the stem :meth:`Settings.on_topics` suffixes: all of a run's Kafka state."""
 ALL_VARIABLES = (*sorted(VARIABLES), EXPERIMENT_VARIABLE)
 """Every variable a user may set (without ``RECSTREAM_``, lower case): the sections' and ``experiment``."""
 JSON_VARIABLES = frozenset({EXPERIMENT_VARIABLE, "feedback_types"})
@@ -651,10 +653,9 @@ class Settings(BaseModel):
         return super().model_copy(deep=deep)
 
     def on_topics(self, suffix: str, **more: object) -> Settings:
-        """These settings on topics of their own (``events-<suffix>``, …) plus ``more``: a test or benchmark
-        run that shares a broker with others and must not read their events."""
-        topics = {f"{name}_topic": f"{name}-{suffix}" for name in ("events", "items", "users", "erasures")}
-        return self.replace(**topics, dlq_topic=f"events-dlq-{suffix}", **more)
+        """These settings on topics of their own (``events-<suffix>``, …: every one of :data:`TOPIC_STEMS`) plus
+        ``more``: a test or benchmark run that shares a broker with others and must not read their events."""
+        return self.replace(**{field: f"{stem}-{suffix}" for field, stem in TOPIC_STEMS.items()}, **more)
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""

@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from recstream.contracts.events import Event, ItemEvent, UserEvent, validate
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import TOPIC_STEMS, Settings
 from recstream.eventlog.producer import EventProducer
 from recstream.models.als import ALSConfig
 from recstream.models.artifacts import ModelArtifacts
@@ -104,8 +104,7 @@ def with_api_key(settings: Settings) -> Settings:
     return settings.replace(api_key=SecretStr(secrets.token_urlsafe(24)))
 
 
-NAMESPACE_FIELDS = {"kafka": ("events_topic", "items_topic", "users_topic", "dlq_topic", "erasures_topic"),
-                    "redis": ("prefix",)}  # fmt: skip
+NAMESPACE_FIELDS = {"kafka": tuple(TOPIC_STEMS), "redis": ("prefix",)}
 """Where a run's state lives: topics and a Redis prefix."""
 
 
