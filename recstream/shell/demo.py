@@ -145,8 +145,7 @@ def recorded_run(settings: Settings) -> Iterator[None]:
 
 def others_running(settings: Settings) -> list[int]:
     """The pids of the demos, workers and readers recorded alive in the run folder's logs, this process's aside."""
-    records = sorted(infra.logs_dir(settings).glob("*/pid"))
-    pids = (infra.Service(record.parent.name, record.parent).pid() for record in records)
+    pids = (service.pid() for service in infra.recorded(infra.logs_dir(settings), "*/pid"))
     return [pid for pid in pids if pid not in (None, os.getpid())]
 
 

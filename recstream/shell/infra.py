@@ -827,7 +827,13 @@ def stop_children(logs: Path) -> list[str]:
     """Stop the workers and readers whose records lie in ``logs`` itself (a :class:`Child` records its pid in
     ``<log>.<pid>.child/pid`` beside its log), by pid, and nothing else: not what is recorded in folders below it
     (another run's folder may be there), nor a file merely named ``pid``."""
-    return [stop(Service(pid.parent.name, pid.parent)) for pid in sorted(logs.glob(f"*{CHILD_SUFFIX}/pid"))]
+    return [stop(service) for service in recorded(logs, f"*{CHILD_SUFFIX}/pid")]
+
+
+def recorded(folder: Path, pattern: str) -> list[Service]:
+    """The services whose pid files ``folder.glob(pattern)`` finds (``*/pid``: those of the folder itself;
+    ``**/pid``: anywhere below it), in path order."""
+    return [Service(pid_file.parent.name, pid_file.parent) for pid_file in sorted(folder.glob(pattern))]
 
 
 def stop_recorded(root: Path) -> list[str]:
@@ -835,9 +841,8 @@ def stop_recorded(root: Path) -> list[str]:
     Redis (a worker stopping cleanly commits to Kafka). A sweep of a folder that holds nothing but one run's
     folders, for a run that ended before its own cleanup did, e.g. a pytest-xdist worker ended with ``os._exit``
     (tests/conftest.py): the processes it started each run in a session of their own."""
-    recorded = [Service(pid_file.parent.name, pid_file.parent) for pid_file in root.rglob("pid")]
-    recorded.sort(key=lambda service: not service.name.endswith(CHILD_SUFFIX))
-    return [stop(service) for service in recorded]
+    services = sorted(recorded(root, "**/pid"), key=lambda service: not service.name.endswith(CHILD_SUFFIX))
+    return [stop(service) for service in services]
 
 
 def _stopper(settings: Settings) -> Callable[[], list[str]]:
