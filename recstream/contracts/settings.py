@@ -40,6 +40,15 @@ ENV_PREFIX = "RECSTREAM_"
 log = logging.getLogger(__name__)
 
 
+def variable(name: str) -> str:
+    """The environment variable of a setting's flat name (:data:`VARIABLES`' keys).
+
+    >>> variable("events_partitions")
+    'RECSTREAM_EVENTS_PARTITIONS'
+    """
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
 TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"  # what Kafka accepts as a topic name
 HOST_PATTERN = r"^[A-Za-z0-9_.:\[\]-]+$"  # a name or an address; empty would bind every interface
 YEAR_S = 365 * 86_400
@@ -661,7 +670,7 @@ class Settings(BaseModel):
         """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
         values = {name: getattr(getattr(self, section), field) for name, (section, field) in VARIABLES.items()}
         values[EXPERIMENT_VARIABLE] = self.experiment
-        return {f"{ENV_PREFIX}{name.upper()}": _env_value(value) for name, value in values.items() if value is not None}
+        return {variable(name): _env_value(value) for name, value in values.items() if value is not None}
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         """A child process's environment: ``base`` (this process's) with these settings as its ``RECSTREAM_*``
@@ -689,7 +698,7 @@ def _nested(values: Mapping[str, object], base: Settings | None = None) -> dict[
             section, field = VARIABLES[name]
             nested[section][field] = value
         else:
-            raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {_unknown(name)}")
+            raise SettingsError(f"{variable(name)}: {_unknown(name)}")
     return {**nested, EXPERIMENT_VARIABLE: experiment}
 
 
@@ -702,7 +711,7 @@ def _set_fields(base: Settings | None, name: str) -> dict[str, object]:
 
 def _unknown(name: str) -> str:
     close = difflib.get_close_matches(name, ALL_VARIABLES, n=1)
-    return "no such setting" + (f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else "")
+    return "no such setting" + (f" (did you mean {variable(close[0])}?)" if close else "")
 
 
 def _env_value(value: object) -> str:
@@ -725,7 +734,7 @@ def _variable(loc: tuple[int | str, ...], given_as: Mapping[str, str]) -> str:
     else:
         name, inside = str(loc[0]), loc[1:]
     where = f" ({'.'.join(map(str, inside))})" if inside else ""
-    return f"{given_as.get(name, ENV_PREFIX + name.upper())}{where}"
+    return f"{given_as.get(name) or variable(name)}{where}"
 
 
 def _lines(exc: ValidationError, given_as: Mapping[str, str]) -> str:

@@ -28,7 +28,7 @@ from typer.core import TyperGroup
 from recstream.contracts.events import Event, Rejected
 from recstream.contracts.feedback import FeedbackTypes
 from recstream.contracts.settings import (
-    ENV_PREFIX,
+    TOPIC_STEMS,
     ReaderSettings,
     Section,
     Settings,
@@ -36,6 +36,7 @@ from recstream.contracts.settings import (
     WorkerSettings,
     load_settings,
     redacted,
+    variable,
 )
 from recstream.eventlog.log import MissingTopic
 from recstream.eventlog.producer import EventProducer
@@ -71,14 +72,14 @@ def _built() -> Settings:
     return _BUILT.get() or _settings()
 
 
-def _variable(section: type[Section], field: str) -> str:
+def _default(section: type[Section], field: str) -> str:
     """An option's default as its help says it, read from the settings model (a number written in the help would
     drift from it): the variable that sets it, and the model's default.
 
-    >>> _variable(ReaderSettings, "port")
+    >>> _default(ReaderSettings, "port")
     'RECSTREAM_READER_PORT, 8080'
     """
-    return f"{ENV_PREFIX}{section.variables[field].upper()}, {section.model_fields[field].default}"
+    return f"{variable(section.variables[field])}, {section.model_fields[field].default}"
 
 
 @contextmanager
@@ -107,9 +108,7 @@ def _unreachable_in_one_line() -> Iterator[None]:
         _fail(str(exc))
     except MissingTopic as exc:
         kafka = _built().kafka
-        variables = " or ".join(
-            f"{ENV_PREFIX}{name.upper()}" for name, value in kafka if name.endswith("_topic") and value == exc.topic
-        )
+        variables = " or ".join(variable(name) for name in TOPIC_STEMS if getattr(kafka, name) == exc.topic)
         _fail(
             f"{exc} on Kafka at {kafka.bootstrap} ({variables or 'a topic setting'}): check the name, or create the "
             "topics with `recstream infra topics`"
@@ -428,7 +427,7 @@ def worker(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            min=0, max=65535, help=f"Prometheus port (default: {_variable(WorkerSettings, 'metrics_port')}; 0: any)"
+            min=0, max=65535, help=f"Prometheus port (default: {_default(WorkerSettings, 'metrics_port')}; 0: any)"
         ),
     ] = None,
     log_level: Annotated[
@@ -578,13 +577,13 @@ def rebuild() -> None:
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help=f"interface to bind (default: {_variable(ReaderSettings, 'host')})")
+        str | None, typer.Option(help=f"interface to bind (default: {_default(ReaderSettings, 'host')})")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help=f"port (default: {_variable(ReaderSettings, 'port')})")
+        int | None, typer.Option(min=1, max=65535, help=f"port (default: {_default(ReaderSettings, 'port')})")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help=f"processes sharing the port (default: {_variable(ReaderSettings, 'workers')})")
+        int | None, typer.Option(help=f"processes sharing the port (default: {_default(ReaderSettings, 'workers')})")
     ] = None,
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="uvicorn log level")] = LogLevel.warning,
 ) -> None:
