@@ -75,7 +75,7 @@ FEATURE_WORDS = {
     "fresh": "recently added",
     "explore": "recently added",
     "pool_age": "recently added",
-    "category_affinity": "close to what you watch",
+    "category_lift": "close to what you click",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
 _FIRST, _SECOND, _ITEM_CATEGORY = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(1, 2)
@@ -169,7 +169,7 @@ def build_page(
     mode = ranking_mode(snapshot.ranker, blend, now)
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
-    features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
+    features = PageFeatures(user, snapshot, lists, favourites, now, settings.pool.graduate_age_s)
     popular_head = popular_head_personal_first(user, snapshot, lists, settings, now)
     on = {source for source in OVERFLOW if shares[source] > 0}
     if mode != "ranked":
@@ -328,8 +328,8 @@ def _ranked(
 
 
 def _words(item: str, feature: str, features: PageFeatures) -> str:
-    if feature == "category_affinity" and (category := features.favourite_category(item)) is not None:
-        return f"in {category}, one of your favourite categories"
+    if feature == "category_lift" and (category := features.favourite_category(item)) is not None:
+        return f"in {category}, which you click more than most"
     return FEATURE_WORDS[feature]
 
 

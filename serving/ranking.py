@@ -46,7 +46,7 @@ GENERATOR: dict[str, Source | None] = {
     "fresh": "fresh",
     "explore": "fresh",
     "pool_age": "fresh",
-    "category_affinity": "fresh",
+    "category_lift": "fresh",
     "warm": None,
 }
 """The generator each feature speaks for: a ranked item is served as the generator its top feature names

@@ -544,10 +544,10 @@ class RankerSettings(Section):
         "the default standardize_features on MovieLens and both closed-loop worlds, BENCHMARKS.md)",
     )
     standardize_features: tuple[str, ...] = Field(
-        ("als_rank", "category_affinity"),
+        ("als_rank", "category_lift"),
         description="with standardize, only these features (comma-separated names, contracts/ranking.py FEATURES); "
-        "the others are learned raw (empty: every feature). Default: the taste features, on [0, 1], which raw FTRL "
-        "weighs far more slowly than the CTR logits",
+        "the others are learned raw (empty: every feature). Default: the taste features (a position discount in "
+        "[0, 1], a log ratio near 0), which raw FTRL weighs far more slowly than the CTR logits",
     )
     beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")
     l1: float = Field(0.0, ge=0, allow_inf_nan=False, description="FTRL λ1: L1 penalty (sparse weights)")

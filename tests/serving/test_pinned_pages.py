@@ -91,7 +91,8 @@ def users() -> dict[str, UserState]:
     def warm(**more: object) -> UserState:
         history = rng.sample(items, 10)
         candidates = [[i, round(1 - j / 50, 5), rng.choice(history)] for j, i in enumerate(rng.sample(items, 50))]
-        return UserState(segment=SEGMENT, candidate_rows=candidates, history_rows=[[i, 1.0, 5] for i in history],
+        clicked = [[i, 5.0 if k % 3 == 0 else 1.0, 5] for k, i in enumerate(history)]  # a view, or a view and a click
+        return UserState(segment=SEGMENT, candidate_rows=candidates, history_rows=clicked,
                          seen=[*rng.sample(items, 60), "n3"], **more)  # type: ignore[arg-type]  # fmt: skip
 
     return {
@@ -140,7 +141,7 @@ def test_every_page_is_the_pinned_one_item_by_item():
 def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
     """A page's ``pool_age`` values are memoized per clock (serving/features._ages), at most AGES_MAX of them."""
     snap, user, graduate_s = snapshot(), users()["warm"], 3600.0
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], {}, (), NOW, graduate_s)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], (), NOW, graduate_s)
     items = [*snap.pool.items[:5], "i1", "i2"]  # five creation times: the i's were created with n0
     ages = _ages(snap.clock_ms, graduate_s * 1000)
     ages.clear()
@@ -152,16 +153,15 @@ def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same
 
 
 @pytest.mark.parametrize("filled", [ROUNDED_MAX - 1, ROUNDED_MAX, ROUNDED_MAX + 1])
-def test_the_affinity_rounding_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
-    """A page's ``category_affinity`` roundings are memoized by sum (serving/features._ROUNDED), at most ROUNDED_MAX."""
+def test_the_lift_rounding_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
+    """A page's ``category_lift`` roundings are memoized by mean (serving/features._ROUNDED), at most ROUNDED_MAX."""
     snap, user = snapshot(), users()["warm"]
-    taste = {"news": 3.0, "sport": 1.0, "film": 2.0}
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], taste, (), NOW, 3600.0)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], (), NOW, 3600.0)
     items = [f"i{k}" for k in range(20)]
     _ROUNDED.clear()
     expected = features.rows(items)
     sums = len(_ROUNDED)
     _ROUNDED.clear()
-    _ROUNDED.update({-float(k): 0.5 for k in range(1, filled + 1)})  # sums no page has: they are ≥ 0
-    assert np.array_equal(features.rows(items), expected) and sums > 0
+    _ROUNDED.update({1e3 + k: 0.5 for k in range(1, filled + 1)})  # means no page has: a lift is a log of ≤ 1e3
+    assert np.array_equal(features.rows(items), expected) and sums > 1
     assert len(_ROUNDED) == (sums if filled > ROUNDED_MAX else filled + sums)

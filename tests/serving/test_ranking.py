@@ -56,16 +56,16 @@ def snapshot(ranker: RankerState | None = None) -> Snapshot:
 
 
 def warm_user(**more) -> UserState:
-    """Candidates o1 (score 0.8123456), o20..o35; history: three news items, one music item."""
+    """Candidates o1 (score 0.8123456), o20..o35; history: three news items, one clicked, and one music item."""
     rows = [["o1", 0.8123456, "o3"]] + [[f"o{k}", 0.5, "o3"] for k in range(20, 36)]
-    history = [["o3", 1.0, 1], ["o5", 1.0, 1], ["o7", 1.0, 1], ["n5", 1.0, 1]]
+    history = [["o3", 5.0, 1], ["o5", 1.0, 1], ["o7", 1.0, 1], ["n5", 1.0, 1]]
     return UserState(segment=SEGMENT, candidate_rows=rows, history_rows=history, seen=["o0"], **more)
 
 
 def page_features(user: UserState, snap: Snapshot) -> PageFeatures:
     taste = taste_weights(user, snap.categories, 0.0)
     favourites = favourite_categories(user, taste)
-    return PageFeatures(user, snap, snap.segments.get(user.segment), taste, favourites, 0.0, 48 * 3600)
+    return PageFeatures(user, snap, snap.segments.get(user.segment), favourites, 0.0, 48 * 3600)
 
 
 def fresh_state(weights: dict[str, float], rows: int = 10, bias: float = 0.0) -> RankerState:
@@ -80,7 +80,8 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
     user, snap = warm_user(), snapshot()
     rows = page_features(user, snap).rows(["o1", "n2", "unknown"])
     expected = {
-        # on the personal list and 2nd of the segment's warm list; news: 3 of the 4 taste weights
+        # on the personal list and 2nd of the segment's warm list. History: 8 of weight over 4 items, 2 per item;
+        # news 7 over 3, so (7 + 2·2) / (3 + 2) / 2 = 1.1 with LIFT_PRIOR 2, music (1 + 2·2) / (1 + 2) / 2 = 5/6
         "o1": dict(
             als_rank=1.0,
             personal=1,
@@ -90,7 +91,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-2.1,
             segment_ctr_logit=-1.5,
             pool_age=math.log1p(2 / 48),
-            category_affinity=0.75,
+            category_lift=math.log(1.1),
             warm=1,
         ),
         # a pool item of a favourite category (music), created 2 h before the clock
@@ -103,7 +104,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-3.0,
             segment_ctr_logit=-3.0,
             pool_age=math.log1p(2 / 48),
-            category_affinity=0.25,
+            category_lift=math.log(5 / 6),
             warm=1,
         ),
         # nothing known: the CTR floor, no list, graduated by age (48 h: ln 2)
@@ -116,7 +117,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-3.5,
             segment_ctr_logit=-3.5,
             pool_age=math.log(2),
-            category_affinity=0,
+            category_lift=0,
             warm=1,
         ),
     }
@@ -149,11 +150,24 @@ def test_the_item_columns_follow_each_reload_of_the_pool_and_lists():
     assert features("fresh-in-place") == [1.0, 0.0, -3.5, -0.5], "a segment added in place is read too"
 
 
-def test_a_cold_user_reads_the_cold_list_and_weighs_the_picked_categories():
+def test_a_cold_user_reads_the_cold_list_and_has_no_category_lift():
+    """The lift is learned from engagement: picks reach a cold user's page through favourite_categories (the fresh
+    generator and its flag), not through a lift nothing measured."""
     user = UserState(segment=SEGMENT, preferred=("sport", "music"))
     snap = snapshot()
     row = dict(zip(FEATURES, page_features(user, snap).rows(["o38"])[0].tolist(), strict=True))
-    assert (row["popular"], row["category_affinity"], row["warm"], row["personal"]) == (1.0, 0.5, 0.0, 0.0)
+    assert (row["popular"], row["category_lift"], row["warm"], row["personal"]) == (1.0, 0.0, 0.0, 0.0)
+
+
+def test_the_lift_follows_what_the_user_clicks_not_what_the_feed_showed_most():
+    """One news item clicked among eight sport items only viewed: sport holds most of the history's weight (8 of
+    13), yet news is the category the user engages in, and the lift says so."""
+    history = [["o1", 5.0, 1]] + [[f"o{k}", 1.0, 1] for k in range(2, 18, 2)]
+    user = UserState(segment=SEGMENT, history_rows=history)
+    features = page_features(user, snapshot())
+    news, sport = features.rows(["o21", "o22"])[:, FEATURES.index("category_lift")].tolist()
+    assert news > 0 > sport
+    assert (features.favourite_category("o21"), features.favourite_category("o22")) == ("news", None)
 
 
 @pytest.mark.parametrize(
@@ -264,6 +278,14 @@ def test_an_item_whose_top_feature_speaks_for_another_generator_keeps_its_propos
     personal_only = [s for s in page.items if s.item in {f"o{k}" for k in range(20, 36)}]
     assert personal_only and all(s.source == "personal" for s in personal_only)
     assert {s.reason for s in personal_only if s.top_feature == "ctr_logit"} == {"popular right now"}
+
+
+def test_an_item_ranked_first_by_its_category_lift_says_which_category_in_words():
+    """warm_user clicked a news item: news items rank first when the lift weighs most, served as their proposer's."""
+    snap, user = snapshot(fresh_state({"category_lift": 8.0})), warm_user()
+    first = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0).items[0]
+    assert snap.categories.get(first.item, 100.0) == ("news",) and first.source in {"personal", "popular"}
+    assert (first.top_feature, first.reason) == ("category_lift", "in news, which you click more than most")
 
 
 @pytest.mark.parametrize(

@@ -143,10 +143,10 @@ def test_every_feature_named_is_the_same_standardization_as_none_named_and_learn
 
 
 def test_the_settings_name_the_features_to_standardize():
-    settings = RankerSettings(standardize=True, standardize_features="category_affinity, als_rank")
-    assert settings.standardize_features == ("category_affinity", "als_rank")
+    settings = RankerSettings(standardize=True, standardize_features="category_lift, als_rank")
+    assert settings.standardize_features == ("category_lift", "als_rank")
     config = ftrl_config(settings)
-    assert config.standardize_only == (FEATURES.index("als_rank"), FEATURES.index("category_affinity"))
+    assert config.standardize_only == (FEATURES.index("als_rank"), FEATURES.index("category_lift"))
     every = RankerSettings(standardize=True, standardize_features="")
     assert ftrl_config(every).standardize_only == (), "none named: every feature"
 
