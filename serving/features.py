@@ -27,8 +27,13 @@ reload (serving/snapshot.ItemColumns); a page computes only what needs the user.
   feature's weight carries across (in hours, a world on a clock of minutes gave values below 0.1, which FTRL
   needs tens of thousands of rows to weigh); an item outside the pool whose creation time is not cached yet
   reads as graduated by age (ln 2);
+* ``category_affinity`` — the share of the user's recent category weight (history, else seen items,
+  else the onboarding picks) on the item's categories, in [0, 1]: what the user's history holds;
 * ``category_lift`` — the mean over the item's categories of the user's lift in each (:func:`category_lift`): how
-  much more, per item, the user engages in that category than on average, from the recent history; 0 without one;
+  much more, per item, the user engages in that category than on average, from the recent history; 0 without one.
+  Where the feed's own pages make most of a history (every item shown is a view), the share measures what was shown
+  and the lift what the user picked from it; where histories are the user's own choices (MovieLens' ratings), the
+  share says more. The ranker weighs both;
 * ``warm`` — 1 for a user with history.
 """
 
@@ -37,7 +42,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from recstream.serving.snapshot import Popular, Snapshot
@@ -52,11 +57,12 @@ _MISSING = itertools.repeat(_MISSED)
 AGES_MAX = 100_000
 """Creation times whose rounded ``pool_age`` :func:`_ages` keeps for one clock; past it, the memo starts over."""
 ROUNDED_MAX = 100_000
-"""Lift means whose rounding :data:`_ROUNDED` keeps; past it, the memo starts over."""
+"""Category values whose rounding :data:`_ROUNDED` keeps; past it, the memo starts over."""
 _ROUNDED: dict[float, float] = {}
-"""``category_lift`` mean → its rounding (rounded_value, a pure function of the mean; ~0.45 µs a call, a page has
-~35 distinct category sets). A page's means recur across its pages and its users' repeat visits; a lift is a log of
-a positive ratio, +0.0 for none, so a mean is never −0.0 and ±0.0 never share a key."""
+"""``category_affinity`` sum or ``category_lift`` mean → its rounding (rounded_value, a pure function of the value;
+~0.45 µs a call, a page has ~35 distinct category sets). Shares are a user's category weights over their total, so
+few distinct sums recur across users (with weights 1 and 4 over 20 items, a few thousand). Neither is ever −0.0 (sums
+of shares ≥ 0; a lift is the log of a positive ratio, +0.0 for none), so ±0.0 never share a key."""
 LIFT_ITEMS = 100
 """Most recent history items :func:`category_lift` reads: its cost per page is bounded whatever
 ``model.history_cap`` keeps."""
@@ -99,6 +105,22 @@ def category_lift(rows: Iterable[tuple[float, Sequence[str]]]) -> dict[str, floa
     return {c: math.log((engaged[c] + LIFT_PRIOR * mean) / (n + LIFT_PRIOR) / mean) for c, n in shown.items()}
 
 
+def _by_category_set(cats: list[tuple[str, ...]], values: Mapping[str, float], *, mean: bool) -> list[float]:
+    """Each item's sum (or mean) of ``values`` over its categories, rounded as logged: computed once per distinct
+    category set of the page (they are few), its rounding memoized in :data:`_ROUNDED`."""
+    get, column = values.get, {}
+    for c in dict.fromkeys(cats):
+        total = 0.0  # summed in the categories' order, as sum() would: the same bits
+        for category in c:
+            total += get(category, 0.0)
+        if mean and c:
+            total /= len(c)
+        if (value := _ROUNDED.get(total)) is None:
+            value = _ROUNDED[total] = rounded_value(total)
+        column[c] = value
+    return list(map(column.__getitem__, cats))
+
+
 @functools.lru_cache(maxsize=4)
 def _ages(now_ms: int | None, unit_ms: float) -> dict[int, float]:
     """created_ts → rounded ``pool_age`` at this clock (filled by the pages that ask): an item's age moves only when
@@ -139,6 +161,8 @@ class PageFeatures:
         "_now_ms",
         "_pool_created",
         "_segment_columns",
+        "_share",
+        "_taste",
         "_warm",
     )
 
@@ -147,6 +171,7 @@ class PageFeatures:
         user: UserState,
         snapshot: Snapshot,
         lists: Popular | None,
+        taste: Mapping[str, float],
         favourites: Iterable[str],
         now: float,
         graduate_age_s: float,
@@ -156,6 +181,9 @@ class PageFeatures:
         self._columns = snapshot.item_columns()
         segment_ctr, on_warm, on_cold = self._columns.of_lists(lists)
         self._segment_columns = segment_ctr, on_warm if user.warm else on_cold
+        self._taste = dict(taste) or dict.fromkeys(user.preferred, 1.0)
+        total = math.fsum(self._taste.values())
+        self._share = {c: w / total for c, w in self._taste.items()} if total else {}
         self._lift = category_lift(
             (weight, snapshot.categories.get(item, now) or ()) for item, weight in user.history(LIFT_ITEMS)
         )
@@ -173,9 +201,9 @@ class PageFeatures:
 
         The item-level columns are gathered from the snapshot's :class:`ItemColumns` (built and rounded once per
         reload) with one lookup per item; the user's own (``als_rank``, ``personal``) come from their candidate
-        positions in one pass; only ``fresh``, ``pool_age`` and ``category_lift`` need an item's categories or
+        positions in one pass; only ``fresh``, ``pool_age`` and the two category features need an item's categories or
         creation time, one Python pass each (``math`` as the per-item formulas have it: the same bits), ``pool_age``
-        computed once per creation time and clock, ``category_lift`` once per distinct category set.
+        computed once per creation time and clock, the category features once per distinct category set.
         """
         n, columns = len(items), self._columns
         at = np.fromiter(map(columns.index.get, items, itertools.repeat(len(columns.index))), np.intp, n)
@@ -183,7 +211,7 @@ class PageFeatures:
         entries = self._categories.entries(items, self._now)
         cats = [() if e is None else e[0] for e in entries]
         created = map(self._pool_created.get, items, [None if e is None else e[2] for e in entries])
-        lift, favourites = self._lift.get, self._favourites
+        favourites = self._favourites
         segment_ctr, popular = self._segment_columns
         listed = position >= 0
         in_pool = columns.pool[at]
@@ -198,21 +226,10 @@ class PageFeatures:
         out[:, COLUMN["ctr_logit"]] = columns.ctr[at]
         out[:, COLUMN["segment_ctr_logit"]] = segment_ctr[at]
         out[:, COLUMN["pool_age"]] = self._pool_ages(created)
-        if self._lift:  # the distinct category sets of a page are few: each averaged once, its rounding memoized
-            if len(_ROUNDED) > ROUNDED_MAX:
-                _ROUNDED.clear()
-            affinity = {}
-            for c in dict.fromkeys(cats):
-                total = 0.0  # summed in the categories' order, as sum() would: the same bits
-                for category in c:
-                    total += lift(category, 0.0)
-                mean = total / len(c) if c else 0.0
-                if (value := _ROUNDED.get(mean)) is None:
-                    value = _ROUNDED[mean] = rounded_value(mean)
-                affinity[c] = value
-            out[:, COLUMN["category_lift"]] = list(map(affinity.__getitem__, cats))
-        else:
-            out[:, COLUMN["category_lift"]] = 0.0
+        if len(_ROUNDED) > ROUNDED_MAX:
+            _ROUNDED.clear()
+        for name, values, mean in (("category_affinity", self._share, False), ("category_lift", self._lift, True)):
+            out[:, COLUMN[name]] = _by_category_set(cats, values, mean=mean) if values else 0.0
         out[:, COLUMN["warm"]] = self._warm
         return out
 
@@ -238,8 +255,10 @@ class PageFeatures:
                     out[k] = age
         return out
 
-    def favourite_category(self, item: str) -> str | None:
-        """Of the item's categories, the one of the user's highest lift (None: none of them above 0)."""
-        weighed = [(self._lift.get(c, 0.0), c) for c in self._categories.get(item, self._now) or ()]
+    def favourite_category(self, item: str, feature: str) -> str | None:
+        """Of the item's categories, the one the user's taste weighs most (``category_affinity``) or of the user's
+        highest lift (``category_lift``); None: none of them above 0."""
+        values = self._lift if feature == "category_lift" else self._taste
+        weighed = [(values.get(c, 0.0), c) for c in self._categories.get(item, self._now) or ()]
         best = max(weighed, default=(0.0, None))
         return best[1] if best[0] > 0 else None

@@ -75,9 +75,15 @@ FEATURE_WORDS = {
     "fresh": "recently added",
     "explore": "recently added",
     "pool_age": "recently added",
+    "category_affinity": "close to what you watch",
     "category_lift": "close to what you click",
 }
 """A ranked item's reason when the generator its top feature speaks for did not propose it."""
+CATEGORY_WORDS = {
+    "category_affinity": "in {}, one of your favourite categories",
+    "category_lift": "in {}, which you click more than most",
+}
+"""The reason of an item whose top feature is a category feature, naming the category (FEATURE_WORDS without one)."""
 _FIRST, _SECOND, _ITEM_CATEGORY = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(1, 2)
 _T = TypeVar("_T")
 FAST_UNAVAILABLE = 256
@@ -169,7 +175,7 @@ def build_page(
     mode = ranking_mode(snapshot.ranker, blend, now)
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
-    features = PageFeatures(user, snapshot, lists, favourites, now, settings.pool.graduate_age_s)
+    features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
     popular_head = popular_head_personal_first(user, snapshot, lists, settings, now)
     on = {source for source in OVERFLOW if shares[source] > 0}
     if mode != "ranked":
@@ -328,8 +334,8 @@ def _ranked(
 
 
 def _words(item: str, feature: str, features: PageFeatures) -> str:
-    if feature == "category_lift" and (category := features.favourite_category(item)) is not None:
-        return f"in {category}, which you click more than most"
+    if feature in CATEGORY_WORDS and (category := features.favourite_category(item, feature)) is not None:
+        return CATEGORY_WORDS[feature].format(category)
     return FEATURE_WORDS[feature]
 
 

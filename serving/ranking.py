@@ -46,6 +46,7 @@ GENERATOR: dict[str, Source | None] = {
     "fresh": "fresh",
     "explore": "fresh",
     "pool_age": "fresh",
+    "category_affinity": "fresh",
     "category_lift": "fresh",
     "warm": None,
 }

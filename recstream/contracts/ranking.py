@@ -41,6 +41,7 @@ FEATURES: tuple[str, ...] = (
     "ctr_logit",  # logit of the item's smoothed CTR, overall
     "segment_ctr_logit",  # logit of its smoothed CTR within the user's segment
     "pool_age",  # log1p of its age (event time) in units of the pool's graduation age
+    "category_affinity",  # the user's recent weight on the item's categories, in [0, 1]
     "category_lift",  # ln of the user's engagement per item in the item's categories over their mean (history)
     "warm",  # 1 when the user has history (weighted history, or items shown or clicked)
 )
@@ -147,7 +148,7 @@ def decode_rows(values: Sequence[object]) -> tuple[np.ndarray, list[int]]:
     >>> value = encode_features([0.25] * len(FEATURES))
     >>> rows, where = decode_rows([value, None, "00000000:1", value[:-1] + "x"])
     >>> rows.shape, where
-    ((1, 10), [0])
+    ((1, 11), [0])
     """
     where = [k for k, value in enumerate(values) if isinstance(value, str) and value.startswith(_PREFIX)]
     bodies = [values[k][len(_PREFIX) :] for k in where]  # type: ignore[index]

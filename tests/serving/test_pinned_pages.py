@@ -141,7 +141,7 @@ def test_every_page_is_the_pinned_one_item_by_item():
 def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
     """A page's ``pool_age`` values are memoized per clock (serving/features._ages), at most AGES_MAX of them."""
     snap, user, graduate_s = snapshot(), users()["warm"], 3600.0
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], (), NOW, graduate_s)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], {}, (), NOW, graduate_s)
     items = [*snap.pool.items[:5], "i1", "i2"]  # five creation times: the i's were created with n0
     ages = _ages(snap.clock_ms, graduate_s * 1000)
     ages.clear()
@@ -153,10 +153,12 @@ def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same
 
 
 @pytest.mark.parametrize("filled", [ROUNDED_MAX - 1, ROUNDED_MAX, ROUNDED_MAX + 1])
-def test_the_lift_rounding_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
-    """A page's ``category_lift`` roundings are memoized by mean (serving/features._ROUNDED), at most ROUNDED_MAX."""
+def test_the_category_rounding_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
+    """A page's category roundings (``category_affinity`` sums, ``category_lift`` means) are memoized by value
+    (serving/features._ROUNDED), at most ROUNDED_MAX."""
     snap, user = snapshot(), users()["warm"]
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], (), NOW, 3600.0)
+    taste = {"news": 3.0, "sport": 1.0, "film": 2.0}
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], taste, (), NOW, 3600.0)
     items = [f"i{k}" for k in range(20)]
     _ROUNDED.clear()
     expected = features.rows(items)

@@ -65,7 +65,7 @@ def warm_user(**more) -> UserState:
 def page_features(user: UserState, snap: Snapshot) -> PageFeatures:
     taste = taste_weights(user, snap.categories, 0.0)
     favourites = favourite_categories(user, taste)
-    return PageFeatures(user, snap, snap.segments.get(user.segment), favourites, 0.0, 48 * 3600)
+    return PageFeatures(user, snap, snap.segments.get(user.segment), taste, favourites, 0.0, 48 * 3600)
 
 
 def fresh_state(weights: dict[str, float], rows: int = 10, bias: float = 0.0) -> RankerState:
@@ -81,7 +81,8 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
     rows = page_features(user, snap).rows(["o1", "n2", "unknown"])
     expected = {
         # on the personal list and 2nd of the segment's warm list. History: 8 of weight over 4 items, 2 per item;
-        # news 7 over 3, so (7 + 2·2) / (3 + 2) / 2 = 1.1 with LIFT_PRIOR 2, music (1 + 2·2) / (1 + 2) / 2 = 5/6
+        # news 7 of the 8 (affinity 0.875) over 3 items, so its lift is ln((7 + 2·2) / (3 + 2) / 2) = ln 1.1 with
+        # LIFT_PRIOR 2; music 1 of the 8, ln((1 + 2·2) / (1 + 2) / 2) = ln(5/6)
         "o1": dict(
             als_rank=1.0,
             personal=1,
@@ -91,6 +92,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-2.1,
             segment_ctr_logit=-1.5,
             pool_age=math.log1p(2 / 48),
+            category_affinity=0.875,
             category_lift=math.log(1.1),
             warm=1,
         ),
@@ -104,6 +106,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-3.0,
             segment_ctr_logit=-3.0,
             pool_age=math.log1p(2 / 48),
+            category_affinity=0.125,
             category_lift=math.log(5 / 6),
             warm=1,
         ),
@@ -117,6 +120,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
             ctr_logit=-3.5,
             segment_ctr_logit=-3.5,
             pool_age=math.log(2),
+            category_affinity=0,
             category_lift=0,
             warm=1,
         ),
@@ -150,24 +154,27 @@ def test_the_item_columns_follow_each_reload_of_the_pool_and_lists():
     assert features("fresh-in-place") == [1.0, 0.0, -3.5, -0.5], "a segment added in place is read too"
 
 
-def test_a_cold_user_reads_the_cold_list_and_has_no_category_lift():
-    """The lift is learned from engagement: picks reach a cold user's page through favourite_categories (the fresh
-    generator and its flag), not through a lift nothing measured."""
+def test_a_cold_user_reads_the_cold_list_weighs_the_picked_categories_and_has_no_category_lift():
+    """The lift is measured from engagement: a cold user's picks weigh as the affinity, not as a lift nothing
+    measured."""
     user = UserState(segment=SEGMENT, preferred=("sport", "music"))
     snap = snapshot()
     row = dict(zip(FEATURES, page_features(user, snap).rows(["o38"])[0].tolist(), strict=True))
-    assert (row["popular"], row["category_lift"], row["warm"], row["personal"]) == (1.0, 0.0, 0.0, 0.0)
+    assert (row["popular"], row["category_affinity"], row["category_lift"], row["warm"]) == (1.0, 0.5, 0.0, 0.0)
 
 
 def test_the_lift_follows_what_the_user_clicks_not_what_the_feed_showed_most():
     """One news item clicked among eight sport items only viewed: sport holds most of the history's weight (8 of
-    13), yet news is the category the user engages in, and the lift says so."""
+    13) and so the higher affinity, yet news is the category the user engages in, and the lift says so."""
     history = [["o1", 5.0, 1]] + [[f"o{k}", 1.0, 1] for k in range(2, 18, 2)]
     user = UserState(segment=SEGMENT, history_rows=history)
     features = page_features(user, snapshot())
-    news, sport = features.rows(["o21", "o22"])[:, FEATURES.index("category_lift")].tolist()
+    rows = features.rows(["o21", "o22"])
+    news, sport = rows[:, FEATURES.index("category_lift")].tolist()
     assert news > 0 > sport
-    assert (features.favourite_category("o21"), features.favourite_category("o22")) == ("news", None)
+    assert rows[0, FEATURES.index("category_affinity")] < rows[1, FEATURES.index("category_affinity")]
+    assert [features.favourite_category(item, "category_lift") for item in ("o21", "o22")] == ["news", None]
+    assert [features.favourite_category(item, "category_affinity") for item in ("o21", "o22")] == ["news", "sport"]
 
 
 @pytest.mark.parametrize(
