@@ -67,8 +67,8 @@ LIFT_ITEMS = 100
 """Most recent history items :func:`category_lift` reads: its cost per page is bounded whatever
 ``model.history_cap`` keeps."""
 LIFT_PRIOR = 2.0
-"""a in :func:`category_lift`: pseudo-items at the user's mean engagement every category starts with, so one clicked
-item of one shown is a lift of ln((5 + 2·r̄) / 3 / r̄), not of 5/r̄."""
+"""a in :func:`category_lift`: pseudo-items at the user's mean engagement r̄ every category starts with, so a category
+holding one clicked item (weight 5) has a lift of ln((5 + 2·r̄) / 3 / r̄), not ln(5 / r̄)."""
 
 
 def category_lift(rows: Iterable[tuple[float, Sequence[str]]]) -> dict[str, float]:
