@@ -45,7 +45,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from recstream.serving.snapshot import Popular, Snapshot
+from recstream.serving.snapshot import Categories, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
 from recstream.contracts.ranking import FEATURES, rounded_value, rounded_values
@@ -64,11 +64,17 @@ _ROUNDED: dict[float, float] = {}
 few distinct sums recur across users (with weights 1 and 4 over 20 items, a few thousand). Neither is ever −0.0 (sums
 of shares ≥ 0; a lift is the log of a positive ratio, +0.0 for none), so ±0.0 never share a key."""
 LIFT_ITEMS = 100
-"""Most recent history items :func:`category_lift` reads: its cost per page is bounded whatever
-``model.history_cap`` keeps."""
+"""Most recent history items :func:`history_categories` looks up for :func:`category_lift` (and the feed's taste,
+which reads fewer): the cost per page is bounded whatever ``model.history_cap`` keeps."""
 LIFT_PRIOR = 2.0
 """a in :func:`category_lift`: pseudo-items at the user's mean engagement r̄ every category starts with, so a category
 holding one clicked item (weight 5) has a lift of ln((5 + 2·r̄) / 3 / r̄), not ln(5 / r̄)."""
+
+
+def history_categories(user: UserState, categories: Categories, now: float) -> list[tuple[float, Sequence[str]]]:
+    """(weight, categories) of the user's LIFT_ITEMS most recent history items, most recent first: looked up once per
+    page for both readers of a history's categories, the lift (all of them) and the feed's taste (its first rows)."""
+    return [(weight, categories.get(item, now) or ()) for item, weight in user.history(LIFT_ITEMS)]
 
 
 def category_lift(rows: Iterable[tuple[float, Sequence[str]]]) -> dict[str, float]:
@@ -171,6 +177,7 @@ class PageFeatures:
         user: UserState,
         snapshot: Snapshot,
         lists: Popular | None,
+        history: Iterable[tuple[float, Sequence[str]]],
         taste: Mapping[str, float],
         favourites: Iterable[str],
         now: float,
@@ -184,9 +191,7 @@ class PageFeatures:
         self._taste = dict(taste) or dict.fromkeys(user.preferred, 1.0)
         total = math.fsum(self._taste.values())
         self._share = {c: w / total for c, w in self._taste.items()} if total else {}
-        self._lift = category_lift(
-            (weight, snapshot.categories.get(item, now) or ()) for item, weight in user.history(LIFT_ITEMS)
-        )
+        self._lift = category_lift(history)
         self._favourites = frozenset(favourites)
         self._categories = snapshot.categories
         self._pool_created = snapshot.pool.created

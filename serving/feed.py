@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -40,7 +40,7 @@ import numpy as np
 from recstream.models.bandit import choose_explore, explore_gate, per_row, thompson_picks
 from recstream.models.ranker import probability
 from recstream.serving.blend import OVERFLOW, Candidate, Served, Source, interleave, personal_first, slot_counts
-from recstream.serving.features import PageFeatures
+from recstream.serving.features import PageFeatures, history_categories
 from recstream.serving.filters import NO_FILTER, FeedFilter
 from recstream.serving.ranking import (
     GENERATOR,
@@ -166,7 +166,8 @@ def build_page(
         "explore": 0.0 if blend.explore_policy == "none" else blend.share_explore,
     }
     counts = slot_counts(shares, limit, blend.explore_max_share)
-    taste = taste_weights(user, snapshot.categories, now)
+    history = history_categories(user, snapshot.categories, now)
+    taste = taste_weights(user, history, snapshot.categories, now)
     favourites = favourite_categories(user, taste, exclude.blocked)
     lists = snapshot.segments.get(user.segment or DEFAULT_SEGMENT)
     explored, theta = (
@@ -175,7 +176,7 @@ def build_page(
     mode = ranking_mode(snapshot.ranker, blend, now)
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
-    features = PageFeatures(user, snapshot, lists, taste, favourites, now, settings.pool.graduate_age_s)
+    features = PageFeatures(user, snapshot, lists, history, taste, favourites, now, settings.pool.graduate_age_s)
     popular_head = popular_head_personal_first(user, snapshot, lists, settings, now)
     on = {source for source in OVERFLOW if shares[source] > 0}
     if mode != "ranked":
@@ -349,15 +350,18 @@ def degraded_page(snapshot: Snapshot, limit: int, only: FeedFilter = NO_FILTER, 
     return [Served(i, "popular", TRENDING_REASON) for i in itertools.islice(items, limit)]
 
 
-def taste_weights(user: UserState, categories: Categories, now: float) -> dict[str, float]:
-    """category → summed weight of the user's TASTE_ITEMS most recent history items in it (or 1 per seen item); a
-    disliked item (a negative weight, recstream/contracts/feedback.py) adds nothing."""
+def taste_weights(
+    user: UserState, history: Sequence[tuple[float, Sequence[str]]], categories: Categories, now: float
+) -> dict[str, float]:
+    """category → summed weight of the TASTE_ITEMS most recent ``history`` rows in it (:func:`history_categories`),
+    or 1 per seen item without a history; a disliked item (a negative weight, recstream/contracts/feedback.py) adds
+    nothing."""
     weights: dict[str, float] = {}
-    taste = user.history(TASTE_ITEMS) or [(item, 1.0) for item in user.seen[:TASTE_ITEMS]]
-    for item, weight in taste:
+    taste = history[:TASTE_ITEMS] or [(1.0, categories.get(item, now) or ()) for item in user.seen[:TASTE_ITEMS]]
+    for weight, item_categories in taste:
         if weight < 0:
             continue
-        for category in categories.get(item, now) or ():
+        for category in item_categories:
             weights[category] = weights.get(category, 0.0) + weight
     return weights
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from recstream.models.ranker import FTRLRanker
-from recstream.serving.features import _ROUNDED, AGES_MAX, ROUNDED_MAX, PageFeatures, _ages
+from recstream.serving.features import _ROUNDED, AGES_MAX, ROUNDED_MAX, PageFeatures, _ages, history_categories
 from recstream.serving.feed import build_page
 from recstream.serving.ranking import RankerState
 from recstream.serving.snapshot import Pool, Popular, Snapshot
@@ -141,7 +141,8 @@ def test_every_page_is_the_pinned_one_item_by_item():
 def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same(filled):
     """A page's ``pool_age`` values are memoized per clock (serving/features._ages), at most AGES_MAX of them."""
     snap, user, graduate_s = snapshot(), users()["warm"], 3600.0
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], {}, (), NOW, graduate_s)
+    history = history_categories(user, snap.categories, NOW)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], history, {}, (), NOW, graduate_s)
     items = [*snap.pool.items[:5], "i1", "i2"]  # five creation times: the i's were created with n0
     ages = _ages(snap.clock_ms, graduate_s * 1000)
     ages.clear()
@@ -158,7 +159,8 @@ def test_the_category_rounding_memo_starts_over_past_its_bound_and_the_rows_stay
     (serving/features._ROUNDED), at most ROUNDED_MAX."""
     snap, user = snapshot(), users()["warm"]
     taste = {"news": 3.0, "sport": 1.0, "film": 2.0}
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], taste, (), NOW, 3600.0)
+    history = history_categories(user, snap.categories, NOW)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], history, taste, (), NOW, 3600.0)
     items = [f"i{k}" for k in range(20)]
     _ROUNDED.clear()
     expected = features.rows(items)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from recstream.models.ranker import FTRLRanker
 from recstream.serving.blend import SOURCES
-from recstream.serving.features import PageFeatures
+from recstream.serving.features import LIFT_ITEMS, PageFeatures, history_categories
 from recstream.serving.feed import build_page, favourite_categories, taste_weights
 from recstream.serving.publish import attribute
 from recstream.serving.ranking import RankerState, average_weights, ranking_mode, score
@@ -63,9 +63,10 @@ def warm_user(**more) -> UserState:
 
 
 def page_features(user: UserState, snap: Snapshot) -> PageFeatures:
-    taste = taste_weights(user, snap.categories, 0.0)
+    history = history_categories(user, snap.categories, 0.0)
+    taste = taste_weights(user, history, snap.categories, 0.0)
     favourites = favourite_categories(user, taste)
-    return PageFeatures(user, snap, snap.segments.get(user.segment), taste, favourites, 0.0, 48 * 3600)
+    return PageFeatures(user, snap, snap.segments.get(user.segment), history, taste, favourites, 0.0, 48 * 3600)
 
 
 def fresh_state(weights: dict[str, float], rows: int = 10, bias: float = 0.0) -> RankerState:
@@ -175,6 +176,16 @@ def test_the_lift_follows_what_the_user_clicks_not_what_the_feed_showed_most():
     assert rows[0, FEATURES.index("category_affinity")] < rows[1, FEATURES.index("category_affinity")]
     assert [features.favourite_category(item, "category_lift") for item in ("o21", "o22")] == ["news", None]
     assert [features.favourite_category(item, "category_affinity") for item in ("o21", "o22")] == ["news", "sport"]
+
+
+@pytest.mark.parametrize("length", [LIFT_ITEMS - 1, LIFT_ITEMS, LIFT_ITEMS + 1])
+def test_the_lift_reads_the_most_recent_lift_items_of_the_history(length):
+    """The oldest row, the one clicked news item, lifts news only while the history is no longer than LIFT_ITEMS."""
+    history = [["o2", 1.0, 1]] * (length - 1) + [["o1", 5.0, 1]]
+    user = UserState(segment=SEGMENT, history_rows=history)
+    lift = page_features(user, snapshot()).rows(["o21"])[0, FEATURES.index("category_lift")]
+    assert len(history_categories(user, snapshot().categories, 0.0)) == min(length, LIFT_ITEMS)
+    assert (lift > 0) == (length <= LIFT_ITEMS)
 
 
 @pytest.mark.parametrize(
