@@ -14,8 +14,9 @@ Sources (generators), each a ranked list explained item by item:
   item, vectorized, from a generator seeded per request.
 
 A **ranked** page (serving/ranking.py decides when) takes the union of what personal, popular and
-fresh propose, each up to ``blend.ranker_depth`` × the page's exploitation slots, filtered (seen, served in the session,
-unavailable, not interested) before anything is scored; scores every candidate's feature vector
+fresh propose (personal up to ``blend.ranker_personal_depth`` × the page's exploitation slots, popular and fresh
+each up to ``blend.ranker_depth`` ×), filtered (seen, served in the session, unavailable, not interested) before
+anything is scored; scores every candidate's feature vector
 (serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
 best first. Each ranked item is served as the generator its top feature speaks for (when that
 generator proposed it) with that generator's reason, else with words for the feature. The explore
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import operator
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -199,7 +200,8 @@ def build_page(
     }
     weights = snapshot.ranker.weights
     gate = None if blend.explore_gate == "off" or theta is None else (blend.explore_gate, theta)
-    items, vectors = _ranked(proposers, on, explored, counts, exclude, features, weights, blend.ranker_depth, gate)  # type: ignore[arg-type]
+    depths = {"personal": blend.ranker_personal_depth, "popular": blend.ranker_depth, "fresh": blend.ranker_depth}
+    items, vectors = _ranked(proposers, on, explored, counts, exclude, features, weights, depths, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
 
@@ -238,12 +240,12 @@ def _ranked(
     exclude: Exclusions,
     features: PageFeatures,
     weights: np.ndarray,
-    depth_factor: int = 1,
+    depth_factors: Mapping[str, int],
     gate: tuple[str, np.ndarray] | None = None,
 ) -> tuple[list[Served], list[str]]:
-    """The union of the first allowed candidates of the generators ``on`` (``depth_factor`` × the exploitation slots
-    each, then more in turn while the union cannot fill its slots and the explore slots the pool leaves empty; once
-    they run dry, the other generators'),
+    """The union of the first allowed candidates of the generators ``on`` (``depth_factors[source]`` × the exploitation
+    slots each, then more in turn while the union cannot fill its slots and the explore slots the pool leaves empty;
+    once they run dry, the other generators'),
     scored and ordered best first into the exploitation slots; the explore slots as in the fixed blend.
 
     The ranked list fills the personal slots of the interleave: like personal in the fixed blend, it is the
@@ -261,7 +263,7 @@ def _ranked(
     depth = sum(counts.values()) - k
     proposed: dict[str, dict[Source, Any]] = {}
     for source, proposer in proposers.items():
-        for item, why in itertools.islice(proposer.pairs, depth * depth_factor if source in on else 0):
+        for item, why in itertools.islice(proposer.pairs, depth * depth_factors[source] if source in on else 0):
             proposed.setdefault(item, {})[source] = why
 
     def own_picks() -> int:

@@ -450,7 +450,7 @@ def test_the_category_cache_remembers_creation_times_and_names_unknown_items_for
 
 
 @pytest.mark.parametrize(("depth", "proposed"), [(1, 8), (2, 16), (3, 24)])
-def test_each_generator_proposes_ranker_depth_times_the_exploitation_slots(depth, proposed):
+def test_popular_proposes_ranker_depth_times_the_exploitation_slots(depth, proposed):
     """Popular alone (o0 seen), in its own order: a 10-item page has 8 exploitation slots (2 explore, the cap, ungated);
     weights that prefer the deepest popular items (the lowest CTR) show how far down the list the ranker was
     offered candidates."""
@@ -461,6 +461,21 @@ def test_each_generator_proposes_ranker_depth_times_the_exploitation_slots(depth
     page = build_page(warm_user(), snap, settings, 10, seed=1, now=100.0)
     ranked = [s.item for s in page.items if s.source != "explore"]
     assert ranked == [f"o{k}" for k in range(proposed, proposed - 8, -1)]
+
+
+@pytest.mark.parametrize(("depth", "proposed"), [(1, 5), (2, 10), (3, 15)])
+def test_the_personal_list_proposes_ranker_personal_depth_times_the_exploitation_slots(depth, proposed):
+    """Personal alone, whatever ``ranker_depth`` says: a 6-item page has 5 exploitation slots (1 explore), and
+    weights that prefer the deepest candidates (the lowest ``als_rank``) show how far down the warm user's list
+    (o1, o20 … o35) the ranker was offered them."""
+    snap = snapshot(fresh_state({"als_rank": -1.0}))
+    settings = SETTINGS.replace(
+        explore_gate="off", share_popular=0.0, share_fresh=0.0, ranker_depth=3, ranker_personal_depth=depth
+    )
+    page = build_page(warm_user(), snap, settings, 6, seed=1, now=100.0)
+    ranked = [s.item for s in page.items if s.source != "explore"]
+    offered = ["o1", *(f"o{k}" for k in range(20, 36))][:proposed]
+    assert ranked == offered[::-1][:5]
 
 
 @pytest.mark.parametrize(
@@ -481,10 +496,11 @@ def test_the_ranked_union_takes_the_popular_head_personal_first_as_the_fixed_ble
     assert [s.item for s in fixed.items if s.source == "popular"] == proposed
 
 
+@pytest.mark.parametrize("name", ["ranker_depth", "ranker_personal_depth"])
 @pytest.mark.parametrize(("depth", "valid"), [(0, False), (1, True), (10, True), (11, False)])
-def test_ranker_depth_is_between_one_and_ten(depth, valid):
+def test_both_ranker_depths_are_between_one_and_ten(name, depth, valid):
     if valid:
-        assert SETTINGS.replace(ranker_depth=depth).blend.ranker_depth == depth
+        assert getattr(SETTINGS.replace(**{name: depth}).blend, name) == depth
     else:
-        with pytest.raises(SettingsError, match="RECSTREAM_RANKER_DEPTH"):
-            SETTINGS.replace(ranker_depth=depth)
+        with pytest.raises(SettingsError, match=f"RECSTREAM_{name.upper()}"):
+            SETTINGS.replace(**{name: depth})
