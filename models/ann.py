@@ -22,7 +22,8 @@ with ef = 10), so it is stored beside it and re-applied; `add_items` past `max_e
 raises, so capacity grows geometrically before every add; re-adding an existing label
 replaces its vector and un-deletes it; a query asking for more neighbours than it can
 find raises, so k is capped at the live count; marked-deleted elements still route searches
-but are never returned.
+but are never returned; which of exactly tied items a query returns depends on the graph, so on
+the order they were added: two indexes of the same items may end a top-k in different tied items.
 """
 
 from __future__ import annotations

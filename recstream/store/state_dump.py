@@ -1,7 +1,8 @@
 """Every Redis key of one prefix as plain values, and which keys two such dumps disagree on.
 
 Rebuild checks (bench/rebuild.py) and the kill, rebuild and fault tests compare a run's state
-with a clean run's this way: exact, except float vectors and the scores computed from them.
+with a clean run's this way: exact, except float vectors, the scores computed from them, and which of
+exactly tied items fill a neighbour list's last places.
 """
 
 from __future__ import annotations
@@ -59,16 +60,37 @@ def _merge(into: dict[bytes, object], fields: dict[bytes, bytes]) -> None:
 
 
 def same_value(key: str, a: object, b: object) -> bool:
-    """Exact, except float vectors (1e-6: the batched solve's rounding depends on its batch) and
-    the candidate scores computed from them (1e-4; the candidates and their "because" items exactly)."""
+    """Exact, except float vectors (1e-6: the batched solve's rounding depends on its batch) and the ranked
+    lists of neighbours (:func:`same_neighbours`)."""
     if key.endswith(":vec"):
         return np.allclose(np.frombuffer(a, "<f4"), np.frombuffer(b, "<f4"), rtol=0, atol=1e-6)
-    if key.endswith(":cand"):
-        ours, theirs = ({c[0]: (c[1], c[2:]) for c in orjson.loads(v)} for v in (a, b))
-        return ours.keys() == theirs.keys() and all(
-            abs(ours[i][0] - theirs[i][0]) <= 1e-4 and ours[i][1] == theirs[i][1] for i in ours
-        )
+    if key.endswith((":cand", ":similar")):
+        return same_neighbours(orjson.loads(a), orjson.loads(b))  # type: ignore[arg-type]
     return a == b
+
+
+def same_neighbours(ours: list[list], theirs: list[list], atol: float = 1e-4) -> bool:
+    """Two top-k lists of ``[item, score, *rest]`` (a user's candidates, an item's similar items): as long, and the
+    same items with the same scores (to ``atol``: they come from the vectors) and rest (a candidate's "because"),
+    except that the last places may name different items of the last score.
+
+    Why the exception: items with one vector (new items with the same categories share a content vector) tie
+    exactly, and which of them hnswlib returns depends on its graph, so on the order the worker's item feed added
+    the items: two workers, or a restarted one, read the items topic's partitions interleaved differently.
+
+    >>> same_neighbours([["a", 0.9], ["b", 0.5], ["c", 0.5]], [["a", 0.9], ["c", 0.5], ["d", 0.5]])
+    True
+    >>> same_neighbours([["a", 0.9], ["b", 0.5]], [["d", 0.9], ["b", 0.5]])
+    False
+    """
+    mine, other = ({entry[0]: (entry[1], entry[2:]) for entry in side} for side in (ours, theirs))
+    if len(mine) != len(other):
+        return False
+    common = mine.keys() & other.keys()
+    if any(abs(mine[i][0] - other[i][0]) > atol or mine[i][1] != other[i][1] for i in common):
+        return False
+    last = min((score for score, _ in mine.values()), default=0.0)
+    return all(abs(side[i][0] - last) <= atol for side in (mine, other) for i in side.keys() - common)
 
 
 def differing_keys(ours: dict[str, object], theirs: dict[str, object]) -> list[str]:

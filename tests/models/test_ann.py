@@ -44,6 +44,21 @@ def test_appended_item_is_found_at_its_vector_and_capacity_grows():
     assert len(index) == 250 and index.capacity >= 250 and "new149" in index
 
 
+def test_which_exactly_tied_items_come_back_depends_on_the_order_they_were_added():
+    """Why two workers' neighbour lists may end in different tied items (store/state_dump.same_neighbours)."""
+    ids = [f"twin{k}" for k in range(6)]
+    vectors = np.tile(np.array([[1.0, 0.5]], dtype=np.float32), (len(ids), 1))
+    query = np.array([1.0, 0.0])
+
+    def top(order: list[str]) -> set[str]:
+        index = ItemIndex(2)
+        index.add(order, vectors)
+        return {i for i, _ in index.query(query, k=3)}
+
+    assert top(ids) == top(ids)
+    assert top(ids) != top(ids[::-1])
+
+
 def test_update_replaces_the_vector():
     index = ItemIndex(2)
     index.add(["a", "b"], np.array([[1.0, 0.0], [0.0, 1.0]]))

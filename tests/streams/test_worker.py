@@ -100,7 +100,7 @@ async def test_counters_and_smoothed_ctr_equal_an_independent_computation(isolat
 async def test_killed_worker_leaves_all_state_exact(isolated_settings, worker_factory, tmp_path, pipeline):
     """SIGKILL a worker three times during a replay of 40k views and their clicks; its state equals a clean
     run's: counters, rankings, pool and every partition's online ranker exactly, user vectors to 1e-6, the same
-    candidate lists.
+    candidate lists but for exactly tied items at their ends (store/state_dump.same_neighbours).
 
     The replay is published a quarter at a time (as bench/faults.py holds its stream per injection), and each
     kill lands once the counter passed the events published before the previous kill and before it reaches
