@@ -36,6 +36,8 @@ BLEND_SETTINGS = (
     "explore_gate",
     "popular_personal_head",
     "ranker",
+    "ranker_depth",
+    "ranker_personal_depth",
 )
 
 
@@ -60,6 +62,8 @@ class Variant(_Frozen):
     )
     popular_personal_head: int | None = Field(None, ge=0, le=500)
     ranker: bool | None = Field(None, description="ranked pages (true) or the fixed-quota blend (false)")
+    ranker_depth: int | None = Field(None, ge=1, le=10, description="popular and fresh propose this × the slots")
+    ranker_personal_depth: int | None = Field(None, ge=1, le=10, description="personal proposes this × the slots")
 
     def overrides(self) -> dict[str, object]:
         """The settings this variant changes, for ``settings.replace(**...)``."""

@@ -105,3 +105,22 @@ def test_a_variant_overrides_exactly_the_blend_settings_and_each_is_a_setting():
     assert set(BLEND_SETTINGS) <= set(BlendSettings.model_fields)
     variant = Variant(name="ctr_only", weight=0.5, popular_personal_head=0)
     assert load_settings().replace(**variant.overrides()).blend.popular_personal_head == 0
+
+
+def test_a_variant_bounds_each_setting_as_the_setting_does():
+    """A bound looser than the setting's would pass the experiment's validation and fail the reader's replace."""
+    for name in BLEND_SETTINGS:
+        assert Variant.model_fields[name].metadata == BlendSettings.model_fields[name].metadata, name
+
+
+@pytest.mark.parametrize("name", ["ranker_depth", "ranker_personal_depth"])
+@pytest.mark.parametrize(("depth", "valid"), [(0, False), (1, True), (2, True), (9, True), (10, True), (11, False)])
+def test_a_variant_sets_a_candidate_depth_within_1_to_10(name, depth, valid):
+    variants = [{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.5, name: depth}]
+    if not valid:
+        with pytest.raises(SettingsError, match=rf"RECSTREAM_EXPERIMENT \(variants\.1\.{name}\)"):
+            load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
+        return
+    settings = load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
+    arm = settings.experiment.variants[1]
+    assert getattr(settings.replace(**arm.overrides()).blend, name) == depth
