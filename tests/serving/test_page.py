@@ -122,10 +122,14 @@ def test_a_cold_user_with_picks_gets_popular_items_of_those_categories_first():
     assert all("news" in CATEGORIES[s.item] for s in popular)
 
 
+def taste_of(user: UserState, snap: Snapshot) -> dict[str, float]:
+    return taste_weights(user, history_categories(user, snap.categories, 0.0), snap.categories, 0.0)
+
+
 def test_favourite_categories_put_picks_first_and_never_blocked_ones():
     snap = snapshot()
     user = UserState(preferred=("kids",), history_rows=[["i1", 5.0, 1], ["i2", 1.0, 1], ["n1", 2.0, 1]])
-    taste = taste_weights(user, history_categories(user, snap.categories, 0.0), snap.categories, 0.0)
+    taste = taste_of(user, snap)
     assert taste == {"news": 5.0, "sport": 1.0, "music": 2.0}
     assert favourite_categories(user, taste) == ("kids", "news", "music")
     assert favourite_categories(user, taste, blocked={"news"}) == ("kids", "music", "sport")
@@ -137,14 +141,14 @@ def test_the_taste_weighs_the_most_recent_taste_items_of_the_history(length):
     snap = snapshot()
     history = [["i1", 1.0, 1]] * (length - 1) + [["n1", 2.0, 1]]
     user = UserState(history_rows=history, seen=["i2"])
-    taste = taste_weights(user, history_categories(user, snap.categories, 0.0), snap.categories, 0.0)
+    taste = taste_of(user, snap)
     assert taste == ({"news": length - 1.0, "music": 2.0} if length <= TASTE_ITEMS else {"news": TASTE_ITEMS})
 
 
 def test_without_a_history_the_taste_counts_one_per_seen_item():
     snap = snapshot()
     user = UserState(seen=["i1", "i2", "i3", "n1"])
-    taste = taste_weights(user, history_categories(user, snap.categories, 0.0), snap.categories, 0.0)
+    taste = taste_of(user, snap)
     assert taste == {"news": 2.0, "sport": 1.0, "music": 1.0}
 
 

@@ -182,9 +182,9 @@ def test_the_lift_follows_what_the_user_clicks_not_what_the_feed_showed_most():
 def test_the_lift_reads_the_most_recent_lift_items_of_the_history(length):
     """The oldest row, the one clicked news item, lifts news only while the history is no longer than LIFT_ITEMS."""
     history = [["o2", 1.0, 1]] * (length - 1) + [["o1", 5.0, 1]]
-    user = UserState(segment=SEGMENT, history_rows=history)
-    lift = page_features(user, snapshot()).rows(["o21"])[0, FEATURES.index("category_lift")]
-    assert len(history_categories(user, snapshot().categories, 0.0)) == min(length, LIFT_ITEMS)
+    user, snap = UserState(segment=SEGMENT, history_rows=history), snapshot()
+    lift = page_features(user, snap).rows(["o21"])[0, FEATURES.index("category_lift")]
+    assert len(history_categories(user, snap.categories, 0.0)) == min(length, LIFT_ITEMS)
     assert (lift > 0) == (length <= LIFT_ITEMS)
 
 
