@@ -51,6 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_POM = REPO_ROOT / "infra" / "pom.xml"
 KAFKA_HEAP = "-Xmx512m"
 START_TIMEOUT_S = 90.0
+TOPICS_LED_S = 30.0  # a new topic's partitions have leaders within a second or two on a healthy cluster
 RUN_DIR_VARIABLE = f"{ENV_PREFIX}RUN_DIR"
 """Sets the run folder (pid files, logs, data): ``.run`` in the working directory unless given."""
 
@@ -486,7 +487,41 @@ async def ensure_topics(settings: Settings) -> list[str]:
         if missing:
             with suppress(TopicAlreadyExistsError):  # another process created it meanwhile
                 _refused(settings, await admin.create_topics(missing))
+        await _until_led(settings, admin, [topic.name for topic in wanted])
         return [topic.name for topic in missing]
+
+
+async def _until_led(settings: Settings, admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Return once the cluster's metadata lists every topic of ``names`` with a leader for each partition, else raise
+    :class:`InfraError` after TOPICS_LED_S naming the others. A topic is created before its partitions have leaders:
+    a producer or consumer started at once met "topic not found in cluster metadata" and NotLeaderForPartition."""
+    deadline = time.monotonic() + TOPICS_LED_S
+    while waiting := unled(await admin.describe_topics(names), names):
+        if time.monotonic() > deadline:
+            raise InfraError(
+                f"Kafka at {settings.kafka.bootstrap}: no leader for every partition of {', '.join(waiting)} "
+                f"{TOPICS_LED_S:.0f} s after their creation"
+            )
+        await asyncio.sleep(0.1)
+
+
+def unled(topics: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """Of ``names``, those the metadata ``topics`` (aiokafka's describe_topics) does not list without an error and with
+    a leader for each partition (−1 while one is being elected).
+
+    >>> led = {"topic": "a", "error_code": 0, "partitions": [{"partition": 0, "leader": 1, "error_code": 0}]}
+    >>> electing = {"topic": "b", "error_code": 0, "partitions": [{"partition": 0, "leader": -1, "error_code": 5}]}
+    >>> unled([led, electing], ["a", "b", "c"])
+    ['b', 'c']
+    """
+    ready = {
+        topic["topic"]
+        for topic in topics
+        if topic["error_code"] == 0
+        and topic["partitions"]
+        and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topic["partitions"])
+    }
+    return [name for name in names if name not in ready]
 
 
 async def delete_topics(settings: Settings, doomed: Callable[[str], bool]) -> list[str]:

@@ -578,3 +578,29 @@ def test_the_events_topics_take_the_longest_retention_the_settings_take(services
     asyncio.run(infra.ensure_topics(settings))
     for topic in (settings.kafka.events_topic, settings.kafka.dlq_topic):
         assert asyncio.run(_retention(settings, topic)) == str(retention), topic
+
+
+def test_the_topics_have_a_leader_for_every_partition_when_ensure_topics_returns(services: Settings):
+    settings = services.on_topics(uuid.uuid4().hex[:8], events_partitions=6)
+    names = [settings.kafka.events_topic, settings.kafka.items_topic, settings.kafka.dlq_topic]
+
+    async def created_then_described() -> list[str]:
+        assert set(names) <= set(await infra.ensure_topics(settings))
+        async with infra.kafka_admin(settings) as admin:
+            return infra.unled(await admin.describe_topics(names), names)
+
+    assert asyncio.run(created_then_described()) == []
+
+
+def test_a_topic_without_leaders_past_the_deadline_is_named(services: Settings, monkeypatch: pytest.MonkeyPatch):
+    """The broker creates no topic on a metadata request (auto.create.topics.enable=false), so one never created
+    stays without a leader."""
+    monkeypatch.setattr(infra, "TOPICS_LED_S", 0.3)
+    ghost = f"never-created-{uuid.uuid4().hex[:8]}"
+
+    async def wait() -> None:
+        async with infra.kafka_admin(services) as admin:
+            await infra._until_led(services, admin, [services.kafka.events_topic, ghost])
+
+    with pytest.raises(infra.InfraError, match=f"no leader for every partition of {ghost} 0 s after"):
+        asyncio.run(wait())
