@@ -29,7 +29,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +126,30 @@ def list_versions(root: str | Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and VERSION_PATTERN.match(p.name))
+
+
+def prune_versions(root: str | Path, keep: int, protect: Collection[str | None] = ()) -> list[str]:
+    """Delete every complete version under root but the ``keep`` newest and those in ``protect``; returns the deleted
+    ones, oldest first. Every training writes a version and nothing else ever removed one, so a model folder grew
+    by a model per retraining. Each goes in one rename first (to a temp name, which :func:`list_versions` skips),
+    so no reader meets half a version.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("20261201T000000Z-aaaaaa", "20261202T000000Z-bbbbbb", "20261203T000000Z-cccccc"):
+    ...     (root / name).mkdir()
+    >>> prune_versions(root, keep=1, protect={"20261201T000000Z-aaaaaa"}), list_versions(root)
+    (['20261202T000000Z-bbbbbb'], ['20261201T000000Z-aaaaaa', '20261203T000000Z-cccccc'])
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    root = Path(root)
+    doomed = [version for version in list_versions(root)[:-keep] if version not in protect]
+    for version in doomed:
+        gone = root / f".tmp-pruned-{version}"
+        (root / version).rename(gone)
+        shutil.rmtree(gone)
+    return doomed
 
 
 def latest_version(root: str | Path) -> str | None:

@@ -291,9 +291,16 @@ class WorkerSettings(Section):
 class ModelSettings(Section):
     """What the workers compute: the user step and its candidates, smoothed CTR, trends; where models live."""
 
-    variables: ClassVar[Mapping[str, str]] = {"dir": "model_dir"}
+    variables: ClassVar[Mapping[str, str]] = {"dir": "model_dir", "keep": "model_keep"}
 
     dir: Path = Field(Path("models-store"), description="where model versions are written and read")
+    keep: int = Field(
+        5,
+        ge=2,
+        le=10_000,
+        description="model versions a publish leaves in the model folder: the newest, and always the one it "
+        "replaced (a worker may still be loading it); a folder serves one deployment (one Redis prefix)",
+    )
     history_cap: int = Field(
         30,
         gt=0,

@@ -25,7 +25,7 @@ from recstream.eventlog.log import open_log, read, whole_topic
 from recstream.jobs.sources import Record
 from recstream.models.als import ALSConfig, ALSFit, event_weights, interaction_matrix, train_als
 from recstream.models.ann import ItemIndex
-from recstream.models.artifacts import ModelArtifacts, write_model
+from recstream.models.artifacts import ModelArtifacts, prune_versions, write_model
 from recstream.models.content_map import fit_content_map
 from recstream.models.ranking_metrics import hit_rate_at_k
 from recstream.store.connection import connect
@@ -302,14 +302,17 @@ def similar_items(index: ItemIndex, item_ids: list[str], factors: np.ndarray) ->
 
 
 async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
-    """Write the version, its item neighbours, then switch ``model:current`` to it (last)."""
+    """Write the version, its item neighbours, then switch ``model:current`` to it (last); then remove all but the
+    ``RECSTREAM_MODEL_KEEP`` newest versions, never the one it replaced."""
     version = write_model(settings.model.dir, artifacts)
-    await activate(settings, artifacts, version)
+    replaced = await activate(settings, artifacts, version)
+    prune_versions(settings.model.dir, settings.model.keep, protect={version, replaced})
     return version
 
 
-async def activate(settings: Settings, artifacts: ModelArtifacts, version: str) -> None:
-    """Write a written version's item neighbours, then point ``model:current`` at it (also used by the rebuild)."""
+async def activate(settings: Settings, artifacts: ModelArtifacts, version: str) -> str | None:
+    """Write a written version's item neighbours, then point ``model:current`` at it (also used by the rebuild);
+    returns the version it pointed at before (None: none)."""
     keys = Keys.of(settings)
     redis = connect(settings)
     try:
@@ -318,6 +321,7 @@ async def activate(settings: Settings, artifacts: ModelArtifacts, version: str) 
         for item_id, value in similar.items():
             pipe.set(keys(f"item:{item_id}:similar"), value)
         await pipe.execute()
-        await redis.set(keys("model:current"), version)
+        replaced = await redis.set(keys("model:current"), version, get=True)
     finally:
         await redis.aclose()
+    return None if replaced is None else replaced.decode()

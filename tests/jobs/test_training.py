@@ -1,13 +1,19 @@
-"""The streamed training log (recstream/jobs/training.py): compact columns built a chunk at a time."""
+"""Training (recstream/jobs/training.py): the streamed log, compact columns built a chunk at a time; publishing."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 import pytest
+import redis
 from recstream.models.als import ALSConfig
+from recstream.models.artifacts import list_versions
 
 from recstream.contracts.events import Event
 from recstream.contracts.feedback import DEFAULT_FEEDBACK
+from recstream.contracts.keys import Keys
 from recstream.jobs import training
 from recstream.jobs.sources import Record
 from tests.streams.scenario import world
@@ -100,3 +106,28 @@ def test_an_item_named_only_by_a_dropped_repeat_is_not_in_the_model():
     log = training.collect(Record("event", e) for e in events)
     assert log.items.tolist() == [0, 1] and log.item_ids == {"i1": 0, "i3": 1}
     np.testing.assert_array_equal(training.interactions(log).toarray(), in_memory_matrix([events[0], events[2]]))
+
+
+@pytest.mark.integration
+async def test_a_publish_leaves_the_newest_versions_and_the_one_it_replaced(isolated_settings, tmp_path):
+    """RECSTREAM_MODEL_KEEP=2. A rollback points model:current at the oldest version: the next publish keeps it (a
+    worker may still serve it), the one after removes it."""
+    settings = isolated_settings.replace(model_dir=tmp_path / "models", model_keep=2)
+    _, _, events = world(n_users=20, n_items=15, n_events=300)
+    artifacts, _ = training.train(training.collect([Record("event", e) for e in events]), ALSConfig(factors=4))
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+
+    async def publish(minute: int) -> str:
+        return await training.publish(
+            settings, dataclasses.replace(artifacts, created_at=start + timedelta(minutes=minute))
+        )
+
+    first, second = await publish(0), await publish(1)
+    client = redis.Redis.from_url(settings.redis.url)
+    current = Keys.of(settings)("model:current")
+    client.set(current, first)  # a rollback
+    third = await publish(2)
+    assert list_versions(settings.model.dir) == [first, second, third]
+    fourth = await publish(3)
+    assert list_versions(settings.model.dir) == [third, fourth]
+    assert client.get(current) == fourth.encode()

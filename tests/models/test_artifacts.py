@@ -17,6 +17,7 @@ from recstream.models.artifacts import (
     check_writable,
     latest_version,
     list_versions,
+    prune_versions,
     read_model,
     write_model,
 )
@@ -239,3 +240,25 @@ def test_a_model_root_that_cannot_hold_versions_is_named_before_any_training(tmp
     dangling.symlink_to(tmp_path / "gone")  # passed, looking past it to its folder: write_model's mkdir then failed
     with pytest.raises(ArtifactError, match=f"^{dangling} is not a folder$"):
         check_writable(dangling)
+
+
+KEEP = 3
+
+
+@pytest.mark.parametrize("written", [KEEP - 1, KEEP, KEEP + 1])
+def test_pruning_leaves_the_keep_newest_versions_and_a_protected_one(tmp_path, written):
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+    versions = [write_model(tmp_path, _model(start + timedelta(minutes=m))) for m in range(written)]
+    (tmp_path / ".tmp-crashed-write").mkdir()  # not a version: left alone
+    assert prune_versions(tmp_path, KEEP, protect={None}) == versions[: max(written - KEEP, 0)]
+    assert list_versions(tmp_path) == versions[-KEEP:] and (tmp_path / ".tmp-crashed-write").is_dir()
+    assert read_model(tmp_path, versions[-1]).created_at == start + timedelta(minutes=written - 1)
+
+
+def test_a_protected_version_outlives_pruning_and_keep_0_is_refused(tmp_path):
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+    versions = [write_model(tmp_path, _model(start + timedelta(minutes=m))) for m in range(4)]
+    assert prune_versions(tmp_path, 1, protect={versions[0]}) == versions[1:3]
+    assert list_versions(tmp_path) == [versions[0], versions[3]]
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        prune_versions(tmp_path, 0)
