@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -41,8 +42,9 @@ console = Console(stderr=True)
 READY_TIMEOUT_S = 120.0
 HISTORY_BATCH = 1_000
 FRESHNESS = "recstream_worker_freshness_seconds"
-STAMP = "%Y%m%d%H%M%S"
-"""A run's stamp in its namespace (:func:`run_namespace`): fixed width, so that an earlier run's sorts first."""
+STAMP = "%Y%m%d%H%M%S%f"
+"""A run's stamp in its namespace (:func:`run_namespace`): fixed width, so that an earlier run's sorts first; to the
+microsecond, so that two demos started in one second do not share one (a stamp to the second once did)."""
 
 
 @dataclass
@@ -159,7 +161,7 @@ def remove_earlier_runs(settings: Settings, stamp: str) -> str | None:
     stamped before this one. And nothing at all while a process of another demo, or a worker or reader one left, is
     recorded alive in the run folder: every demo on these services runs from this run folder (``infra.running``
     refuses services another folder started), and each records itself before it picks its stamp
-    (:func:`recorded_run`), so a demo this one cannot see yet has a stamp of this second or later, which is kept.
+    (:func:`recorded_run`), so a demo this one cannot see yet has a later stamp, which is kept.
     Why not "keep the newest earlier run": with two demos running, a third would delete the older one's topics and
     keys under its worker and reader. The cost: a demo started beside a running one removes nothing; the next one
     alone removes it all. Keys go by SCAN and UNLINK in batches (never KEYS or FLUSHDB: other keys share the
@@ -444,7 +446,7 @@ def run(settings: Settings, seconds: float | None, world_config: WorldConfig, hi
     with ExitStack() as stack:
         stack.enter_context(infra.sigterm_interrupts())
         stack.enter_context(recorded_run(settings))  # before the stamp (remove_earlier_runs says why)
-        stamp = time.strftime(STAMP)
+        stamp = datetime.now().strftime(STAMP)
         settings, namespace = run_namespace(settings, stamp)
         for line in [*moved, *([namespace] if namespace else [])]:
             console.print(line)

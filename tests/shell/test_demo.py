@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.error import HTTPError
@@ -26,6 +27,7 @@ from recstream.contracts.settings import Settings, load_settings
 from recstream.shell import infra
 from recstream.shell.demo import (
     NAMESPACE_FIELDS,
+    STAMP,
     Panel,
     System,
     own_ports,
@@ -150,6 +152,13 @@ def left(namespaces: list[Settings]) -> list[tuple[int, int]]:
                 for ns in namespaces]  # fmt: skip
     finally:
         client.close()
+
+
+def test_two_demos_started_in_one_second_get_namespaces_of_their_own_in_start_order():
+    """A stamp to the second gave two demos started in one second the same topics and Redis prefix."""
+    first, second, later = (datetime(2026, 12, 6, 10, 0, s, us).strftime(STAMP) for s, us in ((0, 9), (0, 10), (1, 0)))
+    assert namespace(load_settings(), first).kafka.events_topic != namespace(load_settings(), second).kafka.events_topic
+    assert first < second < later and len({len(first), len(second), len(later)}) == 1
 
 
 def test_a_demo_run_removes_the_topics_and_keys_earlier_runs_left_and_nothing_else(
