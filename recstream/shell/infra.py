@@ -494,7 +494,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
 async def _until_led(settings: Settings, admin: AIOKafkaAdminClient, names: list[str]) -> None:
     """Return once the cluster's metadata lists every topic of ``names`` with a leader for each partition, else raise
     :class:`InfraError` after TOPICS_LED_S naming the others. A topic is created before its partitions have leaders:
-    a producer or consumer started at once met "topic not found in cluster metadata" and NotLeaderForPartition."""
+    a producer started at once met "topic not found in cluster metadata". (A NotLeaderForPartition retry can still
+    come: the broker may take up a partition a moment after the metadata names it leader; the producer retries.)"""
     deadline = time.monotonic() + TOPICS_LED_S
     while waiting := unled(await admin.describe_topics(names), names):
         if time.monotonic() > deadline:
