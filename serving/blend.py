@@ -94,10 +94,10 @@ def personal_first(
     slots stay popular. On MovieLens (bench/prequential.py, both blends in one run) the 2.1 popular slots
     per feed earned HR@10 0.0084 by smoothed CTR alone and 0.0286 with head 50: served feed 0.1815 → 0.1959,
     86% → 93% of the candidate list's 0.2103 (head 20: 0.1927, 100: 0.2008). The default is 100 since the ranked
-    pages' validation (MovieLens' served HR@10 0.1898 → 0.1942, the closed-loop worlds unchanged within noise,
-    BENCHMARKS.md, sixteenth round). ``head`` 0 keeps the popular order (for cold users, whose picks come
-    first). ``personal`` may be given as item → its first position (serving/user_state.UserState.
-    candidate_positions, parsed once per request).
+    pages' validation (MovieLens' served HR@10 0.1898 → 0.1942, the closed-loop worlds' ranked rows unchanged
+    within noise; the fixed blend lost ~0.1 regret a feed in the fresh world, BENCHMARKS.md, sixteenth round).
+    ``head`` 0 keeps the popular order (for cold users, whose picks come first). ``personal`` may be given as
+    item → its first position (serving/user_state.UserState.candidate_positions, parsed once per request).
 
     >>> pop = [Candidate(i, "popular") for i in "abcdef"]
     >>> [c.item for c in personal_first(pop, ["x", "d", "b"], head=4)]

@@ -474,8 +474,9 @@ class BlendSettings(Section):
         ge=0,
         le=500,
         description="warm users: of the segment's first N popular items, those on their candidate "
-        "list first, in its order (0: smoothed CTR order alone; serving/blend.personal_first; validated: 100 "
-        "against 50 on MovieLens and twelve closed-loop seeds of four worlds, BENCHMARKS.md, sixteenth round)",
+        "list first, in its order (0: smoothed CTR order alone; serving/blend.personal_first; validated on ranked "
+        "pages: 100 against 50 on MovieLens and twelve closed-loop seeds of four worlds; the fixed blend lost with "
+        "it in the fresh world, BENCHMARKS.md, sixteenth round)",
     )
     explore_max_share: float = Field(0.25, ge=0, le=1, description="cap on explore slots, whatever the config")
     explore_policy: Literal["thompson", "epsilon_greedy", "none"] = Field(
