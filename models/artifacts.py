@@ -46,6 +46,8 @@ MANIFEST = "manifest.json"
 FILES = frozenset({"item_factors.npy", "item_ids.json", "user_gram.npy", "content_map.npz", f"index/{INDEX_FILE}",
                    f"index/{IDS_FILE}", "config.json", "metrics.json"})  # fmt: skip
 """The files of a version besides the manifest, each listed in it with its sha256."""
+PRUNED = ".tmp-pruned-"
+"""Prefix of a version being removed (:func:`prune_versions`)."""
 T = TypeVar("T")
 
 
@@ -132,7 +134,7 @@ def prune_versions(root: str | Path, keep: int, protect: Collection[str | None] 
     """Delete every complete version under root but the ``keep`` newest and those in ``protect``; returns the deleted
     ones, oldest first. Every training writes a version and nothing else ever removed one, so a model folder grew
     by a model per retraining. Each goes in one rename first (to a temp name, which :func:`list_versions` skips),
-    so no reader meets half a version.
+    so no reader meets half a version; what a prune stopped between rename and removal left is removed by the next.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -146,8 +148,8 @@ def prune_versions(root: str | Path, keep: int, protect: Collection[str | None] 
     root = Path(root)
     doomed = [version for version in list_versions(root)[:-keep] if version not in protect]
     for version in doomed:
-        gone = root / f".tmp-pruned-{version}"
-        (root / version).rename(gone)
+        (root / version).rename(root / f"{PRUNED}{version}")
+    for gone in root.glob(f"{PRUNED}*") if root.is_dir() else ():
         shutil.rmtree(gone)
     return doomed
 

@@ -11,6 +11,7 @@ of erased users (the ``erasures`` topic) are left out of what it reads, and an e
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import numpy as np
@@ -31,6 +32,7 @@ from recstream.models.ranking_metrics import hit_rate_at_k
 from recstream.store.connection import connect
 from recstream.streams.personalize import SIMILAR_K, encode_similar
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 Fit = Callable[[sp.csr_matrix, ALSConfig], ALSFit]
 """An engine: r (users × items summed event weights) → factors (:func:`models.als.train_als`, or Spark's)."""
@@ -306,7 +308,10 @@ async def publish(settings: Settings, artifacts: ModelArtifacts) -> str:
     ``RECSTREAM_MODEL_KEEP`` newest versions, never the one it replaced."""
     version = write_model(settings.model.dir, artifacts)
     replaced = await activate(settings, artifacts, version)
-    prune_versions(settings.model.dir, settings.model.keep, protect={version, replaced})
+    try:
+        prune_versions(settings.model.dir, settings.model.keep, protect={version, replaced})
+    except OSError as exc:  # the version is live: a folder that cannot be cleaned fails no training
+        log.warning("model %s published; removing old versions failed (the next publish tries again): %s", version, exc)
     return version
 
 

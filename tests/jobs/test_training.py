@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 import redis
+from recstream.models import artifacts as artifacts_module
 from recstream.models.als import ALSConfig
 from recstream.models.artifacts import list_versions
 
@@ -131,3 +132,33 @@ async def test_a_publish_leaves_the_newest_versions_and_the_one_it_replaced(isol
     fourth = await publish(3)
     assert list_versions(settings.model.dir) == [third, fourth]
     assert client.get(current) == fourth.encode()
+
+
+@pytest.mark.integration
+async def test_a_publish_whose_old_versions_cannot_be_removed_still_publishes(
+    isolated_settings, tmp_path, monkeypatch, caplog
+):
+    """The new version is live when pruning runs: a folder that refuses a removal is a warning, and the next publish
+    removes what is left."""
+    settings = isolated_settings.replace(model_dir=tmp_path / "models", model_keep=2)
+    _, _, events = world(n_users=20, n_items=15, n_events=300)
+    artifacts, _ = training.train(training.collect([Record("event", e) for e in events]), ALSConfig(factors=4))
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+    versions = [
+        await training.publish(settings, dataclasses.replace(artifacts, created_at=start + timedelta(minutes=m)))
+        for m in range(2)
+    ]
+
+    def refuse(path: object, ignore_errors: bool = False) -> None:  # write_model's cleanup ignores errors
+        if not ignore_errors:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(artifacts_module.shutil, "rmtree", refuse)
+    third = await training.publish(settings, dataclasses.replace(artifacts, created_at=start + timedelta(minutes=2)))
+    client = redis.Redis.from_url(settings.redis.url)
+    assert client.get(Keys.of(settings)("model:current")) == third.encode()
+    assert f"model {third} published; removing old versions failed" in caplog.text
+    assert "Permission denied" in caplog.text and list_versions(settings.model.dir) == [*versions[1:], third]
+    monkeypatch.undo()
+    fourth = await training.publish(settings, dataclasses.replace(artifacts, created_at=start + timedelta(minutes=3)))
+    assert sorted(p.name for p in settings.model.dir.iterdir()) == [third, fourth]

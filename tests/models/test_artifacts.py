@@ -12,6 +12,7 @@ from recstream.models.ann import ItemIndex
 from recstream.models.artifacts import (
     FILES,
     MANIFEST,
+    PRUNED,
     ArtifactError,
     ModelArtifacts,
     check_writable,
@@ -253,6 +254,15 @@ def test_pruning_leaves_the_keep_newest_versions_and_a_protected_one(tmp_path, w
     assert prune_versions(tmp_path, KEEP, protect={None}) == versions[: max(written - KEEP, 0)]
     assert list_versions(tmp_path) == versions[-KEEP:] and (tmp_path / ".tmp-crashed-write").is_dir()
     assert read_model(tmp_path, versions[-1]).created_at == start + timedelta(minutes=written - 1)
+
+
+def test_a_prune_stopped_after_its_rename_is_finished_by_the_next(tmp_path):
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+    versions = [write_model(tmp_path, _model(start + timedelta(minutes=m))) for m in range(2)]
+    (tmp_path / versions[0]).rename(tmp_path / f"{PRUNED}{versions[0]}")  # killed before its rmtree
+    (tmp_path / ".tmp-crashed-write").mkdir()
+    assert prune_versions(tmp_path, KEEP) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-crashed-write", versions[1]]
 
 
 def test_a_protected_version_outlives_pruning_and_keep_0_is_refused(tmp_path):
