@@ -45,6 +45,9 @@ FRESHNESS = "recstream_worker_freshness_seconds"
 STAMP = "%Y%m%d%H%M%S%f"
 """A run's stamp in its namespace (:func:`run_namespace`): fixed width, so that an earlier run's sorts first; to the
 microsecond, so that two demos started in one second do not share one (a stamp to the second once did)."""
+STAMP_LENGTHS = (14, 20)
+"""The digits of a demo's stamps: :data:`STAMP`'s, and the stamp to the second of the demos before 2026-12-06, whose
+topics and keys a run removes too. As strings, stamps of both lengths sort by time (a prefix sorts first)."""
 
 
 @dataclass
@@ -181,7 +184,7 @@ def remove_earlier_runs(settings: Settings, stamp: str) -> str | None:
 
 async def _remove_earlier(settings: Settings, stamp: str) -> tuple[set[str], int, int]:
     """:func:`remove_earlier_runs`' deletions: the stamps of the runs it removed from, the topics and the keys."""
-    any_stamp = rf"(\d{{{len(stamp)}}})"  # this run's names with another run's stamp in place of this one's
+    any_stamp = "(" + "|".join(rf"\d{{{n}}}" for n in STAMP_LENGTHS) + ")"  # another run's stamp in this one's place
     names = [re.compile(re.escape(getattr(settings.kafka, name)).replace(stamp, any_stamp))
              for name in NAMESPACE_FIELDS["kafka"]]  # fmt: skip
 
@@ -191,7 +194,7 @@ async def _remove_earlier(settings: Settings, stamp: str) -> tuple[set[str], int
     topics = await infra.delete_topics(settings, lambda topic: earlier(topic) is not None)
     runs = {run for topic in topics if (run := earlier(topic))}
     prefix = re.compile(re.escape(settings.redis.prefix).replace(stamp, any_stamp) + ":")
-    glob = settings.redis.prefix.replace(stamp, "[0-9]" * len(stamp)) + ":*"
+    glob = settings.redis.prefix.replace(stamp, "[0-9]" * min(STAMP_LENGTHS) + "*") + ":*"  # run_of picks
 
     def run_of(key: str) -> str | None:
         return m[1] if (m := prefix.match(key)) and m[1] < stamp else None

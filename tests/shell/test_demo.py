@@ -166,16 +166,17 @@ def test_a_demo_run_removes_the_topics_and_keys_earlier_runs_left_and_nothing_el
 ):
     """Every demo run's topics and Redis keys stayed until the run folder was deleted: ten demos held ten copies of
     the world's events in Kafka and ten key sets in Redis. A run now removes those of the runs stamped before it (one
-    key more than an UNLINK batch), and keeps its own, a later one's, the user's, the defaults (``events``, …,
-    ``rs:``) and names of a stamp one digit shorter or longer than the demo's."""
+    key more than an UNLINK batch; one stamped to the second, as demos were before 2026-12-06), and keeps its own, a
+    later one's of either form, the user's, the defaults (``events``, …, ``rs:``) and names of a stamp one digit
+    shorter or longer than either form."""
     base = services.replace(run_dir=tmp_path)  # a run folder of its own: no other demo's process is recorded in it
-    stamp = "20200103000000"
-    earlier = [state(namespace(base, "20200101000000"), UNLINK_BATCH + 1),
-               state(namespace(base, "20200102000000"), 2)]  # fmt: skip
-    kept = [state(namespace(base, s), 2) for s in (stamp, "20200104000000")]
-    kept += [state(base.on_topics(suffix, redis_prefix=prefix), 2)
-             for suffix, prefix in (("mine", "mine"), ("demo-2020010100000", "demo2020010100000"),
-                                    ("demo-202001010000000", "demo202001010000000"))]  # fmt: skip
+    stamp = datetime(2020, 1, 3, 0, 0, 0, 500).strftime(STAMP)
+    earlier = [state(namespace(base, datetime(2020, 1, 1).strftime(STAMP)), UNLINK_BATCH + 1),
+               state(namespace(base, "20200103000000"), 2)]  # fmt: skip
+    kept = [state(namespace(base, s), 2) for s in (stamp, datetime(2020, 1, 4).strftime(STAMP), "20200104000000")]
+    kept.append(state(base.on_topics("mine", redis_prefix="mine"), 2))
+    odd = ("2020010100000", "202001010000000", "2020010100000000000", "202001010000000000000")  # 13, 15, 19, 21 digits
+    kept += [state(base.on_topics(f"demo-{digits}", redis_prefix=f"demo{digits}"), 2) for digits in odd]
     client = redis.Redis.from_url(services.redis.url)
     client.set("rs:demo-cleanup-test", 1)
     try:
