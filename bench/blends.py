@@ -36,11 +36,13 @@ run. Any other run is refused at its options unless it says ``--no-record`` (``-
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from pydantic import ValidationError
 from rich.table import Table
 
 from bench.common import BLEND_ROWS, changed_options, fail, figure, machine, record, services, show
@@ -54,15 +56,19 @@ from bench.policies import (
     run_with_retries,
     served_column,
     summary_table,
+    world_config,
 )
 from recstream.contracts.settings import Settings
 from recstream.sim.simulator import WORLDS, SimResult
+from recstream.sim.world import WorldConfig
 
 COMMAND = ".venv/bin/python -m bench.blends"
 ROWS = BLEND_ROWS
 MIN_RANKED_SHARE = 0.5
 """A ranked run with fewer of its pages ranked than this is invalid (the ranker never warmed up)."""
 CTR_TARGET = 1.2
+WORLD_PARAMETERS = tuple(name for name in WorldConfig.model_fields if name not in ("seed", "start_ms"))
+"""What ``--world-set`` may change: not the seed and start, which every run sets (bench/policies.run_one)."""
 UNMEASURED = ("sequential", "no_record", "quick")
 """Options that do not change what is measured: the worlds side by side or not, and whether to record."""
 
@@ -82,6 +88,15 @@ def options() -> argparse.ArgumentParser:
         "default: ranker_min_rows=1000); only with --no-record, the figures are the defaults'",
     )
     parser.add_argument(
+        "--world-set",
+        action="append",
+        default=[],
+        type=world_setting,
+        metavar="NAME=VALUE",
+        help="a parameter of every world run (recstream.sim.world.WorldConfig; the value as JSON, null: off), to probe "
+        "a world none of the defaults was chosen on; only with --no-record",
+    )
+    parser.add_argument(
         "--sequential", action="store_true", help="one world after the other (default: the worlds side by side)"
     )
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
@@ -97,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown worlds {sorted(unknown)}; choose among {', '.join(WORLDS)}")
     if unknown := set(rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(ROWS)}")
+    for world in worlds:
+        try:
+            world_config(argparse.Namespace(world=world, items_per_s=None, world_set=args.world_set))
+        except ValidationError as exc:
+            parser.error(f"--world-set makes the {world} world invalid: {exc}")
     if args.quick:  # a smoke run: its figures never replace the recorded ones
         args.seeds, args.seconds, args.no_record = 2, 20.0, True
     if not args.no_record and (changed := departures(args, parser.parse_args([]))):
@@ -111,6 +131,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = {w: pool.submit(run_world, base, w, rows, per_world[w]) for w in worlds}
         results = {w: future.result() for w, future in runs.items()}
     report(results, args, command, (time.monotonic() - started) / 60)
+
+
+def world_setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` → (a WorldConfig field, its JSON value; a bare word is a string), or argparse's error.
+
+    >>> world_setting("appeal_half_life_h=null"), world_setting("n_categories=40")
+    (('appeal_half_life_h', None), ('n_categories', 40))
+    """
+    name, equals, value = text.partition("=")
+    if not equals or name not in WORLD_PARAMETERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: NAME=VALUE with NAME one of {', '.join(WORLD_PARAMETERS)}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def world_name(world: str, args: argparse.Namespace) -> str:
+    """The world as the tables name it: its preset, and what ``--world-set`` changed in it."""
+    changes = ", ".join(f"{name}={json.dumps(value)}" for name, value in getattr(args, "world_set", ()))
+    return f"{world} ({changes})" if changes else world
 
 
 def departures(args: argparse.Namespace, defaults: argparse.Namespace) -> list[str]:
@@ -150,8 +191,10 @@ def report(
     """Per world the summary table; the per-seed regret table of every world; the targets; then the checks
     (failed or degraded feeds, a ranked row that was not ranked) before anything is recorded."""
     for world, by_row in results.items():
-        title = (f"closed loop, {world} world, {args.seeds} seeds × {args.seconds:.0f} s at {args.feeds_per_s:.0f} "
-                 f"feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min for every world")  # fmt: skip
+        title = (
+            f"closed loop, {world_name(world, args)} world, {args.seeds} seeds × {args.seconds:.0f} s at "
+            f"{args.feeds_per_s:.0f} feeds/s (top-10 feeds); {machine()}; {minutes:.1f} min for every world"
+        )
         show(summary_table(by_row, title), console)
     rows = list(next(iter(results.values())))
     served = served_column(next(iter(results.values())), args)
@@ -165,7 +208,7 @@ def report(
             shares, lowest = (
                 ("–", "–") if ranked is None else (f"{ranked.ranked_share:.0%}", _yes(ranked_lowest(by_row, k)))
             )
-            by_seed.add_row(world, str(args.first_seed + k), *(f"{regret[row]:.3f}" for row in rows),
+            by_seed.add_row(world_name(world, args), str(args.first_seed + k), *(f"{regret[row]:.3f}" for row in rows),
                             feeds_served(by_row, k), shares, lowest)  # fmt: skip
     show(by_seed, console)
     figures: dict[str, dict[str, object]] = {}
@@ -174,7 +217,8 @@ def report(
         if {"ranked", "fixed"} <= set(by_row):
             below = sum(bool(ranked_lowest(by_row, k)) for k in range(args.seeds))
             console.print(
-                f"{world} world: ranked / fixed CTR ×{mean['ranked']['ctr'] / max(mean['fixed']['ctr'], 1e-9):.3f} "
+                f"{world_name(world, args)} world: ranked / fixed CTR "
+                f"×{mean['ranked']['ctr'] / max(mean['fixed']['ctr'], 1e-9):.3f} "
                 f"(target ≥ {CTR_TARGET}); ranked regret below every other row's on {below} of {args.seeds} seeds "
                 "(target: all)"
             )

@@ -186,11 +186,18 @@ def learned_weights(settings: Settings) -> str:
 
 
 def world_config(args: argparse.Namespace) -> WorldConfig:
-    """The ``--world`` preset, with ``--items-per-s`` arrivals when given."""
+    """The ``--world`` preset, with ``--items-per-s`` arrivals when given and ``world_set``'s parameters (bench.blends'
+    ``--world-set``: a world no default was chosen on), validated as a whole (pydantic.ValidationError).
+
+    >>> args = argparse.Namespace(world="stable", items_per_s=None, world_set=[("n_categories", 40)])
+    >>> world_config(args).n_categories, world_config(args).appeal_half_life_h
+    (40, None)
+    """
+    update = dict(getattr(args, "world_set", ()))
+    if args.items_per_s is not None:
+        update["new_items_per_hour"] = args.items_per_s * 3600
     world = WORLDS[args.world]
-    if args.items_per_s is None:
-        return world
-    return world.model_copy(update={"new_items_per_hour": args.items_per_s * 3600})
+    return WorldConfig.model_validate({**world.model_dump(), **update}) if update else world
 
 
 def run_with_retries(base: Settings, policy: str, seed: int, args: argparse.Namespace, models: dict) -> SimResult:

@@ -11,8 +11,8 @@ import pytest
 
 from bench import blends, common
 from bench.blends import MIN_RANKED_SHARE, ranked_lowest, report
-from bench.policies import MIN_SERVED_SHARE
-from recstream.sim.simulator import SimResult
+from bench.policies import MIN_SERVED_SHARE, world_config
+from recstream.sim.simulator import WORLDS, SimResult
 
 OFFERED = 1800  # 30 feeds/s × 60 s
 
@@ -95,6 +95,7 @@ def test_a_throttled_run_fails_a_recorded_run_and_warns_a_validation_one(served,
         ["--seeds", "2"],
         ["--seconds", "20"],
         ["--feeds-per-s", "20"],
+        ["--world-set", "n_categories=40"],
     ],
     ids=" ".join,
 )
@@ -122,3 +123,29 @@ def test_the_full_run_at_the_defaults_departs_from_nothing(argv):
     order still measures every recorded figure at the defaults."""
     parser = blends.options()
     assert blends.departures(parser.parse_args(argv), parser.parse_args([])) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("n_categories=0", "makes the fresh world invalid"),
+        ("seed=3", "NAME=VALUE with NAME one of n_users"),  # every run sets its seed
+        ("n_categories", "NAME=VALUE"),
+        ("browse_popular=0.9", "makes the fresh world invalid"),  # with browse_recent 0.3: shares above 1
+    ],
+)
+def test_a_world_setting_that_is_no_valid_world_is_refused_before_anything_starts(setting, error, capsys, monkeypatch):
+    def services() -> None:
+        raise AssertionError("the run was not refused at its options: it started its services")
+
+    monkeypatch.setattr(blends, "services", services)
+    with pytest.raises(SystemExit) as refused:
+        blends.main(["--worlds", "fresh", "--world-set", setting, "--no-record"])
+    assert refused.value.code == 2 and error in capsys.readouterr().err
+
+
+def test_a_world_setting_changes_every_world_of_the_run_and_names_it():
+    args = blends.options().parse_args(["--world-set", "appeal_half_life_h=null", "--world-set", "n_categories=40"])
+    config = world_config(argparse.Namespace(world="fresh", items_per_s=None, world_set=args.world_set))
+    assert (config.appeal_half_life_h, config.n_categories, config.n_items) == (None, 40, WORLDS["fresh"].n_items)
+    assert blends.world_name("fresh", args) == "fresh (appeal_half_life_h=null, n_categories=40)"
