@@ -16,10 +16,12 @@ import bisect
 import hashlib
 import itertools
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic.fields import FieldInfo
 
+from recstream.contracts.blend_settings import BlendSettings
 from recstream.contracts.events import LABEL_PATTERN
 
 MAX_VARIANTS = 8
@@ -45,29 +47,32 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Variant(_Frozen):
+class _Arm(_Frozen):
     """One arm: its share of users and the blend settings it overrides (unset ones keep the global value)."""
 
     name: Label
     weight: float = Field(gt=0, le=1, description="share of users; the variants' weights sum to 1")
-    share_personal: float | None = Field(None, ge=0, le=1)
-    share_popular: float | None = Field(None, ge=0, le=1)
-    share_fresh: float | None = Field(None, ge=0, le=1)
-    share_explore: float | None = Field(None, ge=0, le=1)
-    explore_max_share: float | None = Field(None, ge=0, le=1)
-    explore_policy: Literal["thompson", "epsilon_greedy", "none"] | None = None
-    explore_epsilon: float | None = Field(None, ge=0, le=1)
-    explore_gate: Literal["off", "draw", "ranker"] | None = Field(
-        None, description="ranked pages: how explore picks compete with the ranked items"
-    )
-    popular_personal_head: int | None = Field(None, ge=0, le=500)
-    ranker: bool | None = Field(None, description="ranked pages (true) or the fixed-quota blend (false)")
-    ranker_depth: int | None = Field(None, ge=1, le=10, description="popular and fresh propose this × the slots")
-    ranker_personal_depth: int | None = Field(None, ge=1, le=10, description="personal proposes this × the slots")
 
     def overrides(self) -> dict[str, object]:
         """The settings this variant changes, for ``settings.replace(**...)``."""
         return {name: getattr(self, name) for name in BLEND_SETTINGS if getattr(self, name) is not None}
+
+
+def _unset_or(name: str) -> tuple[object, FieldInfo]:
+    """A blend setting as a variant's field: its type and bounds (a looser bound would pass the experiment's
+    validation and fail the reader's ``replace``), or None, the global value."""
+    setting = BlendSettings.model_fields[name]
+    return setting.annotation | None, FieldInfo.merge_field_infos(setting, default=None)
+
+
+Variant = create_model(
+    "Variant",
+    __base__=_Arm,
+    __module__=__name__,
+    __doc__=_Arm.__doc__,
+    **{name: _unset_or(name) for name in BLEND_SETTINGS},
+)
+"""An arm: ``name``, ``weight`` and each of :data:`BLEND_SETTINGS`, optional, typed and bounded as its setting."""
 
 
 class Experiment(_Frozen):

@@ -107,20 +107,24 @@ def test_a_variant_overrides_exactly_the_blend_settings_and_each_is_a_setting():
     assert load_settings().replace(**variant.overrides()).blend.popular_personal_head == 0
 
 
-def test_a_variant_bounds_each_setting_as_the_setting_does():
-    """A bound looser than the setting's would pass the experiment's validation and fail the reader's replace."""
-    for name in BLEND_SETTINGS:
-        assert Variant.model_fields[name].metadata == BlendSettings.model_fields[name].metadata, name
+def _bounds() -> list[tuple[str, float]]:
+    return [(name, limit) for name in BLEND_SETTINGS for bound in BlendSettings.model_fields[name].metadata
+            for limit in (getattr(bound, "ge", None), getattr(bound, "le", None)) if limit is not None]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["ranker_depth", "ranker_personal_depth"])
-@pytest.mark.parametrize(("depth", "valid"), [(0, False), (1, True), (2, True), (9, True), (10, True), (11, False)])
-def test_a_variant_sets_a_candidate_depth_within_1_to_10(name, depth, valid):
-    variants = [{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.5, name: depth}]
-    if not valid:
+@pytest.mark.parametrize(("name", "limit"), _bounds())
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_a_variant_takes_exactly_the_values_its_setting_takes(name, limit, offset):
+    """A bound looser than the setting's would pass the experiment's validation and fail the reader's replace; one
+    tighter would refuse an arm the deployment could run. At each bound of each setting, − 1, on it and + 1 (a
+    hundredth for a share)."""
+    value = limit + offset * (1 if BlendSettings.model_fields[name].annotation is int else 0.01)
+    variants = [{"name": "a", "weight": 0.5}, {"name": "b", "weight": 0.5, name: value}]
+    try:
+        load_settings(**{name: value})
+    except SettingsError:
         with pytest.raises(SettingsError, match=rf"RECSTREAM_EXPERIMENT \(variants\.1\.{name}\)"):
             load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
         return
     settings = load_settings(experiment={"name": "x", "salt": "s", "variants": variants})
-    arm = settings.experiment.variants[1]
-    assert getattr(settings.replace(**arm.overrides()).blend, name) == depth
+    assert getattr(settings.replace(**settings.experiment.variants[1].overrides()).blend, name) == value

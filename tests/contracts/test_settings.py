@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio.connection import parse_url
 
+from recstream.contracts.blend_settings import RANKER_STALE_MIN_S
 from recstream.contracts.settings import (
-    RANKER_STALE_MIN_S,
     SECTIONS,
     SESSION_TTL_MAX_S,
     TOOL_VARIABLES,

@@ -15,8 +15,9 @@ from recstream.serving.redis_client import RedisClient
 from recstream.serving.service import FeedService
 from recstream.serving.snapshot import Categories, Pool, Snapshot, SnapshotLoader
 
+from recstream.contracts.blend_settings import RANKER_STALE_MIN_S
 from recstream.contracts.keys import Keys
-from recstream.contracts.settings import RANKER_STALE_MIN_S, Settings
+from recstream.contracts.settings import Settings
 from tests.serving.conftest import reader_client
 
 LIMIT = 20
