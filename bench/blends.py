@@ -60,7 +60,7 @@ from bench.policies import (
 )
 from recstream.contracts.settings import Settings
 from recstream.sim.simulator import WORLDS, SimResult
-from recstream.sim.world import WorldConfig
+from recstream.sim.world import World, WorldConfig
 
 COMMAND = ".venv/bin/python -m bench.blends"
 ROWS = BLEND_ROWS
@@ -112,10 +112,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown worlds {sorted(unknown)}; choose among {', '.join(WORLDS)}")
     if unknown := set(rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(ROWS)}")
-    for world in worlds:
+    for world in worlds:  # built once here: a world its parameters cannot calibrate fails before any service starts
         try:
-            world_config(argparse.Namespace(world=world, items_per_s=None, world_set=args.world_set))
-        except ValidationError as exc:
+            config = world_config(argparse.Namespace(world=world, items_per_s=None, world_set=args.world_set))
+            World(config.model_copy(update={"seed": args.first_seed}))
+        except (ValidationError, ValueError) as exc:
             parser.error(f"--world-set makes the {world} world invalid: {exc}")
     if args.quick:  # a smoke run: its figures never replace the recorded ones
         args.seeds, args.seconds, args.no_record = 2, 20.0, True

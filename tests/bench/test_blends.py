@@ -132,6 +132,7 @@ def test_the_full_run_at_the_defaults_departs_from_nothing(argv):
         ("seed=3", "NAME=VALUE with NAME one of n_users"),  # every run sets its seed
         ("n_categories", "NAME=VALUE"),
         ("browse_popular=0.9", "makes the fresh world invalid"),  # with browse_recent 0.3: shares above 1
+        ("base_ctr=0.5", "base_ctr 0.5 is unreachable"),  # its items fade within minutes
     ],
 )
 def test_a_world_setting_that_is_no_valid_world_is_refused_before_anything_starts(setting, error, capsys, monkeypatch):
