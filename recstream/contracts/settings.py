@@ -690,6 +690,34 @@ def _lines(exc: ValidationError, given_as: Mapping[str, str]) -> str:
     )
 
 
+def reference(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(variable, value, default, description) of every setting, as ``recstream settings`` lists them: each value as
+    its variable spells it, a secret as ``***``, a URL without its password, ``unset`` for none.
+
+    >>> rows = {row[0]: row[1:3] for row in reference(load_settings(batch_max=100, api_key="k"))}
+    >>> rows["RECSTREAM_BATCH_MAX"], rows["RECSTREAM_API_KEY"], rows["RECSTREAM_EXPERIMENT"]
+    (('100', '5000'), ('***', 'unset'), ('unset', 'unset'))
+    """
+    rows = []
+    for name in ALL_VARIABLES:
+        if name == EXPERIMENT_VARIABLE:
+            field, value = Settings.model_fields[name], settings.experiment
+        else:
+            section, key = VARIABLES[name]
+            field, value = SECTIONS[section].model_fields[key], getattr(getattr(settings, section), key)
+        rows.append((variable(name), _shown(value), _shown(field.default), field.description or ""))
+    return rows
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, SecretStr):
+        return "***"
+    text = _env_value(value)
+    return redacted(text) if "://" in text else text
+
+
 def redacted(url: str) -> str:
     """``url`` with its password replaced by ``***``: what logs and reprs may show.
 

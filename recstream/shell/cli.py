@@ -690,5 +690,25 @@ def experiment_report(
     Console().print(report.report_table(name, comparison, counted, weights))
 
 
+@app.command("settings")
+def settings_(
+    changed: Annotated[bool, typer.Option("--changed", help="only the settings not at their default")] = False,
+) -> None:
+    """Every RECSTREAM_ variable: its value here (from the environment; secrets hidden), its default, what it does."""
+    from rich.table import Table
+
+    from recstream.contracts.settings import reference
+
+    table = Table(title="recstream settings", show_lines=True, expand=True)
+    table.add_column("variable", no_wrap=True)
+    for name in ("value", "default"):
+        table.add_column(name, ratio=1, overflow="fold")  # a JSON value has no spaces to wrap at
+    table.add_column("what", ratio=3)
+    for row in reference(_settings()):
+        if not changed or row[1] != row[2]:
+            table.add_row(*map(escape, row))
+    Console().print(table)
+
+
 if __name__ == "__main__":
     app()
