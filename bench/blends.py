@@ -38,9 +38,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from pydantic import ValidationError
 from rich.table import Table
@@ -125,12 +126,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = dict(item.partition("=")[::2] for item in args.set)
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
+    stop = threading.Event()
     with services() as base, ThreadPoolExecutor(1 if args.sequential else len(worlds)) as pool:
         per_world = {
             w: argparse.Namespace(**vars(args), world=w, items_per_s=None, overrides=overrides) for w in worlds
         }
-        runs = {w: pool.submit(run_world, base, w, rows, per_world[w]) for w in worlds}
-        results = {w: future.result() for w, future in runs.items()}
+        runs = {w: pool.submit(run_world, base, w, rows, per_world[w], stop) for w in worlds}
+        try:
+            done, _ = wait(runs.values(), return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # a world's failure, raised as soon as it happens
+            results = {w: future.result() for w, future in runs.items()}
+        except BaseException:  # a failure, Ctrl-C or `kill`: every other world ends after the run it is in
+            stop.set()
+            raise
     report(results, args, command, (time.monotonic() - started) / 60)
 
 
@@ -166,12 +175,17 @@ def departures(args: argparse.Namespace, defaults: argparse.Namespace) -> list[s
     return changed
 
 
-def run_world(base: Settings, world: str, rows: Sequence[str], args: argparse.Namespace) -> dict[str, list[SimResult]]:
-    """Every row on every seed of one world, the rows of a seed one after another (bench/policies.run_one)."""
+def run_world(
+    base: Settings, world: str, rows: Sequence[str], args: argparse.Namespace, stop: threading.Event
+) -> dict[str, list[SimResult]]:
+    """Every row on every seed of one world, the rows of a seed one after another (bench/policies.run_one); none
+    more once ``stop`` is set (another world failed, or the benchmark was interrupted: its services stop after)."""
     results: dict[str, list[SimResult]] = {r: [] for r in rows}
     models: dict[int, object] = {}  # the seed's first run trains the model, the others publish it
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for row in rows:
+            if stop.is_set():
+                return results
             r = run_with_retries(base, row, seed, args, models)
             results[row].append(r)
             console.print(

@@ -5,7 +5,9 @@ and only the full run at the defaults may record."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import time
 
 import pytest
 
@@ -150,3 +152,22 @@ def test_a_world_setting_changes_every_world_of_the_run_and_names_it():
     config = world_config(argparse.Namespace(world="fresh", items_per_s=None, world_set=args.world_set))
     assert (config.appeal_half_life_h, config.n_categories, config.n_items) == (None, 40, WORLDS["fresh"].n_items)
     assert blends.world_name("fresh", args) == "fresh (appeal_half_life_h=null, n_categories=40)"
+
+
+def test_a_world_that_fails_ends_the_run_at_once_and_the_others_after_their_current_run(monkeypatch):
+    """The worlds run side by side: one failing left the other running all its seeds (~20 minutes) before the
+    failure showed, and the services up until then; a `kill` of the benchmark waited as long."""
+    started: list[str] = []
+
+    def run(base: object, row: str, seed: int, args: argparse.Namespace, models: dict) -> SimResult:
+        started.append(args.world)
+        if args.world == "stable":
+            raise RuntimeError("the stable world failed")
+        time.sleep(0.5)  # the fresh world's run, still going when stable fails
+        return SimResult(feeds=1)
+
+    monkeypatch.setattr(blends, "services", lambda: contextlib.nullcontext(None))
+    monkeypatch.setattr(blends, "run_with_retries", run)
+    with pytest.raises(RuntimeError, match="the stable world failed"):
+        blends.main(["--no-record", "--seeds", "5", "--rows", "fixed,ranked"])
+    assert started.count("stable") == 1 and started.count("fresh") == 1  # of 10 runs each
