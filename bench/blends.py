@@ -28,6 +28,11 @@ bench/policies.MIN_SERVED_SHARE) makes a recorded benchmark invalid (a ``--no-re
 outlasted the lead before its users start (bench/policies.SETUP_S: it would cover another stretch of the world)
 makes any invalid.
 
+Probes of worlds no default was chosen on (never recorded): ``--world-set NAME=VALUE`` changes a parameter of
+every world the run makes (recstream.sim.world.WorldConfig), ``--movielens-tastes DIR`` gives them MovieLens 100K's
+users and films as hidden tastes (recstream.sim.world.movielens_world); each world is built once before any service
+starts, so one that its parameters cannot make (a CTR its fading cannot reach) is refused at once.
+
 Only the full run at the defaults records (every row, at least the default worlds, seeds 1–5, 60 s, no ``--set``):
 a run of fewer rows, worlds, seeds or seconds would replace some of its keys and leave the others from another
 run. Any other run is refused at its options unless it says ``--no-record`` (``--quick`` implies it).
@@ -42,6 +47,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 
 from pydantic import ValidationError
 from rich.table import Table
@@ -53,6 +59,7 @@ from bench.policies import (
     console,
     feeds_served,
     figures_of,
+    make_world,
     means,
     run_with_retries,
     served_column,
@@ -61,7 +68,7 @@ from bench.policies import (
 )
 from recstream.contracts.settings import Settings
 from recstream.sim.simulator import WORLDS, SimResult
-from recstream.sim.world import World, WorldConfig
+from recstream.sim.world import WorldConfig
 
 COMMAND = ".venv/bin/python -m bench.blends"
 ROWS = BLEND_ROWS
@@ -98,6 +105,14 @@ def options() -> argparse.ArgumentParser:
         "a world none of the defaults was chosen on; only with --no-record",
     )
     parser.add_argument(
+        "--movielens-tastes",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="MovieLens 100K's users and films as every world's hidden tastes (its clock, arrivals and fading kept): "
+        "a world of real preferences; only with --no-record",
+    )
+    parser.add_argument(
         "--sequential", action="store_true", help="one world after the other (default: the worlds side by side)"
     )
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
@@ -116,9 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for world in worlds:  # built once here: a world its parameters cannot calibrate fails before any service starts
         try:
             config = world_config(argparse.Namespace(world=world, items_per_s=None, world_set=args.world_set))
-            World(config.model_copy(update={"seed": args.first_seed}))
-        except (ValidationError, ValueError) as exc:
-            parser.error(f"--world-set makes the {world} world invalid: {exc}")
+            make_world(config.model_copy(update={"seed": args.first_seed}), args)
+        except (ValidationError, ValueError, OSError) as exc:
+            parser.error(f"--world-set or --movielens-tastes makes the {world} world invalid: {exc}")
     if args.quick:  # a smoke run: its figures never replace the recorded ones
         args.seeds, args.seconds, args.no_record = 2, 20.0, True
     if not args.no_record and (changed := departures(args, parser.parse_args([]))):
@@ -161,6 +176,8 @@ def world_setting(text: str) -> tuple[str, object]:
 def world_name(world: str, args: argparse.Namespace) -> str:
     """The world as the tables name it: its preset, and what ``--world-set`` changed in it."""
     changes = ", ".join(f"{name}={json.dumps(value)}" for name, value in getattr(args, "world_set", ()))
+    if getattr(args, "movielens_tastes", None) is not None:
+        changes = ", ".join(filter(None, ["MovieLens tastes", changes]))
     return f"{world} ({changes})" if changes else world
 
 

@@ -65,7 +65,7 @@ from recstream.shell import infra
 from recstream.shell.demo import publish_history, system, train_first_model, with_api_key
 from recstream.shell.infra import free_port
 from recstream.sim.simulator import WORLDS, SimConfig, SimResult, Simulator, pool_age_for
-from recstream.sim.world import World, WorldConfig
+from recstream.sim.world import World, WorldConfig, movielens_world
 
 COMMAND = ".venv/bin/python -m bench.policies"
 EXPLORE_SHARE = 0.2
@@ -144,7 +144,9 @@ def run_one(base: Settings, policy: str, seed: int, args: argparse.Namespace, mo
     clock = time.monotonic()
     asyncio.run(infra.ensure_topics(settings))
     now_ms = int(time.time() * 1000)
-    world = World(world_config(args).model_copy(update={"seed": seed, "start_ms": now_ms - int(args.history_s * 1000)}))
+    world = make_world(
+        world_config(args).model_copy(update={"seed": seed, "start_ms": now_ms - int(args.history_s * 1000)}), args
+    )
     history = asyncio.run(publish_history(settings, world, now_ms, args.history_rate))
     published = time.monotonic()
     if seed not in models:
@@ -198,6 +200,13 @@ def world_config(args: argparse.Namespace) -> WorldConfig:
         update["new_items_per_hour"] = args.items_per_s * 3600
     world = WORLDS[args.world]
     return WorldConfig.model_validate({**world.model_dump(), **update}) if update else world
+
+
+def make_world(config: WorldConfig, args: argparse.Namespace) -> World:
+    """The run's world: synthetic, or with MovieLens 100K's users and films as its hidden tastes (bench.blends'
+    ``--movielens-tastes DIR``: recstream.sim.world.movielens_world, the world's clock and fading kept)."""
+    folder = getattr(args, "movielens_tastes", None)
+    return World(config) if folder is None else movielens_world(folder, config)
 
 
 def run_with_retries(base: Settings, policy: str, seed: int, args: argparse.Namespace, models: dict) -> SimResult:

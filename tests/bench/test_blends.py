@@ -13,8 +13,9 @@ import pytest
 
 from bench import blends, common
 from bench.blends import MIN_RANKED_SHARE, ranked_lowest, report
-from bench.policies import MIN_SERVED_SHARE, world_config
+from bench.policies import MIN_SERVED_SHARE, make_world, world_config
 from recstream.sim.simulator import WORLDS, SimResult
+from tests.conftest import MOVIELENS
 
 OFFERED = 1800  # 30 feeds/s × 60 s
 
@@ -171,3 +172,15 @@ def test_a_world_that_fails_ends_the_run_at_once_and_the_others_after_their_curr
     with pytest.raises(RuntimeError, match="the stable world failed"):
         blends.main(["--no-record", "--seeds", "5", "--rows", "fixed,ranked"])
     assert started.count("stable") == 1 and started.count("fresh") == 1  # of 10 runs each
+
+
+@pytest.mark.skipif(not MOVIELENS.is_dir(), reason=f"MovieLens 100K is not at {MOVIELENS} (set MOVIELENS_DIR)")
+def test_movielens_tastes_make_every_world_of_the_run_one_of_its_users_and_films():
+    """The users and genres are MovieLens' (943 users, 19 genres), the world's catalogue at start and clock its own."""
+    args = blends.options().parse_args(["--movielens-tastes", str(MOVIELENS), "--no-record"])
+    for name in ("fresh", "stable"):
+        config = world_config(argparse.Namespace(world=name, items_per_s=None))
+        world = make_world(config.model_copy(update={"seed": 201}), args)
+        assert (world.config.n_users, world.config.n_categories) == (943, 19)
+        assert (world.config.n_items, world.config.appeal_half_life_h) == (config.n_items, config.appeal_half_life_h)
+    assert blends.world_name("stable", args) == "stable (MovieLens tastes)"
