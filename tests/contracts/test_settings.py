@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -310,23 +308,3 @@ def test_a_redis_cluster_refuses_any_database_but_0_however_the_url_names_it(url
     with pytest.raises(SettingsError, match="RECSTREAM_REDIS_CLUSTER needs a redis:// or rediss:// URL on database 0"):
         load_settings(redis_url=url, redis_cluster=True)
     assert load_settings(redis_url="redis://127.0.0.1:6379/0?db=0", redis_cluster=True).redis.database == 0
-
-
-def test_the_readme_s_command_lists_every_variable_its_table_names_and_only_what_the_settings_read():
-    """README said its one-liner listed every variable; it printed VARIABLES, without ``experiment``
-    (RECSTREAM_EXPERIMENT, in the table). The command is run as the README spells it; the table's names are its
-    first column's and those a row's text names (``_SASL_USERNAME`` abbreviates RECSTREAM_SASL_USERNAME)."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    command = re.search(r'`python -c "(from recstream\.contracts\.settings import [^"]+)"`', readme)
-    assert command, "the README's command"
-    done = subprocess.run([sys.executable, "-c", command[1]], capture_output=True, text=True, check=True)
-    printed = {f"RECSTREAM_{name.upper()}" for name in done.stdout.split()}
-    lines = readme.splitlines()
-    table = lines[lines.index("| variable | default | what |") + 2 :]
-    rows = table[: next(i for i, line in enumerate(table) if not line.startswith("|"))]
-    named = {f"RECSTREAM{name.removeprefix('RECSTREAM')}" for row in rows
-             for name in re.findall(r"`(RECSTREAM_[A-Z0-9_]+|_[A-Z0-9_]+)`", row)}  # fmt: skip
-    assert "RECSTREAM_EXPERIMENT" in named and len(named) >= 50
-    assert named <= printed, sorted(named - printed)
-    fields = sum(len(section.model_fields) for section in SECTIONS.values()) + 1  # and the experiment
-    assert len(printed) == fields and set(load_settings().to_env()) <= printed
