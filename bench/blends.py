@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from pydantic import ValidationError
 from rich.table import Table
 
 from bench.common import BLEND_ROWS, changed_options, fail, figure, machine, record, services, show
@@ -128,24 +127,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown worlds {sorted(unknown)}; choose among {', '.join(WORLDS)}")
     if unknown := set(rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; choose among {', '.join(ROWS)}")
-    for world in worlds:  # built once here: a world its parameters cannot calibrate fails before any service starts
-        try:
-            config = world_config(argparse.Namespace(world=world, items_per_s=None, world_set=args.world_set))
-            make_world(config.model_copy(update={"seed": args.first_seed}), args)
-        except (ValidationError, ValueError, OSError) as exc:
-            parser.error(f"--world-set or --movielens-tastes makes the {world} world invalid: {exc}")
     if args.quick:  # a smoke run: its figures never replace the recorded ones
         args.seeds, args.seconds, args.no_record = 2, 20.0, True
     if not args.no_record and (changed := departures(args, parser.parse_args([]))):
         parser.error(f"{', '.join(changed)}: only the full run at the defaults is recorded: add --no-record")
     overrides = dict(item.partition("=")[::2] for item in args.set)
+    per_world = {w: argparse.Namespace(**vars(args), world=w, items_per_s=None, overrides=overrides) for w in worlds}
+    for world, world_args in per_world.items():  # built once here: a world that cannot be made fails before services
+        try:
+            make_world(world_config(world_args).model_copy(update={"seed": args.first_seed}), world_args)
+        except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+            parser.error(f"--world-set or --movielens-tastes makes the {world} world invalid: {exc}")
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     started = time.monotonic()
     stop = threading.Event()
     with services() as base, ThreadPoolExecutor(1 if args.sequential else len(worlds)) as pool:
-        per_world = {
-            w: argparse.Namespace(**vars(args), world=w, items_per_s=None, overrides=overrides) for w in worlds
-        }
         runs = {w: pool.submit(run_world, base, w, rows, per_world[w], stop) for w in worlds}
         try:
             done, _ = wait(runs.values(), return_when=FIRST_EXCEPTION)

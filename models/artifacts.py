@@ -149,7 +149,7 @@ def prune_versions(root: str | Path, keep: int, protect: Collection[str | None] 
     doomed = [version for version in list_versions(root)[:-keep] if version not in protect]
     for version in doomed:
         (root / version).rename(root / f"{PRUNED}{version}")
-    for gone in root.glob(f"{PRUNED}*") if root.is_dir() else ():
+    for gone in root.glob(f"{PRUNED}*"):  # none under a root that does not exist
         shutil.rmtree(gone)
     return doomed
 

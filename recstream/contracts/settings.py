@@ -30,6 +30,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 from recstream.contracts.blend_settings import BlendSettings
 from recstream.contracts.experiments import Experiment
@@ -613,11 +614,15 @@ class Settings(BaseModel):
         ``more``: a test or benchmark run that shares a broker with others and must not read their events."""
         return self.replace(**{field: f"{stem}-{suffix}" for field, stem in TOPIC_STEMS.items()}, **more)
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
+    def by_variable(self) -> dict[str, object]:
+        """Every variable's value (None: unset), by flat name, in :data:`ALL_VARIABLES` order."""
         values = {name: getattr(getattr(self, section), field) for name, (section, field) in VARIABLES.items()}
         values[EXPERIMENT_VARIABLE] = self.experiment
-        return {variable(name): _env_value(value) for name, value in values.items() if value is not None}
+        return {name: values[name] for name in ALL_VARIABLES}
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``RECSTREAM_*`` variables, to start a child process with the same view."""
+        return {variable(name): _env_value(value) for name, value in self.by_variable().items() if value is not None}
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         """A child process's environment: ``base`` (this process's) with these settings as its ``RECSTREAM_*``
@@ -698,15 +703,16 @@ def reference(settings: Settings) -> list[tuple[str, str, str, str]]:
     >>> rows["RECSTREAM_BATCH_MAX"], rows["RECSTREAM_API_KEY"], rows["RECSTREAM_EXPERIMENT"]
     (('100', '5000'), ('***', 'unset'), ('unset', 'unset'))
     """
-    rows = []
-    for name in ALL_VARIABLES:
-        if name == EXPERIMENT_VARIABLE:
-            field, value = Settings.model_fields[name], settings.experiment
-        else:
-            section, key = VARIABLES[name]
-            field, value = SECTIONS[section].model_fields[key], getattr(getattr(settings, section), key)
-        rows.append((variable(name), _shown(value), _shown(field.default), field.description or ""))
-    return rows
+    return [(variable(name), _shown(value), _shown(_field(name).default), _field(name).description or "")
+            for name, value in settings.by_variable().items()]  # fmt: skip
+
+
+def _field(name: str) -> FieldInfo:
+    """The model field a variable sets."""
+    if name == EXPERIMENT_VARIABLE:
+        return Settings.model_fields[name]
+    section, field = VARIABLES[name]
+    return SECTIONS[section].model_fields[field]
 
 
 def _shown(value: object) -> str:
