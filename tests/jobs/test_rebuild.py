@@ -107,7 +107,10 @@ async def test_rebuild_refuses_while_a_worker_runs(isolated_settings, worker_fac
     worker_factory(settings)
     users, items, _ = world(n_users=5, n_items=5, n_events=0)
     await publish(settings, users=users, items=items)
-    wait_until(lambda: client.hlen("rs:user:seg") == len(users), what="the worker to apply users")
+    # and items: the items agent applies its topic beside the users agent, maybe after the dump below
+    announced = [f"rs:item:{i.item_id}" for i in items]
+    wait_until(lambda: client.hlen("rs:user:seg") == len(users) and client.exists(*announced) == len(items),
+               what="the worker to apply users and items")  # fmt: skip
     before = dump_state(client, "rs")
     env = settings.environment(os.environ)
     rebuild_command = [sys.executable, "-m", "recstream.shell.cli", "rebuild"]

@@ -37,7 +37,8 @@ def running(pid: int) -> bool:
 def test_two_reader_processes_answer_valid_feeds_and_stop_together(world: World, tmp_path: Path):
     reader = infra.Child("serve", world.settings.replace(reader_workers=2), tmp_path / "reader.log")
     try:
-        reader.wait_ready()
+        reader.wait_ready()  # one process answering: the supervisor may not have spawned the other yet
+        wait_until(lambda: len(spawned_workers(children(reader.proc.pid))) >= 2, timeout_s=30, what="both processes")
         processes = children(reader.proc.pid)
         workers = spawned_workers(processes)
         assert len(workers) == 2, f"uvicorn's parent supervises 2 worker processes, found {workers}"

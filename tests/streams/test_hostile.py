@@ -45,6 +45,7 @@ from recstream.contracts.events import (
     segment_of,
 )
 from recstream.contracts.settings import Settings
+from recstream.shell.demo import metric_sum
 from tests.conftest import wait_until
 from tests.streams.scenario import T0, applied_events, dead_letters, publish, trained, world
 
@@ -335,6 +336,24 @@ async def produce(settings: Settings, messages: list[Outgoing]) -> list[str]:
     return [f"{r.topic}:{r.partition}:{r.offset}" for r in sent]
 
 
+def last_offsets(sources: list[str]) -> dict[str, int]:
+    """Each partition's last offset among ``sources`` (``topic:partition:offset``), keyed as the watermarks are."""
+    last: dict[str, int] = {}
+    for source in sources:
+        tp, _, offset = source.rpartition(":")
+        last[tp] = max(int(offset), last.get(tp, -1))
+    return last
+
+
+def watermarks(client: redis.Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in client.hgetall("rs:wm").items()}
+
+
+def dead_lettered(worker) -> float:
+    """The worker's recstream_worker_dead_letters_total, every topic and reason."""
+    return metric_sum(worker.metrics(), "recstream_worker_dead_letters_total{")
+
+
 def applied_once(events: list[dict]) -> list[dict]:
     """The events a worker applies: a user's repeated ``event_id`` only the first time (the whole run is well
     within the de-duplication window); a user's events are in one partition, so in the order sent."""
@@ -379,7 +398,10 @@ async def test_hostile_input_goes_to_the_dlq_and_every_valid_event_is_applied_on
     events = applied_once(valid["event"])
     assert len(events) < len(valid["event"]), "the run repeats some user's event_id"
     n_events = len(events)
-    wait_until(lambda: applied_events(client, "rs") >= n_events, timeout_s=90, what="every valid event applied")
+    last = last_offsets(sources)
+    # the items and users agents apply their topics beside the events agent: every partition's last message too
+    wait_until(lambda: applied_events(client, "rs") >= n_events and watermarks(client) == last, timeout_s=90,
+               what="every valid event applied, every partition's last message")  # fmt: skip
     letters = await dead_letters(settings, expected=expected_letters.total())
 
     assert worker.proc.poll() is None, "the worker died"
@@ -471,16 +493,14 @@ async def test_poison_at_every_size_limit_is_cut_in_the_dlq_and_stops_no_partiti
     worker = worker_factory(settings)
     sources = await produce(settings, messages + after)
     valid = {kind: [o for m in messages + after if m.kind == kind for o in m.valid] for kind in TOP}
-    wait_until(lambda: applied_events(client, "rs") == len(valid["event"]) or not worker.alive(),
-               what="every valid event applied")  # fmt: skip
+    last = last_offsets(sources)
+    # the items and users agents apply their topics beside the events agent: their partitions' last messages too
+    wait_until(lambda: (applied_events(client, "rs") == len(valid["event"]) and watermarks(client) == last)
+               or not worker.alive(), what="every valid event applied, every partition's last message")  # fmt: skip
     letters = await dead_letters(settings, expected=sum(m.rejected for m in messages))
 
     assert worker.alive() and applied_events(client, "rs") == len(valid["event"])
-    last = {}
-    for source in sources:
-        topic, partition, offset = source.rsplit(":", 2)
-        last[f"{topic}:{partition}"] = max(int(offset), last.get(f"{topic}:{partition}", -1))
-    assert {k.decode(): int(v) for k, v in client.hgetall("rs:wm").items()} == last, "no partition stalled"
+    assert watermarks(client) == last, "no partition stalled"
     assert {k.decode() for k in client.hgetall("rs:user:seg")} == {u["user_id"] for u in valid["user"]}
     items = {i["item_id"] for i in valid["item"]}
     assert {k.decode()[len("rs:item:") :] for k in client.keys("rs:item:p*")} == items
@@ -506,7 +526,8 @@ async def test_a_made_up_field_name_never_becomes_a_metric_label(isolated_settin
     await produce(settings, [Outgoing("event", b"u1", as_bytes(o), (), 1) for o in made_up]
                   + [Outgoing("event", b"u1", as_bytes(ok), (ok,), 0)])  # fmt: skip
     client = redis.Redis.from_url(settings.redis.url)
-    wait_until(lambda: applied_events(client, "rs") == 1, what="the valid event")
+    # a call's counters are exported after Redis answers its script: wait for the dead letters' too
+    wait_until(lambda: applied_events(client, "rs") == 1 and dead_lettered(worker) >= 5, what="the valid event")
     pattern = r'recstream_worker_dead_letters_total\{reason="([^"]*)",topic="[^"]*"\} (\S+)'
     labels = re.findall(pattern, worker.metrics())
     assert labels == [("other", "5.0")]
@@ -555,7 +576,9 @@ async def test_an_event_on_a_partition_its_user_does_not_hash_to_is_dead_lettere
         await producer.stop()
     letters = await dead_letters(settings, expected=n - 1)
     client = redis.Redis.from_url(settings.redis.url)
-    wait_until(lambda: applied_events(client, "rs") >= 1, what="the event on u1's partition")
+    # the letters go out before their batch's script runs, and are counted after it answered
+    wait_until(lambda: applied_events(client, "rs") >= 1 and dead_lettered(worker) >= n - 1,
+               what="the event on u1's partition, the others' batches counted")  # fmt: skip
     assert worker.alive() and {k.decode() for k in client.hkeys("rs:views")} == {f"i{home}"}
     assert sorted(dict(m.headers)["source"].decode().rsplit(":", 2)[1] for m in letters) == [
         str(p) for p in range(n) if p != home
