@@ -5,7 +5,7 @@
 
 The runs of bench/policies.py (``run_one``: one private Kafka + Redis, per run fresh topics and Redis
 prefix, the world's history, a first model, a real worker and reader, simulated users), with its rows
-``fixed`` (the reader's default blend: 6 personal, 2 popular, 1 fresh, 1 Thompson slot),
+``fixed`` (the reader's default blend: 4 personal, 4 popular, 1 fresh, 1 Thompson slot),
 ``popular_only``, ``personal_only`` (all 8 exploitation slots to one source, the same 2-slot
 exploration budget) and ``ranked`` (the default shares with the online ranker on). Every row but
 ``ranked`` runs with the ranker switched off, so ``fixed`` is the true fixed blend. The ranked row's

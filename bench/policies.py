@@ -72,19 +72,26 @@ EXPLORE_SHARE = 0.2
 """The exploration budget: 2 slots of 10, each policy's own rule fills them (within the 0.25 cap)."""
 FIXED = {"ranker": False}
 """Every row but ``ranked`` serves the fixed-quota blend of its shares: the ranker switched off."""
+EXPLORING = {**FIXED, "share_personal": 0.6, "share_popular": 0.2}
+"""The exploration policies' exploitation slots, 6 personal + 2 popular: the shares of their records (2026-11-23),
+kept when the default became 4 + 4 (2026-12-06), so that the policies compare on the budget they were measured on."""
 POLICIES: dict[str, dict[str, object]] = {
-    "none": {**FIXED, "explore_policy": "none", "share_fresh": 0.0},
-    "fresh": {**FIXED, "explore_policy": "none", "share_fresh": EXPLORE_SHARE},
-    "epsilon_greedy": {**FIXED, "explore_policy": "epsilon_greedy", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
-    "thompson": {**FIXED, "explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
+    "none": {**EXPLORING, "explore_policy": "none", "share_fresh": 0.0},
+    "fresh": {**EXPLORING, "explore_policy": "none", "share_fresh": EXPLORE_SHARE},
+    "epsilon_greedy": {
+        **EXPLORING,
+        "explore_policy": "epsilon_greedy",
+        "share_fresh": 0.0,
+        "share_explore": EXPLORE_SHARE,
+    },
+    "thompson": {**EXPLORING, "explore_policy": "thompson", "share_fresh": 0.0, "share_explore": EXPLORE_SHARE},
     "fixed": FIXED,
     "popular_only": {**FIXED, "share_personal": 0.0, "share_popular": 1 - EXPLORE_SHARE},
     "personal_only": {**FIXED, "share_personal": 1 - EXPLORE_SHARE, "share_popular": 0.0},
     "ranked": {"ranker": True},
 }
-"""Reader settings per row; everything else (personal 0.6, popular 0.2 shares, …) is the default. ``fixed``
-is the reader's default blend (6 personal, 2 popular, 1 fresh, 1 Thompson slot); it and the single-source
-rows run when asked for."""
+"""Reader settings per row; everything else is the default. ``fixed`` is the reader's default blend (4 personal,
+4 popular, 1 fresh, 1 Thompson slot); it and the single-source rows run when asked for."""
 KEYS = {
     "none": "no_explore",
     "fresh": "fresh",

@@ -20,7 +20,7 @@ impossible). Rows, all in one run and on the same schedule:
    from ``user:<u>:cand``, minus what the user has seen. At least CONSISTENCY_MIN of its lists must
    equal the consistency check's, or the run fails: the pipeline must reproduce the worker's logic;
 5. pipeline served feed — ``recstream serve``'s GET /v1/feed/{u}?limit=10&seed=… with the default settings,
-   as served: the fixed-quota blend (shares 0.6/0.2/0.1/0.1 → 6 personal, 2 popular, 1 fresh, 1 explore
+   as served: the fixed-quota blend (shares 0.4/0.4/0.1/0.1 → 4 personal, 4 popular, 1 fresh, 1 explore
    slots) while the online ranker is cold, the ranked page (serving/feed.py: the generators' candidates
    ordered by the ranker's score in the exploitation slots, the explore slot kept) once it has learned
    ``ranker_min_rows`` rows from this row's own pages (see "The ranker's rows"); with the share of
