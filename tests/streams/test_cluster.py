@@ -52,6 +52,18 @@ def users_with_segment(client: redis.Redis | redis.RedisCluster, settings: Setti
     return sum(client.hlen(f"{keys.slot(p)}:user:seg") for p in range(keys.partitions or 1))
 
 
+def slots_agree(client: redis.RedisCluster, settings: Settings) -> bool:
+    """Whether every events partition's slot holds the watermark the shared slot holds for it. A batch is one script
+    call per slot, sent together: the shared slot's totals can show a batch whose partition slot's call (the users'
+    histories, vectors, seen sets, the partition's ids and ranker) has not been applied yet."""
+    keys, topic = Keys.of(settings), settings.kafka.events_topic
+    shared = client.hgetall(keys.watermarks(None))  # first: a batch the shared slot shows has its other calls sent
+    return all(
+        client.hget(keys.watermarks(p), f"{topic}:{p}") == shared.get(f"{topic}:{p}".encode())
+        for p in range(keys.partitions or 1)
+    )
+
+
 class DiesBetweenSlots(StateStore):
     """A store whose first batch reaches one slot only (``survivor``) before the worker "dies": the call to
     the other slot never happens and the batch fails as a lost connection does."""
@@ -156,6 +168,7 @@ async def test_a_killed_worker_on_the_cluster_ends_with_the_state_of_a_clean_sin
     for c, s in ((client, cluster), (single_client, single)):
         wait_until(lambda c=c, s=s: applied_events(c, s) == len(events), timeout_s=180, what=f"{s.redis.prefix} run")
         wait_until(lambda c=c, s=s: settled(c, Keys.of(s)), what=f"{s.redis.prefix} run's rankings final")
+    wait_until(lambda: slots_agree(client, cluster), what="every slot's call of the cluster run's last batches")
     cluster_state, single_state = dump_state(client, cluster.redis.prefix), dump_state(single_client, "clean")
     assert sum(key.endswith(":vec") for key in single_state) == len(users)
     assert differing_keys(cluster_state, single_state) == []
