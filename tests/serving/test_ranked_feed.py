@@ -103,7 +103,7 @@ async def test_while_the_ranker_is_cold_the_page_is_the_fixed_blend(world):
             assert not pages[0]["ranked"] and not pages[1]["ranked"]
             assert {(i["score"], i["top_feature"]) for p in pages for i in p["items"]} == {(None, None)}
         warm = await feed(cold, world.warm[0], limit=20)
-        assert Counter(i["source"] for i in warm["items"]) == {"personal": 12, "popular": 4, "fresh": 2, "explore": 2}
+        assert Counter(i["source"] for i in warm["items"]) == {"personal": 8, "popular": 8, "fresh": 2, "explore": 2}
         # the vectors are logged anyway: the ranker learns from fixed pages while it is cold
         rows = session_rows(world, world.warm[0], warm["session"])
         assert all(decode_features(rows[i["item_id"]][2]) is not None for i in warm["items"])
