@@ -51,6 +51,7 @@ from recstream.serving.user_state import UserState
 from recstream.contracts.ranking import FEATURES, rounded_value, rounded_values
 
 COLUMN = {name: k for k, name in enumerate(FEATURES)}
+_CATEGORY_COLUMNS = [COLUMN["category_affinity"], COLUMN["category_lift"]]
 _MISSED = object()
 _MISSING = itertools.repeat(_MISSED)
 """An endless default for ``map(dict.get, keys, _MISSING)``: a memo's miss, told from any value it holds."""
@@ -111,20 +112,28 @@ def category_lift(rows: Iterable[tuple[float, Sequence[str]]]) -> dict[str, floa
     return {c: math.log((engaged[c] + LIFT_PRIOR * mean) / (n + LIFT_PRIOR) / mean) for c, n in shown.items()}
 
 
-def _by_category_set(cats: list[tuple[str, ...]], values: Mapping[str, float], *, mean: bool) -> list[float]:
-    """Each item's sum (or mean) of ``values`` over its categories, rounded as logged: computed once per distinct
-    category set of the page (they are few), its rounding memoized in :data:`_ROUNDED`."""
-    get, column = values.get, {}
+def _category_columns(
+    cats: list[tuple[str, ...]], share: Mapping[str, float], lift: Mapping[str, float]
+) -> tuple[list[float], list[float]]:
+    """Each item's ``category_affinity`` and ``category_lift``: the sum of ``share`` and the mean of ``lift`` over its
+    categories, rounded as logged. Both in one pass over the page's distinct category sets (they are few), each
+    rounding memoized in :data:`_ROUNDED`; two flat lists, since numpy fills a column from one ~5× faster than
+    two columns from a list of pairs."""
+    share_of, lift_of, affinities, lifts = share.get, lift.get, {}, {}
     for c in dict.fromkeys(cats):
-        total = 0.0  # summed in the categories' order, as sum() would: the same bits
+        affinity = mean = 0.0  # summed in the categories' order, as sum() would: the same bits
         for category in c:
-            total += get(category, 0.0)
-        if mean and c:
-            total /= len(c)
-        if (value := _ROUNDED.get(total)) is None:
-            value = _ROUNDED[total] = rounded_value(total)
-        column[c] = value
-    return list(map(column.__getitem__, cats))
+            affinity += share_of(category, 0.0)
+            mean += lift_of(category, 0.0)
+        if c:
+            mean /= len(c)
+        if (rounded := _ROUNDED.get(affinity)) is None:
+            rounded = _ROUNDED[affinity] = rounded_value(affinity)
+        affinities[c] = rounded
+        if (rounded := _ROUNDED.get(mean)) is None:
+            rounded = _ROUNDED[mean] = rounded_value(mean)
+        lifts[c] = rounded
+    return list(map(affinities.__getitem__, cats)), list(map(lifts.__getitem__, cats))
 
 
 @functools.lru_cache(maxsize=4)
@@ -233,8 +242,11 @@ class PageFeatures:
         out[:, COLUMN["pool_age"]] = self._pool_ages(created)
         if len(_ROUNDED) > ROUNDED_MAX:
             _ROUNDED.clear()
-        for name, values, mean in (("category_affinity", self._share, False), ("category_lift", self._lift, True)):
-            out[:, COLUMN[name]] = _by_category_set(cats, values, mean=mean) if values else 0.0
+        if self._share or self._lift:
+            affinity, lift = _category_columns(cats, self._share, self._lift)
+            out[:, COLUMN["category_affinity"]], out[:, COLUMN["category_lift"]] = affinity, lift
+        else:
+            out[:, _CATEGORY_COLUMNS] = 0.0
         out[:, COLUMN["warm"]] = self._warm
         return out
 

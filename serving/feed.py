@@ -261,10 +261,11 @@ def _ranked(
     """
     k, excluded = counts["explore"], exclude.fast
     depth = sum(counts.values()) - k
-    proposed: dict[str, dict[Source, Any]] = {}
-    for source, proposer in proposers.items():
-        for item, why in itertools.islice(proposer.pairs, depth * depth_factors[source] if source in on else 0):
-            proposed.setdefault(item, {})[source] = why
+    offered: dict[Source, dict[str, Any]] = {  # each generator's item → why, taken in C (a page offers ~90)
+        source: dict(itertools.islice(proposer.pairs, depth * depth_factors[source] if source in on else 0))
+        for source, proposer in proposers.items()
+    }
+    proposed = dict.fromkeys(itertools.chain.from_iterable(offered.values()))  # the union, in generator order
 
     def own_picks() -> int:
         """Of the first k allowed explore picks, those no generator proposed: each fills an explore slot with an item
@@ -280,7 +281,8 @@ def _ranked(
             if (pair := next(allowed[source], None)) is None:
                 del allowed[source]
             else:
-                proposed.setdefault(pair[0], {})[source] = pair[1]
+                offered[source][pair[0]] = pair[1]
+                proposed[pair[0]] = None
     items = list(proposed)
     # the explore slots take picks in order, skipping any already on the page, which only a proposed item
     # can be: so the unproposed picks they serve are among the first counts["explore"] allowed ones
@@ -312,14 +314,15 @@ def _ranked(
 
     def best_first() -> Iterator[Candidate]:
         for k in order:
-            item, feature, whys = items[k], tops[k], proposed[items[k]]
+            item, feature = items[k], tops[k]
             source = None if feature is None else GENERATOR[feature]
-            spoken = source in whys  # the top feature speaks for a generator that proposed the item
+            spoken = source is not None and item in offered[source]  # its top feature's generator proposed it
             if not spoken:  # served as the proposer its features pull for most (most items have one)
-                source = next(iter(whys)) if len(whys) == 1 else max(whys, key=pull_of(k).__getitem__)
+                proposing = [s for s, offers in offered.items() if item in offers]
+                source = proposing[0] if len(proposing) == 1 else max(proposing, key=pull_of(k).__getitem__)
             served_as[item] = source, k  # type: ignore[assignment]
             if spoken or feature is None:
-                yield Candidate(item, proposers[source].reason(whys[source]))  # type: ignore[index]
+                yield Candidate(item, proposers[source].reason(offered[source][item]))  # type: ignore[index]
             else:  # in the top feature's words
                 yield Candidate(item, _words(item, feature, features))
 
