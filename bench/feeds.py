@@ -1,6 +1,6 @@
 """Feed throughput and latency of the reader (`recstream serve`), Redis co-located, a load generator beside them.
 
-    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 3] [--turn-seconds 5]
+    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 5] [--turn-seconds 5]
     .venv/bin/python -m bench.feeds --cluster    # also a reader on a Redis Cluster, in the same turns
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
@@ -23,7 +23,7 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    below saturation, where latency is measured from each request's *scheduled* send time (no
    coordinated omission). Baseline in the same run, both ways: the same reader's empty route
    (``/healthz``: HTTP, uvicorn and the app's middleware, no Redis, no feed);
-5. then ``--rounds`` rounds of turns, A B C A B C …: warm users, closed loop, on the main reader and each
+5. then ``--rounds`` rounds of turns, A B C, C B A, A B C …: warm users, closed loop, on the main reader and each
    contender, and at the fixed rate on the main reader, the 2 processes and the fixed blend. The ratio to the
    main reader is taken within each round (the other work on the machine drifts, a round is short) and its
    median over rounds is the figure: issue 18 wants 2 processes ≥ 1.6× one, issue 16 ranked pages ≥ 85% of the
@@ -438,13 +438,16 @@ def loads(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]) -> list[list[Phase]]:
-    """Each round's phases: the main reader and every contender, closed loop, then those measured open loop."""
+    """Each round's phases: the main reader and every contender, closed loop, then those measured open loop; every
+    other round in the reverse order (A B C, C B A, …), so that a drift of the machine within a round (a neighbour's
+    load rising or falling over its half minute) favours the first reader in one round and the last in the next."""
     closed, offered = loads(args)
     rounds = []
     for n in range(1, args.rounds + 1):
-        names = [MAIN, *(c.name for c in contenders)]
+        order = (lambda names: names) if n % 2 else (lambda names: names[::-1])
+        names = order([MAIN, *(c.name for c in contenders)])
         opens = [c.name for c in contenders if c.open_loop]
-        opens = [MAIN, *opens] if opens else []
+        opens = order([MAIN, *opens] if opens else [])
         rounds.append(
             [Phase(f"{n}: {name}, {closed}", "closed", args.path, warm, args.turn_seconds, name) for name in names]
             + [Phase(f"{n}: {name}, {offered}", "open", args.path, warm, args.turn_seconds, name) for name in opens]
@@ -522,7 +525,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
     parser.add_argument("--rate", type=float, default=1_000.0, help="offered feeds/s of the open-loop phases")
     parser.add_argument("--path", default=FEED_PATH, help="feed request path, %%s is the user id")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of turns between the readers compared")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns between the readers compared")
     parser.add_argument("--turn-seconds", type=float, default=5.0, help="duration of each reader's turn")
     parser.add_argument(
         "--cluster",

@@ -61,7 +61,7 @@ def results_of(rounds: list[list[Phase]], per_s: dict[str, list[float]]) -> dict
 def test_the_targets_ratios_are_medians_of_the_ratios_within_each_round_and_are_recorded(monkeypatch, tmp_path):
     """The machine's drift moves every reader of a round together: here the main reader's medians give 2 processes /
     1 = 1.2 and ranked / fixed 0.8, the rounds' own ratios 1.5 and 0.5, the figures."""
-    args = parse_args([])
+    args = parse_args(["--rounds", "3"])
     rounds = turns(CONTENDERS, args, ["w0"])
     per_s = {MAIN: [100.0, 200.0, 400.0], "2 processes": [150.0, 300.0, 240.0], "fixed blend": [200.0, 400.0, 250.0]}
     comparison = compared(CONTENDERS, rounds, results_of(rounds, per_s))
@@ -78,6 +78,16 @@ def test_the_targets_ratios_are_medians_of_the_ratios_within_each_round_and_are_
     written = json.loads(scratch.read_text())
     assert set(written) == set(RESULT_KEYS["feeds"].always) | {"reader_p99_ms_2proc", *comparison.ratios}
     assert written["reader_ranked_to_fixed"]["value"] == 0.5
+
+
+def test_every_other_round_takes_its_turns_in_the_reverse_order():
+    """A drift within a round (the machine's other load rising) then favours the first reader of one round and the last
+    of the next: over rounds, no reader always goes first."""
+    rounds = turns(CONTENDERS, parse_args(["--rounds", "3"]), ["w0"])
+    closed = [[p.reader for p in phases if p.mode == "closed"] for phases in rounds]
+    opened = [[p.reader for p in phases if p.mode == "open"] for phases in rounds]
+    forward = [MAIN, "2 processes", "fixed blend"]
+    assert closed == opened == [forward, forward[::-1], forward]
 
 
 @pytest.mark.parametrize(
