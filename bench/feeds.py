@@ -1,6 +1,6 @@
 """Feed throughput and latency of the reader (`recstream serve`), Redis co-located, a load generator beside them.
 
-    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 5] [--turn-seconds 5]
+    .venv/bin/python -m bench.feeds [--seconds 10] [--concurrency 32] [--rate 1000] [--rounds 6] [--turn-seconds 5]
     .venv/bin/python -m bench.feeds --cluster    # also a reader on a Redis Cluster, in the same turns
 
 What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
@@ -439,8 +439,11 @@ def loads(args: argparse.Namespace) -> tuple[str, str]:
 
 def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]) -> list[list[Phase]]:
     """Each round's phases: the main reader and every contender, closed loop, then those measured open loop; every
-    other round in the reverse order (A B C, C B A, …), so that a drift of the machine within a round (a neighbour's
-    load rising or falling over its half minute) favours the first reader in one round and the last in the next."""
+    other round in the reverse order (A B C, C B A, …). Why: a reader's turn right after the 2-process reader's costs
+    more CPU per feed for the same work (2026-12-06: the fixed blend 1,027–1,080 µs a feed there against 806–974 first
+    in the round, the ranked reader 1,317–1,395 against 1,121–1,248), and in the order A B C of every round before,
+    the fixed blend always took that turn, which overstated ranked / fixed. With the default, even, number of rounds
+    each reader takes it equally often, and the median's middle two are one of each order."""
     closed, offered = loads(args)
     rounds = []
     for n in range(1, args.rounds + 1):
@@ -525,7 +528,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="connections of the closed-loop phases")
     parser.add_argument("--rate", type=float, default=1_000.0, help="offered feeds/s of the open-loop phases")
     parser.add_argument("--path", default=FEED_PATH, help="feed request path, %%s is the user id")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns between the readers compared")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="rounds of turns between the readers compared (even: each order as often)")  # fmt: skip
     parser.add_argument("--turn-seconds", type=float, default=5.0, help="duration of each reader's turn")
     parser.add_argument(
         "--cluster",
