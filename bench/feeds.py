@@ -440,10 +440,10 @@ def loads(args: argparse.Namespace) -> tuple[str, str]:
 def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]) -> list[list[Phase]]:
     """Each round's phases: the main reader and every contender, closed loop, then those measured open loop; every
     other round in the reverse order (A B C, C B A, …). Why: a reader's turn right after the 2-process reader's costs
-    more CPU per feed for the same work (2026-12-06: the fixed blend 1,027–1,080 µs a feed there against 806–974 first
-    in the round, the ranked reader 1,317–1,395 against 1,121–1,248), and in the order A B C of every round before,
-    the fixed blend always took that turn, which overstated ranked / fixed. With the default, even, number of rounds
-    each reader takes it equally often, and the median's middle two are one of each order."""
+    more CPU per feed for the same work (2026-12-06, three runs: ranked / fixed 0.87 on average over the 9 rounds where
+    the fixed blend took that turn, 0.67 over the 8 where the ranked reader did), and in the order A B C of every round
+    before, the fixed blend always took it, which overstated ranked / fixed. With the default, even, number of rounds
+    each reader takes it equally often."""
     closed, offered = loads(args)
     rounds = []
     for n in range(1, args.rounds + 1):
