@@ -12,7 +12,10 @@ protocol's rounds (bench/prequential_protocol.py): each round fetches the scored
 the round's ratings (``AsyncClient.send_events``). The served HR@10 is printed next to
 bench/prequential.py's served row (``prequential_hr10_served``), which publishes the same stream with
 the producer and announces items at their first rating, and next to popularity (top 10 by clicks so far,
-minus what the user has seen) computed in memory on the same history and rounds in the same run.
+minus what the user has seen) computed in memory on the same history and rounds in the same run. The served row
+names how the reader made its pages (``recstream_reader_feeds_by_mode_total``): the harness posts the ratings and
+never the views of the pages it fetched, so no event carries a served feature vector, the online ranker never
+learns, and they are the fixed blend (``fixed-cold``; README, "Your events").
 
 Also measured: the adopter path's wall-clock time, from the first ``recstream import`` to the first feed
 page of a user of the ratings that holds a personal item (import, train, rebuild, worker and reader start).
@@ -39,7 +42,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import RESULTS, ROOT, fail, figure, record, services, show
+from bench.common import RESULTS, ROOT, fail, figure, modes, record, services, show
 from bench.prequential import DEFAULT_MOVIELENS, LOGS, page_seed
 from bench.prequential_protocol import K, Rating, Tally, events_of, group_ratings, rounds, split
 from bench.prequential_rows import PopularityRow, replay_in_memory
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             adopted_s = time.perf_counter() - adopting
             steps["worker and reader start, first personal item in a feed"] = adopted_s - sum(steps.values())
             tally = asyncio.run(tail_through_the_client(settings, reader.url, tail, args.rounds))
+            made = modes(reader.metrics())
         finally:
             worker.stop()
             reader.stop()
@@ -195,7 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     for column in ("row", "HR@10", "nDCG@10"):
         table.add_column(column, justify="left" if column == "row" else "right")
     table.add_row("popularity (in memory, same rounds)", f"{baseline.hr():.4f}", f"{baseline.ndcg():.4f}")
-    table.add_row("served feed (import → client)", f"{tally.hr():.4f}", f"{tally.ndcg():.4f}")
+    pages = ", ".join(f"{n:,} {mode}" for mode, n in made.most_common() if n)  # ranked only with reported views
+    served = f"served feed (import → client; the reader's pages: {pages})"
+    table.add_row(served, f"{tally.hr():.4f}", f"{tally.ndcg():.4f}")
     table.add_row("bench/prequential.py's served row (its own run)", f"{prequential or float('nan'):.4f}", "")
     show(table, console)
     path = Table(title=f"The adopter path, wall clock (load average {load:.1f} on {os.cpu_count()} cores at its start)")

@@ -15,10 +15,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -60,6 +62,7 @@ TABLES_ENV = "BENCH_TABLES"
 START_ATTEMPTS = 3  # private services are started on fresh ports this many times before giving up
 MAX_FAILED_SHARE = 0.001
 """A load run is invalid when more than this share of its requests failed (non-200 or degraded)."""
+_MODE = re.compile(r'recstream_reader_feeds_by_mode_total\{mode="([^"]+)"\} (\S+)')
 
 
 @dataclass(frozen=True)
@@ -381,6 +384,15 @@ def scrape_histogram(text: str, name: str) -> list[tuple[float, float]]:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
     return sorted(buckets)
+
+
+def modes(metrics: str) -> Counter[str]:
+    """Feed pages by how they were made (``recstream_reader_feeds_by_mode_total``) in one reader process's metrics.
+
+    >>> modes('recstream_reader_feeds_by_mode_total{mode="ranked"} 12.0')
+    Counter({'ranked': 12})
+    """
+    return Counter({mode: int(float(n)) for mode, n in _MODE.findall(metrics)})
 
 
 def changed_options(args: argparse.Namespace, defaults: argparse.Namespace, ignore: Collection[str] = ()) -> list[str]:

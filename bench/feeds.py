@@ -85,7 +85,18 @@ from recstream.streams.ranker_training import ftrl_config
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import RESULTS, ROOT, changed_options, check_answers, client_of, fail, figure, record, show
+from bench.common import (
+    RESULTS,
+    ROOT,
+    changed_options,
+    check_answers,
+    client_of,
+    fail,
+    figure,
+    modes,
+    record,
+    show,
+)
 from recstream.contracts.keys import Keys
 from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import Settings, load_settings
@@ -103,7 +114,6 @@ EMPTY_PATH = "/healthz?user=%s"  # the baseline: same request shape, the route a
 _CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
 READY_S = 240.0
 """How long the readers may take to start: spawned processes import everything, slowly on a busy machine."""
-_MODE = re.compile(r'recstream_reader_feeds_by_mode_total\{mode="([^"]+)"\} (\S+)')
 RANKER_MARGIN = 100
 """Rows each partition's ranker learned past its share of ``ranker_min_rows``."""
 
@@ -366,15 +376,6 @@ def round_trips(metrics: str) -> tuple[int, int]:
     if count is None or within is None:
         return 0, 0
     return int(float(count.group(1))), int(float(count.group(1)) - float(within.group(1)))
-
-
-def modes(metrics: str) -> Counter[str]:
-    """Feed pages by how they were made (``recstream_reader_feeds_by_mode_total``) in one process's metrics.
-
-    >>> modes('recstream_reader_feeds_by_mode_total{mode="ranked"} 12.0')
-    Counter({'ranked': 12})
-    """
-    return Counter({mode: int(float(n)) for mode, n in _MODE.findall(metrics)})
 
 
 def every_process_metrics(reader: infra.Child, processes: int, seconds: float = 60.0, parallel: int = 16) -> list[str]:
