@@ -448,10 +448,10 @@ def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]
     closed, offered = loads(args)
     rounds = []
     for n in range(1, args.rounds + 1):
-        order = (lambda names: names) if n % 2 else (lambda names: names[::-1])
-        names = order([MAIN, *(c.name for c in contenders)])
+        step = 1 if n % 2 else -1  # every other round reversed
+        names = [MAIN, *(c.name for c in contenders)][::step]
         opens = [c.name for c in contenders if c.open_loop]
-        opens = order([MAIN, *opens] if opens else [])
+        opens = ([MAIN, *opens] if opens else [])[::step]
         rounds.append(
             [Phase(f"{n}: {name}, {closed}", "closed", args.path, warm, args.turn_seconds, name) for name in names]
             + [Phase(f"{n}: {name}, {offered}", "open", args.path, warm, args.turn_seconds, name) for name in opens]
