@@ -443,8 +443,8 @@ def turns(contenders: list[Contender], args: argparse.Namespace, warm: list[str]
     other round in the reverse order (A B C, C B A, …). Why: a reader's turn right after the 2-process reader's costs
     more CPU per feed for the same work (2026-12-06, three runs: ranked / fixed 0.87 on average over the 9 rounds where
     the fixed blend took that turn, 0.67 over the 8 where the ranked reader did), and in the order A B C of every round
-    before, the fixed blend always took it, which overstated ranked / fixed. With the default, even, number of rounds
-    each reader takes it equally often."""
+    before, the fixed blend always took it, which likely overstated ranked / fixed. With the default, even, number of
+    rounds each reader takes it equally often."""
     closed, offered = loads(args)
     rounds = []
     for n in range(1, args.rounds + 1):
