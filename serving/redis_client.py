@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -77,12 +78,15 @@ class Script:
 class Deadline:
     """``async with Deadline(s):`` raises TimeoutError when the block runs longer than ``s`` (``move`` restarts
     the count), like ``asyncio.timeout``, except that a due deadline waits EXPIRY_HOPS loop iterations before
-    it cancels the task: what already arrived in a socket is read first."""
+    it cancels the task: what already arrived in a socket is read first. A deadline already due stays due:
+    ``move`` then changes nothing, so a round trip that got its connection only in those iterations (another's
+    timeout freed it) times out instead of being handed a fresh budget to connect and ask."""
 
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
         self._timeout = asyncio.timeout(None)
         self._handle: asyncio.Handle | None = None
+        self._due_at = math.inf
 
     async def __aenter__(self) -> Deadline:
         await self._timeout.__aenter__()
@@ -96,10 +100,14 @@ class Deadline:
         return await self._timeout.__aexit__(kind, exc, tb)
 
     def move(self, timeout_s: float) -> None:
-        """Due ``timeout_s`` from now."""
+        """Due ``timeout_s`` from now, unless it is due already."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._due_at:
+            return
         if self._handle is not None:
             self._handle.cancel()
-        self._handle = asyncio.get_running_loop().call_later(timeout_s, self._due, EXPIRY_HOPS)
+        self._due_at = loop.time() + timeout_s
+        self._handle = loop.call_later(timeout_s, self._due, EXPIRY_HOPS)
 
     def _due(self, hops: int) -> None:
         loop = asyncio.get_running_loop()
