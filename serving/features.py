@@ -51,7 +51,6 @@ from recstream.serving.user_state import UserState
 from recstream.contracts.ranking import FEATURES, rounded_value, rounded_values
 
 COLUMN = {name: k for k, name in enumerate(FEATURES)}
-_CATEGORY_COLUMNS = [COLUMN["category_affinity"], COLUMN["category_lift"]]
 _MISSED = object()
 _MISSING = itertools.repeat(_MISSED)
 """An endless default for ``map(dict.get, keys, _MISSING)``: a memo's miss, told from any value it holds."""
@@ -242,11 +241,8 @@ class PageFeatures:
         out[:, COLUMN["pool_age"]] = self._pool_ages(created)
         if len(_ROUNDED) > ROUNDED_MAX:
             _ROUNDED.clear()
-        if self._share or self._lift:
-            affinity, lift = _category_columns(cats, self._share, self._lift)
-            out[:, COLUMN["category_affinity"]], out[:, COLUMN["category_lift"]] = affinity, lift
-        else:
-            out[:, _CATEGORY_COLUMNS] = 0.0
+        affinity, lift = _category_columns(cats, self._share, self._lift) if self._share or self._lift else (0.0, 0.0)
+        out[:, COLUMN["category_affinity"]], out[:, COLUMN["category_lift"]] = affinity, lift
         out[:, COLUMN["warm"]] = self._warm
         return out
 
