@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+from recstream.models.ctr import smoothed_ctr
 
 ExplorePolicy = Literal["thompson", "epsilon_greedy"]
 
@@ -49,6 +50,27 @@ class BetaPrior:
             raise ValueError(f"pseudo_count must be finite and > 0, got {pseudo_count}")
         p = min(max(ctr, eps), 1.0 - eps)
         return cls(p * pseudo_count, (1.0 - p) * pseudo_count)
+
+    @classmethod
+    def of_pool(
+        cls, clicks: npt.ArrayLike, views: npt.ArrayLike, global_ctr: float, ctr_mass: float, pseudo_count: float
+    ) -> BetaPrior:
+        """Empirical Bayes: the mean is the pool's own CTR, p̂ = (Σ clicks + m·p) / (Σ views + m) over its items (p the
+        global CTR, m = ``ctr_mass`` views: an unseen pool starts at p), worth ``pseudo_count`` views.
+
+        Why: the global CTR is what the catalogue's proven items earn. Where new items are the hits (a news feed) it
+        underrates an unseen one, whose draws then rarely win a slot; where they are average (a stable catalogue) it
+        overrates them. The pool's counters say which world this is. Clicks above views (their views lost) are
+        clamped as :meth:`from_ctr` clamps.
+
+        >>> prior = BetaPrior.of_pool([6, 2], [50, 30], global_ctr=0.05, ctr_mass=20.0, pseudo_count=10.0)
+        >>> round(prior.alpha / (prior.alpha + prior.beta), 6), round(prior.alpha + prior.beta, 6)  # (8 + 1) / 100
+        (0.09, 10.0)
+        >>> BetaPrior.of_pool([], [], 0.05, 20.0, 10.0) == BetaPrior.from_ctr(0.05, 10.0)
+        True
+        """
+        pooled = smoothed_ctr(np.sum(clicks, dtype=np.float64), np.sum(views, dtype=np.float64), global_ctr, ctr_mass)
+        return cls.from_ctr(float(pooled), pseudo_count)
 
     def posterior(self, clicks: npt.ArrayLike, views: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Beta(α0 + clicks, β0 + views − clicks), vectorized over a pool.
@@ -124,8 +146,8 @@ def thompson_picks(
 def per_row(theta: npt.ArrayLike) -> np.ndarray:
     """A click rate per view θ as the ranker's click probability, θ / (1 + θ).
 
-    θ ~ Beta(α0 + clicks, β0 + views − clicks) is the item's clicks per view (α0, β0 from the global CTR,
-    the same counters); the ranker learns one row per view (label 0) and one per click (1), so for c clicks
+    θ ~ Beta(α0 + clicks, β0 + views − clicks) is the item's clicks per view (α0, β0 from the same counters:
+    :meth:`BetaPrior.of_pool`); the ranker learns one row per view (label 0) and one per click (1), so for c clicks
     per view it predicts clicks/(views + clicks) = c/(1 + c). Where views are impressions (production, the
     closed loop) the two then measure the same thing; where they are not (MovieLens' views are ratings,
     half of them clicks) the counters' CTR is on another scale, and only the ranker's own score compares.

@@ -467,7 +467,8 @@ class SnapshotLoader:
         unavailable: frozenset[str],
         now: float,
     ) -> Pool:
-        """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 from the workers' prior.
+        """Beta(α0 + clicks, β0 + views − clicks) per available pool item, α0, β0 of mean the pool's own CTR smoothed
+        toward the workers' prior (models/bandit.BetaPrior.of_pool: empirical Bayes over the pool read).
 
         A feed draws once per shortlisted item, so past ``pool.explore_max`` items the shortlist is the top of one
         Thompson draw over the pool read, made here once per reload: an item's chance to be shortlisted follows
@@ -481,7 +482,10 @@ class SnapshotLoader:
         ctr = self._prior(prior)
         clicks_v = np.array([r[3] for r in rows], dtype=np.float64)
         views_v = np.array([r[2] for r in rows], dtype=np.float64)
-        alpha, beta = BetaPrior.from_ctr(ctr, self.settings.pool.bandit_prior_mass).posterior(clicks_v, views_v)
+        prior = BetaPrior.of_pool(
+            clicks_v, views_v, ctr, self.settings.model.ctr_prior_mass, self.settings.pool.bandit_prior_mass
+        )
+        alpha, beta = prior.posterior(clicks_v, views_v)
         logits = ctr_logit(smoothed_ctr(clicks_v, views_v, ctr, self.settings.model.ctr_prior_mass)).tolist()
         members: dict[str, list[tuple[int, str]]] = {}
         categories = {row[0]: self.snapshot.categories.get(row[0], now) for row in rows}

@@ -351,7 +351,9 @@ class PoolSettings(Section):
     graduate_age_s: int = Field(
         48 * 3600, gt=0, le=YEAR_S, description="... or when it is this old (event time; at most a year, YEAR_S)"
     )
-    bandit_prior_mass: float = Field(10.0, gt=0, description="pseudo-views of the Beta prior from the global CTR")
+    bandit_prior_mass: float = Field(
+        10.0, gt=0, description="pseudo-views of the Beta prior, whose mean is the pool's own smoothed CTR"
+    )
     fold_in_users: int = Field(
         1_000, gt=0, le=100_000, description="users kept per new item for its fold-in at graduation (the first ones)"
     )

@@ -36,6 +36,21 @@ def test_prior_clamps_a_ctr_outside_the_open_interval_and_rejects_invalid_input(
         BetaPrior(0.0, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("clicks", "views", "mean"),
+    [
+        ([], [], 0.05),  # nothing seen: the global CTR
+        ([30, 0], [100, 100], (30 + 20 * 0.05) / 220),  # new items clicked above the catalogue: a higher mean
+        ([0, 1], [100, 100], (1 + 20 * 0.05) / 220),  # below it: a lower one
+        ([40], [10], 1.0 - 1e-6),  # clicks whose views were lost: clamped, as from_ctr clamps
+    ],
+)
+def test_the_pool_prior_has_the_pools_smoothed_ctr_as_mean_and_the_pseudo_count_as_weight(clicks, views, mean):
+    prior = BetaPrior.of_pool(clicks, views, global_ctr=0.05, ctr_mass=20.0, pseudo_count=10.0)
+    assert prior.alpha / (prior.alpha + prior.beta) == pytest.approx(mean)
+    assert prior.alpha + prior.beta == pytest.approx(10.0)
+
+
 def test_posterior_adds_clicks_and_misses_and_ignores_orphan_clicks():
     alpha, beta = BetaPrior(2.0, 48.0).posterior(np.array([0, 3, 5]), np.array([0, 10, 4]))
     assert alpha.tolist() == [2.0, 5.0, 7.0]

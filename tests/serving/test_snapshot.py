@@ -71,6 +71,20 @@ async def test_past_the_limit_feeds_draw_over_a_shortlist_and_the_posterior_deci
 
 
 @pytest.mark.integration  # a real Redis
+async def test_an_unviewed_items_prior_is_the_pools_own_ctr(isolated_settings: Settings) -> None:
+    """Empirical Bayes (models/bandit.BetaPrior.of_pool): STAR's 45 clicks in 50 views are the pool's counters, so an
+    unviewed item's Beta prior has their smoothed CTR as its mean, not the global CTR (no prior stored: the default),
+    and STAR's posterior adds its own counters to the same prior."""
+    (pool,) = await pool_of(isolated_settings, 5)
+    p, m = isolated_settings.model.ctr_default, isolated_settings.model.ctr_prior_mass
+    mean, n = (45 + m * p) / (50 + m), isolated_settings.pool.bandit_prior_mass
+    unviewed = pool.index["new0"]
+    assert pool.alpha[unviewed] == pytest.approx(mean * n) and pool.beta[unviewed] == pytest.approx((1 - mean) * n)
+    star = pool.index[STAR]
+    assert (pool.alpha[star], pool.beta[star]) == pytest.approx((mean * n + 45, (1 - mean) * n + 5))
+
+
+@pytest.mark.integration  # a real Redis
 async def test_an_item_users_click_stays_on_the_shortlist_and_the_others_take_turns(
     isolated_settings: Settings,
 ) -> None:
