@@ -61,7 +61,7 @@ class BetaPrior:
         Why: the global CTR is what the catalogue's proven items earn. Where new items are the hits (a news feed) it
         underrates an unseen one, whose draws then rarely win a slot; where they are average (a stable catalogue) it
         overrates them. The pool's counters say which world this is. Clicks above views (their views lost) are
-        clamped as :meth:`from_ctr` clamps.
+        clamped as :meth:`from_ctr` clamps; a negative count (no worker writes one: a damaged key) counts as none.
 
         >>> prior = BetaPrior.of_pool([6, 2], [50, 30], global_ctr=0.05, ctr_mass=20.0, pseudo_count=10.0)
         >>> round(prior.alpha / (prior.alpha + prior.beta), 6), round(prior.alpha + prior.beta, 6)  # (8 + 1) / 100
@@ -69,20 +69,26 @@ class BetaPrior:
         >>> BetaPrior.of_pool([], [], 0.05, 20.0, 10.0) == BetaPrior.from_ctr(0.05, 10.0)
         True
         """
-        pooled = smoothed_ctr(np.sum(clicks, dtype=np.float64), np.sum(views, dtype=np.float64), global_ctr, ctr_mass)
-        return cls.from_ctr(float(pooled), pseudo_count)
+        with np.errstate(over="ignore"):  # a damaged count near a double's limit sums to inf, handled below
+            total_clicks, total_views = (
+                float(np.maximum(np.asarray(c, np.float64), 0.0).sum()) for c in (clicks, views)
+            )
+        if not math.isfinite(total_clicks + total_views):  # counts past a double's range say nothing
+            return cls.from_ctr(global_ctr, pseudo_count)
+        return cls.from_ctr(float(smoothed_ctr(total_clicks, total_views, global_ctr, ctr_mass)), pseudo_count)
 
     def posterior(self, clicks: npt.ArrayLike, views: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """Beta(α0 + clicks, β0 + views − clicks), vectorized over a pool.
 
         A click whose view was lost (dead-lettered, say) must not push β below β0, so
-        `views − clicks` is floored at 0.
+        `views − clicks` is floored at 0; a negative count (a damaged key) counts as none, as α ≤ 0 would make
+        every draw over the pool raise.
 
         >>> alpha, beta = BetaPrior(2.0, 48.0).posterior([0, 3], [0, 10])
         >>> alpha.tolist(), beta.tolist()
         ([2.0, 5.0], [48.0, 55.0])
         """
-        clicks = np.asarray(clicks, dtype=np.float64)
+        clicks = np.maximum(np.asarray(clicks, dtype=np.float64), 0.0)
         misses = np.maximum(np.asarray(views, dtype=np.float64) - clicks, 0.0)
         return self.alpha + clicks, self.beta + misses
 

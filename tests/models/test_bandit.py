@@ -43,12 +43,22 @@ def test_prior_clamps_a_ctr_outside_the_open_interval_and_rejects_invalid_input(
         ([30, 0], [100, 100], (30 + 20 * 0.05) / 220),  # new items clicked above the catalogue: a higher mean
         ([0, 1], [100, 100], (1 + 20 * 0.05) / 220),  # below it: a lower one
         ([40], [10], 1.0 - 1e-6),  # clicks whose views were lost: clamped, as from_ctr clamps
+        ([-5, 3], [-100, 30], (3 + 20 * 0.05) / 50),  # a negative count (a damaged key) counts as none
+        ([0.0], [1e308, 1e308], 0.05),  # counts past a double's range: the global CTR
     ],
 )
 def test_the_pool_prior_has_the_pools_smoothed_ctr_as_mean_and_the_pseudo_count_as_weight(clicks, views, mean):
     prior = BetaPrior.of_pool(clicks, views, global_ctr=0.05, ctr_mass=20.0, pseudo_count=10.0)
     assert prior.alpha / (prior.alpha + prior.beta) == pytest.approx(mean)
     assert prior.alpha + prior.beta == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(("clicks", "alpha"), [(-1, 2.0), (0, 2.0), (1, 3.0)])
+def test_a_negative_click_count_counts_as_none_so_every_draw_stays_defined(clicks, alpha):
+    """A damaged counter below zero would give α ≤ 0, and every Thompson draw over the pool would raise."""
+    a, b = BetaPrior(2.0, 48.0).posterior([clicks], [10])
+    assert (a.tolist(), b.tolist()) == ([alpha], [48.0 + 10 - max(clicks, 0)])
+    assert thompson_picks(a, b, 1, np.random.default_rng(0))[0].tolist() == [0]
 
 
 def test_posterior_adds_clicks_and_misses_and_ignores_orphan_clicks():
