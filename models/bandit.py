@@ -35,9 +35,9 @@ class BetaPrior:
 
     @classmethod
     def from_ctr(cls, ctr: float, pseudo_count: float, eps: float = 1e-6) -> BetaPrior:
-        """α0 = p·n, β0 = (1 − p)·n: mean `p` (the global CTR), worth `n` views.
+        """α0 = p·n, β0 = (1 − p)·n: mean `p` (a CTR: the pool's own, :meth:`of_pool`), worth `n` views.
 
-        `p` is the CTR clamped into [ε, 1 − ε], so a global CTR of 0 or 1 (no clicks yet, a tiny
+        `p` is the CTR clamped into [ε, 1 − ε], so a CTR of 0 or 1 (no clicks yet, a tiny
         sample) or above 1 (clicks per view: a log of clicks without their views, as an import of
         (user, item, ts) rows is) still gives a proper prior instead of stopping the reader's reloads.
 
