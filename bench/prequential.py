@@ -90,6 +90,11 @@ them on six sources, this benchmark's validation split among them, for the worst
 sources (BENCHMARKS.md, "Defaults that generalize"). On MovieLens alone they cost about 5% of the
 personal list's validation HR@10 (0.194 against 0.204 for λ 40, α 2, hard cap 10, chosen here by
 ``--sweep`` and the default until issue 16), the price of holding on the other sources.
+
+``--shuffle SEED`` runs the whole protocol on the same ratings in a random order on the same clock
+(prequential_protocol.shuffled): a dataset with no useful time order, as issue 16's held-out one was. Never
+recorded; BENCHMARKS.md reports it beside the record, so a promise of the served row (served ≥ candidates) is
+seen on data whose order the defaults could not learn from.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ from bench.prequential_protocol import (
     in_order,
     rounds,
     seen_sets,
+    shuffled,
     split,
     top_k,
 )
@@ -262,6 +268,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--movielens", type=Path, default=DEFAULT_MOVIELENS)
     parser.add_argument("--history-share", type=float, default=0.8)
+    parser.add_argument(
+        "--shuffle",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="the ratings in a random order (this seed) on the same clock: data with no useful time order "
+        "(bench/prequential_protocol.shuffled); never recorded",
+    )
     parser.add_argument("--no-pipeline", action="store_true", help="in-memory rows only (for sweeps)")
     parser.add_argument("--no-reader", action="store_true", help="skip the served-feed rows")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
@@ -390,7 +404,9 @@ def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_c
 def records(args: argparse.Namespace, chosen: tuple[ALSConfig, int, int]) -> bool:
     """Whether this run writes bench/results.json: only a full run (every row) with the project defaults, the
     reader's wait after each catch-up included (the served rows depend on what the reader had reloaded)."""
-    full = not (args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set)
+    full = not (args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set) and (
+        args.shuffle is None
+    )
     defaults = parse_args([])
     protocol = (args.history_share, args.reader_wait_s) == (defaults.history_share, defaults.reader_wait_s)
     return full and protocol and chosen == configure(defaults)
@@ -413,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, history_cap, m = configure(args)
     feedback = load_settings().model.feedback_types
     stream = group_ratings(movielens(args.movielens))
+    if args.shuffle is not None:
+        stream = shuffled(stream, args.shuffle)
     history, tail = split(stream.ratings, args.history_share)
     schedule = rounds(tail)
     if args.validation or (args.sweep and args.sweep_on == "validation"):

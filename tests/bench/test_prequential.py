@@ -16,6 +16,7 @@ from bench.prequential import configure, parse_args, records
         (["--history-share", "0.7"], False),
         (["--no-reader"], False),
         (["--set", "ranker_min_rows=2000"], False),
+        (["--shuffle", "1"], False),  # another order of the data: not the record's protocol
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
 )

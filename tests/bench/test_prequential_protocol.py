@@ -15,14 +15,16 @@ from bench.prequential_protocol import (
     Popularity,
     Rating,
     Round,
+    Stream,
     first_uses,
     group_ratings,
     in_order,
     rounds,
+    shuffled,
     split,
     top_k,
 )
-from recstream.contracts.events import Event, ItemEvent
+from recstream.contracts.events import Event, ItemEvent, UserEvent
 from recstream.jobs.sources import Record, movielens
 from tests.conftest import MOVIELENS
 
@@ -113,6 +115,41 @@ def test_movielens_split_keeps_every_tail_click_with_its_view():
     assert sum(len(r.events) for r in history) >= int(0.8 * stream.events)
     assert all(r.events[0].type == "view" for r in tail)
     assert all(len(r.events) == 2 for r in tail if r.click)
+
+
+@given(tails.filter(lambda tail: len(tail) >= 2), st.integers(0, 2**32))
+def test_a_shuffled_stream_is_every_rating_once_in_another_order_on_the_same_clock(tail, seed):
+    ratings = [Rating(r.position, tuple(e.model_copy(update={"item_id": f"i{r.position % 7}"}) for e in r.events))
+               for r in tail]  # fmt: skip
+    stream = Stream(ratings, {r.item_id: ItemEvent(op="new", item_id=r.item_id, ts=T0, created_ts=T0) for r in ratings},
+                    {r.user_id: UserEvent(user_id=r.user_id, ts=T0) for r in ratings})  # fmt: skip
+    out = shuffled(stream, seed)
+
+    def rows(s: Stream) -> list[tuple]:
+        return sorted((r.user_id, r.item_id, tuple(e.type for e in r.events)) for r in s.ratings)
+
+    assert rows(out) == rows(stream)
+    assert [r.events[0].ts for r in out.ratings] == sorted(r.events[0].ts for r in ratings)  # the same clock
+    assert all(e.ts == r.events[0].ts for r in out.ratings for e in r.events)  # a click stays with its view
+    starts = np.cumsum([0] + [len(r.events) for r in out.ratings])[:-1].tolist()
+    assert [r.position for r in out.ratings] == starts  # a position counts events, as group_ratings has it
+    first = {}
+    for r in out.ratings:
+        first.setdefault(r.item_id, r.events[0].ts)
+    assert {i: e.created_ts for i, e in out.items.items()} == first  # announced at its first rating, as the source does
+    assert shuffled(stream, seed) == out
+
+
+def test_shuffled_movielens_has_no_time_order_left():
+    if not MOVIELENS.is_dir():
+        pytest.skip(f"MovieLens 100K is not at {MOVIELENS}")
+    stream = group_ratings(movielens(MOVIELENS))
+    out = shuffled(stream, seed=1)
+    assert len(out.ratings) == len(stream.ratings) and out.events == stream.events
+    before = {(r.user_id, r.item_id): k for k, r in enumerate(stream.ratings)}
+    after = [before[r.user_id, r.item_id] for r in out.ratings]
+    assert abs(np.corrcoef(np.arange(len(after)), after)[0, 1]) < 0.02  # the new order says nothing of the old one
+    assert shuffled(stream, seed=2).ratings[0] != out.ratings[0]
 
 
 def test_popularity_counts_clicks_and_breaks_ties_by_first_click():
