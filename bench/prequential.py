@@ -404,9 +404,8 @@ def in_memory(stream: Stream, history: Sequence[Rating], batch: Batch, history_c
 def records(args: argparse.Namespace, chosen: tuple[ALSConfig, int, int]) -> bool:
     """Whether this run writes bench/results.json: only a full run (every row) with the project defaults, the
     reader's wait after each catch-up included (the served rows depend on what the reader had reloaded)."""
-    full = not (args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set) and (
-        args.shuffle is None
-    )
+    partial = args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set
+    full = not partial and args.shuffle is None  # another order of the data is not the record's protocol
     defaults = parse_args([])
     protocol = (args.history_share, args.reader_wait_s) == (defaults.history_share, defaults.reader_wait_s)
     return full and protocol and chosen == configure(defaults)
