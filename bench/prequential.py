@@ -92,7 +92,8 @@ personal list's validation HR@10 (0.194 against 0.204 for λ 40, α 2, hard cap 
 ``--sweep`` and the default until issue 16), the price of holding on the other sources.
 
 ``--shuffle SEED`` runs the whole protocol on the same ratings in a random order on the same clock
-(prequential_protocol.shuffled): a dataset with no useful time order, as issue 16's held-out one was. Never
+(prequential_protocol.shuffled): a dataset with no useful time order, as issue 16's held-out one was; ``--no-clock``
+puts every event at one instant (prequential_protocol.without_clock), as a dataset without timestamps arrives. Never
 recorded; BENCHMARKS.md reports it beside the record, so a promise of the served row (served ≥ candidates) is
 seen on data whose order the defaults could not learn from.
 """
@@ -133,6 +134,7 @@ from bench.prequential_protocol import (
     shuffled,
     split,
     top_k,
+    without_clock,
 )
 from bench.prequential_report import Scoring, identical_share, record_figures, report
 from bench.prequential_rows import (
@@ -276,6 +278,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the ratings in a random order (this seed) on the same clock: data with no useful time order "
         "(bench/prequential_protocol.shuffled); never recorded",
     )
+    parser.add_argument(
+        "--no-clock",
+        action="store_true",
+        help="every event at one instant, as data without timestamps is filled in (after --shuffle); never recorded",
+    )
     parser.add_argument("--no-pipeline", action="store_true", help="in-memory rows only (for sweeps)")
     parser.add_argument("--no-reader", action="store_true", help="skip the served-feed rows")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
@@ -405,7 +412,7 @@ def records(args: argparse.Namespace, chosen: tuple[ALSConfig, int, int]) -> boo
     """Whether this run writes bench/results.json: only a full run (every row) with the project defaults, the
     reader's wait after each catch-up included (the served rows depend on what the reader had reloaded)."""
     partial = args.no_record or args.no_pipeline or args.no_reader or args.validation or args.set
-    full = not partial and args.shuffle is None  # another order of the data is not the record's protocol
+    full = not partial and args.shuffle is None and not args.no_clock  # other data than the record's protocol
     defaults = parse_args([])
     protocol = (args.history_share, args.reader_wait_s) == (defaults.history_share, defaults.reader_wait_s)
     return full and protocol and chosen == configure(defaults)
@@ -430,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     stream = group_ratings(movielens(args.movielens))
     if args.shuffle is not None:
         stream = shuffled(stream, args.shuffle)
+    if args.no_clock:
+        stream = without_clock(stream)
     history, tail = split(stream.ratings, args.history_share)
     schedule = rounds(tail)
     if args.validation or (args.sweep and args.sweep_on == "validation"):

@@ -155,6 +155,27 @@ def shuffled(stream: Stream, seed: int) -> Stream:
     return out
 
 
+def without_clock(stream: Stream) -> Stream:
+    """The same ratings in the same order, every event and announcement at the stream's first instant.
+
+    Why: a dataset without timestamps comes with one filled in for every row (its crawl date, say). Then no item
+    ever ages, and a rule that reads age (the new-item pool's graduation after ``pool.graduate_age_s``) never fires.
+
+    >>> e = lambda i, ts: Event(type="view", user_id="u", item_id=i, ts=T0 + ts)
+    >>> out = without_clock(Stream([Rating(0, (e("a", 1),)), Rating(1, (e("b", 5),))],
+    ...                            {i: ItemEvent(op="new", item_id=i, ts=T0 + 1, created_ts=T0 + 1) for i in "ab"},
+    ...                            {"u": UserEvent(user_id="u", ts=T0 + 1)}))
+    >>> [(r.item_id, r.events[0].ts - T0) for r in out.ratings], {i: e.created_ts - T0 for i, e in out.items.items()}
+    ([('a', 1), ('b', 1)], {'a': 1, 'b': 1})
+    """
+    if not stream.ratings:
+        return stream
+    ts = min(r.events[0].ts for r in stream.ratings)
+    ratings = [Rating(r.position, tuple(e.model_copy(update={"ts": ts}) for e in r.events)) for r in stream.ratings]
+    items = {i: e.model_copy(update={"ts": ts, "created_ts": ts}) for i, e in stream.items.items()}
+    return Stream(ratings, items, {u: e.model_copy(update={"ts": ts}) for u, e in stream.users.items()})
+
+
 @dataclass(frozen=True, slots=True)
 class Round:
     """Publish ``publish`` (stream order), let the pipeline catch up, then score every click in ``score``."""

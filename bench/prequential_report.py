@@ -81,7 +81,8 @@ def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, t
            pipeline: PipelineResult | None, scoring: Scoring, cmd: str, console: Console) -> None:  # fmt: skip
     weights = load_settings().model.feedback_types.signed_weight
     title = (
-        f"prequential, MovieLens 100K{'' if args.shuffle is None else f' in a random order (seed {args.shuffle})'}, "
+        f"prequential, MovieLens 100K{'' if args.shuffle is None else f' in a random order (seed {args.shuffle})'}"
+        f"{', every event at one instant' if args.no_clock else ''}, "
         f"last {1 - args.history_share:.0%} of events: "
         f"iALS k={cfg.factors} λ={cfg.regularization} α={cfg.alpha} it={cfg.iterations} "
         f"view={weights['view']:g} click={weights['click']:g}; history cap {history_cap}, candidates {m}"

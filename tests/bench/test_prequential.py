@@ -17,6 +17,7 @@ from bench.prequential import configure, parse_args, records
         (["--no-reader"], False),
         (["--set", "ranker_min_rows=2000"], False),
         (["--shuffle", "1"], False),  # another order of the data: not the record's protocol
+        (["--no-clock"], False),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
 )
