@@ -207,6 +207,23 @@ class ImportReport:
     bad: list[tuple[int, str]] = field(default_factory=list)  # (line or row number, reason)
     seconds: float = 0.0
     stopped: tuple[int, ReadingStopped] | None = None  # the CSV line reading stopped at, and why: the rest is unread
+    first_ts: int | None = None  # event time of the earliest event published (epoch ms)
+    last_ts: int | None = None  # … and of the latest
+
+    def saw(self, ts: int) -> None:
+        """Widen the published events' span of event time by one event's."""
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+
+    def event_span_s(self) -> float | None:
+        """Seconds of event time from the earliest event published to the latest, None without events: what a
+        rule that reads age (the new-item pool's graduation) sees of this file.
+
+        >>> report = ImportReport()
+        >>> report.saw(5_000), report.saw(1_000), report.event_span_s()
+        (None, None, 4.0)
+        """
+        return None if self.first_ts is None or self.last_ts is None else (self.last_ts - self.first_ts) / 1000
 
 
 def file_format(path: Path, given: str | None) -> FileFormat:
@@ -303,6 +320,7 @@ async def publish_rows(
             for record in records:
                 if isinstance(record, Event):
                     events.append(record)
+                    report.saw(record.ts)
                 elif isinstance(record, ItemEvent):
                     await producer.send_item(record)
                 else:

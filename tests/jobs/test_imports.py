@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recstream.contracts.events import Event, Rejected, decode, encode
-from recstream.contracts.settings import Settings
+from recstream.contracts.settings import Settings, load_settings
 from recstream.eventlog.log import open_log, read, whole_topic
 from recstream.jobs import imports
 from recstream.jobs.imports import ImportSpec, ImportSpecError, count_rows, file_rows
@@ -492,3 +492,26 @@ def test_integer_ids_of_a_typed_file_are_the_ids_a_csv_of_the_same_digits_gives(
     items = ImportSpec.parse("items").records({"item_id": 42, "f_len": 2}, NOW_MS)
     users = ImportSpec.parse("users").records({"user_id": 7, "age": 34}, NOW_MS)
     assert items[0].item_id == "42" and users[0].user_id == "7", (items, users)  # type: ignore[index]
+
+
+GRADUATE_AGE_S = load_settings().pool.graduate_age_s
+
+
+@pytest.mark.parametrize(
+    ("span_s", "warned"),
+    [(0, True), (GRADUATE_AGE_S - 1, True), (GRADUATE_AGE_S, False), (GRADUATE_AGE_S + 1, False)],
+    ids=["one instant", "limit - 1", "limit", "limit + 1"],
+)
+def test_an_import_whose_events_span_less_than_the_pools_graduation_age_says_no_item_will_age(
+    tmp_path, published, span_s, warned
+):
+    """A file whose dates were filled in (one for every row) keeps the whole catalogue in the new-item pool, which
+    then leaves it only by views: on MovieLens with one instant the served feed fell to 80-85% of its own personal
+    list (BENCHMARKS.md, "With no clock at all"), and nothing said why."""
+    path = tmp_path / "interactions.csv"
+    path.write_text(f"user_id,item_id,ts\nu1,i1,{T0_S}\nu2,i2,{T0_S + span_s}\n")
+    done = run_cli("import", str(path), "--ts-unit", "s")
+    assert done.exit_code == 0 and len(published) == 2, done.output
+    assert ("no item ages out of the pool" in done.output) is warned, done.output
+    if warned:
+        assert f"span {span_s:,} s of event time" in " ".join(done.output.split()), done.output
