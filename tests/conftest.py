@@ -9,6 +9,7 @@ ends. Tests isolate themselves with their own topics and Redis database
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """SIGTERM (``timeout``, a CI runner giving up) and SIGHUP (the terminal closing) end the run like Ctrl-C, so
     the session fixtures still stop the Kafka and Redis they started instead of leaving them running."""
     infra.route_stop_signals()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, …: each picks its ports from a slice of its own
+    if worker is not None:
+        infra.use_port_slice(int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -195,6 +195,33 @@ _handed_out: set[int] = set()
 """Every port :func:`free_port` returned in this process, spans included: each is someone's until it binds."""
 
 
+_slice: tuple[int, int] = (0, 1)
+"""(k, n): :func:`free_port` picks from the k-th of n equal slices of its range (:func:`use_port_slice`)."""
+
+
+def use_port_slice(k: int, n: int) -> None:
+    """From now on this process picks its free ports from the k-th of n equal slices of :func:`free_port`'s range.
+
+    Why: parallel test processes (pytest-xdist's workers) each remember only the ports they handed out, so one may
+    pick a port another picked and has not bound yet (the demo's worker binds its metrics port ~20 s after its test
+    chose it, and once exited with "Address already in use"). Disjoint slices make that impossible between them.
+
+    >>> use_port_slice(0, 2)
+    >>> low = [free_port() for _ in range(20)]
+    >>> use_port_slice(1, 2)
+    >>> max(low) < min(free_port() for _ in range(20))
+    True
+    >>> use_port_slice(2, 2)
+    Traceback (most recent call last):
+    ValueError: slice 2 of 2: expected 0 <= k < n
+    >>> use_port_slice(0, 1)
+    """
+    if not 0 <= k < n:
+        raise ValueError(f"slice {k} of {n}: expected 0 <= k < n")
+    global _slice
+    _slice = (k, n)
+
+
 def free_port(span: int = 1) -> int:
     """A loopback port with ``span`` consecutive free ports (Kafka needs two: broker and controller), none of them
     handed out before by this process: a caller picks its services' ports first and starts them after, so a port
@@ -204,11 +231,13 @@ def free_port(span: int = 1) -> int:
     taken again, between this choice and the server's start, as the local port of any
     outgoing connection, and Kafka then dies with "Address already in use".
     """
-    ceiling = _ephemeral_floor() - span
-    if ceiling - _FREE_PORT_FLOOR < MIN_PORTS_BELOW:  # little or no room below the kernel's range (it starts at 1024,
-        ceiling = 65536 - span  # say): any port, race and all
+    floor, ceiling = _FREE_PORT_FLOOR, _ephemeral_floor()
+    if ceiling - span - floor < MIN_PORTS_BELOW:  # little or no room below the kernel's range (it starts at 1024,
+        ceiling = 65536  # say): any port, race and all
+    k, n = _slice
+    floor, ceiling = floor + (ceiling - floor) * k // n, floor + (ceiling - floor) * (k + 1) // n - span
     for _ in range(200):
-        port = random.randrange(_FREE_PORT_FLOOR, ceiling)
+        port = random.randrange(floor, ceiling)
         ports = range(port, port + span)
         if _handed_out.isdisjoint(ports) and all(map(_bindable, ports)):  # a listening port does not bind
             _handed_out.update(ports)
