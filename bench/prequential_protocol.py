@@ -143,22 +143,13 @@ def shuffled(stream: Stream, seed: int) -> Stream:
     """
     order = list(stream.ratings)
     random.Random(seed).shuffle(order)
-    times = sorted(r.events[0].ts for r in stream.ratings)
-    out, position = Stream(), 0
-    for rating, ts in zip(order, times, strict=True):
-        out.ratings.append(Rating(position, tuple(e.model_copy(update={"ts": ts}) for e in rating.events)))
-        position += len(rating.events)
-        if rating.item_id not in out.items:
-            out.items[rating.item_id] = stream.items[rating.item_id].model_copy(update={"ts": ts, "created_ts": ts})
-        if rating.user_id not in out.users:
-            out.users[rating.user_id] = stream.users[rating.user_id].model_copy(update={"ts": ts})
-    return out
+    return _restamped(stream, order, sorted(r.events[0].ts for r in stream.ratings))
 
 
 def without_clock(stream: Stream) -> Stream:
     """The same ratings in the same order, every event and announcement at the stream's first instant.
 
-    Why: a dataset without timestamps comes with one filled in for every row (its crawl date, say). Then no item
+    Why: a dataset without timestamps comes with one date filled in for every row (its crawl date, say). Then no item
     ever ages, and a rule that reads age (the new-item pool's graduation after ``pool.graduate_age_s``) never fires.
 
     >>> e = lambda i, ts: Event(type="view", user_id="u", item_id=i, ts=T0 + ts)
@@ -170,10 +161,22 @@ def without_clock(stream: Stream) -> Stream:
     """
     if not stream.ratings:
         return stream
-    ts = min(r.events[0].ts for r in stream.ratings)
-    ratings = [Rating(r.position, tuple(e.model_copy(update={"ts": ts}) for e in r.events)) for r in stream.ratings]
-    items = {i: e.model_copy(update={"ts": ts, "created_ts": ts}) for i, e in stream.items.items()}
-    return Stream(ratings, items, {u: e.model_copy(update={"ts": ts}) for u, e in stream.users.items()})
+    first = min(r.events[0].ts for r in stream.ratings)
+    return _restamped(stream, stream.ratings, [first] * len(stream.ratings))
+
+
+def _restamped(stream: Stream, order: Sequence[Rating], times: Sequence[int]) -> Stream:
+    """``order``'s ratings, the k-th at ``times[k]`` (its click with its view), positions counted anew, and each user
+    and item announced at its first rating's time, as the source announces them."""
+    out, position = Stream(), 0
+    for rating, ts in zip(order, times, strict=True):
+        out.ratings.append(Rating(position, tuple(e.model_copy(update={"ts": ts}) for e in rating.events)))
+        position += len(rating.events)
+        if rating.item_id not in out.items:
+            out.items[rating.item_id] = stream.items[rating.item_id].model_copy(update={"ts": ts, "created_ts": ts})
+        if rating.user_id not in out.users:
+            out.users[rating.user_id] = stream.users[rating.user_id].model_copy(update={"ts": ts})
+    return out
 
 
 @dataclass(frozen=True, slots=True)

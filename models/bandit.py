@@ -70,9 +70,7 @@ class BetaPrior:
         True
         """
         with np.errstate(over="ignore"):  # a damaged count near a double's limit sums to inf, handled below
-            total_clicks, total_views = (
-                float(np.maximum(np.asarray(c, np.float64), 0.0).sum()) for c in (clicks, views)
-            )
+            total_clicks, total_views = (float(_counts(c).sum()) for c in (clicks, views))
         if not math.isfinite(total_clicks + total_views):  # counts past a double's range say nothing
             return cls.from_ctr(global_ctr, pseudo_count)
         return cls.from_ctr(float(smoothed_ctr(total_clicks, total_views, global_ctr, ctr_mass)), pseudo_count)
@@ -88,9 +86,14 @@ class BetaPrior:
         >>> alpha.tolist(), beta.tolist()
         ([2.0, 5.0], [48.0, 55.0])
         """
-        clicks = np.maximum(np.asarray(clicks, dtype=np.float64), 0.0)
+        clicks = _counts(clicks)
         misses = np.maximum(np.asarray(views, dtype=np.float64) - clicks, 0.0)
         return self.alpha + clicks, self.beta + misses
+
+
+def _counts(counts: npt.ArrayLike) -> np.ndarray:
+    """Stored counters as floats, a negative one (no worker writes one: a damaged key) as none."""
+    return np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
 
 
 def graduated(
