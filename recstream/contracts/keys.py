@@ -19,8 +19,9 @@ key                          type    holds
 ``segments:rescore``         set     items whose scores in ``rank:<s>`` wait for a batch that ranks segments
 ``trend:<v|c>:<epoch>``      zset    item → fixed-point decayed views/clicks (models.ctr.trend_*)
 ``pool``                     zset    new-item pool: item → created_ts (Thompson sampling)
-``graduated``                set     items that left the pool (by views or age)
+``graduated``                set     items that left the pool (by views, age or a standing clock)
 ``clock``                    string  the largest event timestamp applied (event time)
+``clock:events``             string  events applied at ``clock``'s instant (a standing clock graduates the pool)
 ``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON)
 ``unavailable``              set     items hidden from every ranking and list
 ``user:seg``                 hash    user → segment

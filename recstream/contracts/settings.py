@@ -336,6 +336,7 @@ class PoolSettings(Section):
     variables: ClassVar[Mapping[str, str]] = {
         "graduate_views": "pool_graduate_views",
         "graduate_age_s": "pool_graduate_age_s",
+        "graduate_standing_events": "pool_graduate_standing_events",
         "explore_max": "pool_explore_max",
         "read_max": "pool_read_max",
     }
@@ -350,6 +351,14 @@ class PoolSettings(Section):
     )
     graduate_age_s: int = Field(
         48 * 3600, gt=0, le=YEAR_S, description="... or when it is this old (event time; at most a year, YEAR_S)"
+    )
+    graduate_standing_events: int = Field(
+        20_000,
+        gt=0,
+        le=1_000_000_000,
+        description="... or once this many events were applied at one instant of event time, when it was created by "
+        "then: a clock that stands still (dates filled in) measures no age, and the pool would hold the catalogue "
+        "for good. Events in one ms of a live stream are far fewer; at most a billion, as graduate_views",
     )
     bandit_prior_mass: float = Field(
         10.0, gt=0, description="pseudo-views of the Beta prior, whose mean is the pool's own smoothed CTR"

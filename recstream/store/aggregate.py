@@ -37,6 +37,9 @@ class CounterDeltas:
     seen: dict[str, dict[str, int]] = field(default_factory=dict)
     variants: dict[str | None, list[int]] = field(default_factory=dict)
     clock: int = 0
+    at_clock: int = 0
+    """Events stamped at ``clock`` itself (capped as it is): the batch script counts them per instant, and a clock
+    that stands still for ``pool.graduate_standing_events`` of them measures no age (apply_batch.lua, step 7)."""
 
 
 def aggregate(
@@ -69,8 +72,9 @@ def aggregate(
     >>> d = aggregate(e, {"u": "age18-24.F"}, half_life_ms=3_600_000, epoch_half_lives=8)
     >>> d.items["i"], d.segments, d.totals["clicks:age18-24.F"], d.seen, d.variants
     ([1, 1, 1000000000000], {'age18-24.F': {'i': [1, 1]}}, 1, {'u': {'i': 1000000000001}}, {None: [1, 1]})
-    >>> aggregate(e, {}, 3_600_000, 8, arrived_ms=[10**12 + 5, 10**12 - 7]).clock  # the click arrived "before" it
-    1000000000000
+    >>> late = aggregate(e, {}, 3_600_000, 8, arrived_ms=[10**12 + 5, 10**12 - 7])  # the click arrived "before" it
+    >>> late.clock, late.at_clock  # the view's ts, and only the view is at it (the click capped earlier)
+    (1000000000000, 1)
     >>> d = aggregate([Event(type="dislike", user_id="u", item_id="j", ts=10**12)], {}, 3_600_000, 8)
     >>> d.items, d.totals, d.seen, d.variants
     ({'j': [0, 0, 1000000000000]}, {}, {'u': {'j': 1000000000000}}, {})
@@ -79,7 +83,9 @@ def aggregate(
     if not events:
         return deltas
     ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events))
-    deltas.clock = int((ts if arrived_ms is None else np.minimum(ts, np.asarray(arrived_ms, dtype=np.int64))).max())
+    stamped = ts if arrived_ms is None else np.minimum(ts, np.asarray(arrived_ms, dtype=np.int64))
+    deltas.clock = int(stamped.max())
+    deltas.at_clock = int(np.count_nonzero(stamped == deltas.clock))
     item_names, item = _codes(list(map(attrgetter("item_id"), events)))
     user_names, user = _codes(list(map(attrgetter("user_id"), events)))
     types = map(attrgetter("type"), events)

@@ -183,7 +183,7 @@ end
 -- infinite refuses the batch, as it would spread into every score.
 local names = {}  -- p.items: {item, {views, clicks, first_ts}}
 local old_views, views_now, clicks_now, seg_now = {}, {}, {}, {}
-local q, prior_held, cursor_held, clock
+local q, prior_held, cursor_held, clock, at_clock
 local segs_before, graduated_of, weights_held, users_held = {}, {}, {}, {}
 local seen_writes, seg_args, eid_writes, blob_args = {}, {}, {}, {}  -- step 8's arguments
 -- the users whose keys or fields the steps write (each once), and which of them are erased (below, 1c)
@@ -202,6 +202,7 @@ refusal = checked(function()
   integer(cfg.trend_ttl_s * 1000, 'cfg.trend_ttl_s in ms', 1)  -- EXPIRE refuses a time past that
   integer(cfg.dedup_window_ms, 'cfg.dedup_window_ms', 0)  -- 0: no de-duplication (the worker sends no ids)
   integer(cfg.graduate_age_ms, 'cfg.graduate_age_ms', 0)
+  integer(cfg.graduate_standing_events, 'cfg.graduate_standing_events', 1)
   integer(cfg.seen_cap, 'cfg.seen_cap', 0)
   integer(cfg.rescore_items, 'cfg.rescore_items', 1)  -- HSCAN's COUNT
   if p.shared then
@@ -210,7 +211,7 @@ refusal = checked(function()
     end
     for _, key in ipairs({'pool', 'rank'}) do expect(P .. key, 'zset') end
     for _, key in ipairs({'views', 'clicks', 'totals'}) do expect(P .. key, 'hash') end
-    for _, key in ipairs({'prior', 'rescore', 'clock'}) do expect(P .. key, 'string') end
+    for _, key in ipairs({'prior', 'rescore', 'clock', 'clock:events'}) do expect(P .. key, 'string') end
     segs_before = redis.call('SMEMBERS', P .. 'segments')
     local every_seg = {}  -- step 4b rescores in each one, this batch's new ones too
     for _, s in ipairs(segs_before) do every_seg[#every_seg + 1] = s end
@@ -309,9 +310,15 @@ refusal = checked(function()
         weights_held[k], users_held[k] = old, size or redis.call('HLEN', key)
       end
     end
-    -- step 7: the event clock
+    -- step 7: the event clock, and how many events were applied at its instant (p.at_clock: the batch's events
+    -- stamped at its own clock); an event stamped earlier never counts, so neither does a lagging partition's batch
     local held_clock = tonumber(redis.call('GET', P .. 'clock')) or 0
     clock = math.max(finite(held_clock, P .. 'clock'), finite(p.clock, 'the clock'))
+    local held_count = finite(tonumber(redis.call('GET', P .. 'clock:events')) or 0, P .. 'clock:events')
+    integer(p.at_clock, 'the events at the clock', 0)
+    if p.clock > held_clock then at_clock = p.at_clock
+    elseif p.clock == held_clock then at_clock = held_count + p.at_clock
+    else at_clock = held_count end
   end
   -- step 8: its commands' arguments, built here as they are checked (a loop over each user's items, not two);
   -- MSET and SET replace a value of any type, so the blobs' and rankers' keys need no TYPE
@@ -607,8 +614,13 @@ for k, it in ipairs(p.item_users) do  -- {item, {{user, {weight, ...}}, ...}}
 end
 
 -- 7. the new-item pool: graduation by views (counted items) or by age (event time); a graduated item
--- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item
+-- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item.
+-- A standing clock (cfg.graduate_standing_events applied at one instant: timestamps filled in, a file without
+-- dates) measures no age, and the pool would hold the whole catalogue for good: then every item created by that
+-- instant graduates. Either rule takes the oldest CHUNK items a batch (a catalogue of them at once would block Redis
+-- for seconds); the next batches take the rest.
 redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
+redis.call('SET', P .. 'clock:events', at_clock)
 local function graduate_on_views(items, views)
   local in_pool = many('ZMSCORE', P .. 'pool', items)
   for k, item in ipairs(items) do
@@ -622,7 +634,9 @@ graduate_on_views(names, views_now)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
 graduate_on_views(pooled, hmget(P .. 'views', pooled))
-for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', '(' .. string.format('%d', clock - cfg.graduate_age_ms))) do
+local aged = at_clock >= cfg.graduate_standing_events and string.format('%d', clock)
+  or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
+for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', aged, 'LIMIT', 0, CHUNK)) do
   graduated[#graduated + 1] = item
 end
 for _, item in ipairs(graduated) do

@@ -156,6 +156,7 @@ class StateStore:
             "trend_ttl_s": 3 * settings.model.trend_half_life_s * settings.model.trend_epoch_half_lives,
             "graduate_views": settings.pool.graduate_views,
             "graduate_age_ms": settings.pool.graduate_age_s * 1000,
+            "graduate_standing_events": settings.pool.graduate_standing_events,
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.worker.dedup_window_s * 1000,
@@ -362,7 +363,7 @@ class StateStore:
         def part(slot: str) -> tuple[dict, list[bytes]]:
             if slot not in parts:
                 empty = ("wm", "meta", "items", "segs", "totals", "trend", "item_users", "blobs", "rankers")
-                payload = {"prefix": slot, "cfg": self._cfg, "shared": slot == shared, "clock": 0,
+                payload = {"prefix": slot, "cfg": self._cfg, "shared": slot == shared, "clock": 0, "at_clock": 0,
                            **{name: [] for name in empty}, "blob_ends": [], "seen": {}, "user_segments": {},
                            "eids": {}}  # fmt: skip
                 parts[slot] = payload, []
@@ -382,7 +383,7 @@ class StateStore:
             payload["segs"] = [(s, list(counts.items())) for s, counts in c.segments.items()]
             payload["totals"] = list(c.totals.items())
             payload["trend"] = [(suffix, list(increments.items())) for suffix, increments in c.trend.items()]
-            payload["clock"] = c.clock
+            payload["clock"], payload["at_clock"] = c.clock, c.at_clock
             payload["item_users"] = [(item, list(users.items())) for item, users in effect.item_users.items()]
             payload["rank_segments"] = effect.rank_segments
         for name, by_user in (("seen", c.seen), ("user_segments", effect.user_segments)):

@@ -183,6 +183,7 @@ BOUNDED = {  # flat name → (section, field, the values around both ends of its
     "trend_half_life_s": ("model", "trend_half_life_s", [0, 1, 2, YEAR_S - 1, YEAR_S, YEAR_S + 1]),
     "pool_graduate_age_s": ("pool", "graduate_age_s", [0, 1, 2, YEAR_S - 1, YEAR_S, YEAR_S + 1]),
     "pool_graduate_views": ("pool", "graduate_views", [0, 1, 2, 10**9 - 1, 10**9, 10**9 + 1]),
+    "pool_graduate_standing_events": ("pool", "graduate_standing_events", [0, 1, 2, 10**9 - 1, 10**9, 10**9 + 1]),
     "session_ttl_s": ("reader", "session_ttl_s", [0, 1, 2, SESSION_TTL_MAX_S - 1, SESSION_TTL_MAX_S,
                                                   SESSION_TTL_MAX_S + 1]),
     "retention_ms": ("kafka", "retention_ms", [-2, -1, 0, 2**63 - 2, 2**63 - 1, 2**63]),  # the broker's Java long

@@ -46,7 +46,9 @@ def per_event(events: list[Event], arrived_ms: list[int]) -> CounterDeltas:
         for name, n in zip(("views", "clicks"), counts, strict=True)
         if n
     }
-    deltas.clock = max(min(event.ts, arrived) for event, arrived in zip(events, arrived_ms, strict=True))
+    stamped = [min(event.ts, arrived) for event, arrived in zip(events, arrived_ms, strict=True)]
+    deltas.clock = max(stamped)
+    deltas.at_clock = stamped.count(deltas.clock)
     return deltas
 
 
@@ -56,7 +58,7 @@ events = st.lists(
         type=st.sampled_from(sorted(DEFAULT_FEEDBACK.root)),
         user_id=st.sampled_from([f"u{k}" for k in range(5)]),
         item_id=st.sampled_from([f"i{k}" for k in range(6)]),
-        ts=st.integers(10**12, 10**12 + 6 * HALF_LIFE_MS),
+        ts=st.integers(10**12, 10**12 + 6 * HALF_LIFE_MS) | st.just(10**12 + 6 * HALF_LIFE_MS),  # ties at the clock
         variant=st.sampled_from([None, "exp:a", "exp:b"]),
     ),
     min_size=1,

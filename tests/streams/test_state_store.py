@@ -280,6 +280,8 @@ NOT_FINITE = {  # how to craft it, and what the refusal says of the value
     "arrival not text": (lambda payload: _first_arrival(payload).__setitem__(0, 5), "arrival is 5, expected"),
     "event id not text": (lambda payload: _first_arrival(payload)[1].append(7), "id is 7, expected a string"),
     "seen ts null": (lambda payload: payload["seen"]["u2"].update(i4=None), "the batch is malformed"),
+    "events at the clock NaN": (lambda payload: payload.update(at_clock=math.nan), "the events at the clock is nan"),
+    "events at the clock 1.5": (lambda payload: payload.update(at_clock=1.5), "the events at the clock is 1.5"),
 }
 
 
@@ -356,3 +358,52 @@ async def test_an_erasure_of_another_user_costs_no_cached_history_whoever_reads_
         assert store._histories == {}
     finally:
         await client.aclose()
+
+
+STANDING = 4  # pool_graduate_standing_events of the tests below
+
+
+async def _events_at(settings: Settings, offset: int, stamps: list[int], meta: list | None = None) -> None:
+    """One batch of views of item ``seen`` (never in the pool) stamped ``stamps``, and items announced (``meta``)."""
+    tp = f"{settings.kafka.events_topic}:0"
+    effect = Effect(watermarks={tp: (offset - 1, offset)}, meta=meta or [])
+    views = [Event(type="view", user_id="u1", item_id="seen", ts=ts) for ts in stamps]
+    effect.counters = aggregate(views, {}, 3_600_000, 8)
+    await apply(settings, effect)
+
+
+@pytest.mark.parametrize(("split", "graduated"), [((STANDING - 1,), False), ((STANDING,), True),
+                                                  ((STANDING + 1,), True), ((1, STANDING - 2, 1), True)])  # fmt: skip
+async def test_a_clock_that_stands_still_for_the_set_events_graduates_the_pool(
+    isolated_settings: Settings, split: tuple[int, ...], graduated: bool
+):
+    """Timestamps filled in (every event at one instant) measure no age: once ``pool_graduate_standing_events`` were
+    applied at the clock's instant, in one batch or over several, every pool item created by then graduates (at the
+    limit − 1 none does, at the limit and + 1 both; an item created after the instant stays), and an item announced
+    at that instant later graduates in its own batch. Without the rule the pool held the whole catalogue for good."""
+    settings = isolated_settings.replace(pool_graduate_standing_events=STANDING, require_announced_items=True)
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    meta = [(item, "x", created, T0, True, "{}") for item, created in (("old", T0 - 1), ("now", T0), ("later", T0 + 1))]
+    for offset, n in enumerate(split):
+        await _events_at(settings, offset, [T0] * n, meta if offset == 0 else None)
+    pool = {item.decode() for item in client.zrange(keys("pool"), 0, -1)}
+    assert pool == ({"later"} if graduated else {"old", "now", "later"})
+    assert int(client.get(keys("clock:events"))) == sum(split)
+    await _events_at(settings, len(split), [], [("next", "x", None, T0, True, "{}")])  # no events, one announcement
+    assert (client.zscore(keys("pool"), "next") is None) == graduated
+    client.close()
+
+
+async def test_the_standing_clock_counts_events_at_its_instant_only(isolated_settings: Settings):
+    """A lagging partition's events (stamped before the clock) never count, nor do a batch's events before its own
+    latest; the clock moving on starts the count anew: a live stream, whose clock moves every batch, never reaches
+    the limit, and its new items age by event time only."""
+    settings = isolated_settings.replace(pool_graduate_standing_events=STANDING, require_announced_items=True)
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    await _events_at(settings, 0, [T0 - 5, T0, T0], [("new", "x", T0, T0, True, "{}")])
+    await _events_at(settings, 1, [T0 - 1] * (STANDING + 1))  # lagging: before the clock
+    assert int(client.get(keys("clock:events"))) == 2
+    await _events_at(settings, 2, [T0 + 1] * (STANDING - 1))
+    await _events_at(settings, 3, [T0, T0 + 2])  # a new instant: one event at it
+    assert int(client.get(keys("clock:events"))) == 1 and client.zscore(keys("pool"), "new") == T0
+    client.close()
