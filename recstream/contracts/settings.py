@@ -356,9 +356,9 @@ class PoolSettings(Section):
         20_000,
         gt=0,
         le=1_000_000_000,
-        description="... or once this many events were applied at one instant of event time, when it was created by "
-        "then: a clock that stands still (dates filled in) measures no age, and the pool would hold the catalogue "
-        "for good. Events in one ms of a live stream are far fewer; at most a billion, as graduate_views",
+        description="... or once this many events were applied at one instant of event time: a clock that stands "
+        "still (dates filled in) measures no age, and the pool would hold the catalogue for good. Events in one ms "
+        "of a live stream are far fewer; at most a billion, as graduate_views",
     )
     bandit_prior_mass: float = Field(
         10.0, gt=0, description="pseudo-views of the Beta prior, whose mean is the pool's own smoothed CTR"

@@ -409,9 +409,10 @@ def import_file(
     if (span := report.event_span_s()) is not None and span < pool.graduate_age_s:  # filled-in dates: nothing ages
         console.print(
             f"[yellow]these events span {span:,.0f} s of event time, less than the new-item pool's graduation age "
-            f"(RECSTREAM_POOL_GRADUATE_AGE_S, {pool.graduate_age_s:,} s): no item ages out of the pool on them, and "
-            f"one leaves it only after {pool.graduate_views:,} views (RECSTREAM_POOL_GRADUATE_VIEWS). If the file's "
-            'timestamps were filled in, not real, set that low (README, "Data without a clock").[/yellow]'
+            f"(RECSTREAM_POOL_GRADUATE_AGE_S, {pool.graduate_age_s:,} s): no item ages out of the pool on them; one "
+            f"leaves it after {pool.graduate_views:,} views (RECSTREAM_POOL_GRADUATE_VIEWS), or once "
+            f"{pool.graduate_standing_events:,} events were applied at one instant (dates filled in: "
+            'RECSTREAM_POOL_GRADUATE_STANDING_EVENTS; README, "Data without a clock").[/yellow]'
         )
     if report.stopped is not None:  # exit 0 here read as "the whole file is in", and the rest was lost unseen
         line, stopped = report.stopped

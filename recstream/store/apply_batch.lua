@@ -616,9 +616,10 @@ end
 -- 7. the new-item pool: graduation by views (counted items) or by age (event time); a graduated item
 -- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item.
 -- A standing clock (cfg.graduate_standing_events applied at one instant: timestamps filled in, a file without
--- dates) measures no age, and the pool would hold the whole catalogue for good: then every item created by that
--- instant graduates. Either rule takes the oldest CHUNK items a batch (a catalogue of them at once would block Redis
--- for seconds); the next batches take the rest.
+-- dates) measures no age, and the pool would hold the whole catalogue for good: then every pool item graduates,
+-- those created after that instant too (a catalogue imported without dates is stamped with the import's time),
+-- until the clock moves. Either rule takes the oldest CHUNK items a batch (a catalogue of them at once would block
+-- Redis for seconds); the next batches take the rest.
 redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
 redis.call('SET', P .. 'clock:events', at_clock)
 local function graduate_on_views(items, views)
@@ -634,8 +635,8 @@ graduate_on_views(names, views_now)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
 graduate_on_views(pooled, hmget(P .. 'views', pooled))
-local aged = at_clock >= cfg.graduate_standing_events and string.format('%d', clock)
-  or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
+local standing = at_clock >= cfg.graduate_standing_events
+local aged = standing and '+inf' or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', aged, 'LIMIT', 0, CHUNK)) do
   graduated[#graduated + 1] = item
 end
