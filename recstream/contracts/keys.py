@@ -18,7 +18,7 @@ key                          type    holds
 ``rank`` / ``rank:<s>``      zset    item → smoothed CTR (global / within segment); available items
 ``segments:rescore``         set     items whose scores in ``rank:<s>`` wait for a batch that ranks segments
 ``trend:<v|c>:<epoch>``      zset    item → fixed-point decayed views/clicks (models.ctr.trend_*)
-``pool``                     zset    new-item pool: item → created_ts (Thompson sampling)
+``pool``                     zset    new-item pool: item → created_ts, or its first event if earlier (Thompson)
 ``graduated``                set     items that left the pool (by views, age or a standing clock)
 ``clock``                    string  the largest event timestamp applied (event time)
 ``clock:events``             string  events applied at ``clock``'s instant (a standing clock graduates the pool)

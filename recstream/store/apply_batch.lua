@@ -622,19 +622,29 @@ end
 -- Redis for seconds); the next batches take the rest.
 redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
 redis.call('SET', P .. 'clock:events', at_clock)
-local function graduate_on_views(items, views)
+-- A pool item is as old as its first event when that came before its stated creation (a catalogue imported without
+-- dates is stamped with the import's time, years after the history replayed with it): its pool score moves back to
+-- the batch's first event of it (first_ts), and the age rule below judges it on that. Its created_ts stays: the
+-- pool's score ends the same whatever the batches (the least event ts applied while it is in the pool), the hash's
+-- would not (an event applied after the item left the pool would not move it).
+local function judge(items, views, first_ts)
   local in_pool = many('ZMSCORE', P .. 'pool', items)
   for k, item in ipairs(items) do
+    if in_pool[k] and first_ts[k] and first_ts[k] < tonumber(in_pool[k]) then
+      redis.call('ZADD', P .. 'pool', 'XX', first_ts[k], item)
+    end
     if in_pool[k] and num(views[k]) >= cfg.graduate_views then
       graduated[#graduated + 1] = item
       redis.call('ZREM', P .. 'pool', item)  -- now, so the age rule cannot list it a second time
     end
   end
 end
-graduate_on_views(names, views_now)
+local first_ts = {}
+for k, it in ipairs(p.items) do first_ts[k] = it[2][3] end
+judge(names, views_now, first_ts)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
-graduate_on_views(pooled, hmget(P .. 'views', pooled))
+judge(pooled, hmget(P .. 'views', pooled), {})
 local standing = at_clock >= cfg.graduate_standing_events
 local aged = standing and '+inf' or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', aged, 'LIMIT', 0, CHUNK)) do

@@ -408,3 +408,30 @@ async def test_the_standing_clock_counts_events_at_its_instant_only(isolated_set
     await _events_at(settings, 3, [T0, T0 + 2])  # a new instant: one event at it
     assert int(client.get(keys("clock:events"))) == 1 and client.zscore(keys("pool"), "new") == T0
     client.close()
+
+
+async def test_a_pool_item_is_as_old_as_its_first_event_when_that_came_before_its_creation(
+    isolated_settings: Settings,
+):
+    """A catalogue imported without dates is stamped with the import's time, years after the history replayed with
+    it: each item was in the new-item pool (its age negative, so never aging) until the live clock passed the import
+    by the graduation age. An item's event before its stated creation moves its pool score back to
+    that event (its created_ts stays: the rebuild's equals the live one's only so), and the age rule judges it on
+    it: one whose first event is older than the graduation age graduates, one first seen within it stays (as new as
+    its first appearance), an event after its creation changes nothing."""
+    settings = isolated_settings.replace(require_announced_items=True)
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    age_ms, imported = settings.pool.graduate_age_s * 1000, T0 + 10 * 365 * 86_400_000
+    meta = [(item, "x", imported, imported, True, "{}") for item in ("old", "recent", "live")]
+    meta[2] = ("live", "x", T0 - age_ms, T0 - age_ms, True, "{}")
+    tp = f"{settings.kafka.events_topic}:0"
+    effect = Effect(watermarks={tp: (-1, 0)}, meta=meta)
+    stamps = {"old": T0 - age_ms - 1, "recent": T0, "live": T0}
+    events = [Event(type="view", user_id="u1", item_id=item, ts=ts) for item, ts in stamps.items()]
+    effect.counters = aggregate(events, {}, 3_600_000, 8)
+    await apply(settings, effect)
+    assert client.zrange(keys("pool"), 0, -1, withscores=True) == [(b"live", T0 - age_ms), (b"recent", T0)]
+    assert client.sismember(keys("graduated"), "old")
+    created = {item: int(client.hget(keys(f"item:{item}"), "created_ts")) for item in stamps}
+    assert created == {"old": imported, "recent": imported, "live": T0 - age_ms}
+    client.close()
