@@ -23,8 +23,9 @@ Without MovieLens at ``--movielens`` the run fails at once, saying where it look
 
 Differences, on purpose: the cut is a time (the 80% event's timestamp; ratings at that second go to the
 tail, a handful), so that ``--before`` can make it; ids are MovieLens' own (``196``, not ``u196``); and
-every item is in the catalogue from the start, with no ``created_ts`` (u.item has none), so the new-item
-pool holds the items with too few views to graduate instead of the recently released ones.
+every item is in the catalogue from the start, with no ``created_ts`` (u.item has none): each is stamped with the
+import's time and taken to be as old as its first rating, so the new-item pool holds the items first rated within
+the graduation age of the event clock (until 3dd3354, every item with too few views to graduate).
 """
 
 from __future__ import annotations
