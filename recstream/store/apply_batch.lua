@@ -618,7 +618,7 @@ end
 -- A standing clock (cfg.graduate_standing_events applied at one instant: timestamps filled in, a file without
 -- dates) measures no age, and the pool would hold the whole catalogue for good: then every pool item graduates,
 -- those created after that instant too (a catalogue imported without dates is stamped with the import's time),
--- until the clock moves. Either rule takes the oldest CHUNK items a batch (a catalogue of them at once would block
+-- until the clock moves. Both age rules take the oldest CHUNK items a batch (a catalogue of them at once would block
 -- Redis for seconds); the next batches take the rest.
 redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
 redis.call('SET', P .. 'clock:events', at_clock)

@@ -435,3 +435,28 @@ async def test_a_pool_item_is_as_old_as_its_first_event_when_that_came_before_it
     created = {item: int(client.hget(keys(f"item:{item}"), "created_ts")) for item in stamps}
     assert created == {"old": imported, "recent": imported, "live": T0 - age_ms}
     client.close()
+
+
+GRADUATIONS_PER_CALL = 4_000  # apply_batch.lua's CHUNK: pool items one batch graduates by age at most
+
+
+@pytest.mark.parametrize("items", [GRADUATIONS_PER_CALL - 1, GRADUATIONS_PER_CALL, GRADUATIONS_PER_CALL + 1])
+async def test_a_batch_graduates_at_most_a_chunk_of_aged_items_the_oldest_first(
+    isolated_settings: Settings, items: int
+):
+    """A catalogue's worth of pool items aging at once (announced together, or a standing clock) would block Redis
+    for seconds in one call: a batch graduates the oldest 4,000 and the next batches the rest, so at the limit − 1
+    and the limit one batch takes them all, at + 1 the newest waits for the next one."""
+    settings = isolated_settings.replace(require_announced_items=True)
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    age_ms = settings.pool.graduate_age_s * 1000
+    meta = [(f"n{k}", "x", T0 + k, T0, True, "{}") for k in range(items)]
+    await _events_at(settings, 0, [T0 + items], meta)
+    assert client.zcard(keys("pool")) == items
+    await _events_at(settings, 1, [T0 + items + age_ms])
+    left = [item.decode() for item in client.zrange(keys("pool"), 0, -1)]
+    assert left == [f"n{k}" for k in range(GRADUATIONS_PER_CALL, items)], "the oldest graduated first"
+    assert client.scard(keys("graduated")) == min(items, GRADUATIONS_PER_CALL)
+    await _events_at(settings, 2, [])
+    assert client.zcard(keys("pool")) == 0
+    client.close()
