@@ -52,6 +52,11 @@ STALE_RETRIES = Counter(
 PRIOR = Gauge("recstream_worker_ctr_prior", "The quantized global CTR the rankings use")
 RESCORES = Counter("recstream_worker_full_rescores_total", "Full ranking rescorings (the quantized prior moved)")
 GRADUATIONS = Counter("recstream_worker_pool_graduations_total", "Items that left the new-item pool")
+CLOCK_STANDING = Gauge(
+    "recstream_worker_event_clock_standing",
+    "1 while the event clock has stood at one instant for RECSTREAM_POOL_GRADUATE_STANDING_EVENTS events (timestamps "
+    "filled in): every new-item pool item graduates until it moves",
+)
 SEGMENT_SCORES_WAITING = Gauge(
     "recstream_worker_segment_scores_waiting",
     "Items whose per-segment popular scores wait for the next segment pass (RECSTREAM_SEGMENT_RANK_S)",

@@ -254,6 +254,7 @@ class BatchProcessor:
         # leaving them (fold-ins still wait for a batch: the model loads with the first one)
         self.rescore_pending = True
         self.segments_pending = 0  # items whose per-segment scores wait, as the last script said (step 4b)
+        self.clock_standing = False  # the event clock stood still long enough that the pool graduates everything
         self.segments_ranked_at = -math.inf  # when a call last ranked segments and left none waiting (of anyone's)
         self.fold_ins_pending = False  # a script listed graduated items whose fold-in has not succeeded since
         self.last_applied = time.monotonic()
@@ -423,8 +424,20 @@ class BatchProcessor:
         """What the script left undone of the rankings; the gauge only from the processors that write the shared
         state (a users batch's answer on a cluster says nothing of it)."""
         self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
-        if self.kind != "user":
-            metrics.SEGMENT_SCORES_WAITING.set(applied.segments_pending)
+        if self.kind == "user":
+            return
+        metrics.SEGMENT_SCORES_WAITING.set(applied.segments_pending)
+        metrics.CLOCK_STANDING.set(applied.standing)
+        if applied.standing != self.clock_standing:
+            self.clock_standing = applied.standing
+            if applied.standing:  # a live stream's clock never stands: its timestamps are probably filled in
+                log.warning(
+                    "the event clock has stood at one instant for %d events (RECSTREAM_POOL_GRADUATE_STANDING_EVENTS): "
+                    "it measures no age, so every new-item pool item graduates until it moves (timestamps filled in?)",
+                    self.settings.pool.graduate_standing_events,
+                )
+            else:
+                log.warning("the event clock moves again: new items leave the pool by views and age")
 
     async def _fold_in(self, items: list[str]) -> None:
         """Fold in the graduated items a script listed as waiting; until that succeeds, :meth:`finish_pending`

@@ -408,7 +408,7 @@ if refusal then return refusal end
 
 -- 2.-7. the shared state: counters, rankings, items, pool (the {shared} slot on a cluster; p.shared false: a
 -- partition's slot, which holds sections 8 and 9 only)
-local q_str, full, graduated = '', false, {}
+local q_str, full, graduated, standing = '', false, {}, false
 if p.shared then
 
 -- 2. item metadata and availability (items topic)
@@ -645,7 +645,7 @@ judge(names, views_now, first_ts)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
 judge(pooled, hmget(P .. 'views', pooled), {})
-local standing = at_clock >= cfg.graduate_standing_events
+standing = at_clock >= cfg.graduate_standing_events
 local aged = standing and '+inf' or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', aged, 'LIMIT', 0, CHUNK)) do
   graduated[#graduated + 1] = item
@@ -687,4 +687,4 @@ for _, r in ipairs(p.rankers) do redis.call('SET', r[1], string.sub(ARGV[2], r[2
 for _, w in ipairs(p.wm) do redis.call('HSET', P .. 'wm', w[1], w[3]) end
 return {'ok', q_str, full and 1 or 0, graduated, p.shared and redis.call('SMEMBERS', P .. 'foldin:pending') or {},
         p.shared and redis.call('EXISTS', P .. 'rescore') or 0,
-        p.shared and redis.call('SCARD', P .. 'segments:rescore') or 0}
+        p.shared and redis.call('SCARD', P .. 'segments:rescore') or 0, standing and 1 or 0}

@@ -133,6 +133,7 @@ class Applied:
     replayed: bool = False  # some slot had applied the batch already: its histories came from a slot that was ahead
     written: bool = True  # False: every slot had applied it already (another worker, a rebalance race): nothing now
     answered: bool = True  # the shared state's slot answered "ok": the pending figures above are its, not defaults
+    standing: bool = False  # the event clock stood still for pool.graduate_standing_events: the pool graduates all
 
 
 class StateStore:
@@ -339,7 +340,8 @@ class StateStore:
                 self._prior = float(result[1])
                 graduated, fold_ins = ([item.decode() for item in items] for items in result[3:5])
                 return Applied(self._prior, bool(result[2]), graduated, fold_ins, bool(result[5]),
-                               segments_pending=int(result[6]), replayed=replayed)  # fmt: skip
+                               segments_pending=int(result[6]), replayed=replayed,
+                               standing=bool(result[7]))  # fmt: skip
         written = any(result[0] == b"ok" for result in results)
         return Applied(self._prior, False, [], [], replayed=replayed, written=written, answered=False)
 

@@ -275,6 +275,35 @@ async def test_an_item_announced_after_its_views_graduates_on_them_at_once(isola
     assert client.smembers("rs:graduated") == {b"five", b"six"}
 
 
+async def test_a_standing_clock_graduates_the_pool_and_says_so(isolated_settings, worker_factory):
+    """Events whose timestamps were filled in (every one at T0): once RECSTREAM_POOL_GRADUATE_STANDING_EVENTS (at its
+    limit here) were applied at that instant, the pool empties, ``recstream_worker_event_clock_standing`` reads 1 and
+    the log says why; one event at a later instant ends it, and a new item then stays in the pool."""
+    standing = 20
+    settings = isolated_settings.replace(pool_graduate_standing_events=standing, pool_graduate_views=1_000)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker = worker_factory(settings)
+    items = [ItemEvent(op="new", item_id=f"i{k}", ts=T0, created_ts=T0, categories=["news"]) for k in range(3)]
+    await publish(settings, items=items)
+    wait_until(lambda: client.zcard("rs:pool") == 3, what="three items in the pool")
+    await publish(
+        settings, events=[Event(type="view", user_id=f"u{k}", item_id="i0", ts=T0) for k in range(standing - 1)]
+    )
+    wait_until(lambda: client.hget("rs:totals", "views") == str(standing - 1).encode(), what="the limit - 1 applied")
+    assert client.zcard("rs:pool") == 3 and metric_sum(worker.metrics(), "recstream_worker_event_clock_standing") == 0
+    await publish(settings, events=[Event(type="view", user_id="u-last", item_id="i1", ts=T0)])
+    wait_until(lambda: client.zcard("rs:pool") == 0, what="the pool graduated at the limit")
+    assert metric_sum(worker.metrics(), "recstream_worker_event_clock_standing") == 1
+    assert "the event clock has stood at one instant for 20 events" in worker.log.read_text()
+    await publish(settings, events=[Event(type="view", user_id="u1", item_id="i2", ts=T0 + 1)])
+    await publish(
+        settings, items=[ItemEvent(op="new", item_id="new", ts=T0 + 1, created_ts=T0 + 1, categories=["news"])]
+    )
+    wait_until(lambda: client.zscore("rs:pool", "new") is not None, what="a new item pooled once the clock moved")
+    assert metric_sum(worker.metrics(), "recstream_worker_event_clock_standing") == 0
+    assert "the event clock moves again" in worker.log.read_text()
+
+
 async def test_two_workers_share_partitions_and_match_one(isolated_settings, worker_factory):
     users, items, events = world(n_users=200, n_items=100, n_events=20_000, seed=4)
     one, two = for_prefix(isolated_settings, "one"), for_prefix(isolated_settings, "two")
