@@ -18,7 +18,14 @@ from recstream.serving.snapshot import Categories, Pool, Popular, Snapshot
 from recstream.serving.user_state import UserState
 
 from recstream.contracts.events import MAX_CONTEXT_ENTRIES, Event
-from recstream.contracts.ranking import CONTEXT_KEY, FEATURES, decode_features, encode_features, rounded
+from recstream.contracts.ranking import (
+    CONTEXT_KEY,
+    FEATURES,
+    decode_features,
+    encode_features,
+    rounded,
+    rounded_value,
+)
 from recstream.contracts.settings import BlendSettings, SettingsError, load_settings
 from tests.serving.conftest import trained_ranker
 
@@ -75,6 +82,19 @@ def fresh_state(weights: dict[str, float], rows: int = 10, bias: float = 0.0) ->
     for name, value in weights.items():
         w[1 + FEATURES.index(name)] = value
     return RankerState(weights=w, rows=rows, partitions=1, refreshed_at=100.0, changed_at=100.0)
+
+
+def test_a_creation_time_after_the_clock_reads_graduated_outside_the_pool_and_new_in_it():
+    """A catalogue imported without dates is stamped with the import's time, years after the history replayed with
+    it: those items, graduated, read ``pool_age`` 0 (brand new) for the ranker until the clock passed the import.
+    Outside the pool such a time now reads as graduated by age (ln 2), at the clock itself as 0; a pool item's time
+    ahead of the clock (a producer's clock a little ahead) still reads 0."""
+    user, snap = warm_user(), snapshot()
+    for item, created in (("late", CLOCK_MS + 1), ("now", CLOCK_MS)):
+        snap.categories.put(item, ("news",), now=0.0, created=created)
+    snap.pool = dataclasses.replace(snap.pool, created={**snap.pool.created, "n1": CLOCK_MS + HOUR_MS})
+    ages = page_features(user, snap).rows(["late", "now", "n1"])[:, FEATURES.index("pool_age")]
+    assert ages.tolist() == [rounded_value(math.log(2)), 0.0, 0.0]
 
 
 def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values():
