@@ -421,8 +421,9 @@ class BatchProcessor:
         return calls
 
     def _note_left_undone(self, applied: Applied) -> None:
-        """What the script left undone of the rankings; the gauge only from the processors that write the shared
-        state (a users batch's answer on a cluster says nothing of it)."""
+        """What the script left undone of the rankings, and whether the event clock stands (logged when that
+        changes); the gauges only from the processors that write the shared state (a users batch's answer on a
+        cluster says nothing of it)."""
         self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
         if self.kind == "user":
             return
