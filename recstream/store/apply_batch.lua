@@ -616,9 +616,9 @@ end
 -- 7. the new-item pool: graduation by views (counted items) or by age (event time); a graduated item
 -- with users waits in foldin:pending for its fold-in, and the batch returns every waiting item.
 -- A standing clock (cfg.graduate_standing_events applied at one instant: timestamps filled in, a file without
--- dates) measures no age, and the pool would hold the whole catalogue for good: then every pool item graduates,
--- those created after that instant too (a catalogue imported without dates is stamped with the import's time),
--- until the clock moves. Both age rules take the oldest CHUNK items a batch (a catalogue of them at once would block
+-- dates) measures no age, and the pool would hold the whole catalogue for good: then every pool item created by
+-- that instant graduates, until the clock moves (an item created later, as one announced live before the first live
+-- event moves the clock, stays; an undated catalogue item with events is as old as its first one, below). Both age rules take the oldest CHUNK items a batch (a catalogue of them at once would block
 -- Redis for seconds); the next batches take the rest.
 redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
 redis.call('SET', P .. 'clock:events', at_clock)
@@ -646,7 +646,7 @@ judge(names, views_now, first_ts)
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
 judge(pooled, hmget(P .. 'views', pooled), {})
 standing = at_clock >= cfg.graduate_standing_events
-local aged = standing and '+inf' or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
+local aged = standing and string.format('%d', clock) or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', aged, 'LIMIT', 0, CHUNK)) do
   graduated[#graduated + 1] = item
 end

@@ -378,20 +378,21 @@ async def test_a_clock_that_stands_still_for_the_set_events_graduates_the_pool(
     isolated_settings: Settings, split: tuple[int, ...], graduated: bool
 ):
     """Timestamps filled in (every event at one instant) measure no age: once ``pool_graduate_standing_events`` were
-    applied at the clock's instant, in one batch or over several, every pool item graduates (at the limit − 1 none
-    does, at the limit and + 1 all: created before the instant, at it, and after it, as a catalogue imported without
-    dates is stamped with the import's time), and an item announced later graduates in its own batch. Without the
-    rule the pool held the whole catalogue for good."""
+    applied at the clock's instant, in one batch or over several, every pool item created by that instant graduates
+    (at the limit − 1 none does, at the limit and + 1 those created before it and at it), and one announced later
+    with that creation time graduates in its own batch. An item created after the instant stays: a new item announced
+    live before the first live event moves the clock is new. Without the rule the pool held the catalogue for good."""
     settings = isolated_settings.replace(pool_graduate_standing_events=STANDING, require_announced_items=True)
     keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
     meta = [(item, "x", created, T0, True, "{}") for item, created in (("old", T0 - 1), ("now", T0), ("later", T0 + 1))]
     for offset, n in enumerate(split):
         await _events_at(settings, offset, [T0] * n, meta if offset == 0 else None)
     pool = {item.decode() for item in client.zrange(keys("pool"), 0, -1)}
-    assert pool == (set() if graduated else {"old", "now", "later"})
+    assert pool == ({"later"} if graduated else {"old", "now", "later"})
     assert int(client.get(keys("clock:events"))) == sum(split)
-    await _events_at(settings, len(split), [], [("next", "x", T0 + 9, T0, True, "{}")])  # no events, one announcement
-    assert (client.zscore(keys("pool"), "next") is None) == graduated
+    announced = [(item, "x", created, T0, True, "{}") for item, created in (("next", T0), ("live", T0 + 9))]
+    await _events_at(settings, len(split), [], announced)  # no events, two announcements
+    assert (client.zscore(keys("pool"), "next") is None) == graduated and client.zscore(keys("pool"), "live") == T0 + 9
     client.close()
 
 
@@ -459,4 +460,21 @@ async def test_a_batch_graduates_at_most_a_chunk_of_aged_items_the_oldest_first(
     assert client.scard(keys("graduated")) == min(items, GRADUATIONS_PER_CALL)
     await _events_at(settings, 2, [])
     assert client.zcard(keys("pool")) == 0
+    client.close()
+
+
+async def test_an_undated_catalogue_item_with_events_graduates_under_a_standing_clock(isolated_settings: Settings):
+    """Both halves of an adopter's undated import: the catalogue stamped with the import's time (years after the
+    filled-in event dates), the history at one instant. An item with events is as old as its first one, so the
+    standing clock graduates it; one nobody interacted with keeps its import time and stays in the pool."""
+    settings = isolated_settings.replace(pool_graduate_standing_events=2, require_announced_items=True)
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    imported = T0 + 10 * 365 * 86_400_000
+    meta = [(item, "x", imported, imported, True, "{}") for item in ("rated", "untouched")]
+    tp = f"{settings.kafka.events_topic}:0"
+    effect = Effect(watermarks={tp: (-1, 0)}, meta=meta)
+    effect.counters = aggregate([Event(type="view", user_id=f"u{k}", item_id="rated", ts=T0) for k in range(2)], {},
+                                3_600_000, 8)  # fmt: skip
+    await apply(settings, effect)
+    assert client.zrange(keys("pool"), 0, -1) == [b"untouched"] and client.sismember(keys("graduated"), "rated")
     client.close()
