@@ -26,9 +26,10 @@ reload (serving/snapshot.ItemColumns); a page computes only what needs the user.
   operator sets G for how fast items age in their feed (48 h for films, minutes for a news flash), and the
   feature's weight carries across (in hours, a world on a clock of minutes gave values below 0.1, which FTRL
   needs tens of thousands of rows to weigh); an item outside the pool whose creation time is not cached yet, or
-  is later than the clock (a catalogue imported without dates is stamped with the import's time, years after the
-  history it was replayed with: its items are not new), reads as graduated by age (ln 2); a pool item's creation
-  later than the clock (a producer's clock a little ahead) reads as 0, new;
+  is more than G past the clock (a catalogue imported without dates is stamped with the import's time, years after
+  the history it was replayed with: its items are not new), reads as graduated by age (ln 2); any other creation
+  time after the clock (a producer's clock a little ahead, an item newer than the reader's last pool reload) reads
+  as 0, new;
 * ``category_affinity`` — the share of the user's recent category weight (history, else seen items,
   else the onboarding picks) on the item's categories, in [0, 1]: what the user's history holds;
 * ``category_lift`` — the mean over the item's categories of the user's lift in each (:func:`category_lift`): how
@@ -225,7 +226,7 @@ class PageFeatures:
         position = np.fromiter(map(self._als.get, items, itertools.repeat(-1)), np.intp, n)
         entries = self._categories.entries(items, self._now)
         cats = [() if e is None else e[0] for e in entries]
-        future = math.inf if self._now_ms is None else self._now_ms
+        future = math.inf if self._now_ms is None else self._now_ms + self._age_unit_ms
         stored = [None if e is None or e[2] is None or e[2] > future else e[2] for e in entries]
         created = map(self._pool_created.get, items, stored)
         favourites = self._favourites

@@ -84,17 +84,19 @@ def fresh_state(weights: dict[str, float], rows: int = 10, bias: float = 0.0) ->
     return RankerState(weights=w, rows=rows, partitions=1, refreshed_at=100.0, changed_at=100.0)
 
 
-def test_a_creation_time_after_the_clock_reads_graduated_outside_the_pool_and_new_in_it():
+def test_a_creation_time_far_past_the_clock_reads_graduated_outside_the_pool():
     """A catalogue imported without dates is stamped with the import's time, years after the history replayed with
     it: those items, graduated, read ``pool_age`` 0 (brand new) for the ranker until the clock passed the import.
-    Outside the pool such a time now reads as graduated by age (ln 2), at the clock itself as 0; a pool item's time
-    ahead of the clock (a producer's clock a little ahead) still reads 0."""
+    Outside the pool a creation time more than the graduation age G (48 h here) past the clock now reads as graduated
+    by age (ln 2); at G past it, as at the clock, 0 (an item newer than the reader's last pool reload is new); a pool
+    item's time ahead of the clock reads 0 however far."""
     user, snap = warm_user(), snapshot()
-    for item, created in (("late", CLOCK_MS + 1), ("now", CLOCK_MS)):
+    g_ms = 48 * HOUR_MS
+    for item, created in (("imported", CLOCK_MS + g_ms + 1), ("newest", CLOCK_MS + g_ms), ("now", CLOCK_MS)):
         snap.categories.put(item, ("news",), now=0.0, created=created)
-    snap.pool = dataclasses.replace(snap.pool, created={**snap.pool.created, "n1": CLOCK_MS + HOUR_MS})
-    ages = page_features(user, snap).rows(["late", "now", "n1"])[:, FEATURES.index("pool_age")]
-    assert ages.tolist() == [rounded_value(math.log(2)), 0.0, 0.0]
+    snap.pool = dataclasses.replace(snap.pool, created={**snap.pool.created, "n1": CLOCK_MS + 10 * g_ms})
+    ages = page_features(user, snap).rows(["imported", "newest", "now", "n1"])[:, FEATURES.index("pool_age")]
+    assert ages.tolist() == [rounded_value(math.log(2)), 0.0, 0.0, 0.0]
 
 
 def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values():
