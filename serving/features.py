@@ -174,6 +174,7 @@ class PageFeatures:
         "_discounts",
         "_favourites",
         "_lift",
+        "_newest_ms",
         "_now",
         "_now_ms",
         "_pool_created",
@@ -210,6 +211,8 @@ class PageFeatures:
         self._now_ms = snapshot.clock_ms
         self._absent_age = rounded_value(math.log(2.0))
         self._age_unit_ms = graduate_age_s * 1000.0
+        # a stored creation time past this is no item's real one (an undated import's): ``pool_age`` reads it unknown
+        self._newest_ms = math.inf if self._now_ms is None else self._now_ms + self._age_unit_ms
         self._warm = 1.0 if user.warm else 0.0
 
     def rows(self, items: Sequence[str]) -> np.ndarray:
@@ -226,8 +229,8 @@ class PageFeatures:
         position = np.fromiter(map(self._als.get, items, itertools.repeat(-1)), np.intp, n)
         entries = self._categories.entries(items, self._now)
         cats = [() if e is None else e[0] for e in entries]
-        future = math.inf if self._now_ms is None else self._now_ms + self._age_unit_ms
-        stored = [None if e is None or e[2] is None or e[2] > future else e[2] for e in entries]
+        newest = self._newest_ms
+        stored = [None if e is None or e[2] is None or e[2] > newest else e[2] for e in entries]
         created = map(self._pool_created.get, items, stored)
         favourites = self._favourites
         segment_ctr, popular = self._segment_columns

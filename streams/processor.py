@@ -421,13 +421,15 @@ class BatchProcessor:
         return calls
 
     def _note_left_undone(self, applied: Applied) -> None:
-        """What the script left undone of the rankings, and whether the event clock stands (logged when that
-        changes); the gauges only from the processors that write the shared state (a users batch's answer on a
-        cluster says nothing of it)."""
+        """What the script left undone of the rankings, and (events processor) whether the event clock stands, logged
+        when that changes; the gauges only from the processors that write the shared state (a users batch's answer
+        on a cluster says nothing of it)."""
         self.rescore_pending, self.segments_pending = applied.rescore_pending, applied.segments_pending
         if self.kind == "user":
             return
         metrics.SEGMENT_SCORES_WAITING.set(applied.segments_pending)
+        if self.kind != "event":  # only events move the count; the items processor would log each change again
+            return
         metrics.CLOCK_STANDING.set(applied.standing)
         if applied.standing != self.clock_standing:
             self.clock_standing = applied.standing

@@ -618,20 +618,22 @@ end
 -- A standing clock (cfg.graduate_standing_events applied at one instant: timestamps filled in, a file without
 -- dates) measures no age, and the pool would hold the whole catalogue for good: then every pool item created by
 -- that instant graduates, until the clock moves (an item created later, as one announced live before the first live
--- event moves the clock, stays; an undated catalogue item with events is as old as its first one, below). Both age rules take the oldest CHUNK items a batch (a catalogue of them at once would block
--- Redis for seconds); the next batches take the rest.
+-- event moves the clock, stays; an undated catalogue item with events is as old as its first one, below). Both age
+-- rules take the oldest CHUNK items a batch (a catalogue of them at once would block Redis for seconds); the next
+-- batches take the rest.
 redis.call('SET', P .. 'clock', clock)  -- step 1b's: the stored one or the batch's, the later
 redis.call('SET', P .. 'clock:events', at_clock)
 -- A pool item is as old as its first event when that came before its stated creation (a catalogue imported without
 -- dates is stamped with the import's time, years after the history replayed with it): its pool score moves back to
--- the batch's first event of it (first_ts), and the age rule below judges it on that. Its created_ts stays: the
--- pool's score ends the same whatever the batches (the least event ts applied while it is in the pool), the hash's
--- would not (an event applied after the item left the pool would not move it).
-local function judge(items, views, first_ts)
+-- the batch's first event of it (its p.items row's first_ts), and the age rule below judges it on that. Its
+-- created_ts stays: the pool's score ends the same whatever the batches (the least event ts applied while it is in
+-- the pool), the hash's would not (an event applied after the item left the pool would not move it).
+local function judge(items, views, rows)  -- rows: p.items (items are their names), or nil (no first events)
   local in_pool = many('ZMSCORE', P .. 'pool', items)
   for k, item in ipairs(items) do
-    if in_pool[k] and first_ts[k] and first_ts[k] < tonumber(in_pool[k]) then
-      redis.call('ZADD', P .. 'pool', 'XX', first_ts[k], item)
+    local first = rows and rows[k][2][3]
+    if in_pool[k] and first and first < tonumber(in_pool[k]) then
+      redis.call('ZADD', P .. 'pool', 'XX', first, item)
     end
     if in_pool[k] and num(views[k]) >= cfg.graduate_views then
       graduated[#graduated + 1] = item
@@ -639,12 +641,10 @@ local function judge(items, views, first_ts)
     end
   end
 end
-local first_ts = {}
-for k, it in ipairs(p.items) do first_ts[k] = it[2][3] end
-judge(names, views_now, first_ts)
+judge(names, views_now, p.items)
 -- an item that entered the pool in step 2 with its views already counted (events applied before its announcement,
 -- or before it became available again) is judged on them now: graduation must not depend on which came first
-judge(pooled, hmget(P .. 'views', pooled), {})
+judge(pooled, hmget(P .. 'views', pooled), nil)
 standing = at_clock >= cfg.graduate_standing_events
 local aged = standing and string.format('%d', clock) or '(' .. string.format('%d', clock - cfg.graduate_age_ms)
 for _, item in ipairs(redis.call('ZRANGEBYSCORE', P .. 'pool', '-inf', aged, 'LIMIT', 0, CHUNK)) do
