@@ -26,16 +26,18 @@ The list scored is the worker's personal candidate list as the feed uses it, com
 worker's own pieces (streams/personalize.py): the history folded with ``models.history.merge_history`` under
 the cap; the vector from the history as it stood at the user's last refresh point (a click, or the first
 event) by ``models.user_step.ALSStep`` with c = ``models.als.history_confidence`` (``solve_batch``: the same exact
-least squares, stacked); the top ``candidates_m`` items by score among the items the index held then, minus
-the history; then the reader's exclusion of the seen set (the ``seen_cap`` most recent items); its top 10.
-Items the model was not trained on have their content vector (the model's content map), as in the worker;
-the scores are exact where the worker's HNSW search is approximate. A click on an item the user has already
-seen, or by a user without a list yet, scores 0 for every row, so it is not counted.
+least squares, stacked, anchored as the worker anchors); the top ``candidates_m`` items by score among the items
+the index held then, minus the history; then the reader's exclusion of the seen set (the ``seen_cap`` most recent
+items); its top 10. Items the model was not trained on have their content vector (the model's content map), as in
+the worker; the scores are exact where the worker's HNSW search is approximate. A click on an item the user has
+already seen, or by a user without a list yet, scores 0 for every row, so it is not counted.
 
 The model is ``recstream.jobs.training.train`` on the training events (k = 64, 15 sweeps, view 1 / click 4,
 the defaults). The grid: λ × α, each with a hard history cap ∈ {10, 30, 100, 300} and with recency-weighted
 confidence (``models.als.history_confidence``: c = 1 + α·r·γ^rank, rank 0 the most recent item, γ ∈ {0.9,
-0.95}) under caps 30 and 100; coarse, then refined (λ and α halved and doubled) around the two best pairs. The
+0.95}) under caps 30 and 100, each of those without and with the step's anchor toward the user's batch vector (μ ∈
+{5, 10, 20, 40}, ``models.user_step``; the batch vectors of the model trained on the split's training events, for the
+users it knew); coarse, then refined (λ and α halved and doubled) around the two best pairs. The
 choice is the row with the best worst case: max over rows of min over sources of HR@10 / that source's best
 HR@10, over the sources whose best row has at least MIN_HITS hits (fewer: the ratios are noise); rows within
 TIE of the best worst case are ties, won by the smaller history cap (the cheaper worker).
@@ -267,11 +269,13 @@ def queries(f: Fetches, rows: Mapping[str, int], cap: int) -> Queries:
 
 @dataclass(frozen=True)
 class Model:
-    """A trained model as a worker holds it: the user step over every item row, and when each row was indexed."""
+    """A trained model as a worker holds it: the user step over every item row, when each row was indexed, and the
+    batch user vectors (the anchored step's priors)."""
 
     step: ALSStep
     indexed_at: np.ndarray
     cfg: ALSConfig
+    user_vectors: dict[str, np.ndarray]
 
 
 def training_log(s: Split) -> training.TrainingLog:
@@ -293,7 +297,8 @@ def train(s: Split, log: training.TrainingLog, order: Sequence[str], cfg: ALSCon
     if rest:
         step.append(np.array([artifacts.content_map.vector(e.categories, e.features) for e in rest]))
     indexed_at = np.array([-1] * trained + [s.announced[e.item_id] for e in rest], dtype=np.int64)
-    return Model(step, indexed_at, cfg)
+    users = artifacts.user_factors if artifacts.user_factors is not None else ()
+    return Model(step, indexed_at, cfg, dict(zip(artifacts.user_ids, users, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -304,15 +309,18 @@ class Score:
     clicks: int
 
 
-def evaluate(model: Model, q: Queries, gamma: float | None, m: int, chunk: int = 512) -> Score:
+def evaluate(model: Model, q: Queries, gamma: float | None, m: int, anchor: float = 0.0, chunk: int = 512) -> Score:
     """HR@10, nDCG@10 and catalogue coverage of the personal lists of ``q`` under ``model``, the history's
-    confidence fading by ``gamma`` per rank (models.als.history_confidence; None: a hard cap alone)."""
+    confidence fading by ``gamma`` per rank (models.als.history_confidence; None: a hard cap alone), each known
+    user's step pulled toward its batch vector by ``anchor`` (models.user_step; 0: no pull)."""
     lengths = np.diff(q.indptr)
     ranks = np.arange(len(q.rows)) - np.repeat(q.indptr[:-1], lengths)
     cfg = model.cfg.model_copy(update={"recency_decay": 1.0 if gamma is None else gamma})
     c = history_confidence(q.weights, cfg, ranks)
-    vectors = model.step.solve_batch(q.indptr, q.rows, c)
     factors = model.step.factors
+    step = ALSStep(factors, cfg.regularization, anchor=anchor) if anchor else model.step
+    priors = [model.user_vectors.get(user) for user in q.fetches.users]
+    vectors = step.solve_batch(q.indptr, q.rows, c, priors)
     m = min(m, len(factors) - 1)
     ranked: list[list[int]] = []
     for start in range(0, len(lengths), chunk):
@@ -337,20 +345,25 @@ def evaluate(model: Model, q: Queries, gamma: float | None, m: int, chunk: int =
 
 @dataclass(frozen=True)
 class Candidate:
-    """One candidate default: λ, α, the history cap and, when set, recency-weighted confidence's γ."""
+    """One candidate default: λ, α, the history cap and, when set, recency-weighted confidence's γ and the user
+    step's anchor μ toward the batch user vector (0: none)."""
 
     regularization: float
     alpha: float
     history_cap: int
     recency: float | None = None
+    anchor: float = 0.0
 
     def label(self) -> str:
         history = f"cap {self.history_cap}" + (f", γ {self.recency:g}" if self.recency is not None else "")
-        return f"λ {self.regularization:g}, α {self.alpha:g}, {history}"
+        return f"λ {self.regularization:g}, α {self.alpha:g}, {history}" + (
+            f", μ {self.anchor:g}" if self.anchor else ""
+        )
 
-    def key(self) -> tuple[float, float, int, float]:
-        """The grid order: λ, α, cap, the hard cap before its recency-weighted variants."""
-        return self.regularization, self.alpha, self.history_cap, -1.0 if self.recency is None else self.recency
+    def key(self) -> tuple[float, float, int, float, float]:
+        """The grid order: λ, α, cap, the hard cap before its recency-weighted variants, the anchor."""
+        return (self.regularization, self.alpha, self.history_cap, -1.0 if self.recency is None else self.recency,
+                self.anchor)  # fmt: skip
 
 
 MIN_HITS = 200
@@ -473,26 +486,29 @@ def prepare(source: Source, caps: Iterable[int], cfg: ALSConfig, settings: Setti
 
 @dataclass(frozen=True)
 class Grid:
-    """(λ, α) pairs; for each, hard history caps and recency-weighted ones (each γ at each of ``recency_caps``)."""
+    """(λ, α) pairs; for each, hard history caps and recency-weighted ones (each γ at each of ``recency_caps``),
+    each of those also with every anchor of ``anchors``."""
 
     pairs: list[tuple[float, float]]
     caps: tuple[int, ...]
     recency: tuple[float, ...]
     recency_caps: tuple[int, ...]
     refine_top: int
+    anchors: tuple[float, ...] = ()
     extra: tuple[Candidate, ...] = ()
     """rows evaluated whatever the grid: the current and the MovieLens-tuned defaults"""
 
     def rows(self, pair: tuple[float, float]) -> list[Candidate]:
         lam, alpha = pair
         rows = [Candidate(lam, alpha, cap) for cap in self.caps]
-        rows += [Candidate(lam, alpha, cap, gamma) for cap in self.recency_caps for gamma in self.recency]
+        rows += [Candidate(lam, alpha, cap, gamma, anchor) for cap in self.recency_caps for gamma in self.recency
+                 for anchor in (0.0, *self.anchors)]  # fmt: skip
         return list(dict.fromkeys([*rows, *(r for r in self.extra if (r.regularization, r.alpha) == pair)]))
 
     def including(self, *extra: Candidate) -> Grid:
         pairs = [*self.pairs, *((r.regularization, r.alpha) for r in extra)]
         return Grid(list(dict.fromkeys(pairs)), self.caps, self.recency, self.recency_caps, self.refine_top,
-                    (*self.extra, *extra))  # fmt: skip
+                    self.anchors, (*self.extra, *extra))  # fmt: skip
 
     @property
     def all_caps(self) -> tuple[int, ...]:
@@ -500,9 +516,14 @@ class Grid:
 
 
 FULL = Grid(
-    list(itertools.product((10.0, 40.0, 160.0), (0.5, 2.0, 8.0))), (10, 30, 100, 300), (0.9, 0.95), (30, 100), 2
+    list(itertools.product((10.0, 40.0, 160.0), (0.5, 2.0, 8.0))),
+    (10, 30, 100, 300),
+    (0.9, 0.95),
+    (30, 100),
+    2,
+    (5.0, 10.0, 20.0, 40.0),
 )
-QUICK = Grid([(10.0, 2.0), (40.0, 2.0)], (10, 100), (0.9,), (30,), 0)
+QUICK = Grid([(10.0, 2.0), (40.0, 2.0)], (10, 100), (0.9,), (30,), 0, (10.0,))
 MOVIELENS_TUNED = Candidate(40.0, 2.0, 10)
 """The defaults before issue 16: chosen on MovieLens alone (bench/prequential.py --sweep)."""
 
@@ -517,7 +538,9 @@ def run_pairs(prepared: Sequence[Prepared], grid: Grid, pairs: Iterable[tuple[fl
         for p in prepared:
             model = train(p.split, p.log, p.order, cfg)
             for row in grid.rows(pair):
-                scores.setdefault(row, {})[p.source.name] = evaluate(model, p.queries[row.history_cap], row.recency, m)
+                scores.setdefault(row, {})[p.source.name] = evaluate(
+                    model, p.queries[row.history_cap], row.recency, m, row.anchor
+                )
         best = max(grid.rows(pair), key=lambda r: min(s.hr for s in scores[r].values()))
         console.print(f"  λ {pair[0]:g}, α {pair[1]:g}: {time.perf_counter() - started:.1f} s; HR@10 of "
                       f"{best.label()}: " + ", ".join(f"{n} {s.hr:.4f}" for n, s in scores[best].items()))  # fmt: skip
@@ -534,7 +557,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     defaults = ALSConfig()
     gamma = defaults.recency_decay
     current = Candidate(
-        defaults.regularization, defaults.alpha, settings.model.history_cap, gamma if gamma < 1 else None
+        defaults.regularization,
+        defaults.alpha,
+        settings.model.history_cap,
+        gamma if gamma < 1 else None,
+        defaults.anchor,
     )
     grid = (QUICK if args.quick else FULL).including(current, MOVIELENS_TUNED)
     sources: list[Source] = []

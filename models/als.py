@@ -70,6 +70,10 @@ class ALSConfig(BaseModel):
     # γ of the online user step's history_confidence: a history item's extra confidence fades by γ per more
     # recent item (1: no fading). Batch training sums events without order and does not use it.
     recency_decay: float = Field(0.9, gt=0.0, le=1.0)
+    # μ of the online user step's pull toward the user's batch vector x̄ (models/user_step.ALSStep): the step
+    # minimizes its history's loss + λ‖x‖² + μ‖x − x̄‖² for a user the batch fit knew, so the whole history the
+    # batch saw still counts past the capped recent one (0: no pull). Chosen by bench/validate.py with the others.
+    anchor: float = Field(10.0, ge=0.0, le=MAX_REGULARIZATION)
     iterations: int = Field(15, ge=1, le=500)
     log_scale: bool = False
     log_epsilon: float = Field(1.0, gt=0.0)

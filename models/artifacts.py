@@ -9,6 +9,9 @@
                     index/index.json      its id map, deleted ids, ef
                     config.json           ALSConfig
                     metrics.json          training report and evaluation figures
+                    user_factors.npy      (users, k) float32, the batch fit's user vectors, row u ↔ user_ids[u]
+                    user_ids.json         (both optional: a version written before them has none; the online
+                                          user step's anchor, models/user_step.py, then pulls no user)
 
 Version ids are `YYYYMMDDTHHMMSSZ.ffffff-<6 hex>` (UTC creation time to the microsecond, random
 suffix), so they sort by time as strings, also two written within one second. The fraction follows
@@ -46,6 +49,8 @@ MANIFEST = "manifest.json"
 FILES = frozenset({"item_factors.npy", "item_ids.json", "user_gram.npy", "content_map.npz", f"index/{INDEX_FILE}",
                    f"index/{IDS_FILE}", "config.json", "metrics.json"})  # fmt: skip
 """The files of a version besides the manifest, each listed in it with its sha256."""
+USER_FILES = frozenset({"user_factors.npy", "user_ids.json"})
+"""The batch user vectors: listed in the manifest with the others, both or neither (versions written before them)."""
 PRUNED = ".tmp-pruned-"
 """Prefix of a version being removed (:func:`prune_versions`)."""
 T = TypeVar("T")
@@ -65,6 +70,8 @@ class ModelArtifacts:
     config: ALSConfig
     metrics: dict[str, Any]
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    user_ids: list[str] = field(default_factory=list)
+    user_factors: np.ndarray | None = None  # (len(user_ids), k); None: the version has no user vectors
 
 
 def version_id(created_at: datetime) -> str:
@@ -92,11 +99,16 @@ def write_model(root: str | Path, model: ModelArtifacts) -> str:
         model.index.save(tmp / "index")
         (tmp / "config.json").write_text(model.config.model_dump_json(indent=2))
         (tmp / "metrics.json").write_text(json.dumps(model.metrics, indent=2, sort_keys=True))
+        files = FILES
+        if model.user_factors is not None:
+            np.save(tmp / "user_factors.npy", np.ascontiguousarray(model.user_factors, dtype=np.float32))
+            (tmp / "user_ids.json").write_text(json.dumps(model.user_ids))
+            files = FILES | USER_FILES
         manifest = {
             "format": FORMAT,
             "version": version,
             "created_at": model.created_at.astimezone(UTC).isoformat(),
-            "files": {name: _sha256(tmp / name) for name in sorted(FILES)},
+            "files": {name: _sha256(tmp / name) for name in sorted(files)},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync_tree(tmp)
@@ -185,23 +197,38 @@ def read_model(root: str | Path, version: str | None = None) -> ModelArtifacts:
         config=_parse(directory / "config.json", lambda p: ALSConfig.model_validate_json(p.read_text())),
         metrics=_parse(directory / "metrics.json", lambda p: json.loads(p.read_text())),
         created_at=created_at,
+        **(_users(directory) if set(files) >= USER_FILES else {}),
     )
     _check_consistent(model, where=directory)
     return model
 
 
+def _users(directory: Path) -> dict[str, Any]:
+    """The version's user ids and batch user vectors, as ModelArtifacts fields."""
+    user_ids = _parse(directory / "user_ids.json", lambda p: json.loads(p.read_text()))
+    if not isinstance(user_ids, list) or not all(isinstance(u, str) for u in user_ids):
+        raise ArtifactError(f"{directory / 'user_ids.json'}: not a list of user ids")
+    return {
+        "user_ids": user_ids,
+        "user_factors": _parse(directory / "user_factors.npy", lambda p: np.load(p, allow_pickle=False)),
+    }
+
+
 def _manifest(path: Path) -> tuple[dict[str, str], datetime]:
-    """The manifest's checksums and creation time; ArtifactError unless it has the format, lists exactly FILES
-    (listing fewer would let the others load unchecked) and holds a timezone-aware ISO creation time."""
+    """The manifest's checksums and creation time; ArtifactError unless it has the format, lists exactly FILES, with
+    or without USER_FILES (listing fewer would let the others load unchecked) and holds a timezone-aware ISO creation
+    time."""
     manifest = _parse(path, lambda p: json.loads(p.read_text()))
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{path}: not a JSON object")
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
     files, created_at = manifest.get("files"), manifest.get("created_at")
-    if not isinstance(files, dict) or set(files) != FILES or not all(isinstance(d, str) for d in files.values()):
-        listed = sorted(files) if isinstance(files, dict) else files
-        raise ArtifactError(f"{path}: 'files' must map each of {sorted(FILES)} to its sha256, got {listed!r}")
+    listed = set(files) if isinstance(files, dict) else None
+    if listed not in (FILES, FILES | USER_FILES) or not all(isinstance(d, str) for d in files.values()):
+        got = sorted(files) if isinstance(files, dict) else files
+        raise ArtifactError(f"{path}: 'files' must map each of {sorted(FILES)} (and {sorted(USER_FILES)}, or neither) "
+                            f"to its sha256, got {got!r}")  # fmt: skip
     try:
         created = datetime.fromisoformat(created_at) if isinstance(created_at, str) else None
     except ValueError:
@@ -236,6 +263,17 @@ def _check_consistent(model: ModelArtifacts, where: Path) -> None:
         ("user_gram.npy", bool(np.isfinite(model.user_gram).all()), "holds NaN or infinity"),
         ("content_map.npz", all(np.isfinite(a).all() for a in content_arrays), "holds NaN or infinity"),
     ]
+    if model.user_factors is not None:
+        users = len(model.user_ids)
+        checks += [
+            (
+                "user_factors.npy",
+                model.user_factors.shape == (users, k),
+                f"shape {model.user_factors.shape}, expected {(users, k)}",
+            ),
+            ("user_ids.json", len(set(model.user_ids)) == users, "duplicate user ids"),
+            ("user_factors.npy", bool(np.isfinite(model.user_factors).all()), "holds NaN or infinity"),
+        ]
     for name, ok, problem in checks:
         if not ok:
             raise ArtifactError(f"{where / name}: {problem}")

@@ -23,9 +23,21 @@ computed between two hot swaps is then the same function of its history, so a re
 or restarted worker reproduces its vectors exactly, old and new vectors stay comparable,
 and a wave of new items with near-default vectors does not bias every user's negative
 term toward them. The next batch retrain brings them into the Gram matrix.
+
+The anchored step (a user the batch fit knew, its vector x̄ in the model version): the history's loss
+plus λ‖x‖² + μ‖x − x̄‖², so
+
+    x = (A + μI)⁻¹ (b + μx̄)        A, b the system above
+
+Why: the online step sees the user's capped recent history (a cap keeps each step cheap and follows a
+drifting taste), the batch fit saw all of it. Where the order says little (a user's long history
+shuffled, a stable catalogue) the items past the cap still tell who the user is; μ keeps them in
+through x̄ without storing them. bench/validate.py chose μ with λ, α and the cap.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
@@ -41,17 +53,26 @@ class ALSStep:
     array([0.75, 0.  , 0.  ], dtype=float32)
     >>> step.solve(np.array([], dtype=int), np.array([]))   # empty history: zero vector
     array([0., 0., 0.], dtype=float32)
+    >>> pulled = ALSStep(np.eye(3, dtype=np.float32), regularization=1.0, anchor=2.0)
+    >>> prior = np.array([0.0, 0.0, 1.5])
+    >>> pulled.solve_batch(np.array([0, 1]), np.array([0]), np.array([3.0]), [prior])  # (4I + 2·e0e0ᵀ) x = 3·e0 + 2·x̄
+    array([[0.5 , 0.  , 0.75]], dtype=float32)
     """
 
-    def __init__(self, factors: np.ndarray, regularization: float, gram: np.ndarray | None = None) -> None:
+    def __init__(
+        self, factors: np.ndarray, regularization: float, gram: np.ndarray | None = None, anchor: float = 0.0
+    ) -> None:
         """`gram` is FᵀF (without λ) for when F is not at hand, as for the item fold-in, whose
         fixed side is users (their vectors live elsewhere; the model version keeps XᵀX):
-        then pass `factors` with zero rows and call `solve_vectors`.
+        then pass `factors` with zero rows and call `solve_vectors`. `anchor` is μ of the anchored step
+        (:meth:`solve_batch`'s priors; 0: priors are ignored).
         """
         if factors.ndim != 2:
             raise ValueError("factors must be a 2-D (rows, k) array")
         if regularization <= 0:
             raise ValueError("regularization must be > 0 (keeps the system positive definite)")
+        if not (np.isfinite(anchor) and anchor >= 0):
+            raise ValueError("anchor must be finite and >= 0")
         k = factors.shape[1]
         self._buffer = np.array(factors, dtype=np.float32, order="C")
         self._size = factors.shape[0]
@@ -63,6 +84,8 @@ class ALSStep:
         self.gram = gram + regularization * np.eye(k)  # FᵀF + λI of this model version
         self._gram_inv = cho_solve(cho_factor(self.gram), np.eye(k))
         self.regularization = regularization
+        self.anchor = anchor
+        self._anchored_gram = self.gram + anchor * np.eye(k)  # FᵀF + (λ + μ)I
 
     @property
     def factors(self) -> np.ndarray:
@@ -107,15 +130,23 @@ class ALSStep:
             return np.zeros(self.dim, dtype=np.float32)
         return self._solve_stacked(np.asarray(vectors, dtype=np.float64)[None], c[None])[0].astype(np.float32)
 
-    def solve_batch(self, indptr: np.ndarray, rows: np.ndarray, confidences: np.ndarray) -> np.ndarray:
-        """x for many histories in CSR layout: history u is rows[indptr[u]:indptr[u+1]].
+    def solve_batch(
+        self,
+        indptr: np.ndarray,
+        rows: np.ndarray,
+        confidences: np.ndarray,
+        priors: Sequence[np.ndarray | None] | None = None,
+    ) -> np.ndarray:
+        """x for many histories in CSR layout: history u is rows[indptr[u]:indptr[u+1]]; with ``priors[u]``
+        (not None, and ``anchor`` > 0) the anchored step toward that vector.
 
-        Histories of one length are stacked into a (B, L, k) array and solved together, each by the same
-        BLAS and LAPACK calls as :meth:`solve` makes for it alone: numpy's stacked matmul and ``linalg.solve``
-        loop over the stack, one call per matrix, and a matrix's shape is its own history's. So a user's x is
-        bit-identical whichever other histories share the batch, and a restarted worker (other batches)
+        Histories of one length (and kind, anchored or not) are stacked into a (B, L, k) array and solved together,
+        each by the same BLAS and LAPACK calls as :meth:`solve` makes for it alone: numpy's stacked matmul and
+        ``linalg.solve`` loop over the stack, one call per matrix, and a matrix's shape is its own history's. So a
+        user's x is bit-identical whichever other histories share the batch, and a restarted worker (other batches)
         reproduces a clean run's vectors (tests/models/test_user_step.py checks varied compositions). An empty
-        history gets the zero vector, as in `solve`.
+        history gets the zero vector, as in `solve`, prior or not: x̄ refines what a history says, and a user
+        without one has no list to refine.
         """
         indptr = np.asarray(indptr, dtype=np.intp)
         rows = self._checked_rows(rows)
@@ -123,12 +154,24 @@ class ALSStep:
         if indptr.ndim != 1 or indptr[0] != 0 or indptr[-1] != len(rows) or np.any(np.diff(indptr) < 0):
             raise ValueError("indptr must rise from 0 to len(rows)")
         lengths = np.diff(indptr)
+        if priors is not None and len(priors) != len(lengths):
+            raise ValueError(f"expected {len(lengths)} priors, got {len(priors)}")
+        pulled = np.zeros(len(lengths), dtype=bool)
+        if priors is not None and self.anchor > 0:
+            pulled = np.fromiter((p is not None for p in priors), dtype=bool, count=len(lengths))
         out = np.zeros((len(lengths), self.dim), dtype=np.float32)
         factors = self.factors
         for length in np.unique(lengths[lengths > 0]).tolist():
-            users = np.flatnonzero(lengths == length)
-            slots = indptr[users, None] + np.arange(length)
-            out[users] = self._solve_stacked(np.take(factors, rows[slots], axis=0).astype(np.float64), c[slots])
+            for anchored in (False, True):
+                users = np.flatnonzero((lengths == length) & (pulled == anchored))
+                if not users.size:
+                    continue
+                slots = indptr[users, None] + np.arange(length)
+                v = np.take(factors, rows[slots], axis=0).astype(np.float64)
+                if anchored:
+                    out[users] = self._solve_anchored(v, c[slots], self._checked_priors([priors[u] for u in users]))
+                else:
+                    out[users] = self._solve_stacked(v, c[slots])
         return out
 
     def _checked_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -137,6 +180,21 @@ class ALSStep:
         if rows.size and (rows.min() < 0 or rows.max() >= self._size):
             raise IndexError(f"rows outside [0, {self._size})")
         return rows
+
+    def _checked_priors(self, priors: list[np.ndarray]) -> np.ndarray:
+        if any(np.shape(prior) != (self.dim,) for prior in priors):
+            raise ValueError(f"priors must be finite vectors of {self.dim} values")
+        x = np.asarray(priors, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError(f"priors must be finite vectors of {self.dim} values")
+        return x
+
+    def _solve_anchored(self, v: np.ndarray, c: np.ndarray, priors: np.ndarray) -> np.ndarray:
+        """The anchored step of B stacked histories: (A + μI) x = b + μx̄, by the primal k×k system (the dual
+        form's right side would need a second solve; a user step is ~3% of a worker's events)."""
+        a, b = self._normal_equations(v, c, self._anchored_gram)
+        b += self.anchor * priors
+        return np.linalg.solve(a, b[..., None])[..., 0]
 
     def _solve_stacked(self, v: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Solve B stacked (L, k) histories of one length L, through whichever system is smaller.
@@ -149,7 +207,7 @@ class ALSStep:
         """
         width, k = v.shape[1:]
         if width > k:
-            a, b = self._normal_equations(v, c)
+            a, b = self._normal_equations(v, c, self.gram)
             return np.linalg.solve(a, b[..., None])[..., 0]
         z = v @ self._gram_inv
         s = z @ np.swapaxes(v, -1, -2)
@@ -157,10 +215,11 @@ class ALSStep:
         s += np.eye(width)
         return (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, np.maximum(c, 0.0)[..., None]))[..., 0]
 
-    def _normal_equations(self, vectors: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A = FᵀF + λI + Vᵀ diag(|c| − 1) V and b = Vᵀ (p∘|c|), for (n, k) or stacked (B, n, k) V."""
+    def _normal_equations(self, vectors: np.ndarray, c: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A = gram + Vᵀ diag(|c| − 1) V and b = Vᵀ (p∘|c|), for (n, k) or stacked (B, n, k) V; gram is FᵀF + λI
+        (or + (λ + μ)I for the anchored step)."""
         vt = np.swapaxes(vectors, -1, -2)
-        a = (vt * np.maximum(np.abs(c) - 1.0, 0.0)[..., None, :]) @ vectors + self.gram
+        a = (vt * np.maximum(np.abs(c) - 1.0, 0.0)[..., None, :]) @ vectors + gram
         b = (vt @ np.maximum(c, 0.0)[..., None])[..., 0]
         return a, b
 

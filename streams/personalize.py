@@ -7,7 +7,7 @@ no batch ever sees half a model.
 
 Per touched user and batch: history ← merge(history, events) (models/history.py);
 x_u ← the exact user step over the history's known items (models/user_step.py), recent items weighing more
-(models/als.history_confidence);
+(models/als.history_confidence), pulled toward the user's batch vector when the model version has one;
 candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries the history
 item most like it (argmax y_c·y_h) for the reader's "because you watched X".
 
@@ -78,7 +78,9 @@ class Personalizer:
         self.cfg = artifacts.config
         self.content_map = artifacts.content_map
         self.index = artifacts.index
-        self.step = ALSStep(artifacts.item_factors, self.cfg.regularization)
+        self.step = ALSStep(artifacts.item_factors, self.cfg.regularization, anchor=self.cfg.anchor)
+        self.user_factors = artifacts.user_factors  # the batch vectors x̄, the anchored step's priors
+        self.user_rows = {user: row for row, user in enumerate(artifacts.user_ids)}
         k = artifacts.item_factors.shape[1]
         self.fold = ALSStep(np.empty((0, k), dtype=np.float32), self.cfg.regularization, gram=artifacts.user_gram)
         self.folded: dict[str, np.ndarray] = {}  # new item → its fold-in vector (replaces the content vector)
@@ -200,6 +202,11 @@ class Personalizer:
         blobs += self._vectors_and_candidates(refreshed, at_refresh)
         return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()], item_users)
 
+    def user_prior(self, user: str) -> np.ndarray | None:
+        """The user's batch vector x̄ in this model version, None when the batch fit did not know the user."""
+        row = self.user_rows.get(user)
+        return None if row is None or self.user_factors is None else self.user_factors[row]
+
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
         """Initial vector and candidates from picked categories, for users without history: each picked category
         is a pseudo-item shown and clicked (the heaviest CTR view and click types' weights: a view and a click)."""
@@ -224,7 +231,8 @@ class Personalizer:
             liked.append([row for row, (_, weight) in zip(user_rows, entries, strict=True) if weight >= 0])
         confidences = history_confidence(np.array(weights), self.cfg, np.array(ranks, dtype=np.intp))
         indptr = np.r_[0, np.cumsum(lengths, dtype=np.intp)]
-        vectors = self.step.solve_batch(indptr, np.array(rows, dtype=np.intp), confidences)
+        priors = [self.user_prior(user) for user in users]
+        vectors = self.step.solve_batch(indptr, np.array(rows, dtype=np.intp), confidences, priors)
         return self._store(users, vectors, known, liked)
 
     def _store(

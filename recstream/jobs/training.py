@@ -288,6 +288,8 @@ def train(log: TrainingLog, cfg: ALSConfig, holdout: float = 0.1, fit: Fit = tra
         index=index,
         config=cfg,
         metrics=metrics,
+        user_ids=list(log.user_ids),
+        user_factors=whole.user_factors,
     )
     return artifacts, metrics
 

@@ -492,6 +492,9 @@ def train(
         float | None, typer.Option(help="λ (implicit does not scale it by the data); default: ALSConfig's")
     ] = None,
     alpha: Annotated[float | None, typer.Option(help="confidence c = 1 + α·r; default: ALSConfig's")] = None,
+    anchor: Annotated[
+        float | None, typer.Option(help="μ: the online step's pull toward a user's batch vector; default: ALSConfig's")
+    ] = None,
     holdout: Annotated[
         float, typer.Option(callback=_share, help="share of the log held out for offline HR@10, in [0, 1) (0: skip)")
     ] = 0.1,
@@ -508,7 +511,7 @@ def train(
 
     settings = _settings()
     try:
-        chosen = {"regularization": regularization, "alpha": alpha}  # None: the defaults bench/validate.py chose
+        chosen = {"regularization": regularization, "alpha": alpha, "anchor": anchor}  # None: bench/validate.py's
         cfg = ALSConfig(factors=factors, iterations=iterations, **{k: v for k, v in chosen.items() if v is not None})
     except ValidationError as exc:  # one line naming each option (pydantic's report spans four, and a link)
         typer.secho("; ".join(f"--{error['loc'][0]}: {error['msg']}" for error in exc.errors()), fg="red", err=True)

@@ -19,7 +19,9 @@ What stays: the user's share of aggregates keyed by item or segment (view and cl
 rankings, trend counts, the pool's bandit counts, fold-in vectors already computed) and of the
 model's item factors. Those are sums over many users and name nobody; ``recstream rebuild`` recomputes
 them without the user's events, ``recstream train`` refits the model without them (both read the
-``erasures`` topic, recstream/eventlog/erasures.py).
+``erasures`` topic, recstream/eventlog/erasures.py). The model versions on disk also hold the user's batch
+vector under the id (models/artifacts.py ``user_factors.npy``: the online step's anchor; a step of an erased id is
+never written, above) until a training writes a version without it and pruning removes the older ones.
 
 An erased id stays erased, like a deleted account: the worker's batch script reads the slot's ``erased`` in the
 same script that writes a batch's user state (apply_batch.lua, step 1c) and writes nothing under an erased id, so

@@ -136,7 +136,7 @@ def test_evaluate_ranks_by_the_user_step_and_drops_history_seen_and_unindexed_it
     item 5 was indexed (at 7), clicking item 5; once from a list made after, clicking item 1. Expected lists:
     the items by x·y, x the exact user step computed here with ALSStep.solve, minus the exclusions."""
     factors = np.array([[1.0, 0.1], [0.9, 0.2], [0.2, 0.9], [0.95, 0.1], [0.6, 0.5], [1.0, 0.0]], np.float32)
-    model = Model(ALSStep(factors, CFG.regularization), np.array([-1, -1, -1, -1, -1, 7]), CFG)
+    model = Model(ALSStep(factors, CFG.regularization), np.array([-1, -1, -1, -1, -1, 7]), CFG, {})
     fetched = Fetches({}, ["u", "u"], [1, 1], np.array([6, 8]), [frozenset({0, 3})] * 2, np.array([5, 1]))
     q = Queries(fetched, np.array([0, 1, 2]), np.array([0, 0]), np.array([5.0, 5.0]))
     x = ALSStep(factors, CFG.regularization).solve(np.array([0]), confidence(np.array([5.0]), CFG))
@@ -147,6 +147,24 @@ def test_evaluate_ranks_by_the_user_step_and_drops_history_seen_and_unindexed_it
     assert score.hr == 0.5, "item 5 was not in the index when the first list was made"
     assert score.ndcg == pytest.approx(0.5 / np.log2(1 + after.index(1) + 1))
     assert score.coverage == pytest.approx(len(set(before) | set(after)) / 6)
+
+
+def test_evaluate_anchors_the_step_of_a_user_the_batch_knew_to_its_batch_vector():
+    """The same history [item 0], clicking item 2 (at the bottom of the plain step's order): a batch vector along
+    item 2 lifts it to the top of an anchored list; a user the batch did not know keeps the plain list."""
+    factors = np.array([[1.0, 0.1], [0.9, 0.2], [0.2, 0.9], [0.95, 0.1], [0.6, 0.5], [1.0, 0.0]], np.float32)
+    prior = np.array([0.0, 3.0])
+    step = ALSStep(factors, CFG.regularization)
+    fetched = Fetches({}, ["known", "stranger"], [1, 1], np.array([0, 0]), [frozenset({0})] * 2, np.array([2, 2]))
+    q = Queries(fetched, np.array([0, 1, 2]), np.array([0, 0]), np.array([5.0, 5.0]))
+    model = Model(step, np.full(6, -1), CFG, {"known": prior})
+    x = step.solve(np.array([0]), confidence(np.array([5.0]), CFG))
+    plain_rank = [i for i in np.argsort(-(factors @ x), kind="stable").tolist() if i != 0].index(2)
+    assert plain_rank == 4, "item 2 is last of the plain list"
+    plain = evaluate(model, q, None, m=50)
+    anchored = evaluate(model, q, None, m=50, anchor=1_000.0)
+    assert plain.ndcg == pytest.approx(1 / np.log2(2 + plain_rank))
+    assert anchored.ndcg == pytest.approx((1 + 1 / np.log2(2 + plain_rank)) / 2), "known: first; stranger: as plain"
 
 
 def test_the_choice_is_the_row_with_the_best_worst_case_not_any_sources_best():

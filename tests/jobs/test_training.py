@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 from recstream.models import artifacts as artifacts_module
-from recstream.models.als import ALSConfig
+from recstream.models.als import ALSConfig, train_als
 from recstream.models.artifacts import list_versions
 
 from recstream.contracts.events import Event
@@ -107,6 +107,17 @@ def test_an_item_named_only_by_a_dropped_repeat_is_not_in_the_model():
     log = training.collect(Record("event", e) for e in events)
     assert log.items.tolist() == [0, 1] and log.item_ids == {"i1": 0, "i3": 1}
     np.testing.assert_array_equal(training.interactions(log).toarray(), in_memory_matrix([events[0], events[2]]))
+
+
+def test_the_model_keeps_every_users_batch_vector_the_fit_made():
+    """The online step's anchor reads a user's row of the fit's user factors by id: the ids in the log's numbering."""
+    _, _, events = world(n_users=20, n_items=15, n_events=300)
+    log = training.collect([Record("event", e) for e in events])
+    cfg = ALSConfig(factors=4, random_state=3)
+    artifacts, _ = training.train(log, cfg, holdout=0)
+    assert artifacts.user_ids == list(log.user_ids) and len(artifacts.user_ids) == 20
+    fit = train_als(training.interactions(log), cfg)
+    np.testing.assert_array_equal(artifacts.user_factors, fit.user_factors)
 
 
 @pytest.mark.integration

@@ -183,7 +183,9 @@ def test_a_config_written_before_feedback_types_still_loads():
         ALSConfig.model_validate_json('{"factors": 8, "like_weight": 4.0}')
 
 
-@pytest.mark.parametrize(("name", "limit"), [("regularization", MAX_REGULARIZATION), ("alpha", MAX_ALPHA)])
+@pytest.mark.parametrize(
+    ("name", "limit"), [("regularization", MAX_REGULARIZATION), ("alpha", MAX_ALPHA), ("anchor", MAX_REGULARIZATION)]
+)
 def test_regularization_and_alpha_are_bounded_and_a_fit_at_the_bound_is_finite(name: str, limit: float):
     """``train --regularization 1e40`` (or --alpha) passed the config and ended in implicit's NaN traceback after
     reading the whole log; the bound refuses it at once, and the largest value allowed still fits."""
@@ -195,6 +197,13 @@ def test_regularization_and_alpha_are_bounded_and_a_fit_at_the_bound_is_finite(n
     r = interaction_matrix(users, items, _weights(clicks), n_users, n_items)
     fit = train_als(r, ALSConfig(factors=8, iterations=3, num_threads=1, **{name: limit}))
     assert np.isfinite(fit.user_factors).all() and np.isfinite(fit.item_factors).all()
+
+
+def test_the_anchor_may_be_zero_but_not_negative():
+    """0 switches the user step's pull toward the batch vector off; below it the step would push away from it."""
+    assert ALSConfig(anchor=0.0).anchor == 0.0
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 0"):
+        ALSConfig(anchor=-np.nextafter(0.0, 1.0))
 
 
 def test_a_fit_that_diverges_is_a_fit_error_naming_what_to_lower():

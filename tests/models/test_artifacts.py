@@ -13,6 +13,7 @@ from recstream.models.artifacts import (
     FILES,
     MANIFEST,
     PRUNED,
+    USER_FILES,
     ArtifactError,
     ModelArtifacts,
     check_writable,
@@ -27,7 +28,8 @@ from recstream.models.content_map import fit_content_map
 K = 4
 
 
-def _model(created_at: datetime | None = None, n_items: int = 30) -> ModelArtifacts:
+def _model(created_at: datetime | None = None, n_items: int = 30, n_users: int = 12) -> ModelArtifacts:
+    """A small model; ``n_users`` 0: a version without user vectors (as written before they were kept)."""
     rng = np.random.default_rng(0)
     ids = [f"movie-{i}" for i in range(n_items)]
     factors = rng.standard_normal((n_items, K)).astype(np.float32)
@@ -44,7 +46,9 @@ def _model(created_at: datetime | None = None, n_items: int = 30) -> ModelArtifa
         config=ALSConfig(factors=K, alpha=7.0),
         metrics={"users": 10, "loss": 0.25},
         **({"created_at": created_at} if created_at else {}),
-    )
+        **({"user_ids": [f"user-{u}" for u in range(n_users)],
+            "user_factors": rng.standard_normal((n_users, K)).astype(np.float32)} if n_users else {}),
+    )  # fmt: skip
 
 
 def test_round_trip(tmp_path):
@@ -58,6 +62,17 @@ def test_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.content_map.vector(["comedy"]), model.content_map.vector(["comedy"]))
     assert loaded.index.query_batch(model.item_factors, k=5) == model.index.query_batch(model.item_factors, k=5)
     assert model.item_ids[0] not in loaded.index
+    assert loaded.user_ids == model.user_ids and len(loaded.user_ids) == 12
+    np.testing.assert_array_equal(loaded.user_factors, model.user_factors)
+
+
+def test_a_version_without_user_vectors_holds_only_the_other_files_and_loads_without_them(tmp_path):
+    """Versions written before the batch user vectors were kept stay loadable: their users are simply not anchored."""
+    version = write_model(tmp_path, _model(n_users=0))
+    on_disk = {p.relative_to(tmp_path / version).as_posix() for p in (tmp_path / version).rglob("*") if p.is_file()}
+    assert on_disk == FILES | {MANIFEST}
+    loaded = read_model(tmp_path, version)
+    assert loaded.user_factors is None and loaded.user_ids == []
 
 
 def test_versions_sort_by_creation_time(tmp_path):
@@ -87,8 +102,10 @@ def test_half_written_temp_dir_is_invisible(tmp_path):
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing"])
 @pytest.mark.parametrize(
-    "name", ["metrics.json", "content_map.npz", "index/index.bin", "item_factors.npy", "user_gram.npy"]
-)
+    "name",
+    ["metrics.json", "content_map.npz", "index/index.bin", "item_factors.npy", "user_gram.npy", "user_factors.npy",
+     "user_ids.json"],
+)  # fmt: skip
 def test_bad_or_missing_file_is_named(tmp_path, name, damage):
     version = write_model(tmp_path, _model())
     path = tmp_path / version / name
@@ -107,7 +124,7 @@ def test_missing_manifest_is_named(tmp_path):
         read_model(tmp_path, version)
 
 
-@pytest.mark.parametrize(("name", "value"), [("item_factors", np.nan), ("user_gram", np.inf)])
+@pytest.mark.parametrize(("name", "value"), [("item_factors", np.nan), ("user_gram", np.inf), ("user_factors", np.nan)])
 def test_a_model_holding_nan_or_infinity_is_refused_before_writing(tmp_path, name, value):
     """A NaN factor made every user step NaN (and a NaN score refused by Redis' ZADD mid-script)."""
     model = _model()
@@ -152,8 +169,34 @@ def test_an_id_of_the_old_format_stays_readable_and_sorts_before_a_later_one(tmp
 def test_a_version_holds_exactly_the_files_its_manifest_lists(tmp_path):
     version = write_model(tmp_path, _model())
     on_disk = {p.relative_to(tmp_path / version).as_posix() for p in (tmp_path / version).rglob("*") if p.is_file()}
-    assert on_disk == FILES | {MANIFEST}
-    assert set(json.loads((tmp_path / version / MANIFEST).read_text())["files"]) == FILES
+    assert on_disk == FILES | USER_FILES | {MANIFEST}
+    assert set(json.loads((tmp_path / version / MANIFEST).read_text())["files"]) == FILES | USER_FILES
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ({"user_ids": ["user-0"] * 12}, r"user_ids\.json: duplicate user ids"),
+        ({"user_ids": [f"user-{u}" for u in range(11)]}, r"user_factors\.npy: shape \(12, 4\), expected \(11, 4\)"),
+    ],
+)
+def test_user_vectors_that_do_not_match_their_ids_are_refused_before_writing(tmp_path, edit, problem):
+    with pytest.raises(ArtifactError, match=problem):
+        write_model(tmp_path, dataclasses.replace(_model(), **edit))
+    assert list_versions(tmp_path) == []
+
+
+@pytest.mark.parametrize("ids", [{"user-0": 1}, [1, 2], "user-0"])
+def test_user_ids_that_are_not_a_list_of_ids_are_named_on_reading(tmp_path, ids):
+    version = write_model(tmp_path, _model())
+    path = tmp_path / version / "user_ids.json"
+    path.write_text(json.dumps(ids))
+    manifest_path = tmp_path / version / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["user_ids.json"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"user_ids\.json: not a list of user ids"):
+        read_model(tmp_path, version)
 
 
 def _without(manifest: dict, key: str) -> dict:
@@ -165,6 +208,7 @@ def _without(manifest: dict, key: str) -> dict:
     [
         lambda m: {**m, "files": {}},  # every file would load unchecked
         lambda m: {**m, "files": _without(m["files"], "item_factors.npy")},
+        lambda m: {**m, "files": _without(m["files"], "user_ids.json")},  # user vectors without their ids
         lambda m: {**m, "files": {**m["files"], "extra.bin": "0" * 64}},
         lambda m: {**m, "files": {**m["files"], "item_ids.json": None}},
         lambda m: {**m, "files": list(m["files"])},
@@ -175,8 +219,8 @@ def _without(manifest: dict, key: str) -> dict:
         lambda m: {**m, "created_at": "2026-11-23T14:25:01"},  # no offset
         lambda m: [m],
     ],
-    ids=["no-files", "one-missing", "one-extra", "no-digest", "files-list", "no-files-key", "no-created-at",
-         "created-at-number", "created-at-text", "created-at-naive", "not-an-object"],
+    ids=["no-files", "one-missing", "one-user-file", "one-extra", "no-digest", "files-list", "no-files-key",
+         "no-created-at", "created-at-number", "created-at-text", "created-at-naive", "not-an-object"],
 )  # fmt: skip
 def test_a_manifest_that_does_not_list_exactly_the_models_files_or_lacks_its_time_is_named(tmp_path, edit):
     version = write_model(tmp_path, _model())

@@ -24,16 +24,27 @@ def _problem(seed: int = 0, n_rows: int = 300, n_histories: int = 40, max_len: i
     return factors, indptr, rows, conf
 
 
-def _dense_solve(fixed: np.ndarray, rows: np.ndarray, conf: np.ndarray) -> np.ndarray:
-    """x = (FᵀCF + λI)⁻¹ FᵀC p with C, p dense over all rows: the textbook form, no shortcuts (a negative
-    confidence is an observation with p = 0 and confidence |c|)."""
+def _dense_solve(
+    fixed: np.ndarray, rows: np.ndarray, conf: np.ndarray, anchor: float = 0.0, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """x = (FᵀCF + λI + μI)⁻¹ (FᵀC p + μx̄) with C, p dense over all rows: the textbook form, no shortcuts (a
+    negative confidence is an observation with p = 0 and confidence |c|; μ = 0: no prior)."""
     f = fixed.astype(np.float64)
     c_full = np.ones(len(f))
     p = np.zeros(len(f))
     c_full[rows] = np.abs(conf)
     p[rows] = conf > 0
-    a = f.T @ (c_full[:, None] * f) + LAMBDA * np.eye(f.shape[1])
-    return np.linalg.solve(a, f.T @ (c_full * p))
+    a = f.T @ (c_full[:, None] * f) + (LAMBDA + anchor) * np.eye(f.shape[1])
+    return np.linalg.solve(a, f.T @ (c_full * p) + (anchor * prior if anchor else 0.0))
+
+
+MU = 5.0
+
+
+def _priors(n: int, seed: int = 8) -> list[np.ndarray | None]:
+    """Batch vectors for two users in three; the third is a user the batch fit did not know."""
+    vectors = np.random.default_rng(seed).standard_normal((n, K)) * 0.5
+    return [vectors[u] if u % 3 else None for u in range(n)]
 
 
 @pytest.mark.parametrize("negative", [0.0, 0.3])
@@ -78,13 +89,19 @@ def test_batched_path_equals_single_path(max_len, negative):
 
 
 @pytest.mark.parametrize("max_len", [30, 3 * K])
-def test_a_users_vector_is_bit_identical_whoever_shares_its_batch(max_len):
+@pytest.mark.parametrize("anchored", [False, True])
+def test_a_users_vector_is_bit_identical_whoever_shares_its_batch(max_len, anchored):
     """What lets the worker solve a batch's users together: a restarted worker cuts other batches, and each user
-    must still get the bits a clean run stored. Random compositions: subsets, repeats, one user alone, all."""
+    must still get the bits a clean run stored. Random compositions: subsets, repeats, one user alone, all; anchored:
+    two users in three with a batch vector."""
     factors, indptr, rows, conf = _problem(seed=6, n_histories=60, max_len=max_len, negative=0.2)
-    step = ALSStep(factors, LAMBDA)
+    step = ALSStep(factors, LAMBDA, anchor=MU if anchored else 0.0)
     spans = [slice(indptr[u], indptr[u + 1]) for u in range(len(indptr) - 1)]
-    alone = np.stack([step.solve(rows[s], conf[s]) for s in spans])
+    priors = _priors(len(spans)) if anchored else [None] * len(spans)
+    alone = np.stack([step.solve_batch(np.array([0, s.stop - s.start]), rows[s], conf[s], [priors[u]])[0]
+                      for u, s in enumerate(spans)])  # fmt: skip
+    if not anchored:
+        np.testing.assert_array_equal(alone, np.stack([step.solve(rows[s], conf[s]) for s in spans]))
     rng = np.random.default_rng(7)
     compositions = [[u] for u in range(len(spans))] + [list(range(len(spans)))]
     compositions += [rng.choice(len(spans), size=rng.integers(2, 3 * len(spans)), replace=True) for _ in range(30)]
@@ -94,8 +111,61 @@ def test_a_users_vector_is_bit_identical_whoever_shares_its_batch(max_len):
             np.r_[0, np.cumsum(lengths)],
             np.concatenate([rows[spans[u]] for u in users]),
             np.concatenate([conf[spans[u]] for u in users]),
+            [priors[u] for u in users],
         )
         np.testing.assert_array_equal(batch, alone[users])
+
+
+@pytest.mark.parametrize("max_len", [30, 3 * K])
+@pytest.mark.parametrize("negative", [0.0, 0.3])
+def test_the_anchored_step_is_the_ridge_pulled_toward_the_batch_vector(max_len, negative):
+    """x = (A + μI)⁻¹(b + μx̄) for a user with a batch vector, to float precision; a user without one gets the
+    unanchored step's very bits, and so does everyone when μ is 0."""
+    factors, indptr, rows, conf = _problem(seed=9, max_len=max_len, negative=negative)
+    priors = _priors(len(indptr) - 1)
+    plain = ALSStep(factors, LAMBDA).solve_batch(indptr, rows, conf)
+    pulled = ALSStep(factors, LAMBDA, anchor=MU).solve_batch(indptr, rows, conf, priors)
+    np.testing.assert_array_equal(ALSStep(factors, LAMBDA, anchor=0.0).solve_batch(indptr, rows, conf, priors), plain)
+    moved = 0
+    for u, prior in enumerate(priors):
+        r, c = rows[indptr[u] : indptr[u + 1]], conf[indptr[u] : indptr[u + 1]]
+        if prior is None or not len(r):  # no batch vector, or no history (the zero vector, prior or not)
+            np.testing.assert_array_equal(pulled[u], plain[u])
+            continue
+        np.testing.assert_allclose(pulled[u], _dense_solve(factors, r, c, MU, prior), rtol=1e-5, atol=1e-6)
+        moved += not np.allclose(pulled[u], plain[u], atol=1e-3)
+    assert moved >= len(priors) // 2  # the prior changed the known users' vectors
+
+
+def test_a_strong_anchor_holds_the_vector_at_the_batch_one_and_a_weak_one_leaves_the_history_s():
+    factors, indptr, rows, conf = _problem(seed=10, max_len=20)
+    priors = [np.full(K, 0.25)] * (len(indptr) - 1)
+    plain = ALSStep(factors, LAMBDA).solve_batch(indptr, rows, conf)
+    strong = ALSStep(factors, LAMBDA, anchor=1e6).solve_batch(indptr, rows, conf, priors)
+    weak = ALSStep(factors, LAMBDA, anchor=1e-9).solve_batch(indptr, rows, conf, priors)
+    has_history = np.diff(indptr) > 0
+    np.testing.assert_allclose(strong[has_history], 0.25, atol=1e-3)
+    np.testing.assert_allclose(weak, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("priors", "problem"),
+    [
+        ([np.zeros(K)], "expected 2 priors, got 1"),
+        ([np.zeros(K), np.zeros(K - 1)], f"priors must be finite vectors of {K} values"),
+        ([np.zeros(K), np.full(K, np.nan)], f"priors must be finite vectors of {K} values"),
+    ],
+)
+def test_priors_of_another_count_size_or_not_finite_are_refused(priors, problem):
+    step = ALSStep(np.eye(K, dtype=np.float32), LAMBDA, anchor=MU)
+    with pytest.raises(ValueError, match=problem):
+        step.solve_batch(np.array([0, 1, 2]), np.array([0, 1]), np.array([2.0, 2.0]), priors)
+
+
+@pytest.mark.parametrize("anchor", [-1e-9, np.nan, np.inf])
+def test_an_anchor_that_is_negative_or_not_finite_is_refused(anchor):
+    with pytest.raises(ValueError, match="anchor must be finite and >= 0"):
+        ALSStep(np.eye(K, dtype=np.float32), LAMBDA, anchor=anchor)
 
 
 def test_empty_history_gives_zero_vector():

@@ -119,7 +119,7 @@ def test_train_takes_a_holdout_share_from_0_to_below_1(holdout):
     assert done.exit_code == 1 and "cannot reach Kafka" in done.output, done.output
 
 
-@pytest.mark.parametrize(("option", "limit"), [("--regularization", 1e6), ("--alpha", 1e4)])
+@pytest.mark.parametrize(("option", "limit"), [("--regularization", 1e6), ("--alpha", 1e4), ("--anchor", 1e6)])
 def test_train_refuses_regularization_or_alpha_past_their_bound_in_one_line_before_the_log(option, limit):
     """``train --regularization 1e40`` read the whole log, then ended in implicit's NaN traceback."""
     below, at, above = (repr(v) for v in (math.nextafter(limit, 0), limit, math.nextafter(limit, math.inf)))
@@ -129,6 +129,13 @@ def test_train_refuses_regularization_or_alpha_past_their_bound_in_one_line_befo
     done = run("train", option, above)
     assert done.exit_code == 2
     assert done.output == f"{option}: Input should be less than or equal to {limit:.0f}\n", done.output
+
+
+def test_train_refuses_a_negative_anchor_in_one_line_and_takes_0():
+    done = run("train", "--anchor", "0")
+    assert done.exit_code == 1 and "cannot reach Kafka" in done.output, done.output
+    done = run("train", "--anchor", "-0.5")
+    assert done.exit_code == 2 and done.output == "--anchor: Input should be greater than or equal to 0\n", done.output
 
 
 def test_import_refuses_a_delimiter_of_more_than_one_character(tmp_path: Path):

@@ -109,6 +109,29 @@ def test_the_user_vector_is_the_exact_step_with_recent_items_weighing_more():
     assert not np.allclose(faded, flat, atol=1e-3), "the fading changes the vector"
 
 
+@pytest.mark.parametrize("anchor", [0.0, 10.0])
+def test_a_user_the_batch_fit_knew_is_pulled_toward_its_batch_vector_and_a_new_user_is_not(anchor):
+    """x = (A + μI)⁻¹(b + μx̄), x̄ the user's row of the model version's batch user vectors (computed here); the
+    same history of a user the batch did not know gets the plain step, as does everyone with μ = 0."""
+    cfg = ALSConfig(factors=8, iterations=5, random_state=1, alpha=2.0, recency_decay=0.5, anchor=anchor)
+    model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5)
+    a, b = (items[k].item_id for k in (3, 5))
+    known, history = "u7", {a: 1.0, b: 4.0}
+    prior = model.user_prior(known)
+    assert prior is not None and model.user_prior("stranger") is None
+    stored = dict(model._vectors_and_candidates([known, "stranger"], [history, history]))
+    rows = np.array([model.rows[b], model.rows[a]])
+    c = 1 + 2.0 * np.array([4.0, 1.0]) * 0.5 ** np.arange(2)
+    plain = model.step.solve(rows, c)
+    v = model.step.factors[rows].astype(np.float64)
+    pulled = np.linalg.solve(
+        model.step.gram + anchor * np.eye(8) + v.T @ ((c - 1)[:, None] * v), v.T @ c + anchor * prior
+    )
+    np.testing.assert_allclose(np.frombuffer(stored[f"user:{known}:vec"], "<f4"), pulled, rtol=1e-5, atol=1e-6)
+    assert np.frombuffer(stored["user:stranger:vec"], "<f4").tobytes() == plain.tobytes()
+    assert np.allclose(pulled, plain, atol=1e-3) == (anchor == 0.0)
+
+
 def test_a_zero_weight_is_no_observation_online_as_in_training():
     """An impression type of weight 0 (FeedbackType allows it) left ``{item: 0.0}`` in the history, which the step
     read as a positive of confidence 1 while training drops a zero sum (models/als.interaction_matrix): the batch
