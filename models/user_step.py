@@ -86,6 +86,7 @@ class ALSStep:
         self.regularization = regularization
         self.anchor = anchor
         self._anchored_gram = self.gram + anchor * np.eye(k)  # FᵀF + (λ + μ)I
+        self._anchored_gram_inv = cho_solve(cho_factor(self._anchored_gram), np.eye(k))
 
     @property
     def factors(self) -> np.ndarray:
@@ -168,10 +169,8 @@ class ALSStep:
                     continue
                 slots = indptr[users, None] + np.arange(length)
                 v = np.take(factors, rows[slots], axis=0).astype(np.float64)
-                if anchored:
-                    out[users] = self._solve_anchored(v, c[slots], self._checked_priors([priors[u] for u in users]))
-                else:
-                    out[users] = self._solve_stacked(v, c[slots])
+                pulled_toward = self._checked_priors([priors[u] for u in users]) if anchored else None
+                out[users] = self._solve_stacked(v, c[slots], pulled_toward)
         return out
 
     def _checked_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -189,31 +188,37 @@ class ALSStep:
             raise ValueError(f"priors must be finite vectors of {self.dim} values")
         return x
 
-    def _solve_anchored(self, v: np.ndarray, c: np.ndarray, priors: np.ndarray) -> np.ndarray:
-        """The anchored step of B stacked histories: (A + μI) x = b + μx̄, by the primal k×k system (the dual
-        form's right side would need a second solve; a user step is ~3% of a worker's events)."""
-        a, b = self._normal_equations(v, c, self._anchored_gram)
-        b += self.anchor * priors
-        return np.linalg.solve(a, b[..., None])[..., 0]
-
-    def _solve_stacked(self, v: np.ndarray, c: np.ndarray) -> np.ndarray:
-        """Solve B stacked (L, k) histories of one length L, through whichever system is smaller.
+    def _solve_stacked(self, v: np.ndarray, c: np.ndarray, priors: np.ndarray | None = None) -> np.ndarray:
+        """Solve B stacked (L, k) histories of one length L, through whichever system is smaller; with ``priors``
+        (B, k), the anchored step.
 
         For L <= k the dual (L×L) form: with G = FᵀF + λI, W = diag(c − 1), Z = V G⁻¹ and
         M = Z Vᵀ, (G + VᵀWV) G⁻¹Vᵀ = Vᵀ (I + W M), so x = A⁻¹Vᵀc = Zᵀ (I + W M)⁻¹ c
         (I + WM is invertible: WM's eigenvalues are those of W½MW½ ⪰ 0): the solve is L×L
         instead of k×k. Longer histories use the primal k×k system. With signed c, W = diag(|c| − 1)
-        and the right side is p∘|c|.
+        and the right side is p∘|c|. Anchored, G = FᵀF + (λ + μ)I and the right side gains μx̄; by Woodbury
+        x = h + Zᵀ (I + W M)⁻¹ (c − W V h) with h = μ G⁻¹x̄ (h = 0 is the plain form): the same L×L solve.
         """
         width, k = v.shape[1:]
+        gram, gram_inv = (
+            (self.gram, self._gram_inv) if priors is None else (self._anchored_gram, self._anchored_gram_inv)
+        )
         if width > k:
-            a, b = self._normal_equations(v, c, self.gram)
+            a, b = self._normal_equations(v, c, gram)
+            if priors is not None:
+                b += self.anchor * priors
             return np.linalg.solve(a, b[..., None])[..., 0]
-        z = v @ self._gram_inv
+        z = v @ gram_inv
         s = z @ np.swapaxes(v, -1, -2)
-        s *= np.maximum(np.abs(c) - 1.0, 0.0)[..., None]
+        w = np.maximum(np.abs(c) - 1.0, 0.0)
+        s *= w[..., None]
         s += np.eye(width)
-        return (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, np.maximum(c, 0.0)[..., None]))[..., 0]
+        rhs = np.maximum(c, 0.0)[..., None]
+        if priors is None:
+            return (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, rhs))[..., 0]
+        h = (self.anchor * priors)[:, None, :] @ gram_inv  # (B, 1, k): h = μ G⁻¹x̄, G symmetric
+        rhs -= w[..., None] * (v @ np.swapaxes(h, -1, -2))
+        return h[:, 0, :] + (np.swapaxes(z, -1, -2) @ np.linalg.solve(s, rhs))[..., 0]
 
     def _normal_equations(self, vectors: np.ndarray, c: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A = gram + Vᵀ diag(|c| − 1) V and b = Vᵀ (p∘|c|), for (n, k) or stacked (B, n, k) V; gram is FᵀF + λI
