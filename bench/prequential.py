@@ -85,10 +85,10 @@ Tuning, never on the reported tail: ``--sweep`` (the consistency-check row alone
 grid) and ``--validation`` (a full run, every row, the pipeline's too; ``--set NAME=VALUE`` for the
 worker's and readers' settings) both train on the first 60% of events and score 60–80%; neither is
 recorded. The personal list's defaults, λ 40, α 1 and a history cap of 30 with recency-weighted
-confidence γ = 0.9 (models/als.history_confidence), are no longer tuned here: bench/validate.py chooses
-them on six sources, this benchmark's validation split among them, for the worst case over the
-sources (BENCHMARKS.md, "Defaults that generalize"). On MovieLens alone they cost about 5% of the
-personal list's validation HR@10 (0.194 against 0.204 for λ 40, α 2, hard cap 10, chosen here by
+confidence γ = 0.95 (models/als.history_confidence) and the step's anchor μ = 10 (models/user_step.py), are no longer
+tuned here: bench/validate.py chooses them on six sources, this benchmark's validation split among them, for the
+worst case over the sources (BENCHMARKS.md, "Defaults that generalize"). On MovieLens alone they cost about 7% of the
+personal list's validation HR@10 (0.190 against 0.204 for λ 40, α 2, hard cap 10, chosen here by
 ``--sweep`` and the default until issue 16), the price of holding on the other sources.
 
 ``--shuffle SEED`` runs the whole protocol on the same ratings in a random order on the same clock

@@ -57,11 +57,11 @@ class ALSConfig(BaseModel):
 
     factors: int = Field(64, ge=1, le=1024)
     # λ > 0 keeps every user step's system positive definite. implicit does not scale λ by the number of
-    # interactions, so it is data-dependent. λ, α and recency_decay (with the worker's history cap) were chosen by
-    # bench/validate.py's worst case over five sources (MovieLens in time order and shuffled, the stable, sparse
-    # and dense worlds; the best min over sources of HR@10 / that source's best, of 120 candidates): λ 40, α 1,
-    # γ 0.9 and a cap of 30 reach 0.85 of every source's best, where the MovieLens-tuned λ 40, α 2 and hard cap
-    # 10 fell to 0.56 (on the sparse world; 0.73 on shuffled MovieLens) for 1.05× on MovieLens itself.
+    # interactions, so it is data-dependent. λ, α, recency_decay and anchor (with the worker's history cap) were
+    # chosen by bench/validate.py's worst case over five sources (MovieLens in time order and shuffled, the stable,
+    # sparse and dense worlds; the best min over sources of HR@10 / that source's best, of 360 candidates): λ 40,
+    # α 1, γ 0.95, μ 10 and a cap of 30 reach 0.865 of every source's best (0.834 without the anchor), where the
+    # MovieLens-tuned λ 40, α 2 and hard cap 10 fell to 0.55 (on the sparse world) for 1.07× on MovieLens itself.
     # Upper bounds, far past any useful value (λ 1e6 shrank every factor of a 4,000-event log to 1e-16; α 1e4 makes
     # one view worth ten thousand unseen items): `train --regularization 1e40` ended in implicit's NaN error after
     # reading the whole log. Within them a fit can still diverge on huge event weights: FitError.
@@ -69,7 +69,7 @@ class ALSConfig(BaseModel):
     alpha: float = Field(1.0, ge=0.0, le=MAX_ALPHA)
     # γ of the online user step's history_confidence: a history item's extra confidence fades by γ per more
     # recent item (1: no fading). Batch training sums events without order and does not use it.
-    recency_decay: float = Field(0.9, gt=0.0, le=1.0)
+    recency_decay: float = Field(0.95, gt=0.0, le=1.0)
     # μ of the online user step's pull toward the user's batch vector x̄ (models/user_step.ALSStep): the step
     # minimizes its history's loss + λ‖x‖² + μ‖x − x̄‖² for a user the batch fit knew, so the whole history the
     # batch saw still counts past the capped recent one (0: no pull). Chosen by bench/validate.py with the others.
