@@ -181,12 +181,12 @@ class ALSStep:
         return rows
 
     def _checked_priors(self, priors: list[np.ndarray]) -> np.ndarray:
-        if any(np.shape(prior) != (self.dim,) for prior in priors):
-            raise ValueError(f"priors must be finite vectors of {self.dim} values")
-        x = np.asarray(priors, dtype=np.float64)
-        if not np.isfinite(x).all():
-            raise ValueError(f"priors must be finite vectors of {self.dim} values")
-        return x
+        """The priors as a (B, k) float64 array; ValueError unless each is a finite k-vector."""
+        if all(np.shape(prior) == (self.dim,) for prior in priors):
+            x = np.asarray(priors, dtype=np.float64)
+            if np.isfinite(x).all():
+                return x
+        raise ValueError(f"priors must be finite vectors of {self.dim} values")
 
     def _solve_stacked(self, v: np.ndarray, c: np.ndarray, priors: np.ndarray | None = None) -> np.ndarray:
         """Solve B stacked (L, k) histories of one length L, through whichever system is smaller; with ``priors``
