@@ -318,7 +318,7 @@ def evaluate(model: Model, q: Queries, gamma: float | None, m: int, anchor: floa
     cfg = model.cfg.model_copy(update={"recency_decay": 1.0 if gamma is None else gamma})
     c = history_confidence(q.weights, cfg, ranks)
     factors = model.step.factors
-    step = ALSStep(factors, cfg.regularization, anchor=anchor) if anchor else model.step
+    step = model.step.with_anchor(anchor) if anchor else model.step  # appended rows outside FᵀF, as in the worker
     priors = [model.user_vectors.get(user) for user in q.fetches.users]
     vectors = step.solve_batch(q.indptr, q.rows, c, priors)
     m = min(m, len(factors) - 1)

@@ -37,6 +37,7 @@ through x̄ without storing them. bench/validate.py chose μ with λ, α and the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -71,8 +72,6 @@ class ALSStep:
             raise ValueError("factors must be a 2-D (rows, k) array")
         if regularization <= 0:
             raise ValueError("regularization must be > 0 (keeps the system positive definite)")
-        if not (np.isfinite(anchor) and anchor >= 0):
-            raise ValueError("anchor must be finite and >= 0")
         k = factors.shape[1]
         self._buffer = np.array(factors, dtype=np.float32, order="C")
         self._size = factors.shape[0]
@@ -84,9 +83,31 @@ class ALSStep:
         self.gram = gram + regularization * np.eye(k)  # FᵀF + λI of this model version
         self._gram_inv = cho_solve(cho_factor(self.gram), np.eye(k))
         self.regularization = regularization
+        self._set_anchor(anchor)
+
+    def _set_anchor(self, anchor: float) -> None:
+        if not (np.isfinite(anchor) and anchor >= 0):
+            raise ValueError("anchor must be finite and >= 0")
         self.anchor = anchor
-        self._anchored_gram = self.gram + anchor * np.eye(k)  # FᵀF + (λ + μ)I
-        self._anchored_gram_inv = cho_solve(cho_factor(self._anchored_gram), np.eye(k))
+        self._anchored_gram = self._anchored_gram_inv = None  # the anchored step's system, only when μ > 0
+        if anchor > 0:
+            self._anchored_gram = self.gram + anchor * np.eye(self.dim)  # FᵀF + (λ + μ)I
+            self._anchored_gram_inv = cho_solve(cho_factor(self._anchored_gram), np.eye(self.dim))
+
+    def with_anchor(self, anchor: float) -> ALSStep:
+        """A copy of this step (its rows, and its Gram matrix, which rows appended since stay outside) with another
+        anchor μ: what a worker would hold had the version been trained with it.
+
+        >>> step = ALSStep(np.eye(3, dtype=np.float32), regularization=1.0)
+        >>> _ = step.append(np.ones((1, 3)))
+        >>> pulled = step.with_anchor(2.0)
+        >>> len(pulled), bool((pulled.gram == step.gram).all()), pulled.anchor, step.anchor
+        (4, True, 2.0, 0.0)
+        """
+        step = copy.copy(self)
+        step._buffer = self._buffer.copy()
+        step._set_anchor(anchor)
+        return step
 
     @property
     def factors(self) -> np.ndarray:

@@ -246,3 +246,21 @@ def test_a_negative_observation_pulls_the_score_toward_zero_harder_than_an_unsee
     ]
     assert scores[0] == pytest.approx(factors[neighbour] @ unseen, abs=1e-6)
     assert scores[0] > scores[1] > scores[2] > -0.1 * scores[0] and scores[2] < 0.5 * scores[0]
+
+
+def test_a_step_with_another_anchor_keeps_the_gram_matrix_its_appended_rows_stay_outside():
+    """bench/validate.py scores each anchor on one trained model: the copy must solve what a worker holding the version
+    trained with that anchor solves (FᵀF of the trained rows, new items' content vectors appended outside it)."""
+    factors, indptr, rows, conf = _problem(seed=11)
+    appended = np.random.default_rng(12).standard_normal((40, K)).astype(np.float32)
+    plain = ALSStep(factors, LAMBDA)
+    plain.append(appended)
+    worker = ALSStep(factors, LAMBDA, anchor=MU)
+    worker.append(appended)
+    copied = plain.with_anchor(MU)
+    rows = np.where(np.arange(len(rows)) % 3 == 0, len(factors) + rows % 40, rows)  # some history on appended rows
+    priors = _priors(len(indptr) - 1)
+    np.testing.assert_array_equal(copied.solve_batch(indptr, rows, conf, priors),
+                                  worker.solve_batch(indptr, rows, conf, priors))  # fmt: skip
+    copied.append(appended[:1])
+    assert len(plain) == len(factors) + 40, "the copy's rows are its own"
