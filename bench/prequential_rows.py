@@ -96,7 +96,7 @@ class FrozenRow(Row):
         self.tally = tally
         self.items = np.array(batch.artifacts.item_ids, dtype=object)
         self.factors = batch.artifacts.item_factors
-        self.user_rows = {user: row for row, user in enumerate(batch.artifacts.user_ids)}
+        self.user_rows = batch.artifacts.user_rows()
         self.users = batch.artifacts.user_factors
 
     def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:

@@ -73,6 +73,10 @@ class ModelArtifacts:
     user_ids: list[str] = field(default_factory=list)
     user_factors: np.ndarray | None = None  # (len(user_ids), k); None: the version has no user vectors
 
+    def user_rows(self) -> dict[str, int]:
+        """Each user's row of ``user_factors``, by id."""
+        return {user: row for row, user in enumerate(self.user_ids)}
+
 
 def version_id(created_at: datetime) -> str:
     """`YYYYMMDDTHHMMSSZ.ffffff-<6 hex>` from a timezone-aware time.
@@ -190,8 +194,8 @@ def read_model(root: str | Path, version: str | None = None) -> ModelArtifacts:
             raise ArtifactError(f"{path}: checksum mismatch (corrupt or modified)")
     model = ModelArtifacts(
         item_ids=_parse(directory / "item_ids.json", lambda p: json.loads(p.read_text())),
-        item_factors=_parse(directory / "item_factors.npy", lambda p: np.load(p, allow_pickle=False)),
-        user_gram=_parse(directory / "user_gram.npy", lambda p: np.load(p, allow_pickle=False)),
+        item_factors=_parse(directory / "item_factors.npy", _matrix),
+        user_gram=_parse(directory / "user_gram.npy", _matrix),
         content_map=_parse(directory / "content_map.npz", ContentMap.load),
         index=_parse(directory / "index" / "index.bin", lambda p: ItemIndex.load(p.parent)),
         config=_parse(directory / "config.json", lambda p: ALSConfig.model_validate_json(p.read_text())),
@@ -210,8 +214,17 @@ def _users(directory: Path) -> dict[str, Any]:
         raise ArtifactError(f"{directory / 'user_ids.json'}: not a list of user ids")
     return {
         "user_ids": user_ids,
-        "user_factors": _parse(directory / "user_factors.npy", lambda p: np.load(p, allow_pickle=False)),
+        "user_factors": _parse(directory / "user_factors.npy", _matrix),
     }
+
+
+def _matrix(path: Path) -> np.ndarray:
+    """A 2-D float array from a .npy file; ValueError for anything else (an archive, strings, a vector), which the
+    checks after loading would meet as a crash instead of a file to name."""
+    array = np.load(path, allow_pickle=False)
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError("not a 2-D array of floats")
+    return array
 
 
 def _manifest(path: Path) -> tuple[dict[str, str], datetime]:
@@ -263,6 +276,8 @@ def _check_consistent(model: ModelArtifacts, where: Path) -> None:
         ("user_gram.npy", bool(np.isfinite(model.user_gram).all()), "holds NaN or infinity"),
         ("content_map.npz", all(np.isfinite(a).all() for a in content_arrays), "holds NaN or infinity"),
     ]
+    if model.user_factors is None and model.user_ids:
+        raise ArtifactError(f"{where / 'user_ids.json'}: user ids without their user_factors.npy")
     if model.user_factors is not None:
         users = len(model.user_ids)
         checks += [

@@ -163,12 +163,12 @@ class ALSStep:
         (not None, and ``anchor`` > 0) the anchored step toward that vector.
 
         Histories of one length (and kind, anchored or not) are stacked into a (B, L, k) array and solved together,
-        each by the same BLAS and LAPACK calls as :meth:`solve` makes for it alone: numpy's stacked matmul and
-        ``linalg.solve`` loop over the stack, one call per matrix, and a matrix's shape is its own history's. So a
-        user's x is bit-identical whichever other histories share the batch, and a restarted worker (other batches)
-        reproduces a clean run's vectors (tests/models/test_user_step.py checks varied compositions). An empty
-        history gets the zero vector, as in `solve`, prior or not: x̄ refines what a history says, and a user
-        without one has no list to refine.
+        each by the same BLAS and LAPACK calls as a batch of it alone (:meth:`solve`'s, unanchored): numpy's stacked
+        matmul and ``linalg.solve`` loop over the stack, one call per matrix, and a matrix's shape is its own
+        history's. So a user's x is bit-identical whichever other histories share the batch, and a restarted worker
+        (other batches) reproduces a clean run's vectors (tests/models/test_user_step.py checks varied compositions).
+        An empty history gets the zero vector, as in `solve`, prior or not: x̄ refines what a history says, and a
+        user without one has no list to refine.
         """
         indptr = np.asarray(indptr, dtype=np.intp)
         rows = self._checked_rows(rows)

@@ -80,7 +80,7 @@ class Personalizer:
         self.index = artifacts.index
         self.step = ALSStep(artifacts.item_factors, self.cfg.regularization, anchor=self.cfg.anchor)
         self.user_factors = artifacts.user_factors  # the batch vectors x̄, the anchored step's priors
-        self.user_rows = {user: row for row, user in enumerate(artifacts.user_ids)}
+        self.user_rows = artifacts.user_rows()
         k = artifacts.item_factors.shape[1]
         self.fold = ALSStep(np.empty((0, k), dtype=np.float32), self.cfg.regularization, gram=artifacts.user_gram)
         self.folded: dict[str, np.ndarray] = {}  # new item → its fold-in vector (replaces the content vector)

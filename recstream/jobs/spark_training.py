@@ -18,7 +18,8 @@ against implicit's 0.089, and regParam ×0.5 or ×2 scores the same (tests/jobs/
 
 Same output: Spark's factors land at the rows of the log's user and item indices (a row without
 a rating is zero), so :func:`recstream.jobs.training.train` builds the same artifacts (item order,
-content map, HNSW index) and the workers hot-swap to the version unchanged. The loss reported is
+content map, HNSW index, the batch user vectors) and the workers hot-swap to the version unchanged; the user vectors
+their step is anchored to (models/user_step.py) are Spark's, fitted under the scaled λ above. The loss reported is
 implicit's, computed on Spark's factors.
 
 pyspark is an optional extra (``pip install 'recstream[spark]'``), imported only when this engine

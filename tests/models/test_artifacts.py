@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,13 @@ def _model(created_at: datetime | None = None, n_items: int = 30, n_users: int =
         **({"user_ids": [f"user-{u}" for u in range(n_users)],
             "user_factors": rng.standard_normal((n_users, K)).astype(np.float32)} if n_users else {}),
     )  # fmt: skip
+
+
+def _rehash(directory: Path, name: str) -> None:
+    """The manifest's checksum of a file rewritten on purpose, so that only its content is wrong."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    manifest["files"][name] = hashlib.sha256((directory / name).read_bytes()).hexdigest()
+    (directory / MANIFEST).write_text(json.dumps(manifest))
 
 
 def test_round_trip(tmp_path):
@@ -186,15 +194,35 @@ def test_user_vectors_that_do_not_match_their_ids_are_refused_before_writing(tmp
     assert list_versions(tmp_path) == []
 
 
+def test_user_ids_without_user_vectors_are_refused_before_writing(tmp_path):
+    with pytest.raises(ArtifactError, match=r"user_ids\.json: user ids without their user_factors\.npy"):
+        write_model(tmp_path, dataclasses.replace(_model(), user_factors=None))
+    assert list_versions(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["item_factors.npy", "user_gram.npy", "user_factors.npy"])
+@pytest.mark.parametrize("content", ["strings", "vector", "archive"])
+def test_a_matrix_file_that_is_not_a_2d_float_array_is_named_on_reading(tmp_path, name, content):
+    """Re-hashed, so only the content is wrong: a string array made the finiteness check raise TypeError, an archive
+    in its place an AttributeError, a vector an IndexError; each is a file to name."""
+    version = write_model(tmp_path, _model())
+    path = tmp_path / version / name
+    with path.open("wb") as f:
+        if content == "archive":
+            np.savez(f, a=np.eye(K))
+        else:
+            np.save(f, np.array(["a", "b"]) if content == "strings" else np.zeros(K))
+    _rehash(tmp_path / version, name)
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.")):
+        read_model(tmp_path, version)
+
+
 @pytest.mark.parametrize("ids", [{"user-0": 1}, [1, 2], "user-0"])
 def test_user_ids_that_are_not_a_list_of_ids_are_named_on_reading(tmp_path, ids):
     version = write_model(tmp_path, _model())
     path = tmp_path / version / "user_ids.json"
     path.write_text(json.dumps(ids))
-    manifest_path = tmp_path / version / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    manifest["files"]["user_ids.json"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    manifest_path.write_text(json.dumps(manifest))
+    _rehash(tmp_path / version, "user_ids.json")
     with pytest.raises(ArtifactError, match=r"user_ids\.json: not a list of user ids"):
         read_model(tmp_path, version)
 
@@ -251,9 +279,7 @@ def test_an_index_over_other_ids_is_refused_on_reading(tmp_path):
     ids_file = directory / "index" / "index.json"
     meta = json.loads(ids_file.read_text())
     ids_file.write_text(json.dumps({**meta, "ids": [f"other-{i}" for i in range(len(meta["ids"]))]}))
-    manifest = json.loads((directory / MANIFEST).read_text())
-    manifest["files"]["index/index.json"] = hashlib.sha256(ids_file.read_bytes()).hexdigest()
-    (directory / MANIFEST).write_text(json.dumps(manifest))
+    _rehash(directory, "index/index.json")
     with pytest.raises(ArtifactError, match=r"index/index\.json: 29 of its 29 live ids"):
         read_model(tmp_path, version)
 
