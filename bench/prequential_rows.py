@@ -96,18 +96,17 @@ class FrozenRow(Row):
         self.tally = tally
         self.items = np.array(batch.artifacts.item_ids, dtype=object)
         self.factors = batch.artifacts.item_factors
-        self.user_rows = batch.artifacts.user_rows()
-        self.users = batch.artifacts.user_factors
+        self.user_vector = batch.artifacts.user_vector
 
     def observe(self, ratings: Sequence[Rating], new_items: Sequence[str]) -> None:
         self.popular.add(events_of(ratings))
 
     def recommend(self, user: str, seen: set[str]) -> list[str]:
-        row = self.user_rows.get(user)
-        if row is None:
+        vector = self.user_vector(user)
+        if vector is None:
             self.tally.fallbacks += 1
             return self.popular.top(seen)
-        scores = self.factors @ self.users[row]
+        scores = self.factors @ vector
         order = np.argsort(-scores, kind="stable")[: K + len(seen)]
         return top_k(self.items[order].tolist(), seen)
 

@@ -275,7 +275,7 @@ class Model:
     step: ALSStep
     indexed_at: np.ndarray
     cfg: ALSConfig
-    user_vectors: dict[str, np.ndarray]
+    user_vector: Callable[[str], np.ndarray | None]  # ModelArtifacts.user_vector
 
 
 def training_log(s: Split) -> training.TrainingLog:
@@ -297,8 +297,7 @@ def train(s: Split, log: training.TrainingLog, order: Sequence[str], cfg: ALSCon
     if rest:
         step.append(np.array([artifacts.content_map.vector(e.categories, e.features) for e in rest]))
     indexed_at = np.array([-1] * trained + [s.announced[e.item_id] for e in rest], dtype=np.int64)
-    users = artifacts.user_factors if artifacts.user_factors is not None else ()
-    return Model(step, indexed_at, cfg, dict(zip(artifacts.user_ids, users, strict=True)))
+    return Model(step, indexed_at, cfg, artifacts.user_vector)
 
 
 @dataclass(frozen=True)
@@ -319,7 +318,7 @@ def evaluate(model: Model, q: Queries, gamma: float | None, m: int, anchor: floa
     c = history_confidence(q.weights, cfg, ranks)
     factors = model.step.factors
     step = model.step.with_anchor(anchor) if anchor else model.step  # appended rows outside FᵀF, as in the worker
-    priors = [model.user_vectors.get(user) for user in q.fetches.users]
+    priors = [model.user_vector(user) for user in q.fetches.users]
     vectors = step.solve_batch(q.indptr, q.rows, c, priors)
     m = min(m, len(factors) - 1)
     ranked: list[list[int]] = []

@@ -25,6 +25,7 @@ crash inside numpy or hnswlib; it must list exactly FILES, so none loads uncheck
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -73,8 +74,13 @@ class ModelArtifacts:
     user_ids: list[str] = field(default_factory=list)
     user_factors: np.ndarray | None = None  # (len(user_ids), k); None: the version has no user vectors
 
-    def user_rows(self) -> dict[str, int]:
-        """Each user's row of ``user_factors``, by id."""
+    def user_vector(self, user: str) -> np.ndarray | None:
+        """The user's batch vector (a row of ``user_factors``), None when the fit did not know the user."""
+        row = self._user_rows.get(user)
+        return None if row is None or self.user_factors is None else self.user_factors[row]
+
+    @functools.cached_property
+    def _user_rows(self) -> dict[str, int]:
         return {user: row for row, user in enumerate(self.user_ids)}
 
 

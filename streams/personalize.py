@@ -79,8 +79,7 @@ class Personalizer:
         self.content_map = artifacts.content_map
         self.index = artifacts.index
         self.step = ALSStep(artifacts.item_factors, self.cfg.regularization, anchor=self.cfg.anchor)
-        self.user_factors = artifacts.user_factors  # the batch vectors x̄, the anchored step's priors
-        self.user_rows = artifacts.user_rows()
+        self.user_prior = artifacts.user_vector  # user → batch vector x̄ (None: unknown), the anchored step's prior
         k = artifacts.item_factors.shape[1]
         self.fold = ALSStep(np.empty((0, k), dtype=np.float32), self.cfg.regularization, gram=artifacts.user_gram)
         self.folded: dict[str, np.ndarray] = {}  # new item → its fold-in vector (replaces the content vector)
@@ -201,11 +200,6 @@ class Personalizer:
             blobs.append((f"user:{user}:hist", orjson.dumps(history_rows(new_histories[user]))))
         blobs += self._vectors_and_candidates(refreshed, at_refresh)
         return UserUpdate(blobs, new_histories, [ts for _, ts in refresh_at.values()], item_users)
-
-    def user_prior(self, user: str) -> np.ndarray | None:
-        """The user's batch vector x̄ in this model version, None when the batch fit did not know the user."""
-        row = self.user_rows.get(user)
-        return None if row is None or self.user_factors is None else self.user_factors[row]
 
     def onboard(self, picks: Mapping[str, list[str]]) -> list[Blob]:
         """Initial vector and candidates from picked categories, for users without history: each picked category

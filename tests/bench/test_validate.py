@@ -136,7 +136,7 @@ def test_evaluate_ranks_by_the_user_step_and_drops_history_seen_and_unindexed_it
     item 5 was indexed (at 7), clicking item 5; once from a list made after, clicking item 1. Expected lists:
     the items by x·y, x the exact user step computed here with ALSStep.solve, minus the exclusions."""
     factors = np.array([[1.0, 0.1], [0.9, 0.2], [0.2, 0.9], [0.95, 0.1], [0.6, 0.5], [1.0, 0.0]], np.float32)
-    model = Model(ALSStep(factors, CFG.regularization), np.array([-1, -1, -1, -1, -1, 7]), CFG, {})
+    model = Model(ALSStep(factors, CFG.regularization), np.array([-1, -1, -1, -1, -1, 7]), CFG, {}.get)
     fetched = Fetches({}, ["u", "u"], [1, 1], np.array([6, 8]), [frozenset({0, 3})] * 2, np.array([5, 1]))
     q = Queries(fetched, np.array([0, 1, 2]), np.array([0, 0]), np.array([5.0, 5.0]))
     x = ALSStep(factors, CFG.regularization).solve(np.array([0]), confidence(np.array([5.0]), CFG))
@@ -157,7 +157,7 @@ def test_evaluate_anchors_the_step_of_a_user_the_batch_knew_to_its_batch_vector(
     step = ALSStep(factors, CFG.regularization)
     fetched = Fetches({}, ["known", "stranger"], [1, 1], np.array([0, 0]), [frozenset({0})] * 2, np.array([2, 2]))
     q = Queries(fetched, np.array([0, 1, 2]), np.array([0, 0]), np.array([5.0, 5.0]))
-    model = Model(step, np.full(6, -1), CFG, {"known": prior})
+    model = Model(step, np.full(6, -1), CFG, {"known": prior}.get)
     x = step.solve(np.array([0]), confidence(np.array([5.0]), CFG))
     plain_rank = [i for i in np.argsort(-(factors @ x), kind="stable").tolist() if i != 0].index(2)
     assert plain_rank == 4, "item 2 is last of the plain list"
