@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from recstream.models.als import ALSConfig
+from recstream.serving.ranking import average_weights, named_weights
 from rich.console import Console
 from rich.table import Table
 
@@ -138,6 +139,9 @@ def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, t
         t = pipeline.trainer
         console.print(f"ranker: learned {t.rows:,} rows ({t.clicks:,} clicks) from the served row's pages, "
                       f"{len(t.states)} partition(s); {t.repeats:,} repeated views")  # fmt: skip
+        named = named_weights(average_weights(t.states.values())[0])
+        if named is not None:  # what the readers scored the last round with, as /v1/stats shows it
+            console.print("ranker weights: " + ", ".join(f"{name} {weight:+.3f}" for name, weight in named.items()))
     console.print(f"machine: {machine()}; {date.today().isoformat()}; {cmd}")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -37,6 +37,11 @@ RANKER_WEIGHTS_AGE = Gauge(
 )
 RANKER_ROWS = Gauge(
     "recstream_reader_ranker_rows", "Rows learned by the ranker weights this reader scores with: their version"
+)
+RANKER_WEIGHT = Gauge(
+    "recstream_reader_ranker_weight",
+    "The ranker weights this reader scores with, by feature (bias: the intercept), on each feature's raw scale",
+    ["feature"],
 )
 DEGRADED = Counter(
     "recstream_reader_degraded_responses_total",
@@ -116,6 +121,15 @@ def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[
         CLICKS_LIMITED.labels(limit)
     for limit in VIEW_LIMITS:
         VIEWS_LIMITED.labels(limit)
+
+
+def show_ranker_weights(named: Mapping[str, float] | None) -> None:
+    """``recstream_reader_ranker_weight``: a series per weight while the reader has weights, none while it has none
+    (a reader without a ranker state learned nothing; zeros would read as a ranker that learned to weigh nothing)."""
+    if named is None:
+        RANKER_WEIGHT.clear()
+    for name, weight in (named or {}).items():
+        RANKER_WEIGHT.labels(name).set(weight)
 
 
 def version_created_at(version: str) -> float | None:

@@ -63,6 +63,8 @@ if [GENERATOR[f] is not None for f in FEATURES] != [True] * (len(FEATURES) - 1) 
 _TOP_NAMES: tuple[str | None, ...] = (*FEATURES, None)
 """A top feature's name by its column, None past them (no feature raised the score)."""
 _CTR, _SEGMENT_CTR = FEATURES.index("ctr_logit"), FEATURES.index("segment_ctr_logit")
+WEIGHT_NAMES: tuple[str, ...] = ("bias", *FEATURES)
+"""A weight vector's entries by name, the bias first (models/ranker.FTRLRanker.weights' layout)."""
 PROB_CLIP = 1e-6
 
 
@@ -119,6 +121,18 @@ def average_weights(states: Iterable[bytes | None]) -> tuple[np.ndarray | None, 
     if not vectors:
         return None, 0, 0
     return np.mean(vectors, axis=0), rows, len(vectors)
+
+
+def named_weights(weights: np.ndarray | None) -> dict[str, float] | None:
+    """What the ranker weighs, by name (the bias first), as ``GET /v1/stats`` and ``recstream_reader_ranker_weight``
+    show it; None without weights. On each feature's raw scale (a flag's weight against a CTR logit's, which spans
+    ±14): a weight's size compares across features only with the feature's spread.
+
+    >>> named = named_weights(np.arange(len(FEATURES) + 1.0))
+    >>> named["bias"], named["als_rank"], named_weights(None)
+    (0.0, 1.0, None)
+    """
+    return None if weights is None else dict(zip(WEIGHT_NAMES, weights.tolist(), strict=True))
 
 
 def ranking_mode(state: RankerState, blend: BlendSettings, now: float) -> Mode:

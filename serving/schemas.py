@@ -104,3 +104,7 @@ class Stats(BaseModel):
         description="p99 of now − the newest applied event's timestamp, read at each stats request that finds "
         "events applied since the previous one; null while idle"
     )
+    ranker_weights: dict[str, float] | None = Field(
+        description="the ranker weights this reader scores with, by feature (bias: the intercept; each on its "
+        "feature's raw scale), null while it has none"
+    )

@@ -26,7 +26,7 @@ from recstream.serving.filters import NO_FILTER, FeedFilter, FilterError
 from recstream.serving.guard import RedisGuard
 from recstream.serving.live_stats import LiveStats
 from recstream.serving.publish import Publisher, attribute, with_event_ids
-from recstream.serving.ranking import MODES
+from recstream.serving.ranking import MODES, named_weights
 from recstream.serving.redis_client import ClusterRedisClient, RedisClient, Script
 from recstream.serving.snapshot import BACKGROUND_TIMEOUT_S, Snapshot, SnapshotLoader, stored_integer, stored_name
 from recstream.serving.user_state import parse_preferences
@@ -252,7 +252,8 @@ class FeedService:
         return {"redis": True, "model_version": stored_name(version), "snapshot_loaded": self.snapshot.loaded}
 
     async def live(self) -> dict:
-        """The reader's own figures, plus the workers' (applied events, online CTR, freshness) read from Redis."""
+        """The reader's own figures, plus the workers' (applied events, online CTR, freshness) read from Redis, and the
+        ranker weights it scores with."""
         with contextlib.suppress(RedisUnavailable):
             (views, clicks), clock = await self.guard(
                 lambda: self.redis.execute(
@@ -262,9 +263,10 @@ class FeedService:
             self.stats.read_workers(
                 stored_integer(views) or 0, stored_integer(clicks) or 0, stored_integer(clock), time.time() * 1000
             )
-        return self.stats.figures(
+        figures = self.stats.figures(
             len(self.snapshot.pool.created), self.snapshot.model_version, self.guard.ok and self.loader.healthy
         )
+        return {**figures, "ranker_weights": named_weights(self.snapshot.ranker.weights)}
 
     # --- writes ----------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from recstream.models.bandit import BetaPrior, thompson_top_k
 from recstream.models.ctr import smoothed_ctr
 from recstream.serving import metrics
 from recstream.serving.popularity import orders
-from recstream.serving.ranking import RankerState, ctr_logit
+from recstream.serving.ranking import RankerState, ctr_logit, named_weights
 from recstream.serving.redis_client import ClusterRedisClient, RedisClient
 from redis.exceptions import RedisError
 
@@ -426,6 +426,7 @@ class SnapshotLoader:
         snap.ranker, snap.clock_ms, snap.unavailable = ranker, stored_integer(clock), unavailable  # the first swap
         snap.model_version, snap.pool = stored_name(model_version), pool
         metrics.RANKER_ROWS.set(ranker.rows)
+        metrics.show_ranker_weights(named_weights(ranker.weights))
         metrics.POOL_ITEMS.set(len(pool.created))
         self.model_metrics.observe(snap.model_version)
         if overall is not None:

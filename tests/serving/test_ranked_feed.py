@@ -92,6 +92,29 @@ async def test_a_ranked_page_puts_the_clicked_generators_items_first_and_the_ord
                 assert all(i["score"] is not None for i in page["items"]), "explore items are scored too"
 
 
+def exported_weights(text: str) -> dict[str, float]:
+    """feature → value of the reader's ``recstream_reader_ranker_weight`` series in a /metrics text."""
+    pattern = r'^recstream_reader_ranker_weight\{feature="(\w+)"\} (\S+)$'
+    return {name: float(value) for name, value in re.findall(pattern, text, re.M)}
+
+
+async def test_the_reader_shows_the_weights_it_scores_with_and_none_once_the_states_are_gone(world):
+    settings = await own_topics(world)
+    async with reader_client(settings) as reader:
+        with ranker_states(world, settings) as write:
+            for clicked, skipped in (("popular", "personal"), ("personal", "popular")):  # the second flips the signs
+                rankers = write(clicked, skipped)
+                await reload(reader)
+                mean = np.mean([r.weights for r in rankers], axis=0).tolist()
+                want = dict(zip(("bias", *FEATURES), mean, strict=True))
+                shown = (await reader.get("/v1/stats")).json()["ranker_weights"]
+                assert shown == want and shown[clicked] > 0 > shown[skipped]
+                assert exported_weights((await reader.get("/metrics")).text) == want
+        await reload(reader)  # every partition's state deleted
+        assert (await reader.get("/v1/stats")).json()["ranker_weights"] is None
+        assert exported_weights((await reader.get("/metrics")).text) == {}, "no series: not a ranker of zeros"
+
+
 async def test_while_the_ranker_is_cold_the_page_is_the_fixed_blend(world):
     settings = await own_topics(world)
     async with reader_client(settings) as cold, reader_client(settings.replace(ranker=False)) as off:
