@@ -140,7 +140,7 @@ def report(args: argparse.Namespace, cfg: ALSConfig, history_cap: int, m: int, t
         console.print(f"ranker: learned {t.rows:,} rows ({t.clicks:,} clicks) from the served row's pages, "
                       f"{len(t.states)} partition(s); {t.repeats:,} repeated views")  # fmt: skip
         named = named_weights(average_weights(t.states.values())[0])
-        if named is not None:  # what the readers scored the last round with, as /v1/stats shows it
+        if named is not None:  # the run's end, after learning the last round's pages, as /v1/stats would show it
             console.print("ranker weights: " + ", ".join(f"{name} {weight:+.3f}" for name, weight in named.items()))
     console.print(f"machine: {machine()}; {date.today().isoformat()}; {cmd}")
 

@@ -40,7 +40,8 @@ RANKER_ROWS = Gauge(
 )
 RANKER_WEIGHT = Gauge(
     "recstream_reader_ranker_weight",
-    "The ranker weights this reader scores with, by feature (bias: the intercept), on each feature's raw scale",
+    "The averaged ranker weights this reader holds, by feature (bias: the intercept), on each feature's raw scale; "
+    "it scores with them while its pages are ranked (recstream_reader_feeds_by_mode_total)",
     ["feature"],
 )
 DEGRADED = Counter(
@@ -124,11 +125,12 @@ def create_zero_series(feed_route: str, sources: Iterable[str], modes: Iterable[
 
 
 def show_ranker_weights(named: Mapping[str, float] | None) -> None:
-    """``recstream_reader_ranker_weight``: a series per weight while the reader has weights, none while it has none
-    (a reader without a ranker state learned nothing; zeros would read as a ranker that learned to weigh nothing)."""
+    """``recstream_reader_ranker_weight``: a series per weight while the reader holds weights, none while no
+    partition has a state yet (zeros would read as a ranker that learned to weigh nothing)."""
     if named is None:
         RANKER_WEIGHT.clear()
-    for name, weight in (named or {}).items():
+        return
+    for name, weight in named.items():
         RANKER_WEIGHT.labels(name).set(weight)
 
 

@@ -125,8 +125,8 @@ def average_weights(states: Iterable[bytes | None]) -> tuple[np.ndarray | None, 
 
 def named_weights(weights: np.ndarray | None) -> dict[str, float] | None:
     """What the ranker weighs, by name (the bias first), as ``GET /v1/stats`` and ``recstream_reader_ranker_weight``
-    show it; None without weights. On each feature's raw scale (a flag's weight against a CTR logit's, which spans
-    ±14): a weight's size compares across features only with the feature's spread.
+    show a reader's averaged weights; None without weights. On each feature's raw scale (a flag's weight against a
+    CTR logit's, which spans ±14): a weight's size compares across features only with the feature's spread.
 
     >>> named = named_weights(np.arange(len(FEATURES) + 1.0))
     >>> named["bias"], named["als_rank"], named_weights(None)

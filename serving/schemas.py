@@ -105,6 +105,6 @@ class Stats(BaseModel):
         "events applied since the previous one; null while idle"
     )
     ranker_weights: dict[str, float] | None = Field(
-        description="the ranker weights this reader scores with, by feature (bias: the intercept; each on its "
-        "feature's raw scale), null while it has none"
+        description="the averaged ranker weights this reader holds, by feature (bias: the intercept; each on its "
+        "feature's raw scale), null while no partition has a state; it scores with them while its pages are ranked"
     )

@@ -253,7 +253,7 @@ class FeedService:
 
     async def live(self) -> dict:
         """The reader's own figures, plus the workers' (applied events, online CTR, freshness) read from Redis, and the
-        ranker weights it scores with."""
+        ranker weights it holds."""
         with contextlib.suppress(RedisUnavailable):
             (views, clicks), clock = await self.guard(
                 lambda: self.redis.execute(

@@ -103,3 +103,4 @@ class Stats(Answer):
     applied_events_per_s: float | None
     online_ctr: float | None
     freshness_p99_ms: float | None
+    ranker_weights: dict[str, float] | None = None

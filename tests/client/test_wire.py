@@ -11,9 +11,9 @@ from tests.test_layers import MODULES, imported
 MIRRORED = ["FeedItem", "FeedPage", "SimilarItem", "SimilarItems", "Preferences", "PreferencesSaved"]
 MIRRORED += ["EventsAccepted", "Ready", "Stats"]
 CATALOGUE = ["LineRejected", "ItemsAccepted", "UserErased"]  # serving/catalogue.py's answers
-LATER = {"score", "top_feature", "ranked", "dropped"}
-"""Fields readers send since the ranking stage and the click limits: optional in the client, so it still reads an
-older reader's answers."""
+LATER = {"score", "top_feature", "ranked", "dropped", "ranker_weights"}
+"""Fields readers send since the ranking stage, the click limits and the ranker's weights in /v1/stats: optional in
+the client, so it still reads an older reader's answers."""
 
 
 @pytest.mark.parametrize(("module", "name"), [(schemas, n) for n in MIRRORED] + [(catalogue, n) for n in CATALOGUE])
