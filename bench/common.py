@@ -107,7 +107,7 @@ RESULT_KEYS: Mapping[str, Keys] = {
         ),
         ("worker_events_per_s_single", "worker_events_per_s_cluster"),  # --cluster only
     ),
-    "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched")),
+    "user_steps": Keys(("user_steps_per_s", "user_steps_per_s_batched", "user_steps_per_s_anchored")),
     "ann_space": Keys(()),
     "feeds": Keys(
         (
