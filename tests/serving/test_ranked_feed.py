@@ -98,7 +98,7 @@ def exported_weights(text: str) -> dict[str, float]:
     return {name: float(value) for name, value in re.findall(pattern, text, re.M)}
 
 
-async def test_the_reader_shows_the_weights_it_scores_with_and_none_once_the_states_are_gone(world):
+async def test_the_reader_shows_the_weights_it_holds_and_none_once_the_states_are_gone(world):
     settings = await own_topics(world)
     async with reader_client(settings) as reader:
         with ranker_states(world, settings) as write:
