@@ -177,7 +177,17 @@ def build_page(
     mode = ranking_mode(snapshot.ranker, blend, now)
     if mode == "ranked" and not snapshot.loaded:  # the weights were read, the lists the features need were not
         mode = "fixed-stale"
-    features = PageFeatures(user, snapshot, lists, history, taste, favourites, now, settings.pool.graduate_age_s)
+    features = PageFeatures(
+        user,
+        snapshot,
+        lists,
+        history,
+        taste,
+        favourites,
+        now,
+        settings.pool.graduate_age_s,
+        settings.pool.graduate_standing_events,
+    )
     popular_head = popular_head_personal_first(user, snapshot, lists, settings, now)
     on = {source for source in OVERFLOW if shares[source] > 0}
     if mode != "ranked":

@@ -145,6 +145,9 @@ class Categories:
         self._entries: dict[str, tuple[tuple[str, ...], float, int | None]] = {}
         self._features: dict[str, Mapping[str, float]] = {}
         """Only items that have features: most catalogues give few items any."""
+        self._firsts: dict[str, tuple[int | None, ...]] = {}
+        """item → where it came first in each events partition (the workers' ``first:<topic>:<p>``), for items
+        with any: its age in events while the clock stands (serving/features.py)."""
         self.known: Counter[str] = Counter()
         """category → how many cached items carry it (a category no cached item carries is not in it)."""
         self.wanted: set[str] = set()
@@ -194,6 +197,11 @@ class Categories:
         """The item's features as last loaded (empty when it has none or is unknown: see :meth:`get`)."""
         return self._features.get(item, {})
 
+    def firsts(self, item: str) -> tuple[int | None, ...]:
+        """Where the item came first in each events partition, by partition (None: not there), as last loaded;
+        empty when unknown or never in an event."""
+        return self._firsts.get(item, ())
+
     def put(
         self,
         item: str,
@@ -201,11 +209,14 @@ class Categories:
         now: float,
         created: int | None = None,
         features: Mapping[str, float] | None = None,
+        firsts: tuple[int | None, ...] = (),
     ) -> None:
         self._forget(item)  # re-insert at the end: the dict's order is the eviction order
         self._entries[item] = (categories, now, created)
         if features:
             self._features[item] = features
+        if any(first is not None for first in firsts):
+            self._firsts[item] = firsts
         self.known.update(categories)
         self.wanted.discard(item)
         if len(self._entries) > CATEGORY_CACHE_MAX:
@@ -216,6 +227,7 @@ class Categories:
         with every tag an item ever had, past the cache's bound, and named categories no cached item carried)."""
         entry = self._entries.pop(item, None)
         self._features.pop(item, None)
+        self._firsts.pop(item, None)
         if entry is not None:
             self.known.subtract(entry[0])
             for category in entry[0]:
@@ -317,6 +329,9 @@ class Snapshot:
     last score when the list is full (the item ranks below it)."""
     clock_ms: int | None = None
     """The newest applied event's timestamp (``clock``): the now of item ages, in event time."""
+    counted: tuple[int, ...] | None = None
+    """Each events partition's applied events (``counted``) while the clock stands (``clock:events`` at least
+    ``pool.graduate_standing_events``: a dataset without timestamps), else None: the now of item ages in events."""
     ranker: RankerState = field(default_factory=RankerState)
     loaded: bool = False
     _columns: ItemColumns | None = field(default=None, repr=False, compare=False)
@@ -346,6 +361,7 @@ class SnapshotLoader:
         self._ranker_keys = [
             self.keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)
         ]
+        self._partitions = [f"{settings.kafka.events_topic}:{p}" for p in range(settings.kafka.events_partitions)]
         started = time.monotonic()
         metrics.RANKER_WEIGHTS_AGE.set_function(lambda: time.monotonic() - (snapshot.ranker.changed_at or started))
 
@@ -399,12 +415,14 @@ class SnapshotLoader:
             ("GET", k("model:current")),
             ("SMEMBERS", k("segments")),
             ("GET", k("clock")),
+            ("GET", k("clock:events")),
+            ("HMGET", k("counted"), *self._partitions),
             *(("GET", key) for key in self._ranker_keys),  # one GET each: on a cluster each is in its own slot
         ]
         if popular_due:
             commands.append(("ZREVRANGE", k.rank(), 0, POPULAR_DEPTH - 1, "WITHSCORES"))
         replies = await self.redis.execute(*commands)
-        pool_raw, prior, unavailable_raw, model_version, segments, clock, *rest = replies
+        pool_raw, prior, unavailable_raw, model_version, segments, clock, at_clock, counted_raw, *rest = replies
         ranker_raw, overall_raw = rest[: len(self._ranker_keys)], rest[len(self._ranker_keys) :]
         ranker = self._ranker(ranker_raw, now)
         created = {item: ts for item, raw in _pairs(pool_raw) if (ts := stored_integer(raw)) is not None}
@@ -412,18 +430,21 @@ class SnapshotLoader:
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
-        commands = [("HMGET", k.item(item), "categories", "created_ts", "features") for item in wanted]
+        firsts = [f"first:{tp}" for tp in self._partitions]
+        commands = [("HMGET", k.item(item), "categories", "created_ts", "features", *firsts) for item in wanted]
         if created:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
         replies = await self.redis.execute(*commands) if commands else []
-        for item, (categories, created_ts, features) in zip(wanted, replies[: len(wanted)], strict=True):
+        for item, (categories, created_ts, features, *first) in zip(wanted, replies[: len(wanted)], strict=True):
             categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c and c.isascii()))
-            snap.categories.put(item, categories, now, stored_integer(created_ts), _features(features))
+            firsts = tuple(map(stored_integer, first))
+            snap.categories.put(item, categories, now, stored_integer(created_ts), _features(features), firsts)
 
         unavailable = frozenset(unavailable_raw)
         views, clicks = replies[len(wanted) :] if created else ([], [])
         pool = self._pool(created, views, clicks, prior, unavailable, now)
         snap.ranker, snap.clock_ms, snap.unavailable = ranker, stored_integer(clock), unavailable  # the first swap
+        snap.counted = self._counted(at_clock, counted_raw)
         snap.model_version, snap.pool = stored_name(model_version), pool
         metrics.RANKER_ROWS.set(ranker.rows)
         metrics.show_ranker_weights(named_weights(ranker.weights))
@@ -449,6 +470,12 @@ class SnapshotLoader:
         back gives the stored bytes): the weights are fresh as of now."""
         states = [None if value is None else value.encode("utf-8", "surrogateescape") for value in raw]
         return self.snapshot.ranker.refreshed(states, now)
+
+    def _counted(self, at_clock: str | None, raw: list[str | None]) -> tuple[int, ...] | None:
+        """:attr:`Snapshot.counted` from ``clock:events`` and the partitions' counts (one not stored yet: 0)."""
+        if (stored_integer(at_clock) or 0) < self.settings.pool.graduate_standing_events:
+            return None
+        return tuple(stored_integer(n) or 0 for n in raw)
 
     def _prior(self, prior: str | None) -> float:
         """The quantized global CTR the workers scored with (``prior``); the configured default before any, and for a

@@ -790,6 +790,7 @@ class BatchProcessor:
             s.model.trend_epoch_half_lives,
             arrivals,
             s.model.feedback_types.ctr_column,
+            partitions,
         )
         training = None if rows is None else train_batch(rows, context.rankers, self.ranker_config)
         if training is not None:

@@ -22,7 +22,9 @@ key                          type    holds
 ``graduated``                set     items that left the pool (by views, age or a standing clock)
 ``clock``                    string  the largest event timestamp applied (event time)
 ``clock:events``             string  events applied at ``clock``'s instant (a standing clock graduates the pool)
-``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON)
+``counted``                  hash    ``topic:partition`` → events applied from that events partition
+``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON),
+                                     ``first:<topic>:<p>``: that partition's ``counted`` at the item's first event
 ``unavailable``              set     items hidden from every ranking and list
 ``user:seg``                 hash    user → segment
 ``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped

@@ -27,8 +27,9 @@ T = TypeVar("T")
 @dataclass
 class CounterDeltas:
     """What a batch adds: per item ``[views, clicks, first_ts]``, per segment and item ``[views, clicks]``,
-    totals, per trend key and item the fixed-point increment, per user and item the latest ts (seen);
-    and, for the metrics only (not Redis), ``[views, clicks]`` per experiment variant label (None: none)."""
+    totals, per trend key and item the fixed-point increment, per user and item the latest ts (seen), per events
+    partition its events and where each item first came in them; and, for the metrics only (not Redis),
+    ``[views, clicks]`` per experiment variant label (None: none)."""
 
     items: dict[str, list[int]] = field(default_factory=dict)
     segments: dict[str, dict[str, list[int]]] = field(default_factory=dict)
@@ -40,6 +41,13 @@ class CounterDeltas:
     at_clock: int = 0
     """Events stamped at ``clock`` itself (capped as it is): the batch script counts them per instant, and a clock
     that stands still for ``pool.graduate_standing_events`` of them measures no age (apply_batch.lua, step 7)."""
+    counted: dict[str, int] = field(default_factory=dict)
+    """``topic:partition`` → the batch's events from it. The script adds them to the partition's count (key
+    ``counted``): the events applied from one partition, a function of its log alone, whatever the batches."""
+    firsts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """``topic:partition`` → item → the partition's events in the batch before the item's first one there. Added to
+    the count held before the batch, it is where the item came first in the partition, whatever the batches: the
+    item's age in events while the clock stands (serving/features.py, ``pool_age``)."""
 
 
 def aggregate(
@@ -49,6 +57,7 @@ def aggregate(
     epoch_half_lives: int,
     arrived_ms: Sequence[int] | None = None,
     ctr_column: Mapping[str, int] = DEFAULT_FEEDBACK.ctr_column,
+    partitions: Sequence[tuple[str, int]] | None = None,
 ) -> CounterDeltas:
     """Sum a batch's views and clicks per item, per (segment, item), overall and per trend key.
 
@@ -67,6 +76,8 @@ def aggregate(
     otherwise move the clock forward for good. A cap per event, not per batch, keeps the clock
     independent of batch cuts.
 
+    ``partitions``, each event's (topic, partition), gives :attr:`CounterDeltas.counted` and ``firsts``.
+
     >>> from recstream.contracts.events import Event
     >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12 + k) for k, t in enumerate(["view", "click"])]
     >>> d = aggregate(e, {"u": "age18-24.F"}, half_life_ms=3_600_000, epoch_half_lives=8)
@@ -78,6 +89,9 @@ def aggregate(
     >>> d = aggregate([Event(type="dislike", user_id="u", item_id="j", ts=10**12)], {}, 3_600_000, 8)
     >>> d.items, d.totals, d.seen, d.variants
     ({'j': [0, 0, 1000000000000]}, {}, {'u': {'j': 1000000000000}}, {})
+    >>> d = aggregate(e + e[:1], {}, 3_600_000, 8, partitions=[("events", 1), ("events", 0), ("events", 0)])
+    >>> d.counted, d.firsts  # "i" came first in partition 0 at its batch's first event of it (the click)
+    ({'events:1': 1, 'events:0': 2}, {'events:1': {'i': 0}, 'events:0': {'i': 0}})
     """
     deltas = CounterDeltas()
     if not events:
@@ -101,6 +115,8 @@ def aggregate(
     np.minimum.at(earliest, item, ts)
     views, clicks = _by_column(item, col, n_items)  # col −1 (a purchase, a dislike): the item is counted with +0
     deltas.items = {i: [v, c, t] for i, v, c, t in zip(item_names, views, clicks, earliest.tolist(), strict=True)}
+    if partitions is not None:
+        _count_partitions(deltas, partitions, item_names, item)
 
     ctr = np.flatnonzero(col >= 0)  # from here on, the events that count as a view or a click
     col, item, ts = col[ctr], item[ctr], ts[ctr]
@@ -134,6 +150,23 @@ def aggregate(
     names = [f"{what}:{e}" for what in ("views", "clicks") for e in epochs.tolist()]
     deltas.trend = {names[k]: per_key[k] for k in sorted(per_key)}
     return deltas
+
+
+def _count_partitions(
+    deltas: CounterDeltas, partitions: Sequence[tuple[str, int]], item_names: list[str], item: np.ndarray
+) -> None:
+    """Fill ``counted`` and ``firsts``: each event's position among its partition's events of the batch (a stable
+    sort by partition), and for each (partition, item) the position of its first event, the least one."""
+    names, part = _codes(list(partitions))
+    sizes = np.bincount(part, minlength=len(names))
+    order = np.argsort(part, kind="stable")
+    position = np.empty(len(part), dtype=np.int64)
+    position[order] = np.arange(len(part)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    first, _ = _first_seen(part * len(item_names) + item)
+    tp = [f"{topic}:{number}" for topic, number in names]
+    deltas.counted = dict(zip(tp, sizes.tolist(), strict=True))
+    for k, i, at in zip(part[first].tolist(), item[first].tolist(), position[first].tolist(), strict=True):
+        deltas.firsts.setdefault(tp[k], {})[item_names[i]] = at
 
 
 def _codes(values: list[T]) -> tuple[list[T], np.ndarray]:

@@ -364,7 +364,7 @@ class StateStore:
 
         def part(slot: str) -> tuple[dict, list[bytes]]:
             if slot not in parts:
-                empty = ("wm", "meta", "items", "segs", "totals", "trend", "item_users", "blobs", "rankers")
+                empty = ("wm", "meta", "items", "segs", "totals", "trend", "item_users", "blobs", "rankers", "counted")
                 payload = {"prefix": slot, "cfg": self._cfg, "shared": slot == shared, "clock": 0, "at_clock": 0,
                            **{name: [] for name in empty}, "blob_ends": [], "seen": {}, "user_segments": {},
                            "eids": {}}  # fmt: skip
@@ -382,6 +382,9 @@ class StateStore:
                 for i, cats, created, ts, avail, features in effect.meta
             ]
             payload["items"] = list(c.items.items())
+            payload["counted"] = [
+                (tp, n, [x for pair in c.firsts.get(tp, {}).items() for x in pair]) for tp, n in c.counted.items()
+            ]
             payload["segs"] = [(s, list(counts.items())) for s, counts in c.segments.items()]
             payload["totals"] = list(c.totals.items())
             payload["trend"] = [(suffix, list(increments.items())) for suffix, increments in c.trend.items()]

@@ -142,7 +142,7 @@ def test_the_pool_age_memo_starts_over_past_its_bound_and_the_rows_stay_the_same
     """A page's ``pool_age`` values are memoized per clock (serving/features._ages), at most AGES_MAX of them."""
     snap, user, graduate_s = snapshot(), users()["warm"], 3600.0
     history = history_categories(user, snap.categories, NOW)
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], history, {}, (), NOW, graduate_s)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], history, {}, (), NOW, graduate_s, 20_000)
     items = [*snap.pool.items[:5], "i1", "i2"]  # five creation times: the i's were created with n0
     ages = _ages(snap.clock_ms, graduate_s * 1000)
     ages.clear()
@@ -160,7 +160,7 @@ def test_the_category_rounding_memo_starts_over_past_its_bound_and_the_rows_stay
     snap, user = snapshot(), users()["warm"]
     taste = {"news": 3.0, "sport": 1.0, "film": 2.0}
     history = history_categories(user, snap.categories, NOW)
-    features = PageFeatures(user, snap, snap.segments[SEGMENT], history, taste, (), NOW, 3600.0)
+    features = PageFeatures(user, snap, snap.segments[SEGMENT], history, taste, (), NOW, 3600.0, 20_000)
     items = [f"i{k}" for k in range(20)]
     _ROUNDED.clear()
     expected = features.rows(items)

@@ -254,6 +254,36 @@ async def test_an_item_with_a_malformed_creation_time_does_not_stop_the_reloads(
     assert snapshot.categories.entry("bad", 0.0)[::2] == (("news",), expected)  # type: ignore[index]
 
 
+STANDING = 5  # pool_graduate_standing_events of the test below
+
+
+@pytest.mark.integration  # a real Redis
+@pytest.mark.parametrize(("at_clock", "standing"), [(STANDING - 1, False), (STANDING, True), (STANDING + 1, True)])
+async def test_a_reload_reads_the_partitions_counts_while_the_clock_stands(
+    isolated_settings: Settings, at_clock: int, standing: bool
+) -> None:
+    """Once ``pool_graduate_standing_events`` events were applied at the clock's instant (the limit, not one fewer),
+    the snapshot holds each events partition's count (a partition nothing was counted from yet: 0), the now of item
+    ages in events; and each item read holds where it came first in each partition (None where it never did), and
+    one never in an event (a bad stored value counts as none) holds none."""
+    settings = isolated_settings.replace(pool_graduate_standing_events=STANDING, events_partitions=3)
+    k, topic = Keys.of(settings), settings.kafka.events_topic
+    client = redis.Redis.from_url(settings.redis.url)
+    client.mset({k("clock"): 1_000, k("clock:events"): at_clock})
+    client.hset(k("counted"), mapping={f"{topic}:0": 40, f"{topic}:2": 7})
+    client.zadd(k("pool"), {"seen": 1_000, "announced": 1_000})
+    client.hset(k.item("seen"), mapping={"categories": "news", "created_ts": 1_000, f"first:{topic}:0": 12,
+                                         f"first:{topic}:2": 0})  # fmt: skip
+    client.hset(k.item("announced"), mapping={"categories": "news", "created_ts": 1_000, f"first:{topic}:1": "x"})
+    client.close()
+    feeds = RedisClient(settings.redis.url, timeout_s=5.0, connections=1)
+    snapshot = Snapshot()
+    await SnapshotLoader(feeds, settings, snapshot).refresh()
+    await feeds.close()
+    assert snapshot.counted == ((40, 0, 7) if standing else None)
+    assert snapshot.categories.firsts("seen") == (12, None, 0) and snapshot.categories.firsts("announced") == ()
+
+
 class FailsOnSegments:
     """A Redis client whose segment reads (``call``) fail once ``failing`` is set, after ``entered`` is set."""
 

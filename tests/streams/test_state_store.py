@@ -5,6 +5,7 @@ Real Redis, the worker's own store."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 
@@ -211,6 +212,8 @@ def _two_batches(settings: Settings) -> tuple[Effect, Effect]:
         trend={"views:1": {"i1": 1_000}},
         seen={"u1": {"i1": T0}},
         clock=T0,
+        counted={tp: 3},
+        firsts={tp: {"i1": 0, "i2": 2}},
     )
     first.user_segments = {"u1": "s1"}
     first.event_ids = {tp: {"u1:e1": T0}}
@@ -222,6 +225,8 @@ def _two_batches(settings: Settings) -> tuple[Effect, Effect]:
         trend={"views:1": {"i1": 1_000, "i3": 500}},
         seen={"u1": {"i3": T0 + 1}, "u2": {"i4": T0 + 1}},
         clock=T0 + 1,
+        counted={tp: 4},
+        firsts={tp: {"i1": 0, "i3": 1, "i4": 2}},
     )
     second.user_segments = {"u2": "s1"}
     second.event_ids = {tp: {"u1:e2": T0 + 1, "u2:e3": T0 + 1}}
@@ -237,6 +242,7 @@ WRONG_TYPES = {
     "items waiting for their segment scores": (lambda keys, topic: keys("segments:rescore"), "set"),
     "user's seen set": (lambda keys, topic: keys.user("u2", "seen"), "zset"),
     "event ids": (lambda keys, topic: keys.event_ids(topic, 0), "zset"),
+    "events counted per partition": (lambda keys, topic: keys("counted"), "hash"),
 }
 
 
@@ -358,6 +364,58 @@ async def test_an_erasure_of_another_user_costs_no_cached_history_whoever_reads_
         assert store._histories == {}
     finally:
         await client.aclose()
+
+
+# events of two partitions, in the order a worker might apply them: partition 0 sees a, b, a, c; partition 1 c, c, a
+STREAM = [(0, "a"), (1, "c"), (0, "b"), (1, "c"), (0, "a"), (0, "c"), (1, "a")]
+
+
+@pytest.mark.parametrize("cuts", [(7,), (1, 1, 1, 1, 1, 1, 1), (2, 5), (3, 1, 3)])
+async def test_an_item_s_first_event_in_each_partition_is_counted_whatever_the_batches(
+    isolated_settings: Settings, cuts: tuple[int, ...]
+):
+    """Each events partition's count of applied events (``counted``) and, per item, that count at its first event in
+    the partition (``first:<topic>:<p>``: the item's age in events while the clock stands, serving/features.py) are
+    functions of each partition's log alone: the same however the stream is cut into batches, so ``recstream
+    rebuild`` writes what the live workers did. An item's later events in a partition leave its first alone."""
+    settings = isolated_settings
+    topic, keys, client = settings.kafka.events_topic, Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    applied = {0: -1, 1: -1}  # each event a message: a partition's offsets count its events
+    for start, size in zip(itertools.accumulate(cuts, initial=0), cuts, strict=False):
+        batch = STREAM[start : start + size]
+        offsets = {p: applied[p] + sum(q == p for q, _ in batch) for p in applied}
+        effect = Effect(
+            watermarks={f"{topic}:{p}": (applied[p], offsets[p]) for p in applied if offsets[p] > applied[p]}
+        )
+        events = [Event(type="view", user_id=f"u{p}", item_id=item, ts=T0) for p, item in batch]
+        effect.counters = aggregate(events, {}, 3_600_000, 8, partitions=[(topic, p) for p, _ in batch])
+        await apply(settings, effect)
+        applied = offsets
+    assert client.hgetall(keys("counted")) == {f"{topic}:0".encode(): b"4", f"{topic}:1".encode(): b"3"}
+    firsts = {item: client.hmget(keys.item(item), f"first:{topic}:0", f"first:{topic}:1") for item in "abc"}
+    assert firsts == {"a": [b"0", b"2"], "b": [b"1", None], "c": [b"3", b"0"]}
+    client.close()
+
+
+@pytest.mark.parametrize(("held", "refused"), [("0", False), ("-1", True), ("1.5", True), ("x", True)])
+async def test_a_stored_count_that_is_no_count_refuses_the_batch_with_nothing_written(
+    isolated_settings: Settings, held: str, refused: bool
+):
+    """A partition's stored count the batch would add to must be an integer from 0: one that is not (negative, a
+    fraction, no number) refuses before the first write, as every other stored number does."""
+    settings = isolated_settings
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    tp = f"{settings.kafka.events_topic}:0"
+    client.hset(keys("counted"), tp, held)
+    first, _ = _two_batches(settings)
+    if refused:
+        with pytest.raises(redis.exceptions.ResponseError, match=f"RECSTREAM_STATE rs:counted {tp}"):
+            await apply(settings, first)
+        assert client.hget(keys("counted"), tp) == held.encode() and not client.exists(keys("views"))
+    else:
+        await apply(settings, first)
+        assert client.hget(keys("counted"), tp) == b"3" and client.hget(keys.item("i2"), f"first:{tp}") == b"2"
+    client.close()
 
 
 STANDING = 4  # pool_graduate_standing_events of the tests below
