@@ -57,6 +57,10 @@ slots; past it (or for a heavy warm user) the popular source runs dry and the ot
 The cost of a reload grows with it: ~2 ms per segment at 500."""
 CATEGORY_MAX_AGE_S = 60.0
 """A cached item's categories are re-read once this old, so an item update reaches the filters."""
+FIRSTS_MAX_AGE_S = 1.0
+"""While the clock stands, a cached item without a first event is re-read once this old: its first event is its
+age in events (serving/features.py), and an item cached before it (announced, then viewed) would read new for a
+minute."""
 CATEGORY_BATCH = 2_000
 CATEGORY_CACHE_MAX = 500_000
 BACKGROUND_TIMEOUT_S = 2.0
@@ -151,6 +155,20 @@ class Categories:
         self.known: Counter[str] = Counter()
         """category → how many cached items carry it (a category no cached item carries is not in it)."""
         self.wanted: set[str] = set()
+        self._due_s = self._unfirsted_s = CATEGORY_MAX_AGE_S
+
+    def standing(self, standing: bool) -> None:
+        """Whether the clock stands (set by each reload): then an item cached without a first event is due for a
+        re-read after FIRSTS_MAX_AGE_S, any other after CATEGORY_MAX_AGE_S."""
+        self._due_s = self._unfirsted_s = FIRSTS_MAX_AGE_S if standing else CATEGORY_MAX_AGE_S
+
+    def _old(self, item: str, entry: tuple[tuple[str, ...], float, int | None] | None, now: float) -> bool:
+        """Due for a re-read: unknown, or loaded longer ago than its kind may be (:meth:`standing`). Callers on the
+        hot path test ``now − loaded > _due_s`` (the shorter age) first, so a moving clock costs them no call."""
+        if entry is None:
+            return True
+        age = now - entry[1]
+        return age > CATEGORY_MAX_AGE_S or (age > self._unfirsted_s and item not in self._firsts)
 
     def get(self, item: str, now: float) -> tuple[str, ...] | None:
         """The item's categories (possibly up to CATEGORY_MAX_AGE_S old), None while unknown."""
@@ -158,10 +176,13 @@ class Categories:
         return None if entry is None else entry[0]
 
     def entry(self, item: str, now: float) -> tuple[tuple[str, ...], float, int | None] | None:
-        """(categories, when loaded, created_ts) as last loaded, None while unknown; an unknown item, or one
-        loaded more than CATEGORY_MAX_AGE_S ago, is named for the next reload."""
+        """(categories, when loaded, created_ts) as last loaded, None while unknown; an unknown item, or one due for
+        a re-read (:meth:`_old`), is named for the next reload."""
         entry = self._entries.get(item)
-        if (entry is None or now - entry[1] > CATEGORY_MAX_AGE_S) and len(self.wanted) < CATEGORY_BATCH:
+        if (
+            (entry is None or (now - entry[1] > self._due_s and self._old(item, entry, now)))
+            and len(self.wanted) < CATEGORY_BATCH
+        ):  # fmt: skip
             self.wanted.add(item)
         return entry
 
@@ -171,7 +192,8 @@ class Categories:
         its categories (after a restart, the cache of a large catalogue takes a while to fill)."""
         found = list(map(self._entries.get, items))
         wanted, unknown = self.wanted, found.count(None)
-        stale = [item for item, e in zip(items, found, strict=True) if e is None or now - e[1] > CATEGORY_MAX_AGE_S]
+        due, old = self._due_s, self._old
+        stale = [i for i, e in zip(items, found, strict=True) if e is None or (now - e[1] > due and old(i, e, now))]
         for item in stale:  # named until the batch is full
             if len(wanted) >= CATEGORY_BATCH:
                 break
@@ -191,7 +213,7 @@ class Categories:
         return entry is not None and (entry[2] is not None or bool(entry[0]))
 
     def stale(self, items: Iterable[str], now: float) -> list[str]:
-        return [i for i in items if (e := self._entries.get(i)) is None or now - e[1] > CATEGORY_MAX_AGE_S]
+        return [i for i in items if self._old(i, self._entries.get(i), now)]
 
     def features(self, item: str) -> Mapping[str, float]:
         """The item's features as last loaded (empty when it has none or is unknown: see :meth:`get`)."""
@@ -427,6 +449,8 @@ class SnapshotLoader:
         ranker = self._ranker(ranker_raw, now)
         created = {item: ts for item, raw in _pairs(pool_raw) if (ts := stored_integer(raw)) is not None}
         overall = _scores(overall_raw[0]) if popular_due else None
+        counted = self._counted(at_clock, counted_raw)
+        snap.categories.standing(counted is not None)
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
@@ -444,7 +468,7 @@ class SnapshotLoader:
         views, clicks = replies[len(wanted) :] if created else ([], [])
         pool = self._pool(created, views, clicks, prior, unavailable, now)
         snap.ranker, snap.clock_ms, snap.unavailable = ranker, stored_integer(clock), unavailable  # the first swap
-        snap.counted = self._counted(at_clock, counted_raw)
+        snap.counted = counted
         snap.model_version, snap.pool = stored_name(model_version), pool
         metrics.RANKER_ROWS.set(ranker.rows)
         metrics.show_ranker_weights(named_weights(ranker.weights))

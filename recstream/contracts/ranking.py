@@ -40,7 +40,7 @@ FEATURES: tuple[str, ...] = (
     "explore",  # … the new-item pool
     "ctr_logit",  # logit of the item's smoothed CTR, overall
     "segment_ctr_logit",  # logit of its smoothed CTR within the user's segment
-    "pool_age",  # log1p of its age (event time) in units of the pool's graduation age
+    "pool_age",  # log1p of its age (event time) in units of the pool's graduation age; in events while the clock stands
     "category_affinity",  # the user's recent weight on the item's categories, in [0, 1]
     "category_lift",  # ln of the user's engagement per item in the item's categories over their mean (history)
     "warm",  # 1 when the user has history (weighted history, or items shown or clicked)

@@ -157,6 +157,34 @@ def test_feature_row_lookups_are_counted_by_whether_the_items_categories_were_ca
     assert categories.wanted == {"new1", "new2"}
 
 
+@pytest.mark.parametrize("standing", [False, True])
+@pytest.mark.parametrize("lookup", ["entry", "entries", "stale"])
+def test_while_the_clock_stands_an_item_without_a_first_event_is_read_again_within_a_second(
+    standing: bool, lookup: str
+) -> None:
+    """An item cached before its first event (announced, then viewed) would read new in events for a minute: while
+    the clock stands it is due again once FIRSTS_MAX_AGE_S old (not at it, past it); one with a first event, or any
+    item while the clock moves, once CATEGORY_MAX_AGE_S old. Every lookup names the same items."""
+    categories = Categories()
+    categories.put("unseen", ("news",), now=0.0)
+    categories.put("seen", ("news",), now=0.0, firsts=(3, None))
+    categories.standing(standing)
+
+    def due(now: float) -> set[str]:
+        categories.wanted.clear()
+        if lookup == "stale":
+            return set(categories.stale(["unseen", "seen"], now))
+        for item in ("unseen", "seen"):
+            categories.entries([item], now) if lookup == "entries" else categories.entry(item, now)
+        return set(categories.wanted)
+
+    short = snapshot_module.FIRSTS_MAX_AGE_S
+    assert due(short) == set()
+    assert due(short + 0.01) == ({"unseen"} if standing else set())
+    assert due(snapshot_module.CATEGORY_MAX_AGE_S) == ({"unseen"} if standing else set())
+    assert due(snapshot_module.CATEGORY_MAX_AGE_S + 0.01) == {"unseen", "seen"}
+
+
 def _feature_rows(label: str) -> float:
     return REGISTRY.get_sample_value("recstream_reader_feature_rows_total", {"categories": label}) or 0.0
 
