@@ -454,18 +454,21 @@ class SnapshotLoader:
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
-        firsts = [f"first:{tp}" for tp in self._partitions]
-        commands = [("HMGET", k.item(item), "categories", "created_ts", "features", *firsts) for item in wanted]
+        commands = [("HMGET", k.item(item), "categories", "created_ts", "features") for item in wanted]
+        if wanted:
+            commands += [("HMGET", k(f"first:{tp}"), *wanted) for tp in self._partitions]
         if created:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
-        replies = await self.redis.execute(*commands) if commands else []
-        for item, (categories, created_ts, features, *first) in zip(wanted, replies[: len(wanted)], strict=True):
+        replies = iter(await self.redis.execute(*commands) if commands else [])
+        rows = [next(replies) for _ in wanted]
+        by_partition = [next(replies) for _ in self._partitions] if wanted else []
+        for k_item, (item, (categories, created_ts, features)) in enumerate(zip(wanted, rows, strict=True)):
             categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c and c.isascii()))
-            firsts = tuple(map(stored_integer, first))
+            firsts = tuple(stored_integer(column[k_item]) for column in by_partition)
             snap.categories.put(item, categories, now, stored_integer(created_ts), _features(features), firsts)
 
         unavailable = frozenset(unavailable_raw)
-        views, clicks = replies[len(wanted) :] if created else ([], [])
+        views, clicks = (next(replies), next(replies)) if created else ([], [])
         pool = self._pool(created, views, clicks, prior, unavailable, now)
         snap.ranker, snap.clock_ms, snap.unavailable = ranker, stored_integer(clock), unavailable  # the first swap
         snap.counted = counted

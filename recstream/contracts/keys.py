@@ -23,8 +23,8 @@ key                          type    holds
 ``clock``                    string  the largest event timestamp applied (event time)
 ``clock:events``             string  events applied at ``clock``'s instant (a standing clock graduates the pool)
 ``counted``                  hash    ``topic:partition`` → events applied from that events partition
-``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON),
-                                     ``first:<topic>:<p>``: that partition's ``counted`` at the item's first event
+``first:<topic>:<p>``        hash    item → that partition's ``counted`` at the item's first event there
+``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON)
 ``unavailable``              set     items hidden from every ranking and list
 ``user:seg``                 hash    user → segment
 ``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped

@@ -165,8 +165,12 @@ def _count_partitions(
     first, _ = _first_seen(part * len(item_names) + item)
     tp = [f"{topic}:{number}" for topic, number in names]
     deltas.counted = dict(zip(tp, sizes.tolist(), strict=True))
-    for k, i, at in zip(part[first].tolist(), item[first].tolist(), position[first].tolist(), strict=True):
-        deltas.firsts.setdefault(tp[k], {})[item_names[i]] = at
+    of = part[first]
+    for k, name in enumerate(tp):
+        mine = first[of == k]
+        deltas.firsts[name] = dict(
+            zip(map(item_names.__getitem__, item[mine].tolist()), position[mine].tolist(), strict=True)
+        )
 
 
 def _codes(values: list[T]) -> tuple[list[T], np.ndarray]:

@@ -182,7 +182,7 @@ end
 -- that is no number counts as 0, as it always did (the step overwrites it with a number); one that is NaN or
 -- infinite refuses the batch, as it would spread into every score.
 local names = {}  -- p.items: {item, {views, clicks, first_ts}}
-local old_views, views_now, clicks_now, seg_now, counted_held = {}, {}, {}, {}, {}
+local old_views, views_now, clicks_now, seg_now, counted_held, first_args = {}, {}, {}, {}, {}, {}
 local q, prior_held, cursor_held, clock, at_clock
 local segs_before, graduated_of, weights_held, users_held = {}, {}, {}, {}
 local seen_writes, seg_args, eid_writes, blob_args = {}, {}, {}, {}  -- step 8's arguments
@@ -246,13 +246,22 @@ refusal = checked(function()
       old_views[k] = held_views[k]
       if not held_views[k] then expect(P .. 'item:' .. it[1], 'hash') end
     end
-    -- step 3b: each events partition's count, and where each item came first in it (its items are p.items')
+    -- step 3b: each events partition's count, and the items that come first in it here (not stored yet)
     if #p.counted > 0 then expect(P .. 'counted', 'hash') end
-    for c, row in ipairs(p.counted) do  -- {topic:partition, events, {item, events before it, ...}}
-      local held = redis.call('HGET', P .. 'counted', text(row[1], 'a counted partition'))
+    for c, row in ipairs(p.counted) do  -- {topic:partition, events, {item, ...}, {its events before each one, ...}}
+      local key = P .. 'first:' .. text(row[1], 'a counted partition')
+      expect(key, 'hash')
+      local held = redis.call('HGET', P .. 'counted', row[1])
       counted_held[c] = held and integer(tonumber(held), P .. 'counted ' .. row[1], 0) or 0
       integer(counted_held[c] + integer(row[2], 'the events of ' .. row[1], 0), 'the count of ' .. row[1], 0)
-      for j = 2, #row[3], 2 do integer(row[3][j], 'the first event of ' .. quoted(row[3][j - 1]), 0) end
+      local stored, args = hmget(key, row[3]), {}
+      for j, item in ipairs(row[3]) do
+        if not stored[j] then
+          args[#args + 1] = text(item, 'an item id')
+          args[#args + 1] = counted_held[c] + integer(row[4][j], 'the first event of ' .. quoted(item), 0)
+        end
+      end
+      first_args[c] = args
     end
     for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
       local key = P .. 'seg:' .. seg[1] .. ':'
@@ -473,11 +482,10 @@ end
 many('HSET', P .. 'views', views_args)
 many('HSET', P .. 'clicks', clicks_args)
 -- 3b. an item's first event in each events partition, as that partition's events applied before it: a function of
--- the partition's log alone (HSETNX keeps the first batch's), so a rebuild, cut into other batches, writes the same
+-- the partition's log alone (only an item not stored yet is written), so a rebuild, cut into other batches, writes
+-- the same. One hash per partition, not a field of each item's hash: two calls a partition, not one an item
 for c, row in ipairs(p.counted) do
-  for j = 1, #row[3], 2 do
-    redis.call('HSETNX', P .. 'item:' .. row[3][j], 'first:' .. row[1], counted_held[c] + row[3][j + 1])
-  end
+  many('HSET', P .. 'first:' .. row[1], first_args[c])
   redis.call('HSET', P .. 'counted', row[1], counted_held[c] + row[2])
 end
 for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}

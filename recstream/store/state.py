@@ -383,7 +383,9 @@ class StateStore:
             ]
             payload["items"] = list(c.items.items())
             payload["counted"] = [
-                (tp, n, [x for pair in c.firsts.get(tp, {}).items() for x in pair]) for tp, n in c.counted.items()
+                (tp, n, list(firsts), list(firsts.values()))
+                for tp, n in c.counted.items()
+                for firsts in (c.firsts.get(tp, {}),)
             ]
             payload["segs"] = [(s, list(counts.items())) for s, counts in c.segments.items()]
             payload["totals"] = list(c.totals.items())

@@ -300,9 +300,11 @@ async def test_a_reload_reads_the_partitions_counts_while_the_clock_stands(
     client.mset({k("clock"): 1_000, k("clock:events"): at_clock})
     client.hset(k("counted"), mapping={f"{topic}:0": 40, f"{topic}:2": 7})
     client.zadd(k("pool"), {"seen": 1_000, "announced": 1_000})
-    client.hset(k.item("seen"), mapping={"categories": "news", "created_ts": 1_000, f"first:{topic}:0": 12,
-                                         f"first:{topic}:2": 0})  # fmt: skip
-    client.hset(k.item("announced"), mapping={"categories": "news", "created_ts": 1_000, f"first:{topic}:1": "x"})
+    for item in ("seen", "announced"):
+        client.hset(k.item(item), mapping={"categories": "news", "created_ts": 1_000})
+    client.hset(k(f"first:{topic}:0"), "seen", 12)
+    client.hset(k(f"first:{topic}:1"), "announced", "x")
+    client.hset(k(f"first:{topic}:2"), "seen", 0)
     client.close()
     feeds = RedisClient(settings.redis.url, timeout_s=5.0, connections=1)
     snapshot = Snapshot()
