@@ -33,10 +33,10 @@ reload (serving/snapshot.ItemColumns); a page computes only what needs the user.
   an item created at that instant is aged in events instead: ln(1 + P·max_p(n_p − f_p) / N), n_p the events applied
   from events partition p, f_p the count there at the item's first event (the workers' ``first:<topic>:<p>``), P
   the partitions and N ``pool.graduate_standing_events``: the events applied since its first one, estimated from
-  the partition that saw it longest (each term a function of one partition's log, so a rebuild reads the same). On
-  MovieLens shuffled and without a clock it took the served feed from 97.7% of the candidate list's HR@10 to
-  99.2% (BENCHMARKS.md, "What the clock gives the ranker"): without it every item reads 0 and a much-rated item
-  loses the brake its age puts on it;
+  the partition that saw it longest (each term a function of one partition's log, so a rebuild reads the same).
+  Without it every item reads 0 and a much-rated item loses the brake its age puts on it: on MovieLens shuffled and
+  without a clock the served feed was at 97.7% of the candidate list's HR@10, with it at 98.7–99.0%
+  (BENCHMARKS.md, "The age in events");
 * ``category_affinity`` — the share of the user's recent category weight (history, else seen items,
   else the onboarding picks) on the item's categories, in [0, 1]: what the user's history holds;
 * ``category_lift`` — the mean over the item's categories of the user's lift in each (:func:`category_lift`): how
@@ -264,7 +264,10 @@ class PageFeatures:
         out[:, COLUMN["explore"]] = in_pool
         out[:, COLUMN["ctr_logit"]] = columns.ctr[at]
         out[:, COLUMN["segment_ctr_logit"]] = segment_ctr[at]
-        out[:, COLUMN["pool_age"]] = self._pool_ages(created) if self._counted is None else self._aged(items, created)
+        counted = self._counted
+        out[:, COLUMN["pool_age"]] = (
+            self._pool_ages(created) if counted is None else self._aged(items, created, counted)
+        )
         if len(_ROUNDED) > ROUNDED_MAX:
             _ROUNDED.clear()
         affinity, lift = _category_columns(cats, self._share, self._lift) if self._share or self._lift else (0.0, 0.0)
@@ -272,12 +275,11 @@ class PageFeatures:
         out[:, COLUMN["warm"]] = self._warm
         return out
 
-    def _aged(self, items: Sequence[str], created: list[int | None]) -> list[float]:
+    def _aged(self, items: Sequence[str], created: list[int | None], counted: tuple[int, ...]) -> list[float]:
         """``pool_age`` while the clock stands: an item created at the standing instant aged in events (module
         docstring), once per item and counts (:func:`_event_ages`); any other, or one never in an event, as
         :meth:`_pool_ages` ages it."""
-        ages, counted, now_ms = self._pool_ages(created), self._counted, self._now_ms
-        assert counted is not None
+        ages, now_ms = self._pool_ages(created), self._now_ms
         memo, firsts, log1p = _event_ages(counted, self._unit_events), self._categories.firsts, math.log1p
         if len(memo) > AGES_MAX:
             memo.clear()

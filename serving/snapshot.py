@@ -155,16 +155,17 @@ class Categories:
         self.known: Counter[str] = Counter()
         """category → how many cached items carry it (a category no cached item carries is not in it)."""
         self.wanted: set[str] = set()
-        self._due_s = self._unfirsted_s = CATEGORY_MAX_AGE_S
+        self._unfirsted_s = CATEGORY_MAX_AGE_S
+        """How old an entry without a first event may be (:meth:`standing`), never more than CATEGORY_MAX_AGE_S."""
 
     def standing(self, standing: bool) -> None:
         """Whether the clock stands (set by each reload): then an item cached without a first event is due for a
         re-read after FIRSTS_MAX_AGE_S, any other after CATEGORY_MAX_AGE_S."""
-        self._due_s = self._unfirsted_s = FIRSTS_MAX_AGE_S if standing else CATEGORY_MAX_AGE_S
+        self._unfirsted_s = FIRSTS_MAX_AGE_S if standing else CATEGORY_MAX_AGE_S
 
     def _old(self, item: str, entry: tuple[tuple[str, ...], float, int | None] | None, now: float) -> bool:
         """Due for a re-read: unknown, or loaded longer ago than its kind may be (:meth:`standing`). Callers on the
-        hot path test ``now − loaded > _due_s`` (the shorter age) first, so a moving clock costs them no call."""
+        hot path test ``now − loaded > _unfirsted_s`` (the shorter age) first: a moving clock costs them no call."""
         if entry is None:
             return True
         age = now - entry[1]
@@ -179,10 +180,8 @@ class Categories:
         """(categories, when loaded, created_ts) as last loaded, None while unknown; an unknown item, or one due for
         a re-read (:meth:`_old`), is named for the next reload."""
         entry = self._entries.get(item)
-        if (
-            (entry is None or (now - entry[1] > self._due_s and self._old(item, entry, now)))
-            and len(self.wanted) < CATEGORY_BATCH
-        ):  # fmt: skip
+        due = entry is None or (now - entry[1] > self._unfirsted_s and self._old(item, entry, now))
+        if due and len(self.wanted) < CATEGORY_BATCH:
             self.wanted.add(item)
         return entry
 
@@ -192,7 +191,7 @@ class Categories:
         its categories (after a restart, the cache of a large catalogue takes a while to fill)."""
         found = list(map(self._entries.get, items))
         wanted, unknown = self.wanted, found.count(None)
-        due, old = self._due_s, self._old
+        due, old = self._unfirsted_s, self._old
         stale = [i for i, e in zip(items, found, strict=True) if e is None or (now - e[1] > due and old(i, e, now))]
         for item in stale:  # named until the batch is full
             if len(wanted) >= CATEGORY_BATCH:
