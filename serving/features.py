@@ -30,13 +30,12 @@ reload (serving/snapshot.ItemColumns); a page computes only what needs the user.
   the history it was replayed with: its items are not new), reads as graduated by age (ln 2); any other creation
   time after the clock (a producer's clock a little ahead, an item newer than the reader's last pool reload) reads
   as 0, new. While the clock stands (a dataset without timestamps: every event at one instant, snapshot.counted),
-  an item created at that instant is aged in events instead: ln(1 + P·max_p(n_p − f_p) / N), n_p the events applied
-  from events partition p, f_p the count there at the item's first event (the workers' ``first:<topic>:<p>``), P
-  the partitions and N ``pool.graduate_standing_events``: the events applied since its first one, estimated from
-  the partition that saw it longest (each term a function of one partition's log, so a rebuild reads the same).
-  Without it every item reads 0 and a much-rated item loses the brake its age puts on it: on MovieLens shuffled and
-  without a clock the served feed was at 97.7% of the candidate list's HR@10, with it at 98.7–99.0%
-  (BENCHMARKS.md, "The age in events");
+  an item created at that instant is aged in events instead: ln(1 + max(n − f, 0) / N), n the events applied, f
+  its first event as a count of them (the workers' ``first``: the least over events partitions p of P × p's events
+  before the item's first one there, each a function of one partition's log, so a rebuild writes the same) and N
+  ``pool.graduate_standing_events``. Without it every item reads 0 and a much-rated item loses the brake its age
+  puts on it: on MovieLens shuffled and without a clock the served feed was at 97.7% of the candidate list's HR@10,
+  with it at NNN (BENCHMARKS.md, "The age in events");
 * ``category_affinity`` — the share of the user's recent category weight (history, else seen items,
   else the onboarding picks) on the item's categories, in [0, 1]: what the user's history holds;
 * ``category_lift`` — the mean over the item's categories of the user's lift in each (:func:`category_lift`): how
@@ -154,8 +153,8 @@ def _ages(now_ms: int | None, unit_ms: float) -> dict[int, float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _event_ages(counted: tuple[int, ...], unit: int) -> dict[str, float | None]:
-    """item → rounded ``pool_age`` in events at these counts (None: never in an event), filled by the pages that ask,
+def _event_ages(counted: int, unit: int) -> dict[str, float | None]:
+    """item → rounded ``pool_age`` in events at this count (None: never in an event), filled by the pages that ask,
     as :func:`_ages` keeps them per clock."""
     return {}
 
@@ -275,21 +274,21 @@ class PageFeatures:
         out[:, COLUMN["warm"]] = self._warm
         return out
 
-    def _aged(self, items: Sequence[str], created: list[int | None], counted: tuple[int, ...]) -> list[float]:
+    def _aged(self, items: Sequence[str], created: list[int | None], counted: int) -> list[float]:
         """``pool_age`` while the clock stands: an item created at the standing instant aged in events (module
-        docstring), once per item and counts (:func:`_event_ages`); any other, or one never in an event, as
+        docstring), once per item and count (:func:`_event_ages`); any other, or one never in an event, as
         :meth:`_pool_ages` ages it."""
         ages, now_ms = self._pool_ages(created), self._now_ms
-        memo, firsts, log1p = _event_ages(counted, self._unit_events), self._categories.firsts, math.log1p
+        memo, first_of, log1p = _event_ages(counted, self._unit_events), self._categories.first, math.log1p
         if len(memo) > AGES_MAX:
             memo.clear()
-        scale = len(counted) / self._unit_events
         for k, c in enumerate(created):
             if c != now_ms:
                 continue
             if (age := memo.get(items[k], _MISSED)) is _MISSED:
-                spans = [n - f for n, f in zip(counted, firsts(items[k]), strict=False) if f is not None]
-                age = memo[items[k]] = rounded_value(log1p(max(*spans, 0) * scale)) if spans else None
+                first = first_of(items[k])
+                age = None if first is None else rounded_value(log1p(max(counted - first, 0) / self._unit_events))
+                memo[items[k]] = age
             if age is not None:
                 ages[k] = age
         return ages

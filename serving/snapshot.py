@@ -149,9 +149,9 @@ class Categories:
         self._entries: dict[str, tuple[tuple[str, ...], float, int | None]] = {}
         self._features: dict[str, Mapping[str, float]] = {}
         """Only items that have features: most catalogues give few items any."""
-        self._firsts: dict[str, tuple[int | None, ...]] = {}
-        """item → where it came first in each events partition (the workers' ``first:<topic>:<p>``), for items
-        with any: its age in events while the clock stands (serving/features.py)."""
+        self._firsts: dict[str, int] = {}
+        """item → its first event as a count of all events (the workers' ``first``), for items with one: its age in
+        events while the clock stands (serving/features.py)."""
         self.known: Counter[str] = Counter()
         """category → how many cached items carry it (a category no cached item carries is not in it)."""
         self.wanted: set[str] = set()
@@ -218,10 +218,9 @@ class Categories:
         """The item's features as last loaded (empty when it has none or is unknown: see :meth:`get`)."""
         return self._features.get(item, {})
 
-    def firsts(self, item: str) -> tuple[int | None, ...]:
-        """Where the item came first in each events partition, by partition (None: not there), as last loaded;
-        empty when unknown or never in an event."""
-        return self._firsts.get(item, ())
+    def first(self, item: str) -> int | None:
+        """The item's first event as a count of all events, as last loaded; None when unknown or never in one."""
+        return self._firsts.get(item)
 
     def put(
         self,
@@ -230,14 +229,14 @@ class Categories:
         now: float,
         created: int | None = None,
         features: Mapping[str, float] | None = None,
-        firsts: tuple[int | None, ...] = (),
+        first: int | None = None,
     ) -> None:
         self._forget(item)  # re-insert at the end: the dict's order is the eviction order
         self._entries[item] = (categories, now, created)
         if features:
             self._features[item] = features
-        if any(first is not None for first in firsts):
-            self._firsts[item] = firsts
+        if first is not None:
+            self._firsts[item] = first
         self.known.update(categories)
         self.wanted.discard(item)
         if len(self._entries) > CATEGORY_CACHE_MAX:
@@ -350,8 +349,8 @@ class Snapshot:
     last score when the list is full (the item ranks below it)."""
     clock_ms: int | None = None
     """The newest applied event's timestamp (``clock``): the now of item ages, in event time."""
-    counted: tuple[int, ...] | None = None
-    """Each events partition's applied events (``counted``) while the clock stands (``clock:events`` at least
+    counted: int | None = None
+    """The events applied (the sum of ``counted``) while the clock stands (``clock:events`` at least
     ``pool.graduate_standing_events``: a dataset without timestamps), else None: the now of item ages in events."""
     ranker: RankerState = field(default_factory=RankerState)
     loaded: bool = False
@@ -382,7 +381,6 @@ class SnapshotLoader:
         self._ranker_keys = [
             self.keys.ranker(settings.kafka.events_topic, p) for p in range(settings.kafka.events_partitions)
         ]
-        self._partitions = [f"{settings.kafka.events_topic}:{p}" for p in range(settings.kafka.events_partitions)]
         started = time.monotonic()
         metrics.RANKER_WEIGHTS_AGE.set_function(lambda: time.monotonic() - (snapshot.ranker.changed_at or started))
 
@@ -437,7 +435,7 @@ class SnapshotLoader:
             ("SMEMBERS", k("segments")),
             ("GET", k("clock")),
             ("GET", k("clock:events")),
-            ("HMGET", k("counted"), *self._partitions),
+            ("HVALS", k("counted")),
             *(("GET", key) for key in self._ranker_keys),  # one GET each: on a cluster each is in its own slot
         ]
         if popular_due:
@@ -455,16 +453,16 @@ class SnapshotLoader:
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]
         commands = [("HMGET", k.item(item), "categories", "created_ts", "features") for item in wanted]
         if wanted:
-            commands += [("HMGET", k(f"first:{tp}"), *wanted) for tp in self._partitions]
+            commands.append(("HMGET", k("first"), *wanted))
         if created:
             commands += [("HMGET", k("views"), *created), ("HMGET", k("clicks"), *created)]
         replies = iter(await self.redis.execute(*commands) if commands else [])
         rows = [next(replies) for _ in wanted]
-        by_partition = [next(replies) for _ in self._partitions] if wanted else []
-        for k_item, (item, (categories, created_ts, features)) in enumerate(zip(wanted, rows, strict=True)):
+        firsts = next(replies) if wanted else []
+        for item, (categories, created_ts, features), first in zip(wanted, rows, firsts, strict=True):
             categories = tuple(dict.fromkeys(c for c in (categories or "").split(",") if c and c.isascii()))
-            firsts = tuple(stored_integer(column[k_item]) for column in by_partition)
-            snap.categories.put(item, categories, now, stored_integer(created_ts), _features(features), firsts)
+            entry = stored_integer(created_ts), _features(features), stored_integer(first)
+            snap.categories.put(item, categories, now, *entry)
 
         unavailable = frozenset(unavailable_raw)
         views, clicks = (next(replies), next(replies)) if created else ([], [])
@@ -497,11 +495,11 @@ class SnapshotLoader:
         states = [None if value is None else value.encode("utf-8", "surrogateescape") for value in raw]
         return self.snapshot.ranker.refreshed(states, now)
 
-    def _counted(self, at_clock: str | None, raw: list[str | None]) -> tuple[int, ...] | None:
-        """:attr:`Snapshot.counted` from ``clock:events`` and the partitions' counts (one not stored yet: 0)."""
+    def _counted(self, at_clock: str | None, counts: list[str]) -> int | None:
+        """:attr:`Snapshot.counted` from ``clock:events`` and the partitions' counts (one that is no count: 0)."""
         if (stored_integer(at_clock) or 0) < self.settings.pool.graduate_standing_events:
             return None
-        return tuple(stored_integer(n) or 0 for n in raw)
+        return sum(stored_integer(n) or 0 for n in counts)
 
     def _prior(self, prior: str | None) -> float:
         """The quantized global CTR the workers scored with (``prior``); the configured default before any, and for a

@@ -22,8 +22,9 @@ key                          type    holds
 ``graduated``                set     items that left the pool (by views, age or a standing clock)
 ``clock``                    string  the largest event timestamp applied (event time)
 ``clock:events``             string  events applied at ``clock``'s instant (a standing clock graduates the pool)
-``counted``                  hash    ``topic:partition`` → events applied from that events partition
-``first:<topic>:<p>``        hash    item → that partition's ``counted`` at the item's first event there
+``counted``                  hash    events partition (its number) → the events applied from it
+``first``                    hash    item → its first event as a count of all events, estimated: the least over events
+                                     partitions p of P × p's ``counted`` before its first event there (P partitions)
 ``item:<i>``                 hash    ``categories`` (comma list), ``created_ts``, ``available``, ``features`` (JSON)
 ``unavailable``              set     items hidden from every ranking and list
 ``user:seg``                 hash    user → segment

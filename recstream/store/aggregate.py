@@ -41,13 +41,13 @@ class CounterDeltas:
     at_clock: int = 0
     """Events stamped at ``clock`` itself (capped as it is): the batch script counts them per instant, and a clock
     that stands still for ``pool.graduate_standing_events`` of them measures no age (apply_batch.lua, step 7)."""
-    counted: dict[str, int] = field(default_factory=dict)
-    """``topic:partition`` → the batch's events from it. The script adds them to the partition's count (key
+    counted: dict[int, int] = field(default_factory=dict)
+    """Events partition → the batch's events from it. The script adds them to the partition's count (key
     ``counted``): the events applied from one partition, a function of its log alone, whatever the batches."""
-    firsts: dict[str, dict[str, int]] = field(default_factory=dict)
-    """``topic:partition`` → item → the partition's events in the batch before the item's first one there. Added to
-    the count held before the batch, it is where the item came first in the partition, whatever the batches: the
-    item's age in events while the clock stands (serving/features.py, ``pool_age``)."""
+    firsts: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Events partition → item → the partition's events in the batch before the item's first one there. Added to
+    the count held before the batch, it is where the item came first in the partition, whatever the batches: what
+    the item's age in events while the clock stands is estimated from (apply_batch.lua step 3b, serving/features.py)."""
 
 
 def aggregate(
@@ -76,7 +76,8 @@ def aggregate(
     otherwise move the clock forward for good. A cap per event, not per batch, keeps the clock
     independent of batch cuts.
 
-    ``partitions``, each event's (topic, partition), gives :attr:`CounterDeltas.counted` and ``firsts``.
+    ``partitions``, each event's (topic, partition) of the events topic, gives :attr:`CounterDeltas.counted` and
+    ``firsts``, by partition number.
 
     >>> from recstream.contracts.events import Event
     >>> e = [Event(type=t, user_id="u", item_id="i", ts=10**12 + k) for k, t in enumerate(["view", "click"])]
@@ -91,7 +92,7 @@ def aggregate(
     ({'j': [0, 0, 1000000000000]}, {}, {'u': {'j': 1000000000000}}, {})
     >>> d = aggregate(e + e[:1], {}, 3_600_000, 8, partitions=[("events", 1), ("events", 0), ("events", 0)])
     >>> d.counted, d.firsts  # "i" came first in partition 0 at its batch's first event of it (the click)
-    ({'events:1': 1, 'events:0': 2}, {'events:1': {'i': 0}, 'events:0': {'i': 0}})
+    ({1: 1, 0: 2}, {1: {'i': 0}, 0: {'i': 0}})
     """
     deltas = CounterDeltas()
     if not events:
@@ -157,16 +158,15 @@ def _count_partitions(
 ) -> None:
     """Fill ``counted`` and ``firsts``: each event's position among its partition's events of the batch (a stable
     sort by partition), and for each (partition, item) the position of its first event, the least one."""
-    names, part = _codes(list(partitions))
+    names, part = _codes([number for _, number in partitions])
     sizes = np.bincount(part, minlength=len(names))
     order = np.argsort(part, kind="stable")
     position = np.empty(len(part), dtype=np.int64)
     position[order] = np.arange(len(part)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     first, _ = _first_seen(part * len(item_names) + item)
-    tp = [f"{topic}:{number}" for topic, number in names]
-    deltas.counted = dict(zip(tp, sizes.tolist(), strict=True))
+    deltas.counted = dict(zip(names, sizes.tolist(), strict=True))
     of = part[first]
-    for k, name in enumerate(tp):
+    for k, name in enumerate(names):
         mine = first[of == k]
         deltas.firsts[name] = dict(
             zip(map(item_names.__getitem__, item[mine].tolist()), position[mine].tolist(), strict=True)

@@ -203,6 +203,7 @@ refusal = checked(function()
   integer(cfg.dedup_window_ms, 'cfg.dedup_window_ms', 0)  -- 0: no de-duplication (the worker sends no ids)
   integer(cfg.graduate_age_ms, 'cfg.graduate_age_ms', 0)
   integer(cfg.graduate_standing_events, 'cfg.graduate_standing_events', 1)
+  integer(cfg.events_partitions, 'cfg.events_partitions', 1)
   integer(cfg.seen_cap, 'cfg.seen_cap', 0)
   integer(cfg.rescore_items, 'cfg.rescore_items', 1)  -- HSCAN's COUNT
   if p.shared then
@@ -246,22 +247,35 @@ refusal = checked(function()
       old_views[k] = held_views[k]
       if not held_views[k] then expect(P .. 'item:' .. it[1], 'hash') end
     end
-    -- step 3b: each events partition's count, and the items that come first in it here (not stored yet)
-    if #p.counted > 0 then expect(P .. 'counted', 'hash') end
-    for c, row in ipairs(p.counted) do  -- {topic:partition, events, {item, ...}, {its events before each one, ...}}
-      local key = P .. 'first:' .. text(row[1], 'a counted partition')
-      expect(key, 'hash')
-      local held = redis.call('HGET', P .. 'counted', row[1])
+    -- step 3b: each events partition's count, and each item's first event as a count of the whole stream,
+    -- estimated from each partition the batch has it in: partitions × that partition's events before it there
+    if #p.counted > 0 then
+      expect(P .. 'counted', 'hash')
+      expect(P .. 'first', 'hash')
+    end
+    local least, listed_items = {}, {}
+    for c, row in ipairs(p.counted) do  -- {events partition, events, {item, ...}, {its events before each one, ...}}
+      local held = redis.call('HGET', P .. 'counted', text(row[1], 'a counted partition'))
       counted_held[c] = held and integer(tonumber(held), P .. 'counted ' .. row[1], 0) or 0
       integer(counted_held[c] + integer(row[2], 'the events of ' .. row[1], 0), 'the count of ' .. row[1], 0)
-      local stored, args = hmget(key, row[3]), {}
       for j, item in ipairs(row[3]) do
-        if not stored[j] then
-          args[#args + 1] = text(item, 'an item id')
-          args[#args + 1] = counted_held[c] + integer(row[4][j], 'the first event of ' .. quoted(item), 0)
+        local before = integer(row[4][j], 'the first event of ' .. quoted(text(item, 'an item id')), 0)
+        local at = cfg.events_partitions * (counted_held[c] + before)
+        if not least[item] then
+          listed_items[#listed_items + 1] = item
+          least[item] = at
+        elseif at < least[item] then
+          least[item] = at
         end
       end
-      first_args[c] = args
+    end
+    local stored = hmget(P .. 'first', listed_items)
+    for k, item in ipairs(listed_items) do  -- the least stays: a stored value that is no number is replaced
+      local held = tonumber(stored[k])
+      if not held or held - held ~= 0 or least[item] < held then
+        first_args[#first_args + 1] = item
+        first_args[#first_args + 1] = least[item]
+      end
     end
     for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
       local key = P .. 'seg:' .. seg[1] .. ':'
@@ -481,13 +495,11 @@ for k, it in ipairs(p.items) do  -- the counts step 1b read and added up
 end
 many('HSET', P .. 'views', views_args)
 many('HSET', P .. 'clicks', clicks_args)
--- 3b. an item's first event in each events partition, as that partition's events applied before it: a function of
--- the partition's log alone (only an item not stored yet is written), so a rebuild, cut into other batches, writes
--- the same. One hash per partition, not a field of each item's hash: two calls a partition, not one an item
-for c, row in ipairs(p.counted) do
-  many('HSET', P .. 'first:' .. row[1], first_args[c])
-  redis.call('HSET', P .. 'counted', row[1], counted_held[c] + row[2])
-end
+-- 3b. each events partition's count, and each item's first event estimated as the least over partitions of
+-- partitions × the partition's events before the item's first one there: each candidate a function of one
+-- partition's log, and the least of them whatever the order, so a rebuild, cut into other batches, writes the same
+for c, row in ipairs(p.counted) do redis.call('HSET', P .. 'counted', row[1], counted_held[c] + row[2]) end
+many('HSET', P .. 'first', first_args)
 for s, seg in ipairs(p.segs) do  -- {segment, {{item, {views, clicks}}, ...}}
   local key = P .. 'seg:' .. seg[1] .. ':'
   redis.call('SADD', P .. 'segments', seg[1])

@@ -158,6 +158,7 @@ class StateStore:
             "graduate_views": settings.pool.graduate_views,
             "graduate_age_ms": settings.pool.graduate_age_s * 1000,
             "graduate_standing_events": settings.pool.graduate_standing_events,
+            "events_partitions": settings.kafka.events_partitions,
             "seen_cap": settings.worker.seen_cap,
             "item_users_cap": settings.pool.fold_in_users,
             "dedup_window_ms": settings.worker.dedup_window_s * 1000,
@@ -383,9 +384,9 @@ class StateStore:
             ]
             payload["items"] = list(c.items.items())
             payload["counted"] = [
-                (tp, n, list(firsts), list(firsts.values()))
-                for tp, n in c.counted.items()
-                for firsts in (c.firsts.get(tp, {}),)
+                (str(partition), n, list(firsts), list(firsts.values()))
+                for partition, n in c.counted.items()
+                for firsts in (c.firsts.get(partition, {}),)
             ]
             payload["segs"] = [(s, list(counts.items())) for s, counts in c.segments.items()]
             payload["totals"] = list(c.totals.items())

@@ -102,26 +102,25 @@ def test_a_creation_time_far_past_the_clock_reads_graduated_outside_the_pool():
 @pytest.mark.parametrize("standing", [False, True])
 def test_while_the_clock_stands_an_item_created_at_its_instant_is_aged_in_events(standing: bool):
     """A dataset without timestamps puts every event at one instant, where every item's age in time is 0. While the
-    clock stands (the snapshot holds each events partition's count), an item created at the instant reads
-    ln(1 + P·max_p(n_p − f_p) / N): "old" came first at 1,000 of partition 0's 6,000 events and at 500 of partition
-    1's 4,000, so 2 · max(5,000, 3,500) / 20,000 = 0.5 (a first past the count, read before it, adds nothing); an item
-    created earlier keeps its age in time; one never in an event, or any item while the clock moves, reads as
-    before."""
+    clock stands (the snapshot holds the events applied, n), an item created at the instant reads ln(1 + (n − f) / N),
+    f its first event as a count of them: "old" came first at 2,000 of 10,000, so 8,000 / 20,000 = 0.4 (a first past
+    the count, read after it, reads 0); an item created earlier keeps its age in time; one never in an event, or any
+    item while the clock moves, reads as before."""
     user, snap = warm_user(), snapshot()
-    snap.categories.put("old", ("news",), now=0.0, created=CLOCK_MS, firsts=(1_000, 500))
-    snap.categories.put("late", ("news",), now=0.0, created=CLOCK_MS, firsts=(None, 4_100))
+    snap.categories.put("old", ("news",), now=0.0, created=CLOCK_MS, first=2_000)
+    snap.categories.put("late", ("news",), now=0.0, created=CLOCK_MS, first=10_100)
     snap.categories.put("unseen", ("news",), now=0.0, created=CLOCK_MS)
-    snap.categories.put("earlier", ("news",), now=0.0, created=CLOCK_MS - 2 * HOUR_MS, firsts=(0, 0))
-    snap.counted = (6_000, 4_000) if standing else None
+    snap.categories.put("earlier", ("news",), now=0.0, created=CLOCK_MS - 2 * HOUR_MS, first=0)
+    snap.counted = 10_000 if standing else None
     items = ["old", "late", "unseen", "earlier"]
     ages = page_features(user, snap).rows(items)[:, FEATURES.index("pool_age")]
     in_time = [0.0, 0.0, 0.0, rounded_value(math.log1p(2 / 48))]
-    assert ages.tolist() == ([rounded_value(math.log1p(0.5)), 0.0, *in_time[2:]] if standing else in_time)
-    if standing:  # memoized per item and counts: the same page again reads the same, other counts anew
+    assert ages.tolist() == ([rounded_value(math.log1p(0.4)), 0.0, *in_time[2:]] if standing else in_time)
+    if standing:  # memoized per item and count: the same page again reads the same, another count anew
         assert page_features(user, snap).rows(items)[:, FEATURES.index("pool_age")].tolist() == ages.tolist()
-        snap.counted = (6_000, 14_100)
+        snap.counted = 30_100
         again = page_features(user, snap).rows(items)[:, FEATURES.index("pool_age")]
-        assert again[:2].tolist() == [rounded_value(math.log1p(1.36)), rounded_value(math.log1p(1.0))]
+        assert again[:2].tolist() == [rounded_value(math.log1p(1.405)), rounded_value(math.log1p(1.0))]
 
 
 def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values():

@@ -167,7 +167,7 @@ def test_while_the_clock_stands_an_item_without_a_first_event_is_read_again_with
     item while the clock moves, once CATEGORY_MAX_AGE_S old. Every lookup names the same items."""
     categories = Categories()
     categories.put("unseen", ("news",), now=0.0)
-    categories.put("seen", ("news",), now=0.0, firsts=(3, None))
+    categories.put("seen", ("news",), now=0.0, first=3)
     categories.standing(standing)
 
     def due(now: float) -> set[str]:
@@ -291,27 +291,25 @@ async def test_a_reload_reads_the_partitions_counts_while_the_clock_stands(
     isolated_settings: Settings, at_clock: int, standing: bool
 ) -> None:
     """Once ``pool_graduate_standing_events`` events were applied at the clock's instant (the limit, not one fewer),
-    the snapshot holds each events partition's count (a partition nothing was counted from yet: 0), the now of item
-    ages in events; and each item read holds where it came first in each partition (None where it never did), and
-    one never in an event (a bad stored value counts as none) holds none."""
-    settings = isolated_settings.replace(pool_graduate_standing_events=STANDING, events_partitions=3)
-    k, topic = Keys.of(settings), settings.kafka.events_topic
+    the snapshot holds the events applied, the sum of the partitions' counts (one that is no count: 0), the now of
+    item ages in events; and
+    each item read holds its first event, and one never in an event (a bad stored value counts as none) holds none."""
+    settings = isolated_settings.replace(pool_graduate_standing_events=STANDING)
+    k = Keys.of(settings)
     client = redis.Redis.from_url(settings.redis.url)
     client.mset({k("clock"): 1_000, k("clock:events"): at_clock})
-    client.hset(k("counted"), mapping={f"{topic}:0": 40, f"{topic}:2": 7})
+    client.hset(k("counted"), mapping={"0": 40, "2": 7, "3": "x"})
     client.zadd(k("pool"), {"seen": 1_000, "announced": 1_000})
     for item in ("seen", "announced"):
         client.hset(k.item(item), mapping={"categories": "news", "created_ts": 1_000})
-    client.hset(k(f"first:{topic}:0"), "seen", 12)
-    client.hset(k(f"first:{topic}:1"), "announced", "x")
-    client.hset(k(f"first:{topic}:2"), "seen", 0)
+    client.hset(k("first"), mapping={"seen": 12, "announced": "x"})
     client.close()
     feeds = RedisClient(settings.redis.url, timeout_s=5.0, connections=1)
     snapshot = Snapshot()
     await SnapshotLoader(feeds, settings, snapshot).refresh()
     await feeds.close()
-    assert snapshot.counted == ((40, 0, 7) if standing else None)
-    assert snapshot.categories.firsts("seen") == (12, None, 0) and snapshot.categories.firsts("announced") == ()
+    assert snapshot.counted == (47 if standing else None)
+    assert snapshot.categories.first("seen") == 12 and snapshot.categories.first("announced") is None
 
 
 class FailsOnSegments:

@@ -212,8 +212,8 @@ def _two_batches(settings: Settings) -> tuple[Effect, Effect]:
         trend={"views:1": {"i1": 1_000}},
         seen={"u1": {"i1": T0}},
         clock=T0,
-        counted={tp: 3},
-        firsts={tp: {"i1": 0, "i2": 2}},
+        counted={0: 3},
+        firsts={0: {"i1": 0, "i2": 2}},
     )
     first.user_segments = {"u1": "s1"}
     first.event_ids = {tp: {"u1:e1": T0}}
@@ -225,8 +225,8 @@ def _two_batches(settings: Settings) -> tuple[Effect, Effect]:
         trend={"views:1": {"i1": 1_000, "i3": 500}},
         seen={"u1": {"i3": T0 + 1}, "u2": {"i4": T0 + 1}},
         clock=T0 + 1,
-        counted={tp: 4},
-        firsts={tp: {"i1": 0, "i3": 1, "i4": 2}},
+        counted={0: 4},
+        firsts={0: {"i1": 0, "i3": 1, "i4": 2}},
     )
     second.user_segments = {"u2": "s1"}
     second.event_ids = {tp: {"u1:e2": T0 + 1, "u2:e3": T0 + 1}}
@@ -243,7 +243,7 @@ WRONG_TYPES = {
     "user's seen set": (lambda keys, topic: keys.user("u2", "seen"), "zset"),
     "event ids": (lambda keys, topic: keys.event_ids(topic, 0), "zset"),
     "events counted per partition": (lambda keys, topic: keys("counted"), "hash"),
-    "items' first events in a partition": (lambda keys, topic: keys(f"first:{topic}:0"), "hash"),
+    "items' first events": (lambda keys, topic: keys("first"), "hash"),
 }
 
 
@@ -367,19 +367,21 @@ async def test_an_erasure_of_another_user_costs_no_cached_history_whoever_reads_
         await client.aclose()
 
 
-# events of two partitions, in the order a worker might apply them: partition 0 sees a, b, a, c; partition 1 c, c, a
-STREAM = [(0, "a"), (1, "c"), (0, "b"), (1, "c"), (0, "a"), (0, "c"), (1, "a")]
+# events of two partitions, in the order a worker might apply them: partition 0 sees d, a, c; partition 1 c, c, c, d, a
+STREAM = [(1, "c"), (1, "c"), (1, "c"), (1, "d"), (0, "d"), (0, "a"), (1, "a"), (0, "c")]
 
 
-@pytest.mark.parametrize("cuts", [(7,), (1, 1, 1, 1, 1, 1, 1), (2, 5), (3, 1, 3)])
+@pytest.mark.parametrize("cuts", [(8,), (1,) * 8, (4, 4), (3, 1, 4), (5, 3)])
 async def test_an_item_s_first_event_in_each_partition_is_counted_whatever_the_batches(
     isolated_settings: Settings, cuts: tuple[int, ...]
 ):
-    """Each events partition's count of applied events (``counted``) and, per item, that count at its first event in
-    the partition (hash ``first:<topic>:<p>``: the item's age in events while the clock stands, serving/features.py)
-    are functions of each partition's log alone: the same however the stream is cut into batches, so ``recstream
-    rebuild`` writes what the live workers did. An item's later events in a partition leave its first alone."""
-    settings = isolated_settings
+    """Each events partition's count of applied events (``counted``) and each item's first event as a count of all
+    events (``first``: its age in events while the clock stands, serving/features.py), estimated as the least over
+    partitions of 2 partitions × the partition's events before the item's first one there: d 2 · min(3, 0), a
+    2 · min(1, 4), c 2 · min(0, 2). Each is a function of the partitions' logs alone, the same however the stream is
+    cut into batches (a batch that sees d only in partition 1 stores 6, the next lowers it to 0), so ``recstream
+    rebuild`` writes what the live workers did. An item's later events leave its first alone."""
+    settings = isolated_settings.replace(events_partitions=2)
     topic, keys, client = settings.kafka.events_topic, Keys.of(settings), redis.Redis.from_url(settings.redis.url)
     applied = {0: -1, 1: -1}  # each event a message: a partition's offsets count its events
     for start, size in zip(itertools.accumulate(cuts, initial=0), cuts, strict=False):
@@ -392,9 +394,8 @@ async def test_an_item_s_first_event_in_each_partition_is_counted_whatever_the_b
         effect.counters = aggregate(events, {}, 3_600_000, 8, partitions=[(topic, p) for p, _ in batch])
         await apply(settings, effect)
         applied = offsets
-    assert client.hgetall(keys("counted")) == {f"{topic}:0".encode(): b"4", f"{topic}:1".encode(): b"3"}
-    firsts = [client.hgetall(keys(f"first:{topic}:{p}")) for p in (0, 1)]
-    assert firsts == [{b"a": b"0", b"b": b"1", b"c": b"3"}, {b"c": b"0", b"a": b"2"}]
+    assert client.hgetall(keys("counted")) == {b"0": b"3", b"1": b"5"}
+    assert client.hgetall(keys("first")) == {b"d": b"0", b"a": b"2", b"c": b"0"}
     client.close()
 
 
@@ -406,16 +407,16 @@ async def test_a_stored_count_that_is_no_count_refuses_the_batch_with_nothing_wr
     fraction, no number) refuses before the first write, as every other stored number does."""
     settings = isolated_settings
     keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
-    tp = f"{settings.kafka.events_topic}:0"
-    client.hset(keys("counted"), tp, held)
+    client.hset(keys("counted"), "0", held)
     first, _ = _two_batches(settings)
     if refused:
-        with pytest.raises(redis.exceptions.ResponseError, match=f"RECSTREAM_STATE rs:counted {tp}"):
+        with pytest.raises(redis.exceptions.ResponseError, match="RECSTREAM_STATE rs:counted 0 is"):
             await apply(settings, first)
-        assert client.hget(keys("counted"), tp) == held.encode() and not client.exists(keys("views"))
+        assert client.hget(keys("counted"), "0") == held.encode() and not client.exists(keys("views"))
     else:
         await apply(settings, first)
-        assert client.hget(keys("counted"), tp) == b"3" and client.hget(keys(f"first:{tp}"), "i2") == b"2"
+        at = str(2 * settings.kafka.events_partitions).encode()  # partitions × the 2 events before it
+        assert client.hget(keys("counted"), "0") == b"3" and client.hget(keys("first"), "i2") == at
     client.close()
 
 

@@ -295,15 +295,14 @@ async def test_a_standing_clock_graduates_the_pool_and_says_so(isolated_settings
     wait_until(lambda: client.zcard("rs:pool") == 0, what="the pool graduated at the limit")
     assert metric_sum(worker.metrics(), "recstream_worker_event_clock_standing") == 1
     assert "the event clock has stood at one instant for 20 events" in worker.log.read_text()
-    # what ages an item while the clock stands (serving/features.py): each partition's events, and where each item
-    # came first in them: i0 first in every partition its viewers are in, i1 after the limit − 1 views of its own
-    topic, n = settings.kafka.events_topic, settings.kafka.events_partitions
+    # what ages an item while the clock stands (serving/features.py): each partition's events, and each item's first
+    # event: i0 first in every partition its viewers are in, i1 after the limit − 1 views in its viewer's partition
+    n = settings.kafka.events_partitions
     viewers = Counter(partition_for(f"u{k}", n) for k in range(standing - 1))
     last = partition_for("u-last", n)
-    assert client.hget(f"rs:first:{topic}:{last}", "i1") == str(viewers[last]).encode()
-    assert all(client.hget(f"rs:first:{topic}:{p}", "i0") == b"0" for p in viewers)
+    assert client.hgetall("rs:first") == {b"i0": b"0", b"i1": str(n * viewers[last]).encode()}
     viewers[last] += 1
-    assert client.hgetall("rs:counted") == {f"{topic}:{p}".encode(): str(c).encode() for p, c in viewers.items()}
+    assert client.hgetall("rs:counted") == {str(p).encode(): str(c).encode() for p, c in viewers.items()}
     await publish(settings, events=[Event(type="view", user_id="u1", item_id="i2", ts=T0 + 1)])
     await publish(
         settings, items=[ItemEvent(op="new", item_id="new", ts=T0 + 1, created_ts=T0 + 1, categories=["news"])]
