@@ -153,9 +153,9 @@ def _ages(now_ms: int | None, unit_ms: float) -> dict[int, float]:
 
 
 @functools.lru_cache(maxsize=4)
-def _event_ages(counted: int, unit: int) -> dict[str, float | None]:
-    """item → rounded ``pool_age`` in events at this count (None: never in an event), filled by the pages that ask,
-    as :func:`_ages` keeps them per clock."""
+def _event_ages(counted: int, unit: int) -> dict[str, float]:
+    """item → rounded ``pool_age`` in events at this count, filled by the pages that ask, as :func:`_ages` keeps them
+    per clock; an item whose first event is not cached yet is not kept (its entry is read again within a second)."""
     return {}
 
 
@@ -239,7 +239,8 @@ class PageFeatures:
         reload) with one lookup per item; the user's own (``als_rank``, ``personal``) come from their candidate
         positions in one pass; only ``fresh``, ``pool_age`` and the two category features need an item's categories or
         creation time, one Python pass each (``math`` as the per-item formulas have it: the same bits), ``pool_age``
-        computed once per creation time and clock, the category features once per distinct category set.
+        computed once per creation time and clock (per item and count while the clock stands), the category features
+        once per distinct category set.
         """
         n, columns = len(items), self._columns
         at = np.fromiter(map(columns.index.get, items, itertools.repeat(len(columns.index))), np.intp, n)
@@ -285,10 +286,8 @@ class PageFeatures:
         for k, c in enumerate(created):
             if c != now_ms:
                 continue
-            if (age := memo.get(items[k], _MISSED)) is _MISSED:
-                first = first_of(items[k])
-                age = None if first is None else rounded_value(log1p(max(counted - first, 0) / self._unit_events))
-                memo[items[k]] = age
+            if (age := memo.get(items[k])) is None and (first := first_of(items[k])) is not None:
+                age = memo[items[k]] = rounded_value(log1p(max(counted - first, 0) / self._unit_events))
             if age is not None:
                 ages[k] = age
         return ages

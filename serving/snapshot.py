@@ -58,9 +58,10 @@ The cost of a reload grows with it: ~2 ms per segment at 500."""
 CATEGORY_MAX_AGE_S = 60.0
 """A cached item's categories are re-read once this old, so an item update reaches the filters."""
 FIRSTS_MAX_AGE_S = 1.0
-"""While the clock stands, a cached item without a first event is re-read once this old: its first event is its
-age in events (serving/features.py), and an item cached before it (announced, then viewed) would read new for a
-minute."""
+"""While the clock stands, a cached item created at its instant without a first event is re-read once this old: its
+first event is its age in events (serving/features.py), and an item cached before it (announced, then viewed) would
+read new for a minute. One cached with a first event keeps it up to CATEGORY_MAX_AGE_S, though a lagging partition
+may lower it meanwhile: the item reads a little younger until then."""
 CATEGORY_BATCH = 2_000
 CATEGORY_CACHE_MAX = 500_000
 BACKGROUND_TIMEOUT_S = 2.0
@@ -156,12 +157,16 @@ class Categories:
         """category → how many cached items carry it (a category no cached item carries is not in it)."""
         self.wanted: set[str] = set()
         self._unfirsted_s = CATEGORY_MAX_AGE_S
-        """How old an entry without a first event may be (:meth:`standing`), never more than CATEGORY_MAX_AGE_S."""
+        """How old an entry created at the standing instant without a first event may be (:meth:`standing`), never
+        more than CATEGORY_MAX_AGE_S."""
+        self._instant: int | None = None
 
-    def standing(self, standing: bool) -> None:
-        """Whether the clock stands (set by each reload): then an item cached without a first event is due for a
-        re-read after FIRSTS_MAX_AGE_S, any other after CATEGORY_MAX_AGE_S."""
-        self._unfirsted_s = FIRSTS_MAX_AGE_S if standing else CATEGORY_MAX_AGE_S
+    def standing(self, instant: int | None) -> None:
+        """The instant the clock stands at, None while it moves (set by each reload): while it stands, an item
+        created at that instant and cached without a first event is due for a re-read after FIRSTS_MAX_AGE_S (only
+        those are aged in events), any other after CATEGORY_MAX_AGE_S."""
+        self._instant = instant
+        self._unfirsted_s = CATEGORY_MAX_AGE_S if instant is None else FIRSTS_MAX_AGE_S
 
     def _old(self, item: str, entry: tuple[tuple[str, ...], float, int | None] | None, now: float) -> bool:
         """Due for a re-read: unknown, or loaded longer ago than its kind may be (:meth:`standing`). Callers on the
@@ -169,7 +174,8 @@ class Categories:
         if entry is None:
             return True
         age = now - entry[1]
-        return age > CATEGORY_MAX_AGE_S or (age > self._unfirsted_s and item not in self._firsts)
+        fresh = age <= self._unfirsted_s or entry[2] != self._instant or item in self._firsts
+        return age > CATEGORY_MAX_AGE_S or not fresh
 
     def get(self, item: str, now: float) -> tuple[str, ...] | None:
         """The item's categories (possibly up to CATEGORY_MAX_AGE_S old), None while unknown."""
@@ -447,7 +453,7 @@ class SnapshotLoader:
         created = {item: ts for item, raw in _pairs(pool_raw) if (ts := stored_integer(raw)) is not None}
         overall = _scores(overall_raw[0]) if popular_due else None
         counted = self._counted(at_clock, counted_raw)
-        snap.categories.standing(counted is not None)
+        snap.categories.standing(None if counted is None else stored_integer(clock))
 
         wanted = snap.categories.stale(created, now) + snap.categories.stale(overall or (), now)
         wanted = list(dict.fromkeys([*wanted, *snap.categories.wanted]))[:CATEGORY_BATCH]

@@ -270,9 +270,9 @@ refusal = checked(function()
       end
     end
     local stored = hmget(P .. 'first', listed_items)
-    for k, item in ipairs(listed_items) do  -- the least stays: a stored value that is no number is replaced
+    for k, item in ipairs(listed_items) do  -- the least stays; a stored value that is no count is replaced
       local held = tonumber(stored[k])
-      if not held or held - held ~= 0 or least[item] < held then
+      if not held or held - held ~= 0 or held < 0 or held ~= math.floor(held) or least[item] < held then
         first_args[#first_args + 1] = item
         first_args[#first_args + 1] = least[item]
       end

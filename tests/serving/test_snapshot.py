@@ -157,24 +157,29 @@ def test_feature_row_lookups_are_counted_by_whether_the_items_categories_were_ca
     assert categories.wanted == {"new1", "new2"}
 
 
+T_STANDS = 1_700_000_000_000
+
+
 @pytest.mark.parametrize("standing", [False, True])
 @pytest.mark.parametrize("lookup", ["entry", "entries", "stale"])
 def test_while_the_clock_stands_an_item_without_a_first_event_is_read_again_within_a_second(
     standing: bool, lookup: str
 ) -> None:
     """An item cached before its first event (announced, then viewed) would read new in events for a minute: while
-    the clock stands it is due again once FIRSTS_MAX_AGE_S old (not at it, past it); one with a first event, or any
+    the clock stands it is due again once FIRSTS_MAX_AGE_S old (not at it, past it), if it was created at the
+    standing instant (only those are aged in events); one with a first event, one created before the instant, or any
     item while the clock moves, once CATEGORY_MAX_AGE_S old. Every lookup names the same items."""
     categories = Categories()
-    categories.put("unseen", ("news",), now=0.0)
-    categories.put("seen", ("news",), now=0.0, first=3)
-    categories.standing(standing)
+    categories.put("unseen", ("news",), now=0.0, created=T_STANDS)
+    categories.put("seen", ("news",), now=0.0, created=T_STANDS, first=3)
+    categories.put("older", ("news",), now=0.0, created=T_STANDS - 1)
+    categories.standing(T_STANDS if standing else None)
 
     def due(now: float) -> set[str]:
         categories.wanted.clear()
         if lookup == "stale":
-            return set(categories.stale(["unseen", "seen"], now))
-        for item in ("unseen", "seen"):
+            return set(categories.stale(["unseen", "seen", "older"], now))
+        for item in ("unseen", "seen", "older"):
             categories.entries([item], now) if lookup == "entries" else categories.entry(item, now)
         return set(categories.wanted)
 
@@ -182,7 +187,7 @@ def test_while_the_clock_stands_an_item_without_a_first_event_is_read_again_with
     assert due(short) == set()
     assert due(short + 0.01) == ({"unseen"} if standing else set())
     assert due(snapshot_module.CATEGORY_MAX_AGE_S) == ({"unseen"} if standing else set())
-    assert due(snapshot_module.CATEGORY_MAX_AGE_S + 0.01) == {"unseen", "seen"}
+    assert due(snapshot_module.CATEGORY_MAX_AGE_S + 0.01) == {"unseen", "seen", "older"}
 
 
 def _feature_rows(label: str) -> float:

@@ -404,7 +404,7 @@ async def test_a_stored_count_that_is_no_count_refuses_the_batch_with_nothing_wr
     isolated_settings: Settings, held: str, refused: bool
 ):
     """A partition's stored count the batch would add to must be an integer from 0: one that is not (negative, a
-    fraction, no number) refuses before the first write, as every other stored number does."""
+    fraction, no number) refuses before the first write, as a stored total does."""
     settings = isolated_settings
     keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
     client.hset(keys("counted"), "0", held)
@@ -417,6 +417,25 @@ async def test_a_stored_count_that_is_no_count_refuses_the_batch_with_nothing_wr
         await apply(settings, first)
         at = str(2 * settings.kafka.events_partitions).encode()  # partitions × the 2 events before it
         assert client.hget(keys("counted"), "0") == b"3" and client.hget(keys("first"), "i2") == at
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("held", "kept"), [("1", True), ("1000000", False), ("-1", False), ("1.5", False), ("inf", False), ("x", False)]
+)
+async def test_an_earlier_stored_first_event_stays_and_one_that_is_no_count_is_replaced(
+    isolated_settings: Settings, held: str, kept: bool
+):
+    """The least first event stays: one stored before the batch's is kept, a later one lowered to it; one that is no
+    count (negative, a fraction, infinite, no number) is replaced, not refused: nothing adds to it, and a bad one
+    kept would stand below every real one for good."""
+    settings = isolated_settings
+    keys, client = Keys.of(settings), redis.Redis.from_url(settings.redis.url)
+    client.hset(keys("first"), "i2", held)
+    first, _ = _two_batches(settings)
+    await apply(settings, first)
+    at = str(2 * settings.kafka.events_partitions)  # partitions × the 2 events before it
+    assert client.hget(keys("first"), "i2") == (held if kept else at).encode()
     client.close()
 
 

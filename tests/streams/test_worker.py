@@ -296,7 +296,7 @@ async def test_a_standing_clock_graduates_the_pool_and_says_so(isolated_settings
     assert metric_sum(worker.metrics(), "recstream_worker_event_clock_standing") == 1
     assert "the event clock has stood at one instant for 20 events" in worker.log.read_text()
     # what ages an item while the clock stands (serving/features.py): each partition's events, and each item's first
-    # event: i0 first in every partition its viewers are in, i1 after the limit − 1 views in its viewer's partition
+    # event: i0 first in every partition its viewers are in, i1 after its partition's share of them (viewers[last])
     n = settings.kafka.events_partitions
     viewers = Counter(partition_for(f"u{k}", n) for k in range(standing - 1))
     last = partition_for("u-last", n)
