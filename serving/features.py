@@ -35,7 +35,7 @@ reload (serving/snapshot.ItemColumns); a page computes only what needs the user.
   before the item's first one there, each a function of one partition's log, so a rebuild writes the same) and N
   ``pool.graduate_standing_events``. Without it every item reads 0 and a much-rated item loses the brake its age
   puts on it: on MovieLens shuffled and without a clock the served feed was at 97.7% of the candidate list's HR@10,
-  with it at 99.0% (99.1% in time order without a clock; BENCHMARKS.md, "The age in events");
+  with it at 99.3% (in time order without a clock 96.5% → 98.9%; BENCHMARKS.md, "The age in events");
 * ``category_affinity`` — the share of the user's recent category weight (history, else seen items,
   else the onboarding picks) on the item's categories, in [0, 1]: what the user's history holds;
 * ``category_lift`` — the mean over the item's categories of the user's lift in each (:func:`category_lift`): how
