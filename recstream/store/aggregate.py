@@ -45,10 +45,10 @@ class CounterDeltas:
     """Events partition → the batch's events from it. The script adds them to the partition's count (key
     ``counted``): the events applied from one partition, a function of its log alone, whatever the batches."""
     firsts: dict[int, dict[str, int]] = field(default_factory=dict)
-    """Events partition → item → the partition's events in the batch before the item's first one there. Added to
-    the count held before the batch, it is where the item came first in the partition in this batch; the least over
-    batches is where it came first there, whatever the batches: what the item's age in events while the clock stands
-    is estimated from (apply_batch.lua step 3b, serving/features.py)."""
+    """Events partition (each of ``counted``) → item → the partition's events in the batch before the item's first
+    one there. Added to the count held before the batch, it is where the item came first in the partition in this
+    batch; the least over batches is where it came first there, whatever the batches: what the item's age in events
+    while the clock stands is estimated from (apply_batch.lua step 3b, serving/features.py)."""
 
 
 def aggregate(

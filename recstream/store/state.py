@@ -384,9 +384,8 @@ class StateStore:
             ]
             payload["items"] = list(c.items.items())
             payload["counted"] = [
-                (str(partition), n, list(firsts), list(firsts.values()))
+                (str(partition), n, list(c.firsts[partition]), list(c.firsts[partition].values()))
                 for partition, n in c.counted.items()
-                for firsts in (c.firsts.get(partition, {}),)
             ]
             payload["segs"] = [(s, list(counts.items())) for s, counts in c.segments.items()]
             payload["totals"] = list(c.totals.items())
