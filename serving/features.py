@@ -14,6 +14,9 @@ reload (serving/snapshot.ItemColumns); a page computes only what needs the user.
   best x_u·y_i first), else 0: 1 for the top candidate, 0.5 for the third, 0.18 for the 50th. A position, not
   the score itself: scores live on a scale of their own per model and domain (0–0.09 on MovieLens), which a
   regularized model cannot weigh, and only their order within one user's list means something;
+* ``batch_rank`` — the same on the user's batch list (the batch fit's own user vector; users it knew): where
+  tastes hold still the fit, which saw every event, ranks better than the step over the recent history, where they
+  drift worse, and the ranker learns which from the stream;
 * ``personal`` / ``popular`` / ``fresh`` / ``explore`` — on the candidate list / on the segment's popular
   list the user is served from (warm or cold order; the global list for a segment not loaded yet) /
   a pool item in a favourite category / in the new-item pool;
@@ -182,6 +185,7 @@ class PageFeatures:
         "_absent_age",
         "_age_unit_ms",
         "_als",
+        "_batch",
         "_categories",
         "_columns",
         "_counted",
@@ -211,8 +215,8 @@ class PageFeatures:
         graduate_age_s: float,
         standing_events: int,
     ) -> None:
-        self._als = user.candidate_positions()
-        self._discounts = rank_discounts(max(self._als.values(), default=0) + 1)
+        self._als, self._batch = user.candidate_positions(), user.batch_positions()
+        self._discounts = rank_discounts(max(len(user.candidate_list()), len(user.batch_list()), 1))
         self._columns = snapshot.item_columns()
         segment_ctr, on_warm, on_cold = self._columns.of_lists(lists)
         self._segment_columns = segment_ctr, on_warm if user.warm else on_cold
@@ -236,11 +240,11 @@ class PageFeatures:
         """(len(items), len(FEATURES)) rows, rounded as logged: what the ranker scores.
 
         The item-level columns are gathered from the snapshot's :class:`ItemColumns` (built and rounded once per
-        reload) with one lookup per item; the user's own (``als_rank``, ``personal``) come from their candidate
-        positions in one pass; only ``fresh``, ``pool_age`` and the two category features need an item's categories or
-        creation time, one Python pass each (``math`` as the per-item formulas have it: the same bits), ``pool_age``
-        computed once per creation time and clock (per item and count while the clock stands), the category features
-        once per distinct category set.
+        reload) with one lookup per item; the user's own (``als_rank``, ``personal``, ``batch_rank``) come from
+        their positions on the two lists, one pass each; only ``fresh``, ``pool_age`` and the two category features
+        need an item's categories or creation time, one Python pass each (``math`` as the per-item formulas have it:
+        the same bits), ``pool_age`` computed once per creation time and clock (per item and count while the clock
+        stands), the category features once per distinct category set.
         """
         n, columns = len(items), self._columns
         at = np.fromiter(map(columns.index.get, items, itertools.repeat(len(columns.index))), np.intp, n)
@@ -255,7 +259,12 @@ class PageFeatures:
         listed = position >= 0
         in_pool = columns.pool[at]
         out = np.empty((n, len(FEATURES)))
-        out[:, COLUMN["als_rank"]] = self._discounts[position]  # sized for the user's list at __init__: one gather
+        out[:, COLUMN["als_rank"]] = self._discounts[position]  # sized for the user's lists at __init__: one gather
+        out[:, COLUMN["batch_rank"]] = (
+            self._discounts[np.fromiter(map(self._batch.get, items, itertools.repeat(-1)), np.intp, n)]
+            if self._batch
+            else 0.0
+        )
         out[:, COLUMN["personal"]] = listed
         out[:, COLUMN["popular"]] = popular[at]
         out[:, COLUMN["fresh"]] = 0.0

@@ -5,7 +5,8 @@ what the unit tests drive directly.
 
 Sources (generators), each a ranked list explained item by item:
 
-* **personal** — the workers' candidate list ``user:<u>:cand``, best first ("because you watched X");
+* **personal** — the workers' candidate list ``user:<u>:cand``, best first ("because you watched X"); on a ranked
+  page, alternating with the batch list ``user:<u>:bcand`` (the batch fit's user vector), when the user has one;
 * **popular** — the segment's items by P(i|s) for warm users; for cold users by
   λ·P(i|s) + (1−λ)·P(i|global), with the categories they picked at onboarding first;
 * **fresh** — new (pool) items in the user's favourite categories, newest first: the categories
@@ -14,7 +15,8 @@ Sources (generators), each a ranked list explained item by item:
   item, vectorized, from a generator seeded per request.
 
 A **ranked** page (serving/ranking.py decides when) takes the union of what personal, popular and
-fresh propose (personal up to ``blend.ranker_personal_depth`` × the page's exploitation slots, popular and fresh
+fresh propose (personal up to ``blend.ranker_personal_depth`` × the page's exploitation slots from each of its
+lists, popular and fresh
 each up to ``blend.ranker_depth`` ×), filtered (seen, served in the session, unavailable, not interested) before
 anything is scored; scores every candidate's feature vector
 (serving/features.py) with the online ranker's averaged weights and fills the exploitation slots
@@ -69,6 +71,7 @@ POPULAR_REASON = "popular with people like you"
 TRENDING_REASON = "popular right now"
 FEATURE_WORDS = {
     "als_rank": "picked for you",
+    "batch_rank": "picked for you",
     "personal": "picked for you",
     "popular": POPULAR_REASON,
     "segment_ctr_logit": POPULAR_REASON,
@@ -204,13 +207,14 @@ def build_page(
         return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     excluded = exclude.fast
     proposers = {
-        "personal": personal_proposer(user, excluded),
+        "personal": personal_proposer(user, excluded, batch=True),
         "popular": Proposer(((c.item, c) for c in popular_head if c.item not in excluded), _CANDIDATE_REASON),
         "fresh": fresh_proposer(snapshot.pool, favourites, user.preferred, excluded),
     }
     weights = snapshot.ranker.weights
     gate = None if blend.explore_gate == "off" or theta is None else (blend.explore_gate, theta)
-    depths = {"personal": blend.ranker_personal_depth, "popular": blend.ranker_depth, "fresh": blend.ranker_depth}
+    personal_depth = blend.ranker_personal_depth * (2 if user.batch_list() else 1)  # as deep in each list
+    depths = {"personal": personal_depth, "popular": blend.ranker_depth, "fresh": blend.ranker_depth}
     items, vectors = _ranked(proposers, on, explored, counts, exclude, features, weights, depths, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
@@ -393,11 +397,27 @@ def favourite_categories(
     return tuple(picks[: max(FAVOURITE_CATEGORIES, len(user.preferred))])
 
 
-def personal_proposer(user: UserState, excluded: Container[str]) -> Proposer:
-    """The allowed (item, because_item) rows of the candidate list; without a history item to name, a candidate
-    comes from the onboarding picks (or nothing to say)."""
+def personal_proposer(user: UserState, excluded: Container[str], batch: bool = False) -> Proposer:
+    """The allowed (item, because_item) rows of the candidate list (with ``batch``, alternating with the batch
+    list's: a ranked page's union takes the head of both); without a history item to name, a candidate comes from
+    the onboarding picks (or nothing to say)."""
     rows = user.candidate_list()
+    if batch and user.batch_list():
+        rows = alternated(rows, user.batch_list())
     return Proposer(_allowed(rows, map(_FIRST, rows), excluded), _personal_reason(user))
+
+
+def alternated(first: Sequence[tuple[str, Any]], second: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """(item, …) rows of both lists in turn, first[0], second[0], first[1], …, each item at its first place only.
+
+    >>> alternated([("a", 1), ("b", 2), ("c", 3)], [("b", 9), ("d", 9)])
+    [('a', 1), ('b', 9), ('d', 9), ('c', 3)]
+    """
+    merged: dict[str, tuple[str, Any]] = {}
+    for row in itertools.chain.from_iterable(itertools.zip_longest(first, second)):
+        if row is not None:
+            merged.setdefault(row[0], row)
+    return list(merged.values())
 
 
 def _personal_reason(user: UserState) -> Callable[[str | None], str]:

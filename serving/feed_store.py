@@ -77,24 +77,26 @@ class FeedStore:
         self.keys = keys
 
     async def read(self, user_id: str, session: str | None) -> UserState:
-        """Round trip 1: segment, candidates, history, seen set, preferences and the session's served items."""
+        """Round trip 1: segment, both candidate lists, history, seen set, preferences, the session's served items."""
         k = self.keys
         commands = [
             ("HGET", k.user_segments(user_id), user_id),
             ("GET", k.user(user_id, "cand")),
+            ("GET", k.user(user_id, "bcand")),
             ("GET", k.user(user_id, "hist")),
             ("ZREVRANGE", k.user(user_id, "seen"), 0, -1),
             ("GET", k.user(user_id, "prefs")),
         ]
         if session is not None:
             commands.append(("LRANGE", self.session_key(user_id, session), 0, -1))
-        segment, cand, hist, seen, prefs, *session_pages = await self.redis.execute(*commands)
+        segment, cand, bcand, hist, seen, prefs, *session_pages = await self.redis.execute(*commands)
         preferred, not_interested = parse_preferences(prefs)
         pages = session_pages[0] if session_pages else []
         served = {row[0] for page in pages for row in json_list(page) if isinstance(row, list) and row}
         return UserState(
             segment=segment,
             candidate_rows=json_list(cand),
+            batch_rows=json_list(bcand),
             history_rows=json_list(hist),
             seen=seen,
             preferred=tuple(preferred),

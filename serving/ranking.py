@@ -39,6 +39,7 @@ MODES: tuple[str, ...] = ("ranked", "fixed-cold", "fixed-stale", "fixed-off", "d
 degraded popular list (Redis unreachable). The ``mode`` label of recstream_reader_feeds_by_mode_total."""
 GENERATOR: dict[str, Source | None] = {
     "als_rank": "personal",
+    "batch_rank": "personal",
     "personal": "personal",
     "popular": "popular",
     "ctr_logit": "popular",
@@ -193,7 +194,7 @@ def top_features(contributions: np.ndarray) -> list[str | None]:
     """Per row, the feature that raised its score most, None when none raised it (every contribution ≤ 0);
     ``warm`` is left out: it is the same for every item of a page and explains none.
 
-    >>> top_features(np.array([[0.5, 2.0] + [0.0] * (len(FEATURES) - 2), [0.0] * len(FEATURES)]))
+    >>> top_features(np.array([[0.5, 0.0, 2.0] + [0.0] * (len(FEATURES) - 3), [0.0] * len(FEATURES)]))
     ['personal', None]
     """
     explaining = contributions[:, _EXPLAINING]  # a view: no copy with −inf for warm

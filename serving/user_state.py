@@ -1,6 +1,6 @@
 """A user's state as one feed needs it, parsed leniently from what the workers and the reader stored.
 
-The workers write ``user:<u>:cand``, ``:hist`` and ``:seen``; ``:prefs`` comes from the preferences
+The workers write ``user:<u>:cand``, ``:bcand``, ``:hist`` and ``:seen``; ``:prefs`` comes from the preferences
 route (and from the workers, out of the user event). A malformed value reads as empty, never as an
 error: one bad key must not take a user's feed down.
 """
@@ -11,6 +11,9 @@ import itertools
 from dataclasses import dataclass, field
 
 import orjson
+
+Candidates = tuple[list[tuple[str, str | None]], dict[str, int]]
+"""A candidate list's valid (item, because_item) rows in stored order, and item → its first position."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,9 @@ class UserState:
 
     segment: str | None = None
     candidate_rows: list = field(default_factory=list)
+    batch_rows: list = field(default_factory=list)
+    """The batch list (``user:<u>:bcand``): the same rows by the batch fit's own user vector; empty for a user the
+    model version does not know."""
     history_rows: list = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
     """Items shown or clicked, most recent first."""
@@ -34,9 +40,8 @@ class UserState:
     not_interested: frozenset[str] = frozenset()
     served: frozenset[str] = frozenset()
     session_found: bool = False
-    _candidates: tuple[list[tuple[str, str | None]], dict[str, int]] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    _candidates: Candidates | None = field(default=None, init=False, repr=False, compare=False)
+    _batch: Candidates | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def warm(self) -> bool:
@@ -71,25 +76,47 @@ class UserState:
         """
         return self._parsed()[1]
 
-    def _parsed(self) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
+    def batch_list(self) -> list[tuple[str, str | None]]:
+        """:meth:`candidate_list` of the batch list."""
+        return self._parsed_batch()[0]
+
+    def batch_positions(self) -> dict[str, int]:
+        """:meth:`candidate_positions` on the batch list.
+
+        >>> UserState(batch_rows=[["i3", 0.4, None], ["i1", 0.2, "i7"]]).batch_positions()
+        {'i3': 0, 'i1': 1}
+        """
+        return self._parsed_batch()[1]
+
+    def _parsed(self) -> Candidates:
         """The valid candidate rows and their positions, parsed once: a page walks the list three times (the
         personal source, the popular head's reordering, the features)."""
         if self._candidates is None:
-            rows = [
-                (row[0], row[2] if len(row) > 2 and isinstance(row[2], str) else None)
-                for row in self.candidate_rows
-                if isinstance(row, list) and row and isinstance(row[0], str)
-            ]
-            positions: dict[str, int] = {}
-            for position, (item, _) in enumerate(rows):
-                positions.setdefault(item, position)
-            object.__setattr__(self, "_candidates", (rows, positions))
+            object.__setattr__(self, "_candidates", _candidates(self.candidate_rows))
         return self._candidates  # type: ignore[return-value]
+
+    def _parsed_batch(self) -> Candidates:
+        if self._batch is None:
+            object.__setattr__(self, "_batch", _candidates(self.batch_rows))
+        return self._batch  # type: ignore[return-value]
 
     def history(self, limit: int) -> list[tuple[str, float]]:
         """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""
         rows = (r for r in self.history_rows if isinstance(r, list) and len(r) >= 2 and isinstance(r[0], str))
         return [(r[0], float(r[1])) for r in itertools.islice(rows, limit) if isinstance(r[1], int | float)]
+
+
+def _candidates(stored: list) -> Candidates:
+    """The valid rows of ``[[item, score, because_item], …]`` and their positions."""
+    rows = [
+        (row[0], row[2] if len(row) > 2 and isinstance(row[2], str) else None)
+        for row in stored
+        if isinstance(row, list) and row and isinstance(row[0], str)
+    ]
+    positions: dict[str, int] = {}
+    for position, (item, _) in enumerate(rows):
+        positions.setdefault(item, position)
+    return rows, positions
 
 
 def parse_preferences(raw: str | bytes | None) -> tuple[list[str], list[str]]:

@@ -9,7 +9,11 @@ Per touched user and batch: history ← merge(history, events) (models/history.p
 x_u ← the exact user step over the history's known items (models/user_step.py), recent items weighing more
 (models/als.history_confidence), pulled toward the user's batch vector when the model version has one;
 candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries the history
-item most like it (argmax y_c·y_h) for the reader's "because you watched X".
+item most like it (argmax y_c·y_h) for the reader's "because you watched X". For a user the batch fit knew, the
+batch list too: the same query by the fit's own vector x̄ (``user:<u>:bcand``). The step sees the recent history,
+the fit every event of its window: where a user's taste holds still, the fit's list is the better one (shuffled
+MovieLens: HR@10 0.288 against the step's 0.251), where it drifts the step's; the reader's ranker weighs the two
+lists' positions (``als_rank``, ``batch_rank``) from the stream, so each deployment learns which to trust.
 
 New items: a content vector at once; once graduated, the item fold-in over the users who
 interacted with it, y_i = (XᵀX + λI + Σ_u (c_ui − 1) x_u x_uᵀ)⁻¹ Σ_u c_ui x_u with the model
@@ -227,24 +231,35 @@ class Personalizer:
         indptr = np.r_[0, np.cumsum(lengths, dtype=np.intp)]
         priors = [self.user_prior(user) for user in users]
         vectors = self.step.solve_batch(indptr, np.array(rows, dtype=np.intp), confidences, priors)
-        return self._store(users, vectors, known, liked)
+        blobs = self._store(users, vectors, known, liked)
+        fitted = [k for k, prior in enumerate(priors) if prior is not None]
+        if fitted:  # the batch list, by the same rule from the fit's vector
+            lists = self._lists(np.array([priors[k] for k in fitted]), [known[k] for k in fitted],
+                                [liked[k] for k in fitted])  # fmt: skip
+            blobs += [(f"user:{users[fitted[j]]}:bcand", orjson.dumps(found)) for j, found in lists.items()]
+        return blobs
 
     def _store(
         self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]]
     ) -> list[Blob]:
-        """Vector and candidates per user: candidates exclude ``history_rows``, and each names its most similar
-        item of ``because_rows`` (the history without disliked items)."""
-        active = np.flatnonzero(vectors.any(axis=1)).tolist()
-        if not active:
-            return []
-        ids = self._ids
-        found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active])
-        explained = self._explain(found, [because_rows[k] for k in active])
+        """Vector and candidates per user (:meth:`_lists`)."""
         blobs: list[Blob] = []
-        for k, vector, candidates in zip(active, vectors[active].astype("<f4"), explained, strict=True):
-            blobs.append((f"user:{users[k]}:vec", vector.tobytes()))
+        for k, candidates in self._lists(vectors, history_rows, because_rows).items():
+            blobs.append((f"user:{users[k]}:vec", vectors[k].astype("<f4").tobytes()))
             blobs.append((f"user:{users[k]}:cand", orjson.dumps(candidates)))
         return blobs
+
+    def _lists(
+        self, vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]]
+    ) -> dict[int, list[tuple]]:
+        """Row → its candidates, for the rows with a vector (not all zero): they exclude ``history_rows``, and each
+        names its most similar item of ``because_rows`` (the history without disliked items)."""
+        active = np.flatnonzero(vectors.any(axis=1)).tolist()
+        if not active:
+            return {}
+        ids = self._ids
+        found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active])
+        return dict(zip(active, self._explain(found, [because_rows[k] for k in active]), strict=True))
 
     def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:
         """Top-M per row minus that row's exclusions (its history), each row a function of its own vector and history.

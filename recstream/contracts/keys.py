@@ -31,6 +31,7 @@ key                          type    holds
 ``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped
 ``user:<u>:vec``             string  float32 user vector (little endian)
 ``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
+``user:<u>:bcand``           string  the same, by the batch fit's user vector (users the model version knows)
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
 ``erased``                   set     users erased (``DELETE /v1/users/{id}``): the workers write nothing under their
@@ -66,7 +67,7 @@ from recstream.contracts.ranking import FEATURE_VERSION
 if TYPE_CHECKING:
     from recstream.contracts.settings import Settings
 
-USER_KEYS = ("hist", "vec", "cand", "seen", "prefs", "sessions")
+USER_KEYS = ("hist", "vec", "cand", "bcand", "seen", "prefs", "sessions")
 """The fixed per-user keys ``user:<u>:<what>``. With the scroll sessions (:data:`USER_SESSIONS`), the
 ``user:seg`` entry and the user's fields in ``foldin:users:<i>`` they are everything stored under a user's
 id, which an erasure deletes at once (recstream/store/erasure.py); tests/contracts/test_keys.py keeps this

@@ -34,6 +34,7 @@ import orjson
 
 FEATURES: tuple[str, ...] = (
     "als_rank",  # 1 / log2(2 + position) on the user's personal candidate list (ALS score order), else 0
+    "batch_rank",  # … on the user's batch candidate list (the last batch fit's own user vector), else 0
     "personal",  # 1 when the personal candidate generator proposed it
     "popular",  # … the segment-popular generator
     "fresh",  # … the fresh-in-favourite-categories generator
@@ -147,8 +148,8 @@ def decode_rows(values: Sequence[object]) -> tuple[np.ndarray, list[int]]:
 
     >>> value = encode_features([0.25] * len(FEATURES))
     >>> rows, where = decode_rows([value, None, "00000000:1", value[:-1] + "x"])
-    >>> rows.shape, where
-    ((1, 11), [0])
+    >>> rows.shape == (1, len(FEATURES)), where
+    (True, [0])
     """
     where = [k for k, value in enumerate(values) if isinstance(value, str) and value.startswith(_PREFIX)]
     bodies = [values[k][len(_PREFIX) :] for k in where]  # type: ignore[index]

@@ -503,9 +503,9 @@ class RankerSettings(Section):
         "the default standardize_features on MovieLens and both closed-loop worlds, BENCHMARKS.md)",
     )
     standardize_features: tuple[str, ...] = Field(
-        ("als_rank", "category_affinity", "category_lift"),
+        ("als_rank", "batch_rank", "category_affinity", "category_lift"),
         description="with standardize, only these features (comma-separated names, contracts/ranking.py FEATURES); "
-        "the others are learned raw (empty: every feature). Default: the taste features (a position discount in "
+        "the others are learned raw (empty: every feature). Default: the taste features (position discounts in "
         "[0, 1], a log ratio near 0), which raw FTRL weighs far more slowly than the CTR logits",
     )
     beta: float = Field(1.0, gt=0, allow_inf_nan=False, description="FTRL β: smooths the learning rate's start")

@@ -91,7 +91,8 @@ def test_the_features_to_standardize_are_feature_names(monkeypatch, standardize,
 
 def test_the_default_ranker_standardizes_the_taste_features_and_a_prior_needs_it_off(monkeypatch):
     ranker = load_settings().ranker
-    assert ranker.standardize and ranker.standardize_features == ("als_rank", "category_affinity", "category_lift")
+    assert ranker.standardize
+    assert ranker.standardize_features == ("als_rank", "batch_rank", "category_affinity", "category_lift")
     monkeypatch.setenv("RECSTREAM_RANKER_PRIOR_CTR", "1")
     with pytest.raises(SettingsError, match="do not combine"):
         load_settings()

@@ -13,6 +13,7 @@ that means to serve other pages rewrites the file on purpose::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -31,6 +32,9 @@ from recstream.contracts.ranking import FEATURES
 from recstream.contracts.settings import load_settings
 
 PINNED = Path(__file__).with_name("pinned_pages.json")
+PINNED_FEATURES = FEATURES[:1] + FEATURES[2:]
+"""The features the file's vectors hold: all but ``batch_rank``, added since. None of these users has a batch list,
+so it reads 0 on every page, weighs 0 in the test's ranker, and the pages must be the very ones pinned before it."""
 NOW = 1_000.0
 CATEGORIES = ("news", "sport", "music", "film", "kids")
 SEGMENT = "age25-34.F"
@@ -76,10 +80,12 @@ def snapshot() -> Snapshot:
         ctr_logits={item: math.log((c + 1) / (v - c + 19)) for item, c, v in zip(pool, clicks, views, strict=True)},
     )  # fmt: skip
     snap.clock_ms = 1_700_000_000_000 + 60_000 * 45
-    ranker = FTRLRanker(len(FEATURES))
-    rows = np.random.default_rng(5).uniform(0.0, 1.0, (2_000, len(FEATURES)))
+    ranker = FTRLRanker(len(PINNED_FEATURES))
+    rows = np.random.default_rng(5).uniform(0.0, 1.0, (2_000, len(PINNED_FEATURES)))
     ranker.update(rows, (rows[:, 0] + rows[:, 5] > 1.0).astype(np.int64))
-    snap.ranker = RankerState(ranker.weights, 2_000, 1, NOW, NOW, ())
+    weights = np.zeros(len(FEATURES) + 1)  # a feature added since weighs 0
+    weights[[0, *(1 + FEATURES.index(name) for name in PINNED_FEATURES)]] = ranker.weights
+    snap.ranker = RankerState(weights, 2_000, 1, NOW, NOW, ())
     snap.loaded = True
     return snap
 
@@ -118,8 +124,22 @@ def pages() -> dict[str, list]:
 
 
 def write() -> None:
-    lines = [f"{json.dumps(key)}: {json.dumps(page)}" for key, page in pages().items()]
+    pinned = {key: [mode, items, pinned_vectors(vectors)] for key, (mode, items, vectors) in pages().items()}
+    lines = [f"{json.dumps(key)}: {json.dumps(page)}" for key, page in pinned.items()]
     PINNED.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def pinned_vectors(vectors: list[str] | None) -> list[str] | None:
+    """Served vectors as the file holds them: the features it pins, under their version (``batch_rank`` must be 0)."""
+    if vectors is None:
+        return None
+    version = hashlib.blake2b(",".join(PINNED_FEATURES).encode(), digest_size=4).hexdigest()
+    out = []
+    for vector in vectors:
+        values = dict(zip(FEATURES, vector.partition(":")[2].split(","), strict=True))
+        assert values.pop("batch_rank") == "0.0", vector
+        out.append(f"{version}:" + ",".join(values.values()))
+    return out
 
 
 def test_every_page_is_the_pinned_one_item_by_item():
@@ -127,7 +147,7 @@ def test_every_page_is_the_pinned_one_item_by_item():
     served = json.loads(json.dumps(pages()))  # the same float round trip as the file's
     assert served.keys() == pinned.keys()
     for key, (mode, items, vectors) in pinned.items():
-        assert served[key][0] == mode and served[key][2] == vectors, key
+        assert served[key][0] == mode and pinned_vectors(served[key][2]) == vectors, key
         assert [[*i[:3], i[4]] for i in served[key][1]] == [[*i[:3], i[4]] for i in items], key
         scores = zip((i[3] for i in served[key][1]), (i[3] for i in items), strict=True)
         assert all(

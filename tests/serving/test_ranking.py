@@ -126,14 +126,16 @@ def test_while_the_clock_stands_an_item_created_at_its_instant_is_aged_in_events
 
 
 def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values():
-    user, snap = warm_user(), snapshot()
+    user, snap = warm_user(batch_rows=[["n2", 0.3, None], "junk", ["o1", 0.2, "o3"]]), snapshot()
     rows = page_features(user, snap).rows(["o1", "n2", "unknown"])
     expected = {
-        # on the personal list and 2nd of the segment's warm list. History: 8 of weight over 4 items, 2 per item;
+        # on the personal list (1st), the batch list (2nd: a malformed row takes no place) and 2nd of the segment's
+        # warm list. History: 8 of weight over 4 items, 2 per item;
         # news 7 of the 8 (affinity 0.875) over 3 items, so its lift is ln((7 + 2·2) / (3 + 2) / 2) = ln 1.1 with
         # LIFT_PRIOR 2; music 1 of the 8, ln((1 + 2·2) / (1 + 2) / 2) = ln(5/6)
         "o1": dict(
             als_rank=1.0,
+            batch_rank=1 / math.log2(3),
             personal=1,
             popular=1,
             fresh=0,
@@ -148,6 +150,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
         # a pool item of a favourite category (music), created 2 h before the clock
         "n2": dict(
             als_rank=0,
+            batch_rank=1.0,
             personal=0,
             popular=0,
             fresh=1,
@@ -162,6 +165,7 @@ def test_features_of_a_hand_made_user_and_snapshot_are_the_hand_computed_values(
         # nothing known: the CTR floor, no list, graduated by age (48 h: ln 2)
         "unknown": dict(
             als_rank=0,
+            batch_rank=0,
             personal=0,
             popular=0,
             fresh=0,
@@ -352,6 +356,48 @@ def test_an_item_ranked_first_by_its_category_lift_says_which_category_in_words(
     first = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0).items[0]
     assert snap.categories.get(first.item, 100.0) == ("news",) and first.source in {"personal", "popular"}
     assert (first.top_feature, first.reason) == ("category_lift", "in news, which you click more than most")
+
+
+BATCH = [[f"b{k}", 0.9 - k / 100, "o5"] for k in range(40)]
+"""A batch list of items on no other list, each explained by a history item."""
+
+
+def test_a_ranked_page_takes_the_batch_lists_head_beside_the_candidate_lists_and_batch_rank_orders_it():
+    """As deep in each list (ranker_personal_depth × the 18 exploitation slots from the candidate list, as many from
+    the batch list): with weight on batch_rank alone the batch list's head tops the page in its order, served as
+    personal with its own reason; the fixed blend never serves it."""
+    snap, user = snapshot(fresh_state({"batch_rank": 8.0})), warm_user(batch_rows=BATCH)
+    settings = SETTINGS.replace(explore_gate="off")
+    page = build_page(user, snap, settings, 20, seed=1, now=100.0)
+    ranked = [s for s in page.items if s.source != "explore"]
+    assert [s.item for s in ranked] == [f"b{k}" for k in range(18)]
+    explained = {(s.source, s.reason, s.top_feature) for s in ranked}
+    assert explained == {("personal", "because you watched o5", "batch_rank")}
+    fixed = build_page(user, snap, settings.replace(ranker=False), 20, seed=1, now=100.0)
+    assert not {s.item for s in fixed.items} & {row[0] for row in BATCH}
+
+
+@pytest.mark.parametrize(("depth", "taken"), [(1, 18), (2, 36)])
+def test_the_union_takes_ranker_personal_depth_times_the_slots_from_each_list(depth, taken):
+    """Two lists of 40 items on no other list: the union takes ``depth`` × the 18 exploitation slots from each. The
+    weights put the batch list's items above every other (each other item is on the candidate list, the popular
+    list or in the pool) and its deepest first: the page's exploitation slots are the deepest 18 the union took."""
+    snap = snapshot(fresh_state({"personal": -10.0, "popular": -10.0, "explore": -10.0, "batch_rank": -1.0}))
+    user = UserState(segment=SEGMENT, candidate_rows=[[f"c{k}", 0.5, "o3"] for k in range(40)], batch_rows=BATCH,
+                     history_rows=[["o3", 5.0, 1]])  # fmt: skip
+    settings = SETTINGS.replace(explore_gate="off", ranker_personal_depth=depth)
+    page = build_page(user, snap, settings, 20, seed=1, now=100.0)
+    assert [s.item for s in page.items if s.source != "explore"] == [f"b{k}" for k in range(taken - 1, taken - 19, -1)]
+
+
+def test_a_candidate_list_item_also_on_the_batch_list_is_proposed_once_and_reads_both_positions():
+    batch = [["o21", 0.5, "o3"], ["b0", 0.4, None]]
+    snap, user = snapshot(fresh_state({"batch_rank": 1.0})), warm_user(batch_rows=batch)
+    page = build_page(user, snap, SETTINGS, 20, seed=1, now=100.0)
+    items = [s.item for s in page.items]
+    assert len(items) == len(set(items)) and {"o21", "b0"} <= set(items)
+    row = dict(zip(FEATURES, decode_features(page.vectors[items.index("o21")]), strict=True))
+    assert (row["als_rank"], row["batch_rank"]) == (rounded_value(1 / math.log2(4)), 1.0)
 
 
 @pytest.mark.parametrize(

@@ -50,19 +50,18 @@ def test_a_users_candidates_do_not_depend_on_the_other_users_in_the_batch():
 
 def test_a_search_the_index_cannot_fill_gives_a_shorter_list_not_a_failed_batch():
     """The kill test's world (items mostly known by content only) under the tuned defaults: hnswlib cannot
-    return 60 results for any query there, and raises."""
+    return 60 results for any query there, and raises. The users are the fit's: their batch lists too."""
     model, items = _model(300, 20_000, ALSConfig(factors=16, iterations=15, random_state=1), seed=2, history_cap=10,
                           candidates=50)  # fmt: skip
     for item in items:
         model.apply_item(item)
     users = [f"u{k}" for k in range(5)]
     histories = [{items[k].item_id: 4.0, items[k + 1].item_id: 1.0} for k in range(5)]
-    lists = [
-        orjson.loads(value) for key, value in model._vectors_and_candidates(users, histories) if key.endswith("cand")
-    ]
-    assert len(lists) == len(users)
-    assert all(0 < len(rows) < 50 for rows in lists)
-    assert all(not {row[0] for row in rows} & set(history) for rows, history in zip(lists, histories, strict=True))
+    stored = dict(model._vectors_and_candidates(users, histories))
+    for suffix in ("cand", "bcand"):
+        lists = [orjson.loads(stored[f"user:{user}:{suffix}"]) for user in users]
+        assert all(0 < len(rows) < 50 for rows in lists)
+        assert all(not {row[0] for row in rows} & set(history) for rows, history in zip(lists, histories, strict=True))
 
 
 def test_a_fold_in_replaces_a_new_items_content_vector_and_a_removed_item_stays_deleted():
@@ -130,6 +129,27 @@ def test_a_user_the_batch_fit_knew_is_pulled_toward_its_batch_vector_and_a_new_u
     np.testing.assert_allclose(np.frombuffer(stored[f"user:{known}:vec"], "<f4"), pulled, rtol=1e-5, atol=1e-6)
     assert np.frombuffer(stored["user:stranger:vec"], "<f4").tobytes() == plain.tobytes()
     assert np.allclose(pulled, plain, atol=1e-3) == (anchor == 0.0)
+
+
+def test_a_user_the_batch_fit_knew_gets_the_batch_list_by_its_fit_vector_minus_the_history():
+    """``user:<u>:bcand``: the top-M by x̄·y_i (computed here, over the whole catalogue) minus the history, each
+    naming its most similar history item as ``cand`` does; none for a user the fit did not know. It is the same
+    whichever users share the batch (a restarted worker batches differently)."""
+    cfg = ALSConfig(factors=8, iterations=5, random_state=1, alpha=2.0)
+    model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5)
+    a, b = (items[k].item_id for k in (3, 5))
+    history = {a: 1.0, b: 4.0}
+    stored = dict(model._vectors_and_candidates(["u7", "stranger"], [history, history]))
+    assert "user:stranger:bcand" not in stored and "user:stranger:cand" in stored
+    batch = orjson.loads(stored["user:u7:bcand"])
+    scores = model.step.factors @ model.user_prior("u7")
+    best = [model._ids[row] for row in np.argsort(-scores) if model._ids[row] not in history][:5]
+    assert [row[0] for row in batch] == best
+    assert [row[1] for row in batch] == [round(float(scores[model.rows[item]]), 5) for item in best]
+    assert {row[2] for row in batch} <= {a, b}
+    alone = dict(model._vectors_and_candidates(["u7"], [history]))
+    assert alone["user:u7:bcand"] == stored["user:u7:bcand"]
+    assert batch != orjson.loads(stored["user:u7:cand"]), "another list than the step's"
 
 
 def test_a_zero_weight_is_no_observation_online_as_in_training():
