@@ -206,15 +206,15 @@ def build_page(
             return Page(items, user.warm, mode)
         return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     excluded = exclude.fast
+    exploitation = sum(counts.values()) - counts["explore"]  # the slots the ranked list fills (as _ranked counts them)
     proposers = {
-        "personal": personal_proposer(user, excluded, batch=True),
+        "personal": personal_proposer(user, excluded, blend.ranker_personal_depth * exploitation),
         "popular": Proposer(((c.item, c) for c in popular_head if c.item not in excluded), _CANDIDATE_REASON),
         "fresh": fresh_proposer(snapshot.pool, favourites, user.preferred, excluded),
     }
     weights = snapshot.ranker.weights
     gate = None if blend.explore_gate == "off" or theta is None else (blend.explore_gate, theta)
-    personal_depth = blend.ranker_personal_depth * (2 if user.batch_list() else 1)  # as deep in each list
-    depths = {"personal": personal_depth, "popular": blend.ranker_depth, "fresh": blend.ranker_depth}
+    depths = {"personal": blend.ranker_personal_depth, "popular": blend.ranker_depth, "fresh": blend.ranker_depth}
     items, vectors = _ranked(proposers, on, explored, counts, exclude, features, weights, depths, gate)  # type: ignore[arg-type]
     return Page(items, user.warm, mode, vectors)
 
@@ -227,6 +227,8 @@ class Proposer(NamedTuple):
 
     pairs: Iterator[tuple[str, Any]]
     reason: Callable[[Any], str]
+    head: int | None = None
+    """How many pairs the union takes first; None: its depth factor × the page's exploitation slots."""
 
     def candidates(self) -> Iterator[Candidate]:
         """The pairs as the fixed blend takes them, each with its reason (it explains every item it walks past)."""
@@ -276,7 +278,9 @@ def _ranked(
     k, excluded = counts["explore"], exclude.fast
     depth = sum(counts.values()) - k
     offered: dict[Source, dict[str, Any]] = {  # each generator's item → why, taken in C (a page offers ~90)
-        source: dict(itertools.islice(proposer.pairs, depth * depth_factors[source] if source in on else 0))
+        source: dict(
+            itertools.islice(proposer.pairs, _head(proposer, depth * depth_factors[source]) if source in on else 0)
+        )
         for source, proposer in proposers.items()
     }
     proposed = dict.fromkeys(itertools.chain.from_iterable(offered.values()))  # the union, in generator order
@@ -353,6 +357,10 @@ def _ranked(
     return page, encode_rows(rows[at])
 
 
+def _head(proposer: Proposer, default: int) -> int:
+    return default if proposer.head is None else proposer.head
+
+
 def _words(item: str, feature: str, features: PageFeatures) -> str:
     if feature in CATEGORY_WORDS and (category := features.favourite_category(item, feature)) is not None:
         return CATEGORY_WORDS[feature].format(category)
@@ -397,26 +405,42 @@ def favourite_categories(
     return tuple(picks[: max(FAVOURITE_CATEGORIES, len(user.preferred))])
 
 
-def personal_proposer(user: UserState, excluded: Container[str], batch: bool = False) -> Proposer:
-    """The allowed (item, because_item) rows of the candidate list (with ``batch``, alternating with the batch
-    list's: a ranked page's union takes the head of both); without a history item to name, a candidate comes from
-    the onboarding picks (or nothing to say)."""
+def personal_proposer(user: UserState, excluded: Container[str], batch_depth: int = 0) -> Proposer:
+    """The allowed (item, because_item) rows of the candidate list; with ``batch_depth``, the first that many allowed
+    rows of it and of the batch list in turn, then the rest of both in turn, each item at its first place, and the
+    union takes the first part (``head``): as deep into each list whatever the other's exclusions (a batch list mostly
+    seen must not hand the union the candidate list's deeper items, which rank worse: ``ranker_personal_depth``).
+    Without a history item to name, a candidate comes from the onboarding picks (or nothing to say)."""
     rows = user.candidate_list()
-    if batch and user.batch_list():
-        rows = alternated(rows, user.batch_list())
-    return Proposer(_allowed(rows, map(_FIRST, rows), excluded), _personal_reason(user))
+    allowed = _allowed(rows, map(_FIRST, rows), excluded)
+    if batch_depth and (batch := user.batch_list()):
+        others = _allowed(batch, map(_FIRST, batch), excluded)
+        head = first_places(
+            alternated([*itertools.islice(allowed, batch_depth)], [*itertools.islice(others, batch_depth)])
+        )
+        rows = first_places(itertools.chain(head, alternated(list(allowed), list(others))))
+        return Proposer(iter(rows), _personal_reason(user), len(head))
+    return Proposer(allowed, _personal_reason(user))
 
 
-def alternated(first: Sequence[tuple[str, Any]], second: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """(item, …) rows of both lists in turn, first[0], second[0], first[1], …, each item at its first place only.
+def alternated(first: Sequence[_T], second: Sequence[_T]) -> list[_T]:
+    """first[0], second[0], first[1], second[1], …, then the longer list's rest.
 
-    >>> alternated([("a", 1), ("b", 2), ("c", 3)], [("b", 9), ("d", 9)])
-    [('a', 1), ('b', 9), ('d', 9), ('c', 3)]
+    >>> alternated([1, 2, 3], [9])
+    [1, 9, 2, 3]
+    """
+    return [row for pair in itertools.zip_longest(first, second) for row in pair if row is not None]
+
+
+def first_places(rows: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The (item, …) rows in order, each item's first only.
+
+    >>> first_places([("a", 1), ("b", 9), ("a", 2)])
+    [('a', 1), ('b', 9)]
     """
     merged: dict[str, tuple[str, Any]] = {}
-    for row in itertools.chain.from_iterable(itertools.zip_longest(first, second)):
-        if row is not None:
-            merged.setdefault(row[0], row)
+    for row in rows:
+        merged.setdefault(row[0], row)
     return list(merged.values())
 
 

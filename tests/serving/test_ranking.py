@@ -390,6 +390,19 @@ def test_the_union_takes_ranker_personal_depth_times_the_slots_from_each_list(de
     assert [s.item for s in page.items if s.source != "explore"] == [f"b{k}" for k in range(taken - 1, taken - 19, -1)]
 
 
+def test_a_batch_list_mostly_seen_leaves_the_candidate_list_as_deep_as_ever():
+    """b0 … b29 seen: the union takes the batch list's 10 allowed items and the candidate list's first 18, never deeper
+    (deeper ALS candidates rank worse: ranker_personal_depth). Weights order b items first, then c items deepest
+    first, so the page's last exploitation slots show the deepest c taken: c17 … c10, not c25 … c18."""
+    snap = snapshot(fresh_state({"personal": -5.0, "popular": -10.0, "explore": -10.0, "batch_rank": -1.0,
+                                 "als_rank": -1.0}))  # fmt: skip
+    user = UserState(segment=SEGMENT, candidate_rows=[[f"c{k}", 0.5, "o3"] for k in range(40)], batch_rows=BATCH,
+                     history_rows=[["o3", 5.0, 1]], seen=[f"b{k}" for k in range(30)])  # fmt: skip
+    page = build_page(user, snap, SETTINGS.replace(explore_gate="off"), 20, seed=1, now=100.0)
+    ranked = [s.item for s in page.items if s.source != "explore"]
+    assert ranked == [f"b{k}" for k in range(39, 29, -1)] + [f"c{k}" for k in range(17, 9, -1)]
+
+
 def test_a_candidate_list_item_also_on_the_batch_list_is_proposed_once_and_reads_both_positions():
     batch = [["o21", 0.5, "o3"], ["b0", 0.4, None]]
     snap, user = snapshot(fresh_state({"batch_rank": 1.0})), warm_user(batch_rows=batch)
