@@ -90,6 +90,7 @@ CATEGORY_WORDS = {
 """The reason of an item whose top feature is a category feature, naming the category (FEATURE_WORDS without one)."""
 _FIRST, _SECOND, _ITEM_CATEGORY = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(1, 2)
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound=tuple)
 FAST_UNAVAILABLE = 256
 """Unavailable items a request copies into its exclusion set (Exclusions.fast); with more, it looks them up."""
 
@@ -206,9 +207,8 @@ def build_page(
             return Page(items, user.warm, mode)
         return Page(items, user.warm, mode, encode_rows(features.rows([s.item for s in items])))
     excluded = exclude.fast
-    exploitation = sum(counts.values()) - counts["explore"]  # the slots the ranked list fills (as _ranked counts them)
     proposers = {
-        "personal": personal_proposer(user, excluded, blend.ranker_personal_depth * exploitation),
+        "personal": personal_proposer(user, excluded, blend.ranker_personal_depth * exploitation_slots(counts)),
         "popular": Proposer(((c.item, c) for c in popular_head if c.item not in excluded), _CANDIDATE_REASON),
         "fresh": fresh_proposer(snapshot.pool, favourites, user.preferred, excluded),
     }
@@ -275,8 +275,7 @@ def _ranked(
     θ/(1 + θ) ("draw") or as its own score with its CTR at θ ("ranker"), else that item stays. A pool item a
     generator proposed is then ranked with the union, not explored.
     """
-    k, excluded = counts["explore"], exclude.fast
-    depth = sum(counts.values()) - k
+    k, excluded, depth = counts["explore"], exclude.fast, exploitation_slots(counts)
     offered: dict[Source, dict[str, Any]] = {  # each generator's item → why, taken in C (a page offers ~90)
         source: dict(
             itertools.islice(proposer.pairs, _head(proposer, depth * depth_factors[source]) if source in on else 0)
@@ -357,6 +356,11 @@ def _ranked(
     return page, encode_rows(rows[at])
 
 
+def exploitation_slots(counts: Mapping[Source, int]) -> int:
+    """The slots a ranked page's list fills: all but the explore slots."""
+    return sum(counts.values()) - counts["explore"]
+
+
 def _head(proposer: Proposer, default: int) -> int:
     return default if proposer.head is None else proposer.head
 
@@ -407,41 +411,43 @@ def favourite_categories(
 
 def personal_proposer(user: UserState, excluded: Container[str], batch_depth: int = 0) -> Proposer:
     """The allowed (item, because_item) rows of the candidate list; with ``batch_depth``, the first that many allowed
-    rows of it and of the batch list in turn, then the rest of both in turn, each item at its first place, and the
-    union takes the first part (``head``): as deep into each list whatever the other's exclusions (a batch list mostly
-    seen must not hand the union the candidate list's deeper items, which rank worse: ``ranker_personal_depth``).
-    Without a history item to name, a candidate comes from the onboarding picks (or nothing to say)."""
+    rows of it and of the batch list in turn, then (lazily: only a union short of its slots reads them) the rest of
+    both in turn, each item at its first place, and the union takes the first part (``head``): as deep into each list
+    whatever the other's exclusions (a batch list mostly seen must not hand the union the candidate list's deeper
+    items, which rank worse: ``ranker_personal_depth``). Without a history item to name, a candidate comes from the
+    onboarding picks (or nothing to say)."""
     rows = user.candidate_list()
     allowed = _allowed(rows, map(_FIRST, rows), excluded)
     if batch_depth and (batch := user.batch_list()):
-        others = _allowed(batch, map(_FIRST, batch), excluded)
-        head = first_places(
-            alternated([*itertools.islice(allowed, batch_depth)], [*itertools.islice(others, batch_depth)])
-        )
-        rows = first_places(itertools.chain(head, alternated(list(allowed), list(others))))
-        return Proposer(iter(rows), _personal_reason(user), len(head))
+        others, placed = _allowed(batch, map(_FIRST, batch), excluded), set()
+        heads = itertools.islice(allowed, batch_depth), itertools.islice(others, batch_depth)
+        head = list(first_places(alternated(*heads), placed))
+        rest = first_places(alternated(allowed, others), placed)
+        return Proposer(itertools.chain(head, rest), _personal_reason(user), len(head))
     return Proposer(allowed, _personal_reason(user))
 
 
-def alternated(first: Sequence[_T], second: Sequence[_T]) -> list[_T]:
-    """first[0], second[0], first[1], second[1], …, then the longer list's rest.
+def alternated(first: Iterable[_T], second: Iterable[_T]) -> Iterator[_T]:
+    """first[0], second[0], first[1], second[1], …, then the longer one's rest, lazily.
 
-    >>> alternated([1, 2, 3], [9])
+    >>> list(alternated([1, 2, 3], [9]))
     [1, 9, 2, 3]
     """
-    return [row for pair in itertools.zip_longest(first, second) for row in pair if row is not None]
+    return (row for pair in itertools.zip_longest(first, second) for row in pair if row is not None)
 
 
-def first_places(rows: Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """The (item, …) rows in order, each item's first only.
+def first_places(rows: Iterable[_R], placed: set[str]) -> Iterator[_R]:
+    """The (item, …) rows in order whose item is not in ``placed`` yet, each added to it as it passes: each item's
+    first row only, across several calls sharing ``placed``.
 
-    >>> first_places([("a", 1), ("b", 9), ("a", 2)])
-    [('a', 1), ('b', 9)]
+    >>> placed = set()
+    >>> list(first_places([("a", 1), ("b", 9), ("a", 2)], placed)), list(first_places([("b", 0), ("c", 0)], placed))
+    ([('a', 1), ('b', 9)], [('c', 0)])
     """
-    merged: dict[str, tuple[str, Any]] = {}
     for row in rows:
-        merged.setdefault(row[0], row)
-    return list(merged.values())
+        if row[0] not in placed:
+            placed.add(row[0])
+            yield row
 
 
 def _personal_reason(user: UserState) -> Callable[[str | None], str]:

@@ -78,7 +78,7 @@ class UserState:
 
     def batch_list(self) -> list[tuple[str, str | None]]:
         """:meth:`candidate_list` of the batch list."""
-        return self._parsed_batch()[0]
+        return self._parsed("_batch")[0]
 
     def batch_positions(self) -> dict[str, int]:
         """:meth:`candidate_positions` on the batch list.
@@ -86,19 +86,17 @@ class UserState:
         >>> UserState(batch_rows=[["i3", 0.4, None], ["i1", 0.2, "i7"]]).batch_positions()
         {'i3': 0, 'i1': 1}
         """
-        return self._parsed_batch()[1]
+        return self._parsed("_batch")[1]
 
-    def _parsed(self) -> Candidates:
-        """The valid candidate rows and their positions, parsed once: a page walks the list three times (the
-        personal source, the popular head's reordering, the features)."""
-        if self._candidates is None:
-            object.__setattr__(self, "_candidates", _candidates(self.candidate_rows))
-        return self._candidates  # type: ignore[return-value]
-
-    def _parsed_batch(self) -> Candidates:
-        if self._batch is None:
-            object.__setattr__(self, "_batch", _candidates(self.batch_rows))
-        return self._batch  # type: ignore[return-value]
+    def _parsed(self, slot: str = "_candidates") -> Candidates:
+        """A list's valid rows and their positions (``_candidates``: the candidate list, ``_batch``: the batch list),
+        parsed once: a page walks the candidate list three times (the personal source, the popular head's
+        reordering, the features)."""
+        parsed = getattr(self, slot)
+        if parsed is None:
+            parsed = _candidates(self.candidate_rows if slot == "_candidates" else self.batch_rows)
+            object.__setattr__(self, slot, parsed)
+        return parsed
 
     def history(self, limit: int) -> list[tuple[str, float]]:
         """(item, weight) of the ``limit`` most recent valid rows of ``[[item, weight, ts], …]``."""
