@@ -10,9 +10,9 @@ What it does, all on 127.0.0.1 and stopping exactly what it started (by pid):
    runs: the benchmark measures the reader), at a realistic size: 5,000 items in 21 segments'
    smoothed-CTR rankings, a 500-item new-item pool with counts, 5,000 warm users (segment, history and
    personal candidates as long as the workers keep them (settings.model.history_cap and candidates_m), a
-   200-item seen set, a batch list as long as the personal one: users the batch fit knew), 5,000 cold users
-   (segment only) and a warm ranker per events partition (see :func:`warm_rankers`), so that the reader ranks its
-   pages as it does once the workers trained it;
+   200-item seen set, a batch list as long as the workers keep it, batch_candidates_m: users the batch fit knew),
+   5,000 cold users (segment only) and a warm ranker per events partition (see :func:`warm_rankers`), so that the
+   reader ranks its pages as it does once the workers trained it;
 3. starts three readers as uvicorn subprocesses (uvloop + httptools, access log off): the main one (one
    process, the default settings: ranked pages), the contenders ``--workers 2`` and the same reader with
    the ranker switched off (``RECSTREAM_RANKER=false``: the fixed-quota blend);
@@ -153,8 +153,9 @@ def populate(settings: Settings, seed: int = 7) -> None:
                 k.user(user, "hist"), orjson.dumps([[i, 1.0, 1_700_000_000_000 - j] for j, i in enumerate(history)])
             )
             pipe.zadd(k.user(user, "seen"), {i: 1_700_000_000_000 - j for j, i in enumerate(rng.sample(items, 200))})
-            for suffix in ("cand", "bcand"):  # the step's list and the batch fit's: every warm user is the fit's
-                ranked = rng.sample(items, settings.model.candidates_m)
+            lengths = {"cand": settings.model.candidates_m, "bcand": settings.model.batch_candidates_m}
+            for suffix, length in lengths.items():  # the step's list and the batch fit's: every warm user is the fit's
+                ranked = rng.sample(items, length)
                 cand = [[i, round(1 - j / len(ranked), 5), rng.choice(history)] for j, i in enumerate(ranked)]
                 pipe.set(k.user(user, suffix), orjson.dumps(cand))
         if n % 500 == 499:

@@ -112,7 +112,9 @@ class LiveModel:
         """The version's personalizer, off the event loop (reading the artifacts and factoring the gram take seconds
         at scale); items and fold-ins are applied to it on the loop."""
         m = self.settings.model
-        return Personalizer(version, read_model(m.dir, version), m.history_cap, m.candidates_m, m.feedback_types)
+        return Personalizer(
+            version, read_model(m.dir, version), m.history_cap, m.candidates_m, m.feedback_types, m.batch_candidates_m
+        )
 
     def apply_fold_in(self, version: str, item: str, vector: np.ndarray) -> None:
         """A logged fold-in: applied now if ``version`` is served, kept for when it is if it is newer."""

@@ -10,7 +10,9 @@ x_u ← the exact user step over the history's known items (models/user_step.py)
 (models/als.history_confidence), pulled toward the user's batch vector when the model version has one;
 candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries the history
 item most like it (argmax y_c·y_h) for the reader's "because you watched X". For a user the batch fit knew, the
-batch list too: the same query by the fit's own vector x̄ (``user:<u>:bcand``). The step sees the recent history,
+batch list too: the same query by the fit's own vector x̄ (``user:<u>:bcand``), twice as long by default: x̄ reproduces
+the fit's events, which the worker excludes only within the history cap and the reader within the seen cap, so for
+a long history most of its head is consumed (``batch_candidates_m``). The step sees the recent history,
 the fit every event of its window: where a user's taste holds still, the fit's list is the better one (shuffled
 MovieLens: HR@10 0.288 against the step's 0.251), where it drifts the step's; the reader's ranker weighs the two
 lists' positions (``als_rank``, ``batch_rank``) from the stream, so each deployment learns which to trust.
@@ -73,6 +75,7 @@ class Personalizer:
         history_cap: int,
         candidates: int,
         feedback: FeedbackTypes = DEFAULT_FEEDBACK,
+        batch_candidates: int | None = None,
     ) -> None:
         self.version = version
         self.feedback = feedback
@@ -91,6 +94,7 @@ class Personalizer:
         self.trained = len(artifacts.item_ids)  # rows past this are appended content vectors
         self.history_cap = history_cap
         self.candidates = candidates
+        self.batch_candidates = candidates if batch_candidates is None else batch_candidates
         self._ids = list(artifacts.item_ids)  # row → item; a list: appending a new item is O(1), not a copy
 
     # --- items ---------------------------------------------------------------------------
@@ -235,7 +239,7 @@ class Personalizer:
         fitted = [k for k, prior in enumerate(priors) if prior is not None]
         if fitted:  # the batch list, by the same rule from the fit's vector
             lists = self._lists(np.array([priors[k] for k in fitted]), [known[k] for k in fitted],
-                                [liked[k] for k in fitted])  # fmt: skip
+                                [liked[k] for k in fitted], self.batch_candidates)  # fmt: skip
             blobs += [(f"user:{users[fitted[j]]}:bcand", orjson.dumps(found)) for j, found in lists.items()]
         return blobs
 
@@ -244,30 +248,30 @@ class Personalizer:
     ) -> list[Blob]:
         """Vector and candidates per user (:meth:`_lists`)."""
         blobs: list[Blob] = []
-        for k, candidates in self._lists(vectors, history_rows, because_rows).items():
+        for k, candidates in self._lists(vectors, history_rows, because_rows, self.candidates).items():
             blobs.append((f"user:{users[k]}:vec", vectors[k].astype("<f4").tobytes()))
             blobs.append((f"user:{users[k]}:cand", orjson.dumps(candidates)))
         return blobs
 
     def _lists(
-        self, vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]]
+        self, vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]], m: int
     ) -> dict[int, list[tuple]]:
-        """Row → its candidates, for the rows with a vector (not all zero): they exclude ``history_rows``, and each
-        names its most similar item of ``because_rows`` (the history without disliked items)."""
+        """Row → its top ``m`` candidates, for the rows with a vector (not all zero): they exclude ``history_rows``,
+        and each names its most similar item of ``because_rows`` (the history without disliked items)."""
         active = np.flatnonzero(vectors.any(axis=1)).tolist()
         if not active:
             return {}
         ids = self._ids
-        found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active])
+        found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active], m)
         return dict(zip(active, self._explain(found, [because_rows[k] for k in active]), strict=True))
 
-    def _query(self, vectors: np.ndarray, excluded: list[list[str]]) -> list[list[tuple[str, float]]]:
-        """Top-M per row minus that row's exclusions (its history), each row a function of its own vector and history.
+    def _query(self, vectors: np.ndarray, excluded: list[list[str]], m: int) -> list[list[tuple[str, float]]]:
+        """Top-m per row minus that row's exclusions (its history), each row a function of its own vector and history.
 
         Why not one ``query_batch`` with exclusions: it fetches k + the largest exclusion count among its rows and
         hnswlib searches with ef = max(ef, fetch), so a row beside a longer history searched wider, and which of
         several exactly tied items (new items with the same content vector) made its list depended on its batch
-        neighbours: a restarted worker did not reproduce a clean run. Here a row fetches M + its own exclusion
+        neighbours: a restarted worker did not reproduce a clean run. Here a row fetches m + its own exclusion
         count rounded up to ``FETCH_STEP`` (a few searches per batch, not one per count; never more than the history
         cap, which bounds the count) and drops its exclusions.
         """
@@ -277,9 +281,9 @@ class Personalizer:
             groups.setdefault(min(-(-present // FETCH_STEP) * FETCH_STEP, self.history_cap), []).append(k)
         found: list[list[tuple[str, float]]] = [[] for _ in excluded]
         for extra, rows in groups.items():
-            for k, hits in zip(rows, self._search(vectors[rows], self.candidates + extra), strict=True):
+            for k, hits in zip(rows, self._search(vectors[rows], m + extra), strict=True):
                 skip = set(excluded[k])
-                found[k] = [hit for hit in hits if hit[0] not in skip][: self.candidates]
+                found[k] = [hit for hit in hits if hit[0] not in skip][:m]
         return found
 
     def _search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:

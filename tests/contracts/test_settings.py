@@ -179,6 +179,8 @@ BOUNDED = {  # flat name → (section, field, the values around both ends of its
     "pool_read_max": ("pool", "read_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
     "pool_explore_max": ("pool", "explore_max", [0, 1, 2, 999_999, 1_000_000, 1_000_001]),
     "model_keep": ("model", "keep", [1, 2, 3, 9_999, 10_000, 10_001]),  # 2: the version a publish replaced too
+    "batch_candidates_m": ("model", "batch_candidates_m", [0, 1, 2, 999, 1_000, 1_001]),
+    "seen_cap": ("worker", "seen_cap", [0, 1, 2, 99_999, 100_000, 100_001]),
     # each accepted at start, then every batch refused or failed forever (the batch script needs ms below 2^53,
     # orjson an int64), or every page degraded with its session list left without expiry (Redis' EXPIRE limit)
     "trend_half_life_s": ("model", "trend_half_life_s", [0, 1, 2, YEAR_S - 1, YEAR_S, YEAR_S + 1]),

@@ -16,12 +16,14 @@ from recstream.jobs.sources import Record
 from tests.streams.scenario import CATEGORIES, T0, world
 
 
-def _model(n_items: int, n_events: int, cfg: ALSConfig, seed: int, history_cap: int, candidates: int):
+def _model(
+    n_items: int, n_events: int, cfg: ALSConfig, seed: int, history_cap: int, candidates: int, batch: int | None = None
+):
     """A model trained on part of a world, with every item of the world applied (unseen ones by content)."""
     _, items, events = world(n_users=50, n_items=n_items, n_events=n_events, seed=seed)
     log = training.collect([Record("item", i) for i in items] + [Record("event", e) for e in events])
     artifacts, _ = training.train(log, cfg, holdout=0)
-    return Personalizer("v", artifacts, history_cap=history_cap, candidates=candidates), items
+    return Personalizer("v", artifacts, history_cap=history_cap, candidates=candidates, batch_candidates=batch), items
 
 
 def test_a_users_candidates_do_not_depend_on_the_other_users_in_the_batch():
@@ -132,19 +134,20 @@ def test_a_user_the_batch_fit_knew_is_pulled_toward_its_batch_vector_and_a_new_u
 
 
 def test_a_user_the_batch_fit_knew_gets_the_batch_list_by_its_fit_vector_minus_the_history():
-    """``user:<u>:bcand``: the top-M by x̄·y_i (computed here, over the whole catalogue) minus the history, each
-    naming its most similar history item as ``cand`` does; none for a user the fit did not know. It is the same
-    whichever users share the batch (a restarted worker batches differently)."""
+    """``user:<u>:bcand``: the top ``batch_candidates_m`` by x̄·y_i (computed here, over the whole catalogue) minus the
+    history, each naming its most similar history item as ``cand`` does; none for a user the fit did not know. It is
+    the same whichever users share the batch (a restarted worker batches differently)."""
     cfg = ALSConfig(factors=8, iterations=5, random_state=1, alpha=2.0)
-    model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5)
+    model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5, batch=8)
     a, b = (items[k].item_id for k in (3, 5))
     history = {a: 1.0, b: 4.0}
     stored = dict(model._vectors_and_candidates(["u7", "stranger"], [history, history]))
     assert "user:stranger:bcand" not in stored and "user:stranger:cand" in stored
     batch = orjson.loads(stored["user:u7:bcand"])
     scores = model.step.factors @ model.user_prior("u7")
-    best = [model._ids[row] for row in np.argsort(-scores) if model._ids[row] not in history][:5]
+    best = [model._ids[row] for row in np.argsort(-scores) if model._ids[row] not in history][:8]
     assert [row[0] for row in batch] == best
+    assert len(orjson.loads(stored["user:u7:cand"])) == len(orjson.loads(stored["user:stranger:cand"])) == 5
     assert [row[1] for row in batch] == [round(float(scores[model.rows[item]]), 5) for item in best]
     assert {row[2] for row in batch} <= {a, b}
     alone = dict(model._vectors_and_candidates(["u7"], [history]))
