@@ -164,8 +164,9 @@ def _event_ages(counted: int, unit: int) -> dict[str, float]:
 
 def rank_discounts(size: int) -> np.ndarray:
     """``als_rank`` by position: 1 / log2(2 + k) for k = 0 … at least size − 1, rounded as logged (one table per
-    power of two: a candidate list is at most ``candidates_m`` long, so one or two tables ever), then 0 for an item
-    not on the list: indexed by position −1, the table gives a page's column in one gather (no ``np.where``).
+    power of two: a list is at most ``candidates_m`` or ``batch_candidates_m`` long, so a few tables ever), then 0
+    for an item not on the list: indexed by position −1, the table gives a page's column in one gather (no
+    ``np.where``).
 
     >>> rank_discounts(3)[:3].tolist(), float(rank_discounts(3)[-1])
     ([1.0, 0.6309, 0.5], 0.0)
