@@ -60,7 +60,7 @@ class ALSConfig(BaseModel):
     # interactions, so it is data-dependent. λ, α, recency_decay and anchor (with the worker's history cap) were
     # chosen by bench/validate.py's worst case over five sources (MovieLens in time order and shuffled, the stable,
     # sparse and dense worlds; the best min over sources of HR@10 / that source's best, of 360 candidates): λ 40,
-    # α 1, γ 0.95, μ 10 and a cap of 30 reach 0.865 of every source's best (0.834 without the anchor), where the
+    # α 1, γ 0.95, μ 10 and a cap of 30 reach 0.854 of every source's best (seen cap 1,000; 0.865 at 500), where the
     # MovieLens-tuned λ 40, α 2 and hard cap 10 fell to 0.55 (on the sparse world) for 1.07× on MovieLens itself.
     # Upper bounds, far past any useful value (λ 1e6 shrank every factor of a 4,000-event log to 1e-16; α 1e4 makes
     # one view worth ten thousand unseen items): `train --regularization 1e40` ended in implicit's NaN error after

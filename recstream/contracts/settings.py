@@ -307,7 +307,7 @@ class ModelSettings(Section):
         le=10_000,
         description="recent items in a user's history for the user step, their weight fading by ALSConfig.recency_decay"
         " (30 with γ 0.95 and the anchor μ 10: chosen by bench/validate.py's worst case over MovieLens and the"
-        " simulated worlds, 0.865 of each source's best HR@10; 10, tuned on MovieLens alone, fell to 0.55 on sparse"
+        " simulated worlds, 0.854 of each source's best HR@10; 10, tuned on MovieLens alone, fell to 0.55 on sparse"
         " users)",
     )
     candidates_m: int = Field(50, gt=0, le=1_000, description="personal candidates kept per user")
