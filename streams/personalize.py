@@ -41,6 +41,7 @@ from recstream.contracts.events import Event, ItemEvent
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
 
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
+Exclusion = tuple[frozenset[str], int]  # (items a user's lists drop, extra results a search fetches for them)
 SIMILAR_K = 20  # neighbours kept per item for the reader's similar-items route
 EXPLAIN_RECENT = 20  # history items a "because you watched X" may name
 FETCH_STEP = 25  # a candidate search over-fetches its exclusion count rounded up to this (see Personalizer._query)
@@ -215,7 +216,9 @@ class Personalizer:
         one_click = float(confidence(np.array(self.shown_and_clicked), self.cfg))
         users = list(picks)
         vectors = np.array([onboarding_vector(self.step, self.content_map, picks[u], one_click) for u in users])
-        return self._store(users, vectors.reshape(len(users), self.step.dim), [[] for _ in users], [[] for _ in users])
+        nothing = (frozenset[str](), 0)
+        return self._store(users, vectors.reshape(len(users), self.step.dim), [nothing] * len(users),
+                           [[] for _ in users])  # fmt: skip
 
     def _vectors_and_candidates(self, users: list[str], histories: list[History]) -> list[Blob]:
         """One exact step per user, all solved together (`ALSStep.solve_batch`: each user's vector is bit-identical
@@ -235,37 +238,47 @@ class Personalizer:
         indptr = np.r_[0, np.cumsum(lengths, dtype=np.intp)]
         priors = [self.user_prior(user) for user in users]
         vectors = self.step.solve_batch(indptr, np.array(rows, dtype=np.intp), confidences, priors)
-        blobs = self._store(users, vectors, known, liked)
+        exclusions = self._exclusions(known)  # both lists drop the same history
+        blobs = self._store(users, vectors, exclusions, liked)
         fitted = [k for k, prior in enumerate(priors) if prior is not None]
         if fitted:  # the batch list, by the same rule from the fit's vector
-            lists = self._lists(np.array([priors[k] for k in fitted]), [known[k] for k in fitted],
+            lists = self._lists(np.array([priors[k] for k in fitted]), [exclusions[k] for k in fitted],
                                 [liked[k] for k in fitted], self.batch_candidates)  # fmt: skip
             blobs += [(f"user:{users[fitted[j]]}:bcand", orjson.dumps(found)) for j, found in lists.items()]
         return blobs
 
+    def _exclusions(self, history_rows: list[list[int]]) -> list[Exclusion]:
+        """Per user, the history's items (a list drops them) and how many more results a search fetches for them:
+        those in the index, rounded up to ``FETCH_STEP`` (see :meth:`_query`)."""
+        ids, found = self._ids, []
+        for rows in history_rows:
+            items = frozenset(ids[row] for row in rows)
+            present = sum(map(self.index.__contains__, items))
+            found.append((items, min(-(-present // FETCH_STEP) * FETCH_STEP, self.history_cap)))
+        return found
+
     def _store(
-        self, users: list[str], vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]]
+        self, users: list[str], vectors: np.ndarray, exclusions: list[Exclusion], because_rows: list[list[int]]
     ) -> list[Blob]:
         """Vector and candidates per user (:meth:`_lists`)."""
         blobs: list[Blob] = []
-        for k, candidates in self._lists(vectors, history_rows, because_rows, self.candidates).items():
+        for k, candidates in self._lists(vectors, exclusions, because_rows, self.candidates).items():
             blobs.append((f"user:{users[k]}:vec", vectors[k].astype("<f4").tobytes()))
             blobs.append((f"user:{users[k]}:cand", orjson.dumps(candidates)))
         return blobs
 
     def _lists(
-        self, vectors: np.ndarray, history_rows: list[list[int]], because_rows: list[list[int]], m: int
+        self, vectors: np.ndarray, exclusions: list[Exclusion], because_rows: list[list[int]], m: int
     ) -> dict[int, list[tuple]]:
-        """Row → its top ``m`` candidates, for the rows with a vector (not all zero): they exclude ``history_rows``,
-        and each names its most similar item of ``because_rows`` (the history without disliked items)."""
+        """Row → its top ``m`` candidates, for the rows with a vector (not all zero): they drop the row's excluded
+        items, and each names its most similar item of ``because_rows`` (the history without disliked items)."""
         active = np.flatnonzero(vectors.any(axis=1)).tolist()
         if not active:
             return {}
-        ids = self._ids
-        found = self._query(vectors[active], [[ids[row] for row in history_rows[k]] for k in active], m)
+        found = self._query(vectors[active], [exclusions[k] for k in active], m)
         return dict(zip(active, self._explain(found, [because_rows[k] for k in active]), strict=True))
 
-    def _query(self, vectors: np.ndarray, excluded: list[list[str]], m: int) -> list[list[tuple[str, float]]]:
+    def _query(self, vectors: np.ndarray, exclusions: list[Exclusion], m: int) -> list[list[tuple[str, float]]]:
         """Top-m per row minus that row's exclusions (its history), each row a function of its own vector and history.
 
         Why not one ``query_batch`` with exclusions: it fetches k + the largest exclusion count among its rows and
@@ -273,16 +286,15 @@ class Personalizer:
         several exactly tied items (new items with the same content vector) made its list depended on its batch
         neighbours: a restarted worker did not reproduce a clean run. Here a row fetches m + its own exclusion
         count rounded up to ``FETCH_STEP`` (a few searches per batch, not one per count; never more than the history
-        cap, which bounds the count) and drops its exclusions.
+        cap, which bounds the count; :meth:`_exclusions`) and drops its exclusions.
         """
         groups: dict[int, list[int]] = {}
-        for k, items in enumerate(excluded):
-            present = sum(map(self.index.__contains__, items))
-            groups.setdefault(min(-(-present // FETCH_STEP) * FETCH_STEP, self.history_cap), []).append(k)
-        found: list[list[tuple[str, float]]] = [[] for _ in excluded]
+        for k, (_, extra) in enumerate(exclusions):
+            groups.setdefault(extra, []).append(k)
+        found: list[list[tuple[str, float]]] = [[] for _ in exclusions]
         for extra, rows in groups.items():
             for k, hits in zip(rows, self._search(vectors[rows], m + extra), strict=True):
-                skip = set(excluded[k])
+                skip = exclusions[k][0]
                 found[k] = [hit for hit in hits if hit[0] not in skip][:m]
         return found
 
