@@ -12,7 +12,8 @@ candidates ← HNSW top-M by x_u·y_i, minus the history; each candidate carries
 item most like it (argmax y_c·y_h) for the reader's "because you watched X". For a user the batch fit knew, the
 batch list too: the same query by the fit's own vector x̄ (``user:<u>:bcand``), twice as long by default: x̄ reproduces
 the fit's events, which the worker excludes only within the history cap and the reader within the seen cap, so for
-a long history most of its head is consumed (``batch_candidates_m``). The step sees the recent history,
+a long history most of its head is consumed (``batch_candidates_m``); a user the version's fit did not know loses
+an older version's (deleted at the user's next step). The step sees the recent history,
 the fit every event of its window: where a user's taste holds still, the fit's list is the better one (shuffled
 MovieLens: HR@10 0.288 against the step's 0.251), where it drifts the step's; the reader's ranker weighs the two
 lists' positions (``als_rank``, ``batch_rank``) from the stream, so each deployment learns which to trust.
@@ -39,6 +40,7 @@ from recstream.streams import metrics
 
 from recstream.contracts.events import Event, ItemEvent
 from recstream.contracts.feedback import DEFAULT_FEEDBACK, FeedbackTypes
+from recstream.store.state import DELETE
 
 Blob = tuple[str, bytes]  # (key suffix under the prefix, value)
 Exclusion = tuple[frozenset[str], int]  # (items a user's lists drop, extra results a search fetches for them)
@@ -241,11 +243,14 @@ class Personalizer:
         exclusions = self._exclusions(known)  # both lists drop the same history
         blobs = self._store(users, vectors, exclusions, liked)
         fitted = [k for k, prior in enumerate(priors) if prior is not None]
+        lists = {}
         if fitted:  # the batch list, by the same rule from the fit's vector
-            lists = self._lists(np.array([priors[k] for k in fitted]), [exclusions[k] for k in fitted],
+            found = self._lists(np.array([priors[k] for k in fitted]), [exclusions[k] for k in fitted],
                                 [liked[k] for k in fitted], self.batch_candidates)  # fmt: skip
-            blobs += [(f"user:{users[fitted[j]]}:bcand", orjson.dumps(found)) for j, found in lists.items()]
-        return blobs
+            lists = {fitted[j]: orjson.dumps(rows) for j, rows in found.items()}
+        # a user this version's fit did not know loses an older version's list (DELETE): the reader would rank by
+        # it however old, and a rolling training window drops users for good
+        return blobs + [(f"user:{user}:bcand", lists.get(k, DELETE)) for k, user in enumerate(users)]
 
     def _exclusions(self, history_rows: list[list[int]]) -> list[Exclusion]:
         """Per user, the history's items (a list drops them) and how many more results a search fetches for them:

@@ -31,7 +31,7 @@ key                          type    holds
 ``user:<u>:hist``            string  JSON ``[[item, weight], …]``, most recent first, capped
 ``user:<u>:vec``             string  float32 user vector (little endian)
 ``user:<u>:cand``            string  JSON ``[[item, score, because_item], …]`` personal candidates
-``user:<u>:bcand``           string  the same, by the batch fit's user vector (users the model version knows; longer)
+``user:<u>:bcand``           string  the same by the fit's user vector, longer; only users the model version knows
 ``user:<u>:seen``            zset    item → last shown/clicked ts, capped, most recent first
 ``user:<u>:prefs``           string  JSON ``{"categories": [...], "not_interested": [...]}``
 ``erased``                   set     users erased (``DELETE /v1/users/{id}``): the workers write nothing under their

@@ -185,7 +185,7 @@ local names = {}  -- p.items: {item, {views, clicks, first_ts}}
 local old_views, views_now, clicks_now, seg_now, counted_held, first_args = {}, {}, {}, {}, {}, {}
 local q, prior_held, cursor_held, clock, at_clock
 local segs_before, graduated_of, weights_held, users_held = {}, {}, {}, {}
-local seen_writes, seg_args, eid_writes, blob_args = {}, {}, {}, {}  -- step 8's arguments
+local seen_writes, seg_args, eid_writes, blob_args, blob_dels = {}, {}, {}, {}, {}  -- step 8's arguments
 -- the users whose keys or fields the steps write (each once), and which of them are erased (below, 1c)
 local users, listed, owners, erased, any_erased = {}, {}, {}, {}, false
 local function list(user)
@@ -390,18 +390,23 @@ refusal = checked(function()
     end
     eid_writes[#eid_writes + 1] = {key, args, latest}
   end
-  -- p.blobs: key suffixes (user hist/vec/cand/prefs, item similar) in order; p.blob_ends: where each one's value
-  -- ends in ARGV[2] (it starts after the previous one's): two arrays, not a table per value, which cjson builds for
-  -- each
+  -- p.blobs: key suffixes (user hist/vec/cand/bcand/prefs, item similar) in order; p.blob_ends: where each one's
+  -- value ends in ARGV[2] (it starts after the previous one's): two arrays, not a table per value, which cjson builds
+  -- for each. A value of no bytes deletes its key (a list the model version no longer gives a user,
+  -- streams/personalize.py); no value of ours is empty
   local first = 1
   for k, suffix in ipairs(p.blobs) do
     local last = p.blob_ends[k]
-    blob_args[#blob_args + 1] = P .. suffix
-    blob_args[#blob_args + 1] = string.sub(ARGV[2], first, last)
-    first = last + 1
-    local owner = string.match(suffix, '^user:([^:]+):')  -- user:<u>:hist|vec|cand|prefs (item:<i>:similar: none)
+    local owner = string.match(suffix, '^user:([^:]+):')  -- user:<u>:… (item:<i>:similar: none)
     if owner then list(owner) end
-    owners[k] = owner or false
+    if last < first then
+      blob_dels[#blob_dels + 1] = P .. suffix
+    else
+      blob_args[#blob_args + 1] = P .. suffix
+      blob_args[#blob_args + 1] = string.sub(ARGV[2], first, last)
+      owners[#owners + 1] = owner or false
+    end
+    first = last + 1
   end
   for _, r in ipairs(p.rankers) do
     text(r[1], 'a ranker key')
@@ -712,6 +717,9 @@ many('HSET', P .. 'user:seg', seg_args)
 for _, w in ipairs(cfg.dedup_window_ms > 0 and eid_writes or {}) do  -- {key, {arrival ms, user:event_id, ...},
   many('ZADD', w[1], w[2], 'GT')                                        -- latest arrival}; window 0: none kept
   redis.call('ZREMRANGEBYSCORE', w[1], '-inf', '(' .. string.format('%d', w[3] - cfg.dedup_window_ms))
+end
+for first = 1, #blob_dels, CHUNK do  -- first, so a key a batch both deleted and wrote would keep the value
+  redis.call('DEL', unpack(blob_dels, first, math.min(first + CHUNK - 1, #blob_dels)))
 end
 for first = 1, #blob_args, CHUNK do
   redis.call('MSET', unpack(blob_args, first, math.min(first + CHUNK - 1, #blob_args)))

@@ -68,6 +68,9 @@ RESCORE_ITEMS = 1_000
 many items' per-segment scores a call that ranks segments takes beyond its own batch's (step 4b): a whole rescore is
 O(items × segments) inside one script, which blocks Redis (bench/scale.py measured it at 100,000 items); this many
 items per call keeps a call's cost bounded whatever the catalogue."""
+DELETE = b""
+"""A blob of no bytes deletes its key (apply_batch.lua, step 8; no value the workers write is empty): a user's list
+the current model version no longer gives must not outlive the version that gave it (streams/personalize.py)."""
 
 
 REFUSED = "RECSTREAM_STATE"
@@ -99,7 +102,7 @@ class Effect:
     # item, categories, created, ts, available, features (JSON: PATCH /v1/items merges into them)
     meta: list[tuple[str, str, int | None, int, bool, str]] = field(default_factory=list)
     user_segments: dict[str, str] = field(default_factory=dict)
-    blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)  # key suffix, whole value (DELETE: delete the key)
     histories: dict[str, History] = field(default_factory=dict)  # users' new histories (also in blobs)
     item_users: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # new item → user → weights
     event_ids: dict[str, dict[str, int]] = field(default_factory=dict)  # tp → "user:event_id" → arrival ms

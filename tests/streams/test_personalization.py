@@ -155,6 +155,26 @@ async def test_a_new_model_version_is_hot_swapped_without_a_restart(isolated_set
     assert worker.proc.poll() is None
 
 
+async def test_a_batch_list_does_not_outlive_the_version_whose_fit_knew_the_user(
+    isolated_settings, worker_factory, tmp_path
+):
+    """A user the first version's fit knew gets a batch list; a second version trained without them (a rolling
+    window drops users) deletes it at their next event, where the reader would otherwise rank by the first fit's list
+    for good. The step's own list stays."""
+    items = catalogue()
+    settings, _ = await trained(isolated_settings, tmp_path, taste_log(seed=0), items)
+    client = redis.Redis.from_url(settings.redis.url)
+    worker_factory(settings)
+    await publish(settings, items=items, events=[Event(type="click", user_id="t1", item_id="i1", ts=T0 + 10**6)])
+    wait_until(lambda: client.exists("rs:user:t1:bcand"), what="the batch list of a user the fit knew")
+    others = [e.model_copy(update={"user_id": f"v{e.user_id}"}) for e in taste_log(seed=1)]
+    await trained(settings, tmp_path, others, items)
+    await publish(settings, events=[Event(type="click", user_id="t1", item_id="i2", ts=T0 + 10**6 + 1)])
+    wait_until(lambda: not client.exists("rs:user:t1:bcand"), what="the first version's batch list deleted")
+    history = {item for item, *_ in orjson.loads(client.get("rs:user:t1:hist"))}
+    assert {"i1", "i2"} <= history and candidates(client, "t1")
+
+
 async def test_a_graduated_item_gets_its_fold_in_vector_in_every_worker(isolated_settings, worker_factory, tmp_path):
     """A new item whose content says news is adopted by sport fans: when it graduates (10 views), its vector
     becomes the item fold-in over those fans, in Redis and in both workers' indexes (probes on every partition

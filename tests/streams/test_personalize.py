@@ -13,6 +13,7 @@ from recstream.streams.personalize import Personalizer
 from recstream.contracts.events import Event, ItemEvent
 from recstream.jobs import training
 from recstream.jobs.sources import Record
+from recstream.store.state import DELETE
 from tests.streams.scenario import CATEGORIES, T0, world
 
 
@@ -135,14 +136,15 @@ def test_a_user_the_batch_fit_knew_is_pulled_toward_its_batch_vector_and_a_new_u
 
 def test_a_user_the_batch_fit_knew_gets_the_batch_list_by_its_fit_vector_minus_the_history():
     """``user:<u>:bcand``: the top ``batch_candidates_m`` by x̄·y_i (computed here, over the whole catalogue) minus the
-    history, each naming its most similar history item as ``cand`` does; none for a user the fit did not know. It is
-    the same whichever users share the batch (a restarted worker batches differently)."""
+    history, each naming its most similar history item as ``cand`` does; for a user the fit did not know, the key is
+    deleted (an older version's list must not stay). It is the same whichever users share the batch (a restarted worker
+    batches differently)."""
     cfg = ALSConfig(factors=8, iterations=5, random_state=1, alpha=2.0)
     model, items = _model(40, 2_000, cfg, seed=1, history_cap=10, candidates=5, batch=8)
     a, b = (items[k].item_id for k in (3, 5))
     history = {a: 1.0, b: 4.0}
     stored = dict(model._vectors_and_candidates(["u7", "stranger"], [history, history]))
-    assert "user:stranger:bcand" not in stored and "user:stranger:cand" in stored
+    assert stored["user:stranger:bcand"] == DELETE and "user:stranger:cand" in stored
     batch = orjson.loads(stored["user:u7:bcand"])
     scores = model.step.factors @ model.user_prior("u7")
     best = [model._ids[row] for row in np.argsort(-scores) if model._ids[row] not in history][:8]
@@ -166,7 +168,7 @@ def test_a_zero_weight_is_no_observation_online_as_in_training():
     without = dict(model._vectors_and_candidates(["u"], [{a: 1.0, b: 4.0}]))
     assert with_zero["user:u:vec"] == without["user:u:vec"]
     assert shown not in {row[0] for row in orjson.loads(with_zero["user:u:cand"])}  # still not recommended back
-    assert model._vectors_and_candidates(["v"], [{shown: 0.0}]) == []
+    assert model._vectors_and_candidates(["v"], [{shown: 0.0}]) == [("user:v:bcand", DELETE)]  # no vector, no list
 
     users = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     assert model.fold_in(users, np.zeros(3)) is None

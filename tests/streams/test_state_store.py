@@ -17,7 +17,7 @@ from recstream.contracts.events import Event
 from recstream.contracts.keys import Keys
 from recstream.contracts.settings import YEAR_S, Settings
 from recstream.store.aggregate import CounterDeltas, aggregate
-from recstream.store.state import SCRIPT, Effect, StateStore
+from recstream.store.state import DELETE, SCRIPT, Effect, StateStore
 
 pytestmark = pytest.mark.integration
 
@@ -42,21 +42,41 @@ async def finish(settings: Settings, client: redis.Redis) -> None:
 
 
 async def test_blobs_and_ranker_states_come_back_byte_for_byte(isolated_settings: Settings):
-    """Values of every length (empty, one byte, binary with NUL and 0xff, a long one) around and between each
-    other, a key written twice in one batch (the later value wins, as in effect order), and a ranker state."""
+    """Values of every length (one byte, binary with NUL and 0xff, a long one) around and between deletions (DELETE,
+    no bytes: the key is gone), a key written twice in one batch (the later value wins, as in effect order), a key
+    deleted and written in one batch (written), and a ranker state."""
     settings = isolated_settings
     keys = Keys.of(settings)
-    values = [b"", b"\x00", b"\xff\x00\xfe" * 3, b"", bytes(range(256)) * 40, b"x"]
+    values = [DELETE, b"\x00", b"\xff\x00\xfe" * 3, DELETE, bytes(range(256)) * 40, b"x"]
+    client = redis.Redis.from_url(settings.redis.url)
+    client.mset({keys.user(f"u{k}", "vec"): b"before" for k in (0, 3, 6)})
     effect = Effect(watermarks={f"{settings.kafka.events_topic}:0": (-1, 0)})
     effect.blobs = [(f"user:u{k}:vec", value) for k, value in enumerate(values)]
     effect.blobs += [("user:u1:vec", b"later"), ("item:i1:similar", b"[]")]
+    effect.blobs += [("user:u6:vec", b"kept"), ("user:u6:vec", DELETE)]
     effect.rankers = {(settings.kafka.events_topic, 0): b"\x00state\xff"}
     await apply(settings, effect)
-    client = redis.Redis.from_url(settings.redis.url)
-    stored = [client.get(keys.user(f"u{k}", "vec")) for k in range(len(values))]
-    assert stored == [values[0], b"later", *values[2:]]
+    stored = [client.get(keys.user(f"u{k}", "vec")) for k in range(len(values) + 1)]
+    assert stored == [None, b"later", *values[2:3], None, *values[4:], b"kept"]
     assert client.get(keys("item:i1:similar")) == b"[]"
     assert client.get(keys.ranker(settings.kafka.events_topic, 0)) == b"\x00state\xff"
+    client.close()
+
+
+@pytest.mark.parametrize("deleted", [2 * PAIRS_PER_CALL - 1, 2 * PAIRS_PER_CALL, 2 * PAIRS_PER_CALL + 1])
+async def test_every_deleted_blob_key_is_gone_around_a_call_of_keys(isolated_settings: Settings, deleted: int):
+    """Around the script's chunk of one DEL call (4,000 keys): every key a batch deletes is gone, the keys it writes
+    beside them are written."""
+    settings = isolated_settings
+    keys = Keys.of(settings)
+    client = redis.Redis.from_url(settings.redis.url)
+    client.mset({keys.user(f"u{k}", "bcand"): b"[]" for k in range(deleted + 1)})
+    effect = Effect(watermarks={f"{settings.kafka.events_topic}:0": (-1, 0)})
+    effect.blobs = [(f"user:u{k}:bcand", DELETE) for k in range(deleted)] + [("user:w:bcand", b"[[1]]")]
+    await apply(settings, effect)
+    left = client.mget([keys.user(f"u{k}", "bcand") for k in range(deleted + 1)])
+    assert left == [None] * deleted + [b"[]"]
+    assert client.get(keys.user("w", "bcand")) == b"[[1]]"
     client.close()
 
 
