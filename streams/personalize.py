@@ -243,7 +243,7 @@ class Personalizer:
         exclusions = self._exclusions(known)  # both lists drop the same history
         blobs = self._store(users, vectors, exclusions, liked)
         fitted = [k for k, prior in enumerate(priors) if prior is not None]
-        lists = {}
+        lists: dict[int, bytes] = {}  # row → the encoded batch list
         if fitted:  # the batch list, by the same rule from the fit's vector
             found = self._lists(np.array([priors[k] for k in fitted]), [exclusions[k] for k in fitted],
                                 [liked[k] for k in fitted], self.batch_candidates)  # fmt: skip
